@@ -1,0 +1,122 @@
+//! Express Gateway's config files: finding them in a directory, env interpolation, parsing with
+//! positions, and reading them into typed definitions. Compiling those into a running gateway
+//! is [`crate::gateway`]'s job.
+
+pub mod error;
+pub mod gateway_file;
+pub mod interpolate;
+pub mod node;
+pub mod system_file;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use error::{ConfigError, ConfigErrors, Pos};
+use gateway_file::GatewayFile;
+use node::Node;
+use system_file::SystemFile;
+
+/// The two files of a config directory, read and typed.
+pub struct LoadedConfig {
+    pub dir: PathBuf,
+    pub gateway_path: PathBuf,
+    pub system_path: Option<PathBuf>,
+    pub gateway: GatewayFile,
+    pub system: SystemFile,
+}
+
+/// The first of `gateway.config.yml`, `.yaml`, `.json` (likewise `system.config.*`) in `dir`.
+pub fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
+    ["yml", "yaml", "json"]
+        .iter()
+        .map(|ext| dir.join(format!("{stem}.{ext}")))
+        .find(|p| p.is_file())
+}
+
+/// Reads, interpolates and parses one file.
+pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
+    let name: Arc<str> = Arc::from(path.display().to_string());
+    let raw = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(&Pos::file_start(&name), format!("cannot read the file: {e}")))?;
+    let (text, unresolved) = interpolate::interpolate_env(&raw);
+    for var in unresolved {
+        log::warn!("{name}: environment variable `{var}` is not set and has no default; it reads as null");
+    }
+    match node::parse(&text, &name) {
+        Ok(n) => Ok(n),
+        Err(_) if path.extension().is_some_and(|e| e == "json") => {
+            // Valid JSON that YAML rejects (tabs, say): read it as JSON, without positions.
+            match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(v) => Ok(json_to_node(&v, &Pos::file_start(&name))),
+                Err(e) => Err(ConfigError::new(
+                    &Pos::new(&name, e.line(), e.column()),
+                    format!("invalid JSON: {e}"),
+                )),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn json_to_node(v: &serde_json::Value, pos: &Pos) -> Node {
+    use node::Value as V;
+    let value = match v {
+        serde_json::Value::Null => V::Null,
+        serde_json::Value::Bool(b) => V::Bool(*b),
+        serde_json::Value::Number(n) => n.as_i64().map_or_else(|| V::Float(n.as_f64().unwrap_or(0.0)), V::Int),
+        serde_json::Value::String(s) => V::Str(s.clone()),
+        serde_json::Value::Array(a) => V::Seq(a.iter().map(|x| json_to_node(x, pos)).collect()),
+        serde_json::Value::Object(o) => V::Map(
+            o.iter()
+                .map(|(k, x)| (Node { pos: pos.clone(), value: V::Str(k.clone()) }, json_to_node(x, pos)))
+                .collect(),
+        ),
+    };
+    Node { pos: pos.clone(), value }
+}
+
+/// Loads a config directory. All problems found in either file are returned together.
+pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    let mut errors = ConfigErrors::default();
+    let dir_name: Arc<str> = Arc::from(dir.display().to_string());
+    if !dir.is_dir() {
+        errors.push(&Pos::file_start(&dir_name), "the config directory does not exist");
+        return Err(errors);
+    }
+    let Some(gateway_path) = find_file(dir, "gateway.config") else {
+        errors.push(
+            &Pos::file_start(&Arc::from(dir.join("gateway.config.yml").display().to_string())),
+            "no gateway.config.yml (or .yaml, .json) in the config directory",
+        );
+        return Err(errors);
+    };
+    let system_path = find_file(dir, "system.config");
+    let gateway = match read_document(&gateway_path) {
+        Ok(root) => GatewayFile::from_node(&root, &mut errors),
+        Err(e) => {
+            errors.0.push(e);
+            GatewayFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut ConfigErrors::default())
+        }
+    };
+    let system = match &system_path {
+        None => {
+            log::warn!("{}: no system.config.yml; using the embedded store and defaults", dir.display());
+            SystemFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut errors)
+        }
+        Some(p) => match read_document(p) {
+            Ok(root) => SystemFile::from_node(&root, &mut errors),
+            Err(e) => {
+                errors.0.push(e);
+                SystemFile::default()
+            }
+        },
+    };
+    errors.into_result()?;
+    Ok(LoadedConfig {
+        dir: dir.to_path_buf(),
+        gateway_path,
+        system_path,
+        gateway,
+        system,
+    })
+}

@@ -1,0 +1,376 @@
+//! A YAML/JSON document as a tree whose every node knows where it was written, so that config
+//! errors can point at `file:line:column`. Anchors, aliases and `<<` merge keys are resolved.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+
+use super::error::{ConfigError, Pos};
+
+/// A value with the position it was written at.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub pos: Pos,
+    pub value: Value,
+}
+
+#[derive(Clone, Debug)]
+pub enum Value {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+impl Node {
+    pub fn null(pos: Pos) -> Node {
+        Node {
+            pos,
+            value: Value::Null,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self.value, Value::Null)
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match &self.value {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_seq(&self) -> Option<&[Node]> {
+        match &self.value {
+            Value::Seq(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_map(&self) -> Option<&[(Node, Node)]> {
+        match &self.value {
+            Value::Map(entries) => Some(entries),
+            _ => None,
+        }
+    }
+
+    /// The text of a scalar as a map key or a name (numbers and booleans spelled out).
+    pub fn scalar_text(&self) -> Option<String> {
+        match &self.value {
+            Value::Str(s) => Some(s.clone()),
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            Value::Null => Some("null".to_string()),
+            _ => None,
+        }
+    }
+
+    /// The value under `key` in a map node.
+    pub fn get(&self, key: &str) -> Option<&Node> {
+        self.as_map()?
+            .iter()
+            .find(|(k, _)| k.scalar_text().as_deref() == Some(key))
+            .map(|(_, v)| v)
+    }
+
+    /// A short name of the node's kind, for error messages.
+    pub fn kind(&self) -> &'static str {
+        match self.value {
+            Value::Null => "null",
+            Value::Bool(_) => "a boolean",
+            Value::Int(_) | Value::Float(_) => "a number",
+            Value::Str(_) => "a string",
+            Value::Seq(_) => "a list",
+            Value::Map(_) => "a map",
+        }
+    }
+
+    /// The node as JSON, for handing to serde and to the Admin API.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Bool(b) => J::Bool(*b),
+            Value::Int(i) => J::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+            Value::Str(s) => J::String(s.clone()),
+            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(entries) => J::Object(
+                entries
+                    .iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The deepest node along a serde path (as printed by `serde_path_to_error`), for pointing
+    /// a deserialisation error at the value that caused it.
+    pub fn locate(&self, path: &serde_path_to_error::Path) -> &Node {
+        use serde_path_to_error::Segment;
+        let mut node = self;
+        for seg in path.iter() {
+            let next = match seg {
+                Segment::Map { key } => node.get(key),
+                Segment::Seq { index } => node.as_seq().and_then(|s| s.get(*index)),
+                _ => None,
+            };
+            match next {
+                Some(n) => node = n,
+                None => break,
+            }
+        }
+        node
+    }
+}
+
+/// Parses a whole document. An empty document is a null node.
+pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
+    let mut builder = TreeBuilder {
+        file: file.clone(),
+        stack: Vec::new(),
+        anchors: HashMap::new(),
+        root: None,
+    };
+    let mut parser = Parser::new_from_str(text);
+    if let Err(e) = parser.load(&mut builder, false) {
+        let m = e.marker();
+        return Err(ConfigError::new(
+            &Pos::new(file, m.line(), m.col() + 1),
+            format!("invalid YAML: {}", e.info()),
+        ));
+    }
+    Ok(builder
+        .root
+        .unwrap_or_else(|| Node::null(Pos::file_start(file))))
+}
+
+enum Frame {
+    Seq {
+        pos: Pos,
+        anchor: usize,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        anchor: usize,
+        entries: Vec<(Node, Node)>,
+        key: Option<Node>,
+    },
+}
+
+struct TreeBuilder {
+    file: Arc<str>,
+    stack: Vec<Frame>,
+    anchors: HashMap<usize, Node>,
+    root: Option<Node>,
+}
+
+impl TreeBuilder {
+    fn pos(&self, mark: Marker) -> Pos {
+        Pos::new(&self.file, mark.line(), mark.col() + 1)
+    }
+
+    fn finish(&mut self, node: Node, anchor: usize) {
+        if anchor > 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.stack.last_mut() {
+            None => {
+                if self.root.is_none() {
+                    self.root = Some(node);
+                }
+            }
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => match key.take() {
+                None => *key = Some(node),
+                Some(k) => entries.push((k, node)),
+            },
+        }
+    }
+}
+
+impl MarkedEventReceiver for TreeBuilder {
+    fn on_event(&mut self, ev: Event, mark: Marker) {
+        let pos = self.pos(mark);
+        match ev {
+            Event::Scalar(text, style, anchor, _tag) => {
+                let value = if style == TScalarStyle::Plain {
+                    resolve_plain(text)
+                } else {
+                    Value::Str(text)
+                };
+                self.finish(Node { pos, value }, anchor);
+            }
+            Event::Alias(id) => {
+                let node = self.anchors.get(&id).cloned().unwrap_or_else(|| Node::null(pos));
+                self.finish(node, 0);
+            }
+            Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
+                pos,
+                anchor,
+                items: Vec::new(),
+            }),
+            Event::MappingStart(anchor, _) => self.stack.push(Frame::Map {
+                pos,
+                anchor,
+                entries: Vec::new(),
+                key: None,
+            }),
+            Event::SequenceEnd => {
+                if let Some(Frame::Seq { pos, anchor, items }) = self.stack.pop() {
+                    self.finish(
+                        Node {
+                            pos,
+                            value: Value::Seq(items),
+                        },
+                        anchor,
+                    );
+                }
+            }
+            Event::MappingEnd => {
+                if let Some(Frame::Map {
+                    pos,
+                    anchor,
+                    entries,
+                    ..
+                }) = self.stack.pop()
+                {
+                    let value = Value::Map(apply_merge_keys(entries));
+                    self.finish(Node { pos, value }, anchor);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Resolves `<<: *anchor` (or a list of them): their entries are added where the map does not
+/// already have the key.
+fn apply_merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
+    if !entries.iter().any(|(k, _)| k.as_str() == Some("<<")) {
+        return entries;
+    }
+    let mut own = Vec::new();
+    let mut merged = Vec::new();
+    for (k, v) in entries {
+        if k.as_str() == Some("<<") {
+            let sources: Vec<Node> = match v.value {
+                Value::Seq(items) => items,
+                _ => vec![v],
+            };
+            for src in sources {
+                if let Value::Map(src_entries) = src.value {
+                    merged.extend(src_entries);
+                }
+            }
+        } else {
+            own.push((k, v));
+        }
+    }
+    for (k, v) in merged {
+        let name = k.scalar_text();
+        if !own.iter().any(|(ok, _)| ok.scalar_text() == name) {
+            own.push((k, v));
+        }
+    }
+    own
+}
+
+/// Types a plain (unquoted) scalar as YAML's core schema does.
+fn resolve_plain(text: String) -> Value {
+    match text.as_str() {
+        "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
+        "true" | "True" | "TRUE" => return Value::Bool(true),
+        "false" | "False" | "FALSE" => return Value::Bool(false),
+        ".inf" | ".Inf" | ".INF" | "+.inf" => return Value::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return Value::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
+        _ => {}
+    }
+    if let Ok(i) = text.parse::<i64>() {
+        return Value::Int(i);
+    }
+    if let Some(hex) = text.strip_prefix("0x") {
+        if let Ok(i) = i64::from_str_radix(hex, 16) {
+            return Value::Int(i);
+        }
+    }
+    if let Some(oct) = text.strip_prefix("0o") {
+        if let Ok(i) = i64::from_str_radix(oct, 8) {
+            return Value::Int(i);
+        }
+    }
+    let looks_numeric = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && text.bytes().any(|b| b.is_ascii_digit());
+    if looks_numeric {
+        if let Ok(f) = text.parse::<f64>() {
+            return Value::Float(f);
+        }
+    }
+    Value::Str(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn doc(text: &str) -> Node {
+        parse(text, &Arc::from("t.yml")).expect("parses")
+    }
+
+    #[test]
+    fn positions_are_one_based() {
+        let root = doc("a:\n  b: 1\n  c: [x, 'y']\n");
+        let b = root.get("a").and_then(|a| a.get("b")).expect("b");
+        assert_eq!((b.pos.line, b.pos.col), (2, 6));
+        let c = root.get("a").and_then(|a| a.get("c")).expect("c");
+        assert_eq!(c.as_seq().map(|s| s.len()), Some(2));
+        assert_eq!(c.as_seq().and_then(|s| s[1].as_str()), Some("y"));
+    }
+
+    #[test]
+    fn scalars_are_typed_like_yaml_core() {
+        let root = doc("a: 12\nb: true\nc: '12'\nd: ~\ne: 1.5\nf: hello\n");
+        assert!(matches!(root.get("a").map(|n| &n.value), Some(Value::Int(12))));
+        assert!(matches!(root.get("b").map(|n| &n.value), Some(Value::Bool(true))));
+        assert_eq!(root.get("c").and_then(Node::as_str), Some("12"));
+        assert!(root.get("d").map(Node::is_null).unwrap_or(false));
+        assert!(matches!(root.get("e").map(|n| &n.value), Some(Value::Float(_))));
+        assert_eq!(root.get("f").and_then(Node::as_str), Some("hello"));
+    }
+
+    #[test]
+    fn anchors_and_merge_keys_resolve() {
+        let root = doc("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n");
+        let used = root.get("use").expect("use");
+        assert!(matches!(used.get("x").map(|n| &n.value), Some(Value::Int(1))));
+        assert!(matches!(used.get("y").map(|n| &n.value), Some(Value::Int(3))));
+    }
+
+    #[test]
+    fn syntax_errors_have_a_position() {
+        let err = parse("a: [1, 2\nb: c\n", &Arc::from("t.yml")).expect_err("bad yaml");
+        assert_eq!(&*err.pos.file, "t.yml");
+        assert!(err.pos.line >= 1);
+        assert!(err.reason.starts_with("invalid YAML"));
+    }
+
+    #[test]
+    fn json_documents_parse_too() {
+        let root = doc("{\"scopes\": [\"wms\"], \"users\": {\"u\": {}}}");
+        assert_eq!(
+            root.get("scopes").and_then(Node::as_seq).map(|s| s.len()),
+            Some(1)
+        );
+    }
+}

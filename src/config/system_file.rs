@@ -1,0 +1,201 @@
+//! `system.config.yml` (or `.json`): the store (`db.redis`), `crypto`, `cli`, and the settings of
+//! Kargo's plugins, which tollgate builds in. EG sections tollgate does not use (session,
+//! accessTokens, ...) are accepted as they are, so a Kargo config directory loads unchanged.
+
+use super::error::{ConfigErrors, Pos};
+use super::node::{Node, Value};
+
+/// `db.redis`: where consumers live. `emulate: true` (or no section) selects the embedded store.
+#[derive(Clone, Debug, Default)]
+pub struct RedisDef {
+    pub emulate: bool,
+    pub namespace: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub password: Option<String>,
+    pub db: Option<i64>,
+    pub sentinels: Vec<(String, u16)>,
+    pub sentinel_name: Option<String>,
+    pub tls: bool,
+    pub configured: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct CryptoDef {
+    pub cipher_key: Option<String>,
+    pub algorithm: Option<String>,
+    pub salt_rounds: u32,
+}
+
+impl Default for CryptoDef {
+    fn default() -> Self {
+        CryptoDef {
+            cipher_key: None,
+            algorithm: None,
+            salt_rounds: 10,
+        }
+    }
+}
+
+/// One plugin's settings (`plugins: {name: {package?, ...settings}}`); `package` is ignored.
+#[derive(Clone, Debug)]
+pub struct PluginDef {
+    pub name: String,
+    pub pos: Pos,
+    pub settings: Node,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SystemFile {
+    pub redis: RedisDef,
+    pub crypto: CryptoDef,
+    pub cli_url: Option<String>,
+    pub plugins: Vec<PluginDef>,
+}
+
+/// The plugins Kargo ships; all are built into tollgate.
+pub const KNOWN_PLUGINS: &[&str] = &["healthcheck", "metrics", "scopes", "storage", "s3"];
+
+impl SystemFile {
+    pub fn from_node(root: &Node, errors: &mut ConfigErrors) -> SystemFile {
+        let mut sys = SystemFile::default();
+        if root.is_null() {
+            return sys;
+        }
+        if root.as_map().is_none() {
+            errors.push(&root.pos, format!("the system config must be a map, not {}", root.kind()));
+            return sys;
+        }
+        if let Some(redis) = root.get("db").and_then(|db| db.get("redis")) {
+            sys.redis = redis_def(redis, errors);
+        } else {
+            sys.redis.namespace = "EG".into();
+            sys.redis.emulate = true;
+        }
+        if let Some(crypto) = root.get("crypto") {
+            sys.crypto.cipher_key = text(crypto, "cipherKey", errors);
+            sys.crypto.algorithm = text(crypto, "algorithm", errors);
+            if let Some(n) = crypto.get("saltRounds") {
+                match &n.value {
+                    Value::Int(i) if (4..=31).contains(i) => sys.crypto.salt_rounds = *i as u32,
+                    Value::Null => {}
+                    _ => errors.push(&n.pos, "`crypto.saltRounds` must be a whole number from 4 to 31"),
+                }
+            }
+        }
+        if let Some(cli) = root.get("cli") {
+            sys.cli_url = text(cli, "url", errors);
+        }
+        if let Some(plugins) = root.get("plugins") {
+            match &plugins.value {
+                Value::Map(entries) => {
+                    for (k, v) in entries {
+                        let name = k.scalar_text().unwrap_or_default();
+                        if !KNOWN_PLUGINS.contains(&name.as_str()) {
+                            log::warn!(
+                                "{}: plugin `{name}` is not built into tollgate; its settings are ignored",
+                                k.pos
+                            );
+                        }
+                        sys.plugins.push(PluginDef {
+                            name,
+                            pos: k.pos.clone(),
+                            settings: v.clone(),
+                        });
+                    }
+                }
+                Value::Null => {}
+                _ => errors.push(&plugins.pos, format!("`plugins` must be a map, not {}", plugins.kind())),
+            }
+        }
+        sys
+    }
+
+    /// The settings of a built-in plugin, when the system config names it.
+    pub fn plugin(&self, name: &str) -> Option<&Node> {
+        self.plugins.iter().find(|p| p.name == name).map(|p| &p.settings)
+    }
+
+    /// A plugin's `endpointName` setting, or the default path.
+    pub fn plugin_endpoint(&self, name: &str, default: &str) -> String {
+        self.plugin(name)
+            .and_then(|s| s.get("endpointName"))
+            .and_then(|n| n.as_str())
+            .map(|s| if s.starts_with('/') { s.to_string() } else { format!("/{s}") })
+            .unwrap_or_else(|| default.to_string())
+    }
+}
+
+fn text(parent: &Node, key: &str, errors: &mut ConfigErrors) -> Option<String> {
+    let n = parent.get(key)?;
+    match &n.value {
+        Value::Null => None,
+        Value::Map(_) | Value::Seq(_) => {
+            errors.push(&n.pos, format!("`{key}` must be a string, not {}", n.kind()));
+            None
+        }
+        _ => n.scalar_text(),
+    }
+}
+
+fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
+    let mut def = RedisDef {
+        namespace: "EG".into(),
+        configured: true,
+        ..RedisDef::default()
+    };
+    if node.as_map().is_none() {
+        if !node.is_null() {
+            errors.push(&node.pos, format!("`db.redis` must be a map, not {}", node.kind()));
+        }
+        def.emulate = true;
+        return def;
+    }
+    if let Some(n) = node.get("emulate") {
+        match &n.value {
+            Value::Bool(b) => def.emulate = *b,
+            Value::Null => {}
+            Value::Str(s) if s == "true" || s == "false" => def.emulate = s == "true",
+            _ => errors.push(&n.pos, "`db.redis.emulate` must be true or false"),
+        }
+    }
+    if let Some(ns) = text(node, "namespace", errors) {
+        def.namespace = ns;
+    }
+    def.host = text(node, "host", errors);
+    def.password = text(node, "password", errors);
+    def.sentinel_name = text(node, "name", errors);
+    if let Some(n) = node.get("port") {
+        match &n.value {
+            Value::Int(p) if (1..=65535).contains(p) => def.port = Some(*p as u16),
+            Value::Str(s) if s.parse::<u16>().is_ok() => def.port = s.parse().ok(),
+            Value::Null => {}
+            _ => errors.push(&n.pos, "`db.redis.port` must be a port number"),
+        }
+    }
+    if let Some(n) = node.get("db") {
+        match &n.value {
+            Value::Int(d) if *d >= 0 => def.db = Some(*d),
+            Value::Null => {}
+            _ => errors.push(&n.pos, "`db.redis.db` must be a database number"),
+        }
+    }
+    if let Some(n) = node.get("tls") {
+        def.tls = !matches!(n.value, Value::Null | Value::Bool(false));
+    }
+    if let Some(list) = node.get("sentinels").and_then(Node::as_seq) {
+        for s in list {
+            let host = s.get("host").and_then(Node::scalar_text);
+            let port = match s.get("port").map(|p| &p.value) {
+                Some(Value::Int(p)) => u16::try_from(*p).ok(),
+                Some(Value::Str(p)) => p.parse().ok(),
+                _ => None,
+            };
+            match (host, port) {
+                (Some(h), Some(p)) => def.sentinels.push((h, p)),
+                _ => errors.push(&s.pos, "a sentinel needs `host` and `port`"),
+            }
+        }
+    }
+    def
+}

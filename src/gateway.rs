@@ -1,0 +1,244 @@
+//! The compiled, immutable gateway: routes, pipelines, endpoints and listeners built from one
+//! load of the config directory. Serving reads it through an `ArcSwap`; a reload builds a new one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::Method;
+
+use crate::config::error::ConfigErrors;
+use crate::config::gateway_file::{GatewayFile, HttpsDef, ListenerDef};
+use crate::config::system_file::SystemFile;
+use crate::config::LoadedConfig;
+use crate::counters::Counters;
+use crate::pipeline::context::ApiEndpoint;
+use crate::pipeline::{Condition, Pipeline, Step};
+use crate::policies::{self, BuildContext};
+use crate::routing::{HostMatcher, PathMatcher, Route, Router, Target};
+use crate::upstream::{ServiceEndpoint, UpstreamTarget};
+
+/// Default path of Kargo's healthcheck plugin.
+pub const HEALTHCHECK_PATH: &str = "/healthcheck";
+
+pub struct Gateway {
+    pub router: Router,
+    pub endpoints: Vec<ApiEndpoint>,
+    pub pipelines: Vec<Pipeline>,
+    pub service_endpoints: HashMap<String, Arc<ServiceEndpoint>>,
+    pub healthcheck_path: String,
+    pub http: Option<ListenerDef>,
+    pub https: Option<HttpsDef>,
+    pub admin: Option<ListenerDef>,
+    pub system: SystemFile,
+    /// The gateway config as JSON, for the Admin API.
+    pub raw: serde_json::Value,
+}
+
+impl Gateway {
+    /// Compiles a loaded config; every problem found is reported at once.
+    pub fn build(loaded: LoadedConfig, counters: &Arc<Counters>) -> Result<Gateway, ConfigErrors> {
+        let LoadedConfig { gateway: gw, system, .. } = loaded;
+        let mut errors = ConfigErrors::default();
+        let service_endpoints = build_service_endpoints(&gw, &mut errors);
+        check_declared_policies(&gw, &mut errors);
+        let cx = BuildContext {
+            service_endpoints: &service_endpoints,
+            counters,
+        };
+        let pipelines = build_pipelines(&gw, &cx, &mut errors);
+        let endpoints: Vec<ApiEndpoint> = gw
+            .api_endpoints
+            .iter()
+            .map(|e| ApiEndpoint {
+                name: Arc::from(e.name.as_str()),
+                scopes: e.entries.iter().flat_map(|d| d.scopes.iter().cloned()).collect(),
+            })
+            .collect();
+        let router = build_router(&gw, &mut errors);
+        errors.into_result()?;
+        Ok(Gateway {
+            router,
+            endpoints,
+            pipelines,
+            service_endpoints,
+            healthcheck_path: system.plugin_endpoint("healthcheck", HEALTHCHECK_PATH),
+            http: gw.http,
+            https: gw.https,
+            admin: gw.admin,
+            system,
+            raw: gw.raw,
+        })
+    }
+
+    /// Every upstream target, for DNS refresh.
+    pub fn targets(&self) -> impl Iterator<Item = &Arc<UpstreamTarget>> {
+        self.service_endpoints.values().flat_map(|s| s.targets.iter())
+    }
+}
+
+fn build_service_endpoints(gw: &GatewayFile, errors: &mut ConfigErrors) -> HashMap<String, Arc<ServiceEndpoint>> {
+    let mut out = HashMap::new();
+    for def in &gw.service_endpoints {
+        let mut targets = Vec::new();
+        for (url, pos) in &def.urls {
+            match UpstreamTarget::parse(url) {
+                Ok(t) => targets.push(Arc::new(t)),
+                Err(why) => errors.push(pos, format!("serviceEndpoint `{}`: {why}", def.name)),
+            }
+        }
+        out.insert(
+            def.name.clone(),
+            Arc::new(ServiceEndpoint {
+                name: def.name.clone(),
+                targets,
+                proxy_options: def.proxy_options.clone(),
+            }),
+        );
+    }
+    out
+}
+
+fn check_declared_policies(gw: &GatewayFile, errors: &mut ConfigErrors) {
+    for (name, pos) in &gw.policies {
+        if !policies::AVAILABLE.contains(&name.as_str()) {
+            errors.push(pos, policies::unknown_reason(name));
+        }
+    }
+}
+
+fn build_pipelines(gw: &GatewayFile, cx: &BuildContext<'_>, errors: &mut ConfigErrors) -> Vec<Pipeline> {
+    let declared = |name: &str| gw.policies.iter().any(|(p, _)| p == name);
+    let mut out = Vec::new();
+    for def in &gw.pipelines {
+        for (endpoint, pos) in &def.api_endpoints {
+            if !gw.api_endpoints.iter().any(|e| &e.name == endpoint) {
+                log::warn!("{pos}: pipeline `{}` lists apiEndpoint `{endpoint}`, which is not defined", def.name);
+            }
+        }
+        let mut steps = Vec::new();
+        for step in &def.steps {
+            if !declared(&step.policy) {
+                errors.push(
+                    &step.pos,
+                    format!("policy `{}` is used in pipeline `{}` but not declared in `policies`", step.policy, def.name),
+                );
+                continue;
+            }
+            if !policies::AVAILABLE.contains(&step.policy.as_str()) {
+                continue; // reported once, where it is declared
+            }
+            let condition = step.condition.as_ref().and_then(|c| {
+                let before = errors.0.len();
+                let built = Condition::from_node(c, errors);
+                built.filter(|_| errors.0.len() == before)
+            });
+            if step.condition.is_some() && condition.is_none() {
+                continue;
+            }
+            if let Some(action) = policies::build(&step.policy, step.action.as_ref(), &step.pos, cx, errors) {
+                steps.push(Step {
+                    policy_name: Arc::from(step.policy.as_str()),
+                    condition,
+                    action,
+                });
+            }
+        }
+        out.push(Pipeline {
+            name: Arc::from(def.name.as_str()),
+            steps,
+        });
+    }
+    out
+}
+
+fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
+    // The last pipeline that lists an endpoint wins, as in EG.
+    let mut pipeline_of: HashMap<&str, usize> = HashMap::new();
+    for (i, p) in gw.pipelines.iter().enumerate() {
+        for (endpoint, _) in &p.api_endpoints {
+            pipeline_of.insert(endpoint.as_str(), i);
+        }
+    }
+    // Host groups, in order of first appearance.
+    let mut group_keys: Vec<(String, bool)> = Vec::new();
+    let mut group_routes: Vec<Vec<(usize, &crate::config::gateway_file::EndpointDef)>> = Vec::new();
+    for (ei, endpoint) in gw.api_endpoints.iter().enumerate() {
+        for entry in &endpoint.entries {
+            let key = match &entry.host_regex {
+                Some((re, _)) => (re.clone(), true),
+                None => (entry.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "*".into()), false),
+            };
+            let gi = match group_keys.iter().position(|k| *k == key) {
+                Some(i) => i,
+                None => {
+                    group_keys.push(key);
+                    group_routes.push(Vec::new());
+                    group_keys.len() - 1
+                }
+            };
+            group_routes[gi].push((ei, entry));
+        }
+    }
+    let mut router = Router::default();
+    for (gi, (key, is_regex)) in group_keys.iter().enumerate() {
+        let host = if *is_regex {
+            match HostMatcher::regex(key) {
+                Ok(h) => h,
+                Err(why) => {
+                    let pos = group_routes[gi]
+                        .iter()
+                        .find_map(|(_, e)| e.host_regex.as_ref().map(|(_, p)| p.clone()))
+                        .unwrap_or_else(|| group_routes[gi][0].1.pos.clone());
+                    errors.push(&pos, format!("bad regex in hostRegex: {why}"));
+                    HostMatcher::Any
+                }
+            }
+        } else {
+            HostMatcher::glob(Some(key))
+        };
+        router.hosts.push(host);
+        for (ei, entry) in &group_routes[gi] {
+            let endpoint = &gw.api_endpoints[*ei];
+            let target = pipeline_of
+                .get(endpoint.name.as_str())
+                .map_or(Target::NoPipeline, |p| Target::Pipeline(*p));
+            let methods = entry.methods.as_ref().map(|list| {
+                list.iter()
+                    .filter_map(|m| match Method::from_bytes(m.as_bytes()) {
+                        Ok(m) => Some(m),
+                        Err(_) => {
+                            errors.push(&entry.pos, format!("apiEndpoint `{}`: `{m}` is not an HTTP method", endpoint.name));
+                            None
+                        }
+                    })
+                    .collect::<Vec<_>>()
+            });
+            let mut matchers = Vec::new();
+            if let Some((re, pos)) = &entry.path_regex {
+                match PathMatcher::regex(re) {
+                    Ok(m) => matchers.push(m),
+                    Err(why) => errors.push(pos, format!("bad regex in pathRegex of apiEndpoint `{}`: {why}", endpoint.name)),
+                }
+            } else if entry.paths.is_empty() {
+                matchers.push(PathMatcher::any());
+            } else {
+                for (p, pos) in &entry.paths {
+                    match PathMatcher::express(p) {
+                        Ok(m) => matchers.push(m),
+                        Err(why) => errors.push(pos, format!("bad path pattern `{p}` in apiEndpoint `{}`: {why}", endpoint.name)),
+                    }
+                }
+            }
+            for path in matchers {
+                router.routes.push(Route {
+                    group: gi,
+                    endpoint: *ei,
+                    path,
+                    methods: methods.clone(),
+                    target,
+                });
+            }
+        }
+    }
+    router
+}

@@ -1,0 +1,15 @@
+//! tollgate: an API gateway on Pingora that runs Express Gateway's configuration unchanged.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod counters;
+pub mod gateway;
+pub mod pipeline;
+pub mod policies;
+pub mod proxy;
+pub mod request_id;
+pub mod responses;
+pub mod routing;
+pub mod server;
+pub mod upstream;

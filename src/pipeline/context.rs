@@ -1,0 +1,155 @@
+//! What a policy sees and changes while a request travels through a pipeline.
+//!
+//! [`Request`] is a read-only view of the client's request. [`Exchange`] is the per-request
+//! state the policies build up: header edits for the upstream request and for whatever response
+//! is finally sent, the consumer an auth policy found, and the upstream the proxy chose.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+
+
+/// The apiEndpoint a request matched.
+#[derive(Debug)]
+pub struct ApiEndpoint {
+    pub name: Arc<str>,
+    pub scopes: Vec<String>,
+}
+
+/// A read-only view of the client's request.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    /// The raw path, without the query.
+    pub path: &'a str,
+    /// The raw query, without `?`.
+    pub query: Option<&'a str>,
+    /// The raw path with its query, as sent (EG's `req.url`).
+    pub url: &'a str,
+    /// The Host header as sent (port included).
+    pub host: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub client_ip: Option<IpAddr>,
+    /// The port the client connected to (for `X-Forwarded-Port`).
+    pub server_port: Option<u16>,
+    pub tls: bool,
+    pub endpoint: &'a ApiEndpoint,
+    /// Where the matched path pattern's first `:` or `*` sits (`None`: it has neither);
+    /// the proxy's `stripPath` cuts the URL there.
+    pub strip_at: Option<usize>,
+}
+
+impl Request<'_> {
+    /// The Host header without its port (EG's `req.hostname`).
+    pub fn hostname(&self) -> Option<&str> {
+        self.host.map(strip_port)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// `host:port` → `host`, `[::1]:80` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return match host.find(']') {
+            Some(end) => &host[..=end],
+            None => host,
+        };
+    }
+    match host.rfind(':') {
+        Some(i) => &host[..i],
+        None => host,
+    }
+}
+
+/// A change to a header set.
+#[derive(Clone, Debug)]
+pub enum HeaderEdit {
+    /// Replace any value.
+    Set(HeaderName, HeaderValue),
+    /// Set only when absent (a value the upstream sends wins, as in EG where policies set
+    /// response headers before the proxy copies the upstream's over them).
+    Default(HeaderName, HeaderValue),
+    /// Add another value.
+    Append(HeaderName, HeaderValue),
+    Remove(HeaderName),
+}
+
+/// The consumer an auth policy authenticated.
+#[derive(Clone, Debug)]
+pub struct Consumer {
+    pub id: Arc<str>,
+    pub scopes: Arc<[String]>,
+}
+
+/// Where and how the proxy policy sends this request.
+#[derive(Clone, Debug)]
+pub struct ProxyPlan {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    pub verify_cert: bool,
+    /// Host header for the upstream (`changeOrigin`); `None` keeps the client's.
+    pub host: Option<HeaderValue>,
+    /// Path and query sent upstream.
+    pub path: String,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+}
+
+/// A response a policy produced itself.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: Option<&'static str>,
+    pub body: Bytes,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Reply {
+    pub fn text(status: u16, body: impl Into<Bytes>) -> Reply {
+        Reply {
+            status,
+            content_type: Some("text/plain; charset=utf-8"),
+            body: body.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn empty(status: u16) -> Reply {
+        Reply {
+            status,
+            content_type: None,
+            body: Bytes::new(),
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// What a policy step decided.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Go on with the next step.
+    Continue,
+    /// Answer the client now; the pipeline ends.
+    Respond(Reply),
+    /// The proxy policy filled in [`Exchange::proxy`]; the pipeline ends.
+    Proxy,
+    /// Pause this long, then go on with the next step (rate-limit's delay).
+    Wait(Duration),
+}
+
+/// Per-request state the policies build up.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    pub request_id: String,
+    pub consumer: Option<Consumer>,
+    pub upstream_edits: Vec<HeaderEdit>,
+    pub response_edits: Vec<HeaderEdit>,
+    pub proxy: Option<ProxyPlan>,
+}

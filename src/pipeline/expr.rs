@@ -1,0 +1,284 @@
+//! EG's value expressions, without a JavaScript engine.
+//!
+//! EG evaluates header values (request/response-transformer, `forwardHeaders`) and the
+//! `rateLimitBy` template as JavaScript against the request. Real configs use a small set of
+//! forms, which tollgate compiles once: quoted literals (`'Basic'`), numbers, property paths
+//! (`req.headers.host`, `req.headers['x-name']`, `req.ip`, `req.hostname`, `req.method`,
+//! `req.url`, `req.path`, `req.user.id`, `egContext.requestID`, `apiEndpoint.apiEndpointName`)
+//! and `+` concatenation. Anything else is a config error naming the value.
+
+use std::fmt::Write;
+
+use http::header::HeaderName;
+
+use super::context::{Exchange, Request};
+
+#[derive(Clone, Debug, PartialEq)]
+enum Term {
+    Literal(String),
+    Header(HeaderName),
+    Ip,
+    Hostname,
+    Method,
+    Url,
+    Path,
+    ConsumerId,
+    RequestId,
+    EndpointName,
+}
+
+/// A compiled expression: terms joined with `+`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Expr(Vec<Term>);
+
+impl Expr {
+    /// Compiles a JavaScript-like expression; `Err` says why it is not supported.
+    pub fn parse(src: &str) -> Result<Expr, String> {
+        let parts = split_plus(src).ok_or_else(|| format!("unbalanced quotes or brackets in `{src}`"))?;
+        let terms = parts
+            .iter()
+            .map(|p| parse_term(p.trim()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Expr(terms))
+    }
+
+    /// A fixed literal, for values given as YAML numbers or booleans.
+    pub fn literal(text: impl Into<String>) -> Expr {
+        Expr(vec![Term::Literal(text.into())])
+    }
+
+    /// The literal text when the expression does not depend on the request.
+    pub fn as_literal(&self) -> Option<String> {
+        self.0
+            .iter()
+            .map(|t| match t {
+                Term::Literal(s) => Some(s.as_str()),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .map(|parts| parts.concat())
+    }
+
+    /// Appends the value to `out`; missing values (no such header, anonymous) add nothing,
+    /// as JavaScript's `undefined` would in a header value.
+    pub fn eval_into(&self, req: &Request<'_>, x: &Exchange, out: &mut String) {
+        for term in &self.0 {
+            match term {
+                Term::Literal(s) => out.push_str(s),
+                Term::Header(name) => {
+                    if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
+                        out.push_str(v);
+                    }
+                }
+                Term::Ip => {
+                    if let Some(ip) = req.client_ip {
+                        let _ = write!(out, "{}", ip_text(ip));
+                    }
+                }
+                Term::Hostname => out.push_str(req.hostname().unwrap_or("")),
+                Term::Method => out.push_str(req.method.as_str()),
+                Term::Url => out.push_str(req.url),
+                Term::Path => out.push_str(req.path),
+                Term::ConsumerId => {
+                    if let Some(c) = &x.consumer {
+                        out.push_str(&c.id);
+                    }
+                }
+                Term::RequestId => out.push_str(&x.request_id),
+                Term::EndpointName => out.push_str(&req.endpoint.name),
+            }
+        }
+    }
+
+    pub fn eval(&self, req: &Request<'_>, x: &Exchange) -> String {
+        let mut s = String::new();
+        self.eval_into(req, x, &mut s);
+        s
+    }
+}
+
+/// The client IP as Express shows it: IPv4 clients on a dual-stack socket as `::ffff:a.b.c.d`
+/// are shown as plain IPv4 here, which is what operators expect in keys and headers.
+pub fn ip_text(ip: std::net::IpAddr) -> std::net::IpAddr {
+    match ip {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// A template: text with `${expression}` parts (EG's `rateLimitBy`).
+#[derive(Clone, Debug)]
+pub struct Template(Vec<TemplatePart>);
+
+#[derive(Clone, Debug)]
+enum TemplatePart {
+    Text(String),
+    Expr(Expr),
+}
+
+impl Template {
+    pub fn parse(src: &str) -> Result<Template, String> {
+        let mut parts = Vec::new();
+        let mut rest = src;
+        while let Some(start) = rest.find("${") {
+            if start > 0 {
+                parts.push(TemplatePart::Text(rest[..start].to_string()));
+            }
+            let after = &rest[start + 2..];
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unclosed `${{` in template `{src}`"))?;
+            parts.push(TemplatePart::Expr(Expr::parse(&after[..end])?));
+            rest = &after[end + 1..];
+        }
+        if !rest.is_empty() {
+            parts.push(TemplatePart::Text(rest.to_string()));
+        }
+        Ok(Template(parts))
+    }
+
+    pub fn eval(&self, req: &Request<'_>, x: &Exchange) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            match part {
+                TemplatePart::Text(t) => out.push_str(t),
+                TemplatePart::Expr(e) => e.eval_into(req, x, &mut out),
+            }
+        }
+        out
+    }
+}
+
+/// Splits on `+` outside quotes and brackets; `None` when they do not balance.
+fn split_plus(src: &str) -> Option<Vec<&str>> {
+    let mut parts = Vec::new();
+    let mut quote: Option<char> = None;
+    let mut depth = 0i32;
+    let mut start = 0;
+    let mut escaped = false;
+    for (i, c) in src.char_indices() {
+        if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' | '`' => quote = Some(c),
+            '[' | '(' => depth += 1,
+            ']' | ')' => depth -= 1,
+            '+' if depth == 0 => {
+                parts.push(&src[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if quote.is_some() || depth != 0 {
+        return None;
+    }
+    parts.push(&src[start..]);
+    Some(parts)
+}
+
+fn unquote(s: &str) -> Option<String> {
+    let q = s.chars().next()?;
+    if !matches!(q, '\'' | '"' | '`') || s.len() < 2 || !s.ends_with(q) {
+        return None;
+    }
+    let inner = &s[1..s.len() - 1];
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some('t') => out.push('\t'),
+                Some(other) => out.push(other),
+                None => return None,
+            }
+        } else if c == q {
+            return None;
+        } else {
+            out.push(c);
+        }
+    }
+    if q == '`' && out.contains("${") {
+        return None;
+    }
+    Some(out)
+}
+
+fn parse_term(t: &str) -> Result<Term, String> {
+    if t.is_empty() {
+        return Err("an empty operand around `+`".into());
+    }
+    if let Some(lit) = unquote(t) {
+        return Ok(Term::Literal(lit));
+    }
+    if t.parse::<f64>().is_ok() || t == "true" || t == "false" {
+        return Ok(Term::Literal(t.to_string()));
+    }
+    let term = match t {
+        "req.ip" => Term::Ip,
+        "req.hostname" => Term::Hostname,
+        "req.method" => Term::Method,
+        "req.url" | "req.originalUrl" => Term::Url,
+        "req.path" => Term::Path,
+        "req.user.id" => Term::ConsumerId,
+        "egContext.requestID" | "req.egContext.requestID" => Term::RequestId,
+        "apiEndpoint.apiEndpointName" | "req.egContext.apiEndpoint.apiEndpointName" => Term::EndpointName,
+        _ => {
+            let header = t
+                .strip_prefix("req.headers.")
+                .map(str::to_string)
+                .or_else(|| {
+                    t.strip_prefix("req.headers[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .and_then(|q| unquote(q.trim()))
+                });
+            match header.map(|h| HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes())) {
+                Some(Ok(name)) => Term::Header(name),
+                _ => {
+                    return Err(format!(
+                        "`{t}` is not a supported value expression (use a quoted literal like \"'Basic'\", req.headers.<name>, req.ip, req.hostname, req.user.id, egContext.requestID, apiEndpoint.apiEndpointName, joined with +)"
+                    ))
+                }
+            }
+        }
+    };
+    Ok(term)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literals_and_paths_parse() {
+        assert_eq!(Expr::parse("'Basic'").map(|e| e.as_literal()), Ok(Some("Basic".into())));
+        assert_eq!(Expr::parse("\"a\" + 'b'").map(|e| e.as_literal()), Ok(Some("ab".into())));
+        assert_eq!(Expr::parse("42").map(|e| e.as_literal()), Ok(Some("42".into())));
+        assert!(Expr::parse("req.headers['x-name'] + '-' + req.ip").is_ok());
+        assert!(Expr::parse("req.headers.host").is_ok());
+    }
+
+    #[test]
+    fn unsupported_forms_are_rejected() {
+        assert!(Expr::parse("Basic").is_err());
+        assert!(Expr::parse("require('fs')").is_err());
+        assert!(Expr::parse("'open").is_err());
+        assert!(Expr::parse("'a' +").is_err());
+    }
+
+    #[test]
+    fn templates_split_text_and_expressions() {
+        assert!(Template::parse("${req.ip}").is_ok());
+        assert!(Template::parse("key-${req.headers.host}-x").is_ok());
+        assert!(Template::parse("${req.ip").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The policies a pipeline step can run, one file each, and the registry that builds a policy
+//! from its name and `action` parameters.
+
+pub mod cors;
+pub mod header_values;
+pub mod headers;
+pub mod log;
+pub mod proxy;
+pub mod rate_limit;
+pub mod request_transformer;
+pub mod response_transformer;
+pub mod terminate;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::config::error::{ConfigErrors, Pos};
+use crate::config::node::Node;
+use crate::counters::Counters;
+use crate::pipeline::Policy;
+use crate::upstream::ServiceEndpoint;
+
+/// What building a policy may look at besides its own parameters.
+pub struct BuildContext<'a> {
+    pub service_endpoints: &'a HashMap<String, Arc<ServiceEndpoint>>,
+    /// Rate-limit windows, shared by every step and kept across config reloads.
+    pub counters: &'a Arc<Counters>,
+}
+
+/// Policies tollgate provides.
+pub const AVAILABLE: &[&str] = &[
+    "proxy",
+    "cors",
+    "terminate",
+    "headers",
+    "rate-limit",
+    "request-transformer",
+    "response-transformer",
+    "log",
+];
+
+/// EG policies tollgate does not provide, with the reason given to the user.
+pub const UNSUPPORTED: &[(&str, &str)] = &[
+    ("oauth2", "oauth2 is not supported by tollgate; use jwt or key-auth"),
+    ("oauth2-introspect", "oauth2-introspect is not supported by tollgate; use jwt"),
+    ("expression", "expression runs JavaScript, which tollgate does not; use conditions and transformers"),
+];
+
+/// Policies of the consumers layer (key-auth, jwt, basic-auth, scopes, metrics).
+pub const NOT_YET: &[&str] = &["key-auth", "jwt", "basic-auth", "scopes", "metrics"];
+
+/// Builds one step's policy. `None` when something is wrong; the reasons are in `errors`.
+pub fn build(
+    name: &str,
+    action: Option<&Node>,
+    pos: &Pos,
+    cx: &BuildContext<'_>,
+    errors: &mut ConfigErrors,
+) -> Option<Arc<dyn Policy>> {
+    let policy: Arc<dyn Policy> = match name {
+        "proxy" => Arc::new(proxy::Proxy::build(action, pos, cx, errors)?),
+        "cors" => Arc::new(cors::Cors::build(params(name, action, pos, errors)?, action, errors)?),
+        "terminate" => Arc::new(terminate::Terminate::build(params(name, action, pos, errors)?)),
+        "headers" => Arc::new(headers::Headers::build(params(name, action, pos, errors)?, action, errors)?),
+        "rate-limit" => Arc::new(rate_limit::RateLimit::build(params(name, action, pos, errors)?, action, pos, cx.counters, errors)?),
+        "request-transformer" => Arc::new(request_transformer::RequestTransformer::build(action, pos, errors)?),
+        "response-transformer" => Arc::new(response_transformer::ResponseTransformer::build(action, pos, errors)?),
+        "log" => Arc::new(log::Log::build(params(name, action, pos, errors)?, action, errors)?),
+        _ => {
+            errors.push(pos, unknown_reason(name));
+            return None;
+        }
+    };
+    Some(policy)
+}
+
+/// Why a policy name cannot be used.
+pub fn unknown_reason(name: &str) -> String {
+    if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == name) {
+        return format!("policy `{name}`: {why}");
+    }
+    if NOT_YET.contains(&name) {
+        return format!("policy `{name}` is not available in this version of tollgate");
+    }
+    format!("unknown policy `{name}` (tollgate provides: {})", AVAILABLE.join(", "))
+}
+
+/// Deserialises a step's `action` into the policy's parameters; a missing action gives the
+/// defaults. A wrong type is reported at the offending value.
+pub fn params<T: DeserializeOwned>(
+    policy: &str,
+    action: Option<&Node>,
+    pos: &Pos,
+    errors: &mut ConfigErrors,
+) -> Option<T> {
+    let json = action.map_or_else(|| serde_json::json!({}), Node::to_json);
+    match serde_path_to_error::deserialize::<_, T>(json) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let at = action.map_or(pos, |a| &a.locate(e.path()).pos);
+            let path = e.path().to_string();
+            let field = if path == "." { String::new() } else { format!(" `{path}`") };
+            errors.push(at, format!("policy `{policy}`{field}: {}", e.inner()));
+            None
+        }
+    }
+}
+
+/// The position of a parameter of an action, or the step's own when absent.
+pub fn param_pos<'a>(action: Option<&'a Node>, key: &str, fallback: &'a Pos) -> &'a Pos {
+    action.and_then(|a| a.get(key)).map_or(fallback, |n| &n.pos)
+}

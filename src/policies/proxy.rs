@@ -1,0 +1,255 @@
+//! `proxy`: chooses the upstream (round-robin over `urls`), rewrites the path (stripPath,
+//! prependPath, ignorePath), sets Host (changeOrigin), X-Forwarded-* (xfwd), `eg-request-id`
+//! and any static `headers`, and sets the timeouts. The transfer itself is Pingora's.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use crate::config::error::{ConfigErrors, Pos};
+use crate::config::node::Node;
+use crate::pipeline::context::{HeaderEdit, ProxyPlan, Reply};
+use crate::pipeline::expr::ip_text;
+use crate::pipeline::{Exchange, Outcome, Policy, Request};
+use crate::upstream::{ServiceEndpoint, UpstreamTarget};
+
+use super::BuildContext;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    #[serde(default = "yes")]
+    change_origin: bool,
+    #[serde(default)]
+    strip_path: bool,
+    #[serde(default = "yes")]
+    prepend_path: bool,
+    #[serde(default)]
+    ignore_path: bool,
+    #[serde(default)]
+    xfwd: bool,
+    strategy: Option<String>,
+    timeout: Option<u64>,
+    proxy_timeout: Option<u64>,
+    #[serde(default = "yes")]
+    secure: bool,
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub struct Proxy {
+    targets: Vec<Arc<UpstreamTarget>>,
+    next: AtomicUsize,
+    change_origin: bool,
+    strip_path: bool,
+    prepend_path: bool,
+    ignore_path: bool,
+    xfwd: bool,
+    verify_cert: bool,
+    timeout: Option<Duration>,
+    headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
+static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+static XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+impl Proxy {
+    /// Builds from the step's action merged with the service endpoint's `proxyOptions`
+    /// (which win, as in EG).
+    pub fn build(action: Option<&Node>, pos: &Pos, cx: &BuildContext<'_>, errors: &mut ConfigErrors) -> Option<Proxy> {
+        let name_node = action.and_then(|a| a.get("serviceEndpoint"));
+        let Some(name) = name_node.and_then(Node::scalar_text) else {
+            errors.push(pos, "policy `proxy` needs `serviceEndpoint`");
+            return None;
+        };
+        let Some(endpoint) = cx.service_endpoints.get(&name) else {
+            let at = name_node.map_or(pos, |n| &n.pos);
+            errors.push(at, format!("policy `proxy`: unknown serviceEndpoint `{name}`"));
+            return None;
+        };
+        let p: Params = merged_params(action, endpoint, pos, errors)?;
+        if let Some(s) = p.strategy.as_deref().filter(|s| *s != "round-robin") {
+            let at = super::param_pos(action, "strategy", pos);
+            errors.push(at, format!("policy `proxy`: unknown strategy `{s}` (only round-robin)"));
+            return None;
+        }
+        let mut headers = Vec::new();
+        for (k, v) in &p.headers {
+            match (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(v)) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                _ => errors.push(super::param_pos(action, "headers", pos), format!("policy `proxy`: bad header `{k}`")),
+            }
+        }
+        let timeout = p.proxy_timeout.or(p.timeout).filter(|t| *t > 0).map(Duration::from_millis);
+        Some(Proxy {
+            targets: endpoint.targets.clone(),
+            next: AtomicUsize::new(0),
+            change_origin: p.change_origin,
+            strip_path: p.strip_path,
+            prepend_path: p.prepend_path,
+            ignore_path: p.ignore_path,
+            xfwd: p.xfwd,
+            verify_cert: p.secure,
+            timeout,
+            headers,
+        })
+    }
+
+    fn pick(&self) -> &UpstreamTarget {
+        let i = if self.targets.len() == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len()
+        };
+        &self.targets[i]
+    }
+
+    /// The path and query sent upstream, as http-proxy builds it from the (possibly stripped)
+    /// URL and the target's path.
+    fn upstream_path(&self, req: &Request<'_>, target: &UpstreamTarget) -> String {
+        let url = if self.strip_path {
+            stripped_url(req)
+        } else {
+            req.url.to_string()
+        };
+        if self.ignore_path {
+            return if self.prepend_path { target.base_path.clone() } else { "/".into() };
+        }
+        if self.prepend_path {
+            url_join(&target.base_path, &url)
+        } else {
+            url
+        }
+    }
+}
+
+fn merged_params(action: Option<&Node>, endpoint: &ServiceEndpoint, pos: &Pos, errors: &mut ConfigErrors) -> Option<Params> {
+    let mut json = action.map_or_else(|| serde_json::json!({}), Node::to_json);
+    if let (Some(obj), Some(opts)) = (json.as_object_mut(), endpoint.proxy_options.as_ref().map(Node::to_json)) {
+        if let Some(extra) = opts.as_object() {
+            for (k, v) in extra {
+                obj.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    match serde_path_to_error::deserialize::<_, Params>(json) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            let from_options = endpoint.proxy_options.as_ref().map(|o| o.locate(e.path())).filter(|n| !std::ptr::eq(*n, endpoint.proxy_options.as_ref().expect("checked")));
+            let at = from_options.map(|n| &n.pos).or_else(|| action.map(|a| &a.locate(e.path()).pos)).unwrap_or(pos);
+            errors.push(at, format!("policy `proxy` `{}`: {}", e.path(), e.inner()));
+            None
+        }
+    }
+}
+
+/// EG's stripPath: cut the URL at the matched pattern's first `:` or `*`.
+fn stripped_url(req: &Request<'_>) -> String {
+    match req.strip_at {
+        None => match req.query {
+            Some(q) => format!("/?{q}"),
+            None => "/".into(),
+        },
+        Some(0) => req.url.to_string(),
+        Some(at) => format!("/{}", req.url.get(at..).unwrap_or("")),
+    }
+}
+
+/// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query.
+pub fn url_join(base: &str, url: &str) -> String {
+    let (url_path, url_query) = match url.find('?') {
+        Some(i) => (&url[..i], Some(&url[i..])),
+        None => (url, None),
+    };
+    let mut joined = String::with_capacity(base.len() + url.len() + 1);
+    for part in [base, url_path] {
+        if part.is_empty() {
+            continue;
+        }
+        if !joined.is_empty() {
+            joined.push('/');
+        }
+        joined.push_str(part);
+    }
+    let mut out = String::with_capacity(joined.len() + url_query.map_or(0, str::len));
+    let mut last_slash = false;
+    for c in joined.chars() {
+        if c == '/' && last_slash {
+            continue;
+        }
+        last_slash = c == '/';
+        out.push(c);
+    }
+    if let Some(q) = url_query {
+        out.push_str(q);
+    }
+    out
+}
+
+impl Policy for Proxy {
+    fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        let target = self.pick();
+        let Some(addr) = target.addr() else {
+            log::warn!("proxy: upstream `{}` has no resolved address", target.url);
+            return Outcome::Respond(Reply::text(502, "Bad gateway."));
+        };
+        if let Ok(id) = HeaderValue::from_str(&x.request_id) {
+            x.upstream_edits.push(HeaderEdit::Set(REQUEST_ID.clone(), id));
+        }
+        for (n, v) in &self.headers {
+            x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
+        }
+        if self.xfwd {
+            let ip = req.client_ip.map(|ip| ip_text(ip).to_string()).unwrap_or_default();
+            let forwarded = |name: &HeaderName, value: String| {
+                let v = match req.header(name.as_str()) {
+                    Some(prev) => format!("{prev},{value}"),
+                    None => value,
+                };
+                HeaderValue::from_str(&v).ok().map(|v| HeaderEdit::Set(name.clone(), v))
+            };
+            let port = req.server_port.map(|p| p.to_string()).unwrap_or_default();
+            let proto = if req.tls { "https" } else { "http" }.to_string();
+            x.upstream_edits.extend(
+                [forwarded(&XFF, ip), forwarded(&XF_PORT, port), forwarded(&XF_PROTO, proto)]
+                    .into_iter()
+                    .flatten(),
+            );
+        }
+        x.proxy = Some(ProxyPlan {
+            addr,
+            tls: target.tls,
+            sni: target.hostname.clone(),
+            verify_cert: self.verify_cert,
+            host: self.change_origin.then(|| target.host_header.clone()),
+            path: self.upstream_path(req, target),
+            connect_timeout: self.timeout,
+            read_timeout: self.timeout,
+        });
+        Outcome::Proxy
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url_join;
+
+    #[test]
+    fn joins_like_http_proxy() {
+        assert_eq!(url_join("/wms", "/?SERVICE=WMS"), "/wms/?SERVICE=WMS");
+        assert_eq!(url_join("/wms", "/foo"), "/wms/foo");
+        assert_eq!(url_join("/", "/a?x=1"), "/a?x=1");
+        assert_eq!(url_join("/wmts", "/1/2/3.png"), "/wmts/1/2/3.png");
+        assert_eq!(url_join("/base/", "/x%2Fy/then/z?a=2"), "/base/x%2Fy/then/z?a=2");
+        assert_eq!(url_join("/wmts", ""), "/wmts");
+    }
+}

@@ -1,0 +1,270 @@
+//! The glue between Pingora's proxy phases and the gateway: route, run the pipeline, hand the
+//! proxy plan to Pingora, apply the header edits. Nothing else lives here.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::gateway::Gateway;
+use crate::pipeline::context::{Exchange, HeaderEdit, Outcome, Reply, Request};
+use crate::request_id::new_request_id;
+use crate::responses;
+use crate::routing::Target;
+
+/// Requests being served right now (the drain on SIGTERM waits for this to reach 0).
+pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+
+/// How long to wait for an upstream connection when the proxy action sets no timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
+
+pub struct Tollgate {
+    pub gateway: Arc<ArcSwap<Gateway>>,
+}
+
+/// Per-request state across Pingora's phases.
+pub struct RequestCtx {
+    x: Exchange,
+}
+
+/// What the request phase decided.
+enum Decision {
+    Reply(Reply),
+    Proxy,
+}
+
+impl Tollgate {
+    /// Routes the request and runs pipelines until one responds or proxies.
+    async fn decide(&self, session: &Session, x: &mut Exchange) -> Decision {
+        let gw = self.gateway.load();
+        let head = session.req_header();
+        let method = &head.method;
+        let path = head.uri.path();
+        let host = head
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| head.uri.authority().map(|a| a.as_str()));
+        if path == gw.healthcheck_path && (*method == http::Method::GET || *method == http::Method::HEAD) {
+            return Decision::Reply(responses::healthy());
+        }
+        let url = head.uri.path_and_query().map_or(path, |pq| pq.as_str());
+        let client_ip = session.client_addr().and_then(PeerAddr::as_inet).map(|a| a.ip());
+        let server_port = session.server_addr().and_then(PeerAddr::as_inet).map(|a| a.port());
+        let tls = session
+            .digest()
+            .is_some_and(|d| d.ssl_digest.is_some());
+        let mut from = 0;
+        while let Some(ri) = gw.router.find(from, host, path, method) {
+            let route = &gw.router.routes[ri];
+            let Target::Pipeline(pi) = route.target else {
+                return Decision::Reply(responses::not_found());
+            };
+            let req = Request {
+                method,
+                path,
+                query: head.uri.query(),
+                url,
+                host,
+                headers: &head.headers,
+                client_ip,
+                server_port,
+                tls,
+                endpoint: &gw.endpoints[route.endpoint],
+                strip_at: route.path.strip_at,
+            };
+            let pipeline = &gw.pipelines[pi];
+            let mut step = 0;
+            loop {
+                let (outcome, next) = pipeline.run(step, &req, x);
+                match outcome {
+                    Outcome::Respond(reply) => return Decision::Reply(reply),
+                    Outcome::Proxy => return Decision::Proxy,
+                    Outcome::Wait(d) => {
+                        tokio::time::sleep(d).await;
+                        step = next;
+                    }
+                    Outcome::Continue => break,
+                }
+            }
+            from = ri + 1;
+        }
+        Decision::Reply(responses::cannot(method.as_str(), path))
+    }
+}
+
+/// Writes a gateway-made response, with the header edits the pipeline collected.
+async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -> Result<()> {
+    let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + edits.len()))?;
+    if let Some(ct) = reply.content_type {
+        resp.insert_header(http::header::CONTENT_TYPE, ct)?;
+    }
+    for (n, v) in reply.headers {
+        resp.insert_header(n, v)?;
+    }
+    apply_edits(&mut resp, edits)?;
+    if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
+        resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD || reply.body.is_empty();
+    session.write_response_header(Box::new(resp), head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(reply.body), true).await?;
+    }
+    Ok(())
+}
+
+/// Request and response headers of Pingora both take edits.
+trait EditableHeaders {
+    fn has(&self, name: &HeaderName) -> bool;
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+macro_rules! editable {
+    ($t:ty) => {
+        impl EditableHeaders for $t {
+            fn has(&self, name: &HeaderName) -> bool {
+                self.headers.contains_key(name)
+            }
+            fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
+}
+editable!(RequestHeader);
+editable!(ResponseHeader);
+
+fn apply_edits(target: &mut impl EditableHeaders, edits: &[HeaderEdit]) -> Result<()> {
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(n, v) => target.set(n.clone(), v.clone())?,
+            HeaderEdit::Default(n, v) => {
+                if !target.has(n) {
+                    target.set(n.clone(), v.clone())?;
+                }
+            }
+            HeaderEdit::Append(n, v) => target.add(n.clone(), v.clone())?,
+            HeaderEdit::Remove(n) => target.remove(n),
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Tollgate {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        RequestCtx {
+            x: Exchange::default(),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.x.request_id = new_request_id();
+        match self.decide(session, &mut ctx.x).await {
+            Decision::Proxy => Ok(false),
+            Decision::Reply(reply) => {
+                send_reply(session, reply, &ctx.x.response_edits).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let Some(plan) = &ctx.x.proxy else {
+            return Error::e_explain(ErrorType::InternalError, "no proxy plan for this request");
+        };
+        let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
+        peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+        peer.options.read_timeout = plan.read_timeout;
+        peer.options.write_timeout = plan.read_timeout;
+        peer.options.verify_cert = plan.verify_cert;
+        peer.options.verify_hostname = plan.verify_cert;
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A client never speaks for the gateway about who the consumer is.
+        upstream.remove_header(&EG_CONSUMER_ID);
+        if let Some(plan) = &ctx.x.proxy {
+            let uri = plan
+                .path
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
+            upstream.set_uri(uri);
+            if let Some(host) = &plan.host {
+                upstream.insert_header(http::header::HOST, host.clone())?;
+            }
+        }
+        apply_edits(upstream, &ctx.x.upstream_edits)
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        apply_edits(upstream_response, &ctx.x.response_edits)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 502,
+            },
+        };
+        if code > 0 {
+            let reply = match code {
+                502 => responses::bad_gateway(),
+                400 => Reply::text(400, "Bad Request"),
+                c => Reply::text(c, Bytes::from(
+                    http::StatusCode::from_u16(c).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error"),
+                )),
+            };
+            if let Err(err) = send_reply(session, reply, &ctx.x.response_edits).await {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, _ctx: &mut RequestCtx) {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    }
+}

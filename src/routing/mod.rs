@@ -1,0 +1,72 @@
+//! Which route a request takes, with EG's semantics and order, compiled once per config.
+//!
+//! EG groups apiEndpoint entries by host key (`hostRegex`, else `host`, else `*`), groups in
+//! the order they first appear, and inside a group mounts every path of every entry in
+//! declaration order (one route per path, per method when methods are listed). A request tries
+//! the routes in that order; a pipeline that ends without responding falls through to the next
+//! route that matches.
+
+pub mod host;
+pub mod path;
+
+use http::Method;
+
+pub use host::HostMatcher;
+pub use path::PathMatcher;
+
+/// What a matched route leads to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Index into the gateway's pipelines.
+    Pipeline(usize),
+    /// The endpoint is used by no pipeline: EG answers 404 `Not Found`.
+    NoPipeline,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Index of the host group this route belongs to.
+    pub group: usize,
+    /// Index into the gateway's apiEndpoints.
+    pub endpoint: usize,
+    pub path: PathMatcher,
+    /// `None`: every method.
+    pub methods: Option<Vec<Method>>,
+    pub target: Target,
+}
+
+impl Route {
+    fn allows(&self, method: &Method) -> bool {
+        match &self.methods {
+            None => true,
+            Some(list) => list
+                .iter()
+                .any(|m| m == method || (*method == Method::HEAD && *m == Method::GET)),
+        }
+    }
+}
+
+/// The routing table: host groups and their routes, in EG's order.
+#[derive(Debug, Default)]
+pub struct Router {
+    pub hosts: Vec<HostMatcher>,
+    pub routes: Vec<Route>,
+}
+
+impl Router {
+    /// The first route at or after `from` that matches. Allocates nothing.
+    pub fn find(&self, from: usize, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
+        let mut group_checked = usize::MAX;
+        let mut group_ok = false;
+        for (i, route) in self.routes.iter().enumerate().skip(from) {
+            if route.group != group_checked {
+                group_checked = route.group;
+                group_ok = self.hosts[route.group].matches(host);
+            }
+            if group_ok && route.allows(method) && route.path.matches(path) {
+                return Some(i);
+            }
+        }
+        None
+    }
+}

@@ -1,0 +1,164 @@
+//! Starting the gateway: load and compile the config, start the proxy and admin listeners on
+//! Pingora, keep upstream addresses resolved, and drain in-flight requests on SIGTERM.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use arc_swap::ArcSwap;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{ExecutionPhase, Server};
+use pingora_core::services::listening::Service;
+
+use crate::admin::AdminApi;
+use crate::config;
+use crate::counters::Counters;
+use crate::gateway::Gateway;
+use crate::proxy::{Tollgate, IN_FLIGHT};
+
+/// How `tollgate serve` runs.
+pub struct ServeOptions {
+    pub config_dir: std::path::PathBuf,
+    /// Worker threads; `None` = one per core.
+    pub threads: Option<usize>,
+    /// The longest SIGTERM waits for in-flight requests.
+    pub grace_period: u64,
+}
+
+/// How often upstream names are looked up again.
+const DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Loads and compiles a config directory, or returns the errors as one printable block.
+pub fn load_gateway(dir: &Path, counters: &Arc<Counters>) -> Result<Gateway, config::error::ConfigErrors> {
+    let loaded = config::load_dir(dir)?;
+    Gateway::build(loaded, counters)
+}
+
+/// Runs until a signal stops the process. Returns only on a start-up error.
+pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let counters = Arc::new(Counters::default());
+    let gateway = match load_gateway(&opts.config_dir, &counters) {
+        Ok(g) => g,
+        Err(errors) => {
+            eprintln!("{errors}");
+            std::process::exit(2);
+        }
+    };
+    if gateway.http.is_none() && gateway.https.is_none() {
+        bail!("{}: the gateway config has no `http` or `https` section, so there is nothing to listen on", opts.config_dir.display());
+    }
+    let http = gateway.http.clone();
+    let https = gateway.https.clone();
+    let admin = gateway.admin.clone();
+    let shared = Arc::new(ArcSwap::from_pointee(gateway));
+    start_dns_refresh(shared.clone());
+
+    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let conf = ServerConf {
+        threads,
+        grace_period_seconds: Some(opts.grace_period),
+        graceful_shutdown_timeout_seconds: Some(1),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Tollgate { gateway: shared.clone() },
+        "tollgate gateway",
+    );
+    if let Some(l) = &http {
+        let addr = bind_addr(l.host.as_deref(), "0.0.0.0", l.port);
+        proxy.add_tcp(&addr);
+        log::info!("gateway listening on http://{addr}");
+    }
+    if let Some(h) = &https {
+        let cert = h
+            .certs
+            .iter()
+            .find(|c| c.host_glob == "default")
+            .or_else(|| h.certs.first())
+            .context("https needs a certificate")?;
+        let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
+        proxy
+            .add_tls(&addr, &cert.cert, &cert.key)
+            .with_context(|| format!("https on {addr}: cannot use {} / {}", cert.cert, cert.key))?;
+        log::info!("gateway listening on https://{addr}");
+    }
+    server.add_service(proxy);
+
+    if let Some(a) = &admin {
+        let addr = bind_addr(a.host.as_deref(), "127.0.0.1", a.port);
+        let mut service = Service::new("tollgate admin".to_string(), AdminApi { gateway: shared.clone() });
+        service.add_tcp(&addr);
+        server.add_service(service);
+        log::info!("admin API listening on http://{addr}");
+    }
+
+    exit_when_drained(&server, Duration::from_secs(opts.grace_period));
+    server.run_forever();
+}
+
+/// `localhost` binds loopback; no host binds every interface.
+fn bind_addr(host: Option<&str>, default: &str, port: u16) -> String {
+    let host = match host {
+        None | Some("") => default,
+        Some("localhost") => "127.0.0.1",
+        Some(h) => h,
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// Looks upstream names up now and every [`DNS_REFRESH`], on a thread of its own.
+fn start_dns_refresh(gateway: Arc<ArcSwap<Gateway>>) {
+    std::thread::Builder::new()
+        .name("tollgate-dns".into())
+        .spawn(move || loop {
+            let gw = gateway.load_full();
+            for target in gw.targets() {
+                target.resolve();
+            }
+            std::thread::sleep(DNS_REFRESH);
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| log::error!("cannot start the DNS refresh thread: {e}"));
+}
+
+/// On SIGTERM Pingora stops accepting and waits the whole grace period; this ends the process
+/// as soon as no request is in flight any more.
+fn exit_when_drained(server: &Server, grace: Duration) {
+    let mut phases = server.watch_execution_phase();
+    std::thread::Builder::new()
+        .name("tollgate-drain".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let Ok(rt) = rt else { return };
+            rt.block_on(async move {
+                loop {
+                    match phases.recv().await {
+                        Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => return,
+                    }
+                }
+                let start = Instant::now();
+                // Let requests accepted just before the signal register.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < grace {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                log::info!("drained; exiting");
+                std::process::exit(0);
+            });
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| log::error!("cannot start the drain thread: {e}"));
+}
