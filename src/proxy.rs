@@ -85,6 +85,9 @@ impl Tollgate {
                 strip_at: route.path.strip_at,
             };
             let pipeline = &gw.pipelines[pi];
+            if from > 0 {
+                x.request_id = new_request_id(); // EG makes a new context per route match
+            }
             let mut step = 0;
             loop {
                 let (outcome, next) = pipeline.run(step, &req, x);

@@ -28,9 +28,16 @@ pub fn not_found() -> Reply {
     Reply::text(404, "Not Found")
 }
 
-/// The upstream could not be reached or failed.
+/// The upstream could not be reached or failed (`res.status(502).send('Bad gateway.')`).
 pub fn bad_gateway() -> Reply {
-    Reply::text(502, "Bad gateway.")
+    html(502, "Bad gateway.")
+}
+
+/// A string body sent with Express's `res.send`, which types it `text/html`.
+pub fn html(status: u16, body: impl Into<Bytes>) -> Reply {
+    let mut reply = Reply::text(status, body);
+    reply.content_type = Some("text/html; charset=utf-8");
+    reply
 }
 
 /// Kargo's healthcheck answer.
@@ -38,24 +45,21 @@ pub fn healthy() -> Reply {
     Reply::text(200, "OK")
 }
 
-/// Percent-encodes what `encodeurl` would: characters outside the URL set, keeping existing
-/// escapes.
+/// Percent-encodes as `encodeurl` does: bytes outside `[\x21\x23-\x3B\x3D\x3F-\x5F\x61-\x7A\x7C\x7E]`
+/// and a `%` that does not start a valid escape.
 fn encode_url(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        let is_escape = b == b'%'
-            && bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
-            && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit);
-        let allowed = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/?#[]".contains(&b);
-        if allowed || is_escape {
+    for (i, &b) in bytes.iter().enumerate() {
+        let kept = matches!(b, 0x21 | 0x23..=0x3B | 0x3D | 0x3F..=0x5F | 0x61..=0x7A | 0x7C | 0x7E);
+        let valid_escape = b != b'%'
+            || (bytes.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && bytes.get(i + 2).is_some_and(u8::is_ascii_hexdigit));
+        if kept && valid_escape {
             out.push(b as char);
         } else {
             out.push_str(&format!("%{b:02X}"));
         }
-        i += 1;
     }
     out
 }
@@ -85,5 +89,11 @@ mod tests {
         let body = String::from_utf8(r.body.to_vec()).expect("utf8");
         assert!(body.contains("<pre>Cannot GET /a%3Cb%3E</pre>"));
         assert_eq!(r.status, 404);
+        let r = cannot("GET", "/a<b>\"c'{}|^`");
+        let body = String::from_utf8(r.body.to_vec()).expect("utf8");
+        assert!(body.contains("<pre>Cannot GET /a%3Cb%3E%22c&#39;%7B%7D|^%60</pre>"), "{body}");
+        assert_eq!(r.body.len(), 167);
+        let r = cannot("GET", "/%E2%82%AC/%zz/%2F");
+        assert!(String::from_utf8_lossy(&r.body).contains("/%E2%82%AC/%25zz/%2F"));
     }
 }

@@ -35,11 +35,19 @@ fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
         .unwrap_or_default()
 }
 
-/// The config sections the Admin API serves, by route name.
-const SECTIONS: &[(&str, &str, &str)] = &[
-    ("api-endpoints", "apiEndpoints", "apiEndpoint"),
-    ("service-endpoints", "serviceEndpoints", "serviceEndpoint"),
-    ("pipelines", "pipelines", "pipeline"),
+fn empty(status: StatusCode) -> Response<Vec<u8>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_LENGTH, 0)
+        .body(Vec::new())
+        .unwrap_or_default()
+}
+
+/// The config sections the Admin API serves: route name, config key.
+const SECTIONS: &[(&str, &str)] = &[
+    ("api-endpoints", "apiEndpoints"),
+    ("service-endpoints", "serviceEndpoints"),
+    ("pipelines", "pipelines"),
 ];
 
 impl AdminApi {
@@ -55,18 +63,18 @@ impl AdminApi {
                 gw.raw.get("policies").unwrap_or(&serde_json::Value::Array(Vec::new())),
             ),
             [route, rest @ ..] if rest.len() <= 1 => {
-                let Some((_, key, singular)) = SECTIONS.iter().find(|(r, _, _)| r == route) else {
+                let Some((_, key)) = SECTIONS.iter().find(|(r, _)| r == route) else {
                     return text(StatusCode::NOT_FOUND, "Not Found");
                 };
-                let empty = serde_json::json!({});
-                let section = gw.raw.get(*key).filter(|v| v.is_object()).unwrap_or(&empty);
+                let no_section = serde_json::json!({});
+                let section = gw.raw.get(*key).filter(|v| v.is_object()).unwrap_or(&no_section);
                 match rest.first() {
                     None => json(StatusCode::OK, section),
                     Some(name) => {
                         let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
                         match section.get(name.as_ref()) {
                             Some(item) => json(StatusCode::OK, item),
-                            None => text(StatusCode::NOT_FOUND, &format!("{singular} not found: {name}")),
+                            None => empty(StatusCode::NOT_FOUND),
                         }
                     }
                 }

@@ -11,6 +11,13 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> (Stri
     let mut unresolved = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find("${") {
+        // `$${NAME}` is an escape: EG leaves it as written.
+        if start > 0 && rest.as_bytes()[start - 1] == b'$' {
+            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
         match parse_reference(after) {
@@ -96,5 +103,6 @@ mod tests {
         assert_eq!(interpolate("${NOPE:-a{b}c}", env).0, "a{bc}");
         assert_eq!(interpolate("${} ${-x} $SET", env).0, "${} ${-x} $SET");
         assert_eq!(interpolate("${SET", env).0, "${SET");
+        assert_eq!(interpolate("$${SET} ${SET}", env).0, "$${SET} value");
     }
 }

@@ -229,8 +229,8 @@ fn parse_term(t: &str) -> Result<Term, String> {
         "req.method" => Term::Method,
         "req.url" | "req.originalUrl" => Term::Url,
         "req.path" => Term::Path,
-        "req.user.id" => Term::ConsumerId,
-        "egContext.requestID" | "req.egContext.requestID" => Term::RequestId,
+        "req.user.id" | "consumer.id" | "egContext.consumer.id" => Term::ConsumerId,
+        "requestID" | "egContext.requestID" | "req.egContext.requestID" => Term::RequestId,
         "apiEndpoint.apiEndpointName" | "req.egContext.apiEndpoint.apiEndpointName" => Term::EndpointName,
         _ => {
             let header = t

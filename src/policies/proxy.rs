@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::config::error::{ConfigErrors, Pos};
 use crate::config::node::Node;
-use crate::pipeline::context::{HeaderEdit, ProxyPlan, Reply};
+use crate::pipeline::context::{HeaderEdit, ProxyPlan};
 use crate::pipeline::expr::ip_text;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 use crate::upstream::{ServiceEndpoint, UpstreamTarget};
@@ -61,6 +61,7 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 impl Proxy {
     /// Builds from the step's action merged with the service endpoint's `proxyOptions`
@@ -200,7 +201,7 @@ impl Policy for Proxy {
         let target = self.pick();
         let Some(addr) = target.addr() else {
             log::warn!("proxy: upstream `{}` has no resolved address", target.url);
-            return Outcome::Respond(Reply::text(502, "Bad gateway."));
+            return Outcome::Respond(crate::responses::bad_gateway());
         };
         if let Ok(id) = HeaderValue::from_str(&x.request_id) {
             x.upstream_edits.push(HeaderEdit::Set(REQUEST_ID.clone(), id));
@@ -217,13 +218,25 @@ impl Policy for Proxy {
                 };
                 HeaderValue::from_str(&v).ok().map(|v| HeaderEdit::Set(name.clone(), v))
             };
-            let port = req.server_port.map(|p| p.to_string()).unwrap_or_default();
+            // As http-proxy: the port is the one in Host, else the scheme's default.
+            let port = req
+                .host
+                .and_then(|h| h.rsplit_once(':'))
+                .map(|(_, p)| p)
+                .filter(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+                .map(str::to_string)
+                .unwrap_or_else(|| if req.tls { "443" } else { "80" }.to_string());
             let proto = if req.tls { "https" } else { "http" }.to_string();
             x.upstream_edits.extend(
                 [forwarded(&XFF, ip), forwarded(&XF_PORT, port), forwarded(&XF_PROTO, proto)]
                     .into_iter()
                     .flatten(),
             );
+            if req.headers.get(&XF_HOST).is_none() {
+                if let Some(h) = req.host.and_then(|h| HeaderValue::from_str(h).ok()) {
+                    x.upstream_edits.push(HeaderEdit::Set(XF_HOST.clone(), h));
+                }
+            }
         }
         x.proxy = Some(ProxyPlan {
             addr,

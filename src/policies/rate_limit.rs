@@ -121,6 +121,7 @@ impl RateLimit {
             r.content_type = Some("text/html; charset=utf-8");
             r
         };
+        reply.headers.push((http::header::VARY, HeaderValue::from_static("Accept")));
         if self.headers {
             reply.headers.push((RETRY_AFTER, HeaderValue::from(self.window.as_millis().div_ceil(1000) as u64)));
         }

@@ -1,9 +1,9 @@
-//! `terminate`: ends the pipeline with a fixed status and a text/plain message.
+//! `terminate`: ends the pipeline with a fixed status and message (sent as Express's
+//! `res.send` sends a string: `text/html; charset=utf-8`).
 
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::pipeline::context::Reply;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
 #[derive(Deserialize)]
@@ -39,6 +39,6 @@ impl Terminate {
 
 impl Policy for Terminate {
     fn on_request(&self, _req: &Request<'_>, _x: &mut Exchange) -> Outcome {
-        Outcome::Respond(Reply::text(self.status, self.body.clone()))
+        Outcome::Respond(crate::responses::html(self.status, self.body.clone()))
     }
 }

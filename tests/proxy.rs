@@ -1,0 +1,222 @@
+//! The proxy policy against a real upstream on loopback: path rewriting (stripPath,
+//! prependPath, ignorePath), Host (changeOrigin), round-robin, X-Forwarded-*, request ids,
+//! and what the client sees when the upstream fails.
+
+mod support;
+
+use support::echo::Echoed;
+use support::{free_port, get, ConfigDir, EchoUpstream, GatewayProcess};
+
+struct Setup {
+    _dir: ConfigDir,
+    gw: GatewayProcess,
+    a: EchoUpstream,
+    b: EchoUpstream,
+}
+
+/// One gateway with a route per rewriting case; `a` and `b` are two echo upstreams.
+fn setup() -> Setup {
+    let a = EchoUpstream::start("a");
+    let b = EchoUpstream::start("b");
+    let dead = free_port();
+    let yml = format!(
+        r#"http:
+  port: ${{PORT}}
+admin:
+  port: ${{ADMIN_PORT}}
+  host: 127.0.0.1
+apiEndpoints:
+  wms: {{paths: '/wms*'}}
+  np: {{paths: '/np*'}}
+  api: {{paths: '/api/*/then/*'}}
+  exact: {{paths: '/exact'}}
+  param: {{paths: '/p/:id/*'}}
+  ig: {{paths: '/ig*'}}
+  pp: {{paths: '/pp*'}}
+  keephost: {{paths: '/keephost/*'}}
+  rr: {{paths: '/rr/*'}}
+  xf: {{paths: '/xf/*'}}
+  multi: {{paths: ['/m1/*', '/m2/*']}}
+  dead: {{paths: '/dead/*'}}
+  slow: {{paths: '/slow/*'}}
+  nodns: {{paths: '/nodns/*'}}
+  raw: {{paths: '/raw/*'}}
+serviceEndpoints:
+  wms: {{url: '{a}/wms'}}
+  root: {{url: '{a_root}'}}
+  base: {{url: '{a}/base/'}}
+  basenoslash: {{url: '{a}/base'}}
+  pair: {{urls: ['{a_root}', '{b_root}']}}
+  dead: {{url: 'http://127.0.0.1:{dead}'}}
+  nodns: {{url: 'http://no-such-host.invalid:81'}}
+  withopts:
+    url: '{a_root}'
+    proxyOptions: {{xfwd: true}}
+policies: [proxy]
+pipelines:
+  wms: {{apiEndpoints: [wms], policies: [{{proxy: {{action: {{serviceEndpoint: wms, stripPath: true}}}}}}]}}
+  np: {{apiEndpoints: [np], policies: [{{proxy: {{action: {{serviceEndpoint: root, stripPath: true}}}}}}]}}
+  api: {{apiEndpoints: [api], policies: [{{proxy: {{action: {{serviceEndpoint: base, stripPath: true}}}}}}]}}
+  exact: {{apiEndpoints: [exact], policies: [{{proxy: {{action: {{serviceEndpoint: root, stripPath: true}}}}}}]}}
+  param: {{apiEndpoints: [param], policies: [{{proxy: {{action: {{serviceEndpoint: base, stripPath: true}}}}}}]}}
+  ig: {{apiEndpoints: [ig], policies: [{{proxy: {{action: {{serviceEndpoint: basenoslash, ignorePath: true}}}}}}]}}
+  pp: {{apiEndpoints: [pp], policies: [{{proxy: {{action: {{serviceEndpoint: basenoslash, prependPath: false}}}}}}]}}
+  keephost: {{apiEndpoints: [keephost], policies: [{{proxy: {{action: {{serviceEndpoint: root, changeOrigin: false}}}}}}]}}
+  rr: {{apiEndpoints: [rr], policies: [{{proxy: {{action: {{serviceEndpoint: pair}}}}}}]}}
+  xf: {{apiEndpoints: [xf], policies: [{{proxy: {{action: {{serviceEndpoint: withopts}}}}}}]}}
+  multi: {{apiEndpoints: [multi], policies: [{{proxy: {{action: {{serviceEndpoint: root, stripPath: true}}}}}}]}}
+  dead: {{apiEndpoints: [dead], policies: [{{proxy: {{action: {{serviceEndpoint: dead}}}}}}]}}
+  slow: {{apiEndpoints: [slow], policies: [{{proxy: {{action: {{serviceEndpoint: root, proxyTimeout: 300}}}}}}]}}
+  nodns: {{apiEndpoints: [nodns], policies: [{{proxy: {{action: {{serviceEndpoint: nodns}}}}}}]}}
+  raw: {{apiEndpoints: [raw], policies: [{{proxy: {{action: {{serviceEndpoint: root}}}}}}]}}
+"#,
+        a = a.url(""),
+        a_root = a.url(""),
+        b_root = b.url(""),
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    Setup { _dir: dir, gw, a, b }
+}
+
+fn upstream_url(s: &Setup, path: &str) -> String {
+    get(s.gw.port, "GET", path, &[]).echoed().url().to_string()
+}
+
+#[test]
+fn strip_path_examples() {
+    let s = setup();
+    let cases = [
+        ("/wms", "/wms/"),
+        ("/wms?SERVICE=WMS", "/wms/?SERVICE=WMS"),
+        ("/wmsfoo", "/wms/foo"),
+        ("/wms/a/b", "/wms/a/b"),
+        ("/np", "/"),
+        ("/np?x=1", "/?x=1"),
+        ("/npfoo", "/foo"),
+        ("/np/a/b", "/a/b"),
+        ("/api/x%2Fy/then/z?a=2", "/base/x%2Fy/then/z?a=2"),
+        ("/exact", "/"),
+        ("/exact?q=1", "/?q=1"),
+        ("/p/7/a/b?c=1", "/base/7/a/b?c=1"),
+        ("/m2/y?z=1", "/y?z=1"),
+    ];
+    for (path, want) in cases {
+        assert_eq!(upstream_url(&s, path), want, "request {path}");
+    }
+}
+
+#[test]
+fn ignore_path_and_prepend_path() {
+    let s = setup();
+    assert_eq!(upstream_url(&s, "/igfoo?q=1"), "/base", "ignorePath sends only the target path");
+    assert_eq!(upstream_url(&s, "/ppfoo?x=1"), "/ppfoo?x=1", "prependPath false drops the target path");
+}
+
+#[test]
+fn change_origin_sets_host_unless_disabled() {
+    let s = setup();
+    let e = get(s.gw.port, "GET", "/raw/x", &[("Host", "client.test:8080")]).echoed();
+    assert_eq!(e.header("host"), Some(format!("127.0.0.1:{}", s.a.port)));
+    let e = get(s.gw.port, "GET", "/keephost/x", &[("Host", "client.test:8080")]).echoed();
+    assert_eq!(e.header("host").as_deref(), Some("client.test:8080"));
+}
+
+#[test]
+fn round_robin_over_urls() {
+    let s = setup();
+    let seen: Vec<String> = (0..4)
+        .map(|_| get(s.gw.port, "GET", "/rr/x", &[]).echoed().upstream().to_string())
+        .collect();
+    assert_eq!(seen[0..2].iter().filter(|u| *u == "a").count(), 1, "{seen:?}");
+    assert_eq!(seen[0], seen[2]);
+    assert_eq!(seen[1], seen[3]);
+    assert_ne!(seen[0], seen[1]);
+    assert!(s.b.hits.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+}
+
+#[test]
+fn request_id_headers_and_method_reach_the_upstream() {
+    let s = setup();
+    let r = get(
+        s.gw.port,
+        "GET",
+        "/raw/x?q=1",
+        &[("X-Custom", "v1"), ("eg-consumer-id", "forged"), ("Authorization", "apiKey a:b")],
+    );
+    let e = r.echoed();
+    assert_eq!(e.method(), "GET");
+    assert_eq!(e.url(), "/raw/x?q=1");
+    assert_eq!(e.header("x-custom").as_deref(), Some("v1"));
+    assert_eq!(e.header("authorization").as_deref(), Some("apiKey a:b"), "EG passes Authorization on");
+    assert_eq!(e.header("eg-consumer-id"), None, "a client-sent consumer id is never forwarded");
+    let id = e.header("eg-request-id").expect("eg-request-id");
+    assert_eq!(id.len(), 22);
+    assert!(id.bytes().all(|c| c.is_ascii_alphanumeric()));
+    let id2 = get(s.gw.port, "GET", "/raw/x", &[]).echoed().header("eg-request-id");
+    assert_ne!(Some(id), id2);
+    let head = get(s.gw.port, "HEAD", "/raw/x", &[]);
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-upstream"), Some("a"));
+    let post = support::request(
+        s.gw.port,
+        "POST /raw/up HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        false,
+    );
+    let e = post.echoed();
+    assert_eq!(e.method(), "POST");
+    assert_eq!(e.0["body"], "hello");
+}
+
+#[test]
+fn xfwd_from_proxy_options() {
+    let s = setup();
+    let e = get(s.gw.port, "GET", "/xf/x", &[("Host", "front.test:8443"), ("X-Forwarded-For", "1.2.3.4")]).echoed();
+    assert_eq!(e.header("x-forwarded-for").as_deref(), Some("1.2.3.4,127.0.0.1"));
+    assert_eq!(e.header("x-forwarded-port").as_deref(), Some("8443"));
+    assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(e.header("x-forwarded-host").as_deref(), Some("front.test:8443"));
+    let plain = get(s.gw.port, "GET", "/raw/x", &[]).echoed();
+    assert_eq!(plain.header("x-forwarded-for"), None, "no xfwd, no X-Forwarded-*");
+}
+
+#[test]
+fn upstream_failures_are_502_bad_gateway() {
+    let s = setup();
+    for path in ["/dead/x", "/slow/2000", "/raw/close", "/nodns/x"] {
+        let r = get(s.gw.port, "GET", path, &[]);
+        assert_eq!(r.status, 502, "{path}: {}", r.text());
+        assert_eq!(r.text(), "Bad gateway.", "{path}");
+        assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    }
+    // The gateway is still fine afterwards.
+    assert_eq!(get(s.gw.port, "GET", "/raw/ok", &[]).status, 200);
+}
+
+#[test]
+fn keep_alive_connection_serves_many_requests() {
+    let s = setup();
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    for i in 0..5 {
+        write!(conn, "GET /raw/{i} HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+        let mut status = String::new();
+        reader.read_line(&mut status).expect("status");
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        let mut len = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).expect("header");
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().expect("length");
+            }
+        }
+        let mut body = vec![0; len];
+        reader.read_exact(&mut body).expect("body");
+        assert_eq!(Echoed::parse(&body).url(), format!("/raw/{i}"));
+    }
+}

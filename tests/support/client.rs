@@ -1,0 +1,128 @@
+//! A raw HTTP/1.1 client: sends exactly the bytes a test writes, reads the response whole.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header (name compared case-insensitively).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn echoed(&self) -> super::echo::Echoed {
+        assert_eq!(self.status, 200, "expected the upstream's answer, got {} {}", self.status, self.text());
+        super::echo::Echoed::parse(&self.body)
+    }
+}
+
+/// Sends `raw` and reads one response. `head_request` says the response has no body.
+pub fn request(port: u16, raw: &str, head_request: bool) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.write_all(raw.as_bytes()).expect("send");
+    read_response(&mut s, head_request)
+}
+
+/// `GET`-like request with extra headers, `Connection: close`.
+pub fn get(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut raw = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        raw.push_str("Host: localhost\r\n");
+    }
+    for (k, v) in headers {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("Connection: close\r\n\r\n");
+    request(port, &raw, method == "HEAD")
+}
+
+fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let header_end = loop {
+        if let Some(i) = find(&buf, b"\r\n\r\n") {
+            break i;
+        }
+        let n = s.read(&mut chunk).expect("read response head");
+        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let mut body = buf[header_end + 4..].to_vec();
+    let find_h = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    if head_request || status == 204 || status == 304 {
+        body.clear();
+    } else if let Some(len) = find_h("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        while body.len() < len {
+            let n = s.read(&mut chunk).expect("read body");
+            assert!(n > 0, "connection closed mid-body");
+            body.extend_from_slice(&chunk[..n]);
+        }
+        body.truncate(len);
+    } else if find_h("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        body = read_chunked(s, body);
+    } else {
+        loop {
+            let n = s.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    }
+    Response { status, headers, body }
+}
+
+fn read_chunked(s: &mut TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
+    let mut chunk = [0u8; 16384];
+    let mut out = Vec::new();
+    loop {
+        while find(&raw, b"\r\n").is_none() {
+            let n = s.read(&mut chunk).expect("read chunk size");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        let line_end = find(&raw, b"\r\n").unwrap_or(0);
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16).expect("chunk size");
+        raw.drain(..line_end + 2);
+        if size == 0 {
+            return out;
+        }
+        while raw.len() < size + 2 {
+            let n = s.read(&mut chunk).expect("read chunk");
+            assert!(n > 0, "closed mid-chunk");
+            raw.extend_from_slice(&chunk[..n]);
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw.drain(..size + 2);
+    }
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}

@@ -1,0 +1,151 @@
+//! Config directories in temp folders and the real `tollgate` binary running on free ports.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A config directory that is removed when dropped.
+pub struct ConfigDir {
+    pub path: PathBuf,
+}
+
+static DIRS: AtomicUsize = AtomicUsize::new(0);
+
+impl ConfigDir {
+    /// A directory holding `gateway.config.yml` and a minimal `system.config.yml`.
+    pub fn new(gateway_yml: &str) -> ConfigDir {
+        let dir = ConfigDir::empty();
+        dir.write("gateway.config.yml", gateway_yml);
+        dir.write("system.config.yml", "db:\n  redis:\n    emulate: true\n");
+        dir
+    }
+
+    pub fn empty() -> ConfigDir {
+        let n = DIRS.fetch_add(1, Ordering::SeqCst);
+        let path = std::env::temp_dir().join(format!("tollgate-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create config dir");
+        ConfigDir { path }
+    }
+
+    pub fn write(&self, name: &str, content: &str) {
+        std::fs::write(self.path.join(name), content).expect("write config file");
+    }
+
+    pub fn file(&self, name: &str) -> String {
+        self.path.join(name).display().to_string()
+    }
+}
+
+impl Drop for ConfigDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_tollgate")
+}
+
+/// Runs `tollgate <args>` to completion.
+pub fn run_tollgate(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(binary());
+    cmd.args(args).env_remove("EG_CONFIG_DIR");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run tollgate")
+}
+
+/// A running `tollgate serve`; killed when dropped.
+pub struct GatewayProcess {
+    pub child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on `dir` (whose config reads `${PORT}` and `${ADMIN_PORT}`) and waits
+    /// until it answers on the gateway port.
+    pub fn start(dir: &ConfigDir) -> GatewayProcess {
+        GatewayProcess::start_with(dir, &[], &[])
+    }
+
+    pub fn start_with(dir: &ConfigDir, args: &[&str], envs: &[(&str, &str)]) -> GatewayProcess {
+        let port = free_port();
+        let admin_port = free_port();
+        let log = dir.path.join("tollgate.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut cmd = Command::new(binary());
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&dir.path)
+            .args(args)
+            .env("PORT", port.to_string())
+            .env("ADMIN_PORT", admin_port.to_string())
+            .env("RUST_LOG", "info")
+            .env_remove("EG_CONFIG_DIR")
+            .stdout(Stdio::null())
+            .stderr(log_file);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("start tollgate");
+        let mut gw = GatewayProcess {
+            child,
+            port,
+            admin_port,
+            log,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("tollgate exited with {status} before listening:\n{}", self.log_text());
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("tollgate did not listen on {} within 20 s:\n{}", self.port, self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal (`TERM`, `INT`) to the process.
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.log
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,11 @@
+//! Test support: a real echo upstream on loopback, a raw HTTP/1.1 client, config directories
+//! in temp folders, and the real `tollgate` binary started as a user would start it.
+#![allow(dead_code)]
+
+pub mod client;
+pub mod echo;
+pub mod gateway;
+
+pub use client::{get, request, Response};
+pub use echo::EchoUpstream;
+pub use gateway::{free_port, ConfigDir, GatewayProcess};
