@@ -37,8 +37,12 @@ pub struct Gateway {
 impl Gateway {
     /// Compiles a loaded config; every problem found is reported at once.
     pub fn build(loaded: LoadedConfig, counters: &Arc<Counters>) -> Result<Gateway, ConfigErrors> {
-        let LoadedConfig { gateway: gw, system, .. } = loaded;
-        let mut errors = ConfigErrors::default();
+        let LoadedConfig {
+            gateway: gw,
+            system,
+            mut errors,
+            ..
+        } = loaded;
         let service_endpoints = build_service_endpoints(&gw, &mut errors);
         check_declared_policies(&gw, &mut errors);
         let cx = BuildContext {

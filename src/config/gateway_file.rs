@@ -197,10 +197,11 @@ fn port_of(node: &Node, what: &str, errors: &mut ConfigErrors) -> Option<u16> {
         _ => None,
     };
     if parsed.is_none() {
-        errors.push(
-            &node.pos,
-            format!("`{what}.port` must be a port number (0-65535), not {}", node.kind()),
-        );
+        let shown = match &node.value {
+            Value::Int(_) | Value::Str(_) => node.scalar_text().unwrap_or_default(),
+            _ => node.kind().to_string(),
+        };
+        errors.push(&node.pos, format!("`{what}.port` must be a port number (0-65535), not {shown}"));
     }
     parsed
 }

@@ -23,6 +23,9 @@ pub struct LoadedConfig {
     pub system_path: Option<PathBuf>,
     pub gateway: GatewayFile,
     pub system: SystemFile,
+    /// Problems found while reading the files that do not stop the rest from being checked;
+    /// compiling reports them together with its own.
+    pub errors: ConfigErrors,
 }
 
 /// The first of `gateway.config.yml`, `.yaml`, `.json` (likewise `system.config.*`) in `dir`.
@@ -75,7 +78,8 @@ fn json_to_node(v: &serde_json::Value, pos: &Pos) -> Node {
     Node { pos: pos.clone(), value }
 }
 
-/// Loads a config directory. All problems found in either file are returned together.
+/// Loads a config directory. Fails only when there is nothing further to check (no directory,
+/// no gateway file, a file that does not parse); other problems travel in `errors`.
 pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let dir_name: Arc<str> = Arc::from(dir.display().to_string());
@@ -91,32 +95,31 @@ pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
         return Err(errors);
     };
     let system_path = find_file(dir, "system.config");
-    let gateway = match read_document(&gateway_path) {
-        Ok(root) => GatewayFile::from_node(&root, &mut errors),
-        Err(e) => {
-            errors.0.push(e);
-            GatewayFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut ConfigErrors::default())
-        }
+    let gateway_root = read_document(&gateway_path);
+    let system_root = system_path.as_deref().map(read_document);
+    if let Err(e) = &gateway_root {
+        errors.0.push(e.clone());
+    }
+    if let Some(Err(e)) = &system_root {
+        errors.0.push(e.clone());
+    }
+    let (Ok(gateway_root), None | Some(Ok(_))) = (gateway_root, &system_root) else {
+        return Err(errors.into_result().err().unwrap_or_default());
     };
-    let system = match &system_path {
-        None => {
+    let gateway = GatewayFile::from_node(&gateway_root, &mut errors);
+    let system = match system_root {
+        Some(Ok(root)) => SystemFile::from_node(&root, &mut errors),
+        _ => {
             log::warn!("{}: no system.config.yml; using the embedded store and defaults", dir.display());
             SystemFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut errors)
         }
-        Some(p) => match read_document(p) {
-            Ok(root) => SystemFile::from_node(&root, &mut errors),
-            Err(e) => {
-                errors.0.push(e);
-                SystemFile::default()
-            }
-        },
     };
-    errors.into_result()?;
     Ok(LoadedConfig {
         dir: dir.to_path_buf(),
         gateway_path,
         system_path,
         gateway,
         system,
+        errors,
     })
 }

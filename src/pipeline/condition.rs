@@ -44,6 +44,7 @@ impl Condition {
 
     /// Builds a condition from `{name: ..., ...params}`; problems go to `errors`.
     pub fn from_node(node: &Node, errors: &mut ConfigErrors) -> Option<Condition> {
+        let name_pos = node.get("name").map_or(&node.pos, |n| &n.pos);
         let Some(name) = node.get("name").and_then(Node::as_str) else {
             errors.push(&node.pos, "a condition needs a `name` (always, never, allOf, oneOf, not, pathExact, pathMatch, method, hostMatch, authenticated, anonymous)");
             return None;
@@ -116,13 +117,13 @@ impl Condition {
             }
             "expression" | "json-schema" => {
                 errors.push(
-                    &node.pos,
+                    name_pos,
                     format!("condition `{name}` is not supported by tollgate (it would run JavaScript or parse bodies); use pathMatch, method, hostMatch or allOf/oneOf/not instead"),
                 );
                 None
             }
             other => {
-                errors.push(&node.pos, format!("unknown condition `{other}`"));
+                errors.push(name_pos, format!("unknown condition `{other}`"));
                 None
             }
         }
@@ -145,5 +146,6 @@ fn glob_regex(glob: &str) -> Regex {
 
 /// The telling line of a multi-line error message (regex errors end with it).
 pub(crate) fn short_reason(s: &str) -> String {
-    s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim().to_string()
+    let line = s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }

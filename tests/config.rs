@@ -1,0 +1,173 @@
+//! Config loading through the real binary: `check` exit codes, every kind of error reported at
+//! once as `file:line:column: reason`, env interpolation, JSON configs, `--help`.
+
+mod support;
+
+use support::gateway::run_tollgate;
+use support::{get, ConfigDir, GatewayProcess};
+
+const BAD: &str = r#"http:
+  port: 8080
+apiEndpoints:
+  a:
+    paths: '/a/*'
+  rx:
+    pathRegex: '(unclosed'
+serviceEndpoints:
+  both:
+    url: 'http://x'
+    urls: ['http://y']
+  neither:
+    proxyOptions: {}
+  good:
+    url: 'http://127.0.0.1:1'
+policies:
+  - proxy
+  - cors
+  - oauth2
+  - nosuch
+pipelines:
+  p1:
+    apiEndpoints: [a]
+    policies:
+      - rate-limit:
+      - proxy:
+          - action:
+              serviceEndpoint: missing
+  p2:
+    apiEndpoints: [a]
+    policies:
+      - cors:
+          - condition:
+              name: expression
+              expression: 'req.url'
+      - cors:
+          - condition: {name: weird}
+      - proxy:
+          - action:
+              serviceEndpoint: good
+              stripPath: 'yes'
+"#;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn check_accepts_the_shipped_conf() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
+    let out = run_tollgate(&["check", "--config", conf], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid (4 apiEndpoints"));
+}
+
+#[test]
+fn check_reports_every_error_with_its_position() {
+    let dir = ConfigDir::new(BAD);
+    let out = run_tollgate(&["check", "--config", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    let file = dir.file("gateway.config.yml");
+    let expected = [
+        "7:16: bad regex in pathRegex of apiEndpoint `rx`: unclosed group",
+        "9:3: serviceEndpoint `both` has both `url` and `urls`; use one",
+        "12:3: serviceEndpoint `neither` needs `url` or `urls`",
+        "19:5: policy `oauth2`: oauth2 is not supported by tollgate",
+        "20:5: unknown policy `nosuch`",
+        "25:9: policy `rate-limit` is used in pipeline `p1` but not declared in `policies`",
+        "28:32: policy `proxy`: unknown serviceEndpoint `missing`",
+        "34:21: condition `expression` is not supported by tollgate",
+        "37:31: unknown condition `weird`",
+        "41:26: policy `proxy` `stripPath`: invalid type: string \"yes\", expected a boolean",
+    ];
+    for e in expected {
+        assert!(err.contains(&format!("{file}:{e}")), "missing `{file}:{e}` in:\n{err}");
+    }
+}
+
+#[test]
+fn syntax_errors_and_missing_files() {
+    let dir = ConfigDir::empty();
+    dir.write("gateway.config.yml", "http:\n  port: [1, 2\n");
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains(&format!("{}:3:1: invalid YAML", dir.file("gateway.config.yml"))), "{}", stderr(&out));
+    let empty = ConfigDir::empty();
+    let out = run_tollgate(&["check", "-c", &empty.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no gateway.config.yml"));
+    // serve refuses a bad config the same way.
+    let bad = ConfigDir::new(BAD);
+    let out = run_tollgate(&["serve", "-c", &bad.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("unknown serviceEndpoint `missing`"));
+}
+
+#[test]
+fn wrong_types_and_bad_values_are_errors_not_panics() {
+    let dir = ConfigDir::new(
+        "http: {port: 70000}\napiEndpoints: [1, 2]\nserviceEndpoints:\n  s: {url: 'ftp://x'}\n  t: {url: 'not a url'}\npolicies: proxy\npipelines:\n  p: {apiEndpoints: x, policies: [{terminate: 7}, {log: {action: {message: '${req.nope}'}}}, 3]}\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    for needle in [
+        "1:14: `http.port` must be a port number (0-65535), not 70000",
+        "2:15: `apiEndpoints` must be a map, not a list",
+        "4:12: serviceEndpoint `s`: `ftp://x`: scheme `ftp` is not supported",
+        "5:12: serviceEndpoint `t`: `not a url` is not a valid URL",
+        "policy `terminate` in pipeline `p` must hold a step or a list of steps",
+        "a policy in pipeline `p` must be `- name:` with its steps",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+}
+
+#[test]
+fn unsupported_value_expressions_are_named() {
+    let dir = ConfigDir::new(
+        "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [response-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-A: Basic, X-B: \"require('fs')\"}}}\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("9:43: value of header `X-A`"), "{err}");
+    assert!(err.contains("`Basic` is not a supported value expression"), "{err}");
+    assert!(err.contains("`require('fs')` is not a supported value expression"), "{err}");
+}
+
+#[test]
+fn env_interpolation_json_config_and_eg_config_dir() {
+    let up = support::EchoUpstream::start("up");
+    let dir = ConfigDir::empty();
+    dir.write(
+        "gateway.config.json",
+        r#"{"http": {"port": ${PORT}}, "admin": {"port": ${ADMIN_PORT}, "host": "127.0.0.1"},
+ "apiEndpoints": {"e": {"paths": "${TG_PATH:-/env/*}"}},
+ "serviceEndpoints": {"up": {"url": "${TG_UPSTREAM}"}},
+ "policies": ["proxy", "response-transformer"],
+ "pipelines": {"p": {"apiEndpoints": ["e"], "policies": [
+   {"response-transformer": {"action": {"headers": {"add": {"X-Literal": "'$${NOT_EXPANDED}'", "X-Empty": "'${TG_EMPTY:-fallback}'"}}}}},
+   {"proxy": {"action": {"serviceEndpoint": "up"}}}]}}}"#,
+    );
+    dir.write("system.config.json", r#"{"db": {"redis": {"emulate": true}}}"#);
+    let gw = GatewayProcess::start_with(&dir, &[], &[("TG_UPSTREAM", &up.url("")), ("TG_EMPTY", "")]);
+    let r = get(gw.port, "GET", "/env/x", &[]);
+    assert_eq!(r.echoed().url(), "/env/x");
+    assert_eq!(r.header("x-literal"), Some("$${NOT_EXPANDED}"));
+    assert_eq!(r.header("x-empty"), Some(""), "a set-but-empty variable wins over the default");
+    // EG_CONFIG_DIR names the directory when --config is absent.
+    let out = run_tollgate(&["check"], &[("EG_CONFIG_DIR", &dir.path.display().to_string()), ("TG_UPSTREAM", "http://127.0.0.1:1")]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn help_on_every_command() {
+    for args in [vec!["--help"], vec!["serve", "--help"], vec!["check", "--help"]] {
+        let out = run_tollgate(&args, &[]);
+        assert_eq!(out.status.code(), Some(0));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: tollgate"), "{args:?}");
+    }
+    let out = run_tollgate(&["frobnicate"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}
