@@ -40,7 +40,9 @@ impl Counters {
     /// Counts one hit on `key` in a window of `window` length.
     pub fn incr(&self, key: &str, window: Duration, now: Instant) -> Hit {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
-        let mut shard = shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shard = shard
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(hit) = shard.windows.get_mut(key) {
             if hit.resets_at > now {
                 hit.count += 1;

@@ -55,7 +55,11 @@ impl Gateway {
             .iter()
             .map(|e| ApiEndpoint {
                 name: Arc::from(e.name.as_str()),
-                scopes: e.entries.iter().flat_map(|d| d.scopes.iter().cloned()).collect(),
+                scopes: e
+                    .entries
+                    .iter()
+                    .flat_map(|d| d.scopes.iter().cloned())
+                    .collect(),
             })
             .collect();
         let router = build_router(&gw, &mut errors);
@@ -76,11 +80,16 @@ impl Gateway {
 
     /// Every upstream target, for DNS refresh.
     pub fn targets(&self) -> impl Iterator<Item = &Arc<UpstreamTarget>> {
-        self.service_endpoints.values().flat_map(|s| s.targets.iter())
+        self.service_endpoints
+            .values()
+            .flat_map(|s| s.targets.iter())
     }
 }
 
-fn build_service_endpoints(gw: &GatewayFile, errors: &mut ConfigErrors) -> HashMap<String, Arc<ServiceEndpoint>> {
+fn build_service_endpoints(
+    gw: &GatewayFile,
+    errors: &mut ConfigErrors,
+) -> HashMap<String, Arc<ServiceEndpoint>> {
     let mut out = HashMap::new();
     for def in &gw.service_endpoints {
         let mut targets = Vec::new();
@@ -110,13 +119,20 @@ fn check_declared_policies(gw: &GatewayFile, errors: &mut ConfigErrors) {
     }
 }
 
-fn build_pipelines(gw: &GatewayFile, cx: &BuildContext<'_>, errors: &mut ConfigErrors) -> Vec<Pipeline> {
+fn build_pipelines(
+    gw: &GatewayFile,
+    cx: &BuildContext<'_>,
+    errors: &mut ConfigErrors,
+) -> Vec<Pipeline> {
     let declared = |name: &str| gw.policies.iter().any(|(p, _)| p == name);
     let mut out = Vec::new();
     for def in &gw.pipelines {
         for (endpoint, pos) in &def.api_endpoints {
             if !gw.api_endpoints.iter().any(|e| &e.name == endpoint) {
-                log::warn!("{pos}: pipeline `{}` lists apiEndpoint `{endpoint}`, which is not defined", def.name);
+                log::warn!(
+                    "{pos}: pipeline `{}` lists apiEndpoint `{endpoint}`, which is not defined",
+                    def.name
+                );
             }
         }
         let mut steps = Vec::new();
@@ -124,7 +140,10 @@ fn build_pipelines(gw: &GatewayFile, cx: &BuildContext<'_>, errors: &mut ConfigE
             if !declared(&step.policy) {
                 errors.push(
                     &step.pos,
-                    format!("policy `{}` is used in pipeline `{}` but not declared in `policies`", step.policy, def.name),
+                    format!(
+                        "policy `{}` is used in pipeline `{}` but not declared in `policies`",
+                        step.policy, def.name
+                    ),
                 );
                 continue;
             }
@@ -139,7 +158,9 @@ fn build_pipelines(gw: &GatewayFile, cx: &BuildContext<'_>, errors: &mut ConfigE
             if step.condition.is_some() && condition.is_none() {
                 continue;
             }
-            if let Some(action) = policies::build(&step.policy, step.action.as_ref(), &step.pos, cx, errors) {
+            if let Some(action) =
+                policies::build(&step.policy, step.action.as_ref(), &step.pos, cx, errors)
+            {
                 steps.push(Step {
                     policy_name: Arc::from(step.policy.as_str()),
                     condition,
@@ -170,7 +191,14 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
         for entry in &endpoint.entries {
             let key = match &entry.host_regex {
                 Some((re, _)) => (re.clone(), true),
-                None => (entry.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| "*".into()), false),
+                None => (
+                    entry
+                        .host
+                        .clone()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| "*".into()),
+                    false,
+                ),
             };
             let gi = match group_keys.iter().position(|k| *k == key) {
                 Some(i) => i,
@@ -211,7 +239,13 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
                     .filter_map(|m| match Method::from_bytes(m.as_bytes()) {
                         Ok(m) => Some(m),
                         Err(_) => {
-                            errors.push(&entry.pos, format!("apiEndpoint `{}`: `{m}` is not an HTTP method", endpoint.name));
+                            errors.push(
+                                &entry.pos,
+                                format!(
+                                    "apiEndpoint `{}`: `{m}` is not an HTTP method",
+                                    endpoint.name
+                                ),
+                            );
                             None
                         }
                     })
@@ -221,7 +255,13 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
             if let Some((re, pos)) = &entry.path_regex {
                 match PathMatcher::regex(re) {
                     Ok(m) => matchers.push(m),
-                    Err(why) => errors.push(pos, format!("bad regex in pathRegex of apiEndpoint `{}`: {why}", endpoint.name)),
+                    Err(why) => errors.push(
+                        pos,
+                        format!(
+                            "bad regex in pathRegex of apiEndpoint `{}`: {why}",
+                            endpoint.name
+                        ),
+                    ),
                 }
             } else if entry.paths.is_empty() {
                 matchers.push(PathMatcher::any());
@@ -229,7 +269,13 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
                 for (p, pos) in &entry.paths {
                     match PathMatcher::express(p) {
                         Ok(m) => matchers.push(m),
-                        Err(why) => errors.push(pos, format!("bad path pattern `{p}` in apiEndpoint `{}`: {why}", endpoint.name)),
+                        Err(why) => errors.push(
+                            pos,
+                            format!(
+                                "bad path pattern `{p}` in apiEndpoint `{}`: {why}",
+                                endpoint.name
+                            ),
+                        ),
                     }
                 }
             }

@@ -56,15 +56,21 @@ impl Tollgate {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| head.uri.authority().map(|a| a.as_str()));
-        if path == gw.healthcheck_path && (*method == http::Method::GET || *method == http::Method::HEAD) {
+        if path == gw.healthcheck_path
+            && (*method == http::Method::GET || *method == http::Method::HEAD)
+        {
             return Decision::Reply(responses::healthy());
         }
         let url = head.uri.path_and_query().map_or(path, |pq| pq.as_str());
-        let client_ip = session.client_addr().and_then(PeerAddr::as_inet).map(|a| a.ip());
-        let server_port = session.server_addr().and_then(PeerAddr::as_inet).map(|a| a.port());
-        let tls = session
-            .digest()
-            .is_some_and(|d| d.ssl_digest.is_some());
+        let client_ip = session
+            .client_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.ip());
+        let server_port = session
+            .server_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.port());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let mut from = 0;
         while let Some(ri) = gw.router.find(from, host, path, method) {
             let route = &gw.router.routes[ri];
@@ -109,7 +115,8 @@ impl Tollgate {
 
 /// Writes a gateway-made response, with the header edits the pipeline collected.
 async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -> Result<()> {
-    let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + edits.len()))?;
+    let mut resp =
+        ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + edits.len()))?;
     if let Some(ct) = reply.content_type {
         resp.insert_header(http::header::CONTENT_TYPE, ct)?;
     }
@@ -121,7 +128,9 @@ async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -
         resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
     }
     let head_only = session.req_header().method == http::Method::HEAD || reply.body.is_empty();
-    session.write_response_header(Box::new(resp), head_only).await?;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
     if !head_only {
         session.write_response_body(Some(reply.body), true).await?;
     }
@@ -195,12 +204,17 @@ impl ProxyHttp for Tollgate {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(plan) = &ctx.x.proxy else {
             return Error::e_explain(ErrorType::InternalError, "no proxy plan for this request");
         };
         let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
-        peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+        peer.options.connection_timeout =
+            Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
         peer.options.read_timeout = plan.read_timeout;
         peer.options.write_timeout = plan.read_timeout;
         peer.options.verify_cert = plan.verify_cert;
@@ -238,7 +252,12 @@ impl ProxyHttp for Tollgate {
         apply_edits(upstream_response, &ctx.x.response_edits)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
             _ => match e.esource() {
@@ -253,9 +272,15 @@ impl ProxyHttp for Tollgate {
             let reply = match code {
                 502 => responses::bad_gateway(),
                 400 => Reply::text(400, "Bad Request"),
-                c => Reply::text(c, Bytes::from(
-                    http::StatusCode::from_u16(c).ok().and_then(|s| s.canonical_reason()).unwrap_or("Error"),
-                )),
+                c => Reply::text(
+                    c,
+                    Bytes::from(
+                        http::StatusCode::from_u16(c)
+                            .ok()
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Error"),
+                    ),
+                ),
             };
             if let Err(err) = send_reply(session, reply, &ctx.x.response_edits).await {
                 log::debug!("could not send the error response: {err}");

@@ -91,7 +91,10 @@ mod tests {
         assert_eq!(r.status, 404);
         let r = cannot("GET", "/a<b>\"c'{}|^`");
         let body = String::from_utf8(r.body.to_vec()).expect("utf8");
-        assert!(body.contains("<pre>Cannot GET /a%3Cb%3E%22c&#39;%7B%7D|^%60</pre>"), "{body}");
+        assert!(
+            body.contains("<pre>Cannot GET /a%3Cb%3E%22c&#39;%7B%7D|^%60</pre>"),
+            "{body}"
+        );
         assert_eq!(r.body.len(), 167);
         let r = cannot("GET", "/%E2%82%AC/%zz/%2F");
         assert!(String::from_utf8_lossy(&r.body).contains("/%E2%82%AC/%25zz/%2F"));

@@ -31,7 +31,10 @@ pub struct ServeOptions {
 const DNS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Loads and compiles a config directory, or returns the errors as one printable block.
-pub fn load_gateway(dir: &Path, counters: &Arc<Counters>) -> Result<Gateway, config::error::ConfigErrors> {
+pub fn load_gateway(
+    dir: &Path,
+    counters: &Arc<Counters>,
+) -> Result<Gateway, config::error::ConfigErrors> {
     let loaded = config::load_dir(dir)?;
     Gateway::build(loaded, counters)
 }
@@ -55,7 +58,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let shared = Arc::new(ArcSwap::from_pointee(gateway));
     start_dns_refresh(shared.clone());
 
-    let threads = opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let threads = opts
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(opts.grace_period),
@@ -67,7 +72,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
-        Tollgate { gateway: shared.clone() },
+        Tollgate {
+            gateway: shared.clone(),
+        },
         "tollgate gateway",
     );
     if let Some(l) = &http {
@@ -92,7 +99,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     if let Some(a) = &admin {
         let addr = bind_addr(a.host.as_deref(), "127.0.0.1", a.port);
-        let mut service = Service::new("tollgate admin".to_string(), AdminApi { gateway: shared.clone() });
+        let mut service = Service::new(
+            "tollgate admin".to_string(),
+            AdminApi {
+                gateway: shared.clone(),
+            },
+        );
         service.add_tcp(&addr);
         server.add_service(service);
         log::info!("admin API listening on http://{addr}");
@@ -138,7 +150,9 @@ fn exit_when_drained(server: &Server, grace: Duration) {
     std::thread::Builder::new()
         .name("tollgate-drain".into())
         .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             let Ok(rt) = rt else { return };
             rt.block_on(async move {
                 loop {

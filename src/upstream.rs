@@ -25,11 +25,17 @@ pub struct UpstreamTarget {
 
 impl UpstreamTarget {
     pub fn parse(url: &str) -> Result<UpstreamTarget, String> {
-        let uri: http::Uri = url.parse().map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            Some(other) => return Err(format!("`{url}`: scheme `{other}` is not supported (use http or https)")),
+            Some(other) => {
+                return Err(format!(
+                    "`{url}`: scheme `{other}` is not supported (use http or https)"
+                ))
+            }
             None => return Err(format!("`{url}` needs a scheme (http:// or https://)")),
         };
         let authority = uri
@@ -38,7 +44,11 @@ impl UpstreamTarget {
         if authority.as_str().contains('@') {
             return Err(format!("`{url}`: credentials in the URL are not supported"));
         }
-        let hostname = authority.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        let hostname = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path_and_query().map_or("/", |p| p.as_str());
         let base_path = if base_path.is_empty() { "/" } else { base_path }.to_string();
@@ -78,7 +88,11 @@ impl UpstreamTarget {
         match (self.hostname.as_str(), self.port).to_socket_addrs() {
             Ok(addrs) => {
                 let addrs: Vec<SocketAddr> = addrs.collect();
-                let pick = addrs.iter().find(|a| a.is_ipv4()).or(addrs.first()).copied();
+                let pick = addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(addrs.first())
+                    .copied();
                 if let Some(a) = pick {
                     if self.addr() != Some(a) {
                         log::debug!("upstream {} resolved to {a}", self.hostname);
@@ -88,7 +102,11 @@ impl UpstreamTarget {
             }
             Err(e) => {
                 if self.addr().is_none() {
-                    log::warn!("upstream {}: cannot resolve `{}`: {e}", self.url, self.hostname);
+                    log::warn!(
+                        "upstream {}: cannot resolve `{}`: {e}",
+                        self.url,
+                        self.hostname
+                    );
                 }
             }
         }

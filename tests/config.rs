@@ -81,7 +81,10 @@ fn check_reports_every_error_with_its_position() {
         "41:26: policy `proxy` `stripPath`: invalid type: string \"yes\", expected a boolean",
     ];
     for e in expected {
-        assert!(err.contains(&format!("{file}:{e}")), "missing `{file}:{e}` in:\n{err}");
+        assert!(
+            err.contains(&format!("{file}:{e}")),
+            "missing `{file}:{e}` in:\n{err}"
+        );
     }
 }
 
@@ -91,7 +94,14 @@ fn syntax_errors_and_missing_files() {
     dir.write("gateway.config.yml", "http:\n  port: [1, 2\n");
     let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains(&format!("{}:3:1: invalid YAML", dir.file("gateway.config.yml"))), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:3:1: invalid YAML",
+            dir.file("gateway.config.yml")
+        )),
+        "{}",
+        stderr(&out)
+    );
     let empty = ConfigDir::empty();
     let out = run_tollgate(&["check", "-c", &empty.path.display().to_string()], &[]);
     assert_eq!(out.status.code(), Some(2));
@@ -132,8 +142,14 @@ fn unsupported_value_expressions_are_named() {
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
     assert!(err.contains("9:43: value of header `X-A`"), "{err}");
-    assert!(err.contains("`Basic` is not a supported value expression"), "{err}");
-    assert!(err.contains("`require('fs')` is not a supported value expression"), "{err}");
+    assert!(
+        err.contains("`Basic` is not a supported value expression"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`require('fs')` is not a supported value expression"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -150,23 +166,44 @@ fn env_interpolation_json_config_and_eg_config_dir() {
    {"response-transformer": {"action": {"headers": {"add": {"X-Literal": "'$${NOT_EXPANDED}'", "X-Empty": "'${TG_EMPTY:-fallback}'"}}}}},
    {"proxy": {"action": {"serviceEndpoint": "up"}}}]}}}"#,
     );
-    dir.write("system.config.json", r#"{"db": {"redis": {"emulate": true}}}"#);
-    let gw = GatewayProcess::start_with(&dir, &[], &[("TG_UPSTREAM", &up.url("")), ("TG_EMPTY", "")]);
+    dir.write(
+        "system.config.json",
+        r#"{"db": {"redis": {"emulate": true}}}"#,
+    );
+    let gw =
+        GatewayProcess::start_with(&dir, &[], &[("TG_UPSTREAM", &up.url("")), ("TG_EMPTY", "")]);
     let r = get(gw.port, "GET", "/env/x", &[]);
     assert_eq!(r.echoed().url(), "/env/x");
     assert_eq!(r.header("x-literal"), Some("$${NOT_EXPANDED}"));
-    assert_eq!(r.header("x-empty"), Some(""), "a set-but-empty variable wins over the default");
+    assert_eq!(
+        r.header("x-empty"),
+        Some(""),
+        "a set-but-empty variable wins over the default"
+    );
     // EG_CONFIG_DIR names the directory when --config is absent.
-    let out = run_tollgate(&["check"], &[("EG_CONFIG_DIR", &dir.path.display().to_string()), ("TG_UPSTREAM", "http://127.0.0.1:1")]);
+    let out = run_tollgate(
+        &["check"],
+        &[
+            ("EG_CONFIG_DIR", &dir.path.display().to_string()),
+            ("TG_UPSTREAM", "http://127.0.0.1:1"),
+        ],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 #[test]
 fn help_on_every_command() {
-    for args in [vec!["--help"], vec!["serve", "--help"], vec!["check", "--help"]] {
+    for args in [
+        vec!["--help"],
+        vec!["serve", "--help"],
+        vec!["check", "--help"],
+    ] {
         let out = run_tollgate(&args, &[]);
         assert_eq!(out.status.code(), Some(0));
-        assert!(String::from_utf8_lossy(&out.stdout).contains("Usage: tollgate"), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage: tollgate"),
+            "{args:?}"
+        );
     }
     let out = run_tollgate(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -5,7 +5,12 @@ mod support;
 
 use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
 
-fn start(endpoints: &str, policies: &str, pipelines: &str, upstream: &EchoUpstream) -> (ConfigDir, GatewayProcess) {
+fn start(
+    endpoints: &str,
+    policies: &str,
+    pipelines: &str,
+    upstream: &EchoUpstream,
+) -> (ConfigDir, GatewayProcess) {
     let yml = format!(
         "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n{endpoints}serviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [{policies}]\npipelines:\n{pipelines}",
         upstream.url("")
@@ -31,8 +36,16 @@ fn every_condition() {
     p += &term(208, "allof", "{name: allOf, conditions: [{name: method, methods: [PUT]}, {name: pathMatch, pattern: 'all'}]}");
     p += &term(209, "oneof", "{name: oneOf, conditions: [{name: pathMatch, pattern: one1}, {name: pathMatch, pattern: one2}]}");
     p += &term(210, "never", "{name: never}");
-    p += &term(211, "anonymous", "{name: allOf, conditions: [{name: pathMatch, pattern: anon}, {name: anonymous}]}");
-    p += &term(212, "authenticated", "{name: allOf, conditions: [{name: pathMatch, pattern: auth}, {name: authenticated}]}");
+    p += &term(
+        211,
+        "anonymous",
+        "{name: allOf, conditions: [{name: pathMatch, pattern: anon}, {name: anonymous}]}",
+    );
+    p += &term(
+        212,
+        "authenticated",
+        "{name: allOf, conditions: [{name: pathMatch, pattern: auth}, {name: authenticated}]}",
+    );
     p += &term(213, "not", "{name: allOf, conditions: [{name: pathMatch, pattern: 'not$'}, {name: not, condition: {name: pathMatch, pattern: zzz}}]}");
     p += "      - proxy:\n          - condition: {name: always}\n            action: {serviceEndpoint: up}\n";
     let (_d, gw) = start("  c: {paths: '/c/*'}\n", "terminate, proxy", &p, &up);
@@ -41,17 +54,29 @@ fn every_condition() {
         get(gw.port, method, path, &len).status
     };
     assert_eq!(status("GET", "/c/exact?q=1", "h"), 201);
-    assert_eq!(status("GET", "/c/exact", "h"), 200, "pathExact compares the URL with its query");
+    assert_eq!(
+        status("GET", "/c/exact", "h"),
+        200,
+        "pathExact compares the URL with its query"
+    );
     assert_eq!(status("GET", "/c/x?q=2", "h"), 202);
     assert_eq!(status("DELETE", "/c/x", "h"), 203);
     assert_eq!(status("PATCH", "/c/x", "h"), 206);
     assert_eq!(status("GET", "/c/x", "h.test:80"), 207);
-    assert_eq!(status("GET", "/c/x", "h.test"), 200, "hostMatch sees the port");
+    assert_eq!(
+        status("GET", "/c/x", "h.test"),
+        200,
+        "hostMatch sees the port"
+    );
     assert_eq!(status("PUT", "/c/all", "h"), 208);
     assert_eq!(status("GET", "/c/all", "h"), 200);
     assert_eq!(status("GET", "/c/one2", "h"), 209);
     assert_eq!(status("GET", "/c/anon", "h"), 211);
-    assert_eq!(status("GET", "/c/auth", "h"), 200, "no auth policy ran, so not authenticated");
+    assert_eq!(
+        status("GET", "/c/auth", "h"),
+        200,
+        "no auth policy ran, so not authenticated"
+    );
     assert_eq!(status("GET", "/c/not", "h"), 213);
     assert_eq!(status("GET", "/c/zzz-not", "h"), 200);
 }
@@ -70,23 +95,42 @@ fn cors_default_simple_and_preflight() {
         gw.port,
         "OPTIONS",
         "/c/x",
-        &[("Origin", "http://x"), ("Access-Control-Request-Method", "PUT"), ("Access-Control-Request-Headers", "X-Foo, content-type")],
+        &[
+            ("Origin", "http://x"),
+            ("Access-Control-Request-Method", "PUT"),
+            ("Access-Control-Request-Headers", "X-Foo, content-type"),
+        ],
     );
     assert_eq!(r.status, 204);
     assert!(r.body.is_empty());
     assert_eq!(r.header("content-length"), Some("0"));
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
-    assert_eq!(r.header("access-control-allow-methods"), Some("GET,HEAD,PUT,PATCH,POST,DELETE"));
-    assert_eq!(r.header("access-control-allow-headers"), Some("X-Foo, content-type"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET,HEAD,PUT,PATCH,POST,DELETE")
+    );
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("X-Foo, content-type")
+    );
     assert_eq!(r.header("vary"), Some("Access-Control-Request-Headers"));
-    assert_eq!(up.hits.load(std::sync::atomic::Ordering::SeqCst), hits, "a preflight is not proxied");
+    assert_eq!(
+        up.hits.load(std::sync::atomic::Ordering::SeqCst),
+        hits,
+        "a preflight is not proxied"
+    );
 }
 
 #[test]
 fn cors_options() {
     let up = EchoUpstream::start("up");
     let p = "  refl:\n    apiEndpoints: [refl]\n    policies:\n      - cors: [{action: {origin: true, credentials: true, maxAge: 600, exposedHeaders: [a, b]}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n  list:\n    apiEndpoints: [list]\n    policies:\n      - cors: [{action: {origin: ['http://x', 'http://y'], allowedHeaders: [X-Q, X-R], methods: 'GET,POST'}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n";
-    let (_d, gw) = start("  refl: {paths: '/refl/*'}\n  list: {paths: '/list/*'}\n", "cors, proxy", p, &up);
+    let (_d, gw) = start(
+        "  refl: {paths: '/refl/*'}\n  list: {paths: '/list/*'}\n",
+        "cors, proxy",
+        p,
+        &up,
+    );
     let r = get(gw.port, "GET", "/refl/x", &[("Origin", "http://x")]);
     assert_eq!(r.header("access-control-allow-origin"), Some("http://x"));
     assert_eq!(r.header("vary"), Some("Origin"));
@@ -95,9 +139,20 @@ fn cors_options() {
     let r = get(gw.port, "GET", "/refl/x", &[]);
     assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(r.header("vary"), Some("Origin"));
-    let r = get(gw.port, "OPTIONS", "/refl/x", &[("Origin", "http://x"), ("Access-Control-Request-Headers", "X-Foo")]);
+    let r = get(
+        gw.port,
+        "OPTIONS",
+        "/refl/x",
+        &[
+            ("Origin", "http://x"),
+            ("Access-Control-Request-Headers", "X-Foo"),
+        ],
+    );
     assert_eq!(r.status, 204);
-    assert_eq!(r.header("vary"), Some("Origin, Access-Control-Request-Headers"));
+    assert_eq!(
+        r.header("vary"),
+        Some("Origin, Access-Control-Request-Headers")
+    );
     assert_eq!(r.header("access-control-max-age"), Some("600"));
     assert_eq!(r.header("access-control-allow-headers"), Some("X-Foo"));
     let r = get(gw.port, "GET", "/list/x", &[("Origin", "http://y")]);
@@ -155,9 +210,22 @@ fn header_transforms_both_ways() {
         p,
         &up,
     );
-    let r = get(gw.port, "GET", "/rq/x", &[("Host", "front.test"), ("X-Drop", "gone"), ("X-Client", "c7")]);
+    let r = get(
+        gw.port,
+        "GET",
+        "/rq/x",
+        &[
+            ("Host", "front.test"),
+            ("X-Drop", "gone"),
+            ("X-Client", "c7"),
+        ],
+    );
     assert_eq!(r.header("x-resp"), Some("yes"));
-    assert_eq!(r.header("x-upstream"), None, "response-transformer removed it");
+    assert_eq!(
+        r.header("x-upstream"),
+        None,
+        "response-transformer removed it"
+    );
     let e = r.echoed();
     assert_eq!(e.header("x-added").as_deref(), Some("v"));
     assert_eq!(e.header("x-host-copy").as_deref(), Some("front.test"));
@@ -165,26 +233,51 @@ fn header_transforms_both_ways() {
     assert_eq!(e.header("x-joined").as_deref(), Some("id-c7"));
     assert_eq!(e.header("x-drop"), None);
     assert_eq!(e.header("eg-foo").as_deref(), Some("bar"));
-    assert_eq!(e.header("eg-id"), e.header("eg-request-id"), "egContext.requestID is the request id");
+    assert_eq!(
+        e.header("eg-id"),
+        e.header("eg-request-id"),
+        "egContext.requestID is the request id"
+    );
     let r = get(gw.port, "GET", "/k/x", &[]);
     assert_eq!((r.status, r.text().as_str()), (401, "Unauthorized"));
-    assert_eq!(r.header("www-authenticate"), Some("Basic"), "Kargo's \"'Basic'\" sends Basic");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some("Basic"),
+        "Kargo's \"'Basic'\" sends Basic"
+    );
 }
 
 #[test]
 fn rate_limit_headers_and_429_as_text_or_json() {
     let up = EchoUpstream::start("up");
     let p = "  rl:\n    apiEndpoints: [rl]\n    policies:\n      - rate-limit: [{action: {max: 2, windowMs: 60000}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n  byhdr:\n    apiEndpoints: [byhdr]\n    policies:\n      - rate-limit: [{action: {max: 1, windowMs: 60000, rateLimitBy: \"${req.headers['x-client']}\", statusCode: 503, message: slow down}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n";
-    let (_d, gw) = start("  rl: {paths: '/rl/*'}\n  byhdr: {paths: '/by/*'}\n", "rate-limit, proxy", p, &up);
+    let (_d, gw) = start(
+        "  rl: {paths: '/rl/*'}\n  byhdr: {paths: '/by/*'}\n",
+        "rate-limit, proxy",
+        p,
+        &up,
+    );
     let r1 = get(gw.port, "GET", "/rl/x", &[]);
     assert_eq!(r1.status, 200);
     assert_eq!(r1.header("x-ratelimit-limit"), Some("2"));
     assert_eq!(r1.header("x-ratelimit-remaining"), Some("1"));
-    let reset: u64 = r1.header("x-ratelimit-reset").and_then(|v| v.parse().ok()).expect("reset");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    assert!(reset > now && reset <= now + 61, "reset {reset} is within the window from {now}");
+    let reset: u64 = r1
+        .header("x-ratelimit-reset")
+        .and_then(|v| v.parse().ok())
+        .expect("reset");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    assert!(
+        reset > now && reset <= now + 61,
+        "reset {reset} is within the window from {now}"
+    );
     let r2 = get(gw.port, "GET", "/rl/x", &[]);
-    assert_eq!((r2.status, r2.header("x-ratelimit-remaining")), (200, Some("0")));
+    assert_eq!(
+        (r2.status, r2.header("x-ratelimit-remaining")),
+        (200, Some("0"))
+    );
     let r3 = get(gw.port, "GET", "/rl/x", &[]);
     assert_eq!(r3.status, 429);
     assert_eq!(r3.text(), "Too many requests, please try again later.");
@@ -192,13 +285,28 @@ fn rate_limit_headers_and_429_as_text_or_json() {
     assert_eq!(r3.header("retry-after"), Some("60"));
     let r4 = get(gw.port, "GET", "/rl/x", &[("Accept", "application/json")]);
     assert_eq!(r4.status, 429);
-    assert_eq!(r4.text(), r#"{"message":"Too many requests, please try again later."}"#);
-    assert_eq!(r4.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        r4.text(),
+        r#"{"message":"Too many requests, please try again later."}"#
+    );
+    assert_eq!(
+        r4.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     // rateLimitBy: each client has its own window.
-    assert_eq!(get(gw.port, "GET", "/by/x", &[("X-Client", "a")]).status, 200);
-    assert_eq!(get(gw.port, "GET", "/by/x", &[("X-Client", "b")]).status, 200);
+    assert_eq!(
+        get(gw.port, "GET", "/by/x", &[("X-Client", "a")]).status,
+        200
+    );
+    assert_eq!(
+        get(gw.port, "GET", "/by/x", &[("X-Client", "b")]).status,
+        200
+    );
     let limited = get(gw.port, "GET", "/by/x", &[("X-Client", "a")]);
-    assert_eq!((limited.status, limited.text().as_str()), (503, "slow down"));
+    assert_eq!(
+        (limited.status, limited.text().as_str()),
+        (503, "slow down")
+    );
 }
 
 #[test]
@@ -208,5 +316,9 @@ fn log_policy_writes_its_message_and_goes_on() {
     let (_d, gw) = start("  l: {paths: '/l/*'}\n", "log, proxy", p, &up);
     assert_eq!(get(gw.port, "GET", "/l/x?b=1", &[]).status, 200);
     std::thread::sleep(std::time::Duration::from_millis(100));
-    assert!(gw.log_text().contains("hello GET /l/x?b=1"), "{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("hello GET /l/x?b=1"),
+        "{}",
+        gw.log_text()
+    );
 }

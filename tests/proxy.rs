@@ -76,7 +76,12 @@ pipelines:
     );
     let dir = ConfigDir::new(&yml);
     let gw = GatewayProcess::start(&dir);
-    Setup { _dir: dir, gw, a, b }
+    Setup {
+        _dir: dir,
+        gw,
+        a,
+        b,
+    }
 }
 
 fn upstream_url(s: &Setup, path: &str) -> String {
@@ -109,8 +114,16 @@ fn strip_path_examples() {
 #[test]
 fn ignore_path_and_prepend_path() {
     let s = setup();
-    assert_eq!(upstream_url(&s, "/igfoo?q=1"), "/base", "ignorePath sends only the target path");
-    assert_eq!(upstream_url(&s, "/ppfoo?x=1"), "/ppfoo?x=1", "prependPath false drops the target path");
+    assert_eq!(
+        upstream_url(&s, "/igfoo?q=1"),
+        "/base",
+        "ignorePath sends only the target path"
+    );
+    assert_eq!(
+        upstream_url(&s, "/ppfoo?x=1"),
+        "/ppfoo?x=1",
+        "prependPath false drops the target path"
+    );
 }
 
 #[test]
@@ -118,7 +131,13 @@ fn change_origin_sets_host_unless_disabled() {
     let s = setup();
     let e = get(s.gw.port, "GET", "/raw/x", &[("Host", "client.test:8080")]).echoed();
     assert_eq!(e.header("host"), Some(format!("127.0.0.1:{}", s.a.port)));
-    let e = get(s.gw.port, "GET", "/keephost/x", &[("Host", "client.test:8080")]).echoed();
+    let e = get(
+        s.gw.port,
+        "GET",
+        "/keephost/x",
+        &[("Host", "client.test:8080")],
+    )
+    .echoed();
     assert_eq!(e.header("host").as_deref(), Some("client.test:8080"));
 }
 
@@ -126,9 +145,18 @@ fn change_origin_sets_host_unless_disabled() {
 fn round_robin_over_urls() {
     let s = setup();
     let seen: Vec<String> = (0..4)
-        .map(|_| get(s.gw.port, "GET", "/rr/x", &[]).echoed().upstream().to_string())
+        .map(|_| {
+            get(s.gw.port, "GET", "/rr/x", &[])
+                .echoed()
+                .upstream()
+                .to_string()
+        })
         .collect();
-    assert_eq!(seen[0..2].iter().filter(|u| *u == "a").count(), 1, "{seen:?}");
+    assert_eq!(
+        seen[0..2].iter().filter(|u| *u == "a").count(),
+        1,
+        "{seen:?}"
+    );
     assert_eq!(seen[0], seen[2]);
     assert_eq!(seen[1], seen[3]);
     assert_ne!(seen[0], seen[1]);
@@ -142,18 +170,32 @@ fn request_id_headers_and_method_reach_the_upstream() {
         s.gw.port,
         "GET",
         "/raw/x?q=1",
-        &[("X-Custom", "v1"), ("eg-consumer-id", "forged"), ("Authorization", "apiKey a:b")],
+        &[
+            ("X-Custom", "v1"),
+            ("eg-consumer-id", "forged"),
+            ("Authorization", "apiKey a:b"),
+        ],
     );
     let e = r.echoed();
     assert_eq!(e.method(), "GET");
     assert_eq!(e.url(), "/raw/x?q=1");
     assert_eq!(e.header("x-custom").as_deref(), Some("v1"));
-    assert_eq!(e.header("authorization").as_deref(), Some("apiKey a:b"), "EG passes Authorization on");
-    assert_eq!(e.header("eg-consumer-id"), None, "a client-sent consumer id is never forwarded");
+    assert_eq!(
+        e.header("authorization").as_deref(),
+        Some("apiKey a:b"),
+        "EG passes Authorization on"
+    );
+    assert_eq!(
+        e.header("eg-consumer-id"),
+        None,
+        "a client-sent consumer id is never forwarded"
+    );
     let id = e.header("eg-request-id").expect("eg-request-id");
     assert_eq!(id.len(), 22);
     assert!(id.bytes().all(|c| c.is_ascii_alphanumeric()));
-    let id2 = get(s.gw.port, "GET", "/raw/x", &[]).echoed().header("eg-request-id");
+    let id2 = get(s.gw.port, "GET", "/raw/x", &[])
+        .echoed()
+        .header("eg-request-id");
     assert_ne!(Some(id), id2);
     let head = get(s.gw.port, "HEAD", "/raw/x", &[]);
     assert_eq!(head.status, 200);
@@ -171,13 +213,29 @@ fn request_id_headers_and_method_reach_the_upstream() {
 #[test]
 fn xfwd_from_proxy_options() {
     let s = setup();
-    let e = get(s.gw.port, "GET", "/xf/x", &[("Host", "front.test:8443"), ("X-Forwarded-For", "1.2.3.4")]).echoed();
-    assert_eq!(e.header("x-forwarded-for").as_deref(), Some("1.2.3.4,127.0.0.1"));
+    let e = get(
+        s.gw.port,
+        "GET",
+        "/xf/x",
+        &[("Host", "front.test:8443"), ("X-Forwarded-For", "1.2.3.4")],
+    )
+    .echoed();
+    assert_eq!(
+        e.header("x-forwarded-for").as_deref(),
+        Some("1.2.3.4,127.0.0.1")
+    );
     assert_eq!(e.header("x-forwarded-port").as_deref(), Some("8443"));
     assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("http"));
-    assert_eq!(e.header("x-forwarded-host").as_deref(), Some("front.test:8443"));
+    assert_eq!(
+        e.header("x-forwarded-host").as_deref(),
+        Some("front.test:8443")
+    );
     let plain = get(s.gw.port, "GET", "/raw/x", &[]).echoed();
-    assert_eq!(plain.header("x-forwarded-for"), None, "no xfwd, no X-Forwarded-*");
+    assert_eq!(
+        plain.header("x-forwarded-for"),
+        None,
+        "no xfwd, no X-Forwarded-*"
+    );
 }
 
 #[test]

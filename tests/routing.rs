@@ -12,7 +12,9 @@ fn named(name: &str) -> String {
 }
 
 fn gateway(endpoints: &str, names: &[&str], extra_pipelines: &str) -> (ConfigDir, GatewayProcess) {
-    let mut yml = String::from("http:\n  port: ${PORT}\nadmin:\n  port: ${ADMIN_PORT}\n  host: 127.0.0.1\napiEndpoints:\n");
+    let mut yml = String::from(
+        "http:\n  port: ${PORT}\nadmin:\n  port: ${ADMIN_PORT}\n  host: 127.0.0.1\napiEndpoints:\n",
+    );
     yml.push_str(endpoints);
     yml.push_str("policies: [terminate, log, response-transformer]\npipelines:\n");
     for n in names {
@@ -74,14 +76,26 @@ fn host_globs_regexes_and_group_order() {
     assert_eq!(body_of(p, "/o/1", "a.g.test"), "glob");
     assert_eq!(body_of(p, "/o/1", "A.G.TEST:8080"), "glob");
     assert_eq!(body_of(p, "/o/1", "g.test"), "any", "`*` needs one label");
-    assert_eq!(body_of(p, "/o/1", "b.a.g.test"), "any", "`*` is exactly one label");
+    assert_eq!(
+        body_of(p, "/o/1", "b.a.g.test"),
+        "any",
+        "`*` is exactly one label"
+    );
     // The '*' group was registered before exact.test's, so it wins for /o/*.
     assert_eq!(body_of(p, "/o/1", "exact.test"), "any");
     assert_eq!(body_of(p, "/e/1", "exact.test"), "exact");
     assert_eq!(body_of(p, "/e/1", "other.test"), "404");
     assert_eq!(body_of(p, "/r/1", "X.example.org:9000"), "rx");
-    assert_eq!(body_of(p, "/r/1", "xx.example.org"), "404", "hostRegex is anchored");
-    assert_eq!(body_of(p, "/anything/at/all", "catch.test"), "catchall", "no paths = every path");
+    assert_eq!(
+        body_of(p, "/r/1", "xx.example.org"),
+        "404",
+        "hostRegex is anchored"
+    );
+    assert_eq!(
+        body_of(p, "/anything/at/all", "catch.test"),
+        "catchall",
+        "no paths = every path"
+    );
     // Without a Host header only host-less routes can match.
     let r = support::request(p, "GET /o/1 HTTP/1.0\r\n\r\n", false);
     assert_eq!(r.text(), "any");
@@ -96,10 +110,22 @@ fn fall_through_last_pipeline_wins_and_no_pipeline() {
         extra,
     );
     let r = get(gw.port, "GET", "/f/x", &[]);
-    assert_eq!((r.status, r.text().as_str()), (200, "f2"), "falls through to the next route");
-    assert_eq!(r.header("x-first"), Some("yes"), "headers set before falling through stay");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "f2"),
+        "falls through to the next route"
+    );
+    assert_eq!(
+        r.header("x-first"),
+        Some("yes"),
+        "headers set before falling through stay"
+    );
     let r = get(gw.port, "GET", "/dup/x", &[]);
-    assert_eq!((r.status, r.text().as_str()), (202, "two"), "the last pipeline listing an endpoint wins");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (202, "two"),
+        "the last pipeline listing an endpoint wins"
+    );
     let r = get(gw.port, "GET", "/orphan", &[]);
     assert_eq!(r.status, 404);
     assert_eq!(r.text(), "Not Found");
@@ -116,11 +142,18 @@ fn not_found_bodies_and_head() {
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>Error</title>\n</head>\n<body>\n<pre>Cannot GET /nope</pre>\n</body>\n</html>\n"
     );
     assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
-    assert_eq!(r.header("content-security-policy"), Some("default-src 'none'"));
+    assert_eq!(
+        r.header("content-security-policy"),
+        Some("default-src 'none'")
+    );
     assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     assert_eq!(r.header("content-length"), Some("143"));
     let r = get(gw.port, "GET", "/a'{b}|^", &[]);
-    assert!(r.text().contains("<pre>Cannot GET /a&#39;%7Bb%7D|^</pre>"), "{}", r.text());
+    assert!(
+        r.text().contains("<pre>Cannot GET /a&#39;%7Bb%7D|^</pre>"),
+        "{}",
+        r.text()
+    );
     // A request line with raw `<` is malformed: a 400, not a crash.
     assert_eq!(get(gw.port, "GET", "/a<b>", &[]).status, 400);
     let r = get(gw.port, "HEAD", "/nope", &[]);
@@ -137,14 +170,20 @@ fn methods_and_head() {
         "",
     );
     assert_eq!(get(gw.port, "GET", "/m/x", &[]).text(), "m");
-    assert_eq!(get(gw.port, "POST", "/m/x", &[("Content-Length", "0")]).text(), "m");
+    assert_eq!(
+        get(gw.port, "POST", "/m/x", &[("Content-Length", "0")]).text(),
+        "m"
+    );
     let head = get(gw.port, "HEAD", "/m/x", &[]);
     assert_eq!(head.status, 200, "a GET route answers HEAD");
     assert!(head.body.is_empty());
     let put = get(gw.port, "PUT", "/m/x", &[("Content-Length", "0")]);
     assert_eq!(put.status, 404);
     assert!(put.text().contains("Cannot PUT /m/x"));
-    assert_eq!(get(gw.port, "PUT", "/arr/x", &[("Content-Length", "0")]).text(), "arr");
+    assert_eq!(
+        get(gw.port, "PUT", "/arr/x", &[("Content-Length", "0")]).text(),
+        "arr"
+    );
     assert_eq!(get(gw.port, "GET", "/arr/x", &[]).status, 404);
 }
 

@@ -20,7 +20,10 @@ fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     Response::builder()
         .status(status)
-        .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/json; charset=utf-8",
+        )
         .header(http::header::CONTENT_LENGTH, bytes.len())
         .body(bytes)
         .unwrap_or_default()
@@ -53,21 +56,31 @@ const SECTIONS: &[(&str, &str)] = &[
 impl AdminApi {
     fn route(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
         let gw = self.gateway.load();
-        let segments: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+        let segments: Vec<&str> = path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect();
         if *method != Method::GET && *method != Method::HEAD {
             return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
         }
         match segments.as_slice() {
             ["policies"] => json(
                 StatusCode::OK,
-                gw.raw.get("policies").unwrap_or(&serde_json::Value::Array(Vec::new())),
+                gw.raw
+                    .get("policies")
+                    .unwrap_or(&serde_json::Value::Array(Vec::new())),
             ),
             [route, rest @ ..] if rest.len() <= 1 => {
                 let Some((_, key)) = SECTIONS.iter().find(|(r, _)| r == route) else {
                     return text(StatusCode::NOT_FOUND, "Not Found");
                 };
                 let no_section = serde_json::json!({});
-                let section = gw.raw.get(*key).filter(|v| v.is_object()).unwrap_or(&no_section);
+                let section = gw
+                    .raw
+                    .get(*key)
+                    .filter(|v| v.is_object())
+                    .unwrap_or(&no_section);
                 match rest.first() {
                     None => json(StatusCode::OK, section),
                     Some(name) => {

@@ -9,7 +9,11 @@ use crate::counters::Counters;
 use crate::server::{self, ServeOptions};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "An API gateway that runs Express Gateway configs, on Pingora")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "An API gateway that runs Express Gateway configs, on Pingora"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

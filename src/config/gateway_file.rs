@@ -90,10 +90,15 @@ pub const DEFAULT_ADMIN_PORT: u16 = 9876;
 impl GatewayFile {
     pub fn from_node(root: &Node, errors: &mut ConfigErrors) -> GatewayFile {
         if !root.is_null() && root.as_map().is_none() {
-            errors.push(&root.pos, format!("the gateway config must be a map, not {}", root.kind()));
+            errors.push(
+                &root.pos,
+                format!("the gateway config must be a map, not {}", root.kind()),
+            );
         }
         let mut file = GatewayFile {
-            http: root.get("http").and_then(|n| listener(n, "http", None, errors)),
+            http: root
+                .get("http")
+                .and_then(|n| listener(n, "http", None, errors)),
             https: root.get("https").and_then(|n| https(n, errors)),
             admin: root
                 .get("admin")
@@ -102,7 +107,7 @@ impl GatewayFile {
             service_endpoints: Vec::new(),
             policies: Vec::new(),
             pipelines: Vec::new(),
-            raw: root.to_json(),
+            raw: normalized_json(root),
         };
         if let Some(n) = root.get("apiEndpoints") {
             for (key, value) in map_entries(n, "apiEndpoints", errors) {
@@ -119,7 +124,7 @@ impl GatewayFile {
         if let Some(n) = root.get("policies") {
             file.policies = string_list(n, "policies", errors);
         }
-        if let Some(n) = root.get("pipelines") {
+        if let Some(n) = root.get("pipelines").or_else(|| root.get("pipeline")) {
             for (key, value) in map_entries(n, "pipelines", errors) {
                 if let Some(p) = pipeline(key, value, errors) {
                     file.pipelines.push(p);
@@ -128,6 +133,28 @@ impl GatewayFile {
         }
         file
     }
+}
+
+/// The file as JSON, with pipelines normalized as EG's Admin API shows them: `apiEndpoints`
+/// and `policies` always lists (also when written with the singular `apiEndpoint` / `policy`).
+fn normalized_json(root: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    let mut json = root.to_json();
+    let wrap = |v: J| if v.is_array() { v } else { J::Array(vec![v]) };
+    if let Some(pipelines) = json.get_mut("pipelines").and_then(J::as_object_mut) {
+        for p in pipelines.values_mut() {
+            let Some(obj) = p.as_object_mut() else {
+                continue;
+            };
+            for (plural, singular) in [("apiEndpoints", "apiEndpoint"), ("policies", "policy")] {
+                let value = obj.get(plural).or_else(|| obj.get(singular)).cloned();
+                if let Some(v) = value {
+                    obj.insert(plural.to_string(), wrap(v));
+                }
+            }
+        }
+    }
+    json
 }
 
 fn name_of(key: &Node, errors: &mut ConfigErrors) -> String {
@@ -143,7 +170,10 @@ fn map_entries<'a>(node: &'a Node, what: &str, errors: &mut ConfigErrors) -> &'a
         Value::Map(entries) => entries,
         Value::Null => &[],
         _ => {
-            errors.push(&node.pos, format!("`{what}` must be a map, not {}", node.kind()));
+            errors.push(
+                &node.pos,
+                format!("`{what}` must be a map, not {}", node.kind()),
+            );
             &[]
         }
     }
@@ -170,7 +200,10 @@ fn string_list(node: &Node, what: &str, errors: &mut ConfigErrors) -> Vec<(Strin
         _ => {
             errors.push(
                 &node.pos,
-                format!("`{what}` must be a string or a list of strings, not {}", node.kind()),
+                format!(
+                    "`{what}` must be a string or a list of strings, not {}",
+                    node.kind()
+                ),
             );
             Vec::new()
         }
@@ -182,9 +215,14 @@ fn optional_string(parent: &Node, key: &str, errors: &mut ConfigErrors) -> Optio
     match &n.value {
         Value::Null => None,
         Value::Str(s) => Some((s.clone(), n.pos.clone())),
-        Value::Int(_) | Value::Float(_) | Value::Bool(_) => n.scalar_text().map(|s| (s, n.pos.clone())),
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+            n.scalar_text().map(|s| (s, n.pos.clone()))
+        }
         _ => {
-            errors.push(&n.pos, format!("`{key}` must be a string, not {}", n.kind()));
+            errors.push(
+                &n.pos,
+                format!("`{key}` must be a string, not {}", n.kind()),
+            );
             None
         }
     }
@@ -201,7 +239,10 @@ fn port_of(node: &Node, what: &str, errors: &mut ConfigErrors) -> Option<u16> {
             Value::Int(_) | Value::Str(_) => node.scalar_text().unwrap_or_default(),
             _ => node.kind().to_string(),
         };
-        errors.push(&node.pos, format!("`{what}.port` must be a port number (0-65535), not {shown}"));
+        errors.push(
+            &node.pos,
+            format!("`{what}.port` must be a port number (0-65535), not {shown}"),
+        );
     }
     parsed
 }
@@ -216,7 +257,10 @@ fn listener(
         return None;
     }
     if node.as_map().is_none() {
-        errors.push(&node.pos, format!("`{what}` must be a map, not {}", node.kind()));
+        errors.push(
+            &node.pos,
+            format!("`{what}` must be a map, not {}", node.kind()),
+        );
         return None;
     }
     let port = match node.get("port") {
@@ -246,11 +290,17 @@ fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> {
                         cert,
                         pos: value.pos.clone(),
                     }),
-                    _ => errors.push(&value.pos, format!("`https.tls.{host_glob}` needs `key` and `cert` file paths")),
+                    _ => errors.push(
+                        &value.pos,
+                        format!("`https.tls.{host_glob}` needs `key` and `cert` file paths"),
+                    ),
                 }
             }
         }
-        None => errors.push(&node.pos, "`https` needs a `tls` section with at least a `default` key and cert"),
+        None => errors.push(
+            &node.pos,
+            "`https` needs a `tls` section with at least a `default` key and cert",
+        ),
     }
     Some(HttpsDef { listener, certs })
 }
@@ -287,7 +337,10 @@ fn endpoint_entry(name: &str, node: &Node, errors: &mut ConfigErrors) -> Option<
     if node.as_map().is_none() {
         errors.push(
             &node.pos,
-            format!("apiEndpoint `{name}` must be a map (or a list of maps), not {}", node.kind()),
+            format!(
+                "apiEndpoint `{name}` must be a map (or a list of maps), not {}",
+                node.kind()
+            ),
         );
         return None;
     }
@@ -315,7 +368,12 @@ fn endpoint_entry(name: &str, node: &Node, errors: &mut ConfigErrors) -> Option<
     });
     let scopes = node
         .get("scopes")
-        .map(|n| string_list(n, "scopes", errors).into_iter().map(|(s, _)| s).collect())
+        .map(|n| {
+            string_list(n, "scopes", errors)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect()
+        })
         .unwrap_or_default();
     Some(EndpointDef {
         pos: node.pos.clone(),
@@ -328,12 +386,19 @@ fn endpoint_entry(name: &str, node: &Node, errors: &mut ConfigErrors) -> Option<
     })
 }
 
-fn service_endpoint(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Option<ServiceEndpointDef> {
+fn service_endpoint(
+    key: &Node,
+    value: &Node,
+    errors: &mut ConfigErrors,
+) -> Option<ServiceEndpointDef> {
     let name = name_of(key, errors);
     if value.as_map().is_none() {
         errors.push(
             &value.pos,
-            format!("serviceEndpoint `{name}` must be a map with `url` or `urls`, not {}", value.kind()),
+            format!(
+                "serviceEndpoint `{name}` must be a map with `url` or `urls`, not {}",
+                value.kind()
+            ),
         );
         return None;
     }
@@ -341,13 +406,19 @@ fn service_endpoint(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Opti
     let urls = value.get("urls").map(|n| string_list(n, "urls", errors));
     let urls = match (url, urls) {
         (Some(_), Some(_)) => {
-            errors.push(&key.pos, format!("serviceEndpoint `{name}` has both `url` and `urls`; use one"));
+            errors.push(
+                &key.pos,
+                format!("serviceEndpoint `{name}` has both `url` and `urls`; use one"),
+            );
             return None;
         }
         (Some(u), None) => vec![u],
         (None, Some(list)) if !list.is_empty() => list,
         _ => {
-            errors.push(&key.pos, format!("serviceEndpoint `{name}` needs `url` or `urls`"));
+            errors.push(
+                &key.pos,
+                format!("serviceEndpoint `{name}` needs `url` or `urls`"),
+            );
             return None;
         }
     };
@@ -362,10 +433,16 @@ fn service_endpoint(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Opti
 fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Option<PipelineDef> {
     let name = name_of(key, errors);
     if value.as_map().is_none() {
-        errors.push(&value.pos, format!("pipeline `{name}` must be a map, not {}", value.kind()));
+        errors.push(
+            &value.pos,
+            format!("pipeline `{name}` must be a map, not {}", value.kind()),
+        );
         return None;
     }
-    let api_endpoints = match value.get("apiEndpoints") {
+    let api_endpoints = match value
+        .get("apiEndpoints")
+        .or_else(|| value.get("apiEndpoint"))
+    {
         Some(n) => string_list(n, "apiEndpoints", errors),
         None => {
             errors.push(&key.pos, format!("pipeline `{name}` needs `apiEndpoints`"));
@@ -373,8 +450,9 @@ fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Option<Pipel
         }
     };
     let mut steps = Vec::new();
-    if let Some(list) = value.get("policies") {
+    if let Some(list) = value.get("policies").or_else(|| value.get("policy")) {
         match &list.value {
+            Value::Map(_) => policy_steps(&name, list, &mut steps, errors),
             Value::Seq(items) => {
                 for item in items {
                     policy_steps(&name, item, &mut steps, errors);
@@ -383,7 +461,10 @@ fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Option<Pipel
             Value::Null => {}
             _ => errors.push(
                 &list.pos,
-                format!("`policies` of pipeline `{name}` must be a list, not {}", list.kind()),
+                format!(
+                    "`policies` of pipeline `{name}` must be a list, not {}",
+                    list.kind()
+                ),
             ),
         }
     }
@@ -406,7 +487,10 @@ fn policy_steps(pipeline: &str, item: &Node, steps: &mut Vec<StepDef>, errors: &
         _ => {
             errors.push(
                 &item.pos,
-                format!("a policy in pipeline `{pipeline}` must be `- name:` with its steps, not {}", item.kind()),
+                format!(
+                    "a policy in pipeline `{pipeline}` must be `- name:` with its steps, not {}",
+                    item.kind()
+                ),
             );
             return;
         }

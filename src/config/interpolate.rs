@@ -13,7 +13,9 @@ pub fn interpolate(text: &str, lookup: impl Fn(&str) -> Option<String>) -> (Stri
     while let Some(start) = rest.find("${") {
         // `$${NAME}` is an escape: EG leaves it as written.
         if start > 0 && rest.as_bytes()[start - 1] == b'$' {
-            let end = rest[start..].find('}').map_or(rest.len(), |e| start + e + 1);
+            let end = rest[start..]
+                .find('}')
+                .map_or(rest.len(), |e| start + e + 1);
             out.push_str(&rest[..end]);
             rest = &rest[end..];
             continue;

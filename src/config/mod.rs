@@ -39,11 +39,17 @@ pub fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
 /// Reads, interpolates and parses one file.
 pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
     let name: Arc<str> = Arc::from(path.display().to_string());
-    let raw = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(&Pos::file_start(&name), format!("cannot read the file: {e}")))?;
+    let raw = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            &Pos::file_start(&name),
+            format!("cannot read the file: {e}"),
+        )
+    })?;
     let (text, unresolved) = interpolate::interpolate_env(&raw);
     for var in unresolved {
-        log::warn!("{name}: environment variable `{var}` is not set and has no default; it reads as null");
+        log::warn!(
+            "{name}: environment variable `{var}` is not set and has no default; it reads as null"
+        );
     }
     match node::parse(&text, &name) {
         Ok(n) => Ok(n),
@@ -66,16 +72,29 @@ fn json_to_node(v: &serde_json::Value, pos: &Pos) -> Node {
     let value = match v {
         serde_json::Value::Null => V::Null,
         serde_json::Value::Bool(b) => V::Bool(*b),
-        serde_json::Value::Number(n) => n.as_i64().map_or_else(|| V::Float(n.as_f64().unwrap_or(0.0)), V::Int),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| V::Float(n.as_f64().unwrap_or(0.0)), V::Int),
         serde_json::Value::String(s) => V::Str(s.clone()),
         serde_json::Value::Array(a) => V::Seq(a.iter().map(|x| json_to_node(x, pos)).collect()),
         serde_json::Value::Object(o) => V::Map(
             o.iter()
-                .map(|(k, x)| (Node { pos: pos.clone(), value: V::Str(k.clone()) }, json_to_node(x, pos)))
+                .map(|(k, x)| {
+                    (
+                        Node {
+                            pos: pos.clone(),
+                            value: V::Str(k.clone()),
+                        },
+                        json_to_node(x, pos),
+                    )
+                })
                 .collect(),
         ),
     };
-    Node { pos: pos.clone(), value }
+    Node {
+        pos: pos.clone(),
+        value,
+    }
 }
 
 /// Loads a config directory. Fails only when there is nothing further to check (no directory,
@@ -84,12 +103,17 @@ pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let mut errors = ConfigErrors::default();
     let dir_name: Arc<str> = Arc::from(dir.display().to_string());
     if !dir.is_dir() {
-        errors.push(&Pos::file_start(&dir_name), "the config directory does not exist");
+        errors.push(
+            &Pos::file_start(&dir_name),
+            "the config directory does not exist",
+        );
         return Err(errors);
     }
     let Some(gateway_path) = find_file(dir, "gateway.config") else {
         errors.push(
-            &Pos::file_start(&Arc::from(dir.join("gateway.config.yml").display().to_string())),
+            &Pos::file_start(&Arc::from(
+                dir.join("gateway.config.yml").display().to_string(),
+            )),
             "no gateway.config.yml (or .yaml, .json) in the config directory",
         );
         return Err(errors);
@@ -110,7 +134,10 @@ pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let system = match system_root {
         Some(Ok(root)) => SystemFile::from_node(&root, &mut errors),
         _ => {
-            log::warn!("{}: no system.config.yml; using the embedded store and defaults", dir.display());
+            log::warn!(
+                "{}: no system.config.yml; using the embedded store and defaults",
+                dir.display()
+            );
             SystemFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut errors)
         }
     };

@@ -210,7 +210,11 @@ impl MarkedEventReceiver for TreeBuilder {
                 self.finish(Node { pos, value }, anchor);
             }
             Event::Alias(id) => {
-                let node = self.anchors.get(&id).cloned().unwrap_or_else(|| Node::null(pos));
+                let node = self
+                    .anchors
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_else(|| Node::null(pos));
                 self.finish(node, 0);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {
@@ -341,11 +345,20 @@ mod tests {
     #[test]
     fn scalars_are_typed_like_yaml_core() {
         let root = doc("a: 12\nb: true\nc: '12'\nd: ~\ne: 1.5\nf: hello\n");
-        assert!(matches!(root.get("a").map(|n| &n.value), Some(Value::Int(12))));
-        assert!(matches!(root.get("b").map(|n| &n.value), Some(Value::Bool(true))));
+        assert!(matches!(
+            root.get("a").map(|n| &n.value),
+            Some(Value::Int(12))
+        ));
+        assert!(matches!(
+            root.get("b").map(|n| &n.value),
+            Some(Value::Bool(true))
+        ));
         assert_eq!(root.get("c").and_then(Node::as_str), Some("12"));
         assert!(root.get("d").map(Node::is_null).unwrap_or(false));
-        assert!(matches!(root.get("e").map(|n| &n.value), Some(Value::Float(_))));
+        assert!(matches!(
+            root.get("e").map(|n| &n.value),
+            Some(Value::Float(_))
+        ));
         assert_eq!(root.get("f").and_then(Node::as_str), Some("hello"));
     }
 
@@ -353,8 +366,14 @@ mod tests {
     fn anchors_and_merge_keys_resolve() {
         let root = doc("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n");
         let used = root.get("use").expect("use");
-        assert!(matches!(used.get("x").map(|n| &n.value), Some(Value::Int(1))));
-        assert!(matches!(used.get("y").map(|n| &n.value), Some(Value::Int(3))));
+        assert!(matches!(
+            used.get("x").map(|n| &n.value),
+            Some(Value::Int(1))
+        ));
+        assert!(matches!(
+            used.get("y").map(|n| &n.value),
+            Some(Value::Int(3))
+        ));
     }
 
     #[test]

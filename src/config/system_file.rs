@@ -63,7 +63,10 @@ impl SystemFile {
             return sys;
         }
         if root.as_map().is_none() {
-            errors.push(&root.pos, format!("the system config must be a map, not {}", root.kind()));
+            errors.push(
+                &root.pos,
+                format!("the system config must be a map, not {}", root.kind()),
+            );
             return sys;
         }
         if let Some(redis) = root.get("db").and_then(|db| db.get("redis")) {
@@ -79,7 +82,10 @@ impl SystemFile {
                 match &n.value {
                     Value::Int(i) if (4..=31).contains(i) => sys.crypto.salt_rounds = *i as u32,
                     Value::Null => {}
-                    _ => errors.push(&n.pos, "`crypto.saltRounds` must be a whole number from 4 to 31"),
+                    _ => errors.push(
+                        &n.pos,
+                        "`crypto.saltRounds` must be a whole number from 4 to 31",
+                    ),
                 }
             }
         }
@@ -105,7 +111,10 @@ impl SystemFile {
                     }
                 }
                 Value::Null => {}
-                _ => errors.push(&plugins.pos, format!("`plugins` must be a map, not {}", plugins.kind())),
+                _ => errors.push(
+                    &plugins.pos,
+                    format!("`plugins` must be a map, not {}", plugins.kind()),
+                ),
             }
         }
         sys
@@ -113,7 +122,10 @@ impl SystemFile {
 
     /// The settings of a built-in plugin, when the system config names it.
     pub fn plugin(&self, name: &str) -> Option<&Node> {
-        self.plugins.iter().find(|p| p.name == name).map(|p| &p.settings)
+        self.plugins
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.settings)
     }
 
     /// A plugin's `endpointName` setting, or the default path.
@@ -121,7 +133,13 @@ impl SystemFile {
         self.plugin(name)
             .and_then(|s| s.get("endpointName"))
             .and_then(|n| n.as_str())
-            .map(|s| if s.starts_with('/') { s.to_string() } else { format!("/{s}") })
+            .map(|s| {
+                if s.starts_with('/') {
+                    s.to_string()
+                } else {
+                    format!("/{s}")
+                }
+            })
             .unwrap_or_else(|| default.to_string())
     }
 }
@@ -131,7 +149,10 @@ fn text(parent: &Node, key: &str, errors: &mut ConfigErrors) -> Option<String> {
     match &n.value {
         Value::Null => None,
         Value::Map(_) | Value::Seq(_) => {
-            errors.push(&n.pos, format!("`{key}` must be a string, not {}", n.kind()));
+            errors.push(
+                &n.pos,
+                format!("`{key}` must be a string, not {}", n.kind()),
+            );
             None
         }
         _ => n.scalar_text(),
@@ -146,7 +167,10 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
     };
     if node.as_map().is_none() {
         if !node.is_null() {
-            errors.push(&node.pos, format!("`db.redis` must be a map, not {}", node.kind()));
+            errors.push(
+                &node.pos,
+                format!("`db.redis` must be a map, not {}", node.kind()),
+            );
         }
         def.emulate = true;
         return def;

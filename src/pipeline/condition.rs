@@ -61,7 +61,13 @@ impl Condition {
             match n.as_str() {
                 Some(s) => Some(s.to_string()),
                 None => {
-                    errors.push(&n.pos, format!("`{key}` of condition `{name}` must be a string, not {}", n.kind()));
+                    errors.push(
+                        &n.pos,
+                        format!(
+                            "`{key}` of condition `{name}` must be a string, not {}",
+                            n.kind()
+                        ),
+                    );
                     None
                 }
             }
@@ -69,9 +75,20 @@ impl Condition {
         let list_param = |key: &str, errors: &mut ConfigErrors| -> Option<Vec<Condition>> {
             let n = param(key, errors)?;
             match n.as_seq() {
-                Some(items) => Some(items.iter().filter_map(|c| Condition::from_node(c, errors)).collect()),
+                Some(items) => Some(
+                    items
+                        .iter()
+                        .filter_map(|c| Condition::from_node(c, errors))
+                        .collect(),
+                ),
                 None => {
-                    errors.push(&n.pos, format!("`{key}` of condition `{name}` must be a list of conditions, not {}", n.kind()));
+                    errors.push(
+                        &n.pos,
+                        format!(
+                            "`{key}` of condition `{name}` must be a list of conditions, not {}",
+                            n.kind()
+                        ),
+                    );
                     None
                 }
             }
@@ -94,12 +111,17 @@ impl Condition {
                     Ok(re) => Some(Condition::PathMatch(re)),
                     Err(e) => {
                         let pos = node.get("pattern").map_or(&node.pos, |n| &n.pos);
-                        errors.push(pos, format!("bad regex in pathMatch: {}", short_reason(&e.to_string())));
+                        errors.push(
+                            pos,
+                            format!("bad regex in pathMatch: {}", short_reason(&e.to_string())),
+                        );
                         None
                     }
                 }
             }
-            "hostMatch" => text_param("pattern", errors).map(|p| Condition::HostMatch(glob_regex(&p))),
+            "hostMatch" => {
+                text_param("pattern", errors).map(|p| Condition::HostMatch(glob_regex(&p)))
+            }
             "method" => {
                 let n = param("methods", errors)?;
                 let names: Vec<&Node> = match &n.value {
@@ -108,9 +130,15 @@ impl Condition {
                 };
                 let mut methods = Vec::new();
                 for m in names {
-                    match m.as_str().map(|s| Method::from_bytes(s.to_ascii_uppercase().as_bytes())) {
+                    match m
+                        .as_str()
+                        .map(|s| Method::from_bytes(s.to_ascii_uppercase().as_bytes()))
+                    {
                         Some(Ok(method)) => methods.push(method),
-                        _ => errors.push(&m.pos, "`methods` of condition `method` must be method names"),
+                        _ => errors.push(
+                            &m.pos,
+                            "`methods` of condition `method` must be method names",
+                        ),
                     }
                 }
                 Some(Condition::Method(methods))
@@ -146,6 +174,6 @@ fn glob_regex(glob: &str) -> Regex {
 
 /// The telling line of a multi-line error message (regex errors end with it).
 pub(crate) fn short_reason(s: &str) -> String {
-    let line = s.lines().filter(|l| !l.trim().is_empty()).last().unwrap_or(s).trim();
+    let line = s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim();
     line.strip_prefix("error: ").unwrap_or(line).to_string()
 }

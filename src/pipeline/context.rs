@@ -12,7 +12,6 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::{HeaderMap, Method};
 
-
 /// The apiEndpoint a request matched.
 #[derive(Debug)]
 pub struct ApiEndpoint {

@@ -34,7 +34,8 @@ pub struct Expr(Vec<Term>);
 impl Expr {
     /// Compiles a JavaScript-like expression; `Err` says why it is not supported.
     pub fn parse(src: &str) -> Result<Expr, String> {
-        let parts = split_plus(src).ok_or_else(|| format!("unbalanced quotes or brackets in `{src}`"))?;
+        let parts =
+            split_plus(src).ok_or_else(|| format!("unbalanced quotes or brackets in `{src}`"))?;
         let terms = parts
             .iter()
             .map(|p| parse_term(p.trim()))
@@ -231,7 +232,9 @@ fn parse_term(t: &str) -> Result<Term, String> {
         "req.path" => Term::Path,
         "req.user.id" | "consumer.id" | "egContext.consumer.id" => Term::ConsumerId,
         "requestID" | "egContext.requestID" | "req.egContext.requestID" => Term::RequestId,
-        "apiEndpoint.apiEndpointName" | "req.egContext.apiEndpoint.apiEndpointName" => Term::EndpointName,
+        "apiEndpoint.apiEndpointName" | "req.egContext.apiEndpoint.apiEndpointName" => {
+            Term::EndpointName
+        }
         _ => {
             let header = t
                 .strip_prefix("req.headers.")
@@ -260,9 +263,18 @@ mod tests {
 
     #[test]
     fn literals_and_paths_parse() {
-        assert_eq!(Expr::parse("'Basic'").map(|e| e.as_literal()), Ok(Some("Basic".into())));
-        assert_eq!(Expr::parse("\"a\" + 'b'").map(|e| e.as_literal()), Ok(Some("ab".into())));
-        assert_eq!(Expr::parse("42").map(|e| e.as_literal()), Ok(Some("42".into())));
+        assert_eq!(
+            Expr::parse("'Basic'").map(|e| e.as_literal()),
+            Ok(Some("Basic".into()))
+        );
+        assert_eq!(
+            Expr::parse("\"a\" + 'b'").map(|e| e.as_literal()),
+            Ok(Some("ab".into()))
+        );
+        assert_eq!(
+            Expr::parse("42").map(|e| e.as_literal()),
+            Ok(Some("42".into()))
+        );
         assert!(Expr::parse("req.headers['x-name'] + '-' + req.ip").is_ok());
         assert!(Expr::parse("req.headers.host").is_ok());
     }

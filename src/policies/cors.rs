@@ -92,12 +92,20 @@ pub struct Cors {
     success_status: u16,
 }
 
-fn header_value(text: &str, what: &str, node: Option<&Node>, errors: &mut ConfigErrors) -> Option<HeaderValue> {
+fn header_value(
+    text: &str,
+    what: &str,
+    node: Option<&Node>,
+    errors: &mut ConfigErrors,
+) -> Option<HeaderValue> {
     match HeaderValue::from_str(text) {
         Ok(v) => Some(v),
         Err(_) => {
             if let Some(n) = node {
-                errors.push(&n.pos, format!("policy `cors`: `{what}` is not a valid header value"));
+                errors.push(
+                    &n.pos,
+                    format!("policy `cors`: `{what}` is not a valid header value"),
+                );
             }
             None
         }
@@ -112,7 +120,9 @@ impl Cors {
             None => Origin::Fixed(HeaderValue::from_static("*")),
             Some(OriginParam::Flag(false)) => Origin::Off,
             Some(OriginParam::Flag(true)) => Origin::ReflectAny,
-            Some(OriginParam::One(s)) => Origin::Fixed(header_value(s, "origin", at("origin"), errors)?),
+            Some(OriginParam::One(s)) => {
+                Origin::Fixed(header_value(s, "origin", at("origin"), errors)?)
+            }
             Some(OriginParam::List(list)) => {
                 let mut allowed = Vec::new();
                 for o in list {
@@ -121,7 +131,15 @@ impl Cors {
                             Ok(re) => allowed.push(AllowedOrigin::Pattern(re)),
                             Err(e) => {
                                 if let Some(n) = at("origin") {
-                                    errors.push(&n.pos, format!("policy `cors`: bad regex in origin `{o}`: {}", crate::pipeline::condition::short_reason(&e.to_string())));
+                                    errors.push(
+                                        &n.pos,
+                                        format!(
+                                            "policy `cors`: bad regex in origin `{o}`: {}",
+                                            crate::pipeline::condition::short_reason(
+                                                &e.to_string()
+                                            )
+                                        ),
+                                    );
                                 }
                             }
                         },
@@ -131,10 +149,10 @@ impl Cors {
                 Origin::Reflect(allowed)
             }
         };
-        let methods = p
-            .methods
-            .as_ref()
-            .map_or_else(|| "GET,HEAD,PUT,PATCH,POST,DELETE".to_string(), ListParam::joined);
+        let methods = p.methods.as_ref().map_or_else(
+            || "GET,HEAD,PUT,PATCH,POST,DELETE".to_string(),
+            ListParam::joined,
+        );
         let methods = header_value(&methods, "methods", at("methods"), errors);
         let allowed_headers = p
             .allowed_headers
@@ -174,7 +192,10 @@ impl Cors {
         let varies = match &self.origin {
             Origin::Off => false,
             Origin::Fixed(v) => {
-                out.push(HeaderEdit::Default(header::ACCESS_CONTROL_ALLOW_ORIGIN, v.clone()));
+                out.push(HeaderEdit::Default(
+                    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                    v.clone(),
+                ));
                 v != "*"
             }
             Origin::ReflectAny | Origin::Reflect(_) => {
@@ -188,7 +209,10 @@ impl Cors {
                     _ => false,
                 };
                 if let (true, Some(o)) = (allowed, origin) {
-                    out.push(HeaderEdit::Default(header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()));
+                    out.push(HeaderEdit::Default(
+                        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                        o.clone(),
+                    ));
                 }
                 true
             }
@@ -204,7 +228,10 @@ impl Cors {
 
     fn exposed(&self, out: &mut Vec<HeaderEdit>) {
         if let Some(v) = &self.exposed_headers {
-            out.push(HeaderEdit::Default(header::ACCESS_CONTROL_EXPOSE_HEADERS, v.clone()));
+            out.push(HeaderEdit::Default(
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                v.clone(),
+            ));
         }
     }
 }
@@ -218,12 +245,18 @@ impl Policy for Cors {
         let varies_by_origin = self.origin_edits(req, out);
         if *req.method != Method::OPTIONS {
             if varies_by_origin {
-                out.push(HeaderEdit::Default(header::VARY, HeaderValue::from_static("Origin")));
+                out.push(HeaderEdit::Default(
+                    header::VARY,
+                    HeaderValue::from_static("Origin"),
+                ));
             }
             self.exposed(out);
             return Outcome::Continue;
         }
-        out.push(HeaderEdit::Default(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone()));
+        out.push(HeaderEdit::Default(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            self.methods.clone(),
+        ));
         let vary = match (&self.allowed_headers, varies_by_origin) {
             (Some(_), true) => Some("Origin"),
             (Some(_), false) => None,
@@ -231,22 +264,34 @@ impl Policy for Cors {
             (None, false) => Some("Access-Control-Request-Headers"),
         };
         if let Some(v) = vary {
-            out.push(HeaderEdit::Default(header::VARY, HeaderValue::from_static(v)));
+            out.push(HeaderEdit::Default(
+                header::VARY,
+                HeaderValue::from_static(v),
+            ));
         }
         match &self.allowed_headers {
-            Some(v) => out.push(HeaderEdit::Default(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone())),
+            Some(v) => out.push(HeaderEdit::Default(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                v.clone(),
+            )),
             None => {
                 if let Some(requested) = req
                     .headers
                     .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
                     .filter(|v| !v.is_empty())
                 {
-                    out.push(HeaderEdit::Default(header::ACCESS_CONTROL_ALLOW_HEADERS, requested.clone()));
+                    out.push(HeaderEdit::Default(
+                        header::ACCESS_CONTROL_ALLOW_HEADERS,
+                        requested.clone(),
+                    ));
                 }
             }
         }
         if let Some(v) = &self.max_age {
-            out.push(HeaderEdit::Default(header::ACCESS_CONTROL_MAX_AGE, v.clone()));
+            out.push(HeaderEdit::Default(
+                header::ACCESS_CONTROL_MAX_AGE,
+                v.clone(),
+            ));
         }
         self.exposed(out);
         if self.preflight_continue {

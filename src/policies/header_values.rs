@@ -28,34 +28,57 @@ impl HeaderExpr {
 }
 
 /// Compiles `{name: expression}` (with an optional name prefix).
-pub fn compile_map(node: &Node, prefix: &str, what: &str, errors: &mut ConfigErrors) -> Vec<HeaderExpr> {
+pub fn compile_map(
+    node: &Node,
+    prefix: &str,
+    what: &str,
+    errors: &mut ConfigErrors,
+) -> Vec<HeaderExpr> {
     let Some(entries) = node.as_map() else {
         if !node.is_null() {
-            errors.push(&node.pos, format!("`{what}` must be a map of header names to values, not {}", node.kind()));
+            errors.push(
+                &node.pos,
+                format!(
+                    "`{what}` must be a map of header names to values, not {}",
+                    node.kind()
+                ),
+            );
         }
         return Vec::new();
     };
     let mut out = Vec::new();
     for (k, v) in entries {
         let key = k.scalar_text().unwrap_or_default();
-        let name = match HeaderName::from_bytes(format!("{prefix}{key}").to_ascii_lowercase().as_bytes()) {
+        let name = match HeaderName::from_bytes(
+            format!("{prefix}{key}").to_ascii_lowercase().as_bytes(),
+        ) {
             Ok(n) => n,
             Err(_) => {
-                errors.push(&k.pos, format!("`{prefix}{key}` is not a valid header name"));
+                errors.push(
+                    &k.pos,
+                    format!("`{prefix}{key}` is not a valid header name"),
+                );
                 continue;
             }
         };
         let expr = match &v.value {
             Value::Str(s) => Expr::parse(s),
-            Value::Int(_) | Value::Float(_) | Value::Bool(_) => Ok(Expr::literal(v.scalar_text().unwrap_or_default())),
+            Value::Int(_) | Value::Float(_) | Value::Bool(_) => {
+                Ok(Expr::literal(v.scalar_text().unwrap_or_default()))
+            }
             _ => Err(format!("must be a string or a number, not {}", v.kind())),
         };
         match expr {
             Ok(value) => {
-                let fixed = value.as_literal().and_then(|s| HeaderValue::from_str(&s).ok());
+                let fixed = value
+                    .as_literal()
+                    .and_then(|s| HeaderValue::from_str(&s).ok());
                 out.push(HeaderExpr { name, value, fixed });
             }
-            Err(why) => errors.push(&v.pos, format!("value of header `{key}` in `{what}`: {why}")),
+            Err(why) => errors.push(
+                &v.pos,
+                format!("value of header `{key}` in `{what}`: {why}"),
+            ),
         }
     }
     out
@@ -64,13 +87,21 @@ pub fn compile_map(node: &Node, prefix: &str, what: &str, errors: &mut ConfigErr
 /// Compiles `remove: [names]`.
 pub fn compile_remove(node: &Node, what: &str, errors: &mut ConfigErrors) -> Vec<HeaderName> {
     let Some(items) = node.as_seq() else {
-        errors.push(&node.pos, format!("`{what}.remove` must be a list of header names, not {}", node.kind()));
+        errors.push(
+            &node.pos,
+            format!(
+                "`{what}.remove` must be a list of header names, not {}",
+                node.kind()
+            ),
+        );
         return Vec::new();
     };
     items
         .iter()
         .filter_map(|n| {
-            let name = n.scalar_text().and_then(|s| HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).ok());
+            let name = n
+                .scalar_text()
+                .and_then(|s| HeaderName::from_bytes(s.to_ascii_lowercase().as_bytes()).ok());
             if name.is_none() {
                 errors.push(&n.pos, "not a valid header name");
             }

@@ -43,9 +43,18 @@ pub const AVAILABLE: &[&str] = &[
 
 /// EG policies tollgate does not provide, with the reason given to the user.
 pub const UNSUPPORTED: &[(&str, &str)] = &[
-    ("oauth2", "oauth2 is not supported by tollgate; use jwt or key-auth"),
-    ("oauth2-introspect", "oauth2-introspect is not supported by tollgate; use jwt"),
-    ("expression", "expression runs JavaScript, which tollgate does not; use conditions and transformers"),
+    (
+        "oauth2",
+        "oauth2 is not supported by tollgate; use jwt or key-auth",
+    ),
+    (
+        "oauth2-introspect",
+        "oauth2-introspect is not supported by tollgate; use jwt",
+    ),
+    (
+        "expression",
+        "expression runs JavaScript, which tollgate does not; use conditions and transformers",
+    ),
 ];
 
 /// Policies of the consumers layer (key-auth, jwt, basic-auth, scopes, metrics).
@@ -61,13 +70,37 @@ pub fn build(
 ) -> Option<Arc<dyn Policy>> {
     let policy: Arc<dyn Policy> = match name {
         "proxy" => Arc::new(proxy::Proxy::build(action, pos, cx, errors)?),
-        "cors" => Arc::new(cors::Cors::build(params(name, action, pos, errors)?, action, errors)?),
-        "terminate" => Arc::new(terminate::Terminate::build(params(name, action, pos, errors)?)),
-        "headers" => Arc::new(headers::Headers::build(params(name, action, pos, errors)?, action, errors)?),
-        "rate-limit" => Arc::new(rate_limit::RateLimit::build(params(name, action, pos, errors)?, action, pos, cx.counters, errors)?),
-        "request-transformer" => Arc::new(request_transformer::RequestTransformer::build(action, pos, errors)?),
-        "response-transformer" => Arc::new(response_transformer::ResponseTransformer::build(action, pos, errors)?),
-        "log" => Arc::new(log::Log::build(params(name, action, pos, errors)?, action, errors)?),
+        "cors" => Arc::new(cors::Cors::build(
+            params(name, action, pos, errors)?,
+            action,
+            errors,
+        )?),
+        "terminate" => Arc::new(terminate::Terminate::build(params(
+            name, action, pos, errors,
+        )?)),
+        "headers" => Arc::new(headers::Headers::build(
+            params(name, action, pos, errors)?,
+            action,
+            errors,
+        )?),
+        "rate-limit" => Arc::new(rate_limit::RateLimit::build(
+            params(name, action, pos, errors)?,
+            action,
+            pos,
+            cx.counters,
+            errors,
+        )?),
+        "request-transformer" => Arc::new(request_transformer::RequestTransformer::build(
+            action, pos, errors,
+        )?),
+        "response-transformer" => Arc::new(response_transformer::ResponseTransformer::build(
+            action, pos, errors,
+        )?),
+        "log" => Arc::new(log::Log::build(
+            params(name, action, pos, errors)?,
+            action,
+            errors,
+        )?),
         _ => {
             errors.push(pos, unknown_reason(name));
             return None;
@@ -84,7 +117,10 @@ pub fn unknown_reason(name: &str) -> String {
     if NOT_YET.contains(&name) {
         return format!("policy `{name}` is not available in this version of tollgate");
     }
-    format!("unknown policy `{name}` (tollgate provides: {})", AVAILABLE.join(", "))
+    format!(
+        "unknown policy `{name}` (tollgate provides: {})",
+        AVAILABLE.join(", ")
+    )
 }
 
 /// Deserialises a step's `action` into the policy's parameters; a missing action gives the
@@ -101,7 +137,11 @@ pub fn params<T: DeserializeOwned>(
         Err(e) => {
             let at = action.map_or(pos, |a| &a.locate(e.path()).pos);
             let path = e.path().to_string();
-            let field = if path == "." { String::new() } else { format!(" `{path}`") };
+            let field = if path == "." {
+                String::new()
+            } else {
+                format!(" `{path}`")
+            };
             errors.push(at, format!("policy `{policy}`{field}: {}", e.inner()));
             None
         }

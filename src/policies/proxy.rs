@@ -66,7 +66,12 @@ static XF_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 impl Proxy {
     /// Builds from the step's action merged with the service endpoint's `proxyOptions`
     /// (which win, as in EG).
-    pub fn build(action: Option<&Node>, pos: &Pos, cx: &BuildContext<'_>, errors: &mut ConfigErrors) -> Option<Proxy> {
+    pub fn build(
+        action: Option<&Node>,
+        pos: &Pos,
+        cx: &BuildContext<'_>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Proxy> {
         let name_node = action.and_then(|a| a.get("serviceEndpoint"));
         let Some(name) = name_node.and_then(Node::scalar_text) else {
             errors.push(pos, "policy `proxy` needs `serviceEndpoint`");
@@ -74,23 +79,39 @@ impl Proxy {
         };
         let Some(endpoint) = cx.service_endpoints.get(&name) else {
             let at = name_node.map_or(pos, |n| &n.pos);
-            errors.push(at, format!("policy `proxy`: unknown serviceEndpoint `{name}`"));
+            errors.push(
+                at,
+                format!("policy `proxy`: unknown serviceEndpoint `{name}`"),
+            );
             return None;
         };
         let p: Params = merged_params(action, endpoint, pos, errors)?;
         if let Some(s) = p.strategy.as_deref().filter(|s| *s != "round-robin") {
             let at = super::param_pos(action, "strategy", pos);
-            errors.push(at, format!("policy `proxy`: unknown strategy `{s}` (only round-robin)"));
+            errors.push(
+                at,
+                format!("policy `proxy`: unknown strategy `{s}` (only round-robin)"),
+            );
             return None;
         }
         let mut headers = Vec::new();
         for (k, v) in &p.headers {
-            match (HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()), HeaderValue::from_str(v)) {
+            match (
+                HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes()),
+                HeaderValue::from_str(v),
+            ) {
                 (Ok(n), Ok(v)) => headers.push((n, v)),
-                _ => errors.push(super::param_pos(action, "headers", pos), format!("policy `proxy`: bad header `{k}`")),
+                _ => errors.push(
+                    super::param_pos(action, "headers", pos),
+                    format!("policy `proxy`: bad header `{k}`"),
+                ),
             }
         }
-        let timeout = p.proxy_timeout.or(p.timeout).filter(|t| *t > 0).map(Duration::from_millis);
+        let timeout = p
+            .proxy_timeout
+            .or(p.timeout)
+            .filter(|t| *t > 0)
+            .map(Duration::from_millis);
         Some(Proxy {
             targets: endpoint.targets.clone(),
             next: AtomicUsize::new(0),
@@ -123,7 +144,11 @@ impl Proxy {
             req.url.to_string()
         };
         if self.ignore_path {
-            return if self.prepend_path { target.base_path.clone() } else { "/".into() };
+            return if self.prepend_path {
+                target.base_path.clone()
+            } else {
+                "/".into()
+            };
         }
         if self.prepend_path {
             url_join(&target.base_path, &url)
@@ -133,9 +158,17 @@ impl Proxy {
     }
 }
 
-fn merged_params(action: Option<&Node>, endpoint: &ServiceEndpoint, pos: &Pos, errors: &mut ConfigErrors) -> Option<Params> {
+fn merged_params(
+    action: Option<&Node>,
+    endpoint: &ServiceEndpoint,
+    pos: &Pos,
+    errors: &mut ConfigErrors,
+) -> Option<Params> {
     let mut json = action.map_or_else(|| serde_json::json!({}), Node::to_json);
-    if let (Some(obj), Some(opts)) = (json.as_object_mut(), endpoint.proxy_options.as_ref().map(Node::to_json)) {
+    if let (Some(obj), Some(opts)) = (
+        json.as_object_mut(),
+        endpoint.proxy_options.as_ref().map(Node::to_json),
+    ) {
         if let Some(extra) = opts.as_object() {
             for (k, v) in extra {
                 obj.insert(k.clone(), v.clone());
@@ -145,8 +178,15 @@ fn merged_params(action: Option<&Node>, endpoint: &ServiceEndpoint, pos: &Pos, e
     match serde_path_to_error::deserialize::<_, Params>(json) {
         Ok(p) => Some(p),
         Err(e) => {
-            let from_options = endpoint.proxy_options.as_ref().map(|o| o.locate(e.path())).filter(|n| !std::ptr::eq(*n, endpoint.proxy_options.as_ref().expect("checked")));
-            let at = from_options.map(|n| &n.pos).or_else(|| action.map(|a| &a.locate(e.path()).pos)).unwrap_or(pos);
+            let from_options = endpoint
+                .proxy_options
+                .as_ref()
+                .map(|o| o.locate(e.path()))
+                .filter(|n| !std::ptr::eq(*n, endpoint.proxy_options.as_ref().expect("checked")));
+            let at = from_options
+                .map(|n| &n.pos)
+                .or_else(|| action.map(|a| &a.locate(e.path()).pos))
+                .unwrap_or(pos);
             errors.push(at, format!("policy `proxy` `{}`: {}", e.path(), e.inner()));
             None
         }
@@ -204,19 +244,25 @@ impl Policy for Proxy {
             return Outcome::Respond(crate::responses::bad_gateway());
         };
         if let Ok(id) = HeaderValue::from_str(&x.request_id) {
-            x.upstream_edits.push(HeaderEdit::Set(REQUEST_ID.clone(), id));
+            x.upstream_edits
+                .push(HeaderEdit::Set(REQUEST_ID.clone(), id));
         }
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
         }
         if self.xfwd {
-            let ip = req.client_ip.map(|ip| ip_text(ip).to_string()).unwrap_or_default();
+            let ip = req
+                .client_ip
+                .map(|ip| ip_text(ip).to_string())
+                .unwrap_or_default();
             let forwarded = |name: &HeaderName, value: String| {
                 let v = match req.header(name.as_str()) {
                     Some(prev) => format!("{prev},{value}"),
                     None => value,
                 };
-                HeaderValue::from_str(&v).ok().map(|v| HeaderEdit::Set(name.clone(), v))
+                HeaderValue::from_str(&v)
+                    .ok()
+                    .map(|v| HeaderEdit::Set(name.clone(), v))
             };
             // As http-proxy: the port is the one in Host, else the scheme's default.
             let port = req
@@ -228,9 +274,13 @@ impl Policy for Proxy {
                 .unwrap_or_else(|| if req.tls { "443" } else { "80" }.to_string());
             let proto = if req.tls { "https" } else { "http" }.to_string();
             x.upstream_edits.extend(
-                [forwarded(&XFF, ip), forwarded(&XF_PORT, port), forwarded(&XF_PROTO, proto)]
-                    .into_iter()
-                    .flatten(),
+                [
+                    forwarded(&XFF, ip),
+                    forwarded(&XF_PORT, port),
+                    forwarded(&XF_PROTO, proto),
+                ]
+                .into_iter()
+                .flatten(),
             );
             if req.headers.get(&XF_HOST).is_none() {
                 if let Some(h) = req.host.and_then(|h| HeaderValue::from_str(h).ok()) {
@@ -262,7 +312,10 @@ mod tests {
         assert_eq!(url_join("/wms", "/foo"), "/wms/foo");
         assert_eq!(url_join("/", "/a?x=1"), "/a?x=1");
         assert_eq!(url_join("/wmts", "/1/2/3.png"), "/wmts/1/2/3.png");
-        assert_eq!(url_join("/base/", "/x%2Fy/then/z?a=2"), "/base/x%2Fy/then/z?a=2");
+        assert_eq!(
+            url_join("/base/", "/x%2Fy/then/z?a=2"),
+            "/base/x%2Fy/then/z?a=2"
+        );
         assert_eq!(url_join("/wmts", ""), "/wmts");
     }
 }

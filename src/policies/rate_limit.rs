@@ -77,7 +77,10 @@ impl RateLimit {
         errors: &mut ConfigErrors,
     ) -> Option<RateLimit> {
         if p.window_ms == 0 {
-            errors.push(super::param_pos(action, "windowMs", pos), "policy `rate-limit`: `windowMs` must be more than 0");
+            errors.push(
+                super::param_pos(action, "windowMs", pos),
+                "policy `rate-limit`: `windowMs` must be more than 0",
+            );
             return None;
         }
         let key = match &p.rate_limit_by {
@@ -85,7 +88,10 @@ impl RateLimit {
             Some(t) => match Template::parse(t) {
                 Ok(t) => Some(t),
                 Err(why) => {
-                    errors.push(super::param_pos(action, "rateLimitBy", pos), format!("policy `rate-limit` rateLimitBy: {why}"));
+                    errors.push(
+                        super::param_pos(action, "rateLimitBy", pos),
+                        format!("policy `rate-limit` rateLimitBy: {why}"),
+                    );
                     return None;
                 }
             },
@@ -106,14 +112,20 @@ impl RateLimit {
     fn key(&self, req: &Request<'_>, x: &Exchange) -> String {
         let raw = match &self.key {
             Some(t) => t.eval(req, x),
-            None => req.client_ip.map(|ip| ip_text(ip).to_string()).unwrap_or_default(),
+            None => req
+                .client_ip
+                .map(|ip| ip_text(ip).to_string())
+                .unwrap_or_default(),
         };
         format!("rl:{raw}")
     }
 
     fn too_many(&self, req: &Request<'_>) -> Reply {
         let mut reply = if prefers_json(req.header(ACCEPT.as_str())) {
-            let mut r = Reply::text(self.status, serde_json::json!({ "message": self.message }).to_string());
+            let mut r = Reply::text(
+                self.status,
+                serde_json::json!({ "message": self.message }).to_string(),
+            );
             r.content_type = Some("application/json; charset=utf-8");
             r
         } else {
@@ -121,9 +133,14 @@ impl RateLimit {
             r.content_type = Some("text/html; charset=utf-8");
             r
         };
-        reply.headers.push((http::header::VARY, HeaderValue::from_static("Accept")));
+        reply
+            .headers
+            .push((http::header::VARY, HeaderValue::from_static("Accept")));
         if self.headers {
-            reply.headers.push((RETRY_AFTER, HeaderValue::from(self.window.as_millis().div_ceil(1000) as u64)));
+            reply.headers.push((
+                RETRY_AFTER,
+                HeaderValue::from(self.window.as_millis().div_ceil(1000) as u64),
+            ));
         }
         reply
     }
@@ -162,9 +179,14 @@ impl Policy for RateLimit {
                 .checked_add(reset_in)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-            x.response_edits.push(HeaderEdit::Set(LIMIT.clone(), HeaderValue::from(self.max)));
-            x.response_edits.push(HeaderEdit::Set(REMAINING.clone(), HeaderValue::from(remaining)));
-            x.response_edits.push(HeaderEdit::Set(RESET.clone(), HeaderValue::from(reset_at)));
+            x.response_edits
+                .push(HeaderEdit::Set(LIMIT.clone(), HeaderValue::from(self.max)));
+            x.response_edits.push(HeaderEdit::Set(
+                REMAINING.clone(),
+                HeaderValue::from(remaining),
+            ));
+            x.response_edits
+                .push(HeaderEdit::Set(RESET.clone(), HeaderValue::from(reset_at)));
         }
         if self.max > 0 && hit.count > self.max {
             return Outcome::Respond(self.too_many(req));

@@ -12,7 +12,11 @@ pub struct RequestTransformer {
 }
 
 impl RequestTransformer {
-    pub fn build(action: Option<&Node>, pos: &Pos, errors: &mut ConfigErrors) -> Option<RequestTransformer> {
+    pub fn build(
+        action: Option<&Node>,
+        pos: &Pos,
+        errors: &mut ConfigErrors,
+    ) -> Option<RequestTransformer> {
         let headers = transformer_headers("request-transformer", action, pos, errors)?;
         Some(RequestTransformer { headers })
     }
@@ -26,11 +30,19 @@ pub fn transformer_headers(
     errors: &mut ConfigErrors,
 ) -> Option<AddRemove> {
     if let Some(body) = action.and_then(|a| a.get("body")) {
-        errors.push(&body.pos, format!("policy `{policy}`: body transforms are not supported by tollgate; only `headers`"));
+        errors.push(
+            &body.pos,
+            format!(
+                "policy `{policy}`: body transforms are not supported by tollgate; only `headers`"
+            ),
+        );
         return None;
     }
     let Some(headers) = action.and_then(|a| a.get("headers")) else {
-        errors.push(pos, format!("policy `{policy}` needs `headers` with `add` and/or `remove`"));
+        errors.push(
+            pos,
+            format!("policy `{policy}` needs `headers` with `add` and/or `remove`"),
+        );
         return None;
     };
     let before = errors.0.len();

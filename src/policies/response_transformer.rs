@@ -14,7 +14,11 @@ pub struct ResponseTransformer {
 }
 
 impl ResponseTransformer {
-    pub fn build(action: Option<&Node>, pos: &Pos, errors: &mut ConfigErrors) -> Option<ResponseTransformer> {
+    pub fn build(
+        action: Option<&Node>,
+        pos: &Pos,
+        errors: &mut ConfigErrors,
+    ) -> Option<ResponseTransformer> {
         let headers = transformer_headers("response-transformer", action, pos, errors)?;
         Some(ResponseTransformer { headers })
     }

@@ -55,7 +55,13 @@ pub struct Router {
 
 impl Router {
     /// The first route at or after `from` that matches. Allocates nothing.
-    pub fn find(&self, from: usize, host: Option<&str>, path: &str, method: &Method) -> Option<usize> {
+    pub fn find(
+        &self,
+        from: usize,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<usize> {
         let mut group_checked = usize::MAX;
         let mut group_ok = false;
         for (i, route) in self.routes.iter().enumerate().skip(from) {

@@ -46,7 +46,12 @@ impl PathMatcher {
                 source: pattern.into(),
             });
         }
-        let special = |c: char| matches!(c, ':' | '*' | '(' | ')' | '?' | '+' | '[' | ']' | '{' | '}' | '|' | '^' | '$' | '\\');
+        let special = |c: char| {
+            matches!(
+                c,
+                ':' | '*' | '(' | ')' | '?' | '+' | '[' | ']' | '{' | '}' | '|' | '^' | '$' | '\\'
+            )
+        };
         let kind = if !pattern.contains(special) {
             Kind::Literal(pattern.trim_end_matches('/').to_ascii_lowercase())
         } else {
@@ -66,7 +71,8 @@ impl PathMatcher {
 
     /// Compiles a `pathRegex`.
     pub fn regex(pattern: &str) -> Result<PathMatcher, String> {
-        let re = Regex::new(pattern).map_err(|e| crate::pipeline::condition::short_reason(&e.to_string()))?;
+        let re = Regex::new(pattern)
+            .map_err(|e| crate::pipeline::condition::short_reason(&e.to_string()))?;
         Ok(PathMatcher {
             kind: Kind::Regex(re),
             // EG fails on stripPath with a regex mount; tollgate leaves the path as it is.
@@ -116,7 +122,10 @@ fn express_to_regex(pattern: &str) -> String {
     while i < chars.len() {
         let c = chars[i];
         match c {
-            ':' if chars.get(i + 1).is_some_and(|n| n.is_alphanumeric() || *n == '_') => {
+            ':' if chars
+                .get(i + 1)
+                .is_some_and(|n| n.is_alphanumeric() || *n == '_') =>
+            {
                 i += 1;
                 while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_') {
                     i += 1;
@@ -196,15 +205,28 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, path: &str) -> bool {
-        PathMatcher::express(pattern).expect("compiles").matches(path)
+        PathMatcher::express(pattern)
+            .expect("compiles")
+            .matches(path)
     }
 
     #[test]
     fn the_spec_table() {
         assert!(m("/admin", "/admin") && m("/admin", "/admin/") && !m("/admin", "/admin/new"));
-        assert!(m("/admin/*", "/admin/") && m("/admin/*", "/admin/x/y") && !m("/admin/*", "/admin"));
-        assert!(m("/wms*", "/wms") && m("/wms*", "/wmsfoo") && m("/wms*", "/wms/a/b") && !m("/wms*", "/wm"));
-        assert!(m("/users/:id", "/users/1") && !m("/users/:id", "/users/") && !m("/users/:id", "/users/1/x"));
+        assert!(
+            m("/admin/*", "/admin/") && m("/admin/*", "/admin/x/y") && !m("/admin/*", "/admin")
+        );
+        assert!(
+            m("/wms*", "/wms")
+                && m("/wms*", "/wmsfoo")
+                && m("/wms*", "/wms/a/b")
+                && !m("/wms*", "/wm")
+        );
+        assert!(
+            m("/users/:id", "/users/1")
+                && !m("/users/:id", "/users/")
+                && !m("/users/:id", "/users/1/x")
+        );
     }
 
     #[test]
@@ -218,9 +240,18 @@ mod tests {
 
     #[test]
     fn strip_position() {
-        assert_eq!(PathMatcher::express("/wms*").map(|p| p.strip_at), Ok(Some(4)));
-        assert_eq!(PathMatcher::express("/api/*/then/*").map(|p| p.strip_at), Ok(Some(5)));
-        assert_eq!(PathMatcher::express("/capture").map(|p| p.strip_at), Ok(None));
+        assert_eq!(
+            PathMatcher::express("/wms*").map(|p| p.strip_at),
+            Ok(Some(4))
+        );
+        assert_eq!(
+            PathMatcher::express("/api/*/then/*").map(|p| p.strip_at),
+            Ok(Some(5))
+        );
+        assert_eq!(
+            PathMatcher::express("/capture").map(|p| p.strip_at),
+            Ok(None)
+        );
     }
 
     #[test]

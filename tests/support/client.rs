@@ -25,7 +25,13 @@ impl Response {
     }
 
     pub fn echoed(&self) -> super::echo::Echoed {
-        assert_eq!(self.status, 200, "expected the upstream's answer, got {} {}", self.status, self.text());
+        assert_eq!(
+            self.status,
+            200,
+            "expected the upstream's answer, got {} {}",
+            self.status,
+            self.text()
+        );
         super::echo::Echoed::parse(&self.body)
     }
 }
@@ -33,7 +39,8 @@ impl Response {
 /// Sends `raw` and reads one response. `head_request` says the response has no body.
 pub fn request(port: u16, raw: &str, head_request: bool) -> Response {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(20))).expect("timeout");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
     s.write_all(raw.as_bytes()).expect("send");
     read_response(&mut s, head_request)
 }
@@ -59,7 +66,11 @@ fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
             break i;
         }
         let n = s.read(&mut chunk).expect("read response head");
-        assert!(n > 0, "connection closed before a response head: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            n > 0,
+            "connection closed before a response head: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
         buf.extend_from_slice(&chunk[..n]);
     };
     let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
@@ -75,7 +86,12 @@ fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
     let mut body = buf[header_end + 4..].to_vec();
-    let find_h = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone());
+    let find_h = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+    };
     if head_request || status == 204 || status == 304 {
         body.clear();
     } else if let Some(len) = find_h("content-length").and_then(|v| v.parse::<usize>().ok()) {
@@ -96,7 +112,11 @@ fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
             body.extend_from_slice(&chunk[..n]);
         }
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn read_chunked(s: &mut TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
@@ -108,7 +128,8 @@ fn read_chunked(s: &mut TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
             raw.extend_from_slice(&chunk[..n]);
         }
         let line_end = find(&raw, b"\r\n").unwrap_or(0);
-        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16).expect("chunk size");
+        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)
+            .expect("chunk size");
         raw.drain(..line_end + 2);
         if size == 0 {
             return out;

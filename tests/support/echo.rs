@@ -91,7 +91,10 @@ fn serve_connection(conn: TcpStream, name: &str, hits: &AtomicUsize) {
         if path.ends_with("/close") {
             return;
         }
-        if let Some(ms) = path.rsplit_once("/slow/").and_then(|(_, m)| m.parse::<u64>().ok()) {
+        if let Some(ms) = path
+            .rsplit_once("/slow/")
+            .and_then(|(_, m)| m.parse::<u64>().ok())
+        {
             thread::sleep(Duration::from_millis(ms));
         }
         let status = path
@@ -123,7 +126,10 @@ pub struct Echoed(pub serde_json::Value);
 impl Echoed {
     pub fn parse(body: &[u8]) -> Echoed {
         Echoed(serde_json::from_slice(body).unwrap_or_else(|e| {
-            panic!("upstream body is not echo JSON ({e}): {}", String::from_utf8_lossy(body))
+            panic!(
+                "upstream body is not echo JSON ({e}): {}",
+                String::from_utf8_lossy(body)
+            )
         }))
     }
 

@@ -115,14 +115,21 @@ impl GatewayProcess {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("tollgate exited with {status} before listening:\n{}", self.log_text());
+                panic!(
+                    "tollgate exited with {status} before listening:\n{}",
+                    self.log_text()
+                );
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        panic!("tollgate did not listen on {} within 20 s:\n{}", self.port, self.log_text());
+        panic!(
+            "tollgate did not listen on {} within 20 s:\n{}",
+            self.port,
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {

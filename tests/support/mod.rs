@@ -1,6 +1,6 @@
 //! Test support: a real echo upstream on loopback, a raw HTTP/1.1 client, config directories
 //! in temp folders, and the real `tollgate` binary started as a user would start it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 pub mod client;
 pub mod echo;

@@ -1,0 +1,124 @@
+//! The server as an operator runs it: the read-only Admin API, SIGTERM draining in-flight
+//! requests, SIGINT stopping at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
+
+fn config(up: &EchoUpstream) -> String {
+    format!(
+        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  multi: {{paths: ['/a/*', '/b/*']}}\n  slow: {{host: '*', paths: '/slow/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy, terminate]\npipelines:\n  p:\n    apiEndpoints: [slow]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n  t:\n    apiEndpoints: multi\n    policies:\n      - terminate:\n",
+        up.url("")
+    )
+}
+
+#[test]
+fn admin_api_serves_the_config() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start(&dir);
+    let admin = gw.admin_port;
+    let r = get(admin, "GET", "/api-endpoints", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
+    assert_eq!(
+        r.text(),
+        r#"{"multi":{"paths":["/a/*","/b/*"]},"slow":{"host":"*","paths":"/slow/*"}}"#
+    );
+    assert_eq!(
+        get(admin, "GET", "/api-endpoints/multi", &[]).text(),
+        r#"{"paths":["/a/*","/b/*"]}"#
+    );
+    assert_eq!(
+        get(admin, "GET", "/service-endpoints/up", &[]).text(),
+        format!(r#"{{"url":"{}"}}"#, up.url(""))
+    );
+    assert_eq!(
+        get(admin, "GET", "/pipelines/t", &[]).text(),
+        r#"{"apiEndpoints":["multi"],"policies":[{"terminate":null}]}"#
+    );
+    let pipelines: serde_json::Value =
+        serde_json::from_slice(&get(admin, "GET", "/pipelines", &[]).body).expect("json");
+    assert_eq!(
+        pipelines
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>()),
+        Some(vec!["p".to_string(), "t".to_string()])
+    );
+    assert_eq!(
+        get(admin, "GET", "/policies", &[]).text(),
+        r#"["proxy","terminate"]"#
+    );
+    let missing = get(admin, "GET", "/pipelines/nope", &[]);
+    assert_eq!((missing.status, missing.body.len()), (404, 0));
+    assert_eq!(get(admin, "GET", "/nothing-here", &[]).status, 404);
+    // The admin listener is not the gateway: its routes are not served on the gateway port.
+    assert_eq!(get(gw.port, "GET", "/api-endpoints", &[]).status, 404);
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests_then_exits() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let port = gw.port;
+    let in_flight = std::thread::spawn(move || get(port, "GET", "/slow/slow/1500", &[]));
+    std::thread::sleep(Duration::from_millis(400));
+    let sent = Instant::now();
+    gw.signal("TERM");
+    let r = in_flight.join().expect("request thread");
+    assert_eq!(
+        r.status,
+        200,
+        "the in-flight request completes: {}",
+        r.text()
+    );
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(9),
+            "still running long after the request finished"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+        "no longer listening"
+    );
+}
+
+#[test]
+fn sigint_stops_at_once() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "30"], &[]);
+    gw.signal("INT");
+    let sent = Instant::now();
+    loop {
+        if gw.child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(10),
+            "SIGINT did not stop the gateway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn no_listener_section_is_an_error_on_serve() {
+    let dir = ConfigDir::new("apiEndpoints: {}\n");
+    let out =
+        support::gateway::run_tollgate(&["serve", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no `http` or `https` section"));
+}
