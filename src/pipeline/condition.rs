@@ -174,6 +174,10 @@ fn glob_regex(glob: &str) -> Regex {
 
 /// The telling line of a multi-line error message (regex errors end with it).
 pub(crate) fn short_reason(s: &str) -> String {
-    let line = s.lines().rfind(|l| !l.trim().is_empty()).unwrap_or(s).trim();
+    let line = s
+        .lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or(s)
+        .trim();
     line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
