@@ -24,6 +24,10 @@ use crate::routing::Target;
 /// Requests being served right now (the drain on SIGTERM waits for this to reach 0).
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
+/// The largest request head (request line and headers) served. Node, and so EG, refuses more
+/// than 16 KiB; tollgate is never stricter than that.
+const MAX_REQUEST_HEAD: usize = 32 * 1024;
+
 /// How long to wait for an upstream connection when the proxy action sets no timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -56,6 +60,15 @@ impl Tollgate {
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
             .or_else(|| head.uri.authority().map(|a| a.as_str()));
+        let head_size = head.uri.path_and_query().map_or(0, |p| p.as_str().len())
+            + head
+                .headers
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 4)
+                .sum::<usize>();
+        if head_size > MAX_REQUEST_HEAD {
+            return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
+        }
         if path == gw.healthcheck_path
             && (*method == http::Method::GET || *method == http::Method::HEAD)
         {

@@ -278,3 +278,45 @@ fn keep_alive_connection_serves_many_requests() {
         assert_eq!(Echoed::parse(&body).url(), format!("/raw/{i}"));
     }
 }
+
+#[test]
+fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
+    let s = setup();
+    let garbage = support::request(s.gw.port, "GARBAGE\r\n\r\n", false);
+    assert!((400..500).contains(&garbage.status), "{}", garbage.status);
+    let bad_version = support::request(s.gw.port, "GET /raw/x HTTP/9.9\r\nHost: h\r\n\r\n", false);
+    assert!(
+        (400..500).contains(&bad_version.status),
+        "{}",
+        bad_version.status
+    );
+    let huge = format!(
+        "GET /raw/x HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+    use std::io::{Read, Write};
+    let _ = conn.write_all(huge.as_bytes());
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        head.starts_with("HTTP/1.1 431"),
+        "oversized headers: {head}"
+    );
+    let bad_length = support::request(
+        s.gw.port,
+        "POST /raw/x HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",
+        false,
+    );
+    assert!(
+        (400..500).contains(&bad_length.status),
+        "{}",
+        bad_length.status
+    );
+    assert_eq!(
+        get(s.gw.port, "GET", "/raw/ok", &[]).status,
+        200,
+        "still serving"
+    );
+}

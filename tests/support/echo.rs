@@ -50,11 +50,12 @@ impl Drop for EchoUpstream {
 
 fn serve_connection(conn: TcpStream, name: &str, hits: &AtomicUsize) {
     let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut writer = match conn.try_clone() {
-        Ok(w) => w,
-        Err(_) => return,
-    };
-    let mut reader = BufReader::new(conn);
+    serve_stream(conn, name, hits);
+}
+
+/// Answers requests on one connection (plain or TLS) until it closes.
+pub fn serve_stream<S: Read + Write>(stream: S, name: &str, hits: &AtomicUsize) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -114,7 +115,7 @@ fn serve_connection(conn: TcpStream, name: &str, hits: &AtomicUsize) {
             json.len()
         );
         let payload = if method == "HEAD" { head } else { head + &json };
-        if writer.write_all(payload.as_bytes()).is_err() {
+        if reader.get_mut().write_all(payload.as_bytes()).is_err() {
             return;
         }
     }

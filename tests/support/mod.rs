@@ -5,6 +5,7 @@
 pub mod client;
 pub mod echo;
 pub mod gateway;
+pub mod tls;
 
 pub use client::{get, request, Response};
 pub use echo::EchoUpstream;

@@ -1,0 +1,58 @@
+//! TLS on both sides: https upstreams (SNI, certificate verification, `secure: false`) and the
+//! gateway's own `https` listener.
+
+mod support;
+
+use support::echo::Echoed;
+use support::tls::{tls_request, SelfSigned, TlsEchoUpstream};
+use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
+
+#[test]
+fn https_upstream_is_verified_unless_secure_is_false() {
+    let cert = SelfSigned::new();
+    let up = TlsEchoUpstream::start("tls-up", &cert);
+    let yml = format!(
+        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  insecure: {{paths: '/insecure/*'}}\n  verified: {{paths: '/verified/*'}}\nserviceEndpoints:\n  up: {{url: 'https://localhost:{port}/base'}}\npolicies: [proxy]\npipelines:\n  a: {{apiEndpoints: [insecure], policies: [{{proxy: {{action: {{serviceEndpoint: up, secure: false, stripPath: true}}}}}}]}}\n  b: {{apiEndpoints: [verified], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        port = up.port
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    let r = get(gw.port, "GET", "/insecure/x?y=1", &[]);
+    let e = r.echoed();
+    assert_eq!(e.upstream(), "tls-up");
+    assert_eq!(e.url(), "/base/x?y=1");
+    assert_eq!(e.header("host"), Some(format!("localhost:{}", up.port)));
+    // A self-signed certificate is not trusted when verification is on.
+    let r = get(gw.port, "GET", "/verified/x", &[]);
+    assert_eq!((r.status, r.text().as_str()), (502, "Bad gateway."));
+}
+
+#[test]
+fn https_listener_serves_with_the_default_certificate() {
+    let cert = SelfSigned::new();
+    let up = EchoUpstream::start("plain-up");
+    let dir = ConfigDir::empty();
+    dir.write("tls.crt", &cert.cert_pem());
+    dir.write("tls.key", &cert.key_pem());
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\napiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up, xfwd: true}}}}}}]}}\n",
+            key = dir.file("tls.key"),
+            crt = dir.file("tls.crt"),
+            up = up.url("")
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let raw = tls_request(
+        gw.port,
+        "GET /t/secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    let body = raw.split("\r\n\r\n").nth(1).unwrap_or("");
+    let e = Echoed::parse(body.as_bytes());
+    assert_eq!(e.url(), "/t/secure");
+    assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("https"));
+    assert_eq!(e.header("x-forwarded-port").as_deref(), Some("443"));
+}
