@@ -12,4 +12,5 @@ pub mod request_id;
 pub mod responses;
 pub mod routing;
 pub mod server;
+pub mod store;
 pub mod upstream;

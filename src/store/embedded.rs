@@ -1,0 +1,512 @@
+//! The embedded store: Redis-like hashes and sets in memory, kept on disk in a data directory
+//! as a snapshot plus a journal of batches. Every batch is one journal line, written and
+//! synced before it is applied, so a crash loses nothing acknowledged and never leaves half a
+//! batch: on start the snapshot is loaded and the journal replayed, and a torn last line (a
+//! crash mid-write) is dropped. The journal is folded into a new snapshot (written aside, synced,
+//! then renamed over the old) when it grows. One process at a time owns a data directory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::{KeyType, Store, StoreError, StoreResult, WindowCount, Write};
+
+const SNAPSHOT: &str = "store.snapshot.json";
+const JOURNAL: &str = "store.journal";
+const LOCK: &str = "store.lock";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "lowercase")]
+enum Value {
+    #[default]
+    Empty,
+    Hash(BTreeMap<String, String>),
+    Set(BTreeSet<String>),
+}
+
+struct State {
+    data: BTreeMap<String, Value>,
+    journal: Option<File>,
+    journal_bytes: u64,
+    snapshot_bytes: u64,
+    /// Counters and locks are not persisted (EG's rate-limit windows are short-lived).
+    windows: HashMap<String, (u64, Instant)>,
+    locks: HashMap<String, (String, Instant)>,
+}
+
+pub struct EmbeddedStore {
+    dir: Option<PathBuf>,
+    state: Mutex<State>,
+    channels: Mutex<HashMap<String, broadcast::Sender<String>>>,
+    _lock_file: Option<File>,
+}
+
+impl EmbeddedStore {
+    /// A store that lives only in memory (tests, `check`).
+    pub fn in_memory() -> EmbeddedStore {
+        EmbeddedStore {
+            dir: None,
+            state: Mutex::new(State {
+                data: BTreeMap::new(),
+                journal: None,
+                journal_bytes: 0,
+                snapshot_bytes: 0,
+                windows: HashMap::new(),
+                locks: HashMap::new(),
+            }),
+            channels: Mutex::new(HashMap::new()),
+            _lock_file: None,
+        }
+    }
+
+    /// Opens (or creates) the store in `dir`, recovering from a crash if there was one.
+    pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Io(format!("{what} in {}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(dir).map_err(|e| io("cannot create the data directory", e))?;
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))
+            .map_err(|e| io("cannot open the lock file", e))?;
+        lock_file.try_lock().map_err(|_| {
+            StoreError::Unavailable(format!(
+                "{} is in use by another tollgate process (share consumers between gateways with Redis: db.redis.emulate: false)",
+                dir.display()
+            ))
+        })?;
+        let mut data = BTreeMap::new();
+        let snapshot_path = dir.join(SNAPSHOT);
+        let mut snapshot_bytes = 0;
+        if snapshot_path.exists() {
+            let text = std::fs::read_to_string(&snapshot_path)
+                .map_err(|e| io("cannot read the snapshot", e))?;
+            snapshot_bytes = text.len() as u64;
+            data = serde_json::from_str(&text)
+                .map_err(|e| StoreError::Corrupt(format!("{}: {e}", snapshot_path.display())))?;
+        }
+        let journal_path = dir.join(JOURNAL);
+        let mut good_bytes = 0u64;
+        if journal_path.exists() {
+            let file = File::open(&journal_path).map_err(|e| io("cannot read the journal", e))?;
+            let mut lines = BufReader::new(file).split(b'\n').peekable();
+            while let Some(line) = lines.next() {
+                let line = line.map_err(|e| io("cannot read the journal", e))?;
+                let is_last = lines.peek().is_none();
+                match serde_json::from_slice::<Vec<Write>>(&line) {
+                    Ok(batch) => {
+                        apply_batch(&mut data, &batch);
+                        good_bytes += line.len() as u64 + 1;
+                    }
+                    Err(_) if is_last => {
+                        log::warn!(
+                            "{}: dropping a torn last journal entry (interrupted write)",
+                            journal_path.display()
+                        );
+                    }
+                    Err(e) => {
+                        return Err(StoreError::Corrupt(format!(
+                            "{}: a damaged entry before the last one: {e}",
+                            journal_path.display()
+                        )))
+                    }
+                }
+            }
+        }
+        let journal = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal_path)
+            .map_err(|e| io("cannot open the journal", e))?;
+        // Cut a torn tail so the next entry starts on a line of its own.
+        journal
+            .set_len(good_bytes)
+            .map_err(|e| io("cannot repair the journal", e))?;
+        let store = EmbeddedStore {
+            dir: Some(dir.to_path_buf()),
+            state: Mutex::new(State {
+                data,
+                journal: Some(journal),
+                journal_bytes: good_bytes,
+                snapshot_bytes,
+                windows: HashMap::new(),
+                locks: HashMap::new(),
+            }),
+            channels: Mutex::new(HashMap::new()),
+            _lock_file: Some(lock_file),
+        };
+        Ok(store)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Folds the journal into a new snapshot.
+    fn compact(&self, st: &mut State) -> StoreResult<()> {
+        let Some(dir) = &self.dir else { return Ok(()) };
+        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
+        let text = serde_json::to_vec(&st.data).map_err(|e| StoreError::Io(e.to_string()))?;
+        let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
+        {
+            let mut f = File::create(&tmp).map_err(|e| io("cannot write the snapshot", e))?;
+            f.write_all(&text)
+                .map_err(|e| io("cannot write the snapshot", e))?;
+            f.sync_all()
+                .map_err(|e| io("cannot sync the snapshot", e))?;
+        }
+        std::fs::rename(&tmp, dir.join(SNAPSHOT))
+            .map_err(|e| io("cannot replace the snapshot", e))?;
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        if let Some(j) = &st.journal {
+            j.set_len(0)
+                .map_err(|e| io("cannot truncate the journal", e))?;
+            j.sync_all().map_err(|e| io("cannot sync the journal", e))?;
+        }
+        st.snapshot_bytes = text.len() as u64;
+        st.journal_bytes = 0;
+        Ok(())
+    }
+}
+
+fn apply_batch(data: &mut BTreeMap<String, Value>, batch: &[Write]) {
+    for w in batch {
+        match w {
+            Write::HSet { key, fields } => {
+                let entry = data.entry(key.clone()).or_default();
+                if !matches!(entry, Value::Hash(_)) {
+                    *entry = Value::Hash(BTreeMap::new());
+                }
+                if let Value::Hash(h) = entry {
+                    for (f, v) in fields {
+                        h.insert(f.clone(), v.clone());
+                    }
+                }
+            }
+            Write::HDel { key, fields } => {
+                if let Some(Value::Hash(h)) = data.get_mut(key) {
+                    for f in fields {
+                        h.remove(f);
+                    }
+                    if h.is_empty() {
+                        data.remove(key);
+                    }
+                }
+            }
+            Write::SAdd { key, members } => {
+                let entry = data.entry(key.clone()).or_default();
+                if !matches!(entry, Value::Set(_)) {
+                    *entry = Value::Set(BTreeSet::new());
+                }
+                if let Value::Set(s) = entry {
+                    s.extend(members.iter().cloned());
+                }
+            }
+            Write::SRem { key, members } => {
+                if let Some(Value::Set(s)) = data.get_mut(key) {
+                    for m in members {
+                        s.remove(m);
+                    }
+                    if s.is_empty() {
+                        data.remove(key);
+                    }
+                }
+            }
+            Write::Del { key } => {
+                data.remove(key);
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn describe(&self) -> String {
+        match &self.dir {
+            Some(d) => format!("embedded store in {}", d.display()),
+            None => "in-memory store".into(),
+        }
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        Ok(())
+    }
+
+    async fn key_type(&self, key: &str) -> StoreResult<KeyType> {
+        Ok(match self.state().data.get(key) {
+            None | Some(Value::Empty) => KeyType::None,
+            Some(Value::Hash(_)) => KeyType::Hash,
+            Some(Value::Set(_)) => KeyType::Set,
+        })
+    }
+
+    async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
+        Ok(match self.state().data.get(key) {
+            Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            _ => HashMap::new(),
+        })
+    }
+
+    async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>> {
+        let st = self.state();
+        Ok(keys
+            .iter()
+            .map(|k| match st.data.get(k) {
+                Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                _ => HashMap::new(),
+            })
+            .collect())
+    }
+
+    async fn key_types(&self, keys: &[String]) -> StoreResult<Vec<KeyType>> {
+        let st = self.state();
+        Ok(keys
+            .iter()
+            .map(|k| match st.data.get(k) {
+                None | Some(Value::Empty) => KeyType::None,
+                Some(Value::Hash(_)) => KeyType::Hash,
+                Some(Value::Set(_)) => KeyType::Set,
+            })
+            .collect())
+    }
+
+    async fn smembers(&self, key: &str) -> StoreResult<Vec<String>> {
+        Ok(match self.state().data.get(key) {
+            Some(Value::Set(s)) => s.iter().cloned().collect(),
+            _ => Vec::new(),
+        })
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        let st = self.state();
+        Ok(st
+            .data
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k.clone())
+            .collect())
+    }
+
+    async fn apply(&self, batch: &[Write]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut st = self.state();
+        if let Some(journal) = st.journal.as_mut() {
+            let mut line = serde_json::to_vec(batch).map_err(|e| StoreError::Io(e.to_string()))?;
+            line.push(b'\n');
+            journal
+                .write_all(&line)
+                .and_then(|_| journal.sync_data())
+                .map_err(|e| StoreError::Io(format!("cannot write the journal: {e}")))?;
+            st.journal_bytes += line.len() as u64;
+        }
+        apply_batch(&mut st.data, batch);
+        if st.journal.is_some() && st.journal_bytes > (1 << 20).max(st.snapshot_bytes) {
+            if let Err(e) = self.compact(&mut st) {
+                log::error!(
+                    "{}: compaction failed (the journal keeps the data): {e}",
+                    self.describe()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn incr_window(&self, key: &str, window: Duration) -> StoreResult<WindowCount> {
+        let mut st = self.state();
+        let now = Instant::now();
+        let entry = st
+            .windows
+            .entry(key.to_string())
+            .or_insert((0, now + window));
+        if entry.1 <= now {
+            *entry = (0, now + window);
+        }
+        entry.0 += 1;
+        let hit = WindowCount {
+            count: entry.0,
+            resets_in: entry.1 - now,
+        };
+        if st.windows.len() > 100_000 {
+            st.windows.retain(|_, (_, until)| *until > now);
+        }
+        Ok(hit)
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
+        if let Some(tx) = self
+            .channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(channel)
+        {
+            let _ = tx.send(message.to_string());
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<broadcast::Receiver<String>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(channels
+            .entry(channel.to_string())
+            .or_insert_with(|| broadcast::channel(1024).0)
+            .subscribe())
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let mut st = self.state();
+        let now = Instant::now();
+        if let Some((_, until)) = st.locks.get(name) {
+            if *until > now {
+                return Ok(None);
+            }
+        }
+        let token = uuid::Uuid::new_v4().to_string();
+        st.locks
+            .insert(name.to_string(), (token.clone(), now + ttl));
+        Ok(Some(token))
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> StoreResult<()> {
+        let mut st = self.state();
+        if st.locks.get(name).is_some_and(|(t, _)| t == token) {
+            st.locks.remove(name);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("tollgate-embedded-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    fn hset(key: &str, f: &str, v: &str) -> Write {
+        Write::HSet {
+            key: key.into(),
+            fields: vec![(f.into(), v.into())],
+        }
+    }
+
+    #[tokio::test]
+    async fn survives_a_restart_and_drops_a_torn_tail() {
+        let d = dir("restart");
+        {
+            let s = EmbeddedStore::open(&d).expect("open");
+            s.apply(&[
+                hset("EG-user:1", "username", "ann"),
+                Write::SAdd {
+                    key: "EG-username:ann".into(),
+                    members: vec!["1".into()],
+                },
+            ])
+            .await
+            .expect("apply");
+            s.apply(&[hset("EG-user:2", "username", "bob")])
+                .await
+                .expect("apply");
+        }
+        // A crash in the middle of writing a third batch.
+        let mut j = OpenOptions::new()
+            .append(true)
+            .open(d.join(JOURNAL))
+            .expect("journal");
+        j.write_all(b"[{\"op\":\"hset\",\"key\":\"EG-user:3\",\"fie")
+            .expect("torn write");
+        drop(j);
+        let s = EmbeddedStore::open(&d).expect("reopen");
+        assert_eq!(
+            s.hgetall("EG-user:1")
+                .await
+                .expect("get")
+                .get("username")
+                .map(String::as_str),
+            Some("ann")
+        );
+        assert_eq!(
+            s.smembers("EG-username:ann").await.expect("get"),
+            vec!["1".to_string()]
+        );
+        assert_eq!(s.hgetall("EG-user:2").await.expect("get").len(), 1);
+        assert!(
+            s.hgetall("EG-user:3").await.expect("get").is_empty(),
+            "the torn batch is not applied"
+        );
+        s.apply(&[hset("EG-user:4", "username", "dee")])
+            .await
+            .expect("write after repair");
+        drop(s);
+        let s = EmbeddedStore::open(&d).expect("reopen again");
+        assert_eq!(
+            s.keys_with_prefix("EG-user:").await.expect("keys"),
+            vec!["EG-user:1", "EG-user:2", "EG-user:4"]
+        );
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn compaction_keeps_everything_and_a_second_process_is_refused() {
+        let d = dir("compact");
+        let s = EmbeddedStore::open(&d).expect("open");
+        assert!(
+            EmbeddedStore::open(&d).is_err(),
+            "the data directory is locked"
+        );
+        let big = "x".repeat(4096);
+        for i in 0..400 {
+            s.apply(&[hset(&format!("k:{i}"), "v", &big)])
+                .await
+                .expect("apply");
+        }
+        s.apply(&[Write::Del { key: "k:0".into() }])
+            .await
+            .expect("del");
+        assert!(
+            d.join(SNAPSHOT).exists(),
+            "the journal was folded into a snapshot"
+        );
+        drop(s);
+        let s = EmbeddedStore::open(&d).expect("reopen");
+        assert_eq!(s.keys_with_prefix("k:").await.expect("keys").len(), 399);
+        assert_eq!(s.key_type("k:0").await.expect("type"), KeyType::None);
+        assert_eq!(s.key_type("k:1").await.expect("type"), KeyType::Hash);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[tokio::test]
+    async fn windows_locks_and_messages() {
+        let s = EmbeddedStore::in_memory();
+        let w = Duration::from_secs(60);
+        assert_eq!(s.incr_window("rl:a", w).await.expect("incr").count, 1);
+        assert_eq!(s.incr_window("rl:a", w).await.expect("incr").count, 2);
+        let token = s
+            .try_lock("populate", w)
+            .await
+            .expect("lock")
+            .expect("free");
+        assert!(s.try_lock("populate", w).await.expect("lock").is_none());
+        s.unlock("populate", &token).await.expect("unlock");
+        assert!(s.try_lock("populate", w).await.expect("lock").is_some());
+        let mut rx = s.subscribe("c").await.expect("sub");
+        s.publish("c", "hello").await.expect("pub");
+        assert_eq!(rx.recv().await.expect("msg"), "hello");
+    }
+}

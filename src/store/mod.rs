@@ -1,0 +1,104 @@
+//! Where consumers and shared counters live: a small Redis-shaped interface (hashes, sets,
+//! fixed-window counters, atomic batches, pub/sub, a lock) with two implementations — a real
+//! Redis ([`redis::RedisStore`]) and an embedded store that needs no server
+//! ([`embedded::EmbeddedStore`]). The consumer logic is written once, against EG's key layout,
+//! on top of this trait, so both stores hold exactly what EG would write to Redis.
+
+pub mod embedded;
+pub mod redis;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// A store error: the store is unreachable or answered something unexpected.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("the store's data is damaged: {0}")]
+    Corrupt(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What kind of value a key holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    None,
+    Hash,
+    Set,
+    Other,
+}
+
+/// One change in an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Write {
+    /// HSET key field value ...
+    HSet {
+        key: String,
+        fields: Vec<(String, String)>,
+    },
+    /// HDEL key field ...
+    HDel { key: String, fields: Vec<String> },
+    /// SADD key member ...
+    SAdd { key: String, members: Vec<String> },
+    /// SREM key member ...
+    SRem { key: String, members: Vec<String> },
+    /// DEL key
+    Del { key: String },
+}
+
+/// A fixed-window count: the count after this hit and how long the window still runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowCount {
+    pub count: u64,
+    pub resets_in: Duration,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// A short name for logs and errors (`embedded /var/lib/...`, `redis 127.0.0.1:6379`).
+    fn describe(&self) -> String;
+
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn key_type(&self, key: &str) -> StoreResult<KeyType>;
+
+    /// HGETALL; an empty map when the key does not exist.
+    async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>>;
+
+    /// HGETALL of many keys in one round trip.
+    async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>>;
+
+    /// TYPE of many keys in one round trip.
+    async fn key_types(&self, keys: &[String]) -> StoreResult<Vec<KeyType>>;
+
+    async fn smembers(&self, key: &str) -> StoreResult<Vec<String>>;
+
+    /// Every key starting with `prefix`.
+    async fn keys_with_prefix(&self, prefix: &str) -> StoreResult<Vec<String>>;
+
+    /// Applies every write or none.
+    async fn apply(&self, batch: &[Write]) -> StoreResult<()>;
+
+    /// INCR `key`, starting a window of `window` on the first hit (EG's rate-limit).
+    async fn incr_window(&self, key: &str, window: Duration) -> StoreResult<WindowCount>;
+
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()>;
+
+    /// Messages published on `channel`, by any process sharing the store.
+    async fn subscribe(&self, channel: &str) -> StoreResult<broadcast::Receiver<String>>;
+
+    /// Takes a named lock for at most `ttl`; `None` when someone else holds it.
+    async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>>;
+
+    /// Releases a lock taken with `try_lock` (only if `token` still holds it).
+    async fn unlock(&self, name: &str, token: &str) -> StoreResult<()>;
+}

@@ -1,0 +1,436 @@
+//! The Redis store: standalone or Sentinel, shared by every gateway (and by Express Gateway
+//! itself, whose key layout the consumer layer writes). Connections reconnect by themselves;
+//! every command has a timeout so a dead Redis never hangs a caller.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Client};
+use tokio::sync::{broadcast, Mutex};
+
+use super::{KeyType, Store, StoreError, StoreResult, WindowCount, Write};
+use crate::config::system_file::RedisDef;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+const SCAN_COUNT: usize = 1000;
+const PIPELINE_CHUNK: usize = 1000;
+
+pub struct RedisStore {
+    target: Target,
+    describe: String,
+    conn: Mutex<Option<ConnectionManager>>,
+    channels: Arc<std::sync::Mutex<HashMap<String, broadcast::Sender<String>>>>,
+}
+
+/// How to find the Redis to talk to.
+#[derive(Clone)]
+enum Target {
+    Url(String),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        password: Option<String>,
+        db: i64,
+        tls: bool,
+    },
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tls: bool) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let auth = password
+        .map(|p| {
+            format!(
+                ":{}@",
+                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .unwrap_or_default();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("{scheme}://{auth}{host}:{port}/{db}")
+}
+
+impl RedisStore {
+    /// Prepares the store; the connection is made on first use and remade when lost.
+    pub fn new(def: &RedisDef) -> RedisStore {
+        let db = def.db.unwrap_or(0);
+        let (target, describe) = if def.sentinels.is_empty() {
+            let host = def.host.clone().unwrap_or_else(|| "127.0.0.1".into());
+            let port = def.port.unwrap_or(6379);
+            (
+                Target::Url(url_for(&host, port, def.password.as_deref(), db, def.tls)),
+                format!("redis {host}:{port}/{db}"),
+            )
+        } else {
+            let master = def
+                .sentinel_name
+                .clone()
+                .unwrap_or_else(|| "mymaster".into());
+            let sentinels: Vec<String> = def
+                .sentinels
+                .iter()
+                .map(|(h, p)| url_for(h, *p, None, 0, false))
+                .collect();
+            let names: Vec<String> = def
+                .sentinels
+                .iter()
+                .map(|(h, p)| format!("{h}:{p}"))
+                .collect();
+            (
+                Target::Sentinel {
+                    sentinels,
+                    master: master.clone(),
+                    password: def.password.clone(),
+                    db,
+                    tls: def.tls,
+                },
+                format!("redis master `{master}` via sentinels {}", names.join(", ")),
+            )
+        };
+        RedisStore {
+            target,
+            describe,
+            conn: Mutex::new(None),
+            channels: Arc::new(std::sync::Mutex::new(HashMap::new())),
+        }
+    }
+
+    async fn client(&self) -> StoreResult<Client> {
+        match &self.target {
+            Target::Url(url) => Client::open(url.as_str()).map_err(unavailable),
+            Target::Sentinel {
+                sentinels,
+                master,
+                password,
+                db,
+                tls,
+            } => {
+                let mut sentinel =
+                    redis::sentinel::Sentinel::build(sentinels.clone()).map_err(unavailable)?;
+                let found =
+                    tokio::time::timeout(CONNECT_TIMEOUT, sentinel.async_master_for(master, None))
+                        .await
+                        .map_err(|_| unavailable("no sentinel answered in time"))?
+                        .map_err(unavailable)?;
+                let addr = found.get_connection_info().addr().to_string();
+                let (host, port) = addr
+                    .rsplit_once(':')
+                    .ok_or_else(|| unavailable(format!("sentinel gave `{addr}`")))?;
+                let port = port.parse().map_err(unavailable)?;
+                Client::open(
+                    url_for(
+                        host.trim_matches(['[', ']']),
+                        port,
+                        password.as_deref(),
+                        *db,
+                        *tls,
+                    )
+                    .as_str(),
+                )
+                .map_err(unavailable)
+            }
+        }
+    }
+
+    /// A live connection, made now if there is none.
+    async fn conn(&self) -> StoreResult<ConnectionManager> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            return Ok(c.clone());
+        }
+        let client = self.client().await?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(1);
+        let manager = tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            client.get_connection_manager_with_config(config),
+        )
+        .await
+        .map_err(|_| unavailable(format!("{}: connect timed out", self.describe)))?
+        .map_err(|e| unavailable(format!("{}: {e}", self.describe)))?;
+        *guard = Some(manager.clone());
+        Ok(manager)
+    }
+
+    /// Forgets the connection after an error, so Sentinel is asked again next time.
+    async fn on_error(&self, e: redis::RedisError) -> StoreError {
+        if matches!(self.target, Target::Sentinel { .. })
+            && (e.is_io_error() || e.is_connection_dropped())
+        {
+            *self.conn.lock().await = None;
+        }
+        unavailable(format!("{}: {e}", self.describe))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
+        let mut c = self.conn().await?;
+        match cmd.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.on_error(e).await),
+        }
+    }
+
+    async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> StoreResult<T> {
+        let mut c = self.conn().await?;
+        match pipe.query_async(&mut c).await {
+            Ok(v) => Ok(v),
+            Err(e) => Err(self.on_error(e).await),
+        }
+    }
+
+    /// Relays messages of `channel` into `tx`, reconnecting as needed, until nobody listens.
+    fn spawn_relay(&self, channel: String, tx: broadcast::Sender<String>) {
+        let target_store = RedisStore {
+            target: self.target.clone(),
+            describe: self.describe.clone(),
+            conn: Mutex::new(None),
+            channels: self.channels.clone(),
+        };
+        tokio::spawn(async move {
+            loop {
+                if tx.receiver_count() == 0 {
+                    break;
+                }
+                match target_store.client().await {
+                    Ok(client) => match client.get_async_pubsub().await {
+                        Ok(mut pubsub) => {
+                            if pubsub.subscribe(&channel).await.is_ok() {
+                                let mut stream = pubsub.on_message();
+                                while let Some(msg) = stream.next().await {
+                                    if let Ok(text) = msg.get_payload::<String>() {
+                                        let _ = tx.send(text);
+                                    }
+                                }
+                            }
+                            log::warn!(
+                                "{}: subscription to `{channel}` lost; resubscribing",
+                                target_store.describe
+                            );
+                        }
+                        Err(e) => log::warn!("{}: cannot subscribe: {e}", target_store.describe),
+                    },
+                    Err(e) => log::warn!("{e}"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+    }
+}
+
+fn key_type_of(s: &str) -> KeyType {
+    match s {
+        "none" => KeyType::None,
+        "hash" => KeyType::Hash,
+        "set" => KeyType::Set,
+        _ => KeyType::Other,
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn describe(&self) -> String {
+        self.describe.clone()
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.query::<String>(&redis::cmd("PING")).await.map(|_| ())
+    }
+
+    async fn key_type(&self, key: &str) -> StoreResult<KeyType> {
+        let t: String = self.query(redis::cmd("TYPE").arg(key)).await?;
+        Ok(key_type_of(&t))
+    }
+
+    async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
+        self.query(redis::cmd("HGETALL").arg(key)).await
+    }
+
+    async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("HGETALL").arg(k);
+            }
+            let part: Vec<HashMap<String, String>> = self.query_pipe(&pipe).await?;
+            out.extend(part);
+        }
+        Ok(out)
+    }
+
+    async fn key_types(&self, keys: &[String]) -> StoreResult<Vec<KeyType>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PIPELINE_CHUNK) {
+            let mut pipe = redis::pipe();
+            for k in chunk {
+                pipe.cmd("TYPE").arg(k);
+            }
+            let part: Vec<String> = self.query_pipe(&pipe).await?;
+            out.extend(part.iter().map(|t| key_type_of(t)));
+        }
+        Ok(out)
+    }
+
+    async fn smembers(&self, key: &str) -> StoreResult<Vec<String>> {
+        let mut members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(key)).await?;
+        members.sort();
+        Ok(members)
+    }
+
+    async fn keys_with_prefix(&self, prefix: &str) -> StoreResult<Vec<String>> {
+        let pattern = format!("{}*", redis_glob_escape(prefix));
+        let mut cursor: u64 = 0;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT),
+                )
+                .await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn apply(&self, batch: &[Write]) -> StoreResult<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for w in batch {
+            match w {
+                Write::HSet { key, fields } if !fields.is_empty() => {
+                    pipe.cmd("HSET").arg(key);
+                    for (f, v) in fields {
+                        pipe.arg(f).arg(v);
+                    }
+                    pipe.ignore();
+                }
+                Write::HDel { key, fields } if !fields.is_empty() => {
+                    pipe.cmd("HDEL").arg(key).arg(fields).ignore();
+                }
+                Write::SAdd { key, members } if !members.is_empty() => {
+                    pipe.cmd("SADD").arg(key).arg(members).ignore();
+                }
+                Write::SRem { key, members } if !members.is_empty() => {
+                    pipe.cmd("SREM").arg(key).arg(members).ignore();
+                }
+                Write::Del { key } => {
+                    pipe.cmd("DEL").arg(key).ignore();
+                }
+                _ => {}
+            }
+        }
+        self.query_pipe::<()>(&pipe).await
+    }
+
+    async fn incr_window(&self, key: &str, window: Duration) -> StoreResult<WindowCount> {
+        // As rate-limit-redis: MULTI INCR PTTL EXEC, then PEXPIRE on the first hit.
+        let mut pipe = redis::pipe();
+        pipe.atomic().cmd("INCR").arg(key).cmd("PTTL").arg(key);
+        let (count, pttl): (u64, i64) = self.query_pipe(&pipe).await?;
+        let window_ms = window.as_millis() as i64;
+        let resets_in = if count == 1 || pttl < 0 {
+            let mut c = self.conn().await?;
+            let _: () = c.pexpire(key, window_ms).await.map_err(unavailable)?;
+            window_ms
+        } else {
+            pttl
+        };
+        Ok(WindowCount {
+            count,
+            resets_in: Duration::from_millis(resets_in.max(0) as u64),
+        })
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
+        self.query::<i64>(redis::cmd("PUBLISH").arg(channel).arg(message))
+            .await
+            .map(|_| ())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<broadcast::Receiver<String>> {
+        let (rx, new) = {
+            let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+            match channels.get(channel) {
+                Some(tx) if tx.receiver_count() > 0 => (tx.subscribe(), None),
+                _ => {
+                    let (tx, rx) = broadcast::channel(4096);
+                    channels.insert(channel.to_string(), tx.clone());
+                    (rx, Some(tx))
+                }
+            }
+        };
+        if let Some(tx) = new {
+            self.spawn_relay(channel.to_string(), tx);
+        }
+        Ok(rx)
+    }
+
+    async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(name)
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64),
+            )
+            .await?;
+        Ok(set.map(|_| token))
+    }
+
+    async fn unlock(&self, name: &str, token: &str) -> StoreResult<()> {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
+        );
+        let mut c = self.conn().await?;
+        let _: i64 = script
+            .key(name)
+            .arg(token)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+}
+
+/// Escapes Redis glob characters in a literal prefix.
+fn redis_glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
