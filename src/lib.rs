@@ -3,6 +3,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod consumers;
 pub mod counters;
 pub mod gateway;
 pub mod pipeline;

@@ -1,7 +1,7 @@
 //! Request ids in EG's format: a random 128-bit value written in base62 (22 characters),
 //! which is what EG's `uuid62.v4()` produces for `eg-request-id`.
 
-const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+const ALPHABET: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// A new random request id.
 pub fn new_request_id() -> String {

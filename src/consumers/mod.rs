@@ -1,0 +1,7 @@
+//! Consumers: users, applications, scopes and credentials — their model and EG's Redis layout,
+//! the management service, and the in-memory cache every authentication is answered from.
+
+pub mod layout;
+pub mod model;
+pub mod models;
+pub mod service;

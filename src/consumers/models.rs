@@ -1,0 +1,123 @@
+//! Which properties users and applications take: EG's `models/users.json` and
+//! `models/applications.json` when the config directory has them, else Kargo's variant (users
+//! need only `username`; applications take `name`, `redirectUri` and `scopes`). A small JSON
+//! Schema subset is checked: `required`, property `type`, and `additionalProperties: false`.
+
+use std::path::Path;
+
+use serde_json::{Map, Value};
+
+#[derive(Clone, Debug)]
+pub struct Model {
+    required: Vec<String>,
+    properties: Map<String, Value>,
+    /// Whether properties the model does not declare are refused.
+    closed: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Models {
+    pub users: Model,
+    pub apps: Model,
+}
+
+impl Model {
+    fn from_schema(schema: &Value, closed_by_default: bool) -> Model {
+        Model {
+            required: schema["required"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .unwrap_or_default(),
+            properties: schema["properties"].as_object().cloned().unwrap_or_default(),
+            closed: schema["additionalProperties"].as_bool().map_or(closed_by_default, |a| !a),
+        }
+    }
+
+    pub fn declares(&self, prop: &str) -> bool {
+        self.properties.contains_key(prop)
+    }
+
+    /// Checks `body` (new object when `creating`); the first problem, as EG reports it.
+    pub fn validate(&self, body: &Map<String, Value>, creating: bool) -> Result<(), String> {
+        if creating {
+            for r in &self.required {
+                if body.get(r).is_none_or(Value::is_null) {
+                    return Err(format!("data should have required property '{r}'"));
+                }
+            }
+        }
+        for (k, v) in body {
+            let Some(def) = self.properties.get(k) else {
+                if self.closed {
+                    return Err("one or more property is invalid".into());
+                }
+                continue;
+            };
+            let ok = match def["type"].as_str() {
+                Some("string") => v.is_string() || v.is_number() || v.is_boolean(),
+                Some("array") => v.is_array(),
+                Some("boolean") => v.is_boolean(),
+                Some("number") | Some("integer") => v.is_number(),
+                Some("object") => v.is_object(),
+                _ => true,
+            };
+            if !ok {
+                let t = def["type"].as_str().unwrap_or("valid");
+                return Err(format!("data.{k} should be {t}"));
+            }
+            if let (Some(items), Some(list)) = (def["items"]["type"].as_str(), v.as_array()) {
+                if items == "string" && !list.iter().all(Value::is_string) {
+                    return Err(format!("data.{k} should be an array of strings"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Models {
+    /// Kargo's models.
+    pub fn kargo() -> Models {
+        Models {
+            users: Model::from_schema(
+                &serde_json::json!({
+                    "properties": {"username": {"type": "string"}, "firstname": {"type": "string"},
+                                   "lastname": {"type": "string"}, "email": {"type": "string"},
+                                   "redirectUri": {"type": "string"}},
+                    "required": ["username"]
+                }),
+                false,
+            ),
+            apps: Model::from_schema(
+                &serde_json::json!({
+                    "properties": {"name": {"type": "string"}, "redirectUri": {"type": "string"},
+                                   "scopes": {"type": "array", "items": {"type": "string"}}},
+                    "required": ["name"]
+                }),
+                true,
+            ),
+        }
+    }
+
+    /// The models of a config directory (`models/*.json`), Kargo's where a file is missing.
+    pub fn load(config_dir: &Path) -> Result<Models, String> {
+        let mut models = Models::kargo();
+        let read = |name: &str| -> Result<Option<Value>, String> {
+            let p = config_dir.join("models").join(name);
+            if !p.is_file() {
+                return Ok(None);
+            }
+            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| format!("{}:{}:{}: invalid JSON: {e}", p.display(), e.line(), e.column()))
+        };
+        if let Some(users) = read("users.json")? {
+            models.users = Model::from_schema(&users, false);
+        }
+        if let Some(apps) = read("applications.json")? {
+            models.apps = Model::from_schema(&apps, true);
+        }
+        Ok(models)
+    }
+}
