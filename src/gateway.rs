@@ -10,12 +10,34 @@ use crate::config::error::ConfigErrors;
 use crate::config::gateway_file::{GatewayFile, HttpsDef, ListenerDef};
 use crate::config::system_file::SystemFile;
 use crate::config::LoadedConfig;
+use crate::consumers::cache::ConsumerCache;
 use crate::counters::Counters;
 use crate::pipeline::context::ApiEndpoint;
 use crate::pipeline::{Condition, Pipeline, Step};
 use crate::policies::{self, BuildContext};
 use crate::routing::{HostMatcher, PathMatcher, Route, Router, Target};
 use crate::upstream::{ServiceEndpoint, UpstreamTarget};
+
+/// What every compiled config shares and a reload keeps: rate-limit windows and the consumers.
+pub struct Shared {
+    pub counters: Arc<Counters>,
+    pub consumers: Arc<ConsumerCache>,
+}
+
+impl Shared {
+    /// For checking a config: nothing behind it.
+    pub fn detached() -> Shared {
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(crate::store::embedded::EmbeddedStore::in_memory());
+        Shared {
+            counters: Arc::new(Counters::default()),
+            consumers: Arc::new(ConsumerCache::new(
+                store,
+                crate::consumers::layout::Layout::new("EG"),
+            )),
+        }
+    }
+}
 
 /// Default path of Kargo's healthcheck plugin.
 pub const HEALTHCHECK_PATH: &str = "/healthcheck";
@@ -36,7 +58,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// Compiles a loaded config; every problem found is reported at once.
-    pub fn build(loaded: LoadedConfig, counters: &Arc<Counters>) -> Result<Gateway, ConfigErrors> {
+    pub fn build(loaded: LoadedConfig, shared: &Shared) -> Result<Gateway, ConfigErrors> {
+        let config_dir = loaded.dir.clone();
         let LoadedConfig {
             gateway: gw,
             system,
@@ -47,7 +70,9 @@ impl Gateway {
         check_declared_policies(&gw, &mut errors);
         let cx = BuildContext {
             service_endpoints: &service_endpoints,
-            counters,
+            counters: &shared.counters,
+            consumers: &shared.consumers,
+            config_dir: &config_dir,
         };
         let pipelines = build_pipelines(&gw, &cx, &mut errors);
         let endpoints: Vec<ApiEndpoint> = gw

@@ -6,6 +6,7 @@ pub mod config;
 pub mod consumers;
 pub mod counters;
 pub mod gateway;
+pub mod metrics;
 pub mod pipeline;
 pub mod policies;
 pub mod proxy;

@@ -104,6 +104,7 @@ impl Tollgate {
                 strip_at: route.path.strip_at,
             };
             let pipeline = &gw.pipelines[pi];
+            x.endpoint = Some(req.endpoint.name.clone());
             if from > 0 {
                 x.request_id = new_request_id(); // EG makes a new context per route match
             }
@@ -305,7 +306,13 @@ impl ProxyHttp for Tollgate {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, _ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        if ctx.x.metered {
+            let status = session.response_written().map_or(0, |r| r.status.as_u16());
+            let consumer = ctx.x.consumer.as_ref().map(|c| &*c.id);
+            let endpoint = ctx.x.endpoint.as_deref().unwrap_or("");
+            crate::metrics::metrics().count(status, consumer, endpoint);
+        }
     }
 }

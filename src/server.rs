@@ -14,8 +14,10 @@ use pingora_core::services::listening::Service;
 
 use crate::admin::AdminApi;
 use crate::config;
+use crate::consumers::populate;
+use crate::consumers::setup::ConsumerLayer;
 use crate::counters::Counters;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Shared};
 use crate::proxy::{Tollgate, IN_FLIGHT};
 
 /// How `tollgate serve` runs.
@@ -25,24 +27,72 @@ pub struct ServeOptions {
     pub threads: Option<usize>,
     /// The longest SIGTERM waits for in-flight requests.
     pub grace_period: u64,
+    /// Where the embedded store keeps its files.
+    pub data_dir: std::path::PathBuf,
+    /// A consumers file to apply before serving (Kargo's populate plugin).
+    pub populate: Option<std::path::PathBuf>,
+    /// How often the consumer cache reloads everything.
+    pub resync: Duration,
+    /// A bearer token the Admin API requires, when set.
+    pub admin_token: Option<String>,
 }
+
+/// How long start-up waits for the consumer store before serving from an empty cache.
+const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often upstream names are looked up again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
 
 /// Loads and compiles a config directory, or returns the errors as one printable block.
-pub fn load_gateway(
-    dir: &Path,
-    counters: &Arc<Counters>,
-) -> Result<Gateway, config::error::ConfigErrors> {
+pub fn load_gateway(dir: &Path, shared: &Shared) -> Result<Gateway, config::error::ConfigErrors> {
     let loaded = config::load_dir(dir)?;
-    Gateway::build(loaded, counters)
+    Gateway::build(loaded, shared)
 }
 
 /// Runs until a signal stops the process. Returns only on a start-up error.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let counters = Arc::new(Counters::default());
-    let gateway = match load_gateway(&opts.config_dir, &counters) {
+    let loaded = match config::load_dir(&opts.config_dir) {
+        Ok(l) => l,
+        Err(errors) => {
+            eprintln!("{errors}");
+            std::process::exit(2);
+        }
+    };
+    // Background work (cache refresh, store I/O of the Admin API) runs on a runtime of its own.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tollgate-bg")
+        .enable_all()
+        .build()
+        .context("cannot start the background runtime")?;
+    let consumers = ConsumerLayer::open(&loaded.system, &opts.config_dir, &opts.data_dir)?;
+    log::info!("consumers: {}", consumers.store.describe());
+    if let Some(file) = &opts.populate {
+        let report = background
+            .block_on(populate::populate_file(&consumers.service, file))
+            .with_context(|| format!("populate from {}", file.display()))?;
+        log::info!("populate {}: {report}", file.display());
+    }
+    match background
+        .block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, consumers.cache.load()).await })
+    {
+        Ok(Ok(())) => log::info!(
+            "consumer cache loaded: {} credentials",
+            consumers.cache.len()
+        ),
+        Ok(Err(e)) => {
+            log::error!("consumer cache not loaded yet (retrying in the background): {e}")
+        }
+        Err(_) => log::error!(
+            "consumer cache not loaded within {FIRST_LOAD_TIMEOUT:?} (retrying in the background)"
+        ),
+    }
+    consumers.cache.start(background.handle(), opts.resync);
+    let shared = Shared {
+        counters: Arc::new(Counters::default()),
+        consumers: consumers.cache.clone(),
+    };
+    let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
         Err(errors) => {
             eprintln!("{errors}");
@@ -55,8 +105,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let http = gateway.http.clone();
     let https = gateway.https.clone();
     let admin = gateway.admin.clone();
-    let shared = Arc::new(ArcSwap::from_pointee(gateway));
-    start_dns_refresh(shared.clone());
+    let current = Arc::new(ArcSwap::from_pointee(gateway));
+    start_dns_refresh(current.clone());
 
     let threads = opts
         .threads
@@ -73,7 +123,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Tollgate {
-            gateway: shared.clone(),
+            gateway: current.clone(),
         },
         "tollgate gateway",
     );
@@ -102,7 +152,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let mut service = Service::new(
             "tollgate admin".to_string(),
             AdminApi {
-                gateway: shared.clone(),
+                gateway: current.clone(),
+                consumers: consumers.service.clone(),
+                token: opts.admin_token.clone(),
             },
         );
         service.add_tcp(&addr);
@@ -111,6 +163,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
 
     exit_when_drained(&server, Duration::from_secs(opts.grace_period));
+    // The background runtime lives as long as the process: run_forever never returns.
+    std::mem::forget(background);
     server.run_forever();
 }
 

@@ -1,6 +1,9 @@
-//! The Admin API listener (loopback by default). Read-only gateway routes for now:
-//! `/api-endpoints`, `/service-endpoints`, `/pipelines` (each also `/:name`) and `/policies`,
-//! answering with the config as EG does.
+//! The Admin API listener (loopback by default): the gateway's config (read-only), consumer
+//! management with EG's routes, and `/metrics`. When a token is configured every request must
+//! carry `Authorization: Bearer <token>`.
+
+pub mod config_routes;
+pub mod consumer_routes;
 
 use std::sync::Arc;
 
@@ -9,98 +12,157 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use subtle::ConstantTimeEq;
 
+use crate::consumers::service::ConsumerService;
 use crate::gateway::Gateway;
+
+/// Largest request body the Admin API reads (a consumers file for populate included).
+const MAX_BODY: usize = 16 * 1024 * 1024;
 
 pub struct AdminApi {
     pub gateway: Arc<ArcSwap<Gateway>>,
+    pub consumers: Arc<ConsumerService>,
+    pub token: Option<String>,
 }
 
-fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
     let bytes = serde_json::to_vec(body).unwrap_or_default();
-    Response::builder()
-        .status(status)
-        .header(
-            http::header::CONTENT_TYPE,
-            "application/json; charset=utf-8",
-        )
-        .header(http::header::CONTENT_LENGTH, bytes.len())
-        .body(bytes)
-        .unwrap_or_default()
+    respond(status, Some("application/json; charset=utf-8"), bytes)
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
-        .header(http::header::CONTENT_LENGTH, body.len())
-        .body(body.as_bytes().to_vec())
-        .unwrap_or_default()
+/// A message, typed `text/html` as Express's `res.send(string)` types it.
+pub fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    respond(
+        status,
+        Some("text/html; charset=utf-8"),
+        body.as_bytes().to_vec(),
+    )
 }
 
-fn empty(status: StatusCode) -> Response<Vec<u8>> {
-    Response::builder()
-        .status(status)
-        .header(http::header::CONTENT_LENGTH, 0)
-        .body(Vec::new())
-        .unwrap_or_default()
+pub fn empty(status: StatusCode) -> Response<Vec<u8>> {
+    respond(status, None, Vec::new())
 }
 
-/// The config sections the Admin API serves: route name, config key.
-const SECTIONS: &[(&str, &str)] = &[
-    ("api-endpoints", "apiEndpoints"),
-    ("service-endpoints", "serviceEndpoints"),
-    ("pipelines", "pipelines"),
-];
+fn respond(status: StatusCode, content_type: Option<&str>, body: Vec<u8>) -> Response<Vec<u8>> {
+    let mut b = Response::builder().status(status);
+    if let Some(ct) = content_type {
+        b = b.header(http::header::CONTENT_TYPE, ct);
+    }
+    b.header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
 
 impl AdminApi {
-    fn route(&self, method: &Method, path: &str) -> Response<Vec<u8>> {
-        let gw = self.gateway.load();
-        let segments: Vec<&str> = path
-            .trim_matches('/')
-            .split('/')
-            .filter(|s| !s.is_empty())
-            .collect();
-        if *method != Method::GET && *method != Method::HEAD {
-            return text(StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed");
-        }
-        match segments.as_slice() {
-            ["policies"] => json(
-                StatusCode::OK,
-                gw.raw
-                    .get("policies")
-                    .unwrap_or(&serde_json::Value::Array(Vec::new())),
-            ),
-            [route, rest @ ..] if rest.len() <= 1 => {
-                let Some((_, key)) = SECTIONS.iter().find(|(r, _)| r == route) else {
-                    return text(StatusCode::NOT_FOUND, "Not Found");
-                };
-                let no_section = serde_json::json!({});
-                let section = gw
-                    .raw
-                    .get(*key)
-                    .filter(|v| v.is_object())
-                    .unwrap_or(&no_section);
-                match rest.first() {
-                    None => json(StatusCode::OK, section),
-                    Some(name) => {
-                        let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-                        match section.get(name.as_ref()) {
-                            Some(item) => json(StatusCode::OK, item),
-                            None => empty(StatusCode::NOT_FOUND),
-                        }
+    fn authorized(&self, session: &ServerSession) -> bool {
+        let Some(token) = &self.token else {
+            return true;
+        };
+        let given = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .unwrap_or("");
+        given.as_bytes().ct_eq(token.as_bytes()).into()
+    }
+
+    async fn body(session: &mut ServerSession) -> Result<serde_json::Value, Response<Vec<u8>>> {
+        let mut buf = Vec::new();
+        loop {
+            match session.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    buf.extend_from_slice(&chunk);
+                    if buf.len() > MAX_BODY {
+                        return Err(text(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            "request body too large",
+                        ));
                     }
                 }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot read the request body: {e}"),
+                    ))
+                }
             }
-            _ => text(StatusCode::NOT_FOUND, "Not Found"),
         }
+        if buf.iter().all(u8::is_ascii_whitespace) {
+            return Ok(serde_json::Value::Object(Default::default()));
+        }
+        serde_json::from_slice(&buf)
+            .map_err(|e| text(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
+    }
+
+    fn metrics(&self, accept: Option<&str>) -> Response<Vec<u8>> {
+        let m = crate::metrics::metrics();
+        let wants_json_only = accept.is_some_and(|a| {
+            a.contains("application/json") && !a.contains("text/plain") && !a.contains("*/*")
+        });
+        if wants_json_only {
+            return json(StatusCode::OK, &m.json());
+        }
+        respond(
+            StatusCode::OK,
+            Some("text/plain; version=0.0.4; charset=utf-8"),
+            m.text().into_bytes(),
+        )
     }
 }
 
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        if !self.authorized(session) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
         let head = session.req_header();
-        self.route(&head.method, head.uri.path())
+        let method = head.method.clone();
+        let path = head.uri.path().to_string();
+        let query = head.uri.query().map(str::to_string);
+        let accept = head
+            .headers
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let decoded: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                percent_encoding::percent_decode_str(s)
+                    .decode_utf8_lossy()
+                    .into_owned()
+            })
+            .collect();
+        let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+        let gw = self.gateway.load_full();
+        let metrics_path = gw.system.plugin_endpoint("metrics", "/metrics");
+        if (method == Method::GET || method == Method::HEAD) && path == metrics_path {
+            return self.metrics(accept.as_deref());
+        }
+        if method == Method::GET || method == Method::HEAD {
+            if let Some(r) = config_routes::route(&gw, &segments) {
+                return r;
+            }
+        }
+        let body = match Self::body(session).await {
+            Ok(b) => b,
+            Err(r) => return r,
+        };
+        if let Some(r) =
+            consumer_routes::route(&self.consumers, &method, &segments, query.as_deref(), &body)
+                .await
+        {
+            return r;
+        }
+        let message = format!("<pre>Cannot {} {}</pre>", method, path);
+        text(StatusCode::NOT_FOUND, &message)
     }
 }

@@ -1,11 +1,10 @@
 //! The command line: `serve` and `check`.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::counters::Counters;
+use crate::gateway::Shared;
 use crate::server::{self, ServeOptions};
 
 #[derive(Parser)]
@@ -44,16 +43,35 @@ pub struct ServeArgs {
     /// Seconds SIGTERM waits for in-flight requests before exiting.
     #[arg(long, env = "TOLLGATE_GRACE_PERIOD", default_value_t = 5)]
     pub grace_period: u64,
+    /// Where the embedded consumer store keeps its files (default: DIR/data).
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Make the consumer store equal this consumers file before serving (as Kargo's populate plugin).
+    #[arg(long, env = "TOLLGATE_POPULATE")]
+    pub populate: Option<PathBuf>,
+    /// Seconds between full reloads of the consumer cache.
+    #[arg(long, env = "TOLLGATE_RESYNC_SECONDS", default_value_t = 60)]
+    pub resync_seconds: u64,
+    /// Require `Authorization: Bearer <token>` on the Admin API.
+    #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Serve(args) => {
+            let data_dir = args
+                .data_dir
+                .unwrap_or_else(|| args.config.config.join("data"));
             let opts = ServeOptions {
                 config_dir: args.config.config,
                 threads: args.threads.filter(|t| *t > 0),
                 grace_period: args.grace_period,
+                data_dir,
+                populate: args.populate,
+                resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
+                admin_token: args.admin_token.filter(|t| !t.is_empty()),
             };
             match server::serve(opts) {
                 Ok(()) => 0,
@@ -68,7 +86,7 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 fn check(dir: &std::path::Path) -> i32 {
-    match server::load_gateway(dir, &Arc::new(Counters::default())) {
+    match server::load_gateway(dir, &Shared::detached()) {
         Ok(gw) => {
             println!(
                 "{}: valid ({} apiEndpoints, {} serviceEndpoints, {} pipelines)",

@@ -60,7 +60,9 @@ pub struct Layout {
 
 impl Layout {
     pub fn new(namespace: &str) -> Layout {
-        Layout { ns: namespace.to_string() }
+        Layout {
+            ns: namespace.to_string(),
+        }
     }
 
     pub fn namespace(&self) -> &str {

@@ -18,12 +18,16 @@ pub fn js_date_now() -> String {
 }
 
 pub fn js_date(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(m - 1) as usize];
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(m - 1) as usize];
     format!(
         "{weekday} {month} {d:02} {y} {:02}:{:02}:{:02} GMT+0000 (Coordinated Universal Time)",
         rem / 3600,
@@ -53,10 +57,14 @@ pub fn js_string(v: &Value) -> String {
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),
-        Value::Array(items) => items.iter().map(|i| match i {
-            Value::Null => String::new(),
-            other => js_string(other),
-        }).collect::<Vec<_>>().join(","),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::Null => String::new(),
+                other => js_string(other),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
         Value::Object(_) => "[object Object]".into(),
     }
 }
@@ -86,21 +94,48 @@ pub fn ordered(map: HashMap<String, String>, order_hint: &[&str]) -> Fields {
     let mut rest: Vec<(String, String)> = map.into_iter().collect();
     rest.sort();
     // Extra properties sit before the dates, as EG writes them.
-    let dates: Vec<(String, String)> = fields.iter().filter(|(k, _)| k == "createdAt" || k == "updatedAt").cloned().collect();
+    let dates: Vec<(String, String)> = fields
+        .iter()
+        .filter(|(k, _)| k == "createdAt" || k == "updatedAt")
+        .cloned()
+        .collect();
     fields.retain(|(k, _)| k != "createdAt" && k != "updatedAt");
     fields.extend(rest);
     fields.extend(dates);
     fields
 }
 
-pub const USER_ORDER: &[&str] = &["isActive", "username", "id", "firstname", "lastname", "email", "redirectUri", "createdAt", "updatedAt"];
-pub const APP_ORDER: &[&str] = &["isActive", "id", "userId", "name", "redirectUri", "scopes", "createdAt", "updatedAt"];
+pub const USER_ORDER: &[&str] = &[
+    "isActive",
+    "username",
+    "id",
+    "firstname",
+    "lastname",
+    "email",
+    "redirectUri",
+    "createdAt",
+    "updatedAt",
+];
+pub const APP_ORDER: &[&str] = &[
+    "isActive",
+    "id",
+    "userId",
+    "name",
+    "redirectUri",
+    "scopes",
+    "createdAt",
+    "updatedAt",
+];
 
 /// A user or app hash as the Admin API shows it: `isActive` a boolean, the rest strings.
 pub fn object_json(fields: &Fields) -> Value {
     let mut obj = Map::new();
     for (k, v) in fields {
-        let value = if k == "isActive" { Value::Bool(v == "true") } else { Value::String(v.clone()) };
+        let value = if k == "isActive" {
+            Value::Bool(v == "true")
+        } else {
+            Value::String(v.clone())
+        };
         obj.insert(k.clone(), value);
     }
     Value::Object(obj)
@@ -111,9 +146,22 @@ pub fn object_json(fields: &Fields) -> Value {
 pub fn credential_json(t: CredentialType, id: &str, stored: &HashMap<String, String>) -> Value {
     let mut obj = Map::new();
     let hidden = [t.password_field(), "passwordKey", "autoGeneratePassword"];
-    let order = ["isActive", "createdAt", "updatedAt", "keyId", "keySecret", "scopes", "consumerId"];
+    let order = [
+        "isActive",
+        "createdAt",
+        "updatedAt",
+        "keyId",
+        "keySecret",
+        "scopes",
+        "consumerId",
+    ];
     let mut keys: Vec<&String> = stored.keys().collect();
-    keys.sort_by_key(|k| (order.iter().position(|o| o == k).unwrap_or(order.len()), k.to_string()));
+    keys.sort_by_key(|k| {
+        (
+            order.iter().position(|o| o == k).unwrap_or(order.len()),
+            k.to_string(),
+        )
+    });
     for k in keys {
         if !t.is_keyed() && hidden.contains(&k.as_str()) {
             continue;
@@ -143,7 +191,13 @@ pub fn credential_scopes(stored: &HashMap<String, String>) -> Option<Vec<String>
 pub fn app_scopes(stored: &HashMap<String, String>) -> Vec<String> {
     stored
         .get("scopes")
-        .map(|s| s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -154,8 +208,14 @@ mod tests {
     #[test]
     fn dates_look_like_javascript() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_689_549);
-        assert_eq!(js_date(t), "Thu Nov 26 2026 10:39:09 GMT+0000 (Coordinated Universal Time)");
-        assert_eq!(js_date(std::time::UNIX_EPOCH), "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)");
+        assert_eq!(
+            js_date(t),
+            "Thu Nov 26 2026 10:39:09 GMT+0000 (Coordinated Universal Time)"
+        );
+        assert_eq!(
+            js_date(std::time::UNIX_EPOCH),
+            "Thu Jan 01 1970 00:00:00 GMT+0000 (Coordinated Universal Time)"
+        );
     }
 
     #[test]

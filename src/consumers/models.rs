@@ -26,10 +26,19 @@ impl Model {
         Model {
             required: schema["required"]
                 .as_array()
-                .map(|r| r.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default(),
-            properties: schema["properties"].as_object().cloned().unwrap_or_default(),
-            closed: schema["additionalProperties"].as_bool().map_or(closed_by_default, |a| !a),
+            properties: schema["properties"]
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+            closed: schema["additionalProperties"]
+                .as_bool()
+                .map_or(closed_by_default, |a| !a),
         }
     }
 
@@ -108,9 +117,14 @@ impl Models {
                 return Ok(None);
             }
             let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            serde_json::from_str(&text)
-                .map(Some)
-                .map_err(|e| format!("{}:{}:{}: invalid JSON: {e}", p.display(), e.line(), e.column()))
+            serde_json::from_str(&text).map(Some).map_err(|e| {
+                format!(
+                    "{}:{}:{}: invalid JSON: {e}",
+                    p.display(),
+                    e.line(),
+                    e.column()
+                )
+            })
         };
         if let Some(users) = read("users.json")? {
             models.users = Model::from_schema(&users, false);

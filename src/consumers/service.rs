@@ -73,7 +73,12 @@ fn to_fields(map: HashMap<String, String>, order: &[&str]) -> Fields {
 }
 
 impl ConsumerService {
-    pub fn new(store: Arc<dyn Store>, layout: Layout, models: Models, salt_rounds: u32) -> ConsumerService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        layout: Layout,
+        models: Models,
+        salt_rounds: u32,
+    ) -> ConsumerService {
         ConsumerService {
             store,
             layout,
@@ -91,7 +96,7 @@ impl ConsumerService {
     }
 
     /// Applies a batch and announces the changed entities.
-    async fn commit(&self, batch: &[Write], changed: &[String]) -> Result<()> {
+    pub(crate) async fn commit(&self, batch: &[Write], changed: &[String]) -> Result<()> {
         self.store.apply(batch).await?;
         let channel = self.layout.invalidation_channel();
         for c in changed {
@@ -106,7 +111,10 @@ impl ConsumerService {
 
     /// Finds a user by username, then by id.
     pub async fn find_user(&self, id_or_name: &str) -> Result<Option<(String, Fields)>> {
-        let ids = self.store.smembers(&self.layout.username(id_or_name)).await?;
+        let ids = self
+            .store
+            .smembers(&self.layout.username(id_or_name))
+            .await?;
         if let Some(id) = ids.first() {
             let h = self.store.hgetall(&self.layout.user(id)).await?;
             if !h.is_empty() {
@@ -120,17 +128,27 @@ impl ConsumerService {
     pub async fn get_user(&self, id_or_name: &str) -> Result<Value> {
         match self.find_user(id_or_name).await? {
             Some((_, f)) => Ok(model::object_json(&f)),
-            None => Err(ConsumerError::NotFound(format!("User not found: {id_or_name}"))),
+            None => Err(ConsumerError::NotFound(format!(
+                "User not found: {id_or_name}"
+            ))),
         }
     }
 
     pub async fn create_user(&self, body: &Map<String, Value>) -> Result<Value> {
         self.models.users.validate(body, true).map_err(invalid)?;
-        let username = body.get("username").map(model::js_string).unwrap_or_default();
+        let username = body
+            .get("username")
+            .map(model::js_string)
+            .unwrap_or_default();
         if username.is_empty() {
             return Err(invalid("data should have required property 'username'"));
         }
-        if !self.store.smembers(&self.layout.username(&username)).await?.is_empty() {
+        if !self
+            .store
+            .smembers(&self.layout.username(&username))
+            .await?
+            .is_empty()
+        {
             return Err(ConsumerError::Conflict("username already exists".into()));
         }
         let id = body
@@ -145,7 +163,11 @@ impl ConsumerService {
         ];
         for (k, v) in body {
             if !matches!(k.as_str(), "username" | "id" | "createdAt" | "updatedAt") {
-                let v = if k == "isActive" { (v == &Value::Bool(true) || v == "true").to_string() } else { model::js_string(v) };
+                let v = if k == "isActive" {
+                    (v == &Value::Bool(true) || v == "true").to_string()
+                } else {
+                    model::js_string(v)
+                };
                 match fields.iter_mut().find(|(f, _)| f == k) {
                     Some(slot) => slot.1 = v,
                     None => fields.push((k.clone(), v)),
@@ -156,8 +178,14 @@ impl ConsumerService {
         fields.push(("updatedAt".into(), now));
         self.commit(
             &[
-                Write::HSet { key: self.layout.user(&id), fields: fields.clone() },
-                Write::SAdd { key: self.layout.username(&username), members: vec![id.clone()] },
+                Write::HSet {
+                    key: self.layout.user(&id),
+                    fields: fields.clone(),
+                },
+                Write::SAdd {
+                    key: self.layout.username(&username),
+                    members: vec![id.clone()],
+                },
             ],
             &[format!("user:{id}")],
         )
@@ -167,7 +195,9 @@ impl ConsumerService {
 
     pub async fn update_user(&self, id_or_name: &str, body: &Map<String, Value>) -> Result<Value> {
         let Some((id, _)) = self.find_user(id_or_name).await? else {
-            return Err(ConsumerError::NotFound(format!("User not found: {id_or_name}")));
+            return Err(ConsumerError::NotFound(format!(
+                "User not found: {id_or_name}"
+            )));
         };
         let mut changes: Fields = Vec::new();
         for (k, v) in body {
@@ -182,8 +212,14 @@ impl ConsumerService {
         self.models.users.validate(body, false).map_err(invalid)?;
         if !changes.is_empty() {
             changes.push(("updatedAt".into(), model::js_date_now()));
-            self.commit(&[Write::HSet { key: self.layout.user(&id), fields: changes }], &[format!("user:{id}")])
-                .await?;
+            self.commit(
+                &[Write::HSet {
+                    key: self.layout.user(&id),
+                    fields: changes,
+                }],
+                &[format!("user:{id}")],
+            )
+            .await?;
         }
         self.get_user(&id).await
     }
@@ -191,19 +227,30 @@ impl ConsumerService {
     /// Sets a user's status; deactivating deactivates its applications (as EG).
     pub async fn set_user_status(&self, id_or_name: &str, active: bool) -> Result<&'static str> {
         let Some((id, fields)) = self.find_user(id_or_name).await? else {
-            return Err(ConsumerError::NotFound(format!("user not found: {id_or_name}")));
+            return Err(ConsumerError::NotFound(format!(
+                "user not found: {id_or_name}"
+            )));
         };
         let current = fields.iter().any(|(k, v)| k == "isActive" && v == "true");
         if current == active {
             return Ok(if active { "Active" } else { "Inactive" });
         }
         let now = model::js_date_now();
-        let status = vec![("isActive".to_string(), active.to_string()), ("updatedAt".to_string(), now)];
-        let mut batch = vec![Write::HSet { key: self.layout.user(&id), fields: status.clone() }];
+        let status = vec![
+            ("isActive".to_string(), active.to_string()),
+            ("updatedAt".to_string(), now),
+        ];
+        let mut batch = vec![Write::HSet {
+            key: self.layout.user(&id),
+            fields: status.clone(),
+        }];
         let mut changed = vec![format!("user:{id}")];
         if !active {
             for app in self.store.smembers(&self.layout.user_apps(&id)).await? {
-                batch.push(Write::HSet { key: self.layout.app(&app), fields: status.clone() });
+                batch.push(Write::HSet {
+                    key: self.layout.app(&app),
+                    fields: status.clone(),
+                });
                 changed.push(format!("app:{app}"));
             }
         }
@@ -214,28 +261,51 @@ impl ConsumerService {
     /// Deletes a user, its applications, and every credential of both.
     pub async fn delete_user(&self, id_or_name: &str) -> Result<()> {
         let Some((id, fields)) = self.find_user(id_or_name).await? else {
-            return Err(ConsumerError::NotFound(format!("User not found: {id_or_name}")));
+            return Err(ConsumerError::NotFound(format!(
+                "User not found: {id_or_name}"
+            )));
         };
-        let username = fields.iter().find(|(k, _)| k == "username").map(|(_, v)| v.clone()).unwrap_or_default();
+        let username = fields
+            .iter()
+            .find(|(k, _)| k == "username")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
         let mut batch = vec![
-            Write::Del { key: self.layout.user(&id) },
-            Write::SRem { key: self.layout.username(&username), members: vec![id.clone()] },
+            Write::Del {
+                key: self.layout.user(&id),
+            },
+            Write::SRem {
+                key: self.layout.username(&username),
+                members: vec![id.clone()],
+            },
         ];
         let mut changed = vec![format!("user:{id}")];
-        self.credential_removals(&id, &mut batch, &mut changed).await?;
+        self.credential_removals(&id, &mut batch, &mut changed)
+            .await?;
         for app in self.store.smembers(&self.layout.user_apps(&id)).await? {
             self.app_removal(&app, &mut batch, &mut changed).await?;
         }
-        batch.push(Write::Del { key: self.layout.user_apps(&id) });
+        batch.push(Write::Del {
+            key: self.layout.user_apps(&id),
+        });
         self.commit(&batch, &changed).await
     }
 
     pub async fn list_users(&self, start: usize, count: usize) -> Result<(Vec<Value>, usize)> {
-        let keys = self.store.keys_with_prefix(&self.layout.user_prefix()).await?;
+        let keys = self
+            .store
+            .keys_with_prefix(&self.layout.user_prefix())
+            .await?;
         self.page(&keys, start, count, model::USER_ORDER).await
     }
 
-    async fn page(&self, keys: &[String], start: usize, count: usize, order: &[&str]) -> Result<(Vec<Value>, usize)> {
+    async fn page(
+        &self,
+        keys: &[String],
+        start: usize,
+        count: usize,
+        order: &[&str],
+    ) -> Result<(Vec<Value>, usize)> {
         let end = (start + count.max(1)).min(keys.len());
         let slice = keys.get(start..end).unwrap_or(&[]);
         let hashes = self.store.hgetall_many(slice).await?;
@@ -254,9 +324,15 @@ impl ConsumerService {
     pub async fn find_app(&self, id_or_name: &str) -> Result<Option<(String, Fields)>> {
         let h = self.store.hgetall(&self.layout.app(id_or_name)).await?;
         if !h.is_empty() {
-            return Ok(Some((id_or_name.to_string(), to_fields(h, model::APP_ORDER))));
+            return Ok(Some((
+                id_or_name.to_string(),
+                to_fields(h, model::APP_ORDER),
+            )));
         }
-        let ids = self.store.smembers(&self.layout.app_name(id_or_name)).await?;
+        let ids = self
+            .store
+            .smembers(&self.layout.app_name(id_or_name))
+            .await?;
         match ids.len() {
             0 => Ok(None),
             1 => {
@@ -273,19 +349,27 @@ impl ConsumerService {
     pub async fn get_app(&self, id_or_name: &str) -> Result<Value> {
         match self.find_app(id_or_name).await? {
             Some((_, f)) => Ok(model::object_json(&f)),
-            None => Err(ConsumerError::NotFound(format!("Application not found: {id_or_name}"))),
+            None => Err(ConsumerError::NotFound(format!(
+                "Application not found: {id_or_name}"
+            ))),
         }
     }
 
     pub async fn create_app(&self, body: &Map<String, Value>) -> Result<Value> {
-        let Some(user_ref) = body.get("userId").map(model::js_string).filter(|s| !s.is_empty()) else {
+        let Some(user_ref) = body
+            .get("userId")
+            .map(model::js_string)
+            .filter(|s| !s.is_empty())
+        else {
             return Err(invalid("invalid username"));
         };
         let mut props = body.clone();
         props.remove("userId");
         self.models.apps.validate(&props, true).map_err(invalid)?;
         let Some((user_id, _)) = self.find_user(&user_ref).await? else {
-            return Err(ConsumerError::Conflict("The specified user does not exist".into()));
+            return Err(ConsumerError::Conflict(
+                "The specified user does not exist".into(),
+            ));
         };
         let name = model::js_string(&props["name"]);
         for other in self.store.smembers(&self.layout.app_name(&name)).await? {
@@ -310,9 +394,18 @@ impl ConsumerService {
         fields.push(("updatedAt".into(), now));
         self.commit(
             &[
-                Write::HSet { key: self.layout.app(&id), fields: fields.clone() },
-                Write::SAdd { key: self.layout.user_apps(&user_id), members: vec![id.clone()] },
-                Write::SAdd { key: self.layout.app_name(&name), members: vec![id.clone()] },
+                Write::HSet {
+                    key: self.layout.app(&id),
+                    fields: fields.clone(),
+                },
+                Write::SAdd {
+                    key: self.layout.user_apps(&user_id),
+                    members: vec![id.clone()],
+                },
+                Write::SAdd {
+                    key: self.layout.app_name(&name),
+                    members: vec![id.clone()],
+                },
             ],
             &[format!("app:{id}")],
         )
@@ -327,7 +420,9 @@ impl ConsumerService {
 
     pub async fn update_app(&self, id_or_name: &str, body: &Map<String, Value>) -> Result<Value> {
         let Some((id, _)) = self.find_app(id_or_name).await? else {
-            return Err(ConsumerError::NotFound(format!("Application not found: {id_or_name}")));
+            return Err(ConsumerError::NotFound(format!(
+                "Application not found: {id_or_name}"
+            )));
         };
         let mut changes: Fields = Vec::new();
         for (k, v) in body {
@@ -338,29 +433,48 @@ impl ConsumerService {
         }
         self.models.apps.validate(body, false).map_err(invalid)?;
         changes.push(("updatedAt".into(), model::js_date_now()));
-        self.commit(&[Write::HSet { key: self.layout.app(&id), fields: changes }], &[format!("app:{id}")])
-            .await?;
+        self.commit(
+            &[Write::HSet {
+                key: self.layout.app(&id),
+                fields: changes,
+            }],
+            &[format!("app:{id}")],
+        )
+        .await?;
         self.get_app(&id).await
     }
 
     pub async fn set_app_status(&self, id_or_name: &str, active: bool) -> Result<&'static str> {
         let Some((id, fields)) = self.find_app(id_or_name).await? else {
-            return Err(ConsumerError::NotFound(format!("Application not found: {id_or_name}")));
+            return Err(ConsumerError::NotFound(format!(
+                "Application not found: {id_or_name}"
+            )));
         };
         let current = fields.iter().any(|(k, v)| k == "isActive" && v == "true");
         if current == active {
             return Ok(if active { "Active" } else { "Inactive" });
         }
-        let status = vec![("isActive".to_string(), active.to_string()), ("updatedAt".to_string(), model::js_date_now())];
-        self.commit(&[Write::HSet { key: self.layout.app(&id), fields: status }], &[format!("app:{id}")])
-            .await?;
+        let status = vec![
+            ("isActive".to_string(), active.to_string()),
+            ("updatedAt".to_string(), model::js_date_now()),
+        ];
+        self.commit(
+            &[Write::HSet {
+                key: self.layout.app(&id),
+                fields: status,
+            }],
+            &[format!("app:{id}")],
+        )
+        .await?;
         Ok(if active { "Activated" } else { "Deactivated" })
     }
 
     /// Deletes an application and its credentials.
     pub async fn delete_app(&self, id_or_name: &str) -> Result<()> {
         let Some((id, _)) = self.find_app(id_or_name).await? else {
-            return Err(ConsumerError::NotFound(format!("Application not found: {id_or_name}")));
+            return Err(ConsumerError::NotFound(format!(
+                "Application not found: {id_or_name}"
+            )));
         };
         let mut batch = Vec::new();
         let mut changed = Vec::new();
@@ -368,21 +482,40 @@ impl ConsumerService {
         self.commit(&batch, &changed).await
     }
 
-    async fn app_removal(&self, id: &str, batch: &mut Vec<Write>, changed: &mut Vec<String>) -> Result<()> {
+    /// The writes that remove an application, its indexes and its credentials.
+    pub(crate) async fn app_removal(
+        &self,
+        id: &str,
+        batch: &mut Vec<Write>,
+        changed: &mut Vec<String>,
+    ) -> Result<()> {
         let h = self.store.hgetall(&self.layout.app(id)).await?;
-        batch.push(Write::Del { key: self.layout.app(id) });
+        batch.push(Write::Del {
+            key: self.layout.app(id),
+        });
         if let Some(user) = h.get("userId") {
-            batch.push(Write::SRem { key: self.layout.user_apps(user), members: vec![id.to_string()] });
+            batch.push(Write::SRem {
+                key: self.layout.user_apps(user),
+                members: vec![id.to_string()],
+            });
         }
         if let Some(name) = h.get("name") {
-            batch.push(Write::SRem { key: self.layout.app_name(name), members: vec![id.to_string()] });
+            batch.push(Write::SRem {
+                key: self.layout.app_name(name),
+                members: vec![id.to_string()],
+            });
         }
         changed.push(format!("app:{id}"));
         self.credential_removals(id, batch, changed).await
     }
 
     /// Every credential of a consumer, removed with its scope index entries.
-    async fn credential_removals(&self, consumer_id: &str, batch: &mut Vec<Write>, changed: &mut Vec<String>) -> Result<()> {
+    pub(crate) async fn credential_removals(
+        &self,
+        consumer_id: &str,
+        batch: &mut Vec<Write>,
+        changed: &mut Vec<String>,
+    ) -> Result<()> {
         for t in CredentialType::ALL {
             if t.is_keyed() {
                 let set_key = self.layout.credential(t, consumer_id);
@@ -390,10 +523,15 @@ impl ConsumerService {
                     continue;
                 }
                 for key_id in self.store.smembers(&set_key).await? {
-                    let cred = self.store.hgetall(&self.layout.credential(t, &key_id)).await?;
+                    let cred = self
+                        .store
+                        .hgetall(&self.layout.credential(t, &key_id))
+                        .await?;
                     if cred.get("consumerId").map(String::as_str) == Some(consumer_id) {
                         self.scope_index_removal(t, &key_id, &cred, batch);
-                        batch.push(Write::Del { key: self.layout.credential(t, &key_id) });
+                        batch.push(Write::Del {
+                            key: self.layout.credential(t, &key_id),
+                        });
                         changed.push(format!("{}:{key_id}", t.as_str()));
                     }
                 }
@@ -411,7 +549,13 @@ impl ConsumerService {
         Ok(())
     }
 
-    fn scope_index_removal(&self, t: CredentialType, id: &str, cred: &HashMap<String, String>, batch: &mut Vec<Write>) {
+    fn scope_index_removal(
+        &self,
+        t: CredentialType,
+        id: &str,
+        cred: &HashMap<String, String>,
+        batch: &mut Vec<Write>,
+    ) {
         for s in model::credential_scopes(cred).unwrap_or_default() {
             batch.push(Write::HDel {
                 key: self.layout.scope_credentials(&s),
@@ -421,14 +565,22 @@ impl ConsumerService {
     }
 
     pub async fn list_apps(&self, start: usize, count: usize) -> Result<(Vec<Value>, usize)> {
-        let keys = self.store.keys_with_prefix(&self.layout.app_prefix()).await?;
+        let keys = self
+            .store
+            .keys_with_prefix(&self.layout.app_prefix())
+            .await?;
         self.page(&keys, start, count, model::APP_ORDER).await
     }
 
     // ----- scopes -----
 
     pub async fn scopes(&self) -> Result<Vec<String>> {
-        let mut s: Vec<String> = self.store.hgetall(&self.layout.scopes()).await?.into_keys().collect();
+        let mut s: Vec<String> = self
+            .store
+            .hgetall(&self.layout.scopes())
+            .await?
+            .into_keys()
+            .collect();
         s.sort();
         Ok(s)
     }
@@ -436,28 +588,64 @@ impl ConsumerService {
     pub async fn create_scopes(&self, scopes: &[String]) -> Result<()> {
         let existing = self.scopes().await?;
         if scopes.iter().any(|s| existing.contains(s)) {
-            return Err(ConsumerError::Conflict("One or more scopes already exist.".into()));
+            return Err(ConsumerError::Conflict(
+                "One or more scopes already exist.".into(),
+            ));
         }
-        let fields = scopes.iter().map(|s| (s.clone(), "true".to_string())).collect();
-        self.commit(&[Write::HSet { key: self.layout.scopes(), fields }], &[]).await
+        let fields = scopes
+            .iter()
+            .map(|s| (s.clone(), "true".to_string()))
+            .collect();
+        self.commit(
+            &[Write::HSet {
+                key: self.layout.scopes(),
+                fields,
+            }],
+            &[],
+        )
+        .await
     }
 
     /// Deletes a scope and removes it from every credential that holds it.
     pub async fn delete_scope(&self, scope: &str) -> Result<()> {
         let mut batch = vec![
-            Write::HDel { key: self.layout.scopes(), fields: vec![scope.to_string()] },
-            Write::Del { key: self.layout.scope_credentials(scope) },
+            Write::HDel {
+                key: self.layout.scopes(),
+                fields: vec![scope.to_string()],
+            },
+            Write::Del {
+                key: self.layout.scope_credentials(scope),
+            },
         ];
         let mut changed = Vec::new();
-        for t in [CredentialType::KeyAuth, CredentialType::Jwt, CredentialType::BasicAuth, CredentialType::Oauth2] {
-            let keys = self.store.keys_with_prefix(&self.layout.credential_prefix(t)).await?;
+        for t in [
+            CredentialType::KeyAuth,
+            CredentialType::Jwt,
+            CredentialType::BasicAuth,
+            CredentialType::Oauth2,
+        ] {
+            let keys = self
+                .store
+                .keys_with_prefix(&self.layout.credential_prefix(t))
+                .await?;
             let types = self.store.key_types(&keys).await?;
-            let hashes: Vec<String> = keys.into_iter().zip(types).filter(|(_, ty)| *ty == KeyType::Hash).map(|(k, _)| k).collect();
+            let hashes: Vec<String> = keys
+                .into_iter()
+                .zip(types)
+                .filter(|(_, ty)| *ty == KeyType::Hash)
+                .map(|(k, _)| k)
+                .collect();
             for (key, cred) in hashes.iter().zip(self.store.hgetall_many(&hashes).await?) {
                 if let Some(mut scopes) = model::credential_scopes(&cred) {
                     if scopes.iter().any(|s| s == scope) {
                         scopes.retain(|s| s != scope);
-                        batch.push(Write::HSet { key: key.clone(), fields: vec![("scopes".into(), serde_json::to_string(&scopes).unwrap_or_default())] });
+                        batch.push(Write::HSet {
+                            key: key.clone(),
+                            fields: vec![(
+                                "scopes".into(),
+                                serde_json::to_string(&scopes).unwrap_or_default(),
+                            )],
+                        });
                         let id = &key[self.layout.credential_prefix(t).len()..];
                         changed.push(format!("{}:{id}", t.as_str()));
                     }
@@ -474,12 +662,21 @@ impl ConsumerService {
         if let Some((id, _)) = self.find_user(id_or_name).await? {
             return Ok(Some(ConsumerRef::User(id)));
         }
-        Ok(self.find_app(id_or_name).await?.map(|(id, _)| ConsumerRef::App(id)))
+        Ok(self
+            .find_app(id_or_name)
+            .await?
+            .map(|(id, _)| ConsumerRef::App(id)))
     }
 
     /// Creates a credential; the answer shows a generated password once.
-    pub async fn create_credential(&self, consumer: &str, type_name: &str, body: &Map<String, Value>) -> Result<Value> {
-        let t = CredentialType::parse(type_name).ok_or_else(|| invalid(format!("Invalid credential type: {type_name}")))?;
+    pub async fn create_credential(
+        &self,
+        consumer: &str,
+        type_name: &str,
+        body: &Map<String, Value>,
+    ) -> Result<Value> {
+        let t = CredentialType::parse(type_name)
+            .ok_or_else(|| invalid(format!("Invalid credential type: {type_name}")))?;
         let Some(owner) = self.find_consumer(consumer).await? else {
             return Err(invalid(format!("No consumer found with id: {consumer}")));
         };
@@ -502,38 +699,79 @@ impl ConsumerService {
             ("updatedAt".into(), now),
         ];
         let extras = body.iter().filter(|(k, _)| {
-            !matches!(k.as_str(), "scopes" | "keyId" | "keySecret" | "password" | "secret" | "isActive" | "consumerId" | "id")
+            !matches!(
+                k.as_str(),
+                "scopes"
+                    | "keyId"
+                    | "keySecret"
+                    | "password"
+                    | "secret"
+                    | "isActive"
+                    | "consumerId"
+                    | "id"
+            )
         });
         let mut batch = Vec::new();
         let (id, mut shown_extra) = if t.is_keyed() {
-            let key_id = body.get("keyId").map(model::js_string).filter(|s| !s.is_empty()).unwrap_or_else(model::uuid62);
-            let key_secret = body.get("keySecret").map(model::js_string).filter(|s| !s.is_empty()).unwrap_or_else(model::uuid62);
-            let existing = self.store.hgetall(&self.layout.credential(t, &key_id)).await?;
+            let key_id = body
+                .get("keyId")
+                .map(model::js_string)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(model::uuid62);
+            let key_secret = body
+                .get("keySecret")
+                .map(model::js_string)
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(model::uuid62);
+            let existing = self
+                .store
+                .hgetall(&self.layout.credential(t, &key_id))
+                .await?;
             if !existing.is_empty() {
-                return Err(ConsumerError::Conflict(format!("a {} credential with keyId {key_id} already exists", t.as_str())));
+                return Err(ConsumerError::Conflict(format!(
+                    "a {} credential with keyId {key_id} already exists",
+                    t.as_str()
+                )));
             }
             for (k, v) in extras {
                 fields.push((k.clone(), model::js_string(v)));
             }
             fields.push(("keyId".into(), key_id.clone()));
             fields.push(("keySecret".into(), key_secret));
-            fields.push(("scopes".into(), serde_json::to_string(&scopes).unwrap_or_else(|_| "null".into())));
+            fields.push((
+                "scopes".into(),
+                serde_json::to_string(&scopes).unwrap_or_else(|_| "null".into()),
+            ));
             fields.push(("consumerId".into(), consumer_id.clone()));
             fields.push(("id".into(), key_id.clone()));
-            batch.push(Write::SAdd { key: self.layout.credential(t, &consumer_id), members: vec![key_id.clone()] });
+            batch.push(Write::SAdd {
+                key: self.layout.credential(t, &consumer_id),
+                members: vec![key_id.clone()],
+            });
             (key_id, Map::new())
         } else {
             let key = self.layout.credential(t, &consumer_id);
             let existing = self.store.hgetall(&key).await?;
             if existing.get("isActive").map(String::as_str) == Some("true") {
-                return Err(ConsumerError::Conflict("Credential already exists and is active".into()));
+                return Err(ConsumerError::Conflict(
+                    "Credential already exists and is active".into(),
+                ));
             }
             let field = t.password_field();
-            let given = body.get(field).map(model::js_string).filter(|s| !s.is_empty());
-            let plain = given.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let hash = bcrypt::hash(&plain, self.salt_rounds).map_err(|e| invalid(format!("cannot hash the password: {e}")))?;
+            let given = body
+                .get(field)
+                .map(model::js_string)
+                .filter(|s| !s.is_empty());
+            let plain = given
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let hash = bcrypt::hash(&plain, self.salt_rounds)
+                .map_err(|e| invalid(format!("cannot hash the password: {e}")))?;
             if let Some(list) = &scopes {
-                fields.push(("scopes".into(), serde_json::to_string(list).unwrap_or_default()));
+                fields.push((
+                    "scopes".into(),
+                    serde_json::to_string(list).unwrap_or_default(),
+                ));
             }
             fields.push((field.into(), hash));
             for (k, v) in extras {
@@ -550,14 +788,18 @@ impl ConsumerService {
             }
             (consumer_id.clone(), shown)
         };
-        batch.push(Write::HSet { key: self.layout.credential(t, &id), fields: fields.clone() });
+        batch.push(Write::HSet {
+            key: self.layout.credential(t, &id),
+            fields: fields.clone(),
+        });
         for s in scopes.iter().flatten() {
             batch.push(Write::HSet {
                 key: self.layout.scope_credentials(s),
                 fields: vec![(self.layout.credential(t, &id), "true".into())],
             });
         }
-        self.commit(&batch, &[format!("{}:{id}", t.as_str())]).await?;
+        self.commit(&batch, &[format!("{}:{id}", t.as_str())])
+            .await?;
         let stored: HashMap<String, String> = fields.into_iter().collect();
         let mut shown = model::credential_json(t, &id, &stored);
         if let Some(obj) = shown.as_object_mut() {
@@ -568,7 +810,9 @@ impl ConsumerService {
     }
 
     pub async fn get_credential(&self, type_name: &str, id: &str) -> Result<Option<Value>> {
-        let Some(t) = CredentialType::parse(type_name) else { return Ok(None) };
+        let Some(t) = CredentialType::parse(type_name) else {
+            return Ok(None);
+        };
         let key = self.layout.credential(t, id);
         if self.store.key_type(&key).await? != KeyType::Hash {
             return Ok(None);
@@ -580,7 +824,9 @@ impl ConsumerService {
     /// A consumer's credentials: basic-auth, key-auth, jwt, oauth2.
     pub async fn consumer_credentials(&self, consumer: &str) -> Result<Vec<Value>> {
         let Some(owner) = self.find_consumer(consumer).await? else {
-            return Err(ConsumerError::NotFound(format!("No consumer found with id: {consumer}")));
+            return Err(ConsumerError::NotFound(format!(
+                "No consumer found with id: {consumer}"
+            )));
         };
         self.credentials_of(owner.id()).await
     }
@@ -629,29 +875,56 @@ impl ConsumerService {
         Ok(out)
     }
 
-    async fn existing_credential(&self, t: CredentialType, id: &str) -> Result<HashMap<String, String>> {
+    async fn existing_credential(
+        &self,
+        t: CredentialType,
+        id: &str,
+    ) -> Result<HashMap<String, String>> {
         let key = self.layout.credential(t, id);
         if self.store.key_type(&key).await? != KeyType::Hash {
-            return Err(ConsumerError::NotFound(format!("No credential found with id: {id}")));
+            return Err(ConsumerError::NotFound(format!(
+                "No credential found with id: {id}"
+            )));
         }
         Ok(self.store.hgetall(&key).await?)
     }
 
-    pub async fn set_credential_status(&self, type_name: &str, id: &str, active: bool) -> Result<&'static str> {
-        let t = CredentialType::parse(type_name).ok_or_else(|| ConsumerError::NotFound(format!("No credential found with id: {id}")))?;
+    pub async fn set_credential_status(
+        &self,
+        type_name: &str,
+        id: &str,
+        active: bool,
+    ) -> Result<&'static str> {
+        let t = CredentialType::parse(type_name)
+            .ok_or_else(|| ConsumerError::NotFound(format!("No credential found with id: {id}")))?;
         let cred = self.existing_credential(t, id).await?;
         if (cred.get("isActive").map(String::as_str) == Some("true")) == active {
             return Ok(if active { "Active" } else { "Inactive" });
         }
-        let fields = vec![("isActive".to_string(), active.to_string()), ("updatedAt".to_string(), model::js_date_now())];
-        self.commit(&[Write::HSet { key: self.layout.credential(t, id), fields }], &[format!("{}:{id}", t.as_str())])
-            .await?;
+        let fields = vec![
+            ("isActive".to_string(), active.to_string()),
+            ("updatedAt".to_string(), model::js_date_now()),
+        ];
+        self.commit(
+            &[Write::HSet {
+                key: self.layout.credential(t, id),
+                fields,
+            }],
+            &[format!("{}:{id}", t.as_str())],
+        )
+        .await?;
         Ok(if active { "Activated" } else { "Deactivated" })
     }
 
     /// Replaces a credential's scopes (every scope must exist).
-    pub async fn set_credential_scopes(&self, type_name: &str, id: &str, scopes: &[String]) -> Result<()> {
-        let t = CredentialType::parse(type_name).ok_or_else(|| ConsumerError::NotFound("credential not found".into()))?;
+    pub async fn set_credential_scopes(
+        &self,
+        type_name: &str,
+        id: &str,
+        scopes: &[String],
+    ) -> Result<()> {
+        let t = CredentialType::parse(type_name)
+            .ok_or_else(|| ConsumerError::NotFound("credential not found".into()))?;
         let cred = self.existing_credential(t, id).await?;
         let known = self.scopes().await?;
         if scopes.iter().any(|s| !known.contains(s)) {
@@ -667,39 +940,60 @@ impl ConsumerService {
         }
         batch.push(Write::HSet {
             key: self.layout.credential(t, id),
-            fields: vec![("scopes".into(), serde_json::to_string(&unique).unwrap_or_default())],
+            fields: vec![(
+                "scopes".into(),
+                serde_json::to_string(&unique).unwrap_or_default(),
+            )],
         });
         for s in &unique {
-            batch.push(Write::HSet { key: self.layout.scope_credentials(s), fields: vec![(self.layout.credential(t, id), "true".into())] });
+            batch.push(Write::HSet {
+                key: self.layout.scope_credentials(s),
+                fields: vec![(self.layout.credential(t, id), "true".into())],
+            });
         }
         self.commit(&batch, &[format!("{}:{id}", t.as_str())]).await
     }
 
     pub async fn add_credential_scope(&self, type_name: &str, id: &str, scope: &str) -> Result<()> {
-        let t = CredentialType::parse(type_name).ok_or_else(|| ConsumerError::NotFound("credential not found".into()))?;
-        let mut scopes = model::credential_scopes(&self.existing_credential(t, id).await?).unwrap_or_default();
+        let t = CredentialType::parse(type_name)
+            .ok_or_else(|| ConsumerError::NotFound("credential not found".into()))?;
+        let mut scopes =
+            model::credential_scopes(&self.existing_credential(t, id).await?).unwrap_or_default();
         if !scopes.iter().any(|s| s == scope) {
             scopes.push(scope.to_string());
         }
         self.set_credential_scopes(type_name, id, &scopes).await
     }
 
-    pub async fn remove_credential_scope(&self, type_name: &str, id: &str, scope: &str) -> Result<()> {
-        let t = CredentialType::parse(type_name).ok_or_else(|| ConsumerError::NotFound("credential not found".into()))?;
-        let mut scopes = model::credential_scopes(&self.existing_credential(t, id).await?).unwrap_or_default();
+    pub async fn remove_credential_scope(
+        &self,
+        type_name: &str,
+        id: &str,
+        scope: &str,
+    ) -> Result<()> {
+        let t = CredentialType::parse(type_name)
+            .ok_or_else(|| ConsumerError::NotFound("credential not found".into()))?;
+        let mut scopes =
+            model::credential_scopes(&self.existing_credential(t, id).await?).unwrap_or_default();
         scopes.retain(|s| s != scope);
         self.set_credential_scopes(type_name, id, &scopes).await
     }
 
     /// Deletes one credential (EG has no route for it).
     pub async fn delete_credential(&self, type_name: &str, id: &str) -> Result<()> {
-        let t = CredentialType::parse(type_name).ok_or_else(|| ConsumerError::NotFound(format!("No credential found with id: {id}")))?;
+        let t = CredentialType::parse(type_name)
+            .ok_or_else(|| ConsumerError::NotFound(format!("No credential found with id: {id}")))?;
         let cred = self.existing_credential(t, id).await?;
         let mut batch = Vec::new();
         self.scope_index_removal(t, id, &cred, &mut batch);
-        batch.push(Write::Del { key: self.layout.credential(t, id) });
+        batch.push(Write::Del {
+            key: self.layout.credential(t, id),
+        });
         if let (true, Some(owner)) = (t.is_keyed(), cred.get("consumerId")) {
-            batch.push(Write::SRem { key: self.layout.credential(t, owner), members: vec![id.to_string()] });
+            batch.push(Write::SRem {
+                key: self.layout.credential(t, owner),
+                members: vec![id.to_string()],
+            });
         }
         self.commit(&batch, &[format!("{}:{id}", t.as_str())]).await
     }

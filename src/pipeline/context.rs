@@ -147,6 +147,10 @@ pub enum Outcome {
 #[derive(Debug, Default)]
 pub struct Exchange {
     pub request_id: String,
+    /// The apiEndpoint of the route being run.
+    pub endpoint: Option<Arc<str>>,
+    /// Whether the `metrics` policy asked for this request to be counted.
+    pub metered: bool,
     pub consumer: Option<Consumer>,
     pub upstream_edits: Vec<HeaderEdit>,
     pub response_edits: Vec<HeaderEdit>,

@@ -1,14 +1,20 @@
 //! The policies a pipeline step can run, one file each, and the registry that builds a policy
 //! from its name and `action` parameters.
 
+pub mod auth_common;
+pub mod basic_auth;
 pub mod cors;
 pub mod header_values;
 pub mod headers;
+pub mod jwt;
+pub mod key_auth;
 pub mod log;
+pub mod metrics;
 pub mod proxy;
 pub mod rate_limit;
 pub mod request_transformer;
 pub mod response_transformer;
+pub mod scopes;
 pub mod terminate;
 
 use std::collections::HashMap;
@@ -18,6 +24,7 @@ use serde::de::DeserializeOwned;
 
 use crate::config::error::{ConfigErrors, Pos};
 use crate::config::node::Node;
+use crate::consumers::cache::ConsumerCache;
 use crate::counters::Counters;
 use crate::pipeline::Policy;
 use crate::upstream::ServiceEndpoint;
@@ -27,6 +34,10 @@ pub struct BuildContext<'a> {
     pub service_endpoints: &'a HashMap<String, Arc<ServiceEndpoint>>,
     /// Rate-limit windows, shared by every step and kept across config reloads.
     pub counters: &'a Arc<Counters>,
+    /// Where auth policies look consumers up.
+    pub consumers: &'a Arc<ConsumerCache>,
+    /// The config directory (key files are read relative to it).
+    pub config_dir: &'a std::path::Path,
 }
 
 /// Policies tollgate provides.
@@ -39,6 +50,11 @@ pub const AVAILABLE: &[&str] = &[
     "request-transformer",
     "response-transformer",
     "log",
+    "key-auth",
+    "jwt",
+    "basic-auth",
+    "scopes",
+    "metrics",
 ];
 
 /// EG policies tollgate does not provide, with the reason given to the user.
@@ -56,9 +72,6 @@ pub const UNSUPPORTED: &[(&str, &str)] = &[
         "expression runs JavaScript, which tollgate does not; use conditions and transformers",
     ),
 ];
-
-/// Policies of the consumers layer (key-auth, jwt, basic-auth, scopes, metrics).
-pub const NOT_YET: &[&str] = &["key-auth", "jwt", "basic-auth", "scopes", "metrics"];
 
 /// Builds one step's policy. `None` when something is wrong; the reasons are in `errors`.
 pub fn build(
@@ -101,6 +114,26 @@ pub fn build(
             action,
             errors,
         )?),
+        "key-auth" => {
+            match key_auth::KeyAuth::build(params(name, action, pos, errors)?, cx.consumers) {
+                Ok(p) => Arc::new(p),
+                Err(why) => return built_error(name, why, pos, errors),
+            }
+        }
+        "jwt" => match jwt::Jwt::build(
+            params(name, action, pos, errors)?,
+            cx.config_dir,
+            cx.consumers,
+        ) {
+            Ok(p) => Arc::new(p),
+            Err(why) => return built_error(name, why, pos, errors),
+        },
+        "basic-auth" => Arc::new(basic_auth::BasicAuth::build(
+            params(name, action, pos, errors)?,
+            cx.consumers,
+        )),
+        "scopes" => Arc::new(scopes::Scopes),
+        "metrics" => Arc::new(metrics::Metrics),
         _ => {
             errors.push(pos, unknown_reason(name));
             return None;
@@ -109,13 +142,20 @@ pub fn build(
     Some(policy)
 }
 
+fn built_error(
+    name: &str,
+    why: String,
+    pos: &Pos,
+    errors: &mut ConfigErrors,
+) -> Option<Arc<dyn Policy>> {
+    errors.push(pos, format!("policy `{name}`: {why}"));
+    None
+}
+
 /// Why a policy name cannot be used.
 pub fn unknown_reason(name: &str) -> String {
     if let Some((_, why)) = UNSUPPORTED.iter().find(|(n, _)| *n == name) {
         return format!("policy `{name}`: {why}");
-    }
-    if NOT_YET.contains(&name) {
-        return format!("policy `{name}` is not available in this version of tollgate");
     }
     format!(
         "unknown policy `{name}` (tollgate provides: {})",

@@ -1,0 +1,239 @@
+//! The consumer routes of the Admin API, with EG's paths and shapes: `/users`, `/apps`,
+//! `/scopes`, `/credentials`; plus tollgate's `DELETE /credentials/:type/:id` and
+//! `POST /tollgate/populate` / `POST /tollgate/clean` (body: a Kargo consumers file).
+
+use http::{Method, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use super::{empty, json, text};
+use crate::consumers::populate::{self, ConsumersFile};
+use crate::consumers::service::{ConsumerError, ConsumerService};
+
+fn error(e: ConsumerError) -> Response<Vec<u8>> {
+    if let ConsumerError::Store(err) = &e {
+        log::error!("admin API: {err}");
+    }
+    let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    text(status, &e.to_string())
+}
+
+fn answer<T>(
+    r: Result<T, ConsumerError>,
+    ok: impl FnOnce(T) -> Response<Vec<u8>>,
+) -> Response<Vec<u8>> {
+    match r {
+        Ok(v) => ok(v),
+        Err(e) => error(e),
+    }
+}
+
+fn status_answer(r: Result<&'static str, ConsumerError>) -> Response<Vec<u8>> {
+    answer(r, |s| {
+        json(StatusCode::OK, &serde_json::json!({ "status": s }))
+    })
+}
+
+/// `?start=&count=` of list routes (count defaults to 100, as EG's).
+fn paging(query: Option<&str>) -> (usize, usize) {
+    let get = |name: &str| {
+        query?.split('&').find_map(|kv| {
+            let (k, v) = kv.split_once('=')?;
+            (k == name).then(|| v.parse::<usize>().ok()).flatten()
+        })
+    };
+    (
+        get("start").unwrap_or(0),
+        get("count").unwrap_or(100).clamp(1, 10_000),
+    )
+}
+
+fn body_object(body: &Value) -> Result<&Map<String, Value>, Response<Vec<u8>>> {
+    body.as_object().ok_or_else(|| {
+        text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the body must be a JSON object",
+        )
+    })
+}
+
+fn status_of(body: &Value) -> bool {
+    body["status"] == Value::Bool(true)
+}
+
+fn scope_list(v: &Value) -> Result<Vec<String>, Response<Vec<u8>>> {
+    v.as_array()
+        .and_then(|a| {
+            a.iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+        })
+        .ok_or_else(|| {
+            text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "`scopes` must be a list of scope names",
+            )
+        })
+}
+
+/// Answers a consumer route; `None` when the path is not one of them.
+pub async fn route(
+    svc: &ConsumerService,
+    method: &Method,
+    segments: &[&str],
+    query: Option<&str>,
+    body: &Value,
+) -> Option<Response<Vec<u8>>> {
+    use Method as M;
+    let m = method.clone();
+    let obj = || body_object(body);
+    let r = match (m, segments) {
+        (M::GET, ["users"]) => {
+            let (start, count) = paging(query);
+            answer(svc.list_users(start, count).await, |(users, next)| {
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"users": users, "nextKey": next}),
+                )
+            })
+        }
+        (M::POST, ["users"]) => match obj() {
+            Ok(b) => answer(svc.create_user(b).await, |u| json(StatusCode::OK, &u)),
+            Err(r) => r,
+        },
+        (M::GET, ["users", id]) => answer(svc.get_user(id).await, |u| json(StatusCode::OK, &u)),
+        (M::PUT, ["users", id]) => match obj() {
+            Ok(b) => answer(svc.update_user(id, b).await, |u| json(StatusCode::OK, &u)),
+            Err(r) => r,
+        },
+        (M::DELETE, ["users", id]) => {
+            answer(svc.delete_user(id).await, |_| empty(StatusCode::NO_CONTENT))
+        }
+        (M::PUT, ["users", id, "status"]) => {
+            status_answer(svc.set_user_status(id, status_of(body)).await)
+        }
+
+        (M::GET, ["apps"]) => {
+            let (start, count) = paging(query);
+            answer(svc.list_apps(start, count).await, |(apps, next)| {
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"apps": apps, "nextKey": next}),
+                )
+            })
+        }
+        (M::POST, ["apps"]) => match obj() {
+            Ok(b) => answer(svc.create_app(b).await, |a| json(StatusCode::OK, &a)),
+            Err(r) => r,
+        },
+        (M::GET, ["apps", id]) => answer(svc.get_app(id).await, |a| json(StatusCode::OK, &a)),
+        (M::PUT, ["apps", id]) => match obj() {
+            Ok(b) => answer(svc.update_app(id, b).await, |a| json(StatusCode::OK, &a)),
+            Err(r) => r,
+        },
+        (M::DELETE, ["apps", id]) => {
+            answer(svc.delete_app(id).await, |_| empty(StatusCode::NO_CONTENT))
+        }
+        (M::PUT, ["apps", id, "status"]) => {
+            status_answer(svc.set_app_status(id, status_of(body)).await)
+        }
+
+        (M::GET, ["scopes"]) => answer(svc.scopes().await, |s| {
+            let list = if s.is_empty() {
+                Value::Null
+            } else {
+                serde_json::json!(s)
+            };
+            json(StatusCode::OK, &serde_json::json!({ "scopes": list }))
+        }),
+        (M::POST, ["scopes"]) => match scope_list(&body["scopes"]) {
+            Ok(list) => answer(svc.create_scopes(&list).await, |_| {
+                empty(StatusCode::CREATED)
+            }),
+            Err(r) => r,
+        },
+        (M::GET, ["scopes", s]) => answer(svc.scopes().await, |all| {
+            if all.iter().any(|x| x == s) {
+                json(StatusCode::OK, &serde_json::json!({ "scope": s }))
+            } else {
+                text(StatusCode::NOT_FOUND, &format!("scope not found: {s}"))
+            }
+        }),
+        (M::PUT, ["scopes", s]) => answer(svc.create_scopes(&[s.to_string()]).await, |_| {
+            empty(StatusCode::CREATED)
+        }),
+        (M::DELETE, ["scopes", s]) => {
+            answer(svc.delete_scope(s).await, |_| empty(StatusCode::NO_CONTENT))
+        }
+
+        (M::GET, ["credentials"]) => answer(svc.all_credentials().await, |c| {
+            json(StatusCode::OK, &serde_json::json!({ "credentials": c }))
+        }),
+        (M::POST, ["credentials"]) => {
+            let consumer = body["consumerId"].as_str().unwrap_or("");
+            let kind = body["type"].as_str().unwrap_or("");
+            let empty_map = Map::new();
+            let cred = body["credential"].as_object().unwrap_or(&empty_map);
+            if consumer.is_empty() {
+                text(StatusCode::UNPROCESSABLE_ENTITY, "invalid username")
+            } else if kind.is_empty() {
+                text(StatusCode::UNPROCESSABLE_ENTITY, "Invalid credentials")
+            } else {
+                answer(svc.create_credential(consumer, kind, cred).await, |c| {
+                    json(StatusCode::OK, &c)
+                })
+            }
+        }
+        (M::GET, ["credentials", kind, id]) => answer(svc.get_credential(kind, id).await, |c| {
+            json(StatusCode::OK, &c.unwrap_or(Value::Null))
+        }),
+        (M::DELETE, ["credentials", kind, id]) => {
+            answer(svc.delete_credential(kind, id).await, |_| {
+                empty(StatusCode::NO_CONTENT)
+            })
+        }
+        (M::PUT, ["credentials", kind, id, "status"]) => {
+            status_answer(svc.set_credential_status(kind, id, status_of(body)).await)
+        }
+        (M::PUT, ["credentials", kind, id, "scopes"]) => match scope_list(&body["scopes"]) {
+            Ok(list) => answer(svc.set_credential_scopes(kind, id, &list).await, |_| {
+                empty(StatusCode::NO_CONTENT)
+            }),
+            Err(r) => r,
+        },
+        (M::PUT, ["credentials", kind, id, "scopes", scope]) => {
+            answer(svc.add_credential_scope(kind, id, scope).await, |_| {
+                empty(StatusCode::NO_CONTENT)
+            })
+        }
+        (M::DELETE, ["credentials", kind, id, "scopes", scope]) => {
+            answer(svc.remove_credential_scope(kind, id, scope).await, |_| {
+                empty(StatusCode::NO_CONTENT)
+            })
+        }
+        (M::GET, ["credentials", consumer]) => match svc.consumer_credentials(consumer).await {
+            Ok(c) => json(StatusCode::OK, &serde_json::json!({ "credentials": c })),
+            Err(ConsumerError::NotFound(_)) => json(StatusCode::NOT_FOUND, &serde_json::json!({})),
+            Err(e) => error(e),
+        },
+
+        (M::POST, ["tollgate", action @ ("populate" | "clean")]) => {
+            let file = match ConsumersFile::parse(&body.to_string()) {
+                Ok(f) => f,
+                Err(why) => return Some(text(StatusCode::UNPROCESSABLE_ENTITY, &why)),
+            };
+            let result = if *action == "populate" {
+                populate::populate(svc, &file).await
+            } else {
+                populate::clean(svc, &file).await
+            };
+            answer(result, |r| {
+                json(
+                    StatusCode::OK,
+                    &serde_json::json!({"created": r.created, "removed": r.removed, "unchanged": r.unchanged}),
+                )
+            })
+        }
+        _ => return None,
+    };
+    Some(r)
+}

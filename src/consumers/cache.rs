@@ -1,0 +1,543 @@
+//! Every authentication decision, answered from memory.
+//!
+//! The cache is filled from the store at start, follows the invalidation messages every tollgate
+//! write publishes, and resyncs in full periodically for writes made behind its back (EG,
+//! redis-cli). A key it does not know is looked up once in the background (never on the request
+//! path) and then not again for a short while, so random keys cannot flood the store. If the
+//! store goes away, what is cached keeps working.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::layout::{CredentialType, Layout};
+use super::model;
+use crate::pipeline::context::Consumer;
+use crate::store::{KeyType, Store, StoreResult};
+
+/// A key-auth or jwt credential.
+#[derive(Clone, Debug)]
+struct KeyedCredential {
+    secret: Box<str>,
+    consumer_id: Arc<str>,
+    active: bool,
+    scopes: Option<Arc<[String]>>,
+}
+
+/// A basic-auth credential (keyed by its consumer id).
+#[derive(Clone, Debug)]
+struct PasswordCredential {
+    hash: Box<str>,
+    active: bool,
+    scopes: Option<Arc<[String]>>,
+}
+
+#[derive(Clone, Debug)]
+struct ConsumerEntry {
+    active: bool,
+    consumer: Consumer,
+}
+
+#[derive(Default)]
+struct Tables {
+    key_auth: HashMap<Box<str>, KeyedCredential>,
+    jwt: HashMap<Box<str>, KeyedCredential>,
+    basic: HashMap<Box<str>, PasswordCredential>,
+    apps: HashMap<Box<str>, ConsumerEntry>,
+    users: HashMap<Box<str>, ConsumerEntry>,
+    usernames: HashMap<Box<str>, Arc<str>>,
+}
+
+/// The answer to a key-auth attempt.
+#[derive(Debug)]
+pub enum KeyAuthResult {
+    Ok(Consumer),
+    Unauthorized,
+    /// Known and valid, but missing a scope the endpoint requires (EG: 403).
+    Forbidden,
+}
+
+/// How long an unknown key is not looked up again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+const MAX_NEGATIVE: usize = 50_000;
+const MAX_VERIFIED_PASSWORDS: usize = 10_000;
+
+/// Counters the metrics layer reads.
+#[derive(Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+pub struct ConsumerCache {
+    tables: RwLock<Tables>,
+    store: Arc<dyn Store>,
+    layout: Layout,
+    loaded: AtomicBool,
+    last_resync: Mutex<Option<Instant>>,
+    recently_missed: Mutex<HashMap<String, Instant>>,
+    verified_passwords: Mutex<HashSet<[u8; 32]>>,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// This cache, for the background lookups it spawns (set by `start`).
+    me: Mutex<std::sync::Weak<ConsumerCache>>,
+    pub stats: CacheStats,
+}
+
+fn scopes_arc(list: Option<Vec<String>>) -> Option<Arc<[String]>> {
+    list.map(Arc::from)
+}
+
+impl ConsumerCache {
+    pub fn new(store: Arc<dyn Store>, layout: Layout) -> ConsumerCache {
+        ConsumerCache {
+            tables: RwLock::new(Tables::default()),
+            store,
+            layout,
+            loaded: AtomicBool::new(false),
+            last_resync: Mutex::new(None),
+            recently_missed: Mutex::new(HashMap::new()),
+            verified_passwords: Mutex::new(HashSet::new()),
+            runtime: Mutex::new(None),
+            me: Mutex::new(std::sync::Weak::new()),
+            stats: CacheStats::default(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a full load has succeeded at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last full load, if any.
+    pub fn since_resync(&self) -> Option<Duration> {
+        self.last_resync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Number of credentials held.
+    pub fn len(&self) -> usize {
+        let t = self.read();
+        t.key_auth.len() + t.jwt.len() + t.basic.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Loads everything from the store and swaps it in at once.
+    pub async fn load(&self) -> StoreResult<()> {
+        let mut t = Tables::default();
+        for (key, h) in self.hashes(&self.layout.user_prefix()).await? {
+            let id = &key[self.layout.user_prefix().len()..];
+            let (entry, username) = user_entry(id, &h);
+            if let Some(u) = username {
+                t.usernames.insert(u.into(), entry.consumer.id.clone());
+            }
+            t.users.insert(id.into(), entry);
+        }
+        for (key, h) in self.hashes(&self.layout.app_prefix()).await? {
+            let id = &key[self.layout.app_prefix().len()..];
+            t.apps.insert(id.into(), app_entry(id, &h));
+        }
+        for ty in [CredentialType::KeyAuth, CredentialType::Jwt] {
+            for (key, h) in self.hashes(&self.layout.credential_prefix(ty)).await? {
+                let id = &key[self.layout.credential_prefix(ty).len()..];
+                if let Some(c) = keyed_credential(&h) {
+                    let table = if ty == CredentialType::KeyAuth {
+                        &mut t.key_auth
+                    } else {
+                        &mut t.jwt
+                    };
+                    table.insert(id.into(), c);
+                }
+            }
+        }
+        let basic_prefix = self.layout.credential_prefix(CredentialType::BasicAuth);
+        for (key, h) in self.hashes(&basic_prefix).await? {
+            if let Some(c) = password_credential(&h, CredentialType::BasicAuth) {
+                t.basic.insert(key[basic_prefix.len()..].into(), c);
+            }
+        }
+        *self.write() = t;
+        self.loaded.store(true, Ordering::Relaxed);
+        *self.last_resync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.recently_missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    /// Every hash under a prefix (sets sharing the key space are skipped).
+    async fn hashes(&self, prefix: &str) -> StoreResult<Vec<(String, HashMap<String, String>)>> {
+        let keys = self.store.keys_with_prefix(prefix).await?;
+        let types = self.store.key_types(&keys).await?;
+        let keys: Vec<String> = keys
+            .into_iter()
+            .zip(types)
+            .filter(|(_, t)| *t == KeyType::Hash)
+            .map(|(k, _)| k)
+            .collect();
+        let values = self.store.hgetall_many(&keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(values)
+            .filter(|(_, h)| !h.is_empty())
+            .collect())
+    }
+
+    /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
+    pub async fn refresh(&self, entity: &str) -> StoreResult<()> {
+        let Some((kind, id)) = entity.split_once(':') else {
+            return Ok(());
+        };
+        match kind {
+            "user" => {
+                let h = self.store.hgetall(&self.layout.user(id)).await?;
+                let mut t = self.write();
+                t.usernames.retain(|_, v| &**v != id);
+                if h.is_empty() {
+                    t.users.remove(id);
+                } else {
+                    let (entry, username) = user_entry(id, &h);
+                    if let Some(u) = username {
+                        t.usernames.insert(u.into(), entry.consumer.id.clone());
+                    }
+                    t.users.insert(id.into(), entry);
+                }
+            }
+            "app" => {
+                let h = self.store.hgetall(&self.layout.app(id)).await?;
+                let mut t = self.write();
+                if h.is_empty() {
+                    t.apps.remove(id);
+                } else {
+                    t.apps.insert(id.into(), app_entry(id, &h));
+                }
+            }
+            "username" => {
+                let ids = self.store.smembers(&self.layout.username(id)).await?;
+                if let Some(uid) = ids.first() {
+                    return Box::pin(self.refresh(&format!("user:{uid}"))).await;
+                }
+            }
+            other => {
+                let Some(ty) = CredentialType::parse(other) else {
+                    return Ok(());
+                };
+                let key = self.layout.credential(ty, id);
+                let h = if self.store.key_type(&key).await? == KeyType::Hash {
+                    self.store.hgetall(&key).await?
+                } else {
+                    HashMap::new()
+                };
+                let mut t = self.write();
+                match ty {
+                    CredentialType::KeyAuth | CredentialType::Jwt => {
+                        let table = if ty == CredentialType::KeyAuth {
+                            &mut t.key_auth
+                        } else {
+                            &mut t.jwt
+                        };
+                        match keyed_credential(&h) {
+                            Some(c) => table.insert(id.into(), c),
+                            None => table.remove(id),
+                        };
+                    }
+                    CredentialType::BasicAuth => {
+                        match password_credential(&h, ty) {
+                            Some(c) => t.basic.insert(id.into(), c),
+                            None => t.basic.remove(id),
+                        };
+                    }
+                    CredentialType::Oauth2 => {}
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`.
+    pub fn start(self: &Arc<Self>, runtime: &tokio::runtime::Handle, resync_every: Duration) {
+        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime.clone());
+        *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
+        let cache = self.clone();
+        runtime.spawn(async move {
+            let channel = cache.layout.invalidation_channel();
+            let mut messages = loop {
+                match cache.store.subscribe(&channel).await {
+                    Ok(rx) => break rx,
+                    Err(e) => {
+                        log::warn!("consumer cache: cannot follow changes yet: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let mut ticker = tokio::time::interval(resync_every);
+            loop {
+                tokio::select! {
+                    msg = messages.recv() => match msg {
+                        Ok(entity) => {
+                            if let Err(e) = cache.refresh(&entity).await {
+                                log::warn!("consumer cache: cannot refresh {entity}: {e}");
+                            }
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                            if let Err(e) = cache.load().await {
+                                log::warn!("consumer cache: resync failed: {e}");
+                            }
+                        }
+                        Err(_) => break,
+                    },
+                    _ = ticker.tick() => {
+                        if let Err(e) = cache.load().await {
+                            log::warn!("consumer cache: resync failed (serving what is cached): {e}");
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// Looks an unknown entity up in the background, at most once per [`NEGATIVE_TTL`].
+    fn lookup_later(&self, entity: String) {
+        let Some(rt) = self
+            .runtime
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        else {
+            return;
+        };
+        {
+            let mut missed = self
+                .recently_missed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            if missed
+                .get(&entity)
+                .is_some_and(|t| now.duration_since(*t) < NEGATIVE_TTL)
+            {
+                return;
+            }
+            if missed.len() >= MAX_NEGATIVE {
+                missed.retain(|_, t| now.duration_since(*t) < NEGATIVE_TTL);
+                if missed.len() >= MAX_NEGATIVE {
+                    return; // a flood: wait for the periodic resync
+                }
+            }
+            missed.insert(entity.clone(), now);
+        }
+        let Some(cache) = self.me.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else {
+            return;
+        };
+        rt.spawn(async move {
+            if let Err(e) = cache.refresh(&entity).await {
+                log::debug!("consumer cache: lookup of {entity} failed: {e}");
+            }
+        });
+    }
+
+    /// EG's `validateConsumer`: an active app, else an active user, else (when allowed) the
+    /// active user with that username.
+    fn resolve(&self, t: &Tables, id: &str, by_username: bool) -> Option<Consumer> {
+        if let Some(app) = t.apps.get(id).filter(|a| a.active) {
+            return Some(app.consumer.clone());
+        }
+        if let Some(user) = t.users.get(id).filter(|u| u.active) {
+            return Some(user.consumer.clone());
+        }
+        if by_username {
+            let uid = t.usernames.get(id)?;
+            return t
+                .users
+                .get(&**uid)
+                .filter(|u| u.active)
+                .map(|u| u.consumer.clone());
+        }
+        None
+    }
+
+    fn hit(&self, found: bool) {
+        let c = if found {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// key-auth: the secret must match (constant time), credential and consumer be active, and
+    /// the credential hold every scope the endpoint requires.
+    pub fn key_auth(
+        &self,
+        key_id: &str,
+        secret: &str,
+        endpoint_scopes: &[String],
+    ) -> KeyAuthResult {
+        let t = self.read();
+        let Some(cred) = t.key_auth.get(key_id) else {
+            drop(t);
+            self.hit(false);
+            self.lookup_later(format!("key-auth:{key_id}"));
+            return KeyAuthResult::Unauthorized;
+        };
+        self.hit(true);
+        let secret_ok: bool = cred.secret.as_bytes().ct_eq(secret.as_bytes()).into();
+        if !secret_ok || !cred.active {
+            return KeyAuthResult::Unauthorized;
+        }
+        let Some(consumer) = self.resolve(&t, &cred.consumer_id, true) else {
+            return KeyAuthResult::Unauthorized;
+        };
+        if !endpoint_scopes.is_empty() && !has_all(cred.scopes.as_deref(), endpoint_scopes) {
+            return KeyAuthResult::Forbidden;
+        }
+        KeyAuthResult::Ok(consumer)
+    }
+
+    /// jwt with `checkCredentialExistence`: `sub` names an active jwt credential of an active
+    /// consumer.
+    pub fn jwt_subject(&self, sub: &str) -> Option<Consumer> {
+        let t = self.read();
+        let Some(cred) = t.jwt.get(sub) else {
+            drop(t);
+            self.hit(false);
+            self.lookup_later(format!("jwt:{sub}"));
+            return None;
+        };
+        self.hit(true);
+        if !cred.active {
+            return None;
+        }
+        self.resolve(&t, &cred.consumer_id, false)
+    }
+
+    /// Whether a jwt credential is still there and active (for cached tokens).
+    pub fn jwt_still_valid(&self, sub: &str) -> bool {
+        self.jwt_subject(sub).is_some()
+    }
+
+    /// basic-auth: `user_id` is an app id, a user id or a username; the password is checked
+    /// with bcrypt once, then remembered (keyed by the stored hash, so a new password forgets it).
+    pub fn basic(
+        &self,
+        user_id: &str,
+        password: &str,
+        endpoint_scopes: &[String],
+    ) -> Option<Consumer> {
+        let (consumer, hash) = {
+            let t = self.read();
+            let Some(consumer) = self.resolve(&t, user_id, true) else {
+                drop(t);
+                self.hit(false);
+                self.lookup_later(format!("username:{user_id}"));
+                self.lookup_later(format!("user:{user_id}"));
+                self.lookup_later(format!("app:{user_id}"));
+                return None;
+            };
+            let Some(cred) = t.basic.get(&*consumer.id) else {
+                drop(t);
+                self.hit(false);
+                self.lookup_later(format!("basic-auth:{}", consumer.id));
+                return None;
+            };
+            self.hit(true);
+            if !cred.active
+                || (!endpoint_scopes.is_empty()
+                    && !has_all(cred.scopes.as_deref(), endpoint_scopes))
+            {
+                return None;
+            }
+            (consumer, cred.hash.clone())
+        };
+        let mut digest = Sha256::new();
+        digest.update(consumer.id.as_bytes());
+        digest.update([0]);
+        digest.update(hash.as_bytes());
+        digest.update([0]);
+        digest.update(password.as_bytes());
+        let memo: [u8; 32] = digest.finalize().into();
+        if self
+            .verified_passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&memo)
+        {
+            return Some(consumer);
+        }
+        if !bcrypt::verify(password, &hash).unwrap_or(false) {
+            return None;
+        }
+        let mut verified = self
+            .verified_passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED_PASSWORDS {
+            verified.clear();
+        }
+        verified.insert(memo);
+        Some(consumer)
+    }
+}
+
+fn has_all(held: Option<&[String]>, required: &[String]) -> bool {
+    let held = held.unwrap_or(&[]);
+    required.iter().all(|r| held.contains(r))
+}
+
+fn user_entry(id: &str, h: &HashMap<String, String>) -> (ConsumerEntry, Option<String>) {
+    let entry = ConsumerEntry {
+        active: h.get("isActive").map(String::as_str) == Some("true"),
+        consumer: Consumer {
+            id: Arc::from(id),
+            scopes: Arc::from(model::app_scopes(h)),
+        },
+    };
+    (entry, h.get("username").cloned())
+}
+
+fn app_entry(id: &str, h: &HashMap<String, String>) -> ConsumerEntry {
+    ConsumerEntry {
+        active: h.get("isActive").map(String::as_str) == Some("true"),
+        consumer: Consumer {
+            id: Arc::from(id),
+            scopes: Arc::from(model::app_scopes(h)),
+        },
+    }
+}
+
+fn keyed_credential(h: &HashMap<String, String>) -> Option<KeyedCredential> {
+    Some(KeyedCredential {
+        secret: h.get("keySecret").cloned().unwrap_or_default().into(),
+        consumer_id: Arc::from(h.get("consumerId")?.as_str()),
+        active: h.get("isActive").map(String::as_str) == Some("true"),
+        scopes: scopes_arc(model::credential_scopes(h)),
+    })
+}
+
+fn password_credential(
+    h: &HashMap<String, String>,
+    ty: CredentialType,
+) -> Option<PasswordCredential> {
+    Some(PasswordCredential {
+        hash: h.get(ty.password_field())?.clone().into(),
+        active: h.get("isActive").map(String::as_str) == Some("true"),
+        scopes: scopes_arc(model::credential_scopes(h)),
+    })
+}

@@ -1,0 +1,345 @@
+//! `jwt`: a token from the Authorization header (Bearer, or a named scheme), another header, or
+//! a query parameter, verified with the policy's key: HS256/384/512 with a secret, RS256/384/512,
+//! ES256/384 or EdDSA with a PEM public key. The key decides the algorithm family, so `alg: none`
+//! and RS/HS confusion are refused. `exp` and `nbf` are enforced (5 s leeway), `audience` and
+//! `issuer` when set. With `checkCredentialExistence`, `sub` must name an active jwt credential
+//! of an active consumer (the credential's keySecret is not used, as in EG).
+//!
+//! Verified tokens are remembered (bounded), so a map client sending the same token for every
+//! tile pays for one signature check; a remembered token still honours `exp` and revocation.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use super::auth_common::{fail, query_param, succeed};
+use crate::consumers::cache::ConsumerCache;
+use crate::pipeline::context::Consumer;
+use crate::pipeline::{Exchange, Outcome, Policy, Request};
+
+/// Seconds of clock skew allowed on `exp` and `nbf`.
+const LEEWAY: u64 = 5;
+/// Verified tokens remembered at most (the oldest half is dropped past this).
+const MAX_REMEMBERED: usize = 20_000;
+/// Longest token accepted.
+const MAX_TOKEN: usize = 16 * 1024;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Params {
+    secret_or_public_key: Option<String>,
+    secret_or_public_key_file: Option<String>,
+    #[serde(default = "default_extractor")]
+    jwt_extractor: String,
+    jwt_extractor_field: Option<String>,
+    audience: Option<AudienceParam>,
+    issuer: Option<String>,
+    algorithms: Option<Vec<String>>,
+    #[serde(default = "yes")]
+    check_credential_existence: bool,
+    #[serde(default)]
+    pass_through: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub enum AudienceParam {
+    One(String),
+    Many(Vec<String>),
+}
+
+fn default_extractor() -> String {
+    "authBearer".into()
+}
+fn yes() -> bool {
+    true
+}
+
+enum Extractor {
+    Bearer,
+    Scheme(String),
+    Header(http::header::HeaderName),
+    Query(String),
+}
+
+/// What a verified token said that matters later.
+#[derive(Clone)]
+struct Verified {
+    sub: Option<Arc<str>>,
+    id: Option<Arc<str>>,
+    scopes: Arc<[String]>,
+    exp: Option<u64>,
+    nbf: Option<u64>,
+}
+
+pub struct Jwt {
+    key: DecodingKey,
+    validation: Validation,
+    extractor: Extractor,
+    check_credential: bool,
+    pass_through: bool,
+    cache: Arc<ConsumerCache>,
+    remembered: RwLock<HashMap<Box<str>, Verified>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn algorithm(name: &str) -> Option<Algorithm> {
+    Some(match name {
+        "HS256" => Algorithm::HS256,
+        "HS384" => Algorithm::HS384,
+        "HS512" => Algorithm::HS512,
+        "RS256" => Algorithm::RS256,
+        "RS384" => Algorithm::RS384,
+        "RS512" => Algorithm::RS512,
+        "PS256" => Algorithm::PS256,
+        "PS384" => Algorithm::PS384,
+        "PS512" => Algorithm::PS512,
+        "ES256" => Algorithm::ES256,
+        "ES384" => Algorithm::ES384,
+        "EdDSA" => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// The key and the algorithms its kind allows.
+fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String> {
+    use Algorithm::*;
+    if !material.contains("-----BEGIN") {
+        if material.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        return Ok((
+            DecodingKey::from_secret(material.as_bytes()),
+            vec![HS256, HS384, HS512],
+        ));
+    }
+    let pem = material.as_bytes();
+    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
+        return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512]));
+    }
+    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        return Ok((k, vec![ES256, ES384]));
+    }
+    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
+        return Ok((k, vec![EdDSA]));
+    }
+    Err("the PEM is not an RSA, EC or Ed25519 public key".into())
+}
+
+impl Jwt {
+    pub fn build(p: Params, config_dir: &Path, cache: &Arc<ConsumerCache>) -> Result<Jwt, String> {
+        let material = match (&p.secret_or_public_key, &p.secret_or_public_key_file) {
+            (Some(s), None) => s.clone(),
+            (None, Some(f)) => {
+                let path = Path::new(f);
+                let path = if path.is_relative() && config_dir.join(path).is_file() {
+                    config_dir.join(path)
+                } else {
+                    path.to_path_buf()
+                };
+                std::fs::read_to_string(&path).map_err(|e| {
+                    format!(
+                        "cannot read `secretOrPublicKeyFile` {}: {e}",
+                        path.display()
+                    )
+                })?
+            }
+            (Some(_), Some(_)) => {
+                return Err("give `secretOrPublicKey` or `secretOrPublicKeyFile`, not both".into())
+            }
+            (None, None) => {
+                return Err("needs `secretOrPublicKey` or `secretOrPublicKeyFile`".into())
+            }
+        };
+        let (key, family) = decoding_key(&material)?;
+        let algorithms = match &p.algorithms {
+            None => family.clone(),
+            Some(names) => {
+                let mut algs = Vec::new();
+                for n in names {
+                    let a = algorithm(n).ok_or_else(|| format!("unknown algorithm `{n}`"))?;
+                    if !family.contains(&a) {
+                        return Err(format!(
+                            "algorithm `{n}` does not fit the key (a {} key)",
+                            if family.contains(&Algorithm::HS256) {
+                                "secret"
+                            } else {
+                                "public"
+                            }
+                        ));
+                    }
+                    algs.push(a);
+                }
+                algs
+            }
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = LEEWAY;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.required_spec_claims.clear();
+        match &p.audience {
+            Some(AudienceParam::One(a)) => validation.set_audience(&[a]),
+            Some(AudienceParam::Many(list)) => validation.set_audience(list),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &p.issuer {
+            validation.set_issuer(&[iss]);
+        }
+        let field = p.jwt_extractor_field.clone();
+        let extractor = match p.jwt_extractor.as_str() {
+            "authBearer" => Extractor::Bearer,
+            "authScheme" => Extractor::Scheme(
+                field.ok_or("`jwtExtractor: authScheme` needs `jwtExtractorField` (the scheme)")?,
+            ),
+            "header" => Extractor::Header(
+                http::header::HeaderName::from_bytes(
+                    field
+                        .ok_or("`jwtExtractor: header` needs `jwtExtractorField`")?
+                        .to_ascii_lowercase()
+                        .as_bytes(),
+                )
+                .map_err(|_| "`jwtExtractorField` is not a valid header name".to_string())?,
+            ),
+            "query" => {
+                Extractor::Query(field.ok_or("`jwtExtractor: query` needs `jwtExtractorField`")?)
+            }
+            other => {
+                return Err(format!(
+                    "unknown jwtExtractor `{other}` (authBearer, authScheme, header, query)"
+                ))
+            }
+        };
+        Ok(Jwt {
+            key,
+            validation,
+            extractor,
+            check_credential: p.check_credential_existence,
+            pass_through: p.pass_through,
+            cache: cache.clone(),
+            remembered: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn token(&self, req: &Request<'_>) -> Option<String> {
+        let from_scheme = |scheme: &str| {
+            let value = req.header("authorization")?;
+            let mut parts = value.split_whitespace();
+            let (s, t) = (parts.next()?, parts.next()?);
+            s.eq_ignore_ascii_case(scheme).then(|| t.to_string())
+        };
+        match &self.extractor {
+            Extractor::Bearer => from_scheme("bearer"),
+            Extractor::Scheme(s) => from_scheme(s),
+            Extractor::Header(h) => req
+                .headers
+                .get(h)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            Extractor::Query(q) => query_param(req.query, q),
+        }
+    }
+
+    /// Verifies the signature and claims, or finds the token already verified.
+    fn verify(&self, token: &str) -> Option<Verified> {
+        let t = now();
+        let fresh = |v: &Verified| {
+            v.exp.is_none_or(|e| t <= e + LEEWAY) && v.nbf.is_none_or(|n| n <= t + LEEWAY)
+        };
+        if let Some(v) = self
+            .remembered
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(token)
+        {
+            return fresh(v).then(|| v.clone());
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &self.key,
+            &self.validation,
+        )
+        .ok()?;
+        let claims = data.claims;
+        let text = |k: &str| -> Option<Arc<str>> {
+            match claims.get(k)? {
+                serde_json::Value::String(s) => Some(Arc::from(s.as_str())),
+                serde_json::Value::Number(n) => Some(Arc::from(n.to_string().as_str())),
+                _ => None,
+            }
+        };
+        let scopes: Vec<String> = match claims.get("scopes") {
+            Some(serde_json::Value::String(s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Some(serde_json::Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let verified = Verified {
+            sub: text("sub"),
+            id: text("id"),
+            scopes: Arc::from(scopes),
+            exp: claims.get("exp").and_then(serde_json::Value::as_u64),
+            nbf: claims.get("nbf").and_then(serde_json::Value::as_u64),
+        };
+        let mut remembered = self.remembered.write().unwrap_or_else(|p| p.into_inner());
+        if remembered.len() >= MAX_REMEMBERED {
+            // Drop expired ones, then (if still full) everything: a simple bound.
+            remembered.retain(|_, v| v.exp.is_some_and(|e| t <= e + LEEWAY));
+            if remembered.len() >= MAX_REMEMBERED {
+                remembered.clear();
+            }
+        }
+        remembered.insert(token.into(), verified.clone());
+        Some(verified)
+    }
+}
+
+impl Policy for Jwt {
+    fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        let Some(token) = self
+            .token(req)
+            .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
+        else {
+            return fail(x, self.pass_through, 401);
+        };
+        let Some(v) = self.verify(&token) else {
+            return fail(x, self.pass_through, 401);
+        };
+        if !self.check_credential {
+            // The token itself is the consumer, as in EG.
+            let consumer = Consumer {
+                id: v.id.clone().unwrap_or_else(|| Arc::from("")),
+                scopes: v.scopes.clone(),
+            };
+            if consumer.id.is_empty() {
+                x.consumer = Some(consumer);
+                return Outcome::Continue;
+            }
+            return succeed(x, consumer);
+        }
+        let Some(sub) = v.sub.as_deref() else {
+            return fail(x, self.pass_through, 401);
+        };
+        match self.cache.jwt_subject(sub) {
+            Some(consumer) => succeed(x, consumer),
+            None => fail(x, self.pass_through, 401),
+        }
+    }
+}
