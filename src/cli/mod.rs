@@ -1,4 +1,9 @@
-//! The command line: `serve` and `check`.
+//! The command line: `serve`, `check`, consumer management over the Admin API (`users`, `apps`,
+//! `scopes`, `credentials`), and `populate` / `clean`.
+
+pub mod admin_client;
+pub mod consumers;
+pub mod populate;
 
 use std::path::PathBuf;
 
@@ -24,6 +29,55 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check a config directory: exit 0 when valid, 2 with `file:line:column: reason` lines when not.
     Check(ConfigArg),
+    /// Manage users.
+    Users(ClientCmd<consumers::UsersCmd>),
+    /// Manage applications.
+    Apps(ClientCmd<consumers::AppsCmd>),
+    /// Manage scopes.
+    Scopes(ClientCmd<consumers::ScopesCmd>),
+    /// Manage credentials.
+    Credentials(ClientCmd<consumers::CredentialsCmd>),
+    /// Make the consumer store equal a consumers file (Kargo's format), in one change.
+    Populate(populate::PopulateArgs),
+    /// Remove what a consumers file created: its users (with apps and credentials) and scopes.
+    Clean(populate::PopulateArgs),
+}
+
+/// Where the Admin API is, for the commands that use it.
+#[derive(Args)]
+pub struct ClientArgs {
+    /// The config directory, to find the Admin API (system `cli.url`, else admin host and port).
+    #[arg(long, global = true, env = "EG_CONFIG_DIR", default_value = "conf")]
+    pub config: PathBuf,
+    /// The Admin API URL.
+    #[arg(long, global = true, env = "EG_ADMIN_URL")]
+    pub admin_url: Option<String>,
+    /// Bearer token for the Admin API.
+    #[arg(
+        long,
+        global = true,
+        env = "TOLLGATE_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
+}
+
+impl ClientArgs {
+    pub fn client(&self) -> admin_client::AdminClient {
+        admin_client::AdminClient::locate(
+            &self.config,
+            self.admin_url.as_deref(),
+            self.admin_token.clone(),
+        )
+    }
+}
+
+#[derive(Args)]
+pub struct ClientCmd<T: Subcommand> {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: T,
 }
 
 #[derive(Args)]
@@ -82,6 +136,23 @@ pub fn run(cli: Cli) -> i32 {
             }
         }
         Command::Check(args) => check(&args.config),
+        Command::Users(c) => finish(consumers::users(&c.client.client(), c.command)),
+        Command::Apps(c) => finish(consumers::apps(&c.client.client(), c.command)),
+        Command::Scopes(c) => finish(consumers::scopes(&c.client.client(), c.command)),
+        Command::Credentials(c) => finish(consumers::credentials(&c.client.client(), c.command)),
+        Command::Populate(args) => finish(populate::run(&args, populate::Action::Populate)),
+        Command::Clean(args) => finish(populate::run(&args, populate::Action::Clean)),
+    }
+}
+
+/// Prints a failure as EG's CLI does, and gives the exit code.
+fn finish(result: consumers::Outcome) -> i32 {
+    match result {
+        Ok(()) => 0,
+        Err(why) => {
+            eprintln!("✖ {why}");
+            1
+        }
     }
 }
 

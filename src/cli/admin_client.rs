@@ -1,0 +1,121 @@
+//! The CLI's side of the Admin API: where it is (`EG_ADMIN_URL`, else the system config's
+//! `cli.url`, else the gateway config's admin host and port) and plain HTTP calls to it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config;
+
+pub struct AdminClient {
+    pub base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+/// An answer of the Admin API.
+pub struct Answer {
+    pub status: u16,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or(Value::Null)
+    }
+
+    pub fn ok(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+}
+
+/// Why the Admin API could not be asked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the Admin API at {url}: {reason} (is `tollgate serve` running? set EG_ADMIN_URL to point elsewhere)")]
+pub struct Unreachable {
+    pub url: String,
+    pub reason: String,
+}
+
+impl AdminClient {
+    /// Finds the Admin API for a config directory.
+    pub fn locate(config_dir: &Path, explicit: Option<&str>, token: Option<String>) -> AdminClient {
+        let from_config = || -> Option<String> {
+            let loaded = config::load_dir(config_dir).ok()?;
+            if let Some(url) = loaded.system.cli_url.filter(|u| !u.is_empty()) {
+                return Some(url);
+            }
+            let admin = loaded.gateway.admin?;
+            let host = match admin.host.as_deref() {
+                None | Some("") | Some("0.0.0.0") => "localhost".to_string(),
+                Some(h) => h.to_string(),
+            };
+            Some(format!("http://{host}:{}", admin.port))
+        };
+        let base = explicit
+            .map(str::to_string)
+            .or_else(from_config)
+            .unwrap_or_else(|| "http://localhost:9876".into());
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(120)))
+            .timeout_connect(Some(Duration::from_secs(5)))
+            .build()
+            .into();
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            agent,
+        }
+    }
+
+    /// Sends a request; `body` is JSON when given.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Answer, Unreachable> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: ureq::Error| Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        };
+        let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        let text = body.map(Value::to_string);
+        let result = match method {
+            "GET" | "DELETE" => {
+                let mut req = if method == "GET" {
+                    self.agent.get(&url)
+                } else {
+                    self.agent.delete(&url)
+                };
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                req.call()
+            }
+            _ => {
+                let mut req = if method == "POST" {
+                    self.agent.post(&url)
+                } else {
+                    self.agent.put(&url)
+                };
+                if let Some(a) = &auth {
+                    req = req.header("Authorization", a);
+                }
+                match &text {
+                    Some(t) => req
+                        .header("Content-Type", "application/json")
+                        .send(t.as_str()),
+                    None => req.send_empty(),
+                }
+            }
+        };
+        let mut resp = result.map_err(unreachable)?;
+        let status = resp.status().as_u16();
+        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        Ok(Answer { status, body })
+    }
+}

@@ -1,0 +1,619 @@
+//! `tollgate users|apps|scopes|credentials ...`: EG's CLI over the Admin API. Output is EG's:
+//! objects as indented JSON on stdout, `✔ ...` confirmations and `✖ ...` errors on stderr; unlike
+//! EG, a failure exits with status 1.
+
+use std::io::Read;
+
+use clap::{Args, Subcommand};
+use serde_json::{Map, Value};
+
+use super::admin_client::{AdminClient, Answer};
+
+#[derive(Args)]
+pub struct Props {
+    /// A property `key=value` (repeatable); values that parse as JSON are sent as JSON.
+    #[arg(short = 'p', long = "property", value_name = "KEY=VALUE")]
+    pub props: Vec<String>,
+    /// Read the properties as a JSON object from standard input.
+    #[arg(long)]
+    pub stdin: bool,
+}
+
+#[derive(Subcommand)]
+pub enum UsersCmd {
+    /// List users.
+    List(Quiet),
+    /// Show one user (by username or id).
+    Info(OneQuiet),
+    /// Create a user.
+    Create(CreateUser),
+    /// Change a user's properties.
+    Update(Update),
+    /// Activate users.
+    Activate(Many),
+    /// Deactivate users (and their applications).
+    Deactivate(Many),
+    /// Remove users with their applications and credentials.
+    Remove(Many),
+}
+
+#[derive(Subcommand)]
+pub enum AppsCmd {
+    /// List applications.
+    List(Quiet),
+    /// Show one application (by id or name).
+    Info(OneQuiet),
+    /// Create an application for a user.
+    Create(CreateApp),
+    /// Change an application's properties.
+    Update(Update),
+    /// Activate applications.
+    Activate(Many),
+    /// Deactivate applications.
+    Deactivate(Many),
+    /// Remove applications with their credentials.
+    Remove(Many),
+}
+
+#[derive(Subcommand)]
+pub enum ScopesCmd {
+    /// List scopes.
+    List(Quiet),
+    /// Show one scope.
+    Info(OneQuiet),
+    /// Create scopes.
+    Create(Many),
+    /// Remove scopes (and take them from every credential).
+    Remove(Many),
+}
+
+#[derive(Subcommand)]
+pub enum CredentialsCmd {
+    /// List credentials (every consumer's, or one consumer's with -c).
+    List(ListCredentials),
+    /// Show one credential.
+    Info(OneCredential),
+    /// Create a credential for a consumer (user or application).
+    Create(CreateCredential),
+    /// Activate a credential.
+    Activate(OneCredential),
+    /// Deactivate a credential.
+    Deactivate(OneCredential),
+    /// Remove a credential.
+    Remove(OneCredential),
+    /// Add, remove or set a credential's scopes.
+    #[command(subcommand)]
+    Scopes(CredentialScopesCmd),
+}
+
+#[derive(Subcommand)]
+pub enum CredentialScopesCmd {
+    Add(CredentialScopes),
+    Remove(CredentialScopes),
+    Set(CredentialScopes),
+}
+
+#[derive(Args)]
+pub struct Quiet {
+    /// Print only names or ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct OneQuiet {
+    pub id: String,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct Many {
+    #[arg(required = true)]
+    pub ids: Vec<String>,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct Update {
+    pub id: String,
+    #[command(flatten)]
+    pub props: Props,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct CreateUser {
+    #[command(flatten)]
+    pub props: Props,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct CreateApp {
+    /// The owning user (username or id).
+    #[arg(short = 'u', long = "user")]
+    pub user: String,
+    #[command(flatten)]
+    pub props: Props,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct ListCredentials {
+    /// Only this consumer's (user or application, by name or id).
+    #[arg(short = 'c', long = "consumer")]
+    pub consumer: Option<String>,
+    /// `active` (default), `archived` (inactive) or `all`.
+    #[arg(short = 'f', long = "filter", default_value = "active")]
+    pub filter: String,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct OneCredential {
+    /// keyId (key-auth, jwt) or consumer id (basic-auth, oauth2).
+    pub id: String,
+    #[arg(short = 't', long = "type")]
+    pub kind: String,
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct CreateCredential {
+    #[arg(short = 'c', long = "consumer")]
+    pub consumer: String,
+    /// key-auth, jwt, basic-auth or oauth2.
+    #[arg(short = 't', long = "type")]
+    pub kind: String,
+    #[command(flatten)]
+    pub props: Props,
+    /// Print only `keyId:keySecret` (or `consumerId:password`).
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args)]
+pub struct CredentialScopes {
+    pub id: String,
+    #[arg(short = 't', long = "type")]
+    pub kind: String,
+    pub scopes: Vec<String>,
+}
+
+/// Reports of a command run: what it printed and whether it failed.
+pub type Outcome = Result<(), String>;
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+fn failure(a: &Answer) -> String {
+    let text = a.body.trim();
+    if text.is_empty() || text == "{}" {
+        http::StatusCode::from_u16(a.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("error")
+            .to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+fn check(a: Answer) -> Result<Answer, String> {
+    if a.ok() {
+        Ok(a)
+    } else {
+        Err(failure(&a))
+    }
+}
+
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn props_object(p: &Props) -> Result<Map<String, Value>, String> {
+    let mut obj = if p.stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        match serde_json::from_str::<Value>(&text)
+            .map_err(|e| format!("standard input is not JSON: {e}"))?
+        {
+            Value::Object(o) => o,
+            _ => return Err("standard input must hold a JSON object".into()),
+        }
+    } else {
+        Map::new()
+    };
+    for kv in &p.props {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| format!("`{kv}` is not key=value"))?;
+        let value = match serde_json::from_str::<Value>(v) {
+            Ok(
+                j @ (Value::Array(_)
+                | Value::Object(_)
+                | Value::Bool(_)
+                | Value::Number(_)
+                | Value::Null),
+            ) => j,
+            _ => Value::String(v.to_string()),
+        };
+        obj.insert(k.to_string(), value);
+    }
+    Ok(obj)
+}
+
+/// Lists every page of `/users` or `/apps`.
+fn list_all(c: &AdminClient, route: &str, key: &str) -> Result<Vec<Value>, String> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    loop {
+        let a = check(
+            c.call("GET", &format!("/{route}?start={start}&count=1000"), None)
+                .map_err(|e| e.to_string())?,
+        )?;
+        let page = a.json();
+        out.extend(page[key].as_array().cloned().unwrap_or_default());
+        match page["nextKey"].as_u64() {
+            Some(n) if n > 0 => start = n,
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn call(c: &AdminClient, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, String> {
+    check(c.call(method, path, body).map_err(|e| e.to_string())?)
+}
+
+fn status_each(c: &AdminClient, route: &str, m: &Many, active: bool) -> Outcome {
+    let word = if active { "Activated" } else { "Deactivated" };
+    for id in &m.ids {
+        call(
+            c,
+            "PUT",
+            &format!("/{route}/{}/status", enc(id)),
+            Some(&serde_json::json!({ "status": active })),
+        )?;
+        if !m.quiet {
+            eprintln!("✔ {word} {id}");
+        }
+    }
+    Ok(())
+}
+
+fn remove_each(c: &AdminClient, route: &str, m: &Many) -> Outcome {
+    for id in &m.ids {
+        call(c, "DELETE", &format!("/{route}/{}", enc(id)), None)?;
+        if !m.quiet {
+            eprintln!("✔ Removed {id}");
+        }
+    }
+    Ok(())
+}
+
+pub fn users(c: &AdminClient, cmd: UsersCmd) -> Outcome {
+    match cmd {
+        UsersCmd::List(q) => {
+            let users = list_all(c, "users", "users")?;
+            if users.is_empty() && !q.quiet {
+                println!("You have no users");
+            }
+            for u in users {
+                if q.quiet {
+                    println!("{}", u["username"].as_str().unwrap_or(""));
+                } else {
+                    println!("{}", pretty(&u));
+                }
+            }
+            Ok(())
+        }
+        UsersCmd::Info(o) => {
+            let u = call(c, "GET", &format!("/users/{}", enc(&o.id)), None)?.json();
+            println!(
+                "{}",
+                if o.quiet {
+                    u["id"].as_str().unwrap_or("").to_string()
+                } else {
+                    pretty(&u)
+                }
+            );
+            Ok(())
+        }
+        UsersCmd::Create(cu) => {
+            let u = call(
+                c,
+                "POST",
+                "/users",
+                Some(&Value::Object(props_object(&cu.props)?)),
+            )?
+            .json();
+            let id = u["id"].as_str().unwrap_or("").to_string();
+            if cu.quiet {
+                println!("{id}");
+            } else {
+                println!("{}", pretty(&u));
+                eprintln!("✔ Created {id}");
+            }
+            Ok(())
+        }
+        UsersCmd::Update(up) => {
+            let u = call(
+                c,
+                "PUT",
+                &format!("/users/{}", enc(&up.id)),
+                Some(&Value::Object(props_object(&up.props)?)),
+            )?
+            .json();
+            if up.quiet {
+                println!("{}", u["id"].as_str().unwrap_or(""));
+            } else {
+                println!("{}", pretty(&u));
+                eprintln!("✔ Updated {}", up.id);
+            }
+            Ok(())
+        }
+        UsersCmd::Activate(m) => status_each(c, "users", &m, true),
+        UsersCmd::Deactivate(m) => status_each(c, "users", &m, false),
+        UsersCmd::Remove(m) => remove_each(c, "users", &m),
+    }
+}
+
+pub fn apps(c: &AdminClient, cmd: AppsCmd) -> Outcome {
+    match cmd {
+        AppsCmd::List(q) => {
+            let apps = list_all(c, "apps", "apps")?;
+            if apps.is_empty() && !q.quiet {
+                println!("You have no apps");
+            }
+            for a in apps {
+                if q.quiet {
+                    println!("{}", a["id"].as_str().unwrap_or(""));
+                } else {
+                    println!("{}", pretty(&a));
+                }
+            }
+            Ok(())
+        }
+        AppsCmd::Info(o) => {
+            let a = call(c, "GET", &format!("/apps/{}", enc(&o.id)), None)?.json();
+            println!(
+                "{}",
+                if o.quiet {
+                    a["id"].as_str().unwrap_or("").to_string()
+                } else {
+                    pretty(&a)
+                }
+            );
+            Ok(())
+        }
+        AppsCmd::Create(ca) => {
+            let mut body = props_object(&ca.props)?;
+            body.insert("userId".into(), Value::String(ca.user.clone()));
+            let a = call(c, "POST", "/apps", Some(&Value::Object(body)))?.json();
+            let id = a["id"].as_str().unwrap_or("").to_string();
+            if ca.quiet {
+                println!("{id}");
+            } else {
+                println!("{}", pretty(&a));
+                eprintln!("✔ Created {id}");
+            }
+            Ok(())
+        }
+        AppsCmd::Update(up) => {
+            let a = call(
+                c,
+                "PUT",
+                &format!("/apps/{}", enc(&up.id)),
+                Some(&Value::Object(props_object(&up.props)?)),
+            )?
+            .json();
+            if up.quiet {
+                println!("{}", a["id"].as_str().unwrap_or(""));
+            } else {
+                println!("{}", pretty(&a));
+                eprintln!("✔ Updated {}", up.id);
+            }
+            Ok(())
+        }
+        AppsCmd::Activate(m) => status_each(c, "apps", &m, true),
+        AppsCmd::Deactivate(m) => status_each(c, "apps", &m, false),
+        AppsCmd::Remove(m) => remove_each(c, "apps", &m),
+    }
+}
+
+pub fn scopes(c: &AdminClient, cmd: ScopesCmd) -> Outcome {
+    match cmd {
+        ScopesCmd::List(q) => {
+            let list = call(c, "GET", "/scopes", None)?.json();
+            let scopes = list["scopes"].as_array().cloned().unwrap_or_default();
+            if scopes.is_empty() && !q.quiet {
+                println!("You have no scopes");
+            }
+            for s in scopes {
+                println!("{}", s.as_str().unwrap_or(""));
+            }
+            Ok(())
+        }
+        ScopesCmd::Info(o) => {
+            let s = call(c, "GET", &format!("/scopes/{}", enc(&o.id)), None)?.json();
+            println!(
+                "{}",
+                if o.quiet {
+                    s["scope"].as_str().unwrap_or("").to_string()
+                } else {
+                    pretty(&s)
+                }
+            );
+            Ok(())
+        }
+        ScopesCmd::Create(m) => {
+            call(
+                c,
+                "POST",
+                "/scopes",
+                Some(&serde_json::json!({ "scopes": m.ids })),
+            )?;
+            if !m.quiet {
+                eprintln!("✔ Created {}", m.ids.join(","));
+            }
+            Ok(())
+        }
+        ScopesCmd::Remove(m) => remove_each(c, "scopes", &m),
+    }
+}
+
+pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
+    match cmd {
+        CredentialsCmd::List(l) => {
+            let path = match &l.consumer {
+                Some(id) => format!("/credentials/{}", enc(id)),
+                None => "/credentials".to_string(),
+            };
+            let answer = c.call("GET", &path, None).map_err(|e| e.to_string())?;
+            if answer.status == 404 {
+                return Err(format!(
+                    "Consumer {} not found",
+                    l.consumer.as_deref().unwrap_or("")
+                ));
+            }
+            let creds = check(answer)?.json()["credentials"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let wanted: Vec<&Value> = creds
+                .iter()
+                .filter(|cr| match l.filter.as_str() {
+                    "archived" => cr["isActive"] == Value::Bool(false),
+                    "all" => true,
+                    _ => cr["isActive"] == Value::Bool(true),
+                })
+                .collect();
+            if wanted.is_empty() {
+                return Err(format!(
+                    "Consumer {} has no credentials",
+                    l.consumer.as_deref().unwrap_or("undefined")
+                ));
+            }
+            for cr in wanted {
+                if l.quiet {
+                    println!(
+                        "{}",
+                        cr["keyId"].as_str().or(cr["id"].as_str()).unwrap_or("")
+                    );
+                } else {
+                    println!("{}", pretty(cr));
+                }
+            }
+            Ok(())
+        }
+        CredentialsCmd::Info(o) => {
+            let cr = call(
+                c,
+                "GET",
+                &format!("/credentials/{}/{}", enc(&o.kind), enc(&o.id)),
+                None,
+            )?
+            .json();
+            if cr.is_null() {
+                return Err(format!("No {} credential {}", o.kind, o.id));
+            }
+            println!("{}", pretty(&cr));
+            Ok(())
+        }
+        CredentialsCmd::Create(cc) => {
+            let body = serde_json::json!({
+                "consumerId": cc.consumer,
+                "type": cc.kind,
+                "credential": Value::Object(props_object(&cc.props)?),
+            });
+            let cr = call(c, "POST", "/credentials", Some(&body))?.json();
+            let id = cr["keyId"]
+                .as_str()
+                .or(cr["id"].as_str())
+                .unwrap_or("")
+                .to_string();
+            if cc.quiet {
+                if cr["keyId"].is_string() {
+                    println!("{}:{}", id, cr["keySecret"].as_str().unwrap_or(""));
+                } else {
+                    let secret = cr["password"].as_str().or(cr["secret"].as_str());
+                    match secret {
+                        Some(s) => println!("{id}:{s}"),
+                        None => println!("{id}"),
+                    }
+                }
+            } else {
+                println!("{}", pretty(&cr));
+                eprintln!("✔ Created {id}");
+            }
+            Ok(())
+        }
+        CredentialsCmd::Activate(o) => credential_status(c, &o, true),
+        CredentialsCmd::Deactivate(o) => credential_status(c, &o, false),
+        CredentialsCmd::Remove(o) => {
+            call(
+                c,
+                "DELETE",
+                &format!("/credentials/{}/{}", enc(&o.kind), enc(&o.id)),
+                None,
+            )?;
+            if !o.quiet {
+                eprintln!("✔ Removed {}", o.id);
+            }
+            Ok(())
+        }
+        CredentialsCmd::Scopes(sc) => {
+            let (verb, s) = match sc {
+                CredentialScopesCmd::Add(s) => ("add", s),
+                CredentialScopesCmd::Remove(s) => ("remove", s),
+                CredentialScopesCmd::Set(s) => ("set", s),
+            };
+            let base = format!("/credentials/{}/{}/scopes", enc(&s.kind), enc(&s.id));
+            match verb {
+                "set" => {
+                    call(
+                        c,
+                        "PUT",
+                        &base,
+                        Some(&serde_json::json!({ "scopes": s.scopes })),
+                    )?;
+                }
+                _ => {
+                    for scope in &s.scopes {
+                        let method = if verb == "add" { "PUT" } else { "DELETE" };
+                        call(c, method, &format!("{base}/{}", enc(scope)), None)?;
+                    }
+                }
+            }
+            eprintln!("✔ Scopes of {} updated", s.id);
+            Ok(())
+        }
+    }
+}
+
+fn credential_status(c: &AdminClient, o: &OneCredential, active: bool) -> Outcome {
+    call(
+        c,
+        "PUT",
+        &format!("/credentials/{}/{}/status", enc(&o.kind), enc(&o.id)),
+        Some(&serde_json::json!({ "status": active })),
+    )?;
+    if !o.quiet {
+        eprintln!(
+            "✔ {} {}",
+            if active { "Activated" } else { "Deactivated" },
+            o.id
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `tollgate populate [FILE]` and `tollgate clean [FILE]`: through the running gateway's Admin
+//! API when one answers, else directly on the configured store.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::ClientArgs;
+use crate::config;
+use crate::consumers::populate::{self as ops, ConsumersFile};
+use crate::consumers::setup::ConsumerLayer;
+
+#[derive(Args)]
+pub struct PopulateArgs {
+    /// The consumers file (default: DIR/consumers.config.json).
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The embedded store's directory, when no gateway is running (default: DIR/data).
+    #[arg(long, env = "TOLLGATE_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Populate,
+    Clean,
+}
+
+pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
+    let dir = &args.client.config;
+    let path = args
+        .file
+        .clone()
+        .unwrap_or_else(|| dir.join("consumers.config.json"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let file = ConsumersFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let body: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let route = if action == Action::Populate {
+        "/tollgate/populate"
+    } else {
+        "/tollgate/clean"
+    };
+    let client = args.client.client();
+    match client.call("POST", route, Some(&body)) {
+        Ok(answer) if answer.ok() => {
+            let r = answer.json();
+            eprintln!(
+                "✔ {}: {} created, {} removed, {} unchanged (through {})",
+                path.display(),
+                r["created"],
+                r["removed"],
+                r["unchanged"],
+                client.base
+            );
+            Ok(())
+        }
+        Ok(answer) => Err(answer.body),
+        Err(_) => {
+            // No gateway answers: work on the store directly.
+            let loaded = config::load_dir(dir).map_err(|e| e.to_string())?;
+            let data_dir = args.data_dir.clone().unwrap_or_else(|| dir.join("data"));
+            let layer = ConsumerLayer::open(&loaded.system, dir, &data_dir)
+                .map_err(|e| format!("{e:#}"))?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            let report = rt
+                .block_on(async {
+                    if action == Action::Populate {
+                        ops::populate(&layer.service, &file).await
+                    } else {
+                        ops::clean(&layer.service, &file).await
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+            eprintln!(
+                "✔ {}: {report} (in {})",
+                path.display(),
+                layer.store.describe()
+            );
+            Ok(())
+        }
+    }
+}
