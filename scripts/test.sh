@@ -3,5 +3,5 @@
 # which start the real binary against real upstreams on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+scripts/install-deps.sh redis-server
 cargo test --locked --all-targets "$@"

@@ -22,6 +22,8 @@ use crate::upstream::{ServiceEndpoint, UpstreamTarget};
 pub struct Shared {
     pub counters: Arc<Counters>,
     pub consumers: Arc<ConsumerCache>,
+    /// Redis, when configured: rate-limit windows are shared through it.
+    pub shared_windows: Option<Arc<dyn crate::store::Store>>,
 }
 
 impl Shared {
@@ -35,6 +37,7 @@ impl Shared {
                 store,
                 crate::consumers::layout::Layout::new("EG"),
             )),
+            shared_windows: None,
         }
     }
 }
@@ -72,6 +75,7 @@ impl Gateway {
             service_endpoints: &service_endpoints,
             counters: &shared.counters,
             consumers: &shared.consumers,
+            shared_windows: shared.shared_windows.as_ref(),
             config_dir: &config_dir,
         };
         let pipelines = build_pipelines(&gw, &cx, &mut errors);

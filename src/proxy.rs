@@ -110,7 +110,18 @@ impl Tollgate {
             }
             let mut step = 0;
             loop {
-                let (outcome, next) = pipeline.run(step, &req, x);
+                let (mut outcome, next) = pipeline.run(step, &req, x);
+                if let Outcome::Defer(work) = outcome {
+                    let (resolved, edits) = work.await;
+                    x.response_edits.extend(edits);
+                    outcome = match resolved {
+                        Outcome::Continue if next < pipeline.steps.len() => {
+                            step = next;
+                            continue;
+                        }
+                        other => other,
+                    };
+                }
                 match outcome {
                     Outcome::Respond(reply) => return Decision::Reply(reply),
                     Outcome::Proxy => return Decision::Proxy,
@@ -118,7 +129,7 @@ impl Tollgate {
                         tokio::time::sleep(d).await;
                         step = next;
                     }
-                    Outcome::Continue => break,
+                    Outcome::Continue | Outcome::Defer(_) => break,
                 }
             }
             from = ri + 1;

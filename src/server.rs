@@ -66,6 +66,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the background runtime")?;
     let consumers = ConsumerLayer::open(&loaded.system, &opts.config_dir, &opts.data_dir)?;
+    let loaded_redis_emulated = loaded.system.redis.emulate;
     log::info!("consumers: {}", consumers.store.describe());
     if let Some(file) = &opts.populate {
         let report = background
@@ -91,6 +92,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let shared = Shared {
         counters: Arc::new(Counters::default()),
         consumers: consumers.cache.clone(),
+        shared_windows: (!loaded_redis_emulated).then(|| consumers.store.clone()),
     };
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,

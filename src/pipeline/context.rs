@@ -130,8 +130,12 @@ impl Reply {
     }
 }
 
+/// Work a step must do off the request thread (a Redis round trip); it resolves to the step's
+/// real outcome and the response header edits it adds.
+pub type Deferred =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (Outcome, Vec<HeaderEdit>)> + Send>>;
+
 /// What a policy step decided.
-#[derive(Debug)]
 pub enum Outcome {
     /// Go on with the next step.
     Continue,
@@ -141,6 +145,20 @@ pub enum Outcome {
     Proxy,
     /// Pause this long, then go on with the next step (rate-limit's delay).
     Wait(Duration),
+    /// Finish asynchronously; only policies that need I/O use it.
+    Defer(Deferred),
+}
+
+impl std::fmt::Debug for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Continue => write!(f, "Continue"),
+            Outcome::Respond(r) => write!(f, "Respond({})", r.status),
+            Outcome::Proxy => write!(f, "Proxy"),
+            Outcome::Wait(d) => write!(f, "Wait({d:?})"),
+            Outcome::Defer(_) => write!(f, "Defer"),
+        }
+    }
 }
 
 /// Per-request state the policies build up.

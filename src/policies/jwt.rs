@@ -122,7 +122,9 @@ fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String>
             vec![HS256, HS384, HS512],
         ));
     }
-    let pem = material.as_bytes();
+    // A PEM passed through an environment variable often has its newlines written as `\n`.
+    let normalized = material.replace("\\n", "\n");
+    let pem = normalized.as_bytes();
     if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
         return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512]));
     }

@@ -36,6 +36,8 @@ pub struct BuildContext<'a> {
     pub counters: &'a Arc<Counters>,
     /// Where auth policies look consumers up.
     pub consumers: &'a Arc<ConsumerCache>,
+    /// The shared store rate-limit windows live in (Redis), when there is one.
+    pub shared_windows: Option<&'a Arc<dyn crate::store::Store>>,
     /// The config directory (key files are read relative to it).
     pub config_dir: &'a std::path::Path,
 }
@@ -100,7 +102,10 @@ pub fn build(
             params(name, action, pos, errors)?,
             action,
             pos,
-            cx.counters,
+            match cx.shared_windows {
+                Some(store) => rate_limit::Windows::Shared(store.clone()),
+                None => rate_limit::Windows::Memory(cx.counters.clone()),
+            },
             errors,
         )?),
         "request-transformer" => Arc::new(request_transformer::RequestTransformer::build(

@@ -15,6 +15,7 @@ use crate::counters::Counters;
 use crate::pipeline::context::{HeaderEdit, Reply};
 use crate::pipeline::expr::{ip_text, Template};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
+use crate::store::Store;
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,16 +53,28 @@ fn default_true() -> bool {
     true
 }
 
-pub struct RateLimit {
+/// What a rate-limit step decides with, shared with its deferred work.
+struct Settings {
     max: u64,
     window: Duration,
-    key: Option<Template>,
     status: u16,
     message: String,
     headers: bool,
     delay_after: u64,
     delay: Duration,
-    counters: Arc<Counters>,
+}
+
+/// Where the windows are counted: in this process, or in the shared store (Redis), so that
+/// several gateways share one limit.
+pub enum Windows {
+    Memory(Arc<Counters>),
+    Shared(Arc<dyn Store>),
+}
+
+pub struct RateLimit {
+    settings: Arc<Settings>,
+    key: Option<Template>,
+    windows: Windows,
 }
 
 static LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
@@ -73,7 +86,7 @@ impl RateLimit {
         p: Params,
         action: Option<&Node>,
         pos: &Pos,
-        counters: &Arc<Counters>,
+        windows: Windows,
         errors: &mut ConfigErrors,
     ) -> Option<RateLimit> {
         if p.window_ms == 0 {
@@ -97,15 +110,17 @@ impl RateLimit {
             },
         };
         Some(RateLimit {
-            max: p.max,
-            window: Duration::from_millis(p.window_ms),
+            settings: Arc::new(Settings {
+                max: p.max,
+                window: Duration::from_millis(p.window_ms),
+                status: p.status_code,
+                message: p.message,
+                headers: p.headers,
+                delay_after: p.delay_after,
+                delay: Duration::from_millis(p.delay_ms),
+            }),
             key,
-            status: p.status_code,
-            message: p.message,
-            headers: p.headers,
-            delay_after: p.delay_after,
-            delay: Duration::from_millis(p.delay_ms),
-            counters: counters.clone(),
+            windows,
         })
     }
 
@@ -119,9 +134,41 @@ impl RateLimit {
         };
         format!("rl:{raw}")
     }
+}
 
-    fn too_many(&self, req: &Request<'_>) -> Reply {
-        let mut reply = if prefers_json(req.header(ACCEPT.as_str())) {
+impl Settings {
+    /// The outcome and the headers for the `count`-th hit of a window ending in `resets_in`.
+    fn decide(
+        &self,
+        count: u64,
+        resets_in: Duration,
+        wants_json: bool,
+    ) -> (Outcome, Vec<HeaderEdit>) {
+        let mut edits = Vec::new();
+        if self.headers {
+            let reset_at = SystemTime::now()
+                .checked_add(resets_in)
+                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
+            edits.push(HeaderEdit::Set(LIMIT.clone(), HeaderValue::from(self.max)));
+            edits.push(HeaderEdit::Set(
+                REMAINING.clone(),
+                HeaderValue::from(self.max.saturating_sub(count)),
+            ));
+            edits.push(HeaderEdit::Set(RESET.clone(), HeaderValue::from(reset_at)));
+        }
+        if self.max > 0 && count > self.max {
+            return (Outcome::Respond(self.too_many(wants_json)), edits);
+        }
+        if self.delay_after > 0 && !self.delay.is_zero() && count > self.delay_after {
+            let times = u32::try_from(count - self.delay_after).unwrap_or(u32::MAX);
+            return (Outcome::Wait(self.delay.saturating_mul(times)), edits);
+        }
+        (Outcome::Continue, edits)
+    }
+
+    fn too_many(&self, wants_json: bool) -> Reply {
+        let mut reply = if wants_json {
             let mut r = Reply::text(
                 self.status,
                 serde_json::json!({ "message": self.message }).to_string(),
@@ -171,31 +218,34 @@ fn prefers_json(accept: Option<&str>) -> bool {
 impl Policy for RateLimit {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
         let key = self.key(req, x);
-        let hit = self.counters.incr(&key, self.window, Instant::now());
-        if self.headers {
-            let remaining = self.max.saturating_sub(hit.count);
-            let reset_in = hit.resets_at.saturating_duration_since(Instant::now());
-            let reset_at = SystemTime::now()
-                .checked_add(reset_in)
-                .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-                .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-            x.response_edits
-                .push(HeaderEdit::Set(LIMIT.clone(), HeaderValue::from(self.max)));
-            x.response_edits.push(HeaderEdit::Set(
-                REMAINING.clone(),
-                HeaderValue::from(remaining),
-            ));
-            x.response_edits
-                .push(HeaderEdit::Set(RESET.clone(), HeaderValue::from(reset_at)));
+        let wants_json = prefers_json(req.header(ACCEPT.as_str()));
+        match &self.windows {
+            Windows::Memory(counters) => {
+                let now = Instant::now();
+                let hit = counters.incr(&key, self.settings.window, now);
+                let (outcome, edits) = self.settings.decide(
+                    hit.count,
+                    hit.resets_at.saturating_duration_since(now),
+                    wants_json,
+                );
+                x.response_edits.extend(edits);
+                outcome
+            }
+            Windows::Shared(store) => {
+                let store = store.clone();
+                let settings = self.settings.clone();
+                Outcome::Defer(Box::pin(async move {
+                    match store.incr_window(&key, settings.window).await {
+                        Ok(w) => settings.decide(w.count, w.resets_in, wants_json),
+                        Err(e) => {
+                            // Better to serve tiles unlimited for a moment than to refuse them all.
+                            log::warn!("rate-limit: {e}; letting the request through");
+                            (Outcome::Continue, Vec::new())
+                        }
+                    }
+                }))
+            }
         }
-        if self.max > 0 && hit.count > self.max {
-            return Outcome::Respond(self.too_many(req));
-        }
-        if self.delay_after > 0 && !self.delay.is_zero() && hit.count > self.delay_after {
-            let times = u32::try_from(hit.count - self.delay_after).unwrap_or(u32::MAX);
-            return Outcome::Wait(self.delay.saturating_mul(times));
-        }
-        Outcome::Continue
     }
 }
 

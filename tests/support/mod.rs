@@ -5,6 +5,8 @@
 pub mod client;
 pub mod echo;
 pub mod gateway;
+pub mod jwt;
+pub mod redis;
 pub mod tls;
 
 pub use client::{get, request, Response};

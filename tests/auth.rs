@@ -1,0 +1,431 @@
+//! Authentication end to end on the embedded store: Kargo's tile pipeline (metrics, cors,
+//! basic-auth passThrough, bearer jwt, `?jwt=` jwt, WWW-Authenticate + 401 for anonymous,
+//! scopes, proxy), key-auth, bad tokens, revocation, a restart, and the `eg` counter.
+
+mod support;
+
+use support::jwt::{self, now};
+use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
+
+const JWT_SECRET: &str = "kargo-signing-secret";
+
+const CONSUMERS: &str = r#"{
+  "scopes": ["wms", "wmts", "k2"],
+  "users": {
+    "kalisio": {
+      "kano": {"type": "jwt", "keyId": "kano-jwt", "keySecret": "unused", "scopes": ["wms", "wmts"]},
+      "mobile": {"scopes": ["k2"], "credential": {"type": "auth-key", "keyId": "mobile-key", "keySecret": "mobile-secret"}},
+      "qgis": {"type": "basic-auth", "password": "qgis-pass", "scopes": ["wmts"]}
+    }
+  }
+}"#;
+
+fn config(up: &EchoUpstream, jwt_key: &str) -> String {
+    format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  wmts: {{host: '*', paths: '/wmts*', scopes: [wmts]}}
+  wms: {{host: '*', paths: '/wms*', scopes: [wms]}}
+  k2: {{host: '*', paths: '/k2/*', scopes: [k2]}}
+  open: {{host: '*', paths: '/open/*'}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+  dead: {{url: 'http://127.0.0.1:1'}}
+policies: [metrics, cors, basic-auth, jwt, response-transformer, terminate, scopes, proxy, key-auth]
+pipelines:
+  tiles:
+    apiEndpoints: [wmts, wms]
+    policies:
+      - metrics:
+      - cors:
+      - basic-auth: [{{action: {{passThrough: true}}}}]
+      - jwt:
+          - condition: {{name: anonymous}}
+            action: {{secretOrPublicKey: '{key}', checkCredentialExistence: true, audience: kargo.test, passThrough: true}}
+      - jwt:
+          - condition: {{name: anonymous}}
+            action: {{secretOrPublicKey: '{key}', checkCredentialExistence: true, audience: kargo.test, passThrough: true, jwtExtractor: query, jwtExtractorField: jwt}}
+      - response-transformer:
+          - condition: {{name: anonymous}}
+            action: {{headers: {{add: {{WWW-Authenticate: "'Basic'"}}}}}}
+      - terminate:
+          - condition: {{name: anonymous}}
+            action: {{statusCode: 401, message: Unauthorized}}
+      - scopes:
+      - proxy: [{{action: {{serviceEndpoint: up, changeOrigin: true, stripPath: true, timeout: 120000}}}}]
+  k2:
+    apiEndpoints: [k2]
+    policies:
+      - metrics:
+      - key-auth:
+      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true}}}}]
+  open:
+    apiEndpoints: [open]
+    policies:
+      - metrics:
+      - key-auth: [{{action: {{passThrough: true}}}}]
+      - proxy: [{{action: {{serviceEndpoint: dead}}}}]
+"#,
+        up = up.url(""),
+        key = jwt_key.replace('\n', "\\n").replace('\'', "''"),
+    )
+}
+
+fn start(dir: &ConfigDir) -> GatewayProcess {
+    let data = dir.path.join("data").display().to_string();
+    let consumers = dir.file("consumers.config.json");
+    GatewayProcess::start_with(dir, &["--data-dir", &data, "--populate", &consumers], &[])
+}
+
+fn app_id(gw: &GatewayProcess, name: &str) -> String {
+    let r = get(gw.admin_port, "GET", &format!("/apps/{name}"), &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    v["id"].as_str().expect("id").to_string()
+}
+
+fn token(sub: &str, aud: &str, exp_in: i64) -> String {
+    jwt::hs256(
+        JWT_SECRET,
+        &serde_json::json!({"sub": sub, "aud": aud, "exp": (now() as i64 + exp_in)}),
+    )
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// The value of an `eg` series; counting happens as a response completes, so wait a little.
+fn metric_line(gw: &GatewayProcess, labels: &str) -> Option<f64> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let text = get(gw.admin_port, "GET", "/metrics", &[]).text();
+        let value = text
+            .lines()
+            .find(|l| l.starts_with(&format!("eg{{{labels}}}")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok());
+        if value.is_some() || std::time::Instant::now() > deadline {
+            return value;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn kargo_tile_pipeline_end_to_end() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up, JWT_SECRET));
+    dir.write("consumers.config.json", CONSUMERS);
+    let gw = start(&dir);
+    let kano = app_id(&gw, "kano");
+    let qgis = app_id(&gw, "qgis");
+
+    // No credentials: 401 with WWW-Authenticate: Basic, counted as anonymous.
+    let r = get(gw.port, "GET", "/wmts/1/2/3.png", &[]);
+    assert_eq!((r.status, r.text().as_str()), (401, "Unauthorized"));
+    assert_eq!(r.header("www-authenticate"), Some("Basic"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        r.header("eg-consumer-id"),
+        Some("anonymous"),
+        "passThrough marks the response"
+    );
+
+    // Bearer token of a known jwt credential: proxied, consumer sent upstream, forged id replaced.
+    let t = token("kano-jwt", "kargo.test", 600);
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1/2/3.png",
+        &[("Authorization", &bearer(&t)), ("eg-consumer-id", "forged")],
+    );
+    let e = r.echoed();
+    assert_eq!(e.url(), "/1/2/3.png");
+    assert_eq!(e.header_all("eg-consumer-id"), vec![kano.clone()]);
+    // The same token in the query (browser tiles).
+    let r = get(gw.port, "GET", &format!("/wms?SERVICE=WMS&jwt={t}"), &[]);
+    assert_eq!(r.echoed().header("eg-consumer-id"), Some(kano.clone()));
+    // QGIS with basic-auth (the app id as user id).
+    let basic = format!("Basic {}", base64_encode(&format!("{qgis}:qgis-pass")));
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1/2/3.png",
+        &[("Authorization", &basic)],
+    );
+    assert_eq!(r.echoed().header("eg-consumer-id"), Some(qgis.clone()));
+    let wrong = format!("Basic {}", base64_encode(&format!("{qgis}:nope")));
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1/2/3.png",
+            &[("Authorization", &wrong)]
+        )
+        .status,
+        401
+    );
+    // qgis lacks the wms scope: basic-auth refuses, so the request is anonymous.
+    assert_eq!(
+        get(gw.port, "GET", "/wms?x", &[("Authorization", &basic)]).status,
+        401
+    );
+
+    // Bad tokens: never a 500, always 401 with a short body.
+    let bad = [
+        token("kano-jwt", "other.audience", 600),
+        token("kano-jwt", "kargo.test", -3600),
+        token("no-such-key", "kargo.test", 600),
+        jwt::hs256(
+            "wrong-secret",
+            &serde_json::json!({"sub": "kano-jwt", "aud": "kargo.test"}),
+        ),
+        jwt::unsigned(&serde_json::json!({"sub": "kano-jwt", "aud": "kargo.test"})),
+        "garbage".to_string(),
+        "a.b.c".to_string(),
+        format!("{}x", &t[..t.len() - 1]),
+        "é".repeat(3000),
+    ];
+    for b in &bad {
+        let r = get(
+            gw.port,
+            "GET",
+            "/wmts/1/2/3.png",
+            &[("Authorization", &bearer(b))],
+        );
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (401, "Unauthorized"),
+            "token {b:.40}"
+        );
+        let r = get(
+            gw.port,
+            "GET",
+            &format!("/wmts/x?jwt={}", b.replace('é', "%C3%A9")),
+            &[],
+        );
+        assert_eq!(r.status, 401, "query token {b:.40}");
+    }
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", &"x".repeat(20_000))],
+    );
+    assert_eq!(r.status, 401);
+
+    // key-auth: header with scheme, query, wrong secret, missing scope.
+    let mobile = app_id(&gw, "mobile");
+    let r = get(
+        gw.port,
+        "GET",
+        "/k2/ping",
+        &[("Authorization", "apiKey mobile-key:mobile-secret")],
+    );
+    assert_eq!(r.echoed().header("eg-consumer-id"), Some(mobile.clone()));
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/k2/ping?apiKey=mobile-key:mobile-secret",
+            &[]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/k2/ping",
+            &[("Authorization", "APIKEY mobile-key:mobile-secret")]
+        )
+        .status,
+        200
+    );
+    let r = get(
+        gw.port,
+        "GET",
+        "/k2/ping",
+        &[("Authorization", "apiKey mobile-key:wrong")],
+    );
+    assert_eq!(
+        (r.status, r.text().as_str(), r.header("content-type")),
+        (401, "Unauthorized", Some("text/plain; charset=utf-8"))
+    );
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/k2/ping",
+            &[("Authorization", "Bearer mobile-key:mobile-secret")]
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/k2/ping",
+            &[("Authorization", "apiKey nocolon")]
+        )
+        .status,
+        401
+    );
+
+    // A jwt consumer whose app lacks the endpoint's scope is stopped by `scopes`.
+    let r = get(gw.port, "GET", "/k2/x", &[("Authorization", &bearer(&t))]);
+    assert_eq!(r.status, 401);
+
+    // The eg counter: Kargo's name and labels.
+    assert!(
+        metric_line(
+            &gw,
+            &format!(r#"api_endpoint="wmts",consumer="{kano}",status_code="200",type="SUCCESS""#)
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        metric_line(
+            &gw,
+            r#"api_endpoint="wmts",consumer="anonymous",status_code="401",type="FAILED""#
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(metric_line(
+        &gw,
+        &format!(r#"api_endpoint="wms",consumer="{kano}",status_code="200",type="SUCCESS""#)
+    )
+    .is_some());
+    // A 502 counts too (passThrough key-auth, dead upstream).
+    assert_eq!(get(gw.port, "GET", "/open/x", &[]).status, 502);
+    assert!(metric_line(
+        &gw,
+        r#"api_endpoint="open",consumer="anonymous",status_code="502",type="FAILED""#
+    )
+    .is_some());
+    let metrics = get(gw.admin_port, "GET", "/metrics", &[]);
+    assert!(metrics.text().contains("# TYPE eg counter"));
+    assert!(!metrics.text().contains("eg_total"));
+    let as_json = get(
+        gw.admin_port,
+        "GET",
+        "/metrics",
+        &[("Accept", "application/json")],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&as_json.body).expect("json metrics");
+    assert_eq!(v[0]["name"], "eg");
+}
+
+#[test]
+fn revocation_and_restart() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up, JWT_SECRET));
+    dir.write("consumers.config.json", CONSUMERS);
+    let mut gw = start(&dir);
+    let t = token("kano-jwt", "kargo.test", 600);
+    let auth = bearer(&t);
+    assert_eq!(
+        get(gw.port, "GET", "/wmts/a", &[("Authorization", &auth)]).status,
+        200
+    );
+    // Deactivate the credential through the Admin API: the cached token is refused at once.
+    let r = support::request(
+        gw.admin_port,
+        "PUT /credentials/jwt/kano-jwt/status HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"status\": false}",
+        false,
+    );
+    assert_eq!(r.text(), r#"{"status":"Deactivated"}"#);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    loop {
+        let s = get(gw.port, "GET", "/wmts/a", &[("Authorization", &auth)]).status;
+        if s == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepted after revocation"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // A restart keeps the store: the key-auth credential still works, the revoked one does not.
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
+    let data = dir.path.join("data").display().to_string();
+    gw = GatewayProcess::start_with(&dir, &["--data-dir", &data], &[]);
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/k2/x",
+            &[("Authorization", "apiKey mobile-key:mobile-secret")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(gw.port, "GET", "/wmts/a", &[("Authorization", &auth)]).status,
+        401
+    );
+}
+
+#[test]
+fn public_key_algorithms_and_key_confusion() {
+    let up = EchoUpstream::start("tiles");
+    for (pair, sign) in [
+        (
+            jwt::rsa_pair(),
+            jwt::rs256 as fn(&jwt::KeyPair, &serde_json::Value) -> String,
+        ),
+        (jwt::ec_pair(), jwt::es256),
+    ] {
+        let dir = ConfigDir::new(&config(&up, &pair.public_pem));
+        dir.write("consumers.config.json", CONSUMERS);
+        let gw = start(&dir);
+        let claims =
+            serde_json::json!({"sub": "kano-jwt", "aud": "kargo.test", "exp": now() + 600});
+        let good = sign(&pair, &claims);
+        assert_eq!(
+            get(
+                gw.port,
+                "GET",
+                "/wmts/a",
+                &[("Authorization", &bearer(&good))]
+            )
+            .status,
+            200
+        );
+        // HS256 signed with the public key's text as the secret must not pass.
+        let confused = jwt::hs256(&pair.public_pem, &claims);
+        assert_eq!(
+            get(
+                gw.port,
+                "GET",
+                "/wmts/a",
+                &[("Authorization", &bearer(&confused))]
+            )
+            .status,
+            401
+        );
+        assert_eq!(
+            get(
+                gw.port,
+                "GET",
+                "/wmts/a",
+                &[("Authorization", &bearer(&jwt::unsigned(&claims)))]
+            )
+            .status,
+            401
+        );
+    }
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

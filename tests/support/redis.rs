@@ -1,0 +1,136 @@
+//! A real `redis-server` per test, on a free port, with nothing saved to disk; and EG's fixture
+//! loaded into it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::gateway::free_port;
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test.sh installs it)");
+        let server = RedisServer { port, child };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(mut c) = server.client().get_connection() {
+                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
+                    return server;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start on {port}");
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).expect("redis url")
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        self.client().get_connection().expect("redis connection")
+    }
+
+    /// Loads a dump (`[{key, type, value}]`, as in tests/fixtures) into the server.
+    pub fn load_dump(&self, dump: &serde_json::Value) {
+        let mut c = self.conn();
+        for entry in dump.as_array().expect("dump array") {
+            let key = entry["key"].as_str().expect("key");
+            match entry["type"].as_str() {
+                Some("hash") => {
+                    let mut cmd = redis::cmd("HSET");
+                    cmd.arg(key);
+                    for (f, v) in entry["value"].as_object().expect("hash") {
+                        cmd.arg(f).arg(v.as_str().expect("hash value"));
+                    }
+                    cmd.query::<()>(&mut c).expect("HSET");
+                }
+                Some("set") => {
+                    let mut cmd = redis::cmd("SADD");
+                    cmd.arg(key);
+                    for m in entry["value"].as_array().expect("set") {
+                        cmd.arg(m.as_str().expect("member"));
+                    }
+                    cmd.query::<()>(&mut c).expect("SADD");
+                }
+                Some("string") => {
+                    redis::cmd("SET")
+                        .arg(key)
+                        .arg(entry["value"].as_str().expect("string"))
+                        .query::<()>(&mut c)
+                        .expect("SET");
+                }
+                other => panic!("unknown type {other:?}"),
+            }
+        }
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> Vec<String> {
+        let mut keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut self.conn())
+            .expect("KEYS");
+        keys.sort();
+        keys
+    }
+
+    pub fn key_type(&self, key: &str) -> String {
+        redis::cmd("TYPE")
+            .arg(key)
+            .query(&mut self.conn())
+            .expect("TYPE")
+    }
+
+    pub fn hgetall(&self, key: &str) -> std::collections::HashMap<String, String> {
+        redis::cmd("HGETALL")
+            .arg(key)
+            .query(&mut self.conn())
+            .expect("HGETALL")
+    }
+
+    pub fn smembers(&self, key: &str) -> Vec<String> {
+        let mut m: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(key)
+            .query(&mut self.conn())
+            .expect("SMEMBERS");
+        m.sort();
+        m
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// EG's fixture dump.
+pub fn eg_fixture() -> serde_json::Value {
+    let text = include_str!("../fixtures/eg-1.16.11/eg-redis-dump.json");
+    serde_json::from_str(text).expect("fixture JSON")
+}
