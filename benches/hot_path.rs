@@ -1,14 +1,15 @@
 //! The request path in isolation: route matching over 100 endpoints (hit and miss), the whole
 //! request phase of the plain `cors + proxy` pipeline (which includes the stripPath rewrite),
-//! and http-proxy's URL join. `cargo bench --bench hot_path`.
+//! http-proxy's URL join, key-auth lookup among 1M credentials, and JWT verification with and
+//! without the verified-token cache. `cargo bench --bench hot_path` (as a test, with
+//! `cargo test`, it runs each once with 1,000 credentials).
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
-use tollgate::counters::Counters;
-use tollgate::gateway::Gateway;
+use tollgate::gateway::{Gateway, Shared};
 use tollgate::pipeline::context::Request;
 use tollgate::pipeline::Exchange;
 use tollgate::policies::proxy::url_join;
@@ -27,8 +28,7 @@ fn gateway_with_100_endpoints() -> Gateway {
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     std::fs::write(dir.join("gateway.config.yml"), yml).expect("write config");
-    let gw =
-        tollgate::server::load_gateway(&dir, &Arc::new(Counters::default())).expect("valid config");
+    let gw = tollgate::server::load_gateway(&dir, &Shared::detached()).expect("valid config");
     let _ = std::fs::remove_dir_all(&dir);
     gw
 }
@@ -111,5 +111,122 @@ fn pipeline(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, pipeline);
+/// 1M credentials under `cargo bench`, 1,000 when run as a test.
+fn credential_count() -> usize {
+    if std::env::args().any(|a| a == "--bench") {
+        1_000_000
+    } else {
+        1_000
+    }
+}
+
+fn auth(c: &mut Criterion) {
+    use tollgate::consumers::layout::Layout;
+    use tollgate::consumers::setup::ConsumerLayer;
+    use tollgate::store::{embedded::EmbeddedStore, Store, Write};
+    let n = credential_count();
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+    let layout = Layout::new("EG");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut batch = vec![Write::HSet {
+        key: layout.app("app"),
+        fields: vec![
+            ("isActive".into(), "true".into()),
+            ("id".into(), "app".into()),
+            ("scopes".into(), "wmts".into()),
+        ],
+    }];
+    for i in 0..n {
+        batch.push(Write::HSet {
+            key: format!("EG-key-auth:key{i}"),
+            fields: vec![
+                ("isActive".into(), "true".into()),
+                ("keyId".into(), format!("key{i}")),
+                ("keySecret".into(), format!("secret{i}")),
+                ("scopes".into(), r#"["wmts"]"#.into()),
+                ("consumerId".into(), "app".into()),
+            ],
+        });
+    }
+    batch.push(Write::HSet {
+        key: "EG-jwt:jwt-key".into(),
+        fields: vec![
+            ("isActive".into(), "true".into()),
+            ("keyId".into(), "jwt-key".into()),
+            ("consumerId".into(), "app".into()),
+        ],
+    });
+    rt.block_on(store.apply(&batch)).expect("fill");
+    drop(batch);
+    let layer = ConsumerLayer::over(store, "EG", tollgate::consumers::models::Models::kargo(), 4);
+    rt.block_on(layer.cache.load()).expect("load");
+    let scopes = vec!["wmts".to_string()];
+    let probe = format!("key{}", n / 2);
+    let secret = format!("secret{}", n / 2);
+    c.bench_function("auth/key_auth_lookup", |b| {
+        b.iter(|| {
+            layer
+                .cache
+                .key_auth(black_box(&probe), black_box(&secret), &scopes)
+        })
+    });
+
+    // JWT: the signature check alone, and the policy with its verified-token cache.
+    let secret = "bench-secret";
+    let claims = serde_json::json!({"sub": "jwt-key", "exp": 4_102_444_800u64});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("sign");
+    let key = jsonwebtoken::DecodingKey::from_secret(secret.as_bytes());
+    let validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    c.bench_function("jwt/verify_without_cache", |b| {
+        b.iter(|| {
+            jsonwebtoken::decode::<serde_json::Value>(black_box(&token), &key, &validation).is_ok()
+        })
+    });
+    let params: tollgate::policies::jwt::Params =
+        serde_json::from_value(serde_json::json!({"secretOrPublicKey": secret})).expect("params");
+    let policy =
+        tollgate::policies::jwt::Jwt::build(params, std::path::Path::new("."), &layer.cache)
+            .expect("policy");
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).expect("header"),
+    );
+    let endpoint = tollgate::pipeline::context::ApiEndpoint {
+        name: Arc::from("wmts"),
+        scopes: scopes.clone(),
+    };
+    let method = Method::GET;
+    let req = Request {
+        method: &method,
+        path: "/wmts/1/2/3.png",
+        query: None,
+        url: "/wmts/1/2/3.png",
+        host: Some("tiles"),
+        headers: &headers,
+        client_ip: None,
+        server_port: None,
+        tls: false,
+        endpoint: &endpoint,
+        strip_at: None,
+    };
+    use tollgate::pipeline::Policy;
+    c.bench_function("jwt/policy_with_cache", |b| {
+        b.iter(|| {
+            let mut x = Exchange::default();
+            let out = policy.on_request(black_box(&req), &mut x);
+            black_box((out, x.consumer.is_some()))
+        })
+    });
+}
+
+criterion_group!(benches, routing, pipeline, auth);
 criterion_main!(benches);

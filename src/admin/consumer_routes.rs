@@ -47,32 +47,26 @@ fn paging(query: Option<&str>) -> (usize, usize) {
     )
 }
 
-fn body_object(body: &Value) -> Result<&Map<String, Value>, Response<Vec<u8>>> {
-    body.as_object().ok_or_else(|| {
-        text(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the body must be a JSON object",
-        )
-    })
+fn body_object(body: &Value) -> Result<&Map<String, Value>, &'static str> {
+    body.as_object().ok_or("the body must be a JSON object")
 }
 
 fn status_of(body: &Value) -> bool {
     body["status"] == Value::Bool(true)
 }
 
-fn scope_list(v: &Value) -> Result<Vec<String>, Response<Vec<u8>>> {
+fn scope_list(v: &Value) -> Result<Vec<String>, &'static str> {
     v.as_array()
         .and_then(|a| {
             a.iter()
                 .map(|s| s.as_str().map(str::to_string))
                 .collect::<Option<Vec<_>>>()
         })
-        .ok_or_else(|| {
-            text(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "`scopes` must be a list of scope names",
-            )
-        })
+        .ok_or("`scopes` must be a list of scope names")
+}
+
+fn unprocessable(why: &str) -> Response<Vec<u8>> {
+    text(StatusCode::UNPROCESSABLE_ENTITY, why)
 }
 
 /// Answers a consumer route; `None` when the path is not one of them.
@@ -98,12 +92,12 @@ pub async fn route(
         }
         (M::POST, ["users"]) => match obj() {
             Ok(b) => answer(svc.create_user(b).await, |u| json(StatusCode::OK, &u)),
-            Err(r) => r,
+            Err(why) => unprocessable(why),
         },
         (M::GET, ["users", id]) => answer(svc.get_user(id).await, |u| json(StatusCode::OK, &u)),
         (M::PUT, ["users", id]) => match obj() {
             Ok(b) => answer(svc.update_user(id, b).await, |u| json(StatusCode::OK, &u)),
-            Err(r) => r,
+            Err(why) => unprocessable(why),
         },
         (M::DELETE, ["users", id]) => {
             answer(svc.delete_user(id).await, |_| empty(StatusCode::NO_CONTENT))
@@ -123,12 +117,12 @@ pub async fn route(
         }
         (M::POST, ["apps"]) => match obj() {
             Ok(b) => answer(svc.create_app(b).await, |a| json(StatusCode::OK, &a)),
-            Err(r) => r,
+            Err(why) => unprocessable(why),
         },
         (M::GET, ["apps", id]) => answer(svc.get_app(id).await, |a| json(StatusCode::OK, &a)),
         (M::PUT, ["apps", id]) => match obj() {
             Ok(b) => answer(svc.update_app(id, b).await, |a| json(StatusCode::OK, &a)),
-            Err(r) => r,
+            Err(why) => unprocessable(why),
         },
         (M::DELETE, ["apps", id]) => {
             answer(svc.delete_app(id).await, |_| empty(StatusCode::NO_CONTENT))
@@ -149,7 +143,7 @@ pub async fn route(
             Ok(list) => answer(svc.create_scopes(&list).await, |_| {
                 empty(StatusCode::CREATED)
             }),
-            Err(r) => r,
+            Err(why) => unprocessable(why),
         },
         (M::GET, ["scopes", s]) => answer(svc.scopes().await, |all| {
             if all.iter().any(|x| x == s) {
@@ -198,7 +192,7 @@ pub async fn route(
             Ok(list) => answer(svc.set_credential_scopes(kind, id, &list).await, |_| {
                 empty(StatusCode::NO_CONTENT)
             }),
-            Err(r) => r,
+            Err(why) => unprocessable(why),
         },
         (M::PUT, ["credentials", kind, id, "scopes", scope]) => {
             answer(svc.add_credential_scope(kind, id, scope).await, |_| {

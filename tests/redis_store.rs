@@ -1,0 +1,542 @@
+//! tollgate on a real Redis: a Redis written by Express Gateway 1.16 works unchanged, what
+//! tollgate writes has EG's layout, two gateways share one Redis (a revocation through one is
+//! refused by the other within a second), known credentials survive Redis going away,
+//! rate-limit windows are shared, and clean leaves no orphan keys.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::redis::{eg_fixture, RedisServer};
+use support::{get, jwt, request, ConfigDir, EchoUpstream, GatewayProcess};
+
+const KANO: &str = "6e5b8d7a-9b4b-4958-9930-2f0af98b2749";
+const APP1: &str = "f8766334-1d5f-423e-9c53-2a594adad297";
+const APP2: &str = "7107c894-3da0-4369-b5ac-913d8700cc6c";
+const CUSTOMER1: &str = "22e88000-4eb8-460a-ac67-acf1042cc865";
+const POLICY_SECRET: &str = "policysecret";
+
+fn config(up: &EchoUpstream, redis: &RedisServer) -> ConfigDir {
+    let dir = ConfigDir::new(&format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  wmts: {{paths: '/wmts/*', scopes: [wmts]}}
+  wms: {{paths: '/wms/*', scopes: [wms]}}
+  basic: {{paths: '/basic/*', scopes: [wms]}}
+  token: {{paths: '/token/*'}}
+  limited: {{paths: '/limited/*'}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [key-auth, jwt, basic-auth, scopes, proxy, rate-limit]
+pipelines:
+  keyed:
+    apiEndpoints: [wmts, wms]
+    policies:
+      - key-auth:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+  basic:
+    apiEndpoints: [basic]
+    policies:
+      - basic-auth:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+  token:
+    apiEndpoints: [token]
+    policies:
+      - jwt: [{{action: {{secretOrPublicKey: {POLICY_SECRET}}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+  limited:
+    apiEndpoints: [limited]
+    policies:
+      - rate-limit: [{{action: {{max: 3, windowMs: 60000, rateLimitBy: 'shared'}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+"#,
+        up = up.url("")
+    ));
+    dir.write(
+        "system.config.yml",
+        &format!("db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\ncrypto:\n  saltRounds: 4\n", redis.port),
+    );
+    dir
+}
+
+fn consumer_of(r: &support::Response) -> Option<String> {
+    r.echoed().header("eg-consumer-id")
+}
+
+fn put_json(port: u16, path: &str, body: &str) -> support::Response {
+    request(
+        port,
+        &format!("PUT {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        false,
+    )
+}
+
+fn post_json(port: u16, path: &str, body: &str) -> support::Response {
+    request(
+        port,
+        &format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        false,
+    )
+}
+
+fn json_of(r: &support::Response) -> serde_json::Value {
+    serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
+}
+
+#[test]
+fn a_redis_written_by_eg_works_unchanged() {
+    let redis = RedisServer::start();
+    redis.load_dump(&eg_fixture());
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let p = gw.port;
+    // key-auth of an app: its scopes allow wmts, not wms (403 as EG).
+    let r = get(
+        p,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")],
+    );
+    assert_eq!(consumer_of(&r), Some(APP2.to_string()));
+    let r = get(
+        p,
+        "GET",
+        "/wms/1",
+        &[("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")],
+    );
+    assert_eq!((r.status, r.text().as_str()), (403, "Forbidden"));
+    // A generated key of a user.
+    let r = get(
+        p,
+        "GET",
+        "/wms/1",
+        &[(
+            "Authorization",
+            "apiKey 7dL52oTuHMzvE6mllpVzyb:2Dc4EVTRuNnAlJOuycoPgd",
+        )],
+    );
+    assert_eq!(
+        consumer_of(&r),
+        Some("30be431e-ca2c-47b6-b881-b535bc034279".to_string())
+    );
+    // The credential of an inactive app is refused.
+    assert_eq!(
+        get(
+            p,
+            "GET",
+            "/wms/1",
+            &[("Authorization", "apiKey old-ka-id:old-ka-secret")]
+        )
+        .status,
+        401
+    );
+    // jwt with checkCredentialExistence: sub is the credential's keyId.
+    let t = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "kargo-jwt-id"}));
+    let r = get(
+        p,
+        "GET",
+        "/token/x",
+        &[("Authorization", &format!("Bearer {t}"))],
+    );
+    assert_eq!(consumer_of(&r), Some(APP1.to_string()));
+    // The very token EG accepted in the fixture's checks.
+    let eg_token = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiJrYXJnby1qd3QtaWQifQ.RBVItzaaZbq9Xrvb8H2ADiLuCqZZsMMBnItb0n3XdNQ";
+    assert_eq!(
+        get(
+            p,
+            "GET",
+            "/token/x",
+            &[("Authorization", &format!("Bearer {eg_token}"))]
+        )
+        .status,
+        200
+    );
+    // basic-auth with bcrypt hashes written by EG: username, user id, app id.
+    use base64::Engine;
+    let b = |s: &str| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(s)
+        )
+    };
+    let r = get(
+        p,
+        "GET",
+        "/basic/x",
+        &[("Authorization", &b("customer1:s3cret"))],
+    );
+    assert_eq!(consumer_of(&r), Some(CUSTOMER1.to_string()));
+    assert_eq!(
+        get(
+            p,
+            "GET",
+            "/basic/x",
+            &[("Authorization", &b(&format!("{CUSTOMER1}:s3cret")))]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        consumer_of(&get(
+            p,
+            "GET",
+            "/basic/x",
+            &[("Authorization", &b(&format!("{KANO}:s3cret")))]
+        )),
+        Some(KANO.to_string())
+    );
+    assert_eq!(
+        get(
+            p,
+            "GET",
+            "/basic/x",
+            &[("Authorization", &b("customer1:wrong"))]
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get(
+            p,
+            "GET",
+            "/basic/x",
+            &[("Authorization", &b("kano:s3cret"))]
+        )
+        .status,
+        401,
+        "an app name is not a basic-auth user id"
+    );
+    // The Admin API reads EG's objects as EG shows them.
+    let user = json_of(&get(gw.admin_port, "GET", "/users/kalisio", &[]));
+    assert_eq!(user["firstname"], "Jane");
+    assert_eq!(user["isActive"], true);
+    let app = json_of(&get(gw.admin_port, "GET", "/apps/app1", &[]));
+    assert_eq!(app["scopes"], "wms,wmts");
+    let cred = json_of(&get(
+        gw.admin_port,
+        "GET",
+        "/credentials/key-auth/kargo-ka-id",
+        &[],
+    ));
+    assert_eq!(cred["scopes"], serde_json::json!(["wmts", "k2"]));
+    assert_eq!(cred["consumerId"], APP2);
+    let basic = json_of(&get(
+        gw.admin_port,
+        "GET",
+        &format!("/credentials/basic-auth/{CUSTOMER1}"),
+        &[],
+    ));
+    assert!(basic.get("password").is_none(), "passwords are never shown");
+    let listed = json_of(&get(gw.admin_port, "GET", "/credentials/app2", &[]));
+    assert_eq!(listed["credentials"][0]["keyId"], "kargo-ka-id");
+}
+
+#[test]
+fn what_tollgate_writes_has_egs_layout() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let a = gw.admin_port;
+    assert_eq!(
+        post_json(a, "/scopes", r#"{"scopes": ["wms", "wmts"]}"#).status,
+        201
+    );
+    let user = json_of(&post_json(
+        a,
+        "/users",
+        r#"{"username": "ann", "firstname": "Ann", "lastname": "Lee", "email": "ann@example.com"}"#,
+    ));
+    let uid = user["id"].as_str().expect("id").to_string();
+    assert_eq!(post_json(a, "/users", r#"{"username": "ann"}"#).status, 409);
+    let app = json_of(&post_json(
+        a,
+        "/apps",
+        r#"{"userId": "ann", "name": "viewer", "scopes": ["wms", "wmts"]}"#,
+    ));
+    let app_id = app["id"].as_str().expect("id").to_string();
+    let cred = json_of(&post_json(
+        a,
+        "/credentials",
+        r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["wms"]}}"#,
+    ));
+    let key_id = cred["keyId"].as_str().expect("keyId").to_string();
+    assert_eq!(key_id.len(), 22);
+    let basic = json_of(&post_json(
+        a,
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "basic-auth", "credential": {"password": "pw", "scopes": ["wmts"]}}"#,
+    ));
+    assert!(
+        basic.get("password").is_none(),
+        "a given password is not echoed"
+    );
+
+    // Compare with what EG wrote for the same kinds of objects.
+    let fixture = eg_fixture();
+    let fields_of = |key: &str| -> Vec<String> {
+        let e = fixture
+            .as_array()
+            .expect("dump")
+            .iter()
+            .find(|e| e["key"] == key)
+            .expect("fixture key");
+        let mut f: Vec<String> = e["value"]
+            .as_object()
+            .expect("hash")
+            .keys()
+            .cloned()
+            .collect();
+        f.sort();
+        f
+    };
+    let sorted = |h: std::collections::HashMap<String, String>| {
+        let mut k: Vec<String> = h.into_keys().collect();
+        k.sort();
+        k
+    };
+    let user_hash = redis.hgetall(&format!("EG-user:{uid}"));
+    assert_eq!(user_hash["isActive"], "true");
+    let date = regex::Regex::new(r"^[A-Z][a-z]{2} [A-Z][a-z]{2} \d{2} \d{4} \d{2}:\d{2}:\d{2} GMT\+0000 \(Coordinated Universal Time\)$").expect("re");
+    assert!(
+        date.is_match(&user_hash["createdAt"]),
+        "{}",
+        user_hash["createdAt"]
+    );
+    assert_eq!(
+        sorted(user_hash),
+        fields_of("EG-user:30be431e-ca2c-47b6-b881-b535bc034279"),
+        "a user with email as EG's kalisio"
+    );
+    assert_eq!(redis.smembers("EG-username:ann"), vec![uid.clone()]);
+    let app_hash = redis.hgetall(&format!("EG-application:{app_id}"));
+    assert_eq!(app_hash["scopes"], "wms,wmts");
+    assert_eq!(
+        sorted(app_hash),
+        fields_of(&format!("EG-application:{KANO}"))
+    );
+    assert_eq!(
+        redis.smembers(&format!("EG-user-applications:{uid}")),
+        vec![app_id.clone()]
+    );
+    assert_eq!(
+        redis.smembers("EG-application-name:viewer"),
+        vec![app_id.clone()]
+    );
+    let cred_hash = redis.hgetall(&format!("EG-key-auth:{key_id}"));
+    assert_eq!(cred_hash["scopes"], r#"["wms"]"#);
+    assert_eq!(cred_hash["consumerId"], app_id);
+    assert_eq!(sorted(cred_hash), fields_of("EG-key-auth:kargo-ka-id"));
+    assert_eq!(redis.key_type(&format!("EG-key-auth:{app_id}")), "set");
+    assert_eq!(
+        redis.smembers(&format!("EG-key-auth:{app_id}")),
+        vec![key_id.clone()]
+    );
+    let basic_hash = redis.hgetall(&format!("EG-basic-auth:{uid}"));
+    assert!(basic_hash["password"].starts_with("$2"), "bcrypt");
+    assert_eq!(
+        sorted(basic_hash),
+        fields_of(&format!("EG-basic-auth:{CUSTOMER1}"))
+    );
+    assert_eq!(
+        redis
+            .hgetall("EG-scope-credentials:wms")
+            .get(&format!("EG-key-auth:{key_id}"))
+            .map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        sorted(redis.hgetall("EG-scope")),
+        vec!["wms".to_string(), "wmts".to_string()]
+    );
+
+    // Deleting the user removes its app and every credential of both: nothing is left.
+    let del = request(
+        a,
+        &format!("DELETE /users/{uid} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        false,
+    );
+    assert_eq!(del.status, 204);
+    let left: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| !k.starts_with("EG-scope"))
+        .collect();
+    assert!(left.is_empty(), "orphans: {left:?}");
+    assert!(redis.hgetall("EG-scope-credentials:wms").is_empty());
+}
+
+#[test]
+fn two_gateways_share_one_redis() {
+    let redis = RedisServer::start();
+    redis.load_dump(&eg_fixture());
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let a = GatewayProcess::start(&dir);
+    let b = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(b.port, "GET", "/wmts/1", &key).status, 200);
+    // A credential created through A works on B without waiting for a resync.
+    let cred = json_of(&post_json(
+        a.admin_port,
+        "/credentials",
+        r#"{"consumerId": "app2", "type": "key-auth", "credential": {"keyId": "fresh", "keySecret": "s", "scopes": ["wmts"]}}"#,
+    ));
+    assert_eq!(cred["keyId"], "fresh");
+    let fresh = [("Authorization", "apiKey fresh:s")];
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get(b.port, "GET", "/wmts/1", &fresh).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "a new credential did not reach the other gateway"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Revoked through A: refused by B within a second.
+    assert_eq!(
+        put_json(
+            a.admin_port,
+            "/credentials/key-auth/kargo-ka-id/status",
+            r#"{"status": false}"#
+        )
+        .status,
+        200
+    );
+    let revoked_at = Instant::now();
+    while get(b.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "the revocation did not reach the other gateway"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Rate-limit windows are shared: 3 in all, across both gateways.
+    let statuses: Vec<u16> = (0..4)
+        .map(|i| {
+            get(
+                if i % 2 == 0 { a.port } else { b.port },
+                "GET",
+                "/limited/x",
+                &[],
+            )
+            .status
+        })
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429]);
+    assert_eq!(
+        redis.key_type("rl:shared"),
+        "string",
+        "the window is a counter, as EG's"
+    );
+}
+
+#[test]
+fn known_credentials_keep_working_when_redis_goes_away() {
+    let mut redis = RedisServer::start();
+    redis.load_dump(&eg_fixture());
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    redis.stop();
+    for _ in 0..5 {
+        assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    }
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", "apiKey kargo-ka-id:wrong")]
+        )
+        .status,
+        401
+    );
+    // Writes say the store is down instead of pretending.
+    assert_eq!(
+        post_json(gw.admin_port, "/scopes", r#"{"scopes": ["x"]}"#).status,
+        503
+    );
+}
+
+#[test]
+fn populate_is_idempotent_and_clean_leaves_nothing() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let file = r#"{"scopes": ["wms", "wmts"], "users": {"customer1": {
+        "app1": {"type": "jwt", "keyId": "ID", "keySecret": "SECRET", "scopes": ["wms", "wmts"]},
+        "app2": {"type": "auth-key", "keyId": "KA", "keySecret": "KS", "scopes": ["wmts"]},
+        "qgis": {"scopes": ["wms"], "credential": {"type": "basic-auth", "password": "pw"}}}}}"#;
+    dir.write("consumers.config.json", file);
+    let config_arg = dir.path.display().to_string();
+    let run = |cmd: &str| {
+        let out = support::gateway::run_tollgate(&[cmd, "--config", &config_arg], &[]);
+        assert!(
+            out.status.success(),
+            "{cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // Without a running gateway, populate works on the store directly.
+    let first = run("populate");
+    assert!(
+        first.contains("6 created"),
+        "two scopes, the user, three apps: {first}"
+    );
+    assert!(
+        run("populate").contains("0 created, 0 removed"),
+        "a second run changes nothing"
+    );
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", "apiKey KA:KS")]
+        )
+        .status,
+        200
+    );
+    // A changed secret is noticed: the app is recreated with the new one.
+    dir.write("consumers.config.json", &file.replace("\"KS\"", "\"KS2\""));
+    let out = run("populate");
+    assert!(out.contains("1 created, 1 removed"), "{out}");
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey KA:KS")],
+    )
+    .status
+        != 401
+    {
+        assert!(Instant::now() < deadline, "the old secret still works");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", "apiKey KA:KS2")]
+        )
+        .status,
+        200
+    );
+    // Clean, through the running gateway: no key is left behind.
+    run("clean");
+    let left: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| !k.starts_with("rl:"))
+        .collect();
+    assert!(left.is_empty(), "orphans: {left:?}");
+}
