@@ -7,7 +7,9 @@ use support::gateway::run_tollgate;
 use support::{get, request, ConfigDir, GatewayProcess};
 
 fn call(port: u16, method: &str, path: &str, body: &str, token: Option<&str>) -> support::Response {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     request(
         port,
         &format!("{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
@@ -16,11 +18,14 @@ fn call(port: u16, method: &str, path: &str, body: &str, token: Option<&str>) ->
 }
 
 fn json(r: &support::Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
+    serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
 }
 
 fn gateway(extra_args: &[&str]) -> (ConfigDir, GatewayProcess) {
-    let dir = ConfigDir::new("http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints: {}\n");
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints: {}\n",
+    );
     let data = dir.path.join("data").display().to_string();
     let mut args = vec!["--data-dir", data.as_str()];
     args.extend_from_slice(extra_args);
@@ -32,64 +37,309 @@ fn gateway(extra_args: &[&str]) -> (ConfigDir, GatewayProcess) {
 fn users_apps_scopes_and_credentials_routes() {
     let (_d, gw) = gateway(&[]);
     let a = gw.admin_port;
-    assert_eq!(json(&get(a, "GET", "/scopes", &[])), serde_json::json!({"scopes": null}));
-    assert_eq!(call(a, "POST", "/scopes", r#"{"scopes": ["wms", "k2"]}"#, None).status, 201);
-    assert_eq!(call(a, "POST", "/scopes", r#"{"scopes": ["wms"]}"#, None).text(), "One or more scopes already exist.");
+    assert_eq!(
+        json(&get(a, "GET", "/scopes", &[])),
+        serde_json::json!({"scopes": null})
+    );
+    assert_eq!(
+        call(a, "POST", "/scopes", r#"{"scopes": ["wms", "k2"]}"#, None).status,
+        201
+    );
+    assert_eq!(
+        call(a, "POST", "/scopes", r#"{"scopes": ["wms"]}"#, None).text(),
+        "One or more scopes already exist."
+    );
     assert_eq!(call(a, "PUT", "/scopes/wmts", "", None).status, 201);
-    assert_eq!(json(&get(a, "GET", "/scopes/wmts", &[])), serde_json::json!({"scope": "wmts"}));
+    assert_eq!(
+        json(&get(a, "GET", "/scopes/wmts", &[])),
+        serde_json::json!({"scope": "wmts"})
+    );
     let missing = get(a, "GET", "/scopes/nope", &[]);
-    assert_eq!((missing.status, missing.text().as_str()), (404, "scope not found: nope"));
+    assert_eq!(
+        (missing.status, missing.text().as_str()),
+        (404, "scope not found: nope")
+    );
 
     for name in ["u1", "u2", "u3"] {
-        assert_eq!(call(a, "POST", "/users", &format!(r#"{{"username": "{name}"}}"#), None).status, 200);
+        assert_eq!(
+            call(
+                a,
+                "POST",
+                "/users",
+                &format!(r#"{{"username": "{name}"}}"#),
+                None
+            )
+            .status,
+            200
+        );
     }
     let invalid = call(a, "POST", "/users", r#"{"firstname": "x"}"#, None);
-    assert_eq!((invalid.status, invalid.text().as_str()), (422, "data should have required property 'username'"));
+    assert_eq!(
+        (invalid.status, invalid.text().as_str()),
+        (422, "data should have required property 'username'")
+    );
     let page = json(&get(a, "GET", "/users?count=2", &[]));
     assert_eq!(page["users"].as_array().map(Vec::len), Some(2));
     let next = page["nextKey"].as_u64().expect("nextKey");
     assert!(next > 0);
     let rest = json(&get(a, "GET", &format!("/users?start={next}&count=2"), &[]));
-    assert_eq!((rest["users"].as_array().map(Vec::len), rest["nextKey"].as_u64()), (Some(1), Some(0)));
-    let updated = json(&call(a, "PUT", "/users/u1", r#"{"email": "u1@example.com"}"#, None));
+    assert_eq!(
+        (
+            rest["users"].as_array().map(Vec::len),
+            rest["nextKey"].as_u64()
+        ),
+        (Some(1), Some(0))
+    );
+    let updated = json(&call(
+        a,
+        "PUT",
+        "/users/u1",
+        r#"{"email": "u1@example.com"}"#,
+        None,
+    ));
     assert_eq!(updated["email"], "u1@example.com");
-    assert_eq!(call(a, "PUT", "/users/u1", r#"{"nonsense": 1}"#, None).status, 422);
-    assert_eq!(json(&call(a, "PUT", "/users/u1/status", r#"{"status": false}"#, None)), serde_json::json!({"status": "Deactivated"}));
-    assert_eq!(json(&call(a, "PUT", "/users/u1/status", r#"{"status": false}"#, None)), serde_json::json!({"status": "Inactive"}));
-    let nobody = call(a, "PUT", "/users/nobody/status", r#"{"status": true}"#, None);
-    assert_eq!((nobody.status, nobody.text().as_str()), (404, "user not found: nobody"));
-    assert_eq!(get(a, "GET", "/users/nobody", &[]).text(), "User not found: nobody");
+    assert_eq!(
+        call(a, "PUT", "/users/u1", r#"{"nonsense": 1}"#, None).status,
+        422
+    );
+    assert_eq!(
+        json(&call(
+            a,
+            "PUT",
+            "/users/u1/status",
+            r#"{"status": false}"#,
+            None
+        )),
+        serde_json::json!({"status": "Deactivated"})
+    );
+    assert_eq!(
+        json(&call(
+            a,
+            "PUT",
+            "/users/u1/status",
+            r#"{"status": false}"#,
+            None
+        )),
+        serde_json::json!({"status": "Inactive"})
+    );
+    let nobody = call(
+        a,
+        "PUT",
+        "/users/nobody/status",
+        r#"{"status": true}"#,
+        None,
+    );
+    assert_eq!(
+        (nobody.status, nobody.text().as_str()),
+        (404, "user not found: nobody")
+    );
+    assert_eq!(
+        get(a, "GET", "/users/nobody", &[]).text(),
+        "User not found: nobody"
+    );
 
-    let app = json(&call(a, "POST", "/apps", r#"{"userId": "u2", "name": "viewer", "scopes": ["wms"]}"#, None));
-    assert_eq!(app["scopes"], serde_json::json!(["wms"]), "the create answer shows what was sent");
-    assert_eq!(json(&get(a, "GET", "/apps/viewer", &[]))["scopes"], "wms", "stored comma-joined");
-    assert_eq!(call(a, "POST", "/apps", r#"{"userId": "ghost", "name": "x"}"#, None).text(), "The specified user does not exist");
-    assert_eq!(call(a, "POST", "/apps", r#"{"userId": "u2", "name": "viewer"}"#, None).status, 409);
-    assert_eq!(call(a, "POST", "/apps", r#"{"userId": "u2", "name": "y", "id": "mine"}"#, None).status, 422, "apps take only their model's properties");
+    let app = json(&call(
+        a,
+        "POST",
+        "/apps",
+        r#"{"userId": "u2", "name": "viewer", "scopes": ["wms"]}"#,
+        None,
+    ));
+    assert_eq!(
+        app["scopes"],
+        serde_json::json!(["wms"]),
+        "the create answer shows what was sent"
+    );
+    assert_eq!(
+        json(&get(a, "GET", "/apps/viewer", &[]))["scopes"],
+        "wms",
+        "stored comma-joined"
+    );
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            "/apps",
+            r#"{"userId": "ghost", "name": "x"}"#,
+            None
+        )
+        .text(),
+        "The specified user does not exist"
+    );
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            "/apps",
+            r#"{"userId": "u2", "name": "viewer"}"#,
+            None
+        )
+        .status,
+        409
+    );
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            "/apps",
+            r#"{"userId": "u2", "name": "y", "id": "mine"}"#,
+            None
+        )
+        .status,
+        422,
+        "apps take only their model's properties"
+    );
 
-    let ka = json(&call(a, "POST", "/credentials", r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["wms"]}}"#, None));
+    let ka = json(&call(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["wms"]}}"#,
+        None,
+    ));
     let key_id = ka["keyId"].as_str().expect("keyId").to_string();
-    assert_eq!(call(a, "POST", "/credentials", r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["nope"]}}"#, None).text(), "One or more scopes don't exist");
-    assert_eq!(call(a, "POST", "/credentials", r#"{"consumerId": "ghost", "type": "jwt"}"#, None).text(), "No consumer found with id: ghost");
-    let generated = json(&call(a, "POST", "/credentials", r#"{"consumerId": "u3", "type": "basic-auth"}"#, None));
-    assert_eq!(generated["password"].as_str().map(str::len), Some(36), "a generated password is shown once");
-    assert_eq!(call(a, "POST", "/credentials", r#"{"consumerId": "u3", "type": "basic-auth"}"#, None).text(), "Credential already exists and is active");
-    assert_eq!(call(a, "PUT", &format!("/credentials/key-auth/{key_id}/scopes/k2"), "", None).status, 204);
-    assert_eq!(json(&get(a, "GET", &format!("/credentials/key-auth/{key_id}"), &[]))["scopes"], serde_json::json!(["wms", "k2"]));
-    assert_eq!(call(a, "DELETE", &format!("/credentials/key-auth/{key_id}/scopes/wms"), "", None).status, 204);
-    assert_eq!(call(a, "PUT", &format!("/credentials/key-auth/{key_id}/scopes/"), r#"{"scopes": ["wmts"]}"#, None).status, 204);
-    assert_eq!(json(&get(a, "GET", &format!("/credentials/key-auth/{key_id}"), &[]))["scopes"], serde_json::json!(["wmts"]));
-    assert_eq!(json(&call(a, "PUT", &format!("/credentials/key-auth/{key_id}/status"), r#"{"status": false}"#, None)), serde_json::json!({"status": "Deactivated"}));
-    assert_eq!(get(a, "GET", "/credentials/key-auth/nope", &[]).text(), "null");
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            "/credentials",
+            r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["nope"]}}"#,
+            None
+        )
+        .text(),
+        "One or more scopes don't exist"
+    );
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            "/credentials",
+            r#"{"consumerId": "ghost", "type": "jwt"}"#,
+            None
+        )
+        .text(),
+        "No consumer found with id: ghost"
+    );
+    let generated = json(&call(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "u3", "type": "basic-auth"}"#,
+        None,
+    ));
+    assert_eq!(
+        generated["password"].as_str().map(str::len),
+        Some(36),
+        "a generated password is shown once"
+    );
+    assert_eq!(
+        call(
+            a,
+            "POST",
+            "/credentials",
+            r#"{"consumerId": "u3", "type": "basic-auth"}"#,
+            None
+        )
+        .text(),
+        "Credential already exists and is active"
+    );
+    assert_eq!(
+        call(
+            a,
+            "PUT",
+            &format!("/credentials/key-auth/{key_id}/scopes/k2"),
+            "",
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        json(&get(
+            a,
+            "GET",
+            &format!("/credentials/key-auth/{key_id}"),
+            &[]
+        ))["scopes"],
+        serde_json::json!(["wms", "k2"])
+    );
+    assert_eq!(
+        call(
+            a,
+            "DELETE",
+            &format!("/credentials/key-auth/{key_id}/scopes/wms"),
+            "",
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        call(
+            a,
+            "PUT",
+            &format!("/credentials/key-auth/{key_id}/scopes/"),
+            r#"{"scopes": ["wmts"]}"#,
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(
+        json(&get(
+            a,
+            "GET",
+            &format!("/credentials/key-auth/{key_id}"),
+            &[]
+        ))["scopes"],
+        serde_json::json!(["wmts"])
+    );
+    assert_eq!(
+        json(&call(
+            a,
+            "PUT",
+            &format!("/credentials/key-auth/{key_id}/status"),
+            r#"{"status": false}"#,
+            None
+        )),
+        serde_json::json!({"status": "Deactivated"})
+    );
+    assert_eq!(
+        get(a, "GET", "/credentials/key-auth/nope", &[]).text(),
+        "null"
+    );
     let by_consumer = json(&get(a, "GET", "/credentials/viewer", &[]));
     assert_eq!(by_consumer["credentials"][0]["keyId"], key_id.as_str());
     let unknown = get(a, "GET", "/credentials/ghost", &[]);
     assert_eq!((unknown.status, unknown.text().as_str()), (404, "{}"));
-    assert_eq!(json(&get(a, "GET", "/credentials", &[]))["credentials"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        json(&get(a, "GET", "/credentials", &[]))["credentials"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
     // Deleting a scope takes it from the credentials that hold it.
     assert_eq!(call(a, "DELETE", "/scopes/wmts", "", None).status, 204);
-    assert_eq!(json(&get(a, "GET", &format!("/credentials/key-auth/{key_id}"), &[]))["scopes"], serde_json::json!([]));
-    assert_eq!(call(a, "DELETE", &format!("/credentials/key-auth/{key_id}"), "", None).status, 204);
+    assert_eq!(
+        json(&get(
+            a,
+            "GET",
+            &format!("/credentials/key-auth/{key_id}"),
+            &[]
+        ))["scopes"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        call(
+            a,
+            "DELETE",
+            &format!("/credentials/key-auth/{key_id}"),
+            "",
+            None
+        )
+        .status,
+        204
+    );
     assert_eq!(call(a, "DELETE", "/apps/viewer", "", None).status, 204);
     assert_eq!(call(a, "DELETE", "/apps/viewer", "", None).status, 404);
     assert_eq!(call(a, "POST", "/users", "{not json", None).status, 400);
@@ -99,8 +349,26 @@ fn users_apps_scopes_and_credentials_routes() {
 fn an_admin_token_guards_every_route() {
     let (_d, gw) = gateway(&["--admin-token", "s3cr3t"]);
     assert_eq!(get(gw.admin_port, "GET", "/users", &[]).status, 401);
-    assert_eq!(get(gw.admin_port, "GET", "/users", &[("Authorization", "Bearer wrong")]).status, 401);
-    assert_eq!(get(gw.admin_port, "GET", "/users", &[("Authorization", "Bearer s3cr3t")]).status, 200);
+    assert_eq!(
+        get(
+            gw.admin_port,
+            "GET",
+            "/users",
+            &[("Authorization", "Bearer wrong")]
+        )
+        .status,
+        401
+    );
+    assert_eq!(
+        get(
+            gw.admin_port,
+            "GET",
+            "/users",
+            &[("Authorization", "Bearer s3cr3t")]
+        )
+        .status,
+        200
+    );
     assert_eq!(get(gw.admin_port, "GET", "/metrics", &[]).status, 401);
 }
 
@@ -111,7 +379,11 @@ fn the_cli_speaks_to_the_admin_api() {
     let env = [("EG_ADMIN_URL", url.as_str())];
     let cli = |args: &[&str]| {
         let out = run_tollgate(args, &env);
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     let (code, out, _) = cli(&["users", "list"]);
     assert_eq!((code, out.as_str()), (Some(0), "You have no users\n"));
@@ -122,18 +394,44 @@ fn the_cli_speaks_to_the_admin_api() {
     let (_, out, _) = cli(&["users", "list"]);
     let user: serde_json::Value = serde_json::from_str(&out).expect("one user as JSON");
     assert_eq!(user["username"], "kalisio");
-    assert!(out.starts_with("{\n  \"isActive\": true,\n  \"username\": \"kalisio\""), "{out}");
+    assert!(
+        out.starts_with("{\n  \"isActive\": true,\n  \"username\": \"kalisio\""),
+        "{out}"
+    );
     let (code, _, err) = cli(&["scopes", "create", "wms", "wmts"]);
     assert_eq!((code, err.as_str()), (Some(0), "✔ Created wms,wmts\n"));
-    let (_, app_id, _) = cli(&["apps", "create", "-u", "kalisio", "-q", "-p", "name=kano", "-p", "scopes=[\"wms\"]"]);
-    let (code, key, err) = cli(&["credentials", "create", "-c", "kano", "-t", "key-auth", "-q", "-p", "scopes=[\"wms\"]"]);
+    let (_, app_id, _) = cli(&[
+        "apps",
+        "create",
+        "-u",
+        "kalisio",
+        "-q",
+        "-p",
+        "name=kano",
+        "-p",
+        "scopes=[\"wms\"]",
+    ]);
+    let (code, key, err) = cli(&[
+        "credentials",
+        "create",
+        "-c",
+        "kano",
+        "-t",
+        "key-auth",
+        "-q",
+        "-p",
+        "scopes=[\"wms\"]",
+    ]);
     assert_eq!(code, Some(0), "{err}");
     let (key_id, secret) = key.trim().split_once(':').expect("keyId:keySecret");
     assert_eq!((key_id.len(), secret.len()), (22, 22));
     let (_, listed, _) = cli(&["credentials", "list", "-c", app_id.trim(), "-q"]);
     assert_eq!(listed.trim(), key_id);
     let (code, _, err) = cli(&["credentials", "deactivate", key_id, "-t", "key-auth"]);
-    assert_eq!((code, err.trim()), (Some(0), format!("✔ Deactivated {key_id}").as_str()));
+    assert_eq!(
+        (code, err.trim()),
+        (Some(0), format!("✔ Deactivated {key_id}").as_str())
+    );
     let (code, _, err) = cli(&["users", "info", "nobody"]);
     assert_eq!((code, err.trim()), (Some(1), "✖ User not found: nobody"));
     let (code, _, err) = cli(&["users", "remove", "kalisio"]);
@@ -142,6 +440,9 @@ fn the_cli_speaks_to_the_admin_api() {
     // The gateway is gone: a clear error and a failing exit status.
     let (code, _, err) = cli(&["users", "list"]);
     assert_eq!(code, Some(1));
-    assert!(err.contains("cannot reach the Admin API") && err.contains("is `tollgate serve` running?"), "{err}");
+    assert!(
+        err.contains("cannot reach the Admin API") && err.contains("is `tollgate serve` running?"),
+        "{err}"
+    );
     drop(dir);
 }

@@ -540,3 +540,97 @@ fn populate_is_idempotent_and_clean_leaves_nothing() {
         .collect();
     assert!(left.is_empty(), "orphans: {left:?}");
 }
+
+#[test]
+fn gateways_starting_together_populate_without_racing() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    dir.write(
+        "consumers.config.json",
+        r#"{"scopes": ["wmts"], "users": {"u": {"a": {"type": "key-auth", "keyId": "K", "keySecret": "S", "scopes": ["wmts"]}}}}"#,
+    );
+    let file = dir.file("consumers.config.json");
+    let gateways: Vec<GatewayProcess> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| GatewayProcess::start_with(&dir, &["--populate", &file], &[])))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("start"))
+            .collect()
+    });
+    assert_eq!(
+        redis
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("EG-user:"))
+            .count(),
+        1,
+        "one user, not one per gateway"
+    );
+    assert_eq!(redis.smembers("EG-username:u").len(), 1);
+    assert_eq!(
+        redis
+            .keys()
+            .iter()
+            .filter(|k| k.starts_with("EG-application:"))
+            .count(),
+        1
+    );
+    for gw in &gateways {
+        assert_eq!(
+            get(
+                gw.port,
+                "GET",
+                "/wmts/1",
+                &[("Authorization", "apiKey K:S")]
+            )
+            .status,
+            200
+        );
+    }
+}
+
+#[test]
+fn redis_through_sentinel() {
+    let redis = RedisServer::start();
+    redis.load_dump(&eg_fixture());
+    let sentinel_port = support::free_port();
+    let sdir = ConfigDir::empty();
+    sdir.write(
+        "sentinel.conf",
+        &format!(
+            "port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor tiles 127.0.0.1 {} 1\n",
+            redis.port
+        ),
+    );
+    let mut sentinel = std::process::Command::new("redis-server")
+        .arg(sdir.file("sentinel.conf"))
+        .arg("--sentinel")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server --sentinel");
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    dir.write(
+        "system.config.yml",
+        &format!("db:\n  redis:\n    emulate: false\n    namespace: EG\n    name: tiles\n    sentinels:\n      - host: 127.0.0.1\n        port: {sentinel_port}\n"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", sentinel_port)).is_err() {
+        assert!(Instant::now() < deadline, "sentinel did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gw = GatewayProcess::start(&dir);
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")],
+    );
+    assert_eq!(consumer_of(&r), Some(APP2.to_string()));
+    assert!(gw.log_text().contains("via sentinels"), "{}", gw.log_text());
+    let _ = sentinel.kill();
+    let _ = sentinel.wait();
+}
