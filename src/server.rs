@@ -74,18 +74,20 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .with_context(|| format!("populate from {}", file.display()))?;
         log::info!("populate {}: {report}", file.display());
     }
-    match background
-        .block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, consumers.cache.load()).await })
+    // Wait a while for the first load; if it takes longer it goes on in the background.
+    let first_load = background.spawn({
+        let cache = consumers.cache.clone();
+        async move { cache.load().await }
+    });
+    match background.block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, first_load).await })
     {
-        Ok(Ok(())) => log::info!(
-            "consumer cache loaded: {} credentials",
-            consumers.cache.len()
-        ),
-        Ok(Err(e)) => {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
             log::error!("consumer cache not loaded yet (retrying in the background): {e}")
         }
-        Err(_) => log::error!(
-            "consumer cache not loaded within {FIRST_LOAD_TIMEOUT:?} (retrying in the background)"
+        Ok(Err(e)) => log::error!("consumer cache load failed: {e}"),
+        Err(_) => log::warn!(
+            "consumer cache still loading after {FIRST_LOAD_TIMEOUT:?}; serving meanwhile"
         ),
     }
     consumers.cache.start(background.handle(), opts.resync);

@@ -82,6 +82,8 @@ pub struct ConsumerCache {
     recently_missed: Mutex<HashMap<String, Instant>>,
     verified_passwords: Mutex<HashSet<[u8; 32]>>,
     runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// Full loads run one at a time.
+    load_lock: tokio::sync::Mutex<()>,
     /// This cache, for the background lookups it spawns (set by `start`).
     me: Mutex<std::sync::Weak<ConsumerCache>>,
     pub stats: CacheStats,
@@ -103,6 +105,7 @@ impl ConsumerCache {
             verified_passwords: Mutex::new(HashSet::new()),
             runtime: Mutex::new(None),
             me: Mutex::new(std::sync::Weak::new()),
+            load_lock: tokio::sync::Mutex::new(()),
             stats: CacheStats::default(),
         }
     }
@@ -138,41 +141,109 @@ impl ConsumerCache {
         self.len() == 0
     }
 
-    /// Loads everything from the store and swaps it in at once.
+    /// Loads everything from the store and swaps it in at once. Hashes are read and converted
+    /// a chunk at a time, so a million credentials never sit in memory twice.
     pub async fn load(&self) -> StoreResult<()> {
+        let _one_at_a_time = self.load_lock.lock().await;
+        let started = Instant::now();
         let mut t = Tables::default();
-        for (key, h) in self.hashes(&self.layout.user_prefix()).await? {
-            let id = &key[self.layout.user_prefix().len()..];
+        // One pass over the namespace's keys (a SCAN per kind would walk all of Redis each time),
+        // sorted into kinds without copying them.
+        let (user_prefix, app_prefix) = (self.layout.user_prefix(), self.layout.app_prefix());
+        let ka_prefix = self.layout.credential_prefix(CredentialType::KeyAuth);
+        let jwt_prefix = self.layout.credential_prefix(CredentialType::Jwt);
+        let basic_prefix = self.layout.credential_prefix(CredentialType::BasicAuth);
+        let (mut users, mut apps, mut key_auth, mut jwt, mut basic) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in self
+            .store
+            .keys_with_prefix(&format!("{}-", self.layout.namespace()))
+            .await?
+        {
+            let kind = if k.starts_with(&user_prefix) {
+                &mut users
+            } else if k.starts_with(&app_prefix) {
+                &mut apps
+            } else if k.starts_with(&ka_prefix) {
+                &mut key_auth
+            } else if k.starts_with(&jwt_prefix) {
+                &mut jwt
+            } else if k.starts_with(&basic_prefix) {
+                &mut basic
+            } else {
+                continue;
+            };
+            kind.push(k);
+        }
+        self.each_hash(&users, &["isActive", "username", "scopes"], |key, h| {
+            let id = &key[user_prefix.len()..];
             let (entry, username) = user_entry(id, &h);
             if let Some(u) = username {
                 t.usernames.insert(u.into(), entry.consumer.id.clone());
             }
             t.users.insert(id.into(), entry);
-        }
-        for (key, h) in self.hashes(&self.layout.app_prefix()).await? {
-            let id = &key[self.layout.app_prefix().len()..];
+        })
+        .await?;
+        self.each_hash(&apps, &["isActive", "scopes"], |key, h| {
+            let id = &key[app_prefix.len()..];
             t.apps.insert(id.into(), app_entry(id, &h));
+        })
+        .await?;
+        // Credentials share their consumer's id and, mostly, a few scope lists: keep one copy.
+        let mut interned_scopes: HashSet<Arc<[String]>> = HashSet::new();
+        for (ty, keys) in [
+            (CredentialType::KeyAuth, key_auth),
+            (CredentialType::Jwt, jwt),
+        ] {
+            let prefix = self.layout.credential_prefix(ty);
+            self.each_hash(
+                &keys,
+                &["keySecret", "consumerId", "isActive", "scopes"],
+                |key, h| {
+                    if let Some(mut c) = keyed_credential(&h) {
+                        let owner = t
+                            .apps
+                            .get(&*c.consumer_id)
+                            .or_else(|| t.users.get(&*c.consumer_id));
+                        if let Some(owner) = owner {
+                            c.consumer_id = owner.consumer.id.clone();
+                        }
+                        if let Some(scopes) = c.scopes.take() {
+                            let shared = match interned_scopes.get(&*scopes) {
+                                Some(s) => s.clone(),
+                                None => {
+                                    interned_scopes.insert(scopes.clone());
+                                    scopes
+                                }
+                            };
+                            c.scopes = Some(shared);
+                        }
+                        let table = if ty == CredentialType::KeyAuth {
+                            &mut t.key_auth
+                        } else {
+                            &mut t.jwt
+                        };
+                        table.insert(key[prefix.len()..].into(), c);
+                    }
+                },
+            )
+            .await?;
         }
-        for ty in [CredentialType::KeyAuth, CredentialType::Jwt] {
-            for (key, h) in self.hashes(&self.layout.credential_prefix(ty)).await? {
-                let id = &key[self.layout.credential_prefix(ty).len()..];
-                if let Some(c) = keyed_credential(&h) {
-                    let table = if ty == CredentialType::KeyAuth {
-                        &mut t.key_auth
-                    } else {
-                        &mut t.jwt
-                    };
-                    table.insert(id.into(), c);
-                }
-            }
-        }
-        let basic_prefix = self.layout.credential_prefix(CredentialType::BasicAuth);
-        for (key, h) in self.hashes(&basic_prefix).await? {
+        self.each_hash(&basic, &["password", "isActive", "scopes"], |key, h| {
             if let Some(c) = password_credential(&h, CredentialType::BasicAuth) {
                 t.basic.insert(key[basic_prefix.len()..].into(), c);
             }
-        }
+        })
+        .await?;
+        t.key_auth.shrink_to_fit();
+        t.jwt.shrink_to_fit();
+        let count = t.key_auth.len() + t.jwt.len() + t.basic.len();
         *self.write() = t;
+        log::info!(
+            "consumer cache: {count} credentials loaded from {} in {:.2?}",
+            self.store.describe(),
+            started.elapsed()
+        );
         self.loaded.store(true, Ordering::Relaxed);
         *self.last_resync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.recently_missed
@@ -182,22 +253,37 @@ impl ConsumerCache {
         Ok(())
     }
 
-    /// Every hash under a prefix (sets sharing the key space are skipped).
-    async fn hashes(&self, prefix: &str) -> StoreResult<Vec<(String, HashMap<String, String>)>> {
-        let keys = self.store.keys_with_prefix(prefix).await?;
-        let types = self.store.key_types(&keys).await?;
-        let keys: Vec<String> = keys
-            .into_iter()
-            .zip(types)
-            .filter(|(_, t)| *t == KeyType::Hash)
-            .map(|(k, _)| k)
-            .collect();
-        let values = self.store.hgetall_many(&keys).await?;
-        Ok(keys
-            .into_iter()
-            .zip(values)
-            .filter(|(_, h)| !h.is_empty())
-            .collect())
+    /// Calls `f` with `fields` of every hash among `keys` (sets sharing the key space are
+    /// skipped), a chunk at a time with a few chunks in flight.
+    async fn each_hash(
+        &self,
+        keys: &[String],
+        fields: &[&str],
+        mut f: impl FnMut(&str, HashMap<String, String>),
+    ) -> StoreResult<()> {
+        const CHUNK: usize = 1000;
+        const IN_FLIGHT: usize = 4;
+        let chunks: Vec<&[String]> = keys.chunks(CHUNK).collect();
+        for group in chunks.chunks(IN_FLIGHT) {
+            let results = futures_util::future::try_join_all(
+                group.iter().map(|c| self.store.hash_fields_many(c, fields)),
+            )
+            .await?;
+            for (key, row) in group
+                .iter()
+                .flat_map(|c| c.iter())
+                .zip(results.into_iter().flatten())
+            {
+                let Some(row) = row else { continue };
+                let h: HashMap<String, String> = fields
+                    .iter()
+                    .zip(row)
+                    .filter_map(|(f, v)| v.map(|v| (f.to_string(), v)))
+                    .collect();
+                f(key, h);
+            }
+        }
+        Ok(())
     }
 
     /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
@@ -277,6 +363,13 @@ impl ConsumerCache {
         *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
         let cache = self.clone();
         runtime.spawn(async move {
+            // Until a first load succeeds (the store may be down at start), keep trying.
+            while !cache.is_loaded() {
+                if let Err(e) = cache.load().await {
+                    log::warn!("consumer cache: not loaded yet: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
             let channel = cache.layout.invalidation_channel();
             let mut messages = loop {
                 match cache.store.subscribe(&channel).await {
@@ -287,7 +380,8 @@ impl ConsumerCache {
                     }
                 }
             };
-            let mut ticker = tokio::time::interval(resync_every);
+            // The first full load happened before serving; the next one is due after a period.
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
             loop {
                 tokio::select! {
                     msg = messages.recv() => match msg {

@@ -269,6 +269,21 @@ impl Store for EmbeddedStore {
             .collect())
     }
 
+    async fn hash_fields_many(
+        &self,
+        keys: &[String],
+        fields: &[&str],
+    ) -> StoreResult<Vec<Option<Vec<Option<String>>>>> {
+        let st = self.state();
+        Ok(keys
+            .iter()
+            .map(|k| match st.data.get(k) {
+                Some(Value::Hash(h)) => Some(fields.iter().map(|f| h.get(*f).cloned()).collect()),
+                _ => None,
+            })
+            .collect())
+    }
+
     async fn key_types(&self, keys: &[String]) -> StoreResult<Vec<KeyType>> {
         let st = self.state();
         Ok(keys

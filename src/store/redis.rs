@@ -17,7 +17,7 @@ use crate::config::system_file::RedisDef;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-const SCAN_COUNT: usize = 1000;
+const SCAN_COUNT: usize = 10_000;
 const PIPELINE_CHUNK: usize = 1000;
 
 pub struct RedisStore {
@@ -268,6 +268,38 @@ impl Store for RedisStore {
             }
             let part: Vec<HashMap<String, String>> = self.query_pipe(&pipe).await?;
             out.extend(part);
+        }
+        Ok(out)
+    }
+
+    async fn hash_fields_many(
+        &self,
+        keys: &[String],
+        fields: &[&str],
+    ) -> StoreResult<Vec<Option<Vec<Option<String>>>>> {
+        // Server side: the type check and HMGET of a whole chunk in one round trip.
+        let script = redis::Script::new(
+            "local out = {} \
+             for i, k in ipairs(KEYS) do \
+               if redis.call('TYPE', k).ok == 'hash' then out[i] = redis.call('HMGET', k, unpack(ARGV)) else out[i] = false end \
+             end \
+             return out",
+        );
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(PIPELINE_CHUNK) {
+            let mut inv = script.prepare_invoke();
+            for k in chunk {
+                inv.key(k);
+            }
+            for f in fields {
+                inv.arg(*f);
+            }
+            let mut c = self.conn().await?;
+            let rows: Vec<Option<Vec<Option<String>>>> = match inv.invoke_async(&mut c).await {
+                Ok(v) => v,
+                Err(e) => return Err(self.on_error(e).await),
+            };
+            out.extend(rows);
         }
         Ok(out)
     }
