@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod echo;
+pub mod eg;
 pub mod gateway;
 pub mod jwt;
 pub mod redis;
