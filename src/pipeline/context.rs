@@ -174,3 +174,57 @@ pub struct Exchange {
     pub response_edits: Vec<HeaderEdit>,
     pub proxy: Option<ProxyPlan>,
 }
+
+/// Requests for unit tests of policies.
+#[cfg(test)]
+pub mod testing {
+    use super::*;
+
+    pub struct OwnedRequest {
+        pub method: Method,
+        pub url: String,
+        pub headers: HeaderMap,
+        pub endpoint: ApiEndpoint,
+    }
+
+    impl OwnedRequest {
+        pub fn get(url: &str, headers: &[(&str, &str)], scopes: &[&str]) -> OwnedRequest {
+            let mut map = HeaderMap::new();
+            for (k, v) in headers {
+                map.append(
+                    http::header::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    HeaderValue::from_str(v).expect("value"),
+                );
+            }
+            OwnedRequest {
+                method: Method::GET,
+                url: url.to_string(),
+                headers: map,
+                endpoint: ApiEndpoint {
+                    name: Arc::from("test"),
+                    scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                },
+            }
+        }
+
+        pub fn req(&self) -> Request<'_> {
+            let (path, query) = match self.url.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (self.url.as_str(), None),
+            };
+            Request {
+                method: &self.method,
+                path,
+                query,
+                url: &self.url,
+                host: self.headers.get("host").and_then(|h| h.to_str().ok()),
+                headers: &self.headers,
+                client_ip: Some("127.0.0.1".parse().expect("ip")),
+                server_port: Some(8080),
+                tls: false,
+                endpoint: &self.endpoint,
+                strip_at: None,
+            }
+        }
+    }
+}

@@ -345,3 +345,153 @@ impl Policy for Jwt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::context::testing::OwnedRequest;
+    use jsonwebtoken::{encode, EncodingKey, Header};
+
+    fn policy(params: serde_json::Value) -> Jwt {
+        let p: Params = serde_json::from_value(params).expect("params");
+        Jwt::build(
+            p,
+            Path::new("."),
+            &crate::gateway::Shared::detached().consumers,
+        )
+        .expect("builds")
+    }
+
+    fn hs(alg: Algorithm, secret: &str, claims: serde_json::Value) -> String {
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("sign")
+    }
+
+    fn passes(p: &Jwt, r: &OwnedRequest) -> bool {
+        let mut x = Exchange::default();
+        matches!(p.on_request(&r.req(), &mut x), Outcome::Continue) && x.consumer.is_some()
+    }
+
+    #[test]
+    fn extractors() {
+        let t = hs(Algorithm::HS256, "s", serde_json::json!({"id": "c1"}));
+        let header = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false, "jwtExtractor": "header", "jwtExtractorField": "X-Token"}),
+        );
+        assert!(passes(
+            &header,
+            &OwnedRequest::get("/t", &[("x-token", &t)], &[])
+        ));
+        assert!(!passes(
+            &header,
+            &OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[])
+        ));
+        let scheme = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false, "jwtExtractor": "authScheme", "jwtExtractorField": "JWT"}),
+        );
+        assert!(passes(
+            &scheme,
+            &OwnedRequest::get("/t", &[("authorization", &format!("jwt {t}"))], &[])
+        ));
+        assert!(!passes(
+            &scheme,
+            &OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[])
+        ));
+        let mut x = Exchange::default();
+        header.on_request(
+            &OwnedRequest::get("/t", &[("x-token", &t)], &[]).req(),
+            &mut x,
+        );
+        assert_eq!(
+            x.consumer.map(|c| c.id.to_string()),
+            Some("c1".to_string()),
+            "without a credential check the token's id is the consumer"
+        );
+    }
+
+    #[test]
+    fn issuer_algorithms_and_not_before() {
+        let p = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false, "issuer": "kargo", "algorithms": ["HS512"]}),
+        );
+        let bearer =
+            |t: &str| OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[]);
+        assert!(passes(
+            &p,
+            &bearer(&hs(
+                Algorithm::HS512,
+                "s",
+                serde_json::json!({"iss": "kargo"})
+            ))
+        ));
+        assert!(
+            !passes(
+                &p,
+                &bearer(&hs(
+                    Algorithm::HS256,
+                    "s",
+                    serde_json::json!({"iss": "kargo"})
+                ))
+            ),
+            "HS256 is not allowed"
+        );
+        assert!(!passes(
+            &p,
+            &bearer(&hs(
+                Algorithm::HS512,
+                "s",
+                serde_json::json!({"iss": "other"})
+            ))
+        ));
+        let later = now() + 3600;
+        assert!(!passes(
+            &p,
+            &bearer(&hs(
+                Algorithm::HS512,
+                "s",
+                serde_json::json!({"iss": "kargo", "nbf": later})
+            ))
+        ));
+        let p: Params = serde_json::from_value(
+            serde_json::json!({"secretOrPublicKey": "s", "algorithms": ["RS256"]}),
+        )
+        .expect("params");
+        assert!(
+            Jwt::build(
+                p,
+                Path::new("."),
+                &crate::gateway::Shared::detached().consumers
+            )
+            .is_err(),
+            "RS256 cannot go with a secret"
+        );
+    }
+
+    #[test]
+    fn eddsa_from_a_key_file() {
+        let key = openssl::pkey::PKey::generate_ed25519().expect("ed25519");
+        let dir = std::env::temp_dir().join(format!("tollgate-jwt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join("ed.pub"), key.public_key_to_pem().expect("pem")).expect("write");
+        let p: Params = serde_json::from_value(serde_json::json!({"secretOrPublicKeyFile": "ed.pub", "checkCredentialExistence": false})).expect("params");
+        let policy =
+            Jwt::build(p, &dir, &crate::gateway::Shared::detached().consumers).expect("builds");
+        let enc =
+            EncodingKey::from_ed_pem(&key.private_key_to_pem_pkcs8().expect("pem")).expect("key");
+        let t = encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"id": "e"}),
+            &enc,
+        )
+        .expect("sign");
+        assert!(passes(
+            &policy,
+            &OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[])
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

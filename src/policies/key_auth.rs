@@ -98,3 +98,127 @@ impl Policy for KeyAuth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::consumers::layout::Layout;
+    use crate::pipeline::context::testing::OwnedRequest;
+    use crate::store::{embedded::EmbeddedStore, Store, Write};
+
+    fn cache() -> Arc<ConsumerCache> {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::in_memory());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("rt");
+        rt.block_on(store.apply(&[
+            Write::HSet {
+                key: "EG-application:app".into(),
+                fields: vec![
+                    ("isActive".into(), "true".into()),
+                    ("id".into(), "app".into()),
+                ],
+            },
+            Write::HSet {
+                key: "EG-key-auth:k".into(),
+                fields: vec![
+                    ("isActive".into(), "true".into()),
+                    ("keySecret".into(), "s".into()),
+                    ("consumerId".into(), "app".into()),
+                    ("scopes".into(), r#"["wms"]"#.into()),
+                ],
+            },
+        ]))
+        .expect("fill");
+        let cache = Arc::new(ConsumerCache::new(store, Layout::new("EG")));
+        rt.block_on(cache.load()).expect("load");
+        cache
+    }
+
+    fn outcome(
+        params: serde_json::Value,
+        r: &OwnedRequest,
+        cache: &Arc<ConsumerCache>,
+    ) -> (Option<u16>, bool) {
+        let p =
+            KeyAuth::build(serde_json::from_value(params).expect("params"), cache).expect("builds");
+        let mut x = Exchange::default();
+        match p.on_request(&r.req(), &mut x) {
+            Outcome::Respond(reply) => (Some(reply.status), false),
+            _ => (None, x.consumer.is_some()),
+        }
+    }
+
+    #[test]
+    fn header_variants_query_and_scopes() {
+        let c = cache();
+        let none = serde_json::json!({});
+        assert_eq!(
+            outcome(
+                none.clone(),
+                &OwnedRequest::get("/x", &[("authorization", "apiKey k:s")], &["wms"]),
+                &c
+            ),
+            (None, true)
+        );
+        assert_eq!(
+            outcome(
+                none.clone(),
+                &OwnedRequest::get("/x?apiKey=k:s", &[], &[]),
+                &c
+            ),
+            (None, true)
+        );
+        assert_eq!(
+            outcome(
+                none.clone(),
+                &OwnedRequest::get("/x", &[("authorization", "apiKey k:s")], &["k2"]),
+                &c
+            ),
+            (Some(403), false)
+        );
+        let custom = serde_json::json!({"apiKeyHeader": "X-Api-Key", "disableHeadersScheme": true, "disableQueryParam": true});
+        assert_eq!(
+            outcome(
+                custom.clone(),
+                &OwnedRequest::get("/x", &[("x-api-key", "k:s")], &[]),
+                &c
+            ),
+            (None, true)
+        );
+        assert_eq!(
+            outcome(
+                custom.clone(),
+                &OwnedRequest::get("/x?apiKey=k:s", &[], &[]),
+                &c
+            ),
+            (Some(401), false)
+        );
+        let field = serde_json::json!({"apiKeyField": "key", "disableHeaders": true});
+        assert_eq!(
+            outcome(
+                field.clone(),
+                &OwnedRequest::get("/x?key=k%3As", &[], &[]),
+                &c
+            ),
+            (None, true)
+        );
+        assert_eq!(
+            outcome(
+                field,
+                &OwnedRequest::get("/x", &[("authorization", "apiKey k:s")], &[]),
+                &c
+            ),
+            (Some(401), false)
+        );
+        let pass = serde_json::json!({"passThrough": true});
+        assert_eq!(
+            outcome(
+                pass,
+                &OwnedRequest::get("/x", &[("authorization", "apiKey k:bad")], &[]),
+                &c
+            ),
+            (None, false)
+        );
+    }
+}
