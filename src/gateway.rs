@@ -47,7 +47,9 @@ pub const HEALTHCHECK_PATH: &str = "/healthcheck";
 
 pub struct Gateway {
     pub router: Router,
-    pub endpoints: Vec<ApiEndpoint>,
+    pub endpoints: Vec<Arc<ApiEndpoint>>,
+    /// Query parameters that carry credentials (redacted in the access log).
+    pub secret_query_params: Vec<String>,
     pub pipelines: Vec<Pipeline>,
     pub service_endpoints: HashMap<String, Arc<ServiceEndpoint>>,
     pub healthcheck_path: String,
@@ -79,23 +81,28 @@ impl Gateway {
             config_dir: &config_dir,
         };
         let pipelines = build_pipelines(&gw, &cx, &mut errors);
-        let endpoints: Vec<ApiEndpoint> = gw
+        let endpoints: Vec<Arc<ApiEndpoint>> = gw
             .api_endpoints
             .iter()
-            .map(|e| ApiEndpoint {
-                name: Arc::from(e.name.as_str()),
-                scopes: e
-                    .entries
-                    .iter()
-                    .flat_map(|d| d.scopes.iter().cloned())
-                    .collect(),
+            .map(|e| {
+                Arc::new(ApiEndpoint {
+                    name: Arc::from(e.name.as_str()),
+                    scopes: e
+                        .entries
+                        .iter()
+                        .flat_map(|d| d.scopes.iter().cloned())
+                        .collect(),
+                    metrics: crate::metrics::metrics().endpoint(&e.name),
+                })
             })
             .collect();
+        let secret_query_params = secret_query_params(&gw);
         let router = build_router(&gw, &mut errors);
         errors.into_result()?;
         Ok(Gateway {
             router,
             endpoints,
+            secret_query_params,
             pipelines,
             service_endpoints,
             healthcheck_path: system.plugin_endpoint("healthcheck", HEALTHCHECK_PATH),
@@ -320,4 +327,29 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
         }
     }
     router
+}
+
+/// `jwt`, `apiKey`, and the query parameters the config's key-auth and jwt steps read.
+fn secret_query_params(gw: &GatewayFile) -> Vec<String> {
+    let mut params = vec!["jwt".to_string(), "apiKey".to_string()];
+    for step in gw.pipelines.iter().flat_map(|p| p.steps.iter()) {
+        let field = |k: &str| {
+            step.action
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
+        };
+        let extra = match step.policy.as_str() {
+            "key-auth" => field("apiKeyField"),
+            "jwt" if field("jwtExtractor").as_deref() == Some("query") => {
+                field("jwtExtractorField")
+            }
+            _ => None,
+        };
+        if let Some(p) = extra.filter(|p| !params.contains(p)) {
+            params.push(p);
+        }
+    }
+    params
 }

@@ -1,11 +1,13 @@
 //! tollgate: an API gateway on Pingora that runs Express Gateway's configuration unchanged.
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod counters;
 pub mod gateway;
+pub mod health;
 pub mod metrics;
 pub mod pipeline;
 pub mod policies;

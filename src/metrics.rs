@@ -1,35 +1,243 @@
-//! The Prometheus registry and Kargo's `eg` counter: `eg{type, status_code, consumer,
-//! api_endpoint}`, named exactly as Kargo's metrics plugin named it (no `_total`), so existing
-//! Grafana dashboards keep working.
+//! The Prometheus registry: Kargo's `eg` counter, unchanged (no `_total`, its four labels), and
+//! tollgate's own families beside it. Label sets are bounded — api endpoint, status class,
+//! error kind — and the per-endpoint handles are resolved once when a config is built
+//! ([`EndpointMetrics`]), not per request.
 
 use std::sync::OnceLock;
 
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Seconds; tiles are served in microseconds to seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Status classes a duration is filed under.
+pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+/// Kinds of upstream failure.
+pub const UPSTREAM_ERROR_KINDS: [&str; 7] = [
+    "refused",
+    "connect_timeout",
+    "read_timeout",
+    "reset",
+    "tls",
+    "dns",
+    "other",
+];
 
 pub struct Metrics {
     pub registry: Registry,
     /// Kargo's request counter.
     pub eg: IntCounterVec,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    bytes_in: IntCounterVec,
+    bytes_out: IntCounterVec,
+    pub in_flight: IntGauge,
+    upstream_errors: Vec<IntCounter>,
+    pub cache_credentials: IntGauge,
+    pub cache_hits: IntCounter,
+    pub cache_misses: IntCounter,
+    pub cache_resync_age: Gauge,
+    pub store_up: IntGauge,
+    config_loads_ok: IntCounter,
+    config_loads_failed: IntCounter,
+    pub access_log_dropped: IntCounter,
+    /// Requests that matched no apiEndpoint.
+    pub unrouted: EndpointMetrics,
+}
+
+/// The handles of one apiEndpoint, resolved when the config is built.
+pub struct EndpointMetrics {
+    duration: Vec<Histogram>,
+    upstream: Histogram,
+    bytes_in: IntCounter,
+    bytes_out: IntCounter,
+}
+
+impl std::fmt::Debug for EndpointMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "EndpointMetrics")
+    }
+}
+
+impl EndpointMetrics {
+    /// Records one finished request.
+    pub fn record(
+        &self,
+        status: u16,
+        seconds: f64,
+        upstream_seconds: Option<f64>,
+        bytes_in: usize,
+        bytes_out: usize,
+    ) {
+        let class = match status {
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            500..=599 => 4,
+            _ => 5,
+        };
+        self.duration[class].observe(seconds);
+        if let Some(u) = upstream_seconds {
+            self.upstream.observe(u);
+        }
+        self.bytes_in.inc_by(bytes_in as u64);
+        self.bytes_out.inc_by(bytes_out as u64);
+    }
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("static metric definition: {e}"))
 }
 
 impl Metrics {
     fn new() -> Metrics {
         let registry = Registry::new();
-        let eg = IntCounterVec::new(
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+        let eg = must(IntCounterVec::new(
             Opts::new(
                 "eg",
-                "Requests through Express Gateway pipelines that have the metrics policy",
+                "Requests through pipelines that have the metrics policy (Kargo's counter)",
             ),
             &["type", "status_code", "consumer", "api_endpoint"],
-        )
-        .unwrap_or_else(|e| panic!("static metric definition: {e}"));
-        registry
-            .register(Box::new(eg.clone()))
-            .unwrap_or_else(|e| panic!("static metric registration: {e}"));
-        Metrics { registry, eg }
+        ));
+        reg(Box::new(eg.clone()));
+        let request_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request to response completion",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["api_endpoint", "status_class"],
+        ));
+        reg(Box::new(request_duration.clone()));
+        let upstream_duration = must(HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_upstream_duration_seconds",
+                "Time from choosing the upstream to its response header",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["api_endpoint"],
+        ));
+        reg(Box::new(upstream_duration.clone()));
+        let bytes_in = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_request_body_bytes_total",
+                "Request body bytes read from clients",
+            ),
+            &["api_endpoint"],
+        ));
+        reg(Box::new(bytes_in.clone()));
+        let bytes_out = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_response_body_bytes_total",
+                "Response body bytes sent to clients",
+            ),
+            &["api_endpoint"],
+        ));
+        reg(Box::new(bytes_out.clone()));
+        let in_flight = must(IntGauge::new(
+            "tollgate_requests_in_flight",
+            "Requests being served",
+        ));
+        reg(Box::new(in_flight.clone()));
+        let errors = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_errors_total",
+                "Upstream failures by kind",
+            ),
+            &["kind"],
+        ));
+        reg(Box::new(errors.clone()));
+        let upstream_errors = UPSTREAM_ERROR_KINDS
+            .iter()
+            .map(|k| errors.with_label_values(&[k]))
+            .collect();
+        let cache_credentials = must(IntGauge::new(
+            "tollgate_consumer_cache_credentials",
+            "Credentials held by the consumer cache",
+        ));
+        reg(Box::new(cache_credentials.clone()));
+        let cache_hits = must(IntCounter::new(
+            "tollgate_consumer_cache_hits_total",
+            "Credential lookups answered by the cache",
+        ));
+        reg(Box::new(cache_hits.clone()));
+        let cache_misses = must(IntCounter::new(
+            "tollgate_consumer_cache_misses_total",
+            "Credential lookups of unknown keys",
+        ));
+        reg(Box::new(cache_misses.clone()));
+        let cache_resync_age = must(Gauge::new(
+            "tollgate_consumer_cache_last_resync_age_seconds",
+            "Seconds since the consumer cache last loaded everything (-1: never)",
+        ));
+        reg(Box::new(cache_resync_age.clone()));
+        let store_up = must(IntGauge::new(
+            "tollgate_store_up",
+            "Whether the consumer store answers (1) or not (0)",
+        ));
+        reg(Box::new(store_up.clone()));
+        let loads = must(IntCounterVec::new(
+            Opts::new("tollgate_config_loads_total", "Config loads by result"),
+            &["result"],
+        ));
+        reg(Box::new(loads.clone()));
+        let access_log_dropped = must(IntCounter::new(
+            "tollgate_access_log_dropped_total",
+            "Access log lines dropped because the writer fell behind",
+        ));
+        reg(Box::new(access_log_dropped.clone()));
+        let unrouted = EndpointMetrics {
+            duration: STATUS_CLASSES
+                .iter()
+                .map(|c| request_duration.with_label_values(&["", c]))
+                .collect(),
+            upstream: upstream_duration.with_label_values(&[""]),
+            bytes_in: bytes_in.with_label_values(&[""]),
+            bytes_out: bytes_out.with_label_values(&[""]),
+        };
+        Metrics {
+            registry,
+            eg,
+            request_duration,
+            upstream_duration,
+            bytes_in,
+            bytes_out,
+            in_flight,
+            upstream_errors,
+            cache_credentials,
+            cache_hits,
+            cache_misses,
+            cache_resync_age,
+            store_up,
+            config_loads_ok: loads.with_label_values(&["ok"]),
+            config_loads_failed: loads.with_label_values(&["failed"]),
+            access_log_dropped,
+            unrouted,
+        }
     }
 
-    /// Counts one finished request of a metered pipeline.
+    /// The handles of an apiEndpoint.
+    pub fn endpoint(&self, name: &str) -> EndpointMetrics {
+        EndpointMetrics {
+            duration: STATUS_CLASSES
+                .iter()
+                .map(|c| self.request_duration.with_label_values(&[name, c]))
+                .collect(),
+            upstream: self.upstream_duration.with_label_values(&[name]),
+            bytes_in: self.bytes_in.with_label_values(&[name]),
+            bytes_out: self.bytes_out.with_label_values(&[name]),
+        }
+    }
+
+    /// Counts one finished request of a metered pipeline in Kargo's `eg` counter.
     pub fn count(&self, status: u16, consumer: Option<&str>, endpoint: &str) {
         let kind = if (200..300).contains(&status) {
             "SUCCESS"
@@ -41,6 +249,21 @@ impl Metrics {
         self.eg
             .with_label_values(&[kind, code.as_str(), consumer, endpoint])
             .inc();
+    }
+
+    /// Counts an upstream failure of one of [`UPSTREAM_ERROR_KINDS`].
+    pub fn upstream_error(&self, kind: usize) {
+        if let Some(c) = self.upstream_errors.get(kind) {
+            c.inc();
+        }
+    }
+
+    pub fn config_loaded(&self, ok: bool) {
+        if ok {
+            self.config_loads_ok.inc();
+        } else {
+            self.config_loads_failed.inc();
+        }
     }
 
     /// The Prometheus text exposition.
@@ -76,6 +299,9 @@ impl Metrics {
                             let value = match f.get_field_type() {
                                 prometheus::proto::MetricType::COUNTER => {
                                     m.get_counter().get_value()
+                                }
+                                prometheus::proto::MetricType::HISTOGRAM => {
+                                    m.get_histogram().get_sample_count() as f64
                                 }
                                 _ => m.get_gauge().get_value(),
                             };

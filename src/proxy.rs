@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -16,6 +16,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::gateway::Gateway;
+use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Outcome, Reply, Request};
 use crate::request_id::new_request_id;
 use crate::responses;
@@ -35,11 +36,15 @@ static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
 
 pub struct Tollgate {
     pub gateway: Arc<ArcSwap<Gateway>>,
+    pub health: Arc<Health>,
 }
 
 /// Per-request state across Pingora's phases.
 pub struct RequestCtx {
     x: Exchange,
+    started: Instant,
+    upstream_started: Option<Instant>,
+    upstream_time: Option<Duration>,
 }
 
 /// What the request phase decided.
@@ -72,6 +77,12 @@ impl Tollgate {
         if path == gw.healthcheck_path
             && (*method == http::Method::GET || *method == http::Method::HEAD)
         {
+            if head.uri.query().is_some_and(|q| {
+                q.split('&')
+                    .any(|p| p == "ready" || p.starts_with("ready="))
+            }) {
+                return Decision::Reply(responses::readiness(self.health.not_ready()));
+            }
             return Decision::Reply(responses::healthy());
         }
         let url = head.uri.path_and_query().map_or(path, |pq| pq.as_str());
@@ -104,7 +115,7 @@ impl Tollgate {
                 strip_at: route.path.strip_at,
             };
             let pipeline = &gw.pipelines[pi];
-            x.endpoint = Some(req.endpoint.name.clone());
+            x.endpoint = Some(gw.endpoints[route.endpoint].clone());
             if from > 0 {
                 x.request_id = new_request_id(); // EG makes a new context per route match
             }
@@ -213,8 +224,12 @@ impl ProxyHttp for Tollgate {
 
     fn new_ctx(&self) -> RequestCtx {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().in_flight.inc();
         RequestCtx {
             x: Exchange::default(),
+            started: Instant::now(),
+            upstream_started: None,
+            upstream_time: None,
         }
     }
 
@@ -237,6 +252,7 @@ impl ProxyHttp for Tollgate {
         let Some(plan) = &ctx.x.proxy else {
             return Error::e_explain(ErrorType::InternalError, "no proxy plan for this request");
         };
+        ctx.upstream_started = Some(Instant::now());
         let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
         peer.options.connection_timeout =
             Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
@@ -266,6 +282,18 @@ impl ProxyHttp for Tollgate {
             }
         }
         apply_edits(upstream, &ctx.x.upstream_edits)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.upstream_time.is_none() {
+            ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -317,13 +345,72 @@ impl ProxyHttp for Tollgate {
         }
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-        if ctx.x.metered {
-            let status = session.response_written().map_or(0, |r| r.status.as_u16());
-            let consumer = ctx.x.consumer.as_ref().map(|c| &*c.id);
-            let endpoint = ctx.x.endpoint.as_deref().unwrap_or("");
-            crate::metrics::metrics().count(status, consumer, endpoint);
+        let m = crate::metrics::metrics();
+        m.in_flight.dec();
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.started.elapsed();
+        let upstream = ctx.upstream_time.map(|d| d.as_secs_f64());
+        let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
+        let endpoint = ctx.x.endpoint.as_deref();
+        endpoint.map_or(&m.unrouted, |ep| &ep.metrics).record(
+            status,
+            elapsed.as_secs_f64(),
+            upstream,
+            bytes_in,
+            bytes_out,
+        );
+        if let Some(kind) = e
+            .filter(|e| e.esource() == &ErrorSource::Upstream)
+            .map(upstream_error_kind)
+        {
+            m.upstream_error(kind);
         }
+        let consumer = ctx.x.consumer.as_ref().map(|c| &*c.id);
+        if ctx.x.metered {
+            m.count(status, consumer, endpoint.map_or("", |ep| &*ep.name));
+        }
+        if crate::access_log::enabled() {
+            let head = session.req_header();
+            let url = head
+                .uri
+                .path_and_query()
+                .map_or_else(|| head.uri.path(), |p| p.as_str());
+            let gw = self.gateway.load();
+            let line = serde_json::json!({
+                "time": crate::consumers::model::rfc3339_now(),
+                "method": head.method.as_str(),
+                "path": crate::access_log::redact(url, &gw.secret_query_params),
+                "status": status,
+                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+                "upstream_ms": upstream.map(|u| (u * 1000.0 * 1000.0).round() / 1000.0),
+                "bytes_in": bytes_in,
+                "bytes_out": bytes_out,
+                "consumer": consumer.unwrap_or("anonymous"),
+                "api_endpoint": endpoint.map(|ep| &*ep.name),
+                "upstream": ctx.x.proxy.as_ref().map(|p| p.addr.to_string()),
+                "request_id": ctx.x.request_id,
+            });
+            crate::access_log::write(line.to_string());
+        }
+    }
+}
+
+/// Which of [`crate::metrics::UPSTREAM_ERROR_KINDS`] an upstream error is.
+fn upstream_error_kind(e: &Error) -> usize {
+    match e.etype() {
+        ErrorType::ConnectRefused => 0,
+        ErrorType::ConnectTimedout => 1,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => 2,
+        ErrorType::ConnectionClosed
+        | ErrorType::ReadError
+        | ErrorType::WriteError
+        | ErrorType::ConnectError => 3,
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => 4,
+        _ => 6,
     }
 }

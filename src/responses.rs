@@ -40,6 +40,20 @@ pub fn html(status: u16, body: impl Into<Bytes>) -> Reply {
     reply
 }
 
+/// The readiness answer: 200 when ready, else 503 with the reason, as JSON.
+pub fn readiness(not_ready: Option<String>) -> Reply {
+    let (status, body) = match not_ready {
+        None => (200, serde_json::json!({"status": "ready"})),
+        Some(reason) => (
+            503,
+            serde_json::json!({"status": "not ready", "reason": reason}),
+        ),
+    };
+    let mut reply = Reply::text(status, body.to_string());
+    reply.content_type = Some("application/json; charset=utf-8");
+    reply
+}
+
 /// Kargo's healthcheck answer.
 pub fn healthy() -> Reply {
     Reply::text(200, "OK")

@@ -18,6 +18,7 @@ use crate::consumers::populate;
 use crate::consumers::setup::ConsumerLayer;
 use crate::counters::Counters;
 use crate::gateway::{Gateway, Shared};
+use crate::health::Health;
 use crate::proxy::{Tollgate, IN_FLIGHT};
 
 /// How `tollgate serve` runs.
@@ -35,6 +36,8 @@ pub struct ServeOptions {
     pub resync: Duration,
     /// A bearer token the Admin API requires, when set.
     pub admin_token: Option<String>,
+    /// Where the access log goes, if anywhere.
+    pub access_log: Option<crate::access_log::Target>,
 }
 
 /// How long start-up waits for the consumer store before serving from an empty cache.
@@ -91,6 +94,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         ),
     }
     consumers.cache.start(background.handle(), opts.resync);
+    let health = Arc::new(Health::new(consumers.cache.clone()));
+    health.start_probe(background.handle(), consumers.store.clone());
+    if let Some(target) = &opts.access_log {
+        crate::access_log::start(target.clone())
+            .with_context(|| format!("cannot open the access log {target:?}"))?;
+    }
     let shared = Shared {
         counters: Arc::new(Counters::default()),
         consumers: consumers.cache.clone(),
@@ -99,10 +108,13 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
         Err(errors) => {
+            crate::metrics::metrics().config_loaded(false);
             eprintln!("{errors}");
             std::process::exit(2);
         }
     };
+    crate::metrics::metrics().config_loaded(true);
+
     if gateway.http.is_none() && gateway.https.is_none() {
         bail!("{}: the gateway config has no `http` or `https` section, so there is nothing to listen on", opts.config_dir.display());
     }
@@ -128,6 +140,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         &server.configuration,
         Tollgate {
             gateway: current.clone(),
+            health: health.clone(),
         },
         "tollgate gateway",
     );

@@ -109,6 +109,9 @@ pub struct ServeArgs {
     /// Require `Authorization: Bearer <token>` on the Admin API.
     #[arg(long, env = "TOLLGATE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Access log: `off`, `-` (stdout) or a file path; one JSON line per request.
+    #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value = "off")]
+    pub access_log: String,
 }
 
 /// Runs a command; returns the process exit code.
@@ -126,6 +129,7 @@ pub fn run(cli: Cli) -> i32 {
                 populate: args.populate,
                 resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
                 admin_token: args.admin_token.filter(|t| !t.is_empty()),
+                access_log: crate::access_log::Target::parse(&args.access_log),
             };
             match server::serve(opts) {
                 Ok(()) => 0,

@@ -17,6 +17,8 @@ use http::{HeaderMap, Method};
 pub struct ApiEndpoint {
     pub name: Arc<str>,
     pub scopes: Vec<String>,
+    /// Its metric handles, resolved when the config was built.
+    pub metrics: crate::metrics::EndpointMetrics,
 }
 
 /// A read-only view of the client's request.
@@ -166,7 +168,7 @@ impl std::fmt::Debug for Outcome {
 pub struct Exchange {
     pub request_id: String,
     /// The apiEndpoint of the route being run.
-    pub endpoint: Option<Arc<str>>,
+    pub endpoint: Option<Arc<ApiEndpoint>>,
     /// Whether the `metrics` policy asked for this request to be counted.
     pub metered: bool,
     pub consumer: Option<Consumer>,
@@ -203,6 +205,7 @@ pub mod testing {
                 endpoint: ApiEndpoint {
                     name: Arc::from("test"),
                     scopes: scopes.iter().map(|s| s.to_string()).collect(),
+                    metrics: crate::metrics::metrics().endpoint("test"),
                 },
             }
         }

@@ -241,6 +241,7 @@ impl Policy for Proxy {
         let target = self.pick();
         let Some(addr) = target.addr() else {
             log::warn!("proxy: upstream `{}` has no resolved address", target.url);
+            crate::metrics::metrics().upstream_error(5);
             return Outcome::Respond(crate::responses::bad_gateway());
         };
         if let Ok(id) = HeaderValue::from_str(&x.request_id) {

@@ -1,0 +1,79 @@
+//! Liveness and readiness. `/healthcheck` stays Kargo's plain `200 OK`; `/healthcheck?ready`
+//! answers 503 with a short JSON reason while the consumer cache has never loaded or the
+//! configured store does not answer. A probe pings the store every couple of seconds and keeps
+//! the cache and store gauges current, so neither readiness nor a scrape waits on the store.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::consumers::cache::ConsumerCache;
+use crate::metrics::metrics;
+use crate::store::Store;
+
+const PROBE_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Health {
+    cache: Arc<ConsumerCache>,
+    store_up: AtomicBool,
+    store_error: Mutex<String>,
+}
+
+impl Health {
+    pub fn new(cache: Arc<ConsumerCache>) -> Health {
+        Health {
+            cache,
+            store_up: AtomicBool::new(true),
+            store_error: Mutex::new(String::new()),
+        }
+    }
+
+    /// `None` when ready, else why not.
+    pub fn not_ready(&self) -> Option<String> {
+        if !self.cache.is_loaded() {
+            return Some("the consumer cache has not loaded yet".into());
+        }
+        if !self.store_up.load(Ordering::Relaxed) {
+            let e = self
+                .store_error
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            return Some(format!("the consumer store is unreachable: {e}"));
+        }
+        None
+    }
+
+    /// Pings the store and refreshes the gauges now and every [`PROBE_EVERY`].
+    pub fn start_probe(self: &Arc<Self>, runtime: &tokio::runtime::Handle, store: Arc<dyn Store>) {
+        let health = self.clone();
+        runtime.spawn(async move {
+            let mut ticker = tokio::time::interval(PROBE_EVERY);
+            loop {
+                ticker.tick().await;
+                let result = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
+                let (up, error) = match result {
+                    Ok(Ok(())) => (true, String::new()),
+                    Ok(Err(e)) => (false, e.to_string()),
+                    Err(_) => (false, "no answer within 2 s".to_string()),
+                };
+                health.store_up.store(up, Ordering::Relaxed);
+                *health.store_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
+                health.refresh_gauges(up);
+            }
+        });
+    }
+
+    fn refresh_gauges(&self, store_up: bool) {
+        let m = metrics();
+        m.store_up.set(i64::from(store_up));
+        m.cache_credentials.set(self.cache.len() as i64);
+        m.cache_resync_age
+            .set(self.cache.since_resync().map_or(-1.0, |d| d.as_secs_f64()));
+        let hits = self.cache.stats.hits.load(Ordering::Relaxed);
+        let misses = self.cache.stats.misses.load(Ordering::Relaxed);
+        m.cache_hits.inc_by(hits.saturating_sub(m.cache_hits.get()));
+        m.cache_misses
+            .inc_by(misses.saturating_sub(m.cache_misses.get()));
+    }
+}
