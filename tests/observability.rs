@@ -1,0 +1,267 @@
+//! What an operator sees: tollgate's metric families beside Kargo's `eg` (checked with a real
+//! Prometheus text parser), `/metrics` through a gateway pipeline as Kargo's `prometheus`
+//! endpoint does, readiness, and the JSON access log with credentials redacted.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::redis::RedisServer;
+use support::{get, jwt, ConfigDir, EchoUpstream, GatewayProcess};
+
+fn config(up: &EchoUpstream) -> String {
+    format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  wmts: {{paths: '/wmts/*'}}
+  prometheus: {{paths: '/metrics'}}
+  dead: {{paths: '/dead/*'}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+  admin: {{url: 'http://127.0.0.1:${{ADMIN_PORT}}'}}
+  dead: {{url: 'http://127.0.0.1:1'}}
+policies: [metrics, jwt, key-auth, proxy]
+pipelines:
+  wmts:
+    apiEndpoints: [wmts]
+    policies:
+      - metrics:
+      - jwt: [{{action: {{secretOrPublicKey: s, checkCredentialExistence: false, jwtExtractor: query, jwtExtractorField: token, passThrough: true}}}}]
+      - key-auth: [{{action: {{apiKeyField: key, passThrough: true}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true}}}}]
+  prometheus:
+    apiEndpoints: [prometheus]
+    policies:
+      - proxy: [{{action: {{serviceEndpoint: admin}}}}]
+  dead:
+    apiEndpoints: [dead]
+    policies:
+      - metrics:
+      - proxy: [{{action: {{serviceEndpoint: dead}}}}]
+"#,
+        up = up.url("")
+    )
+}
+
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let text = get(port, "GET", "/metrics", &[]).text();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("the exposition does not parse: {e}\n{text}"))
+}
+
+fn value(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| match &x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(h) => h.iter().map(|b| b.count).fold(0.0, f64::max),
+            prometheus_parse::Value::Summary(_) => 0.0,
+        })
+        .reduce(f64::max)
+}
+
+#[test]
+fn metric_families_and_metrics_through_a_pipeline() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start(&dir);
+    for _ in 0..3 {
+        assert_eq!(get(gw.port, "GET", "/wmts/1/2/3.png", &[]).status, 200);
+    }
+    assert_eq!(get(gw.port, "GET", "/dead/x", &[]).status, 502);
+    assert_eq!(get(gw.port, "GET", "/nowhere", &[]).status, 404);
+    let deadline = Instant::now() + Duration::from_secs(4);
+    let s = loop {
+        let s = scrape(gw.admin_port);
+        let ready = value(&s, "tollgate_upstream_errors_total", &[("kind", "refused")])
+            .unwrap_or(0.0)
+            >= 1.0
+            && value(&s, "tollgate_store_up", &[]) == Some(1.0);
+        if ready || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        value(
+            &s,
+            "eg",
+            &[
+                ("api_endpoint", "wmts"),
+                ("status_code", "200"),
+                ("type", "SUCCESS"),
+                ("consumer", "anonymous")
+            ]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "eg",
+            &[("api_endpoint", "dead"), ("status_code", "502")]
+        ),
+        Some(1.0)
+    );
+    assert!(
+        value(
+            &s,
+            "tollgate_request_duration_seconds",
+            &[("api_endpoint", "wmts"), ("status_class", "2xx")]
+        )
+        .unwrap_or(0.0)
+            >= 3.0
+    );
+    assert!(
+        value(
+            &s,
+            "tollgate_request_duration_seconds",
+            &[("api_endpoint", ""), ("status_class", "4xx")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "unrouted requests count under an empty endpoint"
+    );
+    assert!(
+        value(
+            &s,
+            "tollgate_upstream_duration_seconds",
+            &[("api_endpoint", "wmts")]
+        )
+        .unwrap_or(0.0)
+            >= 3.0
+    );
+    assert!(
+        value(
+            &s,
+            "tollgate_response_body_bytes_total",
+            &[("api_endpoint", "wmts")]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
+    assert_eq!(
+        value(&s, "tollgate_upstream_errors_total", &[("kind", "refused")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "tollgate_config_loads_total", &[("result", "ok")]),
+        Some(1.0)
+    );
+    assert_eq!(value(&s, "tollgate_store_up", &[]), Some(1.0));
+    assert!(value(&s, "tollgate_requests_in_flight", &[]).is_some());
+    assert!(
+        value(&s, "tollgate_consumer_cache_last_resync_age_seconds", &[]).unwrap_or(-1.0) >= 0.0
+    );
+    // No unbounded labels outside `eg`: nothing carries a raw path.
+    assert!(!s
+        .samples
+        .iter()
+        .any(|x| x.labels.values().any(|v| v.contains("/wmts/1"))));
+    // Kargo's `prometheus` endpoint: /metrics through a pipeline to the admin port.
+    let through = get(gw.port, "GET", "/metrics", &[]);
+    assert_eq!(through.status, 200);
+    assert!(through.text().contains("# TYPE eg counter"));
+}
+
+#[test]
+fn readiness_follows_the_store() {
+    let mut redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db:\n  redis:\n    emulate: false\n    port: {}\n",
+            redis.port
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let ready = get(gw.port, "GET", "/healthcheck?ready", &[]);
+    assert_eq!(
+        (ready.status, ready.text().as_str()),
+        (200, r#"{"status":"ready"}"#)
+    );
+    redis.stop();
+    let deadline = Instant::now() + Duration::from_secs(6);
+    let r = loop {
+        let r = get(gw.port, "GET", "/healthcheck?ready", &[]);
+        if r.status == 503 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r.status, 503);
+    let body: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    assert_eq!(body["status"], "not ready");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("unreachable"),
+        "{body}"
+    );
+    // Kargo's plain healthcheck stays 200 OK.
+    let plain = get(gw.port, "GET", "/healthcheck", &[]);
+    assert_eq!((plain.status, plain.text().as_str()), (200, "OK"));
+}
+
+#[test]
+fn access_log_lines_redact_credentials() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let log = dir.path.join("access.log");
+    let gw = GatewayProcess::start_with(&dir, &["--access-log", &log.display().to_string()], &[]);
+    let token = jwt::hs256("s", &serde_json::json!({"id": "c1"}));
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            &format!("/wmts/1?token={token}&x=1"),
+            &[("Authorization", "Bearer secret-bearer")]
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        get(gw.port, "GET", "/wmts/2?key=id:secret-key&jwt=a.b.c", &[]).status,
+        200
+    );
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 2 || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let first = &lines[0];
+    assert_eq!(first["path"], "/wmts/1?token=REDACTED&x=1");
+    assert_eq!(
+        (first["method"].as_str(), first["status"].as_u64()),
+        (Some("GET"), Some(200))
+    );
+    assert_eq!(first["consumer"], "c1");
+    assert_eq!(first["api_endpoint"], "wmts");
+    assert!(first["upstream"]
+        .as_str()
+        .is_some_and(|u| u.ends_with(&format!(":{}", up.port))));
+    assert_eq!(first["request_id"].as_str().map(str::len), Some(22));
+    assert!(first["duration_ms"].as_f64().is_some() && first["upstream_ms"].as_f64().is_some());
+    assert!(first["bytes_out"].as_u64().unwrap_or(0) > 0);
+    assert_eq!(lines[1]["path"], "/wmts/2?key=REDACTED&jwt=REDACTED");
+    assert!(
+        !text.contains("secret") && !text.contains(&token),
+        "no secret reaches the log: {text}"
+    );
+}
