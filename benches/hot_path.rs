@@ -203,6 +203,7 @@ fn auth(c: &mut Criterion) {
     let endpoint = tollgate::pipeline::context::ApiEndpoint {
         name: Arc::from("wmts"),
         scopes: scopes.clone(),
+        metrics: tollgate::metrics::metrics().endpoint("wmts"),
     };
     let method = Method::GET;
     let req = Request {

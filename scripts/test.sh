@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh redis-server
-scripts/install-eg.sh
+scripts/install-test-servers.sh
 cargo test --locked --all-targets "$@"

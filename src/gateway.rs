@@ -50,6 +50,8 @@ pub struct Gateway {
     pub endpoints: Vec<Arc<ApiEndpoint>>,
     /// Query parameters that carry credentials (redacted in the access log).
     pub secret_query_params: Vec<String>,
+    /// Kargo's storage route on the admin port, when configured.
+    pub storage: Option<Arc<crate::admin::storage::Storage>>,
     pub pipelines: Vec<Pipeline>,
     pub service_endpoints: HashMap<String, Arc<ServiceEndpoint>>,
     pub healthcheck_path: String,
@@ -97,12 +99,15 @@ impl Gateway {
             })
             .collect();
         let secret_query_params = secret_query_params(&gw);
+        let storage =
+            crate::admin::storage::Storage::from_system(&system, &mut errors).map(Arc::new);
         let router = build_router(&gw, &mut errors);
         errors.into_result()?;
         Ok(Gateway {
             router,
             endpoints,
             secret_query_params,
+            storage,
             pipelines,
             service_endpoints,
             healthcheck_path: system.plugin_endpoint("healthcheck", HEALTHCHECK_PATH),
@@ -114,11 +119,16 @@ impl Gateway {
         })
     }
 
-    /// Every upstream target, for DNS refresh.
+    /// Every upstream target (service endpoints, storage providers), for DNS refresh.
     pub fn targets(&self) -> impl Iterator<Item = &Arc<UpstreamTarget>> {
+        let storage = self
+            .storage
+            .iter()
+            .flat_map(|s| s.providers.iter().map(|p| &p.target));
         self.service_endpoints
             .values()
             .flat_map(|s| s.targets.iter())
+            .chain(storage)
     }
 }
 

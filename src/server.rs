@@ -10,8 +10,8 @@ use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, Server};
-use pingora_core::services::listening::Service;
 
+use crate::admin::service::AdminService;
 use crate::admin::AdminApi;
 use crate::config;
 use crate::consumers::populate;
@@ -166,13 +166,18 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 
     if let Some(a) = &admin {
         let addr = bind_addr(a.host.as_deref(), "127.0.0.1", a.port);
-        let mut service = Service::new(
-            "tollgate admin".to_string(),
-            AdminApi {
+        let admin_service = AdminService {
+            api: AdminApi {
                 gateway: current.clone(),
                 consumers: consumers.service.clone(),
                 token: opts.admin_token.clone(),
             },
+            gateway: current.clone(),
+        };
+        let mut service = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            admin_service,
+            "tollgate admin",
         );
         service.add_tcp(&addr);
         server.add_service(service);

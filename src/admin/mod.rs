@@ -1,9 +1,11 @@
 //! The Admin API listener (loopback by default): the gateway's config (read-only), consumer
-//! management with EG's routes, and `/metrics`. When a token is configured every request must
+//! management with EG's routes, `/metrics`, and the storage route. When a token is configured every request must
 //! carry `Authorization: Bearer <token>`.
 
 pub mod config_routes;
 pub mod consumer_routes;
+pub mod service;
+pub mod storage;
 
 use std::sync::Arc;
 
@@ -120,6 +122,13 @@ impl AdminApi {
 #[async_trait]
 impl ServeHttp for AdminApi {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        self.handle(session).await
+    }
+}
+
+impl AdminApi {
+    /// Answers one Admin API request.
+    pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }

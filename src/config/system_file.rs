@@ -6,7 +6,7 @@ use super::error::{ConfigErrors, Pos};
 use super::node::{Node, Value};
 
 /// `db.redis`: where consumers live. `emulate: true` (or no section) selects the embedded store.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct RedisDef {
     pub emulate: bool,
     pub namespace: String,
@@ -18,6 +18,24 @@ pub struct RedisDef {
     pub sentinel_name: Option<String>,
     pub tls: bool,
     pub configured: bool,
+}
+
+impl Default for RedisDef {
+    /// No `db.redis` section: the embedded store, EG's namespace.
+    fn default() -> Self {
+        RedisDef {
+            emulate: true,
+            namespace: "EG".into(),
+            host: None,
+            port: None,
+            password: None,
+            db: None,
+            sentinels: Vec::new(),
+            sentinel_name: None,
+            tls: false,
+            configured: false,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -161,7 +179,7 @@ fn text(parent: &Node, key: &str, errors: &mut ConfigErrors) -> Option<String> {
 
 fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
     let mut def = RedisDef {
-        namespace: "EG".into(),
+        emulate: false,
         configured: true,
         ..RedisDef::default()
     };

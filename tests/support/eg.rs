@@ -1,4 +1,4 @@
-//! Express Gateway 1.16.11 itself (installed by scripts/install-eg.sh into target/eg), started
+//! Express Gateway 1.16.11 itself (installed by scripts/install-test-servers.sh into target/eg), started
 //! on loopback against a given Redis.
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ pub struct ExpressGateway {
     pub dir: ConfigDir,
 }
 
-/// Where EG's package is: `TOLLGATE_EG_DIR`, else target/eg (scripts/install-eg.sh).
+/// Where EG's package is: `TOLLGATE_EG_DIR`, else target/eg (scripts/install-test-servers.sh).
 pub fn package_dir() -> PathBuf {
     std::env::var_os("TOLLGATE_EG_DIR")
         .map(PathBuf::from)
@@ -30,7 +30,7 @@ impl ExpressGateway {
         let pkg = package_dir();
         assert!(
             pkg.join("lib/index.js").is_file(),
-            "Express Gateway is not installed at {}: run scripts/install-eg.sh (scripts/test.sh does) or set TOLLGATE_EG_DIR",
+            "Express Gateway is not installed at {}: run scripts/install-test-servers.sh (scripts/test.sh does) or set TOLLGATE_EG_DIR",
             pkg.display()
         );
         let port = free_port();
@@ -65,7 +65,7 @@ impl ExpressGateway {
             .stderr(log)
             .stdin(Stdio::null())
             .spawn()
-            .expect("node must be installed (scripts/install-eg.sh installs it)");
+            .expect("node must be installed (scripts/install-test-servers.sh installs it)");
         let mut eg = ExpressGateway {
             port,
             admin_port,

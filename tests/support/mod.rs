@@ -8,6 +8,7 @@ pub mod eg;
 pub mod gateway;
 pub mod jwt;
 pub mod redis;
+pub mod s3;
 pub mod tls;
 
 pub use client::{get, request, Response};

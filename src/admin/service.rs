@@ -1,0 +1,167 @@
+//! The admin listener on Pingora: `/s3/*` (the storage route) is proxied, streamed and signed,
+//! to the S3 provider; every other request is answered by the [`AdminApi`] in the request phase.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use super::storage::{ObjectRequest, Storage};
+use super::AdminApi;
+use crate::gateway::Gateway;
+
+pub struct AdminService {
+    pub api: AdminApi,
+    pub gateway: Arc<ArcSwap<Gateway>>,
+}
+
+#[derive(Default)]
+pub struct AdminCtx {
+    object: Option<(Arc<Storage>, ObjectRequest)>,
+}
+
+/// Writes a whole response (HEAD gets the headers only).
+async fn write(session: &mut Session, resp: http::Response<Vec<u8>>) -> Result<()> {
+    let (parts, body) = resp.into_parts();
+    let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
+    for (n, v) in &parts.headers {
+        head.insert_header(n.clone(), v.clone())?;
+    }
+    if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        head.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    }
+    let head_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    session
+        .write_response_header(Box::new(head), head_only)
+        .await?;
+    if !head_only {
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for AdminService {
+    type CTX = AdminCtx;
+
+    fn new_ctx(&self) -> AdminCtx {
+        AdminCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut AdminCtx) -> Result<bool> {
+        let gw = self.gateway.load_full();
+        if let Some(storage) = &gw.storage {
+            let head = session.req_header();
+            if storage.owns(head.uri.path()) {
+                match storage.route(&head.method, head.uri.path(), head.uri.query()) {
+                    Ok(object) => {
+                        ctx.object = Some((storage.clone(), object));
+                        return Ok(false);
+                    }
+                    Err(refusal) => {
+                        let status = http::StatusCode::from_u16(refusal.status)
+                            .unwrap_or(http::StatusCode::BAD_REQUEST);
+                        write(session, super::text(status, &refusal.message)).await?;
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+        let resp = self.api.handle(session.as_downstream_mut()).await;
+        write(session, resp).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut AdminCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some((storage, object)) = &ctx.object else {
+            return Error::e_explain(ErrorType::InternalError, "no storage request");
+        };
+        let target = &storage.providers[object.provider].target;
+        let Some(addr) = target.addr() else {
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("storage endpoint {} has no resolved address", target.url),
+            );
+        };
+        let mut peer = HttpPeer::new(addr, target.tls, target.hostname.clone());
+        peer.options.connection_timeout = Some(Duration::from_secs(10));
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut AdminCtx,
+    ) -> Result<()> {
+        let Some((storage, object)) = &ctx.object else {
+            return Ok(());
+        };
+        let method = session.req_header().method.as_str().to_string();
+        let signed = storage
+            .signed_headers(object, &method, &session.req_header().headers)
+            .map_err(|e| {
+                Error::explain(
+                    ErrorType::InternalError,
+                    format!("cannot sign the storage request: {e}"),
+                )
+            })?;
+        let uri = storage
+            .upstream_path(object)
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "storage path", e))?;
+        upstream.set_uri(uri);
+        // Only what was signed goes to the provider.
+        let names: Vec<http::header::HeaderName> = upstream.headers.keys().cloned().collect();
+        for n in names {
+            upstream.remove_header(&n);
+        }
+        for (n, v) in signed {
+            upstream.insert_header(n, v)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut AdminCtx,
+    ) -> FailToProxy {
+        let code = match e.esource() {
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            _ => 502,
+        };
+        if code > 0 {
+            let status = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_GATEWAY);
+            let message = if code == 502 {
+                "Bad gateway: the storage provider could not be reached"
+            } else {
+                "Bad Request"
+            };
+            if let Err(err) = write(session, super::text(status, message)).await {
+                log::debug!("could not send the error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}

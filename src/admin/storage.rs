@@ -1,0 +1,400 @@
+//! Kargo's storage route (`/s3/*` on the admin port, setting `plugins.storage.endpointName`):
+//! `GET|HEAD /s3/[provider/]bucket/key` is proxied, streamed, to the provider's S3 endpoint,
+//! signed with AWS SigV4. The first path segment names a provider when one is called so;
+//! otherwise it is the bucket, on the default provider. `Range`, `If-None-Match`,
+//! `If-Modified-Since`, `If-Match` and `If-Unmodified-Since` are forwarded, so S3's 206 and 304
+//! come back as they are, and so do its errors with their real status (403, 404, 416). Nothing
+//! else of the client's request (no cookie, no Authorization) reaches the provider.
+//!
+//! Providers are addressed path-style (`https://endpoint/bucket/key`), so every name to resolve
+//! is known when the config loads and DNS never runs on the request path. Kargo's legacy `s3`
+//! plugin (`S3_ACCESS_KEY`, `S3_SECRET_ACCESS_KEY`, `S3_ENDPOINT`, route `/s3/:bucket/*`) is
+//! read as one default provider.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use aws_sigv4::http_request::{
+    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+};
+use http::header::{HeaderName, HeaderValue};
+
+use crate::config::error::ConfigErrors;
+use crate::config::node::Node;
+use crate::config::system_file::SystemFile;
+use crate::upstream::UpstreamTarget;
+
+/// Client headers forwarded to the provider.
+const FORWARDED: [&str; 5] = [
+    "range",
+    "if-none-match",
+    "if-modified-since",
+    "if-match",
+    "if-unmodified-since",
+];
+
+pub struct Provider {
+    pub name: String,
+    pub target: Arc<UpstreamTarget>,
+    region: String,
+    access_key: String,
+    secret_key: String,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Provider({} at {})", self.name, self.target.url)
+    }
+}
+
+#[derive(Debug)]
+pub struct Storage {
+    pub path: String,
+    pub providers: Vec<Provider>,
+    default: Option<usize>,
+}
+
+/// Where one storage request goes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ObjectRequest {
+    pub provider: usize,
+    /// `/bucket/key` as sent (still percent-encoded) plus the query, if any.
+    pub path_and_query: String,
+}
+
+/// Why a storage request cannot be served; answered as is.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refusal {
+    pub status: u16,
+    pub message: String,
+}
+
+fn text(n: Option<&Node>, key: &str) -> Option<String> {
+    n?.get(key)
+        .and_then(Node::scalar_text)
+        .filter(|s| !s.is_empty() && s != "null")
+}
+
+impl Storage {
+    /// The storage route a system config asks for (`plugins.storage`, or the legacy `s3`).
+    pub fn from_system(system: &SystemFile, errors: &mut ConfigErrors) -> Option<Storage> {
+        if let Some(settings) = system.plugin("storage") {
+            let path = system.plugin_endpoint("storage", "/s3");
+            let mut storage = Storage {
+                path,
+                providers: Vec::new(),
+                default: None,
+            };
+            let entries = settings
+                .get("providers")
+                .and_then(Node::as_map)
+                .unwrap_or(&[]);
+            for (k, v) in entries {
+                let name = k.scalar_text().unwrap_or_default();
+                let (Some(access_key), Some(secret_key)) = (
+                    text(Some(v), "accessKeyId"),
+                    text(Some(v), "secretAccessKey"),
+                ) else {
+                    errors.push(
+                        &v.pos,
+                        format!(
+                            "storage provider `{name}` needs `accessKeyId` and `secretAccessKey`"
+                        ),
+                    );
+                    continue;
+                };
+                let region = text(Some(v), "region").unwrap_or_else(|| "us-east-1".into());
+                let endpoint = text(Some(v), "endpoint")
+                    .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+                let endpoint = if endpoint.contains("://") {
+                    endpoint
+                } else {
+                    format!("https://{endpoint}")
+                };
+                match UpstreamTarget::parse(&endpoint) {
+                    Ok(t) => {
+                        if v.get("default").is_some_and(|d| {
+                            matches!(d.value, crate::config::node::Value::Bool(true))
+                        }) {
+                            storage.default = Some(storage.providers.len());
+                        }
+                        storage.providers.push(Provider {
+                            name,
+                            target: Arc::new(t),
+                            region,
+                            access_key,
+                            secret_key,
+                        });
+                    }
+                    Err(why) => errors.push(&v.pos, format!("storage provider `{name}`: {why}")),
+                }
+            }
+            if storage.default.is_none() && storage.providers.len() == 1 {
+                storage.default = Some(0);
+            }
+            return Some(storage);
+        }
+        let legacy = system.plugin("s3");
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let access_key = text(legacy, "accessKeyId").or_else(|| env("S3_ACCESS_KEY"))?;
+        let secret_key = text(legacy, "secretAccessKey").or_else(|| env("S3_SECRET_ACCESS_KEY"))?;
+        let region = text(legacy, "region")
+            .or_else(|| env("S3_REGION"))
+            .unwrap_or_else(|| "us-east-1".into());
+        let endpoint = text(legacy, "endpoint")
+            .or_else(|| env("S3_ENDPOINT"))
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
+        let endpoint = if endpoint.contains("://") {
+            endpoint
+        } else {
+            format!("https://{endpoint}")
+        };
+        match UpstreamTarget::parse(&endpoint) {
+            Ok(t) => Some(Storage {
+                path: system.plugin_endpoint("s3", "/s3"),
+                providers: vec![Provider {
+                    name: "s3".into(),
+                    target: Arc::new(t),
+                    region,
+                    access_key,
+                    secret_key,
+                }],
+                default: Some(0),
+            }),
+            Err(why) => {
+                log::error!("s3 plugin: {why}");
+                None
+            }
+        }
+    }
+
+    /// Whether a request path is the storage route's.
+    pub fn owns(&self, path: &str) -> bool {
+        path == self.path
+            || path
+                .strip_prefix(self.path.as_str())
+                .is_some_and(|rest| rest.starts_with('/'))
+    }
+
+    /// Where `/s3/[provider/]bucket/key?query` goes.
+    pub fn route(
+        &self,
+        method: &http::Method,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<ObjectRequest, Refusal> {
+        if *method != http::Method::GET && *method != http::Method::HEAD {
+            return Err(Refusal {
+                status: 405,
+                message: "the storage route serves GET and HEAD".into(),
+            });
+        }
+        let rest = path[self.path.len()..].trim_start_matches('/');
+        let mut segments = rest.splitn(2, '/');
+        let first = segments.next().unwrap_or("");
+        let after = segments.next().unwrap_or("");
+        let (provider, bucket_and_key) = match self.providers.iter().position(|p| p.name == first) {
+            Some(i) => (i, after),
+            None => match self.default {
+                Some(d) => (d, rest),
+                None => {
+                    return Err(Refusal {
+                        status: 404,
+                        message: format!(
+                            "unknown storage provider `{first}` (and no default provider)"
+                        ),
+                    })
+                }
+            },
+        };
+        let (bucket, key) = bucket_and_key
+            .split_once('/')
+            .unwrap_or((bucket_and_key, ""));
+        if bucket.is_empty() || key.is_empty() {
+            return Err(Refusal {
+                status: 400,
+                message: format!("expected {}/[provider/]bucket/key", self.path),
+            });
+        }
+        let mut path_and_query = format!("/{bucket}/{key}");
+        if let Some(q) = query.filter(|q| !q.is_empty()) {
+            path_and_query.push('?');
+            path_and_query.push_str(q);
+        }
+        Ok(ObjectRequest {
+            provider,
+            path_and_query,
+        })
+    }
+
+    /// The headers the provider gets: the forwarded conditionals, Host, and SigV4's.
+    pub fn signed_headers(
+        &self,
+        req: &ObjectRequest,
+        method: &str,
+        client: &http::HeaderMap,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+        let p = &self.providers[req.provider];
+        let host = p
+            .target
+            .host_header
+            .to_str()
+            .map_err(|e| e.to_string())?
+            .to_string();
+        let mut headers: Vec<(String, String)> = vec![("host".into(), host)];
+        for name in FORWARDED {
+            if let Some(v) = client.get(name).and_then(|v| v.to_str().ok()) {
+                headers.push((name.to_string(), v.to_string()));
+            }
+        }
+        let base = p.target.base_path.trim_end_matches('/');
+        let url = format!(
+            "{}://{}{base}{}",
+            if p.target.tls { "https" } else { "http" },
+            headers[0].1,
+            req.path_and_query
+        );
+        let identity = aws_credential_types::Credentials::new(
+            &p.access_key,
+            &p.secret_key,
+            None,
+            None,
+            "tollgate-storage",
+        )
+        .into();
+        let mut settings = SigningSettings::default();
+        settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        let params = aws_sigv4::sign::v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&p.region)
+            .name("s3")
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| e.to_string())?
+            .into();
+        let signable = SignableRequest::new(
+            method,
+            url.as_str(),
+            headers.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            SignableBody::UnsignedPayload,
+        )
+        .map_err(|e| e.to_string())?;
+        let (instructions, _) = sign(signable, &params)
+            .map_err(|e| e.to_string())?
+            .into_parts();
+        let (signed, _) = instructions.into_parts();
+        let mut out = Vec::new();
+        for (k, v) in headers.iter().chain(
+            signed
+                .iter()
+                .map(|h| (h.name().to_string(), h.value().to_string()))
+                .collect::<Vec<_>>()
+                .iter(),
+        ) {
+            let name = HeaderName::from_bytes(k.as_bytes()).map_err(|e| e.to_string())?;
+            let value = HeaderValue::from_str(v).map_err(|e| e.to_string())?;
+            out.push((name, value));
+        }
+        Ok(out)
+    }
+
+    /// The provider's path for an object (its endpoint's own path, if any, first).
+    pub fn upstream_path(&self, req: &ObjectRequest) -> String {
+        let base = self.providers[req.provider]
+            .target
+            .base_path
+            .trim_end_matches('/');
+        format!("{base}{}", req.path_and_query)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn storage() -> Storage {
+        let t = |u: &str| Arc::new(UpstreamTarget::parse(u).expect("url"));
+        Storage {
+            path: "/s3".into(),
+            providers: vec![
+                Provider {
+                    name: "aws".into(),
+                    target: t("https://s3.eu-west-1.amazonaws.com"),
+                    region: "eu-west-1".into(),
+                    access_key: "a".into(),
+                    secret_key: "s".into(),
+                },
+                Provider {
+                    name: "ovh".into(),
+                    target: t("https://s3.gra.example"),
+                    region: "gra".into(),
+                    access_key: "a".into(),
+                    secret_key: "s".into(),
+                },
+            ],
+            default: Some(0),
+        }
+    }
+
+    #[test]
+    fn provider_bucket_and_key() {
+        let s = storage();
+        let get = http::Method::GET;
+        let r = s
+            .route(&get, "/s3/ovh/tiles/a/b.png", None)
+            .expect("routes");
+        assert_eq!(
+            (r.provider, r.path_and_query.as_str()),
+            (1, "/tiles/a/b.png")
+        );
+        let r = s
+            .route(&get, "/s3/tiles/a/b.png", Some("versionId=3"))
+            .expect("routes");
+        assert_eq!(
+            (r.provider, r.path_and_query.as_str()),
+            (0, "/tiles/a/b.png?versionId=3")
+        );
+        assert_eq!(
+            s.route(&get, "/s3/tiles", None).map_err(|e| e.status),
+            Err(400)
+        );
+        assert_eq!(s.route(&get, "/s3/", None).map_err(|e| e.status), Err(400));
+        assert_eq!(
+            s.route(&http::Method::PUT, "/s3/tiles/a", None)
+                .map_err(|e| e.status),
+            Err(405)
+        );
+        assert!(s.owns("/s3/x") && s.owns("/s3") && !s.owns("/s3x/y"));
+    }
+
+    #[test]
+    fn signing_adds_sigv4_and_keeps_only_conditionals() {
+        let s = storage();
+        let r = s
+            .route(&http::Method::GET, "/s3/tiles/a.png", None)
+            .expect("routes");
+        let mut client = http::HeaderMap::new();
+        client.insert("range", HeaderValue::from_static("bytes=0-9"));
+        client.insert("cookie", HeaderValue::from_static("secret=1"));
+        client.insert(
+            "authorization",
+            HeaderValue::from_static("Bearer client-token"),
+        );
+        let headers = s.signed_headers(&r, "GET", &client).expect("signs");
+        let names: Vec<&str> = headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(
+            names.contains(&"range")
+                && names.contains(&"x-amz-date")
+                && names.contains(&"x-amz-content-sha256")
+        );
+        assert!(!names.contains(&"cookie"));
+        let auth = headers
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .map(|(_, v)| v.to_str().unwrap_or(""))
+            .unwrap_or("");
+        assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=a/"), "{auth}");
+        assert!(auth.contains("/eu-west-1/s3/aws4_request"));
+    }
+}
