@@ -75,18 +75,32 @@ fn metric_families_and_metrics_through_a_pipeline() {
     }
     assert_eq!(get(gw.port, "GET", "/dead/x", &[]).status, 502);
     assert_eq!(get(gw.port, "GET", "/nowhere", &[]).status, 404);
-    let deadline = Instant::now() + Duration::from_secs(4);
+    // Requests are recorded as their responses complete: wait until all of them are.
+    let deadline = Instant::now() + Duration::from_secs(5);
     let s = loop {
         let s = scrape(gw.admin_port);
-        let ready = value(&s, "tollgate_upstream_errors_total", &[("kind", "refused")])
+        let done = value(&s, "tollgate_upstream_errors_total", &[("kind", "refused")])
             .unwrap_or(0.0)
             >= 1.0
-            && value(&s, "tollgate_store_up", &[]) == Some(1.0);
-        if ready || Instant::now() > deadline {
+            && value(&s, "tollgate_store_up", &[]) == Some(1.0)
+            && value(
+                &s,
+                "eg",
+                &[("api_endpoint", "wmts"), ("status_code", "200")],
+            ) == Some(3.0)
+            && value(
+                &s,
+                "tollgate_request_duration_seconds",
+                &[("api_endpoint", ""), ("status_class", "4xx")],
+            )
+            .unwrap_or(0.0)
+                >= 1.0;
+        if done || Instant::now() > deadline {
             break s;
         }
         std::thread::sleep(Duration::from_millis(100));
     };
+
     assert_eq!(
         value(
             &s,
