@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The load benchmark: tollgate against nginx, HAProxy and Express Gateway (plain and with
+# key-auth), all in front of the same upstream on loopback, measured with wrk.
+#
+#   benches/load/run.sh                 # everything: about 15 minutes on 2 cores
+#   SMOKE=1 benches/load/run.sh         # tollgate only, a few seconds (CI runs this)
+#   PEERS="nginx tollgate" SCENARIOS=tile REPS=2 DURATION=5 benches/load/run.sh
+#
+# Peers: direct (the upstream alone), nginx, haproxy, eg, eg-auth — installed and started by
+# ../shared/bench/peers (a peer that cannot be installed or started is skipped, with a line
+# saying so) — and tollgate (the plain `cors + proxy` pipeline) and tollgate-kargo (Kargo's tile
+# pipeline: metrics, cors, jwt from ?jwt= with a credential check, scopes, proxy).
+# Scenarios: tile (20 KiB), small (100 B), json (100 B on /k2/). Rounds are interleaved
+# (rep → scenario → peer) after a warm-up, so drift hits every peer alike; the table gives the
+# median of each cell and every figure as a ratio to nginx in the same run. Results, raw wrk
+# output included, go to target/bench/<timestamp>/.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
+[[ -f $PEERS_DIR/lib.sh ]] || { echo "benchmark peers not found in $PEERS_DIR (set PEERS_DIR)" >&2; exit 1; }
+# shellcheck source=/dev/null
+. "$PEERS_DIR/lib.sh"
+
+SMOKE="${SMOKE:-0}"
+if [[ $SMOKE == 1 ]]; then
+  : "${PEERS:=tollgate tollgate-kargo}" "${SCENARIOS:=tile json}" "${DURATION:=2}" "${REPS:=1}" "${WARMUP:=1}"
+else
+  : "${PEERS:=direct nginx haproxy eg eg-auth tollgate tollgate-kargo}" "${SCENARIOS:=tile small json}"
+  : "${DURATION:=10}" "${REPS:=3}" "${WARMUP:=5}"
+fi
+: "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}"
+TG_PORT=18086; TG_ADMIN=19086; TGK_PORT=18087; TGK_ADMIN=19087
+JWT_SECRET="${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}"
+OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT/wrk" "$OUT/tollgate"
+HZ="$(getconf CLK_TCK)"
+
+say() { printf '[bench] %s\n' "$*" >&2; }
+
+# ---- install, build, start -------------------------------------------------------------------
+if [[ $SMOKE == 1 ]]; then
+  "$ROOT/scripts/install-deps.sh" nginx wrk curl python3 procps iproute2
+else
+  "$PEERS_DIR/setup.sh" || say "peer setup failed: peers that need it will be skipped"
+  "$ROOT/scripts/install-deps.sh" python3
+fi
+"$ROOT/scripts/install-deps.sh"
+(cd "$ROOT" && cargo build --release --locked)
+BIN="$ROOT/target/release/tollgate"
+
+started=()
+for svc in upstream $(for p in $PEERS; do case $p in nginx|haproxy|eg|eg-auth) echo "$p";; esac; done); do
+  if "$PEERS_DIR/start.sh" "$svc" >>"$OUT/peers.log" 2>&1; then started+=("$svc"); else say "skipping $svc: it did not start (see $OUT/peers.log)"; fi
+done
+[[ " ${started[*]} " == *" upstream "* ]] || { say "the upstream did not start: nothing to measure"; exit 1; }
+
+TG_PIDS=()
+cleanup() { for p in "${TG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
+  local name=$1 conf=$2 port=$3 admin=$4; shift 4
+  rm -rf "$OUT/tollgate/$name-data"
+  RUST_LOG=warn TOLLGATE_BENCH_PORT=$port TOLLGATE_BENCH_ADMIN_PORT=$admin UPSTREAM_PORT=$UPSTREAM_PORT \
+    "$BIN" serve --config "$conf" --data-dir "$OUT/tollgate/$name-data" "$@" >"$OUT/tollgate/$name.log" 2>&1 &
+  TG_PIDS+=($!)
+  echo $! > "$OUT/tollgate/$name.pid"
+  wait_http "http://127.0.0.1:$port/healthcheck" 20 || { say "$name did not start: $(tail -3 "$OUT/tollgate/$name.log")"; return 1; }
+}
+[[ " $PEERS " == *" tollgate "* ]] && start_tollgate tollgate "$ROOT/benches/load/plain" $TG_PORT $TG_ADMIN
+[[ " $PEERS " == *" tollgate-kargo "* ]] && start_tollgate tollgate-kargo "$ROOT/benches/load/kargo" $TGK_PORT $TGK_ADMIN \
+  --populate "$ROOT/benches/load/kargo/consumers.config.json"
+TOKEN="$(python3 - "$JWT_SECRET" <<'PY'
+import base64, hashlib, hmac, json, sys
+b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
+head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+body = b(json.dumps({"sub": "bench-tiles", "exp": 4102444800}).encode())
+sig = b(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
+print(f"{head}.{body}.{sig}")
+PY
+)"
+
+# ---- peers and scenarios -----------------------------------------------------------------------
+port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; *) peer_port "$1" ;; esac; }
+pids_of() {
+  case $1 in
+    tollgate|tollgate-kargo) cat "$OUT/tollgate/$1.pid" ;;
+    *) svc_pids "$(peer_svc "$1")" ;;
+  esac
+}
+path_of() { # PEER SCENARIO
+  local p
+  case $2 in tile) p=/wmts/1/2/3.png ;; small) p=/wmts/small/1/2/3.png ;; json) p=/k2/ping ;; esac
+  [[ $1 == tollgate-kargo ]] && p="$p?jwt=$TOKEN"
+  echo "$p"
+}
+bytes_of() { [[ $1 == tile ]] && echo 20480 || echo 100; }
+header_of() { [[ $1 == eg-auth && $2 != json ]] && printf 'Authorization: apiKey %s' "$(cat "$RUN_DIR/eg-auth.key")"; true; }
+
+ready=()
+for p in $PEERS; do
+  ok=1
+  for sc in $SCENARIOS; do
+    hdr="$(header_of "$p" "$sc")"
+    read -r code size < <(curl -s -o /dev/null -w '%{http_code} %{size_download}\n' --max-time 5 ${hdr:+-H "$hdr"} \
+      "http://127.0.0.1:$(port_of "$p" 2>/dev/null || echo 1)$(path_of "$p" "$sc")" || echo "000 0")
+    [[ $code == 200 && $size == "$(bytes_of "$sc")" ]] || { say "skipping $p: $sc answered $code / $size bytes"; ok=0; break; }
+  done
+  ((ok)) && ready+=("$p")
+done
+((${#ready[@]})) || { say "no peer is ready"; exit 1; }
+
+cpu_ticks() { local t=0 p s f; for p in "$@"; do s="$(cat "/proc/$p/stat" 2>/dev/null)" || continue; s="${s##*) }"; read -r -a f <<< "$s"; t=$((t + f[11] + f[12])); done; echo "$t"; }
+rss_kb() { (($#)) || { echo 0; return; }; ps -o rss= -p "$(IFS=,; echo "$*")" 2>/dev/null | awk '{s+=$1} END{print s+0}'; }
+to_ms() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) { sub(/us$/,"",v); printf "%.3f", v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v); printf "%.3f", v } else if (v ~ /s$/) { sub(/s$/,"",v); printf "%.3f", v*1000 } else print "NaN" }'; }
+
+run() { # PEER SCENARIO SECONDS FILE -> "cpu_pct rss_kb"
+  local p=$1 sc=$2 secs=$3 f=$4 hdr c0 c1 e0 e1 peak=0 cur wpid
+  local -a pids
+  mapfile -t pids < <(pids_of "$p")
+  hdr="$(header_of "$p" "$sc")"
+  c0="$(cpu_ticks "${pids[@]}")"; e0="$(date +%s%N)"
+  wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency ${hdr:+-H "$hdr"} "http://127.0.0.1:$(port_of "$p")$(path_of "$p" "$sc")" >"$f" 2>&1 &
+  wpid=$!
+  while kill -0 "$wpid" 2>/dev/null; do cur="$(rss_kb "${pids[@]}")"; ((cur > peak)) && peak=$cur; sleep 0.5; done
+  wait "$wpid" || true
+  c1="$(cpu_ticks "${pids[@]}")"; e1="$(date +%s%N)"
+  awk -v c=$((c1 - c0)) -v hz="$HZ" -v ns=$((e1 - e0)) -v peak="$peak" 'BEGIN{ w = ns/1e9; if (w <= 0) w = 1; printf "%.1f %d\n", 100*c/hz/w, peak }'
+}
+
+{
+  echo "# $(date -Is) $(uname -r), $(nproc) cpu, $(awk '/MemTotal/{printf "%.0f MiB", $2/1024}' /proc/meminfo)"
+  echo "# wrk -t$THREADS -c$CONNS -d${DURATION}s, reps=$REPS, warm-up=${WARMUP}s, peers: ${ready[*]}"
+  echo "# tollgate $("$BIN" --version | awk '{print $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | awk 'NR==1{print "wrk/"$2}')"
+} | tee "$OUT/header.txt" >&2
+TSV="$OUT/runs.tsv"
+printf 'rep\tscenario\tpeer\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tcpu_pct\trss_kb\tup_cpu_pct\tredis_cpu_pct\tsys_pct\tbg_pct\n' >"$TSV"
+if ((WARMUP > 0)); then
+  for sc in $SCENARIOS; do for p in "${ready[@]}"; do run "$p" "$sc" "$WARMUP" "$OUT/wrk/warmup-$p-$sc.txt" >/dev/null; done; done
+fi
+for ((rep = 1; rep <= REPS; rep++)); do
+  for sc in $SCENARIOS; do
+    for p in "${ready[@]}"; do
+      sleep "$PAUSE"
+      f="$OUT/wrk/r$rep-$p-$sc.txt"
+      read -r cpu rss < <(run "$p" "$sc" "$DURATION" "$f")
+      rps="$(awk '/^Requests\/sec:/{print $2}' "$f")"
+      p50="$(to_ms "$(awk '$1=="50%"{print $2}' "$f")")"; p99="$(to_ms "$(awk '$1=="99%"{print $2}' "$f")")"
+      bad="$(awk '/Non-2xx or 3xx responses:/{print $NF}' "$f")"; err="$(awk '/Socket errors:/{gsub(/,/,""); print $4+$6+$8+$10}' "$f")"
+      printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t0\t0\t0\t0\n' "$rep" "$sc" "$p" "${rps:-0}" "$p50" "$p99" "${bad:-0}" "${err:-0}" "$cpu" "$rss" >>"$TSV"
+      say "rep $rep/$REPS $sc $p: ${rps:-0} req/s p50 ${p50} ms p99 ${p99} ms cpu ${cpu}% rss $((rss / 1024)) MB"
+    done
+  done
+done
+
+# ---- the table: medians, and every figure as a ratio to nginx ----------------------------------
+awk -F'\t' '
+function med(s,   n, a, i, j, t) { n = split(s, a, " "); for (i = 2; i <= n; i++) { t = a[i]+0; for (j = i-1; j >= 1 && a[j]+0 > t; j--) a[j+1] = a[j]; a[j+1] = t } return (n % 2) ? a[(n+1)/2] : (a[n/2] + a[n/2+1]) / 2 }
+NR == 1 { next }
+{ k = $2 SUBSEP $3; if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+  rps[k] = rps[k] " " $4; p50[k] = p50[k] " " $5; p99[k] = p99[k] " " $6; cpu[k] = cpu[k] " " $9; rss[k] = rss[k] " " $10
+  if ($4 > 0) us[k] = us[k] " " 1e4 * $9 / $4; bad[k] += $7 + $8 }
+END {
+  printf "%-7s %-15s %9s %8s %8s %6s %7s %6s %9s %9s %9s %s\n", "scenario", "peer", "rps", "p50ms", "p99ms", "cpu%", "us/req", "rssMB", "x_nginx", "p99/ngx", "cpu/ngx", "errors"
+  for (i = 1; i <= n; i++) {
+    split(order[i], kp, SUBSEP); sc = kp[1]; ng = sc SUBSEP "nginx"
+    r = med(rps[order[i]]); q = med(p99[order[i]]); c = med(us[order[i]])
+    xr = (ng in seen) ? sprintf("%.2f", r / med(rps[ng])) : "-"
+    xq = (ng in seen) ? sprintf("%.2f", q / med(p99[ng])) : "-"
+    xc = (ng in seen) ? sprintf("%.2f", c / med(us[ng])) : "-"
+    printf "%-7s %-15s %9.0f %8.2f %8.2f %6.0f %7.1f %6.0f %9s %9s %9s %d\n", sc, kp[2], r, med(p50[order[i]]), q, med(cpu[order[i]]), c, med(rss[order[i]]) / 1024, xr, xq, xc, bad[order[i]]
+  }
+}' "$TSV" | tee "$OUT/summary.txt"
+say "results: $OUT"
+# Every run must have answered only 200s: a smoke run that did not is a failure.
+awk -F'\t' 'NR > 1 && ($7 + $8 > 0 || $4 == 0) { bad = 1 } END { exit bad }' "$TSV" || { say "some runs had errors or no throughput"; exit 1; }
