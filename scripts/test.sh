@@ -7,3 +7,9 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh redis-server
 scripts/install-test-servers.sh
 cargo test --locked --all-targets "$@"
+# The load benchmark's smoke run (a few seconds, tollgate only), so the benchmark cannot rot.
+if [[ -f ../shared/bench/peers/lib.sh || -n ${PEERS_DIR:-} ]]; then
+  SMOKE=1 benches/load/run.sh
+else
+  echo "skipping the load benchmark smoke run: the benchmark peers (../shared/bench/peers) are not here" >&2
+fi

@@ -3,7 +3,7 @@
 # key-auth), all in front of the same upstream on loopback, measured with wrk.
 #
 #   benches/load/run.sh                 # everything: about 15 minutes on 2 cores
-#   SMOKE=1 benches/load/run.sh         # tollgate only, a few seconds (CI runs this)
+#   SMOKE=1 benches/load/run.sh         # tollgate only, a few seconds, debug build (CI runs this)
 #   PEERS="nginx tollgate" SCENARIOS=tile REPS=2 DURATION=5 benches/load/run.sh
 #
 # Peers: direct (the upstream alone), nginx, haproxy, eg, eg-auth — installed and started by
@@ -23,12 +23,13 @@ PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 
 SMOKE="${SMOKE:-0}"
 if [[ $SMOKE == 1 ]]; then
+  : "${PROFILE:=debug}"
   : "${PEERS:=tollgate tollgate-kargo}" "${SCENARIOS:=tile json}" "${DURATION:=2}" "${REPS:=1}" "${WARMUP:=1}"
 else
   : "${PEERS:=direct nginx haproxy eg eg-auth tollgate tollgate-kargo}" "${SCENARIOS:=tile small json}"
   : "${DURATION:=10}" "${REPS:=3}" "${WARMUP:=5}"
 fi
-: "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}"
+: "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}" "${PROFILE:=release}"
 TG_PORT=18086; TG_ADMIN=19086; TGK_PORT=18087; TGK_ADMIN=19087
 JWT_SECRET="${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}"
 OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
@@ -45,8 +46,12 @@ else
   "$ROOT/scripts/install-deps.sh" python3
 fi
 "$ROOT/scripts/install-deps.sh"
-(cd "$ROOT" && cargo build --release --locked)
-BIN="$ROOT/target/release/tollgate"
+if [[ $PROFILE == release ]]; then
+  (cd "$ROOT" && cargo build --release --locked)
+else
+  (cd "$ROOT" && cargo build --locked)
+fi
+BIN="$ROOT/target/$PROFILE/tollgate"
 
 started=()
 for svc in upstream $(for p in $PEERS; do case $p in nginx|haproxy|eg|eg-auth) echo "$p";; esac; done); do
@@ -130,7 +135,7 @@ run() { # PEER SCENARIO SECONDS FILE -> "cpu_pct rss_kb"
 {
   echo "# $(date -Is) $(uname -r), $(nproc) cpu, $(awk '/MemTotal/{printf "%.0f MiB", $2/1024}' /proc/meminfo)"
   echo "# wrk -t$THREADS -c$CONNS -d${DURATION}s, reps=$REPS, warm-up=${WARMUP}s, peers: ${ready[*]}"
-  echo "# tollgate $("$BIN" --version | awk '{print $2}'), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | awk 'NR==1{print "wrk/"$2}')"
+  echo "# tollgate $("$BIN" --version | awk '{print $2}') ($PROFILE build), $(nginx -v 2>&1 | sed 's/.*: //'), $(wrk -v 2>&1 | awk 'NR==1{print "wrk/"$2}')"
 } | tee "$OUT/header.txt" >&2
 TSV="$OUT/runs.tsv"
 printf 'rep\tscenario\tpeer\trps\tp50_ms\tp99_ms\tnon2xx\tsock_err\tcpu_pct\trss_kb\tup_cpu_pct\tredis_cpu_pct\tsys_pct\tbg_pct\n' >"$TSV"
