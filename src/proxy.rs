@@ -222,6 +222,10 @@ fn apply_edits(target: &mut impl EditableHeaders, edits: &[HeaderEdit]) -> Resul
 impl ProxyHttp for Tollgate {
     type CTX = RequestCtx;
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression module that
+    /// every response would still pass through; tiles are already compressed.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
         crate::metrics::metrics().in_flight.inc();
