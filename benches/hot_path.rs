@@ -1,7 +1,7 @@
 //! The request path in isolation: route matching over 100 endpoints (hit and miss), the whole
 //! request phase of the plain `cors + proxy` pipeline (which includes the stripPath rewrite),
 //! http-proxy's URL join, key-auth lookup among 1M credentials, and JWT verification with and
-//! without the verified-token cache. `cargo bench --bench hot_path` (as a test, with
+//! without the verified-token cache, and the metrics update. `cargo bench --bench hot_path` (as a test, with
 //! `cargo test`, it runs each once with 1,000 credentials).
 
 use std::hint::black_box;
@@ -229,5 +229,30 @@ fn auth(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, pipeline, auth);
+fn metrics_update(c: &mut Criterion) {
+    let m = tollgate::metrics::metrics();
+    let endpoint = m.endpoint("wmts");
+    c.bench_function("metrics/eg_counter", |b| {
+        b.iter(|| {
+            m.count(
+                black_box(200),
+                Some(black_box("6e5b8d7a-9b4b-4958-9930-2f0af98b2749")),
+                black_box("wmts"),
+            )
+        })
+    });
+    c.bench_function("metrics/endpoint_record", |b| {
+        b.iter(|| {
+            endpoint.record(
+                black_box(200),
+                black_box(0.0012),
+                Some(0.0008),
+                0,
+                black_box(20480),
+            )
+        })
+    });
+}
+
+criterion_group!(benches, routing, pipeline, auth, metrics_update);
 criterion_main!(benches);
