@@ -4,22 +4,14 @@
 mod support;
 
 use support::gateway::run_tollgate;
-use support::{get, request, ConfigDir, GatewayProcess};
+use support::{get, json_body, send_json, ConfigDir, GatewayProcess};
 
-fn call(port: u16, method: &str, path: &str, body: &str, token: Option<&str>) -> support::Response {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    request(
-        port,
-        &format!("{method} {path} HTTP/1.1\r\nHost: a\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
-        false,
-    )
+fn call(port: u16, method: &str, path: &str, body: &str) -> support::Response {
+    send_json(port, method, path, body)
 }
 
 fn json(r: &support::Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body)
-        .unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
+    json_body(r)
 }
 
 fn gateway(extra_args: &[&str]) -> (ConfigDir, GatewayProcess) {
@@ -42,14 +34,14 @@ fn users_apps_scopes_and_credentials_routes() {
         serde_json::json!({"scopes": null})
     );
     assert_eq!(
-        call(a, "POST", "/scopes", r#"{"scopes": ["wms", "k2"]}"#, None).status,
+        call(a, "POST", "/scopes", r#"{"scopes": ["wms", "k2"]}"#).status,
         201
     );
     assert_eq!(
-        call(a, "POST", "/scopes", r#"{"scopes": ["wms"]}"#, None).text(),
+        call(a, "POST", "/scopes", r#"{"scopes": ["wms"]}"#).text(),
         "One or more scopes already exist."
     );
-    assert_eq!(call(a, "PUT", "/scopes/wmts", "", None).status, 201);
+    assert_eq!(call(a, "PUT", "/scopes/wmts", "").status, 201);
     assert_eq!(
         json(&get(a, "GET", "/scopes/wmts", &[])),
         serde_json::json!({"scope": "wmts"})
@@ -62,18 +54,11 @@ fn users_apps_scopes_and_credentials_routes() {
 
     for name in ["u1", "u2", "u3"] {
         assert_eq!(
-            call(
-                a,
-                "POST",
-                "/users",
-                &format!(r#"{{"username": "{name}"}}"#),
-                None
-            )
-            .status,
+            call(a, "POST", "/users", &format!(r#"{{"username": "{name}"}}"#)).status,
             200
         );
     }
-    let invalid = call(a, "POST", "/users", r#"{"firstname": "x"}"#, None);
+    let invalid = call(a, "POST", "/users", r#"{"firstname": "x"}"#);
     assert_eq!(
         (invalid.status, invalid.text().as_str()),
         (422, "data should have required property 'username'")
@@ -95,40 +80,21 @@ fn users_apps_scopes_and_credentials_routes() {
         "PUT",
         "/users/u1",
         r#"{"email": "u1@example.com"}"#,
-        None,
     ));
     assert_eq!(updated["email"], "u1@example.com");
     assert_eq!(
-        call(a, "PUT", "/users/u1", r#"{"nonsense": 1}"#, None).status,
+        call(a, "PUT", "/users/u1", r#"{"nonsense": 1}"#).status,
         422
     );
     assert_eq!(
-        json(&call(
-            a,
-            "PUT",
-            "/users/u1/status",
-            r#"{"status": false}"#,
-            None
-        )),
+        json(&call(a, "PUT", "/users/u1/status", r#"{"status": false}"#)),
         serde_json::json!({"status": "Deactivated"})
     );
     assert_eq!(
-        json(&call(
-            a,
-            "PUT",
-            "/users/u1/status",
-            r#"{"status": false}"#,
-            None
-        )),
+        json(&call(a, "PUT", "/users/u1/status", r#"{"status": false}"#)),
         serde_json::json!({"status": "Inactive"})
     );
-    let nobody = call(
-        a,
-        "PUT",
-        "/users/nobody/status",
-        r#"{"status": true}"#,
-        None,
-    );
+    let nobody = call(a, "PUT", "/users/nobody/status", r#"{"status": true}"#);
     assert_eq!(
         (nobody.status, nobody.text().as_str()),
         (404, "user not found: nobody")
@@ -143,7 +109,6 @@ fn users_apps_scopes_and_credentials_routes() {
         "POST",
         "/apps",
         r#"{"userId": "u2", "name": "viewer", "scopes": ["wms"]}"#,
-        None,
     ));
     assert_eq!(
         app["scopes"],
@@ -156,25 +121,11 @@ fn users_apps_scopes_and_credentials_routes() {
         "stored comma-joined"
     );
     assert_eq!(
-        call(
-            a,
-            "POST",
-            "/apps",
-            r#"{"userId": "ghost", "name": "x"}"#,
-            None
-        )
-        .text(),
+        call(a, "POST", "/apps", r#"{"userId": "ghost", "name": "x"}"#).text(),
         "The specified user does not exist"
     );
     assert_eq!(
-        call(
-            a,
-            "POST",
-            "/apps",
-            r#"{"userId": "u2", "name": "viewer"}"#,
-            None
-        )
-        .status,
+        call(a, "POST", "/apps", r#"{"userId": "u2", "name": "viewer"}"#).status,
         409
     );
     assert_eq!(
@@ -182,8 +133,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "POST",
             "/apps",
-            r#"{"userId": "u2", "name": "y", "id": "mine"}"#,
-            None
+            r#"{"userId": "u2", "name": "y", "id": "mine"}"#
         )
         .status,
         422,
@@ -195,7 +145,6 @@ fn users_apps_scopes_and_credentials_routes() {
         "POST",
         "/credentials",
         r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["wms"]}}"#,
-        None,
     ));
     let key_id = ka["keyId"].as_str().expect("keyId").to_string();
     assert_eq!(
@@ -203,8 +152,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "POST",
             "/credentials",
-            r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["nope"]}}"#,
-            None
+            r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["nope"]}}"#
         )
         .text(),
         "One or more scopes don't exist"
@@ -214,8 +162,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "POST",
             "/credentials",
-            r#"{"consumerId": "ghost", "type": "jwt"}"#,
-            None
+            r#"{"consumerId": "ghost", "type": "jwt"}"#
         )
         .text(),
         "No consumer found with id: ghost"
@@ -225,7 +172,6 @@ fn users_apps_scopes_and_credentials_routes() {
         "POST",
         "/credentials",
         r#"{"consumerId": "u3", "type": "basic-auth"}"#,
-        None,
     ));
     assert_eq!(
         generated["password"].as_str().map(str::len),
@@ -237,8 +183,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "POST",
             "/credentials",
-            r#"{"consumerId": "u3", "type": "basic-auth"}"#,
-            None
+            r#"{"consumerId": "u3", "type": "basic-auth"}"#
         )
         .text(),
         "Credential already exists and is active"
@@ -248,8 +193,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "PUT",
             &format!("/credentials/key-auth/{key_id}/scopes/k2"),
-            "",
-            None
+            ""
         )
         .status,
         204
@@ -268,8 +212,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "DELETE",
             &format!("/credentials/key-auth/{key_id}/scopes/wms"),
-            "",
-            None
+            ""
         )
         .status,
         204
@@ -279,8 +222,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "PUT",
             &format!("/credentials/key-auth/{key_id}/scopes/"),
-            r#"{"scopes": ["wmts"]}"#,
-            None
+            r#"{"scopes": ["wmts"]}"#
         )
         .status,
         204
@@ -299,8 +241,7 @@ fn users_apps_scopes_and_credentials_routes() {
             a,
             "PUT",
             &format!("/credentials/key-auth/{key_id}/status"),
-            r#"{"status": false}"#,
-            None
+            r#"{"status": false}"#
         )),
         serde_json::json!({"status": "Deactivated"})
     );
@@ -319,7 +260,7 @@ fn users_apps_scopes_and_credentials_routes() {
         Some(2)
     );
     // Deleting a scope takes it from the credentials that hold it.
-    assert_eq!(call(a, "DELETE", "/scopes/wmts", "", None).status, 204);
+    assert_eq!(call(a, "DELETE", "/scopes/wmts", "").status, 204);
     assert_eq!(
         json(&get(
             a,
@@ -330,19 +271,12 @@ fn users_apps_scopes_and_credentials_routes() {
         serde_json::json!([])
     );
     assert_eq!(
-        call(
-            a,
-            "DELETE",
-            &format!("/credentials/key-auth/{key_id}"),
-            "",
-            None
-        )
-        .status,
+        call(a, "DELETE", &format!("/credentials/key-auth/{key_id}"), "").status,
         204
     );
-    assert_eq!(call(a, "DELETE", "/apps/viewer", "", None).status, 204);
-    assert_eq!(call(a, "DELETE", "/apps/viewer", "", None).status, 404);
-    assert_eq!(call(a, "POST", "/users", "{not json", None).status, 400);
+    assert_eq!(call(a, "DELETE", "/apps/viewer", "").status, 204);
+    assert_eq!(call(a, "DELETE", "/apps/viewer", "").status, 404);
+    assert_eq!(call(a, "POST", "/users", "{not json").status, 400);
 }
 
 #[test]

@@ -6,14 +6,10 @@ mod support;
 
 use support::eg::ExpressGateway;
 use support::redis::RedisServer;
-use support::{get, jwt, request, ConfigDir, EchoUpstream, GatewayProcess};
+use support::{get, jwt, send_json, ConfigDir, EchoUpstream, GatewayProcess};
 
 fn post_json(port: u16, path: &str, body: &str) -> serde_json::Value {
-    let r = request(
-        port,
-        &format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
-        false,
-    );
+    let r = send_json(port, "POST", path, body);
     assert!(
         (200..300).contains(&r.status),
         "{path}: {} {}",

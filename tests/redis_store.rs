@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::redis::{eg_fixture, RedisServer};
-use support::{get, jwt, request, ConfigDir, EchoUpstream, GatewayProcess};
+use support::{get, json_body, jwt, request, send_json, ConfigDir, EchoUpstream, GatewayProcess};
 
 const KANO: &str = "6e5b8d7a-9b4b-4958-9930-2f0af98b2749";
 const APP1: &str = "f8766334-1d5f-423e-9c53-2a594adad297";
@@ -65,24 +65,15 @@ fn consumer_of(r: &support::Response) -> Option<String> {
 }
 
 fn put_json(port: u16, path: &str, body: &str) -> support::Response {
-    request(
-        port,
-        &format!("PUT {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
-        false,
-    )
+    send_json(port, "PUT", path, body)
 }
 
 fn post_json(port: u16, path: &str, body: &str) -> support::Response {
-    request(
-        port,
-        &format!("POST {path} HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
-        false,
-    )
+    send_json(port, "POST", path, body)
 }
 
 fn json_of(r: &support::Response) -> serde_json::Value {
-    serde_json::from_slice(&r.body)
-        .unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
+    json_body(r)
 }
 
 #[test]

@@ -69,6 +69,15 @@ pub struct Refusal {
     pub message: String,
 }
 
+/// A provider's endpoint URL: as given (https when it names no scheme), else AWS's for the region.
+fn endpoint_url(given: Option<String>, region: &str) -> String {
+    match given {
+        Some(e) if e.contains("://") => e,
+        Some(e) => format!("https://{e}"),
+        None => format!("https://s3.{region}.amazonaws.com"),
+    }
+}
+
 fn text(n: Option<&Node>, key: &str) -> Option<String> {
     n?.get(key)
         .and_then(Node::scalar_text)
@@ -104,13 +113,7 @@ impl Storage {
                     continue;
                 };
                 let region = text(Some(v), "region").unwrap_or_else(|| "us-east-1".into());
-                let endpoint = text(Some(v), "endpoint")
-                    .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-                let endpoint = if endpoint.contains("://") {
-                    endpoint
-                } else {
-                    format!("https://{endpoint}")
-                };
+                let endpoint = endpoint_url(text(Some(v), "endpoint"), &region);
                 match UpstreamTarget::parse(&endpoint) {
                     Ok(t) => {
                         if v.get("default").is_some_and(|d| {
@@ -141,14 +144,10 @@ impl Storage {
         let region = text(legacy, "region")
             .or_else(|| env("S3_REGION"))
             .unwrap_or_else(|| "us-east-1".into());
-        let endpoint = text(legacy, "endpoint")
-            .or_else(|| env("S3_ENDPOINT"))
-            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let endpoint = if endpoint.contains("://") {
-            endpoint
-        } else {
-            format!("https://{endpoint}")
-        };
+        let endpoint = endpoint_url(
+            text(legacy, "endpoint").or_else(|| env("S3_ENDPOINT")),
+            &region,
+        );
         match UpstreamTarget::parse(&endpoint) {
             Ok(t) => Some(Storage {
                 path: system.plugin_endpoint("s3", "/s3"),

@@ -147,3 +147,18 @@ fn read_chunked(s: &mut TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
+
+/// A request with a JSON body (`Connection: close`).
+pub fn send_json(port: u16, method: &str, path: &str, body: &str) -> Response {
+    request(
+        port,
+        &format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        false,
+    )
+}
+
+/// The body as JSON; panics (showing the answer) when it is not.
+pub fn json_body(r: &Response) -> serde_json::Value {
+    serde_json::from_slice(&r.body)
+        .unwrap_or_else(|_| panic!("not JSON: {} {}", r.status, r.text()))
+}

@@ -11,6 +11,6 @@ pub mod redis;
 pub mod s3;
 pub mod tls;
 
-pub use client::{get, request, Response};
+pub use client::{get, json_body, request, send_json, Response};
 pub use echo::EchoUpstream;
 pub use gateway::{free_port, ConfigDir, GatewayProcess};
