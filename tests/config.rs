@@ -208,3 +208,19 @@ fn help_on_every_command() {
     let out = run_tollgate(&["frobnicate"], &[]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn a_wrong_proxy_option_is_reported_where_it_is_written() {
+    let dir = ConfigDir::new(
+        "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints:\n  s:\n    url: 'http://127.0.0.1:9'\n    proxyOptions:\n      xfwd: 'yes'\npolicies: [proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "7:13: policy `proxy` `xfwd`: invalid type: string \"yes\", expected a boolean"
+        ),
+        "{err}"
+    );
+}

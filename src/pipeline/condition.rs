@@ -120,7 +120,17 @@ impl Condition {
                 }
             }
             "hostMatch" => {
-                text_param("pattern", errors).map(|p| Condition::HostMatch(glob_regex(&p)))
+                let pattern = text_param("pattern", errors)?;
+                match glob_regex(&pattern) {
+                    Ok(re) => Some(Condition::HostMatch(re)),
+                    Err(e) => {
+                        errors.push(
+                            name_pos,
+                            format!("bad hostMatch pattern: {}", short_reason(&e.to_string())),
+                        );
+                        None
+                    }
+                }
             }
             "method" => {
                 let n = param("methods", errors)?;
@@ -159,7 +169,7 @@ impl Condition {
 }
 
 /// A minimatch-style glob (`*` any run of characters, `?` one) as an anchored regex.
-fn glob_regex(glob: &str) -> Regex {
+fn glob_regex(glob: &str) -> Result<Regex, regex::Error> {
     let mut re = String::from("^");
     for c in glob.chars() {
         match c {
@@ -169,7 +179,7 @@ fn glob_regex(glob: &str) -> Regex {
         }
     }
     re.push('$');
-    Regex::new(&re).unwrap_or_else(|_| Regex::new("$^").expect("static regex"))
+    Regex::new(&re)
 }
 
 /// The telling line of a multi-line error message (regex errors end with it).

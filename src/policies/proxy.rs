@@ -178,15 +178,20 @@ fn merged_params(
     match serde_path_to_error::deserialize::<_, Params>(json) {
         Ok(p) => Some(p),
         Err(e) => {
+            // Point at the value in proxyOptions when it came from there, else in the action.
+            let first_key = e.path().iter().next().and_then(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            });
             let from_options = endpoint
                 .proxy_options
                 .as_ref()
-                .map(|o| o.locate(e.path()))
-                .filter(|n| !std::ptr::eq(*n, endpoint.proxy_options.as_ref().expect("checked")));
-            let at = from_options
-                .map(|n| &n.pos)
-                .or_else(|| action.map(|a| &a.locate(e.path()).pos))
-                .unwrap_or(pos);
+                .filter(|o| first_key.as_deref().is_some_and(|k| o.get(k).is_some()));
+            let at = match (from_options, action) {
+                (Some(o), _) => &o.locate(e.path()).pos,
+                (None, Some(a)) => &a.locate(e.path()).pos,
+                (None, None) => pos,
+            };
             errors.push(at, format!("policy `proxy` `{}`: {}", e.path(), e.inner()));
             None
         }
