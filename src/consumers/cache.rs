@@ -331,6 +331,23 @@ impl ConsumerCache {
                 } else {
                     HashMap::new()
                 };
+                // A credential of a consumer the cache does not know yet (its own message may
+                // come next): load the consumer first, so the credential works at once.
+                let owner = if ty.is_keyed() {
+                    h.get("consumerId").cloned()
+                } else {
+                    (!h.is_empty()).then(|| id.to_string())
+                };
+                if let Some(owner) = owner {
+                    let known = {
+                        let t = self.read();
+                        t.apps.contains_key(owner.as_str()) || t.users.contains_key(owner.as_str())
+                    };
+                    if !known {
+                        Box::pin(self.refresh(&format!("app:{owner}"))).await?;
+                        Box::pin(self.refresh(&format!("user:{owner}"))).await?;
+                    }
+                }
                 let mut t = self.write();
                 match ty {
                     CredentialType::KeyAuth | CredentialType::Jwt => {
