@@ -301,67 +301,93 @@ fn remove_each(c: &AdminClient, route: &str, m: &Many) -> Outcome {
     Ok(())
 }
 
+/// Users and applications are listed, shown, created and updated alike; these are the parts.
+struct Kind {
+    route: &'static str,
+    /// The field `-q` prints.
+    quiet_field: &'static str,
+    none: &'static str,
+}
+
+const USERS: Kind = Kind {
+    route: "users",
+    quiet_field: "username",
+    none: "You have no users",
+};
+const APPS: Kind = Kind {
+    route: "apps",
+    quiet_field: "id",
+    none: "You have no apps",
+};
+
+fn list_kind(c: &AdminClient, k: &Kind, quiet: bool) -> Outcome {
+    let items = list_all(c, k.route, k.route)?;
+    if items.is_empty() && !quiet {
+        println!("{}", k.none);
+    }
+    for item in items {
+        if quiet {
+            println!("{}", item[k.quiet_field].as_str().unwrap_or(""));
+        } else {
+            println!("{}", pretty(&item));
+        }
+    }
+    Ok(())
+}
+
+fn info_kind(c: &AdminClient, k: &Kind, o: &OneQuiet) -> Outcome {
+    let v = call(c, "GET", &format!("/{}/{}", k.route, enc(&o.id)), None)?.json();
+    println!(
+        "{}",
+        if o.quiet {
+            v["id"].as_str().unwrap_or("").to_string()
+        } else {
+            pretty(&v)
+        }
+    );
+    Ok(())
+}
+
+/// Prints what a create or update returned: the id with -q, else the object and a confirmation.
+fn written(v: &Value, quiet: bool, confirmation: &str) {
+    let id = v["id"].as_str().unwrap_or("");
+    if quiet {
+        println!("{id}");
+    } else {
+        println!("{}", pretty(v));
+        eprintln!("✔ {confirmation} {id}");
+    }
+}
+
+fn update_kind(c: &AdminClient, k: &Kind, up: &Update) -> Outcome {
+    let body = Value::Object(props_object(&up.props)?);
+    let v = call(
+        c,
+        "PUT",
+        &format!("/{}/{}", k.route, enc(&up.id)),
+        Some(&body),
+    )?
+    .json();
+    written(&v, up.quiet, "Updated");
+    Ok(())
+}
+
 pub fn users(c: &AdminClient, cmd: UsersCmd) -> Outcome {
     match cmd {
-        UsersCmd::List(q) => {
-            let users = list_all(c, "users", "users")?;
-            if users.is_empty() && !q.quiet {
-                println!("You have no users");
-            }
-            for u in users {
-                if q.quiet {
-                    println!("{}", u["username"].as_str().unwrap_or(""));
-                } else {
-                    println!("{}", pretty(&u));
-                }
-            }
-            Ok(())
-        }
-        UsersCmd::Info(o) => {
-            let u = call(c, "GET", &format!("/users/{}", enc(&o.id)), None)?.json();
-            println!(
-                "{}",
-                if o.quiet {
-                    u["id"].as_str().unwrap_or("").to_string()
-                } else {
-                    pretty(&u)
-                }
-            );
-            Ok(())
-        }
+        UsersCmd::List(q) => list_kind(c, &USERS, q.quiet),
+        UsersCmd::Info(o) => info_kind(c, &USERS, &o),
         UsersCmd::Create(cu) => {
-            let u = call(
+            let v = call(
                 c,
                 "POST",
                 "/users",
                 Some(&Value::Object(props_object(&cu.props)?)),
             )?
             .json();
-            let id = u["id"].as_str().unwrap_or("").to_string();
-            if cu.quiet {
-                println!("{id}");
-            } else {
-                println!("{}", pretty(&u));
-                eprintln!("✔ Created {id}");
-            }
+            written(&v, cu.quiet, "Created");
             Ok(())
         }
-        UsersCmd::Update(up) => {
-            let u = call(
-                c,
-                "PUT",
-                &format!("/users/{}", enc(&up.id)),
-                Some(&Value::Object(props_object(&up.props)?)),
-            )?
-            .json();
-            if up.quiet {
-                println!("{}", u["id"].as_str().unwrap_or(""));
-            } else {
-                println!("{}", pretty(&u));
-                eprintln!("✔ Updated {}", up.id);
-            }
-            Ok(())
-        }
+        UsersCmd::Update(up) => update_kind(c, &USERS, &up),
         UsersCmd::Activate(m) => status_each(c, "users", &m, true),
         UsersCmd::Deactivate(m) => status_each(c, "users", &m, false),
         UsersCmd::Remove(m) => remove_each(c, "users", &m),
@@ -370,61 +396,16 @@ pub fn users(c: &AdminClient, cmd: UsersCmd) -> Outcome {
 
 pub fn apps(c: &AdminClient, cmd: AppsCmd) -> Outcome {
     match cmd {
-        AppsCmd::List(q) => {
-            let apps = list_all(c, "apps", "apps")?;
-            if apps.is_empty() && !q.quiet {
-                println!("You have no apps");
-            }
-            for a in apps {
-                if q.quiet {
-                    println!("{}", a["id"].as_str().unwrap_or(""));
-                } else {
-                    println!("{}", pretty(&a));
-                }
-            }
-            Ok(())
-        }
-        AppsCmd::Info(o) => {
-            let a = call(c, "GET", &format!("/apps/{}", enc(&o.id)), None)?.json();
-            println!(
-                "{}",
-                if o.quiet {
-                    a["id"].as_str().unwrap_or("").to_string()
-                } else {
-                    pretty(&a)
-                }
-            );
-            Ok(())
-        }
+        AppsCmd::List(q) => list_kind(c, &APPS, q.quiet),
+        AppsCmd::Info(o) => info_kind(c, &APPS, &o),
         AppsCmd::Create(ca) => {
             let mut body = props_object(&ca.props)?;
             body.insert("userId".into(), Value::String(ca.user.clone()));
-            let a = call(c, "POST", "/apps", Some(&Value::Object(body)))?.json();
-            let id = a["id"].as_str().unwrap_or("").to_string();
-            if ca.quiet {
-                println!("{id}");
-            } else {
-                println!("{}", pretty(&a));
-                eprintln!("✔ Created {id}");
-            }
+            let v = call(c, "POST", "/apps", Some(&Value::Object(body)))?.json();
+            written(&v, ca.quiet, "Created");
             Ok(())
         }
-        AppsCmd::Update(up) => {
-            let a = call(
-                c,
-                "PUT",
-                &format!("/apps/{}", enc(&up.id)),
-                Some(&Value::Object(props_object(&up.props)?)),
-            )?
-            .json();
-            if up.quiet {
-                println!("{}", a["id"].as_str().unwrap_or(""));
-            } else {
-                println!("{}", pretty(&a));
-                eprintln!("✔ Updated {}", up.id);
-            }
-            Ok(())
-        }
+        AppsCmd::Update(up) => update_kind(c, &APPS, &up),
         AppsCmd::Activate(m) => status_each(c, "apps", &m, true),
         AppsCmd::Deactivate(m) => status_each(c, "apps", &m, false),
         AppsCmd::Remove(m) => remove_each(c, "apps", &m),
