@@ -121,6 +121,14 @@ impl GatewayProcess {
                 );
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                // The admin listener starts beside the gateway's; give it a moment too (a config
+                // without an admin section never opens it).
+                let admin_wait = Instant::now();
+                while admin_wait.elapsed() < Duration::from_secs(2)
+                    && TcpStream::connect(("127.0.0.1", self.admin_port)).is_err()
+                {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
