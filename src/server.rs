@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
+use pingora_core::listeners::tls::TlsSettings;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{ExecutionPhase, Server};
 
@@ -45,6 +47,12 @@ const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often upstream names are looked up again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Bytes a client connection buffers before writing. Pingora's default (one MSS) sends a
+/// response head and its body in separate segments; a buffer that holds a whole tile sends
+/// both with one write, so the client is woken once per response. Bodies of known length
+/// are flushed when complete; streamed (chunked) bodies are still flushed chunk by chunk.
+const CLIENT_WRITE_BUFFER: usize = 64 * 1024;
 
 /// Loads and compiles a config directory, or returns the errors as one printable block.
 pub fn load_gateway(dir: &Path, shared: &Shared) -> Result<Gateway, config::error::ConfigErrors> {
@@ -146,7 +154,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     );
     if let Some(l) = &http {
         let addr = bind_addr(l.host.as_deref(), "0.0.0.0", l.port);
-        proxy.add_tcp(&addr);
+        proxy.add_listener(client_listener(ListenerConfig::tcp(addr.clone())));
         log::info!("gateway listening on http://{addr}");
     }
     if let Some(h) = &https {
@@ -157,9 +165,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .or_else(|| h.certs.first())
             .context("https needs a certificate")?;
         let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
-        proxy
-            .add_tls(&addr, &cert.cert, &cert.key)
+        let tls = TlsSettings::intermediate(&cert.cert, &cert.key)
             .with_context(|| format!("https on {addr}: cannot use {} / {}", cert.cert, cert.key))?;
+        proxy.add_listener(client_listener(ListenerConfig::tcp(addr.clone()).tls(tls)));
         log::info!("gateway listening on https://{addr}");
     }
     server.add_service(proxy);
@@ -180,6 +188,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             "tollgate admin",
         );
         service.add_tcp(&addr);
+        // The Admin API and the storage route are not on the tile path: one thread is plenty.
+        service.threads = Some(1);
         server.add_service(service);
         log::info!("admin API listening on http://{addr}");
     }
@@ -188,6 +198,11 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // The background runtime lives as long as the process: run_forever never returns.
     std::mem::forget(background);
     server.run_forever();
+}
+
+/// A gateway listener with tollgate's client-side buffering.
+fn client_listener(config: ListenerConfig) -> ListenerConfig {
+    config.l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER))
 }
 
 /// `localhost` binds loopback; no host binds every interface.
