@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::packed_hash::PackedHash;
 use super::{KeyType, Store, StoreError, StoreResult, WindowCount, Write};
 
 const SNAPSHOT: &str = "store.snapshot.json";
@@ -27,7 +28,7 @@ const LOCK: &str = "store.lock";
 enum Value {
     #[default]
     Empty,
-    Hash(BTreeMap<String, String>),
+    Hash(PackedHash),
     Set(BTreeSet<String>),
 }
 
@@ -88,10 +89,14 @@ impl EmbeddedStore {
         let snapshot_path = dir.join(SNAPSHOT);
         let mut snapshot_bytes = 0;
         if snapshot_path.exists() {
-            let text = std::fs::read_to_string(&snapshot_path)
-                .map_err(|e| io("cannot read the snapshot", e))?;
-            snapshot_bytes = text.len() as u64;
-            data = serde_json::from_str(&text)
+            let file = File::open(&snapshot_path).map_err(|e| io("cannot read the snapshot", e))?;
+            snapshot_bytes = file
+                .metadata()
+                .map_err(|e| io("cannot read the snapshot", e))?
+                .len();
+            // Read through a buffer: the whole text of a large snapshot beside the parsed data
+            // would double the memory at start-up.
+            data = serde_json::from_reader(BufReader::with_capacity(1 << 20, file))
                 .map_err(|e| StoreError::Corrupt(format!("{}: {e}", snapshot_path.display())))?;
         }
         let journal_path = dir.join(JOURNAL);
@@ -186,19 +191,15 @@ fn apply_batch(data: &mut BTreeMap<String, Value>, batch: &[Write]) {
             Write::HSet { key, fields } => {
                 let entry = data.entry(key.clone()).or_default();
                 if !matches!(entry, Value::Hash(_)) {
-                    *entry = Value::Hash(BTreeMap::new());
+                    *entry = Value::Hash(PackedHash::default());
                 }
                 if let Value::Hash(h) = entry {
-                    for (f, v) in fields {
-                        h.insert(f.clone(), v.clone());
-                    }
+                    h.set(fields.iter().map(|(f, v)| (f.as_str(), v.as_str())));
                 }
             }
             Write::HDel { key, fields } => {
                 if let Some(Value::Hash(h)) = data.get_mut(key) {
-                    for f in fields {
-                        h.remove(f);
-                    }
+                    h.remove(fields.iter().map(String::as_str));
                     if h.is_empty() {
                         data.remove(key);
                     }
@@ -253,7 +254,7 @@ impl Store for EmbeddedStore {
 
     async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
         Ok(match self.state().data.get(key) {
-            Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             _ => HashMap::new(),
         })
     }
@@ -263,7 +264,7 @@ impl Store for EmbeddedStore {
         Ok(keys
             .iter()
             .map(|k| match st.data.get(k) {
-                Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 _ => HashMap::new(),
             })
             .collect())
@@ -278,7 +279,9 @@ impl Store for EmbeddedStore {
         Ok(keys
             .iter()
             .map(|k| match st.data.get(k) {
-                Some(Value::Hash(h)) => Some(fields.iter().map(|f| h.get(*f).cloned()).collect()),
+                Some(Value::Hash(h)) => {
+                    Some(fields.iter().map(|f| h.get(f).map(String::from)).collect())
+                }
                 _ => None,
             })
             .collect())

@@ -5,6 +5,7 @@
 //! on top of this trait, so both stores hold exactly what EG would write to Redis.
 
 pub mod embedded;
+mod packed_hash;
 pub mod redis;
 
 use std::collections::HashMap;
