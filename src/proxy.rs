@@ -123,9 +123,8 @@ impl Tollgate {
             loop {
                 let (mut outcome, next) = pipeline.run(step, &req, x);
                 if let Outcome::Defer(work) = outcome {
-                    let (resolved, edits) = work.await;
-                    x.response_edits.extend(edits);
-                    outcome = match resolved {
+                    let finish = work.await;
+                    outcome = match finish(x) {
                         Outcome::Continue if next < pipeline.steps.len() => {
                             step = next;
                             continue;

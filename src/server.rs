@@ -139,6 +139,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         threads,
         grace_period_seconds: Some(opts.grace_period),
         graceful_shutdown_timeout_seconds: Some(1),
+        // One single-threaded runtime per worker, as nginx runs one process per core: a
+        // connection stays on its thread. Measured against work stealing on the tile
+        // benchmark: p99 4.0 ms instead of 5.3 ms at the same throughput (within 3%).
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

@@ -425,6 +425,54 @@ fn public_key_algorithms_and_key_confusion() {
     }
 }
 
+/// bcrypt takes its CPU time off the threads that serve: with a single worker thread, a request
+/// that needs no password is answered while wrong passwords are still being checked.
+#[test]
+fn password_checks_do_not_hold_up_other_requests() {
+    use std::time::{Duration, Instant};
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up, JWT_SECRET));
+    dir.write("consumers.config.json", CONSUMERS);
+    let data = dir.path.join("data").display().to_string();
+    let consumers = dir.file("consumers.config.json");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--data-dir",
+            &data,
+            "--populate",
+            &consumers,
+            "--threads",
+            "1",
+        ],
+        &[],
+    );
+    let qgis = app_id(&gw, "qgis");
+    let checks: Vec<_> = (0..2)
+        .map(|i| {
+            let wrong = format!("Basic {}", base64_encode(&format!("{qgis}:wrong-{i}")));
+            let port = gw.port;
+            std::thread::spawn(move || {
+                let r = get(port, "GET", "/wmts/1/2/3.png", &[("Authorization", &wrong)]);
+                (r.status, Instant::now())
+            })
+        })
+        .collect();
+    // Both checks are under way (a bcrypt check of cost 10 takes far longer than this).
+    std::thread::sleep(Duration::from_millis(150));
+    let r = get(gw.port, "GET", "/healthcheck", &[]);
+    let answered = Instant::now();
+    assert_eq!(r.status, 200);
+    for check in checks {
+        let (status, finished) = check.join().expect("request thread");
+        assert_eq!(status, 401, "a wrong password is refused");
+        assert!(
+            answered < finished,
+            "the health check waited for a password check"
+        );
+    }
+}
+
 fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)

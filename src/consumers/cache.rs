@@ -544,14 +544,11 @@ impl ConsumerCache {
         self.jwt_subject(sub).is_some()
     }
 
-    /// basic-auth: `user_id` is an app id, a user id or a username; the password is checked
-    /// with bcrypt once, then remembered (keyed by the stored hash, so a new password forgets it).
-    pub fn basic(
-        &self,
-        user_id: &str,
-        password: &str,
-        endpoint_scopes: &[String],
-    ) -> Option<Consumer> {
+    /// basic-auth: `user_id` is an app id, a user id or a username. A password seen before with
+    /// the same stored hash is accepted at once; any other needs a bcrypt check, which the caller
+    /// runs off the request thread ([`PasswordCheck::verify`]) and reports back with
+    /// [`ConsumerCache::remember_password`] (keyed by the stored hash, so a new password forgets it).
+    pub fn basic(&self, user_id: &str, password: &str, endpoint_scopes: &[String]) -> BasicAnswer {
         let (consumer, hash) = {
             let t = self.read();
             let Some(consumer) = self.resolve(&t, user_id, true) else {
@@ -560,20 +557,20 @@ impl ConsumerCache {
                 self.lookup_later(format!("username:{user_id}"));
                 self.lookup_later(format!("user:{user_id}"));
                 self.lookup_later(format!("app:{user_id}"));
-                return None;
+                return BasicAnswer::Refused;
             };
             let Some(cred) = t.basic.get(&*consumer.id) else {
                 drop(t);
                 self.hit(false);
                 self.lookup_later(format!("basic-auth:{}", consumer.id));
-                return None;
+                return BasicAnswer::Refused;
             };
             self.hit(true);
             if !cred.active
                 || (!endpoint_scopes.is_empty()
                     && !has_all(cred.scopes.as_deref(), endpoint_scopes))
             {
-                return None;
+                return BasicAnswer::Refused;
             }
             (consumer, cred.hash.clone())
         };
@@ -590,11 +587,18 @@ impl ConsumerCache {
             .unwrap_or_else(|p| p.into_inner())
             .contains(&memo)
         {
-            return Some(consumer);
+            return BasicAnswer::Accepted(consumer);
         }
-        if !bcrypt::verify(password, &hash).unwrap_or(false) {
-            return None;
-        }
+        BasicAnswer::Check(PasswordCheck {
+            consumer,
+            hash,
+            password: password.to_string(),
+            memo,
+        })
+    }
+
+    /// Records a password that [`PasswordCheck::verify`] accepted.
+    pub fn remember_password(&self, memo: [u8; 32]) {
         let mut verified = self
             .verified_passwords
             .lock()
@@ -603,7 +607,41 @@ impl ConsumerCache {
             verified.clear();
         }
         verified.insert(memo);
-        Some(consumer)
+    }
+}
+
+/// The answer to a basic-auth attempt.
+#[derive(Debug)]
+pub enum BasicAnswer {
+    Accepted(Consumer),
+    Refused,
+    /// The password still needs its bcrypt check.
+    Check(PasswordCheck),
+}
+
+/// A password to check against its stored bcrypt hash: tens of milliseconds of CPU, so never on
+/// a thread that serves requests.
+pub struct PasswordCheck {
+    consumer: Consumer,
+    hash: Box<str>,
+    password: String,
+    memo: [u8; 32],
+}
+
+impl PasswordCheck {
+    /// The consumer and the memo to remember when the password matches.
+    pub fn verify(self) -> Option<(Consumer, [u8; 32])> {
+        bcrypt::verify(&self.password, &self.hash)
+            .unwrap_or(false)
+            .then_some((self.consumer, self.memo))
+    }
+}
+
+impl std::fmt::Debug for PasswordCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCheck")
+            .field("consumer", &self.consumer.id)
+            .finish_non_exhaustive()
     }
 }
 

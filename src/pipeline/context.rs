@@ -132,10 +132,13 @@ impl Reply {
     }
 }
 
-/// Work a step must do off the request thread (a Redis round trip); it resolves to the step's
-/// real outcome and the response header edits it adds.
-pub type Deferred =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (Outcome, Vec<HeaderEdit>)> + Send>>;
+/// Work a step must do off the request thread (a Redis round trip, a bcrypt check). It resolves
+/// to what finishes the step back on the request: a function of the exchange that records what
+/// the work found (a consumer, response headers) and gives the step's real outcome.
+pub type Deferred = std::pin::Pin<Box<dyn std::future::Future<Output = Finish> + Send>>;
+
+/// The last part of a deferred step; see [`Deferred`].
+pub type Finish = Box<dyn FnOnce(&mut Exchange) -> Outcome + Send>;
 
 /// What a policy step decided.
 pub enum Outcome {

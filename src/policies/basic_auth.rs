@@ -3,13 +3,16 @@
 //! basic-auth credential (once per password, then remembered). Every failure, a missing scope
 //! included, is a 401.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::Semaphore;
 
 use base64::Engine;
 use serde::Deserialize;
 
 use super::auth_common::{fail, succeed};
-use crate::consumers::cache::ConsumerCache;
+use crate::consumers::cache::{BasicAnswer, ConsumerCache, PasswordCheck};
+use crate::pipeline::context::{Consumer, Finish};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
 #[derive(Deserialize)]
@@ -54,8 +57,39 @@ impl Policy for BasicAuth {
             return fail(x, self.pass_through, 401);
         };
         match self.cache.basic(&user, &password, &req.endpoint.scopes) {
-            Some(consumer) => succeed(x, consumer),
-            None => fail(x, self.pass_through, 401),
+            BasicAnswer::Accepted(consumer) => succeed(x, consumer),
+            BasicAnswer::Refused => fail(x, self.pass_through, 401),
+            BasicAnswer::Check(check) => {
+                let cache = self.cache.clone();
+                let pass_through = self.pass_through;
+                Outcome::Defer(Box::pin(async move {
+                    let verified = bcrypt_off_thread(check).await;
+                    Box::new(move |x: &mut Exchange| match verified {
+                        Some((consumer, memo)) => {
+                            cache.remember_password(memo);
+                            succeed(x, consumer)
+                        }
+                        None => fail(x, pass_through, 401),
+                    }) as Finish
+                }))
+            }
         }
     }
+}
+
+/// bcrypt checks running at once: one per core. More would not finish sooner, and a burst of
+/// wrong passwords then waits its turn instead of taking every core from the tiles.
+fn bcrypt_permits() -> &'static Semaphore {
+    static PERMITS: OnceLock<Semaphore> = OnceLock::new();
+    PERMITS
+        .get_or_init(|| Semaphore::new(std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
+/// Runs the bcrypt check on tokio's blocking pool, so the request threads keep serving.
+async fn bcrypt_off_thread(check: PasswordCheck) -> Option<(Consumer, [u8; 32])> {
+    let _permit = bcrypt_permits().acquire().await.ok()?;
+    tokio::task::spawn_blocking(move || check.verify())
+        .await
+        .ok()
+        .flatten()
 }

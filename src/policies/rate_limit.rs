@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::config::error::{ConfigErrors, Pos};
 use crate::config::node::Node;
 use crate::counters::Counters;
-use crate::pipeline::context::{HeaderEdit, Reply};
+use crate::pipeline::context::{Finish, HeaderEdit, Reply};
 use crate::pipeline::expr::{ip_text, Template};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 use crate::store::Store;
@@ -235,14 +235,18 @@ impl Policy for RateLimit {
                 let store = store.clone();
                 let settings = self.settings.clone();
                 Outcome::Defer(Box::pin(async move {
-                    match store.incr_window(&key, settings.window).await {
+                    let (outcome, edits) = match store.incr_window(&key, settings.window).await {
                         Ok(w) => settings.decide(w.count, w.resets_in, wants_json),
                         Err(e) => {
                             // Better to serve tiles unlimited for a moment than to refuse them all.
                             log::warn!("rate-limit: {e}; letting the request through");
                             (Outcome::Continue, Vec::new())
                         }
-                    }
+                    };
+                    Box::new(move |x: &mut Exchange| {
+                        x.response_edits.extend(edits);
+                        outcome
+                    }) as Finish
                 }))
             }
         }
