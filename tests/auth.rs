@@ -425,10 +425,12 @@ fn public_key_algorithms_and_key_confusion() {
     }
 }
 
-/// bcrypt takes its CPU time off the threads that serve: with a single worker thread, a request
-/// that needs no password is answered while wrong passwords are still being checked.
+/// bcrypt takes its CPU time off the threads that serve: with a single worker thread, requests
+/// that need no password are answered while wrong passwords are still being checked.
 #[test]
 fn password_checks_do_not_hold_up_other_requests() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
     use std::time::{Duration, Instant};
     let up = EchoUpstream::start("tiles");
     let dir = ConfigDir::new(&config(&up, JWT_SECRET));
@@ -448,29 +450,47 @@ fn password_checks_do_not_hold_up_other_requests() {
         &[],
     );
     let qgis = app_id(&gw, "qgis");
-    let checks: Vec<_> = (0..2)
+    // Two clients keep sending wrong passwords (each one a bcrypt check of cost 10).
+    let stop = Arc::new(AtomicBool::new(false));
+    let checkers: Vec<_> = (0..2)
         .map(|i| {
             let wrong = format!("Basic {}", base64_encode(&format!("{qgis}:wrong-{i}")));
-            let port = gw.port;
+            let (port, stop) = (gw.port, stop.clone());
             std::thread::spawn(move || {
-                let r = get(port, "GET", "/wmts/1/2/3.png", &[("Authorization", &wrong)]);
-                (r.status, Instant::now())
+                let mut spans = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let sent = Instant::now();
+                    let r = get(port, "GET", "/wmts/1/2/3.png", &[("Authorization", &wrong)]);
+                    assert_eq!(r.status, 401, "a wrong password is refused");
+                    spans.push((sent, Instant::now()));
+                }
+                spans
             })
         })
         .collect();
-    // Both checks are under way (a bcrypt check of cost 10 takes far longer than this).
-    std::thread::sleep(Duration::from_millis(150));
-    let r = get(gw.port, "GET", "/healthcheck", &[]);
-    let answered = Instant::now();
-    assert_eq!(r.status, 200);
-    for check in checks {
-        let (status, finished) = check.join().expect("request thread");
-        assert_eq!(status, 401, "a wrong password is refused");
-        assert!(
-            answered < finished,
-            "the health check waited for a password check"
-        );
+    std::thread::sleep(Duration::from_millis(50));
+    let mut health = Vec::new();
+    for _ in 0..5 {
+        let sent = Instant::now();
+        assert_eq!(get(gw.port, "GET", "/healthcheck", &[]).status, 200);
+        health.push((sent, Instant::now()));
+        std::thread::sleep(Duration::from_millis(30));
     }
+    stop.store(true, Ordering::Relaxed);
+    let checks: Vec<(Instant, Instant)> = checkers
+        .into_iter()
+        .flat_map(|c| c.join().expect("checker thread"))
+        .collect();
+    // Answered while a check sent before it was still running: had the check held the only
+    // worker thread, the health check would have waited for it to finish.
+    let answered_meanwhile = health
+        .iter()
+        .filter(|h| checks.iter().any(|c| c.0 < h.0 && h.1 < c.1))
+        .count();
+    assert!(
+        answered_meanwhile >= 3,
+        "only {answered_meanwhile} of 5 health checks were answered during a password check"
+    );
 }
 
 fn base64_encode(s: &str) -> String {
