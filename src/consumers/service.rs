@@ -765,8 +765,7 @@ impl ConsumerService {
             let plain = given
                 .clone()
                 .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-            let hash = bcrypt::hash(&plain, self.salt_rounds)
-                .map_err(|e| invalid(format!("cannot hash the password: {e}")))?;
+            let hash = hash_password(plain.clone(), self.salt_rounds).await?;
             if let Some(list) = &scopes {
                 fields.push((
                     "scopes".into(),
@@ -997,4 +996,13 @@ impl ConsumerService {
         }
         self.commit(&batch, &[format!("{}:{id}", t.as_str())]).await
     }
+}
+
+/// bcrypt at the configured cost: tens of milliseconds of CPU, run on the blocking pool so the
+/// admin listener's event loop (which the storage route shares) keeps serving meanwhile.
+async fn hash_password(plain: String, rounds: u32) -> Result<String> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(plain, rounds))
+        .await
+        .map_err(|e| invalid(format!("cannot hash the password: {e}")))?
+        .map_err(|e| invalid(format!("cannot hash the password: {e}")))
 }

@@ -132,9 +132,10 @@ impl Reply {
     }
 }
 
-/// Work a step must do off the request thread (a Redis round trip, a bcrypt check). It resolves
-/// to what finishes the step back on the request: a function of the exchange that records what
-/// the work found (a consumer, response headers) and gives the step's real outcome.
+/// Work a step must wait for (a Redis round trip, a bcrypt check on the blocking pool) without
+/// holding up the worker's event loop. It resolves to what finishes the step back on the
+/// request: a function of the exchange that records what the work found (a consumer, response
+/// headers) and gives the step's real outcome.
 pub type Deferred = std::pin::Pin<Box<dyn std::future::Future<Output = Finish> + Send>>;
 
 /// The last part of a deferred step; see [`Deferred`].
@@ -150,7 +151,7 @@ pub enum Outcome {
     Proxy,
     /// Pause this long, then go on with the next step (rate-limit's delay).
     Wait(Duration),
-    /// Finish asynchronously; only policies that need I/O use it.
+    /// Finish asynchronously; only policies that wait for I/O or for work elsewhere use it.
     Defer(Deferred),
 }
 

@@ -77,8 +77,8 @@ impl Policy for BasicAuth {
     }
 }
 
-/// bcrypt checks running at once: one per core. More would not finish sooner, and a burst of
-/// wrong passwords then waits its turn instead of taking every core from the tiles.
+/// bcrypt checks running at once: one per core. More would not finish sooner; a burst of wrong
+/// passwords queues here, while the workers' event loops go on serving.
 fn bcrypt_permits() -> &'static Semaphore {
     static PERMITS: OnceLock<Semaphore> = OnceLock::new();
     PERMITS
@@ -87,9 +87,14 @@ fn bcrypt_permits() -> &'static Semaphore {
 
 /// Runs the bcrypt check on tokio's blocking pool, so the request threads keep serving.
 async fn bcrypt_off_thread(check: PasswordCheck) -> Option<(Consumer, [u8; 32])> {
-    let _permit = bcrypt_permits().acquire().await.ok()?;
-    tokio::task::spawn_blocking(move || check.verify())
-        .await
-        .ok()
-        .flatten()
+    let permit = bcrypt_permits().acquire().await.ok()?;
+    // The permit goes with the check: it is released when the check is done, even if the
+    // request waiting for it is dropped meanwhile.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        check.verify()
+    })
+    .await
+    .ok()
+    .flatten()
 }

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::{BufRead, BufReader, BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -160,15 +160,22 @@ impl EmbeddedStore {
     fn compact(&self, st: &mut State) -> StoreResult<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
-        let text = serde_json::to_vec(&st.data).map_err(|e| StoreError::Io(e.to_string()))?;
         let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
-        {
-            let mut f = File::create(&tmp).map_err(|e| io("cannot write the snapshot", e))?;
-            f.write_all(&text)
-                .map_err(|e| io("cannot write the snapshot", e))?;
+        // Written through a buffer: the whole text beside the data would double the memory.
+        let snapshot_bytes = {
+            let f = File::create(&tmp).map_err(|e| io("cannot write the snapshot", e))?;
+            let mut out = BufWriter::with_capacity(1 << 20, f);
+            serde_json::to_writer(&mut out, &st.data)
+                .map_err(|e| StoreError::Io(format!("cannot write the snapshot: {e}")))?;
+            let f = out
+                .into_inner()
+                .map_err(|e| io("cannot write the snapshot", e.into_error()))?;
             f.sync_all()
                 .map_err(|e| io("cannot sync the snapshot", e))?;
-        }
+            f.metadata()
+                .map_err(|e| io("cannot write the snapshot", e))?
+                .len()
+        };
         std::fs::rename(&tmp, dir.join(SNAPSHOT))
             .map_err(|e| io("cannot replace the snapshot", e))?;
         if let Ok(d) = File::open(dir) {
@@ -179,7 +186,7 @@ impl EmbeddedStore {
                 .map_err(|e| io("cannot truncate the journal", e))?;
             j.sync_all().map_err(|e| io("cannot sync the journal", e))?;
         }
-        st.snapshot_bytes = text.len() as u64;
+        st.snapshot_bytes = snapshot_bytes;
         st.journal_bytes = 0;
         Ok(())
     }
