@@ -151,6 +151,21 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
 
+    let listen: Vec<String> = [
+        http.as_ref()
+            .map(|l| bind_addr(l.host.as_deref(), "0.0.0.0", l.port)),
+        https
+            .as_ref()
+            .map(|h| bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port)),
+        admin
+            .as_ref()
+            .map(|a| bind_addr(a.host.as_deref(), "127.0.0.1", a.port)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    check_free(&listen)?;
+
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         Tollgate {
@@ -203,6 +218,15 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // The background runtime lives as long as the process: run_forever never returns.
     std::mem::forget(background);
     server.run_forever();
+}
+
+/// Fails with the address when a port is taken: Pingora would retry for a while and then panic.
+fn check_free(addrs: &[String]) -> anyhow::Result<()> {
+    for addr in addrs {
+        std::net::TcpListener::bind(addr.as_str())
+            .with_context(|| format!("cannot listen on {addr}"))?;
+    }
+    Ok(())
 }
 
 /// A gateway listener with tollgate's client-side buffering.

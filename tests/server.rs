@@ -122,3 +122,19 @@ fn no_listener_section_is_an_error_on_serve() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no `http` or `https` section"));
 }
+
+#[test]
+fn a_taken_port_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let dir = ConfigDir::new(&format!("http: {{port: {port}, hostname: 127.0.0.1}}\n"));
+    let out =
+        support::gateway::run_tollgate(&["serve", "-c", &dir.path.display().to_string()], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

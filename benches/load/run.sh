@@ -70,6 +70,10 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   TG_PIDS+=($!)
   echo $! > "$OUT/tollgate/$name.pid"
   wait_http "http://127.0.0.1:$port/healthcheck" 20 || { say "$name did not start: $(tail -3 "$OUT/tollgate/$name.log")"; return 1; }
+  # Something else answering on the port (a gateway left over from another run) must not be
+  # measured in its place.
+  sleep 0.5
+  kill -0 "${TG_PIDS[-1]}" 2>/dev/null || { say "$name exited: $(tail -3 "$OUT/tollgate/$name.log")"; exit 1; }
 }
 [[ " $PEERS " == *" tollgate "* ]] && start_tollgate tollgate "$ROOT/benches/load/plain" $TG_PORT $TG_ADMIN
 [[ " $PEERS " == *" tollgate-kargo "* ]] && start_tollgate tollgate-kargo "$ROOT/benches/load/kargo" $TGK_PORT $TGK_ADMIN \
