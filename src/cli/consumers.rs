@@ -194,6 +194,15 @@ fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
+/// One object as the CLI prints it: its `field` alone with -q, else the whole object.
+fn shown(v: &Value, quiet: bool, field: &str) -> String {
+    if quiet {
+        v[field].as_str().unwrap_or("").to_string()
+    } else {
+        pretty(v)
+    }
+}
+
 fn failure(a: &Answer) -> String {
     let text = a.body.trim();
     if text.is_empty() || text == "{}" {
@@ -326,25 +335,14 @@ fn list_kind(c: &AdminClient, k: &Kind, quiet: bool) -> Outcome {
         println!("{}", k.none);
     }
     for item in items {
-        if quiet {
-            println!("{}", item[k.quiet_field].as_str().unwrap_or(""));
-        } else {
-            println!("{}", pretty(&item));
-        }
+        println!("{}", shown(&item, quiet, k.quiet_field));
     }
     Ok(())
 }
 
 fn info_kind(c: &AdminClient, k: &Kind, o: &OneQuiet) -> Outcome {
     let v = call(c, "GET", &format!("/{}/{}", k.route, enc(&o.id)), None)?.json();
-    println!(
-        "{}",
-        if o.quiet {
-            v["id"].as_str().unwrap_or("").to_string()
-        } else {
-            pretty(&v)
-        }
-    );
+    println!("{}", shown(&v, o.quiet, "id"));
     Ok(())
 }
 
@@ -427,14 +425,7 @@ pub fn scopes(c: &AdminClient, cmd: ScopesCmd) -> Outcome {
         }
         ScopesCmd::Info(o) => {
             let s = call(c, "GET", &format!("/scopes/{}", enc(&o.id)), None)?.json();
-            println!(
-                "{}",
-                if o.quiet {
-                    s["scope"].as_str().unwrap_or("").to_string()
-                } else {
-                    pretty(&s)
-                }
-            );
+            println!("{}", shown(&s, o.quiet, "scope"));
             Ok(())
         }
         ScopesCmd::Create(m) => {
