@@ -48,6 +48,9 @@ const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often upstream names are looked up again.
 const DNS_REFRESH: Duration = Duration::from_secs(30);
 
+/// How long a quick shutdown waits for the worker runtimes before the process exits anyway.
+const RUNTIME_EXIT_LIMIT: Duration = Duration::from_secs(2);
+
 /// Bytes a client connection buffers before writing. Pingora's default (one MSS) sends a
 /// response head and its body in separate segments; a buffer that holds a whole tile sends
 /// both with one write, so the client is woken once per response (+10% tile throughput).
@@ -278,6 +281,16 @@ fn exit_when_drained(server: &Server, grace: Duration) {
                 loop {
                     match phases.recv().await {
                         Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                        Ok(ExecutionPhase::ShutdownRuntimes) => {
+                            // Quick shutdown (SIGINT). Pingora's accept loop can keep a
+                            // per-thread runtime from ever finishing its shutdown; do not wait
+                            // on it for more than a moment.
+                            tokio::time::sleep(RUNTIME_EXIT_LIMIT).await;
+                            log::warn!(
+                                "runtimes still stopping after {RUNTIME_EXIT_LIMIT:?}; exiting"
+                            );
+                            std::process::exit(0);
+                        }
                         Ok(_) => {}
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                         Err(_) => return,

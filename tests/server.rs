@@ -108,7 +108,8 @@ fn sigint_stops_at_once() {
         }
         assert!(
             sent.elapsed() < Duration::from_secs(10),
-            "SIGINT did not stop the gateway"
+            "SIGINT did not stop the gateway:\n{}",
+            gw.log_text()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
