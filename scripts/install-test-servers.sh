@@ -2,8 +2,9 @@
 # Installs the servers some tests run:
 #   target/eg    Express Gateway 1.16.11, from the npm registry with its exact lock file
 #                (tests/fixtures/eg-1.16.11/npm): EG reads what tollgate writes
-#   target/moto  moto's S3 server (tests/fixtures/moto/requirements.txt, PyPI): an
-#                S3-compatible server that checks SigV4 signatures
+#   target/py    a Python environment (tests/fixtures/python/requirements.txt, PyPI): moto's
+#                S3 server, which checks SigV4 signatures, and PyJWT, which mints the tokens
+#                the jwt tests send
 # Installs node/npm and python3/venv from Debian when missing. Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,9 +20,11 @@ if [[ $have != 1.16.11 ]]; then
   (cd "$eg" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 fi
 
-moto=target/moto
-if ! "$moto/bin/moto_server" --help >/dev/null 2>&1; then
-  echo "installing moto's S3 server into $moto" >&2
-  python3 -m venv "$moto"
-  "$moto/bin/pip" install --quiet --disable-pip-version-check -r tests/fixtures/moto/requirements.txt
+py=target/py
+req=tests/fixtures/python/requirements.txt
+if ! cmp -s "$req" "$py/requirements.txt"; then
+  echo "installing the Python test tools into $py" >&2
+  python3 -m venv "$py"
+  "$py/bin/pip" install --quiet --disable-pip-version-check -r "$req"
+  cp "$req" "$py/requirements.txt"
 fi

@@ -8,6 +8,8 @@ pub mod consumers;
 pub mod counters;
 pub mod gateway;
 pub mod health;
+pub mod listener;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod policies;

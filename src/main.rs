@@ -6,7 +6,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    tollgate::logging::init();
     let cli = tollgate::cli::Cli::parse();
     std::process::exit(tollgate::cli::run(cli));
 }

@@ -29,6 +29,45 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 7] = [
     "other",
 ];
 
+/// Why a client connection closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConnClose {
+    /// The client closed it, or the exchange ended it (`Connection: close`, an error).
+    Done,
+    /// A request head did not arrive in time (or a connection never sent one).
+    HeaderTimeout,
+    /// A keep-alive connection sent no new request in time.
+    KeepaliveTimeout,
+    /// A request head was larger than the limit.
+    HeadTooLarge,
+    /// The TLS handshake failed.
+    TlsFailed,
+    /// The gateway was shutting down.
+    Shutdown,
+}
+
+impl ConnClose {
+    pub const ALL: [ConnClose; 6] = [
+        ConnClose::Done,
+        ConnClose::HeaderTimeout,
+        ConnClose::KeepaliveTimeout,
+        ConnClose::HeadTooLarge,
+        ConnClose::TlsFailed,
+        ConnClose::Shutdown,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnClose::Done => "done",
+            ConnClose::HeaderTimeout => "header_timeout",
+            ConnClose::KeepaliveTimeout => "keepalive_timeout",
+            ConnClose::HeadTooLarge => "head_too_large",
+            ConnClose::TlsFailed => "tls_failed",
+            ConnClose::Shutdown => "shutdown",
+        }
+    }
+}
+
 pub struct Metrics {
     pub registry: Registry,
     /// Kargo's request counter.
@@ -47,6 +86,11 @@ pub struct Metrics {
     config_loads_ok: IntCounter,
     config_loads_failed: IntCounter,
     pub access_log_dropped: IntCounter,
+    /// Client connections open.
+    pub client_connections: IntGauge,
+    client_closed: Vec<IntCounter>,
+    /// Times a listener stopped accepting because the connection cap was reached.
+    pub client_cap_waits: IntCounter,
     /// Requests that matched no apiEndpoint.
     pub unrouted: EndpointMetrics,
 }
@@ -194,6 +238,24 @@ impl Metrics {
             "Access log lines dropped because the writer fell behind",
         ));
         reg(Box::new(access_log_dropped.clone()));
+        let client_connections = must(IntGauge::new(
+            "tollgate_client_connections",
+            "Client connections open",
+        ));
+        reg(Box::new(client_connections.clone()));
+        let closed = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_client_connections_closed_total",
+                "Client connections closed, by reason",
+            ),
+            &["reason"],
+        ));
+        reg(Box::new(closed.clone()));
+        let client_cap_waits = must(IntCounter::new(
+            "tollgate_client_connection_cap_reached_total",
+            "Times a listener stopped accepting because its connection cap was reached",
+        ));
+        reg(Box::new(client_cap_waits.clone()));
         let unrouted = EndpointMetrics {
             duration: STATUS_CLASSES
                 .iter()
@@ -220,6 +282,12 @@ impl Metrics {
             config_loads_ok: loads.with_label_values(&["ok"]),
             config_loads_failed: loads.with_label_values(&["failed"]),
             access_log_dropped,
+            client_connections,
+            client_closed: ConnClose::ALL
+                .iter()
+                .map(|r| closed.with_label_values(&[r.label()]))
+                .collect(),
+            client_cap_waits,
             unrouted,
         }
     }
@@ -255,6 +323,13 @@ impl Metrics {
     pub fn upstream_error(&self, kind: usize) {
         if let Some(c) = self.upstream_errors.get(kind) {
             c.inc();
+        }
+    }
+
+    /// Counts a closed client connection.
+    pub fn client_closed(&self, why: ConnClose) {
+        if let Some(i) = ConnClose::ALL.iter().position(|r| *r == why) {
+            self.client_closed[i].inc();
         }
     }
 

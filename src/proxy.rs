@@ -25,9 +25,9 @@ use crate::routing::Target;
 /// Requests being served right now (the drain on SIGTERM waits for this to reach 0).
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// The largest request head (request line and headers) served. Node, and so EG, refuses more
-/// than 16 KiB; tollgate is never stricter than that.
-const MAX_REQUEST_HEAD: usize = 32 * 1024;
+/// The largest request head served (HTTP/1 heads are bounded as they are read; this bounds
+/// the others).
+const MAX_REQUEST_HEAD: usize = crate::listener::MAX_REQUEST_HEAD;
 
 /// How long to wait for an upstream connection when the proxy action sets no timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -348,6 +348,12 @@ impl ProxyHttp for Tollgate {
         }
     }
 
+    /// Pingora would log every failed request at error level; `logging` writes one line per
+    /// upstream failure instead (folded when repeated), and client departures at debug.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        true
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         let m = crate::metrics::metrics();
@@ -364,11 +370,11 @@ impl ProxyHttp for Tollgate {
             bytes_in,
             bytes_out,
         );
-        if let Some(kind) = e
-            .filter(|e| e.esource() == &ErrorSource::Upstream)
-            .map(upstream_error_kind)
-        {
-            m.upstream_error(kind);
+        if let Some(e) = e {
+            log_failure(e, ctx, status);
+            if e.esource() == &ErrorSource::Upstream {
+                m.upstream_error(upstream_error_kind(e));
+            }
         }
         let consumer = ctx.x.consumer.as_ref().map(|c| &*c.id);
         if ctx.x.metered {
@@ -397,6 +403,32 @@ impl ProxyHttp for Tollgate {
             });
             crate::access_log::write(line.to_string());
         }
+    }
+}
+
+/// One line for a request that failed: a warning naming the api endpoint, the upstream and the
+/// kind of failure when the upstream failed; debug when the client went away.
+fn log_failure(e: &Error, ctx: &RequestCtx, status: u16) {
+    match e.esource() {
+        ErrorSource::Upstream => {
+            let kind = crate::metrics::UPSTREAM_ERROR_KINDS
+                .get(upstream_error_kind(e))
+                .copied()
+                .unwrap_or("other");
+            log::warn!(
+                "upstream failure: api endpoint `{}`, upstream {}, {kind}; answered {status}",
+                ctx.x.endpoint.as_ref().map_or("", |ep| &*ep.name),
+                ctx.x
+                    .proxy
+                    .as_ref()
+                    .map_or_else(|| "?".to_string(), |p| p.addr.to_string()),
+            );
+        }
+        ErrorSource::Downstream => log::debug!("client went away: {e}"),
+        _ => log::warn!(
+            "request failed: api endpoint `{}`: {e}; answered {status}",
+            ctx.x.endpoint.as_ref().map_or("", |ep| &*ep.name)
+        ),
     }
 }
 

@@ -8,10 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
-use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{ExecutionPhase, Server};
+use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 
 use crate::admin::service::AdminService;
 use crate::admin::AdminApi;
@@ -21,6 +19,7 @@ use crate::consumers::setup::ConsumerLayer;
 use crate::counters::Counters;
 use crate::gateway::{Gateway, Shared};
 use crate::health::Health;
+use crate::listener::{ClientLimits, Endpoint, ListenerService};
 use crate::proxy::{Tollgate, IN_FLIGHT};
 
 /// How `tollgate serve` runs.
@@ -40,6 +39,8 @@ pub struct ServeOptions {
     pub admin_token: Option<String>,
     /// Where the access log goes, if anywhere.
     pub access_log: Option<crate::access_log::Target>,
+    /// What a client connection may take.
+    pub client_limits: ClientLimits,
 }
 
 /// How long start-up waits for the consumer store before serving from an empty cache.
@@ -51,14 +52,12 @@ const DNS_REFRESH: Duration = Duration::from_secs(30);
 /// How long a quick shutdown waits for the worker runtimes before the process exits anyway.
 const RUNTIME_EXIT_LIMIT: Duration = Duration::from_secs(2);
 
-/// Bytes a client connection buffers before writing. Pingora's default (one MSS) sends a
-/// response head and its body in separate segments; a buffer that holds a whole tile sends
-/// both with one write, so the client is woken once per response (+10% tile throughput).
-/// Pingora flushes a body of known length when it is complete, so a large body arriving slowly
-/// reaches the client in steps of this size; chunked and close-delimited bodies are flushed
-/// as they come. Each connection keeps its buffer (resident up to the largest response it
-/// wrote): 32 KiB holds most tiles without making idle keep-alive connections costly.
-const CLIENT_WRITE_BUFFER: usize = 32 * 1024;
+/// Client connections the Admin API holds at most (it stays reachable when the gateway's
+/// listeners are at their cap).
+const ADMIN_MAX_CONNECTIONS: usize = 256;
+
+/// Descriptors kept for everything but client connections (upstream pools, Redis, files).
+const RESERVED_FDS: u64 = 256;
 
 /// Loads and compiles a config directory, or returns the errors as one printable block.
 pub fn load_gateway(dir: &Path, shared: &Shared) -> Result<Gateway, config::error::ConfigErrors> {
@@ -169,18 +168,23 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     .collect();
     check_free(&listen)?;
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Tollgate {
-            gateway: current.clone(),
-            health: health.clone(),
-        },
+    let limits = fit_to_fd_limit(opts.client_limits.clone());
+    let mut gateway_service = ListenerService::new(
         "tollgate gateway",
+        pingora_proxy::http_proxy(
+            &server.configuration,
+            Tollgate {
+                gateway: current.clone(),
+                health: health.clone(),
+            },
+        ),
+        limits.clone(),
+        None,
     );
     if let Some(l) = &http {
         let addr = bind_addr(l.host.as_deref(), "0.0.0.0", l.port);
-        proxy.add_listener(client_listener(ListenerConfig::tcp(addr.clone())));
         log::info!("gateway listening on http://{addr}");
+        gateway_service.add(Endpoint { addr, tls: None });
     }
     if let Some(h) = &https {
         let cert = h
@@ -190,15 +194,19 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .or_else(|| h.certs.first())
             .context("https needs a certificate")?;
         let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
-        let tls = TlsSettings::intermediate(&cert.cert, &cert.key)
-            .with_context(|| format!("https on {addr}: cannot use {} / {}", cert.cert, cert.key))?;
-        proxy.add_listener(client_listener(ListenerConfig::tcp(addr.clone()).tls(tls)));
+        let tls = crate::listener::tls_acceptor(&cert.cert, &cert.key)
+            .with_context(|| format!("https on {addr}"))?;
         log::info!("gateway listening on https://{addr}");
+        gateway_service.add(Endpoint {
+            addr,
+            tls: Some(tls),
+        });
     }
-    server.add_service(proxy);
+    server.add_service(gateway_service);
 
     if let Some(a) = &admin {
         let addr = bind_addr(a.host.as_deref(), "127.0.0.1", a.port);
+        warn_open_admin(&addr, opts.admin_token.is_some());
         let admin_service = AdminService {
             api: AdminApi {
                 gateway: current.clone(),
@@ -207,20 +215,89 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             },
             gateway: current.clone(),
         };
-        let mut service = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            admin_service,
+        let mut service = ListenerService::new(
             "tollgate admin",
+            pingora_proxy::http_proxy(&server.configuration, admin_service),
+            ClientLimits {
+                max_connections: ADMIN_MAX_CONNECTIONS.min(limits.max_connections),
+                ..limits.clone()
+            },
+            None,
         );
-        service.add_tcp(&addr);
+        service.add(Endpoint {
+            addr: addr.clone(),
+            tls: None,
+        });
         server.add_service(service);
         log::info!("admin API listening on http://{addr}");
     }
 
     exit_when_drained(&server, Duration::from_secs(opts.grace_period));
-    // The background runtime lives as long as the process: run_forever never returns.
+    // The background runtime lives as long as the process: the server's run ends in exit.
     std::mem::forget(background);
-    server.run_forever();
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    std::process::exit(0)
+}
+
+/// Pingora's signals (SIGTERM drains, SIGINT stops, SIGQUIT hands the sockets to an upgrading
+/// process) and SIGHUP, which must never kill the gateway.
+struct Signals;
+
+#[async_trait::async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            log::error!("cannot install the signal handlers; SIGTERM and SIGINT stop at once");
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::select! {
+                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = int.recv() => return ShutdownSignal::FastShutdown,
+                _ = hup.recv() => log::info!("SIGHUP received: the config is not reloaded in place yet; restart to apply changes"),
+            }
+        }
+    }
+}
+
+/// Lowers the connection cap when the process's descriptor limit cannot hold it: each client
+/// connection may need an upstream connection too.
+fn fit_to_fd_limit(mut limits: ClientLimits) -> ClientLimits {
+    let Some(fds) = crate::listener::raise_fd_limit() else {
+        return limits;
+    };
+    let fit = (fds.saturating_sub(RESERVED_FDS) / 2).max(16) as usize;
+    if limits.max_connections > fit {
+        log::warn!(
+            "the open-files limit ({fds}) holds {fit} client connections, not {}: the cap is {fit}",
+            limits.max_connections
+        );
+        limits.max_connections = fit;
+    }
+    limits
+}
+
+/// An Admin API reachable from other hosts without a token lets anyone manage consumers.
+fn warn_open_admin(addr: &str, has_token: bool) {
+    let loopback = addr
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
+        .and_then(|h| h.parse::<std::net::IpAddr>().ok())
+        .is_some_and(|ip| ip.is_loopback());
+    if !loopback && !has_token {
+        log::warn!(
+            "the Admin API listens on {addr}, beyond loopback, without --admin-token: anyone who reaches it can manage consumers"
+        );
+    }
 }
 
 /// Fails with the address when a port is taken: Pingora would retry for a while and then panic.
@@ -230,11 +307,6 @@ fn check_free(addrs: &[String]) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
     }
     Ok(())
-}
-
-/// A gateway listener with tollgate's client-side buffering.
-fn client_listener(config: ListenerConfig) -> ListenerConfig {
-    config.l4_buffer(L4BufferSettings::default().write(CLIENT_WRITE_BUFFER))
 }
 
 /// `localhost` binds loopback; no host binds every interface.

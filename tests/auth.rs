@@ -29,6 +29,7 @@ apiEndpoints:
   wms: {{host: '*', paths: '/wms*', scopes: [wms]}}
   k2: {{host: '*', paths: '/k2/*', scopes: [k2]}}
   open: {{host: '*', paths: '/open/*'}}
+  public: {{host: '*', paths: '/public/*'}}
 serviceEndpoints:
   up: {{url: '{up}'}}
   dead: {{url: 'http://127.0.0.1:1'}}
@@ -66,6 +67,12 @@ pipelines:
       - metrics:
       - key-auth: [{{action: {{passThrough: true}}}}]
       - proxy: [{{action: {{serviceEndpoint: dead}}}}]
+  public:
+    apiEndpoints: [public]
+    policies:
+      - key-auth: [{{action: {{passThrough: true}}}}]
+      - scopes:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
 "#,
         up = up.url(""),
         key = jwt_key.replace('\n', "\\n").replace('\'', "''"),
@@ -423,6 +430,34 @@ fn public_key_algorithms_and_key_confusion() {
             401
         );
     }
+}
+
+/// Kargo's `scopes` on an endpoint that declares no scopes lets every request through, as
+/// Kargo's plugin does under Express Gateway (checked there: 200, upstream reached, no
+/// `eg-consumer-id` for an anonymous request).
+#[test]
+fn scopes_on_an_open_endpoint_let_everyone_through() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up, JWT_SECRET));
+    dir.write("consumers.config.json", CONSUMERS);
+    let gw = start(&dir);
+    let anonymous = get(gw.port, "GET", "/public/a", &[]).echoed();
+    assert_eq!(anonymous.header("eg-consumer-id"), None);
+    let known = get(
+        gw.port,
+        "GET",
+        "/public/a",
+        &[("Authorization", "apiKey mobile-key:mobile-secret")],
+    )
+    .echoed();
+    assert!(
+        known
+            .header("eg-consumer-id")
+            .is_some_and(|id| !id.is_empty()),
+        "the consumer travels on"
+    );
+    // A scoped endpoint still refuses the anonymous request.
+    assert_eq!(get(gw.port, "GET", "/wmts/a", &[]).status, 401);
 }
 
 /// bcrypt takes its CPU time off the threads that serve: with a single worker thread, requests

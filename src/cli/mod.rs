@@ -6,6 +6,7 @@ pub mod consumers;
 pub mod populate;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -112,6 +113,29 @@ pub struct ServeArgs {
     /// Access log: `off`, `-` (stdout) or a file path; one JSON line per request.
     #[arg(long, env = "TOLLGATE_ACCESS_LOG", default_value = "off")]
     pub access_log: String,
+    /// Seconds a client has to send a whole request head (a connection's first: from the connect).
+    #[arg(long, env = "TOLLGATE_HEADER_TIMEOUT", default_value = "10", value_parser = seconds)]
+    pub header_timeout: Duration,
+    /// Seconds a keep-alive client connection may wait for its next request.
+    #[arg(long, env = "TOLLGATE_KEEPALIVE_TIMEOUT", default_value = "60", value_parser = seconds)]
+    pub keepalive_timeout: Duration,
+    /// Seconds between two reads of a request body before the request is given up.
+    #[arg(long, env = "TOLLGATE_BODY_TIMEOUT", default_value = "60", value_parser = seconds)]
+    pub body_timeout: Duration,
+    /// Seconds between two writes of a response to a client that does not read it.
+    #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60", value_parser = seconds)]
+    pub send_timeout: Duration,
+    /// Client connections open at once per listener service; past it new ones wait in the backlog.
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+}
+
+/// A positive number of seconds (fractions allowed).
+fn seconds(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
+        _ => Err(format!("`{s}` is not a positive number of seconds")),
+    }
 }
 
 /// Runs a command; returns the process exit code.
@@ -130,6 +154,14 @@ pub fn run(cli: Cli) -> i32 {
                 resync: std::time::Duration::from_secs(args.resync_seconds.max(1)),
                 admin_token: args.admin_token.filter(|t| !t.is_empty()),
                 access_log: crate::access_log::Target::parse(&args.access_log),
+                client_limits: crate::listener::ClientLimits {
+                    header_timeout: args.header_timeout,
+                    keepalive_timeout: args.keepalive_timeout,
+                    body_timeout: args.body_timeout,
+                    send_timeout: args.send_timeout,
+                    max_connections: args.max_connections.max(1),
+                    ..Default::default()
+                },
             };
             match server::serve(opts) {
                 Ok(()) => 0,

@@ -190,13 +190,20 @@ impl Jwt {
         validation.validate_exp = true;
         validation.validate_nbf = true;
         validation.required_spec_claims.clear();
+        // As jsonwebtoken (Node) under EG: a configured audience or issuer must be present in
+        // the token, not only match when present. A token minted for one deployment
+        // (`audience: ${SUBDOMAIN}`) is refused by another.
         match &p.audience {
             Some(AudienceParam::One(a)) => validation.set_audience(&[a]),
             Some(AudienceParam::Many(list)) => validation.set_audience(list),
             None => validation.validate_aud = false,
         }
+        if p.audience.is_some() {
+            validation.required_spec_claims.insert("aud".into());
+        }
         if let Some(iss) = &p.issuer {
             validation.set_issuer(&[iss]);
+            validation.required_spec_claims.insert("iss".into());
         }
         let field = p.jwt_extractor_field.clone();
         let extractor = match p.jwt_extractor.as_str() {

@@ -1,4 +1,4 @@
-//! moto's server (installed by scripts/install-test-servers.sh into target/moto) as a real
+//! moto's server (installed by scripts/install-test-servers.sh into target/py) as a real
 //! S3-compatible server that checks SigV4 signatures: the first calls (unauthenticated) create
 //! an IAM user, its access key and an allow-all policy; from then on every request must be
 //! signed with that key, and a wrong secret is `403 SignatureDoesNotMatch`.
@@ -23,7 +23,7 @@ pub struct S3Server {
 }
 
 fn binary() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/moto/bin/moto_server")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/moto_server")
 }
 
 fn raw(port: u16, request: &[u8]) -> String {

@@ -1,0 +1,236 @@
+//! One client connection: the TLS handshake, then HTTP/2 (Pingora's) or the HTTP/1 request
+//! loop, which reads each request head itself so that it can bound it: the whole head must
+//! arrive within the header timeout, a keep-alive connection may wait for its next request
+//! only so long, and a head larger than the limit is refused before Pingora parses it. The head
+//! is then handed to Pingora's session as already-read bytes, so Pingora parses it without
+//! another read.
+
+use bytes::BytesMut;
+use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::{Stream, ALPN};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::tls::ssl::SslAcceptor;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{timeout_at, Instant};
+
+use super::io::ClientIo;
+use super::ClientLimits;
+use crate::metrics::{metrics, ConnClose};
+
+/// How much of a head is read at a time; most heads fit in one read.
+const HEAD_CHUNK: usize = 4096;
+
+/// Serves one accepted connection until it closes. The permit is the connection's place under
+/// the process's connection cap; it is given back when this returns.
+pub async fn serve<A>(
+    tcp: TcpStream,
+    tls: Option<Arc<SslAcceptor>>,
+    app: Arc<A>,
+    limits: Arc<ClientLimits>,
+    shutdown: ShutdownWatch,
+    _permit: OwnedSemaphorePermit,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let m = metrics();
+    m.client_connections.inc();
+    let accepted = Instant::now();
+    if let Err(e) = tcp.set_nodelay(true) {
+        log::debug!("client connection: cannot set TCP_NODELAY: {e}");
+    }
+    let io = ClientIo::new(tcp);
+    let stream: Stream = match tls {
+        None => Box::new(io),
+        Some(acceptor) => {
+            let deadline = accepted + limits.header_timeout;
+            let handshake = pingora_core::protocols::tls::server::handshake(&acceptor, io);
+            match timeout_at(deadline, handshake).await {
+                Ok(Ok(s)) => Box::new(s),
+                Ok(Err(e)) => {
+                    log::debug!("client TLS handshake failed: {e}");
+                    m.client_closed(ConnClose::TlsFailed);
+                    m.client_connections.dec();
+                    return;
+                }
+                Err(_) => {
+                    m.client_closed(ConnClose::HeaderTimeout);
+                    m.client_connections.dec();
+                    return;
+                }
+            }
+        }
+    };
+    let reason = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        app.process_new(stream, &shutdown).await;
+        ConnClose::Done
+    } else {
+        http1(stream, accepted, &app, &limits, shutdown).await
+    };
+    m.client_closed(reason);
+    m.client_connections.dec();
+}
+
+/// The HTTP/1 request loop of one connection.
+async fn http1<A>(
+    mut stream: Stream,
+    accepted: Instant,
+    app: &Arc<A>,
+    limits: &ClientLimits,
+    mut shutdown: ShutdownWatch,
+) -> ConnClose
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    // The first request's head must be complete within the header timeout of the connect;
+    // later ones may keep the client waiting up to the keep-alive timeout before they start.
+    let mut wait_until = accepted + limits.header_timeout;
+    let mut first = true;
+    loop {
+        let head = tokio::select! {
+            biased;
+            head = read_head(&mut stream, wait_until, first, limits) => head,
+            _ = shutting_down(&mut shutdown) => return ConnClose::Shutdown,
+        };
+        let head = match head {
+            Ok(h) => h,
+            Err(Refused::Close(why)) => return why,
+            Err(Refused::Reply(why, response)) => {
+                // Best effort: the client may be gone already.
+                if stream.write_all(response).await.is_ok() {
+                    let _ = stream.flush().await;
+                }
+                let _ = stream.shutdown().await;
+                return why;
+            }
+        };
+        let mut session = ServerSession::new_http1(stream);
+        session.set_pipelined_prefix(head);
+        let draining = *shutdown.borrow();
+        session.set_keepalive((!draining).then_some(limits.keepalive_timeout.as_secs().max(1)));
+        session.set_read_timeout(Some(limits.body_timeout));
+        session.set_write_timeout(Some(limits.send_timeout));
+        match app.process_new_http(session, &shutdown).await {
+            Some(reused) if !*shutdown.borrow() => stream = reused.consume().0,
+            Some(_) => return ConnClose::Shutdown,
+            None => return ConnClose::Done,
+        }
+        first = false;
+        wait_until = Instant::now() + limits.keepalive_timeout;
+    }
+}
+
+/// Why no request head came.
+enum Refused {
+    /// Close without a word: the client closed, the connection broke, or it sent nothing.
+    Close(ConnClose),
+    /// Answer this (a fixed response) and close.
+    Reply(ConnClose, &'static [u8]),
+}
+
+const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout";
+const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
+
+/// Reads one request head. Waits for its first byte until `wait_until`, holding no buffer
+/// while it waits where the transport can tell without reading. From the first byte (for a
+/// connection's first request: from the connect) the whole head must arrive within the header
+/// timeout; a head that stops short gets a 408, a connection that never began one is closed.
+async fn read_head(
+    stream: &mut Stream,
+    wait_until: Instant,
+    first: bool,
+    limits: &ClientLimits,
+) -> Result<BytesMut, Refused> {
+    let silent = if first {
+        ConnClose::HeaderTimeout
+    } else {
+        ConnClose::KeepaliveTimeout
+    };
+    let mut probe = [0u8; 1];
+    let peeked = match timeout_at(wait_until, stream.try_peek(&mut probe)).await {
+        Err(_) => return Err(Refused::Close(silent)),
+        Ok(Err(_)) => return Err(Refused::Close(ConnClose::Done)),
+        Ok(Ok(peeked)) => peeked,
+    };
+    let mut deadline = if !first && peeked {
+        Instant::now() + limits.header_timeout
+    } else {
+        wait_until
+    };
+    let mut buf = BytesMut::with_capacity(HEAD_CHUNK);
+    loop {
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(HEAD_CHUNK);
+        }
+        let before = buf.len();
+        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
+            Err(_) if before == 0 => return Err(Refused::Close(silent)),
+            Err(_) => return Err(Refused::Reply(ConnClose::HeaderTimeout, TIMEOUT_408)),
+            Ok(Err(e)) => {
+                log::debug!("client connection: read error before a request head: {e}");
+                return Err(Refused::Close(ConnClose::Done));
+            }
+            Ok(Ok(0)) => return Err(Refused::Close(ConnClose::Done)),
+            Ok(Ok(_)) => {}
+        }
+        if before == 0 && !first && !peeked {
+            // The transport could not tell when the request began: it begins now.
+            deadline = Instant::now() + limits.header_timeout;
+        }
+        if head_complete(&buf, before) {
+            return Ok(buf);
+        }
+        if buf.len() > limits.max_head {
+            return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
+        }
+    }
+}
+
+/// Whether `buf` holds the end of a request head: an empty line after something else (bare
+/// `\n` line ends count, as they do for the parser; blank lines before a request are skipped,
+/// as RFC 9112 allows). `from` is where the bytes of the last read start.
+fn head_complete(buf: &[u8], from: usize) -> bool {
+    let Some(lead) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+        return false;
+    };
+    // An end within earlier reads would have been seen then; look a little back for an end
+    // that straddles two reads.
+    let tail = &buf[from.saturating_sub(3).max(lead)..];
+    tail.windows(2).enumerate().any(|(i, w)| match w {
+        b"\n\n" => true,
+        b"\n\r" => tail.get(i + 2) == Some(&b'\n'),
+        _ => false,
+    })
+}
+
+pub(super) async fn shutting_down(watch: &mut ShutdownWatch) {
+    while !*watch.borrow() {
+        if watch.changed().await.is_err() {
+            // The server is gone: nothing will ever be served again.
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_complete;
+
+    #[test]
+    fn finds_the_end_of_a_head() {
+        let h = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(head_complete(h, 0));
+        assert!(head_complete(h, h.len() - 1), "an end split over two reads");
+        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
+        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n", 0));
+        assert!(
+            !head_complete(b"\r\n\r\n", 0),
+            "blank lines alone are no head"
+        );
+        assert!(head_complete(b"\r\nGET / HTTP/1.1\r\n\r\n", 0));
+        assert!(!head_complete(b"GET / HTTP/1.1\r\n", 0));
+    }
+}

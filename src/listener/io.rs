@@ -1,0 +1,157 @@
+//! A client connection as Pingora's HTTP sessions see it: the TCP socket, with the gateway's own
+//! write buffering.
+//!
+//! Pingora's sessions write a response head and then its body; sending both with one `write`
+//! wakes the client once per response (+10% tile throughput over a segment each). The buffer
+//! exists only while a response is being written: it is allocated on the first write and
+//! released when the response is flushed, so a keep-alive connection waiting for its next
+//! request holds no buffer at all. Reads go straight to the socket: the sessions read into
+//! buffers of their own.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Bytes buffered before a write reaches the socket: holds a whole tile and its head.
+/// Chunked and close-delimited bodies are flushed by Pingora as they come; a body of known
+/// length is flushed when complete, so a large body reaches the client in steps of this size.
+pub const WRITE_BUFFER: usize = 32 * 1024;
+
+#[derive(Debug)]
+pub struct ClientIo {
+    tcp: TcpStream,
+    /// Bytes waiting to be written; `written` of them already went out.
+    out: Vec<u8>,
+    written: usize,
+    digest: Arc<SocketDigest>,
+    established: SystemTime,
+}
+
+impl ClientIo {
+    pub fn new(tcp: TcpStream) -> ClientIo {
+        let digest = Arc::new(SocketDigest::from_raw_fd(tcp.as_raw_fd()));
+        ClientIo {
+            tcp,
+            out: Vec::new(),
+            written: 0,
+            digest,
+            established: SystemTime::now(),
+        }
+    }
+
+    /// Writes out what is buffered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.written < self.out.len() {
+            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.written += n;
+        }
+        // Nothing waits: let the memory go, an idle connection keeps no buffer.
+        self.out = Vec::new();
+        self.written = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.out.len() + data.len() > WRITE_BUFFER {
+            ready!(this.poll_drain(cx))?;
+            if data.len() >= WRITE_BUFFER {
+                return Pin::new(&mut this.tcp).poll_write(cx, data);
+            }
+        }
+        if this.out.capacity() == 0 {
+            this.out.reserve_exact(WRITE_BUFFER);
+        }
+        this.out.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientIo {
+    async fn shutdown(&mut self) {
+        if let Err(e) = tokio::io::AsyncWriteExt::shutdown(self).await {
+            log::debug!("client connection shutdown: {e}");
+        }
+    }
+}
+
+impl UniqueID for ClientIo {
+    fn id(&self) -> UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl Ssl for ClientIo {}
+
+impl GetTimingDigest for ClientIo {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        vec![Some(TimingDigest {
+            established_ts: self.established,
+            ..TimingDigest::default()
+        })]
+    }
+}
+
+impl GetProxyDigest for ClientIo {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for ClientIo {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.digest.clone())
+    }
+}
+
+#[async_trait]
+impl Peek for ClientIo {
+    /// Waits until the client sends something (or closes), without reading it: a connection
+    /// waiting for its next request holds no read buffer either.
+    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
+        self.tcp.peek(buf).await?;
+        Ok(true)
+    }
+}

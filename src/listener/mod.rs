@@ -1,0 +1,274 @@
+//! Client connections: tollgate's own listening service on Pingora's HTTP apps.
+//!
+//! Pingora's listening service accepts without bound and lets a connection sit forever
+//! between keep-alive requests or in the middle of a request head. This one:
+//! - holds at most `max_connections` client connections per listener service; past that it
+//!   stops accepting, so new connections wait in the kernel's accept backlog instead of using
+//!   descriptors;
+//! - bounds every request head (header timeout, size), keep-alive waits, and reads and writes
+//!   of bodies ([`ClientLimits`]);
+//! - writes through a buffer that exists only while a response is written ([`io`]).
+//!
+//! The listening sockets go in Pingora's descriptor table, so a graceful upgrade hands them to
+//! the new process as Pingora's own would be. Everything Pingora-specific about accepting
+//! connections lives in this module.
+
+mod conn;
+pub mod io;
+
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use pingora_core::apps::HttpServerApp;
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::tls::ssl::{SslAcceptor, SslFiletype, SslMethod};
+use tokio::sync::Semaphore;
+
+/// What a client connection may take of the gateway.
+#[derive(Clone, Debug)]
+pub struct ClientLimits {
+    /// A request head (request line and headers) must be complete within this, counted from
+    /// its first byte (from the connect for a connection's first request, TLS included).
+    pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub keepalive_timeout: Duration,
+    /// The longest wait between two reads of a request body.
+    pub body_timeout: Duration,
+    /// The longest wait between two writes of a response to a client that does not read.
+    pub send_timeout: Duration,
+    /// Client connections open at once, per listening service.
+    pub max_connections: usize,
+    /// The largest request head accepted (431 past it).
+    pub max_head: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_head: MAX_REQUEST_HEAD,
+        }
+    }
+}
+
+/// The largest request head served. Node, and so EG, refuses more than 16 KiB; tollgate is
+/// never stricter than that.
+pub const MAX_REQUEST_HEAD: usize = 32 * 1024;
+
+/// Connections the kernel queues for a listener while tollgate is not accepting (it clamps
+/// this to `net.core.somaxconn`).
+const BACKLOG: i32 = 65_535;
+
+/// One address to listen on, with TLS when it has an acceptor.
+pub struct Endpoint {
+    pub addr: String,
+    pub tls: Option<Arc<SslAcceptor>>,
+}
+
+/// A listening service: its endpoints, the HTTP app that serves their connections, and its
+/// connection cap.
+pub struct ListenerService<A> {
+    name: String,
+    endpoints: Vec<Endpoint>,
+    app: Arc<A>,
+    limits: Arc<ClientLimits>,
+    threads: Option<usize>,
+}
+
+impl<A> ListenerService<A> {
+    pub fn new(
+        name: &str,
+        app: A,
+        limits: ClientLimits,
+        threads: Option<usize>,
+    ) -> ListenerService<A> {
+        ListenerService {
+            name: name.to_string(),
+            endpoints: Vec::new(),
+            app: Arc::new(app),
+            limits: Arc::new(limits),
+            threads,
+        }
+    }
+
+    pub fn add(&mut self, endpoint: Endpoint) {
+        self.endpoints.push(endpoint);
+    }
+}
+
+#[async_trait]
+impl<A> pingora_core::services::Service for ListenerService<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn start_service(
+        &mut self,
+        fds: Option<ListenFds>,
+        shutdown: ShutdownWatch,
+        _listeners_per_fd: usize,
+    ) {
+        let permits = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
+        let mut loops = Vec::new();
+        for ep in &self.endpoints {
+            let listener = match listen(&ep.addr, fds.as_ref()) {
+                Ok(l) => l,
+                Err(e) => {
+                    log::error!("{}: {e:#}", self.name);
+                    std::process::exit(1);
+                }
+            };
+            loops.push(tokio::spawn(accept_loop(
+                listener,
+                ep.tls.clone(),
+                self.app.clone(),
+                self.limits.clone(),
+                permits.clone(),
+                shutdown.clone(),
+            )));
+        }
+        for l in loops {
+            let _ = l.await;
+        }
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn threads(&self) -> Option<usize> {
+        self.threads
+    }
+}
+
+/// The listening socket for `addr`: the one an upgrading predecessor handed over, else a new
+/// one, recorded in the descriptor table for a later upgrade.
+fn listen(addr: &str, fds: Option<&ListenFds>) -> anyhow::Result<tokio::net::TcpListener> {
+    let inherited = fds.and_then(|t| t.lock().get(addr).copied());
+    let std_listener = match inherited {
+        // Safety: the descriptor came from the upgrade socket and nothing else owns it.
+        Some(fd) => unsafe { std::net::TcpListener::from_raw_fd(fd) },
+        None => {
+            let l = bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+            if let Some(t) = fds {
+                t.lock().add(addr.to_string(), l.as_raw_fd());
+            }
+            l
+        }
+    };
+    std_listener
+        .set_nonblocking(true)
+        .with_context(|| format!("{addr}: cannot make the socket non-blocking"))?;
+    tokio::net::TcpListener::from_std(std_listener)
+        .with_context(|| format!("{addr}: cannot register the socket"))
+}
+
+/// Binds `addr` with address reuse and a long backlog.
+pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock_addr: std::net::SocketAddr = std::net::ToSocketAddrs::to_socket_addrs(addr)?
+        .next()
+        .ok_or_else(|| std::io::Error::other("the address resolves to nothing"))?;
+    let socket = Socket::new(Domain::for_address(sock_addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&sock_addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop<A>(
+    listener: tokio::net::TcpListener,
+    tls: Option<Arc<SslAcceptor>>,
+    app: Arc<A>,
+    limits: Arc<ClientLimits>,
+    permits: Arc<Semaphore>,
+    mut shutdown: ShutdownWatch,
+) where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".to_string(), |a| a.to_string());
+    let mut at_cap_logged = false;
+    loop {
+        // Past the cap, stop accepting: the kernel queues new connections meanwhile.
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if !at_cap_logged {
+                    log::warn!(
+                        "{addr}: {} client connections open (the cap); new ones wait in the backlog",
+                        limits.max_connections
+                    );
+                    at_cap_logged = true;
+                }
+                crate::metrics::metrics().client_cap_waits.inc();
+                tokio::select! {
+                    p = permits.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => return,
+                    },
+                    _ = conn::shutting_down(&mut shutdown) => break,
+                }
+            }
+        };
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = conn::shutting_down(&mut shutdown) => break,
+        };
+        match accepted {
+            Ok((tcp, _peer)) => {
+                at_cap_logged = false;
+                pingora_runtime::current_handle().spawn(conn::serve(
+                    tcp,
+                    tls.clone(),
+                    app.clone(),
+                    limits.clone(),
+                    shutdown.clone(),
+                    permit,
+                ));
+            }
+            Err(e) => {
+                // Out of descriptors (EMFILE, ENFILE): accept would fail at once again; let
+                // connections close first.
+                log::warn!("{addr}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    log::info!("{addr}: no longer accepting connections");
+}
+
+/// A TLS acceptor for a certificate (chain) and key in PEM files: Mozilla's intermediate
+/// settings, HTTP/1.1.
+pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<Arc<SslAcceptor>> {
+    let mut b =
+        SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).context("cannot set up TLS")?;
+    b.set_certificate_chain_file(cert)
+        .with_context(|| format!("cannot use the certificate {cert}"))?;
+    b.set_private_key_file(key, SslFiletype::PEM)
+        .with_context(|| format!("cannot use the key {key}"))?;
+    b.check_private_key()
+        .with_context(|| format!("the key {key} does not match the certificate {cert}"))?;
+    Ok(Arc::new(b.build()))
+}
+
+/// Raises the soft limit of open descriptors to the hard limit, and returns the limit now in
+/// force (`None` when it cannot be read).
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => Some(n),
+        Err(e) => {
+            log::warn!("cannot raise the open-files limit: {e}");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The process's logger: env_logger's format and `RUST_LOG` filter, plus two things an operator
+//! reading the log needs:
+//! - Pingora's messages about normal events (an upstream closing an idle pooled connection, a
+//!   client going away mid-response) are logged at debug, not as errors;
+//! - a warning or error repeated word for word is written once, and then once per
+//!   [`FOLD_INTERVAL`] with the number of repeats, instead of once per request.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use log::{Level, Log, Metadata, Record};
+
+/// How long identical warnings and errors are folded into one line.
+pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Distinct folded messages remembered at most (past it the memory is cleared).
+const MAX_FOLDS: usize = 1024;
+
+/// Pingora messages (by how they start) that report normal events, logged at debug.
+const NORMAL_EVENTS: &[&str] = &[
+    // The upstream closed a pooled connection while it was idle: a new one is made.
+    "failed to acquire reusable stream",
+    // The client went away before the response was complete.
+    "failed to send error response to downstream",
+    "Error finish sending body to downstream",
+    "Fail to proxy: Downstream",
+    "H2 handshake error",
+    "Downstream handshake error",
+];
+
+struct Fold {
+    level: Level,
+    target: String,
+    last_written: Instant,
+    repeats: u64,
+}
+
+struct Logger {
+    inner: env_logger::Logger,
+    folds: Mutex<HashMap<String, Fold>>,
+}
+
+/// Installs the logger (call once, first thing).
+pub fn init() {
+    static LOGGER: OnceLock<Logger> = OnceLock::new();
+    let inner =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
+    let max = inner.filter();
+    let logger = LOGGER.get_or_init(|| Logger {
+        inner,
+        folds: Mutex::new(HashMap::new()),
+    });
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(max);
+        let _ = std::thread::Builder::new()
+            .name("tollgate-log".into())
+            .spawn(move || loop {
+                std::thread::sleep(FOLD_INTERVAL);
+                logger.flush_folds(false);
+            });
+    }
+}
+
+/// The level a record is really written at: Pingora's normal events go down to debug.
+fn effective_level(record: &Record<'_>) -> Level {
+    if record.level() <= Level::Warn && record.target().starts_with("pingora") {
+        let text = record.args().as_str().map_or_else(
+            || std::borrow::Cow::Owned(record.args().to_string()),
+            std::borrow::Cow::Borrowed,
+        );
+        if NORMAL_EVENTS.iter().any(|p| text.starts_with(p)) {
+            return Level::Debug;
+        }
+    }
+    record.level()
+}
+
+impl Logger {
+    fn write(&self, level: Level, target: &str, args: std::fmt::Arguments<'_>) {
+        self.inner.log(
+            &Record::builder()
+                .level(level)
+                .target(target)
+                .args(args)
+                .build(),
+        );
+    }
+
+    /// Writes the repeat counts of folded messages; forgets the quiet ones.
+    fn flush_folds(&self, all: bool) {
+        let mut pending = Vec::new();
+        {
+            let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            folds.retain(|msg, f| {
+                if f.repeats > 0 && (all || now.duration_since(f.last_written) >= FOLD_INTERVAL) {
+                    pending.push((f.level, f.target.clone(), msg.clone(), f.repeats));
+                    f.repeats = 0;
+                    f.last_written = now;
+                    return true;
+                }
+                now.duration_since(f.last_written) < FOLD_INTERVAL
+            });
+        }
+        for (level, target, msg, repeats) in pending {
+            self.write(
+                level,
+                &target,
+                format_args!(
+                    "{msg} (repeated {repeats} more time{} in the last {}s)",
+                    if repeats == 1 { "" } else { "s" },
+                    FOLD_INTERVAL.as_secs()
+                ),
+            );
+        }
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        self.inner.enabled(metadata)
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        let level = effective_level(record);
+        let meta = Metadata::builder()
+            .level(level)
+            .target(record.target())
+            .build();
+        if !self.inner.enabled(&meta) {
+            return;
+        }
+        if level <= Level::Warn {
+            let text = record.args().to_string();
+            let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(f) = folds.get_mut(&text) {
+                if f.last_written.elapsed() < FOLD_INTERVAL {
+                    f.repeats += 1;
+                    return;
+                }
+                f.last_written = Instant::now();
+            } else {
+                if folds.len() >= MAX_FOLDS {
+                    folds.clear();
+                }
+                folds.insert(
+                    text,
+                    Fold {
+                        level,
+                        target: record.target().to_string(),
+                        last_written: Instant::now(),
+                        repeats: 0,
+                    },
+                );
+            }
+        }
+        self.inner.log(
+            &Record::builder()
+                .level(level)
+                .target(record.target())
+                .module_path(record.module_path())
+                .file(record.file())
+                .line(record.line())
+                .args(*record.args())
+                .build(),
+        );
+    }
+
+    fn flush(&self) {
+        self.flush_folds(true);
+        self.inner.flush();
+    }
+}
