@@ -11,8 +11,20 @@ use std::time::{Duration, Instant};
 
 use log::{Level, Log, Metadata, Record};
 
-/// How long identical warnings and errors are folded into one line.
+/// How long identical warnings and errors are folded into one line, unless
+/// `TOLLGATE_LOG_FOLD_SECONDS` says otherwise.
 pub const FOLD_INTERVAL: Duration = Duration::from_secs(10);
+
+fn fold_interval() -> Duration {
+    static INTERVAL: OnceLock<Duration> = OnceLock::new();
+    *INTERVAL.get_or_init(|| {
+        std::env::var("TOLLGATE_LOG_FOLD_SECONDS")
+            .ok()
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .filter(|v| *v >= 0.0 && v.is_finite())
+            .map_or(FOLD_INTERVAL, Duration::from_secs_f64)
+    })
+}
 
 /// Distinct folded messages remembered at most (past it the memory is cleared).
 const MAX_FOLDS: usize = 1024;
@@ -56,7 +68,7 @@ pub fn init() {
         let _ = std::thread::Builder::new()
             .name("tollgate-log".into())
             .spawn(move || loop {
-                std::thread::sleep(FOLD_INTERVAL);
+                std::thread::sleep(fold_interval().max(Duration::from_millis(100)));
                 logger.flush_folds(false);
             });
     }
@@ -94,13 +106,13 @@ impl Logger {
             let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             folds.retain(|msg, f| {
-                if f.repeats > 0 && (all || now.duration_since(f.last_written) >= FOLD_INTERVAL) {
+                if f.repeats > 0 && (all || now.duration_since(f.last_written) >= fold_interval()) {
                     pending.push((f.level, f.target.clone(), msg.clone(), f.repeats));
                     f.repeats = 0;
                     f.last_written = now;
                     return true;
                 }
-                now.duration_since(f.last_written) < FOLD_INTERVAL
+                now.duration_since(f.last_written) < fold_interval()
             });
         }
         for (level, target, msg, repeats) in pending {
@@ -108,9 +120,9 @@ impl Logger {
                 level,
                 &target,
                 format_args!(
-                    "{msg} (repeated {repeats} more time{} in the last {}s)",
+                    "{msg} (repeated {repeats} more time{} in the last {:.1}s)",
                     if repeats == 1 { "" } else { "s" },
-                    FOLD_INTERVAL.as_secs()
+                    fold_interval().as_secs_f64()
                 ),
             );
         }
@@ -135,7 +147,7 @@ impl Log for Logger {
             let text = record.args().to_string();
             let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = folds.get_mut(&text) {
-                if f.last_written.elapsed() < FOLD_INTERVAL {
+                if f.last_written.elapsed() < fold_interval() {
                     f.repeats += 1;
                     return;
                 }

@@ -319,6 +319,9 @@ impl ProxyHttp for Tollgate {
             _ => match e.esource() {
                 ErrorSource::Downstream => match e.etype() {
                     ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    // A request body that stopped arriving (the body timeout).
+                    ErrorType::ReadTimedout => 408,
+                    ErrorType::WriteTimedout => 0,
                     _ => 400,
                 },
                 _ => 502,

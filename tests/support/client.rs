@@ -58,7 +58,8 @@ pub fn get(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Res
     request(port, &raw, method == "HEAD")
 }
 
-fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
+/// Reads one response from a connection (a keep-alive one may carry more).
+pub fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let header_end = loop {

@@ -156,6 +156,30 @@ impl GatewayProcess {
     pub fn path(&self) -> &Path {
         &self.log
     }
+
+    /// The value of one series of the Admin API's `/metrics` (`name{labels}` as exposed, labels
+    /// in their exposition order), or 0 when it is absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = super::get(self.admin_port, "GET", "/metrics", &[]).text();
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(series)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    }
+
+    /// Lines of the gateway's log at ERROR level.
+    pub fn error_lines(&self) -> Vec<String> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains(" ERROR "))
+            .map(str::to_string)
+            .collect()
+    }
 }
 
 impl Drop for GatewayProcess {

@@ -11,6 +11,7 @@ pub mod pyjwt;
 pub mod redis;
 pub mod s3;
 pub mod tls;
+pub mod upstream;
 
 pub use client::{get, json_body, request, send_json, Response};
 pub use echo::EchoUpstream;

@@ -1,0 +1,265 @@
+//! What a client connection may take of the gateway: the header timeout (half-sent heads are
+//! closed while good requests are served), the keep-alive and body timeouts, the connection
+//! cap (new connections wait in the backlog, no descriptors taken), the open-files limit,
+//! SIGHUP, and a log an operator can read.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::client::read_response;
+use support::upstream::PyUpstream;
+use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
+
+fn config(upstream_url: &str) -> String {
+    format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{upstream_url}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+    )
+}
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("timeout");
+    s
+}
+
+fn open_fds(gw: &GatewayProcess) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", gw.child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn half_sent_heads_are_closed_after_the_header_timeout() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(&dir, &["--header-timeout", "2"], &[]);
+    let start = Instant::now();
+    // 300 connections: a third send nothing, the rest half a request head.
+    let mut held: Vec<(bool, TcpStream)> = (0..300)
+        .map(|i| {
+            let mut s = connect(gw.port);
+            let half = i % 3 != 0;
+            if half {
+                s.write_all(b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\nAccept: */")
+                    .expect("send half a head");
+            }
+            (half, s)
+        })
+        .collect();
+    // Good requests are served meanwhile.
+    for _ in 0..30 {
+        assert_eq!(get(gw.port, "GET", "/tiles/a", &[]).status, 200);
+    }
+    let mut first_close = None;
+    for (half, s) in &mut held {
+        let mut answer = Vec::new();
+        s.read_to_end(&mut answer)
+            .expect("the gateway closes the connection within the timeout");
+        first_close.get_or_insert_with(|| start.elapsed());
+        let text = String::from_utf8_lossy(&answer);
+        if *half {
+            assert!(
+                text.starts_with("HTTP/1.1 408 Request Timeout\r\n")
+                    && text.ends_with("Request Timeout"),
+                "a half-sent head gets a 408: {text:?}"
+            );
+        } else {
+            assert!(
+                answer.is_empty(),
+                "a connection that sent nothing is just closed: {text:?}"
+            );
+        }
+    }
+    let first_close = first_close.unwrap_or_default();
+    assert!(
+        first_close >= Duration::from_millis(1900),
+        "closed before the header timeout: {first_close:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(8),
+        "closing took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        gw.metric(r#"tollgate_client_connections_closed_total{reason="header_timeout"}"#) >= 300.0
+    );
+    // A slow sender that keeps trickling bytes is bounded by the whole head, not per read.
+    let mut slow = connect(gw.port);
+    let t = Instant::now();
+    let mut answer = Vec::new();
+    for b in b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\nX-Slow: 0123456789" {
+        if slow.write_all(&[*b]).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        if t.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    let _ = slow.read_to_end(&mut answer);
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    assert_eq!(get(gw.port, "GET", "/tiles/a", &[]).status, 200);
+}
+
+#[test]
+fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--keepalive-timeout", "1", "--body-timeout", "1"],
+        &[],
+    );
+    let mut s = connect(gw.port);
+    for _ in 0..3 {
+        s.write_all(b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut s, false).status, 200);
+    }
+    let t = Instant::now();
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).expect("closed by the gateway");
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+    let idle = t.elapsed();
+    assert!(
+        idle >= Duration::from_millis(900) && idle < Duration::from_secs(4),
+        "idle keep-alive connection closed after {idle:?}"
+    );
+    assert!(
+        gw.metric(r#"tollgate_client_connections_closed_total{reason="keepalive_timeout"}"#) >= 1.0
+    );
+
+    // A request body that stops arriving.
+    let mut s = connect(gw.port);
+    s.write_all(
+        b"POST /tiles/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .expect("send");
+    let t = Instant::now();
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+}
+
+#[test]
+fn past_the_connection_cap_new_connections_wait_in_the_backlog() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--max-connections", "4", "--header-timeout", "30"],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the readiness probes' connections close
+    let mut holders: Vec<TcpStream> = (0..4).map(|_| connect(gw.port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_at_cap = open_fds(&gw);
+    // A fifth connection is made by the kernel but not served while four are open.
+    let mut waiting = connect(gw.port);
+    waiting
+        .write_all(b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    waiting
+        .set_read_timeout(Some(Duration::from_millis(800)))
+        .expect("timeout");
+    let mut probe = [0u8; 1];
+    assert!(
+        waiting.read(&mut probe).is_err(),
+        "a connection past the cap must not be served yet"
+    );
+    // Many more connections take no descriptors of the gateway's.
+    let queued: Vec<TcpStream> = (0..100).map(|_| connect(gw.port)).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let fds_with_queue = open_fds(&gw);
+    assert!(
+        fds_with_queue <= fds_at_cap + 2,
+        "queued connections took descriptors: {fds_at_cap} -> {fds_with_queue}"
+    );
+    assert!(gw.metric("tollgate_client_connection_cap_reached_total") >= 1.0);
+    drop(queued);
+    // One holder leaves: the waiting request is served.
+    holders.pop();
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let r = read_response(&mut waiting, false);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn open_files_limit_is_raised_and_sighup_does_not_stop_the_gateway() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start(&dir);
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", gw.child.id())).expect("process limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("open files line");
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(
+        nums[0], nums[1],
+        "soft limit raised to the hard limit: {line}"
+    );
+
+    gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    gw.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(gw.port, "GET", "/tiles/a", &[]).status, 200);
+    assert!(gw.log_text().contains("SIGHUP"), "{}", gw.log_text());
+}
+
+/// Traffic to an upstream that closes idle pooled connections (as Python and Node servers do)
+/// writes no error; an upstream that is down writes one warning per kind of failure, folded.
+#[test]
+fn the_log_has_no_errors_for_normal_events_and_folds_repeats() {
+    let mut up = PyUpstream::start("tiles", 0.2);
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(&dir, &[], &[("TOLLGATE_LOG_FOLD_SECONDS", "1")]);
+    let mut failed = 0;
+    for round in 0..6 {
+        for _ in 0..40 {
+            if get(gw.port, "GET", "/tiles/a", &[]).status != 200 {
+                failed += 1;
+            }
+        }
+        // Let the upstream close the pooled connections (idle timeout 0.2 s).
+        if round < 5 {
+            std::thread::sleep(Duration::from_millis(400));
+        }
+    }
+    assert_eq!(failed, 0);
+    assert_eq!(gw.error_lines(), Vec::<String>::new());
+
+    up.kill();
+    for _ in 0..50 {
+        assert_eq!(get(gw.port, "GET", "/tiles/a", &[]).status, 502);
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = gw.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("upstream failure: api endpoint `tiles`"))
+        .collect();
+    assert!(
+        !failures.is_empty() && failures.len() <= 3,
+        "one line per kind, folded: {failures:#?}"
+    );
+    assert!(
+        failures.iter().any(|l| l.contains("repeated")),
+        "the repeats are counted: {failures:#?}"
+    );
+    assert!(failures[0].contains(" WARN "), "{}", failures[0]);
+    assert_eq!(gw.error_lines(), Vec::<String>::new());
+}

@@ -1,0 +1,80 @@
+//! A real upstream in a process of its own (tests/fixtures/python/upstream.py), so a test can
+//! kill it under load and start it again on the same port.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::gateway::free_port;
+
+pub struct PyUpstream {
+    pub port: u16,
+    pub name: String,
+    idle_timeout: f64,
+    child: Option<Child>,
+}
+
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/python/upstream.py")
+}
+
+impl PyUpstream {
+    /// Starts on a free port; idle keep-alive connections are closed after `idle_timeout` s.
+    pub fn start(name: &str, idle_timeout: f64) -> PyUpstream {
+        let mut up = PyUpstream {
+            port: free_port(),
+            name: name.to_string(),
+            idle_timeout,
+            child: None,
+        };
+        up.restart();
+        up
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    /// Starts the process (again) on its port and waits until it accepts.
+    pub fn restart(&mut self) {
+        let child = Command::new("python3")
+            .arg(script())
+            .args(["--port", &self.port.to_string(), "--name", &self.name])
+            .args(["--idle-timeout", &self.idle_timeout.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start the python upstream");
+        self.child = Some(child);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the python upstream did not listen on {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL): its connections are reset, its port refuses.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Requests it has answered.
+    pub fn served(&self) -> u64 {
+        let r = super::get(self.port, "GET", "/__count", &[]);
+        super::json_body(&r)["served"].as_u64().unwrap_or(0)
+    }
+}
+
+impl Drop for PyUpstream {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
