@@ -57,7 +57,12 @@ impl Health {
                     Ok(Err(e)) => (false, e.to_string()),
                     Err(_) => (false, "no answer within 2 s".to_string()),
                 };
-                health.store_up.store(up, Ordering::Relaxed);
+                let was_up = health.store_up.swap(up, Ordering::Relaxed);
+                if was_up && !up {
+                    log::error!("consumer store unreachable: {error}; known credentials are served from memory, Admin API writes answer 503");
+                } else if up && !was_up {
+                    log::info!("consumer store reachable again");
+                }
                 *health.store_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
                 health.refresh_gauges(up);
             }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod counters;
+pub mod framing;
 pub mod gateway;
 pub mod health;
 pub mod listener;

@@ -50,6 +50,8 @@ pub struct RequestCtx {
 /// What the request phase decided.
 enum Decision {
     Reply(Reply),
+    /// Answer and close the connection: what follows the head cannot be trusted.
+    Refuse(Reply),
     Proxy,
 }
 
@@ -73,6 +75,10 @@ impl Tollgate {
                 .sum::<usize>();
         if head_size > MAX_REQUEST_HEAD {
             return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
+        }
+        if let Some(why) = crate::framing::problem(&head.headers) {
+            log::debug!("refused a request: {why}");
+            return Decision::Refuse(Reply::text(400, "Bad Request"));
         }
         if path == gw.healthcheck_path
             && (*method == http::Method::GET || *method == http::Method::HEAD)
@@ -242,6 +248,11 @@ impl ProxyHttp for Tollgate {
             Decision::Proxy => Ok(false),
             Decision::Reply(reply) => {
                 send_reply(session, reply, &ctx.x.response_edits).await?;
+                Ok(true)
+            }
+            Decision::Refuse(reply) => {
+                session.set_keepalive(None);
+                send_reply(session, reply, &[]).await?;
                 Ok(true)
             }
         }

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub access_log: Option<crate::access_log::Target>,
     /// What a client connection may take.
     pub client_limits: ClientLimits,
+    /// Whether the connection cap was set by the operator (a lower one is then worth a warning).
+    pub max_connections_given: bool,
 }
 
 /// How long start-up waits for the consumer store before serving from an empty cache.
@@ -168,7 +170,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     .collect();
     check_free(&listen)?;
 
-    let limits = fit_to_fd_limit(opts.client_limits.clone());
+    let limits = fit_to_fd_limit(opts.client_limits.clone(), opts.max_connections_given);
     let mut gateway_service = ListenerService::new(
         "tollgate gateway",
         pingora_proxy::http_proxy(
@@ -271,18 +273,24 @@ impl ShutdownSignalWatch for Signals {
 
 /// Lowers the connection cap when the process's descriptor limit cannot hold it: each client
 /// connection may need an upstream connection too.
-fn fit_to_fd_limit(mut limits: ClientLimits) -> ClientLimits {
+fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
     let Some(fds) = crate::listener::raise_fd_limit() else {
         return limits;
     };
     let fit = (fds.saturating_sub(RESERVED_FDS) / 2).max(16) as usize;
     if limits.max_connections > fit {
-        log::warn!(
-            "the open-files limit ({fds}) holds {fit} client connections, not {}: the cap is {fit}",
-            limits.max_connections
-        );
+        if given {
+            log::warn!(
+                "the open-files limit ({fds}) holds {fit} client connections, not {}: the cap is {fit}",
+                limits.max_connections
+            );
+        }
         limits.max_connections = fit;
     }
+    log::info!(
+        "client connections: at most {} per listener (open-files limit {fds})",
+        limits.max_connections
+    );
     limits
 }
 

@@ -11,7 +11,7 @@ use crate::consumers::service::{ConsumerError, ConsumerService};
 
 fn error(e: ConsumerError) -> Response<Vec<u8>> {
     if let ConsumerError::Store(err) = &e {
-        log::error!("admin API: {err}");
+        log::warn!("admin API: answered 503: {err}");
     }
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     text(status, &e.to_string())

@@ -125,9 +125,10 @@ pub struct ServeArgs {
     /// Seconds between two writes of a response to a client that does not read it.
     #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60", value_parser = seconds)]
     pub send_timeout: Duration,
-    /// Client connections open at once per listener service; past it new ones wait in the backlog.
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    /// Client connections open at once per listener service; past it new ones wait in the
+    /// backlog (default: 10000, or what the open-files limit holds).
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 }
 
 /// A positive number of seconds (fractions allowed).
@@ -159,9 +160,13 @@ pub fn run(cli: Cli) -> i32 {
                     keepalive_timeout: args.keepalive_timeout,
                     body_timeout: args.body_timeout,
                     send_timeout: args.send_timeout,
-                    max_connections: args.max_connections.max(1),
+                    max_connections: args
+                        .max_connections
+                        .unwrap_or(crate::listener::DEFAULT_MAX_CONNECTIONS)
+                        .max(1),
                     ..Default::default()
                 },
+                max_connections_given: args.max_connections.is_some(),
             };
             match server::serve(opts) {
                 Ok(()) => 0,

@@ -52,11 +52,15 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
-            max_connections: 10_000,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             max_head: MAX_REQUEST_HEAD,
         }
     }
 }
+
+/// Client connections per listener service unless configured (or fewer, when the open-files
+/// limit cannot hold them).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 
 /// The largest request head served. Node, and so EG, refuses more than 16 KiB; tollgate is
 /// never stricter than that.

@@ -16,7 +16,8 @@ use super::{KeyType, Store, StoreError, StoreResult, WindowCount, Write};
 use crate::config::system_file::RedisDef;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A command not answered within this fails: the Admin API says 503 well within 5 s of a hung Redis.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const SCAN_COUNT: usize = 10_000;
 const PIPELINE_CHUNK: usize = 1000;
 

@@ -7,6 +7,7 @@ pub mod echo;
 pub mod eg;
 pub mod gateway;
 pub mod jwt;
+pub mod load;
 pub mod pyjwt;
 pub mod redis;
 pub mod s3;

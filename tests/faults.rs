@@ -1,0 +1,338 @@
+//! Faults under load, with real processes: Redis stopped (SIGSTOP) and killed, an upstream
+//! killed and brought back, the gateway itself terminated; and request smuggling attempts,
+//! checked against what the upstream received.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::load::Load;
+use support::redis::{eg_fixture, RedisServer};
+use support::upstream::PyUpstream;
+use support::{get, request, send_json, ConfigDir, EchoUpstream, GatewayProcess};
+
+fn tiles_config(upstream_url: &str, extra_policies: &str) -> String {
+    format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*', scopes: [wmts]}}\nserviceEndpoints:\n  up: {{url: '{upstream_url}'}}\npolicies: [key-auth, scopes, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n{extra_policies}      - proxy: [{{action: {{serviceEndpoint: up, timeout: 3000}}}}]\n"
+    )
+}
+
+const KEY: &str = "GET /tiles/1 HTTP/1.1\r\nHost: localhost\r\nAuthorization: apiKey kargo-ka-id:kargo-ka-secret\r\nConnection: close\r\n\r\n";
+
+fn post(port: u16, path: &str, body: &str) -> (u16, Duration) {
+    let t = Instant::now();
+    let r = send_json(port, "POST", path, body);
+    (r.status, t.elapsed())
+}
+
+#[test]
+fn redis_stopped_and_killed_under_load() {
+    let mut redis = RedisServer::start();
+    redis.load_dump(&eg_fixture());
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&tiles_config(
+        &up.url(""),
+        "      - key-auth:\n      - scopes:\n",
+    ));
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\n",
+            redis.port
+        ),
+    );
+    let gw = GatewayProcess::start_with(&dir, &["--resync-seconds", "1"], &[]);
+    assert_eq!(request(gw.port, KEY, false).status, 200);
+    let load = Load::start(gw.port, 4, KEY, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Stopped: nothing answers, connections hang.
+    redis.signal("STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, took) = post(gw.admin_port, "/scopes", r#"{"scopes": ["paused"]}"#);
+    assert_eq!(status, 503, "a write while Redis hangs");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    redis.signal("CONT");
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Killed: connections refused.
+    let port = redis.port;
+    redis.stop();
+    let (status, took) = post(gw.admin_port, "/scopes", r#"{"scopes": ["gone"]}"#);
+    assert_eq!(status, 503, "a write while Redis is down");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    std::thread::sleep(Duration::from_secs(3));
+
+    // Back, empty as a restarted Redis without persistence would be; the data is loaded again.
+    let redis = RedisServer::start_on(port);
+    redis.load_dump(&eg_fixture());
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = load.stop();
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        report.count(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(report.count() > 200, "the load ran: {}", report.count());
+
+    // New credentials work once it is back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let created = loop {
+        let r = send_json(
+            gw.admin_port,
+            "POST",
+            "/credentials",
+            r#"{"consumerId": "app2", "type": "key-auth", "credential": {"keyId": "after", "keySecret": "s", "scopes": ["wmts"]}}"#,
+        );
+        if r.status == 201 || r.status == 200 {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "writes never came back: {} {}",
+            r.status,
+            r.text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(created.text().contains("after"), "{}", created.text());
+    let fresh = [("Authorization", "apiKey after:s")];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while get(gw.port, "GET", "/tiles/1", &fresh).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the new credential is not served"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Errors: the store going away, said once each time.
+    let errors = gw.error_lines();
+    assert!(
+        errors.len() <= 2
+            && errors
+                .iter()
+                .all(|l| l.contains("consumer store unreachable")),
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn an_upstream_killed_and_back() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let dir = ConfigDir::new(&tiles_config(&up.url(""), ""));
+    let gw = GatewayProcess::start(&dir);
+    let raw = "GET /tiles/a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(request(gw.port, raw, false).status, 200);
+    up.kill();
+    for _ in 0..20 {
+        let t = Instant::now();
+        let r = request(gw.port, raw, false);
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "a 502 within the connect timeout (3 s), took {:?}",
+            t.elapsed()
+        );
+    }
+    up.restart();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while request(gw.port, raw, false).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not served again after the upstream came back"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn sigterm_under_load_answers_every_request_it_read() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&tiles_config(&up.url(""), ""));
+    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let slow = "GET /tiles/slow/300 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let load = Load::start(gw.port, 8, slow, Duration::ZERO);
+    std::thread::sleep(Duration::from_millis(1000));
+    let signalled = load.started.elapsed();
+    gw.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let status = loop {
+        if let Some(s) = gw.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway did not exit after draining"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let report = load.stop();
+    assert!(status.success(), "{status}");
+    // Every request started well before the signal was read and answered.
+    let before: Vec<_> = report
+        .outcomes
+        .iter()
+        .filter(|o| o.at + Duration::from_millis(50) < signalled)
+        .collect();
+    assert!(before.len() >= 8, "{}", before.len());
+    let unanswered: Vec<_> = before.iter().filter(|o| o.status != Some(200)).collect();
+    assert!(unanswered.is_empty(), "{unanswered:?}");
+    // After it, a client is refused (not left hanging) or served.
+    for o in report.outcomes.iter().filter(|o| o.at > signalled) {
+        assert!(
+            o.status == Some(200) || o.failed.is_some(),
+            "after the signal: {o:?}"
+        );
+    }
+}
+
+/// An upstream that records the raw bytes of every connection and answers `200 ok` once the
+/// client has been quiet for a moment.
+struct Recorder {
+    port: u16,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+}
+
+impl Recorder {
+    fn start() -> Recorder {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(300)));
+                    let mut got = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        match conn.read(&mut chunk) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => got.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    );
+                    s.lock().expect("seen").push(got);
+                });
+            }
+        });
+        Recorder { port, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen
+            .lock()
+            .expect("seen")
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect()
+    }
+}
+
+#[test]
+fn request_smuggling_is_refused_or_normalised() {
+    let rec = Recorder::start();
+    let dir = ConfigDir::new(&tiles_config(&format!("http://127.0.0.1:{}", rec.port), ""));
+    let gw = GatewayProcess::start(&dir);
+    let send = |raw: &str| -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(raw.as_bytes()).expect("send");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    let refused = [
+        (
+            "two different Content-Lengths",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        ),
+        (
+            "a Content-Length list",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 6\r\n\r\nhello!",
+        ),
+        (
+            "a signed Content-Length",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+        ),
+        (
+            "a transfer coding other than chunked last",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "an unknown transfer coding",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: xchunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a space before the colon",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ];
+    for (what, raw) in refused {
+        let before = rec.seen().len();
+        let answer = send(raw);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer:?}");
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(
+            rec.seen().len(),
+            before,
+            "{what}: reached the upstream: {:?}",
+            rec.seen()
+        );
+    }
+
+    // Bad chunk sizes: refused; whatever reached the upstream carries one framing only.
+    for raw in [
+        "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\nhello\r\n0\r\n\r\n",
+    ] {
+        let answer = send(raw);
+        assert!(
+            answer.starts_with("HTTP/1.1 400") || answer.is_empty(),
+            "bad chunk size: {answer:?}"
+        );
+    }
+
+    // Both framings: normalised to chunked alone, and the connection is not reused (nothing
+    // smuggled behind it is read as a request).
+    let answer = send(
+        "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /tiles/smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+    );
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.1 400"),
+        "{answer:?}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    for got in rec.seen() {
+        let head = got
+            .split("\r\n\r\n")
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        assert!(
+            !(head.contains("content-length:") && head.contains("transfer-encoding:")),
+            "the upstream saw both framings: {got:?}"
+        );
+        assert!(
+            !got.contains("/tiles/smuggled"),
+            "a smuggled request reached the upstream: {got:?}"
+        );
+    }
+    assert_eq!(
+        answer.matches("HTTP/1.1").count(),
+        1,
+        "one answer only: {answer:?}"
+    );
+}

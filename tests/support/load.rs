@@ -1,0 +1,144 @@
+//! Steady client load in background threads, each request on a connection of its own, with
+//! every outcome recorded: a status, or how the exchange failed and whether the request had
+//! been written in full before it did.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// What became of one request.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    /// When it started, from the start of the load.
+    pub at: Duration,
+    pub status: Option<u16>,
+    /// Why there is no status: `connect`, `write`, `read`.
+    pub failed: Option<String>,
+}
+
+#[derive(Default, Debug)]
+pub struct Report {
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Report {
+    pub fn statuses(&self) -> BTreeMap<u16, usize> {
+        let mut m = BTreeMap::new();
+        for o in &self.outcomes {
+            if let Some(s) = o.status {
+                *m.entry(s).or_default() += 1;
+            }
+        }
+        m
+    }
+
+    /// Requests without a `want` answer (any failure or another status).
+    pub fn failed(&self, want: u16) -> Vec<&Outcome> {
+        self.outcomes
+            .iter()
+            .filter(|o| o.status != Some(want))
+            .collect()
+    }
+
+    pub fn count(&self) -> usize {
+        self.outcomes.len()
+    }
+}
+
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+    report: Arc<Mutex<Report>>,
+    pub started: Instant,
+}
+
+impl Load {
+    /// Starts `threads` clients sending `raw` (a whole request, `Connection: close`) to `port`
+    /// one after another, with `pause` between two requests of a client.
+    pub fn start(port: u16, threads: usize, raw: &str, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(Report::default()));
+        let started = Instant::now();
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, report, raw) = (stop.clone(), report.clone(), raw.to_string());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let o = one(port, &raw, started);
+                        report.lock().expect("report").outcomes.push(o);
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            report,
+            started,
+        }
+    }
+
+    /// Requests made so far.
+    pub fn so_far(&self) -> usize {
+        self.report.lock().expect("report").outcomes.len()
+    }
+
+    pub fn stop(self) -> Report {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.report.lock().expect("report"))
+    }
+}
+
+fn one(port: u16, raw: &str, started: Instant) -> Outcome {
+    let at = started.elapsed();
+    let fail = |why: &str| Outcome {
+        at,
+        status: None,
+        failed: Some(why.to_string()),
+    };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return fail("connect");
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    if s.write_all(raw.as_bytes()).is_err() {
+        return fail("write");
+    }
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => {
+                if buf.is_empty() {
+                    return fail("read");
+                }
+                break;
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    match head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|_| head.starts_with("HTTP/1."))
+    {
+        Some(status) => Outcome {
+            at,
+            status: Some(status),
+            failed: None,
+        },
+        None => fail("read"),
+    }
+}
