@@ -3,7 +3,11 @@
 //! - Pingora's messages about normal events (an upstream closing an idle pooled connection, a
 //!   client going away mid-response) are logged at debug, not as errors;
 //! - a warning or error repeated word for word is written once, and then once per
-//!   [`FOLD_INTERVAL`] with the number of repeats, instead of once per request.
+//!   [`FOLD_INTERVAL`] with the number of repeats, instead of once per request;
+//! - Pingora's own debug and trace output, which dumps raw request and response headers and
+//!   bodies (credentials included), is written only when `RUST_LOG` names a Pingora module
+//!   (`RUST_LOG=debug,pingora_proxy=debug`): `RUST_LOG=debug` shows tollgate's debug lines,
+//!   which never hold a secret.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -51,6 +55,8 @@ struct Fold {
 struct Logger {
     inner: env_logger::Logger,
     folds: Mutex<HashMap<String, Fold>>,
+    /// Whether `RUST_LOG` asks for Pingora's own verbose output.
+    pingora_verbose: bool,
 }
 
 /// Installs the logger (call once, first thing).
@@ -59,9 +65,11 @@ pub fn init() {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
+    let pingora_verbose = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("pingora"));
     let logger = LOGGER.get_or_init(|| Logger {
         inner,
         folds: Mutex::new(HashMap::new()),
+        pingora_verbose,
     });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(max);
@@ -89,6 +97,11 @@ fn effective_level(record: &Record<'_>) -> Level {
 }
 
 impl Logger {
+    /// Pingora's verbose output, unless asked for by name.
+    fn muted(&self, target: &str, level: Level) -> bool {
+        level > Level::Info && !self.pingora_verbose && target.starts_with("pingora")
+    }
+
     fn write(&self, level: Level, target: &str, args: std::fmt::Arguments<'_>) {
         self.inner.log(
             &Record::builder()
@@ -131,11 +144,14 @@ impl Logger {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        self.inner.enabled(metadata)
+        self.inner.enabled(metadata) && !self.muted(metadata.target(), metadata.level())
     }
 
     fn log(&self, record: &Record<'_>) {
         let level = effective_level(record);
+        if self.muted(record.target(), level) {
+            return;
+        }
         let meta = Metadata::builder()
             .level(level)
             .target(record.target())

@@ -19,8 +19,20 @@ pub fn succeed(x: &mut Exchange, consumer: Consumer) -> Outcome {
     Outcome::Continue
 }
 
-/// A failed attempt: `status` is 401 or 403.
-pub fn fail(x: &mut Exchange, pass_through: bool, status: u16) -> Outcome {
+/// A failed attempt: `status` is 401 or 403. `why` says what was wrong, in words that never
+/// hold the credential itself (it is logged at debug).
+pub fn fail(x: &mut Exchange, pass_through: bool, status: u16, why: &'static str) -> Outcome {
+    log::debug!(
+        "request {}: {why}: {}",
+        x.request_id,
+        if pass_through {
+            "going on as anonymous"
+        } else if status == 403 {
+            "403"
+        } else {
+            "401"
+        }
+    );
     if pass_through {
         x.response_edits.push(HeaderEdit::Set(
             EG_CONSUMER_ID.clone(),

@@ -54,11 +54,16 @@ fn credentials(req: &Request<'_>) -> Option<(String, String)> {
 impl Policy for BasicAuth {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
         let Some((user, password)) = credentials(req) else {
-            return fail(x, self.pass_through, 401);
+            return fail(x, self.pass_through, 401, "basic-auth: no credentials");
         };
         match self.cache.basic(&user, &password, &req.endpoint.scopes) {
             BasicAnswer::Accepted(consumer) => succeed(x, consumer),
-            BasicAnswer::Refused => fail(x, self.pass_through, 401),
+            BasicAnswer::Refused => fail(
+                x,
+                self.pass_through,
+                401,
+                "basic-auth: unknown user, inactive or lacking a scope",
+            ),
             BasicAnswer::Check(check) => {
                 let cache = self.cache.clone();
                 let pass_through = self.pass_through;
@@ -69,7 +74,7 @@ impl Policy for BasicAuth {
                             cache.remember_password(memo);
                             succeed(x, consumer)
                         }
-                        None => fail(x, pass_through, 401),
+                        None => fail(x, pass_through, 401, "basic-auth: wrong password"),
                     }) as Finish
                 }))
             }

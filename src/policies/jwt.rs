@@ -326,10 +326,15 @@ impl Policy for Jwt {
             .token(req)
             .filter(|t| !t.is_empty() && t.len() <= MAX_TOKEN)
         else {
-            return fail(x, self.pass_through, 401);
+            return fail(x, self.pass_through, 401, "jwt: no token");
         };
         let Some(v) = self.verify(&token) else {
-            return fail(x, self.pass_through, 401);
+            return fail(
+                x,
+                self.pass_through,
+                401,
+                "jwt: bad signature, claims or format",
+            );
         };
         if !self.check_credential {
             // The token itself is the consumer, as in EG.
@@ -344,11 +349,16 @@ impl Policy for Jwt {
             return succeed(x, consumer);
         }
         let Some(sub) = v.sub.as_deref() else {
-            return fail(x, self.pass_through, 401);
+            return fail(x, self.pass_through, 401, "jwt: no sub claim");
         };
         match self.cache.jwt_subject(sub) {
             Some(consumer) => succeed(x, consumer),
-            None => fail(x, self.pass_through, 401),
+            None => fail(
+                x,
+                self.pass_through,
+                401,
+                "jwt: sub is no active credential",
+            ),
         }
     }
 }

@@ -82,19 +82,29 @@ impl KeyAuth {
 impl Policy for KeyAuth {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
         let Some(key) = self.key(req) else {
-            return fail(x, self.p.pass_through, 401);
+            return fail(x, self.p.pass_through, 401, "key-auth: no key");
         };
         let mut parts = key.split(':');
         let (Some(key_id), Some(secret)) = (parts.next(), parts.next()) else {
-            return fail(x, self.p.pass_through, 401);
+            return fail(x, self.p.pass_through, 401, "key-auth: not keyId:keySecret");
         };
         if key_id.is_empty() {
-            return fail(x, self.p.pass_through, 401);
+            return fail(x, self.p.pass_through, 401, "key-auth: empty keyId");
         }
         match self.cache.key_auth(key_id, secret, &req.endpoint.scopes) {
             KeyAuthResult::Ok(consumer) => succeed(x, consumer),
-            KeyAuthResult::Forbidden => fail(x, self.p.pass_through, 403),
-            KeyAuthResult::Unauthorized => fail(x, self.p.pass_through, 401),
+            KeyAuthResult::Forbidden => fail(
+                x,
+                self.p.pass_through,
+                403,
+                "key-auth: the key lacks a scope",
+            ),
+            KeyAuthResult::Unauthorized => fail(
+                x,
+                self.p.pass_through,
+                401,
+                "key-auth: unknown key, wrong secret or inactive",
+            ),
         }
     }
 }

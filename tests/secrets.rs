@@ -1,0 +1,199 @@
+//! Secrets stay secret: after key-auth, basic-auth and jwt requests, good and bad, through
+//! headers and query parameters, and credentials written through the Admin API, neither the
+//! log at debug level nor the access log holds a key secret, a password or a token. And an
+//! Admin API beyond loopback without a token is warned about.
+
+mod support;
+
+use support::jwt::{hs256, now};
+use support::{get, send_json, ConfigDir, EchoUpstream, GatewayProcess};
+
+const JWT_KEY: &str = "policy-signing-key-kept-secret";
+
+fn config(up: &EchoUpstream, admin_host: &str) -> String {
+    format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: {admin_host}}}
+apiEndpoints:
+  keyed: {{paths: '/keyed/*'}}
+  basic: {{paths: '/basic/*'}}
+  token: {{paths: '/token/*'}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [key-auth, basic-auth, jwt, proxy]
+pipelines:
+  keyed:
+    apiEndpoints: [keyed]
+    policies:
+      - key-auth:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+  basic:
+    apiEndpoints: [basic]
+    policies:
+      - basic-auth:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+  token:
+    apiEndpoints: [token]
+    policies:
+      - jwt: [{{action: {{secretOrPublicKey: {JWT_KEY}, checkCredentialExistence: true, passThrough: true}}}}]
+      - jwt: [{{condition: {{name: anonymous}}, action: {{secretOrPublicKey: {JWT_KEY}, checkCredentialExistence: true, jwtExtractor: query, jwtExtractorField: jwt}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+"#,
+        up = up.url("")
+    )
+}
+
+#[test]
+fn no_secret_reaches_the_logs() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up, "127.0.0.1"));
+    let access = dir.path.join("access.log");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--access-log", &access.display().to_string()],
+        &[("RUST_LOG", "debug")],
+    );
+    let a = gw.admin_port;
+    let user = send_json(a, "POST", "/users", r#"{"username": "ann"}"#);
+    assert!(user.status < 300, "{}", user.text());
+    let key = send_json(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "key-auth", "credential": {"keyId": "ann-key", "keySecret": "key-secret-4711"}}"#,
+    );
+    assert!(key.status < 300, "{}", key.text());
+    let basic = send_json(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "basic-auth", "credential": {"password": "password-0815"}}"#,
+    );
+    assert!(basic.status < 300, "{}", basic.text());
+    let jwt = send_json(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "jwt", "credential": {"keyId": "ann-jwt", "keySecret": "jwt-credential-secret"}}"#,
+    );
+    assert!(jwt.status < 300, "{}", jwt.text());
+
+    let good_token = hs256(
+        JWT_KEY,
+        &serde_json::json!({"sub": "ann-jwt", "exp": now() + 600}),
+    );
+    let bad_token = hs256(
+        "not-the-key",
+        &serde_json::json!({"sub": "ann-jwt", "exp": now() + 600}),
+    );
+    let b64 = |s: &str| {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(s)
+    };
+    let basic_good = format!("Basic {}", b64("ann:password-0815"));
+    let basic_bad = format!("Basic {}", b64("ann:wrong-password-999"));
+    let requests: Vec<(String, Vec<(&str, String)>, u16)> = vec![
+        (
+            "/keyed/a".into(),
+            vec![("Authorization", "apiKey ann-key:key-secret-4711".into())],
+            200,
+        ),
+        (
+            "/keyed/a".into(),
+            vec![("Authorization", "apiKey ann-key:wrong-secret-123".into())],
+            401,
+        ),
+        (
+            "/keyed/a?apiKey=ann-key:key-secret-4711".into(),
+            vec![],
+            200,
+        ),
+        (
+            "/keyed/a?apiKey=ann-key:wrong-secret-123&x=1".into(),
+            vec![],
+            401,
+        ),
+        (
+            "/basic/a".into(),
+            vec![("Authorization", basic_good.clone())],
+            200,
+        ),
+        (
+            "/basic/a".into(),
+            vec![("Authorization", basic_bad.clone())],
+            401,
+        ),
+        (
+            "/token/a".into(),
+            vec![("Authorization", format!("Bearer {good_token}"))],
+            200,
+        ),
+        (
+            "/token/a".into(),
+            vec![("Authorization", format!("Bearer {bad_token}"))],
+            401,
+        ),
+        (format!("/token/a?jwt={good_token}"), vec![], 200),
+        (format!("/token/a?jwt={bad_token}"), vec![], 401),
+        ("/token/a?jwt=garbage.not-a.token-xyz".into(), vec![], 401),
+    ];
+    for (path, headers, want) in &requests {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = get(gw.port, "GET", path, &h);
+        assert_eq!(r.status, *want, "{path}: {}", r.text());
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = gw.log_text();
+    let access_log = std::fs::read_to_string(&access).expect("access log");
+    assert!(access_log.lines().count() >= requests.len(), "{access_log}");
+    assert!(log.contains("DEBUG"), "the log ran at debug level");
+    let signature = |t: &str| t.rsplit('.').next().unwrap_or("").to_string();
+    let secrets = [
+        "key-secret-4711".to_string(),
+        "wrong-secret-123".to_string(),
+        "password-0815".to_string(),
+        "wrong-password-999".to_string(),
+        "jwt-credential-secret".to_string(),
+        JWT_KEY.to_string(),
+        b64("ann:password-0815"),
+        b64("ann:wrong-password-999"),
+        good_token.clone(),
+        bad_token.clone(),
+        signature(&good_token),
+        signature(&bad_token),
+        "garbage.not-a.token-xyz".to_string(),
+    ];
+    for s in &secrets {
+        assert!(!log.contains(s.as_str()), "the log holds `{s}`:\n{log}");
+        assert!(
+            !access_log.contains(s.as_str()),
+            "the access log holds `{s}`:\n{access_log}"
+        );
+    }
+}
+
+#[test]
+fn an_admin_api_beyond_loopback_without_a_token_is_warned_about() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up, "0.0.0.0"));
+    let gw = GatewayProcess::start(&dir);
+    assert!(
+        gw.log_text().contains("without --admin-token"),
+        "{}",
+        gw.log_text()
+    );
+    drop(gw);
+    let gw = GatewayProcess::start_with(&dir, &["--admin-token", "t0ken"], &[]);
+    assert!(
+        !gw.log_text().contains("without --admin-token"),
+        "{}",
+        gw.log_text()
+    );
+    let dir = ConfigDir::new(&config(&up, "127.0.0.1"));
+    let gw = GatewayProcess::start(&dir);
+    assert!(
+        !gw.log_text().contains("without --admin-token"),
+        "{}",
+        gw.log_text()
+    );
+}
