@@ -92,7 +92,9 @@ fn no_secret_reaches_the_logs() {
     };
     let basic_good = format!("Basic {}", b64("ann:password-0815"));
     let basic_bad = format!("Basic {}", b64("ann:wrong-password-999"));
-    let requests: Vec<(String, Vec<(&str, String)>, u16)> = vec![
+    // (path, headers, expected status)
+    type Case<'a> = (String, Vec<(&'a str, String)>, u16);
+    let requests: Vec<Case> = vec![
         (
             "/keyed/a".into(),
             vec![("Authorization", "apiKey ann-key:key-secret-4711".into())],

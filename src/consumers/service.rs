@@ -681,7 +681,10 @@ impl ConsumerService {
             return Err(invalid(format!("No consumer found with id: {consumer}")));
         };
         let consumer_id = owner.id().to_string();
+        // EG's jwt credential model has no properties: scopes given at creation are dropped
+        // (the answer says `scopes: null`); they can be set afterwards through the scopes routes.
         let scopes: Option<Vec<String>> = match body.get("scopes") {
+            _ if t == CredentialType::Jwt => None,
             None | Some(Value::Null) => None,
             Some(Value::Array(items)) => Some(items.iter().map(model::js_string).collect()),
             Some(_) => return Err(invalid("scopes must be a list of scope names")),
@@ -800,12 +803,26 @@ impl ConsumerService {
         self.commit(&batch, &[format!("{}:{id}", t.as_str())])
             .await?;
         let stored: HashMap<String, String> = fields.into_iter().collect();
-        let mut shown = model::credential_json(t, &id, &stored);
-        if let Some(obj) = shown.as_object_mut() {
-            obj.remove("type");
-            obj.append(&mut shown_extra);
+        let shown = model::credential_json(t, &id, &stored);
+        let Value::Object(mut obj) = shown else {
+            return Ok(shown);
+        };
+        obj.remove("type");
+        if !t.is_keyed() {
+            // As EG's answer at creation (not when read back): the model's password settings,
+            // before the id.
+            let id_value = obj.remove("id");
+            obj.insert("autoGeneratePassword".into(), Value::Bool(true));
+            obj.insert(
+                "passwordKey".into(),
+                Value::String(t.password_field().to_string()),
+            );
+            if let Some(v) = id_value {
+                obj.insert("id".into(), v);
+            }
         }
-        Ok(shown)
+        obj.append(&mut shown_extra);
+        Ok(Value::Object(obj))
     }
 
     pub async fn get_credential(&self, type_name: &str, id: &str) -> Result<Option<Value>> {
