@@ -75,7 +75,9 @@ impl Gateway {
         } = loaded;
         let service_endpoints = build_service_endpoints(&gw, &mut errors);
         check_declared_policies(&gw, &mut errors);
+        let secret_query_params = secret_query_params(&gw);
         let cx = BuildContext {
+            secret_query_params: &secret_query_params,
             service_endpoints: &service_endpoints,
             counters: &shared.counters,
             consumers: &shared.consumers,
@@ -98,7 +100,6 @@ impl Gateway {
                 })
             })
             .collect();
-        let secret_query_params = secret_query_params(&gw);
         let storage =
             crate::admin::storage::Storage::from_system(&system, &mut errors).map(Arc::new);
         let router = build_router(&gw, &mut errors);

@@ -9,6 +9,8 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -33,6 +35,7 @@ const MAX_REQUEST_HEAD: usize = crate::listener::MAX_REQUEST_HEAD;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
+static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 
 pub struct Tollgate {
     pub gateway: Arc<ArcSwap<Gateway>>,
@@ -258,6 +261,57 @@ impl ProxyHttp for Tollgate {
         }
     }
 
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        crate::cache::enable(session, &mut ctx.x);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        crate::cache::key(session, &ctx.x)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(crate::cache::cacheable(resp, &ctx.x))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        crate::cache::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        crate::cache::serve_stale(error)
+    }
+
+    /// What Pingora writes about a request in its own log lines: no credential in the query.
+    fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
+        let head = session.req_header();
+        let url = head
+            .uri
+            .path_and_query()
+            .map_or_else(|| head.uri.path(), |p| p.as_str());
+        let gw = self.gateway.load();
+        format!(
+            "{} {}",
+            head.method,
+            crate::access_log::redact(url, &gw.secret_query_params)
+        )
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -279,12 +333,17 @@ impl ProxyHttp for Tollgate {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         // A client never speaks for the gateway about who the consumer is.
         upstream.remove_header(&EG_CONSUMER_ID);
+        let filling = crate::cache::active(session);
+        if filling {
+            // A cache fill fetches for every consumer: none of one consumer's credentials.
+            upstream.remove_header(&http::header::AUTHORIZATION);
+        }
         if let Some(plan) = &ctx.x.proxy {
             let uri = plan
                 .path
@@ -295,7 +354,11 @@ impl ProxyHttp for Tollgate {
                 upstream.insert_header(http::header::HOST, host.clone())?;
             }
         }
-        apply_edits(upstream, &ctx.x.upstream_edits)
+        apply_edits(upstream, &ctx.x.upstream_edits)?;
+        if filling {
+            upstream.remove_header(&EG_CONSUMER_ID);
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -312,10 +375,14 @@ impl ProxyHttp for Tollgate {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if ctx.x.cache.is_some() {
+            upstream_response
+                .insert_header(X_CACHE_STATUS.clone(), crate::cache::status(session))?;
+        }
         apply_edits(upstream_response, &ctx.x.response_edits)
     }
 
@@ -390,6 +457,17 @@ impl ProxyHttp for Tollgate {
                 m.upstream_error(upstream_error_kind(e));
             }
         }
+        let cache_status = ctx.x.cache.as_ref().map(|_| crate::cache::status(session));
+        if let Some(status) = cache_status {
+            let from_cache = crate::cache::served_from_cache(session).then_some(bytes_out);
+            endpoint
+                .map_or(&m.unrouted, |ep| &ep.metrics)
+                .cache
+                .record(status, from_cache);
+            if let Some(waited) = crate::cache::lock_wait(session) {
+                m.cache.lock_wait.observe(waited.as_secs_f64());
+            }
+        }
         let consumer = ctx.x.consumer.as_ref().map(|c| &*c.id);
         if ctx.x.metered {
             m.count(status, consumer, endpoint.map_or("", |ep| &*ep.name));
@@ -413,6 +491,7 @@ impl ProxyHttp for Tollgate {
                 "consumer": consumer.unwrap_or("anonymous"),
                 "api_endpoint": endpoint.map(|ep| &*ep.name),
                 "upstream": ctx.x.proxy.as_ref().map(|p| p.addr.to_string()),
+                "cache": cache_status,
                 "request_id": ctx.x.request_id,
             });
             crate::access_log::write(line.to_string());

@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub client_limits: ClientLimits,
     /// Whether the connection cap was set by the operator (a lower one is then worth a warning).
     pub max_connections_given: bool,
+    /// Where the tile cache keeps objects.
+    pub cache: crate::cache::StoreOptions,
 }
 
 /// How long start-up waits for the consumer store before serving from an empty cache.
@@ -120,6 +122,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         consumers: consumers.cache.clone(),
         shared_windows: (!loaded_redis_emulated).then(|| consumers.store.clone()),
     };
+    let tiles = crate::cache::init(&opts.cache)?;
+    log::info!("{}", tiles.describe());
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
         Err(errors) => {

@@ -2,6 +2,7 @@
 //! management with EG's routes, `/metrics`, and the storage route. When a token is configured every request must
 //! carry `Authorization: Bearer <token>`.
 
+pub mod cache_routes;
 pub mod config_routes;
 pub mod consumer_routes;
 pub mod service;
@@ -165,6 +166,9 @@ impl AdminApi {
             Ok(b) => b,
             Err(r) => return r,
         };
+        if let Some(r) = cache_routes::route(&gw, &method, &segments, &body).await {
+            return r;
+        }
         if let Some(r) =
             consumer_routes::route(&self.consumers, &method, &segments, query.as_deref(), &body)
                 .await

@@ -190,7 +190,7 @@ pub struct CredentialScopes {
 /// Reports of a command run: what it printed and whether it failed.
 pub type Outcome = Result<(), String>;
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
@@ -280,7 +280,12 @@ fn list_all(c: &AdminClient, route: &str, key: &str) -> Result<Vec<Value>, Strin
     }
 }
 
-fn call(c: &AdminClient, method: &str, path: &str, body: Option<&Value>) -> Result<Answer, String> {
+pub(crate) fn call(
+    c: &AdminClient,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Answer, String> {
     check(c.call(method, path, body).map_err(|e| e.to_string())?)
 }
 

@@ -2,6 +2,7 @@
 //! `scopes`, `credentials`), and `populate` / `clean`.
 
 pub mod admin_client;
+pub mod cache;
 pub mod consumers;
 pub mod populate;
 
@@ -42,6 +43,8 @@ pub enum Command {
     Populate(populate::PopulateArgs),
     /// Remove what a consumers file created: its users (with apps and credentials) and scopes.
     Clean(populate::PopulateArgs),
+    /// The tile cache: its state, and purging.
+    Cache(ClientCmd<cache::CacheCmd>),
 }
 
 /// Where the Admin API is, for the commands that use it.
@@ -125,10 +128,47 @@ pub struct ServeArgs {
     /// Seconds between two writes of a response to a client that does not read it.
     #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60", value_parser = seconds)]
     pub send_timeout: Duration,
+    /// The tile cache's memory budget (bytes; `k`, `M`, `G` suffixes, `KiB`... too).
+    #[arg(long, env = "TOLLGATE_CACHE_MEMORY", default_value = "256MiB", value_parser = size)]
+    pub cache_memory: u64,
+    /// A directory for the tile cache's disk tier (none: memory only).
+    #[arg(long, env = "TOLLGATE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// The disk tier's budget.
+    #[arg(long, env = "TOLLGATE_CACHE_DISK_SIZE", default_value = "1GiB", value_parser = size)]
+    pub cache_disk_size: u64,
     /// Client connections open at once per listener service; past it new ones wait in the
     /// backlog (default: 10000, or what the open-files limit holds).
     #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+}
+
+/// A size in bytes: `1048576`, `512k`, `256M`, `1G` (powers of 1000 with `kB`/`MB`/`GB`,
+/// of 1024 with `k`/`M`/`G` or `KiB`/`MiB`/`GiB`).
+pub fn size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (bytes, or with k, M, G)"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(format!("`{s}`: unknown size unit `{unit}`")),
+    };
+    let bytes = n * mult as f64;
+    if !(bytes.is_finite() && (0.0..1e18).contains(&bytes)) {
+        return Err(format!("`{s}` is out of range"));
+    }
+    Ok(bytes as u64)
 }
 
 /// A positive number of seconds (fractions allowed).
@@ -167,6 +207,10 @@ pub fn run(cli: Cli) -> i32 {
                     ..Default::default()
                 },
                 max_connections_given: args.max_connections.is_some(),
+                cache: crate::cache::StoreOptions {
+                    memory: usize::try_from(args.cache_memory).unwrap_or(usize::MAX),
+                    disk: args.cache_dir.map(|d| (d, args.cache_disk_size)),
+                },
             };
             match server::serve(opts) {
                 Ok(()) => 0,
@@ -183,6 +227,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Credentials(c) => finish(consumers::credentials(&c.client.client(), c.command)),
         Command::Populate(args) => finish(populate::run(&args, populate::Action::Populate)),
         Command::Clean(args) => finish(populate::run(&args, populate::Action::Clean)),
+        Command::Cache(c) => finish(cache::run(&c.client.client(), c.command)),
     }
 }
 

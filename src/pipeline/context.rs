@@ -91,6 +91,8 @@ pub struct Consumer {
 /// Where and how the proxy policy sends this request.
 #[derive(Clone, Debug)]
 pub struct ProxyPlan {
+    /// The service endpoint's name.
+    pub service: Arc<str>,
     pub addr: SocketAddr,
     pub tls: bool,
     pub sni: String,
@@ -179,6 +181,8 @@ pub struct Exchange {
     pub upstream_edits: Vec<HeaderEdit>,
     pub response_edits: Vec<HeaderEdit>,
     pub proxy: Option<ProxyPlan>,
+    /// Set by a `cache` step: the tile cache may answer this request.
+    pub cache: Option<crate::cache::CacheUse>,
 }
 
 /// Requests for unit tests of policies.

@@ -40,6 +40,8 @@ pub struct BuildContext<'a> {
     pub shared_windows: Option<&'a Arc<dyn crate::store::Store>>,
     /// The config directory (key files are read relative to it).
     pub config_dir: &'a std::path::Path,
+    /// Query parameters that carry credentials (kept out of cache keys).
+    pub secret_query_params: &'a [String],
 }
 
 /// Policies tollgate provides.
@@ -57,6 +59,7 @@ pub const AVAILABLE: &[&str] = &[
     "basic-auth",
     "scopes",
     "metrics",
+    "cache",
 ];
 
 /// EG policies tollgate does not provide, with the reason given to the user.
@@ -139,6 +142,13 @@ pub fn build(
         )),
         "scopes" => Arc::new(scopes::Scopes),
         "metrics" => Arc::new(metrics::Metrics),
+        "cache" => match crate::cache::policy::Cache::build(
+            params(name, action, pos, errors)?,
+            cx.secret_query_params,
+        ) {
+            Ok(p) => Arc::new(p),
+            Err(why) => return built_error(name, why, pos, errors),
+        },
         _ => {
             errors.push(pos, unknown_reason(name));
             return None;

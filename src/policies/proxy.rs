@@ -45,6 +45,7 @@ fn yes() -> bool {
 }
 
 pub struct Proxy {
+    service: Arc<str>,
     targets: Vec<Arc<UpstreamTarget>>,
     next: AtomicUsize,
     change_origin: bool,
@@ -113,6 +114,7 @@ impl Proxy {
             .filter(|t| *t > 0)
             .map(Duration::from_millis);
         Some(Proxy {
+            service: Arc::from(endpoint.name.as_str()),
             targets: endpoint.targets.clone(),
             next: AtomicUsize::new(0),
             change_origin: p.change_origin,
@@ -295,6 +297,7 @@ impl Policy for Proxy {
             }
         }
         x.proxy = Some(ProxyPlan {
+            service: self.service.clone(),
             addr,
             tls: target.tls,
             sni: target.hostname.clone(),

@@ -66,10 +66,19 @@ impl PyUpstream {
         }
     }
 
-    /// Requests it has answered.
+    /// Requests it has answered with a body (a 304 is not counted).
     pub fn served(&self) -> u64 {
+        self.count("served")
+    }
+
+    /// Conditional requests it answered 304.
+    pub fn not_modified(&self) -> u64 {
+        self.count("not_modified")
+    }
+
+    fn count(&self, what: &str) -> u64 {
         let r = super::get(self.port, "GET", "/__count", &[]);
-        super::json_body(&r)["served"].as_u64().unwrap_or(0)
+        super::json_body(&r)[what].as_u64().unwrap_or(0)
     }
 }
 

@@ -3,6 +3,8 @@
 //! error kind — and the per-endpoint handles are resolved once when a config is built
 //! ([`EndpointMetrics`]), not per request.
 
+pub mod cache;
+
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -11,7 +13,7 @@ use prometheus::{
 };
 
 /// Seconds; tiles are served in microseconds to seconds.
-const DURATION_BUCKETS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
@@ -93,6 +95,7 @@ pub struct Metrics {
     pub client_cap_waits: IntCounter,
     /// Requests that matched no apiEndpoint.
     pub unrouted: EndpointMetrics,
+    pub cache: cache::CacheMetrics,
 }
 
 /// The handles of one apiEndpoint, resolved when the config is built.
@@ -101,6 +104,7 @@ pub struct EndpointMetrics {
     upstream: Histogram,
     bytes_in: IntCounter,
     bytes_out: IntCounter,
+    pub cache: cache::EndpointCache,
 }
 
 impl std::fmt::Debug for EndpointMetrics {
@@ -136,7 +140,7 @@ impl EndpointMetrics {
     }
 }
 
-fn must<T>(r: prometheus::Result<T>) -> T {
+pub(crate) fn must<T>(r: prometheus::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("static metric definition: {e}"))
 }
 
@@ -256,6 +260,7 @@ impl Metrics {
             "Times a listener stopped accepting because its connection cap was reached",
         ));
         reg(Box::new(client_cap_waits.clone()));
+        let cache = cache::CacheMetrics::new(&registry);
         let unrouted = EndpointMetrics {
             duration: STATUS_CLASSES
                 .iter()
@@ -264,6 +269,7 @@ impl Metrics {
             upstream: upstream_duration.with_label_values(&[""]),
             bytes_in: bytes_in.with_label_values(&[""]),
             bytes_out: bytes_out.with_label_values(&[""]),
+            cache: cache.endpoint(""),
         };
         Metrics {
             registry,
@@ -289,6 +295,7 @@ impl Metrics {
                 .collect(),
             client_cap_waits,
             unrouted,
+            cache,
         }
     }
 
@@ -302,6 +309,7 @@ impl Metrics {
             upstream: self.upstream_duration.with_label_values(&[name]),
             bytes_in: self.bytes_in.with_label_values(&[name]),
             bytes_out: self.bytes_out.with_label_values(&[name]),
+            cache: self.cache.endpoint(name),
         }
     }
 
@@ -343,6 +351,7 @@ impl Metrics {
 
     /// The Prometheus text exposition.
     pub fn text(&self) -> String {
+        self.cache.refresh();
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");
@@ -352,6 +361,7 @@ impl Metrics {
 
     /// The metrics as JSON, in prom-client's `getMetricsAsJSON` shape.
     pub fn json(&self) -> serde_json::Value {
+        self.cache.refresh();
         let families = self.registry.gather();
         serde_json::Value::Array(
             families

@@ -1,0 +1,198 @@
+//! Whether an upstream response may be stored, and for how long: HTTP caching as a shared
+//! cache does it (`Cache-Control` s-maxage / max-age, then `Expires`, then the step's default
+//! TTL, clamped by the step), never `no-store`, `private`, `Set-Cookie`, `Vary: *` or a response
+//! that varies on credentials; `no-cache` is stored but revalidated before every use.
+
+use std::time::{Duration, SystemTime};
+
+use pingora_cache::cache_control::CacheControl;
+use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
+use pingora_http::ResponseHeader;
+
+use super::policy::CacheRule;
+
+/// Request headers that carry credentials or a consumer's identity: a response varying on
+/// them is one consumer's.
+const PERSONAL: &[&str] = &["authorization", "cookie", "eg-consumer-id"];
+
+fn uncacheable(why: &'static str) -> RespCacheable {
+    RespCacheable::Uncacheable(NoCacheReason::Custom(why))
+}
+
+/// Decides for one response.
+pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
+    if !rule.statuses.contains(&resp.status.as_u16()) {
+        return uncacheable("status");
+    }
+    if resp.headers.contains_key(http::header::SET_COOKIE) {
+        return uncacheable("set-cookie");
+    }
+    for vary in resp.headers.get_all(http::header::VARY) {
+        let Ok(v) = vary.to_str() else {
+            return uncacheable("vary");
+        };
+        for field in v.split(',').map(str::trim) {
+            if field == "*" || PERSONAL.iter().any(|p| field.eq_ignore_ascii_case(p)) {
+                return uncacheable("vary");
+            }
+        }
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    if let Some(cc) = &cc {
+        if cc.no_store() {
+            return uncacheable("no-store");
+        }
+        if cc.private() {
+            return uncacheable("private");
+        }
+    }
+    let now = SystemTime::now();
+    let upstream_ttl = cc
+        .as_ref()
+        .and_then(|cc| {
+            cc.s_maxage()
+                .ok()
+                .flatten()
+                .or_else(|| cc.max_age().ok().flatten())
+        })
+        .map(|s| Duration::from_secs(u64::from(s)))
+        .or_else(|| {
+            pingora_cache::filters::calculate_expires_header_time(resp)
+                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
+        });
+    let no_cache = cc.as_ref().is_some_and(|cc| cc.no_cache());
+    let ttl = if no_cache {
+        Duration::ZERO
+    } else {
+        upstream_ttl
+            .unwrap_or(rule.ttl)
+            .clamp(rule.min_ttl, rule.max_ttl)
+    };
+    let fresh_until = if ttl.is_zero() {
+        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+    } else {
+        now + ttl
+    };
+    let window = |upstream: Option<u32>, step: u32| upstream.unwrap_or(step);
+    let swr = window(
+        cc.as_ref()
+            .and_then(|cc| cc.stale_while_revalidate().ok().flatten()),
+        rule.stale_while_revalidate,
+    );
+    let sie = window(
+        cc.as_ref()
+            .and_then(|cc| cc.stale_if_error().ok().flatten()),
+        rule.stale_if_error,
+    );
+    let mut header = resp.clone();
+    // Hop-by-hop and per-exchange headers are not part of the stored response.
+    for h in ["connection", "keep-alive", "transfer-encoding", "age"] {
+        header.remove_header(h);
+    }
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule() -> CacheRule {
+        CacheRule {
+            ttl: Duration::from_secs(300),
+            min_ttl: Duration::from_secs(10),
+            max_ttl: Duration::from_secs(3600),
+            statuses: vec![200, 404],
+            key_params: None,
+            ignore_params: vec![],
+            secret_params: vec![],
+            stale_while_revalidate: 60,
+            stale_if_error: 600,
+            max_object_size: 1 << 20,
+            lock_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn resp(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut r = ResponseHeader::build(status, None).expect("header");
+        for (k, v) in headers {
+            r.append_header(k.to_string(), *v).expect("header");
+        }
+        r
+    }
+
+    fn ttl(r: &ResponseHeader) -> Option<u64> {
+        match decide(r, &rule()) {
+            RespCacheable::Cacheable(m) => Some(m.fresh_sec()),
+            RespCacheable::Uncacheable(_) => None,
+        }
+    }
+
+    #[test]
+    fn freshness() {
+        assert_eq!(ttl(&resp(200, &[])), Some(300), "the step's default");
+        assert_eq!(
+            ttl(&resp(200, &[("cache-control", "max-age=120")])),
+            Some(120)
+        );
+        assert_eq!(
+            ttl(&resp(
+                200,
+                &[("cache-control", "max-age=120, s-maxage=600")]
+            )),
+            Some(600),
+            "s-maxage wins in a shared cache"
+        );
+        assert_eq!(
+            ttl(&resp(200, &[("cache-control", "max-age=1")])),
+            Some(10),
+            "clamped up"
+        );
+        assert_eq!(
+            ttl(&resp(200, &[("cache-control", "max-age=99999")])),
+            Some(3600),
+            "clamped down"
+        );
+        assert_eq!(ttl(&resp(200, &[("cache-control", "no-cache")])), Some(0));
+        let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(200));
+        let t = ttl(&resp(200, &[("expires", &expires)])).expect("cacheable");
+        assert!((195..=200).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn never_stored() {
+        assert_eq!(ttl(&resp(500, &[])), None);
+        assert_eq!(ttl(&resp(200, &[("cache-control", "no-store")])), None);
+        assert_eq!(ttl(&resp(200, &[("cache-control", "private")])), None);
+        assert_eq!(ttl(&resp(200, &[("set-cookie", "a=b")])), None);
+        assert_eq!(ttl(&resp(200, &[("vary", "*")])), None);
+        assert_eq!(ttl(&resp(200, &[("vary", "Accept, Authorization")])), None);
+        assert_eq!(ttl(&resp(200, &[("vary", "Accept-Encoding")])), Some(300));
+    }
+
+    #[test]
+    fn stale_windows() {
+        let RespCacheable::Cacheable(m) = decide(&resp(200, &[]), &rule()) else {
+            panic!("cacheable")
+        };
+        assert_eq!(
+            (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            (60, 600)
+        );
+        let RespCacheable::Cacheable(m) = decide(
+            &resp(
+                200,
+                &[(
+                    "cache-control",
+                    "max-age=60, stale-while-revalidate=5, stale-if-error=7",
+                )],
+            ),
+            &rule(),
+        ) else {
+            panic!("cacheable")
+        };
+        assert_eq!(
+            (m.stale_while_revalidate_sec(), m.stale_if_error_sec()),
+            (5, 7)
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! The cache key: one copy of a tile for every consumer. It is made of what the upstream's
+//! answer depends on — the service endpoint, the Host when the client's is forwarded, the path
+//! and a normalised query the upstream receives, and the headers earlier steps add upstream —
+//! and of nothing a consumer brings: the query parameters that carry credentials are removed
+//! (and are not sent upstream by a fill either), the rest sorted; OGC (WMS, WMTS, WCS, WFS)
+//! parameter names compare without case.
+
+use crate::pipeline::context::HeaderEdit;
+
+use super::policy::CacheRule;
+
+/// Headers the gateway adds upstream that say nothing about the tile: they stay out of the key.
+const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id"];
+
+/// The primary key text of a request.
+pub fn primary(
+    service: &str,
+    forwarded_host: Option<&str>,
+    upstream_path: &str,
+    edits: &[HeaderEdit],
+    rule: &CacheRule,
+    generation: u64,
+) -> String {
+    let (path, query) = match upstream_path.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (upstream_path, None),
+    };
+    let mut key = String::with_capacity(service.len() + upstream_path.len() + 32);
+    key.push_str(service);
+    key.push('\n');
+    if let Some(h) = forwarded_host {
+        key.push_str(&h.to_ascii_lowercase());
+    }
+    key.push('\n');
+    key.push_str(path);
+    key.push('?');
+    if let Some(q) = query {
+        normalised_query(q, rule, &mut key);
+    }
+    for edit in edits {
+        let (op, name, value) = match edit {
+            HeaderEdit::Set(n, v) => ('=', n, Some(v)),
+            HeaderEdit::Default(n, v) => ('~', n, Some(v)),
+            HeaderEdit::Append(n, v) => ('+', n, Some(v)),
+            HeaderEdit::Remove(n) => ('-', n, None),
+        };
+        if NOT_IN_KEY.contains(&name.as_str()) {
+            continue;
+        }
+        key.push('\n');
+        key.push(op);
+        key.push_str(name.as_str());
+        if let Some(v) = value {
+            key.push(':');
+            key.push_str(&String::from_utf8_lossy(v.as_bytes()));
+        }
+    }
+    if generation > 0 {
+        key.push_str("\n#");
+        key.push_str(&generation.to_string());
+    }
+    key
+}
+
+/// A query parameter's name as the key compares it.
+fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('%') || s.contains('+') {
+        std::borrow::Cow::Owned(
+            percent_encoding::percent_decode_str(&s.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned(),
+        )
+    } else {
+        std::borrow::Cow::Borrowed(s)
+    }
+}
+
+/// Appends the query's parameters that make the key, sorted, to `out`.
+fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
+    // Names are compared decoded; what goes into the key is the raw text (a URI holds no line
+    // break, so no parameter can pose as another part of the key).
+    let pairs: Vec<(std::borrow::Cow<'_, str>, &str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, v) = p.split_once('=').unwrap_or((p, ""));
+            (decoded(n), n, v)
+        })
+        .collect();
+    let ogc = pairs
+        .iter()
+        .any(|(n, _, _)| n.eq_ignore_ascii_case("service") || n.eq_ignore_ascii_case("request"));
+    let mut kept: Vec<(String, &str)> = pairs
+        .into_iter()
+        .filter(|(n, _, _)| !is_secret(n, &rule.secret_params))
+        .filter(|(n, _, _)| {
+            let lower = n.to_ascii_lowercase();
+            !rule.ignore_params.contains(&lower)
+                && rule.key_params.as_ref().is_none_or(|k| k.contains(&lower))
+        })
+        .map(|(_, raw, v)| {
+            let name = if ogc {
+                raw.to_ascii_lowercase()
+            } else {
+                raw.to_string()
+            };
+            (name, v)
+        })
+        .collect();
+    kept.sort();
+    for (i, (n, v)) in kept.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(n);
+        out.push('=');
+        out.push_str(v);
+    }
+}
+
+fn is_secret(name: &str, secrets: &[String]) -> bool {
+    secrets.iter().any(|s| s == name)
+}
+
+/// The upstream path and query without the parameters that carry credentials: a fill fetches
+/// for every consumer, so it sends none of one consumer's credentials.
+pub fn without_secrets(upstream_path: &str, secrets: &[String]) -> Option<String> {
+    let (path, query) = upstream_path.split_once('?')?;
+    let parts: Vec<&str> = query.split('&').collect();
+    let keep: Vec<&str> = parts
+        .iter()
+        .copied()
+        .filter(|p| {
+            let name = p.split_once('=').map_or(*p, |(n, _)| n);
+            !is_secret(&decoded(name), secrets)
+        })
+        .collect();
+    if keep.len() == parts.len() {
+        return None;
+    }
+    let mut out = String::with_capacity(upstream_path.len());
+    out.push_str(path);
+    if !keep.is_empty() {
+        out.push('?');
+        out.push_str(&keep.join("&"));
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn rule(key_params: Option<&[&str]>, ignore: &[&str]) -> CacheRule {
+        CacheRule {
+            ttl: Duration::from_secs(60),
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(3600),
+            statuses: vec![200],
+            key_params: key_params.map(|k| k.iter().map(|s| s.to_string()).collect()),
+            ignore_params: ignore.iter().map(|s| s.to_string()).collect(),
+            secret_params: vec!["jwt".into(), "apiKey".into()],
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+            max_object_size: 1 << 20,
+            lock_timeout: Duration::from_secs(1),
+        }
+    }
+
+    fn key(path: &str, r: &CacheRule) -> String {
+        primary("wms", None, path, &[], r, 0)
+    }
+
+    #[test]
+    fn one_copy_for_every_consumer() {
+        let r = rule(None, &[]);
+        let a = key(
+            "/wms?SERVICE=WMS&REQUEST=GetMap&LAYERS=a&jwt=token-of-ann",
+            &r,
+        );
+        let b = key(
+            "/wms?request=GetMap&layers=a&service=WMS&jwt=token-of-bob",
+            &r,
+        );
+        assert_eq!(a, b, "credentials removed, OGC names without case, sorted");
+        assert!(!a.contains("token"));
+        let c = key("/wms?SERVICE=WMS&REQUEST=GetMap&LAYERS=b", &r);
+        assert_ne!(a, c, "another layer is another tile");
+        // Values keep their case; names outside OGC requests do too.
+        assert_ne!(key("/t?x=A", &r), key("/t?x=a", &r));
+        assert_ne!(key("/t?X=a", &r), key("/t?x=a", &r));
+        assert_eq!(key("/t?b=2&a=1", &r), key("/t?a=1&b=2", &r));
+    }
+
+    #[test]
+    fn allow_and_ignore_lists() {
+        let r = rule(None, &["_"]);
+        assert_eq!(key("/t/1.png?_=123", &r), key("/t/1.png?_=456", &r));
+        let r = rule(Some(&["layer", "style"]), &[]);
+        assert_eq!(
+            key("/t?layer=a&style=s&v=1", &r),
+            key("/t?style=s&layer=a&v=2", &r)
+        );
+    }
+
+    #[test]
+    fn the_service_host_and_added_headers_are_part_of_the_key() {
+        let r = rule(None, &[]);
+        assert_ne!(
+            primary("wms", None, "/a", &[], &r, 0),
+            primary("wmts", None, "/a", &[], &r, 0)
+        );
+        assert_ne!(
+            primary("wms", Some("a.example"), "/a", &[], &r, 0),
+            primary("wms", Some("b.example"), "/a", &[], &r, 0)
+        );
+        let edit = |n: &'static str, v: &'static str| {
+            HeaderEdit::Set(
+                http::header::HeaderName::from_static(n),
+                http::header::HeaderValue::from_static(v),
+            )
+        };
+        assert_ne!(
+            primary("wms", None, "/a", &[edit("x-tenant", "a")], &r, 0),
+            primary("wms", None, "/a", &[edit("x-tenant", "b")], &r, 0)
+        );
+        assert_eq!(
+            primary("wms", None, "/a", &[edit("eg-consumer-id", "ann")], &r, 0),
+            primary("wms", None, "/a", &[edit("eg-consumer-id", "bob")], &r, 0)
+        );
+        assert_ne!(
+            primary("wms", None, "/a", &[], &r, 0),
+            primary("wms", None, "/a", &[], &r, 1),
+            "a purged api endpoint starts afresh"
+        );
+    }
+
+    #[test]
+    fn fills_send_no_credentials() {
+        let s = vec!["jwt".to_string(), "apiKey".to_string()];
+        assert_eq!(
+            without_secrets("/wmts/1.png?jwt=t&x=1", &s).as_deref(),
+            Some("/wmts/1.png?x=1")
+        );
+        assert_eq!(
+            without_secrets("/wmts/1.png?jwt=t", &s).as_deref(),
+            Some("/wmts/1.png")
+        );
+        assert_eq!(without_secrets("/wmts/1.png?x=1", &s), None);
+    }
+}

@@ -1,0 +1,284 @@
+//! The shared tile cache: authentication and scopes before it, one copy for all consumers.
+//!
+//! A pipeline's `cache` step ([`policy`]) marks a request as one the cache may answer; the
+//! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key`]
+//! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
+//! (`cache_vary_filter`), [`serve_stale`] (`should_serve_stale`) and [`status`] (the
+//! `X-Cache-Status` header). Objects live in a [`store::TileStore`]: memory (TinyUFO) and
+//! optionally disk. This module is the only place that knows `pingora-cache`.
+
+pub mod freshness;
+pub mod key;
+pub mod policy;
+pub mod purge;
+pub mod store;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use pingora_cache::key::HashBinary;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::predictor::Predictor;
+use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora_cache::{RespCacheable, VarianceBuilder};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+pub use policy::{CacheRule, CacheUse};
+
+use crate::pipeline::Exchange;
+use store::TileStore;
+
+/// Where the tile store keeps objects.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// The memory tier's byte budget.
+    pub memory: usize,
+    /// The disk tier: a directory and its byte budget.
+    pub disk: Option<(PathBuf, u64)>,
+}
+
+/// The process's tile cache.
+pub struct TileCache {
+    pub store: &'static TileStore,
+    lock: &'static CacheKeyLockImpl,
+    predictor: &'static Predictor<16>,
+    /// Per api endpoint: purging all of it starts a new generation, part of its keys.
+    generations: ArcSwap<HashMap<String, u64>>,
+    generations_file: Option<PathBuf>,
+    pub options: StoreOptions,
+}
+
+static CACHE: OnceLock<TileCache> = OnceLock::new();
+
+/// How long a fill may hold an object's lock before others stop waiting on it.
+const LOCK_AGE: Duration = Duration::from_secs(30);
+
+/// Opens the store (and the disk tier's index); called once at start.
+pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
+    if let Some(c) = CACHE.get() {
+        return Ok(c);
+    }
+    let disk = match &opts.disk {
+        Some((dir, budget)) => Some(
+            store::disk::DiskTier::open(dir, *budget)
+                .map_err(|e| anyhow::anyhow!("tile cache directory {}: {e}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let store: &'static TileStore = Box::leak(Box::new(TileStore {
+        memory: store::memory::MemoryTier::new(opts.memory),
+        disk,
+    }));
+    let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(LOCK_AGE));
+    // Do not remember a key as uncacheable for a status the step does not store (an error
+    // now is no reason to stop caching the tile later).
+    let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
+        1024,
+        Some(|reason| reason == "status"),
+    )));
+    let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
+    let generations = generations_file
+        .as_ref()
+        .and_then(|f| std::fs::read(f).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let cache = TileCache {
+        store,
+        lock,
+        predictor,
+        generations: ArcSwap::from_pointee(generations),
+        generations_file,
+        options: opts.clone(),
+    };
+    Ok(CACHE.get_or_init(|| cache))
+}
+
+/// The tile cache, when the gateway opened one.
+pub fn get() -> Option<&'static TileCache> {
+    CACHE.get()
+}
+
+impl TileCache {
+    fn generation(&self, endpoint: &str) -> u64 {
+        self.generations.load().get(endpoint).copied().unwrap_or(0)
+    }
+
+    /// Starts a new generation of an api endpoint's keys: everything cached for it is gone.
+    pub fn purge_endpoint(&self, endpoint: &str) -> u64 {
+        let mut next = (**self.generations.load()).clone();
+        let g = next.entry(endpoint.to_string()).or_insert(0);
+        *g += 1;
+        let generation = *g;
+        if let Some(f) = &self.generations_file {
+            if let Err(e) = std::fs::write(f, serde_json::to_vec(&next).unwrap_or_default()) {
+                log::warn!(
+                    "tile cache: cannot record the purge in {}: {e}",
+                    f.display()
+                );
+            }
+        }
+        self.generations.store(Arc::new(next));
+        generation
+    }
+
+    /// One line for the log at start.
+    pub fn describe(&self) -> String {
+        let mut s = format!("tile cache: memory {} MiB", self.options.memory >> 20);
+        if let (Some((dir, budget)), Some(d)) = (&self.options.disk, &self.store.disk) {
+            s.push_str(&format!(
+                ", disk {} ({} MiB, {} objects found)",
+                dir.display(),
+                budget >> 20,
+                d.stored_objects.load(std::sync::atomic::Ordering::Relaxed)
+            ));
+        }
+        s
+    }
+
+    pub fn generations(&self) -> HashMap<String, u64> {
+        (**self.generations.load()).clone()
+    }
+}
+
+/// Turns the cache on for a request whose pipeline went through a `cache` step: GET and HEAD
+/// only. A fill fetches for every consumer, so it carries no consumer's credentials upstream.
+pub fn enable(session: &mut Session, x: &mut Exchange) {
+    let (Some(cache), Some(u)) = (get(), &x.cache) else {
+        return;
+    };
+    let method = &session.req_header().method;
+    if *method != http::Method::GET && *method != http::Method::HEAD {
+        return;
+    }
+    let rule = u.rule.clone();
+    let mut overrides = CacheOptionOverrides::default();
+    overrides.wait_timeout = Some(rule.lock_timeout);
+    overrides.max_lock_retries = Some(2);
+    session.cache.enable(
+        cache.store,
+        None,
+        Some(cache.predictor),
+        Some(cache.lock),
+        Some(overrides),
+    );
+    session.cache.set_max_file_size_bytes(rule.max_object_size);
+    if let Some(plan) = &mut x.proxy {
+        if let Some(path) = key::without_secrets(&plan.path, &rule.secret_params) {
+            plan.path = path;
+        }
+    }
+}
+
+/// Whether the cache is on for this request (the fill's upstream request is made neutral).
+pub fn active(session: &Session) -> bool {
+    session.cache.enabled()
+}
+
+/// The request's cache key.
+pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
+    if x.cache.is_none() || x.proxy.is_none() {
+        return Error::e_explain(ErrorType::InternalError, "cache key without a cache step");
+    }
+    let client_host = session
+        .req_header()
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    Ok(CacheKey::new(primary_of(x, client_host), ""))
+}
+
+/// The primary key text of a request that went through a `cache` and a `proxy` step.
+pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
+    let (Some(u), Some(plan)) = (&x.cache, &x.proxy) else {
+        return String::new();
+    };
+    // The client's Host reaches the upstream (no changeOrigin): the answer may depend on it.
+    let host = if plan.host.is_some() {
+        None
+    } else {
+        client_host
+    };
+    let generation = match (get(), &x.endpoint) {
+        (Some(c), Some(ep)) => c.generation(&ep.name),
+        _ => 0,
+    };
+    let edits = &x.upstream_edits[..u.edits_before.min(x.upstream_edits.len())];
+    key::primary(&plan.service, host, &plan.path, edits, &u.rule, generation)
+}
+
+/// Whether (and how long) an upstream response is stored.
+pub fn cacheable(resp: &ResponseHeader, x: &Exchange) -> RespCacheable {
+    match &x.cache {
+        Some(u) => freshness::decide(resp, &u.rule),
+        None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+    }
+}
+
+/// The variant of a stored response a request wants, from the response's `Vary`.
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let mut builder = VarianceBuilder::new();
+    let mut any = false;
+    for vary in meta.headers().get_all(http::header::VARY) {
+        for name in vary.to_str().unwrap_or("").split(',').map(str::trim) {
+            if name.is_empty() {
+                continue;
+            }
+            let lower = name.to_ascii_lowercase();
+            let value = req
+                .headers
+                .get(lower.as_str())
+                .map_or_else(Vec::new, |v| v.as_bytes().to_vec());
+            builder.add_owned_name_value(lower, value);
+            any = true;
+        }
+    }
+    if any {
+        builder.finalize()
+    } else {
+        None
+    }
+}
+
+/// Whether a stale object may be served: while it is refreshed in the background, or when the
+/// upstream failed or answered 5xx (the windows are the object's own).
+pub fn serve_stale(error: Option<&Error>) -> bool {
+    match error {
+        None => true,
+        Some(e) => {
+            e.esource() == &ErrorSource::Upstream
+                || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
+        }
+    }
+}
+
+/// The `X-Cache-Status` of a request that went through a `cache` step.
+pub fn status(session: &Session) -> &'static str {
+    match session.cache.phase() {
+        CachePhase::Hit => "HIT",
+        CachePhase::Miss => "MISS",
+        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
+        CachePhase::Expired => "EXPIRED",
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
+        // Went upstream but was not stored (uncacheable, too large, lock given up).
+        CachePhase::Disabled(r) if r != NoCacheReason::NeverEnabled => "MISS",
+        _ => "BYPASS",
+    }
+}
+
+/// How long this request waited on another request's fill, if it did.
+pub fn lock_wait(session: &Session) -> Option<Duration> {
+    session.cache.lock_duration()
+}
+
+/// Whether the response came out of the cache (not the upstream).
+pub fn served_from_cache(session: &Session) -> bool {
+    matches!(
+        session.cache.phase(),
+        CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Revalidated
+    )
+}

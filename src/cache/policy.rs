@@ -1,0 +1,149 @@
+//! The `cache` policy: a pipeline step, normally between `scopes` and `proxy`. A request that
+//! reaches it has passed every step before it (authentication, scopes), and only such a request
+//! may be answered from the cache or fill it; the step itself only says how. The lookup, the
+//! fill and the freshness rules run in the proxy phases ([`super`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::pipeline::{Exchange, Outcome, Policy, Request};
+
+/// The step's parameters, with their defaults.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Params {
+    /// Seconds a response stays fresh when the upstream says nothing (no `Cache-Control`
+    /// max-age or s-maxage, no `Expires`).
+    #[serde(default = "default_ttl")]
+    ttl: u64,
+    /// Clamps on the upstream's own freshness, in seconds.
+    #[serde(default)]
+    min_ttl: u64,
+    #[serde(default = "default_max_ttl")]
+    max_ttl: u64,
+    /// The statuses that are stored.
+    #[serde(default = "default_statuses")]
+    statuses: Vec<u16>,
+    /// Only these query parameters make the key (names compared without case); the others are
+    /// ignored. Default: all of them.
+    key_params: Option<Vec<String>>,
+    /// Query parameters left out of the key (cache busters), names compared without case.
+    #[serde(default)]
+    ignore_params: Vec<String>,
+    /// Seconds a stale response is served while it is refreshed in the background, unless the
+    /// upstream's `stale-while-revalidate` says otherwise.
+    #[serde(default = "default_swr")]
+    stale_while_revalidate: u32,
+    /// Seconds a stale response is served when the upstream is down or answers 5xx, unless the
+    /// upstream's `stale-if-error` says otherwise.
+    #[serde(default = "default_sie")]
+    stale_if_error: u32,
+    /// The largest response body stored, in bytes.
+    #[serde(default = "default_max_object_size")]
+    max_object_size: u64,
+    /// Seconds concurrent misses of one object wait for the request fetching it.
+    #[serde(default = "default_lock_timeout")]
+    lock_timeout: f64,
+}
+
+fn default_ttl() -> u64 {
+    300
+}
+fn default_max_ttl() -> u64 {
+    7 * 24 * 3600
+}
+fn default_statuses() -> Vec<u16> {
+    vec![200, 203, 204, 300, 301, 308, 404, 410]
+}
+fn default_swr() -> u32 {
+    60
+}
+fn default_sie() -> u32 {
+    24 * 3600
+}
+fn default_max_object_size() -> u64 {
+    8 * 1024 * 1024
+}
+fn default_lock_timeout() -> f64 {
+    5.0
+}
+
+/// A compiled `cache` step.
+#[derive(Debug)]
+pub struct CacheRule {
+    pub ttl: Duration,
+    pub min_ttl: Duration,
+    pub max_ttl: Duration,
+    pub statuses: Vec<u16>,
+    /// Lower-case names.
+    pub key_params: Option<Vec<String>>,
+    /// Lower-case names: the step's ignored parameters.
+    pub ignore_params: Vec<String>,
+    /// Query parameters that carry credentials (`jwt`, `apiKey`, and those the config's
+    /// key-auth and jwt steps read): never in the key, never sent upstream by a fill.
+    pub secret_params: Vec<String>,
+    pub stale_while_revalidate: u32,
+    pub stale_if_error: u32,
+    pub max_object_size: usize,
+    pub lock_timeout: Duration,
+}
+
+/// The cache as a request uses it: its step's rule, and how many upstream header edits the
+/// steps before it made (those are part of the key; the proxy's own come later).
+#[derive(Clone, Debug)]
+pub struct CacheUse {
+    pub rule: Arc<CacheRule>,
+    pub edits_before: usize,
+}
+
+pub struct Cache {
+    rule: Arc<CacheRule>,
+}
+
+impl Cache {
+    pub fn build(p: Params, secret_params: &[String]) -> Result<Cache, String> {
+        if p.min_ttl > p.max_ttl {
+            return Err(format!(
+                "`minTtl` ({}) is larger than `maxTtl` ({})",
+                p.min_ttl, p.max_ttl
+            ));
+        }
+        if let Some(s) = p.statuses.iter().find(|s| !(100..600).contains(*s)) {
+            return Err(format!("`statuses`: {s} is not an HTTP status"));
+        }
+        if !(p.lock_timeout.is_finite() && p.lock_timeout >= 0.0 && p.lock_timeout <= 600.0) {
+            return Err("`lockTimeout` must be between 0 and 600 seconds".into());
+        }
+        if p.max_object_size == 0 {
+            return Err("`maxObjectSize` must be more than 0".into());
+        }
+        let lower = |v: &[String]| v.iter().map(|s| s.to_ascii_lowercase()).collect();
+        Ok(Cache {
+            rule: Arc::new(CacheRule {
+                ttl: Duration::from_secs(p.ttl),
+                min_ttl: Duration::from_secs(p.min_ttl),
+                max_ttl: Duration::from_secs(p.max_ttl),
+                statuses: p.statuses,
+                key_params: p.key_params.as_deref().map(lower),
+                ignore_params: lower(&p.ignore_params),
+                secret_params: secret_params.to_vec(),
+                stale_while_revalidate: p.stale_while_revalidate,
+                stale_if_error: p.stale_if_error,
+                max_object_size: usize::try_from(p.max_object_size).unwrap_or(usize::MAX),
+                lock_timeout: Duration::from_secs_f64(p.lock_timeout),
+            }),
+        })
+    }
+}
+
+impl Policy for Cache {
+    fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        x.cache = Some(CacheUse {
+            rule: self.rule.clone(),
+            edits_before: x.upstream_edits.len(),
+        });
+        Outcome::Continue
+    }
+}

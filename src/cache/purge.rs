@@ -1,0 +1,96 @@
+//! Purging: one URL (as a client requests it through the gateway), or everything cached for
+//! an api endpoint (a new generation of its keys).
+//!
+//! A URL's key is found the way a request's is: it is routed, and its pipeline's `cache` step,
+//! the steps before it that add upstream headers (`request-transformer`, `headers`) and its
+//! `proxy` step run on it — authentication does not (the key never depends on a consumer).
+
+use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
+use pingora_cache::trace::Span;
+use pingora_cache::CacheKey;
+
+use crate::gateway::Gateway;
+use crate::pipeline::{Exchange, Outcome, Request};
+use crate::routing::Target;
+
+/// Steps that run when a purge looks for a URL's key.
+const KEY_STEPS: &[&str] = &["request-transformer", "headers", "cache", "proxy"];
+
+/// The cache keys a URL has through the gateway (one per route whose pipeline caches it).
+pub fn keys_for(gw: &Gateway, host: Option<&str>, url: &str) -> Vec<String> {
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    let headers = http::HeaderMap::new();
+    let mut out = Vec::new();
+    let mut from = 0;
+    while let Some(ri) = gw.router.find(from, host, path, &http::Method::GET) {
+        from = ri + 1;
+        let route = &gw.router.routes[ri];
+        let Target::Pipeline(pi) = route.target else {
+            continue;
+        };
+        let endpoint = &gw.endpoints[route.endpoint];
+        let req = Request {
+            method: &http::Method::GET,
+            path,
+            query,
+            url,
+            host,
+            headers: &headers,
+            client_ip: None,
+            server_port: None,
+            tls: false,
+            endpoint,
+            strip_at: route.path.strip_at,
+        };
+        let mut x = Exchange {
+            endpoint: Some(endpoint.clone()),
+            ..Exchange::default()
+        };
+        for step in &gw.pipelines[pi].steps {
+            if !KEY_STEPS.contains(&&*step.policy_name) {
+                continue;
+            }
+            if step.condition.as_ref().is_some_and(|c| !c.eval(&req, &x)) {
+                continue;
+            }
+            let proxied = matches!(step.action.on_request(&req, &mut x), Outcome::Proxy);
+            if proxied {
+                break;
+            }
+        }
+        if let (Some(u), Some(plan)) = (&x.cache, &mut x.proxy) {
+            if let Some(p) = super::key::without_secrets(&plan.path, &u.rule.secret_params) {
+                plan.path = p;
+            }
+            out.push(super::primary_of(&x, host));
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// Removes a URL's objects; returns how many there were.
+pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
+    let Some(cache) = super::get() else {
+        return 0;
+    };
+    let mut purged = 0;
+    for primary in keys_for(gw, host, url) {
+        let compact = CacheKey::new(primary, "").to_compact();
+        let outcome = cache
+            .store
+            .purge(
+                PurgeTarget::Active(&compact),
+                PurgeType::Invalidation,
+                &Span::inactive().handle(),
+            )
+            .await;
+        if matches!(outcome, Ok(pingora_cache::storage::PurgeOutcome::Purged(_))) {
+            purged += 1;
+        }
+    }
+    purged
+}

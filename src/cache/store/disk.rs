@@ -1,0 +1,348 @@
+//! The disk tier: one file per object under a directory, within a byte budget, surviving a
+//! restart. A file is written whole to a temporary name and renamed into place, and carries
+//! its key, lengths and a checksum of everything after its header: a corrupt, truncated or
+//! foreign file reads as a miss (and is removed), never as a bad tile. The least recently used
+//! objects go first when the budget is exceeded. File I/O runs on the blocking pool, a bounded
+//! number of operations at a time.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use bytes::Bytes;
+use pingora_cache::key::HashBinary;
+use pingora_cache::CacheMeta;
+use tokio::sync::Semaphore;
+
+use super::Object;
+
+const MAGIC: &[u8; 4] = b"TGC1";
+/// magic, key, three lengths, checksum.
+const HEAD: usize = 4 + 16 + 4 + 4 + 8 + 4;
+/// Disk operations in flight at most.
+const MAX_IO: usize = 32;
+/// When over budget, evict down to this share of it.
+const LOW_WATER: f64 = 0.9;
+
+struct Entry {
+    size: u64,
+    last_used: u64,
+}
+
+pub struct DiskTier {
+    dir: PathBuf,
+    budget: u64,
+    index: Mutex<HashMap<HashBinary, Entry>>,
+    clock: AtomicU64,
+    io: Semaphore,
+    pub stored_bytes: AtomicU64,
+    pub stored_objects: AtomicU64,
+    pub evictions: AtomicU64,
+    pub corrupt: AtomicU64,
+}
+
+fn hex(key: &HashBinary) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(name: &str) -> Option<HashBinary> {
+    if name.len() != 32 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The bytes of an object file.
+fn encode(obj: &Object) -> pingora_core::Result<Vec<u8>> {
+    let (internal, header) = obj.meta.to_meta().serialize()?;
+    let mut out = Vec::with_capacity(HEAD + internal.len() + header.len() + obj.body.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&obj.key);
+    out.extend_from_slice(&(internal.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(obj.body.len() as u64).to_le_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&internal);
+    crc.update(&header);
+    crc.update(&obj.body);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&internal);
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&obj.body);
+    Ok(out)
+}
+
+/// An object from file bytes, when they are whole and for `key`.
+fn decode(key: &HashBinary, bytes: Vec<u8>) -> Option<Object> {
+    if bytes.len() < HEAD || &bytes[..4] != MAGIC || bytes[4..20] != key[..] {
+        return None;
+    }
+    let u32_at = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let internal_len = u32_at(20)? as usize;
+    let header_len = u32_at(24)? as usize;
+    let body_len = usize::try_from(u64::from_le_bytes(bytes.get(28..36)?.try_into().ok()?)).ok()?;
+    let crc = u32_at(36)?;
+    if bytes.len()
+        != HEAD
+            .checked_add(internal_len)?
+            .checked_add(header_len)?
+            .checked_add(body_len)?
+    {
+        return None;
+    }
+    let rest = &bytes[HEAD..];
+    if crc32fast::hash(rest) != crc {
+        return None;
+    }
+    let (internal, rest) = rest.split_at(internal_len);
+    let (header, body) = rest.split_at(header_len);
+    let meta = CacheMeta::deserialize(internal, header).ok()?;
+    let body = Bytes::copy_from_slice(body);
+    Some(Object {
+        key: *key,
+        meta: super::StoredMeta::from_meta(&meta),
+        body,
+    })
+}
+
+impl DiskTier {
+    /// Opens (creating) the directory and indexes the objects already in it.
+    pub fn open(dir: &Path, budget: u64) -> std::io::Result<DiskTier> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        // Leftovers of writes a crash interrupted.
+        for e in std::fs::read_dir(dir.join("tmp"))?.flatten() {
+            let _ = std::fs::remove_file(e.path());
+        }
+        let tier = DiskTier {
+            dir: dir.to_path_buf(),
+            budget,
+            index: Mutex::new(HashMap::new()),
+            clock: AtomicU64::new(0),
+            io: Semaphore::new(MAX_IO),
+            stored_bytes: AtomicU64::new(0),
+            stored_objects: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+            corrupt: AtomicU64::new(0),
+        };
+        let mut found = Vec::new();
+        for shard in std::fs::read_dir(dir)?.flatten() {
+            if !shard.file_type().is_ok_and(|t| t.is_dir()) || shard.file_name() == "tmp" {
+                continue;
+            }
+            for f in std::fs::read_dir(shard.path())?.flatten() {
+                let name = f.file_name();
+                let Some(key) = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".obj"))
+                    .and_then(unhex)
+                else {
+                    continue;
+                };
+                let Ok(md) = f.metadata() else { continue };
+                let used = md
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_secs());
+                found.push((key, md.len(), used));
+            }
+        }
+        // Oldest first, so the clock orders them as they were used.
+        found.sort_by_key(|(_, _, used)| *used);
+        {
+            let mut index = tier.index.lock().unwrap_or_else(|p| p.into_inner());
+            for (key, size, _) in found {
+                let t = tier.clock.fetch_add(1, Ordering::Relaxed);
+                index.insert(key, Entry { size, last_used: t });
+                tier.stored_bytes.fetch_add(size, Ordering::Relaxed);
+                tier.stored_objects.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        tier.evict_if_needed();
+        Ok(tier)
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn path(&self, key: &HashBinary) -> PathBuf {
+        let h = hex(key);
+        self.dir.join(&h[..2]).join(format!("{h}.obj"))
+    }
+
+    /// Whether the index knows the key (no I/O).
+    pub fn contains(&self, key: &HashBinary) -> bool {
+        self.index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(key)
+    }
+
+    /// Reads an object; a damaged file is removed and reads as a miss.
+    pub async fn get(&'static self, key: HashBinary) -> Option<Object> {
+        if !self.contains(&key) {
+            return None;
+        }
+        let _permit = self.io.acquire().await.ok()?;
+        let path = self.path(&key);
+        let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+            .await
+            .ok()?;
+        match read {
+            Ok(bytes) => match decode(&key, bytes) {
+                Some(obj) => {
+                    self.touch(&key);
+                    Some(obj)
+                }
+                None => {
+                    self.corrupt.fetch_add(1, Ordering::Relaxed);
+                    log::warn!(
+                        "tile cache: {} is damaged; removed (read as a miss)",
+                        self.path(&key).display()
+                    );
+                    self.remove(&key).await;
+                    None
+                }
+            },
+            Err(_) => {
+                self.unindex(&key);
+                None
+            }
+        }
+    }
+
+    fn touch(&self, key: &HashBinary) {
+        let t = self.clock.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(key)
+        {
+            e.last_used = t;
+        }
+    }
+
+    fn unindex(&self, key: &HashBinary) -> bool {
+        let removed = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        if let Some(e) = &removed {
+            self.stored_bytes.fetch_sub(e.size, Ordering::Relaxed);
+            self.stored_objects.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed.is_some()
+    }
+
+    /// Writes an object in the background: the response does not wait for the disk.
+    pub fn put(&'static self, obj: std::sync::Arc<Object>) {
+        tokio::spawn(async move {
+            let Ok(_permit) = self.io.acquire().await else {
+                return;
+            };
+            let _ = tokio::task::spawn_blocking(move || self.write(&obj)).await;
+        });
+    }
+
+    /// Writes an object file whole, then renames it into place (blocking).
+    fn write(&self, obj: &Object) {
+        let key = obj.key;
+        let path = self.path(&key);
+        let tmp = self
+            .dir
+            .join("tmp")
+            .join(format!("{}.{}", hex(&key), fastrand::u64(..)));
+        let written = (|| -> std::io::Result<u64> {
+            let bytes = encode(obj).map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            drop(f);
+            std::fs::rename(&tmp, &path).inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })?;
+            Ok(bytes.len() as u64)
+        })();
+        match written {
+            Ok(size) => {
+                self.unindex(&key);
+                let t = self.clock.fetch_add(1, Ordering::Relaxed);
+                self.index
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(key, Entry { size, last_used: t });
+                self.stored_bytes.fetch_add(size, Ordering::Relaxed);
+                self.stored_objects.fetch_add(1, Ordering::Relaxed);
+                self.evict_if_needed();
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
+            }
+        }
+    }
+
+    pub async fn remove(&'static self, key: &HashBinary) -> bool {
+        let known = self.unindex(key);
+        let path = self.path(key);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
+        known
+    }
+
+    /// Removes the least recently used objects while over budget (blocking).
+    fn evict_if_needed(&self) {
+        if self.stored_bytes.load(Ordering::Relaxed) <= self.budget {
+            return;
+        }
+        let target = (self.budget as f64 * LOW_WATER) as u64;
+        let victims: Vec<HashBinary> = {
+            let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            let mut by_age: Vec<(&HashBinary, &Entry)> = index.iter().collect();
+            by_age.sort_by_key(|(_, e)| e.last_used);
+            let mut total = self.stored_bytes.load(Ordering::Relaxed);
+            let mut out = Vec::new();
+            for (k, e) in by_age {
+                if total <= target {
+                    break;
+                }
+                total = total.saturating_sub(e.size);
+                out.push(*k);
+            }
+            out
+        };
+        for key in victims {
+            if self.unindex(&key) {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+                let _ = std::fs::remove_file(self.path(&key));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        let k: HashBinary = [0xab; 16];
+        assert_eq!(unhex(&hex(&k)), Some(k));
+        assert_eq!(unhex("zz"), None);
+    }
+}

@@ -1,0 +1,99 @@
+//! The memory tier: objects in TinyUFO (TinyLFU admission, S3-FIFO eviction) within a byte
+//! budget. Admission resists one-off scans: a tile seen once does not push out tiles seen
+//! often. TinyUFO keys by a 64-bit hash, so each object keeps its full key and a hit compares it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pingora_cache::key::HashBinary;
+use tinyufo::TinyUfo;
+
+use super::Object;
+
+/// Weight is counted in units of this many bytes (TinyUFO weighs in 16 bits).
+const UNIT: usize = 1024;
+/// Bytes counted for an object beyond its body and header: its entry, key and bookkeeping.
+const OVERHEAD: usize = 512;
+/// The body size the budget is sized for (a typical tile).
+const TYPICAL_OBJECT: usize = 16 * 1024;
+
+pub struct MemoryTier {
+    objects: TinyUfo<HashBinary, Arc<Object>>,
+    budget: usize,
+    pub stored_bytes: AtomicU64,
+    pub stored_objects: AtomicU64,
+    pub evictions: AtomicU64,
+}
+
+/// What an object weighs in the budget, in units; `None` when it is too heavy to hold.
+fn weight(obj: &Object) -> Option<u16> {
+    let bytes = obj.body.len() + obj.meta.header_size() + OVERHEAD;
+    u16::try_from(bytes.div_ceil(UNIT)).ok()
+}
+
+impl MemoryTier {
+    pub fn new(budget: usize) -> MemoryTier {
+        let units = (budget / UNIT).max(1);
+        let estimated = (budget / TYPICAL_OBJECT).clamp(64, 4_000_000);
+        MemoryTier {
+            objects: TinyUfo::new(units, estimated),
+            budget,
+            stored_bytes: AtomicU64::new(0),
+            stored_objects: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
+        }
+    }
+
+    pub fn budget(&self) -> usize {
+        self.budget
+    }
+
+    pub fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {
+        self.objects.get(key).filter(|o| o.key == *key)
+    }
+
+    /// Stores an object (replacing one under the same key); TinyUFO may decline it or push
+    /// others out.
+    pub fn put(&self, obj: Arc<Object>) {
+        let Some(w) = weight(&obj) else {
+            return;
+        };
+        let key = obj.key;
+        if let Some(old) = self.objects.remove(&key) {
+            self.forget(&old, u64::from(weight(&old).unwrap_or(0)));
+        }
+        let size = u64::from(w) * UNIT as u64;
+        self.stored_bytes.fetch_add(size, Ordering::Relaxed);
+        self.stored_objects.fetch_add(1, Ordering::Relaxed);
+        for out in self.objects.put(key, obj, w) {
+            let size = u64::from(out.weight) * UNIT as u64;
+            self.stored_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.stored_objects.fetch_sub(1, Ordering::Relaxed);
+            if out.data.key != key {
+                self.evictions.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn forget(&self, _old: &Object, units: u64) {
+        self.stored_bytes
+            .fetch_sub(units * UNIT as u64, Ordering::Relaxed);
+        self.stored_objects.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn remove(&self, key: &HashBinary) -> bool {
+        match self.objects.remove(key) {
+            Some(old) if old.key == *key => {
+                self.forget(&old, u64::from(weight(&old).unwrap_or(0)));
+                true
+            }
+            Some(other) => {
+                // Another object under the same 64-bit hash: put it back untouched.
+                let w = weight(&other).unwrap_or(1);
+                self.objects.force_put(*key, other, w);
+                false
+            }
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The tile store behind Pingora's cache phases: a memory tier, and optionally a disk tier
+//! under it. A lookup tries memory, then disk (a disk hit is put back in memory); a fill is
+//! written to memory when complete and to disk in the background. Only whole responses are
+//! stored: a fill cut short (the upstream closed mid-body, the client left) is dropped.
+
+pub mod disk;
+pub mod memory;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::{CacheKey, CacheMeta};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
+
+use disk::DiskTier;
+use memory::MemoryTier;
+
+/// A stored response's metadata, kept as parts so a hit rebuilds it without parsing.
+pub struct StoredMeta {
+    fresh_until: SystemTime,
+    updated: SystemTime,
+    stale_while_revalidate: u32,
+    stale_if_error: u32,
+    variance: Option<HashBinary>,
+    header: ResponseHeader,
+}
+
+impl StoredMeta {
+    pub fn from_meta(m: &CacheMeta) -> StoredMeta {
+        StoredMeta {
+            fresh_until: m.fresh_until(),
+            updated: m.updated(),
+            stale_while_revalidate: m.stale_while_revalidate_sec(),
+            stale_if_error: m.stale_if_error_sec(),
+            variance: m.variance(),
+            header: m.response_header_copy(),
+        }
+    }
+
+    pub fn to_meta(&self) -> CacheMeta {
+        let mut m = CacheMeta::new(
+            self.fresh_until,
+            self.updated,
+            self.stale_while_revalidate,
+            self.stale_if_error,
+            self.header.clone(),
+        );
+        if let Some(v) = self.variance {
+            m.set_variance(v);
+        }
+        m
+    }
+
+    /// About how many bytes the header takes.
+    pub fn header_size(&self) -> usize {
+        self.header
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + 32
+    }
+}
+
+/// One stored response.
+pub struct Object {
+    pub key: HashBinary,
+    pub meta: StoredMeta,
+    pub body: Bytes,
+}
+
+pub struct TileStore {
+    pub memory: MemoryTier,
+    pub disk: Option<DiskTier>,
+}
+
+fn slot(key: &CacheKey) -> HashBinary {
+    key.combined_bin()
+}
+
+/// What one tier holds.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct TierState {
+    pub objects: u64,
+    pub bytes: u64,
+    pub budget: u64,
+    pub evictions: u64,
+}
+
+impl TileStore {
+    /// Memory, then disk (zeros when there is no disk tier).
+    pub fn tiers(&self) -> [TierState; 2] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = &self.memory;
+        let memory = TierState {
+            objects: m.stored_objects.load(Relaxed),
+            bytes: m.stored_bytes.load(Relaxed),
+            budget: m.budget() as u64,
+            evictions: m.evictions.load(Relaxed),
+        };
+        let disk = self.disk.as_ref().map_or(
+            TierState {
+                objects: 0,
+                bytes: 0,
+                budget: 0,
+                evictions: 0,
+            },
+            |d| TierState {
+                objects: d.stored_objects.load(Relaxed),
+                bytes: d.stored_bytes.load(Relaxed),
+                budget: d.budget(),
+                evictions: d.evictions.load(Relaxed),
+            },
+        );
+        [memory, disk]
+    }
+
+    /// Damaged disk files found so far.
+    pub fn damaged(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.corrupt.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
+        if let Some(o) = self.memory.get(&k) {
+            return Some(o);
+        }
+        let disk = self.disk.as_ref()?;
+        let obj = Arc::new(disk.get(k).await?);
+        self.memory.put(obj.clone());
+        Some(obj)
+    }
+}
+
+#[async_trait]
+impl Storage for TileStore {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(obj) = self.find(slot(key)).await else {
+            return Ok(None);
+        };
+        let meta = obj.meta.to_meta();
+        let hit = Hit {
+            body: obj.body.clone(),
+            range: (0, obj.body.len()),
+            done: false,
+        };
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Fill {
+            store: self,
+            key: slot(key),
+            meta: Some(StoredMeta::from_meta(meta)),
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let k = target.key().combined_bin();
+        let in_memory = self.memory.remove(&k);
+        let on_disk = match &self.disk {
+            Some(d) => d.remove(&k).await,
+            None => false,
+        };
+        Ok(if in_memory || on_disk {
+            PurgeOutcome::Purged(None)
+        } else {
+            PurgeOutcome::NotFound
+        })
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let k = slot(key);
+        let Some(old) = self.find(k).await else {
+            return Ok(false);
+        };
+        let obj = Arc::new(Object {
+            key: k,
+            meta: StoredMeta::from_meta(meta),
+            body: old.body.clone(),
+        });
+        self.memory.put(obj.clone());
+        if let Some(d) = &self.disk {
+            d.put(obj);
+        }
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}
+
+/// Reading a stored body: all of it at once (it is in memory), or the range asked for.
+struct Hit {
+    body: Bytes,
+    range: (usize, usize),
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let len = self.body.len();
+        let end = end.map_or(len, |e| e.min(len));
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "seek past the end of the body");
+        }
+        self.range = (start, end);
+        self.done = false;
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+/// Collecting a response body to store. Pingora finishes a fill only when the upstream's body
+/// ended as its framing says; a fill that failed is dropped with its handler, and a body whose
+/// length disagrees with its `Content-Length` is not stored either.
+struct Fill {
+    store: &'static TileStore,
+    key: HashBinary,
+    meta: Option<StoredMeta>,
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Fill {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        let Some(meta) = self.meta.take() else {
+            return Error::e_explain(ErrorType::InternalError, "fill finished twice");
+        };
+        let declared = meta
+            .header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        let size = self.body.len();
+        if declared.is_some_and(|d| d != size) && meta.header.status != 304 {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("truncated body ({size} of {declared:?} bytes): not stored"),
+            );
+        }
+        let obj = Arc::new(Object {
+            key: self.key,
+            meta,
+            body: std::mem::take(&mut self.body).freeze(),
+        });
+        self.store.memory.put(obj.clone());
+        if let Some(d) = &self.store.disk {
+            d.put(obj);
+        }
+        Ok(MissFinishType::Created(size))
+    }
+}

@@ -1,0 +1,147 @@
+//! The tile cache's families: requests by cache status and api endpoint, bytes served from the
+//! cache, what each tier holds, evictions, damaged disk files, and waits on another request's
+//! fill.
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+use super::must;
+
+/// The `X-Cache-Status` values, as the `status` label.
+pub const CACHE_STATUSES: [&str; 6] = ["HIT", "MISS", "STALE", "EXPIRED", "REVALIDATED", "BYPASS"];
+
+const TIERS: [&str; 2] = ["memory", "disk"];
+
+pub struct CacheMetrics {
+    requests: IntCounterVec,
+    served_bytes: IntCounterVec,
+    objects: Vec<IntGauge>,
+    bytes: Vec<IntGauge>,
+    budget: Vec<IntGauge>,
+    evictions: Vec<IntCounter>,
+    damaged: IntCounter,
+    pub lock_wait: Histogram,
+}
+
+/// One api endpoint's cache handles, resolved when the config is built.
+pub struct EndpointCache {
+    requests: Vec<IntCounter>,
+    served_bytes: IntCounter,
+}
+
+impl EndpointCache {
+    /// Counts a request that went through a `cache` step.
+    pub fn record(&self, status: &str, bytes_from_cache: Option<usize>) {
+        if let Some(i) = CACHE_STATUSES.iter().position(|s| *s == status) {
+            self.requests[i].inc();
+        }
+        if let Some(b) = bytes_from_cache {
+            self.served_bytes.inc_by(b as u64);
+        }
+    }
+}
+
+impl CacheMetrics {
+    pub fn new(registry: &Registry) -> CacheMetrics {
+        let reg = |c: Box<dyn prometheus::core::Collector>| must(registry.register(c));
+        let requests = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_requests_total",
+                "Requests through a cache step, by X-Cache-Status",
+            ),
+            &["api_endpoint", "status"],
+        ));
+        reg(Box::new(requests.clone()));
+        let served_bytes = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_served_bytes_total",
+                "Response body bytes served from the tile cache",
+            ),
+            &["api_endpoint"],
+        ));
+        reg(Box::new(served_bytes.clone()));
+        let gauge = |name: &str, help: &str| {
+            let g = must(IntGaugeVec::new(Opts::new(name, help), &["tier"]));
+            reg(Box::new(g.clone()));
+            TIERS
+                .iter()
+                .map(|t| g.with_label_values(&[t]))
+                .collect::<Vec<_>>()
+        };
+        let objects = gauge(
+            "tollgate_cache_objects",
+            "Objects in the tile cache, per tier",
+        );
+        let bytes = gauge(
+            "tollgate_cache_bytes",
+            "Bytes the tile cache holds, per tier",
+        );
+        let budget = gauge(
+            "tollgate_cache_budget_bytes",
+            "The tile cache's byte budget, per tier",
+        );
+        let evictions = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_evictions_total",
+                "Objects the tile cache let go to stay within its budget, per tier",
+            ),
+            &["tier"],
+        ));
+        reg(Box::new(evictions.clone()));
+        let damaged = must(IntCounter::new(
+            "tollgate_cache_disk_damaged_total",
+            "Damaged or partial disk cache files found (read as misses and removed)",
+        ));
+        reg(Box::new(damaged.clone()));
+        let lock_wait = must(Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_cache_lock_wait_seconds",
+                "Time a request waited for another request's fill of the same object",
+            )
+            .buckets(super::DURATION_BUCKETS.to_vec()),
+        ));
+        reg(Box::new(lock_wait.clone()));
+        CacheMetrics {
+            requests,
+            served_bytes,
+            objects,
+            bytes,
+            budget,
+            evictions: TIERS
+                .iter()
+                .map(|t| evictions.with_label_values(&[t]))
+                .collect(),
+            damaged,
+            lock_wait,
+        }
+    }
+
+    pub fn endpoint(&self, name: &str) -> EndpointCache {
+        EndpointCache {
+            requests: CACHE_STATUSES
+                .iter()
+                .map(|s| self.requests.with_label_values(&[name, s]))
+                .collect(),
+            served_bytes: self.served_bytes.with_label_values(&[name]),
+        }
+    }
+
+    /// Brings the tier gauges and counters up to the store's own figures.
+    pub fn refresh(&self) {
+        let Some(c) = crate::cache::get() else {
+            return;
+        };
+        let s = c.store.tiers();
+        for (i, t) in s.iter().enumerate() {
+            self.objects[i].set(t.objects as i64);
+            self.bytes[i].set(t.bytes as i64);
+            self.budget[i].set(t.budget as i64);
+            let seen = self.evictions[i].get();
+            self.evictions[i].inc_by(t.evictions.saturating_sub(seen));
+        }
+        let damaged = c.store.damaged();
+        self.damaged
+            .inc_by(damaged.saturating_sub(self.damaged.get()));
+    }
+}
