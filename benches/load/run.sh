@@ -6,11 +6,15 @@
 #   SMOKE=1 benches/load/run.sh         # tollgate only, a few seconds, debug build (CI runs this)
 #   PEERS="nginx tollgate" SCENARIOS=tile REPS=2 DURATION=5 benches/load/run.sh
 #
-# Peers: direct (the upstream alone), nginx, haproxy, eg, eg-auth — installed and started by
-# ../shared/bench/peers (a peer that cannot be installed or started is skipped, with a line
-# saying so) — and tollgate (the plain `cors + proxy` pipeline) and tollgate-kargo (Kargo's tile
-# pipeline: metrics, cors, jwt from ?jwt= with a credential check, scopes, proxy).
-# Scenarios: tile (20 KiB), small (100 B), json (100 B on /k2/). Rounds are interleaved
+# Peers: direct (the upstream alone), nginx, nginx-cache (nginx with proxy_cache, no auth),
+# haproxy, eg, eg-auth — installed and started by ../shared/bench/peers (a peer that cannot be
+# installed or started is skipped, with a line saying so) — and tollgate (the plain
+# `cors + proxy` pipeline), tollgate-kargo (Kargo's tile pipeline: metrics, cors, jwt from ?jwt=
+# with a credential check, scopes, proxy) and tollgate-cache (the same with the tile cache
+# before the proxy).
+# Scenarios: tile (20 KiB, one tile: a warm cache), small (100 B), json (100 B on /k2/), zipf
+# (20 KiB tiles drawn from a Zipf distribution over 10000: most requests hits), cold (20 KiB,
+# every request a tile never seen: every one a miss). Rounds are interleaved
 # (rep → scenario → peer) after a warm-up, so drift hits every peer alike; the table gives the
 # median of each cell and every figure as a ratio to nginx in the same run. Results, raw wrk
 # output included, go to target/bench/<timestamp>/.
@@ -24,13 +28,14 @@ PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 SMOKE="${SMOKE:-0}"
 if [[ $SMOKE == 1 ]]; then
   : "${PROFILE:=debug}"
-  : "${PEERS:=tollgate tollgate-kargo}" "${SCENARIOS:=tile json}" "${DURATION:=2}" "${REPS:=1}" "${WARMUP:=1}"
+  : "${PEERS:=tollgate tollgate-kargo tollgate-cache}" "${SCENARIOS:=tile json zipf}" "${DURATION:=2}" "${REPS:=1}" "${WARMUP:=1}"
 else
-  : "${PEERS:=direct nginx haproxy eg eg-auth tollgate tollgate-kargo}" "${SCENARIOS:=tile small json}"
+  : "${PEERS:=direct nginx nginx-cache haproxy eg eg-auth tollgate tollgate-kargo tollgate-cache}"
+  : "${SCENARIOS:=tile small json zipf cold}"
   : "${DURATION:=10}" "${REPS:=3}" "${WARMUP:=5}"
 fi
 : "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}" "${PROFILE:=release}"
-TG_PORT=18086; TG_ADMIN=19086; TGK_PORT=18087; TGK_ADMIN=19087
+TG_PORT=18096; TG_ADMIN=19096; TGK_PORT=18097; TGK_ADMIN=19097; TGC_PORT=18098; TGC_ADMIN=19098
 JWT_SECRET="${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}"
 OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT/wrk" "$OUT/tollgate"
@@ -39,12 +44,9 @@ HZ="$(getconf CLK_TCK)"
 say() { printf '[bench] %s\n' "$*" >&2; }
 
 # ---- install, build, start -------------------------------------------------------------------
-if [[ $SMOKE == 1 ]]; then
-  "$ROOT/scripts/install-deps.sh" nginx wrk curl python3 procps iproute2
-else
-  "$PEERS_DIR/setup.sh" || say "peer setup failed: peers that need it will be skipped"
-  "$ROOT/scripts/install-deps.sh" python3
-fi
+# The peers' start script wants all of its servers installed, even to start the upstream alone.
+"$PEERS_DIR/setup.sh" >"$OUT/setup.log" 2>&1 || say "peer setup failed (see $OUT/setup.log): peers that need it will be skipped"
+"$ROOT/scripts/install-deps.sh" nginx wrk curl python3 procps iproute2
 "$ROOT/scripts/install-deps.sh"
 if [[ $PROFILE == release ]]; then
   (cd "$ROOT" && cargo build --release --locked)
@@ -54,7 +56,7 @@ fi
 BIN="$ROOT/target/$PROFILE/tollgate"
 
 started=()
-for svc in upstream $(for p in $PEERS; do case $p in nginx|haproxy|eg|eg-auth) echo "$p";; esac; done); do
+for svc in upstream $(for p in $PEERS; do case $p in nginx|nginx-cache|haproxy|eg|eg-auth) echo "$p";; esac; done); do
   if "$PEERS_DIR/start.sh" "$svc" >>"$OUT/peers.log" 2>&1; then started+=("$svc"); else say "skipping $svc: it did not start (see $OUT/peers.log)"; fi
 done
 [[ " ${started[*]} " == *" upstream "* ]] || { say "the upstream did not start: nothing to measure"; exit 1; }
@@ -78,6 +80,8 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
 [[ " $PEERS " == *" tollgate "* ]] && start_tollgate tollgate "$ROOT/benches/load/plain" $TG_PORT $TG_ADMIN
 [[ " $PEERS " == *" tollgate-kargo "* ]] && start_tollgate tollgate-kargo "$ROOT/benches/load/kargo" $TGK_PORT $TGK_ADMIN \
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
+[[ " $PEERS " == *" tollgate-cache "* ]] && start_tollgate tollgate-cache "$ROOT/benches/load/kargo-cache" $TGC_PORT $TGC_ADMIN \
+  --populate "$ROOT/benches/load/kargo/consumers.config.json"
 TOKEN="$(python3 - "$JWT_SECRET" <<'PY'
 import base64, hashlib, hmac, json, sys
 b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
@@ -89,20 +93,22 @@ PY
 )"
 
 # ---- peers and scenarios -----------------------------------------------------------------------
-port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; *) peer_port "$1" ;; esac; }
+port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; *) peer_port "$1" ;; esac; }
 pids_of() {
   case $1 in
-    tollgate|tollgate-kargo) cat "$OUT/tollgate/$1.pid" ;;
+    tollgate|tollgate-kargo|tollgate-cache) cat "$OUT/tollgate/$1.pid" ;;
     *) svc_pids "$(peer_svc "$1")" ;;
   esac
 }
 path_of() { # PEER SCENARIO
   local p
-  case $2 in tile) p=/wmts/1/2/3.png ;; small) p=/wmts/small/1/2/3.png ;; json) p=/k2/ping ;; esac
-  [[ $1 == tollgate-kargo ]] && p="$p?jwt=$TOKEN"
-  echo "$p"
+  case $2 in tile) p=/wmts/1/2/3.png ;; small) p=/wmts/small/1/2/3.png ;; json) p=/k2/ping ;; zipf) p=/wmts/zipf/1/1.png ;; cold) p=/wmts/cold/0/0.png ;; esac
+  echo "$p$(suffix_of "$1")"
 }
-bytes_of() { [[ $1 == tile ]] && echo 20480 || echo 100; }
+suffix_of() { [[ $1 == tollgate-kargo || $1 == tollgate-cache ]] && echo "?jwt=$TOKEN"; true; }
+# The wrk script that makes the requests of a scenario, if it needs one.
+script_of() { case $1 in zipf|cold) echo "$ROOT/benches/load/$1.lua" ;; esac; }
+bytes_of() { case $1 in small|json) echo 100 ;; *) echo 20480 ;; esac; }
 header_of() { [[ $1 == eg-auth && $2 != json ]] && printf 'Authorization: apiKey %s' "$(cat "$RUN_DIR/eg-auth.key")"; true; }
 
 ready=()
@@ -128,7 +134,12 @@ run() { # PEER SCENARIO SECONDS FILE -> "cpu_pct rss_kb"
   mapfile -t pids < <(pids_of "$p")
   hdr="$(header_of "$p" "$sc")"
   c0="$(cpu_ticks "${pids[@]}")"; e0="$(date +%s%N)"
-  wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency ${hdr:+-H "$hdr"} "http://127.0.0.1:$(port_of "$p")$(path_of "$p" "$sc")" >"$f" 2>&1 &
+  local script; script="$(script_of "$sc")"
+  if [[ -n $script ]]; then
+    wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency ${hdr:+-H "$hdr"} -s "$script" "http://127.0.0.1:$(port_of "$p")" -- "$(suffix_of "$p")" >"$f" 2>&1 &
+  else
+    wrk -t"$THREADS" -c"$CONNS" -d"${secs}s" --timeout 5s --latency ${hdr:+-H "$hdr"} "http://127.0.0.1:$(port_of "$p")$(path_of "$p" "$sc")" >"$f" 2>&1 &
+  fi
   wpid=$!
   while kill -0 "$wpid" 2>/dev/null; do cur="$(rss_kb "${pids[@]}")"; ((cur > peak)) && peak=$cur; sleep 0.5; done
   wait "$wpid" || true
