@@ -84,6 +84,16 @@ pub struct TileStore {
     pub disk: Option<DiskTier>,
 }
 
+/// The most a fill reserves ahead from a declared length.
+const MAX_RESERVE: usize = 64 * 1024 * 1024;
+
+fn content_length(h: &ResponseHeader) -> Option<usize> {
+    h.headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<usize>().ok())
+}
+
 fn slot(key: &CacheKey) -> HashBinary {
     key.combined_bin()
 }
@@ -168,11 +178,14 @@ impl Storage for TileStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
+        // A body of known length gets exactly its room (growing by doubling would keep up to
+        // twice the tile's size in memory for as long as it is cached).
+        let declared = content_length(meta.response_header()).unwrap_or(0);
         Ok(Box::new(Fill {
             store: self,
             key: slot(key),
             meta: Some(StoredMeta::from_meta(meta)),
-            body: BytesMut::new(),
+            body: BytesMut::with_capacity(declared.min(MAX_RESERVE)),
         }))
     }
 
@@ -297,12 +310,7 @@ impl HandleMiss for Fill {
         let Some(meta) = self.meta.take() else {
             return Error::e_explain(ErrorType::InternalError, "fill finished twice");
         };
-        let declared = meta
-            .header
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<usize>().ok());
+        let declared = content_length(&meta.header);
         let size = self.body.len();
         if declared.is_some_and(|d| d != size) && meta.header.status != 304 {
             return Error::e_explain(
@@ -310,10 +318,17 @@ impl HandleMiss for Fill {
                 format!("truncated body ({size} of {declared:?} bytes): not stored"),
             );
         }
+        let body = std::mem::take(&mut self.body);
+        // Keep no spare room: a chunked body grew by doubling.
+        let body = if body.capacity() > size + size / 8 + 64 {
+            Bytes::copy_from_slice(&body)
+        } else {
+            body.freeze()
+        };
         let obj = Arc::new(Object {
             key: self.key,
             meta,
-            body: std::mem::take(&mut self.body).freeze(),
+            body,
         });
         self.store.memory.put(obj.clone());
         if let Some(d) = &self.store.disk {
