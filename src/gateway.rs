@@ -22,6 +22,8 @@ use crate::upstream::{ServiceEndpoint, UpstreamTarget};
 pub struct Shared {
     pub counters: Arc<Counters>,
     pub consumers: Arc<ConsumerCache>,
+    /// Every upstream url's health and load.
+    pub upstreams: Arc<crate::upstream::state::Registry>,
     /// Redis, when configured: rate-limit windows are shared through it.
     pub shared_windows: Option<Arc<dyn crate::store::Store>>,
 }
@@ -37,6 +39,7 @@ impl Shared {
                 store,
                 crate::consumers::layout::Layout::new("EG"),
             )),
+            upstreams: Arc::default(),
             shared_windows: None,
         }
     }
@@ -73,7 +76,7 @@ impl Gateway {
             mut errors,
             ..
         } = loaded;
-        let service_endpoints = build_service_endpoints(&gw, &mut errors);
+        let service_endpoints = build_service_endpoints(&gw, &shared.upstreams, &mut errors);
         check_declared_policies(&gw, &mut errors);
         let secret_query_params = secret_query_params(&gw);
         let cx = BuildContext {
@@ -135,6 +138,7 @@ impl Gateway {
 
 fn build_service_endpoints(
     gw: &GatewayFile,
+    registry: &crate::upstream::state::Registry,
     errors: &mut ConfigErrors,
 ) -> HashMap<String, Arc<ServiceEndpoint>> {
     let mut out = HashMap::new();
@@ -146,16 +150,54 @@ fn build_service_endpoints(
                 Err(why) => errors.push(pos, format!("serviceEndpoint `{}`: {why}", def.name)),
             }
         }
+        let settings = upstream_settings(def, errors);
         out.insert(
             def.name.clone(),
-            Arc::new(ServiceEndpoint {
-                name: def.name.clone(),
+            Arc::new(ServiceEndpoint::new(
+                &def.name,
                 targets,
-                proxy_options: def.proxy_options.clone(),
-            }),
+                def.proxy_options.clone(),
+                settings,
+                registry,
+            )),
         );
     }
     out
+}
+
+/// A service endpoint's `tollgate:` block, errors reported at the offending value.
+fn upstream_settings(
+    def: &crate::config::gateway_file::ServiceEndpointDef,
+    errors: &mut ConfigErrors,
+) -> crate::upstream::settings::UpstreamSettings {
+    use crate::upstream::settings::UpstreamSettings;
+    let Some(node) = &def.tollgate else {
+        return UpstreamSettings::default();
+    };
+    match serde_path_to_error::deserialize::<_, UpstreamSettings>(node.to_json()) {
+        Ok(s) => match s.validate(def.urls.len()) {
+            Ok(()) => s,
+            Err(why) => {
+                errors.push(
+                    &node.pos,
+                    format!("serviceEndpoint `{}` `tollgate`: {why}", def.name),
+                );
+                UpstreamSettings::default()
+            }
+        },
+        Err(e) => {
+            errors.push(
+                &node.locate(e.path()).pos,
+                format!(
+                    "serviceEndpoint `{}` `tollgate.{}`: {}",
+                    def.name,
+                    e.path(),
+                    e.inner()
+                ),
+            );
+            UpstreamSettings::default()
+        }
+    }
 }
 
 fn check_declared_policies(gw: &GatewayFile, errors: &mut ConfigErrors) {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
@@ -31,9 +32,6 @@ pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 /// the others).
 const MAX_REQUEST_HEAD: usize = crate::listener::MAX_REQUEST_HEAD;
 
-/// How long to wait for an upstream connection when the proxy action sets no timeout.
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
 static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 
@@ -45,6 +43,8 @@ pub struct Tollgate {
 /// Per-request state across Pingora's phases.
 pub struct RequestCtx {
     x: Exchange,
+    /// Compression of this response, when its pipeline asked for it.
+    compression: Option<Box<ResponseCompressionCtx>>,
     started: Instant,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
@@ -239,6 +239,7 @@ impl ProxyHttp for Tollgate {
         crate::metrics::metrics().in_flight.inc();
         RequestCtx {
             x: Exchange::default(),
+            compression: None,
             started: Instant::now(),
             upstream_started: None,
             upstream_time: None,
@@ -248,7 +249,14 @@ impl ProxyHttp for Tollgate {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.x.request_id = new_request_id();
         match self.decide(session, &mut ctx.x).await {
-            Decision::Proxy => Ok(false),
+            Decision::Proxy => {
+                if let Some(level) = ctx.x.compress {
+                    let mut c = ResponseCompressionCtx::new(level, false, false);
+                    c.request_filter(session.req_header());
+                    ctx.compression = Some(Box::new(c));
+                }
+                Ok(false)
+            }
             Decision::Reply(reply) => {
                 send_reply(session, reply, &ctx.x.response_edits).await?;
                 Ok(true)
@@ -314,21 +322,56 @@ impl ProxyHttp for Tollgate {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(plan) = &ctx.x.proxy else {
+        let Some(plan) = &mut ctx.x.proxy else {
             return Error::e_explain(ErrorType::InternalError, "no proxy plan for this request");
         };
-        ctx.upstream_started = Some(Instant::now());
-        let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
-        peer.options.connection_timeout =
-            Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
-        peer.options.read_timeout = plan.read_timeout;
-        peer.options.write_timeout = plan.read_timeout;
-        peer.options.verify_cert = plan.verify_cert;
-        peer.options.verify_hostname = plan.verify_cert;
-        Ok(Box::new(peer))
+        ctx.upstream_started.get_or_insert_with(Instant::now);
+        crate::upstream::attempt::begin(plan, session.req_header().uri.path())
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        match &mut ctx.x.proxy {
+            Some(plan) => {
+                crate::upstream::attempt::connect_failed(plan, &session.req_header().method, e)
+            }
+            None => e,
+        }
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        _client_reused: bool,
+    ) -> Box<Error> {
+        let started = ctx.upstream_time.is_some() || session.response_written().is_some();
+        match &mut ctx.x.proxy {
+            Some(plan) => {
+                crate::upstream::attempt::broke(plan, &session.req_header().method, started, e)
+            }
+            None => e,
+        }
+    }
+
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: pingora_proxy::ProxyWarnLogContext,
+    ) -> bool {
+        true
     }
 
     async fn upstream_request_filter(
@@ -370,6 +413,9 @@ impl ProxyHttp for Tollgate {
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         }
+        if let Some(plan) = &ctx.x.proxy {
+            crate::upstream::attempt::answered(plan, _upstream_response.status.as_u16());
+        }
         Ok(())
     }
 
@@ -383,7 +429,31 @@ impl ProxyHttp for Tollgate {
             upstream_response
                 .insert_header(X_CACHE_STATUS.clone(), crate::cache::status(session))?;
         }
+        if let Some(c) = &mut ctx.compression {
+            let no_body = session.req_header().method == http::Method::HEAD
+                || matches!(upstream_response.status.as_u16(), 204 | 304);
+            c.response_header_filter(upstream_response, no_body);
+            if session.is_http2() {
+                // HTTP/2 frames the body itself.
+                upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            }
+        }
         apply_edits(upstream_response, &ctx.x.response_edits)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(c) = &mut ctx.compression {
+            if c.is_enabled() {
+                *body = c.response_body_filter(body.as_ref(), end_of_stream);
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -435,8 +505,26 @@ impl ProxyHttp for Tollgate {
         true
     }
 
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        match &ctx.x.proxy {
+            Some(plan) if crate::upstream::attempt::overdue(plan) => {
+                Error::e_explain(ErrorType::ReadTimedout, "the total timeout passed")
+            }
+            _ => Ok(None),
+        }
+    }
+
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        if let Some(plan) = &mut ctx.x.proxy {
+            crate::upstream::attempt::end(plan);
+        }
         let m = crate::metrics::metrics();
         m.in_flight.dec();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -529,6 +617,7 @@ fn log_failure(e: &Error, ctx: &RequestCtx, status: u16) {
 fn upstream_error_kind(e: &Error) -> usize {
     match e.etype() {
         ErrorType::ConnectRefused => 0,
+        ErrorType::ConnectNoRoute => crate::metrics::UNAVAILABLE,
         ErrorType::ConnectTimedout => 1,
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => 2,
         ErrorType::ConnectionClosed

@@ -120,6 +120,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let shared = Shared {
         counters: Arc::new(Counters::default()),
         consumers: consumers.cache.clone(),
+        upstreams: Arc::default(),
         shared_windows: (!loaded_redis_emulated).then(|| consumers.store.clone()),
     };
     let tiles = crate::cache::init(&opts.cache)?;
@@ -142,6 +143,13 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let admin = gateway.admin.clone();
     let current = Arc::new(ArcSwap::from_pointee(gateway));
     start_dns_refresh(current.clone());
+    for ep in current.load().service_endpoints.values() {
+        crate::upstream::health::start(ep, background.handle());
+    }
+    crate::metrics::metrics().on_scrape(Box::new({
+        let current = current.clone();
+        move || crate::upstream::publish_health(&current.load())
+    }));
 
     let threads = opts
         .threads

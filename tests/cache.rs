@@ -356,8 +356,9 @@ fn stale_while_revalidate_and_stale_if_error() {
     assert_eq!(
         (down.status, cache_status(&down)),
         (200, "STALE"),
-        "{}",
-        down.text()
+        "{}\n{}",
+        down.text(),
+        gw.log_text()
     );
     // A tile never cached is a 502 when the upstream is down.
     assert_eq!(open("/open/never.png").status, 502);

@@ -2,10 +2,10 @@
 //! management with EG's routes, `/metrics`, and the storage route. When a token is configured every request must
 //! carry `Authorization: Bearer <token>`.
 
-pub mod cache_routes;
 pub mod config_routes;
 pub mod consumer_routes;
 pub mod service;
+pub mod state_routes;
 pub mod storage;
 
 use std::sync::Arc;
@@ -166,7 +166,7 @@ impl AdminApi {
             Ok(b) => b,
             Err(r) => return r,
         };
-        if let Some(r) = cache_routes::route(&gw, &method, &segments, &body).await {
+        if let Some(r) = state_routes::route(&gw, &method, &segments, &body).await {
             return r;
         }
         if let Some(r) =

@@ -171,6 +171,10 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
         if let Some(path) = key::without_secrets(&plan.path, &rule.secret_params) {
             plan.path = path;
         }
+        // A retry on another url makes its path from the recipe: no credentials there either.
+        if let Some(url) = key::without_secrets(&plan.path_recipe.url, &rule.secret_params) {
+            plan.path_recipe.url = url;
+        }
     }
 }
 

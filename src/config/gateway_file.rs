@@ -52,6 +52,8 @@ pub struct ServiceEndpointDef {
     pub pos: Pos,
     pub urls: Vec<(String, Pos)>,
     pub proxy_options: Option<Node>,
+    /// tollgate's own settings (balancing, health checks, retries), which EG configs omit.
+    pub tollgate: Option<Node>,
 }
 
 /// One `{condition?, action?}` step of a policy in a pipeline.
@@ -427,6 +429,7 @@ fn service_endpoint(
         pos: key.pos.clone(),
         urls,
         proxy_options: value.get("proxyOptions").filter(|n| !n.is_null()).cloned(),
+        tollgate: value.get("tollgate").filter(|n| !n.is_null()).cloned(),
     })
 }
 

@@ -250,10 +250,14 @@ async fn accept_loop<A>(
 }
 
 /// A TLS acceptor for a certificate (chain) and key in PEM files: Mozilla's intermediate
-/// settings, HTTP/1.1.
+/// settings; HTTP/2 when the client offers it (ALPN), else HTTP/1.1.
 pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<Arc<SslAcceptor>> {
+    use pingora_core::tls::ssl::{select_next_proto, AlpnError};
     let mut b =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).context("cannot set up TLS")?;
+    b.set_alpn_select_callback(|_, offered| {
+        select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
+    });
     b.set_certificate_chain_file(cert)
         .with_context(|| format!("cannot use the certificate {cert}"))?;
     b.set_private_key_file(key, SslFiletype::PEM)

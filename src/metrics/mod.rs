@@ -21,7 +21,7 @@ pub(crate) const DURATION_BUCKETS: &[f64] = &[
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// Kinds of upstream failure.
-pub const UPSTREAM_ERROR_KINDS: [&str; 7] = [
+pub const UPSTREAM_ERROR_KINDS: [&str; 8] = [
     "refused",
     "connect_timeout",
     "read_timeout",
@@ -29,7 +29,11 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 7] = [
     "tls",
     "dns",
     "other",
+    "unavailable",
 ];
+
+/// The kind of a request no url could take (all unhealthy or ejected).
+pub const UNAVAILABLE: usize = 7;
 
 /// Why a client connection closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +100,10 @@ pub struct Metrics {
     /// Requests that matched no apiEndpoint.
     pub unrouted: EndpointMetrics,
     pub cache: cache::CacheMetrics,
+    /// Per service endpoint url: 1 when requests may go to it (healthy, not ejected).
+    pub upstream_healthy: prometheus::IntGaugeVec,
+    /// Work that brings gauges up to date when metrics are read.
+    on_scrape: std::sync::Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
 }
 
 /// The handles of one apiEndpoint, resolved when the config is built.
@@ -261,6 +269,14 @@ impl Metrics {
         ));
         reg(Box::new(client_cap_waits.clone()));
         let cache = cache::CacheMetrics::new(&registry);
+        let upstream_healthy = must(prometheus::IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_healthy",
+                "Whether requests may go to a url of a service endpoint (1) or not (0: unhealthy or ejected)",
+            ),
+            &["service", "url"],
+        ));
+        reg(Box::new(upstream_healthy.clone()));
         let unrouted = EndpointMetrics {
             duration: STATUS_CLASSES
                 .iter()
@@ -296,6 +312,8 @@ impl Metrics {
             client_cap_waits,
             unrouted,
             cache,
+            upstream_healthy,
+            on_scrape: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -349,9 +367,29 @@ impl Metrics {
         }
     }
 
+    /// Adds work that brings gauges up to date before metrics are read.
+    pub fn on_scrape(&self, f: Box<dyn Fn() + Send + Sync>) {
+        self.on_scrape
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    fn refresh(&self) {
+        self.cache.refresh();
+        for f in self
+            .on_scrape
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f();
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn text(&self) -> String {
-        self.cache.refresh();
+        self.refresh();
         let mut out = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");
@@ -361,7 +399,7 @@ impl Metrics {
 
     /// The metrics as JSON, in prom-client's `getMetricsAsJSON` shape.
     pub fn json(&self) -> serde_json::Value {
-        self.cache.refresh();
+        self.refresh();
         let families = self.registry.gather();
         serde_json::Value::Array(
             families

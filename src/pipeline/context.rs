@@ -88,11 +88,22 @@ pub struct Consumer {
     pub scopes: Arc<[String]>,
 }
 
-/// Where and how the proxy policy sends this request.
+/// Where and how the proxy policy sends this request. The url of the service endpoint is
+/// chosen per attempt: a retry goes to another one ([`ProxyPlan::retarget`]).
 #[derive(Clone, Debug)]
 pub struct ProxyPlan {
     /// The service endpoint's name.
     pub service: Arc<str>,
+    pub endpoint: Arc<crate::upstream::ServiceEndpoint>,
+    /// The url of this attempt, and those tried before (a bit each).
+    pub target: usize,
+    pub tried: u64,
+    /// Attempts made so far (the first is 1).
+    pub attempts: u32,
+    /// Whether this attempt is counted in its url's requests in flight.
+    pub counted: bool,
+    /// No url was available when the request was planned (the tile cache may still answer).
+    pub unavailable: bool,
     pub addr: SocketAddr,
     pub tls: bool,
     pub sni: String,
@@ -101,8 +112,63 @@ pub struct ProxyPlan {
     pub host: Option<HeaderValue>,
     /// Path and query sent upstream.
     pub path: String,
+    /// How the path is made from a url's own path: the client's URL (after `stripPath`),
+    /// `prependPath`, `ignorePath`.
+    pub path_recipe: PathRecipe,
+    pub change_origin: bool,
     pub connect_timeout: Option<Duration>,
     pub read_timeout: Option<Duration>,
+    /// When the whole exchange with the upstream must be over.
+    pub deadline: Option<std::time::Instant>,
+}
+
+/// How the upstream path is made for a url (`http-proxy`'s rules).
+#[derive(Clone, Debug)]
+pub struct PathRecipe {
+    pub url: String,
+    pub prepend_path: bool,
+    pub ignore_path: bool,
+}
+
+impl PathRecipe {
+    pub fn path_for(&self, base_path: &str) -> String {
+        if self.ignore_path {
+            return if self.prepend_path {
+                base_path.to_string()
+            } else {
+                "/".into()
+            };
+        }
+        if self.prepend_path {
+            crate::policies::proxy::url_join(base_path, &self.url)
+        } else {
+            self.url.clone()
+        }
+    }
+}
+
+impl ProxyPlan {
+    /// Points this plan at url `i` of its service endpoint. `false` when the url has no
+    /// resolved address.
+    pub fn retarget(&mut self, i: usize) -> bool {
+        let Some(t) = self.endpoint.targets.get(i).cloned() else {
+            return false;
+        };
+        let Some(addr) = t.addr() else {
+            return false;
+        };
+        let credential_free = self.path_recipe.path_for(&t.base_path);
+        self.target = i;
+        if i < 64 {
+            self.tried |= 1 << i;
+        }
+        self.addr = addr;
+        self.tls = t.tls;
+        self.sni = t.hostname.clone();
+        self.host = self.change_origin.then(|| t.host_header.clone());
+        self.path = credential_free;
+        true
+    }
 }
 
 /// A response a policy produced itself.
@@ -183,6 +249,8 @@ pub struct Exchange {
     pub proxy: Option<ProxyPlan>,
     /// Set by a `cache` step: the tile cache may answer this request.
     pub cache: Option<crate::cache::CacheUse>,
+    /// Set by a `compression` step: the level text responses are compressed at.
+    pub compress: Option<u32>,
 }
 
 /// Requests for unit tests of policies.

@@ -3,6 +3,7 @@
 
 pub mod auth_common;
 pub mod basic_auth;
+pub mod compression;
 pub mod cors;
 pub mod header_values;
 pub mod headers;
@@ -60,6 +61,7 @@ pub const AVAILABLE: &[&str] = &[
     "scopes",
     "metrics",
     "cache",
+    "compression",
 ];
 
 /// EG policies tollgate does not provide, with the reason given to the user.
@@ -142,6 +144,12 @@ pub fn build(
         )),
         "scopes" => Arc::new(scopes::Scopes),
         "metrics" => Arc::new(metrics::Metrics),
+        "compression" => {
+            match compression::Compression::build(params(name, action, pos, errors)?) {
+                Ok(p) => Arc::new(p),
+                Err(why) => return built_error(name, why, pos, errors),
+            }
+        }
         "cache" => match crate::cache::policy::Cache::build(
             params(name, action, pos, errors)?,
             cx.secret_query_params,

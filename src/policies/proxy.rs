@@ -1,8 +1,10 @@
-//! `proxy`: chooses the upstream (round-robin over `urls`), rewrites the path (stripPath,
-//! prependPath, ignorePath), sets Host (changeOrigin), X-Forwarded-* (xfwd), `eg-request-id`
-//! and any static `headers`, and sets the timeouts. The transfer itself is Pingora's.
+//! `proxy`: chooses an available url of the service endpoint (its balancing; an immediate 502
+//! when none is available), rewrites the path (stripPath, prependPath, ignorePath), sets Host
+//! (changeOrigin), X-Forwarded-* (xfwd), `eg-request-id` and any static `headers`, and sets
+//! the timeouts: `connectTimeout`, `readTimeout` (between bytes) and `totalTimeout`, in ms;
+//! EG's `proxyTimeout` and `timeout` stand for connect and read when those are not given. The
+//! transfer itself is Pingora's.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,10 +13,10 @@ use serde::Deserialize;
 
 use crate::config::error::{ConfigErrors, Pos};
 use crate::config::node::Node;
-use crate::pipeline::context::{HeaderEdit, ProxyPlan};
+use crate::pipeline::context::{HeaderEdit, PathRecipe, ProxyPlan};
 use crate::pipeline::expr::ip_text;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
-use crate::upstream::{ServiceEndpoint, UpstreamTarget};
+use crate::upstream::ServiceEndpoint;
 
 use super::BuildContext;
 
@@ -34,6 +36,9 @@ pub struct Params {
     strategy: Option<String>,
     timeout: Option<u64>,
     proxy_timeout: Option<u64>,
+    connect_timeout: Option<u64>,
+    read_timeout: Option<u64>,
+    total_timeout: Option<u64>,
     #[serde(default = "yes")]
     secure: bool,
     #[serde(default)]
@@ -46,15 +51,16 @@ fn yes() -> bool {
 
 pub struct Proxy {
     service: Arc<str>,
-    targets: Vec<Arc<UpstreamTarget>>,
-    next: AtomicUsize,
+    endpoint: Arc<ServiceEndpoint>,
     change_origin: bool,
     strip_path: bool,
     prepend_path: bool,
     ignore_path: bool,
     xfwd: bool,
     verify_cert: bool,
-    timeout: Option<Duration>,
+    connect_timeout: Option<Duration>,
+    read_timeout: Option<Duration>,
+    total_timeout: Option<Duration>,
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
@@ -91,7 +97,7 @@ impl Proxy {
             let at = super::param_pos(action, "strategy", pos);
             errors.push(
                 at,
-                format!("policy `proxy`: unknown strategy `{s}` (only round-robin)"),
+                format!("policy `proxy`: unknown strategy `{s}` (only round-robin here; other balancing is the service endpoint's `tollgate.balance`)"),
             );
             return None;
         }
@@ -108,54 +114,35 @@ impl Proxy {
                 ),
             }
         }
-        let timeout = p
-            .proxy_timeout
-            .or(p.timeout)
-            .filter(|t| *t > 0)
-            .map(Duration::from_millis);
+        let ms = |v: Option<u64>| v.filter(|t| *t > 0).map(Duration::from_millis);
+        let eg_timeout = ms(p.proxy_timeout).or(ms(p.timeout));
         Some(Proxy {
             service: Arc::from(endpoint.name.as_str()),
-            targets: endpoint.targets.clone(),
-            next: AtomicUsize::new(0),
+            endpoint: endpoint.clone(),
             change_origin: p.change_origin,
             strip_path: p.strip_path,
             prepend_path: p.prepend_path,
             ignore_path: p.ignore_path,
             xfwd: p.xfwd,
             verify_cert: p.secure,
-            timeout,
+            connect_timeout: ms(p.connect_timeout).or(eg_timeout),
+            read_timeout: ms(p.read_timeout).or(eg_timeout),
+            total_timeout: ms(p.total_timeout),
             headers,
         })
     }
 
-    fn pick(&self) -> &UpstreamTarget {
-        let i = if self.targets.len() == 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len()
-        };
-        &self.targets[i]
-    }
-
-    /// The path and query sent upstream, as http-proxy builds it from the (possibly stripped)
-    /// URL and the target's path.
-    fn upstream_path(&self, req: &Request<'_>, target: &UpstreamTarget) -> String {
-        let url = if self.strip_path {
-            stripped_url(req)
-        } else {
-            req.url.to_string()
-        };
-        if self.ignore_path {
-            return if self.prepend_path {
-                target.base_path.clone()
+    /// How the upstream path is made from a url's path, as http-proxy builds it from the
+    /// (possibly stripped) URL.
+    fn path_recipe(&self, req: &Request<'_>) -> PathRecipe {
+        PathRecipe {
+            url: if self.strip_path {
+                stripped_url(req)
             } else {
-                "/".into()
-            };
-        }
-        if self.prepend_path {
-            url_join(&target.base_path, &url)
-        } else {
-            url
+                req.url.to_string()
+            },
+            prepend_path: self.prepend_path,
+            ignore_path: self.ignore_path,
         }
     }
 }
@@ -245,12 +232,50 @@ pub fn url_join(base: &str, url: &str) -> String {
 
 impl Policy for Proxy {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
-        let target = self.pick();
-        let Some(addr) = target.addr() else {
-            log::warn!("proxy: upstream `{}` has no resolved address", target.url);
+        let picked = self.endpoint.pick(req.path, 0);
+        if picked.is_none() && x.cache.is_none() {
+            log::warn!(
+                "upstream failure: api endpoint `{}`, service endpoint `{}`: no url is available (all unhealthy or ejected); answered 502",
+                req.endpoint.name,
+                self.service
+            );
+            crate::metrics::metrics().upstream_error(crate::metrics::UNAVAILABLE);
+            return Outcome::Respond(crate::responses::bad_gateway());
+        }
+        // With a cache step the request goes on: a cached (or stale) tile may still answer it.
+        let i = picked.unwrap_or(0);
+        let mut plan = ProxyPlan {
+            service: self.service.clone(),
+            endpoint: self.endpoint.clone(),
+            target: i,
+            tried: 0,
+            attempts: 0,
+            counted: false,
+            unavailable: picked.is_none(),
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: false,
+            sni: String::new(),
+            verify_cert: self.verify_cert,
+            host: None,
+            path: String::new(),
+            path_recipe: self.path_recipe(req),
+            change_origin: self.change_origin,
+            connect_timeout: self.connect_timeout,
+            read_timeout: self.read_timeout,
+            deadline: None,
+        };
+        if !plan.retarget(i) {
+            log::warn!(
+                "upstream failure: api endpoint `{}`, upstream {}: no resolved address; answered 502",
+                req.endpoint.name,
+                self.endpoint.targets[i].url
+            );
             crate::metrics::metrics().upstream_error(5);
             return Outcome::Respond(crate::responses::bad_gateway());
-        };
+        }
+        if let Some(t) = self.total_timeout {
+            plan.deadline = Some(std::time::Instant::now() + t);
+        }
         if let Ok(id) = HeaderValue::from_str(&x.request_id) {
             x.upstream_edits
                 .push(HeaderEdit::Set(REQUEST_ID.clone(), id));
@@ -296,17 +321,7 @@ impl Policy for Proxy {
                 }
             }
         }
-        x.proxy = Some(ProxyPlan {
-            service: self.service.clone(),
-            addr,
-            tls: target.tls,
-            sni: target.hostname.clone(),
-            verify_cert: self.verify_cert,
-            host: self.change_origin.then(|| target.host_header.clone()),
-            path: self.upstream_path(req, target),
-            connect_timeout: self.timeout,
-            read_timeout: self.timeout,
-        });
+        x.proxy = Some(plan);
         Outcome::Proxy
     }
 }

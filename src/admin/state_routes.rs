@@ -1,4 +1,5 @@
-//! The tile cache on the Admin API: `GET /tollgate/cache` (what each tier holds, which
+//! tollgate's own state on the Admin API: `GET /tollgate/upstreams` (each service endpoint's
+//! urls: health, ejection, requests in flight) and the tile cache: `GET /tollgate/cache` (what each tier holds, which
 //! pipelines cache, the api endpoints' purge generations) and `POST /tollgate/cache/purge`
 //! with `{"url": "/wmts/1/2/3.png", "host": "..."}` (one URL, as a client requests it) or
 //! `{"apiEndpoint": "wmts"}` (everything cached for it).
@@ -16,6 +17,9 @@ pub async fn route(
     body: &Value,
 ) -> Option<Response<Vec<u8>>> {
     match (method, segments) {
+        (&Method::GET, ["tollgate", "upstreams"]) => {
+            Some(json(StatusCode::OK, &crate::upstream::describe(gw)))
+        }
         (&Method::GET, ["tollgate", "cache"]) => Some(state(gw)),
         (&Method::POST, ["tollgate", "cache", "purge"]) => Some(purge(gw, body).await),
         (_, ["tollgate", "cache", ..]) => Some(text(

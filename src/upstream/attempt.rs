@@ -1,0 +1,149 @@
+//! One request's attempts at a service endpoint, as the proxy phases drive them: the peer of
+//! each attempt, retries on another url when a connection fails or breaks before any response
+//! byte (GET and HEAD by default, at most `retries` more), the passive health record of each
+//! url (connect failures and 5xx eject after `consecutiveFailures`), requests in flight per url
+//! for least-connections, and the total timeout.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+
+use crate::pipeline::context::ProxyPlan;
+
+/// How long to wait for an upstream connection when the proxy action sets no timeout.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Begins an attempt: the first goes to the url the proxy step chose, a retry to another
+/// available one. Returns the peer to connect to.
+fn no_route(why: &'static str) -> Box<Error> {
+    Error::create(
+        ErrorType::ConnectNoRoute,
+        pingora_core::ErrorSource::Upstream,
+        Some(why.into()),
+        None,
+    )
+}
+
+pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
+    if plan.unavailable {
+        return Err(no_route("no url of the service endpoint is available"));
+    }
+    if plan.attempts > 0 {
+        let Some(i) = plan.endpoint.pick(path, plan.tried) else {
+            return Err(no_route(
+                "no other url of the service endpoint is available",
+            ));
+        };
+        if !plan.retarget(i) {
+            return Err(no_route("the url does not resolve"));
+        }
+    }
+    plan.attempts += 1;
+    plan.endpoint.states[plan.target]
+        .in_flight
+        .fetch_add(1, Ordering::Relaxed);
+    plan.counted = true;
+    let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
+    peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
+    let mut read = plan.read_timeout;
+    if let Some(deadline) = plan.deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            end(plan);
+            return Error::e_explain(ErrorType::ReadTimedout, "the total timeout passed");
+        }
+        read = Some(read.map_or(left, |r| r.min(left)));
+        peer.options.connection_timeout = peer.options.connection_timeout.map(|c| c.min(left));
+    }
+    peer.options.read_timeout = read;
+    peer.options.write_timeout = read;
+    peer.options.verify_cert = plan.verify_cert;
+    peer.options.verify_hostname = plan.verify_cert;
+    if plan.endpoint.settings.http2 {
+        peer.options.set_http_version(2, 1);
+    }
+    Ok(Box::new(peer))
+}
+
+/// Ends the current attempt (its url no longer has this request in flight).
+pub fn end(plan: &mut ProxyPlan) {
+    if std::mem::take(&mut plan.counted) {
+        plan.endpoint.states[plan.target]
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Records a url's failure, and says whether it was ejected by it.
+fn failed(plan: &ProxyPlan) {
+    let ep = &plan.endpoint;
+    if ep.states[plan.target].request_result(true, ep.settings.outlier_detection.as_ref()) {
+        log::warn!(
+            "upstream {} of service endpoint `{}` ejected for {:?} after consecutive failures",
+            ep.targets[plan.target].url,
+            ep.name,
+            ep.settings
+                .outlier_detection
+                .as_ref()
+                .map_or(Duration::ZERO, |o| o.eject())
+        );
+    }
+}
+
+/// Whether another attempt may be made for this request: retries left, a method that may be
+/// retried, and another url to go to.
+fn may_retry(plan: &ProxyPlan, method: &http::Method) -> bool {
+    let s = &plan.endpoint.settings;
+    plan.attempts <= s.retries
+        && s.retries_method(method)
+        && plan.endpoint.any_available(plan.tried)
+}
+
+/// After a connection to the upstream failed: marks the error for a retry when one is
+/// allowed.
+pub fn connect_failed(
+    plan: &mut ProxyPlan,
+    method: &http::Method,
+    mut e: Box<Error>,
+) -> Box<Error> {
+    failed(plan);
+    end(plan);
+    e.set_retry(may_retry(plan, method));
+    e
+}
+
+/// After the exchange broke: a retry only when nothing of the response arrived yet.
+pub fn broke(
+    plan: &mut ProxyPlan,
+    method: &http::Method,
+    response_started: bool,
+    mut e: Box<Error>,
+) -> Box<Error> {
+    end(plan);
+    if response_started {
+        e.set_retry(false);
+        return e;
+    }
+    failed(plan);
+    if may_retry(plan, method) {
+        e.set_retry(true);
+    }
+    e
+}
+
+/// The upstream answered: 5xx counts against the url, anything else clears its record.
+pub fn answered(plan: &ProxyPlan, status: u16) {
+    let ep = &plan.endpoint;
+    if status >= 500 {
+        failed(plan);
+    } else {
+        ep.states[plan.target].request_result(false, ep.settings.outlier_detection.as_ref());
+    }
+}
+
+/// Whether the total timeout has passed.
+pub fn overdue(plan: &ProxyPlan) -> bool {
+    plan.deadline.is_some_and(|d| Instant::now() >= d)
+}

@@ -1,0 +1,212 @@
+//! Choosing a url of a service endpoint among the available ones: round-robin by weight (EG's
+//! order when weights are equal), least requests in flight per unit of weight, or consistent
+//! (rendezvous) hashing on the path, which moves only the share of a url that goes away.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::settings::Balance;
+
+/// The order weighted round-robin walks: each index as often as its weight, spread out
+/// (smooth weighted round-robin, as nginx does).
+pub fn wheel(weights: &[u32]) -> Vec<usize> {
+    let total: i64 = weights.iter().map(|w| i64::from(*w)).sum();
+    if total == 0 {
+        return Vec::new();
+    }
+    let mut current = vec![0i64; weights.len()];
+    let mut order = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        for (c, w) in current.iter_mut().zip(weights) {
+            *c += i64::from(*w);
+        }
+        let best = current
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, c)| (**c, std::cmp::Reverse(*i)))
+            .map_or(0, |(i, _)| i);
+        current[best] -= total;
+        order.push(best);
+    }
+    order
+}
+
+fn hash64(path: &str, url: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    url.hash(&mut h);
+    h.finish()
+}
+
+/// What the chooser needs of each url.
+pub struct Candidate<'a> {
+    pub url: &'a str,
+    pub weight: u32,
+    pub in_flight: usize,
+}
+
+/// Picks among `candidates` (only the available ones, none excluded). `None` when there is
+/// nothing to pick from.
+pub fn pick(
+    balance: Balance,
+    wheel: &[usize],
+    next: &AtomicUsize,
+    candidates: &[Option<Candidate<'_>>],
+    path: &str,
+) -> Option<usize> {
+    let available = |i: usize| {
+        candidates
+            .get(i)
+            .is_some_and(|c| c.as_ref().is_some_and(|c| c.weight > 0))
+    };
+    match balance {
+        Balance::RoundRobin => {
+            if wheel.is_empty() {
+                return None;
+            }
+            let start = next.fetch_add(1, Ordering::Relaxed);
+            (0..wheel.len())
+                .map(|k| wheel[(start + k) % wheel.len()])
+                .find(|i| available(*i))
+        }
+        Balance::LeastConnections => {
+            let start = next.fetch_add(1, Ordering::Relaxed);
+            let n = candidates.len();
+            (0..n)
+                .map(|k| (start + k) % n)
+                .filter(|i| available(*i))
+                .min_by(|a, b| {
+                    let load = |i: usize| {
+                        let c = candidates[i].as_ref().expect("available");
+                        (c.in_flight as f64 + 1.0) / f64::from(c.weight)
+                    };
+                    load(*a).total_cmp(&load(*b))
+                })
+        }
+        Balance::ConsistentHash => candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().filter(|c| c.weight > 0).map(|c| (i, c)))
+            .map(|(i, c)| {
+                // Weighted rendezvous hashing: the highest -weight / ln(u) wins.
+                let u = (hash64(path, c.url) >> 11) as f64 / (1u64 << 53) as f64;
+                let u = u.clamp(f64::MIN_POSITIVE, 1.0 - f64::EPSILON);
+                (i, -f64::from(c.weight) / u.ln())
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(i, _)| i),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cands(n: usize, weights: &[u32]) -> Vec<(String, u32)> {
+        (0..n)
+            .map(|i| (format!("http://u{i}"), weights.get(i).copied().unwrap_or(1)))
+            .collect()
+    }
+
+    fn view<'a>(
+        c: &'a [(String, u32)],
+        down: &[usize],
+        flight: &[usize],
+    ) -> Vec<Option<Candidate<'a>>> {
+        c.iter()
+            .enumerate()
+            .map(|(i, (u, w))| {
+                (!down.contains(&i)).then(|| Candidate {
+                    url: u,
+                    weight: *w,
+                    in_flight: flight.get(i).copied().unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn weighted_round_robin_skips_what_is_down() {
+        assert_eq!(wheel(&[1, 1, 1]), vec![0, 1, 2]);
+        let w = wheel(&[2, 1]);
+        assert_eq!(w.iter().filter(|i| **i == 0).count(), 2);
+        let c = cands(3, &[]);
+        let next = AtomicUsize::new(0);
+        let w = wheel(&[1, 1, 1]);
+        let picks: Vec<_> = (0..6)
+            .map(|_| pick(Balance::RoundRobin, &w, &next, &view(&c, &[1], &[]), "/"))
+            .collect();
+        assert!(
+            picks.iter().all(|p| matches!(p, Some(0) | Some(2))),
+            "{picks:?}"
+        );
+        assert_eq!(
+            pick(
+                Balance::RoundRobin,
+                &w,
+                &next,
+                &view(&c, &[0, 1, 2], &[]),
+                "/"
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn least_connections() {
+        let c = cands(3, &[1, 1, 2]);
+        let next = AtomicUsize::new(0);
+        assert_eq!(
+            pick(
+                Balance::LeastConnections,
+                &[],
+                &next,
+                &view(&c, &[], &[5, 1, 3]),
+                "/"
+            ),
+            Some(1)
+        );
+        assert_eq!(
+            pick(
+                Balance::LeastConnections,
+                &[],
+                &next,
+                &view(&c, &[], &[5, 3, 3]),
+                "/"
+            ),
+            Some(2),
+            "weight counts"
+        );
+    }
+
+    #[test]
+    fn consistent_hashing_moves_only_the_lost_share() {
+        let c = cands(4, &[]);
+        let next = AtomicUsize::new(0);
+        let paths: Vec<String> = (0..400).map(|i| format!("/tiles/{i}.png")).collect();
+        let before: Vec<_> = paths
+            .iter()
+            .map(|p| pick(Balance::ConsistentHash, &[], &next, &view(&c, &[], &[]), p))
+            .collect();
+        let again: Vec<_> = paths
+            .iter()
+            .map(|p| pick(Balance::ConsistentHash, &[], &next, &view(&c, &[], &[]), p))
+            .collect();
+        assert_eq!(before, again, "the same path goes to the same url");
+        for i in 0..4 {
+            let share = before.iter().filter(|p| **p == Some(i)).count();
+            assert!((50..=150).contains(&share), "url {i} has {share} of 400");
+        }
+        let after: Vec<_> = paths
+            .iter()
+            .map(|p| pick(Balance::ConsistentHash, &[], &next, &view(&c, &[2], &[]), p))
+            .collect();
+        for (b, a) in before.iter().zip(&after) {
+            if *b != Some(2) {
+                assert_eq!(b, a, "only url 2's paths move");
+            } else {
+                assert_ne!(*a, Some(2));
+            }
+        }
+    }
+}

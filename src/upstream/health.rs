@@ -1,0 +1,111 @@
+//! Active health checks: every `interval`, each url of a service endpoint with a
+//! `healthCheck` gets `GET <path>` (on the url's host, through Pingora's connector, TLS and
+//! certificate checks as for traffic); a status in `statuses` within `timeout` passes. A url
+//! turns unhealthy after `unhealthyThreshold` failed checks in a row and healthy again after
+//! `healthyThreshold` passed ones; each change is one log line. A checker stops when its
+//! service endpoint is no longer in the running config.
+
+use std::sync::{Arc, Weak};
+
+use pingora_core::connectors::http::Connector;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_http::RequestHeader;
+
+use super::settings::HealthCheck;
+use super::state::Change;
+use super::{ServiceEndpoint, UpstreamTarget};
+
+/// Starts the checker of a service endpoint, if it has a health check.
+pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) {
+    let Some(check) = endpoint.settings.health_check.clone() else {
+        return;
+    };
+    let weak: Weak<ServiceEndpoint> = Arc::downgrade(endpoint);
+    runtime.spawn(async move {
+        let connector = Connector::new(None);
+        let mut tick = tokio::time::interval(check.interval());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            let Some(ep) = weak.upgrade() else {
+                return;
+            };
+            let probes = ep
+                .targets
+                .iter()
+                .map(|t| probe(&connector, t, &check, ep.settings.http2));
+            let results = futures_util::future::join_all(probes).await;
+            for ((target, state), result) in ep.targets.iter().zip(&ep.states).zip(results) {
+                let change = state.check_result(
+                    result.is_ok(),
+                    check.healthy_threshold,
+                    check.unhealthy_threshold,
+                );
+                match (change, result) {
+                    (Change::BecameUnhealthy, Err(why)) => log::warn!(
+                        "upstream {} of service endpoint `{}` is unhealthy: {why}; requests go to the others",
+                        target.url,
+                        ep.name
+                    ),
+                    (Change::BecameHealthy, _) => log::info!(
+                        "upstream {} of service endpoint `{}` is healthy again",
+                        target.url,
+                        ep.name
+                    ),
+                    _ => {}
+                }
+            }
+        }
+    });
+}
+
+/// One check of one url: `Ok` when it answered a healthy status in time.
+async fn probe(
+    connector: &Connector,
+    target: &UpstreamTarget,
+    check: &HealthCheck,
+    http2: bool,
+) -> Result<(), String> {
+    let addr = target
+        .addr()
+        .ok_or_else(|| format!("`{}` does not resolve", target.hostname))?;
+    let mut peer = HttpPeer::new(addr, target.tls, target.hostname.clone());
+    peer.options.connection_timeout = Some(check.timeout());
+    peer.options.read_timeout = Some(check.timeout());
+    peer.options.write_timeout = Some(check.timeout());
+    if http2 {
+        peer.options.set_http_version(2, 1);
+    }
+    let exchange = async {
+        let (mut session, _reused) = connector
+            .get_http_session(&peer)
+            .await
+            .map_err(|e| format!("cannot connect: {}", e.etype().as_str()))?;
+        let mut req =
+            RequestHeader::build("GET", check.path.as_bytes(), None).map_err(|e| e.to_string())?;
+        req.insert_header(http::header::HOST, target.host_header.clone())
+            .map_err(|e| e.to_string())?;
+        req.insert_header(http::header::USER_AGENT, "tollgate-health-check")
+            .map_err(|e| e.to_string())?;
+        session
+            .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| format!("cannot send the check: {}", e.etype().as_str()))?;
+        session
+            .read_response_header()
+            .await
+            .map_err(|e| format!("no answer: {}", e.etype().as_str()))?;
+        let status = session.response_header().map_or(0, |h| h.status.as_u16());
+        // The body is not needed; the connection is not reused.
+        session.shutdown().await;
+        if check.statuses.contains(&status) {
+            Ok(())
+        } else {
+            Err(format!("{} answered {status}", check.path))
+        }
+    };
+    match tokio::time::timeout(check.timeout(), exchange).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no answer within {:?}", check.timeout())),
+    }
+}

@@ -1,0 +1,250 @@
+//! Service endpoints: their upstream URLs, parsed once, with addresses resolved off the request
+//! path (at load, then refreshed in the background), so serving a request never waits on DNS;
+//! which of them are healthy ([`health`], [`state`]), and how one is chosen ([`balance`]).
+
+pub mod attempt;
+pub mod balance;
+pub mod health;
+pub mod settings;
+pub mod state;
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+use http::header::HeaderValue;
+
+use crate::config::node::Node;
+
+/// One upstream URL of a service endpoint.
+#[derive(Debug)]
+pub struct UpstreamTarget {
+    pub url: String,
+    pub tls: bool,
+    pub hostname: String,
+    pub port: u16,
+    /// The URL's path and query (`/` when it has none), what stripPath joins onto.
+    pub base_path: String,
+    /// `host[:port]` as written in the URL, the Host sent with `changeOrigin`.
+    pub host_header: HeaderValue,
+    addr: ArcSwapOption<SocketAddr>,
+}
+
+impl UpstreamTarget {
+    pub fn parse(url: &str) -> Result<UpstreamTarget, String> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            Some(other) => {
+                return Err(format!(
+                    "`{url}`: scheme `{other}` is not supported (use http or https)"
+                ))
+            }
+            None => return Err(format!("`{url}` needs a scheme (http:// or https://)")),
+        };
+        let authority = uri
+            .authority()
+            .ok_or_else(|| format!("`{url}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("`{url}`: credentials in the URL are not supported"));
+        }
+        let hostname = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let base_path = uri.path_and_query().map_or("/", |p| p.as_str());
+        let base_path = if base_path.is_empty() { "/" } else { base_path }.to_string();
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| format!("`{url}` has an invalid host"))?;
+        let target = UpstreamTarget {
+            url: url.to_string(),
+            tls,
+            hostname,
+            port,
+            base_path,
+            host_header,
+            addr: ArcSwapOption::empty(),
+        };
+        if let Ok(ip) = target.hostname.parse::<IpAddr>() {
+            target.addr.store(Some(Arc::new(SocketAddr::new(ip, port))));
+        }
+        Ok(target)
+    }
+
+    /// The address to connect to, if the name has resolved.
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr.load().as_deref().copied()
+    }
+
+    /// Whether the host is a name that needs DNS (not an IP literal).
+    pub fn needs_dns(&self) -> bool {
+        self.hostname.parse::<IpAddr>().is_err()
+    }
+
+    /// Looks the name up (blocking; call off the request path). Keeps the last good address
+    /// when the lookup fails.
+    pub fn resolve(&self) {
+        if !self.needs_dns() {
+            return;
+        }
+        match (self.hostname.as_str(), self.port).to_socket_addrs() {
+            Ok(addrs) => {
+                let addrs: Vec<SocketAddr> = addrs.collect();
+                let pick = addrs
+                    .iter()
+                    .find(|a| a.is_ipv4())
+                    .or(addrs.first())
+                    .copied();
+                if let Some(a) = pick {
+                    if self.addr() != Some(a) {
+                        log::debug!("upstream {} resolved to {a}", self.hostname);
+                    }
+                    self.addr.store(Some(Arc::new(a)));
+                }
+            }
+            Err(e) => {
+                if self.addr().is_none() {
+                    log::warn!(
+                        "upstream {}: cannot resolve `{}`: {e}",
+                        self.url,
+                        self.hostname
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Brings `tollgate_upstream_healthy` up to the running config's urls.
+pub fn publish_health(gw: &crate::gateway::Gateway) {
+    let gauge = &crate::metrics::metrics().upstream_healthy;
+    gauge.reset();
+    for ep in gw.service_endpoints.values() {
+        for (t, s) in ep.targets.iter().zip(&ep.states) {
+            gauge
+                .with_label_values(&[ep.name.as_str(), t.url.as_str()])
+                .set(i64::from(s.available()));
+        }
+    }
+}
+
+/// The running config's service endpoints and the state of their urls, for the Admin API.
+pub fn describe(gw: &crate::gateway::Gateway) -> serde_json::Value {
+    let mut names: Vec<&String> = gw.service_endpoints.keys().collect();
+    names.sort();
+    let endpoints: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|n| {
+            let ep = &gw.service_endpoints[n];
+            let urls: Vec<serde_json::Value> = ep
+                .targets
+                .iter()
+                .zip(&ep.states)
+                .enumerate()
+                .map(|(i, (t, s))| {
+                    serde_json::json!({
+                        "url": t.url,
+                        "address": t.addr().map(|a| a.to_string()),
+                        "weight": ep.settings.weight(i),
+                        "healthy": s.healthy(),
+                        "ejectedForSeconds": s.ejected_for().map(|d| d.as_secs_f64()),
+                        "available": s.available(),
+                        "inFlight": s.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                    })
+                })
+                .collect();
+            serde_json::json!({
+                "name": ep.name,
+                "balance": ep.settings.balance,
+                "healthCheck": ep.settings.health_check.as_ref().map(|h| &h.path),
+                "retries": ep.settings.retries,
+                "http2": ep.settings.http2,
+                "urls": urls,
+            })
+        })
+        .collect();
+    serde_json::json!({ "serviceEndpoints": endpoints })
+}
+
+/// A named service endpoint: one URL or several, balanced among those available.
+#[derive(Debug)]
+pub struct ServiceEndpoint {
+    pub name: String,
+    pub targets: Vec<Arc<UpstreamTarget>>,
+    /// Each url's state (parallel to `targets`), shared across config reloads.
+    pub states: Vec<Arc<state::TargetState>>,
+    /// `proxyOptions`, merged over every proxy action that uses this endpoint.
+    pub proxy_options: Option<Node>,
+    pub settings: settings::UpstreamSettings,
+    wheel: Vec<usize>,
+    next: AtomicUsize,
+}
+
+impl ServiceEndpoint {
+    pub fn new(
+        name: &str,
+        targets: Vec<Arc<UpstreamTarget>>,
+        proxy_options: Option<Node>,
+        settings: settings::UpstreamSettings,
+        registry: &state::Registry,
+    ) -> ServiceEndpoint {
+        let states = targets
+            .iter()
+            .map(|t| registry.state(name, &t.url))
+            .collect();
+        let weights: Vec<u32> = (0..targets.len()).map(|i| settings.weight(i)).collect();
+        ServiceEndpoint {
+            name: name.to_string(),
+            targets,
+            states,
+            proxy_options,
+            wheel: balance::wheel(&weights),
+            next: AtomicUsize::new(0),
+            settings,
+        }
+    }
+
+    /// Whether a url not in `tried` is available.
+    pub fn any_available(&self, tried: u64) -> bool {
+        self.states
+            .iter()
+            .enumerate()
+            .any(|(i, s)| (i >= 64 || tried & (1 << i) == 0) && s.available())
+    }
+
+    /// Chooses an available url for a request to `path`, leaving out those in `tried` (a bit
+    /// per url). `None`: none is available.
+    pub fn pick(&self, path: &str, tried: u64) -> Option<usize> {
+        if self.targets.len() == 1 {
+            return (tried & 1 == 0 && self.states[0].available()).then_some(0);
+        }
+        let candidates: Vec<Option<balance::Candidate<'_>>> = self
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let left_out = i < 64 && tried & (1 << i) != 0;
+                (!left_out && self.states[i].available()).then(|| balance::Candidate {
+                    url: &t.url,
+                    weight: self.settings.weight(i),
+                    in_flight: self.states[i]
+                        .in_flight
+                        .load(std::sync::atomic::Ordering::Relaxed),
+                })
+            })
+            .collect();
+        balance::pick(
+            self.settings.balance,
+            &self.wheel,
+            &self.next,
+            &candidates,
+            path,
+        )
+    }
+}

@@ -1,0 +1,166 @@
+//! What tollgate knows about each upstream url while it runs: the active health checks'
+//! verdict, passive ejection after consecutive failures, and requests in flight. The state of
+//! a url lives in a registry shared by every compiled config, so it survives a config reload.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::settings::Outlier;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[derive(Debug)]
+pub struct TargetState {
+    /// The active checks' verdict (healthy until they say otherwise).
+    healthy: AtomicBool,
+    check_passes: AtomicU32,
+    check_failures: AtomicU32,
+    /// Passive: left out until this time (unix ms), after consecutive failures.
+    ejected_until: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Requests being sent to it.
+    pub in_flight: AtomicUsize,
+}
+
+impl Default for TargetState {
+    fn default() -> Self {
+        TargetState {
+            healthy: AtomicBool::new(true),
+            check_passes: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// A change of a url's health worth a log line.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    None,
+    BecameHealthy,
+    BecameUnhealthy,
+}
+
+impl TargetState {
+    /// Whether requests may go to it now.
+    pub fn available(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+            && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Milliseconds left of an ejection, if it is ejected.
+    pub fn ejected_for(&self) -> Option<Duration> {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let now = now_ms();
+        (until > now).then(|| Duration::from_millis(until - now))
+    }
+
+    /// Records an active check's result against the thresholds.
+    pub fn check_result(&self, passed: bool, healthy_after: u32, unhealthy_after: u32) -> Change {
+        if passed {
+            self.check_failures.store(0, Ordering::Relaxed);
+            let n = self.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.healthy() && n >= healthy_after {
+                self.healthy.store(true, Ordering::Relaxed);
+                // A url back from the checks is given a clean passive record.
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                self.ejected_until.store(0, Ordering::Relaxed);
+                return Change::BecameHealthy;
+            }
+        } else {
+            self.check_passes.store(0, Ordering::Relaxed);
+            let n = self.check_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.healthy() && n >= unhealthy_after {
+                self.healthy.store(false, Ordering::Relaxed);
+                return Change::BecameUnhealthy;
+            }
+        }
+        Change::None
+    }
+
+    /// Records how a request to it went (connect failure or 5xx = failure); returns true when
+    /// this failure ejects it.
+    pub fn request_result(&self, failed: bool, outlier: Option<&Outlier>) -> bool {
+        let Some(o) = outlier else {
+            return false;
+        };
+        if !failed {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            return false;
+        }
+        let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if n >= o.consecutive_failures {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            let until = now_ms() + o.eject().as_millis() as u64;
+            self.ejected_until.store(until, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// Every url's state, by service endpoint and url.
+#[derive(Default)]
+pub struct Registry {
+    states: Mutex<HashMap<(String, String), Arc<TargetState>>>,
+}
+
+impl Registry {
+    /// The state of a url of a service endpoint, made on first use.
+    pub fn state(&self, service: &str, url: &str) -> Arc<TargetState> {
+        self.states
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((service.to_string(), url.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds() {
+        let s = TargetState::default();
+        assert!(s.available());
+        assert_eq!(s.check_result(false, 2, 3), Change::None);
+        assert_eq!(s.check_result(false, 2, 3), Change::None);
+        assert_eq!(s.check_result(false, 2, 3), Change::BecameUnhealthy);
+        assert!(!s.available());
+        assert_eq!(s.check_result(true, 2, 3), Change::None);
+        assert_eq!(s.check_result(true, 2, 3), Change::BecameHealthy);
+        assert!(s.available());
+    }
+
+    #[test]
+    fn ejection() {
+        let s = TargetState::default();
+        let o = Outlier {
+            consecutive_failures: 2,
+            eject_seconds: 60.0,
+        };
+        assert!(!s.request_result(true, Some(&o)));
+        assert!(
+            !s.request_result(false, Some(&o)),
+            "a success resets the count"
+        );
+        assert!(!s.request_result(true, Some(&o)));
+        assert!(s.request_result(true, Some(&o)));
+        assert!(!s.available());
+        assert!(s.ejected_for().is_some());
+    }
+}

@@ -1,0 +1,216 @@
+//! What browsers and front-ends speak through the gateway: HTTP/2 to clients on the https
+//! listener (100 tiles over one connection, with curl), HTTP/2 to an upstream (hypercorn), and
+//! WebSockets after the pipeline's authentication (a real echo server and client, Python's
+//! `websockets`).
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::tls::SelfSigned;
+use support::upstream::PyUpstream;
+use support::{free_port, get, ConfigDir, GatewayProcess};
+
+fn python() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/py/bin/python")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/python")
+        .join(name)
+}
+
+/// A Python server of the fixtures, killed when dropped.
+struct Server(Child);
+
+impl Server {
+    fn start(script: &str, args: &[&str], port: u16) -> Server {
+        let child = Command::new(python())
+            .arg(fixture(script))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start a python server (scripts/install-test-servers.sh installs target/py)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{script} did not listen on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn https_gateway(up_url: &str, extra_yaml: &str) -> (ConfigDir, GatewayProcess) {
+    let cert = SelfSigned::new();
+    let dir = ConfigDir::empty();
+    dir.write("tls.crt", &cert.cert_pem());
+    dir.write("tls.key", &cert.key_pem());
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up_url}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n{extra_yaml}",
+            key = dir.file("tls.key"),
+            crt = dir.file("tls.crt"),
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    (dir, gw)
+}
+
+/// `curl` over TLS without verification; one line of `-w` output per URL.
+fn curl(args: &[&str], urls: &[String]) -> (Vec<String>, Duration) {
+    let t = Instant::now();
+    let mut cmd = Command::new("curl");
+    cmd.arg("-sk").args(args);
+    for u in urls {
+        cmd.args(["-o", "/dev/null", u]);
+    }
+    let out = cmd
+        .output()
+        .expect("curl (scripts/install-deps.sh installs it)");
+    let elapsed = t.elapsed();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+        elapsed,
+    )
+}
+
+#[test]
+fn a_hundred_tiles_over_one_http2_connection() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = https_gateway(&up.url(""), "");
+    let urls: Vec<String> = (0..100)
+        .map(|i| format!("https://127.0.0.1:{}/tiles/bytes/20000/{i}.png", gw.port))
+        .collect();
+    let (lines, h2_time) = curl(
+        &[
+            "--http2",
+            "--parallel",
+            "--parallel-max",
+            "100",
+            "-w",
+            "%{http_code} %{http_version} %{num_connects}\n",
+        ],
+        &urls,
+    );
+    assert_eq!(lines.len(), 100, "{lines:?}");
+    let connects: u32 = lines
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            assert_eq!((f[0], f[1]), ("200", "2"), "{l}");
+            f[2].parse::<u32>().unwrap_or(0)
+        })
+        .sum();
+    assert_eq!(connects, 1, "one connection carried all 100 tiles");
+    // An HTTP/1.1-only client still works on the same listener.
+    let (lines, _) = curl(
+        &["--http1.1", "-w", "%{http_code} %{http_version}\n"],
+        &urls[..1],
+    );
+    assert_eq!(lines, vec!["200 1.1"]);
+    eprintln!("100 tiles over one HTTP/2 connection: {h2_time:?}");
+}
+
+#[test]
+fn http2_to_an_upstream() {
+    let cert = SelfSigned::new();
+    let dir = ConfigDir::empty();
+    dir.write("up.crt", &cert.cert_pem());
+    dir.write("up.key", &cert.key_pem());
+    let port = free_port();
+    let _up = Server::start(
+        "h2_upstream.py",
+        &[&port.to_string(), &dir.file("up.crt"), &dir.file("up.key")],
+        port,
+    );
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  h2: {{paths: '/h2/*'}}\n  h1: {{paths: '/h1/*'}}\nserviceEndpoints:\n  two: {{url: 'https://localhost:{port}', tollgate: {{http2: true}}}}\n  one: {{url: 'https://localhost:{port}'}}\npolicies: [proxy]\npipelines:\n  a: {{apiEndpoints: [h2], policies: [{{proxy: {{action: {{serviceEndpoint: two, secure: false}}}}}}]}}\n  b: {{apiEndpoints: [h1], policies: [{{proxy: {{action: {{serviceEndpoint: one, secure: false}}}}}}]}}\n"
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let v = |path: &str| {
+        let r = get(gw.port, "GET", path, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        support::json_body(&r)["http_version"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
+    assert_eq!(v("/h2/x"), "2");
+    assert_eq!(v("/h1/x"), "1.1");
+}
+
+fn ws_client(url: &str, close_by: &str) -> serde_json::Value {
+    let out = Command::new(python())
+        .arg(fixture("ws_client.py"))
+        .args([url, "20", close_by])
+        .output()
+        .expect("run the websocket client");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "client said: {} {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+#[test]
+fn websockets_after_authentication() {
+    let port = free_port();
+    let _echo = Server::start("ws_echo.py", &[&port.to_string()], port);
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  live: {{paths: '/live/*'}}\nserviceEndpoints:\n  ws: {{url: 'http://127.0.0.1:{port}'}}\npolicies: [key-auth, proxy]\npipelines:\n  live:\n    apiEndpoints: [live]\n    policies:\n      - key-auth:\n      - proxy: [{{action: {{serviceEndpoint: ws, stripPath: true}}}}]\n"
+    ));
+    dir.write(
+        "consumers.json",
+        r#"{"scopes": [], "users": {"ann": {"front": {"type": "key-auth", "keyId": "ws", "keySecret": "pass"}}}}"#,
+    );
+    let gw = GatewayProcess::start_with(&dir, &["--populate", &dir.file("consumers.json")], &[]);
+    let url = |q: &str| format!("ws://127.0.0.1:{}/live/feed{q}", gw.port);
+    // Refused without a key: the upgrade never reaches the upstream.
+    let refused = ws_client(&url(""), "client");
+    assert_eq!(refused["refused"], 401, "{refused}");
+    // With one: frames both ways, closed by either side.
+    let r = ws_client(&url("?apiKey=ws:pass"), "client");
+    assert_eq!(
+        (r["echoed"].as_u64(), r.get("error")),
+        (Some(20), None),
+        "{r}"
+    );
+    assert_eq!(r["close_code"], 1000, "{r}");
+    let r = ws_client(&url("?apiKey=ws:pass"), "server");
+    assert_eq!(r["echoed"].as_u64(), Some(20), "{r}");
+    assert_eq!(
+        r["close_code"], 4000,
+        "the server's close reached the client: {r}"
+    );
+    assert_eq!(gw.error_lines(), Vec::<String>::new());
+}

@@ -1,0 +1,316 @@
+//! Upstreams that fail gracefully, with real processes started and killed by the tests: active
+//! health checks, outlier ejection, retries on another url (one upstream killed under load:
+//! no failed request), timeouts, balancing (weights, least-connections, consistent hashing),
+//! and compression of text responses.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::load::Load;
+use support::upstream::PyUpstream;
+use support::{get, request, ConfigDir, GatewayProcess};
+
+fn config(urls: &[String], tollgate: &str, proxy_extra: &str, extra_steps: &str) -> String {
+    let urls = urls
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  maps:\n    urls: [{urls}]\n    tollgate: {tollgate}\npolicies: [proxy, compression]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n{extra_steps}      - proxy: [{{action: {{serviceEndpoint: maps{proxy_extra}}}}}]\n"
+    )
+}
+
+fn name_of(r: &support::Response) -> String {
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    start.elapsed()
+}
+
+#[test]
+fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
+    let a = PyUpstream::start("a", 5.0);
+    let mut b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url("")],
+        "{healthCheck: {path: /health, interval: 0.2, timeout: 0.5, unhealthyThreshold: 2, healthyThreshold: 2}, outlierDetection: false, retries: 0}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let healthy = |url: &str| {
+        gw.metric(&format!(
+            r#"tollgate_upstream_healthy{{service="maps",url="{url}"}}"#
+        ))
+    };
+    wait_for("both healthy", Duration::from_secs(3), || {
+        healthy(&a.url("")) == 1.0 && healthy(&b.url("")) == 1.0
+    });
+    b.kill();
+    let ejected = wait_for("b unhealthy", Duration::from_secs(3), || {
+        healthy(&b.url("")) == 0.0
+    });
+    // Every request now goes to a.
+    for _ in 0..20 {
+        let r = get(gw.port, "GET", "/tiles/x", &[]);
+        assert_eq!((r.status, name_of(&r)), (200, "a".to_string()));
+    }
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+    let urls = &state["serviceEndpoints"][0]["urls"];
+    assert_eq!(urls[1]["healthy"], false, "{state}");
+    assert!(gw.log_text().contains("is unhealthy"), "{}", gw.log_text());
+    b.restart();
+    let back = wait_for("b healthy again", Duration::from_secs(3), || {
+        healthy(&b.url("")) == 1.0
+    });
+    let mut names: Vec<String> = (0..10)
+        .map(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])))
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names, vec!["a", "b"]);
+    // Both down: an immediate 502, no connect wait.
+    drop(a);
+    b.kill();
+    wait_for("both unhealthy", Duration::from_secs(3), || {
+        healthy(&b.url("")) == 0.0
+    });
+    let t = Instant::now();
+    let r = get(gw.port, "GET", "/tiles/x", &[]);
+    assert_eq!(r.status, 502);
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    eprintln!("ejected after {ejected:?}, back after {back:?}");
+}
+
+#[test]
+fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
+    let a = PyUpstream::start("a", 5.0);
+    let mut b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url("")],
+        "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 30}, retries: 1}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let raw = "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let load = Load::start(gw.port, 6, raw, Duration::from_millis(2));
+    std::thread::sleep(Duration::from_millis(700));
+    b.kill();
+    std::thread::sleep(Duration::from_millis(1500));
+    let report = load.stop();
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed: {:?}\n{}",
+        failed.len(),
+        report.count(),
+        &failed[..failed.len().min(5)],
+        gw.log_text()
+    );
+    assert!(report.count() > 300, "{}", report.count());
+    assert!(gw.log_text().contains("ejected"), "{}", gw.log_text());
+    // Other methods are not retried: a POST that meets the dead url fails rather than being
+    // sent twice (after the ejection the dead url gets no more requests).
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+    assert_eq!(
+        state["serviceEndpoints"][0]["urls"][1]["available"], false,
+        "{state}"
+    );
+}
+
+#[test]
+fn post_is_not_retried_on_another_url() {
+    let a = PyUpstream::start("a", 5.0);
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let dir = ConfigDir::new(&config(
+        &[dead, a.url("")],
+        "{outlierDetection: false, retries: 1}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let post =
+        "POST /tiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| request(gw.port, post, false).status)
+        .collect();
+    assert!(
+        statuses.contains(&502),
+        "a POST to the dead url fails: {statuses:?}"
+    );
+    let gets: Vec<u16> = (0..6)
+        .map(|_| get(gw.port, "GET", "/tiles/x", &[]).status)
+        .collect();
+    assert!(
+        gets.iter().all(|s| *s == 200),
+        "a GET is retried on the live url: {gets:?}"
+    );
+    assert_eq!(
+        a.served(),
+        6 + statuses.iter().filter(|s| **s == 200).count() as u64
+    );
+}
+
+#[test]
+fn timeouts_cut_a_slow_upstream() {
+    let a = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url("")],
+        "{retries: 0, outlierDetection: false}",
+        ", readTimeout: 300",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let t = Instant::now();
+    let r = get(gw.port, "GET", "/tiles/slow/2000/x", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(get(gw.port, "GET", "/tiles/slow/50/x", &[]).status, 200);
+    // EG's proxyTimeout keeps its meaning.
+    let dir = ConfigDir::new(&config(
+        &[a.url("")],
+        "{retries: 0}",
+        ", proxyTimeout: 300",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let t = Instant::now();
+    assert_eq!(get(gw.port, "GET", "/tiles/slow/2000/x", &[]).status, 502);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    // The total timeout bounds the whole exchange.
+    let dir = ConfigDir::new(&config(
+        &[a.url("")],
+        "{retries: 0}",
+        ", readTimeout: 5000, totalTimeout: 400",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let t = Instant::now();
+    assert_eq!(get(gw.port, "GET", "/tiles/slow/2000/x", &[]).status, 502);
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn balancing_by_weight_by_load_and_by_path() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let urls = [a.url(""), b.url("")];
+    // Weighted round-robin: 2 to 1.
+    let dir = ConfigDir::new(&config(&urls, "{weights: [2, 1]}", "", ""));
+    let gw = GatewayProcess::start(&dir);
+    let names: Vec<String> = (0..30)
+        .map(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])))
+        .collect();
+    assert_eq!(names.iter().filter(|n| *n == "a").count(), 20, "{names:?}");
+    drop(gw);
+    // Consistent hashing: a path always goes to the same url; paths spread over both.
+    let dir = ConfigDir::new(&config(&urls, "{balance: consistent-hash}", "", ""));
+    let gw = GatewayProcess::start(&dir);
+    let mut spread = [0usize; 2];
+    for i in 0..40 {
+        let path = format!("/tiles/{i}.png");
+        let first = name_of(&get(gw.port, "GET", &path, &[]));
+        for _ in 0..3 {
+            assert_eq!(name_of(&get(gw.port, "GET", &path, &[])), first, "{path}");
+        }
+        spread[usize::from(first == "b")] += 1;
+    }
+    assert!(spread[0] >= 8 && spread[1] >= 8, "{spread:?}");
+    drop(gw);
+    // Least connections: while a is busy with slow requests, b takes the rest.
+    let dir = ConfigDir::new(&config(&urls, "{balance: least-connections}", "", ""));
+    let gw = GatewayProcess::start(&dir);
+    let port = gw.port;
+    let slow: Vec<_> = (0..3)
+        .map(|_| std::thread::spawn(move || get(port, "GET", "/tiles/slow/1500/x", &[])))
+        .collect();
+    std::thread::sleep(Duration::from_millis(400));
+    let names: Vec<String> = (0..10)
+        .map(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])))
+        .collect();
+    for s in slow {
+        s.join().expect("slow request");
+    }
+    let to_b = names.iter().filter(|n| *n == "b").count();
+    let slow_to_a = a.served() >= 2;
+    // Whichever took the slow requests, the quick ones went to the other.
+    let expected = if slow_to_a { to_b } else { 10 - to_b };
+    assert!(expected >= 9, "{names:?}");
+}
+
+#[test]
+fn text_is_compressed_for_clients_that_accept_it_and_images_are_not() {
+    let a = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&config(&[a.url("")], "{}", "", "      - compression:\n"));
+    let gw = GatewayProcess::start(&dir);
+    let json = get(
+        gw.port,
+        "GET",
+        "/tiles/caps.json",
+        &[("Accept-Encoding", "gzip")],
+    );
+    assert_eq!(
+        json.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        json.headers
+    );
+    assert!(json
+        .header("vary")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
+    let mut decoded = String::new();
+    use std::io::Read;
+    flate2::read::GzDecoder::new(&json.body[..])
+        .read_to_string(&mut decoded)
+        .expect("gzip body");
+    assert!(decoded.contains("\"name\": \"a\""), "{decoded}");
+    let br = get(
+        gw.port,
+        "GET",
+        "/tiles/caps.json",
+        &[("Accept-Encoding", "br")],
+    );
+    assert_eq!(br.header("content-encoding"), Some("br"));
+    let plain = get(gw.port, "GET", "/tiles/caps.json", &[]);
+    assert_eq!(plain.header("content-encoding"), None);
+    let image = get(
+        gw.port,
+        "GET",
+        "/tiles/bytes/5000/a.png?header=Content-Type:image/png",
+        &[("Accept-Encoding", "gzip, br")],
+    );
+    assert_eq!(
+        image.header("content-encoding"),
+        None,
+        "images are not compressed"
+    );
+    assert_eq!(image.body.len(), 5000);
+}
