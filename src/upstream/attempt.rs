@@ -76,10 +76,13 @@ pub fn end(plan: &mut ProxyPlan) {
     }
 }
 
-/// Records a url's failure, and says whether it was ejected by it.
+/// Records a url's failure; logs its ejection. The last available url is never ejected: it
+/// would leave nothing to send requests to.
 fn failed(plan: &ProxyPlan) {
     let ep = &plan.endpoint;
-    if ep.states[plan.target].request_result(true, ep.settings.outlier_detection.as_ref()) {
+    let others = plan.target < 64 && ep.any_available(1 << plan.target);
+    let outlier = ep.settings.outlier_detection.as_ref().filter(|_| others);
+    if ep.states[plan.target].request_result(true, outlier) {
         log::warn!(
             "upstream {} of service endpoint `{}` ejected for {:?} after consecutive failures",
             ep.targets[plan.target].url,
