@@ -351,16 +351,23 @@ impl ProxyHttp for Tollgate {
         &self,
         _peer: &HttpPeer,
         session: &mut Session,
-        e: Box<Error>,
+        mut e: Box<Error>,
         ctx: &mut RequestCtx,
-        _client_reused: bool,
+        client_reused: bool,
     ) -> Box<Error> {
         let started = ctx.upstream_time.is_some() || session.response_written().is_some();
         match &mut ctx.x.proxy {
-            Some(plan) => {
-                crate::upstream::attempt::broke(plan, &session.req_header().method, started, e)
+            Some(plan) => crate::upstream::attempt::broke(
+                plan,
+                &session.req_header().method,
+                started,
+                client_reused,
+                e,
+            ),
+            None => {
+                e.retry.decide_reuse(client_reused);
+                e
             }
-            None => e,
         }
     }
 

@@ -117,11 +117,21 @@ pub fn connect_failed(
     e
 }
 
-/// After the exchange broke: a retry only when nothing of the response arrived yet.
+/// Whether a request broken on a pooled connection may be sent again on a new one: only
+/// idempotent requests, as Pingora does, and never more often than retries allow.
+fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
+    method.is_idempotent() && plan.attempts <= plan.endpoint.settings.retries + 1
+}
+
+/// After the exchange broke: a retry only when nothing of the response arrived yet. On a
+/// pooled connection that the upstream had closed meanwhile (a normal event), the request is
+/// sent again on a new connection, to the same url if it is chosen again, and the url's record
+/// is not blamed; otherwise another url is tried.
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
     response_started: bool,
+    reused: bool,
     mut e: Box<Error>,
 ) -> Box<Error> {
     end(plan);
@@ -129,10 +139,15 @@ pub fn broke(
         e.set_retry(false);
         return e;
     }
-    failed(plan);
-    if may_retry(plan, method) {
-        e.set_retry(true);
+    if reused {
+        if plan.target < 64 {
+            plan.tried &= !(1u64 << plan.target);
+        }
+        e.set_retry(may_resend(plan, method));
+        return e;
     }
+    failed(plan);
+    e.set_retry(may_retry(plan, method));
     e
 }
 
