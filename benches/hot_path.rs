@@ -28,7 +28,11 @@ fn gateway_with_100_endpoints() -> Gateway {
     let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     std::fs::write(dir.join("gateway.config.yml"), yml).expect("write config");
-    let gw = tollgate::server::load_gateway(&dir, &Shared::detached()).expect("valid config");
+    let gw = tollgate::server::load_gateway(
+        &tollgate::config::ConfigDirs::single(&dir),
+        &Shared::detached(),
+    )
+    .expect("valid config");
     let _ = std::fs::remove_dir_all(&dir);
     gw
 }
@@ -192,9 +196,12 @@ fn auth(c: &mut Criterion) {
     });
     let params: tollgate::policies::jwt::Params =
         serde_json::from_value(serde_json::json!({"secretOrPublicKey": secret})).expect("params");
-    let policy =
-        tollgate::policies::jwt::Jwt::build(params, std::path::Path::new("."), &layer.cache)
-            .expect("policy");
+    let policy = tollgate::policies::jwt::Jwt::build(
+        params,
+        &tollgate::config::ConfigDirs::single(std::path::Path::new(".")),
+        &layer.cache,
+    )
+    .expect("policy");
     let mut headers = HeaderMap::new();
     headers.insert(
         "authorization",

@@ -19,6 +19,7 @@ use crate::routing::{HostMatcher, PathMatcher, Route, Router, Target};
 use crate::upstream::{ServiceEndpoint, UpstreamTarget};
 
 /// What every compiled config shares and a reload keeps: rate-limit windows and the consumers.
+#[derive(Clone)]
 pub struct Shared {
     pub counters: Arc<Counters>,
     pub consumers: Arc<ConsumerCache>,
@@ -69,7 +70,7 @@ pub struct Gateway {
 impl Gateway {
     /// Compiles a loaded config; every problem found is reported at once.
     pub fn build(loaded: LoadedConfig, shared: &Shared) -> Result<Gateway, ConfigErrors> {
-        let config_dir = loaded.dir.clone();
+        let config_dirs = loaded.dirs.clone();
         let LoadedConfig {
             gateway: gw,
             system,
@@ -85,7 +86,7 @@ impl Gateway {
             counters: &shared.counters,
             consumers: &shared.consumers,
             shared_windows: shared.shared_windows.as_ref(),
-            config_dir: &config_dir,
+            config_dirs: &config_dirs,
         };
         let pipelines = build_pipelines(&gw, &cx, &mut errors);
         let endpoints: Vec<Arc<ApiEndpoint>> = gw

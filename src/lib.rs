@@ -10,6 +10,7 @@ pub mod counters;
 pub mod framing;
 pub mod gateway;
 pub mod health;
+pub mod lifecycle;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

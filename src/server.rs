@@ -1,7 +1,6 @@
 //! Starting the gateway: load and compile the config, start the proxy and admin listeners on
 //! Pingora, keep upstream addresses resolved, and drain in-flight requests on SIGTERM.
 
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,7 +23,8 @@ use crate::proxy::{Tollgate, IN_FLIGHT};
 
 /// How `tollgate serve` runs.
 pub struct ServeOptions {
-    pub config_dir: std::path::PathBuf,
+    /// The config directory stack, defaults first.
+    pub config_dirs: config::ConfigDirs,
     /// Worker threads; `None` = one per core.
     pub threads: Option<usize>,
     /// The longest SIGTERM waits for in-flight requests.
@@ -45,7 +45,14 @@ pub struct ServeOptions {
     pub max_connections_given: bool,
     /// Where the tile cache keeps objects.
     pub cache: crate::cache::StoreOptions,
+    /// Take the listening sockets over from a running gateway (a binary upgrade).
+    pub upgrade: bool,
+    /// The socket the listening sockets are handed over on.
+    pub upgrade_sock: std::path::PathBuf,
 }
+
+/// How long an upgrading process waits for the old one to let go of the embedded store.
+const HANDOVER_WAIT: Duration = Duration::from_secs(60);
 
 /// How long start-up waits for the consumer store before serving from an empty cache.
 const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,15 +70,18 @@ const ADMIN_MAX_CONNECTIONS: usize = 256;
 /// Descriptors kept for everything but client connections (upstream pools, Redis, files).
 const RESERVED_FDS: u64 = 256;
 
-/// Loads and compiles a config directory, or returns the errors as one printable block.
-pub fn load_gateway(dir: &Path, shared: &Shared) -> Result<Gateway, config::error::ConfigErrors> {
-    let loaded = config::load_dir(dir)?;
+/// Loads and compiles a config stack, or returns the errors as one printable block.
+pub fn load_gateway(
+    dirs: &config::ConfigDirs,
+    shared: &Shared,
+) -> Result<Gateway, config::error::ConfigErrors> {
+    let loaded = config::load_dirs(dirs)?;
     Gateway::build(loaded, shared)
 }
 
 /// Runs until a signal stops the process. Returns only on a start-up error.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
-    let loaded = match config::load_dir(&opts.config_dir) {
+    let loaded = match config::load_dirs(&opts.config_dirs) {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -85,7 +95,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
-    let consumers = ConsumerLayer::open(&loaded.system, &opts.config_dir, &opts.data_dir)?;
+    let consumers = ConsumerLayer::open(
+        &loaded.system,
+        &opts.config_dirs,
+        &opts.data_dir,
+        opts.upgrade.then_some(HANDOVER_WAIT),
+    )?;
     let loaded_redis_emulated = loaded.system.redis.emulate;
     log::info!("consumers: {}", consumers.store.describe());
     if let Some(file) = &opts.populate {
@@ -125,6 +140,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
+    let started = crate::lifecycle::Started::of(&loaded);
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
         Err(errors) => {
@@ -133,10 +149,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    crate::metrics::metrics().config_loaded(true);
 
     if gateway.http.is_none() && gateway.https.is_none() {
-        bail!("{}: the gateway config has no `http` or `https` section, so there is nothing to listen on", opts.config_dir.display());
+        bail!("{}: the gateway config has no `http` or `https` section, so there is nothing to listen on", opts.config_dirs.display());
     }
     let http = gateway.http.clone();
     let https = gateway.https.clone();
@@ -150,6 +165,16 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let current = current.clone();
         move || crate::upstream::publish_health(&current.load())
     }));
+    let lifecycle = Arc::new(crate::lifecycle::Lifecycle::new(
+        started,
+        shared,
+        consumers.service.clone(),
+        current.clone(),
+        background.handle().clone(),
+    ));
+    let mut not_config = vec![opts.data_dir.clone()];
+    not_config.extend(opts.cache.disk.as_ref().map(|(d, _)| d.clone()));
+    crate::lifecycle::watch::start(lifecycle.clone(), not_config);
 
     let threads = opts
         .threads
@@ -162,9 +187,14 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         // connection stays on its thread. Measured against work stealing on the tile
         // benchmark: p99 4.0 ms instead of 5.3 ms at the same throughput (within 3%).
         work_stealing: false,
+        upgrade_sock: opts.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
     let listen: Vec<String> = [
@@ -180,7 +210,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     .into_iter()
     .flatten()
     .collect();
-    check_free(&listen)?;
+    if !opts.upgrade {
+        check_free(&listen)?;
+    }
 
     let limits = fit_to_fd_limit(opts.client_limits.clone(), opts.max_connections_given);
     let mut gateway_service = ListenerService::new(
@@ -226,6 +258,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 gateway: current.clone(),
                 consumers: consumers.service.clone(),
                 token: opts.admin_token.clone(),
+                lifecycle: Some(lifecycle.clone()),
             },
             gateway: current.clone(),
         };
@@ -246,18 +279,25 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         log::info!("admin API listening on http://{addr}");
     }
 
-    exit_when_drained(&server, Duration::from_secs(opts.grace_period));
+    exit_when_drained(
+        &server,
+        Duration::from_secs(opts.grace_period),
+        consumers.store.clone(),
+        listen.clone(),
+    );
     // The background runtime lives as long as the process: the server's run ends in exit.
     std::mem::forget(background);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals),
+        shutdown_signal: Box::new(Signals { lifecycle }),
     });
     std::process::exit(0)
 }
 
 /// Pingora's signals (SIGTERM drains, SIGINT stops, SIGQUIT hands the sockets to an upgrading
-/// process) and SIGHUP, which must never kill the gateway.
-struct Signals;
+/// process) and SIGHUP, which reloads the config.
+struct Signals {
+    lifecycle: Arc<crate::lifecycle::Lifecycle>,
+}
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for Signals {
@@ -277,7 +317,14 @@ impl ShutdownSignalWatch for Signals {
                 _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
                 _ = term.recv() => return ShutdownSignal::GracefulTerminate,
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
-                _ = hup.recv() => log::info!("SIGHUP received: the config is not reloaded in place yet; restart to apply changes"),
+                _ = hup.recv() => {
+                    let lifecycle = self.lifecycle.clone();
+                    // Off the signal loop: a reload reads files.
+                    let _ = tokio::task::spawn_blocking(move || {
+                        lifecycle.reload(crate::lifecycle::Trigger::Signal)
+                    })
+                    .await;
+                }
             }
         }
     }
@@ -358,9 +405,16 @@ fn start_dns_refresh(gateway: Arc<ArcSwap<Gateway>>) {
         .unwrap_or_else(|e| log::error!("cannot start the DNS refresh thread: {e}"));
 }
 
-/// On SIGTERM Pingora stops accepting and waits the whole grace period; this ends the process
-/// as soon as no request is in flight any more.
-fn exit_when_drained(server: &Server, grace: Duration) {
+/// Follows the server's phases: once running, tells systemd (when it asks); on a graceful
+/// upgrade hands the consumer store over to the new process; on SIGTERM (Pingora stops
+/// accepting and would wait the whole grace period) ends the process as soon as no request is
+/// in flight any more.
+fn exit_when_drained(
+    server: &Server,
+    grace: Duration,
+    store: Arc<dyn crate::store::Store>,
+    listen: Vec<String>,
+) {
     let mut phases = server.watch_execution_phase();
     std::thread::Builder::new()
         .name("tollgate-drain".into())
@@ -372,6 +426,16 @@ fn exit_when_drained(server: &Server, grace: Duration) {
             rt.block_on(async move {
                 loop {
                     match phases.recv().await {
+                        Ok(ExecutionPhase::Running) => {
+                            let listen = listen.clone();
+                            tokio::spawn(async move {
+                                crate::lifecycle::notify_ready_when_listening(&listen).await
+                            });
+                        }
+                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
+                            log::info!("SIGQUIT: handing the listening sockets to the new process");
+                            store.hand_over();
+                        }
                         Ok(ExecutionPhase::ShutdownGracePeriod) => break,
                         Ok(ExecutionPhase::ShutdownRuntimes) => {
                             // Quick shutdown (SIGINT). Pingora's accept loop can keep a

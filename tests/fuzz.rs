@@ -156,7 +156,7 @@ fn load(gateway_text: &str, system_text: &str) {
     let gateway = GatewayFile::from_node(&gw_root, &mut errors);
     let system = SystemFile::from_node(&sys_root, &mut errors);
     let loaded = LoadedConfig {
-        dir: std::env::temp_dir(),
+        dirs: tollgate::config::ConfigDirs::single(&std::env::temp_dir()),
         gateway_path: "gateway.config.yml".into(),
         system_path: None,
         gateway,
@@ -326,7 +326,7 @@ proptest! {
             serde_json::json!({"secretOrPublicKey": "s", "jwtExtractor": "header", "jwtExtractorField": "x-token"}),
         ] {
             let p: tollgate::policies::jwt::Params = serde_json::from_value(params).expect("params");
-            let policy = tollgate::policies::jwt::Jwt::build(p, std::path::Path::new("."), &cache).expect("builds");
+            let policy = tollgate::policies::jwt::Jwt::build(p, &tollgate::config::ConfigDirs::single(std::path::Path::new(".")), &cache).expect("builds");
             let auth = format!("{scheme}{sep}{token}");
             let url = format!("/a?{query_name}={token}");
             let headers = vec![

@@ -27,6 +27,8 @@ pub struct AdminApi {
     pub gateway: Arc<ArcSwap<Gateway>>,
     pub consumers: Arc<ConsumerService>,
     pub token: Option<String>,
+    /// The config's lifecycle (status and reload), when serving.
+    pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
 }
 
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
@@ -128,6 +130,38 @@ impl ServeHttp for AdminApi {
 }
 
 impl AdminApi {
+    /// `GET /tollgate/config` (the running config's status) and `POST /tollgate/reload`.
+    async fn lifecycle_route(
+        &self,
+        method: &Method,
+        segments: &[&str],
+    ) -> Option<Response<Vec<u8>>> {
+        let lifecycle = self.lifecycle.as_ref()?;
+        match (method, segments) {
+            (&Method::GET, ["tollgate", "config"]) => {
+                Some(json(StatusCode::OK, &lifecycle.describe()))
+            }
+            (&Method::POST, ["tollgate", "reload"]) => {
+                let l = lifecycle.clone();
+                let outcome =
+                    tokio::task::spawn_blocking(move || l.reload(crate::lifecycle::Trigger::Admin))
+                        .await;
+                Some(match outcome {
+                    Ok(o) => {
+                        let status = if o.result == "failed" {
+                            StatusCode::UNPROCESSABLE_ENTITY
+                        } else {
+                            StatusCode::OK
+                        };
+                        json(status, &serde_json::to_value(&o).unwrap_or_default())
+                    }
+                    Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// Answers one Admin API request.
     pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         if !self.authorized(session) {
@@ -167,6 +201,9 @@ impl AdminApi {
             Err(r) => return r,
         };
         if let Some(r) = state_routes::route(&gw, &method, &segments, &body).await {
+            return r;
+        }
+        if let Some(r) = self.lifecycle_route(&method, &segments).await {
             return r;
         }
         if let Some(r) =

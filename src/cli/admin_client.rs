@@ -1,7 +1,6 @@
 //! The CLI's side of the Admin API: where it is (`EG_ADMIN_URL`, else the system config's
 //! `cli.url`, else the gateway config's admin host and port) and plain HTTP calls to it.
 
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -40,9 +39,13 @@ pub struct Unreachable {
 
 impl AdminClient {
     /// Finds the Admin API for a config directory.
-    pub fn locate(config_dir: &Path, explicit: Option<&str>, token: Option<String>) -> AdminClient {
+    pub fn locate(
+        config_dirs: &config::ConfigDirs,
+        explicit: Option<&str>,
+        token: Option<String>,
+    ) -> AdminClient {
         let from_config = || -> Option<String> {
-            let loaded = config::load_dir(config_dir).ok()?;
+            let loaded = config::load_dirs(config_dirs).ok()?;
             if let Some(url) = loaded.system.cli_url.filter(|u| !u.is_empty()) {
                 return Some(url);
             }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::config::ConfigDirs;
 use crate::gateway::Shared;
 use crate::server::{self, ServeOptions};
 
@@ -45,14 +46,37 @@ pub enum Command {
     Clean(populate::PopulateArgs),
     /// The tile cache: its state, and purging.
     Cache(ClientCmd<cache::CacheCmd>),
+    /// Reload the running gateway's config now (as SIGHUP does); exit 1 when it fails.
+    Reload(ClientArgs),
+    /// The config stack.
+    Config(ConfigCmd),
+}
+
+#[derive(Args)]
+pub struct ConfigCmd {
+    #[command(subcommand)]
+    pub command: ConfigSub,
+}
+
+#[derive(Subcommand)]
+pub enum ConfigSub {
+    /// Print the merged view: each file in force, the directory it comes from, its content.
+    Show(ConfigArg),
 }
 
 /// Where the Admin API is, for the commands that use it.
 #[derive(Args)]
 pub struct ClientArgs {
-    /// The config directory, to find the Admin API (system `cli.url`, else admin host and port).
-    #[arg(long, global = true, env = "EG_CONFIG_DIR", default_value = "conf")]
-    pub config: PathBuf,
+    /// The config directories, to find the Admin API (system `cli.url`, else admin host and
+    /// port); several are layered as for `serve`.
+    #[arg(
+        long,
+        global = true,
+        env = "EG_CONFIG_DIR",
+        value_delimiter = ':',
+        default_value = "conf"
+    )]
+    pub config: Vec<PathBuf>,
     /// The Admin API URL.
     #[arg(long, global = true, env = "EG_ADMIN_URL")]
     pub admin_url: Option<String>,
@@ -69,7 +93,7 @@ pub struct ClientArgs {
 impl ClientArgs {
     pub fn client(&self) -> admin_client::AdminClient {
         admin_client::AdminClient::locate(
-            &self.config,
+            &ConfigDirs::new(self.config.clone()),
             self.admin_url.as_deref(),
             self.admin_token.clone(),
         )
@@ -86,9 +110,23 @@ pub struct ClientCmd<T: Subcommand> {
 
 #[derive(Args)]
 pub struct ConfigArg {
-    /// The config directory (gateway.config.yml, system.config.yml).
-    #[arg(long, short = 'c', env = "EG_CONFIG_DIR", default_value = "conf")]
-    pub config: PathBuf,
+    /// A config directory (gateway.config.yml, system.config.yml, models/, key files). Given
+    /// several times (or `EG_CONFIG_DIR=a:b`), defaults first and workspace last: a file in a
+    /// later directory replaces the same file of an earlier one.
+    #[arg(
+        long,
+        short = 'c',
+        env = "EG_CONFIG_DIR",
+        value_delimiter = ':',
+        default_value = "conf"
+    )]
+    pub config: Vec<PathBuf>,
+}
+
+impl ConfigArg {
+    pub fn dirs(&self) -> ConfigDirs {
+        ConfigDirs::new(self.config.clone())
+    }
 }
 
 #[derive(Args)]
@@ -137,6 +175,17 @@ pub struct ServeArgs {
     /// The disk tier's budget.
     #[arg(long, env = "TOLLGATE_CACHE_DISK_SIZE", default_value = "1GiB", value_parser = size)]
     pub cache_disk_size: u64,
+    /// Take the listening sockets over from the running gateway (a zero-downtime binary
+    /// upgrade: start this, then send SIGQUIT to the old process).
+    #[arg(long, short = 'u')]
+    pub upgrade: bool,
+    /// The socket the listening sockets are handed over on (old and new process agree on it).
+    #[arg(
+        long,
+        env = "TOLLGATE_UPGRADE_SOCK",
+        default_value = "/tmp/tollgate-upgrade.sock"
+    )]
+    pub upgrade_sock: PathBuf,
     /// Client connections open at once per listener service; past it new ones wait in the
     /// backlog (default: 10000, or what the open-files limit holds).
     #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
@@ -185,9 +234,9 @@ pub fn run(cli: Cli) -> i32 {
         Command::Serve(args) => {
             let data_dir = args
                 .data_dir
-                .unwrap_or_else(|| args.config.config.join("data"));
+                .unwrap_or_else(|| args.config.dirs().last().join("data"));
             let opts = ServeOptions {
-                config_dir: args.config.config,
+                config_dirs: args.config.dirs(),
                 threads: args.threads.filter(|t| *t > 0),
                 grace_period: args.grace_period,
                 data_dir,
@@ -207,6 +256,8 @@ pub fn run(cli: Cli) -> i32 {
                     ..Default::default()
                 },
                 max_connections_given: args.max_connections.is_some(),
+                upgrade: args.upgrade,
+                upgrade_sock: args.upgrade_sock,
                 cache: crate::cache::StoreOptions {
                     memory: usize::try_from(args.cache_memory).unwrap_or(usize::MAX),
                     disk: args.cache_dir.map(|d| (d, args.cache_disk_size)),
@@ -220,7 +271,7 @@ pub fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        Command::Check(args) => check(&args.config),
+        Command::Check(args) => check(&args.dirs()),
         Command::Users(c) => finish(consumers::users(&c.client.client(), c.command)),
         Command::Apps(c) => finish(consumers::apps(&c.client.client(), c.command)),
         Command::Scopes(c) => finish(consumers::scopes(&c.client.client(), c.command)),
@@ -228,6 +279,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Populate(args) => finish(populate::run(&args, populate::Action::Populate)),
         Command::Clean(args) => finish(populate::run(&args, populate::Action::Clean)),
         Command::Cache(c) => finish(cache::run(&c.client.client(), c.command)),
+        Command::Reload(c) => finish(reload(&c.client())),
+        Command::Config(c) => match c.command {
+            ConfigSub::Show(a) => show_config(&a.dirs()),
+        },
     }
 }
 
@@ -242,12 +297,62 @@ fn finish(result: consumers::Outcome) -> i32 {
     }
 }
 
-fn check(dir: &std::path::Path) -> i32 {
-    match server::load_gateway(dir, &Shared::detached()) {
+fn reload(client: &admin_client::AdminClient) -> consumers::Outcome {
+    let answer = client
+        .call("POST", "/tollgate/reload", None)
+        .map_err(|e| e.to_string())?;
+    let v = answer.json();
+    match v["result"].as_str() {
+        Some("failed") => {
+            for e in v["errors"].as_array().into_iter().flatten() {
+                eprintln!("{}", e.as_str().unwrap_or(""));
+            }
+            Err("the reload failed; the running config stays".into())
+        }
+        Some(result) => {
+            for r in v["restartRequired"].as_array().into_iter().flatten() {
+                eprintln!("! {}", r.as_str().unwrap_or(""));
+            }
+            eprintln!("✔ {result}");
+            Ok(())
+        }
+        None => Err(answer.body),
+    }
+}
+
+fn show_config(dirs: &ConfigDirs) -> i32 {
+    match crate::lifecycle::inputs_of(dirs) {
+        Ok(files) => {
+            println!("# config stack: {}", dirs.display());
+            for f in files {
+                println!("\n# {}  from {}  (sha256 {})", f.name, f.dir, f.sha256);
+                let is_config = [".yml", ".yaml", ".json"]
+                    .iter()
+                    .any(|ext| f.name.ends_with(ext));
+                if !is_config {
+                    println!("# (a key file: its content is not shown)");
+                    continue;
+                }
+                match std::fs::read_to_string(&f.path) {
+                    Ok(text) => print!("{text}"),
+                    Err(e) => println!("# cannot read {}: {e}", f.path),
+                }
+            }
+            0
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            2
+        }
+    }
+}
+
+fn check(dirs: &ConfigDirs) -> i32 {
+    match server::load_gateway(dirs, &Shared::detached()) {
         Ok(gw) => {
             println!(
                 "{}: valid ({} apiEndpoints, {} serviceEndpoints, {} pipelines)",
-                dir.display(),
+                dirs.display(),
                 gw.endpoints.len(),
                 gw.service_endpoints.len(),
                 gw.pipelines.len()

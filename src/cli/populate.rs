@@ -28,11 +28,11 @@ pub enum Action {
 }
 
 pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
-    let dir = &args.client.config;
-    let path = args
-        .file
-        .clone()
-        .unwrap_or_else(|| dir.join("consumers.config.json"));
+    let dirs = crate::config::ConfigDirs::new(args.client.config.clone());
+    let path = args.file.clone().unwrap_or_else(|| {
+        dirs.resolve(std::path::Path::new("consumers.config.json"))
+            .unwrap_or_else(|| dirs.last().join("consumers.config.json"))
+    });
     let text = std::fs::read_to_string(&path)
         .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let file = ConsumersFile::parse(&text).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -60,9 +60,12 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
         Ok(answer) => Err(answer.body),
         Err(_) => {
             // No gateway answers: work on the store directly.
-            let loaded = config::load_dir(dir).map_err(|e| e.to_string())?;
-            let data_dir = args.data_dir.clone().unwrap_or_else(|| dir.join("data"));
-            let layer = ConsumerLayer::open(&loaded.system, dir, &data_dir)
+            let loaded = config::load_dirs(&dirs).map_err(|e| e.to_string())?;
+            let data_dir = args
+                .data_dir
+                .clone()
+                .unwrap_or_else(|| dirs.last().join("data"));
+            let layer = ConsumerLayer::open(&loaded.system, &dirs, &data_dir, None)
                 .map_err(|e| format!("{e:#}"))?;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

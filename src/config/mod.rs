@@ -5,6 +5,7 @@
 pub mod error;
 pub mod gateway_file;
 pub mod interpolate;
+pub mod layers;
 pub mod node;
 pub mod system_file;
 
@@ -16,9 +17,11 @@ use gateway_file::GatewayFile;
 use node::Node;
 use system_file::SystemFile;
 
-/// The two files of a config directory, read and typed.
+pub use layers::ConfigDirs;
+
+/// The two files of a config directory stack, read and typed.
 pub struct LoadedConfig {
-    pub dir: PathBuf,
+    pub dirs: ConfigDirs,
     pub gateway_path: PathBuf,
     pub system_path: Option<PathBuf>,
     pub gateway: GatewayFile,
@@ -97,28 +100,37 @@ fn json_to_node(v: &serde_json::Value, pos: &Pos) -> Node {
     }
 }
 
-/// Loads a config directory. Fails only when there is nothing further to check (no directory,
-/// no gateway file, a file that does not parse); other problems travel in `errors`.
+/// Loads a config directory.
 pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
+    load_dirs(&ConfigDirs::single(dir))
+}
+
+/// Loads a stack of config directories. Fails only when there is nothing further to check (no
+/// directory, no gateway file, a file that does not parse); other problems travel in `errors`.
+pub fn load_dirs(dirs: &ConfigDirs) -> Result<LoadedConfig, ConfigErrors> {
     let mut errors = ConfigErrors::default();
-    let dir_name: Arc<str> = Arc::from(dir.display().to_string());
-    if !dir.is_dir() {
-        errors.push(
-            &Pos::file_start(&dir_name),
-            "the config directory does not exist",
-        );
+    let dir_name: Arc<str> = Arc::from(dirs.display());
+    for dir in dirs.dirs() {
+        if !dir.is_dir() {
+            errors.push(
+                &Pos::file_start(&Arc::from(dir.display().to_string())),
+                "the config directory does not exist",
+            );
+        }
+    }
+    if !errors.0.is_empty() {
         return Err(errors);
     }
-    let Some(gateway_path) = find_file(dir, "gateway.config") else {
+    let Some(gateway_path) = dirs.find_config("gateway.config") else {
         errors.push(
             &Pos::file_start(&Arc::from(
-                dir.join("gateway.config.yml").display().to_string(),
+                dirs.last().join("gateway.config.yml").display().to_string(),
             )),
-            "no gateway.config.yml (or .yaml, .json) in the config directory",
+            "no gateway.config.yml (or .yaml, .json) in the config directories",
         );
         return Err(errors);
     };
-    let system_path = find_file(dir, "system.config");
+    let system_path = dirs.find_config("system.config");
     let gateway_root = read_document(&gateway_path);
     let system_root = system_path.as_deref().map(read_document);
     if let Err(e) = &gateway_root {
@@ -136,13 +148,13 @@ pub fn load_dir(dir: &Path) -> Result<LoadedConfig, ConfigErrors> {
         _ => {
             log::warn!(
                 "{}: no system.config.yml; using the embedded store and defaults",
-                dir.display()
+                dirs.display()
             );
             SystemFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut errors)
         }
     };
     Ok(LoadedConfig {
-        dir: dir.to_path_buf(),
+        dirs: dirs.clone(),
         gateway_path,
         system_path,
         gateway,

@@ -108,14 +108,14 @@ impl Models {
         }
     }
 
-    /// The models of a config directory (`models/*.json`), Kargo's where a file is missing.
-    pub fn load(config_dir: &Path) -> Result<Models, String> {
+    /// The models of a config directory stack (`models/*.json`, the last directory's first),
+    /// Kargo's where a file is missing.
+    pub fn load(config_dirs: &crate::config::ConfigDirs) -> Result<Models, String> {
         let mut models = Models::kargo();
         let read = |name: &str| -> Result<Option<Value>, String> {
-            let p = config_dir.join("models").join(name);
-            if !p.is_file() {
+            let Some(p) = config_dirs.resolve(&Path::new("models").join(name)) else {
                 return Ok(None);
-            }
+            };
             let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             serde_json::from_str(&text).map(Some).map_err(|e| {
                 format!(

@@ -60,7 +60,8 @@ impl ConsumerRef {
 pub struct ConsumerService {
     store: Arc<dyn Store>,
     layout: Layout,
-    models: Models,
+    /// Replaced when the config is reloaded.
+    models: arc_swap::ArcSwap<Models>,
     salt_rounds: u32,
 }
 
@@ -82,9 +83,14 @@ impl ConsumerService {
         ConsumerService {
             store,
             layout,
-            models,
+            models: arc_swap::ArcSwap::from_pointee(models),
             salt_rounds,
         }
+    }
+
+    /// Puts new models in force (a config reload).
+    pub fn set_models(&self, models: Models) {
+        self.models.store(Arc::new(models));
     }
 
     pub fn layout(&self) -> &Layout {
@@ -135,7 +141,11 @@ impl ConsumerService {
     }
 
     pub async fn create_user(&self, body: &Map<String, Value>) -> Result<Value> {
-        self.models.users.validate(body, true).map_err(invalid)?;
+        self.models
+            .load()
+            .users
+            .validate(body, true)
+            .map_err(invalid)?;
         let username = body
             .get("username")
             .map(model::js_string)
@@ -204,12 +214,16 @@ impl ConsumerService {
             if k == "username" || k == "id" {
                 continue; // EG ignores a new username
             }
-            if !self.models.users.declares(k) {
+            if !self.models.load().users.declares(k) {
                 return Err(invalid("one or more properties is invalid"));
             }
             changes.push((k.clone(), model::js_string(v)));
         }
-        self.models.users.validate(body, false).map_err(invalid)?;
+        self.models
+            .load()
+            .users
+            .validate(body, false)
+            .map_err(invalid)?;
         if !changes.is_empty() {
             changes.push(("updatedAt".into(), model::js_date_now()));
             self.commit(
@@ -365,7 +379,11 @@ impl ConsumerService {
         };
         let mut props = body.clone();
         props.remove("userId");
-        self.models.apps.validate(&props, true).map_err(invalid)?;
+        self.models
+            .load()
+            .apps
+            .validate(&props, true)
+            .map_err(invalid)?;
         let Some((user_id, _)) = self.find_user(&user_ref).await? else {
             return Err(ConsumerError::Conflict(
                 "The specified user does not exist".into(),
@@ -426,12 +444,16 @@ impl ConsumerService {
         };
         let mut changes: Fields = Vec::new();
         for (k, v) in body {
-            if !self.models.apps.declares(k) || k == "name" && v.as_str().is_none() {
+            if !self.models.load().apps.declares(k) || k == "name" && v.as_str().is_none() {
                 return Err(invalid("one or more properties is invalid"));
             }
             changes.push((k.clone(), model::js_string(v)));
         }
-        self.models.apps.validate(body, false).map_err(invalid)?;
+        self.models
+            .load()
+            .apps
+            .validate(body, false)
+            .map_err(invalid)?;
         changes.push(("updatedAt".into(), model::js_date_now()));
         self.commit(
             &[Write::HSet {

@@ -23,19 +23,26 @@ pub struct ConsumerLayer {
 }
 
 impl ConsumerLayer {
+    /// `handover`: wait up to this long for another process to let go of an embedded store (a
+    /// binary upgrade).
     pub fn open(
         system: &SystemFile,
-        config_dir: &Path,
+        config_dirs: &crate::config::ConfigDirs,
         data_dir: &Path,
+        handover: Option<std::time::Duration>,
     ) -> anyhow::Result<ConsumerLayer> {
         let store: Arc<dyn Store> = if system.redis.emulate {
-            Arc::new(EmbeddedStore::open(data_dir).with_context(|| {
+            let opened = match handover {
+                Some(wait) => EmbeddedStore::open_waiting(data_dir, wait),
+                None => EmbeddedStore::open(data_dir),
+            };
+            Arc::new(opened.with_context(|| {
                 format!("cannot open the embedded store in {}", data_dir.display())
             })?)
         } else {
             Arc::new(RedisStore::new(&system.redis))
         };
-        let models = Models::load(config_dir).map_err(anyhow::Error::msg)?;
+        let models = Models::load(config_dirs).map_err(anyhow::Error::msg)?;
         Ok(ConsumerLayer::over(
             store,
             &system.redis.namespace,

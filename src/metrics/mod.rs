@@ -91,6 +91,7 @@ pub struct Metrics {
     pub store_up: IntGauge,
     config_loads_ok: IntCounter,
     config_loads_failed: IntCounter,
+    config_last_success: Gauge,
     pub access_log_dropped: IntCounter,
     /// Client connections open.
     pub client_connections: IntGauge,
@@ -245,6 +246,11 @@ impl Metrics {
             &["result"],
         ));
         reg(Box::new(loads.clone()));
+        let config_last_success = must(Gauge::new(
+            "tollgate_config_last_reload_success_timestamp_seconds",
+            "When the config in force was loaded (Unix time)",
+        ));
+        reg(Box::new(config_last_success.clone()));
         let access_log_dropped = must(IntCounter::new(
             "tollgate_access_log_dropped_total",
             "Access log lines dropped because the writer fell behind",
@@ -303,6 +309,7 @@ impl Metrics {
             store_up,
             config_loads_ok: loads.with_label_values(&["ok"]),
             config_loads_failed: loads.with_label_values(&["failed"]),
+            config_last_success,
             access_log_dropped,
             client_connections,
             client_closed: ConnClose::ALL
@@ -362,6 +369,10 @@ impl Metrics {
     pub fn config_loaded(&self, ok: bool) {
         if ok {
             self.config_loads_ok.inc();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.config_last_success.set(now);
         } else {
             self.config_loads_failed.inc();
         }

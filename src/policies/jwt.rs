@@ -76,6 +76,9 @@ struct Verified {
     nbf: Option<u64>,
 }
 
+/// Tokens verified under one key and one set of claim rules.
+type Remembered = Arc<RwLock<HashMap<Box<str>, Verified>>>;
+
 pub struct Jwt {
     key: DecodingKey,
     validation: Validation,
@@ -83,7 +86,29 @@ pub struct Jwt {
     check_credential: bool,
     pass_through: bool,
     cache: Arc<ConsumerCache>,
-    remembered: RwLock<HashMap<Box<str>, Verified>>,
+    remembered: Remembered,
+}
+
+/// The verified tokens of every jwt step, by what decides a token's validity (the key and
+/// the claim rules): a config reload that keeps a step's key and rules keeps what it verified.
+fn remembered_for(material: &str, validation: &Validation) -> Remembered {
+    use sha2::Digest;
+    static ALL: std::sync::OnceLock<std::sync::Mutex<HashMap<[u8; 32], Remembered>>> =
+        std::sync::OnceLock::new();
+    let mut h = sha2::Sha256::new();
+    h.update(material.as_bytes());
+    h.update(format!("{:?}", validation.algorithms));
+    h.update(format!("{:?}", validation.aud));
+    h.update(format!("{:?}", validation.iss));
+    h.update(format!("{:?}", validation.required_spec_claims));
+    h.update(validation.leeway.to_le_bytes());
+    let fingerprint: [u8; 32] = h.finalize().into();
+    ALL.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(fingerprint)
+        .or_default()
+        .clone()
 }
 
 fn now() -> u64 {
@@ -138,16 +163,18 @@ fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String>
 }
 
 impl Jwt {
-    pub fn build(p: Params, config_dir: &Path, cache: &Arc<ConsumerCache>) -> Result<Jwt, String> {
+    pub fn build(
+        p: Params,
+        config_dirs: &crate::config::ConfigDirs,
+        cache: &Arc<ConsumerCache>,
+    ) -> Result<Jwt, String> {
         let material = match (&p.secret_or_public_key, &p.secret_or_public_key_file) {
             (Some(s), None) => s.clone(),
             (None, Some(f)) => {
                 let path = Path::new(f);
-                let path = if path.is_relative() && config_dir.join(path).is_file() {
-                    config_dir.join(path)
-                } else {
-                    path.to_path_buf()
-                };
+                let path = config_dirs
+                    .resolve(path)
+                    .unwrap_or_else(|| path.to_path_buf());
                 std::fs::read_to_string(&path).map_err(|e| {
                     format!(
                         "cannot read `secretOrPublicKeyFile` {}: {e}",
@@ -229,6 +256,7 @@ impl Jwt {
                 ))
             }
         };
+        let remembered = remembered_for(&material, &validation);
         Ok(Jwt {
             key,
             validation,
@@ -236,7 +264,7 @@ impl Jwt {
             check_credential: p.check_credential_existence,
             pass_through: p.pass_through,
             cache: cache.clone(),
-            remembered: RwLock::new(HashMap::new()),
+            remembered,
         })
     }
 
@@ -373,7 +401,7 @@ mod tests {
         let p: Params = serde_json::from_value(params).expect("params");
         Jwt::build(
             p,
-            Path::new("."),
+            &crate::config::ConfigDirs::single(Path::new(".")),
             &crate::gateway::Shared::detached().consumers,
         )
         .expect("builds")
@@ -480,7 +508,7 @@ mod tests {
         assert!(
             Jwt::build(
                 p,
-                Path::new("."),
+                &crate::config::ConfigDirs::single(Path::new(".")),
                 &crate::gateway::Shared::detached().consumers
             )
             .is_err(),
@@ -495,8 +523,12 @@ mod tests {
         std::fs::create_dir_all(&dir).expect("dir");
         std::fs::write(dir.join("ed.pub"), key.public_key_to_pem().expect("pem")).expect("write");
         let p: Params = serde_json::from_value(serde_json::json!({"secretOrPublicKeyFile": "ed.pub", "checkCredentialExistence": false})).expect("params");
-        let policy =
-            Jwt::build(p, &dir, &crate::gateway::Shared::detached().consumers).expect("builds");
+        let policy = Jwt::build(
+            p,
+            &crate::config::ConfigDirs::single(&dir),
+            &crate::gateway::Shared::detached().consumers,
+        )
+        .expect("builds");
         let enc =
             EncodingKey::from_ed_pem(&key.private_key_to_pem_pkcs8().expect("pem")).expect("key");
         let t = encode(

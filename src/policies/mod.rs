@@ -39,8 +39,8 @@ pub struct BuildContext<'a> {
     pub consumers: &'a Arc<ConsumerCache>,
     /// The shared store rate-limit windows live in (Redis), when there is one.
     pub shared_windows: Option<&'a Arc<dyn crate::store::Store>>,
-    /// The config directory (key files are read relative to it).
-    pub config_dir: &'a std::path::Path,
+    /// The config directories (key files are found in them, the last one first).
+    pub config_dirs: &'a crate::config::ConfigDirs,
     /// Query parameters that carry credentials (kept out of cache keys).
     pub secret_query_params: &'a [String],
 }
@@ -132,7 +132,7 @@ pub fn build(
         }
         "jwt" => match jwt::Jwt::build(
             params(name, action, pos, errors)?,
-            cx.config_dir,
+            cx.config_dirs,
             cx.consumers,
         ) {
             Ok(p) => Arc::new(p),

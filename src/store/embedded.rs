@@ -46,7 +46,9 @@ pub struct EmbeddedStore {
     dir: Option<PathBuf>,
     state: Mutex<State>,
     channels: Mutex<HashMap<String, broadcast::Sender<String>>>,
-    _lock_file: Option<File>,
+    /// Held while this process owns the directory; released when it hands the store over.
+    lock_file: Mutex<Option<File>>,
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 impl EmbeddedStore {
@@ -63,7 +65,22 @@ impl EmbeddedStore {
                 locks: HashMap::new(),
             }),
             channels: Mutex::new(HashMap::new()),
-            _lock_file: None,
+            lock_file: Mutex::new(None),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Opens the store, waiting up to `wait` for another process to let go of it (the process
+    /// being upgraded hands it over once the new one has taken its sockets).
+    pub fn open_waiting(dir: &Path, wait: std::time::Duration) -> StoreResult<EmbeddedStore> {
+        let start = std::time::Instant::now();
+        loop {
+            match EmbeddedStore::open(dir) {
+                Err(StoreError::Unavailable(_)) if start.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                other => return other,
+            }
         }
     }
 
@@ -147,7 +164,8 @@ impl EmbeddedStore {
                 locks: HashMap::new(),
             }),
             channels: Mutex::new(HashMap::new()),
-            _lock_file: Some(lock_file),
+            lock_file: Mutex::new(Some(lock_file)),
+            handed_over: std::sync::atomic::AtomicBool::new(false),
         };
         Ok(store)
     }
@@ -323,9 +341,28 @@ impl Store for EmbeddedStore {
             .collect())
     }
 
+    fn hand_over(&self) {
+        self.handed_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut st = self.state();
+        st.journal = None;
+        drop(st);
+        // Closing the lock file releases the directory.
+        self.lock_file
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        log::info!("embedded store handed over to the upgraded process");
+    }
+
     async fn apply(&self, batch: &[Write]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "the store was handed over to the upgraded process".into(),
+            ));
         }
         let mut st = self.state();
         if let Some(journal) = st.journal.as_mut() {

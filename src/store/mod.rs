@@ -68,6 +68,10 @@ pub trait Store: Send + Sync {
     /// A short name for logs and errors (`embedded /var/lib/...`, `redis 127.0.0.1:6379`).
     fn describe(&self) -> String;
 
+    /// Lets another process take the store over (a binary upgrade): from now on this process
+    /// only reads it. Nothing to do for a shared store.
+    fn hand_over(&self) {}
+
     async fn ping(&self) -> StoreResult<()>;
 
     async fn key_type(&self, key: &str) -> StoreResult<KeyType>;

@@ -1,0 +1,402 @@
+//! The running config's lifecycle: reloading in place (on a change in a watched directory,
+//! SIGHUP, or `POST /tollgate/reload`), what needs a restart instead, and what the running
+//! config is (`GET /tollgate/config`).
+//!
+//! A reload reads and compiles the whole stack again; when that fails the running config stays,
+//! and the error is logged as `file:line:column: reason`, counted and kept in the status. When
+//! it succeeds the new config is swapped in: a request in flight finishes on the config it
+//! started with; what the gateway keeps across configs (rate-limit windows, verified tokens,
+//! consumers, upstream health, connection pools, the tile cache) stays. Listeners, ports,
+//! certificates and the consumer store are read at start only: a change to them is said in the
+//! log and in the status, and applies at the next start.
+
+pub mod watch;
+
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::config::layers::Source;
+use crate::config::{ConfigDirs, LoadedConfig};
+use crate::consumers::models::Models;
+use crate::consumers::service::ConsumerService;
+use crate::gateway::{Gateway, Shared};
+
+/// What asked for a reload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    /// A change in a watched directory (skipped when no input changed).
+    Watch,
+    /// SIGHUP.
+    Signal,
+    /// `POST /tollgate/reload` (`tollgate reload`).
+    Admin,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Trigger::Watch => "a change in the config directories",
+            Trigger::Signal => "SIGHUP",
+            Trigger::Admin => "the Admin API",
+        }
+    }
+}
+
+/// How a reload went.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Outcome {
+    /// `reloaded`, `unchanged` or `failed`.
+    pub result: &'static str,
+    pub errors: Vec<String>,
+    pub restart_required: Vec<String>,
+}
+
+#[derive(Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Status {
+    dirs: Vec<String>,
+    files: Vec<Source>,
+    loaded_at: String,
+    reloads: u64,
+    failed_reloads: u64,
+    last_error: Option<LastError>,
+    restart_required: Vec<String>,
+    watching: bool,
+}
+
+#[derive(Clone, serde::Serialize)]
+struct LastError {
+    at: String,
+    trigger: &'static str,
+    errors: Vec<String>,
+}
+
+/// The settings read at start only, as the process runs with them.
+#[derive(Clone, PartialEq)]
+struct StartOnly(Vec<(&'static str, String)>);
+
+impl StartOnly {
+    fn of(loaded: &LoadedConfig, dirs: &ConfigDirs) -> StartOnly {
+        let https = loaded.gateway.https.as_ref().map(|h| {
+            // The certificates' contents count, not only their paths.
+            let certs: Vec<String> = h
+                .certs
+                .iter()
+                .map(|c| {
+                    let hash = |p: &str| dirs.source(std::path::Path::new(p)).sha256;
+                    format!("{} {} {}", c.host_glob, hash(&c.cert), hash(&c.key))
+                })
+                .collect();
+            format!("{:?} {:?}", h.listener, certs)
+        });
+        StartOnly(vec![
+            ("the http listener", format!("{:?}", loaded.gateway.http)),
+            (
+                "the https listener or its certificates",
+                format!("{https:?}"),
+            ),
+            ("the admin listener", format!("{:?}", loaded.gateway.admin)),
+            (
+                "the consumer store (db.redis)",
+                format!("{:?}", loaded.system.redis),
+            ),
+            ("crypto.saltRounds", format!("{:?}", loaded.system.crypto)),
+        ])
+    }
+
+    /// What differs from `running`, as sentences.
+    fn changes_from(&self, running: &StartOnly) -> Vec<String> {
+        self.0
+            .iter()
+            .zip(&running.0)
+            .filter(|(new, old)| new.1 != old.1)
+            .map(|(new, _)| format!("{} changed: applies at the next start", new.0))
+            .collect()
+    }
+}
+
+pub struct Lifecycle {
+    dirs: ConfigDirs,
+    shared: Shared,
+    consumers: Arc<ConsumerService>,
+    pub current: Arc<ArcSwap<Gateway>>,
+    runtime: tokio::runtime::Handle,
+    running: StartOnly,
+    status: Mutex<Status>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+fn now_text() -> String {
+    crate::consumers::model::rfc3339_now()
+}
+
+/// What a loaded config was read from, taken before it is compiled.
+pub struct Started {
+    dirs: ConfigDirs,
+    gateway_path: std::path::PathBuf,
+    system_path: Option<std::path::PathBuf>,
+    start_only: StartOnly,
+}
+
+impl Started {
+    pub fn of(loaded: &LoadedConfig) -> Started {
+        Started {
+            dirs: loaded.dirs.clone(),
+            gateway_path: loaded.gateway_path.clone(),
+            system_path: loaded.system_path.clone(),
+            start_only: StartOnly::of(loaded, &loaded.dirs),
+        }
+    }
+}
+
+/// The input files of a config stack as it is on disk now (for `tollgate config show`).
+pub fn inputs_of(dirs: &ConfigDirs) -> Result<Vec<Source>, crate::config::error::ConfigErrors> {
+    let loaded = crate::config::load_dirs(dirs)?;
+    let started = Started::of(&loaded);
+    let gateway = Gateway::build(loaded, &Shared::detached())?;
+    Ok(inputs(&started, &gateway))
+}
+
+/// Every file a config reads: the gateway and system config, models, key files.
+fn inputs(started: &Started, gateway: &Gateway) -> Vec<Source> {
+    let dirs = &started.dirs;
+    let mut paths = vec![started.gateway_path.clone()];
+    paths.extend(started.system_path.clone());
+    for m in ["models/users.json", "models/applications.json"] {
+        paths.extend(dirs.resolve(std::path::Path::new(m)));
+    }
+    let mut keys = Vec::new();
+    collect_key_files(&gateway.raw, &mut keys);
+    for k in keys {
+        paths.extend(dirs.resolve(std::path::Path::new(&k)));
+    }
+    paths.dedup();
+    paths.iter().map(|p| dirs.source(p)).collect()
+}
+
+fn collect_key_files(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                match (k.as_str(), v) {
+                    ("secretOrPublicKeyFile", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => collect_key_files(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|v| collect_key_files(v, out)),
+        _ => {}
+    }
+}
+
+impl Lifecycle {
+    /// Takes over the config the gateway started with.
+    pub fn new(
+        started: Started,
+        shared: Shared,
+        consumers: Arc<ConsumerService>,
+        current: Arc<ArcSwap<Gateway>>,
+        runtime: tokio::runtime::Handle,
+    ) -> Lifecycle {
+        let dirs = started.dirs.clone();
+        let files = inputs(&started, &current.load());
+        let status = Status {
+            dirs: dirs
+                .dirs()
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect(),
+            files,
+            loaded_at: now_text(),
+            ..Status::default()
+        };
+        crate::metrics::metrics().config_loaded(true);
+        Lifecycle {
+            running: started.start_only,
+            dirs,
+            shared,
+            consumers,
+            current,
+            runtime,
+            status: Mutex::new(status),
+            reloading: Mutex::new(()),
+        }
+    }
+
+    pub fn dirs(&self) -> &ConfigDirs {
+        &self.dirs
+    }
+
+    pub fn set_watching(&self, on: bool) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .watching = on;
+    }
+
+    /// Whether any input file differs from the running config's: another content, another
+    /// directory of the stack now providing it, or a new input (a later directory's file,
+    /// a models file).
+    fn inputs_changed(&self) -> bool {
+        use std::path::Path;
+        let listed = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .files
+            .clone();
+        let is_listed = |p: &Path| listed.iter().any(|f| Path::new(&f.path) == p);
+        let fresh = [
+            self.dirs.find_config("gateway.config"),
+            self.dirs.find_config("system.config"),
+            self.dirs.resolve(Path::new("models/users.json")),
+            self.dirs.resolve(Path::new("models/applications.json")),
+        ];
+        if fresh.iter().flatten().any(|p| !is_listed(p)) {
+            return true;
+        }
+        listed.iter().any(|f| {
+            let p = Path::new(&f.path);
+            let provider = self.dirs.resolve(Path::new(&f.name));
+            provider.as_deref() != Some(p) || self.dirs.source(p).sha256 != f.sha256
+        })
+    }
+
+    /// Reads and compiles the config stack again and puts it in force, or keeps the running
+    /// one and says why.
+    pub fn reload(&self, trigger: Trigger) -> Outcome {
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        if trigger == Trigger::Watch && !self.inputs_changed() {
+            log::debug!("config directories changed, but no config input did");
+            return Outcome {
+                result: "unchanged",
+                errors: Vec::new(),
+                restart_required: self.restart_required(),
+            };
+        }
+        let m = crate::metrics::metrics();
+        let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
+            let models = Models::load(&self.dirs).map_err(|e| {
+                let mut errs = crate::config::error::ConfigErrors::default();
+                errs.push(
+                    &crate::config::error::Pos::file_start(&Arc::from(self.dirs.display())),
+                    e,
+                );
+                errs
+            });
+            let started = Started::of(&loaded);
+            let gateway = Gateway::build(loaded, &self.shared)?;
+            Ok((gateway, models?, started))
+        });
+        match built {
+            Err(errors) => {
+                let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+                for l in &lines {
+                    log::error!("config reload failed, the running config stays: {l}");
+                }
+                m.config_loaded(false);
+                let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                st.failed_reloads += 1;
+                st.last_error = Some(LastError {
+                    at: now_text(),
+                    trigger: trigger.as_str(),
+                    errors: lines.clone(),
+                });
+                Outcome {
+                    result: "failed",
+                    errors: lines,
+                    restart_required: st.restart_required.clone(),
+                }
+            }
+            Ok((gateway, models, started)) => {
+                let gateway = Arc::new(gateway);
+                for ep in gateway.service_endpoints.values() {
+                    crate::upstream::health::start(ep, &self.runtime);
+                }
+                let files = inputs(&started, &gateway);
+                let start_only = started.start_only;
+                self.current.store(gateway);
+                self.consumers.set_models(models);
+                m.config_loaded(true);
+                let restart_required = start_only.changes_from(&self.running);
+                for r in &restart_required {
+                    log::warn!("config reloaded, but {r}");
+                }
+                log::info!("config reloaded ({})", trigger.as_str());
+                let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+                st.reloads += 1;
+                st.files = files;
+                st.loaded_at = now_text();
+                st.restart_required = restart_required.clone();
+                Outcome {
+                    result: "reloaded",
+                    errors: Vec::new(),
+                    restart_required,
+                }
+            }
+        }
+    }
+
+    fn restart_required(&self) -> Vec<String> {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .restart_required
+            .clone()
+    }
+
+    /// The running config: which files from which directories, their hashes, when it was
+    /// loaded, the last reload error, what waits for a restart.
+    pub fn describe(&self) -> serde_json::Value {
+        let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut v = serde_json::to_value(&*st).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            let since = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+            o.insert("now".into(), serde_json::json!(since));
+        }
+        v
+    }
+}
+
+/// Tells systemd (`Type=notify`, when `NOTIFY_SOCKET` is set) that this process is ready and
+/// is the service's main process — after a binary upgrade the new process takes over from the
+/// old one. Waits until the gateway's listeners accept first.
+pub async fn notify_ready_when_listening(listen: &[String]) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    for addr in listen {
+        let probe = addr.replace("0.0.0.0", "127.0.0.1");
+        while tokio::net::TcpStream::connect(&probe).await.is_err() {
+            if std::time::Instant::now() > deadline {
+                log::warn!("{addr} does not accept: not telling systemd we are ready");
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    let message = format!("READY=1\nMAINPID={}\n", std::process::id());
+    if let Err(e) = sd_notify(&socket, message.as_bytes()) {
+        log::warn!("cannot notify systemd: {e}");
+    }
+}
+
+fn sd_notify(socket: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let bytes = socket.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => SocketAddr::from_abstract_name(name)?,
+        None => SocketAddr::from_pathname(std::path::Path::new(socket))?,
+    };
+    UnixDatagram::unbound()?.send_to_addr(message, &addr)?;
+    Ok(())
+}

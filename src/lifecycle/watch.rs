@@ -1,0 +1,82 @@
+//! Watching the config directories (the directories, not the files: editors rename over a
+//! file on save, Kubernetes swaps a `..data` symlink), debounced: a burst of changes is one
+//! reload, once the directory has been quiet for [`QUIET`]. Changes under the data directory
+//! or the tile cache's directory are not config changes. `EG_DISABLE_CONFIG_WATCH` set to
+//! anything (even `false`, as in EG) turns watching off.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+
+use super::{Lifecycle, Trigger};
+
+/// How long the directories must be quiet before a reload.
+pub const QUIET: Duration = Duration::from_millis(250);
+
+/// Whether EG's switch turns watching off.
+pub fn disabled() -> bool {
+    std::env::var_os("EG_DISABLE_CONFIG_WATCH").is_some_and(|v| !v.is_empty())
+}
+
+/// Watches every directory of the stack, reloading on changes, on a thread of its own.
+/// `ignore`: directories whose changes are not config changes.
+pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
+    if disabled() {
+        log::info!("config watching is off (EG_DISABLE_CONFIG_WATCH)");
+        return;
+    }
+    let (tx, rx) = mpsc::channel::<notify::Result<notify::Event>>();
+    let mut watcher = match notify::recommended_watcher(tx) {
+        Ok(w) => w,
+        Err(e) => {
+            log::warn!("cannot watch the config directories ({e}); reload with SIGHUP or `tollgate reload`");
+            return;
+        }
+    };
+    let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+    let ignore: Vec<PathBuf> = ignore.iter().map(canon).collect();
+    let mut watched = 0;
+    for dir in lifecycle.dirs().dirs() {
+        match watcher.watch(dir, RecursiveMode::Recursive) {
+            Ok(()) => watched += 1,
+            Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
+        }
+    }
+    if watched == 0 {
+        return;
+    }
+    lifecycle.set_watching(true);
+    let relevant = move |e: &notify::Event| {
+        !matches!(e.kind, notify::EventKind::Access(_))
+            && e.paths.iter().any(|p| {
+                let p = canon(p);
+                !ignore.iter().any(|i| p.starts_with(i))
+            })
+    };
+    let spawned = std::thread::Builder::new()
+        .name("tollgate-watch".into())
+        .spawn(move || {
+            // The watcher lives as long as this thread.
+            let _watcher = watcher;
+            while let Ok(first) = rx.recv() {
+                if !first.as_ref().is_ok_and(&relevant) {
+                    continue;
+                }
+                // Wait for quiet: the end of an editor's save, a `cp -r`, a symlink swap.
+                loop {
+                    match rx.recv_timeout(QUIET) {
+                        Ok(_) => continue,
+                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                lifecycle.reload(Trigger::Watch);
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the config watcher: {e}");
+    }
+}

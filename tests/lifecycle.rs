@@ -1,0 +1,443 @@
+//! The config lifecycle with the real binary: hot reload on a change in the directory (an
+//! editor's rename-on-save), SIGHUP and `tollgate reload`; a bad file keeps the running config
+//! and says why; 100 reloads under load lose no request; a slow request finishes on the
+//! upstream it started with; state survives; layered directories; changes that need a restart;
+//! and a zero-downtime binary upgrade under load.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::gateway::{binary, run_tollgate};
+use support::load::Load;
+use support::upstream::PyUpstream;
+use support::{get, send_json, ConfigDir, GatewayProcess};
+
+fn gateway_yml(path: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '{path}'}}\nserviceEndpoints:\n  up: {{url: '{upstream}'}}\npolicies: [proxy, rate-limit, log]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n{extra}      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+    )
+}
+
+/// Writes a file the way editors save: a temporary file renamed over it.
+fn save(dir: &ConfigDir, name: &str, content: &str) {
+    let path = dir.path.join(name);
+    let file = path.file_name().and_then(|f| f.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{file}.swp"));
+    std::fs::write(&tmp, content).expect("write");
+    std::fs::rename(&tmp, &path).expect("rename");
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{what}: not within 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    start.elapsed()
+}
+
+fn name_of(r: &support::Response) -> String {
+    serde_json::from_slice::<serde_json::Value>(&r.body)
+        .ok()
+        .and_then(|v| v["name"].as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+#[test]
+fn reload_on_a_change_on_sighup_and_on_demand() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/two/*", &up.url(""), ""),
+    );
+    let took = wait_for("the watched change", || {
+        get(gw.port, "GET", "/two/x", &[]).status == 200
+    });
+    assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 404);
+    eprintln!("reloaded {took:?} after the save");
+    assert!(gw.metric(r#"tollgate_config_loads_total{result="ok"}"#) >= 2.0);
+
+    // Watching off (EG's switch): SIGHUP and `tollgate reload` reload.
+    let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
+    let mut gw = GatewayProcess::start_with(&dir, &[], &[("EG_DISABLE_CONFIG_WATCH", "false")]);
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/two/*", &up.url(""), ""),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        get(gw.port, "GET", "/two/x", &[]).status,
+        404,
+        "not watching"
+    );
+    gw.signal("HUP");
+    wait_for("SIGHUP reload", || {
+        get(gw.port, "GET", "/two/x", &[]).status == 200
+    });
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/three/*", &up.url(""), ""),
+    );
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = run_tollgate(&["reload", "--admin-url", &admin], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(gw.port, "GET", "/three/x", &[]).status, 200);
+    assert!(
+        gw.child.try_wait().expect("wait").is_none(),
+        "still running"
+    );
+}
+
+#[test]
+fn a_bad_file_keeps_the_running_config() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
+    let gw = GatewayProcess::start(&dir);
+    let load = Load::start(
+        gw.port,
+        3,
+        "GET /one/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(5),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    save(
+        &dir,
+        "gateway.config.yml",
+        "http: {port: 1}\napiEndpoints:\n  tiles: {paths: '/x'\n",
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/one/*", &up.url(""), "      - nope:\n"),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let report = load.stop();
+    assert!(report.failed(200).is_empty(), "{:?}", report.failed(200));
+    let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+    let errors: Vec<String> = status["lastError"]["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let well_formed = |e: &str| {
+        let rest = e.split("gateway.config.yml:").nth(1).unwrap_or("");
+        let mut parts = rest.splitn(3, ':');
+        parts.next().is_some_and(|l| l.parse::<u32>().is_ok())
+            && parts.next().is_some_and(|c| c.parse::<u32>().is_ok())
+            && parts.next().is_some_and(|r| !r.trim().is_empty())
+    };
+    assert!(
+        !errors.is_empty() && errors.iter().all(|e| well_formed(e)),
+        "file:line:column: reason: {status}"
+    );
+    assert!(errors[0].contains("`nope`"), "{status}");
+    assert!(gw.metric(r#"tollgate_config_loads_total{result="failed"}"#) >= 2.0);
+    assert!(gw.metric("tollgate_config_last_reload_success_timestamp_seconds") > 0.0);
+    let log = gw.log_text();
+    assert!(
+        log.lines().any(|l| l.contains(" ERROR ")
+            && l.contains("gateway.config.yml:")
+            && l.contains("the running config stays")),
+        "{log}"
+    );
+    // `tollgate reload` says it failed, with the reason.
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = run_tollgate(&["reload", "--admin-url", &admin], &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.config.yml:"));
+    // Fixed: in force again.
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/fixed/*", &up.url(""), ""),
+    );
+    wait_for("the fixed file", || {
+        get(gw.port, "GET", "/fixed/x", &[]).status == 200
+    });
+}
+
+#[test]
+fn a_hundred_reloads_under_load_lose_no_request() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let gw = GatewayProcess::start(&dir);
+    let load = Load::start(
+        gw.port,
+        4,
+        "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(2),
+    );
+    let started = Instant::now();
+    for i in 0..100 {
+        // Every other config adds a step, so each reload builds something new.
+        let extra = if i % 2 == 0 {
+            "      - rate-limit: [{action: {max: 1000000, windowMs: 60000}}]\n"
+        } else {
+            ""
+        };
+        save(
+            &dir,
+            "gateway.config.yml",
+            &gateway_yml("/tiles/*", &up.url(""), extra),
+        );
+        let r = send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    let report = load.stop();
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed over 100 reloads: {:?}",
+        failed.len(),
+        report.count(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(report.count() > 200, "{}", report.count());
+    eprintln!(
+        "100 reloads in {:?} under load: {} requests, 0 failed",
+        started.elapsed(),
+        report.count()
+    );
+}
+
+#[test]
+fn a_slow_request_finishes_on_the_upstream_it_started_with() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &a.url(""), ""));
+    let gw = GatewayProcess::start(&dir);
+    let port = gw.port;
+    let slow = std::thread::spawn(move || get(port, "GET", "/tiles/slow/1500/x", &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/tiles/*", &b.url(""), ""),
+    );
+    wait_for("new requests to b", || {
+        name_of(&get(gw.port, "GET", "/tiles/x", &[])) == "b"
+    });
+    let r = slow.join().expect("slow request");
+    assert_eq!((r.status, name_of(&r)), (200, "a".to_string()));
+}
+
+#[test]
+fn rate_limit_windows_survive_a_reload() {
+    let up = PyUpstream::start("a", 5.0);
+    let limit = "      - rate-limit: [{action: {max: 3, windowMs: 60000, rateLimitBy: 'all'}}]\n";
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), limit));
+    let gw = GatewayProcess::start(&dir);
+    for _ in 0..3 {
+        assert_eq!(get(gw.port, "GET", "/tiles/x", &[]).status, 200);
+    }
+    // Another path, the same limit: the window is not reset by the reload.
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml(
+            "/tiles/*",
+            &up.url(""),
+            &format!("{limit}      - log: [{{action: {{message: 'reloaded'}}}}]\n"),
+        ),
+    );
+    let r = send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(get(gw.port, "GET", "/tiles/x", &[]).status, 429);
+}
+
+#[test]
+fn restart_only_changes_are_said_and_wait_for_the_next_start() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let gw = GatewayProcess::start(&dir);
+    let other = support::free_port();
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/tiles/*", &up.url(""), "").replace("${PORT}", &other.to_string()),
+    );
+    let r = support::json_body(&send_json(gw.admin_port, "POST", "/tollgate/reload", ""));
+    assert_eq!(r["result"], "reloaded");
+    assert!(
+        r["restartRequired"].to_string().contains("http listener"),
+        "{r}"
+    );
+    assert_eq!(
+        get(gw.port, "GET", "/tiles/x", &[]).status,
+        200,
+        "still on the old port"
+    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", other)).is_err());
+    assert!(gw.log_text().contains("applies at the next start"));
+}
+
+#[test]
+fn layered_directories_a_later_file_wins() {
+    let up = PyUpstream::start("a", 5.0);
+    let defaults = ConfigDir::new(&gateway_yml("/default/*", &up.url(""), ""));
+    std::fs::create_dir_all(defaults.path.join("models")).expect("models");
+    defaults.write(
+        "models/users.json",
+        r#"{"type": "object", "properties": {"username": {"type": "string"}, "email": {"type": "string"}}, "required": ["username", "email"]}"#,
+    );
+    let workspace = ConfigDir::empty();
+    workspace.write(
+        "gateway.config.yml",
+        &gateway_yml("/workspace/*", &up.url(""), ""),
+    );
+    let d = defaults.path.display().to_string();
+    let w = workspace.path.display().to_string();
+    // `check` and `config show` see the stack.
+    let out = run_tollgate(&["check", "--config", &d, "--config", &w], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_tollgate(
+        &["config", "show"],
+        &[("EG_CONFIG_DIR", &format!("{d}:{w}"))],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains(&format!("# gateway.config.yml  from {w}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("# system.config.yml  from {d}")),
+        "{shown}"
+    );
+    assert!(
+        shown.contains(&format!("# models/users.json  from {d}")),
+        "{shown}"
+    );
+    // Served from the stack: the workspace's routes, the defaults' models.
+    let gw = GatewayProcess::start_with(&workspace, &["--config", &d, "--config", &w], &[]);
+    assert_eq!(get(gw.port, "GET", "/workspace/x", &[]).status, 200);
+    assert_eq!(get(gw.port, "GET", "/default/x", &[]).status, 404);
+    let r = send_json(gw.admin_port, "POST", "/users", r#"{"username": "ann"}"#);
+    assert_eq!(
+        r.status,
+        422,
+        "the defaults' model requires an email: {}",
+        r.text()
+    );
+    // A change to a shadowed file is no change; one to the workspace's is.
+    save(
+        &defaults,
+        "gateway.config.yml",
+        &gateway_yml("/shadowed/*", &up.url(""), ""),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(
+        gw.metric(r#"tollgate_config_loads_total{result="ok"}"#),
+        1.0
+    );
+    // The workspace takes a models file of its own: it replaces the defaults'.
+    std::fs::create_dir_all(workspace.path.join("models")).expect("models");
+    save(
+        &workspace,
+        "models/users.json",
+        r#"{"type": "object", "properties": {"username": {"type": "string"}}, "required": ["username"]}"#,
+    );
+    wait_for("the workspace's model", || {
+        send_json(gw.admin_port, "POST", "/users", r#"{"username": "bob"}"#).status < 300
+    });
+    let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+    let files = status["files"].to_string();
+    assert!(
+        files.contains(&format!("{w}/models/users.json")),
+        "{status}"
+    );
+}
+
+#[test]
+fn a_binary_upgrade_under_load_refuses_nothing() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(
+        &dir,
+        &["--upgrade-sock", &sock, "--grace-period", "10"],
+        &[],
+    );
+    let load = Load::start(
+        old.port,
+        4,
+        "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(2),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    // The new process, same config and ports, takes the sockets over.
+    let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
+    let mut new = Command::new(binary())
+        .args(["serve", "--config", &dir.path.display().to_string()])
+        .args(["--upgrade", "--upgrade-sock", &sock])
+        .env("PORT", old.port.to_string())
+        .env("ADMIN_PORT", old.admin_port.to_string())
+        .env("RUST_LOG", "info")
+        .env_remove("EG_CONFIG_DIR")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the new process");
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let mut old = old;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not leave: {}",
+            old.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(700));
+    let report = load.stop();
+    let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    assert!(
+        new.try_wait().expect("wait").is_none(),
+        "the new process runs: {new_log}"
+    );
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed during the upgrade: {:?}\nold: {}\nnew: {new_log}",
+        failed.len(),
+        report.count(),
+        &failed[..failed.len().min(5)],
+        old.log_text()
+    );
+    assert!(report.count() > 500, "{}", report.count());
+    // The new process owns the embedded store: it takes writes.
+    let r = send_json(
+        old.admin_port,
+        "POST",
+        "/users",
+        r#"{"username": "after-upgrade"}"#,
+    );
+    assert!(r.status < 300, "{} {}", r.status, r.text());
+    let _ = new.kill();
+    let _ = new.wait();
+}
