@@ -2,6 +2,8 @@
 # Installs the servers some tests run:
 #   target/eg    Express Gateway 1.16.11, from the npm registry with its exact lock file
 #                (tests/fixtures/eg-1.16.11/npm): EG reads what tollgate writes
+#   target/browser  OpenLayers and playwright-core from the npm registry with their lock file
+#                (tests/fixtures/browser): a web map in headless Chromium (Debian's chromium)
 #   target/py    a Python environment (tests/fixtures/python/requirements.txt, PyPI): moto's
 #                S3 server, which checks SigV4 signatures, and PyJWT, which mints the tokens
 #                the jwt tests send
@@ -27,4 +29,12 @@ if ! cmp -s "$req" "$py/requirements.txt"; then
   python3 -m venv "$py"
   "$py/bin/pip" install --quiet --disable-pip-version-check -r "$req"
   cp "$req" "$py/requirements.txt"
+fi
+
+browser=target/browser
+if ! cmp -s tests/fixtures/browser/package-lock.json "$browser/package-lock.json" || [[ ! -d $browser/node_modules/ol ]]; then
+  echo "installing OpenLayers and playwright-core into $browser" >&2
+  mkdir -p "$browser"
+  cp tests/fixtures/browser/package.json tests/fixtures/browser/package-lock.json "$browser/"
+  (cd "$browser" && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error >/dev/null)
 fi

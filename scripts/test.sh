@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Installs what the tests need (redis-server; Express Gateway for the interoperability tests),
-# then runs every test: unit tests and the integration tests, which start the real binary
-# against real upstreams, a real redis-server and Express Gateway itself on loopback.
+# Installs what the tests need (redis-server, Prometheus, Chromium and curl from Debian;
+# Express Gateway, OpenLayers and playwright-core from npm; moto, PyJWT, websockets and hypercorn
+# from PyPI), then runs every test: unit tests, the fuzz targets' short pass, and the
+# integration tests, which start the real binary against real upstreams, a real redis-server,
+# Express Gateway itself, a real Prometheus and a real browser on loopback.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh redis-server
+scripts/install-deps.sh redis-server prometheus curl chromium
 scripts/install-test-servers.sh
 cargo test --locked --all-targets "$@"
 # The load benchmark's smoke run (a few seconds, tollgate only), so the benchmark cannot rot.

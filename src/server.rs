@@ -114,8 +114,20 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         let cache = consumers.cache.clone();
         async move { cache.load().await }
     });
-    match background.block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, first_load).await })
-    {
+    let shown = crate::cli::progress::Progress::start("loading consumers", {
+        let cache = consumers.cache.clone();
+        move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            (
+                cache.progress.done.load(Relaxed) as u64,
+                cache.progress.total.load(Relaxed) as u64,
+            )
+        }
+    });
+    let waited =
+        background.block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, first_load).await });
+    shown.finish();
+    match waited {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => {
             log::error!("consumer cache not loaded yet (retrying in the background): {e}")

@@ -5,6 +5,7 @@ pub mod admin_client;
 pub mod cache;
 pub mod consumers;
 pub mod populate;
+pub mod progress;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -48,8 +49,31 @@ pub enum Command {
     Cache(ClientCmd<cache::CacheCmd>),
     /// Reload the running gateway's config now (as SIGHUP does); exit 1 when it fails.
     Reload(ClientArgs),
+    /// Exit 0 when the gateway answers its health check (`--ready`: readiness), else 1 — for a
+    /// container's HEALTHCHECK, with no curl in the image.
+    Healthcheck(HealthcheckArgs),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff).
+    Man,
     /// The config stack.
     Config(ConfigCmd),
+}
+
+#[derive(Args)]
+pub struct HealthcheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The URL to ask (default: the config's http listener on 127.0.0.1 and the healthcheck
+    /// plugin's path).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Ask for readiness (the consumer store answers, the consumer cache has loaded).
+    #[arg(long)]
+    pub ready: bool,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value = "3", value_parser = seconds)]
+    pub timeout: Duration,
 }
 
 #[derive(Args)]
@@ -175,6 +199,10 @@ pub struct ServeArgs {
     /// The disk tier's budget.
     #[arg(long, env = "TOLLGATE_CACHE_DISK_SIZE", default_value = "1GiB", value_parser = size)]
     pub cache_disk_size: u64,
+    /// Reach the upstream named HOST:PORT at ADDR:PORT (repeatable, or comma-separated in the
+    /// variable), keeping HOST as Host header and TLS name — as curl's --connect-to.
+    #[arg(long, env = "TOLLGATE_CONNECT_TO", value_name = "HOST:PORT=ADDR:PORT")]
+    pub connect_to: Vec<String>,
     /// Take the listening sockets over from the running gateway (a zero-downtime binary
     /// upgrade: start this, then send SIGQUIT to the old process).
     #[arg(long, short = 'u')]
@@ -235,6 +263,10 @@ pub fn run(cli: Cli) -> i32 {
             let data_dir = args
                 .data_dir
                 .unwrap_or_else(|| args.config.dirs().last().join("data"));
+            if let Err(e) = crate::upstream::set_connect_to(&args.connect_to) {
+                eprintln!("tollgate: {e}");
+                return 2;
+            }
             let opts = ServeOptions {
                 config_dirs: args.config.dirs(),
                 threads: args.threads.filter(|t| *t > 0),
@@ -283,6 +315,27 @@ pub fn run(cli: Cli) -> i32 {
         Command::Config(c) => match c.command {
             ConfigSub::Show(a) => show_config(&a.dirs()),
         },
+        Command::Healthcheck(a) => healthcheck(&a),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "tollgate",
+                &mut std::io::stdout(),
+            );
+            0
+        }
+        Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("tollgate: {e}");
+                    1
+                }
+            }
+        }
     }
 }
 
@@ -292,6 +345,56 @@ fn finish(result: consumers::Outcome) -> i32 {
         Ok(()) => 0,
         Err(why) => {
             eprintln!("✖ {why}");
+            1
+        }
+    }
+}
+
+/// The URL of the gateway's own health check, from its config.
+fn healthcheck_url(dirs: &ConfigDirs, ready: bool) -> Result<String, String> {
+    let loaded = crate::config::load_dirs(dirs).map_err(|e| e.to_string())?;
+    let path = loaded
+        .system
+        .plugin_endpoint("healthcheck", crate::gateway::HEALTHCHECK_PATH);
+    let (scheme, port) = match (&loaded.gateway.http, &loaded.gateway.https) {
+        (Some(h), _) => ("http", h.port),
+        (None, Some(h)) => ("https", h.listener.port),
+        (None, None) => return Err("the config has no http or https listener".into()),
+    };
+    let query = if ready { "?ready" } else { "" };
+    Ok(format!("{scheme}://127.0.0.1:{port}{path}{query}"))
+}
+
+fn healthcheck(a: &HealthcheckArgs) -> i32 {
+    let url = match a
+        .url
+        .clone()
+        .map_or_else(|| healthcheck_url(&a.config.dirs(), a.ready), Ok)
+    {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("tollgate healthcheck: {e}");
+            return 1;
+        }
+    };
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(a.timeout))
+        .build()
+        .into();
+    match agent.get(&url).call() {
+        Ok(resp) if resp.status() == 200 => 0,
+        Ok(mut resp) => {
+            let body = resp.body_mut().read_to_string().unwrap_or_default();
+            eprintln!(
+                "tollgate healthcheck: {url} answered {}: {}",
+                resp.status(),
+                body.trim()
+            );
+            1
+        }
+        Err(e) => {
+            eprintln!("tollgate healthcheck: {url}: {e}");
             1
         }
     }

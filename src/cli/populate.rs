@@ -44,7 +44,19 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
         "/tollgate/clean"
     };
     let client = args.client.client();
-    match client.call("POST", route, Some(&body)) {
+    let verb = if action == Action::Populate {
+        "populating"
+    } else {
+        "cleaning"
+    };
+    let users = file.users.len();
+    let shown = super::progress::Progress::spinner(&format!(
+        "{verb} {users} user(s) from {}",
+        path.display()
+    ));
+    let sent = client.call("POST", route, Some(&body));
+    shown.finish();
+    match sent {
         Ok(answer) if answer.ok() => {
             let r = answer.json();
             eprintln!(
@@ -71,6 +83,10 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
                 .enable_all()
                 .build()
                 .map_err(|e| e.to_string())?;
+            let shown = super::progress::Progress::spinner(&format!(
+                "{verb} {users} user(s) in {}",
+                layer.store.describe()
+            ));
             let report = rt
                 .block_on(async {
                     if action == Action::Populate {
@@ -79,7 +95,9 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
                         ops::clean(&layer.service, &file).await
                     }
                 })
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string());
+            shown.finish();
+            let report = report?;
             eprintln!(
                 "✔ {}: {report} (in {})",
                 path.display(),

@@ -87,6 +87,14 @@ pub struct ConsumerCache {
     /// This cache, for the background lookups it spawns (set by `start`).
     me: Mutex<std::sync::Weak<ConsumerCache>>,
     pub stats: CacheStats,
+    /// How far the running full load is: entries read, of how many.
+    pub progress: LoadProgress,
+}
+
+#[derive(Default)]
+pub struct LoadProgress {
+    pub done: std::sync::atomic::AtomicUsize,
+    pub total: std::sync::atomic::AtomicUsize,
 }
 
 fn scopes_arc(list: Option<Vec<String>>) -> Option<Arc<[String]>> {
@@ -107,6 +115,7 @@ impl ConsumerCache {
             me: Mutex::new(std::sync::Weak::new()),
             load_lock: tokio::sync::Mutex::new(()),
             stats: CacheStats::default(),
+            progress: LoadProgress::default(),
         }
     }
 
@@ -174,6 +183,12 @@ impl ConsumerCache {
                 continue;
             };
             kind.push(k);
+        }
+        {
+            use std::sync::atomic::Ordering::Relaxed;
+            let n = users.len() + apps.len() + key_auth.len() + jwt.len() + basic.len();
+            self.progress.done.store(0, Relaxed);
+            self.progress.total.store(n, Relaxed);
         }
         self.each_hash(&users, &["isActive", "username", "scopes"], |key, h| {
             let id = &key[user_prefix.len()..];
@@ -282,6 +297,10 @@ impl ConsumerCache {
                     .collect();
                 f(key, h);
             }
+            let n: usize = group.iter().map(|c| c.len()).sum();
+            self.progress
+                .done
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }

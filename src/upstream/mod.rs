@@ -88,8 +88,12 @@ impl UpstreamTarget {
     }
 
     /// Looks the name up (blocking; call off the request path). Keeps the last good address
-    /// when the lookup fails.
+    /// when the lookup fails. A `--connect-to` for the name and port wins over DNS.
     pub fn resolve(&self) {
+        if let Some(a) = connect_to(&self.hostname, self.port) {
+            self.addr.store(Some(Arc::new(a)));
+            return;
+        }
         if !self.needs_dns() {
             return;
         }
@@ -119,6 +123,44 @@ impl UpstreamTarget {
             }
         }
     }
+}
+
+/// `--connect-to HOST:PORT=ADDR:PORT` (`TOLLGATE_CONNECT_TO`, comma-separated), as curl's:
+/// the upstream named HOST:PORT is reached at ADDR:PORT, while the Host header and TLS name
+/// stay HOST. For configs written for another network (Docker service names) run elsewhere.
+static CONNECT_TO: std::sync::OnceLock<Vec<((String, u16), SocketAddr)>> =
+    std::sync::OnceLock::new();
+
+/// Sets the `--connect-to` rules (once, at start); `Err` names a malformed one.
+pub fn set_connect_to(rules: &[String]) -> Result<(), String> {
+    let mut parsed = Vec::new();
+    for rule in rules
+        .iter()
+        .flat_map(|r| r.split(','))
+        .map(str::trim)
+        .filter(|r| !r.is_empty())
+    {
+        let (from, to) = rule
+            .split_once('=')
+            .ok_or_else(|| format!("--connect-to `{rule}`: expected HOST:PORT=ADDR:PORT"))?;
+        let (host, port) = from
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_ascii_lowercase(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| format!("--connect-to `{rule}`: `{from}` is not HOST:PORT"))?;
+        let to: SocketAddr = to.parse().map_err(|_| {
+            format!("--connect-to `{rule}`: `{to}` is not ADDR:PORT (an IP address)")
+        })?;
+        parsed.push(((host, port), to));
+    }
+    let _ = CONNECT_TO.set(parsed);
+    Ok(())
+}
+
+fn connect_to(host: &str, port: u16) -> Option<SocketAddr> {
+    CONNECT_TO
+        .get()?
+        .iter()
+        .find_map(|((h, p), a)| (h.eq_ignore_ascii_case(host) && *p == port).then_some(*a))
 }
 
 /// Brings `tollgate_upstream_healthy` up to the running config's urls.

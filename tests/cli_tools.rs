@@ -1,0 +1,128 @@
+//! The command line's tools: `tollgate healthcheck` (what the image's HEALTHCHECK runs),
+//! shell completions and the man page from the CLI's definitions, and progress that shows on a
+//! terminal and stays quiet when not on one.
+
+mod support;
+
+use std::process::Command;
+
+use support::gateway::{binary, run_tollgate};
+use support::{ConfigDir, EchoUpstream, GatewayProcess};
+
+fn config(up: &EchoUpstream) -> String {
+    format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  a: {{paths: '/a/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  a: {{apiEndpoints: [a], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up.url("")
+    )
+}
+
+#[test]
+fn healthcheck_says_whether_the_gateway_answers() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    dir.write(
+        "system.config.yml",
+        "db:\n  redis:\n    emulate: true\nplugins:\n  healthcheck:\n    endpointName: /alive\n",
+    );
+    let gw = GatewayProcess::start(&dir);
+    let port = gw.port.to_string();
+    let d = dir.path.display().to_string();
+    let check = |extra: &[&str]| {
+        let mut args = vec!["healthcheck", "--config", d.as_str()];
+        args.extend_from_slice(extra);
+        run_tollgate(&args, &[("PORT", port.as_str()), ("ADMIN_PORT", "1")])
+    };
+    let out = check(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = check(&["--ready"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_tollgate(
+        &[
+            "healthcheck",
+            "--url",
+            &format!("http://127.0.0.1:{port}/alive"),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    drop(gw);
+    let out = check(&[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("127.0.0.1:{port}/alive")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn completions_and_the_man_page() {
+    for (shell, marker) in [
+        ("bash", "complete -F"),
+        ("zsh", "#compdef tollgate"),
+        ("fish", "complete -c tollgate"),
+    ] {
+        let out = run_tollgate(&["completions", shell], &[]);
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text:.200}");
+        for sub in ["serve", "populate", "reload", "healthcheck"] {
+            assert!(text.contains(sub), "{shell} completes `{sub}`");
+        }
+    }
+    let out = run_tollgate(&["man"], &[]);
+    assert!(out.status.success());
+    let man = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH tollgate"),
+        "{man:.300}"
+    );
+    assert!(
+        man.contains("populate") && man.contains("reload"),
+        "{man:.300}"
+    );
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start(&dir);
+    // A consumers file big enough to take a moment.
+    let users: Vec<String> = (0..400)
+        .map(|i| format!(r#""user{i}": {{"app{i}": {{"type": "key-auth", "keyId": "k{i}", "keySecret": "s{i}", "scopes": ["a"]}}}}"#))
+        .collect();
+    dir.write(
+        "big.json",
+        &format!(r#"{{"scopes": ["a"], "users": {{{}}}}}"#, users.join(", ")),
+    );
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let file = dir.file("big.json");
+    // Not on a terminal: the result line only.
+    let out = run_tollgate(&["populate", &file, "--admin-url", &admin], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let quiet = String::from_utf8_lossy(&out.stderr);
+    assert!(!quiet.contains("populating"), "{quiet}");
+    assert_eq!(quiet.lines().count(), 1, "{quiet}");
+    // On a terminal (script(1) gives it one): the progress shows.
+    let cmd = format!("{} clean {file} --admin-url {admin}", binary());
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .expect("script (util-linux)");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(shown.contains("cleaning 400 user(s)"), "{shown}");
+    assert!(shown.contains("✔"), "{shown}");
+}
