@@ -106,11 +106,11 @@ fn a_real_prometheus_answers_every_documented_query() {
             while !stop.load(Ordering::Relaxed) {
                 i += 1;
                 get(port, "GET", &format!("/wmts/tile-{}.png", i % 5), &[]);
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     get(port, "GET", "/dead/x", &[]);
                     get(port, "GET", "/nowhere", &[]);
                 }
-                if i % 50 == 0 {
+                if i.is_multiple_of(50) {
                     let burst: Vec<_> = (0..8)
                         .map(|_| {
                             let path = format!("/wmts/slow/200/burst-{i}.png");
