@@ -1,8 +1,9 @@
-//! The request path in isolation: route matching over 100 endpoints (hit and miss), the whole
-//! request phase of the plain `cors + proxy` pipeline (which includes the stripPath rewrite),
-//! http-proxy's URL join, key-auth lookup among 1M credentials, and JWT verification with and
-//! without the verified-token cache, and the metrics update. `cargo bench --bench hot_path` (as a test, with
-//! `cargo test`, it runs each once with 1,000 credentials).
+//! The request path in isolation: route matching over 10, 100 and 1,000 endpoints (first, last
+//! and miss), the whole request phase of the plain `cors + proxy` pipeline (which includes the
+//! stripPath rewrite), http-proxy's URL join, key-auth lookup among 1M credentials, JWT
+//! verification with and without the verified-token cache, and the metrics update.
+//! `cargo bench --bench hot_path` (as a test, with `cargo test`, it runs each once with 1,000
+//! credentials).
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -15,17 +16,17 @@ use tollgate::pipeline::Exchange;
 use tollgate::policies::proxy::url_join;
 use tollgate::routing::Target;
 
-/// A config with 100 endpoints, each `/svcN/*` with cors + proxy (stripPath).
-fn gateway_with_100_endpoints() -> Gateway {
+/// A config with `n` endpoints, each `/svcN/*` with cors + proxy (stripPath).
+fn gateway_with_endpoints(n: usize) -> Gateway {
     let mut yml = String::from("http: {port: 8080}\napiEndpoints:\n");
-    for i in 0..100 {
+    for i in 0..n {
         yml += &format!("  e{i}: {{host: '*', paths: '/svc{i}/*'}}\n");
     }
     yml += "serviceEndpoints:\n  up: {url: 'http://127.0.0.1:18080/wmts'}\npolicies: [cors, proxy]\npipelines:\n";
-    for i in 0..100 {
+    for i in 0..n {
         yml += &format!("  p{i}:\n    apiEndpoints: [e{i}]\n    policies:\n      - cors:\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true}}}}]\n");
     }
-    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("tollgate-bench-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("bench dir");
     std::fs::write(dir.join("gateway.config.yml"), yml).expect("write config");
     let gw = tollgate::server::load_gateway(
@@ -37,39 +38,46 @@ fn gateway_with_100_endpoints() -> Gateway {
     gw
 }
 
+fn gateway_with_100_endpoints() -> Gateway {
+    gateway_with_endpoints(100)
+}
+
+/// The first endpoint, the last and a miss among 10, 100 and 1,000 endpoints: with the route
+/// index the cost does not grow with the config.
 fn routing(c: &mut Criterion) {
-    let gw = gateway_with_100_endpoints();
     let get = Method::GET;
-    c.bench_function("route/hit_last_of_100", |b| {
-        b.iter(|| {
-            gw.router.find(
-                0,
-                black_box(Some("tiles.example.com")),
-                black_box("/svc99/1/2/3.png"),
-                &get,
-            )
-        })
-    });
-    c.bench_function("route/hit_first_of_100", |b| {
-        b.iter(|| {
-            gw.router.find(
-                0,
-                black_box(Some("tiles.example.com")),
-                black_box("/svc0/1/2/3.png"),
-                &get,
-            )
-        })
-    });
-    c.bench_function("route/miss_100", |b| {
-        b.iter(|| {
-            gw.router.find(
-                0,
-                black_box(Some("tiles.example.com")),
-                black_box("/nothing/here.png"),
-                &get,
-            )
-        })
-    });
+    for n in [10, 100, 1000] {
+        let gw = gateway_with_endpoints(n);
+        let last = format!("/svc{}/1/2/3.png", n - 1);
+        let cases = [
+            ("hit_first", "/svc0/1/2/3.png"),
+            ("hit_last", last.as_str()),
+            ("miss", "/nothing/here.png"),
+        ];
+        for (name, path) in cases {
+            c.bench_function(&format!("route/{name}_of_{n}"), |b| {
+                b.iter(|| {
+                    gw.router.find(
+                        0,
+                        black_box(Some("tiles.example.com")),
+                        black_box(path),
+                        &get,
+                    )
+                })
+            });
+            // The same without the index: what every request paid before it.
+            c.bench_function(&format!("route/scan_{name}_of_{n}"), |b| {
+                b.iter(|| {
+                    gw.router.find_by_scan(
+                        0,
+                        black_box(Some("tiles.example.com")),
+                        black_box(path),
+                        &get,
+                    )
+                })
+            });
+        }
+    }
 }
 
 fn pipeline(c: &mut Criterion) {
@@ -86,7 +94,7 @@ fn pipeline(c: &mut Criterion) {
         .router
         .find(0, Some("tiles.example.com"), path, &method)
         .expect("route");
-    let route = &gw.router.routes[ri];
+    let route = &gw.router.routes()[ri];
     let Target::Pipeline(pi) = route.target else {
         panic!("no pipeline")
     };

@@ -301,7 +301,8 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
             group_routes[gi].push((ei, entry));
         }
     }
-    let mut router = Router::default();
+    let mut hosts = Vec::new();
+    let mut routes = Vec::new();
     for (gi, (key, is_regex)) in group_keys.iter().enumerate() {
         let host = if *is_regex {
             match HostMatcher::regex(key) {
@@ -318,7 +319,7 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
         } else {
             HostMatcher::glob(Some(key))
         };
-        router.hosts.push(host);
+        hosts.push(host);
         for (ei, entry) in &group_routes[gi] {
             let endpoint = &gw.api_endpoints[*ei];
             let target = pipeline_of
@@ -370,7 +371,7 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
                 }
             }
             for path in matchers {
-                router.routes.push(Route {
+                routes.push(Route {
                     group: gi,
                     endpoint: *ei,
                     path,
@@ -380,7 +381,7 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
             }
         }
     }
-    router
+    Router::new(hosts, routes)
 }
 
 /// `jwt`, `apiKey`, and the query parameters the config's key-auth and jwt steps read.

@@ -106,7 +106,7 @@ impl Tollgate {
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let mut from = 0;
         while let Some(ri) = gw.router.find(from, host, path, method) {
-            let route = &gw.router.routes[ri];
+            let route = &gw.router.routes()[ri];
             let Target::Pipeline(pi) = route.target else {
                 return Decision::Reply(responses::not_found());
             };

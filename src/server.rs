@@ -342,13 +342,16 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Lowers the connection cap when the process's descriptor limit cannot hold it: each client
-/// connection may need an upstream connection too.
+/// Lowers the connection cap when the process's descriptor limit cannot hold it. The default
+/// leaves room for an upstream connection per client connection; a cap given on the command
+/// line only needs a descriptor per client connection (idle clients, as map users between two
+/// views, hold none upstream).
 fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
     let Some(fds) = crate::listener::raise_fd_limit() else {
         return limits;
     };
-    let fit = (fds.saturating_sub(RESERVED_FDS) / 2).max(16) as usize;
+    let usable = fds.saturating_sub(RESERVED_FDS);
+    let fit = (if given { usable } else { usable / 2 }).max(16) as usize;
     if limits.max_connections > fit {
         if given {
             log::warn!(

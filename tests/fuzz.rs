@@ -2,7 +2,8 @@
 //! the gateway and system config (YAML with positions, env interpolation, compiled into a
 //! gateway), EG value expressions and templates, Express path patterns, host globs, JWTs and
 //! their extractors, key-auth and basic-auth headers, the consumers file, Admin API bodies,
-//! the storage route's paths and request framing headers.
+//! the storage route's paths and request framing headers; and the route index, which must find
+//! exactly what a scan of every route finds.
 //!
 //! Each target must never panic, and what it refuses it refuses with a reason (config errors as
 //! `file:line:column: reason`). The test command runs a short pass (`PROPTEST_CASES`, default
@@ -302,6 +303,40 @@ proptest! {
     }
 
     #[test]
+    fn route_index_finds_what_a_scan_finds(
+        routes in prop::collection::vec((0..5usize, "/|\\*|(/[aAb:*?.]{0,4}){1,3}/?|\\PC{0,6}", any::<bool>(), any::<bool>()), 0..24),
+        requests in prop::collection::vec((0..7usize, any::<prop::sample::Index>(), any::<u32>(), "(/[aAbB0-9.]{0,4}){0,3}/?|\\PC{0,8}", any::<bool>(), any::<bool>()), 1..16),
+    ) {
+        let router = router_of(&routes);
+        let host_names = [None, Some("a.example"), Some("A.EXAMPLE:8080"), Some("b.example"), Some("c.example"), Some("b.example."), Some("x")];
+        for (h, pick, flips, tail, from_pattern, head) in &requests {
+            // Most requests are a route's own pattern with its case changed and more path
+            // after it, so that they match something.
+            let path = match (from_pattern, routes.is_empty()) {
+                (true, false) => {
+                    let pattern = &routes[pick.index(routes.len())].1;
+                    let mut p: String = pattern.chars().enumerate().map(|(i, c)| match c {
+                        ':' | '*' | '?' => 'x',
+                        c if flips & (1 << (i % 32)) != 0 => c.to_ascii_uppercase(),
+                        c => c,
+                    }).collect();
+                    p.push_str(tail);
+                    p
+                }
+                _ => tail.clone(),
+            };
+            let method = if *head { http::Method::HEAD } else { http::Method::POST };
+            for from in 0..=router.routes().len() {
+                prop_assert_eq!(
+                    router.find(from, host_names[*h], &path, &method),
+                    router.find_by_scan(from, host_names[*h], &path, &method),
+                    "from {} host {:?} path {:?}", from, host_names[*h], path
+                );
+            }
+        }
+    }
+
+    #[test]
     fn host_globs(glob in "[a-z0-9*.:-]{0,20}|\\PC{0,20}", host in "[a-zA-Z0-9.:-]{0,24}|\\PC{0,24}") {
         let _ = HostMatcher::glob(Some(&glob)).matches(Some(&host));
         if let Ok(m) = HostMatcher::regex(&glob) {
@@ -415,6 +450,38 @@ proptest! {
         }
         let _ = tollgate::framing::problem(&map);
     }
+}
+
+/// A router over five host groups (any, exact, glob, regex, exact in capitals) with the given
+/// routes: (group, Express pattern, is it a pathRegex, GET only).
+fn router_of(routes: &[(usize, String, bool, bool)]) -> tollgate::routing::Router {
+    use tollgate::routing::{Route, Router, Target};
+    let hosts = vec![
+        HostMatcher::glob(None),
+        HostMatcher::glob(Some("a.example")),
+        HostMatcher::glob(Some("*.example")),
+        HostMatcher::regex("(a|b)\\.example").expect("valid"),
+        HostMatcher::glob(Some("B.Example")),
+    ];
+    let routes = routes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (group, pattern, regex, get_only))| {
+            let path = if *regex {
+                PathMatcher::regex(pattern).ok()?
+            } else {
+                PathMatcher::express(pattern).ok()?
+            };
+            Some(Route {
+                group: *group,
+                endpoint: i,
+                path,
+                methods: get_only.then(|| vec![http::Method::GET]),
+                target: Target::NoPipeline,
+            })
+        })
+        .collect();
+    Router::new(hosts, routes)
 }
 
 fn arb_json() -> impl Strategy<Value = serde_json::Value> {

@@ -27,7 +27,7 @@ pub fn keys_for(gw: &Gateway, host: Option<&str>, url: &str) -> Vec<String> {
     let mut from = 0;
     while let Some(ri) = gw.router.find(from, host, path, &http::Method::GET) {
         from = ri + 1;
-        let route = &gw.router.routes[ri];
+        let route = &gw.router.routes()[ri];
         let Target::Pipeline(pi) = route.target else {
             continue;
         };

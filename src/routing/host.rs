@@ -32,6 +32,18 @@ impl HostMatcher {
             .map_err(|e| crate::pipeline::condition::short_reason(&e.to_string()))
     }
 
+    /// The one host name this matches (lower-cased), when it is a glob without a `*` label.
+    pub fn exact_name(&self) -> Option<String> {
+        match self {
+            HostMatcher::Glob(labels) => labels
+                .iter()
+                .map(|l| l.as_deref())
+                .collect::<Option<Vec<&str>>>()
+                .map(|l| l.join(".")),
+            _ => None,
+        }
+    }
+
     /// `host` is the Host header as sent (with its port), if any.
     pub fn matches(&self, host: Option<&str>) -> bool {
         match self {

@@ -7,9 +7,12 @@
 //! route that matches.
 
 pub mod host;
+mod index;
 pub mod path;
 
 use http::Method;
+
+use index::RouteIndex;
 
 pub use host::HostMatcher;
 pub use path::PathMatcher;
@@ -46,14 +49,33 @@ impl Route {
     }
 }
 
-/// The routing table: host groups and their routes, in EG's order.
-#[derive(Debug, Default)]
+/// The routing table: host groups and their routes, in EG's order, indexed.
+#[derive(Debug)]
 pub struct Router {
-    pub hosts: Vec<HostMatcher>,
-    pub routes: Vec<Route>,
+    hosts: Vec<HostMatcher>,
+    routes: Vec<Route>,
+    index: RouteIndex,
 }
 
 impl Router {
+    /// `routes` in EG's order, each naming its group in `hosts`.
+    pub fn new(hosts: Vec<HostMatcher>, routes: Vec<Route>) -> Router {
+        let exact: Vec<Option<String>> = hosts.iter().map(HostMatcher::exact_name).collect();
+        let index = RouteIndex::build(routes.iter().map(|r| index::Entry {
+            exact_host: exact[r.group].clone(),
+            prefix: r.path.literal_start(),
+        }));
+        Router {
+            hosts,
+            routes,
+            index,
+        }
+    }
+
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
     /// The first route at or after `from` that matches. Allocates nothing.
     pub fn find(
         &self,
@@ -64,15 +86,33 @@ impl Router {
     ) -> Option<usize> {
         let mut group_checked = usize::MAX;
         let mut group_ok = false;
-        for (i, route) in self.routes.iter().enumerate().skip(from) {
+        let mut check = |i: usize| {
+            let route = &self.routes[i];
             if route.group != group_checked {
                 group_checked = route.group;
                 group_ok = self.hosts[route.group].matches(host);
             }
-            if group_ok && route.allows(method) && route.path.matches(path) {
-                return Some(i);
-            }
+            group_ok && route.allows(method) && route.path.matches(path)
+        };
+        match self.index.candidates(from, host, path) {
+            Some(mut candidates) => candidates.find(|i| check(*i)),
+            None => (from..self.routes.len()).find(|i| check(*i)),
         }
-        None
+    }
+
+    /// `find` without the index: every route in order (the reference the index is tested on).
+    pub fn find_by_scan(
+        &self,
+        from: usize,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<usize> {
+        (from..self.routes.len()).find(|&i| {
+            let route = &self.routes[i];
+            self.hosts[route.group].matches(host)
+                && route.allows(method)
+                && route.path.matches(path)
+        })
     }
 }

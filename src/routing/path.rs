@@ -81,6 +81,15 @@ impl PathMatcher {
         })
     }
 
+    /// What every path this matcher matches starts with, ASCII case aside (for the index).
+    pub fn literal_start(&self) -> &str {
+        match &self.kind {
+            Kind::Any | Kind::Regex(_) => "",
+            Kind::Literal(lit) => lit,
+            Kind::Pattern { prefix, .. } => prefix,
+        }
+    }
+
     pub fn matches(&self, path: &str) -> bool {
         match &self.kind {
             Kind::Any => true,
@@ -98,18 +107,23 @@ impl PathMatcher {
     }
 }
 
-/// The literal start of a pattern (before any special character), without a character a `?`,
-/// `*` or `+` applies to, and without a trailing slash (which Express makes optional).
+/// The literal start of a pattern (before any special character), without a character a `?`
+/// or `+` applies to, and without a trailing slash (which Express makes optional) unless a `*`
+/// follows it: `*` is literal text for any characters, so the slash before it is required.
 fn literal_prefix(pattern: &str) -> String {
     let end = pattern
         .find([':', '*', '(', '?', '+', '[', '{', '|', '\\', '^', '$'])
         .unwrap_or(pattern.len());
     let mut prefix = &pattern[..end];
-    if matches!(pattern[end..].chars().next(), Some('?' | '+' | '*')) && end > 0 {
+    let next = pattern[end..].chars().next();
+    if matches!(next, Some('?' | '+')) && end > 0 {
         let cut = prefix.char_indices().last().map_or(0, |(i, _)| i);
         prefix = &prefix[..cut];
     }
-    prefix.trim_end_matches('/').to_ascii_lowercase()
+    if next != Some('*') {
+        prefix = prefix.trim_end_matches('/');
+    }
+    prefix.to_ascii_lowercase()
 }
 
 /// Translates an Express 4 route pattern to a regex, following `path-to-regexp` 0.1.7:
@@ -252,6 +266,37 @@ mod tests {
             PathMatcher::express("/capture").map(|p| p.strip_at),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn literal_starts() {
+        let start = |p: &str| {
+            PathMatcher::express(p)
+                .expect("compiles")
+                .literal_start()
+                .to_string()
+        };
+        assert_eq!(start("/svc9/*"), "/svc9/");
+        assert_eq!(start("/wms*"), "/wms");
+        assert_eq!(start("/Admin/"), "/admin");
+        assert_eq!(start("/users/:id?"), "/users");
+        assert_eq!(start("/ab?c"), "/a");
+        assert_eq!(start("/a/(b)"), "/a");
+    }
+
+    proptest::proptest! {
+        /// The literal start only spares the regex: it never refuses a path the regex takes.
+        #[test]
+        fn the_literal_start_refuses_nothing_the_pattern_takes(
+            pattern in "(/[aB1:*?+.()]{0,4}){1,3}/?",
+            path in "(/[aAbB1.]{0,4}){0,4}/?",
+        ) {
+            if let Ok(m) = PathMatcher::express(&pattern) {
+                if let Kind::Pattern { re, .. } = &m.kind {
+                    proptest::prop_assert_eq!(re.is_match(&path), m.matches(&path), "{} {}", pattern, path);
+                }
+            }
+        }
     }
 
     #[test]
