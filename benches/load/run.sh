@@ -218,7 +218,7 @@ if ((IDLE > 0)); then
     after="$(rss_kb "${pids[@]}")"
     exec {IDLE_CLIENTS[1]}>&-
     wait "$IDLE_CLIENTS_PID" 2>/dev/null || true
-    per="$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN{ printf "%.2f", n > 0 ? (a - b) / n : 0 }')"
+    per="$(awk -v a="$after" -v b="$before" -v n="$ok" 'BEGIN{ printf "%.2f", (n > 0 ? (a - b) / n : 0) }')"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$p" "$n" "$ok" "$failed" "$before" "$after" "$per" >>"$IDLE_TSV"
     say "idle $p: $ok of $n connections held (failed $failed), RSS $((before / 1024)) → $((after / 1024)) MB, $per KiB per connection"
     ((failed == 0)) || idle_failed=1

@@ -46,6 +46,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
         .fetch_add(1, Ordering::Relaxed);
     plan.counted = true;
     let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
+    peer.group_key = thread_key();
     peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
     let mut read = plan.read_timeout;
     if let Some(deadline) = plan.deadline {
@@ -65,6 +66,19 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
         peer.options.set_http_version(2, 1);
     }
     Ok(Box::new(peer))
+}
+
+/// This worker thread's share of the upstream connection pool. Each worker runs its own
+/// single-threaded runtime, and a connection's socket is registered with the runtime that
+/// opened it: reused from another thread, every read of it would wake two threads instead of
+/// none. Keying the pool by thread keeps a connection on its thread.
+fn thread_key() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local! {
+        static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    KEY.with(|k| *k)
 }
 
 /// Ends the current attempt (its url no longer has this request in flight).
