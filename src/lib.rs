@@ -7,6 +7,8 @@ pub mod cli;
 pub mod config;
 pub mod consumers;
 pub mod counters;
+pub mod exchange;
+pub mod fastpath;
 pub mod framing;
 pub mod gateway;
 pub mod health;

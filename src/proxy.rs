@@ -8,31 +8,25 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue};
+use http::header::HeaderName;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::exchange::{self, apply_edits, Decision, Ended, Facts};
 use crate::gateway::Gateway;
 use crate::health::Health;
-use crate::pipeline::context::{Exchange, HeaderEdit, Outcome, Reply, Request};
+use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::request_id::new_request_id;
-use crate::responses;
-use crate::routing::Target;
 
 /// Requests being served right now (the drain on SIGTERM waits for this to reach 0).
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
 
-/// The largest request head served (HTTP/1 heads are bounded as they are read; this bounds
-/// the others).
-const MAX_REQUEST_HEAD: usize = crate::listener::MAX_REQUEST_HEAD;
-
-static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
 static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 
 pub struct Tollgate {
@@ -48,129 +42,19 @@ pub struct RequestCtx {
     started: Instant,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
+    /// What the fast path decided for this request before it left it to Pingora.
+    decided: Option<Decided>,
 }
 
-/// What the request phase decided.
-enum Decision {
-    Reply(Reply),
-    /// Answer and close the connection: what follows the head cannot be trusted.
-    Refuse(Reply),
-    Proxy,
-}
-
-impl Tollgate {
-    /// Routes the request and runs pipelines until one responds or proxies.
-    async fn decide(&self, session: &Session, x: &mut Exchange) -> Decision {
-        let gw = self.gateway.load();
-        let head = session.req_header();
-        let method = &head.method;
-        let path = head.uri.path();
-        let host = head
-            .headers
-            .get(http::header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| head.uri.authority().map(|a| a.as_str()));
-        let head_size = head.uri.path_and_query().map_or(0, |p| p.as_str().len())
-            + head
-                .headers
-                .iter()
-                .map(|(n, v)| n.as_str().len() + v.len() + 4)
-                .sum::<usize>();
-        if head_size > MAX_REQUEST_HEAD {
-            return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
-        }
-        if let Some(why) = crate::framing::problem(&head.headers) {
-            log::debug!("refused a request: {why}");
-            return Decision::Refuse(Reply::text(400, "Bad Request"));
-        }
-        if path == gw.healthcheck_path
-            && (*method == http::Method::GET || *method == http::Method::HEAD)
-        {
-            if head.uri.query().is_some_and(|q| {
-                q.split('&')
-                    .any(|p| p == "ready" || p.starts_with("ready="))
-            }) {
-                return Decision::Reply(responses::readiness(self.health.not_ready()));
-            }
-            return Decision::Reply(responses::healthy());
-        }
-        let url = head.uri.path_and_query().map_or(path, |pq| pq.as_str());
-        let client_ip = session
-            .client_addr()
-            .and_then(PeerAddr::as_inet)
-            .map(|a| a.ip());
-        let server_port = session
-            .server_addr()
-            .and_then(PeerAddr::as_inet)
-            .map(|a| a.port());
-        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let mut from = 0;
-        while let Some(ri) = gw.router.find(from, host, path, method) {
-            let route = &gw.router.routes()[ri];
-            let Target::Pipeline(pi) = route.target else {
-                return Decision::Reply(responses::not_found());
-            };
-            let req = Request {
-                method,
-                path,
-                query: head.uri.query(),
-                url,
-                host,
-                headers: &head.headers,
-                client_ip,
-                server_port,
-                tls,
-                endpoint: &gw.endpoints[route.endpoint],
-                strip_at: route.path.strip_at,
-            };
-            let pipeline = &gw.pipelines[pi];
-            x.endpoint = Some(gw.endpoints[route.endpoint].clone());
-            if from > 0 {
-                x.request_id = new_request_id(); // EG makes a new context per route match
-            }
-            let mut step = 0;
-            loop {
-                let (mut outcome, next) = pipeline.run(step, &req, x);
-                if let Outcome::Defer(work) = outcome {
-                    let finish = work.await;
-                    outcome = match finish(x) {
-                        Outcome::Continue if next < pipeline.steps.len() => {
-                            step = next;
-                            continue;
-                        }
-                        other => other,
-                    };
-                }
-                match outcome {
-                    Outcome::Respond(reply) => return Decision::Reply(reply),
-                    Outcome::Proxy => return Decision::Proxy,
-                    Outcome::Wait(d) => {
-                        tokio::time::sleep(d).await;
-                        step = next;
-                    }
-                    Outcome::Continue | Outcome::Defer(_) => break,
-                }
-            }
-            from = ri + 1;
-        }
-        Decision::Reply(responses::cannot(method.as_str(), path))
-    }
+/// A request the fast path ran the pipelines of and hands to Pingora's proxy to finish.
+pub struct Decided {
+    pub x: Exchange,
+    pub started: Instant,
 }
 
 /// Writes a gateway-made response, with the header edits the pipeline collected.
 async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -> Result<()> {
-    let mut resp =
-        ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + edits.len()))?;
-    if let Some(ct) = reply.content_type {
-        resp.insert_header(http::header::CONTENT_TYPE, ct)?;
-    }
-    for (n, v) in reply.headers {
-        resp.insert_header(n, v)?;
-    }
-    apply_edits(&mut resp, edits)?;
-    if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
-        resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
-    }
+    let resp = exchange::reply_header(&reply, edits)?;
     let head_only = session.req_header().method == http::Method::HEAD || reply.body.is_empty();
     session
         .write_response_header(Box::new(resp), head_only)
@@ -181,49 +65,20 @@ async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -
     Ok(())
 }
 
-/// Request and response headers of Pingora both take edits.
-trait EditableHeaders {
-    fn has(&self, name: &HeaderName) -> bool;
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn remove(&mut self, name: &HeaderName);
-}
-
-macro_rules! editable {
-    ($t:ty) => {
-        impl EditableHeaders for $t {
-            fn has(&self, name: &HeaderName) -> bool {
-                self.headers.contains_key(name)
-            }
-            fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-                self.insert_header(name, value)
-            }
-            fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-                self.append_header(name, value).map(|_| ())
-            }
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-        }
-    };
-}
-editable!(RequestHeader);
-editable!(ResponseHeader);
-
-fn apply_edits(target: &mut impl EditableHeaders, edits: &[HeaderEdit]) -> Result<()> {
-    for edit in edits {
-        match edit {
-            HeaderEdit::Set(n, v) => target.set(n.clone(), v.clone())?,
-            HeaderEdit::Default(n, v) => {
-                if !target.has(n) {
-                    target.set(n.clone(), v.clone())?;
-                }
-            }
-            HeaderEdit::Append(n, v) => target.add(n.clone(), v.clone())?,
-            HeaderEdit::Remove(n) => target.remove(n),
-        }
+/// The request as the pipelines see it, from Pingora's session.
+fn facts(session: &Session) -> Facts<'_> {
+    Facts {
+        head: session.req_header(),
+        client_ip: session
+            .client_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.ip()),
+        server_port: session
+            .server_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.port()),
+        tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
     }
-    Ok(())
 }
 
 #[async_trait]
@@ -243,12 +98,37 @@ impl ProxyHttp for Tollgate {
             started: Instant::now(),
             upstream_started: None,
             upstream_time: None,
+            decided: None,
+        }
+    }
+
+    /// A request the fast path routed and ran the pipelines of, but leaves to this engine (it
+    /// needs the cache, compression or HTTP/2 upstream): its decision comes along.
+    fn on_connection_reuse(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        prev: Box<dyn std::any::Any + Send + Sync>,
+    ) {
+        if let Ok(decided) = prev.downcast::<Decided>() {
+            ctx.decided = Some(*decided);
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.x.request_id = new_request_id();
-        match self.decide(session, &mut ctx.x).await {
+        let decision = match ctx.decided.take() {
+            Some(Decided { x, started }) => {
+                ctx.x = x;
+                ctx.started = started;
+                Decision::Proxy
+            }
+            None => {
+                ctx.x.request_id = new_request_id();
+                let gw = self.gateway.load();
+                exchange::decide(&gw, &self.health, &facts(session), &mut ctx.x).await
+            }
+        };
+        match decision {
             Decision::Proxy => {
                 if let Some(level) = ctx.x.compress {
                     let mut c = ResponseCompressionCtx::new(level, false, false);
@@ -387,28 +267,7 @@ impl ProxyHttp for Tollgate {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A client never speaks for the gateway about who the consumer is.
-        upstream.remove_header(&EG_CONSUMER_ID);
-        let filling = crate::cache::active(session);
-        if filling {
-            // A cache fill fetches for every consumer: none of one consumer's credentials.
-            upstream.remove_header(&http::header::AUTHORIZATION);
-        }
-        if let Some(plan) = &ctx.x.proxy {
-            let uri = plan
-                .path
-                .parse::<http::Uri>()
-                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
-            upstream.set_uri(uri);
-            if let Some(host) = &plan.host {
-                upstream.insert_header(http::header::HOST, host.clone())?;
-            }
-        }
-        apply_edits(upstream, &ctx.x.upstream_edits)?;
-        if filling {
-            upstream.remove_header(&EG_CONSUMER_ID);
-        }
-        Ok(())
+        exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
     }
 
     async fn upstream_response_filter(
@@ -469,33 +328,8 @@ impl ProxyHttp for Tollgate {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match e.etype() {
-            ErrorType::HTTPStatus(code) => *code,
-            _ => match e.esource() {
-                ErrorSource::Downstream => match e.etype() {
-                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
-                    // A request body that stopped arriving (the body timeout).
-                    ErrorType::ReadTimedout => 408,
-                    ErrorType::WriteTimedout => 0,
-                    _ => 400,
-                },
-                _ => 502,
-            },
-        };
-        if code > 0 {
-            let reply = match code {
-                502 => responses::bad_gateway(),
-                400 => Reply::text(400, "Bad Request"),
-                c => Reply::text(
-                    c,
-                    Bytes::from(
-                        http::StatusCode::from_u16(c)
-                            .ok()
-                            .and_then(|s| s.canonical_reason())
-                            .unwrap_or("Error"),
-                    ),
-                ),
-            };
+        let (code, reply) = exchange::failure_reply(e);
+        if let Some(reply) = reply {
             if let Err(err) = send_reply(session, reply, &ctx.x.response_edits).await {
                 log::debug!("could not send the error response: {err}");
             }
@@ -532,109 +366,30 @@ impl ProxyHttp for Tollgate {
         if let Some(plan) = &mut ctx.x.proxy {
             crate::upstream::attempt::end(plan);
         }
-        let m = crate::metrics::metrics();
-        m.in_flight.dec();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
-        let upstream = ctx.upstream_time.map(|d| d.as_secs_f64());
-        let (bytes_in, bytes_out) = (session.body_bytes_read(), session.body_bytes_sent());
-        let endpoint = ctx.x.endpoint.as_deref();
-        endpoint.map_or(&m.unrouted, |ep| &ep.metrics).record(
-            status,
-            elapsed.as_secs_f64(),
-            upstream,
-            bytes_in,
-            bytes_out,
-        );
-        if let Some(e) = e {
-            log_failure(e, ctx, status);
-            if e.esource() == &ErrorSource::Upstream {
-                m.upstream_error(upstream_error_kind(e));
-            }
-        }
-        let cache_status = ctx.x.cache.as_ref().map(|_| crate::cache::status(session));
-        if let Some(status) = cache_status {
-            let from_cache = crate::cache::served_from_cache(session).then_some(bytes_out);
-            endpoint
-                .map_or(&m.unrouted, |ep| &ep.metrics)
-                .cache
-                .record(status, from_cache);
+        crate::metrics::metrics().in_flight.dec();
+        let cache = ctx.x.cache.as_ref().map(|_| {
+            let from_cache =
+                crate::cache::served_from_cache(session).then_some(session.body_bytes_sent());
+            (crate::cache::status(session), from_cache)
+        });
+        if cache.is_some() {
             if let Some(waited) = crate::cache::lock_wait(session) {
-                m.cache.lock_wait.observe(waited.as_secs_f64());
+                crate::metrics::metrics()
+                    .cache
+                    .lock_wait
+                    .observe(waited.as_secs_f64());
             }
         }
-        let consumer = ctx.x.consumer.as_ref().map(|c| &*c.id);
-        if ctx.x.metered {
-            m.count(status, consumer, endpoint.map_or("", |ep| &*ep.name));
-        }
-        if crate::access_log::enabled() {
-            let head = session.req_header();
-            let url = head
-                .uri
-                .path_and_query()
-                .map_or_else(|| head.uri.path(), |p| p.as_str());
-            let gw = self.gateway.load();
-            let line = serde_json::json!({
-                "time": crate::consumers::model::rfc3339_now(),
-                "method": head.method.as_str(),
-                "path": crate::access_log::redact(url, &gw.secret_query_params),
-                "status": status,
-                "duration_ms": (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-                "upstream_ms": upstream.map(|u| (u * 1000.0 * 1000.0).round() / 1000.0),
-                "bytes_in": bytes_in,
-                "bytes_out": bytes_out,
-                "consumer": consumer.unwrap_or("anonymous"),
-                "api_endpoint": endpoint.map(|ep| &*ep.name),
-                "upstream": ctx.x.proxy.as_ref().map(|p| p.addr.to_string()),
-                "cache": cache_status,
-                "request_id": ctx.x.request_id,
-            });
-            crate::access_log::write(line.to_string());
-        }
-    }
-}
-
-/// One line for a request that failed: a warning naming the api endpoint, the upstream and the
-/// kind of failure when the upstream failed; debug when the client went away.
-fn log_failure(e: &Error, ctx: &RequestCtx, status: u16) {
-    match e.esource() {
-        ErrorSource::Upstream => {
-            let kind = crate::metrics::UPSTREAM_ERROR_KINDS
-                .get(upstream_error_kind(e))
-                .copied()
-                .unwrap_or("other");
-            log::warn!(
-                "upstream failure: api endpoint `{}`, upstream {}, {kind}; answered {status}",
-                ctx.x.endpoint.as_ref().map_or("", |ep| &*ep.name),
-                ctx.x
-                    .proxy
-                    .as_ref()
-                    .map_or_else(|| "?".to_string(), |p| p.addr.to_string()),
-            );
-        }
-        ErrorSource::Downstream => log::debug!("client went away: {e}"),
-        _ => log::warn!(
-            "request failed: api endpoint `{}`: {e}; answered {status}",
-            ctx.x.endpoint.as_ref().map_or("", |ep| &*ep.name)
-        ),
-    }
-}
-
-/// Which of [`crate::metrics::UPSTREAM_ERROR_KINDS`] an upstream error is.
-fn upstream_error_kind(e: &Error) -> usize {
-    match e.etype() {
-        ErrorType::ConnectRefused => 0,
-        ErrorType::ConnectNoRoute => crate::metrics::UNAVAILABLE,
-        ErrorType::ConnectTimedout => 1,
-        ErrorType::ReadTimedout | ErrorType::WriteTimedout => 2,
-        ErrorType::ConnectionClosed
-        | ErrorType::ReadError
-        | ErrorType::WriteError
-        | ErrorType::ConnectError => 3,
-        ErrorType::TLSHandshakeFailure
-        | ErrorType::TLSHandshakeTimedout
-        | ErrorType::InvalidCert
-        | ErrorType::HandshakeError => 4,
-        _ => 6,
+        let ended = Ended {
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            elapsed: ctx.started.elapsed(),
+            upstream_time: ctx.upstream_time,
+            bytes_in: session.body_bytes_read(),
+            bytes_out: session.body_bytes_sent(),
+            error: e,
+            cache,
+        };
+        let gw = self.gateway.load();
+        exchange::account(&gw, session.req_header(), &ctx.x, &ended);
     }
 }

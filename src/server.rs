@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub client_limits: ClientLimits,
     /// Whether the connection cap was set by the operator (a lower one is then worth a warning).
     pub max_connections_given: bool,
+    /// Serve what it can on the fast path.
+    pub fast_path: bool,
     /// Where the tile cache keeps objects.
     pub cache: crate::cache::StoreOptions,
     /// Take the listening sockets over from a running gateway (a binary upgrade).
@@ -239,6 +241,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         limits.clone(),
         None,
     );
+    if opts.fast_path {
+        gateway_service = gateway_service.with_fast_path(crate::fastpath::FastPath::new(
+            current.clone(),
+            health.clone(),
+        ));
+    }
     if let Some(l) = &http {
         let addr = bind_addr(l.host.as_deref(), "0.0.0.0", l.port);
         log::info!("gateway listening on http://{addr}");

@@ -218,6 +218,10 @@ pub struct ServeArgs {
     /// backlog (default: 10000, or what the open-files limit holds).
     #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Serve bodiless HTTP/1 GET and HEAD requests on the fast path (`on`), or every request
+    /// through Pingora's general proxy (`off`).
+    #[arg(long, env = "TOLLGATE_FAST_PATH", default_value = "on", value_parser = ["on", "off"])]
+    pub fast_path: String,
 }
 
 /// A size in bytes: `1048576`, `512k`, `256M`, `1G` (powers of 1000 with `kB`/`MB`/`GB`,
@@ -288,6 +292,7 @@ pub fn run(cli: Cli) -> i32 {
                     ..Default::default()
                 },
                 max_connections_given: args.max_connections.is_some(),
+                fast_path: args.fast_path == "on",
                 upgrade: args.upgrade,
                 upgrade_sock: args.upgrade_sock,
                 cache: crate::cache::StoreOptions {

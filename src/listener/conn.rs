@@ -19,6 +19,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::io::ClientIo;
 use super::ClientLimits;
+use crate::fastpath::{FastPath, Served, SessionLimits};
 use crate::metrics::{metrics, ConnClose};
 
 /// How much of a head is read at a time; most heads fit in one read.
@@ -30,6 +31,7 @@ pub async fn serve<A>(
     tcp: TcpStream,
     tls: Option<Arc<SslAcceptor>>,
     app: Arc<A>,
+    fast: Option<Arc<FastPath>>,
     limits: Arc<ClientLimits>,
     shutdown: ShutdownWatch,
     _permit: OwnedSemaphorePermit,
@@ -68,7 +70,7 @@ pub async fn serve<A>(
         app.process_new(stream, &shutdown).await;
         ConnClose::Done
     } else {
-        http1(stream, accepted, &app, &limits, shutdown).await
+        http1(stream, accepted, &app, fast.as_deref(), &limits, shutdown).await
     };
     m.client_closed(reason);
     m.client_connections.dec();
@@ -79,6 +81,7 @@ async fn http1<A>(
     mut stream: Stream,
     accepted: Instant,
     app: &Arc<A>,
+    fast: Option<&FastPath>,
     limits: &ClientLimits,
     mut shutdown: ShutdownWatch,
 ) -> ConnClose
@@ -107,10 +110,34 @@ where
                 return why;
             }
         };
-        let mut session = ServerSession::new_http1(stream);
-        session.set_pipelined_prefix(head);
         let draining = *shutdown.borrow();
-        session.set_keepalive((!draining).then_some(limits.keepalive_timeout.as_secs().max(1)));
+        let keepalive = (!draining).then_some(limits.keepalive_timeout.as_secs().max(1));
+        let mut session = match fast {
+            Some(fast) => {
+                let session_limits = SessionLimits {
+                    keepalive_secs: keepalive,
+                    read_timeout: limits.body_timeout,
+                    write_timeout: limits.send_timeout,
+                };
+                match fast.serve(stream, head, &session_limits).await {
+                    Served::KeepAlive(s) if !*shutdown.borrow() => {
+                        stream = s;
+                        first = false;
+                        wait_until = Instant::now() + limits.keepalive_timeout;
+                        continue;
+                    }
+                    Served::KeepAlive(_) => return ConnClose::Shutdown,
+                    Served::Closed => return ConnClose::Done,
+                    Served::HandOver(session) => *session,
+                }
+            }
+            None => {
+                let mut session = ServerSession::new_http1(stream);
+                session.set_pipelined_prefix(head);
+                session
+            }
+        };
+        session.set_keepalive(keepalive);
         session.set_read_timeout(Some(limits.body_timeout));
         session.set_write_timeout(Some(limits.send_timeout));
         match app.process_new_http(session, &shutdown).await {

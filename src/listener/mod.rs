@@ -84,6 +84,7 @@ pub struct ListenerService<A> {
     app: Arc<A>,
     limits: Arc<ClientLimits>,
     threads: Option<usize>,
+    fast: Option<Arc<crate::fastpath::FastPath>>,
 }
 
 impl<A> ListenerService<A> {
@@ -99,7 +100,14 @@ impl<A> ListenerService<A> {
             app: Arc::new(app),
             limits: Arc::new(limits),
             threads,
+            fast: None,
         }
+    }
+
+    /// Serves the HTTP/1 requests it can on the fast path, the others on the app.
+    pub fn with_fast_path(mut self, fast: crate::fastpath::FastPath) -> Self {
+        self.fast = Some(Arc::new(fast));
+        self
     }
 
     pub fn add(&mut self, endpoint: Endpoint) {
@@ -132,6 +140,7 @@ where
                 listener,
                 ep.tls.clone(),
                 self.app.clone(),
+                self.fast.clone(),
                 self.limits.clone(),
                 permits.clone(),
                 shutdown.clone(),
@@ -190,6 +199,7 @@ async fn accept_loop<A>(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<SslAcceptor>>,
     app: Arc<A>,
+    fast: Option<Arc<crate::fastpath::FastPath>>,
     limits: Arc<ClientLimits>,
     permits: Arc<Semaphore>,
     mut shutdown: ShutdownWatch,
@@ -233,6 +243,7 @@ async fn accept_loop<A>(
                     tcp,
                     tls.clone(),
                     app.clone(),
+                    fast.clone(),
                     limits.clone(),
                     shutdown.clone(),
                     permit,

@@ -1,0 +1,363 @@
+//! What a request does, whichever engine serves it: route and run the pipelines, build the
+//! upstream request and the gateway's own responses, and account for the request when it ends
+//! (metrics, counters, the access log, one line per failure). Pingora's proxy (`proxy.rs`) and
+//! the fast path (`fastpath/`) both call these.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use crate::gateway::Gateway;
+use crate::health::Health;
+use crate::pipeline::context::{Exchange, HeaderEdit, Outcome, Reply, Request};
+use crate::request_id::new_request_id;
+use crate::responses;
+use crate::routing::Target;
+
+/// The largest request head served (HTTP/1 heads are bounded as they are read; this bounds
+/// the others).
+const MAX_REQUEST_HEAD: usize = crate::listener::MAX_REQUEST_HEAD;
+
+pub static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
+
+/// What the request phase decided.
+pub enum Decision {
+    Reply(Reply),
+    /// Answer and close the connection: what follows the head cannot be trusted.
+    Refuse(Reply),
+    Proxy,
+}
+
+/// The request as the pipelines see it, beyond its head.
+pub struct Facts<'a> {
+    pub head: &'a RequestHeader,
+    pub client_ip: Option<IpAddr>,
+    pub server_port: Option<u16>,
+    pub tls: bool,
+}
+
+/// Routes the request and runs pipelines until one responds or proxies.
+pub async fn decide(
+    gw: &Gateway,
+    health: &Health,
+    facts: &Facts<'_>,
+    x: &mut Exchange,
+) -> Decision {
+    let head = facts.head;
+    let method = &head.method;
+    let path = head.uri.path();
+    let host = head
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| head.uri.authority().map(|a| a.as_str()));
+    let head_size = head.uri.path_and_query().map_or(0, |p| p.as_str().len())
+        + head
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_size > MAX_REQUEST_HEAD {
+        return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
+    }
+    if let Some(why) = crate::framing::problem(&head.headers) {
+        log::debug!("refused a request: {why}");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
+    if path == gw.healthcheck_path
+        && (*method == http::Method::GET || *method == http::Method::HEAD)
+    {
+        if head.uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|p| p == "ready" || p.starts_with("ready="))
+        }) {
+            return Decision::Reply(responses::readiness(health.not_ready()));
+        }
+        return Decision::Reply(responses::healthy());
+    }
+    let url = head.uri.path_and_query().map_or(path, |pq| pq.as_str());
+    let (client_ip, server_port, tls) = (facts.client_ip, facts.server_port, facts.tls);
+    let mut from = 0;
+    while let Some(ri) = gw.router.find(from, host, path, method) {
+        let route = &gw.router.routes()[ri];
+        let Target::Pipeline(pi) = route.target else {
+            return Decision::Reply(responses::not_found());
+        };
+        let req = Request {
+            method,
+            path,
+            query: head.uri.query(),
+            url,
+            host,
+            headers: &head.headers,
+            client_ip,
+            server_port,
+            tls,
+            endpoint: &gw.endpoints[route.endpoint],
+            strip_at: route.path.strip_at,
+        };
+        let pipeline = &gw.pipelines[pi];
+        x.endpoint = Some(gw.endpoints[route.endpoint].clone());
+        if from > 0 {
+            x.request_id = new_request_id(); // EG makes a new context per route match
+        }
+        let mut step = 0;
+        loop {
+            let (mut outcome, next) = pipeline.run(step, &req, x);
+            if let Outcome::Defer(work) = outcome {
+                let finish = work.await;
+                outcome = match finish(x) {
+                    Outcome::Continue if next < pipeline.steps.len() => {
+                        step = next;
+                        continue;
+                    }
+                    other => other,
+                };
+            }
+            match outcome {
+                Outcome::Respond(reply) => return Decision::Reply(reply),
+                Outcome::Proxy => return Decision::Proxy,
+                Outcome::Wait(d) => {
+                    tokio::time::sleep(d).await;
+                    step = next;
+                }
+                Outcome::Continue | Outcome::Defer(_) => break,
+            }
+        }
+        from = ri + 1;
+    }
+    Decision::Reply(responses::cannot(method.as_str(), path))
+}
+
+/// Request and response headers of Pingora both take edits.
+pub trait EditableHeaders {
+    fn has(&self, name: &HeaderName) -> bool;
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+macro_rules! editable {
+    ($t:ty) => {
+        impl EditableHeaders for $t {
+            fn has(&self, name: &HeaderName) -> bool {
+                self.headers.contains_key(name)
+            }
+            fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.insert_header(name, value)
+            }
+            fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+                self.append_header(name, value).map(|_| ())
+            }
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+        }
+    };
+}
+editable!(RequestHeader);
+editable!(ResponseHeader);
+
+pub fn apply_edits(target: &mut impl EditableHeaders, edits: &[HeaderEdit]) -> Result<()> {
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(n, v) => target.set(n.clone(), v.clone())?,
+            HeaderEdit::Default(n, v) => {
+                if !target.has(n) {
+                    target.set(n.clone(), v.clone())?;
+                }
+            }
+            HeaderEdit::Append(n, v) => target.add(n.clone(), v.clone())?,
+            HeaderEdit::Remove(n) => target.remove(n),
+        }
+    }
+    Ok(())
+}
+
+/// The head of a gateway-made response, with the header edits the pipeline collected.
+pub fn reply_header(reply: &Reply, edits: &[HeaderEdit]) -> Result<ResponseHeader> {
+    let mut resp =
+        ResponseHeader::build(reply.status, Some(4 + reply.headers.len() + edits.len()))?;
+    if let Some(ct) = reply.content_type {
+        resp.insert_header(http::header::CONTENT_TYPE, ct)?;
+    }
+    for (n, v) in &reply.headers {
+        resp.insert_header(n.clone(), v.clone())?;
+    }
+    apply_edits(&mut resp, edits)?;
+    if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
+        resp.insert_header(http::header::CONTENT_LENGTH, reply.body.len())?;
+    }
+    Ok(resp)
+}
+
+/// Turns the client's request head into the upstream's: the plan's path and Host, the
+/// pipeline's edits, never a consumer id the client sent, and for a cache fill (made for every
+/// consumer) no credentials.
+pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: bool) -> Result<()> {
+    // A client never speaks for the gateway about who the consumer is.
+    upstream.remove_header(&EG_CONSUMER_ID);
+    if filling {
+        upstream.remove_header(&http::header::AUTHORIZATION);
+    }
+    if let Some(plan) = &x.proxy {
+        let uri = plan
+            .path
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
+        upstream.set_uri(uri);
+        if let Some(host) = &plan.host {
+            upstream.insert_header(http::header::HOST, host.clone())?;
+        }
+    }
+    apply_edits(upstream, &x.upstream_edits)?;
+    if filling {
+        upstream.remove_header(&EG_CONSUMER_ID);
+    }
+    Ok(())
+}
+
+/// How a request ended, for [`account`].
+pub struct Ended<'a> {
+    /// The status written to the client (0: none).
+    pub status: u16,
+    pub elapsed: Duration,
+    pub upstream_time: Option<Duration>,
+    pub bytes_in: usize,
+    pub bytes_out: usize,
+    pub error: Option<&'a Error>,
+    /// The cache's verdict, and the bytes it served, when a cache step ran.
+    pub cache: Option<(&'static str, Option<usize>)>,
+}
+
+/// Accounts for a finished request: the endpoint's metrics, the consumer counters, the
+/// access log, and one line when it failed.
+pub fn account(gw: &Gateway, head: &RequestHeader, x: &Exchange, end: &Ended<'_>) {
+    let m = crate::metrics::metrics();
+    let upstream = end.upstream_time.map(|d| d.as_secs_f64());
+    let endpoint = x.endpoint.as_deref();
+    let metrics = endpoint.map_or(&m.unrouted, |ep| &ep.metrics);
+    metrics.record(
+        end.status,
+        end.elapsed.as_secs_f64(),
+        upstream,
+        end.bytes_in,
+        end.bytes_out,
+    );
+    if let Some(e) = end.error {
+        log_failure(e, x, end.status);
+        if e.esource() == &ErrorSource::Upstream {
+            m.upstream_error(upstream_error_kind(e));
+        }
+    }
+    if let Some((status, from_cache)) = end.cache {
+        metrics.cache.record(status, from_cache);
+    }
+    let consumer = x.consumer.as_ref().map(|c| &*c.id);
+    if x.metered {
+        m.count(end.status, consumer, endpoint.map_or("", |ep| &*ep.name));
+    }
+    if crate::access_log::enabled() {
+        let url = head
+            .uri
+            .path_and_query()
+            .map_or_else(|| head.uri.path(), |p| p.as_str());
+        let line = serde_json::json!({
+            "time": crate::consumers::model::rfc3339_now(),
+            "method": head.method.as_str(),
+            "path": crate::access_log::redact(url, &gw.secret_query_params),
+            "status": end.status,
+            "duration_ms": (end.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            "upstream_ms": upstream.map(|u| (u * 1000.0 * 1000.0).round() / 1000.0),
+            "bytes_in": end.bytes_in,
+            "bytes_out": end.bytes_out,
+            "consumer": consumer.unwrap_or("anonymous"),
+            "api_endpoint": endpoint.map(|ep| &*ep.name),
+            "upstream": x.proxy.as_ref().map(|p| p.addr.to_string()),
+            "cache": end.cache.map(|c| c.0),
+            "request_id": x.request_id,
+        });
+        crate::access_log::write(line.to_string());
+    }
+}
+
+/// The status a failed request is answered with (0: nothing can be written, the client is
+/// gone), and the response for it.
+pub fn failure_reply(e: &Error) -> (u16, Option<Reply>) {
+    let code = match e.etype() {
+        ErrorType::HTTPStatus(code) => *code,
+        _ => match e.esource() {
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                // A request body that stopped arriving (the body timeout).
+                ErrorType::ReadTimedout => 408,
+                ErrorType::WriteTimedout => 0,
+                _ => 400,
+            },
+            _ => 502,
+        },
+    };
+    let reply = match code {
+        0 => None,
+        502 => Some(responses::bad_gateway()),
+        400 => Some(Reply::text(400, "Bad Request")),
+        c => Some(Reply::text(
+            c,
+            Bytes::from(
+                http::StatusCode::from_u16(c)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("Error"),
+            ),
+        )),
+    };
+    (code, reply)
+}
+
+/// One line for a request that failed: a warning naming the api endpoint, the upstream and the
+/// kind of failure when the upstream failed; debug when the client went away.
+fn log_failure(e: &Error, x: &Exchange, status: u16) {
+    match e.esource() {
+        ErrorSource::Upstream => {
+            let kind = crate::metrics::UPSTREAM_ERROR_KINDS
+                .get(upstream_error_kind(e))
+                .copied()
+                .unwrap_or("other");
+            log::warn!(
+                "upstream failure: api endpoint `{}`, upstream {}, {kind}; answered {status}",
+                x.endpoint.as_ref().map_or("", |ep| &*ep.name),
+                x.proxy
+                    .as_ref()
+                    .map_or_else(|| "?".to_string(), |p| p.addr.to_string()),
+            );
+        }
+        ErrorSource::Downstream => log::debug!("client went away: {e}"),
+        _ => log::warn!(
+            "request failed: api endpoint `{}`: {e}; answered {status}",
+            x.endpoint.as_ref().map_or("", |ep| &*ep.name)
+        ),
+    }
+}
+
+/// Which of [`crate::metrics::UPSTREAM_ERROR_KINDS`] an upstream error is.
+pub fn upstream_error_kind(e: &Error) -> usize {
+    match e.etype() {
+        ErrorType::ConnectRefused => 0,
+        ErrorType::ConnectNoRoute => crate::metrics::UNAVAILABLE,
+        ErrorType::ConnectTimedout => 1,
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => 2,
+        ErrorType::ConnectionClosed
+        | ErrorType::ReadError
+        | ErrorType::WriteError
+        | ErrorType::ConnectError => 3,
+        ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError => 4,
+        _ => 6,
+    }
+}

@@ -1,0 +1,220 @@
+//! The fast path: what most tiles are — a GET or HEAD over HTTP/1 without a body whose pipeline
+//! answers itself or only proxies after its request steps — served on Pingora's own HTTP/1
+//! server and client sessions (`pingora-core`), with an upstream connection pool per worker
+//! thread, instead of through `pingora-proxy`'s general machinery.
+//!
+//! The request is routed and its pipelines run exactly as on the general path
+//! ([`crate::exchange`]); a request the fast path does not serve is handed to Pingora's proxy
+//! before anything of it ran (a method with a body, an upgrade, a head Pingora's parser must
+//! judge), or with its decision when its pipeline asks for what only the general path does
+//! (the tile cache, compression, an HTTP/2 upstream). Framing is Pingora's: the client session
+//! reads the upstream's body by its length, chunks or close and knows HEAD, 204 and 304 have
+//! none; the server session writes it to the client by the response's headers.
+
+mod pool;
+mod relay;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::protocols::Stream;
+use pingora_core::Error;
+use pingora_http::RequestHeader;
+
+use crate::exchange::{self, Decision, Ended, Facts};
+use crate::gateway::Gateway;
+use crate::health::Health;
+use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
+use crate::proxy::{Decided, IN_FLIGHT};
+use crate::request_id::new_request_id;
+
+/// How the fast path left a connection.
+pub enum Served {
+    /// The request was answered; the connection waits for the next one.
+    KeepAlive(Stream),
+    /// The request was answered (or the client left); the connection is closed.
+    Closed,
+    /// Pingora's proxy serves this request: the session holds its head, unread, and what the
+    /// fast path decided for it, if it ran its pipelines.
+    HandOver(Box<ServerSession>),
+}
+
+/// The fast path of the gateway's listener.
+pub struct FastPath {
+    gateway: Arc<ArcSwap<Gateway>>,
+    health: Arc<Health>,
+    connector: TransportConnector,
+}
+
+/// The timeouts and keep-alive a client session gets.
+pub struct SessionLimits {
+    pub keepalive_secs: Option<u64>,
+    pub read_timeout: std::time::Duration,
+    pub write_timeout: std::time::Duration,
+}
+
+impl FastPath {
+    pub fn new(gateway: Arc<ArcSwap<Gateway>>, health: Arc<Health>) -> FastPath {
+        FastPath {
+            gateway,
+            health,
+            connector: TransportConnector::new(None),
+        }
+    }
+
+    /// Serves the request whose complete head is `head`, or hands it over.
+    pub async fn serve(&self, stream: Stream, head: BytesMut, limits: &SessionLimits) -> Served {
+        if !head.starts_with(b"GET ") && !head.starts_with(b"HEAD ") {
+            return Served::HandOver(Box::new(hand_over(stream, head, None)));
+        }
+        let copy = head.clone();
+        let mut s = HttpSession::new(stream);
+        s.set_pipelined_prefix(head);
+        if !matches!(s.read_request().await, Ok(Some(_))) || !bodiless(s.req_header()) {
+            return Served::HandOver(Box::new(hand_over(s.into_inner(), copy, None)));
+        }
+        s.set_server_keepalive(limits.keepalive_secs);
+        s.set_read_timeout(Some(limits.read_timeout));
+        s.set_write_timeout(Some(limits.write_timeout));
+
+        let started = Instant::now();
+        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::metrics().in_flight.inc();
+        let gw = self.gateway.load_full();
+        let mut x = Exchange {
+            request_id: new_request_id(),
+            ..Exchange::default()
+        };
+        let decision = exchange::decide(&gw, &self.health, &facts(&s), &mut x).await;
+        let mut end = Finish {
+            upstream_time: None,
+            error: None,
+        };
+        match decision {
+            Decision::Proxy => {
+                let general_only = x.cache.is_some()
+                    || x.compress.is_some()
+                    || x.proxy.as_ref().is_none_or(|p| p.endpoint.settings.http2);
+                if general_only {
+                    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+                    crate::metrics::metrics().in_flight.dec();
+                    let decided = Decided { x, started };
+                    return Served::HandOver(Box::new(hand_over(
+                        s.into_inner(),
+                        copy,
+                        Some(decided),
+                    )));
+                }
+                relay::proxy(&self.connector, &mut s, &mut x, &mut end).await;
+            }
+            Decision::Reply(reply) => {
+                if let Err(e) = write_reply(&mut s, reply, &x.response_edits).await {
+                    log::debug!("client went away: {e}");
+                    s.set_server_keepalive(None);
+                }
+            }
+            Decision::Refuse(reply) => {
+                s.set_server_keepalive(None);
+                if let Err(e) = write_reply(&mut s, reply, &[]).await {
+                    log::debug!("client went away: {e}");
+                }
+            }
+        }
+        self.finish(s, &gw, &mut x, started, end).await
+    }
+
+    /// Accounts for the request and gives the connection back for the next one.
+    async fn finish(
+        &self,
+        s: HttpSession,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        end: Finish,
+    ) -> Served {
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::metrics().in_flight.dec();
+        if let Some(plan) = &mut x.proxy {
+            crate::upstream::attempt::end(plan);
+        }
+        let ended = Ended {
+            status: s.response_written().map_or(0, |r| r.status.as_u16()),
+            elapsed: started.elapsed(),
+            upstream_time: end.upstream_time,
+            bytes_in: s.body_bytes_read(),
+            bytes_out: s.body_bytes_sent(),
+            error: end.error.as_deref(),
+            cache: None,
+        };
+        exchange::account(gw, s.req_header(), x, &ended);
+        match s.reuse().await {
+            Ok(Some(reusable)) => Served::KeepAlive(reusable.into_parts().0),
+            _ => Served::Closed,
+        }
+    }
+}
+
+/// What the upstream exchange left for the account of the request.
+pub struct Finish {
+    upstream_time: Option<std::time::Duration>,
+    error: Option<Box<Error>>,
+}
+
+/// A request without a body, on HTTP/1, not asking to switch protocols: one the fast path can
+/// serve whatever its pipeline decides.
+fn bodiless(head: &RequestHeader) -> bool {
+    use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
+    matches!(head.method, http::Method::GET | http::Method::HEAD)
+        && matches!(
+            head.version,
+            http::Version::HTTP_11 | http::Version::HTTP_10
+        )
+        && !head.headers.contains_key(CONTENT_LENGTH)
+        && !head.headers.contains_key(TRANSFER_ENCODING)
+        && !head.headers.contains_key(UPGRADE)
+        && !head.headers.contains_key(EXPECT)
+}
+
+/// A fresh session for Pingora's proxy that will read `head` as its request.
+fn hand_over(stream: Stream, head: BytesMut, decided: Option<Decided>) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    session.set_pipelined_prefix(head);
+    if let Some(d) = decided {
+        session.set_connection_user_context(Some(Box::new(d)));
+    }
+    session
+}
+
+fn facts(s: &HttpSession) -> Facts<'_> {
+    Facts {
+        head: s.req_header(),
+        client_ip: s.client_addr().and_then(PeerAddr::as_inet).map(|a| a.ip()),
+        server_port: s
+            .server_addr()
+            .and_then(PeerAddr::as_inet)
+            .map(|a| a.port()),
+        tls: s.digest().ssl_digest.is_some(),
+    }
+}
+
+/// Writes a gateway-made response.
+async fn write_reply(
+    s: &mut HttpSession,
+    reply: Reply,
+    edits: &[HeaderEdit],
+) -> pingora_core::Result<()> {
+    let resp = exchange::reply_header(&reply, edits)?;
+    s.write_response_header(Box::new(resp)).await?;
+    if s.req_header().method != http::Method::HEAD && !reply.body.is_empty() {
+        s.write_body(&reply.body).await?;
+    }
+    s.finish_body().await?;
+    Ok(())
+}

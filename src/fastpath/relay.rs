@@ -1,0 +1,289 @@
+//! The fast path's exchange with the upstream: attempts (retries as the service endpoint
+//! allows them), the request head, the response head and body relayed to the client, the
+//! connection kept for the next request when the exchange ended cleanly.
+
+use std::time::Instant;
+
+use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use pingora_core::connectors::TransportConnector;
+use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::upstreams::peer::Peer;
+use pingora_core::{Error, ErrorType};
+use pingora_http::{RequestHeader, ResponseHeader};
+
+use super::{pool, Finish};
+use crate::exchange::{self, apply_edits};
+use crate::pipeline::context::Exchange;
+use crate::upstream::attempt;
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
+/// Proxies the request to the plan's upstream and relays the answer to the client. Every
+/// failure ends here: before the response head, as a 502 (or the status the error carries);
+/// after it, by closing the client's connection.
+pub async fn proxy(
+    connector: &TransportConnector,
+    s: &mut HttpSession,
+    x: &mut Exchange,
+    end: &mut Finish,
+) {
+    let upstream_started = Instant::now();
+    let (mut up, key) = match connect_and_ask(connector, s.req_header(), x).await {
+        Ok(asked) => asked,
+        Err(e) => {
+            end.upstream_time = Some(upstream_started.elapsed());
+            fail(s, x, e, end).await;
+            return;
+        }
+    };
+    // Informational answers go on to the client (to an HTTP/1.1 one) as they come.
+    while let Some(status @ 100..=199) = up.resp_header().map(|r| r.status.as_u16()) {
+        if status == 101 {
+            let e = upstream_error(
+                ErrorType::InvalidHTTPHeader,
+                "101 to a request without Upgrade",
+            );
+            fail(s, x, e, end).await;
+            return;
+        }
+        if s.req_header().version == http::Version::HTTP_11 {
+            let mut info = Box::new(up.resp_header().cloned().unwrap_or_else(|| {
+                ResponseHeader::build_no_case(status, None).expect("a valid status")
+            }));
+            if response_head(&mut info, s.req_header(), &x.response_edits).is_ok() {
+                if let Err(e) = s.write_response_header(info).await {
+                    log::debug!("client went away: {e}");
+                    s.set_server_keepalive(None);
+                    return;
+                }
+            }
+        }
+        if let Err(mut e) = up.read_response().await {
+            e.as_up();
+            fail(s, x, e, end).await;
+            return;
+        }
+    }
+    end.upstream_time = Some(upstream_started.elapsed());
+    let Some(resp) = up.resp_header() else {
+        return;
+    };
+    let mut resp = Box::new(resp.clone());
+    if let Some(plan) = &x.proxy {
+        attempt::answered(plan, resp.status.as_u16());
+    }
+    if let Err(e) = response_head(&mut resp, s.req_header(), &x.response_edits) {
+        fail(s, x, e, end).await;
+        return;
+    }
+    if let Err(mut e) = s.write_response_header(resp).await {
+        e.as_down();
+        log::debug!("client went away: {e}");
+        s.set_server_keepalive(None);
+        return;
+    }
+    // The body, chunk by chunk as it arrives: written before the next is read.
+    loop {
+        let chunk = match up.read_body_ref().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(mut e) => {
+                e.as_up();
+                s.set_server_keepalive(None);
+                end.error = Some(e);
+                return;
+            }
+        };
+        if x.proxy.as_ref().is_some_and(attempt::overdue) {
+            s.set_server_keepalive(None);
+            end.error = Some(upstream_error(
+                ErrorType::ReadTimedout,
+                "the total timeout passed",
+            ));
+            return;
+        }
+        if let Err(mut e) = s.write_body(chunk).await {
+            e.as_down();
+            log::debug!("client went away: {e}");
+            s.set_server_keepalive(None);
+            return;
+        }
+    }
+    if let Err(e) = s.finish_body().await {
+        log::debug!("client went away: {e}");
+        s.set_server_keepalive(None);
+    }
+    keep(up, key).await;
+}
+
+/// Connects (or takes a pooled connection), sends the request head and reads the response
+/// head, trying again where the plan allows it.
+async fn connect_and_ask(
+    connector: &TransportConnector,
+    client: &RequestHeader,
+    x: &mut Exchange,
+) -> Result<(Upstream, u64), Box<Error>> {
+    let method = client.method.clone();
+    // After a pooled connection broke, the request goes on a new one.
+    let mut fresh = false;
+    loop {
+        let Some(plan) = x.proxy.as_mut() else {
+            return Err(upstream_error(ErrorType::InternalError, "no proxy plan"));
+        };
+        let peer = attempt::begin(plan, client.uri.path())?;
+        let key = peer.reuse_hash();
+        let pooled = if fresh { None } else { pool::take(key) };
+        let (stream, reused) = match pooled {
+            Some(stream) => (stream, true),
+            None => match connector.new_stream(&*peer).await {
+                Ok(stream) => (stream, false),
+                Err(mut e) => {
+                    e.as_up();
+                    let e = attempt::connect_failed(plan, &method, e);
+                    if e.retry() {
+                        continue;
+                    }
+                    return Err(e);
+                }
+            },
+        };
+        let mut up = Upstream::new_with_options(stream, &*peer);
+        up.read_timeout = peer.options.read_timeout;
+        up.write_timeout = peer.options.write_timeout;
+        match ask(&mut up, client, x).await {
+            Ok(()) => return Ok((up, key)),
+            Err(mut e) => {
+                e.as_up();
+                let Some(plan) = x.proxy.as_mut() else {
+                    return Err(e);
+                };
+                let e = attempt::broke(plan, &method, false, reused, e);
+                fresh = reused;
+                if e.retry() {
+                    continue;
+                }
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Sends the request head; reads the first response head.
+async fn ask(up: &mut Upstream, client: &RequestHeader, x: &Exchange) -> pingora_core::Result<()> {
+    let mut req = Box::new(client.clone());
+    req.set_version(http::Version::HTTP_11);
+    strip_hop_by_hop(&mut *req);
+    exchange::upstream_request(&mut req, x, false)?;
+    up.write_request_header(req).await?;
+    up.read_response().await?;
+    Ok(())
+}
+
+/// The upstream's response head as the client gets it: without the upstream connection's
+/// headers, with the pipeline's edits, framed for the client (a body the upstream ended by
+/// closing goes to an HTTP/1.1 client in chunks, so its connection stays open).
+fn response_head(
+    resp: &mut ResponseHeader,
+    req: &RequestHeader,
+    edits: &[crate::pipeline::context::HeaderEdit],
+) -> pingora_core::Result<()> {
+    strip_hop_by_hop(resp);
+    if resp.headers.contains_key(TRANSFER_ENCODING) {
+        // The body is read by its chunks; a length beside them must not reach the client.
+        resp.remove_header(&CONTENT_LENGTH);
+    }
+    apply_edits(resp, edits)?;
+    let bodiless =
+        req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 100..=199 | 204 | 304);
+    if !bodiless
+        && req.version == http::Version::HTTP_11
+        && !resp.headers.contains_key(CONTENT_LENGTH)
+        && !resp.headers.contains_key(TRANSFER_ENCODING)
+    {
+        resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(())
+}
+
+/// Removes the connection's own headers, and those its `Connection` header names.
+fn strip_hop_by_hop(head: &mut impl HeaderBlock) {
+    let headers = head.headers();
+    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(named.iter()) {
+        head.remove(h);
+    }
+}
+
+/// A request or response head: its headers, and removing one.
+trait HeaderBlock {
+    fn headers(&self) -> &http::HeaderMap;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl HeaderBlock for RequestHeader {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl HeaderBlock for ResponseHeader {
+    fn headers(&self) -> &http::HeaderMap {
+        &self.headers
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+/// A failure before the response head: answered with the status it calls for.
+async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Finish) {
+    let (_, reply) = exchange::failure_reply(&e);
+    end.error = Some(e);
+    s.set_server_keepalive(None);
+    if let Some(reply) = reply {
+        if let Err(err) = super::write_reply(s, reply, &x.response_edits).await {
+            log::debug!("could not send the error response: {err}");
+        }
+    }
+}
+
+/// Puts the upstream connection back in this thread's pool when its exchange ended cleanly.
+async fn keep(mut up: Upstream, key: u64) {
+    up.respect_keepalive();
+    if !up.will_keepalive() || !up.is_body_done() {
+        return;
+    }
+    if let Some(stream) = up.reuse().await {
+        pool::put(key, stream);
+    }
+}
+
+fn upstream_error(kind: ErrorType, why: &'static str) -> Box<Error> {
+    Error::create(
+        kind,
+        pingora_core::ErrorSource::Upstream,
+        Some(why.into()),
+        None,
+    )
+}

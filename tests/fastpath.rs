@@ -1,0 +1,379 @@
+//! The fast path (bodiless HTTP/1 GET and HEAD on Pingora's sessions, an upstream pool per
+//! worker thread) against a scripted upstream that answers with every framing there is: each
+//! case runs with `--fast-path on` and `off`, and both must give the client the same answer.
+//! Then what the fast path must get right itself: hop-by-hop headers, upstream errors and
+//! timeouts as 502, connection reuse and a pooled connection the upstream dropped, a client
+//! that leaves mid-body, and requests it hands to Pingora's proxy.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use support::client::read_response;
+use support::{request, ConfigDir, GatewayProcess, Response};
+
+/// An upstream whose answer the request path picks; it counts connections and keeps the
+/// request heads it received.
+struct Scripted {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+    heads: Arc<Mutex<Vec<String>>>,
+}
+
+impl Scripted {
+    fn start() -> Scripted {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (c, h) = (connections.clone(), heads.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                c.fetch_add(1, Ordering::SeqCst);
+                let h = h.clone();
+                thread::spawn(move || serve(conn, &h));
+            }
+        });
+        Scripted {
+            port,
+            connections,
+            heads,
+        }
+    }
+}
+
+fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut out = conn;
+    let mut served = 0;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            match reader.read_line(&mut line) {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        heads.lock().expect("heads").push(head.clone());
+        let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+        served += 1;
+        let w = |out: &mut TcpStream, bytes: &[u8]| {
+            let _ = out.write_all(bytes);
+        };
+        match path.as_str() {
+            "/cl" => w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: cl\r\n\r\nhello"),
+            "/chunked" => w(
+                &mut out,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
+            ),
+            "/close" => {
+                w(&mut out, b"HTTP/1.1 200 OK\r\nX-Up: close\r\n\r\nhello until close");
+                return;
+            }
+            "/204" => w(&mut out, b"HTTP/1.1 204 No Content\r\nX-Up: 204\r\n\r\n"),
+            "/304" => w(&mut out, b"HTTP/1.1 304 Not Modified\r\nETag: \"t1\"\r\nX-Up: 304\r\n\r\n"),
+            "/continue" => w(
+                &mut out,
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+            ),
+            "/hop" => w(
+                &mut out,
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Up-Hop\r\nX-Up-Hop: secret\r\nKeep-Alive: timeout=30\r\nX-Up: hop\r\n\r\nok",
+            ),
+            "/text" => {
+                let body = "text ".repeat(40);
+                w(
+                    &mut out,
+                    format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+            }
+            "/echo" => {
+                let body = head.clone();
+                w(
+                    &mut out,
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).as_bytes(),
+                );
+            }
+            // Half the promised body, then gone.
+            "/short" => {
+                w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
+                return;
+            }
+            "/garbage" => {
+                w(&mut out, b"NOT HTTP AT ALL\r\n\r\n");
+                return;
+            }
+            "/slow" => {
+                thread::sleep(Duration::from_millis(1500));
+                w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+            }
+            "/big" => {
+                let body = vec![b'B'; 4 << 20];
+                w(&mut out, format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes());
+                w(&mut out, &body);
+            }
+            // Answers the first request of a connection; a connection's later requests are
+            // dropped unanswered (as an upstream that closed an idle connection the moment it
+            // was reused).
+            "/once" if served > 1 => return,
+            "/once" => w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nonce"),
+            _ => w(&mut out, b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"),
+        }
+    }
+}
+
+fn gateway(up: &Scripted, fast: &str) -> (ConfigDir, GatewayProcess) {
+    let yml = format!(
+        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  all:\n    paths: '/*'\nserviceEndpoints:\n  up:\n    url: 'http://127.0.0.1:{}'\npolicies: [proxy, cors]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - cors:\n      - proxy:\n          - action: {{serviceEndpoint: up, readTimeout: 800}}\n",
+        up.port
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast], &[]);
+    (dir, gw)
+}
+
+/// One request on a fresh connection; the parts of the answer both paths must agree on.
+fn answer(port: u16, method: &str, path: &str) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let raw = format!("{method} {path} HTTP/1.1\r\nHost: tiles\r\nOrigin: http://map\r\nConnection: close\r\n\r\n");
+    let r = request(port, &raw, method == "HEAD");
+    let mut headers: Vec<(String, String)> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case("date"))
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    headers.sort();
+    (r.status, headers, r.body)
+}
+
+#[test]
+fn every_framing_reaches_the_client_as_on_the_general_path() {
+    let up = Scripted::start();
+    let (_d1, fast) = gateway(&up, "on");
+    let (_d2, general) = gateway(&up, "off");
+    let cases = [
+        ("GET", "/cl"),
+        ("HEAD", "/cl"),
+        ("GET", "/chunked"),
+        ("GET", "/close"),
+        ("GET", "/204"),
+        ("GET", "/304"),
+        ("GET", "/continue"),
+        ("GET", "/nothing-here"),
+        ("GET", "/healthcheck"),
+    ];
+    for (method, path) in cases {
+        let a = answer(fast.port, method, path);
+        let b = answer(general.port, method, path);
+        assert_eq!(a, b, "{method} {path}: fast path vs general path");
+    }
+    let (status, headers, body) = answer(fast.port, "GET", "/chunked");
+    assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
+    assert!(headers.contains(&("access-control-allow-origin".into(), "*".into())));
+    let (status, _, body) = answer(fast.port, "GET", "/close");
+    assert_eq!((status, body.as_slice()), (200, &b"hello until close"[..]));
+    let (status, _, body) = answer(fast.port, "HEAD", "/cl");
+    assert_eq!((status, body.len()), (200, 0));
+    assert_eq!(answer(fast.port, "GET", "/304").0, 304);
+}
+
+#[test]
+fn a_close_delimited_body_goes_to_a_keep_alive_client_in_chunks() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for _ in 0..3 {
+        s.write_all(b"GET /close HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        let r = read_response(&mut s, false);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(r.text(), "hello until close");
+    }
+}
+
+#[test]
+fn hop_by_hop_headers_stay_on_their_connection() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    let raw = "GET /echo HTTP/1.1\r\nHost: tiles\r\nConnection: keep-alive, X-Client-Hop\r\nX-Client-Hop: 1\r\nKeep-Alive: timeout=300\r\nTE: trailers\r\nX-Kept: yes\r\n\r\n";
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(raw.as_bytes()).expect("send");
+    let r = read_response(&mut s, false);
+    let sent = r.text().to_ascii_lowercase();
+    assert!(sent.contains("x-kept: yes"), "{sent}");
+    for gone in ["x-client-hop", "keep-alive", "te:", "connection:"] {
+        assert!(
+            !sent.contains(gone),
+            "`{gone}` reached the upstream:\n{sent}"
+        );
+    }
+    s.write_all(b"GET /hop HTTP/1.1\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut s, false);
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(r.header("x-up"), Some("hop"));
+    assert_eq!(r.header("x-up-hop"), None, "{:?}", r.headers);
+    assert_eq!(r.header("keep-alive"), None, "{:?}", r.headers);
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+}
+
+#[test]
+fn upstream_failures_and_timeouts_are_502_and_the_client_connection_survives_none() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    for path in ["/garbage", "/slow"] {
+        let (status, _, body) = answer(gw.port, "GET", path);
+        assert_eq!(
+            (status, body.as_slice()),
+            (502, &b"Bad gateway."[..]),
+            "{path}"
+        );
+    }
+    // Nobody listens on port 1.
+    let dead_port = 1;
+    let dir = ConfigDir::new(&format!(
+        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  all:\n    paths: '/*'\nserviceEndpoints:\n  up:\n    url: 'http://127.0.0.1:{dead_port}'\npolicies: [proxy]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+    ));
+    let refused = GatewayProcess::start_with(&dir, &["--fast-path", "on"], &[]);
+    assert_eq!(answer(refused.port, "GET", "/x").0, 502);
+    assert!(
+        refused.metric("tollgate_upstream_errors_total{kind=\"refused\"}") >= 1.0,
+        "{}",
+        refused.log_text()
+    );
+    // A body cut short: the client's connection is closed before its promised length.
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /short HTTP/1.1\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.ends_with("hello"),
+        "the connection must close after what came: {text}"
+    );
+}
+
+#[test]
+fn upstream_connections_are_reused_and_a_dropped_one_is_replaced() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for _ in 0..50 {
+        s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        assert_eq!(read_response(&mut s, false).text(), "hello");
+    }
+    // One client connection lives on one worker thread, whose pool kept one connection.
+    assert_eq!(up.connections.load(Ordering::SeqCst), 1);
+    // Each pooled connection is dropped when reused: every request is sent again on a new
+    // connection, and every client gets its answer.
+    for _ in 0..20 {
+        s.write_all(b"GET /once HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        let r = read_response(&mut s, false);
+        assert_eq!((r.status, r.text().as_str()), (200, "once"));
+    }
+    assert!(up.connections.load(Ordering::SeqCst) >= 20);
+    assert_eq!(
+        gw.metric("tollgate_upstream_errors_total{kind=\"broken\"}"),
+        0.0
+    );
+}
+
+#[test]
+fn a_client_leaving_mid_body_costs_only_its_own_request() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        let mut first = [0u8; 1024];
+        let _ = s.read(&mut first);
+        drop(s);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let (status, _, body) = answer(gw.port, "GET", "/cl");
+    assert_eq!((status, body.as_slice()), (200, &b"hello"[..]));
+    assert!(gw.error_lines().is_empty(), "{}", gw.log_text());
+}
+
+#[test]
+fn what_the_fast_path_leaves_to_the_general_path_is_served_there() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    // A body, an upgrade request, and a head Pingora's parser judges: all answered.
+    let r = request(
+        gw.port,
+        "POST /echo HTTP/1.1\r\nHost: tiles\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        false,
+    );
+    assert_eq!(r.status, 200);
+    assert!(r.text().starts_with("POST /echo"), "{}", r.text());
+    let r = request(
+        gw.port,
+        "GET /cl HTTP/1.1\r\nHost: tiles\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    let r = request(
+        gw.port,
+        "GET /cl HTTP/1.1\r\nHost: tiles\r\nContent-Length: x\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.status, 400);
+    let r = request(
+        gw.port,
+        "GET /cl HTTP/1.1\r\nHost: tiles\r\nNo colon here\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.status, 400);
+    // A pipeline that compresses: its decision goes along to Pingora's proxy, which
+    // compresses; the pipeline ran once (one request reached the upstream).
+    let dir = ConfigDir::new(&format!(
+        "http:\n  port: ${{PORT}}\napiEndpoints:\n  all:\n    paths: '/*'\nserviceEndpoints:\n  up:\n    url: 'http://127.0.0.1:{}'\npolicies: [proxy, compression]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - compression:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.port
+    ));
+    let compressing = GatewayProcess::start_with(&dir, &["--fast-path", "on"], &[]);
+    let before = up.heads.lock().expect("heads").len();
+    let r: Response = request(
+        compressing.port,
+        "GET /text HTTP/1.1\r\nHost: tiles\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("content-encoding"),
+        Some("gzip"),
+        "{:?}",
+        r.headers
+    );
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&r.body[..])
+        .read_to_string(&mut text)
+        .expect("gzip");
+    assert_eq!(text, "text ".repeat(40));
+    assert_eq!(up.heads.lock().expect("heads").len(), before + 1);
+}
