@@ -132,7 +132,22 @@ fn a_hundred_tiles_over_one_http2_connection() {
         &urls[..1],
     );
     assert_eq!(lines, vec!["200 1.1"]);
-    eprintln!("100 tiles over one HTTP/2 connection: {h2_time:?}");
+    // What a browser does without HTTP/2: at most six HTTP/1.1 connections per host.
+    let (lines, h1_time) = curl(
+        &[
+            "--http1.1",
+            "--parallel",
+            "--parallel-max",
+            "6",
+            "-w",
+            "%{http_code} %{http_version}\n",
+        ],
+        &urls,
+    );
+    assert_eq!(lines.len(), 100, "{lines:?}");
+    eprintln!(
+        "100 tiles: over one HTTP/2 connection {h2_time:?}, over six HTTP/1.1 connections {h1_time:?}"
+    );
 }
 
 #[test]

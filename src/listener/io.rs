@@ -149,9 +149,10 @@ impl GetSocketDigest for ClientIo {
 #[async_trait]
 impl Peek for ClientIo {
     /// Waits until the client sends something (or closes), without reading it: a connection
-    /// waiting for its next request holds no read buffer either.
-    async fn try_peek(&mut self, buf: &mut [u8]) -> io::Result<bool> {
-        self.tcp.peek(buf).await?;
+    /// waiting for its next request holds no read buffer either. The socket's readiness says
+    /// so without a system call (tokio clears it after a read that drained the socket).
+    async fn try_peek(&mut self, _buf: &mut [u8]) -> io::Result<bool> {
+        self.tcp.readable().await?;
         Ok(true)
     }
 }
