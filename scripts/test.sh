@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh redis-server prometheus curl chromium
 scripts/install-test-servers.sh
 cargo test --locked --all-targets "$@"
+# The container image's build, as CI runs it (it says so and skips where no Docker engine runs).
+deploy/build-image.sh
 # The load benchmark's smoke run (a few seconds, tollgate only), so the benchmark cannot rot.
 if [[ -f ../shared/bench/peers/lib.sh || -n ${PEERS_DIR:-} ]]; then
   SMOKE=1 benches/load/run.sh
