@@ -4,10 +4,12 @@
 //! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key`]
 //! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
 //! (`cache_vary_filter`), [`serve_stale`] (`should_serve_stale`) and [`status`] (the
-//! `X-Cache-Status` header). Objects live in a [`store::TileStore`]: memory (TinyUFO) and
-//! optionally disk. This module is the only place that knows `pingora-cache`.
+//! `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]). Objects live
+//! in a [`store::TileStore`]: memory (TinyUFO) and optionally disk. This module is the only
+//! place that knows `pingora-cache`.
 
 pub mod freshness;
+pub mod hit;
 pub mod key;
 pub mod policy;
 pub mod purge;

@@ -4,10 +4,11 @@
 //! thread, instead of through `pingora-proxy`'s general machinery.
 //!
 //! The request is routed and its pipelines run exactly as on the general path
-//! ([`crate::exchange`]); a request the fast path does not serve is handed to Pingora's proxy
-//! before anything of it ran (a method with a body, an upgrade, a head Pingora's parser must
-//! judge), or with its decision when its pipeline asks for what only the general path does
-//! (the tile cache, compression, an HTTP/2 upstream). Framing is Pingora's: the client session
+//! ([`crate::exchange`]); a fresh tile in the cache is answered from it ([`crate::cache::hit`]).
+//! A request the fast path does not serve is handed to Pingora's proxy before anything of it
+//! ran (a method with a body, an upgrade, a head Pingora's parser must judge), or with its
+//! decision when it needs what only the general path does (a cache miss or revalidation,
+//! compression, an HTTP/2 upstream). Framing is Pingora's: the client session
 //! reads the upstream's body by its length, chunks or close and knows HEAD, 204 and 304 have
 //! none; the server session writes it to the client by the response's headers.
 
@@ -96,8 +97,27 @@ impl FastPath {
         let mut end = Finish {
             upstream_time: None,
             error: None,
+            cache: None,
         };
         match decision {
+            Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
+                match crate::cache::hit::fresh(s.req_header(), &x).await {
+                    Some(hit) => {
+                        write_hit(&mut s, hit, &x.response_edits).await;
+                        end.cache = Some(("HIT", Some(s.body_bytes_sent())));
+                    }
+                    None => {
+                        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+                        crate::metrics::metrics().in_flight.dec();
+                        let decided = Decided { x, started };
+                        return Served::HandOver(Box::new(hand_over(
+                            s.into_inner(),
+                            copy,
+                            Some(decided),
+                        )));
+                    }
+                }
+            }
             Decision::Proxy => {
                 let general_only = x.cache.is_some()
                     || x.compress.is_some()
@@ -151,7 +171,7 @@ impl FastPath {
             bytes_in: s.body_bytes_read(),
             bytes_out: s.body_bytes_sent(),
             error: end.error.as_deref(),
-            cache: None,
+            cache: end.cache,
         };
         exchange::account(gw, s.req_header(), x, &ended);
         match s.reuse().await {
@@ -161,10 +181,11 @@ impl FastPath {
     }
 }
 
-/// What the upstream exchange left for the account of the request.
+/// What the upstream exchange (or the cache) left for the account of the request.
 pub struct Finish {
     upstream_time: Option<std::time::Duration>,
     error: Option<Box<Error>>,
+    cache: Option<(&'static str, Option<usize>)>,
 }
 
 /// A request without a body, on HTTP/1, not asking to switch protocols: one the fast path can
@@ -202,6 +223,34 @@ fn facts(s: &HttpSession) -> Facts<'_> {
             .map(|a| a.port()),
         tls: s.digest().ssl_digest.is_some(),
     }
+}
+
+static X_CACHE_STATUS: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-cache-status");
+
+/// Answers from the tile cache: the stored head with `X-Cache-Status: HIT` and the pipeline's
+/// edits, then the body.
+async fn write_hit(s: &mut HttpSession, hit: crate::cache::hit::FreshHit, edits: &[HeaderEdit]) {
+    if let Err(e) = send_hit(s, hit, edits).await {
+        log::debug!("client went away: {e}");
+        s.set_server_keepalive(None);
+    }
+}
+
+async fn send_hit(
+    s: &mut HttpSession,
+    hit: crate::cache::hit::FreshHit,
+    edits: &[HeaderEdit],
+) -> pingora_core::Result<()> {
+    let mut header = hit.header;
+    header.insert_header(X_CACHE_STATUS.clone(), "HIT")?;
+    exchange::apply_edits(&mut header, edits)?;
+    s.write_response_header(Box::new(header)).await?;
+    if s.req_header().method != http::Method::HEAD {
+        s.write_body(&hit.body).await?;
+    }
+    s.finish_body().await?;
+    Ok(())
 }
 
 /// Writes a gateway-made response.

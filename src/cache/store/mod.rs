@@ -61,6 +61,44 @@ impl StoredMeta {
         m
     }
 
+    /// The head a fresh hit is answered with at `now`, as Pingora's cache phases make it (the
+    /// stored head, `Age`, HTTP/1.1, `Accept-Ranges` for a 200 of known length, chunked when it
+    /// has no length); `None` when the object is
+    /// no longer fresh or varies by request headers.
+    pub fn fresh_hit_header(&self, now: SystemTime) -> Option<ResponseHeader> {
+        if self.fresh_until < now
+            || self.variance.is_some()
+            || self.header.headers.contains_key(http::header::VARY)
+        {
+            return None;
+        }
+        let mut header = self.header.clone();
+        let age = now
+            .duration_since(self.updated)
+            .unwrap_or_default()
+            .as_secs();
+        header.insert_header(http::header::AGE, age).ok()?;
+        header.set_version(http::Version::HTTP_11);
+        let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
+        let length = header
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if header.status == http::StatusCode::OK && length.is_some() {
+            // A whole stored response may be asked for in ranges (as nginx says, and Pingora).
+            header
+                .insert_header(http::header::ACCEPT_RANGES, "bytes")
+                .ok()?;
+        }
+        if !bodiless && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
+            header
+                .insert_header(http::header::TRANSFER_ENCODING, "chunked")
+                .ok()?;
+        }
+        Some(header)
+    }
+
     /// About how many bytes the header takes.
     pub fn header_size(&self) -> usize {
         self.header
@@ -140,6 +178,11 @@ impl TileStore {
         self.disk
             .as_ref()
             .map_or(0, |d| d.corrupt.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// The object stored under `key`, from memory or (then kept in memory) from disk.
+    pub async fn object(&'static self, key: &CacheKey) -> Option<Arc<Object>> {
+        self.find(slot(key)).await
     }
 
     async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
