@@ -110,43 +110,64 @@ where
                 return why;
             }
         };
-        let draining = *shutdown.borrow();
-        let keepalive = (!draining).then_some(limits.keepalive_timeout.as_secs().max(1));
-        let mut session = match fast {
-            Some(fast) => {
-                let session_limits = SessionLimits {
-                    keepalive_secs: keepalive,
-                    read_timeout: limits.body_timeout,
-                    write_timeout: limits.send_timeout,
-                };
-                match fast.serve(stream, head, &session_limits).await {
-                    Served::KeepAlive(s) if !*shutdown.borrow() => {
-                        stream = s;
-                        first = false;
-                        wait_until = Instant::now() + limits.keepalive_timeout;
-                        continue;
-                    }
-                    Served::KeepAlive(_) => return ConnClose::Shutdown,
-                    Served::Closed => return ConnClose::Done,
-                    Served::HandOver(session) => *session,
-                }
-            }
-            None => {
-                let mut session = ServerSession::new_http1(stream);
-                session.set_pipelined_prefix(head);
-                session
-            }
-        };
-        session.set_keepalive(keepalive);
-        session.set_read_timeout(Some(limits.body_timeout));
-        session.set_write_timeout(Some(limits.send_timeout));
-        match app.process_new_http(session, &shutdown).await {
-            Some(reused) if !*shutdown.borrow() => stream = reused.consume().0,
-            Some(_) => return ConnClose::Shutdown,
-            None => return ConnClose::Done,
+        // Boxed: what serving a request needs lives only while it is served, not in every idle
+        // connection's task.
+        match Box::pin(one_request(stream, head, app, fast, limits, &shutdown)).await {
+            Next::KeepAlive(s) => stream = s,
+            Next::Close(why) => return why,
         }
         first = false;
         wait_until = Instant::now() + limits.keepalive_timeout;
+    }
+}
+
+/// What follows a request on its connection.
+enum Next {
+    KeepAlive(Stream),
+    Close(ConnClose),
+}
+
+/// Serves one request whose complete head has been read, on the fast path or Pingora's proxy.
+async fn one_request<A>(
+    stream: Stream,
+    head: BytesMut,
+    app: &Arc<A>,
+    fast: Option<&FastPath>,
+    limits: &ClientLimits,
+    shutdown: &ShutdownWatch,
+) -> Next
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let draining = *shutdown.borrow();
+    let keepalive = (!draining).then_some(limits.keepalive_timeout.as_secs().max(1));
+    let mut session = match fast {
+        Some(fast) => {
+            let session_limits = SessionLimits {
+                keepalive_secs: keepalive,
+                read_timeout: limits.body_timeout,
+                write_timeout: limits.send_timeout,
+            };
+            match fast.serve(stream, head, &session_limits).await {
+                Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
+                Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
+                Served::Closed => return Next::Close(ConnClose::Done),
+                Served::HandOver(session) => *session,
+            }
+        }
+        None => {
+            let mut session = ServerSession::new_http1(stream);
+            session.set_pipelined_prefix(head);
+            session
+        }
+    };
+    session.set_keepalive(keepalive);
+    session.set_read_timeout(Some(limits.body_timeout));
+    session.set_write_timeout(Some(limits.send_timeout));
+    match app.process_new_http(session, shutdown).await {
+        Some(reused) if !*shutdown.borrow() => Next::KeepAlive(reused.consume().0),
+        Some(_) => Next::Close(ConnClose::Shutdown),
+        None => Next::Close(ConnClose::Done),
     }
 }
 
