@@ -100,6 +100,11 @@ pub struct ProxyPlan {
     pub tried: u64,
     /// Attempts made so far (the first is 1).
     pub attempts: u32,
+    /// Of those, the ones that sent the request again to the same url after a pooled
+    /// connection broke (the upstream had closed it): they are not retries.
+    pub resends: u32,
+    /// The next attempt sends the request again to this attempt's url.
+    pub resend_next: bool,
     /// Whether this attempt is counted in its url's requests in flight.
     pub counted: bool,
     /// No url was available when the request was planned (the tile cache may still answer).

@@ -250,6 +250,8 @@ impl Policy for Proxy {
             target: i,
             tried: 0,
             attempts: 0,
+            resends: 0,
+            resend_next: false,
             counted: false,
             unavailable: picked.is_none(),
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),

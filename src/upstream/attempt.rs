@@ -15,8 +15,6 @@ use crate::pipeline::context::ProxyPlan;
 /// How long to wait for an upstream connection when the proxy action sets no timeout.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Begins an attempt: the first goes to the url the proxy step chose, a retry to another
-/// available one. Returns the peer to connect to.
 fn no_route(why: &'static str) -> Box<Error> {
     Error::create(
         ErrorType::ConnectNoRoute,
@@ -26,11 +24,15 @@ fn no_route(why: &'static str) -> Box<Error> {
     )
 }
 
+/// Begins an attempt: the first goes to the url the proxy step chose, a resend to the same url,
+/// a retry to another available one. Returns the peer to connect to.
 pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     if plan.unavailable {
         return Err(no_route("no url of the service endpoint is available"));
     }
-    if plan.attempts > 0 {
+    if std::mem::take(&mut plan.resend_next) {
+        plan.resends += 1;
+    } else if plan.attempts > 0 {
         let Some(i) = plan.endpoint.pick(path, plan.tried) else {
             return Err(no_route(
                 "no other url of the service endpoint is available",
@@ -109,11 +111,11 @@ fn failed(plan: &ProxyPlan) {
     }
 }
 
-/// Whether another attempt may be made for this request: retries left, a method that may be
-/// retried, and another url to go to.
+/// Whether another attempt may be made for this request: retries left (resends are not
+/// retries), a method that may be retried, and another url to go to.
 fn may_retry(plan: &ProxyPlan, method: &http::Method) -> bool {
     let s = &plan.endpoint.settings;
-    plan.attempts <= s.retries
+    plan.attempts - plan.resends <= s.retries
         && s.retries_method(method)
         && plan.endpoint.any_available(plan.tried)
 }
@@ -131,16 +133,18 @@ pub fn connect_failed(
     e
 }
 
-/// Whether a request broken on a pooled connection may be sent again on a new one: only
-/// idempotent requests, as Pingora does, and never more often than retries allow.
+/// Whether a request broken on a pooled connection may be sent again: only idempotent
+/// requests, as Pingora does, and once per request (a second broken connection counts as the
+/// url's failure).
 fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
-    method.is_idempotent() && plan.attempts <= plan.endpoint.settings.retries + 1
+    method.is_idempotent() && plan.resends == 0
 }
 
 /// After the exchange broke: a retry only when nothing of the response arrived yet. On a
 /// pooled connection that the upstream had closed meanwhile (a normal event), the request is
-/// sent again on a new connection, to the same url if it is chosen again, and the url's record
-/// is not blamed; otherwise another url is tried.
+/// sent again to the same url, the url's record is not blamed and the retries are left for
+/// what may follow (the url may have died: its refusal is then retried on another); otherwise
+/// another url is tried.
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
@@ -153,11 +157,9 @@ pub fn broke(
         e.set_retry(false);
         return e;
     }
-    if reused {
-        if plan.target < 64 {
-            plan.tried &= !(1u64 << plan.target);
-        }
-        e.set_retry(may_resend(plan, method));
+    if reused && may_resend(plan, method) {
+        plan.resend_next = true;
+        e.set_retry(true);
         return e;
     }
     failed(plan);
@@ -178,4 +180,96 @@ pub fn answered(plan: &ProxyPlan, status: u16) {
 /// Whether the total timeout has passed.
 pub fn overdue(plan: &ProxyPlan) -> bool {
     plan.deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::context::PathRecipe;
+    use crate::upstream::settings::UpstreamSettings;
+    use crate::upstream::state::Registry;
+    use crate::upstream::{ServiceEndpoint, UpstreamTarget};
+    use std::sync::Arc;
+
+    /// A plan for two urls with one retry, its first attempt begun on url 0.
+    fn plan() -> ProxyPlan {
+        let targets = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
+            .iter()
+            .map(|u| Arc::new(UpstreamTarget::parse(u).expect("a url")))
+            .collect();
+        let settings = UpstreamSettings {
+            retries: 1,
+            outlier_detection: None,
+            ..UpstreamSettings::default()
+        };
+        let endpoint = ServiceEndpoint::new("s", targets, None, settings, &Registry::default());
+        let mut plan = ProxyPlan {
+            service: "s".into(),
+            endpoint: Arc::new(endpoint),
+            target: 0,
+            tried: 0,
+            attempts: 0,
+            resends: 0,
+            resend_next: false,
+            counted: false,
+            unavailable: false,
+            addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+            tls: false,
+            sni: String::new(),
+            verify_cert: true,
+            host: None,
+            path: String::new(),
+            path_recipe: PathRecipe {
+                url: "/".into(),
+                prepend_path: true,
+                ignore_path: false,
+            },
+            change_origin: false,
+            connect_timeout: None,
+            read_timeout: None,
+            deadline: None,
+        };
+        assert!(plan.retarget(0));
+        begin(&mut plan, "/").expect("a first attempt");
+        plan
+    }
+
+    fn broken() -> Box<Error> {
+        Error::new(ErrorType::ConnectionClosed)
+    }
+
+    #[test]
+    fn a_url_that_died_behind_a_pooled_connection_is_retried_on_another() {
+        let get = http::Method::GET;
+        let mut p = plan();
+        // The pooled connection to url 0 broke: sent again to url 0, not a retry.
+        assert!(broke(&mut p, &get, false, true, broken()).retry());
+        begin(&mut p, "/").expect("a resend");
+        assert_eq!((p.target, p.attempts, p.resends), (0, 2, 1));
+        // url 0 is gone: its refusal still has the retry, on url 1.
+        assert!(connect_failed(&mut p, &get, broken()).retry());
+        begin(&mut p, "/").expect("a retry");
+        assert_eq!(p.target, 1);
+        // And that was the one retry.
+        assert!(!connect_failed(&mut p, &get, broken()).retry());
+    }
+
+    #[test]
+    fn a_request_is_resent_once_and_never_when_it_has_a_body() {
+        let get = http::Method::GET;
+        let mut p = plan();
+        assert!(broke(&mut p, &get, false, true, broken()).retry());
+        begin(&mut p, "/").expect("a resend");
+        // A second broken pooled connection is the url's failure: the retry goes elsewhere.
+        assert!(broke(&mut p, &get, false, true, broken()).retry());
+        begin(&mut p, "/").expect("a retry");
+        assert_eq!(p.target, 1);
+        let mut p = plan();
+        assert!(!broke(&mut p, &http::Method::POST, false, true, broken()).retry());
+        let mut p = plan();
+        assert!(
+            !broke(&mut p, &get, true, true, broken()).retry(),
+            "never after the response began"
+        );
+    }
 }
