@@ -81,6 +81,10 @@ fn redis_stopped_and_killed_under_load() {
         &failed[..failed.len().min(5)]
     );
     assert!(report.count() > 200, "the load ran: {}", report.count());
+    eprintln!(
+        "Redis stopped 2 s and killed 3 s under load: {} requests, 0 failed; Admin writes 503 in {took:?}",
+        report.count()
+    );
 
     // New credentials work once it is back.
     let deadline = Instant::now() + Duration::from_secs(10);
