@@ -2,7 +2,7 @@
 # The load benchmark: tollgate against nginx, HAProxy and Express Gateway (plain and with
 # key-auth), all in front of the same upstream on loopback, measured with wrk.
 #
-#   benches/load/run.sh                 # everything: about 15 minutes on 2 cores
+#   benches/load/run.sh                 # everything: about 45 minutes on 2 cores
 #   SMOKE=1 benches/load/run.sh         # tollgate only, a few seconds, debug build (CI runs this)
 #   PEERS="nginx tollgate" SCENARIOS=tile REPS=2 DURATION=5 benches/load/run.sh
 #
