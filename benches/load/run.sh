@@ -95,15 +95,7 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
 [[ " $PEERS " == *" tollgate-cache "* ]] && start_tollgate tollgate-cache "$ROOT/benches/load/kargo-cache" $TGC_PORT $TGC_ADMIN \
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
-TOKEN="$(python3 - "$JWT_SECRET" <<'PY'
-import base64, hashlib, hmac, json, sys
-b = lambda d: base64.urlsafe_b64encode(d).rstrip(b"=").decode()
-head = b(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
-body = b(json.dumps({"sub": "bench-tiles", "exp": 4102444800}).encode())
-sig = b(hmac.new(sys.argv[1].encode(), f"{head}.{body}".encode(), hashlib.sha256).digest())
-print(f"{head}.{body}.{sig}")
-PY
-)"
+TOKEN="$(python3 "$ROOT/benches/load/token.py" "$JWT_SECRET")"
 
 # ---- peers and scenarios -----------------------------------------------------------------------
 port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; *) peer_port "$1" ;; esac; }

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by callgrind on a fixed number of requests: a measure that
+# does not drift with the machine's load, for judging a change to the request path.
+#
+#   benches/load/callgrind.sh            # 2000 requests per case, about 3 minutes
+#   N=5000 CASES="plain-fast plain-general" benches/load/callgrind.sh
+#
+# Each case starts the release build under `valgrind --tool=callgrind` with one worker thread
+# in front of the benchmark's upstream (started with ../shared/bench/peers when it is not
+# running), sends 300 requests to warm it, zeroes the counters, sends N requests one after
+# another on one keep-alive connection (benches/load/fixed.py) and dumps the counters: the
+# instructions of the serving thread divided by N. Cases: plain-fast and plain-general (the
+# `cors + proxy` pipeline on the fast path and on Pingora's general proxy path), kargo-fast and
+# kargo-general (Kargo's tile pipeline), cache-hit (Kargo's pipeline with the tile cache, every
+# request a hit), and nginx (the peers' reverse-proxy config, one worker, no master process,
+# under callgrind the same way). Results go to target/bench/callgrind-<timestamp>/ (summary.txt and the
+# callgrind files, for callgrind_annotate).
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
+: "${N:=2000}" "${CASES:=nginx plain-fast plain-general kargo-fast kargo-general cache-hit}"
+: "${UPSTREAM_PORT:=18080}" "${PORT:=18401}"
+OUT="$ROOT/target/bench/callgrind-$(date +%Y%m%d-%H%M%S)"
+mkdir -p "$OUT"
+say() { printf '[callgrind] %s\n' "$*" >&2; }
+
+"$ROOT/scripts/install-deps.sh" valgrind nginx curl python3
+(cd "$ROOT" && cargo build --release --locked)
+BIN="$ROOT/target/release/tollgate"
+if ! curl -fs -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/wmts/1/2/3.png"; then
+  "$PEERS_DIR/setup.sh" >"$OUT/setup.log" 2>&1 || true
+  "$PEERS_DIR/start.sh" upstream >"$OUT/peers.log" 2>&1 || { say "the upstream did not start (see $OUT/peers.log)"; exit 1; }
+fi
+TOKEN="$(python3 "$ROOT/benches/load/token.py" "${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}")"
+
+# Warms the server that runs as PID, counts N requests to PATH and prints the instructions
+# per request.
+count() { # CASE PID PORT PATH
+  local case=$1 pid=$2 port=$3 path=$4
+  local up=0
+  for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" && { up=1; break; }; sleep 1; done
+  ((up)) || { say "$case did not answer (see $OUT/$case.log)"; kill "$pid" 2>/dev/null; return 1; }
+  python3 "$ROOT/benches/load/fixed.py" 127.0.0.1 "$port" "$path" 300 >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
+  local ok
+  ok="$(python3 "$ROOT/benches/load/fixed.py" 127.0.0.1 "$port" "$path" "$N")"
+  callgrind_control -d "$pid" >/dev/null 2>&1
+  sleep 1
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  # The dump of the thread that served holds the most instructions.
+  local ir
+  ir="$(for f in "$OUT/$case.$pid"*; do grep -E '^(summary|totals):' "$f" | head -1 | awk '{print $2}'; done | sort -n | tail -1)"
+  printf '%-14s %6d of %d answered 200  %12d Ir  %8d Ir/request\n' "$case" "$ok" "$N" "$ir" $((ir / N)) | tee -a "$OUT/summary.txt"
+}
+
+measure() { # CASE CONFIG PATH [serve args]
+  local case=$1 conf=$2 path=$3; shift 3
+  RUST_LOG=warn TOLLGATE_BENCH_PORT=$PORT TOLLGATE_BENCH_ADMIN_PORT=$((PORT + 1000)) UPSTREAM_PORT=$UPSTREAM_PORT \
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/$case.%p" \
+    "$BIN" serve --config "$ROOT/benches/load/$conf" --data-dir "$OUT/$case-data" --threads 1 \
+    --populate "$ROOT/benches/load/kargo/consumers.config.json" "$@" >"$OUT/$case.log" 2>&1 &
+  count "$case" $! "$PORT" "$path"
+}
+
+# nginx with the peers' reverse-proxy config, one worker, no master process.
+measure_nginx() {
+  sed -e "s|@RUN_DIR@|$OUT|; s|@UPSTREAM_PORT@|$UPSTREAM_PORT|; s|@NGINX_PORT@|$((PORT + 10))|" \
+    -e "s|^worker_processes @NGINX_WORKERS@;|worker_processes 1; master_process off; daemon off;|" \
+    -e "s|^pid .*|pid $OUT/nginx.pid;|; s|^error_log .*|error_log $OUT/nginx.error.log warn;|" \
+    "$PEERS_DIR/conf/proxy.nginx.conf" >"$OUT/nginx.conf"
+  mkdir -p "$OUT/logs" "$OUT/tmp"
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/nginx.%p" \
+    nginx -p "$OUT/" -e "$OUT/nginx.error.log" -c "$OUT/nginx.conf" >"$OUT/nginx.log" 2>&1 &
+  count nginx $! $((PORT + 10)) /wmts/1/2/3.png
+}
+
+for c in $CASES; do
+  case $c in
+    plain-fast) measure "$c" plain /wmts/1/2/3.png ;;
+    plain-general) measure "$c" plain /wmts/1/2/3.png --fast-path off ;;
+    kargo-fast) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" ;;
+    kargo-general) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" --fast-path off ;;
+    cache-hit) measure "$c" kargo-cache "/wmts/1/2/3.png?jwt=$TOKEN" ;;
+    nginx) measure_nginx ;;
+    *) say "unknown case $c"; exit 2 ;;
+  esac
+done
+say "results: $OUT"
