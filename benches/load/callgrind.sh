@@ -31,7 +31,7 @@ if ! curl -fs -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/wmts/1/2/3.png"; the
   "$PEERS_DIR/setup.sh" >"$OUT/setup.log" 2>&1 || true
   "$PEERS_DIR/start.sh" upstream >"$OUT/peers.log" 2>&1 || { say "the upstream did not start (see $OUT/peers.log)"; exit 1; }
 fi
-TOKEN="$(python3 "$ROOT/benches/load/token.py" "${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}")"
+TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}")"
 
 # Warms the server that runs as PID, counts N requests to PATH and prints the instructions
 # per request.

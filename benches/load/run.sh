@@ -95,7 +95,7 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
 [[ " $PEERS " == *" tollgate-cache "* ]] && start_tollgate tollgate-cache "$ROOT/benches/load/kargo-cache" $TGC_PORT $TGC_ADMIN \
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
-TOKEN="$(python3 "$ROOT/benches/load/token.py" "$JWT_SECRET")"
+TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "$JWT_SECRET")"
 
 # ---- peers and scenarios -----------------------------------------------------------------------
 port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; *) peer_port "$1" ;; esac; }
