@@ -106,16 +106,7 @@ impl FastPath {
                         write_hit(&mut s, hit, &x.response_edits).await;
                         end.cache = Some(("HIT", Some(s.body_bytes_sent())));
                     }
-                    None => {
-                        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-                        crate::metrics::metrics().in_flight.dec();
-                        let decided = Decided { x, started };
-                        return Served::HandOver(Box::new(hand_over(
-                            s.into_inner(),
-                            copy,
-                            Some(decided),
-                        )));
-                    }
+                    None => return hand_over_decided(s, copy, Decided { x, started }),
                 }
             }
             Decision::Proxy => {
@@ -123,14 +114,7 @@ impl FastPath {
                     || x.compress.is_some()
                     || x.proxy.as_ref().is_none_or(|p| p.endpoint.settings.http2);
                 if general_only {
-                    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-                    crate::metrics::metrics().in_flight.dec();
-                    let decided = Decided { x, started };
-                    return Served::HandOver(Box::new(hand_over(
-                        s.into_inner(),
-                        copy,
-                        Some(decided),
-                    )));
+                    return hand_over_decided(s, copy, Decided { x, started });
                 }
                 relay::proxy(&self.connector, &mut s, &mut x, &mut end).await;
             }
@@ -201,6 +185,14 @@ fn bodiless(head: &RequestHeader) -> bool {
         && !head.headers.contains_key(TRANSFER_ENCODING)
         && !head.headers.contains_key(UPGRADE)
         && !head.headers.contains_key(EXPECT)
+}
+
+/// Hands a request whose pipelines ran to Pingora's proxy, with their decision; it is in flight
+/// there from now on.
+fn hand_over_decided(s: HttpSession, head: BytesMut, decided: Decided) -> Served {
+    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+    crate::metrics::metrics().in_flight.dec();
+    Served::HandOver(Box::new(hand_over(s.into_inner(), head, Some(decided))))
 }
 
 /// A fresh session for Pingora's proxy that will read `head` as its request.

@@ -56,9 +56,10 @@ pub async fn proxy(
             return;
         }
         if s.req_header().version == http::Version::HTTP_11 {
-            let mut info = Box::new(up.resp_header().cloned().unwrap_or_else(|| {
-                ResponseHeader::build_no_case(status, None).expect("a valid status")
-            }));
+            let Some(info) = up.resp_header() else {
+                break;
+            };
+            let mut info = Box::new(info.clone());
             if response_head(&mut info, s.req_header(), &x.response_edits).is_ok() {
                 if let Err(e) = s.write_response_header(info).await {
                     log::debug!("client went away: {e}");

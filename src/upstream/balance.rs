@@ -75,13 +75,12 @@ pub fn pick(
             (0..n)
                 .map(|k| (start + k) % n)
                 .filter(|i| available(*i))
-                .min_by(|a, b| {
-                    let load = |i: usize| {
-                        let c = candidates[i].as_ref().expect("available");
-                        (c.in_flight as f64 + 1.0) / f64::from(c.weight)
-                    };
-                    load(*a).total_cmp(&load(*b))
+                .filter_map(|i| {
+                    let c = candidates[i].as_ref()?;
+                    Some((i, (c.in_flight as f64 + 1.0) / f64::from(c.weight)))
                 })
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .map(|(i, _)| i)
         }
         Balance::ConsistentHash => candidates
             .iter()
