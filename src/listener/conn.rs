@@ -28,7 +28,7 @@ const HEAD_CHUNK: usize = 4096;
 /// Serves one accepted connection until it closes. The permit is the connection's place under
 /// the process's connection cap; it is given back when this returns.
 pub async fn serve<A>(
-    tcp: TcpStream,
+    tcp: std::net::TcpStream,
     tls: Option<Arc<SslAcceptor>>,
     app: Arc<A>,
     fast: Option<Arc<FastPath>>,
@@ -39,8 +39,15 @@ pub async fn serve<A>(
     A: HttpServerApp + Send + Sync + 'static,
 {
     let m = metrics();
-    m.client_connections.inc();
     let accepted = Instant::now();
+    let tcp = match TcpStream::from_std(tcp) {
+        Ok(t) => t,
+        Err(e) => {
+            log::warn!("client connection: cannot register the socket: {e}");
+            return;
+        }
+    };
+    m.client_connections.inc();
     if let Err(e) = tcp.set_nodelay(true) {
         log::debug!("client connection: cannot set TCP_NODELAY: {e}");
     }

@@ -5,7 +5,8 @@
 //! wakes the client once per response (+10% tile throughput over a segment each). The buffer
 //! exists only while a response is being written: it is allocated on the first write and
 //! released when the response is flushed, so a keep-alive connection waiting for its next
-//! request holds no buffer at all. Reads go straight to the socket: the sessions read into
+//! request holds no buffer at all. A large write (a tile's body) is not copied into the
+//! buffer: it goes out with the buffered head in one `writev`. Reads go straight to the socket: the sessions read into
 //! buffers of their own.
 
 use std::io;
@@ -28,6 +29,10 @@ use tokio::net::TcpStream;
 /// Chunked and close-delimited bodies are flushed by Pingora as they come; a body of known
 /// length is flushed when complete, so a large body reaches the client in steps of this size.
 pub const WRITE_BUFFER: usize = 32 * 1024;
+
+/// A write at least this large goes to the socket with what is buffered before it (one
+/// `writev`) instead of being copied into the buffer.
+const DIRECT_WRITE: usize = 8 * 1024;
 
 #[derive(Debug)]
 pub struct ClientIo {
@@ -67,6 +72,38 @@ impl ClientIo {
     }
 }
 
+impl ClientIo {
+    /// Writes what is buffered and then `data` straight from where it is, in one system call
+    /// when the socket takes it all: a large body is not copied into the buffer first.
+    fn poll_write_through(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        loop {
+            let pending = self.out.len() - self.written;
+            if pending == 0 {
+                self.out = Vec::new();
+                self.written = 0;
+                return Pin::new(&mut self.tcp).poll_write(cx, data);
+            }
+            let bufs = [
+                io::IoSlice::new(&self.out[self.written..]),
+                io::IoSlice::new(data),
+            ];
+            let n = ready!(Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            if n < pending {
+                self.written += n;
+                continue;
+            }
+            self.out = Vec::new();
+            self.written = 0;
+            if n > pending {
+                return Poll::Ready(Ok(n - pending));
+            }
+        }
+    }
+}
+
 impl AsyncRead for ClientIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -84,6 +121,9 @@ impl AsyncWrite for ClientIo {
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if data.len() >= DIRECT_WRITE {
+            return this.poll_write_through(cx, data);
+        }
         if this.out.len() + data.len() > WRITE_BUFFER {
             ready!(this.poll_drain(cx))?;
             if data.len() >= WRITE_BUFFER {
@@ -154,5 +194,56 @@ impl Peek for ClientIo {
     async fn try_peek(&mut self, _buf: &mut [u8]) -> io::Result<bool> {
         self.tcp.readable().await?;
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A small head buffered, then bodies large enough to go straight to the socket, to a
+    /// client that reads slowly: every byte arrives, in order, whatever the socket took.
+    #[tokio::test]
+    async fn large_writes_go_through_with_what_is_buffered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut expected = b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n".to_vec();
+        let bodies: Vec<Vec<u8>> = [9 * 1024, 3 * 1024 * 1024, 100, 64 * 1024]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (0..*n).map(|b| (b * 7 + i) as u8).collect())
+            .collect();
+        let head = expected.clone();
+        for b in &bodies {
+            expected.extend_from_slice(b);
+        }
+        let writer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut io = ClientIo::new(tcp);
+            io.write_all(&head).await.unwrap();
+            for b in &bodies {
+                io.write_all(b).await.unwrap();
+            }
+            io.flush().await.unwrap();
+            assert!(io.out.is_empty() && io.out.capacity() == 0);
+            AsyncWriteExt::shutdown(&mut io).await.unwrap();
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 7000];
+        loop {
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() < 512 * 1024 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
     }
 }

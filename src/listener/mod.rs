@@ -239,6 +239,16 @@ async fn accept_loop<A>(
         match accepted {
             Ok((tcp, _peer)) => {
                 at_cap_logged = false;
+                // The socket leaves this thread's event loop: the thread that serves the
+                // connection registers it with its own, so its readiness wakes that thread
+                // alone (not this one, which would then have to wake the other).
+                let tcp = match tcp.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        log::warn!("{addr}: cannot hand an accepted connection over: {e}");
+                        continue;
+                    }
+                };
                 pingora_runtime::current_handle().spawn(conn::serve(
                     tcp,
                     tls.clone(),
