@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::header::HeaderName;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora_core::protocols::http::compression::ResponseCompressionCtx;
@@ -26,8 +25,6 @@ use crate::request_id::new_request_id;
 
 /// Requests being served right now (the drain on SIGTERM waits for this to reach 0).
 pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
-
-static X_CACHE_STATUS: HeaderName = HeaderName::from_static("x-cache-status");
 
 pub struct Tollgate {
     pub gateway: Arc<ArcSwap<Gateway>>,
@@ -292,8 +289,10 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.x.cache.is_some() {
-            upstream_response
-                .insert_header(X_CACHE_STATUS.clone(), crate::cache::status(session))?;
+            upstream_response.insert_header(
+                crate::cache::X_CACHE_STATUS.clone(),
+                crate::cache::status(session),
+            )?;
         }
         if let Some(c) = &mut ctx.compression {
             let no_body = session.req_header().method == http::Method::HEAD

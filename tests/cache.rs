@@ -389,6 +389,39 @@ fn a_truncated_body_is_never_stored() {
 }
 
 #[test]
+fn a_response_past_the_size_limit_is_not_stored_on_either_path() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for fast_path in ["on", "off"] {
+        let (_dir, gw) = start(
+            &up,
+            "{ttl: 60, maxObjectSize: 1000}",
+            &["--fast-path", fast_path],
+        );
+        let big = format!("/open/{fast_path}/bytes/2000");
+        let before = up.served();
+        for _ in 0..2 {
+            let r = get(gw.port, "GET", &big, &[]);
+            assert_eq!(
+                (r.status, r.body.len()),
+                (200, 2000),
+                "fast path {fast_path}"
+            );
+            assert_eq!(cache_status(&r), "MISS", "fast path {fast_path}");
+        }
+        assert_eq!(up.served(), before + 2, "fast path {fast_path}: stored");
+        let small = format!("/open/{fast_path}/bytes/500");
+        let first = get(gw.port, "GET", &small, &[]);
+        let second = get(gw.port, "GET", &small, &[]);
+        assert_eq!(
+            (cache_status(&first), cache_status(&second)),
+            ("MISS", "HIT"),
+            "fast path {fast_path}"
+        );
+        assert_eq!(second.body, first.body);
+    }
+}
+
+#[test]
 fn purge_a_url_and_an_api_endpoint() {
     let up = PyUpstream::start("tiles", 5.0);
     let (dir, gw) = start(&up, "{ttl: 600}", &[]);

@@ -1,7 +1,8 @@
-//! Fresh hits for the fast path: a stored tile that is fresh and does not vary by request
-//! headers, for a GET or HEAD without conditional or range headers, answered without Pingora's
-//! proxy. Anything else — a miss, a stale or varied object, a conditional or range request — is
-//! left to Pingora's cache phases, which do the rest.
+//! The cache on the fast path: a stored tile that is fresh and does not vary by request
+//! headers, for a GET or HEAD without conditional or range headers, is answered without
+//! Pingora's proxy; a GET for a tile nothing is stored for is fetched and stored by the fast
+//! path ([`super::fill`]). Anything else — a stale or varied object, a conditional or range
+//! request, a HEAD miss — is left to Pingora's cache phases, which do the rest.
 
 use std::time::SystemTime;
 
@@ -10,9 +11,11 @@ use http::header::{
     HeaderName, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
     RANGE,
 };
+use pingora_cache::key::CacheHashKey;
 use pingora_cache::CacheKey;
 use pingora_http::{RequestHeader, ResponseHeader};
 
+use super::fill::Fill;
 use crate::pipeline::Exchange;
 
 /// A fresh stored response: its head as the client gets it and its body.
@@ -31,23 +34,42 @@ static ASKS: [HeaderName; 6] = [
     RANGE,
 ];
 
-/// The fresh stored response for a request whose pipeline went through a `cache` step, when
-/// it can be answered as it is.
-pub async fn fresh(req: &RequestHeader, x: &Exchange) -> Option<FreshHit> {
-    let cache = super::get()?;
-    x.cache.as_ref()?;
-    x.proxy.as_ref()?;
+/// What the fast path does with a request whose pipeline went through a `cache` step.
+// Made once per request and matched at once: boxing the hit would cost an allocation per hit.
+#[allow(clippy::large_enum_variant)]
+pub enum Lookup {
+    /// A fresh stored response answers it as it is.
+    Fresh(FreshHit),
+    /// Nothing is stored: this request fetches the tile, for everyone.
+    Fill(Fill),
+    /// Pingora's cache phases serve it.
+    General,
+}
+
+/// Looks the request up.
+pub async fn lookup(req: &RequestHeader, x: &Exchange) -> Lookup {
+    let (Some(cache), Some(u), Some(_)) = (super::get(), &x.cache, &x.proxy) else {
+        return Lookup::General;
+    };
     if !matches!(req.method, http::Method::GET | http::Method::HEAD)
         || ASKS.iter().any(|h| req.headers.contains_key(h))
     {
-        return None;
+        return Lookup::General;
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
     let key = CacheKey::new(super::primary_of(x, host), "");
-    let object = cache.store.object(&key).await?;
-    let header = object.meta.fresh_hit_header(SystemTime::now())?;
-    Some(FreshHit {
-        header,
-        body: object.body.clone(),
-    })
+    let hash = key.combined_bin();
+    match cache.store.find(hash).await {
+        Some(object) => match object.meta.fresh_hit_header(SystemTime::now()) {
+            Some(header) => Lookup::Fresh(FreshHit {
+                header,
+                body: object.body.clone(),
+            }),
+            None => Lookup::General,
+        },
+        None if req.method == http::Method::GET => {
+            super::fill::begin(cache, key, hash, &u.rule).map_or(Lookup::General, Lookup::Fill)
+        }
+        None => Lookup::General,
+    }
 }

@@ -4,10 +4,12 @@
 //! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key`]
 //! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
 //! (`cache_vary_filter`), [`serve_stale`] (`should_serve_stale`) and [`status`] (the
-//! `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]). Objects live
+//! `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]) and fills
+//! plain misses ([`fill`]). Objects live
 //! in a [`store::TileStore`]: memory (TinyUFO) and optionally disk. This module is the only
 //! place that knows `pingora-cache`.
 
+pub mod fill;
 pub mod freshness;
 pub mod hit;
 pub mod key;
@@ -43,6 +45,10 @@ pub struct StoreOptions {
     /// The disk tier: a directory and its byte budget.
     pub disk: Option<(PathBuf, u64)>,
 }
+
+/// The header that tells a client where its response came from.
+pub static X_CACHE_STATUS: http::header::HeaderName =
+    http::header::HeaderName::from_static("x-cache-status");
 
 /// The process's tile cache.
 pub struct TileCache {
@@ -169,6 +175,16 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
         Some(overrides),
     );
     session.cache.set_max_file_size_bytes(rule.max_object_size);
+    neutral_fill(x);
+}
+
+/// Makes the upstream request of a fill neutral: it fetches for every consumer, so its path
+/// carries no credentials (the headers that do are left out by the upstream request).
+pub fn neutral_fill(x: &mut Exchange) {
+    let Some(u) = &x.cache else {
+        return;
+    };
+    let rule = u.rule.clone();
     if let Some(plan) = &mut x.proxy {
         if let Some(path) = key::without_secrets(&plan.path, &rule.secret_params) {
             plan.path = path;

@@ -4,7 +4,8 @@
 //! thread, instead of through `pingora-proxy`'s general machinery.
 //!
 //! The request is routed and its pipelines run exactly as on the general path
-//! ([`crate::exchange`]); a fresh tile in the cache is answered from it ([`crate::cache::hit`]).
+//! ([`crate::exchange`]); a fresh tile in the cache is answered from it, and a tile nothing is
+//! stored for is fetched and stored on the way ([`crate::cache::hit`]).
 //! A request the fast path does not serve is handed to Pingora's proxy before anything of it
 //! ran (a method with a body, an upgrade, a head Pingora's parser must judge), or with its
 //! decision when it needs what only the general path does (a cache miss or revalidation,
@@ -101,22 +102,27 @@ impl FastPath {
         };
         match decision {
             Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
-                match crate::cache::hit::fresh(s.req_header(), &x).await {
-                    Some(hit) => {
+                use crate::cache::hit::Lookup;
+                match crate::cache::hit::lookup(s.req_header(), &x).await {
+                    Lookup::Fresh(hit) => {
                         write_hit(&mut s, hit, &x.response_edits).await;
                         end.cache = Some(("HIT", Some(s.body_bytes_sent())));
                     }
-                    None => return hand_over_decided(s, copy, Decided { x, started }),
+                    Lookup::Fill(fill) if !http2_upstream(&x) => {
+                        crate::cache::neutral_fill(&mut x);
+                        relay::proxy(&self.connector, &mut s, &mut x, &mut end, Some(fill)).await;
+                        end.cache = Some(("MISS", None));
+                    }
+                    Lookup::Fill(_) | Lookup::General => {
+                        return hand_over_decided(s, copy, Decided { x, started })
+                    }
                 }
             }
             Decision::Proxy => {
-                let general_only = x.cache.is_some()
-                    || x.compress.is_some()
-                    || x.proxy.as_ref().is_none_or(|p| p.endpoint.settings.http2);
-                if general_only {
+                if x.cache.is_some() || x.compress.is_some() || http2_upstream(&x) {
                     return hand_over_decided(s, copy, Decided { x, started });
                 }
-                relay::proxy(&self.connector, &mut s, &mut x, &mut end).await;
+                relay::proxy(&self.connector, &mut s, &mut x, &mut end, None).await;
             }
             Decision::Reply(reply) => {
                 if let Err(e) = write_reply(&mut s, reply, &x.response_edits).await {
@@ -187,6 +193,11 @@ fn bodiless(head: &RequestHeader) -> bool {
         && !head.headers.contains_key(EXPECT)
 }
 
+/// Whether the request goes to its upstream over HTTP/2 (only the general path speaks it).
+fn http2_upstream(x: &Exchange) -> bool {
+    x.proxy.as_ref().is_none_or(|p| p.endpoint.settings.http2)
+}
+
 /// Hands a request whose pipelines ran to Pingora's proxy, with their decision; it is in flight
 /// there from now on.
 fn hand_over_decided(s: HttpSession, head: BytesMut, decided: Decided) -> Served {
@@ -217,9 +228,6 @@ fn facts(s: &HttpSession) -> Facts<'_> {
     }
 }
 
-static X_CACHE_STATUS: http::header::HeaderName =
-    http::header::HeaderName::from_static("x-cache-status");
-
 /// Answers from the tile cache: the stored head with `X-Cache-Status: HIT` and the pipeline's
 /// edits, then the body.
 async fn write_hit(s: &mut HttpSession, hit: crate::cache::hit::FreshHit, edits: &[HeaderEdit]) {
@@ -235,7 +243,7 @@ async fn send_hit(
     edits: &[HeaderEdit],
 ) -> pingora_core::Result<()> {
     let mut header = hit.header;
-    header.insert_header(X_CACHE_STATUS.clone(), "HIT")?;
+    header.insert_header(crate::cache::X_CACHE_STATUS.clone(), "HIT")?;
     exchange::apply_edits(&mut header, edits)?;
     s.write_response_header(Box::new(header)).await?;
     if s.req_header().method != http::Method::HEAD {

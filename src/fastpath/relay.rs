@@ -1,6 +1,7 @@
 //! The fast path's exchange with the upstream: attempts (retries as the service endpoint
-//! allows them), the request head, the response head and body relayed to the client, the
-//! connection kept for the next request when the exchange ended cleanly.
+//! allows them), the request head, the response head and body relayed to the client (and
+//! stored on the way by a cache fill), the connection kept for the next request when the
+//! exchange ended cleanly.
 
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use pingora_core::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::{pool, Finish};
+use crate::cache::fill::Fill;
 use crate::exchange::{self, apply_edits};
 use crate::pipeline::context::Exchange;
 use crate::upstream::attempt;
@@ -35,9 +37,11 @@ pub async fn proxy(
     s: &mut HttpSession,
     x: &mut Exchange,
     end: &mut Finish,
+    mut fill: Option<Fill>,
 ) {
     let upstream_started = Instant::now();
-    let (mut up, key) = match connect_and_ask(connector, s.req_header(), x).await {
+    let filling = fill.is_some();
+    let (mut up, key) = match connect_and_ask(connector, s.req_header(), x, filling).await {
         Ok(asked) => asked,
         Err(e) => {
             end.upstream_time = Some(upstream_started.elapsed());
@@ -82,6 +86,12 @@ pub async fn proxy(
     if let Some(plan) = &x.proxy {
         attempt::answered(plan, resp.status.as_u16());
     }
+    if let Some(f) = &mut fill {
+        if let Err(e) = f.head(&mut resp) {
+            fail(s, x, e, end).await;
+            return;
+        }
+    }
     if let Err(e) = response_head(&mut resp, s.req_header(), &x.response_edits) {
         fail(s, x, e, end).await;
         return;
@@ -112,11 +122,19 @@ pub async fn proxy(
             ));
             return;
         }
+        if let Some(f) = &mut fill {
+            f.body(chunk);
+        }
         if let Err(mut e) = s.write_body(chunk).await {
             e.as_down();
             log::debug!("client went away: {e}");
             s.set_server_keepalive(None);
             return;
+        }
+    }
+    if let Some(f) = fill {
+        if up.is_body_done() {
+            f.complete();
         }
     }
     if let Err(e) = s.finish_body().await {
@@ -132,6 +150,7 @@ async fn connect_and_ask(
     connector: &TransportConnector,
     client: &RequestHeader,
     x: &mut Exchange,
+    filling: bool,
 ) -> Result<(Upstream, u64), Box<Error>> {
     let method = client.method.clone();
     // After a pooled connection broke, the request goes on a new one.
@@ -160,7 +179,7 @@ async fn connect_and_ask(
         let mut up = Upstream::new_with_options(stream, &*peer);
         up.read_timeout = peer.options.read_timeout;
         up.write_timeout = peer.options.write_timeout;
-        match ask(&mut up, client, x).await {
+        match ask(&mut up, client, x, filling).await {
             Ok(()) => return Ok((up, key)),
             Err(mut e) => {
                 e.as_up();
@@ -179,11 +198,16 @@ async fn connect_and_ask(
 }
 
 /// Sends the request head; reads the first response head.
-async fn ask(up: &mut Upstream, client: &RequestHeader, x: &Exchange) -> pingora_core::Result<()> {
+async fn ask(
+    up: &mut Upstream,
+    client: &RequestHeader,
+    x: &Exchange,
+    filling: bool,
+) -> pingora_core::Result<()> {
     let mut req = Box::new(client.clone());
     req.set_version(http::Version::HTTP_11);
     strip_hop_by_hop(&mut *req);
-    exchange::upstream_request(&mut req, x, false)?;
+    exchange::upstream_request(&mut req, x, filling)?;
     up.write_request_header(req).await?;
     up.read_response().await?;
     Ok(())

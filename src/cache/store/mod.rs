@@ -180,12 +180,26 @@ impl TileStore {
             .map_or(0, |d| d.corrupt.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Starts collecting a response to store under `key`.
+    pub fn filling(&'static self, key: HashBinary, meta: &CacheMeta) -> Filling {
+        // A body of known length gets exactly its room (growing by doubling would keep up to
+        // twice the tile's size in memory for as long as it is cached).
+        let declared = content_length(meta.response_header()).unwrap_or(0);
+        Filling {
+            store: self,
+            key,
+            meta: Some(StoredMeta::from_meta(meta)),
+            body: BytesMut::with_capacity(declared.min(MAX_RESERVE)),
+        }
+    }
+
     /// The object stored under `key`, from memory or (then kept in memory) from disk.
     pub async fn object(&'static self, key: &CacheKey) -> Option<Arc<Object>> {
         self.find(slot(key)).await
     }
 
-    async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
+    /// The object stored under a key's hash (`CacheKey::combined_bin`).
+    pub async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
         if let Some(o) = self.memory.get(&k) {
             return Some(o);
         }
@@ -221,15 +235,7 @@ impl Storage for TileStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        // A body of known length gets exactly its room (growing by doubling would keep up to
-        // twice the tile's size in memory for as long as it is cached).
-        let declared = content_length(meta.response_header()).unwrap_or(0);
-        Ok(Box::new(Fill {
-            store: self,
-            key: slot(key),
-            meta: Some(StoredMeta::from_meta(meta)),
-            body: BytesMut::with_capacity(declared.min(MAX_RESERVE)),
-        }))
+        Ok(Box::new(self.filling(slot(key), meta)))
     }
 
     async fn purge(
@@ -332,24 +338,28 @@ impl HandleHit for Hit {
     }
 }
 
-/// Collecting a response body to store. Pingora finishes a fill only when the upstream's body
-/// ended as its framing says; a fill that failed is dropped with its handler, and a body whose
-/// length disagrees with its `Content-Length` is not stored either.
-struct Fill {
+/// Collecting a response body to store. A fill is stored only when the upstream's body ended
+/// as its framing says (a fill that failed is dropped), and a body whose length disagrees with
+/// its `Content-Length` is not stored either.
+pub struct Filling {
     store: &'static TileStore,
     key: HashBinary,
     meta: Option<StoredMeta>,
     body: BytesMut,
 }
 
-#[async_trait]
-impl HandleMiss for Fill {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.body.extend_from_slice(&data);
-        Ok(())
+impl Filling {
+    pub fn append(&mut self, data: &[u8]) {
+        self.body.extend_from_slice(data);
     }
 
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+    /// The body collected so far, in bytes.
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Stores the complete response; its body size.
+    pub fn store(&mut self) -> Result<usize> {
         let Some(meta) = self.meta.take() else {
             return Error::e_explain(ErrorType::InternalError, "fill finished twice");
         };
@@ -377,6 +387,18 @@ impl HandleMiss for Fill {
         if let Some(d) = &self.store.disk {
             d.put(obj);
         }
-        Ok(MissFinishType::Created(size))
+        Ok(size)
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Filling {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.append(&data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.store().map(MissFinishType::Created)
     }
 }

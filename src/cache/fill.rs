@@ -1,0 +1,160 @@
+//! Misses filled on the fast path: a tile nothing is stored for, asked for with a plain GET,
+//! is fetched by the fast path's relay and stored on the way to the client, under the cache's
+//! lock, so concurrent misses for it wait on this one fetch (on Pingora's cache phases, which
+//! then find it stored). What needs more than storing a response as it comes — a stale or
+//! varied object, a conditional, range or HEAD request, a tile another request is fetching —
+//! stays with Pingora's cache phases.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use pingora_cache::key::HashBinary;
+use pingora_cache::lock::{LockStatus, Locked, WritePermit};
+use pingora_cache::predictor::CacheablePredictor;
+use pingora_cache::{CacheKey, NoCacheReason, RespCacheable};
+use pingora_http::ResponseHeader;
+
+use super::policy::CacheRule;
+use super::store::Filling;
+use super::TileCache;
+
+/// A fetch this request makes for everyone: it holds the tile's lock until the response is
+/// stored or known not to be.
+pub struct Fill {
+    cache: &'static TileCache,
+    key: CacheKey,
+    hash: HashBinary,
+    permit: Option<WritePermit>,
+    rule: Arc<CacheRule>,
+    filling: Option<Filling>,
+    /// How the lock is released when the fill ends before it was stored.
+    outcome: LockStatus,
+}
+
+/// Keys whose responses vary by request headers: their fills go through Pingora's cache
+/// phases, which store each variant. A fixed table of fingerprints (a collision only sends a
+/// key to the fast path once more, which finds it varies again).
+static VARIED: [AtomicU64; 4096] = [const { AtomicU64::new(0) }; 4096];
+
+fn fingerprint(hash: HashBinary) -> (usize, u64) {
+    let hash = u128::from_be_bytes(hash);
+    let fp = (hash as u64) | 1;
+    ((hash >> 64) as usize % VARIED.len(), fp)
+}
+
+fn varies(hash: HashBinary) -> bool {
+    let (slot, fp) = fingerprint(hash);
+    VARIED[slot].load(Ordering::Relaxed) == fp
+}
+
+fn mark_varied(hash: HashBinary) {
+    let (slot, fp) = fingerprint(hash);
+    VARIED[slot].store(fp, Ordering::Relaxed);
+}
+
+/// Takes the tile's lock for a fetch on the fast path (`hash`: the key's); `None` when Pingora's cache phases
+/// should serve the request (the key is known to vary or not to be cacheable, or another
+/// request is fetching it).
+pub fn begin(
+    cache: &'static TileCache,
+    key: CacheKey,
+    hash: HashBinary,
+    rule: &Arc<CacheRule>,
+) -> Option<Fill> {
+    if varies(hash) || !cache.predictor.cacheable_prediction(&key) {
+        return None;
+    }
+    match cache.lock.lock(&key, false) {
+        Locked::Write(permit) => Some(Fill {
+            cache,
+            key,
+            hash,
+            permit: Some(permit),
+            rule: rule.clone(),
+            filling: None,
+            outcome: LockStatus::TransientError,
+        }),
+        Locked::Read(_) => None,
+    }
+}
+
+impl Fill {
+    /// Decides from the upstream's response head whether the response is stored, and makes
+    /// the client's head what Pingora's cache phases make of a miss: `X-Cache-Status: MISS`,
+    /// and `Accept-Ranges: bytes` on a 200 of known length (it may be asked for in ranges).
+    pub fn head(&mut self, resp: &mut ResponseHeader) -> pingora_core::Result<()> {
+        self.decide(resp);
+        resp.insert_header(super::X_CACHE_STATUS.clone(), "MISS")?;
+        let length = resp
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if resp.status == http::StatusCode::OK && length.is_some() {
+            resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+        }
+        Ok(())
+    }
+
+    fn decide(&mut self, resp: &ResponseHeader) {
+        if resp.headers.contains_key(http::header::VARY) {
+            mark_varied(self.hash);
+            self.outcome = LockStatus::GiveUp;
+            return;
+        }
+        match super::freshness::decide(resp, &self.rule) {
+            RespCacheable::Cacheable(meta) => {
+                let declared = resp
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.trim().parse::<usize>().ok());
+                if declared.is_some_and(|n| n > self.rule.max_object_size) {
+                    self.outcome = LockStatus::GiveUp;
+                    return;
+                }
+                self.filling = Some(self.cache.store.filling(self.hash, &meta));
+            }
+            RespCacheable::Uncacheable(reason) => {
+                self.cache.predictor.mark_uncacheable(&self.key, reason);
+                self.outcome = LockStatus::GiveUp;
+            }
+        }
+    }
+
+    /// A piece of the body as it goes to the client; past the step's size limit the fill is
+    /// given up.
+    pub fn body(&mut self, data: &[u8]) {
+        let Some(f) = &mut self.filling else {
+            return;
+        };
+        if f.size() + data.len() > self.rule.max_object_size {
+            self.filling = None;
+            self.cache
+                .predictor
+                .mark_uncacheable(&self.key, NoCacheReason::ResponseTooLarge);
+            self.outcome = LockStatus::GiveUp;
+            return;
+        }
+        f.append(data);
+    }
+
+    /// The whole body arrived as its framing says: the response is stored (when it may be)
+    /// and the requests waiting on the lock go on.
+    pub fn complete(mut self) {
+        if let Some(mut f) = self.filling.take() {
+            match f.store() {
+                Ok(_) => self.outcome = LockStatus::Done,
+                Err(e) => log::debug!("tile cache fill: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.cache.lock.release(&self.key, permit, self.outcome);
+        }
+    }
+}
