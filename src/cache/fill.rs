@@ -52,9 +52,9 @@ fn mark_varied(hash: HashBinary) {
     VARIED[slot].store(fp, Ordering::Relaxed);
 }
 
-/// Takes the tile's lock for a fetch on the fast path (`hash`: the key's); `None` when Pingora's cache phases
-/// should serve the request (the key is known to vary or not to be cacheable, or another
-/// request is fetching it).
+/// Takes the tile's lock for a fetch on the fast path (`hash`: the key's); `None` when
+/// Pingora's cache phases should serve the request (the key is known to vary or not to be
+/// cacheable, or another request is fetching it).
 pub fn begin(
     cache: &'static TileCache,
     key: CacheKey,
@@ -85,15 +85,7 @@ impl Fill {
     pub fn head(&mut self, resp: &mut ResponseHeader) -> pingora_core::Result<()> {
         self.decide(resp);
         resp.insert_header(super::X_CACHE_STATUS.clone(), "MISS")?;
-        let length = resp
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if resp.status == http::StatusCode::OK && length.is_some() {
-            resp.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
-        }
-        Ok(())
+        super::store::offer_ranges(resp)
     }
 
     fn decide(&mut self, resp: &ResponseHeader) {
@@ -104,11 +96,7 @@ impl Fill {
         }
         match super::freshness::decide(resp, &self.rule) {
             RespCacheable::Cacheable(meta) => {
-                let declared = resp
-                    .headers
-                    .get(http::header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<usize>().ok());
+                let declared = super::store::content_length(resp);
                 if declared.is_some_and(|n| n > self.rule.max_object_size) {
                     self.outcome = LockStatus::GiveUp;
                     return;

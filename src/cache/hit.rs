@@ -46,8 +46,9 @@ pub enum Lookup {
     General,
 }
 
-/// Looks the request up.
-pub async fn lookup(req: &RequestHeader, x: &Exchange) -> Lookup {
+/// Looks the request up; a miss is filled on the fast path only when `may_fill` (its upstream
+/// is one the fast path speaks to).
+pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup {
     let (Some(cache), Some(u), Some(_)) = (super::get(), &x.cache, &x.proxy) else {
         return Lookup::General;
     };
@@ -67,7 +68,7 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange) -> Lookup {
             }),
             None => Lookup::General,
         },
-        None if req.method == http::Method::GET => {
+        None if may_fill && req.method == http::Method::GET => {
             super::fill::begin(cache, key, hash, &u.rule).map_or(Lookup::General, Lookup::Fill)
         }
         None => Lookup::General,

@@ -5,9 +5,8 @@
 //! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
 //! (`cache_vary_filter`), [`serve_stale`] (`should_serve_stale`) and [`status`] (the
 //! `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]) and fills
-//! plain misses ([`fill`]). Objects live
-//! in a [`store::TileStore`]: memory (TinyUFO) and optionally disk. This module is the only
-//! place that knows `pingora-cache`.
+//! plain misses ([`fill`]). Objects live in a [`store::TileStore`]: memory (TinyUFO) and
+//! optionally disk. This module is the only place that knows `pingora-cache`.
 
 pub mod fill;
 pub mod freshness;

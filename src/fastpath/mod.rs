@@ -103,19 +103,17 @@ impl FastPath {
         match decision {
             Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
                 use crate::cache::hit::Lookup;
-                match crate::cache::hit::lookup(s.req_header(), &x).await {
+                match crate::cache::hit::lookup(s.req_header(), &x, !http2_upstream(&x)).await {
                     Lookup::Fresh(hit) => {
                         write_hit(&mut s, hit, &x.response_edits).await;
                         end.cache = Some(("HIT", Some(s.body_bytes_sent())));
                     }
-                    Lookup::Fill(fill) if !http2_upstream(&x) => {
+                    Lookup::Fill(fill) => {
                         crate::cache::neutral_fill(&mut x);
                         relay::proxy(&self.connector, &mut s, &mut x, &mut end, Some(fill)).await;
                         end.cache = Some(("MISS", None));
                     }
-                    Lookup::Fill(_) | Lookup::General => {
-                        return hand_over_decided(s, copy, Decided { x, started })
-                    }
+                    Lookup::General => return hand_over_decided(s, copy, Decided { x, started }),
                 }
             }
             Decision::Proxy => {

@@ -6,8 +6,8 @@
 //! exists only while a response is being written: it is allocated on the first write and
 //! released when the response is flushed, so a keep-alive connection waiting for its next
 //! request holds no buffer at all. A large write (a tile's body) is not copied into the
-//! buffer: it goes out with the buffered head in one `writev`. Reads go straight to the socket: the sessions read into
-//! buffers of their own.
+//! buffer: it goes out with the buffered head in one `writev`. Reads go straight to the
+//! socket: the sessions read into buffers of their own.
 
 use std::io;
 use std::os::fd::AsRawFd;
@@ -70,9 +70,7 @@ impl ClientIo {
         self.written = 0;
         Poll::Ready(Ok(()))
     }
-}
 
-impl ClientIo {
     /// Writes what is buffered and then `data` straight from where it is, in one system call
     /// when the socket takes it all: a large body is not copied into the buffer first.
     fn poll_write_through(&mut self, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {

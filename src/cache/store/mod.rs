@@ -80,17 +80,7 @@ impl StoredMeta {
         header.insert_header(http::header::AGE, age).ok()?;
         header.set_version(http::Version::HTTP_11);
         let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
-        let length = header
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if header.status == http::StatusCode::OK && length.is_some() {
-            // A whole stored response may be asked for in ranges (as nginx says, and Pingora).
-            header
-                .insert_header(http::header::ACCEPT_RANGES, "bytes")
-                .ok()?;
-        }
+        offer_ranges(&mut header).ok()?;
         if !bodiless && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
             header
                 .insert_header(http::header::TRANSFER_ENCODING, "chunked")
@@ -125,11 +115,20 @@ pub struct TileStore {
 /// The most a fill reserves ahead from a declared length.
 const MAX_RESERVE: usize = 64 * 1024 * 1024;
 
-fn content_length(h: &ResponseHeader) -> Option<usize> {
+pub(crate) fn content_length(h: &ResponseHeader) -> Option<usize> {
     h.headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<usize>().ok())
+}
+
+/// Says `Accept-Ranges: bytes` on a 200 of known length: a whole response the cache holds may
+/// be asked for in ranges (as nginx says, and Pingora's cache phases, on hits and fills).
+pub(crate) fn offer_ranges(h: &mut ResponseHeader) -> Result<()> {
+    if h.status == http::StatusCode::OK && content_length(h).is_some() {
+        h.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
+    }
+    Ok(())
 }
 
 fn slot(key: &CacheKey) -> HashBinary {
@@ -193,12 +192,8 @@ impl TileStore {
         }
     }
 
-    /// The object stored under `key`, from memory or (then kept in memory) from disk.
-    pub async fn object(&'static self, key: &CacheKey) -> Option<Arc<Object>> {
-        self.find(slot(key)).await
-    }
-
-    /// The object stored under a key's hash (`CacheKey::combined_bin`).
+    /// The object stored under a key's hash (`CacheKey::combined_bin`), from memory or (then
+    /// kept in memory) from disk.
     pub async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
         if let Some(o) = self.memory.get(&k) {
             return Some(o);
