@@ -234,9 +234,28 @@ pub struct Ended<'a> {
     pub cache: Option<(&'static str, Option<usize>)>,
 }
 
+/// The request as the access log names it.
+pub struct Requested<'a> {
+    pub method: &'a str,
+    /// The path and query.
+    pub url: &'a str,
+}
+
+impl<'a> Requested<'a> {
+    pub fn of(head: &'a RequestHeader) -> Requested<'a> {
+        Requested {
+            method: head.method.as_str(),
+            url: head
+                .uri
+                .path_and_query()
+                .map_or_else(|| head.uri.path(), |p| p.as_str()),
+        }
+    }
+}
+
 /// Accounts for a finished request: the endpoint's metrics, the consumer counters, the
 /// access log, and one line when it failed.
-pub fn account(gw: &Gateway, head: &RequestHeader, x: &Exchange, end: &Ended<'_>) {
+pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>) {
     let m = crate::metrics::metrics();
     let upstream = end.upstream_time.map(|d| d.as_secs_f64());
     let endpoint = x.endpoint.as_deref();
@@ -262,14 +281,10 @@ pub fn account(gw: &Gateway, head: &RequestHeader, x: &Exchange, end: &Ended<'_>
         m.count(end.status, consumer, endpoint.map_or("", |ep| &*ep.name));
     }
     if crate::access_log::enabled() {
-        let url = head
-            .uri
-            .path_and_query()
-            .map_or_else(|| head.uri.path(), |p| p.as_str());
         let line = serde_json::json!({
             "time": crate::consumers::model::rfc3339_now(),
-            "method": head.method.as_str(),
-            "path": crate::access_log::redact(url, &gw.secret_query_params),
+            "method": req.method,
+            "path": crate::access_log::redact(req.url, &gw.secret_query_params),
             "status": end.status,
             "duration_ms": (end.elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
             "upstream_ms": upstream.map(|u| (u * 1000.0 * 1000.0).round() / 1000.0),

@@ -389,6 +389,11 @@ impl ProxyHttp for Tollgate {
             cache,
         };
         let gw = self.gateway.load();
-        exchange::account(&gw, session.req_header(), &ctx.x, &ended);
+        exchange::account(
+            &gw,
+            &exchange::Requested::of(session.req_header()),
+            &ctx.x,
+            &ended,
+        );
     }
 }

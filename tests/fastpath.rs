@@ -388,8 +388,13 @@ fn what_the_fast_path_leaves_to_the_general_path_is_served_there() {
 }
 
 fn caching_gateway(up: &Scripted, fast: &str) -> (ConfigDir, GatewayProcess) {
+    caching_gateway_with(up, fast, "")
+}
+
+/// The caching pipeline with `steps` (YAML list items) before its cache step.
+fn caching_gateway_with(up: &Scripted, fast: &str, steps: &str) -> (ConfigDir, GatewayProcess) {
     let yml = format!(
-        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  all:\n    paths: '/*'\nserviceEndpoints:\n  up:\n    url: 'http://127.0.0.1:{}'\npolicies: [proxy, cors, cache]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - cors:\n      - cache:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  all:\n    paths: '/*'\nserviceEndpoints:\n  up:\n    url: 'http://127.0.0.1:{}'\npolicies: [proxy, cors, cache, response-transformer]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - cors:\n{steps}      - cache:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
         up.port
     );
     let dir = ConfigDir::new(&yml);
@@ -479,4 +484,88 @@ fn fresh_tiles_from_the_cache_are_the_same_on_both_paths() {
         fast.metric("tollgate_cache_requests_total{api_endpoint=\"all\",status=\"HIT\"}") >= 4.0
     });
     assert!(counted, "{}", fast.log_text());
+}
+
+/// Reads from a connection until the peer closes it.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    all
+}
+
+#[test]
+fn hits_keep_their_connection_and_every_kind_of_hit_is_answered_in_full() {
+    let up = Scripted::start();
+    let (_d, fast) = caching_gateway(&up, "on");
+    assert_eq!(
+        answer_with(fast.port, "GET", "/tile", "").0,
+        200,
+        "the fill"
+    );
+
+    // One keep-alive connection: hits one after another.
+    let mut s = TcpStream::connect(("127.0.0.1", fast.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    for method in ["GET", "HEAD", "GET"] {
+        s.write_all(format!("{method} /tile HTTP/1.1\r\nHost: tiles\r\n\r\n").as_bytes())
+            .expect("send");
+        let r = read_response(&mut s, method == "HEAD");
+        assert_eq!(r.status, 200, "{method}");
+        assert_eq!(r.header("x-cache-status"), Some("HIT"), "{:?}", r.headers);
+        assert_eq!(r.header("connection"), Some("keep-alive"));
+        assert_eq!(r.header("content-length"), Some("5"));
+        let body: &[u8] = if method == "HEAD" { b"" } else { b"tile!" };
+        assert_eq!(r.body, body, "{method}");
+    }
+    // Two requests in one write: the first is answered in full; the connection then ends
+    // (pipelined requests are not served) rather than hanging.
+    s.write_all(
+        b"GET /tile HTTP/1.1\r\nHost: tiles\r\n\r\nGET /tile HTTP/1.1\r\nHost: tiles\r\n\r\n",
+    )
+    .expect("send");
+    let all = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&all);
+    assert!(
+        text.starts_with("HTTP/1.1 200 OK\r\n") && text.contains("\r\n\r\ntile!"),
+        "{text}"
+    );
+
+    // HTTP/1.0 without keep-alive: the hit says close, and the connection closes.
+    let mut s = TcpStream::connect(("127.0.0.1", fast.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /tile HTTP/1.0\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let all = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    assert!(
+        text.contains("connection: close\r\n") && text.ends_with("\r\n\r\ntile!"),
+        "{text}"
+    );
+    assert_eq!(
+        up.heads.lock().expect("heads").len(),
+        1,
+        "one fill, then hits"
+    );
+}
+
+#[test]
+fn response_headers_a_pipeline_adds_to_a_hit_are_the_same_on_both_paths() {
+    let up = Scripted::start();
+    // One header the stored tile has (replaced) and one it has not (added).
+    let steps = "      - response-transformer:\n          - action: {headers: {add: {Content-Type: \"'text/x-edited'\", X-Extra: \"'yes'\"}}}\n";
+    let (_d1, fast) = caching_gateway_with(&up, "on", steps);
+    let (_d2, general) = caching_gateway_with(&up, "off", steps);
+    for round in ["miss", "hit", "hit again"] {
+        let a = answer_with(fast.port, "GET", "/tile", "");
+        let b = answer_with(general.port, "GET", "/tile", "");
+        assert_eq!(a, b, "{round}: fast path vs general path");
+        assert!(
+            a.1.contains(&("content-type".into(), "text/x-edited".into())),
+            "{:?}",
+            a.1
+        );
+        assert!(a.1.contains(&("x-extra".into(), "yes".into())), "{:?}", a.1);
+    }
 }

@@ -3,25 +3,33 @@
 //! Pingora's proxy; a GET for a tile nothing is stored for is fetched and stored by the fast
 //! path ([`super::fill`]). Anything else — a stale or varied object, a conditional or range
 //! request, a HEAD miss — is left to Pingora's cache phases, which do the rest.
+//!
+//! A hit is answered with the stored head as Pingora's cache phases answer it (see
+//! [`FreshHit::header`]). Most hits are written from a serialised copy of that head, made once
+//! per stored object, with only what changes per request added: `Age`, `Date`, `Connection`,
+//! `X-Cache-Status` and the pipeline's response headers ([`FreshHit::wire_head`]).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{
-    HeaderName, HOST, IF_MATCH, IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE,
-    RANGE,
+    HeaderName, ACCEPT_RANGES, AGE, CONNECTION, CONTENT_LENGTH, DATE, HOST, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
 };
-use pingora_cache::key::CacheHashKey;
 use pingora_cache::CacheKey;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::fill::Fill;
+use super::store::{content_length, offer_ranges, Object};
+use crate::pipeline::context::HeaderEdit;
 use crate::pipeline::Exchange;
 
-/// A fresh stored response: its head as the client gets it and its body.
+/// A fresh stored response.
 pub struct FreshHit {
-    pub header: ResponseHeader,
-    pub body: Bytes,
+    object: Arc<Object>,
+    /// Seconds since it was stored or revalidated.
+    age: u64,
 }
 
 /// Request headers that ask for more than the stored response as it is.
@@ -35,13 +43,12 @@ static ASKS: [HeaderName; 6] = [
 ];
 
 /// What the fast path does with a request whose pipeline went through a `cache` step.
-// Made once per request and matched at once: boxing the hit would cost an allocation per hit.
-#[allow(clippy::large_enum_variant)]
 pub enum Lookup {
     /// A fresh stored response answers it as it is.
     Fresh(FreshHit),
-    /// Nothing is stored: this request fetches the tile, for everyone.
-    Fill(Fill),
+    /// Nothing is stored: this request fetches the tile, for everyone (boxed: a miss is rare
+    /// next to hits, which stay small).
+    Fill(Box<Fill>),
     /// Pingora's cache phases serve it.
     General,
 }
@@ -53,24 +60,157 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
         return Lookup::General;
     };
     if !matches!(req.method, http::Method::GET | http::Method::HEAD)
-        || ASKS.iter().any(|h| req.headers.contains_key(h))
+        // One pass over the request's few headers.
+        || req.headers.keys().any(|n| ASKS.contains(n))
     {
         return Lookup::General;
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
-    let key = CacheKey::new(super::primary_of(x, host), "");
-    let hash = key.combined_bin();
+    let mut key = CacheKey::new(super::primary_of(x, host), "");
+    let hash = super::key::hash(&mut key);
     match cache.store.find(hash).await {
-        Some(object) => match object.meta.fresh_hit_header(SystemTime::now()) {
-            Some(header) => Lookup::Fresh(FreshHit {
-                header,
-                body: object.body.clone(),
-            }),
+        Some(object) => match object.meta.fresh_age(SystemTime::now()) {
+            Some(age) => Lookup::Fresh(FreshHit { object, age }),
             None => Lookup::General,
         },
         None if may_fill && req.method == http::Method::GET => {
-            super::fill::begin(cache, key, hash, &u.rule).map_or(Lookup::General, Lookup::Fill)
+            super::fill::begin(cache, key, hash, &u.rule)
+                .map_or(Lookup::General, |f| Lookup::Fill(Box::new(f)))
         }
         None => Lookup::General,
     }
+}
+
+impl FreshHit {
+    pub fn body(&self) -> &Bytes {
+        &self.object.body
+    }
+
+    pub fn status(&self) -> u16 {
+        self.object.meta.header().status.as_u16()
+    }
+
+    /// The head a hit is answered with, as Pingora's cache phases make it: the stored head,
+    /// `Age`, HTTP/1.1, `Accept-Ranges` for a 200 of known length, chunked when it has no
+    /// length. Pingora's session adds `Date` and `Connection` when it writes it.
+    pub fn header(&self) -> pingora_core::Result<ResponseHeader> {
+        let mut header = self.object.meta.header().clone();
+        header.insert_header(AGE, self.age)?;
+        header.set_version(http::Version::HTTP_11);
+        let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
+        offer_ranges(&mut header)?;
+        if !bodiless && !header.headers.contains_key(CONTENT_LENGTH) {
+            header.insert_header(TRANSFER_ENCODING, "chunked")?;
+        }
+        Ok(header)
+    }
+
+    /// The same head as [`Self::header`] with the pipeline's `edits`, `X-Cache-Status: HIT`,
+    /// `Date` and `Connection` (`keepalive` or not) as bytes to write, when the stored head
+    /// allows it (a body of known length) and the edits only add headers it does not have.
+    /// `None`: build it with [`Self::header`].
+    pub fn wire_head(&self, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
+        let meta = &self.object.meta;
+        let template = self.object.wire_template()?;
+        let stored = &meta.header().headers;
+        let mut added = 0;
+        for (i, edit) in edits.iter().enumerate() {
+            let (HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v)) =
+                edit
+            else {
+                return None;
+            };
+            let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
+            if PER_HIT.contains(n) || stored.contains_key(n) || earlier {
+                // A header the stored head or an earlier edit has: Pingora's rules apply.
+                return None;
+            }
+            added += n.as_str().len() + v.len() + 4;
+        }
+        let date = pingora_core::protocols::http::date::get_cached_date();
+        let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 96);
+        buf.put_slice(template);
+        buf.put_slice(b"Age: ");
+        put_decimal(&mut buf, self.age);
+        buf.put_slice(b"\r\nDate: ");
+        buf.put_slice(date.as_bytes());
+        buf.put_slice(b"\r\nx-cache-status: HIT\r\n");
+        for edit in edits {
+            if let HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v) =
+                edit
+            {
+                buf.put_slice(n.as_str().as_bytes());
+                buf.put_slice(b": ");
+                buf.put_slice(v.as_bytes());
+                buf.put_slice(b"\r\n");
+            }
+        }
+        buf.put_slice(if keepalive {
+            b"Connection: keep-alive\r\n\r\n".as_slice()
+        } else {
+            b"Connection: close\r\n\r\n".as_slice()
+        });
+        Some(buf)
+    }
+}
+
+/// The headers a hit's head gets per request.
+static PER_HIT: [HeaderName; 5] = [
+    AGE,
+    DATE,
+    CONNECTION,
+    TRANSFER_ENCODING,
+    HeaderName::from_static("x-cache-status"),
+];
+
+fn edited_name(e: &HeaderEdit) -> &HeaderName {
+    match e {
+        HeaderEdit::Set(n, _)
+        | HeaderEdit::Default(n, _)
+        | HeaderEdit::Append(n, _)
+        | HeaderEdit::Remove(n) => n,
+    }
+}
+
+/// The serialised part of a hit's head that is the same for every request: the status line
+/// and the stored headers with `Accept-Ranges` as [`FreshHit::header`] has it, without those
+/// written per hit. `None` for a head that is not sent as it is: no `Content-Length` (a hit is
+/// then chunked), a length the body does not have, a status without a body, a `Vary`.
+pub(crate) fn wire_template(header: &ResponseHeader, body_len: usize) -> Option<Bytes> {
+    if matches!(header.status.as_u16(), 100..=199 | 204 | 304)
+        || content_length(header) != Some(body_len)
+        || header.headers.contains_key(TRANSFER_ENCODING)
+        || header.headers.contains_key(http::header::VARY)
+    {
+        return None;
+    }
+    let mut h = header.clone();
+    for n in &PER_HIT {
+        h.remove_header(n);
+    }
+    offer_ranges(&mut h).ok()?;
+    debug_assert!(h.status != http::StatusCode::OK || h.headers.contains_key(ACCEPT_RANGES));
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_slice(b"HTTP/1.1 ");
+    buf.put_slice(h.status.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(h.get_reason_phrase().unwrap_or("").as_bytes());
+    buf.put_slice(b"\r\n");
+    h.header_to_h1_wire(&mut buf);
+    Some(buf.freeze())
+}
+
+/// Writes `n` in decimal.
+fn put_decimal(buf: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[at..]);
 }

@@ -12,6 +12,36 @@ use super::policy::CacheRule;
 /// Headers the gateway adds upstream that say nothing about the tile: they stay out of the key.
 const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id"];
 
+/// The hash Pingora's cache knows a key without variance by (`CacheKey::combined_bin`),
+/// remembered per thread for the keys asked for last, so a hot tile's key is not hashed again
+/// for every hit. The key gets it as its hash override.
+pub fn hash(key: &mut pingora_cache::CacheKey) -> pingora_cache::key::HashBinary {
+    use pingora_cache::key::CacheHashKey;
+    use std::cell::RefCell;
+    use std::hash::BuildHasher;
+    const SLOTS: usize = 1024;
+    type Slot = Option<(Box<[u8]>, pingora_cache::key::HashBinary)>;
+    thread_local! {
+        static MEMO: RefCell<Vec<Slot>> = RefCell::new(vec![None; SLOTS]);
+    }
+    if key.get_variance_key().is_some() {
+        return key.combined_bin();
+    }
+    let primary = key.primary_key();
+    let slot = foldhash::fast::FixedState::with_seed(0x7011).hash_one(primary) as usize % SLOTS;
+    let known = MEMO.with_borrow(|m| match &m[slot] {
+        Some((k, h)) if **k == *primary => Some(*h),
+        _ => None,
+    });
+    let h = known.unwrap_or_else(|| {
+        let h = key.combined_bin();
+        MEMO.with_borrow_mut(|m| m[slot] = Some((Box::from(key.primary_key()), h)));
+        h
+    });
+    key.set_primary_bin_override(h);
+    h
+}
+
 /// The primary key text of a request.
 pub fn primary(
     service: &str,
@@ -79,35 +109,31 @@ fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
 fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
     // Names are compared decoded; what goes into the key is the raw text (a URI holds no line
     // break, so no parameter can pose as another part of the key).
-    let pairs: Vec<(std::borrow::Cow<'_, str>, &str, &str)> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            let (n, v) = p.split_once('=').unwrap_or((p, ""));
-            (decoded(n), n, v)
-        })
-        .collect();
-    let ogc = pairs
-        .iter()
-        .any(|(n, _, _)| n.eq_ignore_ascii_case("service") || n.eq_ignore_ascii_case("request"));
-    let mut kept: Vec<(String, &str)> = pairs
-        .into_iter()
-        .filter(|(n, _, _)| !is_secret(n, &rule.secret_params))
-        .filter(|(n, _, _)| {
-            let lower = n.to_ascii_lowercase();
-            !rule.ignore_params.contains(&lower)
-                && rule.key_params.as_ref().is_none_or(|k| k.contains(&lower))
-        })
-        .map(|(_, raw, v)| {
-            let name = if ogc {
-                raw.to_ascii_lowercase()
-            } else {
-                raw.to_string()
-            };
-            (name, v)
-        })
-        .collect();
-    kept.sort();
+    let pairs = query.split('&').filter(|p| !p.is_empty()).map(|p| {
+        let (n, v) = p.split_once('=').unwrap_or((p, ""));
+        (decoded(n), n, v)
+    });
+    let mut ogc = false;
+    let mut kept: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
+    for (name, raw, v) in pairs {
+        ogc |= name.eq_ignore_ascii_case("service") || name.eq_ignore_ascii_case("request");
+        let listed = |list: &[String]| list.iter().any(|l| l.eq_ignore_ascii_case(&name));
+        if is_secret(&name, &rule.secret_params)
+            || listed(&rule.ignore_params)
+            || rule.key_params.as_deref().is_some_and(|k| !listed(k))
+        {
+            continue;
+        }
+        kept.push((std::borrow::Cow::Borrowed(raw), v));
+    }
+    if ogc {
+        for (name, _) in &mut kept {
+            if name.bytes().any(|b| b.is_ascii_uppercase()) {
+                *name = std::borrow::Cow::Owned(name.to_ascii_lowercase());
+            }
+        }
+    }
+    kept.sort_unstable();
     for (i, (n, v)) in kept.iter().enumerate() {
         if i > 0 {
             out.push('&');
@@ -234,6 +260,26 @@ mod tests {
             primary("wms", None, "/a", &[], &r, 1),
             "a purged api endpoint starts afresh"
         );
+    }
+
+    #[test]
+    fn a_remembered_hash_is_the_hash_of_its_key() {
+        use pingora_cache::key::CacheHashKey;
+        use pingora_cache::CacheKey;
+        // More keys than the memo holds, twice: slots are shared and overwritten.
+        for _ in 0..2 {
+            for i in 0..3000 {
+                let text = format!("wmts\n\n/1/2/{i}.png?");
+                let mut key = CacheKey::new(text.clone(), "");
+                let expected = CacheKey::new(text, "").combined_bin();
+                assert_eq!(hash(&mut key), expected);
+                assert_eq!(key.combined_bin(), expected);
+            }
+        }
+        let mut varied = CacheKey::new("a", "");
+        varied.set_variance_key([7; 16]);
+        let expected = varied.combined_bin();
+        assert_eq!(hash(&mut varied), expected);
     }
 
     #[test]

@@ -21,13 +21,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::Stream;
-use pingora_core::Error;
+use pingora_core::{Error, ErrorType};
 use pingora_http::RequestHeader;
 
 use crate::exchange::{self, Decision, Ended, Facts};
@@ -82,7 +82,11 @@ impl FastPath {
         if !matches!(s.read_request().await, Ok(Some(_))) || !bodiless(s.req_header()) {
             return Served::HandOver(Box::new(hand_over(s.into_inner(), copy, None)));
         }
-        s.set_server_keepalive(limits.keepalive_secs);
+        // Reading the request applied the client's wish (HTTP/1.0 closes unless it asks for
+        // keep-alive, `Connection: close` closes); the server's only narrows it.
+        if s.will_keepalive() {
+            s.set_server_keepalive(limits.keepalive_secs);
+        }
         s.set_read_timeout(Some(limits.read_timeout));
         s.set_write_timeout(Some(limits.write_timeout));
 
@@ -105,12 +109,27 @@ impl FastPath {
                 use crate::cache::hit::Lookup;
                 match crate::cache::hit::lookup(s.req_header(), &x, !http2_upstream(&x)).await {
                     Lookup::Fresh(hit) => {
-                        write_hit(&mut s, hit, &x.response_edits).await;
-                        end.cache = Some(("HIT", Some(s.body_bytes_sent())));
+                        let keepalive = s.will_keepalive();
+                        match hit.wire_head(&x.response_edits, keepalive) {
+                            // Nothing of a next request was read with this one: the session
+                            // has nothing to give back but the connection.
+                            Some(head) if s.get_headers_raw_bytes().len() == copy.len() => {
+                                let hit = RawHit {
+                                    head,
+                                    hit,
+                                    keepalive,
+                                };
+                                return self.answer_hit(s, hit, &gw, &mut x, started, limits).await;
+                            }
+                            _ => {
+                                write_hit(&mut s, hit, &x.response_edits).await;
+                                end.cache = Some(("HIT", Some(s.body_bytes_sent())));
+                            }
+                        }
                     }
                     Lookup::Fill(fill) => {
                         crate::cache::neutral_fill(&mut x);
-                        relay::proxy(&self.connector, &mut s, &mut x, &mut end, Some(fill)).await;
+                        relay::proxy(&self.connector, &mut s, &mut x, &mut end, Some(*fill)).await;
                         end.cache = Some(("MISS", None));
                     }
                     Lookup::General => return hand_over_decided(s, copy, Decided { x, started }),
@@ -161,12 +180,104 @@ impl FastPath {
             error: end.error.as_deref(),
             cache: end.cache,
         };
-        exchange::account(gw, s.req_header(), x, &ended);
+        exchange::account(gw, &exchange::Requested::of(s.req_header()), x, &ended);
         match s.reuse().await {
             Ok(Some(reusable)) => Served::KeepAlive(reusable.into_parts().0),
             _ => Served::Closed,
         }
     }
+
+    /// Answers a hit whose head is ready to write, on the connection itself: the session's
+    /// work (keep-alive, framing) is done, the head carries both.
+    async fn answer_hit(
+        &self,
+        s: HttpSession,
+        raw: RawHit,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
+        let head_only = s.req_header().method == http::Method::HEAD;
+        // The access log names the request; the session that holds its head goes now.
+        let logged = crate::access_log::enabled().then(|| {
+            let r = exchange::Requested::of(s.req_header());
+            (r.method.to_owned(), r.url.to_owned())
+        });
+        let mut stream = s.into_inner();
+        let body = (!head_only).then(|| raw.hit.body());
+        let written =
+            crate::listener::io::by_deadline(write_raw(&mut stream, &raw.head, body), || {
+                tokio::time::Instant::now() + limits.write_timeout
+            })
+            .await;
+        let error = match written {
+            Some(Ok(())) => None,
+            Some(Err(e)) => Some(Error::because(
+                ErrorType::WriteError,
+                "writing a cache hit",
+                e,
+            )),
+            None => Some(Error::explain(
+                ErrorType::WriteTimedout,
+                "writing a cache hit",
+            )),
+        }
+        .map(|e| e.into_down());
+        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        crate::metrics::metrics().in_flight.dec();
+        if let Some(plan) = &mut x.proxy {
+            crate::upstream::attempt::end(plan);
+        }
+        let sent = if error.is_none() {
+            body.map_or(0, Bytes::len)
+        } else {
+            0
+        };
+        let ended = Ended {
+            status: if error.is_none() { raw.hit.status() } else { 0 },
+            elapsed: started.elapsed(),
+            upstream_time: None,
+            bytes_in: 0,
+            bytes_out: sent,
+            error: error.as_deref(),
+            cache: Some(("HIT", Some(sent))),
+        };
+        let requested = logged.as_ref().map_or(
+            exchange::Requested {
+                method: "",
+                url: "",
+            },
+            |(method, url)| exchange::Requested { method, url },
+        );
+        exchange::account(gw, &requested, x, &ended);
+        match error {
+            None if raw.keepalive => Served::KeepAlive(stream),
+            None => {
+                let _ = stream.shutdown().await;
+                Served::Closed
+            }
+            Some(_) => Served::Closed,
+        }
+    }
+}
+
+/// A cache hit with its head serialised.
+struct RawHit {
+    head: BytesMut,
+    hit: crate::cache::hit::FreshHit,
+    /// What the head's `Connection` says.
+    keepalive: bool,
+}
+
+/// Writes a head and a body (the transport sends a large body with the head in one write).
+async fn write_raw(stream: &mut Stream, head: &[u8], body: Option<&Bytes>) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(head).await?;
+    if let Some(body) = body {
+        stream.write_all(body).await?;
+    }
+    stream.flush().await
 }
 
 /// What the upstream exchange (or the cache) left for the account of the request.
@@ -185,10 +296,10 @@ fn bodiless(head: &RequestHeader) -> bool {
             head.version,
             http::Version::HTTP_11 | http::Version::HTTP_10
         )
-        && !head.headers.contains_key(CONTENT_LENGTH)
-        && !head.headers.contains_key(TRANSFER_ENCODING)
-        && !head.headers.contains_key(UPGRADE)
-        && !head.headers.contains_key(EXPECT)
+        && !head
+            .headers
+            .keys()
+            .any(|n| [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT].contains(n))
 }
 
 /// Whether the request goes to its upstream over HTTP/2 (only the general path speaks it).
@@ -240,12 +351,12 @@ async fn send_hit(
     hit: crate::cache::hit::FreshHit,
     edits: &[HeaderEdit],
 ) -> pingora_core::Result<()> {
-    let mut header = hit.header;
+    let mut header = hit.header()?;
     header.insert_header(crate::cache::X_CACHE_STATUS.clone(), "HIT")?;
     exchange::apply_edits(&mut header, edits)?;
     s.write_response_header(Box::new(header)).await?;
     if s.req_header().method != http::Method::HEAD {
-        s.write_body(&hit.body).await?;
+        s.write_body(hit.body()).await?;
     }
     s.finish_body().await?;
     Ok(())

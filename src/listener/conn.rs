@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout_at, Instant};
 
-use super::io::ClientIo;
+use super::io::{by_deadline, ClientIo};
 use super::ClientLimits;
 use crate::fastpath::{FastPath, Served, SessionLimits};
 use crate::metrics::{metrics, ConnClose};
@@ -221,15 +221,15 @@ async fn read_head(
             buf.reserve(HEAD_CHUNK);
         }
         let before = buf.len();
-        match timeout_at(deadline, stream.read_buf(&mut buf)).await {
-            Err(_) if before == 0 => return Err(Refused::Close(silent)),
-            Err(_) => return Err(Refused::Reply(ConnClose::HeaderTimeout, TIMEOUT_408)),
-            Ok(Err(e)) => {
+        match by_deadline(stream.read_buf(&mut buf), || deadline).await {
+            None if before == 0 => return Err(Refused::Close(silent)),
+            None => return Err(Refused::Reply(ConnClose::HeaderTimeout, TIMEOUT_408)),
+            Some(Err(e)) => {
                 log::debug!("client connection: read error before a request head: {e}");
                 return Err(Refused::Close(ConnClose::Done));
             }
-            Ok(Ok(0)) => return Err(Refused::Close(ConnClose::Done)),
-            Ok(Ok(_)) => {}
+            Some(Ok(0)) => return Err(Refused::Close(ConnClose::Done)),
+            Some(Ok(_)) => {}
         }
         if before == 0 && !first && !peeked {
             // The transport could not tell when the request began: it begins now.
@@ -251,6 +251,10 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
     let Some(lead) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
         return false;
     };
+    // Most reads end with the head.
+    if buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n") {
+        return true;
+    }
     // An end within earlier reads would have been seen then; look a little back for an end
     // that straddles two reads.
     let tail = &buf[from.saturating_sub(3).max(lead)..];

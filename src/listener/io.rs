@@ -195,6 +195,26 @@ impl Peek for ClientIo {
     }
 }
 
+/// Runs `fut` until `deadline` (`None` when it passed first). Most reads and writes on a busy
+/// connection finish at their first poll: the timer is set only for one that has to wait.
+pub async fn by_deadline<F: std::future::Future>(
+    fut: F,
+    deadline: impl FnOnce() -> tokio::time::Instant,
+) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    let first = std::future::poll_fn(|cx| {
+        Poll::Ready(match fut.as_mut().poll(cx) {
+            Poll::Ready(r) => Some(r),
+            Poll::Pending => None,
+        })
+    })
+    .await;
+    match first {
+        Some(r) => Some(r),
+        None => tokio::time::timeout_at(deadline(), fut).await.ok(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

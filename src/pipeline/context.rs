@@ -111,7 +111,6 @@ pub struct ProxyPlan {
     pub unavailable: bool,
     pub addr: SocketAddr,
     pub tls: bool,
-    pub sni: String,
     pub verify_cert: bool,
     /// Host header for the upstream (`changeOrigin`); `None` keeps the client's.
     pub host: Option<HeaderValue>,
@@ -169,7 +168,6 @@ impl ProxyPlan {
         }
         self.addr = addr;
         self.tls = t.tls;
-        self.sni = t.hostname.clone();
         self.host = self.change_origin.then(|| t.host_header.clone());
         self.path = credential_free;
         true

@@ -3,6 +3,8 @@
 //! short text body, or with `passThrough` goes on anonymously and marks the response
 //! `eg-consumer-id: anonymous`.
 
+use std::borrow::Cow;
+
 use http::header::{HeaderName, HeaderValue};
 
 use crate::pipeline::context::{Consumer, HeaderEdit, Reply};
@@ -48,17 +50,35 @@ pub fn fail(x: &mut Exchange, pass_through: bool, status: u16, why: &'static str
     Outcome::Respond(Reply::text(status, body))
 }
 
-/// The value of query parameter `name`, percent-decoded.
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        (k == name).then(|| {
-            if !v.contains(['%', '+']) {
-                return v.to_string();
+/// The value of query parameter `name`, percent-decoded (borrowed when it has no escapes).
+pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
+    let query = query?;
+    if name.contains('=') {
+        return None; // no name the query can hold
+    }
+    let mut start = 0;
+    // Pairs are cut at `&` byte by byte: every byte of a `&` and `=` is ASCII, so each cut
+    // is at a character boundary.
+    while start <= query.len() {
+        let end =
+            memchr::memchr(b'&', &query.as_bytes()[start..]).map_or(query.len(), |i| start + i);
+        let pair = &query[start..end];
+        if (pair.len() > name.len()
+            && pair.as_bytes()[name.len()] == b'='
+            && pair.starts_with(name))
+            || pair == name
+        {
+            let v = pair.get(name.len() + 1..).unwrap_or("");
+            if memchr::memchr2(b'%', b'+', v.as_bytes()).is_none() {
+                return Some(Cow::Borrowed(v));
             }
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
+            return Some(Cow::Owned(
+                percent_encoding::percent_decode_str(&v.replace('+', " "))
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            ));
+        }
+        start = end + 1;
+    }
+    None
 }

@@ -8,6 +8,7 @@
 //! Verified tokens are remembered (bounded), so a map client sending the same token for every
 //! tile pays for one signature check; a remembered token still honours `exp` and revocation.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
@@ -77,7 +78,8 @@ struct Verified {
 }
 
 /// Tokens verified under one key and one set of claim rules.
-type Remembered = Arc<RwLock<HashMap<Box<str>, Verified>>>;
+/// Only verified tokens are stored, so a per-process seeded fast hash is enough.
+type Remembered = Arc<RwLock<HashMap<Box<str>, Verified, foldhash::quality::RandomState>>>;
 
 pub struct Jwt {
     key: DecodingKey,
@@ -268,12 +270,13 @@ impl Jwt {
         })
     }
 
-    fn token(&self, req: &Request<'_>) -> Option<String> {
+    fn token<'r>(&self, req: &Request<'r>) -> Option<Cow<'r, str>> {
         let from_scheme = |scheme: &str| {
-            let value = req.header("authorization")?;
+            let headers: &'r http::HeaderMap = req.headers;
+            let value = headers.get("authorization")?.to_str().ok()?;
             let mut parts = value.split_whitespace();
             let (s, t) = (parts.next()?, parts.next()?);
-            s.eq_ignore_ascii_case(scheme).then(|| t.to_string())
+            s.eq_ignore_ascii_case(scheme).then_some(Cow::Borrowed(t))
         };
         match &self.extractor {
             Extractor::Bearer => from_scheme("bearer"),
@@ -282,7 +285,7 @@ impl Jwt {
                 .headers
                 .get(h)
                 .and_then(|v| v.to_str().ok())
-                .map(str::to_string),
+                .map(Cow::Borrowed),
             Extractor::Query(q) => query_param(req.query, q),
         }
     }

@@ -75,7 +75,7 @@ impl KeyAuth {
         if self.p.disable_query_param {
             return None;
         }
-        query_param(req.query, &self.p.api_key_field)
+        query_param(req.query, &self.p.api_key_field).map(|k| k.into_owned())
     }
 }
 

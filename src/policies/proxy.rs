@@ -201,32 +201,21 @@ fn stripped_url(req: &Request<'_>) -> String {
 
 /// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query.
 pub fn url_join(base: &str, url: &str) -> String {
-    let (url_path, url_query) = match url.find('?') {
-        Some(i) => (&url[..i], Some(&url[i..])),
-        None => (url, None),
-    };
-    let mut joined = String::with_capacity(base.len() + url.len() + 1);
+    let (url_path, url_query) = url.split_at(url.find('?').unwrap_or(url.len()));
+    // The parts joined with `/`, and no `/` twice in a row.
+    let mut out = String::with_capacity(base.len() + url.len() + 1);
     for part in [base, url_path] {
         if part.is_empty() {
             continue;
         }
-        if !joined.is_empty() {
-            joined.push('/');
+        for (i, segment) in part.split('/').enumerate() {
+            if (i > 0 || !out.is_empty()) && !out.ends_with('/') {
+                out.push('/');
+            }
+            out.push_str(segment);
         }
-        joined.push_str(part);
     }
-    let mut out = String::with_capacity(joined.len() + url_query.map_or(0, str::len));
-    let mut last_slash = false;
-    for c in joined.chars() {
-        if c == '/' && last_slash {
-            continue;
-        }
-        last_slash = c == '/';
-        out.push(c);
-    }
-    if let Some(q) = url_query {
-        out.push_str(q);
-    }
+    out.push_str(url_query);
     out
 }
 
@@ -256,7 +245,6 @@ impl Policy for Proxy {
             unavailable: picked.is_none(),
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: false,
-            sni: String::new(),
             verify_cert: self.verify_cert,
             host: None,
             path: String::new(),

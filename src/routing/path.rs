@@ -21,6 +21,9 @@ enum Kind {
     Any,
     /// A pattern without any special character: equal, ignoring case and one trailing slash.
     Literal(String),
+    /// Literal text then one `*` (`/wmts/*`, `/wms*`): every path that starts with the text,
+    /// lower-cased here.
+    Prefix(String),
     /// A pattern with parameters or wildcards; `prefix` is its literal start, lower-cased.
     Pattern { prefix: String, re: Regex },
     /// `pathRegex`: unanchored and case-sensitive.
@@ -54,6 +57,12 @@ impl PathMatcher {
         };
         let kind = if !pattern.contains(special) {
             Kind::Literal(pattern.trim_end_matches('/').to_ascii_lowercase())
+        } else if let Some(text) = pattern
+            .strip_suffix('*')
+            .filter(|t| !t.is_empty() && !t.contains(special))
+        {
+            // `*` is `(.*)` then an optional slash: whatever follows the text.
+            Kind::Prefix(text.to_ascii_lowercase())
         } else {
             let re = Regex::new(&express_to_regex(pattern))
                 .map_err(|e| crate::pipeline::condition::short_reason(&e.to_string()))?;
@@ -85,7 +94,7 @@ impl PathMatcher {
     pub fn literal_start(&self) -> &str {
         match &self.kind {
             Kind::Any | Kind::Regex(_) => "",
-            Kind::Literal(lit) => lit,
+            Kind::Literal(lit) | Kind::Prefix(lit) => lit,
             Kind::Pattern { prefix, .. } => prefix,
         }
     }
@@ -96,6 +105,10 @@ impl PathMatcher {
             Kind::Literal(lit) => {
                 let p = path.strip_suffix('/').unwrap_or(path);
                 p.eq_ignore_ascii_case(lit)
+            }
+            Kind::Prefix(prefix) => {
+                path.len() >= prefix.len()
+                    && path.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
             }
             Kind::Pattern { prefix, re } => {
                 path.len() >= prefix.len()
@@ -285,14 +298,16 @@ mod tests {
     }
 
     proptest::proptest! {
-        /// The literal start only spares the regex: it never refuses a path the regex takes.
+        /// The literal start only spares the regex, and a prefix pattern matches without it:
+        /// neither ever decides otherwise than the pattern's regex.
         #[test]
-        fn the_literal_start_refuses_nothing_the_pattern_takes(
-            pattern in "(/[aB1:*?+.()]{0,4}){1,3}/?",
+        fn shortcuts_decide_as_the_pattern_does(
+            pattern in "(/[aB1:*?+.()]{0,4}){1,3}/?\\*?",
             path in "(/[aAbB1.]{0,4}){0,4}/?",
         ) {
             if let Ok(m) = PathMatcher::express(&pattern) {
-                if let Kind::Pattern { re, .. } = &m.kind {
+                if matches!(m.kind, Kind::Pattern { .. } | Kind::Prefix(_)) {
+                    let re = Regex::new(&express_to_regex(&pattern)).expect("compiles");
                     proptest::prop_assert_eq!(re.is_match(&path), m.matches(&path), "{} {}", pattern, path);
                 }
             }

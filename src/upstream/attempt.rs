@@ -47,7 +47,8 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
         .in_flight
         .fetch_add(1, Ordering::Relaxed);
     plan.counted = true;
-    let mut peer = HttpPeer::new(plan.addr, plan.tls, plan.sni.clone());
+    let sni = plan.endpoint.targets[plan.target].hostname.clone();
+    let mut peer = HttpPeer::new(plan.addr, plan.tls, sni);
     peer.group_key = thread_key();
     peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
     let mut read = plan.read_timeout;
@@ -215,7 +216,6 @@ mod tests {
             unavailable: false,
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: false,
-            sni: String::new(),
             verify_cert: true,
             host: None,
             path: String::new(),

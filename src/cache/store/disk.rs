@@ -109,11 +109,7 @@ fn decode(key: &HashBinary, bytes: Vec<u8>) -> Option<Object> {
     let (header, body) = rest.split_at(header_len);
     let meta = CacheMeta::deserialize(internal, header).ok()?;
     let body = Bytes::copy_from_slice(body);
-    Some(Object {
-        key: *key,
-        meta: super::StoredMeta::from_meta(&meta),
-        body,
-    })
+    Some(Object::new(*key, super::StoredMeta::from_meta(&meta), body))
 }
 
 impl DiskTier {

@@ -7,7 +7,7 @@ pub mod disk;
 pub mod memory;
 
 use std::any::Any;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -61,42 +61,37 @@ impl StoredMeta {
         m
     }
 
-    /// The head a fresh hit is answered with at `now`, as Pingora's cache phases make it (the
-    /// stored head, `Age`, HTTP/1.1, `Accept-Ranges` for a 200 of known length, chunked when it
-    /// has no length); `None` when the object is
-    /// no longer fresh or varies by request headers.
-    pub fn fresh_hit_header(&self, now: SystemTime) -> Option<ResponseHeader> {
+    /// How old the object is at `now` (seconds since it was stored or revalidated), when it
+    /// is fresh and does not vary by request headers; `None` otherwise.
+    pub fn fresh_age(&self, now: SystemTime) -> Option<u64> {
         if self.fresh_until < now
             || self.variance.is_some()
             || self.header.headers.contains_key(http::header::VARY)
         {
             return None;
         }
-        let mut header = self.header.clone();
-        let age = now
-            .duration_since(self.updated)
-            .unwrap_or_default()
-            .as_secs();
-        header.insert_header(http::header::AGE, age).ok()?;
-        header.set_version(http::Version::HTTP_11);
-        let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
-        offer_ranges(&mut header).ok()?;
-        if !bodiless && !header.headers.contains_key(http::header::CONTENT_LENGTH) {
-            header
-                .insert_header(http::header::TRANSFER_ENCODING, "chunked")
-                .ok()?;
-        }
-        Some(header)
+        Some(
+            now.duration_since(self.updated)
+                .unwrap_or_default()
+                .as_secs(),
+        )
     }
 
-    /// About how many bytes the header takes.
+    /// The stored response head.
+    pub fn header(&self) -> &ResponseHeader {
+        &self.header
+    }
+
+    /// About how many bytes the header takes: as parts, and serialised for hits.
     pub fn header_size(&self) -> usize {
-        self.header
+        let wire = self
+            .header
             .headers
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + 32
+            + 32;
+        2 * wire
     }
 }
 
@@ -105,6 +100,27 @@ pub struct Object {
     pub key: HashBinary,
     pub meta: StoredMeta,
     pub body: Bytes,
+    /// The serialised head for hits, made by the first hit ([`crate::cache::hit`]).
+    wire: OnceLock<Option<Bytes>>,
+}
+
+impl Object {
+    pub fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Object {
+        Object {
+            key,
+            meta,
+            body,
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// The part of a hit's head that is the same for every request, when hits can be
+    /// written from it.
+    pub fn wire_template(&self) -> Option<&Bytes> {
+        self.wire
+            .get_or_init(|| crate::cache::hit::wire_template(&self.meta.header, self.body.len()))
+            .as_ref()
+    }
 }
 
 pub struct TileStore {
@@ -262,11 +278,11 @@ impl Storage for TileStore {
         let Some(old) = self.find(k).await else {
             return Ok(false);
         };
-        let obj = Arc::new(Object {
-            key: k,
-            meta: StoredMeta::from_meta(meta),
-            body: old.body.clone(),
-        });
+        let obj = Arc::new(Object::new(
+            k,
+            StoredMeta::from_meta(meta),
+            old.body.clone(),
+        ));
         self.memory.put(obj.clone());
         if let Some(d) = &self.disk {
             d.put(obj);
@@ -373,11 +389,7 @@ impl Filling {
         } else {
             body.freeze()
         };
-        let obj = Arc::new(Object {
-            key: self.key,
-            meta,
-            body,
-        });
+        let obj = Arc::new(Object::new(self.key, meta, body));
         self.store.memory.put(obj.clone());
         if let Some(d) = &self.store.disk {
             d.put(obj);
