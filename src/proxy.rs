@@ -1,7 +1,6 @@
 //! The glue between Pingora's proxy phases and the gateway: route, run the pipeline, hand the
 //! proxy plan to Pingora, apply the header edits. Nothing else lives here.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +22,21 @@ use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::request_id::new_request_id;
 
-/// Requests being served right now (the drain on SIGTERM waits for this to reach 0).
-pub static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+/// A request begins being served: `tollgate_requests_in_flight` counts it (the drain on
+/// SIGTERM waits for it to reach 0).
+pub fn request_started() {
+    crate::metrics::metrics().in_flight.inc();
+}
+
+/// A request [`request_started`] counted is done.
+pub fn request_ended() {
+    crate::metrics::metrics().in_flight.dec();
+}
+
+/// Requests being served right now.
+pub fn requests_in_flight() -> i64 {
+    crate::metrics::metrics().in_flight.get()
+}
 
 pub struct Tollgate {
     pub gateway: Arc<ArcSwap<Gateway>>,
@@ -87,8 +99,7 @@ impl ProxyHttp for Tollgate {
     fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::metrics().in_flight.inc();
+        request_started();
         RequestCtx {
             x: Exchange::default(),
             compression: None,
@@ -361,11 +372,10 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+        request_ended();
         if let Some(plan) = &mut ctx.x.proxy {
             crate::upstream::attempt::end(plan);
         }
-        crate::metrics::metrics().in_flight.dec();
         let cache = ctx.x.cache.as_ref().map(|_| {
             let from_cache =
                 crate::cache::served_from_cache(session).then_some(session.body_bytes_sent());

@@ -1,7 +1,6 @@
 //! Starting the gateway: load and compile the config, start the proxy and admin listeners on
 //! Pingora, keep upstream addresses resolved, and drain in-flight requests on SIGTERM.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +18,7 @@ use crate::counters::Counters;
 use crate::gateway::{Gateway, Shared};
 use crate::health::Health;
 use crate::listener::{ClientLimits, Endpoint, ListenerService};
-use crate::proxy::{Tollgate, IN_FLIGHT};
+use crate::proxy::{requests_in_flight, Tollgate};
 
 /// How `tollgate serve` runs.
 pub struct ServeOptions {
@@ -239,7 +238,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             },
         ),
         limits.clone(),
-        None,
+        Some(threads),
     );
     if opts.fast_path {
         gateway_service = gateway_service.with_fast_path(crate::fastpath::FastPath::new(
@@ -289,7 +288,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 max_connections: ADMIN_MAX_CONNECTIONS.min(limits.max_connections),
                 ..limits.clone()
             },
-            None,
+            Some(threads),
         );
         service.add(Endpoint {
             addr: addr.clone(),
@@ -478,7 +477,7 @@ fn exit_when_drained(
                 let start = Instant::now();
                 // Let requests accepted just before the signal register.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                while IN_FLIGHT.load(Ordering::Relaxed) > 0 && start.elapsed() < grace {
+                while requests_in_flight() > 0 && start.elapsed() < grace {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 log::info!("drained; exiting");

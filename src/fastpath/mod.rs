@@ -16,7 +16,6 @@
 mod pool;
 mod relay;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -34,7 +33,7 @@ use crate::exchange::{self, Decision, Ended, Facts};
 use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
-use crate::proxy::{Decided, IN_FLIGHT};
+use crate::proxy::Decided;
 use crate::request_id::new_request_id;
 
 /// How the fast path left a connection.
@@ -91,8 +90,7 @@ impl FastPath {
         s.set_write_timeout(Some(limits.write_timeout));
 
         let started = Instant::now();
-        IN_FLIGHT.fetch_add(1, Ordering::Relaxed);
-        crate::metrics::metrics().in_flight.inc();
+        crate::proxy::request_started();
         let gw = self.gateway.load_full();
         let mut x = Exchange {
             request_id: new_request_id(),
@@ -166,8 +164,7 @@ impl FastPath {
         started: Instant,
         end: Finish,
     ) -> Served {
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-        crate::metrics::metrics().in_flight.dec();
+        crate::proxy::request_ended();
         if let Some(plan) = &mut x.proxy {
             crate::upstream::attempt::end(plan);
         }
@@ -224,8 +221,7 @@ impl FastPath {
             )),
         }
         .map(|e| e.into_down());
-        IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-        crate::metrics::metrics().in_flight.dec();
+        crate::proxy::request_ended();
         if let Some(plan) = &mut x.proxy {
             crate::upstream::attempt::end(plan);
         }
@@ -310,8 +306,7 @@ fn http2_upstream(x: &Exchange) -> bool {
 /// Hands a request whose pipelines ran to Pingora's proxy, with their decision; it is in flight
 /// there from now on.
 fn hand_over_decided(s: HttpSession, head: BytesMut, decided: Decided) -> Served {
-    IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
-    crate::metrics::metrics().in_flight.dec();
+    crate::proxy::request_ended();
     Served::HandOver(Box::new(hand_over(s.into_inner(), head, Some(decided))))
 }
 

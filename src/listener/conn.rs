@@ -90,7 +90,7 @@ async fn http1<A>(
     app: &Arc<A>,
     fast: Option<&FastPath>,
     limits: &ClientLimits,
-    mut shutdown: ShutdownWatch,
+    shutdown: ShutdownWatch,
 ) -> ConnClose
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -99,11 +99,15 @@ where
     // later ones may keep the client waiting up to the keep-alive timeout before they start.
     let mut wait_until = accepted + limits.header_timeout;
     let mut first = true;
+    // One wait for the shutdown for the connection's life, not one per request: each would
+    // register with the signal, under its lock, and leave it again.
+    let mut signal = shutdown.clone();
+    let mut stopping = std::pin::pin!(async move { shutting_down(&mut signal).await });
     loop {
         let head = tokio::select! {
             biased;
             head = read_head(&mut stream, wait_until, first, limits) => head,
-            _ = shutting_down(&mut shutdown) => return ConnClose::Shutdown,
+            _ = &mut stopping => return ConnClose::Shutdown,
         };
         let head = match head {
             Ok(h) => h,

@@ -15,6 +15,7 @@
 
 mod conn;
 pub mod io;
+mod workers;
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
@@ -126,7 +127,10 @@ where
         shutdown: ShutdownWatch,
         _listeners_per_fd: usize,
     ) {
-        let permits = Arc::new(Semaphore::new(self.limits.max_connections.max(1)));
+        let intake = Arc::new(Intake {
+            permits: Arc::new(Semaphore::new(self.limits.max_connections.max(1))),
+            workers: workers::Workers::new(self.threads.unwrap_or(1)),
+        });
         let mut loops = Vec::new();
         for ep in &self.endpoints {
             let listener = match listen(&ep.addr, fds.as_ref()) {
@@ -142,7 +146,7 @@ where
                 self.app.clone(),
                 self.fast.clone(),
                 self.limits.clone(),
-                permits.clone(),
+                intake.clone(),
                 shutdown.clone(),
             )));
         }
@@ -195,13 +199,20 @@ pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// Who may come in, and where they are served: the connection cap's permits and the worker
+/// threads.
+struct Intake {
+    permits: Arc<Semaphore>,
+    workers: workers::Workers,
+}
+
 async fn accept_loop<A>(
     listener: tokio::net::TcpListener,
     tls: Option<Arc<SslAcceptor>>,
     app: Arc<A>,
     fast: Option<Arc<crate::fastpath::FastPath>>,
     limits: Arc<ClientLimits>,
-    permits: Arc<Semaphore>,
+    intake: Arc<Intake>,
     mut shutdown: ShutdownWatch,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
@@ -212,7 +223,7 @@ async fn accept_loop<A>(
     let mut at_cap_logged = false;
     loop {
         // Past the cap, stop accepting: the kernel queues new connections meanwhile.
-        let permit = match permits.clone().try_acquire_owned() {
+        let permit = match intake.permits.clone().try_acquire_owned() {
             Ok(p) => p,
             Err(_) => {
                 if !at_cap_logged {
@@ -224,7 +235,7 @@ async fn accept_loop<A>(
                 }
                 crate::metrics::metrics().client_cap_waits.inc();
                 tokio::select! {
-                    p = permits.clone().acquire_owned() => match p {
+                    p = intake.permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
                         Err(_) => return,
                     },
@@ -249,15 +260,14 @@ async fn accept_loop<A>(
                         continue;
                     }
                 };
-                pingora_runtime::current_handle().spawn(conn::serve(
-                    tcp,
-                    tls.clone(),
-                    app.clone(),
-                    fast.clone(),
-                    limits.clone(),
-                    shutdown.clone(),
-                    permit,
-                ));
+                let served_by = intake.clone();
+                let (tls, app, fast) = (tls.clone(), app.clone(), fast.clone());
+                let (limits, shutdown) = (limits.clone(), shutdown.clone());
+                let (worker, counted) = intake.workers.pick();
+                worker.spawn(async move {
+                    let _live = counted.unwrap_or_else(|| served_by.workers.enter());
+                    conn::serve(tcp, tls, app, fast, limits, shutdown, permit).await;
+                });
             }
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE): accept would fail at once again; let

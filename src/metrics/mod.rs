@@ -5,6 +5,8 @@
 
 pub mod cache;
 
+mod eg_series;
+
 use std::sync::OnceLock;
 
 use prometheus::{
@@ -144,8 +146,12 @@ impl EndpointMetrics {
         if let Some(u) = upstream_seconds {
             self.upstream.observe(u);
         }
-        self.bytes_in.inc_by(bytes_in as u64);
-        self.bytes_out.inc_by(bytes_out as u64);
+        if bytes_in > 0 {
+            self.bytes_in.inc_by(bytes_in as u64);
+        }
+        if bytes_out > 0 {
+            self.bytes_out.inc_by(bytes_out as u64);
+        }
     }
 }
 
@@ -340,16 +346,8 @@ impl Metrics {
 
     /// Counts one finished request of a metered pipeline in Kargo's `eg` counter.
     pub fn count(&self, status: u16, consumer: Option<&str>, endpoint: &str) {
-        let kind = if (200..300).contains(&status) {
-            "SUCCESS"
-        } else {
-            "FAILED"
-        };
-        let code = status.to_string();
         let consumer = consumer.filter(|c| !c.is_empty()).unwrap_or("anonymous");
-        self.eg
-            .with_label_values(&[kind, code.as_str(), consumer, endpoint])
-            .inc();
+        eg_series::with(&self.eg, status, consumer, endpoint, |c| c.inc());
     }
 
     /// Counts an upstream failure of one of [`UPSTREAM_ERROR_KINDS`].
