@@ -155,21 +155,23 @@ impl ProxyPlan {
     /// Points this plan at url `i` of its service endpoint. `false` when the url has no
     /// resolved address.
     pub fn retarget(&mut self, i: usize) -> bool {
-        let Some(t) = self.endpoint.targets.get(i).cloned() else {
+        // Read where the url is kept (no count taken on it: every thread would write it).
+        let Some(t) = self.endpoint.targets.get(i) else {
             return false;
         };
         let Some(addr) = t.addr() else {
             return false;
         };
-        let credential_free = self.path_recipe.path_for(&t.base_path);
+        let path = self.path_recipe.path_for(&t.base_path);
+        let (tls, host) = (t.tls, self.change_origin.then(|| t.host_header.clone()));
         self.target = i;
         if i < 64 {
             self.tried |= 1 << i;
         }
         self.addr = addr;
-        self.tls = t.tls;
-        self.host = self.change_origin.then(|| t.host_header.clone());
-        self.path = credential_free;
+        self.tls = tls;
+        self.host = host;
+        self.path = path;
         true
     }
 }
