@@ -9,13 +9,14 @@
 //! per stored object, with only what changes per request added: `Age`, `Date`, `Connection`,
 //! `X-Cache-Status` and the pipeline's response headers ([`FreshHit::wire_head`]).
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{
-    HeaderName, ACCEPT_RANGES, AGE, CONNECTION, CONTENT_LENGTH, DATE, HOST, IF_MATCH,
-    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+    HeaderName, AGE, CONNECTION, CONTENT_LENGTH, DATE, HOST, IF_MATCH, IF_MODIFIED_SINCE,
+    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
 };
 use pingora_cache::CacheKey;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -90,18 +91,11 @@ impl FreshHit {
         self.object.meta.header().status.as_u16()
     }
 
-    /// The head a hit is answered with, as Pingora's cache phases make it: the stored head,
-    /// `Age`, HTTP/1.1, `Accept-Ranges` for a 200 of known length, chunked when it has no
-    /// length. Pingora's session adds `Date` and `Connection` when it writes it.
+    /// The head a hit is answered with, as Pingora's cache phases make it ([`hit_head`] and
+    /// `Age`). Pingora's session adds `Date` and `Connection` when it writes it.
     pub fn header(&self) -> pingora_core::Result<ResponseHeader> {
-        let mut header = self.object.meta.header().clone();
+        let mut header = hit_head(self.object.meta.header())?;
         header.insert_header(AGE, self.age)?;
-        header.set_version(http::Version::HTTP_11);
-        let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
-        offer_ranges(&mut header)?;
-        if !bodiless && !header.headers.contains_key(CONTENT_LENGTH) {
-            header.insert_header(TRANSFER_ENCODING, "chunked")?;
-        }
         Ok(header)
     }
 
@@ -121,7 +115,7 @@ impl FreshHit {
                 return None;
             };
             let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
-            if PER_HIT.contains(n) || stored.contains_key(n) || earlier {
+            if per_hit(n) || stored.contains_key(n) || earlier {
                 // A header the stored head or an earlier edit has: Pingora's rules apply.
                 return None;
             }
@@ -130,11 +124,14 @@ impl FreshHit {
         let date = pingora_core::protocols::http::date::get_cached_date();
         let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 96);
         buf.put_slice(template);
-        buf.put_slice(b"Age: ");
-        put_decimal(&mut buf, self.age);
-        buf.put_slice(b"\r\nDate: ");
-        buf.put_slice(date.as_bytes());
-        buf.put_slice(b"\r\nx-cache-status: HIT\r\n");
+        // Writing into a growable buffer cannot fail.
+        let _ = write!(buf, "Age: {}\r\n", self.age);
+        for (n, v) in [(&DATE, date.as_bytes()), (&super::X_CACHE_STATUS, b"HIT")] {
+            buf.put_slice(n.as_str().as_bytes());
+            buf.put_slice(b": ");
+            buf.put_slice(v);
+            buf.put_slice(b"\r\n");
+        }
         for edit in edits {
             if let HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v) =
                 edit
@@ -154,14 +151,23 @@ impl FreshHit {
     }
 }
 
-/// The headers a hit's head gets per request.
-static PER_HIT: [HeaderName; 5] = [
-    AGE,
-    DATE,
-    CONNECTION,
-    TRANSFER_ENCODING,
-    HeaderName::from_static("x-cache-status"),
-];
+/// Whether a hit's head gets header `n` per request.
+fn per_hit(n: &HeaderName) -> bool {
+    [AGE, DATE, CONNECTION, TRANSFER_ENCODING].contains(n) || n == super::X_CACHE_STATUS
+}
+
+/// The stored head as a hit answers with it, as Pingora's cache phases make it: HTTP/1.1,
+/// `Accept-Ranges` for a 200 of known length, chunked when it has no length.
+fn hit_head(stored: &ResponseHeader) -> pingora_core::Result<ResponseHeader> {
+    let mut header = stored.clone();
+    header.set_version(http::Version::HTTP_11);
+    let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
+    offer_ranges(&mut header)?;
+    if !bodiless && !header.headers.contains_key(CONTENT_LENGTH) {
+        header.insert_header(TRANSFER_ENCODING, "chunked")?;
+    }
+    Ok(header)
+}
 
 fn edited_name(e: &HeaderEdit) -> &HeaderName {
     match e {
@@ -172,10 +178,10 @@ fn edited_name(e: &HeaderEdit) -> &HeaderName {
     }
 }
 
-/// The serialised part of a hit's head that is the same for every request: the status line
-/// and the stored headers with `Accept-Ranges` as [`FreshHit::header`] has it, without those
-/// written per hit. `None` for a head that is not sent as it is: no `Content-Length` (a hit is
-/// then chunked), a length the body does not have, a status without a body, a `Vary`.
+/// The serialised part of a hit's head that is the same for every request: [`hit_head`]
+/// without the headers written per hit. `None` for a head that is not sent as it is: no
+/// `Content-Length` (a hit is then chunked), a length the body does not have, a status without
+/// a body, a `Vary`.
 pub(crate) fn wire_template(header: &ResponseHeader, body_len: usize) -> Option<Bytes> {
     if matches!(header.status.as_u16(), 100..=199 | 204 | 304)
         || content_length(header) != Some(body_len)
@@ -184,12 +190,10 @@ pub(crate) fn wire_template(header: &ResponseHeader, body_len: usize) -> Option<
     {
         return None;
     }
-    let mut h = header.clone();
-    for n in &PER_HIT {
-        h.remove_header(n);
+    let mut h = hit_head(header).ok()?;
+    for n in [AGE, DATE, CONNECTION, super::X_CACHE_STATUS.clone()] {
+        h.remove_header(&n);
     }
-    offer_ranges(&mut h).ok()?;
-    debug_assert!(h.status != http::StatusCode::OK || h.headers.contains_key(ACCEPT_RANGES));
     let mut buf = BytesMut::with_capacity(256);
     buf.put_slice(b"HTTP/1.1 ");
     buf.put_slice(h.status.as_str().as_bytes());
@@ -198,19 +202,4 @@ pub(crate) fn wire_template(header: &ResponseHeader, body_len: usize) -> Option<
     buf.put_slice(b"\r\n");
     h.header_to_h1_wire(&mut buf);
     Some(buf.freeze())
-}
-
-/// Writes `n` in decimal.
-fn put_decimal(buf: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.put_slice(&digits[at..]);
 }

@@ -164,10 +164,6 @@ impl FastPath {
         started: Instant,
         end: Finish,
     ) -> Served {
-        crate::proxy::request_ended();
-        if let Some(plan) = &mut x.proxy {
-            crate::upstream::attempt::end(plan);
-        }
         let ended = Ended {
             status: s.response_written().map_or(0, |r| r.status.as_u16()),
             elapsed: started.elapsed(),
@@ -177,7 +173,7 @@ impl FastPath {
             error: end.error.as_deref(),
             cache: end.cache,
         };
-        exchange::account(gw, &exchange::Requested::of(s.req_header()), x, &ended);
+        settle(gw, &exchange::Requested::of(s.req_header()), x, &ended);
         match s.reuse().await {
             Ok(Some(reusable)) => Served::KeepAlive(reusable.into_parts().0),
             _ => Served::Closed,
@@ -221,10 +217,6 @@ impl FastPath {
             )),
         }
         .map(|e| e.into_down());
-        crate::proxy::request_ended();
-        if let Some(plan) = &mut x.proxy {
-            crate::upstream::attempt::end(plan);
-        }
         let sent = if error.is_none() {
             body.map_or(0, Bytes::len)
         } else {
@@ -246,7 +238,7 @@ impl FastPath {
             },
             |(method, url)| exchange::Requested { method, url },
         );
-        exchange::account(gw, &requested, x, &ended);
+        settle(gw, &requested, x, &ended);
         match error {
             None if raw.keepalive => Served::KeepAlive(stream),
             None => {
@@ -256,6 +248,16 @@ impl FastPath {
             Some(_) => Served::Closed,
         }
     }
+}
+
+/// A request answered: it is no longer in flight, its upstream attempt (if any) is over, and
+/// it is accounted for.
+fn settle(gw: &Gateway, requested: &exchange::Requested<'_>, x: &mut Exchange, ended: &Ended<'_>) {
+    crate::proxy::request_ended();
+    if let Some(plan) = &mut x.proxy {
+        crate::upstream::attempt::end(plan);
+    }
+    exchange::account(gw, requested, x, ended);
 }
 
 /// A cache hit with its head serialised.

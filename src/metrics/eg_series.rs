@@ -24,19 +24,13 @@ thread_local! {
         RefCell::new(HashMap::default());
 }
 
-/// Runs `f` on the series of (`status`, `consumer`, `endpoint`) in `family`.
-pub fn with(
-    family: &IntCounterVec,
-    status: u16,
-    consumer: &str,
-    endpoint: &str,
-    f: impl FnOnce(&IntCounter),
-) {
+/// Counts one request in the series of (`status`, `consumer`, `endpoint`) in `family`.
+pub fn inc(family: &IntCounterVec, status: u16, consumer: &str, endpoint: &str) {
     let id = foldhash::fast::FixedState::with_seed(0xe6).hash_one((status, consumer, endpoint));
     SERIES.with_borrow_mut(|known| {
         if let Some(s) = known.get(&id) {
             if s.status == status && &*s.consumer == consumer && &*s.endpoint == endpoint {
-                return f(&s.counter);
+                return s.counter.inc();
             }
         }
         let kind = if (200..300).contains(&status) {
@@ -46,7 +40,7 @@ pub fn with(
         };
         let code = status.to_string();
         let counter = family.with_label_values(&[kind, code.as_str(), consumer, endpoint]);
-        f(&counter);
+        counter.inc();
         if known.len() >= REMEMBERED {
             known.clear();
         }

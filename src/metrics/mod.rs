@@ -347,7 +347,7 @@ impl Metrics {
     /// Counts one finished request of a metered pipeline in Kargo's `eg` counter.
     pub fn count(&self, status: u16, consumer: Option<&str>, endpoint: &str) {
         let consumer = consumer.filter(|c| !c.is_empty()).unwrap_or("anonymous");
-        eg_series::with(&self.eg, status, consumer, endpoint, |c| c.inc());
+        eg_series::inc(&self.eg, status, consumer, endpoint);
     }
 
     /// Counts an upstream failure of one of [`UPSTREAM_ERROR_KINDS`].

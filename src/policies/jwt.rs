@@ -290,10 +290,8 @@ impl Jwt {
         }
     }
 
-    /// Verifies the signature and claims, or finds the token already verified, and gives what
-    /// `then` makes of it (a remembered token is read where it is kept: no copy of its claims
-    /// per request).
-    fn verify<R>(&self, token: &str, then: impl FnOnce(&Verified) -> R) -> Option<R> {
+    /// Verifies the signature and claims, or finds the token already verified.
+    fn verify(&self, token: &str) -> Option<Verified> {
         let t = now();
         let fresh = |v: &Verified| {
             v.exp.is_none_or(|e| t <= e + LEEWAY) && v.nbf.is_none_or(|n| n <= t + LEEWAY)
@@ -304,7 +302,7 @@ impl Jwt {
             .unwrap_or_else(|p| p.into_inner())
             .get(token)
         {
-            return fresh(v).then(|| then(v));
+            return fresh(v).then(|| v.clone());
         }
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             token,
@@ -349,8 +347,7 @@ impl Jwt {
             }
         }
         remembered.insert(token.into(), verified.clone());
-        drop(remembered);
-        Some(then(&verified))
+        Some(verified)
     }
 }
 
@@ -362,36 +359,37 @@ impl Policy for Jwt {
         else {
             return fail(x, self.pass_through, 401, "jwt: no token");
         };
-        // The consumer, and whether it has a name to send upstream.
-        let verdict = self.verify(&token, |v| -> Result<(Consumer, bool), &'static str> {
-            if !self.check_credential {
-                // The token itself is the consumer, as in EG.
-                let consumer = Consumer {
-                    id: v.id.clone().unwrap_or_else(|| Arc::from("")),
-                    scopes: v.scopes.clone(),
-                };
-                let named = !consumer.id.is_empty();
-                return Ok((consumer, named));
-            }
-            let sub = v.sub.as_deref().ok_or("jwt: no sub claim")?;
-            self.cache
-                .jwt_subject(sub)
-                .map(|c| (c, true))
-                .ok_or("jwt: sub is no active credential")
-        });
-        match verdict {
-            None => fail(
+        let Some(v) = self.verify(&token) else {
+            return fail(
                 x,
                 self.pass_through,
                 401,
                 "jwt: bad signature, claims or format",
-            ),
-            Some(Err(why)) => fail(x, self.pass_through, 401, why),
-            Some(Ok((consumer, true))) => succeed(x, consumer),
-            Some(Ok((consumer, false))) => {
+            );
+        };
+        if !self.check_credential {
+            // The token itself is the consumer, as in EG.
+            let consumer = Consumer {
+                id: v.id.clone().unwrap_or_else(|| Arc::from("")),
+                scopes: v.scopes.clone(),
+            };
+            if consumer.id.is_empty() {
                 x.consumer = Some(consumer);
-                Outcome::Continue
+                return Outcome::Continue;
             }
+            return succeed(x, consumer);
+        }
+        let Some(sub) = v.sub.as_deref() else {
+            return fail(x, self.pass_through, 401, "jwt: no sub claim");
+        };
+        match self.cache.jwt_subject(sub) {
+            Some(consumer) => succeed(x, consumer),
+            None => fail(
+                x,
+                self.pass_through,
+                401,
+                "jwt: sub is no active credential",
+            ),
         }
     }
 }
