@@ -11,11 +11,11 @@ use std::sync::Arc;
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{LockStatus, Locked, WritePermit};
 use pingora_cache::predictor::CacheablePredictor;
-use pingora_cache::{CacheKey, NoCacheReason, RespCacheable};
+use pingora_cache::{CacheKey, NoCacheReason};
 use pingora_http::ResponseHeader;
 
 use super::policy::CacheRule;
-use super::store::Filling;
+use super::store::{Filling, StoredMeta};
 use super::TileCache;
 
 /// A fetch this request makes for everyone: it holds the tile's lock until the response is
@@ -94,16 +94,17 @@ impl Fill {
             self.outcome = LockStatus::GiveUp;
             return;
         }
-        match super::freshness::decide(resp, &self.rule) {
-            RespCacheable::Cacheable(meta) => {
+        match super::freshness::judge(resp, &self.rule) {
+            Ok(fresh) => {
                 let declared = super::store::content_length(resp);
                 if declared.is_some_and(|n| n > self.rule.max_object_size) {
                     self.outcome = LockStatus::GiveUp;
                     return;
                 }
-                self.filling = Some(self.cache.store.filling(self.hash, &meta));
+                let meta = StoredMeta::new(fresh, super::freshness::stored_header(resp));
+                self.filling = Some(self.cache.store.filling(self.hash, meta));
             }
-            RespCacheable::Uncacheable(reason) => {
+            Err(reason) => {
                 self.cache.predictor.mark_uncacheable(&self.key, reason);
                 self.outcome = LockStatus::GiveUp;
             }

@@ -15,35 +15,63 @@ use super::policy::CacheRule;
 /// them is one consumer's.
 const PERSONAL: &[&str] = &["authorization", "cookie", "eg-consumer-id"];
 
-fn uncacheable(why: &'static str) -> RespCacheable {
-    RespCacheable::Uncacheable(NoCacheReason::Custom(why))
+/// How long a response that may be stored stays fresh, and its stale windows.
+pub struct Freshness {
+    pub fresh_until: SystemTime,
+    pub updated: SystemTime,
+    pub stale_while_revalidate: u32,
+    pub stale_if_error: u32,
 }
 
-/// Decides for one response.
+/// Decides for one response, as Pingora's cache phases take it.
 pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
+    match judge(resp, rule) {
+        Ok(f) => RespCacheable::Cacheable(CacheMeta::new(
+            f.fresh_until,
+            f.updated,
+            f.stale_while_revalidate,
+            f.stale_if_error,
+            stored_header(resp),
+        )),
+        Err(reason) => RespCacheable::Uncacheable(reason),
+    }
+}
+
+/// The response's head as it is stored: without hop-by-hop and per-exchange headers.
+pub fn stored_header(resp: &ResponseHeader) -> ResponseHeader {
+    let mut header = resp.clone();
+    for h in ["connection", "keep-alive", "transfer-encoding", "age"] {
+        header.remove_header(h);
+    }
+    header
+}
+
+/// Whether one response may be stored, and how long it stays fresh.
+pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCacheReason> {
+    let uncacheable = NoCacheReason::Custom;
     if !rule.statuses.contains(&resp.status.as_u16()) {
-        return uncacheable("status");
+        return Err(uncacheable("status"));
     }
     if resp.headers.contains_key(http::header::SET_COOKIE) {
-        return uncacheable("set-cookie");
+        return Err(uncacheable("set-cookie"));
     }
     for vary in resp.headers.get_all(http::header::VARY) {
         let Ok(v) = vary.to_str() else {
-            return uncacheable("vary");
+            return Err(uncacheable("vary"));
         };
         for field in v.split(',').map(str::trim) {
             if field == "*" || PERSONAL.iter().any(|p| field.eq_ignore_ascii_case(p)) {
-                return uncacheable("vary");
+                return Err(uncacheable("vary"));
             }
         }
     }
     let cc = CacheControl::from_resp_headers(resp);
     if let Some(cc) = &cc {
         if cc.no_store() {
-            return uncacheable("no-store");
+            return Err(uncacheable("no-store"));
         }
         if cc.private() {
-            return uncacheable("private");
+            return Err(uncacheable("private"));
         }
     }
     let now = SystemTime::now();
@@ -84,12 +112,12 @@ pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
             .and_then(|cc| cc.stale_if_error().ok().flatten()),
         rule.stale_if_error,
     );
-    let mut header = resp.clone();
-    // Hop-by-hop and per-exchange headers are not part of the stored response.
-    for h in ["connection", "keep-alive", "transfer-encoding", "age"] {
-        header.remove_header(h);
-    }
-    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+    Ok(Freshness {
+        fresh_until,
+        updated: now,
+        stale_while_revalidate: swr,
+        stale_if_error: sie,
+    })
 }
 
 #[cfg(test)]

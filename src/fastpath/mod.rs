@@ -13,6 +13,7 @@
 //! reads the upstream's body by its length, chunks or close and knows HEAD, 204 and 304 have
 //! none; the server session writes it to the client by the response's headers.
 
+mod head;
 mod pool;
 mod relay;
 
@@ -24,17 +25,17 @@ use bytes::{Bytes, BytesMut};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
-use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType};
-use pingora_http::RequestHeader;
 
-use crate::exchange::{self, Decision, Ended, Facts};
+use crate::cache::hit::Lookup;
+use crate::exchange::{self, Decision, Ended};
 use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::proxy::Decided;
 use crate::request_id::new_request_id;
+use head::{Reading, Unread};
 
 /// How the fast path left a connection.
 pub enum Served {
@@ -75,84 +76,95 @@ impl FastPath {
         if !head.starts_with(b"GET ") && !head.starts_with(b"HEAD ") {
             return Served::HandOver(Box::new(hand_over(stream, head, None)));
         }
-        let copy = head.clone();
-        let mut s = HttpSession::new(stream);
-        s.set_pipelined_prefix(head);
-        if !matches!(s.read_request().await, Ok(Some(_))) || !bodiless(s.req_header()) {
-            return Served::HandOver(Box::new(hand_over(s.into_inner(), copy, None)));
-        }
-        // Reading the request applied the client's wish (HTTP/1.0 closes unless it asks for
-        // keep-alive, `Connection: close` closes); the server's only narrows it.
-        if s.will_keepalive() {
-            s.set_server_keepalive(limits.keepalive_secs);
-        }
-        s.set_read_timeout(Some(limits.read_timeout));
-        s.set_write_timeout(Some(limits.write_timeout));
+        let gw = self.gateway.load_full();
+        let reading = match Reading::of(stream, head, gw.caching, limits).await {
+            Ok(r) => r,
+            Err(Unread(stream, head)) => {
+                return Served::HandOver(Box::new(hand_over(stream, head, None)))
+            }
+        };
 
         let started = Instant::now();
         crate::proxy::request_started();
-        let gw = self.gateway.load_full();
         let mut x = Exchange {
             request_id: new_request_id(),
             ..Exchange::default()
         };
-        let decision = exchange::decide(&gw, &self.health, &facts(&s), &mut x).await;
+        let decision = exchange::decide(&gw, &self.health, &reading.facts(), &mut x).await;
+        let looked_up = match decision {
+            Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
+                Some(crate::cache::hit::lookup(reading.req(), &x, !http2_upstream(&x)).await)
+            }
+            _ => None,
+        };
+        // A fresh hit whose head is ready to write needs no session: it goes on the connection.
+        let looked_up = match looked_up {
+            Some(Lookup::Fresh(hit)) => {
+                let keepalive = reading.keepalive(limits);
+                match hit.wire_head(&x.response_edits, keepalive) {
+                    Some(head) if reading.alone() => {
+                        let hit = RawHit {
+                            head,
+                            hit,
+                            keepalive,
+                        };
+                        return self
+                            .answer_hit(reading, hit, &gw, &mut x, started, limits)
+                            .await;
+                    }
+                    _ => Some(Lookup::Fresh(hit)),
+                }
+            }
+            other => other,
+        };
+        let (mut s, head) = match reading.into_session(limits).await {
+            Ok(session) => session,
+            Err(Unread(stream, head)) => {
+                // Not a head read here and refused by the session; Pingora's proxy reads it
+                // again and answers.
+                log::debug!("a request head read on the fast path was refused by the session");
+                crate::proxy::request_ended();
+                return Served::HandOver(Box::new(hand_over(stream, head, None)));
+            }
+        };
         let mut end = Finish {
             upstream_time: None,
             error: None,
             cache: None,
         };
-        match decision {
-            Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
-                use crate::cache::hit::Lookup;
-                match crate::cache::hit::lookup(s.req_header(), &x, !http2_upstream(&x)).await {
-                    Lookup::Fresh(hit) => {
-                        let keepalive = s.will_keepalive();
-                        match hit.wire_head(&x.response_edits, keepalive) {
-                            // Nothing of a next request was read with this one: the session
-                            // has nothing to give back but the connection.
-                            Some(head) if s.get_headers_raw_bytes().len() == copy.len() => {
-                                let hit = RawHit {
-                                    head,
-                                    hit,
-                                    keepalive,
-                                };
-                                return self.answer_hit(s, hit, &gw, &mut x, started, limits).await;
-                            }
-                            _ => {
-                                write_hit(&mut s, hit, &x.response_edits).await;
-                                end.cache = Some(("HIT", Some(s.body_bytes_sent())));
-                            }
-                        }
-                    }
-                    Lookup::Fill(fill) => {
-                        crate::cache::neutral_fill(&mut x);
-                        relay::proxy(&self.connector, &mut s, &mut x, &mut end, Some(*fill)).await;
-                        end.cache = Some(("MISS", None));
-                    }
-                    Lookup::General => return hand_over_decided(s, copy, Decided { x, started }),
-                }
+        match (decision, looked_up) {
+            (Decision::Proxy, Some(Lookup::Fresh(hit))) => {
+                write_hit(&mut s, hit, &x.response_edits).await;
+                end.cache = Some(("HIT", Some(s.body_bytes_sent())));
             }
-            Decision::Proxy => {
+            (Decision::Proxy, Some(Lookup::Fill(fill))) => {
+                crate::cache::neutral_fill(&mut x);
+                relay::proxy(&self.connector, &mut s, &mut x, &mut end, Some(*fill)).await;
+                end.cache = Some(("MISS", None));
+            }
+            (Decision::Proxy, Some(Lookup::General)) => {
+                return hand_over_decided(*s, head, Decided { x, started })
+            }
+            (Decision::Proxy, None) => {
                 if x.cache.is_some() || x.compress.is_some() || http2_upstream(&x) {
-                    return hand_over_decided(s, copy, Decided { x, started });
+                    return hand_over_decided(*s, head, Decided { x, started });
                 }
                 relay::proxy(&self.connector, &mut s, &mut x, &mut end, None).await;
             }
-            Decision::Reply(reply) => {
+            (Decision::Reply(reply), _) => {
                 if let Err(e) = write_reply(&mut s, reply, &x.response_edits).await {
                     log::debug!("client went away: {e}");
                     s.set_server_keepalive(None);
                 }
             }
-            Decision::Refuse(reply) => {
+            (Decision::Refuse(reply), _) => {
                 s.set_server_keepalive(None);
                 if let Err(e) = write_reply(&mut s, reply, &[]).await {
                     log::debug!("client went away: {e}");
                 }
             }
         }
-        self.finish(s, &gw, &mut x, started, end).await
+        self.finish(*s, &gw, &mut x, started, end).await
     }
 
     /// Accounts for the request and gives the connection back for the next one.
@@ -184,20 +196,15 @@ impl FastPath {
     /// work (keep-alive, framing) is done, the head carries both.
     async fn answer_hit(
         &self,
-        s: HttpSession,
+        reading: Reading,
         raw: RawHit,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
-        let head_only = s.req_header().method == http::Method::HEAD;
-        // The access log names the request; the session that holds its head goes now.
-        let logged = crate::access_log::enabled().then(|| {
-            let r = exchange::Requested::of(s.req_header());
-            (r.method.to_owned(), r.url.to_owned())
-        });
-        let mut stream = s.into_inner();
+        // The access log names the request; what holds its head goes now.
+        let (mut stream, head_only, logged) = reading.into_stream();
         let body = (!head_only).then(|| raw.hit.body());
         let written =
             crate::listener::io::by_deadline(write_raw(&mut stream, &raw.head, body), || {
@@ -285,21 +292,6 @@ pub struct Finish {
     cache: Option<(&'static str, Option<usize>)>,
 }
 
-/// A request without a body, on HTTP/1, not asking to switch protocols: one the fast path can
-/// serve whatever its pipeline decides.
-fn bodiless(head: &RequestHeader) -> bool {
-    use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
-    matches!(head.method, http::Method::GET | http::Method::HEAD)
-        && matches!(
-            head.version,
-            http::Version::HTTP_11 | http::Version::HTTP_10
-        )
-        && !head
-            .headers
-            .keys()
-            .any(|n| [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT].contains(n))
-}
-
 /// Whether the request goes to its upstream over HTTP/2 (only the general path speaks it).
 fn http2_upstream(x: &Exchange) -> bool {
     x.proxy.as_ref().is_none_or(|p| p.endpoint.settings.http2)
@@ -320,18 +312,6 @@ fn hand_over(stream: Stream, head: BytesMut, decided: Option<Decided>) -> Server
         session.set_connection_user_context(Some(Box::new(d)));
     }
     session
-}
-
-fn facts(s: &HttpSession) -> Facts<'_> {
-    Facts {
-        head: s.req_header(),
-        client_ip: s.client_addr().and_then(PeerAddr::as_inet).map(|a| a.ip()),
-        server_port: s
-            .server_addr()
-            .and_then(PeerAddr::as_inet)
-            .map(|a| a.port()),
-        tls: s.digest().ssl_digest.is_some(),
-    }
 }
 
 /// Answers from the tile cache: the stored head with `X-Cache-Status: HIT` and the pipeline's

@@ -36,6 +36,18 @@ pub struct StoredMeta {
 }
 
 impl StoredMeta {
+    /// A fill's metadata: how long it stays fresh, and its stored head.
+    pub fn new(f: super::freshness::Freshness, header: ResponseHeader) -> StoredMeta {
+        StoredMeta {
+            fresh_until: f.fresh_until,
+            updated: f.updated,
+            stale_while_revalidate: f.stale_while_revalidate,
+            stale_if_error: f.stale_if_error,
+            variance: None,
+            header,
+        }
+    }
+
     pub fn from_meta(m: &CacheMeta) -> StoredMeta {
         StoredMeta {
             fresh_until: m.fresh_until(),
@@ -196,14 +208,14 @@ impl TileStore {
     }
 
     /// Starts collecting a response to store under `key`.
-    pub fn filling(&'static self, key: HashBinary, meta: &CacheMeta) -> Filling {
+    pub fn filling(&'static self, key: HashBinary, meta: StoredMeta) -> Filling {
         // A body of known length gets exactly its room (growing by doubling would keep up to
         // twice the tile's size in memory for as long as it is cached).
-        let declared = content_length(meta.response_header()).unwrap_or(0);
+        let declared = content_length(&meta.header).unwrap_or(0);
         Filling {
             store: self,
             key,
-            meta: Some(StoredMeta::from_meta(meta)),
+            meta: Some(meta),
             body: BytesMut::with_capacity(declared.min(MAX_RESERVE)),
         }
     }
@@ -246,7 +258,9 @@ impl Storage for TileStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(self.filling(slot(key), meta)))
+        Ok(Box::new(
+            self.filling(slot(key), StoredMeta::from_meta(meta)),
+        ))
     }
 
     async fn purge(

@@ -1,0 +1,381 @@
+//! A plain request head read without Pingora's session, for a gateway that caches tiles: a
+//! hit found for it is answered on the connection itself, and Pingora's session (which reads
+//! the head again) is made only for what needs one. Building the session's request head costs
+//! about a quarter of a hit's instructions; this reading costs less than half of that.
+//!
+//! Only heads whose reading leaves no room for judgement are read here: GET or HEAD, HTTP/1.0
+//! or 1.1, an origin-form target without a fragment, at most one `Host` without userinfo, at
+//! most one `Connection` naming only `close` or `keep-alive`, nothing that announces a body or
+//! a protocol switch, and nothing after the head. Pingora's session reads every such head to
+//! the same request, so what the pipeline decided on this one holds for the session's. Any
+//! other head is left to the session, as before.
+
+use std::net::IpAddr;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::{HeaderName, HeaderValue, Method, Uri, Version};
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora_core::protocols::{SocketDigest, Stream};
+use pingora_http::RequestHeader;
+
+use super::SessionLimits;
+use crate::exchange::Facts;
+
+/// A request head as the fast path read it.
+pub enum Reading {
+    /// Read here; Pingora's session is made when one is needed.
+    Own {
+        stream: Stream,
+        req: Box<RequestHeader>,
+        head: BytesMut,
+    },
+    /// Read by Pingora's session (`head`: what it read, for a hand-over).
+    Session { s: Box<HttpSession>, head: BytesMut },
+}
+
+/// Why a session could not be made for a head read here: the connection and the head, for
+/// Pingora's proxy to read (and refuse) itself.
+pub struct Unread(pub Stream, pub BytesMut);
+
+impl Reading {
+    /// Reads `head` here when the gateway caches tiles and the head is plain, else through
+    /// Pingora's session; `Err` when the session cannot serve it (it goes to Pingora's proxy
+    /// unread).
+    pub async fn of(
+        stream: Stream,
+        head: BytesMut,
+        caching: bool,
+        limits: &SessionLimits,
+    ) -> Result<Reading, Unread> {
+        if caching {
+            if let Some(req) = read(&head) {
+                return Ok(Reading::Own {
+                    stream,
+                    req: Box::new(req),
+                    head,
+                });
+            }
+        }
+        match session(stream, &head, limits).await {
+            Ok(s) => Ok(Reading::Session { s, head }),
+            Err(stream) => Err(Unread(stream, head)),
+        }
+    }
+
+    pub fn req(&self) -> &RequestHeader {
+        match self {
+            Reading::Own { req, .. } => req,
+            Reading::Session { s, .. } => s.req_header(),
+        }
+    }
+
+    pub fn facts(&self) -> Facts<'_> {
+        let ((client_ip, server_port), tls) = match self {
+            Reading::Own { stream, .. } => (
+                addresses(stream.get_socket_digest().as_deref()),
+                stream.get_ssl_digest().is_some(),
+            ),
+            Reading::Session { s, .. } => (
+                addresses(s.digest().socket_digest.as_deref()),
+                s.digest().ssl_digest.is_some(),
+            ),
+        };
+        Facts {
+            head: self.req(),
+            client_ip,
+            server_port,
+            tls,
+        }
+    }
+
+    /// Whether the connection stays open after this request.
+    pub fn keepalive(&self, limits: &SessionLimits) -> bool {
+        match self {
+            Reading::Own { req, .. } => client_keepalive(req) && limits.keepalive_secs.is_some(),
+            Reading::Session { s, .. } => s.will_keepalive(),
+        }
+    }
+
+    /// Whether nothing of a next request was read with this one.
+    pub fn alone(&self) -> bool {
+        match self {
+            Reading::Own { .. } => true,
+            Reading::Session { s, head } => s.get_headers_raw_bytes().len() == head.len(),
+        }
+    }
+
+    /// The connection, whether the request is a HEAD, and its method and url for the access
+    /// log (when one is written).
+    pub fn into_stream(self) -> (Stream, bool, Option<(String, String)>) {
+        let req = self.req();
+        let head_only = req.method == Method::HEAD;
+        let logged = crate::access_log::enabled().then(|| {
+            let r = crate::exchange::Requested::of(req);
+            (r.method.to_owned(), r.url.to_owned())
+        });
+        let stream = match self {
+            Reading::Own { stream, .. } => stream,
+            Reading::Session { s, .. } => s.into_inner(),
+        };
+        (stream, head_only, logged)
+    }
+
+    /// Pingora's session for the request and the head it read.
+    pub async fn into_session(
+        self,
+        limits: &SessionLimits,
+    ) -> Result<(Box<HttpSession>, BytesMut), Unread> {
+        match self {
+            Reading::Session { s, head } => Ok((s, head)),
+            Reading::Own { stream, head, .. } => match session(stream, &head, limits).await {
+                Ok(s) => Ok((s, head)),
+                Err(stream) => Err(Unread(stream, head)),
+            },
+        }
+    }
+}
+
+/// Pingora's session for a request whose complete head is `head`, set up for the fast path;
+/// `Err` (the connection) when it reads no request the fast path serves.
+async fn session(
+    stream: Stream,
+    head: &BytesMut,
+    limits: &SessionLimits,
+) -> Result<Box<HttpSession>, Stream> {
+    let mut s = Box::new(HttpSession::new(stream));
+    s.set_pipelined_prefix(head.clone());
+    if !matches!(s.read_request().await, Ok(Some(_))) || !bodiless(s.req_header()) {
+        return Err(s.into_inner());
+    }
+    // Reading the request applied the client's wish (HTTP/1.0 closes unless it asks for
+    // keep-alive, `Connection: close` closes); the server's only narrows it.
+    if s.will_keepalive() {
+        s.set_server_keepalive(limits.keepalive_secs);
+    }
+    s.set_read_timeout(Some(limits.read_timeout));
+    s.set_write_timeout(Some(limits.write_timeout));
+    Ok(s)
+}
+
+/// The client's address and the port it connected to.
+fn addresses(socket: Option<&SocketDigest>) -> (Option<IpAddr>, Option<u16>) {
+    let inet = |a: Option<&PeerAddr>| a.and_then(PeerAddr::as_inet).copied();
+    (
+        inet(socket.and_then(SocketDigest::peer_addr)).map(|a| a.ip()),
+        inet(socket.and_then(SocketDigest::local_addr)).map(|a| a.port()),
+    )
+}
+
+/// A request without a body, on HTTP/1, not asking to switch protocols: one the fast path can
+/// serve whatever its pipeline decides.
+fn bodiless(head: &RequestHeader) -> bool {
+    matches!(head.method, Method::GET | Method::HEAD)
+        && matches!(head.version, Version::HTTP_11 | Version::HTTP_10)
+        && !head.headers.keys().any(|n| SESSION_ONLY.contains(n))
+}
+
+/// More headers than this and the session reads the head.
+const MAX_HEADERS: usize = 48;
+
+/// Headers whose presence leaves the head to the session.
+const SESSION_ONLY: [HeaderName; 4] = [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT];
+
+/// The request `head` (exactly one complete head) carries, when it is plain enough to read here.
+pub fn read(head: &[u8]) -> Option<RequestHeader> {
+    // One copy of the head, which the target and the header values then share.
+    let head = Bytes::copy_from_slice(head);
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    match parsed.parse(&head) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = match parsed.method? {
+        "GET" => Method::GET,
+        "HEAD" => Method::HEAD,
+        _ => return None,
+    };
+    parts.version = match parsed.version? {
+        1 => Version::HTTP_11,
+        0 => Version::HTTP_10,
+        _ => return None,
+    };
+    let target = parsed.path?.as_bytes();
+    if target.first() != Some(&b'/') || memchr::memchr(b'#', target).is_some() {
+        return None;
+    }
+    parts.uri = Uri::from_maybe_shared(head.slice_ref(target)).ok()?;
+    parts.headers.reserve(parsed.headers.len());
+    let (mut hosts, mut connections) = (0, 0);
+    for h in parsed.headers.iter() {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
+        if SESSION_ONLY.contains(&name) {
+            return None;
+        }
+        if name == HOST {
+            hosts += 1;
+            if hosts > 1 || h.value.contains(&b'@') {
+                return None;
+            }
+        } else if name == CONNECTION {
+            connections += 1;
+            if connections > 1 || connection_says(h.value).is_none() {
+                return None;
+            }
+        }
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        parts.headers.append(name, value);
+    }
+    Some(RequestHeader::from(parts))
+}
+
+/// What a `Connection` value says of keep-alive: `Some(true)` for `keep-alive`, `Some(false)`
+/// for `close`, `None` for anything else.
+fn connection_says(value: &[u8]) -> Option<bool> {
+    let token = value.trim_ascii();
+    if token.eq_ignore_ascii_case(b"keep-alive") {
+        Some(true)
+    } else if token.eq_ignore_ascii_case(b"close") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
+/// Whether the client wants its connection kept after this request, as Pingora's session
+/// judges it: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+pub fn client_keepalive(req: &RequestHeader) -> bool {
+    match req
+        .headers
+        .get(CONNECTION)
+        .map(|v| connection_says(v.as_bytes()))
+    {
+        Some(Some(keep)) => keep,
+        _ => req.version == Version::HTTP_11,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the session reads from a head, for comparison.
+    fn by_session(head: &[u8]) -> Option<(Box<RequestHeader>, bool)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (server, _) = listener.accept().await.expect("accept");
+            let stream: pingora_core::protocols::Stream =
+                Box::new(crate::listener::io::ClientIo::new(server));
+            let mut s = pingora_core::protocols::http::v1::server::HttpSession::new(stream);
+            s.set_pipelined_prefix(bytes::BytesMut::from(head));
+            match s.read_request().await {
+                Ok(Some(_)) => Some((Box::new(s.req_header().clone()), s.will_keepalive())),
+                _ => None,
+            }
+        })
+    }
+
+    /// Reads `head` both ways: when it is read here, the session reads the same request.
+    fn same_as_the_session(head: &[u8]) {
+        let Some(ours) = read(head) else {
+            return;
+        };
+        let shown = head.escape_ascii().to_string();
+        let (theirs, keep) = by_session(head)
+            .unwrap_or_else(|| panic!("read here but refused by the session: {shown}"));
+        assert_eq!(ours.method, theirs.method, "{shown}");
+        assert_eq!(ours.uri, theirs.uri, "{shown}");
+        assert_eq!(ours.version, theirs.version, "{shown}");
+        assert_eq!(ours.headers, theirs.headers, "{shown}");
+        assert_eq!(client_keepalive(&ours), keep, "{shown}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(300))]
+        /// Heads made of what needs judgement (odd targets, repeated or odd `Host` and
+        /// `Connection`, body and upgrade headers, bare line ends): whatever is read here is
+        /// read the same by the session.
+        #[test]
+        fn whatever_is_read_here_the_session_reads_alike(
+            method in proptest::prop_oneof![4 => "GET", 1 => "HEAD", 1 => "POST|get"],
+            target in proptest::prop_oneof![
+                6 => "/[a-z/?%.é=&]{0,12}",
+                1 => "(\\*|http://a|/a#b|/a b|)[a-z/?#@:]{0,6}",
+            ],
+            version in proptest::prop_oneof![6 => "HTTP/1\\.[01]", 1 => "HTTP/2\\.0|HTTP/1\\.1 "],
+            headers in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        4 => "Host|X-A|Accept|x-a",
+                        2 => "Connection|host",
+                        1 => "Content-Length|Transfer-Encoding|Upgrade|Expect|X A",
+                    ],
+                    proptest::prop_oneof![
+                        4 => "[a-z0-9.:]{0,8}",
+                        2 => "close|keep-alive|Keep-Alive| close|close ",
+                        1 => "[ a-z0-9@,:\t-]{0,10}",
+                    ],
+                ),
+                0..5,
+            ),
+            bare in proptest::bool::ANY,
+        ) {
+            let eol = if bare { "\n" } else { "\r\n" };
+            let mut head = format!("{method} {target} {version}{eol}");
+            for (n, v) in &headers {
+                head.push_str(&format!("{n}: {v}{eol}"));
+            }
+            head.push_str(eol);
+            same_as_the_session(head.as_bytes());
+        }
+    }
+
+    #[test]
+    fn plain_heads_read_as_the_session_reads_them() {
+        let heads: [&[u8]; 7] = [
+            b"GET /caf\xc3\xa9 HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /wmts/1/2/3.png?jwt=a.b.c&x=1 HTTP/1.1\r\nHost: tiles\r\nAccept: */*\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nhost: tiles:8080\r\nConnection: close\r\n\r\n",
+            b"GET /a HTTP/1.0\r\nHost: t\r\n\r\n",
+            b"GET /a HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
+            b"GET /a?q=%20b HTTP/1.1\r\nX-Two: 1\r\nx-two: 2\r\nOrigin: http://map\r\n\r\n",
+            b"GET /a HTTP/1.1\nHost: t\n\n",
+        ];
+        for head in heads {
+            assert!(read(head).is_some(), "left unread: {}", head.escape_ascii());
+            same_as_the_session(head);
+        }
+    }
+
+    #[test]
+    fn heads_needing_judgement_are_left_to_the_session() {
+        let heads: [&[u8]; 12] = [
+            b"POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            b"GET http://tiles/a HTTP/1.1\r\nHost: tiles\r\n\r\n",
+            b"GET /a#f HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: u@a\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nConnection: close, te\r\n\r\n",
+            b"GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nHost: t\r\n",
+        ];
+        for head in heads {
+            assert!(read(head).is_none(), "{}", head.escape_ascii());
+        }
+    }
+}
