@@ -214,7 +214,19 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
             upstream.insert_header(http::header::HOST, host.clone())?;
         }
     }
-    apply_edits(upstream, &x.upstream_edits)?;
+    match &x.proxy {
+        Some(plan) => {
+            let (before, own) = x
+                .upstream_edits
+                .split_at(plan.edits_before.min(x.upstream_edits.len()));
+            apply_edits(upstream, before)?;
+            if let Ok(id) = HeaderValue::from_str(&x.request_id) {
+                upstream.insert_header(crate::policies::proxy::REQUEST_ID.clone(), id)?;
+            }
+            apply_edits(upstream, own)?;
+        }
+        None => apply_edits(upstream, &x.upstream_edits)?,
+    }
     if filling {
         upstream.remove_header(&EG_CONSUMER_ID);
     }

@@ -9,7 +9,6 @@
 //! per stored object, with only what changes per request added: `Age`, `Date`, `Connection`,
 //! `X-Cache-Status` and the pipeline's response headers ([`FreshHit::wire_head`]).
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -124,8 +123,9 @@ impl FreshHit {
         let date = pingora_core::protocols::http::date::get_cached_date();
         let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 96);
         buf.put_slice(template);
-        // Writing into a growable buffer cannot fail.
-        let _ = write!(buf, "Age: {}\r\n", self.age);
+        buf.put_slice(b"Age: ");
+        buf.put_slice(itoa::Buffer::new().format(self.age).as_bytes());
+        buf.put_slice(b"\r\n");
         for (n, v) in [(&DATE, date.as_bytes()), (&super::X_CACHE_STATUS, b"HIT")] {
             buf.put_slice(n.as_str().as_bytes());
             buf.put_slice(b": ");

@@ -275,12 +275,25 @@ struct RawHit {
     keepalive: bool,
 }
 
-/// Writes a head and a body (the transport sends a large body with the head in one write).
+/// Writes a head and a body: in one `writev` when the transport takes them so.
 async fn write_raw(stream: &mut Stream, head: &[u8], body: Option<&Bytes>) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    stream.write_all(head).await?;
-    if let Some(body) = body {
-        stream.write_all(body).await?;
+    let body: &[u8] = body.map_or(&[], |b| b);
+    let mut done = 0;
+    while done < head.len() + body.len() {
+        let n = if done < head.len() {
+            let bufs = [
+                std::io::IoSlice::new(&head[done..]),
+                std::io::IoSlice::new(body),
+            ];
+            stream.write_vectored(&bufs).await?
+        } else {
+            stream.write(&body[done - head.len()..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        done += n;
     }
     stream.flush().await
 }

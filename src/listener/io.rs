@@ -135,6 +135,30 @@ impl AsyncWrite for ClientIo {
         Poll::Ready(Ok(data.len()))
     }
 
+    /// Several pieces at least as large as a direct write, with nothing buffered, go to the
+    /// socket in one `writev` (a cache hit's head and body); anything else is written as the
+    /// first piece alone.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.written == this.out.len() && total >= DIRECT_WRITE {
+            return Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+        }
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &**b);
+        Pin::new(this).poll_write(cx, first)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.tcp).poll_flush(cx)

@@ -124,6 +124,10 @@ pub struct ProxyPlan {
     pub read_timeout: Option<Duration>,
     /// When the whole exchange with the upstream must be over.
     pub deadline: Option<std::time::Instant>,
+    /// How many of the exchange's upstream edits came before the proxy step: the request id
+    /// header goes between those and the step's own (it is made only for a request that goes
+    /// upstream).
+    pub edits_before: usize,
 }
 
 /// How the upstream path is made for a url (`http-proxy`'s rules).

@@ -1,6 +1,7 @@
 //! `proxy`: chooses an available url of the service endpoint (its balancing; an immediate 502
 //! when none is available), rewrites the path (stripPath, prependPath, ignorePath), sets Host
-//! (changeOrigin), X-Forwarded-* (xfwd), `eg-request-id` and any static `headers`, and sets
+//! (changeOrigin), X-Forwarded-* (xfwd), `eg-request-id` (added to the request that goes
+//! upstream, see [`crate::exchange::upstream_request`]) and any static `headers`, and sets
 //! the timeouts: `connectTimeout`, `readTimeout` (between bytes) and `totalTimeout`, in ms;
 //! EG's `proxyTimeout` and `timeout` stand for connect and read when those are not given. The
 //! transfer itself is Pingora's.
@@ -64,7 +65,7 @@ pub struct Proxy {
     headers: Vec<(HeaderName, HeaderValue)>,
 }
 
-static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
 static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
 static XF_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 static XF_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -195,7 +196,13 @@ fn stripped_url(req: &Request<'_>) -> String {
             None => "/".into(),
         },
         Some(0) => req.url.to_string(),
-        Some(at) => format!("/{}", req.url.get(at..).unwrap_or("")),
+        Some(at) => {
+            let rest = req.url.get(at..).unwrap_or("");
+            let mut url = String::with_capacity(rest.len() + 1);
+            url.push('/');
+            url.push_str(rest);
+            url
+        }
     }
 }
 
@@ -253,6 +260,7 @@ impl Policy for Proxy {
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
             deadline: None,
+            edits_before: x.upstream_edits.len(),
         };
         if !plan.retarget(i) {
             log::warn!(
@@ -265,10 +273,6 @@ impl Policy for Proxy {
         }
         if let Some(t) = self.total_timeout {
             plan.deadline = Some(std::time::Instant::now() + t);
-        }
-        if let Ok(id) = HeaderValue::from_str(&x.request_id) {
-            x.upstream_edits
-                .push(HeaderEdit::Set(REQUEST_ID.clone(), id));
         }
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));

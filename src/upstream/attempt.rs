@@ -228,6 +228,7 @@ mod tests {
             connect_timeout: None,
             read_timeout: None,
             deadline: None,
+            edits_before: 0,
         };
         assert!(plan.retarget(0));
         begin(&mut plan, "/").expect("a first attempt");
