@@ -1,7 +1,7 @@
 //! A plain request head read without Pingora's session, for a gateway that caches tiles: a
 //! hit found for it is answered on the connection itself, and Pingora's session (which reads
 //! the head again) is made only for what needs one. Building the session's request head costs
-//! about a quarter of a hit's instructions; this reading costs less than half of that.
+//! about a quarter of a hit's instructions; this reading costs about half of that.
 //!
 //! Only heads whose reading leaves no room for judgement are read here: GET or HEAD, HTTP/1.0
 //! or 1.1, an origin-form target without a fragment, at most one `Host` without userinfo, at
@@ -35,8 +35,8 @@ pub enum Reading {
     Session { s: Box<HttpSession>, head: BytesMut },
 }
 
-/// Why a session could not be made for a head read here: the connection and the head, for
-/// Pingora's proxy to read (and refuse) itself.
+/// A head the fast path does not serve: the connection and the head, for Pingora's proxy to
+/// read (and answer) itself.
 pub struct Unread(pub Stream, pub BytesMut);
 
 impl Reading {

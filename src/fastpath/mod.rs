@@ -120,8 +120,8 @@ impl FastPath {
         let (mut s, head) = match reading.into_session(limits).await {
             Ok(session) => session,
             Err(Unread(stream, head)) => {
-                // Not a head read here and refused by the session; Pingora's proxy reads it
-                // again and answers.
+                // A head read here that the session refuses (it reads every such head alike,
+                // so this should not happen): Pingora's proxy reads it again and answers.
                 log::debug!("a request head read on the fast path was refused by the session");
                 crate::proxy::request_ended();
                 return Served::HandOver(Box::new(hand_over(stream, head, None)));
