@@ -14,7 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Outcome, Reply, Request};
-use crate::request_id::new_request_id;
+use crate::request_id::RequestId;
 use crate::responses;
 use crate::routing::Target;
 
@@ -103,7 +103,7 @@ pub async fn decide(
         let pipeline = &gw.pipelines[pi];
         x.endpoint = Some(gw.endpoints[route.endpoint].clone());
         if from > 0 {
-            x.request_id = new_request_id(); // EG makes a new context per route match
+            x.request_id = RequestId::default(); // EG makes a new context per route match
         }
         let mut step = 0;
         loop {
@@ -220,7 +220,7 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
                 .upstream_edits
                 .split_at(plan.edits_before.min(x.upstream_edits.len()));
             apply_edits(upstream, before)?;
-            if let Ok(id) = HeaderValue::from_str(&x.request_id) {
+            if let Ok(id) = HeaderValue::from_str(x.request_id.get()) {
                 upstream.insert_header(crate::policies::proxy::REQUEST_ID.clone(), id)?;
             }
             apply_edits(upstream, own)?;
@@ -306,7 +306,7 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
             "api_endpoint": endpoint.map(|ep| &*ep.name),
             "upstream": x.proxy.as_ref().map(|p| p.addr.to_string()),
             "cache": end.cache.map(|c| c.0),
-            "request_id": x.request_id,
+            "request_id": x.request_id.get(),
         });
         crate::access_log::write(line.to_string());
     }

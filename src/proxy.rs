@@ -20,7 +20,6 @@ use crate::exchange::{self, apply_edits, Decision, Ended, Facts};
 use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
-use crate::request_id::new_request_id;
 
 /// A request begins being served: `tollgate_requests_in_flight` counts it (the drain on
 /// SIGTERM waits for it to reach 0).
@@ -131,7 +130,6 @@ impl ProxyHttp for Tollgate {
                 Decision::Proxy
             }
             None => {
-                ctx.x.request_id = new_request_id();
                 let gw = self.gateway.load();
                 exchange::decide(&gw, &self.health, &facts(session), &mut ctx.x).await
             }

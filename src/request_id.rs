@@ -1,6 +1,19 @@
 //! Request ids in the shape of EG's: 22 base62 characters, as EG's `uuid62.v4()` writes a
 //! random 128-bit value for `eg-request-id`.
 
+use std::sync::OnceLock;
+
+/// A request's id, made when first asked for: a request answered without going upstream,
+/// logging or templating it (a cache hit) never makes one.
+#[derive(Debug, Default)]
+pub struct RequestId(OnceLock<String>);
+
+impl RequestId {
+    pub fn get(&self) -> &str {
+        self.0.get_or_init(new_request_id)
+    }
+}
+
 const ALPHABET: &[u8; 62] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ";
 
 /// A new random request id: 22 random base62 characters (about 131 bits). Each character is
@@ -27,6 +40,15 @@ pub fn new_request_id() -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_request_keeps_the_id_it_was_first_given() {
+        let id = super::RequestId::default();
+        let first = id.get().to_string();
+        assert_eq!(first.len(), 22);
+        assert_eq!(id.get(), first);
+        assert_ne!(super::RequestId::default().get(), first);
+    }
+
     #[test]
     fn ids_are_22_base62_chars_and_differ() {
         let a = super::new_request_id();

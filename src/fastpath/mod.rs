@@ -34,7 +34,6 @@ use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::proxy::Decided;
-use crate::request_id::new_request_id;
 use head::{Reading, Unread};
 
 /// How the fast path left a connection.
@@ -86,10 +85,7 @@ impl FastPath {
 
         let started = Instant::now();
         crate::proxy::request_started();
-        let mut x = Exchange {
-            request_id: new_request_id(),
-            ..Exchange::default()
-        };
+        let mut x = Exchange::default();
         let decision = exchange::decide(&gw, &self.health, &reading.facts(), &mut x).await;
         let looked_up = match decision {
             Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {

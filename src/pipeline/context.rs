@@ -247,7 +247,7 @@ impl std::fmt::Debug for Outcome {
 /// Per-request state the policies build up.
 #[derive(Debug, Default)]
 pub struct Exchange {
-    pub request_id: String,
+    pub request_id: crate::request_id::RequestId,
     /// The apiEndpoint of the route being run.
     pub endpoint: Option<Arc<ApiEndpoint>>,
     /// Whether the `metrics` policy asked for this request to be counted.

@@ -85,7 +85,7 @@ impl Expr {
                         out.push_str(&c.id);
                     }
                 }
-                Term::RequestId => out.push_str(&x.request_id),
+                Term::RequestId => out.push_str(x.request_id.get()),
                 Term::EndpointName => out.push_str(&req.endpoint.name),
             }
         }

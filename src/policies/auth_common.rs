@@ -26,7 +26,7 @@ pub fn succeed(x: &mut Exchange, consumer: Consumer) -> Outcome {
 pub fn fail(x: &mut Exchange, pass_through: bool, status: u16, why: &'static str) -> Outcome {
     log::debug!(
         "request {}: {why}: {}",
-        x.request_id,
+        x.request_id.get(),
         if pass_through {
             "going on as anonymous"
         } else if status == 403 {
