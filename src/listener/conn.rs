@@ -11,11 +11,12 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::ssl::SslAcceptor;
+use std::pin::Pin;
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::{timeout_at, Instant, Sleep};
 
 use super::io::{by_deadline, ClientIo};
 use super::ClientLimits;
@@ -103,10 +104,14 @@ where
     // register with the signal, under its lock, and leave it again.
     let mut signal = shutdown.clone();
     let mut stopping = std::pin::pin!(async move { shutting_down(&mut signal).await });
+    // One timer for the waits between requests, for the connection's life: it is set again
+    // when it would go off after a wait's end or goes off before it, not for every request
+    // (each wait ends later than the one before).
+    let mut timer = std::pin::pin!(tokio::time::sleep_until(wait_until));
     loop {
         let head = tokio::select! {
             biased;
-            head = read_head(&mut stream, wait_until, first, limits) => head,
+            head = read_head(&mut stream, wait_until, timer.as_mut(), first, limits) => head,
             _ = &mut stopping => return ConnClose::Shutdown,
         };
         let head = match head {
@@ -193,13 +198,15 @@ enum Refused {
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout";
 const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
 
-/// Reads one request head. Waits for its first byte until `wait_until`, holding no buffer
-/// while it waits where the transport can tell without reading. From the first byte (for a
-/// connection's first request: from the connect) the whole head must arrive within the header
-/// timeout; a head that stops short gets a 408, a connection that never began one is closed.
+/// Reads one request head. Waits for its first byte until `wait_until` (`timer` goes off at or
+/// before it), holding no buffer while it waits where the transport can tell without reading.
+/// From the first byte (for a connection's first request: from the connect) the whole head
+/// must arrive within the header timeout; a head that stops short gets a 408, a connection that
+/// never began one is closed.
 async fn read_head(
     stream: &mut Stream,
     wait_until: Instant,
+    mut timer: Pin<&mut Sleep>,
     first: bool,
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
@@ -209,10 +216,25 @@ async fn read_head(
         ConnClose::KeepaliveTimeout
     };
     let mut probe = [0u8; 1];
-    let peeked = match timeout_at(wait_until, stream.try_peek(&mut probe)).await {
-        Err(_) => return Err(Refused::Close(silent)),
-        Ok(Err(_)) => return Err(Refused::Close(ConnClose::Done)),
-        Ok(Ok(peeked)) => peeked,
+    if timer.deadline() > wait_until {
+        // The wait ends sooner than the timer would go off (the first wait after the header
+        // timeout, when keep-alive is shorter).
+        timer.as_mut().reset(wait_until);
+    }
+    let peeked = loop {
+        tokio::select! {
+            biased;
+            peeked = stream.try_peek(&mut probe) => match peeked {
+                Ok(peeked) => break peeked,
+                Err(_) => return Err(Refused::Close(ConnClose::Done)),
+            },
+            () = timer.as_mut() => {
+                if Instant::now() >= wait_until {
+                    return Err(Refused::Close(silent));
+                }
+                timer.as_mut().reset(wait_until);
+            }
+        }
     };
     let mut deadline = if !first && peeked {
         Instant::now() + limits.header_timeout
