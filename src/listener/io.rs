@@ -288,4 +288,63 @@ mod tests {
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes out of order");
     }
+
+    /// Vectored writes, with something buffered before them or not, large or small, to a
+    /// client that reads slowly: every byte arrives, in order.
+    #[tokio::test]
+    async fn vectored_writes_arrive_whole_and_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let piece =
+            |n: usize, salt: usize| -> Vec<u8> { (0..n).map(|b| (b * 13 + salt) as u8).collect() };
+        let writes: Vec<(Vec<u8>, Vec<u8>)> = vec![
+            (piece(300, 1), piece(20 * 1024, 2)),
+            (piece(200, 3), piece(100, 4)),
+            (piece(250, 5), piece(2 * 1024 * 1024, 6)),
+            (piece(310, 7), piece(20 * 1024, 8)),
+        ];
+        let mut expected = b"buffered first".to_vec();
+        for (a, b) in &writes {
+            expected.extend_from_slice(a);
+            expected.extend_from_slice(b);
+        }
+        let writer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut io = ClientIo::new(tcp);
+            io.write_all(b"buffered first").await.unwrap();
+            for (a, b) in &writes {
+                let mut done = 0;
+                while done < a.len() + b.len() {
+                    let n = if done < a.len() {
+                        let bufs = [io::IoSlice::new(&a[done..]), io::IoSlice::new(b)];
+                        io.write_vectored(&bufs).await.unwrap()
+                    } else {
+                        io.write(&b[done - a.len()..]).await.unwrap()
+                    };
+                    assert!(n > 0);
+                    done += n;
+                }
+                // The next pair finds nothing buffered: a large one goes straight to the socket.
+                io.flush().await.unwrap();
+            }
+            assert!(io.out.is_empty() && io.out.capacity() == 0);
+            AsyncWriteExt::shutdown(&mut io).await.unwrap();
+        });
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 7000];
+        loop {
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() < 512 * 1024 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        writer.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
+    }
 }
