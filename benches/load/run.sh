@@ -11,7 +11,9 @@
 # installed or started is skipped, with a line saying so) — and tollgate (the plain
 # `cors + proxy` pipeline), tollgate-kargo (Kargo's tile pipeline: metrics, cors, jwt from ?jwt=
 # with a credential check, scopes, proxy) and tollgate-cache (the same with the tile cache
-# before the proxy).
+# before the proxy); tollgate-cache-1t, not in the default list, is tollgate-cache with one
+# worker thread (what nginx's accept does on a small box: one worker takes every connection of
+# a burst).
 # Scenarios: tile (20 KiB, one tile: a warm cache), tile1k (the same tile from 1,000 client
 # connections at once), small (100 B), json (100 B on /k2/), zipf (20 KiB tiles drawn from a
 # Zipf distribution over 10000: most requests hits), cold (20 KiB, every request a tile never
@@ -45,7 +47,7 @@ fi
 # wrk and the idle clients hold thousands of sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 : "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}" "${PROFILE:=release}"
-TG_PORT=18096; TG_ADMIN=19096; TGK_PORT=18097; TGK_ADMIN=19097; TGC_PORT=18098; TGC_ADMIN=19098
+TG_PORT=18096; TG_ADMIN=19096; TGK_PORT=18097; TGK_ADMIN=19097; TGC_PORT=18098; TGC_ADMIN=19098; TGC1_PORT=18099; TGC1_ADMIN=19099
 JWT_SECRET="${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}"
 OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT/wrk" "$OUT/tollgate"
@@ -95,13 +97,15 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
 [[ " $PEERS " == *" tollgate-cache "* ]] && start_tollgate tollgate-cache "$ROOT/benches/load/kargo-cache" $TGC_PORT $TGC_ADMIN \
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
+[[ " $PEERS " == *" tollgate-cache-1t "* ]] && start_tollgate tollgate-cache-1t "$ROOT/benches/load/kargo-cache" $TGC1_PORT $TGC1_ADMIN \
+  --populate "$ROOT/benches/load/kargo/consumers.config.json" --threads 1
 TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "$JWT_SECRET")"
 
 # ---- peers and scenarios -----------------------------------------------------------------------
-port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; *) peer_port "$1" ;; esac; }
+port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; tollgate-cache-1t) echo $TGC1_PORT ;; *) peer_port "$1" ;; esac; }
 pids_of() {
   case $1 in
-    tollgate|tollgate-kargo|tollgate-cache) cat "$OUT/tollgate/$1.pid" ;;
+    tollgate|tollgate-kargo|tollgate-cache|tollgate-cache-1t) cat "$OUT/tollgate/$1.pid" ;;
     *) svc_pids "$(peer_svc "$1")" ;;
   esac
 }
@@ -110,7 +114,7 @@ path_of() { # PEER SCENARIO
   case $2 in tile|tile1k) p=/wmts/1/2/3.png ;; small) p=/wmts/small/1/2/3.png ;; json) p=/k2/ping ;; zipf) p=/wmts/zipf/1/1.png ;; cold) p=/wmts/cold/0/0.png ;; esac
   echo "$p$(suffix_of "$1")"
 }
-suffix_of() { [[ $1 == tollgate-kargo || $1 == tollgate-cache ]] && echo "?jwt=$TOKEN"; true; }
+suffix_of() { [[ $1 == tollgate-kargo || $1 == tollgate-cache* ]] && echo "?jwt=$TOKEN"; true; }
 # The wrk script that makes the requests of a scenario, if it needs one.
 script_of() { case $1 in zipf|cold) echo "$ROOT/benches/load/$1.lua" ;; esac; }
 conns_of() { case $1 in tile1k) echo "${CONNS_1K:-1000}" ;; *) echo "$CONNS" ;; esac; }
