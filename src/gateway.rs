@@ -111,9 +111,7 @@ impl Gateway {
             crate::admin::storage::Storage::from_system(&system, &mut errors).map(Arc::new);
         let router = build_router(&gw, &mut errors);
         errors.into_result()?;
-        let caching = pipelines
-            .iter()
-            .any(|p| p.steps.iter().any(|s| &*s.policy_name == "cache"));
+        let caching = pipelines.iter().any(Pipeline::caches);
         Ok(Gateway {
             router,
             endpoints,

@@ -84,9 +84,16 @@ fn half_sent_heads_are_closed_after_the_header_timeout() {
         "closing took {:?}",
         start.elapsed()
     );
-    assert!(
-        gw.metric(r#"tollgate_client_connections_closed_total{reason="header_timeout"}"#) >= 300.0
-    );
+    // A connection is counted as it ends, just after its socket closed: the last few may
+    // still be on their way.
+    let counted = (0..100).any(|_| {
+        let n = gw.metric(r#"tollgate_client_connections_closed_total{reason="header_timeout"}"#);
+        n >= 300.0 || {
+            std::thread::sleep(Duration::from_millis(20));
+            false
+        }
+    });
+    assert!(counted, "fewer than 300 header timeouts counted");
     // A slow sender that keeps trickling bytes is bounded by the whole head, not per read.
     let mut slow = connect(gw.port);
     let t = Instant::now();

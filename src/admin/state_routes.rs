@@ -34,7 +34,7 @@ fn state(gw: &Gateway) -> Response<Vec<u8>> {
     let pipelines: Vec<Value> = gw
         .pipelines
         .iter()
-        .filter(|p| p.steps.iter().any(|s| &*s.policy_name == "cache"))
+        .filter(|p| p.caches())
         .map(|p| json!(p.name.to_string()))
         .collect();
     let Some(cache) = crate::cache::get() else {

@@ -32,6 +32,7 @@ use crate::cache::hit::Lookup;
 use crate::exchange::{self, Decision, Ended};
 use crate::gateway::Gateway;
 use crate::health::Health;
+use crate::listener::io::write_pair;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::proxy::Decided;
 use head::{Reading, Unread};
@@ -202,11 +203,11 @@ impl FastPath {
         // The access log names the request; what holds its head goes now.
         let (mut stream, head_only, logged) = reading.into_stream();
         let body = (!head_only).then(|| raw.hit.body());
-        let written =
-            crate::listener::io::by_deadline(write_raw(&mut stream, &raw.head, body), || {
-                tokio::time::Instant::now() + limits.write_timeout
-            })
-            .await;
+        let written = crate::listener::io::by_deadline(
+            write_pair(&mut stream, &raw.head, body.map_or(&[], |b| b)),
+            || tokio::time::Instant::now() + limits.write_timeout,
+        )
+        .await;
         let error = match written {
             Some(Ok(())) => None,
             Some(Err(e)) => Some(Error::because(
@@ -269,29 +270,6 @@ struct RawHit {
     hit: crate::cache::hit::FreshHit,
     /// What the head's `Connection` says.
     keepalive: bool,
-}
-
-/// Writes a head and a body: in one `writev` when the transport takes them so.
-async fn write_raw(stream: &mut Stream, head: &[u8], body: Option<&Bytes>) -> std::io::Result<()> {
-    use tokio::io::AsyncWriteExt;
-    let body: &[u8] = body.map_or(&[], |b| b);
-    let mut done = 0;
-    while done < head.len() + body.len() {
-        let n = if done < head.len() {
-            let bufs = [
-                std::io::IoSlice::new(&head[done..]),
-                std::io::IoSlice::new(body),
-            ];
-            stream.write_vectored(&bufs).await?
-        } else {
-            stream.write(&body[done - head.len()..]).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        done += n;
-    }
-    stream.flush().await
 }
 
 /// What the upstream exchange (or the cache) left for the account of the request.

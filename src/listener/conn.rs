@@ -198,8 +198,9 @@ enum Refused {
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout";
 const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
 
-/// Reads one request head. Waits for its first byte until `wait_until` (`timer` goes off at or
-/// before it), holding no buffer while it waits where the transport can tell without reading.
+/// Reads one request head. Waits for its first byte until `wait_until` (`timer`, the
+/// connection's, is moved to it when it would go off later), holding no buffer while it waits
+/// where the transport can tell without reading.
 /// From the first byte (for a connection's first request: from the connect) the whole head
 /// must arrive within the header timeout; a head that stops short gets a 408, a connection that
 /// never began one is closed.

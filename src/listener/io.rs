@@ -219,6 +219,30 @@ impl Peek for ClientIo {
     }
 }
 
+/// Writes a head and a body and flushes them: in one `writev` when the transport takes them so
+/// (see [`ClientIo`]'s vectored write).
+pub async fn write_pair<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    head: &[u8],
+    body: &[u8],
+) -> io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut done = 0;
+    while done < head.len() + body.len() {
+        let n = if done < head.len() {
+            w.write_vectored(&[io::IoSlice::new(&head[done..]), io::IoSlice::new(body)])
+                .await?
+        } else {
+            w.write(&body[done - head.len()..]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        done += n;
+    }
+    w.flush().await
+}
+
 /// Runs `fut` until `deadline` (`None` when it passed first). Most reads and writes on a busy
 /// connection finish at their first poll: the timer is set only for one that has to wait.
 pub async fn by_deadline<F: std::future::Future>(
@@ -243,6 +267,24 @@ pub async fn by_deadline<F: std::future::Future>(
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Reads from `addr` until the peer closes, slowly for the first 512 KiB (the writer meets
+    /// a full socket).
+    async fn read_slowly(addr: std::net::SocketAddr) -> Vec<u8> {
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 7000];
+        loop {
+            let n = client.read(&mut buf).await.unwrap();
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if got.len() < 512 * 1024 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+    }
 
     /// A small head buffered, then bodies large enough to go straight to the socket, to a
     /// client that reads slowly: every byte arrives, in order, whatever the socket took.
@@ -271,26 +313,14 @@ mod tests {
             assert!(io.out.is_empty() && io.out.capacity() == 0);
             AsyncWriteExt::shutdown(&mut io).await.unwrap();
         });
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 7000];
-        loop {
-            let n = client.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if got.len() < 512 * 1024 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        }
+        let got = read_slowly(addr).await;
         writer.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes out of order");
     }
 
-    /// Vectored writes, with something buffered before them or not, large or small, to a
-    /// client that reads slowly: every byte arrives, in order.
+    /// Head-and-body pairs written as a cache hit is, with something buffered before them or
+    /// not, large or small, to a client that reads slowly: every byte arrives, in order.
     #[tokio::test]
     async fn vectored_writes_arrive_whole_and_in_order() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -313,36 +343,14 @@ mod tests {
             let mut io = ClientIo::new(tcp);
             io.write_all(b"buffered first").await.unwrap();
             for (a, b) in &writes {
-                let mut done = 0;
-                while done < a.len() + b.len() {
-                    let n = if done < a.len() {
-                        let bufs = [io::IoSlice::new(&a[done..]), io::IoSlice::new(b)];
-                        io.write_vectored(&bufs).await.unwrap()
-                    } else {
-                        io.write(&b[done - a.len()..]).await.unwrap()
-                    };
-                    assert!(n > 0);
-                    done += n;
-                }
-                // The next pair finds nothing buffered: a large one goes straight to the socket.
-                io.flush().await.unwrap();
+                // Flushed after each: the next pair finds nothing buffered, and a large one goes
+                // straight to the socket.
+                write_pair(&mut io, a, b).await.unwrap();
             }
             assert!(io.out.is_empty() && io.out.capacity() == 0);
             AsyncWriteExt::shutdown(&mut io).await.unwrap();
         });
-        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 7000];
-        loop {
-            let n = client.read(&mut buf).await.unwrap();
-            if n == 0 {
-                break;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if got.len() < 512 * 1024 {
-                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-            }
-        }
+        let got = read_slowly(addr).await;
         writer.await.unwrap();
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "bytes out of order");

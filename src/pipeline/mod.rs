@@ -33,6 +33,11 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Whether the pipeline has a `cache` step.
+    pub fn caches(&self) -> bool {
+        self.steps.iter().any(|s| &*s.policy_name == "cache")
+    }
+
     /// Runs the steps in order from step `from`. Returns the outcome and the step to resume
     /// at after an `Outcome::Wait`. `Outcome::Continue` means the pipeline ended without
     /// responding, and routing falls through to the next matching route.
