@@ -387,6 +387,7 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
         Duration::from_millis(2),
     );
+    let load_started = load.started;
     std::thread::sleep(Duration::from_millis(500));
     // The new process, same config and ports, takes the sockets over.
     let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
@@ -425,10 +426,12 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     let failed = report.failed(200);
     assert!(
         failed.is_empty(),
-        "{} of {} failed during the upgrade: {:?}\nold: {}\nnew: {new_log}",
+        "{} of {} failed during the upgrade (SIGQUIT at {:?} into the load): first {:?}, last {:?}\nold: {}\nnew: {new_log}",
         failed.len(),
         report.count(),
+        quit.duration_since(load_started),
         &failed[..failed.len().min(5)],
+        failed.last(),
         old.log_text()
     );
     assert!(report.count() > 500, "{}", report.count());

@@ -6,11 +6,40 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// A port for a process a test starts, which binds it later.
+///
+/// The port comes from below the kernel's ephemeral range, walked by a counter from an offset
+/// taken from this test binary's pid: the kernel never hands those ports to `bind(0)` or to an
+/// outgoing connection, and two tests of one binary never get the same one. A port taken from
+/// `bind(0)` and released could be handed to a concurrent test (or be bound by another process)
+/// before the process meant to listen on it did, and a readiness check would then talk to the
+/// wrong listener.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let Some((low, high)) = reserved_range() else {
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+    };
+    let span = usize::from(high - low);
+    let offset = (std::process::id() as usize).wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = low + ((offset + n) % span) as u16;
+        let bindable = |host: &str| TcpListener::bind((host, port)).is_ok();
+        if bindable("0.0.0.0") && bindable("127.0.0.1") {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{high}");
+}
+
+/// Ports 10000 up to the start of the kernel's ephemeral range, when that leaves at least 2000.
+fn reserved_range() -> Option<(u16, u16)> {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let ephemeral_low: u16 = range.split_whitespace().next()?.parse().ok()?;
+    (ephemeral_low >= 12_000).then_some((10_000, ephemeral_low))
 }
 
 /// A config directory that is removed when dropped.
