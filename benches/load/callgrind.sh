@@ -4,6 +4,7 @@
 #
 #   benches/load/callgrind.sh            # 2000 requests per case, about 3 minutes
 #   N=5000 CASES="plain-fast plain-general" benches/load/callgrind.sh
+#   CASES="cache-miss kargo-distinct" benches/load/callgrind.sh   # what a miss adds
 #
 # Each case starts the release build under `valgrind --tool=callgrind` with one worker thread
 # in front of the benchmark's upstream (started with ../shared/bench/peers when it is not
@@ -12,7 +13,8 @@
 # instructions of the serving thread divided by N. Cases: plain-fast and plain-general (the
 # `cors + proxy` pipeline on the fast path and on Pingora's general proxy path), kargo-fast and
 # kargo-general (Kargo's tile pipeline), cache-hit (Kargo's pipeline with the tile cache, every
-# request a hit), and nginx (the peers' reverse-proxy config, one worker, no master process,
+# request a hit), cache-miss (the same, every request a tile not asked for before) with
+# kargo-distinct (those tiles through Kargo's pipeline without the cache), and nginx (the peers' reverse-proxy config, one worker, no master process,
 # under callgrind the same way). Results go to target/bench/callgrind-<timestamp>/ (summary.txt and the
 # callgrind files, for callgrind_annotate).
 set -euo pipefail
@@ -38,7 +40,7 @@ TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "${TOLLGATE_BENCH_JWT_SECRET:
 count() { # CASE PID PORT PATH
   local case=$1 pid=$2 port=$3 path=$4
   local up=0
-  for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port$path" && { up=1; break; }; sleep 1; done
+  for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port${path//\{i\}/warm}" && { up=1; break; }; sleep 1; done
   ((up)) || { say "$case did not answer (see $OUT/$case.log)"; kill "$pid" 2>/dev/null; return 1; }
   python3 "$ROOT/benches/load/fixed.py" 127.0.0.1 "$port" "$path" 300 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
@@ -81,6 +83,8 @@ for c in $CASES; do
     kargo-fast) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" ;;
     kargo-general) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" --fast-path off ;;
     cache-hit) measure "$c" kargo-cache "/wmts/1/2/3.png?jwt=$TOKEN" ;;
+    cache-miss) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
+    kargo-distinct) measure "$c" kargo "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     nginx) measure_nginx ;;
     *) say "unknown case $c"; exit 2 ;;
   esac
