@@ -15,6 +15,7 @@ use pingora_cache::{CacheKey, NoCacheReason};
 use pingora_http::ResponseHeader;
 
 use super::policy::CacheRule;
+use super::store::head::StoredHead;
 use super::store::{Filling, StoredMeta};
 use super::TileCache;
 
@@ -101,7 +102,8 @@ impl Fill {
                     self.outcome = LockStatus::GiveUp;
                     return;
                 }
-                let meta = StoredMeta::new(fresh, super::freshness::stored_header(resp));
+                let head = StoredHead::of(resp, &super::store::head::NOT_STORED);
+                let meta = StoredMeta::new(fresh, head);
                 self.filling = Some(self.cache.store.filling(self.hash, meta));
             }
             Err(reason) => {

@@ -37,13 +37,17 @@ pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
     }
 }
 
-/// The response's head as it is stored: without hop-by-hop and per-exchange headers.
-pub fn stored_header(resp: &ResponseHeader) -> ResponseHeader {
-    let mut header = resp.clone();
-    for h in ["connection", "keep-alive", "transfer-encoding", "age"] {
-        header.remove_header(h);
-    }
-    header
+/// The response's head as it is stored: without hop-by-hop and per-exchange headers, the rest
+/// in the upstream's order (as a fill on the fast path stores it).
+fn stored_header(resp: &ResponseHeader) -> ResponseHeader {
+    let head = super::store::head::StoredHead::of(resp, &super::store::head::NOT_STORED);
+    head.parse().unwrap_or_else(|_| {
+        let mut header = resp.clone();
+        for h in super::store::head::NOT_STORED {
+            header.remove_header(h);
+        }
+        header
+    })
 }
 
 /// Whether one response may be stored, and how long it stays fresh.

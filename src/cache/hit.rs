@@ -87,13 +87,13 @@ impl FreshHit {
     }
 
     pub fn status(&self) -> u16 {
-        self.object.meta.header().status.as_u16()
+        self.object.meta.head().status().as_u16()
     }
 
     /// The head a hit is answered with, as Pingora's cache phases make it ([`hit_head`] and
     /// `Age`). Pingora's session adds `Date` and `Connection` when it writes it.
     pub fn header(&self) -> pingora_core::Result<ResponseHeader> {
-        let mut header = hit_head(self.object.meta.header())?;
+        let mut header = hit_head(self.object.meta.head().header())?;
         header.insert_header(AGE, self.age)?;
         Ok(header)
     }
@@ -105,7 +105,7 @@ impl FreshHit {
     pub fn wire_head(&self, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
         let meta = &self.object.meta;
         let template = self.object.wire_template()?;
-        let stored = &meta.header().headers;
+        let stored = meta.head();
         let mut added = 0;
         for (i, edit) in edits.iter().enumerate() {
             let (HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v)) =
@@ -114,7 +114,7 @@ impl FreshHit {
                 return None;
             };
             let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
-            if per_hit(n) || stored.contains_key(n) || earlier {
+            if per_hit(n) || stored.has(n) || earlier {
                 // A header the stored head or an earlier edit has: Pingora's rules apply.
                 return None;
             }

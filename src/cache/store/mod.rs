@@ -4,6 +4,7 @@
 //! stored: a fill cut short (the upstream closed mid-body, the client left) is dropped.
 
 pub mod disk;
+pub mod head;
 pub mod memory;
 
 use std::any::Any;
@@ -23,6 +24,7 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
 use disk::DiskTier;
+use head::StoredHead;
 use memory::MemoryTier;
 
 /// A stored response's metadata, kept as parts so a hit rebuilds it without parsing.
@@ -32,19 +34,19 @@ pub struct StoredMeta {
     stale_while_revalidate: u32,
     stale_if_error: u32,
     variance: Option<HashBinary>,
-    header: ResponseHeader,
+    head: StoredHead,
 }
 
 impl StoredMeta {
     /// A fill's metadata: how long it stays fresh, and its stored head.
-    pub fn new(f: super::freshness::Freshness, header: ResponseHeader) -> StoredMeta {
+    pub fn new(f: super::freshness::Freshness, head: StoredHead) -> StoredMeta {
         StoredMeta {
             fresh_until: f.fresh_until,
             updated: f.updated,
             stale_while_revalidate: f.stale_while_revalidate,
             stale_if_error: f.stale_if_error,
             variance: None,
-            header,
+            head,
         }
     }
 
@@ -55,7 +57,7 @@ impl StoredMeta {
             stale_while_revalidate: m.stale_while_revalidate_sec(),
             stale_if_error: m.stale_if_error_sec(),
             variance: m.variance(),
-            header: m.response_header_copy(),
+            head: StoredHead::keep(m.response_header_copy()),
         }
     }
 
@@ -65,7 +67,7 @@ impl StoredMeta {
             self.updated,
             self.stale_while_revalidate,
             self.stale_if_error,
-            self.header.clone(),
+            self.head.header().clone(),
         );
         if let Some(v) = self.variance {
             m.set_variance(v);
@@ -76,10 +78,7 @@ impl StoredMeta {
     /// How old the object is at `now` (seconds since it was stored or revalidated), when it
     /// is fresh and does not vary by request headers; `None` otherwise.
     pub fn fresh_age(&self, now: SystemTime) -> Option<u64> {
-        if self.fresh_until < now
-            || self.variance.is_some()
-            || self.header.headers.contains_key(http::header::VARY)
-        {
+        if self.fresh_until < now || self.variance.is_some() || self.head.varies() {
             return None;
         }
         Some(
@@ -90,20 +89,14 @@ impl StoredMeta {
     }
 
     /// The stored response head.
-    pub fn header(&self) -> &ResponseHeader {
-        &self.header
+    pub fn head(&self) -> &StoredHead {
+        &self.head
     }
 
-    /// About how many bytes the header takes: as parts, and serialised for hits.
+    /// About how many bytes the header takes: serialised, and again for hits (and as parts
+    /// once Pingora's cache phases asked for them).
     pub fn header_size(&self) -> usize {
-        let wire = self
-            .header
-            .headers
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>()
-            + 32;
-        2 * wire
+        2 * (self.head.wire_size() + 32)
     }
 }
 
@@ -130,7 +123,11 @@ impl Object {
     /// written from it.
     pub fn wire_template(&self) -> Option<&Bytes> {
         self.wire
-            .get_or_init(|| crate::cache::hit::wire_template(&self.meta.header, self.body.len()))
+            .get_or_init(|| {
+                // Parsed for the template only: what it allocates is not kept.
+                let header = self.meta.head.parse().ok()?;
+                crate::cache::hit::wire_template(&header, self.body.len())
+            })
             .as_ref()
     }
 }
@@ -211,7 +208,7 @@ impl TileStore {
     pub fn filling(&'static self, key: HashBinary, meta: StoredMeta) -> Filling {
         // A body of known length gets exactly its room (growing by doubling would keep up to
         // twice the tile's size in memory for as long as it is cached).
-        let declared = content_length(&meta.header).unwrap_or(0);
+        let declared = meta.head.content_length().unwrap_or(0);
         Filling {
             store: self,
             key,
@@ -388,9 +385,9 @@ impl Filling {
         let Some(meta) = self.meta.take() else {
             return Error::e_explain(ErrorType::InternalError, "fill finished twice");
         };
-        let declared = content_length(&meta.header);
+        let declared = meta.head.content_length();
         let size = self.body.len();
-        if declared.is_some_and(|d| d != size) && meta.header.status != 304 {
+        if declared.is_some_and(|d| d != size) && meta.head.status() != 304 {
             return Error::e_explain(
                 ErrorType::InternalError,
                 format!("truncated body ({size} of {declared:?} bytes): not stored"),

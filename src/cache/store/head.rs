@@ -1,0 +1,200 @@
+//! A stored response head, kept serialised in one buffer.
+//!
+//! A response head as Pingora holds it (`ResponseHeader`) is a dozen or more small allocations:
+//! the header map's tables, a buffer per value, and the same again for the names' case. Kept
+//! for every stored tile, they are scattered over the memory tier and freed one by one when
+//! the tile is evicted; on a cache cycling through its budget every fill then allocates in
+//! memory long out of the CPU's caches. A stored head is instead its status line and header
+//! lines (names cased as the upstream sent them) in one buffer, with what the fast path asks of
+//! it on every hit (status, length, `Vary`) beside it. A `ResponseHeader` is made from it when
+//! Pingora's cache phases or the disk tier need one, and kept from then on.
+
+use std::sync::OnceLock;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue, StatusCode};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{HeaderNameVariant, ResponseHeader};
+
+/// Headers a stored head never keeps: the upstream connection's own and the age it gave.
+pub const NOT_STORED: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", "age"];
+
+pub struct StoredHead {
+    status: StatusCode,
+    /// `HTTP/1.1 <status> <reason>\r\n` and one `Name: value\r\n` per header.
+    wire: Bytes,
+    content_length: Option<usize>,
+    varies: bool,
+    parsed: OnceLock<ResponseHeader>,
+}
+
+impl StoredHead {
+    /// The head of `resp` without the headers named in `skip` (lowercase).
+    pub fn of(resp: &ResponseHeader, skip: &[&str]) -> StoredHead {
+        let mut wire = BytesMut::with_capacity(64 + 48 * resp.headers.len());
+        wire.put_slice(b"HTTP/1.1 ");
+        wire.put_slice(resp.status.as_str().as_bytes());
+        wire.put_u8(b' ');
+        wire.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+        wire.put_slice(b"\r\n");
+        let _ = resp.map(|name, value| {
+            let name: &[u8] = match &name {
+                HeaderNameVariant::Case(n) => n.as_slice(),
+                HeaderNameVariant::Titled(n) => n.as_bytes(),
+            };
+            if !skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) {
+                wire.put_slice(name);
+                wire.put_slice(b": ");
+                wire.put_slice(value.as_bytes());
+                wire.put_slice(b"\r\n");
+            }
+            Ok(())
+        });
+        StoredHead {
+            status: resp.status,
+            wire: wire.freeze(),
+            content_length: super::content_length(resp),
+            varies: resp.headers.contains_key(http::header::VARY),
+            parsed: OnceLock::new(),
+        }
+    }
+
+    /// The head of `resp` as it is, with `resp` kept as its parsed form.
+    pub fn keep(resp: ResponseHeader) -> StoredHead {
+        let head = StoredHead::of(&resp, &[]);
+        let _ = head.parsed.set(resp);
+        head
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn content_length(&self) -> Option<usize> {
+        self.content_length
+    }
+
+    /// Whether the response varies by request headers.
+    pub fn varies(&self) -> bool {
+        self.varies
+    }
+
+    /// Bytes the serialised head takes.
+    pub fn wire_size(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// Whether the head has header `name`.
+    pub fn has(&self, name: &HeaderName) -> bool {
+        self.lines()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+    }
+
+    /// Name and value of each header line.
+    fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.wire.split(|b| *b == b'\n').skip(1).filter_map(|line| {
+            let line = line.strip_suffix(b"\r")?;
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], line[colon + 1..].trim_ascii_start()))
+        })
+    }
+
+    /// The head as Pingora's `ResponseHeader`, made on first use and kept.
+    pub fn header(&self) -> &ResponseHeader {
+        self.parsed.get_or_init(|| {
+            self.parse().unwrap_or_else(|e| {
+                // Only this module writes the buffer, from a valid head: this cannot fail.
+                log::error!("tile cache: a stored head could not be read back: {e}");
+                ResponseHeader::build(self.status, None).expect("a status is a head")
+            })
+        })
+    }
+
+    /// A new `ResponseHeader` from the serialised head (its values share the buffer).
+    pub fn parse(&self) -> Result<ResponseHeader> {
+        let (first, _) = self
+            .wire
+            .split_at(self.wire.iter().position(|b| *b == b'\n').unwrap_or(0));
+        let reason = first
+            .strip_suffix(b"\r")
+            .unwrap_or(first)
+            .splitn(3, |b| *b == b' ')
+            .nth(2)
+            .and_then(|r| std::str::from_utf8(r).ok());
+        let mut header = ResponseHeader::build(self.status, Some(self.lines().count()))?;
+        header.set_reason_phrase(reason)?;
+        for (name, value) in self.lines() {
+            let value = HeaderValue::from_maybe_shared(self.wire.slice_ref(value))
+                .map_err(|_| Error::explain(ErrorType::InternalError, "a stored header value"))?;
+            header.append_header(self.wire.slice_ref(name), value)?;
+        }
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream_head() -> ResponseHeader {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.append_header("Content-Type", "image/png").unwrap();
+        h.append_header("content-length", "20").unwrap();
+        h.append_header("Connection", "keep-alive").unwrap();
+        h.append_header("X-Tile", "a").unwrap();
+        h.append_header("x-tile", "b:c").unwrap();
+        h.append_header("ETag", "\"v1\"").unwrap();
+        h.append_header("Age", "3").unwrap();
+        h.append_header("X-Empty", "").unwrap();
+        h
+    }
+
+    fn wire(h: &ResponseHeader) -> Vec<u8> {
+        let mut b = BytesMut::new();
+        h.header_to_h1_wire(&mut b);
+        b.to_vec()
+    }
+
+    #[test]
+    fn a_stored_head_reads_back_as_it_was_without_the_skipped_headers() {
+        let up = upstream_head();
+        let head = StoredHead::of(&up, &NOT_STORED);
+        let mut expected = up.clone();
+        for n in NOT_STORED {
+            expected.remove_header(n);
+        }
+        let back = head.parse().unwrap();
+        assert_eq!(back.status, expected.status);
+        assert_eq!(back.get_reason_phrase(), Some("OK"));
+        assert_eq!(back.headers, expected.headers);
+        // In the upstream's order (removing from a header map moves its last header up).
+        assert_eq!(
+            String::from_utf8(wire(&back)).unwrap(),
+            "Content-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\n"
+        );
+        assert_eq!(head.content_length(), Some(20));
+        assert!(!head.varies());
+        assert!(head.has(&http::header::ETAG));
+        assert!(head.has(&HeaderName::from_static("x-tile")));
+        assert!(!head.has(&http::header::AGE));
+        assert!(!head.has(&http::header::CONNECTION));
+        assert_eq!(head.header().headers, back.headers);
+    }
+
+    #[test]
+    fn a_custom_reason_and_vary_are_kept() {
+        let mut up = ResponseHeader::build(203, None).unwrap();
+        up.set_reason_phrase(Some("Tile Made Elsewhere")).unwrap();
+        up.append_header("Vary", "Accept").unwrap();
+        let head = StoredHead::keep(up);
+        assert!(head.varies());
+        assert_eq!(head.status().as_u16(), 203);
+        let back = head.parse().unwrap();
+        assert_eq!(back.get_reason_phrase(), Some("Tile Made Elsewhere"));
+        assert_eq!(back.headers.get("vary").unwrap(), "Accept");
+        assert_eq!(
+            head.header().get_reason_phrase(),
+            Some("Tile Made Elsewhere")
+        );
+    }
+}
