@@ -25,7 +25,19 @@ pub struct StoredHead {
     wire: Bytes,
     content_length: Option<usize>,
     varies: bool,
+    /// One bit per header name (by [`name_bit`]), made by the first [`StoredHead::has`]: most
+    /// names a hit asks about are not there.
+    names: OnceLock<u64>,
     parsed: OnceLock<ResponseHeader>,
+}
+
+/// A name's bit in [`StoredHead::names`], case-insensitively, from its length and three of its
+/// bytes (a name sharing a bit is found by reading the lines).
+fn name_bit(name: &[u8]) -> u64 {
+    let at = |i: usize| u64::from(name.get(i).map_or(0, u8::to_ascii_lowercase));
+    let n = name.len();
+    let mix = (n as u64) | at(0) << 8 | at(n / 2) << 16 | at(n.wrapping_sub(1)) << 24;
+    1 << (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
 
 impl StoredHead {
@@ -55,6 +67,7 @@ impl StoredHead {
             wire: wire.freeze(),
             content_length: super::content_length(resp),
             varies: resp.headers.contains_key(http::header::VARY),
+            names: OnceLock::new(),
             parsed: OnceLock::new(),
         }
     }
@@ -86,8 +99,21 @@ impl StoredHead {
 
     /// Whether the head has header `name`.
     pub fn has(&self, name: &HeaderName) -> bool {
-        self.lines()
-            .any(|(n, _)| n.eq_ignore_ascii_case(name.as_str().as_bytes()))
+        let name = name.as_str().as_bytes();
+        let names = self
+            .names
+            .get_or_init(|| self.lines().fold(0, |bits, (n, _)| bits | name_bit(n)));
+        if names & name_bit(name) == 0 {
+            return false;
+        }
+        let wire = &self.wire[..];
+        // Each line after a line end; a name is followed by its colon.
+        memchr::memchr_iter(b'\n', wire).any(|end| {
+            let line = &wire[end + 1..];
+            line.len() > name.len()
+                && line[name.len()] == b':'
+                && line[..name.len()].eq_ignore_ascii_case(name)
+        })
     }
 
     /// Name and value of each header line.
@@ -178,6 +204,10 @@ mod tests {
         assert!(head.has(&HeaderName::from_static("x-tile")));
         assert!(!head.has(&http::header::AGE));
         assert!(!head.has(&http::header::CONNECTION));
+        assert!(!head.has(&http::header::ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert!(head.has(&http::header::CONTENT_TYPE));
+        assert!(head.has(&http::header::CONTENT_LENGTH));
+        assert!(head.has(&HeaderName::from_static("x-empty")));
         assert_eq!(head.header().headers, back.headers);
     }
 
