@@ -10,6 +10,7 @@ use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora_http::ResponseHeader;
 
 use super::policy::CacheRule;
+use super::store::head::StoredHead;
 
 /// Request headers that carry credentials or a consumer's identity: a response varying on
 /// them is one consumer's.
@@ -23,31 +24,22 @@ pub struct Freshness {
     pub stale_if_error: u32,
 }
 
-/// Decides for one response, as Pingora's cache phases take it.
+/// Decides for one response, as Pingora's cache phases take it. The head is stored as a fill
+/// on the fast path stores it (without hop-by-hop and per-exchange headers, the rest in the
+/// upstream's order).
 pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
-    match judge(resp, rule) {
-        Ok(f) => RespCacheable::Cacheable(CacheMeta::new(
+    let stored = |resp| StoredHead::of(resp, &super::store::head::NOT_STORED).parse();
+    match judge(resp, rule).map(|f| (f, stored(resp))) {
+        Ok((f, Ok(header))) => RespCacheable::Cacheable(CacheMeta::new(
             f.fresh_until,
             f.updated,
             f.stale_while_revalidate,
             f.stale_if_error,
-            stored_header(resp),
+            header,
         )),
+        Ok((_, Err(_))) => RespCacheable::Uncacheable(NoCacheReason::Custom("head")),
         Err(reason) => RespCacheable::Uncacheable(reason),
     }
-}
-
-/// The response's head as it is stored: without hop-by-hop and per-exchange headers, the rest
-/// in the upstream's order (as a fill on the fast path stores it).
-fn stored_header(resp: &ResponseHeader) -> ResponseHeader {
-    let head = super::store::head::StoredHead::of(resp, &super::store::head::NOT_STORED);
-    head.parse().unwrap_or_else(|_| {
-        let mut header = resp.clone();
-        for h in super::store::head::NOT_STORED {
-            header.remove_header(h);
-        }
-        header
-    })
 }
 
 /// Whether one response may be stored, and how long it stays fresh.

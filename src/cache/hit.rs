@@ -93,7 +93,7 @@ impl FreshHit {
     /// The head a hit is answered with, as Pingora's cache phases make it ([`hit_head`] and
     /// `Age`). Pingora's session adds `Date` and `Connection` when it writes it.
     pub fn header(&self) -> pingora_core::Result<ResponseHeader> {
-        let mut header = hit_head(self.object.meta.head().header())?;
+        let mut header = hit_head(self.object.meta.head().header()?)?;
         header.insert_header(AGE, self.age)?;
         Ok(header)
     }

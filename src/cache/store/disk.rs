@@ -60,7 +60,7 @@ fn unhex(name: &str) -> Option<HashBinary> {
 
 /// The bytes of an object file.
 fn encode(obj: &Object) -> pingora_core::Result<Vec<u8>> {
-    let (internal, header) = obj.meta.to_meta().serialize()?;
+    let (internal, header) = obj.meta.to_meta()?.serialize()?;
     let mut out = Vec::with_capacity(HEAD + internal.len() + header.len() + obj.body.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&obj.key);

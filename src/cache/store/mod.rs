@@ -61,18 +61,18 @@ impl StoredMeta {
         }
     }
 
-    pub fn to_meta(&self) -> CacheMeta {
+    pub fn to_meta(&self) -> Result<CacheMeta> {
         let mut m = CacheMeta::new(
             self.fresh_until,
             self.updated,
             self.stale_while_revalidate,
             self.stale_if_error,
-            self.head.header().clone(),
+            self.head.header()?.clone(),
         );
         if let Some(v) = self.variance {
             m.set_variance(v);
         }
-        m
+        Ok(m)
     }
 
     /// How old the object is at `now` (seconds since it was stored or revalidated), when it
@@ -240,7 +240,7 @@ impl Storage for TileStore {
         let Some(obj) = self.find(slot(key)).await else {
             return Ok(None);
         };
-        let meta = obj.meta.to_meta();
+        let meta = obj.meta.to_meta()?;
         let hit = Hit {
             body: obj.body.clone(),
             range: (0, obj.body.len()),
