@@ -273,6 +273,17 @@ fn http_caching_rules() {
     let hit = open("/open/e", &[]);
     assert_eq!(cache_status(&hit), "HIT");
     assert!(hit.header("age").is_some(), "a hit says its age");
+    // A miss says the age the upstream gave it (a cache before it), and none of its own.
+    let aged = open("/open/i?header=Age:7", &[]);
+    assert_eq!(
+        (cache_status(&aged), aged.header("age")),
+        ("MISS", Some("7"))
+    );
+    let fetched = open("/open/j", &[]);
+    assert_eq!(
+        (cache_status(&fetched), fetched.header("age")),
+        ("MISS", None)
+    );
     let head = get(gw.port, "HEAD", "/open/e", &[]);
     assert_eq!((head.status, cache_status(&head)), (200, "HIT"));
     let post = support::request(
@@ -382,6 +393,12 @@ fn a_truncated_body_is_never_stored() {
         assert!(
             !text.contains("x-cache-status: HIT"),
             "a truncated body was cached: {}",
+            &text[..text.len().min(300)]
+        );
+        // A miss is answered once its whole body is in: the client never gets part of a tile.
+        assert!(
+            text.starts_with("HTTP/1.1 502"),
+            "{}",
             &text[..text.len().min(300)]
         );
     }

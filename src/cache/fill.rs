@@ -16,7 +16,7 @@ use pingora_http::ResponseHeader;
 
 use super::policy::CacheRule;
 use super::store::head::StoredHead;
-use super::store::{Filling, StoredMeta};
+use super::store::{Filling, Object, StoredMeta};
 use super::TileCache;
 
 /// A fetch this request makes for everyone: it holds the tile's lock until the response is
@@ -30,6 +30,8 @@ pub struct Fill {
     filling: Option<Filling>,
     /// How the lock is released when the fill ends before it was stored.
     outcome: LockStatus,
+    /// Whether the response head was judged.
+    decided: bool,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -74,6 +76,7 @@ pub fn begin(
             rule: rule.clone(),
             filling: None,
             outcome: LockStatus::TransientError,
+            decided: false,
         }),
         Locked::Read(_) => None,
     }
@@ -89,7 +92,16 @@ impl Fill {
         super::store::offer_ranges(resp)
     }
 
-    fn decide(&mut self, resp: &ResponseHeader) {
+    /// The head being stored, when the response is.
+    pub fn stored_head(&self) -> Option<&StoredHead> {
+        self.filling.as_ref().and_then(Filling::head)
+    }
+
+    /// Decides from the upstream's response head whether the response is stored (once).
+    pub fn decide(&mut self, resp: &ResponseHeader) {
+        if std::mem::replace(&mut self.decided, true) {
+            return;
+        }
         if resp.headers.contains_key(http::header::VARY) {
             mark_varied(self.hash);
             self.outcome = LockStatus::GiveUp;
@@ -131,12 +143,17 @@ impl Fill {
     }
 
     /// The whole body arrived as its framing says: the response is stored (when it may be)
-    /// and the requests waiting on the lock go on.
-    pub fn complete(mut self) {
-        if let Some(mut f) = self.filling.take() {
-            match f.store() {
-                Ok(_) => self.outcome = LockStatus::Done,
-                Err(e) => log::debug!("tile cache fill: {e}"),
+    /// and the requests waiting on the lock go on. The stored object, when it was.
+    pub fn complete(mut self) -> Option<Arc<Object>> {
+        let mut f = self.filling.take()?;
+        match f.store() {
+            Ok(object) => {
+                self.outcome = LockStatus::Done;
+                Some(object)
+            }
+            Err(e) => {
+                log::debug!("tile cache fill: {e}");
+                None
             }
         }
     }

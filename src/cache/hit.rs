@@ -21,7 +21,8 @@ use pingora_cache::CacheKey;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::fill::Fill;
-use super::store::{content_length, offer_ranges, Object};
+use super::store::head::StoredHead;
+use super::store::{offer_ranges, Object};
 use crate::pipeline::context::HeaderEdit;
 use crate::pipeline::Exchange;
 
@@ -82,6 +83,11 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
 }
 
 impl FreshHit {
+    /// A tile this request fetched and stored.
+    pub fn filled(object: Arc<Object>) -> FreshHit {
+        FreshHit { object, age: 0 }
+    }
+
     pub fn body(&self) -> &Bytes {
         &self.object.body
     }
@@ -103,52 +109,78 @@ impl FreshHit {
     /// allows it (a body of known length) and the edits only add headers it does not have.
     /// `None`: build it with [`Self::header`].
     pub fn wire_head(&self, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
-        let meta = &self.object.meta;
-        let template = self.object.wire_template()?;
-        let stored = meta.head();
-        let mut added = 0;
-        for (i, edit) in edits.iter().enumerate() {
-            let (HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v)) =
-                edit
-            else {
-                return None;
-            };
-            let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
-            if per_hit(n) || stored.has(n) || earlier {
-                // A header the stored head or an earlier edit has: Pingora's rules apply.
-                return None;
-            }
-            added += n.as_str().len() + v.len() + 4;
+        wire_head(&self.object, edits, keepalive, Some(self.age), b"HIT")
+    }
+}
+
+/// The head a miss stored on the fast path is answered with: as a hit's
+/// ([`FreshHit::wire_head`]) with `X-Cache-Status: MISS`, and the upstream's `Age` when it
+/// gave one.
+pub fn miss_wire_head(
+    object: &Object,
+    edits: &[HeaderEdit],
+    keepalive: bool,
+    age: Option<u64>,
+) -> Option<BytesMut> {
+    wire_head(object, edits, keepalive, age, b"MISS")
+}
+
+/// Whether `edits` can be written after the stored head as they are (they only add headers
+/// it does not have, each once), and the bytes they take.
+pub fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
+    let mut added = 0;
+    for (i, edit) in edits.iter().enumerate() {
+        let (HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v)) = edit
+        else {
+            return None;
+        };
+        let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
+        if per_hit(n) || stored.has(n) || earlier {
+            // A header the stored head or an earlier edit has: Pingora's rules apply.
+            return None;
         }
-        let date = pingora_core::protocols::http::date::get_cached_date();
-        let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 96);
-        buf.put_slice(template);
+        added += n.as_str().len() + v.len() + 4;
+    }
+    Some(added)
+}
+
+fn wire_head(
+    object: &Object,
+    edits: &[HeaderEdit],
+    keepalive: bool,
+    age: Option<u64>,
+    status: &[u8],
+) -> Option<BytesMut> {
+    let template = object.wire_template()?;
+    let added = edits_fit(object.meta.head(), edits)?;
+    let date = pingora_core::protocols::http::date::get_cached_date();
+    let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 96);
+    buf.put_slice(template);
+    if let Some(age) = age {
         buf.put_slice(b"Age: ");
-        buf.put_slice(itoa::Buffer::new().format(self.age).as_bytes());
+        buf.put_slice(itoa::Buffer::new().format(age).as_bytes());
         buf.put_slice(b"\r\n");
-        for (n, v) in [(&DATE, date.as_bytes()), (&super::X_CACHE_STATUS, b"HIT")] {
+    }
+    for (n, v) in [(&DATE, date.as_bytes()), (&super::X_CACHE_STATUS, status)] {
+        buf.put_slice(n.as_str().as_bytes());
+        buf.put_slice(b": ");
+        buf.put_slice(v);
+        buf.put_slice(b"\r\n");
+    }
+    for edit in edits {
+        if let HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v) = edit {
             buf.put_slice(n.as_str().as_bytes());
             buf.put_slice(b": ");
-            buf.put_slice(v);
+            buf.put_slice(v.as_bytes());
             buf.put_slice(b"\r\n");
         }
-        for edit in edits {
-            if let HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v) =
-                edit
-            {
-                buf.put_slice(n.as_str().as_bytes());
-                buf.put_slice(b": ");
-                buf.put_slice(v.as_bytes());
-                buf.put_slice(b"\r\n");
-            }
-        }
-        buf.put_slice(if keepalive {
-            b"Connection: keep-alive\r\n\r\n".as_slice()
-        } else {
-            b"Connection: close\r\n\r\n".as_slice()
-        });
-        Some(buf)
     }
+    buf.put_slice(if keepalive {
+        b"Connection: keep-alive\r\n\r\n".as_slice()
+    } else {
+        b"Connection: close\r\n\r\n".as_slice()
+    });
+    Some(buf)
 }
 
 /// Whether a hit's head gets header `n` per request.
@@ -176,30 +208,4 @@ fn edited_name(e: &HeaderEdit) -> &HeaderName {
         | HeaderEdit::Append(n, _)
         | HeaderEdit::Remove(n) => n,
     }
-}
-
-/// The serialised part of a hit's head that is the same for every request: [`hit_head`]
-/// without the headers written per hit. `None` for a head that is not sent as it is: no
-/// `Content-Length` (a hit is then chunked), a length the body does not have, a status without
-/// a body, a `Vary`.
-pub(crate) fn wire_template(header: &ResponseHeader, body_len: usize) -> Option<Bytes> {
-    if matches!(header.status.as_u16(), 100..=199 | 204 | 304)
-        || content_length(header) != Some(body_len)
-        || header.headers.contains_key(TRANSFER_ENCODING)
-        || header.headers.contains_key(http::header::VARY)
-    {
-        return None;
-    }
-    let mut h = hit_head(header).ok()?;
-    for n in [AGE, DATE, CONNECTION, super::X_CACHE_STATUS.clone()] {
-        h.remove_header(&n);
-    }
-    let mut buf = BytesMut::with_capacity(256);
-    buf.put_slice(b"HTTP/1.1 ");
-    buf.put_slice(h.status.as_str().as_bytes());
-    buf.put_u8(b' ');
-    buf.put_slice(h.get_reason_phrase().unwrap_or("").as_bytes());
-    buf.put_slice(b"\r\n");
-    h.header_to_h1_wire(&mut buf);
-    Some(buf.freeze())
 }

@@ -13,6 +13,7 @@
 //! reads the upstream's body by its length, chunks or close and knows HEAD, 204 and 304 have
 //! none; the server session writes it to the client by the response's headers.
 
+mod fill;
 mod head;
 mod pool;
 mod relay;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
@@ -112,6 +113,13 @@ impl FastPath {
                     _ => Some(Lookup::Fresh(hit)),
                 }
             }
+            // A miss whose connection holds nothing else: fetched, stored, answered.
+            // (Boxed: inline, its state would make every request's future larger, and every
+            // request moves it.)
+            Some(Lookup::Fill(fill)) if reading.alone() => {
+                let answer = self.answer_fill(reading, *fill, &gw, &mut x, started, limits);
+                return Box::pin(answer).await;
+            }
             other => other,
         };
         let (mut s, head) = match reading.into_session(limits).await {
@@ -124,14 +132,10 @@ impl FastPath {
                 return Served::HandOver(Box::new(hand_over(stream, head, None)));
             }
         };
-        let mut end = Finish {
-            upstream_time: None,
-            error: None,
-            cache: None,
-        };
+        let mut end = Finish::default();
         match (decision, looked_up) {
             (Decision::Proxy, Some(Lookup::Fresh(hit))) => {
-                write_hit(&mut s, hit, &x.response_edits).await;
+                write_hit(&mut s, hit, &x.response_edits, "HIT").await;
                 end.cache = Some(("HIT", Some(s.body_bytes_sent())));
             }
             (Decision::Proxy, Some(Lookup::Fill(fill))) => {
@@ -202,30 +206,9 @@ impl FastPath {
     ) -> Served {
         // The access log names the request; what holds its head goes now.
         let (mut stream, head_only, logged) = reading.into_stream();
-        let body = (!head_only).then(|| raw.hit.body());
-        let written = crate::listener::io::by_deadline(
-            write_pair(&mut stream, &raw.head, body.map_or(&[], |b| b)),
-            || tokio::time::Instant::now() + limits.write_timeout,
-        )
-        .await;
-        let error = match written {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(Error::because(
-                ErrorType::WriteError,
-                "writing a cache hit",
-                e,
-            )),
-            None => Some(Error::explain(
-                ErrorType::WriteTimedout,
-                "writing a cache hit",
-            )),
-        }
-        .map(|e| e.into_down());
-        let sent = if error.is_none() {
-            body.map_or(0, Bytes::len)
-        } else {
-            0
-        };
+        let body = if head_only { &[][..] } else { raw.hit.body() };
+        let error = write_raw(&mut stream, &raw.head, body, limits).await;
+        let sent = if error.is_none() { body.len() } else { 0 };
         let ended = Ended {
             status: if error.is_none() { raw.hit.status() } else { 0 },
             elapsed: started.elapsed(),
@@ -235,23 +218,59 @@ impl FastPath {
             error: error.as_deref(),
             cache: Some(("HIT", Some(sent))),
         };
-        let requested = logged.as_ref().map_or(
-            exchange::Requested {
-                method: "",
-                url: "",
-            },
-            |(method, url)| exchange::Requested { method, url },
-        );
-        settle(gw, &requested, x, &ended);
-        match error {
-            None if raw.keepalive => Served::KeepAlive(stream),
-            None => {
-                let _ = stream.shutdown().await;
-                Served::Closed
-            }
-            Some(_) => Served::Closed,
-        }
+        settle(gw, &logged_as(&logged), x, &ended);
+        after_raw(stream, raw.keepalive, error).await
     }
+}
+
+/// Writes a response's head and body on the connection itself, by the write timeout; the
+/// error that ended it.
+async fn write_raw(
+    stream: &mut Stream,
+    head: &[u8],
+    body: &[u8],
+    limits: &SessionLimits,
+) -> Option<Box<Error>> {
+    let written = crate::listener::io::by_deadline(write_pair(stream, head, body), || {
+        tokio::time::Instant::now() + limits.write_timeout
+    })
+    .await;
+    match written {
+        Some(Ok(())) => None,
+        Some(Err(e)) => Some(Error::because(
+            ErrorType::WriteError,
+            "writing a response",
+            e,
+        )),
+        None => Some(Error::explain(
+            ErrorType::WriteTimedout,
+            "writing a response",
+        )),
+    }
+    .map(|e| e.into_down())
+}
+
+/// The connection after a response written on it: kept for the next request, or closed.
+async fn after_raw(mut stream: Stream, keepalive: bool, error: Option<Box<Error>>) -> Served {
+    match error {
+        None if keepalive => Served::KeepAlive(stream),
+        None => {
+            let _ = stream.shutdown().await;
+            Served::Closed
+        }
+        Some(_) => Served::Closed,
+    }
+}
+
+/// The request as the access log names it (nothing when no access log is written).
+fn logged_as(logged: &Option<(String, String)>) -> exchange::Requested<'_> {
+    logged.as_ref().map_or(
+        exchange::Requested {
+            method: "",
+            url: "",
+        },
+        |(method, url)| exchange::Requested { method, url },
+    )
 }
 
 /// A request answered: it is no longer in flight, its upstream attempt (if any) is over, and
@@ -273,6 +292,7 @@ struct RawHit {
 }
 
 /// What the upstream exchange (or the cache) left for the account of the request.
+#[derive(Default)]
 pub struct Finish {
     upstream_time: Option<std::time::Duration>,
     error: Option<Box<Error>>,
@@ -301,10 +321,15 @@ fn hand_over(stream: Stream, head: BytesMut, decided: Option<Decided>) -> Server
     session
 }
 
-/// Answers from the tile cache: the stored head with `X-Cache-Status: HIT` and the pipeline's
-/// edits, then the body.
-async fn write_hit(s: &mut HttpSession, hit: crate::cache::hit::FreshHit, edits: &[HeaderEdit]) {
-    if let Err(e) = send_hit(s, hit, edits).await {
+/// Answers from the tile cache: the stored head with `X-Cache-Status` (`status`) and the
+/// pipeline's edits, then the body.
+async fn write_hit(
+    s: &mut HttpSession,
+    hit: crate::cache::hit::FreshHit,
+    edits: &[HeaderEdit],
+    status: &'static str,
+) {
+    if let Err(e) = send_hit(s, hit, edits, status).await {
         log::debug!("client went away: {e}");
         s.set_server_keepalive(None);
     }
@@ -314,9 +339,10 @@ async fn send_hit(
     s: &mut HttpSession,
     hit: crate::cache::hit::FreshHit,
     edits: &[HeaderEdit],
+    status: &'static str,
 ) -> pingora_core::Result<()> {
     let mut header = hit.header()?;
-    header.insert_header(crate::cache::X_CACHE_STATUS.clone(), "HIT")?;
+    header.insert_header(crate::cache::X_CACHE_STATUS.clone(), status)?;
     exchange::apply_edits(&mut header, edits)?;
     s.write_response_header(Box::new(header)).await?;
     if s.req_header().method != http::Method::HEAD {

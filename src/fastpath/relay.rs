@@ -37,11 +37,27 @@ pub async fn proxy(
     s: &mut HttpSession,
     x: &mut Exchange,
     end: &mut Finish,
-    mut fill: Option<Fill>,
+    fill: Option<Fill>,
 ) {
     let upstream_started = Instant::now();
-    let filling = fill.is_some();
-    let (mut up, key) = match connect_and_ask(connector, s.req_header(), x, filling).await {
+    let asked = connect_and_ask(connector, s.req_header(), x, fill.is_some()).await;
+    relay(s, asked, x, end, fill, upstream_started).await;
+}
+
+/// The upstream connection a request was sent on (with its answer's head read) and its pool
+/// key, or why that failed.
+pub type Asked = Result<(Upstream, u64), Box<Error>>;
+
+/// Relays the upstream's answer to the request (or the failure to get one) to the client.
+pub async fn relay(
+    s: &mut HttpSession,
+    asked: Asked,
+    x: &mut Exchange,
+    end: &mut Finish,
+    mut fill: Option<Fill>,
+    upstream_started: Instant,
+) {
+    let (mut up, key) = match asked {
         Ok(asked) => asked,
         Err(e) => {
             end.upstream_time = Some(upstream_started.elapsed());
@@ -146,12 +162,12 @@ pub async fn proxy(
 
 /// Connects (or takes a pooled connection), sends the request head and reads the response
 /// head, trying again where the plan allows it.
-async fn connect_and_ask(
+pub async fn connect_and_ask(
     connector: &TransportConnector,
     client: &RequestHeader,
     x: &mut Exchange,
     filling: bool,
-) -> Result<(Upstream, u64), Box<Error>> {
+) -> Asked {
     let method = client.method.clone();
     // After a pooled connection broke, the request goes on a new one.
     let mut fresh = false;
@@ -282,7 +298,7 @@ impl HeaderBlock for ResponseHeader {
 }
 
 /// A failure before the response head: answered with the status it calls for.
-async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Finish) {
+pub async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Finish) {
     let (_, reply) = exchange::failure_reply(&e);
     end.error = Some(e);
     s.set_server_keepalive(None);
@@ -294,7 +310,7 @@ async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Finish
 }
 
 /// Puts the upstream connection back in this thread's pool when its exchange ended cleanly.
-async fn keep(mut up: Upstream, key: u64) {
+pub async fn keep(mut up: Upstream, key: u64) {
     up.respect_keepalive();
     if !up.will_keepalive() || !up.is_body_done() {
         return;
@@ -304,7 +320,7 @@ async fn keep(mut up: Upstream, key: u64) {
     }
 }
 
-fn upstream_error(kind: ErrorType, why: &'static str) -> Box<Error> {
+pub fn upstream_error(kind: ErrorType, why: &'static str) -> Box<Error> {
     Error::create(
         kind,
         pingora_core::ErrorSource::Upstream,

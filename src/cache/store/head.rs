@@ -19,6 +19,16 @@ use pingora_http::{HeaderNameVariant, ResponseHeader};
 /// Headers a stored head never keeps: the upstream connection's own and the age it gave.
 pub const NOT_STORED: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", "age"];
 
+/// Headers a hit's head gets per response, never from the stored head.
+const PER_RESPONSE: [&[u8]; 6] = [
+    b"age",
+    b"date",
+    b"connection",
+    b"keep-alive",
+    b"transfer-encoding",
+    b"x-cache-status",
+];
+
 pub struct StoredHead {
     status: StatusCode,
     /// `HTTP/1.1 <status> <reason>\r\n` and one `Name: value\r\n` per header.
@@ -116,6 +126,44 @@ impl StoredHead {
         })
     }
 
+    /// The part of a hit's head that is the same for every request, serialised: the status
+    /// line and the stored headers without those written per response (`Age`, `Date`,
+    /// `Connection`, `X-Cache-Status`), with `Accept-Ranges: bytes` on a 200 (as Pingora's
+    /// cache phases answer a hit, see [`super::offer_ranges`]). `None` when the head is not
+    /// sent as it is stored: a status without a body, no length or one the body (`body_len`
+    /// bytes) does not have (a hit is then chunked), a `Vary`.
+    pub fn hit_template(&self, body_len: usize) -> Option<Bytes> {
+        if !self.sent_as_stored(body_len) {
+            return None;
+        }
+        let ranges = self.status == StatusCode::OK;
+        let first = self.wire.iter().position(|b| *b == b'\n')? + 1;
+        let mut buf = BytesMut::with_capacity(self.wire.len() + 24);
+        buf.put_slice(&self.wire[..first]);
+        for (name, value) in self.lines() {
+            let per_response = PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || (ranges && name.eq_ignore_ascii_case(b"accept-ranges"));
+            if !per_response {
+                buf.put_slice(name);
+                buf.put_slice(b": ");
+                buf.put_slice(value);
+                buf.put_slice(b"\r\n");
+            }
+        }
+        if ranges {
+            buf.put_slice(b"Accept-Ranges: bytes\r\n");
+        }
+        Some(buf.freeze())
+    }
+
+    /// Whether a hit with a body of `body_len` bytes is answered with this head as it is
+    /// stored (see [`Self::hit_template`]).
+    pub fn sent_as_stored(&self, body_len: usize) -> bool {
+        !matches!(self.status.as_u16(), 100..=199 | 204 | 304)
+            && self.content_length == Some(body_len)
+            && !self.varies
+    }
+
     /// Name and value of each header line.
     fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.wire.split(|b| *b == b'\n').skip(1).filter_map(|line| {
@@ -209,6 +257,39 @@ mod tests {
         assert!(head.has(&http::header::CONTENT_LENGTH));
         assert!(head.has(&HeaderName::from_static("x-empty")));
         assert_eq!(head.header().unwrap().headers, back.headers);
+    }
+
+    #[test]
+    fn a_hit_template_is_the_stored_head_without_what_each_response_gets() {
+        let mut up = upstream_head();
+        up.append_header("Date", "Tue, 01 Dec 2026 10:00:00 GMT")
+            .unwrap();
+        up.append_header("X-Cache-Status", "MISS").unwrap();
+        up.append_header("accept-ranges", "none").unwrap();
+        let head = StoredHead::of(&up, &NOT_STORED);
+        let template = head.hit_template(20).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&template).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\nAccept-Ranges: bytes\r\n"
+        );
+        // A length the body does not have, a status without a body, a Vary: no template.
+        assert!(head.hit_template(19).is_none());
+        let mut nothing = ResponseHeader::build(204, None).unwrap();
+        nothing.append_header("Content-Length", "0").unwrap();
+        assert!(StoredHead::of(&nothing, &NOT_STORED)
+            .hit_template(0)
+            .is_none());
+        up.append_header("Vary", "Accept").unwrap();
+        assert!(StoredHead::of(&up, &NOT_STORED).hit_template(20).is_none());
+        // Another status keeps the upstream's Accept-Ranges and gets none added.
+        let mut other = ResponseHeader::build(203, None).unwrap();
+        other.append_header("Content-Length", "2").unwrap();
+        other.append_header("Accept-Ranges", "none").unwrap();
+        let t = StoredHead::of(&other, &NOT_STORED).hit_template(2).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&t).unwrap(),
+            "HTTP/1.1 203 Non Authoritative Information\r\nContent-Length: 2\r\nAccept-Ranges: none\r\n"
+        );
     }
 
     #[test]

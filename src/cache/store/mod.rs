@@ -123,11 +123,7 @@ impl Object {
     /// written from it.
     pub fn wire_template(&self) -> Option<&Bytes> {
         self.wire
-            .get_or_init(|| {
-                // Parsed for the template only: what it allocates is not kept.
-                let header = self.meta.head.parse().ok()?;
-                crate::cache::hit::wire_template(&header, self.body.len())
-            })
+            .get_or_init(|| self.meta.head.hit_template(self.body.len()))
             .as_ref()
     }
 }
@@ -380,8 +376,13 @@ impl Filling {
         self.body.len()
     }
 
-    /// Stores the complete response; its body size.
-    pub fn store(&mut self) -> Result<usize> {
+    /// The head being stored.
+    pub fn head(&self) -> Option<&StoredHead> {
+        self.meta.as_ref().map(|m| &m.head)
+    }
+
+    /// Stores the complete response; the stored object.
+    pub fn store(&mut self) -> Result<Arc<Object>> {
         let Some(meta) = self.meta.take() else {
             return Error::e_explain(ErrorType::InternalError, "fill finished twice");
         };
@@ -403,9 +404,9 @@ impl Filling {
         let obj = Arc::new(Object::new(self.key, meta, body));
         self.store.memory.put(obj.clone());
         if let Some(d) = &self.store.disk {
-            d.put(obj);
+            d.put(obj.clone());
         }
-        Ok(size)
+        Ok(obj)
     }
 }
 
@@ -417,6 +418,6 @@ impl HandleMiss for Filling {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        self.store().map(MissFinishType::Created)
+        self.store().map(|o| MissFinishType::Created(o.body.len()))
     }
 }

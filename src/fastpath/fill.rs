@@ -1,0 +1,216 @@
+//! A miss answered like a hit: a tile nothing is stored for, asked for on a connection that
+//! holds nothing else, is fetched, stored whole, and answered from the stored object on the
+//! connection itself — its head written from the stored head as a hit's is (with
+//! `X-Cache-Status: MISS`), head and body in one `writev`, without Pingora's session (which
+//! would read the request head a second time and rebuild the response head). What is not
+//! stored this way — a body of unknown or large length, a head a hit is not answered with as
+//! stored, pipeline edits that replace a stored header, an informational answer, a failure —
+//! goes through Pingora's session as before ([`relay::relay`]), streamed as it comes.
+
+use std::time::Instant;
+
+use http::header::{AGE, TRANSFER_ENCODING};
+use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
+use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::{Error, ErrorType};
+
+use super::head::{Reading, Unread};
+use super::relay;
+use super::{
+    after_raw, hand_over, logged_as, settle, write_hit, write_raw, FastPath, Finish, Served,
+    SessionLimits,
+};
+use crate::cache::fill::Fill;
+use crate::cache::hit::{edits_fit, miss_wire_head, FreshHit};
+use crate::exchange::Ended;
+use crate::gateway::Gateway;
+use crate::pipeline::context::{Exchange, HeaderEdit};
+use crate::upstream::attempt;
+
+/// The largest body a miss holds whole before answering; a larger one goes to the client as
+/// it arrives.
+const WHOLE_MAX: usize = 1024 * 1024;
+
+impl FastPath {
+    /// Fetches the tile `fill` holds the lock for, for everyone, and answers the request.
+    pub(super) async fn answer_fill(
+        &self,
+        reading: Reading,
+        mut fill: Fill,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
+        crate::cache::neutral_fill(x);
+        let upstream_started = Instant::now();
+        let asked = relay::connect_and_ask(&self.connector, reading.req(), x, true).await;
+        let asked = match asked {
+            Ok((up, key)) => match whole(&mut fill, &up, &x.response_edits) {
+                Some(age) => {
+                    let fetched = Fetched {
+                        up,
+                        key,
+                        age,
+                        upstream_time: upstream_started.elapsed(),
+                    };
+                    return self
+                        .answer_whole(reading, fill, fetched, gw, x, started, limits)
+                        .await;
+                }
+                None => Ok((up, key)),
+            },
+            Err(e) => Err(e),
+        };
+        let (mut s, mut end) = match in_session(reading, x, limits).await {
+            Ok(session) => session,
+            Err(handed) => return handed,
+        };
+        relay::relay(&mut s, asked, x, &mut end, Some(fill), upstream_started).await;
+        end.cache = Some(("MISS", None));
+        self.finish(*s, gw, x, started, end).await
+    }
+
+    /// Reads the whole body into the store and answers from the stored object.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_whole(
+        &self,
+        reading: Reading,
+        mut fill: Fill,
+        mut f: Fetched,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
+        if let (Some(plan), Some(resp)) = (&x.proxy, f.up.resp_header()) {
+            attempt::answered(plan, resp.status.as_u16());
+        }
+        let read = read_whole(&mut f.up, &mut fill, x).await;
+        let object = match read {
+            Ok(()) if f.up.is_body_done() => fill.complete(),
+            _ => None,
+        };
+        let Some(object) = object else {
+            // Nothing went to the client yet: it gets the error's status.
+            let e = read.err().unwrap_or_else(|| {
+                relay::upstream_error(ErrorType::InternalError, "the tile was not stored")
+            });
+            let (mut s, mut end) = match in_session(reading, x, limits).await {
+                Ok(session) => session,
+                Err(handed) => return handed,
+            };
+            end.upstream_time = Some(f.upstream_time);
+            relay::fail(&mut s, x, e, &mut end).await;
+            end.cache = Some(("MISS", None));
+            return self.finish(*s, gw, x, started, end).await;
+        };
+        relay::keep(f.up, f.key).await;
+        let keepalive = reading.keepalive(limits);
+        let Some(head) = miss_wire_head(&object, &x.response_edits, keepalive, f.age) else {
+            // Checked before the body was read; written by the session should it still be so.
+            let (mut s, mut end) = match in_session(reading, x, limits).await {
+                Ok(session) => session,
+                Err(handed) => return handed,
+            };
+            write_hit(&mut s, FreshHit::filled(object), &x.response_edits, "MISS").await;
+            end.upstream_time = Some(f.upstream_time);
+            end.cache = Some(("MISS", None));
+            return self.finish(*s, gw, x, started, end).await;
+        };
+        let (mut stream, _, logged) = reading.into_stream();
+        let error = write_raw(&mut stream, &head, &object.body, limits).await;
+        let ended = Ended {
+            status: if error.is_none() {
+                object.meta.head().status().as_u16()
+            } else {
+                0
+            },
+            elapsed: started.elapsed(),
+            upstream_time: Some(f.upstream_time),
+            bytes_in: 0,
+            bytes_out: if error.is_none() {
+                object.body.len()
+            } else {
+                0
+            },
+            error: error.as_deref(),
+            cache: Some(("MISS", None)),
+        };
+        settle(gw, &logged_as(&logged), x, &ended);
+        after_raw(stream, keepalive, error).await
+    }
+}
+
+/// An upstream answer whose body is to be read whole.
+struct Fetched {
+    up: Upstream,
+    /// The upstream connection's pool key.
+    key: u64,
+    /// The `Age` the upstream gave.
+    age: Option<u64>,
+    upstream_time: std::time::Duration,
+}
+
+/// Whether the upstream's answer is stored and answered whole: a final answer of known length
+/// up to [`WHOLE_MAX`], stored, whose head a hit is answered with as stored, and pipeline edits
+/// that only add headers to it. `Some` with the upstream's `Age` when so.
+fn whole(fill: &mut Fill, up: &Upstream, edits: &[HeaderEdit]) -> Option<Option<u64>> {
+    let resp = up.resp_header()?;
+    if resp.status.is_informational() || resp.headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    let len = crate::cache::store::content_length(resp).filter(|n| *n <= WHOLE_MAX)?;
+    fill.decide(resp);
+    let stored = fill.stored_head()?;
+    if !stored.sent_as_stored(len) {
+        return None;
+    }
+    edits_fit(stored, edits)?;
+    match resp.headers.get(AGE) {
+        None => Some(None),
+        Some(v) => Some(Some(v.to_str().ok()?.trim().parse().ok()?)),
+    }
+}
+
+/// Reads the upstream's body into the fill.
+async fn read_whole(up: &mut Upstream, fill: &mut Fill, x: &Exchange) -> Result<(), Box<Error>> {
+    loop {
+        let chunk = match up.read_body_ref().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => return Ok(()),
+            Err(mut e) => {
+                e.as_up();
+                return Err(e);
+            }
+        };
+        if x.proxy.as_ref().is_some_and(attempt::overdue) {
+            return Err(relay::upstream_error(
+                ErrorType::ReadTimedout,
+                "the total timeout passed",
+            ));
+        }
+        fill.body(chunk);
+    }
+}
+
+/// Pingora's session for the request, with nothing of its end known yet; `Err`: the request
+/// handed to Pingora's proxy, which reads it again.
+async fn in_session(
+    reading: Reading,
+    x: &mut Exchange,
+    limits: &SessionLimits,
+) -> Result<(Box<HttpSession>, Finish), Served> {
+    match reading.into_session(limits).await {
+        Ok((s, _)) => Ok((s, Finish::default())),
+        Err(Unread(stream, head)) => {
+            // Not expected: the session reads every head the fast path reads alike.
+            log::debug!("a request head read on the fast path was refused by the session");
+            if let Some(plan) = &mut x.proxy {
+                attempt::end(plan);
+            }
+            crate::proxy::request_ended();
+            Err(Served::HandOver(Box::new(hand_over(stream, head, None))))
+        }
+    }
+}
