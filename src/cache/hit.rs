@@ -5,9 +5,11 @@
 //! request, a HEAD miss — is left to Pingora's cache phases, which do the rest.
 //!
 //! A hit is answered with the stored head as Pingora's cache phases answer it (see
-//! [`FreshHit::header`]). Most hits are written from a serialised copy of that head, made once
-//! per stored object, with only what changes per request added: `Age`, `Date`, `Connection`,
-//! `X-Cache-Status` and the pipeline's response headers ([`FreshHit::wire_head`]).
+//! [`FreshHit::header`]). Most hits are written from the stored head's own buffer (whose lines
+//! a hit carries as they are come first), with only what changes per request added: `Age`,
+//! `Date`, `Connection`, `X-Cache-Status` and the pipeline's response headers
+//! ([`FreshHit::wire_head`]). A miss filled on the fast path is answered the same way
+//! ([`miss_wire_head`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -151,11 +153,14 @@ fn wire_head(
     age: Option<u64>,
     status: &[u8],
 ) -> Option<BytesMut> {
-    let template = object.wire_template()?;
+    let (template, ranges) = object.hit_template()?;
     let added = edits_fit(object.meta.head(), edits)?;
     let date = pingora_core::protocols::http::date::get_cached_date();
-    let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 96);
+    let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 128);
     buf.put_slice(template);
+    if ranges {
+        buf.put_slice(b"Accept-Ranges: bytes\r\n");
+    }
     if let Some(age) = age {
         buf.put_slice(b"Age: ");
         buf.put_slice(itoa::Buffer::new().format(age).as_bytes());

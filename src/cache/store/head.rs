@@ -31,13 +31,15 @@ const PER_RESPONSE: [&[u8]; 6] = [
 
 pub struct StoredHead {
     status: StatusCode,
-    /// `HTTP/1.1 <status> <reason>\r\n` and one `Name: value\r\n` per header.
+    /// `HTTP/1.1 <status> <reason>\r\n` and one `Name: value\r\n` per header: first those a
+    /// hit's head carries as they are, then (from `shared` on) those it gets per response.
     wire: Bytes,
+    /// Where the headers a hit's head carries as they are end in `wire`.
+    shared: usize,
     content_length: Option<usize>,
     varies: bool,
-    /// One bit per header name (by [`name_bit`]), made by the first [`StoredHead::has`]: most
-    /// names a hit asks about are not there.
-    names: OnceLock<u64>,
+    /// One bit per header name (by [`name_bit`]): most names a hit asks about are not there.
+    names: u64,
     parsed: OnceLock<ResponseHeader>,
 }
 
@@ -51,33 +53,51 @@ fn name_bit(name: &[u8]) -> u64 {
 }
 
 impl StoredHead {
-    /// The head of `resp` without the headers named in `skip` (lowercase).
+    /// The head of `resp` without the headers named in `skip` (lowercase), in the upstream's
+    /// order, except that those a hit's head gets per response come last.
     pub fn of(resp: &ResponseHeader, skip: &[&str]) -> StoredHead {
+        let content_length = super::content_length(resp);
+        // A 200 of known length: a hit says `Accept-Ranges: bytes` whatever the upstream said.
+        let ranges = resp.status == StatusCode::OK && content_length.is_some();
         let mut wire = BytesMut::with_capacity(64 + 48 * resp.headers.len());
         wire.put_slice(b"HTTP/1.1 ");
         wire.put_slice(resp.status.as_str().as_bytes());
         wire.put_u8(b' ');
         wire.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
         wire.put_slice(b"\r\n");
+        let mut per_response = BytesMut::new();
+        let mut names = 0;
         let _ = resp.map(|name, value| {
             let name: &[u8] = match &name {
                 HeaderNameVariant::Case(n) => n.as_slice(),
                 HeaderNameVariant::Titled(n) => n.as_bytes(),
             };
-            if !skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) {
-                wire.put_slice(name);
-                wire.put_slice(b": ");
-                wire.put_slice(value.as_bytes());
-                wire.put_slice(b"\r\n");
+            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) {
+                return Ok(());
             }
+            names |= name_bit(name);
+            let out = if PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || (ranges && name.eq_ignore_ascii_case(b"accept-ranges"))
+            {
+                &mut per_response
+            } else {
+                &mut wire
+            };
+            out.put_slice(name);
+            out.put_slice(b": ");
+            out.put_slice(value.as_bytes());
+            out.put_slice(b"\r\n");
             Ok(())
         });
+        let shared = wire.len();
+        wire.put_slice(&per_response);
         StoredHead {
             status: resp.status,
             wire: wire.freeze(),
-            content_length: super::content_length(resp),
+            shared,
+            content_length,
             varies: resp.headers.contains_key(http::header::VARY),
-            names: OnceLock::new(),
+            names,
             parsed: OnceLock::new(),
         }
     }
@@ -110,10 +130,7 @@ impl StoredHead {
     /// Whether the head has header `name`.
     pub fn has(&self, name: &HeaderName) -> bool {
         let name = name.as_str().as_bytes();
-        let names = self
-            .names
-            .get_or_init(|| self.lines().fold(0, |bits, (n, _)| bits | name_bit(n)));
-        if names & name_bit(name) == 0 {
+        if self.names & name_bit(name) == 0 {
             return false;
         }
         let wire = &self.wire[..];
@@ -127,33 +144,14 @@ impl StoredHead {
     }
 
     /// The part of a hit's head that is the same for every request, serialised: the status
-    /// line and the stored headers without those written per response (`Age`, `Date`,
-    /// `Connection`, `X-Cache-Status`), with `Accept-Ranges: bytes` on a 200 (as Pingora's
-    /// cache phases answer a hit, see [`super::offer_ranges`]). `None` when the head is not
-    /// sent as it is stored: a status without a body, no length or one the body (`body_len`
-    /// bytes) does not have (a hit is then chunked), a `Vary`.
-    pub fn hit_template(&self, body_len: usize) -> Option<Bytes> {
-        if !self.sent_as_stored(body_len) {
-            return None;
-        }
-        let ranges = self.status == StatusCode::OK;
-        let first = self.wire.iter().position(|b| *b == b'\n')? + 1;
-        let mut buf = BytesMut::with_capacity(self.wire.len() + 24);
-        buf.put_slice(&self.wire[..first]);
-        for (name, value) in self.lines() {
-            let per_response = PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
-                || (ranges && name.eq_ignore_ascii_case(b"accept-ranges"));
-            if !per_response {
-                buf.put_slice(name);
-                buf.put_slice(b": ");
-                buf.put_slice(value);
-                buf.put_slice(b"\r\n");
-            }
-        }
-        if ranges {
-            buf.put_slice(b"Accept-Ranges: bytes\r\n");
-        }
-        Some(buf.freeze())
+    /// line and the stored headers but those written per response (`Age`, `Date`,
+    /// `Connection`, `X-Cache-Status`), and whether `Accept-Ranges: bytes` follows them (on a
+    /// 200, as Pingora's cache phases answer a hit, see [`super::offer_ranges`]). `None` when
+    /// the head is not sent as it is stored: a status without a body, no length or one the
+    /// body (`body_len` bytes) does not have (a hit is then chunked), a `Vary`.
+    pub fn hit_template(&self, body_len: usize) -> Option<(&[u8], bool)> {
+        self.sent_as_stored(body_len)
+            .then(|| (&self.wire[..self.shared], self.status == StatusCode::OK))
     }
 
     /// Whether a hit with a body of `body_len` bytes is answered with this head as it is
@@ -267,11 +265,20 @@ mod tests {
         up.append_header("X-Cache-Status", "MISS").unwrap();
         up.append_header("accept-ranges", "none").unwrap();
         let head = StoredHead::of(&up, &NOT_STORED);
-        let template = head.hit_template(20).unwrap();
+        let (template, ranges) = head.hit_template(20).unwrap();
+        assert!(ranges);
         assert_eq!(
-            std::str::from_utf8(&template).unwrap(),
-            "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\nAccept-Ranges: bytes\r\n"
+            std::str::from_utf8(template).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\n"
         );
+        // What a hit gets per response is kept too, after the rest.
+        let back = head.parse().unwrap();
+        assert_eq!(
+            back.headers.get("date").unwrap(),
+            "Tue, 01 Dec 2026 10:00:00 GMT"
+        );
+        assert_eq!(back.headers.get("accept-ranges").unwrap(), "none");
+        assert!(head.has(&http::header::DATE));
         // A length the body does not have, a status without a body, a Vary: no template.
         assert!(head.hit_template(19).is_none());
         let mut nothing = ResponseHeader::build(204, None).unwrap();
@@ -285,9 +292,11 @@ mod tests {
         let mut other = ResponseHeader::build(203, None).unwrap();
         other.append_header("Content-Length", "2").unwrap();
         other.append_header("Accept-Ranges", "none").unwrap();
-        let t = StoredHead::of(&other, &NOT_STORED).hit_template(2).unwrap();
+        let other = StoredHead::of(&other, &NOT_STORED);
+        let (t, ranges) = other.hit_template(2).unwrap();
+        assert!(!ranges);
         assert_eq!(
-            std::str::from_utf8(&t).unwrap(),
+            std::str::from_utf8(t).unwrap(),
             "HTTP/1.1 203 Non Authoritative Information\r\nContent-Length: 2\r\nAccept-Ranges: none\r\n"
         );
     }

@@ -8,7 +8,7 @@ pub mod head;
 pub mod memory;
 
 use std::any::Any;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -105,26 +105,18 @@ pub struct Object {
     pub key: HashBinary,
     pub meta: StoredMeta,
     pub body: Bytes,
-    /// The serialised head for hits, made by the first hit ([`crate::cache::hit`]).
-    wire: OnceLock<Option<Bytes>>,
 }
 
 impl Object {
     pub fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Object {
-        Object {
-            key,
-            meta,
-            body,
-            wire: OnceLock::new(),
-        }
+        Object { key, meta, body }
     }
 
-    /// The part of a hit's head that is the same for every request, when hits can be
-    /// written from it.
-    pub fn wire_template(&self) -> Option<&Bytes> {
-        self.wire
-            .get_or_init(|| self.meta.head.hit_template(self.body.len()))
-            .as_ref()
+    /// The part of a hit's head that is the same for every request, and whether
+    /// `Accept-Ranges: bytes` follows it, when hits can be written from it
+    /// ([`StoredHead::hit_template`]).
+    pub fn hit_template(&self) -> Option<(&[u8], bool)> {
+        self.meta.head.hit_template(self.body.len())
     }
 }
 
