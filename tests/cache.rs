@@ -406,6 +406,29 @@ fn a_truncated_body_is_never_stored() {
 }
 
 #[test]
+fn a_fill_whose_client_left_is_stored_for_the_next() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    // The client asks for a slow tile and leaves before it comes.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.write_all(b"GET /open/slow/400/left.png HTTP/1.1\r\nHost: h\r\n\r\n")
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The fetch went on for everyone: the next request is a hit, the upstream asked once.
+    let stored = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        up.served() == 1 && gw.metric(r#"tollgate_cache_objects{tier="memory"}"#) >= 1.0
+    });
+    assert!(stored, "{}", gw.log_text());
+    let next = get(gw.port, "GET", "/open/slow/400/left.png", &[]);
+    assert_eq!((next.status, cache_status(&next)), (200, "HIT"));
+    assert_eq!(up.served(), 1);
+}
+
+#[test]
 fn a_response_past_the_size_limit_is_not_stored_on_either_path() {
     let up = PyUpstream::start("tiles", 5.0);
     for fast_path in ["on", "off"] {
