@@ -105,7 +105,7 @@ impl FastPath {
             end.cache = Some(("MISS", None));
             return self.finish(*s, gw, x, started, end).await;
         };
-        relay::keep(f.up, f.key).await;
+        relay::keep(f.up, f.key);
         let keepalive = reading.keepalive(limits);
         let Some(head) = miss_wire_head(&object, &x.response_edits, keepalive, f.age) else {
             // Checked before the body was read; written by the session should it still be so.
