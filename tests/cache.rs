@@ -284,6 +284,15 @@ fn http_caching_rules() {
         (cache_status(&fetched), fetched.header("age")),
         ("MISS", None)
     );
+    // The upstream connection's own headers reach no client, on a miss or on a hit.
+    let hop = "/open/k?header=Upgrade:h2c&header=X-Hop:1&header=Connection:X-Hop";
+    for round in ["MISS", "HIT"] {
+        let r = open(hop, &[]);
+        assert_eq!(cache_status(&r), round);
+        for name in ["upgrade", "x-hop"] {
+            assert!(r.header(name).is_none(), "{round}: {name} {:?}", r.headers);
+        }
+    }
     let head = get(gw.port, "HEAD", "/open/e", &[]);
     assert_eq!((head.status, cache_status(&head)), (200, "HIT"));
     let post = support::request(

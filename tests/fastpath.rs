@@ -551,6 +551,22 @@ fn hits_keep_their_connection_and_every_kind_of_hit_is_answered_in_full() {
 }
 
 #[test]
+fn a_pipeline_setting_a_header_a_hit_adds_is_the_same_on_both_paths() {
+    let up = Scripted::start();
+    // Accept-Ranges: the stored tile has none, a hit of a 200 of known length adds it.
+    let steps = "      - response-transformer:\n          - action: {headers: {add: {Accept-Ranges: \"'none'\"}}}\n";
+    let (_d1, fast) = caching_gateway_with(&up, "on", steps);
+    let (_d2, general) = caching_gateway_with(&up, "off", steps);
+    for round in ["miss", "hit"] {
+        let a = answer_with(fast.port, "GET", "/tile", "");
+        let b = answer_with(general.port, "GET", "/tile", "");
+        assert_eq!(a, b, "{round}: fast path vs general path");
+        let ranges: Vec<_> = a.1.iter().filter(|(k, _)| k == "accept-ranges").collect();
+        assert_eq!(ranges.len(), 1, "{round}: {:?}", a.1);
+    }
+}
+
+#[test]
 fn response_headers_a_pipeline_adds_to_a_hit_are_the_same_on_both_paths() {
     let up = Scripted::start();
     // One header the stored tile has (replaced) and one it has not (added).

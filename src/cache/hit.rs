@@ -16,8 +16,8 @@ use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{
-    HeaderName, AGE, CONNECTION, CONTENT_LENGTH, DATE, HOST, IF_MATCH, IF_MODIFIED_SINCE,
-    IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
+    HeaderName, ACCEPT_RANGES, AGE, CONNECTION, CONTENT_LENGTH, DATE, HOST, IF_MATCH,
+    IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
 };
 use pingora_cache::CacheKey;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -137,7 +137,9 @@ pub fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
             return None;
         };
         let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
-        if per_hit(n) || stored.has(n) || earlier {
+        // A 200 of known length says `Accept-Ranges: bytes` whatever the stored head has.
+        let ranges = n == ACCEPT_RANGES && stored.status() == http::StatusCode::OK;
+        if per_hit(n) || ranges || stored.has(n) || earlier {
             // A header the stored head or an earlier edit has: Pingora's rules apply.
             return None;
         }

@@ -87,9 +87,14 @@ impl FastPath {
             attempt::answered(plan, resp.status.as_u16());
         }
         let read = read_whole(&mut f.up, &mut fill, x).await;
+        // Done with the fill either way: the requests waiting on the tile go on now (a failed
+        // one's lock is not held while its client reads the error).
         let object = match read {
             Ok(()) if f.up.is_body_done() => fill.complete(),
-            _ => None,
+            _ => {
+                drop(fill);
+                None
+            }
         };
         let Some(object) = object else {
             // Nothing went to the client yet: it gets the error's status.

@@ -16,8 +16,18 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{HeaderNameVariant, ResponseHeader};
 
-/// Headers a stored head never keeps: the upstream connection's own and the age it gave.
-pub const NOT_STORED: [&str; 4] = ["connection", "keep-alive", "transfer-encoding", "age"];
+/// Headers a stored head never keeps: the upstream connection's own (RFC 9110 §7.6.1; with
+/// `connection` skipped, the headers its `Connection` names go too) and the age it gave.
+pub const NOT_STORED: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+    "age",
+];
 
 /// Headers a hit's head gets per response, never from the stored head.
 const PER_RESPONSE: [&[u8]; 6] = [
@@ -67,12 +77,23 @@ impl StoredHead {
         wire.put_slice(b"\r\n");
         let mut per_response = BytesMut::new();
         let mut names = 0;
+        // The headers the upstream's `Connection` names belong to its connection too.
+        let connection = skip.contains(&"connection");
+        let named = |name: &[u8]| {
+            connection
+                && resp
+                    .headers
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        };
         let _ = resp.map(|name, value| {
             let name: &[u8] = match &name {
                 HeaderNameVariant::Case(n) => n.as_slice(),
                 HeaderNameVariant::Titled(n) => n.as_bytes(),
             };
-            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) {
+            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) || named(name) {
                 return Ok(());
             }
             names |= name_bit(name);
@@ -255,6 +276,22 @@ mod tests {
         assert!(head.has(&http::header::CONTENT_LENGTH));
         assert!(head.has(&HeaderName::from_static("x-empty")));
         assert_eq!(head.header().unwrap().headers, back.headers);
+    }
+
+    #[test]
+    fn the_upstream_connections_headers_are_not_stored() {
+        let mut up = ResponseHeader::build(200, None).unwrap();
+        up.append_header("Content-Length", "2").unwrap();
+        up.append_header("Connection", "keep-alive, X-Hop").unwrap();
+        up.append_header("X-Hop", "1").unwrap();
+        up.append_header("Upgrade", "h2,h2c").unwrap();
+        up.append_header("Proxy-Connection", "keep-alive").unwrap();
+        up.append_header("X-Tile", "a").unwrap();
+        let head = StoredHead::of(&up, &NOT_STORED);
+        let back = head.parse().unwrap();
+        let names: Vec<&str> = back.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["content-length", "x-tile"]);
+        assert!(!head.has(&HeaderName::from_static("x-hop")));
     }
 
     #[test]
