@@ -77,26 +77,32 @@ impl StoredHead {
         wire.put_slice(b"\r\n");
         let mut per_response = BytesMut::new();
         let mut names = 0;
-        // The headers the upstream's `Connection` names belong to its connection too.
-        let connection = skip.contains(&"connection");
-        let named = |name: &[u8]| {
-            connection
-                && resp
-                    .headers
-                    .get_all(http::header::CONNECTION)
-                    .iter()
-                    .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name))
+        // The headers the upstream's `Connection` names belong to its connection too (a bit
+        // per name, read once; a name whose bit is there is looked for).
+        let tokens = || {
+            resp.headers
+                .get_all(http::header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .map(<[u8]>::trim_ascii)
+        };
+        let named_bits = if skip.contains(&"connection") {
+            tokens().fold(0, |bits, t| bits | name_bit(t))
+        } else {
+            0
         };
         let _ = resp.map(|name, value| {
             let name: &[u8] = match &name {
                 HeaderNameVariant::Case(n) => n.as_slice(),
                 HeaderNameVariant::Titled(n) => n.as_bytes(),
             };
-            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())) || named(name) {
+            let bit = name_bit(name);
+            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+                || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
+            {
                 return Ok(());
             }
-            names |= name_bit(name);
+            names |= bit;
             let out = if PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
                 || (ranges && name.eq_ignore_ascii_case(b"accept-ranges"))
             {
