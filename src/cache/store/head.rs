@@ -235,17 +235,29 @@ impl StoredHead {
 mod tests {
     use super::*;
 
-    fn upstream_head() -> ResponseHeader {
-        let mut h = ResponseHeader::build(200, None).unwrap();
-        h.append_header("Content-Type", "image/png").unwrap();
-        h.append_header("content-length", "20").unwrap();
-        h.append_header("Connection", "keep-alive").unwrap();
-        h.append_header("X-Tile", "a").unwrap();
-        h.append_header("x-tile", "b:c").unwrap();
-        h.append_header("ETag", "\"v1\"").unwrap();
-        h.append_header("Age", "3").unwrap();
-        h.append_header("X-Empty", "").unwrap();
+    /// A response head with `headers`, in that order and case.
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut h = ResponseHeader::build(status, None).unwrap();
+        for (name, value) in headers {
+            h.append_header(name.to_string(), *value).unwrap();
+        }
         h
+    }
+
+    fn upstream_head() -> ResponseHeader {
+        response(
+            200,
+            &[
+                ("Content-Type", "image/png"),
+                ("content-length", "20"),
+                ("Connection", "keep-alive"),
+                ("X-Tile", "a"),
+                ("x-tile", "b:c"),
+                ("ETag", "\"v1\""),
+                ("Age", "3"),
+                ("X-Empty", ""),
+            ],
+        )
     }
 
     fn wire(h: &ResponseHeader) -> Vec<u8> {
@@ -286,13 +298,17 @@ mod tests {
 
     #[test]
     fn the_upstream_connections_headers_are_not_stored() {
-        let mut up = ResponseHeader::build(200, None).unwrap();
-        up.append_header("Content-Length", "2").unwrap();
-        up.append_header("Connection", "keep-alive, X-Hop").unwrap();
-        up.append_header("X-Hop", "1").unwrap();
-        up.append_header("Upgrade", "h2,h2c").unwrap();
-        up.append_header("Proxy-Connection", "keep-alive").unwrap();
-        up.append_header("X-Tile", "a").unwrap();
+        let up = response(
+            200,
+            &[
+                ("Content-Length", "2"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "1"),
+                ("Upgrade", "h2,h2c"),
+                ("Proxy-Connection", "keep-alive"),
+                ("X-Tile", "a"),
+            ],
+        );
         let head = StoredHead::of(&up, &NOT_STORED);
         let back = head.parse().unwrap();
         let names: Vec<&str> = back.headers.keys().map(|n| n.as_str()).collect();
