@@ -85,11 +85,6 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
 }
 
 impl FreshHit {
-    /// A tile this request fetched and stored.
-    pub fn filled(object: Arc<Object>) -> FreshHit {
-        FreshHit { object, age: 0 }
-    }
-
     pub fn body(&self) -> &Bytes {
         &self.object.body
     }
@@ -111,25 +106,27 @@ impl FreshHit {
     /// allows it (a body of known length) and the edits only add headers it does not have.
     /// `None`: build it with [`Self::header`].
     pub fn wire_head(&self, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
-        wire_head(&self.object, edits, keepalive, Some(self.age), b"HIT")
+        let (head, body_len) = (self.object.meta.head(), self.object.body.len());
+        wire_head(head, body_len, edits, keepalive, Some(self.age), b"HIT")
     }
 }
 
-/// The head a miss stored on the fast path is answered with: as a hit's
-/// ([`FreshHit::wire_head`]) with `X-Cache-Status: MISS`, and the upstream's `Age` when it
-/// gave one.
+/// The head a miss stored on the fast path is answered with, from its stored `head` and the
+/// length of its body: as a hit's ([`FreshHit::wire_head`]) with `X-Cache-Status: MISS`, and
+/// the upstream's `Age` when it gave one.
 pub fn miss_wire_head(
-    object: &Object,
+    head: &StoredHead,
+    body_len: usize,
     edits: &[HeaderEdit],
     keepalive: bool,
     age: Option<u64>,
 ) -> Option<BytesMut> {
-    wire_head(object, edits, keepalive, age, b"MISS")
+    wire_head(head, body_len, edits, keepalive, age, b"MISS")
 }
 
 /// Whether `edits` can be written after the stored head as they are (they only add headers
 /// it does not have, each once), and the bytes they take.
-pub fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
+fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
     let mut added = 0;
     for (i, edit) in edits.iter().enumerate() {
         let (HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v)) = edit
@@ -137,10 +134,9 @@ pub fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
             return None;
         };
         let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
-        // A 200 of known length says `Accept-Ranges: bytes` whatever the stored head has.
-        let ranges = n == ACCEPT_RANGES && stored.status() == http::StatusCode::OK;
+        let ranges = n == ACCEPT_RANGES && stored.offers_ranges();
         if per_hit(n) || ranges || stored.has(n) || earlier {
-            // A header the stored head or an earlier edit has: Pingora's rules apply.
+            // A header the stored head, the hit or an earlier edit has: Pingora's rules apply.
             return None;
         }
         added += n.as_str().len() + v.len() + 4;
@@ -149,14 +145,15 @@ pub fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
 }
 
 fn wire_head(
-    object: &Object,
+    head: &StoredHead,
+    body_len: usize,
     edits: &[HeaderEdit],
     keepalive: bool,
     age: Option<u64>,
     status: &[u8],
 ) -> Option<BytesMut> {
-    let (template, ranges) = object.hit_template()?;
-    let added = edits_fit(object.meta.head(), edits)?;
+    let (template, ranges) = head.hit_template(body_len)?;
+    let added = edits_fit(head, edits)?;
     let date = pingora_core::protocols::http::date::get_cached_date();
     let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 128);
     buf.put_slice(template);

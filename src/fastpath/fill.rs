@@ -9,6 +9,8 @@
 
 use std::time::Instant;
 
+use bytes::BytesMut;
+
 use http::header::{AGE, TRANSFER_ENCODING};
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::server::HttpSession;
@@ -17,11 +19,10 @@ use pingora_core::{Error, ErrorType};
 use super::head::{Reading, Unread};
 use super::relay;
 use super::{
-    after_raw, hand_over, logged_as, settle, write_hit, write_raw, FastPath, Finish, Served,
-    SessionLimits,
+    after_raw, hand_over, logged_as, settle, write_raw, FastPath, Finish, Served, SessionLimits,
 };
 use crate::cache::fill::Fill;
-use crate::cache::hit::{edits_fit, miss_wire_head, FreshHit};
+use crate::cache::hit::miss_wire_head;
 use crate::exchange::Ended;
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit};
@@ -45,13 +46,15 @@ impl FastPath {
         crate::cache::neutral_fill(x);
         let upstream_started = Instant::now();
         let asked = relay::connect_and_ask(&self.connector, reading.req(), x, true).await;
+        let keepalive = reading.keepalive(limits);
         let asked = match asked {
-            Ok((up, key)) => match whole(&mut fill, &up, &x.response_edits) {
-                Some(age) => {
+            Ok((up, key)) => match whole(&mut fill, &up, &x.response_edits, keepalive) {
+                Some(head) => {
                     let fetched = Fetched {
                         up,
                         key,
-                        age,
+                        head,
+                        keepalive,
                         upstream_time: upstream_started.elapsed(),
                     };
                     return self
@@ -111,20 +114,8 @@ impl FastPath {
             return self.finish(*s, gw, x, started, end).await;
         };
         relay::keep(f.up, f.key);
-        let keepalive = reading.keepalive(limits);
-        let Some(head) = miss_wire_head(&object, &x.response_edits, keepalive, f.age) else {
-            // Checked before the body was read; written by the session should it still be so.
-            let (mut s, mut end) = match in_session(reading, x, limits).await {
-                Ok(session) => session,
-                Err(handed) => return handed,
-            };
-            write_hit(&mut s, FreshHit::filled(object), &x.response_edits, "MISS").await;
-            end.upstream_time = Some(f.upstream_time);
-            end.cache = Some(("MISS", None));
-            return self.finish(*s, gw, x, started, end).await;
-        };
         let (mut stream, _, logged) = reading.into_stream();
-        let error = write_raw(&mut stream, &head, &object.body, limits).await;
+        let error = write_raw(&mut stream, &f.head, &object.body, limits).await;
         let ended = Ended {
             status: if error.is_none() {
                 object.meta.head().status().as_u16()
@@ -143,7 +134,7 @@ impl FastPath {
             cache: Some(("MISS", None)),
         };
         settle(gw, &logged_as(&logged), x, &ended);
-        after_raw(stream, keepalive, error).await
+        after_raw(stream, f.keepalive, error).await
     }
 }
 
@@ -152,30 +143,33 @@ struct Fetched {
     up: Upstream,
     /// The upstream connection's pool key.
     key: u64,
-    /// The `Age` the upstream gave.
-    age: Option<u64>,
+    /// The client's head, made from the stored head.
+    head: BytesMut,
+    /// Whether the client's connection stays open.
+    keepalive: bool,
     upstream_time: std::time::Duration,
 }
 
-/// Whether the upstream's answer is stored and answered whole: a final answer of known length
-/// up to [`WHOLE_MAX`], stored, whose head a hit is answered with as stored, and pipeline edits
-/// that only add headers to it. `Some` with the upstream's `Age` when so.
-fn whole(fill: &mut Fill, up: &Upstream, edits: &[HeaderEdit]) -> Option<Option<u64>> {
+/// The client's head when the upstream's answer is stored and answered whole: a final answer
+/// of known length up to [`WHOLE_MAX`], stored, whose head a hit is answered with as stored,
+/// pipeline edits that only add headers to it, an `Age` (if any) that is a number.
+fn whole(
+    fill: &mut Fill,
+    up: &Upstream,
+    edits: &[HeaderEdit],
+    keepalive: bool,
+) -> Option<BytesMut> {
     let resp = up.resp_header()?;
     if resp.status.is_informational() || resp.headers.contains_key(TRANSFER_ENCODING) {
         return None;
     }
     let len = crate::cache::store::content_length(resp).filter(|n| *n <= WHOLE_MAX)?;
+    let age = match resp.headers.get(AGE) {
+        None => None,
+        Some(v) => Some(v.to_str().ok()?.trim().parse().ok()?),
+    };
     fill.decide(resp);
-    let stored = fill.stored_head()?;
-    if !stored.sent_as_stored(len) {
-        return None;
-    }
-    edits_fit(stored, edits)?;
-    match resp.headers.get(AGE) {
-        None => Some(None),
-        Some(v) => Some(Some(v.to_str().ok()?.trim().parse().ok()?)),
-    }
+    miss_wire_head(fill.stored_head()?, len, edits, keepalive, age)
 }
 
 /// Reads the upstream's body into the fill.

@@ -135,7 +135,7 @@ impl FastPath {
         let mut end = Finish::default();
         match (decision, looked_up) {
             (Decision::Proxy, Some(Lookup::Fresh(hit))) => {
-                write_hit(&mut s, hit, &x.response_edits, "HIT").await;
+                write_hit(&mut s, hit, &x.response_edits).await;
                 end.cache = Some(("HIT", Some(s.body_bytes_sent())));
             }
             (Decision::Proxy, Some(Lookup::Fill(fill))) => {
@@ -321,15 +321,10 @@ fn hand_over(stream: Stream, head: BytesMut, decided: Option<Decided>) -> Server
     session
 }
 
-/// Answers from the tile cache: the stored head with `X-Cache-Status` (`status`) and the
-/// pipeline's edits, then the body.
-async fn write_hit(
-    s: &mut HttpSession,
-    hit: crate::cache::hit::FreshHit,
-    edits: &[HeaderEdit],
-    status: &'static str,
-) {
-    if let Err(e) = send_hit(s, hit, edits, status).await {
+/// Answers from the tile cache: the stored head with `X-Cache-Status: HIT` and the pipeline's
+/// edits, then the body.
+async fn write_hit(s: &mut HttpSession, hit: crate::cache::hit::FreshHit, edits: &[HeaderEdit]) {
+    if let Err(e) = send_hit(s, hit, edits).await {
         log::debug!("client went away: {e}");
         s.set_server_keepalive(None);
     }
@@ -339,10 +334,9 @@ async fn send_hit(
     s: &mut HttpSession,
     hit: crate::cache::hit::FreshHit,
     edits: &[HeaderEdit],
-    status: &'static str,
 ) -> pingora_core::Result<()> {
     let mut header = hit.header()?;
-    header.insert_header(crate::cache::X_CACHE_STATUS.clone(), status)?;
+    header.insert_header(crate::cache::X_CACHE_STATUS.clone(), "HIT")?;
     exchange::apply_edits(&mut header, edits)?;
     s.write_response_header(Box::new(header)).await?;
     if s.req_header().method != http::Method::HEAD {

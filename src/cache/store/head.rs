@@ -67,8 +67,7 @@ impl StoredHead {
     /// order, except that those a hit's head gets per response come last.
     pub fn of(resp: &ResponseHeader, skip: &[&str]) -> StoredHead {
         let content_length = super::content_length(resp);
-        // A 200 of known length: a hit says `Accept-Ranges: bytes` whatever the upstream said.
-        let ranges = resp.status == StatusCode::OK && content_length.is_some();
+        let ranges = super::offers_ranges(resp.status, content_length);
         let mut wire = BytesMut::with_capacity(64 + 48 * resp.headers.len());
         wire.put_slice(b"HTTP/1.1 ");
         wire.put_slice(resp.status.as_str().as_bytes());
@@ -177,16 +176,15 @@ impl StoredHead {
     /// the head is not sent as it is stored: a status without a body, no length or one the
     /// body (`body_len` bytes) does not have (a hit is then chunked), a `Vary`.
     pub fn hit_template(&self, body_len: usize) -> Option<(&[u8], bool)> {
-        self.sent_as_stored(body_len)
-            .then(|| (&self.wire[..self.shared], self.status == StatusCode::OK))
+        let sent_as_stored = !matches!(self.status.as_u16(), 100..=199 | 204 | 304)
+            && self.content_length == Some(body_len)
+            && !self.varies;
+        sent_as_stored.then(|| (&self.wire[..self.shared], self.offers_ranges()))
     }
 
-    /// Whether a hit with a body of `body_len` bytes is answered with this head as it is
-    /// stored (see [`Self::hit_template`]).
-    pub fn sent_as_stored(&self, body_len: usize) -> bool {
-        !matches!(self.status.as_u16(), 100..=199 | 204 | 304)
-            && self.content_length == Some(body_len)
-            && !self.varies
+    /// Whether a hit says `Accept-Ranges: bytes` (see [`super::offer_ranges`]).
+    pub fn offers_ranges(&self) -> bool {
+        super::offers_ranges(self.status, self.content_length)
     }
 
     /// Name and value of each header line.

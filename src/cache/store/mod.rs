@@ -93,8 +93,8 @@ impl StoredMeta {
         &self.head
     }
 
-    /// About how many bytes the header takes: serialised, and again for hits (and as parts
-    /// once Pingora's cache phases asked for them).
+    /// About how many bytes the header takes: serialised, and again as parts once Pingora's
+    /// cache phases or the disk tier asked for them.
     pub fn header_size(&self) -> usize {
         2 * (self.head.wire_size() + 32)
     }
@@ -110,13 +110,6 @@ pub struct Object {
 impl Object {
     pub fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Object {
         Object { key, meta, body }
-    }
-
-    /// The part of a hit's head that is the same for every request, and whether
-    /// `Accept-Ranges: bytes` follows it, when hits can be written from it
-    /// ([`StoredHead::hit_template`]).
-    pub fn hit_template(&self) -> Option<(&[u8], bool)> {
-        self.meta.head.hit_template(self.body.len())
     }
 }
 
@@ -135,10 +128,16 @@ pub(crate) fn content_length(h: &ResponseHeader) -> Option<usize> {
         .and_then(|v| v.trim().parse::<usize>().ok())
 }
 
+/// Whether a whole response of this status and length is offered in ranges: a 200 of known
+/// length (a hit says `Accept-Ranges: bytes` then, whatever the upstream said).
+pub(crate) fn offers_ranges(status: http::StatusCode, content_length: Option<usize>) -> bool {
+    status == http::StatusCode::OK && content_length.is_some()
+}
+
 /// Says `Accept-Ranges: bytes` on a 200 of known length: a whole response the cache holds may
 /// be asked for in ranges (as nginx says, and Pingora's cache phases, on hits and fills).
 pub(crate) fn offer_ranges(h: &mut ResponseHeader) -> Result<()> {
-    if h.status == http::StatusCode::OK && content_length(h).is_some() {
+    if offers_ranges(h.status, content_length(h)) {
         h.insert_header(http::header::ACCEPT_RANGES, "bytes")?;
     }
     Ok(())
