@@ -430,7 +430,7 @@ fn start_dns_refresh(gateway: Arc<ArcSwap<Gateway>>) {
 /// Follows the server's phases: once running, tells systemd (when it asks); on a graceful
 /// upgrade hands the consumer store over to the new process; on SIGTERM (Pingora stops
 /// accepting and would wait the whole grace period) ends the process as soon as no request is
-/// in flight any more.
+/// in flight any more and every connection accepted has had its first request answered.
 fn exit_when_drained(
     server: &Server,
     grace: Duration,
@@ -477,7 +477,9 @@ fn exit_when_drained(
                 let start = Instant::now();
                 // Let requests accepted just before the signal register.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                while requests_in_flight() > 0 && start.elapsed() < grace {
+                while (requests_in_flight() > 0 || crate::listener::awaiting_a_first_answer() > 0)
+                    && start.elapsed() < grace
+                {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 log::info!("drained; exiting");

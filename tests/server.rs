@@ -1,10 +1,14 @@
 //! The server as an operator runs it: the read-only Admin API, SIGTERM draining in-flight
-//! requests, SIGINT stopping at once.
+//! requests (and the first request of a connection made just before it), SIGINT stopping at
+//! once.
 
 mod support;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use support::client::read_response;
 use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
 
 fn config(up: &EchoUpstream) -> String {
@@ -93,6 +97,60 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
         "no longer listening"
     );
+}
+
+#[test]
+fn a_shutdown_answers_a_first_request_still_on_its_way_and_closes_idle_connections() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let ask = b"GET /slow/x HTTP/1.1\r\nHost: h\r\n\r\n";
+    // A connection that has had an answer and waits for its next request.
+    let mut idle = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    idle.write_all(ask).expect("send");
+    assert_eq!(read_response(&mut idle, false).status, 200);
+    // A connection made, its request not sent yet.
+    let mut fresh = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    std::thread::sleep(Duration::from_millis(300));
+    gw.signal("TERM");
+    idle.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut byte = [0u8; 1];
+    let closed = Instant::now();
+    match idle.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the idle connection was not closed: {other:?}"),
+    }
+    assert!(
+        closed.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        closed.elapsed()
+    );
+    // Past the drain's first look: the request arrives while the process is shutting down.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        gw.child.try_wait().expect("wait").is_none(),
+        "the gateway left before the request it had accepted a connection for:\n{}",
+        gw.log_text()
+    );
+    fresh.write_all(ask).expect("send");
+    let r = read_response(&mut fresh, false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    let answered = Instant::now();
+    loop {
+        if let Some(status) = gw.child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(4),
+            "still running after every connection had its answer:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -11,7 +11,9 @@ use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::ssl::SslAcceptor;
+use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,8 +28,41 @@ use crate::metrics::{metrics, ConnClose};
 /// How much of a head is read at a time; most heads fit in one read.
 const HEAD_CHUNK: usize = 4096;
 
-/// Serves one accepted connection until it closes. The permit is the connection's place under
-/// the process's connection cap; it is given back when this returns.
+/// Connections accepted whose first request has not been answered yet.
+static FRESH: AtomicUsize = AtomicUsize::new(0);
+
+/// How many accepted connections have not had their first request answered yet (a client
+/// that connected just before a shutdown may not have sent it yet): the drain waits for them
+/// as for requests in flight.
+pub fn awaiting_a_first_answer() -> usize {
+    FRESH.load(Ordering::Relaxed)
+}
+
+/// One connection counted in [`awaiting_a_first_answer`] while this lives.
+pub(super) struct Fresh;
+
+impl Fresh {
+    pub(super) fn enter() -> Fresh {
+        FRESH.fetch_add(1, Ordering::Relaxed);
+        Fresh
+    }
+}
+
+impl Drop for Fresh {
+    fn drop(&mut self) {
+        FRESH.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What an accepted connection holds from its accept.
+pub(super) struct Admitted {
+    /// Its place under the process's connection cap, given back when it closes.
+    pub(super) permit: OwnedSemaphorePermit,
+    /// Counts it until its first request is answered.
+    pub(super) fresh: Fresh,
+}
+
+/// Serves one accepted connection until it closes.
 pub async fn serve<A>(
     tcp: std::net::TcpStream,
     tls: Option<Arc<SslAcceptor>>,
@@ -35,12 +70,16 @@ pub async fn serve<A>(
     fast: Option<Arc<FastPath>>,
     limits: Arc<ClientLimits>,
     shutdown: ShutdownWatch,
-    _permit: OwnedSemaphorePermit,
+    admitted: Admitted,
 ) where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let m = metrics();
     let accepted = Instant::now();
+    let Admitted {
+        permit: _permit,
+        fresh,
+    } = admitted;
     let tcp = match TcpStream::from_std(tcp) {
         Ok(t) => t,
         Err(e) => {
@@ -75,19 +114,37 @@ pub async fn serve<A>(
         }
     };
     let reason = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        // Its streams are counted as requests in flight; Pingora ends the connection on a
+        // shutdown with a GOAWAY.
+        drop(fresh);
         app.process_new(stream, &shutdown).await;
         ConnClose::Done
     } else {
-        http1(stream, accepted, &app, fast.as_deref(), &limits, shutdown).await
+        http1(
+            stream,
+            accepted,
+            fresh,
+            &app,
+            fast.as_deref(),
+            &limits,
+            shutdown,
+        )
+        .await
     };
     m.client_closed(reason);
     m.client_connections.dec();
 }
 
 /// The HTTP/1 request loop of one connection.
+///
+/// On a shutdown, a connection waiting for its next request closes at once. One whose first
+/// request has not come yet (its client may have sent it just as the shutdown began) still
+/// gets it within the header timeout, and a head that has begun to arrive is read: both are
+/// answered, with `Connection: close`.
 async fn http1<A>(
     mut stream: Stream,
     accepted: Instant,
+    fresh: Fresh,
     app: &Arc<A>,
     fast: Option<&FastPath>,
     limits: &ClientLimits,
@@ -99,7 +156,7 @@ where
     // The first request's head must be complete within the header timeout of the connect;
     // later ones may keep the client waiting up to the keep-alive timeout before they start.
     let mut wait_until = accepted + limits.header_timeout;
-    let mut first = true;
+    let mut first = Some(fresh);
     // One wait for the shutdown for the connection's life, not one per request: each would
     // register with the signal, under its lock, and leave it again.
     let mut signal = shutdown.clone();
@@ -109,11 +166,15 @@ where
     // (each wait ends later than the one before).
     let mut timer = std::pin::pin!(tokio::time::sleep_until(wait_until));
     loop {
-        let head = tokio::select! {
-            biased;
-            head = read_head(&mut stream, wait_until, timer.as_mut(), first, limits) => head,
-            _ = &mut stopping => return ConnClose::Shutdown,
-        };
+        let head = read_head(
+            &mut stream,
+            wait_until,
+            timer.as_mut(),
+            first.is_some(),
+            stopping.as_mut(),
+            limits,
+        )
+        .await;
         let head = match head {
             Ok(h) => h,
             Err(Refused::Close(why)) => return why,
@@ -132,7 +193,7 @@ where
             Next::KeepAlive(s) => stream = s,
             Next::Close(why) => return why,
         }
-        first = false;
+        first = None;
         wait_until = Instant::now() + limits.keepalive_timeout;
     }
 }
@@ -203,12 +264,14 @@ const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nC
 /// where the transport can tell without reading.
 /// From the first byte (for a connection's first request: from the connect) the whole head
 /// must arrive within the header timeout; a head that stops short gets a 408, a connection that
-/// never began one is closed.
+/// never began one is closed. A later request that has not begun when `stopping` ends is not
+/// waited for.
 async fn read_head(
     stream: &mut Stream,
     wait_until: Instant,
     mut timer: Pin<&mut Sleep>,
     first: bool,
+    mut stopping: Pin<&mut impl Future<Output = ()>>,
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
     let silent = if first {
@@ -235,6 +298,7 @@ async fn read_head(
                 }
                 timer.as_mut().reset(wait_until);
             }
+            () = stopping.as_mut(), if !first => return Err(Refused::Close(ConnClose::Shutdown)),
         }
     };
     let mut deadline = if !first && peeked {
@@ -248,7 +312,18 @@ async fn read_head(
             buf.reserve(HEAD_CHUNK);
         }
         let before = buf.len();
-        match by_deadline(stream.read_buf(&mut buf), || deadline).await {
+        let read = by_deadline(stream.read_buf(&mut buf), || deadline);
+        let read = if before == 0 && !first && !peeked {
+            // Still waiting for the request to begin.
+            tokio::select! {
+                biased;
+                read = read => read,
+                () = stopping.as_mut() => return Err(Refused::Close(ConnClose::Shutdown)),
+            }
+        } else {
+            read.await
+        };
+        match read {
             None if before == 0 => return Err(Refused::Close(silent)),
             None => return Err(Refused::Reply(ConnClose::HeaderTimeout, TIMEOUT_408)),
             Some(Err(e)) => {

@@ -17,6 +17,8 @@ mod conn;
 pub mod io;
 mod workers;
 
+pub use conn::awaiting_a_first_answer;
+
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -264,9 +266,12 @@ async fn accept_loop<A>(
                 let (tls, app, fast) = (tls.clone(), app.clone(), fast.clone());
                 let (limits, shutdown) = (limits.clone(), shutdown.clone());
                 let (worker, counted) = intake.workers.pick();
+                // Counted before its task runs: a shutdown's drain does not miss it.
+                let fresh = conn::Fresh::enter();
+                let admitted = conn::Admitted { permit, fresh };
                 worker.spawn(async move {
                     let _live = counted.unwrap_or_else(|| served_by.workers.enter());
-                    conn::serve(tcp, tls, app, fast, limits, shutdown, permit).await;
+                    conn::serve(tcp, tls, app, fast, limits, shutdown, admitted).await;
                 });
             }
             Err(e) => {
