@@ -96,6 +96,13 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
+    // SIGHUP is taken from here on: one that comes before the signal loop runs (the listeners
+    // open first) must not end the process, as its default action would.
+    let early_hangup = background
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
+    if let Err(e) = &early_hangup {
+        log::warn!("cannot take SIGHUP before the server runs: {e}");
+    }
     let consumers = ConsumerLayer::open(
         &loaded.system,
         &opts.config_dirs,
@@ -305,6 +312,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         listen.clone(),
     );
     // The background runtime lives as long as the process: the server's run ends in exit.
+    std::mem::forget(early_hangup);
     std::mem::forget(background);
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { lifecycle }),

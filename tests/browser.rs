@@ -101,12 +101,15 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
         map["painted"].as_f64().unwrap_or(0.0) > 0.95,
         "the tiles cover the map (and CORS let the page read them): {map}"
     );
-    let counted = gw.metric(&format!(
-        r#"eg{{api_endpoint="wmts",consumer="{}",status_code="200",type="SUCCESS"}}"#,
-        support::json_body(&support::get(gw.admin_port, "GET", "/apps/browser", &[]))["id"]
-            .as_str()
-            .unwrap_or("")
-    ));
+    let counted = gw.metric_when(
+        &format!(
+            r#"eg{{api_endpoint="wmts",consumer="{}",status_code="200",type="SUCCESS"}}"#,
+            support::json_body(&support::get(gw.admin_port, "GET", "/apps/browser", &[]))["id"]
+                .as_str()
+                .unwrap_or("")
+        ),
+        |n| n >= tiles.len() as f64,
+    );
     assert_eq!(
         counted,
         tiles.len() as f64,

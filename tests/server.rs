@@ -72,7 +72,14 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
     let port = gw.port;
     let in_flight = std::thread::spawn(move || get(port, "GET", "/slow/slow/1500", &[]));
-    std::thread::sleep(Duration::from_millis(400));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let sent = Instant::now();
     gw.signal("TERM");
     let r = in_flight.join().expect("request thread");

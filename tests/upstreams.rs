@@ -80,20 +80,17 @@ fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
     names.sort();
     names.dedup();
     assert_eq!(names, vec!["a", "b"]);
-    // Both down: an immediate 502, no connect wait.
+    // Both down: a 502 at once, without waiting for a connect (10 s by default).
+    let a_url = a.url("");
     drop(a);
     b.kill();
     wait_for("both unhealthy", Duration::from_secs(3), || {
-        healthy(&b.url("")) == 0.0
+        healthy(&a_url) == 0.0 && healthy(&b.url("")) == 0.0
     });
     let t = Instant::now();
     let r = get(gw.port, "GET", "/tiles/x", &[]);
     assert_eq!(r.status, 502);
-    assert!(
-        t.elapsed() < Duration::from_millis(200),
-        "{:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     eprintln!("ejected after {ejected:?}, back after {back:?}");
 }
 
@@ -123,7 +120,8 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
         &failed[..failed.len().min(5)],
         gw.log_text()
     );
-    assert!(report.count() > 300, "{}", report.count());
+    // The load ran through the death (the count only shows that it ran).
+    assert!(report.count() > 100, "{}", report.count());
     assert!(gw.log_text().contains("ejected"), "{}", gw.log_text());
     // Other methods are not retried: a POST that meets the dead url fails rather than being
     // sent twice (after the ejection the dead url gets no more requests).
@@ -249,21 +247,25 @@ fn balancing_by_weight_by_load_and_by_path() {
     let dir = ConfigDir::new(&config(&urls, "{balance: least-connections}", "", ""));
     let gw = GatewayProcess::start(&dir);
     let port = gw.port;
+    let before = a.served() + b.served();
     let slow: Vec<_> = (0..3)
         .map(|_| std::thread::spawn(move || get(port, "GET", "/tiles/slow/1500/x", &[])))
         .collect();
-    std::thread::sleep(Duration::from_millis(400));
+    wait_for("the slow requests upstream", Duration::from_secs(5), || {
+        a.served() + b.served() >= before + 3
+    });
     let names: Vec<String> = (0..10)
         .map(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])))
         .collect();
-    for s in slow {
-        s.join().expect("slow request");
-    }
-    let to_b = names.iter().filter(|n| *n == "b").count();
-    let slow_to_a = a.served() >= 2;
-    // Whichever took the slow requests, the quick ones went to the other.
-    let expected = if slow_to_a { to_b } else { 10 - to_b };
-    assert!(expected >= 9, "{names:?}");
+    let slow_to_a = slow
+        .into_iter()
+        .map(|s| name_of(&s.join().expect("slow request")))
+        .filter(|n| n == "a")
+        .count();
+    // The quick ones went to the url with fewer slow ones in flight.
+    let less_busy = if slow_to_a >= 2 { "b" } else { "a" };
+    let to_less_busy = names.iter().filter(|n| *n == less_busy).count();
+    assert!(to_less_busy >= 9, "{slow_to_a} slow to a; quick: {names:?}");
 }
 
 #[test]

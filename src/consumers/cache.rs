@@ -418,9 +418,18 @@ impl ConsumerCache {
             };
             // The first full load happened before serving; the next one is due after a period.
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+            // A full read owed since a (re)subscription, tried again each second until done:
+            // what changed before it, or while the subscription was lost, was not heard of.
+            let mut owed = false;
+            let retry = tokio::time::sleep(Duration::ZERO);
+            tokio::pin!(retry);
             loop {
                 tokio::select! {
                     msg = messages.recv() => match msg {
+                        Ok(entity) if entity == crate::store::SUBSCRIBED => {
+                            owed = true;
+                            retry.as_mut().reset(tokio::time::Instant::now());
+                        }
                         Ok(entity) => {
                             if let Err(e) = cache.refresh(&entity).await {
                                 log::warn!("consumer cache: cannot refresh {entity}: {e}");
@@ -433,6 +442,15 @@ impl ConsumerCache {
                         }
                         Err(_) => break,
                     },
+                    () = &mut retry, if owed => {
+                        match cache.load().await {
+                            Ok(()) => owed = false,
+                            Err(e) => {
+                                log::warn!("consumer cache: cannot read the changes missed while not subscribed (trying again): {e}");
+                                retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                            }
+                        }
+                    }
                     _ = ticker.tick() => {
                         if let Err(e) = cache.load().await {
                             log::warn!("consumer cache: resync failed (serving what is cached): {e}");

@@ -142,15 +142,15 @@ where
                     std::process::exit(1);
                 }
             };
-            loops.push(tokio::spawn(accept_loop(
-                listener,
-                ep.tls.clone(),
-                self.app.clone(),
-                self.fast.clone(),
-                self.limits.clone(),
-                intake.clone(),
-                shutdown.clone(),
-            )));
+            let serving = Serving {
+                tls: ep.tls.clone(),
+                app: self.app.clone(),
+                fast: self.fast.clone(),
+                limits: self.limits.clone(),
+                intake: intake.clone(),
+                shutdown: shutdown.clone(),
+            };
+            loops.push(tokio::spawn(accept_loop(listener, serving)));
         }
         for l in loops {
             let _ = l.await;
@@ -208,17 +208,22 @@ struct Intake {
     workers: workers::Workers,
 }
 
-async fn accept_loop<A>(
-    listener: tokio::net::TcpListener,
+/// What every connection accepted on one listening socket is served with.
+struct Serving<A> {
     tls: Option<Arc<SslAcceptor>>,
     app: Arc<A>,
     fast: Option<Arc<crate::fastpath::FastPath>>,
     limits: Arc<ClientLimits>,
     intake: Arc<Intake>,
-    mut shutdown: ShutdownWatch,
-) where
+    shutdown: ShutdownWatch,
+}
+
+async fn accept_loop<A>(listener: tokio::net::TcpListener, serving: Serving<A>)
+where
     A: HttpServerApp + Send + Sync + 'static,
 {
+    let (intake, limits) = (&serving.intake, &serving.limits);
+    let mut shutdown = serving.shutdown.clone();
     let addr = listener
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
@@ -255,24 +260,10 @@ async fn accept_loop<A>(
                 // The socket leaves this thread's event loop: the thread that serves the
                 // connection registers it with its own, so its readiness wakes that thread
                 // alone (not this one, which would then have to wake the other).
-                let tcp = match tcp.into_std() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        log::warn!("{addr}: cannot hand an accepted connection over: {e}");
-                        continue;
-                    }
-                };
-                let served_by = intake.clone();
-                let (tls, app, fast) = (tls.clone(), app.clone(), fast.clone());
-                let (limits, shutdown) = (limits.clone(), shutdown.clone());
-                let (worker, counted) = intake.workers.pick();
-                // Counted before its task runs: a shutdown's drain does not miss it.
-                let fresh = conn::Fresh::enter();
-                let admitted = conn::Admitted { permit, fresh };
-                worker.spawn(async move {
-                    let _live = counted.unwrap_or_else(|| served_by.workers.enter());
-                    conn::serve(tcp, tls, app, fast, limits, shutdown, admitted).await;
-                });
+                match tcp.into_std() {
+                    Ok(tcp) => admit(tcp, permit, &serving),
+                    Err(e) => log::warn!("{addr}: cannot hand an accepted connection over: {e}"),
+                }
             }
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE): accept would fail at once again; let
@@ -282,7 +273,44 @@ async fn accept_loop<A>(
             }
         }
     }
+    // Connections the kernel completed before the shutdown are served, not reset when the
+    // socket closes (on an upgrade the new process shares the queue; this takes its part).
+    // At most a backlog's worth: on an upgrade, new ones keep coming.
+    let mut taken = 0;
+    if let Ok(queue) = listener.into_std() {
+        while taken < BACKLOG {
+            let Ok(permit) = intake.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Ok((tcp, _)) = queue.accept() else { break };
+            if tcp.set_nonblocking(true).is_ok() {
+                admit(tcp, permit, &serving);
+            }
+            taken += 1;
+        }
+    }
+    if taken > 0 {
+        log::info!("{addr}: {taken} connections waiting in the backlog taken in before closing");
+    }
     log::info!("{addr}: no longer accepting connections");
+}
+
+/// Serves an accepted connection (non-blocking) on the worker thread with the fewest.
+fn admit<A>(tcp: std::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit, s: &Serving<A>)
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    let served_by = s.intake.clone();
+    let (tls, app, fast) = (s.tls.clone(), s.app.clone(), s.fast.clone());
+    let (limits, shutdown) = (s.limits.clone(), s.shutdown.clone());
+    let (worker, counted) = s.intake.workers.pick();
+    // Counted before its task runs: a shutdown's drain does not miss it.
+    let fresh = conn::Fresh::enter();
+    let admitted = conn::Admitted { permit, fresh };
+    worker.spawn(async move {
+        let _live = counted.unwrap_or_else(|| served_by.workers.enter());
+        conn::serve(tcp, tls, app, fast, limits, shutdown, admitted).await;
+    });
 }
 
 /// A TLS acceptor for a certificate (chain) and key in PEM files: Mozilla's intermediate

@@ -63,6 +63,10 @@ pub struct WindowCount {
     pub resets_in: Duration,
 }
 
+/// The message a subscription gives each time it is (re)established: what was published
+/// before it, or while it was lost, was not seen (a subscriber reads everything again).
+pub const SUBSCRIBED: &str = "";
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// A short name for logs and errors (`embedded /var/lib/...`, `redis 127.0.0.1:6379`).
@@ -106,7 +110,8 @@ pub trait Store: Send + Sync {
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()>;
 
-    /// Messages published on `channel`, by any process sharing the store.
+    /// Messages published on `channel`, by any process sharing the store. A store shared over
+    /// the network sends [`SUBSCRIBED`] each time its subscription is (re)established.
     async fn subscribe(&self, channel: &str) -> StoreResult<broadcast::Receiver<String>>;
 
     /// Takes a named lock for at most `ttl`; `None` when someone else holds it.

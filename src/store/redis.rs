@@ -210,6 +210,7 @@ impl RedisStore {
                     Ok(client) => match client.get_async_pubsub().await {
                         Ok(mut pubsub) => {
                             if pubsub.subscribe(&channel).await.is_ok() {
+                                let _ = tx.send(super::SUBSCRIBED.to_string());
                                 let mut stream = pubsub.on_message();
                                 while let Some(msg) = stream.next().await {
                                     if let Ok(text) = msg.get_payload::<String>() {

@@ -113,7 +113,8 @@ impl GatewayProcess {
     pub fn start_with(dir: &ConfigDir, args: &[&str], envs: &[(&str, &str)]) -> GatewayProcess {
         let port = free_port();
         let admin_port = free_port();
-        let log = dir.path.join("tollgate.log");
+        // One log per process: two gateways may share a config directory.
+        let log = dir.path.join(format!("tollgate-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
@@ -136,11 +137,14 @@ impl GatewayProcess {
             admin_port,
             log,
         };
-        gw.wait_ready();
+        // A config that opens the admin listener: wait for it as for the gateway's.
+        let admin = std::fs::read_to_string(dir.path.join("gateway.config.yml"))
+            .is_ok_and(|c| c.contains("${ADMIN_PORT}"));
+        gw.wait_ready(admin);
         gw
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self, admin: bool) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -150,12 +154,24 @@ impl GatewayProcess {
                 );
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                // The admin listener starts beside the gateway's; give it a moment too (a config
-                // without an admin section never opens it).
+                // The admin listener starts beside the gateway's (a config that does not name
+                // its port may still open it: give it a moment then).
+                let limit = if admin {
+                    Duration::from_secs(20)
+                } else {
+                    Duration::from_secs(2)
+                };
                 let admin_wait = Instant::now();
-                while admin_wait.elapsed() < Duration::from_secs(2)
-                    && TcpStream::connect(("127.0.0.1", self.admin_port)).is_err()
-                {
+                while TcpStream::connect(("127.0.0.1", self.admin_port)).is_err() {
+                    assert!(
+                        !admin || admin_wait.elapsed() < limit,
+                        "the admin API did not listen on {} within {limit:?}:\n{}",
+                        self.admin_port,
+                        self.log_text()
+                    );
+                    if admin_wait.elapsed() >= limit {
+                        break;
+                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 return;
@@ -199,6 +215,19 @@ impl GatewayProcess {
                     .ok()
             })
             .unwrap_or(0.0)
+    }
+
+    /// The value of a series once `done` holds for it, or its last value after 5 s: what a
+    /// request changes is counted just after its answer is sent.
+    pub fn metric_when(&self, series: &str, done: impl Fn(f64) -> bool) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let v = self.metric(series);
+            if done(v) || Instant::now() >= deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Lines of the gateway's log at ERROR level.

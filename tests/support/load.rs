@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 pub struct Outcome {
     /// When it started, from the start of the load.
     pub at: Duration,
+    /// When its connection was made (none: it was not).
+    pub connected: Option<Duration>,
     pub status: Option<u16>,
     /// Why there is no status: `connect`, `write`, `read`.
     pub failed: Option<String>,
@@ -101,17 +103,19 @@ impl Load {
 
 fn one(port: u16, raw: &str, started: Instant) -> Outcome {
     let at = started.elapsed();
-    let fail = |why: &str| Outcome {
+    let fail = |why: &str, connected| Outcome {
         at,
+        connected,
         status: None,
         failed: Some(why.to_string()),
     };
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
-        return fail("connect");
+        return fail("connect", None);
     };
+    let connected = Some(started.elapsed());
     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
     if s.write_all(raw.as_bytes()).is_err() {
-        return fail("write");
+        return fail("write", connected);
     }
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
@@ -121,7 +125,7 @@ fn one(port: u16, raw: &str, started: Instant) -> Outcome {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(_) => {
                 if buf.is_empty() {
-                    return fail("read");
+                    return fail("read", connected);
                 }
                 break;
             }
@@ -136,9 +140,10 @@ fn one(port: u16, raw: &str, started: Instant) -> Outcome {
     {
         Some(status) => Outcome {
             at,
+            connected,
             status: Some(status),
             failed: None,
         },
-        None => fail("read"),
+        None => fail("read", connected),
     }
 }

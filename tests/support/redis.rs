@@ -1,6 +1,7 @@
-//! A real `redis-server` per test, on a free port, with nothing saved to disk; and EG's fixture
-//! loaded into it.
+//! A real `redis-server` per test, on a free port, saving to disk only when asked
+//! ([`RedisServer::save`]); and EG's fixture loaded into it.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,9 @@ use super::gateway::free_port;
 pub struct RedisServer {
     pub port: u16,
     child: Child,
+    /// Where [`RedisServer::save`] writes, and where a server started on the same port
+    /// reads what was saved.
+    dir: PathBuf,
 }
 
 impl RedisServer {
@@ -16,8 +20,12 @@ impl RedisServer {
         RedisServer::start_on(free_port())
     }
 
-    /// A new server on a given port (a restart after [`RedisServer::stop`]).
+    /// A new server on a given port (a restart after [`RedisServer::stop`]), with what was
+    /// last saved on that port, if anything.
     pub fn start_on(port: u16) -> RedisServer {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-test-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis directory");
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -28,12 +36,14 @@ impl RedisServer {
                 "",
                 "--appendonly",
                 "no",
+                "--dir",
+                &dir.display().to_string(),
             ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
-        let server = RedisServer { port, child };
+        let server = RedisServer { port, child, dir };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(mut c) = server.client().get_connection() {
@@ -134,11 +144,17 @@ impl RedisServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Saves the data to disk: a server started on this port later begins with it.
+    pub fn save(&self) {
+        let _: String = redis::cmd("SAVE").query(&mut self.conn()).expect("SAVE");
+    }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
