@@ -97,12 +97,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .build()
         .context("cannot start the background runtime")?;
     // SIGHUP is taken from here on: one that comes before the signal loop runs (the listeners
-    // open first) must not end the process, as its default action would.
-    let early_hangup = background
-        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) });
-    if let Err(e) = &early_hangup {
-        log::warn!("cannot take SIGHUP before the server runs: {e}");
-    }
+    // open first) must not end the process, as its default action would, and is a reload once
+    // the loop runs.
+    let hangup = background
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .inspect_err(|e| log::warn!("cannot take SIGHUP before the server runs: {e}"))
+        .ok();
     let consumers = ConsumerLayer::open(
         &loaded.system,
         &opts.config_dirs,
@@ -312,10 +312,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         listen.clone(),
     );
     // The background runtime lives as long as the process: the server's run ends in exit.
-    std::mem::forget(early_hangup);
     std::mem::forget(background);
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals { lifecycle }),
+        shutdown_signal: Box::new(Signals {
+            lifecycle,
+            hangup: std::sync::Mutex::new(hangup),
+        }),
     });
     std::process::exit(0)
 }
@@ -324,17 +326,21 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// process) and SIGHUP, which reloads the config.
 struct Signals {
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
+    /// SIGHUP, taken before the server ran (one that came meanwhile is waiting in it).
+    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
 }
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
+        let early = self.hangup.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let hup = early.map_or_else(|| signal(SignalKind::hangup()), Ok);
         let (Ok(mut quit), Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::quit()),
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-            signal(SignalKind::hangup()),
+            hup,
         ) else {
             log::error!("cannot install the signal handlers; SIGTERM and SIGINT stop at once");
             return std::future::pending().await;
@@ -437,8 +443,9 @@ fn start_dns_refresh(gateway: Arc<ArcSwap<Gateway>>) {
 
 /// Follows the server's phases: once running, tells systemd (when it asks); on a graceful
 /// upgrade hands the consumer store over to the new process; on SIGTERM (Pingora stops
-/// accepting and would wait the whole grace period) ends the process as soon as no request is
-/// in flight any more and every connection accepted has had its first request answered.
+/// accepting and would wait the whole grace period) ends the process as soon as the listeners
+/// have taken in their backlogs, no request is in flight any more and every connection
+/// accepted has had its first request answered.
 fn exit_when_drained(
     server: &Server,
     grace: Duration,
@@ -464,6 +471,7 @@ fn exit_when_drained(
                         }
                         Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
                             log::info!("SIGQUIT: handing the listening sockets to the new process");
+                            crate::listener::sockets_handed_over();
                             store.hand_over();
                         }
                         Ok(ExecutionPhase::ShutdownGracePeriod) => break,
@@ -485,9 +493,12 @@ fn exit_when_drained(
                 let start = Instant::now();
                 // Let requests accepted just before the signal register.
                 tokio::time::sleep(Duration::from_millis(100)).await;
-                while (requests_in_flight() > 0 || crate::listener::awaiting_a_first_answer() > 0)
-                    && start.elapsed() < grace
-                {
+                let busy = || {
+                    requests_in_flight() > 0
+                        || crate::listener::awaiting_an_answer() > 0
+                        || crate::listener::accepting() > 0
+                };
+                while busy() && start.elapsed() < grace {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 log::info!("drained; exiting");

@@ -142,6 +142,9 @@ fn a_shutdown_answers_a_first_request_still_on_its_way_and_closes_idle_connectio
         gw.log_text()
     );
     fresh.write_all(ask).expect("send");
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let r = read_response(&mut fresh, false);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("connection"), Some("close"));

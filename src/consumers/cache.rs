@@ -418,8 +418,8 @@ impl ConsumerCache {
             };
             // The first full load happened before serving; the next one is due after a period.
             let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
-            // A full read owed since a (re)subscription, tried again each second until done:
-            // what changed before it, or while the subscription was lost, was not heard of.
+            // A full read owed since a (re)subscription or lost messages, tried again each
+            // second until done: what changed meanwhile was not heard of.
             let mut owed = false;
             let retry = tokio::time::sleep(Duration::ZERO);
             tokio::pin!(retry);
@@ -435,10 +435,10 @@ impl ConsumerCache {
                                 log::warn!("consumer cache: cannot refresh {entity}: {e}");
                             }
                         }
+                        // Messages were dropped (a (re)subscription's among them, maybe).
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            if let Err(e) = cache.load().await {
-                                log::warn!("consumer cache: resync failed: {e}");
-                            }
+                            owed = true;
+                            retry.as_mut().reset(tokio::time::Instant::now());
                         }
                         Err(_) => break,
                     },
@@ -446,7 +446,7 @@ impl ConsumerCache {
                         match cache.load().await {
                             Ok(()) => owed = false,
                             Err(e) => {
-                                log::warn!("consumer cache: cannot read the changes missed while not subscribed (trying again): {e}");
+                                log::warn!("consumer cache: cannot read the changes it missed (trying again): {e}");
                                 retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
                             }
                         }

@@ -28,23 +28,25 @@ use crate::metrics::{metrics, ConnClose};
 /// How much of a head is read at a time; most heads fit in one read.
 const HEAD_CHUNK: usize = 4096;
 
-/// Connections accepted whose first request has not been answered yet.
+/// Connections accepted whose first request has not been answered yet, and requests whose
+/// head is arriving in more than one read.
 static FRESH: AtomicUsize = AtomicUsize::new(0);
 
 /// How many accepted connections have not had their first request answered yet (a client
-/// that connected just before a shutdown may not have sent it yet): the drain waits for them
-/// as for requests in flight.
-pub fn awaiting_a_first_answer() -> usize {
+/// that connected just before a shutdown may not have sent it yet), HTTP/2 connections
+/// included until they close, and how many later requests are partly read: the drain waits
+/// for them as for requests in flight.
+pub fn awaiting_an_answer() -> usize {
     FRESH.load(Ordering::Relaxed)
 }
 
-/// One connection counted in [`awaiting_a_first_answer`] while this lives.
-pub(super) struct Fresh;
+/// One connection or request counted in [`awaiting_an_answer`] while this lives.
+pub(super) struct Fresh(());
 
 impl Fresh {
     pub(super) fn enter() -> Fresh {
         FRESH.fetch_add(1, Ordering::Relaxed);
-        Fresh
+        Fresh(())
     }
 }
 
@@ -114,10 +116,11 @@ pub async fn serve<A>(
         }
     };
     let reason = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-        // Its streams are counted as requests in flight; Pingora ends the connection on a
-        // shutdown with a GOAWAY.
-        drop(fresh);
+        // Counted until it closes: its streams are counted as requests in flight only once
+        // their heads are read. On a shutdown Pingora sends a GOAWAY and ends the connection
+        // when its streams are done.
         app.process_new(stream, &shutdown).await;
+        drop(fresh);
         ConnClose::Done
     } else {
         http1(
@@ -166,11 +169,14 @@ where
     // (each wait ends later than the one before).
     let mut timer = std::pin::pin!(tokio::time::sleep_until(wait_until));
     loop {
+        // A later request whose head comes in more than one read is counted from its second.
+        let mut partial = None;
         let head = read_head(
             &mut stream,
             wait_until,
             timer.as_mut(),
             first.is_some(),
+            &mut partial,
             stopping.as_mut(),
             limits,
         )
@@ -193,6 +199,7 @@ where
             Next::KeepAlive(s) => stream = s,
             Next::Close(why) => return why,
         }
+        drop(partial);
         first = None;
         wait_until = Instant::now() + limits.keepalive_timeout;
     }
@@ -265,12 +272,13 @@ const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nC
 /// From the first byte (for a connection's first request: from the connect) the whole head
 /// must arrive within the header timeout; a head that stops short gets a 408, a connection that
 /// never began one is closed. A later request that has not begun when `stopping` ends is not
-/// waited for.
+/// waited for; one whose head takes more than one read is counted in `partial` from then.
 async fn read_head(
     stream: &mut Stream,
     wait_until: Instant,
     mut timer: Pin<&mut Sleep>,
     first: bool,
+    partial: &mut Option<Fresh>,
     mut stopping: Pin<&mut impl Future<Output = ()>>,
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
@@ -339,6 +347,9 @@ async fn read_head(
         }
         if head_complete(&buf, before) {
             return Ok(buf);
+        }
+        if !first && partial.is_none() {
+            *partial = Some(Fresh::enter());
         }
         if buf.len() > limits.max_head {
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));

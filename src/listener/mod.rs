@@ -17,7 +17,42 @@ mod conn;
 pub mod io;
 mod workers;
 
-pub use conn::awaiting_a_first_answer;
+pub use conn::awaiting_an_answer;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+/// Accept loops that have not yet finished (their backlog taken in, on a shutdown).
+static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
+/// Set once the listening sockets went to an upgrading process, which shares their queues.
+static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+
+/// How many listening sockets are still being accepted on: the drain on a shutdown waits for
+/// them to take in what their backlog holds.
+pub fn accepting() -> usize {
+    ACCEPTING.load(Ordering::Relaxed)
+}
+
+/// The listening sockets went to an upgrading process: on the shutdown that follows, what
+/// their backlogs hold is left to it.
+pub fn sockets_handed_over() {
+    HANDED_OVER.store(true, Ordering::Relaxed);
+}
+
+/// One accept loop counted in [`accepting`] while this lives.
+struct Accepting(());
+
+impl Accepting {
+    fn enter() -> Accepting {
+        ACCEPTING.fetch_add(1, Ordering::Relaxed);
+        Accepting(())
+    }
+}
+
+impl Drop for Accepting {
+    fn drop(&mut self) {
+        ACCEPTING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
 
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::sync::Arc;
@@ -150,7 +185,8 @@ where
                 intake: intake.clone(),
                 shutdown: shutdown.clone(),
             };
-            loops.push(tokio::spawn(accept_loop(listener, serving)));
+            let counted = Accepting::enter();
+            loops.push(tokio::spawn(accept_loop(listener, serving, counted)));
         }
         for l in loops {
             let _ = l.await;
@@ -218,8 +254,11 @@ struct Serving<A> {
     shutdown: ShutdownWatch,
 }
 
-async fn accept_loop<A>(listener: tokio::net::TcpListener, serving: Serving<A>)
-where
+async fn accept_loop<A>(
+    listener: tokio::net::TcpListener,
+    serving: Serving<A>,
+    _accepting: Accepting,
+) where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let (intake, limits) = (&serving.intake, &serving.limits);
@@ -274,19 +313,26 @@ where
         }
     }
     // Connections the kernel completed before the shutdown are served, not reset when the
-    // socket closes (on an upgrade the new process shares the queue; this takes its part).
-    // At most a backlog's worth: on an upgrade, new ones keep coming.
+    // socket closes. After an upgrade the new process holds the socket too and takes them.
     let mut taken = 0;
-    if let Ok(queue) = listener.into_std() {
-        while taken < BACKLOG {
-            let Ok(permit) = intake.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            let Ok((tcp, _)) = queue.accept() else { break };
-            if tcp.set_nonblocking(true).is_ok() {
-                admit(tcp, permit, &serving);
+    if !HANDED_OVER.load(Ordering::Relaxed) {
+        if let Ok(queue) = listener.into_std() {
+            while taken < BACKLOG {
+                let Ok(permit) = intake.permits.clone().try_acquire_owned() else {
+                    break;
+                };
+                match queue.accept() {
+                    Ok((tcp, _)) => {
+                        if tcp.set_nonblocking(true).is_ok() {
+                            admit(tcp, permit, &serving);
+                        }
+                        taken += 1;
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
-            taken += 1;
         }
     }
     if taken > 0 {
