@@ -407,7 +407,7 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     std::thread::sleep(Duration::from_millis(500));
     // The new process, same config and ports, takes the sockets over.
     let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
-    let mut new = Command::new(binary())
+    let new = Command::new(binary())
         .args(["serve", "--config", &dir.path.display().to_string()])
         .args(["--upgrade", "--upgrade-sock", &sock])
         .env("PORT", old.port.to_string())
@@ -418,6 +418,8 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         .stderr(log)
         .spawn()
         .expect("start the new process");
+    // Stopped however the test ends: it holds the gateway's ports.
+    let mut new = Reaped(new);
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let quit = Instant::now();
@@ -436,7 +438,7 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     let report = load.stop();
     let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
     assert!(
-        new.try_wait().expect("wait").is_none(),
+        new.0.try_wait().expect("wait").is_none(),
         "the new process runs: {new_log}"
     );
     let failed = report.failed(200);
@@ -465,6 +467,14 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         r#"{"username": "after-upgrade"}"#,
     );
     assert!(r.status < 300, "{} {}", r.status, r.text());
-    let _ = new.kill();
-    let _ = new.wait();
+}
+
+/// A child process killed when this is dropped.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }

@@ -60,6 +60,15 @@ pipelines:
     dir
 }
 
+/// A Redis holding EG's fixture, an upstream, and a config directory using both.
+fn with_eg_fixture() -> (RedisServer, EchoUpstream, ConfigDir) {
+    let redis = RedisServer::start();
+    redis.load_dump(&eg_fixture());
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    (redis, up, dir)
+}
+
 fn consumer_of(r: &support::Response) -> Option<String> {
     r.echoed().header("eg-consumer-id")
 }
@@ -78,10 +87,7 @@ fn json_of(r: &support::Response) -> serde_json::Value {
 
 #[test]
 fn a_redis_written_by_eg_works_unchanged() {
-    let redis = RedisServer::start();
-    redis.load_dump(&eg_fixture());
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
+    let (_redis, _up, dir) = with_eg_fixture();
     let gw = GatewayProcess::start(&dir);
     let p = gw.port;
     // key-auth of an app: its scopes allow wmts, not wms (403 as EG).
@@ -362,10 +368,7 @@ fn what_tollgate_writes_has_egs_layout() {
 
 #[test]
 fn two_gateways_share_one_redis() {
-    let redis = RedisServer::start();
-    redis.load_dump(&eg_fixture());
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
+    let (redis, _up, dir) = with_eg_fixture();
     let a = GatewayProcess::start(&dir);
     let b = GatewayProcess::start(&dir);
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
@@ -427,10 +430,7 @@ fn two_gateways_share_one_redis() {
 
 #[test]
 fn a_change_made_while_a_gateway_was_not_subscribed_reaches_it_when_it_subscribes_again() {
-    let redis = RedisServer::start();
-    redis.load_dump(&eg_fixture());
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
+    let (redis, _up, dir) = with_eg_fixture();
     let gw = GatewayProcess::start(&dir);
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
     assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
@@ -469,10 +469,7 @@ fn a_change_made_while_a_gateway_was_not_subscribed_reaches_it_when_it_subscribe
 
 #[test]
 fn known_credentials_keep_working_when_redis_goes_away() {
-    let mut redis = RedisServer::start();
-    redis.load_dump(&eg_fixture());
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
+    let (mut redis, _up, dir) = with_eg_fixture();
     let gw = GatewayProcess::start(&dir);
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
     assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);

@@ -89,16 +89,11 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         "the in-flight request completes: {}",
         r.text()
     );
-    let status = loop {
-        if let Some(s) = gw.child.try_wait().expect("wait") {
-            break s;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(9),
-            "still running long after the request finished"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_within(
+        &mut gw,
+        Duration::from_secs(9).saturating_sub(sent.elapsed()),
+        "still running long after the request finished",
+    );
     assert!(status.success(), "{status}");
     assert!(
         std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
@@ -148,17 +143,22 @@ fn a_shutdown_answers_a_first_request_still_on_its_way_and_closes_idle_connectio
     let r = read_response(&mut fresh, false);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("connection"), Some("close"));
-    let answered = Instant::now();
+    let status = exit_within(
+        &mut gw,
+        Duration::from_secs(4),
+        "still running after every connection had its answer",
+    );
+    assert!(status.success(), "{status}");
+}
+
+/// The gateway's exit status, once it exits within `limit` of now.
+fn exit_within(gw: &mut GatewayProcess, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let since = Instant::now();
     loop {
         if let Some(status) = gw.child.try_wait().expect("wait") {
-            assert!(status.success(), "{status}");
-            break;
+            return status;
         }
-        assert!(
-            answered.elapsed() < Duration::from_secs(4),
-            "still running after every connection had its answer:\n{}",
-            gw.log_text()
-        );
+        assert!(since.elapsed() < limit, "{what}:\n{}", gw.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -169,18 +169,11 @@ fn sigint_stops_at_once() {
     let dir = ConfigDir::new(&config(&up));
     let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "30"], &[]);
     gw.signal("INT");
-    let sent = Instant::now();
-    loop {
-        if gw.child.try_wait().expect("wait").is_some() {
-            break;
-        }
-        assert!(
-            sent.elapsed() < Duration::from_secs(10),
-            "SIGINT did not stop the gateway:\n{}",
-            gw.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    exit_within(
+        &mut gw,
+        Duration::from_secs(10),
+        "SIGINT did not stop the gateway",
+    );
 }
 
 #[test]

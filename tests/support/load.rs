@@ -60,8 +60,21 @@ pub struct Load {
 
 impl Load {
     /// Starts `threads` clients sending `raw` (a whole request, `Connection: close`) to `port`
-    /// one after another, with `pause` between two requests of a client.
+    /// one after another, with `pause` between two requests of a client, once the request is
+    /// answered 200 (everything behind the gateway is up).
     pub fn start(port: u16, threads: usize, raw: &str, pause: Duration) -> Load {
+        let ready = Instant::now();
+        loop {
+            let o = one(port, raw, ready);
+            if o.status == Some(200) {
+                break;
+            }
+            assert!(
+                ready.elapsed() < Duration::from_secs(10),
+                "the load's request is not answered 200: {o:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let started = Instant::now();
