@@ -358,9 +358,16 @@ impl ProxyHttp for Tollgate {
         &self,
         _session: &mut Session,
         _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
+        if end_of_stream {
+            // The upstream's part is done: its url no longer counts this request in flight,
+            // while the client may still be reading it.
+            if let Some(plan) = &mut ctx.x.proxy {
+                crate::upstream::attempt::end(plan);
+            }
+        }
         match &ctx.x.proxy {
             Some(plan) if crate::upstream::attempt::overdue(plan) => {
                 Error::e_explain(ErrorType::ReadTimedout, "the total timeout passed")

@@ -247,25 +247,39 @@ fn balancing_by_weight_by_load_and_by_path() {
     let dir = ConfigDir::new(&config(&urls, "{balance: least-connections}", "", ""));
     let gw = GatewayProcess::start(&dir);
     let port = gw.port;
-    let before = a.served() + b.served();
+    // Slow enough to be in flight through the quick ones on a busy machine.
     let slow: Vec<_> = (0..3)
-        .map(|_| std::thread::spawn(move || get(port, "GET", "/tiles/slow/1500/x", &[])))
+        .map(|_| std::thread::spawn(move || get(port, "GET", "/tiles/slow/4000/x", &[])))
         .collect();
-    wait_for("the slow requests upstream", Duration::from_secs(5), || {
-        a.served() + b.served() >= before + 3
-    });
+    // Requests in flight per url, as the gateway counts them.
+    let in_flight = || -> Vec<u64> {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+        state["serviceEndpoints"][0]["urls"]
+            .as_array()
+            .map(|urls| {
+                urls.iter()
+                    .map(|u| u["inFlight"].as_u64().unwrap_or(0))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the slow requests in flight",
+        Duration::from_secs(5),
+        || in_flight().iter().sum::<u64>() == 3,
+    );
+    let busy = in_flight();
     let names: Vec<String> = (0..10)
         .map(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])))
         .collect();
-    let slow_to_a = slow
-        .into_iter()
-        .map(|s| name_of(&s.join().expect("slow request")))
-        .filter(|n| n == "a")
-        .count();
+    assert_eq!(in_flight(), busy, "the slow requests are still in flight");
+    for s in slow {
+        assert_eq!(s.join().expect("slow request").status, 200);
+    }
     // The quick ones went to the url with fewer slow ones in flight.
-    let less_busy = if slow_to_a >= 2 { "b" } else { "a" };
+    let less_busy = if busy[0] > busy[1] { "b" } else { "a" };
     let to_less_busy = names.iter().filter(|n| *n == less_busy).count();
-    assert!(to_less_busy >= 9, "{slow_to_a} slow to a; quick: {names:?}");
+    assert!(to_less_busy >= 9, "in flight {busy:?}; quick: {names:?}");
 }
 
 #[test]

@@ -90,6 +90,7 @@ impl FastPath {
             attempt::answered(plan, resp.status.as_u16());
         }
         let read = read_whole(&mut f.up, &mut fill, x).await;
+        relay::upstream_done(x);
         // Done with the fill either way: the requests waiting on the tile go on now (a failed
         // one's lock is not held while its client reads the error).
         let object = match read {

@@ -100,6 +100,12 @@ pub async fn relay(
     let Some(resp) = up.resp_header() else {
         return;
     };
+    // Where a body of declared length ends: the upstream's part is done there.
+    let declared = match resp.headers.contains_key(TRANSFER_ENCODING) {
+        true => None,
+        false => crate::cache::store::content_length(resp),
+    };
+    let mut received = 0;
     let mut resp = Box::new(resp.clone());
     if let Some(plan) = &x.proxy {
         attempt::answered(plan, resp.status.as_u16());
@@ -143,6 +149,10 @@ pub async fn relay(
         if let Some(f) = &mut fill {
             f.body(chunk);
         }
+        received += chunk.len();
+        if declared == Some(received) {
+            upstream_done(x);
+        }
         if let Err(mut e) = s.write_body(chunk).await {
             e.as_down();
             log::debug!("client went away: {e}");
@@ -150,6 +160,7 @@ pub async fn relay(
             return;
         }
     }
+    upstream_done(x);
     if let Some(f) = fill {
         if up.is_body_done() {
             f.complete();
@@ -160,6 +171,14 @@ pub async fn relay(
         s.set_server_keepalive(None);
     }
     keep(up, key);
+}
+
+/// The upstream's part of the exchange is done (before the client has the last of it): its
+/// url no longer counts this request in flight.
+pub(super) fn upstream_done(x: &mut Exchange) {
+    if let Some(plan) = &mut x.proxy {
+        attempt::end(plan);
+    }
 }
 
 /// Connects (or takes a pooled connection), sends the request head and reads the response
