@@ -96,13 +96,6 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
-    // SIGHUP is taken from here on: one that comes before the signal loop runs (the listeners
-    // open first) must not end the process, as its default action would, and is a reload once
-    // the loop runs.
-    let hangup = background
-        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
-        .inspect_err(|e| log::warn!("cannot take SIGHUP before the server runs: {e}"))
-        .ok();
     let consumers = ConsumerLayer::open(
         &loaded.system,
         &opts.config_dirs,
@@ -311,12 +304,20 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         consumers.store.clone(),
         listen.clone(),
     );
+    // SIGTERM, SIGQUIT and SIGHUP are taken from here on: one that comes after the listeners
+    // open and before Pingora's signal loop runs waits for it instead of taking its default
+    // action (the end of the process, the connections it has queued reset). SIGINT still
+    // stops at once.
+    let early = background
+        .block_on(async { Taken::now() })
+        .inspect_err(|e| log::warn!("cannot take the signals before the server runs: {e}"))
+        .ok();
     // The background runtime lives as long as the process: the server's run ends in exit.
     std::mem::forget(background);
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals {
             lifecycle,
-            hangup: std::sync::Mutex::new(hangup),
+            early: std::sync::Mutex::new(early),
         }),
     });
     std::process::exit(0)
@@ -326,22 +327,43 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// process) and SIGHUP, which reloads the config.
 struct Signals {
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
-    /// SIGHUP, taken before the server ran (one that came meanwhile is waiting in it).
-    hangup: std::sync::Mutex<Option<tokio::signal::unix::Signal>>,
+    /// The signals taken before the server ran (one that came meanwhile is waiting in them).
+    early: std::sync::Mutex<Option<Taken>>,
+}
+
+/// The signals the server acts on, each a stream from the moment it was made (SIGINT's too).
+struct Taken {
+    quit: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Taken {
+    fn now() -> std::io::Result<Taken> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Taken {
+            quit: signal(SignalKind::quit())?,
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{signal, SignalKind};
-        let early = self.hangup.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let hup = early.map_or_else(|| signal(SignalKind::hangup()), Ok);
-        let (Ok(mut quit), Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-            signal(SignalKind::quit()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-            hup,
-        ) else {
+        let early = self.early.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let taken = early.map_or_else(Taken::now, Ok);
+        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        let (
+            Ok(Taken {
+                mut quit,
+                mut term,
+                mut hup,
+            }),
+            Ok(mut int),
+        ) = (taken, int)
+        else {
             log::error!("cannot install the signal handlers; SIGTERM and SIGINT stop at once");
             return std::future::pending().await;
         };

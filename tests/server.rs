@@ -151,6 +151,55 @@ fn a_shutdown_answers_a_first_request_still_on_its_way_and_closes_idle_connectio
     assert!(status.success(), "{status}");
 }
 
+#[test]
+fn a_sigterm_serves_the_connections_waiting_in_the_backlog() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    // Stopped, the gateway accepts nothing: the kernel completes the connections and queues
+    // them, requests included. The SIGTERM is there when it runs again.
+    gw.signal("STOP");
+    let ask = b"GET /slow/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let queued: Vec<TcpStream> = (0..50)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+            s.write_all(ask).expect("send");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s
+        })
+        .collect();
+    gw.signal("TERM");
+    gw.signal("CONT");
+    let answers: Vec<String> = queued
+        .into_iter()
+        .map(|mut s| {
+            let mut answer = Vec::new();
+            match s.read_to_end(&mut answer) {
+                Ok(_) => String::from_utf8_lossy(&answer)
+                    .lines()
+                    .next()
+                    .unwrap_or("closed without an answer")
+                    .to_string(),
+                Err(e) => format!("{e}"),
+            }
+        })
+        .collect();
+    let unanswered: Vec<&String> = answers
+        .iter()
+        .filter(|a| !a.starts_with("HTTP/1.1 200"))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} of 50 not answered: {:?}\n{}",
+        unanswered.len(),
+        &unanswered[..unanswered.len().min(3)],
+        gw.log_text()
+    );
+    let status = exit_within(&mut gw, Duration::from_secs(9), "still running");
+    assert!(status.success(), "{status}");
+}
+
 /// The gateway's exit status, once it exits within `limit` of now.
 fn exit_within(gw: &mut GatewayProcess, limit: Duration, what: &str) -> std::process::ExitStatus {
     let since = Instant::now();
