@@ -18,6 +18,14 @@ fn config(up: &EchoUpstream) -> String {
     )
 }
 
+/// An upstream and a gateway in front of it with this grace period (seconds).
+fn with_grace_period(secs: &str) -> (EchoUpstream, ConfigDir, GatewayProcess) {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start_with(&dir, &["--grace-period", secs], &[]);
+    (up, dir, gw)
+}
+
 #[test]
 fn admin_api_serves_the_config() {
     let up = EchoUpstream::start("up");
@@ -67,9 +75,7 @@ fn admin_api_serves_the_config() {
 
 #[test]
 fn sigterm_drains_in_flight_requests_then_exits() {
-    let up = EchoUpstream::start("up");
-    let dir = ConfigDir::new(&config(&up));
-    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let (up, _dir, mut gw) = with_grace_period("10");
     let port = gw.port;
     let in_flight = std::thread::spawn(move || get(port, "GET", "/slow/slow/1500", &[]));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -103,9 +109,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
 
 #[test]
 fn a_shutdown_answers_a_first_request_still_on_its_way_and_closes_idle_connections() {
-    let up = EchoUpstream::start("up");
-    let dir = ConfigDir::new(&config(&up));
-    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let (_up, _dir, mut gw) = with_grace_period("10");
     let ask = b"GET /slow/x HTTP/1.1\r\nHost: h\r\n\r\n";
     // A connection that has had an answer and waits for its next request.
     let mut idle = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
@@ -153,9 +157,7 @@ fn a_shutdown_answers_a_first_request_still_on_its_way_and_closes_idle_connectio
 
 #[test]
 fn a_sigterm_serves_the_connections_waiting_in_the_backlog() {
-    let up = EchoUpstream::start("up");
-    let dir = ConfigDir::new(&config(&up));
-    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let (_up, _dir, mut gw) = with_grace_period("10");
     // Stopped, the gateway accepts nothing: the kernel completes the connections and queues
     // them, requests included. The SIGTERM is there when it runs again.
     gw.signal("STOP");
@@ -214,9 +216,7 @@ fn exit_within(gw: &mut GatewayProcess, limit: Duration, what: &str) -> std::pro
 
 #[test]
 fn sigint_stops_at_once() {
-    let up = EchoUpstream::start("up");
-    let dir = ConfigDir::new(&config(&up));
-    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "30"], &[]);
+    let (_up, _dir, mut gw) = with_grace_period("30");
     gw.signal("INT");
     exit_within(
         &mut gw,
