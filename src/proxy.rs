@@ -362,11 +362,8 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if end_of_stream {
-            // The upstream's part is done: its url no longer counts this request in flight,
-            // while the client may still be reading it.
-            if let Some(plan) = &mut ctx.x.proxy {
-                crate::upstream::attempt::end(plan);
-            }
+            // The url's answer is in whole, while the client may still be reading it.
+            crate::upstream::attempt::end(&mut ctx.x.proxy);
         }
         match &ctx.x.proxy {
             Some(plan) if crate::upstream::attempt::overdue(plan) => {
@@ -378,9 +375,7 @@ impl ProxyHttp for Tollgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         request_ended();
-        if let Some(plan) = &mut ctx.x.proxy {
-            crate::upstream::attempt::end(plan);
-        }
+        crate::upstream::attempt::end(&mut ctx.x.proxy);
         let cache = ctx.x.cache.as_ref().map(|_| {
             let from_cache =
                 crate::cache::served_from_cache(session).then_some(session.body_bytes_sent());

@@ -331,7 +331,7 @@ struct Signals {
     early: std::sync::Mutex<Option<Taken>>,
 }
 
-/// The signals the server acts on, each a stream from the moment it was made (SIGINT's too).
+/// The signals the server acts on besides SIGINT, each a stream from the moment it was made.
 struct Taken {
     quit: tokio::signal::unix::Signal,
     term: tokio::signal::unix::Signal,

@@ -90,7 +90,7 @@ impl FastPath {
             attempt::answered(plan, resp.status.as_u16());
         }
         let read = read_whole(&mut f.up, &mut fill, x).await;
-        relay::upstream_done(x);
+        attempt::end(&mut x.proxy);
         // Done with the fill either way: the requests waiting on the tile go on now (a failed
         // one's lock is not held while its client reads the error).
         let object = match read {
@@ -206,9 +206,7 @@ async fn in_session(
         Err(Unread(stream, head)) => {
             // Not expected: the session reads every head the fast path reads alike.
             log::debug!("a request head read on the fast path was refused by the session");
-            if let Some(plan) = &mut x.proxy {
-                attempt::end(plan);
-            }
+            attempt::end(&mut x.proxy);
             crate::proxy::request_ended();
             Err(Served::HandOver(Box::new(hand_over(stream, head, None))))
         }

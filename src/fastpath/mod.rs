@@ -277,9 +277,7 @@ fn logged_as(logged: &Option<(String, String)>) -> exchange::Requested<'_> {
 /// it is accounted for.
 fn settle(gw: &Gateway, requested: &exchange::Requested<'_>, x: &mut Exchange, ended: &Ended<'_>) {
     crate::proxy::request_ended();
-    if let Some(plan) = &mut x.proxy {
-        crate::upstream::attempt::end(plan);
-    }
+    crate::upstream::attempt::end(&mut x.proxy);
     exchange::account(gw, requested, x, ended);
 }
 

@@ -151,7 +151,8 @@ pub async fn relay(
         }
         received += chunk.len();
         if declared == Some(received) {
-            upstream_done(x);
+            // The url's answer is in whole before the client has the last of it.
+            attempt::end(&mut x.proxy);
         }
         if let Err(mut e) = s.write_body(chunk).await {
             e.as_down();
@@ -160,7 +161,7 @@ pub async fn relay(
             return;
         }
     }
-    upstream_done(x);
+    attempt::end(&mut x.proxy);
     if let Some(f) = fill {
         if up.is_body_done() {
             f.complete();
@@ -171,14 +172,6 @@ pub async fn relay(
         s.set_server_keepalive(None);
     }
     keep(up, key);
-}
-
-/// The upstream's part of the exchange is done (before the client has the last of it): its
-/// url no longer counts this request in flight.
-pub(super) fn upstream_done(x: &mut Exchange) {
-    if let Some(plan) = &mut x.proxy {
-        attempt::end(plan);
-    }
 }
 
 /// Connects (or takes a pooled connection), sends the request head and reads the response

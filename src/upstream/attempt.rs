@@ -55,7 +55,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     if let Some(deadline) = plan.deadline {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            end(plan);
+            release(plan);
             return Error::e_explain(ErrorType::ReadTimedout, "the total timeout passed");
         }
         read = Some(read.map_or(left, |r| r.min(left)));
@@ -84,8 +84,16 @@ fn thread_key() -> u64 {
     KEY.with(|k| *k)
 }
 
-/// Ends the current attempt (its url no longer has this request in flight).
-pub fn end(plan: &mut ProxyPlan) {
+/// Ends the current attempt, if any (its url no longer has this request in flight): when the
+/// url's answer has come in whole, or when the request ends. Ending it twice is ending it once.
+pub fn end(plan: &mut Option<ProxyPlan>) {
+    if let Some(plan) = plan {
+        release(plan);
+    }
+}
+
+/// Ends the attempt: its url no longer has this request in flight.
+fn release(plan: &mut ProxyPlan) {
     if std::mem::take(&mut plan.counted) {
         plan.endpoint.states[plan.target]
             .in_flight
@@ -129,7 +137,7 @@ pub fn connect_failed(
     mut e: Box<Error>,
 ) -> Box<Error> {
     failed(plan);
-    end(plan);
+    release(plan);
     e.set_retry(may_retry(plan, method));
     e
 }
@@ -153,7 +161,7 @@ pub fn broke(
     reused: bool,
     mut e: Box<Error>,
 ) -> Box<Error> {
-    end(plan);
+    release(plan);
     if response_started {
         e.set_retry(false);
         return e;
