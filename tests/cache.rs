@@ -418,6 +418,45 @@ fn a_truncated_body_is_never_stored() {
 }
 
 #[test]
+fn a_body_that_pauses_is_stored_whole_and_one_that_stalls_past_the_read_timeout_is_not() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let conf = config(&up, "{ttl: 60}").replace(
+        "{serviceEndpoint: up}",
+        "{serviceEndpoint: up, readTimeout: 1000}",
+    );
+    let dir = ConfigDir::new(&conf);
+    let gw = GatewayProcess::start_with(&dir, &[], &[]);
+    let expected: Vec<u8> = (0..40_000u32).map(|j| ((j * 7) % 251) as u8).collect();
+    // Half the body, a pause shorter than the read timeout, the rest: stored whole.
+    let path = "/open/stall/300/bytes/40000";
+    let first = get(gw.port, "GET", path, &[]);
+    assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
+    assert!(
+        first.body == expected,
+        "the body that paused came back altered"
+    );
+    let second = get(gw.port, "GET", path, &[]);
+    assert_eq!((second.status, cache_status(&second)), (200, "HIT"));
+    assert!(
+        second.body == expected,
+        "the stored body differs from the upstream's"
+    );
+    // A pause past the read timeout: a 502 (the client gets no part of a tile), nothing stored.
+    let stalled = "/open/stall/3000/bytes/40000";
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = get(gw.port, "GET", stalled, &[]);
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_millis(2900),
+            "answered only after {:?}: the read timeout was not applied",
+            started.elapsed()
+        );
+    }
+    assert_eq!(up.served(), 3, "the stalled tile was stored");
+}
+
+#[test]
 fn a_fill_whose_client_left_is_stored_for_the_next() {
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(&up, "{ttl: 60}", &[]);

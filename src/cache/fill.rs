@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use bytes::BytesMut;
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{LockStatus, Locked, WritePermit};
 use pingora_cache::predictor::CacheablePredictor;
@@ -132,14 +133,30 @@ impl Fill {
             return;
         };
         if f.size() + data.len() > self.rule.max_object_size {
-            self.filling = None;
-            self.cache
-                .predictor
-                .mark_uncacheable(&self.key, NoCacheReason::ResponseTooLarge);
-            self.outcome = LockStatus::GiveUp;
+            self.give_up_too_large();
             return;
         }
         f.append(data);
+    }
+
+    fn give_up_too_large(&mut self) {
+        self.filling = None;
+        self.cache
+            .predictor
+            .mark_uncacheable(&self.key, NoCacheReason::ResponseTooLarge);
+        self.outcome = LockStatus::GiveUp;
+    }
+
+    /// The stored body's buffer with room for `more` bytes, for the body to be read into
+    /// directly; `None` (and the fill given up, as [`Fill::body`] does) past the step's size
+    /// limit or when the response is not stored.
+    pub fn room(&mut self, more: usize) -> Option<&mut BytesMut> {
+        let size = self.filling.as_ref()?.size();
+        if size + more > self.rule.max_object_size {
+            self.give_up_too_large();
+            return None;
+        }
+        self.filling.as_mut().map(|f| f.room(more))
     }
 
     /// The whole body arrived as its framing says: the response is stored (when it may be)

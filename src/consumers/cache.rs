@@ -42,14 +42,18 @@ struct ConsumerEntry {
     consumer: Consumer,
 }
 
+/// A table of the store's records by id. Its keys come from the store, not from requests (a
+/// request only looks up), so a fast hasher with a per-process seed is enough.
+type Table<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Tables {
-    key_auth: HashMap<Box<str>, KeyedCredential>,
-    jwt: HashMap<Box<str>, KeyedCredential>,
-    basic: HashMap<Box<str>, PasswordCredential>,
-    apps: HashMap<Box<str>, ConsumerEntry>,
-    users: HashMap<Box<str>, ConsumerEntry>,
-    usernames: HashMap<Box<str>, Arc<str>>,
+    key_auth: Table<KeyedCredential>,
+    jwt: Table<KeyedCredential>,
+    basic: Table<PasswordCredential>,
+    apps: Table<ConsumerEntry>,
+    users: Table<ConsumerEntry>,
+    usernames: Table<Arc<str>>,
 }
 
 /// The answer to a key-auth attempt.

@@ -14,7 +14,9 @@ use bytes::BytesMut;
 use http::header::{AGE, TRANSFER_ENCODING};
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType};
+use tokio::io::AsyncReadExt;
 
 use super::head::{Reading, Unread};
 use super::relay;
@@ -80,7 +82,7 @@ impl FastPath {
         &self,
         reading: Reading,
         mut fill: Fill,
-        mut f: Fetched,
+        f: Fetched,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
@@ -89,15 +91,15 @@ impl FastPath {
         if let (Some(plan), Some(resp)) = (&x.proxy, f.up.resp_header()) {
             attempt::answered(plan, resp.status.as_u16());
         }
-        let read = read_whole(&mut f.up, &mut fill, x).await;
+        let read = read_whole(f.up, &mut fill, x).await;
         attempt::end(&mut x.proxy);
         // Done with the fill either way: the requests waiting on the tile go on now (a failed
         // one's lock is not held while its client reads the error).
-        let object = match read {
-            Ok(()) if f.up.is_body_done() => fill.complete(),
-            _ => {
+        let (object, read) = match read {
+            Ok(reusable) => (fill.complete(), Ok(reusable)),
+            Err(e) => {
                 drop(fill);
-                None
+                (None, Err(e))
             }
         };
         let Some(object) = object else {
@@ -114,7 +116,9 @@ impl FastPath {
             end.cache = Some(("MISS", None));
             return self.finish(*s, gw, x, started, end).await;
         };
-        relay::keep(f.up, f.key);
+        if let Ok(Some(upstream)) = read {
+            super::pool::put(f.key, upstream);
+        }
         let (mut stream, _, logged) = reading.into_stream();
         let error = write_raw(&mut stream, &f.head, &object.body, limits).await;
         let ended = Ended {
@@ -173,25 +177,77 @@ fn whole(
     miss_wire_head(fill.stored_head()?, len, edits, keepalive, age)
 }
 
-/// Reads the upstream's body into the fill.
-async fn read_whole(up: &mut Upstream, fill: &mut Fill, x: &Exchange) -> Result<(), Box<Error>> {
-    loop {
-        let chunk = match up.read_body_ref().await {
-            Ok(Some(chunk)) => chunk,
-            Ok(None) => return Ok(()),
-            Err(mut e) => {
-                e.as_up();
-                return Err(e);
-            }
-        };
-        if x.proxy.as_ref().is_some_and(attempt::overdue) {
+/// Reads the upstream's body into the fill: what came with the head through the upstream
+/// session, the rest straight from the connection into the stored body's buffer (no copy of
+/// the tile between buffers). `Ok`: the body came whole, with the connection when it may be
+/// used again.
+async fn read_whole(
+    mut up: Upstream,
+    fill: &mut Fill,
+    x: &Exchange,
+) -> Result<Option<Stream>, Box<Error>> {
+    match up.read_body_ref().await {
+        Ok(chunk) => fill.body(chunk.unwrap_or_default()),
+        Err(mut e) => {
+            e.as_up();
+            return Err(e);
+        }
+    }
+    overdue(x)?;
+    let declared = up
+        .resp_header()
+        .and_then(crate::cache::store::content_length)
+        .unwrap_or(0);
+    let remaining = declared.saturating_sub(up.body_bytes_received());
+    up.respect_keepalive();
+    if up.is_body_done() || remaining == 0 {
+        return Ok(relay::reusable(up));
+    }
+    let reuse = up.will_keepalive();
+    let read_timeout = up.read_timeout;
+    let mut stream = up.into_inner();
+    let Some(buf) = fill.room(remaining) else {
+        return Err(relay::upstream_error(
+            ErrorType::InternalError,
+            "the tile is larger than the step stores",
+        ));
+    };
+    let end = buf.len() + remaining;
+    while buf.len() < end {
+        let left = (end - buf.len()) as u64;
+        let mut rest = (&mut stream).take(left);
+        let read = rest.read_buf(buf);
+        let n = match read_timeout {
+            Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
+                relay::upstream_error(ErrorType::ReadTimedout, "reading the body timed out")
+            })?,
+            None => read.await,
+        }
+        .map_err(|e| Error::because(ErrorType::ReadError, "reading the upstream's body", e))
+        .map_err(|mut e| {
+            e.as_up();
+            e
+        })?;
+        if n == 0 {
             return Err(relay::upstream_error(
-                ErrorType::ReadTimedout,
-                "the total timeout passed",
+                ErrorType::ConnectionClosed,
+                "the upstream closed before the body's end",
             ));
         }
-        fill.body(chunk);
+        overdue(x)?;
     }
+    Ok(reuse.then_some(stream))
+}
+
+/// An error once the request's total timeout has passed.
+fn overdue(x: &Exchange) -> Result<(), Box<Error>> {
+    if x.proxy.as_ref().is_some_and(attempt::overdue) {
+        return Err(relay::upstream_error(
+            ErrorType::ReadTimedout,
+            "the total timeout passed",
+        ));
+    }
+    Ok(())
 }
 
 /// Pingora's session for the request, with nothing of its end known yet; `Err`: the request

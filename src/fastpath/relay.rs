@@ -11,6 +11,7 @@ use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::server::HttpSession;
+use pingora_core::protocols::Stream;
 use pingora_core::upstreams::peer::Peer;
 use pingora_core::{Error, ErrorType};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -330,14 +331,19 @@ pub async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Fi
 /// Not `async`: a connection kept is handed back at once (Pingora's `reuse` only waits when it
 /// shuts one down, and dropping it closes it as well), and inline its future was 1.9 KB of
 /// every proxied request's future.
-pub fn keep(mut up: Upstream, key: u64) {
-    up.respect_keepalive();
-    if !up.will_keepalive() || !up.is_body_done() {
-        return;
-    }
-    if let Some(Some(stream)) = up.reuse().now_or_never() {
+pub fn keep(up: Upstream, key: u64) {
+    if let Some(stream) = reusable(up) {
         pool::put(key, stream);
     }
+}
+
+/// The upstream connection, when its exchange ended so that it may be used again.
+pub fn reusable(mut up: Upstream) -> Option<Stream> {
+    up.respect_keepalive();
+    if !up.will_keepalive() || !up.is_body_done() {
+        return None;
+    }
+    up.reuse().now_or_never().flatten()
 }
 
 pub fn upstream_error(kind: ErrorType, why: &'static str) -> Box<Error> {

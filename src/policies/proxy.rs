@@ -209,21 +209,35 @@ fn stripped_url(req: &Request<'_>) -> String {
 /// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query.
 pub fn url_join(base: &str, url: &str) -> String {
     let (url_path, url_query) = url.split_at(url.find('?').unwrap_or(url.len()));
-    // The parts joined with `/`, and no `/` twice in a row.
     let mut out = String::with_capacity(base.len() + url.len() + 1);
     for part in [base, url_path] {
-        if part.is_empty() {
-            continue;
-        }
-        for (i, segment) in part.split('/').enumerate() {
-            if (i > 0 || !out.is_empty()) && !out.ends_with('/') {
-                out.push('/');
-            }
-            out.push_str(segment);
-        }
+        push_joined(&mut out, part);
     }
     out.push_str(url_query);
     out
+}
+
+/// Appends `part` to a path: a `/` between them when neither has one there, and no `/` twice
+/// in a row.
+fn push_joined(out: &mut String, part: &str) {
+    if part.is_empty() {
+        return;
+    }
+    let mut rest = part;
+    if out.ends_with('/') {
+        rest = rest.trim_start_matches('/');
+    } else if !out.is_empty() && !rest.starts_with('/') {
+        out.push('/');
+    }
+    let bytes = rest.as_bytes();
+    let mut from = 0;
+    for i in 1..bytes.len() {
+        if bytes[i] == b'/' && bytes[i - 1] == b'/' {
+            out.push_str(&rest[from..i]);
+            from = i + 1;
+        }
+    }
+    out.push_str(&rest[from..]);
 }
 
 impl Policy for Proxy {
@@ -335,5 +349,51 @@ mod tests {
             "/base/x%2Fy/then/z?a=2"
         );
         assert_eq!(url_join("/wmts", ""), "/wmts");
+        assert_eq!(url_join("/a//b/", "//c///d/?q=//x"), "/a/b/c/d/?q=//x");
+    }
+
+    /// The join as http-proxy words it: split both on `/`, put one `/` between the pieces.
+    fn by_segments(base: &str, url: &str) -> String {
+        let (url_path, url_query) = url.split_at(url.find('?').unwrap_or(url.len()));
+        let mut out = String::new();
+        for part in [base, url_path] {
+            if part.is_empty() {
+                continue;
+            }
+            for (i, segment) in part.split('/').enumerate() {
+                if (i > 0 || !out.is_empty()) && !out.ends_with('/') {
+                    out.push('/');
+                }
+                out.push_str(segment);
+            }
+        }
+        out.push_str(url_query);
+        out
+    }
+
+    #[test]
+    fn joins_every_arrangement_of_slashes_as_by_segments() {
+        // Every string of up to four pieces from these, as base and as url.
+        let pieces = ["", "/", "a", "bc", "é"];
+        let mut all = vec![String::new()];
+        for _ in 0..4 {
+            let longer: Vec<String> = all
+                .iter()
+                .flat_map(|s| pieces.iter().map(move |p| format!("{s}{p}")))
+                .collect();
+            all.extend(longer);
+        }
+        all.sort();
+        all.dedup();
+        for base in &all {
+            for url in &all {
+                let url = format!("{url}?x=//y");
+                assert_eq!(
+                    url_join(base, &url),
+                    by_segments(base, &url),
+                    "{base:?} + {url:?}"
+                );
+            }
+        }
     }
 }

@@ -362,6 +362,12 @@ impl Filling {
         self.body.extend_from_slice(data);
     }
 
+    /// The body's buffer with room for `more` bytes.
+    pub fn room(&mut self, more: usize) -> &mut BytesMut {
+        self.body.reserve(more);
+        &mut self.body
+    }
+
     /// The body collected so far, in bytes.
     pub fn size(&self) -> usize {
         self.body.len()
