@@ -22,18 +22,11 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 : "${N:=2000}" "${CASES:=nginx plain-fast plain-general kargo-fast kargo-general cache-hit}"
 : "${UPSTREAM_PORT:=18080}" "${PORT:=18401}"
-OUT="$ROOT/target/bench/callgrind-$(date +%Y%m%d-%H%M%S)"
-mkdir -p "$OUT"
-say() { printf '[callgrind] %s\n' "$*" >&2; }
-
-"$ROOT/scripts/install-deps.sh" valgrind nginx curl python3
-(cd "$ROOT" && cargo build --release --locked)
+# shellcheck source=benches/load/setup.sh
+. "$ROOT/benches/load/setup.sh"
+bench_init callgrind
+bench_setup valgrind nginx curl python3
 BIN="$ROOT/target/release/tollgate"
-if ! curl -fs -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/wmts/1/2/3.png"; then
-  "$PEERS_DIR/setup.sh" >"$OUT/setup.log" 2>&1 || true
-  "$PEERS_DIR/start.sh" upstream >"$OUT/peers.log" 2>&1 || { say "the upstream did not start (see $OUT/peers.log)"; exit 1; }
-fi
-TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}")"
 
 # Warms the server that runs as PID, counts N requests to PATH and prints the instructions
 # per request.

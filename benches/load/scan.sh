@@ -16,17 +16,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 : "${TILES:=1000000}" "${BUDGET_MIB:=64}" "${OVERHEAD_MIB:=64}" "${ROUND:=5}" "${CONNS:=64}"
 : "${UPSTREAM_PORT:=18080}" "${PORT:=18402}"
-OUT="$ROOT/target/bench/scan-$(date +%Y%m%d-%H%M%S)"
-mkdir -p "$OUT"
-say() { printf '[scan] %s\n' "$*" >&2; }
-
-"$ROOT/scripts/install-deps.sh" nginx wrk curl python3
-(cd "$ROOT" && cargo build --release --locked)
-if ! curl -fs -o /dev/null "http://127.0.0.1:$UPSTREAM_PORT/wmts/1/2/3.png"; then
-  "$PEERS_DIR/setup.sh" >"$OUT/setup.log" 2>&1 || true
-  "$PEERS_DIR/start.sh" upstream >"$OUT/peers.log" 2>&1 || { say "the upstream did not start (see $OUT/peers.log)"; exit 1; }
-fi
-TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}")"
+# shellcheck source=benches/load/setup.sh
+. "$ROOT/benches/load/setup.sh"
+bench_init scan
+bench_setup nginx wrk curl python3
 
 RUST_LOG=warn TOLLGATE_BENCH_PORT=$PORT TOLLGATE_BENCH_ADMIN_PORT=$((PORT + 1000)) UPSTREAM_PORT=$UPSTREAM_PORT \
   "$ROOT/target/release/tollgate" serve --config "$ROOT/benches/load/kargo-cache" --data-dir "$OUT/data" \
