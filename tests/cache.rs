@@ -422,13 +422,13 @@ fn a_body_that_pauses_is_stored_whole_and_one_that_stalls_past_the_read_timeout_
     let up = PyUpstream::start("tiles", 5.0);
     let conf = config(&up, "{ttl: 60}").replace(
         "{serviceEndpoint: up}",
-        "{serviceEndpoint: up, readTimeout: 1000}",
+        "{serviceEndpoint: up, readTimeout: 1500}",
     );
     let dir = ConfigDir::new(&conf);
     let gw = GatewayProcess::start_with(&dir, &[], &[]);
     let expected: Vec<u8> = (0..40_000u32).map(|j| ((j * 7) % 251) as u8).collect();
     // Half the body, a pause shorter than the read timeout, the rest: stored whole.
-    let path = "/open/stall/300/bytes/40000";
+    let path = "/open/stall/200/bytes/40000";
     let first = get(gw.port, "GET", path, &[]);
     assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
     assert!(
@@ -442,13 +442,13 @@ fn a_body_that_pauses_is_stored_whole_and_one_that_stalls_past_the_read_timeout_
         "the stored body differs from the upstream's"
     );
     // A pause past the read timeout: a 502 (the client gets no part of a tile), nothing stored.
-    let stalled = "/open/stall/3000/bytes/40000";
+    let stalled = "/open/stall/4000/bytes/40000";
     for _ in 0..2 {
         let started = Instant::now();
         let r = get(gw.port, "GET", stalled, &[]);
         assert_eq!(r.status, 502, "{}", r.text());
         assert!(
-            started.elapsed() < Duration::from_millis(2900),
+            started.elapsed() < Duration::from_millis(3900),
             "answered only after {:?}: the read timeout was not applied",
             started.elapsed()
         );
