@@ -193,7 +193,7 @@ async fn read_whole(
             return Err(e);
         }
     }
-    overdue(x)?;
+    relay::overdue(x)?;
     let declared = up
         .resp_header()
         .and_then(crate::cache::store::content_length)
@@ -223,8 +223,8 @@ async fn read_whole(
             })?,
             None => read.await,
         }
-        .map_err(|e| Error::because(ErrorType::ReadError, "reading the upstream's body", e))
-        .map_err(|mut e| {
+        .map_err(|e| {
+            let mut e = Error::because(ErrorType::ReadError, "reading the upstream's body", e);
             e.as_up();
             e
         })?;
@@ -234,20 +234,9 @@ async fn read_whole(
                 "the upstream closed before the body's end",
             ));
         }
-        overdue(x)?;
+        relay::overdue(x)?;
     }
     Ok(reuse.then_some(stream))
-}
-
-/// An error once the request's total timeout has passed.
-fn overdue(x: &Exchange) -> Result<(), Box<Error>> {
-    if x.proxy.as_ref().is_some_and(attempt::overdue) {
-        return Err(relay::upstream_error(
-            ErrorType::ReadTimedout,
-            "the total timeout passed",
-        ));
-    }
-    Ok(())
 }
 
 /// Pingora's session for the request, with nothing of its end known yet; `Err`: the request

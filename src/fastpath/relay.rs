@@ -139,12 +139,9 @@ pub async fn relay(
                 return;
             }
         };
-        if x.proxy.as_ref().is_some_and(attempt::overdue) {
+        if let Err(e) = overdue(x) {
             s.set_server_keepalive(None);
-            end.error = Some(upstream_error(
-                ErrorType::ReadTimedout,
-                "the total timeout passed",
-            ));
+            end.error = Some(e);
             return;
         }
         if let Some(f) = &mut fill {
@@ -344,6 +341,17 @@ pub fn reusable(mut up: Upstream) -> Option<Stream> {
         return None;
     }
     up.reuse().now_or_never().flatten()
+}
+
+/// An error once the request's total timeout has passed.
+pub fn overdue(x: &Exchange) -> Result<(), Box<Error>> {
+    if x.proxy.as_ref().is_some_and(attempt::overdue) {
+        return Err(upstream_error(
+            ErrorType::ReadTimedout,
+            "the total timeout passed",
+        ));
+    }
+    Ok(())
 }
 
 pub fn upstream_error(kind: ErrorType, why: &'static str) -> Box<Error> {

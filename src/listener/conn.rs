@@ -41,19 +41,10 @@ pub fn awaiting_an_answer() -> usize {
 }
 
 /// One connection or request counted in [`awaiting_an_answer`] while this lives.
-pub(super) struct Fresh(());
+pub(super) type Fresh = super::Counted;
 
-impl Fresh {
-    pub(super) fn enter() -> Fresh {
-        FRESH.fetch_add(1, Ordering::Relaxed);
-        Fresh(())
-    }
-}
-
-impl Drop for Fresh {
-    fn drop(&mut self) {
-        FRESH.fetch_sub(1, Ordering::Relaxed);
-    }
+pub(super) fn fresh() -> Fresh {
+    super::Counted::new(&FRESH)
 }
 
 /// What an accepted connection holds from its accept.
@@ -349,7 +340,7 @@ async fn read_head(
             return Ok(buf);
         }
         if !first && partial.is_none() {
-            *partial = Some(Fresh::enter());
+            *partial = Some(fresh());
         }
         if buf.len() > limits.max_head {
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));

@@ -38,19 +38,20 @@ pub fn sockets_handed_over() {
     HANDED_OVER.store(true, Ordering::Relaxed);
 }
 
-/// One accept loop counted in [`accepting`] while this lives.
-struct Accepting(());
+/// One more in a process-wide count while this lives (an accept loop in [`accepting`], a
+/// connection or request in [`awaiting_an_answer`]).
+struct Counted(&'static AtomicUsize);
 
-impl Accepting {
-    fn enter() -> Accepting {
-        ACCEPTING.fetch_add(1, Ordering::Relaxed);
-        Accepting(())
+impl Counted {
+    fn new(count: &'static AtomicUsize) -> Counted {
+        count.fetch_add(1, Ordering::Relaxed);
+        Counted(count)
     }
 }
 
-impl Drop for Accepting {
+impl Drop for Counted {
     fn drop(&mut self) {
-        ACCEPTING.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -185,7 +186,7 @@ where
                 intake: intake.clone(),
                 shutdown: shutdown.clone(),
             };
-            let counted = Accepting::enter();
+            let counted = Counted::new(&ACCEPTING);
             loops.push(tokio::spawn(accept_loop(listener, serving, counted)));
         }
         for l in loops {
@@ -254,11 +255,8 @@ struct Serving<A> {
     shutdown: ShutdownWatch,
 }
 
-async fn accept_loop<A>(
-    listener: tokio::net::TcpListener,
-    serving: Serving<A>,
-    _accepting: Accepting,
-) where
+async fn accept_loop<A>(listener: tokio::net::TcpListener, serving: Serving<A>, _accepting: Counted)
+where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let (intake, limits) = (&serving.intake, &serving.limits);
@@ -328,8 +326,12 @@ async fn accept_loop<A>(
                         }
                         taken += 1;
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionAborted => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    // A client that gave up while queued, or a signal: the next one.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                        ) => {}
                     Err(_) => break,
                 }
             }
@@ -351,7 +353,7 @@ where
     let (limits, shutdown) = (s.limits.clone(), s.shutdown.clone());
     let (worker, counted) = s.intake.workers.pick();
     // Counted before its task runs: a shutdown's drain does not miss it.
-    let fresh = conn::Fresh::enter();
+    let fresh = conn::fresh();
     let admitted = conn::Admitted { permit, fresh };
     worker.spawn(async move {
         let _live = counted.unwrap_or_else(|| served_by.workers.enter());
