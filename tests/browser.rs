@@ -3,6 +3,10 @@
 //! `?jwt=` with a credential check, scopes, proxy) with a token minted by PyJWT. Headless
 //! Chromium (Debian's) loads it: every tile is a 200 and drawn; without the token every tile is
 //! a 401 and none is drawn. Screenshots: target/browser/map.png, target/browser/map-anonymous.png.
+//! With the tile cache in the pipeline, two consumers on pages of two origins see the same map
+//! from one upstream request per tile: the second's tiles are hits that carry its own origin's
+//! CORS answer (else its canvas could not be read), and a page without a token is refused every
+//! cached tile. Screenshots: target/browser/cached-*.png.
 
 mod support;
 
@@ -19,7 +23,17 @@ fn repo(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-fn config(up: &PyUpstream) -> String {
+/// Kargo's tile pipeline; `cached` puts the tile cache before the proxy and lets the cors step
+/// answer only loopback origins, reflected.
+fn config(up: &PyUpstream, cached: bool) -> String {
+    let (cors, cache) = if cached {
+        (
+            r#"[{action: {origin: ['/^http:\/\/127\.0\.0\.[0-9]+:[0-9]+$/']}}]"#,
+            "      - cache: [{action: {ttl: 600}}]\n",
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r#"http: {{port: ${{PORT}}}}
 admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
@@ -27,23 +41,28 @@ apiEndpoints:
   wmts: {{host: '*', paths: '/wmts/*', scopes: [wmts]}}
 serviceEndpoints:
   tiles: {{url: '{}'}}
-policies: [metrics, cors, jwt, scopes, proxy]
+policies: [metrics, cors, jwt, scopes, cache, proxy]
 pipelines:
   wmts:
     apiEndpoints: [wmts]
     policies:
       - metrics:
-      - cors:
+      - cors: {cors}
       - jwt: [{{action: {{secretOrPublicKey: '{SECRET}', checkCredentialExistence: true, jwtExtractor: query, jwtExtractorField: jwt}}}}]
       - scopes:
-      - proxy: [{{action: {{serviceEndpoint: tiles, changeOrigin: true}}}}]
+{cache}      - proxy: [{{action: {{serviceEndpoint: tiles, changeOrigin: true}}}}]
 "#,
         up.url("")
     )
 }
 
-/// Runs the page in Chromium; its report.
-fn load_map(gateway: &str, token: &str, screenshot: &std::path::Path) -> serde_json::Value {
+/// Runs the page, served from `host` (its origin), in a Chromium of its own; its report.
+fn load_map(
+    gateway: &str,
+    token: &str,
+    screenshot: &std::path::Path,
+    host: &str,
+) -> serde_json::Value {
     let dir = repo("target/browser");
     assert!(
         dir.join("node_modules/ol/dist/ol.js").is_file(),
@@ -56,7 +75,7 @@ fn load_map(gateway: &str, token: &str, screenshot: &std::path::Path) -> serde_j
     }
     let out = Command::new("node")
         .arg(dir.join("run.mjs"))
-        .args([gateway, token, &screenshot.display().to_string()])
+        .args([gateway, token, &screenshot.display().to_string(), host])
         .output()
         .expect("node");
     assert!(
@@ -72,7 +91,7 @@ fn load_map(gateway: &str, token: &str, screenshot: &std::path::Path) -> serde_j
 #[test]
 fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
     let up = PyUpstream::start("tiles", 5.0);
-    let dir = ConfigDir::new(&config(&up));
+    let dir = ConfigDir::new(&config(&up, false));
     dir.write(
         "consumers.json",
         r#"{"scopes": ["wmts"], "users": {"kano": {"browser": {"type": "jwt", "keyId": "browser-jwt", "keySecret": "unused", "scopes": ["wmts"]}}}}"#,
@@ -88,7 +107,7 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
     let shots = repo("target/browser");
     std::fs::create_dir_all(&shots).expect("dir");
 
-    let map = load_map(&gateway, &token, &shots.join("map.png"));
+    let map = load_map(&gateway, &token, &shots.join("map.png"), "127.0.0.1");
     let tiles = map["tiles"].as_array().cloned().unwrap_or_default();
     assert!(tiles.len() >= 4, "a map view asks for tiles: {map}");
     assert!(
@@ -116,7 +135,7 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
         "each tile counted for its consumer"
     );
 
-    let anonymous = load_map(&gateway, "-", &shots.join("map-anonymous.png"));
+    let anonymous = load_map(&gateway, "-", &shots.join("map-anonymous.png"), "127.0.0.1");
     let tiles = anonymous["tiles"].as_array().cloned().unwrap_or_default();
     assert!(!tiles.is_empty(), "{anonymous}");
     assert!(tiles.iter().all(|t| t["status"] == 401), "{anonymous}");
@@ -127,4 +146,122 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
         shots.join("map.png").display(),
         shots.join("map-anonymous.png").display()
     );
+}
+
+/// The tiles a page asked for, each once: their paths (the token left out).
+fn tile_paths(report: &serde_json::Value) -> std::collections::BTreeSet<String> {
+    report["tiles"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t["url"].as_str())
+        .map(|u| u.split('?').next().unwrap_or(u).to_string())
+        .collect()
+}
+
+/// Every tile of `report` answered `status` with `cache` as its `X-Cache-Status`.
+fn all_tiles(report: &serde_json::Value, status: u64, cache: Option<&str>) -> bool {
+    let tiles = report["tiles"].as_array().cloned().unwrap_or_default();
+    !tiles.is_empty()
+        && tiles
+            .iter()
+            .all(|t| t["status"] == status && t["cache"].as_str() == cache)
+}
+
+#[test]
+fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentication() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let dir = ConfigDir::new(&config(&up, true));
+    dir.write(
+        "consumers.json",
+        r#"{"scopes": ["wmts"], "users": {
+            "kano": {"browser": {"type": "jwt", "keyId": "kano-jwt", "keySecret": "unused", "scopes": ["wmts"]}},
+            "ada": {"atlas": {"type": "jwt", "keyId": "ada-jwt", "keySecret": "unused", "scopes": ["wmts"]}}}}"#,
+    );
+    let gw = GatewayProcess::start_with(&dir, &["--populate", &dir.file("consumers.json")], &[]);
+    let minted = mint(&["kano-jwt", "ada-jwt"].map(|sub| {
+        Mint::new(
+            "HS256",
+            SECRET,
+            serde_json::json!({"sub": sub, "exp": support::jwt::now() + 600}),
+        )
+    }));
+    let gateway = format!("http://127.0.0.1:{}", gw.port);
+    let shots = repo("target/browser");
+    std::fs::create_dir_all(&shots).expect("dir");
+
+    // The first consumer's page fills the cache: every tile a miss, fetched once.
+    let first = load_map(
+        &gateway,
+        &minted[0],
+        &shots.join("cached-first.png"),
+        "127.0.0.1",
+    );
+    let paths = tile_paths(&first);
+    assert!(paths.len() >= 4, "a map view asks for tiles: {first}");
+    assert!(all_tiles(&first, 200, Some("MISS")), "{first}");
+    assert_eq!(first["failed"], 0, "{first}");
+    assert!(first["painted"].as_f64().unwrap_or(0.0) > 0.95, "{first}");
+    assert_eq!(
+        up.served(),
+        paths.len() as u64,
+        "one upstream request per tile"
+    );
+
+    // Another consumer on a page of another origin, in a browser of its own: the same tiles,
+    // every one a hit whose CORS answer names this page's origin, all drawn; the upstream asked
+    // for nothing more.
+    let second = load_map(
+        &gateway,
+        &minted[1],
+        &shots.join("cached-second.png"),
+        "127.0.0.2",
+    );
+    assert_ne!(first["origin"], second["origin"]);
+    assert_eq!(tile_paths(&second), paths, "the same view: {second}");
+    assert!(all_tiles(&second, 200, Some("HIT")), "{second}");
+    assert!(
+        second["tiles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .all(|t| t["allowOrigin"] == second["origin"]),
+        "each hit allows the page that asked for it: {second}"
+    );
+    assert_eq!(second["failed"], 0, "{second}");
+    assert!(
+        second["painted"].as_f64().unwrap_or(0.0) > 0.95,
+        "the cached tiles cover the map and the canvas reads back: {second}"
+    );
+    assert_eq!(up.served(), paths.len() as u64, "no tile fetched again");
+
+    // Without a token every tile is refused though every one is cached; nothing drawn.
+    let anonymous = load_map(
+        &gateway,
+        "-",
+        &shots.join("cached-anonymous.png"),
+        "127.0.0.2",
+    );
+    assert!(all_tiles(&anonymous, 401, None), "{anonymous}");
+    assert_eq!(anonymous["loaded"], 0, "{anonymous}");
+    assert_eq!(anonymous["painted"], 0.0, "{anonymous}");
+    assert_eq!(up.served(), paths.len() as u64);
+
+    // Kargo's counter counts every tile with its consumer, hit or miss.
+    for (app, report) in [("browser", &first), ("atlas", &second)] {
+        let id = support::json_body(&support::get(
+            gw.admin_port,
+            "GET",
+            &format!("/apps/{app}"),
+            &[],
+        ))["id"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        let tiles = report["tiles"].as_array().map_or(0, Vec::len) as f64;
+        let series = format!(
+            r#"eg{{api_endpoint="wmts",consumer="{id}",status_code="200",type="SUCCESS"}}"#
+        );
+        assert_eq!(gw.metric_when(&series, |n| n >= tiles), tiles, "{app}");
+    }
 }
