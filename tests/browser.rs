@@ -5,8 +5,9 @@
 //! a 401 and none is drawn. Screenshots: target/browser/map.png, target/browser/map-anonymous.png.
 //! With the tile cache in the pipeline, two consumers on pages of two origins see the same map
 //! from one upstream request per tile: the second's tiles are hits that carry its own origin's
-//! CORS answer (else its canvas could not be read), and a page without a token is refused every
-//! cached tile. Screenshots: target/browser/cached-*.png.
+//! CORS answer (else its canvas could not be read); the first page opened again is answered
+//! 304 from the cache (the browser revalidates with the tiles' ETags); a page without a token
+//! is refused every cached tile. Screenshots: target/browser/cached-*.png.
 
 mod support;
 
@@ -56,12 +57,14 @@ pipelines:
     )
 }
 
-/// Runs the page, served from `host` (its origin), in a Chromium of its own; its report.
+/// Runs the page, served from `host` (its origin), in a Chromium of its own, opened `visits`
+/// times; its report (the later visits under `revisits`).
 fn load_map(
     gateway: &str,
     token: &str,
     screenshot: &std::path::Path,
     host: &str,
+    visits: u32,
 ) -> serde_json::Value {
     let dir = repo("target/browser");
     assert!(
@@ -76,6 +79,7 @@ fn load_map(
     let out = Command::new("node")
         .arg(dir.join("run.mjs"))
         .args([gateway, token, &screenshot.display().to_string(), host])
+        .arg(visits.to_string())
         .output()
         .expect("node");
     assert!(
@@ -107,7 +111,7 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
     let shots = repo("target/browser");
     std::fs::create_dir_all(&shots).expect("dir");
 
-    let map = load_map(&gateway, &token, &shots.join("map.png"), "127.0.0.1");
+    let map = load_map(&gateway, &token, &shots.join("map.png"), "127.0.0.1", 1);
     let tiles = map["tiles"].as_array().cloned().unwrap_or_default();
     assert!(tiles.len() >= 4, "a map view asks for tiles: {map}");
     assert!(
@@ -135,7 +139,13 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
         "each tile counted for its consumer"
     );
 
-    let anonymous = load_map(&gateway, "-", &shots.join("map-anonymous.png"), "127.0.0.1");
+    let anonymous = load_map(
+        &gateway,
+        "-",
+        &shots.join("map-anonymous.png"),
+        "127.0.0.1",
+        1,
+    );
     let tiles = anonymous["tiles"].as_array().cloned().unwrap_or_default();
     assert!(!tiles.is_empty(), "{anonymous}");
     assert!(tiles.iter().all(|t| t["status"] == 401), "{anonymous}");
@@ -196,6 +206,7 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
         &minted[0],
         &shots.join("cached-first.png"),
         "127.0.0.1",
+        2,
     );
     let paths = tile_paths(&first);
     assert!(paths.len() >= 4, "a map view asks for tiles: {first}");
@@ -207,6 +218,15 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
         paths.len() as u64,
         "one upstream request per tile"
     );
+    // The same page opened again in the same browser: the browser asks with the tiles' ETags
+    // (they carry no freshness of their own) and the cache answers 304 without the upstream.
+    let again = &first["revisits"][0];
+    assert_eq!(tile_paths(again), paths, "{again}");
+    assert!(all_tiles(again, 304, Some("HIT")), "{again}");
+    assert_eq!(again["failed"], 0, "{again}");
+    assert!(again["painted"].as_f64().unwrap_or(0.0) > 0.95, "{again}");
+    assert_eq!(up.served(), paths.len() as u64);
+    assert_eq!(up.not_modified(), 0, "the cache's copy is fresh: {again}");
 
     // Another consumer on a page of another origin, in a browser of its own: the same tiles,
     // every one a hit whose CORS answer names this page's origin, all drawn; the upstream asked
@@ -216,6 +236,7 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
         &minted[1],
         &shots.join("cached-second.png"),
         "127.0.0.2",
+        1,
     );
     assert_ne!(first["origin"], second["origin"]);
     assert_eq!(tile_paths(&second), paths, "the same view: {second}");
@@ -241,14 +262,19 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
         "-",
         &shots.join("cached-anonymous.png"),
         "127.0.0.2",
+        1,
     );
     assert!(all_tiles(&anonymous, 401, None), "{anonymous}");
     assert_eq!(anonymous["loaded"], 0, "{anonymous}");
     assert_eq!(anonymous["painted"], 0.0, "{anonymous}");
     assert_eq!(up.served(), paths.len() as u64);
 
-    // Kargo's counter counts every tile with its consumer, hit or miss.
-    for (app, report) in [("browser", &first), ("atlas", &second)] {
+    // Kargo's counter counts every tile with its consumer, hit, miss or 304.
+    for (app, report, code, kind) in [
+        ("browser", &first, 200, "SUCCESS"),
+        ("browser", again, 304, "FAILED"),
+        ("atlas", &second, 200, "SUCCESS"),
+    ] {
         let id = support::json_body(&support::get(
             gw.admin_port,
             "GET",
@@ -260,8 +286,8 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
             .to_string();
         let tiles = report["tiles"].as_array().map_or(0, Vec::len) as f64;
         let series = format!(
-            r#"eg{{api_endpoint="wmts",consumer="{id}",status_code="200",type="SUCCESS"}}"#
+            r#"eg{{api_endpoint="wmts",consumer="{id}",status_code="{code}",type="{kind}"}}"#
         );
-        assert_eq!(gw.metric_when(&series, |n| n >= tiles), tiles, "{app}");
+        assert_eq!(gw.metric_when(&series, |n| n >= tiles), tiles, "{series}");
     }
 }
