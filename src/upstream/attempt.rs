@@ -153,7 +153,8 @@ fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
 /// pooled connection that the upstream had closed meanwhile (a normal event), the request is
 /// sent again to the same url, the url's record is not blamed and the retries are left for
 /// what may follow (the url may have died: its refusal is then retried on another); otherwise
-/// another url is tried.
+/// another url is tried. A timeout is never such a close: the url holds the request and is
+/// slow, and sending it there again would only double the wait.
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
@@ -166,7 +167,11 @@ pub fn broke(
         e.set_retry(false);
         return e;
     }
-    if reused && may_resend(plan, method) {
+    let timed_out = matches!(
+        e.etype(),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout
+    );
+    if reused && !timed_out && may_resend(plan, method) {
         plan.resend_next = true;
         e.set_retry(true);
         return e;
@@ -261,6 +266,18 @@ mod tests {
         assert_eq!(p.target, 1);
         // And that was the one retry.
         assert!(!connect_failed(&mut p, &get, broken()).retry());
+    }
+
+    #[test]
+    fn a_timeout_on_a_pooled_connection_is_not_resent_to_the_same_url() {
+        let get = http::Method::GET;
+        for etype in [ErrorType::ReadTimedout, ErrorType::WriteTimedout] {
+            let mut p = plan();
+            // Another url is there: the timeout counts against url 0 and is retried on url 1.
+            assert!(broke(&mut p, &get, false, true, Error::new(etype.clone())).retry());
+            begin(&mut p, "/").expect("a retry");
+            assert_eq!((p.target, p.resends), (1, 0), "{etype:?}");
+        }
     }
 
     #[test]
