@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::key::HashBinary;
-use pingora_cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -182,13 +182,26 @@ impl ProxyHttp for Tollgate {
         crate::cache::variance(meta, req)
     }
 
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        Ok(crate::cache::hit_filter(
+            session, meta, is_fresh, &mut ctx.x,
+        ))
+    }
+
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        crate::cache::serve_stale(error)
+        crate::cache::serve_stale(session, error)
     }
 
     /// What Pingora writes about a request in its own log lines: no credential in the query.
@@ -300,7 +313,7 @@ impl ProxyHttp for Tollgate {
         if ctx.x.cache.is_some() {
             upstream_response.insert_header(
                 crate::cache::X_CACHE_STATUS.clone(),
-                crate::cache::status(session),
+                crate::cache::status(session, &ctx.x),
             )?;
         }
         if let Some(c) = &mut ctx.compression {
@@ -379,7 +392,7 @@ impl ProxyHttp for Tollgate {
         let cache = ctx.x.cache.as_ref().map(|_| {
             let from_cache =
                 crate::cache::served_from_cache(session).then_some(session.body_bytes_sent());
-            (crate::cache::status(session), from_cache)
+            (crate::cache::status(session, &ctx.x), from_cache)
         });
         if cache.is_some() {
             if let Some(waited) = crate::cache::lock_wait(session) {

@@ -59,6 +59,7 @@ fn state(gw: &Gateway) -> Response<Vec<u8>> {
             "disk": disk,
             "pipelines": pipelines,
             "generations": cache.generations(),
+            "failingTiles": cache.outages.failing(std::time::SystemTime::now()),
         }),
     )
 }

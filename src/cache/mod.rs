@@ -3,8 +3,8 @@
 //! A pipeline's `cache` step ([`policy`]) marks a request as one the cache may answer; the
 //! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key`]
 //! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
-//! (`cache_vary_filter`), [`serve_stale`] (`should_serve_stale`) and [`status`] (the
-//! `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]) and fills
+//! (`cache_vary_filter`), [`hit_filter`] (`cache_hit_filter`), [`serve_stale`]
+//! (`should_serve_stale`) and [`status`] (the `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]) and fills
 //! plain misses ([`fill`]). Objects live in a [`store::TileStore`]: memory (TinyUFO) and
 //! optionally disk. This module is the only place that knows `pingora-cache`.
 
@@ -12,6 +12,7 @@ pub mod fill;
 pub mod freshness;
 pub mod hit;
 pub mod key;
+pub mod outage;
 pub mod policy;
 pub mod purge;
 pub mod store;
@@ -19,13 +20,15 @@ pub mod store;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use pingora_cache::key::HashBinary;
+use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::predictor::Predictor;
-use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, NoCacheReason};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
+};
 use pingora_cache::{RespCacheable, VarianceBuilder};
 use pingora_core::{Error, ErrorSource, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -58,6 +61,8 @@ pub struct TileCache {
     generations: ArcSwap<HashMap<String, u64>>,
     generations_file: Option<PathBuf>,
     pub options: StoreOptions,
+    /// Tiles whose upstream has just failed them.
+    pub outages: outage::Outages,
 }
 
 static CACHE: OnceLock<TileCache> = OnceLock::new();
@@ -101,6 +106,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         generations: ArcSwap::from_pointee(generations),
         generations_file,
         options: opts.clone(),
+        outages: outage::Outages::default(),
     };
     Ok(CACHE.get_or_init(|| cache))
 }
@@ -265,21 +271,57 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     }
 }
 
-/// Whether a stale object may be served: while it is refreshed in the background, or when the
-/// upstream failed or answered 5xx (the windows are the object's own).
-pub fn serve_stale(error: Option<&Error>) -> bool {
-    match error {
-        None => true,
-        Some(e) => {
-            e.esource() == &ErrorSource::Upstream
-                || matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
+/// A stale object found by a lookup: served at once when its upstream failed it a moment ago
+/// (within its stale-if-error window, see [`outage`]), so the request neither waits on the
+/// upstream nor on another request's failing refresh.
+pub fn hit_filter(
+    session: &Session,
+    meta: &CacheMeta,
+    is_fresh: bool,
+    x: &mut Exchange,
+) -> Option<ForcedFreshness> {
+    let now = SystemTime::now();
+    if is_fresh || !meta.serve_stale_if_error(now) {
+        return None;
+    }
+    let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
+    let key = u128::from_be_bytes(key.primary_bin());
+    match cache.outages.stale(key, meta.updated(), now) {
+        outage::Stale::Ask => None,
+        outage::Stale::Serve => {
+            if let Some(u) = &mut x.cache {
+                u.stale_held = true;
+            }
+            Some(ForcedFreshness::ForceFresh)
         }
     }
 }
 
+/// Whether a stale object may be served: while it is refreshed in the background, or when the
+/// upstream failed or answered 5xx (the windows are the object's own). A failure is counted
+/// (the request itself succeeds) and remembered for the tile.
+pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
+    let Some(e) = error else {
+        return true;
+    };
+    let upstream = e.esource() == &ErrorSource::Upstream;
+    if !upstream && !matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500) {
+        return false;
+    }
+    if upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        crate::metrics::metrics().upstream_error(crate::exchange::upstream_error_kind(e));
+    }
+    if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
+        let key = u128::from_be_bytes(key.primary_bin());
+        cache.outages.failed(key, SystemTime::now());
+    }
+    true
+}
+
 /// The `X-Cache-Status` of a request that went through a `cache` step.
-pub fn status(session: &Session) -> &'static str {
+pub fn status(session: &Session, x: &Exchange) -> &'static str {
     match session.cache.phase() {
+        CachePhase::Hit if x.cache.as_ref().is_some_and(|u| u.stale_held) => "STALE",
         CachePhase::Hit => "HIT",
         CachePhase::Miss => "MISS",
         CachePhase::Stale | CachePhase::StaleUpdating => "STALE",

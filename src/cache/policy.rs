@@ -96,6 +96,8 @@ pub struct CacheRule {
 pub struct CacheUse {
     pub rule: Arc<CacheRule>,
     pub edits_before: usize,
+    /// A stale copy is served without asking the upstream, which has just failed the tile.
+    pub stale_held: bool,
 }
 
 pub struct Cache {
@@ -143,6 +145,7 @@ impl Policy for Cache {
         x.cache = Some(CacheUse {
             rule: self.rule.clone(),
             edits_before: x.upstream_edits.len(),
+            stale_held: false,
         });
         Outcome::Continue
     }

@@ -20,6 +20,8 @@ pub struct Outcome {
     pub status: Option<u16>,
     /// Why there is no status: `connect`, `write`, `read`.
     pub failed: Option<String>,
+    /// How long it took, to its answer read whole or its failure.
+    pub took: Duration,
 }
 
 #[derive(Default, Debug)]
@@ -121,6 +123,7 @@ fn one(port: u16, raw: &str, started: Instant) -> Outcome {
         connected,
         status: None,
         failed: Some(why.to_string()),
+        took: started.elapsed() - at,
     };
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return fail("connect", None);
@@ -156,6 +159,7 @@ fn one(port: u16, raw: &str, started: Instant) -> Outcome {
             connected,
             status: Some(status),
             failed: None,
+            took: started.elapsed() - at,
         },
         None => fail("read", connected),
     }

@@ -58,6 +58,18 @@ impl PyUpstream {
         }
     }
 
+    /// Sends a signal (`STOP`: it freezes, its port still completes handshakes into the backlog
+    /// and its connections stay open, answering nothing; `CONT`: it goes on).
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            Command::new("kill")
+                .arg(format!("-{sig}"))
+                .arg(c.id().to_string())
+                .status()
+                .expect("kill");
+        }
+    }
+
     /// Kills the process (SIGKILL): its connections are reset, its port refuses.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
