@@ -277,6 +277,16 @@ fn http_caching_rules() {
     let hit = open("/open/e", &[]);
     assert_eq!(cache_status(&hit), "HIT");
     assert!(hit.header("age").is_some(), "a hit says its age");
+    // A client's own directives (a browser's reload) do not bypass the shared copy.
+    for (name, value) in [
+        ("Cache-Control", "no-cache"),
+        ("Pragma", "no-cache"),
+        ("Cache-Control", "max-age=0"),
+        ("Cache-Control", "no-store"),
+    ] {
+        let r = open("/open/e", &[(name, value)]);
+        assert_eq!((r.status, cache_status(&r)), (200, "HIT"), "{name}: {value}");
+    }
     // A miss says the age the upstream gave it (a cache before it), and none of its own.
     let aged = open("/open/i?header=Age:7", &[]);
     assert_eq!(

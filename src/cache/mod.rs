@@ -280,8 +280,11 @@ pub fn hit_filter(
     is_fresh: bool,
     x: &mut Exchange,
 ) -> Option<ForcedFreshness> {
+    if is_fresh {
+        return None;
+    }
     let now = SystemTime::now();
-    if is_fresh || !meta.serve_stale_if_error(now) {
+    if !meta.serve_stale_if_error(now) {
         return None;
     }
     let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
