@@ -285,7 +285,11 @@ fn http_caching_rules() {
         ("Cache-Control", "no-store"),
     ] {
         let r = open("/open/e", &[(name, value)]);
-        assert_eq!((r.status, cache_status(&r)), (200, "HIT"), "{name}: {value}");
+        assert_eq!(
+            (r.status, cache_status(&r)),
+            (200, "HIT"),
+            "{name}: {value}"
+        );
     }
     // A miss says the age the upstream gave it (a cache before it), and none of its own.
     let aged = open("/open/i?header=Age:7", &[]);
