@@ -408,7 +408,9 @@ fn stale_while_revalidate_and_stale_if_error() {
 /// goes on, dies (SIGKILL: refused) and comes back. Every request is answered 200 from the last
 /// good copy (stale-if-error) or a fresh one; while the upstream is frozen the clients are
 /// served at their usual pace (a failed refresh is not waited on again by every request of the
-/// tile), none waits much past one read timeout; the tiles are fresh again once it is back.
+/// tile), none waits much past one read timeout (before, a tile's concurrent requests waited
+/// their turns, up to four timeouts, and some got 502); the tiles are fresh again once it is
+/// back.
 #[test]
 fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served() {
     const TIMEOUT_MS: u64 = 400;
@@ -484,7 +486,7 @@ fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served()
         "{while_frozen:.0} requests/s while the upstream was frozen against {before:.0}/s before: they waited on it"
     );
     assert!(
-        slowest < Duration::from_millis(2 * TIMEOUT_MS + 200),
+        slowest < Duration::from_millis(3 * TIMEOUT_MS),
         "a request waited {slowest:?} while the upstream was frozen or down"
     );
     let stale = gw.metric(r#"tollgate_cache_requests_total{api_endpoint="tiles",status="STALE"}"#);
