@@ -68,6 +68,10 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
+/// A request's header edits: a few each way on a tile request (the consumer's id, CORS), held
+/// inline so that a request allocates none for them.
+pub type Edits = smallvec::SmallVec<[HeaderEdit; 4]>;
+
 /// A change to a header set.
 #[derive(Clone, Debug)]
 pub enum HeaderEdit {
@@ -253,8 +257,8 @@ pub struct Exchange {
     /// Whether the `metrics` policy asked for this request to be counted.
     pub metered: bool,
     pub consumer: Option<Consumer>,
-    pub upstream_edits: Vec<HeaderEdit>,
-    pub response_edits: Vec<HeaderEdit>,
+    pub upstream_edits: Edits,
+    pub response_edits: Edits,
     pub proxy: Option<ProxyPlan>,
     /// Set by a `cache` step: the tile cache may answer this request.
     pub cache: Option<crate::cache::CacheUse>,

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use crate::config::error::ConfigErrors;
 use crate::config::node::Node;
-use crate::pipeline::context::{HeaderEdit, Reply};
+use crate::pipeline::context::{Edits, HeaderEdit, Reply};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
 #[derive(Deserialize)]
@@ -188,7 +188,7 @@ impl Cors {
     }
 
     /// Adds the origin and credentials headers; true when the response varies by Origin.
-    fn origin_edits(&self, req: &Request<'_>, out: &mut Vec<HeaderEdit>) -> bool {
+    fn origin_edits(&self, req: &Request<'_>, out: &mut Edits) -> bool {
         let varies = match &self.origin {
             Origin::Off => false,
             Origin::Fixed(v) => {
@@ -226,7 +226,7 @@ impl Cors {
         varies
     }
 
-    fn exposed(&self, out: &mut Vec<HeaderEdit>) {
+    fn exposed(&self, out: &mut Edits) {
         if let Some(v) = &self.exposed_headers {
             out.push(HeaderEdit::Default(
                 header::ACCESS_CONTROL_EXPOSE_HEADERS,
