@@ -4,9 +4,10 @@
 //! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key`]
 //! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
 //! (`cache_vary_filter`), [`hit_filter`] (`cache_hit_filter`), [`serve_stale`]
-//! (`should_serve_stale`) and [`status`] (the `X-Cache-Status` header). The fast path answers fresh hits itself ([`hit`]) and fills
-//! plain misses ([`fill`]). Objects live in a [`store::TileStore`]: memory (TinyUFO) and
-//! optionally disk. This module is the only place that knows `pingora-cache`.
+//! (`should_serve_stale`) and [`status`] (the `X-Cache-Status` header). The fast path answers
+//! fresh hits itself ([`hit`]) and fills plain misses ([`fill`]). Objects live in a
+//! [`store::TileStore`]: memory (TinyUFO) and optionally disk; tiles whose upstream just failed
+//! them in [`outage`]. This module is the only place that knows `pingora-cache`.
 
 pub mod fill;
 pub mod freshness;
