@@ -38,6 +38,9 @@ pub struct Facts<'a> {
     pub client_ip: Option<IpAddr>,
     pub server_port: Option<u16>,
     pub tls: bool,
+    /// The head has neither `Content-Length` nor `Transfer-Encoding` (its reader refused any):
+    /// its framing needs no check.
+    pub bodiless: bool,
 }
 
 /// Routes the request and runs pipelines until one responds or proxies.
@@ -64,7 +67,10 @@ pub async fn decide(
     if head_size > MAX_REQUEST_HEAD {
         return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
     }
-    if let Some(why) = crate::framing::problem(&head.headers) {
+    if let Some(why) = (!facts.bodiless)
+        .then(|| crate::framing::problem(&head.headers))
+        .flatten()
+    {
         log::debug!("refused a request: {why}");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }

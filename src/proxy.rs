@@ -86,6 +86,7 @@ fn facts(session: &Session) -> Facts<'_> {
             .and_then(PeerAddr::as_inet)
             .map(|a| a.port()),
         tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        bodiless: false,
     }
 }
 

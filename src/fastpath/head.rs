@@ -29,6 +29,8 @@ pub enum Reading {
     Own {
         stream: Stream,
         req: Box<RequestHeader>,
+        /// Whether the client wants its connection kept.
+        keepalive: bool,
         head: BytesMut,
     },
     /// Read by Pingora's session (`head`: what it read, for a hand-over).
@@ -50,10 +52,11 @@ impl Reading {
         limits: &SessionLimits,
     ) -> Result<Reading, Unread> {
         if caching {
-            if let Some(req) = read(&head) {
+            if let Some(plain) = read(&head) {
                 return Ok(Reading::Own {
                     stream,
-                    req: Box::new(req),
+                    req: Box::new(plain.req),
+                    keepalive: plain.keepalive,
                     head,
                 });
             }
@@ -87,13 +90,15 @@ impl Reading {
             client_ip,
             server_port,
             tls,
+            // `read` leaves any head with a body's framing headers to the session.
+            bodiless: matches!(self, Reading::Own { .. }),
         }
     }
 
     /// Whether the connection stays open after this request.
     pub fn keepalive(&self, limits: &SessionLimits) -> bool {
         match self {
-            Reading::Own { req, .. } => client_keepalive(req) && limits.keepalive_secs.is_some(),
+            Reading::Own { keepalive, .. } => *keepalive && limits.keepalive_secs.is_some(),
             Reading::Session { s, .. } => s.will_keepalive(),
         }
     }
@@ -182,8 +187,16 @@ const MAX_HEADERS: usize = 48;
 /// Headers whose presence leaves the head to the session.
 const SESSION_ONLY: [HeaderName; 4] = [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT];
 
+/// A head read here.
+pub struct Plain {
+    pub req: RequestHeader,
+    /// Whether the client wants its connection kept after this request, as Pingora's session
+    /// judges it: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `keep-alive`.
+    pub keepalive: bool,
+}
+
 /// The request `head` (exactly one complete head) carries, when it is plain enough to read here.
-pub fn read(head: &[u8]) -> Option<RequestHeader> {
+pub fn read(head: &[u8]) -> Option<Plain> {
     // One copy of the head, which the target and the header values then share.
     let head = Bytes::copy_from_slice(head);
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -209,7 +222,7 @@ pub fn read(head: &[u8]) -> Option<RequestHeader> {
     }
     parts.uri = Uri::from_maybe_shared(head.slice_ref(target)).ok()?;
     parts.headers.reserve(parsed.headers.len());
-    let (mut hosts, mut connections) = (0, 0);
+    let (mut hosts, mut connection) = (0, None);
     for h in parsed.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
         if SESSION_ONLY.contains(&name) {
@@ -221,15 +234,19 @@ pub fn read(head: &[u8]) -> Option<RequestHeader> {
                 return None;
             }
         } else if name == CONNECTION {
-            connections += 1;
-            if connections > 1 || connection_says(h.value).is_none() {
+            if connection.is_some() {
                 return None;
             }
+            connection = Some(connection_says(h.value)?);
         }
         let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
         parts.headers.append(name, value);
     }
-    Some(RequestHeader::from(parts))
+    let keepalive = connection.unwrap_or(parts.version == Version::HTTP_11);
+    Some(Plain {
+        req: RequestHeader::from(parts),
+        keepalive,
+    })
 }
 
 /// What a `Connection` value says of keep-alive: `Some(true)` for `keep-alive`, `Some(false)`
@@ -242,19 +259,6 @@ fn connection_says(value: &[u8]) -> Option<bool> {
         Some(false)
     } else {
         None
-    }
-}
-
-/// Whether the client wants its connection kept after this request, as Pingora's session
-/// judges it: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
-pub fn client_keepalive(req: &RequestHeader) -> bool {
-    match req
-        .headers
-        .get(CONNECTION)
-        .map(|v| connection_says(v.as_bytes()))
-    {
-        Some(Some(keep)) => keep,
-        _ => req.version == Version::HTTP_11,
     }
 }
 
@@ -288,7 +292,11 @@ mod tests {
 
     /// Reads `head` both ways: when it is read here, the session reads the same request.
     fn same_as_the_session(head: &[u8]) {
-        let Some(ours) = read(head) else {
+        let Some(Plain {
+            req: ours,
+            keepalive,
+        }) = read(head)
+        else {
             return;
         };
         let shown = head.escape_ascii().to_string();
@@ -298,7 +306,7 @@ mod tests {
         assert_eq!(ours.uri, theirs.uri, "{shown}");
         assert_eq!(ours.version, theirs.version, "{shown}");
         assert_eq!(ours.headers, theirs.headers, "{shown}");
-        assert_eq!(client_keepalive(&ours), keep, "{shown}");
+        assert_eq!(keepalive, keep, "{shown}");
     }
 
     proptest::proptest! {
