@@ -50,10 +50,24 @@ pub enum Change {
 }
 
 impl TargetState {
-    /// Whether requests may go to it now.
+    /// Whether requests may go to it now. Asked for every request: the clock is read only
+    /// while an ejection is on record.
     pub fn available(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-            && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
+        if !self.healthy.load(Ordering::Relaxed) {
+            return false;
+        }
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return true;
+        }
+        if until > now_ms() {
+            return false;
+        }
+        // The ejection is over; unless a new one came meanwhile, it is forgotten.
+        let _ = self
+            .ejected_until
+            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
+        true
     }
 
     pub fn healthy(&self) -> bool {
@@ -162,5 +176,23 @@ mod tests {
         assert!(s.request_result(true, Some(&o)));
         assert!(!s.available());
         assert!(s.ejected_for().is_some());
+    }
+
+    #[test]
+    fn an_ejection_that_ran_out_is_forgotten() {
+        let s = TargetState::default();
+        let o = Outlier {
+            consecutive_failures: 1,
+            eject_seconds: 0.05,
+        };
+        assert!(s.request_result(true, Some(&o)));
+        assert!(!s.available());
+        std::thread::sleep(Duration::from_millis(80));
+        assert!(s.available());
+        assert_eq!(s.ejected_until.load(Ordering::Relaxed), 0);
+        assert!(s.ejected_for().is_none());
+        // Ejected again from scratch.
+        assert!(s.request_result(true, Some(&o)));
+        assert!(!s.available());
     }
 }
