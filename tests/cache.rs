@@ -514,6 +514,81 @@ fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served()
     );
 }
 
+/// A refresh slower than the cache lock's timeout (an upstream that hangs past `lockTimeout`,
+/// then times out): the requests that came while it was in flight get the stale tile at once
+/// instead of waiting on the lock, giving up and going upstream themselves (where the hung
+/// upstream answered them 502 though the stale tile was there).
+#[test]
+fn requests_during_a_slow_refresh_get_the_stale_tile_at_once() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let conf = config(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 0, staleIfError: 600, lockTimeout: 1}",
+    )
+    .replace(
+        "{serviceEndpoint: up}",
+        "{serviceEndpoint: up, readTimeout: 2500}",
+    );
+    let dir = ConfigDir::new(&conf);
+    let gw = GatewayProcess::start_with(&dir, &[], &[]);
+    let open = |path: &str| get(gw.port, "GET", path, &[]);
+    assert_eq!(cache_status(&open("/open/hung.png")), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    up.signal("STOP");
+    let first = std::thread::spawn({
+        let port = gw.port;
+        move || {
+            let t = Instant::now();
+            let r = get(port, "GET", "/open/hung.png", &[]);
+            (
+                r.status,
+                r.header("x-cache-status").map(str::to_string),
+                t.elapsed(),
+            )
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let others: Vec<_> = (0..4)
+        .map(|_| {
+            let port = gw.port;
+            std::thread::spawn(move || {
+                let t = Instant::now();
+                let r = get(port, "GET", "/open/hung.png", &[]);
+                (
+                    r.status,
+                    r.header("x-cache-status").map(str::to_string),
+                    t.elapsed(),
+                )
+            })
+        })
+        .collect();
+    for o in others {
+        let (status, cache, took) = o.join().expect("request");
+        assert_eq!(
+            (status, cache.as_deref()),
+            (200, Some("STALE")),
+            "while the refresh hangs"
+        );
+        assert!(
+            took < Duration::from_millis(800),
+            "waited {took:?} on the hung refresh"
+        );
+    }
+    let (status, cache, took) = first.join().expect("request");
+    assert_eq!((status, cache.as_deref()), (200, Some("STALE")));
+    assert!(
+        took >= Duration::from_millis(2400),
+        "the refresh itself timed out: {took:?}"
+    );
+    up.signal("CONT");
+    // Back: the next refresh lands.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache_status(&open("/open/hung.png")) == "STALE" {
+        assert!(Instant::now() < deadline, "the tile stayed stale");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[test]
 fn a_truncated_body_is_never_stored() {
     let up = PyUpstream::start("tiles", 5.0);

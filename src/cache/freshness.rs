@@ -116,6 +116,13 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
     })
 }
 
+/// Whether a stored response must be revalidated before each use (`no-cache`,
+/// `must-revalidate`, `proxy-revalidate`): never served stale while another request refreshes it.
+pub fn revalidate_each_use(resp: &ResponseHeader) -> bool {
+    CacheControl::from_resp_headers(resp)
+        .is_some_and(|cc| cc.no_cache() || cc.must_revalidate() || cc.proxy_revalidate())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,8 +6,8 @@
 //! (`cache_vary_filter`), [`hit_filter`] (`cache_hit_filter`), [`serve_stale`]
 //! (`should_serve_stale`) and [`status`] (the `X-Cache-Status` header). The fast path answers
 //! fresh hits itself ([`hit`]) and fills plain misses ([`fill`]). Objects live in a
-//! [`store::TileStore`]: memory (TinyUFO) and optionally disk; tiles whose upstream just failed
-//! them in [`outage`]. This module is the only place that knows `pingora-cache`.
+//! [`store::TileStore`]: memory (TinyUFO) and optionally disk; stale tiles being refreshed or
+//! just failed in [`outage`]. This module is the only place that knows `pingora-cache`.
 
 pub mod fill;
 pub mod freshness;
@@ -62,7 +62,7 @@ pub struct TileCache {
     generations: ArcSwap<HashMap<String, u64>>,
     generations_file: Option<PathBuf>,
     pub options: StoreOptions,
-    /// Tiles whose upstream has just failed them.
+    /// Stale tiles being refreshed, and tiles whose upstream has just failed them.
     pub outages: outage::Outages,
 }
 
@@ -272,26 +272,27 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     }
 }
 
-/// A stale object found by a lookup: served at once when its upstream failed it a moment ago
-/// (within its stale-if-error window, see [`outage`]), so the request neither waits on the
-/// upstream nor on another request's failing refresh.
+/// A stale object found by a lookup, within its stale-if-error window: served at once when
+/// another request is refreshing it or its upstream failed it a moment ago (see [`outage`]),
+/// so the request neither waits on another's refresh nor on a failing upstream.
 pub fn hit_filter(
     session: &Session,
     meta: &CacheMeta,
     is_fresh: bool,
     x: &mut Exchange,
 ) -> Option<ForcedFreshness> {
-    if is_fresh {
+    // A background refresh (stale-while-revalidate) looks the tile up too: it must refresh.
+    if is_fresh || session.subrequest_ctx.is_some() {
         return None;
     }
     let now = SystemTime::now();
-    if !meta.serve_stale_if_error(now) {
+    if !meta.serve_stale_if_error(now) || freshness::revalidate_each_use(meta.response_header()) {
         return None;
     }
     let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
     let key = u128::from_be_bytes(key.primary_bin());
     match cache.outages.stale(key, meta.updated(), now) {
-        outage::Stale::Ask => None,
+        outage::Stale::Refresh => None,
         outage::Stale::Serve => {
             if let Some(u) = &mut x.cache {
                 u.stale_held = true;

@@ -1,10 +1,14 @@
-//! Tiles whose upstream has just failed them. When the refresh of a stale tile fails (the
-//! upstream refused, timed out or answered 5xx) and the tile is served stale (stale-if-error),
-//! the tile is remembered: the requests that follow get the stale copy at once instead of each
-//! waiting on the upstream in turn, and one request per tile asks the upstream again every
-//! [`RETRY`]. Without this, the requests waiting on the failed refresh's lock each became the
-//! next refresh: with a frozen upstream a tile's n-th concurrent request waited n timeouts,
-//! and those past the lock's retries were answered 502 while the stale copy was there.
+//! Stale tiles being refreshed, and tiles whose upstream has just failed them. A request that
+//! finds a tile stale within its stale-if-error window either refreshes it or, when another
+//! request is refreshing it already or the upstream failed it a moment ago, gets the stale copy
+//! at once (nginx's `proxy_cache_use_stale updating`). One request per tile asks the upstream
+//! again every [`RETRY`] after a failure.
+//!
+//! Without this, requests waited on the refresh's cache lock: when it failed, each became the
+//! next refresh in turn (with a frozen upstream a tile's n-th concurrent request waited n
+//! timeouts, and those past the lock's retries were answered 502), and when the refresh took
+//! longer than the lock timeout they went upstream without the cache (502 from a hung upstream
+//! while the stale copy was there).
 //!
 //! Only stale lookups and failures come here; a fresh hit never does.
 
@@ -15,51 +19,89 @@ use std::time::{Duration, SystemTime};
 /// How often one request per failing tile asks the upstream again.
 pub const RETRY: Duration = Duration::from_secs(1);
 
-/// Tiles remembered at most; past it, entries older than [`FORGET`] go, and a tile that finds
-/// no room is not remembered (its requests ask the upstream as before).
-const MAX_TILES: usize = 100_000;
-/// An entry older than this is of no use: its tile was refreshed or nobody asked for it.
+/// How long a refresh is taken to be in flight: a request that left without its refresh
+/// finishing leaves its mark, which lapses after this (the cache lock's own age limit).
+const REFRESH: Duration = Duration::from_secs(30);
+
+/// Tiles followed at most. Past it, entries with nothing recent in them go (at most once a
+/// second), and a tile that finds no room is not followed (its requests wait on the refresh as
+/// they would without this).
+const MAX_TILES: usize = 200_000;
+/// A failure older than this is of no use: the tile was refreshed since or nobody asked for it.
 const FORGET: Duration = Duration::from_secs(60);
 
-#[derive(Debug)]
-struct Outage {
+#[derive(Debug, Default)]
+struct Tile {
     /// The last failure.
-    failed: SystemTime,
-    /// Since when a request has been asking the upstream again, if one is.
-    retrying: Option<SystemTime>,
+    failed: Option<SystemTime>,
+    /// Since when a request has been refreshing it, if one is.
+    refreshing: Option<SystemTime>,
 }
 
-/// The failing tiles, by their key's primary hash.
+impl Tile {
+    /// The latest event: a stored copy newer than it was stored after it.
+    fn last(&self) -> Option<SystemTime> {
+        self.failed.max(self.refreshing)
+    }
+
+    fn recent(&self, now: SystemTime) -> bool {
+        self.failed.is_some_and(|t| elapsed(t, now) < FORGET)
+            || self.refreshing.is_some_and(|t| elapsed(t, now) < REFRESH)
+    }
+}
+
+/// The tiles followed, by their key's primary hash.
 #[derive(Debug, Default)]
 pub struct Outages {
-    tiles: Mutex<HashMap<u128, Outage>>,
+    tiles: Mutex<Tiles>,
+}
+
+#[derive(Debug, Default)]
+struct Tiles {
+    map: HashMap<u128, Tile>,
+    pruned: Option<SystemTime>,
+}
+
+impl Tiles {
+    /// Room for one more tile, if there is or can be made.
+    fn room(&mut self, now: SystemTime) -> bool {
+        if self.map.len() < MAX_TILES {
+            return true;
+        }
+        if self
+            .pruned
+            .is_some_and(|t| elapsed(t, now) < Duration::from_secs(1))
+        {
+            return false;
+        }
+        self.pruned = Some(now);
+        self.map.retain(|_, t| t.recent(now));
+        self.map.len() < MAX_TILES
+    }
 }
 
 /// What a request for a stale tile does.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stale {
-    /// Serve the stale copy now: its upstream failed it a moment ago, or another request is
-    /// asking again.
+    /// Serve the stale copy now: another request is refreshing it, or its upstream failed it
+    /// a moment ago.
     Serve,
-    /// Ask the upstream (nothing is known against it, or it is this request's turn to retry).
-    Ask,
+    /// Refresh it (nothing is in flight for it, or it is this request's turn to retry).
+    Refresh,
 }
 
 impl Outages {
-    /// The upstream failed the tile `key` at `now`.
+    /// The upstream failed the tile `key` at `now` (its refresh, if one was in flight, ended).
     pub fn failed(&self, key: u128, now: SystemTime) {
         let mut tiles = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
-        if tiles.len() >= MAX_TILES && !tiles.contains_key(&key) {
-            tiles.retain(|_, o| elapsed(o.failed, now) < FORGET);
-            if tiles.len() >= MAX_TILES {
-                return;
-            }
+        if !tiles.map.contains_key(&key) && !tiles.room(now) {
+            return;
         }
-        tiles.insert(
+        tiles.map.insert(
             key,
-            Outage {
-                failed: now,
-                retrying: None,
+            Tile {
+                failed: Some(now),
+                refreshing: None,
             },
         );
     }
@@ -68,22 +110,29 @@ impl Outages {
     /// `updated`.
     pub fn stale(&self, key: u128, updated: SystemTime, now: SystemTime) -> Stale {
         let mut tiles = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(o) = tiles.get_mut(&key) else {
-            return Stale::Ask;
+        let refresh = Tile {
+            failed: None,
+            refreshing: Some(now),
         };
-        // Stored after the failure: a refresh has landed since; the entry is done with.
-        if updated > o.failed || elapsed(o.failed, now) >= FORGET {
-            tiles.remove(&key);
-            return Stale::Ask;
+        let Some(t) = tiles.map.get_mut(&key) else {
+            if tiles.room(now) {
+                tiles.map.insert(key, refresh);
+            }
+            return Stale::Refresh;
+        };
+        // Stored after what is on record: a refresh has landed since; this one starts afresh.
+        if t.last().is_none_or(|last| updated > last) || !t.recent(now) {
+            *t = refresh;
+            return Stale::Refresh;
         }
-        if elapsed(o.failed, now) < RETRY {
+        if t.failed.is_some_and(|f| elapsed(f, now) < RETRY) {
             return Stale::Serve;
         }
-        match o.retrying {
-            Some(since) if elapsed(since, now) < RETRY => Stale::Serve,
+        match t.refreshing {
+            Some(since) if elapsed(since, now) < REFRESH => Stale::Serve,
             _ => {
-                o.retrying = Some(now);
-                Stale::Ask
+                t.refreshing = Some(now);
+                Stale::Refresh
             }
         }
     }
@@ -93,8 +142,9 @@ impl Outages {
     pub fn failing(&self, now: SystemTime) -> usize {
         let tiles = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
         tiles
+            .map
             .values()
-            .filter(|o| elapsed(o.failed, now) < FORGET)
+            .filter(|t| t.failed.is_some_and(|f| elapsed(f, now) < FORGET))
             .count()
     }
 }
@@ -112,26 +162,43 @@ mod tests {
     }
 
     #[test]
+    fn one_request_refreshes_a_stale_tile_the_others_are_served_it() {
+        let o = Outages::default();
+        let stored = at(0);
+        assert_eq!(o.stale(7, stored, at(10)), Stale::Refresh);
+        // While it refreshes, everyone else gets the stale copy.
+        for t in [20, 1_000, 29_000] {
+            assert_eq!(o.stale(7, stored, at(t)), Stale::Serve, "{t}");
+        }
+        // The refresh landed (a copy stored after it began): the next time the tile is stale,
+        // a new refresh.
+        assert_eq!(o.stale(7, at(500), at(60_000)), Stale::Refresh);
+        assert_eq!(o.stale(7, at(500), at(60_001)), Stale::Serve);
+        // A refresh that never reported back (its client left) lapses: another refreshes.
+        assert_eq!(o.stale(7, at(500), at(60_000) + REFRESH), Stale::Refresh);
+        // Other tiles are not concerned.
+        assert_eq!(o.stale(8, stored, at(20)), Stale::Refresh);
+    }
+
+    #[test]
     fn a_failed_tile_is_served_stale_and_asked_again_once_per_retry() {
         let o = Outages::default();
         let stored = at(0);
-        assert_eq!(o.stale(7, stored, at(10)), Stale::Ask, "nothing known yet");
+        assert_eq!(o.stale(7, stored, at(10)), Stale::Refresh);
         o.failed(7, at(400));
+        assert_eq!(o.failing(at(400)), 1);
         // Within RETRY of the failure: everyone is served the stale copy.
         for t in [400, 900, 1399] {
             assert_eq!(o.stale(7, stored, at(t)), Stale::Serve, "{t}");
         }
         // Then one request asks again; the others are served while it does.
-        assert_eq!(o.stale(7, stored, at(1400)), Stale::Ask);
+        assert_eq!(o.stale(7, stored, at(1400)), Stale::Refresh);
         assert_eq!(o.stale(7, stored, at(1500)), Stale::Serve);
         assert_eq!(o.stale(7, stored, at(2399)), Stale::Serve);
-        // The retry never reported back (its client left): another asks.
-        assert_eq!(o.stale(7, stored, at(2400)), Stale::Ask);
         // It failed again: a new round.
         o.failed(7, at(2800));
         assert_eq!(o.stale(7, stored, at(3000)), Stale::Serve);
-        // Other tiles are not concerned.
-        assert_eq!(o.stale(8, stored, at(3000)), Stale::Ask);
+        assert_eq!(o.stale(7, stored, at(3800)), Stale::Refresh);
     }
 
     #[test]
@@ -139,14 +206,13 @@ mod tests {
         let o = Outages::default();
         o.failed(7, at(100));
         // The copy found was stored after the failure (a refresh landed, and went stale since).
-        assert_eq!(o.stale(7, at(200), at(300)), Stale::Ask);
+        assert_eq!(o.stale(7, at(200), at(300)), Stale::Refresh);
         assert_eq!(o.failing(at(300)), 0);
         // An old failure is forgotten too.
         o.failed(7, at(100));
         assert_eq!(o.failing(at(200)), 1);
         assert_eq!(o.failing(at(100) + FORGET), 0);
-        assert_eq!(o.stale(7, at(0), at(100) + FORGET), Stale::Ask);
-        assert_eq!(o.tiles.lock().unwrap().len(), 0);
+        assert_eq!(o.stale(7, at(0), at(100) + FORGET), Stale::Refresh);
     }
 
     #[test]
@@ -155,12 +221,13 @@ mod tests {
         for k in 0..MAX_TILES as u128 {
             o.failed(k, at(0));
         }
-        // Full of recent failures: a new tile is not remembered.
+        // Full of recent failures: a new tile is not followed (it refreshes, as without this).
         o.failed(u128::MAX, at(10));
         assert_eq!(o.failing(at(10)), MAX_TILES);
-        assert_eq!(o.stale(u128::MAX, at(0), at(20)), Stale::Ask);
+        assert_eq!(o.stale(u128::MAX, at(0), at(20)), Stale::Refresh);
+        assert_eq!(o.stale(u128::MAX, at(0), at(30)), Stale::Refresh);
         // Once those are old, they make room.
         o.failed(u128::MAX, at(0) + FORGET);
-        assert_eq!(o.tiles.lock().unwrap().len(), 1);
+        assert_eq!(o.tiles.lock().unwrap().map.len(), 1);
     }
 }
