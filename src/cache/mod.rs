@@ -290,7 +290,7 @@ pub fn hit_filter(
         return None;
     }
     let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
-    let key = u128::from_be_bytes(key.primary_bin());
+    let key = u128::from_be_bytes(key.combined_bin());
     match cache.outages.stale(key, meta.updated(), now) {
         outage::Stale::Refresh => None,
         outage::Stale::Serve => {
@@ -317,7 +317,7 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
         crate::metrics::metrics().upstream_error(crate::exchange::upstream_error_kind(e));
     }
     if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
-        let key = u128::from_be_bytes(key.primary_bin());
+        let key = u128::from_be_bytes(key.combined_bin());
         cache.outages.failed(key, SystemTime::now());
     }
     true

@@ -50,7 +50,7 @@ impl Tile {
     }
 }
 
-/// The tiles followed, by their key's primary hash.
+/// The tiles followed, by their key's hash (a variant of a tile is a tile of its own).
 #[derive(Debug, Default)]
 pub struct Outages {
     tiles: Mutex<Tiles>,
