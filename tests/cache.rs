@@ -535,33 +535,19 @@ fn requests_during_a_slow_refresh_get_the_stale_tile_at_once() {
     assert_eq!(cache_status(&open("/open/hung.png")), "MISS");
     std::thread::sleep(Duration::from_millis(1500));
     up.signal("STOP");
-    let first = std::thread::spawn({
+    // The tile asked for in a thread of its own: status, X-Cache-Status, how long it took.
+    let ask = || {
         let port = gw.port;
-        move || {
+        std::thread::spawn(move || {
             let t = Instant::now();
             let r = get(port, "GET", "/open/hung.png", &[]);
-            (
-                r.status,
-                r.header("x-cache-status").map(str::to_string),
-                t.elapsed(),
-            )
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    let others: Vec<_> = (0..4)
-        .map(|_| {
-            let port = gw.port;
-            std::thread::spawn(move || {
-                let t = Instant::now();
-                let r = get(port, "GET", "/open/hung.png", &[]);
-                (
-                    r.status,
-                    r.header("x-cache-status").map(str::to_string),
-                    t.elapsed(),
-                )
-            })
+            let cache = r.header("x-cache-status").map(str::to_string);
+            (r.status, cache, t.elapsed())
         })
-        .collect();
+    };
+    let first = ask();
+    std::thread::sleep(Duration::from_millis(300));
+    let others: Vec<_> = (0..4).map(|_| ask()).collect();
     for o in others {
         let (status, cache, took) = o.join().expect("request");
         assert_eq!(
