@@ -67,10 +67,12 @@ pub async fn decide(
     if head_size > MAX_REQUEST_HEAD {
         return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
     }
-    if let Some(why) = (!facts.bodiless)
-        .then(|| crate::framing::problem(&head.headers))
-        .flatten()
-    {
+    let framing = if facts.bodiless {
+        None
+    } else {
+        crate::framing::problem(&head.headers)
+    };
+    if let Some(why) = framing {
         log::debug!("refused a request: {why}");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
@@ -287,9 +289,7 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
     );
     if let Some(e) = end.error {
         log_failure(e, x, end.status);
-        if e.esource() == &ErrorSource::Upstream {
-            m.upstream_error(upstream_error_kind(e));
-        }
+        count_upstream_failure(e);
     }
     if let Some((status, from_cache)) = end.cache {
         metrics.cache.record(status, from_cache);
@@ -373,6 +373,14 @@ fn log_failure(e: &Error, x: &Exchange, status: u16) {
             "request failed: api endpoint `{}`: {e}; answered {status}",
             x.endpoint.as_ref().map_or("", |ep| &*ep.name)
         ),
+    }
+}
+
+/// Counts `e` in `tollgate_upstream_errors_total` when it is the upstream's failure (not an
+/// answer of it, such as a 5xx a stale tile replaced).
+pub fn count_upstream_failure(e: &Error) {
+    if e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        crate::metrics::metrics().upstream_error(upstream_error_kind(e));
     }
 }
 

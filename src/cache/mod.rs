@@ -309,13 +309,12 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
     let Some(e) = error else {
         return true;
     };
-    let upstream = e.esource() == &ErrorSource::Upstream;
-    if !upstream && !matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500) {
+    if e.esource() != &ErrorSource::Upstream
+        && !matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
+    {
         return false;
     }
-    if upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
-        crate::metrics::metrics().upstream_error(crate::exchange::upstream_error_kind(e));
-    }
+    crate::exchange::count_upstream_failure(e);
     if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
         let key = u128::from_be_bytes(key.combined_bin());
         cache.outages.failed(key, SystemTime::now());
