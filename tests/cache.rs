@@ -849,6 +849,75 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// Tile bodies in the memory tier live in shared memory and hits are sent from it by
+/// `sendfile`: with a small budget, tiles of every size (below, within and above the sizes kept
+/// there) asked for by concurrent clients, popular ones hit again and again while a stream of
+/// others pushes tiles out and their places are taken again — every answer is its own tile's
+/// body, whole.
+#[test]
+fn tiles_from_shared_memory_are_whole_and_their_own_while_the_memory_tier_churns() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-memory", "2MiB"]);
+    let sizes = [3000usize, 8192, 20000, 65541, 300_000];
+    let expected = |name: &str, n: usize| -> Vec<u8> { name.bytes().cycle().take(n).collect() };
+    let port = gw.port;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut hits = 0;
+                let mut r = t * 7919 + 1;
+                for i in 0..400u64 {
+                    r = r
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let pick = (r >> 33) as usize;
+                    // Seven in ten from ten popular tiles, the rest from a stream of others.
+                    let (name, size) = if pick % 10 < 7 {
+                        (format!("hot{}", pick % 10), sizes[pick % 10 % sizes.len()])
+                    } else {
+                        (format!("cold-{t}-{i}"), sizes[pick % sizes.len()])
+                    };
+                    let path = format!("/open/unique/{size}/{name}");
+                    let resp = get(port, "GET", &path, &[]);
+                    assert_eq!(resp.status, 200, "{path}");
+                    assert!(
+                        resp.body == expected(&name, size),
+                        "{path}: {} bytes, not its own body ({:?})",
+                        resp.body.len(),
+                        String::from_utf8_lossy(&resp.body[..resp.body.len().min(40)])
+                    );
+                    hits += usize::from(cache_status(&resp) == "HIT");
+                }
+                hits
+            })
+        })
+        .collect();
+    let hits: usize = threads.into_iter().map(|t| t.join().expect("client")).sum();
+    assert!(hits > 500, "{hits} hits of 1600 requests");
+    let evictions = gw.metric(r#"tollgate_cache_evictions_total{tier="memory"}"#);
+    assert!(evictions > 50.0, "{evictions} evictions");
+    // The bodies were in shared memory, counted in the gateway's resident memory.
+    let pid = gw.child.id();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains("memfd:tollgate-tiles"),
+        "no shared memory mapped"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let shmem_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(shmem_kb > 100, "RssShmem {shmem_kb} kB");
+    // Every popular tile once more, after the churn: still its own.
+    for (k, size) in sizes.iter().cycle().take(10).enumerate() {
+        let name = format!("hot{k}");
+        let resp = get(port, "GET", &format!("/open/unique/{size}/{name}"), &[]);
+        assert!(resp.body == expected(&name, *size), "hot{k}");
+    }
+}
+
 #[test]
 fn a_scan_of_distinct_tiles_stays_within_the_memory_budget() {
     let up = PyUpstream::start("tiles", 5.0);

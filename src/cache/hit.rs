@@ -89,6 +89,12 @@ impl FreshHit {
         &self.object.body
     }
 
+    /// Where the body lies in the memory tier's shared memory, for `sendfile` (it counts as
+    /// sent from then on); `None` for a body kept elsewhere.
+    pub fn file(&self) -> Option<super::store::shared::FileRange> {
+        super::get()?.store.memory.send(&self.object.body)
+    }
+
     pub fn status(&self) -> u16 {
         self.object.meta.head().status().as_u16()
     }

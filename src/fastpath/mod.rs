@@ -207,7 +207,11 @@ impl FastPath {
         // The access log names the request; what holds its head goes now.
         let (mut stream, head_only, logged) = reading.into_stream();
         let body = if head_only { &[][..] } else { raw.hit.body() };
-        let error = write_raw(&mut stream, &raw.head, body, limits).await;
+        let file = if head_only { None } else { raw.hit.file() };
+        let error = match file {
+            Some(file) => send_raw(&mut stream, &raw.head, body, file, limits).await,
+            None => write_raw(&mut stream, &raw.head, body, limits).await,
+        };
         let sent = if error.is_none() { body.len() } else { 0 };
         let ended = Ended {
             status: if error.is_none() { raw.hit.status() } else { 0 },
@@ -235,6 +239,32 @@ async fn write_raw(
         tokio::time::Instant::now() + limits.write_timeout
     })
     .await;
+    write_error(written)
+}
+
+/// Writes a response's head and its body from the memory tier's shared memory by `sendfile`,
+/// as [`write_raw`] does with bytes (which it falls back to on a connection that cannot).
+async fn send_raw(
+    stream: &mut Stream,
+    head: &[u8],
+    body: &[u8],
+    file: crate::cache::store::shared::FileRange,
+    limits: &SessionLimits,
+) -> Option<Box<Error>> {
+    let sent = crate::listener::io::by_deadline(
+        crate::listener::io::send_pair_from_file(stream, head, file.fd, file.offset, file.len),
+        || tokio::time::Instant::now() + limits.write_timeout,
+    )
+    .await;
+    match sent {
+        Some(None) => write_raw(stream, head, body, limits).await,
+        Some(Some(result)) => write_error(Some(result)),
+        None => write_error(None),
+    }
+}
+
+/// The error of a response's write that ended (`Some`) or ran past the write timeout.
+fn write_error(written: Option<std::io::Result<()>>) -> Option<Box<Error>> {
     match written {
         Some(Ok(())) => None,
         Some(Err(e)) => Some(Error::because(

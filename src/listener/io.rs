@@ -10,7 +10,7 @@
 //! socket: the sessions read into buffers of their own.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -18,11 +18,12 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::Stream;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
     TimingDigest, UniqueID, UniqueIDType,
 };
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Bytes buffered before a write reaches the socket: holds a whole tile and its head.
@@ -100,6 +101,66 @@ impl ClientIo {
             }
         }
     }
+}
+
+impl ClientIo {
+    /// Writes `head`, then `len` bytes of `file` from `offset` by `sendfile` (the kernel takes
+    /// the file's pages, nothing is copied), when nothing is buffered before them.
+    async fn send_with_file(
+        &self,
+        head: &[u8],
+        file: RawFd,
+        offset: u64,
+        len: usize,
+    ) -> io::Result<()> {
+        let socket = self.tcp.as_raw_fd();
+        let mut done = 0;
+        while done < head.len() {
+            // MSG_MORE: the head waits for the body's first segment.
+            let rest = &head[done..];
+            let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
+            let sent = self
+                .tcp
+                .async_io(Interest::WRITABLE, || {
+                    let n = unsafe { libc::send(socket, rest.as_ptr().cast(), rest.len(), flags) };
+                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+                })
+                .await?;
+            done += sent;
+        }
+        let mut at = offset as libc::off_t;
+        let end = at + len as libc::off_t;
+        while at < end {
+            let sent = self
+                .tcp
+                .async_io(Interest::WRITABLE, || {
+                    let n = unsafe { libc::sendfile(socket, file, &mut at, (end - at) as usize) };
+                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+                })
+                .await?;
+            if sent == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Writes a head and then part of a file (by `sendfile`) on a client connection; `None` when
+/// the connection cannot take it so (it is not a plain TCP connection of the gateway's
+/// listener, or something is buffered on it), and the caller writes the bytes itself.
+pub async fn send_pair_from_file(
+    stream: &Stream,
+    head: &[u8],
+    file: RawFd,
+    offset: u64,
+    len: usize,
+) -> Option<io::Result<()>> {
+    let io = stream.as_any().downcast_ref::<ClientIo>()?;
+    if io.written != io.out.len() {
+        return None;
+    }
+    Some(io.send_with_file(head, file, offset, len).await)
 }
 
 impl AsyncRead for ClientIo {
@@ -312,6 +373,52 @@ mod tests {
             io.flush().await.unwrap();
             assert!(io.out.is_empty() && io.out.capacity() == 0);
             AsyncWriteExt::shutdown(&mut io).await.unwrap();
+        });
+        let got = read_slowly(addr).await;
+        writer.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes out of order");
+    }
+
+    /// Heads with bodies from a file (by `sendfile`), large enough to fill the socket, to a
+    /// client that reads slowly: every byte arrives, in order; a connection with something
+    /// buffered is left to the caller.
+    #[tokio::test]
+    async fn heads_with_bodies_from_a_file_arrive_whole_and_in_order() {
+        use std::io::Write;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let content: Vec<u8> = (0..3 * 1024 * 1024).map(|b| (b * 11 % 251) as u8).collect();
+        let fd = unsafe { libc::memfd_create(c"test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        let mut file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.write_all(&content).unwrap();
+        let parts = [
+            (100usize, 20 * 1024usize),
+            (7, 2 * 1024 * 1024),
+            (4096, 100),
+        ];
+        let mut expected = Vec::new();
+        for (i, (at, len)) in parts.iter().enumerate() {
+            expected.extend_from_slice(format!("head {i}\r\n").as_bytes());
+            expected.extend_from_slice(&content[*at..at + len]);
+        }
+        expected.extend_from_slice(b"buffered");
+        let writer = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut stream: Stream = Box::new(ClientIo::new(tcp));
+            for (i, (at, len)) in parts.iter().enumerate() {
+                let head = format!("head {i}\r\n");
+                let sent =
+                    send_pair_from_file(&stream, head.as_bytes(), fd, *at as u64, *len).await;
+                sent.expect("a plain connection").unwrap();
+            }
+            stream.write_all(b"buffered").await.unwrap();
+            let refused = send_pair_from_file(&stream, b"x", fd, 0, 10).await;
+            assert!(refused.is_none(), "written after what is buffered");
+            AsyncWriteExt::shutdown(&mut stream).await.unwrap();
+            drop(file);
         });
         let got = read_slowly(addr).await;
         writer.await.unwrap();

@@ -1,6 +1,8 @@
 //! The memory tier: objects in TinyUFO (TinyLFU admission, S3-FIFO eviction) within a byte
 //! budget. Admission resists one-off scans: a tile seen once does not push out tiles seen
 //! often. TinyUFO keys by a 64-bit hash, so each object keeps its full key and a hit compares it.
+//! Tile-sized bodies live in shared memory ([`super::shared`]), so a hit is sent from it by
+//! `sendfile`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,6 +10,9 @@ use std::sync::Arc;
 use pingora_cache::key::HashBinary;
 use tinyufo::TinyUfo;
 
+use bytes::Bytes;
+
+use super::shared::{FileRange, SharedBodies};
 use super::Object;
 
 /// Weight is counted in units of this many bytes (TinyUFO weighs in 16 bits).
@@ -19,24 +24,26 @@ const TYPICAL_OBJECT: usize = 16 * 1024;
 
 pub struct MemoryTier {
     objects: TinyUfo<HashBinary, Arc<Object>>,
+    /// Where tile-sized bodies are kept (`None` when the system gives no shared memory).
+    shared: Option<Arc<SharedBodies>>,
     budget: usize,
     pub stored_bytes: AtomicU64,
     pub stored_objects: AtomicU64,
     pub evictions: AtomicU64,
 }
 
-/// What an object weighs in the budget, in units; `None` when it is too heavy to hold.
-fn weight(obj: &Object) -> Option<u16> {
-    let bytes = obj.body.len() + obj.meta.header_size() + OVERHEAD;
-    u16::try_from(bytes.div_ceil(UNIT)).ok()
-}
-
 impl MemoryTier {
     pub fn new(budget: usize) -> MemoryTier {
         let units = (budget / UNIT).max(1);
         let estimated = (budget / TYPICAL_OBJECT).clamp(64, 4_000_000);
+        let shared = SharedBodies::new(budget)
+            .map_err(|e| {
+                log::warn!("tile cache: no shared memory for tile bodies ({e}): hits are copied to the socket")
+            })
+            .ok();
         MemoryTier {
             objects: TinyUfo::new(units, estimated),
+            shared,
             budget,
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
@@ -48,6 +55,28 @@ impl MemoryTier {
         self.budget
     }
 
+    /// A copy of a body to store in shared memory, when it is kept there.
+    pub fn hold(&self, body: &[u8]) -> Option<Bytes> {
+        self.shared.as_ref()?.hold(body)
+    }
+
+    /// Where a stored body lies for `sendfile`, when it is in shared memory.
+    pub fn send(&self, body: &[u8]) -> Option<FileRange> {
+        self.shared.as_ref()?.send(body)
+    }
+
+    /// What an object weighs in the budget, in units (a body in shared memory by its whole
+    /// pages); `None` when it is too heavy to hold.
+    fn weight(&self, obj: &Object) -> Option<u16> {
+        let body = self
+            .shared
+            .as_ref()
+            .and_then(|s| s.footprint(&obj.body))
+            .unwrap_or(obj.body.len());
+        let bytes = body + obj.meta.header_size() + OVERHEAD;
+        u16::try_from(bytes.div_ceil(UNIT)).ok()
+    }
+
     pub fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {
         self.objects.get(key).filter(|o| o.key == *key)
     }
@@ -55,12 +84,12 @@ impl MemoryTier {
     /// Stores an object (replacing one under the same key); TinyUFO may decline it or push
     /// others out.
     pub fn put(&self, obj: Arc<Object>) {
-        let Some(w) = weight(&obj) else {
+        let Some(w) = self.weight(&obj) else {
             return;
         };
         let key = obj.key;
         if let Some(old) = self.objects.remove(&key) {
-            self.forget(&old, u64::from(weight(&old).unwrap_or(0)));
+            self.forget(&old, u64::from(self.weight(&old).unwrap_or(0)));
         }
         let size = u64::from(w) * UNIT as u64;
         self.stored_bytes.fetch_add(size, Ordering::Relaxed);
@@ -84,12 +113,12 @@ impl MemoryTier {
     pub fn remove(&self, key: &HashBinary) -> bool {
         match self.objects.remove(key) {
             Some(old) if old.key == *key => {
-                self.forget(&old, u64::from(weight(&old).unwrap_or(0)));
+                self.forget(&old, u64::from(self.weight(&old).unwrap_or(0)));
                 true
             }
             Some(other) => {
                 // Another object under the same 64-bit hash: put it back untouched.
-                let w = weight(&other).unwrap_or(1);
+                let w = self.weight(&other).unwrap_or(1);
                 self.objects.force_put(*key, other, w);
                 false
             }

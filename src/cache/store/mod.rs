@@ -6,6 +6,7 @@
 pub mod disk;
 pub mod head;
 pub mod memory;
+pub mod shared;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -211,7 +212,11 @@ impl TileStore {
             return Some(o);
         }
         let disk = self.disk.as_ref()?;
-        let obj = Arc::new(disk.get(k).await?);
+        let mut obj = disk.get(k).await?;
+        if let Some(shared) = self.memory.hold(&obj.body) {
+            obj.body = shared;
+        }
+        let obj = Arc::new(obj);
         self.memory.put(obj.clone());
         Some(obj)
     }
@@ -392,11 +397,11 @@ impl Filling {
             );
         }
         let body = std::mem::take(&mut self.body);
-        // Keep no spare room: a chunked body grew by doubling.
-        let body = if body.capacity() > size + size / 8 + 64 {
-            Bytes::copy_from_slice(&body)
-        } else {
-            body.freeze()
+        let body = match self.store.memory.hold(&body) {
+            Some(shared) => shared,
+            // Keep no spare room: a chunked body grew by doubling.
+            None if body.capacity() > size + size / 8 + 64 => Bytes::copy_from_slice(&body),
+            None => body.freeze(),
         };
         let obj = Arc::new(Object::new(self.key, meta, body));
         self.store.memory.put(obj.clone());

@@ -1,0 +1,349 @@
+//! The memory tier's tile bodies in shared memory: an anonymous file (`memfd`) mapped into the
+//! gateway, so a hit's body goes to the client's socket with `sendfile(2)` — the kernel hands
+//! the tile's pages to the socket instead of copying the bytes — while everything else reads
+//! the body as ordinary memory (a [`Bytes`] over the mapping).
+//!
+//! Bodies take whole pages: each is an extent of [`PAGE`]-sized pages, from free lists by size
+//! or from the unused end of the file. A page handed to a socket by `sendfile` is referenced by
+//! the kernel until the client has read it, which may be long after the call returned: an
+//! extent that went out so is never written over in place — when its body is dropped, its pages
+//! are cut out of the file (`fallocate` punching a hole; the socket keeps the old pages, a new
+//! body gets new ones). An extent that never went out (a tile stored and pushed out unread, as
+//! in a scan) keeps its pages for the next body, up to a bound on such idle pages; past it they
+//! are cut out too. Bodies smaller than [`MIN_BODY`] (a page would be mostly padding) or larger
+//! than [`MAX_BODY`], and any body when the file is full, stay in ordinary memory and are
+//! written as before.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+
+pub const PAGE: usize = 4096;
+/// The smallest body kept in shared memory.
+pub const MIN_BODY: usize = 8 * 1024;
+/// The largest body kept in shared memory (64 pages).
+pub const MAX_BODY: usize = 256 * 1024;
+const MAX_PAGES: usize = MAX_BODY / PAGE;
+
+/// Shared memory for the bodies of a memory tier.
+pub struct SharedBodies {
+    fd: OwnedFd,
+    base: NonNull<u8>,
+    pages: u32,
+    free: Mutex<Free>,
+    /// Per page: a body on it went to a socket by `sendfile`.
+    sent: Box<[AtomicBool]>,
+}
+
+// The mapping is shared memory the gateway's threads read; each extent is written only by
+// the one fill that allocated it, before its body is shared.
+unsafe impl Send for SharedBodies {}
+unsafe impl Sync for SharedBodies {}
+
+#[derive(Default)]
+struct Free {
+    /// The first page never handed out.
+    fresh: u32,
+    /// Free extents by length (index = pages − 1): first page, and whether its pages are still
+    /// in the file (written before, not cut out).
+    lists: Vec<Vec<(u32, bool)>>,
+    /// Pages of free extents still in the file.
+    idle: usize,
+    /// At most this many idle pages are kept.
+    idle_max: usize,
+}
+
+/// A body's place in the file, for `sendfile`.
+#[derive(Clone, Copy, Debug)]
+pub struct FileRange {
+    pub fd: RawFd,
+    pub offset: u64,
+    pub len: usize,
+}
+
+impl SharedBodies {
+    /// Shared memory for `budget` bytes of bodies (the file is sized half again as large, so
+    /// extents of mixed lengths still find room). Its pages are taken as they are written.
+    pub fn new(budget: usize) -> std::io::Result<Arc<SharedBodies>> {
+        let bytes = (budget + budget / 2).max(MAX_BODY).next_multiple_of(PAGE);
+        let pages = u32::try_from(bytes / PAGE)
+            .map_err(|_| std::io::Error::other("memory budget too large for shared memory"))?;
+        let fd = unsafe { libc::memfd_create(c"tollgate-tiles".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), bytes as libc::off_t) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_NORESERVE,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let base = NonNull::new(base.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap"))?;
+        Ok(Arc::new(SharedBodies {
+            fd,
+            base,
+            pages,
+            free: Mutex::new(Free {
+                lists: vec![Vec::new(); MAX_PAGES],
+                idle_max: budget / 8 / PAGE,
+                ..Free::default()
+            }),
+            sent: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+        }))
+    }
+
+    /// A copy of `body` in shared memory; `None` when it is not kept there (its size, or no
+    /// room).
+    pub fn hold(self: &Arc<Self>, body: &[u8]) -> Option<Bytes> {
+        if !(MIN_BODY..=MAX_BODY).contains(&body.len()) {
+            return None;
+        }
+        let pages = body.len().div_ceil(PAGE) as u32;
+        let first = self.allocate(pages)?;
+        // The extent is this fill's alone until the body is shared.
+        let dest =
+            unsafe { std::slice::from_raw_parts_mut(self.page_ptr(first), pages as usize * PAGE) };
+        dest[..body.len()].copy_from_slice(body);
+        Some(Bytes::from_owner(Extent {
+            bodies: self.clone(),
+            first,
+            pages,
+            len: body.len(),
+        }))
+    }
+
+    /// Where `body` lies in the file, when it is a body held here (or a part of one starting on
+    /// a page); the body counts as sent from then on.
+    pub fn send(&self, body: &[u8]) -> Option<FileRange> {
+        let at = (body.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize)?;
+        if at % PAGE != 0 || at >= self.pages as usize * PAGE || body.is_empty() {
+            return None;
+        }
+        let page = at / PAGE;
+        let last = (at + body.len() - 1) / PAGE;
+        for p in &self.sent[page..=last] {
+            if !p.load(Ordering::Relaxed) {
+                p.store(true, Ordering::Relaxed);
+            }
+        }
+        Some(FileRange {
+            fd: self.fd.as_raw_fd(),
+            offset: at as u64,
+            len: body.len(),
+        })
+    }
+
+    /// The bytes of a body's pages (rounded up), as the budget counts them; `None` for a body
+    /// not held here.
+    pub fn footprint(&self, body: &[u8]) -> Option<usize> {
+        let at = (body.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize)?;
+        (at < self.pages as usize * PAGE).then(|| body.len().next_multiple_of(PAGE))
+    }
+
+    fn page_ptr(&self, page: u32) -> *mut u8 {
+        unsafe { self.base.as_ptr().add(page as usize * PAGE) }
+    }
+
+    fn allocate(&self, pages: u32) -> Option<u32> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let want = pages as usize;
+        if let Some((first, kept)) = free.lists[want - 1].pop() {
+            if kept {
+                free.idle -= want;
+            }
+            return Some(first);
+        }
+        if free.fresh + pages <= self.pages {
+            free.fresh += pages;
+            return Some(free.fresh - pages);
+        }
+        // A longer free extent, split: the rest stays free.
+        let longer = (want..MAX_PAGES).find(|len| !free.lists[*len].is_empty())?;
+        let (first, kept) = free.lists[longer].pop()?;
+        let rest = longer + 1 - want;
+        free.lists[rest - 1].push((first + pages, kept));
+        if kept {
+            free.idle -= want;
+        }
+        Some(first)
+    }
+
+    /// An extent whose body is gone: its pages are cut out of the file if a socket may still
+    /// hold them or too many are idle, and it is free for another body.
+    fn release(&self, first: u32, pages: u32) {
+        let range = first as usize..(first + pages) as usize;
+        let mut sent = false;
+        for p in &self.sent[range] {
+            sent |= p.swap(false, Ordering::Relaxed);
+        }
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let keep = !sent && free.idle + pages as usize <= free.idle_max;
+        if keep {
+            free.idle += pages as usize;
+        } else {
+            drop(free);
+            if !self.cut_out(first, pages) {
+                // Pages that may not be written over and could not be let go: the extent is
+                // lost (never listed free).
+                return;
+            }
+            free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        }
+        free.lists[pages as usize - 1].push((first, keep));
+    }
+
+    /// Gives an extent's pages back to the system: the file has a hole there, any socket still
+    /// holding them keeps them, and the next write there gets fresh pages.
+    fn cut_out(&self, first: u32, pages: u32) -> bool {
+        let r = unsafe {
+            libc::fallocate(
+                self.fd.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                (first as usize * PAGE) as libc::off_t,
+                (pages as usize * PAGE) as libc::off_t,
+            )
+        };
+        if r != 0 {
+            log::warn!(
+                "tile cache: could not release shared memory: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        r == 0
+    }
+}
+
+impl Drop for SharedBodies {
+    fn drop(&mut self) {
+        unsafe {
+            libc::munmap(self.base.as_ptr().cast(), self.pages as usize * PAGE);
+        }
+    }
+}
+
+/// A body's extent, owned by the body's [`Bytes`]: released when the last of them goes.
+struct Extent {
+    bodies: Arc<SharedBodies>,
+    first: u32,
+    pages: u32,
+    len: usize,
+}
+
+impl AsRef<[u8]> for Extent {
+    fn as_ref(&self) -> &[u8] {
+        unsafe { std::slice::from_raw_parts(self.bodies.page_ptr(self.first), self.len) }
+    }
+}
+
+impl Drop for Extent {
+    fn drop(&mut self) {
+        self.bodies.release(self.first, self.pages);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn body(len: usize, salt: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ salt)
+            .collect()
+    }
+
+    #[test]
+    fn bodies_of_tile_size_are_held_whole_and_others_are_not() {
+        let shared = SharedBodies::new(1 << 20).unwrap();
+        for len in [MIN_BODY, 20 * 1024, 20 * 1024 + 1, MAX_BODY] {
+            let b = body(len, 7);
+            let held = shared.hold(&b).expect("held");
+            assert!(held[..] == b[..], "{len}");
+            assert_eq!(shared.footprint(&held), Some(len.next_multiple_of(PAGE)));
+        }
+        for len in [0, 100, MIN_BODY - 1, MAX_BODY + 1] {
+            assert!(shared.hold(&body(len, 1)).is_none(), "{len}");
+        }
+        assert_eq!(shared.footprint(&body(20 * 1024, 0)), None);
+        assert!(shared.send(&body(20 * 1024, 0)).is_none());
+    }
+
+    #[test]
+    fn a_body_never_sent_leaves_its_pages_for_the_next_and_a_full_file_holds_no_more() {
+        // Room for 1.5 × 1 MiB: 96 extents of 4 pages.
+        let shared = SharedBodies::new(1 << 20).unwrap();
+        let mut held: Vec<Bytes> = (0..96)
+            .map(|i| shared.hold(&body(16 * 1024, i as u8)).expect("room"))
+            .collect();
+        assert!(
+            shared.hold(&body(16 * 1024, 0)).is_none(),
+            "the file is full"
+        );
+        let place = held[10].as_ptr();
+        held.remove(10);
+        let again = shared.hold(&body(16 * 1024, 99)).expect("the freed extent");
+        assert_eq!(again.as_ptr(), place);
+        assert!(again[..] == body(16 * 1024, 99)[..]);
+        // A shorter body takes part of a longer free extent; the rest stays free.
+        let place = held[20].as_ptr();
+        held.remove(20);
+        let short = shared.hold(&body(8 * 1024, 5)).expect("part of the extent");
+        assert_eq!(short.as_ptr(), place);
+        let rest = shared.hold(&body(8 * 1024, 6)).expect("the rest of it");
+        assert_eq!(rest.as_ptr() as usize, place as usize + 2 * PAGE);
+        for (i, b) in held.iter().enumerate() {
+            // Bodies 10 and 21 went.
+            let salt = if i < 10 {
+                i
+            } else if i < 20 {
+                i + 1
+            } else {
+                i + 2
+            } as u8;
+            assert!(b[..] == body(16 * 1024, salt)[..], "body {i} intact");
+        }
+    }
+
+    /// The reason for the rule: a body that went to a socket by `sendfile` and was dropped
+    /// before the client read it — its extent taken by a new body — still reaches the client
+    /// as it was.
+    #[test]
+    fn a_body_sent_and_dropped_reaches_the_client_unchanged_when_its_place_is_reused() {
+        let shared = SharedBodies::new(1 << 20).unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let first = body(20 * 1024, 1);
+        let held = shared.hold(&first).unwrap();
+        let place = held.as_ptr();
+        let file = shared.send(&held).unwrap();
+        let mut at = file.offset as libc::off_t;
+        let n = unsafe { libc::sendfile(server.as_raw_fd(), file.fd, &mut at, file.len) };
+        assert_eq!(n as usize, file.len, "the socket took the body");
+        drop(held);
+        // The client has not read yet; the next body takes the same place.
+        let second = shared.hold(&body(20 * 1024, 2)).unwrap();
+        assert_eq!(second.as_ptr(), place);
+        let mut got = vec![0u8; first.len()];
+        client.read_exact(&mut got).unwrap();
+        assert!(
+            got == first,
+            "the client got the bytes written over its body"
+        );
+        assert!(second[..] == body(20 * 1024, 2)[..]);
+    }
+}
