@@ -8,7 +8,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{LockStatus, Locked, WritePermit};
 use pingora_cache::predictor::CacheablePredictor;
@@ -150,7 +149,7 @@ impl Fill {
     /// The stored body's buffer with room for `more` bytes, for the body to be read into
     /// directly; `None` (and the fill given up, as [`Fill::body`] does) past the step's size
     /// limit or when the response is not stored.
-    pub fn room(&mut self, more: usize) -> Option<&mut BytesMut> {
+    pub fn room(&mut self, more: usize) -> Option<&mut crate::cache::store::FillBody> {
         let size = self.filling.as_ref()?.size();
         if size + more > self.rule.max_object_size {
             self.give_up_too_large();

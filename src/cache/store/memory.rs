@@ -60,6 +60,12 @@ impl MemoryTier {
         self.shared.as_ref()?.hold(body)
     }
 
+    /// Room in shared memory for a body of `len` bytes to be written into, when it is kept
+    /// there.
+    pub fn writing(&self, len: usize) -> Option<super::shared::Writing> {
+        self.shared.as_ref()?.writing(len)
+    }
+
     /// Where a stored body lies for `sendfile`, when it is in shared memory.
     pub fn send(&self, body: &[u8]) -> Option<FileRange> {
         self.shared.as_ref()?.send(body)

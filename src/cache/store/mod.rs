@@ -197,11 +197,15 @@ impl TileStore {
         // A body of known length gets exactly its room (growing by doubling would keep up to
         // twice the tile's size in memory for as long as it is cached).
         let declared = meta.head.content_length().unwrap_or(0);
+        let body = match self.memory.writing(declared) {
+            Some(w) => FillBody::Shared(w),
+            None => FillBody::Heap(BytesMut::with_capacity(declared.min(MAX_RESERVE))),
+        };
         Filling {
             store: self,
             key,
             meta: Some(meta),
-            body: BytesMut::with_capacity(declared.min(MAX_RESERVE)),
+            body,
         }
     }
 
@@ -359,16 +363,78 @@ pub struct Filling {
     store: &'static TileStore,
     key: HashBinary,
     meta: Option<StoredMeta>,
-    body: BytesMut,
+    body: FillBody,
+}
+
+/// A body being collected: in the memory tier's shared memory when its declared length is one
+/// kept there (read into its place, never copied), else in ordinary memory.
+pub enum FillBody {
+    Heap(BytesMut),
+    Shared(shared::Writing),
+}
+
+impl FillBody {
+    pub fn len(&self) -> usize {
+        match self {
+            FillBody::Heap(b) => b.len(),
+            FillBody::Shared(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Room for `more` bytes (a body longer than its place in shared memory moves to ordinary
+    /// memory).
+    fn reserve(&mut self, more: usize) {
+        if let FillBody::Shared(w) = self {
+            if w.room() >= more {
+                return;
+            }
+            let mut heap = BytesMut::with_capacity(w.len() + more);
+            heap.extend_from_slice(w.as_slice());
+            *self = FillBody::Heap(heap);
+        }
+        if let FillBody::Heap(b) = self {
+            b.reserve(more);
+        }
+    }
+}
+
+// Each call goes to the buffer the body is in.
+unsafe impl bytes::BufMut for FillBody {
+    fn remaining_mut(&self) -> usize {
+        match self {
+            FillBody::Heap(b) => b.remaining_mut(),
+            FillBody::Shared(w) => w.remaining_mut(),
+        }
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        match self {
+            FillBody::Heap(b) => unsafe { b.advance_mut(cnt) },
+            FillBody::Shared(w) => unsafe { w.advance_mut(cnt) },
+        }
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        match self {
+            FillBody::Heap(b) => b.chunk_mut(),
+            FillBody::Shared(w) => w.chunk_mut(),
+        }
+    }
 }
 
 impl Filling {
     pub fn append(&mut self, data: &[u8]) {
-        self.body.extend_from_slice(data);
+        use bytes::BufMut;
+        self.body.reserve(data.len());
+        self.body.put_slice(data);
     }
 
     /// The body's buffer with room for `more` bytes.
-    pub fn room(&mut self, more: usize) -> &mut BytesMut {
+    pub fn room(&mut self, more: usize) -> &mut FillBody {
         self.body.reserve(more);
         &mut self.body
     }
@@ -396,12 +462,15 @@ impl Filling {
                 format!("truncated body ({size} of {declared:?} bytes): not stored"),
             );
         }
-        let body = std::mem::take(&mut self.body);
-        let body = match self.store.memory.hold(&body) {
-            Some(shared) => shared,
-            // Keep no spare room: a chunked body grew by doubling.
-            None if body.capacity() > size + size / 8 + 64 => Bytes::copy_from_slice(&body),
-            None => body.freeze(),
+        let body = match std::mem::replace(&mut self.body, FillBody::Heap(BytesMut::new())) {
+            FillBody::Shared(w) if w.len() >= shared::MIN_BODY => w.done(),
+            FillBody::Shared(w) => Bytes::copy_from_slice(w.as_slice()),
+            FillBody::Heap(body) => match self.store.memory.hold(&body) {
+                Some(shared) => shared,
+                // Keep no spare room: a chunked body grew by doubling.
+                None if body.capacity() > size + size / 8 + 64 => Bytes::copy_from_slice(&body),
+                None => body.freeze(),
+            },
         };
         let obj = Arc::new(Object::new(self.key, meta, body));
         self.store.memory.put(obj.clone());
@@ -421,5 +490,27 @@ impl HandleMiss for Filling {
 
     async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
         self.store().map(|o| MissFinishType::Created(o.body.len()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    /// A body longer than the place its declared length took moves to ordinary memory whole.
+    #[test]
+    fn a_body_past_its_place_in_shared_memory_moves_whole() {
+        let bodies = shared::SharedBodies::new(1 << 20).unwrap();
+        let data: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
+        let mut body = FillBody::Shared(bodies.writing(shared::MIN_BODY).unwrap());
+        for piece in data.chunks(5000) {
+            body.reserve(piece.len());
+            body.put_slice(piece);
+        }
+        match body {
+            FillBody::Heap(b) => assert!(b[..] == data[..]),
+            FillBody::Shared(_) => panic!("30000 bytes in an 8 KiB place"),
+        }
     }
 }

@@ -126,6 +126,23 @@ impl SharedBodies {
         }))
     }
 
+    /// An extent for a body of `len` bytes to be written into as it arrives (a fill of known
+    /// length reads the upstream's body straight into shared memory); `None` when a body of
+    /// that size is not kept here or there is no room.
+    pub fn writing(self: &Arc<Self>, len: usize) -> Option<Writing> {
+        if !(MIN_BODY..=MAX_BODY).contains(&len) {
+            return None;
+        }
+        let pages = len.div_ceil(PAGE) as u32;
+        let first = self.allocate(pages)?;
+        Some(Writing(Extent {
+            bodies: self.clone(),
+            first,
+            pages,
+            len: 0,
+        }))
+    }
+
     /// Where `body` lies in the file, when it is a body held here (or a part of one starting on
     /// a page); the body counts as sent from then on.
     pub fn send(&self, body: &[u8]) -> Option<FileRange> {
@@ -235,6 +252,52 @@ impl Drop for SharedBodies {
     }
 }
 
+/// A body being written into its extent (by one fill, the extent its alone): the bytes so far.
+pub struct Writing(Extent);
+
+impl Writing {
+    pub fn len(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    /// Bytes the extent still has room for.
+    pub fn room(&self) -> usize {
+        self.0.pages as usize * PAGE - self.0.len
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        self.0.as_ref()
+    }
+
+    /// The body as written, to be shared.
+    pub fn done(self) -> Bytes {
+        Bytes::from_owner(self.0)
+    }
+}
+
+// The uninitialised room after the bytes written is the fill's to write (`chunk_mut`), and
+// `advance_mut` only counts bytes written there.
+unsafe impl bytes::BufMut for Writing {
+    fn remaining_mut(&self) -> usize {
+        self.room()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(cnt <= self.room(), "advanced past the extent");
+        self.0.len += cnt;
+    }
+
+    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
+        let room = self.room();
+        let at = unsafe { self.0.bodies.page_ptr(self.0.first).add(self.0.len) };
+        unsafe { bytes::buf::UninitSlice::from_raw_parts_mut(at, room) }
+    }
+}
+
 /// A body's extent, owned by the body's [`Bytes`]: released when the last of them goes.
 struct Extent {
     bodies: Arc<SharedBodies>,
@@ -316,6 +379,29 @@ mod tests {
             } as u8;
             assert!(b[..] == body(16 * 1024, salt)[..], "body {i} intact");
         }
+    }
+
+    #[test]
+    fn a_body_is_read_into_its_place_and_one_left_unfinished_gives_it_back() {
+        use bytes::BufMut;
+        let shared = SharedBodies::new(1 << 20).unwrap();
+        let whole = body(20 * 1024, 3);
+        let mut w = shared.writing(whole.len()).expect("room");
+        assert_eq!(w.room(), 5 * PAGE);
+        w.put_slice(&whole[..7000]);
+        w.put_slice(&whole[7000..]);
+        assert_eq!((w.len(), w.room()), (whole.len(), 5 * PAGE - whole.len()));
+        let done = w.done();
+        assert!(done[..] == whole[..]);
+        assert!(shared.footprint(&done).is_some());
+        let mut unfinished = shared.writing(whole.len()).unwrap();
+        unfinished.put_slice(&whole[..100]);
+        let place = unfinished.as_slice().as_ptr();
+        drop(unfinished);
+        let next = shared.writing(whole.len()).unwrap();
+        assert_eq!(next.as_slice().as_ptr(), place, "the extent came back");
+        assert!(next.is_empty());
+        assert!(shared.writing(MIN_BODY - 1).is_none() && shared.writing(MAX_BODY + 1).is_none());
     }
 
     /// The reason for the rule: a body that went to a socket by `sendfile` and was dropped
