@@ -910,6 +910,15 @@ fn tiles_from_shared_memory_are_whole_and_their_own_while_the_memory_tier_churns
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0);
     assert!(shmem_kb > 100, "RssShmem {shmem_kb} kB");
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    let shared = &state["sharedMemory"];
+    // The file is sized half again as large as the budget; bodies pushed out are let go a
+    // little after (the memory tier frees them when no thread still reads its maps).
+    let (used, size) = (shared["used"].as_u64(), shared["size"].as_u64());
+    assert!(
+        used.is_some_and(|u| u > 0 && u <= 3 << 20) && size == Some(3 << 20),
+        "{state}"
+    );
     // Every popular tile once more, after the churn: still its own.
     for (k, size) in sizes.iter().cycle().take(10).enumerate() {
         let name = format!("hot{k}");

@@ -66,6 +66,11 @@ impl MemoryTier {
         self.shared.as_ref()?.writing(len)
     }
 
+    /// What the shared memory for bodies holds (`None`: there is none).
+    pub fn shared(&self) -> Option<super::shared::SharedState> {
+        self.shared.as_ref().map(|s| s.state())
+    }
+
     /// Where a stored body lies for `sendfile`, when it is in shared memory.
     pub fn send(&self, body: &[u8]) -> Option<FileRange> {
         self.shared.as_ref()?.send(body)

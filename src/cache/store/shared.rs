@@ -50,10 +50,21 @@ struct Free {
     /// Free extents by length (index = pages − 1): first page, and whether its pages are still
     /// in the file (written before, not cut out).
     lists: Vec<Vec<(u32, bool)>>,
+    /// Pages of extents holding a body (or being written).
+    used: usize,
     /// Pages of free extents still in the file.
     idle: usize,
     /// At most this many idle pages are kept.
     idle_max: usize,
+}
+
+/// What the shared memory holds (`GET /tollgate/cache`), in bytes: the file's size, the
+/// bodies in it, and the free pages kept for the next bodies.
+#[derive(Clone, Copy, Debug, serde::Serialize)]
+pub struct SharedState {
+    pub size: u64,
+    pub used: u64,
+    pub idle: u64,
 }
 
 /// A body's place in the file, for `sendfile`.
@@ -175,8 +186,24 @@ impl SharedBodies {
         unsafe { self.base.as_ptr().add(page as usize * PAGE) }
     }
 
+    /// What the shared memory holds, in bytes.
+    pub fn state(&self) -> SharedState {
+        let free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        SharedState {
+            size: self.pages as u64 * PAGE as u64,
+            used: (free.used * PAGE) as u64,
+            idle: (free.idle * PAGE) as u64,
+        }
+    }
+
     fn allocate(&self, pages: u32) -> Option<u32> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let first = Self::take(&mut free, pages, self.pages)?;
+        free.used += pages as usize;
+        Some(first)
+    }
+
+    fn take(free: &mut Free, pages: u32, total: u32) -> Option<u32> {
         let want = pages as usize;
         if let Some((first, kept)) = free.lists[want - 1].pop() {
             if kept {
@@ -184,7 +211,7 @@ impl SharedBodies {
             }
             return Some(first);
         }
-        if free.fresh + pages <= self.pages {
+        if free.fresh + pages <= total {
             free.fresh += pages;
             return Some(free.fresh - pages);
         }
@@ -208,6 +235,7 @@ impl SharedBodies {
             sent |= p.swap(false, Ordering::Relaxed);
         }
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.used -= pages as usize;
         let keep = !sent && free.idle + pages as usize <= free.idle_max;
         if keep {
             free.idle += pages as usize;
@@ -356,8 +384,13 @@ mod tests {
             shared.hold(&body(16 * 1024, 0)).is_none(),
             "the file is full"
         );
+        assert_eq!(shared.state().used, 96 * 4 * PAGE as u64);
         let place = held[10].as_ptr();
         held.remove(10);
+        assert_eq!(
+            (shared.state().used, shared.state().idle),
+            (95 * 4 * PAGE as u64, 4 * PAGE as u64)
+        );
         let again = shared.hold(&body(16 * 1024, 99)).expect("the freed extent");
         assert_eq!(again.as_ptr(), place);
         assert!(again[..] == body(16 * 1024, 99)[..]);
