@@ -7,6 +7,7 @@
 #
 #   benches/load/scan.sh                                  # a million tiles, 64 MiB budget (~1 min)
 #   TILES=200000 BUDGET_MIB=256 benches/load/scan.sh
+#   BIN=/path/to/another/tollgate benches/load/scan.sh    # another build (default: target/release)
 #
 # Fails (exit 1) when a request is not answered 200, or when the peak RSS passes the budget
 # plus OVERHEAD_MIB (default 64: the gateway's own ~25 MB at rest, and what the allocator keeps
@@ -22,7 +23,7 @@ bench_init scan
 bench_setup nginx wrk curl python3
 
 RUST_LOG=warn TOLLGATE_BENCH_PORT=$PORT TOLLGATE_BENCH_ADMIN_PORT=$((PORT + 1000)) UPSTREAM_PORT=$UPSTREAM_PORT \
-  "$ROOT/target/release/tollgate" serve --config "$ROOT/benches/load/kargo-cache" --data-dir "$OUT/data" \
+  "${BIN:-$ROOT/target/release/tollgate}" serve --config "$ROOT/benches/load/kargo-cache" --data-dir "$OUT/data" \
   --populate "$ROOT/benches/load/kargo/consumers.config.json" --cache-memory "${BUDGET_MIB}MiB" \
   >"$OUT/tollgate.log" 2>&1 &
 PID=$!

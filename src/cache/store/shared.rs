@@ -27,6 +27,10 @@ pub const MIN_BODY: usize = 8 * 1024;
 /// The largest body kept in shared memory (64 pages).
 pub const MAX_BODY: usize = 256 * 1024;
 const MAX_PAGES: usize = MAX_BODY / PAGE;
+/// Free pages kept for the next bodies: an eighth of the budget, at least this much (bodies
+/// pushed out of the memory tier are let go in batches, and a batch past what is kept would
+/// be cut out only to be faulted in again by the next fills).
+const IDLE_MIN: usize = 4 << 20;
 
 /// Shared memory for the bodies of a memory tier.
 pub struct SharedBodies {
@@ -47,9 +51,13 @@ unsafe impl Sync for SharedBodies {}
 struct Free {
     /// The first page never handed out.
     fresh: u32,
-    /// Free extents by length (index = pages − 1): first page, and whether its pages are still
-    /// in the file (written before, not cut out).
-    lists: Vec<Vec<(u32, bool)>>,
+    /// Free extents by length (index = pages − 1), by first page: those whose pages are still
+    /// in the file (written before, reused first: no page to fault in) ...
+    kept: Vec<Vec<u32>>,
+    /// ... and those cut out.
+    cut: Vec<Vec<u32>>,
+    /// Extents cut out so far.
+    cuts: u64,
     /// Pages of extents holding a body (or being written).
     used: usize,
     /// Pages of free extents still in the file.
@@ -58,13 +66,14 @@ struct Free {
     idle_max: usize,
 }
 
-/// What the shared memory holds (`GET /tollgate/cache`), in bytes: the file's size, the
-/// bodies in it, and the free pages kept for the next bodies.
+/// What the shared memory holds (`GET /tollgate/cache`): in bytes the file's size, the bodies
+/// in it and the free pages kept for the next bodies; the bodies whose pages were cut out.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct SharedState {
     pub size: u64,
     pub used: u64,
     pub idle: u64,
+    pub cuts: u64,
 }
 
 /// A body's place in the file, for `sendfile`.
@@ -79,6 +88,11 @@ impl SharedBodies {
     /// Shared memory for `budget` bytes of bodies (the file is sized half again as large, so
     /// extents of mixed lengths still find room). Its pages are taken as they are written.
     pub fn new(budget: usize) -> std::io::Result<Arc<SharedBodies>> {
+        Self::with_idle(budget, (budget / 8).max(IDLE_MIN))
+    }
+
+    /// The same, keeping at most `idle_max` bytes of free pages.
+    fn with_idle(budget: usize, idle_max: usize) -> std::io::Result<Arc<SharedBodies>> {
         let bytes = (budget + budget / 2).max(MAX_BODY).next_multiple_of(PAGE);
         let pages = u32::try_from(bytes / PAGE)
             .map_err(|_| std::io::Error::other("memory budget too large for shared memory"))?;
@@ -109,8 +123,9 @@ impl SharedBodies {
             base,
             pages,
             free: Mutex::new(Free {
-                lists: vec![Vec::new(); MAX_PAGES],
-                idle_max: budget / 8 / PAGE,
+                kept: vec![Vec::new(); MAX_PAGES],
+                cut: vec![Vec::new(); MAX_PAGES],
+                idle_max: idle_max / PAGE,
                 ..Free::default()
             }),
             sent: (0..pages).map(|_| AtomicBool::new(false)).collect(),
@@ -193,6 +208,7 @@ impl SharedBodies {
             size: self.pages as u64 * PAGE as u64,
             used: (free.used * PAGE) as u64,
             idle: (free.idle * PAGE) as u64,
+            cuts: free.cuts,
         }
     }
 
@@ -203,27 +219,23 @@ impl SharedBodies {
         Some(first)
     }
 
+    /// An extent of `pages`: pages still in the file first (of that length, else part of a
+    /// longer one), then a cut-out one of that length, the unused end of the file, part of a
+    /// longer cut-out one.
     fn take(free: &mut Free, pages: u32, total: u32) -> Option<u32> {
         let want = pages as usize;
-        if let Some((first, kept)) = free.lists[want - 1].pop() {
-            if kept {
-                free.idle -= want;
-            }
+        if let Some(first) = split(&mut free.kept, want) {
+            free.idle -= want;
+            return Some(first);
+        }
+        if let Some(first) = free.cut[want - 1].pop() {
             return Some(first);
         }
         if free.fresh + pages <= total {
             free.fresh += pages;
             return Some(free.fresh - pages);
         }
-        // A longer free extent, split: the rest stays free.
-        let longer = (want..MAX_PAGES).find(|len| !free.lists[*len].is_empty())?;
-        let (first, kept) = free.lists[longer].pop()?;
-        let rest = longer + 1 - want;
-        free.lists[rest - 1].push((first + pages, kept));
-        if kept {
-            free.idle -= want;
-        }
-        Some(first)
+        split(&mut free.cut, want)
     }
 
     /// An extent whose body is gone: its pages are cut out of the file if a socket may still
@@ -234,21 +246,23 @@ impl SharedBodies {
         for p in &self.sent[range] {
             sent |= p.swap(false, Ordering::Relaxed);
         }
+        let len = pages as usize;
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.used -= pages as usize;
-        let keep = !sent && free.idle + pages as usize <= free.idle_max;
-        if keep {
-            free.idle += pages as usize;
-        } else {
-            drop(free);
-            if !self.cut_out(first, pages) {
-                // Pages that may not be written over and could not be let go: the extent is
-                // lost (never listed free).
-                return;
-            }
-            free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.used -= len;
+        if !sent && free.idle + len <= free.idle_max {
+            free.idle += len;
+            free.kept[len - 1].push(first);
+            return;
         }
-        free.lists[pages as usize - 1].push((first, keep));
+        drop(free);
+        if !self.cut_out(first, pages) {
+            // Pages that may not be written over and could not be let go: the extent is lost
+            // (never listed free).
+            return;
+        }
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        free.cuts += 1;
+        free.cut[len - 1].push(first);
     }
 
     /// Gives an extent's pages back to the system: the file has a hole there, any socket still
@@ -278,6 +292,17 @@ impl Drop for SharedBodies {
             libc::munmap(self.base.as_ptr().cast(), self.pages as usize * PAGE);
         }
     }
+}
+
+/// The first page of a free extent of `want` pages from `lists` (by length): one of that length,
+/// else the shortest longer one, split (the rest stays listed).
+fn split(lists: &mut [Vec<u32>], want: usize) -> Option<u32> {
+    let len = (want - 1..MAX_PAGES).find(|l| !lists[*l].is_empty())? + 1;
+    let first = lists[len - 1].pop()?;
+    if len > want {
+        lists[len - want - 1].push(first + want as u32);
+    }
+    Some(first)
 }
 
 /// A body being written into its extent (by one fill, the extent its alone): the bytes so far.
@@ -435,6 +460,28 @@ mod tests {
         assert_eq!(next.as_slice().as_ptr(), place, "the extent came back");
         assert!(next.is_empty());
         assert!(shared.writing(MIN_BODY - 1).is_none() && shared.writing(MAX_BODY + 1).is_none());
+    }
+
+    /// Once as many free pages are kept as allowed (a burst of bodies let go), bodies stored
+    /// and let go one by one reuse the kept pages: none is cut out.
+    #[test]
+    fn kept_pages_are_reused_first_so_a_scan_cuts_nothing_out() {
+        // 128 KiB of idle pages kept: 8 bodies of 4 pages.
+        let shared = SharedBodies::with_idle(1 << 20, 128 << 10).unwrap();
+        let mut held: std::collections::VecDeque<Bytes> = (0..40)
+            .map(|i| shared.hold(&body(16 * 1024, i)).unwrap())
+            .collect();
+        held.drain(..20);
+        let after_burst = shared.state();
+        assert_eq!((after_burst.idle, after_burst.cuts), (32 * PAGE as u64, 12));
+        for i in 0..200 {
+            held.push_back(shared.hold(&body(16 * 1024, i as u8)).unwrap());
+            held.pop_front();
+        }
+        assert_eq!(shared.state().cuts, 12, "bodies cut out in the scan");
+        for (i, b) in held.iter().enumerate() {
+            assert!(b[..] == body(16 * 1024, (180 + i) as u8)[..], "body {i}");
+        }
     }
 
     /// The reason for the rule: a body that went to a socket by `sendfile` and was dropped
