@@ -5,6 +5,7 @@ mod support;
 
 use support::echo::Echoed;
 use support::tls::{tls_request, SelfSigned, TlsEchoUpstream};
+use support::upstream::PyUpstream;
 use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
 
 #[test]
@@ -55,4 +56,46 @@ fn https_listener_serves_with_the_default_certificate() {
     assert_eq!(e.url(), "/t/secure");
     assert_eq!(e.header("x-forwarded-proto").as_deref(), Some("https"));
     assert_eq!(e.header("x-forwarded-port").as_deref(), Some("443"));
+}
+
+/// A cached tile over the `https` listener: its body, kept in the memory tier's shared memory
+/// for `sendfile` on plain connections, is written through TLS from memory, whole.
+#[test]
+fn a_cached_tile_is_answered_whole_over_the_https_listener() {
+    let cert = SelfSigned::new();
+    let up = PyUpstream::start("tiles", 5.0);
+    let dir = ConfigDir::empty();
+    dir.write("tls.crt", &cert.cert_pem());
+    dir.write("tls.key", &cert.key_pem());
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\napiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{cache: {{action: {{ttl: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+            key = dir.file("tls.key"),
+            crt = dir.file("tls.crt"),
+            up = up.url("")
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let expected: String = "tlstile".chars().cycle().take(20000).collect();
+    for status in ["MISS", "HIT", "HIT"] {
+        let raw = tls_request(
+            gw.port,
+            "GET /t/unique/20000/tlstile HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("x-cache-status: {}", status.to_ascii_lowercase())),
+            "{head}"
+        );
+        assert!(
+            body == expected,
+            "{status}: {} bytes, not the tile",
+            body.len()
+        );
+    }
+    assert_eq!(up.served(), 1);
 }

@@ -207,7 +207,9 @@ impl FastPath {
         // The access log names the request; what holds its head goes now.
         let (mut stream, head_only, logged) = reading.into_stream();
         let body = if head_only { &[][..] } else { raw.hit.body() };
-        let file = if head_only { None } else { raw.hit.file() };
+        // Only a body that will go out by `sendfile` is marked as sent.
+        let by_file = !head_only && crate::listener::io::sends_files(&stream);
+        let file = if by_file { raw.hit.file() } else { None };
         let error = match file {
             Some(file) => send_raw(&mut stream, &raw.head, body, file, limits).await,
             None => write_raw(&mut stream, &raw.head, body, limits).await,

@@ -146,9 +146,20 @@ impl ClientIo {
     }
 }
 
+/// The connection as one a file can be sent on by `sendfile`: a plain TCP connection of the
+/// gateway's listener (not TLS) with nothing buffered.
+fn file_sink(stream: &Stream) -> Option<&ClientIo> {
+    let io = stream.as_any().downcast_ref::<ClientIo>()?;
+    (io.written == io.out.len()).then_some(io)
+}
+
+/// Whether [`send_pair_from_file`] can write on this connection.
+pub fn sends_files(stream: &Stream) -> bool {
+    file_sink(stream).is_some()
+}
+
 /// Writes a head and then part of a file (by `sendfile`) on a client connection; `None` when
-/// the connection cannot take it so (it is not a plain TCP connection of the gateway's
-/// listener, or something is buffered on it), and the caller writes the bytes itself.
+/// the connection cannot take it so ([`sends_files`]), and the caller writes the bytes itself.
 pub async fn send_pair_from_file(
     stream: &Stream,
     head: &[u8],
@@ -156,10 +167,7 @@ pub async fn send_pair_from_file(
     offset: u64,
     len: usize,
 ) -> Option<io::Result<()>> {
-    let io = stream.as_any().downcast_ref::<ClientIo>()?;
-    if io.written != io.out.len() {
-        return None;
-    }
+    let io = file_sink(stream)?;
     Some(io.send_with_file(head, file, offset, len).await)
 }
 
@@ -414,7 +422,9 @@ mod tests {
                     send_pair_from_file(&stream, head.as_bytes(), fd, *at as u64, *len).await;
                 sent.expect("a plain connection").unwrap();
             }
+            assert!(sends_files(&stream));
             stream.write_all(b"buffered").await.unwrap();
+            assert!(!sends_files(&stream));
             let refused = send_pair_from_file(&stream, b"x", fd, 0, 10).await;
             assert!(refused.is_none(), "written after what is buffered");
             AsyncWriteExt::shutdown(&mut stream).await.unwrap();

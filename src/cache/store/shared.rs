@@ -9,8 +9,8 @@
 //! extent that went out so is never written over in place — when its body is dropped, its pages
 //! are cut out of the file (`fallocate` punching a hole; the socket keeps the old pages, a new
 //! body gets new ones). An extent that never went out (a tile stored and pushed out unread, as
-//! in a scan) keeps its pages for the next body, up to a bound on such idle pages; past it they
-//! are cut out too. Bodies smaller than [`MIN_BODY`] (a page would be mostly padding) or larger
+//! in a scan) keeps its pages for the next body (free extents with their pages are taken
+//! first), up to a bound on such idle pages; past it they are cut out too. Bodies smaller than [`MIN_BODY`] (a page would be mostly padding) or larger
 //! than [`MAX_BODY`], and any body when the file is full, stay in ordinary memory and are
 //! written as before.
 
@@ -93,6 +93,14 @@ impl SharedBodies {
 
     /// The same, keeping at most `idle_max` bytes of free pages.
     fn with_idle(budget: usize, idle_max: usize) -> std::io::Result<Arc<SharedBodies>> {
+        // A hole punched in part of a larger page zeroes that part in place, under a socket
+        // that may still be sending it.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if page != PAGE as libc::c_long {
+            return Err(std::io::Error::other(format!(
+                "the system's page size is {page} bytes, not {PAGE}"
+            )));
+        }
         let bytes = (budget + budget / 2).max(MAX_BODY).next_multiple_of(PAGE);
         let pages = u32::try_from(bytes / PAGE)
             .map_err(|_| std::io::Error::other("memory budget too large for shared memory"))?;
