@@ -919,6 +919,12 @@ fn tiles_from_shared_memory_are_whole_and_their_own_while_the_memory_tier_churns
         used.is_some_and(|u| u > 0 && u <= 3 << 20) && size == Some(3 << 20),
         "{state}"
     );
+    assert_eq!(
+        gw.metric(r#"tollgate_cache_shared_memory_bytes{state="size"}"#),
+        f64::from(3 << 20)
+    );
+    let used = gw.metric(r#"tollgate_cache_shared_memory_bytes{state="used"}"#);
+    assert!(used > 0.0 && used <= f64::from(3 << 20), "{used}");
     // Every popular tile once more, after the churn: still its own.
     for (k, size) in sizes.iter().cycle().take(10).enumerate() {
         let name = format!("hot{k}");

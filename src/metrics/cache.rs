@@ -21,6 +21,9 @@ pub struct CacheMetrics {
     budget: Vec<IntGauge>,
     evictions: Vec<IntCounter>,
     damaged: IntCounter,
+    /// The shared memory for tile bodies: its size, bytes of bodies, idle pages kept.
+    shared: [IntGauge; 3],
+    shared_cuts: IntCounter,
     pub lock_wait: Histogram,
 }
 
@@ -94,6 +97,19 @@ impl CacheMetrics {
             "Damaged or partial disk cache files found (read as misses and removed)",
         ));
         reg(Box::new(damaged.clone()));
+        let shared = must(IntGaugeVec::new(
+            Opts::new(
+                "tollgate_cache_shared_memory_bytes",
+                "The memory tier's shared memory for tile bodies: the file's size, the bodies in it, the free pages kept",
+            ),
+            &["state"],
+        ));
+        reg(Box::new(shared.clone()));
+        let shared_cuts = must(IntCounter::new(
+            "tollgate_cache_shared_memory_cuts_total",
+            "Tile bodies sent by sendfile (or past the kept free pages) whose pages were cut out of the shared memory when they went",
+        ));
+        reg(Box::new(shared_cuts.clone()));
         let lock_wait = must(Histogram::with_opts(
             HistogramOpts::new(
                 "tollgate_cache_lock_wait_seconds",
@@ -113,6 +129,8 @@ impl CacheMetrics {
                 .map(|t| evictions.with_label_values(&[t]))
                 .collect(),
             damaged,
+            shared: ["size", "used", "idle"].map(|s| shared.with_label_values(&[s])),
+            shared_cuts,
             lock_wait,
         }
     }
@@ -139,6 +157,13 @@ impl CacheMetrics {
             self.budget[i].set(t.budget as i64);
             let seen = self.evictions[i].get();
             self.evictions[i].inc_by(t.evictions.saturating_sub(seen));
+        }
+        if let Some(m) = c.store.memory.shared() {
+            for (g, v) in self.shared.iter().zip([m.size, m.used, m.idle]) {
+                g.set(v as i64);
+            }
+            self.shared_cuts
+                .inc_by(m.cuts.saturating_sub(self.shared_cuts.get()));
         }
         let damaged = c.store.damaged();
         self.damaged
