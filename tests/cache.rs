@@ -933,6 +933,50 @@ fn tiles_from_shared_memory_are_whole_and_their_own_while_the_memory_tier_churns
     }
 }
 
+/// Clients that leave in the middle of a hit sent by `sendfile` (a 250 KB tile, the connection
+/// reset after a few bytes, with a small receive buffer so most of the tile is still to send)
+/// cost only their own request: the gateway goes on, and the tile goes out whole to the next.
+#[test]
+fn clients_that_leave_during_a_hit_sent_from_shared_memory_cost_only_their_own_request() {
+    use std::io::{Read, Write};
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    let path = "/open/unique/250000/big";
+    let expected: Vec<u8> = "big".bytes().cycle().take(250_000).collect();
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    let leavers: Vec<_> = (0..8)
+        .map(|_| {
+            let port = gw.port;
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .expect("socket");
+                    s.set_recv_buffer_size(4096).expect("rcvbuf");
+                    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+                    s.connect(&addr.into()).expect("connect");
+                    let mut s: std::net::TcpStream = s.into();
+                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+                        .expect("send");
+                    let mut some = [0u8; 64];
+                    let _ = s.read(&mut some);
+                    // Unread bytes: the close resets the connection mid-tile.
+                    drop(s);
+                }
+            })
+        })
+        .collect();
+    for l in leavers {
+        l.join().expect("client");
+    }
+    for _ in 0..5 {
+        let r = get(gw.port, "GET", path, &[]);
+        assert_eq!((r.status, cache_status(&r)), (200, "HIT"));
+        assert!(r.body == expected, "{} bytes, not the tile", r.body.len());
+    }
+    assert_eq!(up.served(), 1);
+}
+
 #[test]
 fn a_scan_of_distinct_tiles_stays_within_the_memory_budget() {
     let up = PyUpstream::start("tiles", 5.0);
