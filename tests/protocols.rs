@@ -55,21 +55,9 @@ impl Drop for Server {
 }
 
 fn https_gateway(up_url: &str, extra_yaml: &str) -> (ConfigDir, GatewayProcess) {
-    let cert = SelfSigned::new();
-    let dir = ConfigDir::empty();
-    dir.write("tls.crt", &cert.cert_pem());
-    dir.write("tls.key", &cert.key_pem());
-    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
-    dir.write(
-        "gateway.config.yml",
-        &format!(
-            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up_url}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n{extra_yaml}",
-            key = dir.file("tls.key"),
-            crt = dir.file("tls.crt"),
-        ),
-    );
-    let gw = GatewayProcess::start(&dir);
-    (dir, gw)
+    support::tls::https_gateway(&format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up_url}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n{extra_yaml}"
+    ))
 }
 
 /// `curl` over TLS without verification; one line of `-w` output per URL.

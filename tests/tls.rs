@@ -4,7 +4,7 @@
 mod support;
 
 use support::echo::Echoed;
-use support::tls::{tls_request, SelfSigned, TlsEchoUpstream};
+use support::tls::{https_gateway, tls_request, SelfSigned, TlsEchoUpstream};
 use support::upstream::PyUpstream;
 use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
 
@@ -30,22 +30,11 @@ fn https_upstream_is_verified_unless_secure_is_false() {
 
 #[test]
 fn https_listener_serves_with_the_default_certificate() {
-    let cert = SelfSigned::new();
     let up = EchoUpstream::start("plain-up");
-    let dir = ConfigDir::empty();
-    dir.write("tls.crt", &cert.cert_pem());
-    dir.write("tls.key", &cert.key_pem());
-    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
-    dir.write(
-        "gateway.config.yml",
-        &format!(
-            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\napiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up, xfwd: true}}}}}}]}}\n",
-            key = dir.file("tls.key"),
-            crt = dir.file("tls.crt"),
-            up = up.url("")
-        ),
-    );
-    let gw = GatewayProcess::start(&dir);
+    let (_dir, gw) = https_gateway(&format!(
+        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up, xfwd: true}}}}}}]}}\n",
+        up = up.url("")
+    ));
     let raw = tls_request(
         gw.port,
         "GET /t/secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
@@ -62,22 +51,11 @@ fn https_listener_serves_with_the_default_certificate() {
 /// for `sendfile` on plain connections, is written through TLS from memory, whole.
 #[test]
 fn a_cached_tile_is_answered_whole_over_the_https_listener() {
-    let cert = SelfSigned::new();
     let up = PyUpstream::start("tiles", 5.0);
-    let dir = ConfigDir::empty();
-    dir.write("tls.crt", &cert.cert_pem());
-    dir.write("tls.key", &cert.key_pem());
-    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
-    dir.write(
-        "gateway.config.yml",
-        &format!(
-            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\napiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{cache: {{action: {{ttl: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
-            key = dir.file("tls.key"),
-            crt = dir.file("tls.crt"),
-            up = up.url("")
-        ),
-    );
-    let gw = GatewayProcess::start(&dir);
+    let (_dir, gw) = https_gateway(&format!(
+        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{cache: {{action: {{ttl: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up = up.url("")
+    ));
     let expected: String = "tlstile".chars().cycle().take(20000).collect();
     for status in ["MISS", "HIT", "HIT"] {
         let raw = tls_request(

@@ -1,5 +1,5 @@
-//! TLS for tests: a self-signed certificate made on the fly, an echo upstream behind TLS, and a
-//! TLS client that does not verify (for the gateway's own https listener).
+//! TLS for tests: a self-signed certificate made on the fly, an echo upstream behind TLS, a
+//! gateway with an https listener, and a TLS client that does not verify (for that listener).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -102,4 +102,24 @@ pub fn tls_request(port: u16, raw: &str) -> String {
     let mut out = Vec::new();
     let _ = tls.read_to_end(&mut out);
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A gateway whose `https` listener serves a fresh self-signed certificate (embedded store);
+/// `rest` is the rest of its gateway config (endpoints, policies, pipelines).
+pub fn https_gateway(rest: &str) -> (super::ConfigDir, super::GatewayProcess) {
+    let cert = SelfSigned::new();
+    let dir = super::ConfigDir::empty();
+    dir.write("tls.crt", &cert.cert_pem());
+    dir.write("tls.key", &cert.key_pem());
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{key}'\n      cert: '{crt}'\n{rest}",
+            key = dir.file("tls.key"),
+            crt = dir.file("tls.crt"),
+        ),
+    );
+    let gw = super::GatewayProcess::start(&dir);
+    (dir, gw)
 }
