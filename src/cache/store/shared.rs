@@ -143,21 +143,10 @@ impl SharedBodies {
     /// A copy of `body` in shared memory; `None` when it is not kept there (its size, or no
     /// room).
     pub fn hold(self: &Arc<Self>, body: &[u8]) -> Option<Bytes> {
-        if !(MIN_BODY..=MAX_BODY).contains(&body.len()) {
-            return None;
-        }
-        let pages = body.len().div_ceil(PAGE) as u32;
-        let first = self.allocate(pages)?;
-        // The extent is this fill's alone until the body is shared.
-        let dest =
-            unsafe { std::slice::from_raw_parts_mut(self.page_ptr(first), pages as usize * PAGE) };
-        dest[..body.len()].copy_from_slice(body);
-        Some(Bytes::from_owner(Extent {
-            bodies: self.clone(),
-            first,
-            pages,
-            len: body.len(),
-        }))
+        use bytes::BufMut;
+        let mut w = self.writing(body.len())?;
+        w.put_slice(body);
+        Some(w.done())
     }
 
     /// An extent for a body of `len` bytes to be written into as it arrives (a fill of known
@@ -180,8 +169,8 @@ impl SharedBodies {
     /// Where `body` lies in the file, when it is a body held here (or a part of one starting on
     /// a page); the body counts as sent from then on.
     pub fn send(&self, body: &[u8]) -> Option<FileRange> {
-        let at = (body.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize)?;
-        if at % PAGE != 0 || at >= self.pages as usize * PAGE || body.is_empty() {
+        let at = self.offset_of(body)?;
+        if at % PAGE != 0 || body.is_empty() {
             return None;
         }
         let page = at / PAGE;
@@ -201,8 +190,14 @@ impl SharedBodies {
     /// The bytes of a body's pages (rounded up), as the budget counts them; `None` for a body
     /// not held here.
     pub fn footprint(&self, body: &[u8]) -> Option<usize> {
+        self.offset_of(body)
+            .map(|_| body.len().next_multiple_of(PAGE))
+    }
+
+    /// Where `body` starts in the file, when it lies in the mapping.
+    fn offset_of(&self, body: &[u8]) -> Option<usize> {
         let at = (body.as_ptr() as usize).checked_sub(self.base.as_ptr() as usize)?;
-        (at < self.pages as usize * PAGE).then(|| body.len().next_multiple_of(PAGE))
+        (at < self.pages as usize * PAGE).then_some(at)
     }
 
     fn page_ptr(&self, page: u32) -> *mut u8 {
