@@ -167,11 +167,11 @@ impl ProxyHttp for Tollgate {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(crate::cache::cacheable(resp, &ctx.x))
+        Ok(crate::cache::cacheable(session, resp, &ctx.x))
     }
 
     fn cache_vary_filter(

@@ -699,6 +699,53 @@ fn a_response_past_the_size_limit_is_not_stored_on_either_path() {
     }
 }
 
+/// `minUses: 3`: a tile is fetched for each of its first two misses without being stored (a
+/// tile asked for once costs no store), stored on the third, a hit from then on; on both paths,
+/// and counted for the tile, not the consumer (credentials are not part of what is counted).
+#[test]
+fn a_tile_is_stored_from_its_min_uses_th_miss_on_either_path() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for fast_path in ["on", "off"] {
+        let (_dir, gw) = start(&up, "{ttl: 60, minUses: 3}", &["--fast-path", fast_path]);
+        let path = format!("/tiles/{fast_path}/unique/3000/min-uses-{fast_path}.png");
+        let before = up.served();
+        let mut statuses = Vec::new();
+        let mut bodies = Vec::new();
+        for consumer in 0..5 {
+            let r = tile(&gw, &path, consumer);
+            assert_eq!(r.status, 200, "fast path {fast_path}");
+            statuses.push(cache_status(&r).to_string());
+            bodies.push(r.body);
+            if consumer == 1 {
+                assert_eq!(
+                    gw.metric(r#"tollgate_cache_objects{tier="memory"}"#),
+                    0.0,
+                    "fast path {fast_path}: nothing stored before the third miss"
+                );
+            }
+        }
+        assert_eq!(
+            statuses,
+            ["MISS", "MISS", "MISS", "HIT", "HIT"],
+            "fast path {fast_path}"
+        );
+        assert_eq!(up.served(), before + 3, "fast path {fast_path}");
+        assert!(
+            bodies.iter().all(|b| *b == bodies[0] && !b.is_empty()),
+            "fast path {fast_path}: every answer is the tile"
+        );
+        // A tile whose first miss was not stored is not remembered as uncacheable: another
+        // tile asked for once stays a miss, and three times is stored.
+        let once = format!("/tiles/{fast_path}/unique/3000/once.png");
+        assert_eq!(cache_status(&tile(&gw, &once, 0)), "MISS");
+        assert_eq!(
+            gw.metric(r#"tollgate_cache_objects{tier="memory"}"#),
+            1.0,
+            "fast path {fast_path}"
+        );
+    }
+}
+
 #[test]
 fn purge_a_url_and_an_api_endpoint() {
     let up = PyUpstream::start("tiles", 5.0);

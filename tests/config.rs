@@ -134,6 +134,25 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
 }
 
 #[test]
+fn cache_step_values_out_of_range_are_errors_with_their_position() {
+    let dir = ConfigDir::new(
+        "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints: {s: {url: 'http://127.0.0.1:1'}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 0}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  q:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 16, ttl: 5}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let file = dir.file("gateway.config.yml");
+    for line in [9, 14] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{file}:{line}:"))
+                    && l.contains("`minUses` must be between 1 and 15")),
+            "no error at line {line} in:\n{err}"
+        );
+    }
+}
+
+#[test]
 fn unsupported_value_expressions_are_named() {
     let dir = ConfigDir::new(
         "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [response-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-A: Basic, X-B: \"require('fs')\"}}}\n",

@@ -13,7 +13,8 @@
 # with a credential check, scopes, proxy) and tollgate-cache (the same with the tile cache
 # before the proxy); tollgate-cache-1t, not in the default list, is tollgate-cache with one
 # worker thread (what nginx's accept does on a small box: one worker takes every connection of
-# a burst).
+# a burst); tollgate-cache-min2, not in the default list either, is tollgate-cache whose step
+# stores a tile from its second miss on (`minUses: 2`: a tile asked for once is not stored).
 # Scenarios: tile (20 KiB, one tile: a warm cache), tile1k (the same tile from 1,000 client
 # connections at once), small (100 B), json (100 B on /k2/), zipf (20 KiB tiles drawn from a
 # Zipf distribution over 10000: most requests hits), cold (20 KiB, every request a tile never
@@ -48,6 +49,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 : "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}" "${PROFILE:=release}"
 TG_PORT=18096; TG_ADMIN=19096; TGK_PORT=18097; TGK_ADMIN=19097; TGC_PORT=18098; TGC_ADMIN=19098; TGC1_PORT=18099; TGC1_ADMIN=19099
+TGM_PORT=18100; TGM_ADMIN=19100
 JWT_SECRET="${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}"
 OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT/wrk" "$OUT/tollgate"
@@ -99,13 +101,15 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   --populate "$ROOT/benches/load/kargo/consumers.config.json"
 [[ " $PEERS " == *" tollgate-cache-1t "* ]] && start_tollgate tollgate-cache-1t "$ROOT/benches/load/kargo-cache" $TGC1_PORT $TGC1_ADMIN \
   --populate "$ROOT/benches/load/kargo/consumers.config.json" --threads 1
+[[ " $PEERS " == *" tollgate-cache-min2 "* ]] && TOLLGATE_BENCH_MIN_USES=2 start_tollgate tollgate-cache-min2 \
+  "$ROOT/benches/load/kargo-cache" $TGM_PORT $TGM_ADMIN --populate "$ROOT/benches/load/kargo/consumers.config.json"
 TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "$JWT_SECRET")"
 
 # ---- peers and scenarios -----------------------------------------------------------------------
-port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; tollgate-cache-1t) echo $TGC1_PORT ;; *) peer_port "$1" ;; esac; }
+port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; tollgate-cache-1t) echo $TGC1_PORT ;; tollgate-cache-min2) echo $TGM_PORT ;; *) peer_port "$1" ;; esac; }
 pids_of() {
   case $1 in
-    tollgate|tollgate-kargo|tollgate-cache|tollgate-cache-1t) cat "$OUT/tollgate/$1.pid" ;;
+    tollgate|tollgate-kargo|tollgate-cache|tollgate-cache-1t|tollgate-cache-min2) cat "$OUT/tollgate/$1.pid" ;;
     *) svc_pids "$(peer_svc "$1")" ;;
   esac
 }

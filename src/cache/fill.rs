@@ -57,7 +57,8 @@ fn mark_varied(hash: HashBinary) {
 
 /// Takes the tile's lock for a fetch on the fast path (`hash`: the key's); `None` when
 /// Pingora's cache phases should serve the request (the key is known to vary or not to be
-/// cacheable, or another request is fetching it).
+/// cacheable, or another request is fetching it). A tile missed fewer times than the step's
+/// `minUses` is fetched for this request alone: without the lock, not stored.
 pub fn begin(
     cache: &'static TileCache,
     key: CacheKey,
@@ -67,19 +68,25 @@ pub fn begin(
     if varies(hash) || !cache.predictor.cacheable_prediction(&key) {
         return None;
     }
-    match cache.lock.lock(&key, false) {
-        Locked::Write(permit) => Some(Fill {
-            cache,
-            key,
-            hash,
-            permit: Some(permit),
-            rule: rule.clone(),
-            filling: None,
-            outcome: LockStatus::TransientError,
-            decided: false,
-        }),
-        Locked::Read(_) => None,
-    }
+    let stored = cache.stores_miss(hash, rule);
+    let permit = match stored {
+        true => match cache.lock.lock(&key, false) {
+            Locked::Write(permit) => Some(permit),
+            Locked::Read(_) => return None,
+        },
+        false => None,
+    };
+    Some(Fill {
+        cache,
+        key,
+        hash,
+        permit,
+        rule: rule.clone(),
+        filling: None,
+        outcome: LockStatus::TransientError,
+        // Not stored: judged already.
+        decided: !stored,
+    })
 }
 
 impl Fill {
@@ -90,6 +97,12 @@ impl Fill {
         self.decide(resp);
         resp.insert_header(super::X_CACHE_STATUS.clone(), "MISS")?;
         super::store::offer_ranges(resp)
+    }
+
+    /// Whether the tile may be stored by this fetch (not: it was missed fewer times than the
+    /// step's `minUses`).
+    pub fn stores(&self) -> bool {
+        self.permit.is_some()
     }
 
     /// The head being stored, when the response is.

@@ -191,6 +191,7 @@ mod tests {
             stale_if_error: 0,
             max_object_size: 1 << 20,
             lock_timeout: Duration::from_secs(1),
+            min_uses: 1,
         }
     }
 

@@ -16,6 +16,7 @@ pub mod key;
 pub mod outage;
 pub mod policy;
 pub mod purge;
+pub mod sightings;
 pub mod store;
 
 use std::collections::HashMap;
@@ -64,6 +65,8 @@ pub struct TileCache {
     pub options: StoreOptions,
     /// Stale tiles being refreshed, and tiles whose upstream has just failed them.
     pub outages: outage::Outages,
+    /// How often tiles nothing is stored for were asked for lately (a step's `minUses`).
+    sightings: sightings::Sightings,
 }
 
 static CACHE: OnceLock<TileCache> = OnceLock::new();
@@ -92,7 +95,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     // now is no reason to stop caching the tile later).
     let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
         1024,
-        Some(|reason| reason == "status"),
+        Some(|reason| reason == "status" || reason == NOT_YET),
     )));
     let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
     let generations = generations_file
@@ -108,6 +111,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         generations_file,
         options: opts.clone(),
         outages: outage::Outages::default(),
+        sightings: sightings::Sightings::new(store::memory::typical_objects(opts.memory)),
     };
     Ok(CACHE.get_or_init(|| cache))
 }
@@ -156,6 +160,12 @@ impl TileCache {
 
     pub fn generations(&self) -> HashMap<String, u64> {
         (**self.generations.load()).clone()
+    }
+
+    /// Counts a miss of the tile whose key hashes to `hash`; whether it is stored this time
+    /// (the step's `minUses` reached).
+    pub fn stores_miss(&self, hash: HashBinary, rule: &CacheRule) -> bool {
+        rule.min_uses <= 1 || self.sightings.sighted(hash) >= rule.min_uses
     }
 }
 
@@ -239,13 +249,26 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
     key::primary(&plan.service, host, &plan.path, edits, &u.rule, generation)
 }
 
-/// Whether (and how long) an upstream response is stored.
-pub fn cacheable(resp: &ResponseHeader, x: &Exchange) -> RespCacheable {
-    match &x.cache {
-        Some(u) => freshness::decide(resp, &u.rule),
-        None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+/// Whether (and how long) an upstream response is stored: a tile nothing was stored for only
+/// from the step's `minUses`-th miss on.
+pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> RespCacheable {
+    let Some(u) = &x.cache else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    if let (Some(cache), Some(key), CachePhase::Miss) = (
+        get(),
+        session.cache.maybe_cache_key(),
+        session.cache.phase(),
+    ) {
+        if !cache.stores_miss(key.primary_bin(), &u.rule) {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
+        }
     }
+    freshness::decide(resp, &u.rule)
 }
+
+/// Why a response was not stored: its tile has not been missed `minUses` times yet.
+const NOT_YET: &str = "min-uses";
 
 /// The variant of a stored response a request wants, from the response's `Vary`.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {

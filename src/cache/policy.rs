@@ -46,6 +46,10 @@ pub struct Params {
     /// Seconds concurrent misses of one object wait for the request fetching it.
     #[serde(default = "default_lock_timeout")]
     lock_timeout: f64,
+    /// The miss from which on a tile is stored (nginx's `proxy_cache_min_uses`): 1 stores it
+    /// on its first; 2 leaves a tile asked for once to the upstream alone.
+    #[serde(default = "default_min_uses")]
+    min_uses: u8,
 }
 
 fn default_ttl() -> u64 {
@@ -69,6 +73,9 @@ fn default_max_object_size() -> u64 {
 fn default_lock_timeout() -> f64 {
     5.0
 }
+fn default_min_uses() -> u8 {
+    1
+}
 
 /// A compiled `cache` step.
 #[derive(Debug)]
@@ -88,6 +95,8 @@ pub struct CacheRule {
     pub stale_if_error: u32,
     pub max_object_size: usize,
     pub lock_timeout: Duration,
+    /// The miss from which on a tile is stored (1: the first).
+    pub min_uses: u8,
 }
 
 /// The cache as a request uses it: its step's rule, and how many upstream header edits the
@@ -118,6 +127,12 @@ impl Cache {
         if !(p.lock_timeout.is_finite() && p.lock_timeout >= 0.0 && p.lock_timeout <= 600.0) {
             return Err("`lockTimeout` must be between 0 and 600 seconds".into());
         }
+        if !(1..=super::sightings::MAX_COUNT).contains(&p.min_uses) {
+            return Err(format!(
+                "`minUses` must be between 1 and {}",
+                super::sightings::MAX_COUNT
+            ));
+        }
         if p.max_object_size == 0 {
             return Err("`maxObjectSize` must be more than 0".into());
         }
@@ -135,6 +150,7 @@ impl Cache {
                 stale_if_error: p.stale_if_error,
                 max_object_size: usize::try_from(p.max_object_size).unwrap_or(usize::MAX),
                 lock_timeout: Duration::from_secs_f64(p.lock_timeout),
+                min_uses: p.min_uses,
             }),
         })
     }

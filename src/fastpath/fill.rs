@@ -2,20 +2,25 @@
 //! holds nothing else, is fetched, stored whole, and answered from the stored object on the
 //! connection itself — its head written from the stored head as a hit's is (with
 //! `X-Cache-Status: MISS`), head and body in one `writev`, without Pingora's session (which
-//! would read the request head a second time and rebuild the response head). What is not
-//! stored this way — a body of unknown or large length, a head a hit is not answered with as
-//! stored, pipeline edits that replace a stored header, an informational answer, a failure —
-//! goes through Pingora's session as before ([`relay::relay`]), streamed as it comes.
+//! would read the request head a second time and rebuild the response head). A tile missed
+//! fewer times than its step's `minUses` is answered the same way from a buffer of the worker
+//! thread's, not stored. What is not answered this way — a body of unknown or large length, a
+//! head a hit is not answered with as stored, pipeline edits that replace a stored header, an
+//! informational answer, a failure — goes through Pingora's session as before
+//! ([`relay::relay`]), streamed as it comes.
 
+use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 use http::header::{AGE, TRANSFER_ENCODING};
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType};
+use pingora_http::ResponseHeader;
 use tokio::io::AsyncReadExt;
 
 use super::head::{Reading, Unread};
@@ -25,6 +30,8 @@ use super::{
 };
 use crate::cache::fill::Fill;
 use crate::cache::hit::miss_wire_head;
+use crate::cache::store::head::StoredHead;
+use crate::cache::store::{FillBody, Object};
 use crate::exchange::Ended;
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit};
@@ -39,7 +46,7 @@ impl FastPath {
     pub(super) async fn answer_fill(
         &self,
         reading: Reading,
-        mut fill: Fill,
+        mut fill: Box<Fill>,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
@@ -59,87 +66,188 @@ impl FastPath {
                         keepalive,
                         upstream_time: upstream_started.elapsed(),
                     };
+                    let into = match fill.stores() {
+                        true => Into::Store(fill),
+                        false => Into::Pass(pass_buffer()),
+                    };
                     return self
-                        .answer_whole(reading, fill, fetched, gw, x, started, limits)
+                        .answer_whole(reading, into, fetched, gw, x, started, limits)
                         .await;
                 }
                 None => Ok((up, key)),
             },
             Err(e) => Err(e),
         };
+        // Boxed, as the other rare ends below: their futures are large, and inline they
+        // would be copied whole as every miss's future is built.
+        let relayed = self.relay_fill(
+            reading,
+            asked,
+            fill,
+            gw,
+            x,
+            started,
+            limits,
+            upstream_started,
+        );
+        Box::pin(relayed).await
+    }
+
+    /// Relays the upstream's answer through Pingora's session, storing it on the way when it
+    /// is stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_fill(
+        &self,
+        reading: Reading,
+        asked: relay::Asked,
+        fill: Box<Fill>,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+        upstream_started: Instant,
+    ) -> Served {
         let (mut s, mut end) = match in_session(reading, x, limits).await {
             Ok(session) => session,
             Err(handed) => return handed,
         };
-        relay::relay(&mut s, asked, x, &mut end, Some(fill), upstream_started).await;
+        relay::relay(&mut s, asked, x, &mut end, Some(*fill), upstream_started).await;
         end.cache = Some(("MISS", None));
         self.finish(*s, gw, x, started, end).await
     }
 
-    /// Reads the whole body into the store and answers from the stored object.
+    /// Answers a miss whose fetch failed before anything went to the client with the error's
+    /// status.
+    #[allow(clippy::too_many_arguments)]
+    async fn answer_failed(
+        &self,
+        reading: Reading,
+        e: Box<Error>,
+        upstream_time: std::time::Duration,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
+        let (mut s, mut end) = match in_session(reading, x, limits).await {
+            Ok(session) => session,
+            Err(handed) => return handed,
+        };
+        end.upstream_time = Some(upstream_time);
+        relay::fail(&mut s, x, e, &mut end).await;
+        end.cache = Some(("MISS", None));
+        self.finish(*s, gw, x, started, end).await
+    }
+
+    /// Reads the whole body (into the store, or only to answer it) and answers it.
     #[allow(clippy::too_many_arguments)]
     async fn answer_whole(
         &self,
         reading: Reading,
-        mut fill: Fill,
+        into: Into,
         f: Fetched,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
-        if let (Some(plan), Some(resp)) = (&x.proxy, f.up.resp_header()) {
-            attempt::answered(plan, resp.status.as_u16());
+        let status = f.up.resp_header().map_or(0, |r| r.status.as_u16());
+        if let Some(plan) = &x.proxy {
+            attempt::answered(plan, status);
         }
-        let read = read_whole(f.up, &mut fill, x).await;
+        let read = match into {
+            // Done with the fill either way: the requests waiting on the tile go on now (a
+            // failed one's lock is not held while its client reads the error).
+            Into::Store(mut fill) => match read_whole(f.up, &mut *fill, x).await {
+                Ok(reusable) => fill
+                    .complete()
+                    .map(|object| (Body::Stored(object), reusable))
+                    .ok_or_else(|| {
+                        relay::upstream_error(ErrorType::InternalError, "the tile was not stored")
+                    }),
+                Err(e) => Err(e),
+            },
+            Into::Pass(mut buf) => read_whole(f.up, &mut buf, x)
+                .await
+                .map(|reusable| (Body::Passed(buf), reusable)),
+        };
         attempt::end(&mut x.proxy);
-        // Done with the fill either way: the requests waiting on the tile go on now (a failed
-        // one's lock is not held while its client reads the error).
-        let (object, read) = match read {
-            Ok(reusable) => (fill.complete(), Ok(reusable)),
+        let (body, reusable) = match read {
+            Ok(read) => read,
             Err(e) => {
-                drop(fill);
-                (None, Err(e))
+                // Nothing went to the client yet: it gets the error's status.
+                let failed =
+                    self.answer_failed(reading, e, f.upstream_time, gw, x, started, limits);
+                return Box::pin(failed).await;
             }
         };
-        let Some(object) = object else {
-            // Nothing went to the client yet: it gets the error's status.
-            let e = read.err().unwrap_or_else(|| {
-                relay::upstream_error(ErrorType::InternalError, "the tile was not stored")
-            });
-            let (mut s, mut end) = match in_session(reading, x, limits).await {
-                Ok(session) => session,
-                Err(handed) => return handed,
-            };
-            end.upstream_time = Some(f.upstream_time);
-            relay::fail(&mut s, x, e, &mut end).await;
-            end.cache = Some(("MISS", None));
-            return self.finish(*s, gw, x, started, end).await;
-        };
-        if let Ok(Some(upstream)) = read {
+        if let Some(upstream) = reusable {
             super::pool::put(f.key, upstream);
         }
         let (mut stream, _, logged) = reading.into_stream();
-        let error = write_raw(&mut stream, &f.head, &object.body, limits).await;
+        let error = write_raw(&mut stream, &f.head, body.bytes(), limits).await;
         let ended = Ended {
-            status: if error.is_none() {
-                object.meta.head().status().as_u16()
-            } else {
-                0
-            },
+            status: if error.is_none() { status } else { 0 },
             elapsed: started.elapsed(),
             upstream_time: Some(f.upstream_time),
             bytes_in: 0,
             bytes_out: if error.is_none() {
-                object.body.len()
+                body.bytes().len()
             } else {
                 0
             },
             error: error.as_deref(),
             cache: Some(("MISS", None)),
         };
+        if let Body::Passed(buf) = body {
+            give_back(buf);
+        }
         settle(gw, &logged_as(&logged), x, &ended);
         after_raw(stream, f.keepalive, error).await
+    }
+}
+
+/// Where a miss's body is read whole: into the store, or (its tile missed fewer times than
+/// the step's `minUses`) into a buffer only to be answered.
+enum Into {
+    Store(Box<Fill>),
+    Pass(BytesMut),
+}
+
+/// A body read whole.
+enum Body {
+    Stored(Arc<Object>),
+    Passed(BytesMut),
+}
+
+impl Body {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Body::Stored(object) => &object.body,
+            Body::Passed(buf) => buf,
+        }
+    }
+}
+
+thread_local! {
+    /// The worker thread's buffer for bodies answered and not stored (taken while in use).
+    static PASS: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// The worker thread's buffer for a body not stored (a new one when it is in use).
+fn pass_buffer() -> BytesMut {
+    PASS.with(Cell::take).unwrap_or_default()
+}
+
+/// The largest buffer a worker thread keeps for the next body not stored.
+const PASS_KEPT: usize = 256 * 1024;
+
+/// Gives a buffer from [`pass_buffer`] back, empty, for the next body (one grown past
+/// [`PASS_KEPT`] for a large body goes).
+fn give_back(mut buf: BytesMut) {
+    if buf.capacity() <= PASS_KEPT {
+        buf.clear();
+        PASS.with(|b| b.set(Some(buf)));
     }
 }
 
@@ -155,9 +263,10 @@ struct Fetched {
     upstream_time: std::time::Duration,
 }
 
-/// The client's head when the upstream's answer is stored and answered whole: a final answer
-/// of known length up to [`WHOLE_MAX`], stored, whose head a hit is answered with as stored,
-/// pipeline edits that only add headers to it, an `Age` (if any) that is a number.
+/// The client's head when the upstream's answer is read and answered whole: a final answer
+/// of known length up to [`WHOLE_MAX`], whose head (as stored, when it is stored) a hit is
+/// answered with as it is, pipeline edits that only add headers to it, an `Age` (if any) that
+/// is a number.
 fn whole(
     fill: &mut Fill,
     up: &Upstream,
@@ -165,29 +274,71 @@ fn whole(
     keepalive: bool,
 ) -> Option<BytesMut> {
     let resp = up.resp_header()?;
-    if resp.status.is_informational() || resp.headers.contains_key(TRANSFER_ENCODING) {
-        return None;
+    let (len, age) = length_and_age(resp).filter(|(n, _)| *n <= WHOLE_MAX)?;
+    if !fill.stores() {
+        let head = StoredHead::of(resp, &crate::cache::store::head::NOT_STORED);
+        return miss_wire_head(&head, len, edits, keepalive, age);
     }
-    let len = crate::cache::store::content_length(resp).filter(|n| *n <= WHOLE_MAX)?;
-    let age = match resp.headers.get(AGE) {
-        None => None,
-        Some(v) => Some(v.to_str().ok()?.trim().parse().ok()?),
-    };
     fill.decide(resp);
     miss_wire_head(fill.stored_head()?, len, edits, keepalive, age)
 }
 
-/// Reads the upstream's body into the fill: what came with the head through the upstream
-/// session, the rest straight from the connection into the stored body's buffer (no copy of
-/// the tile between buffers). `Ok`: the body came whole, with the connection when it may be
-/// used again.
+/// The length of a final answer of known length, and its `Age`, when it has one that is a
+/// number (`None`: the answer is not written from a head made here).
+fn length_and_age(resp: &ResponseHeader) -> Option<(usize, Option<u64>)> {
+    if resp.status.is_informational() || resp.headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    let len = crate::cache::store::content_length(resp)?;
+    let age = match resp.headers.get(AGE) {
+        None => None,
+        Some(v) => Some(v.to_str().ok()?.trim().parse().ok()?),
+    };
+    Some((len, age))
+}
+
+/// Where [`read_whole`] puts a body.
+trait WholeBody {
+    type Room: BufMut;
+    /// What came with the head.
+    fn came(&mut self, chunk: &[u8]);
+    /// Room for `more` bytes to be read into; `None`: the body is not taken.
+    fn room(&mut self, more: usize) -> Option<&mut Self::Room>;
+}
+
+impl WholeBody for Fill {
+    type Room = FillBody;
+    fn came(&mut self, chunk: &[u8]) {
+        self.body(chunk);
+    }
+    fn room(&mut self, more: usize) -> Option<&mut FillBody> {
+        Fill::room(self, more)
+    }
+}
+
+impl WholeBody for BytesMut {
+    type Room = BytesMut;
+    fn came(&mut self, chunk: &[u8]) {
+        self.extend_from_slice(chunk);
+    }
+    fn room(&mut self, more: usize) -> Option<&mut BytesMut> {
+        // A byte more than the body: the last read comes back short (see `read_whole`).
+        self.reserve(more + 1);
+        Some(self)
+    }
+}
+
+/// Reads the upstream's body into `into`: what came with the head through the upstream
+/// session, the rest straight from the connection into its buffer (for a fill, the stored
+/// body's: no copy of the tile between buffers). `Ok`: the body came whole, with the
+/// connection when it may be used again.
 async fn read_whole(
     mut up: Upstream,
-    fill: &mut Fill,
+    into: &mut impl WholeBody,
     x: &Exchange,
 ) -> Result<Option<Stream>, Box<Error>> {
     match up.read_body_ref().await {
-        Ok(chunk) => fill.body(chunk.unwrap_or_default()),
+        Ok(chunk) => into.came(chunk.unwrap_or_default()),
         Err(mut e) => {
             e.as_up();
             return Err(e);
@@ -198,25 +349,25 @@ async fn read_whole(
         .resp_header()
         .and_then(crate::cache::store::content_length)
         .unwrap_or(0);
-    let remaining = declared.saturating_sub(up.body_bytes_received());
+    let mut left = declared.saturating_sub(up.body_bytes_received());
     up.respect_keepalive();
-    if up.is_body_done() || remaining == 0 {
+    if up.is_body_done() || left == 0 {
         return Ok(relay::reusable(up));
     }
     let reuse = up.will_keepalive();
     let read_timeout = up.read_timeout;
     let mut stream = up.into_inner();
-    let Some(buf) = fill.room(remaining) else {
+    let Some(buf) = into.room(left) else {
         return Err(relay::upstream_error(
             ErrorType::InternalError,
             "the tile is larger than the step stores",
         ));
     };
-    let end = buf.len() + remaining;
-    while buf.len() < end {
-        let left = (end - buf.len()) as u64;
-        let mut rest = (&mut stream).take(left);
-        let read = rest.read_buf(buf);
+    // Read with all the room the buffer has, not only the body's rest: a read that comes
+    // back shorter than asked tells the runtime the connection is drained, so taking it from
+    // the pool needs no read to see it idle. More than the body is the upstream's error.
+    while left > 0 {
+        let read = stream.read_buf(buf);
         let n = match read_timeout {
             Some(t) => tokio::time::timeout(t, read).await.map_err(|_| {
                 relay::upstream_error(ErrorType::ReadTimedout, "reading the body timed out")
@@ -234,6 +385,12 @@ async fn read_whole(
                 "the upstream closed before the body's end",
             ));
         }
+        left = left.checked_sub(n).ok_or_else(|| {
+            relay::upstream_error(
+                ErrorType::InvalidHTTPHeader,
+                "the upstream sent more than its Content-Length",
+            )
+        })?;
         relay::overdue(x)?;
     }
     Ok(reuse.then_some(stream))

@@ -117,7 +117,7 @@ impl FastPath {
             // (Boxed: inline, its state would make every request's future larger, and every
             // request moves it.)
             Some(Lookup::Fill(fill)) if reading.alone() => {
-                let answer = self.answer_fill(reading, *fill, &gw, &mut x, started, limits);
+                let answer = self.answer_fill(reading, fill, &gw, &mut x, started, limits);
                 return Box::pin(answer).await;
             }
             other => other,

@@ -32,10 +32,15 @@ pub struct MemoryTier {
     pub evictions: AtomicU64,
 }
 
+/// About how many tiles a budget of `budget` bytes holds.
+pub fn typical_objects(budget: usize) -> usize {
+    (budget / TYPICAL_OBJECT).clamp(64, 4_000_000)
+}
+
 impl MemoryTier {
     pub fn new(budget: usize) -> MemoryTier {
         let units = (budget / UNIT).max(1);
-        let estimated = (budget / TYPICAL_OBJECT).clamp(64, 4_000_000);
+        let estimated = typical_objects(budget);
         let shared = SharedBodies::new(budget)
             .map_err(|e| {
                 log::warn!("tile cache: no shared memory for tile bodies ({e}): hits are copied to the socket")
