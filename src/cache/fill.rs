@@ -159,18 +159,6 @@ impl Fill {
         self.outcome = LockStatus::GiveUp;
     }
 
-    /// The stored body's buffer with room for `more` bytes, for the body to be read into
-    /// directly; `None` (and the fill given up, as [`Fill::body`] does) past the step's size
-    /// limit or when the response is not stored.
-    pub fn room(&mut self, more: usize) -> Option<&mut crate::cache::store::FillBody> {
-        let size = self.filling.as_ref()?.size();
-        if size + more > self.rule.max_object_size {
-            self.give_up_too_large();
-            return None;
-        }
-        self.filling.as_mut().map(|f| f.room(more))
-    }
-
     /// The whole body arrived as its framing says: the response is stored (when it may be)
     /// and the requests waiting on the lock go on. The stored object, when it was.
     pub fn complete(mut self) -> Option<Arc<Object>> {

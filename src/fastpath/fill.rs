@@ -10,10 +10,9 @@
 //! ([`relay::relay`]), streamed as it comes.
 
 use std::cell::Cell;
-use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 
 use http::header::{AGE, TRANSFER_ENCODING};
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
@@ -31,7 +30,6 @@ use super::{
 use crate::cache::fill::Fill;
 use crate::cache::hit::miss_wire_head;
 use crate::cache::store::head::StoredHead;
-use crate::cache::store::{FillBody, Object};
 use crate::exchange::Ended;
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit};
@@ -66,12 +64,9 @@ impl FastPath {
                         keepalive,
                         upstream_time: upstream_started.elapsed(),
                     };
-                    let into = match fill.stores() {
-                        true => Into::Store(fill),
-                        false => Into::Pass(pass_buffer()),
-                    };
+                    let store = fill.stores().then_some(fill);
                     return self
-                        .answer_whole(reading, into, fetched, gw, x, started, limits)
+                        .answer_whole(reading, store, fetched, gw, x, started, limits)
                         .await;
                 }
                 None => Ok((up, key)),
@@ -139,12 +134,14 @@ impl FastPath {
         self.finish(*s, gw, x, started, end).await
     }
 
-    /// Reads the whole body (into the store, or only to answer it) and answers it.
+    /// Reads the whole body into the worker thread's buffer, which the processor's caches
+    /// hold, stores it from there (when `store` holds the fill; written past the caches, see
+    /// [`crate::cache::store::shared`]) and answers it from there.
     #[allow(clippy::too_many_arguments)]
     async fn answer_whole(
         &self,
         reading: Reading,
-        into: Into,
+        store: Option<Box<Fill>>,
         f: Fetched,
         gw: &Gateway,
         x: &mut Exchange,
@@ -155,25 +152,17 @@ impl FastPath {
         if let Some(plan) = &x.proxy {
             attempt::answered(plan, status);
         }
-        let read = match into {
-            // Done with the fill either way: the requests waiting on the tile go on now (a
-            // failed one's lock is not held while its client reads the error).
-            Into::Store(mut fill) => match read_whole(f.up, &mut *fill, x).await {
-                Ok(reusable) => fill
-                    .complete()
-                    .map(|object| (Body::Stored(object), reusable))
-                    .ok_or_else(|| {
-                        relay::upstream_error(ErrorType::InternalError, "the tile was not stored")
-                    }),
-                Err(e) => Err(e),
-            },
-            Into::Pass(mut buf) => read_whole(f.up, &mut buf, x)
-                .await
-                .map(|reusable| (Body::Passed(buf), reusable)),
-        };
+        let mut body = pass_buffer();
+        let read = read_whole(f.up, &mut body, x).await;
         attempt::end(&mut x.proxy);
-        let (body, reusable) = match read {
-            Ok(read) => read,
+        // Done with the fill either way: the requests waiting on the tile go on now (a failed
+        // one's lock is not held while its client reads the error).
+        if let (Ok(_), Some(mut fill)) = (&read, store) {
+            fill.body(&body);
+            fill.complete();
+        }
+        let reusable = match read {
+            Ok(reusable) => reusable,
             Err(e) => {
                 // Nothing went to the client yet: it gets the error's status.
                 let failed =
@@ -185,61 +174,34 @@ impl FastPath {
             super::pool::put(f.key, upstream);
         }
         let (mut stream, _, logged) = reading.into_stream();
-        let error = write_raw(&mut stream, &f.head, body.bytes(), limits).await;
+        let error = write_raw(&mut stream, &f.head, &body, limits).await;
         let ended = Ended {
             status: if error.is_none() { status } else { 0 },
             elapsed: started.elapsed(),
             upstream_time: Some(f.upstream_time),
             bytes_in: 0,
-            bytes_out: if error.is_none() {
-                body.bytes().len()
-            } else {
-                0
-            },
+            bytes_out: if error.is_none() { body.len() } else { 0 },
             error: error.as_deref(),
             cache: Some(("MISS", None)),
         };
-        if let Body::Passed(buf) = body {
-            give_back(buf);
-        }
+        give_back(body);
         settle(gw, &logged_as(&logged), x, &ended);
         after_raw(stream, f.keepalive, error).await
     }
 }
 
-/// Where a miss's body is read whole: into the store, or (its tile missed fewer times than
-/// the step's `minUses`) into a buffer only to be answered.
-enum Into {
-    Store(Box<Fill>),
-    Pass(BytesMut),
-}
-
-/// A body read whole.
-enum Body {
-    Stored(Arc<Object>),
-    Passed(BytesMut),
-}
-
-impl Body {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Body::Stored(object) => &object.body,
-            Body::Passed(buf) => buf,
-        }
-    }
-}
-
 thread_local! {
-    /// The worker thread's buffer for bodies answered and not stored (taken while in use).
+    /// The worker thread's buffer for the bodies of misses answered whole (taken while in
+    /// use).
     static PASS: Cell<Option<BytesMut>> = const { Cell::new(None) };
 }
 
-/// The worker thread's buffer for a body not stored (a new one when it is in use).
+/// The worker thread's buffer for a miss's body (a new one when it is in use).
 fn pass_buffer() -> BytesMut {
     PASS.with(Cell::take).unwrap_or_default()
 }
 
-/// The largest buffer a worker thread keeps for the next body not stored.
+/// The largest buffer a worker thread keeps for the next body.
 const PASS_KEPT: usize = 256 * 1024;
 
 /// Gives a buffer from [`pass_buffer`] back, empty, for the next body (one grown past
@@ -297,48 +259,16 @@ fn length_and_age(resp: &ResponseHeader) -> Option<(usize, Option<u64>)> {
     Some((len, age))
 }
 
-/// Where [`read_whole`] puts a body.
-trait WholeBody {
-    type Room: BufMut;
-    /// What came with the head.
-    fn came(&mut self, chunk: &[u8]);
-    /// Room for `more` bytes to be read into; `None`: the body is not taken.
-    fn room(&mut self, more: usize) -> Option<&mut Self::Room>;
-}
-
-impl WholeBody for Fill {
-    type Room = FillBody;
-    fn came(&mut self, chunk: &[u8]) {
-        self.body(chunk);
-    }
-    fn room(&mut self, more: usize) -> Option<&mut FillBody> {
-        Fill::room(self, more)
-    }
-}
-
-impl WholeBody for BytesMut {
-    type Room = BytesMut;
-    fn came(&mut self, chunk: &[u8]) {
-        self.extend_from_slice(chunk);
-    }
-    fn room(&mut self, more: usize) -> Option<&mut BytesMut> {
-        // A byte more than the body: the last read comes back short (see `read_whole`).
-        self.reserve(more + 1);
-        Some(self)
-    }
-}
-
-/// Reads the upstream's body into `into`: what came with the head through the upstream
-/// session, the rest straight from the connection into its buffer (for a fill, the stored
-/// body's: no copy of the tile between buffers). `Ok`: the body came whole, with the
+/// Reads the upstream's body into `buf`: what came with the head through the upstream
+/// session, the rest straight from the connection. `Ok`: the body came whole, with the
 /// connection when it may be used again.
 async fn read_whole(
     mut up: Upstream,
-    into: &mut impl WholeBody,
+    buf: &mut BytesMut,
     x: &Exchange,
 ) -> Result<Option<Stream>, Box<Error>> {
     match up.read_body_ref().await {
-        Ok(chunk) => into.came(chunk.unwrap_or_default()),
+        Ok(chunk) => buf.extend_from_slice(chunk.unwrap_or_default()),
         Err(mut e) => {
             e.as_up();
             return Err(e);
@@ -357,12 +287,8 @@ async fn read_whole(
     let reuse = up.will_keepalive();
     let read_timeout = up.read_timeout;
     let mut stream = up.into_inner();
-    let Some(buf) = into.room(left) else {
-        return Err(relay::upstream_error(
-            ErrorType::InternalError,
-            "the tile is larger than the step stores",
-        ));
-    };
+    // A byte more than the body: the last read comes back short (below).
+    buf.reserve(left + 1);
     // Read with all the room the buffer has, not only the body's rest: a read that comes
     // back shorter than asked tells the runtime the connection is drained, so taking it from
     // the pool needs no read to see it idle. More than the body is the upstream's error.

@@ -367,7 +367,7 @@ pub struct Filling {
 }
 
 /// A body being collected: in the memory tier's shared memory when its declared length is one
-/// kept there (read into its place, never copied), else in ordinary memory.
+/// kept there (written past the processor's caches), else in ordinary memory.
 pub enum FillBody {
     Heap(BytesMut),
     Shared(shared::Writing),
@@ -402,41 +402,13 @@ impl FillBody {
     }
 }
 
-// Each call goes to the buffer the body is in.
-unsafe impl bytes::BufMut for FillBody {
-    fn remaining_mut(&self) -> usize {
-        match self {
-            FillBody::Heap(b) => b.remaining_mut(),
-            FillBody::Shared(w) => w.remaining_mut(),
-        }
-    }
-
-    unsafe fn advance_mut(&mut self, cnt: usize) {
-        match self {
-            FillBody::Heap(b) => unsafe { b.advance_mut(cnt) },
-            FillBody::Shared(w) => unsafe { w.advance_mut(cnt) },
-        }
-    }
-
-    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
-        match self {
-            FillBody::Heap(b) => b.chunk_mut(),
-            FillBody::Shared(w) => w.chunk_mut(),
-        }
-    }
-}
-
 impl Filling {
     pub fn append(&mut self, data: &[u8]) {
-        use bytes::BufMut;
         self.body.reserve(data.len());
-        self.body.put_slice(data);
-    }
-
-    /// The body's buffer with room for `more` bytes.
-    pub fn room(&mut self, more: usize) -> &mut FillBody {
-        self.body.reserve(more);
-        &mut self.body
+        match &mut self.body {
+            FillBody::Shared(w) => w.write_past_caches(data),
+            FillBody::Heap(b) => b.extend_from_slice(data),
+        }
     }
 
     /// The body collected so far, in bytes.
@@ -496,19 +468,35 @@ impl HandleMiss for Filling {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BufMut;
 
     /// A body longer than the place its declared length took moves to ordinary memory whole.
     #[test]
     fn a_body_past_its_place_in_shared_memory_moves_whole() {
-        let bodies = shared::SharedBodies::new(1 << 20).unwrap();
+        let store: &'static TileStore = Box::leak(Box::new(TileStore {
+            memory: memory::MemoryTier::new(1 << 20),
+            disk: None,
+        }));
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", shared::MIN_BODY.to_string())
+            .unwrap();
+        let now = std::time::SystemTime::now();
+        let fresh = super::super::freshness::Freshness {
+            fresh_until: now,
+            updated: now,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        let meta = StoredMeta::new(fresh, head::StoredHead::of(&resp, &[]));
+        let mut filling = store.filling([7; 16], meta);
+        assert!(
+            matches!(filling.body, FillBody::Shared(_)),
+            "a place of 8 KiB"
+        );
         let data: Vec<u8> = (0..30_000u32).map(|i| (i % 253) as u8).collect();
-        let mut body = FillBody::Shared(bodies.writing(shared::MIN_BODY).unwrap());
         for piece in data.chunks(5000) {
-            body.reserve(piece.len());
-            body.put_slice(piece);
+            filling.append(piece);
         }
-        match body {
+        match filling.body {
             FillBody::Heap(b) => assert!(b[..] == data[..]),
             FillBody::Shared(_) => panic!("30000 bytes in an 8 KiB place"),
         }

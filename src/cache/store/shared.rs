@@ -10,9 +10,14 @@
 //! are cut out of the file (`fallocate` punching a hole; the socket keeps the old pages, a new
 //! body gets new ones). An extent that never went out (a tile stored and pushed out unread, as
 //! in a scan) keeps its pages for the next body (free extents with their pages are taken
-//! first), up to a bound on such idle pages; past it they are cut out too. Bodies smaller than [`MIN_BODY`] (a page would be mostly padding) or larger
-//! than [`MAX_BODY`], and any body when the file is full, stay in ordinary memory and are
-//! written as before.
+//! first), up to a bound on such idle pages; past it they are cut out too. Bodies smaller
+//! than [`MIN_BODY`] (a page would be mostly padding) or larger than [`MAX_BODY`], and any
+//! body when the file is full, stay in ordinary memory and are written as before.
+//!
+//! A body is written into its place with non-temporal stores ([`Writing::write_past_caches`]):
+//! the place was last used a budget's worth of tiles ago, so ordinary stores would first read
+//! every line of it from memory only to write it over. A miss is answered from the buffer it
+//! was read into, which the caches hold.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
@@ -143,15 +148,13 @@ impl SharedBodies {
     /// A copy of `body` in shared memory; `None` when it is not kept there (its size, or no
     /// room).
     pub fn hold(self: &Arc<Self>, body: &[u8]) -> Option<Bytes> {
-        use bytes::BufMut;
         let mut w = self.writing(body.len())?;
-        w.put_slice(body);
+        w.write_past_caches(body);
         Some(w.done())
     }
 
-    /// An extent for a body of `len` bytes to be written into as it arrives (a fill of known
-    /// length reads the upstream's body straight into shared memory); `None` when a body of
-    /// that size is not kept here or there is no room.
+    /// An extent for a body of `len` bytes to be written into as it arrives; `None` when a
+    /// body of that size is not kept here or there is no room.
     pub fn writing(self: &Arc<Self>, len: usize) -> Option<Writing> {
         if !(MIN_BODY..=MAX_BODY).contains(&len) {
             return None;
@@ -333,25 +336,52 @@ impl Writing {
     pub fn done(self) -> Bytes {
         Bytes::from_owner(self.0)
     }
+
+    /// Writes `data` after the bytes written, past the processor's caches: a tile is written
+    /// here once, into a place the cache last used long ago (its lines are in no cache), and
+    /// read back by a hit much later, so fetching those lines first to write them (what
+    /// ordinary stores do) is wasted memory traffic.
+    pub fn write_past_caches(&mut self, data: &[u8]) {
+        assert!(data.len() <= self.room(), "written past the extent");
+        // Within the extent (checked above), which only this writer writes.
+        unsafe {
+            let at = self.0.bodies.page_ptr(self.0.first).add(self.0.len);
+            stream_copy(at, data);
+        }
+        self.0.len += data.len();
+    }
 }
 
-// The uninitialised room after the bytes written is the fill's to write (`chunk_mut`), and
-// `advance_mut` only counts bytes written there.
-unsafe impl bytes::BufMut for Writing {
-    fn remaining_mut(&self) -> usize {
-        self.room()
+/// Copies `src` to `dst` with non-temporal stores (x86-64: SSE2, which every such processor
+/// has), ordinary ones up to `dst`'s first 16-byte boundary and after the last; the stores are
+/// fenced, so they are seen before anything written after.
+///
+/// # Safety
+/// `dst` is valid for `src.len()` bytes of writes and does not overlap `src`.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stream_copy(dst: *mut u8, src: &[u8]) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    let lead = dst.align_offset(16).min(src.len());
+    unsafe {
+        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, lead);
+        let mut i = lead;
+        while i + 16 <= src.len() {
+            let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
+            _mm_stream_si128(dst.add(i).cast::<__m128i>(), v);
+            i += 16;
+        }
+        std::ptr::copy_nonoverlapping(src.as_ptr().add(i), dst.add(i), src.len() - i);
+        _mm_sfence();
     }
+}
 
-    unsafe fn advance_mut(&mut self, cnt: usize) {
-        assert!(cnt <= self.room(), "advanced past the extent");
-        self.0.len += cnt;
-    }
-
-    fn chunk_mut(&mut self) -> &mut bytes::buf::UninitSlice {
-        let room = self.room();
-        let at = unsafe { self.0.bodies.page_ptr(self.0.first).add(self.0.len) };
-        unsafe { bytes::buf::UninitSlice::from_raw_parts_mut(at, room) }
-    }
+/// Elsewhere: an ordinary copy.
+///
+/// # Safety
+/// As on x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn stream_copy(dst: *mut u8, src: &[u8]) {
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
 }
 
 /// A body's extent, owned by the body's [`Bytes`]: released when the last of them goes.
@@ -442,21 +472,37 @@ mod tests {
         }
     }
 
+    /// Stores past the caches copy exactly, whatever the alignment and length, and write
+    /// nothing outside their range.
     #[test]
-    fn a_body_is_read_into_its_place_and_one_left_unfinished_gives_it_back() {
-        use bytes::BufMut;
+    fn stores_past_the_caches_copy_every_byte_and_no_other() {
+        let src: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
+        for at in 0..20 {
+            for len in [0, 1, 15, 16, 17, 31, 33, 64, 100, 4099] {
+                let mut dst = vec![0u8; 5200];
+                unsafe { stream_copy(dst.as_mut_ptr().add(at), &src[..len]) };
+                assert!(dst[at..at + len] == src[..len], "at {at}, {len} bytes");
+                assert!(dst[..at].iter().chain(&dst[at + len..]).all(|b| *b == 0));
+            }
+        }
+    }
+
+    #[test]
+    fn a_body_is_written_into_its_place_and_one_left_unfinished_gives_it_back() {
         let shared = SharedBodies::new(1 << 20).unwrap();
         let whole = body(20 * 1024, 3);
         let mut w = shared.writing(whole.len()).expect("room");
         assert_eq!(w.room(), 5 * PAGE);
-        w.put_slice(&whole[..7000]);
-        w.put_slice(&whole[7000..]);
+        // Pieces that start and end off the 16-byte boundaries the stores past the caches use.
+        w.write_past_caches(&whole[..7001]);
+        w.write_past_caches(&whole[7001..7010]);
+        w.write_past_caches(&whole[7010..]);
         assert_eq!((w.len(), w.room()), (whole.len(), 5 * PAGE - whole.len()));
         let done = w.done();
         assert!(done[..] == whole[..]);
         assert!(shared.footprint(&done).is_some());
         let mut unfinished = shared.writing(whole.len()).unwrap();
-        unfinished.put_slice(&whole[..100]);
+        unfinished.write_past_caches(&whole[..100]);
         let place = unfinished.as_slice().as_ptr();
         drop(unfinished);
         let next = shared.writing(whole.len()).unwrap();
