@@ -152,7 +152,7 @@ impl FastPath {
         if let Some(plan) = &x.proxy {
             attempt::answered(plan, status);
         }
-        let mut body = pass_buffer();
+        let mut body = body_buffer();
         let read = read_whole(f.up, &mut body, x).await;
         attempt::end(&mut x.proxy);
         // Done with the fill either way: the requests waiting on the tile go on now (a failed
@@ -193,23 +193,23 @@ impl FastPath {
 thread_local! {
     /// The worker thread's buffer for the bodies of misses answered whole (taken while in
     /// use).
-    static PASS: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    static BUFFER: Cell<Option<BytesMut>> = const { Cell::new(None) };
 }
 
 /// The worker thread's buffer for a miss's body (a new one when it is in use).
-fn pass_buffer() -> BytesMut {
-    PASS.with(Cell::take).unwrap_or_default()
+fn body_buffer() -> BytesMut {
+    BUFFER.with(Cell::take).unwrap_or_default()
 }
 
 /// The largest buffer a worker thread keeps for the next body.
-const PASS_KEPT: usize = 256 * 1024;
+const BUFFER_KEPT: usize = 256 * 1024;
 
-/// Gives a buffer from [`pass_buffer`] back, empty, for the next body (one grown past
-/// [`PASS_KEPT`] for a large body goes).
+/// Gives a buffer from [`body_buffer`] back, empty, for the next body (one grown past
+/// [`BUFFER_KEPT`] for a large body goes).
 fn give_back(mut buf: BytesMut) {
-    if buf.capacity() <= PASS_KEPT {
+    if buf.capacity() <= BUFFER_KEPT {
         buf.clear();
-        PASS.with(|b| b.set(Some(buf)));
+        BUFFER.with(|b| b.set(Some(buf)));
     }
 }
 
@@ -218,7 +218,7 @@ struct Fetched {
     up: Upstream,
     /// The upstream connection's pool key.
     key: u64,
-    /// The client's head, made from the stored head.
+    /// The client's head, made as a hit's from the stored head (or the one that would be).
     head: BytesMut,
     /// Whether the client's connection stays open.
     keepalive: bool,
