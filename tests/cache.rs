@@ -604,6 +604,28 @@ fn a_truncated_body_is_never_stored() {
     assert_eq!(up.served(), 2, "both requests went to the upstream");
 }
 
+/// An upstream that sends more than its `Content-Length` (in the same write as the body): the
+/// tile is what its length says, stored so, and the connection the extra bytes came on is not
+/// used again (the next tiles come whole).
+#[test]
+fn bytes_past_the_content_length_are_neither_part_of_the_tile_nor_of_the_next() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    let expected: Vec<u8> = (0..20_000u32).map(|j| ((j * 7) % 251) as u8).collect();
+    for status in ["MISS", "HIT"] {
+        let r = get(gw.port, "GET", "/open/overlong/20000", &[]);
+        assert_eq!((r.status, cache_status(&r)), (200, status));
+        assert!(r.body == expected, "{status}: {} bytes", r.body.len());
+    }
+    for n in 0..5 {
+        let name = format!("next{n}");
+        let r = get(gw.port, "GET", &format!("/open/unique/9000/{name}"), &[]);
+        assert_eq!((r.status, r.body.len()), (200, 9000), "tile {n}");
+        assert!(r.body.starts_with(name.as_bytes()), "tile {n}");
+    }
+    assert_eq!(up.served(), 6);
+}
+
 #[test]
 fn a_body_that_pauses_is_stored_whole_and_one_that_stalls_past_the_read_timeout_is_not() {
     let up = PyUpstream::start("tiles", 5.0);

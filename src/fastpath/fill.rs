@@ -291,7 +291,7 @@ async fn read_whole(
     buf.reserve(left + 1);
     // Read with all the room the buffer has, not only the body's rest: a read that comes
     // back shorter than asked tells the runtime the connection is drained, so taking it from
-    // the pool needs no read to see it idle. More than the body is the upstream's error.
+    // the pool needs no read to see it idle.
     while left > 0 {
         let read = stream.read_buf(buf);
         let n = match read_timeout {
@@ -311,12 +311,14 @@ async fn read_whole(
                 "the upstream closed before the body's end",
             ));
         }
-        left = left.checked_sub(n).ok_or_else(|| {
-            relay::upstream_error(
-                ErrorType::InvalidHTTPHeader,
-                "the upstream sent more than its Content-Length",
-            )
-        })?;
+        let Some(rest) = left.checked_sub(n) else {
+            // More than the body: the upstream's mistake. As nginx does, the body is what its
+            // length says and the connection is not used again.
+            buf.truncate(buf.len() - (n - left));
+            log::warn!("the upstream sent more than its Content-Length: the rest is dropped");
+            return Ok(None);
+        };
+        left = rest;
         relay::overdue(x)?;
     }
     Ok(reuse.then_some(stream))
