@@ -90,31 +90,20 @@ impl StoredHead {
         } else {
             0
         };
-        // A name is compared with those to skip or write last only when it shares a bit
-        // with one of them (most names do not).
-        let skip_bits = skip.iter().fold(0, |bits, s| bits | name_bit(s.as_bytes()));
-        let last_bits = PER_RESPONSE.iter().fold(0, |bits, n| bits | name_bit(n))
-            | if ranges {
-                name_bit(b"accept-ranges")
-            } else {
-                0
-            };
         let _ = resp.map(|name, value| {
             let name: &[u8] = match &name {
                 HeaderNameVariant::Case(n) => n.as_slice(),
                 HeaderNameVariant::Titled(n) => n.as_bytes(),
             };
             let bit = name_bit(name);
-            if (skip_bits & bit != 0
-                && skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
+            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
                 || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
             {
                 return Ok(());
             }
             names |= bit;
-            let out = if last_bits & bit != 0
-                && (PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
-                    || (ranges && name.eq_ignore_ascii_case(b"accept-ranges")))
+            let out = if PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
+                || (ranges && name.eq_ignore_ascii_case(b"accept-ranges"))
             {
                 &mut per_response
             } else {
