@@ -1046,6 +1046,82 @@ fn clients_that_leave_during_a_hit_sent_from_shared_memory_cost_only_their_own_r
     assert_eq!(up.served(), 1);
 }
 
+/// A tile sent by `sendfile` to a client that has not read it yet stays its own when it is
+/// pushed out and its pages cut out of the shared memory — also on a system that gives shared
+/// memory huge pages (`shmem_enabled: always`, as some hosts set for databases), where a hole
+/// punched in part of a huge page zeroes it in place (without the gateway's advice against
+/// them, this client got zeros). Run where the setting can be changed (root, `/sys`
+/// writable); it is put back after.
+#[test]
+fn a_slow_clients_tile_stays_its_own_when_the_system_gives_shared_memory_huge_pages() {
+    use std::io::{Read, Write};
+    use support::hugepages;
+    let Some(_setting) = hugepages::ShmemHugePages::set("always") else {
+        eprintln!("not run: the system's shmem_enabled cannot be changed here");
+        return;
+    };
+    assert!(
+        hugepages::memfd_gets_huge_pages(),
+        "shmem_enabled: always gave no huge pages: this test would show nothing here"
+    );
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-memory", "2MiB"]);
+    let path = "/open/unique/20000/first";
+    let expected: Vec<u8> = "first".bytes().cycle().take(20000).collect();
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    // The slow client: its hit is sent and waits, unread, in its socket.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    // Tiles never asked for before push it out of the 2 MiB memory tier; its body is let go
+    // a little after (once no thread still reads the tier's maps) and, as it went by
+    // `sendfile`, its pages are cut out of the file. Tiles stored after that may take them.
+    let cuts = || {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+        state["sharedMemory"]["cuts"].as_u64().unwrap_or(0)
+    };
+    let mut after_cut = None;
+    for i in 0..3000 {
+        let other = format!("/open/unique/20000/other{i}");
+        assert_eq!(cache_status(&get(gw.port, "GET", &other, &[])), "MISS");
+        if after_cut.is_none() && i % 10 == 9 && cuts() > 0 {
+            after_cut = Some(i);
+        }
+        if after_cut.is_some_and(|at| i >= at + 10) {
+            break;
+        }
+    }
+    assert!(after_cut.is_some(), "the tile's pages were never cut out");
+    let mut answer = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8192];
+    let body_at = loop {
+        let n = slow.read(&mut buf).expect("read");
+        assert!(n > 0, "the connection closed");
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    while answer.len() < body_at + expected.len() {
+        let n = slow.read(&mut buf).expect("read");
+        assert!(n > 0, "the connection closed mid-tile");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer[..body_at]).to_lowercase();
+    assert!(head.contains("x-cache-status: hit"), "{head}");
+    let body = &answer[body_at..];
+    assert!(
+        body == expected,
+        "the slow client got other bytes than its tile: {:?}",
+        String::from_utf8_lossy(&body[..40])
+    );
+    // The gateway's shared memory is in 4 KiB pages, whatever the setting.
+    let smaps = std::path::PathBuf::from(format!("/proc/{}/smaps", gw.child.id()));
+    assert_eq!(hugepages::huge_kib(&smaps, "memfd:tollgate-tiles"), 0);
+}
+
 #[test]
 fn a_scan_of_distinct_tiles_stays_within_the_memory_budget() {
     let up = PyUpstream::start("tiles", 5.0);

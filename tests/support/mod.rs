@@ -6,6 +6,7 @@ pub mod client;
 pub mod echo;
 pub mod eg;
 pub mod gateway;
+pub mod hugepages;
 pub mod jwt;
 pub mod load;
 pub mod pyjwt;

@@ -551,10 +551,7 @@ mod tests {
     /// as it was.
     #[test]
     fn a_body_sent_and_dropped_reaches_the_client_unchanged_when_its_place_is_reused() {
-        sent_body_survives_its_place_reused(&SharedBodies::new(1 << 20).unwrap());
-    }
-
-    fn sent_body_survives_its_place_reused(shared: &Arc<SharedBodies>) {
+        let shared = SharedBodies::new(1 << 20).unwrap();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();
@@ -576,94 +573,5 @@ mod tests {
             "the client got the bytes written over its body"
         );
         assert!(second[..] == body(20 * 1024, 2)[..]);
-    }
-
-    /// A system that gives shared memory huge pages (`shmem_enabled: always`, as some hosts
-    /// set for databases) would break the rule above: a hole punched in part of a huge page
-    /// is written over in place. The mapping is advised against them. Run where the setting
-    /// can be changed (root, `/sys` writable); it is put back after.
-    #[test]
-    fn a_body_sent_and_dropped_reaches_the_client_unchanged_when_the_system_gives_huge_pages() {
-        let Some(_setting) = ShmemHugePages::set("always") else {
-            eprintln!("not run: /sys/kernel/mm/transparent_hugepage/shmem_enabled is not writable");
-            return;
-        };
-        // Under this setting a memfd mapped as the store maps it gets huge pages ...
-        let bytes = 8 << 20;
-        let fd = unsafe { libc::memfd_create(c"control".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0 && unsafe { libc::ftruncate(fd, bytes as libc::off_t) } == 0);
-        let control = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                bytes,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_NORESERVE,
-                fd,
-                0,
-            )
-        };
-        assert_ne!(control, libc::MAP_FAILED);
-        unsafe { std::ptr::write_bytes(control.cast::<u8>(), 1, bytes) };
-        let control_huge = huge_kib(control as usize);
-        unsafe {
-            libc::munmap(control, bytes);
-            libc::close(fd);
-        }
-        assert!(
-            control_huge > 0,
-            "the setting gave no huge pages: this test shows nothing here"
-        );
-        // ... and the store's do not, so a body sent keeps its bytes.
-        let shared = SharedBodies::new(4 << 20).unwrap();
-        sent_body_survives_its_place_reused(&shared);
-        let mut held = Vec::new();
-        while let Some(b) = shared.hold(&body(256 * 1024, 9)) {
-            held.push(b);
-        }
-        assert_eq!(
-            huge_kib(shared.base.as_ptr() as usize),
-            0,
-            "huge pages in the store"
-        );
-    }
-
-    /// The kibibytes of the mapping holding `addr` that are mapped as huge pages.
-    fn huge_kib(addr: usize) -> u64 {
-        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
-        let mut inside = false;
-        for line in smaps.lines() {
-            if let Some(range) = vma_range(line) {
-                inside = range.contains(&addr);
-            } else if let Some(kib) = line.strip_prefix("ShmemPmdMapped:").filter(|_| inside) {
-                return kib.trim().trim_end_matches("kB").trim().parse().unwrap();
-            }
-        }
-        panic!("no mapping holds {addr:#x}")
-    }
-
-    /// The addresses of a mapping, from its first line in `smaps`.
-    fn vma_range(line: &str) -> Option<std::ops::Range<usize>> {
-        let (start, end) = line.split_once(' ')?.0.split_once('-')?;
-        Some(usize::from_str_radix(start, 16).ok()?..usize::from_str_radix(end, 16).ok()?)
-    }
-
-    /// The system's setting for huge pages in shared memory, changed for a test and put back.
-    struct ShmemHugePages(String);
-
-    const SHMEM_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
-
-    impl ShmemHugePages {
-        fn set(value: &str) -> Option<ShmemHugePages> {
-            let now = std::fs::read_to_string(SHMEM_ENABLED).ok()?;
-            let was = now.split_once('[')?.1.split_once(']')?.0.to_string();
-            std::fs::write(SHMEM_ENABLED, value).ok()?;
-            Some(ShmemHugePages(was))
-        }
-    }
-
-    impl Drop for ShmemHugePages {
-        fn drop(&mut self) {
-            let _ = std::fs::write(SHMEM_ENABLED, &self.0);
-        }
     }
 }
