@@ -132,9 +132,9 @@ impl SharedBodies {
         }
         let base = NonNull::new(base.cast::<u8>()).ok_or_else(|| std::io::Error::other("mmap"))?;
         // Never huge pages, whatever the system's `shmem_enabled` says (`always`, `force`): a
-        // hole punched in part of one is written over in place, so a client still being sent
-        // a body would get the next body's bytes. A kernel without huge pages refuses the
-        // advice (EINVAL) and has none to give.
+        // hole punched in part of one zeroes it in place, so a client still being sent a body
+        // would get zeros (or, once the place is taken again, the next body's bytes). A
+        // kernel without huge pages refuses the advice (EINVAL) and has none to give.
         if unsafe { libc::madvise(base.as_ptr().cast(), bytes, libc::MADV_NOHUGEPAGE) } != 0 {
             let e = std::io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINVAL) {
