@@ -277,14 +277,18 @@ impl DiskTier {
         })();
         match written {
             Ok(size) => {
-                self.unindex(&key);
                 let t = self.clock.fetch_add(1, Ordering::Relaxed);
-                self.index
+                // One step, so a write of the same tile at once cannot count it twice.
+                let replaced = self
+                    .index
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(key, Entry { size, last_used: t });
                 self.stored_bytes.fetch_add(size, Ordering::Relaxed);
-                self.stored_objects.fetch_add(1, Ordering::Relaxed);
+                match replaced {
+                    Some(old) => self.stored_bytes.fetch_sub(old.size, Ordering::Relaxed),
+                    None => self.stored_objects.fetch_add(1, Ordering::Relaxed),
+                };
                 self.evict_if_needed();
             }
             Err(e) => {
@@ -334,6 +338,36 @@ impl DiskTier {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes of one tile at once (two fills, a fill and a revalidation) replace each other:
+    /// the index keeps one entry and the gauges count it once.
+    #[test]
+    fn objects_written_over_each_other_at_once_are_counted_once() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-race-{}", std::process::id()));
+        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
+        let key = [5u8; 16];
+        let obj = std::sync::Arc::new(crate::cache::store::memory::tests::object(key, 3000));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let obj = obj.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..300 {
+                        tier.write(&obj);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let size = std::fs::metadata(tier.path(&key)).unwrap().len();
+        let counted = (
+            tier.stored_objects.load(Ordering::Relaxed),
+            tier.stored_bytes.load(Ordering::Relaxed),
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(counted, (1, size));
+    }
 
     #[test]
     fn names_round_trip() {

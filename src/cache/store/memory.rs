@@ -167,13 +167,14 @@ impl MemoryTier {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::cache::freshness::Freshness;
     use crate::cache::store::head::StoredHead;
     use crate::cache::store::StoredMeta;
 
-    fn object(key: HashBinary, len: usize) -> Arc<Object> {
+    /// An object of `len` bytes of body under `key`, its body in ordinary memory.
+    pub(crate) fn object(key: HashBinary, len: usize) -> Object {
         let resp = pingora_http::ResponseHeader::build(200, None).unwrap();
         let now = std::time::SystemTime::now();
         let fresh = Freshness {
@@ -183,7 +184,7 @@ mod tests {
             stale_if_error: 0,
         };
         let meta = StoredMeta::new(fresh, StoredHead::of(&resp, &[]));
-        Arc::new(Object::new(key, meta, Bytes::from(vec![1u8; len])))
+        Object::new(key, meta, Bytes::from(vec![1u8; len]))
     }
 
     /// Stores of one tile at once (requests that find it on disk each put it back in memory,
@@ -198,7 +199,7 @@ mod tests {
             .map(|_| {
                 std::thread::spawn(move || {
                     for _ in 0..20_000 {
-                        tier.put(object(key, 100));
+                        tier.put(Arc::new(object(key, 100)));
                     }
                 })
             })
