@@ -53,6 +53,13 @@ fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
+/// `tollgate check` on a config that has errors: it exits 2; what it printed.
+fn check_errors(dir: &ConfigDir) -> String {
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    stderr(&out)
+}
+
 #[test]
 fn check_accepts_the_shipped_conf() {
     let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf");
@@ -118,9 +125,7 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
     let dir = ConfigDir::new(
         "http: {port: 70000}\napiEndpoints: [1, 2]\nserviceEndpoints:\n  s: {url: 'ftp://x'}\n  t: {url: 'not a url'}\npolicies: proxy\npipelines:\n  p: {apiEndpoints: x, policies: [{terminate: 7}, {log: {action: {message: '${req.nope}'}}}, 3]}\n",
     );
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = check_errors(&dir);
     for needle in [
         "1:14: `http.port` must be a port number (0-65535), not 70000",
         "2:15: `apiEndpoints` must be a map, not a list",
@@ -138,9 +143,7 @@ fn cache_step_values_out_of_range_are_errors_with_their_position() {
     let dir = ConfigDir::new(
         "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints: {s: {url: 'http://127.0.0.1:1'}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 0}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  q:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 16, ttl: 5}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
     );
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    let err = stderr(&out);
+    let err = check_errors(&dir);
     let file = dir.file("gateway.config.yml");
     for line in [9, 14] {
         assert!(
@@ -157,9 +160,7 @@ fn unsupported_value_expressions_are_named() {
     let dir = ConfigDir::new(
         "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [response-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-A: Basic, X-B: \"require('fs')\"}}}\n",
     );
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let err = check_errors(&dir);
     assert!(err.contains("9:43: value of header `X-A`"), "{err}");
     assert!(
         err.contains("`Basic` is not a supported value expression"),
@@ -233,9 +234,7 @@ fn a_wrong_proxy_option_is_reported_where_it_is_written() {
     let dir = ConfigDir::new(
         "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints:\n  s:\n    url: 'http://127.0.0.1:9'\n    proxyOptions:\n      xfwd: 'yes'\npolicies: [proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
     );
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(2));
-    let err = stderr(&out);
+    let err = check_errors(&dir);
     assert!(
         err.contains(
             "7:13: policy `proxy` `xfwd`: invalid type: string \"yes\", expected a boolean"
