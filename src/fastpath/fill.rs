@@ -73,52 +73,21 @@ impl FastPath {
             },
             Err(e) => Err(e),
         };
-        // Boxed, as the other rare ends below: their futures are large, and inline they
-        // would be copied whole as every miss's future is built.
-        let relayed = self.relay_fill(
-            reading,
+        // Boxed, as the failure's end below: its future is large, and inline it would be
+        // copied whole as every miss's future is built.
+        let how = InSession::Relay {
             asked,
             fill,
-            gw,
-            x,
-            started,
-            limits,
             upstream_started,
-        );
-        Box::pin(relayed).await
-    }
-
-    /// Relays the upstream's answer through Pingora's session, storing it on the way when it
-    /// is stored.
-    #[allow(clippy::too_many_arguments)]
-    async fn relay_fill(
-        &self,
-        reading: Reading,
-        asked: relay::Asked,
-        fill: Box<Fill>,
-        gw: &Gateway,
-        x: &mut Exchange,
-        started: Instant,
-        limits: &SessionLimits,
-        upstream_started: Instant,
-    ) -> Served {
-        let (mut s, mut end) = match in_session(reading, x, limits).await {
-            Ok(session) => session,
-            Err(handed) => return handed,
         };
-        relay::relay(&mut s, asked, x, &mut end, Some(*fill), upstream_started).await;
-        end.cache = Some(("MISS", None));
-        self.finish(*s, gw, x, started, end).await
+        Box::pin(self.end_in_session(reading, how, gw, x, started, limits)).await
     }
 
-    /// Answers a miss whose fetch failed before anything went to the client with the error's
-    /// status.
-    #[allow(clippy::too_many_arguments)]
-    async fn answer_failed(
+    /// Ends a miss not answered whole through Pingora's session.
+    async fn end_in_session(
         &self,
         reading: Reading,
-        e: Box<Error>,
-        upstream_time: std::time::Duration,
+        how: InSession,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
@@ -128,8 +97,20 @@ impl FastPath {
             Ok(session) => session,
             Err(handed) => return handed,
         };
-        end.upstream_time = Some(upstream_time);
-        relay::fail(&mut s, x, e, &mut end).await;
+        match how {
+            InSession::Relay {
+                asked,
+                fill,
+                upstream_started,
+            } => relay::relay(&mut s, asked, x, &mut end, Some(*fill), upstream_started).await,
+            InSession::Failed {
+                error,
+                upstream_time,
+            } => {
+                end.upstream_time = Some(upstream_time);
+                relay::fail(&mut s, x, error, &mut end).await;
+            }
+        }
         end.cache = Some(("MISS", None));
         self.finish(*s, gw, x, started, end).await
     }
@@ -165,9 +146,11 @@ impl FastPath {
             Ok(reusable) => reusable,
             Err(e) => {
                 // Nothing went to the client yet: it gets the error's status.
-                let failed =
-                    self.answer_failed(reading, e, f.upstream_time, gw, x, started, limits);
-                return Box::pin(failed).await;
+                let how = InSession::Failed {
+                    error: e,
+                    upstream_time: f.upstream_time,
+                };
+                return Box::pin(self.end_in_session(reading, how, gw, x, started, limits)).await;
             }
         };
         if let Some(upstream) = reusable {
@@ -211,6 +194,23 @@ fn give_back(mut buf: BytesMut) {
         buf.clear();
         BUFFER.with(|b| b.set(Some(buf)));
     }
+}
+
+/// How a miss not answered whole ends, through Pingora's session. (Its size is no cost: it
+/// only lives in the boxed future of [`FastPath::end_in_session`].)
+#[allow(clippy::large_enum_variant)]
+enum InSession {
+    /// The upstream's answer relayed as it comes, stored on the way when it is.
+    Relay {
+        asked: relay::Asked,
+        fill: Box<Fill>,
+        upstream_started: Instant,
+    },
+    /// A fetch that failed before anything went to the client: the error's status.
+    Failed {
+        error: Box<Error>,
+        upstream_time: std::time::Duration,
+    },
 }
 
 /// An upstream answer whose body is to be read whole.
