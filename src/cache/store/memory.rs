@@ -169,21 +169,11 @@ impl MemoryTier {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::cache::freshness::Freshness;
-    use crate::cache::store::head::StoredHead;
-    use crate::cache::store::StoredMeta;
 
     /// An object of `len` bytes of body under `key`, its body in ordinary memory.
     pub(crate) fn object(key: HashBinary, len: usize) -> Object {
         let resp = pingora_http::ResponseHeader::build(200, None).unwrap();
-        let now = std::time::SystemTime::now();
-        let fresh = Freshness {
-            fresh_until: now,
-            updated: now,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-        };
-        let meta = StoredMeta::new(fresh, StoredHead::of(&resp, &[]));
+        let meta = crate::cache::store::tests::meta(&resp);
         Object::new(key, meta, Bytes::from(vec![1u8; len]))
     }
 

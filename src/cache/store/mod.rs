@@ -466,8 +466,20 @@ impl HandleMiss for Filling {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// Metadata for a response head `resp`, fresh until now.
+    pub(crate) fn meta(resp: &pingora_http::ResponseHeader) -> StoredMeta {
+        let now = std::time::SystemTime::now();
+        let fresh = super::super::freshness::Freshness {
+            fresh_until: now,
+            updated: now,
+            stale_while_revalidate: 0,
+            stale_if_error: 0,
+        };
+        StoredMeta::new(fresh, head::StoredHead::of(resp, &[]))
+    }
 
     /// A body longer than the place its declared length took moves to ordinary memory whole.
     #[test]
@@ -479,15 +491,7 @@ mod tests {
         let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
         resp.insert_header("content-length", shared::MIN_BODY.to_string())
             .unwrap();
-        let now = std::time::SystemTime::now();
-        let fresh = super::super::freshness::Freshness {
-            fresh_until: now,
-            updated: now,
-            stale_while_revalidate: 0,
-            stale_if_error: 0,
-        };
-        let meta = StoredMeta::new(fresh, head::StoredHead::of(&resp, &[]));
-        let mut filling = store.filling([7; 16], meta);
+        let mut filling = store.filling([7; 16], meta(&resp));
         assert!(
             matches!(filling.body, FillBody::Shared(_)),
             "a place of 8 KiB"
