@@ -1,0 +1,343 @@
+//! Every authentication decision, answered from memory.
+//!
+//! The cache is filled from the store at start, follows the invalidation messages every tollgate
+//! write publishes, and resyncs in full periodically for writes made behind its back (EG,
+//! redis-cli). A key it does not know is looked up once in the background (never on the request
+//! path) and then not again for a short while, so random keys cannot flood the store. If the
+//! store goes away, what is cached keeps working.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::layout::{CredentialType, Layout};
+use super::model;
+use crate::pipeline::context::Consumer;
+use crate::store::{KeyType, Store, StoreResult};
+
+mod sync;
+
+/// A key-auth or jwt credential.
+#[derive(Clone, Debug)]
+struct KeyedCredential {
+    secret: Box<str>,
+    consumer_id: Arc<str>,
+    active: bool,
+    scopes: Option<Arc<[String]>>,
+}
+
+/// A basic-auth credential (keyed by its consumer id).
+#[derive(Clone, Debug)]
+struct PasswordCredential {
+    hash: Box<str>,
+    active: bool,
+    scopes: Option<Arc<[String]>>,
+}
+
+#[derive(Clone, Debug)]
+struct ConsumerEntry {
+    active: bool,
+    consumer: Consumer,
+}
+
+/// A table of the store's records by id. Its keys come from the store, not from requests (a
+/// request only looks up), so a fast hasher with a per-process seed is enough.
+type Table<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+#[derive(Default)]
+struct Tables {
+    key_auth: Table<KeyedCredential>,
+    jwt: Table<KeyedCredential>,
+    basic: Table<PasswordCredential>,
+    apps: Table<ConsumerEntry>,
+    users: Table<ConsumerEntry>,
+    usernames: Table<Arc<str>>,
+}
+
+/// The answer to a key-auth attempt.
+#[derive(Debug)]
+pub enum KeyAuthResult {
+    Ok(Consumer),
+    Unauthorized,
+    /// Known and valid, but missing a scope the endpoint requires (EG: 403).
+    Forbidden,
+}
+
+/// How long an unknown key is not looked up again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(5);
+const MAX_NEGATIVE: usize = 50_000;
+const MAX_VERIFIED_PASSWORDS: usize = 10_000;
+
+/// Counters the metrics layer reads.
+#[derive(Default)]
+pub struct CacheStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+pub struct ConsumerCache {
+    tables: RwLock<Tables>,
+    store: Arc<dyn Store>,
+    layout: Layout,
+    loaded: AtomicBool,
+    last_resync: Mutex<Option<Instant>>,
+    recently_missed: Mutex<HashMap<String, Instant>>,
+    verified_passwords: Mutex<HashSet<[u8; 32]>>,
+    runtime: Mutex<Option<tokio::runtime::Handle>>,
+    /// Full loads run one at a time.
+    load_lock: tokio::sync::Mutex<()>,
+    /// This cache, for the background lookups it spawns (set by `start`).
+    me: Mutex<std::sync::Weak<ConsumerCache>>,
+    pub stats: CacheStats,
+    /// How far the running full load is: entries read, of how many.
+    pub progress: LoadProgress,
+}
+
+#[derive(Default)]
+pub struct LoadProgress {
+    pub done: std::sync::atomic::AtomicUsize,
+    pub total: std::sync::atomic::AtomicUsize,
+}
+
+fn scopes_arc(list: Option<Vec<String>>) -> Option<Arc<[String]>> {
+    list.map(Arc::from)
+}
+
+impl ConsumerCache {
+    pub fn new(store: Arc<dyn Store>, layout: Layout) -> ConsumerCache {
+        ConsumerCache {
+            tables: RwLock::new(Tables::default()),
+            store,
+            layout,
+            loaded: AtomicBool::new(false),
+            last_resync: Mutex::new(None),
+            recently_missed: Mutex::new(HashMap::new()),
+            verified_passwords: Mutex::new(HashSet::new()),
+            runtime: Mutex::new(None),
+            me: Mutex::new(std::sync::Weak::new()),
+            load_lock: tokio::sync::Mutex::new(()),
+            stats: CacheStats::default(),
+            progress: LoadProgress::default(),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Tables> {
+        self.tables.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Tables> {
+        self.tables.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a full load has succeeded at least once.
+    pub fn is_loaded(&self) -> bool {
+        self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Time since the last full load, if any.
+    pub fn since_resync(&self) -> Option<Duration> {
+        self.last_resync
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map(|t| t.elapsed())
+    }
+
+    /// Number of credentials held.
+    pub fn len(&self) -> usize {
+        let t = self.read();
+        t.key_auth.len() + t.jwt.len() + t.basic.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// EG's `validateConsumer`: an active app, else an active user, else (when allowed) the
+    /// active user with that username.
+    fn resolve(&self, t: &Tables, id: &str, by_username: bool) -> Option<Consumer> {
+        if let Some(app) = t.apps.get(id).filter(|a| a.active) {
+            return Some(app.consumer.clone());
+        }
+        if let Some(user) = t.users.get(id).filter(|u| u.active) {
+            return Some(user.consumer.clone());
+        }
+        if by_username {
+            let uid = t.usernames.get(id)?;
+            return t
+                .users
+                .get(&**uid)
+                .filter(|u| u.active)
+                .map(|u| u.consumer.clone());
+        }
+        None
+    }
+
+    fn hit(&self, found: bool) {
+        let c = if found {
+            &self.stats.hits
+        } else {
+            &self.stats.misses
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// key-auth: the secret must match (constant time), credential and consumer be active, and
+    /// the credential hold every scope the endpoint requires.
+    pub fn key_auth(
+        &self,
+        key_id: &str,
+        secret: &str,
+        endpoint_scopes: &[String],
+    ) -> KeyAuthResult {
+        let t = self.read();
+        let Some(cred) = t.key_auth.get(key_id) else {
+            drop(t);
+            self.hit(false);
+            self.lookup_later(format!("key-auth:{key_id}"));
+            return KeyAuthResult::Unauthorized;
+        };
+        self.hit(true);
+        let secret_ok: bool = cred.secret.as_bytes().ct_eq(secret.as_bytes()).into();
+        if !secret_ok || !cred.active {
+            return KeyAuthResult::Unauthorized;
+        }
+        let Some(consumer) = self.resolve(&t, &cred.consumer_id, true) else {
+            return KeyAuthResult::Unauthorized;
+        };
+        if !endpoint_scopes.is_empty() && !has_all(cred.scopes.as_deref(), endpoint_scopes) {
+            return KeyAuthResult::Forbidden;
+        }
+        KeyAuthResult::Ok(consumer)
+    }
+
+    /// jwt with `checkCredentialExistence`: `sub` names an active jwt credential of an active
+    /// consumer.
+    pub fn jwt_subject(&self, sub: &str) -> Option<Consumer> {
+        let t = self.read();
+        let Some(cred) = t.jwt.get(sub) else {
+            drop(t);
+            self.hit(false);
+            self.lookup_later(format!("jwt:{sub}"));
+            return None;
+        };
+        self.hit(true);
+        if !cred.active {
+            return None;
+        }
+        self.resolve(&t, &cred.consumer_id, false)
+    }
+
+    /// Whether a jwt credential is still there and active (for cached tokens).
+    pub fn jwt_still_valid(&self, sub: &str) -> bool {
+        self.jwt_subject(sub).is_some()
+    }
+
+    /// basic-auth: `user_id` is an app id, a user id or a username. A password seen before with
+    /// the same stored hash is accepted at once; any other needs a bcrypt check, which the caller
+    /// runs off the request thread ([`PasswordCheck::verify`]) and reports back with
+    /// [`ConsumerCache::remember_password`] (keyed by the stored hash, so a new password forgets it).
+    pub fn basic(&self, user_id: &str, password: &str, endpoint_scopes: &[String]) -> BasicAnswer {
+        let (consumer, hash) = {
+            let t = self.read();
+            let Some(consumer) = self.resolve(&t, user_id, true) else {
+                drop(t);
+                self.hit(false);
+                self.lookup_later(format!("username:{user_id}"));
+                self.lookup_later(format!("user:{user_id}"));
+                self.lookup_later(format!("app:{user_id}"));
+                return BasicAnswer::Refused;
+            };
+            let Some(cred) = t.basic.get(&*consumer.id) else {
+                drop(t);
+                self.hit(false);
+                self.lookup_later(format!("basic-auth:{}", consumer.id));
+                return BasicAnswer::Refused;
+            };
+            self.hit(true);
+            if !cred.active
+                || (!endpoint_scopes.is_empty()
+                    && !has_all(cred.scopes.as_deref(), endpoint_scopes))
+            {
+                return BasicAnswer::Refused;
+            }
+            (consumer, cred.hash.clone())
+        };
+        let mut digest = Sha256::new();
+        digest.update(consumer.id.as_bytes());
+        digest.update([0]);
+        digest.update(hash.as_bytes());
+        digest.update([0]);
+        digest.update(password.as_bytes());
+        let memo: [u8; 32] = digest.finalize().into();
+        if self
+            .verified_passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&memo)
+        {
+            return BasicAnswer::Accepted(consumer);
+        }
+        BasicAnswer::Check(PasswordCheck {
+            consumer,
+            hash,
+            password: password.to_string(),
+            memo,
+        })
+    }
+
+    /// Records a password that [`PasswordCheck::verify`] accepted.
+    pub fn remember_password(&self, memo: [u8; 32]) {
+        let mut verified = self
+            .verified_passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if verified.len() >= MAX_VERIFIED_PASSWORDS {
+            verified.clear();
+        }
+        verified.insert(memo);
+    }
+}
+
+/// The answer to a basic-auth attempt.
+#[derive(Debug)]
+pub enum BasicAnswer {
+    Accepted(Consumer),
+    Refused,
+    /// The password still needs its bcrypt check.
+    Check(PasswordCheck),
+}
+
+/// A password to check against its stored bcrypt hash: tens of milliseconds of CPU, so never on
+/// a thread that serves requests.
+pub struct PasswordCheck {
+    consumer: Consumer,
+    hash: Box<str>,
+    password: String,
+    memo: [u8; 32],
+}
+
+impl PasswordCheck {
+    /// The consumer and the memo to remember when the password matches.
+    pub fn verify(self) -> Option<(Consumer, [u8; 32])> {
+        bcrypt::verify(&self.password, &self.hash)
+            .unwrap_or(false)
+            .then_some((self.consumer, self.memo))
+    }
+}
+
+impl std::fmt::Debug for PasswordCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PasswordCheck")
+            .field("consumer", &self.consumer.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn has_all(held: Option<&[String]>, required: &[String]) -> bool {
+    let held = held.unwrap_or(&[]);
+    required.iter().all(|r| held.contains(r))
+}

@@ -1,0 +1,166 @@
+//! Consumer management with EG's semantics over any [`Store`]: users, applications, scopes and
+//! credentials, written in EG's key layout so EG and tollgate read each other's data. Every
+//! change is one atomic batch, and announces what it changed on the invalidation channel so
+//! every gateway's [`super::cache::ConsumerCache`] follows.
+//!
+//! Where EG is buggy tollgate does the evident thing: deleting a user deletes its applications
+//! and every credential of both; deleting an application deletes its credentials.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use super::layout::{CredentialType, Layout};
+use super::model::{self, Fields};
+use super::models::Models;
+use crate::store::{KeyType, Store, StoreError, Write};
+
+mod apps;
+mod credentials;
+mod scopes;
+mod users;
+
+/// Why a consumer operation failed, with the status the Admin API answers.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumerError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ConsumerError {
+    pub fn status(&self) -> u16 {
+        match self {
+            ConsumerError::NotFound(_) => 404,
+            ConsumerError::Conflict(_) => 409,
+            ConsumerError::Invalid(_) => 422,
+            ConsumerError::Store(_) => 503,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ConsumerError>;
+
+/// Who a credential belongs to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsumerRef {
+    User(String),
+    App(String),
+}
+
+impl ConsumerRef {
+    pub fn id(&self) -> &str {
+        match self {
+            ConsumerRef::User(id) | ConsumerRef::App(id) => id,
+        }
+    }
+}
+
+pub struct ConsumerService {
+    store: Arc<dyn Store>,
+    layout: Layout,
+    /// Replaced when the config is reloaded.
+    models: arc_swap::ArcSwap<Models>,
+    salt_rounds: u32,
+}
+
+fn invalid(msg: impl Into<String>) -> ConsumerError {
+    ConsumerError::Invalid(msg.into())
+}
+
+fn to_fields(map: HashMap<String, String>, order: &[&str]) -> Fields {
+    model::ordered(map, order)
+}
+
+impl ConsumerService {
+    pub fn new(
+        store: Arc<dyn Store>,
+        layout: Layout,
+        models: Models,
+        salt_rounds: u32,
+    ) -> ConsumerService {
+        ConsumerService {
+            store,
+            layout,
+            models: arc_swap::ArcSwap::from_pointee(models),
+            salt_rounds,
+        }
+    }
+
+    /// Puts new models in force (a config reload).
+    pub fn set_models(&self, models: Models) {
+        self.models.store(Arc::new(models));
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Applies a batch and announces the changed entities.
+    pub(crate) async fn commit(&self, batch: &[Write], changed: &[String]) -> Result<()> {
+        self.store.apply(batch).await?;
+        let channel = self.layout.invalidation_channel();
+        for c in changed {
+            if let Err(e) = self.store.publish(&channel, c).await {
+                log::warn!("could not announce a change of {c}: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// One page of a listing: the objects at `keys[start..start + count]`, and where the next
+    /// page starts (0: none).
+    async fn page(
+        &self,
+        keys: &[String],
+        start: usize,
+        count: usize,
+        order: &[&str],
+    ) -> Result<(Vec<Value>, usize)> {
+        let end = (start + count.max(1)).min(keys.len());
+        let slice = keys.get(start..end).unwrap_or(&[]);
+        let hashes = self.store.hgetall_many(slice).await?;
+        let items = hashes
+            .into_iter()
+            .filter(|h| !h.is_empty())
+            .map(|h| model::object_json(&to_fields(h, order)))
+            .collect();
+        let next = if end < keys.len() { end } else { 0 };
+        Ok((items, next))
+    }
+
+    /// The writes that take a credential out of its scopes' indexes.
+    fn scope_index_removal(
+        &self,
+        t: CredentialType,
+        id: &str,
+        cred: &HashMap<String, String>,
+        batch: &mut Vec<Write>,
+    ) {
+        for s in model::credential_scopes(cred).unwrap_or_default() {
+            batch.push(Write::HDel {
+                key: self.layout.scope_credentials(&s),
+                fields: vec![self.layout.credential(t, id)],
+            });
+        }
+    }
+}
+
+/// bcrypt at the configured cost: tens of milliseconds of CPU, run on the blocking pool so the
+/// admin listener's event loop (which the storage route shares) keeps serving meanwhile.
+async fn hash_password(plain: String, rounds: u32) -> Result<String> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(plain, rounds))
+        .await
+        .map_err(|e| invalid(format!("cannot hash the password: {e}")))?
+        .map_err(|e| invalid(format!("cannot hash the password: {e}")))
+}
