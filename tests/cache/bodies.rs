@@ -1,0 +1,198 @@
+//! What gets stored of a response: never a truncated body or bytes past its length, a body
+//! that pauses whole, one whose client left for the next, nothing past the size limit, and a
+//! tile from its `minUses`-th miss on.
+
+use super::*;
+
+#[test]
+fn a_truncated_body_is_never_stored() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    for _ in 0..2 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        use std::io::{Read, Write};
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"GET /open/truncate/40000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            !text.contains("x-cache-status: HIT"),
+            "a truncated body was cached: {}",
+            &text[..text.len().min(300)]
+        );
+        // A miss is answered once its whole body is in: the client never gets part of a tile.
+        assert!(
+            text.starts_with("HTTP/1.1 502"),
+            "{}",
+            &text[..text.len().min(300)]
+        );
+    }
+    assert_eq!(up.served(), 2, "both requests went to the upstream");
+}
+
+/// An upstream that sends more than its `Content-Length` (in the same write as the body): the
+/// tile is what its length says, stored so, and the connection the extra bytes came on is not
+/// used again (the next tiles come whole).
+#[test]
+fn bytes_past_the_content_length_are_neither_part_of_the_tile_nor_of_the_next() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    let expected: Vec<u8> = (0..20_000u32).map(|j| ((j * 7) % 251) as u8).collect();
+    for status in ["MISS", "HIT"] {
+        let r = get(gw.port, "GET", "/open/overlong/20000", &[]);
+        assert_eq!((r.status, cache_status(&r)), (200, status));
+        assert!(r.body == expected, "{status}: {} bytes", r.body.len());
+    }
+    for n in 0..5 {
+        let name = format!("next{n}");
+        let r = get(gw.port, "GET", &format!("/open/unique/9000/{name}"), &[]);
+        assert_eq!((r.status, r.body.len()), (200, 9000), "tile {n}");
+        assert!(r.body.starts_with(name.as_bytes()), "tile {n}");
+    }
+    assert_eq!(up.served(), 6);
+}
+
+#[test]
+fn a_body_that_pauses_is_stored_whole_and_one_that_stalls_past_the_read_timeout_is_not() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let conf = config(&up, "{ttl: 60}").replace(
+        "{serviceEndpoint: up}",
+        "{serviceEndpoint: up, readTimeout: 1500}",
+    );
+    let dir = ConfigDir::new(&conf);
+    let gw = GatewayProcess::start_with(&dir, &[], &[]);
+    let expected: Vec<u8> = (0..40_000u32).map(|j| ((j * 7) % 251) as u8).collect();
+    // Half the body, a pause shorter than the read timeout, the rest: stored whole.
+    let path = "/open/stall/200/bytes/40000";
+    let first = get(gw.port, "GET", path, &[]);
+    assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
+    assert!(
+        first.body == expected,
+        "the body that paused came back altered"
+    );
+    let second = get(gw.port, "GET", path, &[]);
+    assert_eq!((second.status, cache_status(&second)), (200, "HIT"));
+    assert!(
+        second.body == expected,
+        "the stored body differs from the upstream's"
+    );
+    // A pause past the read timeout: a 502 (the client gets no part of a tile), nothing stored.
+    let stalled = "/open/stall/4000/bytes/40000";
+    for _ in 0..2 {
+        let started = Instant::now();
+        let r = get(gw.port, "GET", stalled, &[]);
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert!(
+            started.elapsed() < Duration::from_millis(3900),
+            "answered only after {:?}: the read timeout was not applied",
+            started.elapsed()
+        );
+    }
+    assert_eq!(up.served(), 3, "the stalled tile was stored");
+}
+
+#[test]
+fn a_fill_whose_client_left_is_stored_for_the_next() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    // The client asks for a slow tile and leaves before it comes.
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.write_all(b"GET /open/slow/400/left.png HTTP/1.1\r\nHost: h\r\n\r\n")
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The fetch went on for everyone: the next request is a hit, the upstream asked once.
+    let stored = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        up.served() == 1 && gw.metric(r#"tollgate_cache_objects{tier="memory"}"#) >= 1.0
+    });
+    assert!(stored, "{}", gw.log_text());
+    let next = get(gw.port, "GET", "/open/slow/400/left.png", &[]);
+    assert_eq!((next.status, cache_status(&next)), (200, "HIT"));
+    assert_eq!(up.served(), 1);
+}
+
+#[test]
+fn a_response_past_the_size_limit_is_not_stored_on_either_path() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for fast_path in ["on", "off"] {
+        let (_dir, gw) = start(
+            &up,
+            "{ttl: 60, maxObjectSize: 1000}",
+            &["--fast-path", fast_path],
+        );
+        let big = format!("/open/{fast_path}/bytes/2000");
+        let before = up.served();
+        for _ in 0..2 {
+            let r = get(gw.port, "GET", &big, &[]);
+            assert_eq!(
+                (r.status, r.body.len()),
+                (200, 2000),
+                "fast path {fast_path}"
+            );
+            assert_eq!(cache_status(&r), "MISS", "fast path {fast_path}");
+        }
+        assert_eq!(up.served(), before + 2, "fast path {fast_path}: stored");
+        let small = format!("/open/{fast_path}/bytes/500");
+        let first = get(gw.port, "GET", &small, &[]);
+        let second = get(gw.port, "GET", &small, &[]);
+        assert_eq!(
+            (cache_status(&first), cache_status(&second)),
+            ("MISS", "HIT"),
+            "fast path {fast_path}"
+        );
+        assert_eq!(second.body, first.body);
+    }
+}
+
+/// `minUses: 3`: a tile is fetched for each of its first two misses without being stored (a
+/// tile asked for once costs no store), stored on the third, a hit from then on; on both paths,
+/// and counted for the tile, not the consumer (credentials are not part of what is counted).
+#[test]
+fn a_tile_is_stored_from_its_min_uses_th_miss_on_either_path() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for fast_path in ["on", "off"] {
+        let (_dir, gw) = start(&up, "{ttl: 60, minUses: 3}", &["--fast-path", fast_path]);
+        let path = format!("/tiles/{fast_path}/unique/3000/min-uses-{fast_path}.png");
+        let before = up.served();
+        let mut statuses = Vec::new();
+        let mut bodies = Vec::new();
+        for consumer in 0..5 {
+            let r = tile(&gw, &path, consumer);
+            assert_eq!(r.status, 200, "fast path {fast_path}");
+            statuses.push(cache_status(&r).to_string());
+            bodies.push(r.body);
+            if consumer == 1 {
+                assert_eq!(
+                    gw.metric(r#"tollgate_cache_objects{tier="memory"}"#),
+                    0.0,
+                    "fast path {fast_path}: nothing stored before the third miss"
+                );
+            }
+        }
+        assert_eq!(
+            statuses,
+            ["MISS", "MISS", "MISS", "HIT", "HIT"],
+            "fast path {fast_path}"
+        );
+        assert_eq!(up.served(), before + 3, "fast path {fast_path}");
+        assert!(
+            bodies.iter().all(|b| *b == bodies[0] && !b.is_empty()),
+            "fast path {fast_path}: every answer is the tile"
+        );
+        // A tile whose first miss was not stored is not remembered as uncacheable: another
+        // tile asked for once stays a miss, and three times is stored.
+        let once = format!("/tiles/{fast_path}/unique/3000/once.png");
+        assert_eq!(cache_status(&tile(&gw, &once, 0)), "MISS");
+        assert_eq!(
+            gw.metric(r#"tollgate_cache_objects{tier="memory"}"#),
+            1.0,
+            "fast path {fast_path}"
+        );
+    }
+}

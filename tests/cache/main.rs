@@ -1,0 +1,354 @@
+//! The shared tile cache with real processes: an upstream in a process of its own that counts
+//! what it serves, the real binary, consumers in the embedded store. One upstream request for
+//! many consumers; nothing served to a request that authentication or scopes refuse; HTTP
+//! caching (Cache-Control, ETag, 304, Age, stale windows); a truncated body never stored; the
+//! disk tier across a restart and with a damaged file; purge; a scan within the budget.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bodies;
+mod stale;
+mod storage;
+
+use std::time::{Duration, Instant};
+
+use support::load::Load;
+use support::upstream::PyUpstream;
+use support::{get, send_json, ConfigDir, GatewayProcess, Response};
+
+const CONSUMERS: usize = 10;
+
+fn consumers_file() -> String {
+    let mut users = Vec::new();
+    for i in 0..CONSUMERS {
+        users.push(format!(
+            r#""user{i}": {{"app{i}": {{"type": "key-auth", "keyId": "k{i}", "keySecret": "s{i}", "scopes": ["tiles"]}}}}"#
+        ));
+    }
+    users.push(
+        r#""other": {"elevation": {"type": "key-auth", "keyId": "e0", "keySecret": "es", "scopes": ["elevation"]}}"#
+            .to_string(),
+    );
+    format!(
+        r#"{{"scopes": ["tiles", "elevation"], "users": {{{}}}}}"#,
+        users.join(", ")
+    )
+}
+
+fn config(up: &PyUpstream, cache_action: &str) -> String {
+    format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  tiles: {{paths: ['/tiles/*'], scopes: [tiles]}}
+  open: {{paths: ['/open/*']}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [metrics, key-auth, scopes, cache, proxy]
+pipelines:
+  tiles:
+    apiEndpoints: [tiles]
+    policies:
+      - metrics:
+      - key-auth: [{{action: {{apiKeyField: apiKey}}}}]
+      - scopes:
+      - cache: [{{action: {cache_action}}}]
+      - proxy: [{{action: {{serviceEndpoint: up, stripPath: false}}}}]
+  open:
+    apiEndpoints: [open]
+    policies:
+      - cache: [{{action: {cache_action}}}]
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+"#,
+        up = up.url("")
+    )
+}
+
+fn start(up: &PyUpstream, cache_action: &str, args: &[&str]) -> (ConfigDir, GatewayProcess) {
+    let dir = ConfigDir::new(&config(up, cache_action));
+    dir.write("consumers.json", &consumers_file());
+    let file = dir.file("consumers.json");
+    let mut all = vec!["--populate", file.as_str()];
+    all.extend_from_slice(args);
+    let gw = GatewayProcess::start_with(&dir, &all, &[]);
+    (dir, gw)
+}
+
+fn key(i: usize) -> String {
+    format!("apiKey k{i}:s{i}")
+}
+
+fn tile(gw: &GatewayProcess, path: &str, consumer: usize) -> Response {
+    get(gw.port, "GET", path, &[("Authorization", &key(consumer))])
+}
+
+fn cache_status(r: &Response) -> &str {
+    r.header("x-cache-status").unwrap_or("")
+}
+
+#[test]
+fn one_upstream_request_for_a_hundred_requests_of_ten_consumers() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    let port = gw.port;
+    // 100 requests for one tile from 10 consumers at once, the tile slow to render.
+    let threads: Vec<_> = (0..CONSUMERS)
+        .map(|i| {
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| {
+                        let r = get(
+                            port,
+                            "GET",
+                            "/tiles/slow/300/5/10/12.png",
+                            &[("Authorization", &key(i))],
+                        );
+                        (
+                            r.status,
+                            r.header("x-cache-status").map(str::to_string),
+                            r.body,
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let answers: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("client thread"))
+        .collect();
+    assert_eq!(answers.len(), 100);
+    assert!(
+        answers.iter().all(|(s, _, _)| *s == 200),
+        "{:?}",
+        answers.iter().map(|a| a.0).collect::<Vec<_>>()
+    );
+    let body = &answers[0].2;
+    assert!(
+        answers.iter().all(|(_, _, b)| b == body),
+        "every consumer got the same tile"
+    );
+    assert_eq!(
+        up.served(),
+        1,
+        "one upstream request for 100 requests of 10 consumers"
+    );
+    let misses = answers
+        .iter()
+        .filter(|(_, c, _)| c.as_deref() == Some("MISS"))
+        .count();
+    assert_eq!(
+        misses,
+        1,
+        "{:?}",
+        answers.iter().map(|a| a.1.clone()).collect::<Vec<_>>()
+    );
+    // Kargo's counter counts every tile, hit or miss, with its consumer.
+    for i in 0..CONSUMERS {
+        let n = gw.metric_when(
+            &format!(
+                r#"eg{{api_endpoint="tiles",consumer="{}",status_code="200",type="SUCCESS"}}"#,
+                consumer_id(&gw, i)
+            ),
+            |n| n >= 10.0,
+        );
+        assert_eq!(n, 10.0, "consumer {i}");
+    }
+    assert!(
+        gw.metric(r#"tollgate_cache_requests_total{api_endpoint="tiles",status="HIT"}"#) >= 90.0
+    );
+    assert!(gw.metric(r#"tollgate_cache_served_bytes_total{api_endpoint="tiles"}"#) > 0.0);
+    assert!(gw.metric(r#"tollgate_cache_objects{tier="memory"}"#) >= 1.0);
+    assert!(
+        gw.metric("tollgate_cache_lock_wait_seconds_count") >= 1.0,
+        "the others waited on the fill"
+    );
+}
+
+fn consumer_id(gw: &GatewayProcess, i: usize) -> String {
+    let r = get(gw.admin_port, "GET", &format!("/apps/app{i}"), &[]);
+    support::json_body(&r)["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn a_cached_tile_is_never_served_to_a_refused_request() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    let path = "/tiles/1/2/3.png";
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
+    assert_eq!(cache_status(&tile(&gw, path, 1)), "HIT");
+    // Anonymous, wrong key, another scope: refused while the tile is cached.
+    assert_eq!(get(gw.port, "GET", path, &[]).status, 401);
+    assert_eq!(
+        get(
+            gw.port,
+            "GET",
+            path,
+            &[("Authorization", "apiKey k0:wrong")]
+        )
+        .status,
+        401
+    );
+    let wrong_scope = get(gw.port, "GET", path, &[("Authorization", "apiKey e0:es")]);
+    assert!(
+        matches!(wrong_scope.status, 401 | 403),
+        "{}",
+        wrong_scope.status
+    );
+    assert_eq!(wrong_scope.header("x-cache-status"), None);
+    // Revoked: refused.
+    let r = send_json(
+        gw.admin_port,
+        "PUT",
+        "/credentials/key-auth/k2/status",
+        r#"{"status": false}"#,
+    );
+    assert!(r.status < 300, "{}", r.text());
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while tile(&gw, path, 2).status != 401 {
+        assert!(Instant::now() < deadline, "a revoked key is still served");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(up.served(), 1);
+}
+
+#[test]
+fn the_key_is_shared_and_the_fill_carries_no_credentials() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60, ignoreParams: ['_']}", &[]);
+    // Consumers' credentials in the query, OGC parameters in any order and case, a buster.
+    let a = get(
+        gw.port,
+        "GET",
+        "/tiles/wms?SERVICE=WMS&REQUEST=GetMap&LAYERS=roads&apiKey=k0:s0&_=1",
+        &[],
+    );
+    assert_eq!((a.status, cache_status(&a)), (200, "MISS"), "{}", a.text());
+    let upstream_saw: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+    let path = upstream_saw["path"].as_str().unwrap_or("");
+    assert!(
+        !path.contains("apiKey") && !path.contains("s0"),
+        "the fill carried a credential: {path}"
+    );
+    let b = get(
+        gw.port,
+        "GET",
+        "/tiles/wms?layers=roads&request=GetMap&service=WMS&apiKey=k1:s1&_=2",
+        &[],
+    );
+    assert_eq!((b.status, cache_status(&b)), (200, "HIT"));
+    let c = get(
+        gw.port,
+        "GET",
+        "/tiles/wms?SERVICE=WMS&REQUEST=GetMap&LAYERS=rivers&apiKey=k1:s1",
+        &[],
+    );
+    assert_eq!(cache_status(&c), "MISS", "another layer is another tile");
+    // The Authorization header of a consumer does not reach the upstream on a fill either.
+    let d = tile(&gw, "/tiles/header-check.png", 3);
+    let saw: serde_json::Value = serde_json::from_slice(&d.body).expect("json");
+    assert_eq!(saw["path"], "/tiles/header-check.png");
+    assert_eq!(up.served(), 3);
+}
+
+#[test]
+fn http_caching_rules() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let open = |path: &str, headers: &[(&str, &str)]| get(gw.port, "GET", path, headers);
+    // Never stored: no-store, private, Set-Cookie, a status the step does not keep.
+    for path in [
+        "/open/a?cc=no-store",
+        "/open/b?cc=private",
+        "/open/c?header=Set-Cookie:s%3D1",
+        "/open/status/500/d",
+    ] {
+        let before = up.served();
+        open(path, &[]);
+        let again = open(path, &[]);
+        assert_ne!(cache_status(&again), "HIT", "{path}");
+        assert_eq!(up.served(), before + 2, "{path} was stored");
+    }
+    // Age on a hit; only GET and HEAD.
+    open("/open/e", &[]);
+    let hit = open("/open/e", &[]);
+    assert_eq!(cache_status(&hit), "HIT");
+    assert!(hit.header("age").is_some(), "a hit says its age");
+    // A client's own directives (a browser's reload) do not bypass the shared copy.
+    for (name, value) in [
+        ("Cache-Control", "no-cache"),
+        ("Pragma", "no-cache"),
+        ("Cache-Control", "max-age=0"),
+        ("Cache-Control", "no-store"),
+    ] {
+        let r = open("/open/e", &[(name, value)]);
+        assert_eq!(
+            (r.status, cache_status(&r)),
+            (200, "HIT"),
+            "{name}: {value}"
+        );
+    }
+    // A miss says the age the upstream gave it (a cache before it), and none of its own.
+    let aged = open("/open/i?header=Age:7", &[]);
+    assert_eq!(
+        (cache_status(&aged), aged.header("age")),
+        ("MISS", Some("7"))
+    );
+    let fetched = open("/open/j", &[]);
+    assert_eq!(
+        (cache_status(&fetched), fetched.header("age")),
+        ("MISS", None)
+    );
+    // The upstream connection's own headers reach no client, on a miss or on a hit.
+    let hop = "/open/k?header=Upgrade:h2c&header=X-Hop:1&header=Connection:X-Hop";
+    for round in ["MISS", "HIT"] {
+        let r = open(hop, &[]);
+        assert_eq!(cache_status(&r), round);
+        for name in ["upgrade", "x-hop"] {
+            assert!(r.header(name).is_none(), "{round}: {name} {:?}", r.headers);
+        }
+    }
+    let head = get(gw.port, "HEAD", "/open/e", &[]);
+    assert_eq!((head.status, cache_status(&head)), (200, "HIT"));
+    let post = support::request(
+        gw.port,
+        "POST /open/e HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(cache_status(&post), "BYPASS");
+    // A client's conditional request is answered 304 from the cache.
+    let etagged = "/open/f?header=ETag:%22v1%22";
+    let first = open(etagged, &[]);
+    assert_eq!(first.header("etag"), Some("\"v1\""));
+    let before = up.served();
+    let not_modified = open(etagged, &[("If-None-Match", "\"v1\"")]);
+    assert_eq!(
+        (not_modified.status, cache_status(&not_modified)),
+        (304, "HIT")
+    );
+    assert_eq!(up.served(), before);
+    // Expired: revalidated with the upstream (its 304 keeps the stored body).
+    let short = "/open/g?cc=max-age%3D1&header=ETag:%22v2%22";
+    let body = open(short, &[]).body;
+    std::thread::sleep(Duration::from_millis(1600));
+    let revalidated = open(short, &[]);
+    assert_eq!(cache_status(&revalidated), "REVALIDATED");
+    assert_eq!(revalidated.body, body);
+    assert!(
+        up.not_modified() >= 1,
+        "the upstream was asked if it changed"
+    );
+    // Without validators an expired object is fetched again.
+    let plain = "/open/h?cc=max-age%3D1";
+    open(plain, &[]);
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(cache_status(&open(plain, &[])), "EXPIRED");
+}

@@ -1,0 +1,231 @@
+//! Stale tiles: served while they are refreshed, and while the upstream fails (frozen, killed,
+//! slower than the cache lock).
+
+use super::*;
+
+#[test]
+fn stale_while_revalidate_and_stale_if_error() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 30, staleIfError: 300, ignoreParams: [status]}",
+        &[],
+    );
+    let open = |path: &str| get(gw.port, "GET", path, &[]);
+    // Stale within stale-while-revalidate: answered at once, refreshed in the background.
+    let slow = "/open/slow/800/swr.png";
+    assert_eq!(cache_status(&open(slow)), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    let stale = open(slow);
+    assert_eq!((stale.status, cache_status(&stale)), (200, "STALE"));
+    assert!(
+        t.elapsed() < Duration::from_millis(600),
+        "a stale answer does not wait for the refresh: {:?}",
+        t.elapsed()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache_status(&open(slow)) != "HIT" {
+        assert!(
+            Instant::now() < deadline,
+            "the background refresh never landed"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // stale-if-error (no stale-while-revalidate for this tile): the upstream answering 5xx,
+    // then the upstream down — the last good tile is served.
+    let sie = "/open/sie.png?cc=max-age%3D1%2C+stale-while-revalidate%3D0%2C+stale-if-error%3D300";
+    assert_eq!(cache_status(&open(sie)), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let failing = open(&format!("{sie}&status=503"));
+    assert_eq!(
+        (failing.status, cache_status(&failing)),
+        (200, "STALE"),
+        "{}",
+        failing.text()
+    );
+    up.kill();
+    let down = open(sie);
+    assert_eq!(
+        (down.status, cache_status(&down)),
+        (200, "STALE"),
+        "{}\n{}",
+        down.text(),
+        gw.log_text()
+    );
+    // A tile never cached is a 502 when the upstream is down.
+    assert_eq!(open("/open/never.png").status, 502);
+    up.restart();
+}
+
+/// The tile edge under load while its upstream fails: clients keep asking for tiles past their
+/// TTL while the upstream freezes (SIGSTOP: handshakes still complete, nothing is answered),
+/// goes on, dies (SIGKILL: refused) and comes back. Every request is answered 200 from the last
+/// good copy (stale-if-error) or a fresh one; while the upstream is frozen the clients are
+/// served at their usual pace (a failed refresh is not waited on again by every request of the
+/// tile), none waits much past one read timeout (before, a tile's concurrent requests waited
+/// their turns, up to four timeouts, and some got 502); the tiles are fresh again once it is
+/// back.
+#[test]
+fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served() {
+    const TIMEOUT_MS: u64 = 400;
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let conf = config(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 0, staleIfError: 600}",
+    )
+    .replace(
+        "{serviceEndpoint: up, stripPath: false}",
+        &format!(
+            "{{serviceEndpoint: up, stripPath: false, connectTimeout: {TIMEOUT_MS}, readTimeout: {TIMEOUT_MS}}}"
+        ),
+    );
+    let dir = ConfigDir::new(&conf);
+    dir.write("consumers.json", &consumers_file());
+    let gw = GatewayProcess::start_with(&dir, &["--populate", &dir.file("consumers.json")], &[]);
+    let tiles: Vec<String> = (0..4).map(|i| format!("/tiles/png/7/{i}/5.png")).collect();
+    for (i, t) in tiles.iter().enumerate() {
+        let r = tile(&gw, t, i);
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    }
+    // Three clients per tile, each request on a connection of its own.
+    let loads: Vec<Load> = tiles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let raw = format!(
+                "GET {t} HTTP/1.1\r\nHost: tiles\r\nAuthorization: {}\r\nConnection: close\r\n\r\n",
+                key(i)
+            );
+            Load::start(gw.port, 3, &raw, Duration::from_millis(5))
+        })
+        .collect();
+    let t0 = loads[0].started;
+    let phase = |d: u64| std::thread::sleep(Duration::from_millis(d));
+    phase(1500); // the tiles expire and are refreshed
+    up.signal("STOP");
+    let frozen = t0.elapsed();
+    phase(3000); // frozen: every tile's copy goes stale, every refresh times out
+    up.signal("CONT");
+    let thawed = t0.elapsed();
+    phase(1000);
+    // Answered with the tile or 304 (the png tiles carry an ETag).
+    let asked_before_death = up.served() + up.not_modified();
+    up.kill();
+    phase(2500); // down: refused
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    assert_eq!(state["failingTiles"], 4, "{state}");
+    up.restart();
+    phase(2000); // back: refreshed
+    let reports: Vec<_> = loads.into_iter().map(Load::stop).collect();
+    let outcomes: Vec<_> = reports.iter().flat_map(|r| r.outcomes.iter()).collect();
+    let failed: Vec<_> = outcomes.iter().filter(|o| o.status != Some(200)).collect();
+    let slowest = outcomes.iter().map(|o| o.took).max().unwrap_or_default();
+    // Requests per second answered before the upstream froze, and while it was frozen.
+    let rate = |from: Duration, to: Duration| {
+        let n = outcomes
+            .iter()
+            .filter(|o| o.at >= from && o.at + o.took <= to)
+            .count();
+        n as f64 / (to - from).as_secs_f64()
+    };
+    let (before, while_frozen) = (rate(Duration::ZERO, frozen), rate(frozen, thawed));
+    eprintln!(
+        "{} requests, {before:.0}/s before the freeze, {while_frozen:.0}/s during it, {} failed, slowest {slowest:?}",
+        outcomes.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
+    assert!(
+        while_frozen > before / 2.0,
+        "{while_frozen:.0} requests/s while the upstream was frozen against {before:.0}/s before: they waited on it"
+    );
+    assert!(
+        slowest < Duration::from_millis(3 * TIMEOUT_MS),
+        "a request waited {slowest:?} while the upstream was frozen or down"
+    );
+    let stale = gw.metric(r#"tollgate_cache_requests_total{api_endpoint="tiles",status="STALE"}"#);
+    assert!(stale > 0.0, "stale-if-error was not what answered");
+    assert!(
+        asked_before_death > tiles.len() as u64,
+        "the expired tiles were asked of the upstream again: {asked_before_death}"
+    );
+    // Fresh again: the next requests are hits of a copy the upstream served after it came back.
+    for (i, t) in tiles.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = tile(&gw, t, i);
+            assert_eq!(r.status, 200);
+            if cache_status(&r) != "STALE" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{t} stayed stale");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    assert!(
+        up.served() + up.not_modified() >= 1,
+        "no tile was refreshed from the restarted upstream"
+    );
+}
+
+/// A refresh slower than the cache lock's timeout (an upstream that hangs past `lockTimeout`,
+/// then times out): the requests that came while it was in flight get the stale tile at once
+/// instead of waiting on the lock, giving up and going upstream themselves (where the hung
+/// upstream answered them 502 though the stale tile was there).
+#[test]
+fn requests_during_a_slow_refresh_get_the_stale_tile_at_once() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let conf = config(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 0, staleIfError: 600, lockTimeout: 1}",
+    )
+    .replace(
+        "{serviceEndpoint: up}",
+        "{serviceEndpoint: up, readTimeout: 2500}",
+    );
+    let dir = ConfigDir::new(&conf);
+    let gw = GatewayProcess::start_with(&dir, &[], &[]);
+    let open = |path: &str| get(gw.port, "GET", path, &[]);
+    assert_eq!(cache_status(&open("/open/hung.png")), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    up.signal("STOP");
+    // The tile asked for in a thread of its own: status, X-Cache-Status, how long it took.
+    let ask = || {
+        let port = gw.port;
+        std::thread::spawn(move || {
+            let t = Instant::now();
+            let r = get(port, "GET", "/open/hung.png", &[]);
+            let cache = r.header("x-cache-status").map(str::to_string);
+            (r.status, cache, t.elapsed())
+        })
+    };
+    let first = ask();
+    std::thread::sleep(Duration::from_millis(300));
+    let others: Vec<_> = (0..4).map(|_| ask()).collect();
+    for o in others {
+        let (status, cache, took) = o.join().expect("request");
+        assert_eq!(
+            (status, cache.as_deref()),
+            (200, Some("STALE")),
+            "while the refresh hangs"
+        );
+        assert!(
+            took < Duration::from_millis(800),
+            "waited {took:?} on the hung refresh"
+        );
+    }
+    let (status, cache, took) = first.join().expect("request");
+    assert_eq!((status, cache.as_deref()), (200, Some("STALE")));
+    assert!(
+        took >= Duration::from_millis(2400),
+        "the refresh itself timed out: {took:?}"
+    );
+    up.signal("CONT");
+    // Back: the next refresh lands.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cache_status(&open("/open/hung.png")) == "STALE" {
+        assert!(Instant::now() < deadline, "the tile stayed stale");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

@@ -1,0 +1,410 @@
+//! Where tiles live: purge, the disk tier across a restart, the memory tier's shared memory
+//! under churn, slow and leaving clients, and a scan within the budget.
+
+use super::*;
+
+#[test]
+fn purge_a_url_and_an_api_endpoint() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (dir, gw) = start(&up, "{ttl: 600}", &[]);
+    for p in ["/tiles/p/1.png", "/tiles/p/2.png"] {
+        assert_eq!(cache_status(&tile(&gw, p, 0)), "MISS");
+        assert_eq!(cache_status(&tile(&gw, p, 0)), "HIT");
+    }
+    // One URL, through the CLI.
+    let out = support::gateway::run_tollgate(
+        &[
+            "cache",
+            "purge",
+            "/tiles/p/1.png?apiKey=k9:s9",
+            "--admin-url",
+            &format!("http://127.0.0.1:{}", gw.admin_port),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 object"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/1.png", 1)), "MISS");
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "HIT");
+    // Everything of an api endpoint, through the Admin API.
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        r#"{"apiEndpoint": "tiles"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "MISS");
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    assert_eq!(state["generations"]["tiles"], 1);
+    assert!(
+        state["memory"]["objects"].as_u64().unwrap_or(0) >= 1,
+        "{state}"
+    );
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        r#"{"apiEndpoint": "nope"}"#,
+    );
+    assert_eq!(r.status, 404);
+    drop(dir);
+}
+
+/// The objects stored in a disk tier's directory (in its shards, not its `tmp`).
+fn disk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(shards) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    shards
+        .flatten()
+        .filter(|s| s.path().is_dir() && s.file_name() != "tmp")
+        .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+        .map(|f| f.path())
+        .collect()
+}
+
+#[test]
+fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let cache_dir = std::env::temp_dir().join(format!("tollgate-disk-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let dir_arg = cache_dir.display().to_string();
+    let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "10M"];
+    let (dir, gw) = start(&up, "{ttl: 600}", &args);
+    let first = tile(&gw, "/tiles/bytes/20000/a.png", 0);
+    assert_eq!(cache_status(&first), "MISS");
+    let second = tile(&gw, "/tiles/bytes/30000/b.png", 0);
+    assert_eq!(cache_status(&second), "MISS");
+    // Written in the background (to a temporary file, then renamed into its shard).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while disk_files(&cache_dir).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the tiles never reached the disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(gw);
+    up.kill();
+    // A new process, the upstream gone: answered from disk.
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--populate",
+            &dir.file("consumers.json"),
+            "--cache-dir",
+            &dir_arg,
+        ],
+        &[],
+    );
+    let again = tile(&gw, "/tiles/bytes/20000/a.png", 0);
+    assert_eq!(
+        (again.status, cache_status(&again)),
+        (200, "HIT"),
+        "{}",
+        again.text()
+    );
+    assert_eq!(again.body, first.body);
+    // Damage every file on disk: each reads as a miss (here: the upstream is down, so a 502),
+    // never as a bad tile.
+    drop(gw);
+    let files = disk_files(&cache_dir);
+    for f in &files {
+        let mut bytes = std::fs::read(f).expect("read");
+        let n = bytes.len();
+        bytes.truncate(n - 100);
+        std::fs::write(f, bytes).expect("damage");
+    }
+    assert!(!files.is_empty());
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--populate",
+            &dir.file("consumers.json"),
+            "--cache-dir",
+            &dir_arg,
+        ],
+        &[],
+    );
+    let r = tile(&gw, "/tiles/bytes/30000/b.png", 0);
+    assert_eq!(
+        r.status,
+        502,
+        "a damaged file is a miss: {} {:?}",
+        r.status,
+        r.header("x-cache-status")
+    );
+    up.restart();
+    let r = tile(&gw, "/tiles/bytes/30000/b.png", 0);
+    assert_eq!(
+        (r.status, cache_status(&r), r.body.len()),
+        (200, "MISS", 30000)
+    );
+    assert!(gw.metric("tollgate_cache_disk_damaged_total") >= 1.0);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
+/// Tile bodies in the memory tier live in shared memory and hits are sent from it by
+/// `sendfile`: with a small budget, tiles of every size (below, within and above the sizes kept
+/// there) asked for by concurrent clients, popular ones hit again and again while a stream of
+/// others pushes tiles out and their places are taken again — every answer is its own tile's
+/// body, whole.
+#[test]
+fn tiles_from_shared_memory_are_whole_and_their_own_while_the_memory_tier_churns() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-memory", "2MiB"]);
+    let sizes = [3000usize, 8192, 20000, 65541, 300_000];
+    let expected = |name: &str, n: usize| -> Vec<u8> { name.bytes().cycle().take(n).collect() };
+    let port = gw.port;
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut hits = 0;
+                let mut r = t * 7919 + 1;
+                for i in 0..400u64 {
+                    r = r
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let pick = (r >> 33) as usize;
+                    // Seven in ten from ten popular tiles, the rest from a stream of others.
+                    let (name, size) = if pick % 10 < 7 {
+                        (format!("hot{}", pick % 10), sizes[pick % 10 % sizes.len()])
+                    } else {
+                        (format!("cold-{t}-{i}"), sizes[pick % sizes.len()])
+                    };
+                    let path = format!("/open/unique/{size}/{name}");
+                    let resp = get(port, "GET", &path, &[]);
+                    assert_eq!(resp.status, 200, "{path}");
+                    assert!(
+                        resp.body == expected(&name, size),
+                        "{path}: {} bytes, not its own body ({:?})",
+                        resp.body.len(),
+                        String::from_utf8_lossy(&resp.body[..resp.body.len().min(40)])
+                    );
+                    hits += usize::from(cache_status(&resp) == "HIT");
+                }
+                hits
+            })
+        })
+        .collect();
+    let hits: usize = threads.into_iter().map(|t| t.join().expect("client")).sum();
+    assert!(hits > 500, "{hits} hits of 1600 requests");
+    let evictions = gw.metric(r#"tollgate_cache_evictions_total{tier="memory"}"#);
+    assert!(evictions > 50.0, "{evictions} evictions");
+    // The bodies were in shared memory, counted in the gateway's resident memory.
+    let pid = gw.child.id();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(
+        maps.contains("memfd:tollgate-tiles"),
+        "no shared memory mapped"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let shmem_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssShmem:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    assert!(shmem_kb > 100, "RssShmem {shmem_kb} kB");
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    let shared = &state["sharedMemory"];
+    // The file is sized half again as large as the budget; bodies pushed out are let go a
+    // little after (the memory tier frees them when no thread still reads its maps).
+    let (used, size) = (shared["used"].as_u64(), shared["size"].as_u64());
+    assert!(
+        used.is_some_and(|u| u > 0 && u <= 3 << 20) && size == Some(3 << 20),
+        "{state}"
+    );
+    assert_eq!(
+        gw.metric(r#"tollgate_cache_shared_memory_bytes{state="size"}"#),
+        f64::from(3 << 20)
+    );
+    let used = gw.metric(r#"tollgate_cache_shared_memory_bytes{state="used"}"#);
+    assert!(used > 0.0 && used <= f64::from(3 << 20), "{used}");
+    // Every popular tile once more, after the churn: still its own.
+    for (k, size) in sizes.iter().cycle().take(10).enumerate() {
+        let name = format!("hot{k}");
+        let resp = get(port, "GET", &format!("/open/unique/{size}/{name}"), &[]);
+        assert!(resp.body == expected(&name, *size), "hot{k}");
+    }
+}
+
+/// Clients that leave in the middle of a hit sent by `sendfile` (a 250 KB tile, the connection
+/// reset after a few bytes, with a small receive buffer so most of the tile is still to send)
+/// cost only their own request: the gateway goes on, and the tile goes out whole to the next.
+#[test]
+fn clients_that_leave_during_a_hit_sent_from_shared_memory_cost_only_their_own_request() {
+    use std::io::{Read, Write};
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    let path = "/open/unique/250000/big";
+    let expected: Vec<u8> = "big".bytes().cycle().take(250_000).collect();
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    let leavers: Vec<_> = (0..8)
+        .map(|_| {
+            let port = gw.port;
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let s =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .expect("socket");
+                    s.set_recv_buffer_size(4096).expect("rcvbuf");
+                    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+                    s.connect(&addr.into()).expect("connect");
+                    let mut s: std::net::TcpStream = s.into();
+                    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+                        .expect("send");
+                    let mut some = [0u8; 64];
+                    let _ = s.read(&mut some);
+                    // Unread bytes: the close resets the connection mid-tile.
+                    drop(s);
+                }
+            })
+        })
+        .collect();
+    for l in leavers {
+        l.join().expect("client");
+    }
+    for _ in 0..5 {
+        let r = get(gw.port, "GET", path, &[]);
+        assert_eq!((r.status, cache_status(&r)), (200, "HIT"));
+        assert!(r.body == expected, "{} bytes, not the tile", r.body.len());
+    }
+    assert_eq!(up.served(), 1);
+}
+
+/// A tile sent by `sendfile` to a client that has not read it yet stays its own when it is
+/// pushed out and its pages cut out of the shared memory — also on a system that gives shared
+/// memory huge pages (`shmem_enabled: always`, as some hosts set for databases), where a hole
+/// punched in part of a huge page zeroes it in place (without the gateway's advice against
+/// them, this client got zeros). Run where the setting can be changed (root, `/sys`
+/// writable); it is put back after.
+#[test]
+fn a_slow_clients_tile_stays_its_own_when_the_system_gives_shared_memory_huge_pages() {
+    use std::io::{Read, Write};
+    use support::hugepages;
+    let Some(_setting) = hugepages::ShmemHugePages::set("always") else {
+        eprintln!("not run: the system's shmem_enabled cannot be changed here");
+        return;
+    };
+    if !hugepages::memfd_gets_huge_pages() {
+        // A kernel that cannot find free 2 MiB blocks gives none; then there is nothing to show.
+        eprintln!("not run: shmem_enabled: always gave this process no huge pages");
+        return;
+    }
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-memory", "2MiB"]);
+    let path = "/open/unique/20000/first";
+    let expected: Vec<u8> = "first".bytes().cycle().take(20000).collect();
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    // The slow client: its hit is sent and waits, unread, in its socket.
+    let mut slow = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    slow.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+        .expect("send");
+    std::thread::sleep(Duration::from_millis(300));
+    // Tiles never asked for before push it out of the 2 MiB memory tier; its body is let go
+    // a little after (once no thread still reads the tier's maps) and, as it went by
+    // `sendfile`, its pages are cut out of the file. Tiles stored after that may take them.
+    let cuts = || {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+        state["sharedMemory"]["cuts"].as_u64().unwrap_or(0)
+    };
+    let mut after_cut = None;
+    for i in 0..3000 {
+        let other = format!("/open/unique/20000/other{i}");
+        assert_eq!(cache_status(&get(gw.port, "GET", &other, &[])), "MISS");
+        if after_cut.is_none() && i % 10 == 9 && cuts() > 0 {
+            after_cut = Some(i);
+        }
+        if after_cut.is_some_and(|at| i >= at + 10) {
+            break;
+        }
+    }
+    assert!(after_cut.is_some(), "the tile's pages were never cut out");
+    let mut answer = Vec::new();
+    slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 8192];
+    let body_at = loop {
+        let n = slow.read(&mut buf).expect("read");
+        assert!(n > 0, "the connection closed");
+        answer.extend_from_slice(&buf[..n]);
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    while answer.len() < body_at + expected.len() {
+        let n = slow.read(&mut buf).expect("read");
+        assert!(n > 0, "the connection closed mid-tile");
+        answer.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&answer[..body_at]).to_lowercase();
+    assert!(head.contains("x-cache-status: hit"), "{head}");
+    let body = &answer[body_at..];
+    assert!(
+        body == expected,
+        "the slow client got other bytes than its tile: {:?}",
+        String::from_utf8_lossy(&body[..40])
+    );
+    // The gateway's shared memory is in 4 KiB pages, whatever the setting.
+    let smaps = std::path::PathBuf::from(format!("/proc/{}/smaps", gw.child.id()));
+    assert_eq!(hugepages::huge_kib(&smaps, "memfd:tollgate-tiles"), 0);
+}
+
+#[test]
+fn a_scan_of_distinct_tiles_stays_within_the_memory_budget() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-memory", "8MiB"]);
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{}/status", gw.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+            * 1024
+    };
+    // A popular tile, requested often.
+    for _ in 0..20 {
+        assert_eq!(tile(&gw, "/open/bytes/16000/popular.png", 0).status, 200);
+    }
+    let before = rss();
+    // 3000 distinct 16 KB tiles (48 MB) through an 8 MiB cache.
+    let port = gw.port;
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..750 {
+                    let p = format!("/open/bytes/16000/scan-{t}-{i}.png");
+                    assert_eq!(get(port, "GET", &p, &[]).status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("scan thread");
+    }
+    let after = rss();
+    let stored = gw.metric(r#"tollgate_cache_bytes{tier="memory"}"#);
+    assert!(stored <= 8.0 * 1024.0 * 1024.0, "stored {stored} bytes");
+    let grown = after.saturating_sub(before);
+    assert!(
+        grown < 24 * 1024 * 1024,
+        "RSS grew by {} MB over an 8 MiB budget",
+        grown >> 20
+    );
+    // The popular tile survived the scan.
+    assert_eq!(
+        cache_status(&tile(&gw, "/open/bytes/16000/popular.png", 0)),
+        "HIT"
+    );
+}
