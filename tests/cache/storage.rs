@@ -80,6 +80,15 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let dir_arg = cache_dir.display().to_string();
     let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "10M"];
     let (dir, gw) = start(&up, "{ttl: 600}", &args);
+    // The gateway again on the same disk tier (without `--cache-disk-size`: the default).
+    let populate = dir.file("consumers.json");
+    let restart = || {
+        GatewayProcess::start_with(
+            &dir,
+            &["--populate", &populate, "--cache-dir", &dir_arg],
+            &[],
+        )
+    };
     let first = tile(&gw, "/tiles/bytes/20000/a.png", 0);
     assert_eq!(cache_status(&first), "MISS");
     let second = tile(&gw, "/tiles/bytes/30000/b.png", 0);
@@ -96,16 +105,7 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     drop(gw);
     up.kill();
     // A new process, the upstream gone: answered from disk.
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &[
-            "--populate",
-            &dir.file("consumers.json"),
-            "--cache-dir",
-            &dir_arg,
-        ],
-        &[],
-    );
+    let gw = restart();
     let again = tile(&gw, "/tiles/bytes/20000/a.png", 0);
     assert_eq!(
         (again.status, cache_status(&again)),
@@ -125,16 +125,7 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
         std::fs::write(f, bytes).expect("damage");
     }
     assert!(!files.is_empty());
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &[
-            "--populate",
-            &dir.file("consumers.json"),
-            "--cache-dir",
-            &dir_arg,
-        ],
-        &[],
-    );
+    let gw = restart();
     let r = tile(&gw, "/tiles/bytes/30000/b.png", 0);
     assert_eq!(
         r.status,
