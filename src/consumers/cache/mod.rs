@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::layout::{CredentialType, Layout};
-use super::model;
+use super::layout::Layout;
 use crate::pipeline::context::Consumer;
-use crate::store::{KeyType, Store, StoreResult};
+use crate::store::Store;
 
 mod sync;
 

@@ -2,7 +2,19 @@
 //! refresh of one entity an invalidation message names, and the background lookup of a key
 //! the cache does not know.
 
-use super::*;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{
+    scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Tables,
+    MAX_NEGATIVE, NEGATIVE_TTL,
+};
+use crate::consumers::layout::CredentialType;
+use crate::consumers::model;
+use crate::pipeline::context::Consumer;
+use crate::store::{KeyType, StoreResult};
 
 impl ConsumerCache {
     /// Loads everything from the store and swaps it in at once. Hashes are read and converted

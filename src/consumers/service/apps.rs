@@ -1,6 +1,10 @@
 //! Applications: find, create, update, activate, delete, list.
 
-use super::*;
+use serde_json::{Map, Value};
+
+use super::model::{self, Fields};
+use super::{invalid, to_fields, ConsumerError, ConsumerService, CredentialType, Result};
+use crate::store::{KeyType, Write};
 
 impl ConsumerService {
     /// Finds an app by id, then by name.

@@ -1,6 +1,14 @@
 //! Credentials of users and applications: create, read, activate, change scopes, delete.
 
-use super::*;
+use std::collections::HashMap;
+
+use serde_json::{Map, Value};
+
+use super::model::{self, Fields};
+use super::{
+    hash_password, invalid, ConsumerError, ConsumerRef, ConsumerService, CredentialType, Result,
+};
+use crate::store::{KeyType, Write};
 
 impl ConsumerService {
     /// Resolves a consumer as EG does: username, user id, app id, app name.

@@ -9,12 +9,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::layout::{CredentialType, Layout};
 use super::model::{self, Fields};
 use super::models::Models;
-use crate::store::{KeyType, Store, StoreError, Write};
+use crate::store::{Store, StoreError, Write};
 
 mod apps;
 mod credentials;

@@ -1,6 +1,8 @@
 //! Scopes: the list every credential's scopes are checked against.
 
-use super::*;
+use super::model;
+use super::{ConsumerError, ConsumerService, CredentialType, Result};
+use crate::store::{KeyType, Write};
 
 impl ConsumerService {
     pub async fn scopes(&self) -> Result<Vec<String>> {

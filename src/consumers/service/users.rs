@@ -1,6 +1,10 @@
 //! Users: find, create, update, activate, delete, list.
 
-use super::*;
+use serde_json::{Map, Value};
+
+use super::model::{self, Fields};
+use super::{invalid, to_fields, ConsumerError, ConsumerService, Result};
+use crate::store::Write;
 
 impl ConsumerService {
     /// Finds a user by username, then by id.
