@@ -26,6 +26,7 @@ PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 . "$ROOT/benches/load/setup.sh"
 bench_init callgrind
 bench_setup valgrind nginx curl python3
+trap bench_cleanup EXIT
 BIN="$ROOT/target/release/tollgate"
 
 # Warms the server that runs as PID, counts N requests to PATH and prints the instructions

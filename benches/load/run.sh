@@ -69,15 +69,31 @@ else
 fi
 BIN="$ROOT/target/$PROFILE/tollgate"
 
+# What this run starts it stops when it ends: tollgate's processes, and the peers (and the Redis
+# Express Gateway's key-auth uses) that were not running before it; peers already running are
+# left as they were.
+TG_PIDS=() ours=()
+cleanup() {
+  for p in "${TG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  ((${#ours[@]} == 0)) || "$PEERS_DIR/stop.sh" "${ours[@]}" >>"$OUT/peers.log" 2>&1 || true
+}
+trap cleanup EXIT
+running() { svc_pid "$(peer_svc "$1" 2>/dev/null || echo "$1")" >/dev/null; }
+redis_before=0
+running redis && redis_before=1
 started=()
 for svc in upstream $(for p in $PEERS; do case $p in nginx|nginx-cache|haproxy|eg|eg-auth) echo "$p";; esac; done); do
-  if "$PEERS_DIR/start.sh" "$svc" >>"$OUT/peers.log" 2>&1; then started+=("$svc"); else say "skipping $svc: it did not start (see $OUT/peers.log)"; fi
+  before=0
+  running "$svc" && before=1
+  if "$PEERS_DIR/start.sh" "$svc" >>"$OUT/peers.log" 2>&1; then
+    started+=("$svc")
+    ((before)) || ours+=("$svc")
+  else
+    say "skipping $svc: it did not start (see $OUT/peers.log)"
+  fi
 done
+((redis_before)) || ! running redis || ours+=(redis)
 [[ " ${started[*]} " == *" upstream "* ]] || { say "the upstream did not start: nothing to measure"; exit 1; }
-
-TG_PIDS=()
-cleanup() { for p in "${TG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
 start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   local name=$1 conf=$2 port=$3 admin=$4; shift 4
   rm -rf "$OUT/tollgate/$name-data"

@@ -27,7 +27,7 @@ RUST_LOG=warn TOLLGATE_BENCH_PORT=$PORT TOLLGATE_BENCH_ADMIN_PORT=$((PORT + 1000
   --populate "$ROOT/benches/load/kargo/consumers.config.json" --cache-memory "${BUDGET_MIB}MiB" \
   >"$OUT/tollgate.log" 2>&1 &
 PID=$!
-trap 'kill $PID 2>/dev/null || true' EXIT
+trap 'kill $PID 2>/dev/null || true; bench_cleanup' EXIT
 for _ in $(seq 100); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/wmts/warm.png?jwt=$TOKEN" && break; sleep 0.2; done
 kb() { awk -v k="$1:" '$1 == k {print $2}' "/proc/$PID/status"; }
 cache() { curl -fs "http://127.0.0.1:$((PORT + 1000))/tollgate/cache"; }
