@@ -128,14 +128,8 @@ impl ConsumerService {
             .validate(body, false)
             .map_err(invalid)?;
         changes.push(("updatedAt".into(), model::js_date_now()));
-        self.commit(
-            &[Write::HSet {
-                key: self.layout.app(&id),
-                fields: changes,
-            }],
-            &[format!("app:{id}")],
-        )
-        .await?;
+        self.set_fields(self.layout.app(&id), changes, &[format!("app:{id}")])
+            .await?;
         self.get_app(&id).await
     }
 
@@ -153,14 +147,8 @@ impl ConsumerService {
             ("isActive".to_string(), active.to_string()),
             ("updatedAt".to_string(), model::js_date_now()),
         ];
-        self.commit(
-            &[Write::HSet {
-                key: self.layout.app(&id),
-                fields: status,
-            }],
-            &[format!("app:{id}")],
-        )
-        .await?;
+        self.set_fields(self.layout.app(&id), status, &[format!("app:{id}")])
+            .await?;
         Ok(if active { "Activated" } else { "Deactivated" })
     }
 

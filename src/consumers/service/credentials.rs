@@ -275,11 +275,9 @@ impl ConsumerService {
             ("isActive".to_string(), active.to_string()),
             ("updatedAt".to_string(), model::js_date_now()),
         ];
-        self.commit(
-            &[Write::HSet {
-                key: self.layout.credential(t, id),
-                fields,
-            }],
+        self.set_fields(
+            self.layout.credential(t, id),
+            fields,
             &[format!("{}:{id}", t.as_str())],
         )
         .await?;

@@ -118,6 +118,16 @@ impl ConsumerService {
         Ok(())
     }
 
+    /// Sets fields of one hash and announces the changed entities.
+    async fn set_fields(
+        &self,
+        key: String,
+        fields: Vec<(String, String)>,
+        changed: &[String],
+    ) -> Result<()> {
+        self.commit(&[Write::HSet { key, fields }], changed).await
+    }
+
     /// One page of a listing: the objects at `keys[start..start + count]`, and where the next
     /// page starts (0: none).
     async fn page(

@@ -27,14 +27,7 @@ impl ConsumerService {
             .iter()
             .map(|s| (s.clone(), "true".to_string()))
             .collect();
-        self.commit(
-            &[Write::HSet {
-                key: self.layout.scopes(),
-                fields,
-            }],
-            &[],
-        )
-        .await
+        self.set_fields(self.layout.scopes(), fields, &[]).await
     }
 
     /// Deletes a scope and removes it from every credential that holds it.

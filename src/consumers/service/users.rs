@@ -118,14 +118,8 @@ impl ConsumerService {
             .map_err(invalid)?;
         if !changes.is_empty() {
             changes.push(("updatedAt".into(), model::js_date_now()));
-            self.commit(
-                &[Write::HSet {
-                    key: self.layout.user(&id),
-                    fields: changes,
-                }],
-                &[format!("user:{id}")],
-            )
-            .await?;
+            self.set_fields(self.layout.user(&id), changes, &[format!("user:{id}")])
+                .await?;
         }
         self.get_user(&id).await
     }
