@@ -267,14 +267,7 @@ fn upstream_failures_and_timeouts_are_502_and_the_client_connection_survives_non
     });
     assert!(counted, "{}", refused.log_text());
     // A body cut short: the client's connection is closed before its promised length.
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    s.write_all(b"GET /short HTTP/1.1\r\nHost: tiles\r\n\r\n")
-        .expect("send");
-    let mut got = Vec::new();
-    let _ = s.read_to_end(&mut got);
-    let text = String::from_utf8_lossy(&got);
+    let text = support::send_until_close(gw.port, b"GET /short HTTP/1.1\r\nHost: tiles\r\n\r\n");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(
         text.ends_with("hello"),

@@ -5,7 +5,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -250,15 +250,7 @@ fn request_smuggling_is_refused_or_normalised() {
     let rec = Recorder::start();
     let dir = ConfigDir::new(&tiles_config(&format!("http://127.0.0.1:{}", rec.port), ""));
     let gw = GatewayProcess::start(&dir);
-    let send = |raw: &str| -> String {
-        let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s.write_all(raw.as_bytes()).expect("send");
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        String::from_utf8_lossy(&out).into_owned()
-    };
+    let send = |raw: &str| support::send_until_close(gw.port, raw.as_bytes());
     let refused = [
         (
             "two different Content-Lengths",

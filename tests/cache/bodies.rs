@@ -9,15 +9,10 @@ fn a_truncated_body_is_never_stored() {
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
     for _ in 0..2 {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-        use std::io::{Read, Write};
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s.write_all(b"GET /open/truncate/40000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
-            .expect("send");
-        let mut got = Vec::new();
-        let _ = s.read_to_end(&mut got);
-        let text = String::from_utf8_lossy(&got);
+        let text = support::send_until_close(
+            gw.port,
+            b"GET /open/truncate/40000 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        );
         assert!(
             !text.contains("x-cache-status: HIT"),
             "a truncated body was cached: {}",

@@ -45,6 +45,18 @@ pub fn request(port: u16, raw: &str, head_request: bool) -> Response {
     read_response(&mut s, head_request)
 }
 
+/// Sends `raw` and returns everything the gateway sends back until it closes the connection
+/// (or 5 s pass without a byte): what a client sees, framing and all.
+pub fn send_until_close(port: u16, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(raw).expect("send");
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// `GET`-like request with extra headers, `Connection: close`.
 pub fn get(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
     let mut raw = format!("{method} {path} HTTP/1.1\r\n");

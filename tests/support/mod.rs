@@ -15,6 +15,6 @@ pub mod s3;
 pub mod tls;
 pub mod upstream;
 
-pub use client::{get, json_body, request, send_json, Response};
+pub use client::{get, json_body, request, send_json, send_until_close, Response};
 pub use echo::EchoUpstream;
 pub use gateway::{free_port, ConfigDir, GatewayProcess};
