@@ -118,6 +118,12 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
                 w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello");
                 return;
             }
+            // The same with a body too large to be relayed whole (it streams).
+            "/short-large" => {
+                w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 1048576\r\n\r\n");
+                w(&mut out, &[b'L'; 1000]);
+                return;
+            }
             "/garbage" => {
                 w(&mut out, b"NOT HTTP AT ALL\r\n\r\n");
                 return;
@@ -266,12 +272,24 @@ fn upstream_failures_and_timeouts_are_502_and_the_client_connection_survives_non
         refused.metric("tollgate_upstream_errors_total{kind=\"refused\"}") >= 1.0
     });
     assert!(counted, "{}", refused.log_text());
-    // A body cut short: the client's connection is closed before its promised length.
+    // A body cut short, relayed whole: nothing of it went out, so the client gets a 502 (a
+    // tile is not answered truncated), and its connection is closed.
     let text = support::send_until_close(gw.port, b"GET /short HTTP/1.1\r\nHost: tiles\r\n\r\n");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.ends_with("Bad gateway."), "{text}");
+    // Streamed: the head and what came went out, then the connection is closed before the
+    // promised length.
+    let text =
+        support::send_until_close(gw.port, b"GET /short-large HTTP/1.1\r\nHost: tiles\r\n\r\n");
     assert!(
-        text.ends_with("hello"),
-        "the connection must close after what came: {text}"
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert!(
+        text.ends_with(&"L".repeat(1000)) && !text.ends_with(&"L".repeat(1001)),
+        "the connection must close after what came: {} bytes",
+        text.len()
     );
 }
 

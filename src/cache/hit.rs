@@ -139,7 +139,7 @@ fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
         else {
             return None;
         };
-        let earlier = edits[..i].iter().any(|e| edited_name(e) == n);
+        let earlier = edits[..i].iter().any(|e| e.name() == n);
         let ranges = n == ACCEPT_RANGES && stored.offers_ranges();
         if per_hit(n) || ranges || stored.has(n) || earlier {
             // A header the stored head, the hit or an earlier edit has: Pingora's rules apply.
@@ -209,13 +209,4 @@ fn hit_head(stored: &ResponseHeader) -> pingora_core::Result<ResponseHeader> {
         header.insert_header(TRANSFER_ENCODING, "chunked")?;
     }
     Ok(header)
-}
-
-fn edited_name(e: &HeaderEdit) -> &HeaderName {
-    match e {
-        HeaderEdit::Set(n, _)
-        | HeaderEdit::Default(n, _)
-        | HeaderEdit::Append(n, _)
-        | HeaderEdit::Remove(n) => n,
-    }
 }

@@ -66,7 +66,7 @@ impl FastPath {
                     };
                     let store = fill.stores().then_some(fill);
                     return self
-                        .answer_whole(reading, store, fetched, gw, x, started, limits)
+                        .answer_whole(reading, store, fetched, gw, x, started, limits, MISS)
                         .await;
                 }
                 None => Ok((up, key)),
@@ -77,14 +77,16 @@ impl FastPath {
         // copied whole as every miss's future is built.
         let how = InSession::Relay {
             asked,
-            fill,
+            fill: Some(fill),
             upstream_started,
         };
-        Box::pin(self.end_in_session(reading, how, gw, x, started, limits)).await
+        Box::pin(self.end_in_session(reading, how, gw, x, started, limits, MISS)).await
     }
 
-    /// Ends a miss not answered whole through Pingora's session.
-    async fn end_in_session(
+    /// Ends a request not answered whole through Pingora's session; `cache` is the cache's
+    /// verdict on it, if a cache step ran.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn end_in_session(
         &self,
         reading: Reading,
         how: InSession,
@@ -92,6 +94,7 @@ impl FastPath {
         x: &mut Exchange,
         started: Instant,
         limits: &SessionLimits,
+        cache: Option<&'static str>,
     ) -> Served {
         let (mut s, mut end) = match in_session(reading, x, limits).await {
             Ok(session) => session,
@@ -102,7 +105,17 @@ impl FastPath {
                 asked,
                 fill,
                 upstream_started,
-            } => relay::relay(&mut s, asked, x, &mut end, Some(*fill), upstream_started).await,
+            } => {
+                relay::relay(
+                    &mut s,
+                    asked,
+                    x,
+                    &mut end,
+                    fill.map(|f| *f),
+                    upstream_started,
+                )
+                .await
+            }
             InSession::Failed {
                 error,
                 upstream_time,
@@ -111,15 +124,16 @@ impl FastPath {
                 relay::fail(&mut s, x, error, &mut end).await;
             }
         }
-        end.cache = Some(("MISS", None));
+        end.cache = cache.map(|status| (status, None));
         self.finish(*s, gw, x, started, end).await
     }
 
     /// Reads the whole body into the worker thread's buffer, which the processor's caches
     /// hold, stores it from there (when `store` holds the fill; written past the caches, see
-    /// [`crate::cache::store::shared`]) and answers it from there.
+    /// [`crate::cache::store::shared`]) and answers it from there; `cache` is the cache's
+    /// verdict, if a cache step ran.
     #[allow(clippy::too_many_arguments)]
-    async fn answer_whole(
+    pub(super) async fn answer_whole(
         &self,
         reading: Reading,
         store: Option<Box<Fill>>,
@@ -128,6 +142,7 @@ impl FastPath {
         x: &mut Exchange,
         started: Instant,
         limits: &SessionLimits,
+        cache: Option<&'static str>,
     ) -> Served {
         let status = f.up.resp_header().map_or(0, |r| r.status.as_u16());
         if let Some(plan) = &x.proxy {
@@ -150,7 +165,8 @@ impl FastPath {
                     error: e,
                     upstream_time: f.upstream_time,
                 };
-                return Box::pin(self.end_in_session(reading, how, gw, x, started, limits)).await;
+                return Box::pin(self.end_in_session(reading, how, gw, x, started, limits, cache))
+                    .await;
             }
         };
         if let Some(upstream) = reusable {
@@ -165,7 +181,7 @@ impl FastPath {
             bytes_in: 0,
             bytes_out: if error.is_none() { body.len() } else { 0 },
             error: error.as_deref(),
-            cache: Some(("MISS", None)),
+            cache: cache.map(|status| (status, None)),
         };
         give_back(body);
         settle(gw, &logged_as(&logged), x, &ended);
@@ -196,14 +212,14 @@ fn give_back(mut buf: BytesMut) {
     }
 }
 
-/// How a miss not answered whole ends, through Pingora's session. (Its size is no cost: it
-/// only lives in the boxed future of [`FastPath::end_in_session`].)
+/// How a request not answered whole ends, through Pingora's session. (Its size is no cost:
+/// it only lives in the boxed future of [`FastPath::end_in_session`].)
 #[allow(clippy::large_enum_variant)]
-enum InSession {
+pub(super) enum InSession {
     /// The upstream's answer relayed as it comes, stored on the way when it is.
     Relay {
         asked: relay::Asked,
-        fill: Box<Fill>,
+        fill: Option<Box<Fill>>,
         upstream_started: Instant,
     },
     /// A fetch that failed before anything went to the client: the error's status.
@@ -214,16 +230,20 @@ enum InSession {
 }
 
 /// An upstream answer whose body is to be read whole.
-struct Fetched {
-    up: Upstream,
+pub(super) struct Fetched {
+    pub up: Upstream,
     /// The upstream connection's pool key.
-    key: u64,
-    /// The client's head, made as a hit's from the stored head (or the one that would be).
-    head: BytesMut,
+    pub key: u64,
+    /// The client's head: for a miss made as a hit's from the stored head (or the one that
+    /// would be), for an answer not cached from the upstream's ([`super::direct`]).
+    pub head: BytesMut,
     /// Whether the client's connection stays open.
-    keepalive: bool,
-    upstream_time: std::time::Duration,
+    pub keepalive: bool,
+    pub upstream_time: std::time::Duration,
 }
+
+/// The cache's verdict on a miss.
+const MISS: Option<&str> = Some("MISS");
 
 /// The client's head when the upstream's answer is read and answered whole: a final answer
 /// of known length up to [`WHOLE_MAX`], whose head (as stored, when it is stored) a hit is
@@ -247,7 +267,7 @@ fn whole(
 
 /// The length of a final answer of known length, and its `Age`, when it has one that is a
 /// number (`None`: the answer is not written from a head made here).
-fn length_and_age(resp: &ResponseHeader) -> Option<(usize, Option<u64>)> {
+pub(super) fn length_and_age(resp: &ResponseHeader) -> Option<(usize, Option<u64>)> {
     if resp.status.is_informational() || resp.headers.contains_key(TRANSFER_ENCODING) {
         return None;
     }

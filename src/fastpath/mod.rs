@@ -13,6 +13,7 @@
 //! reads the upstream's body by its length, chunks or close and knows HEAD, 204 and 304 have
 //! none; the server session writes it to the client by the response's headers.
 
+mod direct;
 mod fill;
 mod head;
 mod pool;
@@ -118,6 +119,16 @@ impl FastPath {
             // request moves it.)
             Some(Lookup::Fill(fill)) if reading.alone() => {
                 let answer = self.answer_fill(reading, fill, &gw, &mut x, started, limits);
+                return Box::pin(answer).await;
+            }
+            // No cache step: relayed whole when the answer is a tile's (boxed as a miss is).
+            None if matches!(decision, Decision::Proxy)
+                && x.cache.is_none()
+                && x.compress.is_none()
+                && !http2_upstream(&x)
+                && reading.alone() =>
+            {
+                let answer = self.answer_direct(reading, &gw, &mut x, started, limits);
                 return Box::pin(answer).await;
             }
             other => other,

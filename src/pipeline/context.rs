@@ -85,6 +85,18 @@ pub enum HeaderEdit {
     Remove(HeaderName),
 }
 
+impl HeaderEdit {
+    /// The header the edit changes.
+    pub fn name(&self) -> &HeaderName {
+        match self {
+            HeaderEdit::Set(n, _)
+            | HeaderEdit::Default(n, _)
+            | HeaderEdit::Append(n, _)
+            | HeaderEdit::Remove(n) => n,
+        }
+    }
+}
+
 /// The consumer an auth policy authenticated.
 #[derive(Clone, Debug)]
 pub struct Consumer {

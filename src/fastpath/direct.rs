@@ -1,0 +1,288 @@
+//! An answer no cache step handles, relayed whole: a final answer of known length up to
+//! [`DIRECT_MAX`] (what a tile is) is read into the worker thread's buffer and written with its
+//! head in one `writev` on the connection itself, as a miss is ([`super::fill`]), without
+//! Pingora's server session — which would read the request head a second time, clone the
+//! upstream's head and rebuild it header by header, a fifth of a proxied tile's instructions.
+//! The head is the upstream's as the session would send it: the upstream connection's own
+//! headers gone, the pipeline's edits applied, the gateway's `Date` and `Connection`.
+//! Anything else — a larger body or one of unknown length, an informational answer, edits the
+//! head cannot take as written here, a failure — goes through the session as before
+//! ([`super::relay::relay`]), streamed as it comes.
+
+use std::time::Instant;
+
+use bytes::{BufMut, BytesMut};
+use http::header::{HeaderName, CONTENT_LENGTH};
+use pingora_http::{HeaderNameVariant, ResponseHeader};
+
+use super::fill::{length_and_age, Fetched, InSession};
+use super::head::Reading;
+use super::relay;
+use super::{FastPath, Served, SessionLimits};
+use crate::gateway::Gateway;
+use crate::pipeline::context::{Exchange, HeaderEdit};
+
+/// The largest body relayed whole; a larger one goes to the client as it arrives.
+pub const DIRECT_MAX: usize = 256 * 1024;
+
+/// Headers the gateway writes itself or that belong to one connection (RFC 9110 §7.6.1):
+/// never copied from the upstream's head, and an edit of one leaves the answer to the session.
+const OWN: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "transfer-encoding",
+    "content-length",
+    "date",
+];
+
+impl FastPath {
+    /// Proxies a request no cache step handles and answers it.
+    pub(super) async fn answer_direct(
+        &self,
+        reading: Reading,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
+        let upstream_started = Instant::now();
+        let asked = relay::connect_and_ask(&self.connector, reading.req(), x, false).await;
+        let keepalive = reading.keepalive(limits);
+        let asked = match asked {
+            Ok((up, key)) => match up
+                .resp_header()
+                .and_then(|resp| wire_head(resp, &x.response_edits, keepalive))
+            {
+                Some(head) => {
+                    let fetched = Fetched {
+                        up,
+                        key,
+                        head,
+                        keepalive,
+                        upstream_time: upstream_started.elapsed(),
+                    };
+                    return self
+                        .answer_whole(reading, None, fetched, gw, x, started, limits, None)
+                        .await;
+                }
+                None => Ok((up, key)),
+            },
+            Err(e) => Err(e),
+        };
+        let how = InSession::Relay {
+            asked,
+            fill: None,
+            upstream_started,
+        };
+        Box::pin(self.end_in_session(reading, how, gw, x, started, limits, None)).await
+    }
+}
+
+/// The client's head for the upstream's answer `resp`, when it is relayed whole: a final
+/// answer whose length is known and at most [`DIRECT_MAX`], and `edits` that each name a
+/// header once and none of [`OWN`]. The upstream's headers in its order and spelling, but
+/// those of [`OWN`], those its `Connection` names and those a `Set` or `Remove` edit replaces;
+/// then the edits' values; then `Content-Length`, `Date` and `Connection`.
+pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
+    let (len, _) = length_and_age(resp)?;
+    if len > DIRECT_MAX || resp.headers.get_all(CONTENT_LENGTH).iter().count() != 1 {
+        return None;
+    }
+    for (i, edit) in edits.iter().enumerate() {
+        let n = edit.name();
+        if OWN.contains(&n.as_str()) || edits[..i].iter().any(|e| e.name() == n) {
+            return None;
+        }
+    }
+    let tokens = || {
+        resp.headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.is_empty())
+    };
+    let named = |name: &[u8]| tokens().any(|t| t.eq_ignore_ascii_case(name));
+    let replaced = |name: &[u8]| {
+        edits.iter().any(|e| {
+            matches!(e, HeaderEdit::Set(..) | HeaderEdit::Remove(_))
+                && e.name().as_str().as_bytes().eq_ignore_ascii_case(name)
+        })
+    };
+    let date = pingora_core::protocols::http::date::get_cached_date();
+    let mut buf = BytesMut::with_capacity(128 + 48 * (resp.headers.len() + edits.len()));
+    buf.put_slice(b"HTTP/1.1 ");
+    buf.put_slice(resp.status.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+    buf.put_slice(b"\r\n");
+    let _ = resp.map(|name, value| {
+        let name: &[u8] = match &name {
+            HeaderNameVariant::Case(n) => n.as_slice(),
+            HeaderNameVariant::Titled(n) => n.as_bytes(),
+        };
+        let own = OWN.iter().any(|o| name.eq_ignore_ascii_case(o.as_bytes()));
+        if !(own || named(name) || replaced(name)) {
+            line(&mut buf, name, value.as_bytes());
+        }
+        Ok(())
+    });
+    let upstream_has =
+        |n: &HeaderName| resp.headers.contains_key(n) && !named(n.as_str().as_bytes());
+    for edit in edits {
+        match edit {
+            HeaderEdit::Set(n, v) | HeaderEdit::Append(n, v) => {
+                line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
+            }
+            HeaderEdit::Default(n, v) if !upstream_has(n) => {
+                line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
+            }
+            HeaderEdit::Default(..) | HeaderEdit::Remove(_) => {}
+        }
+    }
+    line(
+        &mut buf,
+        b"Content-Length",
+        itoa::Buffer::new().format(len).as_bytes(),
+    );
+    line(&mut buf, b"Date", date.as_bytes());
+    buf.put_slice(if keepalive {
+        b"Connection: keep-alive\r\n\r\n".as_slice()
+    } else {
+        b"Connection: close\r\n\r\n".as_slice()
+    });
+    Some(buf)
+}
+
+fn line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn upstream(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut resp = ResponseHeader::build(status, None).expect("status");
+        for (n, v) in headers {
+            resp.append_header(n.to_string(), *v).expect("header");
+        }
+        resp
+    }
+
+    fn text(head: Option<BytesMut>) -> String {
+        let head = head.expect("relayed whole");
+        String::from_utf8(head.to_vec()).expect("utf-8")
+    }
+
+    fn set(n: &'static str, v: &'static str) -> HeaderEdit {
+        HeaderEdit::Set(HeaderName::from_static(n), HeaderValue::from_static(v))
+    }
+
+    #[test]
+    fn the_upstream_head_goes_out_in_its_order_and_spelling_without_its_connection_headers() {
+        let resp = upstream(
+            200,
+            &[
+                ("Content-Type", "image/png"),
+                ("Connection", "keep-alive, X-Hop"),
+                ("X-Hop", "secret"),
+                ("Keep-Alive", "timeout=5"),
+                ("Date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+                ("set-cookie", "a=1"),
+                ("set-cookie", "b=2"),
+                ("Content-Length", "5"),
+            ],
+        );
+        let head = text(wire_head(&resp, &[], true));
+        let lines: Vec<&str> = head.split("\r\n").collect();
+        assert_eq!(lines[0], "HTTP/1.1 200 OK");
+        assert_eq!(
+            &lines[1..4],
+            [
+                "Content-Type: image/png",
+                "set-cookie: a=1",
+                "set-cookie: b=2"
+            ]
+        );
+        assert_eq!(lines[4], "Content-Length: 5");
+        assert!(
+            lines[5].starts_with("Date: ") && !lines[5].contains("2024"),
+            "{head}"
+        );
+        assert_eq!(&lines[6..], ["Connection: keep-alive", "", ""]);
+        let closing = text(wire_head(&resp, &[], false));
+        assert!(closing.ends_with("Connection: close\r\n\r\n"), "{closing}");
+    }
+
+    #[test]
+    fn edits_apply_as_on_the_session() {
+        let resp = upstream(
+            404,
+            &[
+                ("X-A", "up"),
+                ("X-B", "up"),
+                ("X-C", "up"),
+                ("Content-Length", "0"),
+            ],
+        );
+        let edits = [
+            set("x-a", "edit"),
+            HeaderEdit::Remove(HeaderName::from_static("x-b")),
+            HeaderEdit::Default(
+                HeaderName::from_static("x-c"),
+                HeaderValue::from_static("edit"),
+            ),
+            HeaderEdit::Default(
+                HeaderName::from_static("x-d"),
+                HeaderValue::from_static("edit"),
+            ),
+            HeaderEdit::Append(
+                HeaderName::from_static("x-e"),
+                HeaderValue::from_static("edit"),
+            ),
+        ];
+        let head = text(wire_head(&resp, &edits, true));
+        let mut lines: Vec<&str> = head
+            .split("\r\n")
+            .filter(|l| l.starts_with("X-") || l.starts_with("x-"))
+            .collect();
+        lines.sort_unstable();
+        assert_eq!(
+            lines,
+            ["X-C: up", "x-a: edit", "x-d: edit", "x-e: edit"],
+            "{head}"
+        );
+        assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    }
+
+    #[test]
+    fn what_the_session_must_frame_or_edit_is_left_to_it() {
+        let sized = upstream(200, &[("Content-Length", "5")]);
+        assert!(wire_head(&sized, &[], true).is_some());
+        for resp in [
+            upstream(200, &[("Transfer-Encoding", "chunked")]),
+            upstream(200, &[]),
+            upstream(100, &[]),
+            upstream(200, &[("Content-Length", &(DIRECT_MAX + 1).to_string())]),
+            upstream(200, &[("Content-Length", "5"), ("Content-Length", "6")]),
+        ] {
+            assert!(wire_head(&resp, &[], true).is_none(), "{resp:?}");
+        }
+        for edits in [
+            vec![set("connection", "close")],
+            vec![set("content-length", "1")],
+            vec![set("x-a", "1"), set("x-a", "2")],
+        ] {
+            assert!(wire_head(&sized, &edits, true).is_none(), "{edits:?}");
+        }
+    }
+}
