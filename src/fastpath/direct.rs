@@ -94,19 +94,20 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
     }
     for (i, edit) in edits.iter().enumerate() {
         let n = edit.name();
-        if OWN.contains(&n.as_str()) || edits[..i].iter().any(|e| e.name() == n) {
+        if own(n.as_str().as_bytes()) || edits[..i].iter().any(|e| e.name() == n) {
             return None;
         }
     }
-    let tokens = || {
-        resp.headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.is_empty())
-    };
-    let named = |name: &[u8]| tokens().any(|t| t.eq_ignore_ascii_case(name));
+    // The headers the upstream's `Connection` names (most answers have none).
+    let named: smallvec::SmallVec<[&[u8]; 4]> = resp
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .collect();
+    let named = |name: &[u8]| named.iter().any(|t| t.eq_ignore_ascii_case(name));
     let replaced = |name: &[u8]| {
         edits.iter().any(|e| {
             matches!(e, HeaderEdit::Set(..) | HeaderEdit::Remove(_))
@@ -125,8 +126,7 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
             HeaderNameVariant::Case(n) => n.as_slice(),
             HeaderNameVariant::Titled(n) => n.as_bytes(),
         };
-        let own = OWN.iter().any(|o| name.eq_ignore_ascii_case(o.as_bytes()));
-        if !(own || named(name) || replaced(name)) {
+        if !(own(name) || named(name) || replaced(name)) {
             line(&mut buf, name, value.as_bytes());
         }
         Ok(())
@@ -156,6 +156,23 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
         b"Connection: close\r\n\r\n".as_slice()
     });
     Some(buf)
+}
+
+/// Whether `name` is one of [`OWN`], in any case.
+fn own(name: &[u8]) -> bool {
+    let candidates: &[&str] = match name.len() {
+        2 => &["te"],
+        4 => &["date"],
+        7 => &["trailer", "upgrade"],
+        10 => &["connection", "keep-alive"],
+        14 => &["content-length"],
+        16 => &["proxy-connection"],
+        17 => &["transfer-encoding"],
+        _ => return false,
+    };
+    candidates
+        .iter()
+        .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
 }
 
 fn line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -262,6 +279,17 @@ mod tests {
             "{head}"
         );
         assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{head}");
+    }
+
+    #[test]
+    fn the_headers_the_gateway_writes_are_known_in_any_case() {
+        for name in OWN {
+            assert!(own(name.as_bytes()), "{name}");
+            assert!(own(name.to_ascii_uppercase().as_bytes()), "{name}");
+        }
+        for name in ["x-date", "dat", "content-type", "connectionx", ""] {
+            assert!(!own(name.as_bytes()), "{name}");
+        }
     }
 
     #[test]
