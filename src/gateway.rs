@@ -57,9 +57,6 @@ pub struct Gateway {
     /// Kargo's storage route on the admin port, when configured.
     pub storage: Option<Arc<crate::admin::storage::Storage>>,
     pub pipelines: Vec<Pipeline>,
-    /// Whether a pipeline has a `cache` step (the fast path then reads plain request heads
-    /// itself, so that a hit needs no Pingora session).
-    pub caching: bool,
     pub service_endpoints: HashMap<String, Arc<ServiceEndpoint>>,
     pub healthcheck_path: String,
     pub http: Option<ListenerDef>,
@@ -111,14 +108,12 @@ impl Gateway {
             crate::admin::storage::Storage::from_system(&system, &mut errors).map(Arc::new);
         let router = build_router(&gw, &mut errors);
         errors.into_result()?;
-        let caching = pipelines.iter().any(Pipeline::caches);
         Ok(Gateway {
             router,
             endpoints,
             secret_query_params,
             storage,
             pipelines,
-            caching,
             service_endpoints,
             healthcheck_path: system.plugin_endpoint("healthcheck", HEALTHCHECK_PATH),
             http: gw.http,

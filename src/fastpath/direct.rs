@@ -1,13 +1,16 @@
-//! An answer no cache step handles, relayed whole: a final answer of known length up to
-//! [`DIRECT_MAX`] (what a tile is) is read into the worker thread's buffer and written with its
-//! head in one `writev` on the connection itself, as a miss is ([`super::fill`]), without
-//! Pingora's server session — which would read the request head a second time, clone the
-//! upstream's head and rebuild it header by header, a fifth of a proxied tile's instructions.
-//! The head is the upstream's as the session would send it: the upstream connection's own
-//! headers gone, the pipeline's edits applied, the gateway's `Date` and `Connection`.
-//! Anything else — a larger body or one of unknown length, an informational answer, edits the
-//! head cannot take as written here, a failure — goes through the session as before
-//! ([`super::relay::relay`]), streamed as it comes.
+//! Answers written on the connection itself, without Pingora's server session — which would
+//! read the request head a second time and rebuild the response head header by header (a
+//! fifth of a proxied tile's instructions, with the clone of the upstream's head).
+//!
+//! - An answer no cache step handles, relayed whole: a final answer of known length up to
+//!   [`DIRECT_MAX`] (what a tile is) is read into the worker thread's buffer and written with
+//!   its head in one `writev`, as a miss is ([`super::fill`]). The head is the upstream's as
+//!   the session would send it: the upstream connection's own headers gone, the pipeline's
+//!   edits applied, the gateway's `Date` and `Connection`. Anything else — a larger body or
+//!   one of unknown length, an informational answer, edits the head cannot take as written
+//!   here, a failure — goes through the session as before ([`super::relay::relay`]), streamed
+//!   as it comes.
+//! - A reply of the gateway's own (a 401, a 403, a health check): [`reply_head`].
 
 use std::time::Instant;
 
@@ -19,8 +22,9 @@ use super::fill::{length_and_age, Fetched, InSession};
 use super::head::Reading;
 use super::relay;
 use super::{FastPath, Served, SessionLimits};
+use crate::exchange;
 use crate::gateway::Gateway;
-use crate::pipeline::context::{Exchange, HeaderEdit};
+use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 
 /// The largest body relayed whole; a larger one goes to the client as it arrives.
 pub const DIRECT_MAX: usize = 256 * 1024;
@@ -114,13 +118,8 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
                 && e.name().as_str().as_bytes().eq_ignore_ascii_case(name)
         })
     };
-    let date = pingora_core::protocols::http::date::get_cached_date();
     let mut buf = BytesMut::with_capacity(128 + 48 * (resp.headers.len() + edits.len()));
-    buf.put_slice(b"HTTP/1.1 ");
-    buf.put_slice(resp.status.as_str().as_bytes());
-    buf.put_u8(b' ');
-    buf.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
-    buf.put_slice(b"\r\n");
+    status_line(&mut buf, resp);
     let _ = resp.map(|name, value| {
         let name: &[u8] = match &name {
             HeaderNameVariant::Case(n) => n.as_slice(),
@@ -149,30 +148,54 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
         b"Content-Length",
         itoa::Buffer::new().format(len).as_bytes(),
     );
-    line(&mut buf, b"Date", date.as_bytes());
+    end_head(&mut buf, keepalive);
+    Some(buf)
+}
+
+/// The head of a gateway-made reply (as [`exchange::reply_header`] makes it) with the
+/// gateway's `Date` and `Connection`, as Pingora's session writes it; `None` when an edit set
+/// one of [`OWN`] but `Content-Length` (the session writes that).
+pub fn reply_head(reply: &Reply, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
+    let resp = exchange::reply_header(reply, edits).ok()?;
+    if resp
+        .headers
+        .keys()
+        .any(|n| n != CONTENT_LENGTH && own(n.as_str().as_bytes()))
+    {
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(160 + 48 * resp.headers.len());
+    status_line(&mut buf, &resp);
+    resp.header_to_h1_wire(&mut buf);
+    end_head(&mut buf, keepalive);
+    Some(buf)
+}
+
+/// `HTTP/1.1 <status> <reason>`.
+fn status_line(buf: &mut BytesMut, resp: &ResponseHeader) {
+    buf.put_slice(b"HTTP/1.1 ");
+    buf.put_slice(resp.status.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
+    buf.put_slice(b"\r\n");
+}
+
+/// The gateway's `Date` and `Connection`, and the head's end.
+fn end_head(buf: &mut BytesMut, keepalive: bool) {
+    let date = pingora_core::protocols::http::date::get_cached_date();
+    line(buf, b"Date", date.as_bytes());
     buf.put_slice(if keepalive {
         b"Connection: keep-alive\r\n\r\n".as_slice()
     } else {
         b"Connection: close\r\n\r\n".as_slice()
     });
-    Some(buf)
 }
 
-/// Whether `name` is one of [`OWN`], in any case.
+/// Whether `name` is one of [`OWN`], in any case (the lengths compared first: most names
+/// match none).
 fn own(name: &[u8]) -> bool {
-    let candidates: &[&str] = match name.len() {
-        2 => &["te"],
-        4 => &["date"],
-        7 => &["trailer", "upgrade"],
-        10 => &["connection", "keep-alive"],
-        14 => &["content-length"],
-        16 => &["proxy-connection"],
-        17 => &["transfer-encoding"],
-        _ => return false,
-    };
-    candidates
-        .iter()
-        .any(|c| name.eq_ignore_ascii_case(c.as_bytes()))
+    OWN.iter()
+        .any(|o| o.len() == name.len() && name.eq_ignore_ascii_case(o.as_bytes()))
 }
 
 fn line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
@@ -290,6 +313,29 @@ mod tests {
         for name in ["x-date", "dat", "content-type", "connectionx", ""] {
             assert!(!own(name.as_bytes()), "{name}");
         }
+    }
+
+    #[test]
+    fn a_reply_has_its_headers_and_the_gateways_date_and_connection() {
+        let mut reply = Reply::text(401, "Unauthorized");
+        reply.headers.push((
+            HeaderName::from_static("www-authenticate"),
+            HeaderValue::from_static("Bearer"),
+        ));
+        let edits = [set("x-edit", "1")];
+        let head = text(reply_head(&reply, &edits, false));
+        assert!(head.starts_with("HTTP/1.1 401 Unauthorized\r\n"), "{head}");
+        for expected in [
+            "Content-Type: text/plain; charset=utf-8\r\n",
+            "www-authenticate: Bearer\r\n",
+            "x-edit: 1\r\n",
+            "Content-Length: 12\r\n",
+            "Date: ",
+        ] {
+            assert!(head.contains(expected), "{expected} in {head}");
+        }
+        assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
+        assert!(reply_head(&reply, &[set("connection", "x")], true).is_none());
     }
 
     #[test]

@@ -24,13 +24,10 @@ use tokio::io::AsyncReadExt;
 
 use super::head::{Reading, Unread};
 use super::relay;
-use super::{
-    after_raw, hand_over, logged_as, settle, write_raw, FastPath, Finish, Served, SessionLimits,
-};
+use super::{hand_over, FastPath, Finish, RawAnswer, Served, SessionLimits};
 use crate::cache::fill::Fill;
 use crate::cache::hit::miss_wire_head;
 use crate::cache::store::head::StoredHead;
-use crate::exchange::Ended;
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit};
 use crate::upstream::attempt;
@@ -172,20 +169,17 @@ impl FastPath {
         if let Some(upstream) = reusable {
             super::pool::put(f.key, upstream);
         }
-        let (mut stream, _, logged) = reading.into_stream();
-        let error = write_raw(&mut stream, &f.head, &body, limits).await;
-        let ended = Ended {
-            status: if error.is_none() { status } else { 0 },
-            elapsed: started.elapsed(),
+        let answer = RawAnswer {
+            head: &f.head,
+            body: &body,
+            status,
+            keepalive: f.keepalive,
             upstream_time: Some(f.upstream_time),
-            bytes_in: 0,
-            bytes_out: if error.is_none() { body.len() } else { 0 },
-            error: error.as_deref(),
-            cache: cache.map(|status| (status, None)),
+            cache,
         };
+        let served = super::answer_raw(reading, answer, gw, x, started, limits).await;
         give_back(body);
-        settle(gw, &logged_as(&logged), x, &ended);
-        after_raw(stream, f.keepalive, error).await
+        served
     }
 }
 

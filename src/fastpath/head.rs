@@ -1,7 +1,8 @@
-//! A plain request head read without Pingora's session, for a gateway that caches tiles: a
-//! hit found for it is answered on the connection itself, and Pingora's session (which reads
-//! the head again) is made only for what needs one. Building the session's request head costs
-//! about a quarter of a hit's instructions; this reading costs about half of that.
+//! A plain request head read without Pingora's session: a hit, a miss, a proxied tile or a
+//! reply of the gateway's own is answered on the connection itself, and Pingora's session
+//! (which reads the head again) is made only for what needs one. Building the session's
+//! request head costs about a quarter of a hit's instructions; this reading costs about half
+//! of that.
 //!
 //! Only heads whose reading leaves no room for judgement are read here: GET or HEAD, HTTP/1.0
 //! or 1.1, an origin-form target without a fragment, at most one `Host` without userinfo, at
@@ -42,24 +43,20 @@ pub enum Reading {
 pub struct Unread(pub Stream, pub BytesMut);
 
 impl Reading {
-    /// Reads `head` here when the gateway caches tiles and the head is plain, else through
-    /// Pingora's session; `Err` when the session cannot serve it (it goes to Pingora's proxy
+    /// Reads `head` here when it is plain, else through Pingora's session; `Err` when the session cannot serve it (it goes to Pingora's proxy
     /// unread).
     pub async fn of(
         stream: Stream,
         head: BytesMut,
-        caching: bool,
         limits: &SessionLimits,
     ) -> Result<Reading, Unread> {
-        if caching {
-            if let Some(plain) = read(&head) {
-                return Ok(Reading::Own {
-                    stream,
-                    req: Box::new(plain.req),
-                    keepalive: plain.keepalive,
-                    head,
-                });
-            }
+        if let Some(plain) = read(&head) {
+            return Ok(Reading::Own {
+                stream,
+                req: Box::new(plain.req),
+                keepalive: plain.keepalive,
+                head,
+            });
         }
         match session(stream, &head, limits).await {
             Ok(s) => Ok(Reading::Session { s, head }),

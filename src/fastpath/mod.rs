@@ -79,7 +79,7 @@ impl FastPath {
             return Served::HandOver(Box::new(hand_over(stream, head, None)));
         }
         let gw = self.gateway.load_full();
-        let reading = match Reading::of(stream, head, gw.caching, limits).await {
+        let reading = match Reading::of(stream, head, limits).await {
             Ok(r) => r,
             Err(Unread(stream, head)) => {
                 return Served::HandOver(Box::new(hand_over(stream, head, None)))
@@ -120,6 +120,25 @@ impl FastPath {
             Some(Lookup::Fill(fill)) if reading.alone() => {
                 let answer = self.answer_fill(reading, fill, &gw, &mut x, started, limits);
                 return Box::pin(answer).await;
+            }
+            // A reply of the gateway's own (a 401, a 403, a health check) is written on the
+            // connection when its head can be.
+            None if reading.alone() && matches!(decision, Decision::Reply(_)) => {
+                if let Decision::Reply(reply) = &decision {
+                    let keepalive = reading.keepalive(limits);
+                    if let Some(head) = direct::reply_head(reply, &x.response_edits, keepalive) {
+                        let answer = RawAnswer {
+                            head: &head,
+                            body: &reply.body,
+                            status: reply.status,
+                            keepalive,
+                            upstream_time: None,
+                            cache: None,
+                        };
+                        return answer_raw(reading, answer, &gw, &mut x, started, limits).await;
+                    }
+                }
+                None
             }
             // No cache step: relayed whole when the answer is a tile's (boxed as a miss is).
             None if matches!(decision, Decision::Proxy)
@@ -238,6 +257,46 @@ impl FastPath {
         settle(gw, &logged_as(&logged), x, &ended);
         after_raw(stream, raw.keepalive, error).await
     }
+}
+
+/// An answer written on the connection itself, without Pingora's session.
+pub struct RawAnswer<'a> {
+    /// The head, with its framing and `Connection`.
+    pub head: &'a [u8],
+    /// The body (not sent to a HEAD request).
+    pub body: &'a [u8],
+    pub status: u16,
+    /// What the head's `Connection` says.
+    pub keepalive: bool,
+    pub upstream_time: Option<std::time::Duration>,
+    /// The cache's verdict, if a cache step ran.
+    pub cache: Option<&'static str>,
+}
+
+/// Writes `answer` on the connection itself, accounts for the request and gives the connection
+/// back for the next one.
+async fn answer_raw(
+    reading: Reading,
+    answer: RawAnswer<'_>,
+    gw: &Gateway,
+    x: &mut Exchange,
+    started: Instant,
+    limits: &SessionLimits,
+) -> Served {
+    let (mut stream, head_only, logged) = reading.into_stream();
+    let body = if head_only { &[][..] } else { answer.body };
+    let error = write_raw(&mut stream, answer.head, body, limits).await;
+    let ended = Ended {
+        status: if error.is_none() { answer.status } else { 0 },
+        elapsed: started.elapsed(),
+        upstream_time: answer.upstream_time,
+        bytes_in: 0,
+        bytes_out: if error.is_none() { body.len() } else { 0 },
+        error: error.as_deref(),
+        cache: answer.cache.map(|status| (status, None)),
+    };
+    settle(gw, &logged_as(&logged), x, &ended);
+    after_raw(stream, answer.keepalive, error).await
 }
 
 /// Writes a response's head and body on the connection itself, by the write timeout; the
