@@ -152,23 +152,20 @@ fn is_secret(name: &str, secrets: &[String]) -> bool {
 /// for every consumer, so it sends none of one consumer's credentials.
 pub fn without_secrets(upstream_path: &str, secrets: &[String]) -> Option<String> {
     let (path, query) = upstream_path.split_once('?')?;
-    let parts: Vec<&str> = query.split('&').collect();
-    let keep: Vec<&str> = parts
-        .iter()
-        .copied()
-        .filter(|p| {
-            let name = p.split_once('=').map_or(*p, |(n, _)| n);
-            !is_secret(&decoded(name), secrets)
-        })
-        .collect();
-    if keep.len() == parts.len() {
+    let secret = |p: &str| {
+        let name = p.split_once('=').map_or(p, |(n, _)| n);
+        is_secret(&decoded(name), secrets)
+    };
+    if !query.split('&').any(secret) {
         return None;
     }
     let mut out = String::with_capacity(upstream_path.len());
     out.push_str(path);
-    if !keep.is_empty() {
-        out.push('?');
-        out.push_str(&keep.join("&"));
+    let mut separator = '?';
+    for part in query.split('&').filter(|p| !secret(p)) {
+        out.push(separator);
+        out.push_str(part);
+        separator = '&';
     }
     Some(out)
 }

@@ -378,6 +378,18 @@ unsafe fn stream_copy(dst: *mut u8, src: &[u8]) {
     unsafe {
         std::ptr::copy_nonoverlapping(src.as_ptr(), dst, lead);
         let mut i = lead;
+        // A cache line (four stores) at a time, then what is left 16 bytes at a time.
+        while i + 64 <= src.len() {
+            let s = src.as_ptr().add(i).cast::<__m128i>();
+            let d = dst.add(i).cast::<__m128i>();
+            let (a, b) = (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)));
+            let (c, e) = (_mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
+            _mm_stream_si128(d, a);
+            _mm_stream_si128(d.add(1), b);
+            _mm_stream_si128(d.add(2), c);
+            _mm_stream_si128(d.add(3), e);
+            i += 64;
+        }
         while i + 16 <= src.len() {
             let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
             _mm_stream_si128(dst.add(i).cast::<__m128i>(), v);
@@ -491,7 +503,9 @@ mod tests {
     fn stores_past_the_caches_copy_every_byte_and_no_other() {
         let src: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
         for at in 0..20 {
-            for len in [0, 1, 15, 16, 17, 31, 33, 64, 100, 4099] {
+            for len in [
+                0, 1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 4099,
+            ] {
                 let mut dst = vec![0u8; 5200];
                 unsafe { stream_copy(dst.as_mut_ptr().add(at), &src[..len]) };
                 assert!(dst[at..at + len] == src[..len], "at {at}, {len} bytes");
