@@ -153,10 +153,22 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
 }
 
 /// The head of a gateway-made reply (as [`exchange::reply_header`] makes it) with the
-/// gateway's `Date` and `Connection`, as Pingora's session writes it; `None` when an edit set
-/// one of [`OWN`] but `Content-Length` (the session writes that).
+/// gateway's `Date` and `Connection`, as Pingora's session writes it. `None` (the session
+/// writes it, framing the body by the head) for a status without a body (a `rateLimit`
+/// `statusCode` may be any), a `Content-Length` an edit made that is not the body's, or an
+/// edit that set another of [`OWN`].
 pub fn reply_head(reply: &Reply, edits: &[HeaderEdit], keepalive: bool) -> Option<BytesMut> {
+    if matches!(reply.status, 100..=199 | 204 | 304) {
+        return None;
+    }
     let resp = exchange::reply_header(reply, edits).ok()?;
+    let mut lengths = resp.headers.get_all(CONTENT_LENGTH).iter();
+    let length = lengths
+        .next()
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if length != Some(reply.body.len()) || lengths.next().is_some() {
+        return None;
+    }
     if resp
         .headers
         .keys()
@@ -336,6 +348,16 @@ mod tests {
         }
         assert!(head.ends_with("Connection: close\r\n\r\n"), "{head}");
         assert!(reply_head(&reply, &[set("connection", "x")], true).is_none());
+        // The body must be what the head frames: else the session writes it.
+        assert!(reply_head(&reply, &[set("content-length", "3")], true).is_none());
+        let length = HeaderName::from_static("content-length");
+        let twice = HeaderEdit::Append(length, HeaderValue::from_static("12"));
+        assert!(reply_head(&reply, &[twice], true).is_none());
+        for status in [100, 204, 304] {
+            let mut bodiless = Reply::text(status, "x");
+            bodiless.body = bytes::Bytes::new();
+            assert!(reply_head(&bodiless, &[], true).is_none(), "{status}");
+        }
     }
 
     #[test]
