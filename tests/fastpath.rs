@@ -73,6 +73,10 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
         };
         match path.as_str() {
             "/cl" => w(&mut out, b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Up: cl\r\n\r\nhello"),
+            "/spelled" => w(
+                &mut out,
+                b"HTTP/1.1 203 Tile From Elsewhere\r\nX-MiXeD-Case: 1\r\nset-COOKIE: a=1\r\nDate: Mon, 01 Jan 2001 00:00:00 GMT\r\nset-COOKIE: b=2\r\nContent-Length: 4\r\n\r\ntile",
+            ),
             "/chunked" => w(
                 &mut out,
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
@@ -245,6 +249,58 @@ fn hop_by_hop_headers_stay_on_their_connection() {
     assert_eq!(r.header("x-up-hop"), None, "{:?}", r.headers);
     assert_eq!(r.header("keep-alive"), None, "{:?}", r.headers);
     assert_eq!(r.header("connection"), Some("keep-alive"));
+}
+
+/// An answer read whole is written with a head made from the upstream's: its reason, its
+/// headers' spelling and order, the gateway's `Date`; a reply of the gateway's own to a HEAD has
+/// its length and no body; the connection serves the next request after both.
+#[test]
+fn answers_written_on_the_connection_keep_the_upstreams_head_and_the_connection() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(b"GET /spelled HTTP/1.1\r\nHost: tiles\r\nOrigin: http://map\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut s, false);
+    assert_eq!((r.status, r.text().as_str()), (203, "tile"));
+    let names: Vec<&str> = r.headers.iter().map(|(k, _)| k.as_str()).collect();
+    let at = |name: &str| names.iter().position(|n| *n == name);
+    assert!(at("X-MiXeD-Case").is_some(), "{names:?}");
+    let cookies: Vec<&str> = r
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "set-COOKIE")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(cookies, ["a=1", "b=2"], "{:?}", r.headers);
+    assert!(at("X-MiXeD-Case") < at("set-COOKIE"), "{names:?}");
+    let date = r.header("date").expect("a Date");
+    assert!(
+        !date.contains("2001"),
+        "the upstream's Date went out: {date}"
+    );
+    assert_eq!(
+        r.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case("date"))
+            .count(),
+        1
+    );
+    assert_eq!(r.header("content-length"), Some("4"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(r.header("connection"), Some("keep-alive"));
+    s.write_all(b"HEAD /healthcheck HTTP/1.1\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut s, true);
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    assert_eq!(r.header("content-length"), Some("2"), "{:?}", r.headers);
+    s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut s, false);
+    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
 }
 
 #[test]
