@@ -14,14 +14,16 @@
 
 use std::time::Instant;
 
+use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
+
 use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, CONTENT_LENGTH};
 use pingora_http::{HeaderNameVariant, ResponseHeader};
 
-use super::fill::{length_and_age, Fetched, InSession};
+use super::fill::{length_and_age, Asking};
 use super::head::Reading;
-use super::relay;
 use super::{FastPath, Served, SessionLimits};
+use crate::cache::fill::Fill;
 use crate::exchange;
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
@@ -53,36 +55,15 @@ impl FastPath {
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
-        let upstream_started = Instant::now();
-        let asked = relay::connect_and_ask(&self.connector, reading.req(), x, false).await;
-        let keepalive = reading.keepalive(limits);
-        let asked = match asked {
-            Ok((up, key)) => match up
-                .resp_header()
-                .and_then(|resp| wire_head(resp, &x.response_edits, keepalive))
-            {
-                Some(head) => {
-                    let fetched = Fetched {
-                        up,
-                        key,
-                        head,
-                        keepalive,
-                        upstream_time: upstream_started.elapsed(),
-                    };
-                    return self
-                        .answer_whole(reading, None, fetched, gw, x, started, limits, None)
-                        .await;
-                }
-                None => Ok((up, key)),
-            },
-            Err(e) => Err(e),
+        let head_for = |_: &mut Option<Box<Fill>>, up: &Upstream, edits: &[HeaderEdit], ka| {
+            wire_head(up.resp_header()?, edits, ka)
         };
-        let how = InSession::Relay {
-            asked,
+        let asking = Asking {
             fill: None,
-            upstream_started,
+            cache: None,
         };
-        Box::pin(self.end_in_session(reading, how, gw, x, started, limits, None)).await
+        self.ask_and_answer(reading, asking, head_for, gw, x, started, limits)
+            .await
     }
 }
 

@@ -41,18 +41,50 @@ impl FastPath {
     pub(super) async fn answer_fill(
         &self,
         reading: Reading,
-        mut fill: Box<Fill>,
+        fill: Box<Fill>,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
         crate::cache::neutral_fill(x);
+        let head_for = |fill: &mut Option<Box<Fill>>, up: &Upstream, edits: &[HeaderEdit], ka| {
+            whole(fill.as_mut()?, up, edits, ka)
+        };
+        let asked = Asking {
+            fill: Some(fill),
+            cache: MISS,
+        };
+        self.ask_and_answer(reading, asked, head_for, gw, x, started, limits)
+            .await
+    }
+
+    /// Sends the request upstream and answers it: read whole and written on the connection
+    /// when `head_for` makes the client's head for the upstream's answer (and the fill, if
+    /// any, stores it when it may), else relayed through Pingora's session as it comes.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn ask_and_answer(
+        &self,
+        reading: Reading,
+        asking: Asking,
+        head_for: impl FnOnce(
+            &mut Option<Box<Fill>>,
+            &Upstream,
+            &[HeaderEdit],
+            bool,
+        ) -> Option<BytesMut>,
+        gw: &Gateway,
+        x: &mut Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
+        let Asking { mut fill, cache } = asking;
         let upstream_started = Instant::now();
-        let asked = relay::connect_and_ask(&self.connector, reading.req(), x, true).await;
+        let filling = fill.is_some();
+        let asked = relay::connect_and_ask(&self.connector, reading.req(), x, filling).await;
         let keepalive = reading.keepalive(limits);
         let asked = match asked {
-            Ok((up, key)) => match whole(&mut fill, &up, &x.response_edits, keepalive) {
+            Ok((up, key)) => match head_for(&mut fill, &up, &x.response_edits, keepalive) {
                 Some(head) => {
                     let fetched = Fetched {
                         up,
@@ -61,9 +93,9 @@ impl FastPath {
                         keepalive,
                         upstream_time: upstream_started.elapsed(),
                     };
-                    let store = fill.stores().then_some(fill);
+                    let store = fill.filter(|f| f.stores());
                     return self
-                        .answer_whole(reading, store, fetched, gw, x, started, limits, MISS)
+                        .answer_whole(reading, store, fetched, gw, x, started, limits, cache)
                         .await;
                 }
                 None => Ok((up, key)),
@@ -74,10 +106,10 @@ impl FastPath {
         // copied whole as every miss's future is built.
         let how = InSession::Relay {
             asked,
-            fill: Some(fill),
+            fill,
             upstream_started,
         };
-        Box::pin(self.end_in_session(reading, how, gw, x, started, limits, MISS)).await
+        Box::pin(self.end_in_session(reading, how, gw, x, started, limits, cache)).await
     }
 
     /// Ends a request not answered whole through Pingora's session; `cache` is the cache's
@@ -172,6 +204,7 @@ impl FastPath {
         let answer = RawAnswer {
             head: &f.head,
             body: &body,
+            hit: None,
             status,
             keepalive: f.keepalive,
             upstream_time: Some(f.upstream_time),
@@ -238,6 +271,13 @@ pub(super) struct Fetched {
 
 /// The cache's verdict on a miss.
 const MISS: Option<&str> = Some("MISS");
+
+/// What a request sent upstream is asked for: a fill (that stores the answer when it may) and
+/// the cache's verdict, when a cache step ran.
+pub(super) struct Asking {
+    pub fill: Option<Box<Fill>>,
+    pub cache: Option<&'static str>,
+}
 
 /// The client's head when the upstream's answer is read and answered whole: a final answer
 /// of known length up to [`WHOLE_MAX`], whose head (as stored, when it is stored) a hit is

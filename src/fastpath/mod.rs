@@ -130,6 +130,7 @@ impl FastPath {
                         let answer = RawAnswer {
                             head: &head,
                             body: &reply.body,
+                            hit: None,
                             status: reply.status,
                             keepalive,
                             upstream_time: None,
@@ -234,28 +235,16 @@ impl FastPath {
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
-        // The access log names the request; what holds its head goes now.
-        let (mut stream, head_only, logged) = reading.into_stream();
-        let body = if head_only { &[][..] } else { raw.hit.body() };
-        // Only a body that will go out by `sendfile` is marked as sent.
-        let by_file = !head_only && crate::listener::io::sends_files(&stream);
-        let file = if by_file { raw.hit.file() } else { None };
-        let error = match file {
-            Some(file) => send_raw(&mut stream, &raw.head, body, file, limits).await,
-            None => write_raw(&mut stream, &raw.head, body, limits).await,
-        };
-        let sent = if error.is_none() { body.len() } else { 0 };
-        let ended = Ended {
-            status: if error.is_none() { raw.hit.status() } else { 0 },
-            elapsed: started.elapsed(),
+        let answer = RawAnswer {
+            head: &raw.head,
+            body: raw.hit.body(),
+            hit: Some(&raw.hit),
+            status: raw.hit.status(),
+            keepalive: raw.keepalive,
             upstream_time: None,
-            bytes_in: 0,
-            bytes_out: sent,
-            error: error.as_deref(),
-            cache: Some(("HIT", Some(sent))),
+            cache: Some("HIT"),
         };
-        settle(gw, &logged_as(&logged), x, &ended);
-        after_raw(stream, raw.keepalive, error).await
+        answer_raw(reading, answer, gw, x, started, limits).await
     }
 }
 
@@ -265,6 +254,9 @@ pub struct RawAnswer<'a> {
     pub head: &'a [u8],
     /// The body (not sent to a HEAD request).
     pub body: &'a [u8],
+    /// The hit the body is, when it is one: sent from the memory tier by `sendfile` where the
+    /// connection allows it, and counted as bytes served from the cache.
+    pub hit: Option<&'a crate::cache::hit::FreshHit>,
     pub status: u16,
     /// What the head's `Connection` says.
     pub keepalive: bool,
@@ -283,17 +275,26 @@ async fn answer_raw(
     started: Instant,
     limits: &SessionLimits,
 ) -> Served {
+    // The access log names the request; what holds its head goes now.
     let (mut stream, head_only, logged) = reading.into_stream();
     let body = if head_only { &[][..] } else { answer.body };
-    let error = write_raw(&mut stream, answer.head, body, limits).await;
+    // Only a body that will go out by `sendfile` is marked as sent.
+    let by_file = !head_only && answer.hit.is_some() && crate::listener::io::sends_files(&stream);
+    let file = answer.hit.filter(|_| by_file).and_then(|hit| hit.file());
+    let error = match file {
+        Some(file) => send_raw(&mut stream, answer.head, body, file, limits).await,
+        None => write_raw(&mut stream, answer.head, body, limits).await,
+    };
+    let sent = if error.is_none() { body.len() } else { 0 };
+    let from_cache = answer.hit.map(|_| sent);
     let ended = Ended {
         status: if error.is_none() { answer.status } else { 0 },
         elapsed: started.elapsed(),
         upstream_time: answer.upstream_time,
         bytes_in: 0,
-        bytes_out: if error.is_none() { body.len() } else { 0 },
+        bytes_out: sent,
         error: error.as_deref(),
-        cache: answer.cache.map(|status| (status, None)),
+        cache: answer.cache.map(|status| (status, from_cache)),
     };
     settle(gw, &logged_as(&logged), x, &ended);
     after_raw(stream, answer.keepalive, error).await
