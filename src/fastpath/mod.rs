@@ -1,7 +1,8 @@
 //! The fast path: what most tiles are — a GET or HEAD over HTTP/1 without a body whose pipeline
-//! answers itself or only proxies after its request steps — served on Pingora's own HTTP/1
-//! server and client sessions (`pingora-core`), with an upstream connection pool per worker
-//! thread, instead of through `pingora-proxy`'s general machinery.
+//! answers itself or only proxies after its request steps — served with Pingora's own HTTP/1
+//! client session (`pingora-core`) and an upstream connection pool per worker thread, instead
+//! of through `pingora-proxy`'s general machinery. Most answers are written on the connection
+//! itself ([`direct`], [`fill`], hits here); the rest through Pingora's HTTP/1 server session.
 //!
 //! The request is routed and its pipelines run exactly as on the general path
 //! ([`crate::exchange`]); a fresh tile in the cache is answered from it, and a tile nothing is
@@ -9,9 +10,9 @@
 //! A request the fast path does not serve is handed to Pingora's proxy before anything of it
 //! ran (a method with a body, an upgrade, a head Pingora's parser must judge), or with its
 //! decision when it needs what only the general path does (a cache miss or revalidation,
-//! compression, an HTTP/2 upstream). Framing is Pingora's: the client session
-//! reads the upstream's body by its length, chunks or close and knows HEAD, 204 and 304 have
-//! none; the server session writes it to the client by the response's headers.
+//! compression, an HTTP/2 upstream). The client session reads the upstream's body by its
+//! length, chunks or close and knows HEAD, 204 and 304 have none; an answer streamed through
+//! the server session is framed by its response's headers.
 
 mod direct;
 mod fill;
