@@ -27,6 +27,7 @@ use super::store::head::StoredHead;
 use super::store::{offer_ranges, Object};
 use crate::pipeline::context::HeaderEdit;
 use crate::pipeline::Exchange;
+use crate::wire;
 
 /// A fresh stored response.
 pub struct FreshHit {
@@ -167,29 +168,17 @@ fn wire_head(
         buf.put_slice(b"Accept-Ranges: bytes\r\n");
     }
     if let Some(age) = age {
-        buf.put_slice(b"Age: ");
-        buf.put_slice(itoa::Buffer::new().format(age).as_bytes());
-        buf.put_slice(b"\r\n");
+        wire::header_line(&mut buf, b"Age", itoa::Buffer::new().format(age).as_bytes());
     }
     for (n, v) in [(&DATE, date.as_bytes()), (&super::X_CACHE_STATUS, status)] {
-        buf.put_slice(n.as_str().as_bytes());
-        buf.put_slice(b": ");
-        buf.put_slice(v);
-        buf.put_slice(b"\r\n");
+        wire::header_line(&mut buf, n.as_str().as_bytes(), v);
     }
     for edit in edits {
         if let HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v) = edit {
-            buf.put_slice(n.as_str().as_bytes());
-            buf.put_slice(b": ");
-            buf.put_slice(v.as_bytes());
-            buf.put_slice(b"\r\n");
+            wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes());
         }
     }
-    buf.put_slice(if keepalive {
-        b"Connection: keep-alive\r\n\r\n".as_slice()
-    } else {
-        b"Connection: close\r\n\r\n".as_slice()
-    });
+    wire::end_with_connection(&mut buf, keepalive);
     Some(buf)
 }
 

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use http::header::{HeaderName, CONTENT_LENGTH};
 use pingora_http::{HeaderNameVariant, ResponseHeader};
 
@@ -27,23 +27,17 @@ use crate::cache::fill::Fill;
 use crate::exchange;
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
+use crate::wire;
 
 /// The largest body relayed whole; a larger one goes to the client as it arrives.
 pub const DIRECT_MAX: usize = 256 * 1024;
 
-/// Headers the gateway writes itself or that belong to one connection (RFC 9110 §7.6.1):
-/// never copied from the upstream's head, and an edit of one leaves the answer to the session.
-const OWN: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-    "content-length",
-    "date",
-];
+/// Headers that belong to one connection or that the gateway writes itself: never copied
+/// from the upstream's head, and an edit of one leaves the answer to the session.
+const OWN: [&str; 9] = wire::concat(
+    wire::HOP_BY_HOP,
+    ["transfer-encoding", "content-length", "date"],
+);
 
 impl FastPath {
     /// Proxies a request no cache step handles and answers it.
@@ -84,14 +78,7 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
         }
     }
     // The headers the upstream's `Connection` names (most answers have none).
-    let named: smallvec::SmallVec<[&[u8]; 4]> = resp
-        .headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .filter(|t| !t.is_empty())
-        .collect();
+    let named: smallvec::SmallVec<[&[u8]; 4]> = wire::connection_tokens(&resp.headers).collect();
     let named = |name: &[u8]| named.iter().any(|t| t.eq_ignore_ascii_case(name));
     let replaced = |name: &[u8]| {
         edits.iter().any(|e| {
@@ -100,14 +87,14 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
         })
     };
     let mut buf = BytesMut::with_capacity(128 + 48 * (resp.headers.len() + edits.len()));
-    status_line(&mut buf, resp);
+    wire::status_line(&mut buf, resp.status, resp.get_reason_phrase());
     let _ = resp.map(|name, value| {
         let name: &[u8] = match &name {
             HeaderNameVariant::Case(n) => n.as_slice(),
             HeaderNameVariant::Titled(n) => n.as_bytes(),
         };
         if !(own(name) || named(name) || replaced(name)) {
-            line(&mut buf, name, value.as_bytes());
+            wire::header_line(&mut buf, name, value.as_bytes());
         }
         Ok(())
     });
@@ -116,19 +103,16 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
     for edit in edits {
         match edit {
             HeaderEdit::Set(n, v) | HeaderEdit::Append(n, v) => {
-                line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
+                wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
             }
             HeaderEdit::Default(n, v) if !upstream_has(n) => {
-                line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
+                wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
             }
             HeaderEdit::Default(..) | HeaderEdit::Remove(_) => {}
         }
     }
-    line(
-        &mut buf,
-        b"Content-Length",
-        itoa::Buffer::new().format(len).as_bytes(),
-    );
+    let mut digits = itoa::Buffer::new();
+    wire::header_line(&mut buf, b"Content-Length", digits.format(len).as_bytes());
     end_head(&mut buf, keepalive);
     Some(buf)
 }
@@ -158,30 +142,17 @@ pub fn reply_head(reply: &Reply, edits: &[HeaderEdit], keepalive: bool) -> Optio
         return None;
     }
     let mut buf = BytesMut::with_capacity(160 + 48 * resp.headers.len());
-    status_line(&mut buf, &resp);
+    wire::status_line(&mut buf, resp.status, resp.get_reason_phrase());
     resp.header_to_h1_wire(&mut buf);
     end_head(&mut buf, keepalive);
     Some(buf)
 }
 
-/// `HTTP/1.1 <status> <reason>`.
-fn status_line(buf: &mut BytesMut, resp: &ResponseHeader) {
-    buf.put_slice(b"HTTP/1.1 ");
-    buf.put_slice(resp.status.as_str().as_bytes());
-    buf.put_u8(b' ');
-    buf.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
-    buf.put_slice(b"\r\n");
-}
-
 /// The gateway's `Date` and `Connection`, and the head's end.
 fn end_head(buf: &mut BytesMut, keepalive: bool) {
     let date = pingora_core::protocols::http::date::get_cached_date();
-    line(buf, b"Date", date.as_bytes());
-    buf.put_slice(if keepalive {
-        b"Connection: keep-alive\r\n\r\n".as_slice()
-    } else {
-        b"Connection: close\r\n\r\n".as_slice()
-    });
+    wire::header_line(buf, b"Date", date.as_bytes());
+    wire::end_with_connection(buf, keepalive);
 }
 
 /// Whether `name` is one of [`OWN`], in any case (the lengths compared first: most names
@@ -189,13 +160,6 @@ fn end_head(buf: &mut BytesMut, keepalive: bool) {
 fn own(name: &[u8]) -> bool {
     OWN.iter()
         .any(|o| o.len() == name.len() && name.eq_ignore_ascii_case(o.as_bytes()))
-}
-
-fn line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
-    buf.put_slice(name);
-    buf.put_slice(b": ");
-    buf.put_slice(value);
-    buf.put_slice(b"\r\n");
 }
 
 #[cfg(test)]

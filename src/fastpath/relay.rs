@@ -275,12 +275,8 @@ fn strip_hop_by_hop(head: &mut impl HeaderBlock) {
     if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = crate::wire::connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
     for h in HOP_BY_HOP.iter().chain(named.iter()) {
         head.remove(h);

@@ -18,16 +18,8 @@ use pingora_http::{HeaderNameVariant, ResponseHeader};
 
 /// Headers a stored head never keeps: the upstream connection's own (RFC 9110 §7.6.1; with
 /// `connection` skipped, the headers its `Connection` names go too) and the age it gave.
-pub const NOT_STORED: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "transfer-encoding",
-    "age",
-];
+pub const NOT_STORED: [&str; 8] =
+    crate::wire::concat(crate::wire::HOP_BY_HOP, ["transfer-encoding", "age"]);
 
 /// Headers a hit's head gets per response, never from the stored head.
 const PER_RESPONSE: [&[u8]; 6] = [
@@ -69,22 +61,12 @@ impl StoredHead {
         let content_length = super::content_length(resp);
         let ranges = super::offers_ranges(resp.status, content_length);
         let mut wire = BytesMut::with_capacity(64 + 48 * resp.headers.len());
-        wire.put_slice(b"HTTP/1.1 ");
-        wire.put_slice(resp.status.as_str().as_bytes());
-        wire.put_u8(b' ');
-        wire.put_slice(resp.get_reason_phrase().unwrap_or("").as_bytes());
-        wire.put_slice(b"\r\n");
+        crate::wire::status_line(&mut wire, resp.status, resp.get_reason_phrase());
         let mut per_response = BytesMut::with_capacity(128);
         let mut names = 0;
         // The headers the upstream's `Connection` names belong to its connection too (a bit
         // per name, read once; a name whose bit is there is looked for).
-        let tokens = || {
-            resp.headers
-                .get_all(http::header::CONNECTION)
-                .iter()
-                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-                .map(<[u8]>::trim_ascii)
-        };
+        let tokens = || crate::wire::connection_tokens(&resp.headers);
         let named_bits = if skip.contains(&"connection") {
             tokens().fold(0, |bits, t| bits | name_bit(t))
         } else {
@@ -109,10 +91,7 @@ impl StoredHead {
             } else {
                 &mut wire
             };
-            out.put_slice(name);
-            out.put_slice(b": ");
-            out.put_slice(value.as_bytes());
-            out.put_slice(b"\r\n");
+            crate::wire::header_line(out, name, value.as_bytes());
             Ok(())
         });
         let shared = wire.len();

@@ -1,0 +1,105 @@
+//! The pieces of an HTTP/1 response head the gateway writes as bytes itself (a hit's, a miss's,
+//! a stored head's, an answer relayed whole, a reply's): its lines, its end, and the headers
+//! that belong to one connection.
+
+use bytes::{BufMut, BytesMut};
+use http::{HeaderMap, StatusCode};
+
+/// The headers that belong to one connection (RFC 9110 §7.6.1), lowercase; the headers the
+/// `Connection` header names do too ([`connection_tokens`]).
+pub const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// `a` followed by `b`: lists of header names made from others.
+pub const fn concat<const A: usize, const B: usize, const N: usize>(
+    a: [&'static str; A],
+    b: [&'static str; B],
+) -> [&'static str; N] {
+    assert!(A + B == N, "the list's length is the sum of its parts");
+    let mut out = [""; N];
+    let mut i = 0;
+    while i < A {
+        out[i] = a[i];
+        i += 1;
+    }
+    while i < N {
+        out[i] = b[i - A];
+        i += 1;
+    }
+    out
+}
+
+/// The names the `Connection` headers of `headers` list, trimmed (empty ones left out).
+pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+}
+
+/// `HTTP/1.1 <status> <reason>`.
+pub fn status_line(buf: &mut BytesMut, status: StatusCode, reason: Option<&str>) {
+    buf.put_slice(b"HTTP/1.1 ");
+    buf.put_slice(status.as_str().as_bytes());
+    buf.put_u8(b' ');
+    buf.put_slice(reason.unwrap_or("").as_bytes());
+    buf.put_slice(b"\r\n");
+}
+
+/// `<name>: <value>`.
+pub fn header_line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value);
+    buf.put_slice(b"\r\n");
+}
+
+/// `Connection` as the client's connection goes on, and the head's end.
+pub fn end_with_connection(buf: &mut BytesMut, keepalive: bool) {
+    buf.put_slice(if keepalive {
+        b"Connection: keep-alive\r\n\r\n".as_slice()
+    } else {
+        b"Connection: close\r\n\r\n".as_slice()
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lists_concatenate_in_order() {
+        const BOTH: [&str; 8] = concat(HOP_BY_HOP, ["a", "b"]);
+        assert_eq!(&BOTH[..6], &HOP_BY_HOP);
+        assert_eq!(&BOTH[6..], ["a", "b"]);
+    }
+
+    #[test]
+    fn the_connection_header_names_its_tokens() {
+        let mut h = HeaderMap::new();
+        h.append("connection", "keep-alive, X-A ,".parse().expect("value"));
+        h.append("connection", "x-b".parse().expect("value"));
+        let tokens: Vec<&[u8]> = connection_tokens(&h).collect();
+        assert_eq!(tokens, [&b"keep-alive"[..], b"X-A", b"x-b"]);
+    }
+
+    #[test]
+    fn a_head_is_its_lines_and_its_end() {
+        let mut buf = BytesMut::new();
+        status_line(&mut buf, StatusCode::NOT_FOUND, Some("Not Found"));
+        header_line(&mut buf, b"X-A", b"1");
+        end_with_connection(&mut buf, false);
+        assert_eq!(
+            &buf[..],
+            b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nConnection: close\r\n\r\n"
+        );
+    }
+}
