@@ -36,6 +36,7 @@ pub const fn concat<const A: usize, const B: usize, const N: usize>(
 }
 
 /// The names the `Connection` headers of `headers` list, trimmed (empty ones left out).
+#[inline]
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
     headers
         .get_all(http::header::CONNECTION)
@@ -46,6 +47,7 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
 }
 
 /// `HTTP/1.1 <status> <reason>`.
+#[inline]
 pub fn status_line(buf: &mut BytesMut, status: StatusCode, reason: Option<&str>) {
     buf.put_slice(b"HTTP/1.1 ");
     buf.put_slice(status.as_str().as_bytes());
@@ -54,7 +56,9 @@ pub fn status_line(buf: &mut BytesMut, status: StatusCode, reason: Option<&str>)
     buf.put_slice(b"\r\n");
 }
 
-/// `<name>: <value>`.
+/// `<name>: <value>`. (Always inlined: a hit's head writes several, and a call each cost a
+/// hit 0.7% of its instructions.)
+#[inline(always)]
 pub fn header_line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
     buf.put_slice(name);
     buf.put_slice(b": ");
@@ -63,6 +67,7 @@ pub fn header_line(buf: &mut BytesMut, name: &[u8], value: &[u8]) {
 }
 
 /// `Connection` as the client's connection goes on, and the head's end.
+#[inline]
 pub fn end_with_connection(buf: &mut BytesMut, keepalive: bool) {
     buf.put_slice(if keepalive {
         b"Connection: keep-alive\r\n\r\n".as_slice()
