@@ -154,6 +154,23 @@ impl FastPath {
             }
             other => other,
         };
+        // Boxed: the session's state is large, and every request's future would carry it.
+        Box::pin(self.through_session(reading, decision, looked_up, gw, x, started, limits)).await
+    }
+
+    /// Serves a request the connection's own writes do not answer through Pingora's HTTP/1
+    /// server session, or hands it to Pingora's proxy.
+    #[allow(clippy::too_many_arguments)]
+    async fn through_session(
+        &self,
+        reading: Reading,
+        decision: Decision,
+        looked_up: Option<Lookup>,
+        gw: Arc<Gateway>,
+        mut x: Exchange,
+        started: Instant,
+        limits: &SessionLimits,
+    ) -> Served {
         let (mut s, head) = match reading.into_session(limits).await {
             Ok(session) => session,
             Err(Unread(stream, head)) => {

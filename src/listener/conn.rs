@@ -216,7 +216,7 @@ where
 {
     let draining = *shutdown.borrow();
     let keepalive = (!draining).then_some(limits.keepalive_timeout.as_secs().max(1));
-    let mut session = match fast {
+    let session = match fast {
         Some(fast) => {
             let session_limits = SessionLimits {
                 keepalive_secs: keepalive,
@@ -227,19 +227,35 @@ where
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
                 Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
                 Served::Closed => return Next::Close(ConnClose::Done),
-                Served::HandOver(session) => *session,
+                Served::HandOver(session) => session,
             }
         }
         None => {
-            let mut session = ServerSession::new_http1(stream);
+            let mut session = Box::new(ServerSession::new_http1(stream));
             session.set_pipelined_prefix(head);
             session
         }
     };
+    // Boxed: Pingora's proxy serves what the fast path does not, and its state is large; in
+    // the request's future every request would carry (and move) it.
+    Box::pin(through_proxy(session, app, keepalive, limits, shutdown)).await
+}
+
+/// Serves one request with Pingora's proxy.
+async fn through_proxy<A>(
+    mut session: Box<ServerSession>,
+    app: &Arc<A>,
+    keepalive: Option<u64>,
+    limits: &ClientLimits,
+    shutdown: &ShutdownWatch,
+) -> Next
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
     session.set_keepalive(keepalive);
     session.set_read_timeout(Some(limits.body_timeout));
     session.set_write_timeout(Some(limits.send_timeout));
-    match app.process_new_http(session, shutdown).await {
+    match app.process_new_http(*session, shutdown).await {
         Some(reused) if !*shutdown.borrow() => Next::KeepAlive(reused.consume().0),
         Some(_) => Next::Close(ConnClose::Shutdown),
         None => Next::Close(ConnClose::Done),
