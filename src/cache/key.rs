@@ -94,7 +94,7 @@ pub fn primary(
 
 /// A query parameter's name as the key compares it.
 fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.contains('%') || s.contains('+') {
+    if s.bytes().any(|b| b == b'%' || b == b'+') {
         std::borrow::Cow::Owned(
             percent_encoding::percent_decode_str(&s.replace('+', " "))
                 .decode_utf8_lossy()
@@ -109,8 +109,9 @@ fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
 fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
     // Names are compared decoded; what goes into the key is the raw text (a URI holds no line
     // break, so no parameter can pose as another part of the key).
-    let pairs = query.split('&').filter(|p| !p.is_empty()).map(|p| {
-        let (n, v) = p.split_once('=').unwrap_or((p, ""));
+    let pairs = query_parts(query).filter(|p| !p.is_empty()).map(|p| {
+        let n = param_name(p);
+        let v = p.get(n.len() + 1..).unwrap_or("");
         (decoded(n), n, v)
     });
     let mut ogc = false;
@@ -149,25 +150,56 @@ fn is_secret(name: &str, secrets: &[String]) -> bool {
 }
 
 /// The upstream path and query without the parameters that carry credentials: a fill fetches
-/// for every consumer, so it sends none of one consumer's credentials.
+/// for every consumer, so it sends none of one consumer's credentials. `None` when there are
+/// none. One pass over the query, which holds a long token most often.
 pub fn without_secrets(upstream_path: &str, secrets: &[String]) -> Option<String> {
-    let (path, query) = upstream_path.split_once('?')?;
-    let secret = |p: &str| {
-        let name = p.split_once('=').map_or(p, |(n, _)| n);
-        is_secret(&decoded(name), secrets)
-    };
-    if !query.split('&').any(secret) {
-        return None;
+    let q = memchr::memchr(b'?', upstream_path.as_bytes())?;
+    let (path, query) = (&upstream_path[..q], &upstream_path[q + 1..]);
+    let mut out: Option<String> = None;
+    // Where the part begins, and whether `out` has a part of the query yet.
+    let (mut start, mut any) = (0, false);
+    for part in query_parts(query) {
+        let secret = is_secret(&decoded(param_name(part)), secrets);
+        match &mut out {
+            // The first secret: the parts before it are kept as they are.
+            None if secret => {
+                let mut o = String::with_capacity(upstream_path.len());
+                o.push_str(path);
+                if start > 0 {
+                    o.push('?');
+                    o.push_str(&query[..start - 1]);
+                    any = true;
+                }
+                out = Some(o);
+            }
+            Some(o) if !secret => {
+                o.push(if any { '&' } else { '?' });
+                o.push_str(part);
+                any = true;
+            }
+            _ => {}
+        }
+        start += part.len() + 1;
     }
-    let mut out = String::with_capacity(upstream_path.len());
-    out.push_str(path);
-    let mut separator = '?';
-    for part in query.split('&').filter(|p| !secret(p)) {
-        out.push(separator);
-        out.push_str(part);
-        separator = '&';
-    }
-    Some(out)
+    out
+}
+
+/// The parts of a query between its `&`s (cut byte by byte: `&` is ASCII, so every cut is at
+/// a character boundary).
+fn query_parts(query: &str) -> impl Iterator<Item = &str> {
+    let mut start = 0;
+    memchr::memchr_iter(b'&', query.as_bytes())
+        .chain(std::iter::once(query.len()))
+        .map(move |end| {
+            let part = &query[start..end];
+            start = end + 1;
+            part
+        })
+}
+
+/// A query parameter's name, raw: what comes before its `=`.
+fn param_name(part: &str) -> &str {
+    memchr::memchr(b'=', part.as_bytes()).map_or(part, |i| &part[..i])
 }
 
 #[cfg(test)]
@@ -292,5 +324,38 @@ mod tests {
             Some("/wmts/1.png")
         );
         assert_eq!(without_secrets("/wmts/1.png?x=1", &s), None);
+        assert_eq!(
+            without_secrets("/w?a=1&&jwt=t&%6Awt=u&b&apiKey&c=", &s).as_deref(),
+            Some("/w?a=1&&b&c=")
+        );
+        assert_eq!(without_secrets("/w?&jwt=t", &s).as_deref(), Some("/w?"));
+        assert_eq!(without_secrets("/w?", &s), None);
+    }
+
+    /// The parameters a fill keeps, as `without_secrets` is specified: every part of the query
+    /// whose decoded name is not a secret, in order.
+    fn kept_parts(upstream_path: &str, secrets: &[String]) -> Option<String> {
+        let (path, query) = upstream_path.split_once('?')?;
+        let secret = |p: &str| is_secret(&decoded(p.split_once('=').map_or(p, |(n, _)| n)), secrets);
+        if !query.split('&').any(secret) {
+            return None;
+        }
+        let kept: Vec<&str> = query.split('&').filter(|p| !secret(p)).collect();
+        Some(if kept.is_empty() {
+            path.to_string()
+        } else {
+            format!("{path}?{}", kept.join("&"))
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fills_keep_every_other_parameter_in_order(
+            parts in proptest::collection::vec("(jwt|apiKey|%6Awt|a|b\\+c|)(=[a-z%&]{0,3})?", 0..6),
+        ) {
+            let s = vec!["jwt".to_string(), "apiKey".to_string()];
+            let path = format!("/wmts/1.png?{}", parts.join("&"));
+            proptest::prop_assert_eq!(without_secrets(&path, &s), kept_parts(&path, &s), "{}", path);
+        }
     }
 }
