@@ -122,12 +122,14 @@ impl Fill {
         }
         match super::freshness::judge(resp, &self.rule) {
             Ok(fresh) => {
-                let declared = super::store::content_length(resp);
-                if declared.is_some_and(|n| n > self.rule.max_object_size) {
+                let head = StoredHead::of(resp, &super::store::head::NOT_STORED);
+                if head
+                    .content_length()
+                    .is_some_and(|n| n > self.rule.max_object_size)
+                {
                     self.outcome = LockStatus::GiveUp;
                     return;
                 }
-                let head = StoredHead::of(resp, &super::store::head::NOT_STORED);
                 let meta = StoredMeta::new(fresh, head);
                 self.filling = Some(self.cache.store.filling(self.hash, meta));
             }

@@ -336,7 +336,8 @@ mod tests {
     /// whose decoded name is not a secret, in order.
     fn kept_parts(upstream_path: &str, secrets: &[String]) -> Option<String> {
         let (path, query) = upstream_path.split_once('?')?;
-        let secret = |p: &str| is_secret(&decoded(p.split_once('=').map_or(p, |(n, _)| n)), secrets);
+        let secret =
+            |p: &str| is_secret(&decoded(p.split_once('=').map_or(p, |(n, _)| n)), secrets);
         if !query.split('&').any(secret) {
             return None;
         }

@@ -47,12 +47,35 @@ pub struct StoredHead {
 
 /// A name's bit in [`StoredHead::names`], case-insensitively, from its length and three of its
 /// bytes (a name sharing a bit is found by reading the lines).
-fn name_bit(name: &[u8]) -> u64 {
-    let at = |i: usize| u64::from(name.get(i).map_or(0, u8::to_ascii_lowercase));
+const fn name_bit(name: &[u8]) -> u64 {
+    const fn at(name: &[u8], i: usize) -> u64 {
+        if i < name.len() {
+            name[i].to_ascii_lowercase() as u64
+        } else {
+            0
+        }
+    }
     let n = name.len();
-    let mix = (n as u64) | at(0) << 8 | at(n / 2) << 16 | at(n.wrapping_sub(1)) << 24;
+    let mix =
+        (n as u64) | at(name, 0) << 8 | at(name, n / 2) << 16 | at(name, n.wrapping_sub(1)) << 24;
     1 << (mix.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 58)
 }
+
+/// The bits of `names` (a name whose bit is not among them is none of them).
+fn bits_of<'a>(names: impl IntoIterator<Item = &'a [u8]>) -> u64 {
+    names.into_iter().fold(0, |bits, n| bits | name_bit(n))
+}
+
+/// The bits of [`PER_RESPONSE`].
+const PER_RESPONSE_BITS: u64 = {
+    let (mut bits, mut i) = (0, 0);
+    while i < PER_RESPONSE.len() {
+        bits |= name_bit(PER_RESPONSE[i]);
+        i += 1;
+    }
+    bits
+};
+const ACCEPT_RANGES_BIT: u64 = name_bit(b"accept-ranges");
 
 impl StoredHead {
     /// The head of `resp` without the headers named in `skip` (lowercase), in the upstream's
@@ -68,24 +91,30 @@ impl StoredHead {
         // per name, read once; a name whose bit is there is looked for).
         let tokens = || crate::wire::connection_tokens(&resp.headers);
         let named_bits = if skip.contains(&"connection") {
-            tokens().fold(0, |bits, t| bits | name_bit(t))
+            bits_of(tokens())
         } else {
             0
         };
+        // Most names are none of those skipped or sent per response: their bits say so.
+        let skip_bits = bits_of(skip.iter().map(|s| s.as_bytes()));
         let _ = resp.map(|name, value| {
             let name: &[u8] = match &name {
                 HeaderNameVariant::Case(n) => n.as_slice(),
                 HeaderNameVariant::Titled(n) => n.as_bytes(),
             };
             let bit = name_bit(name);
-            if skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes()))
+            if (skip_bits & bit != 0
+                && skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
                 || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
             {
                 return Ok(());
             }
             names |= bit;
-            let out = if PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n))
-                || (ranges && name.eq_ignore_ascii_case(b"accept-ranges"))
+            let out = if (PER_RESPONSE_BITS & bit != 0
+                && PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n)))
+                || (ranges
+                    && bit == ACCEPT_RANGES_BIT
+                    && name.eq_ignore_ascii_case(b"accept-ranges"))
             {
                 &mut per_response
             } else {
