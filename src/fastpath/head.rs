@@ -32,7 +32,8 @@ pub enum Reading {
         req: Box<RequestHeader>,
         /// Whether the client wants its connection kept.
         keepalive: bool,
-        head: BytesMut,
+        /// The head as read: the request's target and header values share it.
+        head: Bytes,
     },
     /// Read by Pingora's session (`head`: what it read, for a hand-over).
     Session { s: Box<HttpSession>, head: BytesMut },
@@ -50,6 +51,7 @@ impl Reading {
         head: BytesMut,
         limits: &SessionLimits,
     ) -> Result<Reading, Unread> {
+        let head = head.freeze();
         if let Some(plain) = read(&head) {
             return Ok(Reading::Own {
                 stream,
@@ -58,6 +60,8 @@ impl Reading {
                 head,
             });
         }
+        // Nothing shares the head now: it is the same buffer again.
+        let head = BytesMut::from(head);
         match session(stream, &head, limits).await {
             Ok(s) => Ok(Reading::Session { s, head }),
             Err(stream) => Err(Unread(stream, head)),
@@ -131,10 +135,16 @@ impl Reading {
     ) -> Result<(Box<HttpSession>, BytesMut), Unread> {
         match self {
             Reading::Session { s, head } => Ok((s, head)),
-            Reading::Own { stream, head, .. } => match session(stream, &head, limits).await {
-                Ok(s) => Ok((s, head)),
-                Err(stream) => Err(Unread(stream, head)),
-            },
+            Reading::Own {
+                stream, head, req, ..
+            } => {
+                drop(req);
+                let head = BytesMut::from(head);
+                match session(stream, &head, limits).await {
+                    Ok(s) => Ok((s, head)),
+                    Err(stream) => Err(Unread(stream, head)),
+                }
+            }
         }
     }
 }
@@ -193,9 +203,7 @@ pub struct Plain {
 }
 
 /// The request `head` (exactly one complete head) carries, when it is plain enough to read here.
-pub fn read(head: &[u8]) -> Option<Plain> {
-    // One copy of the head, which the target and the header values then share.
-    let head = Bytes::copy_from_slice(head);
+pub fn read(head: &Bytes) -> Option<Plain> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     match parsed.parse(&head) {
@@ -292,7 +300,7 @@ mod tests {
         let Some(Plain {
             req: ours,
             keepalive,
-        }) = read(head)
+        }) = read(&Bytes::copy_from_slice(head))
         else {
             return;
         };
@@ -358,7 +366,11 @@ mod tests {
             b"GET /a HTTP/1.1\nHost: t\n\n",
         ];
         for head in heads {
-            assert!(read(head).is_some(), "left unread: {}", head.escape_ascii());
+            assert!(
+                read(&Bytes::copy_from_slice(head)).is_some(),
+                "left unread: {}",
+                head.escape_ascii()
+            );
             same_as_the_session(head);
         }
     }
@@ -380,7 +392,11 @@ mod tests {
             b"GET /a HTTP/1.1\r\nHost: t\r\n",
         ];
         for head in heads {
-            assert!(read(head).is_none(), "{}", head.escape_ascii());
+            assert!(
+                read(&Bytes::copy_from_slice(head)).is_none(),
+                "{}",
+                head.escape_ascii()
+            );
         }
     }
 }

@@ -303,7 +303,7 @@ async fn read_head(
     let peeked = loop {
         tokio::select! {
             biased;
-            peeked = stream.try_peek(&mut probe) => match peeked {
+            peeked = crate::listener::io::request_begun(stream, &mut probe) => match peeked {
                 Ok(peeked) => break peeked,
                 Err(_) => return Err(Refused::Close(ConnClose::Done)),
             },

@@ -288,6 +288,15 @@ impl Peek for ClientIo {
     }
 }
 
+/// Waits until the client sends something (or closes), as [`Peek::try_peek`] does; on a
+/// connection of ours without the boxed future of Pingora's trait (one per request).
+pub async fn request_begun(stream: &mut Stream, probe: &mut [u8]) -> io::Result<bool> {
+    match stream.as_any().downcast_ref::<ClientIo>() {
+        Some(io) => io.tcp.readable().await.map(|()| true),
+        None => stream.try_peek(probe).await,
+    }
+}
+
 /// Writes a head and a body and flushes them: in one `writev` when the transport takes them so
 /// (see [`ClientIo`]'s vectored write).
 pub async fn write_pair<W: AsyncWrite + Unpin + ?Sized>(
