@@ -322,22 +322,52 @@ pub async fn write_pair<W: AsyncWrite + Unpin + ?Sized>(
 }
 
 /// Runs `fut` until `deadline` (`None` when it passed first). Most reads and writes on a busy
-/// connection finish at their first poll: the timer is set only for one that has to wait.
-pub async fn by_deadline<F: std::future::Future>(
-    fut: F,
-    deadline: impl FnOnce() -> tokio::time::Instant,
-) -> Option<F::Output> {
-    let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| {
-        Poll::Ready(match fut.as_mut().poll(cx) {
-            Poll::Ready(r) => Some(r),
-            Poll::Pending => None,
-        })
-    })
-    .await;
-    match first {
-        Some(r) => Some(r),
-        None => tokio::time::timeout_at(deadline(), fut).await.ok(),
+/// connection finish at their first poll: the timer is set (and its place allocated) only for
+/// one that has to wait, and the future is polled where it was made, not moved into a second
+/// place as an `async fn` would (requests' futures hold these).
+pub fn by_deadline<F, D>(fut: F, deadline: D) -> ByDeadline<F, D>
+where
+    F: std::future::Future,
+    D: FnOnce() -> tokio::time::Instant,
+{
+    ByDeadline {
+        fut,
+        deadline: Some(deadline),
+        timer: None,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`by_deadline`].
+    pub struct ByDeadline<F, D> {
+        #[pin]
+        fut: F,
+        deadline: Option<D>,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F: std::future::Future, D: FnOnce() -> tokio::time::Instant> std::future::Future
+    for ByDeadline<F, D>
+{
+    type Output = Option<F::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(r) = this.fut.poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        let timer = match this.timer {
+            Some(timer) => timer,
+            None => {
+                let at = this
+                    .deadline
+                    .take()
+                    .map_or_else(tokio::time::Instant::now, |d| d());
+                this.timer.insert(Box::pin(tokio::time::sleep_until(at)))
+            }
+        };
+        timer.as_mut().poll(cx).map(|()| None)
     }
 }
 
