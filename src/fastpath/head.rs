@@ -206,7 +206,7 @@ pub struct Plain {
 pub fn read(head: &Bytes) -> Option<Plain> {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
-    match parsed.parse(&head) {
+    match parsed.parse(head) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
