@@ -112,6 +112,39 @@ fn half_sent_heads_are_closed_after_the_header_timeout() {
     );
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert_eq!(get(gw.port, "GET", "/tiles/a", &[]).status, 200);
+    // A later request on a kept connection is timed from its first byte too: half of its
+    // head, sent whole in one write or a byte at a time, gets its 408 after the header
+    // timeout, long before the keep-alive timeout (60 s) would close the connection.
+    for trickle in [false, true] {
+        let mut kept = connect(gw.port);
+        kept.write_all(b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("first request");
+        assert_eq!(read_response(&mut kept, false).status, 200);
+        let half = b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\nAccept: */";
+        let t = Instant::now();
+        if trickle {
+            for b in half {
+                kept.write_all(&[*b]).expect("a byte of the head");
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        } else {
+            kept.write_all(half).expect("half a head");
+        }
+        let mut answer = Vec::new();
+        kept.read_to_end(&mut answer)
+            .expect("the gateway closes the connection");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(
+            text.starts_with("HTTP/1.1 408"),
+            "trickled {trickle}: {text:?}"
+        );
+        assert!(
+            // Trickled, the head takes 1.6 s: timed from its last byte it would be 3.6 s.
+            t.elapsed() >= Duration::from_millis(1900) && t.elapsed() < Duration::from_millis(3200),
+            "trickled {trickle}: closed after {:?}",
+            t.elapsed()
+        );
+    }
 }
 
 #[test]

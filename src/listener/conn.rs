@@ -316,10 +316,12 @@ async fn read_head(
             () = stopping.as_mut(), if !first => return Err(Refused::Close(ConnClose::Shutdown)),
         }
     };
+    // A later request's head is timed from its beginning: taken when a read first has to wait
+    // (most heads come whole in the first read, which needs no clock).
     let mut deadline = if !first && peeked {
-        Instant::now() + limits.header_timeout
+        None
     } else {
-        wait_until
+        Some(wait_until)
     };
     let mut buf = BytesMut::with_capacity(HEAD_CHUNK);
     loop {
@@ -327,7 +329,9 @@ async fn read_head(
             buf.reserve(HEAD_CHUNK);
         }
         let before = buf.len();
-        let read = by_deadline(stream.read_buf(&mut buf), || deadline);
+        let read = by_deadline(stream.read_buf(&mut buf), || {
+            *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout)
+        });
         let read = if before == 0 && !first && !peeked {
             // Still waiting for the request to begin.
             tokio::select! {
@@ -350,7 +354,7 @@ async fn read_head(
         }
         if before == 0 && !first && !peeked {
             // The transport could not tell when the request began: it begins now.
-            deadline = Instant::now() + limits.header_timeout;
+            deadline = Some(Instant::now() + limits.header_timeout);
         }
         if head_complete(&buf, before) {
             return Ok(buf);
