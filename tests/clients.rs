@@ -20,10 +20,7 @@ fn config(upstream_url: &str) -> String {
 }
 
 fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(15)))
-        .expect("timeout");
-    s
+    support::client::connect(port, 15)
 }
 
 fn open_fds(gw: &GatewayProcess) -> usize {

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use support::client::read_response;
+use support::client::{connect, read_response};
 use support::{request, ConfigDir, GatewayProcess, Response};
 
 /// An upstream whose answer the request path picks; it counts connections and keeps the
@@ -210,9 +210,7 @@ fn every_framing_reaches_the_client_as_on_the_general_path() {
 fn a_close_delimited_body_goes_to_a_keep_alive_client_in_chunks() {
     let up = Scripted::start();
     let (_d, gw) = gateway(&up, "on");
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(gw.port, 10);
     for _ in 0..3 {
         s.write_all(b"GET /close HTTP/1.1\r\nHost: tiles\r\n\r\n")
             .expect("send");
@@ -228,9 +226,7 @@ fn hop_by_hop_headers_stay_on_their_connection() {
     let up = Scripted::start();
     let (_d, gw) = gateway(&up, "on");
     let raw = "GET /echo HTTP/1.1\r\nHost: tiles\r\nConnection: keep-alive, X-Client-Hop\r\nX-Client-Hop: 1\r\nKeep-Alive: timeout=300\r\nTE: trailers\r\nX-Kept: yes\r\n\r\n";
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(gw.port, 10);
     s.write_all(raw.as_bytes()).expect("send");
     let r = read_response(&mut s, false);
     let sent = r.text().to_ascii_lowercase();
@@ -258,9 +254,7 @@ fn hop_by_hop_headers_stay_on_their_connection() {
 fn answers_written_on_the_connection_keep_the_upstreams_head_and_the_connection() {
     let up = Scripted::start();
     let (_d, gw) = gateway(&up, "on");
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(gw.port, 10);
     s.write_all(b"GET /spelled HTTP/1.1\r\nHost: tiles\r\nOrigin: http://map\r\n\r\n")
         .expect("send");
     let r = read_response(&mut s, false);
@@ -353,9 +347,7 @@ fn upstream_failures_and_timeouts_are_502_and_the_client_connection_survives_non
 fn upstream_connections_are_reused_and_a_dropped_one_is_replaced() {
     let up = Scripted::start();
     let (_d, gw) = gateway(&up, "on");
-    let mut s = TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(gw.port, 10);
     for _ in 0..50 {
         s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\n\r\n")
             .expect("send");
@@ -571,9 +563,7 @@ fn hits_keep_their_connection_and_every_kind_of_hit_is_answered_in_full() {
     );
 
     // One keep-alive connection: hits one after another.
-    let mut s = TcpStream::connect(("127.0.0.1", fast.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(fast.port, 10);
     for method in ["GET", "HEAD", "GET"] {
         s.write_all(format!("{method} /tile HTTP/1.1\r\nHost: tiles\r\n\r\n").as_bytes())
             .expect("send");
@@ -599,9 +589,7 @@ fn hits_keep_their_connection_and_every_kind_of_hit_is_answered_in_full() {
     );
 
     // HTTP/1.0 without keep-alive: the hit says close, and the connection closes.
-    let mut s = TcpStream::connect(("127.0.0.1", fast.port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
+    let mut s = connect(fast.port, 10);
     s.write_all(b"GET /tile HTTP/1.0\r\nHost: tiles\r\n\r\n")
         .expect("send");
     let all = read_to_close(&mut s);

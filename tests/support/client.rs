@@ -36,11 +36,17 @@ impl Response {
     }
 }
 
+/// A connection to the gateway on `port` whose reads give up after `secs` seconds.
+pub fn connect(port: u16, secs: u64) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
+    s.set_read_timeout(Some(Duration::from_secs(secs)))
+        .expect("timeout");
+    s
+}
+
 /// Sends `raw` and reads one response. `head_request` says the response has no body.
 pub fn request(port: u16, raw: &str, head_request: bool) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
+    let mut s = connect(port, 20);
     s.write_all(raw.as_bytes()).expect("send");
     read_response(&mut s, head_request)
 }
@@ -48,9 +54,7 @@ pub fn request(port: u16, raw: &str, head_request: bool) -> Response {
 /// Sends `raw` and returns everything the gateway sends back until it closes the connection
 /// (or 5 s pass without a byte): what a client sees, framing and all.
 pub fn send_until_close(port: u16, raw: &[u8]) -> String {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the gateway");
-    s.set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("timeout");
+    let mut s = connect(port, 5);
     s.write_all(raw).expect("send");
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
