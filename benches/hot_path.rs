@@ -269,5 +269,28 @@ fn metrics_update(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, routing, pipeline, auth, metrics_update);
+/// The clock readings a request makes: the precise clocks against the coarse ones the request
+/// path reads for what needs only seconds (`tollgate::clock`).
+fn clocks(c: &mut Criterion) {
+    c.bench_function("clock/system_time_now", |b| {
+        b.iter(|| black_box(std::time::SystemTime::now()))
+    });
+    c.bench_function("clock/wall_coarse", |b| {
+        b.iter(|| black_box(tollgate::clock::wall()))
+    });
+    c.bench_function("clock/instant_now", |b| {
+        b.iter(|| black_box(std::time::Instant::now()))
+    });
+    c.bench_function("clock/soon_coarse", |b| {
+        b.iter(|| black_box(tollgate::clock::soon()))
+    });
+    c.bench_function("clock/date_pingora_cached", |b| {
+        b.iter(|| black_box(pingora_core::protocols::http::date::get_cached_date()))
+    });
+    c.bench_function("clock/date_coarse", |b| {
+        b.iter(|| black_box(tollgate::clock::http_date()))
+    });
+}
+
+criterion_group!(benches, routing, pipeline, auth, metrics_update, clocks);
 criterion_main!(benches);

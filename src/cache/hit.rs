@@ -12,7 +12,6 @@
 //! ([`miss_wire_head`]).
 
 use std::sync::Arc;
-use std::time::SystemTime;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{
@@ -73,7 +72,7 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
     let mut key = CacheKey::new(super::primary_of(x, host), "");
     let hash = super::key::hash(&mut key);
     match cache.store.find(hash).await {
-        Some(object) => match object.meta.fresh_age(SystemTime::now()) {
+        Some(object) => match object.meta.fresh_age(crate::clock::wall()) {
             Some(age) => Lookup::Fresh(FreshHit { object, age }),
             None => Lookup::General,
         },
@@ -161,7 +160,7 @@ fn wire_head(
 ) -> Option<BytesMut> {
     let (template, ranges) = head.hit_template(body_len)?;
     let added = edits_fit(head, edits)?;
-    let date = pingora_core::protocols::http::date::get_cached_date();
+    let date = crate::clock::http_date();
     let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 128);
     buf.put_slice(template);
     if ranges {
@@ -170,7 +169,7 @@ fn wire_head(
     if let Some(age) = age {
         wire::header_line(&mut buf, b"Age", itoa::Buffer::new().format(age).as_bytes());
     }
-    for (n, v) in [(&DATE, date.as_bytes()), (&super::X_CACHE_STATUS, status)] {
+    for (n, v) in [(&DATE, &date[..]), (&super::X_CACHE_STATUS, status)] {
         wire::header_line(&mut buf, n.as_str().as_bytes(), v);
     }
     for edit in edits {

@@ -150,8 +150,7 @@ pub fn reply_head(reply: &Reply, edits: &[HeaderEdit], keepalive: bool) -> Optio
 
 /// The gateway's `Date` and `Connection`, and the head's end.
 fn end_head(buf: &mut BytesMut, keepalive: bool) {
-    let date = pingora_core::protocols::http::date::get_cached_date();
-    wire::header_line(buf, b"Date", date.as_bytes());
+    wire::header_line(buf, b"Date", &crate::clock::http_date());
     wire::end_with_connection(buf, keepalive);
 }
 

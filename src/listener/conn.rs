@@ -192,7 +192,8 @@ where
         }
         drop(partial);
         first = None;
-        wait_until = Instant::now() + limits.keepalive_timeout;
+        // Seconds away: the kernel's last tick is near enough.
+        wait_until = Instant::from_std(crate::clock::soon()) + limits.keepalive_timeout;
     }
 }
 
