@@ -289,10 +289,14 @@ impl Peek for ClientIo {
 }
 
 /// Waits until the client sends something (or closes), as [`Peek::try_peek`] does; on a
-/// connection of ours without the boxed future of Pingora's trait (one per request).
+/// connection of ours without the boxed future of Pingora's trait (one per request), and by
+/// the socket's one read waker (the connection's task is its only reader) instead of
+/// `readable()`, whose future joins a list of waiters under a lock and leaves it when dropped.
 pub async fn request_begun(stream: &mut Stream, probe: &mut [u8]) -> io::Result<bool> {
     match stream.as_any().downcast_ref::<ClientIo>() {
-        Some(io) => io.tcp.readable().await.map(|()| true),
+        Some(io) => std::future::poll_fn(|cx| io.tcp.poll_read_ready(cx))
+            .await
+            .map(|()| true),
         None => stream.try_peek(probe).await,
     }
 }
