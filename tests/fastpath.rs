@@ -639,3 +639,137 @@ fn response_headers_a_pipeline_adds_to_a_hit_are_the_same_on_both_paths() {
         assert!(has("x-extra", "yes"), "{round}: {headers:?}");
     });
 }
+
+/// Reads `methods.len()` answers from `s`, one per request in that order (HTTP/1.1
+/// pipelining: answers follow each other on the connection, so bytes past one answer are kept
+/// for the next). Status and body (chunks joined) of each.
+fn read_answers(s: &mut TcpStream, methods: &[&str]) -> Vec<(u16, Vec<u8>)> {
+    let mut buf: Vec<u8> = Vec::new();
+    let mut more = |buf: &mut Vec<u8>| {
+        let mut chunk = [0u8; 16384];
+        let n = s.read(&mut chunk).expect("read");
+        assert!(
+            n > 0,
+            "the connection closed: {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let mut answers = Vec::new();
+    for method in methods {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            more(&mut buf);
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        buf.drain(..end);
+        let status: u16 = head[9..12].parse().expect("status");
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(|v| v.trim().to_string())
+        };
+        let mut body = Vec::new();
+        if *method == "HEAD" || status == 204 || status == 304 {
+        } else if let Some(len) = header("content-length") {
+            let len: usize = len.parse().expect("length");
+            while buf.len() < len {
+                more(&mut buf);
+            }
+            body = buf.drain(..len).collect();
+        } else {
+            assert_eq!(
+                header("transfer-encoding").as_deref(),
+                Some("chunked"),
+                "{head}"
+            );
+            loop {
+                let line_end = loop {
+                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                        break i;
+                    }
+                    more(&mut buf);
+                };
+                let size =
+                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
+                        .expect("chunk size");
+                while buf.len() < line_end + 2 + size + 2 {
+                    more(&mut buf);
+                }
+                body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
+                buf.drain(..line_end + 2 + size + 2);
+                if size == 0 {
+                    break;
+                }
+            }
+        }
+        answers.push((status, body));
+    }
+    assert!(
+        buf.is_empty(),
+        "bytes past the last answer: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    answers
+}
+
+/// HTTP/1.1 pipelining: requests sent in one write, before any answer, are each answered, in
+/// order, and the connection serves the next request after them — on both paths, with and
+/// without a cache (misses, hits, a HEAD, streamed and empty answers, a head with bare `\n`
+/// line ends among them).
+#[test]
+fn pipelined_requests_are_each_answered_in_order_on_both_paths() {
+    let up = Scripted::start();
+    let text = "text ".repeat(40);
+    let expected: [(&str, &str, u16, &[u8]); 8] = [
+        ("GET", "/cl", 200, b"hello"),
+        ("GET", "/tile", 200, b"tile!"),
+        ("GET", "/tile", 200, b"tile!"),
+        ("HEAD", "/tile", 200, b""),
+        ("GET", "/chunked", 200, b"hello"),
+        ("GET", "/204", 204, b""),
+        ("GET", "/text", 200, text.as_bytes()),
+        ("GET", "/cl", 200, b"hello"),
+    ];
+    let mut batch = String::new();
+    for (i, (method, path, ..)) in expected.iter().enumerate() {
+        if i == 6 {
+            batch.push_str(&format!("{method} {path} HTTP/1.1\nHost: tiles\n\n"));
+        } else {
+            batch.push_str(&format!("{method} {path} HTTP/1.1\r\nHost: tiles\r\n\r\n"));
+        }
+    }
+    let methods: Vec<&str> = expected.iter().map(|e| e.0).collect();
+    for fast in ["on", "off"] {
+        for cached in [false, true] {
+            let (_dir, gw) = if cached {
+                caching_gateway(&up, fast)
+            } else {
+                gateway(&up, fast)
+            };
+            let mut s = connect(gw.port, 15);
+            s.write_all(batch.as_bytes()).expect("send");
+            let answers = read_answers(&mut s, &methods);
+            for (i, ((method, path, status, body), got)) in
+                expected.iter().zip(&answers).enumerate()
+            {
+                let case = format!("fast path {fast}, cache {cached}: #{i} {method} {path}");
+                assert_eq!(got.0, *status, "{case}");
+                assert!(
+                    got.1 == *body,
+                    "{case}: {:?}",
+                    String::from_utf8_lossy(&got.1)
+                );
+            }
+            // The connection is still the client's.
+            s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\n\r\n")
+                .expect("send");
+            assert_eq!(
+                read_answers(&mut s, &["GET"]),
+                vec![(200, b"hello".to_vec())]
+            );
+        }
+    }
+}

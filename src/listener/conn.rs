@@ -159,11 +159,14 @@ where
     // when it would go off after a wait's end or goes off before it, not for every request
     // (each wait ends later than the one before).
     let mut timer = std::pin::pin!(tokio::time::sleep_until(wait_until));
+    // What a client sent of its next request with the one before (HTTP/1.1 pipelining).
+    let mut carried = BytesMut::new();
     loop {
         // A later request whose head comes in more than one read is counted from its second.
         let mut partial = None;
         let head = read_head(
             &mut stream,
+            std::mem::take(&mut carried),
             wait_until,
             timer.as_mut(),
             first.is_some(),
@@ -173,7 +176,15 @@ where
         )
         .await;
         let head = match head {
-            Ok(h) => h,
+            Ok(mut h) => {
+                // A request without a body that has the next one behind it: each goes its own
+                // way (the fast path answers only a head that comes alone, and Pingora's
+                // session would take the next request for this one's leftovers and close).
+                if let Some(end) = next_request_at(&h) {
+                    carried = h.split_off(end);
+                }
+                h
+            }
             Err(Refused::Close(why)) => return why,
             Err(Refused::Reply(why, response)) => {
                 // Best effort: the client may be gone already.
@@ -281,8 +292,12 @@ const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nC
 /// must arrive within the header timeout; a head that stops short gets a 408, a connection that
 /// never began one is closed. A later request that has not begun when `stopping` ends is not
 /// waited for; one whose head takes more than one read is counted in `partial` from then.
+/// `carried`: what of this head came with the request before, if anything (the head has begun:
+/// it must be whole within the header timeout from now).
+#[allow(clippy::too_many_arguments)]
 async fn read_head(
     stream: &mut Stream,
+    carried: BytesMut,
     wait_until: Instant,
     mut timer: Pin<&mut Sleep>,
     first: bool,
@@ -290,11 +305,24 @@ async fn read_head(
     mut stopping: Pin<&mut impl Future<Output = ()>>,
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
-    let silent = if first {
-        ConnClose::HeaderTimeout
-    } else {
-        ConnClose::KeepaliveTimeout
-    };
+    let silent = silent_close(first);
+    if !carried.is_empty() {
+        if head_complete(&carried, 0) {
+            return Ok(carried);
+        }
+        let deadline = Instant::now() + limits.header_timeout;
+        return read_rest(
+            stream,
+            carried,
+            Some(deadline),
+            first,
+            true,
+            partial,
+            stopping,
+            limits,
+        )
+        .await;
+    }
     let mut probe = [0u8; 1];
     if timer.deadline() > wait_until {
         // The wait ends sooner than the timer would go off (the first wait after the header
@@ -319,12 +347,33 @@ async fn read_head(
     };
     // A later request's head is timed from its beginning: taken when a read first has to wait
     // (most heads come whole in the first read, which needs no clock).
-    let mut deadline = if !first && peeked {
+    let deadline = if !first && peeked {
         None
     } else {
         Some(wait_until)
     };
-    let mut buf = BytesMut::with_capacity(HEAD_CHUNK);
+    let buf = BytesMut::with_capacity(HEAD_CHUNK);
+    read_rest(
+        stream, buf, deadline, first, peeked, partial, stopping, limits,
+    )
+    .await
+}
+
+/// Reads into `buf` until it holds a whole request head, by `deadline` (taken from the header
+/// timeout when a read first has to wait, if `None`). `peeked`: the request is known to have
+/// begun.
+#[allow(clippy::too_many_arguments)]
+async fn read_rest(
+    stream: &mut Stream,
+    mut buf: BytesMut,
+    mut deadline: Option<Instant>,
+    first: bool,
+    peeked: bool,
+    partial: &mut Option<Fresh>,
+    mut stopping: Pin<&mut impl Future<Output = ()>>,
+    limits: &ClientLimits,
+) -> Result<BytesMut, Refused> {
+    let silent = silent_close(first);
     loop {
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(HEAD_CHUNK);
@@ -367,6 +416,47 @@ async fn read_head(
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
         }
     }
+}
+
+/// How a connection closes that never began its next request: its first request's header
+/// timeout, or a later one's keep-alive timeout.
+fn silent_close(first: bool) -> ConnClose {
+    if first {
+        ConnClose::HeaderTimeout
+    } else {
+        ConnClose::KeepaliveTimeout
+    }
+}
+
+/// Where the first request head in `buf` ends, when more bytes follow it that can only be the
+/// next request's: the head parses whole and announces no body (no `Content-Length`, no
+/// `Transfer-Encoding`), no protocol switch (`Upgrade`) and no tunnel (`CONNECT`). Otherwise
+/// `None`, and the bytes stay together (a body, or what Pingora's session makes of them).
+fn next_request_at(buf: &[u8]) -> Option<usize> {
+    let lead = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    // The first empty line (bare `\n` line ends count, as for the parser).
+    let end = memchr::memchr_iter(b'\n', &buf[lead..]).find_map(|i| {
+        let next = lead + i + 1;
+        match (buf.get(next), buf.get(next + 1)) {
+            (Some(b'\n'), _) => Some(next + 1),
+            (Some(b'\r'), Some(b'\n')) => Some(next + 2),
+            _ => None,
+        }
+    })?;
+    if end >= buf.len() {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; 128];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(&buf[..end]) != Ok(httparse::Status::Complete(end)) {
+        return None;
+    }
+    let framed = |name: &str| {
+        ["content-length", "transfer-encoding", "upgrade"]
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f))
+    };
+    (req.method != Some("CONNECT") && !req.headers.iter().any(|h| framed(h.name))).then_some(end)
 }
 
 /// Whether `buf` holds the end of a request head: an empty line after something else (bare

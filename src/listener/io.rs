@@ -119,31 +119,45 @@ impl ClientIo {
             // MSG_MORE: the head waits for the body's first segment.
             let rest = &head[done..];
             let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
-            let sent = self
-                .tcp
-                .async_io(Interest::WRITABLE, || {
-                    let n = unsafe { libc::send(socket, rest.as_ptr().cast(), rest.len(), flags) };
-                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-                })
-                .await?;
+            let sent = when_writable(&self.tcp, || {
+                let n = unsafe { libc::send(socket, rest.as_ptr().cast(), rest.len(), flags) };
+                usize::try_from(n).map_err(|_| io::Error::last_os_error())
+            })
+            .await?;
             done += sent;
         }
         let mut at = offset as libc::off_t;
         let end = at + len as libc::off_t;
         while at < end {
-            let sent = self
-                .tcp
-                .async_io(Interest::WRITABLE, || {
-                    let n = unsafe { libc::sendfile(socket, file, &mut at, (end - at) as usize) };
-                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
-                })
-                .await?;
+            let sent = when_writable(&self.tcp, || {
+                let n = unsafe { libc::sendfile(socket, file, &mut at, (end - at) as usize) };
+                usize::try_from(n).map_err(|_| io::Error::last_os_error())
+            })
+            .await?;
             if sent == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
         }
         Ok(())
     }
+}
+
+/// Runs `write` (a system call on `tcp`) once the socket takes it, waiting by the socket's one
+/// write waker (the connection's task is its only writer): tokio's `async_io` waits on a
+/// `Readiness` future, which locks the socket's list of waiters when it is dropped, even after
+/// a write that did not wait.
+async fn when_writable<R>(
+    tcp: &TcpStream,
+    mut write: impl FnMut() -> io::Result<R>,
+) -> io::Result<R> {
+    std::future::poll_fn(|cx| loop {
+        ready!(tcp.poll_write_ready(cx))?;
+        match tcp.try_io(Interest::WRITABLE, &mut write) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            done => return Poll::Ready(done),
+        }
+    })
+    .await
 }
 
 /// The connection as one a file can be sent on by `sendfile`: a plain TCP connection of the

@@ -193,3 +193,77 @@ fn a_tile_is_stored_from_its_min_uses_th_miss_on_either_path() {
         );
     }
 }
+
+/// Hits sent faster than the client reads them: each tile's body goes out by `sendfile` from
+/// the memory tier's shared memory, the connection's send buffer fills (a later tile finds no
+/// room), and the gateway waits for room and goes on where it stopped — the client gets every
+/// tile whole, byte for byte, in order.
+#[test]
+fn hits_sent_faster_than_a_slow_reader_takes_them_reach_it_whole() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    // Just under the largest body kept in shared memory (256 KiB).
+    let path = "/open/unique/250000/big";
+    let expected: Vec<u8> = "big".bytes().cycle().take(250_000).collect();
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    let mut slow = support::client::connect(gw.port, 20);
+    // What the client leaves unread fills its receive buffer, then the gateway's send buffer,
+    // which on loopback grows to the system's largest (`tcp_wmem`): a few tiles more than both
+    // hold leave a later tile's `sendfile` without room.
+    let mut rcvbuf: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    let got = unsafe {
+        libc::getsockopt(
+            slow.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&mut rcvbuf as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(got, 0, "SO_RCVBUF");
+    let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_wmem")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
+        .unwrap_or(4 << 20);
+    let tiles = (wmem_max + rcvbuf as usize) / expected.len() + 4;
+    // One request at a time, each after the gateway took the one before (a request that comes
+    // alone is answered on the fast path), none of the answers read.
+    let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+    for _ in 0..tiles {
+        slow.write_all(request.as_bytes()).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    for tile in 0..tiles {
+        let body_at = loop {
+            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = slow.read(&mut buf).expect("read");
+            assert!(n > 0, "tile {tile}: the connection closed");
+            answer.extend_from_slice(&buf[..n]);
+        };
+        while answer.len() < body_at + expected.len() {
+            let n = slow.read(&mut buf).expect("read");
+            assert!(n > 0, "tile {tile}: the connection closed mid-tile");
+            answer.extend_from_slice(&buf[..n]);
+        }
+        let head = String::from_utf8_lossy(&answer[..body_at]).to_lowercase();
+        assert!(head.contains("x-cache-status: hit"), "tile {tile}: {head}");
+        assert!(
+            head.contains("content-length: 250000"),
+            "tile {tile}: {head}"
+        );
+        assert!(
+            answer[body_at..body_at + expected.len()] == expected[..],
+            "tile {tile}: other bytes than the tile"
+        );
+        answer.drain(..body_at + expected.len());
+    }
+    assert!(answer.is_empty(), "bytes past the last tile");
+    assert_eq!(up.served(), 1);
+}
