@@ -306,22 +306,11 @@ async fn read_head(
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
     let silent = silent_close(first);
-    if !carried.is_empty() {
-        if head_complete(&carried, 0) {
-            return Ok(carried);
-        }
-        let deadline = Instant::now() + limits.header_timeout;
-        return read_rest(
-            stream,
-            carried,
-            Some(deadline),
-            first,
-            true,
-            partial,
-            stopping,
-            limits,
-        )
-        .await;
+    // A head that came with the request before has begun: it must be whole within the
+    // header timeout from now.
+    let begun = !carried.is_empty();
+    if begun && head_complete(&carried, 0) {
+        return Ok(carried);
     }
     let mut probe = [0u8; 1];
     if timer.deadline() > wait_until {
@@ -329,51 +318,37 @@ async fn read_head(
         // timeout, when keep-alive is shorter).
         timer.as_mut().reset(wait_until);
     }
-    let peeked = loop {
-        tokio::select! {
-            biased;
-            peeked = crate::listener::io::request_begun(stream, &mut probe) => match peeked {
-                Ok(peeked) => break peeked,
-                Err(_) => return Err(Refused::Close(ConnClose::Done)),
-            },
-            () = timer.as_mut() => {
-                if Instant::now() >= wait_until {
-                    return Err(Refused::Close(silent));
+    let peeked = begun
+        || loop {
+            tokio::select! {
+                biased;
+                peeked = crate::listener::io::request_begun(stream, &mut probe) => match peeked {
+                    Ok(peeked) => break peeked,
+                    Err(_) => return Err(Refused::Close(ConnClose::Done)),
+                },
+                () = timer.as_mut() => {
+                    if Instant::now() >= wait_until {
+                        return Err(Refused::Close(silent));
+                    }
+                    timer.as_mut().reset(wait_until);
                 }
-                timer.as_mut().reset(wait_until);
+                () = stopping.as_mut(), if !first => return Err(Refused::Close(ConnClose::Shutdown)),
             }
-            () = stopping.as_mut(), if !first => return Err(Refused::Close(ConnClose::Shutdown)),
-        }
-    };
+        };
     // A later request's head is timed from its beginning: taken when a read first has to wait
     // (most heads come whole in the first read, which needs no clock).
-    let deadline = if !first && peeked {
+    let mut deadline = if begun {
+        Some(Instant::now() + limits.header_timeout)
+    } else if !first && peeked {
         None
     } else {
         Some(wait_until)
     };
-    let buf = BytesMut::with_capacity(HEAD_CHUNK);
-    read_rest(
-        stream, buf, deadline, first, peeked, partial, stopping, limits,
-    )
-    .await
-}
-
-/// Reads into `buf` until it holds a whole request head, by `deadline` (taken from the header
-/// timeout when a read first has to wait, if `None`). `peeked`: the request is known to have
-/// begun.
-#[allow(clippy::too_many_arguments)]
-async fn read_rest(
-    stream: &mut Stream,
-    mut buf: BytesMut,
-    mut deadline: Option<Instant>,
-    first: bool,
-    peeked: bool,
-    partial: &mut Option<Fresh>,
-    mut stopping: Pin<&mut impl Future<Output = ()>>,
-    limits: &ClientLimits,
-) -> Result<BytesMut, Refused> {
-    let silent = silent_close(first);
+    let mut buf = if begun {
+        carried
+    } else {
+        BytesMut::with_capacity(HEAD_CHUNK)
+    };
     loop {
         if buf.capacity() - buf.len() < 512 {
             buf.reserve(HEAD_CHUNK);
@@ -433,16 +408,20 @@ fn silent_close(first: bool) -> ConnClose {
 /// `Transfer-Encoding`), no protocol switch (`Upgrade`) and no tunnel (`CONNECT`). Otherwise
 /// `None`, and the bytes stay together (a body, or what Pingora's session makes of them).
 fn next_request_at(buf: &[u8]) -> Option<usize> {
+    use memchr::memmem::Finder;
+    use std::sync::LazyLock;
+    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
+    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
     let lead = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
-    // The first empty line (bare `\n` line ends count, as for the parser).
-    let end = memchr::memchr_iter(b'\n', &buf[lead..]).find_map(|i| {
-        let next = lead + i + 1;
-        match (buf.get(next), buf.get(next + 1)) {
-            (Some(b'\n'), _) => Some(next + 1),
-            (Some(b'\r'), Some(b'\n')) => Some(next + 2),
-            _ => None,
-        }
-    })?;
+    let head = &buf[lead..];
+    // The first empty line: a `\r\n` one, or, in a last head whose lines end in a bare `\n`
+    // (as the parser allows), a `\n` one. (A bare-`\n` head with another behind it is left
+    // whole: finding its end would cost every request a second search.)
+    let end = match CRLF.find(head) {
+        Some(i) if lead + i + 4 < buf.len() => lead + i + 4,
+        _ if buf.ends_with(b"\r\n\r\n") => return None,
+        _ => lead + LF.find(head)? + 2,
+    };
     if end >= buf.len() {
         return None;
     }
@@ -491,7 +470,39 @@ pub(super) async fn shutting_down(watch: &mut ShutdownWatch) {
 
 #[cfg(test)]
 mod tests {
-    use super::head_complete;
+    use super::{head_complete, next_request_at};
+
+    #[test]
+    fn splits_a_bodiless_head_from_the_next_request_only() {
+        let get = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(next_request_at(get.as_bytes()), None, "alone");
+        let two = format!("{get}GET /b HTTP/1.1\r\n");
+        assert_eq!(next_request_at(two.as_bytes()), Some(get.len()));
+        let led = format!("\r\n{get}GET /b");
+        assert_eq!(
+            next_request_at(led.as_bytes()),
+            Some(get.len() + 2),
+            "blank lines first"
+        );
+        let bare = "GET /a HTTP/1.1\nHost: a\n\n";
+        assert_eq!(
+            next_request_at(bare.as_bytes()),
+            None,
+            "a bare-LF head alone"
+        );
+        let bare_then = format!("{get}{bare}");
+        assert_eq!(next_request_at(bare_then.as_bytes()), Some(get.len()));
+        // What follows a head that announces a body, a switch or a tunnel is not a request.
+        for head in [
+            "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x01\x00",
+            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03",
+            "GET /a HTTP/1.1\r\nBad Header\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(next_request_at(head.as_bytes()), None, "{head:?}");
+        }
+    }
 
     #[test]
     fn finds_the_end_of_a_head() {
