@@ -30,7 +30,9 @@ thread_local! {
 pub fn take(key: u64) -> Option<Stream> {
     loop {
         let (mut stream, since) = POOL.with(|p| p.borrow_mut().get_mut(&key)?.pop())?;
-        if since.elapsed() < MAX_IDLE && still_idle(&mut stream) {
+        // Idle times are seconds long: the kernel's last tick is near enough.
+        let idle = crate::clock::soon().saturating_duration_since(since);
+        if idle < MAX_IDLE && still_idle(&mut stream) {
             return Some(stream);
         }
     }
@@ -41,7 +43,7 @@ pub fn put(key: u64, stream: Stream) {
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let idle = pool.entry(key).or_default();
-        let now = Instant::now();
+        let now = crate::clock::soon();
         let stale = idle
             .iter()
             .take_while(|(_, since)| now.duration_since(*since) >= MAX_IDLE)

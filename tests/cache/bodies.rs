@@ -204,10 +204,7 @@ fn hits_sent_faster_than_a_slow_reader_takes_them_reach_it_whole() {
     use std::os::fd::AsRawFd;
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
-    // Just under the largest body kept in shared memory (256 KiB).
-    let path = "/open/unique/250000/big";
-    let expected: Vec<u8> = "big".bytes().cycle().take(250_000).collect();
-    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    let (path, expected) = stored_big_tile(&gw);
     let mut slow = support::client::connect(gw.port, 20);
     // What the client leaves unread fills its receive buffer, then the gateway's send buffer,
     // which on loopback grows to the system's largest (`tcp_wmem`): a few tiles more than both

@@ -83,6 +83,15 @@ fn tile(gw: &GatewayProcess, path: &str, consumer: usize) -> Response {
     get(gw.port, "GET", path, &[("Authorization", &key(consumer))])
 }
 
+/// A tile of 250,000 bytes (just under the largest body the memory tier keeps in shared
+/// memory, 256 KiB), fetched once so that it is stored: its path and its body.
+fn stored_big_tile(gw: &GatewayProcess) -> (&'static str, Vec<u8>) {
+    let path = "/open/unique/250000/big";
+    let expected: Vec<u8> = "big".bytes().cycle().take(250_000).collect();
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    (path, expected)
+}
+
 fn cache_status(r: &Response) -> &str {
     r.header("x-cache-status").unwrap_or("")
 }

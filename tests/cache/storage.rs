@@ -236,9 +236,7 @@ fn clients_that_leave_during_a_hit_sent_from_shared_memory_cost_only_their_own_r
     use std::io::{Read, Write};
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
-    let path = "/open/unique/250000/big";
-    let expected: Vec<u8> = "big".bytes().cycle().take(250_000).collect();
-    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    let (path, expected) = stored_big_tile(&gw);
     let leavers: Vec<_> = (0..8)
         .map(|_| {
             let port = gw.port;
