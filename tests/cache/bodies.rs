@@ -200,7 +200,7 @@ fn a_tile_is_stored_from_its_min_uses_th_miss_on_either_path() {
 /// tile whole, byte for byte, in order.
 #[test]
 fn hits_sent_faster_than_a_slow_reader_takes_them_reach_it_whole() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::fd::AsRawFd;
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
@@ -233,34 +233,14 @@ fn hits_sent_faster_than_a_slow_reader_takes_them_reach_it_whole() {
         slow.write_all(request.as_bytes()).expect("send");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let mut answer = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
+    let mut pending = Vec::new();
     for tile in 0..tiles {
-        let body_at = loop {
-            if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let n = slow.read(&mut buf).expect("read");
-            assert!(n > 0, "tile {tile}: the connection closed");
-            answer.extend_from_slice(&buf[..n]);
-        };
-        while answer.len() < body_at + expected.len() {
-            let n = slow.read(&mut buf).expect("read");
-            assert!(n > 0, "tile {tile}: the connection closed mid-tile");
-            answer.extend_from_slice(&buf[..n]);
-        }
-        let head = String::from_utf8_lossy(&answer[..body_at]).to_lowercase();
-        assert!(head.contains("x-cache-status: hit"), "tile {tile}: {head}");
-        assert!(
-            head.contains("content-length: 250000"),
-            "tile {tile}: {head}"
-        );
-        assert!(
-            answer[body_at..body_at + expected.len()] == expected[..],
-            "tile {tile}: other bytes than the tile"
-        );
-        answer.drain(..body_at + expected.len());
+        let what = format!("tile {tile}");
+        let (head, body) = read_raw_answer(&mut slow, &mut pending, expected.len(), &what);
+        assert!(head.contains("x-cache-status: hit"), "{what}: {head}");
+        assert!(head.contains("content-length: 250000"), "{what}: {head}");
+        assert!(body == expected, "{what}: other bytes than the tile");
     }
-    assert!(answer.is_empty(), "bytes past the last tile");
+    assert!(pending.is_empty(), "bytes past the last tile");
     assert_eq!(up.served(), 1);
 }

@@ -278,7 +278,7 @@ fn clients_that_leave_during_a_hit_sent_from_shared_memory_cost_only_their_own_r
 /// writable); it is put back after.
 #[test]
 fn a_slow_clients_tile_stays_its_own_when_the_system_gives_shared_memory_huge_pages() {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use support::hugepages;
     let Some(_setting) = hugepages::ShmemHugePages::set("always") else {
         eprintln!("not run: the system's shmem_enabled cannot be changed here");
@@ -318,25 +318,9 @@ fn a_slow_clients_tile_stays_its_own_when_the_system_gives_shared_memory_huge_pa
         }
     }
     assert!(after_cut.is_some(), "the tile's pages were never cut out");
-    let mut answer = Vec::new();
     slow.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut buf = [0u8; 8192];
-    let body_at = loop {
-        let n = slow.read(&mut buf).expect("read");
-        assert!(n > 0, "the connection closed");
-        answer.extend_from_slice(&buf[..n]);
-        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-    };
-    while answer.len() < body_at + expected.len() {
-        let n = slow.read(&mut buf).expect("read");
-        assert!(n > 0, "the connection closed mid-tile");
-        answer.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&answer[..body_at]).to_lowercase();
+    let (head, body) = read_raw_answer(&mut slow, &mut Vec::new(), expected.len(), "the tile");
     assert!(head.contains("x-cache-status: hit"), "{head}");
-    let body = &answer[body_at..];
     assert!(
         body == expected,
         "the slow client got other bytes than its tile: {:?}",
