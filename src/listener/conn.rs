@@ -305,7 +305,11 @@ async fn read_head(
     mut stopping: Pin<&mut impl Future<Output = ()>>,
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
-    let silent = silent_close(first);
+    let silent = if first {
+        ConnClose::HeaderTimeout
+    } else {
+        ConnClose::KeepaliveTimeout
+    };
     // A head that came with the request before has begun: it must be whole within the
     // header timeout from now.
     let begun = !carried.is_empty();
@@ -390,16 +394,6 @@ async fn read_head(
         if buf.len() > limits.max_head {
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
         }
-    }
-}
-
-/// How a connection closes that never began its next request: its first request's header
-/// timeout, or a later one's keep-alive timeout.
-fn silent_close(first: bool) -> ConnClose {
-    if first {
-        ConnClose::HeaderTimeout
-    } else {
-        ConnClose::KeepaliveTimeout
     }
 }
 

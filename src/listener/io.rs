@@ -104,6 +104,13 @@ impl ClientIo {
 }
 
 impl ClientIo {
+    /// Ready when the socket has something to read (or was closed), by the socket's one read
+    /// waker (the connection's task is its only reader): tokio's `readable()` future joins the
+    /// socket's list of waiters under a lock and takes the lock again when it is dropped.
+    fn read_ready(&self) -> impl std::future::Future<Output = io::Result<()>> + '_ {
+        std::future::poll_fn(|cx| self.tcp.poll_read_ready(cx))
+    }
+
     /// Writes `head`, then `len` bytes of `file` from `offset` by `sendfile` (the kernel takes
     /// the file's pages, nothing is copied), when nothing is buffered before them.
     async fn send_with_file(
@@ -297,20 +304,16 @@ impl Peek for ClientIo {
     /// waiting for its next request holds no read buffer either. The socket's readiness says
     /// so without a system call (tokio clears it after a read that drained the socket).
     async fn try_peek(&mut self, _buf: &mut [u8]) -> io::Result<bool> {
-        self.tcp.readable().await?;
+        self.read_ready().await?;
         Ok(true)
     }
 }
 
 /// Waits until the client sends something (or closes), as [`Peek::try_peek`] does; on a
-/// connection of ours without the boxed future of Pingora's trait (one per request), and by
-/// the socket's one read waker (the connection's task is its only reader) instead of
-/// `readable()`, whose future joins a list of waiters under a lock and leaves it when dropped.
+/// connection of ours without the boxed future of Pingora's trait (one per request).
 pub async fn request_begun(stream: &mut Stream, probe: &mut [u8]) -> io::Result<bool> {
     match stream.as_any().downcast_ref::<ClientIo>() {
-        Some(io) => std::future::poll_fn(|cx| io.tcp.poll_read_ready(cx))
-            .await
-            .map(|()| true),
+        Some(io) => io.read_ready().await.map(|()| true),
         None => stream.try_peek(probe).await,
     }
 }
