@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use support::client::{connect, read_response};
+use support::client::{connect, read_next_response, read_response};
 use support::{request, ConfigDir, GatewayProcess, Response};
 
 /// An upstream whose answer the request path picks; it counts connections and keeps the
@@ -641,76 +641,18 @@ fn response_headers_a_pipeline_adds_to_a_hit_are_the_same_on_both_paths() {
 }
 
 /// Reads `methods.len()` answers from `s`, one per request in that order (HTTP/1.1
-/// pipelining: answers follow each other on the connection, so bytes past one answer are kept
-/// for the next). Status and body (chunks joined) of each.
+/// pipelining: answers follow each other on the connection). Status and body of each.
 fn read_answers(s: &mut TcpStream, methods: &[&str]) -> Vec<(u16, Vec<u8>)> {
-    let mut buf: Vec<u8> = Vec::new();
-    let mut more = |buf: &mut Vec<u8>| {
-        let mut chunk = [0u8; 16384];
-        let n = s.read(&mut chunk).expect("read");
-        assert!(
-            n > 0,
-            "the connection closed: {:?}",
-            String::from_utf8_lossy(buf)
-        );
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let mut answers = Vec::new();
-    for method in methods {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            more(&mut buf);
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-        buf.drain(..end);
-        let status: u16 = head[9..12].parse().expect("status");
-        let header = |name: &str| {
-            head.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-                .map(|v| v.trim().to_string())
-        };
-        let mut body = Vec::new();
-        if *method == "HEAD" || status == 204 || status == 304 {
-        } else if let Some(len) = header("content-length") {
-            let len: usize = len.parse().expect("length");
-            while buf.len() < len {
-                more(&mut buf);
-            }
-            body = buf.drain(..len).collect();
-        } else {
-            assert_eq!(
-                header("transfer-encoding").as_deref(),
-                Some("chunked"),
-                "{head}"
-            );
-            loop {
-                let line_end = loop {
-                    if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
-                        break i;
-                    }
-                    more(&mut buf);
-                };
-                let size =
-                    usize::from_str_radix(String::from_utf8_lossy(&buf[..line_end]).trim(), 16)
-                        .expect("chunk size");
-                while buf.len() < line_end + 2 + size + 2 {
-                    more(&mut buf);
-                }
-                body.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
-                buf.drain(..line_end + 2 + size + 2);
-                if size == 0 {
-                    break;
-                }
-            }
-        }
-        answers.push((status, body));
-    }
+    let mut pending = Vec::new();
+    let answers = methods
+        .iter()
+        .map(|m| read_next_response(s, &mut pending, *m == "HEAD"))
+        .map(|r| (r.status, r.body))
+        .collect();
     assert!(
-        buf.is_empty(),
+        pending.is_empty(),
         "bytes past the last answer: {:?}",
-        String::from_utf8_lossy(&buf)
+        String::from_utf8_lossy(&pending)
     );
     answers
 }

@@ -92,37 +92,6 @@ fn stored_big_tile(gw: &GatewayProcess) -> (&'static str, Vec<u8>) {
     (path, expected)
 }
 
-/// Reads one answer with a body of `len` bytes from `s` as it comes on the connection:
-/// `pending` holds what was read past the answer before (and, after, past this one). Its head,
-/// in lowercase, and its body; `what` names the answer when the connection closes first.
-fn read_raw_answer(
-    s: &mut std::net::TcpStream,
-    pending: &mut Vec<u8>,
-    len: usize,
-    what: &str,
-) -> (String, Vec<u8>) {
-    use std::io::Read;
-    let mut buf = [0u8; 16 * 1024];
-    let mut more = |pending: &mut Vec<u8>| {
-        let n = s.read(&mut buf).expect("read");
-        assert!(n > 0, "{what}: the connection closed");
-        pending.extend_from_slice(&buf[..n]);
-    };
-    let body_at = loop {
-        if let Some(at) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
-            break at + 4;
-        }
-        more(pending);
-    };
-    while pending.len() < body_at + len {
-        more(pending);
-    }
-    let head = String::from_utf8_lossy(&pending[..body_at]).to_lowercase();
-    let body = pending[body_at..body_at + len].to_vec();
-    pending.drain(..body_at + len);
-    (head, body)
-}
-
 fn cache_status(r: &Response) -> &str {
     r.header("x-cache-status").unwrap_or("")
 }

@@ -74,23 +74,40 @@ pub fn get(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> Res
     request(port, &raw, method == "HEAD")
 }
 
-/// Reads one response from a connection (a keep-alive one may carry more).
+/// Reads one response from a connection (a keep-alive one may carry more; what was read past
+/// this one is dropped).
 pub fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 16384];
+    read_next_response(s, &mut Vec::new(), head_request)
+}
+
+/// Reads the next response from a connection on which answers follow each other (HTTP/1.1
+/// pipelining): `pending` holds what was read past the response before, and after the call
+/// what was read past this one.
+pub fn read_next_response(
+    s: &mut TcpStream,
+    pending: &mut Vec<u8>,
+    head_request: bool,
+) -> Response {
+    let mut more = |buf: &mut Vec<u8>, what: &str| -> usize {
+        let mut chunk = [0u8; 16384];
+        let n = s
+            .read(&mut chunk)
+            .unwrap_or_else(|e| panic!("read {what}: {e}"));
+        buf.extend_from_slice(&chunk[..n]);
+        n
+    };
     let header_end = loop {
-        if let Some(i) = find(&buf, b"\r\n\r\n") {
+        if let Some(i) = find(pending, b"\r\n\r\n") {
             break i;
         }
-        let n = s.read(&mut chunk).expect("read response head");
         assert!(
-            n > 0,
+            more(pending, "response head") > 0,
             "connection closed before a response head: {:?}",
-            String::from_utf8_lossy(&buf)
+            String::from_utf8_lossy(pending)
         );
-        buf.extend_from_slice(&chunk[..n]);
     };
-    let head = String::from_utf8_lossy(&buf[..header_end]).into_owned();
+    let head = String::from_utf8_lossy(&pending[..header_end]).into_owned();
+    pending.drain(..header_end + 4);
     let mut lines = head.split("\r\n");
     let status_line = lines.next().unwrap_or("");
     let status = status_line
@@ -102,62 +119,74 @@ pub fn read_response(s: &mut TcpStream, head_request: bool) -> Response {
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let mut body = buf[header_end + 4..].to_vec();
     let find_h = |name: &str| {
         headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone())
     };
-    if head_request || status == 204 || status == 304 {
-        body.clear();
+    let body = if head_request || status == 204 || status == 304 {
+        Vec::new()
     } else if let Some(len) = find_h("content-length").and_then(|v| v.parse::<usize>().ok()) {
-        while body.len() < len {
-            let n = s.read(&mut chunk).expect("read body");
-            assert!(n > 0, "connection closed mid-body");
-            body.extend_from_slice(&chunk[..n]);
+        while pending.len() < len {
+            assert!(more(pending, "body") > 0, "connection closed mid-body");
         }
-        body.truncate(len);
+        pending.drain(..len).collect()
     } else if find_h("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        body = read_chunked(s, body);
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = find(pending, b"\r\n") {
+                    break i;
+                }
+                assert!(
+                    more(pending, "chunk size") > 0,
+                    "closed before a chunk size"
+                );
+            };
+            let size =
+                usize::from_str_radix(String::from_utf8_lossy(&pending[..line_end]).trim(), 16)
+                    .expect("chunk size");
+            pending.drain(..line_end + 2);
+            if size == 0 {
+                // Trailers, if any, to the empty line that ends them.
+                loop {
+                    let line_end = loop {
+                        if let Some(i) = find(pending, b"\r\n") {
+                            break i;
+                        }
+                        assert!(more(pending, "trailer") > 0, "closed in the trailers");
+                    };
+                    pending.drain(..line_end + 2);
+                    if line_end == 0 {
+                        return Response {
+                            status,
+                            headers,
+                            body,
+                        };
+                    }
+                }
+            }
+            while pending.len() < size + 2 {
+                assert!(more(pending, "chunk") > 0, "closed mid-chunk");
+            }
+            body.extend_from_slice(&pending[..size]);
+            pending.drain(..size + 2);
+        }
     } else {
+        let mut chunk = [0u8; 16384];
         loop {
             let n = s.read(&mut chunk).unwrap_or(0);
             if n == 0 {
-                break;
+                break std::mem::take(pending);
             }
-            body.extend_from_slice(&chunk[..n]);
+            pending.extend_from_slice(&chunk[..n]);
         }
-    }
+    };
     Response {
         status,
         headers,
         body,
-    }
-}
-
-fn read_chunked(s: &mut TcpStream, mut raw: Vec<u8>) -> Vec<u8> {
-    let mut chunk = [0u8; 16384];
-    let mut out = Vec::new();
-    loop {
-        while find(&raw, b"\r\n").is_none() {
-            let n = s.read(&mut chunk).expect("read chunk size");
-            raw.extend_from_slice(&chunk[..n]);
-        }
-        let line_end = find(&raw, b"\r\n").unwrap_or(0);
-        let size = usize::from_str_radix(String::from_utf8_lossy(&raw[..line_end]).trim(), 16)
-            .expect("chunk size");
-        raw.drain(..line_end + 2);
-        if size == 0 {
-            return out;
-        }
-        while raw.len() < size + 2 {
-            let n = s.read(&mut chunk).expect("read chunk");
-            assert!(n > 0, "closed mid-chunk");
-            raw.extend_from_slice(&chunk[..n]);
-        }
-        out.extend_from_slice(&raw[..size]);
-        raw.drain(..size + 2);
     }
 }
 
