@@ -56,6 +56,7 @@ fn state(gw: &Gateway) -> Response<Vec<u8>> {
         &json!({
             "enabled": true,
             "memory": memory,
+            "declined": cache.declined(),
             "sharedMemory": cache.store.memory.shared(),
             "disk": disk,
             "pipelines": pipelines,

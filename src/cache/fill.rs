@@ -32,6 +32,9 @@ pub struct Fill {
     outcome: LockStatus,
     /// Whether the response head was judged.
     decided: bool,
+    /// The head of a response that may be stored but was not admitted (the memory tier is
+    /// full and the tile new): answered as a tile not stored is.
+    declined: Option<StoredHead>,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -86,6 +89,7 @@ pub fn begin(
         outcome: LockStatus::TransientError,
         // Not stored: judged already.
         decided: !stored,
+        declined: None,
     })
 }
 
@@ -105,9 +109,12 @@ impl Fill {
         self.permit.is_some()
     }
 
-    /// The head being stored, when the response is.
-    pub fn stored_head(&self) -> Option<&StoredHead> {
-        self.filling.as_ref().and_then(Filling::head)
+    /// The head the client is answered from: the one being stored, or that of a response the
+    /// store did not admit; `None` when the response is not one a hit could be (it varies, is
+    /// too large or may not be stored), which goes through Pingora's session.
+    pub fn answer_head(&self) -> Option<&StoredHead> {
+        let stored = self.filling.as_ref().and_then(Filling::head);
+        stored.or(self.declined.as_ref())
     }
 
     /// Decides from the upstream's response head whether the response is stored (once).
@@ -128,6 +135,13 @@ impl Fill {
                     .is_some_and(|n| n > self.rule.max_object_size)
                 {
                     self.outcome = LockStatus::GiveUp;
+                    return;
+                }
+                if !self.cache.admits(self.hash, head.content_length()) {
+                    // Requests that came to wait on this fetch after it was judged try again
+                    // (one of them fetches and, the tile missed twice now, stores it).
+                    self.outcome = LockStatus::TransientError;
+                    self.declined = Some(head);
                     return;
                 }
                 let meta = StoredMeta::new(fresh, head);

@@ -21,6 +21,7 @@ pub mod store;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -65,8 +66,11 @@ pub struct TileCache {
     pub options: StoreOptions,
     /// Stale tiles being refreshed, and tiles whose upstream has just failed them.
     pub outages: outage::Outages,
-    /// How often tiles nothing is stored for were asked for lately (a step's `minUses`).
+    /// How often tiles nothing is stored for were asked for lately (a step's `minUses`, and
+    /// admission to a full memory tier).
     sightings: sightings::Sightings,
+    /// Misses not stored because the memory tier was full and the tile new.
+    declined: AtomicU64,
 }
 
 static CACHE: OnceLock<TileCache> = OnceLock::new();
@@ -111,7 +115,13 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         generations_file,
         options: opts.clone(),
         outages: outage::Outages::default(),
-        sightings: sightings::Sightings::new(store::memory::typical_objects(opts.memory)),
+        sightings: sightings::Sightings::new(
+            store::memory::typical_objects(opts.memory)
+                + opts.disk.as_ref().map_or(0, |(_, budget)| {
+                    store::memory::typical_objects(usize::try_from(*budget).unwrap_or(usize::MAX))
+                }),
+        ),
+        declined: AtomicU64::new(0),
     };
     Ok(CACHE.get_or_init(|| cache))
 }
@@ -162,10 +172,29 @@ impl TileCache {
         (**self.generations.load()).clone()
     }
 
-    /// Counts a miss of the tile whose key hashes to `hash`; whether it is stored this time
-    /// (the step's `minUses` reached).
+    /// Counts a miss of the tile whose key hashes to `hash`; whether it may be stored this
+    /// time (the step's `minUses` reached).
     pub fn stores_miss(&self, hash: HashBinary, rule: &CacheRule) -> bool {
-        rule.min_uses <= 1 || self.sightings.sighted(hash) >= rule.min_uses
+        self.sightings.sighted(hash) >= rule.min_uses
+    }
+
+    /// Whether a miss's response, `len` bytes of body (`None`: not known yet), is stored now:
+    /// always while the memory tier has room for it; once the tier is full (storing it would
+    /// push others out), only when the tile was missed before — by an earlier request, or by
+    /// one now waiting on this fetch. A tile asked for once then costs no write and pushes
+    /// nothing out: a scan, a crawler, a map panned across leave the tier as they found it.
+    pub fn admits(&self, hash: HashBinary, len: Option<usize>) -> bool {
+        let len = len.unwrap_or(store::memory::TYPICAL_OBJECT);
+        if self.store.memory.has_room(len) || self.sightings.count(hash) >= 2 {
+            return true;
+        }
+        self.declined.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// Misses not stored so far because the memory tier was full and the tile new.
+    pub fn declined(&self) -> u64 {
+        self.declined.load(Ordering::Relaxed)
     }
 }
 
@@ -260,14 +289,23 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
         session.cache.maybe_cache_key(),
         session.cache.phase(),
     ) {
-        if !cache.stores_miss(key.primary_bin(), &u.rule) {
+        let hash = key.primary_bin();
+        if !cache.stores_miss(hash, &u.rule) {
             return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
         }
+        let verdict = freshness::decide(resp, &u.rule);
+        if matches!(verdict, RespCacheable::Cacheable(_))
+            && !cache.admits(hash, store::content_length(resp))
+        {
+            return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
+        }
+        return verdict;
     }
     freshness::decide(resp, &u.rule)
 }
 
-/// Why a response was not stored: its tile has not been missed `minUses` times yet.
+/// Why a response was not stored: its tile has not been missed `minUses` times yet, or not
+/// twice while the memory tier is full.
 const NOT_YET: &str = "min-uses";
 
 /// The variant of a stored response a request wants, from the response's `Vary`.

@@ -1,12 +1,13 @@
-//! How often tiles nothing is stored for were asked for lately, for a `cache` step's
-//! `minUses`: a tile is stored from its `minUses`-th miss on, so a tile asked for once (a
-//! crawler, a map panned across) costs what the uncached pipeline costs — no write of its
-//! body into the store, nothing pushed out for it.
+//! How often tiles nothing is stored for were asked for lately: for a `cache` step's
+//! `minUses` (a tile is stored from its `minUses`-th miss on) and for admission to a full
+//! memory tier (a tile is stored there, pushing others out, only from its second miss on). So
+//! a tile asked for once (a crawler, a map panned across) costs what the uncached pipeline
+//! costs — no write of its body into the store, nothing pushed out for it.
 //!
 //! A count-min sketch of 4-bit counters (four per key, the least of them counts, only the least
-//! raised), small enough to stay in the processor's cache (8 bytes per tile the memory tier
-//! holds), halved every two store-fulls of sightings, so a tile asked for once is remembered
-//! while about as many other tiles are asked for as the store holds: the TinyLFU way of counting
+//! raised), small enough to stay in the processor's cache (8 bytes per tile the tiers hold),
+//! halved every two store-fulls of sightings, so a tile asked for once is remembered while
+//! about as many other tiles are asked for as the store holds: the TinyLFU way of counting
 //! recent popularity in little memory. A count may be too high (keys share counters: a tile now
 //! and then stored a miss early), never too low: the sketch never keeps a tile from the store
 //! longer than its `minUses` says.
@@ -54,7 +55,7 @@ impl Sightings {
     /// this one included (at most [`MAX_COUNT`]).
     pub fn sighted(&self, hash: HashBinary) -> u8 {
         let slots = self.slots(hash);
-        let counts = slots.map(|slot| self.count(slot));
+        let counts = slots.map(|slot| self.count_at(slot));
         let least = counts.into_iter().min().unwrap_or(0);
         if least < MAX_COUNT {
             // Only the counters at the least go up: the others already count more than this
@@ -71,13 +72,23 @@ impl Sightings {
         (least + 1).min(MAX_COUNT)
     }
 
+    /// How many sightings of the key whose hash is `hash` there were lately (at most
+    /// [`MAX_COUNT`]), without counting one more.
+    pub fn count(&self, hash: HashBinary) -> u8 {
+        self.slots(hash)
+            .map(|slot| self.count_at(slot))
+            .into_iter()
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Where a counter lies: its word and the shift of its 4 bits there.
     fn place(&self, slot: u64) -> (&AtomicU64, u64) {
         let word = &self.words[(slot / u64::from(PER_WORD)) as usize];
         (word, (slot % u64::from(PER_WORD)) * 4)
     }
 
-    fn count(&self, slot: u64) -> u8 {
+    fn count_at(&self, slot: u64) -> u8 {
         let (word, shift) = self.place(slot);
         ((word.load(Ordering::Relaxed) >> shift) & 0xf) as u8
     }
@@ -134,6 +145,16 @@ mod tests {
             s.sighted(key(7));
         }
         assert_eq!(s.sighted(key(7)), MAX_COUNT, "saturates");
+    }
+
+    #[test]
+    fn reading_a_count_does_not_raise_it() {
+        let s = Sightings::new(1000);
+        assert_eq!(s.count(key(3)), 0, "never seen");
+        s.sighted(key(3));
+        assert_eq!((s.count(key(3)), s.count(key(3))), (1, 1));
+        assert_eq!(s.sighted(key(3)), 2);
+        assert_eq!(s.count(key(3)), 2);
     }
 
     #[test]

@@ -296,7 +296,7 @@ fn whole(
         return miss_wire_head(&head, len, edits, keepalive, age);
     }
     fill.decide(resp);
-    miss_wire_head(fill.stored_head()?, len, edits, keepalive, age)
+    miss_wire_head(fill.answer_head()?, len, edits, keepalive, age)
 }
 
 /// The length of a final answer of known length, and its `Age`, when it has one that is a

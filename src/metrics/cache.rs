@@ -1,6 +1,6 @@
 //! The tile cache's families: requests by cache status and api endpoint, bytes served from the
-//! cache, what each tier holds, evictions, damaged disk files, and waits on another request's
-//! fill.
+//! cache, what each tier holds, evictions, misses not admitted to a full memory tier, damaged
+//! disk files, and waits on another request's fill.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -20,6 +20,7 @@ pub struct CacheMetrics {
     bytes: Vec<IntGauge>,
     budget: Vec<IntGauge>,
     evictions: Vec<IntCounter>,
+    declined: IntCounter,
     damaged: IntCounter,
     /// The shared memory for tile bodies: its size, bytes of bodies, idle pages kept.
     shared: [IntGauge; 3],
@@ -92,6 +93,11 @@ impl CacheMetrics {
             &["tier"],
         ));
         reg(Box::new(evictions.clone()));
+        let declined = must(IntCounter::new(
+            "tollgate_cache_declined_total",
+            "Misses not stored because the memory tier was full and the tile not asked for before",
+        ));
+        reg(Box::new(declined.clone()));
         let damaged = must(IntCounter::new(
             "tollgate_cache_disk_damaged_total",
             "Damaged or partial disk cache files found (read as misses and removed)",
@@ -128,6 +134,7 @@ impl CacheMetrics {
                 .iter()
                 .map(|t| evictions.with_label_values(&[t]))
                 .collect(),
+            declined,
             damaged,
             shared: ["size", "used", "idle"].map(|s| shared.with_label_values(&[s])),
             shared_cuts,
@@ -165,6 +172,8 @@ impl CacheMetrics {
             self.shared_cuts
                 .inc_by(m.cuts.saturating_sub(self.shared_cuts.get()));
         }
+        self.declined
+            .inc_by(c.declined().saturating_sub(self.declined.get()));
         let damaged = c.store.damaged();
         self.damaged
             .inc_by(damaged.saturating_sub(self.damaged.get()));

@@ -20,7 +20,7 @@ const UNIT: usize = 1024;
 /// Bytes counted for an object beyond its body and header: its entry, key and bookkeeping.
 const OVERHEAD: usize = 512;
 /// The body size the budget is sized for (a typical tile).
-const TYPICAL_OBJECT: usize = 16 * 1024;
+pub const TYPICAL_OBJECT: usize = 16 * 1024;
 
 /// Stripes of keys whose stores and removals take turns.
 const TURNS: usize = 64;
@@ -103,6 +103,20 @@ impl MemoryTier {
             .unwrap_or(obj.body.len());
         let bytes = body + obj.meta.header_size() + OVERHEAD;
         u16::try_from(bytes.div_ceil(UNIT)).ok()
+    }
+
+    /// Whether a body of `len` bytes is stored without pushing another object out (about: its
+    /// head is counted as a unit).
+    pub fn has_room(&self, len: usize) -> bool {
+        let body = match self.shared {
+            Some(_) if (super::shared::MIN_BODY..=super::shared::MAX_BODY).contains(&len) => {
+                len.next_multiple_of(super::shared::PAGE)
+            }
+            _ => len,
+        };
+        let weight = (body + OVERHEAD + UNIT).next_multiple_of(UNIT) as u64;
+        let limit = ((self.budget / UNIT).max(1) * UNIT) as u64;
+        self.stored_bytes.load(Ordering::Relaxed) + weight <= limit
     }
 
     pub fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {
