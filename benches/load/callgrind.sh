@@ -13,8 +13,10 @@
 # instructions of the serving thread divided by N. Cases: plain-fast and plain-general (the
 # `cors + proxy` pipeline on the fast path and on Pingora's general proxy path), kargo-fast and
 # kargo-general (Kargo's tile pipeline), cache-hit (Kargo's pipeline with the tile cache, every
-# request a hit), cache-miss (the same, every request a tile not asked for before) with
-# kargo-distinct (those tiles through Kargo's pipeline without the cache), and nginx (the peers' reverse-proxy config, one worker, no master process,
+# request a hit), cache-miss (the same, every request a tile not asked for before, stored),
+# cache-declined (the same with a 4 MiB memory tier the warm-up filled: every miss declined by
+# admission, not stored) with kargo-distinct (those tiles through Kargo's pipeline without the
+# cache), and nginx (the peers' reverse-proxy config, one worker, no master process,
 # under callgrind the same way). Results go to target/bench/callgrind-<timestamp>/ (summary.txt and the
 # callgrind files, for callgrind_annotate).
 set -euo pipefail
@@ -78,6 +80,7 @@ for c in $CASES; do
     kargo-general) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" --fast-path off ;;
     cache-hit) measure "$c" kargo-cache "/wmts/1/2/3.png?jwt=$TOKEN" ;;
     cache-miss) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
+    cache-declined) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" --cache-memory 4MiB ;;
     kargo-distinct) measure "$c" kargo "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     nginx) measure_nginx ;;
     *) say "unknown case $c"; exit 2 ;;
