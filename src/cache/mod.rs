@@ -27,7 +27,9 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use pingora_cache::key::{CacheHashKey, HashBinary};
-use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::lock::{
+    CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, WritePermit,
+};
 use pingora_cache::predictor::Predictor;
 use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
@@ -94,12 +96,12 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         memory: store::memory::MemoryTier::new(opts.memory),
         disk,
     }));
-    let lock: &'static CacheLock = Box::leak(CacheLock::new_boxed(LOCK_AGE));
+    let lock: &'static TileLock = Box::leak(Box::new(TileLock(CacheLock::new_boxed(LOCK_AGE))));
     // Do not remember a key as uncacheable for a status the step does not store (an error
     // now is no reason to stop caching the tile later).
     let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
         1024,
-        Some(|reason| reason == "status" || reason == NOT_YET),
+        Some(|reason| reason == "status" || reason == NOT_YET || reason == DECLINED),
     )));
     let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
     let generations = generations_file
@@ -297,16 +299,41 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
         if matches!(verdict, RespCacheable::Cacheable(_))
             && !cache.admits(hash, store::content_length(resp))
         {
-            return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
+            return RespCacheable::Uncacheable(NoCacheReason::Custom(DECLINED));
         }
         return verdict;
     }
     freshness::decide(resp, &u.rule)
 }
 
-/// Why a response was not stored: its tile has not been missed `minUses` times yet, or not
-/// twice while the memory tier is full.
+/// Why a response was not stored: its tile has not been missed `minUses` times yet ...
 const NOT_YET: &str = "min-uses";
+/// ... or it was new to a full memory tier (see [`TileCache::admits`]).
+const DECLINED: &str = "declined";
+
+/// The tiles' fetch lock: Pingora's, except that the requests waiting on a fetch the store
+/// declined (a tile new to a full memory tier) compete to fetch it again — the next fetch finds
+/// it missed twice and stores it — where a response that may not be stored lets them all go
+/// upstream at once.
+struct TileLock(Box<CacheLock>);
+
+impl CacheKeyLock for TileLock {
+    fn lock(&self, key: &CacheKey, stale_writer: bool) -> Locked {
+        self.0.lock(key, stale_writer)
+    }
+
+    fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
+        self.0.release(key, permit, reason);
+    }
+
+    fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
+        if reason == DECLINED {
+            LockStatus::TransientError
+        } else {
+            self.0.custom_lock_status(reason)
+        }
+    }
+}
 
 /// The variant of a stored response a request wants, from the response's `Vary`.
 pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
