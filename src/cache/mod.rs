@@ -117,12 +117,12 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         generations_file,
         options: opts.clone(),
         outages: outage::Outages::default(),
-        sightings: sightings::Sightings::new(
-            store::memory::typical_objects(opts.memory)
-                + opts.disk.as_ref().map_or(0, |(_, budget)| {
-                    store::memory::typical_objects(usize::try_from(*budget).unwrap_or(usize::MAX))
-                }),
-        ),
+        sightings: sightings::Sightings::new(store::memory::typical_objects(
+            opts.memory
+                .saturating_add(opts.disk.as_ref().map_or(0, |(_, budget)| {
+                    usize::try_from(*budget).unwrap_or(usize::MAX)
+                })),
+        )),
         declined: AtomicU64::new(0),
     };
     Ok(CACHE.get_or_init(|| cache))
