@@ -16,7 +16,8 @@
 # request a hit), cache-miss (the same, every request a tile not asked for before, stored),
 # cache-declined (the same with a 4 MiB memory tier the warm-up filled: every miss declined by
 # admission, not stored) with kargo-distinct (those tiles through Kargo's pipeline without the
-# cache), and nginx (the peers' reverse-proxy config, one worker, no master process,
+# cache), nginx-static (the upstream's own nginx serving the tile file: what a hit is measured
+# against), and nginx (the peers' reverse-proxy config, one worker, no master process,
 # under callgrind the same way). Results go to target/bench/callgrind-<timestamp>/ (summary.txt and the
 # callgrind files, for callgrind_annotate).
 set -euo pipefail
@@ -72,6 +73,19 @@ measure_nginx() {
   count nginx $! $((PORT + 10)) /wmts/1/2/3.png
 }
 
+# nginx serving the tile itself (the upstream's config: the file by sendfile), one worker.
+measure_nginx_static() {
+  mkdir -p "$OUT/static/logs" "$OUT/static/tmp" "$OUT/static/www"
+  cp "${RUN_DIR:-${PEERS_ROOT:-/tmp/peers}/run}/www/tile.png" "$OUT/static/www/"  # the upstream's (bench_setup started it)
+  sed -e "s|@UPSTREAM_WORKERS@|1|; s|@UPSTREAM_PORT@|$((PORT + 20))|" \
+    -e "s|^pid .*|pid $OUT/static/nginx.pid; daemon off; master_process off;|" \
+    -e "s|^error_log .*|error_log $OUT/static/nginx.error.log warn;|" \
+    "$PEERS_DIR/conf/upstream.nginx.conf" >"$OUT/static/nginx.conf"
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/nginx-static.%p" \
+    nginx -p "$OUT/static/" -e "$OUT/static/nginx.error.log" -c "$OUT/static/nginx.conf" >"$OUT/nginx-static.log" 2>&1 &
+  count nginx-static $! $((PORT + 20)) /wmts/1/2/3.png
+}
+
 for c in $CASES; do
   case $c in
     plain-fast) measure "$c" plain /wmts/1/2/3.png ;;
@@ -83,6 +97,7 @@ for c in $CASES; do
     cache-declined) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" --cache-memory 4MiB ;;
     kargo-distinct) measure "$c" kargo "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     nginx) measure_nginx ;;
+    nginx-static) measure_nginx_static ;;
     *) say "unknown case $c"; exit 2 ;;
   esac
 done
