@@ -8,7 +8,8 @@ use super::consumers::{call, pretty, Outcome};
 
 #[derive(Subcommand)]
 pub enum CacheCmd {
-    /// What the tile cache holds: objects and bytes per tier, evictions, purge generations.
+    /// What the tile cache holds: objects and bytes per tier, evictions, declined misses, purge
+    /// generations.
     Status,
     /// Purge one URL (as clients request it: `/wmts/1/2/3.png?...`, or an absolute URL), or
     /// everything cached for an api endpoint.
