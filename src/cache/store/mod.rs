@@ -7,6 +7,7 @@ pub mod disk;
 pub mod head;
 pub mod memory;
 pub mod shared;
+mod stream;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -359,54 +359,10 @@ impl Writing {
         // Within the extent (checked above), which only this writer writes.
         unsafe {
             let at = self.0.bodies.page_ptr(self.0.first).add(self.0.len);
-            stream_copy(at, data);
+            super::stream::copy(at, data);
         }
         self.0.len += data.len();
     }
-}
-
-/// Copies `src` to `dst` with non-temporal stores (x86-64: SSE2, which every such processor
-/// has), ordinary ones up to `dst`'s first 16-byte boundary and after the last; the stores are
-/// fenced, so they are seen before anything written after.
-///
-/// # Safety
-/// `dst` is valid for `src.len()` bytes of writes and does not overlap `src`.
-#[cfg(target_arch = "x86_64")]
-unsafe fn stream_copy(dst: *mut u8, src: &[u8]) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
-    let lead = dst.align_offset(16).min(src.len());
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, lead);
-        let mut i = lead;
-        // A cache line (four stores) at a time, then what is left 16 bytes at a time.
-        while i + 64 <= src.len() {
-            let s = src.as_ptr().add(i).cast::<__m128i>();
-            let d = dst.add(i).cast::<__m128i>();
-            let (a, b) = (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)));
-            let (c, e) = (_mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
-            _mm_stream_si128(d, a);
-            _mm_stream_si128(d.add(1), b);
-            _mm_stream_si128(d.add(2), c);
-            _mm_stream_si128(d.add(3), e);
-            i += 64;
-        }
-        while i + 16 <= src.len() {
-            let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
-            _mm_stream_si128(dst.add(i).cast::<__m128i>(), v);
-            i += 16;
-        }
-        std::ptr::copy_nonoverlapping(src.as_ptr().add(i), dst.add(i), src.len() - i);
-        _mm_sfence();
-    }
-}
-
-/// Elsewhere: an ordinary copy.
-///
-/// # Safety
-/// As on x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn stream_copy(dst: *mut u8, src: &[u8]) {
-    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
 }
 
 /// A body's extent, owned by the body's [`Bytes`]: released when the last of them goes.
@@ -494,23 +450,6 @@ mod tests {
                 i + 2
             } as u8;
             assert!(b[..] == body(16 * 1024, salt)[..], "body {i} intact");
-        }
-    }
-
-    /// Stores past the caches copy exactly, whatever the alignment and length, and write
-    /// nothing outside their range.
-    #[test]
-    fn stores_past_the_caches_copy_every_byte_and_no_other() {
-        let src: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8 + 1).collect();
-        for at in 0..20 {
-            for len in [
-                0, 1, 15, 16, 17, 31, 33, 63, 64, 65, 100, 127, 128, 129, 4099,
-            ] {
-                let mut dst = vec![0u8; 5200];
-                unsafe { stream_copy(dst.as_mut_ptr().add(at), &src[..len]) };
-                assert!(dst[at..at + len] == src[..len], "at {at}, {len} bytes");
-                assert!(dst[..at].iter().chain(&dst[at + len..]).all(|b| *b == 0));
-            }
         }
     }
 
