@@ -286,24 +286,31 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
     let Some(u) = &x.cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
-    if let (Some(cache), Some(key), CachePhase::Miss) = (
+    // A miss (not a refresh of a stored tile) is counted, and stored only from the step's
+    // `minUses`-th miss on and when the store admits it.
+    let miss = match (
         get(),
         session.cache.maybe_cache_key(),
         session.cache.phase(),
     ) {
-        let hash = key.primary_bin();
+        (Some(cache), Some(key), CachePhase::Miss) => Some((cache, key.primary_bin())),
+        _ => None,
+    };
+    if let Some((cache, hash)) = miss {
         if !cache.stores_miss(hash, &u.rule) {
             return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
         }
-        let verdict = freshness::decide(resp, &u.rule);
-        if matches!(verdict, RespCacheable::Cacheable(_))
-            && !cache.admits(hash, store::content_length(resp))
-        {
-            return RespCacheable::Uncacheable(NoCacheReason::Custom(DECLINED));
-        }
-        return verdict;
     }
-    freshness::decide(resp, &u.rule)
+    let verdict = freshness::decide(resp, &u.rule);
+    match miss {
+        Some((cache, hash))
+            if matches!(verdict, RespCacheable::Cacheable(_))
+                && !cache.admits(hash, store::content_length(resp)) =>
+        {
+            RespCacheable::Uncacheable(NoCacheReason::Custom(DECLINED))
+        }
+        _ => verdict,
+    }
 }
 
 /// Why a response was not stored: its tile has not been missed `minUses` times yet ...

@@ -22,6 +22,14 @@ const OVERHEAD: usize = 512;
 /// The body size the budget is sized for (a typical tile).
 pub const TYPICAL_OBJECT: usize = 16 * 1024;
 
+/// Bytes counted for a typical tile's stored head (serialised and as parts).
+const TYPICAL_HEAD: usize = 640;
+
+/// What an object weighs in units: its body (by its footprint), head and bookkeeping.
+fn units(body: usize, head: usize) -> usize {
+    (body + head + OVERHEAD).div_ceil(UNIT)
+}
+
 /// Stripes of keys whose stores and removals take turns.
 const TURNS: usize = 64;
 
@@ -101,22 +109,19 @@ impl MemoryTier {
             .as_ref()
             .and_then(|s| s.footprint(&obj.body))
             .unwrap_or(obj.body.len());
-        let bytes = body + obj.meta.header_size() + OVERHEAD;
-        u16::try_from(bytes.div_ceil(UNIT)).ok()
+        u16::try_from(units(body, obj.meta.header_size())).ok()
     }
 
     /// Whether a body of `len` bytes is stored without pushing another object out (about: its
-    /// head is counted as a unit).
+    /// head counted as a typical one).
     pub fn has_room(&self, len: usize) -> bool {
         let body = match self.shared {
-            Some(_) if (super::shared::MIN_BODY..=super::shared::MAX_BODY).contains(&len) => {
-                len.next_multiple_of(super::shared::PAGE)
-            }
+            Some(_) if super::shared::kept_here(len) => len.next_multiple_of(super::shared::PAGE),
             _ => len,
         };
-        let weight = (body + OVERHEAD + UNIT).next_multiple_of(UNIT) as u64;
+        let bytes = (units(body, TYPICAL_HEAD) * UNIT) as u64;
         let limit = ((self.budget / UNIT).max(1) * UNIT) as u64;
-        self.stored_bytes.load(Ordering::Relaxed) + weight <= limit
+        self.stored_bytes.load(Ordering::Relaxed) + bytes <= limit
     }
 
     pub fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {

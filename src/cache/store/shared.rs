@@ -37,6 +37,11 @@ const MAX_PAGES: usize = MAX_BODY / PAGE;
 /// be cut out only to be faulted in again by the next fills).
 const IDLE_MIN: usize = 4 << 20;
 
+/// Whether a body of `len` bytes is kept in shared memory (when there is room).
+pub fn kept_here(len: usize) -> bool {
+    (MIN_BODY..=MAX_BODY).contains(&len)
+}
+
 /// Shared memory for the bodies of a memory tier.
 pub struct SharedBodies {
     fd: OwnedFd,
@@ -169,7 +174,7 @@ impl SharedBodies {
     /// An extent for a body of `len` bytes to be written into as it arrives; `None` when a
     /// body of that size is not kept here or there is no room.
     pub fn writing(self: &Arc<Self>, len: usize) -> Option<Writing> {
-        if !(MIN_BODY..=MAX_BODY).contains(&len) {
+        if !kept_here(len) {
             return None;
         }
         let pages = len.div_ceil(PAGE) as u32;
