@@ -3,36 +3,26 @@
 //! a hit much later, so fetching those lines first to write them — what ordinary stores do —
 //! is wasted memory traffic. Non-temporal stores write whole lines without reading them.
 
-/// Copies `src` to `dst` with non-temporal stores, fenced, so they are seen before anything
-/// written after: 32 bytes a store where the processor has AVX2, else 16 (SSE2, which every
-/// x86-64 processor has); ordinary stores up to `dst`'s first aligned byte and after the last.
-/// Elsewhere, an ordinary copy.
+/// Copies `src` to `dst`: with non-temporal stores where the processor has AVX2 (32 bytes a
+/// store, ordinary ones up to `dst`'s first 32-byte boundary and after the last; fenced, so they
+/// are seen before anything written after), elsewhere an ordinary copy.
 ///
 /// # Safety
 /// `dst` is valid for `src.len()` bytes of writes and does not overlap `src`.
 pub unsafe fn copy(dst: *mut u8, src: &[u8]) {
     #[cfg(target_arch = "x86_64")]
-    unsafe {
-        if std::arch::is_x86_feature_detected!("avx2") {
-            x86::copy_avx2(dst, src);
-        } else {
-            x86::copy_sse2(dst, src);
-        }
+    if std::arch::is_x86_feature_detected!("avx2") {
+        unsafe { x86::copy_avx2(dst, src) };
+        return;
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    unsafe {
-        std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len());
-    }
+    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
 }
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use std::arch::x86_64::{
-        __m128i, __m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_loadu_si128, _mm_sfence,
-        _mm_stream_si128,
-    };
+    use std::arch::x86_64::{__m256i, _mm256_loadu_si256, _mm256_stream_si256, _mm_sfence};
 
-    /// [`super::copy`] 32 bytes a store, two cache lines (four stores) at a time.
+    /// [`super::copy`] with AVX2: 32 bytes a store, two cache lines (four stores) at a time.
     ///
     /// # Safety
     /// As [`super::copy`]; the processor has AVX2.
@@ -62,41 +52,11 @@ mod x86 {
             _mm_sfence();
         }
     }
-
-    /// [`super::copy`] 16 bytes a store, a cache line (four stores) at a time.
-    ///
-    /// # Safety
-    /// As [`super::copy`].
-    pub unsafe fn copy_sse2(dst: *mut u8, src: &[u8]) {
-        let lead = dst.align_offset(16).min(src.len());
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.as_ptr(), dst, lead);
-            let mut i = lead;
-            while i + 64 <= src.len() {
-                let s = src.as_ptr().add(i).cast::<__m128i>();
-                let d = dst.add(i).cast::<__m128i>();
-                let (a, b) = (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)));
-                let (c, e) = (_mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
-                _mm_stream_si128(d, a);
-                _mm_stream_si128(d.add(1), b);
-                _mm_stream_si128(d.add(2), c);
-                _mm_stream_si128(d.add(3), e);
-                i += 64;
-            }
-            while i + 16 <= src.len() {
-                let v = _mm_loadu_si128(src.as_ptr().add(i).cast::<__m128i>());
-                _mm_stream_si128(dst.add(i).cast::<__m128i>(), v);
-                i += 16;
-            }
-            std::ptr::copy_nonoverlapping(src.as_ptr().add(i), dst.add(i), src.len() - i);
-            _mm_sfence();
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
-    /// Each way of copying copies exactly, whatever the alignment and length, and writes
+    /// The copy (and its AVX2 way, where the processor has it) copies exactly, whatever the alignment and length, and writes
     /// nothing outside its range.
     #[test]
     fn every_copy_copies_every_byte_and_no_other() {
@@ -104,7 +64,6 @@ mod tests {
         let mut ways: Vec<(&str, CopyFn)> = vec![("chosen", super::copy)];
         #[cfg(target_arch = "x86_64")]
         {
-            ways.push(("sse2", super::x86::copy_sse2));
             if std::arch::is_x86_feature_detected!("avx2") {
                 ways.push(("avx2", |d, s| unsafe { super::x86::copy_avx2(d, s) }));
             }
