@@ -34,13 +34,60 @@ pub enum Decision {
 
 /// The request as the pipelines see it, beyond its head.
 pub struct Facts<'a> {
+    /// The method and headers (its `uri` is not read: see `target`).
     pub head: &'a RequestHeader,
+    pub target: RequestTarget<'a>,
     pub client_ip: Option<IpAddr>,
     pub server_port: Option<u16>,
     pub tls: bool,
     /// The head has neither `Content-Length` nor `Transfer-Encoding` (its reader refused any):
     /// its framing needs no check.
     pub bodiless: bool,
+}
+
+/// A request's target, in the parts the pipelines read.
+#[derive(Clone, Copy)]
+pub struct RequestTarget<'a> {
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The path and query.
+    pub url: &'a str,
+    /// The authority of an absolute-form target.
+    pub authority: Option<&'a str>,
+}
+
+impl<'a> RequestTarget<'a> {
+    /// An origin-form target (a path and maybe a query) as `http`'s parser would split it.
+    pub fn origin_form(url: &'a str) -> RequestTarget<'a> {
+        RequestTarget::split(url, memchr::memchr(b'?', url.as_bytes()))
+    }
+
+    /// An origin-form target whose first `?` is at `question` (if any).
+    pub fn split(url: &'a str, question: Option<usize>) -> RequestTarget<'a> {
+        let (path, query) = match question.and_then(|q| Some((url.get(..q)?, url.get(q + 1..)?))) {
+            Some((path, query)) => (path, Some(query)),
+            None => (url, None),
+        };
+        RequestTarget {
+            path,
+            query,
+            url,
+            authority: None,
+        }
+    }
+
+    /// The target of a head whose `uri` is the request's.
+    pub fn of(head: &'a RequestHeader) -> RequestTarget<'a> {
+        let uri = &head.uri;
+        RequestTarget {
+            path: uri.path(),
+            query: uri.query(),
+            url: uri
+                .path_and_query()
+                .map_or_else(|| uri.path(), |p| p.as_str()),
+            authority: uri.authority().map(|a| a.as_str()),
+        }
+    }
 }
 
 /// Routes the request and runs pipelines until one responds or proxies.
@@ -52,13 +99,18 @@ pub async fn decide(
 ) -> Decision {
     let head = facts.head;
     let method = &head.method;
-    let path = head.uri.path();
+    let RequestTarget {
+        path,
+        query,
+        url,
+        authority,
+    } = facts.target;
     let host = head
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| head.uri.authority().map(|a| a.as_str()));
-    let head_size = head.uri.path_and_query().map_or(0, |p| p.as_str().len())
+        .or(authority);
+    let head_size = url.len()
         + head
             .headers
             .iter()
@@ -79,7 +131,7 @@ pub async fn decide(
     if path == gw.healthcheck_path
         && (*method == http::Method::GET || *method == http::Method::HEAD)
     {
-        if head.uri.query().is_some_and(|q| {
+        if query.is_some_and(|q| {
             q.split('&')
                 .any(|p| p == "ready" || p.starts_with("ready="))
         }) {
@@ -87,7 +139,6 @@ pub async fn decide(
         }
         return Decision::Reply(responses::healthy());
     }
-    let url = head.uri.path_and_query().map_or(path, |pq| pq.as_str());
     let (client_ip, server_port, tls) = (facts.client_ip, facts.server_port, facts.tls);
     let mut from = 0;
     while let Some(ri) = gw.router.find(from, host, path, method) {
@@ -98,7 +149,7 @@ pub async fn decide(
         let req = Request {
             method,
             path,
-            query: head.uri.query(),
+            query,
             url,
             host,
             headers: &head.headers,
@@ -265,10 +316,7 @@ impl<'a> Requested<'a> {
     pub fn of(head: &'a RequestHeader) -> Requested<'a> {
         Requested {
             method: head.method.as_str(),
-            url: head
-                .uri
-                .path_and_query()
-                .map_or_else(|| head.uri.path(), |p| p.as_str()),
+            url: RequestTarget::of(head).url,
         }
     }
 }

@@ -77,6 +77,7 @@ async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -
 fn facts(session: &Session) -> Facts<'_> {
     Facts {
         head: session.req_header(),
+        target: crate::exchange::RequestTarget::of(session.req_header()),
         client_ip: session
             .client_addr()
             .and_then(PeerAddr::as_inet)

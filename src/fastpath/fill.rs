@@ -81,7 +81,8 @@ impl FastPath {
         let Asking { mut fill, cache } = asking;
         let upstream_started = Instant::now();
         let filling = fill.is_some();
-        let asked = relay::connect_and_ask(&self.connector, reading.req(), x, filling).await;
+        let (client, path) = (reading.req(), reading.target().path);
+        let asked = relay::connect_and_ask(&self.connector, client, path, x, filling).await;
         let keepalive = reading.keepalive(limits);
         let asked = match asked {
             Ok((up, key)) => match head_for(&mut fill, &up, &x.response_edits, keepalive) {

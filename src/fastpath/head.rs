@@ -22,18 +22,21 @@ use pingora_core::protocols::{SocketDigest, Stream};
 use pingora_http::RequestHeader;
 
 use super::SessionLimits;
-use crate::exchange::Facts;
+use crate::exchange::{Facts, RequestTarget};
 
 /// A request head as the fast path read it.
 pub enum Reading {
     /// Read here; Pingora's session is made when one is needed.
     Own {
         stream: Stream,
+        /// The method, version and headers; not the target (see [`Reading::target`]).
         req: Box<RequestHeader>,
         /// Whether the client wants its connection kept.
         keepalive: bool,
         /// The head as read: the request's target and header values share it.
         head: Bytes,
+        /// Where the target is in `head`.
+        target: std::ops::Range<usize>,
     },
     /// Read by Pingora's session (`head`: what it read, for a hand-over).
     Session { s: Box<HttpSession>, head: BytesMut },
@@ -58,6 +61,7 @@ impl Reading {
                 req: Box::new(plain.req),
                 keepalive: plain.keepalive,
                 head,
+                target: plain.target,
             });
         }
         // Nothing shares the head now: it is the same buffer again.
@@ -68,10 +72,26 @@ impl Reading {
         }
     }
 
+    /// The request's method, version and headers. Its `uri` is the request's only when the
+    /// session read it: a head read here keeps its target in [`Self::target`].
     pub fn req(&self) -> &RequestHeader {
         match self {
             Reading::Own { req, .. } => req,
             Reading::Session { s, .. } => s.req_header(),
+        }
+    }
+
+    /// The request's target as the pipelines see it.
+    pub fn target(&self) -> RequestTarget<'_> {
+        match self {
+            Reading::Own { head, target, .. } => {
+                let target = &head[target.clone()];
+                // SAFETY: `read` found these bytes as httparse's `&str` (the request's target),
+                // and nothing writes a `Bytes`.
+                let url = unsafe { std::str::from_utf8_unchecked(target) };
+                RequestTarget::split(url, memchr::memchr(b'?', target))
+            }
+            Reading::Session { s, .. } => RequestTarget::of(s.req_header()),
         }
     }
 
@@ -88,6 +108,7 @@ impl Reading {
         };
         Facts {
             head: self.req(),
+            target: self.target(),
             client_ip,
             server_port,
             tls,
@@ -115,12 +136,9 @@ impl Reading {
     /// The connection, whether the request is a HEAD, and its method and url for the access
     /// log (when one is written).
     pub fn into_stream(self) -> (Stream, bool, Option<(String, String)>) {
-        let req = self.req();
-        let head_only = req.method == Method::HEAD;
-        let logged = crate::access_log::enabled().then(|| {
-            let r = crate::exchange::Requested::of(req);
-            (r.method.to_owned(), r.url.to_owned())
-        });
+        let head_only = self.req().method == Method::HEAD;
+        let logged = crate::access_log::enabled()
+            .then(|| (self.req().method.to_string(), self.target().url.to_owned()));
         let stream = match self {
             Reading::Own { stream, .. } => stream,
             Reading::Session { s, .. } => s.into_inner(),
@@ -196,7 +214,11 @@ const SESSION_ONLY: [HeaderName; 4] = [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRAD
 
 /// A head read here.
 pub struct Plain {
+    /// The method, version and headers; its `uri` is left as it was made (`/`) when the target
+    /// is plain (see [`plain_target`]), which saves building one for every request.
     pub req: RequestHeader,
+    /// Where the target is in the head.
+    pub target: std::ops::Range<usize>,
     /// Whether the client wants its connection kept after this request, as Pingora's session
     /// judges it: HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `keep-alive`.
     pub keepalive: bool,
@@ -225,7 +247,13 @@ pub fn read(head: &Bytes) -> Option<Plain> {
     if target.first() != Some(&b'/') || memchr::memchr(b'#', target).is_some() {
         return None;
     }
-    parts.uri = Uri::from_maybe_shared(head.slice_ref(target)).ok()?;
+    // A target of only the bytes `http` accepts anywhere needs no judging by it; any other
+    // is judged (and kept) as the session would.
+    if !plain_target(target) {
+        parts.uri = Uri::from_maybe_shared(head.slice_ref(target)).ok()?;
+    }
+    let start = target.as_ptr() as usize - head.as_ptr() as usize;
+    let target = start..start + target.len();
     parts.headers.reserve(parsed.headers.len());
     let (mut hosts, mut connection) = (0, None);
     for h in parsed.headers.iter() {
@@ -250,8 +278,37 @@ pub fn read(head: &Bytes) -> Option<Plain> {
     let keepalive = connection.unwrap_or(parts.version == Version::HTTP_11);
     Some(Plain {
         req: RequestHeader::from(parts),
+        target,
         keepalive,
     })
+}
+
+/// Whether `target` (origin-form, without a fragment) is one `http`'s URI parser accepts
+/// whatever position each byte is in: visible ASCII but `"`, `#`, `<`, `>` and `` ` ``, which it
+/// refuses in the path or the query, and shorter than its limit. Judged a whole block of bytes
+/// at a time (no early exit), where `http` looks each byte up in a table.
+fn plain_target(target: &[u8]) -> bool {
+    const BLOCK: usize = 32;
+    fn plain(block: &[u8; BLOCK]) -> bool {
+        block.iter().fold(true, |plain, &b| {
+            plain
+                & (b.wrapping_sub(0x21) < 0x5e)
+                & (b != b'"')
+                & (b != b'#')
+                & (b != b'<')
+                & (b != b'>')
+                & (b != b'`')
+        })
+    }
+    let mut blocks = target.chunks_exact(BLOCK);
+    let whole = blocks
+        .by_ref()
+        .all(|b| <&[u8; BLOCK]>::try_from(b).is_ok_and(plain));
+    // The rest in a block of its own, filled up with a byte that is plain.
+    let rest = blocks.remainder();
+    let mut last = [b'/'; BLOCK];
+    last[..rest.len()].copy_from_slice(rest);
+    target.len() < usize::from(u16::MAX) - 1 && whole && plain(&last)
 }
 
 /// What a `Connection` value says of keep-alive: `Some(true)` for `keep-alive`, `Some(false)`
@@ -299,6 +356,7 @@ mod tests {
     fn same_as_the_session(head: &[u8]) {
         let Some(Plain {
             req: ours,
+            target,
             keepalive,
         }) = read(&Bytes::copy_from_slice(head))
         else {
@@ -308,7 +366,21 @@ mod tests {
         let (theirs, keep) = by_session(head)
             .unwrap_or_else(|| panic!("read here but refused by the session: {shown}"));
         assert_eq!(ours.method, theirs.method, "{shown}");
-        assert_eq!(ours.uri, theirs.uri, "{shown}");
+        let target = std::str::from_utf8(&head[target]).expect("a target read here is text");
+        let (ours_t, theirs_t) = (
+            RequestTarget::origin_form(target),
+            RequestTarget::of(&theirs),
+        );
+        assert_eq!(
+            (ours_t.path, ours_t.query, ours_t.url, ours_t.authority),
+            (
+                theirs_t.path,
+                theirs_t.query,
+                theirs_t.url,
+                theirs_t.authority
+            ),
+            "{shown}"
+        );
         assert_eq!(ours.version, theirs.version, "{shown}");
         assert_eq!(ours.headers, theirs.headers, "{shown}");
         assert_eq!(keepalive, keep, "{shown}");
@@ -323,7 +395,7 @@ mod tests {
         fn whatever_is_read_here_the_session_reads_alike(
             method in proptest::prop_oneof![4 => "GET", 1 => "HEAD", 1 => "POST|get"],
             target in proptest::prop_oneof![
-                6 => "/[a-z/?%.é=&]{0,12}",
+                6 => "/[a-z/?%.é=&\"<>`{|}]{0,12}",
                 1 => "(\\*|http://a|/a#b|/a b|)[a-z/?#@:]{0,6}",
             ],
             version in proptest::prop_oneof![6 => "HTTP/1\\.[01]", 1 => "HTTP/2\\.0|HTTP/1\\.1 "],
@@ -372,6 +444,41 @@ mod tests {
                 head.escape_ascii()
             );
             same_as_the_session(head);
+        }
+    }
+
+    /// A plain target needs no `Uri`: every byte it may hold is one `http` accepts wherever it
+    /// stands, in the path or in the query.
+    #[test]
+    fn every_byte_of_a_plain_target_is_one_http_accepts_anywhere() {
+        for b in 0..=255u8 {
+            if !plain_target(&[b'/', b]) {
+                continue;
+            }
+            for target in [
+                vec![b'/', b],
+                vec![b'/', b'?', b],
+                vec![b'/', b'a', b'?', b'q', b],
+            ] {
+                assert!(
+                    Uri::try_from(&target[..]).is_ok(),
+                    "{} is plain but refused",
+                    target.escape_ascii()
+                );
+            }
+        }
+        assert!(plain_target(
+            b"/wmts/1/2/3.png?jwt=a.b_c-d&x={1}|[2]~!$'()*+,;:@"
+        ));
+        for odd in [
+            &b"/a b"[..],
+            b"/a\"",
+            b"/a?<",
+            b"/a`",
+            b"/caf\xc3\xa9",
+            b"/a\x7f",
+        ] {
+            assert!(!plain_target(odd), "{}", odd.escape_ascii());
         }
     }
 

@@ -43,7 +43,9 @@ pub async fn proxy(
     fill: Option<Fill>,
 ) {
     let upstream_started = Instant::now();
-    let asked = connect_and_ask(connector, s.req_header(), x, fill.is_some()).await;
+    let client = s.req_header();
+    let path = client.uri.path();
+    let asked = connect_and_ask(connector, client, path, x, fill.is_some()).await;
     relay(s, asked, x, end, fill, upstream_started).await;
 }
 
@@ -173,10 +175,12 @@ pub async fn relay(
 }
 
 /// Connects (or takes a pooled connection), sends the request head and reads the response
-/// head, trying again where the plan allows it.
+/// head, trying again where the plan allows it. `client` gives the method and headers (the
+/// plan gives the upstream's target), `path` is the client's, for the balancer.
 pub async fn connect_and_ask(
     connector: &TransportConnector,
     client: &RequestHeader,
+    path: &str,
     x: &mut Exchange,
     filling: bool,
 ) -> Asked {
@@ -187,7 +191,7 @@ pub async fn connect_and_ask(
         let Some(plan) = x.proxy.as_mut() else {
             return Err(upstream_error(ErrorType::InternalError, "no proxy plan"));
         };
-        let peer = attempt::begin(plan, client.uri.path())?;
+        let peer = attempt::begin(plan, path)?;
         let key = peer.reuse_hash();
         let pooled = if fresh { None } else { pool::take(key) };
         let (stream, reused) = match pooled {
