@@ -18,7 +18,6 @@ use http::header::{
     HeaderName, ACCEPT_RANGES, AGE, CONNECTION, CONTENT_LENGTH, DATE, HOST, IF_MATCH,
     IF_MODIFIED_SINCE, IF_NONE_MATCH, IF_RANGE, IF_UNMODIFIED_SINCE, RANGE, TRANSFER_ENCODING,
 };
-use pingora_cache::CacheKey;
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::fill::Fill;
@@ -69,8 +68,8 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
         return Lookup::General;
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
-    let mut key = CacheKey::new(super::primary_of(x, host), "");
-    let hash = super::key::hash(&mut key);
+    let key = super::key::cache_key(super::primary_of(x, host));
+    let hash = pingora_cache::key::CacheHashKey::primary_bin(&key);
     match cache.store.find(hash).await {
         Some(object) => match object.meta.fresh_age(crate::clock::wall()) {
             Some(age) => Lookup::Fresh(FreshHit { object, age }),

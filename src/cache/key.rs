@@ -5,6 +5,11 @@
 //! (and are not sent upstream by a fill either), the rest sorted; OGC (WMS, WMTS, WCS, WFS)
 //! parameter names compare without case.
 
+use std::sync::OnceLock;
+
+use pingora_cache::key::HashBinary;
+use pingora_cache::CacheKey;
+
 use crate::pipeline::context::HeaderEdit;
 
 use super::policy::CacheRule;
@@ -12,34 +17,42 @@ use super::policy::CacheRule;
 /// Headers the gateway adds upstream that say nothing about the tile: they stay out of the key.
 const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id"];
 
-/// The hash Pingora's cache knows a key without variance by (`CacheKey::combined_bin`),
-/// remembered per thread for the keys asked for last, so a hot tile's key is not hashed again
-/// for every hit. The key gets it as its hash override.
-pub fn hash(key: &mut pingora_cache::CacheKey) -> pingora_cache::key::HashBinary {
-    use pingora_cache::key::CacheHashKey;
-    use std::cell::RefCell;
-    use std::hash::BuildHasher;
-    const SLOTS: usize = 1024;
-    type Slot = Option<(Box<[u8]>, pingora_cache::key::HashBinary)>;
-    thread_local! {
-        static MEMO: RefCell<Vec<Slot>> = RefCell::new(vec![None; SLOTS]);
-    }
-    if key.get_variance_key().is_some() {
-        return key.combined_bin();
-    }
-    let primary = key.primary_key();
-    let slot = foldhash::fast::FixedState::with_seed(0x7011).hash_one(primary) as usize % SLOTS;
-    let known = MEMO.with_borrow(|m| match &m[slot] {
-        Some((k, h)) if **k == *primary => Some(*h),
-        _ => None,
-    });
-    let h = known.unwrap_or_else(|| {
-        let h = key.combined_bin();
-        MEMO.with_borrow_mut(|m| m[slot] = Some((Box::from(key.primary_key()), h)));
-        h
-    });
-    key.set_primary_bin_override(h);
-    h
+/// The secret the keys' hashes are made with: the disk tier's own (kept with it, see
+/// [`use_secret`]), else one drawn at start.
+static SECRET: OnceLock<[u8; 16]> = OnceLock::new();
+
+/// Makes the keys' hashes with `secret` (the disk tier's, before any request is served); false
+/// when hashes were already made with another.
+pub fn use_secret(secret: [u8; 16]) -> bool {
+    *SECRET.get_or_init(|| secret) == secret
+}
+
+/// 16 bytes from the system's random source.
+pub fn new_secret() -> std::io::Result<[u8; 16]> {
+    let mut secret = [0; 16];
+    getrandom::fill(&mut secret).map_err(|e| std::io::Error::other(e.to_string()))?;
+    Ok(secret)
+}
+
+fn secret() -> &'static [u8; 16] {
+    SECRET.get_or_init(|| new_secret().unwrap_or_else(|e| panic!("no random source: {e}")))
+}
+
+/// The hash objects are stored and locked by: SipHash-1-3 (128 bits) of the primary key
+/// text, keyed by a secret, so that no request can be made to collide with another tile's
+/// key (Pingora's own is an unkeyed BLAKE2, which costs 5 times as many instructions).
+pub fn digest(primary: &[u8]) -> HashBinary {
+    siphasher::sip128::SipHasher13::new_with_key(secret())
+        .hash(primary)
+        .as_bytes()
+}
+
+/// The cache key of a request's primary key text, with its hash made by [`digest`]. (A key
+/// given a variance later is hashed with it by Pingora.)
+pub fn cache_key(primary: String) -> CacheKey {
+    let mut key = CacheKey::new(primary, "");
+    key.set_primary_bin_override(digest(key.primary_key()));
+    key
 }
 
 /// The primary key text of a request.
@@ -293,23 +306,26 @@ mod tests {
     }
 
     #[test]
-    fn a_remembered_hash_is_the_hash_of_its_key() {
+    fn a_key_is_known_by_the_keyed_hash_of_its_text_variance_and_all() {
         use pingora_cache::key::CacheHashKey;
-        use pingora_cache::CacheKey;
-        // More keys than the memo holds, twice: slots are shared and overwritten.
-        for _ in 0..2 {
-            for i in 0..3000 {
-                let text = format!("wmts\n\n/1/2/{i}.png?");
-                let mut key = CacheKey::new(text.clone(), "");
-                let expected = CacheKey::new(text, "").combined_bin();
-                assert_eq!(hash(&mut key), expected);
-                assert_eq!(key.combined_bin(), expected);
-            }
-        }
-        let mut varied = CacheKey::new("a", "");
+        let key = cache_key("wmts\n\n/1/2/3.png?".into());
+        assert_eq!(key.primary_bin(), digest(b"wmts\n\n/1/2/3.png?"));
+        assert_eq!(key.combined_bin(), key.primary_bin());
+        assert_ne!(
+            cache_key("wmts\n\n/1/2/4.png?".into()).primary_bin(),
+            key.primary_bin()
+        );
+        // Not Pingora's own hash, which anyone can compute for any text.
+        assert_ne!(
+            key.primary_bin(),
+            CacheKey::new("wmts\n\n/1/2/3.png?", "").primary_bin()
+        );
+        let mut varied = key.clone();
         varied.set_variance_key([7; 16]);
-        let expected = varied.combined_bin();
-        assert_eq!(hash(&mut varied), expected);
+        assert_ne!(varied.combined_bin(), key.primary_bin());
+        // The secret is fixed once hashes were made with it.
+        assert!(use_secret(*secret()));
+        assert!(!use_secret([0; 16]) || *secret() == [0; 16]);
     }
 
     #[test]

@@ -92,6 +92,12 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         ),
         None => None,
     };
+    // The disk tier's files are named by hashes made with its secret.
+    if let Some(tier) = &disk {
+        if !key::use_secret(tier.secret) {
+            anyhow::bail!("the tile cache's keys were hashed before its disk tier opened");
+        }
+    }
     let store: &'static TileStore = Box::leak(Box::new(TileStore {
         memory: store::memory::MemoryTier::new(opts.memory),
         disk,
@@ -258,7 +264,7 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
         .headers
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok());
-    Ok(CacheKey::new(primary_of(x, client_host), ""))
+    Ok(key::cache_key(primary_of(x, client_host)))
 }
 
 /// The primary key text of a request that went through a `cache` and a `proxy` step.

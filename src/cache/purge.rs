@@ -7,7 +7,6 @@
 
 use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
-use pingora_cache::CacheKey;
 
 use crate::gateway::Gateway;
 use crate::pipeline::{Exchange, Outcome, Request};
@@ -79,7 +78,7 @@ pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
     };
     let mut purged = 0;
     for primary in keys_for(gw, host, url) {
-        let compact = CacheKey::new(primary, "").to_compact();
+        let compact = super::key::cache_key(primary).to_compact();
         let outcome = cache
             .store
             .purge(

@@ -4,6 +4,10 @@
 //! foreign file reads as a miss (and is removed), never as a bad tile. The least recently used
 //! objects go first when the budget is exceeded. File I/O runs on the blocking pool, a bounded
 //! number of operations at a time.
+//!
+//! Files are named by their key's hash, which is made with a secret kept beside them
+//! ([`SECRET_FILE`]): a directory whose secret is new holds no file a key can name, and is
+//! emptied when opened.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -25,6 +29,9 @@ const HEAD: usize = 4 + 16 + 4 + 4 + 8 + 4;
 const MAX_IO: usize = 32;
 /// When over budget, evict down to this share of it.
 const LOW_WATER: f64 = 0.9;
+/// The secret the keys' hashes are made with (see `cache::key::digest`), readable by the
+/// gateway's user only.
+pub const SECRET_FILE: &str = "hash.key";
 
 struct Entry {
     size: u64,
@@ -32,6 +39,8 @@ struct Entry {
 }
 
 pub struct DiskTier {
+    /// The secret this directory's file names were made with.
+    pub secret: [u8; 16],
     dir: PathBuf,
     budget: u64,
     index: Mutex<HashMap<HashBinary, Entry>>,
@@ -112,6 +121,45 @@ fn decode(key: &HashBinary, bytes: Vec<u8>) -> Option<Object> {
     Some(Object::new(*key, super::StoredMeta::from_meta(&meta), body))
 }
 
+/// The directory's secret, and whether it was made now (none was there, or none whole).
+fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
+    let path = dir.join(SECRET_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            if let Ok(secret) = <[u8; 16]>::try_from(&bytes[..]) {
+                return Ok((secret, false));
+            }
+            log::warn!(
+                "{}: not a key hash secret; a new one is made",
+                path.display()
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
+        }
+    }
+    let secret = crate::cache::key::new_secret()?;
+    // Whole or not at all: written aside, then renamed into place.
+    let aside = dir.join("tmp").join(SECRET_FILE);
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&aside)?;
+        f.write_all(&secret)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&aside, &path)?;
+    Ok((secret, true))
+}
+
 impl DiskTier {
     /// Opens (creating) the directory and indexes the objects already in it.
     pub fn open(dir: &Path, budget: u64) -> std::io::Result<DiskTier> {
@@ -120,7 +168,9 @@ impl DiskTier {
         for e in std::fs::read_dir(dir.join("tmp"))?.flatten() {
             let _ = std::fs::remove_file(e.path());
         }
+        let (secret, made_now) = secret_of(dir)?;
         let tier = DiskTier {
+            secret,
             dir: dir.to_path_buf(),
             budget,
             index: Mutex::new(HashMap::new()),
@@ -153,6 +203,17 @@ impl DiskTier {
                     .map_or(0, |d| d.as_secs());
                 found.push((key, md.len(), used));
             }
+        }
+        if made_now && !found.is_empty() {
+            // Named by another secret's hashes (or by a release before the secret): no key
+            // names them now.
+            for (key, _, _) in found.drain(..) {
+                let _ = std::fs::remove_file(tier.path(&key));
+            }
+            log::info!(
+                "tile cache directory {}: its tiles were stored under another key hash; removed",
+                dir.display()
+            );
         }
         // Oldest first, so the clock orders them as they were used.
         found.sort_by_key(|(_, _, used)| *used);
@@ -367,6 +428,34 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(counted, (1, size));
+    }
+
+    /// A directory keeps its secret across openings; one whose secret is new (a directory of
+    /// a release before it, or whose secret was deleted) is emptied of tiles, which no key
+    /// names now.
+    #[test]
+    fn the_secret_stays_with_its_directory_and_a_new_one_empties_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-secret-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let first = DiskTier::open(&dir, 1 << 30).unwrap();
+        let key = [9u8; 16];
+        first.write(&crate::cache::store::memory::tests::object(key, 100));
+        let mode = std::fs::metadata(dir.join(SECRET_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = DiskTier::open(&dir, 1 << 30).unwrap();
+        assert_eq!(again.secret, first.secret);
+        assert!(again.contains(&key));
+        std::fs::remove_file(dir.join(SECRET_FILE)).unwrap();
+        let renewed = DiskTier::open(&dir, 1 << 30).unwrap();
+        let emptied = (renewed.contains(&key), renewed.path(&key).exists());
+        let objects = renewed.stored_objects.load(Ordering::Relaxed);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_ne!(renewed.secret, first.secret);
+        assert_eq!((emptied, objects), ((false, false), 0));
     }
 
     #[test]
