@@ -74,16 +74,17 @@ measure_nginx() {
 }
 
 # nginx serving the tile itself (the upstream's config: the file by sendfile), one worker.
-measure_nginx_static() {
+measure_nginx_static() { # [CASE]
+  local case=${1:-nginx-static}
   mkdir -p "$OUT/static/logs" "$OUT/static/tmp" "$OUT/static/www"
   cp "${RUN_DIR:-${PEERS_ROOT:-/tmp/peers}/run}/www/tile.png" "$OUT/static/www/"  # the upstream's (bench_setup started it)
   sed -e "s|@UPSTREAM_WORKERS@|1|; s|@UPSTREAM_PORT@|$((PORT + 20))|" \
     -e "s|^pid .*|pid $OUT/static/nginx.pid; daemon off; master_process off;|" \
     -e "s|^error_log .*|error_log $OUT/static/nginx.error.log warn;|" \
     "$PEERS_DIR/conf/upstream.nginx.conf" >"$OUT/static/nginx.conf"
-  valgrind --tool=callgrind --callgrind-out-file="$OUT/nginx-static.%p" \
-    nginx -p "$OUT/static/" -e "$OUT/static/nginx.error.log" -c "$OUT/static/nginx.conf" >"$OUT/nginx-static.log" 2>&1 &
-  count nginx-static $! $((PORT + 20)) /wmts/1/2/3.png
+  valgrind --tool=callgrind --callgrind-out-file="$OUT/$case.%p" \
+    nginx -p "$OUT/static/" -e "$OUT/static/nginx.error.log" -c "$OUT/static/nginx.conf" >"$OUT/$case.log" 2>&1 &
+  count "$case" $! $((PORT + 20)) /wmts/1/2/3.png
 }
 
 for c in $CASES; do
@@ -93,11 +94,13 @@ for c in $CASES; do
     kargo-fast) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" ;;
     kargo-general) measure "$c" kargo "/wmts/1/2/3.png?jwt=$TOKEN" --fast-path off ;;
     cache-hit) measure "$c" kargo-cache "/wmts/1/2/3.png?jwt=$TOKEN" ;;
+    cache-hit-browser) FIXED_HEADERS=browser measure "$c" kargo-cache "/wmts/1/2/3.png?jwt=$TOKEN" ;;
     cache-miss) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     cache-declined) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" --cache-memory 4MiB ;;
     kargo-distinct) measure "$c" kargo "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     nginx) measure_nginx ;;
     nginx-static) measure_nginx_static ;;
+    nginx-static-browser) FIXED_HEADERS=browser measure_nginx_static "$c" ;;
     *) say "unknown case $c"; exit 2 ;;
   esac
 done

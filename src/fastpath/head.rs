@@ -14,7 +14,7 @@
 use std::net::IpAddr;
 
 use bytes::{Bytes, BytesMut};
-use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderName, HeaderValue, Method, Uri, Version};
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
@@ -212,6 +212,62 @@ const MAX_HEADERS: usize = 48;
 /// Headers whose presence leaves the head to the session.
 const SESSION_ONLY: [HeaderName; 4] = [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT];
 
+/// Names browsers send with map tiles that `http` has no constant for: taken from [`COMMON`],
+/// not made anew (a name `http` parses is a new allocation).
+const COMMON_NAMES: [&str; 7] = [
+    "sec-ch-ua",
+    "sec-ch-ua-mobile",
+    "sec-ch-ua-platform",
+    "sec-fetch-site",
+    "sec-fetch-mode",
+    "sec-fetch-dest",
+    "sec-fetch-user",
+];
+
+static COMMON: [HeaderName; 7] = [
+    HeaderName::from_static(COMMON_NAMES[0]),
+    HeaderName::from_static(COMMON_NAMES[1]),
+    HeaderName::from_static(COMMON_NAMES[2]),
+    HeaderName::from_static(COMMON_NAMES[3]),
+    HeaderName::from_static(COMMON_NAMES[4]),
+    HeaderName::from_static(COMMON_NAMES[5]),
+    HeaderName::from_static(COMMON_NAMES[6]),
+];
+
+/// The name of [`COMMON`] `name` is (in any case), if it is one.
+fn common(name: &[u8]) -> Option<&'static HeaderName> {
+    if name.len() < 9 || !name[..4].eq_ignore_ascii_case(b"sec-") {
+        return None;
+    }
+    let i = COMMON_NAMES
+        .iter()
+        .position(|n| name.eq_ignore_ascii_case(n.as_bytes()))?;
+    COMMON.get(i)
+}
+
+/// What a header's name says of how its head is read here.
+enum Judged {
+    /// One of [`SESSION_ONLY`].
+    SessionOnly,
+    Host,
+    Connection,
+    Other,
+}
+
+/// Judges a header name as it came (any case), by its length first.
+fn judged(name: &[u8]) -> Judged {
+    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
+    match name.len() {
+        4 if is(b"host") => Judged::Host,
+        10 if is(b"connection") => Judged::Connection,
+        6 if is(b"expect") => Judged::SessionOnly,
+        7 if is(b"upgrade") => Judged::SessionOnly,
+        14 if is(b"content-length") => Judged::SessionOnly,
+        17 if is(b"transfer-encoding") => Judged::SessionOnly,
+        _ => Judged::Other,
+    }
+}
+
 /// A head read here.
 pub struct Plain {
     /// The method, version and headers; its `uri` is left as it was made (`/`) when the target
@@ -257,22 +313,30 @@ pub fn read(head: &Bytes) -> Option<Plain> {
     parts.headers.reserve(parsed.headers.len());
     let (mut hosts, mut connection) = (0, None);
     for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).ok()?;
-        if SESSION_ONLY.contains(&name) {
-            return None;
-        }
-        if name == HOST {
-            hosts += 1;
-            if hosts > 1 || h.value.contains(&b'@') {
-                return None;
+        let raw = h.name.as_bytes();
+        match judged(raw) {
+            Judged::SessionOnly => return None,
+            Judged::Host => {
+                hosts += 1;
+                if hosts > 1 || h.value.contains(&b'@') {
+                    return None;
+                }
             }
-        } else if name == CONNECTION {
-            if connection.is_some() {
-                return None;
+            Judged::Connection => {
+                if connection.is_some() {
+                    return None;
+                }
+                connection = Some(connection_says(h.value)?);
             }
-            connection = Some(connection_says(h.value)?);
+            Judged::Other => {}
         }
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(h.value)).ok()?;
+        let name = match common(raw) {
+            Some(common) => common.clone(),
+            None => HeaderName::from_bytes(raw).ok()?,
+        };
+        // SAFETY: httparse accepted the value: its bytes are tab, space, visible ASCII or
+        // 0x80–0xFF, which are the bytes a `HeaderValue` may hold (a debug build checks).
+        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice_ref(h.value)) };
         parts.headers.append(name, value);
     }
     let keepalive = connection.unwrap_or(parts.version == Version::HTTP_11);
@@ -402,14 +466,14 @@ mod tests {
             headers in proptest::collection::vec(
                 (
                     proptest::prop_oneof![
-                        4 => "Host|X-A|Accept|x-a",
+                        4 => "Host|X-A|Accept|x-a|Sec-Fetch-Mode|sec-ch-ua|SEC-CH-UA-MOBILE|sec-fetch",
                         2 => "Connection|host",
                         1 => "Content-Length|Transfer-Encoding|Upgrade|Expect|X A",
                     ],
                     proptest::prop_oneof![
                         4 => "[a-z0-9.:]{0,8}",
                         2 => "close|keep-alive|Keep-Alive| close|close ",
-                        1 => "[ a-z0-9@,:\t-]{0,10}",
+                        1 => "[ a-z0-9@,:\té-]{0,10}",
                     ],
                 ),
                 0..5,
@@ -480,6 +544,19 @@ mod tests {
         ] {
             assert!(!plain_target(odd), "{}", odd.escape_ascii());
         }
+    }
+
+    /// The names kept for browsers are the names `http` makes of them, in any case.
+    #[test]
+    fn common_names_are_the_names_http_makes() {
+        for name in COMMON_NAMES {
+            for spelled in [name.to_string(), name.to_ascii_uppercase()] {
+                let made = HeaderName::from_bytes(spelled.as_bytes()).expect("a name");
+                assert_eq!(common(spelled.as_bytes()), Some(&made), "{spelled}");
+            }
+        }
+        assert_eq!(common(b"sec-fetch"), None);
+        assert_eq!(common(b"sec-ch-ua-model"), None);
     }
 
     #[test]
