@@ -102,6 +102,20 @@ impl HeaderEdit {
 pub struct Consumer {
     pub id: Arc<str>,
     pub scopes: Arc<[String]>,
+    /// The id as the `eg-consumer-id` header sent upstream (`None`: no header can hold it),
+    /// made once with the consumer, not for each request.
+    pub id_header: Option<HeaderValue>,
+}
+
+impl Consumer {
+    pub fn new(id: Arc<str>, scopes: Arc<[String]>) -> Consumer {
+        let id_header = HeaderValue::from_str(&id).ok();
+        Consumer {
+            id,
+            scopes,
+            id_header,
+        }
+    }
 }
 
 /// Where and how the proxy policy sends this request. The url of the service endpoint is

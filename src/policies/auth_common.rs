@@ -13,9 +13,9 @@ use crate::pipeline::{Exchange, Outcome};
 pub static EG_CONSUMER_ID: HeaderName = HeaderName::from_static("eg-consumer-id");
 
 pub fn succeed(x: &mut Exchange, consumer: Consumer) -> Outcome {
-    if let Ok(v) = HeaderValue::from_str(&consumer.id) {
+    if let Some(v) = &consumer.id_header {
         x.upstream_edits
-            .push(HeaderEdit::Set(EG_CONSUMER_ID.clone(), v));
+            .push(HeaderEdit::Set(EG_CONSUMER_ID.clone(), v.clone()));
     }
     x.consumer = Some(consumer);
     Outcome::Continue

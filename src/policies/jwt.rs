@@ -366,10 +366,10 @@ impl Policy for Jwt {
         };
         if !self.check_credential {
             // The token itself is the consumer, as in EG.
-            let consumer = Consumer {
-                id: v.id.clone().unwrap_or_else(|| Arc::from("")),
-                scopes: v.scopes.clone(),
-            };
+            let consumer = Consumer::new(
+                v.id.clone().unwrap_or_else(|| Arc::from("")),
+                v.scopes.clone(),
+            );
             if consumer.id.is_empty() {
                 x.consumer = Some(consumer);
                 return Outcome::Continue;

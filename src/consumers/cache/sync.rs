@@ -372,10 +372,7 @@ impl ConsumerCache {
 fn user_entry(id: &str, h: &HashMap<String, String>) -> (ConsumerEntry, Option<String>) {
     let entry = ConsumerEntry {
         active: h.get("isActive").map(String::as_str) == Some("true"),
-        consumer: Consumer {
-            id: Arc::from(id),
-            scopes: Arc::from(model::app_scopes(h)),
-        },
+        consumer: Consumer::new(Arc::from(id), Arc::from(model::app_scopes(h))),
     };
     (entry, h.get("username").cloned())
 }
@@ -383,10 +380,7 @@ fn user_entry(id: &str, h: &HashMap<String, String>) -> (ConsumerEntry, Option<S
 fn app_entry(id: &str, h: &HashMap<String, String>) -> ConsumerEntry {
     ConsumerEntry {
         active: h.get("isActive").map(String::as_str) == Some("true"),
-        consumer: Consumer {
-            id: Arc::from(id),
-            scopes: Arc::from(model::app_scopes(h)),
-        },
+        consumer: Consumer::new(Arc::from(id), Arc::from(model::app_scopes(h))),
     }
 }
 
