@@ -18,7 +18,8 @@
 # Scenarios: tile (20 KiB, one tile: a warm cache), tile1k (the same tile from 1,000 client
 # connections at once), small (100 B), json (100 B on /k2/), zipf (20 KiB tiles drawn from a
 # Zipf distribution over 10000: most requests hits), cold (20 KiB, every request a tile never
-# seen: every one a miss). Rounds are interleaved (rep → scenario → peer) after a warm-up, so
+# seen: every one a miss), browser (the 20 KiB tile with the 12 headers Chrome sends with a map
+# tile image besides Host: what each request head costs to read). Rounds are interleaved (rep → scenario → peer) after a warm-up, so
 # drift hits every peer alike; the table gives the median of each cell and every figure as a
 # ratio to nginx in the same run: requests per second, latency, CPU time per request (from
 # /proc, and from `perf stat` task-clock with the context switches per request when perf runs
@@ -41,7 +42,7 @@ if [[ $SMOKE == 1 ]]; then
   : "${PEERS:=tollgate tollgate-kargo tollgate-cache}" "${SCENARIOS:=tile json zipf}" "${DURATION:=2}" "${REPS:=1}" "${WARMUP:=1}"
 else
   : "${PEERS:=direct nginx nginx-cache haproxy eg eg-auth tollgate tollgate-kargo tollgate-cache}"
-  : "${SCENARIOS:=tile tile1k small json zipf cold}"
+  : "${SCENARIOS:=tile tile1k small json zipf cold browser}"
   : "${DURATION:=10}" "${REPS:=3}" "${WARMUP:=5}"
 fi
 : "${IDLE:=$([[ $SMOKE == 1 ]] && echo 200 || echo 10000)}" "${IDLE_PEERS:=tollgate nginx haproxy}" "${IDLE_CAP_PEER:=7000}"
@@ -131,7 +132,7 @@ pids_of() {
 }
 path_of() { # PEER SCENARIO
   local p
-  case $2 in tile|tile1k) p=/wmts/1/2/3.png ;; small) p=/wmts/small/1/2/3.png ;; json) p=/k2/ping ;; zipf) p=/wmts/zipf/1/1.png ;; cold) p=/wmts/cold/0/0.png ;; esac
+  case $2 in tile|tile1k|browser) p=/wmts/1/2/3.png ;; small) p=/wmts/small/1/2/3.png ;; json) p=/k2/ping ;; zipf) p=/wmts/zipf/1/1.png ;; cold) p=/wmts/cold/0/0.png ;; esac
   echo "$p$(suffix_of "$1")"
 }
 suffix_of() { [[ $1 == tollgate-kargo || $1 == tollgate-cache* ]] && echo "?jwt=$TOKEN"; true; }
@@ -140,13 +141,37 @@ script_of() { case $1 in zipf|cold) echo "$ROOT/benches/load/$1.lua" ;; esac; }
 conns_of() { case $1 in tile1k) echo "${CONNS_1K:-1000}" ;; *) echo "$CONNS" ;; esac; }
 bytes_of() { case $1 in small|json) echo 100 ;; *) echo 20480 ;; esac; }
 header_of() { [[ $1 == eg-auth && $2 != json ]] && printf 'Authorization: apiKey %s' "$(cat "$RUN_DIR/eg-auth.key")"; true; }
+# Chrome's headers with a tile image of a map on another site (Host aside), as
+# benches/load/fixed.py sends them for callgrind's *-browser cases.
+BROWSER_HEADERS=(
+  'Connection: keep-alive'
+  'sec-ch-ua: "Chromium";v="124", "Google Chrome";v="124", "Not-A.Brand";v="99"'
+  'sec-ch-ua-mobile: ?0'
+  'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36'
+  'sec-ch-ua-platform: "Linux"'
+  'Accept: image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8'
+  'Sec-Fetch-Site: same-site'
+  'Sec-Fetch-Mode: no-cors'
+  'Sec-Fetch-Dest: image'
+  'Referer: https://maps.example.org/'
+  'Accept-Encoding: gzip, deflate, br, zstd'
+  'Accept-Language: en-US,en;q=0.9,de;q=0.8'
+)
+# The -H arguments of a peer's requests in a scenario, into HARGS.
+hargs_of() { # PEER SCENARIO
+  HARGS=()
+  local h; h="$(header_of "$1" "$2")"
+  [[ -n $h ]] && HARGS+=(-H "$h")
+  if [[ $2 == browser ]]; then for h in "${BROWSER_HEADERS[@]}"; do HARGS+=(-H "$h"); done; fi
+  true
+}
 
 ready=()
 for p in $PEERS; do
   ok=1
   for sc in $SCENARIOS; do
-    hdr="$(header_of "$p" "$sc")"
-    read -r code size < <(curl -s -o /dev/null -w '%{http_code} %{size_download}\n' --max-time 5 ${hdr:+-H "$hdr"} \
+    hargs_of "$p" "$sc"
+    read -r code size < <(curl -s -o /dev/null -w '%{http_code} %{size_download}\n' --max-time 5 "${HARGS[@]}" \
       "http://127.0.0.1:$(port_of "$p" 2>/dev/null || echo 1)$(path_of "$p" "$sc")" || echo "000 0")
     [[ $code == 200 && $size == "$(bytes_of "$sc")" ]] || { say "skipping $p: $sc answered $code / $size bytes"; ok=0; break; }
   done
@@ -163,10 +188,10 @@ PERF=0
 if command -v perf >/dev/null && perf stat -e task-clock,context-switches -x, -o /dev/null true 2>/dev/null; then PERF=1; fi
 
 run() { # PEER SCENARIO SECONDS FILE -> "cpu_pct rss_kb task_clock_ms context_switches"
-  local p=$1 sc=$2 secs=$3 f=$4 hdr c0 c1 e0 e1 peak=0 cur wpid ppid="" conns
+  local p=$1 sc=$2 secs=$3 f=$4 c0 c1 e0 e1 peak=0 cur wpid ppid="" conns
   local -a pids
   mapfile -t pids < <(pids_of "$p")
-  hdr="$(header_of "$p" "$sc")"; conns="$(conns_of "$sc")"
+  hargs_of "$p" "$sc"; conns="$(conns_of "$sc")"
   if ((PERF)); then
     perf stat -e task-clock,context-switches -x, -o "$f.perf" -p "$(IFS=,; echo "${pids[*]}")" -- sleep "$secs" 2>/dev/null &
     ppid=$!
@@ -174,9 +199,9 @@ run() { # PEER SCENARIO SECONDS FILE -> "cpu_pct rss_kb task_clock_ms context_sw
   c0="$(cpu_ticks "${pids[@]}")"; e0="$(date +%s%N)"
   local script; script="$(script_of "$sc")"
   if [[ -n $script ]]; then
-    wrk -t"$THREADS" -c"$conns" -d"${secs}s" --timeout 5s --latency ${hdr:+-H "$hdr"} -s "$script" "http://127.0.0.1:$(port_of "$p")" -- "$(suffix_of "$p")" >"$f" 2>&1 &
+    wrk -t"$THREADS" -c"$conns" -d"${secs}s" --timeout 5s --latency "${HARGS[@]}" -s "$script" "http://127.0.0.1:$(port_of "$p")" -- "$(suffix_of "$p")" >"$f" 2>&1 &
   else
-    wrk -t"$THREADS" -c"$conns" -d"${secs}s" --timeout 5s --latency ${hdr:+-H "$hdr"} "http://127.0.0.1:$(port_of "$p")$(path_of "$p" "$sc")" >"$f" 2>&1 &
+    wrk -t"$THREADS" -c"$conns" -d"${secs}s" --timeout 5s --latency "${HARGS[@]}" "http://127.0.0.1:$(port_of "$p")$(path_of "$p" "$sc")" >"$f" 2>&1 &
   fi
   wpid=$!
   while kill -0 "$wpid" 2>/dev/null; do cur="$(rss_kb "${pids[@]}")"; ((cur > peak)) && peak=$cur; sleep 0.5; done
