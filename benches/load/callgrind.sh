@@ -17,7 +17,8 @@
 # cache-declined (the same with a 4 MiB memory tier the warm-up filled: every miss declined by
 # admission, not stored) with kargo-distinct (those tiles through Kargo's pipeline without the
 # cache), nginx-static (the upstream's own nginx serving the tile file: what a hit is measured
-# against), and nginx (the peers' reverse-proxy config, one worker, no master process,
+# against), cache-hit-browser and nginx-static-browser (the same two with the 12 headers Chrome
+# sends with a tile image: FIXED_HEADERS=browser in benches/load/fixed.py), and nginx (the peers' reverse-proxy config, one worker, no master process,
 # under callgrind the same way). Results go to target/bench/callgrind-<timestamp>/ (summary.txt and the
 # callgrind files, for callgrind_annotate).
 set -euo pipefail
