@@ -92,11 +92,15 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         ),
         None => None,
     };
-    // The disk tier's files are named by hashes made with its secret.
-    if let Some(tier) = &disk {
-        if !key::use_secret(tier.secret) {
-            anyhow::bail!("the tile cache's keys were hashed before its disk tier opened");
-        }
+    // Keys are hashed with the disk tier's secret (its files are named by them), else with
+    // one drawn now, before any request is served.
+    let secret = match &disk {
+        Some(tier) => tier.secret,
+        None => key::new_secret()
+            .map_err(|e| anyhow::anyhow!("tile cache: no random source for its key hash: {e}"))?,
+    };
+    if !key::use_secret(secret) {
+        anyhow::bail!("the tile cache's keys were hashed before its storage opened");
     }
     let store: &'static TileStore = Box::leak(Box::new(TileStore {
         memory: store::memory::MemoryTier::new(opts.memory),
