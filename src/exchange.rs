@@ -59,13 +59,9 @@ pub struct RequestTarget<'a> {
 impl<'a> RequestTarget<'a> {
     /// An origin-form target (a path and maybe a query) as `http`'s parser would split it.
     pub fn origin_form(url: &'a str) -> RequestTarget<'a> {
-        RequestTarget::split(url, memchr::memchr(b'?', url.as_bytes()))
-    }
-
-    /// An origin-form target whose first `?` is at `question` (if any).
-    pub fn split(url: &'a str, question: Option<usize>) -> RequestTarget<'a> {
-        let (path, query) = match question.and_then(|q| Some((url.get(..q)?, url.get(q + 1..)?))) {
-            Some((path, query)) => (path, Some(query)),
+        // `?` is ASCII: both sides of it are text.
+        let (path, query) = match memchr::memchr(b'?', url.as_bytes()) {
+            Some(q) => (&url[..q], Some(&url[q + 1..])),
             None => (url, None),
         };
         RequestTarget {

@@ -141,22 +141,9 @@ script_of() { case $1 in zipf|cold) echo "$ROOT/benches/load/$1.lua" ;; esac; }
 conns_of() { case $1 in tile1k) echo "${CONNS_1K:-1000}" ;; *) echo "$CONNS" ;; esac; }
 bytes_of() { case $1 in small|json) echo 100 ;; *) echo 20480 ;; esac; }
 header_of() { [[ $1 == eg-auth && $2 != json ]] && printf 'Authorization: apiKey %s' "$(cat "$RUN_DIR/eg-auth.key")"; true; }
-# Chrome's headers with a tile image of a map on another site (Host aside), as
-# benches/load/fixed.py sends them for callgrind's *-browser cases.
-BROWSER_HEADERS=(
-  'Connection: keep-alive'
-  'sec-ch-ua: "Chromium";v="124", "Google Chrome";v="124", "Not-A.Brand";v="99"'
-  'sec-ch-ua-mobile: ?0'
-  'User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36'
-  'sec-ch-ua-platform: "Linux"'
-  'Accept: image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8'
-  'Sec-Fetch-Site: same-site'
-  'Sec-Fetch-Mode: no-cors'
-  'Sec-Fetch-Dest: image'
-  'Referer: https://maps.example.org/'
-  'Accept-Encoding: gzip, deflate, br, zstd'
-  'Accept-Language: en-US,en;q=0.9,de;q=0.8'
-)
+# Chrome's headers with a tile image of a map on another site (Host aside), one a line; the
+# callgrind cases *-browser send the same (benches/load/fixed.py).
+mapfile -t BROWSER_HEADERS <"$ROOT/benches/load/browser.headers"
 # The -H arguments of a peer's requests in a scenario, into HARGS.
 hargs_of() { # PEER SCENARIO
   HARGS=()

@@ -88,8 +88,7 @@ impl Reading {
                 let target = &head[target.clone()];
                 // SAFETY: `read` found these bytes as httparse's `&str` (the request's target),
                 // and nothing writes a `Bytes`.
-                let url = unsafe { std::str::from_utf8_unchecked(target) };
-                RequestTarget::split(url, memchr::memchr(b'?', target))
+                RequestTarget::origin_form(unsafe { std::str::from_utf8_unchecked(target) })
             }
             Reading::Session { s, .. } => RequestTarget::of(s.req_header()),
         }
@@ -211,6 +210,13 @@ const MAX_HEADERS: usize = 48;
 
 /// Headers whose presence leaves the head to the session.
 const SESSION_ONLY: [HeaderName; 4] = [CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE, EXPECT];
+/// [`SESSION_ONLY`]'s names as bytes, for [`judged`].
+const SESSION_ONLY_NAMES: [&[u8]; 4] = [
+    b"content-length",
+    b"transfer-encoding",
+    b"upgrade",
+    b"expect",
+];
 
 /// Names browsers send with map tiles that `http` has no constant for: taken from [`COMMON`],
 /// not made anew (a name `http` parses is a new allocation).
@@ -254,17 +260,18 @@ enum Judged {
     Other,
 }
 
-/// Judges a header name as it came (any case), by its length first.
+/// Judges a header name as it came (any case). (A comparison of slices looks at their lengths
+/// first: most names are none of these after one comparison each.)
 fn judged(name: &[u8]) -> Judged {
-    let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
-    match name.len() {
-        4 if is(b"host") => Judged::Host,
-        10 if is(b"connection") => Judged::Connection,
-        6 if is(b"expect") => Judged::SessionOnly,
-        7 if is(b"upgrade") => Judged::SessionOnly,
-        14 if is(b"content-length") => Judged::SessionOnly,
-        17 if is(b"transfer-encoding") => Judged::SessionOnly,
-        _ => Judged::Other,
+    let is = |n: &&[u8]| name.eq_ignore_ascii_case(n);
+    if is(&&b"host"[..]) {
+        Judged::Host
+    } else if is(&&b"connection"[..]) {
+        Judged::Connection
+    } else if SESSION_ONLY_NAMES.iter().any(is) {
+        Judged::SessionOnly
+    } else {
+        Judged::Other
     }
 }
 
@@ -547,6 +554,13 @@ mod tests {
     }
 
     /// The names kept for browsers are the names `http` makes of them, in any case.
+    #[test]
+    fn session_only_names_are_those_headers() {
+        for (name, bytes) in SESSION_ONLY.iter().zip(SESSION_ONLY_NAMES) {
+            assert_eq!(name.as_str().as_bytes(), bytes);
+        }
+    }
+
     #[test]
     fn common_names_are_the_names_http_makes() {
         for name in COMMON_NAMES {
