@@ -14,7 +14,9 @@
 # before the proxy); tollgate-cache-1t, not in the default list, is tollgate-cache with one
 # worker thread (what nginx's accept does on a small box: one worker takes every connection of
 # a burst); tollgate-cache-min2, not in the default list either, is tollgate-cache whose step
-# stores a tile from its second miss on (`minUses: 2`: a tile asked for once is not stored).
+# stores a tile from its second miss on (`minUses: 2`: a tile asked for once is not stored);
+# direct-2w, not in the default list, is a second upstream with two nginx workers (the peers'
+# upstream runs one) serving the same files: the upstream at tollgate's default thread count.
 # Scenarios: tile (20 KiB, one tile: a warm cache), tile1k (the same tile from 1,000 client
 # connections at once), small (100 B), json (100 B on /k2/), zipf (20 KiB tiles drawn from a
 # Zipf distribution over 10000: most requests hits), cold (20 KiB, every request a tile never
@@ -50,7 +52,7 @@ fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 : "${CONNS:=64}" "${THREADS:=1}" "${PAUSE:=1}" "${PROFILE:=release}"
 TG_PORT=18096; TG_ADMIN=19096; TGK_PORT=18097; TGK_ADMIN=19097; TGC_PORT=18098; TGC_ADMIN=19098; TGC1_PORT=18099; TGC1_ADMIN=19099
-TGM_PORT=18100; TGM_ADMIN=19100
+TGM_PORT=18100; TGM_ADMIN=19100; UP2_PORT=18101
 JWT_SECRET="${TOLLGATE_BENCH_JWT_SECRET:-bench-jwt-secret}"
 OUT="$ROOT/target/bench/$(date +%Y%m%d-%H%M%S)"
 mkdir -p "$OUT/wrk" "$OUT/tollgate"
@@ -77,7 +79,10 @@ TG_PIDS=() ours=()
 cleanup() {
   for p in "${TG_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   ((${#ours[@]} == 0)) || "$PEERS_DIR/stop.sh" "${ours[@]}" >>"$OUT/peers.log" 2>&1 || true
+  [[ ! -d $OUT/upstream-2w ]] || up2 "$PEERS_DIR/stop.sh" upstream >>"$OUT/peers.log" 2>&1 || true
 }
+# The two-worker upstream (peer direct-2w): the peers' upstream config in a directory of its own.
+up2() { RUN_DIR="$OUT/upstream-2w" UPSTREAM_PORT=$UP2_PORT UPSTREAM_WORKERS=2 "$@"; }
 trap cleanup EXIT
 running() { svc_pid "$(peer_svc "$1" 2>/dev/null || echo "$1")" >/dev/null; }
 redis_before=0
@@ -94,6 +99,10 @@ for svc in upstream $(for p in $PEERS; do case $p in nginx|nginx-cache|haproxy|e
   fi
 done
 ((redis_before)) || ! running redis || ours+=(redis)
+if [[ " $PEERS " == *" direct-2w "* ]]; then
+  mkdir -p "$OUT/upstream-2w"
+  up2 "$PEERS_DIR/start.sh" upstream >>"$OUT/peers.log" 2>&1 || say "skipping direct-2w: it did not start (see $OUT/peers.log)"
+fi
 [[ " ${started[*]} " == *" upstream "* ]] || { say "the upstream did not start: nothing to measure"; exit 1; }
 start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
   local name=$1 conf=$2 port=$3 admin=$4; shift 4
@@ -123,10 +132,11 @@ start_tollgate() { # NAME CONFIG PORT ADMIN [extra args]
 TOKEN="$(python3 "$ROOT/benches/load/bench_jwt.py" "$JWT_SECRET")"
 
 # ---- peers and scenarios -----------------------------------------------------------------------
-port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; tollgate-cache-1t) echo $TGC1_PORT ;; tollgate-cache-min2) echo $TGM_PORT ;; *) peer_port "$1" ;; esac; }
+port_of() { case $1 in tollgate) echo $TG_PORT ;; tollgate-kargo) echo $TGK_PORT ;; tollgate-cache) echo $TGC_PORT ;; tollgate-cache-1t) echo $TGC1_PORT ;; tollgate-cache-min2) echo $TGM_PORT ;; direct-2w) echo $UP2_PORT ;; *) peer_port "$1" ;; esac; }
 pids_of() {
   case $1 in
     tollgate|tollgate-kargo|tollgate-cache|tollgate-cache-1t|tollgate-cache-min2) cat "$OUT/tollgate/$1.pid" ;;
+    direct-2w) up2 svc_pids upstream ;;
     *) svc_pids "$(peer_svc "$1")" ;;
   esac
 }
