@@ -252,12 +252,23 @@ pub fn reply_header(reply: &Reply, edits: &[HeaderEdit]) -> Result<ResponseHeade
 
 /// Turns the client's request head into the upstream's: the plan's path and Host, the
 /// pipeline's edits, never a consumer id the client sent, and for a cache fill (made for every
-/// consumer) no credentials.
+/// consumer) none of the headers that carry credentials (the cache step's
+/// [`crate::cache::policy::CacheRule::secret_headers`]; a header a step sets is sent, and is
+/// part of the key).
 pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: bool) -> Result<()> {
     // A client never speaks for the gateway about who the consumer is.
     upstream.remove_header(&EG_CONSUMER_ID);
     if filling {
-        upstream.remove_header(&http::header::AUTHORIZATION);
+        match &x.cache {
+            Some(u) => {
+                for name in &u.rule.secret_headers {
+                    upstream.remove_header(name);
+                }
+            }
+            None => {
+                upstream.remove_header(&http::header::AUTHORIZATION);
+            }
+        }
     }
     if let Some(plan) = &x.proxy {
         let uri = plan

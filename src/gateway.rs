@@ -80,8 +80,10 @@ impl Gateway {
         let service_endpoints = build_service_endpoints(&gw, &shared.upstreams, &mut errors);
         check_declared_policies(&gw, &mut errors);
         let secret_query_params = secret_query_params(&gw);
+        let secret_headers = secret_headers(&gw);
         let cx = BuildContext {
             secret_query_params: &secret_query_params,
+            secret_headers: &secret_headers,
             service_endpoints: &service_endpoints,
             counters: &shared.counters,
             consumers: &shared.consumers,
@@ -384,17 +386,20 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
     Router::new(hosts, routes)
 }
 
+/// A text parameter of a step's action.
+fn step_field(step: &crate::config::gateway_file::StepDef, k: &str) -> Option<String> {
+    step.action
+        .as_ref()
+        .and_then(|a| a.get(k))
+        .and_then(|n| n.as_str())
+        .map(str::to_string)
+}
+
 /// `jwt`, `apiKey`, and the query parameters the config's key-auth and jwt steps read.
 fn secret_query_params(gw: &GatewayFile) -> Vec<String> {
     let mut params = vec!["jwt".to_string(), "apiKey".to_string()];
     for step in gw.pipelines.iter().flat_map(|p| p.steps.iter()) {
-        let field = |k: &str| {
-            step.action
-                .as_ref()
-                .and_then(|a| a.get(k))
-                .and_then(|n| n.as_str())
-                .map(str::to_string)
-        };
+        let field = |k: &str| step_field(step, k);
         let extra = match step.policy.as_str() {
             "key-auth" => field("apiKeyField"),
             "jwt" if field("jwtExtractor").as_deref() == Some("query") => {
@@ -407,4 +412,28 @@ fn secret_query_params(gw: &GatewayFile) -> Vec<String> {
         }
     }
     params
+}
+
+/// The request headers that carry credentials: `Authorization`, `Proxy-Authorization`,
+/// `Cookie`, and those the config's key-auth and jwt steps read (a cache fill, made for every
+/// consumer, sends none of them).
+fn secret_headers(gw: &GatewayFile) -> Vec<http::HeaderName> {
+    use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
+    let mut names = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
+    for step in gw.pipelines.iter().flat_map(|p| p.steps.iter()) {
+        let field = |k: &str| step_field(step, k);
+        let extra = match step.policy.as_str() {
+            "key-auth" => field("apiKeyHeader"),
+            "jwt" if field("jwtExtractor").as_deref() == Some("header") => {
+                field("jwtExtractorField")
+            }
+            _ => None,
+        };
+        // A name that is no header name is reported by its step.
+        let name = extra.and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok());
+        if let Some(n) = name.filter(|n| !names.contains(n)) {
+            names.push(n);
+        }
+    }
+    names
 }

@@ -87,6 +87,37 @@ fn curl(args: &[&str], urls: &[String]) -> (Vec<String>, Duration) {
 }
 
 #[test]
+fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
+    // The upstream is asked with the client's host (no changeOrigin): HTTP/2 names it in
+    // `:authority`, and the cache key takes it from there as routing does.
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = support::tls::https_gateway(&format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{cache: {{action: {{ttl: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up, changeOrigin: false}}}}}}]}}\n",
+        up = up.url("")
+    ));
+    let fetch = |host: &str| {
+        let resolve = format!("{host}:{}:127.0.0.1", gw.port);
+        let url = format!("https://{host}:{}/tiles/hosted.png", gw.port);
+        let args = [
+            "--http2",
+            "--resolve",
+            &resolve,
+            "-w",
+            "%{http_version} %header{x-cache-status}\n",
+        ];
+        curl(&args, &[url]).0
+    };
+    assert_eq!(fetch("a.example"), ["2 MISS"]);
+    assert_eq!(fetch("a.example"), ["2 HIT"]);
+    assert_eq!(
+        fetch("b.example"),
+        ["2 MISS"],
+        "another host's tile was served"
+    );
+    assert_eq!(up.served(), 2);
+}
+
+#[test]
 fn a_hundred_tiles_over_one_http2_connection() {
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = https_gateway(&up.url(""), "");

@@ -71,7 +71,7 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
         }
     }
     let now = SystemTime::now();
-    let upstream_ttl = cc
+    let relative = cc
         .as_ref()
         .and_then(|cc| {
             cc.s_maxage()
@@ -79,30 +79,58 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
                 .flatten()
                 .or_else(|| cc.max_age().ok().flatten())
         })
-        .map(|s| Duration::from_secs(u64::from(s)))
-        .or_else(|| {
-            pingora_cache::filters::calculate_expires_header_time(resp)
-                .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO))
-        });
+        .map(|s| Duration::from_secs(u64::from(s)));
+    // `Expires` names the end itself; a lifetime (max-age, s-maxage, the step's default)
+    // counts from when the response was made, and the age the upstream gave it (a cache before
+    // it) has passed of it already (RFC 9111 §4.2.3).
+    let until_expires = match relative {
+        Some(_) => None,
+        None => pingora_cache::filters::calculate_expires_header_time(resp)
+            .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
+    };
     let no_cache = cc.as_ref().is_some_and(|cc| cc.no_cache());
     let ttl = if no_cache {
         Duration::ZERO
     } else {
-        upstream_ttl
+        relative
+            .or(until_expires)
             .unwrap_or(rule.ttl)
             .clamp(rule.min_ttl, rule.max_ttl)
     };
-    let fresh_until = if ttl.is_zero() {
+    // Past the lifetime the age only says the response is stale: it is not counted further.
+    let age = upstream_age(resp).min(ttl);
+    let updated = now.checked_sub(age).unwrap_or(now);
+    let left = match until_expires {
+        Some(_) => ttl,
+        None => ttl - age,
+    };
+    let fresh_until = if left.is_zero() {
         now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
     } else {
-        now + ttl
+        now + left
     };
-    let window = |upstream: Option<u32>, step: u32| upstream.unwrap_or(step);
-    let swr = window(
-        cc.as_ref()
-            .and_then(|cc| cc.stale_while_revalidate().ok().flatten()),
-        rule.stale_while_revalidate,
-    );
+    // The step's stale windows apply unless the upstream forbids serving the response stale
+    // (`no-cache`, `must-revalidate`, `proxy-revalidate`, and `s-maxage`, which carries
+    // `proxy-revalidate` for a shared cache: RFC 9111 §4.2.4, §5.2.2.10); windows the
+    // upstream gives itself apply, but never stale-while-revalidate to `no-cache`, which is
+    // revalidated before every use.
+    let forbids_stale = cc.as_ref().is_some_and(|cc| {
+        cc.no_cache()
+            || cc.must_revalidate()
+            || cc.proxy_revalidate()
+            || cc.s_maxage().ok().flatten().is_some()
+    });
+    let window =
+        |upstream: Option<u32>, step: u32| upstream.unwrap_or(if forbids_stale { 0 } else { step });
+    let swr = if no_cache {
+        0
+    } else {
+        window(
+            cc.as_ref()
+                .and_then(|cc| cc.stale_while_revalidate().ok().flatten()),
+            rule.stale_while_revalidate,
+        )
+    };
     let sie = window(
         cc.as_ref()
             .and_then(|cc| cc.stale_if_error().ok().flatten()),
@@ -110,10 +138,19 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
     );
     Ok(Freshness {
         fresh_until,
-        updated: now,
+        updated,
         stale_while_revalidate: swr,
         stale_if_error: sie,
     })
+}
+
+/// The `Age` the upstream gave a response (none, or one that is no number of seconds: zero).
+fn upstream_age(resp: &ResponseHeader) -> Duration {
+    resp.headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
 }
 
 /// Whether a stored response must be revalidated before each use (`no-cache`,
@@ -136,6 +173,7 @@ mod tests {
             key_params: None,
             ignore_params: vec![],
             secret_params: vec![],
+            secret_headers: vec![],
             stale_while_revalidate: 60,
             stale_if_error: 600,
             max_object_size: 1 << 20,
@@ -188,6 +226,63 @@ mod tests {
         let expires = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(200));
         let t = ttl(&resp(200, &[("expires", &expires)])).expect("cacheable");
         assert!((195..=200).contains(&t), "{t}");
+    }
+
+    #[test]
+    fn the_age_the_upstream_gave_has_passed_of_a_lifetime() {
+        let judged = |h: &[(&str, &str)]| judge(&resp(200, h), &rule()).expect("cacheable");
+        let secs = |later: SystemTime, earlier: SystemTime| {
+            later.duration_since(earlier).unwrap_or_default().as_secs()
+        };
+        let now = SystemTime::now();
+        let f = judged(&[("cache-control", "max-age=120"), ("age", "100")]);
+        assert!((19..=20).contains(&secs(f.fresh_until, now)));
+        assert!((99..=100).contains(&secs(now, f.updated)), "hits count on");
+        let f = judged(&[("age", "100")]);
+        assert!(
+            (199..=200).contains(&secs(f.fresh_until, now)),
+            "the step's too"
+        );
+        let f = judged(&[("cache-control", "max-age=60"), ("age", "100")]);
+        assert!(f.fresh_until < SystemTime::now(), "older than its lifetime");
+        let expires = httpdate::fmt_http_date(now + Duration::from_secs(200));
+        let f = judged(&[("expires", &expires), ("age", "100")]);
+        assert!(
+            (195..=200).contains(&secs(f.fresh_until, now)),
+            "Expires is the end"
+        );
+        let f = judged(&[("cache-control", "max-age=120"), ("age", "soon")]);
+        assert!(
+            (119..=120).contains(&secs(f.fresh_until, now)),
+            "no number, no age"
+        );
+    }
+
+    #[test]
+    fn the_steps_stale_windows_are_not_for_responses_that_forbid_it() {
+        let windows = |cc: &str| {
+            let f = judge(&resp(200, &[("cache-control", cc)]), &rule()).expect("cacheable");
+            (f.stale_while_revalidate, f.stale_if_error)
+        };
+        assert_eq!(windows("max-age=60"), (60, 600), "the step's");
+        for cc in [
+            "max-age=60, must-revalidate",
+            "max-age=60, proxy-revalidate",
+            "s-maxage=60",
+        ] {
+            assert_eq!(windows(cc), (0, 0), "{cc}");
+        }
+        assert_eq!(windows("no-cache"), (0, 0));
+        assert_eq!(
+            windows("max-age=60, must-revalidate, stale-if-error=30"),
+            (0, 30),
+            "the upstream's own window"
+        );
+        assert_eq!(
+            windows("no-cache, stale-while-revalidate=30, stale-if-error=30"),
+            (0, 30),
+            "no-cache is revalidated before every use"
+        );
     }
 
     #[test]

@@ -149,7 +149,9 @@ fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
             }
         }
     }
-    kept.sort_unstable();
+    // By name, a repeated parameter's values kept in their order (an upstream may read the
+    // first, or each in turn).
+    kept.sort_by(|a, b| a.0.cmp(&b.0));
     for (i, (n, v)) in kept.iter().enumerate() {
         if i > 0 {
             out.push('&');
@@ -231,6 +233,7 @@ mod tests {
             key_params: key_params.map(|k| k.iter().map(|s| s.to_string()).collect()),
             ignore_params: ignore.iter().map(|s| s.to_string()).collect(),
             secret_params: vec!["jwt".into(), "apiKey".into()],
+            secret_headers: vec![http::header::AUTHORIZATION],
             stale_while_revalidate: 0,
             stale_if_error: 0,
             max_object_size: 1 << 20,
@@ -262,6 +265,9 @@ mod tests {
         assert_ne!(key("/t?x=A", &r), key("/t?x=a", &r));
         assert_ne!(key("/t?X=a", &r), key("/t?x=a", &r));
         assert_eq!(key("/t?b=2&a=1", &r), key("/t?a=1&b=2", &r));
+        // A repeated parameter's values keep their order: an upstream may read the first.
+        assert_ne!(key("/t?l=a&l=b", &r), key("/t?l=b&l=a", &r));
+        assert_eq!(key("/t?l=a&x=1&l=b", &r), key("/t?x=1&l=a&l=b", &r));
     }
 
     #[test]

@@ -253,9 +253,11 @@ pub fn neutral_fill(x: &mut Exchange) {
     }
 }
 
-/// Whether the cache is on for this request (the fill's upstream request is made neutral).
+/// Whether what the upstream answers this request may be stored (its upstream request is
+/// made neutral): the cache is on for it, or bypassed for a tile that was not cacheable the
+/// last time — Pingora stores its answer when it now is.
 pub fn active(session: &Session) -> bool {
-    session.cache.enabled()
+    session.cache.enabled() || session.cache.bypassing()
 }
 
 /// The request's cache key.
@@ -263,11 +265,13 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
     if x.cache.is_none() || x.proxy.is_none() {
         return Error::e_explain(ErrorType::InternalError, "cache key without a cache step");
     }
-    let client_host = session
-        .req_header()
+    // As routing takes it: `Host`, else the target's authority (HTTP/2's `:authority`).
+    let req = session.req_header();
+    let client_host = req
         .headers
         .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok());
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()));
     Ok(key::cache_key(primary_of(x, client_host)))
 }
 
@@ -286,7 +290,9 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
         (Some(c), Some(ep)) => c.generation(&ep.name),
         _ => 0,
     };
-    let edits = &x.upstream_edits[..u.edits_before.min(x.upstream_edits.len())];
+    // Every header a step before the proxy sets reaches the upstream: all are in the key
+    // (wherever the `cache` step stands among them).
+    let edits = &x.upstream_edits[..plan.edits_before.min(x.upstream_edits.len())];
     key::primary(&plan.service, host, &plan.path, edits, &u.rule, generation)
 }
 

@@ -91,6 +91,10 @@ pub struct CacheRule {
     /// Query parameters that carry credentials (`jwt`, `apiKey`, and those the config's
     /// key-auth and jwt steps read): never in the key, never sent upstream by a fill.
     pub secret_params: Vec<String>,
+    /// Request headers that carry credentials (`Authorization`, `Proxy-Authorization`,
+    /// `Cookie`, and those the config's key-auth and jwt steps read): never sent upstream by a
+    /// fill.
+    pub secret_headers: Vec<http::HeaderName>,
     pub stale_while_revalidate: u32,
     pub stale_if_error: u32,
     pub max_object_size: usize,
@@ -99,12 +103,10 @@ pub struct CacheRule {
     pub min_uses: u8,
 }
 
-/// The cache as a request uses it: its step's rule, and how many upstream header edits the
-/// steps before it made (those are part of the key; the proxy's own come later).
+/// The cache as a request uses it: its step's rule.
 #[derive(Clone, Debug)]
 pub struct CacheUse {
     pub rule: Arc<CacheRule>,
-    pub edits_before: usize,
     /// A stale copy is served without asking the upstream, which has just failed the tile.
     pub stale_held: bool,
 }
@@ -114,7 +116,11 @@ pub struct Cache {
 }
 
 impl Cache {
-    pub fn build(p: Params, secret_params: &[String]) -> Result<Cache, String> {
+    pub fn build(
+        p: Params,
+        secret_params: &[String],
+        secret_headers: &[http::HeaderName],
+    ) -> Result<Cache, String> {
         if p.min_ttl > p.max_ttl {
             return Err(format!(
                 "`minTtl` ({}) is larger than `maxTtl` ({})",
@@ -146,6 +152,7 @@ impl Cache {
                 key_params: p.key_params.as_deref().map(lower),
                 ignore_params: lower(&p.ignore_params),
                 secret_params: secret_params.to_vec(),
+                secret_headers: secret_headers.to_vec(),
                 stale_while_revalidate: p.stale_while_revalidate,
                 stale_if_error: p.stale_if_error,
                 max_object_size: usize::try_from(p.max_object_size).unwrap_or(usize::MAX),
@@ -160,7 +167,6 @@ impl Policy for Cache {
     fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
         x.cache = Some(CacheUse {
             rule: self.rule.clone(),
-            edits_before: x.upstream_edits.len(),
             stale_held: false,
         });
         Outcome::Continue

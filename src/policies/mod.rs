@@ -43,6 +43,8 @@ pub struct BuildContext<'a> {
     pub config_dirs: &'a crate::config::ConfigDirs,
     /// Query parameters that carry credentials (kept out of cache keys).
     pub secret_query_params: &'a [String],
+    /// Request headers that carry credentials (a cache fill sends none of them).
+    pub secret_headers: &'a [http::HeaderName],
 }
 
 /// Policies tollgate provides.
@@ -153,6 +155,7 @@ pub fn build(
         "cache" => match crate::cache::policy::Cache::build(
             params(name, action, pos, errors)?,
             cx.secret_query_params,
+            cx.secret_headers,
         ) {
             Ok(p) => Arc::new(p),
             Err(why) => return built_error(name, why, pos, errors),

@@ -66,7 +66,12 @@ pipelines:
 }
 
 fn start(up: &PyUpstream, cache_action: &str, args: &[&str]) -> (ConfigDir, GatewayProcess) {
-    let dir = ConfigDir::new(&config(up, cache_action));
+    start_config(&config(up, cache_action), args)
+}
+
+/// The gateway with `gateway_yml` and the consumers of [`consumers_file`].
+fn start_config(gateway_yml: &str, args: &[&str]) -> (ConfigDir, GatewayProcess) {
+    let dir = ConfigDir::new(gateway_yml);
     dir.write("consumers.json", &consumers_file());
     let file = dir.file("consumers.json");
     let mut all = vec!["--populate", file.as_str()];
@@ -262,6 +267,145 @@ fn the_key_is_shared_and_the_fill_carries_no_credentials() {
     let saw: serde_json::Value = serde_json::from_slice(&d.body).expect("json");
     assert_eq!(saw["path"], "/tiles/header-check.png");
     assert_eq!(up.served(), 3);
+}
+
+/// The request headers the upstream saw, from its JSON answer (asked with `echo=headers`).
+fn upstream_saw_headers(r: &Response) -> serde_json::Map<String, serde_json::Value> {
+    let saw: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+    saw["headers"]
+        .as_object()
+        .cloned()
+        .expect("the upstream's headers")
+}
+
+#[test]
+fn a_fill_sends_no_header_that_carries_credentials() {
+    let up = PyUpstream::start("tiles", 5.0);
+    // Consumers present their key in a header of the config's choosing.
+    let yml = format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  tiles: {{paths: ['/tiles/*'], scopes: [tiles]}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [key-auth, scopes, cache, proxy]
+pipelines:
+  tiles:
+    apiEndpoints: [tiles]
+    policies:
+      - key-auth: [{{action: {{apiKeyHeader: X-Api-Key}}}}]
+      - scopes:
+      - cache: [{{action: {{ttl: 60}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+"#,
+        up = up.url("")
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let path = "/tiles/creds.png?echo=headers";
+    let r = get(
+        gw.port,
+        "GET",
+        path,
+        &[
+            ("X-Api-Key", "apiKey k0:s0"),
+            ("Authorization", "Bearer someone-elses"),
+            ("Proxy-Authorization", "Basic cHJveHk6cGFzcw=="),
+            ("Cookie", "session=ann"),
+            ("X-Map-Client", "viewer"),
+        ],
+    );
+    assert_eq!((r.status, cache_status(&r)), (200, "MISS"), "{}", r.text());
+    let saw = upstream_saw_headers(&r);
+    for name in [
+        "x-api-key",
+        "authorization",
+        "proxy-authorization",
+        "cookie",
+        "eg-consumer-id",
+    ] {
+        assert!(!saw.contains_key(name), "the fill sent {name}: {saw:?}");
+    }
+    assert_eq!(
+        saw["x-map-client"], "viewer",
+        "other headers go on: {saw:?}"
+    );
+    let other = get(gw.port, "GET", path, &[("X-Api-Key", "apiKey k1:s1")]);
+    assert_eq!((other.status, cache_status(&other)), (200, "HIT"));
+    assert_eq!(up.served(), 1);
+}
+
+#[test]
+fn a_tile_not_cacheable_once_is_fetched_without_credentials_when_it_becomes_cacheable() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    // The first answer is private (not stored, and remembered as not cacheable); the next,
+    // fetched past the cache, may be stored: it is fetched for everyone.
+    let path = "/tiles/flip.png?first=Cache-Control:private&echo=headers";
+    let first = tile(&gw, path, 0);
+    assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
+    assert_eq!(first.header("cache-control"), Some("private"));
+    let second = tile(&gw, path, 1);
+    assert_eq!(second.status, 200, "{}", second.text());
+    let saw = upstream_saw_headers(&second);
+    for name in ["authorization", "eg-consumer-id"] {
+        assert!(!saw.contains_key(name), "the fill sent {name}: {saw:?}");
+    }
+    let third = tile(&gw, path, 2);
+    assert_eq!((third.status, cache_status(&third)), (200, "HIT"));
+    assert_eq!(
+        third.body, second.body,
+        "the copy stored is the neutral fetch's"
+    );
+    assert_eq!(up.served(), 2);
+}
+
+#[test]
+fn a_header_a_step_sends_upstream_is_part_of_the_key_wherever_the_cache_step_stands() {
+    let up = PyUpstream::start("tiles", 5.0);
+    // A step after `cache` sends each consumer's id upstream: the answer may be the
+    // consumer's own, so each consumer has a copy of their own.
+    let yml = format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  tiles: {{paths: ['/tiles/*'], scopes: [tiles]}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [key-auth, scopes, cache, headers, proxy]
+pipelines:
+  tiles:
+    apiEndpoints: [tiles]
+    policies:
+      - key-auth:
+      - scopes:
+      - cache: [{{action: {{ttl: 60}}}}]
+      - headers: [{{action: {{headersPrefix: 'x-', forwardHeaders: {{tenant: 'consumer.id'}}}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+"#,
+        up = up.url("")
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let path = "/tiles/tenant.png?echo=headers";
+    let ann = tile(&gw, path, 0);
+    assert_eq!((ann.status, cache_status(&ann)), (200, "MISS"));
+    let ann_id = consumer_id(&gw, 0);
+    assert_eq!(upstream_saw_headers(&ann)["x-tenant"], ann_id.as_str());
+    let bob = tile(&gw, path, 1);
+    assert_eq!(
+        cache_status(&bob),
+        "MISS",
+        "another consumer's answer was served"
+    );
+    assert_eq!(
+        upstream_saw_headers(&bob)["x-tenant"],
+        consumer_id(&gw, 1).as_str()
+    );
+    let ann_again = tile(&gw, path, 0);
+    assert_eq!(
+        (cache_status(&ann_again), &ann_again.body),
+        ("HIT", &ann.body)
+    );
 }
 
 #[test]

@@ -229,3 +229,59 @@ fn requests_during_a_slow_refresh_get_the_stale_tile_at_once() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn a_tile_the_upstream_forbids_serving_stale_is_never_served_stale() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 30, staleIfError: 300, ignoreParams: [status]}",
+        &[],
+    );
+    let open = |path: &str| get(gw.port, "GET", path, &[]);
+    // The step's windows are for tiles that allow it: not for these (RFC 9111 §4.2.4).
+    let tiles = [
+        "/open/mr.png?cc=max-age%3D1%2C+must-revalidate",
+        "/open/pr.png?cc=max-age%3D1%2C+proxy-revalidate",
+        "/open/sm.png?cc=s-maxage%3D1",
+        "/open/nc.png?cc=no-cache",
+    ];
+    for t in tiles {
+        assert_eq!(cache_status(&open(t)), "MISS", "{t}");
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let served = up.served();
+    for t in tiles {
+        let r = open(t);
+        assert_eq!(r.status, 200, "{t}");
+        assert_ne!(
+            cache_status(&r),
+            "STALE",
+            "{t}: served stale while refreshed"
+        );
+    }
+    assert_eq!(
+        up.served(),
+        served + 4,
+        "each was asked for before it was used"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    for t in tiles {
+        let r = open(&format!("{t}&status=503"));
+        assert_eq!(
+            (r.status, cache_status(&r) == "STALE"),
+            (503, false),
+            "{t}: the upstream's failure is the answer"
+        );
+    }
+    up.kill();
+    for t in tiles {
+        let r = open(t);
+        assert_eq!(
+            (r.status, cache_status(&r) == "STALE"),
+            (502, false),
+            "{t}: served stale with the upstream down"
+        );
+    }
+    up.restart();
+}
