@@ -44,6 +44,9 @@ pub struct DiskTier {
     dir: PathBuf,
     budget: u64,
     index: Mutex<HashMap<HashBinary, Entry>>,
+    /// Purges so far (counted under the index's lock): a write or read that began before one
+    /// puts nothing back.
+    purges: AtomicU64,
     clock: AtomicU64,
     io: Semaphore,
     pub stored_bytes: AtomicU64,
@@ -174,6 +177,7 @@ impl DiskTier {
             dir: dir.to_path_buf(),
             budget,
             index: Mutex::new(HashMap::new()),
+            purges: AtomicU64::new(0),
             clock: AtomicU64::new(0),
             io: Semaphore::new(MAX_IO),
             stored_bytes: AtomicU64::new(0),
@@ -305,25 +309,38 @@ impl DiskTier {
         removed.is_some()
     }
 
-    /// Writes an object in the background: the response does not wait for the disk.
+    /// Purges so far: taken before a read or write, for [`Self::purged_since`].
+    pub fn purges(&self) -> u64 {
+        self.purges.load(Ordering::Acquire)
+    }
+
+    /// Whether a purge came after [`Self::purges`] said `seen`.
+    pub fn purged_since(&self, seen: u64) -> bool {
+        self.purges() != seen
+    }
+
+    /// Writes an object in the background: the response does not wait for the disk. A purge
+    /// that comes first (of any tile: purges are rare) leaves it unwritten.
     pub fn put(&'static self, obj: std::sync::Arc<Object>) {
+        let seen = self.purges();
         tokio::spawn(async move {
             let Ok(_permit) = self.io.acquire().await else {
                 return;
             };
-            let _ = tokio::task::spawn_blocking(move || self.write(&obj)).await;
+            let _ = tokio::task::spawn_blocking(move || self.write(&obj, seen)).await;
         });
     }
 
-    /// Writes an object file whole, then renames it into place (blocking).
-    fn write(&self, obj: &Object) {
+    /// Writes an object file whole, then renames it into place (blocking), unless a purge came
+    /// after `seen`.
+    fn write(&self, obj: &Object, seen: u64) {
         let key = obj.key;
         let path = self.path(&key);
         let tmp = self
             .dir
             .join("tmp")
             .join(format!("{}.{}", hex(&key), fastrand::u64(..)));
-        let written = (|| -> std::io::Result<u64> {
+        let written = (|| -> std::io::Result<Option<()>> {
             let bytes = encode(obj).map_err(|e| std::io::Error::other(e.to_string()))?;
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
@@ -331,27 +348,28 @@ impl DiskTier {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             drop(f);
+            // Put in place and indexed in one step under the index's lock, which a purge takes
+            // too: it comes wholly before or wholly after.
+            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            if self.purged_since(seen) {
+                drop(index);
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(None);
+            }
             std::fs::rename(&tmp, &path).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
-            Ok(bytes.len() as u64)
+            let size = bytes.len() as u64;
+            let t = self.clock.fetch_add(1, Ordering::Relaxed);
+            // One step, so a write of the same tile at once cannot count it twice.
+            let replaced = index.insert(key, Entry { size, last_used: t });
+            drop(index);
+            self.count_put(size, replaced);
+            Ok(Some(()))
         })();
         match written {
-            Ok(size) => {
-                let t = self.clock.fetch_add(1, Ordering::Relaxed);
-                // One step, so a write of the same tile at once cannot count it twice.
-                let replaced = self
-                    .index
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key, Entry { size, last_used: t });
-                self.stored_bytes.fetch_add(size, Ordering::Relaxed);
-                match replaced {
-                    Some(old) => self.stored_bytes.fetch_sub(old.size, Ordering::Relaxed),
-                    None => self.stored_objects.fetch_add(1, Ordering::Relaxed),
-                };
-                self.evict_if_needed();
-            }
+            Ok(Some(())) => self.evict_if_needed(),
+            Ok(None) => {}
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
                 log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
@@ -359,8 +377,25 @@ impl DiskTier {
         }
     }
 
+    /// Counts an object written (`replaced`: the index's entry it took the place of).
+    fn count_put(&self, size: u64, replaced: Option<Entry>) {
+        self.stored_bytes.fetch_add(size, Ordering::Relaxed);
+        match replaced {
+            Some(old) => self.stored_bytes.fetch_sub(old.size, Ordering::Relaxed),
+            None => self.stored_objects.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// Removes a purged object; a write or read of any object begun before it puts nothing
+    /// back (see [`Self::purges`]).
     pub async fn remove(&'static self, key: &HashBinary) -> bool {
-        let known = self.unindex(key);
+        let known = {
+            // Counted under the index's lock, as a write puts its file in place.
+            let _index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            self.purges.fetch_add(1, Ordering::AcqRel);
+            drop(_index);
+            self.unindex(key)
+        };
         let path = self.path(key);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
         known
@@ -400,6 +435,33 @@ impl DiskTier {
 mod tests {
     use super::*;
 
+    /// A write begun before a purge (of this tile or any) leaves nothing on disk; one begun
+    /// after it is written.
+    #[test]
+    fn a_write_begun_before_a_purge_puts_nothing_back() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-purge-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let key = [5u8; 16];
+        let obj = crate::cache::store::memory::tests::object(key, 3000);
+        let seen = tier.purges();
+        rt.block_on(tier.remove(&[6u8; 16]));
+        tier.write(&obj, seen);
+        assert!(!tier.contains(&key) && !tier.path(&key).exists());
+        assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 0);
+        tier.write(&obj, tier.purges());
+        assert!(tier.contains(&key) && tier.path(&key).exists());
+        assert_eq!(
+            std::fs::read_dir(dir.join("tmp")).unwrap().count(),
+            0,
+            "no file left"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Writes of one tile at once (two fills, a fill and a revalidation) replace each other:
     /// the index keeps one entry and the gauges count it once.
     #[test]
@@ -413,7 +475,7 @@ mod tests {
                 let obj = obj.clone();
                 std::thread::spawn(move || {
                     for _ in 0..300 {
-                        tier.write(&obj);
+                        tier.write(&obj, tier.purges());
                     }
                 })
             })
@@ -440,7 +502,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let first = DiskTier::open(&dir, 1 << 30).unwrap();
         let key = [9u8; 16];
-        first.write(&crate::cache::store::memory::tests::object(key, 100));
+        first.write(
+            &crate::cache::store::memory::tests::object(key, 100),
+            first.purges(),
+        );
         let mode = std::fs::metadata(dir.join(SECRET_FILE))
             .unwrap()
             .permissions()

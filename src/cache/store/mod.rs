@@ -217,7 +217,12 @@ impl TileStore {
             return Some(o);
         }
         let disk = self.disk.as_ref()?;
+        let seen = disk.purges();
         let mut obj = disk.get(k).await?;
+        if disk.purged_since(seen) {
+            // Perhaps this very tile, purged while it was read: a miss, kept nowhere.
+            return None;
+        }
         if let Some(shared) = self.memory.hold(&obj.body) {
             obj.body = shared;
         }
