@@ -260,11 +260,13 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
     upstream.remove_header(&EG_CONSUMER_ID);
     if filling {
         match &x.cache {
-            Some(u) => {
+            // One pass over the request's few headers (most tile requests carry none of these).
+            Some(u) if upstream.headers.keys().any(|n| u.rule.secret_headers.contains(n)) => {
                 for name in &u.rule.secret_headers {
                     upstream.remove_header(name);
                 }
             }
+            Some(_) => {}
             None => {
                 upstream.remove_header(&http::header::AUTHORIZATION);
             }
