@@ -261,7 +261,12 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
     if filling {
         match &x.cache {
             // One pass over the request's few headers (most tile requests carry none of these).
-            Some(u) if upstream.headers.keys().any(|n| u.rule.secret_headers.contains(n)) => {
+            Some(u)
+                if upstream
+                    .headers
+                    .keys()
+                    .any(|n| u.rule.secret_headers.contains(n)) =>
+            {
                 for name in &u.rule.secret_headers {
                     upstream.remove_header(name);
                 }

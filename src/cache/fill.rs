@@ -28,6 +28,8 @@ pub struct Fill {
     permit: Option<WritePermit>,
     rule: Arc<CacheRule>,
     filling: Option<Filling>,
+    /// The store's count of purges when the request's step ran.
+    seen: u64,
     /// How the lock is released when the fill ends before it was stored.
     outcome: LockStatus,
     /// Whether the response head was judged.
@@ -66,8 +68,9 @@ pub fn begin(
     cache: &'static TileCache,
     key: CacheKey,
     hash: HashBinary,
-    rule: &Arc<CacheRule>,
+    u: &super::CacheUse,
 ) -> Option<Fill> {
+    let rule = &u.rule;
     if varies(hash) || !cache.predictor.cacheable_prediction(&key) {
         return None;
     }
@@ -85,6 +88,7 @@ pub fn begin(
         hash,
         permit,
         rule: rule.clone(),
+        seen: u.epoch,
         filling: None,
         outcome: LockStatus::TransientError,
         // Not stored: judged already.
@@ -145,7 +149,7 @@ impl Fill {
                     return;
                 }
                 let meta = StoredMeta::new(fresh, head);
-                self.filling = Some(self.cache.store.filling(self.hash, meta));
+                self.filling = Some(self.cache.store.filling(self.hash, meta, self.seen));
             }
             Err(reason) => {
                 self.cache.predictor.mark_uncacheable(&self.key, reason);

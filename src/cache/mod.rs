@@ -102,16 +102,18 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     if !key::use_secret(secret) {
         anyhow::bail!("the tile cache's keys were hashed before its storage opened");
     }
-    let store: &'static TileStore = Box::leak(Box::new(TileStore {
-        memory: store::memory::MemoryTier::new(opts.memory),
+    let store: &'static TileStore = Box::leak(Box::new(TileStore::new(
+        store::memory::MemoryTier::new(opts.memory),
         disk,
-    }));
+    )));
     let lock: &'static TileLock = Box::leak(Box::new(TileLock(CacheLock::new_boxed(LOCK_AGE))));
     // Do not remember a key as uncacheable for a status the step does not store (an error
     // now is no reason to stop caching the tile later).
     let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
         1024,
-        Some(|reason| reason == "status" || reason == NOT_YET || reason == DECLINED),
+        Some(|reason| {
+            reason == "status" || reason == NOT_YET || reason == DECLINED || reason == PURGED
+        }),
     )));
     let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
     let generations = generations_file
@@ -138,6 +140,18 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     Ok(CACHE.get_or_init(|| cache))
 }
 
+/// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,
+/// synced, then renamed into its place.
+fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
 /// The tile cache, when the gateway opened one.
 pub fn get() -> Option<&'static TileCache> {
     CACHE.get()
@@ -150,12 +164,16 @@ impl TileCache {
 
     /// Starts a new generation of an api endpoint's keys: everything cached for it is gone.
     pub fn purge_endpoint(&self, endpoint: &str) -> u64 {
+        // One purge at a time: two at once would each start from the same generations and the
+        // later would bring the earlier's endpoint back.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (**self.generations.load()).clone();
         let g = next.entry(endpoint.to_string()).or_insert(0);
         *g += 1;
         let generation = *g;
         if let Some(f) = &self.generations_file {
-            if let Err(e) = std::fs::write(f, serde_json::to_vec(&next).unwrap_or_default()) {
+            if let Err(e) = write_whole(f, &serde_json::to_vec(&next).unwrap_or_default()) {
                 log::warn!(
                     "tile cache: cannot record the purge in {}: {e}",
                     f.display()
@@ -302,6 +320,10 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
     let Some(u) = &x.cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
+    // Asked for before a purge: the answer may be what the purge was for.
+    if get().is_some_and(|c| c.store.epoch() != u.epoch) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(PURGED));
+    }
     // A miss (not a refresh of a stored tile) is counted, and stored only from the step's
     // `minUses`-th miss on and when the store admits it.
     let miss = match (
@@ -331,8 +353,10 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
 
 /// Why a response was not stored: its tile has not been missed `minUses` times yet ...
 const NOT_YET: &str = "min-uses";
-/// ... or it was new to a full memory tier (see [`TileCache::admits`]).
+/// ... or it was new to a full memory tier (see [`TileCache::admits`]) ...
 const DECLINED: &str = "declined";
+/// ... or a purge came while it was fetched.
+const PURGED: &str = "purged";
 
 /// The tiles' fetch lock: Pingora's, except that the requests waiting on a fetch the store
 /// declined (a tile new to a full memory tier) compete to fetch it again — the next fetch finds

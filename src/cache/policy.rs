@@ -107,6 +107,9 @@ pub struct CacheRule {
 #[derive(Clone, Debug)]
 pub struct CacheUse {
     pub rule: Arc<CacheRule>,
+    /// The store's count of purges when the step ran: what its fetch brings is stored only
+    /// if no purge came since.
+    pub epoch: u64,
     /// A stale copy is served without asking the upstream, which has just failed the tile.
     pub stale_held: bool,
 }
@@ -167,6 +170,7 @@ impl Policy for Cache {
     fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
         x.cache = Some(CacheUse {
             rule: self.rule.clone(),
+            epoch: super::get().map_or(0, |c| c.store.epoch()),
             stale_held: false,
         });
         Outcome::Continue

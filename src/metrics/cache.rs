@@ -157,6 +157,9 @@ impl CacheMetrics {
         let Some(c) = crate::cache::get() else {
             return;
         };
+        // Counters are brought up by what they lack: two scrapes at once would both add it.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let s = c.store.tiers();
         for (i, t) in s.iter().enumerate() {
             self.objects[i].set(t.objects as i64);

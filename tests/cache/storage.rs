@@ -467,3 +467,32 @@ fn a_full_memory_tier_admits_a_tile_from_its_second_miss_on() {
         assert_eq!(status(&new), "HIT");
     }
 }
+
+#[test]
+fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    // The upstream takes a second; the purge comes while it does (the new tile may be on its
+    // way already: the fetch begun before the purge may bring the old one).
+    let path = "/open/slow/1000/purged.png";
+    let port = gw.port;
+    let fetching = std::thread::spawn(move || get(port, "GET", path, &[]));
+    std::thread::sleep(Duration::from_millis(300));
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        &format!(r#"{{"url": "{path}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = fetching.join().expect("the fetch");
+    assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
+    let next = get(gw.port, "GET", path, &[]);
+    assert_eq!(
+        cache_status(&next),
+        "MISS",
+        "the fetch begun before the purge was stored"
+    );
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "HIT");
+    assert_eq!(up.served(), 2);
+}

@@ -44,9 +44,9 @@ pub struct DiskTier {
     dir: PathBuf,
     budget: u64,
     index: Mutex<HashMap<HashBinary, Entry>>,
-    /// Purges so far (counted under the index's lock): a write or read that began before one
-    /// puts nothing back.
-    purges: AtomicU64,
+    /// Purges so far, the whole store's (counted under the index's lock): a write begun before
+    /// one puts nothing back.
+    purges: std::sync::Arc<AtomicU64>,
     clock: AtomicU64,
     io: Semaphore,
     pub stored_bytes: AtomicU64,
@@ -177,7 +177,7 @@ impl DiskTier {
             dir: dir.to_path_buf(),
             budget,
             index: Mutex::new(HashMap::new()),
-            purges: AtomicU64::new(0),
+            purges: std::sync::Arc::new(AtomicU64::new(0)),
             clock: AtomicU64::new(0),
             io: Semaphore::new(MAX_IO),
             stored_bytes: AtomicU64::new(0),
@@ -309,20 +309,26 @@ impl DiskTier {
         removed.is_some()
     }
 
-    /// Purges so far: taken before a read or write, for [`Self::purged_since`].
-    pub fn purges(&self) -> u64 {
-        self.purges.load(Ordering::Acquire)
+    /// The count of purges the store shares with this tier (see [`super::TileStore::epoch`]).
+    pub fn purges(&self) -> std::sync::Arc<AtomicU64> {
+        self.purges.clone()
     }
 
-    /// Whether a purge came after [`Self::purges`] said `seen`.
-    pub fn purged_since(&self, seen: u64) -> bool {
-        self.purges() != seen
+    fn purged_since(&self, seen: u64) -> bool {
+        self.purges.load(Ordering::Acquire) != seen
     }
 
-    /// Writes an object in the background: the response does not wait for the disk. A purge
-    /// that comes first (of any tile: purges are rare) leaves it unwritten.
-    pub fn put(&'static self, obj: std::sync::Arc<Object>) {
-        let seen = self.purges();
+    /// Counts a purge, under the index's lock: a write puts its file in place wholly before or
+    /// wholly after it.
+    pub fn begin_purge(&self) {
+        let _index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        self.purges.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Writes an object in the background: the response does not wait for the disk. `seen`:
+    /// the store's count of purges when its fetch began; a purge since (of any tile: purges
+    /// are rare) leaves it unwritten.
+    pub fn put(&'static self, obj: std::sync::Arc<Object>, seen: u64) {
         tokio::spawn(async move {
             let Ok(_permit) = self.io.acquire().await else {
                 return;
@@ -386,16 +392,9 @@ impl DiskTier {
         };
     }
 
-    /// Removes a purged object; a write or read of any object begun before it puts nothing
-    /// back (see [`Self::purges`]).
+    /// Removes a purged object (after [`Self::begin_purge`]).
     pub async fn remove(&'static self, key: &HashBinary) -> bool {
-        let known = {
-            // Counted under the index's lock, as a write puts its file in place.
-            let _index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            self.purges.fetch_add(1, Ordering::AcqRel);
-            drop(_index);
-            self.unindex(key)
-        };
+        let known = self.unindex(key);
         let path = self.path(key);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
         known
@@ -447,12 +446,13 @@ mod tests {
             .expect("runtime");
         let key = [5u8; 16];
         let obj = crate::cache::store::memory::tests::object(key, 3000);
-        let seen = tier.purges();
+        let seen = tier.purges.load(Ordering::Acquire);
+        tier.begin_purge();
         rt.block_on(tier.remove(&[6u8; 16]));
         tier.write(&obj, seen);
         assert!(!tier.contains(&key) && !tier.path(&key).exists());
         assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 0);
-        tier.write(&obj, tier.purges());
+        tier.write(&obj, tier.purges.load(Ordering::Acquire));
         assert!(tier.contains(&key) && tier.path(&key).exists());
         assert_eq!(
             std::fs::read_dir(dir.join("tmp")).unwrap().count(),
@@ -475,7 +475,7 @@ mod tests {
                 let obj = obj.clone();
                 std::thread::spawn(move || {
                     for _ in 0..300 {
-                        tier.write(&obj, tier.purges());
+                        tier.write(&obj, tier.purges.load(Ordering::Acquire));
                     }
                 })
             })
@@ -502,10 +502,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let first = DiskTier::open(&dir, 1 << 30).unwrap();
         let key = [9u8; 16];
-        first.write(
-            &crate::cache::store::memory::tests::object(key, 100),
-            first.purges(),
-        );
+        first.write(&crate::cache::store::memory::tests::object(key, 100), 0);
         let mode = std::fs::metadata(dir.join(SECRET_FILE))
             .unwrap()
             .permissions()

@@ -10,6 +10,7 @@ pub mod shared;
 mod stream;
 
 use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -118,6 +119,9 @@ impl Object {
 pub struct TileStore {
     pub memory: MemoryTier,
     pub disk: Option<DiskTier>,
+    /// Purges so far (the disk tier's count, when there is one): what a fetch, a disk read or
+    /// a revalidation begun before a purge would store is not stored.
+    purges: std::sync::Arc<AtomicU64>,
 }
 
 /// The most a fill reserves ahead from a declared length.
@@ -159,6 +163,36 @@ pub struct TierState {
 }
 
 impl TileStore {
+    pub fn new(memory: MemoryTier, disk: Option<DiskTier>) -> TileStore {
+        let purges = disk
+            .as_ref()
+            .map_or_else(Default::default, DiskTier::purges);
+        TileStore {
+            memory,
+            disk,
+            purges,
+        }
+    }
+
+    /// The count of purges: taken when a fetch begins, for [`Self::filling`].
+    pub fn epoch(&self) -> u64 {
+        self.purges.load(Ordering::Acquire)
+    }
+
+    /// Puts an object in memory unless a purge came after `seen`; whether it is there.
+    fn keep_in_memory(&self, obj: Arc<Object>, seen: u64) -> bool {
+        if self.epoch() != seen {
+            return false;
+        }
+        let key = obj.key;
+        self.memory.put(obj);
+        // A purge between the look and the put: taken out again.
+        if self.epoch() != seen {
+            self.memory.remove(&key);
+            return false;
+        }
+        true
+    }
     /// Memory, then disk (zeros when there is no disk tier).
     pub fn tiers(&self) -> [TierState; 2] {
         use std::sync::atomic::Ordering::Relaxed;
@@ -193,8 +227,9 @@ impl TileStore {
             .map_or(0, |d| d.corrupt.load(std::sync::atomic::Ordering::Relaxed))
     }
 
-    /// Starts collecting a response to store under `key`.
-    pub fn filling(&'static self, key: HashBinary, meta: StoredMeta) -> Filling {
+    /// Starts collecting a response to store under `key`; `seen`: [`Self::epoch`] when its
+    /// fetch began (a purge since, and it is not stored).
+    pub fn filling(&'static self, key: HashBinary, meta: StoredMeta, seen: u64) -> Filling {
         // A body of known length gets exactly its room (growing by doubling would keep up to
         // twice the tile's size in memory for as long as it is cached).
         let declared = meta.head.content_length().unwrap_or(0);
@@ -207,6 +242,7 @@ impl TileStore {
             key,
             meta: Some(meta),
             body,
+            seen,
         }
     }
 
@@ -217,18 +253,14 @@ impl TileStore {
             return Some(o);
         }
         let disk = self.disk.as_ref()?;
-        let seen = disk.purges();
+        let seen = self.epoch();
         let mut obj = disk.get(k).await?;
-        if disk.purged_since(seen) {
-            // Perhaps this very tile, purged while it was read: a miss, kept nowhere.
-            return None;
-        }
         if let Some(shared) = self.memory.hold(&obj.body) {
             obj.body = shared;
         }
         let obj = Arc::new(obj);
-        self.memory.put(obj.clone());
-        Some(obj)
+        // Perhaps this very tile was purged while it was read: a miss, kept nowhere.
+        self.keep_in_memory(obj.clone(), seen).then_some(obj)
     }
 }
 
@@ -257,9 +289,13 @@ impl Storage for TileStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        Ok(Box::new(
-            self.filling(slot(key), StoredMeta::from_meta(meta)),
-        ))
+        // Pingora asks once the upstream's answer is here; purges before are checked by
+        // `cacheable` against the request's step (see `crate::cache::cacheable`).
+        Ok(Box::new(self.filling(
+            slot(key),
+            StoredMeta::from_meta(meta),
+            self.epoch(),
+        )))
     }
 
     async fn purge(
@@ -269,6 +305,13 @@ impl Storage for TileStore {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let k = target.key().combined_bin();
+        // Counted first: what is being fetched, read or revalidated now is not kept.
+        match &self.disk {
+            Some(d) => d.begin_purge(),
+            None => {
+                self.purges.fetch_add(1, Ordering::AcqRel);
+            }
+        }
         let in_memory = self.memory.remove(&k);
         let on_disk = match &self.disk {
             Some(d) => d.remove(&k).await,
@@ -288,6 +331,7 @@ impl Storage for TileStore {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let k = slot(key);
+        let seen = self.epoch();
         let Some(old) = self.find(k).await else {
             return Ok(false);
         };
@@ -296,9 +340,11 @@ impl Storage for TileStore {
             StoredMeta::from_meta(meta),
             old.body.clone(),
         ));
-        self.memory.put(obj.clone());
+        if !self.keep_in_memory(obj.clone(), seen) {
+            return Ok(false);
+        }
         if let Some(d) = &self.disk {
-            d.put(obj);
+            d.put(obj, seen);
         }
         Ok(true)
     }
@@ -370,6 +416,8 @@ pub struct Filling {
     key: HashBinary,
     meta: Option<StoredMeta>,
     body: FillBody,
+    /// [`TileStore::epoch`] when the fetch began.
+    seen: u64,
 }
 
 /// A body being collected: in the memory tier's shared memory when its declared length is one
@@ -451,9 +499,14 @@ impl Filling {
             },
         };
         let obj = Arc::new(Object::new(self.key, meta, body));
-        self.store.memory.put(obj.clone());
+        if !self.store.keep_in_memory(obj.clone(), self.seen) {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "purged while it was fetched: not stored",
+            );
+        }
         if let Some(d) = &self.store.disk {
-            d.put(obj.clone());
+            d.put(obj.clone(), self.seen);
         }
         Ok(obj)
     }
@@ -490,14 +543,14 @@ pub(crate) mod tests {
     /// A body longer than the place its declared length took moves to ordinary memory whole.
     #[test]
     fn a_body_past_its_place_in_shared_memory_moves_whole() {
-        let store: &'static TileStore = Box::leak(Box::new(TileStore {
-            memory: memory::MemoryTier::new(1 << 20),
-            disk: None,
-        }));
+        let store: &'static TileStore = Box::leak(Box::new(TileStore::new(
+            memory::MemoryTier::new(1 << 20),
+            None,
+        )));
         let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
         resp.insert_header("content-length", shared::MIN_BODY.to_string())
             .unwrap();
-        let mut filling = store.filling([7; 16], meta(&resp));
+        let mut filling = store.filling([7; 16], meta(&resp), store.epoch());
         assert!(
             matches!(filling.body, FillBody::Shared(_)),
             "a place of 8 KiB"
