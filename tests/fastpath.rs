@@ -715,3 +715,44 @@ fn pipelined_requests_are_each_answered_in_order_on_both_paths() {
         }
     }
 }
+
+/// A request line Pingora's session escapes (a space in the target) grows as it is read: what
+/// the client sent after the head — here the start of its next request — is neither dropped
+/// nor taken for a request of its own (the tail `T /cl` as a request with method `T`).
+#[test]
+fn what_follows_a_request_line_the_session_escapes_stays_the_next_requests() {
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_dir, gw) = gateway(&up, fast);
+        let mut s = connect(gw.port, 10);
+        s.write_all(b"GET /c l HTTP/1.1\r\nHost: tiles\r\n\r\nGE")
+            .expect("send");
+        thread::sleep(Duration::from_millis(200));
+        // The gateway may have closed the connection already: the rest need not arrive.
+        let _ = s.write_all(b"T /cl HTTP/1.1\r\nHost: tiles\r\nConnection: close\r\n\r\n");
+        let mut seen = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut chunk) {
+            seen.extend_from_slice(&chunk[..n]);
+        }
+        let text = String::from_utf8_lossy(&seen).to_string();
+        let statuses: Vec<&str> = text
+            .match_indices("HTTP/1.1 ")
+            .map(|(i, _)| &text[i + 9..i + 12])
+            .collect();
+        assert!(
+            !statuses.is_empty(),
+            "fast path {fast}: no answer: {text:?}"
+        );
+        // The next request, when answered, is `GET /cl`.
+        if statuses.len() > 1 {
+            assert_eq!(statuses[1..], ["200"], "fast path {fast}: {text:?}");
+            assert!(text.ends_with("hello"), "fast path {fast}: {text:?}");
+        }
+        let heads = up.heads.lock().expect("heads");
+        assert!(
+            heads.iter().all(|h| !h.starts_with("T ")),
+            "fast path {fast}: the tail of a request went upstream as one: {heads:?}"
+        );
+    }
+}

@@ -124,11 +124,15 @@ impl Reading {
         }
     }
 
-    /// Whether nothing of a next request was read with this one.
+    /// Whether nothing of a next request was read with this one: the head's first blank line
+    /// ends what was read. (The length of what the session read is not enough: a request line
+    /// it escapes grows, and would match a head with as many bytes more behind it.)
     pub fn alone(&self) -> bool {
         match self {
             Reading::Own { .. } => true,
-            Reading::Session { s, head } => s.get_headers_raw_bytes().len() == head.len(),
+            Reading::Session { s, head } => {
+                s.get_headers_raw_bytes().len() == head.len() && head_end(head) == Some(head.len())
+            }
         }
     }
 
@@ -380,6 +384,16 @@ fn plain_target(target: &[u8]) -> bool {
     let mut last = [b'/'; BLOCK];
     last[..rest.len()].copy_from_slice(rest);
     target.len() < usize::from(u16::MAX) - 1 && whole && plain(&last)
+}
+
+/// Where the first blank line of `bytes` ends (a line end of `\r\n` or a bare `\n`).
+fn head_end(bytes: &[u8]) -> Option<usize> {
+    let crlf = memchr::memmem::find(bytes, b"\n\r\n").map(|i| i + 3);
+    let lf = memchr::memmem::find(bytes, b"\n\n").map(|i| i + 2);
+    match (crlf, lf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// What a `Connection` value says of keep-alive: `Some(true)` for `keep-alive`, `Some(false)`

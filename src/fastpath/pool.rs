@@ -4,7 +4,9 @@
 //! with the runtime that opened it, so a connection is only ever reused on its own thread: no
 //! lock, no task watching it while idle, no wake-up of another thread. An idle connection is
 //! checked when it is taken (a read that must find nothing: the upstream closed it or sent
-//! something unasked for, and it is dropped) and dropped after [`MAX_IDLE`].
+//! something unasked for, and it is dropped) and closed after [`MAX_IDLE`]: by the next use of
+//! its upstream, else by a sweep of the thread's pool every [`SWEEP_EVERY`] (an upstream a
+//! reload removed, or one a thread no longer serves, keeps none open).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,10 +22,15 @@ pub const MAX_IDLE: Duration = Duration::from_secs(55);
 /// Idle connections kept per upstream and thread; past it the oldest is closed.
 const PER_UPSTREAM: usize = 256;
 
+/// How often a thread's pool is swept of connections idle past [`MAX_IDLE`].
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 type Idle = Vec<(Stream, Instant)>;
 
 thread_local! {
     static POOL: RefCell<HashMap<u64, Idle>> = RefCell::new(HashMap::new());
+    /// Whether this thread's sweep runs.
+    static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// An open idle connection to the upstream `key` names, the most recently used first.
@@ -40,6 +47,15 @@ pub fn take(key: u64) -> Option<Stream> {
 
 /// Keeps a connection whose exchange ended cleanly for the next request to `key`.
 pub fn put(key: u64, stream: Stream) {
+    if !SWEEPING.replace(true) {
+        // The thread's runtime is its own (one thread): the sweep runs here, where the pool is.
+        tokio::spawn(async {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                sweep(crate::clock::soon());
+            }
+        });
+    }
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
         let idle = pool.entry(key).or_default();
@@ -56,6 +72,21 @@ pub fn put(key: u64, stream: Stream) {
     });
 }
 
+/// Closes this thread's connections idle past [`MAX_IDLE`] at `now`; how many.
+fn sweep(now: Instant) -> usize {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let mut closed = 0;
+        pool.retain(|_, idle| {
+            let before = idle.len();
+            idle.retain(|(_, since)| now.saturating_duration_since(*since) < MAX_IDLE);
+            closed += before - idle.len();
+            !idle.is_empty()
+        });
+        closed
+    })
+}
+
 /// Whether an idle connection is still open with nothing to read: a read must not be ready.
 fn still_idle(stream: &mut Stream) -> bool {
     let mut byte = [0u8; 1];
@@ -64,4 +95,34 @@ fn still_idle(stream: &mut Stream) -> bool {
     tokio::task::unconstrained(stream.read(&mut byte))
         .now_or_never()
         .is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sweep_closes_what_sat_idle_too_long_of_every_upstream() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("address");
+            for key in [1, 2, 2] {
+                let s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                put(key, Box::new(crate::listener::io::ClientIo::new(s)));
+            }
+            let now = crate::clock::soon();
+            assert_eq!(sweep(now), 0, "none idle long");
+            assert_eq!(sweep(now + MAX_IDLE), 3);
+            assert!(
+                POOL.with(|p| p.borrow().is_empty()),
+                "no upstream left behind"
+            );
+        });
+    }
 }
