@@ -107,6 +107,13 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
             "`url` must be a path (/...) or an absolute URL",
         );
     }
+    if host.is_none() && crate::cache::purge::keyed_by_host(gw, path) {
+        return text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "this URL is cached by the client's host (its proxy step sends the client's Host: \
+             changeOrigin: false): give `host` as clients send it (with the port they name)",
+        );
+    }
     let keys = crate::cache::purge::keys_for(gw, host, path).len();
     let purged = crate::cache::purge::purge_url(gw, host, path).await;
     log::info!("tile cache: purged {path}: {purged} object(s)");

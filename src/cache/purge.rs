@@ -15,8 +15,20 @@ use crate::routing::Target;
 /// Steps that run when a purge looks for a URL's key.
 const KEY_STEPS: &[&str] = &["request-transformer", "headers", "cache", "proxy"];
 
+/// Whether a URL is cached by a route whose keys hold the client's host (its proxy step sends
+/// the client's `Host` upstream: `changeOrigin: false`): a purge of it must name the host.
+pub fn keyed_by_host(gw: &Gateway, url: &str) -> bool {
+    let mut by_host = false;
+    keys_with(gw, None, url, &mut by_host);
+    by_host
+}
+
 /// The cache keys a URL has through the gateway (one per route whose pipeline caches it).
 pub fn keys_for(gw: &Gateway, host: Option<&str>, url: &str) -> Vec<String> {
+    keys_with(gw, host, url, &mut false)
+}
+
+fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) -> Vec<String> {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
@@ -64,6 +76,7 @@ pub fn keys_for(gw: &Gateway, host: Option<&str>, url: &str) -> Vec<String> {
             if let Some(p) = super::key::without_secrets(&plan.path, &u.rule.secret_params) {
                 plan.path = p;
             }
+            *by_host |= plan.host.is_none();
             out.push(super::primary_of(&x, host));
         }
     }

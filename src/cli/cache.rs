@@ -20,7 +20,8 @@ pub enum CacheCmd {
             conflicts_with = "api_endpoint"
         )]
         url: Option<String>,
-        /// The Host the URL is requested with (when routes depend on it).
+        /// The Host the URL is requested with, port included, as clients send it (when routes
+        /// depend on it, or a route with `changeOrigin: false` keys tiles by it).
         #[arg(long)]
         host: Option<String>,
         /// Purge everything cached for this api endpoint.

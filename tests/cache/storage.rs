@@ -496,3 +496,43 @@ fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
     assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "HIT");
     assert_eq!(up.served(), 2);
 }
+
+#[test]
+fn a_purge_of_a_tile_cached_by_the_clients_host_names_the_host() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let yml = format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  open: {{paths: ['/open/*']}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [cache, proxy]
+pipelines:
+  open:
+    apiEndpoints: [open]
+    policies:
+      - cache: [{{action: {{ttl: 600}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up, changeOrigin: false}}}}]
+"#,
+        up = up.url("")
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let path = "/open/hosted.png";
+    let at = |host: &str| get(gw.port, "GET", path, &[("Host", host)]);
+    assert_eq!(cache_status(&at("a.example:8080")), "MISS");
+    assert_eq!(cache_status(&at("b.example")), "MISS", "one copy per host");
+    let purge = |body: &str| send_json(gw.admin_port, "POST", "/tollgate/cache/purge", body);
+    let without = purge(&format!(r#"{{"url": "{path}"}}"#));
+    assert_eq!(without.status, 422, "{}", without.text());
+    assert!(without.text().contains("host"), "{}", without.text());
+    let with = purge(&format!(r#"{{"url": "{path}", "host": "a.example:8080"}}"#));
+    assert_eq!(
+        (with.status, support::json_body(&with)["purged"].as_u64()),
+        (200, Some(1)),
+        "{}",
+        with.text()
+    );
+    assert_eq!(cache_status(&at("a.example:8080")), "MISS");
+    assert_eq!(cache_status(&at("b.example")), "HIT");
+}
