@@ -156,6 +156,20 @@ fn cache_step_values_out_of_range_are_errors_with_their_position() {
 }
 
 #[test]
+fn a_status_the_gateway_answers_with_must_be_a_final_one() {
+    let dir = ConfigDir::new(
+        "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [terminate, rate-limit]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - rate-limit: [{action: {max: 1, statusCode: 100}}]\n      - terminate: [{action: {statusCode: 101}}]\n",
+    );
+    let err = check_errors(&dir);
+    for needle in [
+        "8:52: policy `rate-limit`: `statusCode` 100 is not a final HTTP status (200–599)",
+        "9:43: policy `terminate`: `statusCode` 101 is not a final HTTP status (200–599)",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+}
+
+#[test]
 fn unsupported_value_expressions_are_named() {
     let dir = ConfigDir::new(
         "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [response-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-A: Basic, X-B: \"require('fs')\"}}}\n",

@@ -97,9 +97,11 @@ pub fn build(
             action,
             errors,
         )?),
-        "terminate" => Arc::new(terminate::Terminate::build(params(
-            name, action, pos, errors,
-        )?)),
+        "terminate" => {
+            let p: terminate::Params = params(name, action, pos, errors)?;
+            final_status(name, p.status_code, action, pos, errors)?;
+            Arc::new(terminate::Terminate::build(p))
+        }
         "headers" => Arc::new(headers::Headers::build(
             params(name, action, pos, errors)?,
             action,
@@ -215,6 +217,25 @@ pub fn params<T: DeserializeOwned>(
 }
 
 /// The position of a parameter of an action, or the step's own when absent.
+/// A `statusCode` the gateway answers with must be a final one (200–599): an informational
+/// status would leave the client waiting for the answer after it.
+pub fn final_status(
+    name: &str,
+    status: u16,
+    action: Option<&Node>,
+    pos: &Pos,
+    errors: &mut ConfigErrors,
+) -> Option<()> {
+    if (200..=599).contains(&status) {
+        return Some(());
+    }
+    errors.push(
+        param_pos(action, "statusCode", pos),
+        format!("policy `{name}`: `statusCode` {status} is not a final HTTP status (200–599)"),
+    );
+    None
+}
+
 pub fn param_pos<'a>(action: Option<&'a Node>, key: &str, fallback: &'a Pos) -> &'a Pos {
     action.and_then(|a| a.get(key)).map_or(fallback, |n| &n.pos)
 }

@@ -10,7 +10,7 @@ use crate::pipeline::{Exchange, Outcome, Policy, Request};
 #[serde(rename_all = "camelCase")]
 pub struct Params {
     #[serde(default = "default_status")]
-    status_code: u16,
+    pub status_code: u16,
     #[serde(default = "default_message")]
     message: String,
 }

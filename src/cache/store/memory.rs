@@ -134,6 +134,10 @@ impl MemoryTier {
         let Some(w) = self.weight(&obj) else {
             return;
         };
+        // An object past the whole budget would push out every other and still not fit.
+        if usize::from(w) * UNIT > self.budget {
+            return;
+        }
         let key = obj.key;
         let _turn = self.turn(&key);
         if let Some(old) = self.objects.remove(&key) {
