@@ -415,7 +415,10 @@ fn a_full_memory_tier_admits_a_tile_from_its_second_miss_on() {
         // While there is room, a first miss is stored.
         let first = path("first");
         assert_eq!(status(&first), "MISS");
-        assert_eq!(status(&first), "HIT");
+        // A tile in demand (asked for five times: no newcomer's count reaches its by chance).
+        for _ in 0..4 {
+            assert_eq!(status(&first), "HIT");
+        }
         assert_eq!(declined(), 0.0);
         // 200 tiles of 16 KB for 2 MiB: the tier fills up, the tiles past it are declined.
         for i in 0..200 {

@@ -55,6 +55,12 @@ pub struct DiskTier {
     pub corrupt: AtomicU64,
 }
 
+/// What a file of `len` bytes takes of the budget: the blocks it fills (a file system gives
+/// each file whole blocks, 4 KiB on most; a tile of 300 bytes takes one).
+fn on_disk(len: u64) -> u64 {
+    len.max(1).next_multiple_of(4096)
+}
+
 fn hex(key: &HashBinary) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -205,7 +211,7 @@ impl DiskTier {
                     .ok()
                     .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
                     .map_or(0, |d| d.as_secs());
-                found.push((key, md.len(), used));
+                found.push((key, on_disk(md.len()), used));
             }
         }
         if made_now && !found.is_empty() {
@@ -365,7 +371,7 @@ impl DiskTier {
             std::fs::rename(&tmp, &path).inspect_err(|_| {
                 let _ = std::fs::remove_file(&tmp);
             })?;
-            let size = bytes.len() as u64;
+            let size = on_disk(bytes.len() as u64);
             let t = self.clock.fetch_add(1, Ordering::Relaxed);
             // One step, so a write of the same tile at once cannot count it twice.
             let replaced = index.insert(key, Entry { size, last_used: t });
@@ -483,7 +489,7 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let size = std::fs::metadata(tier.path(&key)).unwrap().len();
+        let size = on_disk(std::fs::metadata(tier.path(&key)).unwrap().len());
         let counted = (
             tier.stored_objects.load(Ordering::Relaxed),
             tier.stored_bytes.load(Ordering::Relaxed),
