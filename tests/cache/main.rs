@@ -69,6 +69,22 @@ fn start(up: &PyUpstream, cache_action: &str, args: &[&str]) -> (ConfigDir, Gate
     start_config(&config(up, cache_action), args)
 }
 
+/// A config of one api endpoint (`endpoint`: its name and definition) whose pipeline runs
+/// `steps` (each `name: [steps]`), proxying to `up`.
+fn pipeline_config(up: &PyUpstream, endpoint: &str, steps: &[&str]) -> String {
+    let name = endpoint.split(':').next().unwrap_or("tiles");
+    let policies: Vec<&str> = steps
+        .iter()
+        .map(|s| s.split(':').next().unwrap_or(""))
+        .collect();
+    let steps: String = steps.iter().map(|s| format!("      - {s}\n")).collect();
+    format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  {endpoint}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [{policies}]\npipelines:\n  {name}:\n    apiEndpoints: [{name}]\n    policies:\n{steps}",
+        up = up.url(""),
+        policies = policies.join(", "),
+    )
+}
+
 /// The gateway with `gateway_yml` and the consumers of [`consumers_file`].
 fn start_config(gateway_yml: &str, args: &[&str]) -> (ConfigDir, GatewayProcess) {
     let dir = ConfigDir::new(gateway_yml);
@@ -282,24 +298,15 @@ fn upstream_saw_headers(r: &Response) -> serde_json::Map<String, serde_json::Val
 fn a_fill_sends_no_header_that_carries_credentials() {
     let up = PyUpstream::start("tiles", 5.0);
     // Consumers present their key in a header of the config's choosing.
-    let yml = format!(
-        r#"http: {{port: ${{PORT}}}}
-admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
-apiEndpoints:
-  tiles: {{paths: ['/tiles/*'], scopes: [tiles]}}
-serviceEndpoints:
-  up: {{url: '{up}'}}
-policies: [key-auth, scopes, cache, proxy]
-pipelines:
-  tiles:
-    apiEndpoints: [tiles]
-    policies:
-      - key-auth: [{{action: {{apiKeyHeader: X-Api-Key}}}}]
-      - scopes:
-      - cache: [{{action: {{ttl: 60}}}}]
-      - proxy: [{{action: {{serviceEndpoint: up}}}}]
-"#,
-        up = up.url("")
+    let yml = pipeline_config(
+        &up,
+        "tiles: {paths: ['/tiles/*'], scopes: [tiles]}",
+        &[
+            "key-auth: [{action: {apiKeyHeader: X-Api-Key}}]",
+            "scopes:",
+            "cache: [{action: {ttl: 60}}]",
+            "proxy: [{action: {serviceEndpoint: up}}]",
+        ],
     );
     let (_dir, gw) = start_config(&yml, &[]);
     let path = "/tiles/creds.png?echo=headers";
@@ -365,25 +372,16 @@ fn a_header_a_step_sends_upstream_is_part_of_the_key_wherever_the_cache_step_sta
     let up = PyUpstream::start("tiles", 5.0);
     // A step after `cache` sends each consumer's id upstream: the answer may be the
     // consumer's own, so each consumer has a copy of their own.
-    let yml = format!(
-        r#"http: {{port: ${{PORT}}}}
-admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
-apiEndpoints:
-  tiles: {{paths: ['/tiles/*'], scopes: [tiles]}}
-serviceEndpoints:
-  up: {{url: '{up}'}}
-policies: [key-auth, scopes, cache, headers, proxy]
-pipelines:
-  tiles:
-    apiEndpoints: [tiles]
-    policies:
-      - key-auth:
-      - scopes:
-      - cache: [{{action: {{ttl: 60}}}}]
-      - headers: [{{action: {{headersPrefix: 'x-', forwardHeaders: {{tenant: 'consumer.id'}}}}}}]
-      - proxy: [{{action: {{serviceEndpoint: up}}}}]
-"#,
-        up = up.url("")
+    let yml = pipeline_config(
+        &up,
+        "tiles: {paths: ['/tiles/*'], scopes: [tiles]}",
+        &[
+            "key-auth:",
+            "scopes:",
+            "cache: [{action: {ttl: 60}}]",
+            "headers: [{action: {headersPrefix: 'x-', forwardHeaders: {tenant: 'consumer.id'}}}]",
+            "proxy: [{action: {serviceEndpoint: up}}]",
+        ],
     );
     let (_dir, gw) = start_config(&yml, &[]);
     let path = "/tiles/tenant.png?echo=headers";

@@ -503,22 +503,13 @@ fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
 #[test]
 fn a_purge_of_a_tile_cached_by_the_clients_host_names_the_host() {
     let up = PyUpstream::start("tiles", 5.0);
-    let yml = format!(
-        r#"http: {{port: ${{PORT}}}}
-admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
-apiEndpoints:
-  open: {{paths: ['/open/*']}}
-serviceEndpoints:
-  up: {{url: '{up}'}}
-policies: [cache, proxy]
-pipelines:
-  open:
-    apiEndpoints: [open]
-    policies:
-      - cache: [{{action: {{ttl: 600}}}}]
-      - proxy: [{{action: {{serviceEndpoint: up, changeOrigin: false}}}}]
-"#,
-        up = up.url("")
+    let yml = pipeline_config(
+        &up,
+        "open: {paths: ['/open/*']}",
+        &[
+            "cache: [{action: {ttl: 600}}]",
+            "proxy: [{action: {serviceEndpoint: up, changeOrigin: false}}]",
+        ],
     );
     let (_dir, gw) = start_config(&yml, &[]);
     let path = "/open/hosted.png";
