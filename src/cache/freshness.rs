@@ -89,21 +89,19 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
             .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
     };
     let no_cache = cc.as_ref().is_some_and(|cc| cc.no_cache());
-    let ttl = if no_cache {
+    // What is left of the lifetime is clamped by the step. (The stored time stays the fetch's
+    // own: Pingora takes it for when the object was admitted, which a `Vary` tile's variants
+    // are checked against.)
+    let left = if no_cache {
         Duration::ZERO
     } else {
-        relative
-            .or(until_expires)
-            .unwrap_or(rule.ttl)
-            .clamp(rule.min_ttl, rule.max_ttl)
-    };
-    // Past the lifetime the age only says the response is stale: it is not counted further.
-    // (The stored time stays the fetch's own: Pingora takes it for when the object was
-    // admitted, which a `Vary` tile's variants are checked against.)
-    let age = upstream_age(resp).min(ttl);
-    let left = match until_expires {
-        Some(_) => ttl,
-        None => ttl - age,
+        match until_expires {
+            Some(left) => left,
+            None => relative
+                .unwrap_or(rule.ttl)
+                .saturating_sub(upstream_age(resp)),
+        }
+        .clamp(rule.min_ttl, rule.max_ttl)
     };
     let fresh_until = if left.is_zero() {
         now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
@@ -245,7 +243,15 @@ mod tests {
             "the step's too"
         );
         let f = judged(&[("cache-control", "max-age=60"), ("age", "100")]);
-        assert!(f.fresh_until < SystemTime::now(), "older than its lifetime");
+        assert!(
+            (9..=10).contains(&secs(f.fresh_until, now)),
+            "what is left, clamped"
+        );
+        let f = judged(&[("cache-control", "max-age=99999"), ("age", "100")]);
+        assert!(
+            (3599..=3600).contains(&secs(f.fresh_until, now)),
+            "clamped down"
+        );
         let expires = httpdate::fmt_http_date(now + Duration::from_secs(200));
         let f = judged(&[("expires", &expires), ("age", "100")]);
         assert!(

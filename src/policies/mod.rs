@@ -216,7 +216,6 @@ pub fn params<T: DeserializeOwned>(
     }
 }
 
-/// The position of a parameter of an action, or the step's own when absent.
 /// A `statusCode` the gateway answers with must be a final one (200–599): an informational
 /// status would leave the client waiting for the answer after it.
 pub fn final_status(
@@ -236,6 +235,7 @@ pub fn final_status(
     None
 }
 
+/// The position of a parameter of an action, or the step's own when absent.
 pub fn param_pos<'a>(action: Option<&'a Node>, key: &str, fallback: &'a Pos) -> &'a Pos {
     action.and_then(|a| a.get(key)).map_or(fallback, |n| &n.pos)
 }

@@ -44,9 +44,8 @@ pub struct DiskTier {
     dir: PathBuf,
     budget: u64,
     index: Mutex<HashMap<HashBinary, Entry>>,
-    /// Purges so far, the whole store's (counted under the index's lock): a write begun before
-    /// one puts nothing back.
-    purges: std::sync::Arc<AtomicU64>,
+    /// The whole store's purges: a write begun before or during one puts nothing back.
+    purges: std::sync::Arc<super::Purges>,
     clock: AtomicU64,
     io: Semaphore,
     pub stored_bytes: AtomicU64,
@@ -183,7 +182,7 @@ impl DiskTier {
             dir: dir.to_path_buf(),
             budget,
             index: Mutex::new(HashMap::new()),
-            purges: std::sync::Arc::new(AtomicU64::new(0)),
+            purges: Default::default(),
             clock: AtomicU64::new(0),
             io: Semaphore::new(MAX_IO),
             stored_bytes: AtomicU64::new(0),
@@ -303,11 +302,9 @@ impl DiskTier {
     }
 
     fn unindex(&self, key: &HashBinary) -> bool {
-        let removed = self
-            .index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        // Counted under the lock, as a write counts: the gauges never go below zero.
+        let removed = index.remove(key);
         if let Some(e) = &removed {
             self.stored_bytes.fetch_sub(e.size, Ordering::Relaxed);
             self.stored_objects.fetch_sub(1, Ordering::Relaxed);
@@ -315,20 +312,9 @@ impl DiskTier {
         removed.is_some()
     }
 
-    /// The count of purges the store shares with this tier (see [`super::TileStore::epoch`]).
-    pub fn purges(&self) -> std::sync::Arc<AtomicU64> {
+    /// The purges the store shares with this tier (see [`super::TileStore::epoch`]).
+    pub fn purges(&self) -> std::sync::Arc<super::Purges> {
         self.purges.clone()
-    }
-
-    fn purged_since(&self, seen: u64) -> bool {
-        self.purges.load(Ordering::Acquire) != seen
-    }
-
-    /// Counts a purge, under the index's lock: a write puts its file in place wholly before or
-    /// wholly after it.
-    pub fn begin_purge(&self) {
-        let _index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        self.purges.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Writes an object in the background: the response does not wait for the disk. `seen`:
@@ -360,11 +346,10 @@ impl DiskTier {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             drop(f);
-            // Put in place and indexed in one step under the index's lock, which a purge takes
-            // too: it comes wholly before or wholly after.
-            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            if self.purged_since(seen) {
-                drop(index);
+            // Put in place and indexed while a purge cannot begin (the purges' own lock, not the
+            // index's, which requests take): it comes wholly before or wholly after.
+            let _order = self.purges.order();
+            if self.purges.since(seen) {
                 let _ = std::fs::remove_file(&tmp);
                 return Ok(None);
             }
@@ -373,9 +358,10 @@ impl DiskTier {
             })?;
             let size = on_disk(bytes.len() as u64);
             let t = self.clock.fetch_add(1, Ordering::Relaxed);
-            // One step, so a write of the same tile at once cannot count it twice.
+            // One step, counted with it, so a write of the same tile at once cannot count it
+            // twice, nor a removal of it count before it.
+            let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
             let replaced = index.insert(key, Entry { size, last_used: t });
-            drop(index);
             self.count_put(size, replaced);
             Ok(Some(()))
         })();
@@ -398,7 +384,7 @@ impl DiskTier {
         };
     }
 
-    /// Removes a purged object (after [`Self::begin_purge`]).
+    /// Removes a purged object (while the store's purge is under way).
     pub async fn remove(&'static self, key: &HashBinary) -> bool {
         let known = self.unindex(key);
         let path = self.path(key);
@@ -452,13 +438,13 @@ mod tests {
             .expect("runtime");
         let key = [5u8; 16];
         let obj = crate::cache::store::memory::tests::object(key, 3000);
-        let seen = tier.purges.load(Ordering::Acquire);
-        tier.begin_purge();
+        let seen = tier.purges.epoch();
+        drop(tier.purges.begin());
         rt.block_on(tier.remove(&[6u8; 16]));
         tier.write(&obj, seen);
         assert!(!tier.contains(&key) && !tier.path(&key).exists());
         assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 0);
-        tier.write(&obj, tier.purges.load(Ordering::Acquire));
+        tier.write(&obj, tier.purges.epoch());
         assert!(tier.contains(&key) && tier.path(&key).exists());
         assert_eq!(
             std::fs::read_dir(dir.join("tmp")).unwrap().count(),
@@ -481,7 +467,7 @@ mod tests {
                 let obj = obj.clone();
                 std::thread::spawn(move || {
                     for _ in 0..300 {
-                        tier.write(&obj, tier.purges.load(Ordering::Acquire));
+                        tier.write(&obj, tier.purges.epoch());
                     }
                 })
             })

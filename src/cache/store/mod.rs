@@ -119,9 +119,61 @@ impl Object {
 pub struct TileStore {
     pub memory: MemoryTier,
     pub disk: Option<DiskTier>,
-    /// Purges so far (the disk tier's count, when there is one): what a fetch, a disk read or
-    /// a revalidation begun before a purge would store is not stored.
-    purges: std::sync::Arc<AtomicU64>,
+    /// Purges (shared with the disk tier): what a fetch, a disk read or a revalidation begun
+    /// before or during a purge would store is not stored.
+    purges: Arc<Purges>,
+}
+
+/// The store's purges, as a count each side of them: work that began when no purge was under
+/// way stores its object only if none began since.
+#[derive(Default)]
+pub struct Purges {
+    begun: AtomicU64,
+    ended: AtomicU64,
+    /// Orders a purge's start with the disk tier putting a file in place.
+    order: std::sync::Mutex<()>,
+}
+
+/// [`Purges::epoch`] while a purge is under way.
+const PURGING: u64 = u64::MAX;
+
+impl Purges {
+    /// Taken when work that will store begins: the purges begun so far, or [`PURGING`].
+    pub fn epoch(&self) -> u64 {
+        // Ended first: equal counts mean no purge was under way when the begun one was read.
+        let ended = self.ended.load(Ordering::Acquire);
+        let begun = self.begun.load(Ordering::Acquire);
+        if begun == ended {
+            begun
+        } else {
+            PURGING
+        }
+    }
+
+    /// Whether what work begun at `seen` would store must not be stored now.
+    pub fn since(&self, seen: u64) -> bool {
+        seen == PURGING || self.begun.load(Ordering::Acquire) != seen
+    }
+
+    /// Held while the disk tier puts a file in place: a purge begins wholly before or after.
+    pub fn order(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.order.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Begins a purge; it ends when the guard is dropped (also when its task is cancelled).
+    fn begin(&self) -> PurgeUnderWay<'_> {
+        let _order = self.order();
+        self.begun.fetch_add(1, Ordering::AcqRel);
+        PurgeUnderWay(self)
+    }
+}
+
+struct PurgeUnderWay<'a>(&'a Purges);
+
+impl Drop for PurgeUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.ended.fetch_add(1, Ordering::AcqRel);
+    }
 }
 
 /// The most a fill reserves ahead from a declared length.
@@ -174,20 +226,20 @@ impl TileStore {
         }
     }
 
-    /// The count of purges: taken when a fetch begins, for [`Self::filling`].
+    /// Taken when a fetch begins, for [`Self::filling`] (see [`Purges::epoch`]).
     pub fn epoch(&self) -> u64 {
-        self.purges.load(Ordering::Acquire)
+        self.purges.epoch()
     }
 
-    /// Puts an object in memory unless a purge came after `seen`; whether it is there.
+    /// Puts an object in memory unless a purge began after `seen`; whether it is there.
     fn keep_in_memory(&self, obj: Arc<Object>, seen: u64) -> bool {
-        if self.epoch() != seen {
+        if self.purges.since(seen) {
             return false;
         }
         let key = obj.key;
         self.memory.put(obj);
         // A purge between the look and the put: taken out again.
-        if self.epoch() != seen {
+        if self.purges.since(seen) {
             self.memory.remove(&key);
             return false;
         }
@@ -305,13 +357,9 @@ impl Storage for TileStore {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let k = target.key().combined_bin();
-        // Counted first: what is being fetched, read or revalidated now is not kept.
-        match &self.disk {
-            Some(d) => d.begin_purge(),
-            None => {
-                self.purges.fetch_add(1, Ordering::AcqRel);
-            }
-        }
+        // Begun first: what is being fetched, read or revalidated now, or begins before the
+        // purge ends, is not kept.
+        let _under_way = self.purges.begin();
         let in_memory = self.memory.remove(&k);
         let on_disk = match &self.disk {
             Some(d) => d.remove(&k).await,
