@@ -259,21 +259,16 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
     // A client never speaks for the gateway about who the consumer is.
     upstream.remove_header(&EG_CONSUMER_ID);
     if filling {
-        match &x.cache {
-            // One pass over the request's few headers (most tile requests carry none of these).
-            Some(u)
-                if upstream
-                    .headers
-                    .keys()
-                    .any(|n| u.rule.secret_headers.contains(n)) =>
-            {
-                for name in &u.rule.secret_headers {
-                    upstream.remove_header(name);
-                }
-            }
-            Some(_) => {}
-            None => {
-                upstream.remove_header(&http::header::AUTHORIZATION);
+        let secret = x
+            .cache
+            .as_ref()
+            .map_or(&[http::header::AUTHORIZATION][..], |u| {
+                &u.rule.secret_headers[..]
+            });
+        // One pass over the request's few headers first: most tile requests carry none.
+        if upstream.headers.keys().any(|n| secret.contains(n)) {
+            for name in secret {
+                upstream.remove_header(name);
             }
         }
     }

@@ -79,8 +79,7 @@ impl Gateway {
         } = loaded;
         let service_endpoints = build_service_endpoints(&gw, &shared.upstreams, &mut errors);
         check_declared_policies(&gw, &mut errors);
-        let secret_query_params = secret_query_params(&gw);
-        let secret_headers = secret_headers(&gw);
+        let (secret_query_params, secret_headers) = secrets(&gw);
         let cx = BuildContext {
             secret_query_params: &secret_query_params,
             secret_headers: &secret_headers,
@@ -386,54 +385,39 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
     Router::new(hosts, routes)
 }
 
-/// A text parameter of a step's action.
-fn step_field(step: &crate::config::gateway_file::StepDef, k: &str) -> Option<String> {
-    step.action
-        .as_ref()
-        .and_then(|a| a.get(k))
-        .and_then(|n| n.as_str())
-        .map(str::to_string)
-}
-
-/// `jwt`, `apiKey`, and the query parameters the config's key-auth and jwt steps read.
-fn secret_query_params(gw: &GatewayFile) -> Vec<String> {
+/// Where a config's consumers carry credentials: the query parameters (`jwt`, `apiKey`, and
+/// those its key-auth and jwt steps read) and the request headers (`Authorization`,
+/// `Proxy-Authorization`, `Cookie`, and those its key-auth and jwt steps read). Kept out of
+/// cache keys and the access log; a cache fill, made for every consumer, sends none of them.
+fn secrets(gw: &GatewayFile) -> (Vec<String>, Vec<http::HeaderName>) {
+    use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
     let mut params = vec!["jwt".to_string(), "apiKey".to_string()];
+    let mut headers = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
     for step in gw.pipelines.iter().flat_map(|p| p.steps.iter()) {
-        let field = |k: &str| step_field(step, k);
-        let extra = match step.policy.as_str() {
-            "key-auth" => field("apiKeyField"),
-            "jwt" if field("jwtExtractor").as_deref() == Some("query") => {
-                field("jwtExtractorField")
-            }
-            _ => None,
+        let field = |k: &str| {
+            step.action
+                .as_ref()
+                .and_then(|a| a.get(k))
+                .and_then(|n| n.as_str())
+                .map(str::to_string)
         };
-        if let Some(p) = extra.filter(|p| !params.contains(p)) {
+        let (param, header) = match step.policy.as_str() {
+            "key-auth" => (field("apiKeyField"), field("apiKeyHeader")),
+            "jwt" => match field("jwtExtractor").as_deref() {
+                Some("query") => (field("jwtExtractorField"), None),
+                Some("header") => (None, field("jwtExtractorField")),
+                _ => (None, None),
+            },
+            _ => (None, None),
+        };
+        if let Some(p) = param.filter(|p| !params.contains(p)) {
             params.push(p);
         }
-    }
-    params
-}
-
-/// The request headers that carry credentials: `Authorization`, `Proxy-Authorization`,
-/// `Cookie`, and those the config's key-auth and jwt steps read (a cache fill, made for every
-/// consumer, sends none of them).
-fn secret_headers(gw: &GatewayFile) -> Vec<http::HeaderName> {
-    use http::header::{AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
-    let mut names = vec![AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE];
-    for step in gw.pipelines.iter().flat_map(|p| p.steps.iter()) {
-        let field = |k: &str| step_field(step, k);
-        let extra = match step.policy.as_str() {
-            "key-auth" => field("apiKeyHeader"),
-            "jwt" if field("jwtExtractor").as_deref() == Some("header") => {
-                field("jwtExtractorField")
-            }
-            _ => None,
-        };
         // A name that is no header name is reported by its step.
-        let name = extra.and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok());
-        if let Some(n) = name.filter(|n| !names.contains(n)) {
-            names.push(n);
+        let header = header.and_then(|n| http::HeaderName::from_bytes(n.as_bytes()).ok());
+        if let Some(h) = header.filter(|h| !headers.contains(h)) {
+            headers.push(h);
         }
     }
-    names
+    (params, headers)
 }

@@ -320,8 +320,8 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
     let Some(u) = &x.cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
-    // Asked for before a purge: the answer may be what the purge was for.
-    if get().is_some_and(|c| c.store.epoch() != u.epoch) {
+    // Asked for before or during a purge: the answer may be what the purge was for.
+    if get().is_some_and(|c| c.store.purged_since(u.epoch)) {
         return RespCacheable::Uncacheable(NoCacheReason::Custom(PURGED));
     }
     // A miss (not a refresh of a stored tile) is counted, and stored only from the step's

@@ -231,6 +231,12 @@ impl TileStore {
         self.purges.epoch()
     }
 
+    /// Whether work begun at `seen` ([`Self::epoch`]) must store nothing: a purge was under way
+    /// then, or began since.
+    pub fn purged_since(&self, seen: u64) -> bool {
+        self.purges.since(seen)
+    }
+
     /// Puts an object in memory unless a purge began after `seen`; whether it is there.
     fn keep_in_memory(&self, obj: Arc<Object>, seen: u64) -> bool {
         if self.purges.since(seen) {
