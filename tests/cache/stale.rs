@@ -3,14 +3,15 @@
 
 use super::*;
 
+/// Tiles stale after a second, with the step's stale windows; `status=` picks the upstream's
+/// answer without changing the key.
+const STALE_WINDOWS: &str =
+    "{ttl: 1, staleWhileRevalidate: 30, staleIfError: 300, ignoreParams: [status]}";
+
 #[test]
 fn stale_while_revalidate_and_stale_if_error() {
     let mut up = PyUpstream::start("tiles", 5.0);
-    let (_dir, gw) = start(
-        &up,
-        "{ttl: 1, staleWhileRevalidate: 30, staleIfError: 300, ignoreParams: [status]}",
-        &[],
-    );
+    let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
     let open = |path: &str| get(gw.port, "GET", path, &[]);
     // Stale within stale-while-revalidate: answered at once, refreshed in the background.
     let slow = "/open/slow/800/swr.png";
@@ -233,11 +234,7 @@ fn requests_during_a_slow_refresh_get_the_stale_tile_at_once() {
 #[test]
 fn a_tile_the_upstream_forbids_serving_stale_is_never_served_stale() {
     let mut up = PyUpstream::start("tiles", 5.0);
-    let (_dir, gw) = start(
-        &up,
-        "{ttl: 1, staleWhileRevalidate: 30, staleIfError: 300, ignoreParams: [status]}",
-        &[],
-    );
+    let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
     let open = |path: &str| get(gw.port, "GET", path, &[]);
     // The step's windows are for tiles that allow it: not for these (RFC 9111 §4.2.4).
     let tiles = [
