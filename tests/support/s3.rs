@@ -52,22 +52,40 @@ impl S3Server {
     pub fn start(buckets: &[&str]) -> S3Server {
         let bin = binary();
         assert!(bin.is_file(), "moto is not installed at {}: run scripts/install-test-servers.sh (scripts/test.sh does)", bin.display());
-        let port = free_port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server");
-        let start = Instant::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "moto did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // A port another test's server took between `free_port` and moto's bind makes this one
+        // exit while the other answers: started again on another port.
+        let (port, child) = (0..5)
+            .find_map(|_| {
+                let port = free_port();
+                let mut child = Command::new(&bin)
+                    .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                    .env("INITIAL_NO_AUTH_ACTION_COUNT", "3")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("moto_server");
+                let start = Instant::now();
+                loop {
+                    if child.try_wait().ok().flatten().is_some() {
+                        return None;
+                    }
+                    if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                        // Ours, still running, answers.
+                        return child
+                            .try_wait()
+                            .ok()
+                            .flatten()
+                            .is_none()
+                            .then_some((port, child));
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(30),
+                        "moto did not start"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            })
+            .expect("moto started on a free port");
         // The three unauthenticated calls: IAM is chosen by the signature's scope.
         let iam = |query: &str| {
             raw(
