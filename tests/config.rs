@@ -156,6 +156,36 @@ fn cache_step_values_out_of_range_are_errors_with_their_position() {
 }
 
 #[test]
+fn a_cache_step_stores_only_statuses_that_answer_the_next_request() {
+    let dir = ConfigDir::new(
+        "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints: {s: {url: 'http://127.0.0.1:1'}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {statuses: [200, 304]}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  q:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {statuses: [103]}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  r:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {statuses: [206]}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  t:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {statuses: [600]}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    for (line, reason) in [
+        (
+            9,
+            "`statuses`: 304 answers one request only, it cannot be stored",
+        ),
+        (
+            14,
+            "`statuses`: 103 answers one request only, it cannot be stored",
+        ),
+        (
+            19,
+            "`statuses`: 206 answers one request only, it cannot be stored",
+        ),
+        (24, "`statuses`: 600 is not an HTTP status"),
+    ] {
+        assert!(
+            err.lines()
+                .any(|l| l.starts_with(&format!("{file}:{line}:")) && l.contains(reason)),
+            "no `{reason}` at line {line} in:\n{err}"
+        );
+    }
+}
+
+#[test]
 fn a_status_the_gateway_answers_with_must_be_a_final_one() {
     let dir = ConfigDir::new(
         "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [terminate, rate-limit]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - rate-limit: [{action: {max: 1, statusCode: 100}}]\n      - terminate: [{action: {statusCode: 101}}]\n",

@@ -130,8 +130,18 @@ impl Cache {
                 p.min_ttl, p.max_ttl
             ));
         }
-        if let Some(s) = p.statuses.iter().find(|s| !(100..600).contains(*s)) {
-            return Err(format!("`statuses`: {s} is not an HTTP status"));
+        for s in &p.statuses {
+            match s {
+                200..=599 if ![206, 304].contains(s) => {}
+                100..=199 | 206 | 304 => {
+                    // An interim answer, a part of a body or an answer to a condition: none
+                    // of them answers the next request for the tile.
+                    return Err(format!(
+                        "`statuses`: {s} answers one request only, it cannot be stored"
+                    ));
+                }
+                _ => return Err(format!("`statuses`: {s} is not an HTTP status")),
+            }
         }
         if !(p.lock_timeout.is_finite() && p.lock_timeout >= 0.0 && p.lock_timeout <= 600.0) {
             return Err("`lockTimeout` must be between 0 and 600 seconds".into());

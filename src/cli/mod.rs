@@ -190,7 +190,7 @@ pub struct ServeArgs {
     /// Seconds between two writes of a response to a client that does not read it.
     #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60", value_parser = seconds)]
     pub send_timeout: Duration,
-    /// The tile cache's memory budget (bytes; `k`, `M`, `G` suffixes, `KiB`... too).
+    /// The tile cache's memory budget (bytes; `k`, `M`, `G`, `T` suffixes, `KiB`... too).
     #[arg(long, env = "TOLLGATE_CACHE_MEMORY", default_value = "256MiB", value_parser = size)]
     pub cache_memory: u64,
     /// A directory for the tile cache's disk tier (none: memory only).
@@ -224,8 +224,8 @@ pub struct ServeArgs {
     pub fast_path: String,
 }
 
-/// A size in bytes: `1048576`, `512k`, `256M`, `1G` (powers of 1000 with `kB`/`MB`/`GB`,
-/// of 1024 with `k`/`M`/`G` or `KiB`/`MiB`/`GiB`).
+/// A size in bytes: `1048576`, `512k`, `256M`, `1G`, `2T` (powers of 1000 with `kB`/`MB`/`GB`/`TB`,
+/// of 1024 with `k`/`M`/`G`/`T` or `KiB`/`MiB`/`GiB`/`TiB`).
 pub fn size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t
@@ -234,15 +234,17 @@ pub fn size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a size (bytes, or with k, M, G)"))?;
+        .map_err(|_| format!("`{s}` is not a size (bytes, or with k, M, G, T)"))?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kib" => 1 << 10,
         "m" | "mib" => 1 << 20,
         "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
         "kb" => 1_000,
         "mb" => 1_000_000,
         "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
         _ => return Err(format!("`{s}`: unknown size unit `{unit}`")),
     };
     let bytes = n * mult as f64;
@@ -471,5 +473,29 @@ fn check(dirs: &ConfigDirs) -> i32 {
             eprintln!("{errors}");
             2
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::size;
+
+    #[test]
+    fn sizes_take_binary_and_decimal_units_up_to_terabytes() {
+        for (s, bytes) in [
+            ("1048576", 1 << 20),
+            ("512k", 512 << 10),
+            ("256MiB", 256 << 20),
+            ("1.5G", 3 << 29),
+            ("2T", 2 << 40),
+            ("1TiB", 1 << 40),
+            ("3TB", 3_000_000_000_000),
+            ("10 kB", 10_000),
+        ] {
+            assert_eq!(size(s), Ok(bytes), "{s}");
+        }
+        assert!(size("1P").unwrap_err().contains("unknown size unit `P`"));
+        assert!(size("lots").unwrap_err().contains("is not a size"));
+        assert!(size("999999999T").unwrap_err().contains("out of range"));
     }
 }
