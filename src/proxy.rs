@@ -294,15 +294,16 @@ impl ProxyHttp for Tollgate {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         }
         if let Some(plan) = &ctx.x.proxy {
-            crate::upstream::attempt::answered(plan, _upstream_response.status.as_u16());
+            crate::upstream::attempt::answered(plan, upstream_response.status.as_u16());
         }
+        crate::cache::upstream_answered(&mut ctx.x, upstream_response);
         Ok(())
     }
 
@@ -317,6 +318,7 @@ impl ProxyHttp for Tollgate {
                 crate::cache::X_CACHE_STATUS.clone(),
                 crate::cache::status(session, &ctx.x),
             )?;
+            crate::cache::add_upstream_age(session, upstream_response);
         }
         if let Some(c) = &mut ctx.compression {
             let no_body = session.req_header().method == http::Method::HEAD

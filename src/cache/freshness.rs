@@ -10,7 +10,7 @@ use pingora_cache::{CacheMeta, NoCacheReason, RespCacheable};
 use pingora_http::ResponseHeader;
 
 use super::policy::CacheRule;
-use super::store::head::StoredHead;
+use super::store::head::{age_of, StoredHead};
 
 /// Request headers that carry credentials or a consumer's identity: a response varying on
 /// them is one consumer's.
@@ -99,7 +99,7 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
             Some(left) => left,
             None => relative
                 .unwrap_or(rule.ttl)
-                .saturating_sub(upstream_age(resp)),
+                .saturating_sub(Duration::from_secs(age_of(resp))),
         }
         .clamp(rule.min_ttl, rule.max_ttl)
     };
@@ -141,15 +141,6 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
         stale_while_revalidate: swr,
         stale_if_error: sie,
     })
-}
-
-/// The `Age` the upstream gave a response (none, or one that is no number of seconds: zero).
-fn upstream_age(resp: &ResponseHeader) -> Duration {
-    resp.headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs)
 }
 
 /// Whether a stored response must be revalidated before each use (`no-cache`,

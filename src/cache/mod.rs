@@ -339,6 +339,16 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
             return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
         }
     }
+    // A revalidation's head is the stored one with the 304's fields: its age is the 304's,
+    // not the one the stored response came with.
+    let merged;
+    let resp = match u.validated_age {
+        Some(age) if session.cache.phase() == CachePhase::Stale => {
+            merged = with_age(resp, age);
+            &merged
+        }
+        _ => resp,
+    };
     let verdict = freshness::decide(resp, &u.rule);
     match miss {
         Some((cache, hash))
@@ -348,6 +358,46 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
             RespCacheable::Uncacheable(NoCacheReason::Custom(DECLINED))
         }
         _ => verdict,
+    }
+}
+
+/// `resp` with `Age: age` (none for 0).
+fn with_age(resp: &ResponseHeader, age: u64) -> ResponseHeader {
+    let mut resp = resp.clone();
+    resp.remove_header(&http::header::AGE);
+    if age > 0 {
+        // A number is a valid value.
+        let _ = resp.insert_header(http::header::AGE, age);
+    }
+    resp
+}
+
+/// Notes what the upstream answered a request that went through a `cache` step (a
+/// revalidation's `304` and its `Age`).
+pub fn upstream_answered(x: &mut Exchange, resp: &ResponseHeader) {
+    if let Some(u) = &mut x.cache {
+        if resp.status == http::StatusCode::NOT_MODIFIED {
+            u.validated_age = Some(store::head::age_of(resp));
+        }
+    }
+}
+
+/// A hit served by Pingora's cache phases says how long it has been stored; the age the
+/// upstream gave the response (a cache before it) is added, as a hit on the fast path says.
+pub fn add_upstream_age(session: &Session, resp: &mut ResponseHeader) {
+    if !matches!(
+        session.cache.phase(),
+        CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
+    ) {
+        return;
+    }
+    let Some(meta) = session.cache.maybe_cache_meta() else {
+        return;
+    };
+    let given = store::head::age_of(meta.response_header());
+    if given > 0 {
+        let age = given.saturating_add(store::head::age_of(resp));
+        let _ = resp.insert_header(http::header::AGE, age);
     }
 }
 

@@ -407,6 +407,51 @@ fn a_header_a_step_sends_upstream_is_part_of_the_key_wherever_the_cache_step_sta
 }
 
 #[test]
+fn a_hits_age_counts_from_the_age_the_upstream_gave_and_a_revalidation_starts_it_again() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let open = |headers: &[(&str, &str)]| {
+        // Fresh for 100 s, of which a cache before the upstream used 98 (its first answer
+        // only: the 304 that revalidates it has no Age).
+        let r = get(
+            gw.port,
+            "GET",
+            "/open/aged?cc=max-age%3D100&first=Age:98&header=ETag:%22a1%22",
+            headers,
+        );
+        let age = r.header("age").map(|a| a.parse::<u64>().expect("a number"));
+        (r.status, cache_status(&r).to_string(), age)
+    };
+    let miss = open(&[]);
+    assert_eq!(miss, (200, "MISS".into(), Some(98)));
+    // On the fast path, and through Pingora's cache phases (a conditional request that does
+    // not match): the upstream's 98 s and the seconds it has been stored.
+    for (how, headers) in [
+        ("fast path", &[][..]),
+        ("cache phases", &[("If-None-Match", "\"other\"")][..]),
+    ] {
+        let (status, cache, age) = open(headers);
+        assert_eq!((status, cache.as_str()), (200, "HIT"), "{how}");
+        assert!(matches!(age, Some(98..=99)), "{how}: Age {age:?}");
+    }
+    // Two seconds on it is stale: revalidated, its age is the 304's (none), and it is fresh
+    // for the 100 s the upstream gives it now.
+    std::thread::sleep(Duration::from_millis(2600));
+    let (_, cache, age) = open(&[]);
+    assert_eq!(cache, "REVALIDATED");
+    assert!(age.unwrap_or(0) <= 1, "revalidated: Age {age:?}");
+    std::thread::sleep(Duration::from_millis(1200));
+    let (_, cache, age) = open(&[]);
+    assert_eq!(cache, "HIT");
+    assert!(matches!(age, Some(1..=2)), "a hit after it: Age {age:?}");
+    assert_eq!(up.not_modified(), 1);
+}
+
+#[test]
 fn http_caching_rules() {
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(

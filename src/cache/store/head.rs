@@ -17,9 +17,10 @@ use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{HeaderNameVariant, ResponseHeader};
 
 /// Headers a stored head never keeps: the upstream connection's own (RFC 9110 §7.6.1; with
-/// `connection` skipped, the headers its `Connection` names go too) and the age it gave.
-pub const NOT_STORED: [&str; 8] =
-    crate::wire::concat(crate::wire::HOP_BY_HOP, ["transfer-encoding", "age"]);
+/// `connection` skipped, the headers its `Connection` names go too). The `Age` the upstream
+/// gave is kept with those a hit gets per response: a hit's own `Age` counts from it.
+pub const NOT_STORED: [&str; 7] =
+    crate::wire::concat(crate::wire::HOP_BY_HOP, ["transfer-encoding"]);
 
 /// Headers a hit's head gets per response, never from the stored head.
 const PER_RESPONSE: [&[u8]; 6] = [
@@ -40,6 +41,9 @@ pub struct StoredHead {
     shared: usize,
     content_length: Option<usize>,
     varies: bool,
+    /// The `Age` the upstream gave the response (a cache before it), in seconds: 0 without
+    /// one (or with one that is not a number).
+    age: u64,
     /// One bit per header name (by [`name_bit`]): most names a hit asks about are not there.
     names: u64,
     parsed: OnceLock<ResponseHeader>,
@@ -76,6 +80,17 @@ const PER_RESPONSE_BITS: u64 = {
     bits
 };
 const ACCEPT_RANGES_BIT: u64 = name_bit(b"accept-ranges");
+const AGE_BIT: u64 = name_bit(b"age");
+
+/// The `Age` of `resp` in seconds (0 without one, or with one that is not a number: RFC 9111
+/// §5.1 has a cache ignore it).
+pub fn age_of(resp: &ResponseHeader) -> u64 {
+    resp.headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
 
 impl StoredHead {
     /// The head of `resp` without the headers named in `skip` (lowercase), in the upstream's
@@ -131,6 +146,11 @@ impl StoredHead {
             shared,
             content_length,
             varies: resp.headers.contains_key(http::header::VARY),
+            age: if names & AGE_BIT == 0 {
+                0
+            } else {
+                age_of(resp)
+            },
             names,
             parsed: OnceLock::new(),
         }
@@ -149,6 +169,11 @@ impl StoredHead {
 
     pub fn content_length(&self) -> Option<usize> {
         self.content_length
+    }
+
+    /// The `Age` the upstream gave the response, in seconds.
+    pub fn age(&self) -> u64 {
+        self.age
     }
 
     /// Whether the response varies by request headers.
@@ -280,6 +305,9 @@ mod tests {
         for n in NOT_STORED {
             expected.remove_header(n);
         }
+        // The upstream's `Age` goes last, with the headers a hit gets per response.
+        expected.remove_header("age");
+        expected.append_header("Age", "3").unwrap();
         let back = head.parse().unwrap();
         assert_eq!(back.status, expected.status);
         assert_eq!(back.get_reason_phrase(), Some("OK"));
@@ -287,13 +315,19 @@ mod tests {
         // In the upstream's order (removing from a header map moves its last header up).
         assert_eq!(
             String::from_utf8(wire(&back)).unwrap(),
-            "Content-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\n"
+            "Content-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\nAge: 3\r\n"
         );
         assert_eq!(head.content_length(), Some(20));
+        assert_eq!(head.age(), 3);
+        assert_eq!(
+            StoredHead::keep(back.clone()).age(),
+            3,
+            "read back from a file"
+        );
         assert!(!head.varies());
         assert!(head.has(&http::header::ETAG));
         assert!(head.has(&HeaderName::from_static("x-tile")));
-        assert!(!head.has(&http::header::AGE));
+        assert!(head.has(&http::header::AGE));
         assert!(!head.has(&http::header::CONNECTION));
         assert!(!head.has(&http::header::ACCESS_CONTROL_ALLOW_ORIGIN));
         assert!(head.has(&http::header::CONTENT_TYPE));

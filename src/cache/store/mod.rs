@@ -78,17 +78,15 @@ impl StoredMeta {
         Ok(m)
     }
 
-    /// How old the object is at `now` (seconds since it was stored or revalidated), when it
-    /// is fresh and does not vary by request headers; `None` otherwise.
+    /// How old the object is at `now` (the age the upstream gave it plus the seconds since it
+    /// was stored or revalidated), when it is fresh and does not vary by request headers;
+    /// `None` otherwise.
     pub fn fresh_age(&self, now: SystemTime) -> Option<u64> {
         if self.fresh_until < now || self.variance.is_some() || self.head.varies() {
             return None;
         }
-        Some(
-            now.duration_since(self.updated)
-                .unwrap_or_default()
-                .as_secs(),
-        )
+        let here = now.duration_since(self.updated).unwrap_or_default();
+        Some(self.head.age().saturating_add(here.as_secs()))
     }
 
     /// The stored response head.
