@@ -349,7 +349,10 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
         }
         _ => resp,
     };
-    let verdict = freshness::decide(resp, &u.rule);
+    let mut verdict = freshness::decide(resp, &u.rule);
+    if let RespCacheable::Cacheable(meta) = &mut verdict {
+        meta.extensions_mut().insert(store::Begun(u.epoch));
+    }
     match miss {
         Some((cache, hash))
             if matches!(verdict, RespCacheable::Cacheable(_))

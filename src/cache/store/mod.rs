@@ -122,6 +122,11 @@ pub struct TileStore {
     purges: Arc<Purges>,
 }
 
+/// The store's count of purges when a request's fetch began ([`TileStore::epoch`]), put in
+/// the metadata of its answer for the storage calls Pingora makes with it.
+#[derive(Clone, Copy, Debug)]
+pub struct Begun(pub u64);
+
 /// The store's purges, as a count each side of them: work that began when no purge was under
 /// way stores its object only if none began since.
 #[derive(Default)]
@@ -227,6 +232,14 @@ impl TileStore {
     /// Taken when a fetch begins, for [`Self::filling`] (see [`Purges::epoch`]).
     pub fn epoch(&self) -> u64 {
         self.purges.epoch()
+    }
+
+    /// When the fetch whose answer `meta` is began, as [`Self::epoch`]: carried in the
+    /// metadata Pingora's cache phases hand back (see [`Begun`]); now, for metadata without.
+    fn begun(&self, meta: &CacheMeta) -> u64 {
+        meta.extensions()
+            .get::<Begun>()
+            .map_or_else(|| self.epoch(), |b| b.0)
     }
 
     /// Whether work begun at `seen` ([`Self::epoch`]) must store nothing: a purge was under way
@@ -345,12 +358,12 @@ impl Storage for TileStore {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<MissHandler> {
-        // Pingora asks once the upstream's answer is here; purges before are checked by
-        // `cacheable` against the request's step (see `crate::cache::cacheable`).
+        // Pingora asks once the upstream's answer is here: a purge since the request's fetch
+        // began (even one begun and ended since `cacheable` looked) keeps it out.
         Ok(Box::new(self.filling(
             slot(key),
             StoredMeta::from_meta(meta),
-            self.epoch(),
+            self.begun(meta),
         )))
     }
 
@@ -383,7 +396,7 @@ impl Storage for TileStore {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let k = slot(key);
-        let seen = self.epoch();
+        let seen = self.begun(meta);
         let Some(old) = self.find(k).await else {
             return Ok(false);
         };
@@ -590,6 +603,36 @@ pub(crate) mod tests {
             stale_if_error: 0,
         };
         StoredMeta::new(fresh, head::StoredHead::of(resp, &[]))
+    }
+
+    /// Pingora's cache phases ask for the miss handler once the upstream's answer is here: a
+    /// purge begun and ended between the fetch's start and then keeps the answer out, by the
+    /// fetch's count carried in the metadata.
+    #[tokio::test]
+    async fn a_fill_through_pingoras_phases_begun_before_a_purge_stores_nothing() {
+        let store: &'static TileStore = Box::leak(Box::new(TileStore::new(
+            memory::MemoryTier::new(1 << 20),
+            None,
+        )));
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", "3").unwrap();
+        let span = pingora_cache::trace::Span::inactive().handle();
+        for (tile, purge_during_fetch) in [("a", true), ("b", false)] {
+            let key = CacheKey::new("", tile);
+            let mut m = meta(&resp).to_meta().unwrap();
+            m.extensions_mut().insert(Begun(store.epoch()));
+            if purge_during_fetch {
+                drop(store.purges.begin());
+            }
+            let mut miss = store.get_miss_handler(&key, &m, &span).await.unwrap();
+            miss.write_body(Bytes::from_static(b"abc"), true)
+                .await
+                .unwrap();
+            let finished = miss.finish().await;
+            assert_eq!(finished.is_ok(), !purge_during_fetch, "{tile}");
+            let found = store.find(slot(&key)).await;
+            assert_eq!(found.is_some(), !purge_during_fetch, "{tile}");
+        }
     }
 
     /// A body longer than the place its declared length took moves to ordinary memory whole.
