@@ -452,6 +452,34 @@ fn a_hits_age_counts_from_the_age_the_upstream_gave_and_a_revalidation_starts_it
 }
 
 #[test]
+fn a_variant_stays_stored_when_another_variant_of_its_tile_is_revalidated() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let open = |style: &str| {
+        let r = get(
+            gw.port,
+            "GET",
+            "/open/styled?cc=max-age%3D2&header=Vary:X-Style&header=ETag:%22s1%22",
+            &[("X-Style", style)],
+        );
+        cache_status(&r).to_string()
+    };
+    // The first answer shows the tile varies: stored per variant from the next one on.
+    assert_eq!([open("a"), open("a"), open("a")], ["MISS", "MISS", "HIT"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!([open("b"), open("b")], ["MISS", "HIT"]);
+    // `a` is stale now, `b` is not: revalidating `a` leaves `b` as it was.
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(open("a"), "REVALIDATED");
+    assert_eq!([open("b"), open("a")], ["HIT", "HIT"]);
+    assert_eq!((up.served(), up.not_modified()), (3, 1));
+}
+
+#[test]
 fn http_caching_rules() {
     let up = PyUpstream::start("tiles", 5.0);
     let (_dir, gw) = start(

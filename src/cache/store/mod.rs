@@ -33,6 +33,10 @@ use memory::MemoryTier;
 /// A stored response's metadata, kept as parts so a hit rebuilds it without parsing.
 pub struct StoredMeta {
     fresh_until: SystemTime,
+    /// When the response was first stored: a revalidation keeps it (Pingora checks a `Vary`
+    /// tile's other variants against it) ...
+    created: SystemTime,
+    /// ... and when it was stored or last revalidated: its age counts from here.
     updated: SystemTime,
     stale_while_revalidate: u32,
     stale_if_error: u32,
@@ -45,6 +49,7 @@ impl StoredMeta {
     pub fn new(f: super::freshness::Freshness, head: StoredHead) -> StoredMeta {
         StoredMeta {
             fresh_until: f.fresh_until,
+            created: f.updated,
             updated: f.updated,
             stale_while_revalidate: f.stale_while_revalidate,
             stale_if_error: f.stale_if_error,
@@ -56,7 +61,10 @@ impl StoredMeta {
     pub fn from_meta(m: &CacheMeta) -> StoredMeta {
         StoredMeta {
             fresh_until: m.fresh_until(),
-            updated: m.updated(),
+            created: m.created(),
+            // Pingora counts age and freshness from here (its `updated`, or the override
+            // `to_meta` sets).
+            updated: m.epoch(),
             stale_while_revalidate: m.stale_while_revalidate_sec(),
             stale_if_error: m.stale_if_error_sec(),
             variance: m.variance(),
@@ -67,11 +75,16 @@ impl StoredMeta {
     pub fn to_meta(&self) -> Result<CacheMeta> {
         let mut m = CacheMeta::new(
             self.fresh_until,
-            self.updated,
+            self.created,
             self.stale_while_revalidate,
             self.stale_if_error,
             self.head.header()?.clone(),
         );
+        // Pingora's metadata takes one time for both; a revalidated object's age counts
+        // from its revalidation.
+        if self.updated != self.created {
+            m.set_epoch_override(self.updated);
+        }
         if let Some(v) = self.variance {
             m.set_variance(v);
         }
@@ -633,6 +646,28 @@ pub(crate) mod tests {
             let found = store.find(slot(&key)).await;
             assert_eq!(found.is_some(), !purge_during_fetch, "{tile}");
         }
+    }
+
+    /// A revalidated object's metadata keeps when it was first stored apart from when it was
+    /// revalidated, through Pingora's metadata and a disk file.
+    #[test]
+    fn a_revalidated_objects_first_store_and_revalidation_both_survive() {
+        let resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        let created = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+        let mut first = meta(&resp).to_meta().unwrap();
+        first = CacheMeta::new(first.fresh_until(), created, 0, 0, resp.clone());
+        // As Pingora makes a revalidation's: created kept, updated now.
+        let (internal, header) = first.serialize().unwrap();
+        let mut revalidated = CacheMeta::deserialize(&internal, &header).unwrap();
+        revalidated.set_epoch_override(std::time::SystemTime::now());
+        let stored = StoredMeta::from_meta(&revalidated);
+        assert_eq!(stored.created, created);
+        let back = stored.to_meta().unwrap();
+        assert_eq!(back.created(), created);
+        assert!(back.age().as_secs() < 5, "age from the revalidation");
+        let (internal, header) = back.serialize().unwrap();
+        let read = StoredMeta::from_meta(&CacheMeta::deserialize(&internal, &header).unwrap());
+        assert_eq!((read.created, read.updated), (created, stored.updated));
     }
 
     /// A body longer than the place its declared length took moves to ordinary memory whole.
