@@ -1,7 +1,9 @@
 //! Whether an upstream response may be stored, and for how long: HTTP caching as a shared
-//! cache does it (`Cache-Control` s-maxage / max-age, then `Expires`, then the step's default
-//! TTL, clamped by the step), never `no-store`, `private`, `Set-Cookie`, `Vary: *` or a response
-//! that varies on credentials; `no-cache` is stored but revalidated before every use.
+//! cache does it (`Cache-Control` s-maxage / max-age, then `Expires` less `Date`, then the
+//! step's default TTL, clamped by the step; freshness information that is invalid or given
+//! twice makes it stale), never `no-store`, `private` (with field names too), `Set-Cookie`,
+//! `Vary: *` or a response that varies on credentials; `no-cache` (with field names too) is
+//! stored but revalidated before every use.
 
 use std::time::{Duration, SystemTime};
 
@@ -66,40 +68,28 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
         if cc.no_store() {
             return Err(uncacheable("no-store"));
         }
-        if cc.private() {
+        // `private="…"` too: a shared cache may not store the fields it names (RFC 9111
+        // §5.2.2.7); this one stores none of the response.
+        if cc.has_key("private") {
             return Err(uncacheable("private"));
         }
     }
     let now = SystemTime::now();
-    let relative = cc
-        .as_ref()
-        .and_then(|cc| {
-            cc.s_maxage()
-                .ok()
-                .flatten()
-                .or_else(|| cc.max_age().ok().flatten())
-        })
-        .map(|s| Duration::from_secs(u64::from(s)));
-    // `Expires` names the end itself; a lifetime (max-age, s-maxage, the step's default)
-    // counts from when the response was made, and the age the upstream gave it (a cache before
-    // it) has passed of it already (RFC 9111 §4.2.3).
-    let until_expires = match relative {
-        Some(_) => None,
-        None => pingora_cache::filters::calculate_expires_header_time(resp)
-            .map(|at| at.duration_since(now).unwrap_or(Duration::ZERO)),
-    };
-    let no_cache = cc.as_ref().is_some_and(|cc| cc.no_cache());
+    // `no-cache="…"` too: the fields it names may not be sent without revalidation (RFC 9111
+    // §5.2.2.4); this cache revalidates the whole response before each use.
+    let no_cache = cc.as_ref().is_some_and(|cc| cc.has_key("no-cache"));
     // What is left of the lifetime is clamped by the step. (The stored time stays the fetch's
     // own: Pingora takes it for when the object was admitted, which a `Vary` tile's variants
     // are checked against.)
     let left = if no_cache {
         Duration::ZERO
     } else {
-        match until_expires {
-            Some(left) => left,
-            None => relative
-                .unwrap_or(rule.ttl)
-                .saturating_sub(Duration::from_secs(age_of(resp))),
+        match lifetime(resp, now) {
+            // Counted from when the response was made: the age the upstream gave it (a cache
+            // before it) has passed of it already (RFC 9111 §4.2.3).
+            Some(Lifetime::Made(d)) => d.saturating_sub(Duration::from_secs(age_of(resp))),
+            Some(Lifetime::Left(d)) => d,
+            None => rule.ttl.saturating_sub(Duration::from_secs(age_of(resp))),
         }
         .clamp(rule.min_ttl, rule.max_ttl)
     };
@@ -113,14 +103,9 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
     // `proxy-revalidate` for a shared cache: RFC 9111 §4.2.4, §5.2.2.10); windows the
     // upstream gives itself apply, but never stale-while-revalidate to `no-cache`, which is
     // revalidated before every use.
-    let forbids_stale = cc.as_ref().is_some_and(|cc| {
-        cc.no_cache()
-            || cc.must_revalidate()
-            || cc.proxy_revalidate()
-            || cc.s_maxage().ok().flatten().is_some()
-    });
+    let no_stale = cc.as_ref().is_some_and(forbids_stale);
     let window =
-        |upstream: Option<u32>, step: u32| upstream.unwrap_or(if forbids_stale { 0 } else { step });
+        |upstream: Option<u32>, step: u32| upstream.unwrap_or(if no_stale { 0 } else { step });
     let swr = if no_cache {
         0
     } else {
@@ -143,11 +128,110 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
     })
 }
 
-/// Whether a stored response must be revalidated before each use (`no-cache`,
-/// `must-revalidate`, `proxy-revalidate`): never served stale while another request refreshes it.
+/// Whether `cc` forbids serving the response stale (`no-cache`, `must-revalidate`,
+/// `proxy-revalidate`, and `s-maxage`, which carries `proxy-revalidate` for a shared cache:
+/// RFC 9111 §4.2.4, §5.2.2.10).
+fn forbids_stale(cc: &CacheControl) -> bool {
+    [
+        "no-cache",
+        "must-revalidate",
+        "proxy-revalidate",
+        "s-maxage",
+    ]
+    .iter()
+    .any(|d| cc.has_key(d))
+}
+
+/// Whether a stored response must be revalidated before each use once stale (see
+/// [`forbids_stale`]): never served stale while another request refreshes it.
 pub fn revalidate_each_use(resp: &ResponseHeader) -> bool {
-    CacheControl::from_resp_headers(resp)
-        .is_some_and(|cc| cc.no_cache() || cc.must_revalidate() || cc.proxy_revalidate())
+    CacheControl::from_resp_headers(resp).is_some_and(|cc| forbids_stale(&cc))
+}
+
+/// The lifetime the upstream gives a response.
+#[derive(Debug, PartialEq)]
+enum Lifetime {
+    /// Counted from when it was made (`s-maxage`, `max-age`, `Expires` less `Date`).
+    Made(Duration),
+    /// What is left of it from now (`Expires` without a `Date`).
+    Left(Duration),
+}
+
+/// The lifetime `resp` says it has: `s-maxage`, then `max-age`, then `Expires`; `None` when it
+/// says nothing. Freshness information that is invalid or given twice with different values
+/// makes the response stale (RFC 9111 §4.2.1, §5.3: an invalid `Expires` is a time past).
+fn lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Lifetime> {
+    for directive in ["s-maxage", "max-age"] {
+        match delta_seconds(resp, directive) {
+            Delta::Absent => {}
+            Delta::Seconds(s) => return Some(Lifetime::Made(Duration::from_secs(s))),
+            Delta::Invalid => return Some(Lifetime::Made(Duration::ZERO)),
+        }
+    }
+    let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
+    let value = expires.next()?;
+    let Some(at) = (expires.next().is_none())
+        .then(|| http_date(value))
+        .flatten()
+    else {
+        return Some(Lifetime::Made(Duration::ZERO));
+    };
+    let mut dates = resp.headers.get_all(http::header::DATE).iter();
+    let date = match (dates.next(), dates.next()) {
+        (Some(d), None) => http_date(d),
+        _ => None,
+    };
+    Some(match date {
+        // The upstream's own clock on both ends: right however far off it is.
+        Some(date) => Lifetime::Made(at.duration_since(date).unwrap_or_default()),
+        None => Lifetime::Left(at.duration_since(now).unwrap_or_default()),
+    })
+}
+
+fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
+    httpdate::parse_http_date(v.to_str().ok()?.trim()).ok()
+}
+
+/// A delta-seconds `Cache-Control` directive, over all of the response's `Cache-Control`
+/// lines.
+#[derive(Debug, PartialEq)]
+enum Delta {
+    Absent,
+    Seconds(u64),
+    /// Not a number, or given twice with different values.
+    Invalid,
+}
+
+fn delta_seconds(resp: &ResponseHeader, name: &str) -> Delta {
+    let mut found = None;
+    for line in resp.headers.get_all(http::header::CACHE_CONTROL) {
+        let Ok(line) = line.to_str() else {
+            continue;
+        };
+        for item in line.split(',') {
+            let (n, v) = match item.split_once('=') {
+                Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+                None => (item.trim(), None),
+            };
+            if !n.eq_ignore_ascii_case(name) {
+                continue;
+            }
+            match (v.and_then(parse_delta), found) {
+                (None, _) => return Delta::Invalid,
+                (Some(s), Some(f)) if s != f => return Delta::Invalid,
+                (Some(s), _) => found = Some(s),
+            }
+        }
+    }
+    found.map_or(Delta::Absent, Delta::Seconds)
+}
+
+/// Delta-seconds: digits only; one too large for the cache is 2^31 (RFC 9111 §1.2.2).
+pub(crate) fn parse_delta(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(v.parse::<u64>().map_or(1 << 31, |n| n.min(1 << 31)))
 }
 
 #[cfg(test)]
@@ -281,6 +365,100 @@ mod tests {
             (0, 30),
             "no-cache is revalidated before every use"
         );
+    }
+
+    /// Seconds `h` is fresh for under a step without clamps.
+    fn lifetime_of(h: &[(&str, &str)]) -> Option<u64> {
+        let rule = CacheRule {
+            min_ttl: Duration::ZERO,
+            max_ttl: Duration::from_secs(1 << 32),
+            ..rule()
+        };
+        let now = SystemTime::now();
+        judge(&resp(200, h), &rule)
+            .ok()
+            .map(|f| f.fresh_until.duration_since(now).map_or(0, |d| d.as_secs()))
+    }
+
+    #[test]
+    fn freshness_information_that_is_invalid_or_given_twice_makes_it_stale() {
+        for (cc, fresh) in [
+            ("max-age=abc", 0),
+            ("max-age=-1", 0),
+            ("max-age=1.5", 0),
+            ("max-age", 0),
+            ("max-age=120, max-age=120", 120),
+            ("max-age=120, max-age=86400", 0),
+            ("s-maxage=x, max-age=120", 0),
+            ("max-age=\"120\"", 120),
+            ("max-age=99999999999999999999", 1 << 31),
+        ] {
+            let got = lifetime_of(&[("cache-control", cc)]).expect("stored");
+            assert!(got == fresh || got + 1 == fresh, "{cc}: {got}");
+        }
+        // Two lines of one header are one list.
+        let two_lines = lifetime_of(&[
+            ("cache-control", "max-age=60"),
+            ("cache-control", "max-age=86400"),
+        ]);
+        assert_eq!(two_lines, Some(0));
+        let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(200));
+        for expires in [
+            &[("expires", "0")][..],
+            &[("expires", &later), ("expires", &later)],
+        ] {
+            assert_eq!(lifetime_of(expires), Some(0), "{expires:?}");
+        }
+        // An Age too large to count is 2^31 seconds.
+        let aged = lifetime_of(&[
+            ("cache-control", "max-age=600"),
+            ("age", "99999999999999999999"),
+        ]);
+        assert_eq!(aged, Some(0));
+    }
+
+    #[test]
+    fn expires_counts_from_the_upstreams_date() {
+        // An upstream whose clock is 1000 s behind: its tile lives the 200 s it means.
+        let date = SystemTime::now() - Duration::from_secs(1000);
+        let fmt = httpdate::fmt_http_date;
+        let h = [
+            ("date", fmt(date)),
+            ("expires", fmt(date + Duration::from_secs(200))),
+        ];
+        let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        let t = lifetime_of(&h).expect("stored");
+        assert!((199..=200).contains(&t), "{t}");
+        // Without a Date: what is left from now.
+        let t = lifetime_of(&h[1..]).expect("stored");
+        assert_eq!(t, 0, "expired 800 s ago by the gateway's clock");
+    }
+
+    #[test]
+    fn field_names_on_private_and_no_cache_are_the_whole_response_here() {
+        assert_eq!(
+            lifetime_of(&[("cache-control", "max-age=600, private=\"X-Session\"")]),
+            None
+        );
+        assert_eq!(
+            lifetime_of(&[("cache-control", "max-age=600, no-cache=\"X-Session\"")]),
+            Some(0)
+        );
+        for cc in [
+            "no-cache=\"X-A\"",
+            "s-maxage=60",
+            "must-revalidate",
+            "proxy-revalidate",
+        ] {
+            assert!(
+                revalidate_each_use(&resp(200, &[("cache-control", cc)])),
+                "{cc}"
+            );
+        }
+        assert!(!revalidate_each_use(&resp(
+            200,
+            &[("cache-control", "max-age=60")]
+        )));
     }
 
     #[test]

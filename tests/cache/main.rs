@@ -492,6 +492,7 @@ fn http_caching_rules() {
     for path in [
         "/open/a?cc=no-store",
         "/open/b?cc=private",
+        "/open/b2?cc=max-age%3D600,%20private%3D%22X-Session%22&header=X-Session:abc",
         "/open/c?header=Set-Cookie:s%3D1",
         "/open/status/500/d",
     ] {

@@ -88,7 +88,7 @@ pub fn age_of(resp: &ResponseHeader) -> u64 {
     resp.headers
         .get(http::header::AGE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
+        .and_then(|v| crate::cache::freshness::parse_delta(v.trim()))
         .unwrap_or(0)
 }
 
