@@ -85,6 +85,11 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
                 w(&mut out, b"HTTP/1.1 200 OK\r\nX-Up: close\r\n\r\nhello until close");
                 return;
             }
+            // An HTTP/1.0 server: no length, the body ends when it closes.
+            "/http10" => {
+                w(&mut out, b"HTTP/1.0 200 OK\r\nX-Up: http10\r\n\r\nold server");
+                return;
+            }
             "/204" => w(&mut out, b"HTTP/1.1 204 No Content\r\nX-Up: 204\r\n\r\n"),
             "/304" => w(&mut out, b"HTTP/1.1 304 Not Modified\r\nETag: \"t1\"\r\nX-Up: 304\r\n\r\n"),
             "/continue" => w(
@@ -218,6 +223,50 @@ fn a_close_delimited_body_goes_to_a_keep_alive_client_in_chunks() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("transfer-encoding"), Some("chunked"));
         assert_eq!(r.text(), "hello until close");
+    }
+}
+
+/// The gateway answers in its own HTTP version whatever the upstream's, and frames a body of
+/// unknown length as each client can read it: in chunks for HTTP/1.1, until the connection
+/// closes for HTTP/1.0 (which knows no chunks).
+#[test]
+fn an_answer_is_framed_for_the_clients_version_whatever_the_upstreams() {
+    let up = Scripted::start();
+    let (_d, gw) = gateway(&up, "on");
+    let mut s = connect(gw.port, 10);
+    s.write_all(b"GET /http10 HTTP/1.1\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let r = read_response(&mut s, false);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.text(), "old server");
+    s.write_all(b"GET /http10 HTTP/1.1\r\nHost: tiles\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let raw = read_to_close(&mut s);
+    assert!(
+        raw.starts_with(b"HTTP/1.1 200 "),
+        "{}",
+        String::from_utf8_lossy(&raw)
+    );
+    for path in ["/http10", "/chunked", "/close"] {
+        let mut s = connect(gw.port, 10);
+        let req = format!("GET {path} HTTP/1.0\r\nHost: tiles\r\nConnection: keep-alive\r\n\r\n");
+        s.write_all(req.as_bytes()).expect("send");
+        let raw = String::from_utf8_lossy(&read_to_close(&mut s)).to_string();
+        let (head, body) = raw.split_once("\r\n\r\n").expect("a head");
+        assert!(head.starts_with("HTTP/1.1 200 "), "{path}: {raw}");
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            !lower.contains("transfer-encoding"),
+            "{path}: chunks to HTTP/1.0: {raw}"
+        );
+        assert!(lower.contains("connection: close"), "{path}: {raw}");
+        let expected = match path {
+            "/http10" => "old server",
+            "/chunked" => "hello",
+            _ => "hello until close",
+        };
+        assert_eq!(body, expected, "{path}");
     }
 }
 
@@ -603,6 +652,34 @@ fn hits_keep_their_connection_and_every_kind_of_hit_is_answered_in_full() {
         1,
         "one fill, then hits"
     );
+}
+
+/// A tile the upstream sent in chunks (or until it closed) is stored with its length: a hit
+/// of it has a `Content-Length`, which an HTTP/1.0 client reads too.
+#[test]
+fn a_tile_that_came_without_a_length_is_a_hit_with_one() {
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_d, gw) = caching_gateway(&up, fast);
+        for (path, body) in [("/chunked", "hello"), ("/http10", "old server")] {
+            let fill = answer_with(gw.port, "GET", path, "");
+            assert_eq!(fill.0, 200, "{fast} {path}");
+            let mut s = connect(gw.port, 10);
+            for version in ["1.1", "1.0"] {
+                let req = format!(
+                    "GET {path} HTTP/{version}\r\nHost: tiles\r\nConnection: keep-alive\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).expect("send");
+                let r = read_response(&mut s, false);
+                let what = format!("fast path {fast}, {path}, HTTP/{version}: {:?}", r.headers);
+                assert_eq!(r.header("x-cache-status"), Some("HIT"), "{what}");
+                let length = body.len().to_string();
+                assert_eq!(r.header("content-length"), Some(length.as_str()), "{what}");
+                assert_eq!(r.header("transfer-encoding"), None, "{what}");
+                assert_eq!(r.text(), body, "{what}");
+            }
+        }
+    }
 }
 
 /// Asks a caching gateway with the pipeline `steps` for the same tile once per round, on the

@@ -119,9 +119,14 @@ pub async fn relay(
             return;
         }
     }
-    if let Err(e) = response_head(&mut resp, s.req_header(), &x.response_edits) {
-        fail(s, x, e, end).await;
-        return;
+    match response_head(&mut resp, s.req_header(), &x.response_edits) {
+        // The session says `Connection: close` when it is told before the head.
+        Ok(true) => s.set_server_keepalive(None),
+        Ok(false) => {}
+        Err(e) => {
+            fail(s, x, e, end).await;
+            return;
+        }
     }
     if let Err(mut e) = s.write_response_header(resp).await {
         e.as_down();
@@ -247,14 +252,17 @@ async fn ask(
     Ok(())
 }
 
-/// The upstream's response head as the client gets it: without the upstream connection's
-/// headers, with the pipeline's edits, framed for the client (a body the upstream ended by
-/// closing goes to an HTTP/1.1 client in chunks, so its connection stays open).
+/// The upstream's response head as the client gets it: in the gateway's HTTP version (RFC
+/// 9110 §2.5), without the upstream connection's headers, with the pipeline's edits, framed
+/// for the client: a body of unknown length goes to an HTTP/1.1 client in chunks, so its
+/// connection stays open, and to an HTTP/1.0 client, which knows no chunks (RFC 9112 §6.1),
+/// until the connection closes. `true`: the body ends with the connection.
 fn response_head(
     resp: &mut ResponseHeader,
     req: &RequestHeader,
     edits: &[crate::pipeline::context::HeaderEdit],
-) -> pingora_core::Result<()> {
+) -> pingora_core::Result<bool> {
+    resp.set_version(http::Version::HTTP_11);
     strip_hop_by_hop(resp);
     if resp.headers.contains_key(TRANSFER_ENCODING) {
         // The body is read by its chunks; a length beside them must not reach the client.
@@ -263,14 +271,17 @@ fn response_head(
     apply_edits(resp, edits)?;
     let bodiless =
         req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 100..=199 | 204 | 304);
-    if !bodiless
-        && req.version == http::Version::HTTP_11
-        && !resp.headers.contains_key(CONTENT_LENGTH)
-        && !resp.headers.contains_key(TRANSFER_ENCODING)
-    {
-        resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+    if bodiless || resp.headers.contains_key(CONTENT_LENGTH) {
+        return Ok(false);
     }
-    Ok(())
+    if req.version == http::Version::HTTP_11 {
+        if !resp.headers.contains_key(TRANSFER_ENCODING) {
+            resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+        }
+        return Ok(false);
+    }
+    resp.remove_header(&TRANSFER_ENCODING);
+    Ok(true)
 }
 
 /// Removes the connection's own headers, and those its `Connection` header names.

@@ -102,6 +102,14 @@ impl StoredMeta {
         Some(self.head.age().saturating_add(here.as_secs()))
     }
 
+    /// The same with `Content-Length: len` in its head.
+    fn with_length(mut self, len: usize) -> Result<StoredMeta> {
+        let mut h = self.head.parse()?;
+        h.insert_header(http::header::CONTENT_LENGTH, len)?;
+        self.head = StoredHead::of(&h, &[]);
+        Ok(self)
+    }
+
     /// The stored response head.
     pub fn head(&self) -> &StoredHead {
         &self.head
@@ -566,6 +574,14 @@ impl Filling {
                 format!("truncated body ({size} of {declared:?} bytes): not stored"),
             );
         }
+        // A body that came in chunks (or until the upstream closed) is stored with its length:
+        // every client can read a hit of it, HTTP/1.0 ones too, and the fast path answers it.
+        let meta = match declared {
+            None if !matches!(meta.head.status().as_u16(), 100..=199 | 204 | 304) => {
+                meta.with_length(size)?
+            }
+            _ => meta,
+        };
         let body = match std::mem::replace(&mut self.body, FillBody::Heap(BytesMut::new())) {
             FillBody::Shared(w) if w.len() >= shared::MIN_BODY => w.done(),
             FillBody::Shared(w) => Bytes::copy_from_slice(w.as_slice()),
