@@ -187,6 +187,57 @@ fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
+/// An upstream that answers every request with 4 MB in chunks of 1000 bytes.
+fn chunky_upstream() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                let chunk = format!("3e8\r\n{}\r\n", "x".repeat(1000));
+                for _ in 0..4000 {
+                    if conn.write_all(chunk.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    port
+}
+
+/// A client that stops reading a response is let go after the send timeout, whatever is left
+/// to write: its connection is closed, not held until it reads again.
+#[test]
+fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
+    let port = chunky_upstream();
+    let dir = ConfigDir::new(&config(&format!("http://127.0.0.1:{port}")));
+    for fast in ["on", "off"] {
+        let gw =
+            GatewayProcess::start_with(&dir, &["--send-timeout", "1", "--fast-path", fast], &[]);
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+        s.connect(&addr.into()).expect("connect");
+        let mut s: TcpStream = s.into();
+        s.write_all(b"GET /tiles/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        // It reads nothing: once the socket's buffers are full, writes wait.
+        std::thread::sleep(Duration::from_secs(3));
+        // The one open is the scrape's own.
+        let open = gw.metric_when("tollgate_client_connections", |n| n <= 1.0);
+        assert_eq!(open, 1.0, "fast path {fast}: the connection is still held");
+        drop(s);
+    }
+}
+
 #[test]
 fn past_the_connection_cap_new_connections_wait_in_the_backlog() {
     let up = EchoUpstream::start("tiles");

@@ -84,7 +84,7 @@ pub async fn serve<A>(
     if let Err(e) = tcp.set_nodelay(true) {
         log::debug!("client connection: cannot set TCP_NODELAY: {e}");
     }
-    let io = ClientIo::new(tcp);
+    let io = ClientIo::new(tcp).with_send_timeout(limits.send_timeout);
     let stream: Stream = match tls {
         None => Box::new(io),
         Some(acceptor) => {

@@ -9,12 +9,13 @@
 //! buffer: it goes out with the buffered head in one `writev`. Reads go straight to the
 //! socket: the sessions read into buffers of their own.
 
+use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use pingora_core::protocols::raw_connect::ProxyDigest;
@@ -43,7 +44,15 @@ pub struct ClientIo {
     written: usize,
     digest: Arc<SocketDigest>,
     established: SystemTime,
+    /// A write fails when the client takes nothing for this long ...
+    send_timeout: Duration,
+    /// ... counted from the write that found the socket full.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a write waits for a client that takes nothing, unless set
+/// ([`ClientIo::with_send_timeout`]).
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl ClientIo {
     pub fn new(tcp: TcpStream) -> ClientIo {
@@ -54,13 +63,54 @@ impl ClientIo {
             written: 0,
             digest,
             established: SystemTime::now(),
+            send_timeout: SEND_TIMEOUT,
+            stalled: None,
+        }
+    }
+
+    /// The same, with writes that fail when the client takes nothing for `limit`: every write
+    /// on the connection, also those no session bounds (a head's flush, the buffer drained
+    /// when the connection is shut down), so a client that stops reading never holds its
+    /// connection for longer.
+    pub fn with_send_timeout(mut self, limit: Duration) -> ClientIo {
+        self.send_timeout = limit;
+        self
+    }
+
+    /// Runs a write on the socket: one that waits counts towards the send timeout from the
+    /// first that did, one that goes through starts the count again.
+    fn poll_socket<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        write: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        match write(Pin::new(&mut self.tcp), cx) {
+            Poll::Pending => {
+                let limit = self.send_timeout;
+                let stalled = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                ready!(stalled.as_mut().poll(cx));
+                self.stalled = None;
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "the client took nothing for the send timeout",
+                )))
+            }
+            done => {
+                self.stalled = None;
+                done
+            }
         }
     }
 
     /// Writes out what is buffered.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.out.len() {
-            let n = ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out[self.written..]))?;
+            let (out, written) = (std::mem::take(&mut self.out), self.written);
+            let n = self.poll_socket(cx, |tcp, cx| tcp.poll_write(cx, &out[written..]));
+            self.out = out;
+            let n = ready!(n)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -80,13 +130,13 @@ impl ClientIo {
             if pending == 0 {
                 self.out = Vec::new();
                 self.written = 0;
-                return Pin::new(&mut self.tcp).poll_write(cx, data);
+                return self.poll_socket(cx, |tcp, cx| tcp.poll_write(cx, data));
             }
-            let bufs = [
-                io::IoSlice::new(&self.out[self.written..]),
-                io::IoSlice::new(data),
-            ];
-            let n = ready!(Pin::new(&mut self.tcp).poll_write_vectored(cx, &bufs))?;
+            let (out, written) = (std::mem::take(&mut self.out), self.written);
+            let bufs = [io::IoSlice::new(&out[written..]), io::IoSlice::new(data)];
+            let n = self.poll_socket(cx, |tcp, cx| tcp.poll_write_vectored(cx, &bufs));
+            self.out = out;
+            let n = ready!(n)?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
@@ -215,7 +265,7 @@ impl AsyncWrite for ClientIo {
         if this.out.len() + data.len() > WRITE_BUFFER {
             ready!(this.poll_drain(cx))?;
             if data.len() >= WRITE_BUFFER {
-                return Pin::new(&mut this.tcp).poll_write(cx, data);
+                return this.poll_socket(cx, |tcp, cx| tcp.poll_write(cx, data));
             }
         }
         if this.out.capacity() == 0 {
@@ -236,7 +286,7 @@ impl AsyncWrite for ClientIo {
         let this = &mut *self;
         let total: usize = bufs.iter().map(|b| b.len()).sum();
         if this.written == this.out.len() && total >= DIRECT_WRITE {
-            return Pin::new(&mut this.tcp).poll_write_vectored(cx, bufs);
+            return this.poll_socket(cx, |tcp, cx| tcp.poll_write_vectored(cx, bufs));
         }
         let first = bufs
             .iter()
