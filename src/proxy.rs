@@ -313,6 +313,10 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::NO_CONTENT {
+            // A 204 has no body and says no length (RFC 9110 §8.6).
+            upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+        }
         if ctx.x.cache.is_some() {
             upstream_response.insert_header(
                 crate::cache::X_CACHE_STATUS.clone(),

@@ -91,6 +91,11 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
                 return;
             }
             "/204" => w(&mut out, b"HTTP/1.1 204 No Content\r\nX-Up: 204\r\n\r\n"),
+            // A 204 with a length it must not have: there is no body all the same.
+            "/204-length" => w(
+                &mut out,
+                b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\nX-Up: 204\r\n\r\n",
+            ),
             "/304" => w(&mut out, b"HTTP/1.1 304 Not Modified\r\nETag: \"t1\"\r\nX-Up: 304\r\n\r\n"),
             "/continue" => w(
                 &mut out,
@@ -223,6 +228,30 @@ fn a_close_delimited_body_goes_to_a_keep_alive_client_in_chunks() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("transfer-encoding"), Some("chunked"));
         assert_eq!(r.text(), "hello until close");
+    }
+}
+
+/// A 204 has no body, whatever length the upstream gives it: none is read or written, no
+/// `Content-Length` is sent (RFC 9110 §8.6), and the connection serves the next request.
+#[test]
+fn a_204_goes_out_without_a_length_and_its_connection_serves_on() {
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_d, gw) = gateway(&up, fast);
+        let mut s = connect(gw.port, 10);
+        for path in ["/204-length", "/204", "/cl"] {
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: tiles\r\n\r\n").as_bytes())
+                .expect("send");
+            let r = read_response(&mut s, false);
+            let what = format!("fast path {fast}, {path}: {:?}", r.headers);
+            if path == "/cl" {
+                assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{what}");
+            } else {
+                assert_eq!(r.status, 204, "{what}");
+                assert_eq!(r.header("content-length"), None, "{what}");
+                assert!(r.body.is_empty(), "{what}");
+            }
+        }
     }
 }
 

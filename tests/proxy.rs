@@ -314,6 +314,27 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
         "{}",
         bad_length.status
     );
+    // RFC 9112 §3.2: an HTTP/1.1 request without Host, or any with two, is a 400; HTTP/1.0
+    // may leave it out.
+    for (raw, status) in [
+        ("GET /raw/x HTTP/1.1\r\nConnection: close\r\n\r\n", 400),
+        (
+            "GET /raw/x HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        ("GET /raw/x HTTP/1.0\r\n\r\n", 200),
+        (
+            "GET http://h/raw/x HTTP/1.1\r\nConnection: close\r\n\r\n",
+            400,
+        ),
+        (
+            "GET http://h/raw/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+    ] {
+        let r = support::request(s.gw.port, raw, false);
+        assert_eq!(r.status, status, "{raw:?}: {}", r.text());
+    }
     assert_eq!(
         get(s.gw.port, "GET", "/raw/ok", &[]).status,
         200,

@@ -303,7 +303,10 @@ fn whole(
 /// The length of a final answer of known length, and its `Age`, when it has one that is a
 /// number (`None`: the answer is not written from a head made here).
 pub(super) fn length_and_age(resp: &ResponseHeader) -> Option<(usize, Option<u64>)> {
-    if resp.status.is_informational() || resp.headers.contains_key(TRANSFER_ENCODING) {
+    // A 204 or 304 has no body whatever its `Content-Length` says: the session frames it.
+    if matches!(resp.status.as_u16(), 100..=199 | 204 | 304)
+        || resp.headers.contains_key(TRANSFER_ENCODING)
+    {
         return None;
     }
     let len = crate::cache::store::content_length(resp)?;
