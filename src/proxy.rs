@@ -323,6 +323,7 @@ impl ProxyHttp for Tollgate {
                 crate::cache::status(session, &ctx.x),
             )?;
             crate::cache::add_upstream_age(session, upstream_response);
+            crate::cache::invalidate_after(session, &ctx.x, upstream_response.status).await;
         }
         if let Some(c) = &mut ctx.compression {
             let no_body = session.req_header().method == http::Method::HEAD

@@ -31,6 +31,7 @@ use pingora_cache::lock::{
     CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, WritePermit,
 };
 use pingora_cache::predictor::Predictor;
+use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
 };
@@ -361,6 +362,31 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
             RespCacheable::Uncacheable(NoCacheReason::Custom(DECLINED))
         }
         _ => verdict,
+    }
+}
+
+/// A non-error answer (2xx, 3xx) to an unsafe request (POST, PUT, DELETE, PATCH...) through a
+/// `cache` step invalidates what is stored for its URL (RFC 9111 §4.4): the next GET fetches
+/// it anew.
+pub async fn invalidate_after(session: &Session, x: &Exchange, status: http::StatusCode) {
+    let (Some(cache), Some(_), Some(_)) = (get(), &x.cache, &x.proxy) else {
+        return;
+    };
+    if session.req_header().method.is_safe() || !(status.is_success() || status.is_redirection()) {
+        return;
+    }
+    let Ok(key) = key(session, x) else {
+        return;
+    };
+    let compact = key.to_compact();
+    let target = PurgeTarget::Active(&compact);
+    let span = pingora_cache::trace::Span::inactive();
+    if let Err(e) = cache
+        .store
+        .purge(target, PurgeType::Invalidation, &span.handle())
+        .await
+    {
+        log::warn!("tile cache: cannot invalidate a tile after an unsafe request: {e}");
     }
 }
 

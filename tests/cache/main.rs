@@ -479,6 +479,34 @@ fn a_variant_stays_stored_when_another_variant_of_its_tile_is_revalidated() {
     assert_eq!((up.served(), up.not_modified()), (3, 1));
 }
 
+/// RFC 9111 §4.4: a non-error answer to an unsafe request for a URL invalidates what is
+/// stored for it; an error answer, or one for another URL, leaves it.
+#[test]
+fn an_unsafe_request_that_succeeds_invalidates_the_stored_tile() {
+    let up = PyUpstream::start("tiles", 5.0);
+    // `status` (the upstream's answer's status) is not part of the key.
+    let (_dir, gw) = start(&up, "{ttl: 600, ignoreParams: [status]}", &[]);
+    let status = |method: &str, path: &str| {
+        let raw = format!(
+            "{method} {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        let r = support::request(gw.port, &raw, method == "HEAD");
+        (r.status, cache_status(&r).to_string())
+    };
+    for path in ["/open/edited", "/open/kept"] {
+        status("GET", path);
+    }
+    assert_eq!(status("GET", "/open/edited").1, "HIT");
+    assert_eq!(status("POST", "/open/other").0, 200);
+    assert_eq!(status("GET", "/open/edited").1, "HIT", "another URL's POST");
+    assert_eq!(status("POST", "/open/edited?status=503").0, 503);
+    assert_eq!(status("GET", "/open/edited").1, "HIT", "a POST that failed");
+    assert_eq!(status("POST", "/open/edited"), (200, "BYPASS".into()));
+    assert_eq!(status("GET", "/open/edited").1, "MISS", "its own POST");
+    assert_eq!(status("GET", "/open/edited").1, "HIT");
+    assert_eq!(status("GET", "/open/kept").1, "HIT");
+}
+
 #[test]
 fn http_caching_rules() {
     let up = PyUpstream::start("tiles", 5.0);
