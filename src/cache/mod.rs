@@ -16,6 +16,7 @@ pub mod key;
 pub mod outage;
 pub mod policy;
 pub mod purge;
+mod revalidate;
 pub mod sightings;
 pub mod store;
 
@@ -340,12 +341,15 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
             return RespCacheable::Uncacheable(NoCacheReason::Custom(NOT_YET));
         }
     }
-    // A revalidation's head is the stored one with the 304's fields: its age is the 304's,
-    // not the one the stored response came with.
+    // A revalidation: the stored head with the 304's fields (see [`revalidate`]).
     let merged;
-    let resp = match u.validated_age {
-        Some(age) if session.cache.phase() == CachePhase::Stale => {
-            merged = with_age(resp, age);
+    let resp = match &u.not_modified {
+        Some(not_modified) if session.cache.phase() == CachePhase::Stale => {
+            let stored = session.cache.maybe_cache_meta().map(|m| m.headers());
+            if !revalidate::selects(stored.and_then(|h| h.get(http::header::ETAG)), not_modified) {
+                return RespCacheable::Uncacheable(NoCacheReason::Custom("another validator"));
+            }
+            merged = revalidate::updated(resp, not_modified);
             &merged
         }
         _ => resp,
@@ -390,23 +394,12 @@ pub async fn invalidate_after(session: &Session, x: &Exchange, status: http::Sta
     }
 }
 
-/// `resp` with `Age: age` (none for 0).
-fn with_age(resp: &ResponseHeader, age: u64) -> ResponseHeader {
-    let mut resp = resp.clone();
-    resp.remove_header(&http::header::AGE);
-    if age > 0 {
-        // A number is a valid value.
-        let _ = resp.insert_header(http::header::AGE, age);
-    }
-    resp
-}
-
 /// Notes what the upstream answered a request that went through a `cache` step (a
-/// revalidation's `304` and its `Age`).
+/// revalidation's `304`, whose fields update the stored head).
 pub fn upstream_answered(x: &mut Exchange, resp: &ResponseHeader) {
     if let Some(u) = &mut x.cache {
         if resp.status == http::StatusCode::NOT_MODIFIED {
-            u.validated_age = Some(store::head::age_of(resp));
+            u.not_modified = Some(Box::new(resp.clone()));
         }
     }
 }

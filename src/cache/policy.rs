@@ -112,8 +112,8 @@ pub struct CacheUse {
     pub epoch: u64,
     /// A stale copy is served without asking the upstream, which has just failed the tile.
     pub stale_held: bool,
-    /// The upstream answered a revalidation `304`, with this `Age` (0 without one).
-    pub validated_age: Option<u64>,
+    /// The upstream's `304` to a revalidation, when it answered so.
+    pub not_modified: Option<Box<pingora_http::ResponseHeader>>,
 }
 
 pub struct Cache {
@@ -184,7 +184,7 @@ impl Policy for Cache {
             rule: self.rule.clone(),
             epoch: super::get().map_or(0, |c| c.store.epoch()),
             stale_held: false,
-            validated_age: None,
+            not_modified: None,
         });
         Outcome::Continue
     }

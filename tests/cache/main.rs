@@ -451,6 +451,30 @@ fn a_hits_age_counts_from_the_age_the_upstream_gave_and_a_revalidation_starts_it
     assert_eq!(up.not_modified(), 1);
 }
 
+/// RFC 9111 §4.3.4: the fields of the upstream's 304 replace the stored tile's own.
+#[test]
+fn a_revalidations_304_updates_the_stored_head() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let path =
+        "/open/versioned?cc=max-age%3D1&header=ETag:%22e1%22&first=X-Version:1&later=X-Version:2";
+    let open = || {
+        let r = get(gw.port, "GET", path, &[]);
+        let version = r.header("x-version").map(str::to_string);
+        (cache_status(&r).to_string(), version)
+    };
+    assert_eq!(open(), ("MISS".into(), Some("1".into())));
+    assert_eq!(open(), ("HIT".into(), Some("1".into())));
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(open(), ("REVALIDATED".into(), Some("2".into())));
+    assert_eq!(open(), ("HIT".into(), Some("2".into())));
+    assert_eq!(up.not_modified(), 1);
+}
+
 #[test]
 fn a_variant_stays_stored_when_another_variant_of_its_tile_is_revalidated() {
     let up = PyUpstream::start("tiles", 5.0);

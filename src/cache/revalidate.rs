@@ -1,0 +1,108 @@
+//! A stored tile revalidated by the upstream's `304` (RFC 9111 §4.3.4): the `304`'s header
+//! fields replace the stored ones (Pingora's cache phases carry over only a few of them), and a
+//! `304` whose strong validator is not the stored tile's updates nothing.
+
+use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
+use http::HeaderValue;
+use pingora_http::ResponseHeader;
+
+/// Fields a `304` never replaces: the connection's own and the stored body's length (RFC
+/// 9111 §3.2).
+const KEPT: [&str; 8] = crate::wire::concat(crate::wire::HOP_BY_HOP, ["content-length", "trailer"]);
+
+/// The stored head `stored` with the fields of `not_modified` in place of its own; its `Age`
+/// is the `304`'s (none without one).
+pub fn updated(stored: &ResponseHeader, not_modified: &ResponseHeader) -> ResponseHeader {
+    let mut out = stored.clone();
+    let named: Vec<&[u8]> = crate::wire::connection_tokens(&not_modified.headers).collect();
+    let mut names: Vec<&HeaderName> = not_modified.headers.keys().collect();
+    names.dedup();
+    for name in names {
+        let n = name.as_str();
+        if KEPT.contains(&n) || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes())) {
+            continue;
+        }
+        out.remove_header(name);
+        for value in not_modified.headers.get_all(name) {
+            // A name and a value the 304 held are valid.
+            let _ = out.append_header(name.clone(), value.clone());
+        }
+    }
+    if !not_modified.headers.contains_key(AGE) {
+        out.remove_header(&AGE);
+    }
+    debug_assert!(out.headers.get(CONTENT_LENGTH) == stored.headers.get(CONTENT_LENGTH));
+    out
+}
+
+/// Whether a `304` is about the stored tile whose `ETag` is `stored`: unless it names a strong
+/// validator the stored tile does not have.
+pub fn selects(stored: Option<&HeaderValue>, not_modified: &ResponseHeader) -> bool {
+    match not_modified.headers.get(ETAG) {
+        Some(new) if !new.as_bytes().starts_with(b"W/") => stored == Some(new),
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut h = ResponseHeader::build(status, None).unwrap();
+        for (n, v) in headers {
+            h.append_header(n.to_string(), *v).unwrap();
+        }
+        h
+    }
+
+    #[test]
+    fn a_304s_fields_replace_the_stored_ones_but_the_length_and_connection() {
+        let stored = head(
+            200,
+            &[
+                ("Content-Length", "5"),
+                ("Last-Modified", "Mon, 30 Nov 2026 10:00:00 GMT"),
+                ("X-Version", "1"),
+                ("X-Kept", "a"),
+                ("Age", "40"),
+            ],
+        );
+        let not_modified = head(
+            304,
+            &[
+                ("Last-Modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+                ("X-Version", "2"),
+                ("X-Version", "3"),
+                ("Content-Length", "0"),
+                ("Connection", "X-Hop"),
+                ("X-Hop", "1"),
+            ],
+        );
+        let out = updated(&stored, &not_modified);
+        let all = |n: &str| -> Vec<&str> {
+            out.headers
+                .get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(out.status, 200);
+        assert_eq!(all("last-modified"), ["Tue, 01 Dec 2026 10:00:00 GMT"]);
+        assert_eq!(all("x-version"), ["2", "3"]);
+        assert_eq!(all("x-kept"), ["a"]);
+        assert_eq!(all("content-length"), ["5"]);
+        assert!(all("x-hop").is_empty() && all("connection").is_empty());
+        assert!(all("age").is_empty(), "the 304 said no age");
+    }
+
+    #[test]
+    fn a_304_with_another_strong_validator_selects_nothing() {
+        let v1 = HeaderValue::from_static("\"v1\"");
+        assert!(selects(Some(&v1), &head(304, &[("ETag", "\"v1\"")])));
+        assert!(!selects(Some(&v1), &head(304, &[("ETag", "\"v2\"")])));
+        assert!(!selects(None, &head(304, &[("ETag", "\"v2\"")])));
+        assert!(selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
+        assert!(selects(Some(&v1), &head(304, &[])));
+    }
+}
