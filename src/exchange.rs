@@ -124,13 +124,6 @@ pub async fn decide(
         log::debug!("refused a request: {why}");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request names its host, once.
-    let mut hosts = head.headers.get_all(http::header::HOST).iter();
-    let (first_host, another) = (hosts.next(), hosts.next());
-    if another.is_some() || (first_host.is_none() && head.version == http::Version::HTTP_11) {
-        log::debug!("refused a request: no Host, or two");
-        return Decision::Refuse(Reply::text(400, "Bad Request"));
-    }
     if path == gw.healthcheck_path
         && (*method == http::Method::GET || *method == http::Method::HEAD)
     {
@@ -141,6 +134,13 @@ pub async fn decide(
             return Decision::Reply(responses::readiness(health.not_ready()));
         }
         return Decision::Reply(responses::healthy());
+    }
+    // RFC 9112 §3.2: an HTTP/1.1 request names its host, once (a health probe may not).
+    let mut hosts = head.headers.get_all(http::header::HOST).iter();
+    let (first_host, another) = (hosts.next(), hosts.next());
+    if another.is_some() || (first_host.is_none() && head.version == http::Version::HTTP_11) {
+        log::debug!("refused a request: no Host, or two");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     let (client_ip, server_port, tls) = (facts.client_ip, facts.server_port, facts.tls);
     let mut from = 0;

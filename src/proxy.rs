@@ -322,7 +322,7 @@ impl ProxyHttp for Tollgate {
                 crate::cache::X_CACHE_STATUS.clone(),
                 crate::cache::status(session, &ctx.x),
             )?;
-            crate::cache::add_upstream_age(session, upstream_response);
+            crate::cache::add_upstream_age(session, &ctx.x, upstream_response);
             crate::cache::invalidate_after(session, &ctx.x, upstream_response.status).await;
         }
         if let Some(c) = &mut ctx.compression {
@@ -332,6 +332,20 @@ impl ProxyHttp for Tollgate {
             if session.is_http2() {
                 // HTTP/2 frames the body itself.
                 upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+            }
+        }
+        if !session.is_http2() {
+            // The gateway's own version (RFC 9110 §2.5) ...
+            upstream_response.set_version(http::Version::HTTP_11);
+            // ... and no chunks to an HTTP/1.0 client, which knows none (RFC 9112 §6.1): the
+            // body ends with the connection.
+            if session.req_header().version < http::Version::HTTP_11
+                && upstream_response
+                    .headers
+                    .contains_key(http::header::TRANSFER_ENCODING)
+            {
+                upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
+                session.set_keepalive(None);
             }
         }
         apply_edits(upstream_response, &ctx.x.response_edits)

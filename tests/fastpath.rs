@@ -261,7 +261,13 @@ fn a_204_goes_out_without_a_length_and_its_connection_serves_on() {
 #[test]
 fn an_answer_is_framed_for_the_clients_version_whatever_the_upstreams() {
     let up = Scripted::start();
-    let (_d, gw) = gateway(&up, "on");
+    for fast in ["on", "off"] {
+        framed_for_the_clients_version(&up, fast);
+    }
+}
+
+fn framed_for_the_clients_version(up: &Scripted, fast: &str) {
+    let (_d, gw) = gateway(up, fast);
     let mut s = connect(gw.port, 10);
     s.write_all(b"GET /http10 HTTP/1.1\r\nHost: tiles\r\n\r\n")
         .expect("send");

@@ -324,6 +324,10 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
         ),
         ("GET /raw/x HTTP/1.0\r\n\r\n", 200),
         (
+            "GET /healthcheck HTTP/1.1\r\nConnection: close\r\n\r\n",
+            200,
+        ),
+        (
             "GET http://h/raw/x HTTP/1.1\r\nConnection: close\r\n\r\n",
             400,
         ),

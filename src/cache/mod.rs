@@ -32,7 +32,6 @@ use pingora_cache::lock::{
     CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, WritePermit,
 };
 use pingora_cache::predictor::Predictor;
-use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
 };
@@ -114,7 +113,11 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
         1024,
         Some(|reason| {
-            reason == "status" || reason == NOT_YET || reason == DECLINED || reason == PURGED
+            reason == "status"
+                || reason == NOT_YET
+                || reason == DECLINED
+                || reason == PURGED
+                || reason == OTHER_VALIDATOR
         }),
     )));
     let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
@@ -347,7 +350,7 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
         Some(not_modified) if session.cache.phase() == CachePhase::Stale => {
             let stored = session.cache.maybe_cache_meta().map(|m| m.headers());
             if !revalidate::selects(stored.and_then(|h| h.get(http::header::ETAG)), not_modified) {
-                return RespCacheable::Uncacheable(NoCacheReason::Custom("another validator"));
+                return RespCacheable::Uncacheable(NoCacheReason::Custom(OTHER_VALIDATOR));
             }
             merged = revalidate::updated(resp, not_modified);
             &merged
@@ -379,18 +382,8 @@ pub async fn invalidate_after(session: &Session, x: &Exchange, status: http::Sta
     if session.req_header().method.is_safe() || !(status.is_success() || status.is_redirection()) {
         return;
     }
-    let Ok(key) = key(session, x) else {
-        return;
-    };
-    let compact = key.to_compact();
-    let target = PurgeTarget::Active(&compact);
-    let span = pingora_cache::trace::Span::inactive();
-    if let Err(e) = cache
-        .store
-        .purge(target, PurgeType::Invalidation, &span.handle())
-        .await
-    {
-        log::warn!("tile cache: cannot invalidate a tile after an unsafe request: {e}");
+    if let Ok(key) = key(session, x) {
+        cache.store.invalidate(&key).await;
     }
 }
 
@@ -405,21 +398,32 @@ pub fn upstream_answered(x: &mut Exchange, resp: &ResponseHeader) {
 }
 
 /// A hit served by Pingora's cache phases says how long it has been stored; the age the
-/// upstream gave the response (a cache before it) is added, as a hit on the fast path says.
-pub fn add_upstream_age(session: &Session, resp: &mut ResponseHeader) {
-    if !matches!(
-        session.cache.phase(),
-        CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating
-    ) {
-        return;
-    }
-    let Some(meta) = session.cache.maybe_cache_meta() else {
-        return;
-    };
-    let given = store::head::age_of(meta.response_header());
-    if given > 0 {
-        let age = given.saturating_add(store::head::age_of(resp));
-        let _ = resp.insert_header(http::header::AGE, age);
+/// upstream gave the response (a cache before it) is added, as a hit on the fast path says. A
+/// revalidated answer's age is the upstream's 304's (none without one).
+pub fn add_upstream_age(session: &Session, x: &Exchange, resp: &mut ResponseHeader) {
+    match session.cache.phase() {
+        CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating => {
+            let Some(meta) = session.cache.maybe_cache_meta() else {
+                return;
+            };
+            let given = store::head::age_of(meta.response_header());
+            if given > 0 {
+                let age = given.saturating_add(store::head::age_of(resp));
+                let _ = resp.insert_header(http::header::AGE, age);
+            }
+        }
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+            let not_modified = x.cache.as_ref().and_then(|u| u.not_modified.as_deref());
+            match not_modified.and_then(|r| r.headers.get(http::header::AGE)) {
+                Some(age) => {
+                    let _ = resp.insert_header(http::header::AGE, age.clone());
+                }
+                None => {
+                    resp.remove_header(&http::header::AGE);
+                }
+            }
+        }
+        _ => {}
     }
 }
 
@@ -427,8 +431,10 @@ pub fn add_upstream_age(session: &Session, resp: &mut ResponseHeader) {
 const NOT_YET: &str = "min-uses";
 /// ... or it was new to a full memory tier (see [`TileCache::admits`]) ...
 const DECLINED: &str = "declined";
-/// ... or a purge came while it was fetched.
+/// ... or a purge came while it was fetched ...
 const PURGED: &str = "purged";
+/// ... or a revalidation's 304 named another validator than the stored tile's.
+const OTHER_VALIDATOR: &str = "another validator";
 
 /// The tiles' fetch lock: Pingora's, except that the requests waiting on a fetch the store
 /// declined (a tile new to a full memory tier) compete to fetch it again — the next fetch finds

@@ -7,8 +7,12 @@ use http::HeaderValue;
 use pingora_http::ResponseHeader;
 
 /// Fields a `304` never replaces: the connection's own and the stored body's length (RFC
-/// 9111 §3.2).
-const KEPT: [&str; 8] = crate::wire::concat(crate::wire::HOP_BY_HOP, ["content-length", "trailer"]);
+/// 9111 §3.2), and `Vary` (the stored variants were made by the one they have, as Pingora's
+/// cache phases keep it).
+const KEPT: [&str; 9] = crate::wire::concat(
+    crate::wire::HOP_BY_HOP,
+    ["content-length", "trailer", "vary"],
+);
 
 /// The stored head `stored` with the fields of `not_modified` in place of its own; its `Age`
 /// is the `304`'s (none without one).
@@ -36,10 +40,15 @@ pub fn updated(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
 }
 
 /// Whether a `304` is about the stored tile whose `ETag` is `stored`: unless it names a strong
-/// validator the stored tile does not have.
+/// validator whose tag is not the stored tile's (compared weakly: a server that weakens the
+/// tag of what it compresses may send the strong one on a 304).
 pub fn selects(stored: Option<&HeaderValue>, not_modified: &ResponseHeader) -> bool {
+    let tag = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        b.strip_prefix(b"W/").unwrap_or(b).to_vec()
+    };
     match not_modified.headers.get(ETAG) {
-        Some(new) if !new.as_bytes().starts_with(b"W/") => stored == Some(new),
+        Some(new) if !new.as_bytes().starts_with(b"W/") => stored.map(tag) == Some(tag(new)),
         _ => true,
     }
 }
@@ -65,6 +74,7 @@ mod tests {
                 ("Last-Modified", "Mon, 30 Nov 2026 10:00:00 GMT"),
                 ("X-Version", "1"),
                 ("X-Kept", "a"),
+                ("Vary", "X-Style"),
                 ("Age", "40"),
             ],
         );
@@ -75,6 +85,7 @@ mod tests {
                 ("X-Version", "2"),
                 ("X-Version", "3"),
                 ("Content-Length", "0"),
+                ("Vary", "X-Other"),
                 ("Connection", "X-Hop"),
                 ("X-Hop", "1"),
             ],
@@ -92,6 +103,7 @@ mod tests {
         assert_eq!(all("x-version"), ["2", "3"]);
         assert_eq!(all("x-kept"), ["a"]);
         assert_eq!(all("content-length"), ["5"]);
+        assert_eq!(all("vary"), ["X-Style"]);
         assert!(all("x-hop").is_empty() && all("connection").is_empty());
         assert!(all("age").is_empty(), "the 304 said no age");
     }
@@ -104,5 +116,7 @@ mod tests {
         assert!(!selects(None, &head(304, &[("ETag", "\"v2\"")])));
         assert!(selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(selects(Some(&v1), &head(304, &[])));
+        let weak = HeaderValue::from_static("W/\"v1\"");
+        assert!(selects(Some(&weak), &head(304, &[("ETag", "\"v1\"")])));
     }
 }

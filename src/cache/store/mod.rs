@@ -336,6 +336,19 @@ impl TileStore {
         }
     }
 
+    /// Removes what is stored under `key` without counting a purge (an unsafe request's URL,
+    /// RFC 9111 §4.4): fills of other tiles under way go on storing. Whether anything was
+    /// stored.
+    pub async fn invalidate(&'static self, key: &CacheKey) -> bool {
+        let k = slot(key);
+        let in_memory = self.memory.remove(&k);
+        let on_disk = match &self.disk {
+            Some(d) if d.contains(&k) => d.remove(&k).await,
+            _ => false,
+        };
+        in_memory || on_disk
+    }
+
     /// The object stored under a key's hash (`CacheKey::combined_bin`), from memory or (then
     /// kept in memory) from disk.
     pub async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
