@@ -125,6 +125,9 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if crate::wire::asks_close(&session.req_header().headers) {
+            session.set_keepalive(None);
+        }
         let decision = match ctx.decided.take() {
             Some(Decided { x, started }) => {
                 ctx.x = x;

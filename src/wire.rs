@@ -46,6 +46,12 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a `Connection` header, on any of its lines, says `close` (RFC 9112 §9.6: the
+/// connection closes after this exchange; Pingora's session reads only the first line).
+pub fn asks_close(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(b"close"))
+}
+
 /// `HTTP/1.1 <status> <reason>`.
 #[inline]
 pub fn status_line(buf: &mut BytesMut, status: StatusCode, reason: Option<&str>) {

@@ -231,6 +231,27 @@ fn a_close_delimited_body_goes_to_a_keep_alive_client_in_chunks() {
     }
 }
 
+/// `Connection: close` on a second `Connection` line closes the connection too.
+#[test]
+fn close_on_any_connection_line_closes_the_connection() {
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_d, gw) = gateway(&up, fast);
+        let mut s = connect(gw.port, 10);
+        s.write_all(
+            b"GET /cl HTTP/1.1\r\nHost: tiles\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
+        )
+        .expect("send");
+        let all = String::from_utf8_lossy(&read_to_close(&mut s)).to_ascii_lowercase();
+        assert!(all.starts_with("http/1.1 200"), "fast path {fast}: {all}");
+        assert!(
+            all.contains("connection: close\r\n"),
+            "fast path {fast}: {all}"
+        );
+        assert!(all.ends_with("\r\n\r\nhello"), "fast path {fast}: {all}");
+    }
+}
+
 /// A 204 has no body, whatever length the upstream gives it: none is read or written, no
 /// `Content-Length` is sent (RFC 9110 §8.6), and the connection serves the next request.
 #[test]

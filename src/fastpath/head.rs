@@ -184,7 +184,9 @@ async fn session(
     }
     // Reading the request applied the client's wish (HTTP/1.0 closes unless it asks for
     // keep-alive, `Connection: close` closes); the server's only narrows it.
-    if s.will_keepalive() {
+    if crate::wire::asks_close(&s.req_header().headers) {
+        s.set_server_keepalive(None);
+    } else if s.will_keepalive() {
         s.set_server_keepalive(limits.keepalive_secs);
     }
     s.set_read_timeout(Some(limits.read_timeout));
