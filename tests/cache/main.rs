@@ -503,6 +503,33 @@ fn a_variant_stays_stored_when_another_variant_of_its_tile_is_revalidated() {
     assert_eq!((up.served(), up.not_modified()), (3, 1));
 }
 
+#[test]
+fn a_variant_stays_stored_when_another_variant_of_its_tile_is_fetched_again() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    // No validator: an expired variant is fetched again whole.
+    let open = |style: &str| {
+        let r = get(
+            gw.port,
+            "GET",
+            "/open/restyled?cc=max-age%3D3&header=Vary:X-Style",
+            &[("X-Style", style)],
+        );
+        cache_status(&r).to_string()
+    };
+    assert_eq!([open("a"), open("a"), open("a")], ["MISS", "MISS", "HIT"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!([open("b"), open("b")], ["MISS", "HIT"]);
+    std::thread::sleep(Duration::from_millis(1700));
+    assert_eq!(open("a"), "EXPIRED");
+    assert_eq!([open("b"), open("a")], ["HIT", "HIT"]);
+    assert_eq!(up.served(), 4);
+}
+
 /// RFC 9111 §4.4: a non-error answer to an unsafe request for a URL invalidates what is
 /// stored for it; an error answer, or one for another URL, leaves it.
 #[test]

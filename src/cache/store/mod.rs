@@ -33,8 +33,9 @@ use memory::MemoryTier;
 /// A stored response's metadata, kept as parts so a hit rebuilds it without parsing.
 pub struct StoredMeta {
     fresh_until: SystemTime,
-    /// When the response was first stored: a revalidation keeps it (Pingora checks a `Vary`
-    /// tile's other variants against it) ...
+    /// When the response was first stored, or its family of `Vary` variants began (Pingora's
+    /// provenance): a revalidation or a refetch keeps it, and Pingora checks the tile's other
+    /// variants against it ...
     created: SystemTime,
     /// ... and when it was stored or last revalidated: its age counts from here.
     updated: SystemTime,
@@ -61,7 +62,10 @@ impl StoredMeta {
     pub fn from_meta(m: &CacheMeta) -> StoredMeta {
         StoredMeta {
             fresh_until: m.fresh_until(),
-            created: m.created(),
+            // When the object's family (a `Vary` tile's variants) began, which Pingora carries
+            // over a refetch of the same variant; it checks the other variants against it
+            // (and sets it to `created` where the family starts anew).
+            created: m.provenance(),
             // Pingora counts age and freshness from here (its `updated`, or the override
             // `to_meta` sets).
             updated: m.epoch(),
