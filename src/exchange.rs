@@ -101,11 +101,8 @@ pub async fn decide(
         url,
         authority,
     } = facts.target;
-    let host = head
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or(authority);
+    let host_line = head.headers.get(http::header::HOST);
+    let host = host_line.and_then(|h| h.to_str().ok()).or(authority);
     let head_size = url.len()
         + head
             .headers
@@ -135,10 +132,16 @@ pub async fn decide(
         }
         return Decision::Reply(responses::healthy());
     }
-    // RFC 9112 §3.2: an HTTP/1.1 request names its host, once (a health probe may not).
-    let mut hosts = head.headers.get_all(http::header::HOST).iter();
-    let (first_host, another) = (hosts.next(), hosts.next());
-    if another.is_some() || (first_host.is_none() && head.version == http::Version::HTTP_11) {
+    // RFC 9112 §3.2: an HTTP/1.1 request names its host, once (a health probe may not). (A
+    // head without a name twice has no second Host: most heads are looked at no further.)
+    let two_hosts = head.headers.len() != head.headers.keys_len()
+        && head
+            .headers
+            .get_all(http::header::HOST)
+            .iter()
+            .nth(1)
+            .is_some();
+    if two_hosts || (host_line.is_none() && head.version == http::Version::HTTP_11) {
         log::debug!("refused a request: no Host, or two");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }

@@ -52,6 +52,8 @@ pub struct RequestCtx {
     upstream_time: Option<Duration>,
     /// What the fast path decided for this request before it left it to Pingora.
     decided: Option<Decided>,
+    /// The upstream's `304` to a revalidation of a stored tile.
+    not_modified: Option<Box<ResponseHeader>>,
 }
 
 /// A request the fast path ran the pipelines of and hands to Pingora's proxy to finish.
@@ -108,6 +110,7 @@ impl ProxyHttp for Tollgate {
             upstream_started: None,
             upstream_time: None,
             decided: None,
+            not_modified: None,
         }
     }
 
@@ -175,7 +178,12 @@ impl ProxyHttp for Tollgate {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(crate::cache::cacheable(session, resp, &ctx.x))
+        Ok(crate::cache::cacheable(
+            session,
+            resp,
+            &ctx.x,
+            ctx.not_modified.as_deref(),
+        ))
     }
 
     fn cache_vary_filter(
@@ -306,7 +314,9 @@ impl ProxyHttp for Tollgate {
         if let Some(plan) = &ctx.x.proxy {
             crate::upstream::attempt::answered(plan, upstream_response.status.as_u16());
         }
-        crate::cache::upstream_answered(&mut ctx.x, upstream_response);
+        if let Some(r) = crate::cache::not_modified(&ctx.x, upstream_response) {
+            ctx.not_modified = Some(r);
+        }
         Ok(())
     }
 
@@ -325,7 +335,7 @@ impl ProxyHttp for Tollgate {
                 crate::cache::X_CACHE_STATUS.clone(),
                 crate::cache::status(session, &ctx.x),
             )?;
-            crate::cache::add_upstream_age(session, &ctx.x, upstream_response);
+            crate::cache::add_upstream_age(session, ctx.not_modified.as_deref(), upstream_response);
             crate::cache::invalidate_after(session, &ctx.x, upstream_response.status).await;
         }
         if let Some(c) = &mut ctx.compression {

@@ -321,7 +321,14 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
 
 /// Whether (and how long) an upstream response is stored: a tile nothing was stored for only
 /// from the step's `minUses`-th miss on.
-pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> RespCacheable {
+/// `not_modified`: the upstream's 304, when it answered a revalidation so (see
+/// [`not_modified`]).
+pub fn cacheable(
+    session: &Session,
+    resp: &ResponseHeader,
+    x: &Exchange,
+    not_modified: Option<&ResponseHeader>,
+) -> RespCacheable {
     let Some(u) = &x.cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
@@ -346,7 +353,7 @@ pub fn cacheable(session: &Session, resp: &ResponseHeader, x: &Exchange) -> Resp
     }
     // A revalidation: the stored head with the 304's fields (see [`revalidate`]).
     let merged;
-    let resp = match &u.not_modified {
+    let resp = match not_modified {
         Some(not_modified) if session.cache.phase() == CachePhase::Stale => {
             let stored = session.cache.maybe_cache_meta().map(|m| m.headers());
             if !revalidate::selects(stored.and_then(|h| h.get(http::header::ETAG)), not_modified) {
@@ -387,20 +394,22 @@ pub async fn invalidate_after(session: &Session, x: &Exchange, status: http::Sta
     }
 }
 
-/// Notes what the upstream answered a request that went through a `cache` step (a
-/// revalidation's `304`, whose fields update the stored head).
-pub fn upstream_answered(x: &mut Exchange, resp: &ResponseHeader) {
-    if let Some(u) = &mut x.cache {
-        if resp.status == http::StatusCode::NOT_MODIFIED {
-            u.not_modified = Some(Box::new(resp.clone()));
-        }
-    }
+/// The upstream's answer to a request that went through a `cache` step, kept when it is a
+/// revalidation's `304` (its fields update the stored head). Kept beside the exchange, not in
+/// it: only Pingora's cache phases revalidate, and every request moves the exchange.
+pub fn not_modified(x: &Exchange, resp: &ResponseHeader) -> Option<Box<ResponseHeader>> {
+    (x.cache.is_some() && resp.status == http::StatusCode::NOT_MODIFIED)
+        .then(|| Box::new(resp.clone()))
 }
 
 /// A hit served by Pingora's cache phases says how long it has been stored; the age the
 /// upstream gave the response (a cache before it) is added, as a hit on the fast path says. A
 /// revalidated answer's age is the upstream's 304's (none without one).
-pub fn add_upstream_age(session: &Session, x: &Exchange, resp: &mut ResponseHeader) {
+pub fn add_upstream_age(
+    session: &Session,
+    not_modified: Option<&ResponseHeader>,
+    resp: &mut ResponseHeader,
+) {
     match session.cache.phase() {
         CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating => {
             let Some(meta) = session.cache.maybe_cache_meta() else {
@@ -413,7 +422,6 @@ pub fn add_upstream_age(session: &Session, x: &Exchange, resp: &mut ResponseHead
             }
         }
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-            let not_modified = x.cache.as_ref().and_then(|u| u.not_modified.as_deref());
             match not_modified.and_then(|r| r.headers.get(http::header::AGE)) {
                 Some(age) => {
                     let _ = resp.insert_header(http::header::AGE, age.clone());

@@ -112,8 +112,6 @@ pub struct CacheUse {
     pub epoch: u64,
     /// A stale copy is served without asking the upstream, which has just failed the tile.
     pub stale_held: bool,
-    /// The upstream's `304` to a revalidation, when it answered so.
-    pub not_modified: Option<Box<pingora_http::ResponseHeader>>,
 }
 
 pub struct Cache {
@@ -184,7 +182,6 @@ impl Policy for Cache {
             rule: self.rule.clone(),
             epoch: super::get().map_or(0, |c| c.store.epoch()),
             stale_held: false,
-            not_modified: None,
         });
         Outcome::Continue
     }
