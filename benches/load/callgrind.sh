@@ -99,6 +99,7 @@ for c in $CASES; do
     cache-miss) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     cache-declined) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" --cache-memory 4MiB ;;
     kargo-distinct) measure "$c" kargo "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
+    healthcheck) measure "$c" kargo-cache /healthcheck ;;
     nginx) measure_nginx ;;
     nginx-static) measure_nginx_static ;;
     nginx-static-browser) FIXED_HEADERS=browser measure_nginx_static "$c" ;;

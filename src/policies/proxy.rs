@@ -208,7 +208,8 @@ fn stripped_url(req: &Request<'_>) -> String {
 
 /// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query.
 pub fn url_join(base: &str, url: &str) -> String {
-    let (url_path, url_query) = url.split_at(url.find('?').unwrap_or(url.len()));
+    let q = memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len());
+    let (url_path, url_query) = url.split_at(q);
     let mut out = String::with_capacity(base.len() + url.len() + 1);
     for part in [base, url_path] {
         push_joined(&mut out, part);
