@@ -202,6 +202,33 @@ pub fn without_secrets(upstream_path: &str, secrets: &[String]) -> Option<String
     out
 }
 
+/// [`without_secrets`] of an upstream path and of the url it was made from (see
+/// [`crate::pipeline::context::PathRecipe`]): when the path ends in the url's query, as a
+/// joined path does, the url's neutral query is the path's, taken without a second pass.
+pub fn without_secrets_both(
+    upstream_path: &str,
+    url: &str,
+    secrets: &[String],
+) -> (Option<String>, Option<String>) {
+    let path = without_secrets(upstream_path, secrets);
+    let queries = memchr::memchr(b'?', upstream_path.as_bytes())
+        .zip(memchr::memchr(b'?', url.as_bytes()))
+        .filter(|(q, uq)| upstream_path[*q..] == url[*uq..]);
+    let url = match (&path, queries) {
+        // The same query: the url keeps what the path keeps of it (the part before the query is
+        // never changed).
+        (Some(neutral), Some((q, uq))) => {
+            let mut out = String::with_capacity(uq + neutral.len() - q);
+            out.push_str(&url[..uq]);
+            out.push_str(&neutral[q..]);
+            Some(out)
+        }
+        (None, Some(_)) => None,
+        (_, None) => without_secrets(url, secrets),
+    };
+    (path, url)
+}
+
 /// The parts of a query between its `&`s (cut byte by byte: `&` is ASCII, so every cut is at
 /// a character boundary).
 fn query_parts(query: &str) -> impl Iterator<Item = &str> {
@@ -385,6 +412,28 @@ mod tests {
             let s = vec!["jwt".to_string(), "apiKey".to_string()];
             let path = format!("/wmts/1.png?{}", parts.join("&"));
             proptest::prop_assert_eq!(without_secrets(&path, &s), kept_parts(&path, &s), "{}", path);
+        }
+
+        #[test]
+        fn a_path_and_its_url_are_made_neutral_as_each_alone(
+            parts in proptest::collection::vec("(jwt|apiKey|a|)(=[a-z%]{0,2})?", 0..4),
+            base in "(/|/wms|/b\\?jwt=k&c=1|/b\\?c)",
+            prepend in proptest::bool::ANY,
+            ignore in proptest::bool::ANY,
+        ) {
+            let s = vec!["jwt".to_string(), "apiKey".to_string()];
+            let url = format!("/1.png?{}", parts.join("&"));
+            let recipe = crate::pipeline::context::PathRecipe {
+                url: url.clone(),
+                prepend_path: prepend,
+                ignore_path: ignore,
+            };
+            let path = recipe.path_for(&base);
+            proptest::prop_assert_eq!(
+                without_secrets_both(&path, &url, &s),
+                (without_secrets(&path, &s), without_secrets(&url, &s)),
+                "{} from {}", path, url
+            );
         }
     }
 }

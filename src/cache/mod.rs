@@ -266,11 +266,13 @@ pub fn neutral_fill(x: &mut Exchange) {
     };
     let rule = u.rule.clone();
     if let Some(plan) = &mut x.proxy {
-        if let Some(path) = key::without_secrets(&plan.path, &rule.secret_params) {
+        // A retry on another url makes its path from the recipe: no credentials there either.
+        let (path, url) =
+            key::without_secrets_both(&plan.path, &plan.path_recipe.url, &rule.secret_params);
+        if let Some(path) = path {
             plan.path = path;
         }
-        // A retry on another url makes its path from the recipe: no credentials there either.
-        if let Some(url) = key::without_secrets(&plan.path_recipe.url, &rule.secret_params) {
+        if let Some(url) = url {
             plan.path_recipe.url = url;
         }
     }
