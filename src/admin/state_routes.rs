@@ -49,6 +49,7 @@ fn state(gw: &Gateway) -> Response<Vec<u8>> {
             "path": dir.display().to_string(),
             "objects": disk.objects, "bytes": disk.bytes, "budget": disk.budget,
             "evictions": disk.evictions, "damaged": cache.store.damaged(),
+            "skipped": cache.store.disk_skipped(),
         })
     });
     json(
@@ -93,20 +94,15 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
             "give `url` (a path with its query, as clients request it) or `apiEndpoint`",
         );
     };
-    // An absolute URL gives its host; a path uses `host`, if given.
-    let (host, path) = match url.split_once("://") {
-        Some((_, rest)) => match rest.find('/') {
-            Some(i) => (Some(&rest[..i]), &rest[i..]),
-            None => (Some(rest), "/"),
-        },
-        None => (body.get("host").and_then(Value::as_str), url),
-    };
-    if !path.starts_with('/') {
+    let Some((url_host, path)) = purge_target(url) else {
         return text(
             StatusCode::UNPROCESSABLE_ENTITY,
             "`url` must be a path (/...) or an absolute URL",
         );
-    }
+    };
+    // An absolute URL gives its host; a path uses `host`, if given.
+    let host = url_host.or_else(|| body.get("host").and_then(Value::as_str));
+    let path = &*path;
     if host.is_none() && crate::cache::purge::keyed_by_host(gw, path) {
         return text(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -121,4 +117,59 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
         StatusCode::OK,
         &json!({"url": path, "cached": keys > 0, "purged": purged}),
     )
+}
+
+/// The host (of an absolute URL) and the path with its query of a URL to purge: a path is taken
+/// as it is (its query may hold URLs: WMS's `SLD=http://…`), an absolute URL is cut at the
+/// end of its authority (`/`, `?`). `None` for anything else.
+fn purge_target(url: &str) -> Option<(Option<&str>, std::borrow::Cow<'_, str>)> {
+    if url.starts_with('/') {
+        return Some((None, url.into()));
+    }
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+')
+    {
+        return None;
+    }
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (host, path) = rest.split_at(end);
+    if host.is_empty() {
+        return None;
+    }
+    let path = match path.as_bytes().first() {
+        None => "/".into(),
+        Some(b'?') => format!("/{path}").into(),
+        Some(_) => path.into(),
+    };
+    Some((Some(host), path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::purge_target;
+
+    fn target(url: &str) -> Option<(Option<&str>, String)> {
+        purge_target(url).map(|(h, p)| (h, p.into_owned()))
+    }
+
+    #[test]
+    fn a_purge_url_is_a_path_or_an_absolute_url() {
+        let sld = "/wms?SERVICE=WMS&REQUEST=GetMap&SLD=http://styles.example/a.sld";
+        assert_eq!(target(sld), Some((None, sld.into())));
+        assert_eq!(
+            target("https://tiles.example:8443/wmts/1.png?x=http://a/b"),
+            Some((
+                Some("tiles.example:8443"),
+                "/wmts/1.png?x=http://a/b".into()
+            ))
+        );
+        assert_eq!(target("http://x?y=1"), Some((Some("x"), "/?y=1".into())));
+        assert_eq!(target("http://x"), Some((Some("x"), "/".into())));
+        for bad in ["wms?x=http://a/b", "", "http:///a", "://x/a", "h t://x/a"] {
+            assert_eq!(target(bad), None, "{bad}");
+        }
+    }
 }

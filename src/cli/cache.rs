@@ -22,7 +22,7 @@ pub enum CacheCmd {
         url: Option<String>,
         /// The Host the URL is requested with, port included, as clients send it (when routes
         /// depend on it, or a route with `changeOrigin: false` keys tiles by it).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "api_endpoint")]
         host: Option<String>,
         /// Purge everything cached for this api endpoint.
         #[arg(long)]
@@ -53,10 +53,11 @@ pub fn run(c: &AdminClient, cmd: CacheCmd) -> Outcome {
             if let Some(e) = answer["apiEndpoint"].as_str() {
                 eprintln!("✔ Purged everything cached for api endpoint {e}");
             } else if answer["cached"] == json!(false) {
-                eprintln!(
-                    "✖ {} is not cached by any pipeline",
+                // Nothing purged: a script must see it (a mistyped URL purges nothing).
+                return Err(format!(
+                    "{} is not cached by any pipeline",
                     answer["url"].as_str().unwrap_or("")
-                );
+                ));
             } else {
                 eprintln!(
                     "✔ Purged {} ({} object(s))",

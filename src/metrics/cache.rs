@@ -1,6 +1,6 @@
 //! The tile cache's families: requests by cache status and api endpoint, bytes served from the
 //! cache, what each tier holds, evictions, misses not admitted to a full memory tier, damaged
-//! disk files, and waits on another request's fill.
+//! disk files and writes the disk was too far behind for, and waits on another request's fill.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -22,6 +22,7 @@ pub struct CacheMetrics {
     evictions: Vec<IntCounter>,
     declined: IntCounter,
     damaged: IntCounter,
+    disk_skipped: IntCounter,
     /// The shared memory for tile bodies: its size, bytes of bodies, idle pages kept.
     shared: [IntGauge; 3],
     shared_cuts: IntCounter,
@@ -103,6 +104,11 @@ impl CacheMetrics {
             "Damaged or partial disk cache files found (read as misses and removed)",
         ));
         reg(Box::new(damaged.clone()));
+        let disk_skipped = must(IntCounter::new(
+            "tollgate_cache_disk_skipped_total",
+            "Stored tiles not written to the disk tier because the disk was behind",
+        ));
+        reg(Box::new(disk_skipped.clone()));
         let shared = must(IntGaugeVec::new(
             Opts::new(
                 "tollgate_cache_shared_memory_bytes",
@@ -136,6 +142,7 @@ impl CacheMetrics {
                 .collect(),
             declined,
             damaged,
+            disk_skipped,
             shared: ["size", "used", "idle"].map(|s| shared.with_label_values(&[s])),
             shared_cuts,
             lock_wait,
@@ -180,5 +187,8 @@ impl CacheMetrics {
         let damaged = c.store.damaged();
         self.damaged
             .inc_by(damaged.saturating_sub(self.damaged.get()));
+        let skipped = c.store.disk_skipped();
+        self.disk_skipped
+            .inc_by(skipped.saturating_sub(self.disk_skipped.get()));
     }
 }

@@ -35,6 +35,36 @@ fn purge_a_url_and_an_api_endpoint() {
     );
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/1.png", 1)), "MISS");
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "HIT");
+    // A URL no pipeline caches: nothing purged, and the CLI says so with its exit status.
+    let out = support::gateway::run_tollgate(
+        &[
+            "cache",
+            "purge",
+            "/elsewhere/1.png",
+            "--admin-url",
+            &format!("http://127.0.0.1:{}", gw.admin_port),
+        ],
+        &[],
+    );
+    assert!(!out.status.success(), "a purge of nothing succeeded");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not cached by any pipeline"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A URL whose query holds a URL (WMS's SLD), through the Admin API: that tile goes.
+    let sld = "/tiles/p/3.png?SLD=http://styles.example/a.sld";
+    assert_eq!(cache_status(&tile(&gw, sld, 0)), "MISS");
+    assert_eq!(cache_status(&tile(&gw, sld, 0)), "HIT");
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        &format!(r#"{{"url": "{sld}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
+    assert_eq!(cache_status(&tile(&gw, sld, 1)), "MISS");
     // Everything of an api endpoint, through the Admin API.
     let r = send_json(
         gw.admin_port,

@@ -27,6 +27,10 @@ const MAGIC: &[u8; 4] = b"TGC1";
 const HEAD: usize = 4 + 16 + 4 + 4 + 8 + 4;
 /// Disk operations in flight at most.
 const MAX_IO: usize = 32;
+/// The most bytes of bodies waiting for the disk: past them a fill is not written (it is in
+/// memory; a disk slower than the misses would otherwise hold every body waiting, evicted from
+/// memory or not, and grow the gateway past its budget).
+const QUEUE_MAX: u64 = 64 << 20;
 /// When over budget, evict down to this share of it.
 const LOW_WATER: f64 = 0.9;
 /// The secret the keys' hashes are made with (see `cache::key::digest`), readable by the
@@ -48,6 +52,10 @@ pub struct DiskTier {
     purges: std::sync::Arc<super::Purges>,
     clock: AtomicU64,
     io: Semaphore,
+    /// Bytes of bodies waiting to be written (or being written).
+    queued: AtomicU64,
+    /// Writes not made because [`QUEUE_MAX`] bytes were waiting already.
+    pub skipped: AtomicU64,
     pub stored_bytes: AtomicU64,
     pub stored_objects: AtomicU64,
     pub evictions: AtomicU64,
@@ -62,6 +70,11 @@ fn on_disk(len: u64) -> u64 {
 
 fn hex(key: &HashBinary) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Whether `s` is two lowercase hex digits (a shard's name).
+fn is_shard_name(s: &str) -> bool {
+    s.len() == 2 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 fn unhex(name: &str) -> Option<HashBinary> {
@@ -185,6 +198,8 @@ impl DiskTier {
             purges: Default::default(),
             clock: AtomicU64::new(0),
             io: Semaphore::new(MAX_IO),
+            queued: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -192,10 +207,23 @@ impl DiskTier {
         };
         let mut found = Vec::new();
         for shard in std::fs::read_dir(dir)?.flatten() {
-            if !shard.file_type().is_ok_and(|t| t.is_dir()) || shard.file_name() == "tmp" {
+            // Only the shards (two hex digits) are the tier's: a filesystem's own `lost+found`
+            // (unreadable to the gateway's user) or anything else there is left alone.
+            let is_shard = shard.file_name().to_str().is_some_and(is_shard_name);
+            if !is_shard || !shard.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            for f in std::fs::read_dir(shard.path())?.flatten() {
+            let files = match std::fs::read_dir(shard.path()) {
+                Ok(files) => files,
+                Err(e) => {
+                    log::warn!(
+                        "tile cache directory: cannot read {}: {e}; its tiles are left out",
+                        shard.path().display()
+                    );
+                    continue;
+                }
+            };
+            for f in files.flatten() {
                 let name = f.file_name();
                 let Some(key) = name
                     .to_str()
@@ -320,12 +348,27 @@ impl DiskTier {
     /// Writes an object in the background: the response does not wait for the disk. `seen`:
     /// the store's count of purges when its fetch began; a purge since (of any tile: purges
     /// are rare) leaves it unwritten.
+    /// At most [`QUEUE_MAX`] bytes wait: past them the object is not written (counted).
     pub fn put(&'static self, obj: std::sync::Arc<Object>, seen: u64) {
+        let size = obj.body.len() as u64 + obj.meta.head.wire_size() as u64;
+        let before = self.queued.fetch_add(size, Ordering::Relaxed);
+        if before > 0 && before + size > QUEUE_MAX {
+            self.queued.fetch_sub(size, Ordering::Relaxed);
+            if self.skipped.fetch_add(1, Ordering::Relaxed) == 0 {
+                log::warn!(
+                    "tile cache directory {}: the disk is slower than the misses: tiles are \
+                     left out of it while {} MiB wait (counted in the cache's state)",
+                    self.dir.display(),
+                    QUEUE_MAX >> 20
+                );
+            }
+            return;
+        }
         tokio::spawn(async move {
-            let Ok(_permit) = self.io.acquire().await else {
-                return;
-            };
-            let _ = tokio::task::spawn_blocking(move || self.write(&obj, seen)).await;
+            if let Ok(_permit) = self.io.acquire().await {
+                let _ = tokio::task::spawn_blocking(move || self.write(&obj, seen)).await;
+            }
+            self.queued.fetch_sub(size, Ordering::Relaxed);
         });
     }
 
@@ -451,6 +494,68 @@ mod tests {
             0,
             "no file left"
         );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A disk behind the misses holds at most [`QUEUE_MAX`] bytes of bodies waiting: a fill
+    /// past them is not written (and counted); one within them is.
+    #[test]
+    fn writes_past_the_queue_are_skipped() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let object =
+            |k: u8| std::sync::Arc::new(crate::cache::store::memory::tests::object([k; 16], 3000));
+        rt.block_on(async {
+            // The disk is behind: as many bytes wait as may.
+            tier.queued.store(QUEUE_MAX, Ordering::Relaxed);
+            tier.put(object(1), tier.purges.epoch());
+            assert_eq!(tier.skipped.load(Ordering::Relaxed), 1);
+            assert_eq!(tier.queued.load(Ordering::Relaxed), QUEUE_MAX);
+            tier.queued.store(0, Ordering::Relaxed);
+            tier.put(object(2), tier.purges.epoch());
+            assert!(tier.queued.load(Ordering::Relaxed) > 0, "waiting");
+            for _ in 0..500 {
+                if tier.queued.load(Ordering::Relaxed) == 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        });
+        assert_eq!(tier.queued.load(Ordering::Relaxed), 0);
+        assert!(tier.contains(&[2; 16]) && !tier.contains(&[1; 16]));
+        assert_eq!(tier.skipped.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Only the tier's shards are read at start: what else the directory holds (a
+    /// filesystem's `lost+found`, an operator's notes) is neither indexed nor a reason to
+    /// fail.
+    #[test]
+    fn only_the_shards_are_read_at_start() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-shards-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier = DiskTier::open(&dir, 1 << 30).unwrap();
+        let key = [7u8; 16];
+        tier.write(
+            &crate::cache::store::memory::tests::object(key, 3000),
+            tier.purges.epoch(),
+        );
+        drop(tier);
+        let name = format!("{}.obj", hex(&[8u8; 16]));
+        for other in ["lost+found", "notes", "0g"] {
+            std::fs::create_dir_all(dir.join(other)).unwrap();
+            std::fs::write(dir.join(other).join(&name), b"not a tile").unwrap();
+        }
+        std::fs::write(dir.join("README"), b"tiles").unwrap();
+        let tier = DiskTier::open(&dir, 1 << 30).unwrap();
+        assert!(tier.contains(&key));
+        assert!(!tier.contains(&[8u8; 16]));
+        assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

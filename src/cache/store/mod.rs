@@ -321,6 +321,13 @@ impl TileStore {
             .map_or(0, |d| d.corrupt.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Objects not written to disk because the disk was behind (see [`disk::DiskTier::put`]).
+    pub fn disk_skipped(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.skipped.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Starts collecting a response to store under `key`; `seen`: [`Self::epoch`] when its
     /// fetch began (a purge since, and it is not stored).
     pub fn filling(&'static self, key: HashBinary, meta: StoredMeta, seen: u64) -> Filling {
