@@ -170,6 +170,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let https = gateway.https.clone();
     let admin = gateway.admin.clone();
     let current = Arc::new(ArcSwap::from_pointee(gateway));
+    // Every name looked up before the first request (then refreshed in the background).
+    crate::upstream::carry_addresses(std::iter::empty(), current.load().targets());
     start_dns_refresh(current.clone());
     for ep in current.load().service_endpoints.values() {
         crate::upstream::health::start(ep, background.handle());
@@ -448,16 +450,17 @@ fn bind_addr(host: Option<&str>, default: &str, port: u16) -> String {
     }
 }
 
-/// Looks upstream names up now and every [`DNS_REFRESH`], on a thread of its own.
+/// Looks upstream names up again every [`DNS_REFRESH`], on a thread of its own.
 fn start_dns_refresh(gateway: Arc<ArcSwap<Gateway>>) {
     std::thread::Builder::new()
         .name("tollgate-dns".into())
         .spawn(move || loop {
+            std::thread::sleep(DNS_REFRESH);
+            // Not held while asleep: a config a reload replaced goes (with its health checks).
             let gw = gateway.load_full();
             for target in gw.targets() {
                 target.resolve();
             }
-            std::thread::sleep(DNS_REFRESH);
         })
         .map(|_| ())
         .unwrap_or_else(|e| log::error!("cannot start the DNS refresh thread: {e}"));

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use support::load::Load;
 use support::upstream::PyUpstream;
-use support::{get, request, ConfigDir, GatewayProcess};
+use support::{get, request, send_json, ConfigDir, GatewayProcess};
 
 fn config(urls: &[String], tollgate: &str, proxy_extra: &str, extra_steps: &str) -> String {
     let urls = urls
@@ -91,6 +91,31 @@ fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
     let r = get(gw.port, "GET", "/tiles/x", &[]);
     assert_eq!(r.status, 502);
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The health check taken out by a reload: the urls it left out are back in rotation (no
+    // check would ever bring them back), b answers again.
+    b.restart();
+    std::fs::write(
+        dir.path.join("gateway.config.yml"),
+        config(
+            &[a_url.clone(), b.url("")],
+            "{outlierDetection: false, retries: 0}",
+            "",
+            "",
+        ),
+    )
+    .expect("config");
+    let r = send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(healthy(&b.url("")), 1.0);
+    let answered_by_b = (0..10)
+        .filter(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])) == "b")
+        .count();
+    assert!(answered_by_b > 0, "b is left out after its check went");
+    assert!(
+        gw.log_text().contains("no health check now"),
+        "{}",
+        gw.log_text()
+    );
     eprintln!("ejected after {ejected:?}, back after {back:?}");
 }
 

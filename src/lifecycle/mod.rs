@@ -314,6 +314,7 @@ impl Lifecycle {
             }
             Ok((gateway, models, started)) => {
                 let gateway = Arc::new(gateway);
+                crate::upstream::carry_addresses(self.current.load().targets(), gateway.targets());
                 for ep in gateway.service_endpoints.values() {
                     crate::upstream::health::start(ep, &self.runtime);
                 }

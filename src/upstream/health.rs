@@ -15,9 +15,19 @@ use super::settings::HealthCheck;
 use super::state::Change;
 use super::{ServiceEndpoint, UpstreamTarget};
 
-/// Starts the checker of a service endpoint, if it has a health check.
+/// Starts the checker of a service endpoint, if it has a health check; without one (a reload
+/// took it away), a url the checks had left out is back in rotation.
 pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) {
     let Some(check) = endpoint.settings.health_check.clone() else {
+        for (target, state) in endpoint.targets.iter().zip(&endpoint.states) {
+            if state.checks_off() {
+                log::info!(
+                    "upstream {} of service endpoint `{}` has no health check now: back in rotation",
+                    target.url,
+                    endpoint.name
+                );
+            }
+        }
         return;
     };
     let weak: Weak<ServiceEndpoint> = Arc::downgrade(endpoint);

@@ -125,6 +125,28 @@ impl UpstreamTarget {
     }
 }
 
+/// Gives the targets of a config about to be swapped in (`new`) the addresses the running
+/// config's targets (`old`) resolved for the same name and port; a name new to it is looked up
+/// now (blocking: call off the request path). A reload then never serves a request with an
+/// address not looked up yet, which would wait for the next DNS refresh.
+pub fn carry_addresses<'a>(
+    old: impl Iterator<Item = &'a Arc<UpstreamTarget>>,
+    new: impl Iterator<Item = &'a Arc<UpstreamTarget>>,
+) {
+    let known: std::collections::HashMap<(&str, u16), SocketAddr> = old
+        .filter_map(|t| Some(((t.hostname.as_str(), t.port), t.addr()?)))
+        .collect();
+    for t in new {
+        if !t.needs_dns() && connect_to(&t.hostname, t.port).is_none() {
+            continue;
+        }
+        match known.get(&(t.hostname.as_str(), t.port)) {
+            Some(a) => t.addr.store(Some(Arc::new(*a))),
+            None => t.resolve(),
+        }
+    }
+}
+
 /// `--connect-to HOST:PORT=ADDR:PORT` (`TOLLGATE_CONNECT_TO`, comma-separated), as curl's:
 /// the upstream named HOST:PORT is reached at ADDR:PORT, while the Host header and TLS name
 /// stay HOST. For configs written for another network (Docker service names) run elsewhere.
@@ -272,7 +294,9 @@ impl ServiceEndpoint {
             .enumerate()
             .map(|(i, t)| {
                 let left_out = i < 64 && tried & (1 << i) != 0;
-                (!left_out && self.states[i].available()).then(|| balance::Candidate {
+                // A url whose name has no address yet is not chosen while another has one.
+                let usable = self.states[i].available() && t.addr().is_some();
+                (!left_out && usable).then(|| balance::Candidate {
                     url: &t.url,
                     weight: self.settings.weight(i),
                     in_flight: self.states[i]

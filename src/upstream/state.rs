@@ -104,6 +104,14 @@ impl TargetState {
         Change::None
     }
 
+    /// Forgets the active checks' verdict (its endpoint has no health check now): healthy,
+    /// no checks counted. Whether it was unhealthy.
+    pub fn checks_off(&self) -> bool {
+        self.check_passes.store(0, Ordering::Relaxed);
+        self.check_failures.store(0, Ordering::Relaxed);
+        !self.healthy.swap(true, Ordering::Relaxed)
+    }
+
     /// Records how a request to it went (connect failure or 5xx = failure); returns true when
     /// this failure ejects it.
     pub fn request_result(&self, failed: bool, outlier: Option<&Outlier>) -> bool {
@@ -158,6 +166,14 @@ mod tests {
         assert_eq!(s.check_result(true, 2, 3), Change::None);
         assert_eq!(s.check_result(true, 2, 3), Change::BecameHealthy);
         assert!(s.available());
+        // Checks turned off: an unhealthy url is back at once, its count forgotten.
+        for _ in 0..3 {
+            s.check_result(false, 2, 3);
+        }
+        assert!(!s.available());
+        assert!(s.checks_off());
+        assert!(s.available() && !s.checks_off());
+        assert_eq!(s.check_result(false, 2, 3), Change::None);
     }
 
     #[test]
