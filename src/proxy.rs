@@ -274,6 +274,7 @@ impl ProxyHttp for Tollgate {
                 &session.req_header().method,
                 started,
                 client_reused,
+                session.as_ref().retry_buffer_truncated(),
                 e,
             ),
             None => {

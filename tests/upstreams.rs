@@ -355,3 +355,135 @@ fn text_is_compressed_for_clients_that_accept_it_and_images_are_not() {
     );
     assert_eq!(image.body.len(), 5000);
 }
+
+/// An upstream on a thread of the test: each connection's first request is answered; a PUT
+/// on a connection used before has 150 kB of its body read, then the connection is closed
+/// with the rest unread (a reset), recorded as a cut (`usize::MAX`). Every PUT answered
+/// records the body bytes it got.
+fn cutting_upstream() -> (u16, std::sync::Arc<std::sync::Mutex<Vec<usize>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let answered = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = answered.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let record = record.clone();
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(conn.try_clone().expect("clone"));
+                let mut w = conn;
+                for n in 1.. {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (mut chunked, mut length) = (false, 0usize);
+                    loop {
+                        let mut h = String::new();
+                        if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                            break;
+                        }
+                        let h = h.to_ascii_lowercase();
+                        chunked |= h.starts_with("transfer-encoding:") && h.contains("chunked");
+                        if let Some(v) = h.strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let cut = n > 1 && line.starts_with("PUT");
+                    let mut got = 0usize;
+                    let take = |r: &mut BufReader<std::net::TcpStream>, len: usize| {
+                        let mut buf = vec![0u8; len];
+                        r.read_exact(&mut buf).is_ok()
+                    };
+                    if chunked {
+                        loop {
+                            let mut size = String::new();
+                            if r.read_line(&mut size).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            let size = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+                            if size == 0 {
+                                let mut end = String::new();
+                                let _ = r.read_line(&mut end);
+                                break;
+                            }
+                            if !take(&mut r, size + 2) {
+                                return;
+                            }
+                            got += size;
+                            if cut && got >= 150_000 {
+                                record.lock().expect("record").push(usize::MAX);
+                                return; // closed with the rest unread: a reset
+                            }
+                        }
+                    } else if length > 0 {
+                        if !take(&mut r, length) {
+                            return;
+                        }
+                        got = length;
+                    }
+                    if line.starts_with("PUT") {
+                        record.lock().expect("record").push(got);
+                    }
+                    let body = format!("got {got}");
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+                    if w.write_all(format!("{head}{body}").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (port, answered)
+}
+
+/// A request whose body went upstream in part before a pooled connection broke is never sent
+/// again: the gateway no longer holds the whole body, and a resend would hand the upstream a
+/// well-formed, truncated one.
+#[test]
+fn a_request_whose_body_was_cut_is_not_sent_again() {
+    let (port, answered) = cutting_upstream();
+    let dir = ConfigDir::new(&config(
+        &[format!("http://127.0.0.1:{port}")],
+        "{outlierDetection: false, retries: 1}",
+        "",
+        "",
+    ));
+    // One worker thread: both requests meet the same pool.
+    let gw = GatewayProcess::start_with(&dir, &["--threads", "1"], &[]);
+    // A small PUT leaves the upstream connection in the (worker thread's) pool.
+    let small =
+        "PUT /tiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    assert_eq!(request(gw.port, small, false).status, 200);
+    // (The connection goes back to the pool once the answer is relayed.)
+    std::thread::sleep(Duration::from_millis(300));
+    // A 1,000,000-byte chunked PUT on it: the upstream cuts it after 150 kB.
+    let mut raw = b"PUT /tiles/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_vec();
+    for _ in 0..100 {
+        raw.extend_from_slice(b"2710\r\n");
+        raw.extend(std::iter::repeat_n(b'x', 10_000));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"0\r\n\r\n");
+    let r = {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        // The gateway may stop reading once the upstream is gone: the write's end is not
+        // what is tested.
+        let _ = s.write_all(&raw);
+        support::client::read_response(&mut s, false)
+    };
+    let answered = answered.lock().expect("answered").clone();
+    assert_eq!(
+        answered[..2],
+        [5, usize::MAX],
+        "the pooled connection was cut"
+    );
+    assert!(
+        answered[2..].iter().all(|n| *n == 1_000_000),
+        "the upstream answered a truncated body: {answered:?}"
+    );
+    assert_ne!(r.status, 200, "{}", r.text());
+}

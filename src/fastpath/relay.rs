@@ -225,7 +225,7 @@ pub async fn connect_and_ask(
                 let Some(plan) = x.proxy.as_mut() else {
                     return Err(e);
                 };
-                let e = attempt::broke(plan, &method, false, reused, e);
+                let e = attempt::broke(plan, &method, false, reused, false, e);
                 fresh = reused;
                 if e.retry() {
                     continue;

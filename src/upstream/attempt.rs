@@ -154,12 +154,15 @@ fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
 /// sent again to the same url, the url's record is not blamed and the retries are left for
 /// what may follow (the url may have died: its refusal is then retried on another); otherwise
 /// another url is tried. A timeout is never such a close: the url holds the request and is
-/// slow, and sending it there again would only double the wait.
+/// slow, and sending it there again would only double the wait. `body_lost`: part of the
+/// request's body went upstream and is no longer held whole (Pingora keeps the first 64 KiB
+/// for a retry): the request cannot be sent again, whatever its method.
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
     response_started: bool,
     reused: bool,
+    body_lost: bool,
     mut e: Box<Error>,
 ) -> Box<Error> {
     release(plan);
@@ -171,13 +174,18 @@ pub fn broke(
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
     );
-    if reused && !timed_out && may_resend(plan, method) {
+    let resend = reused && !timed_out && may_resend(plan, method);
+    if !resend {
+        failed(plan);
+    }
+    if body_lost {
+        e.set_retry(false);
+    } else if resend {
         plan.resend_next = true;
         e.set_retry(true);
-        return e;
+    } else {
+        e.set_retry(may_retry(plan, method));
     }
-    failed(plan);
-    e.set_retry(may_retry(plan, method));
     e
 }
 
@@ -257,7 +265,7 @@ mod tests {
         let get = http::Method::GET;
         let mut p = plan();
         // The pooled connection to url 0 broke: sent again to url 0, not a retry.
-        assert!(broke(&mut p, &get, false, true, broken()).retry());
+        assert!(broke(&mut p, &get, false, true, false, broken()).retry());
         begin(&mut p, "/").expect("a resend");
         assert_eq!((p.target, p.attempts, p.resends), (0, 2, 1));
         // url 0 is gone: its refusal still has the retry, on url 1.
@@ -274,7 +282,7 @@ mod tests {
         for etype in [ErrorType::ReadTimedout, ErrorType::WriteTimedout] {
             let mut p = plan();
             // Another url is there: the timeout counts against url 0 and is retried on url 1.
-            assert!(broke(&mut p, &get, false, true, Error::new(etype.clone())).retry());
+            assert!(broke(&mut p, &get, false, true, false, Error::new(etype.clone())).retry());
             begin(&mut p, "/").expect("a retry");
             assert_eq!((p.target, p.resends), (1, 0), "{etype:?}");
         }
@@ -284,18 +292,26 @@ mod tests {
     fn a_request_is_resent_once_and_never_when_it_has_a_body() {
         let get = http::Method::GET;
         let mut p = plan();
-        assert!(broke(&mut p, &get, false, true, broken()).retry());
+        assert!(broke(&mut p, &get, false, true, false, broken()).retry());
         begin(&mut p, "/").expect("a resend");
         // A second broken pooled connection is the url's failure: the retry goes elsewhere.
-        assert!(broke(&mut p, &get, false, true, broken()).retry());
+        assert!(broke(&mut p, &get, false, true, false, broken()).retry());
         begin(&mut p, "/").expect("a retry");
         assert_eq!(p.target, 1);
         let mut p = plan();
-        assert!(!broke(&mut p, &http::Method::POST, false, true, broken()).retry());
+        assert!(!broke(&mut p, &http::Method::POST, false, true, false, broken()).retry());
         let mut p = plan();
         assert!(
-            !broke(&mut p, &get, true, true, broken()).retry(),
+            !broke(&mut p, &get, true, true, false, broken()).retry(),
             "never after the response began"
         );
+        // A body no longer held whole is never sent again: not resent, not retried.
+        for method in [http::Method::PUT, http::Method::GET] {
+            let mut p = plan();
+            assert!(!broke(&mut p, &method, false, true, true, broken()).retry());
+            assert!(!p.resend_next, "{method}");
+            let mut p = plan();
+            assert!(!broke(&mut p, &method, false, false, true, broken()).retry());
+        }
     }
 }
