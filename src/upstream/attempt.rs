@@ -56,7 +56,13 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             release(plan);
-            return Error::e_explain(ErrorType::ReadTimedout, "the total timeout passed");
+            // The upstream's: counted as its failure, and a stale tile may answer.
+            return Err(Error::create(
+                ErrorType::ReadTimedout,
+                pingora_core::ErrorSource::Upstream,
+                Some("the total timeout passed".into()),
+                None,
+            ));
         }
         read = Some(read.map_or(left, |r| r.min(left)));
         peer.options.connection_timeout = peer.options.connection_timeout.map(|c| c.min(left));
@@ -122,9 +128,11 @@ fn failed(plan: &ProxyPlan) {
 
 /// Whether another attempt may be made for this request: retries left (resends are not
 /// retries), a method that may be retried, and another url to go to.
+/// (Not once the total timeout passed: the attempt's own failure is then the last word.)
 fn may_retry(plan: &ProxyPlan, method: &http::Method) -> bool {
     let s = &plan.endpoint.settings;
     plan.attempts - plan.resends <= s.retries
+        && !overdue(plan)
         && s.retries_method(method)
         && plan.endpoint.any_available(plan.tried)
 }
@@ -274,6 +282,29 @@ mod tests {
         assert_eq!(p.target, 1);
         // And that was the one retry.
         assert!(!connect_failed(&mut p, &get, broken()).retry());
+    }
+
+    /// Once the total timeout passed, a failure is not retried, and an attempt that would
+    /// begin fails as the upstream's (counted, a stale tile may answer it).
+    #[test]
+    fn past_the_total_timeout_nothing_is_retried_and_the_failure_is_the_upstreams() {
+        let get = http::Method::GET;
+        let mut p = plan();
+        p.deadline = Some(Instant::now());
+        let e = broke(
+            &mut p,
+            &get,
+            false,
+            false,
+            false,
+            Error::new(ErrorType::ReadTimedout),
+        );
+        assert!(!e.retry());
+        let mut p = plan();
+        p.deadline = Some(Instant::now());
+        let e = begin(&mut p, "/").expect_err("past the deadline");
+        assert_eq!(e.esource(), &pingora_core::ErrorSource::Upstream);
+        assert_eq!(e.etype(), &ErrorType::ReadTimedout);
     }
 
     #[test]
