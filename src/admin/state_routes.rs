@@ -81,12 +81,25 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
                 &format!("no apiEndpoint `{endpoint}`"),
             );
         }
-        let generation = cache.purge_endpoint(endpoint);
-        log::info!("tile cache: purged api endpoint `{endpoint}` (generation {generation})");
-        return json(
-            StatusCode::OK,
-            &json!({"apiEndpoint": endpoint, "generation": generation}),
-        );
+        return match cache.purge_endpoint(endpoint) {
+            Ok(generation) => {
+                log::info!(
+                    "tile cache: purged api endpoint `{endpoint}` (generation {generation})"
+                );
+                json(
+                    StatusCode::OK,
+                    &json!({"apiEndpoint": endpoint, "generation": generation}),
+                )
+            }
+            // Purged in this process, but not for good: the operator must know.
+            Err((generation, e)) => json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({
+                    "apiEndpoint": endpoint, "generation": generation,
+                    "error": format!("{e}: purged until the next restart only; purge again once it can be written"),
+                }),
+            ),
+        };
     }
     let Some(url) = body.get("url").and_then(Value::as_str) else {
         return text(

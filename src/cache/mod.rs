@@ -86,6 +86,28 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     if let Some(c) = CACHE.get() {
         return Ok(c);
     }
+    // The api endpoints' purge generations, read before the disk tier opens: a record that
+    // cannot be read says nothing of the purges its tiles went through, so they go.
+    let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
+    let generations = match generations_file.as_ref().map(|f| (f, std::fs::read(f))) {
+        None => HashMap::new(),
+        Some((_, Err(e))) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+        Some((f, read)) => {
+            let parsed = read.map_err(|e| e.to_string()).and_then(|b| {
+                serde_json::from_slice::<HashMap<String, u64>>(&b).map_err(|e| e.to_string())
+            });
+            parsed.unwrap_or_else(|e| {
+                log::warn!(
+                    "tile cache: the purge record {} is damaged ({e}): the disk tier's tiles are removed",
+                    f.display()
+                );
+                if let Some(dir) = f.parent() {
+                    let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
+                }
+                HashMap::new()
+            })
+        }
+    };
     let disk = match &opts.disk {
         Some((dir, budget)) => Some(
             store::disk::DiskTier::open(dir, *budget)
@@ -120,12 +142,6 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                 || reason == OTHER_VALIDATOR
         }),
     )));
-    let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
-    let generations = generations_file
-        .as_ref()
-        .and_then(|f| std::fs::read(f).ok())
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default();
     let cache = TileCache {
         store,
         lock,
@@ -154,7 +170,12 @@ fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    // The rename itself survives a power loss once the directory is synced.
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
 }
 
 /// The tile cache, when the gateway opened one.
@@ -168,7 +189,9 @@ impl TileCache {
     }
 
     /// Starts a new generation of an api endpoint's keys: everything cached for it is gone.
-    pub fn purge_endpoint(&self, endpoint: &str) -> u64 {
+    /// `Err` (with the generation, in effect until a restart) when the disk tier's record of
+    /// it could not be written: a restart would bring the tiles back.
+    pub fn purge_endpoint(&self, endpoint: &str) -> Result<u64, (u64, String)> {
         // One purge at a time: two at once would each start from the same generations and the
         // later would bring the earlier's endpoint back.
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -177,16 +200,20 @@ impl TileCache {
         let g = next.entry(endpoint.to_string()).or_insert(0);
         *g += 1;
         let generation = *g;
-        if let Some(f) = &self.generations_file {
-            if let Err(e) = write_whole(f, &serde_json::to_vec(&next).unwrap_or_default()) {
-                log::warn!(
-                    "tile cache: cannot record the purge in {}: {e}",
-                    f.display()
-                );
+        let recorded = match &self.generations_file {
+            Some(f) => write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
+                .map_err(|e| format!("cannot record the purge in {}: {e}", f.display())),
+            None => Ok(()),
+        };
+        // In effect now either way: the purged tiles are not served again by this process.
+        self.generations.store(Arc::new(next));
+        match recorded {
+            Ok(()) => Ok(generation),
+            Err(e) => {
+                log::warn!("tile cache: {e}: a restart would bring the purged tiles back");
+                Err((generation, e))
             }
         }
-        self.generations.store(Arc::new(next));
-        generation
     }
 
     /// One line for the log at start.

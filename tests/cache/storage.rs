@@ -175,6 +175,54 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// An api endpoint's purge is recorded beside the disk tier: one that cannot be written is
+/// answered 500 (in effect until a restart only), and a record damaged at start empties the
+/// disk tier rather than bring purged tiles back.
+#[test]
+fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk_tier() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let cache_dir =
+        std::env::temp_dir().join(format!("tollgate-generations-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let dir_arg = cache_dir.display().to_string();
+    let (dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
+    let path = "/tiles/bytes/20000/g.png";
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while disk_files(&cache_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the tile never reached the disk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The record's temporary file cannot be made.
+    std::fs::create_dir_all(cache_dir.join("generations.tmp")).expect("in the way");
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        r#"{"apiEndpoint": "tiles"}"#,
+    );
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert!(r.text().contains("cannot record the purge"), "{}", r.text());
+    assert_eq!(
+        cache_status(&tile(&gw, path, 0)),
+        "MISS",
+        "purged in this process"
+    );
+    drop(gw);
+    std::fs::remove_dir_all(cache_dir.join("generations.tmp")).expect("cleared");
+    // A damaged record: the tile stored before the purge is not served from disk again.
+    std::fs::write(cache_dir.join("generations.json"), b"{\"tiles\": ").expect("damage");
+    let populate = dir.file("consumers.json");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--populate", &populate, "--cache-dir", &dir_arg],
+        &[],
+    );
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
+    assert!(gw.log_text().contains("is damaged"), "{}", gw.log_text());
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// Tile bodies in the memory tier live in shared memory and hits are sent from it by
 /// `sendfile`: with a small budget, tiles of every size (below, within and above the sizes kept
 /// there) asked for by concurrent clients, popular ones hit again and again while a stream of
