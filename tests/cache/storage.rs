@@ -175,6 +175,68 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// The disk tier lets its least recently used files go: a tile hit again and again from memory
+/// is in use, and outlives the one-off tiles written after it — across a restart too.
+#[test]
+fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let cache_dir = std::env::temp_dir().join(format!("tollgate-disk-lru-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let dir_arg = cache_dir.display().to_string();
+    // Room on disk for about four 20 kB tiles; the memory tier holds them all.
+    let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "100k"];
+    let (dir, gw) = start(&up, "{ttl: 600}", &args);
+    // Tiles written to disk so far: those there and those pushed out.
+    let written = || {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+        let disk = &state["disk"];
+        disk["objects"].as_u64().unwrap_or(0) + disk["evictions"].as_u64().unwrap_or(0)
+    };
+    let wait_for_disk = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while written() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the tiles never reached the disk"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let hot = "/tiles/bytes/20000/hot.png";
+    assert_eq!(cache_status(&tile(&gw, hot, 0)), "MISS");
+    wait_for_disk(1);
+    for i in 0..10 {
+        let once = format!("/tiles/bytes/20000/once-{i}.png");
+        assert_eq!(cache_status(&tile(&gw, &once, 0)), "MISS");
+        // Written before the hot tile is used again (the order the test is about).
+        wait_for_disk(i + 2);
+        for _ in 0..5 {
+            assert_eq!(cache_status(&tile(&gw, hot, 0)), "HIT");
+        }
+    }
+    assert!(gw.metric(r#"tollgate_cache_evictions_total{tier="disk"}"#) >= 5.0);
+    drop(gw);
+    let populate = dir.file("consumers.json");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--populate",
+            &populate,
+            "--cache-dir",
+            &dir_arg,
+            "--cache-disk-size",
+            "100k",
+        ],
+        &[],
+    );
+    assert_eq!(
+        cache_status(&tile(&gw, hot, 0)),
+        "HIT",
+        "the hot tile went from disk"
+    );
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// An api endpoint's purge is recorded beside the disk tier: one that cannot be written is
 /// answered 500 (in effect until a restart only), and a record damaged at start empties the
 /// disk tier rather than bring purged tiles back.

@@ -317,6 +317,24 @@ impl DiskTier {
         }
     }
 
+    /// A use of `obj` from memory: the tier's least recently used files go first, and a tile
+    /// hit in memory is never read from disk. Told once the tier has taken in (written or
+    /// used) a quarter of its objects since it was last told, so a hit costs three atomic
+    /// reads: a hot tile never drifts to the end of the order.
+    pub fn used(&self, obj: &Object) {
+        let now = self.clock.load(Ordering::Relaxed);
+        let stamp = obj.disk_stamp.load(Ordering::Relaxed);
+        let every = (self.stored_objects.load(Ordering::Relaxed) / 4).max(1);
+        if now.saturating_sub(stamp) >= every
+            && obj
+                .disk_stamp
+                .compare_exchange(stamp, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.touch(&obj.key);
+        }
+    }
+
     fn touch(&self, key: &HashBinary) {
         let t = self.clock.fetch_add(1, Ordering::Relaxed);
         if let Some(e) = self

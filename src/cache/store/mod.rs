@@ -131,11 +131,19 @@ pub struct Object {
     pub key: HashBinary,
     pub meta: StoredMeta,
     pub body: Bytes,
+    /// The disk tier's clock when a use of this object from memory was last told to it (see
+    /// [`disk::DiskTier::used`]).
+    disk_stamp: std::sync::atomic::AtomicU64,
 }
 
 impl Object {
     pub fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Object {
-        Object { key, meta, body }
+        Object {
+            key,
+            meta,
+            body,
+            disk_stamp: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 }
 
@@ -364,6 +372,10 @@ impl TileStore {
     /// kept in memory) from disk.
     pub async fn find(&'static self, k: HashBinary) -> Option<Arc<Object>> {
         if let Some(o) = self.memory.get(&k) {
+            // A tile hit in memory is in use on disk too: its file is not the next to go.
+            if let Some(d) = &self.disk {
+                d.used(&o);
+            }
             return Some(o);
         }
         let disk = self.disk.as_ref()?;
