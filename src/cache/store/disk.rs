@@ -31,6 +31,8 @@ const MAX_IO: usize = 32;
 /// memory; a disk slower than the misses would otherwise hold every body waiting, evicted from
 /// memory or not, and grow the gateway past its budget).
 const QUEUE_MAX: u64 = 64 << 20;
+/// Invalidated keys kept before those older than ten minutes are let go.
+const INVALIDATED_KEPT: usize = 1024;
 /// When over budget, evict down to this share of it.
 const LOW_WATER: f64 = 0.9;
 /// The secret the keys' hashes are made with (see `cache::key::digest`), readable by the
@@ -56,6 +58,9 @@ pub struct DiskTier {
     queued: AtomicU64,
     /// Writes not made because [`QUEUE_MAX`] bytes were waiting already.
     pub skipped: AtomicU64,
+    /// Keys invalidated lately (an unsafe request's URL) and when: a write of an object stored
+    /// before then, still waiting for the disk, is not put in place.
+    invalidated: Mutex<HashMap<HashBinary, std::time::SystemTime>>,
     pub stored_bytes: AtomicU64,
     pub stored_objects: AtomicU64,
     pub evictions: AtomicU64,
@@ -200,6 +205,7 @@ impl DiskTier {
             io: Semaphore::new(MAX_IO),
             queued: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            invalidated: Mutex::new(HashMap::new()),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -410,7 +416,13 @@ impl DiskTier {
             // Put in place and indexed while a purge cannot begin (the purges' own lock, not the
             // index's, which requests take): it comes wholly before or wholly after.
             let _order = self.purges.order();
-            if self.purges.since(seen) {
+            let invalidated = self
+                .invalidated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .is_some_and(|at| obj.meta.updated <= *at);
+            if self.purges.since(seen) || invalidated {
                 let _ = std::fs::remove_file(&tmp);
                 return Ok(None);
             }
@@ -443,6 +455,25 @@ impl DiskTier {
             Some(old) => self.stored_bytes.fetch_sub(old.size, Ordering::Relaxed),
             None => self.stored_objects.fetch_add(1, Ordering::Relaxed),
         };
+    }
+
+    /// Removes an object an unsafe request invalidated, and keeps a write of it stored before
+    /// now, still waiting for the disk, from putting it back.
+    pub async fn invalidate(&'static self, key: &HashBinary) -> bool {
+        {
+            let _order = self.purges.order();
+            let mut invalidated = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
+            let now = std::time::SystemTime::now();
+            if invalidated.len() >= INVALIDATED_KEPT {
+                // A write waits seconds at most: older records say nothing any more.
+                invalidated.retain(|_, at| {
+                    now.duration_since(*at)
+                        .is_ok_and(|d| d < std::time::Duration::from_secs(600))
+                });
+            }
+            invalidated.insert(*key, now);
+        }
+        self.remove(key).await
     }
 
     /// Removes a purged object (while the store's purge is under way).
@@ -547,6 +578,29 @@ mod tests {
         assert_eq!(tier.queued.load(Ordering::Relaxed), 0);
         assert!(tier.contains(&[2; 16]) && !tier.contains(&[1; 16]));
         assert_eq!(tier.skipped.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An object invalidated while its write waited for the disk is not put back by it; one
+    /// stored after the invalidation is written.
+    #[test]
+    fn a_write_of_an_object_stored_before_its_invalidation_puts_nothing_back() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-inval-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let key = [9u8; 16];
+        let before = crate::cache::store::memory::tests::object(key, 3000);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        rt.block_on(tier.invalidate(&key));
+        tier.write(&before, tier.purges.epoch());
+        assert!(!tier.contains(&key) && !tier.path(&key).exists());
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let after = crate::cache::store::memory::tests::object(key, 3000);
+        tier.write(&after, tier.purges.epoch());
+        assert!(tier.contains(&key) && tier.path(&key).exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 

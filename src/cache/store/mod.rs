@@ -362,8 +362,8 @@ impl TileStore {
         let k = slot(key);
         let in_memory = self.memory.remove(&k);
         let on_disk = match &self.disk {
-            Some(d) if d.contains(&k) => d.remove(&k).await,
-            _ => false,
+            Some(d) => d.invalidate(&k).await,
+            None => false,
         };
         in_memory || on_disk
     }
