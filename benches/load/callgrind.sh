@@ -14,6 +14,8 @@
 # `cors + proxy` pipeline on the fast path and on Pingora's general proxy path), kargo-fast and
 # kargo-general (Kargo's tile pipeline), cache-hit (Kargo's pipeline with the tile cache, every
 # request a hit), cache-miss (the same, every request a tile not asked for before, stored),
+# healthcheck (the gateway's own health check: a reply made by the gateway, no pipeline),
+# refused (Kargo's pipeline with the cache, no token: every request a 401),
 # cache-declined (the same with a 4 MiB memory tier the warm-up filled: every miss declined by
 # admission, not stored) with kargo-distinct (those tiles through Kargo's pipeline without the
 # cache), nginx-static (the upstream's own nginx serving the tile file: what a hit is measured
@@ -38,7 +40,7 @@ BIN="$ROOT/target/release/tollgate"
 count() { # CASE PID PORT PATH
   local case=$1 pid=$2 port=$3 path=$4
   local up=0
-  for _ in $(seq 120); do curl -fs -o /dev/null "http://127.0.0.1:$port${path//\{i\}/warm}" && { up=1; break; }; sleep 1; done
+  for _ in $(seq 120); do [[ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port${path//\{i\}/warm}")" != 000 ]] && { up=1; break; }; sleep 1; done
   ((up)) || { say "$case did not answer (see $OUT/$case.log)"; kill "$pid" 2>/dev/null; return 1; }
   python3 "$ROOT/benches/load/fixed.py" 127.0.0.1 "$port" "$path" 300 >/dev/null
   callgrind_control -z "$pid" >/dev/null 2>&1
@@ -100,6 +102,7 @@ for c in $CASES; do
     cache-declined) measure "$c" kargo-cache "/wmts/cold/{i}.png?jwt=$TOKEN" --cache-memory 4MiB ;;
     kargo-distinct) measure "$c" kargo "/wmts/cold/{i}.png?jwt=$TOKEN" ;;
     healthcheck) measure "$c" kargo-cache /healthcheck ;;
+    refused) measure "$c" kargo-cache /wmts/1/2/3.png ;;
     nginx) measure_nginx ;;
     nginx-static) measure_nginx_static ;;
     nginx-static-browser) FIXED_HEADERS=browser measure_nginx_static "$c" ;;

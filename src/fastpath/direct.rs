@@ -126,26 +126,45 @@ pub fn reply_head(reply: &Reply, edits: &[HeaderEdit], keepalive: bool) -> Optio
     if matches!(reply.status, 100..=199 | 204 | 304) {
         return None;
     }
-    let resp = exchange::reply_header(reply, edits).ok()?;
-    let mut lengths = resp.headers.get_all(CONTENT_LENGTH).iter();
+    let status = http::StatusCode::from_u16(reply.status).ok()?;
+    let lines = exchange::reply_lines(reply, edits).0;
+    let mut lengths = lines.iter().filter(|(n, _)| *n == CONTENT_LENGTH);
     let length = lengths
         .next()
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        .and_then(|(_, v)| v.to_str().ok()?.parse::<usize>().ok());
     if length != Some(reply.body.len()) || lengths.next().is_some() {
         return None;
     }
-    if resp
-        .headers
-        .keys()
-        .any(|n| n != CONTENT_LENGTH && own(n.as_str().as_bytes()))
+    if lines
+        .iter()
+        .any(|(n, _)| *n != CONTENT_LENGTH && own(n.as_str().as_bytes()))
     {
         return None;
     }
-    let mut buf = BytesMut::with_capacity(160 + 48 * resp.headers.len());
-    wire::status_line(&mut buf, resp.status, resp.get_reason_phrase());
-    resp.header_to_h1_wire(&mut buf);
+    let mut buf = BytesMut::with_capacity(160 + 48 * lines.len());
+    wire::status_line(&mut buf, status, status.canonical_reason());
+    for (n, v) in &lines {
+        wire::header_line(&mut buf, titled(n), v.as_bytes());
+    }
     end_head(&mut buf, keepalive);
     Some(buf)
+}
+
+/// A header name as Pingora's session writes it: the common ones titled, others as they are.
+fn titled(name: &HeaderName) -> &[u8] {
+    use http::header::*;
+    let titled = match *name {
+        CONTENT_TYPE => "Content-Type",
+        CONTENT_LENGTH => "Content-Length",
+        CACHE_CONTROL => "Cache-Control",
+        CONTENT_ENCODING => "Content-Encoding",
+        ACCEPT_RANGES => "Accept-Ranges",
+        AGE => "Age",
+        SERVER => "Server",
+        SET_COOKIE => "Set-Cookie",
+        _ => name.as_str(),
+    };
+    titled.as_bytes()
 }
 
 /// The gateway's `Date` and `Connection`, and the head's end.
