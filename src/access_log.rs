@@ -98,7 +98,12 @@ pub fn redact(url: &str, secret_params: &[String]) -> String {
         .split('&')
         .map(|pair| {
             let name = pair.split('=').next().unwrap_or("");
-            if secret_params.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+            // Compared decoded, as the policies read it (`%6Awt` is `jwt`).
+            let decoded = crate::cache::key::decoded(name);
+            if secret_params
+                .iter()
+                .any(|s| s.eq_ignore_ascii_case(&decoded))
+            {
                 format!("{name}=REDACTED")
             } else {
                 pair.to_string()
@@ -120,6 +125,10 @@ mod tests {
             "/wmts/1?jwt=REDACTED&x=1"
         );
         assert_eq!(redact("/k2?APIKEY=a:b", &secrets), "/k2?APIKEY=REDACTED");
+        assert_eq!(
+            redact("/w?%6Awt=abc&api%4Bey=k", &secrets),
+            "/w?%6Awt=REDACTED&api%4Bey=REDACTED"
+        );
         assert_eq!(redact("/plain", &secrets), "/plain");
     }
 

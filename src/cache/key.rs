@@ -108,8 +108,9 @@ pub fn primary(
     key
 }
 
-/// A query parameter's name as the key compares it.
-fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
+/// A query parameter's name as the key compares it (and the access log, which redacts the
+/// values of credentials by it).
+pub fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
     if s.bytes().any(|b| b == b'%' || b == b'+') {
         std::borrow::Cow::Owned(
             percent_encoding::percent_decode_str(&s.replace('+', " "))

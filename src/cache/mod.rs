@@ -342,10 +342,17 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
         (Some(c), Some(ep)) => c.generation(&ep.name),
         _ => 0,
     };
-    // Every header a step before the proxy sets reaches the upstream: all are in the key
-    // (wherever the `cache` step stands among them).
-    let edits = &x.upstream_edits[..plan.edits_before.min(x.upstream_edits.len())];
-    key::primary(&plan.service, host, &plan.path, edits, &u.rule, generation)
+    // Every header a step before the proxy and the proxy step itself set reaches the upstream:
+    // all are in the key (wherever the `cache` step stands among them).
+    let edits = &x.upstream_edits[..plan.edits_in_key.min(x.upstream_edits.len())];
+    key::primary(
+        &plan.endpoint.cache_name,
+        host,
+        &plan.path,
+        edits,
+        &u.rule,
+        generation,
+    )
 }
 
 /// Whether (and how long) an upstream response is stored: a tile nothing was stored for only

@@ -158,6 +158,9 @@ pub struct ProxyPlan {
     /// header goes between those and the step's own (it is made only for a request that goes
     /// upstream).
     pub edits_before: usize,
+    /// How many of them make the cache key: those before the proxy step and the step's own
+    /// `headers`, not the `X-Forwarded-*` it adds (the client's own address and Host).
+    pub edits_in_key: usize,
 }
 
 /// How the upstream path is made for a url (`http-proxy`'s rules).

@@ -76,6 +76,19 @@ struct Verified {
     nbf: Option<u64>,
 }
 
+/// A time claim (`exp`, `nbf`) in whole seconds: a decimal one (JavaScript issuers write
+/// `Date.now() / 1000 + 3600`) rounded by `round` — `exp` down, `nbf` up, the stricter way;
+/// `Err` for one that is not a number of seconds.
+fn time_claim(v: Option<&serde_json::Value>, round: fn(f64) -> f64) -> Result<Option<u64>, ()> {
+    match v {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(round(f) as u64)),
+            _ => Err(()),
+        },
+    }
+}
+
 /// Tokens verified under one key and one set of claim rules.
 /// Only verified tokens are stored, so a per-process seeded fast hash is enough.
 type Remembered = Arc<RwLock<HashMap<Box<str>, Verified, foldhash::quality::RandomState>>>;
@@ -328,13 +341,21 @@ impl Jwt {
                 .collect(),
             _ => Vec::new(),
         };
+        let (exp, nbf) = (
+            time_claim(claims.get("exp"), f64::floor),
+            time_claim(claims.get("nbf"), f64::ceil),
+        );
         let verified = Verified {
             sub: text("sub"),
             id: text("id"),
             scopes: Arc::from(scopes),
-            exp: claims.get("exp").and_then(serde_json::Value::as_u64),
-            nbf: claims.get("nbf").and_then(serde_json::Value::as_u64),
+            exp: exp.unwrap_or(None),
+            nbf: nbf.unwrap_or(None),
         };
+        if exp.is_err() || nbf.is_err() {
+            // Times the library read but this cannot: checked by it again on every use.
+            return Some(verified);
+        }
         let mut remembered = self.remembered.write().unwrap_or_else(|p| p.into_inner());
         if remembered.len() >= MAX_REMEMBERED {
             // Drop expired ones, then (if still full) everything: a simple bound.
@@ -419,6 +440,45 @@ mod tests {
     fn passes(p: &Jwt, r: &OwnedRequest) -> bool {
         let mut x = Exchange::default();
         matches!(p.on_request(&r.req(), &mut x), Outcome::Continue) && x.consumer.is_some()
+    }
+
+    /// A decimal `exp` is remembered as its second: the token expires when it says, not
+    /// never (it was remembered without one).
+    #[test]
+    fn a_decimal_exp_is_remembered_and_kept() {
+        let p = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false}),
+        );
+        let base = now();
+        let t = hs(
+            Algorithm::HS256,
+            "s",
+            serde_json::json!({"id": "c1", "exp": base as f64 + 100.5}),
+        );
+        assert_eq!(p.verify(&t).and_then(|v| v.exp), Some(base + 100));
+        let remembered = p.remembered.read().unwrap_or_else(|e| e.into_inner());
+        assert_eq!(
+            remembered.get(t.as_str()).and_then(|v| v.exp),
+            Some(base + 100)
+        );
+        drop(remembered);
+        assert_eq!(
+            time_claim(Some(&serde_json::json!(7.9)), f64::floor),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            time_claim(Some(&serde_json::json!(7.1)), f64::ceil),
+            Ok(Some(8))
+        );
+        assert_eq!(
+            time_claim(Some(&serde_json::json!("7")), f64::floor),
+            Err(())
+        );
+        assert_eq!(
+            time_claim(Some(&serde_json::json!(-1)), f64::floor),
+            Err(())
+        );
+        assert_eq!(time_claim(None, f64::floor), Ok(None));
     }
 
     #[test]

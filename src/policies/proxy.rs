@@ -276,6 +276,7 @@ impl Policy for Proxy {
             read_timeout: self.read_timeout,
             deadline: None,
             edits_before: x.upstream_edits.len(),
+            edits_in_key: 0,
         };
         if !plan.retarget(i) {
             log::warn!(
@@ -292,6 +293,7 @@ impl Policy for Proxy {
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
         }
+        plan.edits_in_key = x.upstream_edits.len();
         if self.xfwd {
             let ip = req
                 .client_ip

@@ -258,6 +258,7 @@ mod tests {
             read_timeout: None,
             deadline: None,
             edits_before: 0,
+            edits_in_key: 0,
         };
         assert!(plan.retarget(0));
         begin(&mut plan, "/").expect("a first attempt");

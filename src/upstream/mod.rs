@@ -246,6 +246,9 @@ pub struct ServiceEndpoint {
     /// `proxyOptions`, merged over every proxy action that uses this endpoint.
     pub proxy_options: Option<Node>,
     pub settings: settings::UpstreamSettings,
+    /// The name and the urls, as the tile cache's keys name the endpoint: a reload that points
+    /// the endpoint elsewhere starts its tiles afresh.
+    pub cache_name: String,
     wheel: Vec<usize>,
     next: AtomicUsize,
 }
@@ -263,8 +266,10 @@ impl ServiceEndpoint {
             .map(|t| registry.state(name, &t.url))
             .collect();
         let weights: Vec<u32> = (0..targets.len()).map(|i| settings.weight(i)).collect();
+        let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
         ServiceEndpoint {
             name: name.to_string(),
+            cache_name: format!("{name} {}", urls.join(" ")),
             targets,
             states,
             proxy_options,

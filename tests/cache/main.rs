@@ -406,6 +406,84 @@ fn a_header_a_step_sends_upstream_is_part_of_the_key_wherever_the_cache_step_sta
     );
 }
 
+/// Two pipelines to one service endpoint whose proxy steps send different headers upstream
+/// (a tier): each has its own copy of a tile — the anonymous one never gets the other's. The
+/// `X-Forwarded-*` headers (each client's own) stay out of the key.
+#[test]
+fn the_headers_a_proxy_step_sends_are_part_of_the_key() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let yml = format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  premium: {{paths: ['/premium/*'], scopes: [tiles]}}
+  free: {{paths: ['/free/*']}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [key-auth, scopes, cache, proxy]
+pipelines:
+  premium:
+    apiEndpoints: [premium]
+    policies:
+      - key-auth: [{{action: {{apiKeyField: apiKey}}}}]
+      - scopes:
+      - cache: [{{action: {{ttl: 60}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true, headers: {{X-Tier: premium}}, xfwd: true}}}}]
+  free:
+    apiEndpoints: [free]
+    policies:
+      - cache: [{{action: {{ttl: 60}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true, headers: {{X-Tier: free}}, xfwd: true}}}}]
+"#,
+        up = up.url("/tiles")
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let premium = tile(&gw, "/premium/9.png?echo=headers", 0);
+    assert_eq!((premium.status, cache_status(&premium)), (200, "MISS"));
+    assert_eq!(upstream_saw_headers(&premium)["x-tier"], "premium");
+    let free = get(gw.port, "GET", "/free/9.png?echo=headers", &[]);
+    assert_eq!(
+        (
+            cache_status(&free),
+            upstream_saw_headers(&free)["x-tier"].as_str()
+        ),
+        ("MISS", Some("free")),
+        "the premium copy was served to the free pipeline"
+    );
+    // Each pipeline's own copy is a hit, whoever the client (X-Forwarded-For differs).
+    let again = get(
+        gw.port,
+        "GET",
+        "/free/9.png?echo=headers",
+        &[("X-Forwarded-For", "10.1.2.3")],
+    );
+    assert_eq!((cache_status(&again), &again.body), ("HIT", &free.body));
+    assert_eq!(up.served(), 2);
+}
+
+/// A reload that points a service endpoint at another upstream starts its tiles afresh: the
+/// old upstream's copies are not served for the new one.
+#[test]
+fn a_service_endpoint_pointed_elsewhere_by_a_reload_is_not_answered_with_the_old_tiles() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let (dir, gw) = start(&a, "{ttl: 600}", &[]);
+    let path = "/open/unique/100/t";
+    let first = get(gw.port, "GET", path, &[]);
+    assert_eq!(cache_status(&first), "MISS");
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "HIT");
+    dir.write("gateway.config.yml", &config(&b, "{ttl: 600}"));
+    let r = send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let after = get(gw.port, "GET", path, &[]);
+    assert_eq!(
+        cache_status(&after),
+        "MISS",
+        "the old upstream's tile was served"
+    );
+    assert_eq!((a.served(), b.served()), (1, 1));
+}
+
 #[test]
 fn a_hits_age_counts_from_the_age_the_upstream_gave_and_a_revalidation_starts_it_again() {
     let up = PyUpstream::start("tiles", 5.0);
