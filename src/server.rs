@@ -274,6 +274,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(a) = &admin {
         let addr = bind_addr(a.host.as_deref(), "127.0.0.1", a.port);
         warn_open_admin(&addr, opts.admin_token.is_some());
+        if opts.admin_token.is_none() {
+            warn_proxied_admin(&current.load(), a.port);
+        }
         let admin_service = AdminService {
             api: AdminApi {
                 gateway: current.clone(),
@@ -411,6 +414,26 @@ fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
         limits.max_connections
     );
     limits
+}
+
+/// A pipeline that proxies to the Admin API's port (Kargo's example does, for the Host
+/// `express-gateway`) opens it to everyone who reaches the gateway's own port.
+fn warn_proxied_admin(gw: &Gateway, admin_port: u16) {
+    for ep in gw.service_endpoints.values() {
+        let local = ep.targets.iter().any(|t| {
+            t.port == admin_port
+                && (t.hostname == "localhost"
+                    || t.hostname
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()))
+        });
+        if local {
+            log::warn!(
+                "service endpoint `{}` is the Admin API without --admin-token: anyone who reaches the gateway through a pipeline that proxies to it can manage consumers",
+                ep.name
+            );
+        }
+    }
 }
 
 /// An Admin API reachable from other hosts without a token lets anyone manage consumers.

@@ -306,6 +306,34 @@ fn an_admin_token_guards_every_route() {
     assert_eq!(get(gw.admin_port, "GET", "/metrics", &[]).status, 401);
 }
 
+/// A web page may not drive the Admin API: a simple cross-site POST (text/plain, no
+/// preflight) and a page whose name was pointed at loopback (DNS rebinding) are refused; an
+/// operator's tool (no Origin, Host an address or localhost) is not.
+#[test]
+fn pages_of_other_sites_cannot_drive_the_admin_api() {
+    let (_d, gw) = gateway(&[]);
+    let body = r#"{"username":"evil"}"#;
+    let post = |headers: &str| {
+        support::request(
+            gw.admin_port,
+            &format!(
+                "POST /users HTTP/1.1\r\n{headers}Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+            false,
+        )
+    };
+    let cross = post("Host: 127.0.0.1\r\nOrigin: http://evil.example\r\n");
+    assert_eq!(cross.status, 403, "{}", cross.text());
+    let rebound = post("Host: evil.example:9876\r\nOrigin: http://evil.example:9876\r\n");
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
+    assert_eq!(get(gw.admin_port, "GET", "/users/evil", &[]).status, 404);
+    // The operator's own tools.
+    let own = post("Host: 127.0.0.1\r\n");
+    assert_eq!(own.status, 200, "{}", own.text());
+    assert_eq!(get(gw.admin_port, "GET", "/users/evil", &[]).status, 200);
+}
+
 #[test]
 fn the_cli_speaks_to_the_admin_api() {
     let (dir, gw) = gateway(&[]);

@@ -59,6 +59,48 @@ fn respond(status: StatusCode, content_type: Option<&str>, body: Vec<u8>) -> Res
         .unwrap_or_default()
 }
 
+/// Whether a listener's host is the loopback interface.
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Why a request comes from a web page rather than an operator's tool, if it does: a browser
+/// says where a page is (`Origin`, `Sec-Fetch-Site`), and a page on another site must not drive
+/// the Admin API (it could send a simple cross-site POST). `by_name`: the API listens on
+/// loopback without a token, so a `Host` that names neither an address nor `localhost` is a
+/// page whose name was pointed at this machine (DNS rebinding) and is refused.
+fn from_elsewhere(head: &pingora_http::RequestHeader, by_name: bool) -> Option<&'static str> {
+    let header = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok());
+    let host = header("host").unwrap_or("");
+    if header("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
+        return Some("from a page of another site");
+    }
+    if let Some(origin) = header("origin") {
+        let authority = origin.split_once("://").map_or(origin, |(_, a)| a);
+        if !authority.eq_ignore_ascii_case(host) {
+            return Some("from a page of another origin");
+        }
+    }
+    if by_name {
+        let name = match host.rsplit_once(':') {
+            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+            _ => host,
+        };
+        let address = name
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok();
+        if !(address || name.eq_ignore_ascii_case("localhost") || name.is_empty()) {
+            return Some("for a host name other than localhost (set --admin-token to allow any)");
+        }
+    }
+    None
+}
+
 impl AdminApi {
     fn authorized(&self, session: &ServerSession) -> bool {
         let Some(token) = &self.token else {
@@ -164,6 +206,16 @@ impl AdminApi {
 
     /// Answers one Admin API request.
     pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let loopback = self
+            .gateway
+            .load()
+            .admin
+            .as_ref()
+            .is_none_or(|a| is_loopback(a.host.as_deref().unwrap_or("127.0.0.1")));
+        if let Some(why) = from_elsewhere(session.req_header(), loopback && self.token.is_none()) {
+            log::warn!("admin API: refused a request {why}");
+            return text(StatusCode::FORBIDDEN, &format!("Forbidden: {why}"));
+        }
         if !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
@@ -214,5 +266,54 @@ impl AdminApi {
         }
         let message = format!("<pre>Cannot {} {}</pre>", method, path);
         text(StatusCode::NOT_FOUND, &message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(headers: &[(&str, &str)]) -> pingora_http::RequestHeader {
+        let mut h = pingora_http::RequestHeader::build("POST", b"/users", None).expect("head");
+        for (n, v) in headers {
+            h.insert_header(n.to_string(), *v).expect("header");
+        }
+        h
+    }
+
+    #[test]
+    fn pages_elsewhere_may_not_drive_the_admin_api() {
+        let tool = head(&[("host", "127.0.0.1:9876")]);
+        assert_eq!(from_elsewhere(&tool, true), None);
+        for ok in [
+            head(&[
+                ("host", "localhost:9876"),
+                ("origin", "http://localhost:9876"),
+            ]),
+            head(&[("host", "[::1]:9876")]),
+            head(&[("host", "10.0.0.5:9876")]),
+        ] {
+            assert_eq!(from_elsewhere(&ok, true), None, "{ok:?}");
+        }
+        let cross = head(&[
+            ("host", "127.0.0.1:9876"),
+            ("origin", "http://evil.example"),
+        ]);
+        assert!(from_elsewhere(&cross, false).is_some());
+        let fetch = head(&[("host", "127.0.0.1:9876"), ("sec-fetch-site", "cross-site")]);
+        assert!(from_elsewhere(&fetch, false).is_some());
+        // DNS rebinding: same origin, a name pointed at loopback.
+        let rebound = head(&[
+            ("host", "evil.example:9876"),
+            ("origin", "http://evil.example:9876"),
+        ]);
+        assert!(from_elsewhere(&rebound, true).is_some());
+        assert_eq!(
+            from_elsewhere(&rebound, false),
+            None,
+            "with a token or beyond loopback"
+        );
+        assert!(is_loopback("127.0.0.1") && is_loopback("::1") && is_loopback("localhost"));
+        assert!(!is_loopback("0.0.0.0") && !is_loopback("10.0.0.5"));
     }
 }
