@@ -145,6 +145,13 @@ pub async fn decide(
         log::debug!("refused a request: no Host, or two");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
+    // A `.` or `..` segment would be resolved by the upstream to another path than the one
+    // routed and authorised here (`/wmts/../k2/x` under the wmts scope): refused, as no map
+    // client sends one.
+    if crate::wire::has_dot_segment(path) {
+        log::debug!("refused a request: a dot segment in its path");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
     let (client_ip, server_port, tls) = (facts.client_ip, facts.server_port, facts.tls);
     let mut from = 0;
     while let Some(ri) = gw.router.find(from, host, path, method) {

@@ -82,6 +82,34 @@ pub fn end_with_connection(buf: &mut BytesMut, keepalive: bool) {
     });
 }
 
+/// Whether a path has a `.` or `..` segment (RFC 3986 §3.3), its dots written as they are or
+/// percent-encoded (`%2e`).
+pub fn has_dot_segment(path: &str) -> bool {
+    let p = path.as_bytes();
+    // Most paths have a dot only in their file name, and no `%`.
+    if memchr::memmem::find(p, b"/.").is_none() && memchr::memchr(b'%', p).is_none() {
+        return false;
+    }
+    p.split(|b| *b == b'/').any(|segment| {
+        let (mut dots, mut i) = (0, 0);
+        while i < segment.len() {
+            if segment[i] == b'.' {
+                i += 1;
+            } else if segment[i..].len() >= 3
+                && segment[i] == b'%'
+                && segment[i + 1] == b'2'
+                && segment[i + 2] | 0x20 == b'e'
+            {
+                i += 3;
+            } else {
+                return false;
+            }
+            dots += 1;
+        }
+        dots == 1 || dots == 2
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +128,34 @@ mod tests {
         h.append("connection", "x-b".parse().expect("value"));
         let tokens: Vec<&[u8]> = connection_tokens(&h).collect();
         assert_eq!(tokens, [&b"keep-alive"[..], b"X-A", b"x-b"]);
+    }
+
+    #[test]
+    fn dot_segments_are_found_however_written() {
+        for p in [
+            "/wmts/../k2/x",
+            "/wmts/./x",
+            "/wmts/..",
+            "/wmts/%2e%2e/k2",
+            "/wmts/%2E./k2",
+            "/wmts/.%2E/k2",
+            "/%2e/x",
+            "/..",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in [
+            "/wmts/1/2/3.png",
+            "/wmts/a..b/x",
+            "/wmts/.../x",
+            "/wmts/.hidden/x",
+            "/wmts/x%2e/y",
+            "/wmts/%2e%2e%2e/x",
+            "/",
+            "",
+        ] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
     }
 
     #[test]
