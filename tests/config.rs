@@ -113,6 +113,26 @@ fn syntax_errors_and_missing_files() {
     let out = run_tollgate(&["check", "-c", &empty.path.display().to_string()], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no gateway.config.yml"));
+    // A key given twice in one map (EG's YAML reader refuses it): at the second.
+    dir.write(
+        "gateway.config.yml",
+        "http: {port: 8080}\npipelines:\n  p: {apiEndpoints: [a], policies: []}\npipelines:\n  q: {apiEndpoints: [a], policies: []}\n",
+    );
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!(
+            "{}:4:1: duplicated mapping key `pipelines` (first at line 2)",
+            dir.file("gateway.config.yml")
+        )),
+        "{err}"
+    );
+    // A pipeline without `policies` (a misspelt key), as EG's schema says.
+    dir.write(
+        "gateway.config.yml",
+        "http: {port: 8080}\napiEndpoints: {a: {paths: '/a'}}\npipelines:\n  p:\n    apiEndpoints: [a]\n    polices: []\n",
+    );
+    let err = check_errors(&dir);
+    assert!(err.contains("4:3: pipeline `p` needs `policies`"), "{err}");
     // serve refuses a bad config the same way.
     let bad = ConfigDir::new(BAD);
     let out = run_tollgate(&["serve", "-c", &bad.path.display().to_string()], &[]);

@@ -453,7 +453,12 @@ fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Option<Pipel
         }
     };
     let mut steps = Vec::new();
-    if let Some(list) = value.get("policies").or_else(|| value.get("policy")) {
+    let list = value.get("policies").or_else(|| value.get("policy"));
+    if list.is_none() {
+        // As EG's schema: a misspelt `policies` would leave the route answering 404.
+        errors.push(&key.pos, format!("pipeline `{name}` needs `policies`"));
+    }
+    if let Some(list) = list {
         match &list.value {
             Value::Map(_) => policy_steps(&name, list, &mut steps, errors),
             Value::Seq(items) => {

@@ -138,6 +138,7 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
         stack: Vec::new(),
         anchors: HashMap::new(),
         root: None,
+        duplicate: None,
     };
     let mut parser = Parser::new_from_str(text);
     if let Err(e) = parser.load(&mut builder, false) {
@@ -146,6 +147,9 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
             &Pos::new(file, m.line(), m.col() + 1),
             format!("invalid YAML: {}", e.info()),
         ));
+    }
+    if let Some(e) = builder.duplicate {
+        return Err(e);
     }
     Ok(builder
         .root
@@ -171,6 +175,8 @@ struct TreeBuilder {
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
     root: Option<Node>,
+    /// The first key given twice in one map (Express Gateway's YAML reader refuses the file).
+    duplicate: Option<ConfigError>,
 }
 
 impl TreeBuilder {
@@ -247,6 +253,9 @@ impl MarkedEventReceiver for TreeBuilder {
                     ..
                 }) = self.stack.pop()
                 {
+                    if self.duplicate.is_none() {
+                        self.duplicate = duplicate_key(&entries);
+                    }
                     let value = Value::Map(apply_merge_keys(entries));
                     self.finish(Node { pos, value }, anchor);
                 }
@@ -254,6 +263,24 @@ impl MarkedEventReceiver for TreeBuilder {
             _ => {}
         }
     }
+}
+
+/// A key a map's own entries (not those merged in with `<<`) give twice.
+fn duplicate_key(entries: &[(Node, Node)]) -> Option<ConfigError> {
+    let mut seen: HashMap<String, usize> = HashMap::with_capacity(entries.len());
+    for (k, _) in entries {
+        let Some(name) = k.scalar_text().filter(|n| n != "<<") else {
+            continue;
+        };
+        if let Some(first) = seen.get(&name) {
+            return Some(ConfigError::new(
+                &k.pos,
+                format!("duplicated mapping key `{name}` (first at line {first})"),
+            ));
+        }
+        seen.insert(name, k.pos.line);
+    }
+    None
 }
 
 /// Resolves `<<: *anchor` (or a list of them): their entries are added where the map does not
@@ -360,6 +387,19 @@ mod tests {
             Some(Value::Float(_))
         ));
         assert_eq!(root.get("f").and_then(Node::as_str), Some("hello"));
+    }
+
+    #[test]
+    fn a_key_given_twice_in_one_map_is_an_error_at_the_second() {
+        let file: Arc<str> = Arc::from("g.yml");
+        let e = parse("a: 1\nb:\n  c: 1\n  c: 2\n", &file).expect_err("duplicate");
+        assert_eq!(
+            e.to_string(),
+            "g.yml:4:3: duplicated mapping key `c` (first at line 3)"
+        );
+        // The same key in two maps, and a key a merge also brings, are not duplicates.
+        assert!(parse("a: {c: 1}\nb: {c: 2}\n", &file).is_ok());
+        assert!(parse("base: &b {c: 1}\nx:\n  <<: *b\n  c: 2\n", &file).is_ok());
     }
 
     #[test]
