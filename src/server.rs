@@ -189,6 +189,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     ));
     let mut not_config = vec![opts.data_dir.clone()];
     not_config.extend(opts.cache.disk.as_ref().map(|(d, _)| d.clone()));
+    if let Some(crate::access_log::Target::File(f)) = &opts.access_log {
+        not_config.push(f.clone());
+    }
     crate::lifecycle::watch::start(lifecycle.clone(), not_config);
 
     let threads = opts

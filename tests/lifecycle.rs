@@ -105,6 +105,39 @@ fn reload_on_a_change_on_sighup_and_on_demand() {
     );
 }
 
+/// Steady writes in the config directory that are not config (the access log kept there)
+/// neither reload the config nor hold a real change off.
+#[test]
+fn a_change_is_applied_while_the_access_log_in_the_directory_grows() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
+    let log = dir.path.join("access.log").display().to_string();
+    let gw = GatewayProcess::start_with(&dir, &["--access-log", &log], &[]);
+    let load = Load::start(
+        gw.port,
+        2,
+        "GET /one/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(5),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let loads = || gw.metric(r#"tollgate_config_loads_total{result="ok"}"#);
+    assert_eq!(loads(), 1.0, "the access log's writes reloaded the config");
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/two/*", &up.url(""), ""),
+    );
+    let took = wait_for("the change under traffic", || {
+        get(gw.port, "GET", "/two/x", &[]).status == 200
+    });
+    drop(load.stop());
+    assert!(
+        std::fs::metadata(&log).is_ok_and(|m| m.len() > 0),
+        "nothing logged"
+    );
+    eprintln!("reloaded {took:?} after the save, under traffic");
+}
+
 #[test]
 fn a_bad_file_keeps_the_running_config() {
     let up = PyUpstream::start("a", 5.0);

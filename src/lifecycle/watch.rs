@@ -1,7 +1,8 @@
 //! Watching the config directories (the directories, not the files: editors rename over a
 //! file on save, Kubernetes swaps a `..data` symlink), debounced: a burst of changes is one
-//! reload, once the directory has been quiet for [`QUIET`]. Changes under the data directory
-//! or the tile cache's directory are not config changes. `EG_DISABLE_CONFIG_WATCH` set to
+//! reload, once the directory has been quiet for [`QUIET`] (at most [`QUIET_AT_MOST`] after
+//! the first change). Changes under the data directory or the tile cache's directory, to the
+//! access log, and reads are not config changes, and do not hold a reload off. `EG_DISABLE_CONFIG_WATCH` set to
 //! anything (even `false`, as in EG) turns watching off.
 
 use std::path::PathBuf;
@@ -15,6 +16,8 @@ use super::{Lifecycle, Trigger};
 
 /// How long the directories must be quiet before a reload.
 pub const QUIET: Duration = Duration::from_millis(250);
+/// The longest a reload waits for quiet: changes that never stop do not hold it off.
+const QUIET_AT_MOST: Duration = Duration::from_secs(3);
 
 /// Whether EG's switch turns watching off.
 pub fn disabled() -> bool {
@@ -66,10 +69,24 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
                     continue;
                 }
                 // Wait for quiet: the end of an editor's save, a `cp -r`, a symlink swap.
+                let began = std::time::Instant::now();
+                let mut quiet_from = began;
                 loop {
-                    match rx.recv_timeout(QUIET) {
-                        Ok(_) => continue,
-                        Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    let waited = began.elapsed();
+                    if waited >= QUIET_AT_MOST {
+                        break;
+                    }
+                    let left =
+                        (quiet_from + QUIET).saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    match rx.recv_timeout(left.min(QUIET_AT_MOST - waited)) {
+                        Ok(e) if e.as_ref().is_ok_and(&relevant) => {
+                            quiet_from = std::time::Instant::now();
+                        }
+                        Ok(_) => {}
+                        Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
