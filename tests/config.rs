@@ -133,6 +133,23 @@ fn syntax_errors_and_missing_files() {
     );
     let err = check_errors(&dir);
     assert!(err.contains("4:3: pipeline `p` needs `policies`"), "{err}");
+    // A models file `serve` cannot read fails the check too, at its own position.
+    dir.write(
+        "gateway.config.yml",
+        "http: {port: 8080}\napiEndpoints: {a: {paths: '/a'}}\n",
+    );
+    std::fs::create_dir_all(dir.path.join("models")).expect("models");
+    dir.write("models/users.json", "{\n  \"type\": \"object\",\n}\n");
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!(
+            "{}:3:1: invalid JSON",
+            dir.file("models/users.json")
+        )),
+        "{}",
+        stderr(&out)
+    );
     // serve refuses a bad config the same way.
     let bad = ConfigDir::new(BAD);
     let out = run_tollgate(&["serve", "-c", &bad.path.display().to_string()], &[]);

@@ -458,6 +458,11 @@ fn show_config(dirs: &ConfigDirs) -> i32 {
 }
 
 fn check(dirs: &ConfigDirs) -> i32 {
+    // The models too: `serve` refuses a config whose models it cannot read.
+    if let Err(e) = crate::consumers::models::Models::load(dirs) {
+        eprintln!("{e}");
+        return 2;
+    }
     match server::load_gateway(dirs, &Shared::detached()) {
         Ok(gw) => {
             println!(

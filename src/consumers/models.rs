@@ -110,19 +110,26 @@ impl Models {
 
     /// The models of a config directory stack (`models/*.json`, the last directory's first),
     /// Kargo's where a file is missing.
-    pub fn load(config_dirs: &crate::config::ConfigDirs) -> Result<Models, String> {
+    pub fn load(
+        config_dirs: &crate::config::ConfigDirs,
+    ) -> Result<Models, crate::config::error::ConfigError> {
+        use crate::config::error::{ConfigError, Pos};
         let mut models = Models::kargo();
-        let read = |name: &str| -> Result<Option<Value>, String> {
+        let read = |name: &str| -> Result<Option<Value>, ConfigError> {
             let Some(p) = config_dirs.resolve(&Path::new("models").join(name)) else {
                 return Ok(None);
             };
-            let text = std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+            let file: std::sync::Arc<str> = p.display().to_string().into();
+            let text = std::fs::read_to_string(&p).map_err(|e| {
+                ConfigError::new(
+                    &Pos::file_start(&file),
+                    format!("cannot read the file: {e}"),
+                )
+            })?;
             serde_json::from_str(&text).map(Some).map_err(|e| {
-                format!(
-                    "{}:{}:{}: invalid JSON: {e}",
-                    p.display(),
-                    e.line(),
-                    e.column()
+                ConfigError::new(
+                    &Pos::new(&file, e.line(), e.column()),
+                    format!("invalid JSON: {e}"),
                 )
             })
         };

@@ -42,7 +42,7 @@ impl ConsumerLayer {
         } else {
             Arc::new(RedisStore::new(&system.redis))
         };
-        let models = Models::load(config_dirs).map_err(anyhow::Error::msg)?;
+        let models = Models::load(config_dirs).map_err(|e| anyhow::anyhow!("{e}"))?;
         Ok(ConsumerLayer::over(
             store,
             &system.redis.namespace,

@@ -280,14 +280,8 @@ impl Lifecycle {
         }
         let m = crate::metrics::metrics();
         let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
-            let models = Models::load(&self.dirs).map_err(|e| {
-                let mut errs = crate::config::error::ConfigErrors::default();
-                errs.push(
-                    &crate::config::error::Pos::file_start(&Arc::from(self.dirs.display())),
-                    e,
-                );
-                errs
-            });
+            let models =
+                Models::load(&self.dirs).map_err(|e| crate::config::error::ConfigErrors(vec![e]));
             let started = Started::of(&loaded);
             let gateway = Gateway::build(loaded, &self.shared)?;
             Ok((gateway, models?, started))
