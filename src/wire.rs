@@ -83,31 +83,55 @@ pub fn end_with_connection(buf: &mut BytesMut, keepalive: bool) {
 }
 
 /// Whether a path has a `.` or `..` segment (RFC 3986 §3.3), its dots written as they are or
-/// percent-encoded (`%2e`).
+/// percent-encoded (`%2e`), also where an upstream may see one: segments are cut at `\` and
+/// at an encoded slash (`%2f`, `%5c`) too, and a segment ends at `;` (a path parameter, which
+/// Java servers drop before resolving `..;/`).
 pub fn has_dot_segment(path: &str) -> bool {
     let p = path.as_bytes();
-    // Most paths have a dot only in their file name, and no `%`.
-    if memchr::memmem::find(p, b"/.").is_none() && memchr::memchr(b'%', p).is_none() {
+    // Most paths have a dot only in their file name, and no `%` or `\`.
+    if memchr::memmem::find(p, b"/.").is_none() && memchr::memchr2(b'%', b'\\', p).is_none() {
         return false;
     }
-    p.split(|b| *b == b'/').any(|segment| {
-        let (mut dots, mut i) = (0, 0);
-        while i < segment.len() {
-            if segment[i] == b'.' {
-                i += 1;
-            } else if segment[i..].len() >= 3
-                && segment[i] == b'%'
-                && segment[i + 1] == b'2'
-                && segment[i + 2] | 0x20 == b'e'
-            {
-                i += 3;
-            } else {
+    // `%` then the two bytes, lowercase, at `i`.
+    let escape = |i: usize| {
+        (p.get(i) == Some(&b'%') && i + 2 < p.len())
+            .then(|| (p[i + 1].to_ascii_lowercase(), p[i + 2].to_ascii_lowercase()))
+    };
+    let (mut dots, mut other, mut params) = (0, false, false);
+    let mut i = 0;
+    loop {
+        let separator = match p.get(i) {
+            None => Some(0),
+            Some(b'/' | b'\\') => Some(1),
+            Some(_) => matches!(escape(i), Some((b'2', b'f') | (b'5', b'c'))).then_some(3),
+        };
+        if let Some(len) = separator {
+            if !other && (dots == 1 || dots == 2) {
+                return true;
+            }
+            if len == 0 {
                 return false;
             }
-            dots += 1;
+            (dots, other, params) = (0, false, false);
+            i += len;
+            continue;
         }
-        dots == 1 || dots == 2
-    })
+        if params {
+            i += 1;
+        } else if p[i] == b';' {
+            params = true;
+            i += 1;
+        } else if p[i] == b'.' {
+            dots += 1;
+            i += 1;
+        } else if escape(i) == Some((b'2', b'e')) {
+            dots += 1;
+            i += 3;
+        } else {
+            other = true;
+            i += 1;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +165,12 @@ mod tests {
             "/wmts/.%2E/k2",
             "/%2e/x",
             "/..",
+            "/wmts/..;/k2/x",
+            "/wmts/%2e%2e;x=1/k2",
+            "/wmts/..\\k2\\x",
+            "/wmts/..%2fk2/x",
+            "/wmts/..%5Ck2",
+            "/wmts/a%2F..%2Fk2",
         ] {
             assert!(has_dot_segment(p), "{p}");
         }
@@ -151,6 +181,8 @@ mod tests {
             "/wmts/.hidden/x",
             "/wmts/x%2e/y",
             "/wmts/%2e%2e%2e/x",
+            "/wmts/a;..",
+            "/wmts/%2f/x.png",
             "/",
             "",
         ] {

@@ -344,7 +344,7 @@ fn revocation_and_restart() {
     // Deactivate the credential through the Admin API: the cached token is refused at once.
     let r = support::request(
         gw.admin_port,
-        "PUT /credentials/jwt/kano-jwt/status HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"status\": false}",
+        "PUT /credentials/jwt/kano-jwt/status HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 17\r\nConnection: close\r\n\r\n{\"status\": false}",
         false,
     );
     assert_eq!(r.text(), r#"{"status":"Deactivated"}"#);

@@ -104,6 +104,10 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                 if let Some(dir) = f.parent() {
                     let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
                 }
+                // Recorded afresh: the next start finds a record again (and keeps its tiles).
+                if let Err(e) = write_whole(f, b"{}") {
+                    log::warn!("tile cache: cannot rewrite {}: {e}", f.display());
+                }
                 HashMap::new()
             })
         }

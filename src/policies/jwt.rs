@@ -77,13 +77,13 @@ struct Verified {
 }
 
 /// A time claim (`exp`, `nbf`) in whole seconds: a decimal one (JavaScript issuers write
-/// `Date.now() / 1000 + 3600`) rounded by `round` — `exp` down, `nbf` up, the stricter way;
+/// `Date.now() / 1000 + 3600`) rounded to the nearest, as the library that verified it does;
 /// `Err` for one that is not a number of seconds.
-fn time_claim(v: Option<&serde_json::Value>, round: fn(f64) -> f64) -> Result<Option<u64>, ()> {
+fn time_claim(v: Option<&serde_json::Value>) -> Result<Option<u64>, ()> {
     match v {
         None => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(round(f) as u64)),
+            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f.round() as u64)),
             _ => Err(()),
         },
     }
@@ -341,10 +341,7 @@ impl Jwt {
                 .collect(),
             _ => Vec::new(),
         };
-        let (exp, nbf) = (
-            time_claim(claims.get("exp"), f64::floor),
-            time_claim(claims.get("nbf"), f64::ceil),
-        );
+        let (exp, nbf) = (time_claim(claims.get("exp")), time_claim(claims.get("nbf")));
         let verified = Verified {
             sub: text("sub"),
             id: text("id"),
@@ -453,7 +450,7 @@ mod tests {
         let t = hs(
             Algorithm::HS256,
             "s",
-            serde_json::json!({"id": "c1", "exp": base as f64 + 100.5}),
+            serde_json::json!({"id": "c1", "exp": base as f64 + 100.25}),
         );
         assert_eq!(p.verify(&t).and_then(|v| v.exp), Some(base + 100));
         let remembered = p.remembered.read().unwrap_or_else(|e| e.into_inner());
@@ -462,23 +459,11 @@ mod tests {
             Some(base + 100)
         );
         drop(remembered);
-        assert_eq!(
-            time_claim(Some(&serde_json::json!(7.9)), f64::floor),
-            Ok(Some(7))
-        );
-        assert_eq!(
-            time_claim(Some(&serde_json::json!(7.1)), f64::ceil),
-            Ok(Some(8))
-        );
-        assert_eq!(
-            time_claim(Some(&serde_json::json!("7")), f64::floor),
-            Err(())
-        );
-        assert_eq!(
-            time_claim(Some(&serde_json::json!(-1)), f64::floor),
-            Err(())
-        );
-        assert_eq!(time_claim(None, f64::floor), Ok(None));
+        assert_eq!(time_claim(Some(&serde_json::json!(7.6))), Ok(Some(8)));
+        assert_eq!(time_claim(Some(&serde_json::json!(7.4))), Ok(Some(7)));
+        assert_eq!(time_claim(Some(&serde_json::json!("7"))), Err(()));
+        assert_eq!(time_claim(Some(&serde_json::json!(-1))), Err(()));
+        assert_eq!(time_claim(None), Ok(None));
     }
 
     #[test]

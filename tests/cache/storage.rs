@@ -282,6 +282,20 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     );
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     assert!(gw.log_text().contains("is damaged"), "{}", gw.log_text());
+    // Recorded afresh: the tile stored now is there after the next start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while disk_files(&cache_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the tile never reached the disk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(gw);
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--populate", &populate, "--cache-dir", &dir_arg],
+        &[],
+    );
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "HIT");
+    assert!(!gw.log_text().contains("is damaged"), "{}", gw.log_text());
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 

@@ -31,8 +31,6 @@ const MAX_IO: usize = 32;
 /// memory; a disk slower than the misses would otherwise hold every body waiting, evicted from
 /// memory or not, and grow the gateway past its budget).
 const QUEUE_MAX: u64 = 64 << 20;
-/// Invalidated keys kept before those older than ten minutes are let go.
-const INVALIDATED_KEPT: usize = 1024;
 /// When over budget, evict down to this share of it.
 const LOW_WATER: f64 = 0.9;
 /// The secret the keys' hashes are made with (see `cache::key::digest`), readable by the
@@ -58,13 +56,22 @@ pub struct DiskTier {
     queued: AtomicU64,
     /// Writes not made because [`QUEUE_MAX`] bytes were waiting already.
     pub skipped: AtomicU64,
-    /// Keys invalidated lately (an unsafe request's URL) and when: a write of an object stored
-    /// before then, still waiting for the disk, is not put in place.
-    invalidated: Mutex<HashMap<HashBinary, std::time::SystemTime>>,
+    /// Keys with writes waiting for the disk, and when one was invalidated meanwhile (an
+    /// unsafe request's URL): a write of an object stored before then is not put in place.
+    pending: Mutex<HashMap<HashBinary, Pending>>,
+    /// Objects written so far (what a use from memory is told by, see [`DiskTier::used`]).
+    writes: AtomicU64,
     pub stored_bytes: AtomicU64,
     pub stored_objects: AtomicU64,
     pub evictions: AtomicU64,
     pub corrupt: AtomicU64,
+}
+
+/// The writes of one key waiting for the disk.
+#[derive(Default)]
+struct Pending {
+    writes: u32,
+    invalidated: Option<std::time::SystemTime>,
 }
 
 /// What a file of `len` bytes takes of the budget: the blocks it fills (a file system gives
@@ -205,7 +212,8 @@ impl DiskTier {
             io: Semaphore::new(MAX_IO),
             queued: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            invalidated: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+            writes: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
             evictions: AtomicU64::new(0),
@@ -324,11 +332,12 @@ impl DiskTier {
     }
 
     /// A use of `obj` from memory: the tier's least recently used files go first, and a tile
-    /// hit in memory is never read from disk. Told once the tier has taken in (written or
-    /// used) a quarter of its objects since it was last told, so a hit costs three atomic
-    /// reads: a hot tile never drifts to the end of the order.
+    /// hit in memory is never read from disk. Told once the tier has written a quarter of its
+    /// objects since it was last told (at most four uses a write, whatever the hits), so a
+    /// hit costs three atomic reads: a hot tile never drifts to the end of the order. The file's time is set too (in
+    /// the background): the order at the next start is the files' times.
     pub fn used(&self, obj: &Object) {
-        let now = self.clock.load(Ordering::Relaxed);
+        let now = self.writes.load(Ordering::Relaxed);
         let stamp = obj.disk_stamp.load(Ordering::Relaxed);
         let every = (self.stored_objects.load(Ordering::Relaxed) / 4).max(1);
         if now.saturating_sub(stamp) >= every
@@ -336,21 +345,21 @@ impl DiskTier {
                 .disk_stamp
                 .compare_exchange(stamp, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
+            && self.touch(&obj.key)
         {
-            self.touch(&obj.key);
+            let path = self.path(&obj.key);
+            drop(tokio::task::spawn_blocking(move || {
+                let _ = std::fs::File::open(&path)
+                    .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+            }));
         }
     }
 
-    fn touch(&self, key: &HashBinary) {
+    /// Marks `key` used now; whether the tier holds it.
+    fn touch(&self, key: &HashBinary) -> bool {
         let t = self.clock.fetch_add(1, Ordering::Relaxed);
-        if let Some(e) = self
-            .index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_mut(key)
-        {
-            e.last_used = t;
-        }
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        index.get_mut(key).map(|e| e.last_used = t).is_some()
     }
 
     fn unindex(&self, key: &HashBinary) -> bool {
@@ -388,12 +397,32 @@ impl DiskTier {
             }
             return;
         }
+        let key = obj.key;
+        self.queue_write(key);
         tokio::spawn(async move {
             if let Ok(_permit) = self.io.acquire().await {
                 let _ = tokio::task::spawn_blocking(move || self.write(&obj, seen)).await;
             }
             self.queued.fetch_sub(size, Ordering::Relaxed);
+            self.write_done(&key);
         });
+    }
+
+    /// A write of `key` waits for the disk.
+    fn queue_write(&self, key: HashBinary) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        pending.entry(key).or_default().writes += 1;
+    }
+
+    /// A write of `key` is over (made or not).
+    fn write_done(&self, key: &HashBinary) {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = pending.get_mut(key) {
+            p.writes = p.writes.saturating_sub(1);
+            if p.writes == 0 {
+                pending.remove(key);
+            }
+        }
     }
 
     /// Writes an object file whole, then renames it into place (blocking), unless a purge came
@@ -417,11 +446,12 @@ impl DiskTier {
             // index's, which requests take): it comes wholly before or wholly after.
             let _order = self.purges.order();
             let invalidated = self
-                .invalidated
+                .pending
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .get(&key)
-                .is_some_and(|at| obj.meta.updated <= *at);
+                .and_then(|p| p.invalidated)
+                .is_some_and(|at| obj.meta.updated <= at);
             if self.purges.since(seen) || invalidated {
                 let _ = std::fs::remove_file(&tmp);
                 return Ok(None);
@@ -431,6 +461,7 @@ impl DiskTier {
             })?;
             let size = on_disk(bytes.len() as u64);
             let t = self.clock.fetch_add(1, Ordering::Relaxed);
+            self.writes.fetch_add(1, Ordering::Relaxed);
             // One step, counted with it, so a write of the same tile at once cannot count it
             // twice, nor a removal of it count before it.
             let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
@@ -460,18 +491,17 @@ impl DiskTier {
     /// Removes an object an unsafe request invalidated, and keeps a write of it stored before
     /// now, still waiting for the disk, from putting it back.
     pub async fn invalidate(&'static self, key: &HashBinary) -> bool {
-        {
+        let waiting = {
             let _order = self.purges.order();
-            let mut invalidated = self.invalidated.lock().unwrap_or_else(|p| p.into_inner());
-            let now = std::time::SystemTime::now();
-            if invalidated.len() >= INVALIDATED_KEPT {
-                // A write waits seconds at most: older records say nothing any more.
-                invalidated.retain(|_, at| {
-                    now.duration_since(*at)
-                        .is_ok_and(|d| d < std::time::Duration::from_secs(600))
-                });
-            }
-            invalidated.insert(*key, now);
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            pending
+                .get_mut(key)
+                .map(|p| p.invalidated = Some(std::time::SystemTime::now()))
+                .is_some()
+        };
+        // Nothing on disk and nothing on its way: no file to remove.
+        if !waiting && !self.contains(key) {
+            return false;
         }
         self.remove(key).await
     }
@@ -593,14 +623,23 @@ mod tests {
             .expect("runtime");
         let key = [9u8; 16];
         let before = crate::cache::store::memory::tests::object(key, 3000);
+        // Its write waits for the disk while the tile is invalidated.
+        tier.queue_write(key);
         std::thread::sleep(std::time::Duration::from_millis(5));
         rt.block_on(tier.invalidate(&key));
         tier.write(&before, tier.purges.epoch());
+        tier.write_done(&key);
         assert!(!tier.contains(&key) && !tier.path(&key).exists());
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        assert!(
+            tier.pending.lock().unwrap().is_empty(),
+            "nothing kept once written"
+        );
         let after = crate::cache::store::memory::tests::object(key, 3000);
         tier.write(&after, tier.purges.epoch());
         assert!(tier.contains(&key) && tier.path(&key).exists());
+        // Invalidated with nothing waiting: the file goes, nothing is kept.
+        assert!(rt.block_on(tier.invalidate(&key)));
+        assert!(!tier.path(&key).exists() && tier.pending.lock().unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
