@@ -353,7 +353,7 @@ fn what_tollgate_writes_has_egs_layout() {
     // Deleting the user removes its app and every credential of both: nothing is left.
     let del = request(
         a,
-        &format!("DELETE /users/{uid} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"),
+        &format!("DELETE /users/{uid} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"),
         false,
     );
     assert_eq!(del.status, 204);
