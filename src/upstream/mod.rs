@@ -246,8 +246,8 @@ pub struct ServiceEndpoint {
     /// `proxyOptions`, merged over every proxy action that uses this endpoint.
     pub proxy_options: Option<Node>,
     pub settings: settings::UpstreamSettings,
-    /// The name and the urls, as the tile cache's keys name the endpoint: a reload that points
-    /// the endpoint elsewhere starts its tiles afresh.
+    /// The name and a fingerprint of the urls, as the tile cache's keys name the endpoint: a
+    /// reload that points the endpoint elsewhere starts its tiles afresh.
     pub cache_name: String,
     wheel: Vec<usize>,
     next: AtomicUsize,
@@ -266,10 +266,17 @@ impl ServiceEndpoint {
             .map(|t| registry.state(name, &t.url))
             .collect();
         let weights: Vec<u32> = (0..targets.len()).map(|i| settings.weight(i)).collect();
-        let urls: Vec<&str> = targets.iter().map(|t| t.url.as_str()).collect();
+        // FNV-1a of the urls: 32 bits tell one endpoint's url lists apart (a short key text
+        // costs every hit less to copy and hash).
+        let urls = targets
+            .iter()
+            .flat_map(|t| t.url.bytes().chain([b' ']))
+            .fold(0x811c_9dc5u32, |h, b| {
+                (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+            });
         ServiceEndpoint {
             name: name.to_string(),
-            cache_name: format!("{name} {}", urls.join(" ")),
+            cache_name: format!("{name}~{urls:08x}"),
             targets,
             states,
             proxy_options,
