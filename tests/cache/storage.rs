@@ -13,45 +13,25 @@ fn purge_a_url_and_an_api_endpoint() {
         assert_eq!(cache_status(&tile(&gw, p, 0)), "HIT");
     }
     // One URL, through the CLI.
-    let out = support::gateway::run_tollgate(
-        &[
-            "cache",
-            "purge",
-            "/tiles/p/1.png?apiKey=k9:s9",
-            "--admin-url",
-            &format!("http://127.0.0.1:{}", gw.admin_port),
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("1 object"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // `tollgate cache purge URL` against this gateway: whether it succeeded, and what it said.
+    let cli_purge = |url: &str| {
+        let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+        let out =
+            support::gateway::run_tollgate(&["cache", "purge", url, "--admin-url", &admin], &[]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, said) = cli_purge("/tiles/p/1.png?apiKey=k9:s9");
+    assert!(ok, "{said}");
+    assert!(said.contains("1 object"), "{said}");
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/1.png", 1)), "MISS");
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "HIT");
     // A URL no pipeline caches: nothing purged, and the CLI says so with its exit status.
-    let out = support::gateway::run_tollgate(
-        &[
-            "cache",
-            "purge",
-            "/elsewhere/1.png",
-            "--admin-url",
-            &format!("http://127.0.0.1:{}", gw.admin_port),
-        ],
-        &[],
-    );
-    assert!(!out.status.success(), "a purge of nothing succeeded");
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not cached by any pipeline"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, said) = cli_purge("/elsewhere/1.png");
+    assert!(!ok, "a purge of nothing succeeded");
+    assert!(said.contains("not cached by any pipeline"), "{said}");
     // A URL whose query holds a URL (WMS's SLD), through the Admin API: that tile goes.
     let sld = "/tiles/p/3.png?SLD=http://styles.example/a.sld";
     assert_eq!(cache_status(&tile(&gw, sld, 0)), "MISS");
