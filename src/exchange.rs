@@ -263,12 +263,16 @@ impl EditableHeaders for ReplyLines {
     fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
         match self.0.iter().position(|(n, _)| *n == name) {
             Some(first) => {
+                // The first keeps its place with the new value; the others go.
                 self.0[first].1 = value;
-                let mut i = 0;
-                self.0.retain(|(n, _)| {
-                    i += 1;
-                    i - 1 <= first || *n != name
-                });
+                let mut i = first + 1;
+                while i < self.0.len() {
+                    if self.0[i].0 == name {
+                        self.0.remove(i);
+                    } else {
+                        i += 1;
+                    }
+                }
             }
             None => self.0.push((name, value)),
         }
