@@ -516,6 +516,7 @@ pub fn upstream_error_kind(e: &Error) -> usize {
     match e.etype() {
         ErrorType::ConnectRefused => 0,
         ErrorType::ConnectNoRoute => crate::metrics::UNAVAILABLE,
+        t if *t == crate::upstream::attempt::UNRESOLVED => crate::metrics::DNS,
         ErrorType::ConnectTimedout => 1,
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => 2,
         ErrorType::ConnectionClosed

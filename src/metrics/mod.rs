@@ -34,6 +34,9 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 8] = [
     "unavailable",
 ];
 
+/// The kind of an attempt at a url whose name has no address.
+pub const DNS: usize = 5;
+
 /// The kind of a request no url could take (all unhealthy or ejected).
 pub const UNAVAILABLE: usize = 7;
 

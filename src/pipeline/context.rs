@@ -193,23 +193,33 @@ impl ProxyPlan {
     /// resolved address.
     pub fn retarget(&mut self, i: usize) -> bool {
         // Read where the url is kept (no count taken on it: every thread would write it).
-        let Some(t) = self.endpoint.targets.get(i) else {
+        let Some(addr) = self.endpoint.targets.get(i).and_then(|t| t.addr()) else {
             return false;
         };
-        let Some(addr) = t.addr() else {
-            return false;
-        };
+        self.aim(i);
+        self.addr = addr;
+        true
+    }
+
+    /// Points this plan at url `i` whose name has no address: nothing can be sent to it, but
+    /// its path and Host are the tile cache's key, so a stored tile may still answer.
+    pub fn aim_unresolved(&mut self, i: usize) {
+        self.aim(i);
+        self.unavailable = true;
+    }
+
+    /// The path, Host and scheme of url `i`, which must exist.
+    fn aim(&mut self, i: usize) {
+        let t = &self.endpoint.targets[i];
         let path = self.path_recipe.path_for(&t.base_path);
         let (tls, host) = (t.tls, self.change_origin.then(|| t.host_header.clone()));
         self.target = i;
         if i < 64 {
             self.tried |= 1 << i;
         }
-        self.addr = addr;
         self.tls = tls;
         self.host = host;
         self.path = path;
-        true
     }
 }
 

@@ -279,13 +279,17 @@ impl Policy for Proxy {
             edits_in_key: 0,
         };
         if !plan.retarget(i) {
-            log::warn!(
-                "upstream failure: api endpoint `{}`, upstream {}: no resolved address; answered 502",
-                req.endpoint.name,
-                self.endpoint.targets[i].url
-            );
-            crate::metrics::metrics().upstream_error(5);
-            return Outcome::Respond(crate::responses::bad_gateway());
+            if x.cache.is_none() {
+                log::warn!(
+                    "upstream failure: api endpoint `{}`, upstream {}: no resolved address; answered 502",
+                    req.endpoint.name,
+                    self.endpoint.targets[i].url
+                );
+                crate::metrics::metrics().upstream_error(crate::metrics::DNS);
+                return Outcome::Respond(crate::responses::bad_gateway());
+            }
+            // As with no url available: a stored tile may answer, a miss is a 502.
+            plan.aim_unresolved(i);
         }
         if let Some(t) = self.total_timeout {
             plan.deadline = Some(std::time::Instant::now() + t);
@@ -340,6 +344,65 @@ impl Policy for Proxy {
 #[cfg(test)]
 mod tests {
     use super::url_join;
+    use crate::pipeline::{Exchange, Outcome, Request};
+    use crate::routing::Target;
+
+    /// A url whose name never resolved: without a cache step the request is a 502 at once;
+    /// with one it goes on (a stored tile may answer it), its plan aimed at the url's path and
+    /// marked unavailable, so an attempt fails as a `dns` failure.
+    #[test]
+    fn a_url_that_does_not_resolve_leaves_the_cache_to_answer() {
+        let dir = std::env::temp_dir().join(format!("tollgate-nodns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let yml = "http: {port: 8080}\napiEndpoints:\n  plain: {paths: '/plain/*'}\n  cached: {paths: '/cached/*'}\nserviceEndpoints:\n  nodns: {url: 'http://no-such-host.invalid:81/tiles'}\npolicies: [proxy, cache]\npipelines:\n  plain: {apiEndpoints: [plain], policies: [{proxy: {action: {serviceEndpoint: nodns, stripPath: true}}}]}\n  cached: {apiEndpoints: [cached], policies: [{cache: {}}, {proxy: {action: {serviceEndpoint: nodns, stripPath: true}}}]}\n";
+        std::fs::write(dir.join("gateway.config.yml"), yml).expect("config");
+        let gw = crate::server::load_gateway(
+            &crate::config::ConfigDirs::single(&dir),
+            &crate::gateway::Shared::detached(),
+        )
+        .expect("valid config");
+        let _ = std::fs::remove_dir_all(&dir);
+        let headers = http::HeaderMap::new();
+        let run = |path: &str| {
+            let ri = gw
+                .router
+                .find(0, None, path, &http::Method::GET)
+                .expect("route");
+            let route = &gw.router.routes()[ri];
+            let Target::Pipeline(pi) = route.target else {
+                panic!("no pipeline")
+            };
+            let req = Request {
+                method: &http::Method::GET,
+                path,
+                query: None,
+                url: path,
+                host: None,
+                headers: &headers,
+                client_ip: None,
+                server_port: Some(8080),
+                tls: false,
+                endpoint: &gw.endpoints[route.endpoint],
+                strip_at: route.path.strip_at,
+            };
+            let mut x = Exchange::default();
+            let (out, _) = gw.pipelines[pi].run(0, &req, &mut x);
+            (out, x)
+        };
+        let (out, _) = run("/plain/1/2/3.png");
+        assert!(matches!(out, Outcome::Respond(r) if r.status == 502));
+        let (out, mut x) = run("/cached/1/2/3.png");
+        assert!(matches!(out, Outcome::Proxy));
+        let plan = x.proxy.as_mut().expect("a plan");
+        assert!(plan.unavailable);
+        assert_eq!(plan.path, "/tiles/1/2/3.png");
+        let e = crate::upstream::attempt::begin(plan, "/1/2/3.png").expect_err("no address");
+        assert_eq!(e.etype(), &crate::upstream::attempt::UNRESOLVED);
+        assert_eq!(
+            crate::exchange::upstream_error_kind(&e),
+            crate::metrics::DNS
+        );
+    }
 
     #[test]
     fn joins_like_http_proxy() {

@@ -24,10 +24,20 @@ fn no_route(why: &'static str) -> Box<Error> {
     )
 }
 
+/// The error of an attempt at a url whose name has no address (counted as a `dns` failure).
+pub const UNRESOLVED: ErrorType = ErrorType::Custom("the url's name does not resolve");
+
+fn unresolved() -> Box<Error> {
+    Error::create(UNRESOLVED, pingora_core::ErrorSource::Upstream, None, None)
+}
+
 /// Begins an attempt: the first goes to the url the proxy step chose, a resend to the same url,
 /// a retry to another available one. Returns the peer to connect to.
 pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     if plan.unavailable {
+        if plan.endpoint.targets[plan.target].addr().is_none() {
+            return Err(unresolved());
+        }
         return Err(no_route("no url of the service endpoint is available"));
     }
     if std::mem::take(&mut plan.resend_next) {
@@ -39,7 +49,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
             ));
         };
         if !plan.retarget(i) {
-            return Err(no_route("the url does not resolve"));
+            return Err(unresolved());
         }
     }
     plan.attempts += 1;
