@@ -1,8 +1,9 @@
 //! The config lifecycle with the real binary: hot reload on a change in the directory (an
 //! editor's rename-on-save), SIGHUP and `tollgate reload`; a bad file keeps the running config
 //! and says why; 100 reloads under load lose no request; a slow request finishes on the
-//! upstream it started with; state survives; layered directories; changes that need a restart;
-//! and a zero-downtime binary upgrade under load.
+//! upstream it started with; state survives; layered directories; directories replaced whole
+//! (a ConfigMap's swap, `rm -rf` and a copy); changes that need a restart; and a zero-downtime
+//! binary upgrade under load.
 
 mod support;
 
@@ -419,6 +420,88 @@ fn layered_directories_a_later_file_wins() {
             .to_string()
             .contains(&format!("{w}/models/users.json"))
     });
+}
+
+/// The two ways config directories are replaced whole in deployments are watched through:
+/// a Kubernetes ConfigMap volume (each file a symlink through `..data`, which the kubelet
+/// swaps to a new timestamped directory) and a directory removed and copied anew (the watch
+/// on the old one is gone with it: the gateway watches for its return and goes on watching
+/// the new one).
+#[test]
+fn config_directories_replaced_whole_are_still_watched() {
+    use std::os::unix::fs::symlink;
+    let up = PyUpstream::start("a", 5.0);
+    let parent = ConfigDir::empty();
+    let data = parent.path.join("data").display().to_string();
+    let system = "db:\n  redis:\n    emulate: true\n";
+
+    // A ConfigMap volume: files are links through `..data`.
+    let volume = parent.path.join("configmap");
+    let version = |n: u32, path: &str| {
+        let d = volume.join(format!("..2026_12_03_{n}"));
+        std::fs::create_dir_all(&d).expect("version dir");
+        std::fs::write(
+            d.join("gateway.config.yml"),
+            gateway_yml(path, &up.url(""), ""),
+        )
+        .expect("write");
+        std::fs::write(d.join("system.config.yml"), system).expect("write");
+        d
+    };
+    let first = version(1, "/one/*");
+    symlink(first.file_name().expect("name"), volume.join("..data")).expect("..data");
+    for f in ["gateway.config.yml", "system.config.yml"] {
+        symlink(format!("..data/{f}"), volume.join(f)).expect("link");
+    }
+    let dir = ConfigDir {
+        path: volume.clone(),
+    };
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data], &[]);
+    assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
+    // The kubelet's update: a new version, `..data_tmp` renamed over `..data`, the old removed.
+    for (n, path, probe) in [(2, "/two/*", "/two/x"), (3, "/three/*", "/three/x")] {
+        let next = version(n, path);
+        let tmp = dir.path.join("..data_tmp");
+        symlink(next.file_name().expect("name"), &tmp).expect("..data_tmp");
+        std::fs::rename(&tmp, dir.path.join("..data")).expect("swap");
+        std::fs::remove_dir_all(dir.path.join(format!("..2026_12_03_{}", n - 1))).expect("old");
+        wait_for("the swapped ConfigMap", || {
+            get(gw.port, "GET", probe, &[]).status == 200
+        });
+    }
+    drop(gw);
+
+    // A directory removed and copied anew, twice: the second copy proves the new one is watched.
+    let conf = ConfigDir {
+        path: parent.path.join("conf"),
+    };
+    std::fs::create_dir_all(&conf.path).expect("conf");
+    conf.write(
+        "gateway.config.yml",
+        &gateway_yml("/one/*", &up.url(""), ""),
+    );
+    conf.write("system.config.yml", system);
+    let gw = GatewayProcess::start_with(&conf, &["--data-dir", &data], &[]);
+    assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
+    for (path, probe) in [("/two/*", "/two/x"), ("/three/*", "/three/x")] {
+        // Quiet between the copies: no reload is under way from the one before.
+        std::thread::sleep(Duration::from_millis(800));
+        let copy = parent.path.join("conf.new");
+        std::fs::create_dir_all(&copy).expect("copy");
+        std::fs::write(
+            copy.join("gateway.config.yml"),
+            gateway_yml(path, &up.url(""), ""),
+        )
+        .expect("write");
+        std::fs::write(copy.join("system.config.yml"), system).expect("write");
+        std::fs::remove_dir_all(&conf.path).expect("rm -rf");
+        std::fs::rename(&copy, &conf.path).expect("mv");
+        wait_for("the directory copied anew", || {
+            get(gw.port, "GET", probe, &[]).status == 200
+        });
+    }
+    let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+    assert_eq!(status["watching"], true, "{status}");
 }
 
 #[test]

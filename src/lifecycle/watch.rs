@@ -1,5 +1,6 @@
 //! Watching the config directories (the directories, not the files: editors rename over a
-//! file on save, Kubernetes swaps a `..data` symlink), debounced: a burst of changes is one
+//! file on save, Kubernetes swaps a `..data` symlink) and their parents (a directory removed
+//! and made anew is watched again), debounced: a burst of changes is one
 //! reload, once the directory has been quiet for [`QUIET`] (at most [`QUIET_AT_MOST`] after
 //! the first change). Changes under the data directory or the tile cache's directory, to the
 //! access log, and reads are not config changes, and do not hold a reload off. `EG_DISABLE_CONFIG_WATCH` set to
@@ -41,29 +42,50 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
     };
     let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
     let ignore: Vec<PathBuf> = ignore.iter().map(canon).collect();
+    // Each directory as given (made absolute, a symlink not followed: a link swapped for
+    // another is seen in its parent) and where it leads now.
+    let roots: Vec<PathBuf> = lifecycle
+        .dirs()
+        .dirs()
+        .iter()
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    let led_to: Vec<PathBuf> = roots.iter().map(canon).collect();
     let mut watched = 0;
-    for dir in lifecycle.dirs().dirs() {
+    for dir in &roots {
         match watcher.watch(dir, RecursiveMode::Recursive) {
             Ok(()) => watched += 1,
             Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
+        }
+        // A directory removed and made anew (`rm -rf` and a copy, a link swapped) is another
+        // directory: its parent says when it is back, and it is watched again then.
+        if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
+            if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                log::debug!("cannot watch {}: {e}", parent.display());
+            }
         }
     }
     if watched == 0 {
         return;
     }
     lifecycle.set_watching(true);
+    let config_path = {
+        let roots = roots.clone();
+        move |p: &std::path::Path| {
+            let p = p.to_path_buf();
+            let c = canon(&p);
+            (roots.iter().any(|r| p.starts_with(r)) || led_to.iter().any(|r| c.starts_with(r)))
+                && !ignore.iter().any(|i| c.starts_with(i))
+        }
+    };
     let relevant = move |e: &notify::Event| {
-        !matches!(e.kind, notify::EventKind::Access(_))
-            && e.paths.iter().any(|p| {
-                let p = canon(p);
-                !ignore.iter().any(|i| p.starts_with(i))
-            })
+        !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| config_path(p))
     };
     let spawned = std::thread::Builder::new()
         .name("tollgate-watch".into())
         .spawn(move || {
             // The watcher lives as long as this thread.
-            let _watcher = watcher;
+            let mut watcher = watcher;
             while let Ok(first) = rx.recv() {
                 if !first.as_ref().is_ok_and(&relevant) {
                     continue;
@@ -88,6 +110,13 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
                         Ok(_) => {}
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+                // A directory made anew is watched again (watching one still watched changes
+                // nothing); one not back yet is, once its parent says it is.
+                for dir in &roots {
+                    if let Err(e) = watcher.watch(dir, RecursiveMode::Recursive) {
+                        log::debug!("cannot watch {} yet: {e}", dir.display());
                     }
                 }
                 lifecycle.reload(Trigger::Watch);
