@@ -82,6 +82,7 @@ pub fn load_gateway(
 
 /// Runs until a signal stops the process. Returns only on a start-up error.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    let before = crate::lifecycle::ReadBefore::of(&opts.config_dirs, &[]);
     let loaded = match config::load_dirs(&opts.config_dirs) {
         Ok(l) => l,
         Err(errors) => {
@@ -153,7 +154,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
-    let started = crate::lifecycle::Started::of(&loaded);
+    let started = crate::lifecycle::Started::of(&loaded, before);
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
         Err(errors) => {

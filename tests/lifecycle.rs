@@ -1,7 +1,8 @@
 //! The config lifecycle with the real binary: hot reload on a change in the directory (an
 //! editor's rename-on-save), SIGHUP and `tollgate reload`; a bad file keeps the running config
 //! and says why; 100 reloads under load lose no request; a slow request finishes on the
-//! upstream it started with; state survives; layered directories; directories replaced whole
+//! upstream it started with; state survives; a save during a reload is loaded after it;
+//! layered directories; directories replaced whole
 //! (a ConfigMap's swap, `rm -rf` and a copy); changes that need a restart; and a zero-downtime
 //! binary upgrade under load.
 
@@ -419,6 +420,67 @@ fn layered_directories_a_later_file_wins() {
         status["files"]
             .to_string()
             .contains(&format!("{w}/models/users.json"))
+    });
+}
+
+/// A file saved while a reload is reading the config is loaded after it: the reload records
+/// the files' content as it was when it read them, so the watcher sees the later save as a
+/// change. The reload is held in the middle by a key file that is a named pipe: reading it
+/// waits until the test writes the key.
+#[test]
+fn a_save_during_a_reload_is_loaded_after_it() {
+    use std::io::Write;
+    let up = PyUpstream::start("a", 5.0);
+    let pipes = ConfigDir::empty();
+    let fifo = pipes.path.join("key.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    let yml = |path: &str| {
+        format!(
+            "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '{path}'}}\n  signed: {{paths: '/signed/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy, jwt]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n  signed:\n    apiEndpoints: [signed]\n    policies:\n      - jwt: [{{action: {{secretOrPublicKeyFile: '{key}', checkCredentialExistence: false}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+            up = up.url(""),
+            key = fifo.display(),
+        )
+    };
+    // Each message lets one read of the key through: when the reader is there the feeder says
+    // so and, for a held read, writes the key only once told to.
+    let (feed, feeds) = std::sync::mpsc::channel::<bool>();
+    let (here_tx, here) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let to = fifo.clone();
+    std::thread::spawn(move || {
+        for held in feeds {
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&to)
+                .expect("open the pipe");
+            let _ = here_tx.send(());
+            if held && released.recv().is_err() {
+                return;
+            }
+            w.write_all(b"a key of the test").expect("write the key");
+        }
+    });
+    let within = Duration::from_secs(10);
+    feed.send(false).expect("feed");
+    let dir = ConfigDir::new(&yml("/one/*"));
+    let gw = GatewayProcess::start(&dir);
+    here.recv_timeout(within).expect("the start read the key");
+    assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
+    // A save: its reload reads the new file, then waits on the key.
+    feed.send(true).expect("feed");
+    save(&dir, "gateway.config.yml", &yml("/two/*"));
+    here.recv_timeout(within)
+        .expect("the reload reading the key");
+    // Another save while it waits; then the key for it, and for the reload after it.
+    save(&dir, "gateway.config.yml", &yml("/three/*"));
+    release.send(()).expect("release");
+    wait_for("the first reload", || {
+        get(gw.port, "GET", "/two/x", &[]).status == 200
+    });
+    feed.send(false).expect("feed");
+    wait_for("the save made during the first reload", || {
+        get(gw.port, "GET", "/three/x", &[]).status == 200
     });
 }
 

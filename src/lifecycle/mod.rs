@@ -12,6 +12,7 @@
 
 pub mod watch;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -140,23 +141,62 @@ pub struct Started {
     gateway_path: std::path::PathBuf,
     system_path: Option<std::path::PathBuf>,
     start_only: StartOnly,
+    before: ReadBefore,
 }
 
 impl Started {
-    pub fn of(loaded: &LoadedConfig) -> Started {
+    /// What `loaded` was loaded from; `before`: the inputs' hashes taken before it was read.
+    pub fn of(loaded: &LoadedConfig, before: ReadBefore) -> Started {
         Started {
             dirs: loaded.dirs.clone(),
             gateway_path: loaded.gateway_path.clone(),
             system_path: loaded.system_path.clone(),
             start_only: StartOnly::of(loaded, &loaded.dirs),
+            before,
         }
+    }
+}
+
+/// The SHA-256 of a config's inputs taken before a load reads them: the hashes the status
+/// records as in force. A file changed while the load runs is then recorded with its content
+/// from before the change, which the watcher sees differ from the file and loads again; hashes
+/// taken after the load could record the new content while the old one runs, and the change
+/// would never be loaded.
+#[derive(Default)]
+pub struct ReadBefore(HashMap<std::path::PathBuf, String>);
+
+impl ReadBefore {
+    /// The gateway and system config and the models the stack `dirs` has now, and `also`
+    /// (the files of the config in force: its key files).
+    pub fn of(dirs: &ConfigDirs, also: &[Source]) -> ReadBefore {
+        use std::path::Path;
+        let mut paths: Vec<std::path::PathBuf> = [
+            dirs.find_config("gateway.config"),
+            dirs.find_config("system.config"),
+            dirs.resolve(Path::new("models/users.json")),
+            dirs.resolve(Path::new("models/applications.json")),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        paths.extend(also.iter().map(|f| std::path::PathBuf::from(&f.path)));
+        ReadBefore(
+            paths
+                .into_iter()
+                .map(|p| {
+                    let hash = dirs.source(&p).sha256;
+                    (p, hash)
+                })
+                .collect(),
+        )
     }
 }
 
 /// The input files of a config stack as it is on disk now (for `tollgate config show`).
 pub fn inputs_of(dirs: &ConfigDirs) -> Result<Vec<Source>, crate::config::error::ConfigErrors> {
+    let before = ReadBefore::of(dirs, &[]);
     let loaded = crate::config::load_dirs(dirs)?;
-    let started = Started::of(&loaded);
+    let started = Started::of(&loaded, before);
     let gateway = Gateway::build(loaded, &Shared::detached())?;
     Ok(inputs(&started, &gateway))
 }
@@ -175,7 +215,16 @@ fn inputs(started: &Started, gateway: &Gateway) -> Vec<Source> {
         paths.extend(dirs.resolve(std::path::Path::new(&k)));
     }
     paths.dedup();
-    paths.iter().map(|p| dirs.source(p)).collect()
+    paths
+        .iter()
+        .map(|p| {
+            let mut source = dirs.source(p);
+            if let Some(hash) = started.before.0.get(p) {
+                source.sha256.clone_from(hash);
+            }
+            source
+        })
+        .collect()
 }
 
 fn collect_key_files(v: &serde_json::Value, out: &mut Vec<String>) {
@@ -279,10 +328,17 @@ impl Lifecycle {
             };
         }
         let m = crate::metrics::metrics();
+        let in_force = self
+            .status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .files
+            .clone();
+        let before = ReadBefore::of(&self.dirs, &in_force);
         let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
             let models =
                 Models::load(&self.dirs).map_err(|e| crate::config::error::ConfigErrors(vec![e]));
-            let started = Started::of(&loaded);
+            let started = Started::of(&loaded, before);
             let gateway = Gateway::build(loaded, &self.shared)?;
             Ok((gateway, models?, started))
         });
