@@ -343,6 +343,37 @@ fn restart_only_changes_are_said_and_wait_for_the_next_start() {
     assert!(gw.log_text().contains("applies at the next start"));
 }
 
+/// A new certificate for the https listener (read at start only) saved in the config
+/// directory is seen by the watch and said to wait for the next start; the listener keeps
+/// serving the one it started with.
+#[test]
+fn a_new_certificate_is_said_to_wait_for_a_restart() {
+    let up = PyUpstream::start("a", 5.0);
+    let (dir, gw) = support::tls::https_gateway(&format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    ));
+    let status = || support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+    assert!(
+        status()["files"].to_string().contains("tls.crt"),
+        "{}",
+        status()
+    );
+    let renewed = support::tls::SelfSigned::new();
+    save(&dir, "tls.key", &renewed.key_pem());
+    save(&dir, "tls.crt", &renewed.cert_pem());
+    wait_for("the renewed certificate noticed", || {
+        status()["restartRequired"]
+            .to_string()
+            .contains("certificates")
+    });
+    let served = support::tls::tls_request(
+        gw.port,
+        "GET /tiles/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+}
+
 #[test]
 fn layered_directories_a_later_file_wins() {
     let up = PyUpstream::start("a", 5.0);

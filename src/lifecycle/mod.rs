@@ -141,6 +141,9 @@ pub struct Started {
     gateway_path: std::path::PathBuf,
     system_path: Option<std::path::PathBuf>,
     start_only: StartOnly,
+    /// The https listener's certificates and keys (read at start only: a change is said to
+    /// wait for a restart).
+    tls_files: Vec<std::path::PathBuf>,
     before: ReadBefore,
 }
 
@@ -152,6 +155,14 @@ impl Started {
             gateway_path: loaded.gateway_path.clone(),
             system_path: loaded.system_path.clone(),
             start_only: StartOnly::of(loaded, &loaded.dirs),
+            tls_files: loaded
+                .gateway
+                .https
+                .iter()
+                .flat_map(|h| &h.certs)
+                .flat_map(|c| [&c.cert, &c.key])
+                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.into()))
+                .collect(),
             before,
         }
     }
@@ -201,7 +212,8 @@ pub fn inputs_of(dirs: &ConfigDirs) -> Result<Vec<Source>, crate::config::error:
     Ok(inputs(&started, &gateway))
 }
 
-/// Every file a config reads: the gateway and system config, models, key files.
+/// Every file a config reads: the gateway and system config, models, key files, the https
+/// listener's certificates and keys.
 fn inputs(started: &Started, gateway: &Gateway) -> Vec<Source> {
     let dirs = &started.dirs;
     let mut paths = vec![started.gateway_path.clone()];
@@ -214,6 +226,7 @@ fn inputs(started: &Started, gateway: &Gateway) -> Vec<Source> {
     for k in keys {
         paths.extend(dirs.resolve(std::path::Path::new(&k)));
     }
+    paths.extend(started.tls_files.iter().filter(|p| p.is_file()).cloned());
     paths.dedup();
     paths
         .iter()
