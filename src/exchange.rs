@@ -437,7 +437,7 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
             "bytes_out": end.bytes_out,
             "consumer": consumer.unwrap_or("anonymous"),
             "api_endpoint": endpoint.map(|ep| &*ep.name),
-            "upstream": x.proxy.as_ref().map(|p| p.addr.to_string()),
+            "upstream": x.proxy.as_ref().map(|p| p.upstream_text()),
             "cache": end.cache.map(|c| c.0),
             "request_id": x.request_id.get(),
         });
@@ -492,7 +492,7 @@ fn log_failure(e: &Error, x: &Exchange, status: u16) {
                 x.endpoint.as_ref().map_or("", |ep| &*ep.name),
                 x.proxy
                     .as_ref()
-                    .map_or_else(|| "?".to_string(), |p| p.addr.to_string()),
+                    .map_or_else(|| "?".to_string(), |p| p.upstream_text()),
             );
         }
         ErrorSource::Downstream => log::debug!("client went away: {e}"),

@@ -139,6 +139,8 @@ pub struct ProxyPlan {
     pub counted: bool,
     /// No url was available when the request was planned (the tile cache may still answer).
     pub unavailable: bool,
+    /// Of those: the url chosen has no address (its name did not resolve).
+    pub unresolved: bool,
     pub addr: SocketAddr,
     pub tls: bool,
     pub verify_cert: bool,
@@ -202,10 +204,21 @@ impl ProxyPlan {
     }
 
     /// Points this plan at url `i` whose name has no address: nothing can be sent to it, but
-    /// its path and Host are the tile cache's key, so a stored tile may still answer.
+    /// its path and Host are the tile cache's key, so a stored tile may still answer. A plan
+    /// that had no url available stays one (its failure is that, not the name's).
     pub fn aim_unresolved(&mut self, i: usize) {
         self.aim(i);
+        self.unresolved = !self.unavailable;
         self.unavailable = true;
+    }
+
+    /// The upstream as logs name it: the address of this attempt, or the url of a plan whose
+    /// url has no address.
+    pub fn upstream_text(&self) -> String {
+        match self.endpoint.targets.get(self.target) {
+            Some(t) if self.unresolved => t.url.clone(),
+            _ => self.addr.to_string(),
+        }
     }
 
     /// The path, Host and scheme of url `i`, which must exist.

@@ -265,6 +265,7 @@ impl Policy for Proxy {
             resend_next: false,
             counted: false,
             unavailable: picked.is_none(),
+            unresolved: false,
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: false,
             verify_cert: self.verify_cert,
@@ -394,8 +395,9 @@ mod tests {
         let (out, mut x) = run("/cached/1/2/3.png");
         assert!(matches!(out, Outcome::Proxy));
         let plan = x.proxy.as_mut().expect("a plan");
-        assert!(plan.unavailable);
+        assert!(plan.unavailable && plan.unresolved);
         assert_eq!(plan.path, "/tiles/1/2/3.png");
+        assert_eq!(plan.upstream_text(), "http://no-such-host.invalid:81/tiles");
         let e = crate::upstream::attempt::begin(plan, "/1/2/3.png").expect_err("no address");
         assert_eq!(e.etype(), &crate::upstream::attempt::UNRESOLVED);
         assert_eq!(

@@ -34,10 +34,10 @@ fn unresolved() -> Box<Error> {
 /// Begins an attempt: the first goes to the url the proxy step chose, a resend to the same url,
 /// a retry to another available one. Returns the peer to connect to.
 pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
+    if plan.unresolved {
+        return Err(unresolved());
+    }
     if plan.unavailable {
-        if plan.endpoint.targets[plan.target].addr().is_none() {
-            return Err(unresolved());
-        }
         return Err(no_route("no url of the service endpoint is available"));
     }
     if std::mem::take(&mut plan.resend_next) {
@@ -253,6 +253,7 @@ mod tests {
             resend_next: false,
             counted: false,
             unavailable: false,
+            unresolved: false,
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
             tls: false,
             verify_cert: true,

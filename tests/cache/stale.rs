@@ -282,24 +282,3 @@ fn a_tile_the_upstream_forbids_serving_stale_is_never_served_stale() {
     }
     up.restart();
 }
-
-/// A service endpoint whose only url has no address (its name did not resolve when the
-/// gateway started): the request still goes to the cache, where a stored tile would answer it;
-/// a miss is a 502, counted as a `dns` failure, on both paths.
-#[test]
-fn a_miss_for_a_url_that_does_not_resolve_is_a_502() {
-    let yml = "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  tiles: {paths: '/*'}\nserviceEndpoints:\n  up: {url: 'http://no-such-host.invalid:81'}\npolicies: [cache, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - cache: {}\n      - proxy: [{action: {serviceEndpoint: up}}]\n";
-    for fast_path in ["on", "off"] {
-        let (_dir, gw) = start_config(yml, &["--fast-path", fast_path]);
-        for n in 1..=2 {
-            let r = get(gw.port, "GET", "/1/2/3.png", &[]);
-            assert_eq!(
-                (r.status, r.text().as_str()),
-                (502, "Bad gateway."),
-                "{fast_path}"
-            );
-            let dns = gw.metric(r#"tollgate_upstream_errors_total{kind="dns"}"#);
-            assert_eq!(dns, f64::from(n), "{fast_path}");
-        }
-    }
-}

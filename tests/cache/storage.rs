@@ -664,3 +664,63 @@ fn a_purge_of_a_tile_cached_by_the_clients_host_names_the_host() {
     assert_eq!(cache_status(&at("a.example:8080")), "MISS");
     assert_eq!(cache_status(&at("b.example")), "HIT");
 }
+
+/// A service endpoint whose only url's name does not resolve when the gateway starts (DNS
+/// down at a restart): the tiles its disk tier holds still answer, on both paths; a tile it
+/// does not hold is a 502, counted as a `dns` failure.
+#[test]
+fn stored_tiles_answer_while_the_upstreams_name_does_not_resolve() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let cache_dir = std::env::temp_dir().join(format!("tollgate-nodns-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache_dir);
+    let dir_arg = cache_dir.display().to_string();
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  tiles: {paths: '/*'}\nserviceEndpoints:\n  up: {url: 'http://tiles.invalid:81'}\npolicies: [cache, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - cache: {ttl: 600}\n      - proxy: [{action: {serviceEndpoint: up}}]\n",
+    );
+    // While the name resolves (here: the gateway is told where it is).
+    let connect_to = format!(
+        "tiles.invalid:81={}",
+        up.url("").trim_start_matches("http://")
+    );
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--cache-dir", &dir_arg, "--connect-to", &connect_to],
+        &[],
+    );
+    let r = get(gw.port, "GET", "/bytes/20000/a.png", &[]);
+    assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while disk_files(&cache_dir).is_empty() {
+        assert!(Instant::now() < deadline, "the tile never reached the disk");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(gw);
+    for fast_path in ["on", "off"] {
+        let gw = GatewayProcess::start_with(
+            &dir,
+            &["--cache-dir", &dir_arg, "--fast-path", fast_path],
+            &[],
+        );
+        let r = get(gw.port, "GET", "/bytes/20000/a.png", &[]);
+        assert_eq!(
+            (r.status, cache_status(&r), r.body.len()),
+            (200, "HIT", 20000),
+            "{fast_path}"
+        );
+        let r = get(gw.port, "GET", "/bytes/20000/b.png", &[]);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (502, "Bad gateway."),
+            "{fast_path}"
+        );
+        let dns = gw.metric(r#"tollgate_upstream_errors_total{kind="dns"}"#);
+        assert_eq!(dns, 1.0, "{fast_path}");
+        assert!(
+            gw.log_text()
+                .contains("upstream http://tiles.invalid:81, dns"),
+            "{}",
+            gw.log_text()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
