@@ -343,35 +343,49 @@ fn restart_only_changes_are_said_and_wait_for_the_next_start() {
     assert!(gw.log_text().contains("applies at the next start"));
 }
 
-/// A new certificate for the https listener (read at start only) saved in the config
-/// directory is seen by the watch and said to wait for the next start; the listener keeps
+/// A new certificate for the https listener (read at start only), saved in the config
+/// directory or in a directory of its own (certificates renewed where an ACME client keeps
+/// them), is seen by the watch and said to wait for the next start; the listener keeps
 /// serving the one it started with.
 #[test]
 fn a_new_certificate_is_said_to_wait_for_a_restart() {
     let up = PyUpstream::start("a", 5.0);
-    let (dir, gw) = support::tls::https_gateway(&format!(
+    let rest = format!(
         "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
         up.url("")
-    ));
-    let status = || support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
-    assert!(
-        status()["files"].to_string().contains("tls.crt"),
-        "{}",
-        status()
     );
-    let renewed = support::tls::SelfSigned::new();
-    save(&dir, "tls.key", &renewed.key_pem());
-    save(&dir, "tls.crt", &renewed.cert_pem());
-    wait_for("the renewed certificate noticed", || {
-        status()["restartRequired"]
-            .to_string()
-            .contains("certificates")
-    });
-    let served = support::tls::tls_request(
-        gw.port,
-        "GET /tiles/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    let (dir, gw) = support::tls::https_gateway(&rest);
+    // The same config with the certificate and key elsewhere.
+    let elsewhere = ConfigDir::empty();
+    std::fs::copy(dir.path.join("tls.crt"), elsewhere.path.join("tls.crt")).expect("copy");
+    std::fs::copy(dir.path.join("tls.key"), elsewhere.path.join("tls.key")).expect("copy");
+    let moved = ConfigDir::new(
+        &std::fs::read_to_string(dir.path.join("gateway.config.yml"))
+            .expect("config")
+            .replace(
+                &dir.path.display().to_string(),
+                &elsewhere.path.display().to_string(),
+            ),
     );
-    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    let gw_moved = GatewayProcess::start(&moved);
+    for (certs, gw) in [(&dir, &gw), (&elsewhere, &gw_moved)] {
+        let status = || support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
+        let listed = status()["files"].to_string();
+        assert!(listed.contains(&certs.file("tls.crt")), "{}", status());
+        let renewed = support::tls::SelfSigned::new();
+        save(certs, "tls.key", &renewed.key_pem());
+        save(certs, "tls.crt", &renewed.cert_pem());
+        wait_for("the renewed certificate noticed", || {
+            status()["restartRequired"]
+                .to_string()
+                .contains("certificates")
+        });
+        let served = support::tls::tls_request(
+            gw.port,
+            "GET /tiles/x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        );
+        assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    }
 }
 
 #[test]

@@ -13,6 +13,7 @@
 pub mod watch;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -138,31 +139,44 @@ fn now_text() -> String {
 /// What a loaded config was read from, taken before it is compiled.
 pub struct Started {
     dirs: ConfigDirs,
-    gateway_path: std::path::PathBuf,
-    system_path: Option<std::path::PathBuf>,
+    gateway_path: PathBuf,
+    system_path: Option<PathBuf>,
     start_only: StartOnly,
-    /// The https listener's certificates and keys (read at start only: a change is said to
-    /// wait for a restart).
-    tls_files: Vec<std::path::PathBuf>,
+    /// Files the compile reads: `secretOrPublicKeyFile`s, as the stack resolves them.
+    key_files: Vec<PathBuf>,
+    /// The https listener's certificates and keys, as given (read at start only: a change is
+    /// said to wait for a restart).
+    tls_files: Vec<PathBuf>,
     before: ReadBefore,
 }
 
 impl Started {
-    /// What `loaded` was loaded from; `before`: the inputs' hashes taken before it was read.
-    pub fn of(loaded: &LoadedConfig, before: ReadBefore) -> Started {
+    /// What `loaded` was loaded from; `before`: the inputs' hashes taken before it was read
+    /// (those of the files the compile reads are taken now, before it does).
+    pub fn of(loaded: &LoadedConfig, mut before: ReadBefore) -> Started {
+        let dirs = &loaded.dirs;
+        let mut keys = Vec::new();
+        collect_key_files(&loaded.gateway.raw, &mut keys);
+        let key_files: Vec<PathBuf> = keys
+            .iter()
+            .filter_map(|k| dirs.resolve(Path::new(k)))
+            .collect();
+        let tls_files: Vec<PathBuf> = loaded
+            .gateway
+            .https
+            .iter()
+            .flat_map(|h| &h.certs)
+            .flat_map(|c| [&c.cert, &c.key])
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.into()))
+            .collect();
+        before.add(dirs, key_files.iter().chain(&tls_files));
         Started {
-            dirs: loaded.dirs.clone(),
+            dirs: dirs.clone(),
             gateway_path: loaded.gateway_path.clone(),
             system_path: loaded.system_path.clone(),
-            start_only: StartOnly::of(loaded, &loaded.dirs),
-            tls_files: loaded
-                .gateway
-                .https
-                .iter()
-                .flat_map(|h| &h.certs)
-                .flat_map(|c| [&c.cert, &c.key])
-                .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.into()))
-                .collect(),
+            start_only: StartOnly::of(loaded, dirs),
+            key_files,
+            tls_files,
             before,
         }
     }
@@ -174,32 +188,31 @@ impl Started {
 /// taken after the load could record the new content while the old one runs, and the change
 /// would never be loaded.
 #[derive(Default)]
-pub struct ReadBefore(HashMap<std::path::PathBuf, String>);
+pub struct ReadBefore(HashMap<PathBuf, String>);
 
 impl ReadBefore {
     /// The gateway and system config and the models the stack `dirs` has now, and `also`
-    /// (the files of the config in force: its key files).
+    /// (the files of the config in force: its key files and certificates).
     pub fn of(dirs: &ConfigDirs, also: &[Source]) -> ReadBefore {
-        use std::path::Path;
-        let mut paths: Vec<std::path::PathBuf> = [
+        let stack = [
             dirs.find_config("gateway.config"),
             dirs.find_config("system.config"),
             dirs.resolve(Path::new("models/users.json")),
             dirs.resolve(Path::new("models/applications.json")),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        paths.extend(also.iter().map(|f| std::path::PathBuf::from(&f.path)));
-        ReadBefore(
-            paths
-                .into_iter()
-                .map(|p| {
-                    let hash = dirs.source(&p).sha256;
-                    (p, hash)
-                })
-                .collect(),
-        )
+        ];
+        let mut before = ReadBefore::default();
+        let in_force: Vec<PathBuf> = also.iter().map(|f| PathBuf::from(&f.path)).collect();
+        before.add(dirs, stack.iter().flatten().chain(&in_force));
+        before
+    }
+
+    /// Hashes those of `paths` (files) not hashed yet.
+    fn add<'a>(&mut self, dirs: &ConfigDirs, paths: impl Iterator<Item = &'a PathBuf>) {
+        for p in paths {
+            if !self.0.contains_key(p) && p.is_file() {
+                self.0.insert(p.clone(), dirs.source(p).sha256);
+            }
+        }
     }
 }
 
@@ -208,35 +221,45 @@ pub fn inputs_of(dirs: &ConfigDirs) -> Result<Vec<Source>, crate::config::error:
     let before = ReadBefore::of(dirs, &[]);
     let loaded = crate::config::load_dirs(dirs)?;
     let started = Started::of(&loaded, before);
-    let gateway = Gateway::build(loaded, &Shared::detached())?;
-    Ok(inputs(&started, &gateway))
+    Gateway::build(loaded, &Shared::detached())?;
+    Ok(inputs(&started))
 }
 
 /// Every file a config reads: the gateway and system config, models, key files, the https
-/// listener's certificates and keys.
-fn inputs(started: &Started, gateway: &Gateway) -> Vec<Source> {
+/// listener's certificates and keys (named by their whole path: they are not looked up in
+/// the stack), with their hashes as they were before the load.
+fn inputs(started: &Started) -> Vec<Source> {
     let dirs = &started.dirs;
     let mut paths = vec![started.gateway_path.clone()];
     paths.extend(started.system_path.clone());
     for m in ["models/users.json", "models/applications.json"] {
-        paths.extend(dirs.resolve(std::path::Path::new(m)));
+        paths.extend(dirs.resolve(Path::new(m)));
     }
-    let mut keys = Vec::new();
-    collect_key_files(&gateway.raw, &mut keys);
-    for k in keys {
-        paths.extend(dirs.resolve(std::path::Path::new(&k)));
-    }
-    paths.extend(started.tls_files.iter().filter(|p| p.is_file()).cloned());
+    paths.extend(started.key_files.iter().cloned());
     paths.dedup();
-    paths
+    let tls = started.tls_files.iter().filter(|p| p.is_file());
+    let tls: Vec<&PathBuf> = tls.filter(|p| !paths.contains(p)).collect();
+    let mut sources: Vec<Source> = paths.iter().map(|p| dirs.source(p)).collect();
+    sources.extend(tls.into_iter().map(|p| {
+        let mut source = dirs.source(p);
+        source.name.clone_from(&source.path);
+        source
+    }));
+    for source in &mut sources {
+        if let Some(hash) = started.before.0.get(Path::new(&source.path)) {
+            source.sha256.clone_from(hash);
+        }
+    }
+    sources
+}
+
+/// The inputs of the config in force that lie outside the config directories (certificates,
+/// key files given by an absolute path): the watcher watches where they are.
+pub fn outside(files: &[Source], dirs: &ConfigDirs) -> Vec<PathBuf> {
+    files
         .iter()
-        .map(|p| {
-            let mut source = dirs.source(p);
-            if let Some(hash) = started.before.0.get(p) {
-                source.sha256.clone_from(hash);
-            }
-            source
-        })
+        .map(|f| PathBuf::from(&f.path))
+        .filter(|p| dirs.dir_of(p).is_none())
         .collect()
 }
 
@@ -265,7 +288,7 @@ impl Lifecycle {
         runtime: tokio::runtime::Handle,
     ) -> Lifecycle {
         let dirs = started.dirs.clone();
-        let files = inputs(&started, &current.load());
+        let files = inputs(&started);
         let status = Status {
             dirs: dirs
                 .dirs()
@@ -293,6 +316,12 @@ impl Lifecycle {
         &self.dirs
     }
 
+    /// The inputs of the config in force outside its directories (see [`outside`]).
+    pub fn outside_inputs(&self) -> Vec<PathBuf> {
+        let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        outside(&st.files, &self.dirs)
+    }
+
     pub fn set_watching(&self, on: bool) {
         self.status
             .lock()
@@ -304,7 +333,6 @@ impl Lifecycle {
     /// directory of the stack now providing it, or a new input (a later directory's file,
     /// a models file).
     fn inputs_changed(&self) -> bool {
-        use std::path::Path;
         let listed = self
             .status
             .lock()
@@ -381,7 +409,7 @@ impl Lifecycle {
                 for ep in gateway.service_endpoints.values() {
                     crate::upstream::health::start(ep, &self.runtime);
                 }
-                let files = inputs(&started, &gateway);
+                let files = inputs(&started);
                 let start_only = started.start_only;
                 self.current.store(gateway);
                 self.consumers.set_models(models);

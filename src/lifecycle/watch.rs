@@ -1,17 +1,18 @@
 //! Watching the config directories (the directories, not the files: editors rename over a
 //! file on save, Kubernetes swaps a `..data` symlink) and their parents (a directory removed
-//! and made anew is watched again), debounced: a burst of changes is one
-//! reload, once the directory has been quiet for [`QUIET`] (at most [`QUIET_AT_MOST`] after
-//! the first change). Changes under the data directory or the tile cache's directory, to the
-//! access log, and reads are not config changes, and do not hold a reload off. `EG_DISABLE_CONFIG_WATCH` set to
-//! anything (even `false`, as in EG) turns watching off.
+//! and made anew is watched again), and the folders of the inputs that lie outside them
+//! (certificates, key files by absolute path), debounced: a burst of changes is one reload,
+//! once the directories have been quiet for [`QUIET`] (at most [`QUIET_AT_MOST`] after the
+//! first change). Changes under the data directory or the tile cache's directory, to the
+//! access log, and reads are not config changes, and do not hold a reload off.
+//! `EG_DISABLE_CONFIG_WATCH` set to anything (even `false`, as in EG) turns watching off.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use notify::{RecursiveMode, Watcher};
+use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{Lifecycle, Trigger};
 
@@ -23,6 +24,48 @@ const QUIET_AT_MOST: Duration = Duration::from_secs(3);
 /// Whether EG's switch turns watching off.
 pub fn disabled() -> bool {
     std::env::var_os("EG_DISABLE_CONFIG_WATCH").is_some_and(|v| !v.is_empty())
+}
+
+/// A config directory: as given (made absolute: the paths of its events begin so) and where
+/// it led at the start (the ignored directories are compared there).
+struct Root {
+    given: PathBuf,
+    canonical: PathBuf,
+}
+
+/// Which events are config changes.
+struct Relevance {
+    roots: Vec<Root>,
+    /// Directories whose changes are not config changes, canonical.
+    ignore: Vec<PathBuf>,
+    /// Inputs of the config in force outside the roots.
+    outside: Vec<PathBuf>,
+}
+
+impl Relevance {
+    /// A change (not a read) to a path under a root and not under an ignored directory, or to
+    /// an input outside the roots. No system call: the busy parent of a root sends many
+    /// events that are none of these.
+    fn of(&self, e: &notify::Event) -> bool {
+        !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| self.path(p))
+    }
+
+    fn path(&self, p: &Path) -> bool {
+        for r in &self.roots {
+            if let Ok(rest) = p.strip_prefix(&r.given) {
+                let at = r.canonical.join(rest);
+                return !self.ignore.iter().any(|i| at.starts_with(i));
+            }
+        }
+        self.outside.iter().any(|f| f == p)
+    }
+
+    /// Whether the event is about a root itself (removed, made anew, a link swapped).
+    fn touches_root(&self, e: &notify::Event) -> bool {
+        e.paths
+            .iter()
+            .any(|p| self.roots.iter().any(|r| r.given == *p))
+    }
 }
 
 /// Watches every directory of the stack, reloading on changes, on a thread of its own.
@@ -41,88 +84,158 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
         }
     };
     let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-    let ignore: Vec<PathBuf> = ignore.iter().map(canon).collect();
-    // Each directory as given (made absolute, a symlink not followed: a link swapped for
-    // another is seen in its parent) and where it leads now.
-    let roots: Vec<PathBuf> = lifecycle
+    let roots: Vec<Root> = lifecycle
         .dirs()
         .dirs()
         .iter()
-        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+        .map(|d| {
+            let given = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+            let canonical = canon(&given);
+            Root { given, canonical }
+        })
         .collect();
-    let led_to: Vec<PathBuf> = roots.iter().map(canon).collect();
     let mut watched = 0;
-    for dir in &roots {
-        match watcher.watch(dir, RecursiveMode::Recursive) {
+    for r in &roots {
+        match watcher.watch(&r.given, RecursiveMode::Recursive) {
             Ok(()) => watched += 1,
-            Err(e) => log::warn!("cannot watch {}: {e}", dir.display()),
-        }
-        // A directory removed and made anew (`rm -rf` and a copy, a link swapped) is another
-        // directory: its parent says when it is back, and it is watched again then.
-        if let Some(parent) = dir.parent().filter(|p| p.is_dir()) {
-            if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
-                log::debug!("cannot watch {}: {e}", parent.display());
-            }
+            Err(e) => log::warn!("cannot watch {}: {e}", r.given.display()),
         }
     }
     if watched == 0 {
         return;
     }
+    watch_parents(&mut watcher, &roots);
+    let mut relevance = Relevance {
+        roots,
+        ignore: ignore.iter().map(canon).collect(),
+        outside: Vec::new(),
+    };
+    let mut outside_parents = Vec::new();
+    watch_outside(
+        &mut watcher,
+        &lifecycle,
+        &mut relevance,
+        &mut outside_parents,
+    );
     lifecycle.set_watching(true);
-    let config_path = {
-        let roots = roots.clone();
-        move |p: &std::path::Path| {
-            let p = p.to_path_buf();
-            let c = canon(&p);
-            (roots.iter().any(|r| p.starts_with(r)) || led_to.iter().any(|r| c.starts_with(r)))
-                && !ignore.iter().any(|i| c.starts_with(i))
-        }
-    };
-    let relevant = move |e: &notify::Event| {
-        !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| config_path(p))
-    };
     let spawned = std::thread::Builder::new()
         .name("tollgate-watch".into())
         .spawn(move || {
             // The watcher lives as long as this thread.
             let mut watcher = watcher;
+            // A file saved between the start's load and the watch's start made no event.
+            lifecycle.reload(Trigger::Watch);
             while let Ok(first) = rx.recv() {
-                if !first.as_ref().is_ok_and(&relevant) {
+                let Ok(first) = first else { continue };
+                if !relevance.of(&first) {
                     continue;
                 }
+                let mut root_touched = relevance.touches_root(&first);
                 // Wait for quiet: the end of an editor's save, a `cp -r`, a symlink swap.
-                let began = std::time::Instant::now();
+                let began = Instant::now();
                 let mut quiet_from = began;
                 loop {
                     let waited = began.elapsed();
                     if waited >= QUIET_AT_MOST {
                         break;
                     }
-                    let left =
-                        (quiet_from + QUIET).saturating_duration_since(std::time::Instant::now());
+                    let left = (quiet_from + QUIET).saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         break;
                     }
                     match rx.recv_timeout(left.min(QUIET_AT_MOST - waited)) {
-                        Ok(e) if e.as_ref().is_ok_and(&relevant) => {
-                            quiet_from = std::time::Instant::now();
+                        Ok(Ok(e)) if relevance.of(&e) => {
+                            root_touched |= relevance.touches_root(&e);
+                            quiet_from = Instant::now();
                         }
                         Ok(_) => {}
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
-                // A directory made anew is watched again (watching one still watched changes
-                // nothing); one not back yet is, once its parent says it is.
-                for dir in &roots {
-                    if let Err(e) = watcher.watch(dir, RecursiveMode::Recursive) {
-                        log::debug!("cannot watch {} yet: {e}", dir.display());
-                    }
+                if root_touched {
+                    rewatch(&mut watcher, &lifecycle, &relevance.roots);
                 }
                 lifecycle.reload(Trigger::Watch);
+                watch_outside(
+                    &mut watcher,
+                    &lifecycle,
+                    &mut relevance,
+                    &mut outside_parents,
+                );
             }
         });
     if let Err(e) = spawned {
         log::warn!("cannot start the config watcher: {e}");
+    }
+}
+
+/// Watches the parent of each root (its entries only): a root removed and made anew, or a
+/// link swapped for another, is seen there.
+fn watch_parents(watcher: &mut RecommendedWatcher, roots: &[Root]) {
+    for r in roots {
+        if let Some(parent) = r.given.parent().filter(|p| p.is_dir()) {
+            if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+                log::debug!("cannot watch {}: {e}", parent.display());
+            }
+        }
+    }
+}
+
+/// Watches the roots again after an event about one of them: a directory made anew is
+/// another one. One that is not back yet is watched when its parent says it is.
+fn rewatch(watcher: &mut RecommendedWatcher, lifecycle: &Lifecycle, roots: &[Root]) {
+    let mut all = true;
+    for r in roots {
+        match watcher.watch(&r.given, RecursiveMode::Recursive) {
+            Ok(()) => {}
+            Err(e) if not_found(&e) => {
+                log::debug!("{} is not there (yet)", r.given.display());
+                all = false;
+            }
+            Err(e) => {
+                log::warn!("cannot watch {} again: {e}", r.given.display());
+                all = false;
+            }
+        }
+    }
+    watch_parents(watcher, roots);
+    lifecycle.set_watching(all);
+}
+
+/// Watches the folders of the config's inputs outside its directories (as the config in
+/// force names them: a reload may name others).
+fn watch_outside(
+    watcher: &mut RecommendedWatcher,
+    lifecycle: &Lifecycle,
+    relevance: &mut Relevance,
+    parents: &mut Vec<PathBuf>,
+) {
+    relevance.outside = lifecycle
+        .outside_inputs()
+        .into_iter()
+        .map(|p| std::path::absolute(&p).unwrap_or(p))
+        .collect();
+    for f in &relevance.outside {
+        let Some(parent) = f.parent() else { continue };
+        if parents.iter().any(|p| p == parent) {
+            continue;
+        }
+        match watcher.watch(parent, RecursiveMode::NonRecursive) {
+            Ok(()) => parents.push(parent.to_path_buf()),
+            Err(e) => log::warn!(
+                "cannot watch {} (of {}): {e}",
+                parent.display(),
+                f.display()
+            ),
+        }
+    }
+}
+
+fn not_found(e: &notify::Error) -> bool {
+    match &e.kind {
+        notify::ErrorKind::PathNotFound => true,
+        notify::ErrorKind::Io(io) => io.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
     }
 }
