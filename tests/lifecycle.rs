@@ -531,9 +531,9 @@ fn a_save_during_a_reload_is_loaded_after_it() {
 
 /// The two ways config directories are replaced whole in deployments are watched through:
 /// a Kubernetes ConfigMap volume (each file a symlink through `..data`, which the kubelet
-/// swaps to a new timestamped directory) and a directory removed and copied anew (the watch
-/// on the old one is gone with it: the gateway watches for its return and goes on watching
-/// the new one).
+/// swaps to a new timestamped directory: the directory itself stays) and a directory removed
+/// and copied anew (the watch on the old one is gone with it: the gateway sees the new one in
+/// the parent and watches it — the second copy fails without that).
 #[test]
 fn config_directories_replaced_whole_are_still_watched() {
     use std::os::unix::fs::symlink;
