@@ -543,16 +543,20 @@ fn config_directories_replaced_whole_are_still_watched() {
     let system = "db:\n  redis:\n    emulate: true\n";
 
     // A ConfigMap volume: files are links through `..data`.
-    let volume = parent.path.join("configmap");
-    let version = |n: u32, path: &str| {
-        let d = volume.join(format!("..2026_12_03_{n}"));
-        std::fs::create_dir_all(&d).expect("version dir");
+    // A directory with the two files, routing `path`.
+    let fill = |d: &std::path::Path, path: &str| {
+        std::fs::create_dir_all(d).expect("dir");
         std::fs::write(
             d.join("gateway.config.yml"),
             gateway_yml(path, &up.url(""), ""),
         )
         .expect("write");
         std::fs::write(d.join("system.config.yml"), system).expect("write");
+    };
+    let volume = parent.path.join("configmap");
+    let version = |n: u32, path: &str| {
+        let d = volume.join(format!("..2026_12_03_{n}"));
+        fill(&d, path);
         d
     };
     let first = version(1, "/one/*");
@@ -582,25 +586,14 @@ fn config_directories_replaced_whole_are_still_watched() {
     let conf = ConfigDir {
         path: parent.path.join("conf"),
     };
-    std::fs::create_dir_all(&conf.path).expect("conf");
-    conf.write(
-        "gateway.config.yml",
-        &gateway_yml("/one/*", &up.url(""), ""),
-    );
-    conf.write("system.config.yml", system);
+    fill(&conf.path, "/one/*");
     let gw = GatewayProcess::start_with(&conf, &["--data-dir", &data], &[]);
     assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
     for (path, probe) in [("/two/*", "/two/x"), ("/three/*", "/three/x")] {
         // Quiet between the copies: no reload is under way from the one before.
         std::thread::sleep(Duration::from_millis(800));
         let copy = parent.path.join("conf.new");
-        std::fs::create_dir_all(&copy).expect("copy");
-        std::fs::write(
-            copy.join("gateway.config.yml"),
-            gateway_yml(path, &up.url(""), ""),
-        )
-        .expect("write");
-        std::fs::write(copy.join("system.config.yml"), system).expect("write");
+        fill(&copy, path);
         std::fs::remove_dir_all(&conf.path).expect("rm -rf");
         std::fs::rename(&copy, &conf.path).expect("mv");
         wait_for("the directory copied anew", || {

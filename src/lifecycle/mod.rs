@@ -316,10 +316,15 @@ impl Lifecycle {
         &self.dirs
     }
 
+    /// The input files of the config in force, as the status lists them.
+    fn files_in_force(&self) -> Vec<Source> {
+        let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.files.clone()
+    }
+
     /// The inputs of the config in force outside its directories (see [`outside`]).
     pub fn outside_inputs(&self) -> Vec<PathBuf> {
-        let st = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        outside(&st.files, &self.dirs)
+        outside(&self.files_in_force(), &self.dirs)
     }
 
     pub fn set_watching(&self, on: bool) {
@@ -333,12 +338,7 @@ impl Lifecycle {
     /// directory of the stack now providing it, or a new input (a later directory's file,
     /// a models file).
     fn inputs_changed(&self) -> bool {
-        let listed = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .files
-            .clone();
+        let listed = self.files_in_force();
         let is_listed = |p: &Path| listed.iter().any(|f| Path::new(&f.path) == p);
         let fresh = [
             self.dirs.find_config("gateway.config"),
@@ -369,13 +369,7 @@ impl Lifecycle {
             };
         }
         let m = crate::metrics::metrics();
-        let in_force = self
-            .status
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .files
-            .clone();
-        let before = ReadBefore::of(&self.dirs, &in_force);
+        let before = ReadBefore::of(&self.dirs, &self.files_in_force());
         let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
             let models =
                 Models::load(&self.dirs).map_err(|e| crate::config::error::ConfigErrors(vec![e]));
