@@ -83,12 +83,32 @@ fn disk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .collect()
 }
 
+/// Waits (5 s at most) until the disk tier in `dir` holds `n` files: tiles are written in
+/// the background (to a temporary file, then renamed into their shard).
+fn wait_for_disk(dir: &std::path::Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while disk_files(dir).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "the tiles never reached the disk"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An empty directory for a disk tier (`name` tells the tests apart), and its path as an
+/// argument.
+fn fresh_cache_dir(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("tollgate-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let arg = dir.display().to_string();
+    (dir, arg)
+}
+
 #[test]
 fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let mut up = PyUpstream::start("tiles", 5.0);
-    let cache_dir = std::env::temp_dir().join(format!("tollgate-disk-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    let dir_arg = cache_dir.display().to_string();
+    let (cache_dir, dir_arg) = fresh_cache_dir("disk");
     let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "10M"];
     let (dir, gw) = start(&up, "{ttl: 600}", &args);
     // The gateway again on the same disk tier (without `--cache-disk-size`: the default).
@@ -104,15 +124,7 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     assert_eq!(cache_status(&first), "MISS");
     let second = tile(&gw, "/tiles/bytes/30000/b.png", 0);
     assert_eq!(cache_status(&second), "MISS");
-    // Written in the background (to a temporary file, then renamed into its shard).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while disk_files(&cache_dir).len() < 2 {
-        assert!(
-            Instant::now() < deadline,
-            "the tiles never reached the disk"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_disk(&cache_dir, 2);
     drop(gw);
     up.kill();
     // A new process, the upstream gone: answered from disk.
@@ -160,9 +172,7 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
 #[test]
 fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
     let up = PyUpstream::start("tiles", 5.0);
-    let cache_dir = std::env::temp_dir().join(format!("tollgate-disk-lru-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    let dir_arg = cache_dir.display().to_string();
+    let (cache_dir, dir_arg) = fresh_cache_dir("disk-lru");
     // Room on disk for about four 20 kB tiles; the memory tier holds them all.
     let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "100k"];
     let (dir, gw) = start(&up, "{ttl: 600}", &args);
@@ -172,7 +182,7 @@ fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
         let disk = &state["disk"];
         disk["objects"].as_u64().unwrap_or(0) + disk["evictions"].as_u64().unwrap_or(0)
     };
-    let wait_for_disk = |n: u64| {
+    let wait_for_written = |n: u64| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while written() < n {
             assert!(
@@ -184,12 +194,12 @@ fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
     };
     let hot = "/tiles/bytes/20000/hot.png";
     assert_eq!(cache_status(&tile(&gw, hot, 0)), "MISS");
-    wait_for_disk(1);
+    wait_for_written(1);
     for i in 0..10 {
         let once = format!("/tiles/bytes/20000/once-{i}.png");
         assert_eq!(cache_status(&tile(&gw, &once, 0)), "MISS");
         // Written before the hot tile is used again (the order the test is about).
-        wait_for_disk(i + 2);
+        wait_for_written(i + 2);
         for _ in 0..5 {
             assert_eq!(cache_status(&tile(&gw, hot, 0)), "HIT");
         }
@@ -223,18 +233,11 @@ fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
 #[test]
 fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk_tier() {
     let up = PyUpstream::start("tiles", 5.0);
-    let cache_dir =
-        std::env::temp_dir().join(format!("tollgate-generations-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    let dir_arg = cache_dir.display().to_string();
+    let (cache_dir, dir_arg) = fresh_cache_dir("generations");
     let (dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
     let path = "/tiles/bytes/20000/g.png";
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while disk_files(&cache_dir).is_empty() {
-        assert!(Instant::now() < deadline, "the tile never reached the disk");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_disk(&cache_dir, 1);
     // The record's temporary file cannot be made.
     std::fs::create_dir_all(cache_dir.join("generations.tmp")).expect("in the way");
     let r = send_json(
@@ -263,11 +266,7 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     assert!(gw.log_text().contains("is damaged"), "{}", gw.log_text());
     // Recorded afresh: the tile stored now is there after the next start.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while disk_files(&cache_dir).is_empty() {
-        assert!(Instant::now() < deadline, "the tile never reached the disk");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_disk(&cache_dir, 1);
     drop(gw);
     let gw = GatewayProcess::start_with(
         &dir,
@@ -671,9 +670,7 @@ fn a_purge_of_a_tile_cached_by_the_clients_host_names_the_host() {
 #[test]
 fn stored_tiles_answer_while_the_upstreams_name_does_not_resolve() {
     let up = PyUpstream::start("tiles", 5.0);
-    let cache_dir = std::env::temp_dir().join(format!("tollgate-nodns-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&cache_dir);
-    let dir_arg = cache_dir.display().to_string();
+    let (cache_dir, dir_arg) = fresh_cache_dir("nodns");
     let dir = ConfigDir::new(
         "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  tiles: {paths: '/*'}\nserviceEndpoints:\n  up: {url: 'http://tiles.invalid:81'}\npolicies: [cache, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - cache: {ttl: 600}\n      - proxy: [{action: {serviceEndpoint: up}}]\n",
     );
@@ -689,11 +686,7 @@ fn stored_tiles_answer_while_the_upstreams_name_does_not_resolve() {
     );
     let r = get(gw.port, "GET", "/bytes/20000/a.png", &[]);
     assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while disk_files(&cache_dir).is_empty() {
-        assert!(Instant::now() < deadline, "the tile never reached the disk");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_disk(&cache_dir, 1);
     drop(gw);
     for fast_path in ["on", "off"] {
         let gw = GatewayProcess::start_with(
@@ -713,14 +706,18 @@ fn stored_tiles_answer_while_the_upstreams_name_does_not_resolve() {
             (502, "Bad gateway."),
             "{fast_path}"
         );
-        let dns = gw.metric(r#"tollgate_upstream_errors_total{kind="dns"}"#);
-        assert_eq!(dns, 1.0, "{fast_path}");
-        assert!(
-            gw.log_text()
-                .contains("upstream http://tiles.invalid:81, dns"),
-            "{}",
-            gw.log_text()
-        );
+        // Counted and logged once the answer is written.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let counted = || {
+            gw.metric(r#"tollgate_upstream_errors_total{kind="dns"}"#) == 1.0
+                && gw
+                    .log_text()
+                    .contains("upstream http://tiles.invalid:81, dns")
+        };
+        while !counted() {
+            assert!(Instant::now() < deadline, "{fast_path}: {}", gw.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
