@@ -8,6 +8,7 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -386,6 +387,55 @@ fn a_new_certificate_is_said_to_wait_for_a_restart() {
         );
         assert!(served.starts_with("HTTP/1.1 200"), "{served}");
     }
+}
+
+/// A config directory named relative to the working directory (`--config conf`, as the README
+/// runs it) whose https certificate lies in it: a folder made in it later is watched too (a
+/// second watch of the directory for the certificate's sake would end that).
+#[test]
+fn a_relative_config_directory_with_its_certificate_watches_new_folders() {
+    let up = PyUpstream::start("a", 5.0);
+    let rel = PathBuf::from(format!("target/tollgate-relative-{}", std::process::id()));
+    let dir = ConfigDir { path: rel.clone() };
+    let _ = std::fs::remove_dir_all(&rel);
+    std::fs::create_dir_all(&rel).expect("dir");
+    let cert = support::tls::SelfSigned::new();
+    dir.write("tls.crt", &cert.cert_pem());
+    dir.write("tls.key", &cert.key_pem());
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{d}/tls.key'\n      cert: '{d}/tls.crt'\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+            d = rel.display(),
+            up = up.url(""),
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    // EG's own model of a user asks for no more than a name.
+    let named = |name: &str| {
+        send_json(
+            gw.admin_port,
+            "POST",
+            "/users",
+            &format!(r#"{{"username": "{name}"}}"#),
+        )
+        .status
+    };
+    assert!(named("ann") < 300);
+    // A models folder made now, then a model saved in it: the model is in force.
+    std::fs::create_dir_all(rel.join("models")).expect("models");
+    std::thread::sleep(Duration::from_millis(800));
+    save(
+        &dir,
+        "models/users.json",
+        r#"{"type": "object", "properties": {"username": {"type": "string"}, "email": {"type": "string"}}, "required": ["username", "email"]}"#,
+    );
+    let mut n = 0;
+    wait_for("the model saved in the new folder", || {
+        n += 1;
+        named(&format!("user{n}")) == 422
+    });
 }
 
 #[test]

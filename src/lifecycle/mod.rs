@@ -256,10 +256,12 @@ fn inputs(started: &Started) -> Vec<Source> {
 /// The inputs of the config in force that lie outside the config directories (certificates,
 /// key files given by an absolute path): the watcher watches where they are.
 pub fn outside(files: &[Source], dirs: &ConfigDirs) -> Vec<PathBuf> {
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let roots: Vec<PathBuf> = dirs.dirs().iter().map(|d| absolute(d)).collect();
     files
         .iter()
-        .map(|f| PathBuf::from(&f.path))
-        .filter(|p| dirs.dir_of(p).is_none())
+        .map(|f| absolute(Path::new(&f.path)))
+        .filter(|p| !roots.iter().any(|r| p.starts_with(r)))
         .collect()
 }
 

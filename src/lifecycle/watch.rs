@@ -154,7 +154,7 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
                     }
                 }
                 if root_touched {
-                    rewatch(&mut watcher, &lifecycle, &relevance.roots);
+                    rewatch(&mut watcher, &lifecycle, &mut relevance.roots);
                 }
                 lifecycle.reload(Trigger::Watch);
                 watch_outside(
@@ -184,11 +184,14 @@ fn watch_parents(watcher: &mut RecommendedWatcher, roots: &[Root]) {
 
 /// Watches the roots again after an event about one of them: a directory made anew is
 /// another one. One that is not back yet is watched when its parent says it is.
-fn rewatch(watcher: &mut RecommendedWatcher, lifecycle: &Lifecycle, roots: &[Root]) {
+fn rewatch(watcher: &mut RecommendedWatcher, lifecycle: &Lifecycle, roots: &mut [Root]) {
     let mut all = true;
-    for r in roots {
+    for r in roots.iter_mut() {
         match watcher.watch(&r.given, RecursiveMode::Recursive) {
-            Ok(()) => {}
+            // Where it leads now (a link swapped leads elsewhere).
+            Ok(()) => {
+                r.canonical = std::fs::canonicalize(&r.given).unwrap_or_else(|_| r.given.clone())
+            }
             Err(e) if not_found(&e) => {
                 log::debug!("{} is not there (yet)", r.given.display());
                 all = false;
@@ -211,14 +214,13 @@ fn watch_outside(
     relevance: &mut Relevance,
     parents: &mut Vec<PathBuf>,
 ) {
-    relevance.outside = lifecycle
-        .outside_inputs()
-        .into_iter()
-        .map(|p| std::path::absolute(&p).unwrap_or(p))
-        .collect();
+    relevance.outside = lifecycle.outside_inputs();
     for f in &relevance.outside {
         let Some(parent) = f.parent() else { continue };
-        if parents.iter().any(|p| p == parent) {
+        // A folder watched already: as one of these, or within a config directory (watching it
+        // again, alone, would end the watch of its subfolders).
+        let under_root = relevance.roots.iter().any(|r| parent.starts_with(&r.given));
+        if under_root || parents.iter().any(|p| p == parent) {
             continue;
         }
         match watcher.watch(parent, RecursiveMode::NonRecursive) {
