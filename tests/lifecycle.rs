@@ -438,6 +438,35 @@ fn a_relative_config_directory_with_its_certificate_watches_new_folders() {
     });
 }
 
+/// A stack whose workspace lies inside its defaults directory: a folder made in the defaults
+/// later is watched too (watching the defaults as the workspace's parent would end that).
+#[test]
+fn a_workspace_inside_the_defaults_directory_leaves_its_new_folders_watched() {
+    let up = PyUpstream::start("a", 5.0);
+    let defaults = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let workspace = defaults.path.join("workspace");
+    std::fs::create_dir_all(&workspace).expect("workspace");
+    let w = workspace.display().to_string();
+    let gw = GatewayProcess::start_with(&defaults, &["--config", &w], &[]);
+    let mut n = 0;
+    let mut named = || {
+        n += 1;
+        let body = format!(r#"{{"username": "user{n}"}}"#);
+        send_json(gw.admin_port, "POST", "/users", &body).status
+    };
+    assert!(named() < 300);
+    std::fs::create_dir_all(defaults.path.join("models")).expect("models");
+    std::thread::sleep(Duration::from_millis(800));
+    save(
+        &defaults,
+        "models/users.json",
+        r#"{"type": "object", "properties": {"username": {"type": "string"}, "email": {"type": "string"}}, "required": ["username", "email"]}"#,
+    );
+    wait_for("the model saved in the defaults' new folder", || {
+        named() == 422
+    });
+}
+
 #[test]
 fn layered_directories_a_later_file_wins() {
     let up = PyUpstream::start("a", 5.0);

@@ -174,7 +174,10 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
 /// link swapped for another, is seen there.
 fn watch_parents(watcher: &mut RecommendedWatcher, roots: &[Root]) {
     for r in roots {
-        if let Some(parent) = r.given.parent().filter(|p| p.is_dir()) {
+        // A parent within a config directory (one directory of the stack in another) is
+        // watched with it: watching it again, alone, would end the watch of its subfolders.
+        let within = |p: &Path| roots.iter().any(|o| p.starts_with(&o.given));
+        if let Some(parent) = r.given.parent().filter(|p| p.is_dir() && !within(p)) {
             if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
                 log::debug!("cannot watch {}: {e}", parent.display());
             }
