@@ -2,9 +2,9 @@
 //! editor's rename-on-save), SIGHUP and `tollgate reload`; a bad file keeps the running config
 //! and says why; 100 reloads under load lose no request; a slow request finishes on the
 //! upstream it started with; state survives; a save during a reload is loaded after it;
-//! layered directories; directories replaced whole
-//! (a ConfigMap's swap, `rm -rf` and a copy); changes that need a restart; and a zero-downtime
-//! binary upgrade under load.
+//! layered directories (one inside another too); directories replaced whole (a ConfigMap's
+//! swap, `rm -rf` and a copy) or named relatively; renewed certificates; changes that need a
+//! restart; and a zero-downtime binary upgrade under load.
 
 mod support;
 
