@@ -345,9 +345,9 @@ fn restart_only_changes_are_said_and_wait_for_the_next_start() {
 }
 
 /// A new certificate for the https listener (read at start only), saved in the config
-/// directory or in a directory of its own (certificates renewed where an ACME client keeps
-/// them), is seen by the watch and said to wait for the next start; the listener keeps
-/// serving the one it started with.
+/// directory, in a directory of its own (where an ACME client keeps them) or swapped in a
+/// Kubernetes Secret volume, is seen by the watch and said to wait for the next start; the
+/// listener keeps serving the one it started with.
 #[test]
 fn a_new_certificate_is_said_to_wait_for_a_restart() {
     let up = PyUpstream::start("a", 5.0);
@@ -356,26 +356,62 @@ fn a_new_certificate_is_said_to_wait_for_a_restart() {
         up.url("")
     );
     let (dir, gw) = support::tls::https_gateway(&rest);
-    // The same config with the certificate and key elsewhere.
+    let config = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
+    let (crt, key) = (dir.path.join("tls.crt"), dir.path.join("tls.key"));
+    // The same config with the certificate and key elsewhere: a folder of their own, and a
+    // Kubernetes Secret volume (each file a link through `..data`, swapped on renewal).
     let elsewhere = ConfigDir::empty();
-    std::fs::copy(dir.path.join("tls.crt"), elsewhere.path.join("tls.crt")).expect("copy");
-    std::fs::copy(dir.path.join("tls.key"), elsewhere.path.join("tls.key")).expect("copy");
-    let moved = ConfigDir::new(
-        &std::fs::read_to_string(dir.path.join("gateway.config.yml"))
-            .expect("config")
-            .replace(
-                &dir.path.display().to_string(),
-                &elsewhere.path.display().to_string(),
-            ),
-    );
-    let gw_moved = GatewayProcess::start(&moved);
-    for (certs, gw) in [(&dir, &gw), (&elsewhere, &gw_moved)] {
+    std::fs::copy(&crt, elsewhere.path.join("tls.crt")).expect("copy");
+    std::fs::copy(&key, elsewhere.path.join("tls.key")).expect("copy");
+    let secret = ConfigDir::empty();
+    let version = |n: u32, cert: &support::tls::SelfSigned| {
+        let v = secret.path.join(format!("..2026_12_03_{n}"));
+        std::fs::create_dir_all(&v).expect("version");
+        std::fs::write(v.join("tls.crt"), cert.cert_pem()).expect("write");
+        std::fs::write(v.join("tls.key"), cert.key_pem()).expect("write");
+        let tmp = secret.path.join("..data_tmp");
+        std::os::unix::fs::symlink(v.file_name().expect("name"), &tmp).expect("link");
+        std::fs::rename(&tmp, secret.path.join("..data")).expect("swap");
+    };
+    let first = support::tls::SelfSigned {
+        cert: openssl::x509::X509::from_pem(&std::fs::read(&crt).expect("crt")).expect("pem"),
+        key: openssl::pkey::PKey::private_key_from_pem(&std::fs::read(&key).expect("key"))
+            .expect("pem"),
+    };
+    version(1, &first);
+    for f in ["tls.crt", "tls.key"] {
+        std::os::unix::fs::symlink(format!("..data/{f}"), secret.path.join(f)).expect("link");
+    }
+    let moved_to = |certs: &ConfigDir| {
+        let moved = ConfigDir::new(&config.replace(
+            &dir.path.display().to_string(),
+            &certs.path.display().to_string(),
+        ));
+        let gw = GatewayProcess::start(&moved);
+        (moved, gw)
+    };
+    let (_a, gw_elsewhere) = moved_to(&elsewhere);
+    let (_b, gw_secret) = moved_to(&secret);
+    let renew_in_place = |certs: &ConfigDir, renewed: &support::tls::SelfSigned| {
+        save(certs, "tls.key", &renewed.key_pem());
+        save(certs, "tls.crt", &renewed.cert_pem());
+    };
+    let cases: [(&ConfigDir, &GatewayProcess); 3] = [
+        (&dir, &gw),
+        (&elsewhere, &gw_elsewhere),
+        (&secret, &gw_secret),
+    ];
+    for (certs, gw) in cases {
         let status = || support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
         let listed = status()["files"].to_string();
         assert!(listed.contains(&certs.file("tls.crt")), "{}", status());
         let renewed = support::tls::SelfSigned::new();
-        save(certs, "tls.key", &renewed.key_pem());
-        save(certs, "tls.crt", &renewed.cert_pem());
+        if std::ptr::eq(certs, &secret) {
+            version(2, &renewed);
+            std::fs::remove_dir_all(secret.path.join("..2026_12_03_1")).expect("old version");
+        } else {
+            renew_in_place(certs, &renewed);
+        }
         wait_for("the renewed certificate noticed", || {
             status()["restartRequired"]
                 .to_string()

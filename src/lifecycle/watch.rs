@@ -26,50 +26,86 @@ pub fn disabled() -> bool {
     std::env::var_os("EG_DISABLE_CONFIG_WATCH").is_some_and(|v| !v.is_empty())
 }
 
-/// A config directory: as given (made absolute: the paths of its events begin so) and where
-/// it led at the start (the ignored directories are compared there).
-struct Root {
+/// A path as given (made absolute: the paths of a watched directory's events begin so) and
+/// where it leads (through links; looked up again when a config directory is watched again).
+struct Named {
     given: PathBuf,
     canonical: PathBuf,
 }
 
+impl Named {
+    fn new(p: &Path) -> Named {
+        let given = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let canonical = canonical(&given);
+        Named { given, canonical }
+    }
+
+    fn look_up_again(&mut self) {
+        self.canonical = canonical(&self.given);
+    }
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 /// Which events are config changes.
 struct Relevance {
-    roots: Vec<Root>,
-    /// Directories whose changes are not config changes, canonical.
-    ignore: Vec<PathBuf>,
+    roots: Vec<Named>,
+    /// Directories (and the access log) whose changes are not config changes.
+    ignore: Vec<Named>,
     /// Inputs of the config in force outside the roots.
     outside: Vec<PathBuf>,
 }
 
 impl Relevance {
     /// A change (not a read) to a path under a root and not under an ignored directory, or to
-    /// an input outside the roots. No system call: the busy parent of a root sends many
-    /// events that are none of these.
+    /// an input outside the roots (or a `..` entry beside it: a Kubernetes Secret's swap). The
+    /// busy parent of a root sends many events that are none of these, judged without a system
+    /// call. Events were lost (the kernel's queue overflowed): a change, and about the roots.
     fn of(&self, e: &notify::Event) -> bool {
-        !matches!(e.kind, notify::EventKind::Access(_)) && e.paths.iter().any(|p| self.path(p))
+        e.need_rescan()
+            || (!matches!(e.kind, notify::EventKind::Access(_))
+                && e.paths.iter().any(|p| self.path(p)))
     }
 
     fn path(&self, p: &Path) -> bool {
         for r in &self.roots {
             if let Ok(rest) = p.strip_prefix(&r.given) {
+                if self.ignore.iter().any(|i| p.starts_with(&i.given)) {
+                    return false;
+                }
+                // Where it leads: through the root's link, or through a link inside the root
+                // (the data directory a link to a volume) — looked up only for a path under a
+                // root that is not ignored as given.
                 let at = r.canonical.join(rest);
-                return !self.ignore.iter().any(|i| at.starts_with(i));
+                let led = canonical(p);
+                return !self
+                    .ignore
+                    .iter()
+                    .any(|i| at.starts_with(&i.canonical) || led.starts_with(&i.canonical));
             }
         }
-        self.outside.iter().any(|f| f == p)
+        self.outside.iter().any(|f| {
+            f == p
+                || (f.parent() == p.parent()
+                    && p.file_name()
+                        .is_some_and(|n| n.as_encoded_bytes().starts_with(b"..")))
+        })
     }
 
-    /// Whether the event is about a root itself (removed, made anew, a link swapped).
+    /// Whether the event is about a root itself (removed, made anew, a link swapped), or may
+    /// have been (events were lost).
     fn touches_root(&self, e: &notify::Event) -> bool {
-        e.paths
-            .iter()
-            .any(|p| self.roots.iter().any(|r| r.given == *p))
+        e.need_rescan()
+            || e.paths
+                .iter()
+                .any(|p| self.roots.iter().any(|r| r.given == *p))
     }
 }
 
 /// Watches every directory of the stack, reloading on changes, on a thread of its own.
-/// `ignore`: directories whose changes are not config changes.
+/// `ignore`: directories (and files) whose changes are not config changes.
 pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
     if disabled() {
         log::info!("config watching is off (EG_DISABLE_CONFIG_WATCH)");
@@ -83,16 +119,11 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
             return;
         }
     };
-    let canon = |p: &PathBuf| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
-    let roots: Vec<Root> = lifecycle
+    let roots: Vec<Named> = lifecycle
         .dirs()
         .dirs()
         .iter()
-        .map(|d| {
-            let given = std::path::absolute(d).unwrap_or_else(|_| d.clone());
-            let canonical = canon(&given);
-            Root { given, canonical }
-        })
+        .map(|d| Named::new(d))
         .collect();
     let mut watched = 0;
     for r in &roots {
@@ -107,17 +138,10 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
     watch_parents(&mut watcher, &roots);
     let mut relevance = Relevance {
         roots,
-        ignore: ignore.iter().map(canon).collect(),
+        ignore: ignore.iter().map(|i| Named::new(i)).collect(),
         outside: Vec::new(),
     };
-    let mut outside_parents = Vec::new();
-    watch_outside(
-        &mut watcher,
-        &lifecycle,
-        &mut relevance,
-        &mut outside_parents,
-    );
-    lifecycle.set_watching(true);
+    lifecycle.set_watching(watched == relevance.roots.len());
     let spawned = std::thread::Builder::new()
         .name("tollgate-watch".into())
         .spawn(move || {
@@ -125,11 +149,16 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
             let mut watcher = watcher;
             // A file saved between the start's load and the watch's start made no event.
             lifecycle.reload(Trigger::Watch);
+            watch_outside(&mut watcher, &lifecycle, &mut relevance);
             while let Ok(first) = rx.recv() {
-                let Ok(first) = first else { continue };
-                if !relevance.of(&first) {
-                    continue;
-                }
+                let first = match first {
+                    Ok(e) if relevance.of(&e) => e,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        log::warn!("config watch: {e}");
+                        continue;
+                    }
+                };
                 let mut root_touched = relevance.touches_root(&first);
                 // Wait for quiet: the end of an editor's save, a `cp -r`, a symlink swap.
                 let began = Instant::now();
@@ -148,21 +177,17 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
                             root_touched |= relevance.touches_root(&e);
                             quiet_from = Instant::now();
                         }
-                        Ok(_) => {}
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => log::warn!("config watch: {e}"),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
                     }
                 }
                 if root_touched {
-                    rewatch(&mut watcher, &lifecycle, &mut relevance.roots);
+                    rewatch(&mut watcher, &lifecycle, &mut relevance);
                 }
                 lifecycle.reload(Trigger::Watch);
-                watch_outside(
-                    &mut watcher,
-                    &lifecycle,
-                    &mut relevance,
-                    &mut outside_parents,
-                );
+                watch_outside(&mut watcher, &lifecycle, &mut relevance);
             }
         });
     if let Err(e) = spawned {
@@ -172,12 +197,11 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
 
 /// Watches the parent of each root (its entries only): a root removed and made anew, or a
 /// link swapped for another, is seen there.
-fn watch_parents(watcher: &mut RecommendedWatcher, roots: &[Root]) {
+fn watch_parents(watcher: &mut RecommendedWatcher, roots: &[Named]) {
     for r in roots {
         // A parent within a config directory (one directory of the stack in another) is
         // watched with it: watching it again, alone, would end the watch of its subfolders.
-        let within = |p: &Path| roots.iter().any(|o| p.starts_with(&o.given));
-        if let Some(parent) = r.given.parent().filter(|p| p.is_dir() && !within(p)) {
+        if let Some(parent) = r.given.parent().filter(|p| p.is_dir() && !within(p, roots)) {
             if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
                 log::debug!("cannot watch {}: {e}", parent.display());
             }
@@ -185,16 +209,22 @@ fn watch_parents(watcher: &mut RecommendedWatcher, roots: &[Root]) {
     }
 }
 
+/// Whether `folder` is watched with a config directory (under one, by either name).
+fn within(folder: &Path, roots: &[Named]) -> bool {
+    roots.iter().any(|r| folder.starts_with(&r.given)) || {
+        let c = canonical(folder);
+        roots.iter().any(|r| c.starts_with(&r.canonical))
+    }
+}
+
 /// Watches the roots again after an event about one of them: a directory made anew is
-/// another one. One that is not back yet is watched when its parent says it is.
-fn rewatch(watcher: &mut RecommendedWatcher, lifecycle: &Lifecycle, roots: &mut [Root]) {
+/// another one (and a link may lead elsewhere now). One that is not back yet is watched when
+/// its parent says it is.
+fn rewatch(watcher: &mut RecommendedWatcher, lifecycle: &Lifecycle, relevance: &mut Relevance) {
     let mut all = true;
-    for r in roots.iter_mut() {
+    for r in relevance.roots.iter_mut() {
         match watcher.watch(&r.given, RecursiveMode::Recursive) {
-            // Where it leads now (a link swapped leads elsewhere).
-            Ok(()) => {
-                r.canonical = std::fs::canonicalize(&r.given).unwrap_or_else(|_| r.given.clone())
-            }
+            Ok(()) => r.look_up_again(),
             Err(e) if not_found(&e) => {
                 log::debug!("{} is not there (yet)", r.given.display());
                 all = false;
@@ -205,34 +235,34 @@ fn rewatch(watcher: &mut RecommendedWatcher, lifecycle: &Lifecycle, roots: &mut 
             }
         }
     }
-    watch_parents(watcher, roots);
+    relevance.ignore.iter_mut().for_each(Named::look_up_again);
+    watch_parents(watcher, &relevance.roots);
     lifecycle.set_watching(all);
 }
 
-/// Watches the folders of the config's inputs outside its directories (as the config in
-/// force names them: a reload may name others).
+/// Watches the folders of the config's inputs outside its directories, as the config in force
+/// names them (a reload may name others; a folder made anew is watched again).
 fn watch_outside(
     watcher: &mut RecommendedWatcher,
     lifecycle: &Lifecycle,
     relevance: &mut Relevance,
-    parents: &mut Vec<PathBuf>,
 ) {
     relevance.outside = lifecycle.outside_inputs();
+    let mut done: Vec<&Path> = Vec::new();
     for f in &relevance.outside {
         let Some(parent) = f.parent() else { continue };
-        // A folder watched already: as one of these, or within a config directory (watching it
-        // again, alone, would end the watch of its subfolders).
-        let under_root = relevance.roots.iter().any(|r| parent.starts_with(&r.given));
-        if under_root || parents.iter().any(|p| p == parent) {
+        // Watched already: here, or with a config directory (watching it again, alone, would
+        // end the watch of its subfolders).
+        if done.contains(&parent) || within(parent, &relevance.roots) {
             continue;
         }
-        match watcher.watch(parent, RecursiveMode::NonRecursive) {
-            Ok(()) => parents.push(parent.to_path_buf()),
-            Err(e) => log::warn!(
+        done.push(parent);
+        if let Err(e) = watcher.watch(parent, RecursiveMode::NonRecursive) {
+            log::warn!(
                 "cannot watch {} (of {}): {e}",
                 parent.display(),
                 f.display()
-            ),
+            );
         }
     }
 }
