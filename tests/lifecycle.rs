@@ -344,6 +344,14 @@ fn restart_only_changes_are_said_and_wait_for_the_next_start() {
     assert!(gw.log_text().contains("applies at the next start"));
 }
 
+/// The rest of an https gateway's config: the Admin API and one pipeline to `up`.
+fn https_rest(up: &PyUpstream) -> String {
+    format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    )
+}
+
 /// A new certificate for the https listener (read at start only), saved in the config
 /// directory, in a directory of its own (where an ACME client keeps them) or swapped in a
 /// Kubernetes Secret volume, is seen by the watch and said to wait for the next start; the
@@ -351,11 +359,7 @@ fn restart_only_changes_are_said_and_wait_for_the_next_start() {
 #[test]
 fn a_new_certificate_is_said_to_wait_for_a_restart() {
     let up = PyUpstream::start("a", 5.0);
-    let rest = format!(
-        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
-        up.url("")
-    );
-    let (dir, gw) = support::tls::https_gateway(&rest);
+    let (dir, gw) = support::tls::https_gateway(&https_rest(&up));
     let config = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
     let (crt, key) = (dir.path.join("tls.crt"), dir.path.join("tls.key"));
     // The same config with the certificate and key elsewhere: a folder of their own, and a
@@ -432,21 +436,9 @@ fn a_new_certificate_is_said_to_wait_for_a_restart() {
 fn a_relative_config_directory_with_its_certificate_watches_new_folders() {
     let up = PyUpstream::start("a", 5.0);
     let rel = PathBuf::from(format!("target/tollgate-relative-{}", std::process::id()));
-    let dir = ConfigDir { path: rel.clone() };
     let _ = std::fs::remove_dir_all(&rel);
     std::fs::create_dir_all(&rel).expect("dir");
-    let cert = support::tls::SelfSigned::new();
-    dir.write("tls.crt", &cert.cert_pem());
-    dir.write("tls.key", &cert.key_pem());
-    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
-    dir.write(
-        "gateway.config.yml",
-        &format!(
-            "https:\n  port: ${{PORT}}\n  tls:\n    default:\n      key: '{d}/tls.key'\n      cert: '{d}/tls.crt'\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
-            d = rel.display(),
-            up = up.url(""),
-        ),
-    );
+    let dir = support::tls::https_config(ConfigDir { path: rel.clone() }, &https_rest(&up));
     let gw = GatewayProcess::start(&dir);
     // EG's own model of a user asks for no more than a name.
     let named = |name: &str| {

@@ -107,8 +107,15 @@ pub fn tls_request(port: u16, raw: &str) -> String {
 /// A gateway whose `https` listener serves a fresh self-signed certificate (embedded store);
 /// `rest` is the rest of its gateway config (endpoints, policies, pipelines).
 pub fn https_gateway(rest: &str) -> (super::ConfigDir, super::GatewayProcess) {
+    let dir = https_config(super::ConfigDir::empty(), rest);
+    let gw = super::GatewayProcess::start(&dir);
+    (dir, gw)
+}
+
+/// Writes into `dir` the config of [`https_gateway`], its certificate and key named by `dir`'s
+/// path as it is given (relative or not).
+pub fn https_config(dir: super::ConfigDir, rest: &str) -> super::ConfigDir {
     let cert = SelfSigned::new();
-    let dir = super::ConfigDir::empty();
     dir.write("tls.crt", &cert.cert_pem());
     dir.write("tls.key", &cert.key_pem());
     dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
@@ -120,6 +127,5 @@ pub fn https_gateway(rest: &str) -> (super::ConfigDir, super::GatewayProcess) {
             crt = dir.file("tls.crt"),
         ),
     );
-    let gw = super::GatewayProcess::start(&dir);
-    (dir, gw)
+    dir
 }
