@@ -81,15 +81,16 @@ struct LastError {
 struct StartOnly(Vec<(&'static str, String)>);
 
 impl StartOnly {
-    fn of(loaded: &LoadedConfig, dirs: &ConfigDirs) -> StartOnly {
+    /// `before`: the hashes of the inputs, the certificates' among them.
+    fn of(loaded: &LoadedConfig, before: &ReadBefore) -> StartOnly {
         let https = loaded.gateway.https.as_ref().map(|h| {
             // The certificates' contents count, not only their paths.
             let certs: Vec<String> = h
                 .certs
                 .iter()
                 .map(|c| {
-                    let hash = |p: &str| dirs.source(std::path::Path::new(p)).sha256;
-                    format!("{} {} {}", c.host_glob, hash(&c.cert), hash(&c.key))
+                    let hash = |p: &str| before.0.get(&absolute(Path::new(p))).cloned();
+                    format!("{} {:?} {:?}", c.host_glob, hash(&c.cert), hash(&c.key))
                 })
                 .collect();
             format!("{:?} {:?}", h.listener, certs)
@@ -167,14 +168,14 @@ impl Started {
             .iter()
             .flat_map(|h| &h.certs)
             .flat_map(|c| [&c.cert, &c.key])
-            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.into()))
+            .map(|p| absolute(Path::new(p)))
             .collect();
         before.add(dirs, key_files.iter().chain(&tls_files));
         Started {
             dirs: dirs.clone(),
             gateway_path: loaded.gateway_path.clone(),
             system_path: loaded.system_path.clone(),
-            start_only: StartOnly::of(loaded, dirs),
+            start_only: StartOnly::of(loaded, &before),
             key_files,
             tls_files,
             before,
@@ -237,14 +238,14 @@ fn inputs(started: &Started) -> Vec<Source> {
     }
     paths.extend(started.key_files.iter().cloned());
     paths.dedup();
-    let tls = started.tls_files.iter().filter(|p| p.is_file());
-    let tls: Vec<&PathBuf> = tls.filter(|p| !paths.contains(p)).collect();
     let mut sources: Vec<Source> = paths.iter().map(|p| dirs.source(p)).collect();
-    sources.extend(tls.into_iter().map(|p| {
-        let mut source = dirs.source(p);
-        source.name.clone_from(&source.path);
-        source
-    }));
+    for p in &started.tls_files {
+        if p.is_file() && !paths.contains(p) {
+            let mut source = dirs.source(p);
+            source.name.clone_from(&source.path);
+            sources.push(source);
+        }
+    }
     for source in &mut sources {
         if let Some(hash) = started.before.0.get(Path::new(&source.path)) {
             source.sha256.clone_from(hash);
@@ -256,13 +257,17 @@ fn inputs(started: &Started) -> Vec<Source> {
 /// The inputs of the config in force that lie outside the config directories (certificates,
 /// key files given by an absolute path): the watcher watches where they are.
 pub fn outside(files: &[Source], dirs: &ConfigDirs) -> Vec<PathBuf> {
-    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let roots: Vec<PathBuf> = dirs.dirs().iter().map(|d| absolute(d)).collect();
     files
         .iter()
         .map(|f| absolute(Path::new(&f.path)))
         .filter(|p| !roots.iter().any(|r| p.starts_with(r)))
         .collect()
+}
+
+/// `p` from the root (the working directory's path before a relative one).
+pub(crate) fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
 fn collect_key_files(v: &serde_json::Value, out: &mut Vec<String>) {

@@ -35,7 +35,7 @@ struct Named {
 
 impl Named {
     fn new(p: &Path) -> Named {
-        let given = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+        let given = super::absolute(p);
         let canonical = canonical(&given);
         Named { given, canonical }
     }
