@@ -343,8 +343,8 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
         client_host
     };
     let generation = match (get(), &x.endpoint) {
-        (Some(c), Some(ep)) => c.generation(&ep.name),
-        _ => 0,
+        (Some(c), Some(ep)) => (&*ep.name, c.generation(&ep.name)),
+        _ => ("", 0),
     };
     // Every header a step before the proxy and the proxy step itself set reaches the upstream:
     // all are in the key (wherever the `cache` step stands among them).
@@ -364,6 +364,31 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
 /// `not_modified`: the upstream's 304, when it answered a revalidation so (see
 /// [`not_modified`]).
 pub fn cacheable(
+    session: &Session,
+    resp: &ResponseHeader,
+    x: &Exchange,
+    not_modified: Option<&ResponseHeader>,
+) -> RespCacheable {
+    let verdict = verdict(session, resp, x, not_modified);
+    // A stale tile's refresh answered with what is not stored and is no failure (a 4xx, an
+    // answer that may not be stored; a 5xx is a failure, see [`serve_stale`]): the stale copy
+    // no longer stands in for the upstream's answers.
+    if matches!(
+        session.cache.phase(),
+        CachePhase::Stale | CachePhase::Expired
+    ) && !matches!(verdict, RespCacheable::Cacheable(_))
+        && resp.status.as_u16() < 500
+    {
+        if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
+            cache
+                .outages
+                .answered(u128::from_be_bytes(key.combined_bin()));
+        }
+    }
+    verdict
+}
+
+fn verdict(
     session: &Session,
     resp: &ResponseHeader,
     x: &Exchange,

@@ -106,6 +106,14 @@ impl Outages {
         );
     }
 
+    /// The upstream answered the refresh of the tile `key` with an answer that is no failure
+    /// and was not stored (a 4xx, an answer that may not be stored): the upstream is there, so
+    /// the stale copy stands in for it no longer — the next request asks it again.
+    pub fn answered(&self, key: u128) {
+        let mut tiles = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
+        tiles.map.remove(&key);
+    }
+
     /// A request found the tile `key` stale (and within its stale-if-error window), stored at
     /// `updated`.
     pub fn stale(&self, key: u128, updated: SystemTime, now: SystemTime) -> Stale {
@@ -199,6 +207,22 @@ mod tests {
         o.failed(7, at(2800));
         assert_eq!(o.stale(7, stored, at(3000)), Stale::Serve);
         assert_eq!(o.stale(7, stored, at(3800)), Stale::Refresh);
+    }
+
+    #[test]
+    fn a_refresh_answered_without_a_copy_to_store_ends_it() {
+        let o = Outages::default();
+        let stored = at(0);
+        assert_eq!(o.stale(7, stored, at(10)), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(20)), Stale::Serve);
+        // The upstream answered (a 403, say): nothing stored, nothing in flight any more.
+        o.answered(7);
+        assert_eq!(o.stale(7, stored, at(30)), Stale::Refresh);
+        // After a failure too.
+        o.failed(7, at(40));
+        assert_eq!(o.stale(7, stored, at(50)), Stale::Serve);
+        o.answered(7);
+        assert_eq!(o.stale(7, stored, at(60)), Stale::Refresh);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Stale tiles: served while they are refreshed, and while the upstream fails (frozen, killed,
-//! slower than the cache lock).
+//! slower than the cache lock); not once the upstream answers their refresh with a 4xx.
 
 use super::*;
 
@@ -57,6 +57,34 @@ fn stale_while_revalidate_and_stale_if_error() {
     // A tile never cached is a 502 when the upstream is down.
     assert_eq!(open("/open/never.png").status, 502);
     up.restart();
+}
+
+/// A stale tile whose refresh the upstream answers with what is not stored and is no failure
+/// (a 403: the tile is forbidden now) is not served in the upstream's place afterwards: each
+/// request asks the upstream again (before, the refresh's mark stood for 30 s, and every
+/// request in between got the stale tile as 200 STALE).
+#[test]
+fn a_refresh_answered_403_leaves_the_stale_tile_unserved() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
+    let open = |path: &str| get(gw.port, "GET", path, &[]);
+    let tile =
+        "/open/forbid.png?cc=max-age%3D1%2C+stale-while-revalidate%3D0%2C+stale-if-error%3D300";
+    assert_eq!(cache_status(&open(tile)), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let served = up.served();
+    for i in 0..3 {
+        let r = open(&format!("{tile}&status=403"));
+        assert_eq!(
+            (r.status, cache_status(&r)),
+            (403, "MISS"),
+            "request {i} after the refresh's 403"
+        );
+    }
+    assert_eq!(up.served(), served + 3, "each asked the upstream");
+    // The upstream serves it again: stored anew.
+    assert_eq!(open(tile).status, 200);
+    assert_eq!(cache_status(&open(tile)), "HIT");
 }
 
 /// The tile edge under load while its upstream fails: clients keep asking for tiles past their
