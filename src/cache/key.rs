@@ -64,7 +64,7 @@ pub fn primary(
     upstream_path: &str,
     edits: &[HeaderEdit],
     rule: &CacheRule,
-    generation: u64,
+    generation: (&str, u64),
 ) -> String {
     // (`memchr`: `split_once` searches a long query byte by byte.)
     let (path, query) = match memchr::memchr(b'?', upstream_path.as_bytes()) {
@@ -101,9 +101,13 @@ pub fn primary(
             key.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
     }
-    if generation > 0 {
+    // The api endpoint's purge generation, by its name: endpoints that share a tile's key
+    // (one pipeline, `stripPath`) are purged each on its own count.
+    if let (endpoint, g @ 1..) = generation {
         key.push_str("\n#");
-        key.push_str(&generation.to_string());
+        key.push_str(endpoint);
+        key.push(':');
+        key.push_str(itoa::Buffer::new().format(g));
     }
     key
 }
@@ -272,7 +276,7 @@ mod tests {
     }
 
     fn key(path: &str, r: &CacheRule) -> String {
-        primary("wms", None, path, &[], r, 0)
+        primary("wms", None, path, &[], r, ("", 0))
     }
 
     #[test]
@@ -314,12 +318,12 @@ mod tests {
     fn the_service_host_and_added_headers_are_part_of_the_key() {
         let r = rule(None, &[]);
         assert_ne!(
-            primary("wms", None, "/a", &[], &r, 0),
-            primary("wmts", None, "/a", &[], &r, 0)
+            primary("wms", None, "/a", &[], &r, ("", 0)),
+            primary("wmts", None, "/a", &[], &r, ("", 0))
         );
         assert_ne!(
-            primary("wms", Some("a.example"), "/a", &[], &r, 0),
-            primary("wms", Some("b.example"), "/a", &[], &r, 0)
+            primary("wms", Some("a.example"), "/a", &[], &r, ("", 0)),
+            primary("wms", Some("b.example"), "/a", &[], &r, ("", 0))
         );
         let edit = |n: &'static str, v: &'static str| {
             HeaderEdit::Set(
@@ -328,16 +332,30 @@ mod tests {
             )
         };
         assert_ne!(
-            primary("wms", None, "/a", &[edit("x-tenant", "a")], &r, 0),
-            primary("wms", None, "/a", &[edit("x-tenant", "b")], &r, 0)
+            primary("wms", None, "/a", &[edit("x-tenant", "a")], &r, ("", 0)),
+            primary("wms", None, "/a", &[edit("x-tenant", "b")], &r, ("", 0))
         );
         assert_eq!(
-            primary("wms", None, "/a", &[edit("eg-consumer-id", "ann")], &r, 0),
-            primary("wms", None, "/a", &[edit("eg-consumer-id", "bob")], &r, 0)
+            primary(
+                "wms",
+                None,
+                "/a",
+                &[edit("eg-consumer-id", "ann")],
+                &r,
+                ("", 0)
+            ),
+            primary(
+                "wms",
+                None,
+                "/a",
+                &[edit("eg-consumer-id", "bob")],
+                &r,
+                ("", 0)
+            )
         );
         assert_ne!(
-            primary("wms", None, "/a", &[], &r, 0),
-            primary("wms", None, "/a", &[], &r, 1),
+            primary("wms", None, "/a", &[], &r, ("", 0)),
+            primary("wms", None, "/a", &[], &r, ("a", 1)),
             "a purged api endpoint starts afresh"
         );
     }

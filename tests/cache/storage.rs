@@ -70,6 +70,41 @@ fn purge_a_url_and_an_api_endpoint() {
     drop(dir);
 }
 
+/// Two api endpoints of one pipeline whose tiles share their keys (the path stripped of each
+/// endpoint's prefix): purging each in turn leaves neither with a tile fetched before its own
+/// purge (the purges' counts were once in the key without the endpoint's name, so the second
+/// endpoint's first purge found the first endpoint's tiles of after its purge).
+#[test]
+fn api_endpoints_that_share_tiles_are_purged_each_on_its_own() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  pa: {{paths: ['/pa/*']}}\n  pb: {{paths: ['/pb/*']}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [pa, pb]\n    policies:\n      - cache: [{{action: {{ttl: 600}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true}}}}]\n",
+        up.url("")
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let open = |path: &str| get(gw.port, "GET", path, &[]);
+    let purge = |endpoint: &str| {
+        let body = format!(r#"{{"apiEndpoint": "{endpoint}"}}"#);
+        let r = send_json(gw.admin_port, "POST", "/tollgate/cache/purge", &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    assert_eq!(cache_status(&open("/pa/1.png")), "MISS");
+    assert_eq!(cache_status(&open("/pb/1.png")), "HIT", "one copy for both");
+    purge("pa");
+    assert_eq!(cache_status(&open("/pa/1.png")), "MISS");
+    purge("pb");
+    assert_eq!(
+        cache_status(&open("/pb/1.png")),
+        "MISS",
+        "a tile fetched before pb's purge"
+    );
+    assert_eq!(
+        cache_status(&open("/pa/1.png")),
+        "HIT",
+        "pa's own, after its purge"
+    );
+}
+
 /// The objects stored in a disk tier's directory (in its shards, not its `tmp`).
 fn disk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(shards) = std::fs::read_dir(dir) else {
