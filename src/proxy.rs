@@ -328,8 +328,9 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::NO_CONTENT {
-            // A 204 has no body and says no length (RFC 9110 §8.6).
+            // A 204 has no body: neither length nor framing (RFC 9110 §8.6, RFC 9112 §6.1).
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         }
         if ctx.x.cache.is_some() {
             upstream_response.insert_header(

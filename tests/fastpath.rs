@@ -96,6 +96,11 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
                 &mut out,
                 b"HTTP/1.1 204 No Content\r\nContent-Length: 7\r\nX-Up: 204\r\n\r\n",
             ),
+            // A 204 with framing it must not have: no body is read, none is written.
+            "/204-chunked" => w(
+                &mut out,
+                b"HTTP/1.1 204 No Content\r\nTransfer-Encoding: chunked\r\nX-Up: 204\r\n\r\n",
+            ),
             "/304" => w(&mut out, b"HTTP/1.1 304 Not Modified\r\nETag: \"t1\"\r\nX-Up: 304\r\n\r\n"),
             "/continue" => w(
                 &mut out,
@@ -252,25 +257,34 @@ fn close_on_any_connection_line_closes_the_connection() {
     }
 }
 
-/// A 204 has no body, whatever length the upstream gives it: none is read or written, no
-/// `Content-Length` is sent (RFC 9110 §8.6), and the connection serves the next request.
+/// A 204 has no body, whatever length or framing the upstream gives it: none is read or
+/// written, no `Content-Length` nor `Transfer-Encoding` is sent (RFC 9110 §8.6, RFC 9112 §6.1),
+/// from the upstream or from the cache, and the connection serves the next request.
 #[test]
 fn a_204_goes_out_without_a_length_and_its_connection_serves_on() {
     let up = Scripted::start();
     for fast in ["on", "off"] {
-        let (_d, gw) = gateway(&up, fast);
-        let mut s = connect(gw.port, 10);
-        for path in ["/204-length", "/204", "/cl"] {
-            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: tiles\r\n\r\n").as_bytes())
-                .expect("send");
-            let r = read_response(&mut s, false);
-            let what = format!("fast path {fast}, {path}: {:?}", r.headers);
-            if path == "/cl" {
-                assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{what}");
+        for cached in [false, true] {
+            let (_d, gw) = if cached {
+                caching_gateway(&up, fast)
             } else {
-                assert_eq!(r.status, 204, "{what}");
-                assert_eq!(r.header("content-length"), None, "{what}");
-                assert!(r.body.is_empty(), "{what}");
+                gateway(&up, fast)
+            };
+            let mut s = connect(gw.port, 10);
+            // Each 204 twice: stored by the first, a hit the second time with the cache.
+            for path in ["/204-length", "/204", "/204-chunked", "/cl"].repeat(2) {
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: tiles\r\n\r\n").as_bytes())
+                    .expect("send");
+                let r = read_response(&mut s, false);
+                let what = format!("fast path {fast}, cache {cached}, {path}: {:?}", r.headers);
+                if path == "/cl" {
+                    assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{what}");
+                } else {
+                    assert_eq!(r.status, 204, "{what}");
+                    assert_eq!(r.header("content-length"), None, "{what}");
+                    assert_eq!(r.header("transfer-encoding"), None, "{what}");
+                    assert!(r.body.is_empty(), "{what}");
+                }
             }
         }
     }

@@ -191,6 +191,10 @@ fn hit_head(stored: &ResponseHeader) -> pingora_core::Result<ResponseHeader> {
     let mut header = stored.clone();
     header.set_version(http::Version::HTTP_11);
     let bodiless = matches!(header.status.as_u16(), 100..=199 | 204 | 304);
+    if header.status == http::StatusCode::NO_CONTENT {
+        // No length on a 204 (RFC 9110 §8.6), as the general path answers it.
+        header.remove_header(&CONTENT_LENGTH);
+    }
     offer_ranges(&mut header)?;
     if !bodiless && !header.headers.contains_key(CONTENT_LENGTH) {
         header.insert_header(TRANSFER_ENCODING, "chunked")?;

@@ -264,9 +264,12 @@ fn response_head(
 ) -> pingora_core::Result<bool> {
     resp.set_version(http::Version::HTTP_11);
     strip_hop_by_hop(resp);
-    if resp.headers.contains_key(TRANSFER_ENCODING) || resp.status == http::StatusCode::NO_CONTENT {
-        // The body is read by its chunks (a 204 has none, RFC 9110 §8.6): a length beside
-        // them must not reach the client.
+    if resp.status == http::StatusCode::NO_CONTENT {
+        // A 204 has no body: neither length nor framing (RFC 9110 §8.6, RFC 9112 §6.1).
+        resp.remove_header(&CONTENT_LENGTH);
+        resp.remove_header(&TRANSFER_ENCODING);
+    } else if resp.headers.contains_key(TRANSFER_ENCODING) {
+        // The body is read by its chunks: a length beside them must not reach the client.
         resp.remove_header(&CONTENT_LENGTH);
     }
     apply_edits(resp, edits)?;
