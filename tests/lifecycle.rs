@@ -3,8 +3,9 @@
 //! and says why; 100 reloads under load lose no request; a slow request finishes on the
 //! upstream it started with; state survives; a save during a reload is loaded after it;
 //! layered directories (one inside another too); directories replaced whole (a ConfigMap's
-//! swap, `rm -rf` and a copy) or named relatively; renewed certificates; changes that need a
-//! restart; and a zero-downtime binary upgrade under load.
+//! swap, `rm -rf` and a copy) or named relatively; a data directory linked into the config
+//! directory; renewed certificates; changes that need a restart; and a zero-downtime binary
+//! upgrade under load.
 
 mod support;
 
@@ -709,6 +710,64 @@ fn config_directories_replaced_whole_are_still_watched() {
     }
     let status = support::json_body(&get(gw.admin_port, "GET", "/tollgate/config", &[]));
     assert_eq!(status["watching"], true, "{status}");
+}
+
+/// A data directory that is a link in the config directory to a volume elsewhere, the gateway
+/// given the volume's own path: the store's writes there (its journal appended, a snapshot
+/// written aside and renamed over, so the event names a file that is gone) are no config
+/// change and start no check; a file saved beside the config does (so the count observed is
+/// real); a config change is still applied.
+#[test]
+fn writes_in_a_data_directory_linked_into_the_config_directory_start_no_check() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
+    let elsewhere = ConfigDir::empty();
+    let volume = elsewhere.path.join("volume");
+    std::fs::create_dir_all(&volume).expect("volume");
+    std::os::unix::fs::symlink(&volume, dir.path.join("data")).expect("link");
+    // The log outside the config directory: its own writes would be checks.
+    let log = elsewhere.path.join("tollgate.log");
+    let gw = GatewayProcess::start_logging(
+        &dir,
+        Some(&log),
+        &["--data-dir", &volume.display().to_string()],
+        &[("RUST_LOG", "info,tollgate::lifecycle=debug")],
+    );
+    let checks = || gw.log_text().matches("no config input did").count();
+    // The watcher's first look, at its start, is a check of its own.
+    std::thread::sleep(Duration::from_millis(600));
+    let before = checks();
+    for i in 0..4 {
+        let user = format!(r#"{{"username":"u{i}","firstname":"F","lastname":"L"}}"#);
+        assert_eq!(
+            send_json(gw.admin_port, "POST", "/users", &user).status,
+            200
+        );
+        let tmp = volume.join("store.snapshot.json.tmp");
+        std::fs::write(&tmp, format!("{{\"n\":{i}}}")).expect("write");
+        std::fs::rename(&tmp, volume.join("store.snapshot.json")).expect("rename");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        volume.join("store.journal").exists(),
+        "the store wrote no journal in the volume"
+    );
+    // Longer than the watcher's quiet wait.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(checks(), before, "{}", gw.log_text());
+    // A file beside the config is looked at.
+    std::fs::write(dir.path.join("notes.txt"), "x").expect("write");
+    wait_for("a check after a write beside the config", || {
+        checks() > before
+    });
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/two/*", &up.url(""), ""),
+    );
+    wait_for("the change", || {
+        get(gw.port, "GET", "/two/x", &[]).status == 200
+    });
 }
 
 #[test]

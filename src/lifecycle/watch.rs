@@ -49,6 +49,25 @@ fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// Where `p` leads: the real path of its nearest ancestor that is there, with the rest (a file
+/// renamed away or removed by now is judged by its directory).
+fn leads_to(p: &Path) -> PathBuf {
+    let mut rest = Vec::new();
+    let mut at = p;
+    loop {
+        if let Ok(real) = std::fs::canonicalize(at) {
+            return rest.iter().rev().fold(real, |real, name| real.join(name));
+        }
+        match (at.parent(), at.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name);
+                at = parent;
+            }
+            _ => return p.to_path_buf(),
+        }
+    }
+}
+
 /// Which events are config changes.
 struct Relevance {
     roots: Vec<Named>,
@@ -79,7 +98,7 @@ impl Relevance {
                 // (the data directory a link to a volume) — looked up only for a path under a
                 // root that is not ignored as given.
                 let at = r.canonical.join(rest);
-                let led = canonical(p);
+                let led = leads_to(p);
                 return !self
                     .ignore
                     .iter()

@@ -111,10 +111,24 @@ impl GatewayProcess {
     }
 
     pub fn start_with(dir: &ConfigDir, args: &[&str], envs: &[(&str, &str)]) -> GatewayProcess {
+        GatewayProcess::start_logging(dir, None, args, envs)
+    }
+
+    /// As [`GatewayProcess::start_with`], its log written to `log` (`None`: a file of its
+    /// own in the config directory).
+    pub fn start_logging(
+        dir: &ConfigDir,
+        log: Option<&std::path::Path>,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> GatewayProcess {
         let port = free_port();
         let admin_port = free_port();
         // One log per process: two gateways may share a config directory.
-        let log = dir.path.join(format!("tollgate-{port}.log"));
+        let log = log.map_or_else(
+            || dir.path.join(format!("tollgate-{port}.log")),
+            std::path::Path::to_path_buf,
+        );
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut cmd = Command::new(binary());
         cmd.arg("serve")
