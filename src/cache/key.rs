@@ -139,11 +139,7 @@ fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
     let mut kept: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
     for (name, raw, v) in pairs {
         ogc |= name.eq_ignore_ascii_case("service") || name.eq_ignore_ascii_case("request");
-        let listed = |list: &[String]| list.iter().any(|l| l.eq_ignore_ascii_case(&name));
-        if is_secret(&name, &rule.secret_params)
-            || listed(&rule.ignore_params)
-            || rule.key_params.as_deref().is_some_and(|k| !listed(k))
-        {
+        if left_out(&name, rule) {
             continue;
         }
         kept.push((std::borrow::Cow::Borrowed(raw), v));
@@ -168,21 +164,27 @@ fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
     }
 }
 
-fn is_secret(name: &str, secrets: &[String]) -> bool {
-    secrets.iter().any(|s| s == name)
+/// Whether a query parameter (by its decoded name) is left out of the key: one that carries
+/// credentials, one the step ignores, one its `keyParams` do not list.
+fn left_out(name: &str, rule: &CacheRule) -> bool {
+    let listed = |list: &[String]| list.iter().any(|l| l.eq_ignore_ascii_case(name));
+    rule.secret_params.iter().any(|s| s == name)
+        || listed(&rule.ignore_params)
+        || rule.key_params.as_deref().is_some_and(|k| !listed(k))
 }
 
-/// The upstream path and query without the parameters that carry credentials: a fill fetches
-/// for every consumer, so it sends none of one consumer's credentials. `None` when there are
-/// none. One pass over the query, which holds a long token most often.
-pub fn without_secrets(upstream_path: &str, secrets: &[String]) -> Option<String> {
+/// The upstream path and query with only the parameters that make the key: a fill fetches for
+/// every consumer, so it sends none of one consumer's credentials, and nothing the key does
+/// not hold (a parameter left out of it changes no stored tile, whoever sends it). `None`
+/// when nothing is left out. One pass over the query, which holds a long token most often.
+pub fn neutral(upstream_path: &str, rule: &CacheRule) -> Option<String> {
     let q = memchr::memchr(b'?', upstream_path.as_bytes())?;
     let (path, query) = (&upstream_path[..q], &upstream_path[q + 1..]);
     let mut out: Option<String> = None;
     // Where the part begins, and whether `out` has a part of the query yet.
     let (mut start, mut any) = (0, false);
     for part in query_parts(query) {
-        let secret = is_secret(&decoded(param_name(part)), secrets);
+        let secret = left_out(&decoded(param_name(part)), rule);
         match &mut out {
             // The first secret: the parts before it are kept as they are.
             None if secret => {
@@ -207,15 +209,15 @@ pub fn without_secrets(upstream_path: &str, secrets: &[String]) -> Option<String
     out
 }
 
-/// [`without_secrets`] of an upstream path and of the url it was made from (see
+/// [`neutral`] of an upstream path and of the url it was made from (see
 /// [`crate::pipeline::context::PathRecipe`]): when the path ends in the url's query, as a
 /// joined path does, the url's neutral query is the path's, taken without a second pass.
-pub fn without_secrets_both(
+pub fn neutral_both(
     upstream_path: &str,
     url: &str,
-    secrets: &[String],
+    rule: &CacheRule,
 ) -> (Option<String>, Option<String>) {
-    let path = without_secrets(upstream_path, secrets);
+    let path = neutral(upstream_path, rule);
     let queries = memchr::memchr(b'?', upstream_path.as_bytes())
         .zip(memchr::memchr(b'?', url.as_bytes()))
         .filter(|(q, uq)| upstream_path[*q..] == url[*uq..]);
@@ -229,7 +231,7 @@ pub fn without_secrets_both(
             Some(out)
         }
         (None, Some(_)) => None,
-        (_, None) => without_secrets(url, secrets),
+        (_, None) => neutral(url, rule),
     };
     (path, url)
 }
@@ -388,30 +390,56 @@ mod tests {
 
     #[test]
     fn fills_send_no_credentials() {
-        let s = vec!["jwt".to_string(), "apiKey".to_string()];
+        let s = rule(None, &[]);
         assert_eq!(
-            without_secrets("/wmts/1.png?jwt=t&x=1", &s).as_deref(),
+            neutral("/wmts/1.png?jwt=t&x=1", &s).as_deref(),
             Some("/wmts/1.png?x=1")
         );
         assert_eq!(
-            without_secrets("/wmts/1.png?jwt=t", &s).as_deref(),
+            neutral("/wmts/1.png?jwt=t", &s).as_deref(),
             Some("/wmts/1.png")
         );
-        assert_eq!(without_secrets("/wmts/1.png?x=1", &s), None);
+        assert_eq!(neutral("/wmts/1.png?x=1", &s), None);
         assert_eq!(
-            without_secrets("/w?a=1&&jwt=t&%6Awt=u&b&apiKey&c=", &s).as_deref(),
+            neutral("/w?a=1&&jwt=t&%6Awt=u&b&apiKey&c=", &s).as_deref(),
             Some("/w?a=1&&b&c=")
         );
-        assert_eq!(without_secrets("/w?&jwt=t", &s).as_deref(), Some("/w?"));
-        assert_eq!(without_secrets("/w?", &s), None);
+        assert_eq!(neutral("/w?&jwt=t", &s).as_deref(), Some("/w?"));
+        assert_eq!(neutral("/w?", &s), None);
     }
 
-    /// The parameters a fill keeps, as `without_secrets` is specified: every part of the query
-    /// whose decoded name is not a secret, in order.
-    fn kept_parts(upstream_path: &str, secrets: &[String]) -> Option<String> {
+    #[test]
+    fn fills_send_only_the_parameters_that_make_the_key() {
+        let ignoring = rule(None, &["_"]);
+        assert_eq!(
+            neutral("/w?layer=a&_=17&jwt=t", &ignoring).as_deref(),
+            Some("/w?layer=a")
+        );
+        let listing = rule(Some(&["LAYER", "tilematrix"]), &[]);
+        assert_eq!(
+            neutral("/w?layer=a&style=evil&TileMatrix=3", &listing).as_deref(),
+            Some("/w?layer=a&TileMatrix=3")
+        );
+        assert_eq!(neutral("/w?layer=a", &listing), None);
+        // What is sent makes the same key as what was asked.
+        assert_eq!(
+            primary("w", None, "/w?layer=a&TileMatrix=3", &[], &listing, ("", 0)),
+            primary(
+                "w",
+                None,
+                "/w?layer=a&style=evil&TileMatrix=3",
+                &[],
+                &listing,
+                ("", 0)
+            )
+        );
+    }
+
+    /// The parameters a fill keeps, as `neutral` is specified: every part of the query whose
+    /// decoded name is not left out of the key, in order.
+    fn kept_parts(upstream_path: &str, r: &CacheRule) -> Option<String> {
         let (path, query) = upstream_path.split_once('?')?;
-        let secret =
-            |p: &str| is_secret(&decoded(p.split_once('=').map_or(p, |(n, _)| n)), secrets);
+        let secret = |p: &str| left_out(&decoded(p.split_once('=').map_or(p, |(n, _)| n)), r);
         if !query.split('&').any(secret) {
             return None;
         }
@@ -428,9 +456,9 @@ mod tests {
         fn fills_keep_every_other_parameter_in_order(
             parts in proptest::collection::vec("(jwt|apiKey|%6Awt|a|b\\+c|)(=[a-z%&]{0,3})?", 0..6),
         ) {
-            let s = vec!["jwt".to_string(), "apiKey".to_string()];
+            let s = rule(None, &[]);
             let path = format!("/wmts/1.png?{}", parts.join("&"));
-            proptest::prop_assert_eq!(without_secrets(&path, &s), kept_parts(&path, &s), "{}", path);
+            proptest::prop_assert_eq!(neutral(&path, &s), kept_parts(&path, &s), "{}", path);
         }
 
         #[test]
@@ -440,7 +468,7 @@ mod tests {
             prepend in proptest::bool::ANY,
             ignore in proptest::bool::ANY,
         ) {
-            let s = vec!["jwt".to_string(), "apiKey".to_string()];
+            let s = rule(None, &[]);
             let url = format!("/1.png?{}", parts.join("&"));
             let recipe = crate::pipeline::context::PathRecipe {
                 url: url.clone(),
@@ -449,8 +477,8 @@ mod tests {
             };
             let path = recipe.path_for(&base);
             proptest::prop_assert_eq!(
-                without_secrets_both(&path, &url, &s),
-                (without_secrets(&path, &s), without_secrets(&url, &s)),
+                neutral_both(&path, &url, &s),
+                (neutral(&path, &s), neutral(&url, &s)),
                 "{} from {}", path, url
             );
         }

@@ -290,16 +290,16 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
 }
 
 /// Makes the upstream request of a fill neutral: it fetches for every consumer, so its path
-/// carries no credentials (the headers that do are left out by the upstream request).
+/// carries no credentials (the headers that do are left out by the upstream request) and only
+/// the query parameters that make the key (see [`key::neutral`]).
 pub fn neutral_fill(x: &mut Exchange) {
     let Some(u) = &x.cache else {
         return;
     };
     let rule = u.rule.clone();
     if let Some(plan) = &mut x.proxy {
-        // A retry on another url makes its path from the recipe: no credentials there either.
-        let (path, url) =
-            key::without_secrets_both(&plan.path, &plan.path_recipe.url, &rule.secret_params);
+        // A retry on another url makes its path from the recipe: the same parameters there.
+        let (path, url) = key::neutral_both(&plan.path, &plan.path_recipe.url, &rule);
         if let Some(path) = path {
             plan.path = path;
         }

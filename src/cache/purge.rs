@@ -73,7 +73,7 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
             }
         }
         if let (Some(u), Some(plan)) = (&x.cache, &mut x.proxy) {
-            if let Some(p) = super::key::without_secrets(&plan.path, &u.rule.secret_params) {
+            if let Some(p) = super::key::neutral(&plan.path, &u.rule) {
                 plan.path = p;
             }
             *by_host |= plan.host.is_none();

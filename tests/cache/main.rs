@@ -264,6 +264,7 @@ fn the_key_is_shared_and_the_fill_carries_no_credentials() {
         !path.contains("apiKey") && !path.contains("s0"),
         "the fill carried a credential: {path}"
     );
+    assert!(!path.contains("_="), "the fill carried the buster: {path}");
     let b = get(
         gw.port,
         "GET",
@@ -283,6 +284,28 @@ fn the_key_is_shared_and_the_fill_carries_no_credentials() {
     let saw: serde_json::Value = serde_json::from_slice(&d.body).expect("json");
     assert_eq!(saw["path"], "/tiles/header-check.png");
     assert_eq!(up.served(), 3);
+}
+
+/// A parameter left out of the key (one `keyParams` does not list, one `ignoreParams` names)
+/// is not sent upstream by a fill either: no consumer's parameter shapes the tile everyone
+/// else gets from the cache.
+#[test]
+fn parameters_left_out_of_the_key_do_not_reach_the_upstream_on_a_fill() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for (rule, extra) in [
+        ("{ttl: 60, keyParams: [LAYER]}", "STYLE=evil"),
+        ("{ttl: 60, ignoreParams: [style]}", "Style=evil"),
+    ] {
+        let (_dir, gw) = start(&up, rule, &[]);
+        let a = get(gw.port, "GET", &format!("/open/w?layer=a&{extra}"), &[]);
+        assert_eq!((a.status, cache_status(&a)), (200, "MISS"), "{rule}");
+        let saw: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+        let path = saw["path"].as_str().unwrap_or("");
+        assert!(path.contains("layer=a"), "{rule}: {path}");
+        assert!(!path.contains("evil"), "{rule}: the fill sent {path}");
+        let b = get(gw.port, "GET", "/open/w?layer=a", &[]);
+        assert_eq!((cache_status(&b), &b.body), ("HIT", &a.body), "{rule}");
+    }
 }
 
 /// The request headers the upstream saw, from its JSON answer (asked with `echo=headers`).
