@@ -189,10 +189,10 @@ impl ProxyHttp for Tollgate {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        crate::cache::variance(meta, req)
+        crate::cache::variance(meta, req, &ctx.x.upstream_edits)
     }
 
     async fn cache_hit_filter(

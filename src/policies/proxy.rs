@@ -298,7 +298,6 @@ impl Policy for Proxy {
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
         }
-        plan.edits_in_key = x.upstream_edits.len();
         if self.xfwd {
             let ip = req
                 .client_ip
@@ -323,19 +322,27 @@ impl Policy for Proxy {
                 .unwrap_or_else(|| if req.tls { "443" } else { "80" }.to_string());
             let proto = if req.tls { "https" } else { "http" }.to_string();
             x.upstream_edits.extend(
-                [
-                    forwarded(&XFF, ip),
-                    forwarded(&XF_PORT, port),
-                    forwarded(&XF_PROTO, proto),
-                ]
-                .into_iter()
-                .flatten(),
+                [forwarded(&XF_PORT, port), forwarded(&XF_PROTO, proto)]
+                    .into_iter()
+                    .flatten(),
             );
-            if req.headers.get(&XF_HOST).is_none() {
-                if let Some(h) = req.host.and_then(|h| HeaderValue::from_str(h).ok()) {
-                    x.upstream_edits.push(HeaderEdit::Set(XF_HOST.clone(), h));
-                }
+            // The client's own `X-Forwarded-Host` when it sent one (as http-proxy), else its
+            // host: set here either way, so the key holds what the upstream receives.
+            let host = match req.headers.get(&XF_HOST) {
+                Some(h) => Some(h.clone()),
+                None => req.host.and_then(|h| HeaderValue::from_str(h).ok()),
+            };
+            if let Some(h) = host {
+                x.upstream_edits.push(HeaderEdit::Set(XF_HOST.clone(), h));
             }
+            // The upstream may build URLs from the forwarded host, port and scheme (a WMS
+            // capabilities document): they are part of the key. The client's address is not
+            // (one copy per client); an answer that depends on it must say `Vary:
+            // X-Forwarded-For`, which keeps a copy per address (see `cache::variance`).
+            plan.edits_in_key = x.upstream_edits.len();
+            x.upstream_edits.extend(forwarded(&XFF, ip));
+        } else {
+            plan.edits_in_key = x.upstream_edits.len();
         }
         x.proxy = Some(plan);
         Outcome::Proxy

@@ -482,6 +482,57 @@ pipelines:
     );
     assert_eq!((cache_status(&again), &again.body), ("HIT", &free.body));
     assert_eq!(up.served(), 2);
+    // The forwarded host is part of the key: a client's Host (which changeOrigin keeps from
+    // the upstream) reaches it as X-Forwarded-Host, which it may build URLs from.
+    let elsewhere = get(
+        gw.port,
+        "GET",
+        "/free/9.png?echo=headers",
+        &[("Host", "elsewhere.example")],
+    );
+    assert_eq!(cache_status(&elsewhere), "MISS", "another host's copy");
+    assert_eq!(
+        upstream_saw_headers(&elsewhere)["x-forwarded-host"],
+        "elsewhere.example"
+    );
+    let back = get(gw.port, "GET", "/free/9.png?echo=headers", &[]);
+    assert_eq!((cache_status(&back), &back.body), ("HIT", &free.body));
+    // An answer that varies by the client's address (`Vary: X-Forwarded-For`) is one copy per
+    // address as the upstream received it (before, the client's own header was compared:
+    // absent for every client, so one client's answer went to all).
+    let varied = "/free/10.png?echo=headers&header=Vary:X-Forwarded-For";
+    let from = |source: &str| {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        let source: std::net::SocketAddr = format!("{source}:0").parse().expect("address");
+        socket.bind(&source.into()).expect("bind");
+        let to: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().expect("to");
+        socket.connect(&to.into()).expect("connect");
+        let mut s: std::net::TcpStream = socket.into();
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let raw = format!("GET {varied} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        std::io::Write::write_all(&mut s, raw.as_bytes()).expect("send");
+        support::client::read_response(&mut s, false)
+    };
+    let first = from("127.0.0.1");
+    assert_eq!(cache_status(&first), "MISS");
+    assert_eq!(upstream_saw_headers(&first)["x-forwarded-for"], "127.0.0.1");
+    // The first answer that shows a tile varies is not stored: the next is.
+    let stored = from("127.0.0.1");
+    assert_eq!(
+        cache_status(&from("127.0.0.1")),
+        "HIT",
+        "{:?}",
+        stored.headers
+    );
+    let other = from("127.0.0.2");
+    assert_ne!(
+        cache_status(&other),
+        "HIT",
+        "127.0.0.1's answer went to 127.0.0.2"
+    );
+    assert_eq!(upstream_saw_headers(&other)["x-forwarded-for"], "127.0.0.2");
 }
 
 /// A reload that points a service endpoint at another upstream starts its tiles afresh: the
