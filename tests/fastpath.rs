@@ -915,3 +915,52 @@ fn what_follows_a_request_line_the_session_escapes_stays_the_next_requests() {
         );
     }
 }
+
+/// A client that leaves while the upstream has not answered (an upstream that never does, and
+/// no `readTimeout`) ends the exchange on both paths: the upstream's connection is closed at
+/// once, not held (with the client's) until the upstream answers.
+#[test]
+fn a_client_that_leaves_before_the_upstream_answers_ends_the_exchange() {
+    for fast in ["on", "off"] {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    // The request, then nothing: how long until the gateway closes.
+                    let mut buf = [0; 4096];
+                    let _ = conn.read(&mut buf);
+                    let asked = std::time::Instant::now();
+                    conn.set_read_timeout(Some(Duration::from_secs(8)))
+                        .expect("timeout");
+                    let closed = matches!(conn.read(&mut buf), Ok(0));
+                    let _ = tx.send((closed, asked.elapsed()));
+                });
+            }
+        });
+        let yml = format!(
+            "http:\n  port: ${{PORT}}\napiEndpoints:\n  all:\n    paths: '/*'\nserviceEndpoints:\n  up:\n    url: 'http://127.0.0.1:{port}'\npolicies: [proxy]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+        );
+        let dir = ConfigDir::new(&yml);
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast], &[]);
+        let mut s = connect(gw.port, 5);
+        s.write_all(b"GET /hang HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        thread::sleep(Duration::from_millis(300));
+        drop(s);
+        let (closed, after) = rx.recv_timeout(Duration::from_secs(10)).expect("asked");
+        assert!(
+            closed && after < Duration::from_secs(3),
+            "fast path {fast}: the upstream's connection was {} after {after:?}",
+            if closed { "closed" } else { "still open" }
+        );
+        assert!(
+            gw.log_text().lines().all(|l| !l.contains("ERROR")),
+            "{}",
+            gw.log_text()
+        );
+    }
+}

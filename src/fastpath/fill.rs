@@ -82,7 +82,39 @@ impl FastPath {
         let upstream_started = Instant::now();
         let filling = fill.is_some();
         let (client, path) = (reading.req(), reading.target().path);
-        let asked = relay::connect_and_ask(&self.connector, client, path, x, filling).await;
+        let asking = relay::connect_and_ask(&self.connector, client, path, x, filling);
+        // A client that leaves while the upstream has not answered ends the exchange, as on
+        // Pingora's proxy (and nginx's): the upstream's connection goes. A fill goes on, for
+        // the requests after it.
+        let asked = match reading.stream().filter(|_| !filling) {
+            Some(stream) => tokio::select! {
+                biased;
+                asked = asking => Some(asked),
+                () = crate::listener::io::client_gone(stream) => None,
+            },
+            None => Some(asking.await),
+        };
+        let Some(asked) = asked else {
+            let e = Error::explain(
+                ErrorType::ConnectionClosed,
+                "the client left before the upstream answered",
+            );
+            let ended = crate::exchange::Ended {
+                status: 0,
+                elapsed: started.elapsed(),
+                upstream_time: Some(upstream_started.elapsed()),
+                bytes_in: 0,
+                bytes_out: 0,
+                error: Some(&e),
+                cache: cache.map(|status| (status, None)),
+            };
+            let requested = crate::exchange::Requested {
+                method: reading.req().method.as_str(),
+                url: reading.target().url,
+            };
+            super::settle(gw, &requested, x, &ended);
+            return Served::Closed;
+        };
         let keepalive = reading.keepalive(limits);
         let asked = match asked {
             Ok((up, key)) => match head_for(&mut fill, &up, &x.response_edits, keepalive) {

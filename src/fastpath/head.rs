@@ -124,6 +124,14 @@ impl Reading {
         }
     }
 
+    /// The client's connection, when this reading holds it (not Pingora's session).
+    pub fn stream(&self) -> Option<&Stream> {
+        match self {
+            Reading::Own { stream, .. } => Some(stream),
+            Reading::Session { .. } => None,
+        }
+    }
+
     /// Whether nothing of a next request was read with this one: the head's first blank line
     /// ends what was read. (The length of what the session read is not enough: a request line
     /// it escapes grows, and would match a head with as many bytes more behind it.)

@@ -368,6 +368,21 @@ pub async fn request_begun(stream: &mut Stream, probe: &mut [u8]) -> io::Result<
     }
 }
 
+/// Resolves when the client has closed its connection (or it failed) while it waits for an
+/// answer; pends while it is open, and for good once it has sent more (a next request's bytes,
+/// left unread for it). A connection that is not one of ours is not watched.
+pub async fn client_gone(stream: &Stream) {
+    let Some(io) = stream.as_any().downcast_ref::<ClientIo>() else {
+        return std::future::pending().await;
+    };
+    if io.read_ready().await.is_ok() {
+        let mut probe = [0; 1];
+        if matches!(io.tcp.peek(&mut probe).await, Ok(n) if n > 0) {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Writes a head and a body and flushes them: in one `writev` when the transport takes them so
 /// (see [`ClientIo`]'s vectored write).
 pub async fn write_pair<W: AsyncWrite + Unpin + ?Sized>(
