@@ -351,3 +351,45 @@ fn the_log_has_no_errors_for_normal_events_and_folds_repeats() {
     assert!(failures[0].contains(" WARN "), "{}", failures[0]);
     assert_eq!(gw.error_lines(), Vec::<String>::new());
 }
+
+/// Empty lines before a request line are ignored (RFC 9112 §2.2): a client that ends a request
+/// with one more CRLF, with the request or in a write of its own, keeps its connection for the
+/// next request — no `408` when the header timeout passes.
+#[test]
+fn empty_lines_between_requests_are_ignored() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(&dir, &["--header-timeout", "1"], &[]);
+    for how in ["with the request", "a write of its own"] {
+        let mut s = connect(gw.port);
+        if how == "with the request" {
+            s.write_all(b"GET /tiles/a HTTP/1.1\r\nHost: h\r\n\r\n\r\n")
+                .expect("send");
+            assert_eq!(read_response(&mut s, false).status, 200);
+        } else {
+            s.write_all(b"GET /tiles/a HTTP/1.1\r\nHost: h\r\n\r\n")
+                .expect("send");
+            assert_eq!(read_response(&mut s, false).status, 200);
+            s.write_all(b"\r\n").expect("send");
+        }
+        // Longer than the header timeout (the empty line began no head), shorter than
+        // keep-alive's: nothing comes, the connection stays.
+        std::thread::sleep(Duration::from_millis(1500));
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut got = [0; 64];
+        let read = s.read(&mut got);
+        assert!(
+            matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut),
+            "{how}: {read:?} {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"\r\nGET /tiles/b HTTP/1.1\r\nHost: h\r\n\r\n")
+            .expect("send");
+        let r = read_response(&mut s, false);
+        assert_eq!(r.status, 200, "{how}: {}", r.text());
+    }
+}

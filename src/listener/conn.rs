@@ -182,6 +182,7 @@ where
                 // session would take the next request for this one's leftovers and close).
                 if let Some(end) = next_request_at(&h) {
                     carried = h.split_off(end);
+                    skip_blank_lines(&mut carried);
                 }
                 h
             }
@@ -322,7 +323,7 @@ async fn read_head(
         // timeout, when keep-alive is shorter).
         timer.as_mut().reset(wait_until);
     }
-    let peeked = begun
+    let mut peeked = begun
         || loop {
             tokio::select! {
                 biased;
@@ -381,6 +382,17 @@ async fn read_head(
             Some(Ok(0)) => return Err(Refused::Close(ConnClose::Done)),
             Some(Ok(_)) => {}
         }
+        if before == 0 {
+            skip_blank_lines(&mut buf);
+            if buf.is_empty() {
+                // Still waiting for the request to begin, as before the empty line.
+                if !first {
+                    peeked = false;
+                    deadline = Some(wait_until);
+                }
+                continue;
+            }
+        }
         if before == 0 && !first && !peeked {
             // The transport could not tell when the request began: it begins now.
             deadline = Some(Instant::now() + limits.header_timeout);
@@ -394,6 +406,18 @@ async fn read_head(
         if buf.len() > limits.max_head {
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
         }
+    }
+}
+
+/// Drops the empty lines a client may send before a request line (after the request before
+/// it, most often): RFC 9112 §2.2 says to ignore them, not to take them for a head begun.
+fn skip_blank_lines(buf: &mut BytesMut) {
+    let blank = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    if blank > 0 {
+        let _ = buf.split_to(blank);
     }
 }
 
