@@ -54,6 +54,8 @@ pub struct RequestCtx {
     decided: Option<Decided>,
     /// The upstream's `304` to a revalidation of a stored tile.
     not_modified: Option<Box<ResponseHeader>>,
+    /// The revalidation's `304` named another validator than the stored tile's: the tile goes.
+    other_validator: bool,
 }
 
 /// A request the fast path ran the pipelines of and hands to Pingora's proxy to finish.
@@ -111,6 +113,7 @@ impl ProxyHttp for Tollgate {
             upstream_time: None,
             decided: None,
             not_modified: None,
+            other_validator: false,
         }
     }
 
@@ -305,7 +308,7 @@ impl ProxyHttp for Tollgate {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -317,6 +320,7 @@ impl ProxyHttp for Tollgate {
         }
         if let Some(r) = crate::cache::not_modified(&ctx.x, upstream_response) {
             ctx.not_modified = Some(r);
+            ctx.other_validator = crate::cache::drop_other_validator(session, upstream_response);
         }
         Ok(())
     }
@@ -339,6 +343,9 @@ impl ProxyHttp for Tollgate {
             )?;
             crate::cache::add_upstream_age(session, ctx.not_modified.as_deref(), upstream_response);
             crate::cache::invalidate_after(session, &ctx.x, upstream_response.status).await;
+            if ctx.other_validator {
+                crate::cache::forget(session).await;
+            }
         }
         if let Some(c) = &mut ctx.compression {
             let no_body = session.req_header().method == http::Method::HEAD

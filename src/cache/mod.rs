@@ -445,6 +445,31 @@ fn verdict(
     }
 }
 
+/// A revalidation's `304` that names another strong validator than the stored tile's is about
+/// another body (RFC 9111 §4.3.4): its validators are dropped, so the stored tile is answered
+/// once more with its own (not under the `304`'s, which name a body the client does not get),
+/// and the tile is not updated (see [`cacheable`]). True when so: the caller removes the tile
+/// ([`forget`]), so the next request fetches the upstream's current one whole.
+pub fn drop_other_validator(session: &Session, resp: &mut ResponseHeader) -> bool {
+    if resp.status != http::StatusCode::NOT_MODIFIED || session.cache.phase() != CachePhase::Stale {
+        return false;
+    }
+    let stored = session.cache.maybe_cache_meta().map(|m| m.headers());
+    if revalidate::selects(stored.and_then(|h| h.get(http::header::ETAG)), resp) {
+        return false;
+    }
+    resp.remove_header(&http::header::ETAG);
+    resp.remove_header(&http::header::LAST_MODIFIED);
+    true
+}
+
+/// Removes what is stored for the request's key.
+pub async fn forget(session: &Session) {
+    if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
+        cache.store.invalidate(key).await;
+    }
+}
+
 /// A non-error answer (2xx, 3xx) to an unsafe request (POST, PUT, DELETE, PATCH...) through a
 /// `cache` step invalidates what is stored for its URL (RFC 9111 §4.4): the next GET fetches
 /// it anew.

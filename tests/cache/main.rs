@@ -603,6 +603,68 @@ fn a_hits_age_counts_from_the_age_the_upstream_gave_and_a_revalidation_starts_it
     assert_eq!(up.not_modified(), 1);
 }
 
+/// An upstream whose 304 names another strong validator than the stored tile's (its tile
+/// changed, and it answers the conditional request wrongly): the client gets the stored body
+/// with its own ETag, never the old body under the new ETag; the next request fetches the new
+/// tile whole.
+#[test]
+fn a_304_naming_another_validator_never_labels_the_old_body_with_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let first = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let first = first.clone();
+            std::thread::spawn(move || serve_versions(conn, &first));
+        }
+    });
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\napiEndpoints:\n  t: {{paths: ['/t/*']}}\nserviceEndpoints:\n  up: {{url: 'http://127.0.0.1:{port}'}}\npolicies: [cache, proxy]\npipelines:\n  t:\n    apiEndpoints: [t]\n    policies:\n      - cache: [{{action: {{staleWhileRevalidate: 0, staleIfError: 0}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let open = || {
+        let r = get(gw.port, "GET", "/t/1.png", &[]);
+        (r.text(), r.header("etag").unwrap_or("").to_string())
+    };
+    assert_eq!(open(), ("OLD".into(), "\"v1\"".into()));
+    std::thread::sleep(Duration::from_millis(1600));
+    assert_eq!(
+        open(),
+        ("OLD".into(), "\"v1\"".into()),
+        "the 304's ETag on the old body"
+    );
+    assert_eq!(open(), ("NEW".into(), "\"v2\"".into()));
+}
+
+/// Answers one connection of [`a_304_naming_another_validator_never_labels_the_old_body_with_it`]'s
+/// upstream: `OLD` with ETag "v1" first; then a conditional request gets a 304 naming "v2",
+/// another the new body.
+fn serve_versions(conn: std::net::TcpStream, first: &std::sync::atomic::AtomicBool) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut reader = BufReader::new(conn.try_clone().expect("clone"));
+    let mut out = conn;
+    loop {
+        let mut conditional = false;
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+            conditional |= line.to_ascii_lowercase().starts_with("if-none-match");
+            line.clear();
+        }
+        if line != "\r\n" {
+            break;
+        }
+        let answer: &[u8] = match (first.swap(false, std::sync::atomic::Ordering::SeqCst), conditional) {
+                    (true, _) => b"HTTP/1.1 200 OK\r\nETag: \"v1\"\r\nCache-Control: max-age=1\r\nContent-Length: 3\r\n\r\nOLD",
+                    (false, true) => b"HTTP/1.1 304 Not Modified\r\nETag: \"v2\"\r\nCache-Control: max-age=1\r\n\r\n",
+                    (false, false) => b"HTTP/1.1 200 OK\r\nETag: \"v2\"\r\nCache-Control: max-age=1\r\nContent-Length: 3\r\n\r\nNEW",
+                };
+        if out.write_all(answer).is_err() {
+            break;
+        }
+    }
+}
+
 /// RFC 9111 §4.3.4: the fields of the upstream's 304 replace the stored tile's own.
 #[test]
 fn a_revalidations_304_updates_the_stored_head() {
