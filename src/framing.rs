@@ -1,5 +1,7 @@
-//! Request framing a gateway must not pass on ambiguously (request smuggling): every
-//! `Content-Length` one plain number, all equal; `Transfer-Encoding` ending in `chunked`.
+//! Request framing a gateway must not pass on ambiguously (request smuggling): one
+//! `Content-Length`, a plain number (two, or a list, even of equal values, are refused as Node,
+//! and so EG, refuses them: passed on, a strict upstream would refuse them in turn);
+//! `Transfer-Encoding` ending in `chunked`.
 //! (Pingora itself drops `Content-Length` when `Transfer-Encoding` is present and closes the
 //! connection after such a request, so the upstream never sees both.)
 
@@ -17,7 +19,8 @@ pub fn problem(headers: &HeaderMap) -> Option<&'static str> {
             }
             match length {
                 Some(l) if l != part => return Some("conflicting Content-Length values"),
-                _ => length = Some(part),
+                Some(_) => return Some("more than one Content-Length"),
+                None => length = Some(part),
             }
         }
     }
@@ -62,8 +65,9 @@ mod tests {
                 ("content-length", "5"),
                 ("content-length", "5")
             ])),
-            None
+            Some("more than one Content-Length")
         );
+        assert!(problem(&headers(&[("content-length", "5, 5")])).is_some());
         assert!(problem(&headers(&[
             ("content-length", "5"),
             ("content-length", "6")

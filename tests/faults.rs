@@ -261,6 +261,18 @@ fn request_smuggling_is_refused_or_normalised() {
             "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 6\r\n\r\nhello!",
         ),
         (
+            "a Content-Length list of equal values",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5, 5\r\n\r\nhello",
+        ),
+        (
+            "two equal Content-Lengths",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+        ),
+        (
+            "a GET with two equal Content-Lengths",
+            "GET /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        ),
+        (
             "a signed Content-Length",
             "POST /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
         ),
