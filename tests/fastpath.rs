@@ -957,9 +957,14 @@ fn a_client_that_leaves_before_the_upstream_answers_ends_the_exchange() {
             "fast path {fast}: the upstream's connection was {} after {after:?}",
             if closed { "closed" } else { "still open" }
         );
+        // The client's doing: no failure is logged (browsers cancel tiles all the time). (The
+        // account comes just after the upstream's connection closes.)
+        std::thread::sleep(Duration::from_millis(300));
         assert!(
-            gw.log_text().lines().all(|l| !l.contains("ERROR")),
-            "{}",
+            gw.log_text()
+                .lines()
+                .all(|l| !l.contains("ERROR") && !l.contains("WARN")),
+            "fast path {fast}: {}",
             gw.log_text()
         );
     }

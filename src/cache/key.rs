@@ -138,10 +138,12 @@ fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
     let mut ogc = false;
     let mut kept: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
     for (name, raw, v) in pairs {
-        ogc |= name.eq_ignore_ascii_case("service") || name.eq_ignore_ascii_case("request");
+        // Only what stays in the key says the request is OGC's: a fill's query (only what
+        // stays) then makes the same key as the client's.
         if left_out(&name, rule) {
             continue;
         }
+        ogc |= name.eq_ignore_ascii_case("service") || name.eq_ignore_ascii_case("request");
         kept.push((std::borrow::Cow::Borrowed(raw), v));
     }
     if ogc {
@@ -421,6 +423,14 @@ mod tests {
             Some("/w?layer=a&TileMatrix=3")
         );
         assert_eq!(neutral("/w?layer=a", &listing), None);
+        // An OGC request whose SERVICE and REQUEST the list leaves out: its fill's query makes
+        // the same key as the client's.
+        let asked = "/w?SERVICE=WMTS&REQUEST=GetTile&LAYER=a&TileMatrix=3";
+        let sent = neutral(asked, &listing).expect("left out");
+        assert_eq!(
+            primary("w", None, asked, &[], &listing, ("", 0)),
+            primary("w", None, &sent, &[], &listing, ("", 0))
+        );
         // What is sent makes the same key as what was asked.
         assert_eq!(
             primary("w", None, "/w?layer=a&TileMatrix=3", &[], &listing, ("", 0)),

@@ -16,7 +16,8 @@ use crate::routing::Target;
 const KEY_STEPS: &[&str] = &["request-transformer", "headers", "cache", "proxy"];
 
 /// Whether a URL is cached by a route whose keys hold the client's host (its proxy step sends
-/// the client's `Host` upstream: `changeOrigin: false`): a purge of it must name the host.
+/// the client's `Host` upstream: `changeOrigin: false`, or `xfwd`'s `X-Forwarded-Host`): a
+/// purge of it must name the host.
 pub fn keyed_by_host(gw: &Gateway, url: &str) -> bool {
     let mut by_host = false;
     keys_with(gw, None, url, &mut by_host);
@@ -43,43 +44,54 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
             continue;
         };
         let endpoint = &gw.endpoints[route.endpoint];
-        let req = Request {
-            method: &http::Method::GET,
-            path,
-            query,
-            url,
-            host,
-            headers: &headers,
-            client_ip: None,
-            server_port: None,
-            tls: false,
-            endpoint,
-            strip_at: route.path.strip_at,
-        };
-        let mut x = Exchange {
-            endpoint: Some(endpoint.clone()),
-            ..Exchange::default()
-        };
-        for step in &gw.pipelines[pi].steps {
-            if !KEY_STEPS.contains(&&*step.policy_name) {
-                continue;
+        // Over http and https: with `xfwd` the scheme (and its port) is part of the key.
+        for tls in [false, true] {
+            let req = Request {
+                method: &http::Method::GET,
+                path,
+                query,
+                url,
+                host,
+                headers: &headers,
+                client_ip: None,
+                server_port: None,
+                tls,
+                endpoint,
+                strip_at: route.path.strip_at,
+            };
+            let mut x = Exchange {
+                endpoint: Some(endpoint.clone()),
+                ..Exchange::default()
+            };
+            for step in &gw.pipelines[pi].steps {
+                if !KEY_STEPS.contains(&&*step.policy_name) {
+                    continue;
+                }
+                if step.condition.as_ref().is_some_and(|c| !c.eval(&req, &x)) {
+                    continue;
+                }
+                let proxied = matches!(step.action.on_request(&req, &mut x), Outcome::Proxy);
+                if proxied {
+                    break;
+                }
             }
-            if step.condition.as_ref().is_some_and(|c| !c.eval(&req, &x)) {
-                continue;
+            if let (Some(u), Some(plan)) = (&x.cache, &mut x.proxy) {
+                if let Some(p) = super::key::neutral(&plan.path, &u.rule) {
+                    plan.path = p;
+                }
+                // The client's host is in the key when it reaches the upstream: as `Host`
+                // (`changeOrigin: false`) or as `xfwd`'s `X-Forwarded-Host` (which comes with
+                // the `X-Forwarded-Proto` it sets whatever the host).
+                let key_edits = &x.upstream_edits[..plan.edits_in_key.min(x.upstream_edits.len())];
+                *by_host |= plan.host.is_none()
+                    || key_edits
+                        .iter()
+                        .any(|e| e.name().as_str().starts_with("x-forwarded-"));
+                out.push(super::primary_of(&x, host));
             }
-            let proxied = matches!(step.action.on_request(&req, &mut x), Outcome::Proxy);
-            if proxied {
-                break;
-            }
-        }
-        if let (Some(u), Some(plan)) = (&x.cache, &mut x.proxy) {
-            if let Some(p) = super::key::neutral(&plan.path, &u.rule) {
-                plan.path = p;
-            }
-            *by_host |= plan.host.is_none();
-            out.push(super::primary_of(&x, host));
         }
     }
+    out.sort();
     out.dedup();
     out
 }

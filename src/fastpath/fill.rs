@@ -95,10 +95,12 @@ impl FastPath {
             None => Some(asking.await),
         };
         let Some(asked) = asked else {
+            // The client's doing (logged at debug, as on Pingora's proxy), not a failure.
             let e = Error::explain(
                 ErrorType::ConnectionClosed,
                 "the client left before the upstream answered",
-            );
+            )
+            .into_down();
             let ended = crate::exchange::Ended {
                 status: 0,
                 elapsed: started.elapsed(),

@@ -328,9 +328,17 @@ impl Policy for Proxy {
             );
             // The client's own `X-Forwarded-Host` when it sent one (as http-proxy), else its
             // host: set here either way, so the key holds what the upstream receives.
-            let host = match req.headers.get(&XF_HOST) {
-                Some(h) => Some(h.clone()),
-                None => req.host.and_then(|h| HeaderValue::from_str(h).ok()),
+            let sent: Vec<&[u8]> = req
+                .headers
+                .get_all(&XF_HOST)
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .collect();
+            let host = match sent.as_slice() {
+                [] => req.host.and_then(|h| HeaderValue::from_str(h).ok()),
+                [one] => HeaderValue::from_bytes(one).ok(),
+                // Several lines go on as one, as Node joins them.
+                more => HeaderValue::from_bytes(&more.join(&b", "[..])).ok(),
             };
             if let Some(h) = host {
                 x.upstream_edits.push(HeaderEdit::Set(XF_HOST.clone(), h));

@@ -671,13 +671,18 @@ fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
 #[test]
 fn a_purge_of_a_tile_cached_by_the_clients_host_names_the_host() {
     let up = PyUpstream::start("tiles", 5.0);
+    // The client's host reaches the upstream as `Host`, or as `xfwd`'s `X-Forwarded-Host`.
+    for proxy in ["changeOrigin: false", "xfwd: true"] {
+        purged_by_host(&up, proxy);
+    }
+}
+
+fn purged_by_host(up: &PyUpstream, proxy: &str) {
+    let proxy_step = format!("proxy: [{{action: {{serviceEndpoint: up, {proxy}}}}}]");
     let yml = pipeline_config(
-        &up,
+        up,
         "open: {paths: ['/open/*']}",
-        &[
-            "cache: [{action: {ttl: 600}}]",
-            "proxy: [{action: {serviceEndpoint: up, changeOrigin: false}}]",
-        ],
+        &["cache: [{action: {ttl: 600}}]", proxy_step.as_str()],
     );
     let (_dir, gw) = start_config(&yml, &[]);
     let path = "/open/hosted.png";
