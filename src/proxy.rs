@@ -395,6 +395,8 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let (code, reply) = exchange::failure_reply(e);
+        // The connection closes after an error reply: its head says so.
+        session.set_keepalive(None);
         if let Some(reply) = reply {
             if let Err(err) = send_reply(session, reply, &ctx.x.response_edits).await {
                 log::debug!("could not send the error response: {err}");

@@ -312,6 +312,11 @@ fn request_smuggling_is_refused_or_normalised() {
             answer.starts_with("HTTP/1.1 400") || answer.is_empty(),
             "bad chunk size: {answer:?}"
         );
+        // The connection closes after it, and the answer says so.
+        assert!(
+            answer.is_empty() || answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer:?}"
+        );
     }
 
     // Both framings: normalised to chunked alone, and the connection is not reused (nothing
