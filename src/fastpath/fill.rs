@@ -95,26 +95,7 @@ impl FastPath {
             None => Some(asking.await),
         };
         let Some(asked) = asked else {
-            // The client's doing (logged at debug, as on Pingora's proxy), not a failure.
-            let e = Error::explain(
-                ErrorType::ConnectionClosed,
-                "the client left before the upstream answered",
-            )
-            .into_down();
-            let ended = crate::exchange::Ended {
-                status: 0,
-                elapsed: started.elapsed(),
-                upstream_time: Some(upstream_started.elapsed()),
-                bytes_in: 0,
-                bytes_out: 0,
-                error: Some(&e),
-                cache: cache.map(|status| (status, None)),
-            };
-            let requested = crate::exchange::Requested {
-                method: reading.req().method.as_str(),
-                url: reading.target().url,
-            };
-            super::settle(gw, &requested, x, &ended);
+            client_left(reading, gw, x, started, upstream_started, cache);
             return Served::Closed;
         };
         let keepalive = reading.keepalive(limits);
@@ -249,6 +230,37 @@ impl FastPath {
         give_back(body);
         served
     }
+}
+
+/// Accounts for a request whose client left before the upstream answered: the client's doing
+/// (logged at debug, as on Pingora's proxy), not a failure; nothing was written (status 0).
+fn client_left(
+    reading: Reading,
+    gw: &Gateway,
+    x: &mut Exchange,
+    started: Instant,
+    upstream_started: Instant,
+    cache: Option<&'static str>,
+) {
+    let e = Error::explain(
+        ErrorType::ConnectionClosed,
+        "the client left before the upstream answered",
+    )
+    .into_down();
+    let ended = crate::exchange::Ended {
+        status: 0,
+        elapsed: started.elapsed(),
+        upstream_time: Some(upstream_started.elapsed()),
+        bytes_in: 0,
+        bytes_out: 0,
+        error: Some(&e),
+        cache: cache.map(|status| (status, None)),
+    };
+    let requested = crate::exchange::Requested {
+        method: reading.req().method.as_str(),
+        url: reading.target().url,
+    };
+    super::settle(gw, &requested, x, &ended);
 }
 
 thread_local! {
