@@ -108,7 +108,7 @@ impl Fill {
     }
 
     /// Whether the tile may be stored by this fetch (not: it was missed fewer times than the
-    /// step's `minUses`).
+    /// step's `minUses`, or its answer was judged one not stored).
     pub fn stores(&self) -> bool {
         self.permit.is_some()
     }
@@ -121,14 +121,25 @@ impl Fill {
         stored.or(self.declined.as_ref())
     }
 
-    /// Decides from the upstream's response head whether the response is stored (once).
+    /// Decides from the upstream's response head whether the response is stored (once). One
+    /// that will not be lets the requests waiting on the tile go on at once, not when its body
+    /// has reached this client.
     pub fn decide(&mut self, resp: &ResponseHeader) {
         if std::mem::replace(&mut self.decided, true) {
             return;
         }
+        self.judge(resp);
+        if self.filling.is_none() {
+            self.release();
+        }
+    }
+
+    fn judge(&mut self, resp: &ResponseHeader) {
         if resp.headers.contains_key(http::header::VARY) {
+            // Stored per variant from now on, by Pingora's cache phases: the requests waiting
+            // on this fetch go there and one of them fetches and stores its variant.
             mark_varied(self.hash);
-            self.outcome = LockStatus::GiveUp;
+            self.outcome = LockStatus::TransientError;
             return;
         }
         match super::freshness::judge(resp, &self.rule) {
@@ -196,10 +207,17 @@ impl Fill {
     }
 }
 
-impl Drop for Fill {
-    fn drop(&mut self) {
+impl Fill {
+    /// Lets the requests waiting on the tile go on, as `outcome` says.
+    fn release(&mut self) {
         if let Some(permit) = self.permit.take() {
             self.cache.lock.release(&self.key, permit, self.outcome);
         }
+    }
+}
+
+impl Drop for Fill {
+    fn drop(&mut self) {
+        self.release();
     }
 }

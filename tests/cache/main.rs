@@ -703,6 +703,34 @@ fn a_variant_stays_stored_when_another_variant_of_its_tile_is_fetched_again() {
     assert_eq!((up.served(), up.not_modified()), (4, 0));
 }
 
+/// A request that came while the first fetch of a tile was under way, once that fetch's
+/// answer showed the tile varies, fetches its variant itself and stores it: it is not kept
+/// waiting for the first client's body, nor sent upstream with the cache off.
+#[test]
+fn a_request_that_came_during_a_fetch_whose_answer_varies_stores_its_variant() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    // The head at once, half the body, the rest 1.5 s later.
+    let url = "/open/stall/1500/bytes/4000?cc=max-age%3D60&header=Vary:X-Style";
+    let port = gw.port;
+    let first = std::thread::spawn(move || get(port, "GET", url, &[("X-Style", "a")]));
+    std::thread::sleep(Duration::from_millis(400));
+    let during = get(gw.port, "GET", url, &[("X-Style", "a")]);
+    let first = first.join().expect("the first request");
+    assert_eq!((first.status, during.status), (200, 200));
+    assert_eq!(
+        (cache_status(&first), cache_status(&during)),
+        ("MISS", "MISS")
+    );
+    let again = get(gw.port, "GET", url, &[("X-Style", "a")]);
+    assert_eq!(
+        (again.status, cache_status(&again)),
+        (200, "HIT"),
+        "the variant the second request fetched was stored"
+    );
+    assert_eq!(up.served(), 2);
+}
+
 /// Stores variants `a` and `b` of a `Vary: X-Style` tile (at `path`, fresh for 3 s), `b`
 /// 1.5 s after `a`; once `a` is stale and `b` is not, `a` is refreshed (`how`) and `b` stays
 /// stored. The upstream, for its counts.

@@ -137,7 +137,11 @@ impl GatewayProcess {
             .args(args)
             .env("PORT", port.to_string())
             .env("ADMIN_PORT", admin_port.to_string())
-            .env("RUST_LOG", "info")
+            // TOLLGATE_TEST_LOG: another level for every gateway a test starts (`debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("TOLLGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("EG_CONFIG_DIR")
             .stdout(Stdio::null())
             .stderr(log_file);
