@@ -226,7 +226,7 @@ impl FastPath {
             upstream_time: Some(f.upstream_time),
             cache,
         };
-        let served = super::answer_raw(reading, answer, gw, x, started, limits).await;
+        let served = super::answer_raw(reading, answer, gw, x, started).await;
         give_back(body);
         served
     }

@@ -108,9 +108,7 @@ impl FastPath {
                             hit,
                             keepalive,
                         };
-                        return self
-                            .answer_hit(reading, hit, &gw, &mut x, started, limits)
-                            .await;
+                        return self.answer_hit(reading, hit, &gw, &mut x, started).await;
                     }
                     _ => Some(Lookup::Fresh(hit)),
                 }
@@ -137,7 +135,7 @@ impl FastPath {
                             upstream_time: None,
                             cache: None,
                         };
-                        return answer_raw(reading, answer, &gw, &mut x, started, limits).await;
+                        return answer_raw(reading, answer, &gw, &mut x, started).await;
                     }
                 }
                 None
@@ -251,7 +249,6 @@ impl FastPath {
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
-        limits: &SessionLimits,
     ) -> Served {
         let answer = RawAnswer {
             head: &raw.head,
@@ -262,7 +259,7 @@ impl FastPath {
             upstream_time: None,
             cache: Some("HIT"),
         };
-        answer_raw(reading, answer, gw, x, started, limits).await
+        answer_raw(reading, answer, gw, x, started).await
     }
 }
 
@@ -291,7 +288,6 @@ async fn answer_raw(
     gw: &Gateway,
     x: &mut Exchange,
     started: Instant,
-    limits: &SessionLimits,
 ) -> Served {
     // The access log names the request; what holds its head goes now.
     let (mut stream, head_only, logged) = reading.into_stream();
@@ -300,8 +296,8 @@ async fn answer_raw(
     let by_file = !head_only && answer.hit.is_some() && crate::listener::io::sends_files(&stream);
     let file = answer.hit.filter(|_| by_file).and_then(|hit| hit.file());
     let error = match file {
-        Some(file) => send_raw(&mut stream, answer.head, body, file, limits).await,
-        None => write_raw(&mut stream, answer.head, body, limits).await,
+        Some(file) => send_raw(&mut stream, answer.head, body, file).await,
+        None => write_raw(&mut stream, answer.head, body).await,
     };
     let sent = if error.is_none() { body.len() } else { 0 };
     let from_cache = answer.hit.map(|_| sent);
@@ -318,19 +314,11 @@ async fn answer_raw(
     after_raw(stream, answer.keepalive, error).await
 }
 
-/// Writes a response's head and body on the connection itself, by the write timeout; the
-/// error that ended it.
-async fn write_raw(
-    stream: &mut Stream,
-    head: &[u8],
-    body: &[u8],
-    limits: &SessionLimits,
-) -> Option<Box<Error>> {
-    let written = crate::listener::io::by_deadline(write_pair(stream, head, body), || {
-        tokio::time::Instant::now() + limits.write_timeout
-    })
-    .await;
-    write_error(written)
+/// Writes a response's head and body on the connection itself; the error that ended it. A
+/// client that takes nothing for the send timeout fails the write (the connection's own
+/// bound, [`crate::listener::io::ClientIo`]), one that keeps taking never does.
+async fn write_raw(stream: &mut Stream, head: &[u8], body: &[u8]) -> Option<Box<Error>> {
+    write_error(write_pair(stream, head, body).await)
 }
 
 /// Writes a response's head and its body from the memory tier's shared memory by `sendfile`,
@@ -340,35 +328,24 @@ async fn send_raw(
     head: &[u8],
     body: &[u8],
     file: crate::cache::store::shared::FileRange,
-    limits: &SessionLimits,
 ) -> Option<Box<Error>> {
-    let sent = crate::listener::io::by_deadline(
-        crate::listener::io::send_pair_from_file(stream, head, file.fd, file.offset, file.len),
-        || tokio::time::Instant::now() + limits.write_timeout,
-    )
-    .await;
+    let sent =
+        crate::listener::io::send_pair_from_file(stream, head, file.fd, file.offset, file.len)
+            .await;
     match sent {
-        Some(None) => write_raw(stream, head, body, limits).await,
-        Some(Some(result)) => write_error(Some(result)),
-        None => write_error(None),
+        None => write_raw(stream, head, body).await,
+        Some(result) => write_error(result),
     }
 }
 
-/// The error of a response's write that ended (`Some`) or ran past the write timeout.
-fn write_error(written: Option<std::io::Result<()>>) -> Option<Box<Error>> {
-    match written {
-        Some(Ok(())) => None,
-        Some(Err(e)) => Some(Error::because(
-            ErrorType::WriteError,
-            "writing a response",
-            e,
-        )),
-        None => Some(Error::explain(
-            ErrorType::WriteTimedout,
-            "writing a response",
-        )),
-    }
-    .map(|e| e.into_down())
+/// The error of a response's write that ended.
+fn write_error(written: std::io::Result<()>) -> Option<Box<Error>> {
+    let e = written.err()?;
+    let etype = match e.kind() {
+        std::io::ErrorKind::TimedOut => ErrorType::WriteTimedout,
+        _ => ErrorType::WriteError,
+    };
+    Some(Error::because(etype, "writing a response", e).into_down())
 }
 
 /// The connection after a response written on it: kept for the next request, or closed.

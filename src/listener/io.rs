@@ -176,26 +176,45 @@ impl ClientIo {
             // MSG_MORE: the head waits for the body's first segment.
             let rest = &head[done..];
             let flags = libc::MSG_MORE | libc::MSG_NOSIGNAL;
-            let sent = when_writable(&self.tcp, || {
-                let n = unsafe { libc::send(socket, rest.as_ptr().cast(), rest.len(), flags) };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            })
-            .await?;
+            let sent = self
+                .writable(|| {
+                    let n = unsafe { libc::send(socket, rest.as_ptr().cast(), rest.len(), flags) };
+                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+                })
+                .await?;
             done += sent;
         }
         let mut at = offset as libc::off_t;
         let end = at + len as libc::off_t;
         while at < end {
-            let sent = when_writable(&self.tcp, || {
-                let n = unsafe { libc::sendfile(socket, file, &mut at, (end - at) as usize) };
-                usize::try_from(n).map_err(|_| io::Error::last_os_error())
-            })
-            .await?;
+            let sent = self
+                .writable(|| {
+                    let n = unsafe { libc::sendfile(socket, file, &mut at, (end - at) as usize) };
+                    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+                })
+                .await?;
             if sent == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }
         }
         Ok(())
+    }
+
+    /// Runs `write` once the socket takes it, as the connection's other writes do: a client
+    /// that takes nothing for the send timeout fails it (a slow one that keeps taking does
+    /// not, however long the whole response takes).
+    async fn writable<R>(&self, write: impl FnMut() -> io::Result<R>) -> io::Result<R> {
+        let limit = self.send_timeout;
+        by_deadline(when_writable(&self.tcp, write), || {
+            tokio::time::Instant::now() + limit
+        })
+        .await
+        .unwrap_or_else(|| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client took nothing for the send timeout",
+            ))
+        })
     }
 }
 

@@ -244,3 +244,104 @@ fn hits_sent_faster_than_a_slow_reader_takes_them_reach_it_whole() {
     assert!(pending.is_empty(), "bytes past the last tile");
     assert_eq!(up.served(), 1);
 }
+
+/// The send timeout is a pause, not a deadline for the whole response: a large hit that a slow
+/// client keeps reading for longer than the timeout comes whole, and one whose client stops
+/// reading is let go after it (its connection closed).
+#[test]
+fn the_send_timeout_is_a_pause_a_slow_reader_of_a_hit_gets_it_whole_a_stopped_one_is_let_go() {
+    use std::io::{Read, Write};
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &["--send-timeout", "1"]);
+    // Twice what the kernel's send buffer takes at most (4 MiB), under `maxObjectSize`.
+    let path = "/open/bytes/8000000";
+    let expected: Vec<u8> = (0..8_000_000u32).map(|j| ((j * 7) % 251) as u8).collect();
+    let first = get(gw.port, "GET", path, &[]);
+    assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
+    // A client with a fixed receive buffer that takes 256 KiB every 100 ms: once the
+    // gateway's send buffer is full, more than a second for the rest, no pause near it.
+    let connect = || {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(64 * 1024)
+            .expect("a small receive buffer");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+        s.connect(&addr.into()).expect("connect");
+        let mut s: std::net::TcpStream = s.into();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n");
+        s.write_all(request.as_bytes()).expect("send");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s
+    };
+    let mut s = connect();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 256 * 1024];
+    loop {
+        let mut n = 0;
+        while n < chunk.len() {
+            match s.read(&mut chunk[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) => panic!("after {} bytes: {e}", got.len() + n),
+            }
+        }
+        got.extend_from_slice(&chunk[..n]);
+        if n < chunk.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&got[..got.len().min(400)]).to_string();
+    assert!(text.contains("x-cache-status: HIT"), "{text}");
+    let body_at = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head")
+        + 4;
+    assert!(
+        got[body_at..] == expected[..],
+        "the hit came cut short after {took:?}: {} of {} bytes",
+        got.len() - body_at,
+        expected.len()
+    );
+    // A client that stops reading: let go after the send timeout.
+    let mut stopped = connect();
+    let mut first_bytes = [0u8; 1024];
+    stopped
+        .read_exact(&mut first_bytes)
+        .expect("the answer begins");
+    std::thread::sleep(Duration::from_secs(3));
+    let open = gw.metric_when("tollgate_client_connections", |n| n <= 1.0);
+    assert_eq!(
+        open, 1.0,
+        "the connection of a client that stopped reading is still held"
+    );
+    drop(stopped);
+    // The same for a tile sent from the memory tier by `sendfile` (at most 256 KiB): a client
+    // that asks for it forty times in one write and reads nothing fills the socket's buffers,
+    // then is let go.
+    let small = "/open/bytes/200000";
+    assert_eq!(cache_status(&get(gw.port, "GET", small, &[])), "MISS");
+    assert_eq!(cache_status(&get(gw.port, "GET", small, &[])), "HIT");
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(64 * 1024)
+        .expect("a small receive buffer");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+    s.connect(&addr.into()).expect("connect");
+    let mut greedy: std::net::TcpStream = s.into();
+    let request = format!("GET {small} HTTP/1.1\r\nHost: h\r\n\r\n");
+    greedy
+        .write_all(request.repeat(40).as_bytes())
+        .expect("send");
+    std::thread::sleep(Duration::from_secs(3));
+    let open = gw.metric_when("tollgate_client_connections", |n| n <= 1.0);
+    assert_eq!(
+        open, 1.0,
+        "the connection of a client that reads none of its hits is still held"
+    );
+    assert_eq!(up.served(), 2);
+}
