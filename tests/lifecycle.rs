@@ -787,6 +787,14 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         Duration::from_millis(2),
     );
     let load_started = load.started;
+    // Clients that keep their connections: each is told to close after an answer once the
+    // old process is leaving, none finds its connection closed under a request it sent.
+    let kept = Load::keep_alive(
+        old.port,
+        4,
+        "GET /tiles/kept HTTP/1.1\r\nHost: h\r\n\r\n",
+        Duration::from_millis(2),
+    );
     std::thread::sleep(Duration::from_millis(500));
     // The new process, same config and ports, takes the sockets over.
     let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
@@ -819,6 +827,7 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     let left = quit.elapsed();
     std::thread::sleep(Duration::from_millis(700));
     let report = load.stop();
+    let kept = kept.stop();
     let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
     assert!(
         new.0.try_wait().expect("wait").is_none(),
@@ -835,11 +844,23 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         failed.last(),
         old.log_text()
     );
+    let failed_kept = kept.failed(200);
+    assert!(
+        failed_kept.is_empty(),
+        "{} of {} requests on kept connections failed during the upgrade (SIGQUIT at {:?} into the load): first {:?}, last {:?}",
+        failed_kept.len(),
+        kept.count(),
+        quit.duration_since(load_started),
+        &failed_kept[..failed_kept.len().min(5)],
+        failed_kept.last(),
+    );
     // The load ran through the upgrade (the count only shows that it ran).
     assert!(report.count() > 100, "{}", report.count());
+    assert!(kept.count() > 100, "{}", kept.count());
     eprintln!(
-        "binary upgrade under load: {} requests, 0 failed, 0 refused; the old process left {:?} after SIGQUIT",
+        "binary upgrade under load: {} requests, {} on kept connections, 0 failed, 0 refused; the old process left {:?} after SIGQUIT",
         report.count(),
+        kept.count(),
         left
     );
     // The new process owns the embedded store: it takes writes.

@@ -38,6 +38,12 @@ pub fn sockets_handed_over() {
     HANDED_OVER.store(true, Ordering::Relaxed);
 }
 
+/// Whether the listening sockets went to an upgrading process: this one is leaving, its
+/// answers tell clients to close so that their next requests go to the new one.
+fn handed_over() -> bool {
+    HANDED_OVER.load(Ordering::Relaxed)
+}
+
 /// One more in a process-wide count while this lives (an accept loop in [`accepting`], a
 /// connection or request in [`awaiting_an_answer`]).
 struct Counted(&'static AtomicUsize);

@@ -102,6 +102,43 @@ impl Load {
         }
     }
 
+    /// Starts `threads` clients each sending `raw` (a whole request without `Connection:
+    /// close`) on a keep-alive connection of its own, one request after another with `pause`
+    /// between them, as a careful HTTP/1.1 client does: a new connection only once an answer
+    /// said `Connection: close` (or before the first request). A request written on a
+    /// connection that then closed without its answer is a failure (`read`), whatever it was
+    /// reused for before.
+    pub fn keep_alive(port: u16, threads: usize, raw: &str, pause: Duration) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(Report::default()));
+        let started = Instant::now();
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, report, raw) = (stop.clone(), report.clone(), raw.to_string());
+                std::thread::spawn(move || {
+                    let mut conn: Option<(TcpStream, Duration)> = None;
+                    while !stop.load(Ordering::Relaxed) {
+                        let at = started.elapsed();
+                        let (o, keep) = on_connection(&mut conn, port, &raw, started, at);
+                        if !keep {
+                            conn = None;
+                        }
+                        report.lock().expect("report").outcomes.push(o);
+                        if !pause.is_zero() {
+                            std::thread::sleep(pause);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            threads,
+            report,
+            started,
+        }
+    }
+
     /// Requests made so far.
     pub fn so_far(&self) -> usize {
         self.report.lock().expect("report").outcomes.len()
@@ -163,4 +200,77 @@ fn one(port: u16, raw: &str, started: Instant) -> Outcome {
         },
         None => fail("read", connected),
     }
+}
+
+/// One request on the client's keep-alive connection (made first when there is none): its
+/// outcome, and whether the connection may carry the next request.
+fn on_connection(
+    conn: &mut Option<(TcpStream, Duration)>,
+    port: u16,
+    raw: &str,
+    started: Instant,
+    at: Duration,
+) -> (Outcome, bool) {
+    let fail = |why: &str, connected| Outcome {
+        at,
+        connected,
+        status: None,
+        failed: Some(why.to_string()),
+        took: started.elapsed() - at,
+    };
+    if conn.is_none() {
+        let Ok(s) = TcpStream::connect(("127.0.0.1", port)) else {
+            return (fail("connect", None), false);
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+        *conn = Some((s, started.elapsed()));
+    }
+    let Some((s, connected)) = conn.as_mut() else {
+        return (fail("connect", None), false);
+    };
+    let connected = Some(*connected);
+    if s.write_all(raw.as_bytes()).is_err() {
+        return (fail("write", connected), false);
+    }
+    // The head, then as many bytes as its Content-Length says.
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        match s.read(&mut chunk) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (fail("read", connected), false),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+            .map(|v| v.trim().to_string())
+    };
+    let Some(length) = header("content-length").and_then(|v| v.parse::<usize>().ok()) else {
+        return (fail("framing", connected), false);
+    };
+    while buf.len() < head_end + length {
+        match s.read(&mut chunk) {
+            Ok(n) if n > 0 => buf.extend_from_slice(&chunk[..n]),
+            _ => return (fail("read", connected), false),
+        }
+    }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|_| head.starts_with("http/1."));
+    let keep = header("connection").is_none_or(|v| !v.contains("close"));
+    let o = Outcome {
+        at,
+        connected,
+        status,
+        failed: status.is_none().then(|| "read".to_string()),
+        took: started.elapsed() - at,
+    };
+    (o, keep && status.is_some())
 }
