@@ -494,6 +494,101 @@ fn known_credentials_keep_working_when_redis_goes_away() {
     );
 }
 
+/// A key-auth credential without a secret opens to nothing: `keyId:` with nothing after the
+/// colon is refused whatever the store holds (a hash written without `keySecret`, or with an
+/// empty one), and populate makes a secret for a credential whose file gives an empty one, as
+/// EG's credential service does.
+#[test]
+fn a_key_auth_credential_without_a_secret_opens_to_nothing() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let mut conn = redis.conn();
+    let credential = |key_id: &str, secret: Option<&str>| {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(format!("EG-key-auth:{key_id}"))
+            .arg("keyId")
+            .arg(key_id)
+            .arg("consumerId")
+            .arg(APP2)
+            .arg("isActive")
+            .arg("true")
+            .arg("scopes")
+            .arg(r#"["wmts"]"#);
+        if let Some(secret) = secret {
+            cmd.arg("keySecret").arg(secret);
+        }
+        cmd
+    };
+    let gw = GatewayProcess::start(&dir);
+    // Written behind the gateway's back: each is looked up after its first request.
+    for (key_id, secret) in [
+        ("nosecret", None),
+        ("emptysecret", Some("")),
+        ("hand", Some("hs")),
+    ] {
+        let _: () = credential(key_id, secret).query(&mut conn).expect("hset");
+    }
+    let status = |key: &str| {
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", &format!("apiKey {key}"))],
+        )
+        .status
+    };
+    let query = |key: &str| get(gw.port, "GET", &format!("/wmts/1?apiKey={key}"), &[]).status;
+    for key in ["nosecret:", "emptysecret:", "hand:hs", "kargo-ka-id:"] {
+        status(key);
+    }
+    // The one with a secret is found: the others were looked up as well.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status("hand:hs") != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the credential written by hand was never found"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for key in [
+        "nosecret:",
+        "emptysecret:",
+        "kargo-ka-id:",
+        "nosecret",
+        "emptysecret",
+    ] {
+        assert_eq!(status(key), 401, "apiKey {key}");
+        assert_eq!(query(key), 401, "?apiKey={key}");
+    }
+    assert_eq!(status("kargo-ka-id:kargo-ka-secret"), 200);
+    // Populate: an empty keySecret is none, and one is made.
+    dir.write(
+        "consumers.config.json",
+        r#"{"scopes": ["wmts"], "users": {"emptied": {
+            "app": {"type": "key-auth", "keyId": "open-key", "keySecret": "", "scopes": ["wmts"]}}}}"#,
+    );
+    let out = support::gateway::run_tollgate(
+        &["populate", "--config", &dir.path.display().to_string()],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stored = redis.hgetall("EG-key-auth:open-key");
+    let secret = stored.get("keySecret").cloned().unwrap_or_default();
+    assert!(secret.len() >= 16, "populate stored the secret {secret:?}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status(&format!("open-key:{secret}")) != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the populated credential was never found"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(status("open-key:"), 401);
+}
+
 #[test]
 fn populate_is_idempotent_and_clean_leaves_nothing() {
     let redis = RedisServer::start();

@@ -110,7 +110,14 @@ impl ConsumersFile {
                         "{where_}: scope `{s}` is not in the file's `scopes`"
                     ));
                 }
-                let text = |k: &str| cred.get(k).and_then(Value::as_str).map(str::to_string);
+                // An empty id, secret or password is none: an id or secret is made, as EG's
+                // credential service does, a password is missing.
+                let text = |k: &str| {
+                    cred.get(k)
+                        .and_then(Value::as_str)
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
+                };
                 let (key_id, secret) = if kind.is_keyed() {
                     (text("keyId"), text("keySecret"))
                 } else {

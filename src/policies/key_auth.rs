@@ -88,8 +88,15 @@ impl Policy for KeyAuth {
         let (Some(key_id), Some(secret)) = (parts.next(), parts.next()) else {
             return fail(x, self.p.pass_through, 401, "key-auth: not keyId:keySecret");
         };
-        if key_id.is_empty() {
-            return fail(x, self.p.pass_through, 401, "key-auth: empty keyId");
+        // As EG's credential check: an empty id or secret never authenticates (`keyId:` is
+        // not a key whose secret is empty).
+        if key_id.is_empty() || secret.is_empty() {
+            return fail(
+                x,
+                self.p.pass_through,
+                401,
+                "key-auth: empty keyId or keySecret",
+            );
         }
         match self.cache.key_auth(key_id, secret, &req.endpoint.scopes) {
             KeyAuthResult::Ok(consumer) => succeed(x, consumer),

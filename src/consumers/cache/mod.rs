@@ -200,8 +200,10 @@ impl ConsumerCache {
             return KeyAuthResult::Unauthorized;
         };
         self.hit(true);
+        // A stored credential without a secret (written behind tollgate's back) opens to
+        // nothing.
         let secret_ok: bool = cred.secret.as_bytes().ct_eq(secret.as_bytes()).into();
-        if !secret_ok || !cred.active {
+        if !secret_ok || cred.secret.is_empty() || !cred.active {
             return KeyAuthResult::Unauthorized;
         }
         let Some(consumer) = self.resolve(&t, &cred.consumer_id, true) else {
