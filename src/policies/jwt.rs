@@ -304,7 +304,8 @@ impl Jwt {
     fn verify(&self, token: &str) -> Option<Verified> {
         let t = now();
         let fresh = |v: &Verified| {
-            v.exp.is_none_or(|e| t <= e + LEEWAY) && v.nbf.is_none_or(|n| n <= t + LEEWAY)
+            v.exp.is_none_or(|e| t <= e.saturating_add(LEEWAY))
+                && v.nbf.is_none_or(|n| n <= t.saturating_add(LEEWAY))
         };
         if let Some(v) = self
             .remembered
@@ -356,7 +357,7 @@ impl Jwt {
         let mut remembered = self.remembered.write().unwrap_or_else(|p| p.into_inner());
         if remembered.len() >= MAX_REMEMBERED {
             // Drop expired ones, then (if still full) everything: a simple bound.
-            remembered.retain(|_, v| v.exp.is_some_and(|e| t <= e + LEEWAY));
+            remembered.retain(|_, v| v.exp.is_some_and(|e| t <= e.saturating_add(LEEWAY)));
             if remembered.len() >= MAX_REMEMBERED {
                 remembered.clear();
             }
@@ -464,6 +465,29 @@ mod tests {
         assert_eq!(time_claim(Some(&serde_json::json!("7"))), Err(()));
         assert_eq!(time_claim(Some(&serde_json::json!(-1))), Err(()));
         assert_eq!(time_claim(None), Ok(None));
+    }
+
+    /// A token whose `exp` is as far away as a number can say passes every time, the first
+    /// and the remembered ones (the leeway added to it overflowed).
+    #[test]
+    fn an_exp_at_the_end_of_time_passes_again_and_again() {
+        let p = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false}),
+        );
+        let t = hs(
+            Algorithm::HS256,
+            "s",
+            serde_json::json!({"id": "c1", "exp": u64::MAX}),
+        );
+        for i in 0..3 {
+            assert!(
+                passes(
+                    &p,
+                    &OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[])
+                ),
+                "request {i}"
+            );
+        }
     }
 
     #[test]
