@@ -20,21 +20,24 @@ apiEndpoints:
   token: {{paths: '/token/*'}}
 serviceEndpoints:
   up: {{url: '{up}'}}
-policies: [key-auth, basic-auth, jwt, proxy]
+policies: [log, key-auth, basic-auth, jwt, proxy]
 pipelines:
   keyed:
     apiEndpoints: [keyed]
     policies:
+      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} auth=${{req.headers.authorization}}'}}}}]
       - key-auth:
       - proxy: [{{action: {{serviceEndpoint: up}}}}]
   basic:
     apiEndpoints: [basic]
     policies:
+      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} auth=${{req.headers.authorization}}'}}}}]
       - basic-auth:
       - proxy: [{{action: {{serviceEndpoint: up}}}}]
   token:
     apiEndpoints: [token]
     policies:
+      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} auth=${{req.headers.authorization}}'}}}}]
       - jwt: [{{action: {{secretOrPublicKey: {JWT_KEY}, checkCredentialExistence: true, passThrough: true}}}}]
       - jwt: [{{condition: {{name: anonymous}}, action: {{secretOrPublicKey: {JWT_KEY}, checkCredentialExistence: true, jwtExtractor: query, jwtExtractorField: jwt}}}}]
       - proxy: [{{action: {{serviceEndpoint: up}}}}]
@@ -149,6 +152,16 @@ fn no_secret_reaches_the_logs() {
     let access_log = std::fs::read_to_string(&access).expect("access log");
     assert!(access_log.lines().count() >= requests.len(), "{access_log}");
     assert!(log.contains("DEBUG"), "the log ran at debug level");
+    // The `log` steps ran, and said what they could without the credentials.
+    for seen in [
+        "seen GET /keyed/a auth=REDACTED",
+        "seen GET /keyed/a?apiKey=REDACTED auth=",
+        "seen GET /keyed/a?apiKey=REDACTED&x=1 auth=",
+        "seen GET /basic/a auth=REDACTED",
+        "seen GET /token/a?jwt=REDACTED auth=",
+    ] {
+        assert!(log.contains(seen), "no `{seen}` in the log:\n{log}");
+    }
     let signature = |t: &str| t.rsplit('.').next().unwrap_or("").to_string();
     let secrets = [
         "key-secret-4711".to_string(),

@@ -63,9 +63,30 @@ impl Expr {
     /// Appends the value to `out`; missing values (no such header, anonymous) add nothing,
     /// as JavaScript's `undefined` would in a header value.
     pub fn eval_into(&self, req: &Request<'_>, x: &Exchange, out: &mut String) {
+        self.eval_redacting(req, x, out, None);
+    }
+
+    /// As [`Self::eval_into`], with the credentials `secrets` names replaced by `REDACTED`
+    /// (the URL's secret query parameters, the secret headers' values).
+    fn eval_redacting(
+        &self,
+        req: &Request<'_>,
+        x: &Exchange,
+        out: &mut String,
+        secrets: Option<&Secrets>,
+    ) {
         for term in &self.0 {
             match term {
                 Term::Literal(s) => out.push_str(s),
+                Term::Header(name) if secrets.is_some_and(|s| s.headers.contains(name)) => {
+                    if req.headers.contains_key(name) {
+                        out.push_str("REDACTED");
+                    }
+                }
+                Term::Url if secrets.is_some() => {
+                    let params = secrets.map_or(&[][..], |s| &s.params[..]);
+                    out.push_str(&crate::access_log::redact(req.url, params));
+                }
                 Term::Header(name) => {
                     if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
                         out.push_str(v);
@@ -107,6 +128,15 @@ pub fn ip_text(ip: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
+/// What carries credentials in a request: kept out of what is logged.
+#[derive(Clone, Debug, Default)]
+pub struct Secrets {
+    /// Query parameters (`jwt`, `apiKey`, those the config's auth steps read).
+    pub params: Vec<String>,
+    /// Headers (`Authorization`, `Cookie`, those the config's auth steps read).
+    pub headers: Vec<HeaderName>,
+}
+
 /// A template: text with `${expression}` parts (EG's `rateLimitBy`).
 #[derive(Clone, Debug)]
 pub struct Template(Vec<TemplatePart>);
@@ -139,11 +169,20 @@ impl Template {
     }
 
     pub fn eval(&self, req: &Request<'_>, x: &Exchange) -> String {
+        self.eval_redacting(req, x, None)
+    }
+
+    /// The text to log: as [`Self::eval`], with the credentials `secrets` names redacted.
+    pub fn eval_for_log(&self, req: &Request<'_>, x: &Exchange, secrets: &Secrets) -> String {
+        self.eval_redacting(req, x, Some(secrets))
+    }
+
+    fn eval_redacting(&self, req: &Request<'_>, x: &Exchange, secrets: Option<&Secrets>) -> String {
         let mut out = String::new();
         for part in &self.0 {
             match part {
                 TemplatePart::Text(t) => out.push_str(t),
-                TemplatePart::Expr(e) => e.eval_into(req, x, &mut out),
+                TemplatePart::Expr(e) => e.eval_redacting(req, x, &mut out, secrets),
             }
         }
         out

@@ -1,10 +1,11 @@
-//! `log`: writes its `message` template (`${req.url}` ...) at info level and goes on.
+//! `log`: writes its `message` template (`${req.url}` ...) at info level and goes on, with the
+//! credentials a request carries redacted (EG writes them as they are).
 
 use serde::Deserialize;
 
 use crate::config::error::ConfigErrors;
 use crate::config::node::Node;
-use crate::pipeline::expr::Template;
+use crate::pipeline::expr::{Secrets, Template};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
 #[derive(Deserialize)]
@@ -14,12 +15,18 @@ pub struct Params {
 
 pub struct Log {
     message: Template,
+    secrets: Secrets,
 }
 
 impl Log {
-    pub fn build(p: Params, action: Option<&Node>, errors: &mut ConfigErrors) -> Option<Log> {
+    pub fn build(
+        p: Params,
+        secrets: Secrets,
+        action: Option<&Node>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Log> {
         match Template::parse(&p.message) {
-            Ok(message) => Some(Log { message }),
+            Ok(message) => Some(Log { message, secrets }),
             Err(why) => {
                 let pos = action.and_then(|a| a.get("message")).map(|n| n.pos.clone());
                 if let Some(pos) = pos {
@@ -33,7 +40,8 @@ impl Log {
 
 impl Policy for Log {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
-        log::info!(target: "tollgate::policy::log", "{}", self.message.eval(req, x));
+        let line = self.message.eval_for_log(req, x, &self.secrets);
+        log::info!(target: "tollgate::policy::log", "{line}");
         Outcome::Continue
     }
 }

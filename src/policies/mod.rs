@@ -125,6 +125,10 @@ pub fn build(
         )?),
         "log" => Arc::new(log::Log::build(
             params(name, action, pos, errors)?,
+            crate::pipeline::expr::Secrets {
+                params: cx.secret_query_params.to_vec(),
+                headers: cx.secret_headers.to_vec(),
+            },
             action,
             errors,
         )?),
