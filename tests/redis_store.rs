@@ -428,6 +428,100 @@ fn two_gateways_share_one_redis() {
     );
 }
 
+/// A revocation is followed while a full load runs: with many credentials a load takes
+/// seconds, and resyncs due every second keep one running nearly all the time; the change
+/// message is not held until the load ends, and the load's swap does not bring back what it
+/// read before the change.
+#[test]
+fn a_revocation_is_followed_while_a_long_resync_runs() {
+    let (redis, _up, dir) = with_eg_fixture();
+    // 200,000 credentials more: a load takes seconds.
+    let mut c = redis.conn();
+    for chunk in 0..200 {
+        let mut pipe = redis::pipe();
+        for i in 0..1000 {
+            let id = format!("bulk-{chunk}-{i}");
+            pipe.cmd("HSET")
+                .arg(format!("EG-key-auth:{id}"))
+                .arg("keyId")
+                .arg(&id)
+                .arg("keySecret")
+                .arg("s")
+                .arg("consumerId")
+                .arg(APP2)
+                .arg("isActive")
+                .arg("true")
+                .ignore();
+        }
+        let _: () = pipe.query(&mut c).expect("bulk credentials");
+    }
+    let gw = GatewayProcess::start_with(&dir, &["--resync-seconds", "1"], &[]);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    // Resyncs are due every second from the start: one is running by now.
+    std::thread::sleep(Duration::from_millis(1500));
+    // Revoked as a tollgate writing to the same Redis does it: the change, then its message.
+    let _: i64 = redis::cmd("HSET")
+        .arg("EG-key-auth:kargo-ka-id")
+        .arg("isActive")
+        .arg("false")
+        .query(&mut c)
+        .expect("HSET");
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("EG-tollgate-invalidate")
+        .arg("key-auth:kargo-ka-id")
+        .query(&mut c)
+        .expect("PUBLISH");
+    let revoked_at = Instant::now();
+    while get(gw.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "the revocation waited for the resync:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // More revocations through a whole load, some after it read the credential: none is
+    // undone by the load's swap.
+    let mut revoked = vec!["kargo-ka-id:kargo-ka-secret".to_string()];
+    for i in 0..25 {
+        let id = format!("bulk-{}-{i}", i * 7);
+        let _: i64 = redis::cmd("HSET")
+            .arg(format!("EG-key-auth:{id}"))
+            .arg("isActive")
+            .arg("false")
+            .query(&mut c)
+            .expect("HSET");
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("EG-tollgate-invalidate")
+            .arg(format!("key-auth:{id}"))
+            .query(&mut c)
+            .expect("PUBLISH");
+        revoked.push(format!("{id}:s"));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let loads = || gw.log_text().matches("credentials loaded").count();
+    let before = loads();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let all_refused = || {
+        revoked.iter().all(|k| {
+            let h = [("Authorization", format!("apiKey {k}"))];
+            let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            get(gw.port, "GET", "/wmts/1", &h).status == 401
+        })
+    };
+    while loads() < before + 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no resync ended: {}",
+            gw.log_text()
+        );
+        assert!(all_refused(), "a resync brought a revoked credential back");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(all_refused());
+}
+
 #[test]
 fn a_change_made_while_a_gateway_was_not_subscribed_reaches_it_when_it_subscribes_again() {
     let (redis, _up, dir) = with_eg_fixture();

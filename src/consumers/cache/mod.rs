@@ -89,6 +89,11 @@ pub struct ConsumerCache {
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
+    /// While a full load runs: what refreshes changed meanwhile, carried into what it read
+    /// when it swaps its tables in (it may have read them before they changed).
+    changed_while_loading: Mutex<Option<HashSet<sync::Changed>>>,
+    /// The background full loads (resyncs), off the task that follows change messages.
+    loads: Mutex<sync::LoadRequests>,
     /// This cache, for the background lookups it spawns (set by `start`).
     me: Mutex<std::sync::Weak<ConsumerCache>>,
     pub stats: CacheStats,
@@ -119,6 +124,8 @@ impl ConsumerCache {
             runtime: Mutex::new(None),
             me: Mutex::new(std::sync::Weak::new()),
             load_lock: tokio::sync::Mutex::new(()),
+            changed_while_loading: Mutex::new(None),
+            loads: Mutex::new(sync::LoadRequests::default()),
             stats: CacheStats::default(),
             progress: LoadProgress::default(),
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Tables,
+    scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Table, Tables,
     MAX_NEGATIVE, NEGATIVE_TTL,
 };
 use crate::consumers::layout::CredentialType;
@@ -16,12 +16,116 @@ use crate::consumers::model;
 use crate::pipeline::context::Consumer;
 use crate::store::{KeyType, StoreResult};
 
+/// What a refresh changed in the tables: carried over a full load that ran meanwhile.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(super) enum Changed {
+    User(Box<str>),
+    App(Box<str>),
+    Credential(CredentialType, Box<str>),
+}
+
+/// Full loads asked for: whether one runs, and whether another is wanted after it (`Some`;
+/// `true`: tried again each second until it succeeds).
+#[derive(Default)]
+pub(super) struct LoadRequests {
+    running: bool,
+    wanted: Option<bool>,
+}
+
 impl ConsumerCache {
     /// Loads everything from the store and swaps it in at once. Hashes are read and converted
-    /// a chunk at a time, so a million credentials never sit in memory twice.
+    /// a chunk at a time, so a million credentials never sit in memory twice. What change
+    /// messages refreshed while it read is kept as they left it.
     pub async fn load(&self) -> StoreResult<()> {
         let _one_at_a_time = self.load_lock.lock().await;
         let started = Instant::now();
+        *self.changes() = Some(HashSet::new());
+        let read = self.read_everything().await;
+        let mut t = match read {
+            Ok(t) => t,
+            Err(e) => {
+                *self.changes() = None;
+                return Err(e);
+            }
+        };
+        t.key_auth.shrink_to_fit();
+        t.jwt.shrink_to_fit();
+        let count = t.key_auth.len() + t.jwt.len() + t.basic.len();
+        {
+            // Under the tables' lock, which a refresh notes its change under: each change is
+            // either carried here or made in the new tables.
+            let mut live = self.write();
+            let changed = self.changes().take().unwrap_or_default();
+            carry(&live, &mut t, &changed);
+            *live = t;
+        }
+        log::info!(
+            "consumer cache: {count} credentials loaded from {} in {:.2?}",
+            self.store.describe(),
+            started.elapsed()
+        );
+        self.loaded.store(true, Ordering::Relaxed);
+        *self.last_resync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        self.recently_missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok(())
+    }
+
+    fn changes(&self) -> std::sync::MutexGuard<'_, Option<HashSet<Changed>>> {
+        self.changed_while_loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes a refresh's change for a full load that runs (call it holding the tables' lock).
+    fn note(&self, changed: Changed) {
+        if let Some(set) = self.changes().as_mut() {
+            set.insert(changed);
+        }
+    }
+
+    /// Runs a full load in the background, after the one running if there is one (`retry`:
+    /// until it succeeds, each second), so that change messages are followed meanwhile: a
+    /// load of millions of credentials takes seconds, a revocation must not wait for it.
+    fn load_in_background(self: &Arc<Self>, retry: bool) {
+        {
+            let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+            loads.wanted = Some(loads.wanted.unwrap_or(false) || retry);
+            if std::mem::replace(&mut loads.running, true) {
+                return;
+            }
+        }
+        let cache = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let retry = {
+                    let mut loads = cache.loads.lock().unwrap_or_else(|p| p.into_inner());
+                    match loads.wanted.take() {
+                        Some(retry) => retry,
+                        None => {
+                            loads.running = false;
+                            return;
+                        }
+                    }
+                };
+                while let Err(e) = cache.load().await {
+                    if !retry {
+                        log::warn!("consumer cache: resync failed (serving what is cached): {e}");
+                        break;
+                    }
+                    log::warn!(
+                        "consumer cache: cannot read the changes it missed (trying again): {e}"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        });
+    }
+
+    /// Reads every consumer and credential of the store into new tables.
+    async fn read_everything(&self) -> StoreResult<Tables> {
         let mut t = Tables::default();
         // One pass over the namespace's keys (a SCAN per kind would walk all of Redis each time),
         // sorted into kinds without copying them.
@@ -117,22 +221,7 @@ impl ConsumerCache {
             }
         })
         .await?;
-        t.key_auth.shrink_to_fit();
-        t.jwt.shrink_to_fit();
-        let count = t.key_auth.len() + t.jwt.len() + t.basic.len();
-        *self.write() = t;
-        log::info!(
-            "consumer cache: {count} credentials loaded from {} in {:.2?}",
-            self.store.describe(),
-            started.elapsed()
-        );
-        self.loaded.store(true, Ordering::Relaxed);
-        *self.last_resync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-        self.recently_missed
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
-        Ok(())
+        Ok(t)
     }
 
     /// Calls `f` with `fields` of every hash among `keys` (sets sharing the key space are
@@ -181,6 +270,7 @@ impl ConsumerCache {
             "user" => {
                 let h = self.store.hgetall(&self.layout.user(id)).await?;
                 let mut t = self.write();
+                self.note(Changed::User(id.into()));
                 t.usernames.retain(|_, v| &**v != id);
                 if h.is_empty() {
                     t.users.remove(id);
@@ -195,6 +285,7 @@ impl ConsumerCache {
             "app" => {
                 let h = self.store.hgetall(&self.layout.app(id)).await?;
                 let mut t = self.write();
+                self.note(Changed::App(id.into()));
                 if h.is_empty() {
                     t.apps.remove(id);
                 } else {
@@ -235,6 +326,7 @@ impl ConsumerCache {
                     }
                 }
                 let mut t = self.write();
+                self.note(Changed::Credential(ty, id.into()));
                 match ty {
                     CredentialType::KeyAuth | CredentialType::Jwt => {
                         let table = if ty == CredentialType::KeyAuth {
@@ -284,7 +376,8 @@ impl ConsumerCache {
                 }
             };
             // The first full load happened before serving; the next one is due after a period.
-            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
+            let mut ticker =
+                tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
             // A full read owed since a (re)subscription or lost messages, tried again each
             // second until done: what changed meanwhile was not heard of.
             let mut owed = false;
@@ -310,19 +403,11 @@ impl ConsumerCache {
                         Err(_) => break,
                     },
                     () = &mut retry, if owed => {
-                        match cache.load().await {
-                            Ok(()) => owed = false,
-                            Err(e) => {
-                                log::warn!("consumer cache: cannot read the changes it missed (trying again): {e}");
-                                retry.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
-                            }
-                        }
+                        // Begun from now, after what was missed.
+                        owed = false;
+                        cache.load_in_background(true);
                     }
-                    _ = ticker.tick() => {
-                        if let Err(e) = cache.load().await {
-                            log::warn!("consumer cache: resync failed (serving what is cached): {e}");
-                        }
-                    }
+                    _ = ticker.tick() => cache.load_in_background(false),
                 }
             }
         });
@@ -402,4 +487,33 @@ fn password_credential(
         active: h.get("isActive").map(String::as_str) == Some("true"),
         scopes: scopes_arc(model::credential_scopes(h)),
     })
+}
+
+/// Makes what a full load read (`new`) hold what refreshes changed while it read, as the
+/// live tables (`old`) hold it.
+fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
+    fn entry<V: Clone>(old: &Table<V>, new: &mut Table<V>, id: &str) {
+        match old.get(id) {
+            Some(v) => new.insert(id.into(), v.clone()),
+            None => new.remove(id),
+        };
+    }
+    for c in changed {
+        match c {
+            Changed::User(id) => {
+                entry(&old.users, &mut new.users, id);
+                new.usernames.retain(|_, v| **v != **id);
+                for (name, v) in old.usernames.iter().filter(|(_, v)| ***v == **id) {
+                    new.usernames.insert(name.clone(), v.clone());
+                }
+            }
+            Changed::App(id) => entry(&old.apps, &mut new.apps, id),
+            Changed::Credential(ty, id) => match ty {
+                CredentialType::KeyAuth => entry(&old.key_auth, &mut new.key_auth, id),
+                CredentialType::Jwt => entry(&old.jwt, &mut new.jwt, id),
+                CredentialType::BasicAuth => entry(&old.basic, &mut new.basic, id),
+                CredentialType::Oauth2 => {}
+            },
+        }
+    }
 }
