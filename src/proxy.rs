@@ -397,6 +397,10 @@ impl ProxyHttp for Tollgate {
         let (code, reply) = exchange::failure_reply(e);
         // The connection closes after an error reply: its head says so.
         session.set_keepalive(None);
+        // A response whose head went out already is cut short as it is: the connection closes
+        // without its body's end, so the client sees it incomplete (an error reply would go
+        // into its body, and finish it as if whole).
+        let reply = reply.filter(|_| session.response_written().is_none());
         if let Some(reply) = reply {
             if let Err(err) = send_reply(session, reply, &ctx.x.response_edits).await {
                 log::debug!("could not send the error response: {err}");

@@ -350,3 +350,84 @@ fn request_smuggling_is_refused_or_normalised() {
         "one answer only: {answer:?}"
     );
 }
+
+/// An upstream that answers every request with a chunked body it breaks after `hello`: an
+/// invalid chunk size, then nothing.
+fn broken_chunks_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                );
+                std::thread::sleep(Duration::from_millis(200));
+                let _ = conn.write_all(b"zz\r\nnot a chunk\r\n");
+                std::thread::sleep(Duration::from_millis(500));
+            });
+        }
+    });
+    port
+}
+
+/// A body the upstream breaks after the head went out reaches the client as what it is: cut
+/// short, its connection closed without the last chunk, never a whole answer with an error
+/// text in it. On both paths, with and without a compression step.
+#[test]
+fn a_body_broken_after_its_head_went_out_ends_the_connection_unfinished() {
+    let port = broken_chunks_upstream();
+    let conf = |extra: &str| {
+        format!(
+            "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  t: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: 'http://127.0.0.1:{port}'}}\npolicies: [compression, proxy]\npipelines:\n  t:\n    apiEndpoints: [t]\n    policies:\n{extra}      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+        )
+    };
+    for (extra, fast_path) in [("", "on"), ("", "off"), ("      - compression:\n", "on")] {
+        let dir = ConfigDir::new(&conf(extra));
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast_path], &[]);
+        for request in [
+            "GET /t/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            "POST /t/a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+            "GET /t/a HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\nConnection: close\r\n\r\n",
+        ] {
+            let text = support::send_until_close(gw.port, request.as_bytes());
+            let case = format!("{extra:?} fast path {fast_path}, {request:?}");
+            assert!(
+                !text.contains("Bad gateway"),
+                "{case}: an error text in the body:\n{text}"
+            );
+            if let Some(rest) = text.strip_prefix("HTTP/1.1 200") {
+                // The head went out: the body must not look whole.
+                assert!(
+                    !rest.ends_with("0\r\n\r\n"),
+                    "{case}: a broken body was finished as if whole:\n{text}"
+                );
+            } else {
+                assert!(text.starts_with("HTTP/1.1 502"), "{case}:\n{text}");
+            }
+        }
+    }
+    // The storage route, its provider the same upstream.
+    let dir = ConfigDir::new(&conf(""));
+    dir.write(
+        "system.config.yml",
+        &format!("db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    package: './plugins/storage/manifest.js'\n    endpointName: /s3\n    providers:\n      local:\n        endpoint: 'http://127.0.0.1:{port}'\n        accessKeyId: k\n        secretAccessKey: s\n        default: true\n"),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let text = support::send_until_close(
+        gw.admin_port,
+        b"GET /s3/local/tiles/a.png HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    );
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        !text.contains("Bad gateway"),
+        "an error text in the body:\n{text}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "finished as if whole:\n{text}"
+    );
+}

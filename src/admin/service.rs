@@ -148,7 +148,9 @@ impl ProxyHttp for AdminService {
             },
             _ => 502,
         };
-        if code > 0 {
+        // A response whose head went out already is cut short as it is (see the gateway's
+        // `fail_to_proxy`).
+        if code > 0 && session.response_written().is_none() {
             let status = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_GATEWAY);
             let message = if code == 502 {
                 "Bad gateway: the storage provider could not be reached"
