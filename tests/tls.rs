@@ -28,6 +28,42 @@ fn https_upstream_is_verified_unless_secure_is_false() {
     assert_eq!((r.status, r.text().as_str()), (502, "Bad gateway."));
 }
 
+/// Health checks verify an https url's certificate as its traffic does: with `secure: false`
+/// (in the endpoint's `proxyOptions` or a proxy step) a self-signed upstream stays healthy
+/// and in use; with verification on everywhere, it is taken out.
+#[test]
+fn health_checks_verify_certificates_as_the_traffic_does() {
+    let cert = SelfSigned::new();
+    let up = TlsEchoUpstream::start("tls-up", &cert);
+    let check = "tollgate: {healthCheck: {path: /health, interval: 0.2, timeout: 0.5, unhealthyThreshold: 2, healthyThreshold: 2}}";
+    for (endpoint, step, healthy) in [
+        ("proxyOptions: {secure: false}, ", "", true),
+        ("", ", secure: false", true),
+        ("", "", false),
+    ] {
+        let yml = format!(
+            "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  t: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: 'https://localhost:{port}', {endpoint}{check}}}\npolicies: [proxy]\npipelines:\n  a: {{apiEndpoints: [t], policies: [{{proxy: {{action: {{serviceEndpoint: up{step}}}}}}}]}}\n",
+            port = up.port
+        );
+        let dir = ConfigDir::new(&yml);
+        let gw = GatewayProcess::start(&dir);
+        // Well past the checks that would take it out.
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let case = format!("{endpoint:?} {step:?}");
+        let metric = gw.metric(&format!(
+            "tollgate_upstream_healthy{{service=\"up\",url=\"https://localhost:{}\"}}",
+            up.port
+        ));
+        if healthy {
+            assert_eq!(metric, 1.0, "{case}: {}", gw.log_text());
+            assert_eq!(get(gw.port, "GET", "/t/x", &[]).status, 200, "{case}");
+        } else {
+            assert_eq!(metric, 0.0, "{case}: {}", gw.log_text());
+            assert_eq!(get(gw.port, "GET", "/t/x", &[]).status, 502, "{case}");
+        }
+    }
+}
+
 #[test]
 fn https_listener_serves_with_the_default_certificate() {
     let up = EchoUpstream::start("plain-up");

@@ -117,6 +117,9 @@ impl Proxy {
         }
         let ms = |v: Option<u64>| v.filter(|t| *t > 0).map(Duration::from_millis);
         let eg_timeout = ms(p.proxy_timeout).or(ms(p.timeout));
+        if !p.secure {
+            endpoint.traffic_unverified();
+        }
         Some(Proxy {
             service: Arc::from(endpoint.name.as_str()),
             endpoint: endpoint.clone(),

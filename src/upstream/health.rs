@@ -43,7 +43,10 @@ pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) 
             let probes = ep
                 .targets
                 .iter()
-                .map(|t| probe(&connector, t, &check, ep.settings.http2));
+                .map(|t| {
+                    let verify = ep.checks_verify_certificates();
+                    probe(&connector, t, &check, ep.settings.http2, verify)
+                });
             let results = futures_util::future::join_all(probes).await;
             for ((target, state), result) in ep.targets.iter().zip(&ep.states).zip(results) {
                 let change = state.check_result(
@@ -75,6 +78,7 @@ async fn probe(
     target: &UpstreamTarget,
     check: &HealthCheck,
     http2: bool,
+    verify_certificates: bool,
 ) -> Result<(), String> {
     let addr = target
         .addr()
@@ -83,6 +87,8 @@ async fn probe(
     peer.options.connection_timeout = Some(check.timeout());
     peer.options.read_timeout = Some(check.timeout());
     peer.options.write_timeout = Some(check.timeout());
+    peer.options.verify_cert = verify_certificates;
+    peer.options.verify_hostname = verify_certificates;
     if http2 {
         peer.options.set_http_version(2, 1);
     }

@@ -251,9 +251,25 @@ pub struct ServiceEndpoint {
     pub cache_name: String,
     wheel: Vec<usize>,
     next: AtomicUsize,
+    /// A proxy step sends to this endpoint without verifying certificates (`secure: false`,
+    /// its own or the endpoint's `proxyOptions`): its health checks do not verify them either.
+    unverified_traffic: std::sync::atomic::AtomicBool,
 }
 
 impl ServiceEndpoint {
+    /// Notes that a proxy step sends to this endpoint without verifying certificates.
+    pub fn traffic_unverified(&self) {
+        self.unverified_traffic
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether health checks verify the urls' certificates: as the traffic does.
+    pub fn checks_verify_certificates(&self) -> bool {
+        !self
+            .unverified_traffic
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn new(
         name: &str,
         targets: Vec<Arc<UpstreamTarget>>,
@@ -282,6 +298,7 @@ impl ServiceEndpoint {
             proxy_options,
             wheel: balance::wheel(&weights),
             next: AtomicUsize::new(0),
+            unverified_traffic: std::sync::atomic::AtomicBool::new(false),
             settings,
         }
     }
