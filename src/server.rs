@@ -307,6 +307,29 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         log::info!("admin API listening on http://{addr}");
     }
 
+    // Where this process answers, for the CLI (healthcheck, reload, consumers) on this machine.
+    crate::lifecycle::runfile::publish(
+        &opts.config_dirs,
+        &crate::lifecycle::runfile::Running {
+            pid: std::process::id(),
+            gateway: http
+                .as_ref()
+                .map(|l| crate::lifecycle::runfile::local_url("http", l.host.as_deref(), l.port))
+                .or_else(|| {
+                    https.as_ref().map(|h| {
+                        crate::lifecycle::runfile::local_url(
+                            "https",
+                            h.listener.host.as_deref(),
+                            h.listener.port,
+                        )
+                    })
+                }),
+            health_path: current.load().healthcheck_path.clone(),
+            admin: admin
+                .as_ref()
+                .map(|a| crate::lifecycle::runfile::local_url("http", a.host.as_deref(), a.port)),
+        },
+    );
     exit_when_drained(
         &server,
         Duration::from_secs(opts.grace_period),

@@ -63,6 +63,60 @@ fn healthcheck_says_whether_the_gateway_answers() {
     );
 }
 
+/// The CLI asks the gateway that runs, not the config on disk: while the config is being
+/// edited and does not load (the gateway keeps the one it runs), `healthcheck` says it is
+/// healthy and `reload` reaches it and shows why the new config fails; with no gateway
+/// running, a command that needs the Admin API says the config does not load, instead of
+/// trying EG's default port. An https-only gateway is checked over TLS.
+#[test]
+fn the_cli_asks_the_running_gateway_while_its_config_is_broken() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start(&dir);
+    let d = dir.path.display().to_string();
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // No PORT in the environment: what the config says of its port cannot be read either.
+    let healthy = run_tollgate(&["healthcheck", "--config", &d], &[]);
+    assert!(healthy.status.success(), "{}", text(&healthy));
+    let good = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
+    dir.write("gateway.config.yml", &format!("{good}\n  bad: [\n"));
+    let healthy = run_tollgate(&["healthcheck", "--config", &d], &[]);
+    assert!(
+        healthy.status.success(),
+        "a broken config on disk made the running gateway look dead: {}",
+        text(&healthy)
+    );
+    let reload = run_tollgate(&["reload", "--config", &d], &[]);
+    let said = text(&reload);
+    assert_eq!(reload.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("gateway.config.yml:") && said.contains("running config stays"),
+        "the reload's errors were not shown: {said}"
+    );
+    drop(gw);
+    let users = run_tollgate(&["users", "list", "--config", &d], &[]);
+    let said = text(&users);
+    assert_eq!(users.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("does not load") && !said.contains("9876"),
+        "{said}"
+    );
+    // https only: checked over TLS, whatever the certificate names.
+    let (tls_dir, _tls) = support::tls::https_gateway(&format!(
+        "apiEndpoints:\n  a: {{paths: '/a/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  a: {{apiEndpoints: [a], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up.url("")
+    ));
+    let t = tls_dir.path.display().to_string();
+    let healthy = run_tollgate(&["healthcheck", "--config", &t], &[]);
+    assert!(healthy.status.success(), "https only: {}", text(&healthy));
+}
+
 #[test]
 fn completions_and_the_man_page() {
     for (shell, marker) in [

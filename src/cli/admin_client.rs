@@ -1,5 +1,6 @@
 //! The CLI's side of the Admin API: where it is (`EG_ADMIN_URL`, else the system config's
-//! `cli.url`, else the gateway config's admin host and port) and plain HTTP calls to it.
+//! `cli.url`, else where the gateway running on the config directories said it answers, else
+//! the gateway config's admin host and port) and plain HTTP calls to it.
 
 use std::time::Duration;
 
@@ -11,6 +12,9 @@ pub struct AdminClient {
     pub base: String,
     token: Option<String>,
     agent: ureq::Agent,
+    /// Why the Admin API could not be located: the config does not load and no gateway
+    /// runs on it (every call fails with this).
+    not_located: Option<String>,
 }
 
 /// An answer of the Admin API.
@@ -44,22 +48,37 @@ impl AdminClient {
         explicit: Option<&str>,
         token: Option<String>,
     ) -> AdminClient {
-        let from_config = || -> Option<String> {
-            let loaded = config::load_dirs(config_dirs).ok()?;
-            if let Some(url) = loaded.system.cli_url.filter(|u| !u.is_empty()) {
-                return Some(url);
-            }
-            let admin = loaded.gateway.admin?;
-            let host = match admin.host.as_deref() {
-                None | Some("") | Some("0.0.0.0") => "localhost".to_string(),
-                Some(h) => h.to_string(),
-            };
-            Some(format!("http://{host}:{}", admin.port))
-        };
+        let loaded = config::load_dirs(config_dirs);
+        let cli_url = loaded
+            .as_ref()
+            .ok()
+            .and_then(|l| l.system.cli_url.clone())
+            .filter(|u| !u.is_empty());
+        let configured_admin = loaded
+            .as_ref()
+            .ok()
+            .and_then(|l| l.gateway.admin.as_ref())
+            .map(|a| {
+                // `localhost` for every address, as EG's CLI does.
+                match a.host.as_deref() {
+                    None | Some("") | Some("0.0.0.0") => format!("http://localhost:{}", a.port),
+                    host => crate::lifecycle::runfile::local_url("http", host, a.port),
+                }
+            });
+        let running = || crate::lifecycle::runfile::find(config_dirs).and_then(|r| r.admin);
         let base = explicit
             .map(str::to_string)
-            .or_else(from_config)
-            .unwrap_or_else(|| "http://localhost:9876".into());
+            .or(cli_url)
+            .or_else(running)
+            .or(configured_admin);
+        let not_located = match (&base, &loaded) {
+            (None, Err(e)) => Some(format!(
+                "the config in {} does not load, and no gateway runs on it: {e}",
+                config_dirs.display()
+            )),
+            _ => None,
+        };
+        let base = base.unwrap_or_else(|| "http://localhost:9876".into());
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
@@ -70,6 +89,7 @@ impl AdminClient {
             base: base.trim_end_matches('/').to_string(),
             token,
             agent,
+            not_located,
         }
     }
 
@@ -80,6 +100,12 @@ impl AdminClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Answer, Unreachable> {
+        if let Some(why) = &self.not_located {
+            return Err(Unreachable {
+                url: "the address its config gives".into(),
+                reason: why.clone(),
+            });
+        }
         let url = format!("{}{path}", self.base);
         let unreachable = |e: ureq::Error| Unreachable {
             url: self.base.clone(),

@@ -357,8 +357,13 @@ fn finish(result: consumers::Outcome) -> i32 {
     }
 }
 
-/// The URL of the gateway's own health check, from its config.
+/// The URL of the gateway's own health check: where the gateway running on these config
+/// directories said it answers, else from the config.
 fn healthcheck_url(dirs: &ConfigDirs, ready: bool) -> Result<String, String> {
+    let query = if ready { "?ready" } else { "" };
+    if let Some(url) = crate::lifecycle::runfile::find(dirs).and_then(|r| r.health_url()) {
+        return Ok(format!("{url}{query}"));
+    }
     let loaded = crate::config::load_dirs(dirs).map_err(|e| e.to_string())?;
     let path = loaded
         .system
@@ -368,7 +373,6 @@ fn healthcheck_url(dirs: &ConfigDirs, ready: bool) -> Result<String, String> {
         (None, Some(h)) => ("https", h.listener.port),
         (None, None) => return Err("the config has no http or https listener".into()),
     };
-    let query = if ready { "?ready" } else { "" };
     Ok(format!("{scheme}://127.0.0.1:{port}{path}{query}"))
 }
 
@@ -384,6 +388,22 @@ fn healthcheck(a: &HealthcheckArgs) -> i32 {
             return 1;
         }
     };
+    if url.starts_with("https://") {
+        return match https_probe(&url, a.timeout) {
+            Ok((200, _)) => 0,
+            Ok((status, body)) => {
+                eprintln!(
+                    "tollgate healthcheck: {url} answered {status}: {}",
+                    body.trim()
+                );
+                1
+            }
+            Err(e) => {
+                eprintln!("tollgate healthcheck: {url}: {e}");
+                1
+            }
+        };
+    }
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(a.timeout))
@@ -405,6 +425,51 @@ fn healthcheck(a: &HealthcheckArgs) -> i32 {
             1
         }
     }
+}
+
+/// `GET url` over TLS, the certificate not verified: the health check asks the gateway on
+/// this machine whether it answers, whatever names its certificates carry. The status and
+/// body.
+fn https_probe(url: &str, timeout: std::time::Duration) -> Result<(u16, String), String> {
+    use pingora_core::tls::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::io::{Read, Write};
+    let uri: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+    let host = uri.host().ok_or("no host")?.trim_matches(['[', ']']);
+    let port = uri.port_u16().unwrap_or(443);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("no address")?;
+    let tcp = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    tcp.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    tcp.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    let mut connector = SslConnector::builder(SslMethod::tls()).map_err(|e| e.to_string())?;
+    connector.set_verify(SslVerifyMode::NONE);
+    let mut config = connector.build().configure().map_err(|e| e.to_string())?;
+    config.set_verify_hostname(false);
+    let mut tls = config.connect(host, tcp).map_err(|e| e.to_string())?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tollgate-healthcheck\r\nConnection: close\r\n\r\n"
+    );
+    tls.write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut answer = Vec::new();
+    // A peer that closes without TLS's close_notify still gave its answer.
+    let _ = tls.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    let status = text
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .ok_or("no HTTP answer")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
 }
 
 fn reload(client: &admin_client::AdminClient) -> consumers::Outcome {

@@ -10,6 +10,7 @@
 //! certificates and the consumer store are read at start only: a change to them is said in the
 //! log and in the status, and applies at the next start.
 
+pub mod runfile;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -412,6 +413,7 @@ impl Lifecycle {
                 }
                 let files = inputs(&started);
                 let start_only = started.start_only;
+                runfile::health_path_changed(&self.dirs, &gateway.healthcheck_path);
                 self.current.store(gateway);
                 self.consumers.set_models(models);
                 m.config_loaded(true);

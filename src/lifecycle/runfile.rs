@@ -1,0 +1,160 @@
+//! Where the running gateway answers, for the CLI on the same machine: `tollgate serve` writes
+//! its health check's and its Admin API's URLs to a small file named by its config
+//! directories (in the system's temporary directory) when it starts, and the health check's
+//! path again on every reload. `tollgate healthcheck`, `reload` and the consumer commands ask
+//! the gateway that runs, not the config on disk: a config being edited — broken, or with a
+//! port change that waits for a restart — does not make the running gateway look dead or
+//! send the CLI to another port.
+//!
+//! The file names the process; a file whose process is gone is not used.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigDirs;
+
+/// What the running gateway published.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Running {
+    pub pid: u32,
+    /// `scheme://127.0.0.1:port` of the gateway's listener (http first).
+    pub gateway: Option<String>,
+    /// The health check's path, as the running config has it.
+    pub health_path: String,
+    /// The Admin API's URL.
+    pub admin: Option<String>,
+}
+
+impl Running {
+    /// The health check's URL.
+    pub fn health_url(&self) -> Option<String> {
+        self.gateway
+            .as_ref()
+            .map(|g| format!("{g}{}", self.health_path))
+    }
+}
+
+/// The URL a client on this machine reaches a listener on `host` (as configured) by: the
+/// loopback address for a listener on every address, an IPv6 address in brackets.
+pub fn local_url(scheme: &str, host: Option<&str>, port: u16) -> String {
+    let host = match host {
+        None | Some("") | Some("0.0.0.0") => "127.0.0.1",
+        Some("::") | Some("[::]") => "::1",
+        Some(h) => h,
+    };
+    if host.contains(':') && !host.starts_with('[') {
+        format!("{scheme}://[{host}]:{port}")
+    } else {
+        format!("{scheme}://{host}:{port}")
+    }
+}
+
+/// The file for these config directories.
+fn path(dirs: &ConfigDirs) -> PathBuf {
+    // The directories as given and as they resolve: `serve --config conf` and `healthcheck
+    // --config ./conf` find the same file.
+    let text: String = dirs
+        .dirs()
+        .iter()
+        .map(|d| {
+            std::fs::canonicalize(d)
+                .unwrap_or_else(|_| d.clone())
+                .display()
+                .to_string()
+        })
+        .collect::<Vec<_>>()
+        .join(":");
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    std::env::temp_dir().join(format!("tollgate-{hash:016x}.json"))
+}
+
+/// Publishes where this process answers.
+pub fn publish(dirs: &ConfigDirs, running: &Running) {
+    let file = path(dirs);
+    let tmp = file.with_extension(format!("json.{}", std::process::id()));
+    let text = serde_json::to_string(running).unwrap_or_default();
+    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        log::debug!("cannot write {}: {e}", file.display());
+    }
+}
+
+/// The health check's path changed with a reload: published again (by the process that wrote
+/// the file only).
+pub fn health_path_changed(dirs: &ConfigDirs, health_path: &str) {
+    let Some(mut running) = read(dirs) else {
+        return;
+    };
+    if running.pid != std::process::id() || running.health_path == health_path {
+        return;
+    }
+    running.health_path = health_path.to_string();
+    publish(dirs, &running);
+}
+
+/// What the gateway running on these config directories published, if it still runs.
+pub fn find(dirs: &ConfigDirs) -> Option<Running> {
+    read(dirs).filter(|r| alive(r.pid))
+}
+
+fn read(dirs: &ConfigDirs) -> Option<Running> {
+    let text = std::fs::read_to_string(path(dirs)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether a process with this id runs (one that exited is reaped or a zombie: not running).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // The state follows the command's closing parenthesis.
+            let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
+            Some(state != 'Z' && state != 'X')
+        })
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_found_while_the_process_runs_and_not_after() {
+        let dir =
+            std::env::temp_dir().join(format!("tollgate-runfile-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let dirs = ConfigDirs::single(&dir);
+        let running = Running {
+            pid: std::process::id(),
+            gateway: Some("http://127.0.0.1:8080".into()),
+            health_path: "/healthcheck".into(),
+            admin: Some("http://localhost:9876".into()),
+        };
+        publish(&dirs, &running);
+        let found = find(&dirs).expect("found");
+        assert_eq!(
+            found.health_url().as_deref(),
+            Some("http://127.0.0.1:8080/healthcheck")
+        );
+        health_path_changed(&dirs, "/up");
+        assert_eq!(
+            find(&dirs).and_then(|r| r.health_url()).as_deref(),
+            Some("http://127.0.0.1:8080/up")
+        );
+        // A process that is gone (a pid no process has) is not found.
+        publish(
+            &dirs,
+            &Running {
+                pid: u32::MAX - 1,
+                ..running
+            },
+        );
+        assert!(find(&dirs).is_none());
+        let _ = std::fs::remove_file(path(&dirs));
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
