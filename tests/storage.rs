@@ -26,6 +26,22 @@ fn gateway(s3: &S3Server) -> (ConfigDir, GatewayProcess) {
     (dir, gw)
 }
 
+/// Keys S3 signs as they are sent: percent-encoded (a space, a letter outside ASCII) and with
+/// an empty segment (`//`).
+#[test]
+fn keys_with_encoded_characters_and_empty_segments() {
+    let s3 = S3Server::start(&["tiles"]);
+    let keys = ["a%20b.png", "%C3%A9t%C3%A9.png", "dir//double.png"];
+    for (i, key) in keys.iter().enumerate() {
+        s3.put("tiles", key, "image/png", format!("tile {i}").as_bytes());
+    }
+    let (_dir, gw) = gateway(&s3);
+    for (i, key) in keys.iter().enumerate() {
+        let r = get(gw.admin_port, "GET", &format!("/s3/tiles/{key}"), &[]);
+        assert_eq!((r.status, r.text()), (200, format!("tile {i}")), "{key}");
+    }
+}
+
 #[test]
 fn objects_ranges_conditionals_and_errors() {
     let s3 = S3Server::start(&["tiles", "docs"]);

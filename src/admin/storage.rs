@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use aws_sigv4::http_request::{
-    sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+    sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings,
+    UriPathNormalizationMode,
 };
 use http::header::{HeaderName, HeaderValue};
 
@@ -263,6 +264,10 @@ impl Storage {
         .into();
         let mut settings = SigningSettings::default();
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        // S3 signs the path as sent: encoded once, never normalised (`a%20b.png`,
+        // `dir//double.png` are keys of their own).
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&p.region)
