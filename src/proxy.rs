@@ -430,9 +430,13 @@ impl ProxyHttp for Tollgate {
             crate::upstream::attempt::end(&mut ctx.x.proxy);
         }
         match &ctx.x.proxy {
-            Some(plan) if crate::upstream::attempt::overdue(plan) => {
-                Error::e_explain(ErrorType::ReadTimedout, "the total timeout passed")
-            }
+            // The upstream's failure (logged and counted as one, as on the fast path).
+            Some(plan) if crate::upstream::attempt::overdue(plan) => Err(Error::create(
+                ErrorType::ReadTimedout,
+                pingora_core::ErrorSource::Upstream,
+                Some("the total timeout passed".into()),
+                None,
+            )),
             _ => Ok(None),
         }
     }

@@ -431,3 +431,68 @@ fn a_body_broken_after_its_head_went_out_ends_the_connection_unfinished() {
         "finished as if whole:\n{text}"
     );
 }
+
+/// An upstream that answers with a chunked body of a byte every 100 ms, for 5 s.
+fn trickling_upstream() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+                for _ in 0..50 {
+                    if conn.write_all(b"1\r\nx\r\n").is_err() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                let _ = conn.write_all(b"0\r\n\r\n");
+            });
+        }
+    });
+    port
+}
+
+/// A body that keeps coming past the total timeout is the upstream's failure on both paths:
+/// cut short, logged as an upstream failure and counted as a read timeout.
+#[test]
+fn a_body_past_the_total_timeout_is_counted_as_the_upstreams_read_timeout() {
+    let port = trickling_upstream();
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  t: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: 'http://127.0.0.1:{port}'}}\npolicies: [proxy]\npipelines:\n  t:\n    apiEndpoints: [t]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up, totalTimeout: 1000, readTimeout: 5000}}}}]\n"
+    ));
+    // Every failure its own line (not folded with the one before).
+    let gw = GatewayProcess::start_with(&dir, &[], &[("TOLLGATE_LOG_FOLD_SECONDS", "0")]);
+    let series = r#"tollgate_upstream_errors_total{kind="read_timeout"}"#;
+    // GET goes the fast path, POST (a body) the general one.
+    for (i, request) in [
+        "GET /t/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        "POST /t/a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let started = Instant::now();
+        let text = support::send_until_close(gw.port, request.as_bytes());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{request:?}: answered after {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !text.ends_with("0\r\n\r\n"),
+            "{request:?}: finished as if whole"
+        );
+        let counted = gw.metric_when(series, |n| n >= (i + 1) as f64);
+        assert_eq!(counted, (i + 1) as f64, "{request:?}: {}", gw.log_text());
+    }
+    assert_eq!(
+        gw.log_text().matches("upstream failure").count(),
+        2,
+        "{}",
+        gw.log_text()
+    );
+}
