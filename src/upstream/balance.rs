@@ -54,6 +54,37 @@ pub fn pick(
     candidates: &[Option<Candidate<'_>>],
     path: &str,
 ) -> Option<usize> {
+    choose(balance, wheel, next, candidates, path, true)
+}
+
+/// Picks for a retry (the urls tried left out of `candidates`): where the rotation stands, not
+/// moving it — a request's retry moving it too would start every next request on the url
+/// this one failed on.
+pub fn pick_again(
+    balance: Balance,
+    wheel: &[usize],
+    next: &AtomicUsize,
+    candidates: &[Option<Candidate<'_>>],
+    path: &str,
+) -> Option<usize> {
+    choose(balance, wheel, next, candidates, path, false)
+}
+
+fn choose(
+    balance: Balance,
+    wheel: &[usize],
+    next: &AtomicUsize,
+    candidates: &[Option<Candidate<'_>>],
+    path: &str,
+    turn: bool,
+) -> Option<usize> {
+    let start = || {
+        if turn {
+            next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            next.load(Ordering::Relaxed)
+        }
+    };
     let available = |i: usize| {
         candidates
             .get(i)
@@ -64,13 +95,13 @@ pub fn pick(
             if wheel.is_empty() {
                 return None;
             }
-            let start = next.fetch_add(1, Ordering::Relaxed);
+            let start = start();
             (0..wheel.len())
                 .map(|k| wheel[(start + k) % wheel.len()])
                 .find(|i| available(*i))
         }
         Balance::LeastConnections => {
-            let start = next.fetch_add(1, Ordering::Relaxed);
+            let start = start();
             let n = candidates.len();
             (0..n)
                 .map(|k| (start + k) % n)
@@ -148,6 +179,28 @@ mod tests {
                 "/"
             ),
             None
+        );
+    }
+
+    /// Two urls, the first failing every time: each request starts on the url after the
+    /// last request's first, so the failing one gets every other first attempt, not all.
+    #[test]
+    fn a_retry_does_not_turn_the_rotation() {
+        let c = cands(2, &[]);
+        let next = AtomicUsize::new(0);
+        let w = wheel(&[1, 1]);
+        let mut firsts = Vec::new();
+        for _ in 0..6 {
+            let first = pick(Balance::RoundRobin, &w, &next, &view(&c, &[], &[]), "/");
+            firsts.push(first);
+            if first == Some(0) {
+                let again = pick_again(Balance::RoundRobin, &w, &next, &view(&c, &[0], &[]), "/");
+                assert_eq!(again, Some(1));
+            }
+        }
+        assert_eq!(
+            firsts,
+            [Some(0), Some(1), Some(0), Some(1), Some(0), Some(1)]
         );
     }
 

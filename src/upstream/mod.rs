@@ -334,7 +334,12 @@ impl ServiceEndpoint {
                 })
             })
             .collect();
-        balance::pick(
+        let pick = if tried == 0 {
+            balance::pick
+        } else {
+            balance::pick_again
+        };
+        pick(
             self.settings.balance,
             &self.wheel,
             &self.next,
