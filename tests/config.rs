@@ -95,6 +95,35 @@ fn check_reports_every_error_with_its_position() {
     }
 }
 
+/// Two listeners on one port of one address, and a second YAML document, are errors `check`
+/// reports where they are written (the first would fail the start with a bind error, the
+/// second was ignored without a word).
+#[test]
+fn one_port_twice_and_a_second_document_are_reported_where_written() {
+    let dir = ConfigDir::new("http:\n  port: 28690\nadmin:\n  host: 127.0.0.1\n  port: 28690\n");
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!(
+            "{file}:5:9: `admin` listens on port 28690 as `http` does"
+        )),
+        "{err}"
+    );
+    // Other addresses of one port are no clash.
+    let dir = ConfigDir::new(
+        "http:\n  host: 127.0.0.1\n  port: 28690\nadmin:\n  host: 127.0.0.2\n  port: 28690\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let dir = ConfigDir::new("http:\n  port: 28690\n---\nhttp:\n  port: 1\n");
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!("{file}:4:")) && err.contains(": a second YAML document"),
+        "{err}"
+    );
+}
+
 #[test]
 fn syntax_errors_and_missing_files() {
     let dir = ConfigDir::empty();

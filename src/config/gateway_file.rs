@@ -111,6 +111,7 @@ impl GatewayFile {
             pipelines: Vec::new(),
             raw: normalized_json(root),
         };
+        same_port_twice(root, &file, errors);
         if let Some(n) = root.get("apiEndpoints") {
             for (key, value) in map_entries(n, "apiEndpoints", errors) {
                 file.api_endpoints.push(api_endpoint(key, value, errors));
@@ -274,6 +275,42 @@ fn listener(
         .or_else(|| optional_string(node, "host", errors))
         .map(|(h, _)| h);
     Some(ListenerDef { host, port })
+}
+
+/// Two listeners on one port of one address (the second could not listen): reported at the
+/// later one's port, as `check` and a reload should say, not as the start's bind error.
+fn same_port_twice(root: &Node, file: &GatewayFile, errors: &mut ConfigErrors) {
+    let listeners = [
+        ("http", file.http.as_ref()),
+        ("https", file.https.as_ref().map(|h| &h.listener)),
+        ("admin", file.admin.as_ref()),
+    ];
+    let every_address = |h: &Option<String>| {
+        matches!(
+            h.as_deref(),
+            None | Some("") | Some("0.0.0.0") | Some("::") | Some("[::]")
+        )
+    };
+    let mut seen: Vec<(&str, &ListenerDef)> = Vec::new();
+    for (name, listener) in listeners {
+        let Some(l) = listener else { continue };
+        let clash = seen.iter().find(|(_, other)| {
+            other.port == l.port
+                && (every_address(&other.host) || every_address(&l.host) || other.host == l.host)
+        });
+        if let Some((other, _)) = clash {
+            let at = root
+                .get(name)
+                .map(|n| n.get("port").unwrap_or(n).pos.clone());
+            if let Some(at) = at {
+                errors.push(
+                    &at,
+                    format!("`{name}` listens on port {} as `{other}` does", l.port),
+                );
+            }
+        }
+        seen.push((name, l));
+    }
 }
 
 fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> {

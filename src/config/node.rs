@@ -139,16 +139,18 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
         anchors: HashMap::new(),
         root: None,
         duplicate: None,
+        second_document: None,
     };
     let mut parser = Parser::new_from_str(text);
-    if let Err(e) = parser.load(&mut builder, false) {
+    // Every document, so that a second one is seen (and refused).
+    if let Err(e) = parser.load(&mut builder, true) {
         let m = e.marker();
         return Err(ConfigError::new(
             &Pos::new(file, m.line(), m.col() + 1),
             format!("invalid YAML: {}", e.info()),
         ));
     }
-    if let Some(e) = builder.duplicate {
+    if let Some(e) = builder.duplicate.or(builder.second_document) {
         return Err(e);
     }
     Ok(builder
@@ -177,6 +179,9 @@ struct TreeBuilder {
     root: Option<Node>,
     /// The first key given twice in one map (Express Gateway's YAML reader refuses the file).
     duplicate: Option<ConfigError>,
+    /// A document after the first (Express Gateway's YAML reader refuses the file; read, the
+    /// rest would be ignored without a word).
+    second_document: Option<ConfigError>,
 }
 
 impl TreeBuilder {
@@ -192,6 +197,11 @@ impl TreeBuilder {
             None => {
                 if self.root.is_none() {
                     self.root = Some(node);
+                } else if self.second_document.is_none() {
+                    self.second_document = Some(ConfigError::new(
+                        &node.pos,
+                        "a second YAML document: a config file is one document (`---` starts another)",
+                    ));
                 }
             }
             Some(Frame::Seq { items, .. }) => items.push(node),
