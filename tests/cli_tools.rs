@@ -143,6 +143,25 @@ fn completions_and_the_man_page() {
         man.contains("populate") && man.contains("reload"),
         "{man:.300}"
     );
+    // Output into a pipe whose reader stops after a line (`| head -1`): the command ends
+    // quietly, without a panic.
+    for args in [&["man"][..], &["completions", "bash"]] {
+        let mut child = Command::new(binary())
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start");
+        {
+            use std::io::Read;
+            let mut first = [0u8; 16];
+            let mut stdout = child.stdout.take().expect("stdout");
+            stdout.read_exact(&mut first).expect("the output begins");
+        }
+        let out = child.wait_with_output().expect("wait");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -264,6 +264,16 @@ fn seconds(s: &str) -> Result<Duration, String> {
 
 /// Runs a command; returns the process exit code.
 pub fn run(cli: Cli) -> i32 {
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command's output into a pipe its reader closed (`| head`) ends the command
+        // quietly, as other command-line tools do; Rust ignores the signal and the next
+        // `println!` would panic. (The server keeps ignoring it: a client's closed connection
+        // is an error of that write, not the process's end.)
+        // SAFETY: resets a signal's disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Serve(args) => {
             let data_dir = args
