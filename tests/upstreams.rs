@@ -148,6 +148,12 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
     // The load ran through the death (the count only shows that it ran).
     assert!(report.count() > 100, "{}", report.count());
     assert!(gw.log_text().contains("ejected"), "{}", gw.log_text());
+    // The failures retried on the other url, though no request failed, are upstream failures:
+    // counted and logged.
+    let refused = gw.metric(r#"tollgate_upstream_errors_total{kind="refused"}"#)
+        + gw.metric(r#"tollgate_upstream_errors_total{kind="reset"}"#);
+    assert!(refused >= 1.0, "{}", gw.log_text());
+    assert!(gw.log_text().contains("; tried again"), "{}", gw.log_text());
     // Other methods are not retried: a POST that meets the dead url fails rather than being
     // sent twice (after the ejection the dead url gets no more requests).
     let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));

@@ -157,7 +157,25 @@ pub fn connect_failed(
     failed(plan);
     release(plan);
     e.set_retry(may_retry(plan, method));
+    if e.retry() {
+        retried(plan, &e);
+    }
     e
+}
+
+/// A url's failure that another url is asked after: counted and logged as the upstream
+/// failure it is (the request's last failure is, with its answer, when the request ends).
+fn retried(plan: &ProxyPlan, e: &Error) {
+    crate::exchange::count_upstream_failure(e);
+    let kind = crate::metrics::UPSTREAM_ERROR_KINDS
+        .get(crate::exchange::upstream_error_kind(e))
+        .copied()
+        .unwrap_or("other");
+    log::warn!(
+        "upstream failure: service endpoint `{}`, upstream {}, {kind}; tried again",
+        plan.endpoint.name,
+        plan.upstream_text(),
+    );
 }
 
 /// Whether a request broken on a pooled connection may be sent again: only idempotent
@@ -203,6 +221,9 @@ pub fn broke(
         e.set_retry(true);
     } else {
         e.set_retry(may_retry(plan, method));
+        if e.retry() {
+            retried(plan, &e);
+        }
     }
     e
 }
