@@ -74,6 +74,12 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
             "the tile cache is not running",
         );
     };
+    if body.get("apiEndpoint").is_some() && body.get("url").is_some() {
+        return text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "give `url` or `apiEndpoint`, not both",
+        );
+    }
     if let Some(endpoint) = body.get("apiEndpoint").and_then(Value::as_str) {
         if !gw.endpoints.iter().any(|e| &*e.name == endpoint) {
             return text(
@@ -149,7 +155,7 @@ fn purge_target(url: &str) -> Option<(Option<&str>, std::borrow::Cow<'_, str>)> 
     }
     let end = rest.find(['/', '?']).unwrap_or(rest.len());
     let (host, path) = rest.split_at(end);
-    if host.is_empty() {
+    if host.parse::<http::uri::Authority>().is_err() {
         return None;
     }
     let path = match path.as_bytes().first() {
@@ -181,7 +187,15 @@ mod tests {
         );
         assert_eq!(target("http://x?y=1"), Some((Some("x"), "/?y=1".into())));
         assert_eq!(target("http://x"), Some((Some("x"), "/".into())));
-        for bad in ["wms?x=http://a/b", "", "http:///a", "://x/a", "h t://x/a"] {
+        for bad in [
+            "wms?x=http://a/b",
+            "",
+            "http:///a",
+            "://x/a",
+            "h t://x/a",
+            "http://[bad",
+            "http://a b/c",
+        ] {
             assert_eq!(target(bad), None, "{bad}");
         }
     }

@@ -693,6 +693,15 @@ fn purged_by_host(up: &PyUpstream, proxy: &str) {
     let without = purge(&format!(r#"{{"url": "{path}"}}"#));
     assert_eq!(without.status, 422, "{}", without.text());
     assert!(without.text().contains("host"), "{}", without.text());
+    // A URL that is none, and a URL with an api endpoint (which of the two?): refused.
+    for body in [
+        r#"{"url": "http://[bad"}"#.to_string(),
+        format!(r#"{{"url": "{path}", "apiEndpoint": "open"}}"#),
+    ] {
+        let r = purge(&body);
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+    }
+    assert_eq!(cache_status(&at("b.example")), "HIT", "nothing was purged");
     let with = purge(&format!(r#"{{"url": "{path}", "host": "a.example:8080"}}"#));
     assert_eq!(
         (with.status, support::json_body(&with)["purged"].as_u64()),
