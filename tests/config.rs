@@ -282,6 +282,21 @@ fn unsupported_value_expressions_are_named() {
     );
 }
 
+/// A JSON config is read as YAML reads it, with positions: a key given twice is an error
+/// where it is (as EG's reader has it), and the errors after it keep their lines.
+#[test]
+fn a_json_config_with_a_key_given_twice_is_refused_where_it_is() {
+    let dir = ConfigDir::empty();
+    dir.write(
+        "gateway.config.json",
+        "{\"http\": {\"port\": 28690},\n \"apiEndpoints\": {\"wms\": {\"paths\": \"/a\"},\n   \"wms\": {\"paths\": \"/b\"}}}\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.json");
+    assert!(err.contains(&format!("{file}:3:")), "{err}");
+    assert!(!err.contains(&format!("{file}:1:1:")), "{err}");
+}
+
 #[test]
 fn env_interpolation_json_config_and_eg_config_dir() {
     let up = support::EchoUpstream::start("up");

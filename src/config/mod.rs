@@ -56,8 +56,10 @@ pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
     }
     match node::parse(&text, &name) {
         Ok(n) => Ok(n),
-        Err(_) if path.extension().is_some_and(|e| e == "json") => {
-            // Valid JSON that YAML rejects (tabs, say): read it as JSON, without positions.
+        // Valid JSON that YAML's syntax rejects (tabs, say): read it as JSON, without positions.
+        // What the syntax allows but a config may not hold (a key given twice, as EG's reader
+        // refuses it too) is reported where it is.
+        Err(e) if path.extension().is_some_and(|e| e == "json") && node::is_syntax_error(&e) => {
             match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(v) => Ok(json_to_node(&v, &Pos::file_start(&name))),
                 Err(e) => Err(ConfigError::new(

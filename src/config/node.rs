@@ -131,6 +131,14 @@ impl Node {
     }
 }
 
+/// The reason [`parse`] gives a text YAML's syntax does not allow.
+const SYNTAX: &str = "invalid YAML: ";
+
+/// Whether an error of [`parse`] is one of YAML's syntax (not a key given twice, say).
+pub fn is_syntax_error(e: &ConfigError) -> bool {
+    e.reason.starts_with(SYNTAX)
+}
+
 /// Parses a whole document. An empty document is a null node.
 pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
     let mut builder = TreeBuilder {
@@ -147,7 +155,7 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
         let m = e.marker();
         return Err(ConfigError::new(
             &Pos::new(file, m.line(), m.col() + 1),
-            format!("invalid YAML: {}", e.info()),
+            format!("{SYNTAX}{}", e.info()),
         ));
     }
     if let Some(e) = builder.duplicate.or(builder.second_document) {
