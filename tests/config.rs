@@ -297,6 +297,22 @@ fn a_json_config_with_a_key_given_twice_is_refused_where_it_is() {
     assert!(!err.contains(&format!("{file}:1:1:")), "{err}");
 }
 
+/// A `jwt` step's key problem is reported at the key's parameter, not at the step.
+#[test]
+fn a_jwt_key_problem_is_reported_at_its_parameter() {
+    let dir = ConfigDir::new(
+        "http: {port: 28690}\napiEndpoints:\n  a: {paths: '/a/*'}\npolicies: [jwt]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - jwt:\n          - action:\n              checkCredentialExistence: false\n              secretOrPublicKeyFile: /no/such/key.pem\n              algorithms: [HS256]\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!(
+            "{file}:12:38: policy `jwt`: cannot read `secretOrPublicKeyFile`"
+        )),
+        "{err}"
+    );
+}
+
 #[test]
 fn env_interpolation_json_config_and_eg_config_dir() {
     let up = support::EchoUpstream::start("up");

@@ -144,7 +144,9 @@ pub fn build(
             cx.consumers,
         ) {
             Ok(p) => Arc::new(p),
-            Err(why) => return built_error(name, why, pos, errors),
+            Err(why) => {
+                return built_error(name, why.clone(), jwt_error_pos(action, &why, pos), errors)
+            }
         },
         "basic-auth" => Arc::new(basic_auth::BasicAuth::build(
             params(name, action, pos, errors)?,
@@ -182,6 +184,21 @@ fn built_error(
 ) -> Option<Arc<dyn Policy>> {
     errors.push(pos, format!("policy `{name}`: {why}"));
     None
+}
+
+/// Where a `jwt` step's build error belongs: at the parameter it is about (the key, the key
+/// file, the algorithms), else at the step.
+fn jwt_error_pos<'a>(action: Option<&'a Node>, why: &str, step: &'a Pos) -> &'a Pos {
+    let about = if why.contains("`secretOrPublicKeyFile`") {
+        Some("secretOrPublicKeyFile")
+    } else if why.contains("algorithm") {
+        Some("algorithms")
+    } else {
+        ["secretOrPublicKeyFile", "secretOrPublicKey"]
+            .into_iter()
+            .find(|k| action.and_then(|a| a.get(k)).is_some())
+    };
+    about.map_or(step, |k| param_pos(action, k, step))
 }
 
 /// Why a policy name cannot be used.
