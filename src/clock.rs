@@ -33,6 +33,12 @@ pub fn soon() -> Instant {
     }
 }
 
+/// The monotonic clock as of the kernel's last tick, in milliseconds since its epoch (never 0
+/// on a running system).
+pub fn coarse_millis() -> u64 {
+    read(libc::CLOCK_MONOTONIC_COARSE).as_millis() as u64
+}
+
 /// The `Date` header's value for now (RFC 9110's IMF-fixdate), made once a second per thread.
 pub fn http_date() -> [u8; 29] {
     thread_local! {

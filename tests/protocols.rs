@@ -248,3 +248,87 @@ fn websockets_after_authentication() {
     );
     assert_eq!(gw.error_lines(), Vec::<String>::new());
 }
+
+/// An HTTP/2 connection over TLS that sits idle: the gateway closes it.
+fn h2_connection(port: u16, preface: bool) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::io::Write;
+    let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+    connector.set_verify(SslVerifyMode::NONE);
+    connector.set_alpn_protos(b"\x02h2").expect("alpn");
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let mut tls = connector
+        .build()
+        .connect("localhost", tcp)
+        .expect("handshake");
+    assert_eq!(tls.ssl().selected_alpn_protocol(), Some(&b"h2"[..]));
+    if preface {
+        // The client preface and an empty SETTINGS frame.
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .expect("preface");
+    }
+    tls
+}
+
+/// How long until the gateway closes `tls` (reading whatever it sends meanwhile).
+fn closed_after(tls: &mut openssl::ssl::SslStream<std::net::TcpStream>) -> Duration {
+    use std::io::Read;
+    let started = Instant::now();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = tls.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+    }
+    started.elapsed()
+}
+
+/// HTTP/2 connections are bound as HTTP/1 ones are: one that sends nothing after the TLS
+/// handshake is closed after the header timeout, one idle after its preface after the
+/// keep-alive timeout; and an idle one does not hold a stopping gateway for its grace period.
+#[test]
+fn idle_http2_connections_are_closed_and_do_not_hold_a_shutdown() {
+    let dir = support::tls::https_config(
+        ConfigDir::empty(),
+        "apiEndpoints:\n  a: {paths: '/a/*'}\npolicies: [terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{terminate: {action: {statusCode: 200, message: ok}}}]}\n",
+    );
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--header-timeout",
+            "2",
+            "--keepalive-timeout",
+            "2",
+            "--grace-period",
+            "20",
+        ],
+        &[],
+    );
+    let silent = closed_after(&mut h2_connection(gw.port, false));
+    assert!(
+        silent >= Duration::from_millis(1500) && silent < Duration::from_secs(6),
+        "a silent HTTP/2 connection was closed after {silent:?}"
+    );
+    let idle = closed_after(&mut h2_connection(gw.port, true));
+    assert!(
+        idle >= Duration::from_millis(1500) && idle < Duration::from_secs(6),
+        "an idle HTTP/2 connection was closed after {idle:?}"
+    );
+    // An idle connection open, the gateway is told to stop: it leaves well before its grace
+    // period.
+    let _held = h2_connection(gw.port, true);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut gw = gw;
+    gw.signal("TERM");
+    let stopping = Instant::now();
+    while gw.child.try_wait().expect("wait").is_none() {
+        assert!(
+            stopping.elapsed() < Duration::from_secs(8),
+            "an idle HTTP/2 connection held the shutdown: {}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

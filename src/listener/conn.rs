@@ -15,6 +15,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
@@ -85,9 +86,13 @@ pub async fn serve<A>(
         log::debug!("client connection: cannot set TCP_NODELAY: {e}");
     }
     let io = ClientIo::new(tcp).with_send_timeout(limits.send_timeout);
+    // Over TLS a client may speak HTTP/2, whose sessions have no idle limit of their own.
+    let mut activity = None;
     let stream: Stream = match tls {
         None => Box::new(io),
         Some(acceptor) => {
+            let (io, watched) = io.watch_activity();
+            activity = Some(watched);
             let deadline = accepted + limits.header_timeout;
             let handshake = pingora_core::protocols::tls::server::handshake(&acceptor, io);
             match timeout_at(deadline, handshake).await {
@@ -108,11 +113,10 @@ pub async fn serve<A>(
     };
     let reason = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         // Counted until it closes: its streams are counted as requests in flight only once
-        // their heads are read. On a shutdown Pingora sends a GOAWAY and ends the connection
-        // when its streams are done.
-        app.process_new(stream, &shutdown).await;
+        // their heads are read. On a shutdown Pingora sends a GOAWAY.
+        let why = http2(stream, &app, &shutdown, activity, &limits).await;
         drop(fresh);
-        ConnClose::Done
+        why
     } else {
         http1(
             stream,
@@ -127,6 +131,60 @@ pub async fn serve<A>(
     };
     m.client_closed(reason);
     m.client_connections.dec();
+}
+
+/// How long an HTTP/2 connection may sit without a byte either way once the gateway is
+/// shutting down (it got a GOAWAY; one that does not close is closed).
+const HTTP2_IDLE_ON_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Serves an HTTP/2 connection until it closes, or until it sat without a byte either way
+/// (`activity`) for as long as an HTTP/1 connection may: the header timeout before its first
+/// request, the keep-alive timeout after, a second once a shutdown began and no request is in
+/// flight — so that idle
+/// clients can neither hold the connection cap nor keep a stopping process waiting.
+async fn http2<A>(
+    stream: Stream,
+    app: &Arc<A>,
+    shutdown: &ShutdownWatch,
+    activity: Option<Arc<std::sync::atomic::AtomicU64>>,
+    limits: &ClientLimits,
+) -> ConnClose
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    use std::sync::atomic::Ordering::Relaxed;
+    let Some(activity) = activity else {
+        app.process_new(stream, shutdown).await;
+        return ConnClose::Done;
+    };
+    // The handshake's bytes are not a request: counted from its end.
+    activity.store(0, Relaxed);
+    let opened = crate::clock::coarse_millis();
+    let served = app.process_new(stream, shutdown);
+    tokio::pin!(served);
+    let mut look = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = &mut served => return ConnClose::Done,
+            _ = look.tick() => {
+                let now = crate::clock::coarse_millis();
+                let last = activity.load(Relaxed);
+                let (since, limit, why) = if last == 0 {
+                    (now.saturating_sub(opened), limits.header_timeout, ConnClose::HeaderTimeout)
+                } else if *shutdown.borrow() && crate::proxy::requests_in_flight() <= 0 {
+                    // (While any request is in flight, one of this connection's may be: it
+                    // waits for them, as the drain does.)
+                    (now.saturating_sub(last), HTTP2_IDLE_ON_SHUTDOWN, ConnClose::Shutdown)
+                } else {
+                    (now.saturating_sub(last), limits.keepalive_timeout, ConnClose::KeepaliveTimeout)
+                };
+                if u128::from(since) >= limit.as_millis() {
+                    log::debug!("closing an HTTP/2 connection idle for {since} ms");
+                    return why;
+                }
+            }
+        }
+    }
 }
 
 /// The HTTP/1 request loop of one connection.

@@ -44,6 +44,10 @@ pub struct ClientIo {
     written: usize,
     digest: Arc<SocketDigest>,
     established: SystemTime,
+    /// When bytes last went either way (the coarse monotonic clock, ms), for a connection
+    /// whose idleness is watched from outside its sessions (HTTP/2: see
+    /// [`ClientIo::watch_activity`]).
+    activity: Option<Arc<std::sync::atomic::AtomicU64>>,
     /// A write fails when the client takes nothing for this long ...
     send_timeout: Duration,
     /// ... counted from the write that found the socket full.
@@ -65,6 +69,24 @@ impl ClientIo {
             established: SystemTime::now(),
             send_timeout: SEND_TIMEOUT,
             stalled: None,
+            activity: None,
+        }
+    }
+
+    /// The same, noting when bytes last went either way in what it returns (0 until they
+    /// do): HTTP/2's sessions have no idle or keep-alive limit of their own.
+    pub fn watch_activity(mut self) -> (ClientIo, Arc<std::sync::atomic::AtomicU64>) {
+        let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        self.activity = Some(activity.clone());
+        (self, activity)
+    }
+
+    fn active(&self) {
+        if let Some(a) = &self.activity {
+            a.store(
+                crate::clock::coarse_millis(),
+                std::sync::atomic::Ordering::Relaxed,
+            );
         }
     }
 
@@ -99,6 +121,7 @@ impl ClientIo {
             }
             done => {
                 self.stalled = None;
+                self.active();
                 done
             }
         }
@@ -267,7 +290,11 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let read = Pin::new(&mut self.tcp).poll_read(cx, buf);
+        if self.activity.is_some() && matches!(read, Poll::Ready(Ok(()))) {
+            self.active();
+        }
+        read
     }
 }
 
