@@ -1,6 +1,7 @@
-//! Host matching as EG's `vhost` does it: `*` or nothing = any host; a glob whose `*` is one DNS
-//! label, compared case-insensitively with the Host header minus its port; or an anchored,
-//! case-insensitive `hostRegex`.
+//! Host matching as EG's `vhost` does it: `*` or nothing = any host; a glob whose `*` stands for
+//! one or more characters of one DNS label (`*.example.com`, `tiles-*.example.com`), compared
+//! case-insensitively with the Host header minus its port; or an anchored, case-insensitive
+//! `hostRegex`.
 
 use regex::Regex;
 
@@ -10,7 +11,7 @@ use crate::pipeline::context::strip_port;
 pub enum HostMatcher {
     Any,
     /// Labels of the glob, lower-cased; `None` is a `*` label.
-    Glob(Vec<Option<String>>),
+    Glob(Vec<Option<Label>>),
     Regex(Regex),
 }
 
@@ -20,7 +21,7 @@ impl HostMatcher {
             None | Some("") | Some("*") => HostMatcher::Any,
             Some(h) => HostMatcher::Glob(
                 h.split('.')
-                    .map(|label| (label != "*").then(|| label.to_ascii_lowercase()))
+                    .map(|label| (label != "*").then(|| Label::of(label)))
                     .collect(),
             ),
         }
@@ -37,7 +38,10 @@ impl HostMatcher {
         match self {
             HostMatcher::Glob(labels) => labels
                 .iter()
-                .map(|l| l.as_deref())
+                .map(|l| match l {
+                    Some(Label::Exact(name)) => Some(name.as_str()),
+                    _ => None,
+                })
                 .collect::<Option<Vec<&str>>>()
                 .map(|l| l.join(".")),
             _ => None,
@@ -55,7 +59,7 @@ impl HostMatcher {
                 for label in labels {
                     match (parts.next(), label) {
                         (Some(p), None) if !p.is_empty() => {}
-                        (Some(p), Some(l)) if p.eq_ignore_ascii_case(l) => {}
+                        (Some(p), Some(l)) if l.matches(p) => {}
                         _ => return false,
                     }
                 }
@@ -64,6 +68,47 @@ impl HostMatcher {
             HostMatcher::Regex(re) => host.is_some_and(|h| re.is_match(strip_port(h))),
         }
     }
+}
+
+/// One label of a host glob, lower-cased.
+#[derive(Debug)]
+pub enum Label {
+    Exact(String),
+    /// The text around its `*`s, each of which stands for one or more characters.
+    Wild(Vec<String>),
+}
+
+impl Label {
+    fn of(label: &str) -> Label {
+        let lower = label.to_ascii_lowercase();
+        if lower.contains('*') {
+            Label::Wild(lower.split('*').map(str::to_string).collect())
+        } else {
+            Label::Exact(lower)
+        }
+    }
+
+    fn matches(&self, part: &str) -> bool {
+        match self {
+            Label::Exact(l) => part.eq_ignore_ascii_case(l),
+            Label::Wild(pieces) => wild(&part.to_ascii_lowercase(), pieces),
+        }
+    }
+}
+
+/// Whether `text` is `pieces` with one or more characters between each two.
+fn wild(text: &str, pieces: &[String]) -> bool {
+    let Some((first, rest)) = pieces.split_first() else {
+        return text.is_empty();
+    };
+    let Some(after) = text.strip_prefix(first.as_str()) else {
+        return false;
+    };
+    if rest.is_empty() {
+        return after.is_empty();
+    }
+    // A `*` takes at least one character, then the next piece follows somewhere.
+    (1..=after.len()).any(|n| after.is_char_boundary(n) && wild(&after[n..], rest))
 }
 
 #[cfg(test)]
@@ -78,6 +123,22 @@ mod tests {
         assert!(!g.matches(Some("acme.com")));
         assert!(!g.matches(Some("b.a.acme.com")));
         assert!(!g.matches(None));
+    }
+
+    /// As EG's `vhost`: a `*` inside a label stands for one or more characters of it.
+    #[test]
+    fn star_inside_a_label() {
+        let g = HostMatcher::glob(Some("tiles-*.example.com"));
+        assert!(g.matches(Some("tiles-a.example.com")));
+        assert!(g.matches(Some("TILES-eu1.example.com:443")));
+        assert!(!g.matches(Some("tiles-.example.com")));
+        assert!(!g.matches(Some("tiles-a.b.example.com")));
+        assert!(!g.matches(Some("maps-a.example.com")));
+        assert_eq!(g.exact_name(), None);
+        let g = HostMatcher::glob(Some("a*b*c.x"));
+        assert!(g.matches(Some("a1b2c.x")));
+        assert!(!g.matches(Some("abc.x")));
+        assert!(!g.matches(Some("a1b2c3.x")));
     }
 
     #[test]
