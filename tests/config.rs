@@ -313,6 +313,29 @@ fn a_jwt_key_problem_is_reported_at_its_parameter() {
     );
 }
 
+/// Parameters written as strings are taken as the numbers and booleans they spell, and
+/// numbers where text is wanted as their text, as EG's schema check (ajv, `coerceTypes`) does:
+/// a quoted `'${VAR}'` gives a string.
+#[test]
+fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
+    let up = support::EchoUpstream::start("up");
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\napiEndpoints:\n  t: {{paths: '/t/*'}}\n  p: {{paths: '/p/*'}}\n  r: {{paths: '/r/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [terminate, proxy, cors, rate-limit]\npipelines:\n  t:\n    apiEndpoints: [t]\n    policies:\n      - cors: [{{action: {{origin: 'https://a.example', credentials: 'true', maxAge: '600'}}}}]\n      - terminate: [{{action: {{statusCode: '401', message: 123}}}}]\n  p:\n    apiEndpoints: [p]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: 'true', headers: {{X-Num: 5}}}}}}]\n  r:\n    apiEndpoints: [r]\n    policies:\n      - rate-limit: [{{action: {{max: '1', windowMs: '60000'}}}}]\n      - terminate: [{{action: {{statusCode: 200, message: ok}}}}]\n",
+        up = up.url("")
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let r = get(gw.port, "GET", "/t/x", &[("Origin", "https://a.example")]);
+    assert_eq!((r.status, r.text().as_str()), (401, "123"));
+    assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+    let r = get(gw.port, "GET", "/p/x", &[]);
+    assert_eq!(r.echoed().url(), "/x", "stripPath: 'true'");
+    assert_eq!(r.echoed().header("x-num").as_deref(), Some("5"));
+    let statuses: Vec<u16> = (0..2)
+        .map(|_| get(gw.port, "GET", "/r/x", &[]).status)
+        .collect();
+    assert_eq!(statuses, [200, 429], "max: '1'");
+}
+
 #[test]
 fn env_interpolation_json_config_and_eg_config_dir() {
     let up = support::EchoUpstream::start("up");

@@ -221,7 +221,7 @@ pub fn params<T: DeserializeOwned>(
     errors: &mut ConfigErrors,
 ) -> Option<T> {
     let json = action.map_or_else(|| serde_json::json!({}), Node::to_json);
-    match serde_path_to_error::deserialize::<_, T>(json) {
+    match coerced::<T>(json) {
         Ok(p) => Some(p),
         Err(e) => {
             let at = action.map_or(pos, |a| &a.locate(e.path()).pos);
@@ -234,6 +234,76 @@ pub fn params<T: DeserializeOwned>(
             errors.push(at, format!("policy `{policy}`{field}: {}", e.inner()));
             None
         }
+    }
+}
+
+/// Reads a step's parameters as EG's schema check does (ajv with `coerceTypes`): a number or a
+/// boolean written as a string (`statusCode: '401'`, `credentials: 'true'`, what a quoted
+/// `'${VAR}'` gives) is taken as one, and a number or boolean where text is expected as its
+/// text. Anything else that does not fit is the error it was.
+pub fn coerced<T: DeserializeOwned>(
+    mut json: serde_json::Value,
+) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+    loop {
+        let e = match serde_path_to_error::deserialize::<_, T>(json.clone()) {
+            Ok(p) => return Ok(p),
+            Err(e) => e,
+        };
+        let message = e.inner().to_string();
+        if !message.starts_with("invalid type") || !coerce_at(&mut json, e.path(), &message) {
+            return Err(e);
+        }
+    }
+}
+
+/// Coerces the value at `path` as `message` (serde's "invalid type: …, expected …") asks.
+fn coerce_at(
+    json: &mut serde_json::Value,
+    path: &serde_path_to_error::Path,
+    message: &str,
+) -> bool {
+    use serde_json::Value;
+    let mut v = json;
+    for seg in path.iter() {
+        let next = match seg {
+            serde_path_to_error::Segment::Map { key } => v.get_mut(key.as_str()),
+            serde_path_to_error::Segment::Seq { index } => v.get_mut(*index),
+            _ => None,
+        };
+        match next {
+            Some(n) => v = n,
+            None => return false,
+        }
+    }
+    let wants_text = message.contains("expected a string");
+    let new = match &*v {
+        Value::String(s) if !wants_text => {
+            let t = s.trim();
+            if message.contains("boolean") {
+                match t {
+                    "true" => Some(Value::Bool(true)),
+                    "false" => Some(Value::Bool(false)),
+                    _ => None,
+                }
+            } else if let Ok(i) = t.parse::<i64>() {
+                Some(Value::from(i))
+            } else {
+                t.parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+            }
+        }
+        Value::Number(n) if wants_text => Some(Value::String(n.to_string())),
+        Value::Bool(b) if wants_text => Some(Value::String(b.to_string())),
+        _ => None,
+    };
+    match new {
+        Some(n) => {
+            *v = n;
+            true
+        }
+        None => false,
     }
 }
 

@@ -168,7 +168,7 @@ fn merged_params(
             }
         }
     }
-    match serde_path_to_error::deserialize::<_, Params>(json) {
+    match super::coerced::<Params>(json) {
         Ok(p) => Some(p),
         Err(e) => {
             // Point at the value in proxyOptions when it came from there, else in the action.
