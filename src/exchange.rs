@@ -348,9 +348,6 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
             .parse::<http::Uri>()
             .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "upstream path", e))?;
         upstream.set_uri(uri);
-        if let Some(host) = &plan.host {
-            upstream.insert_header(http::header::HOST, host.clone())?;
-        }
     }
     match &x.proxy {
         Some(plan) => {
@@ -362,6 +359,17 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
                 upstream.insert_header(crate::policies::proxy::REQUEST_ID.clone(), id)?;
             }
             apply_edits(upstream, own)?;
+            // As EG's proxy: `changeOrigin` sets the url's Host after every step's edits; a
+            // request left without one (a step removed it) gets the url's, as Node's client
+            // gives it. Never a request without Host.
+            match &plan.host {
+                Some(host) => upstream.insert_header(http::header::HOST, host.clone())?,
+                None if !upstream.headers.contains_key(http::header::HOST) => {
+                    let url = &plan.endpoint.targets[plan.target];
+                    upstream.insert_header(http::header::HOST, url.host_header.clone())?;
+                }
+                None => {}
+            }
         }
         None => apply_edits(upstream, &x.upstream_edits)?,
     }

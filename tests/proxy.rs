@@ -360,3 +360,31 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
         "still serving"
     );
 }
+
+/// A step's edit of `Host` meets the proxy's as in EG: `changeOrigin` sets the url's Host after
+/// every step (it wins), without it the step's edit stands, and a request a step left without
+/// Host gets the url's (never none). On the fast path (GET) and the general one (POST).
+#[test]
+fn a_steps_host_edit_and_change_origin() {
+    let up = EchoUpstream::start("up");
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\napiEndpoints:\n  add: {{paths: '/add/*'}}\n  addkeep: {{paths: '/addkeep/*'}}\n  rm: {{paths: '/rm/*'}}\n  rmkeep: {{paths: '/rmkeep/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [request-transformer, proxy]\npipelines:\n  add:\n    apiEndpoints: [add]\n    policies:\n      - request-transformer: [{{action: {{headers: {{add: {{host: \"'virt.example'\"}}}}}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n  addkeep:\n    apiEndpoints: [addkeep]\n    policies:\n      - request-transformer: [{{action: {{headers: {{add: {{host: \"'virt.example'\"}}}}}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up, changeOrigin: false}}}}]\n  rm:\n    apiEndpoints: [rm]\n    policies:\n      - request-transformer: [{{action: {{headers: {{remove: [host]}}}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n  rmkeep:\n    apiEndpoints: [rmkeep]\n    policies:\n      - request-transformer: [{{action: {{headers: {{remove: [host]}}}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up, changeOrigin: false}}}}]\n",
+        up = up.url("")
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    let target = format!("127.0.0.1:{}", up.port);
+    for method in ["GET", "POST"] {
+        for (path, host) in [
+            ("/add/x", target.as_str()),
+            ("/addkeep/x", "virt.example"),
+            ("/rm/x", target.as_str()),
+            ("/rmkeep/x", target.as_str()),
+        ] {
+            let headers = [("Host", "client.test"), ("Content-Length", "0")];
+            let n = if method == "GET" { 1 } else { 2 };
+            let e = get(gw.port, method, path, &headers[..n]).echoed();
+            assert_eq!(e.header("host").as_deref(), Some(host), "{method} {path}");
+        }
+    }
+}
