@@ -300,7 +300,9 @@ pub fn reply_lines(reply: &Reply, edits: &[HeaderEdit]) -> ReplyLines {
         let _ = lines.set(n.clone(), v.clone());
     }
     let _ = apply_edits(&mut lines, edits);
-    if !lines.has(&http::header::CONTENT_LENGTH) {
+    // A 204 or 304 gets no length of the gateway's (RFC 9110 §8.6; `cors`'s preflight says
+    // `Content-Length: 0` itself, as EG's does); a 205's is 0.
+    if !lines.has(&http::header::CONTENT_LENGTH) && !matches!(reply.status, 204 | 304) {
         lines.0.push((
             http::header::CONTENT_LENGTH,
             HeaderValue::from(reply.body.len()),

@@ -36,7 +36,9 @@ pub fn bad_gateway() -> Reply {
 /// A string body sent with Express's `res.send`, which types it `text/html`.
 pub fn html(status: u16, body: impl Into<Bytes>) -> Reply {
     let mut reply = Reply::text(status, body);
-    reply.content_type = Some("text/html; charset=utf-8");
+    if reply.content_type.is_some() {
+        reply.content_type = Some("text/html; charset=utf-8");
+    }
     reply
 }
 

@@ -322,3 +322,46 @@ fn log_policy_writes_its_message_and_goes_on() {
         gw.log_text()
     );
 }
+
+/// A gateway-made answer whose status has no body (204, 205, 304) goes out without one and
+/// without a length (a 205 with `Content-Length: 0`), whatever message the step gives: on the
+/// fast path (GET) and the general one (POST).
+#[test]
+fn an_answer_whose_status_has_no_body_gets_none() {
+    let up = EchoUpstream::start("up");
+    let p: String = [204, 205, 304]
+        .iter()
+        .map(|s| {
+            format!(
+                "  t{s}:\n    apiEndpoints: [t{s}]\n    policies:\n{}",
+                term(*s, "gone", "{name: always}")
+            )
+        })
+        .collect();
+    let e: String = [204, 205, 304]
+        .iter()
+        .map(|s| format!("  t{s}: {{paths: '/t{s}'}}\n"))
+        .collect();
+    let (_dir, gw) = start(&e, "terminate", &p, &up);
+    for status in [204, 205, 304] {
+        for method in ["GET", "POST"] {
+            let raw = format!(
+                "{method} /t{status} HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            let text = support::send_until_close(gw.port, raw.as_bytes());
+            let case = format!("{method} {status}");
+            assert!(
+                text.starts_with(&format!("HTTP/1.1 {status}")),
+                "{case}: {text}"
+            );
+            let (head, body) = text.split_once("\r\n\r\n").expect("a head");
+            assert_eq!(body, "", "{case}: a body");
+            let head = head.to_ascii_lowercase();
+            assert!(!head.contains("content-type"), "{case}: {head}");
+            match status {
+                205 => assert!(head.contains("content-length: 0"), "{case}: {head}"),
+                _ => assert!(!head.contains("content-length"), "{case}: {head}"),
+            }
+        }
+    }
+}

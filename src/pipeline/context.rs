@@ -246,7 +246,12 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A text answer; for a status that has no body (204, 205, 304: RFC 9110 §15.3.5–6,
+    /// §15.4.5), none, whatever text a step gave (a `terminate` with `statusCode: 204`).
     pub fn text(status: u16, body: impl Into<Bytes>) -> Reply {
+        if matches!(status, 204 | 205 | 304) {
+            return Reply::empty(status);
+        }
         Reply {
             status,
             content_type: Some("text/plain; charset=utf-8"),
