@@ -365,3 +365,35 @@ fn an_answer_whose_status_has_no_body_gets_none() {
         }
     }
 }
+
+/// `delayMs` or `delayAfter` set alone delays as EG does, the other at EG's default (1 and
+/// 1000 ms); neither set, nothing is delayed.
+#[test]
+fn a_delay_set_alone_delays_as_eg() {
+    let up = EchoUpstream::start("up");
+    let pipeline = |name: &str, action: &str| {
+        format!("  {name}:\n    apiEndpoints: [{name}]\n    policies:\n      - rate-limit: [{{action: {{max: 100, {action}}}}}]\n      - terminate: [{{action: {{statusCode: 200, message: ok}}}}]\n")
+    };
+    let p = [
+        pipeline("ms", "delayMs: 300"),
+        pipeline("none", "windowMs: 60000"),
+    ]
+    .concat();
+    let (_dir, gw) = start(
+        "  ms: {paths: '/ms'}\n  none: {paths: '/none'}\n",
+        "rate-limit, terminate",
+        &p,
+        &up,
+    );
+    let took = |path: &str| {
+        let t = std::time::Instant::now();
+        assert_eq!(get(gw.port, "GET", path, &[]).status, 200);
+        t.elapsed()
+    };
+    let ms = std::time::Duration::from_millis;
+    assert!(took("/ms") < ms(250), "the first request is not delayed");
+    assert!(took("/ms") >= ms(290), "the second is, by delayMs");
+    for _ in 0..3 {
+        assert!(took("/none") < ms(250), "no delay unless asked");
+    }
+}

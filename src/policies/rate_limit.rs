@@ -31,10 +31,10 @@ pub struct Params {
     message: String,
     #[serde(default = "default_true")]
     headers: bool,
-    #[serde(default)]
-    delay_after: u64,
-    #[serde(default)]
-    delay_ms: u64,
+    /// Unset with `delayMs` unset: no delay (EG's defaults, 1 and 1000, slow every second
+    /// request); set one, and the other is EG's default.
+    delay_after: Option<u64>,
+    delay_ms: Option<u64>,
 }
 
 fn default_max() -> u64 {
@@ -117,8 +117,14 @@ impl RateLimit {
                 status: p.status_code,
                 message: p.message,
                 headers: p.headers,
-                delay_after: p.delay_after,
-                delay: Duration::from_millis(p.delay_ms),
+                delay_after: match (p.delay_after, p.delay_ms) {
+                    (None, None) => 0,
+                    (after, _) => after.unwrap_or(1),
+                },
+                delay: Duration::from_millis(match (p.delay_after, p.delay_ms) {
+                    (None, None) => 0,
+                    (_, ms) => ms.unwrap_or(1000),
+                }),
             }),
             key,
             windows,
@@ -194,26 +200,39 @@ impl Settings {
     }
 }
 
-/// Whether `Accept` ranks JSON above HTML (express's `res.format` with html listed first).
+/// Whether `Accept` ranks JSON above HTML as Express's `res.format` (html listed first) ranks
+/// them (the negotiator): by q, then by how specific the range that takes each is (exact, then
+/// `type/*`, then `*/*`), then by the range's place in the header; a tie is HTML's.
 fn prefers_json(accept: Option<&str>) -> bool {
     let Some(accept) = accept else { return false };
-    let q_of = |wanted: &[&str]| -> f32 {
+    // The best (q, specificity, -place) of the ranges that take `kind/sub`.
+    let rank = |kind: &str, sub: &str| -> Option<(f32, u8, isize)> {
         accept
             .split(',')
-            .filter_map(|part| {
+            .enumerate()
+            .filter_map(|(place, part)| {
                 let mut it = part.split(';');
                 let media = it.next()?.trim().to_ascii_lowercase();
                 let q = it
                     .filter_map(|p| p.trim().strip_prefix("q="))
                     .find_map(|q| q.parse::<f32>().ok())
                     .unwrap_or(1.0);
-                wanted.contains(&media.as_str()).then_some(q)
+                let (t, st) = media.split_once('/')?;
+                let specific = match (t, st) {
+                    _ if t == kind && st == sub => 2,
+                    (_, "*") if t == kind => 1,
+                    ("*", "*") => 0,
+                    _ => return None,
+                };
+                (q > 0.0).then_some((q, specific, -(place as isize)))
             })
-            .fold(0.0, f32::max)
+            .max_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
     };
-    let json = q_of(&["application/json", "application/*"]);
-    let html = q_of(&["text/html", "text/*", "*/*"]);
-    json > html
+    match (rank("application", "json"), rank("text", "html")) {
+        (Some(json), Some(html)) => json.partial_cmp(&html) == Some(std::cmp::Ordering::Greater),
+        (Some(_), None) => true,
+        _ => false,
+    }
 }
 
 impl Policy for RateLimit {
@@ -266,5 +285,13 @@ mod tests {
         assert!(!prefers_json(Some("text/html,application/json")));
         assert!(prefers_json(Some("application/json, text/plain;q=0.5")));
         assert!(!prefers_json(Some("image/png")));
+        // As Express's negotiator: an exact range over a wildcard one of the same q, and the
+        // earlier of two exact ones (axios sends the first).
+        assert!(prefers_json(Some("application/json, text/plain, */*")));
+        assert!(prefers_json(Some("application/json, text/html")));
+        assert!(prefers_json(Some("text/*, application/json")));
+        assert!(prefers_json(Some("*/*;q=0.5, application/json;q=0.5")));
+        assert!(!prefers_json(Some("application/json;q=0.5, text/html")));
+        assert!(!prefers_json(Some("application/json;q=0, */*")));
     }
 }
