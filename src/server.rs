@@ -265,7 +265,14 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .or_else(|| h.certs.first())
             .context("https needs a certificate")?;
         let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
-        let tls = crate::listener::tls_acceptor(&cert.cert, &cert.key)
+        // The others by SNI, in the config's order.
+        let by_name: Vec<(String, String, String)> = h
+            .certs
+            .iter()
+            .filter(|c| c.host_glob != "default" && !std::ptr::eq(*c, cert))
+            .map(|c| (c.host_glob.clone(), c.cert.clone(), c.key.clone()))
+            .collect();
+        let tls = crate::listener::tls_acceptor_by_name(&cert.cert, &cert.key, &by_name)
             .with_context(|| format!("https on {addr}"))?;
         log::info!("gateway listening on https://{addr}");
         gateway_service.add(Endpoint {

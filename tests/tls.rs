@@ -113,3 +113,78 @@ fn a_cached_tile_is_answered_whole_over_the_https_listener() {
     }
     assert_eq!(up.served(), 1);
 }
+
+/// EG's `https.tls` with several certificates: a client naming a host (SNI) gets the first
+/// whose glob matches it, any other (or one naming none) the `default` one.
+#[test]
+fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let dir = ConfigDir::empty();
+    let certs: Vec<(&str, SelfSigned)> = ["a", "b", "default"]
+        .into_iter()
+        .map(|n| (n, SelfSigned::new()))
+        .collect();
+    for (n, c) in &certs {
+        dir.write(&format!("{n}.crt"), &c.cert_pem());
+        dir.write(&format!("{n}.key"), &c.key_pem());
+    }
+    let entry = |glob: &str, n: &str| {
+        format!(
+            "    '{glob}': {{key: '{}', cert: '{}'}}\n",
+            dir.file(&format!("{n}.key")),
+            dir.file(&format!("{n}.crt"))
+        )
+    };
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n{}{}{}apiEndpoints:\n  a: {{paths: '/a'}}\npolicies: [terminate]\npipelines:\n  p: {{apiEndpoints: [a], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n",
+            entry("*.a.test", "a"),
+            entry("b.test", "b"),
+            entry("default", "default"),
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let served = |sni: Option<&str>| {
+        let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+        connector.set_verify(SslVerifyMode::NONE);
+        connector
+            .set_alpn_protos(b"\x02h2\x08http/1.1")
+            .expect("alpn");
+        let mut config = connector.build().configure().expect("configure");
+        config.set_use_server_name_indication(sni.is_some());
+        config.set_verify_hostname(false);
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        let tls = config
+            .connect(sni.unwrap_or("none"), tcp)
+            .expect("handshake");
+        // HTTP/2 is offered whichever certificate answers.
+        assert_eq!(
+            tls.ssl().selected_alpn_protocol(),
+            Some(&b"h2"[..]),
+            "{sni:?}"
+        );
+        let der = tls
+            .ssl()
+            .peer_certificate()
+            .expect("a certificate")
+            .to_der()
+            .expect("der");
+        certs
+            .iter()
+            .find(|(_, c)| c.cert.to_der().expect("der") == der)
+            .map(|(n, _)| *n)
+            .expect("one of the certificates")
+    };
+    assert_eq!(served(Some("x.a.test")), "a");
+    assert_eq!(served(Some("TILES.A.TEST")), "a");
+    assert_eq!(served(Some("b.test")), "b");
+    assert_eq!(served(Some("c.test")), "default");
+    assert_eq!(
+        served(Some("a.test")),
+        "default",
+        "`*` is one label at least"
+    );
+    assert_eq!(served(None), "default");
+}

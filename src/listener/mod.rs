@@ -370,6 +370,46 @@ where
 /// A TLS acceptor for a certificate (chain) and key in PEM files: Mozilla's intermediate
 /// settings; HTTP/2 when the client offers it (ALPN), else HTTP/1.1.
 pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<Arc<SslAcceptor>> {
+    tls_acceptor_by_name(cert, key, &[])
+}
+
+/// A TLS acceptor with a `default` certificate and, by SNI, the first of `by_name` (host glob,
+/// certificate, key) whose glob matches the name the client asks for (`*` one or more
+/// characters of a label, as apiEndpoints' hosts): EG's `https.tls` section.
+pub fn tls_acceptor_by_name(
+    cert: &str,
+    key: &str,
+    by_name: &[(String, String, String)],
+) -> anyhow::Result<Arc<SslAcceptor>> {
+    use pingora_core::tls::ssl::NameType;
+    let mut b = tls_builder(cert, key)?;
+    let mut named = Vec::new();
+    for (glob, cert, key) in by_name {
+        let context = tls_builder(cert, key)?.build().into_context();
+        named.push((crate::routing::host::HostMatcher::glob(Some(glob)), context));
+    }
+    if !named.is_empty() {
+        b.set_servername_callback(move |ssl, _alert| {
+            let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+            if let Some((_, context)) = name
+                .as_deref()
+                .and_then(|n| named.iter().find(|(glob, _)| glob.matches(Some(n))))
+            {
+                // Best effort: the default certificate answers when it cannot be swapped.
+                let _ = ssl.set_ssl_context(context);
+            }
+            Ok(())
+        });
+    }
+    Ok(Arc::new(b.build()))
+}
+
+/// An acceptor's settings with one certificate: ALPN (h2, then HTTP/1.1), the certificate
+/// chain and its key.
+fn tls_builder(
+    cert: &str,
+    key: &str,
+) -> anyhow::Result<pingora_core::tls::ssl::SslAcceptorBuilder> {
     use pingora_core::tls::ssl::{select_next_proto, AlpnError};
     let mut b =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).context("cannot set up TLS")?;
@@ -382,7 +422,7 @@ pub fn tls_acceptor(cert: &str, key: &str) -> anyhow::Result<Arc<SslAcceptor>> {
         .with_context(|| format!("cannot use the key {key}"))?;
     b.check_private_key()
         .with_context(|| format!("the key {key} does not match the certificate {cert}"))?;
-    Ok(Arc::new(b.build()))
+    Ok(b)
 }
 
 /// Raises the soft limit of open descriptors to the hard limit, and returns the limit now in
