@@ -149,7 +149,7 @@ impl ProxyHttp for Tollgate {
             Decision::Proxy => {
                 if let Some(level) = ctx.x.compress {
                     let mut c = ResponseCompressionCtx::new(level, false, false);
-                    c.request_filter(session.req_header());
+                    c.request_filter(&preferred_encodings(session.req_header()));
                     ctx.compression = Some(Box::new(c));
                 }
                 Ok(false)
@@ -472,6 +472,73 @@ impl ProxyHttp for Tollgate {
             &exchange::Requested::of(session.req_header()),
             &ctx.x,
             &ended,
+        );
+    }
+}
+
+/// The request as the compression step reads it: its `Accept-Encoding` cut to the codings the
+/// client ranks highest (none with `q=0`, which refuses a coding), since Pingora's choice reads
+/// the names only (`gzip;q=0` got gzip, `br;q=0.1, gzip` got br).
+fn preferred_encodings(req: &RequestHeader) -> RequestHeader {
+    let mut req = req.clone();
+    let Some(accept) = req
+        .headers
+        .get(http::header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return req;
+    };
+    let codings: Vec<(&str, f32)> = accept
+        .split(',')
+        .filter_map(|part| {
+            let mut it = part.split(';');
+            let coding = it.next()?.trim();
+            let q = it
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (!coding.is_empty() && q > 0.0).then_some((coding, q))
+        })
+        .collect();
+    let best = codings.iter().map(|(_, q)| *q).fold(0.0, f32::max);
+    let kept: Vec<&str> = codings
+        .iter()
+        .filter(|(_, q)| *q >= best)
+        .map(|(c, _)| *c)
+        .collect();
+    if kept.is_empty() {
+        req.remove_header(&http::header::ACCEPT_ENCODING);
+    } else if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
+        let _ = req.insert_header(http::header::ACCEPT_ENCODING, v);
+    }
+    req
+}
+
+#[cfg(test)]
+mod compression_tests {
+    use super::preferred_encodings;
+    use pingora_http::RequestHeader;
+
+    fn kept(accept: &str) -> Option<String> {
+        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
+        req.insert_header("accept-encoding", accept)
+            .expect("header");
+        preferred_encodings(&req)
+            .headers
+            .get("accept-encoding")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+    }
+
+    #[test]
+    fn the_codings_the_client_ranks_highest() {
+        assert_eq!(kept("gzip, br").as_deref(), Some("gzip, br"));
+        assert_eq!(kept("gzip;q=0"), None);
+        assert_eq!(kept("gzip;q=0, br;q=0"), None);
+        assert_eq!(kept("br;q=0.1, gzip").as_deref(), Some("gzip"));
+        assert_eq!(
+            kept("gzip;q=0.5, br;q=0.5, zstd;q=0").as_deref(),
+            Some("gzip, br")
         );
     }
 }

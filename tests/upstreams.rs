@@ -348,6 +348,20 @@ fn text_is_compressed_for_clients_that_accept_it_and_images_are_not() {
     assert_eq!(br.header("content-encoding"), Some("br"));
     let plain = get(gw.port, "GET", "/tiles/caps.json", &[]);
     assert_eq!(plain.header("content-encoding"), None);
+    // q-values count: `q=0` refuses a coding, the highest ranked is chosen.
+    for (accept, coding) in [
+        ("gzip;q=0", None),
+        ("gzip;q=0, br;q=0", None),
+        ("br;q=0.1, gzip", Some("gzip")),
+    ] {
+        let r = get(
+            gw.port,
+            "GET",
+            "/tiles/caps.json",
+            &[("Accept-Encoding", accept)],
+        );
+        assert_eq!(r.header("content-encoding"), coding, "{accept}");
+    }
     let image = get(
         gw.port,
         "GET",
