@@ -56,6 +56,8 @@ pub struct RequestCtx {
     not_modified: Option<Box<ResponseHeader>>,
     /// The revalidation's `304` named another validator than the stored tile's: the tile goes.
     other_validator: bool,
+    /// An HTTP/2 request's stream, counted open on its connection while the request lasts.
+    _h2_stream: Option<crate::listener::h2::Stream>,
 }
 
 /// A request the fast path ran the pipelines of and hands to Pingora's proxy to finish.
@@ -114,6 +116,7 @@ impl ProxyHttp for Tollgate {
             decided: None,
             not_modified: None,
             other_validator: false,
+            _h2_stream: None,
         }
     }
 
@@ -131,6 +134,13 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.is_http2() {
+            let client = session.client_addr().and_then(PeerAddr::as_inet);
+            let local = session.server_addr().and_then(PeerAddr::as_inet);
+            if let (Some(client), Some(local)) = (client, local) {
+                ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local);
+            }
+        }
         if crate::wire::asks_close(&session.req_header().headers) {
             session.set_keepalive(None);
         }

@@ -287,12 +287,14 @@ fn closed_after(tls: &mut openssl::ssl::SslStream<std::net::TcpStream>) -> Durat
 
 /// HTTP/2 connections are bound as HTTP/1 ones are: one that sends nothing after the TLS
 /// handshake is closed after the header timeout, one idle after its preface after the
-/// keep-alive timeout; and an idle one does not hold a stopping gateway for its grace period.
+/// keep-alive timeout — between requests only: a request waiting longer than that on its
+/// upstream is answered; and an idle one does not hold a stopping gateway for its grace period.
 #[test]
 fn idle_http2_connections_are_closed_and_do_not_hold_a_shutdown() {
+    let up = PyUpstream::start("slow", 5.0);
     let dir = support::tls::https_config(
         ConfigDir::empty(),
-        "apiEndpoints:\n  a: {paths: '/a/*'}\npolicies: [terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{terminate: {action: {statusCode: 200, message: ok}}}]}\n",
+        &format!("apiEndpoints:\n  a: {{paths: '/a/*'}}\n  s: {{paths: '/s/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [terminate, proxy]\npipelines:\n  p: {{apiEndpoints: [a], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n  s: {{apiEndpoints: [s], policies: [{{proxy: {{action: {{serviceEndpoint: up, stripPath: true}}}}}}]}}\n", up.url("")),
     );
     let gw = GatewayProcess::start_with(
         &dir,
@@ -300,7 +302,7 @@ fn idle_http2_connections_are_closed_and_do_not_hold_a_shutdown() {
             "--header-timeout",
             "2",
             "--keepalive-timeout",
-            "2",
+            "4",
             "--grace-period",
             "20",
         ],
@@ -308,14 +310,18 @@ fn idle_http2_connections_are_closed_and_do_not_hold_a_shutdown() {
     );
     let silent = closed_after(&mut h2_connection(gw.port, false));
     assert!(
-        silent >= Duration::from_millis(1500) && silent < Duration::from_secs(6),
+        silent >= Duration::from_millis(1500) && silent < Duration::from_millis(3500),
         "a silent HTTP/2 connection was closed after {silent:?}"
     );
     let idle = closed_after(&mut h2_connection(gw.port, true));
     assert!(
-        idle >= Duration::from_millis(1500) && idle < Duration::from_secs(6),
+        idle >= Duration::from_millis(3500) && idle < Duration::from_secs(8),
         "an idle HTTP/2 connection was closed after {idle:?}"
     );
+    // A request that waits 5 s on its upstream, longer than the keep-alive timeout.
+    let url = format!("https://127.0.0.1:{}/s/slow/5000/x", gw.port);
+    let (codes, took) = curl(&["--http2", "-w", "%{http_version} %{http_code}\n"], &[url]);
+    assert_eq!(codes, ["2 200"], "after {took:?}");
     // An idle connection open, the gateway is told to stop: it leaves well before its grace
     // period.
     let _held = h2_connection(gw.port, true);

@@ -138,27 +138,32 @@ pub async fn serve<A>(
 const HTTP2_IDLE_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 
 /// Serves an HTTP/2 connection until it closes, or until it sat without a byte either way
-/// (`activity`) for as long as an HTTP/1 connection may: the header timeout before its first
-/// request, the keep-alive timeout after, a second once a shutdown began and no request is in
-/// flight — so that idle
+/// (`activity`) while none of its streams is open, for as long as an HTTP/1 connection may
+/// wait between requests: the header timeout before the client's first bytes, the keep-alive
+/// timeout after, a second once a shutdown began — so that idle
 /// clients can neither hold the connection cap nor keep a stopping process waiting.
 async fn http2<A>(
     stream: Stream,
     app: &Arc<A>,
     shutdown: &ShutdownWatch,
-    activity: Option<Arc<std::sync::atomic::AtomicU64>>,
+    activity: Option<Arc<super::io::Activity>>,
     limits: &ClientLimits,
 ) -> ConnClose
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
     use std::sync::atomic::Ordering::Relaxed;
-    let Some(activity) = activity else {
+    let ends = stream
+        .get_socket_digest()
+        .and_then(|d| Some((*d.peer_addr()?.as_inet()?, *d.local_addr()?.as_inet()?)));
+    let (Some(activity), Some((client, local))) = (activity, ends) else {
         app.process_new(stream, shutdown).await;
         return ConnClose::Done;
     };
+    // Its streams, counted: the idle limit applies while none is open.
+    let connection = super::h2::Connection::new(client, local);
     // The handshake's bytes are not a request: counted from its end.
-    activity.store(0, Relaxed);
+    activity.reset();
     let opened = crate::clock::coarse_millis();
     let served = app.process_new(stream, shutdown);
     tokio::pin!(served);
@@ -168,15 +173,15 @@ where
             _ = &mut served => return ConnClose::Done,
             _ = look.tick() => {
                 let now = crate::clock::coarse_millis();
-                let last = activity.load(Relaxed);
-                let (since, limit, why) = if last == 0 {
+                let idle = now.saturating_sub(activity.last.load(Relaxed));
+                let (since, limit, why) = if !activity.read.load(Relaxed) {
                     (now.saturating_sub(opened), limits.header_timeout, ConnClose::HeaderTimeout)
-                } else if *shutdown.borrow() && crate::proxy::requests_in_flight() <= 0 {
-                    // (While any request is in flight, one of this connection's may be: it
-                    // waits for them, as the drain does.)
-                    (now.saturating_sub(last), HTTP2_IDLE_ON_SHUTDOWN, ConnClose::Shutdown)
+                } else if connection.busy() {
+                    continue;
+                } else if *shutdown.borrow() {
+                    (idle, HTTP2_IDLE_ON_SHUTDOWN, ConnClose::Shutdown)
                 } else {
-                    (now.saturating_sub(last), limits.keepalive_timeout, ConnClose::KeepaliveTimeout)
+                    (idle, limits.keepalive_timeout, ConnClose::KeepaliveTimeout)
                 };
                 if u128::from(since) >= limit.as_millis() {
                     log::debug!("closing an HTTP/2 connection idle for {since} ms");

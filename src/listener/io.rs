@@ -47,11 +47,28 @@ pub struct ClientIo {
     /// When bytes last went either way (the coarse monotonic clock, ms), for a connection
     /// whose idleness is watched from outside its sessions (HTTP/2: see
     /// [`ClientIo::watch_activity`]).
-    activity: Option<Arc<std::sync::atomic::AtomicU64>>,
+    activity: Option<Arc<Activity>>,
     /// A write fails when the client takes nothing for this long ...
     send_timeout: Duration,
     /// ... counted from the write that found the socket full.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// When bytes last went either way on a connection (the coarse monotonic clock, ms), and
+/// whether the client sent any since [`Activity::reset`].
+#[derive(Debug, Default)]
+pub struct Activity {
+    pub last: std::sync::atomic::AtomicU64,
+    pub read: std::sync::atomic::AtomicBool,
+}
+
+impl Activity {
+    /// Counts from now: what went before (a TLS handshake) is not the client's request.
+    pub fn reset(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.last.store(crate::clock::coarse_millis(), Relaxed);
+        self.read.store(false, Relaxed);
+    }
 }
 
 /// How long a write waits for a client that takes nothing, unless set
@@ -73,20 +90,21 @@ impl ClientIo {
         }
     }
 
-    /// The same, noting when bytes last went either way in what it returns (0 until they
-    /// do): HTTP/2's sessions have no idle or keep-alive limit of their own.
-    pub fn watch_activity(mut self) -> (ClientIo, Arc<std::sync::atomic::AtomicU64>) {
-        let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    /// The same, noting when bytes last went either way, and whether any came from the client,
+    /// in what it returns: HTTP/2's sessions have no idle or keep-alive limit of their own.
+    pub fn watch_activity(mut self) -> (ClientIo, Arc<Activity>) {
+        let activity = Arc::new(Activity::default());
         self.activity = Some(activity.clone());
         (self, activity)
     }
 
-    fn active(&self) {
+    fn active(&self, read: bool) {
         if let Some(a) = &self.activity {
-            a.store(
-                crate::clock::coarse_millis(),
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            use std::sync::atomic::Ordering::Relaxed;
+            a.last.store(crate::clock::coarse_millis(), Relaxed);
+            if read {
+                a.read.store(true, Relaxed);
+            }
         }
     }
 
@@ -121,7 +139,7 @@ impl ClientIo {
             }
             done => {
                 self.stalled = None;
-                self.active();
+                self.active(false);
                 done
             }
         }
@@ -292,7 +310,7 @@ impl AsyncRead for ClientIo {
     ) -> Poll<io::Result<()>> {
         let read = Pin::new(&mut self.tcp).poll_read(cx, buf);
         if self.activity.is_some() && matches!(read, Poll::Ready(Ok(()))) {
-            self.active();
+            self.active(true);
         }
         read
     }

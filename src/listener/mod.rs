@@ -14,6 +14,7 @@
 //! connections lives in this module.
 
 mod conn;
+pub mod h2;
 pub mod io;
 mod workers;
 
