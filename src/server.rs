@@ -565,6 +565,7 @@ fn exit_when_drained(
                             log::warn!(
                                 "runtimes still stopping after {RUNTIME_EXIT_LIMIT:?}; exiting"
                             );
+                            crate::lifecycle::runfile::withdraw();
                             std::process::exit(0);
                         }
                         Ok(_) => {}
@@ -584,6 +585,7 @@ fn exit_when_drained(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 log::info!("drained; exiting");
+                crate::lifecycle::runfile::withdraw();
                 std::process::exit(0);
             });
         })

@@ -71,15 +71,47 @@ fn path(dirs: &ConfigDirs) -> PathBuf {
     std::env::temp_dir().join(format!("tollgate-{hash:016x}.json"))
 }
 
-/// Publishes where this process answers.
+/// The file this process published, withdrawn when it exits.
+static PUBLISHED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Publishes where this process answers: a file only its user can read or write (it names
+/// the Admin API the CLI sends its token to), made anew and renamed into place.
 pub fn publish(dirs: &ConfigDirs, running: &Running) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let file = path(dirs);
-    let tmp = file.with_extension(format!("json.{}", std::process::id()));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = file.with_extension(format!("json.{}.{nanos}", std::process::id()));
     let text = serde_json::to_string(running).unwrap_or_default();
-    let written = std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &file));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        log::debug!("cannot write {}: {e}", file.display());
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| std::fs::rename(&tmp, &file));
+    match written {
+        Ok(()) => {
+            let _ = PUBLISHED.set(file);
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            log::warn!(
+                "cannot say where this gateway answers in {} (the CLI reads its config instead): {e}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Removes what this process published (it is exiting).
+pub fn withdraw() {
+    if let Some(file) = PUBLISHED.get() {
+        if read_file(file).is_some_and(|r| r.pid == std::process::id()) {
+            let _ = std::fs::remove_file(file);
+        }
     }
 }
 
@@ -96,26 +128,47 @@ pub fn health_path_changed(dirs: &ConfigDirs, health_path: &str) {
     publish(dirs, &running);
 }
 
-/// What the gateway running on these config directories published, if it still runs.
+/// What the gateway running on these config directories published, if it still runs: a file
+/// of this user's (not one another user put there), naming a tollgate process of this user's.
 pub fn find(dirs: &ConfigDirs) -> Option<Running> {
     read(dirs).filter(|r| alive(r.pid))
 }
 
 fn read(dirs: &ConfigDirs) -> Option<Running> {
-    let text = std::fs::read_to_string(path(dirs)).ok()?;
+    read_file(&path(dirs))
+}
+
+fn read_file(file: &std::path::Path) -> Option<Running> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(file).ok()?;
+    if !meta.is_file() || meta.uid() != euid() || meta.mode() & 0o077 != 0 {
+        return None;
+    }
+    let text = std::fs::read_to_string(file).ok()?;
     serde_json::from_str(&text).ok()
 }
 
-/// Whether a process with this id runs (one that exited is reaped or a zombie: not running).
+fn euid() -> u32 {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// Whether a tollgate process of this user's runs with this id (one that exited is reaped
+/// or a zombie: not running).
 fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+    use std::os::unix::fs::MetadataExt;
+    let ours = std::fs::metadata(format!("/proc/{pid}")).is_ok_and(|m| m.uid() == euid());
+    let tollgate = std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end().starts_with("tollgate"));
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
         .and_then(|s| {
             // The state follows the command's closing parenthesis.
             let state = s.rsplit_once(')')?.1.trim_start().chars().next()?;
             Some(state != 'Z' && state != 'X')
         })
-        .unwrap_or(false)
+        .unwrap_or(false);
+    ours && tollgate && running
 }
 
 #[cfg(test)]
@@ -150,10 +203,22 @@ mod tests {
             &dirs,
             &Running {
                 pid: u32::MAX - 1,
-                ..running
+                ..running.clone()
             },
         );
         assert!(find(&dirs).is_none());
+        // A file others could have written is not read.
+        publish(&dirs, &running);
+        assert!(find(&dirs).is_some());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path(&dirs), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        assert!(find(&dirs).is_none(), "a file of mode 644");
+        // Withdrawn at exit.
+        std::fs::set_permissions(path(&dirs), std::fs::Permissions::from_mode(0o600))
+            .expect("chmod");
+        withdraw();
+        assert!(!path(&dirs).exists());
         let _ = std::fs::remove_file(path(&dirs));
         let _ = std::fs::remove_dir(&dir);
     }
