@@ -198,7 +198,7 @@ async fn session(
         s.set_server_keepalive(limits.keepalive_secs);
     }
     s.set_read_timeout(Some(limits.read_timeout));
-    s.set_write_timeout(Some(limits.write_timeout));
+    // The send timeout is the connection's own, a pause (see `listener::conn`).
     Ok(s)
 }
 

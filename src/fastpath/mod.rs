@@ -62,7 +62,6 @@ pub struct FastPath {
 pub struct SessionLimits {
     pub keepalive_secs: Option<u64>,
     pub read_timeout: std::time::Duration,
-    pub write_timeout: std::time::Duration,
 }
 
 impl FastPath {

@@ -300,7 +300,6 @@ where
             let session_limits = SessionLimits {
                 keepalive_secs: keepalive,
                 read_timeout: limits.body_timeout,
-                write_timeout: limits.send_timeout,
             };
             match fast.serve(stream, head, &session_limits).await {
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
@@ -333,7 +332,9 @@ where
 {
     session.set_keepalive(keepalive);
     session.set_read_timeout(Some(limits.body_timeout));
-    session.set_write_timeout(Some(limits.send_timeout));
+    // No write timeout of the session's: it bounds a whole write (a stored tile's body is
+    // one), where the send timeout is a pause; the connection's own writes keep that
+    // (`ClientIo`), whoever writes.
     match app.process_new_http(*session, shutdown).await {
         Some(reused) if !*shutdown.borrow() => Next::KeepAlive(reused.consume().0),
         Some(_) => Next::Close(ConnClose::Shutdown),

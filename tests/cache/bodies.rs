@@ -250,9 +250,23 @@ fn hits_sent_faster_than_a_slow_reader_takes_them_reach_it_whole() {
 /// reading is let go after it (its connection closed).
 #[test]
 fn the_send_timeout_is_a_pause_a_slow_reader_of_a_hit_gets_it_whole_a_stopped_one_is_let_go() {
+    send_timeout_is_a_pause("on");
+}
+
+/// The same through Pingora's session (`--fast-path off`: every answer is written by it).
+#[test]
+fn the_send_timeout_is_a_pause_on_the_general_path_too() {
+    send_timeout_is_a_pause("off");
+}
+
+fn send_timeout_is_a_pause(fast_path: &str) {
     use std::io::{Read, Write};
     let up = PyUpstream::start("tiles", 5.0);
-    let (_dir, gw) = start(&up, "{ttl: 60}", &["--send-timeout", "1"]);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60}",
+        &["--send-timeout", "1", "--fast-path", fast_path],
+    );
     // Twice what the kernel's send buffer takes at most (4 MiB), under `maxObjectSize`.
     let path = "/open/bytes/8000000";
     let expected: Vec<u8> = (0..8_000_000u32).map(|j| ((j * 7) % 251) as u8).collect();
