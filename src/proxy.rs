@@ -489,16 +489,18 @@ impl ProxyHttp for Tollgate {
 /// The request as the compression step reads it: its `Accept-Encoding` cut to the codings the
 /// client ranks highest (none with `q=0`, which refuses a coding), since Pingora's choice reads
 /// the names only (`gzip;q=0` got gzip, `br;q=0.1, gzip` got br).
-fn preferred_encodings(req: &RequestHeader) -> RequestHeader {
-    let mut req = req.clone();
+fn preferred_encodings(req: &RequestHeader) -> std::borrow::Cow<'_, RequestHeader> {
     let Some(accept) = req
         .headers
         .get(http::header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
+        .filter(|v| v.contains(';'))
         .map(str::to_string)
     else {
-        return req;
+        // Without q-values every coding named is as welcome: the head as it is.
+        return std::borrow::Cow::Borrowed(req);
     };
+    let mut req = req.clone();
     let codings: Vec<(&str, f32)> = accept
         .split(',')
         .filter_map(|part| {
@@ -522,7 +524,7 @@ fn preferred_encodings(req: &RequestHeader) -> RequestHeader {
     } else if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
         let _ = req.insert_header(http::header::ACCEPT_ENCODING, v);
     }
-    req
+    std::borrow::Cow::Owned(req)
 }
 
 #[cfg(test)]

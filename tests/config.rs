@@ -109,12 +109,16 @@ fn one_port_twice_and_a_second_document_are_reported_where_written() {
         )),
         "{err}"
     );
-    // Other addresses of one port are no clash.
-    let dir = ConfigDir::new(
+    // Other addresses of one port are no clash (the admin listener's default address is
+    // the loopback one).
+    for yml in [
         "http:\n  host: 127.0.0.1\n  port: 28690\nadmin:\n  host: 127.0.0.2\n  port: 28690\n",
-    );
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        "http:\n  host: 127.0.0.2\n  port: 28690\nadmin:\n  port: 28690\n",
+    ] {
+        let dir = ConfigDir::new(yml);
+        let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{yml}: {}", stderr(&out));
+    }
     let dir = ConfigDir::new("http:\n  port: 28690\n---\nhttp:\n  port: 1\n");
     let err = check_errors(&dir);
     let file = dir.file("gateway.config.yml");

@@ -280,10 +280,15 @@ fn listener(
 /// Two listeners on one port of one address (the second could not listen): reported at the
 /// later one's port, as `check` and a reload should say, not as the start's bind error.
 fn same_port_twice(root: &Node, file: &GatewayFile, errors: &mut ConfigErrors) {
+    // The admin listener's default address is the loopback one (the server binds it so).
+    let admin = file.admin.as_ref().map(|a| ListenerDef {
+        host: a.host.clone().or_else(|| Some("127.0.0.1".into())),
+        port: a.port,
+    });
     let listeners = [
         ("http", file.http.as_ref()),
         ("https", file.https.as_ref().map(|h| &h.listener)),
-        ("admin", file.admin.as_ref()),
+        ("admin", admin.as_ref()),
     ];
     let every_address = |h: &Option<String>| {
         matches!(

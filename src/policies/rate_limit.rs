@@ -175,18 +175,20 @@ impl Settings {
     }
 
     fn too_many(&self, wants_json: bool) -> Reply {
-        let mut reply = if wants_json {
-            let mut r = Reply::text(
+        let (mut reply, content_type) = if wants_json {
+            let r = Reply::text(
                 self.status,
                 serde_json::json!({ "message": self.message }).to_string(),
             );
-            r.content_type = Some("application/json; charset=utf-8");
-            r
+            (r, "application/json; charset=utf-8")
         } else {
-            let mut r = Reply::text(self.status, self.message.clone());
-            r.content_type = Some("text/html; charset=utf-8");
-            r
+            let r = Reply::text(self.status, self.message.clone());
+            (r, "text/html; charset=utf-8")
         };
+        // (None for a status without a body.)
+        if reply.content_type.is_some() {
+            reply.content_type = Some(content_type);
+        }
         reply
             .headers
             .push((http::header::VARY, HeaderValue::from_static("Accept")));

@@ -91,24 +91,40 @@ impl Label {
     fn matches(&self, part: &str) -> bool {
         match self {
             Label::Exact(l) => part.eq_ignore_ascii_case(l),
-            Label::Wild(pieces) => wild(&part.to_ascii_lowercase(), pieces),
+            Label::Wild(pieces) => wild(part.as_bytes(), pieces),
         }
     }
 }
 
-/// Whether `text` is `pieces` with one or more characters between each two.
-fn wild(text: &str, pieces: &[String]) -> bool {
-    let Some((first, rest)) = pieces.split_first() else {
+/// Whether `text` is `pieces` (two or more, lower-cased) with one or more characters between
+/// each two, ignoring case. Each middle piece is taken where it first fits: linear in the
+/// text, whatever a client sends as its Host.
+fn wild(text: &[u8], pieces: &[String]) -> bool {
+    let (Some(first), Some(last)) = (pieces.first(), pieces.last()) else {
         return text.is_empty();
     };
-    let Some(after) = text.strip_prefix(first.as_str()) else {
+    let (first, last) = (first.as_bytes(), last.as_bytes());
+    if pieces.len() < 2 || text.len() < first.len() + last.len() + pieces.len() - 1 {
         return false;
-    };
-    if rest.is_empty() {
-        return after.is_empty();
     }
-    // A `*` takes at least one character, then the next piece follows somewhere.
-    (1..=after.len()).any(|n| after.is_char_boundary(n) && wild(&after[n..], rest))
+    let end = text.len() - last.len();
+    if !text[..first.len()].eq_ignore_ascii_case(first) || !text[end..].eq_ignore_ascii_case(last) {
+        return false;
+    }
+    let mut at = first.len();
+    for piece in &pieces[1..pieces.len() - 1] {
+        let piece = piece.as_bytes();
+        // The `*` before it takes one character at least.
+        at += 1;
+        let found = (at..=end.saturating_sub(piece.len()))
+            .find(|&i| text[i..i + piece.len()].eq_ignore_ascii_case(piece));
+        match found {
+            Some(i) => at = i + piece.len(),
+            None => return false,
+        }
+    }
+    // And the last `*`.
+    at < end
 }
 
 #[cfg(test)]
