@@ -189,26 +189,16 @@ fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
 
 /// An upstream that answers every request with 4 MB in chunks of 1000 bytes.
 fn chunky_upstream() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut head = [0u8; 4096];
-                let _ = conn.read(&mut head);
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-                let chunk = format!("3e8\r\n{}\r\n", "x".repeat(1000));
-                for _ in 0..4000 {
-                    if conn.write_all(chunk.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-                let _ = conn.write_all(b"0\r\n\r\n");
-            });
+    support::upstream::raw(|conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let chunk = format!("3e8\r\n{}\r\n", "x".repeat(1000));
+        for _ in 0..4000 {
+            if conn.write_all(chunk.as_bytes()).is_err() {
+                return;
+            }
         }
-    });
-    port
+        let _ = conn.write_all(b"0\r\n\r\n");
+    })
 }
 
 /// A client that stops reading a response is let go after the send timeout, whatever is left

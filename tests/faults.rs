@@ -354,24 +354,14 @@ fn request_smuggling_is_refused_or_normalised() {
 /// An upstream that answers every request with a chunked body it breaks after `hello`: an
 /// invalid chunk size, then nothing.
 fn broken_chunks_upstream() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut head = [0u8; 4096];
-                let _ = conn.read(&mut head);
-                let _ = conn.write_all(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                );
-                std::thread::sleep(Duration::from_millis(200));
-                let _ = conn.write_all(b"zz\r\nnot a chunk\r\n");
-                std::thread::sleep(Duration::from_millis(500));
-            });
-        }
-    });
-    port
+    support::upstream::raw(|conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = conn.write_all(b"zz\r\nnot a chunk\r\n");
+        std::thread::sleep(Duration::from_millis(500));
+    })
 }
 
 /// A body the upstream breaks after the head went out reaches the client as what it is: cut
@@ -434,26 +424,16 @@ fn a_body_broken_after_its_head_went_out_ends_the_connection_unfinished() {
 
 /// An upstream that answers with a chunked body of a byte every 100 ms, for 5 s.
 fn trickling_upstream() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = listener.local_addr().expect("addr").port();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut head = [0u8; 4096];
-                let _ = conn.read(&mut head);
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
-                for _ in 0..50 {
-                    if conn.write_all(b"1\r\nx\r\n").is_err() {
-                        return;
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                let _ = conn.write_all(b"0\r\n\r\n");
-            });
+    support::upstream::raw(|conn| {
+        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        for _ in 0..50 {
+            if conn.write_all(b"1\r\nx\r\n").is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
-    });
-    port
+        let _ = conn.write_all(b"0\r\n\r\n");
+    })
 }
 
 /// A body that keeps coming past the total timeout is the upstream's failure on both paths:

@@ -77,29 +77,11 @@ impl Load {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let report = Arc::new(Mutex::new(Report::default()));
-        let started = Instant::now();
-        let threads = (0..threads)
-            .map(|_| {
-                let (stop, report, raw) = (stop.clone(), report.clone(), raw.to_string());
-                std::thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        let o = one(port, &raw, started);
-                        report.lock().expect("report").outcomes.push(o);
-                        if !pause.is_zero() {
-                            std::thread::sleep(pause);
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load {
-            stop,
-            threads,
-            report,
-            started,
-        }
+        let raw = raw.to_string();
+        Load::clients(threads, pause, move || {
+            let raw = raw.clone();
+            move |started| one(port, &raw, started)
+        })
     }
 
     /// Starts `threads` clients each sending `raw` (a whole request without `Connection:
@@ -109,20 +91,38 @@ impl Load {
     /// connection that then closed without its answer is a failure (`read`), whatever it was
     /// reused for before.
     pub fn keep_alive(port: u16, threads: usize, raw: &str, pause: Duration) -> Load {
+        let raw = raw.to_string();
+        Load::clients(threads, pause, move || {
+            let raw = raw.clone();
+            let mut conn: Option<(TcpStream, Duration)> = None;
+            move |started| {
+                let at = started.elapsed();
+                let (o, keep) = on_connection(&mut conn, port, &raw, started, at);
+                if !keep {
+                    conn = None;
+                }
+                o
+            }
+        })
+    }
+
+    /// Starts `threads` clients, each making requests with what `client` makes for it (one
+    /// request per call, given when the load started) until the load stops, `pause` between
+    /// two.
+    fn clients<C, R>(threads: usize, pause: Duration, client: C) -> Load
+    where
+        C: Fn() -> R,
+        R: FnMut(Instant) -> Outcome + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(Report::default()));
         let started = Instant::now();
         let threads = (0..threads)
             .map(|_| {
-                let (stop, report, raw) = (stop.clone(), report.clone(), raw.to_string());
+                let (stop, report, mut request) = (stop.clone(), report.clone(), client());
                 std::thread::spawn(move || {
-                    let mut conn: Option<(TcpStream, Duration)> = None;
                     while !stop.load(Ordering::Relaxed) {
-                        let at = started.elapsed();
-                        let (o, keep) = on_connection(&mut conn, port, &raw, started, at);
-                        if !keep {
-                            conn = None;
-                        }
+                        let o = request(started);
                         report.lock().expect("report").outcomes.push(o);
                         if !pause.is_zero() {
                             std::thread::sleep(pause);

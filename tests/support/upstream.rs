@@ -99,3 +99,23 @@ impl Drop for PyUpstream {
         self.kill();
     }
 }
+
+/// An upstream on threads of the test, for answers no real server gives (broken framing, a
+/// body that trickles or stalls): each connection's first request head is read, then `answer`
+/// writes what it will on the connection. Its port.
+pub fn raw(answer: fn(&mut TcpStream)) -> u16 {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut head = [0u8; 4096];
+                let _ = conn.read(&mut head);
+                answer(&mut conn);
+            });
+        }
+    });
+    port
+}
