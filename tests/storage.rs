@@ -26,19 +26,28 @@ fn gateway(s3: &S3Server) -> (ConfigDir, GatewayProcess) {
     (dir, gw)
 }
 
-/// Keys S3 signs as they are sent: percent-encoded (a space, a letter outside ASCII) and with
-/// an empty segment (`//`).
+/// Keys S3 signs in their encoded form: percent-encoded by the client (a space, a letter
+/// outside ASCII, parentheses) or not (parentheses, `+`, `!`, which the gateway encodes as S3's
+/// signature does), and with an empty segment (`//`).
 #[test]
 fn keys_with_encoded_characters_and_empty_segments() {
     let s3 = S3Server::start(&["tiles"]);
-    let keys = ["a%20b.png", "%C3%A9t%C3%A9.png", "dir//double.png"];
-    for (i, key) in keys.iter().enumerate() {
-        s3.put("tiles", key, "image/png", format!("tile {i}").as_bytes());
+    // (the key as stored, as the client asks for it)
+    let keys = [
+        ("a%20b.png", "a%20b.png"),
+        ("%C3%A9t%C3%A9.png", "%C3%A9t%C3%A9.png"),
+        ("dir//double.png", "dir//double.png"),
+        ("a%281%29.png", "a(1).png"),
+        ("b%28c%29.png", "b%28c%29.png"),
+        ("d%2Be%21f.png", "d+e!f.png"),
+    ];
+    for (i, (stored, _)) in keys.iter().enumerate() {
+        s3.put("tiles", stored, "image/png", format!("tile {i}").as_bytes());
     }
     let (_dir, gw) = gateway(&s3);
-    for (i, key) in keys.iter().enumerate() {
-        let r = get(gw.admin_port, "GET", &format!("/s3/tiles/{key}"), &[]);
-        assert_eq!((r.status, r.text()), (200, format!("tile {i}")), "{key}");
+    for (i, (_, asked)) in keys.iter().enumerate() {
+        let r = get(gw.admin_port, "GET", &format!("/s3/tiles/{asked}"), &[]);
+        assert_eq!((r.status, r.text()), (200, format!("tile {i}")), "{asked}");
     }
 }
 

@@ -216,7 +216,13 @@ impl Storage {
                 message: format!("expected {}/[provider/]bucket/key", self.path),
             });
         }
-        let mut path_and_query = format!("/{bucket}/{key}");
+        // Sent as S3 signs it: a client may leave characters such as `(` unencoded, which S3
+        // encodes in its canonical request (the same path signed raw would not match).
+        let mut path_and_query = String::with_capacity(bucket_and_key.len() + 16);
+        path_and_query.push('/');
+        s3_encoded(bucket, &mut path_and_query);
+        path_and_query.push('/');
+        s3_encoded(key, &mut path_and_query);
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             path_and_query.push('?');
             path_and_query.push_str(q);
@@ -313,6 +319,26 @@ impl Storage {
     }
 }
 
+/// The characters S3's signature leaves unencoded in a path segment (AWS's `UriEncode`).
+const S3_SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Appends `path` (segments separated by `/`, each percent-encoded or not) in S3's canonical
+/// form: each segment decoded, then encoded as AWS's `UriEncode` does (every byte but
+/// `A-Za-z0-9-_.~` as `%XX`). A `%` that starts no escape is a `%` of the key; `+` is a `+`.
+fn s3_encoded(path: &str, out: &mut String) {
+    for (i, segment) in path.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(segment).collect();
+        out.extend(percent_encoding::percent_encode(&bytes, S3_SEGMENT));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -370,6 +396,34 @@ mod tests {
             Err(405)
         );
         assert!(s.owns("/s3/x") && s.owns("/s3") && !s.owns("/s3x/y"));
+    }
+
+    /// The path goes to S3 in the form its signature encodes (AWS's `UriEncode` of each
+    /// segment): what a client left unencoded is encoded, what it encoded stays, an empty
+    /// segment stays, `+` and a `%` that starts no escape are characters of the key. (The
+    /// paths are those botocore sends for the same keys.)
+    #[test]
+    fn the_objects_path_is_sent_as_s3_signs_it() {
+        let s = storage();
+        let get = http::Method::GET;
+        for (asked, sent) in [
+            ("/s3/tiles/a(1).png", "/tiles/a%281%29.png"),
+            ("/s3/tiles/f%28g%29.png", "/tiles/f%28g%29.png"),
+            ("/s3/tiles/a%20b.png", "/tiles/a%20b.png"),
+            ("/s3/tiles/a%2fb.png", "/tiles/a%2Fb.png"),
+            ("/s3/tiles/dir//double.png", "/tiles/dir//double.png"),
+            ("/s3/tiles/%C3%A9t%C3%A9.png", "/tiles/%C3%A9t%C3%A9.png"),
+            ("/s3/tiles/\u{e9}.png", "/tiles/%C3%A9.png"),
+            ("/s3/tiles/a+b~c_d-e.png", "/tiles/a%2Bb~c_d-e.png"),
+            ("/s3/tiles/100%.png", "/tiles/100%25.png"),
+            (
+                "/s3/tiles/h:i@j,k;l=m&n$o!p*q'r.png",
+                "/tiles/h%3Ai%40j%2Ck%3Bl%3Dm%26n%24o%21p%2Aq%27r.png",
+            ),
+        ] {
+            let r = s.route(&get, asked, Some("versionId=3")).expect("routes");
+            assert_eq!(r.path_and_query, format!("{sent}?versionId=3"), "{asked}");
+        }
     }
 
     #[test]
