@@ -455,6 +455,26 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
     }
 }
 
+/// Accounts for a background refresh of a stale tile ([`Exchange::refresh`]), whose cache
+/// status was `status`: a refresh that ended serving the stale tile (the upstream failed it; the
+/// failure is counted and logged where the stale tile stood in) or with an error failed.
+pub fn refreshed(x: &Exchange, status: &str, error: Option<&Error>) {
+    let failed = status == "STALE" || error.is_some();
+    if let Some(e) = error {
+        log::warn!(
+            "tile cache: a stale tile's background refresh failed: api endpoint `{}`, upstream {}: {e}",
+            x.endpoint.as_ref().map_or("", |ep| &*ep.name),
+            x.proxy
+                .as_ref()
+                .map_or_else(|| "?".to_string(), |p| p.upstream_text()),
+        );
+        count_upstream_failure(e);
+    }
+    if let Some(ep) = &x.endpoint {
+        ep.metrics.cache.refreshed(failed);
+    }
+}
+
 /// The status a failed request is answered with (0: nothing can be written, the client is
 /// gone), and the response for it.
 pub fn failure_reply(e: &Error) -> (u16, Option<Reply>) {

@@ -152,6 +152,7 @@ impl ProxyHttp for Tollgate {
             }
             None => {
                 let gw = self.gateway.load();
+                ctx.x.refresh = session.subrequest_ctx.is_some();
                 exchange::decide(&gw, &self.health, &facts(session), &mut ctx.x).await
             }
         };
@@ -454,6 +455,11 @@ impl ProxyHttp for Tollgate {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         request_ended();
         crate::upstream::attempt::end(&mut ctx.x.proxy);
+        if ctx.x.refresh {
+            let status = crate::cache::status(session, &ctx.x);
+            exchange::refreshed(&ctx.x, status, e);
+            return;
+        }
         let cache = ctx.x.cache.as_ref().map(|_| {
             let from_cache =
                 crate::cache::served_from_cache(session).then_some(session.body_bytes_sent());

@@ -16,6 +16,7 @@ const TIERS: [&str; 2] = ["memory", "disk"];
 pub struct CacheMetrics {
     requests: IntCounterVec,
     served_bytes: IntCounterVec,
+    refreshes: IntCounterVec,
     objects: Vec<IntGauge>,
     bytes: Vec<IntGauge>,
     budget: Vec<IntGauge>,
@@ -33,6 +34,8 @@ pub struct CacheMetrics {
 pub struct EndpointCache {
     requests: Vec<IntCounter>,
     served_bytes: IntCounter,
+    /// Background refreshes: done, failed.
+    refreshes: [IntCounter; 2],
 }
 
 impl EndpointCache {
@@ -44,6 +47,11 @@ impl EndpointCache {
         if let Some(b) = bytes_from_cache {
             self.served_bytes.inc_by(b as u64);
         }
+    }
+
+    /// Counts a background refresh of a stale tile.
+    pub fn refreshed(&self, failed: bool) {
+        self.refreshes[usize::from(failed)].inc();
     }
 }
 
@@ -66,6 +74,14 @@ impl CacheMetrics {
             &["api_endpoint"],
         ));
         reg(Box::new(served_bytes.clone()));
+        let refreshes = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_refreshes_total",
+                "Background refreshes of stale tiles (stale-while-revalidate), by result: done (the upstream answered) or failed (the stale tile stays)",
+            ),
+            &["api_endpoint", "result"],
+        ));
+        reg(Box::new(refreshes.clone()));
         let gauge = |name: &str, help: &str| {
             let g = must(IntGaugeVec::new(Opts::new(name, help), &["tier"]));
             reg(Box::new(g.clone()));
@@ -133,6 +149,7 @@ impl CacheMetrics {
         CacheMetrics {
             requests,
             served_bytes,
+            refreshes,
             objects,
             bytes,
             budget,
@@ -156,6 +173,7 @@ impl CacheMetrics {
                 .map(|s| self.requests.with_label_values(&[name, s]))
                 .collect(),
             served_bytes: self.served_bytes.with_label_values(&[name]),
+            refreshes: ["done", "failed"].map(|r| self.refreshes.with_label_values(&[name, r])),
         }
     }
 

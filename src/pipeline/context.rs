@@ -321,6 +321,12 @@ pub struct Exchange {
     pub cache: Option<crate::cache::CacheUse>,
     /// Set by a `compression` step: the level text responses are compressed at.
     pub compress: Option<u32>,
+    /// A background refresh of a stale tile (stale-while-revalidate): the gateway's own
+    /// request, made after a client's that was answered with the stale tile and counted. It
+    /// runs the pipeline (the refresh is refused as the client's request would be now), but is
+    /// not counted against a rate limit, not written by a `log` step and not counted as a
+    /// request (`tollgate_cache_refreshes_total` counts it).
+    pub refresh: bool,
 }
 
 /// Requests for unit tests of policies.

@@ -40,6 +40,10 @@ impl Log {
 
 impl Policy for Log {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        if x.refresh {
+            // The gateway's own request (a stale tile's refresh): the client's was written.
+            return Outcome::Continue;
+        }
         let line = self.message.eval_for_log(req, x, &self.secrets);
         log::info!(target: "tollgate::policy::log", "{line}");
         Outcome::Continue

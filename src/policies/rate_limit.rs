@@ -239,6 +239,10 @@ fn prefers_json(accept: Option<&str>) -> bool {
 
 impl Policy for RateLimit {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        if x.refresh {
+            // The gateway's own request (a stale tile's refresh): the client's was counted.
+            return Outcome::Continue;
+        }
         let key = self.key(req, x);
         let wants_json = prefers_json(req.header(ACCEPT.as_str()));
         match &self.windows {

@@ -314,3 +314,79 @@ fn a_tile_the_upstream_forbids_serving_stale_is_never_served_stale() {
     }
     up.restart();
 }
+
+/// A stale tile's background refresh is the gateway's own request, made after a client's that
+/// was answered and counted: Kargo's `eg` counter, the cache's request counter and the
+/// consumer's rate limit count the clients' requests only, a `log` step writes theirs (each
+/// refresh counted and was written as one more request of the consumer);
+/// `tollgate_cache_refreshes_total` counts the refreshes, done and failed.
+#[test]
+fn a_background_refresh_is_not_counted_as_a_clients_request() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let cache = format!("cache: [{{action: {STALE_WINDOWS}}}]");
+    let steps = [
+        "metrics:",
+        "key-auth: [{action: {apiKeyField: apiKey}}]",
+        "log: [{action: {message: 'logged ${req.method} ${req.originalUrl}'}}]",
+        "rate-limit: [{action: {max: 3, windowMs: 600000, rateLimitBy: '${req.headers.authorization}'}}]",
+        "scopes:",
+        cache.as_str(),
+        "proxy: [{action: {serviceEndpoint: up, stripPath: false}}]",
+    ];
+    let cfg = pipeline_config(&up, "tiles: {paths: ['/tiles/*'], scopes: [tiles]}", &steps);
+    let (_dir, gw) = start_config(&cfg, &[]);
+    let refreshes = |result: &str, n: f64| {
+        let series =
+            format!("tollgate_cache_refreshes_total{{api_endpoint=\"tiles\",result=\"{result}\"}}");
+        gw.metric_when(&series, |v| v >= n)
+    };
+    let t = "/tiles/refreshed.png";
+    assert_eq!(cache_status(&tile(&gw, t, 1)), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let stale = tile(&gw, t, 1);
+    assert_eq!((stale.status, cache_status(&stale)), (200, "STALE"));
+    assert_eq!(refreshes("done", 1.0), 1.0);
+    // The consumer's third request is its third, whatever the refresh did; the fourth is over.
+    let third = tile(&gw, t, 1);
+    assert_eq!((third.status, cache_status(&third)), (200, "HIT"));
+    assert_eq!(tile(&gw, t, 1).status, 429);
+    // A refresh that fails (the upstream gone) leaves the stale tile and is counted failed.
+    std::thread::sleep(Duration::from_millis(1500));
+    up.kill();
+    let down = tile(&gw, t, 2);
+    assert_eq!((down.status, cache_status(&down)), (200, "STALE"));
+    assert_eq!(refreshes("failed", 1.0), 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = get(gw.admin_port, "GET", "/metrics", &[]).text();
+    let sum = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(prefix))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(sum("eg{"), 5.0, "five requests of consumers:\n{metrics}");
+    let refused: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("eg{") && l.contains("status_code=\"429\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(refused, 1.0, "{metrics}");
+    let by_status = |s: &str| {
+        gw.metric(&format!(
+            "tollgate_cache_requests_total{{api_endpoint=\"tiles\",status=\"{s}\"}}"
+        ))
+    };
+    assert_eq!(
+        ["MISS", "STALE", "HIT", "EXPIRED", "REVALIDATED"].map(by_status),
+        [1.0, 2.0, 1.0, 0.0, 0.0],
+        "the cache's verdicts on the four requests that reached it"
+    );
+    assert_eq!(refreshes("done", 1.0) + refreshes("failed", 1.0), 2.0);
+    let logged = gw
+        .log_text()
+        .matches("logged GET /tiles/refreshed.png")
+        .count();
+    assert_eq!(logged, 5, "the log step's lines:\n{}", gw.log_text());
+    up.restart();
+}
