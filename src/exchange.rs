@@ -461,12 +461,9 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
 pub fn refreshed(x: &Exchange, status: &str, error: Option<&Error>) {
     let failed = status == "STALE" || error.is_some();
     if let Some(e) = error {
+        let (endpoint, upstream) = named(x);
         log::warn!(
-            "tile cache: a stale tile's background refresh failed: api endpoint `{}`, upstream {}: {e}",
-            x.endpoint.as_ref().map_or("", |ep| &*ep.name),
-            x.proxy
-                .as_ref()
-                .map_or_else(|| "?".to_string(), |p| p.upstream_text()),
+            "tile cache: a stale tile's background refresh failed: api endpoint `{endpoint}`, upstream {upstream}: {e}"
         );
         count_upstream_failure(e);
     }
@@ -508,6 +505,16 @@ pub fn failure_reply(e: &Error) -> (u16, Option<Reply>) {
     (code, reply)
 }
 
+/// The api endpoint and the upstream of an exchange, as log lines name them.
+fn named(x: &Exchange) -> (&str, String) {
+    (
+        x.endpoint.as_ref().map_or("", |ep| &*ep.name),
+        x.proxy
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |p| p.upstream_text()),
+    )
+}
+
 /// One line for a request that failed: a warning naming the api endpoint, the upstream and the
 /// kind of failure when the upstream failed; debug when the client went away.
 fn log_failure(e: &Error, x: &Exchange, status: u16) {
@@ -517,12 +524,9 @@ fn log_failure(e: &Error, x: &Exchange, status: u16) {
                 .get(upstream_error_kind(e))
                 .copied()
                 .unwrap_or("other");
+            let (endpoint, upstream) = named(x);
             log::warn!(
-                "upstream failure: api endpoint `{}`, upstream {}, {kind}; answered {status}",
-                x.endpoint.as_ref().map_or("", |ep| &*ep.name),
-                x.proxy
-                    .as_ref()
-                    .map_or_else(|| "?".to_string(), |p| p.upstream_text()),
+                "upstream failure: api endpoint `{endpoint}`, upstream {upstream}, {kind}; answered {status}"
             );
         }
         ErrorSource::Downstream => log::debug!("client went away: {e}"),
