@@ -117,8 +117,19 @@ pub async fn decide(
     } else {
         crate::framing::problem(&head.headers)
     };
-    if let Some(why) = framing {
+    if let Some((status, why)) = framing {
         log::debug!("refused a request: {why}");
+        return Decision::Refuse(match status {
+            501 => Reply::text(501, "Not Implemented"),
+            _ => Reply::text(400, "Bad Request"),
+        });
+    }
+    // A target neither origin-form (`/…`), absolute-form nor `*` (two spaces after the method,
+    // `foo/bar`, `x:y://h/`): Pingora's reader anchors it to `/`, which would route as what the
+    // client did not ask for. Refused, as nginx does.
+    let raw = head.raw_path();
+    if !raw.is_empty() && raw[0] != b'/' && authority.is_none() && raw != b"*" {
+        log::debug!("refused a request: a target that is no path");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     if path == gw.healthcheck_path

@@ -1,15 +1,27 @@
 //! Request framing a gateway must not pass on ambiguously (request smuggling): one
 //! `Content-Length`, a plain number (two, or a list, even of equal values, are refused as Node,
 //! and so EG, refuses them: passed on, a strict upstream would refuse them in turn);
-//! `Transfer-Encoding` ending in `chunked`.
+//! `Transfer-Encoding` only `chunked` (a coding before it is refused with 501, as nginx does:
+//! Pingora's reader would pass the body on de-chunked but still in that coding, labelled
+//! `chunked` alone).
 //! (Pingora itself drops `Content-Length` when `Transfer-Encoding` is present and closes the
 //! connection after such a request, so the upstream never sees both.)
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::HeaderMap;
 
-/// Why a request's framing is refused (400), if it is.
-pub fn problem(headers: &HeaderMap) -> Option<&'static str> {
+/// Why a request's framing is refused, if it is: the status (400, or 501 for a transfer
+/// coding other than `chunked`) and the reason.
+pub fn problem(headers: &HeaderMap) -> Option<(u16, &'static str)> {
+    problem_text(headers).map(|why| {
+        let status = if why == UNSUPPORTED_CODING { 501 } else { 400 };
+        (status, why)
+    })
+}
+
+const UNSUPPORTED_CODING: &str = "a transfer coding other than chunked";
+
+fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
     let mut length: Option<&[u8]> = None;
     for value in headers.get_all(CONTENT_LENGTH) {
         for part in value.as_bytes().split(|b| *b == b',') {
@@ -24,21 +36,19 @@ pub fn problem(headers: &HeaderMap) -> Option<&'static str> {
             }
         }
     }
-    let mut codings = headers
+    let codings: Vec<&[u8]> = headers
         .get_all(TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|c| !c.is_empty())
-        .peekable();
-    if codings.peek().is_some()
-        && !codings
-            .last()
-            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
-    {
-        return Some("unsupported Transfer-Encoding");
+        .collect();
+    match codings.as_slice() {
+        [] => None,
+        [only] if only.eq_ignore_ascii_case(b"chunked") => None,
+        [.., last] if last.eq_ignore_ascii_case(b"chunked") => Some(UNSUPPORTED_CODING),
+        _ => Some("unsupported Transfer-Encoding"),
     }
-    None
 }
 
 #[cfg(test)]
@@ -65,7 +75,7 @@ mod tests {
                 ("content-length", "5"),
                 ("content-length", "5")
             ])),
-            Some("more than one Content-Length")
+            Some((400, "more than one Content-Length"))
         );
         assert!(problem(&headers(&[("content-length", "5, 5")])).is_some());
         assert!(problem(&headers(&[
@@ -77,9 +87,20 @@ mod tests {
         assert!(problem(&headers(&[("content-length", "+5")])).is_some());
         assert!(problem(&headers(&[("content-length", "")])).is_some());
         assert_eq!(problem(&headers(&[("transfer-encoding", "chunked")])), None);
+        assert_eq!(problem(&headers(&[("transfer-encoding", "Chunked")])), None);
+        // A coding before chunked: the body would reach the upstream labelled chunked alone.
+        for te in [
+            &[("transfer-encoding", "gzip, Chunked")][..],
+            &[
+                ("transfer-encoding", "gzip"),
+                ("transfer-encoding", "chunked"),
+            ],
+        ] {
+            assert_eq!(problem(&headers(te)).map(|p| p.0), Some(501), "{te:?}");
+        }
         assert_eq!(
-            problem(&headers(&[("transfer-encoding", "gzip, Chunked")])),
-            None
+            problem(&headers(&[("transfer-encoding", "chunked, chunked")])).map(|p| p.0),
+            Some(501)
         );
         assert!(problem(&headers(&[("transfer-encoding", "chunked, gzip")])).is_some());
         assert!(problem(&headers(&[("transfer-encoding", "xchunked")])).is_some());

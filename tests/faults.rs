@@ -288,11 +288,48 @@ fn request_smuggling_is_refused_or_normalised() {
             "a space before the colon",
             "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding : chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         ),
+        // Targets neither a path nor absolute-form: Pingora's reader anchors them to `/`.
+        (
+            "two spaces after the method",
+            "GET  /tiles/a HTTP/1.1\r\nHost: h\r\n\r\n",
+        ),
+        (
+            "a target without its leading slash",
+            "GET tiles/a HTTP/1.1\r\nHost: h\r\n\r\n",
+        ),
+        (
+            "a target with a scheme and no authority the parser takes",
+            "GET foo:bar://h/tiles/a HTTP/1.1\r\nHost: h\r\n\r\n",
+        ),
+        (
+            "a POST with two spaces after the method",
+            "POST  /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
+        ),
     ];
-    for (what, raw) in refused {
+    // A coding before chunked: not implemented (the upstream would get the body labelled
+    // chunked alone), as nginx answers.
+    let not_implemented = [
+        (
+            "a coding before chunked",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+        (
+            "a coding and chunked on two lines",
+            "POST /tiles/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ),
+    ];
+    let refused = refused
+        .into_iter()
+        .map(|(what, raw)| (what, raw, "HTTP/1.1 400"))
+        .chain(
+            not_implemented
+                .into_iter()
+                .map(|(w, r)| (w, r, "HTTP/1.1 501")),
+        );
+    for (what, raw, status) in refused {
         let before = rec.seen().len();
         let answer = send(raw);
-        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer:?}");
+        assert!(answer.starts_with(status), "{what}: {answer:?}");
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(
             rec.seen().len(),
