@@ -5,7 +5,7 @@
 //! `sendfile`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 use pingora_cache::key::HashBinary;
 use tinyufo::TinyUfo;
@@ -33,6 +33,24 @@ fn units(body: usize, head: usize) -> usize {
 /// Stripes of keys whose stores and removals take turns.
 const TURNS: usize = 64;
 
+/// What a removed object's place holds. TinyUFO's own removal leaves the key in its queue:
+/// stored again, the key is queued twice, and the second eviction takes its weight off again
+/// (the count wraps: an overflow panic in a debug build; in a release one the tier believes
+/// itself over its budget and pushes out everything it stores). Replacing an object where it
+/// stands (what TinyUFO's put does with a key it holds) keeps one queue entry per key.
+static REMOVED: LazyLock<Arc<Object>> = LazyLock::new(|| {
+    let resp = pingora_http::ResponseHeader::build(200, Some(0)).expect("a head");
+    let epoch = std::time::SystemTime::UNIX_EPOCH;
+    let fresh = crate::cache::freshness::Freshness {
+        fresh_until: epoch,
+        updated: epoch,
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
+    };
+    let meta = super::StoredMeta::new(fresh, super::head::StoredHead::keep(resp));
+    Arc::new(Object::new([0xff; 16], meta, Bytes::new()))
+});
+
 /// One stripe's turn, on a cache line of its own.
 #[repr(align(64))]
 #[derive(Default)]
@@ -43,6 +61,11 @@ pub struct MemoryTier {
     /// Stores and removals of one key take turns: TinyUFO's weights (what it evicts by) drift
     /// when a key is removed and put at once, and the gauges would count an object twice.
     turns: Box<[Turn]>,
+    /// Stores and removals, one at a time (lookups do not take it): TinyUFO's weight counts
+    /// drift when one thread evicts (or moves between its queues) a key another is storing
+    /// or removing, until a count wraps (an overflow panic in a debug build; in a release one
+    /// the tier believes itself over its budget and pushes out all it stores).
+    writes: Mutex<()>,
     /// Where tile-sized bodies are kept (`None` when the system gives no shared memory).
     shared: Option<Arc<SharedBodies>>,
     budget: usize,
@@ -68,6 +91,7 @@ impl MemoryTier {
         MemoryTier {
             objects: TinyUfo::new(units, estimated),
             turns: (0..TURNS).map(|_| Turn::default()).collect(),
+            writes: Mutex::new(()),
             shared,
             budget,
             stored_bytes: AtomicU64::new(0),
@@ -125,7 +149,9 @@ impl MemoryTier {
     }
 
     pub fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {
-        self.objects.get(key).filter(|o| o.key == *key)
+        self.objects
+            .get(key)
+            .filter(|o| o.key == *key && !Arc::ptr_eq(o, &REMOVED))
     }
 
     /// Stores an object (replacing one under the same key); TinyUFO may decline it or push
@@ -140,17 +166,29 @@ impl MemoryTier {
         }
         let key = obj.key;
         let _turn = self.turn(&key);
-        if let Some(old) = self.objects.remove(&key) {
+        let _one = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        // Replaced where it stands (TinyUFO's put over a key it holds), never taken out first:
+        // see `REMOVED`.
+        if let Some(old) = self.objects.get(&key).filter(|o| !Arc::ptr_eq(o, &REMOVED)) {
             self.forget(&old, u64::from(self.weight(&old).unwrap_or(0)));
         }
         let size = u64::from(w) * UNIT as u64;
         self.stored_bytes.fetch_add(size, Ordering::Relaxed);
         self.stored_objects.fetch_add(1, Ordering::Relaxed);
-        for out in self.objects.put(key, obj, w) {
+        let out = self.objects.put(key, obj, w);
+        self.counted_out(out, &key);
+    }
+
+    /// Counts out what TinyUFO pushed out (or declined) while storing `key`.
+    fn counted_out(&self, out: Vec<tinyufo::KV<Arc<Object>>>, key: &HashBinary) {
+        for out in out {
+            if Arc::ptr_eq(&out.data, &REMOVED) {
+                continue;
+            }
             let size = u64::from(out.weight) * UNIT as u64;
             self.stored_bytes.fetch_sub(size, Ordering::Relaxed);
             self.stored_objects.fetch_sub(1, Ordering::Relaxed);
-            if out.data.key != key {
+            if out.data.key != *key {
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -171,20 +209,20 @@ impl MemoryTier {
         self.stored_objects.fetch_sub(1, Ordering::Relaxed);
     }
 
+    /// Removes the object stored under `key`, if it is there: its place holds [`REMOVED`]
+    /// until TinyUFO pushes that out or the key is stored again.
     pub fn remove(&self, key: &HashBinary) -> bool {
         let _turn = self.turn(key);
-        match self.objects.remove(key) {
-            Some(old) if old.key == *key => {
+        let _one = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+        match self.objects.get(key) {
+            Some(old) if old.key == *key && !Arc::ptr_eq(&old, &REMOVED) => {
                 self.forget(&old, u64::from(self.weight(&old).unwrap_or(0)));
+                let out = self.objects.force_put(*key, REMOVED.clone(), 1);
+                self.counted_out(out, key);
                 true
             }
-            Some(other) => {
-                // Another object under the same 64-bit hash: put it back untouched.
-                let w = self.weight(&other).unwrap_or(1);
-                self.objects.force_put(*key, other, w);
-                false
-            }
-            None => false,
+            // Nothing, a removed one, or another object under the same 64-bit hash.
+            _ => false,
         }
     }
 }
@@ -228,6 +266,54 @@ pub(crate) mod tests {
                 tier.stored_bytes.load(Ordering::Relaxed)
             ),
             (1, units * UNIT as u64)
+        );
+    }
+
+    /// Purges (removals) while stores push objects out of a full tier, at once: each object
+    /// is counted out once. Without the exclusion a removal of an object being evicted took
+    /// its weight off twice: TinyUFO's count overflowed (a panic in this debug build) and the
+    /// gauges wrapped.
+    #[test]
+    fn removals_during_evictions_count_each_object_out_once() {
+        // Room for about 40 of the objects: every store pushes others out.
+        let tier: &'static MemoryTier = Box::leak(Box::new(MemoryTier::new(40 * 2048)));
+        let key = |i: u32| {
+            let mut k = [0u8; 16];
+            k[..4].copy_from_slice(&i.to_le_bytes());
+            k[4] = (i % 7) as u8;
+            k
+        };
+        let threads: Vec<_> = (0..4u32)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let mut x = t.wrapping_mul(2_654_435_761).wrapping_add(1);
+                    for _ in 0..60_000 {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        let k = key(x % 120);
+                        if t % 2 == 0 {
+                            tier.put(Arc::new(object(k, 1500 + (x % 400) as usize)));
+                        } else {
+                            tier.remove(&k);
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("no panic");
+        }
+        for i in 0..120 {
+            tier.remove(&key(i));
+        }
+        assert_eq!(
+            (
+                tier.stored_objects.load(Ordering::Relaxed),
+                tier.stored_bytes.load(Ordering::Relaxed)
+            ),
+            (0, 0),
+            "every object counted out once"
         );
     }
 }
