@@ -279,11 +279,15 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(rule.lock_timeout);
     overrides.max_lock_retries = Some(2);
+    // A HEAD's miss takes no lock: Pingora answers it at the upstream's head and drops its
+    // fill, whose lock was left held (the tile's GETs waited `lockTimeout` each, for the
+    // lock's age). A HEAD is answered from what is stored, never stores.
+    let lock = (*method == http::Method::GET).then_some(cache.lock);
     session.cache.enable(
         cache.store,
         None,
         Some(cache.predictor),
-        Some(cache.lock),
+        lock,
         Some(overrides),
     );
     session.cache.set_max_file_size_bytes(rule.max_object_size);

@@ -884,3 +884,38 @@ fn http_caching_rules() {
     std::thread::sleep(Duration::from_millis(1600));
     assert_eq!(cache_status(&open(plain, &[])), "EXPIRED");
 }
+
+/// A HEAD that misses takes no lock: Pingora answers it at the upstream's head and drops its
+/// fill, whose lock stayed held — the tile's GETs then waited the step's `lockTimeout` each
+/// (and a debug build panicked on the dangling lock). The GET after it fetches at once and
+/// stores the tile; a HEAD then is a hit.
+#[test]
+fn a_head_miss_leaves_no_lock_behind() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60, lockTimeout: 5}", &[]);
+    // The upstream sends the head and half of the body, then the rest 1.5 s later.
+    let path = "/open/stall/1500/head-first.png";
+    let head = support::request(
+        gw.port,
+        &format!("HEAD {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        true,
+    );
+    assert_eq!(head.status, 200);
+    let t = Instant::now();
+    let r = get(gw.port, "GET", path, &[]);
+    let took = t.elapsed();
+    assert_eq!(r.status, 200);
+    assert!(
+        took < Duration::from_millis(3500),
+        "the GET after a HEAD miss waited {took:?}\n{}",
+        gw.log_text()
+    );
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "HIT");
+    let head = support::request(
+        gw.port,
+        &format!("HEAD {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        true,
+    );
+    assert_eq!((head.status, cache_status(&head)), (200, "HIT"));
+    assert!(gw.error_lines().is_empty(), "{:?}", gw.error_lines());
+}
