@@ -222,6 +222,28 @@ impl ProxyHttp for Tollgate {
         ))
     }
 
+    /// Ranges as Pingora applies them, except where a `compression` step may compress the
+    /// answer: a range of the identity body sent gzip-coded is no range of anything (nginx's
+    /// gzip turns ranges off too). Such a request gets the whole answer, `200`.
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora_proxy::RangeType {
+        let may_compress = ctx.compression.is_some()
+            && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
+            && session
+                .req_header()
+                .headers
+                .get(http::header::ACCEPT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty());
+        if may_compress {
+            return pingora_proxy::RangeType::None;
+        }
+        pingora_proxy::range_header_filter(session.req_header(), resp, Some(200))
+    }
+
     fn should_serve_stale(
         &self,
         session: &mut Session,

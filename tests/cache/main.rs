@@ -919,3 +919,39 @@ fn a_head_miss_leaves_no_lock_behind() {
     assert_eq!((head.status, cache_status(&head)), (200, "HIT"));
     assert!(gw.error_lines().is_empty(), "{:?}", gw.error_lines());
 }
+
+/// On a pipeline that compresses, a range request whose answer may be compressed gets the
+/// whole answer (a range of the identity body sent gzip-coded was a broken 206), on a miss and
+/// on a hit; without `Accept-Encoding` the range is served.
+#[test]
+fn a_range_of_an_answer_that_may_be_compressed_gets_the_whole_answer() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let cfg = pipeline_config(
+        &up,
+        "open: {paths: ['/open/*']}",
+        &[
+            "compression:",
+            "cache: [{action: {ttl: 60}}]",
+            "proxy: [{action: {serviceEndpoint: up}}]",
+        ],
+    );
+    let (_dir, gw) = start_config(&cfg, &[]);
+    let path = "/open/unique/6490/capabilities?header=Content-Type:text/xml";
+    for round in ["MISS", "HIT"] {
+        let r = get(
+            gw.port,
+            "GET",
+            path,
+            &[("Accept-Encoding", "gzip"), ("Range", "bytes=0-99")],
+        );
+        assert_eq!(
+            (r.status, cache_status(&r), r.header("content-encoding")),
+            (200, round, Some("gzip")),
+            "{:?}",
+            r.headers
+        );
+        assert!(r.header("content-range").is_none(), "{:?}", r.headers);
+    }
+    let r = get(gw.port, "GET", path, &[("Range", "bytes=0-99")]);
+    assert_eq!((r.status, r.body.len()), (206, 100), "{:?}", r.headers);
+}
