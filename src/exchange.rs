@@ -86,6 +86,40 @@ impl<'a> RequestTarget<'a> {
     }
 }
 
+/// The bytes a Host may hold (RFC 3986's reg-name, an IP literal's brackets and colons, a
+/// port).
+static HOST_BYTE: [bool; 256] = {
+    let mut ok = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        ok[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+            );
+        b += 1;
+    }
+    ok
+};
+
 /// Routes the request and runs pipelines until one responds or proxies.
 pub async fn decide(
     gw: &Gateway,
@@ -128,7 +162,17 @@ pub async fn decide(
     // `foo/bar`, `x:y://h/`): Pingora's reader anchors it to `/`, which would route as what the
     // client did not ask for. Refused, as nginx does.
     let raw = head.raw_path();
-    if !raw.is_empty() && raw[0] != b'/' && authority.is_none() && raw != b"*" {
+    let absolute = |scheme: &[u8]| {
+        raw.get(..scheme.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
+    };
+    if !raw.is_empty()
+        && raw[0] != b'/'
+        && authority.is_none()
+        && raw != b"*"
+        && !absolute(b"http://")
+        && !absolute(b"https://")
+    {
         log::debug!("refused a request: a target that is no path");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
@@ -154,6 +198,12 @@ pub async fn decide(
             .is_some();
     if two_hosts || (host_line.is_none() && head.version == http::Version::HTTP_11) {
         log::debug!("refused a request: no Host, or two");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
+    // A Host that is no host (`a b/c`): routed by host globs, forwarded, and part of a tile's
+    // key when it reaches the upstream. Refused, as nginx does.
+    if host_line.is_some_and(|h| !h.as_bytes().iter().all(|b| HOST_BYTE[usize::from(*b)])) {
+        log::debug!("refused a request: a Host with characters no host has");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A `.` or `..` segment would be resolved by the upstream to another path than the one

@@ -301,6 +301,7 @@ fn request_smuggling_is_refused_or_normalised() {
             "a target with a scheme and no authority the parser takes",
             "GET foo:bar://h/tiles/a HTTP/1.1\r\nHost: h\r\n\r\n",
         ),
+        ("a Host with a space and a slash", "GET /tiles/a HTTP/1.1\r\nHost: a b/c\r\n\r\n"),
         (
             "a POST with two spaces after the method",
             "POST  /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",
