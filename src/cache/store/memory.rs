@@ -39,7 +39,7 @@ const TURNS: usize = 64;
 /// itself over its budget and pushes out everything it stores). Replacing an object where it
 /// stands (what TinyUFO's put does with a key it holds) keeps one queue entry per key.
 static REMOVED: LazyLock<Arc<Object>> = LazyLock::new(|| {
-    let resp = pingora_http::ResponseHeader::build(200, Some(0)).expect("a head");
+    let resp = pingora_http::ResponseHeader::from(http::Response::new(()).into_parts().0);
     let epoch = std::time::SystemTime::UNIX_EPOCH;
     let fresh = crate::cache::freshness::Freshness {
         fresh_until: epoch,
