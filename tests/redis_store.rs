@@ -481,8 +481,8 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    // More revocations through a whole load, some after it read the credential: none is
-    // undone by the load's swap.
+    // More revocations through a whole load, some after it read the credential: each is
+    // followed at once, and none is undone by the load's swap.
     let mut revoked = vec!["kargo-ka-id:kargo-ka-secret".to_string()];
     for i in 0..25 {
         let id = format!("bulk-{}-{i}", i * 7);
@@ -498,6 +498,17 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
             .query(&mut c)
             .expect("PUBLISH");
         revoked.push(format!("{id}:s"));
+        let published = Instant::now();
+        let h = [("Authorization", format!("apiKey {id}:s"))];
+        let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        while get(gw.port, "GET", "/wmts/1", &h).status != 401 {
+            assert!(
+                published.elapsed() < Duration::from_secs(1),
+                "revocation {i} waited for the resync:\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
         std::thread::sleep(Duration::from_millis(150));
     }
     let loads = || gw.log_text().matches("credentials loaded").count();

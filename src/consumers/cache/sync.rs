@@ -89,6 +89,9 @@ impl ConsumerCache {
     /// Runs a full load in the background, after the one running if there is one (`retry`:
     /// until it succeeds, each second), so that change messages are followed meanwhile: a
     /// load of millions of credentials takes seconds, a revocation must not wait for it.
+    /// The load runs on a thread of its own: sorting and converting what it read takes tens of
+    /// milliseconds between two reads, and on the runtime's worker each step of a refresh would
+    /// wait behind them.
     fn load_in_background(self: &Arc<Self>, retry: bool) {
         {
             let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
@@ -98,30 +101,34 @@ impl ConsumerCache {
             }
         }
         let cache = self.clone();
-        tokio::spawn(async move {
-            loop {
-                let retry = {
-                    let mut loads = cache.loads.lock().unwrap_or_else(|p| p.into_inner());
-                    match loads.wanted.take() {
-                        Some(retry) => retry,
-                        None => {
-                            loads.running = false;
-                            return;
-                        }
-                    }
-                };
-                while let Err(e) = cache.load().await {
-                    if !retry {
-                        log::warn!("consumer cache: resync failed (serving what is cached): {e}");
-                        break;
-                    }
-                    log::warn!(
-                        "consumer cache: cannot read the changes it missed (trying again): {e}"
-                    );
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            runtime.block_on(cache.run_loads());
         });
+    }
+
+    /// Runs the full loads asked for until none is wanted.
+    async fn run_loads(&self) {
+        loop {
+            let retry = {
+                let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
+                match loads.wanted.take() {
+                    Some(retry) => retry,
+                    None => {
+                        loads.running = false;
+                        return;
+                    }
+                }
+            };
+            while let Err(e) = self.load().await {
+                if !retry {
+                    log::warn!("consumer cache: resync failed (serving what is cached): {e}");
+                    break;
+                }
+                log::warn!("consumer cache: cannot read the changes it missed (trying again): {e}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
     }
 
     /// Reads every consumer and credential of the store into new tables.
