@@ -68,7 +68,8 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
         return Lookup::General;
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
-    let key = super::key::cache_key(super::primary_of(x, host));
+    let forwarding = super::forwarding_of(&req.headers);
+    let key = super::key::cache_key(super::primary_of(x, host, forwarding.as_deref()));
     let hash = pingora_cache::key::CacheHashKey::primary_bin(&key);
     match cache.store.find(hash).await {
         Some(object) => match object.meta.fresh_age(crate::clock::wall()) {

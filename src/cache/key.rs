@@ -1,6 +1,7 @@
 //! The cache key: one copy of a tile for every consumer. It is made of what the upstream's
 //! answer depends on — the service endpoint, the Host when the client's is forwarded, the path
-//! and a normalised query the upstream receives, and the headers earlier steps add upstream —
+//! and a normalised query the upstream receives, the headers earlier steps add upstream and
+//! the client's forwarding headers (see [`super::forwarding`]) —
 //! and of nothing a consumer brings: the query parameters that carry credentials are removed
 //! (and are not sent upstream by a fill either), the rest sorted; OGC (WMS, WMTS, WCS, WFS)
 //! parameter names compare without case.
@@ -61,6 +62,7 @@ pub fn cache_key(primary: String) -> CacheKey {
 pub fn primary(
     service: &str,
     forwarded_host: Option<&str>,
+    forwarding: Option<&str>,
     upstream_path: &str,
     edits: &[HeaderEdit],
     rule: &CacheRule,
@@ -100,6 +102,11 @@ pub fn primary(
             key.push(':');
             key.push_str(&String::from_utf8_lossy(v.as_bytes()));
         }
+    }
+    // The client's forwarding headers (see `forwarding`), one line each.
+    for line in forwarding.into_iter().flat_map(|f| f.split('\n')) {
+        key.push_str("\n>");
+        key.push_str(line);
     }
     // The api endpoint's purge generation, by its name: endpoints that share a tile's key
     // (one pipeline, `stripPath`) are purged each on its own count.
@@ -280,7 +287,7 @@ mod tests {
     }
 
     fn key(path: &str, r: &CacheRule) -> String {
-        primary("wms", None, path, &[], r, ("", 0))
+        primary("wms", None, None, path, &[], r, ("", 0))
     }
 
     #[test]
@@ -322,12 +329,12 @@ mod tests {
     fn the_service_host_and_added_headers_are_part_of_the_key() {
         let r = rule(None, &[]);
         assert_ne!(
-            primary("wms", None, "/a", &[], &r, ("", 0)),
-            primary("wmts", None, "/a", &[], &r, ("", 0))
+            primary("wms", None, None, "/a", &[], &r, ("", 0)),
+            primary("wmts", None, None, "/a", &[], &r, ("", 0))
         );
         assert_ne!(
-            primary("wms", Some("a.example"), "/a", &[], &r, ("", 0)),
-            primary("wms", Some("b.example"), "/a", &[], &r, ("", 0))
+            primary("wms", Some("a.example"), None, "/a", &[], &r, ("", 0)),
+            primary("wms", Some("b.example"), None, "/a", &[], &r, ("", 0))
         );
         let edit = |n: &'static str, v: &'static str| {
             HeaderEdit::Set(
@@ -336,12 +343,29 @@ mod tests {
             )
         };
         assert_ne!(
-            primary("wms", None, "/a", &[edit("x-tenant", "a")], &r, ("", 0)),
-            primary("wms", None, "/a", &[edit("x-tenant", "b")], &r, ("", 0))
+            primary(
+                "wms",
+                None,
+                None,
+                "/a",
+                &[edit("x-tenant", "a")],
+                &r,
+                ("", 0)
+            ),
+            primary(
+                "wms",
+                None,
+                None,
+                "/a",
+                &[edit("x-tenant", "b")],
+                &r,
+                ("", 0)
+            )
         );
         assert_eq!(
             primary(
                 "wms",
+                None,
                 None,
                 "/a",
                 &[edit("eg-consumer-id", "ann")],
@@ -351,6 +375,7 @@ mod tests {
             primary(
                 "wms",
                 None,
+                None,
                 "/a",
                 &[edit("eg-consumer-id", "bob")],
                 &r,
@@ -358,9 +383,15 @@ mod tests {
             )
         );
         assert_ne!(
-            primary("wms", None, "/a", &[], &r, ("", 0)),
-            primary("wms", None, "/a", &[], &r, ("a", 1)),
+            primary("wms", None, None, "/a", &[], &r, ("", 0)),
+            primary("wms", None, None, "/a", &[], &r, ("a", 1)),
             "a purged api endpoint starts afresh"
+        );
+        let forwarded = |f| primary("wms", None, f, "/a", &[], &r, ("", 0));
+        assert_ne!(forwarded(None), forwarded(Some("x-forwarded-host:a")));
+        assert_ne!(
+            forwarded(Some("x-forwarded-host:a")),
+            forwarded(Some("x-forwarded-host:b"))
         );
     }
 
@@ -428,14 +459,23 @@ mod tests {
         let asked = "/w?SERVICE=WMTS&REQUEST=GetTile&LAYER=a&TileMatrix=3";
         let sent = neutral(asked, &listing).expect("left out");
         assert_eq!(
-            primary("w", None, asked, &[], &listing, ("", 0)),
-            primary("w", None, &sent, &[], &listing, ("", 0))
+            primary("w", None, None, asked, &[], &listing, ("", 0)),
+            primary("w", None, None, &sent, &[], &listing, ("", 0))
         );
         // What is sent makes the same key as what was asked.
         assert_eq!(
-            primary("w", None, "/w?layer=a&TileMatrix=3", &[], &listing, ("", 0)),
             primary(
                 "w",
+                None,
+                None,
+                "/w?layer=a&TileMatrix=3",
+                &[],
+                &listing,
+                ("", 0)
+            ),
+            primary(
+                "w",
+                None,
                 None,
                 "/w?layer=a&style=evil&TileMatrix=3",
                 &[],

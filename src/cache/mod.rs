@@ -10,6 +10,7 @@
 //! just failed in [`outage`]. This module is the only place that knows `pingora-cache`.
 
 pub mod fill;
+pub mod forwarding;
 pub mod freshness;
 pub mod hit;
 pub mod key;
@@ -75,6 +76,8 @@ pub struct TileCache {
     sightings: sightings::Sightings,
     /// Misses not stored because the memory tier was full and the tile new.
     declined: AtomicU64,
+    /// The combinations of forwarding headers requests sent, for purges.
+    pub forwarding: forwarding::Seen,
 }
 
 static CACHE: OnceLock<TileCache> = OnceLock::new();
@@ -162,6 +165,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                 })),
         )),
         declined: AtomicU64::new(0),
+        forwarding: forwarding::Seen::default(),
     };
     Ok(CACHE.get_or_init(|| cache))
 }
@@ -333,11 +337,31 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()));
-    Ok(key::cache_key(primary_of(x, client_host)))
+    let forwarding = forwarding_of(&req.headers);
+    Ok(key::cache_key(primary_of(
+        x,
+        client_host,
+        forwarding.as_deref(),
+    )))
 }
 
-/// The primary key text of a request that went through a `cache` and a `proxy` step.
-pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
+/// The part of a request's key its forwarding headers make (see [`forwarding`]), noted for
+/// purges.
+pub(crate) fn forwarding_of(headers: &http::HeaderMap) -> Option<String> {
+    let part = forwarding::of(headers)?;
+    if let Some(c) = get() {
+        c.forwarding.record(&part);
+    }
+    Some(part)
+}
+
+/// The primary key text of a request that went through a `cache` and a `proxy` step, with
+/// its forwarding headers' part (see [`forwarding_of`]).
+pub(crate) fn primary_of(
+    x: &Exchange,
+    client_host: Option<&str>,
+    forwarding: Option<&str>,
+) -> String {
     let (Some(u), Some(plan)) = (&x.cache, &x.proxy) else {
         return String::new();
     };
@@ -357,6 +381,7 @@ pub(crate) fn primary_of(x: &Exchange, client_host: Option<&str>) -> String {
     key::primary(
         &plan.endpoint.cache_name,
         host,
+        forwarding,
         &plan.path,
         edits,
         &u.rule,

@@ -35,6 +35,7 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
         None => (url, None),
     };
     let headers = http::HeaderMap::new();
+    let forwardings = super::get().map(|c| c.forwarding.all()).unwrap_or_default();
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(ri) = gw.router.find(from, host, path, &http::Method::GET) {
@@ -87,7 +88,12 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
                     || key_edits
                         .iter()
                         .any(|e| e.name().as_str().starts_with("x-forwarded-"));
-                out.push(super::primary_of(&x, host));
+                // As requests without forwarding headers key it, and under each combination
+                // of them the cache has met.
+                out.push(super::primary_of(&x, host, None));
+                for forwarding in &forwardings {
+                    out.push(super::primary_of(&x, host, Some(forwarding)));
+                }
             }
         }
     }

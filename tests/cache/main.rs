@@ -365,6 +365,79 @@ fn a_fill_sends_no_header_that_carries_credentials() {
     assert_eq!(up.served(), 1);
 }
 
+/// An upstream that builds URLs from the forwarding headers it receives (a capabilities
+/// document): a consumer who sends its own `X-Forwarded-Host` gets a copy of its own, never
+/// stored for everyone; a proxy in front that sends the same values on every request shares
+/// one copy; a purge of the URL removes the copies of every combination.
+#[test]
+fn forwarding_headers_a_client_sends_are_part_of_the_key() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    let path = "/tiles/capabilities.xml?echo=headers";
+    let fetch = |consumer: usize, forwarding: &[(&str, &str)]| {
+        let k = key(consumer);
+        let mut h = vec![("Authorization", k.as_str())];
+        h.extend_from_slice(forwarding);
+        let r = get(gw.port, "GET", path, &h);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let saw = upstream_saw_headers(&r);
+        let host = saw
+            .get("x-forwarded-host")
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+            .to_string();
+        (cache_status(&r).to_string(), host)
+    };
+    let evil = [("X-Forwarded-Host", "evil.example")];
+    assert_eq!(fetch(0, &evil), ("MISS".into(), "evil.example".into()));
+    assert_eq!(fetch(0, &evil), ("HIT".into(), "evil.example".into()));
+    // Another consumer without the header: not the document made for evil.example.
+    assert_eq!(fetch(1, &[]), ("MISS".into(), String::new()));
+    assert_eq!(fetch(2, &[]), ("HIT".into(), String::new()));
+    // `Forwarded`'s host counts, its `for` (each client's address) does not.
+    let by = |addr: &'static str| {
+        [(
+            "Forwarded",
+            match addr {
+                "a" => "for=192.0.2.1;host=evil.example",
+                _ => "for=192.0.2.2;host=evil.example",
+            },
+        )]
+    };
+    assert_eq!(fetch(3, &by("a")).0, "MISS");
+    assert_eq!(fetch(4, &by("b")).0, "HIT");
+    assert_eq!(fetch(5, &[]).0, "HIT");
+    // A proxy in front sending the same on every request (and each client's address): one copy.
+    let proxy = |addr: &'static str| {
+        [
+            ("X-Forwarded-Host", "tiles.example"),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-For", addr),
+        ]
+    };
+    assert_eq!(
+        fetch(6, &proxy("192.0.2.1")),
+        ("MISS".into(), "tiles.example".into())
+    );
+    assert_eq!(
+        fetch(7, &proxy("192.0.2.2")),
+        ("HIT".into(), "tiles.example".into())
+    );
+    assert_eq!(up.served(), 4);
+    // One purge of the URL: every copy goes.
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        &format!(r#"{{"url": "{path}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(support::json_body(&r)["purged"], 4, "{}", r.text());
+    assert_eq!(fetch(8, &proxy("192.0.2.3")).0, "MISS");
+    assert_eq!(fetch(9, &[]).0, "MISS");
+    assert_eq!(fetch(0, &evil).0, "MISS");
+}
+
 #[test]
 fn a_tile_not_cacheable_once_is_fetched_without_credentials_when_it_becomes_cacheable() {
     let up = PyUpstream::start("tiles", 5.0);

@@ -770,3 +770,35 @@ fn stored_tiles_answer_while_the_upstreams_name_does_not_resolve() {
     }
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
+
+/// A URL whose tile varies (`Vary`): its purge removes every variant, not only the object
+/// its primary key names.
+#[test]
+fn a_purge_of_a_url_removes_every_variant_of_its_tile() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    let url = "/open/varied?cc=max-age%3D600&header=Vary:X-Style";
+    let open = |style: &str| {
+        let r = get(gw.port, "GET", url, &[("X-Style", style)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        cache_status(&r).to_string()
+    };
+    // The first answer shows the tile varies: stored per variant from the next one on.
+    assert_eq!([open("a"), open("a"), open("a")], ["MISS", "MISS", "HIT"]);
+    assert_eq!([open("b"), open("b")], ["MISS", "HIT"]);
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        &format!(r#"{{"url": "{url}"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        support::json_body(&r)["purged"].as_u64().unwrap_or(0) >= 1,
+        "{}",
+        r.text()
+    );
+    // The variant stored last first, then the first one.
+    assert_eq!(open("b"), "MISS", "variant b outlived its URL's purge");
+    assert_eq!(open("a"), "MISS", "variant a outlived its URL's purge");
+}
