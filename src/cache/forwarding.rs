@@ -34,12 +34,18 @@ const HEADERS: [&str; 11] = [
 /// `, `), of `Forwarded` only its `host` and `proto` parameters (its `for`, each client's own
 /// address, would give every client a copy of its own).
 pub fn of(headers: &HeaderMap) -> Option<String> {
+    // Most requests carry none: a look at each name's length and first byte tells.
+    fn maybe(name: &str) -> bool {
+        name.len() >= 8 && matches!(name.as_bytes()[0], b'x' | b'f')
+    }
+    if !headers.keys().any(|n| maybe(n.as_str())) {
+        return None;
+    }
     let mut found: [Option<String>; HEADERS.len()] = Default::default();
     let mut any = false;
     for (name, value) in headers {
         let name = name.as_str();
-        // Most of a request's headers are neither: one byte and a length tell.
-        if !(name.starts_with('x') || name == "forwarded") || name.len() < 8 {
+        if !maybe(name) {
             continue;
         }
         let Some(i) = HEADERS.iter().position(|h| *h == name) else {
