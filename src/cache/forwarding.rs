@@ -1,5 +1,6 @@
 //! The request headers an upstream builds its own URLs from: `X-Forwarded-Host`, `-Proto`,
-//! `-Port`, `-Prefix`, `Forwarded`'s `host` and `proto`, and their kin. A capabilities
+//! `-Port`, `-Prefix`, `Forwarded`'s `host` and `proto`, and their kin (named with `_` for
+//! `-` too, as a CGI upstream reads them). A capabilities
 //! document (WMS, WMTS), a redirect or a tile template lists URLs made from them, and a fill
 //! sends the client's on to the upstream (a proxy in front of tollgate sets them), so their
 //! values are part of a tile's key: a request that sends others gets a copy of its own, never
@@ -48,7 +49,15 @@ pub fn of(headers: &HeaderMap) -> Option<String> {
         if !maybe(name) {
             continue;
         }
-        let Some(i) = HEADERS.iter().position(|h| *h == name) else {
+        // `X_Forwarded_Host` too: a CGI upstream (MapServer's) reads both as
+        // `HTTP_X_FORWARDED_HOST`.
+        let same = |h: &&str| {
+            h.len() == name.len()
+                && h.bytes()
+                    .zip(name.bytes())
+                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+        };
+        let Some(i) = HEADERS.iter().position(same) else {
             continue;
         };
         let value = String::from_utf8_lossy(value.as_bytes());
@@ -194,6 +203,11 @@ mod tests {
             ("x-forwarded-host", "b"),
         ]));
         assert_eq!(repeated.as_deref(), Some("x-forwarded-host:a, b"));
+        // A CGI upstream reads underscores as dashes.
+        assert_eq!(
+            of(&headers(&[("x_forwarded_host", "a")])).as_deref(),
+            Some("x-forwarded-host:a")
+        );
     }
 
     #[test]
