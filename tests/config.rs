@@ -95,6 +95,35 @@ fn check_reports_every_error_with_its_position() {
     }
 }
 
+/// An error after a `${VAR}` whose value is not as long as the reference, or spans lines, is
+/// reported where it is in the file, not in the interpolated text the parser read.
+#[test]
+fn positions_after_an_interpolated_value_are_the_files() {
+    let proxy_line =
+        r#"      - proxy: [{action: {serviceEndpoint: '${TG_SE}', stripPath: "yes"}}]"#;
+    let yml = format!(
+        "http: {{port: 8080}}\napiEndpoints: {{a: {{paths: '/a'}}}}\nserviceEndpoints: {{up: {{url: 'http://127.0.0.1:1'}}}}\npolicies: [log, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - log: [{{action: {{message: \"${{TG_NOTE}}\"}}}}]\n{proxy_line}\n      - nosuch:\n"
+    );
+    let dir = ConfigDir::new(&yml);
+    let out = run_tollgate(
+        &["check", "-c", &dir.path.display().to_string()],
+        &[
+            ("TG_SE", "up"),
+            ("TG_NOTE", "one\n          two\n          three"),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let file = dir.file("gateway.config.yml");
+    let col = proxy_line.find("\"yes\"").expect("yes") + 1;
+    for expected in [
+        format!("{file}:10:{col}: policy `proxy` `stripPath`"),
+        format!("{file}:11:9: policy `nosuch` is used in pipeline `p` but not declared"),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
 /// Two listeners on one port of one address, and a second YAML document, are errors `check`
 /// reports where they are written (the first would fail the start with a bind error, the
 /// second was ignored without a word).

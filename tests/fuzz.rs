@@ -139,12 +139,12 @@ fn well_formed(errors: &ConfigErrors) {
 /// Parses and compiles a gateway config (and a system config) the way `serve` does.
 fn load(gateway_text: &str, system_text: &str) {
     let lookup = |name: &str| (name == "PORT").then(|| "8080".to_string());
-    let (gw_text, _) = interpolate::interpolate(gateway_text, lookup);
-    let (sys_text, _) = interpolate::interpolate(system_text, lookup);
+    let (gw_text, _, gw_places) = interpolate::interpolate(gateway_text, lookup);
+    let (sys_text, _, sys_places) = interpolate::interpolate(system_text, lookup);
     let gw_name: Arc<str> = Arc::from("gateway.config.yml");
     let sys_name: Arc<str> = Arc::from("system.config.yml");
     let mut errors = ConfigErrors::default();
-    let gw_root = match node::parse(&gw_text, &gw_name) {
+    let gw_root = match node::parse_placed(&gw_text, &gw_name, &gw_places) {
         Ok(n) => n,
         Err(e) => {
             errors.0.push(e);
@@ -152,7 +152,7 @@ fn load(gateway_text: &str, system_text: &str) {
             return;
         }
     };
-    let sys_root = node::parse(&sys_text, &sys_name)
+    let sys_root = node::parse_placed(&sys_text, &sys_name, &sys_places)
         .unwrap_or_else(|_| node::Node::null(tollgate::config::error::Pos::file_start(&sys_name)));
     let gateway = GatewayFile::from_node(&gw_root, &mut errors);
     let system = SystemFile::from_node(&sys_root, &mut errors);
@@ -256,8 +256,19 @@ proptest! {
     }
 
     #[test]
-    fn env_interpolation(text in "[$a-zA-Z{}:_ -]{0,60}|\\PC{0,60}") {
-        let (out, unresolved) = interpolate::interpolate(&text, |n| (n.len() % 2 == 0).then(|| n.to_string()));
+    fn env_interpolation(text in "[$a-zA-Z{}:_ \\n-]{0,60}|\\PC{0,60}") {
+        let (out, unresolved, places) = interpolate::interpolate(&text, |n| {
+            // Values of other lengths, some of two lines.
+            (n.len() % 2 == 0).then(|| if n.len() % 4 == 0 { format!("{n}\n{n}") } else { n.to_string() })
+        });
+        // Every place of the interpolated text is a place of the file.
+        let lines: Vec<usize> = text.split('\n').map(|l| l.chars().count()).collect();
+        let mut at = (1, 0);
+        for c in out.chars().chain(['\n']) {
+            let (line, col) = places.in_file(at);
+            prop_assert!(line >= 1 && line <= lines.len() && col <= lines[line - 1], "{:?} -> {:?}", at, (line, col));
+            at = if c == '\n' { (at.0 + 1, 0) } else { (at.0, at.1 + 1) };
+        }
         // Text without `$` comes through unchanged.
         if !text.contains('$') {
             prop_assert_eq!(out, text);

@@ -48,13 +48,13 @@ pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
             format!("cannot read the file: {e}"),
         )
     })?;
-    let (text, unresolved) = interpolate::interpolate_env(&raw);
+    let (text, unresolved, places) = interpolate::interpolate_env(&raw);
     for var in unresolved {
         log::warn!(
             "{name}: environment variable `{var}` is not set and has no default; it reads as null"
         );
     }
-    match node::parse(&text, &name) {
+    match node::parse_placed(&text, &name, &places) {
         Ok(n) => Ok(n),
         // Valid JSON that YAML's syntax rejects (tabs, say): read it as JSON, without positions.
         // What the syntax allows but a config may not hold (a key given twice, as EG's reader
@@ -62,14 +62,25 @@ pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
         Err(e) if path.extension().is_some_and(|e| e == "json") && node::is_syntax_error(&e) => {
             match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(v) => Ok(json_to_node(&v, &Pos::file_start(&name))),
-                Err(e) => Err(ConfigError::new(
-                    &Pos::new(&name, e.line(), e.column()),
-                    format!("invalid JSON: {e}"),
-                )),
+                Err(e) => {
+                    let (line, col) = places.in_file((e.line(), e.column().saturating_sub(1)));
+                    Err(ConfigError::new(
+                        &Pos::new(&name, line, col + 1),
+                        // (Its own position is the interpolated text's.)
+                        format!("invalid JSON: {}", without_position(&e.to_string())),
+                    ))
+                }
             }
         }
         Err(e) => Err(e),
     }
+}
+
+/// serde_json's message without the " at line L column C" it ends with.
+fn without_position(message: &str) -> &str {
+    message
+        .rfind(" at line ")
+        .map_or(message, |i| &message[..i])
 }
 
 fn json_to_node(v: &serde_json::Value, pos: &Pos) -> Node {

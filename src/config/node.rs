@@ -8,6 +8,7 @@ use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
 use super::error::{ConfigError, Pos};
+use super::interpolate::Places;
 
 /// A value with the position it was written at.
 #[derive(Clone, Debug)]
@@ -141,7 +142,14 @@ pub fn is_syntax_error(e: &ConfigError) -> bool {
 
 /// Parses a whole document. An empty document is a null node.
 pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
+    parse_placed(text, file, &Places::default())
+}
+
+/// Parses a whole document interpolated from a file (see [`Places`]): positions are the
+/// file's.
+pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node, ConfigError> {
     let mut builder = TreeBuilder {
+        places,
         file: file.clone(),
         stack: Vec::new(),
         anchors: HashMap::new(),
@@ -152,9 +160,8 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
     let mut parser = Parser::new_from_str(text);
     // Every document, so that a second one is seen (and refused).
     if let Err(e) = parser.load(&mut builder, true) {
-        let m = e.marker();
         return Err(ConfigError::new(
-            &Pos::new(file, m.line(), m.col() + 1),
+            &builder.pos(*e.marker()),
             format!("{SYNTAX}{}", e.info()),
         ));
     }
@@ -180,7 +187,8 @@ enum Frame {
     },
 }
 
-struct TreeBuilder {
+struct TreeBuilder<'a> {
+    places: &'a Places,
     file: Arc<str>,
     stack: Vec<Frame>,
     anchors: HashMap<usize, Node>,
@@ -192,9 +200,10 @@ struct TreeBuilder {
     second_document: Option<ConfigError>,
 }
 
-impl TreeBuilder {
+impl TreeBuilder<'_> {
     fn pos(&self, mark: Marker) -> Pos {
-        Pos::new(&self.file, mark.line(), mark.col() + 1)
+        let (line, col) = self.places.in_file((mark.line(), mark.col()));
+        Pos::new(&self.file, line, col + 1)
     }
 
     fn finish(&mut self, node: Node, anchor: usize) {
@@ -221,7 +230,7 @@ impl TreeBuilder {
     }
 }
 
-impl MarkedEventReceiver for TreeBuilder {
+impl MarkedEventReceiver for TreeBuilder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = self.pos(mark);
         match ev {
