@@ -114,7 +114,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Wait a while for the first load; if it takes longer it goes on in the background.
     let first_load = background.spawn({
         let cache = consumers.cache.clone();
-        async move { cache.load().await }
+        async move { cache.load_off_worker().await }
     });
     let shown = crate::cli::progress::Progress::start("loading consumers", {
         let cache = consumers.cache.clone();

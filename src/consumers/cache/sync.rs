@@ -14,7 +14,7 @@ use super::{
 use crate::consumers::layout::CredentialType;
 use crate::consumers::model;
 use crate::pipeline::context::Consumer;
-use crate::store::{KeyType, StoreResult};
+use crate::store::{KeyType, StoreError, StoreResult};
 
 /// What a refresh changed in the tables: carried over a full load that ran meanwhile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -90,8 +90,8 @@ impl ConsumerCache {
     /// until it succeeds, each second), so that change messages are followed meanwhile: a
     /// load of millions of credentials takes seconds, a revocation must not wait for it.
     /// The load runs on a thread of its own: sorting and converting what it read takes tens of
-    /// milliseconds between two reads, and on the runtime's worker each step of a refresh would
-    /// wait behind them.
+    /// milliseconds between two reads, and on the runtime's worker each step of a refresh (and
+    /// the upstreams' health checks) would wait behind them.
     fn load_in_background(self: &Arc<Self>, retry: bool) {
         {
             let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
@@ -105,6 +105,17 @@ impl ConsumerCache {
         tokio::task::spawn_blocking(move || {
             runtime.block_on(cache.run_loads());
         });
+    }
+
+    /// Runs one full load on a thread of its own, as [`Self::load_in_background`] does: the
+    /// background runtime's worker also serves the Admin API's store I/O, the store's probe
+    /// and the upstreams' health checks.
+    pub async fn load_off_worker(self: &Arc<Self>) -> StoreResult<()> {
+        let cache = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(cache.load()))
+            .await
+            .unwrap_or_else(|e| Err(StoreError::Io(format!("the load stopped: {e}"))))
     }
 
     /// Runs the full loads asked for until none is wanted.
@@ -367,7 +378,7 @@ impl ConsumerCache {
         runtime.spawn(async move {
             // Until a first load succeeds (the store may be down at start), keep trying.
             while !cache.is_loaded() {
-                if let Err(e) = cache.load().await {
+                if let Err(e) = cache.load_off_worker().await {
                     log::warn!("consumer cache: not loaded yet: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
