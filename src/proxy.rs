@@ -192,6 +192,7 @@ impl ProxyHttp for Tollgate {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
+        crate::cache::note_expired(session, &mut ctx.x);
         Ok(crate::cache::cacheable(
             session,
             resp,

@@ -692,6 +692,20 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
 }
 
 /// The `X-Cache-Status` of a request that went through a `cache` step.
+/// Notes, when the upstream's answer comes, that the lookup had found the tile expired
+/// (Pingora's phase `Stale` until it decides to serve it, or `Expired`): the phase says so
+/// only until the answer turns out not to be stored.
+pub fn note_expired(session: &Session, x: &mut Exchange) {
+    if matches!(
+        session.cache.phase(),
+        CachePhase::Stale | CachePhase::Expired
+    ) {
+        if let Some(u) = x.cache.as_mut() {
+            u.expired = true;
+        }
+    }
+}
+
 pub fn status(session: &Session, x: &Exchange) -> &'static str {
     match session.cache.phase() {
         CachePhase::Hit if x.cache.as_ref().is_some_and(|u| u.stale_held) => "STALE",
@@ -701,7 +715,13 @@ pub fn status(session: &Session, x: &Exchange) -> &'static str {
         CachePhase::Expired => "EXPIRED",
         CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
         // Went upstream but was not stored (uncacheable, too large, lock given up).
-        CachePhase::Disabled(r) if r != NoCacheReason::NeverEnabled => "MISS",
+        CachePhase::Disabled(r) if r != NoCacheReason::NeverEnabled => {
+            if x.cache.as_ref().is_some_and(|u| u.expired) {
+                "EXPIRED"
+            } else {
+                "MISS"
+            }
+        }
         _ => "BYPASS",
     }
 }

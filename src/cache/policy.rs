@@ -112,6 +112,8 @@ pub struct CacheUse {
     pub epoch: u64,
     /// A stale copy is served without asking the upstream, which has just failed the tile.
     pub stale_held: bool,
+    /// The lookup found the tile expired (its new answer, stored or not, is `EXPIRED`).
+    pub expired: bool,
 }
 
 pub struct Cache {
@@ -182,6 +184,7 @@ impl Policy for Cache {
             rule: self.rule.clone(),
             epoch: super::get().map_or(0, |c| c.store.epoch()),
             stale_held: false,
+            expired: false,
         });
         Outcome::Continue
     }

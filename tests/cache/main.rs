@@ -831,6 +831,36 @@ fn variant_refreshed(path: &str, how: &str) -> PyUpstream {
     up
 }
 
+/// A stale tile fetched again whose new answer is not stored is EXPIRED (it was in the cache,
+/// expired), not MISS, as nginx's `$upstream_cache_status` says.
+#[test]
+fn an_expired_tile_whose_new_answer_is_not_stored_is_labelled_expired() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 600, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    // The upstream answers with the status `X-Test-Status` asks for.
+    let status = |asked: &str| {
+        let r = get(
+            gw.port,
+            "GET",
+            "/open/expiring?cc=max-age%3D1",
+            &[("X-Test-Status", asked)],
+        );
+        (r.status, cache_status(&r).to_string())
+    };
+    assert_eq!(status("200"), (200, "MISS".into()));
+    assert_eq!(status("200"), (200, "HIT".into()));
+    std::thread::sleep(Duration::from_millis(2100));
+    // The expired tile stays stored until an answer replaces it.
+    assert_eq!(status("403"), (403, "EXPIRED".into()));
+    assert_eq!(status("403"), (403, "EXPIRED".into()));
+    assert_eq!(status("200"), (200, "EXPIRED".into()));
+    assert_eq!(status("200"), (200, "HIT".into()));
+}
+
 /// RFC 9111 §4.4: a non-error answer to an unsafe request for a URL invalidates what is
 /// stored for it; an error answer, or one for another URL, leaves it.
 #[test]

@@ -81,7 +81,7 @@ fn a_refresh_answered_403_leaves_the_stale_tile_unserved() {
         let r = answered(&gw, tile, "403");
         assert_eq!(
             (r.status, cache_status(&r)),
-            (403, "MISS"),
+            (403, "EXPIRED"),
             "request {i} after the refresh's 403"
         );
     }
