@@ -15,42 +15,56 @@ use std::sync::Mutex;
 
 use http::HeaderMap;
 
-/// The headers, in the order their values are written into a key.
-const HEADERS: [&str; 11] = [
+/// The headers, in the order their values are written into a key: the host, scheme, port
+/// and path prefix a proxy in front says clients used, in the forms proxies and upstreams
+/// (GeoServer, MapServer, QGIS Server, Spring) name them. Not the headers that carry the
+/// client's whole target (`X-Original-URI`, `X-Forwarded-Uri`): its query holds credentials,
+/// so every consumer would get a copy of its own.
+const HEADERS: [&str; 22] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
     "x-forwarded-port",
     "x-forwarded-prefix",
+    "x-forwarded-path",
     "x-forwarded-server",
     "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-forwarded-ssl",
+    "x-url-scheme",
     "x-scheme",
+    "front-end-https",
+    "x-host",
     "x-original-host",
     "x-original-url",
     "x-rewrite-url",
+    "x-qgis-service-url",
+    "x-qgis-wms-service-url",
+    "x-qgis-wfs-service-url",
+    "x-qgis-wcs-service-url",
+    "x-qgis-wmts-service-url",
 ];
 
 /// The key's part for the forwarding headers a request carries, `None` without any: one
-/// `name:value` line each in [`HEADERS`]' order (the lines of a repeated header joined by
-/// `, `), of `Forwarded` only its `host` and `proto` parameters (its `for`, each client's own
-/// address, would give every client a copy of its own).
+/// `name:value` line per header line, in [`HEADERS`]' order (a repeated header's lines in
+/// theirs), the name as the request wrote it (`X_Forwarded_Host` is one of them too: a CGI
+/// upstream, MapServer's, reads it as `HTTP_X_FORWARDED_HOST`), bytes outside visible ASCII
+/// and `\` written `\xHH`; of `Forwarded` only its `host`, `proto` and `path` parameters (its
+/// `for`, each client's own address, would give every client a copy of its own).
 pub fn of(headers: &HeaderMap) -> Option<String> {
     // Most requests carry none: a look at each name's length and first byte tells.
     fn maybe(name: &str) -> bool {
-        name.len() >= 8 && matches!(name.as_bytes()[0], b'x' | b'f')
+        name.len() >= 6 && matches!(name.as_bytes()[0], b'x' | b'f')
     }
     if !headers.keys().any(|n| maybe(n.as_str())) {
         return None;
     }
-    let mut found: [Option<String>; HEADERS.len()] = Default::default();
-    let mut any = false;
+    let mut found: Vec<(usize, &str, std::borrow::Cow<'_, [u8]>)> = Vec::new();
     for (name, value) in headers {
         let name = name.as_str();
         if !maybe(name) {
             continue;
         }
-        // `X_Forwarded_Host` too: a CGI upstream (MapServer's) reads both as
-        // `HTTP_X_FORWARDED_HOST`.
         let same = |h: &&str| {
             h.len() == name.len()
                 && h.bytes()
@@ -60,57 +74,93 @@ pub fn of(headers: &HeaderMap) -> Option<String> {
         let Some(i) = HEADERS.iter().position(same) else {
             continue;
         };
-        let value = String::from_utf8_lossy(value.as_bytes());
         let value = if i == 0 {
             // Only a client's address (`for`): nothing that shapes a URL.
-            match forwarded_params(&value) {
+            match forwarded_params(value.as_bytes()) {
                 v if v.is_empty() => continue,
-                v => v,
+                v => std::borrow::Cow::Owned(v),
             }
         } else {
-            value.into_owned()
+            std::borrow::Cow::Borrowed(value.as_bytes())
         };
-        match &mut found[i] {
-            Some(v) => {
-                v.push_str(", ");
-                v.push_str(&value);
-            }
-            slot => *slot = Some(value),
-        }
-        any = true;
+        found.push((i, name, value));
     }
-    if !any {
+    if found.is_empty() {
         return None;
     }
+    // (Stable: a header's lines keep their order.)
+    found.sort_by_key(|(i, _, _)| *i);
     let mut out = String::new();
-    for (name, value) in HEADERS.iter().zip(found) {
-        if let Some(v) = value {
-            if !out.is_empty() {
-                out.push('\n');
+    for (_, name, value) in found {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(name);
+        out.push(':');
+        for &b in value.iter() {
+            if b.is_ascii_graphic() && b != b'\\' || b == b' ' {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("\\x{b:02x}"));
             }
-            out.push_str(name);
-            out.push(':');
-            out.push_str(&v);
         }
     }
     Some(out)
 }
 
-/// `Forwarded`'s `host` and `proto` parameters (RFC 7239), in order, names lowercased.
-fn forwarded_params(value: &str) -> String {
-    let mut out = String::new();
-    for pair in value.split([',', ';']) {
-        let Some((name, v)) = pair.split_once('=') else {
+/// The request headers a key's part (see [`of`]) was made of, as far as it tells them
+/// (`Forwarded` with its `host`, `proto` and `path` alone): for a purge, whose key is made
+/// by the pipeline's steps, which may read them (`xfwd` appends to them).
+pub fn headers_of(part: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for line in part.split('\n') {
+        let Some((name, value)) = line.split_once(':') else {
             continue;
         };
-        let name = name.trim().to_ascii_lowercase();
-        if name == "host" || name == "proto" {
-            if !out.is_empty() {
-                out.push(';');
+        let mut bytes = Vec::with_capacity(value.len());
+        let mut rest = value.as_bytes();
+        while let Some((&b, more)) = rest.split_first() {
+            match (b, more) {
+                (b'\\', [b'x', h, l, tail @ ..]) => {
+                    let hex = [*h, *l];
+                    let byte = std::str::from_utf8(&hex)
+                        .ok()
+                        .and_then(|x| u8::from_str_radix(x, 16).ok());
+                    bytes.push(byte.unwrap_or(b'?'));
+                    rest = tail;
+                }
+                _ => {
+                    bytes.push(b);
+                    rest = more;
+                }
             }
-            out.push_str(&name);
-            out.push('=');
-            out.push_str(v.trim());
+        }
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_bytes(&bytes),
+        ) {
+            headers.append(n, v);
+        }
+    }
+    headers
+}
+
+/// `Forwarded`'s `host`, `proto` and `path` parameters (RFC 7239; `path` as GeoServer reads
+/// it), in order, names lowercased.
+fn forwarded_params(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for pair in value.split(|b| *b == b',' || *b == b';') {
+        let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+            continue;
+        };
+        let name = pair[..eq].trim_ascii().to_ascii_lowercase();
+        if [&b"host"[..], b"proto", b"path"].contains(&&name[..]) {
+            if !out.is_empty() {
+                out.push(b';');
+            }
+            out.extend_from_slice(&name);
+            out.push(b'=');
+            out.extend_from_slice(pair[eq + 1..].trim_ascii());
         }
     }
     out
@@ -119,46 +169,58 @@ fn forwarded_params(value: &str) -> String {
 /// How many combinations a purge tries at most.
 const REMEMBERED: usize = 256;
 
-/// The combinations of forwarding headers met lately, for purges: the most used ones when there
-/// are more than [`REMEMBERED`] (a proxy in front sends one or a few, on every request).
+/// A thread's requests of one combination counted before they are added to [`Seen`].
+const BATCH: u64 = 64;
+
+/// The combinations of forwarding headers met, for purges: the 256 most sent when there are
+/// more (a proxy in front sends one or a few, on every request; a client making up values
+/// sends each on its few requests).
 #[derive(Default)]
 pub struct Seen {
     uses: Mutex<HashMap<Box<str>, u64>>,
 }
 
 thread_local! {
-    /// The combination this thread recorded last: a run of requests with the same one (those
-    /// through one proxy) records it once.
-    static LAST: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The combination this thread met last and how many requests of it are not yet added:
+    /// a run of requests through one proxy takes the lock once per [`BATCH`].
+    static LAST: RefCell<(String, u64)> = const { RefCell::new((String::new(), 0)) };
 }
 
 impl Seen {
-    /// Notes a request's combination (see [`of`]).
+    /// Counts a request's combination (see [`of`]).
     pub fn record(&self, combination: &str) {
-        let new = LAST.with(|last| {
+        LAST.with(|last| {
             let mut last = last.borrow_mut();
-            if *last == combination {
-                return false;
+            let (seen, pending) = &mut *last;
+            if seen == combination {
+                *pending += 1;
+                if *pending >= BATCH {
+                    self.add(seen, std::mem::take(pending));
+                }
+                return;
             }
-            last.clear();
-            last.push_str(combination);
-            true
+            if *pending > 0 {
+                self.add(seen, std::mem::take(pending));
+            }
+            seen.clear();
+            seen.push_str(combination);
+            self.add(combination, 1);
         });
-        if !new {
-            return;
-        }
+    }
+
+    fn add(&self, combination: &str, n: u64) {
         let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = uses.get_mut(combination) {
-            *n += 1;
+        if let Some(count) = uses.get_mut(combination) {
+            *count += n;
             return;
         }
         if uses.len() >= REMEMBERED {
-            // The least used goes (its copies are served to requests that send it alone).
-            if let Some(least) = uses.iter().min_by_key(|(_, n)| **n).map(|(k, _)| k.clone()) {
+            // The least sent goes (its copies are served to the requests that send it alone).
+            if let Some(least) = uses.iter().min_by_key(|(_, c)| **c).map(|(k, _)| k.clone()) {
                 uses.remove(&least);
             }
         }
-        uses.insert(combination.into(), 1);
+        uses.insert(combination.into(), n);
     }
 
     /// Every combination remembered.
@@ -172,78 +234,146 @@ impl Seen {
 mod tests {
     use super::*;
 
-    fn headers(list: &[(&'static str, &'static str)]) -> HeaderMap {
+    fn headers(list: &[(&'static str, &'static [u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in list {
-            h.append(*n, http::HeaderValue::from_static(v));
+            h.append(*n, http::HeaderValue::from_bytes(v).expect("value"));
         }
         h
     }
 
     #[test]
     fn the_forwarding_headers_make_one_part_in_a_fixed_order() {
-        assert_eq!(of(&headers(&[("host", "a"), ("accept", "*/*")])), None);
+        assert_eq!(of(&headers(&[("host", b"a"), ("accept", b"*/*")])), None);
         let a = of(&headers(&[
-            ("x-forwarded-proto", "https"),
-            ("x-forwarded-host", "tiles.example"),
-            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-proto", b"https"),
+            ("x-forwarded-host", b"tiles.example"),
+            ("x-forwarded-for", b"192.0.2.1"),
         ]));
         let b = of(&headers(&[
-            ("x-forwarded-host", "tiles.example"),
-            ("x-forwarded-for", "192.0.2.2"),
-            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", b"tiles.example"),
+            ("x-forwarded-for", b"192.0.2.2"),
+            ("x-forwarded-proto", b"https"),
         ]));
         assert_eq!(a, b);
         assert_eq!(
             a.as_deref(),
             Some("x-forwarded-host:tiles.example\nx-forwarded-proto:https")
         );
-        let repeated = of(&headers(&[
-            ("x-forwarded-host", "a"),
-            ("x-forwarded-host", "b"),
-        ]));
-        assert_eq!(repeated.as_deref(), Some("x-forwarded-host:a, b"));
-        // A CGI upstream reads underscores as dashes.
-        assert_eq!(
-            of(&headers(&[("x_forwarded_host", "a")])).as_deref(),
-            Some("x-forwarded-host:a")
-        );
+        // Two lines, one line of both, the name with underscores: each its own.
+        let parts = [
+            of(&headers(&[
+                ("x-forwarded-host", b"a"),
+                ("x-forwarded-host", b"b"),
+            ])),
+            of(&headers(&[("x-forwarded-host", b"a, b")])),
+            of(&headers(&[
+                ("x-forwarded-host", b"a"),
+                ("x_forwarded_host", b"b"),
+            ])),
+            of(&headers(&[("x_forwarded_host", b"a, b")])),
+        ];
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.is_some());
+            for q in &parts[i + 1..] {
+                assert_ne!(p, q);
+            }
+        }
+        // Bytes that are no visible ASCII are kept apart (not all made U+FFFD).
+        let odd = [
+            of(&headers(&[("x-forwarded-host", b"a\xffb")])),
+            of(&headers(&[("x-forwarded-host", b"a\xfeb")])),
+            of(&headers(&[("x-forwarded-host", "a\u{fffd}b".as_bytes())])),
+            of(&headers(&[("x-forwarded-host", b"a\\xffb")])),
+        ];
+        for (i, p) in odd.iter().enumerate() {
+            for q in &odd[i + 1..] {
+                assert_ne!(p, q);
+            }
+        }
+        for name in [
+            "x-forwarded-path",
+            "x-qgis-wms-service-url",
+            "x-host",
+            "front-end-https",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::HeaderName::from_static(name),
+                http::HeaderValue::from_static("v"),
+            );
+            assert!(of(&h).is_some(), "{name}");
+        }
     }
 
     #[test]
-    fn forwarded_counts_by_its_host_and_proto_alone() {
+    fn a_part_gives_back_the_headers_it_was_made_of() {
+        let h = headers(&[
+            ("x-forwarded-host", b"a\xffb"),
+            ("x-forwarded-host", b"c"),
+            ("x_forwarded_proto", b"https"),
+        ]);
+        let part = of(&h).expect("a part");
+        let back = headers_of(&part);
+        assert_eq!(of(&back).as_deref(), Some(&*part));
+        let hosts: Vec<&[u8]> = back
+            .get_all("x-forwarded-host")
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(hosts, [&b"a\xffb"[..], b"c"]);
+    }
+
+    #[test]
+    fn forwarded_counts_by_its_host_proto_and_path_alone() {
         let one = of(&headers(&[(
             "forwarded",
-            "for=192.0.2.60;proto=https;Host=tiles.example;by=203.0.113.43",
+            b"for=192.0.2.60;proto=https;Host=tiles.example;by=203.0.113.43",
         )]));
         let other = of(&headers(&[(
             "forwarded",
-            "for=198.51.100.7; proto=https; host=tiles.example",
+            b"for=198.51.100.7; proto=https; host=tiles.example",
         )]));
         assert_eq!(one, other);
         assert_eq!(
             one.as_deref(),
             Some("forwarded:proto=https;host=tiles.example")
         );
+        assert_ne!(
+            one,
+            of(&headers(&[(
+                "forwarded",
+                b"proto=https;host=tiles.example;path=/x"
+            )]))
+        );
         // Only a client's address: nothing that shapes a URL.
-        assert_eq!(of(&headers(&[("forwarded", "for=192.0.2.60")])), None);
+        assert_eq!(of(&headers(&[("forwarded", b"for=192.0.2.60")])), None);
     }
 
     #[test]
-    fn the_most_used_combinations_are_remembered() {
+    fn the_most_sent_combinations_are_remembered() {
         let seen = Seen::default();
-        // Each record on another thread: the thread's memo of its last one does not count.
-        let record = |c: String| {
-            std::thread::scope(|s| {
-                s.spawn(|| seen.record(&c));
-            })
-        };
-        for _ in 0..3 {
-            record("x-forwarded-host:proxy".into());
-        }
-        for i in 0..REMEMBERED + 10 {
-            record(format!("x-forwarded-host:other{i}"));
-        }
+        // A proxy's steady requests on one thread.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..200 {
+                    seen.record("x-forwarded-host:proxy");
+                }
+                // Its last requests are added when the thread meets another combination.
+                seen.record("x-forwarded-host:once");
+            });
+        });
+        // Many made-up values, each sent a few times, alternating.
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..REMEMBERED + 10 {
+                    for _ in 0..3 {
+                        seen.record(&format!("x-forwarded-host:other{i}"));
+                        seen.record(&format!("x-forwarded-host:more{i}"));
+                    }
+                }
+            });
+        });
         let all = seen.all();
         assert_eq!(all.len(), REMEMBERED);
         assert!(all.iter().any(|c| &**c == "x-forwarded-host:proxy"));

@@ -34,8 +34,18 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
     };
-    let headers = http::HeaderMap::new();
     let forwardings = super::get().map(|c| c.forwarding.all()).unwrap_or_default();
+    // As requests without forwarding headers ask for it, and with each combination of them
+    // the cache has met (the steps see them: `xfwd` appends to them, and its edits are in
+    // the key).
+    let asked: Vec<(Option<&str>, http::HeaderMap)> =
+        std::iter::once((None, http::HeaderMap::new()))
+            .chain(
+                forwardings
+                    .iter()
+                    .map(|f| (Some(&**f), super::forwarding::headers_of(f))),
+            )
+            .collect();
     let mut out = Vec::new();
     let mut from = 0;
     while let Some(ri) = gw.router.find(from, host, path, &http::Method::GET) {
@@ -46,14 +56,14 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
         };
         let endpoint = &gw.endpoints[route.endpoint];
         // Over http and https: with `xfwd` the scheme (and its port) is part of the key.
-        for tls in [false, true] {
+        for ((forwarding, headers), tls) in asked.iter().flat_map(|a| [(a, false), (a, true)]) {
             let req = Request {
                 method: &http::Method::GET,
                 path,
                 query,
                 url,
                 host,
-                headers: &headers,
+                headers,
                 client_ip: None,
                 server_port: None,
                 tls,
@@ -88,12 +98,7 @@ fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) ->
                     || key_edits
                         .iter()
                         .any(|e| e.name().as_str().starts_with("x-forwarded-"));
-                // As requests without forwarding headers key it, and under each combination
-                // of them the cache has met.
-                out.push(super::primary_of(&x, host, None));
-                for forwarding in &forwardings {
-                    out.push(super::primary_of(&x, host, Some(forwarding)));
-                }
+                out.push(super::primary_of(&x, host, *forwarding));
             }
         }
     }

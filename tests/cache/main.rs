@@ -438,6 +438,52 @@ fn forwarding_headers_a_client_sends_are_part_of_the_key() {
     assert_eq!(fetch(0, &evil).0, "MISS");
 }
 
+/// With `xfwd` the proxy step appends to the client's forwarding headers (its edits are in the
+/// key): a purge of the URL finds the copies the client's own values made too.
+#[test]
+fn a_purge_finds_the_copies_of_forwarding_headers_an_xfwd_step_appended_to() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let yml = pipeline_config(
+        &up,
+        "xf: {paths: ['/xf/*']}",
+        &[
+            "cache: [{action: {ttl: 600}}]",
+            "proxy: [{action: {serviceEndpoint: up, xfwd: true}}]",
+        ],
+    );
+    let (_dir, gw) = start_config(&yml, &[]);
+    let path = "/xf/q1";
+    let sent: [&[(&str, &str)]; 5] = [
+        &[],
+        &[("X-Forwarded-Host", "evil.example")],
+        &[("X-Forwarded-Proto", "https")],
+        &[("X-Forwarded-Port", "8443")],
+        &[("Forwarded", "host=f.example")],
+    ];
+    let fetch = |extra: &[(&str, &str)]| {
+        let mut h = vec![("Host", "tiles.example")];
+        h.extend_from_slice(extra);
+        let r = get(gw.port, "GET", path, &h);
+        assert_eq!(r.status, 200, "{}", r.text());
+        cache_status(&r).to_string()
+    };
+    for extra in sent {
+        assert_eq!(fetch(extra), "MISS", "{extra:?}");
+        assert_eq!(fetch(extra), "HIT", "{extra:?}");
+    }
+    let r = send_json(
+        gw.admin_port,
+        "POST",
+        "/tollgate/cache/purge",
+        &format!(r#"{{"url": "{path}", "host": "tiles.example"}}"#),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(support::json_body(&r)["purged"], 5, "{}", r.text());
+    for extra in sent {
+        assert_eq!(fetch(extra), "MISS", "{extra:?} outlived the purge");
+    }
+}
+
 #[test]
 fn a_tile_not_cacheable_once_is_fetched_without_credentials_when_it_becomes_cacheable() {
     let up = PyUpstream::start("tiles", 5.0);
