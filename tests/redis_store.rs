@@ -460,55 +460,45 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
     assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
     // Resyncs are due every second from the start: one is running by now.
     std::thread::sleep(Duration::from_millis(1500));
-    // Revoked as a tollgate writing to the same Redis does it: the change, then its message.
-    let _: i64 = redis::cmd("HSET")
-        .arg("EG-key-auth:kargo-ka-id")
-        .arg("isActive")
-        .arg("false")
-        .query(&mut c)
-        .expect("HSET");
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("EG-tollgate-invalidate")
-        .arg("key-auth:kargo-ka-id")
-        .query(&mut c)
-        .expect("PUBLISH");
-    let revoked_at = Instant::now();
-    while get(gw.port, "GET", "/wmts/1", &key).status != 401 {
-        assert!(
-            revoked_at.elapsed() < Duration::from_secs(1),
-            "the revocation waited for the resync:\n{}",
-            gw.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // More revocations through a whole load, some after it read the credential: each is
-    // followed at once, and none is undone by the load's swap.
-    let mut revoked = vec!["kargo-ka-id:kargo-ka-secret".to_string()];
-    for i in 0..25 {
-        let id = format!("bulk-{}-{i}", i * 7);
+    // Revoked as a tollgate writing to the same Redis does it: the change, then its message;
+    // followed at once (within a second), not after the resync.
+    let revoke = |c: &mut redis::Connection, id: &str, secret: &str| {
         let _: i64 = redis::cmd("HSET")
             .arg(format!("EG-key-auth:{id}"))
             .arg("isActive")
             .arg("false")
-            .query(&mut c)
+            .query(c)
             .expect("HSET");
         let _: i64 = redis::cmd("PUBLISH")
             .arg("EG-tollgate-invalidate")
             .arg(format!("key-auth:{id}"))
-            .query(&mut c)
+            .query(c)
             .expect("PUBLISH");
-        revoked.push(format!("{id}:s"));
         let published = Instant::now();
-        let h = [("Authorization", format!("apiKey {id}:s"))];
-        let h: Vec<(&str, &str)> = h.iter().map(|(n, v)| (*n, v.as_str())).collect();
-        while get(gw.port, "GET", "/wmts/1", &h).status != 401 {
+        let auth = format!("apiKey {id}:{secret}");
+        while get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", auth.as_str())],
+        )
+        .status
+            != 401
+        {
             assert!(
                 published.elapsed() < Duration::from_secs(1),
-                "revocation {i} waited for the resync:\n{}",
+                "the revocation of {id} waited for the resync:\n{}",
                 gw.log_text()
             );
             std::thread::sleep(Duration::from_millis(10));
         }
+        format!("{id}:{secret}")
+    };
+    let mut revoked = vec![revoke(&mut c, "kargo-ka-id", "kargo-ka-secret")];
+    // More revocations through a whole load, some after it read the credential: each is
+    // followed at once, and none is undone by the load's swap.
+    for i in 0..25 {
+        revoked.push(revoke(&mut c, &format!("bulk-{}-{i}", i * 7), "s"));
         std::thread::sleep(Duration::from_millis(150));
     }
     let loads = || gw.log_text().matches("credentials loaded").count();

@@ -342,45 +342,14 @@ mod tests {
                 http::header::HeaderValue::from_static(v),
             )
         };
+        let with = |edits: &[HeaderEdit]| primary("wms", None, None, "/a", edits, &r, ("", 0));
         assert_ne!(
-            primary(
-                "wms",
-                None,
-                None,
-                "/a",
-                &[edit("x-tenant", "a")],
-                &r,
-                ("", 0)
-            ),
-            primary(
-                "wms",
-                None,
-                None,
-                "/a",
-                &[edit("x-tenant", "b")],
-                &r,
-                ("", 0)
-            )
+            with(&[edit("x-tenant", "a")]),
+            with(&[edit("x-tenant", "b")])
         );
         assert_eq!(
-            primary(
-                "wms",
-                None,
-                None,
-                "/a",
-                &[edit("eg-consumer-id", "ann")],
-                &r,
-                ("", 0)
-            ),
-            primary(
-                "wms",
-                None,
-                None,
-                "/a",
-                &[edit("eg-consumer-id", "bob")],
-                &r,
-                ("", 0)
-            )
+            with(&[edit("eg-consumer-id", "ann")]),
+            with(&[edit("eg-consumer-id", "bob")])
         );
         assert_ne!(
             primary("wms", None, None, "/a", &[], &r, ("", 0)),

@@ -113,6 +113,11 @@ fn stored_big_tile(gw: &GatewayProcess) -> (&'static str, Vec<u8>) {
     (path, expected)
 }
 
+/// `POST /tollgate/cache/purge` with `body` on the gateway's Admin API.
+fn purge(gw: &GatewayProcess, body: &str) -> Response {
+    send_json(gw.admin_port, "POST", "/tollgate/cache/purge", body)
+}
+
 fn cache_status(r: &Response) -> &str {
     r.header("x-cache-status").unwrap_or("")
 }
@@ -425,12 +430,7 @@ fn forwarding_headers_a_client_sends_are_part_of_the_key() {
     );
     assert_eq!(up.served(), 4);
     // One purge of the URL: every copy goes.
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        &format!(r#"{{"url": "{path}"}}"#),
-    );
+    let r = purge(&gw, &format!(r#"{{"url": "{path}"}}"#));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(support::json_body(&r)["purged"], 4, "{}", r.text());
     assert_eq!(fetch(8, &proxy("192.0.2.3")).0, "MISS");
@@ -471,10 +471,8 @@ fn a_purge_finds_the_copies_of_forwarding_headers_an_xfwd_step_appended_to() {
         assert_eq!(fetch(extra), "MISS", "{extra:?}");
         assert_eq!(fetch(extra), "HIT", "{extra:?}");
     }
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
+    let r = purge(
+        &gw,
         &format!(r#"{{"url": "{path}", "host": "tiles.example"}}"#),
     );
     assert_eq!(r.status, 200, "{}", r.text());

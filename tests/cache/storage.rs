@@ -36,22 +36,12 @@ fn purge_a_url_and_an_api_endpoint() {
     let sld = "/tiles/p/3.png?SLD=http://styles.example/a.sld";
     assert_eq!(cache_status(&tile(&gw, sld, 0)), "MISS");
     assert_eq!(cache_status(&tile(&gw, sld, 0)), "HIT");
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        &format!(r#"{{"url": "{sld}"}}"#),
-    );
+    let r = purge(&gw, &format!(r#"{{"url": "{sld}"}}"#));
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
     assert_eq!(cache_status(&tile(&gw, sld, 1)), "MISS");
     // Everything of an api endpoint, through the Admin API.
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        r#"{"apiEndpoint": "tiles"}"#,
-    );
+    let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "MISS");
     let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
@@ -60,12 +50,7 @@ fn purge_a_url_and_an_api_endpoint() {
         state["memory"]["objects"].as_u64().unwrap_or(0) >= 1,
         "{state}"
     );
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        r#"{"apiEndpoint": "nope"}"#,
-    );
+    let r = purge(&gw, r#"{"apiEndpoint": "nope"}"#);
     assert_eq!(r.status, 404);
     drop(dir);
 }
@@ -83,16 +68,16 @@ fn api_endpoints_that_share_tiles_are_purged_each_on_its_own() {
     );
     let (_dir, gw) = start_config(&yml, &[]);
     let open = |path: &str| get(gw.port, "GET", path, &[]);
-    let purge = |endpoint: &str| {
+    let purge_endpoint = |endpoint: &str| {
         let body = format!(r#"{{"apiEndpoint": "{endpoint}"}}"#);
-        let r = send_json(gw.admin_port, "POST", "/tollgate/cache/purge", &body);
+        let r = purge(&gw, &body);
         assert_eq!(r.status, 200, "{}", r.text());
     };
     assert_eq!(cache_status(&open("/pa/1.png")), "MISS");
     assert_eq!(cache_status(&open("/pb/1.png")), "HIT", "one copy for both");
-    purge("pa");
+    purge_endpoint("pa");
     assert_eq!(cache_status(&open("/pa/1.png")), "MISS");
-    purge("pb");
+    purge_endpoint("pb");
     assert_eq!(
         cache_status(&open("/pb/1.png")),
         "MISS",
@@ -275,12 +260,7 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     wait_for_disk(&cache_dir, 1);
     // The record's temporary file cannot be made.
     std::fs::create_dir_all(cache_dir.join("generations.tmp")).expect("in the way");
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        r#"{"apiEndpoint": "tiles"}"#,
-    );
+    let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(r.text().contains("cannot record the purge"), "{}", r.text());
     assert_eq!(
@@ -649,12 +629,7 @@ fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
     let port = gw.port;
     let fetching = std::thread::spawn(move || get(port, "GET", path, &[]));
     std::thread::sleep(Duration::from_millis(300));
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        &format!(r#"{{"url": "{path}"}}"#),
-    );
+    let r = purge(&gw, &format!(r#"{{"url": "{path}"}}"#));
     assert_eq!(r.status, 200, "{}", r.text());
     let first = fetching.join().expect("the fetch");
     assert_eq!((first.status, cache_status(&first)), (200, "MISS"));
@@ -689,8 +664,7 @@ fn purged_by_host(up: &PyUpstream, proxy: &str) {
     let at = |host: &str| get(gw.port, "GET", path, &[("Host", host)]);
     assert_eq!(cache_status(&at("a.example:8080")), "MISS");
     assert_eq!(cache_status(&at("b.example")), "MISS", "one copy per host");
-    let purge = |body: &str| send_json(gw.admin_port, "POST", "/tollgate/cache/purge", body);
-    let without = purge(&format!(r#"{{"url": "{path}"}}"#));
+    let without = purge(&gw, &format!(r#"{{"url": "{path}"}}"#));
     assert_eq!(without.status, 422, "{}", without.text());
     assert!(without.text().contains("host"), "{}", without.text());
     // A URL that is none, and a URL with an api endpoint (which of the two?): refused.
@@ -698,11 +672,14 @@ fn purged_by_host(up: &PyUpstream, proxy: &str) {
         r#"{"url": "http://[bad"}"#.to_string(),
         format!(r#"{{"url": "{path}", "apiEndpoint": "open"}}"#),
     ] {
-        let r = purge(&body);
+        let r = purge(&gw, &body);
         assert_eq!(r.status, 422, "{body}: {}", r.text());
     }
     assert_eq!(cache_status(&at("b.example")), "HIT", "nothing was purged");
-    let with = purge(&format!(r#"{{"url": "{path}", "host": "a.example:8080"}}"#));
+    let with = purge(
+        &gw,
+        &format!(r#"{{"url": "{path}", "host": "a.example:8080"}}"#),
+    );
     assert_eq!(
         (with.status, support::json_body(&with)["purged"].as_u64()),
         (200, Some(1)),
@@ -786,12 +763,7 @@ fn a_purge_of_a_url_removes_every_variant_of_its_tile() {
     // The first answer shows the tile varies: stored per variant from the next one on.
     assert_eq!([open("a"), open("a"), open("a")], ["MISS", "MISS", "HIT"]);
     assert_eq!([open("b"), open("b")], ["MISS", "HIT"]);
-    let r = send_json(
-        gw.admin_port,
-        "POST",
-        "/tollgate/cache/purge",
-        &format!(r#"{{"url": "{url}"}}"#),
-    );
+    let r = purge(&gw, &format!(r#"{{"url": "{url}"}}"#));
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(
         support::json_body(&r)["purged"].as_u64().unwrap_or(0) >= 1,

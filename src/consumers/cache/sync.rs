@@ -101,10 +101,7 @@ impl ConsumerCache {
             }
         }
         let cache = self.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || {
-            runtime.block_on(cache.run_loads());
-        });
+        on_own_thread(async move { cache.run_loads().await });
     }
 
     /// Runs one full load on a thread of its own, as [`Self::load_in_background`] does: the
@@ -112,8 +109,7 @@ impl ConsumerCache {
     /// and the upstreams' health checks.
     pub async fn load_off_worker(self: &Arc<Self>) -> StoreResult<()> {
         let cache = self.clone();
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || runtime.block_on(cache.load()))
+        on_own_thread(async move { cache.load().await })
             .await
             .unwrap_or_else(|e| Err(StoreError::Io(format!("the load stopped: {e}"))))
     }
@@ -470,6 +466,15 @@ impl ConsumerCache {
             }
         });
     }
+}
+
+/// Runs `work` on the current runtime, polled by a thread of its own (the runtime's blocking
+/// pool), not by a worker.
+fn on_own_thread<T: Send + 'static>(
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> tokio::task::JoinHandle<T> {
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
 }
 
 fn user_entry(id: &str, h: &HashMap<String, String>) -> (ConsumerEntry, Option<String>) {
