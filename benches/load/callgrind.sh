@@ -5,6 +5,7 @@
 #   benches/load/callgrind.sh            # 2000 requests per case, about 3 minutes
 #   N=5000 CASES="plain-fast plain-general" benches/load/callgrind.sh
 #   CASES="cache-miss kargo-distinct" benches/load/callgrind.sh   # what a miss adds
+#   BIN=/path/to/other/tollgate benches/load/callgrind.sh   # another build (default target/release)
 #
 # Each case starts the release build under `valgrind --tool=callgrind` with one worker thread
 # in front of the benchmark's upstream (started with ../shared/bench/peers when it is not
@@ -33,7 +34,7 @@ PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
 bench_init callgrind
 bench_setup valgrind nginx curl python3
 trap bench_cleanup EXIT
-BIN="$ROOT/target/release/tollgate"
+BIN="${BIN:-$ROOT/target/release/tollgate}"
 
 # Warms the server that runs as PID, counts N requests to PATH and prints the instructions
 # per request.
