@@ -428,15 +428,25 @@ impl ProxyHttp for Tollgate {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let (code, reply) = exchange::failure_reply(e);
+        let (mut code, reply) = exchange::failure_reply(e);
         // The connection closes after an error reply: its head says so.
         session.set_keepalive(None);
         // A response whose head went out already is cut short as it is: the connection closes
         // without its body's end, so the client sees it incomplete (an error reply would go
         // into its body, and finish it as if whole).
-        let reply = reply.filter(|_| session.response_written().is_none());
+        let mut reply = reply.filter(|_| session.response_written().is_none());
+        let mut edits = std::borrow::Cow::Borrowed(&ctx.x.response_edits[..]);
+        if reply.is_some() && ctx.x.cache.is_some() {
+            let (status, label) = crate::cache::failed(session, &ctx.x, code);
+            if status != code {
+                code = status;
+                reply = Some(crate::responses::gateway_timeout());
+            }
+            edits =
+                std::borrow::Cow::Owned(crate::cache::with_status(&ctx.x.response_edits, label));
+        }
         if let Some(reply) = reply {
-            if let Err(err) = send_reply(session, reply, &ctx.x.response_edits).await {
+            if let Err(err) = send_reply(session, reply, &edits).await {
                 log::debug!("could not send the error response: {err}");
             }
         }

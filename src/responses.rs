@@ -33,6 +33,12 @@ pub fn bad_gateway() -> Reply {
     html(502, "Bad gateway.")
 }
 
+/// A stored tile that may not be used stale could not be revalidated: the upstream failed
+/// (RFC 9111 §5.2.2.2), worded as the 502.
+pub fn gateway_timeout() -> Reply {
+    html(504, "Gateway timeout.")
+}
+
 /// A string body sent with Express's `res.send`, which types it `text/html`.
 pub fn html(status: u16, body: impl Into<Bytes>) -> Reply {
     let mut reply = Reply::text(status, body);

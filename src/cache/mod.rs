@@ -654,8 +654,13 @@ pub fn hit_filter(
     if is_fresh || session.subrequest_ctx.is_some() {
         return None;
     }
+    let forbidden = freshness::revalidate_each_use(meta.response_header());
+    if let Some(u) = &mut x.cache {
+        u.expired = true;
+        u.stale_forbidden = forbidden;
+    }
     let now = SystemTime::now();
-    if !meta.serve_stale_if_error(now) || freshness::revalidate_each_use(meta.response_header()) {
+    if !meta.serve_stale_if_error(now) || forbidden {
         return None;
     }
     let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
@@ -724,6 +729,32 @@ pub fn status(session: &Session, x: &Exchange) -> &'static str {
         }
         _ => "BYPASS",
     }
+}
+
+/// The gateway's answer to a request through a `cache` step that the upstream failed, given
+/// the status it answers a failure with (`code`): a 504 instead of a 502 when the lookup found
+/// a stored copy its upstream forbids serving stale (`must-revalidate` and its kin, see
+/// [`freshness::revalidate_each_use`]: it could not be revalidated, RFC 9111 §5.2.2.2), and
+/// the `X-Cache-Status` the answer carries.
+pub fn failed(session: &Session, x: &Exchange, code: u16) -> (u16, &'static str) {
+    let may_not_serve = x.cache.as_ref().is_some_and(|u| u.stale_forbidden);
+    let code = if code == 502 && may_not_serve {
+        504
+    } else {
+        code
+    };
+    (code, status(session, x))
+}
+
+/// `edits` and an `X-Cache-Status` of `label`: the head edits of an answer the gateway makes
+/// for a request through a `cache` step.
+pub fn with_status(edits: &[HeaderEdit], label: &'static str) -> Vec<HeaderEdit> {
+    let mut all = edits.to_vec();
+    all.push(HeaderEdit::Set(
+        X_CACHE_STATUS.clone(),
+        http::HeaderValue::from_static(label),
+    ));
+    all
 }
 
 /// How long this request waited on another request's fill, if it did.

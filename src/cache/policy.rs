@@ -114,6 +114,9 @@ pub struct CacheUse {
     pub stale_held: bool,
     /// The lookup found the tile expired (its new answer, stored or not, is `EXPIRED`).
     pub expired: bool,
+    /// The lookup found the tile stale, and its upstream forbids serving it stale
+    /// (`must-revalidate` and its kin): when it cannot be revalidated, the answer is a 504.
+    pub stale_forbidden: bool,
 }
 
 pub struct Cache {
@@ -185,6 +188,7 @@ impl Policy for Cache {
             epoch: super::get().map_or(0, |c| c.store.epoch()),
             stale_held: false,
             expired: false,
+            stale_forbidden: false,
         });
         Outcome::Continue
     }
