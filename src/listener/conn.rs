@@ -465,6 +465,9 @@ async fn read_head(
             deadline = Some(Instant::now() + limits.header_timeout);
         }
         if head_complete(&buf, before) {
+            if too_many_headers(&buf) {
+                return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
+            }
             return Ok(buf);
         }
         if !first && partial.is_none() {
@@ -474,6 +477,37 @@ async fn read_head(
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
         }
     }
+}
+
+/// The most header lines Pingora's parser takes: a head with more is refused there with a
+/// bare 400, where a 431 says what is wrong (RFC 6585 §5), as for a head too long.
+const MAX_HEADER_LINES: usize = 256;
+
+/// Whether the first request head in `buf` (complete) has more than [`MAX_HEADER_LINES`]
+/// header lines. A head shorter than that many of the shortest lines (`a:` and a bare `\n`)
+/// cannot, and is not looked at: a tile's head never is.
+fn too_many_headers(buf: &[u8]) -> bool {
+    if buf.len() <= MAX_HEADER_LINES * 3 {
+        return false;
+    }
+    let lead = buf
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let head = &buf[lead..];
+    let mut lines = 0;
+    for at in memchr::memchr_iter(b'\n', head) {
+        // The request line, then the header lines.
+        lines += 1;
+        if lines > MAX_HEADER_LINES + 1 {
+            return true;
+        }
+        // The empty line that ends the head follows.
+        if head.get(at + 1) == Some(&b'\n') || head.get(at + 1..at + 3) == Some(b"\r\n") {
+            break;
+        }
+    }
+    false
 }
 
 /// Drops the empty lines a client may send before a request line (after the request before
@@ -555,7 +589,7 @@ pub(super) async fn shutting_down(watch: &mut ShutdownWatch) {
 
 #[cfg(test)]
 mod tests {
-    use super::{head_complete, next_request_at};
+    use super::{head_complete, next_request_at, too_many_headers, MAX_HEADER_LINES};
 
     #[test]
     fn splits_a_bodiless_head_from_the_next_request_only() {
@@ -587,6 +621,28 @@ mod tests {
         ] {
             assert_eq!(next_request_at(head.as_bytes()), None, "{head:?}");
         }
+    }
+
+    #[test]
+    fn counts_the_header_lines_of_the_first_head_only() {
+        let head = |n: usize, end: &str| {
+            let lines: String = (0..n).map(|i| format!("a{i}:{end}")).collect();
+            format!("GET / HTTP/1.1{end}{lines}{end}")
+        };
+        assert!(!too_many_headers(head(MAX_HEADER_LINES, "\r\n").as_bytes()));
+        assert!(too_many_headers(
+            head(MAX_HEADER_LINES + 1, "\r\n").as_bytes()
+        ));
+        assert!(!too_many_headers(head(MAX_HEADER_LINES, "\n").as_bytes()));
+        assert!(too_many_headers(
+            head(MAX_HEADER_LINES + 1, "\n").as_bytes()
+        ));
+        // Two heads with as many lines between them as one may have: neither has too many.
+        let half = MAX_HEADER_LINES / 2 + 10;
+        let two = format!("{}{}", head(half, "\r\n"), head(half, "\r\n"));
+        assert!(!too_many_headers(two.as_bytes()));
+        let led = format!("\r\n\r\n{}", head(MAX_HEADER_LINES, "\r\n"));
+        assert!(!too_many_headers(led.as_bytes()), "blank lines first");
     }
 
     #[test]
