@@ -154,6 +154,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
+    crate::cache::keep_forwardings(background.handle());
     let started = crate::lifecycle::Started::of(&loaded, before);
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
@@ -359,6 +360,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             early: std::sync::Mutex::new(early),
         }),
     });
+    crate::cache::save_forwardings();
     std::process::exit(0)
 }
 
@@ -565,6 +567,7 @@ fn exit_when_drained(
                             log::warn!(
                                 "runtimes still stopping after {RUNTIME_EXIT_LIMIT:?}; exiting"
                             );
+                            crate::cache::save_forwardings();
                             crate::lifecycle::runfile::withdraw();
                             std::process::exit(0);
                         }
@@ -585,6 +588,7 @@ fn exit_when_drained(
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 log::info!("drained; exiting");
+                crate::cache::save_forwardings();
                 crate::lifecycle::runfile::withdraw();
                 std::process::exit(0);
             });

@@ -178,6 +178,8 @@ const BATCH: u64 = 64;
 #[derive(Default)]
 pub struct Seen {
     uses: Mutex<HashMap<Box<str>, u64>>,
+    /// A combination came or went since the record was last written (see [`Self::changed`]).
+    changed: std::sync::atomic::AtomicBool,
 }
 
 thread_local! {
@@ -221,6 +223,29 @@ impl Seen {
             }
         }
         uses.insert(combination.into(), n);
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Takes in the combinations a record kept (with their counts): those remembered before a
+    /// restart, whose copies the disk tier still holds.
+    pub fn restore(&self, kept: HashMap<Box<str>, u64>) {
+        let mut uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
+        for (combination, n) in kept.into_iter().take(REMEMBERED) {
+            uses.entry(combination).or_insert(n);
+        }
+    }
+
+    /// The combinations and their counts when one came or went since the last call; `None`
+    /// when none did.
+    pub fn changed(&self) -> Option<HashMap<Box<str>, u64>> {
+        if !self
+            .changed
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return None;
+        }
+        Some(self.uses.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Every combination remembered.

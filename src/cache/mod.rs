@@ -78,6 +78,9 @@ pub struct TileCache {
     declined: AtomicU64,
     /// The combinations of forwarding headers requests sent, for purges.
     pub forwarding: forwarding::Seen,
+    /// Where the combinations are kept across restarts (with the disk tier, whose copies
+    /// they name).
+    forwarding_file: Option<PathBuf>,
 }
 
 static CACHE: OnceLock<TileCache> = OnceLock::new();
@@ -166,8 +169,68 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         )),
         declined: AtomicU64::new(0),
         forwarding: forwarding::Seen::default(),
+        forwarding_file: opts.disk.as_ref().map(|(d, _)| d.join(FORWARDING_FILE)),
     };
+    if let Some(f) = &cache.forwarding_file {
+        cache.forwarding.restore(read_forwardings(f));
+    }
     Ok(CACHE.get_or_init(|| cache))
+}
+
+/// The record of the forwarding headers' combinations, in the disk tier's directory.
+const FORWARDING_FILE: &str = "forwarding.json";
+/// How often the combinations are written when one came or went.
+const FORWARDING_SAVE: Duration = Duration::from_secs(10);
+
+/// The combinations a record kept; none when there is no record or it cannot be read (a purge
+/// then misses the disk copies of the combinations no request has sent since).
+fn read_forwardings(f: &std::path::Path) -> HashMap<Box<str>, u64> {
+    let read = match std::fs::read(f) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            log::warn!("tile cache: cannot read {}: {e}", f.display());
+            return HashMap::new();
+        }
+    };
+    serde_json::from_slice(&read).unwrap_or_else(|e| {
+        log::warn!(
+            "tile cache: {} is damaged ({e}): a purge finds only the disk copies of forwarding headers sent from now on",
+            f.display()
+        );
+        HashMap::new()
+    })
+}
+
+/// Writes the forwarding headers' combinations beside the disk tier when one came or went
+/// (the purge of a URL after a restart finds the disk copies each of them keyed).
+pub fn save_forwardings() {
+    let Some(c) = get() else { return };
+    let (Some(f), Some(all)) = (&c.forwarding_file, c.forwarding.changed()) else {
+        return;
+    };
+    let written = serde_json::to_vec(&all)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| write_whole(f, &bytes));
+    if let Err(e) = written {
+        log::warn!("tile cache: cannot write {}: {e}", f.display());
+    }
+}
+
+/// Writes the forwarding headers' combinations every [`FORWARDING_SAVE`] when one came or
+/// went, on `background` (the process's exit writes them too: [`save_forwardings`]).
+pub fn keep_forwardings(background: &tokio::runtime::Handle) {
+    if get().is_none_or(|c| c.forwarding_file.is_none()) {
+        return;
+    }
+    background.spawn(async {
+        let mut every = tokio::time::interval(FORWARDING_SAVE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(save_forwardings).await;
+        }
+    });
 }
 
 /// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,

@@ -774,3 +774,62 @@ fn a_purge_of_a_url_removes_every_variant_of_its_tile() {
     assert_eq!(open("b"), "MISS", "variant b outlived its URL's purge");
     assert_eq!(open("a"), "MISS", "variant a outlived its URL's purge");
 }
+
+/// The forwarding headers' combinations requests sent are kept beside the disk tier — written
+/// every 10 s when one came, and as the gateway exits — so that the purge of a URL after a
+/// restart, before any request sends them again, finds the disk copies each of them keyed.
+#[test]
+fn a_purge_after_a_restart_finds_the_disk_copies_of_forwarding_headers_sent_before_it() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (cache_dir, dir_arg) = fresh_cache_dir("forwarding");
+    let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "10M"];
+    let (dir, gw) = start(&up, "{ttl: 600}", &args);
+    let url = "/open/forwarded.png?cc=max-age%3D600";
+    let via = |gw: &GatewayProcess, host: &str| {
+        let r = get(gw.port, "GET", url, &[("X-Forwarded-Host", host)]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        cache_status(&r).to_string()
+    };
+    let record = cache_dir.join("forwarding.json");
+    let recorded = |host: &str| std::fs::read_to_string(&record).is_ok_and(|t| t.contains(host));
+    // One combination written while the gateway runs (a crash after it keeps it).
+    assert_eq!(via(&gw, "a.example"), "MISS");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !recorded("a.example") {
+        assert!(
+            Instant::now() < deadline,
+            "the combination was never written"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Another written as the gateway exits.
+    assert_eq!(via(&gw, "b.example"), "MISS");
+    wait_for_disk(&cache_dir, 2);
+    gw.signal("TERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !recorded("b.example") {
+        assert!(
+            Instant::now() < deadline,
+            "the exit did not write the combinations"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(gw);
+    let populate = dir.file("consumers.json");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--populate", &populate, "--cache-dir", &dir_arg],
+        &[],
+    );
+    let r = purge(&gw, &format!(r#"{{"url": "{url}"}}"#));
+    assert_eq!(r.status, 200, "{}", r.text());
+    for host in ["a.example", "b.example"] {
+        assert_eq!(
+            via(&gw, host),
+            "MISS",
+            "{host}'s disk copy outlived the purge"
+        );
+    }
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
