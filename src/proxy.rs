@@ -437,7 +437,7 @@ impl ProxyHttp for Tollgate {
         let mut reply = reply.filter(|_| session.response_written().is_none());
         let mut edits = std::borrow::Cow::Borrowed(&ctx.x.response_edits[..]);
         if reply.is_some() && ctx.x.cache.is_some() {
-            let (status, label) = crate::cache::failed(session, &ctx.x, code);
+            let (status, label) = crate::cache::failed(session, &ctx.x, e, code);
             if status != code {
                 code = status;
                 reply = Some(crate::responses::gateway_timeout());

@@ -334,6 +334,21 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
         false,
     );
     assert_eq!(enough.status, 200, "200 header lines");
+    // The same behind another request on its connection (pipelined): answered, then the 431.
+    let lines: String = (0..300).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+    let _ = conn.write_all(
+        format!("GET /raw/first HTTP/1.1\r\nHost: h\r\n\r\nGET /raw/x HTTP/1.1\r\nHost: h\r\n{lines}\r\n")
+            .as_bytes(),
+    );
+    let mut answers = Vec::new();
+    let _ = conn.read_to_end(&mut answers);
+    let answers = String::from_utf8_lossy(&answers);
+    let statuses: Vec<&str> = answers
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &answers[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["200", "431"], "{answers}");
     let bad_length = support::request(
         s.gw.port,
         "POST /raw/x HTTP/1.1\r\nHost: h\r\nContent-Length: abc\r\n\r\n",

@@ -236,6 +236,12 @@ impl Seen {
         }
     }
 
+    /// A write of [`Self::changed`]'s failed: the next call returns them again.
+    pub fn unsaved(&self) {
+        self.changed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// The combinations and their counts when one came or went since the last call; `None`
     /// when none did.
     pub fn changed(&self) -> Option<HashMap<Box<str>, u64>> {
@@ -253,6 +259,26 @@ impl Seen {
         let uses = self.uses.lock().unwrap_or_else(|p| p.into_inner());
         uses.keys().cloned().collect()
     }
+}
+
+/// A record's combinations and this process's, each with the larger of its counts: the
+/// [`REMEMBERED`] with the most.
+pub fn merged(
+    kept: HashMap<Box<str>, u64>,
+    mine: HashMap<Box<str>, u64>,
+) -> HashMap<Box<str>, u64> {
+    let mut all = kept;
+    for (combination, n) in mine {
+        let count = all.entry(combination).or_insert(0);
+        *count = (*count).max(n);
+    }
+    if all.len() > REMEMBERED {
+        let mut by_count: Vec<_> = all.into_iter().collect();
+        by_count.sort_by_key(|c| std::cmp::Reverse(c.1));
+        by_count.truncate(REMEMBERED);
+        all = by_count.into_iter().collect();
+    }
+    all
 }
 
 #[cfg(test)]
@@ -402,5 +428,23 @@ mod tests {
         let all = seen.all();
         assert_eq!(all.len(), REMEMBERED);
         assert!(all.iter().any(|c| &**c == "x-forwarded-host:proxy"));
+    }
+
+    #[test]
+    fn a_record_and_a_process_keep_each_others_combinations_most_sent_first() {
+        let map = |list: &[(&str, u64)]| -> HashMap<Box<str>, u64> {
+            list.iter().map(|(c, n)| (Box::from(*c), *n)).collect()
+        };
+        let both = merged(map(&[("a", 5), ("b", 1)]), map(&[("b", 3), ("c", 2)]));
+        assert_eq!(both, map(&[("a", 5), ("b", 3), ("c", 2)]));
+        let many: Vec<(String, u64)> = (0..REMEMBERED as u64 + 10)
+            .map(|i| (format!("x{i}"), i))
+            .collect();
+        let many: HashMap<Box<str>, u64> =
+            many.iter().map(|(c, n)| (Box::from(&**c), *n)).collect();
+        let kept = merged(many, map(&[("top", u64::MAX)]));
+        assert_eq!(kept.len(), REMEMBERED);
+        assert!(kept.contains_key("top"));
+        assert!(!kept.contains_key("x0"), "the least sent went");
     }
 }

@@ -203,16 +203,26 @@ fn read_forwardings(f: &std::path::Path) -> HashMap<Box<str>, u64> {
 }
 
 /// Writes the forwarding headers' combinations beside the disk tier when one came or went
-/// (the purge of a URL after a restart finds the disk copies each of them keyed).
+/// (the purge of a URL after a restart finds the disk copies each of them keyed). One write
+/// at a time (the timer's and the exit's), each to a file of this process's own before its
+/// rename; merged with what the record holds, so that two processes (a graceful upgrade) each
+/// keep the other's. A write that fails is tried again at the next save.
 pub fn save_forwardings() {
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let Some(c) = get() else { return };
-    let (Some(f), Some(all)) = (&c.forwarding_file, c.forwarding.changed()) else {
+    let Some(f) = &c.forwarding_file else { return };
+    let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mine) = c.forwarding.changed() else {
         return;
     };
+    let all = forwarding::merged(read_forwardings(f), mine);
+    let tmp = f.with_extension(format!("{}.tmp", std::process::id()));
     let written = serde_json::to_vec(&all)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| write_whole(f, &bytes));
+        .and_then(|bytes| write_whole_via(f, &tmp, &bytes));
     if let Err(e) = written {
+        c.forwarding.unsaved();
+        let _ = std::fs::remove_file(&tmp);
         log::warn!("tile cache: cannot write {}: {e}", f.display());
     }
 }
@@ -236,13 +246,21 @@ pub fn keep_forwardings(background: &tokio::runtime::Handle) {
 /// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,
 /// synced, then renamed into its place.
 fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_whole_via(path, &path.with_extension("tmp"), bytes)
+}
+
+/// [`write_whole`] through the file `tmp`.
+fn write_whole_via(
+    path: &std::path::Path,
+    tmp: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = std::fs::File::create(tmp)?;
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path)?;
+    std::fs::rename(tmp, path)?;
     // The rename itself survives a power loss once the directory is synced.
     match path.parent() {
         Some(dir) => std::fs::File::open(dir)?.sync_all(),
@@ -794,14 +812,14 @@ pub fn status(session: &Session, x: &Exchange) -> &'static str {
     }
 }
 
-/// The gateway's answer to a request through a `cache` step that the upstream failed, given
-/// the status it answers a failure with (`code`): a 504 instead of a 502 when the lookup found
-/// a stored copy its upstream forbids serving stale (`must-revalidate` and its kin, see
-/// [`freshness::revalidate_each_use`]: it could not be revalidated, RFC 9111 §5.2.2.2), and
-/// the `X-Cache-Status` the answer carries.
-pub fn failed(session: &Session, x: &Exchange, code: u16) -> (u16, &'static str) {
+/// The gateway's answer to a request through a `cache` step that failed (`e`), given the
+/// status it answers the failure with (`code`): a 504 instead of a 502 when the upstream
+/// failed it (not the gateway itself) and the lookup found a stored copy its upstream forbids
+/// serving stale (`must-revalidate` and its kin, see [`freshness::revalidate_each_use`]: it
+/// could not be revalidated, RFC 9111 §5.2.2.2), and the `X-Cache-Status` the answer carries.
+pub fn failed(session: &Session, x: &Exchange, e: &Error, code: u16) -> (u16, &'static str) {
     let may_not_serve = x.cache.as_ref().is_some_and(|u| u.stale_forbidden);
-    let code = if code == 502 && may_not_serve {
+    let code = if code == 502 && may_not_serve && e.esource() == &ErrorSource::Upstream {
         504
     } else {
         code

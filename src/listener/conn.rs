@@ -237,7 +237,11 @@ where
             stopping.as_mut(),
             limits,
         )
-        .await;
+        .await
+        .and_then(|h| match too_many_headers(&h) {
+            true => Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431)),
+            false => Ok(h),
+        });
         let head = match head {
             Ok(mut h) => {
                 // A request without a body that has the next one behind it: each goes its own
@@ -465,9 +469,6 @@ async fn read_head(
             deadline = Some(Instant::now() + limits.header_timeout);
         }
         if head_complete(&buf, before) {
-            if too_many_headers(&buf) {
-                return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
-            }
             return Ok(buf);
         }
         if !first && partial.is_none() {
@@ -641,8 +642,8 @@ mod tests {
         let half = MAX_HEADER_LINES / 2 + 10;
         let two = format!("{}{}", head(half, "\r\n"), head(half, "\r\n"));
         assert!(!too_many_headers(two.as_bytes()));
-        let led = format!("\r\n\r\n{}", head(MAX_HEADER_LINES, "\r\n"));
-        assert!(!too_many_headers(led.as_bytes()), "blank lines first");
+        let led = format!("\r\n\r\n{}", head(MAX_HEADER_LINES + 1, "\r\n"));
+        assert!(too_many_headers(led.as_bytes()), "blank lines first");
     }
 
     #[test]

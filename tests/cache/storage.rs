@@ -802,9 +802,11 @@ fn a_purge_after_a_restart_finds_the_disk_copies_of_forwarding_headers_sent_befo
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    // Another written as the gateway exits.
+    // Another written as the gateway exits (the timer wrote the first a moment ago: the next
+    // of its writes is seconds away).
     assert_eq!(via(&gw, "b.example"), "MISS");
     wait_for_disk(&cache_dir, 2);
+    assert!(!recorded("b.example"), "written before the exit");
     gw.signal("TERM");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !recorded("b.example") {
