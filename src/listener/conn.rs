@@ -263,9 +263,7 @@ where
                 return why;
             }
         };
-        // Boxed: what serving a request needs lives only while it is served, not in every idle
-        // connection's task.
-        match Box::pin(one_request(stream, head, app, fast, limits, &shutdown)).await {
+        match one_request(stream, head, app, fast, limits, &shutdown).await {
             Next::KeepAlive(s) => stream = s,
             Next::Close(why) => return why,
         }
@@ -274,6 +272,13 @@ where
         // Seconds away: the kernel's last tick is near enough.
         wait_until = Instant::from_std(crate::clock::soon()) + limits.keepalive_timeout;
     }
+}
+
+/// The future `make` makes, in a box allocated before it is made: made in its place, not
+/// made on the stack and copied whole into the box (a request's future is kilobytes, most of
+/// them not yet written).
+fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
 }
 
 /// What follows a request on its connection.
@@ -305,7 +310,9 @@ where
                 keepalive_secs: keepalive,
                 read_timeout: limits.body_timeout,
             };
-            match fast.serve(stream, head, &session_limits).await {
+            // Boxed: what serving a request needs lives only while it is served, not in every
+            // idle connection's task.
+            match boxed(|| fast.serve(stream, head, &session_limits)).await {
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
                 Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
                 Served::Closed => return Next::Close(ConnClose::Done),
