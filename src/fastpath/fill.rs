@@ -125,7 +125,8 @@ impl FastPath {
             fill,
             upstream_started,
         };
-        Box::pin(self.end_in_session(reading, how, gw, x, started, limits, cache)).await
+        crate::listener::boxed(|| self.end_in_session(reading, how, gw, x, started, limits, cache))
+            .await
     }
 
     /// Ends a request not answered whole through Pingora's session; `cache` is the cache's
@@ -210,8 +211,10 @@ impl FastPath {
                     error: e,
                     upstream_time: f.upstream_time,
                 };
-                return Box::pin(self.end_in_session(reading, how, gw, x, started, limits, cache))
-                    .await;
+                return crate::listener::boxed(|| {
+                    self.end_in_session(reading, how, gw, x, started, limits, cache)
+                })
+                .await;
             }
         };
         if let Some(upstream) = reusable {

@@ -35,6 +35,7 @@ use crate::cache::hit::Lookup;
 use crate::exchange::{self, Decision, Ended};
 use crate::gateway::Gateway;
 use crate::health::Health;
+use crate::listener::boxed;
 use crate::listener::io::write_pair;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::proxy::Decided;
@@ -116,8 +117,8 @@ impl FastPath {
             // (Boxed: inline, its state would make every request's future larger, and every
             // request moves it.)
             Some(Lookup::Fill(fill)) if reading.alone() => {
-                let answer = self.answer_fill(reading, fill, &gw, &mut x, started, limits);
-                return Box::pin(answer).await;
+                let answer = || self.answer_fill(reading, fill, &gw, &mut x, started, limits);
+                return boxed(answer).await;
             }
             // A reply of the gateway's own (a 401, a 403, a health check) is written on the
             // connection when its head can be.
@@ -146,13 +147,13 @@ impl FastPath {
                 && !http2_upstream(&x)
                 && reading.alone() =>
             {
-                let answer = self.answer_direct(reading, &gw, &mut x, started, limits);
-                return Box::pin(answer).await;
+                let answer = || self.answer_direct(reading, &gw, &mut x, started, limits);
+                return boxed(answer).await;
             }
             other => other,
         };
         // Boxed: the session's state is large, and every request's future would carry it.
-        Box::pin(self.through_session(reading, decision, looked_up, gw, x, started, limits)).await
+        boxed(|| self.through_session(reading, decision, looked_up, gw, x, started, limits)).await
     }
 
     /// Serves a request the connection's own writes do not answer through Pingora's HTTP/1

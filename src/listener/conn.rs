@@ -274,13 +274,6 @@ where
     }
 }
 
-/// The future `make` makes, in a box allocated before it is made: made in its place, not
-/// made on the stack and copied whole into the box (a request's future is kilobytes, most of
-/// them not yet written).
-fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    Box::into_pin(Box::write(Box::new_uninit(), make()))
-}
-
 /// What follows a request on its connection.
 enum Next {
     KeepAlive(Stream),
@@ -312,7 +305,7 @@ where
             };
             // Boxed: what serving a request needs lives only while it is served, not in every
             // idle connection's task.
-            match boxed(|| fast.serve(stream, head, &session_limits)).await {
+            match super::boxed(|| fast.serve(stream, head, &session_limits)).await {
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
                 Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
                 Served::Closed => return Next::Close(ConnClose::Done),

@@ -350,6 +350,13 @@ where
     log::info!("{addr}: no longer accepting connections");
 }
 
+/// The future `make` makes, in a box allocated before it is made: made in its place, not
+/// made on the stack and copied whole into the box (a request's future is kilobytes, most of
+/// them not yet written when it is made).
+pub(crate) fn boxed<F: std::future::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    Box::into_pin(Box::write(Box::new_uninit(), make()))
+}
+
 /// Serves an accepted connection (non-blocking) on the worker thread with the fewest.
 fn admit<A>(tcp: std::net::TcpStream, permit: tokio::sync::OwnedSemaphorePermit, s: &Serving<A>)
 where
