@@ -435,17 +435,18 @@ impl ProxyHttp for Tollgate {
         // without its body's end, so the client sees it incomplete (an error reply would go
         // into its body, and finish it as if whole).
         let mut reply = reply.filter(|_| session.response_written().is_none());
-        let mut edits = std::borrow::Cow::Borrowed(&ctx.x.response_edits[..]);
+        // The cache step's verdict (no header without one).
+        let mut label = "";
         if reply.is_some() && ctx.x.cache.is_some() {
-            let (status, label) = crate::cache::failed(session, &ctx.x, e, code);
+            let (status, verdict) = crate::cache::failed(session, &ctx.x, e, code);
+            label = verdict;
             if status != code {
                 code = status;
                 reply = Some(crate::responses::gateway_timeout());
             }
-            edits =
-                std::borrow::Cow::Owned(crate::cache::with_status(&ctx.x.response_edits, label));
         }
         if let Some(reply) = reply {
+            let edits = crate::cache::answer_edits(&ctx.x, label);
             if let Err(err) = send_reply(session, reply, &edits).await {
                 log::debug!("could not send the error response: {err}");
             }

@@ -827,15 +827,21 @@ pub fn failed(session: &Session, x: &Exchange, e: &Error, code: u16) -> (u16, &'
     (code, status(session, x))
 }
 
-/// `edits` and an `X-Cache-Status` of `label`: the head edits of an answer the gateway makes
-/// for a request through a `cache` step.
-pub fn with_status(edits: &[HeaderEdit], label: &'static str) -> Vec<HeaderEdit> {
-    let mut all = edits.to_vec();
+/// The head edits of an answer the gateway makes itself: the pipeline's, and for a request
+/// through a `cache` step an `X-Cache-Status` of `label`.
+pub fn answer_edits<'x>(
+    x: &'x Exchange,
+    label: &'static str,
+) -> std::borrow::Cow<'x, [HeaderEdit]> {
+    if x.cache.is_none() {
+        return std::borrow::Cow::Borrowed(&x.response_edits);
+    }
+    let mut all = x.response_edits.to_vec();
     all.push(HeaderEdit::Set(
         X_CACHE_STATUS.clone(),
         http::HeaderValue::from_static(label),
     ));
-    all
+    std::borrow::Cow::Owned(all)
 }
 
 /// How long this request waited on another request's fill, if it did.

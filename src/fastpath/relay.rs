@@ -332,13 +332,8 @@ pub async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Fi
     end.error = Some(e);
     s.set_server_keepalive(None);
     if let Some(reply) = reply {
-        // A tile being filled: nothing was stored for it.
-        let edits = match x.cache {
-            Some(_) => {
-                std::borrow::Cow::Owned(crate::cache::with_status(&x.response_edits, "MISS"))
-            }
-            None => std::borrow::Cow::Borrowed(&x.response_edits[..]),
-        };
+        // Through a cache step, a tile being filled: nothing was stored for it.
+        let edits = crate::cache::answer_edits(x, "MISS");
         // Boxed: a failure is rare, and its write would make every relay's future larger.
         if let Err(err) = Box::pin(super::write_reply(s, reply, &edits)).await {
             log::debug!("could not send the error response: {err}");

@@ -792,30 +792,25 @@ fn a_purge_after_a_restart_finds_the_disk_copies_of_forwarding_headers_sent_befo
     };
     let record = cache_dir.join("forwarding.json");
     let recorded = |host: &str| std::fs::read_to_string(&record).is_ok_and(|t| t.contains(host));
+    let wait_recorded = |host: &str, within: Duration, why: &str| {
+        let deadline = Instant::now() + within;
+        while !recorded(host) {
+            assert!(Instant::now() < deadline, "{why}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
     // One combination written while the gateway runs (a crash after it keeps it).
     assert_eq!(via(&gw, "a.example"), "MISS");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !recorded("a.example") {
-        assert!(
-            Instant::now() < deadline,
-            "the combination was never written"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let never = "the combination was never written";
+    wait_recorded("a.example", Duration::from_secs(15), never);
     // Another written as the gateway exits (the timer wrote the first a moment ago: the next
     // of its writes is seconds away).
     assert_eq!(via(&gw, "b.example"), "MISS");
     wait_for_disk(&cache_dir, 2);
     assert!(!recorded("b.example"), "written before the exit");
     gw.signal("TERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !recorded("b.example") {
-        assert!(
-            Instant::now() < deadline,
-            "the exit did not write the combinations"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let exit = "the exit did not write the combinations";
+    wait_recorded("b.example", Duration::from_secs(10), exit);
     drop(gw);
     let populate = dir.file("consumers.json");
     let gw = GatewayProcess::start_with(
