@@ -210,6 +210,13 @@ impl ProxyHttp for Tollgate {
         crate::cache::variance(meta, req, &ctx.x.upstream_edits)
     }
 
+    /// The lookup found nothing to serve or revalidate: whatever an earlier lookup of this
+    /// request found (before it waited on another's fill) no longer applies.
+    fn cache_miss(&self, session: &mut Session, ctx: &mut RequestCtx) {
+        crate::cache::note_miss(&mut ctx.x);
+        session.cache.cache_miss();
+    }
+
     async fn cache_hit_filter(
         &self,
         session: &mut Session,

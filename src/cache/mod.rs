@@ -777,7 +777,16 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
     true
 }
 
-/// The `X-Cache-Status` of a request that went through a `cache` step.
+/// Notes that the lookup found no stored copy (the request is a plain miss): a stale copy an
+/// earlier lookup found — before the request waited on another's fetch, after which the tile
+/// was gone — is neither its label (`EXPIRED`) nor a reason to answer its failure with a 504.
+pub fn note_miss(x: &mut Exchange) {
+    if let Some(u) = x.cache.as_mut() {
+        u.expired = false;
+        u.stale_forbidden = false;
+    }
+}
+
 /// Notes, when the upstream's answer comes, that the lookup had found the tile expired
 /// (Pingora's phase `Stale` until it decides to serve it, or `Expired`): the phase says so
 /// only until the answer turns out not to be stored.
@@ -792,6 +801,7 @@ pub fn note_expired(session: &Session, x: &mut Exchange) {
     }
 }
 
+/// The `X-Cache-Status` of a request that went through a `cache` step.
 pub fn status(session: &Session, x: &Exchange) -> &'static str {
     match session.cache.phase() {
         CachePhase::Hit if x.cache.as_ref().is_some_and(|u| u.stale_held) => "STALE",

@@ -319,6 +319,41 @@ fn a_tile_the_upstream_forbids_serving_stale_is_never_served_stale() {
     }
 }
 
+/// A request that waited on another's revalidation of a tile its upstream forbids serving
+/// stale, and then found the tile gone (purged meanwhile), is a plain miss: when the upstream
+/// fails it, the answer is the upstream's 502 labelled `MISS`, not the 504 of a stored copy
+/// that could not be revalidated (which the request that revalidated gets).
+#[test]
+fn a_request_that_waited_on_a_revalidation_and_then_found_nothing_is_a_miss() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
+    let t = "/open/slow/2500/gone.png?cc=max-age%3D1%2C+must-revalidate";
+    assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let port = gw.port;
+    // The first revalidates (the upstream takes 2.5 s), the second waits on its lock.
+    let first = std::thread::spawn(move || get(port, "GET", t, &[]));
+    std::thread::sleep(Duration::from_millis(400));
+    let second = std::thread::spawn(move || get(port, "GET", t, &[]));
+    std::thread::sleep(Duration::from_millis(400));
+    let r = purge(&gw, &format!(r#"{{"url": "{t}"}}"#));
+    assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
+    up.kill();
+    let (first, second) = (first.join().unwrap(), second.join().unwrap());
+    assert_eq!(
+        (first.status, cache_status(&first)),
+        (504, "EXPIRED"),
+        "the revalidation that failed\n{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        (second.status, cache_status(&second)),
+        (502, "MISS"),
+        "the request that found nothing after the wait\n{}",
+        gw.log_text()
+    );
+}
+
 /// A stale tile's background refresh is the gateway's own request, made after a client's that
 /// was answered and counted: Kargo's `eg` counter, the cache's request counter and the
 /// consumer's rate limit count the clients' requests only, a `log` step writes theirs (each
