@@ -15,17 +15,20 @@ pub mod freshness;
 pub mod hit;
 pub mod key;
 pub mod outage;
+mod outcome;
 pub mod policy;
 pub mod purge;
+mod records;
 mod revalidate;
 pub mod sightings;
 pub mod store;
+mod vary;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use pingora_cache::key::{CacheHashKey, HashBinary};
@@ -33,17 +36,19 @@ use pingora_cache::lock::{
     CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, WritePermit,
 };
 use pingora_cache::predictor::Predictor;
-use pingora_cache::{
-    CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, ForcedFreshness, NoCacheReason,
-};
-use pingora_cache::{RespCacheable, VarianceBuilder};
-use pingora_core::{Error, ErrorSource, ErrorType, Result};
-use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_cache::{CacheKey, CacheOptionOverrides, CachePhase, NoCacheReason, RespCacheable};
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
+pub use outcome::{
+    answer_edits, failed, hit_filter, lock_wait, note_expired, note_miss, serve_stale,
+    served_from_cache, status,
+};
 pub use policy::{CacheRule, CacheUse};
+pub use records::{keep_forwardings, save_forwardings};
+pub use vary::variance;
 
-use crate::pipeline::context::HeaderEdit;
 use crate::pipeline::Exchange;
 use store::TileStore;
 
@@ -112,7 +117,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                     let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
                 }
                 // Recorded afresh: the next start finds a record again (and keeps its tiles).
-                if let Err(e) = write_whole(f, b"{}") {
+                if let Err(e) = records::write_whole(f, b"{}") {
                     log::warn!("tile cache: cannot rewrite {}: {e}", f.display());
                 }
                 HashMap::new()
@@ -169,103 +174,15 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         )),
         declined: AtomicU64::new(0),
         forwarding: forwarding::Seen::default(),
-        forwarding_file: opts.disk.as_ref().map(|(d, _)| d.join(FORWARDING_FILE)),
+        forwarding_file: opts
+            .disk
+            .as_ref()
+            .map(|(d, _)| d.join(records::FORWARDING_FILE)),
     };
     if let Some(f) = &cache.forwarding_file {
-        cache.forwarding.restore(read_forwardings(f));
+        cache.forwarding.restore(records::read_forwardings(f));
     }
     Ok(CACHE.get_or_init(|| cache))
-}
-
-/// The record of the forwarding headers' combinations, in the disk tier's directory.
-const FORWARDING_FILE: &str = "forwarding.json";
-/// How often the combinations are written when one came or went.
-const FORWARDING_SAVE: Duration = Duration::from_secs(10);
-
-/// The combinations a record kept; none when there is no record or it cannot be read (a purge
-/// then misses the disk copies of the combinations no request has sent since).
-fn read_forwardings(f: &std::path::Path) -> HashMap<Box<str>, u64> {
-    let read = match std::fs::read(f) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
-        Err(e) => {
-            log::warn!("tile cache: cannot read {}: {e}", f.display());
-            return HashMap::new();
-        }
-    };
-    serde_json::from_slice(&read).unwrap_or_else(|e| {
-        log::warn!(
-            "tile cache: {} is damaged ({e}): a purge finds only the disk copies of forwarding headers sent from now on",
-            f.display()
-        );
-        HashMap::new()
-    })
-}
-
-/// Writes the forwarding headers' combinations beside the disk tier when one came or went
-/// (the purge of a URL after a restart finds the disk copies each of them keyed). One write
-/// at a time (the timer's and the exit's), each to a file of this process's own before its
-/// rename; merged with what the record holds, so that two processes (a graceful upgrade) each
-/// keep the other's. A write that fails is tried again at the next save.
-pub fn save_forwardings() {
-    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let Some(c) = get() else { return };
-    let Some(f) = &c.forwarding_file else { return };
-    let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(mine) = c.forwarding.changed() else {
-        return;
-    };
-    let all = forwarding::merged(read_forwardings(f), mine);
-    let tmp = f.with_extension(format!("{}.tmp", std::process::id()));
-    let written = serde_json::to_vec(&all)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| write_whole_via(f, &tmp, &bytes));
-    if let Err(e) = written {
-        c.forwarding.unsaved();
-        let _ = std::fs::remove_file(&tmp);
-        log::warn!("tile cache: cannot write {}: {e}", f.display());
-    }
-}
-
-/// Writes the forwarding headers' combinations every [`FORWARDING_SAVE`] when one came or
-/// went, on `background` (the process's exit writes them too: [`save_forwardings`]).
-pub fn keep_forwardings(background: &tokio::runtime::Handle) {
-    if get().is_none_or(|c| c.forwarding_file.is_none()) {
-        return;
-    }
-    background.spawn(async {
-        let mut every = tokio::time::interval(FORWARDING_SAVE);
-        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            every.tick().await;
-            let _ = tokio::task::spawn_blocking(save_forwardings).await;
-        }
-    });
-}
-
-/// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,
-/// synced, then renamed into its place.
-fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_whole_via(path, &path.with_extension("tmp"), bytes)
-}
-
-/// [`write_whole`] through the file `tmp`.
-fn write_whole_via(
-    path: &std::path::Path,
-    tmp: &std::path::Path,
-    bytes: &[u8],
-) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(tmp, path)?;
-    // The rename itself survives a power loss once the directory is synced.
-    match path.parent() {
-        Some(dir) => std::fs::File::open(dir)?.sync_all(),
-        None => Ok(()),
-    }
 }
 
 /// The tile cache, when the gateway opened one.
@@ -291,7 +208,7 @@ impl TileCache {
         *g += 1;
         let generation = *g;
         let recorded = match &self.generations_file {
-            Some(f) => write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
+            Some(f) => records::write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
                 .map_err(|e| format!("cannot record the purge in {}: {e}", f.display())),
             None => Ok(()),
         };
@@ -667,202 +584,4 @@ impl CacheKeyLock for TileLock {
             self.0.custom_lock_status(reason)
         }
     }
-}
-
-/// The variant of a stored response a request wants, from the response's `Vary`: the values
-/// of the headers it names as the upstream receives them — the client's (every line of a
-/// repeated one) with the pipeline's upstream `edits` (`xfwd`'s `X-Forwarded-*` among them).
-pub fn variance(meta: &CacheMeta, req: &RequestHeader, edits: &[HeaderEdit]) -> Option<HashBinary> {
-    let mut builder = VarianceBuilder::new();
-    let mut any = false;
-    for vary in meta.headers().get_all(http::header::VARY) {
-        for name in vary.to_str().unwrap_or("").split(',').map(str::trim) {
-            if name.is_empty() {
-                continue;
-            }
-            let lower = name.to_ascii_lowercase();
-            let value = sent_value(&lower, req, edits).unwrap_or_default();
-            builder.add_owned_name_value(lower, value);
-            any = true;
-        }
-    }
-    if any {
-        builder.finalize()
-    } else {
-        None
-    }
-}
-
-/// The value of header `name` (lowercase) as the upstream receives it: the client's lines
-/// joined, then the upstream `edits` applied in order; `None` when it is not sent.
-fn sent_value(name: &str, req: &RequestHeader, edits: &[HeaderEdit]) -> Option<Vec<u8>> {
-    fn add(value: &mut Option<Vec<u8>>, more: &[u8]) {
-        match value {
-            Some(v) => {
-                v.extend_from_slice(b", ");
-                v.extend_from_slice(more);
-            }
-            None => *value = Some(more.to_vec()),
-        }
-    }
-    let mut value = None;
-    for line in req.headers.get_all(name) {
-        add(&mut value, line.as_bytes());
-    }
-    for edit in edits.iter().filter(|e| e.name().as_str() == name) {
-        match edit {
-            HeaderEdit::Set(_, v) => value = Some(v.as_bytes().to_vec()),
-            HeaderEdit::Default(_, v) => {
-                value.get_or_insert_with(|| v.as_bytes().to_vec());
-            }
-            HeaderEdit::Append(_, v) => add(&mut value, v.as_bytes()),
-            HeaderEdit::Remove(_) => value = None,
-        }
-    }
-    value
-}
-
-/// A stale object found by a lookup, within its stale-if-error window: served at once when
-/// another request is refreshing it or its upstream failed it a moment ago (see [`outage`]),
-/// so the request neither waits on another's refresh nor on a failing upstream.
-pub fn hit_filter(
-    session: &Session,
-    meta: &CacheMeta,
-    is_fresh: bool,
-    x: &mut Exchange,
-) -> Option<ForcedFreshness> {
-    // A background refresh (stale-while-revalidate) looks the tile up too: it must refresh.
-    if is_fresh || session.subrequest_ctx.is_some() {
-        return None;
-    }
-    let forbidden = freshness::revalidate_each_use(meta.response_header());
-    if let Some(u) = &mut x.cache {
-        u.expired = true;
-        u.stale_forbidden = forbidden;
-    }
-    let now = SystemTime::now();
-    if !meta.serve_stale_if_error(now) || forbidden {
-        return None;
-    }
-    let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
-    let key = u128::from_be_bytes(key.combined_bin());
-    match cache.outages.stale(key, meta.epoch(), now) {
-        outage::Stale::Refresh => None,
-        outage::Stale::Serve => {
-            if let Some(u) = &mut x.cache {
-                u.stale_held = true;
-            }
-            Some(ForcedFreshness::ForceFresh)
-        }
-    }
-}
-
-/// Whether a stale object may be served: while it is refreshed in the background, or when the
-/// upstream failed or answered 5xx (the windows are the object's own). A failure is counted
-/// (the request itself succeeds) and remembered for the tile.
-pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
-    let Some(e) = error else {
-        return true;
-    };
-    if e.esource() != &ErrorSource::Upstream
-        && !matches!(e.etype(), ErrorType::HTTPStatus(s) if *s >= 500)
-    {
-        return false;
-    }
-    crate::exchange::count_upstream_failure(e);
-    if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
-        let key = u128::from_be_bytes(key.combined_bin());
-        cache.outages.failed(key, SystemTime::now());
-    }
-    true
-}
-
-/// Notes that the lookup found no stored copy (the request is a plain miss): a stale copy an
-/// earlier lookup found — before the request waited on another's fetch, after which the tile
-/// was gone — is neither its label (`EXPIRED`) nor a reason to answer its failure with a 504.
-pub fn note_miss(x: &mut Exchange) {
-    if let Some(u) = x.cache.as_mut() {
-        u.expired = false;
-        u.stale_forbidden = false;
-    }
-}
-
-/// Notes, when the upstream's answer comes, that the lookup had found the tile expired
-/// (Pingora's phase `Stale` until it decides to serve it, or `Expired`): the phase says so
-/// only until the answer turns out not to be stored.
-pub fn note_expired(session: &Session, x: &mut Exchange) {
-    if matches!(
-        session.cache.phase(),
-        CachePhase::Stale | CachePhase::Expired
-    ) {
-        if let Some(u) = x.cache.as_mut() {
-            u.expired = true;
-        }
-    }
-}
-
-/// The `X-Cache-Status` of a request that went through a `cache` step.
-pub fn status(session: &Session, x: &Exchange) -> &'static str {
-    match session.cache.phase() {
-        CachePhase::Hit if x.cache.as_ref().is_some_and(|u| u.stale_held) => "STALE",
-        CachePhase::Hit => "HIT",
-        CachePhase::Miss => "MISS",
-        CachePhase::Stale | CachePhase::StaleUpdating => "STALE",
-        CachePhase::Expired => "EXPIRED",
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => "REVALIDATED",
-        // Went upstream but was not stored (uncacheable, too large, lock given up).
-        CachePhase::Disabled(r) if r != NoCacheReason::NeverEnabled => {
-            if x.cache.as_ref().is_some_and(|u| u.expired) {
-                "EXPIRED"
-            } else {
-                "MISS"
-            }
-        }
-        _ => "BYPASS",
-    }
-}
-
-/// The gateway's answer to a request through a `cache` step that failed (`e`), given the
-/// status it answers the failure with (`code`): a 504 instead of a 502 when the upstream
-/// failed it (not the gateway itself) and the lookup found a stored copy its upstream forbids
-/// serving stale (`must-revalidate` and its kin, see [`freshness::revalidate_each_use`]: it
-/// could not be revalidated, RFC 9111 §5.2.2.2), and the `X-Cache-Status` the answer carries.
-pub fn failed(session: &Session, x: &Exchange, e: &Error, code: u16) -> (u16, &'static str) {
-    let may_not_serve = x.cache.as_ref().is_some_and(|u| u.stale_forbidden);
-    let code = if code == 502 && may_not_serve && e.esource() == &ErrorSource::Upstream {
-        504
-    } else {
-        code
-    };
-    (code, status(session, x))
-}
-
-/// The head edits of an answer the gateway makes itself: the pipeline's, and for a request
-/// through a `cache` step an `X-Cache-Status` of `label`.
-pub fn answer_edits<'x>(
-    x: &'x Exchange,
-    label: &'static str,
-) -> std::borrow::Cow<'x, [HeaderEdit]> {
-    if x.cache.is_none() {
-        return std::borrow::Cow::Borrowed(&x.response_edits);
-    }
-    let mut all = x.response_edits.to_vec();
-    all.push(HeaderEdit::Set(
-        X_CACHE_STATUS.clone(),
-        http::HeaderValue::from_static(label),
-    ));
-    std::borrow::Cow::Owned(all)
-}
-
-/// How long this request waited on another request's fill, if it did.
-pub fn lock_wait(session: &Session) -> Option<Duration> {
-    session.cache.lock_duration()
-}
-
-/// Whether the response came out of the cache (not the upstream).
-pub fn served_from_cache(session: &Session) -> bool {
-    matches!(
-        session.cache.phase(),
-        CachePhase::Hit | CachePhase::Stale | CachePhase::StaleUpdating | CachePhase::Revalidated
-    )
 }

@@ -1,0 +1,97 @@
+//! The cache's records beside the disk tier, each written whole or not at all: the forwarding
+//! headers' combinations (so that a purge after a restart finds the disk copies each keyed)
+//! and, through [`write_whole`], the api endpoints' generations.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// The record of the forwarding headers' combinations, in the disk tier's directory.
+pub(super) const FORWARDING_FILE: &str = "forwarding.json";
+/// How often the combinations are written when one came or went.
+const FORWARDING_SAVE: Duration = Duration::from_secs(10);
+
+/// The combinations a record kept; none when there is no record or it cannot be read (a purge
+/// then misses the disk copies of the combinations no request has sent since).
+pub(super) fn read_forwardings(f: &std::path::Path) -> HashMap<Box<str>, u64> {
+    let read = match std::fs::read(f) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) => {
+            log::warn!("tile cache: cannot read {}: {e}", f.display());
+            return HashMap::new();
+        }
+    };
+    serde_json::from_slice(&read).unwrap_or_else(|e| {
+        log::warn!(
+            "tile cache: {} is damaged ({e}): a purge finds only the disk copies of forwarding headers sent from now on",
+            f.display()
+        );
+        HashMap::new()
+    })
+}
+
+/// Writes the forwarding headers' combinations beside the disk tier when one came or went
+/// (the purge of a URL after a restart finds the disk copies each of them keyed). One write
+/// at a time (the timer's and the exit's), each to a file of this process's own before its
+/// rename; merged with what the record holds, so that two processes (a graceful upgrade) each
+/// keep the other's. A write that fails is tried again at the next save.
+pub fn save_forwardings() {
+    static WRITING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let Some(c) = super::get() else { return };
+    let Some(f) = &c.forwarding_file else { return };
+    let _one = WRITING.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(mine) = c.forwarding.changed() else {
+        return;
+    };
+    let all = super::forwarding::merged(read_forwardings(f), mine);
+    let tmp = f.with_extension(format!("{}.tmp", std::process::id()));
+    let written = serde_json::to_vec(&all)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| write_whole_via(f, &tmp, &bytes));
+    if let Err(e) = written {
+        c.forwarding.unsaved();
+        let _ = std::fs::remove_file(&tmp);
+        log::warn!("tile cache: cannot write {}: {e}", f.display());
+    }
+}
+
+/// Writes the forwarding headers' combinations every [`FORWARDING_SAVE`] when one came or
+/// went, on `background` (the process's exit writes them too: [`save_forwardings`]).
+pub fn keep_forwardings(background: &tokio::runtime::Handle) {
+    if super::get().is_none_or(|c| c.forwarding_file.is_none()) {
+        return;
+    }
+    background.spawn(async {
+        let mut every = tokio::time::interval(FORWARDING_SAVE);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(save_forwardings).await;
+        }
+    });
+}
+
+/// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,
+/// synced, then renamed into its place.
+pub(super) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_whole_via(path, &path.with_extension("tmp"), bytes)
+}
+
+/// [`write_whole`] through the file `tmp`.
+fn write_whole_via(
+    path: &std::path::Path,
+    tmp: &std::path::Path,
+    bytes: &[u8],
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(tmp, path)?;
+    // The rename itself survives a power loss once the directory is synced.
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
