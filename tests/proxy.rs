@@ -16,6 +16,11 @@ struct Setup {
 
 /// One gateway with a route per rewriting case; `a` and `b` are two echo upstreams.
 fn setup() -> Setup {
+    setup_with(&[])
+}
+
+/// [`setup`] with more environment for the gateway.
+fn setup_with(envs: &[(&str, &str)]) -> Setup {
     let a = EchoUpstream::start("a");
     let b = EchoUpstream::start("b");
     let dead = free_port();
@@ -75,7 +80,7 @@ pipelines:
         b_root = b.url(""),
     );
     let dir = ConfigDir::new(&yml);
-    let gw = GatewayProcess::start(&dir);
+    let gw = GatewayProcess::start_with(&dir, &[], envs);
     Setup {
         _dir: dir,
         gw,
@@ -296,15 +301,46 @@ fn keep_alive_connection_serves_many_requests() {
 
 #[test]
 fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
-    let s = setup();
-    let garbage = support::request(s.gw.port, "GARBAGE\r\n\r\n", false);
-    assert!((400..500).contains(&garbage.status), "{}", garbage.status);
-    let bad_version = support::request(s.gw.port, "GET /raw/x HTTP/9.9\r\nHost: h\r\n\r\n", false);
-    assert!(
-        (400..500).contains(&bad_version.status),
-        "{}",
-        bad_version.status
+    // Logging all it logs: a malformed head's line too.
+    let s = setup_with(&[("RUST_LOG", "debug")]);
+    // Heads the HTTP parser refuses, on the fast path (GET) and the general one: the gateway's
+    // own 400 with a short body (not the bare one of the proxy library, with its name),
+    // counted among the connections closed, and the head never written to the log.
+    let closed = "tollgate_client_connections_closed_total{reason=\"malformed\"}";
+    let before = s.gw.metric(closed);
+    let refused = [
+        "GARBAGE\r\n\r\n",
+        "GET /raw/x?apiKey=k:s3cret HTTP/9.9\r\nHost: h\r\n\r\n",
+        "GET /raw/x HTTP/1.1\r\nHo st: h\r\n\r\n",
+        "GET /raw/x HTTP/1.1\r\nHost: h\r\nX-Bad: a\x01b\r\n\r\n",
+        "POST /raw/x HTTP/1.1\r\nHost: h\r\nX-Bad: a\x01b\r\nContent-Length: 0\r\n\r\n",
+        "DELETE /raw/x?apiKey=k:s3cret HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    ];
+    for raw in refused {
+        let r = support::request(s.gw.port, raw, false);
+        assert_eq!(
+            (r.status, r.text().as_str(), r.header("server")),
+            (400, "Bad Request", None),
+            "{raw:?}"
+        );
+    }
+    assert_eq!(
+        s.gw.metric_when(closed, |v| v >= before + refused.len() as f64),
+        before + refused.len() as f64,
+        "each malformed head counted"
     );
+    assert!(
+        !s.gw.log_text().contains("s3cret"),
+        "a refused head written to the log"
+    );
+    // A request line with characters the parser repairs (a space in the target) is no
+    // malformed head: it is served.
+    let repaired = support::request(
+        s.gw.port,
+        "GET /raw/a b HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        false,
+    );
+    assert_eq!(repaired.status, 200, "{}", repaired.text());
     let huge = format!(
         "GET /raw/x HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
         "a".repeat(200_000)

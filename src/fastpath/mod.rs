@@ -50,6 +50,9 @@ pub enum Served {
     /// Pingora's proxy serves this request: the session holds its head, unread, and what the
     /// fast path decided for it, if it ran its pipelines.
     HandOver(Box<ServerSession>),
+    /// The request head is malformed (why: the error): the listener refuses it (a 400) and
+    /// closes.
+    Malformed(Stream, Box<pingora_core::Error>),
 }
 
 /// The fast path of the gateway's listener.
@@ -83,7 +86,12 @@ impl FastPath {
         let reading = match Reading::of(stream, head, limits).await {
             Ok(r) => r,
             Err(Unread(stream, head)) => {
-                return Served::HandOver(Box::new(hand_over(stream, head, None)))
+                // Not the fast path's: read as Pingora's proxy reads it, and refused when it
+                // would refuse it.
+                if let Some(e) = crate::listener::malformed(&head).await {
+                    return Served::Malformed(stream, e);
+                }
+                return Served::HandOver(Box::new(hand_over(stream, head, None)));
             }
         };
 

@@ -7,6 +7,7 @@
 
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
+use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
@@ -255,14 +256,17 @@ where
             }
             Err(Refused::Close(why)) => return why,
             Err(Refused::Reply(why, response)) => {
-                // Best effort: the client may be gone already.
-                if stream.write_all(response).await.is_ok() {
-                    let _ = stream.flush().await;
-                }
-                let _ = stream.shutdown().await;
+                refuse(stream, response).await;
                 return why;
             }
         };
+        // A head the fast path does not read goes to Pingora's proxy, whose parser answers
+        // one it refuses with a bare 400 of its own and counts nothing: refused here instead.
+        if !fast.is_some_and(|_| fast_reads(&head)) {
+            if let Some(e) = malformed(&head).await {
+                return refuse_malformed(stream, &e).await;
+            }
+        }
         match one_request(stream, head, app, fast, limits, &shutdown).await {
             Next::KeepAlive(s) => stream = s,
             Next::Close(why) => return why,
@@ -309,6 +313,7 @@ where
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
                 Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
                 Served::Closed => return Next::Close(ConnClose::Done),
+                Served::Malformed(s, e) => return Next::Close(refuse_malformed(s, &e).await),
                 Served::HandOver(session) => session,
             }
         }
@@ -355,6 +360,7 @@ enum Refused {
 }
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout";
+const BAD_REQUEST_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request";
 const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
 
 /// Reads one request head. Waits for its first byte until `wait_until` (`timer`, the
@@ -477,6 +483,48 @@ async fn read_head(
         if buf.len() > limits.max_head {
             return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
         }
+    }
+}
+
+/// Writes `response`, a refusal, and closes the connection. Best effort: the client may be
+/// gone already.
+async fn refuse(mut stream: Stream, response: &[u8]) {
+    if stream.write_all(response).await.is_ok() {
+        let _ = stream.flush().await;
+    }
+    let _ = stream.shutdown().await;
+}
+
+/// Answers a request head Pingora's parser refused (`e`) with a 400 and closes. The log line
+/// says why, never with the head (Pingora's error holds it: it may hold a credential).
+async fn refuse_malformed(stream: Stream, e: &pingora_core::Error) -> ConnClose {
+    let why = match (&e.cause, &e.context) {
+        (Some(cause), _) => cause.to_string(),
+        (None, Some(context)) if !context.as_str().starts_with("buf:") => context.to_string(),
+        _ => e.etype().as_str().to_string(),
+    };
+    log::debug!("client connection: a malformed request head ({why}): answered 400");
+    refuse(stream, BAD_REQUEST_400).await;
+    ConnClose::Malformed
+}
+
+/// Whether the fast path reads `head` itself (a `GET` or `HEAD`; it refuses a malformed one
+/// through [`malformed`] too).
+fn fast_reads(head: &[u8]) -> bool {
+    head.starts_with(b"GET ") || head.starts_with(b"HEAD ")
+}
+
+/// Why Pingora's parser refuses the complete request head at the start of `head` (its proxy
+/// would answer a bare 400 with its own name and count nothing), found by reading a copy as
+/// its proxy would; `None` when it reads it. Every rule of its is applied as it applies them,
+/// its repair of a request line with unescaped characters in the target included.
+pub(crate) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
+    // Nothing beyond the head is read: the copy is read from an empty stream.
+    let mut copy = HttpSession::new(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
+    copy.set_pipelined_prefix(BytesMut::from(head));
+    match copy.read_request().await {
+        Err(e) if e.etype() == &pingora_core::ErrorType::InvalidHTTPHeader => Some(e),
+        _ => None,
     }
 }
 

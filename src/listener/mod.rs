@@ -7,7 +7,9 @@
 //!   descriptors;
 //! - bounds every request head (header timeout, size), keep-alive waits, and reads and writes
 //!   of bodies ([`ClientLimits`]);
-//! - writes through a buffer that exists only while a response is written ([`io`]).
+//! - writes through a buffer that exists only while a response is written ([`io`]);
+//! - answers a request head Pingora's parser refuses with its own 400 (Pingora's proxy would
+//!   answer a bare one with its own name), counted among the connections closed.
 //!
 //! The listening sockets go in Pingora's descriptor table, so a graceful upgrade hands them to
 //! the new process as Pingora's own would be. Everything Pingora-specific about accepting
@@ -19,6 +21,7 @@ pub mod io;
 mod workers;
 
 pub use conn::awaiting_an_answer;
+pub(crate) use conn::malformed;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -51,6 +51,8 @@ pub enum ConnClose {
     KeepaliveTimeout,
     /// A request head was larger than the limit.
     HeadTooLarge,
+    /// A request head was malformed (answered 400).
+    Malformed,
     /// The TLS handshake failed.
     TlsFailed,
     /// The gateway was shutting down.
@@ -58,11 +60,12 @@ pub enum ConnClose {
 }
 
 impl ConnClose {
-    pub const ALL: [ConnClose; 6] = [
+    pub const ALL: [ConnClose; 7] = [
         ConnClose::Done,
         ConnClose::HeaderTimeout,
         ConnClose::KeepaliveTimeout,
         ConnClose::HeadTooLarge,
+        ConnClose::Malformed,
         ConnClose::TlsFailed,
         ConnClose::Shutdown,
     ];
@@ -73,6 +76,7 @@ impl ConnClose {
             ConnClose::HeaderTimeout => "header_timeout",
             ConnClose::KeepaliveTimeout => "keepalive_timeout",
             ConnClose::HeadTooLarge => "head_too_large",
+            ConnClose::Malformed => "malformed",
             ConnClose::TlsFailed => "tls_failed",
             ConnClose::Shutdown => "shutdown",
         }
