@@ -333,6 +333,21 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
         !s.gw.log_text().contains("s3cret"),
         "a refused head written to the log"
     );
+    // CONNECT asks for a tunnel, which the gateway does not make: 405, in the gateway's words.
+    let connect = support::request(
+        s.gw.port,
+        "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n",
+        false,
+    );
+    assert_eq!(
+        (
+            connect.status,
+            connect.text().as_str(),
+            connect.header("server")
+        ),
+        (405, "Method Not Allowed", None)
+    );
+    assert!(connect.header("allow").is_some_and(|a| a.contains("GET")));
     // A request line with characters the parser repairs (a space in the target) is no
     // malformed head: it is served.
     let repaired = support::request(

@@ -266,6 +266,12 @@ where
             if let Some(e) = malformed(&head).await {
                 return refuse_malformed(stream, &e).await;
             }
+            // A tunnel is no request a gateway proxies (Pingora's proxy refuses it too, with a
+            // bare 405 of its own).
+            if head.starts_with(b"CONNECT ") {
+                refuse(stream, NOT_ALLOWED_405).await;
+                return ConnClose::Done;
+            }
         }
         match one_request(stream, head, app, fast, limits, &shutdown).await {
             Next::KeepAlive(s) => stream = s,
@@ -361,6 +367,7 @@ enum Refused {
 
 const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout";
 const BAD_REQUEST_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request";
+const NOT_ALLOWED_405: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 18\r\nConnection: close\r\n\r\nMethod Not Allowed";
 const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
 
 /// Reads one request head. Waits for its first byte until `wait_until` (`timer`, the
