@@ -1,34 +1,31 @@
 //! One client connection: the TLS handshake, then HTTP/2 (Pingora's) or the HTTP/1 request
 //! loop, which reads each request head itself so that it can bound it: the whole head must
 //! arrive within the header timeout, a keep-alive connection may wait for its next request
-//! only so long, and a head larger than the limit is refused before Pingora parses it. The head
-//! is then handed to Pingora's session as already-read bytes, so Pingora parses it without
-//! another read.
+//! only so long, and a head larger than the limit is refused before Pingora parses it
+//! ([`super::head`]). The head is then handed to Pingora's session as already-read bytes, so
+//! Pingora parses it without another read.
 
 use bytes::BytesMut;
 use pingora_core::apps::{HttpServerApp, ServerApp};
-use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{Stream, ALPN};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::tls::ssl::SslAcceptor;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{timeout_at, Instant, Sleep};
+use tokio::time::{timeout_at, Instant};
 
-use super::io::{by_deadline, ClientIo};
+use super::head::{
+    fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed, skip_blank_lines,
+    too_many_headers, Refused, NOT_ALLOWED_405, TOO_LARGE_431,
+};
+use super::io::ClientIo;
 use super::ClientLimits;
 use crate::fastpath::{FastPath, Served, SessionLimits};
 use crate::metrics::{metrics, ConnClose};
-
-/// How much of a head is read at a time; most heads fit in one read.
-const HEAD_CHUNK: usize = 4096;
 
 /// Connections accepted whose first request has not been answered yet, and requests whose
 /// head is arriving in more than one read.
@@ -357,362 +354,11 @@ where
     }
 }
 
-/// Why no request head came.
-enum Refused {
-    /// Close without a word: the client closed, the connection broke, or it sent nothing.
-    Close(ConnClose),
-    /// Answer this (a fixed response) and close.
-    Reply(ConnClose, &'static [u8]),
-}
-
-const TIMEOUT_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 15\r\nConnection: close\r\n\r\nRequest Timeout";
-const BAD_REQUEST_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 11\r\nConnection: close\r\n\r\nBad Request";
-const NOT_ALLOWED_405: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 18\r\nConnection: close\r\n\r\nMethod Not Allowed";
-const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
-
-/// Reads one request head. Waits for its first byte until `wait_until` (`timer`, the
-/// connection's, is moved to it when it would go off later), holding no buffer while it waits
-/// where the transport can tell without reading.
-/// From the first byte (for a connection's first request: from the connect) the whole head
-/// must arrive within the header timeout; a head that stops short gets a 408, a connection that
-/// never began one is closed. A later request that has not begun when `stopping` ends is not
-/// waited for; one whose head takes more than one read is counted in `partial` from then.
-/// `carried`: what of this head came with the request before, if anything (the head has begun:
-/// it must be whole within the header timeout from now).
-#[allow(clippy::too_many_arguments)]
-async fn read_head(
-    stream: &mut Stream,
-    carried: BytesMut,
-    wait_until: Instant,
-    mut timer: Pin<&mut Sleep>,
-    first: bool,
-    partial: &mut Option<Fresh>,
-    mut stopping: Pin<&mut impl Future<Output = ()>>,
-    limits: &ClientLimits,
-) -> Result<BytesMut, Refused> {
-    let silent = if first {
-        ConnClose::HeaderTimeout
-    } else {
-        ConnClose::KeepaliveTimeout
-    };
-    // A head that came with the request before has begun: it must be whole within the
-    // header timeout from now.
-    let begun = !carried.is_empty();
-    if begun && head_complete(&carried, 0) {
-        return Ok(carried);
-    }
-    let mut probe = [0u8; 1];
-    if timer.deadline() > wait_until {
-        // The wait ends sooner than the timer would go off (the first wait after the header
-        // timeout, when keep-alive is shorter).
-        timer.as_mut().reset(wait_until);
-    }
-    let mut peeked = begun
-        || loop {
-            tokio::select! {
-                biased;
-                peeked = crate::listener::io::request_begun(stream, &mut probe) => match peeked {
-                    Ok(peeked) => break peeked,
-                    Err(_) => return Err(Refused::Close(ConnClose::Done)),
-                },
-                () = timer.as_mut() => {
-                    if Instant::now() >= wait_until {
-                        return Err(Refused::Close(silent));
-                    }
-                    timer.as_mut().reset(wait_until);
-                }
-                () = stopping.as_mut(), if !first => return Err(Refused::Close(ConnClose::Shutdown)),
-            }
-        };
-    // A later request's head is timed from its beginning: taken when a read first has to wait
-    // (most heads come whole in the first read, which needs no clock).
-    let mut deadline = if begun {
-        Some(Instant::now() + limits.header_timeout)
-    } else if !first && peeked {
-        None
-    } else {
-        Some(wait_until)
-    };
-    let mut buf = if begun {
-        carried
-    } else {
-        BytesMut::with_capacity(HEAD_CHUNK)
-    };
-    loop {
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(HEAD_CHUNK);
-        }
-        let before = buf.len();
-        let read = by_deadline(stream.read_buf(&mut buf), || {
-            *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout)
-        });
-        let read = if before == 0 && !first && !peeked {
-            // Still waiting for the request to begin.
-            tokio::select! {
-                biased;
-                read = read => read,
-                () = stopping.as_mut() => return Err(Refused::Close(ConnClose::Shutdown)),
-            }
-        } else {
-            read.await
-        };
-        match read {
-            None if before == 0 => return Err(Refused::Close(silent)),
-            None => return Err(Refused::Reply(ConnClose::HeaderTimeout, TIMEOUT_408)),
-            Some(Err(e)) => {
-                log::debug!("client connection: read error before a request head: {e}");
-                return Err(Refused::Close(ConnClose::Done));
-            }
-            Some(Ok(0)) => return Err(Refused::Close(ConnClose::Done)),
-            Some(Ok(_)) => {}
-        }
-        if before == 0 {
-            skip_blank_lines(&mut buf);
-            if buf.is_empty() {
-                // Still waiting for the request to begin, as before the empty line.
-                if !first {
-                    peeked = false;
-                    deadline = Some(wait_until);
-                }
-                continue;
-            }
-        }
-        if before == 0 && !first && !peeked {
-            // The transport could not tell when the request began: it begins now.
-            deadline = Some(Instant::now() + limits.header_timeout);
-        }
-        if head_complete(&buf, before) {
-            return Ok(buf);
-        }
-        if !first && partial.is_none() {
-            *partial = Some(fresh());
-        }
-        if buf.len() > limits.max_head {
-            return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
-        }
-    }
-}
-
-/// Writes `response`, a refusal, and closes the connection. Best effort: the client may be
-/// gone already.
-async fn refuse(mut stream: Stream, response: &[u8]) {
-    if stream.write_all(response).await.is_ok() {
-        let _ = stream.flush().await;
-    }
-    let _ = stream.shutdown().await;
-}
-
-/// Answers a request head Pingora's parser refused (`e`) with a 400 and closes. The log line
-/// says why, never with the head (Pingora's error holds it: it may hold a credential).
-async fn refuse_malformed(stream: Stream, e: &pingora_core::Error) -> ConnClose {
-    let why = match (&e.cause, &e.context) {
-        (Some(cause), _) => cause.to_string(),
-        (None, Some(context)) if !context.as_str().starts_with("buf:") => context.to_string(),
-        _ => e.etype().as_str().to_string(),
-    };
-    log::debug!("client connection: a malformed request head ({why}): answered 400");
-    refuse(stream, BAD_REQUEST_400).await;
-    ConnClose::Malformed
-}
-
-/// Whether the fast path reads `head` itself (a `GET` or `HEAD`; it refuses a malformed one
-/// through [`malformed`] too).
-fn fast_reads(head: &[u8]) -> bool {
-    head.starts_with(b"GET ") || head.starts_with(b"HEAD ")
-}
-
-/// Why Pingora's parser refuses the complete request head at the start of `head` (its proxy
-/// would answer a bare 400 with its own name and count nothing), found by reading a copy as
-/// its proxy would; `None` when it reads it. Every rule of its is applied as it applies them,
-/// its repair of a request line with unescaped characters in the target included.
-pub(crate) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
-    // Nothing beyond the head is read: the copy is read from an empty stream.
-    let mut copy = HttpSession::new(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
-    copy.set_pipelined_prefix(BytesMut::from(head));
-    match copy.read_request().await {
-        Err(e) if e.etype() == &pingora_core::ErrorType::InvalidHTTPHeader => Some(e),
-        _ => None,
-    }
-}
-
-/// The most header lines Pingora's parser takes: a head with more is refused there with a
-/// bare 400, where a 431 says what is wrong (RFC 6585 §5), as for a head too long.
-const MAX_HEADER_LINES: usize = 256;
-
-/// Whether the first request head in `buf` (complete) has more than [`MAX_HEADER_LINES`]
-/// header lines. A head shorter than that many of the shortest lines (`a:` and a bare `\n`)
-/// cannot, and is not looked at: a tile's head never is.
-fn too_many_headers(buf: &[u8]) -> bool {
-    if buf.len() <= MAX_HEADER_LINES * 3 {
-        return false;
-    }
-    let lead = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    let head = &buf[lead..];
-    let mut lines = 0;
-    for at in memchr::memchr_iter(b'\n', head) {
-        // The request line, then the header lines.
-        lines += 1;
-        if lines > MAX_HEADER_LINES + 1 {
-            return true;
-        }
-        // The empty line that ends the head follows.
-        if head.get(at + 1) == Some(&b'\n') || head.get(at + 1..at + 3) == Some(b"\r\n") {
-            break;
-        }
-    }
-    false
-}
-
-/// Drops the empty lines a client may send before a request line (after the request before
-/// it, most often): RFC 9112 §2.2 says to ignore them, not to take them for a head begun.
-fn skip_blank_lines(buf: &mut BytesMut) {
-    let blank = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    if blank > 0 {
-        let _ = buf.split_to(blank);
-    }
-}
-
-/// Where the first request head in `buf` ends, when more bytes follow it that can only be the
-/// next request's: the head parses whole and announces no body (no `Content-Length`, no
-/// `Transfer-Encoding`), no protocol switch (`Upgrade`) and no tunnel (`CONNECT`). Otherwise
-/// `None`, and the bytes stay together (a body, or what Pingora's session makes of them).
-fn next_request_at(buf: &[u8]) -> Option<usize> {
-    use memchr::memmem::Finder;
-    use std::sync::LazyLock;
-    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
-    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
-    let lead = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
-    let head = &buf[lead..];
-    // The first empty line: a `\r\n` one, or, in a last head whose lines end in a bare `\n`
-    // (as the parser allows), a `\n` one. (A bare-`\n` head with another behind it is left
-    // whole: finding its end would cost every request a second search.)
-    let end = match CRLF.find(head) {
-        Some(i) if lead + i + 4 < buf.len() => lead + i + 4,
-        _ if buf.ends_with(b"\r\n\r\n") => return None,
-        _ => lead + LF.find(head)? + 2,
-    };
-    if end >= buf.len() {
-        return None;
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    if req.parse(&buf[..end]) != Ok(httparse::Status::Complete(end)) {
-        return None;
-    }
-    let framed = |name: &str| {
-        ["content-length", "transfer-encoding", "upgrade"]
-            .iter()
-            .any(|f| name.eq_ignore_ascii_case(f))
-    };
-    (req.method != Some("CONNECT") && !req.headers.iter().any(|h| framed(h.name))).then_some(end)
-}
-
-/// Whether `buf` holds the end of a request head: an empty line after something else (bare
-/// `\n` line ends count, as they do for the parser; blank lines before a request are skipped,
-/// as RFC 9112 allows). `from` is where the bytes of the last read start.
-fn head_complete(buf: &[u8], from: usize) -> bool {
-    let Some(lead) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
-        return false;
-    };
-    // Most reads end with the head.
-    if buf.ends_with(b"\r\n\r\n") || buf.ends_with(b"\n\n") {
-        return true;
-    }
-    // An end within earlier reads would have been seen then; look a little back for an end
-    // that straddles two reads.
-    let tail = &buf[from.saturating_sub(3).max(lead)..];
-    tail.windows(2).enumerate().any(|(i, w)| match w {
-        b"\n\n" => true,
-        b"\n\r" => tail.get(i + 2) == Some(&b'\n'),
-        _ => false,
-    })
-}
-
 pub(super) async fn shutting_down(watch: &mut ShutdownWatch) {
     while !*watch.borrow() {
         if watch.changed().await.is_err() {
             // The server is gone: nothing will ever be served again.
             return;
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{head_complete, next_request_at, too_many_headers, MAX_HEADER_LINES};
-
-    #[test]
-    fn splits_a_bodiless_head_from_the_next_request_only() {
-        let get = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert_eq!(next_request_at(get.as_bytes()), None, "alone");
-        let two = format!("{get}GET /b HTTP/1.1\r\n");
-        assert_eq!(next_request_at(two.as_bytes()), Some(get.len()));
-        let led = format!("\r\n{get}GET /b");
-        assert_eq!(
-            next_request_at(led.as_bytes()),
-            Some(get.len() + 2),
-            "blank lines first"
-        );
-        let bare = "GET /a HTTP/1.1\nHost: a\n\n";
-        assert_eq!(
-            next_request_at(bare.as_bytes()),
-            None,
-            "a bare-LF head alone"
-        );
-        let bare_then = format!("{get}{bare}");
-        assert_eq!(next_request_at(bare_then.as_bytes()), Some(get.len()));
-        // What follows a head that announces a body, a switch or a tunnel is not a request.
-        for head in [
-            "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
-            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x01\x00",
-            "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03",
-            "GET /a HTTP/1.1\r\nBad Header\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
-        ] {
-            assert_eq!(next_request_at(head.as_bytes()), None, "{head:?}");
-        }
-    }
-
-    #[test]
-    fn counts_the_header_lines_of_the_first_head_only() {
-        let head = |n: usize, end: &str| {
-            let lines: String = (0..n).map(|i| format!("a{i}:{end}")).collect();
-            format!("GET / HTTP/1.1{end}{lines}{end}")
-        };
-        assert!(!too_many_headers(head(MAX_HEADER_LINES, "\r\n").as_bytes()));
-        assert!(too_many_headers(
-            head(MAX_HEADER_LINES + 1, "\r\n").as_bytes()
-        ));
-        assert!(!too_many_headers(head(MAX_HEADER_LINES, "\n").as_bytes()));
-        assert!(too_many_headers(
-            head(MAX_HEADER_LINES + 1, "\n").as_bytes()
-        ));
-        // Two heads with as many lines between them as one may have: neither has too many.
-        let half = MAX_HEADER_LINES / 2 + 10;
-        let two = format!("{}{}", head(half, "\r\n"), head(half, "\r\n"));
-        assert!(!too_many_headers(two.as_bytes()));
-        let led = format!("\r\n\r\n{}", head(MAX_HEADER_LINES + 1, "\r\n"));
-        assert!(too_many_headers(led.as_bytes()), "blank lines first");
-    }
-
-    #[test]
-    fn finds_the_end_of_a_head() {
-        let h = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
-        assert!(head_complete(h, 0));
-        assert!(head_complete(h, h.len() - 1), "an end split over two reads");
-        assert!(!head_complete(b"GET / HTTP/1.1\r\nHost: a\r\n", 0));
-        assert!(head_complete(b"GET / HTTP/1.1\nHost: a\n\n", 0));
-        assert!(
-            !head_complete(b"\r\n\r\n", 0),
-            "blank lines alone are no head"
-        );
-        assert!(head_complete(b"\r\nGET / HTTP/1.1\r\n\r\n", 0));
-        assert!(!head_complete(b"GET / HTTP/1.1\r\n", 0));
     }
 }

@@ -17,11 +17,12 @@
 
 mod conn;
 pub mod h2;
+mod head;
 pub mod io;
 mod workers;
 
 pub use conn::awaiting_an_answer;
-pub(crate) use conn::malformed;
+pub(crate) use head::malformed;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
