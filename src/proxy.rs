@@ -383,7 +383,13 @@ impl ProxyHttp for Tollgate {
                 crate::cache::status(session, &ctx.x),
             )?;
             crate::cache::add_upstream_age(session, ctx.not_modified.as_deref(), upstream_response);
-            crate::cache::invalidate_after(session, &ctx.x, upstream_response.status).await;
+            crate::cache::invalidate_after(
+                session,
+                &self.gateway,
+                &ctx.x,
+                upstream_response.status,
+            )
+            .await;
             if ctx.other_validator {
                 crate::cache::forget(session).await;
             }

@@ -49,6 +49,7 @@ pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_forwardings, save_forwardings};
 pub use vary::variance;
 
+use crate::gateway::Gateway;
 use crate::pipeline::Exchange;
 use store::TileStore;
 
@@ -498,18 +499,29 @@ pub async fn forget(session: &Session) {
 }
 
 /// A non-error answer (2xx, 3xx) to an unsafe request (POST, PUT, DELETE, PATCH...) through a
-/// `cache` step invalidates what is stored for its URL (RFC 9111 §4.4): the next GET fetches
-/// it anew.
-pub async fn invalidate_after(session: &Session, x: &Exchange, status: http::StatusCode) {
+/// `cache` step invalidates what is stored for its URL (RFC 9111 §4.4): every copy a GET of it
+/// has (with whatever forwarding headers), and the request's own key. The next GET fetches it
+/// anew.
+pub async fn invalidate_after(
+    session: &Session,
+    gateway: &arc_swap::ArcSwap<Gateway>,
+    x: &Exchange,
+    status: http::StatusCode,
+) {
     let (Some(cache), Some(_), Some(_)) = (get(), &x.cache, &x.proxy) else {
         return;
     };
-    if session.req_header().method.is_safe() || !(status.is_success() || status.is_redirection()) {
+    let req = session.req_header();
+    if req.method.is_safe() || !(status.is_success() || status.is_redirection()) {
         return;
     }
     if let Ok(key) = key(session, x) {
         cache.store.invalidate(&key).await;
     }
+    let target = crate::exchange::RequestTarget::of(req);
+    let host = req.headers.get(http::header::HOST);
+    let host = host.and_then(|h| h.to_str().ok()).or(target.authority);
+    purge::invalidate_url(&gateway.load_full(), host, target.url).await;
 }
 
 /// The upstream's answer to a request that went through a `cache` step, kept when it is a

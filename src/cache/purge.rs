@@ -129,3 +129,23 @@ pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
     }
     purged
 }
+
+/// Removes what is stored for a URL without counting a purge (the target of an unsafe request
+/// that succeeded, RFC 9111 §4.4): under every key a GET of it has through the gateway, with
+/// each combination of forwarding headers the cache has met. Returns how many there were.
+pub async fn invalidate_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
+    let Some(cache) = super::get() else {
+        return 0;
+    };
+    let mut invalidated = 0;
+    for primary in keys_for(gw, host, url) {
+        if cache
+            .store
+            .invalidate(&super::key::cache_key(primary))
+            .await
+        {
+            invalidated += 1;
+        }
+    }
+    invalidated
+}
