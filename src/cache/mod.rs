@@ -499,9 +499,9 @@ pub async fn forget(session: &Session) {
 }
 
 /// A non-error answer (2xx, 3xx) to an unsafe request (POST, PUT, DELETE, PATCH...) through a
-/// `cache` step invalidates what is stored for its URL (RFC 9111 §4.4): every copy a GET of it
-/// has (with whatever forwarding headers), and the request's own key. The next GET fetches it
-/// anew.
+/// `cache` step invalidates what is stored for its URL (RFC 9111 §4.4): the request's own key
+/// and a GET's without forwarding headers at once (the next GET fetches it anew), the copies
+/// of the forwarding headers' combinations in the background (see [`purge::invalidate_url`]).
 pub async fn invalidate_after(
     session: &Session,
     gateway: &arc_swap::ArcSwap<Gateway>,
@@ -521,7 +521,7 @@ pub async fn invalidate_after(
     let target = crate::exchange::RequestTarget::of(req);
     let host = req.headers.get(http::header::HOST);
     let host = host.and_then(|h| h.to_str().ok()).or(target.authority);
-    purge::invalidate_url(&gateway.load_full(), host, target.url).await;
+    purge::invalidate_url(gateway.load_full(), host, target.url).await;
 }
 
 /// The upstream's answer to a request that went through a `cache` step, kept when it is a

@@ -8,6 +8,8 @@
 use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
 
+use std::sync::Arc;
+
 use crate::gateway::Gateway;
 use crate::pipeline::{Exchange, Outcome, Request};
 use crate::routing::Target;
@@ -20,24 +22,36 @@ const KEY_STEPS: &[&str] = &["request-transformer", "headers", "cache", "proxy"]
 /// purge of it must name the host.
 pub fn keyed_by_host(gw: &Gateway, url: &str) -> bool {
     let mut by_host = false;
-    keys_with(gw, None, url, &mut by_host);
+    keys_with(gw, None, url, &mut by_host, &met());
     by_host
 }
 
-/// The cache keys a URL has through the gateway (one per route whose pipeline caches it).
+/// The cache keys a URL has through the gateway (one per route whose pipeline caches it), as
+/// requests without forwarding headers ask for it and with each combination of them the cache
+/// has met.
 pub fn keys_for(gw: &Gateway, host: Option<&str>, url: &str) -> Vec<String> {
-    keys_with(gw, host, url, &mut false)
+    keys_with(gw, host, url, &mut false, &met())
 }
 
-fn keys_with(gw: &Gateway, host: Option<&str>, url: &str, by_host: &mut bool) -> Vec<String> {
+/// The combinations of forwarding headers the cache has met.
+fn met() -> Vec<Box<str>> {
+    super::get().map(|c| c.forwarding.all()).unwrap_or_default()
+}
+
+/// The cache keys a URL has as requests without forwarding headers ask for it, and with each
+/// of `forwardings` (the steps see them: `xfwd` appends to them, and its edits are in the
+/// key).
+fn keys_with(
+    gw: &Gateway,
+    host: Option<&str>,
+    url: &str,
+    by_host: &mut bool,
+    forwardings: &[Box<str>],
+) -> Vec<String> {
     let (path, query) = match url.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (url, None),
     };
-    let forwardings = super::get().map(|c| c.forwarding.all()).unwrap_or_default();
-    // As requests without forwarding headers ask for it, and with each combination of them
-    // the cache has met (the steps see them: `xfwd` appends to them, and its edits are in
-    // the key).
     let asked: Vec<(Option<&str>, http::HeaderMap)> =
         std::iter::once((None, http::HeaderMap::new()))
             .chain(
@@ -131,21 +145,30 @@ pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
 }
 
 /// Removes what is stored for a URL without counting a purge (the target of an unsafe request
-/// that succeeded, RFC 9111 §4.4): under every key a GET of it has through the gateway, with
-/// each combination of forwarding headers the cache has met. Returns how many there were.
-pub async fn invalidate_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
+/// that succeeded, RFC 9111 §4.4): under every key a GET of it without forwarding headers has
+/// through the gateway at once, and (when the cache has met any) under each combination of
+/// them in a task of its own, so that the answer does not wait on hundreds of keys.
+pub async fn invalidate_url(gw: Arc<Gateway>, host: Option<&str>, url: &str) {
+    invalidate_keys(keys_with(&gw, host, url, &mut false, &[])).await;
+    let forwardings = met();
+    if forwardings.is_empty() {
+        return;
+    }
+    let (host, url) = (host.map(str::to_owned), url.to_owned());
+    tokio::spawn(async move {
+        let keys = keys_with(&gw, host.as_deref(), &url, &mut false, &forwardings);
+        invalidate_keys(keys).await;
+    });
+}
+
+async fn invalidate_keys(primaries: Vec<String>) {
     let Some(cache) = super::get() else {
-        return 0;
+        return;
     };
-    let mut invalidated = 0;
-    for primary in keys_for(gw, host, url) {
-        if cache
+    for primary in primaries {
+        cache
             .store
             .invalidate(&super::key::cache_key(primary))
-            .await
-        {
-            invalidated += 1;
-        }
+            .await;
     }
-    invalidated
 }

@@ -440,7 +440,7 @@ async fn in_session(
 ) -> Result<(Box<HttpSession>, Finish), Served> {
     match reading.into_session(limits).await {
         Ok((s, _)) => Ok((s, Finish::default())),
-        Err(Unread(stream, head)) => {
+        Err(Unread(stream, head, _)) => {
             // Not expected: the session reads every head the fast path reads alike.
             log::debug!("a request head read on the fast path was refused by the session");
             attempt::end(&mut x.proxy);

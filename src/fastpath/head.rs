@@ -43,8 +43,13 @@ pub enum Reading {
 }
 
 /// A head the fast path does not serve: the connection and the head, for Pingora's proxy to
-/// read (and answer) itself.
-pub struct Unread(pub Stream, pub BytesMut);
+/// read (and answer) itself, and why Pingora's parser refuses the head, when it does (it is
+/// malformed: the listener answers it).
+pub struct Unread(
+    pub Stream,
+    pub BytesMut,
+    pub Option<Box<pingora_core::Error>>,
+);
 
 impl Reading {
     /// Reads `head` here when it is plain, else through Pingora's session; `Err` when the session cannot serve it (it goes to Pingora's proxy
@@ -68,7 +73,7 @@ impl Reading {
         let head = BytesMut::from(head);
         match session(stream, &head, limits).await {
             Ok(s) => Ok(Reading::Session { s, head }),
-            Err(stream) => Err(Unread(stream, head)),
+            Err((stream, refused)) => Err(Unread(stream, head, refused)),
         }
     }
 
@@ -171,7 +176,7 @@ impl Reading {
                 let head = BytesMut::from(head);
                 match session(stream, &head, limits).await {
                     Ok(s) => Ok((s, head)),
-                    Err(stream) => Err(Unread(stream, head)),
+                    Err((stream, refused)) => Err(Unread(stream, head, refused)),
                 }
             }
         }
@@ -179,16 +184,21 @@ impl Reading {
 }
 
 /// Pingora's session for a request whose complete head is `head`, set up for the fast path;
-/// `Err` (the connection) when it reads no request the fast path serves.
+/// `Err` when it reads no request the fast path serves: the connection, and why the session's
+/// parser refused the head when it did.
 async fn session(
     stream: Stream,
     head: &BytesMut,
     limits: &SessionLimits,
-) -> Result<Box<HttpSession>, Stream> {
+) -> Result<Box<HttpSession>, (Stream, Option<Box<pingora_core::Error>>)> {
     let mut s = Box::new(HttpSession::new(stream));
     s.set_pipelined_prefix(head.clone());
-    if !matches!(s.read_request().await, Ok(Some(_))) || !bodiless(s.req_header()) {
-        return Err(s.into_inner());
+    match s.read_request().await {
+        Ok(Some(_)) if bodiless(s.req_header()) => {}
+        Err(e) if e.etype() == &pingora_core::ErrorType::InvalidHTTPHeader => {
+            return Err((s.into_inner(), Some(e)))
+        }
+        _ => return Err((s.into_inner(), None)),
     }
     // Reading the request applied the client's wish (HTTP/1.0 closes unless it asks for
     // keep-alive, `Connection: close` closes); the server's only narrows it.

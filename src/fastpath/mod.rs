@@ -85,13 +85,10 @@ impl FastPath {
         let gw = self.gateway.load_full();
         let reading = match Reading::of(stream, head, limits).await {
             Ok(r) => r,
-            Err(Unread(stream, head)) => {
-                // Not the fast path's: read as Pingora's proxy reads it, and refused when it
-                // would refuse it.
-                if let Some(e) = crate::listener::malformed(&head).await {
-                    return Served::Malformed(stream, e);
-                }
-                return Served::HandOver(Box::new(hand_over(stream, head, None)));
+            // Malformed: Pingora's proxy would answer a bare 400 of its own.
+            Err(Unread(stream, _, Some(refused))) => return Served::Malformed(stream, refused),
+            Err(Unread(stream, head, None)) => {
+                return Served::HandOver(Box::new(hand_over(stream, head, None)))
             }
         };
 
@@ -179,7 +176,7 @@ impl FastPath {
     ) -> Served {
         let (mut s, head) = match reading.into_session(limits).await {
             Ok(session) => session,
-            Err(Unread(stream, head)) => {
+            Err(Unread(stream, head, _)) => {
                 // A head read here that the session refuses (it reads every such head alike,
                 // so this should not happen): Pingora's proxy reads it again and answers.
                 log::debug!("a request head read on the fast path was refused by the session");

@@ -166,11 +166,12 @@ pub(super) async fn refuse(mut stream: Stream, response: &[u8]) {
 }
 
 /// Answers a request head Pingora's parser refused (`e`) with a 400 and closes. The log line
-/// says why, never with the head (Pingora's error holds it: it may hold a credential).
+/// says why, never with a part of the head (an error's context made for the head holds it, the
+/// target or the whole head: it may hold a credential; a fixed one does not).
 pub(super) async fn refuse_malformed(stream: Stream, e: &pingora_core::Error) -> ConnClose {
     let why = match (&e.cause, &e.context) {
         (Some(cause), _) => cause.to_string(),
-        (None, Some(context)) if !context.as_str().starts_with("buf:") => context.to_string(),
+        (None, Some(context)) if !context.is_owned() => context.to_string(),
         _ => e.etype().as_str().to_string(),
     };
     log::debug!("client connection: a malformed request head ({why}): answered 400");
@@ -179,7 +180,7 @@ pub(super) async fn refuse_malformed(stream: Stream, e: &pingora_core::Error) ->
 }
 
 /// Whether the fast path reads `head` itself (a `GET` or `HEAD`; it refuses a malformed one
-/// through [`malformed`] too).
+/// too, as [`malformed`] finds it).
 pub(super) fn fast_reads(head: &[u8]) -> bool {
     head.starts_with(b"GET ") || head.starts_with(b"HEAD ")
 }
@@ -188,7 +189,7 @@ pub(super) fn fast_reads(head: &[u8]) -> bool {
 /// would answer a bare 400 with its own name and count nothing), found by reading a copy as
 /// its proxy would; `None` when it reads it. Every rule of its is applied as it applies them,
 /// its repair of a request line with unescaped characters in the target included.
-pub(crate) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
+pub(super) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
     // Nothing beyond the head is read: the copy is read from an empty stream.
     let mut copy = HttpSession::new(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
     copy.set_pipelined_prefix(BytesMut::from(head));
@@ -299,7 +300,31 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{head_complete, next_request_at, too_many_headers, MAX_HEADER_LINES};
+    use super::{head_complete, malformed, next_request_at, too_many_headers, MAX_HEADER_LINES};
+
+    /// Pingora's parser's verdict on a head, with what may follow it in the buffer: only a head
+    /// it refuses is malformed — not one followed by its body or the next request, nor one
+    /// it cannot finish (nothing more is read).
+    #[tokio::test]
+    async fn only_a_head_the_parser_refuses_is_malformed() {
+        for ok in [
+            "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello",
+            "GET /a HTTP/1.1\nHost: h\n\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: h\r\n",
+            "GET /a b HTTP/1.1\r\nHost: h\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(malformed(ok.as_bytes()).await.is_none(), "{ok:?}");
+        }
+        for bad in [
+            "GARBAGE\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHo st: h\r\n\r\n",
+            "POST /a HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nx",
+            "GET /a?q=a>b HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(malformed(bad.as_bytes()).await.is_some(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn splits_a_bodiless_head_from_the_next_request_only() {

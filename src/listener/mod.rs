@@ -22,7 +22,6 @@ pub mod io;
 mod workers;
 
 pub use conn::awaiting_an_answer;
-pub(crate) use head::malformed;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
