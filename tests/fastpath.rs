@@ -225,6 +225,36 @@ fn every_framing_reaches_the_client_as_on_the_general_path() {
     assert_eq!(answer(fast.port, "GET", "/304").0, 304);
 }
 
+/// A malformed head gets the gateway's own 400 on both paths, counted as such, and reaches
+/// no upstream.
+#[test]
+fn a_malformed_head_is_refused_alike_on_both_paths() {
+    let up = Scripted::start();
+    let heads = [
+        "GET /ok HTTP/1.1\r\nHost: tiles\r\nX-Bad: a\x01b\r\n\r\n",
+        "GET /ok?q=a>b HTTP/1.1\r\nHost: tiles\r\n\r\n",
+        "HEAD /ok HTTP/1.1\r\nHo st: tiles\r\n\r\n",
+        "OPTIONS /ok HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    ];
+    let mut seen = Vec::new();
+    for fast in ["on", "off"] {
+        let (_dir, gw) = gateway(&up, fast);
+        for raw in heads {
+            let r = request(gw.port, raw, false);
+            assert_eq!(
+                (r.status, r.text(), r.header("server")),
+                (400, "Bad Request".to_string(), None),
+                "--fast-path {fast}: {raw:?}"
+            );
+        }
+        let closed = "tollgate_client_connections_closed_total{reason=\"malformed\"}";
+        let n = heads.len() as f64;
+        assert_eq!(gw.metric_when(closed, |v| v >= n), n, "--fast-path {fast}");
+        seen.push(up.heads.lock().unwrap().len());
+    }
+    assert_eq!(seen, [0, 0], "a malformed head reached the upstream");
+}
+
 #[test]
 fn a_close_delimited_body_goes_to_a_keep_alive_client_in_chunks() {
     let up = Scripted::start();
