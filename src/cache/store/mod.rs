@@ -4,26 +4,23 @@
 //! stored: a fill cut short (the upstream closed mid-body, the client left) is dropped.
 
 pub mod disk;
+mod filling;
 pub mod head;
 pub mod memory;
+mod phases;
 pub mod shared;
 mod stream;
 
-use std::any::Any;
+pub use filling::{FillBody, Filling};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora_cache::key::{CacheHashKey, HashBinary};
-use pingora_cache::storage::{
-    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
-    PurgeType, Storage,
-};
-use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta};
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::Result;
 use pingora_http::ResponseHeader;
 
 use disk::DiskTier;
@@ -390,273 +387,10 @@ impl TileStore {
     }
 }
 
-#[async_trait]
-impl Storage for TileStore {
-    async fn lookup(
-        &'static self,
-        key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(obj) = self.find(slot(key)).await else {
-            return Ok(None);
-        };
-        let meta = obj.meta.to_meta()?;
-        let hit = Hit {
-            body: obj.body.clone(),
-            range: (0, obj.body.len()),
-            done: false,
-        };
-        Ok(Some((meta, Box::new(hit))))
-    }
-
-    async fn get_miss_handler(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        _trace: &SpanHandle,
-    ) -> Result<MissHandler> {
-        // Pingora asks once the upstream's answer is here: a purge since the request's fetch
-        // began (even one begun and ended since `cacheable` looked) keeps it out.
-        Ok(Box::new(self.filling(
-            slot(key),
-            StoredMeta::from_meta(meta),
-            self.begun(meta),
-        )))
-    }
-
-    async fn purge(
-        &'static self,
-        target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
-        _trace: &SpanHandle,
-    ) -> Result<PurgeOutcome> {
-        let k = target.key().combined_bin();
-        // Begun first: what is being fetched, read or revalidated now, or begins before the
-        // purge ends, is not kept.
-        let _under_way = self.purges.begin();
-        let in_memory = self.memory.remove(&k);
-        let on_disk = match &self.disk {
-            Some(d) => d.remove(&k).await,
-            None => false,
-        };
-        Ok(if in_memory || on_disk {
-            PurgeOutcome::Purged(None)
-        } else {
-            PurgeOutcome::NotFound
-        })
-    }
-
-    async fn update_meta(
-        &'static self,
-        key: &CacheKey,
-        meta: &CacheMeta,
-        _trace: &SpanHandle,
-    ) -> Result<bool> {
-        let k = slot(key);
-        let seen = self.begun(meta);
-        let Some(old) = self.find(k).await else {
-            return Ok(false);
-        };
-        let obj = Arc::new(Object::new(
-            k,
-            StoredMeta::from_meta(meta),
-            old.body.clone(),
-        ));
-        if !self.keep_in_memory(obj.clone(), seen) {
-            return Ok(false);
-        }
-        if let Some(d) = &self.disk {
-            d.put(obj, seen);
-        }
-        Ok(true)
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
-        self
-    }
-}
-
-/// Reading a stored body: all of it at once (it is in memory), or the range asked for.
-struct Hit {
-    body: Bytes,
-    range: (usize, usize),
-    done: bool,
-}
-
-#[async_trait]
-impl HandleHit for Hit {
-    async fn read_body(&mut self) -> Result<Option<Bytes>> {
-        if self.done {
-            return Ok(None);
-        }
-        self.done = true;
-        Ok(Some(self.body.slice(self.range.0..self.range.1)))
-    }
-
-    async fn finish(
-        self: Box<Self>,
-        _storage: &'static (dyn Storage + Sync),
-        _key: &CacheKey,
-        _trace: &SpanHandle,
-    ) -> Result<()> {
-        Ok(())
-    }
-
-    fn can_seek(&self) -> bool {
-        true
-    }
-
-    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
-        let len = self.body.len();
-        let end = end.map_or(len, |e| e.min(len));
-        if start > end {
-            return Error::e_explain(ErrorType::InternalError, "seek past the end of the body");
-        }
-        self.range = (start, end);
-        self.done = false;
-        Ok(())
-    }
-
-    fn get_eviction_weight(&self) -> usize {
-        self.body.len()
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
-    }
-}
-
-/// Collecting a response body to store. A fill is stored only when the upstream's body ended
-/// as its framing says (a fill that failed is dropped), and a body whose length disagrees with
-/// its `Content-Length` is not stored either.
-pub struct Filling {
-    store: &'static TileStore,
-    key: HashBinary,
-    meta: Option<StoredMeta>,
-    body: FillBody,
-    /// [`TileStore::epoch`] when the fetch began.
-    seen: u64,
-}
-
-/// A body being collected: in the memory tier's shared memory when its declared length is one
-/// kept there (written past the processor's caches), else in ordinary memory.
-pub enum FillBody {
-    Heap(BytesMut),
-    Shared(shared::Writing),
-}
-
-impl FillBody {
-    pub fn len(&self) -> usize {
-        match self {
-            FillBody::Heap(b) => b.len(),
-            FillBody::Shared(w) => w.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Room for `more` bytes (a body longer than its place in shared memory moves to ordinary
-    /// memory).
-    fn reserve(&mut self, more: usize) {
-        if let FillBody::Shared(w) = self {
-            if w.room() >= more {
-                return;
-            }
-            let mut heap = BytesMut::with_capacity(w.len() + more);
-            heap.extend_from_slice(w.as_slice());
-            *self = FillBody::Heap(heap);
-        }
-        if let FillBody::Heap(b) = self {
-            b.reserve(more);
-        }
-    }
-}
-
-impl Filling {
-    pub fn append(&mut self, data: &[u8]) {
-        self.body.reserve(data.len());
-        match &mut self.body {
-            FillBody::Shared(w) => w.write_past_caches(data),
-            FillBody::Heap(b) => b.extend_from_slice(data),
-        }
-    }
-
-    /// The body collected so far, in bytes.
-    pub fn size(&self) -> usize {
-        self.body.len()
-    }
-
-    /// The head being stored.
-    pub fn head(&self) -> Option<&StoredHead> {
-        self.meta.as_ref().map(|m| &m.head)
-    }
-
-    /// Stores the complete response; the stored object.
-    pub fn store(&mut self) -> Result<Arc<Object>> {
-        let Some(meta) = self.meta.take() else {
-            return Error::e_explain(ErrorType::InternalError, "fill finished twice");
-        };
-        let declared = meta.head.content_length();
-        let size = self.body.len();
-        if declared.is_some_and(|d| d != size) && meta.head.status() != 304 {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                format!("truncated body ({size} of {declared:?} bytes): not stored"),
-            );
-        }
-        // A body that came in chunks (or until the upstream closed) is stored with its length:
-        // every client can read a hit of it, HTTP/1.0 ones too, and the fast path answers it.
-        let meta = match declared {
-            None if !matches!(meta.head.status().as_u16(), 100..=199 | 204 | 304) => {
-                meta.with_length(size)?
-            }
-            _ => meta,
-        };
-        let body = match std::mem::replace(&mut self.body, FillBody::Heap(BytesMut::new())) {
-            FillBody::Shared(w) if w.len() >= shared::MIN_BODY => w.done(),
-            FillBody::Shared(w) => Bytes::copy_from_slice(w.as_slice()),
-            FillBody::Heap(body) => match self.store.memory.hold(&body) {
-                Some(shared) => shared,
-                // Keep no spare room: a chunked body grew by doubling.
-                None if body.capacity() > size + size / 8 + 64 => Bytes::copy_from_slice(&body),
-                None => body.freeze(),
-            },
-        };
-        let obj = Arc::new(Object::new(self.key, meta, body));
-        if !self.store.keep_in_memory(obj.clone(), self.seen) {
-            return Error::e_explain(
-                ErrorType::InternalError,
-                "purged while it was fetched: not stored",
-            );
-        }
-        if let Some(d) = &self.store.disk {
-            d.put(obj.clone(), self.seen);
-        }
-        Ok(obj)
-    }
-}
-
-#[async_trait]
-impl HandleMiss for Filling {
-    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
-        self.append(&data);
-        Ok(())
-    }
-
-    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
-        self.store().map(|o| MissFinishType::Created(o.body.len()))
-    }
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use pingora_cache::storage::Storage;
 
     /// Metadata for a response head `resp`, fresh until now.
     pub(crate) fn meta(resp: &pingora_http::ResponseHeader) -> StoredMeta {

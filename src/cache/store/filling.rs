@@ -1,0 +1,137 @@
+//! A response body collected to be stored: in the memory tier's shared memory when it is kept
+//! there, else in ordinary memory; stored whole or not at all.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora_cache::key::HashBinary;
+use pingora_cache::storage::{HandleMiss, MissFinishType};
+use pingora_core::{Error, ErrorType, Result};
+
+use super::head::StoredHead;
+use super::{shared, Object, StoredMeta, TileStore};
+
+/// Collecting a response body to store. A fill is stored only when the upstream's body ended
+/// as its framing says (a fill that failed is dropped), and a body whose length disagrees with
+/// its `Content-Length` is not stored either.
+pub struct Filling {
+    pub(super) store: &'static TileStore,
+    pub(super) key: HashBinary,
+    pub(super) meta: Option<StoredMeta>,
+    pub(super) body: FillBody,
+    /// [`TileStore::epoch`] when the fetch began.
+    pub(super) seen: u64,
+}
+
+/// A body being collected: in the memory tier's shared memory when its declared length is one
+/// kept there (written past the processor's caches), else in ordinary memory.
+pub enum FillBody {
+    Heap(BytesMut),
+    Shared(shared::Writing),
+}
+
+impl FillBody {
+    pub fn len(&self) -> usize {
+        match self {
+            FillBody::Heap(b) => b.len(),
+            FillBody::Shared(w) => w.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Room for `more` bytes (a body longer than its place in shared memory moves to ordinary
+    /// memory).
+    fn reserve(&mut self, more: usize) {
+        if let FillBody::Shared(w) = self {
+            if w.room() >= more {
+                return;
+            }
+            let mut heap = BytesMut::with_capacity(w.len() + more);
+            heap.extend_from_slice(w.as_slice());
+            *self = FillBody::Heap(heap);
+        }
+        if let FillBody::Heap(b) = self {
+            b.reserve(more);
+        }
+    }
+}
+
+impl Filling {
+    pub fn append(&mut self, data: &[u8]) {
+        self.body.reserve(data.len());
+        match &mut self.body {
+            FillBody::Shared(w) => w.write_past_caches(data),
+            FillBody::Heap(b) => b.extend_from_slice(data),
+        }
+    }
+
+    /// The body collected so far, in bytes.
+    pub fn size(&self) -> usize {
+        self.body.len()
+    }
+
+    /// The head being stored.
+    pub fn head(&self) -> Option<&StoredHead> {
+        self.meta.as_ref().map(|m| &m.head)
+    }
+
+    /// Stores the complete response; the stored object.
+    pub fn store(&mut self) -> Result<Arc<Object>> {
+        let Some(meta) = self.meta.take() else {
+            return Error::e_explain(ErrorType::InternalError, "fill finished twice");
+        };
+        let declared = meta.head.content_length();
+        let size = self.body.len();
+        if declared.is_some_and(|d| d != size) && meta.head.status() != 304 {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                format!("truncated body ({size} of {declared:?} bytes): not stored"),
+            );
+        }
+        // A body that came in chunks (or until the upstream closed) is stored with its length:
+        // every client can read a hit of it, HTTP/1.0 ones too, and the fast path answers it.
+        let meta = match declared {
+            None if !matches!(meta.head.status().as_u16(), 100..=199 | 204 | 304) => {
+                meta.with_length(size)?
+            }
+            _ => meta,
+        };
+        let body = match std::mem::replace(&mut self.body, FillBody::Heap(BytesMut::new())) {
+            FillBody::Shared(w) if w.len() >= shared::MIN_BODY => w.done(),
+            FillBody::Shared(w) => Bytes::copy_from_slice(w.as_slice()),
+            FillBody::Heap(body) => match self.store.memory.hold(&body) {
+                Some(shared) => shared,
+                // Keep no spare room: a chunked body grew by doubling.
+                None if body.capacity() > size + size / 8 + 64 => Bytes::copy_from_slice(&body),
+                None => body.freeze(),
+            },
+        };
+        let obj = Arc::new(Object::new(self.key, meta, body));
+        if !self.store.keep_in_memory(obj.clone(), self.seen) {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "purged while it was fetched: not stored",
+            );
+        }
+        if let Some(d) = &self.store.disk {
+            d.put(obj.clone(), self.seen);
+        }
+        Ok(obj)
+    }
+}
+
+#[async_trait]
+impl HandleMiss for Filling {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        self.append(&data);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<MissFinishType> {
+        self.store().map(|o| MissFinishType::Created(o.body.len()))
+    }
+}
