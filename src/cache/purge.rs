@@ -5,10 +5,10 @@
 //! the steps before it that add upstream headers (`request-transformer`, `headers`) and its
 //! `proxy` step run on it — authentication does not (the key never depends on a consumer).
 
+use std::sync::Arc;
+
 use pingora_cache::storage::{PurgeTarget, PurgeType, Storage};
 use pingora_cache::trace::Span;
-
-use std::sync::Arc;
 
 use crate::gateway::Gateway;
 use crate::pipeline::{Exchange, Outcome, Request};
