@@ -18,7 +18,7 @@ fn config(urls: &[String], tollgate: &str, proxy_extra: &str, extra_steps: &str)
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  maps:\n    urls: [{urls}]\n    tollgate: {tollgate}\npolicies: [proxy, compression]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n{extra_steps}      - proxy: [{{action: {{serviceEndpoint: maps{proxy_extra}}}}}]\n"
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  maps:\n    urls: [{urls}]\n    tollgate: {tollgate}\npolicies: [cache, proxy, compression]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n{extra_steps}      - proxy: [{{action: {{serviceEndpoint: maps{proxy_extra}}}}}]\n"
     )
 }
 
@@ -161,6 +161,58 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
         state["serviceEndpoints"][0]["urls"][1]["available"], false,
         "{state}"
     );
+}
+
+/// Connections to the upstream of [`answer_cut_short`].
+static CUT_SHORT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// An upstream that sends a tile's head and a tenth of its body, then closes.
+fn answer_cut_short(conn: &mut std::net::TcpStream) {
+    use std::io::Write;
+    CUT_SHORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _ = conn.write_all(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\": \"",
+    );
+}
+
+/// A tile the fast path reads whole before answering has reached no client when its body
+/// breaks off: it is asked of another url (a GET, a retry left), as a request whose
+/// connection broke before any answer is — and, through a cache step, what is stored is the
+/// whole answer of the url that gave one.
+#[test]
+fn an_answer_cut_short_before_the_client_got_any_of_it_is_retried_on_another_url() {
+    let cut = format!(
+        "http://127.0.0.1:{}",
+        support::upstream::raw(answer_cut_short)
+    );
+    let a = PyUpstream::start("a", 5.0);
+    for steps in ["", "      - cache: [{action: {ttl: 600}}]\n"] {
+        let dir = ConfigDir::new(&config(
+            &[cut.clone(), a.url("")],
+            "{outlierDetection: false, retries: 1}",
+            "",
+            steps,
+        ));
+        let gw = GatewayProcess::start(&dir);
+        let before = CUT_SHORT.load(std::sync::atomic::Ordering::SeqCst);
+        for i in 0..6 {
+            let r = get(gw.port, "GET", &format!("/tiles/{i}"), &[]);
+            assert_eq!((r.status, name_of(&r)), (200, "a".to_string()), "{steps}");
+        }
+        let cut_short = CUT_SHORT.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert!(
+            cut_short >= 2,
+            "round-robin sent {cut_short} of 6 to the url that cuts short"
+        );
+        assert!(gw.log_text().contains("; tried again"), "{}", gw.log_text());
+        if !steps.is_empty() {
+            for i in 0..6 {
+                let r = get(gw.port, "GET", &format!("/tiles/{i}"), &[]);
+                assert_eq!(r.header("x-cache-status"), Some("HIT"), "tile {i}");
+                assert_eq!(name_of(&r), "a", "tile {i}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -134,6 +134,16 @@ impl Fill {
         }
     }
 
+    /// The response judged broke off before its end and is asked of another url: the next
+    /// one is judged afresh (while the lock is held; a fill that had let it go stores
+    /// nothing).
+    pub fn again(&mut self) {
+        self.filling = None;
+        self.declined = None;
+        self.decided = self.permit.is_none();
+        self.outcome = LockStatus::TransientError;
+    }
+
     fn judge(&mut self, resp: &ResponseHeader) {
         if resp.headers.contains_key(http::header::VARY) {
             // Stored per variant from now on, by Pingora's cache phases: the requests waiting

@@ -61,13 +61,15 @@ impl FastPath {
 
     /// Sends the request upstream and answers it: read whole and written on the connection
     /// when `head_for` makes the client's head for the upstream's answer (and the fill, if
-    /// any, stores it when it may), else relayed through Pingora's session as it comes.
+    /// any, stores it when it may), else relayed through Pingora's session as it comes. An
+    /// answer read whole whose body breaks off has reached no client yet: it is asked again
+    /// where a retry may be made (of another url).
     #[allow(clippy::too_many_arguments)]
     pub(super) async fn ask_and_answer(
         &self,
         reading: Reading,
         asking: Asking,
-        head_for: impl FnOnce(
+        mut head_for: impl FnMut(
             &mut Option<Box<Fill>>,
             &Upstream,
             &[HeaderEdit],
@@ -81,50 +83,86 @@ impl FastPath {
         let Asking { mut fill, cache } = asking;
         let upstream_started = Instant::now();
         let filling = fill.is_some();
-        let (client, path) = (reading.req(), reading.target().path);
-        let asking = relay::connect_and_ask(&self.connector, client, path, x, filling);
-        // A client that leaves while the upstream has not answered ends the exchange, as on
-        // Pingora's proxy (and nginx's): the upstream's connection goes. A fill goes on, for
-        // the requests after it.
-        let asked = match reading.stream().filter(|_| !filling) {
-            Some(stream) => tokio::select! {
-                biased;
-                asked = asking => Some(asked),
-                () = crate::listener::io::client_gone(stream) => None,
-            },
-            None => Some(asking.await),
-        };
-        let Some(asked) = asked else {
-            client_left(reading, gw, x, started, upstream_started, cache);
-            return Served::Closed;
-        };
         let keepalive = reading.keepalive(limits);
-        let asked = match asked {
-            Ok((up, key)) => match head_for(&mut fill, &up, &x.response_edits, keepalive) {
-                Some(head) => {
-                    let fetched = Fetched {
-                        up,
-                        key,
-                        head,
-                        keepalive,
-                        upstream_time: upstream_started.elapsed(),
-                    };
-                    let store = fill.filter(|f| f.stores());
-                    return self
-                        .answer_whole(reading, store, fetched, gw, x, started, limits, cache)
-                        .await;
+        let how = loop {
+            let (client, path) = (reading.req(), reading.target().path);
+            let asking = relay::connect_and_ask(&self.connector, client, path, x, filling);
+            // A client that leaves while the upstream has not answered ends the exchange, as
+            // on Pingora's proxy (and nginx's): the upstream's connection goes. A fill goes
+            // on, for the requests after it.
+            let asked = match reading.stream().filter(|_| !filling) {
+                Some(stream) => tokio::select! {
+                    biased;
+                    asked = asking => Some(asked),
+                    () = crate::listener::io::client_gone(stream) => None,
+                },
+                None => Some(asking.await),
+            };
+            let Some(asked) = asked else {
+                client_left(reading, gw, x, started, upstream_started, cache);
+                return Served::Closed;
+            };
+            let (up, key) = match asked {
+                Ok(asked) => asked,
+                Err(e) => break relayed(Err(e), fill, upstream_started),
+            };
+            let Some(head) = head_for(&mut fill, &up, &x.response_edits, keepalive) else {
+                break relayed(Ok((up, key)), fill, upstream_started);
+            };
+            let status = up.resp_header().map_or(0, |r| r.status.as_u16());
+            let mut body = body_buffer();
+            let read = read_whole(up, &mut body, x).await;
+            let upstream_time = upstream_started.elapsed();
+            let reusable = match read {
+                Ok(reusable) => reusable,
+                Err(e) => {
+                    give_back(body);
+                    match ask_again(x, &reading.req().method, e) {
+                        Ok(()) => {
+                            if let Some(f) = &mut fill {
+                                f.again();
+                            }
+                            continue;
+                        }
+                        // Nothing went to the client yet: it gets the error's status. The
+                        // requests waiting on the tile go on now, not once it has.
+                        Err(error) => {
+                            drop(fill);
+                            break InSession::Failed {
+                                error,
+                                upstream_time,
+                            };
+                        }
+                    }
                 }
-                None => Ok((up, key)),
-            },
-            Err(e) => Err(e),
+            };
+            if let Some(plan) = &x.proxy {
+                attempt::answered(plan, status);
+            }
+            attempt::end(&mut x.proxy);
+            // Done with the fill: the requests waiting on the tile go on now.
+            if let Some(mut fill) = fill.filter(|f| f.stores()) {
+                fill.body(&body);
+                fill.complete();
+            }
+            if let Some(upstream) = reusable {
+                super::pool::put(key, upstream);
+            }
+            let answer = RawAnswer {
+                head: &head,
+                body: &body,
+                hit: None,
+                status,
+                keepalive,
+                upstream_time: Some(upstream_time),
+                cache,
+            };
+            let served = super::answer_raw(reading, answer, gw, x, started).await;
+            give_back(body);
+            return served;
         };
-        // Boxed, as the failure's end below: its future is large, and inline it would be
-        // copied whole as every miss's future is built.
-        let how = InSession::Relay {
-            asked,
-            fill,
-            upstream_started,
-        };
+        // Boxed: its future is large, and inline it would be copied whole as every miss's
+        // future is built.
         crate::listener::boxed(|| self.end_in_session(reading, how, gw, x, started, limits, cache))
             .await
     }
@@ -173,65 +211,28 @@ impl FastPath {
         end.cache = cache.map(|status| (status, None));
         self.finish(*s, gw, x, started, end).await
     }
+}
 
-    /// Reads the whole body into the worker thread's buffer, which the processor's caches
-    /// hold, stores it from there (when `store` holds the fill; written past the caches, see
-    /// [`crate::cache::store::shared`]) and answers it from there; `cache` is the cache's
-    /// verdict, if a cache step ran.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) async fn answer_whole(
-        &self,
-        reading: Reading,
-        store: Option<Box<Fill>>,
-        f: Fetched,
-        gw: &Gateway,
-        x: &mut Exchange,
-        started: Instant,
-        limits: &SessionLimits,
-        cache: Option<&'static str>,
-    ) -> Served {
-        let status = f.up.resp_header().map_or(0, |r| r.status.as_u16());
-        if let Some(plan) = &x.proxy {
-            attempt::answered(plan, status);
-        }
-        let mut body = body_buffer();
-        let read = read_whole(f.up, &mut body, x).await;
-        attempt::end(&mut x.proxy);
-        // Done with the fill either way: the requests waiting on the tile go on now (a failed
-        // one's lock is not held while its client reads the error).
-        if let (Ok(_), Some(mut fill)) = (&read, store) {
-            fill.body(&body);
-            fill.complete();
-        }
-        let reusable = match read {
-            Ok(reusable) => reusable,
-            Err(e) => {
-                // Nothing went to the client yet: it gets the error's status.
-                let how = InSession::Failed {
-                    error: e,
-                    upstream_time: f.upstream_time,
-                };
-                return crate::listener::boxed(|| {
-                    self.end_in_session(reading, how, gw, x, started, limits, cache)
-                })
-                .await;
-            }
-        };
-        if let Some(upstream) = reusable {
-            super::pool::put(f.key, upstream);
-        }
-        let answer = RawAnswer {
-            head: &f.head,
-            body: &body,
-            hit: None,
-            status,
-            keepalive: f.keepalive,
-            upstream_time: Some(f.upstream_time),
-            cache,
-        };
-        let served = super::answer_raw(reading, answer, gw, x, started).await;
-        give_back(body);
-        served
+/// An answer relayed through Pingora's session as it comes.
+fn relayed(asked: relay::Asked, fill: Option<Box<Fill>>, upstream_started: Instant) -> InSession {
+    InSession::Relay {
+        asked,
+        fill,
+        upstream_started,
+    }
+}
+
+/// After the body of an answer read whole broke off, nothing of it sent to the client:
+/// `Ok` when it is asked again, of another url, as a request broken before its answer is (the
+/// url's failure counted, the retry logged); else the failure the client is answered with.
+fn ask_again(x: &mut Exchange, method: &http::Method, e: Box<Error>) -> Result<(), Box<Error>> {
+    let Some(plan) = x.proxy.as_mut() else {
+        return Err(e);
+    };
+    let e = attempt::broke(plan, method, false, false, false, e);
+    match e.retry() {
+        true => Ok(()),
+        false => Err(e),
     }
 }
 
@@ -304,19 +305,6 @@ pub(super) enum InSession {
         error: Box<Error>,
         upstream_time: std::time::Duration,
     },
-}
-
-/// An upstream answer whose body is to be read whole.
-pub(super) struct Fetched {
-    pub up: Upstream,
-    /// The upstream connection's pool key.
-    pub key: u64,
-    /// The client's head: for a miss made as a hit's from the stored head (or the one that
-    /// would be), for an answer not cached from the upstream's ([`super::direct`]).
-    pub head: BytesMut,
-    /// Whether the client's connection stays open.
-    pub keepalive: bool,
-    pub upstream_time: std::time::Duration,
 }
 
 /// The cache's verdict on a miss.
