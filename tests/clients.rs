@@ -121,7 +121,11 @@ fn half_sent_heads_are_closed_after_the_header_timeout() {
         let t = Instant::now();
         if trickle {
             for b in half {
-                kept.write_all(&[*b]).expect("a byte of the head");
+                // Slowed past the timeout (a loaded machine), the connection is closed
+                // under the trickle: the answer read below says why.
+                if kept.write_all(&[*b]).is_err() {
+                    break;
+                }
                 std::thread::sleep(Duration::from_millis(30));
             }
         } else {
@@ -324,8 +328,15 @@ fn the_log_has_no_errors_for_normal_events_and_folds_repeats() {
     for _ in 0..50 {
         assert_eq!(get(gw.port, "GET", "/tiles/a", &[]).status, 502);
     }
-    std::thread::sleep(Duration::from_millis(2500));
-    let log = gw.log_text();
+    // The repeats are counted in a line of their own, written once they are a second old.
+    let folded = Instant::now();
+    let log = loop {
+        let log = gw.log_text();
+        if log.contains("repeated") || folded.elapsed() > Duration::from_secs(6) {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let failures: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("upstream failure: api endpoint `tiles`"))

@@ -147,9 +147,16 @@ fn no_secret_reaches_the_logs() {
         let r = get(gw.port, "GET", path, &h);
         assert_eq!(r.status, *want, "{path}: {}", r.text());
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The access log's lines go through a writer thread: waited for.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let access_log = loop {
+        let text = std::fs::read_to_string(&access).unwrap_or_default();
+        if text.lines().count() >= requests.len() || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     let log = gw.log_text();
-    let access_log = std::fs::read_to_string(&access).expect("access log");
     assert!(access_log.lines().count() >= requests.len(), "{access_log}");
     assert!(log.contains("DEBUG"), "the log ran at debug level");
     // The `log` steps ran, and said what they could without the credentials.

@@ -122,6 +122,23 @@ fn cache_status(r: &Response) -> &str {
     r.header("x-cache-status").unwrap_or("")
 }
 
+/// Waits (up to 5 s) until the gateway has a request in flight at its first upstream: one a
+/// test started in a thread of its own has reached the upstream.
+fn wait_in_flight(gw: &GatewayProcess) {
+    let start = Instant::now();
+    loop {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+        if state["serviceEndpoints"][0]["urls"][0]["inFlight"].as_u64() >= Some(1) {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "no request reached the upstream: {state}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn one_upstream_request_for_a_hundred_requests_of_ten_consumers() {
     let up = PyUpstream::start("tiles", 5.0);

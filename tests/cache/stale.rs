@@ -18,14 +18,14 @@ fn stale_while_revalidate_and_stale_if_error() {
     let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
     let open = |path: &str| get(gw.port, "GET", path, &[]);
     // Stale within stale-while-revalidate: answered at once, refreshed in the background.
-    let slow = "/open/slow/800/swr.png";
+    let slow = "/open/slow/2000/swr.png";
     assert_eq!(cache_status(&open(slow)), "MISS");
     std::thread::sleep(Duration::from_millis(1500));
     let t = Instant::now();
     let stale = open(slow);
     assert_eq!((stale.status, cache_status(&stale)), (200, "STALE"));
     assert!(
-        t.elapsed() < Duration::from_millis(600),
+        t.elapsed() < Duration::from_millis(1200),
         "a stale answer does not wait for the refresh: {:?}",
         t.elapsed()
     );
@@ -171,11 +171,11 @@ fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served()
     );
     assert!(failed.is_empty(), "{} failed: {failed:?}", failed.len());
     assert!(
-        while_frozen > before / 2.0,
+        while_frozen > before / 3.0,
         "{while_frozen:.0} requests/s while the upstream was frozen against {before:.0}/s before: they waited on it"
     );
     assert!(
-        slowest < Duration::from_millis(3 * TIMEOUT_MS),
+        slowest < Duration::from_millis(4 * TIMEOUT_MS),
         "a request waited {slowest:?} while the upstream was frozen or down"
     );
     let stale = gw.metric(r#"tollgate_cache_requests_total{api_endpoint="tiles",status="STALE"}"#);
@@ -235,7 +235,7 @@ fn requests_during_a_slow_refresh_get_the_stale_tile_at_once() {
         })
     };
     let first = ask();
-    std::thread::sleep(Duration::from_millis(300));
+    super::wait_in_flight(&gw);
     let others: Vec<_> = (0..4).map(|_| ask()).collect();
     for o in others {
         let (status, cache, took) = o.join().expect("request");

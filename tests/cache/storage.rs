@@ -628,7 +628,7 @@ fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
     let path = "/open/slow/1000/purged.png";
     let port = gw.port;
     let fetching = std::thread::spawn(move || get(port, "GET", path, &[]));
-    std::thread::sleep(Duration::from_millis(300));
+    super::wait_in_flight(&gw);
     let r = purge(&gw, &format!(r#"{{"url": "{path}"}}"#));
     assert_eq!(r.status, 200, "{}", r.text());
     let first = fetching.join().expect("the fetch");
