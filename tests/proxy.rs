@@ -365,14 +365,26 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
     );
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
     use std::io::{Read, Write};
-    let _ = conn.write_all(huge.as_bytes());
+    // The client is still sending when the refusal comes: the gateway reads on (and discards)
+    // until the client is done, so the client's writes are not cut by a reset of the
+    // connection (many clients give up then without reading the answer).
+    conn.write_all(huge.as_bytes())
+        .expect("the rest of the head is taken in");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    for _ in 0..3 {
+        conn.write_all(&[b'a'; 16 * 1024])
+            .expect("what the client sends after the refusal is taken in");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
     let mut answer = Vec::new();
-    let _ = conn.read_to_end(&mut answer);
+    let read = conn.read_to_end(&mut answer);
     let head = String::from_utf8_lossy(&answer);
     assert!(
         head.starts_with("HTTP/1.1 431"),
         "oversized headers: {head}"
     );
+    assert!(read.is_ok(), "the connection was reset: {read:?}");
     // More header lines than the parser takes, the head itself short: 431 too, not a bare 400.
     let lines = |n: usize| -> String { (0..n).map(|i| format!("X-H{i}: v\r\n")).collect() };
     let with_lines = |n: usize| {

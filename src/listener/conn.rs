@@ -19,8 +19,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout_at, Instant};
 
 use super::head::{
-    fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed, skip_blank_lines,
-    too_many_headers, Refused, NOT_ALLOWED_405, TOO_LARGE_431,
+    answer_and_close, fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed,
+    skip_blank_lines, too_many_headers, Refused, NOT_ALLOWED_405, TOO_LARGE_431,
 };
 use super::io::ClientIo;
 use super::ClientLimits;
@@ -252,6 +252,10 @@ where
                 h
             }
             Err(Refused::Close(why)) => return why,
+            Err(Refused::Reply(ConnClose::HeaderTimeout, response)) => {
+                answer_and_close(&mut stream, response).await;
+                return ConnClose::HeaderTimeout;
+            }
             Err(Refused::Reply(why, response)) => {
                 refuse(stream, response).await;
                 return why;

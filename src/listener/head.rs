@@ -156,13 +156,43 @@ pub(super) async fn read_head(
     }
 }
 
-/// Writes `response`, a refusal, and closes the connection. Best effort: the client may be
-/// gone already.
+/// Writes `response`, a refusal, and closes the connection after [`linger`]ing. Best
+/// effort: the client may be gone already.
 pub(super) async fn refuse(mut stream: Stream, response: &[u8]) {
+    answer_and_close(&mut stream, response).await;
+    linger(&mut stream).await;
+}
+
+/// Writes `response` and closes the connection's sending side: what a client that stopped
+/// short (a 408) gets; it is sending nothing to linger for.
+pub(super) async fn answer_and_close(stream: &mut Stream, response: &[u8]) {
     if stream.write_all(response).await.is_ok() {
         let _ = stream.flush().await;
     }
     let _ = stream.shutdown().await;
+}
+
+/// The longest a refused connection is read from after its answer.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+/// A refused connection is closed once nothing came from it for this long.
+const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reads (and discards) what the client still sends after a refusal, until it is done (it
+/// closes its side), [`LINGER_IDLE`] passes without a byte, or [`LINGER`] in all: closed with
+/// bytes unread, the connection would be reset under a client still sending (the rest of a
+/// head too large, the body of a refused request), whose writes then fail, and many clients
+/// give up without reading the answer (nginx's lingering close).
+async fn linger(stream: &mut Stream) {
+    // On the heap: the connection's future does not carry it.
+    let mut sink = vec![0u8; 16 * 1024];
+    let discard = async {
+        while let Ok(Ok(n)) = tokio::time::timeout(LINGER_IDLE, stream.read(&mut sink)).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(LINGER, discard).await;
 }
 
 /// Answers a request head Pingora's parser refused (`e`) with a 400 and closes. The log line
