@@ -734,8 +734,10 @@ fn writes_in_a_data_directory_linked_into_the_config_directory_start_no_check() 
         &[("RUST_LOG", "info,tollgate::lifecycle=debug")],
     );
     let checks = || gw.log_text().matches("no config input did").count();
-    // The watcher's first look, at its start, is a check of its own: counted once no more
-    // come.
+    // The watcher's first look, at its start, is a check of its own: counted once it came
+    // and no more follow.
+    wait_for("the watcher's first check", || checks() >= 1);
+    let settled = Instant::now();
     let mut before = checks();
     loop {
         std::thread::sleep(Duration::from_millis(600));
@@ -743,6 +745,11 @@ fn writes_in_a_data_directory_linked_into_the_config_directory_start_no_check() 
         if now == before {
             break;
         }
+        assert!(
+            settled.elapsed() < Duration::from_secs(10),
+            "checks keep coming with nothing written: {}",
+            gw.log_text()
+        );
         before = now;
     }
     for i in 0..4 {

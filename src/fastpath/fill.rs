@@ -110,9 +110,10 @@ impl FastPath {
                 break relayed(Ok((up, key)), fill, upstream_started);
             };
             let status = up.resp_header().map_or(0, |r| r.status.as_u16());
+            // Until the answer's head came, as on the relayed path.
+            let upstream_time = upstream_started.elapsed();
             let mut body = body_buffer();
             let read = read_whole(up, &mut body, x).await;
-            let upstream_time = upstream_started.elapsed();
             let reusable = match read {
                 Ok(reusable) => reusable,
                 Err(e) => {
