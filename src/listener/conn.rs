@@ -19,8 +19,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout_at, Instant};
 
 use super::head::{
-    answer_and_close, fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed,
-    skip_blank_lines, too_many_headers, Refused, NOT_ALLOWED_405, TOO_LARGE_431,
+    fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed, skip_blank_lines,
+    too_many_headers, Refused, NOT_ALLOWED_405, TOO_LARGE_431,
 };
 use super::io::ClientIo;
 use super::ClientLimits;
@@ -252,14 +252,7 @@ where
                 h
             }
             Err(Refused::Close(why)) => return why,
-            Err(Refused::Reply(ConnClose::HeaderTimeout, response)) => {
-                answer_and_close(&mut stream, response).await;
-                return ConnClose::HeaderTimeout;
-            }
-            Err(Refused::Reply(why, response)) => {
-                refuse(stream, response).await;
-                return why;
-            }
+            Err(Refused::Reply(why, response)) => return refuse(stream, why, response).await,
         };
         // A head the fast path does not read goes to Pingora's proxy, whose parser answers
         // one it refuses with a bare 400 of its own and counts nothing: refused here instead.
@@ -270,8 +263,7 @@ where
             // A tunnel is no request a gateway proxies (Pingora's proxy refuses it too, with a
             // bare 405 of its own).
             if head.starts_with(b"CONNECT ") {
-                refuse(stream, NOT_ALLOWED_405).await;
-                return ConnClose::Done;
+                return refuse(stream, ConnClose::Done, NOT_ALLOWED_405).await;
             }
         }
         match one_request(stream, head, app, fast, limits, &shutdown).await {

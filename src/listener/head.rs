@@ -156,20 +156,18 @@ pub(super) async fn read_head(
     }
 }
 
-/// Writes `response`, a refusal, and closes the connection after [`linger`]ing. Best
-/// effort: the client may be gone already.
-pub(super) async fn refuse(mut stream: Stream, response: &[u8]) {
-    answer_and_close(&mut stream, response).await;
-    linger(&mut stream).await;
-}
-
-/// Writes `response` and closes the connection's sending side: what a client that stopped
-/// short (a 408) gets; it is sending nothing to linger for.
-pub(super) async fn answer_and_close(stream: &mut Stream, response: &[u8]) {
+/// Writes `response`, a refusal, and closes the connection: after [`linger`]ing, unless the
+/// client stopped short (a 408: it is sending nothing to linger for). Best effort: the client
+/// may be gone already. Returns `why`, how the connection is counted.
+pub(super) async fn refuse(mut stream: Stream, why: ConnClose, response: &[u8]) -> ConnClose {
     if stream.write_all(response).await.is_ok() {
         let _ = stream.flush().await;
     }
     let _ = stream.shutdown().await;
+    if why != ConnClose::HeaderTimeout {
+        linger(&mut stream).await;
+    }
+    why
 }
 
 /// The longest a refused connection is read from after its answer.
@@ -205,8 +203,7 @@ pub(super) async fn refuse_malformed(stream: Stream, e: &pingora_core::Error) ->
         _ => e.etype().as_str().to_string(),
     };
     log::debug!("client connection: a malformed request head ({why}): answered 400");
-    refuse(stream, BAD_REQUEST_400).await;
-    ConnClose::Malformed
+    refuse(stream, ConnClose::Malformed, BAD_REQUEST_400).await
 }
 
 /// Whether the fast path reads `head` itself (a `GET` or `HEAD`; it refuses a malformed one
