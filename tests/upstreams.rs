@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use support::load::Load;
@@ -164,12 +165,12 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
 }
 
 /// Connections to the upstream of [`answer_cut_short`].
-static CUT_SHORT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static CUT_SHORT: AtomicUsize = AtomicUsize::new(0);
 
 /// An upstream that sends a tile's head and a tenth of its body, then closes.
 fn answer_cut_short(conn: &mut std::net::TcpStream) {
     use std::io::Write;
-    CUT_SHORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    CUT_SHORT.fetch_add(1, Ordering::SeqCst);
     let _ = conn.write_all(
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\": \"",
     );
@@ -194,12 +195,12 @@ fn an_answer_cut_short_before_the_client_got_any_of_it_is_retried_on_another_url
             steps,
         ));
         let gw = GatewayProcess::start(&dir);
-        let before = CUT_SHORT.load(std::sync::atomic::Ordering::SeqCst);
+        let before = CUT_SHORT.load(Ordering::SeqCst);
         for i in 0..6 {
             let r = get(gw.port, "GET", &format!("/tiles/{i}"), &[]);
             assert_eq!((r.status, name_of(&r)), (200, "a".to_string()), "{steps}");
         }
-        let cut_short = CUT_SHORT.load(std::sync::atomic::Ordering::SeqCst) - before;
+        let cut_short = CUT_SHORT.load(Ordering::SeqCst) - before;
         assert!(
             cut_short >= 2,
             "round-robin sent {cut_short} of 6 to the url that cuts short"
