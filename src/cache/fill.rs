@@ -34,9 +34,9 @@ pub struct Fill {
     outcome: LockStatus,
     /// Whether the response head was judged.
     decided: bool,
-    /// The head of a response that may be stored but was not admitted (the memory tier is
-    /// full and the tile new): answered as a tile not stored is.
-    declined: Option<StoredHead>,
+    /// Whether the response may be stored but was not admitted (the memory tier is full and
+    /// the tile new): it is answered as a tile not stored is.
+    declined: bool,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -93,7 +93,7 @@ pub fn begin(
         outcome: LockStatus::TransientError,
         // Not stored: judged already.
         decided: !stored,
-        declined: None,
+        declined: false,
     })
 }
 
@@ -113,12 +113,17 @@ impl Fill {
         self.permit.is_some()
     }
 
-    /// The head the client is answered from: the one being stored, or that of a response the
-    /// store did not admit; `None` when the response is not one a hit could be (it varies, is
-    /// too large or may not be stored), which goes through Pingora's session.
+    /// The head the client is answered from: the one being stored; `None` when the response
+    /// is not stored (see [`Self::declined`]).
     pub fn answer_head(&self) -> Option<&StoredHead> {
-        let stored = self.filling.as_ref().and_then(Filling::head);
-        stored.or(self.declined.as_ref())
+        self.filling.as_ref().and_then(Filling::head)
+    }
+
+    /// Whether the response was judged one that may be stored but the store did not admit
+    /// it: it is answered as a tile not stored is. (One that is neither stored nor declined
+    /// varies, is too large or may not be stored: it goes through Pingora's session.)
+    pub fn declined(&self) -> bool {
+        self.declined
     }
 
     /// Decides from the upstream's response head whether the response is stored (once). One
@@ -139,7 +144,7 @@ impl Fill {
     /// nothing).
     pub fn again(&mut self) {
         self.filling = None;
-        self.declined = None;
+        self.declined = false;
         self.decided = self.permit.is_none();
         self.outcome = LockStatus::TransientError;
     }
@@ -154,21 +159,19 @@ impl Fill {
         }
         match super::freshness::judge(resp, &self.rule) {
             Ok(fresh) => {
-                let head = StoredHead::of(resp, &super::store::head::NOT_STORED);
-                if head
-                    .content_length()
-                    .is_some_and(|n| n > self.rule.max_object_size)
-                {
+                let length = super::store::content_length(resp);
+                if length.is_some_and(|n| n > self.rule.max_object_size) {
                     self.outcome = LockStatus::GiveUp;
                     return;
                 }
-                if !self.cache.admits(self.hash, head.content_length()) {
+                if !self.cache.admits(self.hash, length) {
                     // Requests that came to wait on this fetch after it was judged try again
                     // (one of them fetches and, the tile missed twice now, stores it).
                     self.outcome = LockStatus::TransientError;
-                    self.declined = Some(head);
+                    self.declined = true;
                     return;
                 }
+                let head = StoredHead::of(resp, &super::store::head::NOT_STORED);
                 let meta = StoredMeta::new(fresh, head);
                 self.filling = Some(self.cache.store.filling(self.hash, meta, self.seen));
             }

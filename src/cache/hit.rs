@@ -21,7 +21,7 @@ use http::header::{
 use pingora_http::{RequestHeader, ResponseHeader};
 
 use super::fill::Fill;
-use super::store::head::StoredHead;
+use super::store::head::{StoredHead, Template};
 use super::store::{offer_ranges, Object};
 use crate::pipeline::context::HeaderEdit;
 use crate::pipeline::Exchange;
@@ -130,9 +130,26 @@ pub fn miss_wire_head(
     wire_head(head, body_len, edits, keepalive, age, b"MISS")
 }
 
-/// Whether `edits` can be written after the stored head as they are (they only add headers
-/// it does not have, each once), and the bytes they take.
-fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
+/// The head a miss not stored (a tile new to a full memory tier, or missed fewer times than
+/// `minUses`) is answered with: the same as [`miss_wire_head`] of the head it would be stored
+/// with, written from the upstream's `resp` at once.
+pub fn unstored_miss_head(
+    resp: &ResponseHeader,
+    body_len: usize,
+    edits: &[HeaderEdit],
+    keepalive: bool,
+    age: Option<u64>,
+) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(256 + 48 * (resp.headers.len() + edits.len()));
+    let (ranges, names) = super::store::head::write_template(resp, body_len, &mut buf)?;
+    edits_fit(&Template::new(&buf, ranges, names), edits)?;
+    finish_head(&mut buf, ranges, age, b"MISS", edits, keepalive);
+    Some(buf)
+}
+
+/// Whether `edits` can be written after the head's `template` as they are (they only add
+/// headers it does not have, each once), and the bytes they take.
+fn edits_fit(template: &Template<'_>, edits: &[HeaderEdit]) -> Option<usize> {
     let mut added = 0;
     for (i, edit) in edits.iter().enumerate() {
         let (HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v)) = edit
@@ -140,8 +157,8 @@ fn edits_fit(stored: &StoredHead, edits: &[HeaderEdit]) -> Option<usize> {
             return None;
         };
         let earlier = edits[..i].iter().any(|e| e.name() == n);
-        let ranges = n == ACCEPT_RANGES && stored.offers_ranges();
-        if per_hit(n) || ranges || stored.has(n) || earlier {
+        let ranges = n == ACCEPT_RANGES && template.ranges;
+        if per_hit(n) || ranges || template.has(n) || earlier {
             // A header the stored head, the hit or an earlier edit has: Pingora's rules apply.
             return None;
         }
@@ -158,27 +175,40 @@ fn wire_head(
     age: Option<u64>,
     status: &[u8],
 ) -> Option<BytesMut> {
-    let (template, ranges) = head.hit_template(body_len)?;
-    let added = edits_fit(head, edits)?;
-    let date = crate::clock::http_date();
-    let mut buf = BytesMut::with_capacity(template.len() + added + date.len() + 128);
-    buf.put_slice(template);
+    let template = head.hit_template(body_len)?;
+    let added = edits_fit(&template, edits)?;
+    let mut buf = BytesMut::with_capacity(template.lines.len() + added + 160);
+    buf.put_slice(template.lines);
+    finish_head(&mut buf, template.ranges, age, status, edits, keepalive);
+    Some(buf)
+}
+
+/// Writes what follows a hit's template in its head: `Accept-Ranges` when it offers `ranges`,
+/// `Age`, `Date`, `X-Cache-Status`, the pipeline's `edits` and `Connection`.
+fn finish_head(
+    buf: &mut BytesMut,
+    ranges: bool,
+    age: Option<u64>,
+    status: &[u8],
+    edits: &[HeaderEdit],
+    keepalive: bool,
+) {
     if ranges {
         buf.put_slice(b"Accept-Ranges: bytes\r\n");
     }
     if let Some(age) = age {
-        wire::header_line(&mut buf, b"Age", itoa::Buffer::new().format(age).as_bytes());
+        wire::header_line(buf, b"Age", itoa::Buffer::new().format(age).as_bytes());
     }
+    let date = crate::clock::http_date();
     for (n, v) in [(&DATE, &date[..]), (&super::X_CACHE_STATUS, status)] {
-        wire::header_line(&mut buf, n.as_str().as_bytes(), v);
+        wire::header_line(buf, n.as_str().as_bytes(), v);
     }
     for edit in edits {
         if let HeaderEdit::Set(n, v) | HeaderEdit::Default(n, v) | HeaderEdit::Append(n, v) = edit {
-            wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes());
+            wire::header_line(buf, n.as_str().as_bytes(), v.as_bytes());
         }
     }
-    wire::end_with_connection(&mut buf, keepalive);
-    Some(buf)
+    wire::end_with_connection(buf, keepalive);
 }
 
 /// Whether a hit's head gets header `n` per request.
@@ -201,4 +231,97 @@ fn hit_head(stored: &ResponseHeader) -> pingora_core::Result<ResponseHeader> {
         header.insert_header(TRANSFER_ENCODING, "chunked")?;
     }
     Ok(header)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::store::head::NOT_STORED;
+    use http::HeaderValue;
+
+    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut h = ResponseHeader::build(status, None).unwrap();
+        for (name, value) in headers {
+            h.append_header(name.to_string(), *value).unwrap();
+        }
+        h
+    }
+
+    /// The head without its `Date` line (made from the clock, which may turn between two).
+    fn dateless(head: Option<BytesMut>) -> Option<String> {
+        let text = String::from_utf8(head?.to_vec()).unwrap();
+        Some(
+            text.split("\r\n")
+                .filter(|l| !l.starts_with("Date:"))
+                .collect::<Vec<_>>()
+                .join("\r\n"),
+        )
+    }
+
+    fn edit(kind: &str, name: &'static str, value: &'static str) -> HeaderEdit {
+        let (n, v) = (
+            HeaderName::from_static(name),
+            HeaderValue::from_static(value),
+        );
+        match kind {
+            "set" => HeaderEdit::Set(n, v),
+            "default" => HeaderEdit::Default(n, v),
+            "append" => HeaderEdit::Append(n, v),
+            _ => HeaderEdit::Remove(n),
+        }
+    }
+
+    #[test]
+    fn a_miss_not_stored_is_answered_with_the_head_it_would_be_stored_with() {
+        let responses = [
+            response(
+                200,
+                &[
+                    ("Content-Type", "image/png"),
+                    ("content-length", "20"),
+                    ("Connection", "keep-alive, X-Hop"),
+                    ("X-Hop", "1"),
+                    ("Keep-Alive", "timeout=5"),
+                    ("X-Tile", "a"),
+                    ("ETag", "\"v1\""),
+                    ("Accept-Ranges", "none"),
+                    ("Age", "3"),
+                    ("Date", "Thu, 01 Jan 2026 00:00:00 GMT"),
+                    ("X-Cache-Status", "HIT"),
+                ],
+            ),
+            response(404, &[("Content-Length", "20"), ("Accept-Ranges", "bytes")]),
+            response(200, &[("Content-Length", "20"), ("Vary", "Accept")]),
+            response(200, &[("Content-Length", "21")]),
+            response(200, &[]),
+            response(204, &[("Content-Length", "20")]),
+        ];
+        let edits = [
+            vec![],
+            vec![edit("set", "x-a", "1"), edit("append", "x-b", "2")],
+            vec![edit("default", "etag", "\"v2\"")],
+            vec![edit("set", "x-hop", "2")],
+            vec![edit("append", "accept-ranges", "bytes")],
+            vec![edit("set", "age", "1")],
+            vec![edit("set", "x-a", "1"), edit("set", "x-a", "2")],
+            vec![edit("remove", "x-tile", "")],
+        ];
+        let mut answered = 0;
+        for resp in &responses {
+            let stored = StoredHead::of(resp, &NOT_STORED);
+            for edits in &edits {
+                for (keepalive, age) in [(true, Some(3)), (false, None)] {
+                    let expected = dateless(miss_wire_head(&stored, 20, edits, keepalive, age));
+                    let written = dateless(unstored_miss_head(resp, 20, edits, keepalive, age));
+                    assert_eq!(written, expected, "{resp:?} {edits:?}");
+                    answered += usize::from(written.is_some());
+                }
+            }
+        }
+        // Both kinds of answer were made: heads written and heads left to Pingora's session.
+        assert!(
+            answered > 4 && answered < responses.len() * edits.len() * 2,
+            "{answered}"
+        );
+    }
 }

@@ -26,8 +26,7 @@ use super::head::{Reading, Unread};
 use super::relay;
 use super::{hand_over, FastPath, Finish, RawAnswer, Served, SessionLimits};
 use crate::cache::fill::Fill;
-use crate::cache::hit::miss_wire_head;
-use crate::cache::store::head::StoredHead;
+use crate::cache::hit::{miss_wire_head, unstored_miss_head};
 use crate::gateway::Gateway;
 use crate::pipeline::context::{Exchange, HeaderEdit};
 use crate::upstream::attempt;
@@ -331,11 +330,14 @@ fn whole(
     let resp = up.resp_header()?;
     let (len, age) = length_and_age(resp).filter(|(n, _)| *n <= WHOLE_MAX)?;
     if !fill.stores() {
-        let head = StoredHead::of(resp, &crate::cache::store::head::NOT_STORED);
-        return miss_wire_head(&head, len, edits, keepalive, age);
+        return unstored_miss_head(resp, len, edits, keepalive, age);
     }
     fill.decide(resp);
-    miss_wire_head(fill.answer_head()?, len, edits, keepalive, age)
+    match fill.answer_head() {
+        Some(stored) => miss_wire_head(stored, len, edits, keepalive, age),
+        None if fill.declined() => unstored_miss_head(resp, len, edits, keepalive, age),
+        None => None,
+    }
 }
 
 /// The length of a final answer of known length, and its `Age`, when it has one that is a

@@ -92,6 +92,129 @@ pub fn age_of(resp: &ResponseHeader) -> u64 {
         .unwrap_or(0)
 }
 
+/// The part of a hit's head that is the same for every request (see
+/// [`StoredHead::hit_template`]).
+pub struct Template<'a> {
+    /// The status line and the header lines a hit carries as they are.
+    pub lines: &'a [u8],
+    /// Whether `Accept-Ranges: bytes` follows them.
+    pub ranges: bool,
+    /// The bits of the names the head has (see [`name_bit`]).
+    names: u64,
+}
+
+impl<'a> Template<'a> {
+    /// The template in `lines`, as [`write_template`] wrote it (with its `ranges` and name
+    /// bits).
+    pub fn new(lines: &'a [u8], ranges: bool, names: u64) -> Template<'a> {
+        Template {
+            lines,
+            ranges,
+            names,
+        }
+    }
+
+    /// Whether the lines have header `name`. (Of the headers a hit gets per response, only
+    /// those the lines have are found.)
+    pub fn has(&self, name: &HeaderName) -> bool {
+        has_line(self.lines, self.names, name)
+    }
+}
+
+/// Writes the template of a hit's head ([`StoredHead::hit_template`]) for `resp` as it would
+/// be stored (without [`NOT_STORED`]) into `out`, without storing it: what a miss that is not
+/// stored is answered with. Its `ranges` and name bits; `None` (nothing written) when the head
+/// is not sent as it is stored.
+pub fn write_template(
+    resp: &ResponseHeader,
+    body_len: usize,
+    out: &mut BytesMut,
+) -> Option<(bool, u64)> {
+    let content_length = super::content_length(resp);
+    let varies = resp.headers.contains_key(http::header::VARY);
+    if !sent_as_stored(resp.status, content_length, varies, body_len) {
+        return None;
+    }
+    let ranges = super::offers_ranges(resp.status, content_length);
+    crate::wire::status_line(out, resp.status, resp.get_reason_phrase());
+    Some((ranges, write_lines(resp, &NOT_STORED, ranges, out, None)))
+}
+
+/// Whether a head is sent as it is stored (see [`StoredHead::hit_template`]).
+fn sent_as_stored(
+    status: StatusCode,
+    content_length: Option<usize>,
+    varies: bool,
+    body_len: usize,
+) -> bool {
+    !matches!(status.as_u16(), 100..=199 | 204 | 304) && content_length == Some(body_len) && !varies
+}
+
+/// Writes the header lines of `resp` a stored head keeps — all but those named in `skip`
+/// (and, when `skip` has `connection`, those the upstream's `Connection` names) — in the
+/// upstream's order: those a hit carries as they are into `shared`, those it gets per response
+/// (and `Accept-Ranges` when a hit offers `ranges` itself) into `per_response`, or nowhere
+/// without one. The bits of the names kept.
+fn write_lines(
+    resp: &ResponseHeader,
+    skip: &[&str],
+    ranges: bool,
+    shared: &mut BytesMut,
+    mut per_response: Option<&mut BytesMut>,
+) -> u64 {
+    let mut names = 0;
+    // The headers the upstream's `Connection` names belong to its connection too (a bit per
+    // name, read once; a name whose bit is there is looked for).
+    let tokens = || crate::wire::connection_tokens(&resp.headers);
+    let named_bits = if skip.contains(&"connection") {
+        bits_of(tokens())
+    } else {
+        0
+    };
+    // Most names are none of those skipped or sent per response: their bits say so.
+    let skip_bits = bits_of(skip.iter().map(|s| s.as_bytes()));
+    let _ = resp.map(|name, value| {
+        let name: &[u8] = match &name {
+            HeaderNameVariant::Case(n) => n.as_slice(),
+            HeaderNameVariant::Titled(n) => n.as_bytes(),
+        };
+        let bit = name_bit(name);
+        if (skip_bits & bit != 0 && skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
+            || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
+        {
+            return Ok(());
+        }
+        names |= bit;
+        let per = (PER_RESPONSE_BITS & bit != 0
+            && PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n)))
+            || (ranges && bit == ACCEPT_RANGES_BIT && name.eq_ignore_ascii_case(b"accept-ranges"));
+        let out = match (per, per_response.as_deref_mut()) {
+            (false, _) => &mut *shared,
+            (true, Some(out)) => out,
+            (true, None) => return Ok(()),
+        };
+        crate::wire::header_line(out, name, value.as_bytes());
+        Ok(())
+    });
+    names
+}
+
+/// Whether the header lines in `wire` (after its first line), whose names have the bits
+/// `names`, have header `name`.
+fn has_line(wire: &[u8], names: u64, name: &HeaderName) -> bool {
+    let name = name.as_str().as_bytes();
+    if names & name_bit(name) == 0 {
+        return false;
+    }
+    // Each line after a line end; a name is followed by its colon.
+    memchr::memchr_iter(b'\n', wire).any(|end| {
+        let line = &wire[end + 1..];
+        line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name)
+    })
+}
+
 impl StoredHead {
     /// The head of `resp` without the headers named in `skip` (lowercase), in the upstream's
     /// order, except that those a hit's head gets per response come last.
@@ -101,43 +224,7 @@ impl StoredHead {
         let mut wire = BytesMut::with_capacity(64 + 48 * resp.headers.len());
         crate::wire::status_line(&mut wire, resp.status, resp.get_reason_phrase());
         let mut per_response = BytesMut::with_capacity(128);
-        let mut names = 0;
-        // The headers the upstream's `Connection` names belong to its connection too (a bit
-        // per name, read once; a name whose bit is there is looked for).
-        let tokens = || crate::wire::connection_tokens(&resp.headers);
-        let named_bits = if skip.contains(&"connection") {
-            bits_of(tokens())
-        } else {
-            0
-        };
-        // Most names are none of those skipped or sent per response: their bits say so.
-        let skip_bits = bits_of(skip.iter().map(|s| s.as_bytes()));
-        let _ = resp.map(|name, value| {
-            let name: &[u8] = match &name {
-                HeaderNameVariant::Case(n) => n.as_slice(),
-                HeaderNameVariant::Titled(n) => n.as_bytes(),
-            };
-            let bit = name_bit(name);
-            if (skip_bits & bit != 0
-                && skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
-                || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
-            {
-                return Ok(());
-            }
-            names |= bit;
-            let out = if (PER_RESPONSE_BITS & bit != 0
-                && PER_RESPONSE.iter().any(|n| name.eq_ignore_ascii_case(n)))
-                || (ranges
-                    && bit == ACCEPT_RANGES_BIT
-                    && name.eq_ignore_ascii_case(b"accept-ranges"))
-            {
-                &mut per_response
-            } else {
-                &mut wire
-            };
-            crate::wire::header_line(out, name, value.as_bytes());
-            Ok(())
-        });
+        let names = write_lines(resp, skip, ranges, &mut wire, Some(&mut per_response));
         let shared = wire.len();
         wire.put_slice(&per_response);
         StoredHead {
@@ -188,18 +275,7 @@ impl StoredHead {
 
     /// Whether the head has header `name`.
     pub fn has(&self, name: &HeaderName) -> bool {
-        let name = name.as_str().as_bytes();
-        if self.names & name_bit(name) == 0 {
-            return false;
-        }
-        let wire = &self.wire[..];
-        // Each line after a line end; a name is followed by its colon.
-        memchr::memchr_iter(b'\n', wire).any(|end| {
-            let line = &wire[end + 1..];
-            line.len() > name.len()
-                && line[name.len()] == b':'
-                && line[..name.len()].eq_ignore_ascii_case(name)
-        })
+        has_line(&self.wire, self.names, name)
     }
 
     /// The part of a hit's head that is the same for every request, serialised: the status
@@ -208,11 +284,12 @@ impl StoredHead {
     /// 200, as Pingora's cache phases answer a hit, see [`super::offer_ranges`]). `None` when
     /// the head is not sent as it is stored: a status without a body, no length or one the
     /// body (`body_len` bytes) does not have (a hit is then chunked), a `Vary`.
-    pub fn hit_template(&self, body_len: usize) -> Option<(&[u8], bool)> {
-        let sent_as_stored = !matches!(self.status.as_u16(), 100..=199 | 204 | 304)
-            && self.content_length == Some(body_len)
-            && !self.varies;
-        sent_as_stored.then(|| (&self.wire[..self.shared], self.offers_ranges()))
+    pub fn hit_template(&self, body_len: usize) -> Option<Template<'_>> {
+        sent_as_stored(self.status, self.content_length, self.varies, body_len).then(|| Template {
+            lines: &self.wire[..self.shared],
+            ranges: self.offers_ranges(),
+            names: self.names,
+        })
     }
 
     /// Whether a hit says `Accept-Ranges: bytes` (see [`super::offer_ranges`]).
@@ -364,10 +441,10 @@ mod tests {
         up.append_header("X-Cache-Status", "MISS").unwrap();
         up.append_header("accept-ranges", "none").unwrap();
         let head = StoredHead::of(&up, &NOT_STORED);
-        let (template, ranges) = head.hit_template(20).unwrap();
-        assert!(ranges);
+        let template = head.hit_template(20).unwrap();
+        assert!(template.ranges);
         assert_eq!(
-            std::str::from_utf8(template).unwrap(),
+            std::str::from_utf8(template.lines).unwrap(),
             "HTTP/1.1 200 OK\r\nContent-Type: image/png\r\ncontent-length: 20\r\nX-Tile: a\r\nx-tile: b:c\r\nETag: \"v1\"\r\nX-Empty: \r\n"
         );
         // What a hit gets per response is kept too, after the rest.
@@ -392,10 +469,10 @@ mod tests {
         other.append_header("Content-Length", "2").unwrap();
         other.append_header("Accept-Ranges", "none").unwrap();
         let other = StoredHead::of(&other, &NOT_STORED);
-        let (t, ranges) = other.hit_template(2).unwrap();
-        assert!(!ranges);
+        let t = other.hit_template(2).unwrap();
+        assert!(!t.ranges);
         assert_eq!(
-            std::str::from_utf8(t).unwrap(),
+            std::str::from_utf8(t.lines).unwrap(),
             "HTTP/1.1 203 Non Authoritative Information\r\nContent-Length: 2\r\nAccept-Ranges: none\r\n"
         );
     }
