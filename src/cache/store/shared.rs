@@ -4,7 +4,8 @@
 //! the body as ordinary memory (a [`Bytes`] over the mapping).
 //!
 //! Bodies take whole pages: each is an extent of [`PAGE`]-sized pages, from free lists by size
-//! or from the unused end of the file. A page handed to a socket by `sendfile` is referenced by
+//! or from the unused end of the file; a free extent is joined with the free ones beside it
+//! ([`free`]). A page handed to a socket by `sendfile` is referenced by
 //! the kernel until the client has read it, which may be long after the call returned: an
 //! extent that went out so is never written over in place — when its body is dropped, its pages
 //! are cut out of the file (`fallocate` punching a hole; the socket keeps the old pages, a new
@@ -25,6 +26,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
+
+mod free;
+use free::Free;
 
 pub const PAGE: usize = 4096;
 /// The smallest body kept in shared memory.
@@ -56,25 +60,6 @@ pub struct SharedBodies {
 // the one fill that allocated it, before its body is shared.
 unsafe impl Send for SharedBodies {}
 unsafe impl Sync for SharedBodies {}
-
-#[derive(Default)]
-struct Free {
-    /// The first page never handed out.
-    fresh: u32,
-    /// Free extents by length (index = pages − 1), by first page: those whose pages are still
-    /// in the file (written before, reused first: no page to fault in) ...
-    kept: Vec<Vec<u32>>,
-    /// ... and those cut out.
-    cut: Vec<Vec<u32>>,
-    /// Extents cut out so far.
-    cuts: u64,
-    /// Pages of extents holding a body (or being written).
-    used: usize,
-    /// Pages of free extents still in the file.
-    idle: usize,
-    /// At most this many idle pages are kept.
-    idle_max: usize,
-}
 
 /// What the shared memory holds (`GET /tollgate/cache`): in bytes the file's size, the bodies
 /// in it and the free pages kept for the next bodies; the bodies whose pages were cut out.
@@ -153,12 +138,7 @@ impl SharedBodies {
             fd,
             base,
             pages,
-            free: Mutex::new(Free {
-                kept: vec![Vec::new(); MAX_PAGES],
-                cut: vec![Vec::new(); MAX_PAGES],
-                idle_max: idle_max / PAGE,
-                ..Free::default()
-            }),
+            free: Mutex::new(Free::new(idle_max / PAGE, pages)),
             sent: (0..pages).map(|_| AtomicBool::new(false)).collect(),
         }))
     }
@@ -238,28 +218,7 @@ impl SharedBodies {
 
     fn allocate(&self, pages: u32) -> Option<u32> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let first = Self::take(&mut free, pages, self.pages)?;
-        free.used += pages as usize;
-        Some(first)
-    }
-
-    /// An extent of `pages`: pages still in the file first (of that length, else part of a
-    /// longer one), then a cut-out one of that length, the unused end of the file, part of a
-    /// longer cut-out one.
-    fn take(free: &mut Free, pages: u32, total: u32) -> Option<u32> {
-        let want = pages as usize;
-        if let Some(first) = split(&mut free.kept, want) {
-            free.idle -= want;
-            return Some(first);
-        }
-        if let Some(first) = free.cut[want - 1].pop() {
-            return Some(first);
-        }
-        if free.fresh + pages <= total {
-            free.fresh += pages;
-            return Some(free.fresh - pages);
-        }
-        split(&mut free.cut, want)
+        free.take(pages, self.pages)
     }
 
     /// An extent whose body is gone: its pages are cut out of the file if a socket may still
@@ -270,23 +229,18 @@ impl SharedBodies {
         for p in &self.sent[range] {
             sent |= p.swap(false, Ordering::Relaxed);
         }
-        let len = pages as usize;
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.used -= len;
-        if !sent && free.idle + len <= free.idle_max {
-            free.idle += len;
-            free.kept[len - 1].push(first);
+        if !sent && free.keep(first, pages) {
             return;
         }
         drop(free);
-        if !self.cut_out(first, pages) {
-            // Pages that may not be written over and could not be let go: the extent is lost
-            // (never listed free).
-            return;
-        }
+        let cut = self.cut_out(first, pages);
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        free.cuts += 1;
-        free.cut[len - 1].push(first);
+        if cut {
+            free.cut(first, pages);
+        } else {
+            free.lose(pages);
+        }
     }
 
     /// Gives an extent's pages back to the system: the file has a hole there, any socket still
@@ -316,17 +270,6 @@ impl Drop for SharedBodies {
             libc::munmap(self.base.as_ptr().cast(), self.pages as usize * PAGE);
         }
     }
-}
-
-/// The first page of a free extent of `want` pages from `lists` (by length): one of that length,
-/// else the shortest longer one, split (the rest stays listed).
-fn split(lists: &mut [Vec<u32>], want: usize) -> Option<u32> {
-    let len = (want - 1..MAX_PAGES).find(|l| !lists[*l].is_empty())? + 1;
-    let first = lists[len - 1].pop()?;
-    if len > want {
-        lists[len - want - 1].push(first + want as u32);
-    }
-    Some(first)
 }
 
 /// A body being written into its extent (by one fill, the extent its alone): the bytes so far.
@@ -531,5 +474,49 @@ mod tests {
             "the client got the bytes written over its body"
         );
         assert!(second[..] == body(20 * 1024, 2)[..]);
+    }
+    /// Bodies of mixed sizes stored and pushed out as a cache cycling through its budget does
+    /// them, for long: the free pages between bodies are joined again as they come free, so
+    /// nearly every body still finds room (the file is half again as large as the budget).
+    #[test]
+    fn free_extents_side_by_side_are_joined_so_mixed_sizes_keep_finding_room() {
+        let budget = 64 << 20;
+        let shared = SharedBodies::with_idle(budget, budget / 8).unwrap();
+        // A fixed sequence: xorshift from a constant seed.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut held: std::collections::VecDeque<Writing> = Default::default();
+        let (mut bytes, mut stored, mut refused) = (0, 0, 0);
+        for i in 0..60_000 {
+            // Tiles of 8 to 64 KiB, one in ten up to 256 KiB.
+            let r = next();
+            let pages = if r % 10 == 0 {
+                17 + r / 10 % 48
+            } else {
+                2 + r / 10 % 15
+            } as usize;
+            let len = pages * PAGE;
+            while bytes + len > budget {
+                bytes -= held.pop_front().expect("something held").room();
+            }
+            match shared.writing(len) {
+                Some(w) => {
+                    bytes += w.room();
+                    held.push_back(w);
+                    stored += usize::from(i >= 20_000);
+                }
+                None if i >= 20_000 => refused += 1,
+                None => {}
+            }
+        }
+        assert!(
+            refused * 1000 < stored,
+            "{refused} bodies refused, {stored} stored"
+        );
     }
 }

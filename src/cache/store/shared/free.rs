@@ -1,0 +1,244 @@
+//! The shared memory's free pages: extents listed by length, each joined with the free extents
+//! of its kind beside it as it comes free. Without that, extents would only ever be split: a
+//! cache cycling through tiles of mixed sizes would be left with free pages in pieces too
+//! short for its larger tiles, which would then stay out of shared memory.
+
+use std::collections::BTreeSet;
+
+use super::MAX_PAGES;
+
+/// The longest extent listed.
+const MAX: u32 = MAX_PAGES as u32;
+
+/// The free pages, and what the pages hold, counted in pages.
+#[derive(Default)]
+pub(super) struct Free {
+    /// The first page never handed out (or given back as the file's free end): every page from
+    /// it on is free, in no list.
+    fresh: u32,
+    /// Free extents by length (index = pages − 1), by first page: those whose pages are still
+    /// in the file (written before, reused first: no page to fault in) ...
+    kept: Vec<BTreeSet<u32>>,
+    /// ... and those cut out.
+    cut: Vec<BTreeSet<u32>>,
+    /// Per page, for a listed extent that starts there: its length and whether its pages are
+    /// kept, as `pages << 1 | kept` (0: none starts there).
+    starts: Vec<u32>,
+    /// Per page, for a listed extent that ends right before it: its first page + 1 (0: none).
+    ends: Vec<u32>,
+    /// Extents cut out so far.
+    pub cuts: u64,
+    /// Pages of extents holding a body (or being written).
+    pub used: usize,
+    /// Pages of free extents still in the file.
+    pub idle: usize,
+    /// At most this many idle pages are kept.
+    idle_max: usize,
+}
+
+impl Free {
+    /// The free pages of a file of `total` pages, keeping at most `idle_max` of them idle.
+    pub fn new(idle_max: usize, total: u32) -> Free {
+        Free {
+            kept: vec![BTreeSet::new(); MAX_PAGES],
+            cut: vec![BTreeSet::new(); MAX_PAGES],
+            starts: vec![0; total as usize + 1],
+            ends: vec![0; total as usize + 1],
+            idle_max,
+            ..Free::default()
+        }
+    }
+
+    /// An extent of `pages` in a file of `total` pages: pages still in the file first (of that
+    /// length, else part of a longer extent), then a cut-out extent of that length, the
+    /// unused end of the file, part of a longer cut-out extent.
+    pub fn take(&mut self, pages: u32, total: u32) -> Option<u32> {
+        let first = if let Some(first) = self.split(true, pages) {
+            self.idle -= pages as usize;
+            first
+        } else if let Some(&first) = self.cut[pages as usize - 1].first() {
+            self.unlist(first);
+            first
+        } else if self.fresh + pages <= total {
+            self.fresh += pages;
+            self.fresh - pages
+        } else {
+            self.split(false, pages)?
+        };
+        self.used += pages as usize;
+        Some(first)
+    }
+
+    /// Lists the extent of a body gone that never went to a socket with its pages kept (joined
+    /// with the kept extents beside it); false when that would keep more idle pages than
+    /// allowed: it is to be cut out.
+    pub fn keep(&mut self, first: u32, pages: u32) -> bool {
+        if self.idle + pages as usize > self.idle_max {
+            return false;
+        }
+        self.used -= pages as usize;
+        self.idle += pages as usize;
+        let (first, pages) = self.join(first, pages, true);
+        self.list(first, pages, true);
+        true
+    }
+
+    /// Lists the extent of a body gone whose pages were cut out (joined with the cut-out
+    /// extents beside it); one that ends where the unused end of the file begins becomes part
+    /// of it.
+    pub fn cut(&mut self, first: u32, pages: u32) {
+        self.used -= pages as usize;
+        self.cuts += 1;
+        let (first, pages) = self.join(first, pages, false);
+        if first + pages == self.fresh {
+            self.fresh = first;
+        } else {
+            self.list(first, pages, false);
+        }
+    }
+
+    /// The pages of an extent whose pages could be neither kept nor cut out: no longer used,
+    /// and never listed free (they may not be written over).
+    pub fn lose(&mut self, pages: u32) {
+        self.used -= pages as usize;
+    }
+
+    fn lists(&self, kept: bool) -> &[BTreeSet<u32>] {
+        if kept {
+            &self.kept
+        } else {
+            &self.cut
+        }
+    }
+
+    fn list(&mut self, first: u32, pages: u32, kept: bool) {
+        let lists = if kept { &mut self.kept } else { &mut self.cut };
+        lists[pages as usize - 1].insert(first);
+        self.starts[first as usize] = pages << 1 | u32::from(kept);
+        self.ends[(first + pages) as usize] = first + 1;
+    }
+
+    /// The length and kind of the listed extent starting at `first`, if one does.
+    fn start(&self, first: u32) -> Option<(u32, bool)> {
+        let v = *self.starts.get(first as usize)?;
+        (v != 0).then_some((v >> 1, v & 1 == 1))
+    }
+
+    fn unlist(&mut self, first: u32) -> Option<(u32, bool)> {
+        let (pages, kept) = self.start(first)?;
+        self.starts[first as usize] = 0;
+        self.ends[(first + pages) as usize] = 0;
+        let lists = if kept { &mut self.kept } else { &mut self.cut };
+        lists[pages as usize - 1].remove(&first);
+        Some((pages, kept))
+    }
+
+    /// The first page of a listed extent of `want` pages, of a kind: the lowest of that length,
+    /// else of the shortest longer one, split (the rest stays listed).
+    fn split(&mut self, kept: bool, want: u32) -> Option<u32> {
+        let lists = self.lists(kept);
+        let len = (want..=MAX).find(|l| !lists[*l as usize - 1].is_empty())?;
+        let first = *lists[len as usize - 1].first()?;
+        self.unlist(first);
+        if len > want {
+            self.list(first + want, len - want, kept);
+        }
+        Some(first)
+    }
+
+    /// `first..first + pages` joined with the listed extents of its kind right before and
+    /// after it, as far as the whole is no longer than the longest listed (those are taken
+    /// off the lists). Kinds are not mixed: kept pages joined to an extent cut out would have
+    /// to be cut out too, and cut-out ones joined to a kept extent would count as idle.
+    fn join(&mut self, mut first: u32, mut pages: u32, kept: bool) -> (u32, u32) {
+        let fits = |free: &Free, at: u32, pages: u32| {
+            free.start(at)
+                .is_some_and(|(n, k)| k == kept && pages + n <= MAX)
+        };
+        if let Some(before) = self.ends[first as usize].checked_sub(1) {
+            if fits(self, before, pages) {
+                let (n, _) = self.unlist(before).unwrap_or((0, kept));
+                (first, pages) = (before, pages + n);
+            }
+        }
+        if fits(self, first + pages, pages) {
+            pages += self.unlist(first + pages).map_or(0, |(n, _)| n);
+        }
+        (first, pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What is listed, by kind: (first, pages) in order.
+    fn listed(free: &Free, kept: bool) -> Vec<(u32, u32)> {
+        let mut all: Vec<(u32, u32)> = free
+            .lists(kept)
+            .iter()
+            .enumerate()
+            .flat_map(|(i, l)| l.iter().map(move |f| (*f, i as u32 + 1)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    #[test]
+    fn extents_freed_side_by_side_are_joined_by_kind_up_to_the_longest_listed() {
+        let mut free = Free::new(1000, 1000);
+        let a: Vec<u32> = (0..6).map(|_| free.take(4, 1000).unwrap()).collect();
+        assert_eq!(a, [0, 4, 8, 12, 16, 20]);
+        // Kept between two kept ones: one extent of 12 pages.
+        assert!(free.keep(a[1], 4) && free.keep(a[3], 4) && free.keep(a[2], 4));
+        assert_eq!(listed(&free, true), [(4, 12)]);
+        assert_eq!((free.used, free.idle), (12, 12));
+        // Taking part of it leaves the rest listed.
+        assert_eq!(free.take(5, 1000), Some(4));
+        assert_eq!(listed(&free, true), [(9, 7)]);
+        assert_eq!((free.used, free.idle), (17, 7));
+        // One cut out beside a kept one stays apart from it.
+        free.cut(a[0], 4);
+        assert_eq!(listed(&free, false), [(0, 4)]);
+        assert_eq!(listed(&free, true), [(9, 7)]);
+        // The last ones handed out, cut out, give the end of the file back.
+        free.cut(a[5], 4);
+        free.cut(a[4], 4);
+        assert_eq!(listed(&free, false), [(0, 4)]);
+        assert_eq!((free.fresh, free.used, free.idle, free.cuts), (16, 5, 7, 3));
+        // Cut-out extents side by side are joined.
+        let mut free = Free::new(0, 1000);
+        let c: Vec<u32> = (0..4).map(|_| free.take(3, 1000).unwrap()).collect();
+        free.cut(c[0], 3);
+        free.cut(c[2], 3);
+        free.cut(c[1], 3);
+        assert_eq!(listed(&free, false), [(0, 9)]);
+        assert_eq!(free.take(9, 12), Some(0));
+        // No extent longer than the longest listed is made.
+        let mut free = Free::new(10_000, 1000);
+        let b: Vec<u32> = (0..3)
+            .map(|_| free.take(MAX - 1, 1000).unwrap())
+            .collect();
+        for f in b {
+            assert!(free.keep(f, MAX - 1));
+        }
+        assert_eq!(listed(&free, true).len(), 3);
+    }
+
+    #[test]
+    fn kept_pages_past_the_bound_are_to_be_cut_out_and_those_not_cut_out_are_lost() {
+        let mut free = Free::new(6, 1000);
+        let (a, b) = (free.take(4, 8).unwrap(), free.take(4, 8).unwrap());
+        assert!(free.keep(a, 4));
+        assert!(!free.keep(b, 4), "8 idle pages with 6 allowed");
+        assert_eq!((free.used, free.idle), (4, 4));
+        free.lose(4);
+        assert_eq!((free.used, free.idle, free.cuts), (0, 4, 0));
+        assert_eq!(free.take(4, 8), Some(a));
+        assert_eq!(
+            free.take(4, 8),
+            None,
+            "the lost extent is not handed out again"
+        );
+    }
+}
