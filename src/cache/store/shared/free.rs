@@ -216,9 +216,7 @@ mod tests {
         assert_eq!(free.take(9, 12), Some(0));
         // No extent longer than the longest listed is made.
         let mut free = Free::new(10_000, 1000);
-        let b: Vec<u32> = (0..3)
-            .map(|_| free.take(MAX - 1, 1000).unwrap())
-            .collect();
+        let b: Vec<u32> = (0..3).map(|_| free.take(MAX - 1, 1000).unwrap()).collect();
         for f in b {
             assert!(free.keep(f, MAX - 1));
         }
