@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Where the lines go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,16 +36,17 @@ pub struct AccessLog {
 
 static LOG: OnceLock<AccessLog> = OnceLock::new();
 
+/// How often the file's path is checked for a file moved or removed (rotated).
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Starts the writer; later calls to [`write`] go to it.
 pub fn start(target: Target) -> std::io::Result<()> {
-    let mut out: Box<dyn Write + Send> = match &target {
-        Target::Stdout => Box::new(std::io::stdout()),
-        Target::File(p) => Box::new(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)?,
-        ),
+    let mut out = match target {
+        Target::Stdout => Out::Stdout(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        )),
+        Target::File(path) => Out::File(LogFile::open(path)?),
     };
     let (tx, rx) = sync_channel::<String>(QUEUE);
     std::thread::Builder::new()
@@ -55,11 +56,87 @@ pub fn start(target: Target) -> std::io::Result<()> {
     Ok(())
 }
 
-fn writer(out: &mut Box<dyn Write + Send>, rx: Receiver<String>) {
-    let mut buf = std::io::BufWriter::with_capacity(64 * 1024, out);
+/// Where the writer writes.
+enum Out {
+    Stdout(std::io::BufWriter<std::io::Stdout>),
+    File(LogFile),
+}
+
+impl Out {
+    fn buf(&mut self) -> &mut dyn Write {
+        match self {
+            Out::Stdout(b) => b,
+            Out::File(f) => &mut f.buf,
+        }
+    }
+}
+
+/// The log file, reopened at its path when the file there is no longer the one written (it
+/// was moved or removed, as `logrotate` does): lines go to the new file from then on, and the
+/// old one can be compressed or removed with nothing holding it open.
+struct LogFile {
+    path: PathBuf,
+    buf: std::io::BufWriter<std::fs::File>,
+    /// The open file's device and inode.
+    id: (u64, u64),
+    checked: Instant,
+}
+
+impl LogFile {
+    fn open(path: PathBuf) -> std::io::Result<LogFile> {
+        use std::os::unix::fs::MetadataExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)?;
+        let meta = file.metadata()?;
+        Ok(LogFile {
+            path,
+            buf: std::io::BufWriter::with_capacity(64 * 1024, file),
+            id: (meta.dev(), meta.ino()),
+            checked: Instant::now(),
+        })
+    }
+
+    /// Reopens the file at the path when it is not the one open (at most every
+    /// [`CHECK_EVERY`]). One that cannot be opened is tried again at the next check, the lines
+    /// going on to the old file meanwhile.
+    fn follow_path(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        if self.checked.elapsed() < CHECK_EVERY {
+            return;
+        }
+        self.checked = Instant::now();
+        let same = std::fs::metadata(&self.path).is_ok_and(|m| (m.dev(), m.ino()) == self.id);
+        if same {
+            return;
+        }
+        let _ = self.buf.flush();
+        match LogFile::open(self.path.clone()) {
+            Ok(new) => {
+                log::info!(
+                    "access log: {} reopened (the file there was moved or removed)",
+                    self.path.display()
+                );
+                *self = new;
+            }
+            Err(e) => log::warn!(
+                "access log: {} cannot be reopened: {e}",
+                self.path.display()
+            ),
+        }
+    }
+}
+
+fn writer(out: &mut Out, rx: Receiver<String>) {
     loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
+        let received = rx.recv_timeout(Duration::from_millis(200));
+        if let Out::File(f) = out {
+            f.follow_path();
+        }
+        match received {
             Ok(line) => {
+                let buf = out.buf();
                 let _ = buf.write_all(line.as_bytes());
                 let _ = buf.write_all(b"\n");
                 // Take what else is queued before flushing.

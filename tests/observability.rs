@@ -279,3 +279,68 @@ fn access_log_lines_redact_credentials() {
         "no secret reaches the log: {text}"
     );
 }
+
+/// The access log's line count, 0 for no file.
+fn lines_in(path: &std::path::Path) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// Waits up to 5 s for `done`.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `logrotate` moves the access log away (or removes it): the gateway opens a new file at its
+/// path within a second or so, and no line is lost on the way (those written before the new
+/// file was opened are in the old one).
+#[test]
+fn the_access_log_is_reopened_when_its_file_is_moved_or_removed() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let log = dir.path.join("access.log");
+    let gw = GatewayProcess::start_with(&dir, &["--access-log", &log.display().to_string()], &[]);
+    let sent = std::cell::Cell::new(0);
+    let request = || {
+        assert_eq!(get(gw.port, "GET", "/wmts/1", &[]).status, 200);
+        sent.set(sent.get() + 1);
+    };
+    request();
+    wait_for("the first line", || lines_in(&log) == 1);
+    let rotated = dir.path.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_in(&log) == 0 {
+        assert!(Instant::now() < deadline, "no new access log at {log:?}");
+        request();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_for("every request's line in one of the two files", || {
+        lines_in(&rotated) + lines_in(&log) == sent.get()
+    });
+    assert!(lines_in(&rotated) >= 1, "the old file keeps its lines");
+    // Removed (the lines in it go with it): a new file again.
+    std::fs::remove_file(&log).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines_in(&log) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no new access log after a removal"
+        );
+        request();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line: serde_json::Value =
+        serde_json::from_str(text.lines().next().unwrap()).expect("a JSON line");
+    assert_eq!(
+        (line["path"].as_str(), line["status"].as_u64()),
+        (Some("/wmts/1"), Some(200))
+    );
+}
