@@ -22,6 +22,8 @@ use tokio::sync::Semaphore;
 
 use super::Object;
 
+mod evict;
+
 const MAGIC: &[u8; 4] = b"TGC1";
 /// magic, key, three lengths, checksum.
 const HEAD: usize = 4 + 16 + 4 + 4 + 8 + 4;
@@ -514,26 +516,29 @@ impl DiskTier {
         known
     }
 
-    /// Removes the least recently used objects while over budget (blocking).
+    /// Removes the least recently used objects while over budget, down to the low water
+    /// (blocking). The index's lock is taken once per reading of it ([`evict::cutoff`]), not
+    /// for the whole choice.
     fn evict_if_needed(&self) {
-        if self.stored_bytes.load(Ordering::Relaxed) <= self.budget {
+        let stored = self.stored_bytes.load(Ordering::Relaxed);
+        if stored <= self.budget {
             return;
         }
         let target = (self.budget as f64 * LOW_WATER) as u64;
+        let read = |f: &mut dyn FnMut(u64, u64)| {
+            let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            for e in index.values() {
+                f(e.last_used, e.size);
+            }
+        };
+        let cutoff = evict::cutoff(read, stored - target);
         let victims: Vec<HashBinary> = {
             let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-            let mut by_age: Vec<(&HashBinary, &Entry)> = index.iter().collect();
-            by_age.sort_by_key(|(_, e)| e.last_used);
-            let mut total = self.stored_bytes.load(Ordering::Relaxed);
-            let mut out = Vec::new();
-            for (k, e) in by_age {
-                if total <= target {
-                    break;
-                }
-                total = total.saturating_sub(e.size);
-                out.push(*k);
-            }
-            out
+            index
+                .iter()
+                .filter(|(_, e)| e.last_used < cutoff)
+                .map(|(k, _)| *k)
+                .collect()
         };
         for key in victims {
             if self.unindex(&key) {
