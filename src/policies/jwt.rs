@@ -91,7 +91,8 @@ fn time_claim(v: Option<&serde_json::Value>) -> Result<Option<u64>, ()> {
 
 /// Tokens verified under one key and one set of claim rules.
 /// Only verified tokens are stored, so a per-process seeded fast hash is enough.
-type Remembered = Arc<RwLock<HashMap<Box<str>, Verified, foldhash::quality::RandomState>>>;
+type RememberedTokens = RwLock<HashMap<Box<str>, Verified, foldhash::quality::RandomState>>;
+type Remembered = Arc<RememberedTokens>;
 
 pub struct Jwt {
     key: DecodingKey,
@@ -105,10 +106,13 @@ pub struct Jwt {
 
 /// The verified tokens of every jwt step, by what decides a token's validity (the key and
 /// the claim rules): a config reload that keeps a step's key and rules keeps what it verified.
+/// Those of a key or rules no step has any more (a reload rotated the key) go with the last
+/// step that had them.
 fn remembered_for(material: &str, validation: &Validation) -> Remembered {
     use sha2::Digest;
-    static ALL: std::sync::OnceLock<std::sync::Mutex<HashMap<[u8; 32], Remembered>>> =
-        std::sync::OnceLock::new();
+    static ALL: std::sync::OnceLock<
+        std::sync::Mutex<HashMap<[u8; 32], std::sync::Weak<RememberedTokens>>>,
+    > = std::sync::OnceLock::new();
     let mut h = sha2::Sha256::new();
     h.update(material.as_bytes());
     h.update(format!("{:?}", validation.algorithms));
@@ -117,12 +121,17 @@ fn remembered_for(material: &str, validation: &Validation) -> Remembered {
     h.update(format!("{:?}", validation.required_spec_claims));
     h.update(validation.leeway.to_le_bytes());
     let fingerprint: [u8; 32] = h.finalize().into();
-    ALL.get_or_init(Default::default)
+    let mut all = ALL
+        .get_or_init(Default::default)
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .entry(fingerprint)
-        .or_default()
-        .clone()
+        .unwrap_or_else(|p| p.into_inner());
+    all.retain(|_, r| r.strong_count() > 0);
+    if let Some(r) = all.get(&fingerprint).and_then(std::sync::Weak::upgrade) {
+        return r;
+    }
+    let r = Remembered::default();
+    all.insert(fingerprint, Arc::downgrade(&r));
+    r
 }
 
 fn now() -> u64 {
@@ -433,6 +442,38 @@ mod tests {
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .expect("sign")
+    }
+
+    /// A step built again with the same key and rules (a reload) shares what the one before
+    /// verified; the tokens verified with a key no step has any more go with its last step.
+    #[test]
+    fn verified_tokens_are_shared_by_a_key_and_go_with_its_last_step() {
+        let validation = Validation::new(Algorithm::HS256);
+        let old = remembered_for("a key rotated away", &validation);
+        let again = remembered_for("a key rotated away", &validation);
+        assert!(
+            Arc::ptr_eq(&old, &again),
+            "a reload keeping the key keeps them"
+        );
+        let verified = Verified {
+            sub: None,
+            id: None,
+            scopes: Arc::from(Vec::new()),
+            exp: None,
+            nbf: None,
+        };
+        old.write().unwrap().insert("token".into(), verified);
+        let watch = Arc::downgrade(&old);
+        drop((old, again));
+        assert!(
+            watch.upgrade().is_none(),
+            "nothing holds them once no step has the key"
+        );
+        let new = remembered_for("a key rotated away", &validation);
+        assert!(
+            new.read().unwrap().is_empty(),
+            "a step with the key again starts afresh"
+        );
     }
 
     fn passes(p: &Jwt, r: &OwnedRequest) -> bool {
