@@ -18,6 +18,7 @@ use super::layout::Layout;
 use crate::pipeline::context::Consumer;
 use crate::store::Store;
 
+mod passwords;
 mod sync;
 
 /// A key-auth or jwt credential.
@@ -69,7 +70,6 @@ pub enum KeyAuthResult {
 /// How long an unknown key is not looked up again.
 const NEGATIVE_TTL: Duration = Duration::from_secs(5);
 const MAX_NEGATIVE: usize = 50_000;
-const MAX_VERIFIED_PASSWORDS: usize = 10_000;
 
 /// Counters the metrics layer reads.
 #[derive(Default)]
@@ -85,7 +85,7 @@ pub struct ConsumerCache {
     loaded: AtomicBool,
     last_resync: Mutex<Option<Instant>>,
     recently_missed: Mutex<HashMap<String, Instant>>,
-    verified_passwords: Mutex<HashSet<[u8; 32]>>,
+    verified_passwords: Mutex<passwords::VerifiedPasswords>,
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
@@ -120,7 +120,7 @@ impl ConsumerCache {
             loaded: AtomicBool::new(false),
             last_resync: Mutex::new(None),
             recently_missed: Mutex::new(HashMap::new()),
-            verified_passwords: Mutex::new(HashSet::new()),
+            verified_passwords: Mutex::new(passwords::VerifiedPasswords::default()),
             runtime: Mutex::new(None),
             me: Mutex::new(std::sync::Weak::new()),
             load_lock: tokio::sync::Mutex::new(()),
@@ -303,9 +303,6 @@ impl ConsumerCache {
             .verified_passwords
             .lock()
             .unwrap_or_else(|p| p.into_inner());
-        if verified.len() >= MAX_VERIFIED_PASSWORDS {
-            verified.clear();
-        }
         verified.insert(memo);
     }
 }
