@@ -84,7 +84,12 @@ pub struct ConsumerCache {
     layout: Layout,
     loaded: AtomicBool,
     last_resync: Mutex<Option<Instant>>,
-    recently_missed: Mutex<HashMap<String, Instant>>,
+    /// Unknown entities looked up lately, by a hash of their name (a key id may be as long as
+    /// a request head: the names themselves would let a flood of long unknown keys hold
+    /// gigabytes here).
+    recently_missed: Mutex<HashMap<u64, Instant>>,
+    /// The hash of [`Self::recently_missed`], seeded at start.
+    missed_hasher: std::hash::RandomState,
     verified_passwords: Mutex<passwords::VerifiedPasswords>,
     runtime: Mutex<Option<tokio::runtime::Handle>>,
     /// Full loads run one at a time.
@@ -120,6 +125,7 @@ impl ConsumerCache {
             loaded: AtomicBool::new(false),
             last_resync: Mutex::new(None),
             recently_missed: Mutex::new(HashMap::new()),
+            missed_hasher: std::hash::RandomState::new(),
             verified_passwords: Mutex::new(passwords::VerifiedPasswords::default()),
             runtime: Mutex::new(None),
             me: Mutex::new(std::sync::Weak::new()),

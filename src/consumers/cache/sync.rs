@@ -443,8 +443,9 @@ impl ConsumerCache {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
+            let id = std::hash::BuildHasher::hash_one(&self.missed_hasher, &entity);
             if missed
-                .get(&entity)
+                .get(&id)
                 .is_some_and(|t| now.duration_since(*t) < NEGATIVE_TTL)
             {
                 return;
@@ -455,7 +456,7 @@ impl ConsumerCache {
                     return; // a flood: wait for the periodic resync
                 }
             }
-            missed.insert(entity.clone(), now);
+            missed.insert(id, now);
         }
         let Some(cache) = self.me.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else {
             return;
