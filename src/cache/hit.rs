@@ -236,16 +236,9 @@ fn hit_head(stored: &ResponseHeader) -> pingora_core::Result<ResponseHeader> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::store::head::tests::response;
     use crate::cache::store::head::NOT_STORED;
     use http::HeaderValue;
-
-    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
-        let mut h = ResponseHeader::build(status, None).unwrap();
-        for (name, value) in headers {
-            h.append_header(name.to_string(), *value).unwrap();
-        }
-        h
-    }
 
     /// The head without its `Date` line (made from the clock, which may turn between two).
     fn dateless(head: Option<BytesMut>) -> Option<String> {

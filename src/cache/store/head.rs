@@ -340,11 +340,11 @@ impl StoredHead {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A response head with `headers`, in that order and case.
-    fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
+    pub(crate) fn response(status: u16, headers: &[(&str, &str)]) -> ResponseHeader {
         let mut h = ResponseHeader::build(status, None).unwrap();
         for (name, value) in headers {
             h.append_header(name.to_string(), *value).unwrap();

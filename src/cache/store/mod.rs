@@ -387,6 +387,17 @@ impl TileStore {
     }
 }
 
+/// A fixed sequence of numbers for the tests (xorshift from `seed`).
+#[cfg(test)]
+pub(crate) fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

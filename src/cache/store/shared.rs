@@ -482,20 +482,13 @@ mod tests {
     fn free_extents_side_by_side_are_joined_so_mixed_sizes_keep_finding_room() {
         let budget = 64 << 20;
         let shared = SharedBodies::with_idle(budget, budget / 8).unwrap();
-        // A fixed sequence: xorshift from a constant seed.
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::cache::store::xorshift(0x2545_f491_4f6c_dd1d_u64);
         let mut held: std::collections::VecDeque<Writing> = Default::default();
         let (mut bytes, mut stored, mut refused) = (0, 0, 0);
         for i in 0..60_000 {
             // Tiles of 8 to 64 KiB, one in ten up to 256 KiB.
             let r = next();
-            let pages = if r % 10 == 0 {
+            let pages = if r.is_multiple_of(10) {
                 17 + r / 10 % 48
             } else {
                 2 + r / 10 % 15

@@ -69,13 +69,7 @@ mod tests {
 
     #[test]
     fn the_cutoff_is_the_one_sorting_the_objects_by_last_use_gives() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = crate::cache::store::xorshift(0x9e37_79b9_7f4a_7c15_u64);
         for case in 0..60 {
             let n = 1 + next() % 20_000;
             // Times spread wide or packed close, distinct as the tier's clock makes them.
