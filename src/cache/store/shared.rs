@@ -54,6 +54,8 @@ pub struct SharedBodies {
     free: Mutex<Free>,
     /// Per page: a body on it went to a socket by `sendfile`.
     sent: Box<[AtomicBool]>,
+    /// Cutting an extent out failed (said once).
+    cut_failed: AtomicBool,
 }
 
 // The mapping is shared memory the gateway's threads read; each extent is written only by
@@ -107,6 +109,12 @@ impl SharedBodies {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), bytes as libc::off_t) } != 0 {
             return Err(std::io::Error::last_os_error());
         }
+        // A body that went out by `sendfile` is cut out when it goes: a system that cannot
+        // punch holes in the file (some sandboxes' memory files) would lose every such
+        // extent, one by one.
+        punch_hole(fd.as_raw_fd(), pages - 1, 1).map_err(|e| {
+            std::io::Error::other(format!("holes cannot be punched in shared memory: {e}"))
+        })?;
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -140,6 +148,7 @@ impl SharedBodies {
             pages,
             free: Mutex::new(Free::new(idle_max / PAGE, pages)),
             sent: (0..pages).map(|_| AtomicBool::new(false)).collect(),
+            cut_failed: AtomicBool::new(false),
         }))
     }
 
@@ -246,21 +255,31 @@ impl SharedBodies {
     /// Gives an extent's pages back to the system: the file has a hole there, any socket still
     /// holding them keeps them, and the next write there gets fresh pages.
     fn cut_out(&self, first: u32, pages: u32) -> bool {
-        let r = unsafe {
-            libc::fallocate(
-                self.fd.as_raw_fd(),
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                (first as usize * PAGE) as libc::off_t,
-                (pages as usize * PAGE) as libc::off_t,
-            )
+        let Err(e) = punch_hole(self.fd.as_raw_fd(), first, pages) else {
+            return true;
         };
-        if r != 0 {
-            log::warn!(
-                "tile cache: could not release shared memory: {}",
-                std::io::Error::last_os_error()
-            );
+        // Said once: it fails for every extent alike (the start checked that it works).
+        if !self.cut_failed.swap(true, Ordering::Relaxed) {
+            log::warn!("tile cache: could not release shared memory ({e}); the pages of tile bodies sent by sendfile are no longer reused");
         }
-        r == 0
+        false
+    }
+}
+
+/// Punches a hole of `pages` pages from page `first` in the file `fd`, its size kept.
+fn punch_hole(fd: RawFd, first: u32, pages: u32) -> std::io::Result<()> {
+    let r = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            (first as usize * PAGE) as libc::off_t,
+            (pages as usize * PAGE) as libc::off_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -475,6 +494,22 @@ mod tests {
         );
         assert!(second[..] == body(20 * 1024, 2)[..]);
     }
+    /// The start checks that holes can be punched in the file: on a descriptor that cannot
+    /// (a pipe here; some sandboxes' memory files) the check fails, and the memory tier keeps
+    /// its bodies in ordinary memory.
+    #[test]
+    fn holes_are_punched_in_shared_memory_and_not_in_what_cannot_have_them() {
+        let shared = SharedBodies::new(1 << 20).unwrap();
+        assert!(punch_hole(shared.fd.as_raw_fd(), 0, 2).is_ok());
+        let mut ends = [0; 2];
+        assert_eq!(unsafe { libc::pipe(ends.as_mut_ptr()) }, 0);
+        assert!(punch_hole(ends[1], 0, 1).is_err());
+        unsafe {
+            libc::close(ends[0]);
+            libc::close(ends[1]);
+        }
+    }
+
     /// Bodies of mixed sizes stored and pushed out as a cache cycling through its budget does
     /// them, for long: the free pages between bodies are joined again as they come free, so
     /// nearly every body still finds room (the file is half again as large as the budget).
