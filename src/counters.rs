@@ -58,6 +58,10 @@ impl Counters {
         if shard.inserts_since_sweep >= 4096 {
             shard.inserts_since_sweep = 0;
             shard.windows.retain(|_, hit| hit.resets_at > now);
+            // After a burst of keys (a flood of addresses), the table gives its room back.
+            if shard.windows.capacity() > 2 * shard.windows.len() + 4096 {
+                shard.windows.shrink_to_fit();
+            }
         }
         let hit = Hit {
             count: 1,
@@ -84,5 +88,34 @@ mod tests {
         let hit = c.incr("rl:a", w, later);
         assert_eq!(hit.count, 1);
         assert_eq!(hit.resets_at, later + w);
+    }
+
+    #[test]
+    fn windows_past_are_swept_and_their_room_given_back() {
+        let c = Counters::default();
+        let t0 = Instant::now();
+        let w = Duration::from_secs(1);
+        for i in 0..200_000 {
+            c.incr(&format!("rl:burst-{i}"), w, t0);
+        }
+        let room = |c: &Counters| -> usize {
+            c.shards
+                .iter()
+                .map(|s| s.lock().unwrap().windows.capacity())
+                .sum()
+        };
+        assert!(room(&c) >= 200_000);
+        // Later keys sweep every shard's windows that ended.
+        let later = t0 + Duration::from_secs(2);
+        for i in 0..SHARDS * 4500 {
+            c.incr(&format!("rl:later-{i}"), w, later);
+        }
+        let held: usize = c
+            .shards
+            .iter()
+            .map(|s| s.lock().unwrap().windows.len())
+            .sum();
+        assert!(held <= SHARDS * 4500, "{held} windows held");
+        assert!(room(&c) < 200_000, "{} slots kept", room(&c));
     }
 }
