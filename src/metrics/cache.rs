@@ -27,6 +27,7 @@ pub struct CacheMetrics {
     /// The shared memory for tile bodies: its size, bytes of bodies, idle pages kept.
     shared: [IntGauge; 3],
     shared_cuts: IntCounter,
+    shared_refused: IntCounter,
     pub lock_wait: Histogram,
 }
 
@@ -138,6 +139,11 @@ impl CacheMetrics {
             "Tile bodies sent by sendfile (or past the kept free pages) whose pages were cut out of the shared memory when they went",
         ));
         reg(Box::new(shared_cuts.clone()));
+        let shared_refused = must(IntCounter::new(
+            "tollgate_cache_shared_memory_refused_total",
+            "Tile bodies of a size kept in shared memory that found no room there (kept in ordinary memory, sent by copying)",
+        ));
+        reg(Box::new(shared_refused.clone()));
         let lock_wait = must(Histogram::with_opts(
             HistogramOpts::new(
                 "tollgate_cache_lock_wait_seconds",
@@ -162,6 +168,7 @@ impl CacheMetrics {
             disk_skipped,
             shared: ["size", "used", "idle"].map(|s| shared.with_label_values(&[s])),
             shared_cuts,
+            shared_refused,
             lock_wait,
         }
     }
@@ -199,6 +206,8 @@ impl CacheMetrics {
             }
             self.shared_cuts
                 .inc_by(m.cuts.saturating_sub(self.shared_cuts.get()));
+            self.shared_refused
+                .inc_by(m.refused.saturating_sub(self.shared_refused.get()));
         }
         self.declined
             .inc_by(c.declined().saturating_sub(self.declined.get()));

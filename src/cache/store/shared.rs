@@ -64,13 +64,15 @@ unsafe impl Send for SharedBodies {}
 unsafe impl Sync for SharedBodies {}
 
 /// What the shared memory holds (`GET /tollgate/cache`): in bytes the file's size, the bodies
-/// in it and the free pages kept for the next bodies; the bodies whose pages were cut out.
+/// in it and the free pages kept for the next bodies; the bodies whose pages were cut out, and
+/// those of a size kept here that found no room (kept in ordinary memory).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct SharedState {
     pub size: u64,
     pub used: u64,
     pub idle: u64,
     pub cuts: u64,
+    pub refused: u64,
 }
 
 /// A body's place in the file, for `sendfile`.
@@ -222,6 +224,7 @@ impl SharedBodies {
             used: (free.used * PAGE) as u64,
             idle: (free.idle * PAGE) as u64,
             cuts: free.cuts,
+            refused: free.refused,
         }
     }
 

@@ -28,6 +28,8 @@ pub(super) struct Free {
     ends: Vec<u32>,
     /// Extents cut out so far.
     pub cuts: u64,
+    /// Extents asked for that found no room.
+    pub refused: u64,
     /// Pages of extents holding a body (or being written).
     pub used: usize,
     /// Pages of free extents still in the file.
@@ -62,8 +64,11 @@ impl Free {
         } else if self.fresh + pages <= total {
             self.fresh += pages;
             self.fresh - pages
+        } else if let Some(first) = self.split(false, pages) {
+            first
         } else {
-            self.split(false, pages)?
+            self.refused += 1;
+            return None;
         };
         self.used += pages as usize;
         Some(first)
