@@ -955,14 +955,16 @@ fn a_client_that_leaves_before_the_upstream_answers_ends_the_exchange() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (read_tx, read) = std::sync::mpsc::channel();
         thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(mut conn) = conn else { continue };
-                let tx = tx.clone();
+                let (tx, read_tx) = (tx.clone(), read_tx.clone());
                 thread::spawn(move || {
                     // The request, then nothing: how long until the gateway closes.
                     let mut buf = [0; 4096];
                     let _ = conn.read(&mut buf);
+                    let _ = read_tx.send(());
                     let asked = std::time::Instant::now();
                     conn.set_read_timeout(Some(Duration::from_secs(8)))
                         .expect("timeout");
@@ -979,7 +981,8 @@ fn a_client_that_leaves_before_the_upstream_answers_ends_the_exchange() {
         let mut s = connect(gw.port, 5);
         s.write_all(b"GET /hang HTTP/1.1\r\nHost: tiles\r\n\r\n")
             .expect("send");
-        thread::sleep(Duration::from_millis(300));
+        read.recv_timeout(Duration::from_secs(10))
+            .expect("the request reached the upstream");
         drop(s);
         let (closed, after) = rx.recv_timeout(Duration::from_secs(10)).expect("asked");
         assert!(

@@ -27,7 +27,8 @@ pub struct CacheMetrics {
     /// The shared memory for tile bodies: its size, bytes of bodies, idle pages kept.
     shared: [IntGauge; 3],
     shared_cuts: IntCounter,
-    shared_refused: IntCounter,
+    /// Bodies that found no room in it: with too few free pages, with free pages in pieces.
+    shared_refused: [IntCounter; 2],
     pub lock_wait: Histogram,
 }
 
@@ -139,9 +140,12 @@ impl CacheMetrics {
             "Tile bodies sent by sendfile (or past the kept free pages) whose pages were cut out of the shared memory when they went",
         ));
         reg(Box::new(shared_cuts.clone()));
-        let shared_refused = must(IntCounter::new(
-            "tollgate_cache_shared_memory_refused_total",
-            "Tile bodies of a size kept in shared memory that found no room there (kept in ordinary memory, sent by copying)",
+        let shared_refused = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_shared_memory_refused_total",
+                "Tile bodies of a size kept in shared memory that found no room there (kept in ordinary memory, sent by copying): too few free pages (full), or free pages in pieces too short (fragmented)",
+            ),
+            &["reason"],
         ));
         reg(Box::new(shared_refused.clone()));
         let lock_wait = must(Histogram::with_opts(
@@ -168,7 +172,7 @@ impl CacheMetrics {
             disk_skipped,
             shared: ["size", "used", "idle"].map(|s| shared.with_label_values(&[s])),
             shared_cuts,
-            shared_refused,
+            shared_refused: ["full", "fragmented"].map(|r| shared_refused.with_label_values(&[r])),
             lock_wait,
         }
     }
@@ -206,8 +210,10 @@ impl CacheMetrics {
             }
             self.shared_cuts
                 .inc_by(m.cuts.saturating_sub(self.shared_cuts.get()));
-            self.shared_refused
-                .inc_by(m.refused.saturating_sub(self.shared_refused.get()));
+            let full = m.refused.saturating_sub(m.fragmented);
+            for (c, n) in self.shared_refused.iter().zip([full, m.fragmented]) {
+                c.inc_by(n.saturating_sub(c.get()));
+            }
         }
         self.declined
             .inc_by(c.declined().saturating_sub(self.declined.get()));

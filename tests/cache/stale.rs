@@ -146,9 +146,16 @@ fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served()
     // Answered with the tile or 304 (the png tiles carry an ETag).
     let asked_before_death = up.served() + up.not_modified();
     up.kill();
-    phase(2500); // down: refused
-    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    // Down: refused. Every tile's refresh fails within the phase's 2.5 s.
+    let down = Instant::now();
+    let failing = || support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    let mut state = failing();
+    while state["failingTiles"] != 4 && down.elapsed() < Duration::from_millis(2500) {
+        phase(50);
+        state = failing();
+    }
     assert_eq!(state["failingTiles"], 4, "{state}");
+    phase(2500u64.saturating_sub(down.elapsed().as_millis() as u64));
     up.restart();
     phase(2000); // back: refreshed
     let reports: Vec<_> = loads.into_iter().map(Load::stop).collect();
@@ -174,8 +181,19 @@ fn the_upstream_frozen_and_killed_under_load_every_cached_tile_is_still_served()
         while_frozen > before / 3.0,
         "{while_frozen:.0} requests/s while the upstream was frozen against {before:.0}/s before: they waited on it"
     );
+    // Requests that waited their turns on a tile's refreshes each waited two timeouts or
+    // more; a stall of the busy machine may hold one or two as long.
+    let slow: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.took > Duration::from_millis(2 * TIMEOUT_MS))
+        .collect();
     assert!(
-        slowest < Duration::from_millis(4 * TIMEOUT_MS),
+        slow.len() <= 2,
+        "{} requests waited over two timeouts while the upstream was frozen or down: {slow:?}",
+        slow.len()
+    );
+    assert!(
+        slowest < Duration::from_millis(10 * TIMEOUT_MS),
         "a request waited {slowest:?} while the upstream was frozen or down"
     );
     let stale = gw.metric(r#"tollgate_cache_requests_total{api_endpoint="tiles",status="STALE"}"#);
@@ -333,7 +351,7 @@ fn a_request_that_waited_on_a_revalidation_and_then_found_nothing_is_a_miss() {
     let port = gw.port;
     // The first revalidates (the upstream takes 2.5 s), the second waits on its lock.
     let first = std::thread::spawn(move || get(port, "GET", t, &[]));
-    std::thread::sleep(Duration::from_millis(400));
+    super::wait_in_flight(&gw);
     let second = std::thread::spawn(move || get(port, "GET", t, &[]));
     std::thread::sleep(Duration::from_millis(400));
     let r = purge(&gw, &format!(r#"{{"url": "{t}"}}"#));
@@ -362,14 +380,16 @@ fn a_request_that_waited_on_a_revalidation_and_then_found_nothing_is_a_miss() {
 #[test]
 fn a_background_refresh_is_not_counted_as_a_clients_request() {
     let mut up = PyUpstream::start("tiles", 5.0);
-    let cache = format!("cache: [{{action: {STALE_WINDOWS}}}]");
+    // Two seconds fresh: the refreshed copy is still fresh for the third request on a busy
+    // machine.
+    let cache = "cache: [{action: {ttl: 2, staleWhileRevalidate: 30, staleIfError: 300}}]";
     let steps = [
         "metrics:",
         "key-auth: [{action: {apiKeyField: apiKey}}]",
         "log: [{action: {message: 'logged ${req.method} ${req.originalUrl}'}}]",
         "rate-limit: [{action: {max: 3, windowMs: 600000, rateLimitBy: '${req.headers.authorization}'}}]",
         "scopes:",
-        cache.as_str(),
+        cache,
         "proxy: [{action: {serviceEndpoint: up, stripPath: false}}]",
     ];
     let cfg = pipeline_config(&up, "tiles: {paths: ['/tiles/*'], scopes: [tiles]}", &steps);
@@ -381,7 +401,7 @@ fn a_background_refresh_is_not_counted_as_a_clients_request() {
     };
     let t = "/tiles/refreshed.png";
     assert_eq!(cache_status(&tile(&gw, t, 1)), "MISS");
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     let stale = tile(&gw, t, 1);
     assert_eq!((stale.status, cache_status(&stale)), (200, "STALE"));
     assert_eq!(refreshes("done", 1.0), 1.0);
@@ -390,7 +410,7 @@ fn a_background_refresh_is_not_counted_as_a_clients_request() {
     assert_eq!((third.status, cache_status(&third)), (200, "HIT"));
     assert_eq!(tile(&gw, t, 1).status, 429);
     // A refresh that fails (the upstream gone) leaves the stale tile and is counted failed.
-    std::thread::sleep(Duration::from_millis(1500));
+    std::thread::sleep(Duration::from_millis(2500));
     up.kill();
     let down = tile(&gw, t, 2);
     assert_eq!((down.status, cache_status(&down)), (200, "STALE"));

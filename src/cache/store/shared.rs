@@ -65,7 +65,8 @@ unsafe impl Sync for SharedBodies {}
 
 /// What the shared memory holds (`GET /tollgate/cache`): in bytes the file's size, the bodies
 /// in it and the free pages kept for the next bodies; the bodies whose pages were cut out, and
-/// those of a size kept here that found no room (kept in ordinary memory).
+/// those of a size kept here that found no room (kept in ordinary memory), of which those the
+/// free pages together would have held (free in pieces too short for them).
 #[derive(Clone, Copy, Debug, serde::Serialize)]
 pub struct SharedState {
     pub size: u64,
@@ -73,6 +74,7 @@ pub struct SharedState {
     pub idle: u64,
     pub cuts: u64,
     pub refused: u64,
+    pub fragmented: u64,
 }
 
 /// A body's place in the file, for `sendfile`.
@@ -225,6 +227,7 @@ impl SharedBodies {
             idle: (free.idle * PAGE) as u64,
             cuts: free.cuts,
             refused: free.refused,
+            fragmented: free.fragmented,
         }
     }
 

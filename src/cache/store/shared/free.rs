@@ -28,10 +28,14 @@ pub(super) struct Free {
     ends: Vec<u32>,
     /// Extents cut out so far.
     pub cuts: u64,
-    /// Extents asked for that found no room.
+    /// Extents asked for that found no room ...
     pub refused: u64,
+    /// ... of which those the free pages together would have held (in pieces too short).
+    pub fragmented: u64,
     /// Pages of extents holding a body (or being written).
     pub used: usize,
+    /// Pages of extents that could be neither kept nor cut out (never free again).
+    lost: usize,
     /// Pages of free extents still in the file.
     pub idle: usize,
     /// At most this many idle pages are kept.
@@ -68,6 +72,9 @@ impl Free {
             first
         } else {
             self.refused += 1;
+            if (total as usize).saturating_sub(self.used + self.lost) >= pages as usize {
+                self.fragmented += 1;
+            }
             return None;
         };
         self.used += pages as usize;
@@ -106,6 +113,7 @@ impl Free {
     /// and never listed free (they may not be written over).
     pub fn lose(&mut self, pages: u32) {
         self.used -= pages as usize;
+        self.lost += pages as usize;
     }
 
     fn lists(&self, kept: bool) -> &[BTreeSet<u32>] {
@@ -243,5 +251,27 @@ mod tests {
             None,
             "the lost extent is not handed out again"
         );
+        assert_eq!(
+            (free.refused, free.fragmented),
+            (1, 0),
+            "lost pages are not free"
+        );
+    }
+
+    #[test]
+    fn a_refusal_is_counted_fragmented_when_the_free_pages_together_would_hold_the_extent() {
+        let mut free = Free::new(100, 12);
+        let a: Vec<u32> = (0..6).map(|_| free.take(2, 12).unwrap()).collect();
+        assert_eq!(free.take(2, 12), None, "full");
+        assert_eq!((free.refused, free.fragmented), (1, 0));
+        // Two free extents of two pages, apart: four pages free, none three long.
+        assert!(free.keep(a[1], 2) && free.keep(a[3], 2));
+        assert_eq!(free.take(3, 12), None);
+        assert_eq!((free.refused, free.fragmented), (2, 1));
+        assert_eq!(free.take(5, 12), None, "more than is free");
+        assert_eq!((free.refused, free.fragmented), (3, 1));
+        // Joined with the one between them: room again.
+        assert!(free.keep(a[2], 2));
+        assert_eq!(free.take(5, 12), Some(2));
     }
 }
