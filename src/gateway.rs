@@ -51,6 +51,8 @@ pub const HEALTHCHECK_PATH: &str = "/healthcheck";
 
 pub struct Gateway {
     pub router: Router,
+    /// The apiEndpoints, one per entry (an endpoint written as a list has several, each
+    /// with its own scopes), those of one endpoint side by side.
     pub endpoints: Vec<Arc<ApiEndpoint>>,
     /// Query parameters that carry credentials (redacted in the access log).
     pub secret_query_params: Vec<String>,
@@ -90,18 +92,19 @@ impl Gateway {
             config_dirs: &config_dirs,
         };
         let pipelines = build_pipelines(&gw, &cx, &mut errors);
+        // One per entry of each apiEndpoint (an endpoint may be a list of them): a request
+        // needs the scopes of the entry it matched, as in EG, not those of all its entries.
         let endpoints: Vec<Arc<ApiEndpoint>> = gw
             .api_endpoints
             .iter()
-            .map(|e| {
-                Arc::new(ApiEndpoint {
-                    name: Arc::from(e.name.as_str()),
-                    scopes: e
-                        .entries
-                        .iter()
-                        .flat_map(|d| d.scopes.iter().cloned())
-                        .collect(),
-                    metrics: crate::metrics::metrics().endpoint(&e.name),
+            .flat_map(|e| {
+                let name: Arc<str> = Arc::from(e.name.as_str());
+                e.entries.iter().map(move |d| {
+                    Arc::new(ApiEndpoint {
+                        name: name.clone(),
+                        scopes: d.scopes.clone(),
+                        metrics: crate::metrics::metrics().endpoint(&name),
+                    })
                 })
             })
             .collect();
@@ -277,30 +280,36 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
     }
     // Host groups, in order of first appearance.
     let mut group_keys: Vec<(String, bool)> = Vec::new();
-    let mut group_routes: Vec<Vec<(usize, &crate::config::gateway_file::EndpointDef)>> = Vec::new();
-    for (ei, endpoint) in gw.api_endpoints.iter().enumerate() {
-        for entry in &endpoint.entries {
-            let key = match &entry.host_regex {
-                Some((re, _)) => (re.clone(), true),
-                None => (
-                    entry
-                        .host
-                        .clone()
-                        .filter(|h| !h.is_empty())
-                        .unwrap_or_else(|| "*".into()),
-                    false,
-                ),
-            };
-            let gi = match group_keys.iter().position(|k| *k == key) {
-                Some(i) => i,
-                None => {
-                    group_keys.push(key);
-                    group_routes.push(Vec::new());
-                    group_keys.len() - 1
-                }
-            };
-            group_routes[gi].push((ei, entry));
-        }
+    // Each entry with its endpoint's index and its own in [`Gateway::endpoints`].
+    let mut group_routes: Vec<Vec<(usize, usize, &crate::config::gateway_file::EndpointDef)>> =
+        Vec::new();
+    let entries = gw
+        .api_endpoints
+        .iter()
+        .enumerate()
+        .flat_map(|(ei, e)| e.entries.iter().map(move |entry| (ei, entry)))
+        .enumerate();
+    for (flat, (ei, entry)) in entries {
+        let key = match &entry.host_regex {
+            Some((re, _)) => (re.clone(), true),
+            None => (
+                entry
+                    .host
+                    .clone()
+                    .filter(|h| !h.is_empty())
+                    .unwrap_or_else(|| "*".into()),
+                false,
+            ),
+        };
+        let gi = match group_keys.iter().position(|k| *k == key) {
+            Some(i) => i,
+            None => {
+                group_keys.push(key);
+                group_routes.push(Vec::new());
+                group_keys.len() - 1
+            }
+        };
+        group_routes[gi].push((ei, flat, entry));
     }
     let mut hosts = Vec::new();
     let mut routes = Vec::new();
@@ -311,8 +320,8 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
                 Err(why) => {
                     let pos = group_routes[gi]
                         .iter()
-                        .find_map(|(_, e)| e.host_regex.as_ref().map(|(_, p)| p.clone()))
-                        .unwrap_or_else(|| group_routes[gi][0].1.pos.clone());
+                        .find_map(|(_, _, e)| e.host_regex.as_ref().map(|(_, p)| p.clone()))
+                        .unwrap_or_else(|| group_routes[gi][0].2.pos.clone());
                     errors.push(&pos, format!("bad regex in hostRegex: {why}"));
                     HostMatcher::Any
                 }
@@ -321,7 +330,7 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
             HostMatcher::glob(Some(key))
         };
         hosts.push(host);
-        for (ei, entry) in &group_routes[gi] {
+        for (ei, flat, entry) in &group_routes[gi] {
             let endpoint = &gw.api_endpoints[*ei];
             let target = pipeline_of
                 .get(endpoint.name.as_str())
@@ -374,7 +383,7 @@ fn build_router(gw: &GatewayFile, errors: &mut ConfigErrors) -> Router {
             for path in matchers {
                 routes.push(Route {
                     group: gi,
-                    endpoint: *ei,
+                    endpoint: *flat,
                     path,
                     methods: methods.clone(),
                     target,

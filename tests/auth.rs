@@ -532,3 +532,47 @@ fn base64_encode(s: &str) -> String {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.encode(s)
 }
+
+/// An apiEndpoint written as a list of entries: a request needs the scopes of the entry it
+/// matched (as in EG, where each entry is the request's `apiEndpoint`), not those of all.
+#[test]
+fn each_entry_of_an_endpoint_list_asks_for_its_own_scopes() {
+    let up = EchoUpstream::start("tiles");
+    let yml = format!(
+        r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  maps:
+    - {{host: '*', paths: '/maps/wmts/*', scopes: [wmts]}}
+    - {{host: '*', paths: '/maps/k2/*', scopes: [k2]}}
+serviceEndpoints:
+  up: {{url: '{up}'}}
+policies: [key-auth, basic-auth, scopes, proxy]
+pipelines:
+  maps:
+    apiEndpoints: [maps]
+    policies:
+      - key-auth: [{{action: {{passThrough: true}}}}]
+      - basic-auth: [{{action: {{passThrough: true}}}}]
+      - scopes:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
+"#,
+        up = up.url("")
+    );
+    let dir = ConfigDir::new(&yml);
+    dir.write("consumers.config.json", CONSUMERS);
+    let gw = start(&dir);
+    // `mobile` holds k2 (key-auth), `qgis` wmts (basic-auth).
+    let mobile = [("Authorization", "apiKey mobile-key:mobile-secret")];
+    let qgis_auth = format!(
+        "Basic {}",
+        base64_encode(&format!("{}:qgis-pass", app_id(&gw, "qgis")))
+    );
+    let qgis = [("Authorization", qgis_auth.as_str())];
+    let status = |path: &str, h: &[(&str, &str)]| get(gw.port, "GET", path, h).status;
+    assert_eq!(status("/maps/k2/a", &mobile), 200);
+    assert_eq!(status("/maps/wmts/a", &qgis), 200);
+    assert_eq!(status("/maps/wmts/a", &mobile), 401);
+    assert_eq!(status("/maps/k2/a", &qgis), 401);
+    assert_eq!(status("/maps/k2/a", &[]), 401);
+}

@@ -560,3 +560,67 @@ fn a_request_whose_body_was_cut_is_not_sent_again() {
     );
     assert_ne!(r.status, 200, "{}", r.text());
 }
+
+/// Clients that leave in the middle of their request's body (or while their GET waits on a
+/// slow upstream) are their own failure: the url they were sent to is not blamed (before,
+/// two such requests in a row ejected it, so a client could empty an endpoint on purpose),
+/// and nothing is retried on another url for a client that is gone.
+#[test]
+fn clients_that_leave_mid_request_are_not_the_upstreams_failure() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url("")],
+        "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 30}, retries: 1}",
+        "",
+        "",
+    ));
+    // Pingora's path for the GETs too (the fast path has a client watch of its own).
+    let gw = GatewayProcess::start_with(&dir, &["--fast-path", "off"], &[]);
+    let leave_after = |raw: &[u8], wait: Duration| {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.write_all(raw).expect("send");
+        std::thread::sleep(wait);
+    };
+    let served_before = a.served() + b.served();
+    for _ in 0..4 {
+        // 10 bytes of a 100-byte body, then gone.
+        leave_after(
+            b"POST /tiles/up HTTP/1.1\r\nHost: h\r\nContent-Length: 100\r\n\r\n0123456789",
+            Duration::from_millis(300),
+        );
+    }
+    for _ in 0..4 {
+        // Gone before the upstream's answer a second later.
+        leave_after(
+            b"GET /tiles/slow/1000/x HTTP/1.1\r\nHost: h\r\n\r\n",
+            Duration::from_millis(300),
+        );
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let log = gw.log_text();
+    assert!(!log.contains("ejected"), "{log}");
+    assert!(!log.contains("tried again"), "{log}");
+    let errors: f64 = [
+        "refused",
+        "connect_timeout",
+        "read_timeout",
+        "reset",
+        "other",
+        "unavailable",
+    ]
+    .iter()
+    .map(|k| gw.metric(&format!(r#"tollgate_upstream_errors_total{{kind="{k}"}}"#)))
+    .sum();
+    assert_eq!(errors, 0.0, "{log}");
+    // Each request went upstream once at most (the upstream counts a cut body's too), none
+    // again on the other url.
+    let served = a.served() + b.served() - served_before;
+    assert!(served <= 8, "{served} requests upstream\n{log}");
+    // Both urls still serve.
+    let names: std::collections::BTreeSet<String> = (0..4)
+        .map(|_| name_of(&get(gw.port, "GET", "/tiles/x", &[])))
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}\n{log}");
+}

@@ -540,10 +540,13 @@ fn check(dirs: &ConfigDirs) -> i32 {
     }
     match server::load_gateway(dirs, &Shared::detached()) {
         Ok(gw) => {
+            // An endpoint written as a list has an entry each, side by side.
+            let mut endpoints: Vec<&str> = gw.endpoints.iter().map(|e| &*e.name).collect();
+            endpoints.dedup();
             println!(
                 "{}: valid ({} apiEndpoints, {} serviceEndpoints, {} pipelines)",
                 dirs.display(),
-                gw.endpoints.len(),
+                endpoints.len(),
                 gw.service_endpoints.len(),
                 gw.pipelines.len()
             );

@@ -30,7 +30,7 @@ pub enum Target {
 pub struct Route {
     /// Index of the host group this route belongs to.
     pub group: usize,
-    /// Index into the gateway's apiEndpoints.
+    /// Index into the gateway's apiEndpoints, one per entry of each.
     pub endpoint: usize,
     pub path: PathMatcher,
     /// `None`: every method.

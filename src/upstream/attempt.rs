@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_core::{Error, ErrorType, Result};
+use pingora_core::{Error, ErrorSource, ErrorType, Result};
 
 use crate::pipeline::context::ProxyPlan;
 
@@ -192,7 +192,8 @@ fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
 /// another url is tried. A timeout is never such a close: the url holds the request and is
 /// slow, and sending it there again would only double the wait. `body_lost`: part of the
 /// request's body went upstream and is no longer held whole (Pingora keeps the first 64 KiB
-/// for a retry): the request cannot be sent again, whatever its method.
+/// for a retry): the request cannot be sent again, whatever its method. A failure on the
+/// client's side (Pingora passes those here too) ends the exchange with no blame and no retry.
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
@@ -202,7 +203,9 @@ pub fn broke(
     mut e: Box<Error>,
 ) -> Box<Error> {
     release(plan);
-    if response_started {
+    // The client's own failure (it left, its body stopped coming or broke its framing): the
+    // url is not to blame, and there is no one to send the request again for.
+    if response_started || matches!(e.esource(), ErrorSource::Downstream) {
         e.set_retry(false);
         return e;
     }
