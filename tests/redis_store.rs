@@ -710,6 +710,42 @@ fn a_key_auth_credential_without_a_secret_opens_to_nothing() {
     assert_eq!(status("open-key:"), 401);
 }
 
+/// An app that keeps its key while it moves to a user listed before its old one: populate
+/// removes the old app's credential before it writes the key again, not after (which left the
+/// key deleted until a second run).
+#[test]
+fn populate_keeps_a_key_that_moves_to_an_app_listed_before() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let config_arg = dir.path.display().to_string();
+    let populate = |file: &str| {
+        dir.write("consumers.config.json", file);
+        let out = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let app =
+        r#"{"mover": {"type": "auth-key", "keyId": "KA", "keySecret": "KS", "scopes": ["wmts"]}}"#;
+    populate(&format!(
+        r#"{{"scopes": ["wmts"], "users": {{"customer1": {{}}, "customer2": {app}}}}}"#
+    ));
+    let moved =
+        format!(r#"{{"scopes": ["wmts"], "users": {{"customer1": {app}, "customer2": {{}}}}}}"#);
+    let out = populate(&moved);
+    assert!(out.contains("1 created, 1 removed"), "{out}");
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey KA:KS")];
+    assert_eq!(
+        get(gw.port, "GET", "/wmts/1", &key).status,
+        200,
+        "{}",
+        gw.log_text()
+    );
+    assert!(populate(&moved).contains("0 created, 0 removed"));
+}
+
 #[test]
 fn populate_is_idempotent_and_clean_leaves_nothing() {
     let redis = RedisServer::start();

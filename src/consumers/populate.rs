@@ -300,6 +300,9 @@ async fn plan_and_apply(
     file: &ConsumersFile,
 ) -> Result<Report, ConsumerError> {
     let l = service.layout().clone();
+    // What goes, then what comes: a credential whose key moves to another app (of this user
+    // or one listed before) is removed before it is written again, not after.
+    let mut removals = Vec::new();
     let mut batch = Vec::new();
     let mut changed = Vec::new();
     let mut report = Report::default();
@@ -322,11 +325,11 @@ async fn plan_and_apply(
         });
     }
     for s in existing_scopes.iter().filter(|s| !file.scopes.contains(s)) {
-        batch.push(Write::HDel {
+        removals.push(Write::HDel {
             key: l.scopes(),
             fields: vec![s.clone()],
         });
-        batch.push(Write::Del {
+        removals.push(Write::Del {
             key: l.scope_credentials(s),
         });
         report.removed += 1;
@@ -338,7 +341,7 @@ async fn plan_and_apply(
         let h = service.store().hgetall(&key).await?;
         let username = h.get("username").cloned().unwrap_or_default();
         if !file.users.contains_key(&username) {
-            remove_user(service, &id, &username, &mut batch, &mut changed).await?;
+            remove_user(service, &id, &username, &mut removals, &mut changed).await?;
             report.removed += 1;
         }
     }
@@ -391,7 +394,7 @@ async fn plan_and_apply(
         for (name, (app_id, _)) in &current {
             if !apps.iter().any(|a| &a.name == name) {
                 service
-                    .app_removal(app_id, &mut batch, &mut changed)
+                    .app_removal(app_id, &mut removals, &mut changed)
                     .await?;
                 report.removed += 1;
             }
@@ -404,7 +407,7 @@ async fn plan_and_apply(
                     continue;
                 }
                 service
-                    .app_removal(app_id, &mut batch, &mut changed)
+                    .app_removal(app_id, &mut removals, &mut changed)
                     .await?;
                 report.removed += 1;
             }
@@ -412,7 +415,8 @@ async fn plan_and_apply(
             report.created += 1;
         }
     }
-    service.commit(&batch, &changed).await?;
+    removals.append(&mut batch);
+    service.commit(&removals, &changed).await?;
     Ok(report)
 }
 
