@@ -549,6 +549,52 @@ fn longest_load(log: &str) -> Duration {
         .unwrap_or_default()
 }
 
+/// A change message whose refresh fails (Redis paused past the command timeout just after
+/// the message) is not dropped: everything is read again as soon as Redis answers, and the
+/// revocation is followed then, not at the next periodic resync a minute later.
+#[test]
+fn a_change_whose_refresh_failed_is_read_again_when_the_store_answers() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    let mut c = redis.conn();
+    // The change, its message, and at once a pause of every client longer than the
+    // gateway's 2 s command timeout: the refresh the message starts times out.
+    let _: () = redis::pipe()
+        .cmd("HSET")
+        .arg("EG-key-auth:kargo-ka-id")
+        .arg("isActive")
+        .arg("false")
+        .ignore()
+        .cmd("PUBLISH")
+        .arg("EG-tollgate-invalidate")
+        .arg("key-auth:kargo-ka-id")
+        .ignore()
+        .cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("ALL")
+        .ignore()
+        .query(&mut c)
+        .expect("revoke and pause");
+    let published = Instant::now();
+    while get(gw.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            published.elapsed() < Duration::from_secs(15),
+            "the revocation waited for the periodic resync:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        gw.log_text()
+            .contains("cannot refresh key-auth:kargo-ka-id"),
+        "the refresh did not fail: the test tested nothing\n{}",
+        gw.log_text()
+    );
+}
+
 #[test]
 fn a_change_made_while_a_gateway_was_not_subscribed_reaches_it_when_it_subscribes_again() {
     let (redis, _up, dir) = with_eg_fixture();

@@ -404,9 +404,15 @@ impl ConsumerCache {
                             owed = true;
                             retry.as_mut().reset(tokio::time::Instant::now());
                         }
+                        // A change not followed (the store did not answer) is read with
+                        // everything else: a revocation waits no resync period.
                         Ok(entity) => {
                             if let Err(e) = cache.refresh(&entity).await {
-                                log::warn!("consumer cache: cannot refresh {entity}: {e}");
+                                log::warn!(
+                                    "consumer cache: cannot refresh {entity}: {e}; reading everything again"
+                                );
+                                owed = true;
+                                retry.as_mut().reset(tokio::time::Instant::now());
                             }
                         }
                         // Messages were dropped (a (re)subscription's among them, maybe).
