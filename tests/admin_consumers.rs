@@ -408,3 +408,33 @@ fn the_cli_speaks_to_the_admin_api() {
     );
     drop(dir);
 }
+
+/// An apps model that leaves `name` out of `required`: an app asked for without one is a
+/// `422` that says so (it was a panic, and the connection dropped unanswered).
+#[test]
+fn an_app_without_a_name_under_a_model_that_does_not_require_one_is_refused() {
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints: {}\n",
+    );
+    std::fs::create_dir_all(dir.path.join("models")).expect("models");
+    dir.write(
+        "models/applications.json",
+        r#"{"type": "object", "properties": {"name": {"type": "string"}, "redirectUri": {"type": "string"}}, "required": []}"#,
+    );
+    let data = dir.path.join("data").display().to_string();
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data], &[]);
+    let a = gw.admin_port;
+    assert_eq!(
+        call(a, "POST", "/users", r#"{"username": "ann"}"#).status,
+        200
+    );
+    let r = call(a, "POST", "/apps", r#"{"userId": "ann"}"#);
+    assert_eq!(
+        (r.status, r.text().contains("name")),
+        (422, true),
+        "{}",
+        r.text()
+    );
+    let r = call(a, "POST", "/apps", r#"{"userId": "ann", "name": "kano"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -62,7 +62,10 @@ impl ConsumerService {
                 "The specified user does not exist".into(),
             ));
         };
-        let name = model::js_string(&props["name"]);
+        // An apps model may leave `name` out of `required`: an app has one all the same.
+        let Some(name) = props.get("name").map(model::js_string) else {
+            return Err(invalid("name is required"));
+        };
         for other in self.store.smembers(&self.layout.app_name(&name)).await? {
             let h = self.store.hgetall(&self.layout.app(&other)).await?;
             if h.get("userId") == Some(&user_id) {
