@@ -115,22 +115,27 @@ impl Outages {
     }
 
     /// A request found the tile `key` stale (and within its stale-if-error window), stored at
-    /// `updated`.
-    pub fn stale(&self, key: u128, updated: SystemTime, now: SystemTime) -> Stale {
+    /// `updated`. A request that `stores` what it fetches is on record as refreshing the tile
+    /// when it is to; one that does not (a HEAD: its fill is dropped) only reads the record:
+    /// its mark would have every request of the tile served the stale copy for [`REFRESH`],
+    /// with no refresh under way.
+    pub fn stale(&self, key: u128, updated: SystemTime, now: SystemTime, stores: bool) -> Stale {
         let mut tiles = self.tiles.lock().unwrap_or_else(|p| p.into_inner());
         let refresh = Tile {
             failed: None,
             refreshing: Some(now),
         };
         let Some(t) = tiles.map.get_mut(&key) else {
-            if tiles.room(now) {
+            if stores && tiles.room(now) {
                 tiles.map.insert(key, refresh);
             }
             return Stale::Refresh;
         };
         // Stored after what is on record: a refresh has landed since; this one starts afresh.
         if t.last().is_none_or(|last| updated > last) || !t.recent(now) {
-            *t = refresh;
+            if stores {
+                *t = refresh;
+            }
             return Stale::Refresh;
         }
         if t.failed.is_some_and(|f| elapsed(f, now) < RETRY) {
@@ -139,7 +144,9 @@ impl Outages {
         match t.refreshing {
             Some(since) if elapsed(since, now) < REFRESH => Stale::Serve,
             _ => {
-                t.refreshing = Some(now);
+                if stores {
+                    t.refreshing = Some(now);
+                }
                 Stale::Refresh
             }
         }
@@ -173,56 +180,76 @@ mod tests {
     fn one_request_refreshes_a_stale_tile_the_others_are_served_it() {
         let o = Outages::default();
         let stored = at(0);
-        assert_eq!(o.stale(7, stored, at(10)), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(10), true), Stale::Refresh);
         // While it refreshes, everyone else gets the stale copy.
         for t in [20, 1_000, 29_000] {
-            assert_eq!(o.stale(7, stored, at(t)), Stale::Serve, "{t}");
+            assert_eq!(o.stale(7, stored, at(t), true), Stale::Serve, "{t}");
         }
         // The refresh landed (a copy stored after it began): the next time the tile is stale,
         // a new refresh.
-        assert_eq!(o.stale(7, at(500), at(60_000)), Stale::Refresh);
-        assert_eq!(o.stale(7, at(500), at(60_001)), Stale::Serve);
+        assert_eq!(o.stale(7, at(500), at(60_000), true), Stale::Refresh);
+        assert_eq!(o.stale(7, at(500), at(60_001), true), Stale::Serve);
         // A refresh that never reported back (its client left) lapses: another refreshes.
-        assert_eq!(o.stale(7, at(500), at(60_000) + REFRESH), Stale::Refresh);
+        assert_eq!(
+            o.stale(7, at(500), at(60_000) + REFRESH, true),
+            Stale::Refresh
+        );
         // Other tiles are not concerned.
-        assert_eq!(o.stale(8, stored, at(20)), Stale::Refresh);
+        assert_eq!(o.stale(8, stored, at(20), true), Stale::Refresh);
+    }
+
+    #[test]
+    fn a_request_that_does_not_store_reads_the_record_and_leaves_no_mark() {
+        let o = Outages::default();
+        let stored = at(0);
+        // A HEAD finds the tile stale: it asks the upstream, but is not on record as refreshing.
+        assert_eq!(o.stale(7, stored, at(10), false), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(20), false), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(30), true), Stale::Refresh);
+        // While a GET refreshes it, a HEAD is served the stale copy as the others are.
+        assert_eq!(o.stale(7, stored, at(40), false), Stale::Serve);
+        // After a failure too, and it does not take the retry's turn.
+        o.failed(7, at(50));
+        assert_eq!(o.stale(7, stored, at(60), false), Stale::Serve);
+        assert_eq!(o.stale(7, stored, at(1100), false), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(1200), true), Stale::Refresh);
     }
 
     #[test]
     fn a_failed_tile_is_served_stale_and_asked_again_once_per_retry() {
         let o = Outages::default();
         let stored = at(0);
-        assert_eq!(o.stale(7, stored, at(10)), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(10), true), Stale::Refresh);
         o.failed(7, at(400));
         assert_eq!(o.failing(at(400)), 1);
         // Within RETRY of the failure: everyone is served the stale copy.
         for t in [400, 900, 1399] {
-            assert_eq!(o.stale(7, stored, at(t)), Stale::Serve, "{t}");
+            assert_eq!(o.stale(7, stored, at(t), true), Stale::Serve, "{t}");
         }
         // Then one request asks again; the others are served while it does.
-        assert_eq!(o.stale(7, stored, at(1400)), Stale::Refresh);
-        assert_eq!(o.stale(7, stored, at(1500)), Stale::Serve);
-        assert_eq!(o.stale(7, stored, at(2399)), Stale::Serve);
+        assert_eq!(o.stale(7, stored, at(1400), true), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(1500), true), Stale::Serve);
+        assert_eq!(o.stale(7, stored, at(2399), true), Stale::Serve);
         // It failed again: a new round.
         o.failed(7, at(2800));
-        assert_eq!(o.stale(7, stored, at(3000)), Stale::Serve);
-        assert_eq!(o.stale(7, stored, at(3800)), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(3000), true), Stale::Serve);
+        assert_eq!(o.stale(7, stored, at(3800), true), Stale::Refresh);
     }
 
     #[test]
     fn a_refresh_answered_without_a_copy_to_store_ends_it() {
         let o = Outages::default();
         let stored = at(0);
-        assert_eq!(o.stale(7, stored, at(10)), Stale::Refresh);
-        assert_eq!(o.stale(7, stored, at(20)), Stale::Serve);
+        assert_eq!(o.stale(7, stored, at(10), true), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(20), true), Stale::Serve);
         // The upstream answered (a 403, say): nothing stored, nothing in flight any more.
         o.answered(7);
-        assert_eq!(o.stale(7, stored, at(30)), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(30), true), Stale::Refresh);
         // After a failure too.
         o.failed(7, at(40));
-        assert_eq!(o.stale(7, stored, at(50)), Stale::Serve);
+        assert_eq!(o.stale(7, stored, at(50), true), Stale::Serve);
         o.answered(7);
-        assert_eq!(o.stale(7, stored, at(60)), Stale::Refresh);
+        assert_eq!(o.stale(7, stored, at(60), true), Stale::Refresh);
     }
 
     #[test]
@@ -230,13 +257,13 @@ mod tests {
         let o = Outages::default();
         o.failed(7, at(100));
         // The copy found was stored after the failure (a refresh landed, and went stale since).
-        assert_eq!(o.stale(7, at(200), at(300)), Stale::Refresh);
+        assert_eq!(o.stale(7, at(200), at(300), true), Stale::Refresh);
         assert_eq!(o.failing(at(300)), 0);
         // An old failure is forgotten too.
         o.failed(7, at(100));
         assert_eq!(o.failing(at(200)), 1);
         assert_eq!(o.failing(at(100) + FORGET), 0);
-        assert_eq!(o.stale(7, at(0), at(100) + FORGET), Stale::Refresh);
+        assert_eq!(o.stale(7, at(0), at(100) + FORGET, true), Stale::Refresh);
     }
 
     #[test]
@@ -248,8 +275,8 @@ mod tests {
         // Full of recent failures: a new tile is not followed (it refreshes, as without this).
         o.failed(u128::MAX, at(10));
         assert_eq!(o.failing(at(10)), MAX_TILES);
-        assert_eq!(o.stale(u128::MAX, at(0), at(20)), Stale::Refresh);
-        assert_eq!(o.stale(u128::MAX, at(0), at(30)), Stale::Refresh);
+        assert_eq!(o.stale(u128::MAX, at(0), at(20), true), Stale::Refresh);
+        assert_eq!(o.stale(u128::MAX, at(0), at(30), true), Stale::Refresh);
         // Once those are old, they make room.
         o.failed(u128::MAX, at(0) + FORGET);
         assert_eq!(o.tiles.lock().unwrap().map.len(), 1);

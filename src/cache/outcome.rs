@@ -37,7 +37,8 @@ pub fn hit_filter(
     }
     let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
     let key = u128::from_be_bytes(key.combined_bin());
-    match cache.outages.stale(key, meta.epoch(), now) {
+    let stores = session.req_header().method == http::Method::GET;
+    match cache.outages.stale(key, meta.epoch(), now, stores) {
         outage::Stale::Refresh => None,
         outage::Stale::Serve => {
             if let Some(u) = &mut x.cache {

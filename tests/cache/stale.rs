@@ -449,3 +449,32 @@ fn a_background_refresh_is_not_counted_as_a_clients_request() {
     assert_eq!(logged, 5, "the log step's lines:\n{}", gw.log_text());
     up.restart();
 }
+
+/// A HEAD of a stale tile asks the upstream but stores nothing (Pingora drops a HEAD's fill):
+/// it is not on record as refreshing the tile, so the GETs that follow refresh it (before, for
+/// 30 s, every request of the tile was served the stale copy and none asked the upstream).
+#[test]
+fn a_head_of_a_stale_tile_leaves_its_refresh_to_the_gets() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 0, staleIfError: 300}",
+        &[],
+    );
+    // The body comes in two parts: the HEAD is answered at the head, its fill dropped.
+    let t = "/open/stall/300/bytes/50000/head-then-get";
+    assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let head = get(gw.port, "HEAD", t, &[]);
+    assert_eq!(head.status, 200);
+    let before = up.served();
+    let r = get(gw.port, "GET", t, &[]);
+    assert_eq!(
+        (r.status, cache_status(&r)),
+        (200, "EXPIRED"),
+        "the GET after the HEAD\n{}",
+        gw.log_text()
+    );
+    assert_eq!(up.served(), before + 1, "the GET asked the upstream");
+    assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "HIT");
+}
