@@ -372,6 +372,10 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // The upstream connection's own headers reach no client (but a protocol switch's).
+        if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
+            exchange::strip_hop_by_hop(upstream_response);
+        }
         if upstream_response.status == http::StatusCode::NO_CONTENT {
             // A 204 has no body: neither length nor framing (RFC 9110 §8.6, RFC 9112 §6.1).
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);

@@ -281,6 +281,11 @@ pub trait EditableHeaders {
 
 macro_rules! editable {
     ($t:ty) => {
+        impl HeaderMapped for $t {
+            fn headers(&self) -> &http::HeaderMap {
+                &self.headers
+            }
+        }
         impl EditableHeaders for $t {
             fn has(&self, name: &HeaderName) -> bool {
                 self.headers.contains_key(name)
@@ -299,6 +304,35 @@ macro_rules! editable {
 }
 editable!(RequestHeader);
 editable!(ResponseHeader);
+
+/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
+static HOP_BY_HOP: [HeaderName; 6] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
+/// Pingora's request and response heads: their headers in a map.
+pub trait HeaderMapped: EditableHeaders {
+    fn headers(&self) -> &http::HeaderMap;
+}
+
+/// Removes the connection's own headers, and those its `Connection` header names.
+pub fn strip_hop_by_hop(head: &mut impl HeaderMapped) {
+    let headers = head.headers();
+    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
+        return;
+    }
+    let named: Vec<HeaderName> = crate::wire::connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .collect();
+    for h in HOP_BY_HOP.iter().chain(named.iter()) {
+        head.remove(h);
+    }
+}
 
 pub fn apply_edits(target: &mut impl EditableHeaders, edits: &[HeaderEdit]) -> Result<()> {
     for edit in edits {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use futures_util::FutureExt;
 
-use http::header::{HeaderName, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use pingora_core::connectors::TransportConnector;
 use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::server::HttpSession;
@@ -21,16 +21,6 @@ use crate::cache::fill::Fill;
 use crate::exchange::{self, apply_edits};
 use crate::pipeline::context::Exchange;
 use crate::upstream::attempt;
-
-/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
-static HOP_BY_HOP: [HeaderName; 6] = [
-    CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-];
 
 /// Proxies the request to the plan's upstream and relays the answer to the client. Every
 /// failure ends here: before the response head, as a 502 (or the status the error carries);
@@ -245,7 +235,7 @@ async fn ask(
 ) -> pingora_core::Result<()> {
     let mut req = Box::new(client.clone());
     req.set_version(http::Version::HTTP_11);
-    strip_hop_by_hop(&mut *req);
+    exchange::strip_hop_by_hop(&mut *req);
     exchange::upstream_request(&mut req, x, filling)?;
     up.write_request_header(req).await?;
     up.read_response().await?;
@@ -263,7 +253,7 @@ fn response_head(
     edits: &[crate::pipeline::context::HeaderEdit],
 ) -> pingora_core::Result<bool> {
     resp.set_version(http::Version::HTTP_11);
-    strip_hop_by_hop(resp);
+    exchange::strip_hop_by_hop(resp);
     if resp.status == http::StatusCode::NO_CONTENT {
         // A 204 has no body: neither length nor framing (RFC 9110 §8.6, RFC 9112 §6.1).
         resp.remove_header(&CONTENT_LENGTH);
@@ -286,44 +276,6 @@ fn response_head(
     }
     resp.remove_header(&TRANSFER_ENCODING);
     Ok(true)
-}
-
-/// Removes the connection's own headers, and those its `Connection` header names.
-fn strip_hop_by_hop(head: &mut impl HeaderBlock) {
-    let headers = head.headers();
-    if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
-        return;
-    }
-    let named: Vec<HeaderName> = crate::wire::connection_tokens(headers)
-        .filter_map(|t| HeaderName::from_bytes(t).ok())
-        .collect();
-    for h in HOP_BY_HOP.iter().chain(named.iter()) {
-        head.remove(h);
-    }
-}
-
-/// A request or response head: its headers, and removing one.
-trait HeaderBlock {
-    fn headers(&self) -> &http::HeaderMap;
-    fn remove(&mut self, name: &HeaderName);
-}
-
-impl HeaderBlock for RequestHeader {
-    fn headers(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
-
-impl HeaderBlock for ResponseHeader {
-    fn headers(&self) -> &http::HeaderMap {
-        &self.headers
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
 }
 
 /// A failure before the response head: answered with the status it calls for.
