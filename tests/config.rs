@@ -439,3 +439,19 @@ fn a_wrong_proxy_option_is_reported_where_it_is_written() {
         "{err}"
     );
 }
+
+/// Weights past the bound are refused where they are written (round-robin walks a list as
+/// long as their sum: a weight of 4,000,000,000 asked for 32 GB at load, and a reload with it
+/// ended the running gateway).
+#[test]
+fn a_weight_past_the_bound_is_an_error_with_its_position() {
+    let dir = ConfigDir::new(
+        "http: {port: 8080}\napiEndpoints:\n  t: {paths: '/t/*'}\nserviceEndpoints:\n  s:\n    urls: ['http://127.0.0.1:1', 'http://127.0.0.1:2']\n    tollgate: {weights: [4000000000, 1]}\npolicies: [proxy]\npipelines:\n  p: {apiEndpoints: [t], policies: [{proxy: {action: {serviceEndpoint: s}}}]}\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!("{file}:7:")) && err.contains("a weight of 4000000000: at most 1000"),
+        "{err}"
+    );
+}

@@ -624,3 +624,36 @@ fn clients_that_leave_mid_request_are_not_the_upstreams_failure() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}\n{log}");
 }
+
+/// The last url that may be chosen is never ejected: a url of weight 0 is never chosen, so
+/// beside one the other is the last (before, three 5xx in a row ejected it, and every request
+/// was answered 502 at once for `ejectSeconds`).
+#[test]
+fn a_url_of_weight_zero_does_not_count_as_another_to_fall_back_on() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url("")],
+        "{weights: [1, 0], outlierDetection: {consecutiveFailures: 2, ejectSeconds: 30}, retries: 1}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    for _ in 0..4 {
+        let r = get(gw.port, "GET", "/tiles/status/503/x", &[]);
+        assert_eq!(
+            (r.status, name_of(&r)),
+            (503, "a".to_string()),
+            "{}",
+            gw.log_text()
+        );
+    }
+    let r = get(gw.port, "GET", "/tiles/x", &[]);
+    assert_eq!(
+        (r.status, name_of(&r)),
+        (200, "a".to_string()),
+        "{}",
+        gw.log_text()
+    );
+    assert!(!gw.log_text().contains("ejected"), "{}", gw.log_text());
+}

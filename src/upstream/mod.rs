@@ -303,12 +303,15 @@ impl ServiceEndpoint {
         }
     }
 
-    /// Whether a url not in `tried` is available.
+    /// Whether a url not in `tried` is available and may be chosen (a weight of 0 or a name
+    /// with no address yet leaves it out: see [`Self::pick`]).
     pub fn any_available(&self, tried: u64) -> bool {
-        self.states
-            .iter()
-            .enumerate()
-            .any(|(i, s)| (i >= 64 || tried & (1 << i) == 0) && s.available())
+        self.states.iter().enumerate().any(|(i, s)| {
+            (i >= 64 || tried & (1 << i) == 0)
+                && s.available()
+                && self.settings.weight(i) > 0
+                && self.targets[i].addr().is_some()
+        })
     }
 
     /// Chooses an available url for a request to `path`, leaving out those in `tried` (a bit

@@ -178,6 +178,9 @@ impl Outlier {
     }
 }
 
+/// The largest weight: round-robin walks a list as long as the weights' sum.
+pub const MAX_WEIGHT: u32 = 1000;
+
 impl UpstreamSettings {
     /// Checks what serde cannot: against the number of urls and value ranges.
     pub fn validate(&self, urls: usize) -> Result<(), String> {
@@ -190,6 +193,9 @@ impl UpstreamSettings {
             }
             if w.iter().all(|w| *w == 0) {
                 return Err("`weights` are all 0".into());
+            }
+            if let Some(w) = w.iter().find(|w| **w > MAX_WEIGHT) {
+                return Err(format!("a weight of {w}: at most {MAX_WEIGHT}"));
             }
         }
         if let Some(h) = &self.health_check {

@@ -5,14 +5,16 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 use super::settings::Outlier;
 
+/// Milliseconds on a monotonic clock (from the first reading, plus one: 0 is no time): an
+/// ejection lasts its `ejectSeconds` whatever the system clock is set to meanwhile.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 1
 }
 
 #[derive(Debug)]
@@ -21,7 +23,7 @@ pub struct TargetState {
     healthy: AtomicBool,
     check_passes: AtomicU32,
     check_failures: AtomicU32,
-    /// Passive: left out until this time (unix ms), after consecutive failures.
+    /// Passive: left out until this time ([`now_ms`]), after consecutive failures.
     ejected_until: AtomicU64,
     consecutive_failures: AtomicU32,
     /// Requests being sent to it.
