@@ -35,7 +35,10 @@ enum Value {
 struct State {
     data: BTreeMap<String, Value>,
     journal: Option<File>,
+    /// Where the journal's last whole batch ends ...
     journal_bytes: u64,
+    /// ... and whether a write that failed may have left part of one past it.
+    torn: bool,
     snapshot_bytes: u64,
     /// Counters and locks are not persisted (EG's rate-limit windows are short-lived).
     windows: HashMap<String, (u64, Instant)>,
@@ -60,6 +63,7 @@ impl EmbeddedStore {
                 data: BTreeMap::new(),
                 journal: None,
                 journal_bytes: 0,
+                torn: false,
                 snapshot_bytes: 0,
                 windows: HashMap::new(),
                 locks: HashMap::new(),
@@ -159,6 +163,7 @@ impl EmbeddedStore {
                 data,
                 journal: Some(journal),
                 journal_bytes: good_bytes,
+                torn: false,
                 snapshot_bytes,
                 windows: HashMap::new(),
                 locks: HashMap::new(),
@@ -206,6 +211,7 @@ impl EmbeddedStore {
         }
         st.snapshot_bytes = snapshot_bytes;
         st.journal_bytes = 0;
+        st.torn = false;
         Ok(())
     }
 }
@@ -365,13 +371,22 @@ impl Store for EmbeddedStore {
             ));
         }
         let mut st = self.state();
+        let (ends, torn) = (st.journal_bytes, st.torn);
         if let Some(journal) = st.journal.as_mut() {
             let mut line = serde_json::to_vec(batch).map_err(|e| StoreError::Io(e.to_string()))?;
             line.push(b'\n');
-            journal
-                .write_all(&line)
-                .and_then(|_| journal.sync_data())
-                .map_err(|e| StoreError::Io(format!("cannot write the journal: {e}")))?;
+            // Part of a batch whose write failed (a full disk) is cut before the next is
+            // written: the two would make one line, dropped as a torn tail on the next start
+            // (the next batch lost) or refused as damage before others.
+            let written = (if torn { journal.set_len(ends) } else { Ok(()) })
+                .and_then(|_| journal.write_all(&line))
+                .and_then(|_| journal.sync_data());
+            if let Err(e) = written {
+                let cut = journal.set_len(ends).is_ok();
+                st.torn = !cut;
+                return Err(StoreError::Io(format!("cannot write the journal: {e}")));
+            }
+            st.torn = false;
             st.journal_bytes += line.len() as u64;
         }
         apply_batch(&mut st.data, batch);
