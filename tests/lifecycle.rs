@@ -897,3 +897,69 @@ impl Drop for Reaped {
         let _ = self.0.wait();
     }
 }
+
+/// A new process slow to start (here its `--populate` hashes 60 passwords, seconds in this
+/// build; in production a large consumer store's first load or the disk tier's scan) still
+/// takes the sockets over: it takes them before that work, not after (the old process offers
+/// them for a few seconds only: after a slower start both processes were gone).
+#[test]
+fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let apps: serde_json::Map<String, serde_json::Value> = (0..60)
+        .map(|i| {
+            (
+                format!("app{i}"),
+                serde_json::json!({"type": "basic-auth", "password": "pw"}),
+            )
+        })
+        .collect();
+    dir.write(
+        "slow.json",
+        &serde_json::json!({"scopes": [], "users": {"slow": apps}}).to_string(),
+    );
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
+    let new = Command::new(binary())
+        .args(["serve", "--config", &dir.path.display().to_string()])
+        .args(["--upgrade", "--upgrade-sock", &sock])
+        .args(["--populate", &dir.file("slow.json")])
+        .env("PORT", old.port.to_string())
+        .env("ADMIN_PORT", old.admin_port.to_string())
+        .env("RUST_LOG", "info")
+        .env_remove("EG_CONFIG_DIR")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the new process");
+    let mut new = Reaped(new);
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    let mut old = old;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the old process did not leave");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The old process is gone: served by the new one, once its start is done.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            new.0.try_wait().expect("wait").is_none(),
+            "the new process ended: {}\nold: {}",
+            new_log(),
+            old.log_text()
+        );
+        if std::net::TcpStream::connect(("127.0.0.1", old.port)).is_ok()
+            && get(old.port, "GET", "/tiles/x", &[]).status == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not served again: {}", new_log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(new_log().contains("populate"), "{}", new_log());
+}
