@@ -455,3 +455,30 @@ fn a_weight_past_the_bound_is_an_error_with_its_position() {
         "{err}"
     );
 }
+
+/// A storage route that cannot be built is an error where the file says what is wrong, not a
+/// route silently left out (on a reload, the running config's route stays).
+#[test]
+fn a_storage_plugin_without_providers_or_with_a_bad_endpoint_is_an_error_with_its_position() {
+    let dir = ConfigDir::new("http: {port: 8080}\napiEndpoints: {}\n");
+    let file = dir.file("system.config.yml");
+    dir.write(
+        "system.config.yml",
+        "plugins:\n  storage:\n    package: './plugins/storage/manifest.js'\n",
+    );
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{file}:3:"))
+            && err.contains("plugin `storage` needs `providers`: a map of S3 providers"),
+        "{err}"
+    );
+    dir.write(
+        "system.config.yml",
+        "plugins:\n  s3:\n    accessKeyId: a\n    secretAccessKey: b\n    endpoint: 'ftp://x'\n",
+    );
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{file}:5:")) && err.contains("plugin `s3` `endpoint`"),
+        "{err}"
+    );
+}

@@ -812,20 +812,7 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     );
     std::thread::sleep(Duration::from_millis(500));
     // The new process, same config and ports, takes the sockets over.
-    let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
-    let new = Command::new(binary())
-        .args(["serve", "--config", &dir.path.display().to_string()])
-        .args(["--upgrade", "--upgrade-sock", &sock])
-        .env("PORT", old.port.to_string())
-        .env("ADMIN_PORT", old.admin_port.to_string())
-        .env("RUST_LOG", "info")
-        .env_remove("EG_CONFIG_DIR")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the new process");
-    // Stopped however the test ends: it holds the gateway's ports.
-    let mut new = Reaped(new);
+    let mut new = start_upgrade(&dir, &old, &sock, &[]);
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let quit = Instant::now();
@@ -888,6 +875,26 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     assert!(r.status < 300, "{} {}", r.status, r.text());
 }
 
+/// Starts the new process of a binary upgrade of `old` (same config and ports, `extra`
+/// arguments), its log in `new.log`; stopped however the test ends: it holds the gateway's
+/// ports.
+fn start_upgrade(dir: &ConfigDir, old: &GatewayProcess, sock: &str, extra: &[&str]) -> Reaped {
+    let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
+    let new = Command::new(binary())
+        .args(["serve", "--config", &dir.path.display().to_string()])
+        .args(["--upgrade", "--upgrade-sock", sock])
+        .args(extra)
+        .env("PORT", old.port.to_string())
+        .env("ADMIN_PORT", old.admin_port.to_string())
+        .env("RUST_LOG", "info")
+        .env_remove("EG_CONFIG_DIR")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the new process");
+    Reaped(new)
+}
+
 /// A child process killed when this is dropped.
 struct Reaped(std::process::Child);
 
@@ -921,20 +928,8 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
     let sock = dir.path.join("upgrade.sock").display().to_string();
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
     assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
-    let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
-    let new = Command::new(binary())
-        .args(["serve", "--config", &dir.path.display().to_string()])
-        .args(["--upgrade", "--upgrade-sock", &sock])
-        .args(["--populate", &dir.file("slow.json")])
-        .env("PORT", old.port.to_string())
-        .env("ADMIN_PORT", old.admin_port.to_string())
-        .env("RUST_LOG", "info")
-        .env_remove("EG_CONFIG_DIR")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the new process");
-    let mut new = Reaped(new);
+    let slow = dir.file("slow.json");
+    let mut new = start_upgrade(&dir, &old, &sock, &["--populate", &slow]);
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();

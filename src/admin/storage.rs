@@ -95,10 +95,13 @@ impl Storage {
                 providers: Vec::new(),
                 default: None,
             };
-            let entries = settings
-                .get("providers")
-                .and_then(Node::as_map)
-                .unwrap_or(&[]);
+            let Some(entries) = settings.get("providers").and_then(Node::as_map) else {
+                errors.push(
+                    &settings.pos,
+                    "plugin `storage` needs `providers`: a map of S3 providers",
+                );
+                return None;
+            };
             for (k, v) in entries {
                 let name = k.scalar_text().unwrap_or_default();
                 let (Some(access_key), Some(secret_key)) = (
@@ -162,7 +165,11 @@ impl Storage {
                 default: Some(0),
             }),
             Err(why) => {
-                log::error!("s3 plugin: {why}");
+                // Where the file wrote it; an endpoint from the environment has no place.
+                match legacy.and_then(|l| l.get("endpoint")) {
+                    Some(at) => errors.push(&at.pos, format!("plugin `s3` `endpoint`: {why}")),
+                    None => log::error!("s3 plugin: S3_ENDPOINT: {why}"),
+                }
                 None
             }
         }
