@@ -451,7 +451,7 @@ impl ProxyHttp for Tollgate {
         // A response whose head went out already is cut short as it is: the connection closes
         // without its body's end, so the client sees it incomplete (an error reply would go
         // into its body, and finish it as if whole).
-        let mut reply = reply.filter(|_| session.response_written().is_none());
+        let mut reply = reply.filter(|_| final_written(session).is_none());
         // The cache step's verdict (no header without one).
         let mut label = "";
         if reply.is_some() && ctx.x.cache.is_some() {
@@ -525,7 +525,7 @@ impl ProxyHttp for Tollgate {
             }
         }
         let ended = Ended {
-            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            status: final_written(session).map_or(0, |r| r.status.as_u16()),
             elapsed: ctx.started.elapsed(),
             upstream_time: ctx.upstream_time,
             bytes_in: session.body_bytes_read(),
@@ -582,6 +582,15 @@ fn preferred_encodings(req: &RequestHeader) -> std::borrow::Cow<'_, RequestHeade
         let _ = req.insert_header(http::header::ACCEPT_ENCODING, v);
     }
     std::borrow::Cow::Owned(req)
+}
+
+/// The response head written to the client, when it is the final one: after an interim
+/// `100 Continue` alone the exchange has no answer yet (a failure is still answered, and a
+/// client that leaves then got none). A `101` is final: the connection is switched.
+fn final_written(session: &Session) -> Option<&ResponseHeader> {
+    session.response_written().filter(|r| {
+        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
+    })
 }
 
 #[cfg(test)]

@@ -346,6 +346,33 @@ fn a_jwt_key_problem_is_reported_at_its_parameter() {
     );
 }
 
+/// An empty `algorithms` list is a config error (it panicked: at start, and on a reload the
+/// file watcher's thread, after which file changes went unnoticed).
+#[test]
+fn an_empty_jwt_algorithms_list_is_an_error() {
+    let dir = ConfigDir::new(
+        "http: {port: 28690}\napiEndpoints:\n  a: {paths: '/a/*'}\npolicies: [jwt]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - jwt:\n          - action:\n              checkCredentialExistence: false\n              secretOrPublicKey: s3cret\n              algorithms: []\n",
+    );
+    let err = check_errors(&dir);
+    assert!(err.contains("policy `jwt`: `algorithms` is empty"), "{err}");
+}
+
+/// A preflight status that is no final one is a config error (`100` left every preflight
+/// without a final answer).
+#[test]
+fn a_cors_preflight_status_must_be_a_final_one() {
+    let dir = ConfigDir::new(
+        "http: {port: 28690}\napiEndpoints:\n  a: {paths: '/a/*'}\npolicies: [cors]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cors: [{action: {optionsSuccessStatus: 100}}]\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!("{file}:9:"))
+            && err.contains("`optionsSuccessStatus` 100 is not a final HTTP status"),
+        "{err}"
+    );
+}
+
 /// Parameters written as strings are taken as the numbers and booleans they spell, and
 /// numbers where text is wanted as their text, as EG's schema check (ajv, `coerceTypes`) does:
 /// a quoted `'${VAR}'` gives a string.

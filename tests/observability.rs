@@ -344,3 +344,46 @@ fn the_access_log_is_reopened_when_its_file_is_moved_or_removed() {
         (Some("/wmts/1"), Some(200))
     );
 }
+
+/// Kargo's `eg` counter counts responses that complete: a client that leaves before its answer
+/// (a map panned away from tiles still loading) is not a `FAILED` request with status `0`.
+#[test]
+fn a_client_that_leaves_before_its_answer_is_not_counted_in_eg() {
+    let up = support::upstream::PyUpstream::start("tiles", 5.0);
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [metrics, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - metrics:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    for fast_path in [true, false] {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        // `Expect` takes the request to Pingora's path.
+        let extra = if fast_path {
+            ""
+        } else {
+            "Expect: 100-continue\r\n"
+        };
+        write!(
+            s,
+            "GET /tiles/slow/1000/x HTTP/1.1\r\nHost: h\r\n{extra}\r\n"
+        )
+        .expect("send");
+        std::thread::sleep(Duration::from_millis(300));
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(gw.port, "GET", "/tiles/x", &[]).status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let text = loop {
+        let text = get(gw.admin_port, "GET", "/metrics", &[]).text();
+        if text.contains("status_code=\"200\"") || Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let eg: Vec<&str> = text.lines().filter(|l| l.starts_with("eg{")).collect();
+    assert_eq!(eg.len(), 1, "{eg:?}");
+    assert!(eg[0].contains("status_code=\"200\""), "{eg:?}");
+}

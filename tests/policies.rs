@@ -166,6 +166,51 @@ fn cors_options() {
     assert_eq!(r.header("access-control-allow-headers"), Some("X-Q,X-R"));
 }
 
+/// `allowedHeaders` as npm's `cors` (EG's) reads it: an empty string is no setting (the
+/// request's headers are reflected: a browser's preflight for `Authorization` passes), an
+/// empty list lists none (before, both sent an empty `Access-Control-Allow-Headers`).
+#[test]
+fn cors_empty_allowed_headers_as_npm_cors() {
+    let up = EchoUpstream::start("up");
+    let step = |name: &str, allowed: &str| {
+        format!("  {name}:\n    apiEndpoints: [{name}]\n    policies:\n      - cors: [{{action: {{allowedHeaders: {allowed}}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n")
+    };
+    let p = step("blank", "''") + &step("none", "[]");
+    let (_d, gw) = start(
+        "  blank: {paths: '/blank/*'}\n  none: {paths: '/none/*'}\n",
+        "cors, proxy",
+        &p,
+        &up,
+    );
+    let preflight = |path: &str| {
+        get(
+            gw.port,
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", "http://x"),
+                ("Access-Control-Request-Headers", "authorization"),
+            ],
+        )
+    };
+    let r = preflight("/blank/x");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        Some("authorization")
+    );
+    assert_eq!(r.header("vary"), Some("Access-Control-Request-Headers"));
+    let r = preflight("/none/x");
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        r.header("access-control-allow-headers"),
+        None,
+        "{:?}",
+        r.headers
+    );
+    assert_eq!(r.header("vary"), None, "{:?}", r.headers);
+}
+
 #[test]
 fn terminate_defaults_and_cors_on_terminated_answers() {
     let up = EchoUpstream::start("up");

@@ -267,6 +267,23 @@ fn upstream_failures_are_502_bad_gateway() {
         assert_eq!(r.text(), "Bad gateway.", "{path}");
         assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
     }
+    // After the interim `100 Continue` a request that asked for one gets, the failure is
+    // still answered (the connection was closed without a final answer).
+    for path in ["/dead/x", "/raw/close", "/slow/2000"] {
+        use std::io::{Read, Write};
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+        c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        write!(
+            c,
+            "GET {path} HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        .expect("send");
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.contains("HTTP/1.1 502"), "{path}: {answer:?}");
+    }
     // The gateway is still fine afterwards.
     assert_eq!(get(s.gw.port, "GET", "/raw/ok", &[]).status, 200);
 }

@@ -63,7 +63,9 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
         metrics.cache.record(status, from_cache);
     }
     let consumer = x.consumer.as_ref().map(|c| &*c.id);
-    if x.metered {
+    // Counted when the response completes, as Kargo's plugin does: a client that left before
+    // any answer (a map panned away from its tiles) has none to count.
+    if x.metered && end.status != 0 {
         m.count(end.status, consumer, endpoint.map_or("", |ep| &*ep.name));
     }
     if crate::access_log::enabled() {

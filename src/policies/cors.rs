@@ -84,7 +84,8 @@ enum AllowedOrigin {
 pub struct Cors {
     origin: Origin,
     methods: HeaderValue,
-    allowed_headers: Option<HeaderValue>,
+    /// `None`: the request's are reflected; `Some(None)`: none are listed.
+    allowed_headers: Option<Option<HeaderValue>>,
     exposed_headers: Option<HeaderValue>,
     credentials: bool,
     max_age: Option<HeaderValue>,
@@ -154,12 +155,17 @@ impl Cors {
             ListParam::joined,
         );
         let methods = header_value(&methods, "methods", at("methods"), errors);
-        let allowed_headers = p
-            .allowed_headers
-            .as_ref()
-            .or(p.headers.as_ref())
-            .map(ListParam::joined)
-            .and_then(|h| header_value(&h, "allowedHeaders", at("allowedHeaders"), errors));
+        // As npm's `cors`: an empty string is no setting (the request's headers are
+        // reflected), a list is one even when empty (no header then).
+        fn given(l: &Option<ListParam>) -> Option<&ListParam> {
+            l.as_ref()
+                .filter(|l| !matches!(l, ListParam::Joined(s) if s.is_empty()))
+        }
+        let allowed_headers = given(&p.allowed_headers).or(given(&p.headers)).map(|l| {
+            Some(l.joined())
+                .filter(|h| !h.is_empty())
+                .and_then(|h| header_value(&h, "allowedHeaders", at("allowedHeaders"), errors))
+        });
         let exposed_headers = p
             .exposed_headers
             .as_ref()
@@ -172,6 +178,15 @@ impl Cors {
             Some(MaxAgeParam::Text(s)) if s.is_empty() => None,
             Some(MaxAgeParam::Text(s)) => header_value(s, "maxAge", at("maxAge"), errors),
         };
+        let status = p.options_success_status;
+        if let Some(n) = at("optionsSuccessStatus").filter(|_| !(200..=599).contains(&status)) {
+            errors.push(
+                &n.pos,
+                format!(
+                    "policy `cors`: `optionsSuccessStatus` {status} is not a final HTTP status (200–599)"
+                ),
+            );
+        }
         if errors.0.len() != before {
             return None;
         }
@@ -270,10 +285,11 @@ impl Policy for Cors {
             ));
         }
         match &self.allowed_headers {
-            Some(v) => out.push(HeaderEdit::Default(
+            Some(Some(v)) => out.push(HeaderEdit::Default(
                 header::ACCESS_CONTROL_ALLOW_HEADERS,
                 v.clone(),
             )),
+            Some(None) => {}
             None => {
                 if let Some(requested) = req
                     .headers

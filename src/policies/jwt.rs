@@ -232,7 +232,11 @@ impl Jwt {
                 algs
             }
         };
-        let mut validation = Validation::new(algorithms[0]);
+        // An empty list would refuse every token (EG's jsonwebtoken: "invalid algorithm").
+        let Some(&first) = algorithms.first() else {
+            return Err("`algorithms` is empty: no token could be verified".into());
+        };
+        let mut validation = Validation::new(first);
         validation.algorithms = algorithms;
         validation.leeway = LEEWAY;
         validation.validate_exp = true;
