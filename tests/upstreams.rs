@@ -657,3 +657,26 @@ fn a_url_of_weight_zero_does_not_count_as_another_to_fall_back_on() {
     );
     assert!(!gw.log_text().contains("ejected"), "{}", gw.log_text());
 }
+
+/// A service endpoint whose url carries a key in its query (as some WMTS providers want) is
+/// shown without it: in `tollgate_upstream_healthy` (which Kargo serves on a public
+/// `/metrics`), the Admin API and the logs; the upstream still gets it.
+#[test]
+fn an_upstream_urls_query_is_never_shown() {
+    let a = PyUpstream::start("a", 5.0);
+    let url = format!("{}/keyed?apikey=SECRET-KEY", a.url(""));
+    let dir = ConfigDir::new(&config(&[url], "{retries: 0}", ", stripPath: true", ""));
+    let gw = GatewayProcess::start(&dir);
+    let r = get(gw.port, "GET", "/tiles/x", &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("apikey=SECRET-KEY"), "{}", r.text());
+    let metrics = get(gw.admin_port, "GET", "/metrics", &[]).text();
+    let state = get(gw.admin_port, "GET", "/tollgate/upstreams", &[]).text();
+    for shown in [&metrics, &state, &gw.log_text()] {
+        assert!(!shown.contains("SECRET-KEY"), "{shown}");
+    }
+    assert!(
+        metrics.contains(&format!("url=\"{}/keyed?…\"", a.url(""))),
+        "{metrics}"
+    );
+}

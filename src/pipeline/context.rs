@@ -216,7 +216,7 @@ impl ProxyPlan {
     /// url has no address.
     pub fn upstream_text(&self) -> String {
         match self.endpoint.targets.get(self.target) {
-            Some(t) if self.unresolved => t.url.clone(),
+            Some(t) if self.unresolved => t.shown.clone(),
             _ => self.addr.to_string(),
         }
     }

@@ -287,7 +287,7 @@ impl Policy for Proxy {
                 log::warn!(
                     "upstream failure: api endpoint `{}`, upstream {}: no resolved address; answered 502",
                     req.endpoint.name,
-                    self.endpoint.targets[i].url
+                    self.endpoint.targets[i].shown
                 );
                 crate::metrics::metrics().upstream_error(crate::metrics::DNS);
                 return Outcome::Respond(crate::responses::bad_gateway());

@@ -126,7 +126,7 @@ fn failed(plan: &ProxyPlan) {
     if ep.states[plan.target].request_result(true, outlier) {
         log::warn!(
             "upstream {} of service endpoint `{}` ejected for {:?} after consecutive failures",
-            ep.targets[plan.target].url,
+            ep.targets[plan.target].shown,
             ep.name,
             ep.settings
                 .outlier_detection

@@ -23,7 +23,7 @@ pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) 
             if state.checks_off() {
                 log::info!(
                     "upstream {} of service endpoint `{}` has no health check now: back in rotation",
-                    target.url,
+                    target.shown,
                     endpoint.name
                 );
             }
@@ -57,12 +57,12 @@ pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) 
                 match (change, result) {
                     (Change::BecameUnhealthy, Err(why)) => log::warn!(
                         "upstream {} of service endpoint `{}` is unhealthy: {why}; requests go to the others",
-                        target.url,
+                        target.shown,
                         ep.name
                     ),
                     (Change::BecameHealthy, _) => log::info!(
                         "upstream {} of service endpoint `{}` is healthy again",
-                        target.url,
+                        target.shown,
                         ep.name
                     ),
                     _ => {}

@@ -21,6 +21,9 @@ use crate::config::node::Node;
 #[derive(Debug)]
 pub struct UpstreamTarget {
     pub url: String,
+    /// The url as logs, metrics and the Admin API show it: its query (which may carry an
+    /// upstream's key) left out.
+    pub shown: String,
     pub tls: bool,
     pub hostname: String,
     pub port: u16,
@@ -62,8 +65,13 @@ impl UpstreamTarget {
         let base_path = if base_path.is_empty() { "/" } else { base_path }.to_string();
         let host_header = HeaderValue::from_str(authority.as_str())
             .map_err(|_| format!("`{url}` has an invalid host"))?;
+        let shown = match url.split_once('?') {
+            Some((before, _)) => format!("{before}?…"),
+            None => url.to_string(),
+        };
         let target = UpstreamTarget {
             url: url.to_string(),
+            shown,
             tls,
             hostname,
             port,
@@ -116,7 +124,7 @@ impl UpstreamTarget {
                 if self.addr().is_none() {
                     log::warn!(
                         "upstream {}: cannot resolve `{}`: {e}",
-                        self.url,
+                        self.shown,
                         self.hostname
                     );
                 }
@@ -192,7 +200,7 @@ pub fn publish_health(gw: &crate::gateway::Gateway) {
     for ep in gw.service_endpoints.values() {
         for (t, s) in ep.targets.iter().zip(&ep.states) {
             gauge
-                .with_label_values(&[ep.name.as_str(), t.url.as_str()])
+                .with_label_values(&[ep.name.as_str(), t.shown.as_str()])
                 .set(i64::from(s.available()));
         }
     }
@@ -213,7 +221,7 @@ pub fn describe(gw: &crate::gateway::Gateway) -> serde_json::Value {
                 .enumerate()
                 .map(|(i, (t, s))| {
                     serde_json::json!({
-                        "url": t.url,
+                        "url": t.shown,
                         "address": t.addr().map(|a| a.to_string()),
                         "weight": ep.settings.weight(i),
                         "healthy": s.healthy(),
