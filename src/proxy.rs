@@ -451,7 +451,8 @@ impl ProxyHttp for Tollgate {
         // A response whose head went out already is cut short as it is: the connection closes
         // without its body's end, so the client sees it incomplete (an error reply would go
         // into its body, and finish it as if whole).
-        let mut reply = reply.filter(|_| final_written(session).is_none());
+        // Unless an answer went out already (an interim `100 Continue` alone is none).
+        let mut reply = reply.filter(|_| exchange::final_status(session.response_written()) == 0);
         // The cache step's verdict (no header without one).
         let mut label = "";
         if reply.is_some() && ctx.x.cache.is_some() {
@@ -525,7 +526,7 @@ impl ProxyHttp for Tollgate {
             }
         }
         let ended = Ended {
-            status: final_written(session).map_or(0, |r| r.status.as_u16()),
+            status: exchange::final_status(session.response_written()),
             elapsed: ctx.started.elapsed(),
             upstream_time: ctx.upstream_time,
             bytes_in: session.body_bytes_read(),
@@ -582,15 +583,6 @@ fn preferred_encodings(req: &RequestHeader) -> std::borrow::Cow<'_, RequestHeade
         let _ = req.insert_header(http::header::ACCEPT_ENCODING, v);
     }
     std::borrow::Cow::Owned(req)
-}
-
-/// The response head written to the client, when it is the final one: after an interim
-/// `100 Continue` alone the exchange has no answer yet (a failure is still answered, and a
-/// client that leaves then got none). A `101` is final: the connection is switched.
-fn final_written(session: &Session) -> Option<&ResponseHeader> {
-    session.response_written().filter(|r| {
-        !r.status.is_informational() || r.status == http::StatusCode::SWITCHING_PROTOCOLS
-    })
 }
 
 #[cfg(test)]

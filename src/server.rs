@@ -97,17 +97,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the background runtime")?;
-    let consumers = ConsumerLayer::open(
-        &loaded.system,
-        &opts.config_dirs,
-        &opts.data_dir,
-        opts.upgrade.then_some(HANDOVER_WAIT),
-    )?;
-    // The listening sockets now (from the old process, when upgrading): its consumer store is
-    // ours (it let go of it when told to hand over), and what takes long — the consumers'
-    // first load, the disk tier's scan — comes after. The old process tries to hand them over
-    // for a few seconds only; after a slower start both would be gone. Meanwhile clients wait
-    // in the sockets' backlog.
+    // The listening sockets first (from the old process, when upgrading): what takes long —
+    // opening the embedded store (it reads all of it), the consumers' first load, the disk
+    // tier's scan — comes after. The old process offers them for a few seconds only; after a
+    // slower start both would be gone. Meanwhile clients wait in the sockets' backlog.
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -128,6 +121,24 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
+    // From here on this process holds the sockets: SIGTERM, SIGQUIT and SIGHUP are taken (one
+    // that comes before Pingora's signal loop runs waits for it instead of taking its default
+    // action: the end of the process, the connections queued reset). SIGINT still stops at
+    // once. An upgrading process is the service's main one from now on (systemd: the old one
+    // leaves before this one is ready when its start takes long).
+    let early = background
+        .block_on(async { Taken::now() })
+        .inspect_err(|e| log::warn!("cannot take the signals before the server runs: {e}"))
+        .ok();
+    if opts.upgrade {
+        crate::lifecycle::notify_main_pid();
+    }
+    let consumers = ConsumerLayer::open(
+        &loaded.system,
+        &opts.config_dirs,
+        &opts.data_dir,
+        opts.upgrade.then_some(HANDOVER_WAIT),
+    )?;
     let loaded_redis_emulated = loaded.system.redis.emulate;
     log::info!("consumers: {}", consumers.store.describe());
     if let Some(file) = &opts.populate {
@@ -348,14 +359,6 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         consumers.store.clone(),
         listen.clone(),
     );
-    // SIGTERM, SIGQUIT and SIGHUP are taken from here on: one that comes after the listeners
-    // open and before Pingora's signal loop runs waits for it instead of taking its default
-    // action (the end of the process, the connections it has queued reset). SIGINT still
-    // stops at once.
-    let early = background
-        .block_on(async { Taken::now() })
-        .inspect_err(|e| log::warn!("cannot take the signals before the server runs: {e}"))
-        .ok();
     // The background runtime lives as long as the process: the server's run ends in exit.
     std::mem::forget(background);
     server.run(RunArgs {

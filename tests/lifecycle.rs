@@ -812,7 +812,7 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     );
     std::thread::sleep(Duration::from_millis(500));
     // The new process, same config and ports, takes the sockets over.
-    let mut new = start_upgrade(&dir, &old, &sock, &[]);
+    let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let quit = Instant::now();
@@ -878,12 +878,19 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
 /// Starts the new process of a binary upgrade of `old` (same config and ports, `extra`
 /// arguments), its log in `new.log`; stopped however the test ends: it holds the gateway's
 /// ports.
-fn start_upgrade(dir: &ConfigDir, old: &GatewayProcess, sock: &str, extra: &[&str]) -> Reaped {
+fn start_upgrade(
+    dir: &ConfigDir,
+    old: &GatewayProcess,
+    sock: &str,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+) -> Reaped {
     let log = std::fs::File::create(dir.path.join("new.log")).expect("log");
     let new = Command::new(binary())
         .args(["serve", "--config", &dir.path.display().to_string()])
         .args(["--upgrade", "--upgrade-sock", sock])
         .args(extra)
+        .envs(envs.iter().copied())
         .env("PORT", old.port.to_string())
         .env("ADMIN_PORT", old.admin_port.to_string())
         .env("RUST_LOG", "info")
@@ -929,9 +936,41 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
     assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
     let slow = dir.file("slow.json");
-    let mut new = start_upgrade(&dir, &old, &sock, &["--populate", &slow]);
+    // What the new process tells systemd, in order.
+    let notify_path = dir.path.join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let told = std::thread::spawn(move || {
+        let mut messages = Vec::new();
+        let mut buf = [0; 256];
+        while let Ok(n) = notify.recv(&mut buf) {
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let ready = m.contains("READY=1");
+            messages.push(m);
+            if ready {
+                break;
+            }
+        }
+        messages
+    });
+    let notify_env = notify_path.display().to_string();
+    let mut new = start_upgrade(
+        &dir,
+        &old,
+        &sock,
+        &["--populate", &slow],
+        &[("NOTIFY_SOCKET", notify_env.as_str())],
+    );
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
+    // A reload asked of it while it starts (it holds the sockets by then) waits for it to
+    // serve; it is not the end of the process.
+    std::thread::sleep(Duration::from_secs(2));
+    unsafe {
+        libc::kill(new.0.id() as libc::pid_t, libc::SIGHUP);
+    }
     let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
     let mut old = old;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -957,4 +996,13 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(new_log().contains("populate"), "{}", new_log());
+    // The main process from the moment it held the sockets, ready once it served.
+    let pid = new.0.id();
+    assert_eq!(
+        told.join().expect("notify"),
+        [
+            format!("MAINPID={pid}\n"),
+            format!("READY=1\nMAINPID={pid}\n")
+        ]
+    );
 }

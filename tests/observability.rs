@@ -346,16 +346,39 @@ fn the_access_log_is_reopened_when_its_file_is_moved_or_removed() {
 }
 
 /// Kargo's `eg` counter counts responses that complete: a client that leaves before its answer
-/// (a map panned away from tiles still loading) is not a `FAILED` request with status `0`.
+/// (a map panned away from tiles still loading) is not a `FAILED` request with status `0`, nor
+/// with the status of an interim answer it got (`100 Continue`, an upstream's `103`).
 #[test]
 fn a_client_that_leaves_before_its_answer_is_not_counted_in_eg() {
     let up = support::upstream::PyUpstream::start("tiles", 5.0);
+    // And an upstream that sends an interim `103 Early Hints`, then nothing more.
+    let hints = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let hints_port = hints.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for conn in hints.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0; 4096];
+                let _ = conn.read(&mut buf);
+                let _ = conn.write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n");
+                std::thread::sleep(Duration::from_secs(3));
+            });
+        }
+    });
     let yml = format!(
-        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [metrics, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - metrics:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\n  hints: {{paths: '/hints/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\n  hints: {{url: 'http://127.0.0.1:{hints_port}'}}\npolicies: [metrics, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - metrics:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n  hints:\n    apiEndpoints: [hints]\n    policies:\n      - metrics:\n      - proxy: [{{action: {{serviceEndpoint: hints}}}}]\n",
         up.url("")
     );
     let dir = ConfigDir::new(&yml);
     let gw = GatewayProcess::start(&dir);
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        write!(s, "GET /hints/x HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+        std::thread::sleep(Duration::from_millis(500));
+        drop(s);
+    }
     for fast_path in [true, false] {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");

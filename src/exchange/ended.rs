@@ -138,6 +138,16 @@ pub fn failure_reply(e: &Error) -> (u16, Option<Reply>) {
     (code, reply)
 }
 
+/// The status of the final response head written to a client; 0 when none was (an interim
+/// 1xx alone is none: the exchange has no answer yet; a `101` is final: the connection is
+/// switched).
+pub fn final_status(written: Option<&pingora_http::ResponseHeader>) -> u16 {
+    written
+        .map(|r| r.status)
+        .filter(|s| !s.is_informational() || *s == http::StatusCode::SWITCHING_PROTOCOLS)
+        .map_or(0, |s| s.as_u16())
+}
+
 /// The api endpoint and the upstream of an exchange, as log lines name them.
 fn named(x: &Exchange) -> (&str, String) {
     (

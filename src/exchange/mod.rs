@@ -6,8 +6,8 @@
 mod ended;
 
 pub use ended::{
-    account, count_upstream_failure, failure_reply, refreshed, upstream_error_kind, Ended,
-    Requested,
+    account, count_upstream_failure, failure_reply, final_status, refreshed, upstream_error_kind,
+    Ended, Requested,
 };
 
 use std::net::IpAddr;

@@ -230,7 +230,7 @@ impl FastPath {
         end: Finish,
     ) -> Served {
         let ended = Ended {
-            status: s.response_written().map_or(0, |r| r.status.as_u16()),
+            status: crate::exchange::final_status(s.response_written()),
             elapsed: started.elapsed(),
             upstream_time: end.upstream_time,
             bytes_in: s.body_bytes_read(),

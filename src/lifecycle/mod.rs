@@ -483,6 +483,18 @@ pub async fn notify_ready_when_listening(listen: &[String]) {
     }
 }
 
+/// Tells systemd (when it runs the gateway) that this process is the service's main one: an
+/// upgrading process, once it holds the listening sockets, before its start is done.
+pub fn notify_main_pid() {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let message = format!("MAINPID={}\n", std::process::id());
+    if let Err(e) = sd_notify(&socket, message.as_bytes()) {
+        log::warn!("cannot notify systemd: {e}");
+    }
+}
+
 fn sd_notify(socket: &std::ffi::OsStr, message: &[u8]) -> std::io::Result<()> {
     use std::os::linux::net::SocketAddrExt;
     use std::os::unix::ffi::OsStrExt;
