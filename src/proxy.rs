@@ -450,8 +450,8 @@ impl ProxyHttp for Tollgate {
         session.set_keepalive(None);
         // A response whose head went out already is cut short as it is: the connection closes
         // without its body's end, so the client sees it incomplete (an error reply would go
-        // into its body, and finish it as if whole).
-        // Unless an answer went out already (an interim `100 Continue` alone is none).
+        // into its body, and finish it as if whole). An interim `100 Continue` alone is no
+        // answer yet.
         let mut reply = reply.filter(|_| exchange::final_status(session.response_written()) == 0);
         // The cache step's verdict (no header without one).
         let mut label = "";

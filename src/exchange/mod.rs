@@ -305,15 +305,9 @@ macro_rules! editable {
 editable!(RequestHeader);
 editable!(ResponseHeader);
 
-/// Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded.
-static HOP_BY_HOP: [HeaderName; 6] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-];
+/// [`crate::wire::HOP_BY_HOP`] as header names.
+static HOP_BY_HOP: std::sync::LazyLock<[HeaderName; 6]> =
+    std::sync::LazyLock::new(|| crate::wire::HOP_BY_HOP.map(HeaderName::from_static));
 
 /// Pingora's request and response heads: their headers in a map.
 pub trait HeaderMapped: EditableHeaders {

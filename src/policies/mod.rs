@@ -92,14 +92,15 @@ pub fn build(
 ) -> Option<Arc<dyn Policy>> {
     let policy: Arc<dyn Policy> = match name {
         "proxy" => Arc::new(proxy::Proxy::build(action, pos, cx, errors)?),
-        "cors" => Arc::new(cors::Cors::build(
-            params(name, action, pos, errors)?,
-            action,
-            errors,
-        )?),
+        "cors" => {
+            let p: cors::Params = params(name, action, pos, errors)?;
+            let status = p.options_success_status;
+            final_status(name, "optionsSuccessStatus", status, action, pos, errors)?;
+            Arc::new(cors::Cors::build(p, action, errors)?)
+        }
         "terminate" => {
             let p: terminate::Params = params(name, action, pos, errors)?;
-            final_status(name, p.status_code, action, pos, errors)?;
+            final_status(name, "statusCode", p.status_code, action, pos, errors)?;
             Arc::new(terminate::Terminate::build(p))
         }
         "headers" => Arc::new(headers::Headers::build(
@@ -307,10 +308,11 @@ fn coerce_at(
     }
 }
 
-/// A `statusCode` the gateway answers with must be a final one (200–599): an informational
-/// status would leave the client waiting for the answer after it.
+/// A status the gateway answers with (the step's parameter `param`) must be a final one
+/// (200–599): an informational status would leave the client waiting for the answer after it.
 pub fn final_status(
     name: &str,
+    param: &str,
     status: u16,
     action: Option<&Node>,
     pos: &Pos,
@@ -320,8 +322,8 @@ pub fn final_status(
         return Some(());
     }
     errors.push(
-        param_pos(action, "statusCode", pos),
-        format!("policy `{name}`: `statusCode` {status} is not a final HTTP status (200–599)"),
+        param_pos(action, param, pos),
+        format!("policy `{name}`: `{param}` {status} is not a final HTTP status (200–599)"),
     );
     None
 }

@@ -96,7 +96,14 @@ impl RateLimit {
             );
             return None;
         }
-        super::final_status("rate-limit", p.status_code, action, pos, errors)?;
+        super::final_status(
+            "rate-limit",
+            "statusCode",
+            p.status_code,
+            action,
+            pos,
+            errors,
+        )?;
         let key = match &p.rate_limit_by {
             None => None,
             Some(t) => match Template::parse(t) {
