@@ -225,6 +225,39 @@ fn every_framing_reaches_the_client_as_on_the_general_path() {
     assert_eq!(answer(fast.port, "GET", "/304").0, 304);
 }
 
+/// RFC 9110 §15.2: an HTTP/1.0 client gets no informational answer (it would take it for the
+/// final one), on either path, with a body or without; an HTTP/1.1 client gets it.
+#[test]
+fn an_http10_client_gets_no_informational_answer() {
+    use std::io::{Read, Write};
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_dir, gw) = gateway(&up, fast);
+        for (version, body) in [("1.0", ""), ("1.0", "hi"), ("1.1", "")] {
+            let method = if body.is_empty() { "GET" } else { "POST" };
+            let raw = format!(
+                "{method} /continue HTTP/{version}\r\nHost: tiles\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(raw.as_bytes()).expect("send");
+            let mut out = Vec::new();
+            let _ = s.read_to_end(&mut out);
+            let out = String::from_utf8_lossy(&out);
+            let expected = match version {
+                "1.0" => "HTTP/1.1 200 ",
+                _ => "HTTP/1.1 100 ",
+            };
+            assert!(
+                out.starts_with(expected) && out.ends_with("\r\n\r\nok"),
+                "--fast-path {fast}, {method} HTTP/{version}: {out:?}"
+            );
+        }
+    }
+}
+
 /// A malformed head gets the gateway's own 400 on both paths, counted as such, and reaches
 /// no upstream.
 #[test]

@@ -29,7 +29,7 @@ pub struct Fill {
     rule: Arc<CacheRule>,
     filling: Option<Filling>,
     /// The store's count of purges when the request's step ran.
-    seen: u64,
+    seen: super::store::Seen,
     /// How the lock is released when the fill ends before it was stored.
     outcome: LockStatus,
     /// Whether the response head was judged.

@@ -426,8 +426,13 @@ fn verdict(
     let Some(u) = &x.cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
-    // Asked for before or during a purge: the answer may be what the purge was for.
-    if get().is_some_and(|c| c.store.purged_since(u.epoch)) {
+    // Asked for before or during a purge (or an invalidation of the tile): the answer may be
+    // what it was for.
+    let purged = |c: &TileCache| {
+        let key = session.cache.maybe_cache_key().map(CacheKey::combined_bin);
+        key.is_some_and(|k| c.store.purged_since(u.epoch, &k))
+    };
+    if get().is_some_and(purged) {
         return RespCacheable::Uncacheable(NoCacheReason::Custom(PURGED));
     }
     // A miss (not a refresh of a stored tile) is counted, and stored only from the step's

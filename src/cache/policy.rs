@@ -107,9 +107,9 @@ pub struct CacheRule {
 #[derive(Clone, Debug)]
 pub struct CacheUse {
     pub rule: Arc<CacheRule>,
-    /// The store's count of purges when the step ran: what its fetch brings is stored only
-    /// if no purge came since.
-    pub epoch: u64,
+    /// The store's purges and invalidations when the step ran: what its fetch brings is
+    /// stored only if no purge, and no invalidation of its tile, came since.
+    pub epoch: super::store::Seen,
     /// A stale copy is served without asking the upstream, which has just failed the tile.
     pub stale_held: bool,
     /// The lookup found the tile expired (its new answer, stored or not, is `EXPIRED`).
@@ -185,7 +185,7 @@ impl Policy for Cache {
     fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
         x.cache = Some(CacheUse {
             rule: self.rule.clone(),
-            epoch: super::get().map_or(0, |c| c.store.epoch()),
+            epoch: super::get().map(|c| c.store.epoch()).unwrap_or_default(),
             stale_held: false,
             expired: false,
             stale_forbidden: false,

@@ -823,6 +823,47 @@ fn a_revalidations_304_updates_the_stored_head() {
     assert_eq!(up.not_modified(), 1);
 }
 
+/// A revalidation's 304 updates the tile it revalidated, not another stored since: a HEAD's
+/// slow revalidation (a HEAD takes no lock) overtaken by a GET that brought the tile's new
+/// version leaves the new version whole, its head with its body.
+#[test]
+fn a_late_304_does_not_put_the_old_head_on_a_newer_tile() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let path = "/open/overtaken?cc=max-age%3D3&header=ETag:%22v1%22";
+    let served = |r: &Response| support::json_body(r)["served"].as_u64();
+    let first = get(gw.port, "GET", path, &[]);
+    assert_eq!(cache_status(&first), "MISS");
+    std::thread::sleep(Duration::from_millis(3500));
+    // Stale now: the HEAD's revalidation is answered 304 (the tile unchanged for it), late.
+    let port = gw.port;
+    let head = std::thread::spawn(move || get(port, "HEAD", path, &[("X-Test-Delay", "1500")]));
+    wait_in_flight(&gw);
+    // Meanwhile the tile changed: a GET's revalidation brings the new one, stored.
+    let new = get(gw.port, "GET", path, &[("X-Test-ETag", "\"v2\"")]);
+    assert_eq!(
+        (cache_status(&new), new.header("etag")),
+        ("EXPIRED", Some("\"v2\""))
+    );
+    let head = head.join().expect("the HEAD");
+    assert_eq!(head.status, 200);
+    let hit = get(gw.port, "GET", path, &[]);
+    assert_eq!(
+        (cache_status(&hit), hit.header("etag"), served(&hit)),
+        ("HIT", Some("\"v2\""), served(&new)),
+        "the stored tile is the new one, whole"
+    );
+    assert_eq!(
+        up.not_modified(),
+        1,
+        "the HEAD's revalidation was answered 304"
+    );
+}
+
 #[test]
 fn a_variant_stays_stored_when_another_variant_of_its_tile_is_revalidated() {
     // With a validator: the stale variant is revalidated (a 304).

@@ -707,6 +707,62 @@ fn a_tile_being_fetched_when_it_is_purged_is_not_stored() {
     assert_eq!(up.served(), 2);
 }
 
+/// RFC 9111 §4.4 against a fill under way: a tile whose fetch began before an unsafe request
+/// for its URL succeeded may be the old one, and is stored neither in memory nor on disk (on
+/// the fast path's fill and on Pingora's).
+#[test]
+fn a_tile_being_fetched_when_its_url_is_written_is_not_stored() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for fast_path in ["on", "off"] {
+        let (cache_dir, dir_arg) = fresh_cache_dir(&format!("written-{fast_path}"));
+        let (dir, gw) = start(
+            &up,
+            "{ttl: 600}",
+            &["--fast-path", fast_path, "--cache-dir", &dir_arg],
+        );
+        // The upstream's first answer for the path says `X-Version: 1`; the GET is slow.
+        let path = format!("/open/written-{fast_path}.png?first=X-Version:1");
+        let (port, slow) = (gw.port, path.clone());
+        let fetching =
+            std::thread::spawn(move || get(port, "GET", &slow, &[("X-Test-Delay", "1000")]));
+        super::wait_in_flight(&gw);
+        let raw = format!(
+            "PUT {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        assert_eq!(support::request(gw.port, &raw, false).status, 200);
+        let old = fetching.join().expect("the fetch");
+        assert_eq!(
+            (old.status, cache_status(&old), old.header("x-version")),
+            (200, "MISS", Some("1")),
+            "fast path {fast_path}"
+        );
+        let next = get(gw.port, "GET", &path, &[]);
+        assert_eq!(
+            (cache_status(&next), next.header("x-version")),
+            ("MISS", None),
+            "fast path {fast_path}: the tile fetched before the PUT was stored"
+        );
+        assert_eq!(cache_status(&get(gw.port, "GET", &path, &[])), "HIT");
+        // Nor did the old tile reach the disk: after a restart, the one stored after the PUT.
+        wait_for_disk(&cache_dir, 1);
+        drop(gw);
+        let populate = dir.file("consumers.json");
+        let gw = GatewayProcess::start_with(
+            &dir,
+            &["--populate", &populate, "--cache-dir", &dir_arg],
+            &[],
+        );
+        let after = get(gw.port, "GET", &path, &[]);
+        assert_eq!(
+            (cache_status(&after), after.header("x-version")),
+            ("HIT", None),
+            "fast path {fast_path}: after a restart"
+        );
+        drop(gw);
+        let _ = std::fs::remove_dir_all(&cache_dir);
+    }
+}
+
 #[test]
 fn a_purge_of_a_tile_cached_by_the_clients_host_names_the_host() {
     let up = PyUpstream::start("tiles", 5.0);

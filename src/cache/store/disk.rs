@@ -20,7 +20,7 @@ use pingora_cache::key::HashBinary;
 use pingora_cache::CacheMeta;
 use tokio::sync::Semaphore;
 
-use super::Object;
+use super::{Object, Seen};
 
 mod evict;
 
@@ -58,22 +58,12 @@ pub struct DiskTier {
     queued: AtomicU64,
     /// Writes not made because [`QUEUE_MAX`] bytes were waiting already.
     pub skipped: AtomicU64,
-    /// Keys with writes waiting for the disk, and when one was invalidated meanwhile (an
-    /// unsafe request's URL): a write of an object stored before then is not put in place.
-    pending: Mutex<HashMap<HashBinary, Pending>>,
     /// Objects written so far (what a use from memory is told by, see [`DiskTier::used`]).
     writes: AtomicU64,
     pub stored_bytes: AtomicU64,
     pub stored_objects: AtomicU64,
     pub evictions: AtomicU64,
     pub corrupt: AtomicU64,
-}
-
-/// The writes of one key waiting for the disk.
-#[derive(Default)]
-struct Pending {
-    writes: u32,
-    invalidated: Option<std::time::SystemTime>,
 }
 
 /// What a file of `len` bytes takes of the budget: the blocks it fills (a file system gives
@@ -214,7 +204,6 @@ impl DiskTier {
             io: Semaphore::new(MAX_IO),
             queued: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
-            pending: Mutex::new(HashMap::new()),
             writes: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
@@ -381,10 +370,10 @@ impl DiskTier {
     }
 
     /// Writes an object in the background: the response does not wait for the disk. `seen`:
-    /// the store's count of purges when its fetch began; a purge since (of any tile: purges
-    /// are rare) leaves it unwritten.
+    /// when its fetch began; a purge since (of any tile: purges are rare), or an invalidation
+    /// of its tile, leaves it unwritten.
     /// At most [`QUEUE_MAX`] bytes wait: past them the object is not written (counted).
-    pub fn put(&'static self, obj: std::sync::Arc<Object>, seen: u64) {
+    pub fn put(&'static self, obj: std::sync::Arc<Object>, seen: Seen) {
         let size = obj.body.len() as u64 + obj.meta.head.wire_size() as u64;
         let before = self.queued.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > QUEUE_MAX {
@@ -399,37 +388,17 @@ impl DiskTier {
             }
             return;
         }
-        let key = obj.key;
-        self.queue_write(key);
         tokio::spawn(async move {
             if let Ok(_permit) = self.io.acquire().await {
                 let _ = tokio::task::spawn_blocking(move || self.write(&obj, seen)).await;
             }
             self.queued.fetch_sub(size, Ordering::Relaxed);
-            self.write_done(&key);
         });
     }
 
-    /// A write of `key` waits for the disk.
-    fn queue_write(&self, key: HashBinary) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        pending.entry(key).or_default().writes += 1;
-    }
-
-    /// A write of `key` is over (made or not).
-    fn write_done(&self, key: &HashBinary) {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = pending.get_mut(key) {
-            p.writes = p.writes.saturating_sub(1);
-            if p.writes == 0 {
-                pending.remove(key);
-            }
-        }
-    }
-
-    /// Writes an object file whole, then renames it into place (blocking), unless a purge came
-    /// after `seen`.
-    fn write(&self, obj: &Object, seen: u64) {
+    /// Writes an object file whole, then renames it into place (blocking), unless a purge, or
+    /// an invalidation of its tile, came after `seen`.
+    fn write(&self, obj: &Object, seen: Seen) {
         let key = obj.key;
         let path = self.path(&key);
         let tmp = self
@@ -444,17 +413,11 @@ impl DiskTier {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(&bytes)?;
             drop(f);
-            // Put in place and indexed while a purge cannot begin (the purges' own lock, not the
-            // index's, which requests take): it comes wholly before or wholly after.
+            // Put in place and indexed while a purge or an invalidation cannot begin (the
+            // purges' own lock, not the index's, which requests take): it comes wholly before
+            // (and removes the file) or wholly after (and this write is not made).
             let _order = self.purges.order();
-            let invalidated = self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&key)
-                .and_then(|p| p.invalidated)
-                .is_some_and(|at| obj.meta.updated <= at);
-            if self.purges.since(seen) || invalidated {
+            if self.purges.since(seen, &key) {
                 let _ = std::fs::remove_file(&tmp);
                 return Ok(None);
             }
@@ -490,19 +453,11 @@ impl DiskTier {
         };
     }
 
-    /// Removes an object an unsafe request invalidated, and keeps a write of it stored before
-    /// now, still waiting for the disk, from putting it back.
+    /// Removes an object an unsafe request invalidated (while the store's invalidation of
+    /// it is under way: a write of it waiting for the disk, begun before, puts nothing back).
     pub async fn invalidate(&'static self, key: &HashBinary) -> bool {
-        let waiting = {
-            let _order = self.purges.order();
-            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            pending
-                .get_mut(key)
-                .map(|p| p.invalidated = Some(std::time::SystemTime::now()))
-                .is_some()
-        };
-        // Nothing on disk and nothing on its way: no file to remove.
-        if !waiting && !self.contains(key) {
+        // Nothing on disk: no file to remove.
+        if !self.contains(key) {
             return false;
         }
         self.remove(key).await
@@ -616,35 +571,35 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// An object invalidated while its write waited for the disk is not put back by it; one
-    /// stored after the invalidation is written.
+    /// A write of a tile whose fetch began before an invalidation of it (under way or over)
+    /// puts nothing back; one begun after it ended is written.
     #[test]
-    fn a_write_of_an_object_stored_before_its_invalidation_puts_nothing_back() {
+    fn a_write_of_an_object_fetched_before_its_invalidation_puts_nothing_back() {
         let dir = std::env::temp_dir().join(format!("tollgate-disk-inval-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .expect("runtime");
-        let key = [9u8; 16];
-        let before = crate::cache::store::memory::tests::object(key, 3000);
-        // Its write waits for the disk while the tile is invalidated.
-        tier.queue_write(key);
-        std::thread::sleep(std::time::Duration::from_millis(5));
-        rt.block_on(tier.invalidate(&key));
-        tier.write(&before, tier.purges.epoch());
-        tier.write_done(&key);
+        let (key, other) = ([9u8; 16], [10u8; 16]);
+        let object = |k| crate::cache::store::memory::tests::object(k, 3000);
+        let before = tier.purges.epoch();
+        let under_way = tier.purges.invalidate(&key);
+        let during = tier.purges.epoch();
+        tier.write(&object(key), before);
+        tier.write(&object(key), during);
         assert!(!tier.contains(&key) && !tier.path(&key).exists());
-        assert!(
-            tier.pending.lock().unwrap().is_empty(),
-            "nothing kept once written"
-        );
-        let after = crate::cache::store::memory::tests::object(key, 3000);
-        tier.write(&after, tier.purges.epoch());
+        // Another tile's write goes on.
+        tier.write(&object(other), before);
+        assert!(tier.contains(&other));
+        drop(under_way);
+        tier.write(&object(key), before);
+        assert!(!tier.contains(&key), "begun before, written after");
+        tier.write(&object(key), during);
         assert!(tier.contains(&key) && tier.path(&key).exists());
-        // Invalidated with nothing waiting: the file goes, nothing is kept.
+        // Invalidated: the file goes.
         assert!(rt.block_on(tier.invalidate(&key)));
-        assert!(!tier.path(&key).exists() && tier.pending.lock().unwrap().is_empty());
+        assert!(!tier.path(&key).exists() && !tier.contains(&key));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -715,7 +670,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let first = DiskTier::open(&dir, 1 << 30).unwrap();
         let key = [9u8; 16];
-        first.write(&crate::cache::store::memory::tests::object(key, 100), 0);
+        first.write(
+            &crate::cache::store::memory::tests::object(key, 100),
+            first.purges.epoch(),
+        );
         let mode = std::fs::metadata(dir.join(SECRET_FILE))
             .unwrap()
             .permissions()

@@ -21,7 +21,7 @@ pub struct Filling {
     pub(super) meta: Option<StoredMeta>,
     pub(super) body: FillBody,
     /// [`TileStore::epoch`] when the fetch began.
-    pub(super) seen: u64,
+    pub(super) seen: super::Seen,
 }
 
 /// A body being collected: in the memory tier's shared memory when its declared length is one

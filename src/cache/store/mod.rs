@@ -131,18 +131,28 @@ pub struct Object {
     /// The disk tier's clock when a use of this object from memory was last told to it (see
     /// [`disk::DiskTier::used`]).
     disk_stamp: std::sync::atomic::AtomicU64,
+    /// This object among all the process made (see [`Found`]).
+    serial: u64,
 }
 
 impl Object {
     pub fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Object {
+        static MADE: AtomicU64 = AtomicU64::new(0);
         Object {
             key,
             meta,
             body,
             disk_stamp: std::sync::atomic::AtomicU64::new(0),
+            serial: MADE.fetch_add(1, Ordering::Relaxed),
         }
     }
 }
+
+/// The object a lookup found, put in the metadata Pingora's cache phases hand back when they
+/// revalidate it: the 304's update applies to that object's body only, not to another stored
+/// under its key since (a HEAD's revalidation takes no lock, and a GET's may overtake it).
+#[derive(Clone, Copy, Debug)]
+pub struct Found(u64);
 
 pub struct TileStore {
     pub memory: MemoryTier,
@@ -155,37 +165,90 @@ pub struct TileStore {
 /// The store's count of purges when a request's fetch began ([`TileStore::epoch`]), put in
 /// the metadata of its answer for the storage calls Pingora makes with it.
 #[derive(Clone, Copy, Debug)]
-pub struct Begun(pub u64);
+pub struct Begun(pub Seen);
 
 /// The store's purges, as a count each side of them: work that began when no purge was under
-/// way stores its object only if none began since.
-#[derive(Default)]
+/// way stores its object only if none began since. And its invalidations (an unsafe request's
+/// URL, RFC 9111 §4.4), by tile: what a fetch begun before one of its tile's would store is
+/// not stored, nor what a disk read begun while one was under way found.
 pub struct Purges {
     begun: AtomicU64,
     ended: AtomicU64,
-    /// Orders a purge's start with the disk tier putting a file in place.
+    /// Invalidations begun so far: each one's number.
+    invalidations: AtomicU64,
+    /// Per slot of tiles (by key), the number of the last invalidation begun of one of them
+    /// ...
+    invalidated: Box<[AtomicU64]>,
+    /// ... and how many of them are under way.
+    invalidating: Box<[AtomicU64]>,
+    /// Orders a purge's start, and an invalidation's, with the disk tier putting a file in
+    /// place.
     order: std::sync::Mutex<()>,
 }
 
-/// [`Purges::epoch`] while a purge is under way.
+/// Slots of [`Purges`]' invalidations: tiles that share one (by chance) share their
+/// invalidations, which only costs a fetch begun before one of them its store.
+const INVALIDATION_SLOTS: usize = 4096;
+
+/// When work that may store began ([`TileStore::epoch`]): the purges and the invalidations
+/// begun so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    purges: u64,
+    invalidations: u64,
+}
+
+/// [`Seen::purges`] while a purge is under way.
 const PURGING: u64 = u64::MAX;
 
+impl Default for Purges {
+    fn default() -> Purges {
+        let slots = || (0..INVALIDATION_SLOTS).map(|_| AtomicU64::new(0)).collect();
+        Purges {
+            begun: AtomicU64::new(0),
+            ended: AtomicU64::new(0),
+            invalidations: AtomicU64::new(0),
+            invalidated: slots(),
+            invalidating: slots(),
+            order: std::sync::Mutex::new(()),
+        }
+    }
+}
+
+fn invalidation_slot(key: &HashBinary) -> usize {
+    u128::from_le_bytes(*key) as usize % INVALIDATION_SLOTS
+}
+
 impl Purges {
-    /// Taken when work that will store begins: the purges begun so far, or [`PURGING`].
-    pub fn epoch(&self) -> u64 {
+    /// Taken when work that will store begins: the purges begun so far (or [`PURGING`]), and
+    /// the invalidations.
+    pub fn epoch(&self) -> Seen {
+        let invalidations = self.invalidations.load(Ordering::Acquire);
         // Ended first: equal counts mean no purge was under way when the begun one was read.
         let ended = self.ended.load(Ordering::Acquire);
         let begun = self.begun.load(Ordering::Acquire);
-        if begun == ended {
-            begun
-        } else {
-            PURGING
+        let purges = if begun == ended { begun } else { PURGING };
+        Seen {
+            purges,
+            invalidations,
         }
     }
 
-    /// Whether what work begun at `seen` would store must not be stored now.
-    pub fn since(&self, seen: u64) -> bool {
-        seen == PURGING || self.begun.load(Ordering::Acquire) != seen
+    /// Whether what work begun at `seen` would store under `key` must not be stored now: a
+    /// purge was under way then or began since, or an invalidation of the tile is under way
+    /// or began since.
+    pub fn since(&self, seen: Seen, key: &HashBinary) -> bool {
+        let slot = invalidation_slot(key);
+        seen.purges == PURGING
+            || self.begun.load(Ordering::Acquire) != seen.purges
+            || self.invalidating[slot].load(Ordering::Acquire) > 0
+            || self.invalidated[slot].load(Ordering::Acquire) > seen.invalidations
+    }
+
+    /// Whether an invalidation of the tile under `key` is under way: a file read now may be
+    /// the one it removes.
+    pub fn invalidating(&self, key: &HashBinary) -> bool {
+        self.invalidating[invalidation_slot(key)].load(Ordering::Acquire) > 0
     }
 
     /// Held while the disk tier puts a file in place: a purge begins wholly before or after.
@@ -199,6 +262,16 @@ impl Purges {
         self.begun.fetch_add(1, Ordering::AcqRel);
         PurgeUnderWay(self)
     }
+
+    /// Begins an invalidation of the tile under `key`; it ends when the guard is dropped.
+    fn invalidate(&self, key: &HashBinary) -> InvalidationUnderWay<'_> {
+        let slot = invalidation_slot(key);
+        let _order = self.order();
+        self.invalidating[slot].fetch_add(1, Ordering::AcqRel);
+        let n = self.invalidations.fetch_add(1, Ordering::AcqRel) + 1;
+        self.invalidated[slot].fetch_max(n, Ordering::AcqRel);
+        InvalidationUnderWay(self, slot)
+    }
 }
 
 struct PurgeUnderWay<'a>(&'a Purges);
@@ -206,6 +279,14 @@ struct PurgeUnderWay<'a>(&'a Purges);
 impl Drop for PurgeUnderWay<'_> {
     fn drop(&mut self) {
         self.0.ended.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+struct InvalidationUnderWay<'a>(&'a Purges, usize);
+
+impl Drop for InvalidationUnderWay<'_> {
+    fn drop(&mut self) {
+        self.0.invalidating[self.1].fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -260,33 +341,34 @@ impl TileStore {
     }
 
     /// Taken when a fetch begins, for [`Self::filling`] (see [`Purges::epoch`]).
-    pub fn epoch(&self) -> u64 {
+    pub fn epoch(&self) -> Seen {
         self.purges.epoch()
     }
 
     /// When the fetch whose answer `meta` is began, as [`Self::epoch`]: carried in the
     /// metadata Pingora's cache phases hand back (see [`Begun`]); now, for metadata without.
-    fn begun(&self, meta: &CacheMeta) -> u64 {
+    fn begun(&self, meta: &CacheMeta) -> Seen {
         meta.extensions()
             .get::<Begun>()
             .map_or_else(|| self.epoch(), |b| b.0)
     }
 
-    /// Whether work begun at `seen` ([`Self::epoch`]) must store nothing: a purge was under way
-    /// then, or began since.
-    pub fn purged_since(&self, seen: u64) -> bool {
-        self.purges.since(seen)
+    /// Whether work begun at `seen` ([`Self::epoch`]) must store nothing under `key`: a purge
+    /// was under way then, or began since, or an invalidation of the tile did.
+    pub fn purged_since(&self, seen: Seen, key: &HashBinary) -> bool {
+        self.purges.since(seen, key)
     }
 
-    /// Puts an object in memory unless a purge began after `seen`; whether it is there.
-    fn keep_in_memory(&self, obj: Arc<Object>, seen: u64) -> bool {
-        if self.purges.since(seen) {
+    /// Puts an object in memory unless a purge, or an invalidation of its tile, began after
+    /// `seen`; whether it is there.
+    fn keep_in_memory(&self, obj: Arc<Object>, seen: Seen) -> bool {
+        let key = obj.key;
+        if self.purges.since(seen, &key) {
             return false;
         }
-        let key = obj.key;
         self.memory.put(obj);
-        // A purge between the look and the put: taken out again.
-        if self.purges.since(seen) {
+        // A purge or an invalidation between the look and the put: taken out again.
+        if self.purges.since(seen, &key) {
             self.memory.remove(&key);
             return false;
         }
@@ -335,7 +417,7 @@ impl TileStore {
 
     /// Starts collecting a response to store under `key`; `seen`: [`Self::epoch`] when its
     /// fetch began (a purge since, and it is not stored).
-    pub fn filling(&'static self, key: HashBinary, meta: StoredMeta, seen: u64) -> Filling {
+    pub fn filling(&'static self, key: HashBinary, meta: StoredMeta, seen: Seen) -> Filling {
         // A body of known length gets exactly its room (growing by doubling would keep up to
         // twice the tile's size in memory for as long as it is cached).
         let declared = meta.head.content_length().unwrap_or(0);
@@ -353,10 +435,11 @@ impl TileStore {
     }
 
     /// Removes what is stored under `key` without counting a purge (an unsafe request's URL,
-    /// RFC 9111 §4.4): fills of other tiles under way go on storing. Whether anything was
-    /// stored.
+    /// RFC 9111 §4.4): fills of other tiles under way go on storing, those of this one begun
+    /// before store nothing. Whether anything was stored.
     pub async fn invalidate(&'static self, key: &CacheKey) -> bool {
         let k = slot(key);
+        let _under_way = self.purges.invalidate(&k);
         let in_memory = self.memory.remove(&k);
         let on_disk = match &self.disk {
             Some(d) => d.invalidate(&k).await,
@@ -376,6 +459,10 @@ impl TileStore {
             return Some(o);
         }
         let disk = self.disk.as_ref()?;
+        // The file may be the one an invalidation under way removes: a miss.
+        if self.purges.invalidating(&k) {
+            return None;
+        }
         let seen = self.epoch();
         let mut obj = disk.get(k).await?;
         if let Some(shared) = self.memory.hold(&obj.body) {

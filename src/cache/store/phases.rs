@@ -26,7 +26,8 @@ impl Storage for TileStore {
         let Some(obj) = self.find(slot(key)).await else {
             return Ok(None);
         };
-        let meta = obj.meta.to_meta()?;
+        let mut meta = obj.meta.to_meta()?;
+        meta.extensions_mut().insert(super::Found(obj.serial));
         let hit = Hit {
             body: obj.body.clone(),
             range: (0, obj.body.len()),
@@ -83,6 +84,11 @@ impl Storage for TileStore {
         let Some(old) = self.find(k).await else {
             return Ok(false);
         };
+        // Another object than the one revalidated: its head is not the one updated.
+        let found = meta.extensions().get::<super::Found>();
+        if found.is_some_and(|f| f.0 != old.serial) {
+            return Ok(false);
+        }
         let obj = Arc::new(Object::new(
             k,
             StoredMeta::from_meta(meta),
