@@ -141,8 +141,16 @@ impl ProxyHttp for Tollgate {
                 ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local);
             }
         }
-        if crate::wire::asks_close(&session.req_header().headers) {
+        // The client asks to close, or the gateway is leaving (an upgrade took its sockets:
+        // Pingora's session minds only a shutdown).
+        if crate::wire::asks_close(&session.req_header().headers) || crate::listener::handed_over()
+        {
             session.set_keepalive(None);
+        }
+        // RFC 9110 §15.2: no informational answer to an HTTP/1.0 client, which would take it
+        // for the final one (as on the fast path).
+        if session.req_header().version < http::Version::HTTP_11 {
+            session.set_ignore_info_resp(true);
         }
         let decision = match ctx.decided.take() {
             Some(Decided { x, started }) => {

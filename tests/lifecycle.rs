@@ -810,12 +810,33 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         "GET /tiles/kept HTTP/1.1\r\nHost: h\r\n\r\n",
         Duration::from_millis(2),
     );
+    // A client that sends bodies (Pingora's session serves those) on a connection of the
+    // old process's.
+    let mut posting = std::net::TcpStream::connect(("127.0.0.1", old.port)).expect("connect");
+    posting
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let post = "POST /tiles/posted HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi";
+    let before = exchange(&mut posting, post);
+    assert!(!before.contains("connection: close"), "{before}");
     std::thread::sleep(Duration::from_millis(500));
     // The new process, same config and ports, takes the sockets over.
     let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let quit = Instant::now();
+    // The old process is leaving once the new one has its sockets (at SIGQUIT): its answer tells the
+    // client to close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = exchange(&mut posting, post);
+        assert!(answer.starts_with("http/1.1 200"), "{answer}");
+        if answer.contains("connection: close") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still kept: {answer}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let mut old = old;
     let deadline = Instant::now() + Duration::from_secs(20);
     while old.child.try_wait().expect("wait").is_none() {
@@ -873,6 +894,34 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
         r#"{"username": "after-upgrade"}"#,
     );
     assert!(r.status < 300, "{} {}", r.status, r.text());
+}
+
+/// Sends `raw` on `s` and reads the answer's head (lowercased) and its body.
+fn exchange(s: &mut std::net::TcpStream, raw: &str) -> String {
+    use std::io::{Read, Write};
+    s.write_all(raw.as_bytes()).expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = s.read(&mut buf).expect("read the answer");
+        assert!(n > 0, "closed before the answer's head");
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    while got.len() < head_end + length {
+        let n = s.read(&mut buf).expect("read the body");
+        assert!(n > 0, "closed before the body's end");
+        got.extend_from_slice(&buf[..n]);
+    }
+    head
 }
 
 /// Starts the new process of a binary upgrade of `old` (same config and ports, `extra`

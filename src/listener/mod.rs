@@ -44,7 +44,7 @@ pub fn sockets_handed_over() {
 
 /// Whether the listening sockets went to an upgrading process: this one is leaving, its
 /// answers tell clients to close so that their next requests go to the new one.
-fn handed_over() -> bool {
+pub(crate) fn handed_over() -> bool {
     HANDED_OVER.load(Ordering::Relaxed)
 }
 
