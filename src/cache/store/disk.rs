@@ -237,6 +237,11 @@ impl DiskTier {
                 else {
                     continue;
                 };
+                // Only a key's own file (its name as written, in its shard): another spelling
+                // of the name, or a copy in another shard, would count one key twice.
+                if f.path() != tier.path(&key) {
+                    continue;
+                }
                 let Ok(md) = f.metadata() else { continue };
                 let used = md
                     .modified()
@@ -263,9 +268,8 @@ impl DiskTier {
             let mut index = tier.index.lock().unwrap_or_else(|p| p.into_inner());
             for (key, size, _) in found {
                 let t = tier.clock.fetch_add(1, Ordering::Relaxed);
-                index.insert(key, Entry { size, last_used: t });
-                tier.stored_bytes.fetch_add(size, Ordering::Relaxed);
-                tier.stored_objects.fetch_add(1, Ordering::Relaxed);
+                let replaced = index.insert(key, Entry { size, last_used: t });
+                tier.count_put(size, replaced);
             }
         }
         tier.evict_if_needed();
@@ -315,8 +319,19 @@ impl DiskTier {
                     None
                 }
             },
-            Err(_) => {
-                self.unindex(&key);
+            // Gone (removed by hand): out of the index, unless a write put it back since.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let path = self.path(&key);
+                let back = tokio::task::spawn_blocking(move || path.exists()).await;
+                if !back.unwrap_or(true) {
+                    self.unindex(&key);
+                }
+                None
+            }
+            // Unreadable for now (out of descriptors, permissions, an I/O error): a miss, the
+            // file kept and counted.
+            Err(e) => {
+                log::warn!("tile cache: cannot read a tile's file: {e}; read as a miss");
                 None
             }
         }
@@ -374,6 +389,11 @@ impl DiskTier {
     /// of its tile, leaves it unwritten.
     /// At most [`QUEUE_MAX`] bytes wait: past them the object is not written (counted).
     pub fn put(&'static self, obj: std::sync::Arc<Object>, seen: Seen) {
+        // The process is leaving (an upgrade took its sockets): the directory is the new
+        // one's, which indexed it already and would not know of a file written now.
+        if crate::listener::handed_over() {
+            return;
+        }
         let size = obj.body.len() as u64 + obj.meta.head.wire_size() as u64;
         let before = self.queued.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > QUEUE_MAX {
@@ -417,7 +437,7 @@ impl DiskTier {
             // purges' own lock, not the index's, which requests take): it comes wholly before
             // (and removes the file) or wholly after (and this write is not made).
             let _order = self.purges.order();
-            if self.purges.since(seen, &key) {
+            if self.purges.since(seen, &key) || crate::listener::handed_over() {
                 let _ = std::fs::remove_file(&tmp);
                 return Ok(None);
             }
@@ -456,10 +476,8 @@ impl DiskTier {
     /// Removes an object an unsafe request invalidated (while the store's invalidation of
     /// it is under way: a write of it waiting for the disk, begun before, puts nothing back).
     pub async fn invalidate(&'static self, key: &HashBinary) -> bool {
-        // Nothing on disk: no file to remove.
-        if !self.contains(key) {
-            return false;
-        }
+        // Removed even when not indexed: a file another process put in the directory after
+        // this one read it (the process before an upgrade) is indexed at the next start.
         self.remove(key).await
     }
 
@@ -603,6 +621,39 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A file that cannot be read for now is a miss that keeps its place (it is read again
+    /// later); one gone is taken out of the index.
+    #[test]
+    fn a_file_unreadable_for_now_stays_indexed_and_one_gone_does_not() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-read-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let key = [11u8; 16];
+        tier.write(
+            &crate::cache::store::memory::tests::object(key, 3000),
+            tier.purges.epoch(),
+        );
+        let file = tier.path(&key);
+        let kept = dir.join("kept");
+        std::fs::rename(&file, &kept).unwrap();
+        // Unreadable: a directory where the file was.
+        std::fs::create_dir(&file).unwrap();
+        assert!(rt.block_on(tier.get(key)).is_none());
+        assert!(tier.contains(&key));
+        assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 1);
+        std::fs::remove_dir(&file).unwrap();
+        std::fs::rename(&kept, &file).unwrap();
+        assert!(rt.block_on(tier.get(key)).is_some(), "read again");
+        std::fs::remove_file(&file).unwrap();
+        assert!(rt.block_on(tier.get(key)).is_none());
+        assert!(!tier.contains(&key));
+        assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// Only the tier's shards are read at start: what else the directory holds (a
     /// filesystem's `lost+found`, an operator's notes) is neither indexed nor a reason to
     /// fail.
@@ -616,6 +667,7 @@ mod tests {
             &crate::cache::store::memory::tests::object(key, 3000),
             tier.purges.epoch(),
         );
+        let file = tier.path(&key);
         drop(tier);
         let name = format!("{}.obj", hex(&[8u8; 16]));
         for other in ["lost+found", "notes", "0g"] {
@@ -623,10 +675,20 @@ mod tests {
             std::fs::write(dir.join(other).join(&name), b"not a tile").unwrap();
         }
         std::fs::write(dir.join("README"), b"tiles").unwrap();
+        // The tile's file again, in another shard and under its name in capitals: one key.
+        let h = hex(&key);
+        std::fs::create_dir_all(dir.join("00")).unwrap();
+        std::fs::copy(&file, dir.join("00").join(format!("{h}.obj"))).unwrap();
+        let capitals = format!("{}.obj", h.to_ascii_uppercase());
+        std::fs::copy(&file, dir.join(&h[..2]).join(capitals)).unwrap();
         let tier = DiskTier::open(&dir, 1 << 30).unwrap();
         assert!(tier.contains(&key));
         assert!(!tier.contains(&[8u8; 16]));
         assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            tier.stored_bytes.load(Ordering::Relaxed),
+            on_disk(std::fs::metadata(&file).unwrap().len())
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -22,6 +22,9 @@ pub struct Filling {
     pub(super) body: FillBody,
     /// [`TileStore::epoch`] when the fetch began.
     pub(super) seen: super::Seen,
+    /// Shared memory had no room for the declared length (or does not keep a body of it): not
+    /// asked again when the body is stored (a refusal is counted once).
+    pub(super) room_refused: bool,
 }
 
 /// A body being collected: in the memory tier's shared memory when its declared length is one
@@ -103,7 +106,10 @@ impl Filling {
         let body = match std::mem::replace(&mut self.body, FillBody::Heap(BytesMut::new())) {
             FillBody::Shared(w) if w.len() >= shared::MIN_BODY => w.done(),
             FillBody::Shared(w) => Bytes::copy_from_slice(w.as_slice()),
-            FillBody::Heap(body) => match self.store.memory.hold(&body) {
+            FillBody::Heap(body) => match (!self.room_refused)
+                .then(|| self.store.memory.hold(&body))
+                .flatten()
+            {
                 Some(shared) => shared,
                 // Keep no spare room: a chunked body grew by doubling.
                 None if body.capacity() > size + size / 8 + 64 => Bytes::copy_from_slice(&body),

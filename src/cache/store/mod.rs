@@ -425,12 +425,14 @@ impl TileStore {
             Some(w) => FillBody::Shared(w),
             None => FillBody::Heap(BytesMut::with_capacity(declared.min(MAX_RESERVE))),
         };
+        let room_refused = declared > 0 && matches!(body, FillBody::Heap(_));
         Filling {
             store: self,
             key,
             meta: Some(meta),
             body,
             seen,
+            room_refused,
         }
     }
 
@@ -552,6 +554,31 @@ pub(crate) mod tests {
         let (internal, header) = back.serialize().unwrap();
         let read = StoredMeta::from_meta(&CacheMeta::deserialize(&internal, &header).unwrap());
         assert_eq!((read.created, read.updated), (created, stored.updated));
+    }
+
+    /// A fill that found no room in shared memory for its declared length is counted refused
+    /// once, not again when it is stored.
+    #[test]
+    fn a_fill_refused_room_is_counted_once() {
+        let store: &'static TileStore = Box::leak(Box::new(TileStore::new(
+            memory::MemoryTier::new(1 << 20),
+            None,
+        )));
+        let body = vec![7u8; 16 * 1024];
+        let mut held = Vec::new();
+        while let Some(b) = store.memory.hold(&body) {
+            held.push(b);
+        }
+        let refused = || store.memory.shared().expect("shared memory").refused;
+        let before = refused();
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", body.len().to_string())
+            .unwrap();
+        let mut filling = store.filling([8; 16], meta(&resp), store.epoch());
+        filling.append(&body);
+        let stored = filling.store().expect("stored in ordinary memory");
+        assert_eq!(&stored.body[..], &body[..]);
+        assert_eq!(refused(), before + 1);
     }
 
     /// A body longer than the place its declared length took moves to ordinary memory whole.
