@@ -94,6 +94,16 @@ static CACHE: OnceLock<TileCache> = OnceLock::new();
 /// How long a fill may hold an object's lock before others stop waiting on it.
 const LOCK_AGE: Duration = Duration::from_secs(30);
 
+/// The api endpoints' purge generations the record `file` holds (none when there is no
+/// record yet).
+fn read_generations(file: &PathBuf) -> Result<HashMap<String, u64>, String> {
+    match std::fs::read(file) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// Opens the store (and the disk tier's index); called once at start.
 pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     if let Some(c) = CACHE.get() {
@@ -102,13 +112,9 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     // The api endpoints' purge generations, read before the disk tier opens: a record that
     // cannot be read says nothing of the purges its tiles went through, so they go.
     let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
-    let generations = match generations_file.as_ref().map(|f| (f, std::fs::read(f))) {
+    let generations = match generations_file.as_ref().map(|f| (f, read_generations(f))) {
         None => HashMap::new(),
-        Some((_, Err(e))) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
-        Some((f, read)) => {
-            let parsed = read.map_err(|e| e.to_string()).and_then(|b| {
-                serde_json::from_slice::<HashMap<String, u64>>(&b).map_err(|e| e.to_string())
-            });
+        Some((f, parsed)) => {
             parsed.unwrap_or_else(|e| {
                 log::warn!(
                     "tile cache: the purge record {} is damaged ({e}): the disk tier's tiles are removed",
@@ -205,8 +211,22 @@ impl TileCache {
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = (**self.generations.load()).clone();
+        // What the record holds beside: a purge the process before an upgrade made as this
+        // one started.
+        if let Some(Ok(recorded)) = self.generations_file.as_ref().map(read_generations) {
+            for (name, g) in recorded {
+                let mine = next.entry(name).or_insert(0);
+                *mine = (*mine).max(g);
+            }
+        }
+        // Never a generation taken before: one taken by a purge whose record could not be
+        // written is lost at a restart, and taking it again would bring its tiles back. The
+        // clock's microseconds are past any taken before (the count, if the clock went back).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
         let g = next.entry(endpoint.to_string()).or_insert(0);
-        *g += 1;
+        *g = g.saturating_add(1).max(now);
         let generation = *g;
         let recorded = match &self.generations_file {
             Some(f) => records::write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
