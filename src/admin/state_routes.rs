@@ -49,7 +49,7 @@ fn state(gw: &Gateway) -> Response<Vec<u8>> {
             "path": dir.display().to_string(),
             "objects": disk.objects, "bytes": disk.bytes, "budget": disk.budget,
             "evictions": disk.evictions, "damaged": cache.store.damaged(),
-            "skipped": cache.store.disk_skipped(),
+            "skipped": cache.store.disk_skipped(), "failed": cache.store.disk_failed(),
         })
     });
     json(

@@ -24,6 +24,7 @@ pub struct CacheMetrics {
     declined: IntCounter,
     damaged: IntCounter,
     disk_skipped: IntCounter,
+    disk_failed: IntCounter,
     /// The shared memory for tile bodies: its size, bytes of bodies, idle pages kept.
     shared: [IntGauge; 3],
     shared_cuts: IntCounter,
@@ -127,6 +128,11 @@ impl CacheMetrics {
             "Stored tiles not written to the disk tier because the disk was behind",
         ));
         reg(Box::new(disk_skipped.clone()));
+        let disk_failed = must(IntCounter::new(
+            "tollgate_cache_disk_write_failures_total",
+            "Stored tiles whose write to the disk tier failed (the file system full, an I/O error)",
+        ));
+        reg(Box::new(disk_failed.clone()));
         let shared = must(IntGaugeVec::new(
             Opts::new(
                 "tollgate_cache_shared_memory_bytes",
@@ -170,6 +176,7 @@ impl CacheMetrics {
             declined,
             damaged,
             disk_skipped,
+            disk_failed,
             shared: ["size", "used", "idle"].map(|s| shared.with_label_values(&[s])),
             shared_cuts,
             shared_refused: ["full", "fragmented"].map(|r| shared_refused.with_label_values(&[r])),
@@ -223,5 +230,8 @@ impl CacheMetrics {
         let skipped = c.store.disk_skipped();
         self.disk_skipped
             .inc_by(skipped.saturating_sub(self.disk_skipped.get()));
+        let failed = c.store.disk_failed();
+        self.disk_failed
+            .inc_by(failed.saturating_sub(self.disk_failed.get()));
     }
 }

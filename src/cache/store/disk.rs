@@ -48,7 +48,9 @@ pub struct DiskTier {
     /// The secret this directory's file names were made with.
     pub secret: [u8; 16],
     dir: PathBuf,
-    budget: u64,
+    /// The bytes the tier keeps at most: as configured, lower once the file system was found
+    /// full below it.
+    budget: AtomicU64,
     index: Mutex<HashMap<HashBinary, Entry>>,
     /// The whole store's purges: a write begun before or during one puts nothing back.
     purges: std::sync::Arc<super::Purges>,
@@ -58,6 +60,8 @@ pub struct DiskTier {
     queued: AtomicU64,
     /// Writes not made because [`QUEUE_MAX`] bytes were waiting already.
     pub skipped: AtomicU64,
+    /// Writes that failed (the file system full, an I/O error).
+    pub failed: AtomicU64,
     /// Objects written so far (what a use from memory is told by, see [`DiskTier::used`]).
     writes: AtomicU64,
     pub stored_bytes: AtomicU64,
@@ -197,13 +201,14 @@ impl DiskTier {
         let tier = DiskTier {
             secret,
             dir: dir.to_path_buf(),
-            budget,
+            budget: AtomicU64::new(budget),
             index: Mutex::new(HashMap::new()),
             purges: Default::default(),
             clock: AtomicU64::new(0),
             io: Semaphore::new(MAX_IO),
             queued: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
@@ -277,7 +282,7 @@ impl DiskTier {
     }
 
     pub fn budget(&self) -> u64 {
-        self.budget
+        self.budget.load(Ordering::Relaxed)
     }
 
     fn path(&self, key: &HashBinary) -> PathBuf {
@@ -459,8 +464,38 @@ impl DiskTier {
             Ok(None) => {}
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
-                log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
+                self.write_failed(&e);
             }
+        }
+    }
+
+    /// A write failed: counted; when the file system is full, the budget comes down to below
+    /// what the tier holds (the tiles least recently used go), so that writes go on within
+    /// what the disk has room for rather than all fail from now on.
+    fn write_failed(&self, e: &std::io::Error) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let full = matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT));
+        if !full {
+            log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
+            return;
+        }
+        let stored = self.stored_bytes.load(Ordering::Relaxed);
+        if stored == 0 {
+            log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
+            return;
+        }
+        let lowered = (stored as f64 * LOW_WATER) as u64;
+        let was = self.budget.fetch_min(lowered, Ordering::Relaxed);
+        if lowered < was {
+            log::warn!(
+                "tile cache directory {}: the file system is full ({e}) with {} MiB of tiles \
+                 stored; the tier keeps {} MiB from now on (was {} MiB)",
+                self.dir.display(),
+                stored >> 20,
+                lowered >> 20,
+                was >> 20
+            );
+            self.evict_if_needed();
         }
     }
 
@@ -494,10 +529,11 @@ impl DiskTier {
     /// for the whole choice.
     fn evict_if_needed(&self) {
         let stored = self.stored_bytes.load(Ordering::Relaxed);
-        if stored <= self.budget {
+        let budget = self.budget();
+        if stored <= budget {
             return;
         }
-        let target = (self.budget as f64 * LOW_WATER) as u64;
+        let target = (budget as f64 * LOW_WATER) as u64;
         let read = |f: &mut dyn FnMut(u64, u64)| {
             let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
             for e in index.values() {
@@ -651,6 +687,42 @@ mod tests {
         assert!(rt.block_on(tier.get(key)).is_none());
         assert!(!tier.contains(&key));
         assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A write that fails is counted; one that finds the file system full brings the budget
+    /// down below what the tier holds, the tiles least recently used going.
+    #[test]
+    fn a_full_file_system_brings_the_budget_down() {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-full-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier = DiskTier::open(&dir, 1 << 30).unwrap();
+        for k in 0..10u8 {
+            tier.write(
+                &crate::cache::store::memory::tests::object([k; 16], 3000),
+                tier.purges.epoch(),
+            );
+        }
+        let stored = tier.stored_bytes.load(Ordering::Relaxed);
+        assert_eq!(stored, 10 * 4096);
+        // A write that cannot be made: its temporary file's directory is a file.
+        std::fs::remove_dir_all(dir.join("tmp")).unwrap();
+        std::fs::write(dir.join("tmp"), b"in the way").unwrap();
+        tier.write(
+            &crate::cache::store::memory::tests::object([20; 16], 3000),
+            tier.purges.epoch(),
+        );
+        assert_eq!(tier.failed.load(Ordering::Relaxed), 1);
+        assert_eq!(tier.budget(), 1 << 30, "not for want of room");
+        tier.write_failed(&std::io::Error::from_raw_os_error(libc::ENOSPC));
+        assert_eq!(tier.failed.load(Ordering::Relaxed), 2);
+        assert_eq!(tier.budget(), stored * 9 / 10);
+        let now = tier.stored_bytes.load(Ordering::Relaxed);
+        assert!(now <= tier.budget() && now > 0, "{now} bytes kept");
+        assert!(
+            !tier.contains(&[0; 16]) && tier.contains(&[9; 16]),
+            "the oldest went"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -415,6 +415,13 @@ impl TileStore {
             .map_or(0, |d| d.skipped.load(std::sync::atomic::Ordering::Relaxed))
     }
 
+    /// Disk writes that failed (see [`disk::DiskTier::write`]).
+    pub fn disk_failed(&self) -> u64 {
+        self.disk
+            .as_ref()
+            .map_or(0, |d| d.failed.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
     /// Starts collecting a response to store under `key`; `seen`: [`Self::epoch`] when its
     /// fetch began (a purge since, and it is not stored).
     pub fn filling(&'static self, key: HashBinary, meta: StoredMeta, seen: Seen) -> Filling {
