@@ -173,26 +173,58 @@ pub fn redact(url: &str, secret_params: &[String]) -> String {
     };
     let parts: Vec<String> = query
         .split('&')
-        .map(|pair| {
-            let name = pair.split('=').next().unwrap_or("");
-            // Compared decoded, as the policies read it (`%6Awt` is `jwt`).
-            let decoded = crate::cache::key::decoded(name);
-            if secret_params
-                .iter()
-                .any(|s| s.eq_ignore_ascii_case(&decoded))
-            {
-                format!("{name}=REDACTED")
-            } else {
-                pair.to_string()
-            }
+        .map(|pair| match secret_name(pair, secret_params) {
+            Some(name) => format!("{name}=REDACTED"),
+            None => pair.to_string(),
         })
         .collect();
     format!("{path}?{}", parts.join("&"))
 }
 
+/// A request as a log line names it: its method and target, the query's credentials
+/// redacted.
+pub fn summary(head: &pingora_http::RequestHeader, gw: &crate::gateway::Gateway) -> String {
+    let url = head
+        .uri
+        .path_and_query()
+        .map_or_else(|| head.uri.path(), |p| p.as_str());
+    format!("{} {}", head.method, redact(url, &gw.secret_query_params))
+}
+
+/// A query without its pairs of `secret_params` (`None` when nothing is left).
+pub fn without_secrets(query: &str, secret_params: &[String]) -> Option<String> {
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| secret_name(pair, secret_params).is_none())
+        .collect();
+    (!kept.is_empty()).then(|| kept.join("&"))
+}
+
+/// The name of a query pair, when it is one of `secret_params` (compared decoded, as the
+/// policies read it: `%6Awt` is `jwt`).
+fn secret_name<'a>(pair: &'a str, secret_params: &[String]) -> Option<&'a str> {
+    let name = pair.split('=').next().unwrap_or("");
+    let decoded = crate::cache::key::decoded(name);
+    secret_params
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(&decoded))
+        .then_some(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_credentials_are_left_out() {
+        let secrets = vec!["jwt".to_string(), "apiKey".to_string()];
+        let kept = |q| without_secrets(q, &secrets);
+        assert_eq!(
+            kept("versionId=3&%6Awt=t&APIKEY=k"),
+            Some("versionId=3".into())
+        );
+        assert_eq!(kept("jwt=t"), None);
+    }
 
     #[test]
     fn query_credentials_are_redacted() {

@@ -271,17 +271,7 @@ impl ProxyHttp for Tollgate {
 
     /// What Pingora writes about a request in its own log lines: no credential in the query.
     fn request_summary(&self, session: &Session, _ctx: &RequestCtx) -> String {
-        let head = session.req_header();
-        let url = head
-            .uri
-            .path_and_query()
-            .map_or_else(|| head.uri.path(), |p| p.as_str());
-        let gw = self.gateway.load();
-        format!(
-            "{} {}",
-            head.method,
-            crate::access_log::redact(url, &gw.secret_query_params)
-        )
+        crate::access_log::summary(session.req_header(), &self.gateway.load())
     }
 
     async fn upstream_peer(

@@ -222,10 +222,16 @@ fn syntax_errors_and_missing_files() {
 #[test]
 fn wrong_types_and_bad_values_are_errors_not_panics() {
     let dir = ConfigDir::new(
-        "http: {port: 70000}\napiEndpoints: [1, 2]\nserviceEndpoints:\n  s: {url: 'ftp://x'}\n  t: {url: 'not a url'}\npolicies: proxy\npipelines:\n  p: {apiEndpoints: x, policies: [{terminate: 7}, {log: {action: {message: '${req.nope}'}}}, 3]}\n",
+        "http: {port: 70000}\napiEndpoints: [1, 2]\nserviceEndpoints:\n  s: {url: 'ftp://x'}\n  t: {url: 'not a url'}\n  u: {url: 'http://tiles:hunter2@127.0.0.1:1/wms?token=t0ps3cret'}\npolicies: proxy\npipelines:\n  p: {apiEndpoints: x, policies: [{terminate: 7}, {log: {action: {message: '${req.nope}'}}}, 3]}\n",
     );
     let err = check_errors(&dir);
+    // A URL in an error shows no password and no query.
+    assert!(
+        !err.contains("hunter2") && !err.contains("t0ps3cret"),
+        "{err}"
+    );
     for needle in [
+        "6:12: serviceEndpoint `u`: `http://***@127.0.0.1:1/wms?…`: credentials in the URL are not supported",
         "1:14: `http.port` must be a port number (0-65535), not 70000",
         "2:15: `apiEndpoints` must be a map, not a list",
         "4:12: serviceEndpoint `s`: `ftp://x`: scheme `ftp` is not supported",
@@ -301,9 +307,21 @@ fn a_status_the_gateway_answers_with_must_be_a_final_one() {
 #[test]
 fn unsupported_value_expressions_are_named() {
     let dir = ConfigDir::new(
-        "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [response-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-A: Basic, X-B: \"require('fs')\"}}}\n",
+        "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [response-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-A: Basic, X-B: \"require('fs')\", X-K: ${GEOSERVER_KEY}}}}\n",
     );
-    let err = check_errors(&dir);
+    let out = run_tollgate(
+        &["check", "-c", &dir.path.display().to_string()],
+        &[("GEOSERVER_KEY", "c2VjcmV0LWtleS0xMjM0NQ")],
+    );
+    let err = stderr(&out);
+    // A long word left unquoted (a key put in from the environment) is not repeated whole.
+    assert!(!err.contains("c2VjcmV0LWtleS0xMjM0NQ"), "{err}");
+    assert!(
+        err.contains(
+            "`c2V… (22 characters; a literal is quoted)` is not a supported value expression"
+        ),
+        "{err}"
+    );
     assert!(err.contains("9:43: value of header `X-A`"), "{err}");
     assert!(
         err.contains("`Basic` is not a supported value expression"),

@@ -171,3 +171,43 @@ fn the_legacy_s3_plugin_settings() {
     assert_eq!((r.status, r.text().as_str()), (200, "TIFF bytes"));
     assert_eq!(r.header("content-type"), Some("image/tiff"));
 }
+
+/// The client's credentials in the query (Kargo's `?jwt=`) are the gateway's, not the
+/// provider's: they do not reach it, and a failure to reach it is logged without them.
+#[test]
+fn the_clients_credentials_reach_no_provider_and_no_log() {
+    let echo = support::EchoUpstream::start("s3");
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  storage: {paths: '/s3/*', scopes: []}\nserviceEndpoints:\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [proxy]\npipelines:\n  storage: {apiEndpoints: [storage], policies: [{proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
+    );
+    let closed = support::free_port();
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    package: './plugins/storage/manifest.js'\n    endpointName: /s3\n    providers:\n      echo:\n        endpoint: '{}'\n        accessKeyId: AK\n        secretAccessKey: SK\n        default: true\n      gone:\n        endpoint: 'http://127.0.0.1:{closed}'\n        accessKeyId: AK\n        secretAccessKey: SK\n",
+            echo.url("")
+        ),
+    );
+    let data = dir.path.join("data").display().to_string();
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data], &[]);
+    let token = "eyJhbGciOiJIUzI1NiJ9.c2VjcmV0.tok3n";
+    let r = get(
+        gw.port,
+        "GET",
+        &format!("/s3/tiles/a.png?jwt={token}&versionId=3"),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = support::echo::Echoed::parse(&r.body);
+    assert_eq!(seen.url(), "/tiles/a.png?versionId=3");
+    let r = get(
+        gw.port,
+        "GET",
+        &format!("/s3/gone/tiles/a.png?jwt={token}"),
+        &[],
+    );
+    assert_eq!(r.status, 502, "{}", r.text());
+    let log = gw.log_text();
+    assert!(log.contains("/s3/gone/tiles/a.png?jwt=REDACTED"), "{log}");
+    assert!(!log.contains(token), "{log}");
+}

@@ -56,12 +56,23 @@ impl ProxyHttp for AdminService {
         AdminCtx::default()
     }
 
+    /// The request as Pingora's own log lines name it (a failure to reach a storage
+    /// provider): its query's credentials redacted.
+    fn request_summary(&self, session: &Session, _ctx: &AdminCtx) -> String {
+        crate::access_log::summary(session.req_header(), &self.gateway.load())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut AdminCtx) -> Result<bool> {
         let gw = self.gateway.load_full();
         if let Some(storage) = &gw.storage {
             let head = session.req_header();
             if storage.owns(head.uri.path()) {
-                match storage.route(&head.method, head.uri.path(), head.uri.query()) {
+                // The client's credentials (the pipeline's `?jwt=`) are not the provider's.
+                let query = head
+                    .uri
+                    .query()
+                    .and_then(|q| crate::access_log::without_secrets(q, &gw.secret_query_params));
+                match storage.route(&head.method, head.uri.path(), query.as_deref()) {
                     Ok(object) => {
                         ctx.object = Some((storage.clone(), object));
                         return Ok(false);

@@ -131,7 +131,10 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
     }
     let keys = crate::cache::purge::keys_for(gw, host, path).len();
     let purged = crate::cache::purge::purge_url(gw, host, path).await;
-    log::info!("tile cache: purged {path}: {purged} object(s)");
+    log::info!(
+        "tile cache: purged {}: {purged} object(s)",
+        crate::access_log::redact(path, &gw.secret_query_params)
+    );
     json(
         StatusCode::OK,
         &json!({"url": path, "cached": keys > 0, "purged": purged}),

@@ -225,6 +225,22 @@ fn split_plus(src: &str) -> Option<Vec<&str>> {
     Some(parts)
 }
 
+/// A term an error names: whole when it reads as code, else (a long word left unquoted,
+/// perhaps a key or a password put in from the environment) its first characters only.
+fn shown_term(t: &str) -> String {
+    let word = t
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '+' | '/' | ':'));
+    if t.chars().count() <= 8 || !word {
+        return t.to_string();
+    }
+    let start: String = t.chars().take(3).collect();
+    format!(
+        "{start}… ({} characters; a literal is quoted)",
+        t.chars().count()
+    )
+}
+
 fn unquote(s: &str) -> Option<String> {
     let q = s.chars().next()?;
     if !matches!(q, '\'' | '"' | '`') || s.len() < 2 || !s.ends_with(q) {
@@ -287,7 +303,8 @@ fn parse_term(t: &str) -> Result<Term, String> {
                 Some(Ok(name)) => Term::Header(name),
                 _ => {
                     return Err(format!(
-                        "`{t}` is not a supported value expression (use a quoted literal like \"'Basic'\", req.headers.<name>, req.ip, req.hostname, req.user.id, egContext.requestID, apiEndpoint.apiEndpointName, joined with +)"
+                        "`{}` is not a supported value expression (use a quoted literal like \"'Basic'\", req.headers.<name>, req.ip, req.hostname, req.user.id, egContext.requestID, apiEndpoint.apiEndpointName, joined with +)",
+                        shown_term(t)
                     ))
                 }
             }

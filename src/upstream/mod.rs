@@ -34,26 +34,51 @@ pub struct UpstreamTarget {
     addr: ArcSwapOption<SocketAddr>,
 }
 
+/// A URL as logs, errors and the Admin API show it: its user information (a password)
+/// and its query (a token) left out.
+pub fn displayed(url: &str) -> String {
+    let (before, query) = match url.split_once('?') {
+        Some((before, _)) => (before, "?…"),
+        None => (url, ""),
+    };
+    let rest_at = before.find("://").map_or(0, |i| i + 3);
+    let authority_end = before[rest_at..]
+        .find(['/', '#'])
+        .map_or(before.len(), |i| rest_at + i);
+    match before[rest_at..authority_end].rfind('@') {
+        Some(at) => format!(
+            "{}***{}{query}",
+            &before[..rest_at],
+            &before[rest_at + at..]
+        ),
+        None => format!("{before}{query}"),
+    }
+}
+
 impl UpstreamTarget {
     pub fn parse(url: &str) -> Result<UpstreamTarget, String> {
+        // Errors name the URL as logs and the Admin API show it: without its credentials.
+        let shown = displayed(url);
         let uri: http::Uri = url
             .parse()
-            .map_err(|e| format!("`{url}` is not a valid URL: {e}"))?;
+            .map_err(|e| format!("`{shown}` is not a valid URL: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
             Some(other) => {
                 return Err(format!(
-                    "`{url}`: scheme `{other}` is not supported (use http or https)"
+                    "`{shown}`: scheme `{other}` is not supported (use http or https)"
                 ))
             }
-            None => return Err(format!("`{url}` needs a scheme (http:// or https://)")),
+            None => return Err(format!("`{shown}` needs a scheme (http:// or https://)")),
         };
         let authority = uri
             .authority()
-            .ok_or_else(|| format!("`{url}` has no host"))?;
+            .ok_or_else(|| format!("`{shown}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("`{url}`: credentials in the URL are not supported"));
+            return Err(format!(
+                "`{shown}`: credentials in the URL are not supported"
+            ));
         }
         let hostname = authority
             .host()
@@ -64,11 +89,7 @@ impl UpstreamTarget {
         let base_path = uri.path_and_query().map_or("/", |p| p.as_str());
         let base_path = if base_path.is_empty() { "/" } else { base_path }.to_string();
         let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|_| format!("`{url}` has an invalid host"))?;
-        let shown = match url.split_once('?') {
-            Some((before, _)) => format!("{before}?…"),
-            None => url.to_string(),
-        };
+            .map_err(|_| format!("`{shown}` has an invalid host"))?;
         let target = UpstreamTarget {
             url: url.to_string(),
             shown,
