@@ -40,6 +40,10 @@ pub fn requests_in_flight() -> i64 {
 pub struct Tollgate {
     pub gateway: Arc<ArcSwap<Gateway>>,
     pub health: Arc<Health>,
+    /// How long a write to an HTTP/2 client may wait for it to take anything (its flow
+    /// control: the send timeout of the connection's socket never starts when the socket
+    /// has room and the stream has none).
+    pub h2_send_timeout: Duration,
 }
 
 /// Per-request state across Pingora's phases.
@@ -135,11 +139,13 @@ impl ProxyHttp for Tollgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if session.is_http2() {
+            let body = !session.is_body_done();
             let client = session.client_addr().and_then(PeerAddr::as_inet);
             let local = session.server_addr().and_then(PeerAddr::as_inet);
             if let (Some(client), Some(local)) = (client, local) {
-                ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local);
+                ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local, body);
             }
+            session.set_write_timeout(Some(self.h2_send_timeout));
         }
         // The client asks to close, or the gateway is leaving (an upgrade took its sockets:
         // Pingora's session minds only a shutdown).
@@ -336,6 +342,19 @@ impl ProxyHttp for Tollgate {
         true
     }
 
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(stream) = &ctx._h2_stream {
+            stream.body_read(end_of_stream);
+        }
+        Ok(())
+    }
+
     async fn upstream_request_filter(
         &self,
         session: &mut Session,
@@ -504,6 +523,12 @@ impl ProxyHttp for Tollgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         request_ended();
+        // An HTTP/2 stream its client reset (or left) before its answer was whole.
+        if let (Some(stream), Some(e)) = (&mut ctx._h2_stream, e) {
+            if e.esource() == &pingora_core::ErrorSource::Downstream {
+                stream.abandoned();
+            }
+        }
         crate::upstream::attempt::end(&mut ctx.x.proxy);
         if ctx.x.refresh {
             let status = crate::cache::status(session, &ctx.x);

@@ -252,13 +252,18 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let limits = fit_to_fd_limit(opts.client_limits.clone(), opts.max_connections_given);
     let mut gateway_service = ListenerService::new(
         "tollgate gateway",
-        pingora_proxy::http_proxy(
-            &server.configuration,
-            Tollgate {
-                gateway: current.clone(),
-                health: health.clone(),
-            },
-        ),
+        {
+            let mut proxy = pingora_proxy::http_proxy(
+                &server.configuration,
+                Tollgate {
+                    gateway: current.clone(),
+                    health: health.clone(),
+                    h2_send_timeout: limits.send_timeout,
+                },
+            );
+            proxy.h2_options = Some(crate::listener::h2::options());
+            proxy
+        },
         limits.clone(),
         Some(threads),
     );

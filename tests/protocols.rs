@@ -272,6 +272,183 @@ fn h2_connection(port: u16, preface: bool) -> openssl::ssl::SslStream<std::net::
     tls
 }
 
+/// An HTTP/2 frame.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// A HEADERS frame of a request (HPACK: indexed and literal fields, no Huffman), the end of
+/// its stream with it when `end`.
+fn h2_headers(stream: u32, method: &str, path: &str, end: bool) -> Vec<u8> {
+    let mut block = vec![match method {
+        "GET" => 0x82,
+        _ => 0x83,
+    }];
+    block.push(0x87); // :scheme https
+    for (index, value) in [(4u8, path), (1u8, "localhost")] {
+        block.push(index); // a literal, its name indexed, not indexed itself
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    let flags = 0x4 | if end { 0x1 } else { 0 };
+    h2_frame(1, flags, stream, &block)
+}
+
+fn h2_send(tls: &mut openssl::ssl::SslStream<std::net::TcpStream>, bytes: &[u8]) {
+    use std::io::Write;
+    tls.write_all(bytes).expect("send");
+}
+
+/// A frame as read: its type, flags and stream.
+#[derive(Debug)]
+#[allow(dead_code)]
+struct Frame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+}
+
+/// The frames the gateway sends on `tls` for `wait`, and whether it closed the connection.
+fn h2_frames_for(
+    tls: &mut openssl::ssl::SslStream<std::net::TcpStream>,
+    wait: Duration,
+) -> (Vec<Frame>, bool) {
+    use std::io::Read;
+    let until = Instant::now() + wait;
+    let mut bytes = Vec::new();
+    let mut closed = false;
+    let mut buf = [0u8; 16384];
+    while Instant::now() < until {
+        let left = until
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        tls.get_ref().set_read_timeout(Some(left)).expect("timeout");
+        match tls.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let len = u32::from_be_bytes([0, bytes[at], bytes[at + 1], bytes[at + 2]]) as usize;
+        let stream =
+            u32::from_be_bytes([bytes[at + 5], bytes[at + 6], bytes[at + 7], bytes[at + 8]])
+                & 0x7fff_ffff;
+        frames.push(Frame {
+            kind: bytes[at + 3],
+            flags: bytes[at + 4],
+            stream,
+        });
+        at += 9 + len;
+    }
+    (frames, closed)
+}
+
+/// HTTP/2 clients are bound as HTTP/1 ones are when they stall: a request body that stops
+/// coming closes the connection after the body timeout; an answer the client's flow control
+/// lets through nothing of is given up after the send timeout; and a client that keeps
+/// abandoning the streams it opens (a reset flood) has its connection closed.
+#[test]
+fn stalled_and_abandoned_http2_streams_end() {
+    let up = PyUpstream::start("slow", 5.0);
+    let dir = support::tls::https_config(
+        ConfigDir::empty(),
+        &format!("admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  s: {{paths: '/s/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  s: {{apiEndpoints: [s], policies: [{{proxy: {{action: {{serviceEndpoint: up, stripPath: true}}}}}}]}}\n", up.url("")),
+    );
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--body-timeout",
+            "2",
+            "--send-timeout",
+            "2",
+            "--keepalive-timeout",
+            "30",
+        ],
+        &[],
+    );
+    // A POST whose body never comes.
+    let mut posting = h2_connection(gw.port, true);
+    h2_send(&mut posting, &h2_headers(1, "POST", "/s/posted", false));
+    let started = Instant::now();
+    let (_, closed) = h2_frames_for(&mut posting, Duration::from_secs(6));
+    let took = started.elapsed();
+    assert!(
+        closed && took >= Duration::from_millis(1500) && took < Duration::from_millis(4500),
+        "a stalled request body: closed {closed} after {took:?}"
+    );
+    let stalled = "tollgate_client_connections_closed_total{reason=\"body_timeout\"}";
+    assert_eq!(gw.metric_when(stalled, |v| v >= 1.0), 1.0);
+    // A client whose window lets nothing of a 200 kB answer through.
+    let mut shut = h2_connection(gw.port, false);
+    // Its preface with SETTINGS_INITIAL_WINDOW_SIZE = 0.
+    h2_send(&mut shut, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    h2_send(&mut shut, &h2_frame(4, 0, 0, &[0, 4, 0, 0, 0, 0]));
+    h2_send(&mut shut, &h2_headers(1, "GET", "/s/bytes/200000", true));
+    let started = Instant::now();
+    let (frames, _) = h2_frames_for(&mut shut, Duration::from_secs(5));
+    let reset = frames.iter().any(|f| f.kind == 3 && f.stream == 1);
+    assert!(
+        reset,
+        "no RST_STREAM within 5 s (send timeout 2 s): {frames:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(1500));
+    // A flood of streams opened, each on a slow upstream's path, and reset once the gateway
+    // has taken them up (those reset before, h2 itself bounds): a hundred at a time.
+    let mut flooding = h2_connection(gw.port, true);
+    let before = up.served();
+    let mut closed = false;
+    let mut batches = 0;
+    while !closed && batches < 5 {
+        let first = 200 * batches + 1;
+        let streams: Vec<u32> = (0..100).map(|i| first + 2 * i).collect();
+        let heads: Vec<u8> = streams
+            .iter()
+            .flat_map(|s| h2_headers(*s, "GET", &format!("/s/slow/1000/{s}"), true))
+            .collect();
+        h2_send(&mut flooding, &heads);
+        let (_, gone) = h2_frames_for(&mut flooding, Duration::from_millis(300));
+        // RST_STREAM, CANCEL.
+        let resets: Vec<u8> = streams
+            .iter()
+            .flat_map(|s| h2_frame(3, 0, *s, &8u32.to_be_bytes()))
+            .collect();
+        use std::io::Write;
+        closed = gone || flooding.write_all(&resets).is_err();
+        closed = closed || h2_frames_for(&mut flooding, Duration::from_millis(1500)).1;
+        batches += 1;
+    }
+    assert!(
+        closed,
+        "a connection that reset {} streams stays open",
+        100 * batches
+    );
+    let flood = "tollgate_client_connections_closed_total{reason=\"abandoned_streams\"}";
+    assert_eq!(gw.metric_when(flood, |v| v >= 1.0), 1.0);
+    eprintln!(
+        "reset flood: closed after {batches} batches of 100 streams, the upstream asked {} times",
+        up.served() - before
+    );
+}
+
 /// How long until the gateway closes `tls` (reading whatever it sends meanwhile).
 fn closed_after(tls: &mut openssl::ssl::SslStream<std::net::TcpStream>) -> Duration {
     use std::io::Read;
@@ -313,10 +490,36 @@ fn idle_http2_connections_are_closed_and_do_not_hold_a_shutdown() {
         silent >= Duration::from_millis(1500) && silent < Duration::from_millis(3500),
         "a silent HTTP/2 connection was closed after {silent:?}"
     );
+    // Its preface is no request: the header timeout still holds.
     let idle = closed_after(&mut h2_connection(gw.port, true));
     assert!(
-        idle >= Duration::from_millis(3500) && idle < Duration::from_secs(8),
-        "an idle HTTP/2 connection was closed after {idle:?}"
+        idle >= Duration::from_millis(1500) && idle < Duration::from_millis(3500),
+        "an HTTP/2 connection without a request was closed after {idle:?}"
+    );
+    // After a request, the keep-alive timeout from its end, whatever pings come meanwhile.
+    let mut pinging = h2_connection(gw.port, true);
+    let answered = Instant::now();
+    h2_send(&mut pinging, &h2_headers(1, "GET", "/a/x", true));
+    let (frames, _) = h2_frames_for(&mut pinging, Duration::from_millis(500));
+    assert!(
+        frames.iter().any(|f| f.kind == 1 && f.stream == 1),
+        "no answer: {frames:?}"
+    );
+    let closed = loop {
+        // A PING every 700 ms (the gateway answers each).
+        h2_send(&mut pinging, &h2_frame(6, 0, 0, b"pingpong"));
+        let (_, closed) = h2_frames_for(&mut pinging, Duration::from_millis(700));
+        if closed {
+            break answered.elapsed();
+        }
+        assert!(
+            answered.elapsed() < Duration::from_secs(10),
+            "a pinging HTTP/2 connection stays open"
+        );
+    };
+    assert!(
+        closed >= Duration::from_millis(3500) && closed < Duration::from_secs(6),
+        "an idle HTTP/2 connection that pings was closed after {closed:?}"
     );
     // A request that waits 5 s on its upstream, longer than the keep-alive timeout.
     let url = format!("https://127.0.0.1:{}/s/slow/5000/x", gw.port);

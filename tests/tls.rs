@@ -184,6 +184,7 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
     assert_eq!(served(Some("x.a.test")), "a");
     assert_eq!(served(Some("TILES.A.TEST")), "a");
     assert_eq!(served(Some("b.test")), "b");
+    assert_eq!(served(Some("b.test.")), "b", "a fully qualified name");
     assert_eq!(served(Some("c.test")), "default");
     assert_eq!(
         served(Some("a.test")),

@@ -84,13 +84,9 @@ pub async fn serve<A>(
         log::debug!("client connection: cannot set TCP_NODELAY: {e}");
     }
     let io = ClientIo::new(tcp).with_send_timeout(limits.send_timeout);
-    // Over TLS a client may speak HTTP/2, whose sessions have no idle limit of their own.
-    let mut activity = None;
     let stream: Stream = match tls {
         None => Box::new(io),
         Some(acceptor) => {
-            let (io, watched) = io.watch_activity();
-            activity = Some(watched);
             let deadline = accepted + limits.header_timeout;
             let handshake = pingora_core::protocols::tls::server::handshake(&acceptor, io);
             match timeout_at(deadline, handshake).await {
@@ -112,7 +108,7 @@ pub async fn serve<A>(
     let reason = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         // Counted until it closes: its streams are counted as requests in flight only once
         // their heads are read. On a shutdown Pingora sends a GOAWAY.
-        let why = http2(stream, &app, &shutdown, activity, &limits).await;
+        let why = http2(stream, &app, &shutdown, &limits).await;
         drop(fresh);
         why
     } else {
@@ -131,37 +127,35 @@ pub async fn serve<A>(
     m.client_connections.dec();
 }
 
-/// How long an HTTP/2 connection may sit without a byte either way once the gateway is
-/// shutting down (it got a GOAWAY; one that does not close is closed).
+/// How long an HTTP/2 connection may sit without a stream once the gateway is shutting down
+/// (it got a GOAWAY; one that does not close is closed).
 const HTTP2_IDLE_ON_SHUTDOWN: Duration = Duration::from_secs(1);
 
-/// Serves an HTTP/2 connection until it closes, or until it sat without a byte either way
-/// (`activity`) while none of its streams is open, for as long as an HTTP/1 connection may
-/// wait between requests: the header timeout before the client's first bytes, the keep-alive
-/// timeout after, a second once a shutdown began — so that idle
-/// clients can neither hold the connection cap nor keep a stopping process waiting.
+/// Serves an HTTP/2 connection until it closes, or until it sat without a stream for as long
+/// as an HTTP/1 connection may wait between requests: the header timeout before its first
+/// stream, the keep-alive timeout after its last one ended (whatever frames, pings, come
+/// meanwhile), a second once a shutdown began — so that idle clients can neither hold the
+/// connection cap nor keep a stopping process waiting. A request body that stops coming for
+/// the body timeout, or a client that abandons more than [`super::h2::MAX_ABANDONED`] of its
+/// streams, closes it too.
 async fn http2<A>(
     stream: Stream,
     app: &Arc<A>,
     shutdown: &ShutdownWatch,
-    activity: Option<Arc<super::io::Activity>>,
     limits: &ClientLimits,
 ) -> ConnClose
 where
     A: HttpServerApp + Send + Sync + 'static,
 {
-    use std::sync::atomic::Ordering::Relaxed;
     let ends = stream
         .get_socket_digest()
         .and_then(|d| Some((*d.peer_addr()?.as_inet()?, *d.local_addr()?.as_inet()?)));
-    let (Some(activity), Some((client, local))) = (activity, ends) else {
+    let Some((client, local)) = ends else {
         app.process_new(stream, shutdown).await;
         return ConnClose::Done;
     };
     // Its streams, counted: the idle limit applies while none is open.
     let connection = super::h2::Connection::new(client, local);
-    // The handshake's bytes are not a request: counted from its end.
-    activity.reset();
     let opened = crate::clock::coarse_millis();
     let served = app.process_new(stream, shutdown);
     tokio::pin!(served);
@@ -171,16 +165,35 @@ where
             _ = &mut served => return ConnClose::Done,
             _ = look.tick() => {
                 let now = crate::clock::coarse_millis();
-                let idle = now.saturating_sub(activity.last.load(Relaxed));
-                let (since, limit, why) = if !activity.read.load(Relaxed) {
-                    (now.saturating_sub(opened), limits.header_timeout, ConnClose::HeaderTimeout)
-                } else if connection.busy() {
+                if connection.flooded() {
+                    log::info!(
+                        "closing an HTTP/2 connection whose client abandoned {} more streams than it let finish",
+                        super::h2::MAX_ABANDONED
+                    );
+                    return ConnClose::Abandoned;
+                }
+                if connection.body_stalled(now, limits.body_timeout) {
+                    log::debug!("closing an HTTP/2 connection: a request body stalled");
+                    return ConnClose::BodyTimeout;
+                }
+                if connection.busy() {
                     continue;
-                } else if *shutdown.borrow() {
-                    (idle, HTTP2_IDLE_ON_SHUTDOWN, ConnClose::Shutdown)
-                } else {
-                    (idle, limits.keepalive_timeout, ConnClose::KeepaliveTimeout)
+                }
+                let (since, limit, why) = match connection.last_end() {
+                    None if !connection.began() => {
+                        (now.saturating_sub(opened), limits.header_timeout, ConnClose::HeaderTimeout)
+                    }
+                    // (A stream begun and not yet counted ended: busy a moment ago.)
+                    None => continue,
+                    Some(end) if *shutdown.borrow() => {
+                        (now.saturating_sub(end), HTTP2_IDLE_ON_SHUTDOWN, ConnClose::Shutdown)
+                    }
+                    Some(end) => {
+                        (now.saturating_sub(end), limits.keepalive_timeout, ConnClose::KeepaliveTimeout)
+                    }
                 };
+                // Before its first stream, a shutdown closes it at once.
+                let limit = if *shutdown.borrow() { limit.min(HTTP2_IDLE_ON_SHUTDOWN) } else { limit };
                 if u128::from(since) >= limit.as_millis() {
                     log::debug!("closing an HTTP/2 connection idle for {since} ms");
                     return why;

@@ -1,41 +1,102 @@
-//! HTTP/2 connections' open streams, so that a connection's idle limit applies only between
-//! requests, as HTTP/1's keep-alive does: a stream waiting on a slow upstream sends no byte
-//! for as long as the upstream takes, and its connection must not be closed under it.
-//! Pingora serves each stream apart from the connection, so a connection is known to its
-//! streams by its two ends (the client's and the listener's addresses).
+//! HTTP/2 connections as their streams see them, so that a connection is bound as an HTTP/1
+//! one is: its idle limit applies only between requests (a stream waiting on a slow upstream
+//! sends no byte for as long as the upstream takes, and its connection must not be closed
+//! under it), and counts from the end of its last stream, not from its last byte (a client
+//! that pings holds no idle connection); a request body that stops coming closes it after the
+//! body timeout; and a client that keeps abandoning the streams it opens (HTTP/2's rapid
+//! reset) has it closed. Pingora serves each stream apart from the connection, so a
+//! connection is known to its streams by its two ends (the client's and the listener's
+//! addresses).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 type Ends = (SocketAddr, SocketAddr);
 
-fn connections() -> &'static Mutex<HashMap<Ends, Arc<AtomicUsize>>> {
-    static CONNECTIONS: OnceLock<Mutex<HashMap<Ends, Arc<AtomicUsize>>>> = OnceLock::new();
+fn connections() -> &'static Mutex<HashMap<Ends, Arc<Shared>>> {
+    static CONNECTIONS: OnceLock<Mutex<HashMap<Ends, Arc<Shared>>>> = OnceLock::new();
     CONNECTIONS.get_or_init(Default::default)
+}
+
+/// How many more of its streams a connection's client may abandon (reset, or leave) before
+/// their answers were whole than it let finish; past them the connection is closed. A
+/// browser that pans a map away cancels the tiles it no longer needs, a few dozen at a time,
+/// among the many it lets finish; a flood of resets, each costing the gateway a request's
+/// work, abandons them all.
+pub const MAX_ABANDONED: usize = 200;
+
+/// What a connection and its streams share.
+struct Shared {
+    open: AtomicUsize,
+    /// Whether a stream was opened on it yet.
+    began: AtomicBool,
+    /// When its last stream ended (the coarse monotonic clock, ms; 0: none has).
+    last_end: AtomicU64,
+    abandoned: AtomicUsize,
+    finished: AtomicUsize,
+    /// The request bodies being read, each the time of its last piece (0: read whole).
+    reading: Mutex<Vec<Arc<AtomicU64>>>,
 }
 
 /// An HTTP/2 connection being served: its streams are counted while this lives.
 pub struct Connection {
     ends: Ends,
-    open: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
 }
 
 impl Connection {
     pub fn new(client: SocketAddr, local: SocketAddr) -> Connection {
-        let open = Arc::new(AtomicUsize::new(0));
+        let shared = Arc::new(Shared {
+            open: AtomicUsize::new(0),
+            began: AtomicBool::new(false),
+            last_end: AtomicU64::new(0),
+            abandoned: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            reading: Mutex::new(Vec::new()),
+        });
         let ends = (client, local);
         connections()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(ends, open.clone());
-        Connection { ends, open }
+            .insert(ends, shared.clone());
+        Connection { ends, shared }
     }
 
     /// Whether a stream is open on it.
     pub fn busy(&self) -> bool {
-        self.open.load(Ordering::Relaxed) > 0
+        self.shared.open.load(Ordering::Relaxed) > 0
+    }
+
+    /// Whether a stream was ever opened on it.
+    pub fn began(&self) -> bool {
+        self.shared.began.load(Ordering::Relaxed)
+    }
+
+    /// When its last stream ended (coarse ms), if one has.
+    pub fn last_end(&self) -> Option<u64> {
+        Some(self.shared.last_end.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Whether its client abandoned [`MAX_ABANDONED`] more streams than it let finish.
+    pub fn flooded(&self) -> bool {
+        let finished = self.shared.finished.load(Ordering::Relaxed);
+        self.shared.abandoned.load(Ordering::Relaxed) > finished + MAX_ABANDONED
+    }
+
+    /// Whether a request body on it has had no piece for `limit` at `now` (coarse ms).
+    pub fn body_stalled(&self, now: u64, limit: Duration) -> bool {
+        let mut reading = self
+            .shared
+            .reading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        reading.retain(|r| r.load(Ordering::Relaxed) != 0);
+        reading
+            .iter()
+            .any(|r| u128::from(now.saturating_sub(r.load(Ordering::Relaxed))) >= limit.as_millis())
     }
 }
 
@@ -49,24 +110,78 @@ impl Drop for Connection {
 }
 
 /// A stream of an HTTP/2 connection, counted open while this lives.
-pub struct Stream(Arc<AtomicUsize>);
+pub struct Stream {
+    shared: Arc<Shared>,
+    /// Its request body while it is being read.
+    body: Option<Arc<AtomicU64>>,
+    abandoned: bool,
+}
 
 impl Stream {
     /// The stream of a request that came on the connection between `client` and `local`, if
-    /// that is an HTTP/2 connection being served.
-    pub fn begun(client: SocketAddr, local: SocketAddr) -> Option<Stream> {
-        let open = connections()
+    /// that is an HTTP/2 connection being served; `body`: its request body is still to come.
+    pub fn begun(client: SocketAddr, local: SocketAddr, body: bool) -> Option<Stream> {
+        let shared = connections()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(client, local))?
             .clone();
-        open.fetch_add(1, Ordering::Relaxed);
-        Some(Stream(open))
+        shared.open.fetch_add(1, Ordering::Relaxed);
+        shared.began.store(true, Ordering::Relaxed);
+        let body = body.then(|| {
+            let last = Arc::new(AtomicU64::new(crate::clock::coarse_millis().max(1)));
+            shared
+                .reading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(last.clone());
+            last
+        });
+        Some(Stream {
+            shared,
+            body,
+            abandoned: false,
+        })
+    }
+
+    /// A piece of the request body came (`done`: its last).
+    pub fn body_read(&self, done: bool) {
+        if let Some(b) = &self.body {
+            let now = if done {
+                0
+            } else {
+                crate::clock::coarse_millis().max(1)
+            };
+            b.store(now, Ordering::Relaxed);
+        }
+    }
+
+    /// The client abandoned the stream before its answer was whole.
+    pub fn abandoned(&mut self) {
+        if !std::mem::replace(&mut self.abandoned, true) {
+            self.shared.abandoned.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        if !self.abandoned {
+            self.shared.finished.fetch_add(1, Ordering::Relaxed);
+        }
+        self.body_read(true);
+        self.shared
+            .last_end
+            .store(crate::clock::coarse_millis().max(1), Ordering::Relaxed);
+        self.shared.open.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The HTTP/2 settings the gateway serves with: Pingora's bounded defaults (a decoded header
+/// list of 64 KiB, 100 streams at once), and at most 64 KiB of an answer buffered per stream
+/// for a client that does not read (h2's default, 400 KiB, would hold 40 MB per connection).
+pub fn options() -> pingora_core::protocols::http::v2::server::H2Options {
+    let mut o = pingora_core::protocols::http::v2::server::default_h2_options();
+    o.max_send_buffer_size(64 * 1024);
+    o
 }

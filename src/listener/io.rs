@@ -44,31 +44,10 @@ pub struct ClientIo {
     written: usize,
     digest: Arc<SocketDigest>,
     established: SystemTime,
-    /// When bytes last went either way (the coarse monotonic clock, ms), for a connection
-    /// whose idleness is watched from outside its sessions (HTTP/2: see
-    /// [`ClientIo::watch_activity`]).
-    activity: Option<Arc<Activity>>,
     /// A write fails when the client takes nothing for this long ...
     send_timeout: Duration,
     /// ... counted from the write that found the socket full.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// When bytes last went either way on a connection (the coarse monotonic clock, ms), and
-/// whether the client sent any since [`Activity::reset`].
-#[derive(Debug, Default)]
-pub struct Activity {
-    pub last: std::sync::atomic::AtomicU64,
-    pub read: std::sync::atomic::AtomicBool,
-}
-
-impl Activity {
-    /// Counts from now: what went before (a TLS handshake) is not the client's request.
-    pub fn reset(&self) {
-        use std::sync::atomic::Ordering::Relaxed;
-        self.last.store(crate::clock::coarse_millis(), Relaxed);
-        self.read.store(false, Relaxed);
-    }
 }
 
 /// How long a write waits for a client that takes nothing, unless set
@@ -86,25 +65,6 @@ impl ClientIo {
             established: SystemTime::now(),
             send_timeout: SEND_TIMEOUT,
             stalled: None,
-            activity: None,
-        }
-    }
-
-    /// The same, noting when bytes last went either way, and whether any came from the client,
-    /// in what it returns: HTTP/2's sessions have no idle or keep-alive limit of their own.
-    pub fn watch_activity(mut self) -> (ClientIo, Arc<Activity>) {
-        let activity = Arc::new(Activity::default());
-        self.activity = Some(activity.clone());
-        (self, activity)
-    }
-
-    fn active(&self, read: bool) {
-        if let Some(a) = &self.activity {
-            use std::sync::atomic::Ordering::Relaxed;
-            a.last.store(crate::clock::coarse_millis(), Relaxed);
-            if read {
-                a.read.store(true, Relaxed);
-            }
         }
     }
 
@@ -139,7 +99,6 @@ impl ClientIo {
             }
             done => {
                 self.stalled = None;
-                self.active(false);
                 done
             }
         }
@@ -308,11 +267,7 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let read = Pin::new(&mut self.tcp).poll_read(cx, buf);
-        if self.activity.is_some() && matches!(read, Poll::Ready(Ok(()))) {
-            self.active(true);
-        }
-        read
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
     }
 }
 

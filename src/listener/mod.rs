@@ -401,7 +401,10 @@ pub fn tls_acceptor_by_name(
     }
     if !named.is_empty() {
         b.set_servername_callback(move |ssl, _alert| {
-            let name = ssl.servername(NameType::HOST_NAME).map(str::to_string);
+            // A fully qualified name's trailing dot names the same host.
+            let name = ssl
+                .servername(NameType::HOST_NAME)
+                .map(|n| n.strip_suffix('.').unwrap_or(n).to_string());
             if let Some((_, context)) = name
                 .as_deref()
                 .and_then(|n| named.iter().find(|(glob, _)| glob.matches(Some(n))))
@@ -416,7 +419,8 @@ pub fn tls_acceptor_by_name(
 }
 
 /// An acceptor's settings with one certificate: ALPN (h2, then HTTP/1.1), the certificate
-/// chain and its key.
+/// chain and its key; no renegotiation (a client could make the gateway do handshake after
+/// handshake on one connection, and HTTP/2 forbids it).
 fn tls_builder(
     cert: &str,
     key: &str,
@@ -424,6 +428,7 @@ fn tls_builder(
     use pingora_core::tls::ssl::{select_next_proto, AlpnError};
     let mut b =
         SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).context("cannot set up TLS")?;
+    b.set_options(pingora_core::tls::ssl::SslOptions::NO_RENEGOTIATION);
     b.set_alpn_select_callback(|_, offered| {
         select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
     });

@@ -57,10 +57,14 @@ pub enum ConnClose {
     TlsFailed,
     /// The gateway was shutting down.
     Shutdown,
+    /// A request body stopped coming for the body timeout (HTTP/2: the connection goes).
+    BodyTimeout,
+    /// The client abandoned too many of its HTTP/2 streams (a reset flood).
+    Abandoned,
 }
 
 impl ConnClose {
-    pub const ALL: [ConnClose; 7] = [
+    pub const ALL: [ConnClose; 9] = [
         ConnClose::Done,
         ConnClose::HeaderTimeout,
         ConnClose::KeepaliveTimeout,
@@ -68,6 +72,8 @@ impl ConnClose {
         ConnClose::Malformed,
         ConnClose::TlsFailed,
         ConnClose::Shutdown,
+        ConnClose::BodyTimeout,
+        ConnClose::Abandoned,
     ];
 
     pub fn label(self) -> &'static str {
@@ -79,6 +85,8 @@ impl ConnClose {
             ConnClose::Malformed => "malformed",
             ConnClose::TlsFailed => "tls_failed",
             ConnClose::Shutdown => "shutdown",
+            ConnClose::BodyTimeout => "body_timeout",
+            ConnClose::Abandoned => "abandoned_streams",
         }
     }
 }
