@@ -80,6 +80,29 @@ pub fn load_gateway(
     Gateway::build(loaded, shared)
 }
 
+/// The https listener's address and its TLS acceptor: the `default` certificate (else the
+/// first), the others by SNI in the config's order.
+pub(crate) fn https_acceptor(
+    h: &config::gateway_file::HttpsDef,
+) -> anyhow::Result<(String, Arc<pingora_core::tls::ssl::SslAcceptor>)> {
+    let cert = h
+        .certs
+        .iter()
+        .find(|c| c.host_glob == "default")
+        .or_else(|| h.certs.first())
+        .context("https needs a certificate")?;
+    let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
+    let by_name: Vec<(String, String, String)> = h
+        .certs
+        .iter()
+        .filter(|c| c.host_glob != "default" && !std::ptr::eq(*c, cert))
+        .map(|c| (c.host_glob.clone(), c.cert.clone(), c.key.clone()))
+        .collect();
+    let tls = crate::listener::tls_acceptor_by_name(&cert.cert, &cert.key, &by_name)
+        .with_context(|| format!("https on {addr}"))?;
+    Ok((addr, tls))
+}
+
 /// Runs until a signal stops the process. Returns only on a start-up error.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let before = crate::lifecycle::ReadBefore::of(&opts.config_dirs, &[]);
@@ -118,6 +141,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Opt::default()
+    };
+    // The certificates before the sockets: an upgrading process that cannot use them leaves
+    // before it took the sockets from the old one, which goes on serving.
+    let https_acceptor = match &loaded.gateway.https {
+        Some(h) => Some(https_acceptor(h)?),
+        None => None,
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
@@ -278,23 +307,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         log::info!("gateway listening on http://{addr}");
         gateway_service.add(Endpoint { addr, tls: None });
     }
-    if let Some(h) = &https {
-        let cert = h
-            .certs
-            .iter()
-            .find(|c| c.host_glob == "default")
-            .or_else(|| h.certs.first())
-            .context("https needs a certificate")?;
-        let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
-        // The others by SNI, in the config's order.
-        let by_name: Vec<(String, String, String)> = h
-            .certs
-            .iter()
-            .filter(|c| c.host_glob != "default" && !std::ptr::eq(*c, cert))
-            .map(|c| (c.host_glob.clone(), c.cert.clone(), c.key.clone()))
-            .collect();
-        let tls = crate::listener::tls_acceptor_by_name(&cert.cert, &cert.key, &by_name)
-            .with_context(|| format!("https on {addr}"))?;
+    if let Some((addr, tls)) = https_acceptor {
         log::info!("gateway listening on https://{addr}");
         gateway_service.add(Endpoint {
             addr,

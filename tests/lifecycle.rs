@@ -1055,3 +1055,50 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
         ]
     );
 }
+
+/// An upgrade to a process that cannot use its certificates leaves the old process serving:
+/// `tollgate check` refuses them, and the new process leaves before it takes the sockets, so
+/// the reload's guard (deploy/systemd: SIGQUIT only if the new process still runs a second
+/// later) never stops the old one.
+#[test]
+fn an_upgrade_whose_certificates_cannot_be_used_leaves_the_old_process_serving() {
+    let dir = support::tls::https_config(
+        ConfigDir::empty(),
+        "admin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  a: {paths: '/a'}\npolicies: [terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{terminate: {action: {statusCode: 200, message: ok}}}]}\n",
+    );
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    assert_eq!(get(old.admin_port, "GET", "/users", &[]).status, 200);
+    // The certificate replaced by one that is none.
+    dir.write(
+        "tls.crt",
+        "-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n",
+    );
+    let port = old.port.to_string();
+    let checked = run_tollgate(
+        &["check", "--config", &dir.path.display().to_string()],
+        &[("PORT", &port)],
+    );
+    assert_eq!(checked.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&checked.stderr).into_owned();
+    assert!(said.contains("cannot use the certificate"), "{said}");
+    // The reload as systemd runs it.
+    let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let left = new.0.try_wait().expect("wait");
+    if left.is_none() {
+        old.signal("QUIT");
+    }
+    let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    assert!(
+        left.is_some_and(|s| !s.success()),
+        "the new process still runs a second after its start: {new_log}"
+    );
+    assert!(new_log.contains("cannot use the certificate"), "{new_log}");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        get(old.admin_port, "GET", "/users", &[]).status,
+        200,
+        "the old process stopped serving"
+    );
+}

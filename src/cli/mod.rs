@@ -540,6 +540,12 @@ fn check(dirs: &ConfigDirs) -> i32 {
     }
     match server::load_gateway(dirs, &Shared::detached()) {
         Ok(gw) => {
+            // The certificates too: `serve` (an upgrade's new process) refuses what it cannot
+            // use.
+            if let Some(Err(e)) = gw.https.as_ref().map(server::https_acceptor) {
+                eprintln!("{}: {e:#}", dirs.display());
+                return 2;
+            }
             // An endpoint written as a list has an entry each, side by side.
             let mut endpoints: Vec<&str> = gw.endpoints.iter().map(|e| &*e.name).collect();
             endpoints.dedup();
