@@ -44,6 +44,10 @@ pub struct Tollgate {
     /// control: the send timeout of the connection's socket never starts when the socket
     /// has room and the stream has none).
     pub h2_send_timeout: Duration,
+    /// How long a request's body may take to arrive whole (then `408`): the body timeout
+    /// bounds each pause only, and a body trickling a byte a minute would hold its
+    /// connection and its upstream's for ever.
+    pub request_timeout: Duration,
 }
 
 /// Per-request state across Pingora's phases.
@@ -351,6 +355,14 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         if let Some(stream) = &ctx._h2_stream {
             stream.body_read(end_of_stream);
+        }
+        if !end_of_stream && ctx.started.elapsed() > self.request_timeout {
+            let mut e = Error::explain(
+                ErrorType::ReadTimedout,
+                "the request's body took longer than the request timeout",
+            );
+            e.as_down();
+            return Err(e);
         }
         Ok(())
     }

@@ -288,6 +288,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     gateway: current.clone(),
                     health: health.clone(),
                     h2_send_timeout: limits.send_timeout,
+                    request_timeout: limits.request_timeout,
                 },
             );
             proxy.h2_options = Some(crate::listener::h2::options());

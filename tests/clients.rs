@@ -191,6 +191,42 @@ fn idle_keep_alive_connections_and_stalled_bodies_are_closed() {
     assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
 }
 
+/// A request body that trickles (a byte well within each body timeout) is given up once it
+/// has taken the request timeout: 408, the connection closed.
+#[test]
+fn a_trickling_request_body_is_given_up_after_the_request_timeout() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--body-timeout", "2", "--request-timeout", "3"],
+        &[],
+    );
+    let mut s = connect(gw.port);
+    s.write_all(b"POST /tiles/upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n")
+        .expect("send");
+    let t = Instant::now();
+    let trickle = {
+        let mut s = s.try_clone().expect("clone");
+        std::thread::spawn(move || {
+            while t.elapsed() < Duration::from_secs(8) {
+                if s.write_all(b"x").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        })
+    };
+    let r = read_response(&mut s, false);
+    let took = t.elapsed();
+    assert_eq!(r.status, 408, "{}", r.text());
+    assert!(
+        took >= Duration::from_millis(2900) && took < Duration::from_millis(5000),
+        "{took:?}"
+    );
+    let _ = trickle.join();
+}
+
 /// An upstream that answers every request with 4 MB in chunks of 1000 bytes.
 fn chunky_upstream() -> u16 {
     support::upstream::raw(|conn| {

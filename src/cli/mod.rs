@@ -190,6 +190,9 @@ pub struct ServeArgs {
     /// Seconds between two writes of a response to a client that does not read it.
     #[arg(long, env = "TOLLGATE_SEND_TIMEOUT", default_value = "60", value_parser = seconds)]
     pub send_timeout: Duration,
+    /// Seconds a request's body may take to arrive whole (Node's `requestTimeout`, EG's).
+    #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT", default_value = "300", value_parser = seconds)]
+    pub request_timeout: Duration,
     /// The tile cache's memory budget (bytes; `k`, `M`, `G`, `T` suffixes, `KiB`... too).
     #[arg(long, env = "TOLLGATE_CACHE_MEMORY", default_value = "256MiB", value_parser = size)]
     pub cache_memory: u64,
@@ -297,6 +300,7 @@ pub fn run(cli: Cli) -> i32 {
                     keepalive_timeout: args.keepalive_timeout,
                     body_timeout: args.body_timeout,
                     send_timeout: args.send_timeout,
+                    request_timeout: args.request_timeout,
                     max_connections: args
                         .max_connections
                         .unwrap_or(crate::listener::DEFAULT_MAX_CONNECTIONS)

@@ -88,6 +88,8 @@ pub struct ClientLimits {
     pub body_timeout: Duration,
     /// The longest wait between two writes of a response to a client that does not read.
     pub send_timeout: Duration,
+    /// The longest a request's body may take to arrive whole, however it trickles.
+    pub request_timeout: Duration,
     /// Client connections open at once, per listening service.
     pub max_connections: usize,
     /// The largest request head accepted (431 past it).
@@ -101,6 +103,7 @@ impl Default for ClientLimits {
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
+            request_timeout: Duration::from_secs(300),
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_head: MAX_REQUEST_HEAD,
         }
