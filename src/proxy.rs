@@ -143,11 +143,10 @@ impl ProxyHttp for Tollgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if session.is_http2() {
-            let body = !session.is_body_done();
             let client = session.client_addr().and_then(PeerAddr::as_inet);
             let local = session.server_addr().and_then(PeerAddr::as_inet);
             if let (Some(client), Some(local)) = (client, local) {
-                ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local, body);
+                ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local);
             }
             session.set_write_timeout(Some(self.h2_send_timeout));
         }
@@ -348,7 +347,7 @@ impl ProxyHttp for Tollgate {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _body: &mut Option<bytes::Bytes>,
         end_of_stream: bool,
         ctx: &mut RequestCtx,
@@ -356,7 +355,9 @@ impl ProxyHttp for Tollgate {
         if let Some(stream) = &ctx._h2_stream {
             stream.body_read(end_of_stream);
         }
-        if !end_of_stream && ctx.started.elapsed() > self.request_timeout {
+        // (An upgraded connection's frames are no request body.)
+        if !end_of_stream && !session.was_upgraded() && ctx.started.elapsed() > self.request_timeout
+        {
             let mut e = Error::explain(
                 ErrorType::ReadTimedout,
                 "the request's body took longer than the request timeout",
@@ -373,6 +374,13 @@ impl ProxyHttp for Tollgate {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // An HTTP/2 request body is waited for from here on (before, the gateway had not
+        // asked for it: a hit, a connect that takes long).
+        if let Some(stream) = &mut ctx._h2_stream {
+            if !session.is_body_done() {
+                stream.body_awaited();
+            }
+        }
         exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
     }
 

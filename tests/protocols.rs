@@ -202,9 +202,14 @@ fn http2_to_an_upstream() {
 }
 
 fn ws_client(url: &str, close_by: &str) -> serde_json::Value {
+    ws_client_paced(url, 20, close_by, "0")
+}
+
+/// [`ws_client`] with `n` messages, `pause` seconds apart.
+fn ws_client_paced(url: &str, n: usize, close_by: &str, pause: &str) -> serde_json::Value {
     let out = Command::new(python())
         .arg(fixture("ws_client.py"))
-        .args([url, "20", close_by])
+        .args([url, &n.to_string(), close_by, pause])
         .output()
         .expect("run the websocket client");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
@@ -227,7 +232,17 @@ fn websockets_after_authentication() {
         "consumers.json",
         r#"{"scopes": [], "users": {"ann": {"front": {"type": "key-auth", "keyId": "ws", "keySecret": "pass"}}}}"#,
     );
-    let gw = GatewayProcess::start_with(&dir, &["--populate", &dir.file("consumers.json")], &[]);
+    // A request timeout shorter than a socket's life: its frames are no request body.
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--populate",
+            &dir.file("consumers.json"),
+            "--request-timeout",
+            "1",
+        ],
+        &[],
+    );
     let url = |q: &str| format!("ws://127.0.0.1:{}/live/feed{q}", gw.port);
     // Refused without a key: the upgrade never reaches the upstream.
     let refused = ws_client(&url(""), "client");
@@ -246,6 +261,9 @@ fn websockets_after_authentication() {
         r["close_code"], 4000,
         "the server's close reached the client: {r}"
     );
+    // Open longer than the request timeout, frames going both ways throughout.
+    let r = ws_client_paced(&url("?apiKey=ws:pass"), 5, "client", "0.6");
+    assert_eq!(r["echoed"].as_u64(), Some(5), "{r}");
     assert_eq!(gw.error_lines(), Vec::<String>::new());
 }
 

@@ -149,14 +149,19 @@ pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
 /// through the gateway at once, and (when the cache has met any) under each combination of
 /// them in a task of its own, so that the answer does not wait on hundreds of keys.
 pub async fn invalidate_url(gw: Arc<Gateway>, host: Option<&str>, url: &str) {
-    invalidate_keys(keys_with(&gw, host, url, &mut false, &[])).await;
+    let plain = keys_with(&gw, host, url, &mut false, &[]);
+    invalidate_keys(plain.clone()).await;
     let forwardings = met();
     if forwardings.is_empty() {
         return;
     }
     let (host, url) = (host.map(str::to_owned), url.to_owned());
     tokio::spawn(async move {
-        let keys = keys_with(&gw, host.as_deref(), &url, &mut false, &forwardings);
+        // Not those gone already: a fetch of one begun since brings the new tile.
+        let keys = keys_with(&gw, host.as_deref(), &url, &mut false, &forwardings)
+            .into_iter()
+            .filter(|k| !plain.contains(k))
+            .collect();
         invalidate_keys(keys).await;
     });
 }

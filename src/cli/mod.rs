@@ -30,7 +30,7 @@ pub struct Cli {
 #[derive(Subcommand)]
 pub enum Command {
     /// Run the gateway.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check a config directory: exit 0 when valid, 2 with `file:line:column: reason` lines when not.
     Check(ConfigArg),
     /// Manage users.
@@ -279,6 +279,7 @@ pub fn run(cli: Cli) -> i32 {
     }
     match cli.command {
         Command::Serve(args) => {
+            let args = *args;
             let data_dir = args
                 .data_dir
                 .unwrap_or_else(|| args.config.dirs().last().join("data"));

@@ -119,8 +119,8 @@ pub struct Stream {
 
 impl Stream {
     /// The stream of a request that came on the connection between `client` and `local`, if
-    /// that is an HTTP/2 connection being served; `body`: its request body is still to come.
-    pub fn begun(client: SocketAddr, local: SocketAddr, body: bool) -> Option<Stream> {
+    /// that is an HTTP/2 connection being served.
+    pub fn begun(client: SocketAddr, local: SocketAddr) -> Option<Stream> {
         let shared = connections()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -128,20 +128,25 @@ impl Stream {
             .clone();
         shared.open.fetch_add(1, Ordering::Relaxed);
         shared.began.store(true, Ordering::Relaxed);
-        let body = body.then(|| {
+        Some(Stream {
+            shared,
+            body: None,
+            abandoned: false,
+        })
+    }
+
+    /// Its request body is waited for from now on (the request goes upstream): a pause of
+    /// the body timeout in it closes the connection.
+    pub fn body_awaited(&mut self) {
+        if self.body.is_none() {
             let last = Arc::new(AtomicU64::new(crate::clock::coarse_millis().max(1)));
-            shared
+            self.shared
                 .reading
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(last.clone());
-            last
-        });
-        Some(Stream {
-            shared,
-            body,
-            abandoned: false,
-        })
+            self.body = Some(last);
+        }
     }
 
     /// A piece of the request body came (`done`: its last).

@@ -225,13 +225,15 @@ fn split_plus(src: &str) -> Option<Vec<&str>> {
     Some(parts)
 }
 
-/// A term an error names: whole when it reads as code, else (a long word left unquoted,
-/// perhaps a key or a password put in from the environment) its first characters only.
+/// A term an error names: whole when it reads as code (a call, a property read), else
+/// (text left unquoted, perhaps a key, a token or a password put in from the environment) its
+/// first characters only.
 fn shown_term(t: &str) -> String {
-    let word = t
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '=' | '+' | '/' | ':'));
-    if t.chars().count() <= 8 || !word {
+    let code = t.contains('(')
+        || ["req.", "egContext.", "apiEndpoint."]
+            .iter()
+            .any(|p| t.starts_with(p));
+    if t.chars().count() <= 8 || code {
         return t.to_string();
     }
     let start: String = t.chars().take(3).collect();

@@ -42,10 +42,8 @@ pub fn displayed(url: &str) -> String {
         None => (url, ""),
     };
     let rest_at = before.find("://").map_or(0, |i| i + 3);
-    let authority_end = before[rest_at..]
-        .find(['/', '#'])
-        .map_or(before.len(), |i| rest_at + i);
-    match before[rest_at..authority_end].rfind('@') {
+    // Up to the last `@`: a password may hold a `/` written as it is.
+    match before[rest_at..].rfind('@') {
         Some(at) => format!(
             "{}***{}{query}",
             &before[..rest_at],

@@ -33,6 +33,8 @@ const MAX_IO: usize = 32;
 /// memory; a disk slower than the misses would otherwise hold every body waiting, evicted from
 /// memory or not, and grow the gateway past its budget).
 const QUEUE_MAX: u64 = 64 << 20;
+/// How often a full file system may lower the budget (see [`DiskTier::write_failed`]).
+const LOWER_EVERY_MS: u64 = 5_000;
 /// When over budget, evict down to this share of it.
 const LOW_WATER: f64 = 0.9;
 /// The secret the keys' hashes are made with (see `cache::key::digest`), readable by the
@@ -62,6 +64,8 @@ pub struct DiskTier {
     pub skipped: AtomicU64,
     /// Writes that failed (the file system full, an I/O error).
     pub failed: AtomicU64,
+    /// When the budget was last lowered for a full file system (coarse ms; 0: never).
+    lowered_at: AtomicU64,
     /// Objects written so far (what a use from memory is told by, see [`DiskTier::used`]).
     writes: AtomicU64,
     pub stored_bytes: AtomicU64,
@@ -209,6 +213,7 @@ impl DiskTier {
             queued: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            lowered_at: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
@@ -480,8 +485,21 @@ impl DiskTier {
             return;
         }
         let stored = self.stored_bytes.load(Ordering::Relaxed);
-        if stored == 0 {
-            log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
+        // Once per a few seconds: the writes under way as the disk filled fail together, and
+        // the space eviction frees comes as its files go.
+        let now = crate::clock::coarse_millis().max(1);
+        let last = self.lowered_at.load(Ordering::Relaxed);
+        let recent = last > 0 && now.saturating_sub(last) < LOWER_EVERY_MS;
+        if stored == 0
+            || recent
+            || self
+                .lowered_at
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            if !recent {
+                log::warn!("tile cache: cannot write to {}: {e}", self.dir.display());
+            }
             return;
         }
         let lowered = (stored as f64 * LOW_WATER) as u64;

@@ -131,28 +131,31 @@ pub struct Object {
     /// The disk tier's clock when a use of this object from memory was last told to it (see
     /// [`disk::DiskTier::used`]).
     disk_stamp: std::sync::atomic::AtomicU64,
-    /// This object among all the process made (see [`Found`]).
-    serial: u64,
 }
 
 impl Object {
     pub fn new(key: HashBinary, meta: StoredMeta, body: Bytes) -> Object {
-        static MADE: AtomicU64 = AtomicU64::new(0);
         Object {
             key,
             meta,
             body,
             disk_stamp: std::sync::atomic::AtomicU64::new(0),
-            serial: MADE.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// Which stored response this is (its copies in memory and on disk are the same one).
+    pub fn found(&self) -> Found {
+        Found(self.meta.updated, self.body.len())
     }
 }
 
-/// The object a lookup found, put in the metadata Pingora's cache phases hand back when they
-/// revalidate it: the 304's update applies to that object's body only, not to another stored
-/// under its key since (a HEAD's revalidation takes no lock, and a GET's may overtake it).
-#[derive(Clone, Copy, Debug)]
-pub struct Found(u64);
+/// The object a lookup found (when it was stored or revalidated, and its body's length: the
+/// same for its copies in memory and on disk), put in the metadata Pingora's cache phases
+/// hand back when they revalidate it: the 304's update applies to that object's body only,
+/// not to another stored under its key since (a HEAD's revalidation takes no lock, and a
+/// GET's may overtake it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Found(SystemTime, usize);
 
 pub struct TileStore {
     pub memory: MemoryTier,
@@ -468,11 +471,12 @@ impl TileStore {
             return Some(o);
         }
         let disk = self.disk.as_ref()?;
+        // Taken first: an invalidation that begins after the look below is one begun since.
+        let seen = self.epoch();
         // The file may be the one an invalidation under way removes: a miss.
         if self.purges.invalidating(&k) {
             return None;
         }
-        let seen = self.epoch();
         let mut obj = disk.get(k).await?;
         if let Some(shared) = self.memory.hold(&obj.body) {
             obj.body = shared;

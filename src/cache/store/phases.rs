@@ -27,7 +27,7 @@ impl Storage for TileStore {
             return Ok(None);
         };
         let mut meta = obj.meta.to_meta()?;
-        meta.extensions_mut().insert(super::Found(obj.serial));
+        meta.extensions_mut().insert(obj.found());
         let hit = Hit {
             body: obj.body.clone(),
             range: (0, obj.body.len()),
@@ -86,7 +86,7 @@ impl Storage for TileStore {
         };
         // Another object than the one revalidated: its head is not the one updated.
         let found = meta.extensions().get::<super::Found>();
-        if found.is_some_and(|f| f.0 != old.serial) {
+        if found.is_some_and(|f| *f != old.found()) {
             return Ok(false);
         }
         let obj = Arc::new(Object::new(
@@ -108,7 +108,11 @@ impl Storage for TileStore {
     }
 }
 
-/// Reading a stored body: all of it at once (it is in memory), or the range asked for.
+/// The most of a stored body handed to the session at once: an HTTP/2 session bounds each
+/// write by the send timeout, which must bound a pause of a slow client, not its whole tile.
+const HIT_PIECE: usize = 64 * 1024;
+
+/// Reading a stored body (or the range asked for), from memory, in pieces of [`HIT_PIECE`].
 struct Hit {
     body: Bytes,
     range: (usize, usize),
@@ -118,11 +122,14 @@ struct Hit {
 #[async_trait]
 impl HandleHit for Hit {
     async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        let (start, end) = self.range;
         if self.done {
             return Ok(None);
         }
-        self.done = true;
-        Ok(Some(self.body.slice(self.range.0..self.range.1)))
+        let piece_end = end.min(start + HIT_PIECE);
+        self.range.0 = piece_end;
+        self.done = piece_end == end;
+        Ok(Some(self.body.slice(start..piece_end)))
     }
 
     async fn finish(
@@ -159,5 +166,39 @@ impl HandleHit for Hit {
 
     fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored body goes to the session in pieces of at most [`HIT_PIECE`], whole, and a
+    /// range in the same way.
+    #[tokio::test]
+    async fn a_hit_is_read_in_pieces() {
+        let body: Bytes = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+        let mut hit = Hit {
+            body: body.clone(),
+            range: (0, body.len()),
+            done: false,
+        };
+        let mut pieces = Vec::new();
+        while let Some(p) = hit.read_body().await.unwrap() {
+            pieces.push(p);
+        }
+        let lens: Vec<usize> = pieces.iter().map(Bytes::len).collect();
+        assert_eq!(lens, [HIT_PIECE, HIT_PIECE, 150_000 - 2 * HIT_PIECE]);
+        assert_eq!(pieces.concat(), body.to_vec());
+        hit.seek(10, Some(20)).unwrap();
+        assert_eq!(hit.read_body().await.unwrap(), Some(body.slice(10..20)));
+        assert_eq!(hit.read_body().await.unwrap(), None);
+        let mut empty = Hit {
+            body: Bytes::new(),
+            range: (0, 0),
+            done: false,
+        };
+        assert_eq!(empty.read_body().await.unwrap(), Some(Bytes::new()));
+        assert_eq!(empty.read_body().await.unwrap(), None);
     }
 }
