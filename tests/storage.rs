@@ -8,10 +8,11 @@ mod support;
 use support::s3::S3Server;
 use support::{get, ConfigDir, GatewayProcess};
 
+/// Kargo's storage endpoint: `/s3/*` proxied to the route on the admin port.
+const STORAGE_ROUTE: &str = "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  storage: {paths: '/s3/*', scopes: []}\nserviceEndpoints:\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [proxy]\npipelines:\n  storage: {apiEndpoints: [storage], policies: [{proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n";
+
 fn gateway(s3: &S3Server) -> (ConfigDir, GatewayProcess) {
-    let dir = ConfigDir::new(
-        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  storage: {paths: '/s3/*', scopes: []}\nserviceEndpoints:\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [proxy]\npipelines:\n  storage: {apiEndpoints: [storage], policies: [{proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
-    );
+    let dir = ConfigDir::new(STORAGE_ROUTE);
     dir.write(
         "system.config.yml",
         &format!(
@@ -177,9 +178,7 @@ fn the_legacy_s3_plugin_settings() {
 #[test]
 fn the_clients_credentials_reach_no_provider_and_no_log() {
     let echo = support::EchoUpstream::start("s3");
-    let dir = ConfigDir::new(
-        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  storage: {paths: '/s3/*', scopes: []}\nserviceEndpoints:\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [proxy]\npipelines:\n  storage: {apiEndpoints: [storage], policies: [{proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
-    );
+    let dir = ConfigDir::new(STORAGE_ROUTE);
     let closed = support::free_port();
     dir.write(
         "system.config.yml",

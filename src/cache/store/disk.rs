@@ -580,16 +580,28 @@ impl DiskTier {
 mod tests {
     use super::*;
 
+    /// A tier in a fresh directory of its own (`name` tells the tests apart), for the test's
+    /// whole run, and its directory.
+    fn leaked_tier(name: &str) -> (&'static DiskTier, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("tollgate-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let tier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
+        (tier, dir)
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime")
+    }
+
     /// A write begun before a purge (of this tile or any) leaves nothing on disk; one begun
     /// after it is written.
     #[test]
     fn a_write_begun_before_a_purge_puts_nothing_back() {
-        let dir = std::env::temp_dir().join(format!("tollgate-disk-purge-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let (tier, dir) = leaked_tier("purge");
+        let rt = runtime();
         let key = [5u8; 16];
         let obj = crate::cache::store::memory::tests::object(key, 3000);
         let seen = tier.purges.epoch();
@@ -612,13 +624,8 @@ mod tests {
     /// past them is not written (and counted); one within them is.
     #[test]
     fn writes_past_the_queue_are_skipped() {
-        let dir = std::env::temp_dir().join(format!("tollgate-disk-queue-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-            .expect("runtime");
+        let (tier, dir) = leaked_tier("queue");
+        let rt = runtime();
         let object =
             |k: u8| std::sync::Arc::new(crate::cache::store::memory::tests::object([k; 16], 3000));
         rt.block_on(async {
@@ -647,12 +654,8 @@ mod tests {
     /// puts nothing back; one begun after it ended is written.
     #[test]
     fn a_write_of_an_object_fetched_before_its_invalidation_puts_nothing_back() {
-        let dir = std::env::temp_dir().join(format!("tollgate-disk-inval-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let (tier, dir) = leaked_tier("inval");
+        let rt = runtime();
         let (key, other) = ([9u8; 16], [10u8; 16]);
         let object = |k| crate::cache::store::memory::tests::object(k, 3000);
         let before = tier.purges.epoch();
@@ -679,12 +682,8 @@ mod tests {
     /// later); one gone is taken out of the index.
     #[test]
     fn a_file_unreadable_for_now_stays_indexed_and_one_gone_does_not() {
-        let dir = std::env::temp_dir().join(format!("tollgate-disk-read-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 1 << 30).unwrap()));
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
+        let (tier, dir) = leaked_tier("read");
+        let rt = runtime();
         let key = [11u8; 16];
         tier.write(
             &crate::cache::store::memory::tests::object(key, 3000),
