@@ -165,10 +165,22 @@ fn not_found_bodies_and_head() {
 #[test]
 fn methods_and_head() {
     let (_d, gw) = gateway(
-        "  m: {paths: '/m/*', methods: 'GET,POST'}\n  arr: {paths: '/arr/*', methods: [put]}\n",
-        &["m", "arr"],
+        "  m: {paths: '/m/*', methods: 'GET,POST'}\n  arr: {paths: '/arr/*', methods: [put]}\n  w: {paths: '/w/*', methods: [DELETE]}\n  r: {paths: '/w/*'}\n",
+        &["m", "arr", "w", "r"],
         "",
     );
+    // A method in lower case would pass by `methods` (those are in capitals) to another
+    // route: refused, as EG refuses it.
+    assert_eq!(get(gw.port, "DELETE", "/w/x", &[]).text(), "w");
+    assert_eq!(get(gw.port, "GET", "/w/x", &[]).text(), "r");
+    for method in ["delete", "get", "Post"] {
+        let r = get(gw.port, method, "/w/x", &[("Content-Length", "0")]);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (400, "Bad Request"),
+            "{method}"
+        );
+    }
     assert_eq!(get(gw.port, "GET", "/m/x", &[]).text(), "m");
     assert_eq!(
         get(gw.port, "POST", "/m/x", &[("Content-Length", "0")]).text(),

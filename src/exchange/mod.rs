@@ -211,6 +211,13 @@ pub async fn decide(
         log::debug!("refused a request: a Host with characters no host has");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
+    // A method in lower case (`delete`): an apiEndpoint's `methods` and a `method` condition
+    // name methods in capitals, so it would pass by them, while upstreams that read methods
+    // without case act on it. Refused, as EG's parser (Node's) refuses it.
+    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
+        log::debug!("refused a request: a method in lower case");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
     // A `.` or `..` segment would be resolved by the upstream to another path than the one
     // routed and authorised here (`/wmts/../k2/x` under the wmts scope): refused, as no map
     // client sends one.

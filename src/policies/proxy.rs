@@ -246,6 +246,18 @@ fn push_joined(out: &mut String, part: &str) {
 
 impl Policy for Proxy {
     fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        let path_recipe = self.path_recipe(req);
+        // What stripPath leaves may hold a dot segment the client's path did not (`/wms../k2`
+        // routed by `/wms*` leaves `/../k2`): the upstream would resolve it to a path neither
+        // routed nor authorised here. Refused, as one in the client's path is.
+        if self.strip_path && !self.ignore_path {
+            let url = &path_recipe.url;
+            let path = &url[..memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len())];
+            if crate::wire::has_dot_segment(path) {
+                log::debug!("refused a request: a dot segment in its path once stripped");
+                return Outcome::Respond(crate::pipeline::context::Reply::text(400, "Bad Request"));
+            }
+        }
         let picked = self.endpoint.pick(req.path, 0);
         if picked.is_none() && x.cache.is_none() {
             log::warn!(
@@ -274,7 +286,7 @@ impl Policy for Proxy {
             verify_cert: self.verify_cert,
             host: None,
             path: String::new(),
-            path_recipe: self.path_recipe(req),
+            path_recipe,
             change_origin: self.change_origin,
             connect_timeout: self.connect_timeout,
             read_timeout: self.read_timeout,
