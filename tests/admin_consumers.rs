@@ -58,6 +58,22 @@ fn users_apps_scopes_and_credentials_routes() {
             200
         );
     }
+    // An id given that is another user's: refused, that user left as it was.
+    let u1 = json(&get(a, "GET", "/users/u1", &[]));
+    let taken = call(
+        a,
+        "POST",
+        "/users",
+        &format!(
+            r#"{{"username": "x", "id": "{}"}}"#,
+            u1["id"].as_str().unwrap_or("")
+        ),
+    );
+    assert_eq!(
+        (taken.status, taken.text().as_str()),
+        (409, "user id already exists")
+    );
+    assert_eq!(json(&get(a, "GET", "/users/u1", &[])), u1);
     let invalid = call(a, "POST", "/users", r#"{"firstname": "x"}"#);
     assert_eq!(
         (invalid.status, invalid.text().as_str()),
@@ -147,6 +163,26 @@ fn users_apps_scopes_and_credentials_routes() {
         r#"{"consumerId": "viewer", "type": "key-auth", "credential": {"scopes": ["wms"]}}"#,
     ));
     let key_id = ka["keyId"].as_str().expect("keyId").to_string();
+    // A keyId that is a consumer's id names that consumer's set of key ids: refused, the set
+    // (and the credential in it) kept.
+    let viewer = json(&get(a, "GET", "/apps/viewer", &[]));
+    let viewer_id = viewer["id"].as_str().expect("id");
+    let clash = call(
+        a,
+        "POST",
+        "/credentials",
+        &format!(
+            r#"{{"consumerId": "viewer", "type": "key-auth", "credential": {{"keyId": "{viewer_id}"}}}}"#
+        ),
+    );
+    assert_eq!(clash.status, 409, "{}", clash.text());
+    let listed = json(&get(
+        a,
+        "GET",
+        &format!("/credentials/key-auth/{key_id}"),
+        &[],
+    ));
+    assert_eq!(listed["keyId"].as_str(), Some(key_id.as_str()), "{listed}");
     assert_eq!(
         call(
             a,

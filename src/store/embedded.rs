@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write as _};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -88,12 +89,16 @@ impl EmbeddedStore {
         }
     }
 
-    /// Opens (or creates) the store in `dir`, recovering from a crash if there was one.
+    /// Opens (or creates) the store in `dir`, recovering from a crash if there was one; its
+    /// directory and files readable by the gateway's user only.
     pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
         let io = |what: &str, e: std::io::Error| {
             StoreError::Io(format!("{what} in {}: {e}", dir.display()))
         };
         std::fs::create_dir_all(dir).map_err(|e| io("cannot create the data directory", e))?;
+        // Its files hold credentials' secrets: the gateway's user's alone, whatever the umask
+        // (those of a store made before are tightened).
+        private(dir, 0o700).map_err(|e| io("cannot restrict the data directory", e))?;
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -151,8 +156,14 @@ impl EmbeddedStore {
         let journal = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&journal_path)
             .map_err(|e| io("cannot open the journal", e))?;
+        for file in [&journal_path, &snapshot_path] {
+            if file.exists() {
+                private(file, 0o600).map_err(|e| io("cannot restrict the store's files", e))?;
+            }
+        }
         // Cut a torn tail so the next entry starts on a line of its own.
         journal
             .set_len(good_bytes)
@@ -185,8 +196,14 @@ impl EmbeddedStore {
         let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
         let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
         // Written through a buffer: the whole text beside the data would double the memory.
-        let snapshot_bytes = {
-            let f = File::create(&tmp).map_err(|e| io("cannot write the snapshot", e))?;
+        let written = (|| {
+            let f = OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(|e| io("cannot write the snapshot", e))?;
             let mut out = BufWriter::with_capacity(1 << 20, f);
             serde_json::to_writer(&mut out, &st.data)
                 .map_err(|e| StoreError::Io(format!("cannot write the snapshot: {e}")))?;
@@ -195,25 +212,49 @@ impl EmbeddedStore {
                 .map_err(|e| io("cannot write the snapshot", e.into_error()))?;
             f.sync_all()
                 .map_err(|e| io("cannot sync the snapshot", e))?;
-            f.metadata()
+            let len = f
+                .metadata()
                 .map_err(|e| io("cannot write the snapshot", e))?
-                .len()
+                .len();
+            std::fs::rename(&tmp, dir.join(SNAPSHOT))
+                .map_err(|e| io("cannot replace the snapshot", e))?;
+            Ok(len)
+        })();
+        let snapshot_bytes = match written {
+            Ok(len) => len,
+            Err(e) => {
+                // A partial snapshot (a full disk) would take the room the journal needs.
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
         };
-        std::fs::rename(&tmp, dir.join(SNAPSHOT))
-            .map_err(|e| io("cannot replace the snapshot", e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
+        // The journal is emptied only once the new snapshot's name is durable: else a power
+        // cut could leave the old snapshot and an empty journal.
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("cannot sync the data directory", e))?;
+        st.snapshot_bytes = snapshot_bytes;
         if let Some(j) = &st.journal {
             j.set_len(0)
                 .map_err(|e| io("cannot truncate the journal", e))?;
+            // Empty now, whether or not the sync below goes through.
+            st.journal_bytes = 0;
+            st.torn = false;
             j.sync_all().map_err(|e| io("cannot sync the journal", e))?;
         }
-        st.snapshot_bytes = snapshot_bytes;
         st.journal_bytes = 0;
         st.torn = false;
         Ok(())
     }
+}
+
+/// Restricts `path` to `mode` when it allows more (group or others).
+fn private(path: &Path, mode: u32) -> std::io::Result<()> {
+    let perms = std::fs::metadata(path)?.permissions();
+    if perms.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(())
 }
 
 fn apply_batch(data: &mut BTreeMap<String, Value>, batch: &[Write]) {
@@ -371,6 +412,12 @@ impl Store for EmbeddedStore {
             ));
         }
         let mut st = self.state();
+        // Handed over since the look above: the journal is the new process's now.
+        if self.dir.is_some() && st.journal.is_none() {
+            return Err(StoreError::Unavailable(
+                "the store was handed over to the upgraded process".into(),
+            ));
+        }
         let (ends, torn) = (st.journal_bytes, st.torn);
         if let Some(journal) = st.journal.as_mut() {
             let mut line = serde_json::to_vec(batch).map_err(|e| StoreError::Io(e.to_string()))?;
@@ -565,6 +612,55 @@ mod tests {
         assert_eq!(s.keys_with_prefix("k:").await.expect("keys").len(), 399);
         assert_eq!(s.key_type("k:0").await.expect("type"), KeyType::None);
         assert_eq!(s.key_type("k:1").await.expect("type"), KeyType::Hash);
+        // The store holds credentials' secrets: its directory and files are the gateway's
+        // user's alone, whatever the umask.
+        for path in [d.clone(), d.join(JOURNAL), d.join(SNAPSHOT)] {
+            let mode = std::fs::metadata(&path)
+                .expect("there")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A store made readable by others (by a release before, or by hand) is restricted when
+    /// it opens.
+    #[test]
+    fn a_readable_store_is_restricted_when_it_opens() {
+        let d = dir("perms");
+        drop(EmbeddedStore::open(&d).expect("open"));
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        std::fs::set_permissions(d.join(JOURNAL), std::fs::Permissions::from_mode(0o644))
+            .expect("chmod");
+        drop(EmbeddedStore::open(&d).expect("reopen"));
+        for path in [d.clone(), d.join(JOURNAL)] {
+            let mode = std::fs::metadata(&path)
+                .expect("there")
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// A write after the store was handed over to an upgraded process fails (its client is
+    /// told): applied in memory only, it would be answered as done and lost.
+    #[tokio::test]
+    async fn a_write_after_the_hand_over_fails() {
+        let d = dir("handover");
+        let s = EmbeddedStore::open(&d).expect("open");
+        s.hand_over();
+        // As a write that looked before the hand-over and took the state after it.
+        s.handed_over
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        assert!(s
+            .apply(&[hset("EG-user:9", "username", "late")])
+            .await
+            .is_err());
+        drop(s);
+        let s = EmbeddedStore::open(&d).expect("reopen");
+        assert_eq!(s.key_type("EG-user:9").await.expect("type"), KeyType::None);
         let _ = std::fs::remove_dir_all(&d);
     }
 

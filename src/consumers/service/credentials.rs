@@ -80,11 +80,13 @@ impl ConsumerService {
                 .map(model::js_string)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(model::uuid62);
+            // Any key there, not only a credential: a consumer's set of key ids shares the
+            // name space (a keyId that is a consumer's id would replace that set).
             let existing = self
                 .store
-                .hgetall(&self.layout.credential(t, &key_id))
+                .key_type(&self.layout.credential(t, &key_id))
                 .await?;
-            if !existing.is_empty() {
+            if existing != crate::store::KeyType::None {
                 return Err(ConsumerError::Conflict(format!(
                     "a {} credential with keyId {key_id} already exists",
                     t.as_str()

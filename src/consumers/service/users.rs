@@ -57,6 +57,10 @@ impl ConsumerService {
             .get("id")
             .and_then(Value::as_str)
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
+        // An id given that is another user's would merge the two.
+        if self.store.key_type(&self.layout.user(&id)).await? != crate::store::KeyType::None {
+            return Err(ConsumerError::Conflict("user id already exists".into()));
+        }
         let now = model::js_date_now();
         let mut fields: Fields = vec![
             ("isActive".into(), "true".into()),
