@@ -206,7 +206,13 @@ fn the_clients_credentials_reach_no_provider_and_no_log() {
         &[],
     );
     assert_eq!(r.status, 502, "{}", r.text());
-    let log = gw.log_text();
-    assert!(log.contains("/s3/gone/tiles/a.png?jwt=REDACTED"), "{log}");
+    // The failure's line is written once the answer went out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut log = gw.log_text();
+    while !log.contains("/s3/gone/tiles/a.png?jwt=REDACTED") {
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        log = gw.log_text();
+    }
     assert!(!log.contains(token), "{log}");
 }
