@@ -523,6 +523,14 @@ mod tests {
         d
     }
 
+    /// Asserts that none of `paths` is open to the group or others.
+    fn assert_private(paths: &[PathBuf]) {
+        for path in paths {
+            let mode = std::fs::metadata(path).expect("there").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        }
+    }
+
     fn hset(key: &str, f: &str, v: &str) -> Write {
         Write::HSet {
             key: key.into(),
@@ -614,13 +622,7 @@ mod tests {
         assert_eq!(s.key_type("k:1").await.expect("type"), KeyType::Hash);
         // The store holds credentials' secrets: its directory and files are the gateway's
         // user's alone, whatever the umask.
-        for path in [d.clone(), d.join(JOURNAL), d.join(SNAPSHOT)] {
-            let mode = std::fs::metadata(&path)
-                .expect("there")
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
-        }
+        assert_private(&[d.clone(), d.join(JOURNAL), d.join(SNAPSHOT)]);
         let _ = std::fs::remove_dir_all(&d);
     }
 
@@ -634,13 +636,7 @@ mod tests {
         std::fs::set_permissions(d.join(JOURNAL), std::fs::Permissions::from_mode(0o644))
             .expect("chmod");
         drop(EmbeddedStore::open(&d).expect("reopen"));
-        for path in [d.clone(), d.join(JOURNAL)] {
-            let mode = std::fs::metadata(&path)
-                .expect("there")
-                .permissions()
-                .mode();
-            assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
-        }
+        assert_private(&[d.clone(), d.join(JOURNAL)]);
         let _ = std::fs::remove_dir_all(&d);
     }
 

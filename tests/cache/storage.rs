@@ -118,6 +118,22 @@ fn wait_for_disk(dir: &std::path::Path, n: usize) {
     }
 }
 
+/// Makes the api endpoints' purge record impossible to write (its temporary file's name
+/// taken by a directory), or possible again.
+fn block_purge_record(cache_dir: &std::path::Path, blocked: bool) {
+    let in_the_way = cache_dir.join("generations.tmp");
+    match blocked {
+        true => std::fs::create_dir_all(in_the_way).expect("in the way"),
+        false => std::fs::remove_dir_all(in_the_way).expect("cleared"),
+    }
+}
+
+/// The gateway of `dir` started again on the disk tier in `dir_arg` (its consumers too).
+fn restarted(dir: &ConfigDir, dir_arg: &str) -> GatewayProcess {
+    let populate = dir.file("consumers.json");
+    GatewayProcess::start_with(dir, &["--populate", &populate, "--cache-dir", dir_arg], &[])
+}
+
 /// An empty directory for a disk tier (`name` tells the tests apart), and its path as an
 /// argument.
 fn fresh_cache_dir(name: &str) -> (std::path::PathBuf, String) {
@@ -134,14 +150,7 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "10M"];
     let (dir, gw) = start(&up, "{ttl: 600}", &args);
     // The gateway again on the same disk tier (without `--cache-disk-size`: the default).
-    let populate = dir.file("consumers.json");
-    let restart = || {
-        GatewayProcess::start_with(
-            &dir,
-            &["--populate", &populate, "--cache-dir", &dir_arg],
-            &[],
-        )
-    };
+    let restart = || restarted(&dir, &dir_arg);
     let first = tile(&gw, "/tiles/bytes/20000/a.png", 0);
     assert_eq!(cache_status(&first), "MISS");
     let second = tile(&gw, "/tiles/bytes/30000/b.png", 0);
@@ -261,7 +270,7 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     wait_for_disk(&cache_dir, 1);
     // The record's temporary file cannot be made.
-    std::fs::create_dir_all(cache_dir.join("generations.tmp")).expect("in the way");
+    block_purge_record(&cache_dir, true);
     let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(r.text().contains("cannot record the purge"), "{}", r.text());
@@ -271,25 +280,16 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
         "purged in this process"
     );
     drop(gw);
-    std::fs::remove_dir_all(cache_dir.join("generations.tmp")).expect("cleared");
+    block_purge_record(&cache_dir, false);
     // A damaged record: the tile stored before the purge is not served from disk again.
     std::fs::write(cache_dir.join("generations.json"), b"{\"tiles\": ").expect("damage");
-    let populate = dir.file("consumers.json");
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &["--populate", &populate, "--cache-dir", &dir_arg],
-        &[],
-    );
+    let gw = restarted(&dir, &dir_arg);
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     assert!(gw.log_text().contains("is damaged"), "{}", gw.log_text());
     // Recorded afresh: the tile stored now is there after the next start.
     wait_for_disk(&cache_dir, 1);
     drop(gw);
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &["--populate", &populate, "--cache-dir", &dir_arg],
-        &[],
-    );
+    let gw = restarted(&dir, &dir_arg);
     assert_eq!(cache_status(&tile(&gw, path, 0)), "HIT");
     assert!(!gw.log_text().contains("is damaged"), "{}", gw.log_text());
     let _ = std::fs::remove_dir_all(&cache_dir);
@@ -305,19 +305,14 @@ fn a_purge_after_an_unrecorded_one_and_a_restart_takes_a_new_generation() {
     let (dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
     let path = "/tiles/bytes/20000/again.png";
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
-    std::fs::create_dir_all(cache_dir.join("generations.tmp")).expect("in the way");
+    block_purge_record(&cache_dir, true);
     assert_eq!(purge(&gw, r#"{"apiEndpoint": "tiles"}"#).status, 500);
     // Stored under the unrecorded generation.
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     wait_for_disk(&cache_dir, 2);
     drop(gw);
-    std::fs::remove_dir_all(cache_dir.join("generations.tmp")).expect("cleared");
-    let populate = dir.file("consumers.json");
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &["--populate", &populate, "--cache-dir", &dir_arg],
-        &[],
-    );
+    block_purge_record(&cache_dir, false);
+    let gw = restarted(&dir, &dir_arg);
     let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -782,12 +777,7 @@ fn a_tile_being_fetched_when_its_url_is_written_is_not_stored() {
         // Nor did the old tile reach the disk: after a restart, the one stored after the PUT.
         wait_for_disk(&cache_dir, 1);
         drop(gw);
-        let populate = dir.file("consumers.json");
-        let gw = GatewayProcess::start_with(
-            &dir,
-            &["--populate", &populate, "--cache-dir", &dir_arg],
-            &[],
-        );
+        let gw = restarted(&dir, &dir_arg);
         let after = get(gw.port, "GET", &path, &[]);
         assert_eq!(
             (cache_status(&after), after.header("x-version")),
@@ -968,12 +958,7 @@ fn a_purge_after_a_restart_finds_the_disk_copies_of_forwarding_headers_sent_befo
     let exit = "the exit did not write the combinations";
     wait_recorded("b.example", Duration::from_secs(10), exit);
     drop(gw);
-    let populate = dir.file("consumers.json");
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &["--populate", &populate, "--cache-dir", &dir_arg],
-        &[],
-    );
+    let gw = restarted(&dir, &dir_arg);
     let r = purge(&gw, &format!(r#"{{"url": "{url}"}}"#));
     assert_eq!(r.status, 200, "{}", r.text());
     for host in ["a.example", "b.example"] {
