@@ -399,6 +399,12 @@ fn text_is_compressed_for_clients_that_accept_it_and_images_are_not() {
         &[("Accept-Encoding", "br")],
     );
     assert_eq!(br.header("content-encoding"), Some("br"));
+    // A whole brotli stream, its last block included.
+    let mut unbrotlied = String::new();
+    brotli::Decompressor::new(&br.body[..], 4096)
+        .read_to_string(&mut unbrotlied)
+        .expect("brotli body");
+    assert!(unbrotlied.contains("\"path\": \"/tiles/caps.json\""), "{unbrotlied}");
     let plain = get(gw.port, "GET", "/tiles/caps.json", &[]);
     assert_eq!(plain.header("content-encoding"), None);
     // q-values count: `q=0` refuses a coding, the highest ranked is chosen.
@@ -427,6 +433,58 @@ fn text_is_compressed_for_clients_that_accept_it_and_images_are_not() {
         "images are not compressed"
     );
     assert_eq!(image.body.len(), 5000);
+}
+
+/// What compression leaves as the upstream sent it: a part of a resource (a `206` with its
+/// `Content-Range`: a gzip of a fragment is nothing a client can use), a `no-transform`
+/// answer (RFC 9110 §7.7), an event stream (each event must arrive when it comes) and binary
+/// types; a HEAD's head says what the GET's does.
+#[test]
+fn parts_no_transform_and_event_streams_are_not_compressed() {
+    let a = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&config(&[a.url("")], "{}", "", "      - compression:\n"));
+    let gw = GatewayProcess::start(&dir);
+    let gzip = [("Accept-Encoding", "gzip")];
+    let text = "/tiles/unique/2000/text";
+    let compressed = get(
+        gw.port,
+        "GET",
+        &format!("{text}?header=Content-Type:text/plain"),
+        &gzip,
+    );
+    assert_eq!(compressed.header("content-encoding"), Some("gzip"));
+    for (query, why) in [
+        (
+            "?status=206&header=Content-Type:text/plain&header=Content-Range:bytes%200-1999/5000",
+            "a part",
+        ),
+        (
+            "?header=Content-Type:text/plain&cc=max-age=5,%20no-transform",
+            "no-transform",
+        ),
+        ("?header=Content-Type:text/event-stream", "an event stream"),
+        ("?header=Content-Type:application/pdf", "a binary type"),
+    ] {
+        let r = get(gw.port, "GET", &format!("{text}{query}"), &gzip);
+        assert_eq!(r.header("content-encoding"), None, "{why}: {:?}", r.headers);
+        assert_eq!(r.body.len(), 2000, "{why}");
+    }
+    let head = get(
+        gw.port,
+        "HEAD",
+        &format!("{text}?header=Content-Type:text/plain"),
+        &gzip,
+    );
+    assert_eq!(
+        (head.status, head.header("content-encoding")),
+        (200, Some("gzip")),
+        "{:?}",
+        head.headers
+    );
+    assert!(head.body.is_empty());
+    assert!(head
+        .header("vary")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
 }
 
 /// An upstream on a thread of the test: each connection's first request is answered; a PUT

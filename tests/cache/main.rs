@@ -1174,6 +1174,55 @@ fn a_head_miss_leaves_no_lock_behind() {
     assert!(gw.error_lines().is_empty(), "{:?}", gw.error_lines());
 }
 
+/// On a pipeline that compresses, a tile revalidated with the upstream and served from the
+/// cache arrives whole, compressed: its body ends apart from its last piece, and the encoder
+/// is finished then (it was never finished: a 10-byte gzip header was the body).
+#[test]
+fn a_compressed_answer_revalidated_from_the_cache_arrives_whole() {
+    use std::io::Read;
+    let up = PyUpstream::start("tiles", 5.0);
+    let cfg = pipeline_config(
+        &up,
+        "open: {paths: ['/open/*']}",
+        &[
+            "compression:",
+            "cache: [{action: {staleWhileRevalidate: 0, staleIfError: 0}}]",
+            "proxy: [{action: {serviceEndpoint: up}}]",
+        ],
+    );
+    let (_dir, gw) = start_config(&cfg, &[]);
+    let path = "/open/unique/30000/capabilities?cc=max-age=1&header=ETag:%22v1%22&header=Content-Type:text/xml";
+    let identity = get(gw.port, "GET", path, &[]);
+    assert_eq!((identity.status, identity.body.len()), (200, 30000));
+    std::thread::sleep(Duration::from_millis(1500));
+    for coding in ["br", "gzip"] {
+        let r = get(gw.port, "GET", path, &[("Accept-Encoding", coding)]);
+        assert_eq!(
+            (r.status, r.header("content-encoding")),
+            (200, Some(coding)),
+            "{:?}",
+            r.headers
+        );
+        let mut decoded = Vec::new();
+        match coding {
+            "gzip" => flate2::read::GzDecoder::new(&r.body[..])
+                .read_to_end(&mut decoded)
+                .map(|_| ()),
+            _ => brotli::Decompressor::new(&r.body[..], 4096)
+                .read_to_end(&mut decoded)
+                .map(|_| ()),
+        }
+        .unwrap_or_else(|e| {
+            panic!(
+                "{coding} body of {} bytes ({}): {e}",
+                r.body.len(),
+                cache_status(&r)
+            )
+        });
+        assert_eq!(decoded, identity.body, "{coding}: {}", cache_status(&r));
+    }
+}
+
 /// On a pipeline that compresses, a range request whose answer may be compressed gets the
 /// whole answer (a range of the identity body sent gzip-coded was a broken 206), on a miss and
 /// on a hit; without `Accept-Encoding` the range is served.

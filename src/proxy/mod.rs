@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
-use pingora_core::protocols::http::compression::ResponseCompressionCtx;
 use pingora_core::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
@@ -20,6 +19,8 @@ use crate::exchange::{self, apply_edits, Decision, Ended, Facts};
 use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
+
+mod compression;
 
 /// A request begins being served: `tollgate_requests_in_flight` counts it (the drain on
 /// SIGTERM waits for it to reach 0).
@@ -53,8 +54,6 @@ pub struct Tollgate {
 /// Per-request state across Pingora's phases.
 pub struct RequestCtx {
     x: Exchange,
-    /// Compression of this response, when its pipeline asked for it.
-    compression: Option<Box<ResponseCompressionCtx>>,
     started: Instant,
     upstream_started: Option<Instant>,
     upstream_time: Option<Duration>,
@@ -109,15 +108,16 @@ fn facts(session: &Session) -> Facts<'_> {
 impl ProxyHttp for Tollgate {
     type CTX = RequestCtx;
 
-    /// No downstream modules: Pingora's default adds a (disabled) compression module that
-    /// every response would still pass through; tiles are already compressed.
-    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+    /// One downstream module, the `compression` step's (idle unless a pipeline asks for it),
+    /// in place of Pingora's default one.
+    fn init_downstream_modules(&self, modules: &mut pingora_core::modules::http::HttpModules) {
+        modules.add_module(compression::module());
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         request_started();
         RequestCtx {
             x: Exchange::default(),
-            compression: None,
             started: Instant::now(),
             upstream_started: None,
             upstream_time: None,
@@ -176,9 +176,7 @@ impl ProxyHttp for Tollgate {
         match decision {
             Decision::Proxy => {
                 if let Some(level) = ctx.x.compress {
-                    let mut c = ResponseCompressionCtx::new(level, false, false);
-                    c.request_filter(&preferred_encodings(session.req_header()));
-                    ctx.compression = Some(Box::new(c));
+                    compression::start(session, level);
                 }
                 Ok(false)
             }
@@ -254,16 +252,9 @@ impl ProxyHttp for Tollgate {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> pingora_proxy::RangeType {
-        let may_compress = ctx.compression.is_some()
-            && !resp.headers.contains_key(http::header::CONTENT_ENCODING)
-            && session
-                .req_header()
-                .headers
-                .get(http::header::ACCEPT_ENCODING)
-                .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty());
-        if may_compress {
+        if compression::may_compress(session, resp) {
             return pingora_proxy::RangeType::None;
         }
         pingora_proxy::range_header_filter(session.req_header(), resp, Some(200))
@@ -435,14 +426,9 @@ impl ProxyHttp for Tollgate {
                 crate::cache::forget(session).await;
             }
         }
-        if let Some(c) = &mut ctx.compression {
-            let no_body = session.req_header().method == http::Method::HEAD
-                || matches!(upstream_response.status.as_u16(), 204 | 304);
-            c.response_header_filter(upstream_response, no_body);
-            if session.is_http2() {
-                // HTTP/2 frames the body itself.
-                upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
-            }
+        // HTTP/2 frames a compressed body itself.
+        if compression::response_header(session, upstream_response) && session.is_http2() {
+            upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         }
         if !session.is_http2() {
             // The gateway's own version (RFC 9110 §2.5) ...
@@ -459,21 +445,6 @@ impl ProxyHttp for Tollgate {
             }
         }
         apply_edits(upstream_response, &ctx.x.response_edits)
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Duration>> {
-        if let Some(c) = &mut ctx.compression {
-            if c.is_enabled() {
-                *body = c.response_body_filter(body.as_ref(), end_of_stream);
-            }
-        }
-        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -583,75 +554,6 @@ impl ProxyHttp for Tollgate {
             &exchange::Requested::of(session.req_header()),
             &ctx.x,
             &ended,
-        );
-    }
-}
-
-/// The request as the compression step reads it: its `Accept-Encoding` cut to the codings the
-/// client ranks highest (none with `q=0`, which refuses a coding), since Pingora's choice reads
-/// the names only (`gzip;q=0` got gzip, `br;q=0.1, gzip` got br).
-fn preferred_encodings(req: &RequestHeader) -> std::borrow::Cow<'_, RequestHeader> {
-    let Some(accept) = req
-        .headers
-        .get(http::header::ACCEPT_ENCODING)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.contains(';'))
-        .map(str::to_string)
-    else {
-        // Without q-values every coding named is as welcome: the head as it is.
-        return std::borrow::Cow::Borrowed(req);
-    };
-    let mut req = req.clone();
-    let codings: Vec<(&str, f32)> = accept
-        .split(',')
-        .filter_map(|part| {
-            let mut it = part.split(';');
-            let coding = it.next()?.trim();
-            let q = it
-                .filter_map(|p| p.trim().strip_prefix("q="))
-                .find_map(|q| q.trim().parse::<f32>().ok())
-                .unwrap_or(1.0);
-            (!coding.is_empty() && q > 0.0).then_some((coding, q))
-        })
-        .collect();
-    let best = codings.iter().map(|(_, q)| *q).fold(0.0, f32::max);
-    let kept: Vec<&str> = codings
-        .iter()
-        .filter(|(_, q)| *q >= best)
-        .map(|(c, _)| *c)
-        .collect();
-    if kept.is_empty() {
-        req.remove_header(&http::header::ACCEPT_ENCODING);
-    } else if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
-        let _ = req.insert_header(http::header::ACCEPT_ENCODING, v);
-    }
-    std::borrow::Cow::Owned(req)
-}
-
-#[cfg(test)]
-mod compression_tests {
-    use super::preferred_encodings;
-    use pingora_http::RequestHeader;
-
-    fn kept(accept: &str) -> Option<String> {
-        let mut req = RequestHeader::build("GET", b"/", None).expect("request");
-        req.insert_header("accept-encoding", accept)
-            .expect("header");
-        preferred_encodings(&req)
-            .headers
-            .get("accept-encoding")
-            .map(|v| v.to_str().unwrap_or("").to_string())
-    }
-
-    #[test]
-    fn the_codings_the_client_ranks_highest() {
-        assert_eq!(kept("gzip, br").as_deref(), Some("gzip, br"));
-        assert_eq!(kept("gzip;q=0"), None);
-        assert_eq!(kept("gzip;q=0, br;q=0"), None);
-        assert_eq!(kept("br;q=0.1, gzip").as_deref(), Some("gzip"));
-        assert_eq!(
-            kept("gzip;q=0.5, br;q=0.5, zstd;q=0").as_deref(),
-            Some("gzip, br")
         );
     }
 }
