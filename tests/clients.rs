@@ -430,3 +430,40 @@ fn empty_lines_between_requests_are_ignored() {
         assert_eq!(r.status, 200, "{how}: {}", r.text());
     }
 }
+
+/// An upstream that switches protocols whatever it was asked, then sends raw bytes.
+fn switching_upstream() -> u16 {
+    support::upstream::raw(|conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\nRAW-BYTES",
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    })
+}
+
+/// A `101` to a request that asked for no protocol switch opens no tunnel past the pipeline:
+/// `502`, on the fast path (a GET) and on Pingora's (a POST with a body, an HTTP/1.0 request
+/// whose `Upgrade` is not forwarded).
+#[test]
+fn a_switch_the_client_did_not_ask_for_is_a_502() {
+    let port = switching_upstream();
+    let dir = ConfigDir::new(&config(&format!("http://127.0.0.1:{port}")));
+    let gw = GatewayProcess::start(&dir);
+    for request in [
+        "GET /tiles/a HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        "POST /tiles/a HTTP/1.1\r\nHost: localhost\r\nContent-Length: 3\r\n\r\nabc",
+        "GET /tiles/a HTTP/1.0\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: foo\r\n\r\n",
+    ] {
+        let mut s = connect(gw.port);
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("send");
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            got.starts_with("HTTP/1.1 502") && !got.contains("RAW-BYTES"),
+            "{request:?}: {got}"
+        );
+    }
+}

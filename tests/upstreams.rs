@@ -404,7 +404,10 @@ fn text_is_compressed_for_clients_that_accept_it_and_images_are_not() {
     brotli::Decompressor::new(&br.body[..], 4096)
         .read_to_string(&mut unbrotlied)
         .expect("brotli body");
-    assert!(unbrotlied.contains("\"path\": \"/tiles/caps.json\""), "{unbrotlied}");
+    assert!(
+        unbrotlied.contains("\"path\": \"/tiles/caps.json\""),
+        "{unbrotlied}"
+    );
     let plain = get(gw.port, "GET", "/tiles/caps.json", &[]);
     assert_eq!(plain.header("content-encoding"), None);
     // q-values count: `q=0` refuses a coding, the highest ranked is chosen.

@@ -18,7 +18,7 @@ mod direct;
 mod fill;
 mod head;
 mod pool;
-mod relay;
+pub(crate) mod relay;
 
 use std::sync::Arc;
 use std::time::Instant;

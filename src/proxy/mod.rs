@@ -384,6 +384,17 @@ impl ProxyHttp for Tollgate {
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         }
+        // A protocol switch the client did not ask for would open a tunnel past the pipeline
+        // (Pingora refuses only a switch one side asked for and the other not): 502, as on
+        // the fast path.
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !(session.is_upgrade_req() && session.req_header().version == http::Version::HTTP_11)
+        {
+            return Err(crate::fastpath::relay::upstream_error(
+                ErrorType::InvalidHTTPHeader,
+                "101 to a request without Upgrade",
+            ));
+        }
         if let Some(plan) = &ctx.x.proxy {
             crate::upstream::attempt::answered(plan, upstream_response.status.as_u16());
         }
