@@ -527,3 +527,46 @@ fn a_storage_plugin_without_providers_or_with_a_bad_endpoint_is_an_error_with_it
         "{err}"
     );
 }
+
+/// A file whose aliases nest (800 bytes that stand for billions of values) is refused at the
+/// alias that goes past the limit; it exhausted the gateway's memory, on a reload too.
+#[test]
+fn aliases_nested_in_aliases_are_refused() {
+    let mut yaml = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for n in 1..=8 {
+        let prev = format!("*a{}", n - 1);
+        yaml.push_str(&format!("a{n}: &a{n} [{}]\n", vec![prev; 10].join(", ")));
+    }
+    yaml.push_str("http: {port: 28691}\napiEndpoints: {a: {paths: '/a/*'}}\n");
+    let dir = ConfigDir::new(&yaml);
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!("{file}:5:")) && err.contains("aliases stand for more than"),
+        "{err}"
+    );
+}
+
+/// An empty file (a save caught between its truncation and its write) is no config: EG
+/// refuses it too. A byte-order mark and bytes that are not UTF-8 (in a comment) are read as
+/// EG reads them, and `!!str` keeps a value a string.
+#[test]
+fn empty_files_are_refused_and_marked_ones_read_as_eg_reads_them() {
+    let dir = ConfigDir::new("# nothing but a comment\n");
+    let err = check_errors(&dir);
+    assert!(err.contains("the gateway config is empty"), "{err}");
+    let dir = ConfigDir::new("http: {port: 28692}\napiEndpoints: {a: {paths: '/a/*'}}\n");
+    dir.write("system.config.yml", "");
+    let err = check_errors(&dir);
+    assert!(err.contains("the system config is empty"), "{err}");
+
+    let mut bytes = b"\xEF\xBB\xBF# caf\xE9 (Latin-1)\n".to_vec();
+    bytes.extend_from_slice(
+        b"http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  a: {paths: '/a/*'}\npolicies: [terminate]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - terminate: [{action: {statusCode: 203, message: !!str 0123}}]\n",
+    );
+    let dir = ConfigDir::new("");
+    std::fs::write(dir.path.join("gateway.config.yml"), bytes).expect("write");
+    let gw = GatewayProcess::start(&dir);
+    let r = get(gw.port, "GET", "/a/x", &[]);
+    assert_eq!((r.status, r.text().as_str()), (203, "0123"));
+}

@@ -91,7 +91,14 @@ pub const DEFAULT_ADMIN_PORT: u16 = 9876;
 
 impl GatewayFile {
     pub fn from_node(root: &Node, errors: &mut ConfigErrors) -> GatewayFile {
-        if !root.is_null() && root.as_map().is_none() {
+        if root.is_null() {
+            // Nothing in the file (a save caught half-way, truncated before it is written):
+            // EG refuses it too (`data should be object`).
+            errors.push(
+                &root.pos,
+                "the gateway config is empty: it must be a map (http, apiEndpoints, pipelines…)",
+            );
+        } else if root.as_map().is_none() {
             errors.push(
                 &root.pos,
                 format!("the gateway config must be a map, not {}", root.kind()),

@@ -39,15 +39,31 @@ pub fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// A config file's text as EG reads it: a byte-order mark (Notepad's, PowerShell's) left
+/// out, bytes that are not UTF-8 read as U+FFFD (with a warning naming the first one's line).
+pub fn text_of(bytes: &[u8], name: &str) -> String {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    match String::from_utf8_lossy(bytes) {
+        std::borrow::Cow::Borrowed(text) => text.to_string(),
+        std::borrow::Cow::Owned(text) => {
+            let valid = std::str::from_utf8(bytes).map_or_else(|e| e.valid_up_to(), |_| 0);
+            let line = 1 + bytes[..valid].iter().filter(|&&b| b == b'\n').count();
+            log::warn!("{name}:{line}: bytes that are not UTF-8, read as U+FFFD");
+            text
+        }
+    }
+}
+
 /// Reads, interpolates and parses one file.
 pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
     let name: Arc<str> = Arc::from(path.display().to_string());
-    let raw = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         ConfigError::new(
             &Pos::file_start(&name),
             format!("cannot read the file: {e}"),
         )
     })?;
+    let raw = text_of(&bytes, &name);
     let (text, unresolved, places) = interpolate::interpolate_env(&raw);
     for var in unresolved {
         log::warn!(
@@ -157,6 +173,13 @@ pub fn load_dirs(dirs: &ConfigDirs) -> Result<LoadedConfig, ConfigErrors> {
     };
     let gateway = GatewayFile::from_node(&gateway_root, &mut errors);
     let system = match system_root {
+        Some(Ok(root)) if root.is_null() => {
+            errors.push(
+                &root.pos,
+                "the system config is empty: it must be a map (db, crypto, plugins…)",
+            );
+            SystemFile::from_node(&root, &mut errors)
+        }
         Some(Ok(root)) => SystemFile::from_node(&root, &mut errors),
         _ => {
             log::warn!(

@@ -156,6 +156,8 @@ pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node
         root: None,
         duplicate: None,
         second_document: None,
+        aliased: 0,
+        too_many_aliased: None,
     };
     let mut parser = Parser::new_from_str(text);
     // Every document, so that a second one is seen (and refused).
@@ -165,7 +167,11 @@ pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node
             format!("{SYNTAX}{}", e.info()),
         ));
     }
-    if let Some(e) = builder.duplicate.or(builder.second_document) {
+    if let Some(e) = builder
+        .too_many_aliased
+        .or(builder.duplicate)
+        .or(builder.second_document)
+    {
         return Err(e);
     }
     Ok(builder
@@ -198,6 +204,34 @@ struct TreeBuilder<'a> {
     /// A document after the first (Express Gateway's YAML reader refuses the file; read, the
     /// rest would be ignored without a word).
     second_document: Option<ConfigError>,
+    /// Values the aliases so far stand for: an alias is a copy of its anchor's value, and
+    /// nested aliases grow a small file into billions of values.
+    aliased: usize,
+    /// The alias past [`ALIASED_MAX`].
+    too_many_aliased: Option<ConfigError>,
+}
+
+/// The most values a file's aliases may stand for, together: far more than any config's, far
+/// less than what exhausts the gateway's memory.
+const ALIASED_MAX: usize = 100_000;
+
+/// The values in `node` (itself included), counted up to `limit`.
+fn values_in(node: &Node, limit: usize) -> usize {
+    let mut n = 1;
+    let mut children = |nodes: &mut dyn Iterator<Item = &Node>| {
+        for c in nodes {
+            if n > limit {
+                break;
+            }
+            n += values_in(c, limit - n.min(limit));
+        }
+    };
+    match &node.value {
+        Value::Seq(items) => children(&mut items.iter()),
+        Value::Map(entries) => children(&mut entries.iter().flat_map(|(k, v)| [k, v])),
+        _ => {}
+    }
+    n
 }
 
 impl TreeBuilder<'_> {
@@ -234,8 +268,12 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = self.pos(mark);
         match ev {
-            Event::Scalar(text, style, anchor, _tag) => {
-                let value = if style == TScalarStyle::Plain {
+            Event::Scalar(text, style, anchor, tag) => {
+                // `!!str` makes a plain scalar a string (`!!str 0123`, `!!str true`).
+                let string_tag = tag.is_some_and(|t| {
+                    t.suffix == "str" && (t.handle == "!!" || t.handle == "tag:yaml.org,2002:")
+                });
+                let value = if style == TScalarStyle::Plain && !string_tag {
                     resolve_plain(text)
                 } else {
                     Value::Str(text)
@@ -243,11 +281,23 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
                 self.finish(Node { pos, value }, anchor);
             }
             Event::Alias(id) => {
-                let node = self
-                    .anchors
-                    .get(&id)
-                    .cloned()
-                    .unwrap_or_else(|| Node::null(pos));
+                let room = ALIASED_MAX.saturating_sub(self.aliased);
+                let node = match self.anchors.get(&id) {
+                    Some(anchored) if self.too_many_aliased.is_none() => {
+                        let n = values_in(anchored, room);
+                        self.aliased += n;
+                        if n > room {
+                            self.too_many_aliased = Some(ConfigError::new(
+                                &pos,
+                                format!("the file's aliases stand for more than {ALIASED_MAX} values (aliases nested in aliases?)"),
+                            ));
+                            Node::null(pos)
+                        } else {
+                            anchored.clone()
+                        }
+                    }
+                    _ => Node::null(pos),
+                };
                 self.finish(node, 0);
             }
             Event::SequenceStart(anchor, _) => self.stack.push(Frame::Seq {

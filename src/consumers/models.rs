@@ -120,12 +120,13 @@ impl Models {
                 return Ok(None);
             };
             let file: std::sync::Arc<str> = p.display().to_string().into();
-            let text = std::fs::read_to_string(&p).map_err(|e| {
+            let bytes = std::fs::read(&p).map_err(|e| {
                 ConfigError::new(
                     &Pos::file_start(&file),
                     format!("cannot read the file: {e}"),
                 )
             })?;
+            let text = crate::config::text_of(&bytes, &file);
             serde_json::from_str(&text).map(Some).map_err(|e| {
                 ConfigError::new(
                     &Pos::new(&file, e.line(), e.column()),
