@@ -514,3 +514,40 @@ fn a_body_past_the_total_timeout_is_counted_as_the_upstreams_read_timeout() {
         gw.log_text()
     );
 }
+
+/// With Redis hung from the start (no connection made yet), callers of the store wait on one
+/// connection attempt together, each at most the command timeout: six concurrent Admin API
+/// writes are all refused (503) within about 2 s. They queued behind each other's attempts:
+/// 8, 14, 20… s.
+#[test]
+fn callers_share_one_connection_attempt_while_redis_hangs() {
+    let redis = RedisServer::start();
+    redis.signal("STOP");
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&tiles_config(&up.url(""), "      - key-auth:\n"));
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\n",
+            redis.port
+        ),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let admin = gw.admin_port;
+    let writers: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                post(admin, "/scopes", &format!(r#"{{"scopes": ["s{i}"]}}"#))
+            })
+        })
+        .collect();
+    let answers: Vec<(u16, Duration)> = writers
+        .into_iter()
+        .map(|w| w.join().expect("writer"))
+        .collect();
+    redis.signal("CONT");
+    for (status, took) in &answers {
+        assert_eq!(*status, 503, "{answers:?}");
+        assert!(*took < Duration::from_secs(4), "{answers:?}");
+    }
+}

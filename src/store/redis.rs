@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Client};
@@ -24,9 +25,20 @@ const PIPELINE_CHUNK: usize = 1000;
 pub struct RedisStore {
     target: Target,
     describe: String,
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: Mutex<Conn>,
     channels: Arc<std::sync::Mutex<HashMap<String, broadcast::Sender<String>>>>,
 }
+
+/// The connection, and the attempt to make one under way: one attempt at a time, every caller
+/// waiting on it (each at most [`RESPONSE_TIMEOUT`]) — a caller that waited for the attempts of
+/// those before it, one after another, waited seconds per caller ahead of it.
+#[derive(Default)]
+struct Conn {
+    manager: Option<ConnectionManager>,
+    attempt: Option<Attempt>,
+}
+
+type Attempt = Shared<BoxFuture<'static, StoreResult<ConnectionManager>>>;
 
 /// How to find the Redis to talk to.
 #[derive(Clone)]
@@ -61,6 +73,60 @@ fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tls: bool) ->
         host.to_string()
     };
     format!("{scheme}://{auth}{host}:{port}/{db}")
+}
+
+/// The client for the Redis `target` names (Sentinel asked for its master).
+async fn client_for(target: &Target) -> StoreResult<Client> {
+    match target {
+        Target::Url(url) => Client::open(url.as_str()).map_err(unavailable),
+        Target::Sentinel {
+            sentinels,
+            master,
+            password,
+            db,
+            tls,
+        } => {
+            let mut sentinel =
+                redis::sentinel::Sentinel::build(sentinels.clone()).map_err(unavailable)?;
+            let found =
+                tokio::time::timeout(CONNECT_TIMEOUT, sentinel.async_master_for(master, None))
+                    .await
+                    .map_err(|_| unavailable("no sentinel answered in time"))?
+                    .map_err(unavailable)?;
+            let addr = found.get_connection_info().addr().to_string();
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| unavailable(format!("sentinel gave `{addr}`")))?;
+            let port = port.parse().map_err(unavailable)?;
+            Client::open(
+                url_for(
+                    host.trim_matches(['[', ']']),
+                    port,
+                    password.as_deref(),
+                    *db,
+                    *tls,
+                )
+                .as_str(),
+            )
+            .map_err(unavailable)
+        }
+    }
+}
+
+/// Connects to the Redis `target` names.
+async fn connect(target: &Target, describe: &str) -> StoreResult<ConnectionManager> {
+    let client = client_for(target).await?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1);
+    tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| unavailable(format!("{describe}: connect timed out")))?
+    .map_err(|e| unavailable(format!("{describe}: {e}")))
 }
 
 impl RedisStore {
@@ -103,68 +169,58 @@ impl RedisStore {
         RedisStore {
             target,
             describe,
-            conn: Mutex::new(None),
+            conn: Mutex::default(),
             channels: Arc::new(std::sync::Mutex::new(HashMap::new())),
         }
     }
 
     async fn client(&self) -> StoreResult<Client> {
-        match &self.target {
-            Target::Url(url) => Client::open(url.as_str()).map_err(unavailable),
-            Target::Sentinel {
-                sentinels,
-                master,
-                password,
-                db,
-                tls,
-            } => {
-                let mut sentinel =
-                    redis::sentinel::Sentinel::build(sentinels.clone()).map_err(unavailable)?;
-                let found =
-                    tokio::time::timeout(CONNECT_TIMEOUT, sentinel.async_master_for(master, None))
-                        .await
-                        .map_err(|_| unavailable("no sentinel answered in time"))?
-                        .map_err(unavailable)?;
-                let addr = found.get_connection_info().addr().to_string();
-                let (host, port) = addr
-                    .rsplit_once(':')
-                    .ok_or_else(|| unavailable(format!("sentinel gave `{addr}`")))?;
-                let port = port.parse().map_err(unavailable)?;
-                Client::open(
-                    url_for(
-                        host.trim_matches(['[', ']']),
-                        port,
-                        password.as_deref(),
-                        *db,
-                        *tls,
-                    )
-                    .as_str(),
-                )
-                .map_err(unavailable)
-            }
-        }
+        client_for(&self.target).await
     }
 
-    /// A live connection, made now if there is none.
+    /// A live connection: the one there is, or the one the attempt under way (started now if
+    /// none is) makes.
     async fn conn(&self) -> StoreResult<ConnectionManager> {
-        let mut guard = self.conn.lock().await;
-        if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+        let attempt = {
+            let mut c = self.conn.lock().await;
+            if let Some(m) = &c.manager {
+                return Ok(m.clone());
+            }
+            c.attempt.get_or_insert_with(|| self.attempt()).clone()
+        };
+        let result = tokio::time::timeout(RESPONSE_TIMEOUT, attempt.clone())
+            .await
+            .unwrap_or_else(|_| {
+                Err(unavailable(format!(
+                    "{}: not connected yet (connecting)",
+                    self.describe
+                )))
+            });
+        if let Ok(m) = &result {
+            let mut c = self.conn.lock().await;
+            c.manager = Some(m.clone());
+            c.attempt = None;
+        } else if attempt.peek().is_some() {
+            // The attempt failed: the next caller makes another.
+            let mut c = self.conn.lock().await;
+            if c.attempt.as_ref().is_some_and(|a| a.ptr_eq(&attempt)) {
+                c.attempt = None;
+            }
         }
-        let client = self.client().await?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(1);
-        let manager = tokio::time::timeout(
-            CONNECT_TIMEOUT * 2,
-            client.get_connection_manager_with_config(config),
-        )
-        .await
-        .map_err(|_| unavailable(format!("{}: connect timed out", self.describe)))?
-        .map_err(|e| unavailable(format!("{}: {e}", self.describe)))?;
-        *guard = Some(manager.clone());
-        Ok(manager)
+        result
+    }
+
+    /// An attempt to connect, on a task of its own (it goes on when its callers stop
+    /// waiting).
+    fn attempt(&self) -> Attempt {
+        let (target, describe) = (self.target.clone(), self.describe.clone());
+        let task = tokio::spawn(async move { connect(&target, &describe).await });
+        async move {
+            task.await
+                .unwrap_or_else(|e| Err(unavailable(format!("connecting: {e}"))))
+        }
+        .boxed()
+        .shared()
     }
 
     /// Forgets the connection after an error, so Sentinel is asked again next time.
@@ -172,7 +228,7 @@ impl RedisStore {
         if matches!(self.target, Target::Sentinel { .. })
             && (e.is_io_error() || e.is_connection_dropped())
         {
-            *self.conn.lock().await = None;
+            self.conn.lock().await.manager = None;
         }
         unavailable(format!("{}: {e}", self.describe))
     }
@@ -198,7 +254,7 @@ impl RedisStore {
         let target_store = RedisStore {
             target: self.target.clone(),
             describe: self.describe.clone(),
-            conn: Mutex::new(None),
+            conn: Mutex::default(),
             channels: self.channels.clone(),
         };
         tokio::spawn(async move {
