@@ -145,6 +145,28 @@ fn through_a_gateway_pipeline() {
         &[("Range", "bytes=4-9")],
     );
     assert_eq!((r.status, r.text().as_str()), (206, "really"));
+    // A web page reading the buckets through a name pointed at this machine (DNS
+    // rebinding, a browser's `Host` and `Origin` its own): refused. A request by address or
+    // `localhost` (the gateway's step, a tool) is not.
+    let rebound = format!("rebind.example:{}", gw.admin_port);
+    let r = get(
+        gw.admin_port,
+        "GET",
+        "/s3/tiles/a/b.png",
+        &[
+            ("Host", rebound.as_str()),
+            ("Origin", &format!("http://{rebound}")),
+        ],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let by_address = format!("127.0.0.1:{}", gw.admin_port);
+    let r = get(
+        gw.admin_port,
+        "GET",
+        "/s3/tiles/a/b.png",
+        &[("Host", by_address.as_str())],
+    );
+    assert_eq!(r.status, 200);
 }
 
 #[test]

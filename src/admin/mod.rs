@@ -85,20 +85,39 @@ fn from_elsewhere(head: &pingora_http::RequestHeader, by_name: bool) -> Option<&
             return Some("from a page of another origin");
         }
     }
-    if by_name {
-        let name = match host.rsplit_once(':') {
-            Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
-            _ => host,
-        };
-        let address = name
-            .trim_matches(['[', ']'])
-            .parse::<std::net::IpAddr>()
-            .is_ok();
-        if !(address || name.eq_ignore_ascii_case("localhost") || name.is_empty()) {
-            return Some("for a host name other than localhost (set --admin-token to allow any)");
-        }
+    if by_name && named_elsewhere(host) {
+        return Some("for a host name other than localhost (set --admin-token to allow any)");
     }
     None
+}
+
+/// Whether a request's `Host` names neither an address nor `localhost`: a page whose name
+/// was pointed at this machine (DNS rebinding), for an API that listens on loopback.
+fn named_elsewhere(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        Some((n, port)) if port.bytes().all(|b| b.is_ascii_digit()) => n,
+        _ => host,
+    };
+    let address = name
+        .trim_matches(['[', ']'])
+        .parse::<std::net::IpAddr>()
+        .is_ok();
+    !(address || name.eq_ignore_ascii_case("localhost") || name.is_empty())
+}
+
+/// Why a request for the storage route is refused, if it is: one for a host name other than
+/// an address or `localhost` (DNS rebinding: a web page reading the buckets through a name
+/// pointed at this machine). The gateway's own `/s3` step reaches it by the admin url's
+/// address (`changeOrigin`), a tool by an address or `localhost`. The route is not behind
+/// `--admin-token`: like EG's, it is the gateway's pipeline's upstream, and its
+/// authentication is that pipeline's.
+pub fn storage_refusal(head: &pingora_http::RequestHeader) -> Option<&'static str> {
+    let host = head
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    named_elsewhere(host).then_some("for a host name other than an address or localhost")
 }
 
 impl AdminApi {

@@ -67,6 +67,16 @@ impl ProxyHttp for AdminService {
         if let Some(storage) = &gw.storage {
             let head = session.req_header();
             if storage.owns(head.uri.path()) {
+                if let Some(why) = super::storage_refusal(head) {
+                    log::warn!("storage route: refused a request {why}");
+                    let forbidden = format!("Forbidden: {why}");
+                    write(
+                        session,
+                        super::text(http::StatusCode::FORBIDDEN, &forbidden),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
                 // The client's credentials (the pipeline's `?jwt=`) are not the provider's.
                 let query = head
                     .uri
