@@ -252,3 +252,37 @@ fn credential_answers_are_egs() {
         assert_eq!(e, t, "answer {i}: EG {e:?}\ntollgate {t:?}");
     }
 }
+
+/// `hostMatch` reads its pattern as EG's minimatch does — braces, ranges, classes, a negated
+/// pattern — checked against EG itself: the same pipeline, the same Host headers, the same
+/// answers. (Only `*` and `?` were read: the others never matched, so a rule meant to keep
+/// every host but internal ones out let everything through.)
+#[test]
+fn host_patterns_match_as_in_express_gateway() {
+    let redis = RedisServer::start();
+    let pipelines = "apiEndpoints:\n  all: {paths: '/h/*'}\npolicies: [terminate]\npipelines:\n  p:\n    apiEndpoints: [all]\n    policies:\n      - terminate:\n          - condition: {name: hostMatch, pattern: '{a,b}.example.com'}\n            action: {statusCode: 211}\n          - condition: {name: hostMatch, pattern: '[xy].example.com'}\n            action: {statusCode: 212}\n          - condition: {name: hostMatch, pattern: 'tile{1..3}.example.com:*'}\n            action: {statusCode: 213}\n          - condition: {name: hostMatch, pattern: '!*.internal'}\n            action: {statusCode: 214}\n          - action: {statusCode: 215}\n";
+    let eg = ExpressGateway::start(pipelines, redis.port);
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\n{pipelines}"
+    ));
+    let tg = GatewayProcess::start(&dir);
+    let hosts = [
+        "a.example.com",
+        "b.example.com",
+        "c.example.com",
+        "x.example.com",
+        "tile2.example.com:8080",
+        "tile4.example.com:8080",
+        "www.example.com",
+        "db.internal",
+    ];
+    let answers = |port: u16| -> Vec<u16> {
+        hosts
+            .iter()
+            .map(|h| get(port, "GET", "/h/x", &[("Host", h)]).status)
+            .collect()
+    };
+    let (theirs, ours) = (answers(eg.port), answers(tg.port));
+    assert_eq!(ours, theirs, "{hosts:?}");
+    assert_eq!(ours, [211, 211, 214, 212, 213, 214, 214, 215]);
+}

@@ -19,8 +19,8 @@ pub enum Condition {
     /// Unanchored regex on the URL with its query.
     PathMatch(Regex),
     Method(Vec<Method>),
-    /// Glob on the raw Host header (port included).
-    HostMatch(Regex),
+    /// Glob on the raw Host header (port included), as minimatch reads it.
+    HostMatch(super::glob::Glob),
     Authenticated,
     Anonymous,
 }
@@ -36,7 +36,7 @@ impl Condition {
             Condition::PathExact(p) => req.url == p,
             Condition::PathMatch(re) => re.is_match(req.url),
             Condition::Method(methods) => methods.iter().any(|m| m == req.method),
-            Condition::HostMatch(re) => req.host.is_some_and(|h| re.is_match(h)),
+            Condition::HostMatch(glob) => req.host.is_some_and(|h| glob.is_match(h)),
             Condition::Authenticated => x.consumer.is_some(),
             Condition::Anonymous => x.consumer.is_none(),
         }
@@ -121,13 +121,10 @@ impl Condition {
             }
             "hostMatch" => {
                 let pattern = text_param("pattern", errors)?;
-                match glob_regex(&pattern) {
-                    Ok(re) => Some(Condition::HostMatch(re)),
-                    Err(e) => {
-                        errors.push(
-                            name_pos,
-                            format!("bad hostMatch pattern: {}", short_reason(&e.to_string())),
-                        );
+                match super::glob::Glob::new(&pattern) {
+                    Ok(glob) => Some(Condition::HostMatch(glob)),
+                    Err(why) => {
+                        errors.push(name_pos, format!("bad hostMatch pattern: {why}"));
                         None
                     }
                 }
@@ -166,20 +163,6 @@ impl Condition {
             }
         }
     }
-}
-
-/// A minimatch-style glob (`*` any run of characters, `?` one) as an anchored regex.
-fn glob_regex(glob: &str) -> Result<Regex, regex::Error> {
-    let mut re = String::from("^");
-    for c in glob.chars() {
-        match c {
-            '*' => re.push_str(".*"),
-            '?' => re.push('.'),
-            c => re.push_str(&regex::escape(&c.to_string())),
-        }
-    }
-    re.push('$');
-    Regex::new(&re)
 }
 
 /// The telling line of a multi-line error message (regex errors end with it).

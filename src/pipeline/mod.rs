@@ -4,6 +4,7 @@
 pub mod condition;
 pub mod context;
 pub mod expr;
+pub mod glob;
 
 use std::sync::Arc;
 
