@@ -622,6 +622,31 @@ fn a_request_whose_body_was_cut_is_not_sent_again() {
     assert_ne!(r.status, 200, "{}", r.text());
 }
 
+/// A body the upstream cuts short (it closes half-way through its length) on Pingora's path:
+/// the head and what came reach the client, then the connection closes before the promised
+/// length. Small, they sat in the connection's write buffer, which went with the connection:
+/// the client got nothing at all (the access log said 200).
+#[test]
+fn a_small_body_cut_short_reaches_the_client_as_far_as_it_came() {
+    let a = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&config(&[a.url("")], "{}", "", ""));
+    let gw = GatewayProcess::start_with(&dir, &["--fast-path", "off"], &[]);
+    for len in [400, 4000, 16000] {
+        let text = support::send_until_close(
+            gw.port,
+            format!("GET /tiles/truncate/{len} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes(),
+        );
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        assert!(head.starts_with("HTTP/1.1 200"), "{len}: {text:?}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains(&format!("content-length: {len}")),
+            "{head}"
+        );
+        assert!(body.len() < len, "{len}: {} bytes of body", body.len());
+    }
+}
+
 /// Clients that leave in the middle of their request's body (or while their GET waits on a
 /// slow upstream) are their own failure: the url they were sent to is not blamed (before,
 /// two such requests in a row ejected it, so a client could empty an endpoint on purpose),

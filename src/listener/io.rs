@@ -329,6 +329,21 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// A connection dropped with bytes still buffered (a response cut short by its upstream:
+/// Pingora lets the session go without a flush) gives them to the socket if it takes them
+/// now: the client gets the head and what came of the body, then the close, rather than
+/// nothing at all.
+impl Drop for ClientIo {
+    fn drop(&mut self) {
+        while self.written < self.out.len() {
+            match self.tcp.try_write(&self.out[self.written..]) {
+                Ok(n) if n > 0 => self.written += n,
+                _ => break,
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl Shutdown for ClientIo {
     async fn shutdown(&mut self) {
