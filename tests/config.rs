@@ -138,6 +138,19 @@ fn one_port_twice_and_a_second_document_are_reported_where_written() {
         )),
         "{err}"
     );
+    // One address by two names (`localhost` is the loopback address the admin listener
+    // takes by default): the kernel shared the port, splitting connections between the
+    // gateway and the Admin API.
+    let dir =
+        ConfigDir::new("http:\n  port: 28690\n  hostname: localhost\nadmin:\n  port: 28690\n");
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!(
+            "{file}:5:9: `admin` listens on port 28690 as `http` does"
+        )),
+        "{err}"
+    );
     // Other addresses of one port are no clash (the admin listener's default address is
     // the loopback one).
     for yml in [
@@ -448,6 +461,8 @@ fn env_interpolation_json_config_and_eg_config_dir() {
         &[
             ("EG_CONFIG_DIR", &dir.path.display().to_string()),
             ("TG_UPSTREAM", "http://127.0.0.1:1"),
+            ("PORT", "28693"),
+            ("ADMIN_PORT", "28694"),
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -569,4 +584,20 @@ fn empty_files_are_refused_and_marked_ones_read_as_eg_reads_them() {
     let gw = GatewayProcess::start(&dir);
     let r = get(gw.port, "GET", "/a/x", &[]);
     assert_eq!((r.status, r.text().as_str()), (203, "0123"));
+}
+
+/// A listener whose port is empty (an unset variable) leaves the gateway nowhere to listen:
+/// `check` and a reload say so where the file does (`serve` refused it with no position, after
+/// `check` had passed it).
+#[test]
+fn a_listener_without_a_port_is_an_error() {
+    let dir = ConfigDir::new(
+        "http:\n  port: ${TOLLGATE_TEST_UNSET_PORT}\napiEndpoints: {a: {paths: '/a/*'}}\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!("{file}:2:9: no port (an unset variable?)")),
+        "{err}"
+    );
 }

@@ -513,7 +513,10 @@ fn layered_directories_a_later_file_wins() {
     let d = defaults.path.display().to_string();
     let w = workspace.path.display().to_string();
     // `check` and `config show` see the stack.
-    let out = run_tollgate(&["check", "--config", &d, "--config", &w], &[]);
+    let out = run_tollgate(
+        &["check", "--config", &d, "--config", &w],
+        &[("PORT", "28695"), ("ADMIN_PORT", "28696")],
+    );
     assert!(
         out.status.success(),
         "{}",
@@ -521,7 +524,11 @@ fn layered_directories_a_later_file_wins() {
     );
     let out = run_tollgate(
         &["config", "show"],
-        &[("EG_CONFIG_DIR", &format!("{d}:{w}"))],
+        &[
+            ("EG_CONFIG_DIR", &format!("{d}:{w}")),
+            ("PORT", "28695"),
+            ("ADMIN_PORT", "28696"),
+        ],
     );
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(

@@ -230,8 +230,14 @@ fn no_listener_section_is_an_error_on_serve() {
     let dir = ConfigDir::new("apiEndpoints: {}\n");
     let out =
         support::gateway::run_tollgate(&["serve", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no `http` or `https` section"));
+    // A config error, where the file is (as `check` says it).
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr);
+    let at = format!(
+        "{}:1:1: no `http` or `https` section",
+        dir.file("gateway.config.yml")
+    );
+    assert!(said.contains(&at), "{said}");
 }
 
 #[test]

@@ -118,6 +118,20 @@ impl GatewayFile {
             pipelines: Vec::new(),
             raw: normalized_json(root),
         };
+        if file.http.is_none() && file.https.is_none() && root.as_map().is_some() {
+            // (`serve` would refuse it; `check` and a reload say so, where the file says it.)
+            let (at, why) = match root.get("http").or_else(|| root.get("https")) {
+                Some(n) => (
+                    n.get("port").unwrap_or(n).pos.clone(),
+                    "no port (an unset variable?): the gateway would listen nowhere",
+                ),
+                None => (
+                    root.pos.clone(),
+                    "no `http` or `https` section: the gateway would listen nowhere",
+                ),
+            };
+            errors.push(&at, why);
+        }
         same_port_twice(root, &file, errors);
         if let Some(n) = root.get("apiEndpoints") {
             for (key, value) in map_entries(n, "apiEndpoints", errors) {
@@ -303,14 +317,18 @@ fn same_port_twice(root: &Node, file: &GatewayFile, errors: &mut ConfigErrors) {
             None | Some("") | Some("0.0.0.0") | Some("::") | Some("[::]")
         )
     };
-    let mut seen: Vec<(&str, &ListenerDef)> = Vec::new();
+    let mut seen: Vec<(&str, &ListenerDef, Vec<std::net::IpAddr>)> = Vec::new();
     for (name, listener) in listeners {
         let Some(l) = listener else { continue };
-        let clash = seen.iter().find(|(_, other)| {
+        let addresses = addresses_of(l.host.as_deref().unwrap_or(""), l.port);
+        let clash = seen.iter().find(|(_, other, theirs)| {
             other.port == l.port
-                && (every_address(&other.host) || every_address(&l.host) || other.host == l.host)
+                && (every_address(&other.host)
+                    || every_address(&l.host)
+                    || other.host == l.host
+                    || theirs.iter().any(|a| addresses.contains(a)))
         });
-        if let Some((other, _)) = clash {
+        if let Some((other, _, _)) = clash {
             let at = root
                 .get(name)
                 .map(|n| n.get("port").unwrap_or(n).pos.clone());
@@ -321,8 +339,22 @@ fn same_port_twice(root: &Node, file: &GatewayFile, errors: &mut ConfigErrors) {
                 );
             }
         }
-        seen.push((name, l));
+        seen.push((name, l, addresses));
     }
+}
+
+/// The addresses a listener's host name binds (`localhost` is 127.0.0.1 and ::1 by name,
+/// another name as the resolver says); none when it does not resolve.
+fn addresses_of(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+    use std::net::ToSocketAddrs;
+    let host = host.trim_matches(['[', ']']);
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return vec![ip];
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map(|a| a.map(|a| a.ip()).collect())
+        .unwrap_or_default()
 }
 
 fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> {

@@ -333,6 +333,14 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
                     if self.duplicate.is_none() {
                         self.duplicate = duplicate_key(&entries);
                     }
+                    // A block map is marked where its first key's `:` is: it is where its
+                    // first key begins.
+                    let pos = match entries.first() {
+                        Some((k, _)) if (k.pos.line, k.pos.col) < (pos.line, pos.col) => {
+                            k.pos.clone()
+                        }
+                        _ => pos,
+                    };
                     let value = Value::Map(apply_merge_keys(entries));
                     self.finish(Node { pos, value }, anchor);
                 }
