@@ -822,6 +822,22 @@ fn populate_is_idempotent_and_clean_leaves_nothing() {
         run("populate").contains("0 created, 0 removed"),
         "a second run changes nothing"
     );
+    // Passwords are hashed at the config's bcrypt cost (`crypto.saltRounds: 4`), not 10.
+    let hashes: Vec<String> = redis
+        .keys()
+        .into_iter()
+        .filter(|k| k.starts_with("EG-basic-auth:"))
+        .filter_map(|k| redis.hgetall(&k).remove("password"))
+        .collect();
+    assert_eq!(hashes.len(), 1, "{hashes:?}");
+    assert!(hashes[0].starts_with("$2b$04$"), "{hashes:?}");
+    // A key that is not UTF-8 under the namespace (another tool's) is passed over: the
+    // consumers load (the whole load failed, every second, for ever).
+    redis::cmd("SET")
+        .arg(b"EG-junk:\xff\xfe".as_slice())
+        .arg("1")
+        .query::<()>(&mut redis.conn())
+        .expect("set");
     let gw = GatewayProcess::start(&dir);
     assert_eq!(
         get(
@@ -863,14 +879,26 @@ fn populate_is_idempotent_and_clean_leaves_nothing() {
         assert!(Instant::now() < deadline, "the new secret is not accepted");
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(!gw.log_text().contains("utf-8"), "{}", gw.log_text());
     // Clean, through the running gateway: no key is left behind.
     run("clean");
     let left: Vec<String> = redis
         .keys()
         .into_iter()
-        .filter(|k| !k.starts_with("rl:"))
+        .filter(|k| !k.starts_with("rl:") && !k.starts_with("EG-junk:"))
         .collect();
     assert!(left.is_empty(), "orphans: {left:?}");
+    // Two applications with one keyId (of one type) would take it from each other on every
+    // run: the file is refused.
+    dir.write(
+        "consumers.config.json",
+        r#"{"scopes": [], "users": {"alpha": {"a1": {"type": "key-auth", "keyId": "SHARED", "keySecret": "S1"}},
+            "beta": {"b1": {"type": "key-auth", "keyId": "SHARED", "keySecret": "S2"}}}}"#,
+    );
+    let out = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("keyId `SHARED` is also"), "{said}");
 }
 
 #[test]

@@ -86,6 +86,9 @@ impl ConsumersFile {
         let users = root["users"]
             .as_object()
             .ok_or("`users` must be an object of usernames")?;
+        // A key id names one credential of its type: two applications with one would take it
+        // from each other on every run.
+        let mut key_ids: HashMap<(CredentialType, String), String> = HashMap::new();
         for (username, apps) in users {
             let apps = apps
                 .as_object()
@@ -123,6 +126,13 @@ impl ConsumersFile {
                 } else {
                     (None, text("password"))
                 };
+                if let Some(id) = &key_id {
+                    if let Some(first) = key_ids.insert((kind, id.clone()), where_.clone()) {
+                        return Err(format!(
+                            "{where_}: keyId `{id}` is also {first}'s (a keyId names one credential)"
+                        ));
+                    }
+                }
                 specs.push(AppSpec {
                     name: name.clone(),
                     scopes,
@@ -307,7 +317,7 @@ async fn plan_and_apply(
     let mut changed = Vec::new();
     let mut report = Report::default();
     let now = model::js_date_now();
-    let salt = 10;
+    let salt = service.salt_rounds();
 
     // Scopes: exactly the file's.
     let existing_scopes = service.scopes().await?;

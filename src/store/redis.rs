@@ -386,7 +386,9 @@ impl Store for RedisStore {
         let mut cursor: u64 = 0;
         let mut keys = Vec::new();
         loop {
-            let (next, batch): (u64, Vec<String>) = self
+            // Keys as bytes: one that is not UTF-8 (written by another tool) is none of the
+            // gateway's and is passed over, not a failure of the whole scan.
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
                 .query(
                     redis::cmd("SCAN")
                         .arg(cursor)
@@ -396,7 +398,7 @@ impl Store for RedisStore {
                         .arg(SCAN_COUNT),
                 )
                 .await?;
-            keys.extend(batch);
+            keys.extend(batch.into_iter().filter_map(|k| String::from_utf8(k).ok()));
             if next == 0 {
                 break;
             }

@@ -100,10 +100,14 @@ impl RedisServer {
 
     /// Every key, sorted.
     pub fn keys(&self) -> Vec<String> {
-        let mut keys: Vec<String> = redis::cmd("KEYS")
+        let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
             .arg("*")
             .query(&mut self.conn())
             .expect("KEYS");
+        let mut keys: Vec<String> = keys
+            .iter()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .collect();
         keys.sort();
         keys
     }

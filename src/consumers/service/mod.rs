@@ -102,6 +102,11 @@ impl ConsumerService {
         &self.layout
     }
 
+    /// The bcrypt cost of the passwords it stores (`crypto.saltRounds`).
+    pub fn salt_rounds(&self) -> u32 {
+        self.salt_rounds
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
