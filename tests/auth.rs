@@ -163,6 +163,16 @@ fn kargo_tile_pipeline_end_to_end() {
         &[("Authorization", &basic)],
     );
     assert_eq!(r.echoed().header("eg-consumer-id"), Some(qgis.clone()));
+    // Without its padding, as Node (EG) reads base64 too.
+    let unpadded = basic.trim_end_matches('=').to_string();
+    assert_ne!(unpadded, basic, "the test's credentials must need padding");
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1/2/3.png",
+        &[("Authorization", &unpadded)],
+    );
+    assert_eq!(r.echoed().header("eg-consumer-id"), Some(qgis.clone()));
     let wrong = format!("Basic {}", base64_encode(&format!("{qgis}:nope")));
     assert_eq!(
         get(
