@@ -490,6 +490,55 @@ fn parts_no_transform_and_event_streams_are_not_compressed() {
         .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
 }
 
+/// A cors step whose answer depends on the origin adds `Origin` to whatever `Vary` the answer
+/// has — the upstream's, a compressed answer's — so no cache serves one origin's answer to
+/// another (it was left out wherever the answer had a `Vary`).
+#[test]
+fn cors_adds_origin_to_the_answers_vary() {
+    let a = PyUpstream::start("a", 5.0);
+    let yml = config(
+        &[a.url("")],
+        "{}",
+        "",
+        "      - cors: [{action: {origin: ['http://x.example', 'http://y.example']}}]\n      - compression:\n",
+    )
+    .replace("policies: [cache, proxy, compression]", "policies: [cache, proxy, compression, cors]");
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    let vary = |r: &support::Response| -> Vec<String> {
+        r.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("vary"))
+            .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+            .collect()
+    };
+    let origin = ("Origin", "http://x.example");
+    for (path, headers, other) in [
+        (
+            "/tiles/png/1.png?header=Vary:Accept-Language",
+            vec![origin],
+            "accept-language",
+        ),
+        (
+            "/tiles/unique/2000/t?header=Content-Type:text/plain",
+            vec![origin, ("Accept-Encoding", "gzip")],
+            "accept-encoding",
+        ),
+    ] {
+        let r = get(gw.port, "GET", path, &headers);
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            Some("http://x.example")
+        );
+        let v = vary(&r);
+        assert!(
+            v.contains(&"origin".to_string()) && v.contains(&other.to_string()),
+            "{path}: {:?}",
+            r.headers
+        );
+    }
+}
+
 /// An upstream on a thread of the test: each connection's first request is answered; a PUT
 /// on a connection used before has 150 kB of its body read, then the connection is closed
 /// with the rest unread (a reset), recorded as a cut (`usize::MAX`). Every PUT answered

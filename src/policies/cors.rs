@@ -250,8 +250,11 @@ impl Policy for Cors {
         let out = &mut x.response_edits;
         let varies_by_origin = self.origin_edits(req, out);
         if *req.method != Method::OPTIONS {
+            // Added to whatever `Vary` the answer has (the upstream's `Accept-Encoding`, a
+            // compressed answer's, a 429's `Accept`): a cache must not serve one origin's
+            // answer to another.
             if varies_by_origin {
-                out.push(HeaderEdit::Default(
+                out.push(HeaderEdit::Append(
                     header::VARY,
                     HeaderValue::from_static("Origin"),
                 ));
