@@ -292,6 +292,38 @@ fn header_transforms_both_ways() {
     );
 }
 
+/// A header a step sets is what later steps read, as in EG (its steps change `req.headers`):
+/// a rate limit keyed by a header a `request-transformer` fixed counts every client together
+/// (it read the client's own value: a client sending a new one each time was never limited),
+/// and a later transformer's value sees it.
+#[test]
+fn later_steps_read_the_headers_earlier_steps_set() {
+    let up = EchoUpstream::start("up");
+    let p = r#"  rt:
+    apiEndpoints: [rt]
+    policies:
+      - request-transformer:
+          - action: {headers: {add: {X-Tenant: "'fixed'"}}}
+      - request-transformer:
+          - action: {headers: {add: {X-Copy: "req.headers['x-tenant']"}}}
+      - rate-limit: [{action: {max: 1, windowMs: 60000, rateLimitBy: "${req.headers['x-tenant']}"}}]
+      - proxy: [{action: {serviceEndpoint: up}}]
+"#;
+    let (_d, gw) = start(
+        "  rt: {paths: '/rt/*'}\n",
+        "request-transformer, rate-limit, proxy",
+        p,
+        &up,
+    );
+    let first = get(gw.port, "GET", "/rt/x", &[("X-Tenant", "a")]);
+    assert_eq!(first.status, 200);
+    assert_eq!(first.echoed().header("x-copy").as_deref(), Some("fixed"));
+    for tenant in ["b", "c"] {
+        let r = get(gw.port, "GET", "/rt/x", &[("X-Tenant", tenant)]);
+        assert_eq!(r.status, 429, "{tenant}");
+    }
+}
+
 #[test]
 fn rate_limit_headers_and_429_as_text_or_json() {
     let up = EchoUpstream::start("up");

@@ -329,6 +329,41 @@ pub struct Exchange {
     pub refresh: bool,
 }
 
+impl Exchange {
+    /// A request header as the steps so far left it (EG's steps change `req.headers` itself:
+    /// a `request-transformer`'s header is what a later step's `rateLimitBy` or log template
+    /// reads): the client's value with the edits for the upstream applied in order.
+    pub fn header_now<'a>(
+        &'a self,
+        req: &Request<'a>,
+        name: &HeaderName,
+    ) -> Option<std::borrow::Cow<'a, str>> {
+        use std::borrow::Cow;
+        let mut value: Option<Cow<'a, str>> = req
+            .headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(Cow::Borrowed);
+        for edit in self.upstream_edits.iter().filter(|e| e.name() == name) {
+            let text = |v: &'a HeaderValue| v.to_str().ok().map(Cow::Borrowed);
+            match edit {
+                HeaderEdit::Set(_, v) => value = text(v),
+                HeaderEdit::Default(_, v) if value.is_none() => value = text(v),
+                HeaderEdit::Default(..) => {}
+                HeaderEdit::Append(_, v) => {
+                    value = match (value, v.to_str().ok()) {
+                        (Some(old), Some(more)) => Some(Cow::Owned(format!("{old}, {more}"))),
+                        (None, more) => more.map(Cow::Borrowed),
+                        (old, None) => old,
+                    }
+                }
+                HeaderEdit::Remove(_) => value = None,
+            }
+        }
+        value
+    }
+}
+
 /// Requests for unit tests of policies.
 #[cfg(test)]
 pub mod testing {

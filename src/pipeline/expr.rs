@@ -79,7 +79,7 @@ impl Expr {
             match term {
                 Term::Literal(s) => out.push_str(s),
                 Term::Header(name) if secrets.is_some_and(|s| s.headers.contains(name)) => {
-                    if req.headers.contains_key(name) {
+                    if x.header_now(req, name).is_some() {
                         out.push_str("REDACTED");
                     }
                 }
@@ -88,8 +88,8 @@ impl Expr {
                     out.push_str(&crate::access_log::redact(req.url, params));
                 }
                 Term::Header(name) => {
-                    if let Some(v) = req.headers.get(name).and_then(|v| v.to_str().ok()) {
-                        out.push_str(v);
+                    if let Some(v) = x.header_now(req, name) {
+                        out.push_str(&v);
                     }
                 }
                 Term::Ip => {
