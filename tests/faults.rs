@@ -447,7 +447,7 @@ fn a_body_broken_after_its_head_went_out_ends_the_connection_unfinished() {
     let gw = GatewayProcess::start(&dir);
     let text = support::send_until_close(
         gw.admin_port,
-        b"GET /s3/local/tiles/a.png HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        b"GET /s3/local/tiles/a.png HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     );
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(

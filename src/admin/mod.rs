@@ -68,6 +68,14 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether the Admin API listens on loopback only (its default address).
+fn admin_on_loopback(gateway: &crate::gateway::Gateway) -> bool {
+    gateway
+        .admin
+        .as_ref()
+        .is_none_or(|a| is_loopback(a.host.as_deref().unwrap_or("127.0.0.1")))
+}
+
 /// Why a request comes from a web page rather than an operator's tool, if it does: a browser
 /// says where a page is (`Origin`, `Sec-Fetch-Site`), and a page on another site must not drive
 /// the Admin API (it could send a simple cross-site POST). `by_name`: the API listens on
@@ -105,19 +113,24 @@ fn named_elsewhere(host: &str) -> bool {
     !(address || name.eq_ignore_ascii_case("localhost") || name.is_empty())
 }
 
-/// Why a request for the storage route is refused, if it is: one for a host name other than
-/// an address or `localhost` (DNS rebinding: a web page reading the buckets through a name
-/// pointed at this machine). The gateway's own `/s3` step reaches it by the admin url's
-/// address (`changeOrigin`), a tool by an address or `localhost`. The route is not behind
-/// `--admin-token`: like EG's, it is the gateway's pipeline's upstream, and its
-/// authentication is that pipeline's.
-pub fn storage_refusal(head: &pingora_http::RequestHeader) -> Option<&'static str> {
+/// Why a request for the storage route is refused, if it is: with the admin listener on
+/// loopback, one for a host name other than an address or `localhost` (DNS rebinding: a web
+/// page reading the buckets through a name pointed at this machine). The gateway's own `/s3`
+/// step reaches it by the admin url's name (`changeOrigin`: `localhost`), a tool by an
+/// address or `localhost`. The route is not behind `--admin-token`: like EG's, it is the
+/// gateway's pipeline's upstream, and its authentication is that pipeline's.
+pub fn storage_refusal(
+    head: &pingora_http::RequestHeader,
+    gateway: &crate::gateway::Gateway,
+) -> Option<&'static str> {
+    let loopback = admin_on_loopback(gateway);
     let host = head
         .headers
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    named_elsewhere(host).then_some("for a host name other than an address or localhost")
+    (loopback && named_elsewhere(host))
+        .then_some("for a host name other than an address or localhost")
 }
 
 impl AdminApi {
@@ -225,12 +238,7 @@ impl AdminApi {
 
     /// Answers one Admin API request.
     pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let loopback = self
-            .gateway
-            .load()
-            .admin
-            .as_ref()
-            .is_none_or(|a| is_loopback(a.host.as_deref().unwrap_or("127.0.0.1")));
+        let loopback = admin_on_loopback(&self.gateway.load());
         if let Some(why) = from_elsewhere(session.req_header(), loopback && self.token.is_none()) {
             log::warn!("admin API: refused a request {why}");
             return text(StatusCode::FORBIDDEN, &format!("Forbidden: {why}"));

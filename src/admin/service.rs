@@ -67,7 +67,7 @@ impl ProxyHttp for AdminService {
         if let Some(storage) = &gw.storage {
             let head = session.req_header();
             if storage.owns(head.uri.path()) {
-                if let Some(why) = super::storage_refusal(head) {
+                if let Some(why) = super::storage_refusal(head, &gw) {
                     log::warn!("storage route: refused a request {why}");
                     let forbidden = format!("Forbidden: {why}");
                     write(

@@ -232,7 +232,7 @@ impl Storage {
         s3_encoded(key, &mut path_and_query);
         if let Some(q) = query.filter(|q| !q.is_empty()) {
             path_and_query.push('?');
-            path_and_query.push_str(q);
+            s3_query(q, &mut path_and_query);
         }
         Ok(ObjectRequest {
             provider,
@@ -346,9 +346,46 @@ fn s3_encoded(path: &str, out: &mut String) {
     }
 }
 
+/// Appends `query` as S3's signature reads it: each name and value decoded, then encoded as
+/// AWS's `UriEncode` does (a `+` is a `+`, sent `%2B`; a space `%20`). Sent as the client wrote
+/// it, a query the signer reads otherwise (`+` as a space, `/` or `:` left raw) failed S3's
+/// signature check.
+fn s3_query(query: &str, out: &mut String) {
+    let mut first = true;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        if !first {
+            out.push('&');
+        }
+        first = false;
+        let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+        for (i, part) in [name, value].into_iter().enumerate() {
+            if i == 1 {
+                out.push('=');
+            }
+            let bytes: Vec<u8> = percent_encoding::percent_decode_str(part).collect();
+            out.extend(percent_encoding::percent_encode(&bytes, S3_SEGMENT));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queries_go_as_s3_signs_them() {
+        let q = |raw: &str| {
+            let mut out = String::new();
+            s3_query(raw, &mut out);
+            out
+        };
+        assert_eq!(
+            q("response-content-type=image/png"),
+            "response-content-type=image%2Fpng"
+        );
+        assert_eq!(q("x=a+b&y=a b&z=a%2fb"), "x=a%2Bb&y=a%20b&z=a%2Fb");
+        assert_eq!(q("versionId&&w=(1)"), "versionId=&w=%281%29");
+    }
 
     fn storage() -> Storage {
         let t = |u: &str| Arc::new(UpstreamTarget::parse(u).expect("url"));
