@@ -490,6 +490,40 @@ fn parts_no_transform_and_event_streams_are_not_compressed() {
         .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding")));
 }
 
+/// On a pipeline that compresses: an upstream out of reach is a 502 with its text (the error
+/// reply went through the encoder before any head was decided, which panicked: the client's
+/// connection was reset), and a request sent with `Expect: 100-continue` still gets its final
+/// answer compressed (the interim `100` turned compression off).
+#[test]
+fn compression_survives_failed_upstreams_and_interim_answers() {
+    let dead = ConfigDir::new(&config(
+        &["http://127.0.0.1:1".to_string()],
+        "{}",
+        "",
+        "      - compression:\n",
+    ));
+    let gw = GatewayProcess::start(&dead);
+    for fast in ["GET", "POST"] {
+        let r = get(gw.port, fast, "/tiles/x", &[("Accept-Encoding", "gzip")]);
+        assert_eq!(r.status, 502, "{fast}: {:?}", r.headers);
+        assert!(r.text().contains("Bad gateway"), "{fast}: {}", r.text());
+    }
+    assert!(gw.error_lines().is_empty(), "{:?}", gw.error_lines());
+    let a = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&config(&[a.url("")], "{}", "", "      - compression:\n"));
+    let gw = GatewayProcess::start(&dir);
+    let text = support::send_until_close(
+        gw.port,
+        b"POST /tiles/unique/2000/t?header=Content-Type:text/plain HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip\r\nExpect: 100-continue\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi",
+    );
+    let lower = text.to_ascii_lowercase();
+    assert!(
+        lower.contains("content-encoding: gzip"),
+        "{}",
+        &text[..text.len().min(600)]
+    );
+}
+
 /// A cors step whose answer depends on the origin adds `Origin` to whatever `Vary` the answer
 /// has — the upstream's, a compressed answer's — so no cache serves one origin's answer to
 /// another (it was left out wherever the answer had a `Vary`).

@@ -82,13 +82,17 @@ pub fn response_header(session: &mut Session, resp: &mut ResponseHeader) -> bool
     let Some(c) = m.ctx.as_mut() else {
         return false;
     };
+    // An interim answer (`100 Continue`, `103 Early Hints`): the final one decides.
+    if resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS {
+        return false;
+    }
     if !transformable(resp) {
         m.ctx = None;
         return false;
     }
     // A HEAD's head is a GET's (RFC 9110 §9.3.2): decided as if its body were coming; the
     // encoder is dropped unused.
-    let no_body = !m.head && matches!(resp.status.as_u16(), 204 | 304);
+    let no_body = matches!(resp.status.as_u16(), 204 | 304);
     c.response_header_filter(resp, no_body);
     let coding = resp
         .headers
@@ -157,7 +161,10 @@ fn compressible_type(ct: &str) -> bool {
                 "protobuf",
                 "vnd.mapbox-vector-tile",
             ];
-            !sub.contains("zip") && STRUCTURED.iter().any(|s| sub.contains(s))
+            // (Office's XML formats are zip archives.)
+            !sub.contains("zip")
+                && !sub.contains("openxmlformats")
+                && STRUCTURED.iter().any(|s| sub.contains(s))
         }
         "image" => matches!(sub, "svg+xml" | "x-icon" | "vnd.microsoft.icon"),
         "font" => true,
@@ -175,6 +182,11 @@ impl HttpModule for Compress {
     }
 
     fn response_body_filter(&mut self, body: &mut Option<Bytes>, end: bool) -> Result<()> {
+        // Before a head was decided (an error reply the gateway makes when the upstream
+        // failed), there is nothing to encode.
+        if self.ctx.as_ref().is_some_and(|c| c.is_header_phase()) {
+            return Ok(());
+        }
         if let Some(w) = self.brotli.as_mut() {
             let mut coded = brotli_piece(w, body.as_deref().unwrap_or_default())?;
             if end {
@@ -196,6 +208,9 @@ impl HttpModule for Compress {
     /// The response ended apart from its body (a body served from the cache ends so): the
     /// encoder's last bytes.
     fn response_done_filter(&mut self) -> Result<Option<Bytes>> {
+        if self.ctx.as_ref().is_some_and(|c| c.is_header_phase()) {
+            return Ok(None);
+        }
         if self.brotli.is_some() {
             self.ctx = None;
             return Ok(Some(brotli_end(self.brotli.take(), Bytes::new())));
@@ -350,6 +365,7 @@ mod tests {
             "application/x-xz",
             "application/gzip",
             "application/zip",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
             "image/png",
             "image/jpeg",
             "video/mp4",
