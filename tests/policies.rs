@@ -166,6 +166,41 @@ fn cors_options() {
     assert_eq!(r.header("access-control-allow-headers"), Some("X-Q,X-R"));
 }
 
+/// An `origin` that is no origin — `''`, or null (an unset variable) — turns CORS off, as
+/// npm's `cors` (EG's) reads it: a preflight goes upstream, no origin is allowed (null allowed
+/// every origin, `*`; `''` answered preflights with an empty allowed origin).
+#[test]
+fn an_origin_that_is_none_turns_cors_off() {
+    let up = EchoUpstream::start("up");
+    let p = "  empty:\n    apiEndpoints: [empty]\n    policies:\n      - cors: [{action: {origin: ''}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n  unset:\n    apiEndpoints: [unset]\n    policies:\n      - cors: [{action: {origin: null}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n";
+    let (_d, gw) = start(
+        "  empty: {paths: '/empty/*'}\n  unset: {paths: '/unset/*'}\n",
+        "cors, proxy",
+        p,
+        &up,
+    );
+    for path in ["/empty/x", "/unset/x"] {
+        let r = get(gw.port, "GET", path, &[("Origin", "http://evil.example")]);
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("access-control-allow-origin"), None, "{path}");
+        let r = get(
+            gw.port,
+            "OPTIONS",
+            path,
+            &[
+                ("Origin", "http://evil.example"),
+                ("Access-Control-Request-Method", "GET"),
+            ],
+        );
+        assert_eq!(
+            r.echoed().url(),
+            path,
+            "{path}: the preflight goes upstream"
+        );
+        assert_eq!(r.header("access-control-allow-origin"), None, "{path}");
+    }
+}
+
 /// `allowedHeaders` as npm's `cors` (EG's) reads it: an empty string is no setting (the
 /// request's headers are reflected: a browser's preflight for `Authorization` passes), an
 /// empty list lists none (before, both sent an empty `Access-Control-Allow-Headers`).
@@ -322,6 +357,37 @@ fn later_steps_read_the_headers_earlier_steps_set() {
         let r = get(gw.port, "GET", "/rt/x", &[("X-Tenant", tenant)]);
         assert_eq!(r.status, 429, "{tenant}");
     }
+}
+
+/// A `response-transformer` acts on the response as it is finally written, as EG's (which
+/// edits the head when it is written): placed before `rate-limit`, its `remove` takes the
+/// rate limit's headers off (they were set after it, and stayed) and its `add` wins over them.
+#[test]
+fn a_response_transformer_edits_the_final_head() {
+    let up = EchoUpstream::start("up");
+    let p = r#"  rt:
+    apiEndpoints: [rt]
+    policies:
+      - response-transformer:
+          - action: {headers: {add: {X-RateLimit-Limit: "'hidden'"}, remove: [x-ratelimit-remaining]}}
+      - rate-limit: [{action: {max: 5, windowMs: 60000}}]
+      - proxy: [{action: {serviceEndpoint: up}}]
+"#;
+    let (_d, gw) = start(
+        "  rt: {paths: '/rt/*'}\n",
+        "response-transformer, rate-limit, proxy",
+        p,
+        &up,
+    );
+    let r = get(gw.port, "GET", "/rt/x", &[]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-remaining"), None, "{:?}", r.headers);
+    assert_eq!(
+        r.header("x-ratelimit-limit"),
+        Some("hidden"),
+        "{:?}",
+        r.headers
+    );
 }
 
 #[test]

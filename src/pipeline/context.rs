@@ -305,6 +305,16 @@ impl std::fmt::Debug for Outcome {
     }
 }
 
+/// Header edits made once the pipeline has run (see [`Exchange::late_response_edits`]).
+#[derive(Default)]
+pub struct LateEdits(pub Vec<Arc<crate::policies::header_values::AddRemove>>);
+
+impl std::fmt::Debug for LateEdits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LateEdits({})", self.0.len())
+    }
+}
+
 /// Per-request state the policies build up.
 #[derive(Debug, Default)]
 pub struct Exchange {
@@ -316,6 +326,11 @@ pub struct Exchange {
     pub consumer: Option<Consumer>,
     pub upstream_edits: Edits,
     pub response_edits: Edits,
+    /// `response-transformer` steps that ran: their edits are made once the pipeline has run
+    /// ([`Exchange::make_late_edits`]), after every other step's, with what the steps after
+    /// them learnt (EG applies them as the head is written: a transformer before `key-auth`
+    /// names the consumer, one before `rate-limit` removes its headers).
+    pub late_response_edits: LateEdits,
     pub proxy: Option<ProxyPlan>,
     /// Set by a `cache` step: the tile cache may answer this request.
     pub cache: Option<crate::cache::CacheUse>,
@@ -330,6 +345,17 @@ pub struct Exchange {
 }
 
 impl Exchange {
+    /// Makes the late response edits (the pipeline has run): after every other step's.
+    pub fn make_late_edits(&mut self, req: &Request<'_>) {
+        if self.late_response_edits.0.is_empty() {
+            return;
+        }
+        for t in std::mem::take(&mut self.late_response_edits.0) {
+            let edits = t.edits(req, self);
+            self.response_edits.extend(edits);
+        }
+    }
+
     /// A request header as the steps so far left it (EG's steps change `req.headers` itself:
     /// a `request-transformer`'s header is what a later step's `rateLimitBy` or log template
     /// reads): the client's value with the edits for the upstream applied in order.

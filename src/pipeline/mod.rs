@@ -51,9 +51,14 @@ impl Pipeline {
             }
             match step.action.on_request(req, x) {
                 Outcome::Continue => {}
-                done => return (done, i + 1),
+                done @ (Outcome::Wait(_) | Outcome::Defer(_)) => return (done, i + 1),
+                done => {
+                    x.make_late_edits(req);
+                    return (done, i + 1);
+                }
             }
         }
+        x.make_late_edits(req);
         (Outcome::Continue, self.steps.len())
     }
 }

@@ -47,7 +47,10 @@ pub enum MaxAgeParam {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Params {
-    origin: Option<OriginParam>,
+    /// Absent: `*`. Given as null (an unset variable) or `''`: CORS off, as npm's `cors`
+    /// (EG's) reads a value that is no origin.
+    #[serde(default, deserialize_with = "given")]
+    origin: Option<Option<OriginParam>>,
     methods: Option<ListParam>,
     allowed_headers: Option<ListParam>,
     headers: Option<ListParam>,
@@ -59,6 +62,11 @@ pub struct Params {
     preflight_continue: bool,
     #[serde(default = "default_success")]
     pub options_success_status: u16,
+}
+
+/// A parameter that is there, null or not.
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<OriginParam>>, D::Error> {
+    Option::<OriginParam>::deserialize(d).map(Some)
 }
 
 fn default_success() -> u16 {
@@ -119,12 +127,13 @@ impl Cors {
         let before = errors.0.len();
         let origin = match &p.origin {
             None => Origin::Fixed(HeaderValue::from_static("*")),
-            Some(OriginParam::Flag(false)) => Origin::Off,
-            Some(OriginParam::Flag(true)) => Origin::ReflectAny,
-            Some(OriginParam::One(s)) => {
+            Some(None | Some(OriginParam::Flag(false))) => Origin::Off,
+            Some(Some(OriginParam::One(s))) if s.is_empty() => Origin::Off,
+            Some(Some(OriginParam::Flag(true))) => Origin::ReflectAny,
+            Some(Some(OriginParam::One(s))) => {
                 Origin::Fixed(header_value(s, "origin", at("origin"), errors)?)
             }
-            Some(OriginParam::List(list)) => {
+            Some(Some(OriginParam::List(list))) => {
                 let mut allowed = Vec::new();
                 for o in list {
                     match o.strip_prefix('/').and_then(|r| r.strip_suffix('/')) {

@@ -10,7 +10,7 @@ use super::header_values::AddRemove;
 use super::request_transformer::transformer_headers;
 
 pub struct ResponseTransformer {
-    headers: AddRemove,
+    headers: std::sync::Arc<AddRemove>,
 }
 
 impl ResponseTransformer {
@@ -20,14 +20,17 @@ impl ResponseTransformer {
         errors: &mut ConfigErrors,
     ) -> Option<ResponseTransformer> {
         let headers = transformer_headers("response-transformer", action, pos, errors)?;
-        Some(ResponseTransformer { headers })
+        Some(ResponseTransformer {
+            headers: std::sync::Arc::new(headers),
+        })
     }
 }
 
 impl Policy for ResponseTransformer {
-    fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
-        let edits = self.headers.edits(req, x);
-        x.response_edits.extend(edits);
+    /// Its edits are made once the pipeline has run, after every other step's
+    /// ([`Exchange::make_late_edits`]).
+    fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
+        x.late_response_edits.0.push(self.headers.clone());
         Outcome::Continue
     }
 }
