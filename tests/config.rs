@@ -601,3 +601,30 @@ fn a_listener_without_a_port_is_an_error() {
         "{err}"
     );
 }
+
+/// Pipelines as EG's schema allows them: a list (named by place); one policy per list item —
+/// two keys in one item (`- cors:` then `proxy:` at its indent) are an error where the second
+/// is (both ran); `crypto.saltRounds` given as a string of digits is read as its number.
+#[test]
+fn pipelines_listed_one_policy_per_item_and_numbers_in_strings() {
+    let dir = ConfigDir::new(
+        "http: {port: 28697}\napiEndpoints: {a: {paths: '/a/*'}}\npolicies: [cors, terminate]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cors:\n        terminate:\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!(
+            "{file}:9:9: pipeline `p`: one policy per list item"
+        )),
+        "{err}"
+    );
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints: {a: {paths: '/a/*'}}\npolicies: [terminate]\npipelines:\n  - apiEndpoints: [a]\n    policies:\n      - terminate: [{action: {statusCode: 204}}]\n",
+    );
+    dir.write(
+        "system.config.yml",
+        "db: {redis: {emulate: true}}\ncrypto: {saltRounds: '5'}\n",
+    );
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/a/x", &[]).status, 204);
+}

@@ -149,7 +149,26 @@ impl GatewayFile {
             file.policies = string_list(n, "policies", errors);
         }
         if let Some(n) = root.get("pipelines").or_else(|| root.get("pipeline")) {
-            for (key, value) in map_entries(n, "pipelines", errors) {
+            // EG's schema allows a list too: its pipelines are named by their place.
+            let listed: Vec<(Node, Node)>;
+            let entries = match &n.value {
+                Value::Seq(items) => {
+                    listed = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| {
+                            let key = Node {
+                                pos: item.pos.clone(),
+                                value: Value::Str(i.to_string()),
+                            };
+                            (key, item.clone())
+                        })
+                        .collect();
+                    &listed[..]
+                }
+                _ => map_entries(n, "pipelines", errors),
+            };
+            for (key, value) in entries {
                 if let Some(p) = pipeline(key, value, errors) {
                     file.pipelines.push(p);
                 }
@@ -544,6 +563,17 @@ fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> Option<Pipel
             Value::Map(_) => policy_steps(&name, list, &mut steps, errors),
             Value::Seq(items) => {
                 for item in items {
+                    // One policy per item, as EG's schema says (`- cors:` and `proxy:` at one
+                    // indent are one item holding two).
+                    if let Some([(first, _), (second, _), ..]) = item.as_map() {
+                        let (a, b) = (name_of(first, errors), name_of(second, errors));
+                        errors.push(
+                            &second.pos,
+                            format!(
+                                "pipeline `{name}`: one policy per list item; `{b}` shares an item with `{a}` (start it with its own `- `)"
+                            ),
+                        );
+                    }
                     policy_steps(&name, item, &mut steps, errors);
                 }
             }

@@ -411,6 +411,9 @@ fn resolve_plain(text: String) -> Value {
         ".nan" | ".NaN" | ".NAN" => return Value::Float(f64::NAN),
         _ => {}
     }
+    if let Some(i) = yaml11_int(&text) {
+        return Value::Int(i);
+    }
     if let Ok(i) = text.parse::<i64>() {
         return Value::Int(i);
     }
@@ -436,9 +439,53 @@ fn resolve_plain(text: String) -> Value {
     Value::Str(text)
 }
 
+/// The integers EG's YAML reader (js-yaml, YAML 1.1's forms) reads where YAML 1.2 reads
+/// text or another number: `_` between digits (`120_000`), a leading `0` for octal (`0755`),
+/// `0b` for binary.
+fn yaml11_int(text: &str) -> Option<i64> {
+    let (negative, body) = match text.as_bytes().first()? {
+        b'-' => (true, &text[1..]),
+        b'+' => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let digits = |s: &str, radix: u32| -> Option<i64> {
+        let clean: String = s.chars().filter(|&c| c != '_').collect();
+        if clean.is_empty() || s.starts_with('_') {
+            return None;
+        }
+        i64::from_str_radix(&clean, radix).ok()
+    };
+    let value = if let Some(bin) = body.strip_prefix("0b") {
+        digits(bin, 2)?
+    } else if body.len() > 1
+        && body.starts_with('0')
+        && body[1..].bytes().all(|b| matches!(b, b'0'..=b'7' | b'_'))
+    {
+        digits(&body[1..], 8)?
+    } else if body.contains('_') && body.bytes().all(|b| b.is_ascii_digit() || b == b'_') {
+        digits(body, 10)?
+    } else {
+        return None;
+    };
+    Some(if negative { -value } else { value })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn yaml_1_1_integers_as_eg_reads_them() {
+        assert_eq!(yaml11_int("120_000"), Some(120_000));
+        assert_eq!(yaml11_int("073135"), Some(30301));
+        assert_eq!(yaml11_int("-010"), Some(-8));
+        assert_eq!(yaml11_int("0b101"), Some(5));
+        assert_eq!(yaml11_int("0"), None);
+        assert_eq!(yaml11_int("08080"), None);
+        assert_eq!(yaml11_int("1234"), None);
+        assert_eq!(yaml11_int("_1"), None);
+        assert_eq!(yaml11_int("abc"), None);
+    }
 
     fn doc(text: &str) -> Node {
         parse(text, &Arc::from("t.yml")).expect("parses")

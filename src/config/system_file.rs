@@ -97,9 +97,16 @@ impl SystemFile {
             sys.crypto.cipher_key = text(crypto, "cipherKey", errors);
             sys.crypto.algorithm = text(crypto, "algorithm", errors);
             if let Some(n) = crypto.get("saltRounds") {
-                match &n.value {
-                    Value::Int(i) if (4..=31).contains(i) => sys.crypto.salt_rounds = *i as u32,
-                    Value::Null => {}
+                // A number in a string (`'12'`, an interpolated variable) too, as EG's schema
+                // coerces it.
+                let rounds = match &n.value {
+                    Value::Int(i) => Some(*i),
+                    Value::Str(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                match (&n.value, rounds) {
+                    (_, Some(i)) if (4..=31).contains(&i) => sys.crypto.salt_rounds = i as u32,
+                    (Value::Null, _) => {}
                     _ => errors.push(
                         &n.pos,
                         "`crypto.saltRounds` must be a whole number from 4 to 31",
