@@ -172,7 +172,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     log::info!("consumers: {}", consumers.store.describe());
     if let Some(file) = &opts.populate {
         let report = background
-            .block_on(populate::populate_file(&consumers.service, file))
+            .block_on(populate_when_reachable(&consumers.service, file))
             .with_context(|| format!("populate from {}", file.display()))?;
         log::info!("populate {}: {report}", file.display());
     }
@@ -456,6 +456,47 @@ impl ShutdownSignalWatch for Signals {
 /// leaves room for an upstream connection per client connection; a cap given on the command
 /// line only needs a descriptor per client connection (idle clients, as map users between two
 /// views, hold none upstream).
+/// How long `--populate` waits for a consumer store it cannot reach (Redis starting beside
+/// the gateway) before the start fails.
+const POPULATE_WAIT: Duration = Duration::from_secs(60);
+
+/// Applies a consumers file, waiting up to [`POPULATE_WAIT`] for a store that cannot be
+/// reached yet (as Kargo's populate under EG waited for Redis); any other failure at once.
+async fn populate_when_reachable(
+    service: &crate::consumers::service::ConsumerService,
+    file: &std::path::Path,
+) -> anyhow::Result<populate::Report> {
+    let started = Instant::now();
+    let mut said = false;
+    loop {
+        match populate::populate_file(service, file).await {
+            Err(e) if started.elapsed() < POPULATE_WAIT && unreachable_store(&e) => {
+                if !said {
+                    log::warn!("populate: the consumer store cannot be reached yet ({e:#}); trying again for up to {} s", POPULATE_WAIT.as_secs());
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// Whether an error is the consumer store out of reach.
+fn unreachable_store(e: &anyhow::Error) -> bool {
+    use crate::consumers::service::ConsumerError;
+    use crate::store::StoreError;
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<StoreError>(),
+            Some(StoreError::Unavailable(_))
+        ) || matches!(
+            c.downcast_ref::<ConsumerError>(),
+            Some(ConsumerError::Store(StoreError::Unavailable(_)))
+        )
+    })
+}
+
 fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
     let Some(fds) = crate::listener::raise_fd_limit() else {
         return limits;

@@ -994,3 +994,40 @@ fn redis_through_sentinel() {
     let _ = sentinel.kill();
     let _ = sentinel.wait();
 }
+
+/// `serve --populate` with a Redis that is not up yet (started beside the gateway) waits for
+/// it, then applies the file and serves (the start failed at once).
+#[test]
+fn populate_at_start_waits_for_a_store_not_up_yet() {
+    let up = EchoUpstream::start("up");
+    let mut first = RedisServer::start();
+    let port = first.port;
+    let dir = config(&up, &first);
+    first.stop();
+    dir.write(
+        "consumers.config.json",
+        r#"{"scopes": ["wmts"], "users": {"late": {"app": {"type": "key-auth", "keyId": "LATE", "keySecret": "S", "scopes": ["wmts"]}}}}"#,
+    );
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(2));
+        RedisServer::start_on(port)
+    });
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--populate", &dir.file("consumers.config.json")],
+        &[],
+    );
+    let _redis = later.join().expect("redis");
+    assert!(
+        gw.log_text().contains("cannot be reached yet"),
+        "{}",
+        gw.log_text()
+    );
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey LATE:S")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+}

@@ -250,3 +250,34 @@ fn the_clients_credentials_reach_no_provider_and_no_log() {
     }
     assert!(!log.contains(token), "{log}");
 }
+
+/// A provider that cannot be reached is a 502 whose head says the connection closes (it said
+/// keep-alive, then closed); a request body that stops coming is a 408, as the gateway's.
+#[test]
+fn a_provider_out_of_reach_is_a_502_that_closes_and_a_stalled_body_a_408() {
+    let dir = ConfigDir::new(STORAGE_ROUTE);
+    dir.write(
+        "system.config.yml",
+        "db: {redis: {emulate: true}}\nplugins:\n  storage:\n    endpointName: /s3\n    providers:\n      gone:\n        endpoint: 'http://127.0.0.1:1'\n        accessKeyId: k\n        secretAccessKey: s\n        default: true\n",
+    );
+    let data = dir.path.join("data").display().to_string();
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data, "--body-timeout", "1"], &[]);
+    let r = get(gw.admin_port, "GET", "/s3/tiles/a.png", &[]);
+    assert_eq!(r.status, 502);
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    // A provider that takes the connection and answers nothing; the client's body stops.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    dir.write(
+        "system.config.yml",
+        &format!("db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    endpointName: /s3\n    providers:\n      silent:\n        endpoint: 'http://127.0.0.1:{silent_port}'\n        accessKeyId: k\n        secretAccessKey: s\n        default: true\n"),
+    );
+    drop(gw);
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data, "--body-timeout", "1"], &[]);
+    let text = support::send_until_close(
+        gw.admin_port,
+        b"GET /s3/tiles/a.png HTTP/1.1\r\nHost: localhost\r\nContent-Length: 10\r\n\r\nhalf",
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    drop(silent);
+}

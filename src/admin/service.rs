@@ -165,18 +165,22 @@ impl ProxyHttp for AdminService {
         let code = match e.esource() {
             ErrorSource::Downstream => match e.etype() {
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                // A request body that stopped coming, as the gateway answers it.
+                ErrorType::ReadTimedout => 408,
                 _ => 400,
             },
             _ => 502,
         };
+        // The connection closes after an error reply: its head says so.
+        session.set_keepalive(None);
         // A response whose head went out already is cut short as it is (see the gateway's
         // `fail_to_proxy`).
         if code > 0 && session.response_written().is_none() {
             let status = http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::BAD_GATEWAY);
-            let message = if code == 502 {
-                "Bad gateway: the storage provider could not be reached"
-            } else {
-                "Bad Request"
+            let message = match code {
+                502 => "Bad gateway: the storage provider could not be reached",
+                408 => "Request Timeout",
+                _ => "Bad Request",
             };
             if let Err(err) = write(session, super::text(status, message)).await {
                 log::debug!("could not send the error response: {err}");
