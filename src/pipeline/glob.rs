@@ -10,8 +10,10 @@ use regex::Regex;
 /// A compiled pattern.
 #[derive(Debug)]
 pub struct Glob {
-    /// `None`: a comment, which matches nothing.
-    re: Option<Regex>,
+    /// One per pattern the braces expand to, each with whether it may match a text that
+    /// begins with `.` (not when it begins with a wildcard: minimatch's `dot: false`); none: a
+    /// comment, which matches nothing.
+    alternatives: Vec<(Regex, bool)>,
     negated: bool,
 }
 
@@ -21,24 +23,31 @@ impl Glob {
         let rest = &pattern[bang..];
         if bang == 0 && pattern.starts_with('#') {
             return Ok(Glob {
-                re: None,
+                alternatives: Vec::new(),
                 negated: false,
             });
         }
         let mut alternatives = Vec::new();
         for p in expand_braces(rest)? {
-            alternatives.push(translate(&p)?);
+            let re = Regex::new(&format!("^(?:{})$", translate(&p)?))
+                .map_err(|e| super::condition::short_reason(&e.to_string()))?;
+            let dot_ok = !matches!(p.as_bytes().first(), Some(b'*' | b'?' | b'['));
+            alternatives.push((re, dot_ok));
         }
-        let re = Regex::new(&format!("^(?:{})$", alternatives.join("|")))
-            .map_err(|e| super::condition::short_reason(&e.to_string()))?;
         Ok(Glob {
-            re: Some(re),
+            alternatives,
             negated: bang % 2 == 1,
         })
     }
 
+    /// Whether `text` matches (an empty text matches nothing, as in minimatch).
     pub fn is_match(&self, text: &str) -> bool {
-        self.re.as_ref().is_some_and(|re| re.is_match(text)) != self.negated
+        let matched = !text.is_empty()
+            && self
+                .alternatives
+                .iter()
+                .any(|(re, dot_ok)| (*dot_ok || !text.starts_with('.')) && re.is_match(text));
+        matched != self.negated
     }
 }
 
@@ -106,25 +115,57 @@ fn brace_parts(p: &str, open: usize) -> Option<(usize, Vec<String>)> {
     None
 }
 
-/// `1..3` (or `a..c`) as its members.
+/// `1..3`, `01..10` (padded to the wider bound), `1..9..2` (a step) or `a..e` (letters) as
+/// its members, as brace expansion reads them; `None` for anything else (kept as written).
 fn range(inner: &str) -> Option<Vec<String>> {
-    let (a, z) = inner.split_once("..")?;
-    if let (Ok(a), Ok(z)) = (a.parse::<i64>(), z.parse::<i64>()) {
-        let n = a.abs_diff(z);
+    let mut parts = inner.split("..");
+    let (a, z, step) = (parts.next()?, parts.next()?, parts.next());
+    if parts.next().is_some() {
+        return None;
+    }
+    let step = match step {
+        Some(s) => s.parse::<i64>().ok()?.unsigned_abs().max(1),
+        None => 1,
+    };
+    if let (Ok(lo), Ok(hi)) = (a.parse::<i64>(), z.parse::<i64>()) {
+        let n = lo.abs_diff(hi) / step;
         if n as usize >= EXPANDED_MAX {
             return None;
         }
-        let step: i64 = if a <= z { 1 } else { -1 };
-        return Some((0..=n as i64).map(|k| (a + k * step).to_string()).collect());
+        let padded = |s: &str| {
+            let digits = s.trim_start_matches('-');
+            digits.len() > 1 && digits.starts_with('0')
+        };
+        let width = if padded(a) || padded(z) {
+            a.len().max(z.len())
+        } else {
+            0
+        };
+        let dir: i64 = if lo <= hi { 1 } else { -1 };
+        return Some(
+            (0..=n as i64)
+                .map(|k| {
+                    let v = lo + dir * k * step as i64;
+                    if v < 0 {
+                        format!("-{:0>w$}", -v, w = width.saturating_sub(1))
+                    } else {
+                        format!("{v:0>width$}")
+                    }
+                })
+                .collect(),
+        );
     }
-    let (mut a, mut z) = (a.chars(), z.chars());
-    let (Some(a), None, Some(z), None) = (a.next(), a.next(), z.next(), z.next()) else {
+    let (mut ac, mut zc) = (a.chars(), z.chars());
+    let (Some(a), None, Some(z), None) = (ac.next(), ac.next(), zc.next(), zc.next()) else {
         return None;
     };
-    let (lo, hi) = (a.min(z) as u32, a.max(z) as u32);
+    if !(a.is_ascii_alphabetic() && z.is_ascii_alphabetic()) {
+        return None;
+    }
+    let (lo, hi) = (a.min(z) as u8, a.max(z) as u8);
     let mut out: Vec<String> = (lo..=hi)
-        .filter_map(char::from_u32)
-        .map(String::from)
+        .step_by(step as usize)
+        .map(|c| (c as char).to_string())
         .collect();
     if a > z {
         out.reverse();
@@ -151,15 +192,12 @@ fn translate(p: &str) -> Result<String, String> {
                     re.push_str(&regex::escape(&e.to_string()));
                 }
             }
-            // A wildcard first matches no leading `.` (minimatch's `dot: false`).
             '*' => {
-                let first = i == 0;
                 while chars.get(i + 1) == Some(&'*') {
                     i += 1;
                 }
-                re.push_str(if first { "(?:[^./][^/]*)?" } else { "[^/]*" });
+                re.push_str("[^/]*");
             }
-            '?' if i == 0 => re.push_str("[^./]"),
             '?' => re.push_str("[^/]"),
             '[' => match class(&chars, i) {
                 Some((end, class)) => {
@@ -235,6 +273,16 @@ mod tests {
         assert!(matches("{solo}", "{solo}"));
         assert!(matches("a[b", "a[b"));
         assert!(!matches("*", ".hidden"));
+        assert!(!matches("*.example.com", ".example.com"));
+        assert!(matches("!*.internal", ".internal"));
+        assert!(!matches("*", ""));
+        assert!(!matches("[.a]b", ".b"));
+        assert!(matches("tile{01..03}", "tile01"));
+        assert!(!matches("tile{01..03}", "tile1"));
+        assert!(matches("{1..9..2}", "3"));
+        assert!(!matches("{1..9..2}", "4"));
+        assert!(matches("{!..#}", "{!..#}"));
+        assert!(matches("{a..e}x", "cx"));
         assert!(matches("Example.com", "Example.com"));
         assert!(!matches("Example.com", "example.com"));
     }
