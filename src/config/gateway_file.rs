@@ -336,18 +336,20 @@ fn same_port_twice(root: &Node, file: &GatewayFile, errors: &mut ConfigErrors) {
             None | Some("") | Some("0.0.0.0") | Some("::") | Some("[::]")
         )
     };
-    let mut seen: Vec<(&str, &ListenerDef, Vec<std::net::IpAddr>)> = Vec::new();
+    // (Names are resolved only for listeners on one port, as the listener binds them: its
+    // first address.)
+    let address = |l: &ListenerDef| address_of(l.host.as_deref().unwrap_or(""), l.port);
+    let mut seen: Vec<(&str, &ListenerDef)> = Vec::new();
     for (name, listener) in listeners {
         let Some(l) = listener else { continue };
-        let addresses = addresses_of(l.host.as_deref().unwrap_or(""), l.port);
-        let clash = seen.iter().find(|(_, other, theirs)| {
+        let clash = seen.iter().find(|(_, other)| {
             other.port == l.port
                 && (every_address(&other.host)
                     || every_address(&l.host)
                     || other.host == l.host
-                    || theirs.iter().any(|a| addresses.contains(a)))
+                    || address(other).is_some_and(|a| address(l) == Some(a)))
         });
-        if let Some((other, _, _)) = clash {
+        if let Some((other, _)) = clash {
             let at = root
                 .get(name)
                 .map(|n| n.get("port").unwrap_or(n).pos.clone());
@@ -358,22 +360,19 @@ fn same_port_twice(root: &Node, file: &GatewayFile, errors: &mut ConfigErrors) {
                 );
             }
         }
-        seen.push((name, l, addresses));
+        seen.push((name, l));
     }
 }
 
-/// The addresses a listener's host name binds (`localhost` is 127.0.0.1 and ::1 by name,
-/// another name as the resolver says); none when it does not resolve.
-fn addresses_of(host: &str, port: u16) -> Vec<std::net::IpAddr> {
+/// The address a listener's host name binds (the resolver's first, as the listener takes
+/// it); none when it does not resolve.
+fn address_of(host: &str, port: u16) -> Option<std::net::IpAddr> {
     use std::net::ToSocketAddrs;
     let host = host.trim_matches(['[', ']']);
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return vec![ip];
+        return Some(ip);
     }
-    (host, port)
-        .to_socket_addrs()
-        .map(|a| a.map(|a| a.ip()).collect())
-        .unwrap_or_default()
+    (host, port).to_socket_addrs().ok()?.next().map(|a| a.ip())
 }
 
 fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> {
