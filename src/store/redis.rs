@@ -186,6 +186,10 @@ impl RedisStore {
             if let Some(m) = &c.manager {
                 return Ok(m.clone());
             }
+            // An attempt that failed while nobody waited is old news: another is made.
+            if c.attempt.as_ref().is_some_and(|a| matches!(a.peek(), Some(Err(_)))) {
+                c.attempt = None;
+            }
             c.attempt.get_or_insert_with(|| self.attempt()).clone()
         };
         let result = tokio::time::timeout(RESPONSE_TIMEOUT, attempt.clone())
