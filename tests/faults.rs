@@ -551,3 +551,53 @@ fn callers_share_one_connection_attempt_while_redis_hangs() {
         assert!(*took < Duration::from_secs(4), "{answers:?}");
     }
 }
+
+/// To an HTTP/1.0 client a body of unknown length ends with the connection: cut short by the
+/// upstream, the connection is reset (on both paths), so the client sees the failure — closed
+/// in order, the part looked like the whole body. A whole one still ends in order.
+#[test]
+fn a_body_that_ends_with_the_connection_is_reset_when_cut_short() {
+    let broken = broken_chunks_upstream();
+    let whole = support::upstream::raw(|conn| {
+        let _ = conn.write_all(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let conf = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  b: {{paths: '/b/*'}}\n  w: {{paths: '/w/*'}}\nserviceEndpoints:\n  broken: {{url: 'http://127.0.0.1:{broken}'}}\n  whole: {{url: 'http://127.0.0.1:{whole}'}}\npolicies: [proxy]\npipelines:\n  b: {{apiEndpoints: [b], policies: [{{proxy: [{{action: {{serviceEndpoint: broken}}}}]}}]}}\n  w: {{apiEndpoints: [w], policies: [{{proxy: [{{action: {{serviceEndpoint: whole}}}}]}}]}}\n"
+    );
+    let dir = ConfigDir::new(&conf);
+    let gw = GatewayProcess::start(&dir);
+    let read_all = |request: &str| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request.as_bytes()).expect("send");
+        let mut got = Vec::new();
+        let ended = s.read_to_end(&mut got);
+        (
+            ended.map_err(|e| e.kind()),
+            String::from_utf8_lossy(&got).into_owned(),
+        )
+    };
+    for method in ["GET", "POST"] {
+        let body = if method == "POST" {
+            "Content-Length: 0\r\n"
+        } else {
+            ""
+        };
+        let (ended, got) = read_all(&format!("{method} /b/x HTTP/1.0\r\nHost: h\r\n{body}\r\n"));
+        assert_eq!(
+            ended.err(),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "{method}: {got}"
+        );
+        let (ended, got) = read_all(&format!("{method} /w/x HTTP/1.0\r\nHost: h\r\n{body}\r\n"));
+        assert!(ended.is_ok(), "{method}: {ended:?}");
+        assert!(
+            got.starts_with("HTTP/1.1 200") && got.ends_with("\r\n\r\nhello"),
+            "{method}: {got:?}"
+        );
+    }
+}

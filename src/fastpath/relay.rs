@@ -109,15 +109,18 @@ pub async fn relay(
             return;
         }
     }
-    match response_head(&mut resp, s.req_header(), &x.response_edits) {
+    let close_delimited = match response_head(&mut resp, s.req_header(), &x.response_edits) {
         // The session says `Connection: close` when it is told before the head.
-        Ok(true) => s.set_server_keepalive(None),
-        Ok(false) => {}
+        Ok(true) => {
+            s.set_server_keepalive(None);
+            true
+        }
+        Ok(false) => false,
         Err(e) => {
             fail(s, x, e, end).await;
             return;
         }
-    }
+    };
     if let Err(mut e) = s.write_response_header(resp).await {
         e.as_down();
         log::debug!("client went away: {e}");
@@ -133,12 +136,19 @@ pub async fn relay(
                 e.as_up();
                 s.set_server_keepalive(None);
                 end.error = Some(e);
+                if close_delimited {
+                    // Ended normally, a body cut short would look whole: a reset.
+                    crate::listener::io::cut_short(s.stream());
+                }
                 return;
             }
         };
         if let Err(e) = overdue(x) {
             s.set_server_keepalive(None);
             end.error = Some(e);
+            if close_delimited {
+                crate::listener::io::cut_short(s.stream());
+            }
             return;
         }
         if let Some(f) = &mut fill {

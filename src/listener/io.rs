@@ -48,6 +48,13 @@ pub struct ClientIo {
     send_timeout: Duration,
     /// ... counted from the write that found the socket full.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The response being written ends with the connection (an HTTP/1.0 client's, without
+    /// length or chunks): see [`ends_with_close`].
+    close_delimited: std::sync::atomic::AtomicBool,
+    /// The connection was shut down (its response finished), not dropped.
+    shut_down: bool,
+    /// A close-delimited response was cut short: no orderly shutdown, a reset.
+    cut: std::sync::atomic::AtomicBool,
 }
 
 /// How long a write waits for a client that takes nothing, unless set
@@ -65,6 +72,9 @@ impl ClientIo {
             established: SystemTime::now(),
             send_timeout: SEND_TIMEOUT,
             stalled: None,
+            close_delimited: std::sync::atomic::AtomicBool::new(false),
+            shut_down: false,
+            cut: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -243,6 +253,24 @@ fn file_sink(stream: &Stream) -> Option<&ClientIo> {
     (io.written == io.out.len()).then_some(io)
 }
 
+/// The response being written on this connection ends with the connection (no length, no
+/// chunks): dropped without its shutdown (the response cut short), the connection is reset —
+/// a part of such a body, closed normally, would look whole to the client.
+pub fn ends_with_close(stream: &Stream) {
+    if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
+        io.close_delimited
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The close-delimited response being written on this connection was cut short: the
+/// connection is reset rather than shut down (its orderly end would say the body is whole).
+pub fn cut_short(stream: &Stream) {
+    if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
+        io.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Whether [`send_pair_from_file`] can write on this connection.
 pub fn sends_files(stream: &Stream) -> bool {
     file_sink(stream).is_some()
@@ -324,6 +352,11 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.cut.load(std::sync::atomic::Ordering::Relaxed) {
+            // No orderly end for a response cut short (see `cut_short`).
+            return Poll::Ready(Ok(()));
+        }
+        self.shut_down = true;
         ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
@@ -335,6 +368,28 @@ impl AsyncWrite for ClientIo {
 /// nothing at all.
 impl Drop for ClientIo {
     fn drop(&mut self) {
+        // A body that ends with the connection would look whole, cut short.
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.close_delimited.load(Relaxed) || self.cut.load(Relaxed) {
+            if !self.shut_down || self.cut.load(Relaxed) {
+                // Cut short (a finished one is shut down first): the connection is reset, so
+                // the client sees the failure rather than a shorter body ending normally.
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                unsafe {
+                    libc::setsockopt(
+                        self.tcp.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                    );
+                }
+            }
+            return;
+        }
         while self.written < self.out.len() {
             match self.tcp.try_write(&self.out[self.written..]) {
                 Ok(n) if n > 0 => self.written += n,

@@ -453,6 +453,9 @@ impl ProxyHttp for Tollgate {
             {
                 upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
                 session.set_keepalive(None);
+                if let Some(stream) = session.as_downstream().stream() {
+                    crate::listener::io::ends_with_close(stream);
+                }
             }
         }
         apply_edits(upstream_response, &ctx.x.response_edits)
