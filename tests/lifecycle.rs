@@ -1089,6 +1089,13 @@ fn an_upgrade_whose_certificates_cannot_be_used_leaves_the_old_process_serving()
     assert_eq!(checked.status.code(), Some(2));
     let said = String::from_utf8_lossy(&checked.stderr).into_owned();
     assert!(said.contains("cannot use the certificate"), "{said}");
+    // Where the file names it.
+    let at = format!("{}:", dir.file("gateway.config.yml"));
+    assert!(
+        said.lines()
+            .any(|l| l.starts_with(&at) && l.contains("https certificate")),
+        "{said}"
+    );
     // The reload as systemd runs it.
     let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
     std::thread::sleep(Duration::from_secs(1));

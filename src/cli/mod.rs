@@ -547,9 +547,22 @@ fn check(dirs: &ConfigDirs) -> i32 {
         Ok(gw) => {
             // The certificates too: `serve` (an upgrade's new process) refuses what it cannot
             // use.
-            if let Some(Err(e)) = gw.https.as_ref().map(server::https_acceptor) {
-                eprintln!("{}: {e:#}", dirs.display());
-                return 2;
+            if let Some(h) = &gw.https {
+                // Each certificate where the file names it, then all of them together.
+                let mut failed = false;
+                for c in &h.certs {
+                    if let Err(e) = crate::listener::tls_acceptor_by_name(&c.cert, &c.key, &[]) {
+                        eprintln!("{}: https certificate `{}`: {e:#}", c.pos, c.host_glob);
+                        failed = true;
+                    }
+                }
+                if failed {
+                    return 2;
+                }
+                if let Err(e) = server::https_acceptor(h) {
+                    eprintln!("{}: {e:#}", dirs.display());
+                    return 2;
+                }
             }
             // An endpoint written as a list has an entry each, side by side.
             let mut endpoints: Vec<&str> = gw.endpoints.iter().map(|e| &*e.name).collect();

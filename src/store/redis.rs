@@ -187,7 +187,10 @@ impl RedisStore {
                 return Ok(m.clone());
             }
             // An attempt that failed while nobody waited is old news: another is made.
-            if c.attempt.as_ref().is_some_and(|a| matches!(a.peek(), Some(Err(_)))) {
+            if c.attempt
+                .as_ref()
+                .is_some_and(|a| matches!(a.peek(), Some(Err(_))))
+            {
                 c.attempt = None;
             }
             c.attempt.get_or_insert_with(|| self.attempt()).clone()
