@@ -74,6 +74,23 @@ fn users_apps_scopes_and_credentials_routes() {
         (409, "user id already exists")
     );
     assert_eq!(json(&get(a, "GET", "/users/u1", &[])), u1);
+    // A keyId that is a consumer's id would take the name of that consumer's own key ids
+    // (its credentials written later failed half-way, leaving a live key no one owned).
+    let u1_id = u1["id"].as_str().unwrap_or("");
+    let clash = call(
+        a,
+        "POST",
+        "/credentials",
+        &format!(
+            r#"{{"consumerId": "u2", "type": "key-auth", "credential": {{"keyId": "{u1_id}", "keySecret": "s"}}}}"#
+        ),
+    );
+    assert_eq!(clash.status, 409, "{}", clash.text());
+    assert!(
+        clash.text().contains("is a consumer's id"),
+        "{}",
+        clash.text()
+    );
     let invalid = call(a, "POST", "/users", r#"{"firstname": "x"}"#);
     assert_eq!(
         (invalid.status, invalid.text().as_str()),

@@ -92,6 +92,26 @@ impl ConsumerService {
                     t.as_str()
                 )));
             }
+            // A keyId that is a consumer's id would take the name of that consumer's set of
+            // key ids; a set name a keyId took (written elsewhere) cannot be the owner's.
+            for consumer in [self.layout.user(&key_id), self.layout.app(&key_id)] {
+                if self.store.key_type(&consumer).await? != crate::store::KeyType::None {
+                    return Err(ConsumerError::Conflict(format!(
+                        "keyId {key_id} is a consumer's id: a {} credential's keyId cannot be",
+                        t.as_str()
+                    )));
+                }
+            }
+            let owners_set = self.layout.credential(t, &consumer_id);
+            if !matches!(
+                self.store.key_type(&owners_set).await?,
+                crate::store::KeyType::None | crate::store::KeyType::Set
+            ) {
+                return Err(ConsumerError::Conflict(format!(
+                    "the consumer's {} key ids cannot be kept: a credential's keyId is its id",
+                    t.as_str()
+                )));
+            }
             for (k, v) in extras {
                 fields.push((k.clone(), model::js_string(v)));
             }
