@@ -1116,3 +1116,46 @@ fn an_upgrade_whose_certificates_cannot_be_used_leaves_the_old_process_serving()
         "the old process stopped serving"
     );
 }
+
+/// A config file that is a link to a file kept elsewhere is reloaded when that file is edited
+/// (in place, or saved by rename): the edit changes no entry of the config directory, and went
+/// unnoticed until a SIGHUP.
+#[test]
+fn a_config_file_linked_from_elsewhere_reloads_when_edited_there() {
+    let up = PyUpstream::start("a", 5.0);
+    // Kept in a directory of its own, away from the config directory and its parent.
+    let store = ConfigDir::empty();
+    std::fs::create_dir_all(store.path.join("kept/here")).expect("mkdir");
+    let elsewhere = ConfigDir {
+        path: store.path.join("kept/here"),
+    };
+    elsewhere.write("gw.yml", &gateway_yml("/one/*", &up.url(""), ""));
+    let dir = ConfigDir::empty();
+    std::os::unix::fs::symlink(
+        elsewhere.path.join("gw.yml"),
+        dir.path.join("gateway.config.yml"),
+    )
+    .expect("link");
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
+    // The watcher's own first look at the files (made once it watches) is over.
+    std::thread::sleep(Duration::from_millis(1500));
+    // In place.
+    std::fs::write(
+        elsewhere.path.join("gw.yml"),
+        gateway_yml("/two/*", &up.url(""), ""),
+    )
+    .expect("write");
+    wait_for("the edit in place", || {
+        get(gw.port, "GET", "/two/x", &[]).status == 200
+    });
+    // Saved by rename.
+    save(
+        &elsewhere,
+        "gw.yml",
+        &gateway_yml("/three/*", &up.url(""), ""),
+    );
+    wait_for("the save by rename", || {
+        get(gw.port, "GET", "/three/x", &[]).status == 200
+    });
+}

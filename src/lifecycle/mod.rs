@@ -257,13 +257,26 @@ fn inputs(started: &Started) -> Vec<Source> {
 
 /// The inputs of the config in force that lie outside the config directories (certificates,
 /// key files given by an absolute path): the watcher watches where they are.
+/// A file of the config directories that is a link to a file elsewhere counts by its target
+/// too (an edit there changes no entry of the directory).
 pub fn outside(files: &[Source], dirs: &ConfigDirs) -> Vec<PathBuf> {
     let roots: Vec<PathBuf> = dirs.dirs().iter().map(|d| absolute(d)).collect();
-    files
+    let real_roots: Vec<PathBuf> = roots
         .iter()
-        .map(|f| absolute(Path::new(&f.path)))
-        .filter(|p| !roots.iter().any(|r| p.starts_with(r)))
-        .collect()
+        .map(|r| std::fs::canonicalize(r).unwrap_or_else(|_| r.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for f in files {
+        let p = absolute(Path::new(&f.path));
+        if !roots.iter().any(|r| p.starts_with(r)) {
+            out.push(p);
+        } else if let Ok(real) = std::fs::canonicalize(&p) {
+            if !real_roots.iter().any(|r| real.starts_with(r)) {
+                out.push(real);
+            }
+        }
+    }
+    out
 }
 
 /// `p` from the root (the working directory's path before a relative one).
