@@ -452,10 +452,6 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Lowers the connection cap when the process's descriptor limit cannot hold it. The default
-/// leaves room for an upstream connection per client connection; a cap given on the command
-/// line only needs a descriptor per client connection (idle clients, as map users between two
-/// views, hold none upstream).
 /// How long `--populate` waits for a consumer store it cannot reach (Redis starting beside
 /// the gateway) before the start fails.
 const POPULATE_WAIT: Duration = Duration::from_secs(60);
@@ -497,6 +493,10 @@ fn unreachable_store(e: &anyhow::Error) -> bool {
     })
 }
 
+/// Lowers the connection cap when the process's descriptor limit cannot hold it. The default
+/// leaves room for an upstream connection per client connection; a cap given on the command
+/// line only needs a descriptor per client connection (idle clients, as map users between two
+/// views, hold none upstream).
 fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
     let Some(fds) = crate::listener::raise_fd_limit() else {
         return limits;

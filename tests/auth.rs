@@ -586,3 +586,26 @@ pipelines:
     assert_eq!(status("/maps/k2/a", &qgis), 401);
     assert_eq!(status("/maps/k2/a", &[]), 401);
 }
+
+/// A `response-transformer` before a step that ends the pipeline after work off the event loop
+/// (basic-auth's password check refusing a wrong password) still edits the refusal: its edits
+/// were never made on that path.
+#[test]
+fn a_transformer_edits_a_refusal_made_after_a_password_check() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  g: {paths: '/g/*'}\nserviceEndpoints:\n  up: {url: 'UP'}\npolicies: [response-transformer, basic-auth, proxy]\npipelines:\n  g:\n    apiEndpoints: [g]\n    policies:\n      - response-transformer:\n          - action: {headers: {add: {X-Seen: \"'yes'\"}}}\n      - basic-auth:\n      - proxy: [{action: {serviceEndpoint: up}}]\n"
+            .replace("UP", &up.url(""))
+            .as_str(),
+    );
+    dir.write("consumers.config.json", CONSUMERS);
+    let gw = start(&dir);
+    let qgis = app_id(&gw, "qgis");
+    let wrong = format!("Basic {}", base64_encode(&format!("{qgis}:nope")));
+    let r = get(gw.port, "GET", "/g/x", &[("Authorization", &wrong)]);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("x-seen"), Some("yes"), "{:?}", r.headers);
+    let right = format!("Basic {}", base64_encode(&format!("{qgis}:qgis-pass")));
+    let r = get(gw.port, "GET", "/g/x", &[("Authorization", &right)]);
+    assert_eq!((r.status, r.header("x-seen")), (200, Some("yes")));
+}

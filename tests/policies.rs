@@ -369,7 +369,9 @@ fn a_response_transformer_edits_the_final_head() {
     apiEndpoints: [rt]
     policies:
       - response-transformer:
-          - action: {headers: {add: {X-RateLimit-Limit: "'hidden'"}, remove: [x-ratelimit-remaining]}}
+          - action: {headers: {add: {X-RateLimit-Limit: "'hidden'", X-Order: "'first'"}, remove: [x-ratelimit-remaining]}}
+      - response-transformer:
+          - action: {headers: {add: {X-Order: "'second'"}}}
       - rate-limit: [{action: {max: 5, windowMs: 60000}}]
       - proxy: [{action: {serviceEndpoint: up}}]
 "#;
@@ -388,6 +390,9 @@ fn a_response_transformer_edits_the_final_head() {
         "{:?}",
         r.headers
     );
+    // Two transformers: EG wraps the head's writing once each, the last innermost, so the
+    // first one's edit is made last.
+    assert_eq!(r.header("x-order"), Some("first"), "{:?}", r.headers);
 }
 
 #[test]

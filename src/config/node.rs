@@ -453,7 +453,7 @@ fn yaml11_int(text: &str) -> Option<i64> {
     };
     let digits = |s: &str, radix: u32| -> Option<i64> {
         let clean: String = s.chars().filter(|&c| c != '_').collect();
-        if clean.is_empty() || s.starts_with('_') {
+        if clean.is_empty() || s.starts_with('_') || s.ends_with('_') {
             return None;
         }
         i64::from_str_radix(&clean, radix).ok()
@@ -506,6 +506,7 @@ mod tests {
         assert_eq!(yaml11_int("08080"), None);
         assert_eq!(yaml11_int("1234"), None);
         assert_eq!(yaml11_int("_1"), None);
+        assert_eq!(yaml11_int("120_"), None);
         assert_eq!(yaml11_int("abc"), None);
     }
 

@@ -260,7 +260,11 @@ pub async fn decide(
                         step = next;
                         continue;
                     }
-                    other => other,
+                    other => {
+                        // (The pipeline ends here: the deferred step answered.)
+                        x.make_late_edits(&req);
+                        other
+                    }
                 };
             }
             match outcome {

@@ -48,14 +48,17 @@ pub struct ClientIo {
     send_timeout: Duration,
     /// ... counted from the write that found the socket full.
     stalled: Option<Pin<Box<tokio::time::Sleep>>>,
-    /// The response being written ends with the connection (an HTTP/1.0 client's, without
-    /// length or chunks): see [`ends_with_close`].
-    close_delimited: std::sync::atomic::AtomicBool,
-    /// The connection was shut down (its response finished), not dropped.
-    shut_down: bool,
-    /// A close-delimited response was cut short: no orderly shutdown, a reset.
-    cut: std::sync::atomic::AtomicBool,
+    /// How the response being written ends ([`CLOSE_DELIMITED`], [`CUT`], [`SHUT_DOWN`]):
+    /// one byte, set through a shared reference ([`ends_with_close`], [`cut_short`]).
+    ending: std::sync::atomic::AtomicU8,
 }
+
+/// The response ends with the connection (an HTTP/1.0 client's, without length or chunks).
+const CLOSE_DELIMITED: u8 = 1;
+/// A close-delimited response was cut short: no orderly shutdown, a reset.
+const CUT: u8 = 2;
+/// The connection was shut down (its response finished), not dropped.
+const SHUT_DOWN: u8 = 4;
 
 /// How long a write waits for a client that takes nothing, unless set
 /// ([`ClientIo::with_send_timeout`]).
@@ -72,9 +75,7 @@ impl ClientIo {
             established: SystemTime::now(),
             send_timeout: SEND_TIMEOUT,
             stalled: None,
-            close_delimited: std::sync::atomic::AtomicBool::new(false),
-            shut_down: false,
-            cut: std::sync::atomic::AtomicBool::new(false),
+            ending: std::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -258,8 +259,8 @@ fn file_sink(stream: &Stream) -> Option<&ClientIo> {
 /// a part of such a body, closed normally, would look whole to the client.
 pub fn ends_with_close(stream: &Stream) {
     if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
-        io.close_delimited
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+        io.ending
+            .fetch_or(CLOSE_DELIMITED, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -267,7 +268,8 @@ pub fn ends_with_close(stream: &Stream) {
 /// connection is reset rather than shut down (its orderly end would say the body is whole).
 pub fn cut_short(stream: &Stream) {
     if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
-        io.cut.store(true, std::sync::atomic::Ordering::Relaxed);
+        io.ending
+            .fetch_or(CUT, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -352,12 +354,13 @@ impl AsyncWrite for ClientIo {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.cut.load(std::sync::atomic::Ordering::Relaxed) {
+        if *self.ending.get_mut() & CUT != 0 {
             // No orderly end for a response cut short (see `cut_short`).
             return Poll::Ready(Ok(()));
         }
-        self.shut_down = true;
         ready!(self.poll_drain(cx))?;
+        // (Only once all of it went: a drain that failed leaves the end a reset.)
+        *self.ending.get_mut() |= SHUT_DOWN;
         Pin::new(&mut self.tcp).poll_shutdown(cx)
     }
 }
@@ -369,9 +372,9 @@ impl AsyncWrite for ClientIo {
 impl Drop for ClientIo {
     fn drop(&mut self) {
         // A body that ends with the connection would look whole, cut short.
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.close_delimited.load(Relaxed) || self.cut.load(Relaxed) {
-            if !self.shut_down || self.cut.load(Relaxed) {
+        let ending = *self.ending.get_mut();
+        if ending & (CLOSE_DELIMITED | CUT) != 0 {
+            if ending & SHUT_DOWN == 0 || ending & CUT != 0 {
                 // Cut short (a finished one is shut down first): the connection is reset, so
                 // the client sees the failure rather than a shorter body ending normally.
                 let linger = libc::linger {

@@ -36,7 +36,11 @@ impl Condition {
             Condition::PathExact(p) => req.url == p,
             Condition::PathMatch(re) => re.is_match(req.url),
             Condition::Method(methods) => methods.iter().any(|m| m == req.method),
-            Condition::HostMatch(glob) => req.host.is_some_and(|h| glob.is_match(h)),
+            // No Host, or an empty one: no match, negated pattern or not (EG's handler).
+            Condition::HostMatch(glob) => req
+                .host
+                .filter(|h| !h.is_empty())
+                .is_some_and(|h| glob.is_match(h)),
             Condition::Authenticated => x.consumer.is_some(),
             Condition::Anonymous => x.consumer.is_none(),
         }

@@ -305,13 +305,22 @@ impl std::fmt::Debug for Outcome {
     }
 }
 
-/// Header edits made once the pipeline has run (see [`Exchange::late_response_edits`]).
+/// Header edits made once the pipeline has run (see [`Exchange::late_response_edits`]); one
+/// pointer while there are none (the exchange is moved about on every request).
 #[derive(Default)]
-pub struct LateEdits(pub Vec<Arc<crate::policies::header_values::AddRemove>>);
+pub struct LateEdits(Option<Box<LateList>>);
+
+type LateList = smallvec::SmallVec<[Arc<crate::policies::header_values::AddRemove>; 2]>;
+
+impl LateEdits {
+    pub fn push(&mut self, edits: Arc<crate::policies::header_values::AddRemove>) {
+        self.0.get_or_insert_with(Default::default).push(edits);
+    }
+}
 
 impl std::fmt::Debug for LateEdits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "LateEdits({})", self.0.len())
+        write!(f, "LateEdits({})", self.0.as_ref().map_or(0, |v| v.len()))
     }
 }
 
@@ -346,11 +355,17 @@ pub struct Exchange {
 
 impl Exchange {
     /// Makes the late response edits (the pipeline has run): after every other step's.
+    #[inline]
     pub fn make_late_edits(&mut self, req: &Request<'_>) {
-        if self.late_response_edits.0.is_empty() {
-            return;
+        if let Some(late) = self.late_response_edits.0.take() {
+            self.make_these(req, *late);
         }
-        for t in std::mem::take(&mut self.late_response_edits.0) {
+    }
+
+    fn make_these(&mut self, req: &Request<'_>, late: LateList) {
+        // EG wraps the head's writing once per transformer, the last innermost: the first
+        // transformer's edits are made last, and win.
+        for t in late.into_iter().rev() {
             let edits = t.edits(req, self);
             self.response_edits.extend(edits);
         }

@@ -129,9 +129,11 @@ fn range(inner: &str) -> Option<Vec<String>> {
     };
     if let (Ok(lo), Ok(hi)) = (a.parse::<i64>(), z.parse::<i64>()) {
         let n = lo.abs_diff(hi) / step;
-        if n as usize >= EXPANDED_MAX {
+        if n >= EXPANDED_MAX as u64 {
             return None;
         }
+        // (In i128: no bound or step overflows.)
+        let (lo, step) = (i128::from(lo), i128::from(step));
         let padded = |s: &str| {
             let digits = s.trim_start_matches('-');
             digits.len() > 1 && digits.starts_with('0')
@@ -141,11 +143,11 @@ fn range(inner: &str) -> Option<Vec<String>> {
         } else {
             0
         };
-        let dir: i64 = if lo <= hi { 1 } else { -1 };
+        let dir: i128 = if lo <= i128::from(hi) { 1 } else { -1 };
         return Some(
-            (0..=n as i64)
+            (0..=i128::from(n))
                 .map(|k| {
-                    let v = lo + dir * k * step as i64;
+                    let v = lo + dir * k * step;
                     if v < 0 {
                         format!("-{:0>w$}", -v, w = width.saturating_sub(1))
                     } else {
@@ -162,15 +164,18 @@ fn range(inner: &str) -> Option<Vec<String>> {
     if !(a.is_ascii_alphabetic() && z.is_ascii_alphabetic()) {
         return None;
     }
-    let (lo, hi) = (a.min(z) as u8, a.max(z) as u8);
-    let mut out: Vec<String> = (lo..=hi)
-        .step_by(step as usize)
-        .map(|c| (c as char).to_string())
-        .collect();
-    if a > z {
-        out.reverse();
-    }
-    Some(out)
+    // From the first bound towards the second, a step at a time.
+    let (a, z) = (a as u8, z as u8);
+    let members = a.abs_diff(z) as u64 / step;
+    Some(
+        (0..=members)
+            .map(|k| {
+                let off = (k * step) as u8;
+                let c = if a <= z { a + off } else { a - off };
+                (c as char).to_string()
+            })
+            .collect(),
+    )
 }
 
 /// One brace-free pattern as a regex (unanchored).
@@ -283,6 +288,11 @@ mod tests {
         assert!(!matches("{1..9..2}", "4"));
         assert!(matches("{!..#}", "{!..#}"));
         assert!(matches("{a..e}x", "cx"));
+        assert!(matches("{e..b..2}", "c") && !matches("{e..b..2}", "d"));
+        assert!(matches(
+            "{-9223372036854775808..9223372036854775807..9223372036854775807}",
+            "-9223372036854775808"
+        ));
         assert!(matches("Example.com", "Example.com"));
         assert!(!matches("Example.com", "example.com"));
     }

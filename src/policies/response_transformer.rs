@@ -30,7 +30,7 @@ impl Policy for ResponseTransformer {
     /// Its edits are made once the pipeline has run, after every other step's
     /// ([`Exchange::make_late_edits`]).
     fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
-        x.late_response_edits.0.push(self.headers.clone());
+        x.late_response_edits.push(self.headers.clone());
         Outcome::Continue
     }
 }

@@ -441,6 +441,7 @@ impl ProxyHttp for Tollgate {
         if compression::response_header(session, upstream_response) && session.is_http2() {
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         }
+        let mut close_delimited = false;
         if !session.is_http2() {
             // The gateway's own version (RFC 9110 §2.5) ...
             upstream_response.set_version(http::Version::HTTP_11);
@@ -453,12 +454,17 @@ impl ProxyHttp for Tollgate {
             {
                 upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
                 session.set_keepalive(None);
-                if let Some(stream) = session.as_downstream().stream() {
-                    crate::listener::io::ends_with_close(stream);
-                }
+                close_delimited = true;
             }
         }
-        apply_edits(upstream_response, &ctx.x.response_edits)
+        apply_edits(upstream_response, &ctx.x.response_edits)?;
+        // Marked once the head is sure to go (an error reply in its place is whole).
+        if close_delimited {
+            if let Some(stream) = session.as_downstream().stream() {
+                crate::listener::io::ends_with_close(stream);
+            }
+        }
+        Ok(())
     }
 
     async fn fail_to_proxy(

@@ -187,9 +187,11 @@ impl RedisStore {
                 return Ok(m.clone());
             }
             // An attempt that failed while nobody waited is old news: another is made.
+            // (`now_or_never` polls it: a result no one polled yet is seen too.)
             if c.attempt
-                .as_ref()
-                .is_some_and(|a| matches!(a.peek(), Some(Err(_))))
+                .clone()
+                .and_then(|a| a.now_or_never())
+                .is_some_and(|r| r.is_err())
             {
                 c.attempt = None;
             }
