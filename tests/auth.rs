@@ -252,6 +252,28 @@ fn kargo_tile_pipeline_end_to_end() {
         .status,
         200
     );
+    // As EG reads them: an encoded parameter name is the name; a key given twice is a list,
+    // no key; a header with the scheme alone is a key (that no credential has), so the query
+    // is not read.
+    let status = |path: &str, headers: &[(&str, &str)]| get(gw.port, "GET", path, headers).status;
+    assert_eq!(
+        status("/k2/ping?%61piKey=mobile-key:mobile-secret", &[]),
+        200
+    );
+    assert_eq!(
+        status(
+            "/k2/ping?apiKey=mobile-key:mobile-secret&apiKey=mobile-key:mobile-secret",
+            &[]
+        ),
+        401
+    );
+    assert_eq!(
+        status(
+            "/k2/ping?apiKey=mobile-key:mobile-secret",
+            &[("Authorization", "apiKey")]
+        ),
+        401
+    );
     assert_eq!(
         get(
             gw.port,

@@ -50,35 +50,34 @@ pub fn fail(x: &mut Exchange, pass_through: bool, status: u16, why: &'static str
     Outcome::Respond(Reply::text(status, body))
 }
 
-/// The value of query parameter `name`, percent-decoded (borrowed when it has no escapes).
+/// The value of query parameter `name`, percent-decoded (borrowed when it has no escapes), as
+/// Express's query parser (EG's) reads a query: names are decoded too (`%61piKey`), and a name
+/// given twice is a list, which no credential extractor takes (none).
 pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str>> {
     let query = query?;
     if name.contains('=') {
         return None; // no name the query can hold
     }
-    let mut start = 0;
+    let decoded = crate::cache::key::decoded;
+    let mut found = None;
     // Pairs are cut at `&` byte by byte: every byte of a `&` and `=` is ASCII, so each cut
     // is at a character boundary.
+    let mut start = 0;
     while start <= query.len() {
         let end =
             memchr::memchr(b'&', &query.as_bytes()[start..]).map_or(query.len(), |i| start + i);
         let pair = &query[start..end];
-        if (pair.len() > name.len()
-            && pair.as_bytes()[name.len()] == b'='
-            && pair.starts_with(name))
-            || pair == name
-        {
-            let v = pair.get(name.len() + 1..).unwrap_or("");
-            if memchr::memchr2(b'%', b'+', v.as_bytes()).is_none() {
-                return Some(Cow::Borrowed(v));
+        let (key, value) = match memchr::memchr(b'=', pair.as_bytes()) {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, ""),
+        };
+        if key == name || (key.len() >= name.len() && decoded(key) == name) {
+            if found.is_some() {
+                return None;
             }
-            return Some(Cow::Owned(
-                percent_encoding::percent_decode_str(&v.replace('+', " "))
-                    .decode_utf8_lossy()
-                    .into_owned(),
-            ));
+            found = Some(decoded(value));
         }
         start = end + 1;
     }
-    None
+    found
 }

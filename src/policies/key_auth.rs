@@ -61,10 +61,11 @@ impl KeyAuth {
     fn key(&self, req: &Request<'_>) -> Option<String> {
         if !self.p.disable_headers {
             if let Some(value) = req.headers.get(&self.header).and_then(|v| v.to_str().ok()) {
+                // As EG's strategy reads it: the last word is the key (the scheme alone is a
+                // key too, which no credential has).
                 let parts: Vec<&str> = value.split(' ').collect();
                 let scheme_ok = self.p.disable_headers_scheme
-                    || (parts.len() > 1
-                        && parts[0].eq_ignore_ascii_case(&self.p.api_key_header_scheme));
+                    || parts[0].eq_ignore_ascii_case(&self.p.api_key_header_scheme);
                 if scheme_ok {
                     if let Some(last) = parts.last().filter(|k| !k.is_empty()) {
                         return Some((*last).to_string());
