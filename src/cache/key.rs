@@ -122,7 +122,7 @@ pub fn primary(
 /// A query parameter's name as the key compares it (and the access log, which redacts the
 /// values of credentials by it).
 pub fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
-    if s.bytes().any(|b| b == b'%' || b == b'+') {
+    if memchr::memchr2(b'%', b'+', s.as_bytes()).is_some() {
         std::borrow::Cow::Owned(
             percent_encoding::percent_decode_str(&s.replace('+', " "))
                 .decode_utf8_lossy()

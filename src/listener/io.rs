@@ -258,18 +258,19 @@ fn file_sink(stream: &Stream) -> Option<&ClientIo> {
 /// chunks): dropped without its shutdown (the response cut short), the connection is reset —
 /// a part of such a body, closed normally, would look whole to the client.
 pub fn ends_with_close(stream: &Stream) {
-    if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
-        io.ending
-            .fetch_or(CLOSE_DELIMITED, std::sync::atomic::Ordering::Relaxed);
-    }
+    mark_ending(stream, CLOSE_DELIMITED);
 }
 
 /// The close-delimited response being written on this connection was cut short: the
 /// connection is reset rather than shut down (its orderly end would say the body is whole).
 pub fn cut_short(stream: &Stream) {
+    mark_ending(stream, CUT);
+}
+
+fn mark_ending(stream: &Stream, flag: u8) {
     if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
         io.ending
-            .fetch_or(CUT, std::sync::atomic::Ordering::Relaxed);
+            .fetch_or(flag, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -374,22 +375,11 @@ impl Drop for ClientIo {
         // A body that ends with the connection would look whole, cut short.
         let ending = *self.ending.get_mut();
         if ending & (CLOSE_DELIMITED | CUT) != 0 {
-            if ending & SHUT_DOWN == 0 || ending & CUT != 0 {
-                // Cut short (a finished one is shut down first): the connection is reset, so
-                // the client sees the failure rather than a shorter body ending normally.
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                unsafe {
-                    libc::setsockopt(
-                        self.tcp.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        (&linger as *const libc::linger).cast(),
-                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                    );
-                }
+            // Cut short (a finished one was shut down first; one cut never is): the
+            // connection is reset, so the client sees the failure rather than a shorter body
+            // ending normally.
+            if ending & SHUT_DOWN == 0 {
+                let _ = socket2::SockRef::from(&self.tcp).set_linger(Some(Duration::ZERO));
             }
             return;
         }

@@ -58,12 +58,7 @@ pub fn query_param<'q>(query: Option<&'q str>, name: &str) -> Option<Cow<'q, str
     if name.contains('=') {
         return None; // no name the query can hold
     }
-    let decoded = |v: &'q str| -> Cow<'q, str> {
-        if memchr::memchr2(b'%', b'+', v.as_bytes()).is_none() {
-            return Cow::Borrowed(v);
-        }
-        crate::cache::key::decoded(v)
-    };
+    let decoded = crate::cache::key::decoded;
     let mut found = None;
     // Pairs are cut at `&` byte by byte: every byte of a `&` and `=` is ASCII, so each cut
     // is at a character boundary.

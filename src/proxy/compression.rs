@@ -188,12 +188,13 @@ impl HttpModule for Compress {
             return Ok(());
         }
         if let Some(w) = self.brotli.as_mut() {
-            let mut coded = brotli_piece(w, body.as_deref().unwrap_or_default())?;
+            brotli_write(w, body.as_deref().unwrap_or_default())?;
             if end {
-                coded = brotli_end(self.brotli.take(), coded);
+                *body = self.brotli.take().map(brotli_end);
                 self.ctx = None;
+            } else {
+                *body = Some(std::mem::take(w.get_mut()).into());
             }
-            *body = Some(coded);
         } else if let Some(c) = self.ctx.as_mut().filter(|c| c.is_enabled()) {
             if let Some(encoded) = c.response_body_filter(body.as_ref(), end) {
                 *body = Some(encoded);
@@ -211,9 +212,9 @@ impl HttpModule for Compress {
         if self.ctx.as_ref().is_some_and(|c| c.is_header_phase()) {
             return Ok(None);
         }
-        if self.brotli.is_some() {
+        if let Some(w) = self.brotli.take() {
             self.ctx = None;
-            return Ok(Some(brotli_end(self.brotli.take(), Bytes::new())));
+            return Ok(Some(brotli_end(w)));
         }
         match self.ctx.take() {
             Some(mut c) if c.is_enabled() => Ok(c.response_body_filter(None, true)),
@@ -222,26 +223,17 @@ impl HttpModule for Compress {
     }
 }
 
-/// Encodes a piece of the body.
-fn brotli_piece(w: &mut brotli::CompressorWriter<Vec<u8>>, data: &[u8]) -> Result<Bytes> {
+/// Encodes a piece of the body into the writer's buffer.
+fn brotli_write(w: &mut brotli::CompressorWriter<Vec<u8>>, data: &[u8]) -> Result<()> {
     use std::io::Write;
     w.write_all(data)
-        .or_err(ErrorType::InternalError, "while compressing with brotli")?;
-    Ok(std::mem::take(w.get_mut()).into())
+        .or_err(ErrorType::InternalError, "while compressing with brotli")
 }
 
-/// What `before` holds, then the stream's end: its last block (the writer closes the stream
-/// only when it is given up).
-fn brotli_end(w: Option<Box<brotli::CompressorWriter<Vec<u8>>>>, before: Bytes) -> Bytes {
-    let Some(w) = w else { return before };
-    let last = w.into_inner();
-    if before.is_empty() {
-        return last.into();
-    }
-    let mut all = Vec::with_capacity(before.len() + last.len());
-    all.extend_from_slice(&before);
-    all.extend_from_slice(&last);
-    all.into()
+/// The stream's end: what the writer holds, then its last block (it closes the stream only
+/// when it is given up).
+fn brotli_end(w: Box<brotli::CompressorWriter<Vec<u8>>>) -> Bytes {
+    w.into_inner().into()
 }
 
 /// The request as the compression step reads it: its `Accept-Encoding` cut to the codings the

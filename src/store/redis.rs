@@ -205,16 +205,11 @@ impl RedisStore {
                     self.describe
                 )))
             });
+        // (A failed attempt is replaced by the next caller, above.)
         if let Ok(m) = &result {
             let mut c = self.conn.lock().await;
             c.manager = Some(m.clone());
             c.attempt = None;
-        } else if attempt.peek().is_some() {
-            // The attempt failed: the next caller makes another.
-            let mut c = self.conn.lock().await;
-            if c.attempt.as_ref().is_some_and(|a| a.ptr_eq(&attempt)) {
-                c.attempt = None;
-            }
         }
         result
     }
