@@ -42,7 +42,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 pub use outcome::{
-    answer_edits, failed, hit_filter, lock_wait, note_expired, note_miss, serve_stale,
+    answer_edits, failed, filling, hit_filter, lock_wait, note_expired, note_miss, serve_stale,
     served_from_cache, status,
 };
 pub use policy::{CacheRule, CacheUse};

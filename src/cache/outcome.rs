@@ -32,21 +32,41 @@ pub fn hit_filter(
         u.stale_forbidden = forbidden;
     }
     let now = SystemTime::now();
-    if !meta.serve_stale_if_error(now) || forbidden {
+    let head = session.req_header().method == http::Method::HEAD;
+    // A HEAD stores nothing, so it cannot refresh the tile in the background as a GET does:
+    // within the stale-while-revalidate window it is served the stale copy at once (the next
+    // GET refreshes it) rather than waiting on the upstream.
+    let held = if forbidden {
+        false
+    } else if head && meta.serve_stale_while_revalidate(now) {
+        true
+    } else if !meta.serve_stale_if_error(now) {
+        false
+    } else {
+        let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
+        let key = u128::from_be_bytes(key.combined_bin());
+        cache.outages.stale(key, meta.epoch(), now, !head) == outage::Stale::Serve
+    };
+    if !held {
         return None;
     }
-    let (cache, key) = (get()?, session.cache.maybe_cache_key()?);
-    let key = u128::from_be_bytes(key.combined_bin());
-    let stores = session.req_header().method == http::Method::GET;
-    match cache.outages.stale(key, meta.epoch(), now, stores) {
-        outage::Stale::Refresh => None,
-        outage::Stale::Serve => {
-            if let Some(u) = &mut x.cache {
-                u.stale_held = true;
-            }
-            Some(ForcedFreshness::ForceFresh)
-        }
+    if let Some(u) = &mut x.cache {
+        u.stale_held = true;
     }
+    Some(ForcedFreshness::ForceFresh)
+}
+
+/// Whether the answer on its way to the client comes from the upstream for the cache to store
+/// (a miss, or the new copy of an expired tile): then it goes to the client whole, neither
+/// turned into a `304` for a conditional request nor cut to a range. Pingora's proxy stops
+/// reading the upstream once the client's answer is complete, and a fill it stops is not
+/// stored (after a restart or a purge, every browser's revalidations were fetched and thrown
+/// away, and the requests that waited on them went upstream one by one).
+pub fn filling(session: &Session) -> bool {
+    matches!(
+        session.cache.phase(),
+        CachePhase::Miss | CachePhase::Expired
+    )
 }
 
 /// Whether a stale object may be served: while it is refreshed in the background, or when the

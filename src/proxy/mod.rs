@@ -245,16 +245,32 @@ impl ProxyHttp for Tollgate {
         ))
     }
 
+    /// A client's conditions as Pingora judges them, except on an answer the cache is filling
+    /// from the upstream, which goes whole (see [`crate::cache::filling`]).
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        Ok(!crate::cache::filling(session)
+            && pingora_core::protocols::http::conditional_filter::not_modified_filter(
+                session.req_header(),
+                resp,
+            ))
+    }
+
     /// Ranges as Pingora applies them, except where a `compression` step may compress the
     /// answer: a range of the identity body sent gzip-coded is no range of anything (nginx's
-    /// gzip turns ranges off too). Such a request gets the whole answer, `200`.
+    /// gzip turns ranges off too). Such a request gets the whole answer, `200`; so does one
+    /// whose answer the cache is filling (see [`crate::cache::filling`]).
     fn range_header_filter(
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> pingora_proxy::RangeType {
-        if compression::may_compress(session, resp) {
+        if crate::cache::filling(session) || compression::may_compress(session, resp) {
             return pingora_proxy::RangeType::None;
         }
         pingora_proxy::range_header_filter(session.req_header(), resp, Some(200))

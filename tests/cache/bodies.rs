@@ -1,6 +1,7 @@
 //! What gets stored of a response: never a truncated body or bytes past its length, a body
 //! that pauses whole, one whose client left for the next, nothing past the size limit, and a
-//! tile from its `minUses`-th miss on.
+//! tile from its `minUses`-th miss on; a fill whose client was answered before the body came
+//! (a conditional or range request, a HEAD) stored all the same.
 
 use super::*;
 
@@ -112,6 +113,69 @@ fn a_fill_whose_client_left_is_stored_for_the_next() {
     let next = get(gw.port, "GET", "/open/slow/400/left.png", &[]);
     assert_eq!((next.status, cache_status(&next)), (200, "HIT"));
     assert_eq!(up.served(), 1);
+}
+
+/// A miss of a conditional or range request is answered whole (`200`) and its tile stored:
+/// answered `304` or `206`, its client's answer was complete before the upstream's body had
+/// come, Pingora stopped reading it, and the tile was fetched and thrown away (its lock left
+/// behind: the requests waiting on it went upstream one by one) — after a restart or a purge,
+/// for every tile a browser revalidates. Once stored, the same requests get their `304` and
+/// `206` from the cache.
+#[test]
+fn a_miss_answered_before_its_body_came_is_stored_for_the_next() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60, lockTimeout: 5}", &[]);
+    let tag = "%22v1%22";
+    for (ask, (name, value), status) in [
+        ("conditional", ("If-None-Match", "\"v1\""), 304),
+        ("range", ("Range", "bytes=0-1"), 206),
+    ] {
+        // Half of the body with the head, the rest 600 ms later.
+        let path = format!("/open/stall/600/bytes/40000/{ask}?header=ETag:{tag}");
+        let served = up.served();
+        // Requests for the tile while the first one's fetch is under way wait on it.
+        let waiting: Vec<_> = (0..4)
+            .map(|_| {
+                let (port, path) = (gw.port, path.clone());
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(150));
+                    get(port, "GET", &path, &[])
+                })
+            })
+            .collect();
+        let first = get(gw.port, "GET", &path, &[(name, value)]);
+        assert_eq!(
+            (first.status, cache_status(&first), first.body.len()),
+            (200, "MISS", 40_000),
+            "{ask}: {}",
+            first.text()
+        );
+        for w in waiting {
+            let r = w.join().expect("a waiting request");
+            assert_eq!(r.status, 200, "{ask}");
+            assert_eq!(r.body.len(), 40_000, "{ask}");
+        }
+        let next = get(gw.port, "GET", &path, &[]);
+        assert_eq!(
+            (next.status, cache_status(&next), next.body.len()),
+            (200, "HIT", 40_000),
+            "{ask}: the tile its first miss fetched was not stored\n{}",
+            gw.log_text()
+        );
+        assert_eq!(
+            up.served() - served,
+            1,
+            "{ask}: the tile was fetched more than once"
+        );
+        let again = get(gw.port, "GET", &path, &[(name, value)]);
+        assert_eq!(
+            (again.status, cache_status(&again)),
+            (status, "HIT"),
+            "{ask}"
+        );
+    }
+    let log = gw.log_text();
+    assert!(!log.contains("lock"), "a lock was left behind:\n{log}");
 }
 
 #[test]

@@ -29,6 +29,19 @@ fn stale_while_revalidate_and_stale_if_error() {
         "a stale answer does not wait for the refresh: {:?}",
         t.elapsed()
     );
+    // A HEAD within the window is answered stale at once too (it stores nothing, so it
+    // cannot refresh the tile; it waited on the upstream's answer before).
+    let head_tile = "/open/slow/2000/swr-head.png";
+    assert_eq!(cache_status(&open(head_tile)), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    let t = Instant::now();
+    let head = get(gw.port, "HEAD", head_tile, &[]);
+    assert_eq!((head.status, cache_status(&head)), (200, "STALE"));
+    assert!(
+        t.elapsed() < Duration::from_millis(1200),
+        "a HEAD of a stale tile waited for the upstream: {:?}",
+        t.elapsed()
+    );
     let deadline = Instant::now() + Duration::from_secs(5);
     while cache_status(&open(slow)) != "HIT" {
         assert!(
