@@ -29,6 +29,11 @@ fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
             if part.is_empty() || !part.iter().all(u8::is_ascii_digit) {
                 return Some("invalid Content-Length");
             }
+            // Past what a signed 64-bit length holds (as nginx reads it): an upstream that
+            // reads it so would take it for another length.
+            if std::str::from_utf8(part).map_or(true, |p| p.parse::<i64>().is_err()) {
+                return Some("Content-Length too large");
+            }
             match length {
                 Some(l) if l != part => return Some("conflicting Content-Length values"),
                 Some(_) => return Some("more than one Content-Length"),
@@ -46,6 +51,10 @@ fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
     match codings.as_slice() {
         [] => None,
         [only] if only.eq_ignore_ascii_case(b"chunked") => None,
+        // RFC 9112 §6.1: chunked is applied once at most.
+        [before @ .., _] if before.iter().any(|c| c.eq_ignore_ascii_case(b"chunked")) => {
+            Some("chunked more than once")
+        }
         [.., last] if last.eq_ignore_ascii_case(b"chunked") => Some(UNSUPPORTED_CODING),
         _ => Some("unsupported Transfer-Encoding"),
     }
@@ -78,6 +87,32 @@ mod tests {
             Some((400, "more than one Content-Length"))
         );
         assert!(problem(&headers(&[("content-length", "5, 5")])).is_some());
+        assert_eq!(
+            problem(&headers(&[("content-length", "9223372036854775807")])),
+            None
+        );
+        assert_eq!(
+            problem(&headers(&[("content-length", "000000000000000000000005")])),
+            None
+        );
+        for huge in [
+            "9223372036854775808",
+            "18446744073709551615",
+            "99999999999999999999999",
+        ] {
+            assert_eq!(
+                problem(&headers(&[("content-length", huge)])),
+                Some((400, "Content-Length too large")),
+                "{huge}"
+            );
+        }
+        assert_eq!(
+            problem(&headers(&[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked")
+            ])),
+            Some((400, "chunked more than once"))
+        );
         assert!(problem(&headers(&[
             ("content-length", "5"),
             ("content-length", "6")
@@ -100,7 +135,7 @@ mod tests {
         }
         assert_eq!(
             problem(&headers(&[("transfer-encoding", "chunked, chunked")])).map(|p| p.0),
-            Some(501)
+            Some(400)
         );
         assert!(problem(&headers(&[("transfer-encoding", "chunked, gzip")])).is_some());
         assert!(problem(&headers(&[("transfer-encoding", "xchunked")])).is_some());

@@ -329,6 +329,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 consumers: consumers.service.clone(),
                 token: opts.admin_token.clone(),
                 lifecycle: Some(lifecycle.clone()),
+                request_timeout: limits.request_timeout,
             },
             gateway: current.clone(),
         };

@@ -380,6 +380,9 @@ fn pages_of_other_sites_cannot_drive_the_admin_api() {
     assert_eq!(cross.status, 403, "{}", cross.text());
     let rebound = post("Host: evil.example:9876\r\nOrigin: http://evil.example:9876\r\n");
     assert_eq!(rebound.status, 403, "{}", rebound.text());
+    // A Host that is not ASCII names no address either (it read as none, and passed).
+    let odd = post("Host: \u{e9}vil.example\r\n");
+    assert_eq!(odd.status, 403, "{}", odd.text());
     assert_eq!(get(gw.admin_port, "GET", "/users/evil", &[]).status, 404);
     // The operator's own tools.
     let own = post("Host: 127.0.0.1\r\n");
@@ -490,4 +493,41 @@ fn an_app_without_a_name_under_a_model_that_does_not_require_one_is_refused() {
     );
     let r = call(a, "POST", "/apps", r#"{"userId": "ann", "name": "kano"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A request body that trickles in — a byte within every body timeout — is cut at the request
+/// timeout with a `408` and the connection closed, as on the gateway's port (it held an Admin
+/// API connection, of the 256 there are, for as long as the client went on).
+#[test]
+fn a_trickling_body_is_cut_at_the_request_timeout() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let (_d, gw) = gateway(&["--request-timeout", "2", "--body-timeout", "4"]);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.admin_port)).expect("connect");
+    s.write_all(
+        b"POST /users HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 60\r\n\r\n{",
+    )
+    .expect("head");
+    let started = Instant::now();
+    let mut writer = s.try_clone().expect("clone");
+    let trickle = std::thread::spawn(move || {
+        for _ in 0..40 {
+            std::thread::sleep(Duration::from_millis(300));
+            if writer.write_all(b" ").is_err() {
+                return;
+            }
+        }
+    });
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let took = started.elapsed();
+    let _ = trickle.join();
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        took < Duration::from_secs(5),
+        "answered after {took:?}: the request timeout was not applied"
+    );
 }

@@ -29,6 +29,8 @@ pub struct AdminApi {
     pub token: Option<String>,
     /// The config's lifecycle (status and reload), when serving.
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
+    /// The longest a request's body may take to arrive whole (`--request-timeout`).
+    pub request_timeout: std::time::Duration,
 }
 
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
@@ -83,7 +85,7 @@ fn admin_on_loopback(gateway: &crate::gateway::Gateway) -> bool {
 /// page whose name was pointed at this machine (DNS rebinding) and is refused.
 fn from_elsewhere(head: &pingora_http::RequestHeader, by_name: bool) -> Option<&'static str> {
     let header = |n: &str| head.headers.get(n).and_then(|v| v.to_str().ok());
-    let host = header("host").unwrap_or("");
+    let host = host_of(head);
     if header("sec-fetch-site").is_some_and(|s| s.eq_ignore_ascii_case("cross-site")) {
         return Some("from a page of another site");
     }
@@ -97,6 +99,14 @@ fn from_elsewhere(head: &pingora_http::RequestHeader, by_name: bool) -> Option<&
         return Some("for a host name other than localhost (set --admin-token to allow any)");
     }
     None
+}
+
+/// A request's `Host` as text: empty without one; one that is not ASCII (no browser sends
+/// such: it sends names in punycode) as U+FFFD, which names no address.
+fn host_of(head: &pingora_http::RequestHeader) -> &str {
+    head.headers
+        .get(http::header::HOST)
+        .map_or("", |v| v.to_str().unwrap_or("\u{fffd}"))
 }
 
 /// Whether a request's `Host` names neither an address nor `localhost`: a page whose name
@@ -124,12 +134,7 @@ pub fn storage_refusal(
     gateway: &crate::gateway::Gateway,
 ) -> Option<&'static str> {
     let loopback = admin_on_loopback(gateway);
-    let host = head
-        .headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    (loopback && named_elsewhere(host))
+    (loopback && named_elsewhere(host_of(head)))
         .then_some("for a host name other than an address or localhost")
 }
 
@@ -151,10 +156,18 @@ impl AdminApi {
         given.as_bytes().ct_eq(token.as_bytes()).into()
     }
 
-    async fn body(session: &mut ServerSession) -> Result<serde_json::Value, Response<Vec<u8>>> {
+    async fn body(
+        session: &mut ServerSession,
+        deadline: tokio::time::Instant,
+    ) -> Result<serde_json::Value, Response<Vec<u8>>> {
         let mut buf = Vec::new();
+        let timed_out = || text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
         loop {
-            match session.read_request_body().await {
+            let Ok(read) = tokio::time::timeout_at(deadline, session.read_request_body()).await
+            else {
+                return Err(timed_out());
+            };
+            match read {
                 Ok(Some(chunk)) => {
                     buf.extend_from_slice(&chunk);
                     if buf.len() > MAX_BODY {
@@ -165,6 +178,9 @@ impl AdminApi {
                     }
                 }
                 Ok(None) => break,
+                Err(e) if e.etype() == &pingora_core::ErrorType::ReadTimedout => {
+                    return Err(timed_out())
+                }
                 Err(e) => {
                     return Err(text(
                         StatusCode::BAD_REQUEST,
@@ -238,6 +254,7 @@ impl AdminApi {
 
     /// Answers one Admin API request.
     pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
         let loopback = admin_on_loopback(&self.gateway.load());
         if let Some(why) = from_elsewhere(session.req_header(), loopback && self.token.is_none()) {
             log::warn!("admin API: refused a request {why}");
@@ -275,7 +292,7 @@ impl AdminApi {
                 return r;
             }
         }
-        let body = match Self::body(session).await {
+        let body = match Self::body(session, deadline).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -340,6 +357,14 @@ mod tests {
             None,
             "with a token or beyond loopback"
         );
+        // A Host that is not ASCII names no address.
+        let mut odd = head(&[]);
+        odd.insert_header(
+            "host",
+            http::HeaderValue::from_bytes(b"\xc3\xa9vil.example").expect("a value"),
+        )
+        .expect("header");
+        assert!(from_elsewhere(&odd, true).is_some());
         assert!(is_loopback("127.0.0.1") && is_loopback("::1") && is_loopback("localhost"));
         assert!(!is_loopback("0.0.0.0") && !is_loopback("10.0.0.5"));
     }

@@ -21,14 +21,18 @@ pub struct AdminService {
     pub gateway: Arc<ArcSwap<Gateway>>,
 }
 
-#[derive(Default)]
 pub struct AdminCtx {
     object: Option<(Arc<Storage>, ObjectRequest)>,
+    started: std::time::Instant,
 }
 
 /// Writes a whole response (HEAD gets the headers only).
 async fn write(session: &mut Session, resp: http::Response<Vec<u8>>) -> Result<()> {
     let (parts, body) = resp.into_parts();
+    // A body not read whole (too slow, too large, broken) leaves the connection unusable.
+    if matches!(parts.status.as_u16(), 400 | 408 | 413) {
+        session.set_keepalive(None);
+    }
     let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
     for (n, v) in &parts.headers {
         head.insert_header(n.clone(), v.clone())?;
@@ -53,7 +57,30 @@ impl ProxyHttp for AdminService {
     type CTX = AdminCtx;
 
     fn new_ctx(&self) -> AdminCtx {
-        AdminCtx::default()
+        AdminCtx {
+            object: None,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// A storage request's body that trickles is cut at the request timeout, as on the
+    /// gateway's port (the Admin API's own routes read theirs within it too).
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut AdminCtx,
+    ) -> Result<()> {
+        if !end_of_stream && ctx.started.elapsed() > self.api.request_timeout {
+            let mut e = pingora_core::Error::explain(
+                pingora_core::ErrorType::ReadTimedout,
+                "the request's body took longer than the request timeout",
+            );
+            e.as_down();
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// The request as Pingora's own log lines name it (a failure to reach a storage

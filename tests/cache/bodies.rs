@@ -174,6 +174,22 @@ fn a_miss_answered_before_its_body_came_is_stored_for_the_next() {
             "{ask}"
         );
     }
+    // Ranges of the stored tile: a range of no bytes is unsatisfiable (Pingora answered it
+    // `206` with `Content-Range: bytes 40000-39999/40000`).
+    let path = format!("/open/stall/600/bytes/40000/range?header=ETag:{tag}");
+    for (range, status, content_range, len) in [
+        ("bytes=-2", 206, "bytes 39998-39999/40000", 2),
+        ("bytes=39999-", 206, "bytes 39999-39999/40000", 1),
+        ("bytes=-0", 416, "bytes */40000", 0),
+        ("bytes=40000-", 416, "bytes */40000", 0),
+    ] {
+        let r = get(gw.port, "GET", &path, &[("Range", range)]);
+        assert_eq!(
+            (r.status, r.header("content-range"), r.body.len()),
+            (status, Some(content_range), len),
+            "{range}"
+        );
+    }
     let log = gw.log_text();
     assert!(!log.contains("lock"), "a lock was left behind:\n{log}");
 }
