@@ -509,3 +509,33 @@ fn a_steps_host_edit_and_change_origin() {
         }
     }
 }
+
+/// A request answered before its body was read (a 404 here; a 401, a 400 of its framing
+/// alike) reaches a client still sending that body: the gateway reads on and discards the rest
+/// before it closes, rather than closing with bytes unread — which resets the connection
+/// under the client, whose writes then fail before it reads the answer (nginx's lingering
+/// close; Python's `http.client` uploading 4 MB got `BrokenPipeError` and never the status).
+#[test]
+fn an_answer_sent_before_the_body_was_read_reaches_a_client_still_sending_it() {
+    use std::io::{Read, Write};
+    let s = setup();
+    let size = 4 << 20;
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+    conn.write_all(
+        format!("POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
+    )
+    .expect("head");
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        conn.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("the body's write failed after {sent} bytes: {e}"));
+        sent += chunk.len();
+    }
+    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "the connection was reset: {read:?} {text}");
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+}

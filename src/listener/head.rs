@@ -180,7 +180,7 @@ const LINGER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// bytes unread, the connection would be reset under a client still sending (the rest of a
 /// head too large, the body of a refused request), whose writes then fail, and many clients
 /// give up without reading the answer (nginx's lingering close).
-async fn linger(stream: &mut Stream) {
+pub(super) async fn linger<S: tokio::io::AsyncRead + Unpin + ?Sized>(stream: &mut S) {
     // On the heap: the connection's future does not carry it.
     let mut sink = vec![0u8; 16 * 1024];
     let discard = async {

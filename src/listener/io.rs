@@ -386,9 +386,37 @@ impl Drop for ClientIo {
         while self.written < self.out.len() {
             match self.tcp.try_write(&self.out[self.written..]) {
                 Ok(n) if n > 0 => self.written += n,
-                _ => break,
+                _ => return,
             }
         }
+        self.linger_if_sending();
+    }
+}
+
+impl ClientIo {
+    /// When the client is still sending as its connection is let go — the body of a request
+    /// answered without reading it (a 401, a 404, a 400 of its framing) — the rest is read
+    /// and discarded for a while before the close (nginx's lingering close): closed with bytes
+    /// unread, the connection is reset under the client, whose writes fail before it reads
+    /// the answer. A duplicate of the socket lingers in a task of its own.
+    fn linger_if_sending(&self) {
+        let sock = socket2::SockRef::from(&self.tcp);
+        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+        // (The socket is non-blocking: nothing waiting is `WouldBlock`, a close `0`.)
+        if !matches!(sock.peek(&mut probe), Ok(n) if n > 0) {
+            return;
+        }
+        let (Ok(runtime), Ok(dup)) = (tokio::runtime::Handle::try_current(), sock.try_clone())
+        else {
+            return;
+        };
+        runtime.spawn(async move {
+            let Ok(mut tcp) = TcpStream::from_std(dup.into()) else {
+                return;
+            };
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
+            super::head::linger(&mut tcp).await;
+        });
     }
 }
 
