@@ -539,3 +539,36 @@ fn an_answer_sent_before_the_body_was_read_reaches_a_client_still_sending_it() {
     assert!(read.is_ok(), "the connection was reset: {read:?} {text}");
     assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
+
+/// What can never become an HTTP/1 head — an HTTP/0.9 request line, a TLS handshake on the
+/// plain port, bare CR line ends — is answered `400` at once; it waited out the header
+/// timeout (10 s) for a blank line that never comes, then got a `408`.
+#[test]
+fn what_is_no_http_is_refused_at_once() {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let s = setup();
+    for sent in [
+        &b"GET /raw/x\r\n"[..],
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",
+        b"GET /raw/x HTTP/1.1\rHost: h\r",
+    ] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+        let started = Instant::now();
+        conn.write_all(sent).expect("send");
+        let mut answer = [0u8; 12];
+        let read = conn.read_exact(&mut answer);
+        assert!(read.is_ok(), "{}: {read:?}", sent.escape_ascii());
+        assert_eq!(&answer, b"HTTP/1.1 400", "{}", sent.escape_ascii());
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{}: answered after {:?}",
+            sent.escape_ascii(),
+            started.elapsed()
+        );
+    }
+    // A head still on its way is waited for.
+    assert_eq!(get(s.gw.port, "GET", "/raw/x", &[]).status, 200);
+}

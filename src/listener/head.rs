@@ -147,6 +147,9 @@ pub(super) async fn read_head(
         if head_complete(&buf, before) {
             return Ok(buf);
         }
+        if never_a_head(&buf) {
+            return Err(Refused::Reply(ConnClose::Malformed, BAD_REQUEST_400));
+        }
         if !first && partial.is_none() {
             *partial = Some(fresh());
         }
@@ -307,6 +310,32 @@ pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
 /// Whether `buf` holds the end of a request head: an empty line after something else (bare
 /// `\n` line ends count, as they do for the parser; blank lines before a request are skipped,
 /// as RFC 9112 allows). `from` is where the bytes of the last read start.
+/// Whether the bytes a head began with (blank lines skipped) can never make a head Pingora's
+/// parser reads, whatever follows: a first byte that begins no method (a TLS handshake on the
+/// plain port, binary), a bare CR (RFC 9112 §2.2), or a first line that ends without an HTTP
+/// version (HTTP/0.9, text that is no HTTP). Such a client, which may wait for an answer
+/// without ever ending a head, is answered `400` at once rather than `408` at the header
+/// timeout. (Looked at only when a read did not complete the head.)
+fn never_a_head(buf: &[u8]) -> bool {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if buf.first().is_some_and(|b| !token(*b)) {
+        return true;
+    }
+    if memchr::memchr_iter(b'\r', buf).any(|cr| buf.get(cr + 1).is_some_and(|b| *b != b'\n')) {
+        return true;
+    }
+    let Some(end) = memchr::memchr(b'\n', buf) else {
+        return false;
+    };
+    let line = &buf[..end];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // ` HTTP/<digit>.<digit>` at its end.
+    let version = line.len().checked_sub(9).map(|at| &line[at..]);
+    !version.is_some_and(|v| {
+        v.starts_with(b" HTTP/") && v[6].is_ascii_digit() && v[7] == b'.' && v[8].is_ascii_digit()
+    })
+}
+
 fn head_complete(buf: &[u8], from: usize) -> bool {
     let Some(lead) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
         return false;
@@ -327,7 +356,34 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{head_complete, malformed, next_request_at, too_many_headers, MAX_HEADER_LINES};
+    use super::{
+        head_complete, malformed, never_a_head, next_request_at, too_many_headers, MAX_HEADER_LINES,
+    };
+
+    /// What can never become a head is told from its first bytes; what may is waited for.
+    #[test]
+    fn heads_that_can_never_be_are_told_early() {
+        for never in [
+            &b"\x16\x03\x01\x02\x00\x01"[..],
+            b"GET /wmts/1/2/3.png\r\n",
+            b"GET /a HTTP/1.1\rHost: h",
+            b"hello there\n",
+            b"GET /a HTTP/1.1 \r\n",
+        ] {
+            assert!(never_a_head(never), "{}", never.escape_ascii());
+        }
+        for may in [
+            &b"GE"[..],
+            b"GET /wmts/1/2/3.png",
+            b"GET /a HTTP/1.1\r",
+            b"GET /a HTTP/1.1\r\nHost: h\r\n",
+            b"GET /a HTTP/1.0\nHost",
+            b"GET /a b HTTP/1.1\r\nX: y",
+            b"PRI * HTTP/2.0\r\n",
+        ] {
+            assert!(!never_a_head(may), "{}", may.escape_ascii());
+        }
+    }
 
     /// Pingora's parser's verdict on a head, with what may follow it in the buffer: only a head
     /// it refuses is malformed — not one followed by its body or the next request, nor one

@@ -272,10 +272,17 @@ impl ProxyHttp for Tollgate {
         resp: &mut ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> pingora_proxy::RangeType {
-        if crate::cache::filling(session) || compression::may_compress(session, resp) {
+        if compression::may_compress(session, resp) {
             return pingora_proxy::RangeType::None;
         }
         let length = crate::cache::store::content_length(resp);
+        if crate::cache::filling(session) {
+            // Offered as Pingora offers them on an answer with no range asked for.
+            if resp.status == http::StatusCode::OK && length.is_some() {
+                let _ = resp.insert_header(http::header::ACCEPT_RANGES, "bytes");
+            }
+            return pingora_proxy::RangeType::None;
+        }
         match pingora_proxy::range_header_filter(session.req_header(), resp, Some(200)) {
             pingora_proxy::RangeType::Single(r) if r.start >= r.end => {
                 unsatisfiable(resp, length.unwrap_or(0));
