@@ -41,6 +41,8 @@ const NORMAL_EVENTS: &[&str] = &[
     "failed to send error response to downstream",
     "Error finish sending body to downstream",
     "Fail to proxy: Downstream",
+    // The client went away while a stored tile was sent (a range of it, a stale one).
+    "Fail to serve cache: Downstream",
     "H2 handshake error",
     "Downstream handshake error",
 ];

@@ -141,6 +141,29 @@ pub fn has_dot_segment(path: &str) -> bool {
     }
 }
 
+/// Whether the request line of `head` (a complete head, blank lines before it allowed) holds
+/// a control character (NUL, tab, DEL…): RFC 9112 §3.2 allows none in a target, and nginx
+/// answers 400, where Pingora's parser escapes them (`%00`) and the request is served. (A
+/// space in the target is escaped and served, as clients send them unescaped.)
+pub fn control_in_request_line(head: &[u8]) -> bool {
+    let lead = head
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let head = &head[lead..];
+    let line = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    line.iter().any(u8::is_ascii_control)
+}
+
+/// The refusal of a head [`control_in_request_line`] finds.
+pub fn control_refusal() -> Box<pingora_core::Error> {
+    pingora_core::Error::explain(
+        pingora_core::ErrorType::InvalidHTTPHeader,
+        "a control character in the request line",
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -569,6 +569,23 @@ fn what_is_no_http_is_refused_at_once() {
             started.elapsed()
         );
     }
+    // A control character in a target is refused (it was escaped, `%00`, and proxied); a
+    // space is escaped and served, as before.
+    for (target, status) in [
+        ("/raw/a\u{0}b", 400),
+        ("/raw/a\tb", 400),
+        ("/raw/a\u{7f}", 400),
+        ("/raw/a b", 200),
+    ] {
+        for method in ["GET", "POST"] {
+            let r = support::request(
+                s.gw.port,
+                &format!("{method} {target} HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+                false,
+            );
+            assert_eq!(r.status, status, "{method} {}", target.escape_debug());
+        }
+    }
     // A head still on its way is waited for.
     assert_eq!(get(s.gw.port, "GET", "/raw/x", &[]).status, 200);
 }

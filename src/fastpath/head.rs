@@ -71,6 +71,9 @@ impl Reading {
         }
         // Nothing shares the head now: it is the same buffer again.
         let head = BytesMut::from(head);
+        if crate::wire::control_in_request_line(&head) {
+            return Err(Unread(stream, head, Some(crate::wire::control_refusal())));
+        }
         match session(stream, &head, limits).await {
             Ok(s) => Ok(Reading::Session { s, head }),
             Err((stream, refused)) => Err(Unread(stream, head, refused)),

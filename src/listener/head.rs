@@ -220,6 +220,9 @@ pub(super) fn fast_reads(head: &[u8]) -> bool {
 /// its proxy would; `None` when it reads it. Every rule of its is applied as it applies them,
 /// its repair of a request line with unescaped characters in the target included.
 pub(super) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
+    if crate::wire::control_in_request_line(head) {
+        return Some(crate::wire::control_refusal());
+    }
     // Nothing beyond the head is read: the copy is read from an empty stream.
     let mut copy = HttpSession::new(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
     copy.set_pipelined_prefix(BytesMut::from(head));

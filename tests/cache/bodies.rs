@@ -194,6 +194,34 @@ fn a_miss_answered_before_its_body_came_is_stored_for_the_next() {
     assert!(!log.contains("lock"), "a lock was left behind:\n{log}");
 }
 
+/// A client that leaves while a stored tile is sent from Pingora's cache phases (a range of
+/// it) is a normal event: no ERROR line (a client could fill the log with them).
+#[test]
+fn a_client_leaving_a_range_of_a_stored_tile_is_no_error() {
+    use std::io::{Read, Write};
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 60}", &[]);
+    let path = "/open/unique/6000000/large";
+    assert_eq!(cache_status(&get(gw.port, "GET", path, &[])), "MISS");
+    for _ in 0..3 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\nRange: bytes=0-\r\n\r\n").as_bytes(),
+        )
+        .expect("send");
+        let mut some = [0u8; 4096];
+        s.read_exact(&mut some).expect("the answer begins");
+        assert!(some.starts_with(b"HTTP/1.1 206"));
+        // Gone with the rest unread: a reset.
+        socket2::SockRef::from(&s)
+            .set_linger(Some(Duration::ZERO))
+            .expect("linger");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(gw.port, "GET", path, &[]).status, 200);
+    assert!(gw.error_lines().is_empty(), "{:?}", gw.error_lines());
+}
+
 #[test]
 fn a_response_past_the_size_limit_is_not_stored_on_either_path() {
     let up = PyUpstream::start("tiles", 5.0);
