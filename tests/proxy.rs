@@ -519,25 +519,30 @@ fn a_steps_host_edit_and_change_origin() {
 fn an_answer_sent_before_the_body_was_read_reaches_a_client_still_sending_it() {
     use std::io::{Read, Write};
     let s = setup();
-    let size = 4 << 20;
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
-    conn.write_all(
-        format!("POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n\r\n").as_bytes(),
-    )
-    .expect("head");
-    let chunk = vec![b'x'; 64 * 1024];
-    let mut sent = 0;
-    while sent < size {
-        conn.write_all(&chunk)
-            .unwrap_or_else(|e| panic!("the body's write failed after {sent} bytes: {e}"));
-        sent += chunk.len();
+    // All at once, and paced as an uplink sends it (a segment every few milliseconds: the
+    // connection is let go between two of them, with nothing waiting to be read).
+    for (size, chunk, pause) in [(4 << 20, 64 * 1024, 0), (300 * 1460, 1460, 3)] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+        conn.write_all(
+            format!("POST /nowhere HTTP/1.1\r\nHost: h\r\nContent-Length: {size}\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("head");
+        let chunk = vec![b'x'; chunk];
+        let mut sent = 0;
+        while sent < size {
+            conn.write_all(&chunk)
+                .unwrap_or_else(|e| panic!("the body's write failed after {sent} bytes: {e}"));
+            sent += chunk.len();
+            std::thread::sleep(std::time::Duration::from_millis(pause));
+        }
+        conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut answer = Vec::new();
+        let read = conn.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "the connection was reset: {read:?} {text}");
+        assert!(text.starts_with("HTTP/1.1 404"), "{text}");
     }
-    conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
-    let mut answer = Vec::new();
-    let read = conn.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "the connection was reset: {read:?} {text}");
-    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
 }
 
 /// What can never become an HTTP/1 head — an HTTP/0.9 request line, a TLS handshake on the

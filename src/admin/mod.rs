@@ -161,7 +161,16 @@ impl AdminApi {
         deadline: tokio::time::Instant,
     ) -> Result<serde_json::Value, Response<Vec<u8>>> {
         let mut buf = Vec::new();
-        let timed_out = || text(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
+        // A body not read whole leaves the connection unusable: its answer closes it.
+        let closing = |status, message: &str| {
+            let mut r = text(status, message);
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            r
+        };
+        let timed_out = || closing(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
         loop {
             let Ok(read) = tokio::time::timeout_at(deadline, session.read_request_body()).await
             else {
@@ -171,7 +180,7 @@ impl AdminApi {
                 Ok(Some(chunk)) => {
                     buf.extend_from_slice(&chunk);
                     if buf.len() > MAX_BODY {
-                        return Err(text(
+                        return Err(closing(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             "request body too large",
                         ));
@@ -182,7 +191,7 @@ impl AdminApi {
                     return Err(timed_out())
                 }
                 Err(e) => {
-                    return Err(text(
+                    return Err(closing(
                         StatusCode::BAD_REQUEST,
                         &format!("cannot read the request body: {e}"),
                     ))

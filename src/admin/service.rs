@@ -29,8 +29,13 @@ pub struct AdminCtx {
 /// Writes a whole response (HEAD gets the headers only).
 async fn write(session: &mut Session, resp: http::Response<Vec<u8>>) -> Result<()> {
     let (parts, body) = resp.into_parts();
-    // A body not read whole (too slow, too large, broken) leaves the connection unusable.
-    if matches!(parts.status.as_u16(), 400 | 408 | 413) {
+    // A body not read whole (too slow, too large, broken) leaves the connection unusable:
+    // its answer says `Connection: close`.
+    if parts
+        .headers
+        .get(http::header::CONNECTION)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"close"))
+    {
         session.set_keepalive(None);
     }
     let mut head = ResponseHeader::build(parts.status, Some(parts.headers.len() + 1))?;
@@ -61,6 +66,10 @@ impl ProxyHttp for AdminService {
             object: None,
             started: std::time::Instant::now(),
         }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut AdminCtx) {
+        crate::listener::io::body_unread(session.as_downstream_mut(), e);
     }
 
     /// A storage request's body that trickles is cut at the request timeout, as on the

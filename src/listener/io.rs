@@ -59,6 +59,14 @@ const CLOSE_DELIMITED: u8 = 1;
 const CUT: u8 = 2;
 /// The connection was shut down (its response finished), not dropped.
 const SHUT_DOWN: u8 = 4;
+/// A request's body was left unread: the connection lingers when it is let go.
+const BODY_UNREAD: u8 = 8;
+
+/// Connections lingering after they were let go, at most [`MAX_LINGERING`]: they no longer
+/// count against `--max-connections` (each holds a descriptor for up to 5 s), so past that
+/// one closes at once, as before.
+static LINGERING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_LINGERING: usize = 256;
 
 /// How long a write waits for a client that takes nothing, unless set
 /// ([`ClientIo::with_send_timeout`]).
@@ -267,6 +275,24 @@ pub fn cut_short(stream: &Stream) {
     mark_ending(stream, CUT);
 }
 
+/// The request just served on this connection left (part of) its body unread: an answer made
+/// before reading it (a 401, a 404, a framing 400). When the connection is let go, what the
+/// client still sends is read and discarded for a while before the close (nginx's lingering
+/// close): closed with bytes unread, the connection is reset under the client, whose writes
+/// fail before it reads the answer. (A body that stopped coming, answered 408, closes at once.)
+pub fn body_unread(
+    session: &mut pingora_core::protocols::http::ServerSession,
+    e: Option<&pingora_core::Error>,
+) {
+    let timed_out = e.is_some_and(|e| e.etype() == &pingora_core::ErrorType::ReadTimedout);
+    if timed_out || session.is_body_done() {
+        return;
+    }
+    if let Some(stream) = session.stream() {
+        mark_ending(stream, BODY_UNREAD);
+    }
+}
+
 fn mark_ending(stream: &Stream, flag: u8) {
     if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
         io.ending
@@ -389,33 +415,34 @@ impl Drop for ClientIo {
                 _ => return,
             }
         }
-        self.linger_if_sending();
+        if ending & BODY_UNREAD != 0 {
+            self.linger();
+        }
     }
 }
 
 impl ClientIo {
-    /// When the client is still sending as its connection is let go — the body of a request
-    /// answered without reading it (a 401, a 404, a 400 of its framing) — the rest is read
-    /// and discarded for a while before the close (nginx's lingering close): closed with bytes
-    /// unread, the connection is reset under the client, whose writes fail before it reads
-    /// the answer. A duplicate of the socket lingers in a task of its own.
-    fn linger_if_sending(&self) {
+    /// Lingers (see [`body_unread`]) on a duplicate of the socket, in a task of its own.
+    fn linger(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
         let sock = socket2::SockRef::from(&self.tcp);
-        let mut probe = [std::mem::MaybeUninit::<u8>::uninit(); 1];
-        // (The socket is non-blocking: nothing waiting is `WouldBlock`, a close `0`.)
-        if !matches!(sock.peek(&mut probe), Ok(n) if n > 0) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if LINGERING.fetch_add(1, Relaxed) >= MAX_LINGERING {
+            LINGERING.fetch_sub(1, Relaxed);
             return;
         }
-        let (Ok(runtime), Ok(dup)) = (tokio::runtime::Handle::try_current(), sock.try_clone())
-        else {
+        let Ok(dup) = sock.try_clone() else {
+            LINGERING.fetch_sub(1, Relaxed);
             return;
         };
         runtime.spawn(async move {
-            let Ok(mut tcp) = TcpStream::from_std(dup.into()) else {
-                return;
-            };
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
-            super::head::linger(&mut tcp).await;
+            if let Ok(mut tcp) = TcpStream::from_std(dup.into()) {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tcp).await;
+                super::head::linger(&mut tcp).await;
+            }
+            LINGERING.fetch_sub(1, Relaxed);
         });
     }
 }

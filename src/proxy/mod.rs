@@ -284,6 +284,15 @@ impl ProxyHttp for Tollgate {
             return pingora_proxy::RangeType::None;
         }
         match pingora_proxy::range_header_filter(session.req_header(), resp, Some(200)) {
+            // An empty answer goes whole: a suffix range of it is satisfiable, as the whole
+            // of nothing (RFC 9110 §14.1.1).
+            pingora_proxy::RangeType::Single(r) if r.start >= r.end && length == Some(0) => {
+                let _ = resp.set_status(http::StatusCode::OK);
+                resp.remove_header(&http::header::CONTENT_RANGE);
+                let _ = resp.insert_header(http::header::CONTENT_LENGTH, "0");
+                let _ = resp.insert_header(http::header::ACCEPT_RANGES, "bytes");
+                pingora_proxy::RangeType::None
+            }
             pingora_proxy::RangeType::Single(r) if r.start >= r.end => {
                 unsatisfiable(resp, length.unwrap_or(0));
                 pingora_proxy::RangeType::Invalid
@@ -566,6 +575,7 @@ impl ProxyHttp for Tollgate {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         request_ended();
+        crate::listener::io::body_unread(session.as_downstream_mut(), e);
         // An HTTP/2 stream its client reset (or left) before its answer was whole.
         if let (Some(stream), Some(e)) = (&mut ctx._h2_stream, e) {
             if e.esource() == &pingora_core::ErrorSource::Downstream {
