@@ -141,11 +141,12 @@ pub fn has_dot_segment(path: &str) -> bool {
     }
 }
 
-/// Whether the request line of `head` (a complete head, blank lines before it allowed) holds
-/// a control character (NUL, tab, DEL…): RFC 9112 §3.2 allows none in a target, and nginx
-/// answers 400, where Pingora's parser escapes them (`%00`) and the request is served. (A
-/// space in the target is escaped and served, as clients send them unescaped.)
-pub fn control_in_request_line(head: &[u8]) -> bool {
+/// Why the request line of `head` (a complete head, blank lines before it allowed) is
+/// refused, where Pingora's parser takes it: a control character (NUL, tab, DEL…), which
+/// RFC 9112 §3.2 allows nowhere in a target and nginx answers 400 (the parser escapes them,
+/// `%00`, and the request was served; a space is escaped and served, as clients send them
+/// unescaped); or the asterisk-form (`*`) with a method other than OPTIONS (RFC 9112 §3.2.4).
+pub fn request_line_refusal(head: &[u8]) -> Option<Box<pingora_core::Error>> {
     let lead = head
         .iter()
         .take_while(|b| matches!(b, b'\r' | b'\n'))
@@ -153,20 +154,50 @@ pub fn control_in_request_line(head: &[u8]) -> bool {
     let head = &head[lead..];
     let line = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
     let line = line.strip_suffix(b"\r").unwrap_or(line);
-    line.iter().any(u8::is_ascii_control)
-}
-
-/// The refusal of a head [`control_in_request_line`] finds.
-pub fn control_refusal() -> Box<pingora_core::Error> {
-    pingora_core::Error::explain(
+    let why = if line.iter().any(u8::is_ascii_control) {
+        "a control character in the request line"
+    } else if line.split(|b| *b == b' ').nth(1) == Some(b"*") && !line.starts_with(b"OPTIONS ") {
+        "the asterisk-form for a method other than OPTIONS"
+    } else {
+        return None;
+    };
+    Some(pingora_core::Error::explain(
         pingora_core::ErrorType::InvalidHTTPHeader,
-        "a control character in the request line",
-    )
+        why,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn request_lines_pingora_takes_and_a_gateway_refuses() {
+        for refused in [
+            &b"GET /a\x00b HTTP/1.1\r\n\r\n"[..],
+            b"GET /a\tb HTTP/1.1\r\n\r\n",
+            b"\r\nPOST /\x7f HTTP/1.1\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: h\r\n\r\n",
+        ] {
+            assert!(
+                request_line_refusal(refused).is_some(),
+                "{}",
+                refused.escape_ascii()
+            );
+        }
+        for taken in [
+            &b"GET /a b HTTP/1.1\r\n\r\n"[..],
+            b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+            b"GET /* HTTP/1.1\r\n\r\n",
+            b"GET /a HTTP/1.1\r\nX: a\tb\r\n\r\n",
+        ] {
+            assert!(
+                request_line_refusal(taken).is_none(),
+                "{}",
+                taken.escape_ascii()
+            );
+        }
+    }
 
     #[test]
     fn lists_concatenate_in_order() {

@@ -71,8 +71,8 @@ impl Reading {
         }
         // Nothing shares the head now: it is the same buffer again.
         let head = BytesMut::from(head);
-        if crate::wire::control_in_request_line(&head) {
-            return Err(Unread(stream, head, Some(crate::wire::control_refusal())));
+        if let Some(refused) = crate::wire::request_line_refusal(&head) {
+            return Err(Unread(stream, head, Some(refused)));
         }
         match session(stream, &head, limits).await {
             Ok(s) => Ok(Reading::Session { s, head }),

@@ -220,8 +220,8 @@ pub(super) fn fast_reads(head: &[u8]) -> bool {
 /// its proxy would; `None` when it reads it. Every rule of its is applied as it applies them,
 /// its repair of a request line with unescaped characters in the target included.
 pub(super) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
-    if crate::wire::control_in_request_line(head) {
-        return Some(crate::wire::control_refusal());
+    if let Some(refused) = crate::wire::request_line_refusal(head) {
+        return Some(refused);
     }
     // Nothing beyond the head is read: the copy is read from an empty stream.
     let mut copy = HttpSession::new(Box::new(std::io::Cursor::new(Vec::<u8>::new())));
