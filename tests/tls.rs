@@ -87,6 +87,37 @@ fn https_listener_serves_with_the_default_certificate() {
     assert_eq!(e.header("x-forwarded-port").as_deref(), Some("443"));
 }
 
+/// Plain HTTP sent to the `https` listener is answered `400` saying so (as nginx does), not
+/// closed without a word; TLS clients are served as before.
+#[test]
+fn plain_http_to_the_https_port_is_told_so() {
+    use std::io::{Read, Write};
+    let up = EchoUpstream::start("plain-up");
+    let (_dir, gw) = https_gateway(&format!(
+        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up = up.url("")
+    ));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    conn.write_all(b"GET /t/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "{read:?}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(
+        text.ends_with("A plain HTTP request was sent to an HTTPS port"),
+        "{text}"
+    );
+    let raw = tls_request(
+        gw.port,
+        "GET /t/secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+}
+
 /// A cached tile over the `https` listener: its body, kept in the memory tier's shared memory
 /// for `sendfile` on plain connections, is written through TLS from memory, whole.
 #[test]

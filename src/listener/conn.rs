@@ -20,7 +20,7 @@ use tokio::time::{timeout_at, Instant};
 
 use super::head::{
     fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed, skip_blank_lines,
-    too_many_headers, Refused, NOT_ALLOWED_405, TOO_LARGE_431,
+    too_many_headers, Refused, NOT_ALLOWED_405, PLAIN_HTTP_400, TOO_LARGE_431,
 };
 use super::io::ClientIo;
 use super::ClientLimits;
@@ -88,6 +88,18 @@ pub async fn serve<A>(
         None => Box::new(io),
         Some(acceptor) => {
             let deadline = accepted + limits.header_timeout;
+            // Plain HTTP sent to the TLS port: answered so (as nginx does), where the failed
+            // handshake was a bare close. (A TLS client's first byte is a handshake record's,
+            // 0x16; a request line's is a method's letter.)
+            let mut first = [0u8; 1];
+            if let Ok(Ok(1)) = timeout_at(deadline, io.peek(&mut first)).await {
+                if first[0].is_ascii_alphabetic() {
+                    let why = refuse(Box::new(io), ConnClose::Malformed, PLAIN_HTTP_400).await;
+                    m.client_closed(why);
+                    m.client_connections.dec();
+                    return;
+                }
+            }
             let handshake = pingora_core::protocols::tls::server::handshake(&acceptor, io);
             match timeout_at(deadline, handshake).await {
                 Ok(Ok(s)) => Box::new(s),

@@ -422,6 +422,11 @@ impl Drop for ClientIo {
 }
 
 impl ClientIo {
+    /// The first bytes the client sent, left to be read (waits for them).
+    pub async fn peek(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.peek(buf).await
+    }
+
     /// Lingers (see [`body_unread`]) on a duplicate of the socket, in a task of its own.
     fn linger(&self) {
         use std::sync::atomic::Ordering::Relaxed;
