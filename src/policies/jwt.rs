@@ -77,13 +77,14 @@ struct Verified {
 }
 
 /// A time claim (`exp`, `nbf`) in whole seconds: a decimal one (JavaScript issuers write
-/// `Date.now() / 1000 + 3600`) rounded to the nearest, as the library that verified it does;
-/// `Err` for one that is not a number of seconds.
+/// `Date.now() / 1000 + 3600`) rounded to the nearest; one before 1970 as 1970 (long past);
+/// one past what 64 bits hold as the end of time. `Err` for one that is not a number, which
+/// EG's library refuses.
 fn time_claim(v: Option<&serde_json::Value>) -> Result<Option<u64>, ()> {
     match v {
         None => Ok(None),
         Some(v) => match v.as_f64() {
-            Some(f) if f.is_finite() && f >= 0.0 => Ok(Some(f.round() as u64)),
+            Some(f) if f.is_finite() => Ok(Some(f.max(0.0).round() as u64)),
             _ => Err(()),
         },
     }
@@ -239,8 +240,10 @@ impl Jwt {
         let mut validation = Validation::new(first);
         validation.algorithms = algorithms;
         validation.leeway = LEEWAY;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are judged here (`verify`), as EG's library judges them: any number of
+        // seconds (`1e20` too, past what this library reads), anything else refused.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.required_spec_claims.clear();
         // As jsonwebtoken (Node) under EG: a configured audience or issuer must be present in
         // the token, not only match when present. A token minted for one deployment
@@ -355,17 +358,20 @@ impl Jwt {
                 .collect(),
             _ => Vec::new(),
         };
-        let (exp, nbf) = (time_claim(claims.get("exp")), time_claim(claims.get("nbf")));
+        let (Ok(exp), Ok(nbf)) = (time_claim(claims.get("exp")), time_claim(claims.get("nbf")))
+        else {
+            // A time that is no number of seconds (`"exp": "soon"`, a negative one).
+            return None;
+        };
         let verified = Verified {
             sub: text("sub"),
             id: text("id"),
             scopes: Arc::from(scopes),
-            exp: exp.unwrap_or(None),
-            nbf: nbf.unwrap_or(None),
+            exp,
+            nbf,
         };
-        if exp.is_err() || nbf.is_err() {
-            // Times the library read but this cannot: checked by it again on every use.
-            return Some(verified);
+        if !fresh(&verified) {
+            return None;
         }
         let mut remembered = self.remembered.write().unwrap_or_else(|p| p.into_inner());
         if remembered.len() >= MAX_REMEMBERED {
@@ -508,8 +514,30 @@ mod tests {
         assert_eq!(time_claim(Some(&serde_json::json!(7.6))), Ok(Some(8)));
         assert_eq!(time_claim(Some(&serde_json::json!(7.4))), Ok(Some(7)));
         assert_eq!(time_claim(Some(&serde_json::json!("7"))), Err(()));
-        assert_eq!(time_claim(Some(&serde_json::json!(-1))), Err(()));
+        assert_eq!(time_claim(Some(&serde_json::json!(-1))), Ok(Some(0)));
         assert_eq!(time_claim(None), Ok(None));
+    }
+
+    /// Times as EG's library reads them: any number (`1e20`, past what 64 bits hold, passes;
+    /// a negative `nbf` is long past, a negative `exp` too), anything else refused.
+    #[test]
+    fn time_claims_are_any_number_of_seconds() {
+        let p = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false}),
+        );
+        let passes_with = |claims: serde_json::Value| {
+            let t = hs(Algorithm::HS256, "s", claims);
+            passes(
+                &p,
+                &OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[]),
+            )
+        };
+        assert!(passes_with(serde_json::json!({"id": "c1", "exp": 1e20})));
+        assert!(passes_with(serde_json::json!({"id": "c1", "nbf": -5})));
+        assert!(!passes_with(serde_json::json!({"id": "c1", "exp": -5})));
+        assert!(!passes_with(serde_json::json!({"id": "c1", "exp": "soon"})));
+        assert!(!passes_with(serde_json::json!({"id": "c1", "nbf": null})));
+        assert!(!passes_with(serde_json::json!({"id": "c1", "exp": 1000})));
     }
 
     /// A token whose `exp` is as far away as a number can say passes every time, the first
