@@ -118,6 +118,44 @@ fn plain_http_to_the_https_port_is_told_so() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
 }
 
+/// An answer made before the request's body was read reaches a client uploading over TLS too
+/// (its connection lingers as a plain one does; the reset came under its TLS session).
+#[test]
+fn an_answer_before_the_body_reaches_a_client_uploading_over_tls() {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    use std::io::{Read, Write};
+    let up = EchoUpstream::start("plain-up");
+    let (_dir, gw) = https_gateway(&format!(
+        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up = up.url("")
+    ));
+    let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+    connector.set_verify(SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    let mut tls = connector
+        .build()
+        .connect("localhost", tcp)
+        .expect("handshake");
+    let size = 2 << 20;
+    tls.write_all(
+        format!("POST /nowhere HTTP/1.1\r\nHost: localhost\r\nContent-Length: {size}\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("head");
+    let chunk = vec![b'x'; 16 * 1024];
+    let mut sent = 0;
+    while sent < size {
+        tls.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("the body's write failed after {sent} bytes: {e}"));
+        sent += chunk.len();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+}
+
 /// A cached tile over the `https` listener: its body, kept in the memory tier's shared memory
 /// for `sendfile` on plain connections, is written through TLS from memory, whole.
 #[test]

@@ -284,7 +284,12 @@ pub fn body_unread(
     session: &mut pingora_core::protocols::http::ServerSession,
     e: Option<&pingora_core::Error>,
 ) {
-    let timed_out = e.is_some_and(|e| e.etype() == &pingora_core::ErrorType::ReadTimedout);
+    // A body that stopped coming (answered 408, by Pingora's timeout or the Admin API's
+    // deadline) closes at once: the client is not sending.
+    let timed_out = e.is_some_and(|e| e.etype() == &pingora_core::ErrorType::ReadTimedout)
+        || session
+            .response_written()
+            .is_some_and(|r| r.status == http::StatusCode::REQUEST_TIMEOUT);
     if timed_out || session.is_body_done() {
         return;
     }
@@ -294,7 +299,15 @@ pub fn body_unread(
 }
 
 fn mark_ending(stream: &Stream, flag: u8) {
-    if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
+    let any = stream.as_any();
+    // The connection itself, or (for a lingering close only: how a TLS session ends its
+    // answers is its own) under TLS.
+    let io = any.downcast_ref::<ClientIo>().or_else(|| {
+        any.downcast_ref::<pingora_core::protocols::tls::SslStream<ClientIo>>()
+            .filter(|_| flag == BODY_UNREAD)
+            .map(|tls| tls.get_ref())
+    });
+    if let Some(io) = io {
         io.ending
             .fetch_or(flag, std::sync::atomic::Ordering::Relaxed);
     }

@@ -21,6 +21,7 @@ use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 
 mod compression;
+mod ranges;
 
 /// A request begins being served: `tollgate_requests_in_flight` counts it (the drain on
 /// SIGTERM waits for it to reach 0).
@@ -263,9 +264,8 @@ impl ProxyHttp for Tollgate {
     /// Ranges as Pingora applies them, except where a `compression` step may compress the
     /// answer: a range of the identity body sent gzip-coded is no range of anything (nginx's
     /// gzip turns ranges off too). Such a request gets the whole answer, `200`; so does one
-    /// whose answer the cache is filling (see [`crate::cache::filling`]). A range of no bytes
-    /// (`bytes=-0`, RFC 9110 §14.1.1), which Pingora answers as a `206` of nothing, is
-    /// unsatisfiable: `416`.
+    /// whose answer the cache is filling (see [`crate::cache::filling`]). Ranges of no bytes
+    /// are refused (see [`ranges`]).
     fn range_header_filter(
         &self,
         session: &mut Session,
@@ -283,22 +283,7 @@ impl ProxyHttp for Tollgate {
             }
             return pingora_proxy::RangeType::None;
         }
-        match pingora_proxy::range_header_filter(session.req_header(), resp, Some(200)) {
-            // An empty answer goes whole: a suffix range of it is satisfiable, as the whole
-            // of nothing (RFC 9110 §14.1.1).
-            pingora_proxy::RangeType::Single(r) if r.start >= r.end && length == Some(0) => {
-                let _ = resp.set_status(http::StatusCode::OK);
-                resp.remove_header(&http::header::CONTENT_RANGE);
-                let _ = resp.insert_header(http::header::CONTENT_LENGTH, "0");
-                let _ = resp.insert_header(http::header::ACCEPT_RANGES, "bytes");
-                pingora_proxy::RangeType::None
-            }
-            pingora_proxy::RangeType::Single(r) if r.start >= r.end => {
-                unsatisfiable(resp, length.unwrap_or(0));
-                pingora_proxy::RangeType::Invalid
-            }
-            range => range,
-        }
+        ranges::apply(session, resp)
     }
 
     fn should_serve_stale(
@@ -618,24 +603,4 @@ impl ProxyHttp for Tollgate {
             &ended,
         );
     }
-}
-
-/// Turns the head of a `length`-byte answer into a `416` for a range of it that holds no bytes
-/// (as Pingora writes its own `416`s).
-fn unsatisfiable(resp: &mut ResponseHeader, length: usize) {
-    use http::header::{
-        ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE,
-        TRANSFER_ENCODING,
-    };
-    let _ = resp.set_status(http::StatusCode::RANGE_NOT_SATISFIABLE);
-    let _ = resp.insert_header(CONTENT_LENGTH, "0");
-    for name in [
-        ACCEPT_RANGES,
-        CONTENT_TYPE,
-        CONTENT_ENCODING,
-        TRANSFER_ENCODING,
-    ] {
-        resp.remove_header(&name);
-    }
-    let _ = resp.insert_header(CONTENT_RANGE, format!("bytes */{length}"));
 }
