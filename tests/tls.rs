@@ -87,16 +87,21 @@ fn https_listener_serves_with_the_default_certificate() {
     assert_eq!(e.header("x-forwarded-port").as_deref(), Some("443"));
 }
 
+/// An https gateway proxying `/t/*` to `up`.
+fn proxying_https_gateway(up: &EchoUpstream) -> (ConfigDir, GatewayProcess) {
+    https_gateway(&format!(
+        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up = up.url("")
+    ))
+}
+
 /// Plain HTTP sent to the `https` listener is answered `400` saying so (as nginx does), not
 /// closed without a word; TLS clients are served as before.
 #[test]
 fn plain_http_to_the_https_port_is_told_so() {
     use std::io::{Read, Write};
     let up = EchoUpstream::start("plain-up");
-    let (_dir, gw) = https_gateway(&format!(
-        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
-        up = up.url("")
-    ));
+    let (_dir, gw) = proxying_https_gateway(&up);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
     conn.write_all(b"GET /t/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .expect("send");
@@ -125,10 +130,7 @@ fn an_answer_before_the_body_reaches_a_client_uploading_over_tls() {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
     use std::io::{Read, Write};
     let up = EchoUpstream::start("plain-up");
-    let (_dir, gw) = https_gateway(&format!(
-        "apiEndpoints:\n  all: {{paths: '/t/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
-        up = up.url("")
-    ));
+    let (_dir, gw) = proxying_https_gateway(&up);
     let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
     connector.set_verify(SslVerifyMode::NONE);
     let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
