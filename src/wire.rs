@@ -141,19 +141,25 @@ pub fn has_dot_segment(path: &str) -> bool {
     }
 }
 
+/// The request line at the start of `head` (blank lines before it skipped), without its line
+/// end; `None` while no line end has come.
+pub fn request_line(head: &[u8]) -> Option<&[u8]> {
+    let lead = head
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count();
+    let head = &head[lead..];
+    let line = &head[..memchr::memchr(b'\n', head)?];
+    Some(line.strip_suffix(b"\r").unwrap_or(line))
+}
+
 /// Why the request line of `head` (a complete head, blank lines before it allowed) is
 /// refused, where Pingora's parser takes it: a control character (NUL, tab, DEL…), which
 /// RFC 9112 §3.2 allows nowhere in a target and nginx answers 400 (the parser escapes them,
 /// `%00`, and the request was served; a space is escaped and served, as clients send them
 /// unescaped); or the asterisk-form (`*`) with a method other than OPTIONS (RFC 9112 §3.2.4).
 pub fn request_line_refusal(head: &[u8]) -> Option<Box<pingora_core::Error>> {
-    let lead = head
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    let head = &head[lead..];
-    let line = &head[..memchr::memchr(b'\n', head).unwrap_or(head.len())];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let line = request_line(head)?;
     let why = if line.iter().any(u8::is_ascii_control) {
         "a control character in the request line"
     } else if line.split(|b| *b == b' ').nth(1) == Some(b"*") && !line.starts_with(b"OPTIONS ") {

@@ -328,11 +328,9 @@ fn never_a_head(buf: &[u8]) -> bool {
     if memchr::memchr_iter(b'\r', buf).any(|cr| buf.get(cr + 1).is_some_and(|b| *b != b'\n')) {
         return true;
     }
-    let Some(end) = memchr::memchr(b'\n', buf) else {
+    let Some(line) = crate::wire::request_line(buf) else {
         return false;
     };
-    let line = &buf[..end];
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
     // ` HTTP/<digit>.<digit>` at its end.
     let version = line.len().checked_sub(9).map(|at| &line[at..]);
     !version.is_some_and(|v| {
