@@ -6,6 +6,12 @@
 //! `chunked` alone).
 //! (Pingora itself drops `Content-Length` when `Transfer-Encoding` is present and closes the
 //! connection after such a request, so the upstream never sees both.)
+//!
+//! An upstream's answer is held to the same rules ([`response_problem`]): one framed otherwise
+//! is a `502`, as nginx answers it. Relayed, a second `Content-Length` line (even of the same
+//! value) makes strict clients refuse the answer, a length past 64 bits' signed range is read
+//! as another length, and a coding before `chunked` would reach the client (and the cache)
+//! de-chunked but still in that coding, with nothing saying so.
 
 use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::HeaderMap;
@@ -17,6 +23,12 @@ pub fn problem(headers: &HeaderMap) -> Option<(u16, &'static str)> {
         let status = if why == UNSUPPORTED_CODING { 501 } else { 400 };
         (status, why)
     })
+}
+
+/// Why an upstream's answer with these `headers` is not relayed, if it is not (see the
+/// module's text).
+pub fn response_problem(headers: &HeaderMap) -> Option<&'static str> {
+    problem_text(headers)
 }
 
 const UNSUPPORTED_CODING: &str = "a transfer coding other than chunked";

@@ -389,6 +389,106 @@ fn request_smuggling_is_refused_or_normalised() {
     );
 }
 
+/// Upstreams whose answers are framed ambiguously, each with what is wrong with it.
+fn ambiguous_upstreams() -> Vec<(&'static str, u16)> {
+    fn answer(conn: &mut std::net::TcpStream, head: &[u8], body: &[u8]) {
+        let _ = conn.write_all(&[head, b"Cache-Control: max-age=60\r\n\r\n", body].concat());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    vec![
+        (
+            "two equal Content-Length lines",
+            support::upstream::raw(|c| {
+                answer(
+                    c,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 5\r\n",
+                    b"hello",
+                )
+            }),
+        ),
+        (
+            "a Content-Length past 63 bits",
+            support::upstream::raw(|c| {
+                answer(
+                    c,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n",
+                    b"hello",
+                )
+            }),
+        ),
+        (
+            "a coding before chunked",
+            support::upstream::raw(|c| {
+                answer(
+                    c,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n",
+                    b"5\r\nhello\r\n0\r\n\r\n",
+                )
+            }),
+        ),
+        (
+            "chunked twice",
+            support::upstream::raw(|c| {
+                answer(
+                    c,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, chunked\r\n",
+                    b"5\r\nhello\r\n0\r\n\r\n",
+                )
+            }),
+        ),
+    ]
+}
+
+/// An upstream's answer framed ambiguously is a `502`, as nginx answers it, on both paths,
+/// through a `cache` step or not, for every kind of request (a conditional or range one goes
+/// through Pingora's cache phases): never relayed (two `Content-Length` lines make strict
+/// clients refuse the answer; a coding before `chunked` reached the client, and the cache, as
+/// a body in that coding labelled as none), never stored, and never a panic — a length past
+/// 64 bits aborted the gateway in the cache's admission arithmetic.
+#[test]
+fn an_upstream_answer_framed_ambiguously_is_a_502() {
+    let upstreams = ambiguous_upstreams();
+    let mut conf = String::from(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n",
+    );
+    for (i, _) in upstreams.iter().enumerate() {
+        conf += &format!("  e{i}: {{paths: '/e{i}/*'}}\n  c{i}: {{paths: '/c{i}/*'}}\n");
+    }
+    conf += "serviceEndpoints:\n";
+    for (i, (_, port)) in upstreams.iter().enumerate() {
+        conf += &format!("  u{i}: {{url: 'http://127.0.0.1:{port}'}}\n");
+    }
+    conf += "policies: [cache, proxy]\npipelines:\n";
+    for (i, _) in upstreams.iter().enumerate() {
+        conf += &format!("  e{i}:\n    apiEndpoints: [e{i}]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: u{i}}}}}]\n");
+        conf += &format!("  c{i}:\n    apiEndpoints: [c{i}]\n    policies:\n      - cache: [{{action: {{ttl: 60}}}}]\n      - proxy: [{{action: {{serviceEndpoint: u{i}}}}}]\n");
+    }
+    let dir = ConfigDir::new(&conf);
+    for fast_path in ["on", "off"] {
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast_path], &[]);
+        for (i, (what, _)) in upstreams.iter().enumerate() {
+            for (route, request) in [
+                ("e", "GET /{r}{i}/t HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+                ("e", "POST /{r}{i}/t HTTP/1.1\r\nHost: h\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx"),
+                ("c", "GET /{r}{i}/t HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+                ("c", "GET /{r}{i}/t HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+                ("c", "GET /{r}{i}/r HTTP/1.1\r\nHost: h\r\nRange: bytes=0-1\r\nConnection: close\r\n\r\n"),
+                ("c", "GET /{r}{i}/n HTTP/1.1\r\nHost: h\r\nIf-None-Match: \"x\"\r\nConnection: close\r\n\r\n"),
+                ("c", "HEAD /{r}{i}/h HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+            ] {
+                let request = request.replace("{r}", route).replace("{i}", &i.to_string());
+                let text = support::send_until_close(gw.port, request.as_bytes());
+                assert!(
+                    text.starts_with("HTTP/1.1 502") && !text.contains("hello"),
+                    "{what}, fast path {fast_path}, {request:?}:\n{text}\n{}",
+                    gw.log_text()
+                );
+            }
+        }
+        assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
+    }
+}
+
 /// An upstream that answers every request with a chunked body it breaks after `hello`: an
 /// invalid chunk size, then nothing.
 fn broken_chunks_upstream() -> u16 {

@@ -192,6 +192,15 @@ impl ProxyHttp for AdminService {
         Ok(())
     }
 
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut AdminCtx,
+    ) -> Result<()> {
+        crate::fastpath::relay::framed(upstream_response)
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,

@@ -42,8 +42,8 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 pub use outcome::{
-    answer_edits, failed, filling, hit_filter, lock_wait, note_expired, note_miss, serve_stale,
-    served_from_cache, status,
+    answer_edits, failed, filling, hit_filter, lock_wait, note_expired, note_miss, refresh_broke,
+    serve_stale, served_from_cache, status,
 };
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_forwardings, save_forwardings};

@@ -89,6 +89,23 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
     true
 }
 
+/// After an exchange that was refreshing a stale tile (in the background, or for its client
+/// when no stale-while-revalidate window let the stale copy answer) ended in the upstream's
+/// failure after the answer's head came — a body cut short, reset or timed out: the failure is
+/// remembered for the tile as one before the head is ([`serve_stale`]), so that its next
+/// requests get the stale copy at once and one a second asks again. (Before, the tile stood
+/// marked as being refreshed until the mark lapsed, 30 s of stale copies without a retry.)
+pub fn refresh_broke(session: &Session, x: &Exchange, e: Option<&Error>) {
+    let upstream = e.is_some_and(|e| e.esource() == &ErrorSource::Upstream);
+    if !upstream || !(x.refresh || x.cache.as_ref().is_some_and(|u| u.expired)) {
+        return;
+    }
+    if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
+        let key = u128::from_be_bytes(key.combined_bin());
+        cache.outages.failed(key, SystemTime::now());
+    }
+}
+
 /// Notes that the lookup found no stored copy (the request is a plain miss): a stale copy an
 /// earlier lookup found — before the request waited on another's fetch, after which the tile
 /// was gone — is neither its label (`EXPIRED`) nor a reason to answer its failure with a 504.

@@ -83,7 +83,7 @@ pub async fn relay(
                 }
             }
         }
-        if let Err(mut e) = up.read_response().await {
+        if let Err(mut e) = read_head(&mut up).await {
             e.as_up();
             fail(s, x, e, end).await;
             return;
@@ -248,8 +248,24 @@ async fn ask(
     exchange::strip_hop_by_hop(&mut *req);
     exchange::upstream_request(&mut req, x, filling)?;
     up.write_request_header(req).await?;
+    read_head(up).await
+}
+
+/// Reads the upstream's next response head: one framed ambiguously is the upstream's failure
+/// (see [`framed`]), and its connection is not used again.
+async fn read_head(up: &mut Upstream) -> pingora_core::Result<()> {
     up.read_response().await?;
-    Ok(())
+    up.resp_header().map_or(Ok(()), framed)
+}
+
+/// An upstream's answer framed ambiguously (two `Content-Length` lines, one too large, a
+/// coding before `chunked`; see [`crate::framing::response_problem`]) is a `502`, as nginx
+/// answers it, on every path.
+pub fn framed(resp: &ResponseHeader) -> pingora_core::Result<()> {
+    match crate::framing::response_problem(&resp.headers) {
+        Some(why) => Err(upstream_error(ErrorType::InvalidHTTPHeader, why)),
+        None => Ok(()),
+    }
 }
 
 /// The upstream's response head as the client gets it: in the gateway's HTTP version (RFC

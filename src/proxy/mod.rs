@@ -421,6 +421,7 @@ impl ProxyHttp for Tollgate {
                 "101 to a request without Upgrade",
             ));
         }
+        crate::fastpath::relay::framed(upstream_response)?;
         if let Some(plan) = &ctx.x.proxy {
             crate::upstream::attempt::answered(plan, upstream_response.status.as_u16());
         }
@@ -568,6 +569,7 @@ impl ProxyHttp for Tollgate {
             }
         }
         crate::upstream::attempt::end(&mut ctx.x.proxy);
+        crate::cache::refresh_broke(session, &ctx.x, e);
         if ctx.x.refresh {
             let status = crate::cache::status(session, &ctx.x);
             exchange::refreshed(&ctx.x, status, e);

@@ -190,7 +190,10 @@ fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
 /// sent again to the same url, the url's record is not blamed and the retries are left for
 /// what may follow (the url may have died: its refusal is then retried on another); otherwise
 /// another url is tried. A timeout is never such a close: the url holds the request and is
-/// slow, and sending it there again would only double the wait. `body_lost`: part of the
+/// slow, and sending it there again would only double the wait; nor is an answer whose head
+/// was malformed or framed ambiguously. (A connection the upstream breaks, however long after
+/// it took the request, before any byte of an answer looks the same as one it had closed: it
+/// is sent again too, as Go's and Pingora's clients do.) `body_lost`: part of the
 /// request's body went upstream and is no longer held whole (Pingora keeps the first 64 KiB
 /// for a retry): the request cannot be sent again, whatever its method. A failure on the
 /// client's side (Pingora passes those here too) ends the exchange with no blame and no retry.
@@ -213,7 +216,9 @@ pub fn broke(
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
     );
-    let resend = reused && !timed_out && may_resend(plan, method);
+    // An answer came, framed wrong: no idle close either.
+    let answered = matches!(e.etype(), ErrorType::InvalidHTTPHeader);
+    let resend = reused && !timed_out && !answered && may_resend(plan, method);
     if !resend {
         failed(plan);
     }

@@ -105,6 +105,52 @@ fn a_refresh_answered_403_leaves_the_stale_tile_unserved() {
     assert_eq!(cache_status(&open(tile)), "HIT");
 }
 
+/// A stale tile whose refresh breaks off after the upstream's head came (its body cut short)
+/// is served stale to the requests after it, and one request a second asks the upstream again,
+/// as after a failure before the head: with the client's own refresh (no stale-while-revalidate
+/// window) and with a background one. Before, the broken refresh left the tile marked as being
+/// refreshed: 30 s of stale copies and not one request upstream.
+#[test]
+fn a_refresh_whose_body_breaks_off_is_tried_again_a_second_later() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
+    let ask = |path: &str| {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        support::send_until_close(gw.port, raw.as_bytes())
+    };
+    for swr in [0, 30] {
+        let tile = format!(
+            "/open/breaks/20000/swr{swr}.png?cc=max-age%3D1%2C+stale-while-revalidate%3D{swr}%2C+stale-if-error%3D300"
+        );
+        let first = ask(&tile);
+        assert!(
+            first.starts_with("HTTP/1.1 200")
+                && first.to_ascii_lowercase().contains("x-cache-status: miss"),
+            "{first}"
+        );
+        std::thread::sleep(Duration::from_millis(1500));
+        let before = up.served();
+        // The first request after expiry refreshes the tile (answered with what the upstream
+        // sends, or stale while the background refresh runs); the upstream breaks it off.
+        let _ = ask(&tile);
+        let (mut stale, started) = (0, Instant::now());
+        while started.elapsed() < Duration::from_millis(3300) {
+            std::thread::sleep(Duration::from_millis(150));
+            let text = ask(&tile).to_ascii_lowercase();
+            if text.starts_with("http/1.1 200") && text.contains("x-cache-status: stale") {
+                stale += 1;
+            }
+        }
+        let asked = up.served() - before;
+        assert!(
+            asked >= 3,
+            "swr {swr}: the upstream was asked {asked} times in 3.3 s after the broken refresh (one a second expected)\n{}",
+            gw.log_text()
+        );
+        assert!(stale >= 10, "swr {swr}: {stale} stale answers");
+    }
+}
+
 /// The tile edge under load while its upstream fails: clients keep asking for tiles past their
 /// TTL while the upstream freezes (SIGSTOP: handshakes still complete, nothing is answered),
 /// goes on, dies (SIGKILL: refused) and comes back. Every request is answered 200 from the last

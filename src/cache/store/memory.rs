@@ -27,7 +27,7 @@ const TYPICAL_HEAD: usize = 640;
 
 /// What an object weighs in units: its body (by its footprint), head and bookkeeping.
 fn units(body: usize, head: usize) -> usize {
-    (body + head + OVERHEAD).div_ceil(UNIT)
+    body.saturating_add(head + OVERHEAD).div_ceil(UNIT)
 }
 
 /// Stripes of keys whose stores and removals take turns.
@@ -143,9 +143,12 @@ impl MemoryTier {
             Some(_) if super::shared::kept_here(len) => len.next_multiple_of(super::shared::PAGE),
             _ => len,
         };
-        let bytes = (units(body, TYPICAL_HEAD) * UNIT) as u64;
+        let bytes = units(body, TYPICAL_HEAD).saturating_mul(UNIT) as u64;
         let limit = ((self.budget / UNIT).max(1) * UNIT) as u64;
-        self.stored_bytes.load(Ordering::Relaxed) + bytes <= limit
+        self.stored_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(bytes)
+            <= limit
     }
 
     pub fn get(&self, key: &HashBinary) -> Option<Arc<Object>> {
