@@ -130,15 +130,29 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
         );
     }
     let keys = crate::cache::purge::keys_for(gw, host, path).len();
-    let purged = crate::cache::purge::purge_url(gw, host, path).await;
-    log::info!(
-        "tile cache: purged {}: {purged} object(s)",
-        crate::access_log::redact(path, &gw.secret_query_params)
-    );
-    json(
-        StatusCode::OK,
-        &json!({"url": path, "cached": keys > 0, "purged": purged}),
-    )
+    let (purged, failed) = crate::cache::purge::purge_url(gw, host, path).await;
+    let shown = crate::access_log::redact(path, &gw.secret_query_params);
+    match failed {
+        None => {
+            log::info!("tile cache: purged {shown}: {purged} object(s)");
+            json(
+                StatusCode::OK,
+                &json!({"url": path, "cached": keys > 0, "purged": purged}),
+            )
+        }
+        // Purged in this process, but not for good: the operator must know.
+        Some(e) => {
+            let e = e.root_cause().to_string();
+            log::warn!("tile cache: purged {shown} until the next restart only: {e}");
+            json(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &json!({
+                    "url": path, "cached": keys > 0, "purged": purged,
+                    "error": format!("{e}: purged until the next restart only; purge again once it can be removed"),
+                }),
+            )
+        }
+    }
 }
 
 /// The host (of an absolute URL) and the path with its query of a URL to purge: a path is taken

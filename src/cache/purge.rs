@@ -121,12 +121,17 @@ fn keys_with(
     out
 }
 
-/// Removes a URL's objects; returns how many there were.
-pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
+/// Removes a URL's objects; returns how many there were, and what kept one of them on disk
+/// (no longer served by this process, found again at the next start), if anything did.
+pub async fn purge_url(
+    gw: &Gateway,
+    host: Option<&str>,
+    url: &str,
+) -> (usize, Option<pingora_core::BError>) {
     let Some(cache) = super::get() else {
-        return 0;
+        return (0, None);
     };
-    let mut purged = 0;
+    let (mut purged, mut failed) = (0, None);
     for primary in keys_for(gw, host, url) {
         let compact = super::key::cache_key(primary).to_compact();
         let outcome = cache
@@ -137,11 +142,16 @@ pub async fn purge_url(gw: &Gateway, host: Option<&str>, url: &str) -> usize {
                 &Span::inactive().handle(),
             )
             .await;
-        if matches!(outcome, Ok(pingora_cache::storage::PurgeOutcome::Purged(_))) {
-            purged += 1;
+        match outcome {
+            Ok(pingora_cache::storage::PurgeOutcome::Purged(_)) => purged += 1,
+            Ok(_) => {}
+            Err(e) => {
+                purged += 1;
+                failed.get_or_insert(e);
+            }
         }
     }
-    purged
+    (purged, failed)
 }
 
 /// Removes what is stored for a URL without counting a purge (the target of an unsafe request

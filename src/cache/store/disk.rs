@@ -29,10 +29,15 @@ const MAGIC: &[u8; 4] = b"TGC1";
 const HEAD: usize = 4 + 16 + 4 + 4 + 8 + 4;
 /// Disk operations in flight at most.
 const MAX_IO: usize = 32;
-/// The most bytes of bodies waiting for the disk: past them a fill is not written (it is in
+/// The most bytes waiting for the disk (bodies, heads and [`WAITING_WRITE`] a write): past
+/// them a fill is not written (it is in
 /// memory; a disk slower than the misses would otherwise hold every body waiting, evicted from
 /// memory or not, and grow the gateway past its budget).
 const QUEUE_MAX: u64 = 64 << 20;
+/// What a waiting write holds besides its object's bytes, counted against [`QUEUE_MAX`]: its
+/// task, the object's entry and bookkeeping (about 2 KiB measured; with 200-byte tiles a slow
+/// disk let 220k writes wait, 17× the memory budget, when only the bytes counted).
+const WAITING_WRITE: u64 = 2048;
 /// How often a full file system may lower the budget (see [`DiskTier::write_failed`]).
 const LOWER_EVERY_MS: u64 = 5_000;
 /// When over budget, evict down to this share of it.
@@ -154,10 +159,33 @@ fn decode(key: &HashBinary, bytes: Vec<u8>) -> Option<Object> {
     Some(Object::new(*key, super::StoredMeta::from_meta(&meta), body))
 }
 
+/// The bytes of the regular file at `path`. Anything else there (a FIFO, whose open would wait
+/// for a writer and hold one of the tier's I/O slots for ever; a directory) cannot be read.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} is not a regular file", path.display()),
+        ));
+    }
+    let mut bytes = Vec::with_capacity((meta.len() as usize).min(16 << 20));
+    f.read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// The directory's secret, and whether it was made now (none was there, or none whole).
 fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
     let path = dir.join(SECRET_FILE);
-    match std::fs::read(&path) {
+    let context =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let damaged = match std::fs::read(&path) {
         Ok(bytes) => {
             if let Ok(secret) = <[u8; 16]>::try_from(&bytes[..]) {
                 return Ok((secret, false));
@@ -166,31 +194,53 @@ fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
                 "{}: not a key hash secret; a new one is made",
                 path.display()
             );
+            true
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            ))
-        }
-    }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(context(e)),
+    };
     let secret = crate::cache::key::new_secret()?;
-    // Whole or not at all: written aside, then renamed into place.
-    let aside = dir.join("tmp").join(SECRET_FILE);
-    {
+    // Whole or not at all: written aside under a name of this process's own (two gateways
+    // starting on a new directory at once each write one), then put in place — linked where
+    // there was none, so that when another process's secret got there first this one is
+    // dropped and that one used; renamed over a damaged one.
+    let aside = dir.join(format!(
+        "{SECRET_FILE}.{}.{}",
+        std::process::id(),
+        fastrand::u32(..)
+    ));
+    let placed = (|| -> std::io::Result<bool> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut f = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&aside)?;
         f.write_all(&secret)?;
         f.sync_all()?;
+        if damaged {
+            std::fs::rename(&aside, &path)?;
+            return Ok(true);
+        }
+        match std::fs::hard_link(&aside, &path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            // A file system without hard links.
+            Err(_) => std::fs::rename(&aside, &path).map(|()| true),
+        }
+    })();
+    let _ = std::fs::remove_file(&aside);
+    if placed.map_err(context)? {
+        return Ok((secret, true));
     }
-    std::fs::rename(&aside, &path)?;
-    Ok((secret, true))
+    let bytes = std::fs::read(&path).map_err(context)?;
+    let secret = <[u8; 16]>::try_from(&bytes[..]).map_err(|_| {
+        context(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "another process's key hash secret is not whole",
+        ))
+    })?;
+    Ok((secret, false))
 }
 
 impl DiskTier {
@@ -310,7 +360,7 @@ impl DiskTier {
         }
         let _permit = self.io.acquire().await.ok()?;
         let path = self.path(&key);
-        let read = tokio::task::spawn_blocking(move || std::fs::read(path))
+        let read = tokio::task::spawn_blocking(move || read_regular(&path))
             .await
             .ok()?;
         match read {
@@ -325,7 +375,7 @@ impl DiskTier {
                         "tile cache: {} is damaged; removed (read as a miss)",
                         self.path(&key).display()
                     );
-                    self.remove(&key).await;
+                    let _ = self.remove(&key).await;
                     None
                 }
             },
@@ -404,7 +454,7 @@ impl DiskTier {
         if crate::listener::handed_over() {
             return;
         }
-        let size = obj.body.len() as u64 + obj.meta.head.wire_size() as u64;
+        let size = obj.body.len() as u64 + obj.meta.head.wire_size() as u64 + WAITING_WRITE;
         let before = self.queued.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > QUEUE_MAX {
             self.queued.fetch_sub(size, Ordering::Relaxed);
@@ -440,7 +490,14 @@ impl DiskTier {
             if let Some(parent) = path.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = match std::fs::File::create(&tmp) {
+                // The directory's `tmp` removed by hand while running: made again.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(self.dir.join("tmp"))?;
+                    std::fs::File::create(&tmp)?
+                }
+                f => f?,
+            };
             f.write_all(&bytes)?;
             drop(f);
             // Put in place and indexed while a purge or an invalidation cannot begin (the
@@ -528,18 +585,31 @@ impl DiskTier {
 
     /// Removes an object an unsafe request invalidated (while the store's invalidation of
     /// it is under way: a write of it waiting for the disk, begun before, puts nothing back).
-    pub async fn invalidate(&'static self, key: &HashBinary) -> bool {
+    pub async fn invalidate(&'static self, key: &HashBinary) -> std::io::Result<bool> {
         // Removed even when not indexed: a file another process put in the directory after
         // this one read it (the process before an upgrade) is indexed at the next start.
         self.remove(key).await
     }
 
-    /// Removes a purged object (while the store's purge is under way).
-    pub async fn remove(&'static self, key: &HashBinary) -> bool {
+    /// Removes a purged object (while the store's purge is under way); whether the tier held
+    /// it. A file that cannot be removed (a read-only or unwritable directory) is an error: it
+    /// is no longer served by this process, but the next start would index it again.
+    pub async fn remove(&'static self, key: &HashBinary) -> std::io::Result<bool> {
         let known = self.unindex(key);
         let path = self.path(key);
-        let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(path)).await;
-        known
+        let removed = tokio::task::spawn_blocking({
+            let path = path.clone();
+            move || std::fs::remove_file(path)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        match removed {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot remove {}: {e}", path.display()),
+            )),
+            _ => Ok(known),
+        }
     }
 
     /// Removes the least recently used objects while over budget, down to the low water
@@ -606,7 +676,7 @@ mod tests {
         let obj = crate::cache::store::memory::tests::object(key, 3000);
         let seen = tier.purges.epoch();
         drop(tier.purges.begin());
-        rt.block_on(tier.remove(&[6u8; 16]));
+        rt.block_on(tier.remove(&[6u8; 16])).unwrap();
         tier.write(&obj, seen);
         assert!(!tier.contains(&key) && !tier.path(&key).exists());
         assert_eq!(tier.stored_objects.load(Ordering::Relaxed), 0);
@@ -650,6 +720,122 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A waiting write counts what it holds besides its bytes: with tiny tiles the bytes alone
+    /// let hundreds of thousands of writes wait (each a task and an object), many times the
+    /// memory budget.
+    #[test]
+    fn a_waiting_write_counts_more_than_its_bytes() {
+        let (tier, dir) = leaked_tier("queue-small");
+        let rt = runtime();
+        let tiny = std::sync::Arc::new(crate::cache::store::memory::tests::object([3; 16], 100));
+        let bytes = tiny.body.len() as u64 + tiny.meta.head.wire_size() as u64;
+        rt.block_on(async {
+            // Room for the tile's bytes, not for what its write holds besides them.
+            tier.queued
+                .store(QUEUE_MAX - bytes - WAITING_WRITE / 2, Ordering::Relaxed);
+            tier.put(tiny, tier.purges.epoch());
+        });
+        assert_eq!(tier.skipped.load(Ordering::Relaxed), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A file that cannot be removed fails the purge (the tile would come back at the next
+    /// start, which indexes the directory again); this process no longer serves it.
+    #[test]
+    fn a_tile_file_that_cannot_be_removed_fails_its_purge() {
+        let (tier, dir) = leaked_tier("unremovable");
+        let rt = runtime();
+        let key = [12u8; 16];
+        tier.write(
+            &crate::cache::store::memory::tests::object(key, 3000),
+            tier.purges.epoch(),
+        );
+        // What `unlink` refuses: a directory where the file was.
+        let file = tier.path(&key);
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        let removed = rt.block_on(tier.remove(&key));
+        assert!(removed.is_err(), "{removed:?}");
+        assert!(!tier.contains(&key));
+        // Gone already: no failure.
+        assert!(!rt.block_on(tier.remove(&[13u8; 16])).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A FIFO at a tile's name is a miss at once: opened as a file, it waited for a writer
+    /// and held one of the tier's I/O slots for ever.
+    #[test]
+    fn a_fifo_at_a_tiles_name_is_a_miss_at_once() {
+        let (tier, dir) = leaked_tier("fifo");
+        let rt = runtime();
+        let key = [14u8; 16];
+        tier.write(
+            &crate::cache::store::memory::tests::object(key, 3000),
+            tier.purges.epoch(),
+        );
+        let file = tier.path(&key);
+        std::fs::remove_file(&file).unwrap();
+        let name = std::ffi::CString::new(file.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string for the call's duration.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let read = rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), tier.get(key)).await
+        });
+        assert!(matches!(read, Ok(None)), "{:?}", read.map(|o| o.is_some()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two processes opening a new directory at once both start, with one secret: the secret
+    /// was written in `tmp/`, which each start empties, so one of them failed (and one
+    /// started with a secret the other then replaced).
+    #[test]
+    fn two_tiers_opening_a_new_directory_at_once_share_its_secret() {
+        for round in 0..20 {
+            let dir = std::env::temp_dir()
+                .join(format!("tollgate-disk-race-{round}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let start = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let opening: Vec<_> = (0..2)
+                .map(|_| {
+                    let (dir, start) = (dir.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        DiskTier::open(&dir, 1 << 20).map(|t| t.secret)
+                    })
+                })
+                .collect();
+            let secrets: Vec<[u8; 16]> = opening
+                .into_iter()
+                .map(|t| t.join().unwrap().expect("opened"))
+                .collect();
+            assert_eq!(secrets[0], secrets[1], "round {round}");
+            assert_eq!(std::fs::read(dir.join(SECRET_FILE)).unwrap(), secrets[0]);
+            let strays = std::fs::read_dir(&dir)
+                .unwrap()
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("hash.key."))
+                .count();
+            assert_eq!(strays, 0, "round {round}");
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+    }
+
+    /// The directory's `tmp` removed while the gateway runs (`rm -rf DIR/*`) is made again by
+    /// the next write: before, no write succeeded again until a restart.
+    #[test]
+    fn a_tmp_directory_removed_while_running_is_made_again() {
+        let (tier, dir) = leaked_tier("tmp-gone");
+        std::fs::remove_dir_all(dir.join("tmp")).unwrap();
+        let key = [15u8; 16];
+        tier.write(
+            &crate::cache::store::memory::tests::object(key, 3000),
+            tier.purges.epoch(),
+        );
+        assert!(tier.contains(&key) && tier.path(&key).exists());
+        assert_eq!(tier.failed.load(Ordering::Relaxed), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A write of a tile whose fetch began before an invalidation of it (under way or over)
     /// puts nothing back; one begun after it ended is written.
     #[test]
@@ -673,7 +859,7 @@ mod tests {
         tier.write(&object(key), during);
         assert!(tier.contains(&key) && tier.path(&key).exists());
         // Invalidated: the file goes.
-        assert!(rt.block_on(tier.invalidate(&key)));
+        assert!(rt.block_on(tier.invalidate(&key)).unwrap());
         assert!(!tier.path(&key).exists() && !tier.contains(&key));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -454,7 +454,11 @@ impl TileStore {
         let _under_way = self.purges.invalidate(&k);
         let in_memory = self.memory.remove(&k);
         let on_disk = match &self.disk {
-            Some(d) => d.invalidate(&k).await,
+            Some(d) => d.invalidate(&k).await.unwrap_or_else(|e| {
+                // Not served by this process; the next start would find it again.
+                log::warn!("tile cache: an invalidated tile stays on disk: {e}");
+                true
+            }),
             None => false,
         };
         in_memory || on_disk

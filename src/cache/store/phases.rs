@@ -63,7 +63,9 @@ impl Storage for TileStore {
         let _under_way = self.purges.begin();
         let in_memory = self.memory.remove(&k);
         let on_disk = match &self.disk {
-            Some(d) => d.remove(&k).await,
+            Some(d) => d.remove(&k).await.map_err(|e| {
+                Error::because(ErrorType::InternalError, "the tile's file stays on disk", e)
+            })?,
             None => false,
         };
         Ok(if in_memory || on_disk {
