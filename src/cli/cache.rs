@@ -49,7 +49,13 @@ pub fn run(c: &AdminClient, cmd: CacheCmd) -> Outcome {
                 (Some(u), None) => json!({ "url": u, "host": host }),
                 (None, None) => return Err("give a URL or --api-endpoint".into()),
             };
-            let answer = call(c, "POST", "/tollgate/cache/purge", Some(&body))?.json();
+            let answered = call(c, "POST", "/tollgate/cache/purge", Some(&body))?;
+            let answer = answered.json();
+            if !answered.ok() {
+                // Refused, or purged until the next restart only: the reason.
+                let why = answer["error"].as_str().map_or(answered.body.trim(), |e| e);
+                return Err(format!("the purge failed ({}): {why}", answered.status));
+            }
             if let Some(e) = answer["apiEndpoint"].as_str() {
                 eprintln!("✔ Purged everything cached for api endpoint {e}");
             } else if answer["cached"] == json!(false) {

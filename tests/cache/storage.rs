@@ -295,6 +295,33 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// A URL's purge whose tile file cannot be removed says so (500, and the CLI's exit status)
+/// — the next start would index the file again — and the tile is no longer served by this
+/// process. Before, the purge answered `purged: 1` and the tile came back at the next start.
+#[test]
+fn a_url_purge_whose_file_cannot_be_removed_says_so() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (cache_dir, dir_arg) = fresh_cache_dir("unremovable");
+    let (_dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
+    let path = "/tiles/bytes/20000/u.png";
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
+    wait_for_disk(&cache_dir, 1);
+    // What `unlink` refuses (as a read-only or unwritable directory would, for root too): a
+    // directory where the tile's file was.
+    let file = disk_files(&cache_dir).remove(0);
+    std::fs::remove_file(&file).expect("remove");
+    std::fs::create_dir(&file).expect("in the way");
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = support::gateway::run_tollgate(&["cache", "purge", path, "--admin-url", &admin], &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("until the next restart only"), "{said}");
+    let r = purge(&gw, &format!(r#"{{"url": "{path}"}}"#));
+    assert_eq!(r.status, 500, "{}", r.text());
+    assert_eq!(cache_status(&tile(&gw, path, 1)), "MISS");
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// An api endpoint's purge whose record could not be written is in effect until a restart;
 /// the next purge after the restart does not take its generation again (which would bring
 /// back the tiles stored under it).
