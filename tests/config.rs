@@ -175,6 +175,60 @@ fn one_port_twice_and_a_second_document_are_reported_where_written() {
     );
 }
 
+/// What would have taken the gateway down or cut a config short is a config error at its
+/// place: collections nested thousands deep (a stack overflow aborted `check`, and the
+/// running gateway on a reload), a NUL or another control character (the reader stopped there
+/// and the rest of the file was ignored: `valid (…, 0 pipelines)`), a system config that is a
+/// directory or a dangling link (read as no system config: the embedded store and defaults).
+#[test]
+fn deep_nesting_control_characters_and_unreadable_system_files_are_errors() {
+    let base = "http: {port: 8080}\napiEndpoints:\n  a: {paths: '/a/*'}\n";
+    let dir = ConfigDir::new(&format!("{base}x:\n  {}1\n", "- ".repeat(3000)));
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        stderr(&out).contains(&format!("{file}:5:"))
+            && stderr(&out).contains("nested more than 100 deep"),
+        "{}",
+        stderr(&out)
+    );
+    for (byte, col) in [("\u{0}", 1), ("\u{7}", 1), ("\u{7f}", 1)] {
+        let dir = ConfigDir::new(&format!("{base}{byte}pipelines: {{}}\n"));
+        let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{byte:?}: {}", stderr(&out));
+        let file = dir.file("gateway.config.yml");
+        assert!(
+            stderr(&out).contains(&format!(
+                "{file}:4:{col}: invalid YAML: a control character"
+            )),
+            "{byte:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Tabs, carriage returns: fine.
+    let dir = ConfigDir::new("http:\r\n  port: 8080 \t\r\n");
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    for broken in ["a directory", "a dangling link"] {
+        let dir = ConfigDir::new(base);
+        let system = dir.path.join("system.config.yml");
+        std::fs::remove_file(&system).expect("remove");
+        match broken {
+            "a directory" => std::fs::create_dir(&system).expect("dir"),
+            _ => std::os::unix::fs::symlink(dir.path.join("gone.yml"), &system).expect("link"),
+        }
+        let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{broken}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(&format!("{}:", system.display()))
+                && stderr(&out).contains("cannot read the file"),
+            "{broken}: {}",
+            stderr(&out)
+        );
+    }
+}
+
 #[test]
 fn syntax_errors_and_missing_files() {
     let dir = ConfigDir::empty();

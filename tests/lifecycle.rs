@@ -224,6 +224,64 @@ fn a_bad_file_keeps_the_running_config() {
     });
 }
 
+/// Files that would have taken the running gateway down, or put defaults in its place, are
+/// refused on a reload and the running config serves on under load: collections nested
+/// thousands deep (a stack overflow aborted the process, by the watcher, SIGHUP and the Admin
+/// API alike), a NUL (the file read up to it: every route gone), the system config deleted (a
+/// save that removes it first put the embedded store and every default in force).
+#[test]
+fn reloads_that_would_break_the_gateway_are_refused_under_load() {
+    let up = PyUpstream::start("a", 5.0);
+    let good = gateway_yml("/one/*", &up.url(""), "");
+    let dir = ConfigDir::new(&good);
+    let gw = GatewayProcess::start_with(&dir, &[], &[("EG_DISABLE_CONFIG_WATCH", "true")]);
+    let load = Load::start(
+        gw.port,
+        2,
+        "GET /one/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(5),
+    );
+    let reload = || send_json(gw.admin_port, "POST", "/tollgate/reload", "{}");
+    let nested = format!("{good}x:\n  {}1\n", "- ".repeat(3000));
+    let nul = good.replacen("pipelines:", "\u{0}pipelines:", 1);
+    for (what, file, content, said) in [
+        (
+            "nested",
+            "gateway.config.yml",
+            Some(nested.as_str()),
+            "nested more than",
+        ),
+        (
+            "a NUL",
+            "gateway.config.yml",
+            Some(nul.as_str()),
+            "a control character",
+        ),
+        (
+            "no system file",
+            "system.config.yml",
+            None,
+            "no system.config.yml",
+        ),
+    ] {
+        let path = dir.path.join(file);
+        let kept = std::fs::read(&path).expect("read");
+        match content {
+            Some(c) => save(&dir, file, c),
+            None => std::fs::remove_file(&path).expect("remove"),
+        }
+        let r = reload();
+        assert_eq!(r.status, 422, "{what}: {}", r.text());
+        assert!(r.text().contains(said), "{what}: {}", r.text());
+        assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200, "{what}");
+        std::fs::write(&path, kept).expect("restore");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let report = load.stop();
+    assert!(report.failed(200).is_empty(), "{:?}", report.failed(200));
+    assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
+}
+
 /// The upstream is named by a host name, as in most configs: each new config starts with the
 /// addresses the running one resolved.
 #[test]

@@ -65,13 +65,15 @@ impl ConfigDirs {
             .find(|p| p.is_file())
     }
 
-    /// `stem.yml`, `.yaml` or `.json` (in that order) from the last directory that has one.
+    /// `stem.yml`, `.yaml` or `.json` (in that order) from the last directory that has one:
+    /// by its name, whatever it is — a directory or a dangling link there (a mount gone wrong)
+    /// is the config's error when it is read, not a file to do without.
     pub fn find_config(&self, stem: &str) -> Option<PathBuf> {
         self.0.iter().rev().find_map(|d| {
             ["yml", "yaml", "json"]
                 .iter()
                 .map(|ext| d.join(format!("{stem}.{ext}")))
-                .find(|p| p.is_file())
+                .find(|p| p.symlink_metadata().is_ok())
         })
     }
 

@@ -57,6 +57,17 @@ pub fn text_of(bytes: &[u8], name: &str) -> String {
 /// Reads, interpolates and parses one file.
 pub fn read_document(path: &Path) -> Result<Node, ConfigError> {
     let name: Arc<str> = Arc::from(path.display().to_string());
+    // Found by its name (see [`ConfigDirs::find_config`]): a directory, a FIFO (whose read
+    // would wait for a writer) or a dangling link there is an error of its own.
+    match std::fs::metadata(path) {
+        Ok(m) if !m.is_file() => {
+            return Err(ConfigError::new(
+                &Pos::file_start(&name),
+                "cannot read the file: not a regular file",
+            ))
+        }
+        _ => {}
+    }
     let bytes = std::fs::read(path).map_err(|e| {
         ConfigError::new(
             &Pos::file_start(&name),

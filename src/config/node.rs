@@ -148,6 +148,13 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ConfigError> {
 /// Parses a whole document interpolated from a file (see [`Places`]): positions are the
 /// file's.
 pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node, ConfigError> {
+    if let Some((line, col, byte)) = unprintable(text) {
+        let (line, col) = places.in_file((line, col));
+        return Err(ConfigError::new(
+            &Pos::new(file, line, col + 1),
+            format!("{SYNTAX}a control character (0x{byte:02x}) where YAML allows none"),
+        ));
+    }
     let mut builder = TreeBuilder {
         places,
         file: file.clone(),
@@ -158,17 +165,31 @@ pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node
         second_document: None,
         aliased: 0,
         too_many_aliased: None,
+        too_deep: None,
     };
     let mut parser = Parser::new_from_str(text);
-    // Every document, so that a second one is seen (and refused).
-    if let Err(e) = parser.load(&mut builder, true) {
-        return Err(ConfigError::new(
-            &builder.pos(*e.marker()),
-            format!("{SYNTAX}{}", e.info()),
-        ));
+    // Every document, so that a second one is seen (and refused). Event by event (the parser's
+    // own `load` recurses once per level of nesting, and thousands of levels overflowed the
+    // stack before the tree could refuse them), up to the first level too deep.
+    loop {
+        let (ev, mark) = match parser.next_token() {
+            Ok(event) => event,
+            Err(e) => {
+                return Err(ConfigError::new(
+                    &builder.pos(*e.marker()),
+                    format!("{SYNTAX}{}", e.info()),
+                ))
+            }
+        };
+        let end = ev == Event::StreamEnd;
+        builder.on_event(ev, mark);
+        if end || builder.too_deep.is_some() {
+            break;
+        }
     }
     if let Some(e) = builder
-        .too_many_aliased
+        .too_deep
+        .or(builder.too_many_aliased)
         .or(builder.duplicate)
         .or(builder.second_document)
     {
@@ -209,6 +230,31 @@ struct TreeBuilder<'a> {
     aliased: usize,
     /// The alias past [`ALIASED_MAX`].
     too_many_aliased: Option<ConfigError>,
+    /// The collection past [`DEPTH_MAX`]; the events after it are not built into the tree.
+    too_deep: Option<ConfigError>,
+}
+
+/// The deepest a file's collections may nest: far more than any config's (Kargo's nest about
+/// eight deep), far less than what the recursive reading of the tree (and its drop) would
+/// overflow a thread's stack with — a few thousand `- ` in 10 KB aborted the gateway, on a
+/// reload too.
+const DEPTH_MAX: usize = 100;
+
+/// The first character YAML does not allow in a stream (a C0 control but tab, line feed and
+/// carriage return; DEL): its line (from 1), column (from 0, in characters) and byte. A NUL
+/// ended the parser's reading of the file there, and the rest of it was ignored without a word.
+fn unprintable(text: &str) -> Option<(usize, usize, u8)> {
+    let at = text
+        .bytes()
+        .position(|b| (b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r')) || b == 0x7f)?;
+    let before = &text[..at];
+    let line = before.bytes().filter(|b| *b == b'\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    Some((
+        line,
+        before[line_start..].chars().count(),
+        text.as_bytes()[at],
+    ))
 }
 
 /// The most values a file's aliases may stand for, together: far more than any config's, far
@@ -269,7 +315,19 @@ impl TreeBuilder<'_> {
 
 impl MarkedEventReceiver for TreeBuilder<'_> {
     fn on_event(&mut self, ev: Event, mark: Marker) {
+        if self.too_deep.is_some() {
+            return;
+        }
         let pos = self.pos(mark);
+        if matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..))
+            && self.stack.len() >= DEPTH_MAX
+        {
+            self.too_deep = Some(ConfigError::new(
+                &pos,
+                format!("collections nested more than {DEPTH_MAX} deep"),
+            ));
+            return;
+        }
         match ev {
             Event::Scalar(text, style, anchor, tag) => {
                 // `!!str` makes a plain scalar a string (`!!str 0123`, `!!str true`).
@@ -512,6 +570,32 @@ mod tests {
 
     fn doc(text: &str) -> Node {
         parse(text, &Arc::from("t.yml")).expect("parses")
+    }
+
+    /// Collections nested thousands deep are an error at the first one too deep, read on a
+    /// thread with the stack a runtime's worker has (a reload runs there): they overflowed it.
+    #[test]
+    fn collections_nested_too_deep_are_an_error() {
+        for doc in [
+            format!("x:\n  {}1\n", "- ".repeat(5000)),
+            format!("x:\n  {}1\n", "[".repeat(5000)),
+            (0..3000)
+                .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+                .collect(),
+        ] {
+            let read = std::thread::Builder::new()
+                .stack_size(2 << 20)
+                .spawn(move || parse(&doc, &Arc::from("f.yml")).map(|_| ()))
+                .expect("thread")
+                .join()
+                .expect("no overflow");
+            let e = read.expect_err("refused");
+            assert!(
+                e.to_string().contains("nested more than 100 deep")
+                    || e.to_string().contains("recursion"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
+use crate::config::error::{ConfigError, ConfigErrors, Pos};
 use crate::config::layers::Source;
 use crate::config::{ConfigDirs, LoadedConfig};
 use crate::consumers::models::Models;
@@ -392,6 +393,7 @@ impl Lifecycle {
         let m = crate::metrics::metrics();
         let before = ReadBefore::of(&self.dirs, &self.files_in_force());
         let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
+            self.system_file_kept(&loaded)?;
             let models =
                 Models::load(&self.dirs).map_err(|e| crate::config::error::ConfigErrors(vec![e]));
             let started = Started::of(&loaded, before);
@@ -447,6 +449,32 @@ impl Lifecycle {
                 }
             }
         }
+    }
+
+    /// A reload that finds no system config where the config in force has one is refused:
+    /// a file deleted for a moment (a save that removes it, then writes it again) would put
+    /// the embedded store and every default in force — routes the plugins add gone — until
+    /// it is back.
+    fn system_file_kept(&self, loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
+        let had = self
+            .files_in_force()
+            .iter()
+            .any(|f| f.name.starts_with("system.config."));
+        if loaded.system_path.is_some() || !had {
+            return Ok(());
+        }
+        let file: Arc<str> = Arc::from(
+            self.dirs
+                .last()
+                .join("system.config.yml")
+                .display()
+                .to_string(),
+        );
+        Err(ConfigErrors(vec![ConfigError::new(
+            &Pos::file_start(&file),
+            "no system.config.yml, though the running config has one: a system config is not \
+             taken away by a reload (restart without it for the defaults)",
+        )]))
     }
 
     fn restart_required(&self) -> Vec<String> {
