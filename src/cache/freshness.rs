@@ -44,6 +44,11 @@ pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
     }
 }
 
+/// The longest a response stays fresh: 2^31 seconds, what RFC 9111 §1.2.2 has a cache take
+/// for a delta-seconds it cannot represent. A step's `ttl` and `maxTtl` near 2^63 seconds
+/// overflowed the clock (a panic on every request).
+const LONGEST: Duration = Duration::from_secs(1 << 31);
+
 /// Whether one response may be stored, and how long it stays fresh.
 pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCacheReason> {
     let uncacheable = NoCacheReason::Custom;
@@ -92,6 +97,7 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
             None => rule.ttl.saturating_sub(Duration::from_secs(age_of(resp))),
         }
         .clamp(rule.min_ttl, rule.max_ttl)
+        .min(LONGEST)
     };
     let fresh_until = if left.is_zero() {
         now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
@@ -378,6 +384,25 @@ mod tests {
         judge(&resp(200, h), &rule)
             .ok()
             .map(|f| f.fresh_until.duration_since(now).map_or(0, |d| d.as_secs()))
+    }
+
+    /// A lifetime past what the clock holds (a step's `ttl` and `maxTtl` of 2^63 − 1
+    /// seconds, an upstream's `max-age` as large) is 2^31 seconds: it panicked on every
+    /// request.
+    #[test]
+    fn a_lifetime_past_the_clock_is_2_to_the_31_seconds() {
+        let rule = CacheRule {
+            ttl: Duration::from_secs(i64::MAX as u64),
+            max_ttl: Duration::from_secs(i64::MAX as u64),
+            ..rule()
+        };
+        let now = SystemTime::now();
+        for cc in [None, Some("max-age=9223372036854775807")] {
+            let h: Vec<(&str, &str)> = cc.iter().map(|v| ("cache-control", *v)).collect();
+            let f = judge(&resp(200, &h), &rule).expect("cacheable");
+            let left = f.fresh_until.duration_since(now).expect("ahead").as_secs();
+            assert!((1 << 31) - 5 <= left && left <= 1 << 31, "{cc:?}: {left}");
+        }
     }
 
     #[test]
