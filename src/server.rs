@@ -105,6 +105,20 @@ pub(crate) fn https_acceptor(
 
 /// Runs until a signal stops the process. Returns only on a start-up error.
 pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
+    // Background work (cache refresh, store I/O of the Admin API) runs on a runtime of its own.
+    let background = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("tollgate-bg")
+        .enable_all()
+        .build()
+        .context("cannot start the background runtime")?;
+    // SIGHUP from the start: one that comes while a large config is read (a reload sent to a
+    // process starting, an upgrade's) waits for the server, which then reads the config
+    // again, instead of ending the process (its default action).
+    let early_hup = background
+        .block_on(async { tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) })
+        .inspect_err(|e| log::warn!("cannot take SIGHUP before the server runs: {e}"))
+        .ok();
     let before = crate::lifecycle::ReadBefore::of(&opts.config_dirs, &[]);
     let loaded = match config::load_dirs(&opts.config_dirs) {
         Ok(l) => l,
@@ -113,13 +127,6 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    // Background work (cache refresh, store I/O of the Admin API) runs on a runtime of its own.
-    let background = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("tollgate-bg")
-        .enable_all()
-        .build()
-        .context("cannot start the background runtime")?;
     // The listening sockets first (from the old process, when upgrading): what takes long —
     // opening the embedded store (it reads all of it), the consumers' first load, the disk
     // tier's scan — comes after. The old process offers them for a few seconds only; after a
@@ -156,7 +163,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // once. An upgrading process is the service's main one from now on (systemd: the old one
     // leaves before this one is ready when its start takes long).
     let early = background
-        .block_on(async { Taken::now() })
+        .block_on(async { Taken::now(early_hup) })
         .inspect_err(|e| log::warn!("cannot take the signals before the server runs: {e}"))
         .ok();
     if opts.upgrade {
@@ -385,6 +392,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         shutdown_signal: Box::new(Signals {
             lifecycle,
             early: std::sync::Mutex::new(early),
+            upgrade_sock: opts.upgrade_sock.clone(),
         }),
     });
     crate::cache::save_forwardings();
@@ -397,6 +405,31 @@ struct Signals {
     lifecycle: Arc<crate::lifecycle::Lifecycle>,
     /// The signals taken before the server ran (one that came meanwhile is waiting in them).
     early: std::sync::Mutex<Option<Taken>>,
+    /// Where an upgrading process waits for the listening sockets.
+    upgrade_sock: std::path::PathBuf,
+}
+
+/// How long a SIGQUIT waits for an upgrading process to wait for the sockets (one that reads
+/// a large config first, or is started a moment after the signal) before it is dropped.
+const UPGRADE_WAIT: Duration = Duration::from_secs(60);
+
+/// Whether a process listens on the unix socket `path` (`/proc/net/unix`: its bound name, and
+/// the flag of a listening socket), without connecting to it: the upgrading process takes the
+/// first connection as the one the sockets come on. Without `/proc`, whether the socket file
+/// is there (the upgrading process removes it when it is done, or gives up).
+fn upgrade_offered(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    const ACCEPTING: u32 = 0x10000;
+    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
+        return std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
+    };
+    let name = path.as_os_str().to_string_lossy();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        fields.len() >= 8
+            && fields[7..].join(" ") == name
+            && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
+    })
 }
 
 /// The signals the server acts on besides SIGINT, each a stream from the moment it was made.
@@ -407,12 +440,16 @@ struct Taken {
 }
 
 impl Taken {
-    fn now() -> std::io::Result<Taken> {
+    /// `hup`: SIGHUP's stream when it was taken before.
+    fn now(hup: Option<tokio::signal::unix::Signal>) -> std::io::Result<Taken> {
         use tokio::signal::unix::{signal, SignalKind};
         Ok(Taken {
             quit: signal(SignalKind::quit())?,
             term: signal(SignalKind::terminate())?,
-            hup: signal(SignalKind::hangup())?,
+            hup: match hup {
+                Some(hup) => hup,
+                None => signal(SignalKind::hangup())?,
+            },
         })
     }
 }
@@ -421,7 +458,7 @@ impl Taken {
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         let early = self.early.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let taken = early.map_or_else(Taken::now, Ok);
+        let taken = early.map_or_else(|| Taken::now(None), Ok);
         let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
         let (
             Ok(Taken {
@@ -435,18 +472,49 @@ impl ShutdownSignalWatch for Signals {
             log::error!("cannot install the signal handlers; SIGTERM and SIGINT stop at once");
             return std::future::pending().await;
         };
+        // Since when a SIGQUIT waits for an upgrading process: the sockets are handed over only
+        // to one that waits for them (handed to none, Pingora's server ends this process all
+        // the same, and nothing is left serving).
+        let mut quit_since: Option<Instant> = None;
+        let sock = self.upgrade_sock.as_path();
         loop {
             tokio::select! {
-                _ = quit.recv() => return ShutdownSignal::GracefulUpgrade,
+                _ = quit.recv() => {
+                    if upgrade_offered(sock) {
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    if quit_since.is_none() {
+                        log::info!(
+                            "SIGQUIT: waiting for the upgrading process to take the sockets at {} (at most {}s)",
+                            sock.display(),
+                            UPGRADE_WAIT.as_secs()
+                        );
+                    }
+                    quit_since = Some(Instant::now());
+                }
+                () = tokio::time::sleep(Duration::from_millis(50)), if quit_since.is_some() => {
+                    if upgrade_offered(sock) {
+                        return ShutdownSignal::GracefulUpgrade;
+                    }
+                    if quit_since.is_some_and(|t| t.elapsed() >= UPGRADE_WAIT) {
+                        log::error!(
+                            "SIGQUIT: no upgrading process waited for the sockets at {} within {}s; this process serves on",
+                            sock.display(),
+                            UPGRADE_WAIT.as_secs()
+                        );
+                        quit_since = None;
+                    }
+                }
                 _ = term.recv() => return ShutdownSignal::GracefulTerminate,
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
                 _ = hup.recv() => {
                     let lifecycle = self.lifecycle.clone();
-                    // Off the signal loop: a reload reads files.
-                    let _ = tokio::task::spawn_blocking(move || {
+                    // Off the signal loop, and not waited on: a reload reads files, and a
+                    // signal that comes meanwhile (a SIGQUIT of an upgrade, a SIGINT) is acted
+                    // on at once. Reloads take turns.
+                    drop(tokio::task::spawn_blocking(move || {
                         lifecycle.reload(crate::lifecycle::Trigger::Signal)
-                    })
-                    .await;
+                    }));
                 }
             }
         }

@@ -1121,6 +1121,83 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
     );
 }
 
+/// A SIGQUIT that comes before the upgrading process waits for the sockets (started a moment
+/// after the signal, or slow to read a large config) waits for it, serving meanwhile, and the
+/// sockets go to it once it waits: no request fails. Before, the sockets went to nobody after
+/// five tries a second apart and the old process ended all the same: nothing was left
+/// serving. A SIGHUP while the new process reads its config waits for its server instead of
+/// ending it (SIGHUP's default action ended it, status 129).
+#[test]
+fn a_sigquit_before_the_upgrading_process_waits_for_it() {
+    let up = PyUpstream::start("a", 5.0);
+    // Large enough that reading it takes a moment (twenty thousand api endpoints).
+    let mut yml = gateway_yml("/tiles/*", &up.url(""), "");
+    let endpoints: String = (0..20_000)
+        .map(|i| format!("  e{i}: {{paths: '/e{i}/*'}}\n"))
+        .collect();
+    yml = yml.replacen("apiEndpoints:\n", &format!("apiEndpoints:\n{endpoints}"), 1);
+    let dir = ConfigDir::new(&yml);
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let mut old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let load = Load::start(
+        old.port,
+        2,
+        "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(5),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    old.signal("QUIT");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        old.child.try_wait().expect("wait").is_none(),
+        "{}",
+        old.log_text()
+    );
+    assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    assert!(
+        old.log_text().contains("waiting for the upgrading process"),
+        "{}",
+        old.log_text()
+    );
+    let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: a signal to a child of this test.
+    unsafe {
+        libc::kill(new.0.id() as libc::pid_t, libc::SIGHUP);
+    }
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the old process did not leave: {}",
+            old.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let report = load.stop();
+    assert!(
+        new.0.try_wait().expect("wait").is_none(),
+        "the new process ended: {}",
+        new_log()
+    );
+    assert_eq!(
+        get(old.port, "GET", "/tiles/x", &[]).status,
+        200,
+        "{}",
+        new_log()
+    );
+    assert!(report.count() > 50, "{}", report.count());
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 /// An upgrade to a process that cannot use its certificates leaves the old process serving:
 /// `tollgate check` refuses them, and the new process leaves before it takes the sockets, so
 /// the reload's guard (deploy/systemd: SIGQUIT only if the new process still runs a second
