@@ -1121,6 +1121,71 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
     );
 }
 
+/// A config file written in place with a pause in the middle (a writer that flushes part of
+/// it, then the rest) is loaded once it is closed, not as the part that came first: that part
+/// parsed (the pipelines after the cut missing), and it was in force for the pause — its
+/// routes answered 404.
+#[test]
+fn a_file_written_with_a_pause_is_loaded_once_closed() {
+    let up = PyUpstream::start("a", 5.0);
+    let config = |names: &[&str]| {
+        let mut yml = String::from(
+            "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n",
+        );
+        for n in names {
+            yml += &format!("  {n}: {{paths: '/{n}/*'}}\n");
+        }
+        yml += &format!(
+            "serviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n",
+            up.url("")
+        );
+        for n in names {
+            yml += &format!("  {n}:\n    apiEndpoints: [{n}]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n");
+        }
+        yml
+    };
+    let dir = ConfigDir::new(&config(&["one", "two"]));
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/two/x", &[]).status, 200);
+    // The watcher's own first look at the files (made once it watches) is over.
+    std::thread::sleep(Duration::from_millis(1000));
+    let new = config(&["one", "two", "three"]);
+    let cut = new
+        .find("  two:\n    apiEndpoints")
+        .expect("the second pipeline");
+    let writer = {
+        let (path, new) = (dir.path.join("gateway.config.yml"), new.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .truncate(true)
+                .open(path)
+                .expect("open");
+            f.write_all(new[..cut].as_bytes()).expect("write");
+            f.flush().expect("flush");
+            std::thread::sleep(Duration::from_millis(1200));
+            f.write_all(new[cut..].as_bytes()).expect("write");
+        })
+    };
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let r = get(gw.port, "GET", "/two/x", &[]);
+        assert_eq!(
+            r.status,
+            200,
+            "the part written first was put in force: {}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    writer.join().expect("writer");
+    wait_for("the whole file", || {
+        get(gw.port, "GET", "/three/x", &[]).status == 200
+    });
+    assert_eq!(get(gw.port, "GET", "/two/x", &[]).status, 200);
+}
+
 /// A SIGQUIT that comes before the upgrading process waits for the sockets (started a moment
 /// after the signal, or slow to read a large config) waits for it, serving meanwhile, and the
 /// sockets go to it once it waits: no request fails. Before, the sockets went to nobody after

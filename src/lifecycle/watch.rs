@@ -179,7 +179,11 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
                     }
                 };
                 let mut root_touched = relevance.touches_root(&first);
-                // Wait for quiet: the end of an editor's save, a `cp -r`, a symlink swap.
+                let mut writing = Writing::default();
+                writing.note(&first);
+                // Wait for quiet: the end of an editor's save, a `cp -r`, a symlink swap — and
+                // for the files written to be closed (a writer that pauses in the middle of a
+                // file left a part of it that parses in force for the pause).
                 let began = Instant::now();
                 let mut quiet_from = began;
                 loop {
@@ -187,16 +191,24 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
                     if waited >= QUIET_AT_MOST {
                         break;
                     }
-                    let left = (quiet_from + QUIET).saturating_duration_since(Instant::now());
+                    let mut left = (quiet_from + QUIET).saturating_duration_since(Instant::now());
                     if left.is_zero() {
-                        break;
+                        if writing.0.is_empty() {
+                            break;
+                        }
+                        left = QUIET;
                     }
                     match rx.recv_timeout(left.min(QUIET_AT_MOST - waited)) {
                         Ok(Ok(e)) if relevance.of(&e) => {
                             root_touched |= relevance.touches_root(&e);
+                            writing.note(&e);
                             quiet_from = Instant::now();
                         }
-                        Ok(Ok(_)) => {}
+                        Ok(Ok(e)) => {
+                            if e.paths.iter().any(|p| relevance.path(p)) {
+                                writing.note(&e);
+                            }
+                        }
                         Ok(Err(e)) => log::warn!("config watch: {e}"),
                         Err(mpsc::RecvTimeoutError::Timeout) => {}
                         Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -212,6 +224,42 @@ pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {
     if let Err(e) = spawned {
         log::warn!("cannot start the config watcher: {e}");
     }
+}
+
+/// The config files (gateway and system config, models) written to since the first change of
+/// a burst and not closed since. Other files are not waited for: an editor keeps its swap file
+/// open while it runs.
+#[derive(Default)]
+struct Writing(std::collections::HashSet<PathBuf>);
+
+impl Writing {
+    fn note(&mut self, e: &notify::Event) {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        match e.kind {
+            EventKind::Modify(ModifyKind::Data(_)) => {
+                self.0
+                    .extend(e.paths.iter().filter(|p| config_file(p)).cloned());
+            }
+            EventKind::Access(AccessKind::Close(AccessMode::Write))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Name(_)) => {
+                for p in &e.paths {
+                    self.0.remove(p);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Whether `p` names a config file: `gateway.config.*`, `system.config.*`, a model.
+fn config_file(p: &Path) -> bool {
+    let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.starts_with("gateway.config.")
+        || name.starts_with("system.config.")
+        || p.parent()
+            .and_then(Path::file_name)
+            .is_some_and(|d| d == "models")
 }
 
 /// Watches the parent of each root (its entries only): a root removed and made anew, or a
