@@ -229,6 +229,27 @@ fn deep_nesting_control_characters_and_unreadable_system_files_are_errors() {
     }
 }
 
+/// A key that is no section (EG ignores it, and so does tollgate) is said where it is, with
+/// the section it looks like: `piplines` left every route without its pipeline, silently.
+#[test]
+fn a_key_that_is_no_section_is_said() {
+    let dir = ConfigDir::new(
+        "http: {port: 8080}\napiEndpoints:\n  a: {paths: '/a/*'}\npiplines:\n  p: {apiEndpoints: [a], policies: []}\nextra: 1\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let file = dir.file("gateway.config.yml");
+    let said = stderr(&out);
+    assert!(
+        said.contains(&format!("{file}:4:1: `piplines` is no section of the gateway config and is ignored (`pipelines`?)")),
+        "{said}"
+    );
+    assert!(
+        said.contains("`extra` is no section") && !said.contains("(`extra`"),
+        "{said}"
+    );
+}
+
 #[test]
 fn syntax_errors_and_missing_files() {
     let dir = ConfigDir::empty();

@@ -89,6 +89,63 @@ pub struct GatewayFile {
 /// Default Admin API port, as EG's.
 pub const DEFAULT_ADMIN_PORT: u16 = 9876;
 
+/// The sections of a gateway config.
+const SECTIONS: [&str; 8] = [
+    "http",
+    "https",
+    "admin",
+    "apiEndpoints",
+    "serviceEndpoints",
+    "policies",
+    "pipelines",
+    "pipeline",
+];
+
+/// Says where the file has a key that is no section (EG ignores it, and so does tollgate): a
+/// misspelt `piplines` left every route without its pipeline, and nothing said why.
+fn unknown_sections(root: &Node) {
+    for (key, _) in root.as_map().unwrap_or_default() {
+        let Some(name) = key.as_str() else { continue };
+        if SECTIONS.contains(&name) {
+            continue;
+        }
+        let like = SECTIONS
+            .iter()
+            .find(|s| one_edit_apart(s, name))
+            .map_or(String::new(), |s| format!(" (`{s}`?)"));
+        log::warn!(
+            "{}: `{name}` is no section of the gateway config and is ignored{like}",
+            key.pos
+        );
+    }
+}
+
+/// Whether `a` and `b` differ by one edit at most (a letter left out, added, changed, or two
+/// neighbours swapped), case aside: a misspelling.
+fn one_edit_apart(a: &str, b: &str) -> bool {
+    let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+    let (short, long) = if a.len() <= b.len() {
+        (a.as_bytes(), b.as_bytes())
+    } else {
+        (b.as_bytes(), a.as_bytes())
+    };
+    if long.len() - short.len() > 1 {
+        return false;
+    }
+    let i = short.iter().zip(long).take_while(|(x, y)| x == y).count();
+    if i == short.len() {
+        return true;
+    }
+    if short.len() < long.len() {
+        return short[i..] == long[i + 1..];
+    }
+    short[i + 1..] == long[i + 1..]
+        || (i + 1 < short.len()
+            && short[i] == long[i + 1]
+            && short[i + 1] == long[i]
+            && short[i + 2..] == long[i + 2..])
+}
+
 impl GatewayFile {
     pub fn from_node(root: &Node, errors: &mut ConfigErrors) -> GatewayFile {
         if root.is_null() {
@@ -133,6 +190,7 @@ impl GatewayFile {
             errors.push(&at, why);
         }
         same_port_twice(root, &file, errors);
+        unknown_sections(root);
         if let Some(n) = root.get("apiEndpoints") {
             for (key, value) in map_entries(n, "apiEndpoints", errors) {
                 file.api_endpoints.push(api_endpoint(key, value, errors));
