@@ -489,6 +489,43 @@ fn an_upstream_answer_framed_ambiguously_is_a_502() {
     }
 }
 
+/// An answer framed ambiguously is the url's failure on both paths: the request is retried on
+/// another url (nothing of it reached the client) and the url is ejected after its failures.
+/// On Pingora's path the answer counted as begun: a 502, no retry, never ejected.
+#[test]
+fn an_answer_framed_ambiguously_is_retried_on_another_url_on_both_paths() {
+    let (_, bad) = ambiguous_upstreams().remove(2);
+    let good = support::upstream::raw(|c| {
+        let _ = c.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    });
+    let conf = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  t: {{paths: '/t/*'}}\nserviceEndpoints:\n  up:\n    urls: ['http://127.0.0.1:{bad}', 'http://127.0.0.1:{good}']\n    tollgate: {{retries: 1, outlierDetection: {{consecutiveFailures: 2, ejectSeconds: 60}}}}\npolicies: [proxy]\npipelines:\n  t:\n    apiEndpoints: [t]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+    );
+    let dir = ConfigDir::new(&conf);
+    for fast_path in ["on", "off"] {
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast_path], &[]);
+        for i in 0..6 {
+            let text = support::send_until_close(
+                gw.port,
+                b"GET /t/a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            );
+            assert!(
+                text.starts_with("HTTP/1.1 200") && text.ends_with("ok"),
+                "fast path {fast_path}, request {i}:\n{text}\n{}",
+                gw.log_text()
+            );
+        }
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+        let bad_url = format!("http://127.0.0.1:{bad}");
+        let ejected = state["serviceEndpoints"][0]["urls"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|u| u["url"] == bad_url.as_str() && u["ejectedForSeconds"].is_number());
+        assert!(ejected, "fast path {fast_path}: {state}");
+    }
+}
+
 /// An upstream that answers every request with a chunked body it breaks after `hello`: an
 /// invalid chunk size, then nothing.
 fn broken_chunks_upstream() -> u16 {

@@ -261,6 +261,26 @@ fn unprintable(text: &str) -> Option<(usize, usize, u8)> {
 /// less than what exhausts the gateway's memory (a string counts a value per 64 bytes).
 const ALIASED_MAX: usize = 100_000;
 
+/// How deep `node`'s collections nest (a scalar 0), counted up to `limit` + 1.
+fn height(node: &Node, limit: usize) -> usize {
+    let children: Box<dyn Iterator<Item = &Node>> = match &node.value {
+        Value::Seq(items) => Box::new(items.iter()),
+        Value::Map(entries) => Box::new(entries.iter().flat_map(|(k, v)| [k, v])),
+        _ => return 0,
+    };
+    if limit == 0 {
+        return 1;
+    }
+    let mut deepest = 0;
+    for c in children {
+        deepest = deepest.max(height(c, limit - 1));
+        if deepest >= limit {
+            break;
+        }
+    }
+    1 + deepest
+}
+
 /// The values in `node` (itself included; a string one per 64 bytes), counted up to `limit`.
 fn values_in(node: &Node, limit: usize) -> usize {
     let mut n = match &node.value {
@@ -344,6 +364,20 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
             Event::Alias(id) => {
                 let room = ALIASED_MAX.saturating_sub(self.aliased);
                 let node = match self.anchors.get(&id) {
+                    // A copy of its anchor's value where it stands: nested as deep as it is,
+                    // below this place (a chain of anchors, each aliasing the one before, grew
+                    // past any limit on the file's own nesting).
+                    Some(anchored)
+                        if self.stack.len() + height(anchored, DEPTH_MAX) > DEPTH_MAX =>
+                    {
+                        self.too_deep = Some(ConfigError::new(
+                            &pos,
+                            format!(
+                                "collections nested more than {DEPTH_MAX} deep (through aliases)"
+                            ),
+                        ));
+                        return;
+                    }
                     Some(anchored) if self.too_many_aliased.is_none() => {
                         let n = values_in(anchored, room);
                         self.aliased += n;
@@ -582,6 +616,15 @@ mod tests {
             (0..3000)
                 .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
                 .collect(),
+            // Anchors each aliasing the one before, 60 deep each: 20 of them 1,200 deep.
+            {
+                let nest = |inner: &str| format!("{}{inner}{}", "[".repeat(60), "]".repeat(60));
+                let mut doc = format!("x:\n  k0: &a0 {}\n", nest("1"));
+                for i in 1..20 {
+                    doc += &format!("  k{i}: &a{i} {}\n", nest(&format!("*a{}", i - 1)));
+                }
+                doc
+            },
         ] {
             let read = std::thread::Builder::new()
                 .stack_size(2 << 20)

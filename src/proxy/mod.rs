@@ -407,12 +407,11 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.upstream_time.is_none() {
-            ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
-        }
         // A protocol switch the client did not ask for would open a tunnel past the pipeline
         // (Pingora refuses only a switch one side asked for and the other not): 502, as on
-        // the fast path.
+        // the fast path. So is an answer framed ambiguously. Both before the answer counts as
+        // begun (`upstream_time`): nothing of it reached the client, so the request is retried
+        // on another url and the url blamed, as on the fast path.
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && !(session.is_upgrade_req() && session.req_header().version == http::Version::HTTP_11)
         {
@@ -422,6 +421,9 @@ impl ProxyHttp for Tollgate {
             ));
         }
         crate::fastpath::relay::framed(upstream_response)?;
+        if ctx.upstream_time.is_none() {
+            ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
+        }
         if let Some(plan) = &ctx.x.proxy {
             crate::upstream::attempt::answered(plan, upstream_response.status.as_u16());
         }
