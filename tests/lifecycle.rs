@@ -242,6 +242,13 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
         Duration::from_millis(5),
     );
     let reload = || send_json(gw.admin_port, "POST", "/tollgate/reload", "{}");
+    // A users model in force.
+    std::fs::create_dir_all(dir.path.join("models")).expect("models");
+    dir.write(
+        "models/users.json",
+        r#"{"type": "object", "properties": {"username": {"type": "string"}}, "required": ["username"]}"#,
+    );
+    assert_eq!(reload().status, 200);
     let nested = format!("{good}x:\n  {}1\n", "- ".repeat(3000));
     let nul = good.replacen("pipelines:", "\u{0}pipelines:", 1);
     for (what, file, content, said) in [
@@ -261,7 +268,13 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
             "no system file",
             "system.config.yml",
             None,
-            "no system.config.yml",
+            "the file is gone",
+        ),
+        (
+            "no users model",
+            "models/users.json",
+            None,
+            "the file is gone",
         ),
     ] {
         let path = dir.path.join(file);

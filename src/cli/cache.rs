@@ -49,7 +49,9 @@ pub fn run(c: &AdminClient, cmd: CacheCmd) -> Outcome {
                 (Some(u), None) => json!({ "url": u, "host": host }),
                 (None, None) => return Err("give a URL or --api-endpoint".into()),
             };
-            let answered = call(c, "POST", "/tollgate/cache/purge", Some(&body))?;
+            let answered = c
+                .call("POST", "/tollgate/cache/purge", Some(&body))
+                .map_err(|e| e.to_string())?;
             let answer = answered.json();
             if !answered.ok() {
                 // Refused, or purged until the next restart only: the reason.

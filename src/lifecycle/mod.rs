@@ -393,7 +393,7 @@ impl Lifecycle {
         let m = crate::metrics::metrics();
         let before = ReadBefore::of(&self.dirs, &self.files_in_force());
         let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
-            self.system_file_kept(&loaded)?;
+            self.inputs_kept(&loaded)?;
             let models =
                 Models::load(&self.dirs).map_err(|e| crate::config::error::ConfigErrors(vec![e]));
             let started = Started::of(&loaded, before);
@@ -451,30 +451,35 @@ impl Lifecycle {
         }
     }
 
-    /// A reload that finds no system config where the config in force has one is refused:
-    /// a file deleted for a moment (a save that removes it, then writes it again) would put
-    /// the embedded store and every default in force — routes the plugins add gone — until
-    /// it is back.
-    fn system_file_kept(&self, loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
-        let had = self
+    /// A reload that finds no system config, or no model, where the config in force has one is
+    /// refused: a file deleted for a moment (a save that removes it, then writes it again)
+    /// would put the embedded store and every default (or the built-in models) in force —
+    /// routes the plugins add gone — until it is back.
+    fn inputs_kept(&self, loaded: &LoadedConfig) -> Result<(), ConfigErrors> {
+        let gone: Vec<ConfigError> = self
             .files_in_force()
             .iter()
-            .any(|f| f.name.starts_with("system.config."));
-        if loaded.system_path.is_some() || !had {
-            return Ok(());
+            .filter(|f| {
+                if f.name.starts_with("system.config.") {
+                    loaded.system_path.is_none()
+                } else if f.name.starts_with("models/") {
+                    self.dirs.resolve(Path::new(&f.name)).is_none()
+                } else {
+                    false
+                }
+            })
+            .map(|f| {
+                ConfigError::new(
+                    &Pos::file_start(&Arc::from(f.path.as_str())),
+                    "the file is gone, though the running config has it: a reload does not \
+                     take it away (restart without it for the defaults)",
+                )
+            })
+            .collect();
+        match gone.is_empty() {
+            true => Ok(()),
+            false => Err(ConfigErrors(gone)),
         }
-        let file: Arc<str> = Arc::from(
-            self.dirs
-                .last()
-                .join("system.config.yml")
-                .display()
-                .to_string(),
-        );
-        Err(ConfigErrors(vec![ConfigError::new(
-            &Pos::file_start(&file),
-            "no system.config.yml, though the running config has one: a system config is not \
-             taken away by a reload (restart without it for the defaults)",
-        )]))
     }
 
     fn restart_required(&self) -> Vec<String> {

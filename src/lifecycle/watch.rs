@@ -235,6 +235,10 @@ struct Writing(std::collections::HashSet<PathBuf>);
 impl Writing {
     fn note(&mut self, e: &notify::Event) {
         use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+        // Only inotify says when a file written to is closed: elsewhere nothing is waited for.
+        if !cfg!(target_os = "linux") {
+            return;
+        }
         match e.kind {
             EventKind::Modify(ModifyKind::Data(_)) => {
                 self.0
@@ -257,9 +261,10 @@ fn config_file(p: &Path) -> bool {
     let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
     name.starts_with("gateway.config.")
         || name.starts_with("system.config.")
-        || p.parent()
-            .and_then(Path::file_name)
-            .is_some_and(|d| d == "models")
+        || (matches!(name, "users.json" | "applications.json")
+            && p.parent()
+                .and_then(Path::file_name)
+                .is_some_and(|d| d == "models"))
 }
 
 /// Watches the parent of each root (its entries only): a root removed and made anew, or a

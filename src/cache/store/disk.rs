@@ -219,14 +219,24 @@ fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
         f.write_all(&secret)?;
         f.sync_all()?;
         if damaged {
-            std::fs::rename(&aside, &path)?;
-            return Ok(true);
+            // Out of the way, then linked as where there was none (a process starting beside
+            // this one may have put its own in place meanwhile: then that one is used).
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
         match std::fs::hard_link(&aside, &path) {
             Ok(()) => Ok(true),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-            // A file system without hard links.
-            Err(_) => std::fs::rename(&aside, &path).map(|()| true),
+            // A file system without hard links: renamed (no other process's to keep).
+            Err(e)
+                if e.kind() == std::io::ErrorKind::Unsupported
+                    || matches!(e.raw_os_error(), Some(libc::EPERM | libc::EOPNOTSUPP)) =>
+            {
+                std::fs::rename(&aside, &path).map(|()| true)
+            }
+            Err(e) => Err(e),
         }
     })();
     let _ = std::fs::remove_file(&aside);
@@ -247,6 +257,21 @@ impl DiskTier {
     /// Opens (creating) the directory and indexes the objects already in it.
     pub fn open(dir: &Path, budget: u64) -> std::io::Result<DiskTier> {
         std::fs::create_dir_all(dir.join("tmp"))?;
+        // Secrets written aside by a start that ended before it put its own in place (one of
+        // a start under way now is younger than this).
+        for e in std::fs::read_dir(dir)?.flatten() {
+            let stray = e
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{SECRET_FILE}."));
+            let old = e.metadata().and_then(|m| m.modified()).is_ok_and(|t| {
+                t.elapsed()
+                    .is_ok_and(|a| a > std::time::Duration::from_secs(60))
+            });
+            if stray && old {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
         // Leftovers of writes a crash interrupted.
         for e in std::fs::read_dir(dir.join("tmp"))?.flatten() {
             let _ = std::fs::remove_file(e.path());
@@ -302,7 +327,11 @@ impl DiskTier {
                 if f.path() != tier.path(&key) {
                     continue;
                 }
+                // A directory or a FIFO under a tile's name is no tile.
                 let Ok(md) = f.metadata() else { continue };
+                if !md.is_file() {
+                    continue;
+                }
                 let used = md
                     .modified()
                     .ok()
@@ -415,7 +444,12 @@ impl DiskTier {
         {
             let path = self.path(&obj.key);
             drop(tokio::task::spawn_blocking(move || {
-                let _ = std::fs::File::open(&path)
+                use std::os::unix::fs::OpenOptionsExt;
+                // Not waiting for a writer, should a FIFO be there.
+                let _ = std::fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(&path)
                     .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             }));
         }
@@ -604,10 +638,15 @@ impl DiskTier {
         .await
         .map_err(std::io::Error::other)?;
         match removed {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(std::io::Error::new(
-                e.kind(),
-                format!("cannot remove {}: {e}", path.display()),
-            )),
+            // (On a read-only file system `unlink` fails so whether the file is there or not.)
+            Err(e)
+                if e.kind() != std::io::ErrorKind::NotFound && path.symlink_metadata().is_ok() =>
+            {
+                Err(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot remove {}: {e}", path.display()),
+                ))
+            }
             _ => Ok(known),
         }
     }
@@ -782,6 +821,38 @@ mod tests {
             tokio::time::timeout(std::time::Duration::from_secs(5), tier.get(key)).await
         });
         assert!(matches!(read, Ok(None)), "{:?}", read.map(|o| o.is_some()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A directory or a FIFO under a tile's name is not indexed at the next start (each
+    /// lookup of the tile cost a blocking read that failed, with a warning, for ever); a
+    /// secret a start wrote aside and never put in place is cleared once it is old.
+    #[test]
+    fn what_is_no_tile_file_is_not_indexed_at_start() {
+        let (tier, dir) = leaked_tier("scan");
+        let object = |k| crate::cache::store::memory::tests::object(k, 3000);
+        let (a, b, c) = ([21u8; 16], [22u8; 16], [23u8; 16]);
+        for k in [a, b, c] {
+            tier.write(&object(k), tier.purges.epoch());
+        }
+        std::fs::remove_file(tier.path(&a)).unwrap();
+        std::fs::create_dir(tier.path(&a)).unwrap();
+        std::fs::remove_file(tier.path(&b)).unwrap();
+        let name = std::ffi::CString::new(tier.path(&b).as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid C string for the call's duration.
+        assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o600) }, 0);
+        let stray = dir.join(format!("{SECRET_FILE}.1.2"));
+        std::fs::write(&stray, b"0123456789abcdef").unwrap();
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(120);
+        std::fs::File::options()
+            .write(true)
+            .open(&stray)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let again = DiskTier::open(&dir, 1 << 30).unwrap();
+        assert!(!again.contains(&a) && !again.contains(&b) && again.contains(&c));
+        assert!(!stray.exists());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
