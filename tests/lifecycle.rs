@@ -1175,10 +1175,10 @@ fn a_file_written_with_a_pause_is_loaded_once_closed() {
                 .truncate(true)
                 .open(path)
                 .expect("open");
-            f.write_all(new[..cut].as_bytes()).expect("write");
+            f.write_all(&new.as_bytes()[..cut]).expect("write");
             f.flush().expect("flush");
             std::thread::sleep(Duration::from_millis(1200));
-            f.write_all(new[cut..].as_bytes()).expect("write");
+            f.write_all(&new.as_bytes()[cut..]).expect("write");
         })
     };
     let started = Instant::now();
