@@ -269,3 +269,29 @@ mod tests {
         );
     }
 }
+
+/// Whether Node's HTTP server (and so EG) keeps the first line of a header that comes twice
+/// (it joins the lines of the others with `, `, and `Cookie`'s with `; `).
+pub fn node_keeps_first(name: &http::HeaderName) -> bool {
+    [
+        "age",
+        "authorization",
+        "content-length",
+        "content-type",
+        "etag",
+        "expires",
+        "from",
+        "host",
+        "if-modified-since",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "proxy-authorization",
+        "referer",
+        "retry-after",
+        "server",
+        "user-agent",
+    ]
+    .contains(&name.as_str())
+}

@@ -248,11 +248,13 @@ async fn ask(
     exchange::strip_hop_by_hop(&mut *req);
     exchange::upstream_request(&mut req, x, filling)?;
     up.write_request_header(req).await?;
-    read_head(up).await
+    up.read_response().await?;
+    up.resp_header().map_or(Ok(()), framed)
 }
 
-/// Reads the upstream's next response head: one framed ambiguously is the upstream's failure
-/// (see [`framed`]), and its connection is not used again.
+/// Reads the upstream's next response head (after an informational one): one framed
+/// ambiguously is the upstream's failure (see [`framed`]), and its connection is not used
+/// again. ([`ask`] reads the first one so.)
 async fn read_head(up: &mut Upstream) -> pingora_core::Result<()> {
     up.read_response().await?;
     up.resp_header().map_or(Ok(()), framed)

@@ -248,15 +248,21 @@ impl Jwt {
         // As jsonwebtoken (Node) under EG: a configured audience or issuer must be present in
         // the token, not only match when present. A token minted for one deployment
         // (`audience: ${SUBDOMAIN}`) is refused by another.
-        match &p.audience {
+        // An empty one (`audience: '${SUBDOMAIN}'` with the variable set to nothing) checks
+        // nothing, as there (a falsy option).
+        let audience = match &p.audience {
+            Some(AudienceParam::One(a)) if a.is_empty() => None,
+            other => other.as_ref(),
+        };
+        match audience {
             Some(AudienceParam::One(a)) => validation.set_audience(&[a]),
             Some(AudienceParam::Many(list)) => validation.set_audience(list),
             None => validation.validate_aud = false,
         }
-        if p.audience.is_some() {
+        if audience.is_some() {
             validation.required_spec_claims.insert("aud".into());
         }
-        if let Some(iss) = &p.issuer {
+        if let Some(iss) = p.issuer.as_ref().filter(|i| !i.is_empty()) {
             validation.set_issuer(&[iss]);
             validation.required_spec_claims.insert("iss".into());
         }
@@ -307,11 +313,16 @@ impl Jwt {
         match &self.extractor {
             Extractor::Bearer => from_scheme("bearer"),
             Extractor::Scheme(s) => from_scheme(s),
-            Extractor::Header(h) => req
-                .headers
-                .get(h)
-                .and_then(|v| v.to_str().ok())
-                .map(Cow::Borrowed),
+            Extractor::Header(h) => {
+                let mut values = req.headers.get_all(h).iter();
+                let first = values.next()?;
+                // Node (EG) joins the lines of a header it does not keep the first of:
+                // `a, b` is no token.
+                if values.next().is_some() && !crate::wire::node_keeps_first(h) {
+                    return None;
+                }
+                first.to_str().ok().map(Cow::Borrowed)
+            }
             Extractor::Query(q) => query_param(req.query, q),
         }
     }
@@ -338,6 +349,13 @@ impl Jwt {
         )
         .ok()?;
         let claims = data.claims;
+        // EG's jsonwebtoken compares `iss` as a string: a list of issuers (accepted here when
+        // one of them matched) is none.
+        if self.validation.iss.is_some()
+            && !matches!(claims.get("iss"), Some(serde_json::Value::String(_)))
+        {
+            return None;
+        }
         let text = |k: &str| -> Option<Arc<str>> {
             match claims.get(k)? {
                 serde_json::Value::String(s) => Some(Arc::from(s.as_str())),
@@ -588,6 +606,25 @@ mod tests {
             &scheme,
             &OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[])
         ));
+        // Twice: Node joins the lines (`a, b`), no token — but Authorization's first stands.
+        assert!(!passes(
+            &header,
+            &OwnedRequest::get("/t", &[("x-token", &t), ("x-token", "other")], &[])
+        ));
+        let bearer = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false}),
+        );
+        assert!(passes(
+            &bearer,
+            &OwnedRequest::get(
+                "/t",
+                &[
+                    ("authorization", &format!("Bearer {t}")),
+                    ("authorization", "Bearer other")
+                ],
+                &[]
+            )
+        ));
         let mut x = Exchange::default();
         header.on_request(
             &OwnedRequest::get("/t", &[("x-token", &t)], &[]).req(),
@@ -598,6 +635,36 @@ mod tests {
             Some("c1".to_string()),
             "without a credential check the token's id is the consumer"
         );
+    }
+
+    /// As EG's jsonwebtoken: an empty audience or issuer (a variable set to nothing) checks
+    /// nothing (every token was refused), and an `iss` that is a list is no issuer (one that
+    /// held the configured one passed).
+    #[test]
+    fn empty_audience_or_issuer_and_a_list_of_issuers() {
+        let bearer =
+            |t: &str| OwnedRequest::get("/t", &[("authorization", &format!("Bearer {t}"))], &[]);
+        let t = hs(
+            Algorithm::HS256,
+            "s",
+            serde_json::json!({"id": "u", "aud": "kargo.test", "iss": "kargo"}),
+        );
+        for empty in [
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false, "audience": ""}),
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false, "issuer": ""}),
+        ] {
+            assert!(passes(&policy(empty.clone()), &bearer(&t)), "{empty}");
+        }
+        let p = policy(
+            serde_json::json!({"secretOrPublicKey": "s", "checkCredentialExistence": false, "issuer": "kargo"}),
+        );
+        assert!(passes(&p, &bearer(&t)));
+        let listed = hs(
+            Algorithm::HS256,
+            "s",
+            serde_json::json!({"id": "u", "iss": ["evil", "kargo"]}),
+        );
+        assert!(!passes(&p, &bearer(&listed)));
     }
 
     #[test]
