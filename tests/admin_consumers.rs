@@ -531,3 +531,81 @@ fn a_trickling_body_is_cut_at_the_request_timeout() {
         "answered after {took:?}: the request timeout was not applied"
     );
 }
+
+/// The Admin API's consumer writes take turns: concurrent creates of one username, of one key
+/// id for two consumers, of one app name each make one (the others 409) — each checked the
+/// store and then wrote (on Redis 20 at once made 20 users of one name: `redis_store`). A user id that is an
+/// application's is refused (deleting the user deleted the app's credentials), and a page
+/// asked for far past the end is empty (its arithmetic overflowed: a panic, no answer).
+#[test]
+fn concurrent_writes_make_one_of_each_and_ids_stay_apart() {
+    let (_d, gw) = gateway(&[]);
+    let port = gw.admin_port;
+    let at_once = |n: usize, make: &(dyn Fn(usize) -> (String, String) + Sync)| -> Vec<u16> {
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..n)
+                .map(|i| {
+                    s.spawn(move || {
+                        let (path, body) = make(i);
+                        call(port, "POST", &path, &body).status
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().expect("call")).collect()
+        })
+    };
+    let ok = |statuses: &[u16]| statuses.iter().filter(|s| **s < 300).count();
+    let users = at_once(20, &|_| {
+        ("/users".into(), r#"{"username": "racer"}"#.into())
+    });
+    assert_eq!(ok(&users), 1, "{users:?}");
+    assert!(users.iter().all(|s| *s < 300 || *s == 409), "{users:?}");
+    for name in ["r0", "r1"] {
+        let r = call(
+            port,
+            "POST",
+            "/users",
+            &format!(r#"{{"username": "{name}"}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let keys = at_once(20, &|i| {
+        (
+            "/credentials".into(),
+            format!(
+                r#"{{"consumerId": "r{}", "type": "key-auth", "credential": {{"keyId": "racekey", "keySecret": "s{i}"}}}}"#,
+                i % 2
+            ),
+        )
+    });
+    assert_eq!(ok(&keys), 1, "{keys:?}");
+    let apps = at_once(20, &|_| {
+        (
+            "/apps".into(),
+            r#"{"userId": "r0", "name": "raceapp"}"#.into(),
+        )
+    });
+    assert_eq!(ok(&apps), 1, "{apps:?}");
+    assert_eq!(call(port, "GET", "/apps/raceapp", "").status, 200);
+    // A user whose id is an application's.
+    let app_id = json(&call(port, "GET", "/apps/raceapp", ""))["id"]
+        .as_str()
+        .expect("app id")
+        .to_string();
+    let r = call(
+        port,
+        "POST",
+        "/users",
+        &format!(r#"{{"username": "mallory", "id": "{app_id}"}}"#),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    // A page far past the end.
+    let r = get(
+        port,
+        "GET",
+        "/users?start=18446744073709551615&count=10",
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["nextKey"], 0, "{}", r.text());
+}

@@ -1031,3 +1031,46 @@ fn populate_at_start_waits_for_a_store_not_up_yet() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+/// Concurrent Admin API creates on Redis make one of each, the others `409`: each checked the
+/// store and then wrote, and 20 at once made up to 7 users of one name and one key id for two
+/// consumers (only one of whose secrets worked).
+#[test]
+fn concurrent_admin_creates_make_one_of_each() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let a = gw.admin_port;
+    let at_once = |make: &(dyn Fn(usize) -> (String, String) + Sync)| -> Vec<u16> {
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..20)
+                .map(|i| {
+                    s.spawn(move || {
+                        let (path, body) = make(i);
+                        post_json(a, &path, &body).status
+                    })
+                })
+                .collect();
+            calls.into_iter().map(|c| c.join().expect("call")).collect()
+        })
+    };
+    let made = |statuses: &[u16]| statuses.iter().filter(|s| **s < 300).count();
+    let users = at_once(&|_| ("/users".into(), r#"{"username": "racer"}"#.into()));
+    assert_eq!(made(&users), 1, "{users:?}");
+    assert!(users.iter().all(|s| *s < 300 || *s == 409), "{users:?}");
+    for name in ["r0", "r1"] {
+        let body = format!(r#"{{"username": "{name}"}}"#);
+        assert_eq!(post_json(a, "/users", &body).status, 200);
+    }
+    let keys = at_once(&|i| {
+        (
+            "/credentials".into(),
+            format!(
+                r#"{{"consumerId": "r{}", "type": "key-auth", "credential": {{"keyId": "racekey", "keySecret": "s{i}"}}}}"#,
+                i % 2
+            ),
+        )
+    });
+    assert_eq!(made(&keys), 1, "{keys:?}");
+}

@@ -144,6 +144,8 @@ impl ConsumerService {
         };
         let current = fields.iter().any(|(k, v)| k == "isActive" && v == "true");
         if current == active {
+            // Announced again (a retry of a write that landed unannounced).
+            self.announce(&[format!("app:{id}")], true).await;
             return Ok(if active { "Active" } else { "Inactive" });
         }
         let status = vec![

@@ -291,6 +291,9 @@ impl ConsumerService {
             .ok_or_else(|| ConsumerError::NotFound(format!("No credential found with id: {id}")))?;
         let cred = self.existing_credential(t, id).await?;
         if (cred.get("isActive").map(String::as_str) == Some("true")) == active {
+            // Announced again: the request may be a retry of one answered 503 whose write
+            // landed unannounced.
+            self.announce(&[format!("{}:{id}", t.as_str())], true).await;
             return Ok(if active { "Active" } else { "Inactive" });
         }
         let fields = vec![

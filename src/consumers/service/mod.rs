@@ -113,14 +113,28 @@ impl ConsumerService {
 
     /// Applies a batch and announces the changed entities.
     pub(crate) async fn commit(&self, batch: &[Write], changed: &[String]) -> Result<()> {
-        self.store.apply(batch).await?;
+        let applied = self.store.apply(batch).await;
+        // Announced when the write failed too: one that timed out may have landed (a
+        // revocation answered 503 was in the store and not followed until the next resync); a
+        // change announced that was not made only has its entities read again.
+        self.announce(changed, applied.is_ok()).await;
+        applied?;
+        Ok(())
+    }
+
+    /// Announces changed entities to every gateway on the store (`say`: a failure to is
+    /// logged as a warning).
+    pub(crate) async fn announce(&self, changed: &[String], say: bool) {
         let channel = self.layout.invalidation_channel();
         for c in changed {
             if let Err(e) = self.store.publish(&channel, c).await {
-                log::warn!("could not announce a change of {c}: {e}");
+                if say {
+                    log::warn!("could not announce a change of {c}: {e}");
+                } else {
+                    log::debug!("could not announce a change of {c}: {e}");
+                }
             }
         }
-        Ok(())
     }
 
     /// Sets fields of one hash and announces the changed entities.
@@ -142,7 +156,7 @@ impl ConsumerService {
         count: usize,
         order: &[&str],
     ) -> Result<(Vec<Value>, usize)> {
-        let end = (start + count.max(1)).min(keys.len());
+        let end = start.saturating_add(count.max(1)).min(keys.len());
         let slice = keys.get(start..end).unwrap_or(&[]);
         let hashes = self.store.hgetall_many(slice).await?;
         let items = hashes

@@ -57,9 +57,15 @@ impl ConsumerService {
             .get("id")
             .and_then(Value::as_str)
             .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_string);
-        // An id given that is another user's would merge the two.
+        // An id given that is another user's would merge the two; one that is an app's would
+        // make the app's credentials the user's (and a delete of the user theirs).
         if self.store.key_type(&self.layout.user(&id)).await? != crate::store::KeyType::None {
             return Err(ConsumerError::Conflict("user id already exists".into()));
+        }
+        if self.store.key_type(&self.layout.app(&id)).await? != crate::store::KeyType::None {
+            return Err(ConsumerError::Conflict(
+                "the id is an application's: a consumer id names one consumer".into(),
+            ));
         }
         let now = model::js_date_now();
         let mut fields: Fields = vec![
@@ -137,6 +143,8 @@ impl ConsumerService {
         };
         let current = fields.iter().any(|(k, v)| k == "isActive" && v == "true");
         if current == active {
+            // Announced again (a retry of a write that landed unannounced).
+            self.announce(&[format!("user:{id}")], true).await;
             return Ok(if active { "Active" } else { "Inactive" });
         }
         let now = model::js_date_now();
