@@ -173,6 +173,32 @@ pub fn request_line_refusal(head: &[u8]) -> Option<Box<pingora_core::Error>> {
     ))
 }
 
+/// Whether Node's HTTP server (and so EG) keeps the first line of a header that comes twice
+/// (it joins the lines of the others with `, `, and `Cookie`'s with `; `).
+pub fn node_keeps_first(name: &http::HeaderName) -> bool {
+    [
+        "age",
+        "authorization",
+        "content-length",
+        "content-type",
+        "etag",
+        "expires",
+        "from",
+        "host",
+        "if-modified-since",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "proxy-authorization",
+        "referer",
+        "retry-after",
+        "server",
+        "user-agent",
+    ]
+    .contains(&name.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -268,30 +294,4 @@ mod tests {
             b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nConnection: close\r\n\r\n"
         );
     }
-}
-
-/// Whether Node's HTTP server (and so EG) keeps the first line of a header that comes twice
-/// (it joins the lines of the others with `, `, and `Cookie`'s with `; `).
-pub fn node_keeps_first(name: &http::HeaderName) -> bool {
-    [
-        "age",
-        "authorization",
-        "content-length",
-        "content-type",
-        "etag",
-        "expires",
-        "from",
-        "host",
-        "if-modified-since",
-        "if-unmodified-since",
-        "last-modified",
-        "location",
-        "max-forwards",
-        "proxy-authorization",
-        "referer",
-        "retry-after",
-        "server",
-        "user-agent",
-    ]
-    .contains(&name.as_str())
 }
