@@ -39,6 +39,9 @@ impl Answer {
 pub struct Unreachable {
     pub url: String,
     pub reason: String,
+    /// The gateway took the request and did not answer in time: it may still be working on
+    /// it.
+    pub timed_out: bool,
 }
 
 impl AdminClient {
@@ -104,11 +107,13 @@ impl AdminClient {
             return Err(Unreachable {
                 url: "the address its config gives".into(),
                 reason: why.clone(),
+                timed_out: false,
             });
         }
         let url = format!("{}{path}", self.base);
         let unreachable = |e: ureq::Error| Unreachable {
             url: self.base.clone(),
+            timed_out: matches!(e, ureq::Error::Timeout(_)),
             reason: e.to_string(),
         };
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));

@@ -70,6 +70,14 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
             Ok(())
         }
         Ok(answer) => Err(answer.body),
+        // Taken and not answered in time: the gateway may still be at it (a populate of
+        // thousands of hashed passwords runs for minutes). Run here as well, it made every
+        // user the gateway had not reached yet a second time.
+        Err(u) if u.timed_out => Err(format!(
+            "{} took the request and did not answer within the time allowed ({}): it may still be \
+             running there; not run again here (see `tollgate users list` for its result)",
+            u.url, u.reason
+        )),
         Err(_) => {
             // No gateway answers: work on the store directly.
             let loaded = config::load_dirs(&dirs).map_err(|e| e.to_string())?;

@@ -173,7 +173,24 @@ async fn locked<T>(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let result = work.await;
+    // Held as long as the work runs (a populate of thousands of consumers, each password
+    // hashed, runs for minutes: the lock ran out under it, and a second run made every user
+    // it had not reached yet a second time).
+    let mut work = std::pin::pin!(work);
+    let mut renew = tokio::time::interval(LOCK_TTL / 4);
+    renew.tick().await;
+    let result = loop {
+        tokio::select! {
+            result = &mut work => break result,
+            _ = renew.tick() => {
+                match service.store().renew_lock(&name, &token, LOCK_TTL).await {
+                    Ok(true) => {}
+                    Ok(false) => log::warn!("the populate lock ran out while the work ran"),
+                    Err(e) => log::warn!("could not hold the populate lock: {e}"),
+                }
+            }
+        }
+    };
     if let Err(e) = service.store().unlock(&name, &token).await {
         log::warn!("could not release the populate lock (it expires by itself): {e}");
     }

@@ -510,6 +510,17 @@ impl Store for EmbeddedStore {
         }
         Ok(())
     }
+
+    async fn renew_lock(&self, name: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
+        let mut st = self.state();
+        match st.locks.get_mut(name) {
+            Some((t, until)) if t == token => {
+                *until = Instant::now() + ttl;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -674,6 +685,17 @@ mod tests {
         assert!(s.try_lock("populate", w).await.expect("lock").is_none());
         s.unlock("populate", &token).await.expect("unlock");
         assert!(s.try_lock("populate", w).await.expect("lock").is_some());
+        // Renewed, a short lock outlives its first term; another's token renews nothing.
+        let short = Duration::from_millis(100);
+        let token = s.try_lock("p2", short).await.expect("lock").expect("free");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(s.renew_lock("p2", &token, short).await.expect("renew"));
+        assert!(!s.renew_lock("p2", "other", short).await.expect("renew"));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(
+            s.try_lock("p2", short).await.expect("lock").is_none(),
+            "still held"
+        );
         let mut rx = s.subscribe("c").await.expect("sub");
         s.publish("c", "hello").await.expect("pub");
         assert_eq!(rx.recv().await.expect("msg"), "hello");

@@ -119,4 +119,7 @@ pub trait Store: Send + Sync {
 
     /// Releases a lock taken with `try_lock` (only if `token` still holds it).
     async fn unlock(&self, name: &str, token: &str) -> StoreResult<()>;
+
+    /// Holds a lock taken with `try_lock` for `ttl` from now; whether `token` still held it.
+    async fn renew_lock(&self, name: &str, token: &str, ttl: Duration) -> StoreResult<bool>;
 }

@@ -517,6 +517,21 @@ impl Store for RedisStore {
             .map_err(unavailable)?;
         Ok(())
     }
+
+    async fn renew_lock(&self, name: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
+        let script = redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
+        );
+        let mut c = self.conn().await?;
+        let held: i64 = script
+            .key(name)
+            .arg(token)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
+    }
 }
 
 /// Escapes Redis glob characters in a literal prefix.
