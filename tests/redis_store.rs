@@ -1074,3 +1074,43 @@ fn concurrent_admin_creates_make_one_of_each() {
     });
     assert_eq!(made(&keys), 1, "{keys:?}");
 }
+
+/// While the consumer store has never been read (here a password the gateway does not have),
+/// a request whose key it cannot know is `503`, not a `401` that tells the client its key is
+/// wrong; once the store can be read, the key works without a restart.
+#[test]
+fn keys_are_unavailable_not_refused_until_the_store_was_read() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let mut admin = redis.conn();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("not-the-gateways")
+        .query(&mut admin)
+        .expect("requirepass");
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    let r = get(gw.port, "GET", "/wmts/1", &key);
+    assert_eq!(r.status, 503, "{}", r.text());
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("")
+        .query(&mut admin)
+        .expect("no password");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = get(gw.port, "GET", "/wmts/1", &key);
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} {}\n{}",
+            r.status,
+            r.text(),
+            gw.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}

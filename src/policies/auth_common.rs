@@ -23,6 +23,21 @@ pub fn succeed(x: &mut Exchange, consumer: Consumer) -> Outcome {
 
 /// A failed attempt: `status` is 401 or 403. `why` says what was wrong, in words that never
 /// hold the credential itself (it is logged at debug).
+/// A credential not found while the consumer store has never been read (unreachable since the
+/// start: a wrong password, Redis down): no credential is known, so none is refused for what
+/// it is — `503`, where a `401` told the client its key was wrong. (With `passThrough`, the
+/// request goes on as anonymous, as for a refusal.)
+pub fn store_unread(x: &mut Exchange, pass_through: bool, why: &'static str) -> Outcome {
+    if pass_through {
+        return fail(x, true, 401, why);
+    }
+    log::debug!(
+        "request {}: {why}, and the consumer store has not been read yet: 503",
+        x.request_id.get()
+    );
+    Outcome::Respond(Reply::text(503, "Service Unavailable"))
+}
+
 pub fn fail(x: &mut Exchange, pass_through: bool, status: u16, why: &'static str) -> Outcome {
     log::debug!(
         "request {}: {why}: {}",

@@ -10,7 +10,7 @@ use tokio::sync::Semaphore;
 use base64::Engine;
 use serde::Deserialize;
 
-use super::auth_common::{fail, succeed};
+use super::auth_common::{fail, store_unread, succeed};
 use crate::consumers::cache::{BasicAnswer, ConsumerCache, PasswordCheck};
 use crate::pipeline::context::{Consumer, Finish};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
@@ -72,6 +72,9 @@ impl Policy for BasicAuth {
         };
         match self.cache.basic(&user, &password, &req.endpoint.scopes) {
             BasicAnswer::Accepted(consumer) => succeed(x, consumer),
+            BasicAnswer::Refused if !self.cache.is_loaded() => {
+                store_unread(x, self.pass_through, "basic-auth: unknown user")
+            }
             BasicAnswer::Refused => fail(
                 x,
                 self.pass_through,

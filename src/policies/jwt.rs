@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::auth_common::{fail, query_param, succeed};
+use super::auth_common::{fail, query_param, store_unread, succeed};
 use crate::consumers::cache::ConsumerCache;
 use crate::pipeline::context::Consumer;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
@@ -437,6 +437,9 @@ impl Policy for Jwt {
         };
         match self.cache.jwt_subject(sub) {
             Some(consumer) => succeed(x, consumer),
+            None if !self.cache.is_loaded() => {
+                store_unread(x, self.pass_through, "jwt: sub unknown")
+            }
             None => fail(
                 x,
                 self.pass_through,

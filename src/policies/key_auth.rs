@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::auth_common::{fail, query_param, succeed};
+use super::auth_common::{fail, query_param, store_unread, succeed};
 use crate::consumers::cache::{ConsumerCache, KeyAuthResult};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
@@ -107,6 +107,9 @@ impl Policy for KeyAuth {
                 403,
                 "key-auth: the key lacks a scope",
             ),
+            KeyAuthResult::Unauthorized if !self.cache.is_loaded() => {
+                store_unread(x, self.p.pass_through, "key-auth: unknown key")
+            }
             KeyAuthResult::Unauthorized => fail(
                 x,
                 self.p.pass_through,
