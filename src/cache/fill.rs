@@ -37,6 +37,8 @@ pub struct Fill {
     /// Whether the response may be stored but was not admitted (the memory tier is full and
     /// the tile new): it is answered as a tile not stored is.
     declined: bool,
+    /// Whether the request asks for a map or a tile (an XML answer is a service exception).
+    map_request: bool,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -63,12 +65,14 @@ fn mark_varied(hash: HashBinary) {
 /// Takes the tile's lock for a fetch on the fast path (`hash`: the key's); `None` when
 /// Pingora's cache phases should serve the request (the key is known to vary or not to be
 /// cacheable, or another request is fetching it). A tile missed fewer times than the step's
-/// `minUses` is fetched for this request alone: without the lock, not stored.
+/// `minUses` is fetched for this request alone: without the lock, not stored. `map_request`:
+/// whether the request asks for a map or a tile (see [`super::exception`]).
 pub fn begin(
     cache: &'static TileCache,
     key: CacheKey,
     hash: HashBinary,
     u: &super::CacheUse,
+    map_request: bool,
 ) -> Option<Fill> {
     let rule = &u.rule;
     if varies(hash) || !cache.predictor.cacheable_prediction(&key) {
@@ -94,6 +98,7 @@ pub fn begin(
         // Not stored: judged already.
         decided: !stored,
         declined: false,
+        map_request,
     })
 }
 
@@ -155,6 +160,13 @@ impl Fill {
             // on this fetch go there and one of them fetches and stores its variant.
             mark_varied(self.hash);
             self.outcome = LockStatus::TransientError;
+            return;
+        }
+        if super::exception::is_service_exception(resp, || self.map_request) {
+            // Not stored, and the tile not remembered as one not to cache: the upstream's
+            // failure, as a 5xx is.
+            crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
+            self.outcome = LockStatus::GiveUp;
             return;
         }
         match super::freshness::judge(resp, &self.rule) {

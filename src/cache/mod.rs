@@ -9,6 +9,7 @@
 //! [`store::TileStore`]: memory (TinyUFO) and optionally disk; stale tiles being refreshed or
 //! just failed in [`outage`]. This module is the only place that knows `pingora-cache`.
 
+pub mod exception;
 pub mod fill;
 pub mod forwarding;
 pub mod freshness;
@@ -42,8 +43,8 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 pub use outcome::{
-    answer_edits, failed, filling, hit_filter, lock_wait, note_expired, note_miss, refresh_broke,
-    serve_stale, served_from_cache, status,
+    answer_edits, exception_as_failure, failed, filling, hit_filter, lock_wait, note_expired,
+    note_miss, refresh_broke, serve_stale, served_from_cache, status,
 };
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_forwardings, save_forwardings};
@@ -163,6 +164,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                 || reason == DECLINED
                 || reason == PURGED
                 || reason == OTHER_VALIDATOR
+                || reason == exception::SERVICE_EXCEPTION
         }),
     )));
     let cache = TileCache {
@@ -420,13 +422,17 @@ pub fn cacheable(
 ) -> RespCacheable {
     let verdict = verdict(session, resp, x, not_modified);
     // A stale tile's refresh answered with what is not stored and is no failure (a 4xx, an
-    // answer that may not be stored; a 5xx is a failure, see [`serve_stale`]): the stale copy
-    // no longer stands in for the upstream's answers.
+    // answer that may not be stored; a 5xx and a service exception are failures, see
+    // [`serve_stale`]): the stale copy no longer stands in for the upstream's answers.
+    let failure = |v: &RespCacheable| {
+        resp.status.as_u16() >= 500
+            || matches!(v, RespCacheable::Uncacheable(NoCacheReason::Custom(r)) if *r == exception::SERVICE_EXCEPTION)
+    };
     if matches!(
         session.cache.phase(),
         CachePhase::Stale | CachePhase::Expired
     ) && !matches!(verdict, RespCacheable::Cacheable(_))
-        && resp.status.as_u16() < 500
+        && !failure(&verdict)
     {
         if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
             cache
@@ -483,6 +489,10 @@ fn verdict(
         }
         _ => resp,
     };
+    if exception::is_service_exception(resp, || exception::asks_for_map(x)) {
+        crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(exception::SERVICE_EXCEPTION));
+    }
     let mut verdict = freshness::decide(resp, &u.rule);
     if let RespCacheable::Cacheable(meta) = &mut verdict {
         meta.extensions_mut().insert(store::Begun(u.epoch));

@@ -89,6 +89,29 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
     true
 }
 
+/// An upstream answer that is a service exception (see [`super::exception`]) while a stale
+/// copy may stand in for a failure: an upstream error, so that the stale copy answers as for
+/// a 5xx (Pingora's cache phases take only a 5xx status for a failure). Nothing of the answer
+/// has reached the client; the request is tried on another url first where it may be.
+pub fn exception_as_failure(
+    session: &Session,
+    x: &Exchange,
+    resp: &pingora_http::ResponseHeader,
+) -> pingora_core::Result<()> {
+    if !session.cache.enabled() || !session.cache.can_serve_stale_error() {
+        return Ok(());
+    }
+    if !super::exception::is_service_exception(resp, || super::exception::asks_for_map(x)) {
+        return Ok(());
+    }
+    Err(Error::create(
+        ErrorType::Custom(super::exception::SERVICE_EXCEPTION),
+        ErrorSource::Upstream,
+        Some("the upstream answered with a service exception".into()),
+        None,
+    ))
+}
+
 /// After an exchange that was refreshing a stale tile (in the background, or for its client
 /// when no stale-while-revalidate window let the stale copy answer) ended in the upstream's
 /// failure after the answer's head came — a body cut short, reset or timed out: the failure is

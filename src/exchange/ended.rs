@@ -204,6 +204,9 @@ pub fn upstream_error_kind(e: &Error) -> usize {
         | ErrorType::TLSHandshakeTimedout
         | ErrorType::InvalidCert
         | ErrorType::HandshakeError => 4,
+        ErrorType::Custom(crate::cache::exception::SERVICE_EXCEPTION) => {
+            crate::metrics::SERVICE_EXCEPTION
+        }
         _ => 6,
     }
 }

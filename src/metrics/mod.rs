@@ -23,7 +23,7 @@ pub(crate) const DURATION_BUCKETS: &[f64] = &[
 pub const STATUS_CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
 
 /// Kinds of upstream failure.
-pub const UPSTREAM_ERROR_KINDS: [&str; 8] = [
+pub const UPSTREAM_ERROR_KINDS: [&str; 9] = [
     "refused",
     "connect_timeout",
     "read_timeout",
@@ -32,6 +32,7 @@ pub const UPSTREAM_ERROR_KINDS: [&str; 8] = [
     "dns",
     "other",
     "unavailable",
+    "service_exception",
 ];
 
 /// The kind of an attempt at a url whose name has no address.
@@ -39,6 +40,9 @@ pub const DNS: usize = 5;
 
 /// The kind of a request no url could take (all unhealthy or ejected).
 pub const UNAVAILABLE: usize = 7;
+
+/// The kind of an answer that was an OGC service exception (see [`crate::cache::exception`]).
+pub const SERVICE_EXCEPTION: usize = 8;
 
 /// Why a client connection closed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

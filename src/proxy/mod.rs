@@ -409,9 +409,10 @@ impl ProxyHttp for Tollgate {
     ) -> Result<()> {
         // A protocol switch the client did not ask for would open a tunnel past the pipeline
         // (Pingora refuses only a switch one side asked for and the other not): 502, as on
-        // the fast path. So is an answer framed ambiguously. Both before the answer counts as
-        // begun (`upstream_time`): nothing of it reached the client, so the request is retried
-        // on another url and the url blamed, as on the fast path.
+        // the fast path. So is an answer framed ambiguously, and a service exception where a
+        // stale tile may answer instead. All before the answer counts as begun
+        // (`upstream_time`): nothing of it reached the client, so the request is retried on
+        // another url and the url blamed, as on the fast path.
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
             && !(session.is_upgrade_req() && session.req_header().version == http::Version::HTTP_11)
         {
@@ -421,6 +422,7 @@ impl ProxyHttp for Tollgate {
             ));
         }
         crate::fastpath::relay::framed(upstream_response)?;
+        crate::cache::exception_as_failure(session, &ctx.x, upstream_response)?;
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         }

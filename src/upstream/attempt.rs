@@ -216,8 +216,12 @@ pub fn broke(
         e.etype(),
         ErrorType::ReadTimedout | ErrorType::WriteTimedout
     );
-    // An answer came, framed wrong: no idle close either.
-    let answered = matches!(e.etype(), ErrorType::InvalidHTTPHeader);
+    // An answer came, framed wrong or a service exception: no idle close either.
+    let answered = matches!(
+        e.etype(),
+        ErrorType::InvalidHTTPHeader
+            | ErrorType::Custom(crate::cache::exception::SERVICE_EXCEPTION)
+    );
     let resend = reused && !timed_out && !answered && may_resend(plan, method);
     if !resend {
         failed(plan);

@@ -537,3 +537,65 @@ fn a_head_of_a_stale_tile_leaves_its_refresh_to_the_gets() {
     assert_eq!(up.served(), before + 1, "the GET asked the upstream");
     assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "HIT");
 }
+
+/// An OGC service exception (a WMS server's XML report of its failure, sent with status 200)
+/// is never stored as the tile, the tile is stored once the upstream draws it, and a stale
+/// copy answers in a later report's place as it does for a 5xx. XML that was asked for (a
+/// GetCapabilities) is stored as any answer is.
+#[test]
+fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, STALE_WINDOWS, &[]);
+    let windows = "cc=max-age%3D1%2C+stale-while-revalidate%3D0%2C+stale-if-error%3D300";
+    let map = format!("/open/wms?SERVICE=WMS&request=GetMap&LAYERS=roads&{windows}");
+    let reported =
+        |path: &str, ctype: &str| get(gw.port, "GET", path, &[("X-Test-Content-Type", ctype)]);
+    let served = up.served();
+    // WMS 1.3.0's report (text/xml) to a GetMap, twice: neither stored.
+    for _ in 0..2 {
+        let r = reported(&map, "text/xml; charset=UTF-8");
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    }
+    assert_eq!(up.served(), served + 2, "each report was fetched");
+    // WMS 1.1.1's report, whatever was asked for.
+    let other = format!("/open/other.png?{windows}");
+    for _ in 0..2 {
+        let r = reported(&other, "application/vnd.ogc.se_xml");
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    }
+    // XML that was asked for is stored.
+    let caps = "/open/wms?SERVICE=WMS&REQUEST=GetCapabilities";
+    assert_eq!(cache_status(&reported(caps, "text/xml")), "MISS");
+    assert_eq!(cache_status(&reported(caps, "text/xml")), "HIT");
+    // The upstream draws the tile: stored at once (the reports left no mark on it).
+    let drawn = get(gw.port, "GET", &map, &[]);
+    assert_eq!((drawn.status, cache_status(&drawn)), (200, "MISS"));
+    assert_eq!(cache_status(&get(gw.port, "GET", &map, &[])), "HIT");
+    // Stale, then the upstream fails it with a report: the stale tile answers.
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = reported(&map, "application/vnd.ogc.se_xml");
+    assert_eq!(
+        (r.status, cache_status(&r), r.text()),
+        (200, "STALE", drawn.text()),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        gw.metric("tollgate_upstream_errors_total{kind=\"service_exception\"}"),
+        5.0,
+        "four reports fetched for misses, one for the stale tile"
+    );
+    // The upstream draws it again: once the failure's second has passed, a request refreshes
+    // the tile and the refresh is stored.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = get(gw.port, "GET", &map, &[]);
+        assert_eq!(r.status, 200);
+        if r.text() != drawn.text() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tile was never refreshed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(cache_status(&get(gw.port, "GET", &map, &[])), "HIT");
+}
