@@ -43,6 +43,9 @@ const NORMAL_EVENTS: &[&str] = &[
     "Fail to proxy: Downstream",
     // The client went away while a stored tile was sent (a range of it, a stale one).
     "Fail to serve cache: Downstream",
+    // A stale tile answered for the upstream's service exception (counted in the metrics, as
+    // a 5xx it answers for is).
+    "Fail to proxy: Upstream service exception",
     "H2 handshake error",
     "Downstream handshake error",
 ];

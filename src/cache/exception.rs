@@ -44,21 +44,43 @@ pub fn is_service_exception(resp: &ResponseHeader, map_request: impl FnOnce() ->
 /// Whether the request the exchange sends upstream asks for a map or a tile (see
 /// [`is_map_request`]).
 pub fn asks_for_map(x: &crate::pipeline::Exchange) -> bool {
-    let path = x.proxy.as_ref().map(|p| p.path.as_str());
-    is_map_request(path.and_then(|p| p.split_once('?')).map(|(_, q)| q))
+    let Some(path) = x.proxy.as_ref().map(|p| p.path.as_bytes()) else {
+        return false;
+    };
+    is_map_request(memchr::memchr(b'?', path).map(|q| &path[q + 1..]))
 }
 
-/// Whether a request's query asks for a map or a tile: its `REQUEST` parameter (the name and
-/// the value compared without case, as OGC's key-value encoding has them) is `GetMap` or
-/// `GetTile`.
-pub fn is_map_request(query: Option<&str>) -> bool {
-    query.is_some_and(|q| {
-        q.split('&').any(|part| {
-            let (name, value) = part.split_once('=').unwrap_or((part, ""));
-            name.eq_ignore_ascii_case("request")
-                && (value.eq_ignore_ascii_case("GetMap") || value.eq_ignore_ascii_case("GetTile"))
+/// Whether a request's query asks for a map or a tile: its `REQUEST` parameter is `GetMap` or
+/// `GetTile`, the name and the value compared decoded and without case, as a WMS reads them.
+pub fn is_map_request(query: Option<&[u8]>) -> bool {
+    let Some(q) = query else {
+        return false;
+    };
+    let mut start = 0;
+    memchr::memchr_iter(b'&', q)
+        .chain(std::iter::once(q.len()))
+        .any(|end| {
+            let part = &q[start..end];
+            start = end + 1;
+            let (name, value) = match memchr::memchr(b'=', part) {
+                Some(eq) => (&part[..eq], &part[eq + 1..]),
+                None => return false,
+            };
+            is(name, &[b"request"]) && is(value, &[b"GetMap", b"GetTile"])
         })
-    })
+}
+
+/// Whether `raw`, decoded, is one of `words` (without case).
+fn is(raw: &[u8], words: &[&[u8]]) -> bool {
+    if words.iter().any(|w| raw.eq_ignore_ascii_case(w)) {
+        return true;
+    }
+    // An escaped letter takes three bytes.
+    if memchr::memchr(b'%', raw).is_none() || raw.len() > 3 * 7 {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
+    words.iter().any(|w| decoded.eq_ignore_ascii_case(w))
 }
 
 #[cfg(test)]
@@ -117,17 +139,26 @@ mod tests {
             "SERVICE=WMS&REQUEST=GetMap&LAYERS=roads",
             "service=wms&request=getmap",
             "Service=WMTS&Request=GetTile&TileMatrix=3",
+            "REQUEST=GetMap",
+            "a=1&REQUEST=GETMAP&b",
+            "SERVICE=WMS&%52EQUEST=GetMap",
+            "re%71uest=Get%4Dap",
+            "REQUEST=%47%65%74%54%69%6c%65",
         ] {
-            assert!(is_map_request(Some(q)), "{q}");
+            assert!(is_map_request(Some(q.as_bytes())), "{q}");
         }
         for q in [
             "SERVICE=WMS&REQUEST=GetCapabilities",
             "REQUEST=GetFeatureInfo",
             "REQUESTS=GetMap",
             "request",
+            "xrequest=GetMap",
+            "a=request=GetMap",
+            "REQUEST=Get%",
+            "REQUEST=Get%4",
             "",
         ] {
-            assert!(!is_map_request(Some(q)), "{q}");
+            assert!(!is_map_request(Some(q.as_bytes())), "{q}");
         }
         assert!(!is_map_request(None));
     }

@@ -37,8 +37,6 @@ pub struct Fill {
     /// Whether the response may be stored but was not admitted (the memory tier is full and
     /// the tile new): it is answered as a tile not stored is.
     declined: bool,
-    /// Whether the request asks for a map or a tile (an XML answer is a service exception).
-    map_request: bool,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -65,14 +63,12 @@ fn mark_varied(hash: HashBinary) {
 /// Takes the tile's lock for a fetch on the fast path (`hash`: the key's); `None` when
 /// Pingora's cache phases should serve the request (the key is known to vary or not to be
 /// cacheable, or another request is fetching it). A tile missed fewer times than the step's
-/// `minUses` is fetched for this request alone: without the lock, not stored. `map_request`:
-/// whether the request asks for a map or a tile (see [`super::exception`]).
+/// `minUses` is fetched for this request alone: without the lock, not stored.
 pub fn begin(
     cache: &'static TileCache,
     key: CacheKey,
     hash: HashBinary,
     u: &super::CacheUse,
-    map_request: bool,
 ) -> Option<Fill> {
     let rule = &u.rule;
     if varies(hash) || !cache.predictor.cacheable_prediction(&key) {
@@ -95,10 +91,8 @@ pub fn begin(
         seen: u.epoch,
         filling: None,
         outcome: LockStatus::TransientError,
-        // Not stored: judged already.
-        decided: !stored,
+        decided: false,
         declined: false,
-        map_request,
     })
 }
 
@@ -106,8 +100,13 @@ impl Fill {
     /// Decides from the upstream's response head whether the response is stored, and makes
     /// the client's head what Pingora's cache phases make of a miss: `X-Cache-Status: MISS`,
     /// and `Accept-Ranges: bytes` on a 200 of known length (it may be asked for in ranges).
-    pub fn head(&mut self, resp: &mut ResponseHeader) -> pingora_core::Result<()> {
-        self.decide(resp);
+    /// `map_request`: whether the request asks for a map or a tile (see [`Self::decide`]).
+    pub fn head(
+        &mut self,
+        resp: &mut ResponseHeader,
+        map_request: impl FnOnce() -> bool,
+    ) -> pingora_core::Result<()> {
+        self.decide(resp, map_request);
         resp.insert_header(super::X_CACHE_STATUS.clone(), "MISS")?;
         super::store::offer_ranges(resp)
     }
@@ -133,12 +132,13 @@ impl Fill {
 
     /// Decides from the upstream's response head whether the response is stored (once). One
     /// that will not be lets the requests waiting on the tile go on at once, not when its body
-    /// has reached this client.
-    pub fn decide(&mut self, resp: &ResponseHeader) {
+    /// has reached this client. `map_request` (asked only for an XML answer): whether the
+    /// request asks for a map or a tile (see [`super::exception`]).
+    pub fn decide(&mut self, resp: &ResponseHeader, map_request: impl FnOnce() -> bool) {
         if std::mem::replace(&mut self.decided, true) {
             return;
         }
-        self.judge(resp);
+        self.judge(resp, map_request);
         if self.filling.is_none() {
             self.release();
         }
@@ -150,23 +150,28 @@ impl Fill {
     pub fn again(&mut self) {
         self.filling = None;
         self.declined = false;
-        self.decided = self.permit.is_none();
+        self.decided = false;
         self.outcome = LockStatus::TransientError;
     }
 
-    fn judge(&mut self, resp: &ResponseHeader) {
+    fn judge(&mut self, resp: &ResponseHeader, map_request: impl FnOnce() -> bool) {
+        if super::exception::is_service_exception(resp, map_request) {
+            // Not stored, and the tile not remembered as one not to cache: the upstream's
+            // failure, as a 5xx is.
+            crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
+            self.outcome = LockStatus::GiveUp;
+            return;
+        }
+        // A fill that stores nothing (a tile missed fewer times than `minUses`) has no more
+        // to judge.
+        if self.permit.is_none() {
+            return;
+        }
         if resp.headers.contains_key(http::header::VARY) {
             // Stored per variant from now on, by Pingora's cache phases: the requests waiting
             // on this fetch go there and one of them fetches and stores its variant.
             mark_varied(self.hash);
             self.outcome = LockStatus::TransientError;
-            return;
-        }
-        if super::exception::is_service_exception(resp, || self.map_request) {
-            // Not stored, and the tile not remembered as one not to cache: the upstream's
-            // failure, as a 5xx is.
-            crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
-            self.outcome = LockStatus::GiveUp;
             return;
         }
         match super::freshness::judge(resp, &self.rule) {

@@ -77,7 +77,7 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
             None => Lookup::General,
         },
         None if may_fill && req.method == http::Method::GET => {
-            super::fill::begin(cache, key, hash, u, super::exception::asks_for_map(x))
+            super::fill::begin(cache, key, hash, u)
                 .map_or(Lookup::General, |f| Lookup::Fill(Box::new(f)))
         }
         None => Lookup::General,

@@ -452,6 +452,10 @@ fn verdict(
     let Some(u) = &x.cache else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
+    // Counted where the answer came (see [`exception_as_failure`]).
+    if exception::is_service_exception(resp, || exception::asks_for_map(x)) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(exception::SERVICE_EXCEPTION));
+    }
     // Asked for before or during a purge (or an invalidation of the tile): the answer may be
     // what it was for.
     let purged = |c: &TileCache| {
@@ -489,10 +493,6 @@ fn verdict(
         }
         _ => resp,
     };
-    if exception::is_service_exception(resp, || exception::asks_for_map(x)) {
-        crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
-        return RespCacheable::Uncacheable(NoCacheReason::Custom(exception::SERVICE_EXCEPTION));
-    }
     let mut verdict = freshness::decide(resp, &u.rule);
     if let RespCacheable::Cacheable(meta) = &mut verdict {
         meta.extensions_mut().insert(store::Begun(u.epoch));

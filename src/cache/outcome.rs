@@ -89,19 +89,23 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
     true
 }
 
-/// An upstream answer that is a service exception (see [`super::exception`]) while a stale
-/// copy may stand in for a failure: an upstream error, so that the stale copy answers as for
-/// a 5xx (Pingora's cache phases take only a 5xx status for a failure). Nothing of the answer
-/// has reached the client; the request is tried on another url first where it may be.
+/// An upstream answer through a `cache` step that is a service exception (see
+/// [`super::exception`]): counted, or, while a stale copy may stand in for a failure, an
+/// upstream error (counted when the stale copy answers), so that the stale copy answers as
+/// for a 5xx (Pingora's cache phases take only a 5xx status for a failure). Nothing of the
+/// answer has reached the client; the request is tried on another url first where it may be.
 pub fn exception_as_failure(
     session: &Session,
     x: &Exchange,
     resp: &pingora_http::ResponseHeader,
 ) -> pingora_core::Result<()> {
-    if !session.cache.enabled() || !session.cache.can_serve_stale_error() {
+    if x.cache.is_none()
+        || !super::exception::is_service_exception(resp, || super::exception::asks_for_map(x))
+    {
         return Ok(());
     }
-    if !super::exception::is_service_exception(resp, || super::exception::asks_for_map(x)) {
+    if !session.cache.enabled() || !session.cache.can_serve_stale_error() {
+        crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
         return Ok(());
     }
     Err(Error::create(

@@ -49,8 +49,8 @@ impl FastPath {
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
-        let head_for = |_: &mut Option<Box<Fill>>, up: &Upstream, edits: &[HeaderEdit], ka| {
-            wire_head(up.resp_header()?, edits, ka)
+        let head_for = |_: &mut Option<Box<Fill>>, up: &Upstream, x: &Exchange, ka| {
+            wire_head(up.resp_header()?, &x.response_edits, ka)
         };
         let asking = Asking {
             fill: None,

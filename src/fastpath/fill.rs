@@ -28,7 +28,7 @@ use super::{hand_over, FastPath, Finish, RawAnswer, Served, SessionLimits};
 use crate::cache::fill::Fill;
 use crate::cache::hit::{miss_wire_head, unstored_miss_head};
 use crate::gateway::Gateway;
-use crate::pipeline::context::{Exchange, HeaderEdit};
+use crate::pipeline::context::Exchange;
 use crate::upstream::attempt;
 
 /// The largest body a miss holds whole before answering; a larger one goes to the client as
@@ -47,8 +47,8 @@ impl FastPath {
         limits: &SessionLimits,
     ) -> Served {
         crate::cache::neutral_fill(x);
-        let head_for = |fill: &mut Option<Box<Fill>>, up: &Upstream, edits: &[HeaderEdit], ka| {
-            whole(fill.as_mut()?, up, edits, ka)
+        let head_for = |fill: &mut Option<Box<Fill>>, up: &Upstream, x: &Exchange, ka| {
+            whole(fill.as_mut()?, up, x, ka)
         };
         let asked = Asking {
             fill: Some(fill),
@@ -68,12 +68,7 @@ impl FastPath {
         &self,
         reading: Reading,
         asking: Asking,
-        mut head_for: impl FnMut(
-            &mut Option<Box<Fill>>,
-            &Upstream,
-            &[HeaderEdit],
-            bool,
-        ) -> Option<BytesMut>,
+        mut head_for: impl FnMut(&mut Option<Box<Fill>>, &Upstream, &Exchange, bool) -> Option<BytesMut>,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
@@ -105,7 +100,7 @@ impl FastPath {
                 Ok(asked) => asked,
                 Err(e) => break relayed(Err(e), fill, upstream_started),
             };
-            let Some(head) = head_for(&mut fill, &up, &x.response_edits, keepalive) else {
+            let Some(head) = head_for(&mut fill, &up, x, keepalive) else {
                 break relayed(Ok((up, key)), fill, upstream_started);
             };
             let status = up.resp_header().map_or(0, |r| r.status.as_u16());
@@ -321,18 +316,14 @@ pub(super) struct Asking {
 /// of known length up to [`WHOLE_MAX`], whose head (as stored, when it is stored) a hit is
 /// answered with as it is, pipeline edits that only add headers to it, an `Age` (if any) that
 /// is a number.
-fn whole(
-    fill: &mut Fill,
-    up: &Upstream,
-    edits: &[HeaderEdit],
-    keepalive: bool,
-) -> Option<BytesMut> {
+fn whole(fill: &mut Fill, up: &Upstream, x: &Exchange, keepalive: bool) -> Option<BytesMut> {
     let resp = up.resp_header()?;
+    let edits = &x.response_edits;
     let (len, age) = length_and_age(resp).filter(|(n, _)| *n <= WHOLE_MAX)?;
+    fill.decide(resp, || crate::cache::exception::asks_for_map(x));
     if !fill.stores() {
         return unstored_miss_head(resp, len, edits, keepalive, age);
     }
-    fill.decide(resp);
     match fill.answer_head() {
         Some(stored) => miss_wire_head(stored, len, edits, keepalive, age),
         None if fill.declined() => unstored_miss_head(resp, len, edits, keepalive, age),

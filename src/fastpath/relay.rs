@@ -104,7 +104,7 @@ pub async fn relay(
         attempt::answered(plan, resp.status.as_u16());
     }
     if let Some(f) = &mut fill {
-        if let Err(e) = f.head(&mut resp) {
+        if let Err(e) = f.head(&mut resp, || crate::cache::exception::asks_for_map(x)) {
             fail(s, x, e, end).await;
             return;
         }

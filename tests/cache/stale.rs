@@ -563,6 +563,36 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
         let r = reported(&other, "application/vnd.ogc.se_xml");
         assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
     }
+    // The parameter's name or value escaped is the same parameter to a WMS.
+    let escaped = format!("/open/wms?SERVICE=WMS&%52EQUEST=Get%4Dap&LAYERS=roads&{windows}");
+    for _ in 0..2 {
+        let r = reported(&escaped, "text/xml");
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    }
+    // Concurrent misses for one tile while the upstream reports failure: each answer relayed
+    // and counted (those that waited on the first fetch went upstream themselves).
+    let together = format!("/open/wms?REQUEST=GetMap&LAYERS=together&{windows}");
+    let port = gw.port;
+    let waiting: Vec<_> = (0..5)
+        .map(|_| {
+            let path = together.clone();
+            std::thread::spawn(move || {
+                get(
+                    port,
+                    "GET",
+                    &path,
+                    &[("X-Test-Content-Type", "text/xml"), ("X-Test-Delay", "300")],
+                )
+            })
+        })
+        .collect();
+    for w in waiting {
+        let r = w.join().expect("a request");
+        assert_eq!(
+            (r.status, r.header("content-type")),
+            (200, Some("text/xml"))
+        );
+    }
     // XML that was asked for is stored.
     let caps = "/open/wms?SERVICE=WMS&REQUEST=GetCapabilities";
     assert_eq!(cache_status(&reported(caps, "text/xml")), "MISS");
@@ -582,8 +612,8 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     );
     assert_eq!(
         gw.metric("tollgate_upstream_errors_total{kind=\"service_exception\"}"),
-        5.0,
-        "four reports fetched for misses, one for the stale tile"
+        12.0,
+        "eleven reports fetched for misses, one for the stale tile"
     );
     // The upstream draws it again: once the failure's second has passed, a request refreshes
     // the tile and the refresh is stored.
