@@ -219,3 +219,46 @@ fn an_admin_api_beyond_loopback_without_a_token_is_warned_about() {
         gw.log_text()
     );
 }
+
+/// A secret passed in the environment and written where the config expects something else (a
+/// boolean, a file, a template) is named by its reference in config errors, never shown: by
+/// `check`, and on a reload in the log, the Admin API's answer and the config's status.
+#[test]
+fn config_errors_name_a_secret_from_the_environment_by_its_reference() {
+    const SIGNING: &str = "JWTSIGN789qrsSECRET";
+    const TOKEN: &str = "UPTOKEN222cccSECRET";
+    let up = EchoUpstream::start("up");
+    let good = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints: {{a: {{paths: '/a/*'}}}}\nserviceEndpoints: {{up: {{url: '{}'}}}}\npolicies: [jwt, request-transformer, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    );
+    let bad = good.replace(
+        "      - proxy:",
+        "      - jwt: [{action: {secretOrPublicKey: x, passThrough: '${TG_SIGNING}', secretOrPublicKeyFile: '${TG_SIGNING}'}}]\n      - request-transformer: [{action: {headers: {add: {x-token: \"'${TG_TOKEN}\"}}}}]\n      - proxy:",
+    );
+    let envs = [("TG_SIGNING", SIGNING), ("TG_TOKEN", TOKEN)];
+    let dir = ConfigDir::new(&bad);
+    let out =
+        support::gateway::run_tollgate(&["check", "-c", &dir.path.display().to_string()], &envs);
+    assert_eq!(out.status.code(), Some(2));
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(said.contains("${TG_SIGNING}"), "{said}");
+    assert!(said.contains("${TG_TOKEN}"), "{said}");
+    for secret in [SIGNING, TOKEN, &SIGNING[..12], &TOKEN[..12]] {
+        assert!(!said.contains(secret), "`{secret}` in:\n{said}");
+    }
+    // The same on a reload of a running gateway.
+    let dir = ConfigDir::new(&good);
+    let gw = GatewayProcess::start_with(&dir, &[], &envs);
+    dir.write("gateway.config.yml", &bad);
+    let answer = send_json(gw.admin_port, "POST", "/tollgate/reload", "").text();
+    let status = get(gw.admin_port, "GET", "/tollgate/config", &[]).text();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = gw.log_text();
+    assert!(answer.contains("${TG_SIGNING}"), "{answer}");
+    for (what, text) in [("answer", &answer), ("status", &status), ("log", &log)] {
+        for secret in [SIGNING, TOKEN] {
+            assert!(!text.contains(secret), "`{secret}` in the {what}:\n{text}");
+        }
+    }
+}

@@ -1,7 +1,7 @@
 //! Config errors: each one names the file, line and column it is about and says what is wrong.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// A place in a config file (line and column are 1-based).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,9 +43,43 @@ impl ConfigError {
     pub fn new(pos: &Pos, reason: impl Into<String>) -> ConfigError {
         ConfigError {
             pos: pos.clone(),
-            reason: reason.into(),
+            reason: without_env_values(reason.into()),
         }
     }
+}
+
+/// The values the environment gave config files (`${NAME}`), with the reference each
+/// replaced, longest first: a config error (logged, kept as the last reload's error, answered
+/// by the Admin API) names the reference, never the value — a secret passed in the
+/// environment and written where the config expects something else stays out of them.
+static FROM_ENV: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
+
+/// Values shorter than this are left as they are: a short one (`true`, a port) would be found
+/// inside the words of any message, and hides nothing worth hiding.
+const SHORTEST_HIDDEN: usize = 6;
+
+/// Notes that the environment variable `name` gave a config file `value` (see [`FROM_ENV`]).
+pub fn note_env_value(name: &str, value: &str) {
+    if value.chars().count() < SHORTEST_HIDDEN {
+        return;
+    }
+    let mut known = FROM_ENV.write().unwrap_or_else(|p| p.into_inner());
+    if known.iter().any(|(v, _)| v == value) {
+        return;
+    }
+    known.push((value.to_string(), format!("${{{name}}}")));
+    known.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+}
+
+/// `reason` with every value the environment gave the config replaced by its reference.
+fn without_env_values(mut reason: String) -> String {
+    let known = FROM_ENV.read().unwrap_or_else(|p| p.into_inner());
+    for (value, reference) in known.iter() {
+        if reason.contains(value.as_str()) {
+            reason = reason.replace(value.as_str(), reference);
+        }
+    }
+    reason
 }
 
 impl fmt::Display for ConfigError {

@@ -134,7 +134,11 @@ fn parse_reference(s: &str) -> Option<(&str, Option<&str>, usize)> {
 
 /// Interpolates from the process environment.
 pub fn interpolate_env(text: &str) -> (String, Vec<String>, Places) {
-    interpolate(text, |name| std::env::var(name).ok())
+    interpolate(text, |name| {
+        let value = std::env::var(name).ok()?;
+        super::error::note_env_value(name, &value);
+        Some(value)
+    })
 }
 
 #[cfg(test)]
