@@ -60,8 +60,33 @@ struct Fold {
 struct Logger {
     inner: env_logger::Logger,
     folds: Mutex<HashMap<String, Fold>>,
-    /// Whether `RUST_LOG` asks for Pingora's own verbose output.
-    pingora_verbose: bool,
+    /// Which of [`DUMPING`] `RUST_LOG` asks for the verbose output of, by name.
+    named: Vec<&'static str>,
+}
+
+/// The libraries whose debug output dumps raw headers and bodies, credentials included
+/// (Pingora's of the requests and answers it proxies, ureq's of the CLI's Admin API calls, its
+/// token with them): muted below `info` unless `RUST_LOG` names one of them at `debug` or
+/// `trace`.
+const DUMPING: [&str; 2] = ["pingora", "ureq"];
+
+/// The libraries of [`DUMPING`] that `rust_log` names at `debug` or `trace` (a directive of
+/// a module of theirs; without a level, every level): lowering one of their modules
+/// (`pingora_core::server=warn`) asks for none of it.
+fn named_verbose(rust_log: &str) -> Vec<&'static str> {
+    let filters = rust_log.split('/').next().unwrap_or("");
+    DUMPING
+        .into_iter()
+        .filter(|lib| {
+            filters.split(',').any(|d| {
+                let (target, level) = d.trim().split_once('=').unwrap_or((d.trim(), "trace"));
+                target.starts_with(lib)
+                    && ["debug", "trace"]
+                        .iter()
+                        .any(|l| level.eq_ignore_ascii_case(l))
+            })
+        })
+        .collect()
 }
 
 /// Installs the logger (call once, first thing).
@@ -70,11 +95,11 @@ pub fn init() {
     let inner =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).build();
     let max = inner.filter();
-    let pingora_verbose = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("pingora"));
+    let named = named_verbose(&std::env::var("RUST_LOG").unwrap_or_default());
     let logger = LOGGER.get_or_init(|| Logger {
         inner,
         folds: Mutex::new(HashMap::new()),
-        pingora_verbose,
+        named,
     });
     if log::set_logger(logger).is_ok() {
         log::set_max_level(max);
@@ -102,9 +127,12 @@ fn effective_level(record: &Record<'_>) -> Level {
 }
 
 impl Logger {
-    /// Pingora's verbose output, unless asked for by name.
+    /// The verbose output of a library of [`DUMPING`], unless asked for by name.
     fn muted(&self, target: &str, level: Level) -> bool {
-        level > Level::Info && !self.pingora_verbose && target.starts_with("pingora")
+        level > Level::Info
+            && DUMPING
+                .iter()
+                .any(|lib| target.starts_with(lib) && !self.named.contains(lib))
     }
 
     fn write(&self, level: Level, target: &str, args: std::fmt::Arguments<'_>) {
@@ -203,5 +231,31 @@ impl Log for Logger {
     fn flush(&self) {
         self.flush_folds(true);
         self.inner.flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dumping_libraries_are_verbose_only_when_named_at_debug_or_trace() {
+        assert_eq!(named_verbose("debug,pingora_proxy=debug"), ["pingora"]);
+        assert_eq!(named_verbose("pingora_core"), ["pingora"]);
+        assert_eq!(named_verbose("info,ureq_proto=TRACE"), ["ureq"]);
+        assert_eq!(
+            named_verbose("pingora=trace,ureq=debug/foo"),
+            ["pingora", "ureq"]
+        );
+        for quiet in [
+            "",
+            "trace",
+            "debug",
+            "trace,pingora_core::server=warn",
+            "debug,ureq=info",
+            "tollgate=debug",
+        ] {
+            assert!(named_verbose(quiet).is_empty(), "{quiet}");
+        }
     }
 }

@@ -262,3 +262,42 @@ fn config_errors_name_a_secret_from_the_environment_by_its_reference() {
         }
     }
 }
+
+/// The CLI's own verbose output (`RUST_LOG=trace`) holds neither the Admin API's token nor a
+/// password in the Admin API's URL.
+#[test]
+fn the_cli_at_trace_level_shows_no_admin_token() {
+    const TOKEN: &str = "ADMINTOKEN111bbbSECRET";
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up, "127.0.0.1"));
+    let gw = GatewayProcess::start_with(&dir, &["--admin-token", TOKEN], &[]);
+    let url = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = support::gateway::run_tollgate(
+        &["users", "list"],
+        &[
+            ("EG_ADMIN_URL", url.as_str()),
+            ("TOLLGATE_ADMIN_TOKEN", TOKEN),
+            ("RUST_LOG", "trace"),
+        ],
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    // Whole or split across a dump's lines.
+    for part in [TOKEN, &TOKEN[..8], &TOKEN[8..16]] {
+        assert!(!said.contains(part), "`{part}` in:\n{said}");
+    }
+    // A password in the URL of an Admin API that cannot be reached.
+    let closed = format!(
+        "http://bob:URLPASS555word@127.0.0.1:{}",
+        support::free_port()
+    );
+    let out =
+        support::gateway::run_tollgate(&["users", "list"], &[("EG_ADMIN_URL", closed.as_str())]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("cannot reach the Admin API"), "{said}");
+    assert!(!said.contains("URLPASS555word"), "{said}");
+}

@@ -112,7 +112,8 @@ impl AdminClient {
         }
         let url = format!("{}{path}", self.base);
         let unreachable = |e: ureq::Error| Unreachable {
-            url: self.base.clone(),
+            // Without a password the URL may hold.
+            url: crate::upstream::displayed(&self.base),
             timed_out: matches!(e, ureq::Error::Timeout(_)),
             reason: e.to_string(),
         };

@@ -34,8 +34,9 @@ pub struct UpstreamTarget {
     addr: ArcSwapOption<SocketAddr>,
 }
 
-/// A URL as logs, errors and the Admin API show it: its user information (a password)
-/// and its query (a token) left out.
+/// A URL as logs, errors, metrics and the Admin API's `/tollgate/*` routes show it: its user
+/// information (a password) and its query (a token) left out. (EG's own routes,
+/// `/service-endpoints` and `/pipelines`, answer the config as it is loaded, as EG does.)
 pub fn displayed(url: &str) -> String {
     let (before, query) = match url.split_once('?') {
         Some((before, _)) => (before, "?…"),
