@@ -150,6 +150,16 @@ fn metric_families_and_metrics_through_a_pipeline() {
         .unwrap_or(0.0)
             >= 3.0
     );
+    // A request no answer's head came for (the upstream refused it) has no upstream time.
+    assert_eq!(
+        value(
+            &s,
+            "tollgate_upstream_duration_seconds",
+            &[("api_endpoint", "dead")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
     assert!(
         value(
             &s,
@@ -172,6 +182,31 @@ fn metric_families_and_metrics_through_a_pipeline() {
     assert!(
         value(&s, "tollgate_consumer_cache_last_resync_age_seconds", &[]).unwrap_or(-1.0) >= 0.0
     );
+    // Scrapes at once each see every url's health (the gauge is rebuilt for each scrape).
+    let healthy = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("tollgate_upstream_healthy{"))
+            .count()
+    };
+    let port = gw.admin_port;
+    let urls = healthy(&get(port, "GET", "/metrics", &[]).text());
+    assert!(urls >= 2, "{urls}");
+    let scrapers: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..40)
+                    .map(|_| healthy(&get(port, "GET", "/metrics", &[]).text()))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    for scraper in scrapers {
+        let seen = scraper.join().expect("a scraper");
+        assert!(
+            seen.iter().all(|n| *n == urls),
+            "urls' health per scrape: {seen:?}"
+        );
+    }
     // No unbounded labels outside `eg`: nothing carries a raw path.
     assert!(!s
         .samples

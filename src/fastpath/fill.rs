@@ -93,7 +93,7 @@ impl FastPath {
                 None => Some(asking.await),
             };
             let Some(asked) = asked else {
-                client_left(reading, gw, x, started, upstream_started, cache);
+                client_left(reading, gw, x, started, cache);
                 return Served::Closed;
             };
             let (up, key) = match asked {
@@ -238,7 +238,6 @@ fn client_left(
     gw: &Gateway,
     x: &mut Exchange,
     started: Instant,
-    upstream_started: Instant,
     cache: Option<&'static str>,
 ) {
     let e = Error::explain(
@@ -249,7 +248,8 @@ fn client_left(
     let ended = crate::exchange::Ended {
         status: 0,
         elapsed: started.elapsed(),
-        upstream_time: Some(upstream_started.elapsed()),
+        // No answer's head came: no upstream time.
+        upstream_time: None,
         bytes_in: 0,
         bytes_out: 0,
         error: Some(&e),

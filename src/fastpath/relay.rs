@@ -54,8 +54,8 @@ pub async fn relay(
 ) {
     let (mut up, key) = match asked {
         Ok(asked) => asked,
+        // No answer's head came: no upstream time (as on Pingora's path).
         Err(e) => {
-            end.upstream_time = Some(upstream_started.elapsed());
             fail(s, x, e, end).await;
             return;
         }

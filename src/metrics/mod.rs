@@ -415,11 +415,20 @@ impl Metrics {
         }
     }
 
+    /// The metrics as they are now, gauges brought up to date. One scrape at a time: a gauge
+    /// rebuilt for a scrape (the urls' health, reset and set again) would be read half
+    /// rebuilt by another (series missing from it).
+    fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        static SCRAPE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = SCRAPE.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh();
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition.
     pub fn text(&self) -> String {
-        self.refresh();
         let mut out = Vec::new();
-        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut out) {
+        if let Err(e) = TextEncoder::new().encode(&self.gather(), &mut out) {
             log::error!("cannot encode metrics: {e}");
         }
         String::from_utf8(out).unwrap_or_default()
@@ -427,8 +436,7 @@ impl Metrics {
 
     /// The metrics as JSON, in prom-client's `getMetricsAsJSON` shape.
     pub fn json(&self) -> serde_json::Value {
-        self.refresh();
-        let families = self.registry.gather();
+        let families = self.gather();
         serde_json::Value::Array(
             families
                 .iter()
