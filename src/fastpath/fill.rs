@@ -93,7 +93,7 @@ impl FastPath {
                 None => Some(asking.await),
             };
             let Some(asked) = asked else {
-                client_left(reading, gw, x, started, cache);
+                client_left(reading, gw, x, started, None, cache);
                 return Served::Closed;
             };
             let (up, key) = match asked {
@@ -142,6 +142,16 @@ impl FastPath {
             }
             if let Some(upstream) = reusable {
                 super::pool::put(key, upstream);
+            }
+            // A client that left while the answer was read gets nothing and is not counted
+            // as answered (its write would seem to succeed: the kernel takes it).
+            let gone = reading.stream().is_some_and(|s| {
+                futures_util::FutureExt::now_or_never(crate::listener::io::client_gone(s)).is_some()
+            });
+            if gone {
+                give_back(body);
+                client_left(reading, gw, x, started, Some(upstream_time), cache);
+                return Served::Closed;
             }
             let answer = RawAnswer {
                 head: &head,
@@ -231,25 +241,27 @@ fn ask_again(x: &mut Exchange, method: &http::Method, e: Box<Error>) -> Result<(
     }
 }
 
-/// Accounts for a request whose client left before the upstream answered: the client's doing
-/// (logged at debug, as on Pingora's proxy), not a failure; nothing was written (status 0).
+/// Accounts for a request whose client left before it was answered (before the upstream's
+/// head came, or while the answer was read whole): the client's doing (logged at debug, as on
+/// Pingora's proxy), not a failure; nothing was written (status 0).
 fn client_left(
     reading: Reading,
     gw: &Gateway,
     x: &mut Exchange,
     started: Instant,
+    upstream_time: Option<std::time::Duration>,
     cache: Option<&'static str>,
 ) {
     let e = Error::explain(
         ErrorType::ConnectionClosed,
-        "the client left before the upstream answered",
+        "the client left before it was answered",
     )
     .into_down();
     let ended = crate::exchange::Ended {
         status: 0,
         elapsed: started.elapsed(),
-        // No answer's head came: no upstream time.
-        upstream_time: None,
+        // `None` when no answer's head came.
+        upstream_time,
         bytes_in: 0,
         bytes_out: 0,
         error: Some(&e),
