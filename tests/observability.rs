@@ -457,5 +457,8 @@ fn a_client_that_leaves_before_its_answer_is_not_counted_in_eg() {
     let eg: Vec<&str> = text.lines().filter(|l| l.starts_with("eg{")).collect();
     assert_eq!(eg.len(), 1, "{eg:?}");
     assert!(eg[0].contains("status_code=\"200\""), "{eg:?}");
-    assert!(eg[0].ends_with(" 1"), "the one answered request alone: {eg:?}");
+    assert!(
+        eg[0].ends_with(" 1"),
+        "the one answered request alone: {eg:?}"
+    );
 }

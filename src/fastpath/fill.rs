@@ -35,6 +35,10 @@ use crate::upstream::attempt;
 /// it arrives.
 const WHOLE_MAX: usize = 1024 * 1024;
 
+/// A body read whole in this long (by the kernel's coarse clock) or longer is one its client
+/// may have left during: the client's connection is looked at before it is answered.
+const SLOW_BODY_MS: u64 = 10;
+
 impl FastPath {
     /// Fetches the tile `fill` holds the lock for, for everyone, and answers the request.
     pub(super) async fn answer_fill(
@@ -106,6 +110,7 @@ impl FastPath {
             let status = up.resp_header().map_or(0, |r| r.status.as_u16());
             // Until the answer's head came, as on the relayed path.
             let upstream_time = upstream_started.elapsed();
+            let head_came = crate::clock::coarse_millis();
             let mut body = body_buffer();
             let read = read_whole(up, &mut body, x).await;
             let reusable = match read {
@@ -143,12 +148,14 @@ impl FastPath {
             if let Some(upstream) = reusable {
                 super::pool::put(key, upstream);
             }
-            // A client that left while the answer was read gets nothing and is not counted
-            // as answered (its write would seem to succeed: the kernel takes it).
-            let gone = reading.stream().is_some_and(|s| {
-                futures_util::FutureExt::now_or_never(crate::listener::io::client_gone(s)).is_some()
-            });
-            if gone {
+            // A client that left while a body that took its time was read gets nothing and
+            // is not counted as answered (its write would seem to succeed: the kernel takes
+            // it). (One that came at once leaves no time to leave in.)
+            if crate::clock::coarse_millis().saturating_sub(head_came) >= SLOW_BODY_MS
+                && reading
+                    .stream()
+                    .is_some_and(crate::listener::io::client_gone_now)
+            {
                 give_back(body);
                 client_left(reading, gw, x, started, Some(upstream_time), cache);
                 return Served::Closed;

@@ -538,6 +538,20 @@ pub async fn client_gone(stream: &Stream) {
     }
 }
 
+/// Whether the client has closed its connection (its side of it, or it failed), as far as can
+/// be told without waiting and without a system call: what the runtime's last look at the
+/// socket's events said.
+pub fn client_gone_now(stream: &Stream) -> bool {
+    let Some(io) = stream.as_any().downcast_ref::<ClientIo>() else {
+        return false;
+    };
+    match futures_util::FutureExt::now_or_never(io.tcp.ready(tokio::io::Interest::READABLE)) {
+        Some(Ok(ready)) => ready.is_read_closed(),
+        Some(Err(_)) => true,
+        None => false,
+    }
+}
+
 /// Writes a head and a body and flushes them: in one `writev` when the transport takes them so
 /// (see [`ClientIo`]'s vectored write).
 pub async fn write_pair<W: AsyncWrite + Unpin + ?Sized>(
