@@ -48,38 +48,60 @@ impl ConfigError {
     }
 }
 
-/// The values the environment gave config files (`${NAME}`), with the reference each
-/// replaced, longest first: a config error (logged, kept as the last reload's error, answered
-/// by the Admin API) names the reference, never the value — a secret passed in the
-/// environment and written where the config expects something else stays out of them.
+/// The values the environment gave config files (`${NAME}`), each in the forms an error may
+/// show it in, with the reference it replaced, longest first: a config error (logged, kept as
+/// the last reload's error, answered by the Admin API) names the reference, never the value —
+/// a secret passed in the environment and written where the config expects something else
+/// stays out of them.
 static FROM_ENV: RwLock<Vec<(String, String)>> = RwLock::new(Vec::new());
 
 /// Values shorter than this are left as they are: a short one (`true`, a port) would be found
 /// inside the words of any message, and hides nothing worth hiding.
 const SHORTEST_HIDDEN: usize = 6;
 
-/// Notes that the environment variable `name` gave a config file `value` (see [`FROM_ENV`]).
+/// Notes that the environment variable `name` gave a config file `value` (see [`FROM_ENV`]):
+/// as it is, as YAML leaves it (without the spaces around it, each of its lines apart) and as
+/// a message quotes it (escaped, as `{:?}` writes it).
 pub fn note_env_value(name: &str, value: &str) {
-    if value.chars().count() < SHORTEST_HIDDEN {
-        return;
+    let mut forms = vec![value.to_string(), value.trim().to_string()];
+    forms.extend(value.lines().map(|l| l.trim().to_string()));
+    for plain in forms.clone() {
+        let quoted = format!("{plain:?}");
+        forms.push(quoted[1..quoted.len() - 1].to_string());
     }
+    let reference = format!("${{{name}}}");
     let mut known = FROM_ENV.write().unwrap_or_else(|p| p.into_inner());
-    if known.iter().any(|(v, _)| v == value) {
-        return;
+    for form in forms {
+        if form.chars().count() >= SHORTEST_HIDDEN && !known.iter().any(|(v, _)| *v == form) {
+            known.push((form, reference.clone()));
+        }
     }
-    known.push((value.to_string(), format!("${{{name}}}")));
     known.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
 }
 
-/// `reason` with every value the environment gave the config replaced by its reference.
-fn without_env_values(mut reason: String) -> String {
+/// `reason` with every value the environment gave the config replaced by its reference, in one
+/// pass over it (the longest value found at each place; a reference put in is never looked at
+/// again).
+fn without_env_values(reason: String) -> String {
     let known = FROM_ENV.read().unwrap_or_else(|p| p.into_inner());
-    for (value, reference) in known.iter() {
-        if reason.contains(value.as_str()) {
-            reason = reason.replace(value.as_str(), reference);
+    if !known.iter().any(|(v, _)| reason.contains(v.as_str())) {
+        return reason;
+    }
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason.as_str();
+    while let Some(c) = rest.chars().next() {
+        match known.iter().find(|(v, _)| rest.starts_with(v.as_str())) {
+            Some((value, reference)) => {
+                out.push_str(reference);
+                rest = &rest[value.len()..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
         }
     }
-    reason
+    out
 }
 
 impl fmt::Display for ConfigError {
@@ -131,3 +153,33 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl std::error::Error for ConfigErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_value_from_the_environment_is_named_in_every_form_an_error_shows_it() {
+        note_env_value("TG_UNIT_A", "abc\"def\\ghi");
+        note_env_value("TG_UNIT_B", "top\tsecretvalue");
+        note_env_value("TG_UNIT_C", "  spacedsecret  ");
+        note_env_value("TG_UNIT_SECRETKEY", "mysecretkeyXY");
+        note_env_value("TG_UNIT_E", "SECRETKEY");
+        let shown = |m: &str| without_env_values(m.to_string());
+        assert_eq!(
+            shown(r#"invalid type: string "abc\"def\\ghi""#),
+            r#"invalid type: string "${TG_UNIT_A}""#
+        );
+        assert_eq!(
+            shown(r#"string "top\tsecretvalue""#),
+            r#"string "${TG_UNIT_B}""#
+        );
+        assert_eq!(shown("string \"spacedsecret\""), "string \"${TG_UNIT_C}\"");
+        // One pass: a value inside another's reference or another value is not looked at.
+        assert_eq!(
+            shown("mysecretkeyXY and SECRETKEY"),
+            "${TG_UNIT_SECRETKEY} and ${TG_UNIT_E}"
+        );
+        assert_eq!(shown("nothing of them"), "nothing of them");
+    }
+}
