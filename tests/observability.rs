@@ -462,3 +462,45 @@ fn a_client_that_leaves_before_its_answer_is_not_counted_in_eg() {
         "the one answered request alone: {eg:?}"
     );
 }
+
+/// Through a `cache` step: a client that leaves while its tile's fill waits for the
+/// upstream's head (a WMS drawing it) is not counted in `eg`; a client that closed its side of
+/// the connection after sending its next request is answered the request it still waits on,
+/// and taken as gone (as nginx takes it) for its last.
+#[test]
+fn a_fills_client_that_left_is_not_counted_and_a_pipelined_request_keeps_it_answered() {
+    use std::io::{Read, Write};
+    let up = support::upstream::PyUpstream::start("tiles", 5.0);
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [metrics, cache, proxy]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n      - metrics:\n      - cache:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        write!(s, "GET /tiles/slow/400/left HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+    }
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(s, "GET /tiles/stall/300/first HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+    std::thread::sleep(Duration::from_millis(100));
+    write!(s, "GET /tiles/stall/300/second HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+    s.shutdown(std::net::Shutdown::Write).expect("half close");
+    let mut answers = Vec::new();
+    let _ = s.read_to_end(&mut answers);
+    let answers = String::from_utf8_lossy(&answers);
+    assert_eq!(answers.matches("HTTP/1.1 200").count(), 1, "{answers}");
+    assert!(answers.contains("/tiles/stall/300/first"), "{answers}");
+    std::thread::sleep(Duration::from_millis(800));
+    let text = get(gw.admin_port, "GET", "/metrics", &[]).text();
+    let eg: Vec<&str> = text.lines().filter(|l| l.starts_with("eg{")).collect();
+    assert_eq!(eg.len(), 1, "{eg:?}");
+    assert!(
+        eg[0].contains("status_code=\"200\"") && eg[0].ends_with(" 1"),
+        "the one answered request alone: {eg:?}"
+    );
+}

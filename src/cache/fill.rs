@@ -34,9 +34,6 @@ pub struct Fill {
     outcome: LockStatus,
     /// Whether the response head was judged.
     decided: bool,
-    /// Whether the response may be stored but was not admitted (the memory tier is full and
-    /// the tile new): it is answered as a tile not stored is.
-    declined: bool,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -92,7 +89,6 @@ pub fn begin(
         filling: None,
         outcome: LockStatus::TransientError,
         decided: false,
-        declined: false,
     })
 }
 
@@ -118,16 +114,9 @@ impl Fill {
     }
 
     /// The head the client is answered from: the one being stored; `None` when the response
-    /// is not stored (see [`Self::declined`]).
+    /// is not stored.
     pub fn answer_head(&self) -> Option<&StoredHead> {
         self.filling.as_ref().and_then(Filling::head)
-    }
-
-    /// Whether the response was judged one that may be stored but the store did not admit
-    /// it: it is answered as a tile not stored is. (One that is neither stored nor declined
-    /// varies, is too large or may not be stored: it goes through Pingora's session.)
-    pub fn declined(&self) -> bool {
-        self.declined
     }
 
     /// Decides from the upstream's response head whether the response is stored (once). One
@@ -149,7 +138,6 @@ impl Fill {
     /// nothing).
     pub fn again(&mut self) {
         self.filling = None;
-        self.declined = false;
         self.decided = false;
         self.outcome = LockStatus::TransientError;
     }
@@ -185,7 +173,6 @@ impl Fill {
                     // Requests that came to wait on this fetch after it was judged try again
                     // (one of them fetches and, the tile missed twice now, stores it).
                     self.outcome = LockStatus::TransientError;
-                    self.declined = true;
                     return;
                 }
                 let head = StoredHead::of(resp, &super::store::head::NOT_STORED);

@@ -35,9 +35,10 @@ use crate::upstream::attempt;
 /// it arrives.
 const WHOLE_MAX: usize = 1024 * 1024;
 
-/// A body read whole in this long (by the kernel's coarse clock) or longer is one its client
-/// may have left during: the client's connection is looked at before it is answered.
-const SLOW_BODY_MS: u64 = 10;
+/// An answer fetched and read whole in this long (by the kernel's coarse clock) or longer is
+/// one its client may have left during: the client's connection is looked at before it is
+/// answered.
+const SLOW_ANSWER_MS: u64 = 10;
 
 impl FastPath {
     /// Fetches the tile `fill` holds the lock for, for everyone, and answers the request.
@@ -80,6 +81,7 @@ impl FastPath {
     ) -> Served {
         let Asking { mut fill, cache } = asking;
         let upstream_started = Instant::now();
+        let asked_at = crate::clock::coarse_millis();
         let filling = fill.is_some();
         let keepalive = reading.keepalive(limits);
         let how = loop {
@@ -110,7 +112,6 @@ impl FastPath {
             let status = up.resp_header().map_or(0, |r| r.status.as_u16());
             // Until the answer's head came, as on the relayed path.
             let upstream_time = upstream_started.elapsed();
-            let head_came = crate::clock::coarse_millis();
             let mut body = body_buffer();
             let read = read_whole(up, &mut body, x).await;
             let reusable = match read {
@@ -148,10 +149,11 @@ impl FastPath {
             if let Some(upstream) = reusable {
                 super::pool::put(key, upstream);
             }
-            // A client that left while a body that took its time was read gets nothing and
-            // is not counted as answered (its write would seem to succeed: the kernel takes
-            // it). (One that came at once leaves no time to leave in.)
-            if crate::clock::coarse_millis().saturating_sub(head_came) >= SLOW_BODY_MS
+            // A client that left while an answer that took its time was fetched gets nothing
+            // and is not counted as answered (its write would seem to succeed: the kernel
+            // takes it). (One that came at once leaves no time to leave in; a fill's client is
+            // not watched while it waits for the head, as others wait on the fill.)
+            if crate::clock::coarse_millis().saturating_sub(asked_at) >= SLOW_ANSWER_MS
                 && reading
                     .stream()
                     .is_some_and(crate::listener::io::client_gone_now)
@@ -340,13 +342,12 @@ fn whole(fill: &mut Fill, up: &Upstream, x: &Exchange, keepalive: bool) -> Optio
     let edits = &x.response_edits;
     let (len, age) = length_and_age(resp).filter(|(n, _)| *n <= WHOLE_MAX)?;
     fill.decide(resp, || crate::cache::exception::asks_for_map(x));
-    if !fill.stores() {
-        return unstored_miss_head(resp, len, edits, keepalive, age);
-    }
+    // A fill that stores the answer holds its head; one that does not (below `minUses`, not
+    // admitted, judged one not stored: it let its lock go) is answered as the upstream sent
+    // it (a head that cannot be written so, with `Vary`, goes through Pingora's session).
     match fill.answer_head() {
-        Some(stored) => miss_wire_head(stored, len, edits, keepalive, age),
-        None if fill.declined() => unstored_miss_head(resp, len, edits, keepalive, age),
-        None => None,
+        Some(stored) if fill.stores() => miss_wire_head(stored, len, edits, keepalive, age),
+        _ => unstored_miss_head(resp, len, edits, keepalive, age),
     }
 }
 

@@ -538,18 +538,32 @@ pub async fn client_gone(stream: &Stream) {
     }
 }
 
-/// Whether the client has closed its connection (its side of it, or it failed), as far as can
-/// be told without waiting and without a system call: what the runtime's last look at the
-/// socket's events said.
+/// Whether the client has closed its connection (or it failed), as far as can be told without
+/// waiting: the runtime's last look at the socket's events said its side is closed, and it
+/// left nothing unread (a next request sent before it closed its side is still to be
+/// answered, as [`client_gone`] has it).
 pub fn client_gone_now(stream: &Stream) -> bool {
+    use std::os::fd::AsRawFd;
     let Some(io) = stream.as_any().downcast_ref::<ClientIo>() else {
         return false;
     };
     match futures_util::FutureExt::now_or_never(io.tcp.ready(tokio::io::Interest::READABLE)) {
-        Some(Ok(ready)) => ready.is_read_closed(),
-        Some(Err(_)) => true,
-        None => false,
+        Some(Ok(ready)) if ready.is_read_closed() => {}
+        Some(Ok(_)) | None => return false,
+        Some(Err(_)) => return true,
     }
+    let mut probe = 0u8;
+    // SAFETY: one byte into `probe`, which lives through the call.
+    let n = unsafe {
+        libc::recv(
+            io.tcp.as_raw_fd(),
+            std::ptr::addr_of_mut!(probe).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    // 0: nothing left and the side closed; below 0: reset.
+    n <= 0
 }
 
 /// Writes a head and a body and flushes them: in one `writev` when the transport takes them so
