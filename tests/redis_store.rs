@@ -1114,3 +1114,51 @@ fn keys_are_unavailable_not_refused_until_the_store_was_read() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// The store's named locks on a real Redis: renewed and released only by the token that holds
+/// them (a populate's lock, renewed while it runs, is never another's to let go).
+#[test]
+fn a_lock_is_renewed_and_released_only_by_its_holder() {
+    use tollgate::store::Store;
+    let redis = RedisServer::start();
+    let def = tollgate::config::system_file::RedisDef {
+        emulate: false,
+        host: Some("127.0.0.1".into()),
+        port: Some(redis.port),
+        configured: true,
+        ..Default::default()
+    };
+    let store = tollgate::store::redis::RedisStore::new(&def);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let short = Duration::from_millis(400);
+        let token = store
+            .try_lock("p", short)
+            .await
+            .expect("lock")
+            .expect("free");
+        assert!(store.try_lock("p", short).await.expect("lock").is_none());
+        assert!(!store.renew_lock("p", "other", short).await.expect("renew"));
+        store.unlock("p", "other").await.expect("unlock");
+        assert!(
+            store.try_lock("p", short).await.expect("lock").is_none(),
+            "another's token let it go"
+        );
+        // Renewed past its first TTL: still held.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(store.renew_lock("p", &token, short).await.expect("renew"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(
+            store.try_lock("p", short).await.expect("lock").is_none(),
+            "renewed, still held"
+        );
+        store.unlock("p", &token).await.expect("unlock");
+        assert!(
+            store.try_lock("p", short).await.expect("lock").is_some(),
+            "released"
+        );
+    });
+}

@@ -178,6 +178,28 @@ impl RedisStore {
         client_for(&self.target).await
     }
 
+    /// Runs `command` (Lua, on `KEYS[1]` = `name` and `ARGV[2]` = `arg`) only while the lock
+    /// `name` holds `token`, in one script (nobody else's lock is touched between the check
+    /// and the command); its result, 0 when the lock is not held.
+    async fn while_held(
+        &self,
+        name: &str,
+        token: &str,
+        command: &str,
+        arg: Option<u64>,
+    ) -> StoreResult<i64> {
+        let script = redis::Script::new(&format!(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return {command} else return 0 end"
+        ));
+        let mut c = self.conn().await?;
+        let mut call = script.key(name);
+        call.arg(token);
+        if let Some(a) = arg {
+            call.arg(a);
+        }
+        call.invoke_async(&mut c).await.map_err(unavailable)
+    }
+
     /// A live connection: the one there is, or the one the attempt under way (started now if
     /// none is) makes.
     async fn conn(&self) -> StoreResult<ConnectionManager> {
@@ -505,31 +527,16 @@ impl Store for RedisStore {
     }
 
     async fn unlock(&self, name: &str, token: &str) -> StoreResult<()> {
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end",
-        );
-        let mut c = self.conn().await?;
-        let _: i64 = script
-            .key(name)
-            .arg(token)
-            .invoke_async(&mut c)
+        self.while_held(name, token, "redis.call('DEL', KEYS[1])", None)
             .await
-            .map_err(unavailable)?;
-        Ok(())
+            .map(|_| ())
     }
 
     async fn renew_lock(&self, name: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
-        let script = redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
-        );
-        let mut c = self.conn().await?;
-        let held: i64 = script
-            .key(name)
-            .arg(token)
-            .arg(ttl.as_millis() as u64)
-            .invoke_async(&mut c)
-            .await
-            .map_err(unavailable)?;
+        let command = "redis.call('PEXPIRE', KEYS[1], ARGV[2])";
+        let held = self
+            .while_held(name, token, command, Some(ttl.as_millis() as u64))
+            .await?;
         Ok(held == 1)
     }
 }
