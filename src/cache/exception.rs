@@ -5,7 +5,10 @@
 //! report as the tile for everyone until it expired. Such an answer is never stored (and the
 //! tile is not remembered as one not to cache: the next miss asks again), and where a stale
 //! copy of the tile may stand in for a failure (its stale-if-error window) it answers in the
-//! report's place, as for a 5xx. GeoWebCache and MapProxy refuse such answers alike.
+//! report's place, as for a 5xx. GeoWebCache and MapProxy refuse such answers alike. A map
+//! or a tile is asked for by a key-value request (`REQUEST=GetMap`, `REQUEST=GetTile`) or by a
+//! path that names an image or a vector tile (RESTful WMTS, TMS, XYZ: `…/3/2/1.png`); MapCache
+//! and GeoServer's RESTful WMTS answer such a request they cannot serve with the same XML.
 
 use pingora_http::ResponseHeader;
 
@@ -15,7 +18,7 @@ pub const SERVICE_EXCEPTION: &str = "service exception";
 /// The media types that are exception reports whatever was asked (WMS 1.1).
 const REPORTS: [&str; 2] = ["application/vnd.ogc.se_xml", "application/vnd.ogc.se+xml"];
 /// The media types that are exception reports when a map or a tile was asked for (WMS 1.3.0,
-/// WMTS key-value requests).
+/// WMTS).
 const XML: [&str; 2] = ["text/xml", "application/xml"];
 
 /// Whether `resp` is a service exception: a 2xx answer of an exception report's media type,
@@ -41,13 +44,32 @@ pub fn is_service_exception(resp: &ResponseHeader, map_request: impl FnOnce() ->
     is(&REPORTS) || (is(&XML) && map_request())
 }
 
-/// Whether the request the exchange sends upstream asks for a map or a tile (see
-/// [`is_map_request`]).
+/// Whether the request the exchange sends upstream asks for a map or a tile: by its query
+/// (see [`is_map_request`]) or by its path (see [`is_tile_path`]).
 pub fn asks_for_map(x: &crate::pipeline::Exchange) -> bool {
-    let Some(path) = x.proxy.as_ref().map(|p| p.path.as_bytes()) else {
+    let Some(target) = x.proxy.as_ref().map(|p| p.path.as_bytes()) else {
         return false;
     };
-    is_map_request(memchr::memchr(b'?', path).map(|q| &path[q + 1..]))
+    match memchr::memchr(b'?', target) {
+        Some(q) => is_tile_path(&target[..q]) || is_map_request(Some(&target[q + 1..])),
+        None => is_tile_path(target),
+    }
+}
+
+/// The extensions of the images and tiles a RESTful WMTS, a TMS or an XYZ service serves.
+const TILE_EXTENSIONS: [&[u8]; 14] = [
+    b"png", b"png8", b"jpg", b"jpeg", b"gif", b"webp", b"avif", b"tif", b"tiff", b"jp2", b"bmp",
+    b"pbf", b"mvt", b"terrain",
+];
+
+/// Whether a request's path names an image or a tile: its last segment's extension (without
+/// case) is one of [`TILE_EXTENSIONS`].
+pub fn is_tile_path(path: &[u8]) -> bool {
+    let last = memchr::memrchr(b'/', path).map_or(path, |slash| &path[slash + 1..]);
+    memchr::memrchr(b'.', last).is_some_and(|dot| {
+        let ext = &last[dot + 1..];
+        TILE_EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e))
+    })
 }
 
 /// Whether a request's query asks for a map or a tile: its `REQUEST` parameter is `GetMap` or
@@ -161,5 +183,29 @@ mod tests {
             assert!(!is_map_request(Some(q.as_bytes())), "{q}");
         }
         assert!(!is_map_request(None));
+    }
+
+    #[test]
+    fn tile_paths_by_their_extension() {
+        for p in [
+            "/wmts/roads/default/WebMercatorQuad/3/2/1.png",
+            "/tms/1.0.0/roads/3/2/1.JPEG",
+            "/tiles/3/2/1.pbf",
+            "/terrain/3/2/1.terrain",
+            "1.webp",
+        ] {
+            assert!(is_tile_path(p.as_bytes()), "{p}");
+        }
+        for p in [
+            "/wmts/1.0.0/WMTSCapabilities.xml",
+            "/wms",
+            "/tiles.png/3/2/1",
+            "/tiles/3/2/1",
+            "/tiles/3/2/1.",
+            "/tiles/3/2/png",
+            "",
+        ] {
+            assert!(!is_tile_path(p.as_bytes()), "{p}");
+        }
     }
 }

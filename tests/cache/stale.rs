@@ -540,7 +540,8 @@ fn a_head_of_a_stale_tile_leaves_its_refresh_to_the_gets() {
 
 /// An OGC service exception (a WMS server's XML report of its failure, sent with status 200)
 /// is never stored as the tile, the tile is stored once the upstream draws it, and a stale
-/// copy answers in a later report's place as it does for a 5xx. XML that was asked for (a
+/// copy answers in a later report's place as it does for a 5xx. A map or a tile is asked for by
+/// `REQUEST` or by a path that names an image (RESTful WMTS). XML that was asked for (a
 /// GetCapabilities) is stored as any answer is.
 #[test]
 fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
@@ -567,6 +568,12 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     let escaped = format!("/open/wms?SERVICE=WMS&%52EQUEST=Get%4Dap&LAYERS=roads&{windows}");
     for _ in 0..2 {
         let r = reported(&escaped, "text/xml");
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    }
+    // A RESTful WMTS or TMS tile answered with XML: its path names an image.
+    let restful = format!("/open/wmts/roads/default/grid/3/2/1.png?{windows}");
+    for _ in 0..2 {
+        let r = reported(&restful, "text/xml");
         assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
     }
     // Concurrent misses for one tile while the upstream reports failure: each answer relayed
@@ -597,6 +604,9 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     let caps = "/open/wms?SERVICE=WMS&REQUEST=GetCapabilities";
     assert_eq!(cache_status(&reported(caps, "text/xml")), "MISS");
     assert_eq!(cache_status(&reported(caps, "text/xml")), "HIT");
+    let restful_caps = "/open/wmts/1.0.0/WMTSCapabilities.xml";
+    assert_eq!(cache_status(&reported(restful_caps, "text/xml")), "MISS");
+    assert_eq!(cache_status(&reported(restful_caps, "text/xml")), "HIT");
     // The upstream draws the tile: stored at once (the reports left no mark on it).
     let drawn = get(gw.port, "GET", &map, &[]);
     assert_eq!((drawn.status, cache_status(&drawn)), (200, "MISS"));
@@ -612,8 +622,8 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     );
     assert_eq!(
         gw.metric("tollgate_upstream_errors_total{kind=\"service_exception\"}"),
-        12.0,
-        "eleven reports fetched for misses, one for the stale tile"
+        14.0,
+        "thirteen reports fetched for misses, one for the stale tile"
     );
     // The upstream draws it again: once the failure's second has passed, a request refreshes
     // the tile and the refresh is stored.
