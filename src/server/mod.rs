@@ -1,5 +1,6 @@
 //! Starting the gateway: load and compile the config, start the proxy and admin listeners on
-//! Pingora, keep upstream addresses resolved, and drain in-flight requests on SIGTERM.
+//! Pingora, keep upstream addresses resolved (`drain`), act on signals (`signals`) and drain
+//! in-flight requests on SIGTERM (`drain`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use arc_swap::ArcSwap;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::{ExecutionPhase, RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{RunArgs, Server};
 
 use crate::admin::service::AdminService;
 use crate::admin::AdminApi;
@@ -18,7 +19,13 @@ use crate::counters::Counters;
 use crate::gateway::{Gateway, Shared};
 use crate::health::Health;
 use crate::listener::{ClientLimits, Endpoint, ListenerService};
-use crate::proxy::{requests_in_flight, Tollgate};
+use crate::proxy::Tollgate;
+
+mod drain;
+mod signals;
+
+use drain::{exit_when_drained, start_dns_refresh};
+use signals::{Signals, Taken};
 
 /// How `tollgate serve` runs.
 pub struct ServeOptions {
@@ -399,128 +406,6 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     std::process::exit(0)
 }
 
-/// Pingora's signals (SIGTERM drains, SIGINT stops, SIGQUIT hands the sockets to an upgrading
-/// process) and SIGHUP, which reloads the config.
-struct Signals {
-    lifecycle: Arc<crate::lifecycle::Lifecycle>,
-    /// The signals taken before the server ran (one that came meanwhile is waiting in them).
-    early: std::sync::Mutex<Option<Taken>>,
-    /// Where an upgrading process waits for the listening sockets.
-    upgrade_sock: std::path::PathBuf,
-}
-
-/// How long a SIGQUIT waits for an upgrading process to wait for the sockets (one that reads
-/// a large config first, or is started a moment after the signal) before it is dropped.
-const UPGRADE_WAIT: Duration = Duration::from_secs(60);
-
-/// Whether a process listens on the unix socket `path` (`/proc/net/unix`: its bound name, and
-/// the flag of a listening socket), without connecting to it: the upgrading process takes the
-/// first connection as the one the sockets come on. Without `/proc`, whether the socket file
-/// is there (the upgrading process removes it when it is done, or gives up).
-fn upgrade_offered(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    const ACCEPTING: u32 = 0x10000;
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    };
-    let name = path.as_os_str().to_string_lossy();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() >= 8
-            && fields[7..].join(" ") == name
-            && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
-    })
-}
-
-/// The signals the server acts on besides SIGINT, each a stream from the moment it was made.
-struct Taken {
-    quit: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-    hup: tokio::signal::unix::Signal,
-}
-
-impl Taken {
-    /// `hup`: SIGHUP's stream when it was taken before.
-    fn now(hup: Option<tokio::signal::unix::Signal>) -> std::io::Result<Taken> {
-        use tokio::signal::unix::{signal, SignalKind};
-        Ok(Taken {
-            quit: signal(SignalKind::quit())?,
-            term: signal(SignalKind::terminate())?,
-            hup: match hup {
-                Some(hup) => hup,
-                None => signal(SignalKind::hangup())?,
-            },
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let early = self.early.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let taken = early.map_or_else(|| Taken::now(None), Ok);
-        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-        let (
-            Ok(Taken {
-                mut quit,
-                mut term,
-                mut hup,
-            }),
-            Ok(mut int),
-        ) = (taken, int)
-        else {
-            log::error!("cannot install the signal handlers; SIGTERM and SIGINT stop at once");
-            return std::future::pending().await;
-        };
-        // Since when a SIGQUIT waits for an upgrading process: the sockets are handed over only
-        // to one that waits for them (handed to none, Pingora's server ends this process all
-        // the same, and nothing is left serving).
-        let mut quit_since: Option<Instant> = None;
-        let sock = self.upgrade_sock.as_path();
-        loop {
-            tokio::select! {
-                _ = quit.recv() => {
-                    if upgrade_offered(sock) {
-                        return ShutdownSignal::GracefulUpgrade;
-                    }
-                    if quit_since.is_none() {
-                        log::info!(
-                            "SIGQUIT: waiting for the upgrading process to take the sockets at {} (at most {}s)",
-                            sock.display(),
-                            UPGRADE_WAIT.as_secs()
-                        );
-                    }
-                    quit_since = Some(Instant::now());
-                }
-                () = tokio::time::sleep(Duration::from_millis(50)), if quit_since.is_some() => {
-                    if upgrade_offered(sock) {
-                        return ShutdownSignal::GracefulUpgrade;
-                    }
-                    if quit_since.is_some_and(|t| t.elapsed() >= UPGRADE_WAIT) {
-                        log::error!(
-                            "SIGQUIT: no upgrading process waited for the sockets at {} within {}s; this process serves on",
-                            sock.display(),
-                            UPGRADE_WAIT.as_secs()
-                        );
-                        quit_since = None;
-                    }
-                }
-                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
-                _ = int.recv() => return ShutdownSignal::FastShutdown,
-                _ = hup.recv() => {
-                    let lifecycle = self.lifecycle.clone();
-                    // Off the signal loop, and not waited on: a reload reads files, and a
-                    // signal that comes meanwhile (a SIGQUIT of an upgrade, a SIGINT) is acted
-                    // on at once. Reloads take turns.
-                    drop(tokio::task::spawn_blocking(move || {
-                        lifecycle.reload(crate::lifecycle::Trigger::Signal)
-                    }));
-                }
-            }
-        }
-    }
-}
-
 /// How long `--populate` waits for a consumer store it cannot reach (Redis starting beside
 /// the gateway) before the start fails.
 const POPULATE_WAIT: Duration = Duration::from_secs(60);
@@ -643,92 +528,4 @@ fn bind_addr(host: Option<&str>, default: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-/// Looks upstream names up again every [`DNS_REFRESH`], on a thread of its own.
-fn start_dns_refresh(gateway: Arc<ArcSwap<Gateway>>) {
-    std::thread::Builder::new()
-        .name("tollgate-dns".into())
-        .spawn(move || loop {
-            std::thread::sleep(DNS_REFRESH);
-            // Not held while asleep: a config a reload replaced goes (with its health checks).
-            let gw = gateway.load_full();
-            for target in gw.targets() {
-                target.resolve();
-            }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| log::error!("cannot start the DNS refresh thread: {e}"));
-}
-
-/// Follows the server's phases: once running, tells systemd (when it asks); on a graceful
-/// upgrade hands the consumer store over to the new process; on SIGTERM (Pingora stops
-/// accepting and would wait the whole grace period) ends the process as soon as the listeners
-/// have taken in their backlogs, no request is in flight any more and every connection
-/// accepted has had its first request answered.
-fn exit_when_drained(
-    server: &Server,
-    grace: Duration,
-    store: Arc<dyn crate::store::Store>,
-    listen: Vec<String>,
-) {
-    let mut phases = server.watch_execution_phase();
-    std::thread::Builder::new()
-        .name("tollgate-drain".into())
-        .spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            let Ok(rt) = rt else { return };
-            rt.block_on(async move {
-                loop {
-                    match phases.recv().await {
-                        Ok(ExecutionPhase::Running) => {
-                            let listen = listen.clone();
-                            tokio::spawn(async move {
-                                crate::lifecycle::notify_ready_when_listening(&listen).await
-                            });
-                        }
-                        Ok(ExecutionPhase::GracefulUpgradeTransferringFds) => {
-                            log::info!("SIGQUIT: handing the listening sockets to the new process");
-                            crate::listener::sockets_handed_over();
-                            store.hand_over();
-                        }
-                        Ok(ExecutionPhase::ShutdownGracePeriod) => break,
-                        Ok(ExecutionPhase::ShutdownRuntimes) => {
-                            // Quick shutdown (SIGINT). Pingora's accept loop can keep a
-                            // per-thread runtime from ever finishing its shutdown; do not wait
-                            // on it for more than a moment.
-                            tokio::time::sleep(RUNTIME_EXIT_LIMIT).await;
-                            log::warn!(
-                                "runtimes still stopping after {RUNTIME_EXIT_LIMIT:?}; exiting"
-                            );
-                            crate::cache::save_forwardings();
-                            crate::lifecycle::runfile::withdraw();
-                            std::process::exit(0);
-                        }
-                        Ok(_) => {}
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                        Err(_) => return,
-                    }
-                }
-                let start = Instant::now();
-                // Let requests accepted just before the signal register.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                let busy = || {
-                    requests_in_flight() > 0
-                        || crate::listener::awaiting_an_answer() > 0
-                        || crate::listener::accepting() > 0
-                };
-                while busy() && start.elapsed() < grace {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                log::info!("drained; exiting");
-                crate::cache::save_forwardings();
-                crate::lifecycle::runfile::withdraw();
-                std::process::exit(0);
-            });
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| log::error!("cannot start the drain thread: {e}"));
 }
