@@ -1,0 +1,147 @@
+use super::*;
+
+/// Aliases of one long string count its bytes: 80,000 copies of 10 kB were 800 MB within
+/// a limit of values.
+#[test]
+fn aliases_of_long_strings_count_their_bytes() {
+    let mut yaml = format!("a: &a '{}'\n", "x".repeat(10_000));
+    for (n, prev) in ["b", "c", "d", "e"].iter().zip(["a", "b", "c", "d"]) {
+        yaml.push_str(&format!(
+            "{n}: &{n} [{}]\n",
+            vec![format!("*{prev}"); 10].join(", ")
+        ));
+    }
+    let err = parse(&yaml, &Arc::from("t.yml")).expect_err("refused");
+    assert!(
+        err.reason.contains("aliases stand for more than"),
+        "{}",
+        err.reason
+    );
+}
+
+#[test]
+fn yaml_1_1_integers_as_eg_reads_them() {
+    assert_eq!(yaml11_int("120_000"), Some(120_000));
+    assert_eq!(yaml11_int("073135"), Some(30301));
+    assert_eq!(yaml11_int("-010"), Some(-8));
+    assert_eq!(yaml11_int("0b101"), Some(5));
+    assert_eq!(yaml11_int("0"), None);
+    assert_eq!(yaml11_int("08080"), None);
+    assert_eq!(yaml11_int("1234"), None);
+    assert_eq!(yaml11_int("_1"), None);
+    assert_eq!(yaml11_int("120_"), None);
+    assert_eq!(yaml11_int("abc"), None);
+}
+
+fn doc(text: &str) -> Node {
+    parse(text, &Arc::from("t.yml")).expect("parses")
+}
+
+/// Collections nested thousands deep are an error at the first one too deep, read on a
+/// thread with the stack a runtime's worker has (a reload runs there): they overflowed it.
+#[test]
+fn collections_nested_too_deep_are_an_error() {
+    for doc in [
+        format!("x:\n  {}1\n", "- ".repeat(5000)),
+        format!("x:\n  {}1\n", "[".repeat(5000)),
+        (0..3000)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect(),
+        // Anchors each aliasing the one before, 60 deep each: 20 of them 1,200 deep.
+        {
+            let nest = |inner: &str| format!("{}{inner}{}", "[".repeat(60), "]".repeat(60));
+            let mut doc = format!("x:\n  k0: &a0 {}\n", nest("1"));
+            for i in 1..20 {
+                doc += &format!("  k{i}: &a{i} {}\n", nest(&format!("*a{}", i - 1)));
+            }
+            doc
+        },
+    ] {
+        let read = std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || parse(&doc, &Arc::from("f.yml")).map(|_| ()))
+            .expect("thread")
+            .join()
+            .expect("no overflow");
+        let e = read.expect_err("refused");
+        assert!(
+            e.to_string().contains("nested more than 100 deep")
+                || e.to_string().contains("recursion"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn positions_are_one_based() {
+    let root = doc("a:\n  b: 1\n  c: [x, 'y']\n");
+    let b = root.get("a").and_then(|a| a.get("b")).expect("b");
+    assert_eq!((b.pos.line, b.pos.col), (2, 6));
+    let c = root.get("a").and_then(|a| a.get("c")).expect("c");
+    assert_eq!(c.as_seq().map(|s| s.len()), Some(2));
+    assert_eq!(c.as_seq().and_then(|s| s[1].as_str()), Some("y"));
+}
+
+#[test]
+fn scalars_are_typed_like_yaml_core() {
+    let root = doc("a: 12\nb: true\nc: '12'\nd: ~\ne: 1.5\nf: hello\n");
+    assert!(matches!(
+        root.get("a").map(|n| &n.value),
+        Some(Value::Int(12))
+    ));
+    assert!(matches!(
+        root.get("b").map(|n| &n.value),
+        Some(Value::Bool(true))
+    ));
+    assert_eq!(root.get("c").and_then(Node::as_str), Some("12"));
+    assert!(root.get("d").map(Node::is_null).unwrap_or(false));
+    assert!(matches!(
+        root.get("e").map(|n| &n.value),
+        Some(Value::Float(_))
+    ));
+    assert_eq!(root.get("f").and_then(Node::as_str), Some("hello"));
+}
+
+#[test]
+fn a_key_given_twice_in_one_map_is_an_error_at_the_second() {
+    let file: Arc<str> = Arc::from("g.yml");
+    let e = parse("a: 1\nb:\n  c: 1\n  c: 2\n", &file).expect_err("duplicate");
+    assert_eq!(
+        e.to_string(),
+        "g.yml:4:3: duplicated mapping key `c` (first at line 3)"
+    );
+    // The same key in two maps, and a key a merge also brings, are not duplicates.
+    assert!(parse("a: {c: 1}\nb: {c: 2}\n", &file).is_ok());
+    assert!(parse("base: &b {c: 1}\nx:\n  <<: *b\n  c: 2\n", &file).is_ok());
+}
+
+#[test]
+fn anchors_and_merge_keys_resolve() {
+    let root = doc("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n");
+    let used = root.get("use").expect("use");
+    assert!(matches!(
+        used.get("x").map(|n| &n.value),
+        Some(Value::Int(1))
+    ));
+    assert!(matches!(
+        used.get("y").map(|n| &n.value),
+        Some(Value::Int(3))
+    ));
+}
+
+#[test]
+fn syntax_errors_have_a_position() {
+    let err = parse("a: [1, 2\nb: c\n", &Arc::from("t.yml")).expect_err("bad yaml");
+    assert_eq!(&*err.pos.file, "t.yml");
+    assert!(err.pos.line >= 1);
+    assert!(err.reason.starts_with("invalid YAML"));
+}
+
+#[test]
+fn json_documents_parse_too() {
+    let root = doc("{\"scopes\": [\"wms\"], \"users\": {\"u\": {}}}");
+    assert_eq!(
+        root.get("scopes").and_then(Node::as_seq).map(|s| s.len()),
+        Some(1)
+    );
+}

@@ -1,0 +1,174 @@
+use super::*;
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tollgate-embedded-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Asserts that none of `paths` is open to the group or others.
+fn assert_private(paths: &[PathBuf]) {
+    for path in paths {
+        let mode = std::fs::metadata(path).expect("there").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+    }
+}
+
+fn hset(key: &str, f: &str, v: &str) -> Write {
+    Write::HSet {
+        key: key.into(),
+        fields: vec![(f.into(), v.into())],
+    }
+}
+
+#[tokio::test]
+async fn survives_a_restart_and_drops_a_torn_tail() {
+    let d = dir("restart");
+    {
+        let s = EmbeddedStore::open(&d).expect("open");
+        s.apply(&[
+            hset("EG-user:1", "username", "ann"),
+            Write::SAdd {
+                key: "EG-username:ann".into(),
+                members: vec!["1".into()],
+            },
+        ])
+        .await
+        .expect("apply");
+        s.apply(&[hset("EG-user:2", "username", "bob")])
+            .await
+            .expect("apply");
+    }
+    // A crash in the middle of writing a third batch.
+    let mut j = OpenOptions::new()
+        .append(true)
+        .open(d.join(JOURNAL))
+        .expect("journal");
+    j.write_all(b"[{\"op\":\"hset\",\"key\":\"EG-user:3\",\"fie")
+        .expect("torn write");
+    drop(j);
+    let s = EmbeddedStore::open(&d).expect("reopen");
+    assert_eq!(
+        s.hgetall("EG-user:1")
+            .await
+            .expect("get")
+            .get("username")
+            .map(String::as_str),
+        Some("ann")
+    );
+    assert_eq!(
+        s.smembers("EG-username:ann").await.expect("get"),
+        vec!["1".to_string()]
+    );
+    assert_eq!(s.hgetall("EG-user:2").await.expect("get").len(), 1);
+    assert!(
+        s.hgetall("EG-user:3").await.expect("get").is_empty(),
+        "the torn batch is not applied"
+    );
+    s.apply(&[hset("EG-user:4", "username", "dee")])
+        .await
+        .expect("write after repair");
+    drop(s);
+    let s = EmbeddedStore::open(&d).expect("reopen again");
+    assert_eq!(
+        s.keys_with_prefix("EG-user:").await.expect("keys"),
+        vec!["EG-user:1", "EG-user:2", "EG-user:4"]
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test]
+async fn compaction_keeps_everything_and_a_second_process_is_refused() {
+    let d = dir("compact");
+    let s = EmbeddedStore::open(&d).expect("open");
+    assert!(
+        EmbeddedStore::open(&d).is_err(),
+        "the data directory is locked"
+    );
+    let big = "x".repeat(4096);
+    for i in 0..400 {
+        s.apply(&[hset(&format!("k:{i}"), "v", &big)])
+            .await
+            .expect("apply");
+    }
+    s.apply(&[Write::Del { key: "k:0".into() }])
+        .await
+        .expect("del");
+    assert!(
+        d.join(SNAPSHOT).exists(),
+        "the journal was folded into a snapshot"
+    );
+    drop(s);
+    let s = EmbeddedStore::open(&d).expect("reopen");
+    assert_eq!(s.keys_with_prefix("k:").await.expect("keys").len(), 399);
+    assert_eq!(s.key_type("k:0").await.expect("type"), KeyType::None);
+    assert_eq!(s.key_type("k:1").await.expect("type"), KeyType::Hash);
+    // The store holds credentials' secrets: its directory and files are the gateway's
+    // user's alone, whatever the umask.
+    assert_private(&[d.clone(), d.join(JOURNAL), d.join(SNAPSHOT)]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A store made readable by others (by a release before, or by hand) is restricted when
+/// it opens.
+#[test]
+fn a_readable_store_is_restricted_when_it_opens() {
+    let d = dir("perms");
+    drop(EmbeddedStore::open(&d).expect("open"));
+    std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(d.join(JOURNAL), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    drop(EmbeddedStore::open(&d).expect("reopen"));
+    assert_private(&[d.clone(), d.join(JOURNAL)]);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A write after the store was handed over to an upgraded process fails (its client is
+/// told): applied in memory only, it would be answered as done and lost.
+#[tokio::test]
+async fn a_write_after_the_hand_over_fails() {
+    let d = dir("handover");
+    let s = EmbeddedStore::open(&d).expect("open");
+    s.hand_over();
+    // As a write that looked before the hand-over and took the state after it.
+    s.handed_over
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(s
+        .apply(&[hset("EG-user:9", "username", "late")])
+        .await
+        .is_err());
+    drop(s);
+    let s = EmbeddedStore::open(&d).expect("reopen");
+    assert_eq!(s.key_type("EG-user:9").await.expect("type"), KeyType::None);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[tokio::test]
+async fn windows_locks_and_messages() {
+    let s = EmbeddedStore::in_memory();
+    let w = Duration::from_secs(60);
+    assert_eq!(s.incr_window("rl:a", w).await.expect("incr").count, 1);
+    assert_eq!(s.incr_window("rl:a", w).await.expect("incr").count, 2);
+    let token = s
+        .try_lock("populate", w)
+        .await
+        .expect("lock")
+        .expect("free");
+    assert!(s.try_lock("populate", w).await.expect("lock").is_none());
+    s.unlock("populate", &token).await.expect("unlock");
+    assert!(s.try_lock("populate", w).await.expect("lock").is_some());
+    // Renewed, a short lock outlives its first term; another's token renews nothing.
+    let short = Duration::from_millis(100);
+    let token = s.try_lock("p2", short).await.expect("lock").expect("free");
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(s.renew_lock("p2", &token, short).await.expect("renew"));
+    assert!(!s.renew_lock("p2", "other", short).await.expect("renew"));
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(
+        s.try_lock("p2", short).await.expect("lock").is_none(),
+        "still held"
+    );
+    let mut rx = s.subscribe("c").await.expect("sub");
+    s.publish("c", "hello").await.expect("pub");
+    assert_eq!(rx.recv().await.expect("msg"), "hello");
+}
