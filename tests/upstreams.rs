@@ -164,6 +164,58 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
     );
 }
 
+/// A url whose WMS answers every tile with an OGC service exception (XML, status 200: its
+/// database away) counts it as a failure, as a 5xx: it is ejected and the other url draws the
+/// tiles, on both paths (and for an answer too large to be read whole, relayed as it comes).
+#[test]
+fn a_url_that_answers_service_exceptions_is_ejected() {
+    let reporting = PyUpstream::start_typed("reporting", 5.0, Some("text/xml"));
+    let drawing = PyUpstream::start("drawing", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[reporting.url(""), drawing.url("")],
+        "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 60}}",
+        "",
+        "      - cache: [{action: {ttl: 60}}]\n",
+    ));
+    // A map asked for by its path, and one of 2 MB asked for by `REQUEST`.
+    let tile = |i: usize| format!("/tiles/3/2/{i}.png");
+    let large = |i: usize| format!("/tiles/bytes/2000000?REQUEST=GetMap&n={i}");
+    let cases: [(&str, &dyn Fn(usize) -> String); 3] =
+        [("on", &tile), ("off", &tile), ("on", &large)];
+    for (fast_path, path) in cases {
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast_path], &[]);
+        let mut reports = 0;
+        for i in 0..8 {
+            let r = get(gw.port, "GET", &path(i), &[]);
+            assert_eq!(r.status, 200, "fast path {fast_path}: {}", gw.log_text());
+            if r.header("content-type") == Some("text/xml") {
+                reports += 1;
+            } else {
+                assert_eq!(r.header("x-cache-status"), Some("MISS"));
+            }
+        }
+        let asked = path(0);
+        assert_eq!(
+            reports,
+            2,
+            "fast path {fast_path}, {asked}: {}",
+            gw.log_text()
+        );
+        assert!(gw.log_text().contains("ejected"), "{}", gw.log_text());
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+        let url = &state["serviceEndpoints"][0]["urls"][0];
+        assert_eq!(url["url"], reporting.url("").as_str(), "{state}");
+        assert!(
+            url["ejectedForSeconds"].is_number(),
+            "fast path {fast_path}: {state}"
+        );
+        assert_eq!(
+            gw.metric(r#"tollgate_upstream_errors_total{kind="service_exception"}"#),
+            2.0
+        );
+    }
+}
+
 /// Connections to the upstream of [`answer_cut_short`].
 static CUT_SHORT: AtomicUsize = AtomicUsize::new(0);
 

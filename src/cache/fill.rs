@@ -34,6 +34,8 @@ pub struct Fill {
     outcome: LockStatus,
     /// Whether the response head was judged.
     decided: bool,
+    /// Whether the answer judged was an OGC service exception (see [`super::exception`]).
+    reported: bool,
 }
 
 /// Keys whose responses vary by request headers: their fills go through Pingora's cache
@@ -89,6 +91,7 @@ pub fn begin(
         filling: None,
         outcome: LockStatus::TransientError,
         decided: false,
+        reported: false,
     })
 }
 
@@ -111,6 +114,12 @@ impl Fill {
     /// step's `minUses`, or its answer was judged one not stored).
     pub fn stores(&self) -> bool {
         self.permit.is_some()
+    }
+
+    /// Whether the answer judged was an OGC service exception: relayed, not stored, and a
+    /// failure of its url (passive health) as a 5xx is.
+    pub fn reported(&self) -> bool {
+        self.reported
     }
 
     /// The head the client is answered from: the one being stored; `None` when the response
@@ -139,6 +148,7 @@ impl Fill {
     pub fn again(&mut self) {
         self.filling = None;
         self.decided = false;
+        self.reported = false;
         self.outcome = LockStatus::TransientError;
     }
 
@@ -148,6 +158,7 @@ impl Fill {
             // failure, as a 5xx is.
             crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
             self.outcome = LockStatus::GiveUp;
+            self.reported = true;
             return;
         }
         // A fill that stores nothing (a tile missed fewer times than `minUses`) has no more

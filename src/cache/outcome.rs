@@ -94,19 +94,20 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
 /// upstream error (counted when the stale copy answers), so that the stale copy answers as
 /// for a 5xx (Pingora's cache phases take only a 5xx status for a failure). Nothing of the
 /// answer has reached the client; the request is tried on another url first where it may be.
+/// `Ok(true)`: a service exception that is relayed (it counts against its url as a 5xx does).
 pub fn exception_as_failure(
     session: &Session,
     x: &Exchange,
     resp: &pingora_http::ResponseHeader,
-) -> pingora_core::Result<()> {
+) -> pingora_core::Result<bool> {
     if x.cache.is_none()
         || !super::exception::is_service_exception(resp, || super::exception::asks_for_map(x))
     {
-        return Ok(());
+        return Ok(false);
     }
     if !session.cache.enabled() || !session.cache.can_serve_stale_error() {
         crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
-        return Ok(());
+        return Ok(true);
     }
     Err(Error::create(
         ErrorType::Custom(super::exception::SERVICE_EXCEPTION),

@@ -138,7 +138,8 @@ impl FastPath {
                 }
             };
             if let Some(plan) = &x.proxy {
-                attempt::answered(plan, status);
+                let reported = fill.as_ref().is_some_and(|f| f.reported());
+                attempt::answered(plan, status, reported);
             }
             attempt::end(&mut x.proxy);
             // Done with the fill: the requests waiting on the tile go on now.

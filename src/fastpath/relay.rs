@@ -100,14 +100,16 @@ pub async fn relay(
     };
     let mut received = 0;
     let mut resp = Box::new(resp.clone());
+    let judged = fill
+        .as_mut()
+        .map(|f| f.head(&mut resp, || crate::cache::exception::asks_for_map(x)));
     if let Some(plan) = &x.proxy {
-        attempt::answered(plan, resp.status.as_u16());
+        let reported = fill.as_ref().is_some_and(|f| f.reported());
+        attempt::answered(plan, resp.status.as_u16(), reported);
     }
-    if let Some(f) = &mut fill {
-        if let Err(e) = f.head(&mut resp, || crate::cache::exception::asks_for_map(x)) {
-            fail(s, x, e, end).await;
-            return;
-        }
+    if let Some(Err(e)) = judged {
+        fail(s, x, e, end).await;
+        return;
     }
     let close_delimited = match response_head(&mut resp, s.req_header(), &x.response_edits) {
         // The session says `Connection: close` when it is told before the head.

@@ -422,12 +422,13 @@ impl ProxyHttp for Tollgate {
             ));
         }
         crate::fastpath::relay::framed(upstream_response)?;
-        crate::cache::exception_as_failure(session, &ctx.x, upstream_response)?;
+        let reported = crate::cache::exception_as_failure(session, &ctx.x, upstream_response)?;
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         }
         if let Some(plan) = &ctx.x.proxy {
-            crate::upstream::attempt::answered(plan, upstream_response.status.as_u16());
+            let status = upstream_response.status.as_u16();
+            crate::upstream::attempt::answered(plan, status, reported);
         }
         if let Some(r) = crate::cache::not_modified(&ctx.x, upstream_response) {
             ctx.not_modified = Some(r);

@@ -240,10 +240,11 @@ pub fn broke(
     e
 }
 
-/// The upstream answered: 5xx counts against the url, anything else clears its record.
-pub fn answered(plan: &ProxyPlan, status: u16) {
+/// The upstream answered: a 5xx or an OGC service exception (`reported`, see
+/// [`crate::cache::exception`]) counts against the url, anything else clears its record.
+pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
     let ep = &plan.endpoint;
-    if status >= 500 {
+    if status >= 500 || reported {
         failed(plan);
     } else {
         ep.states[plan.target].request_result(false, ep.settings.outlier_detection.as_ref());

@@ -12,6 +12,8 @@ pub struct PyUpstream {
     pub port: u16,
     pub name: String,
     idle_timeout: f64,
+    /// Every answer's Content-Type, when set.
+    content_type: Option<String>,
     child: Option<Child>,
 }
 
@@ -22,10 +24,17 @@ fn script() -> PathBuf {
 impl PyUpstream {
     /// Starts on a free port; idle keep-alive connections are closed after `idle_timeout` s.
     pub fn start(name: &str, idle_timeout: f64) -> PyUpstream {
+        Self::start_typed(name, idle_timeout, None)
+    }
+
+    /// Starts one whose every answer has `content_type` as its Content-Type (the request
+    /// header `X-Test-Content-Type` still sets one answer's).
+    pub fn start_typed(name: &str, idle_timeout: f64, content_type: Option<&str>) -> PyUpstream {
         let mut up = PyUpstream {
             port: free_port(),
             name: name.to_string(),
             idle_timeout,
+            content_type: content_type.map(str::to_string),
             child: None,
         };
         up.restart();
@@ -42,6 +51,11 @@ impl PyUpstream {
             .arg(script())
             .args(["--port", &self.port.to_string(), "--name", &self.name])
             .args(["--idle-timeout", &self.idle_timeout.to_string()])
+            .args(
+                self.content_type
+                    .iter()
+                    .flat_map(|t| ["--content-type", t.as_str()]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
