@@ -5,10 +5,11 @@
 //! report as the tile for everyone until it expired. Such an answer is never stored (and the
 //! tile is not remembered as one not to cache: the next miss asks again), and where a stale
 //! copy of the tile may stand in for a failure (its stale-if-error window) it answers in the
-//! report's place, as for a 5xx. GeoWebCache and MapProxy refuse such answers alike. A map
-//! or a tile is asked for by a key-value request (`REQUEST=GetMap`, `REQUEST=GetTile`) or by a
-//! path that names an image or a vector tile (RESTful WMTS, TMS, XYZ: `…/3/2/1.png`); MapCache
-//! and GeoServer's RESTful WMTS answer such a request they cannot serve with the same XML.
+//! report's place, as for a 5xx; it counts against its url's passive health as a 5xx does.
+//! GeoWebCache and MapProxy refuse such answers alike. A map or a tile is asked for by a
+//! key-value request (`REQUEST=GetMap`, `GetTile`, `GetLegendGraphic`) or by a path that names
+//! an image or a vector tile (RESTful WMTS, TMS, XYZ: `…/3/2/1.png`); MapCache and GeoServer's
+//! RESTful WMTS answer such a request they cannot serve with the same XML.
 
 use pingora_http::ResponseHeader;
 
@@ -73,7 +74,8 @@ pub fn is_tile_path(path: &[u8]) -> bool {
 }
 
 /// Whether a request's query asks for a map or a tile: its `REQUEST` parameter is `GetMap` or
-/// `GetTile`, the name and the value compared decoded and without case, as a WMS reads them.
+/// `GetTile` or `GetLegendGraphic` (an image), the name and the value compared decoded and
+/// without case, as a WMS reads them.
 pub fn is_map_request(query: Option<&[u8]>) -> bool {
     let Some(q) = query else {
         return false;
@@ -88,9 +90,12 @@ pub fn is_map_request(query: Option<&[u8]>) -> bool {
                 Some(eq) => (&part[..eq], &part[eq + 1..]),
                 None => return false,
             };
-            is(name, &[b"request"]) && is(value, &[b"GetMap", b"GetTile"])
+            is(name, &[b"request"]) && is(value, &IMAGE_REQUESTS)
         })
 }
+
+/// The requests a WMS or WMTS answers with an image.
+const IMAGE_REQUESTS: [&[u8]; 3] = [b"GetMap", b"GetTile", b"GetLegendGraphic"];
 
 /// Whether `raw`, decoded, is one of `words` (without case).
 fn is(raw: &[u8], words: &[&[u8]]) -> bool {
@@ -98,7 +103,8 @@ fn is(raw: &[u8], words: &[&[u8]]) -> bool {
         return true;
     }
     // An escaped letter takes three bytes.
-    if memchr::memchr(b'%', raw).is_none() || raw.len() > 3 * 7 {
+    let longest = words.iter().map(|w| w.len()).max().unwrap_or(0);
+    if memchr::memchr(b'%', raw).is_none() || raw.len() > 3 * longest {
         return false;
     }
     let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
@@ -161,6 +167,8 @@ mod tests {
             "SERVICE=WMS&REQUEST=GetMap&LAYERS=roads",
             "service=wms&request=getmap",
             "Service=WMTS&Request=GetTile&TileMatrix=3",
+            "SERVICE=WMS&REQUEST=GetLegendGraphic&LAYER=roads",
+            "REQUEST=%47%65%74%4c%65%67%65%6e%64%47%72%61%70%68%69%63",
             "REQUEST=GetMap",
             "a=1&REQUEST=GETMAP&b",
             "SERVICE=WMS&%52EQUEST=GetMap",
