@@ -165,17 +165,35 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
 }
 
 /// A url whose WMS answers every tile with an OGC service exception (XML, status 200: its
-/// database away) counts it as a failure, as a 5xx: it is ejected and the other url draws the
-/// tiles, on both paths (and for an answer too large to be read whole, relayed as it comes).
+/// database away) counts it as a failure, as a 5xx, where `outlierDetection` says
+/// `serviceExceptions`: it is ejected and the other url draws the tiles, on both paths (and for
+/// an answer too large to be read whole, relayed as it comes). Without it (the default: most
+/// reports are the client's, a layer it misspelt) the reports are relayed and eject nothing.
 #[test]
-fn a_url_that_answers_service_exceptions_is_ejected() {
+fn a_url_that_answers_service_exceptions_is_ejected_where_they_count() {
     let reporting = PyUpstream::start_typed("reporting", 5.0, Some("text/xml"));
     let drawing = PyUpstream::start("drawing", 5.0);
-    let dir = ConfigDir::new(&config(
-        &[reporting.url(""), drawing.url("")],
+    let urls = [reporting.url(""), drawing.url("")];
+    let cache = "      - cache: [{action: {ttl: 60}}]\n";
+    let by_default = ConfigDir::new(&config(
+        &urls,
         "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 60}}",
         "",
-        "      - cache: [{action: {ttl: 60}}]\n",
+        cache,
+    ));
+    let gw = GatewayProcess::start(&by_default);
+    let reports = (0..8)
+        .map(|i| get(gw.port, "GET", &format!("/tiles/3/2/{i}.png"), &[]))
+        .filter(|r| r.header("content-type") == Some("text/xml"))
+        .count();
+    assert_eq!(reports, 4, "{}", gw.log_text());
+    assert!(!gw.log_text().contains("ejected"), "{}", gw.log_text());
+    drop(gw);
+    let dir = ConfigDir::new(&config(
+        &urls,
+        "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 60, serviceExceptions: true}}",
+        "",
+        cache,
     ));
     // A map asked for by its path, and one of 2 MB asked for by `REQUEST`.
     let tile = |i: usize| format!("/tiles/3/2/{i}.png");

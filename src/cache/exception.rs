@@ -5,11 +5,13 @@
 //! report as the tile for everyone until it expired. Such an answer is never stored (and the
 //! tile is not remembered as one not to cache: the next miss asks again), and where a stale
 //! copy of the tile may stand in for a failure (its stale-if-error window) it answers in the
-//! report's place, as for a 5xx; it counts against its url's passive health as a 5xx does.
-//! GeoWebCache and MapProxy refuse such answers alike. A map or a tile is asked for by a
-//! key-value request (`REQUEST=GetMap`, `GetTile`, `GetLegendGraphic`) or by a path that names
-//! an image or a vector tile (RESTful WMTS, TMS, XYZ: `…/3/2/1.png`); MapCache and GeoServer's
-//! RESTful WMTS answer such a request they cannot serve with the same XML.
+//! report's place, as for a 5xx; it counts against its url's passive health where the
+//! endpoint's `outlierDetection` says `serviceExceptions`. GeoWebCache and MapProxy refuse such
+//! answers alike. A map or a tile is asked for by a key-value request (`REQUEST=GetMap`,
+//! `GetTile`, `GetLegendGraphic`), or, without a `REQUEST`, by an image `FORMAT` (GeoWebCache's
+//! RESTful WMTS) or a path that names an image or a vector tile (RESTful WMTS, TMS, XYZ:
+//! `…/3/2/1.png`); MapCache and GeoServer answer such a request they cannot serve with the
+//! same XML.
 
 use pingora_http::ResponseHeader;
 
@@ -22,10 +24,11 @@ const REPORTS: [&str; 2] = ["application/vnd.ogc.se_xml", "application/vnd.ogc.s
 /// WMTS).
 const XML: [&str; 2] = ["text/xml", "application/xml"];
 
-/// Whether `resp` is a service exception: a 2xx answer of an exception report's media type,
-/// or an XML one when `map_request` (asked only then) says a map or a tile was asked for.
+/// Whether `resp` is a service exception: a 2xx answer with a body (not a 204 or 205) of an
+/// exception report's media type, or an XML one when `map_request` (asked only then) says a
+/// map or a tile was asked for.
 pub fn is_service_exception(resp: &ResponseHeader, map_request: impl FnOnce() -> bool) -> bool {
-    if !resp.status.is_success() {
+    if !resp.status.is_success() || matches!(resp.status.as_u16(), 204 | 205) {
         return false;
     }
     let Some(value) = resp.headers.get(http::header::CONTENT_TYPE) else {
@@ -45,16 +48,91 @@ pub fn is_service_exception(resp: &ResponseHeader, map_request: impl FnOnce() ->
     is(&REPORTS) || (is(&XML) && map_request())
 }
 
-/// Whether the request the exchange sends upstream asks for a map or a tile: by its query
-/// (see [`is_map_request`]) or by its path (see [`is_tile_path`]).
+/// Whether the request the exchange sends upstream asks for a map or a tile (see
+/// [`is_map_target`]).
 pub fn asks_for_map(x: &crate::pipeline::Exchange) -> bool {
-    let Some(target) = x.proxy.as_ref().map(|p| p.path.as_bytes()) else {
-        return false;
+    x.proxy
+        .as_ref()
+        .is_some_and(|p| is_map_target(p.path.as_bytes()))
+}
+
+/// Whether a request target (path and query) asks for a map or a tile: its query's `REQUEST`
+/// says so where it has one (see [`query_asks_for_map`]); else an image `FORMAT` in its query
+/// or its path (see [`is_tile_path`]) does.
+pub fn is_map_target(target: &[u8]) -> bool {
+    let (path, query) = match memchr::memchr(b'?', target) {
+        Some(q) => (&target[..q], Some(&target[q + 1..])),
+        None => (target, None),
     };
-    match memchr::memchr(b'?', target) {
-        Some(q) => is_tile_path(&target[..q]) || is_map_request(Some(&target[q + 1..])),
-        None => is_tile_path(target),
+    query
+        .and_then(query_asks_for_map)
+        .unwrap_or_else(|| is_tile_path(path))
+}
+
+/// What a query says of a map or a tile: by its `REQUEST` parameter, `GetMap`, `GetTile` or
+/// `GetLegendGraphic` (an image) or another (a GetCapabilities, a GetFeatureInfo, whatever
+/// else it asks); without one, an image or vector tile `FORMAT` (GeoWebCache's RESTful WMTS
+/// asks so) says a map; `None`: it says nothing. Names and values are compared decoded and
+/// without case, as a WMS reads them.
+pub fn query_asks_for_map(q: &[u8]) -> Option<bool> {
+    let mut request: Option<bool> = None;
+    let mut image_format = false;
+    for part in q.split(|b| *b == b'&') {
+        let Some(eq) = memchr::memchr(b'=', part) else {
+            continue;
+        };
+        let (name, value) = (&part[..eq], &part[eq + 1..]);
+        if is(name, &[b"request"]) {
+            request = Some(request.unwrap_or(false) || is(value, &IMAGE_REQUESTS));
+        } else if is(name, &[b"format"]) {
+            image_format |= is_image_format(value);
+        }
     }
+    request.or(image_format.then_some(true))
+}
+
+/// The requests a WMS or WMTS answers with an image.
+const IMAGE_REQUESTS: [&[u8]; 3] = [b"GetMap", b"GetTile", b"GetLegendGraphic"];
+
+/// The media types of vector tiles (the images' are `image/…`).
+const TILE_FORMATS: [&[u8]; 2] = [
+    b"application/vnd.mapbox-vector-tile",
+    b"application/x-protobuf",
+];
+
+/// Whether a `FORMAT` value, decoded, is an image's or a vector tile's media type (its
+/// parameters, such as `; mode=8bit`, aside).
+fn is_image_format(raw: &[u8]) -> bool {
+    let decoded;
+    let value = if memchr::memchr2(b'%', b'+', raw).is_some() && raw.len() <= 256 {
+        decoded = percent_encoding::percent_decode(raw)
+            .map(|b| if b == b'+' { b' ' } else { b })
+            .collect::<Vec<u8>>();
+        &decoded[..]
+    } else {
+        raw
+    };
+    let media = value
+        .iter()
+        .position(|b| *b == b';')
+        .map_or(value, |end| &value[..end])
+        .trim_ascii();
+    media.len() > 6 && media[..6].eq_ignore_ascii_case(b"image/")
+        || TILE_FORMATS.iter().any(|t| media.eq_ignore_ascii_case(t))
+}
+
+/// Whether `raw`, decoded, is one of `words` (without case).
+fn is(raw: &[u8], words: &[&[u8]]) -> bool {
+    if words.iter().any(|w| raw.eq_ignore_ascii_case(w)) {
+        return true;
+    }
+    // An escaped letter takes three bytes.
+    let longest = words.iter().map(|w| w.len()).max().unwrap_or(0);
+    if memchr::memchr(b'%', raw).is_none() || raw.len() > 3 * longest {
+        return false;
+    }
+    let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
+    words.iter().any(|w| decoded.eq_ignore_ascii_case(w))
 }
 
 /// The extensions of the images and tiles a RESTful WMTS, a TMS or an XYZ service serves.
@@ -71,44 +149,6 @@ pub fn is_tile_path(path: &[u8]) -> bool {
         let ext = &last[dot + 1..];
         TILE_EXTENSIONS.iter().any(|e| ext.eq_ignore_ascii_case(e))
     })
-}
-
-/// Whether a request's query asks for a map or a tile: its `REQUEST` parameter is `GetMap` or
-/// `GetTile` or `GetLegendGraphic` (an image), the name and the value compared decoded and
-/// without case, as a WMS reads them.
-pub fn is_map_request(query: Option<&[u8]>) -> bool {
-    let Some(q) = query else {
-        return false;
-    };
-    let mut start = 0;
-    memchr::memchr_iter(b'&', q)
-        .chain(std::iter::once(q.len()))
-        .any(|end| {
-            let part = &q[start..end];
-            start = end + 1;
-            let (name, value) = match memchr::memchr(b'=', part) {
-                Some(eq) => (&part[..eq], &part[eq + 1..]),
-                None => return false,
-            };
-            is(name, &[b"request"]) && is(value, &IMAGE_REQUESTS)
-        })
-}
-
-/// The requests a WMS or WMTS answers with an image.
-const IMAGE_REQUESTS: [&[u8]; 3] = [b"GetMap", b"GetTile", b"GetLegendGraphic"];
-
-/// Whether `raw`, decoded, is one of `words` (without case).
-fn is(raw: &[u8], words: &[&[u8]]) -> bool {
-    if words.iter().any(|w| raw.eq_ignore_ascii_case(w)) {
-        return true;
-    }
-    // An escaped letter takes three bytes.
-    let longest = words.iter().map(|w| w.len()).max().unwrap_or(0);
-    if memchr::memchr(b'%', raw).is_none() || raw.len() > 3 * longest {
-        return false;
-    }
-    let decoded: Vec<u8> = percent_encoding::percent_decode(raw).collect();
-    words.iter().any(|w| decoded.eq_ignore_ascii_case(w))
 }
 
 #[cfg(test)]
@@ -154,6 +194,13 @@ mod tests {
                 "{ctype:?}"
             );
         }
+        // An answer without a body is no report.
+        for status in [204, 205] {
+            assert!(!is_service_exception(
+                &resp(status, Some("text/xml")),
+                || true
+            ));
+        }
         // An error status is judged by its status, as before.
         assert!(!is_service_exception(
             &resp(500, Some("application/vnd.ogc.se_xml")),
@@ -174,23 +221,62 @@ mod tests {
             "SERVICE=WMS&%52EQUEST=GetMap",
             "re%71uest=Get%4Dap",
             "REQUEST=%47%65%74%54%69%6c%65",
+            "REQUEST=GetCapabilities&REQUEST=GetMap",
         ] {
-            assert!(is_map_request(Some(q.as_bytes())), "{q}");
+            assert_eq!(query_asks_for_map(q.as_bytes()), Some(true), "{q}");
         }
+        // A GetFeatureInfo carries the GetMap's FORMAT: its REQUEST decides.
         for q in [
             "SERVICE=WMS&REQUEST=GetCapabilities",
-            "REQUEST=GetFeatureInfo",
+            "REQUEST=GetFeatureInfo&FORMAT=image/png&INFO_FORMAT=text/xml",
+            "REQUEST=Get%",
+            "REQUEST=Get%4",
+            "REQUEST=",
+        ] {
+            assert_eq!(query_asks_for_map(q.as_bytes()), Some(false), "{q}");
+        }
+        // Without a REQUEST, an image or vector tile FORMAT asks for a map.
+        for q in [
+            "format=image/png",
+            "FORMAT=image%2Fpng",
+            "format=image/png;%20mode=8bit",
+            "format=application/vnd.mapbox-vector-tile",
+            "Format=Application%2Fx-protobuf",
+        ] {
+            assert_eq!(query_asks_for_map(q.as_bytes()), Some(true), "{q}");
+        }
+        for q in [
             "REQUESTS=GetMap",
             "request",
             "xrequest=GetMap",
             "a=request=GetMap",
-            "REQUEST=Get%",
-            "REQUEST=Get%4",
+            "format=application/json",
+            "format=image/",
+            "formats=image/png",
             "",
         ] {
-            assert!(!is_map_request(Some(q.as_bytes())), "{q}");
+            assert_eq!(query_asks_for_map(q.as_bytes()), None, "{q}");
         }
-        assert!(!is_map_request(None));
+    }
+
+    #[test]
+    fn map_targets_by_query_then_path() {
+        for t in [
+            "/wms?REQUEST=GetMap",
+            "/wmts/roads/default/grid/3/2/1.png",
+            "/gwc/service/wmts/rest/ws:roads/default/EPSG:900913/EPSG:900913:3/1/7?format=image/png",
+            "/tiles/3/2/1.pbf?token=x",
+        ] {
+            assert!(is_map_target(t.as_bytes()), "{t}");
+        }
+        for t in [
+            "/wms?REQUEST=GetFeatureInfo",
+            "/legend.png?REQUEST=GetCapabilities",
+            "/wmts/1.0.0/WMTSCapabilities.xml",
+            "/tiles/3/2/1",
+        ] {
+            assert!(!is_map_target(t.as_bytes()), "{t}");
+        }
     }
 
     #[test]

@@ -117,7 +117,8 @@ impl Fill {
     }
 
     /// Whether the answer judged was an OGC service exception: relayed, not stored, and a
-    /// failure of its url (passive health) as a 5xx is.
+    /// failure of its url (passive health) where its endpoint counts them (see
+    /// [`crate::upstream::attempt::answered`]).
     pub fn reported(&self) -> bool {
         self.reported
     }

@@ -94,7 +94,7 @@ pub fn serve_stale(session: &Session, error: Option<&Error>) -> bool {
 /// upstream error (counted when the stale copy answers), so that the stale copy answers as
 /// for a 5xx (Pingora's cache phases take only a 5xx status for a failure). Nothing of the
 /// answer has reached the client; the request is tried on another url first where it may be.
-/// `Ok(true)`: a service exception that is relayed (it counts against its url as a 5xx does).
+/// `Ok(true)`: a service exception that is relayed (see [`crate::upstream::attempt::answered`]).
 pub fn exception_as_failure(
     session: &Session,
     x: &Exchange,

@@ -112,7 +112,7 @@ fn verdict(
 /// another body (RFC 9111 §4.3.4): its validators are dropped, so the stored tile is answered
 /// once more with its own (not under the `304`'s, which name a body the client does not get),
 /// and the tile is not updated (see [`cacheable`]). True when so: the caller removes the tile
-/// ([`forget`]), so the next request fetches the upstream's current one whole.
+/// ([`super::forget`]), so the next request fetches the upstream's current one whole.
 pub fn drop_other_validator(session: &Session, resp: &mut ResponseHeader) -> bool {
     if resp.status != http::StatusCode::NOT_MODIFIED || session.cache.phase() != CachePhase::Stale {
         return false;

@@ -240,11 +240,13 @@ pub fn broke(
     e
 }
 
-/// The upstream answered: a 5xx or an OGC service exception (`reported`, see
-/// [`crate::cache::exception`]) counts against the url, anything else clears its record.
+/// The upstream answered: a 5xx counts against the url, and so does an OGC service exception
+/// (`reported`, see [`crate::cache::exception`]) where the endpoint's `outlierDetection` says
+/// `serviceExceptions`; anything else clears its record.
 pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
     let ep = &plan.endpoint;
-    if status >= 500 || reported {
+    let outlier = ep.settings.outlier_detection.as_ref();
+    if status >= 500 || (reported && outlier.is_some_and(|o| o.service_exceptions)) {
         failed(plan);
     } else {
         ep.states[plan.target].request_result(false, ep.settings.outlier_detection.as_ref());

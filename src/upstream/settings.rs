@@ -9,7 +9,7 @@
 //!       balance: consistent-hash        # round-robin (default), least-connections
 //!       weights: [2, 1]
 //!       healthCheck: {path: /health, interval: 5, timeout: 2}
-//!       outlierDetection: {consecutiveFailures: 3, ejectSeconds: 10}
+//!       outlierDetection: {consecutiveFailures: 3, ejectSeconds: 10, serviceExceptions: false}
 //!       retries: 1
 //! ```
 
@@ -62,6 +62,12 @@ pub struct Outlier {
     /// Seconds an ejected url is left out.
     #[serde(default = "default_eject")]
     pub eject_seconds: f64,
+    /// Whether an OGC service exception relayed through a `cache` step (see
+    /// [`crate::cache::exception`]) counts as a failure too. Off by default: many are the
+    /// client's (a layer not defined, a format not offered), and a client could eject the
+    /// urls by asking for such maps.
+    #[serde(default)]
+    pub service_exceptions: bool,
 }
 
 impl Default for Outlier {
@@ -69,6 +75,7 @@ impl Default for Outlier {
         Outlier {
             consecutive_failures: 3,
             eject_seconds: default_eject(),
+            service_exceptions: false,
         }
     }
 }

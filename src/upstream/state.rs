@@ -184,6 +184,7 @@ mod tests {
         let o = Outlier {
             consecutive_failures: 2,
             eject_seconds: 60.0,
+            ..Outlier::default()
         };
         assert!(!s.request_result(true, Some(&o)));
         assert!(
@@ -202,6 +203,7 @@ mod tests {
         let o = Outlier {
             consecutive_failures: 1,
             eject_seconds: 0.05,
+            ..Outlier::default()
         };
         assert!(s.request_result(true, Some(&o)));
         assert!(!s.available());

@@ -572,9 +572,12 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     }
     // A RESTful WMTS or TMS tile answered with XML: its path names an image.
     let restful = format!("/open/wmts/roads/default/grid/3/2/1.png?{windows}");
-    for _ in 0..2 {
-        let r = reported(&restful, "text/xml");
-        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    // GeoWebCache's RESTful WMTS names the image by its `format` parameter.
+    let gwc =
+        format!("/open/gwc/service/wmts/rest/roads/default/g/g:3/1/7?format=image/png&{windows}");
+    for path in [&restful, &restful, &gwc, &gwc] {
+        let r = reported(path, "text/xml");
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"), "{path}");
     }
     // Concurrent misses for one tile while the upstream reports failure: each answer relayed
     // and counted (those that waited on the first fetch went upstream themselves).
@@ -622,8 +625,8 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     );
     assert_eq!(
         gw.metric("tollgate_upstream_errors_total{kind=\"service_exception\"}"),
-        14.0,
-        "thirteen reports fetched for misses, one for the stale tile"
+        16.0,
+        "fifteen reports fetched for misses, one for the stale tile"
     );
     // The upstream draws it again: once the failure's second has passed, a request refreshes
     // the tile and the refresh is stored.
