@@ -49,16 +49,51 @@ pub fn decide(resp: &ResponseHeader, rule: &CacheRule) -> RespCacheable {
 /// overflowed the clock (a panic on every request).
 const LONGEST: Duration = Duration::from_secs(1 << 31);
 
+/// Which of the headers [`judge`] reads a response has, from one pass over its names: looking
+/// up a header that is not there costs as much as one that is, and most tiles have few of
+/// these.
+#[derive(Default)]
+struct Present {
+    set_cookie: bool,
+    vary: bool,
+    cache_control: bool,
+    expires: bool,
+    age: bool,
+}
+
+impl Present {
+    fn of(headers: &http::HeaderMap) -> Present {
+        use http::header::{AGE, CACHE_CONTROL, EXPIRES, SET_COOKIE, VARY};
+        let mut p = Present::default();
+        for name in headers.keys() {
+            if name == CACHE_CONTROL {
+                p.cache_control = true;
+            } else if name == EXPIRES {
+                p.expires = true;
+            } else if name == AGE {
+                p.age = true;
+            } else if name == VARY {
+                p.vary = true;
+            } else if name == SET_COOKIE {
+                p.set_cookie = true;
+            }
+        }
+        p
+    }
+}
+
 /// Whether one response may be stored, and how long it stays fresh.
 pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCacheReason> {
     let uncacheable = NoCacheReason::Custom;
     if !rule.statuses.contains(&resp.status.as_u16()) {
         return Err(uncacheable("status"));
     }
-    if resp.headers.contains_key(http::header::SET_COOKIE) {
+    let present = Present::of(&resp.headers);
+    if present.set_cookie {
         return Err(uncacheable("set-cookie"));
     }
-    for vary in resp.headers.get_all(http::header::VARY) {
+    let varies = present.vary.then(|| resp.headers.get_all(http::header::VARY));
+    for vary in varies.into_iter().flatten() {
         let Ok(v) = vary.to_str() else {
             return Err(uncacheable("vary"));
         };
@@ -68,7 +103,10 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
             }
         }
     }
-    let cc = CacheControl::from_resp_headers(resp);
+    let cc = present
+        .cache_control
+        .then(|| CacheControl::from_resp_headers(resp))
+        .flatten();
     if let Some(cc) = &cc {
         if cc.no_store() {
             return Err(uncacheable("no-store"));
@@ -89,12 +127,13 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
     let left = if no_cache {
         Duration::ZERO
     } else {
-        match lifetime(resp, now) {
+        let age = || if present.age { age_of(resp) } else { 0 };
+        match lifetime(resp, now, &present) {
             // Counted from when the response was made: the age the upstream gave it (a cache
             // before it) has passed of it already (RFC 9111 §4.2.3).
-            Some(Lifetime::Made(d)) => d.saturating_sub(Duration::from_secs(age_of(resp))),
+            Some(Lifetime::Made(d)) => d.saturating_sub(Duration::from_secs(age())),
             Some(Lifetime::Left(d)) => d,
-            None => rule.ttl.saturating_sub(Duration::from_secs(age_of(resp))),
+            None => rule.ttl.saturating_sub(Duration::from_secs(age())),
         }
         .clamp(rule.min_ttl, rule.max_ttl)
         .min(LONGEST)
@@ -166,13 +205,17 @@ enum Lifetime {
 /// The lifetime `resp` says it has: `s-maxage`, then `max-age`, then `Expires`; `None` when it
 /// says nothing. Freshness information that is invalid or given twice with different values
 /// makes the response stale (RFC 9111 §4.2.1, §5.3: an invalid `Expires` is a time past).
-fn lifetime(resp: &ResponseHeader, now: SystemTime) -> Option<Lifetime> {
-    for directive in ["s-maxage", "max-age"] {
+fn lifetime(resp: &ResponseHeader, now: SystemTime, present: &Present) -> Option<Lifetime> {
+    let directives = present.cache_control.then_some(["s-maxage", "max-age"]);
+    for directive in directives.into_iter().flatten() {
         match delta_seconds(resp, directive) {
             Delta::Absent => {}
             Delta::Seconds(s) => return Some(Lifetime::Made(Duration::from_secs(s))),
             Delta::Invalid => return Some(Lifetime::Made(Duration::ZERO)),
         }
+    }
+    if !present.expires {
+        return None;
     }
     let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
     let value = expires.next()?;
