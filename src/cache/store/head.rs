@@ -19,7 +19,9 @@ use pingora_http::{HeaderNameVariant, ResponseHeader};
 /// Headers a stored head never keeps: the upstream connection's own (RFC 9110 §7.6.1; with
 /// `connection` skipped, the headers its `Connection` names go too). The `Age` the upstream
 /// gave is kept with those a hit gets per response: a hit's own `Age` counts from it.
-pub const NOT_STORED: [&str; 7] =
+/// (A static: [`write_lines`] knows it by its address and takes its bits made once.)
+pub static NOT_STORED: [&str; 7] = NOT_STORED_NAMES;
+const NOT_STORED_NAMES: [&str; 7] =
     crate::wire::concat(crate::wire::HOP_BY_HOP, ["transfer-encoding"]);
 
 /// Headers a hit's head gets per response, never from the stored head.
@@ -80,6 +82,15 @@ const PER_RESPONSE_BITS: u64 = {
     bits
 };
 const ACCEPT_RANGES_BIT: u64 = name_bit(b"accept-ranges");
+/// The bits of [`NOT_STORED`].
+const NOT_STORED_BITS: u64 = {
+    let (mut bits, mut i) = (0, 0);
+    while i < NOT_STORED_NAMES.len() {
+        bits |= name_bit(NOT_STORED_NAMES[i].as_bytes());
+        i += 1;
+    }
+    bits
+};
 const AGE_BIT: u64 = name_bit(b"age");
 
 /// The `Age` of `resp` in seconds (0 without one, or with one that is not a number: RFC 9111
@@ -163,22 +174,34 @@ fn write_lines(
     mut per_response: Option<&mut BytesMut>,
 ) -> u64 {
     let mut names = 0;
+    // Most names are none of those skipped or sent per response: their bits say so.
+    let (skip_bits, skips_connection) = if std::ptr::eq(skip, NOT_STORED.as_slice()) {
+        (NOT_STORED_BITS, true)
+    } else {
+        let bits = bits_of(skip.iter().map(|s| s.as_bytes()));
+        (bits, skip.contains(&"connection"))
+    };
     // The headers the upstream's `Connection` names belong to its connection too (a bit per
     // name, read once; a name whose bit is there is looked for).
     let tokens = || crate::wire::connection_tokens(&resp.headers);
-    let named_bits = if skip.contains(&"connection") {
+    let named_bits = if skips_connection {
         bits_of(tokens())
     } else {
         0
     };
-    // Most names are none of those skipped or sent per response: their bits say so.
-    let skip_bits = bits_of(skip.iter().map(|s| s.as_bytes()));
+    let ranges_bit = if ranges { ACCEPT_RANGES_BIT } else { 0 };
+    let looked_at = skip_bits | named_bits | PER_RESPONSE_BITS | ranges_bit;
     let _ = resp.map(|name, value| {
         let name: &[u8] = match &name {
             HeaderNameVariant::Case(n) => n.as_slice(),
             HeaderNameVariant::Titled(n) => n.as_bytes(),
         };
         let bit = name_bit(name);
+        if looked_at & bit == 0 {
+            names |= bit;
+            crate::wire::header_line(shared, name, value.as_bytes());
+            return Ok(());
+        }
         if (skip_bits & bit != 0 && skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
             || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
         {
