@@ -39,7 +39,7 @@ static LOG: OnceLock<AccessLog> = OnceLock::new();
 /// How often the file's path is checked for a file moved or removed (rotated).
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// Starts the writer; later calls to [`write`] go to it.
+/// Starts the writer; later calls to [`write()`] go to it.
 pub fn start(target: Target) -> std::io::Result<()> {
     let mut out = match target {
         Target::Stdout => Out::Stdout(std::io::BufWriter::with_capacity(

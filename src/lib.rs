@@ -1,5 +1,9 @@
 //! tollgate: an API gateway on Pingora that runs Express Gateway's configuration unchanged.
 
+// The library is the binary's and its tests': its documentation is read with the private
+// items (`cargo doc --document-private-items`), where links to them resolve.
+#![allow(rustdoc::private_intra_doc_links)]
+
 pub mod access_log;
 pub mod admin;
 pub mod cache;

@@ -1,7 +1,7 @@
 //! The shared tile cache: authentication and scopes before it, one copy for all consumers.
 //!
 //! A pipeline's `cache` step ([`policy`]) marks a request as one the cache may answer; the
-//! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key`]
+//! proxy phases then call in here: [`enable`] (Pingora's `request_cache_filter`), [`key()`]
 //! (`cache_key_callback`), [`cacheable`] (`response_cache_filter`), [`variance`]
 //! (`cache_vary_filter`), [`hit_filter`] (`cache_hit_filter`), [`serve_stale`]
 //! (`should_serve_stale`) and [`status`] (the `X-Cache-Status` header). The fast path answers
