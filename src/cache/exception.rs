@@ -71,9 +71,10 @@ pub fn is_map_target(target: &[u8]) -> bool {
 
 /// What a query says of a map or a tile: by its `REQUEST` parameter, `GetMap`, `GetTile` or
 /// `GetLegendGraphic` (an image) or another (a GetCapabilities, a GetFeatureInfo, whatever
-/// else it asks); without one, an image or vector tile `FORMAT` (GeoWebCache's RESTful WMTS
-/// asks so) says a map; `None`: it says nothing. Names and values are compared decoded and
-/// without case, as a WMS reads them.
+/// else it asks; of several, one asking for an image wins; an empty one is none); without
+/// one, an image or vector tile `FORMAT` (GeoWebCache's RESTful WMTS asks so) says a map;
+/// `None`: it says nothing. Names and values are compared decoded and without case, as a WMS
+/// reads them.
 pub fn query_asks_for_map(q: &[u8]) -> Option<bool> {
     let mut request: Option<bool> = None;
     let mut image_format = false;
@@ -82,6 +83,9 @@ pub fn query_asks_for_map(q: &[u8]) -> Option<bool> {
             continue;
         };
         let (name, value) = (&part[..eq], &part[eq + 1..]);
+        if value.is_empty() {
+            continue;
+        }
         if is(name, &[b"request"]) {
             request = Some(request.unwrap_or(false) || is(value, &IMAGE_REQUESTS));
         } else if is(name, &[b"format"]) {
@@ -100,14 +104,18 @@ const TILE_FORMATS: [&[u8]; 2] = [
     b"application/x-protobuf",
 ];
 
-/// Whether a `FORMAT` value, decoded, is an image's or a vector tile's media type (its
-/// parameters, such as `; mode=8bit`, aside).
+/// Whether a `FORMAT` value, decoded (`+` a space, then `%XX`), is an image's or a vector
+/// tile's media type (its parameters, such as `; mode=8bit`, aside). Only its first 256 bytes
+/// are looked at: a media type is shorter.
 fn is_image_format(raw: &[u8]) -> bool {
+    let raw = &raw[..raw.len().min(256)];
     let decoded;
-    let value = if memchr::memchr2(b'%', b'+', raw).is_some() && raw.len() <= 256 {
-        decoded = percent_encoding::percent_decode(raw)
-            .map(|b| if b == b'+' { b' ' } else { b })
-            .collect::<Vec<u8>>();
+    let value = if memchr::memchr2(b'%', b'+', raw).is_some() {
+        let spaced: Vec<u8> = raw
+            .iter()
+            .map(|&b| if b == b'+' { b' ' } else { b })
+            .collect();
+        decoded = percent_encoding::percent_decode(&spaced).collect::<Vec<u8>>();
         &decoded[..]
     } else {
         raw
@@ -231,15 +239,18 @@ mod tests {
             "REQUEST=GetFeatureInfo&FORMAT=image/png&INFO_FORMAT=text/xml",
             "REQUEST=Get%",
             "REQUEST=Get%4",
-            "REQUEST=",
         ] {
             assert_eq!(query_asks_for_map(q.as_bytes()), Some(false), "{q}");
         }
-        // Without a REQUEST, an image or vector tile FORMAT asks for a map.
+        // Without a REQUEST, an image or vector tile FORMAT asks for a map (a long value's
+        // first bytes say so).
+        let long = format!("format=image%2Fpng%3B{}", "x".repeat(400));
+        assert_eq!(query_asks_for_map(long.as_bytes()), Some(true));
         for q in [
             "format=image/png",
             "FORMAT=image%2Fpng",
             "format=image/png;%20mode=8bit",
+            "format=image/png;+mode=8bit",
             "format=application/vnd.mapbox-vector-tile",
             "Format=Application%2Fx-protobuf",
         ] {
@@ -253,6 +264,9 @@ mod tests {
             "format=application/json",
             "format=image/",
             "formats=image/png",
+            "REQUEST=",
+            "REQUEST=&format=",
+            "format=image%2Bpng",
             "",
         ] {
             assert_eq!(query_asks_for_map(q.as_bytes()), None, "{q}");
@@ -266,6 +280,7 @@ mod tests {
             "/wmts/roads/default/grid/3/2/1.png",
             "/gwc/service/wmts/rest/ws:roads/default/EPSG:900913/EPSG:900913:3/1/7?format=image/png",
             "/tiles/3/2/1.pbf?token=x",
+            "/tiles/3/2/1.png?request=",
         ] {
             assert!(is_map_target(t.as_bytes()), "{t}");
         }

@@ -92,7 +92,9 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
     if present.set_cookie {
         return Err(uncacheable("set-cookie"));
     }
-    let varies = present.vary.then(|| resp.headers.get_all(http::header::VARY));
+    let varies = present
+        .vary
+        .then(|| resp.headers.get_all(http::header::VARY));
     for vary in varies.into_iter().flatten() {
         let Ok(v) = vary.to_str() else {
             return Err(uncacheable("vary"));

@@ -242,11 +242,16 @@ pub fn broke(
 
 /// The upstream answered: a 5xx counts against the url, and so does an OGC service exception
 /// (`reported`, see [`crate::cache::exception`]) where the endpoint's `outlierDetection` says
-/// `serviceExceptions`; anything else clears its record.
+/// `serviceExceptions` (elsewhere it leaves the url's record as it was: neither a failure nor
+/// a sign of health); anything else clears its record.
 pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
     let ep = &plan.endpoint;
     let outlier = ep.settings.outlier_detection.as_ref();
-    if status >= 500 || (reported && outlier.is_some_and(|o| o.service_exceptions)) {
+    let counted = outlier.is_some_and(|o| o.service_exceptions);
+    if reported && !counted && status < 500 {
+        return;
+    }
+    if status >= 500 || reported {
         failed(plan);
     } else {
         ep.states[plan.target].request_result(false, ep.settings.outlier_detection.as_ref());
@@ -269,13 +274,18 @@ mod tests {
 
     /// A plan for two urls with one retry, its first attempt begun on url 0.
     fn plan() -> ProxyPlan {
+        plan_with(None)
+    }
+
+    /// [`plan`], with passive health as `outlier` says.
+    fn plan_with(outlier: Option<crate::upstream::settings::Outlier>) -> ProxyPlan {
         let targets = ["http://127.0.0.1:1", "http://127.0.0.1:2"]
             .iter()
             .map(|u| Arc::new(UpstreamTarget::parse(u).expect("a url")))
             .collect();
         let settings = UpstreamSettings {
             retries: 1,
-            outlier_detection: None,
+            outlier_detection: outlier,
             ..UpstreamSettings::default()
         };
         let endpoint = ServiceEndpoint::new("s", targets, None, settings, &Registry::default());
@@ -310,6 +320,33 @@ mod tests {
         assert!(plan.retarget(0));
         begin(&mut plan, "/").expect("a first attempt");
         plan
+    }
+
+    /// A service exception counts against its url only where the endpoint says
+    /// `serviceExceptions`; elsewhere it leaves the url's count of failures as it was (a good
+    /// answer clears it).
+    #[test]
+    fn service_exceptions_count_against_a_url_only_where_the_endpoint_says_so() {
+        let outlier = |counted| crate::upstream::settings::Outlier {
+            consecutive_failures: 2,
+            eject_seconds: 60.0,
+            service_exceptions: counted,
+        };
+        let p = plan_with(Some(outlier(true)));
+        answered(&p, 500, false);
+        answered(&p, 200, true);
+        assert!(!p.endpoint.states[0].available(), "a 5xx and a report");
+        let p = plan_with(Some(outlier(false)));
+        answered(&p, 500, false);
+        answered(&p, 200, true);
+        assert!(p.endpoint.states[0].available(), "a report is no failure");
+        answered(&p, 500, false);
+        assert!(!p.endpoint.states[0].available(), "nor a sign of health");
+        let p = plan_with(Some(outlier(false)));
+        answered(&p, 500, false);
+        answered(&p, 200, false);
+        answered(&p, 500, false);
+        assert!(p.endpoint.states[0].available(), "a good answer clears the count");
     }
 
     fn broken() -> Box<Error> {

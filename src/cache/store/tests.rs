@@ -114,3 +114,22 @@ fn a_body_past_its_place_in_shared_memory_moves_whole() {
         FillBody::Shared(_) => panic!("30000 bytes in an 8 KiB place"),
     }
 }
+
+#[test]
+fn a_content_length_is_digits_only_within_usize() {
+    let length = |v: &str| {
+        let mut resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", v).unwrap();
+        content_length(&resp)
+    };
+    assert_eq!(length("20480"), Some(20480));
+    assert_eq!(length(" 5\t"), Some(5));
+    assert_eq!(length("0"), Some(0));
+    assert_eq!(length(&usize::MAX.to_string()), Some(usize::MAX));
+    assert_eq!(length(&format!("{}0", usize::MAX)), None);
+    for v in ["", "+5", "-5", "5a", "5 5", "0x10", "٥"] {
+        assert_eq!(length(v), None, "{v:?}");
+    }
+    let none = pingora_http::ResponseHeader::build(200, None).unwrap();
+    assert_eq!(content_length(&none), None);
+}
