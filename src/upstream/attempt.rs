@@ -346,7 +346,10 @@ mod tests {
         answered(&p, 500, false);
         answered(&p, 200, false);
         answered(&p, 500, false);
-        assert!(p.endpoint.states[0].available(), "a good answer clears the count");
+        assert!(
+            p.endpoint.states[0].available(),
+            "a good answer clears the count"
+        );
     }
 
     fn broken() -> Box<Error> {

@@ -16,11 +16,56 @@ use http::{HeaderName, HeaderValue, StatusCode};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{HeaderNameVariant, ResponseHeader};
 
+/// Headers a stored head leaves out (lowercase), with their name bits (see [`name_bit`]) made
+/// once, when the set is.
+pub struct Skip {
+    names: &'static [&'static str],
+    bits: u64,
+    /// Whether `connection` is among them: then so are the headers its `Connection` names.
+    connection: bool,
+}
+
+impl Skip {
+    pub const fn new(names: &'static [&'static str]) -> Skip {
+        let (mut bits, mut connection, mut i) = (0, false, 0);
+        while i < names.len() {
+            bits |= name_bit(names[i].as_bytes());
+            connection |= eq_bytes(names[i].as_bytes(), b"connection");
+            i += 1;
+        }
+        Skip {
+            names,
+            bits,
+            connection,
+        }
+    }
+
+    /// None left out.
+    pub const NONE: Skip = Skip::new(&[]);
+
+    pub fn names(&self) -> &'static [&'static str] {
+        self.names
+    }
+}
+
+const fn eq_bytes(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
 /// Headers a stored head never keeps: the upstream connection's own (RFC 9110 §7.6.1; with
 /// `connection` skipped, the headers its `Connection` names go too). The `Age` the upstream
 /// gave is kept with those a hit gets per response: a hit's own `Age` counts from it.
-/// (A static: [`write_lines`] knows it by its address and takes its bits made once.)
-pub static NOT_STORED: [&str; 7] = NOT_STORED_NAMES;
+pub const NOT_STORED: Skip = Skip::new(&NOT_STORED_NAMES);
 const NOT_STORED_NAMES: [&str; 7] =
     crate::wire::concat(crate::wire::HOP_BY_HOP, ["transfer-encoding"]);
 
@@ -82,15 +127,6 @@ const PER_RESPONSE_BITS: u64 = {
     bits
 };
 const ACCEPT_RANGES_BIT: u64 = name_bit(b"accept-ranges");
-/// The bits of [`NOT_STORED`].
-const NOT_STORED_BITS: u64 = {
-    let (mut bits, mut i) = (0, 0);
-    while i < NOT_STORED_NAMES.len() {
-        bits |= name_bit(NOT_STORED_NAMES[i].as_bytes());
-        i += 1;
-    }
-    bits
-};
 const AGE_BIT: u64 = name_bit(b"age");
 
 /// The `Age` of `resp` in seconds (0 without one, or with one that is not a number: RFC 9111
@@ -168,23 +204,18 @@ fn sent_as_stored(
 /// without one. The bits of the names kept.
 fn write_lines(
     resp: &ResponseHeader,
-    skip: &[&str],
+    skip: &Skip,
     ranges: bool,
     shared: &mut BytesMut,
     mut per_response: Option<&mut BytesMut>,
 ) -> u64 {
     let mut names = 0;
     // Most names are none of those skipped or sent per response: their bits say so.
-    let (skip_bits, skips_connection) = if std::ptr::eq(skip, NOT_STORED.as_slice()) {
-        (NOT_STORED_BITS, true)
-    } else {
-        let bits = bits_of(skip.iter().map(|s| s.as_bytes()));
-        (bits, skip.contains(&"connection"))
-    };
+    let skip_bits = skip.bits;
     // The headers the upstream's `Connection` names belong to its connection too (a bit per
     // name, read once; a name whose bit is there is looked for).
     let tokens = || crate::wire::connection_tokens(&resp.headers);
-    let named_bits = if skips_connection {
+    let named_bits = if skip.connection {
         bits_of(tokens())
     } else {
         0
@@ -202,7 +233,11 @@ fn write_lines(
             crate::wire::header_line(shared, name, value.as_bytes());
             return Ok(());
         }
-        if (skip_bits & bit != 0 && skip.iter().any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
+        if (skip_bits & bit != 0
+            && skip
+                .names
+                .iter()
+                .any(|s| name.eq_ignore_ascii_case(s.as_bytes())))
             || (named_bits & bit != 0 && tokens().any(|t| t.eq_ignore_ascii_case(name)))
         {
             return Ok(());
@@ -241,7 +276,7 @@ fn has_line(wire: &[u8], names: u64, name: &HeaderName) -> bool {
 impl StoredHead {
     /// The head of `resp` without the headers named in `skip` (lowercase), in the upstream's
     /// order, except that those a hit's head gets per response come last.
-    pub fn of(resp: &ResponseHeader, skip: &[&str]) -> StoredHead {
+    pub fn of(resp: &ResponseHeader, skip: &Skip) -> StoredHead {
         let content_length = super::content_length(resp);
         let ranges = super::offers_ranges(resp.status, content_length);
         let mut wire = BytesMut::with_capacity(64 + 48 * resp.headers.len());
@@ -268,7 +303,7 @@ impl StoredHead {
 
     /// The head of `resp` as it is, with `resp` kept as its parsed form.
     pub fn keep(resp: ResponseHeader) -> StoredHead {
-        let head = StoredHead::of(&resp, &[]);
+        let head = StoredHead::of(&resp, &Skip::NONE);
         let _ = head.parsed.set(resp);
         head
     }
@@ -402,8 +437,8 @@ pub(crate) mod tests {
         let up = upstream_head();
         let head = StoredHead::of(&up, &NOT_STORED);
         let mut expected = up.clone();
-        for n in NOT_STORED {
-            expected.remove_header(n);
+        for n in NOT_STORED.names() {
+            expected.remove_header(*n);
         }
         // The upstream's `Age` goes last, with the headers a hit gets per response.
         expected.remove_header("age");

@@ -107,7 +107,7 @@ impl StoredMeta {
     fn with_length(mut self, len: usize) -> Result<StoredMeta> {
         let mut h = self.head.parse()?;
         h.insert_header(http::header::CONTENT_LENGTH, len)?;
-        self.head = StoredHead::of(&h, &[]);
+        self.head = StoredHead::of(&h, &head::Skip::NONE);
         Ok(self)
     }
 

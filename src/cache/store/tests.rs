@@ -10,7 +10,7 @@ pub(crate) fn meta(resp: &pingora_http::ResponseHeader) -> StoredMeta {
         stale_while_revalidate: 0,
         stale_if_error: 0,
     };
-    StoredMeta::new(fresh, head::StoredHead::of(resp, &[]))
+    StoredMeta::new(fresh, head::StoredHead::of(resp, &head::Skip::NONE))
 }
 
 /// Pingora's cache phases ask for the miss handler once the upstream's answer is here: a
