@@ -1,8 +1,9 @@
 //! tollgate's own state on the Admin API: `GET /tollgate/upstreams` (each service endpoint's
 //! urls: health, ejection, requests in flight) and the tile cache: `GET /tollgate/cache` (what each tier holds, which
-//! pipelines cache, the api endpoints' purge generations) and `POST /tollgate/cache/purge`
+//! pipelines cache, the purges' generations) and `POST /tollgate/cache/purge`
 //! with `{"url": "/wmts/1/2/3.png", "host": "..."}` (one URL, as a client requests it) or
-//! `{"apiEndpoint": "wmts"}` (everything cached for it).
+//! `{"apiEndpoint": "wmts"}` (everything cached for it) or `{"prefix": "/wmts/roads/"}`
+//! (everything cached for the URLs under a path).
 
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
@@ -61,7 +62,8 @@ fn state(gw: &Gateway) -> Response<Vec<u8>> {
             "sharedMemory": cache.store.memory.shared(),
             "disk": disk,
             "pipelines": pipelines,
-            "generations": cache.generations(),
+            "generations": cache.endpoints.all(),
+            "prefixes": cache.prefixes.all(),
             "failingTiles": cache.outages.failing(std::time::SystemTime::now()),
         }),
     )
@@ -74,10 +76,17 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
             "the tile cache is not running",
         );
     };
-    if body.get("apiEndpoint").is_some() && body.get("url").is_some() {
+    let named: Vec<&str> = ["url", "apiEndpoint", "prefix"]
+        .into_iter()
+        .filter(|k| body.get(*k).is_some())
+        .collect();
+    if named.len() > 1 {
         return text(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "give `url` or `apiEndpoint`, not both",
+            &format!(
+                "give one of `url`, `apiEndpoint` and `prefix`, not {}",
+                named.join(" and ")
+            ),
         );
     }
     if let Some(endpoint) = body.get("apiEndpoint").and_then(Value::as_str) {
@@ -87,30 +96,34 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
                 &format!("no apiEndpoint `{endpoint}`"),
             );
         }
-        return match cache.purge_endpoint(endpoint) {
-            Ok(generation) => {
-                log::info!(
-                    "tile cache: purged api endpoint `{endpoint}` (generation {generation})"
-                );
-                json(
-                    StatusCode::OK,
-                    &json!({"apiEndpoint": endpoint, "generation": generation}),
-                )
-            }
-            // Purged in this process, but not for good: the operator must know.
-            Err((generation, e)) => json(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                &json!({
-                    "apiEndpoint": endpoint, "generation": generation,
-                    "error": format!("{e}: purged until the next restart only; purge again once it can be written"),
-                }),
-            ),
+        return generation_purged(
+            "apiEndpoint",
+            endpoint,
+            cache.endpoints.advance(endpoint, usize::MAX),
+        );
+    }
+    if let Some(prefix) = body.get("prefix") {
+        let Some(prefix) = prefix.as_str() else {
+            return text(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "`prefix` must be a string",
+            );
         };
+        if let Some(e) = crate::cache::generations::prefix_error(prefix) {
+            return text(StatusCode::UNPROCESSABLE_ENTITY, e);
+        }
+        return generation_purged(
+            "prefix",
+            prefix,
+            cache
+                .prefixes
+                .advance(prefix, crate::cache::generations::MAX_PREFIXES),
+        );
     }
     let Some(url) = body.get("url").and_then(Value::as_str) else {
         return text(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "give `url` (a path with its query, as clients request it) or `apiEndpoint`",
+            "give `url` (a path with its query, as clients request it), `apiEndpoint` or `prefix` (a path ending with `/`)",
         );
     };
     let Some((url_host, path)) = purge_target(url) else {
@@ -152,6 +165,40 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
                 }),
             )
         }
+    }
+}
+
+/// The answer to the purge of an api endpoint or a path prefix (`what`: the field that named
+/// it), a new generation of its keys.
+fn generation_purged(
+    what: &str,
+    name: &str,
+    advanced: crate::cache::generations::Advanced,
+) -> Response<Vec<u8>> {
+    use crate::cache::generations::Advanced;
+    match advanced {
+        Advanced::Recorded(generation) => {
+            log::info!("tile cache: purged {what} `{name}` (generation {generation})");
+            json(
+                StatusCode::OK,
+                &json!({what: name, "generation": generation}),
+            )
+        }
+        // Purged in this process, but not for good: the operator must know.
+        Advanced::Unrecorded(generation, e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &json!({
+                what: name, "generation": generation,
+                "error": format!("{e}: purged until the next restart only; purge again once it can be written"),
+            }),
+        ),
+        Advanced::Full => text(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &format!(
+                "{} prefixes are purged already, the most there may be: purge one of them, or the api endpoint",
+                crate::cache::generations::MAX_PREFIXES
+            ),
+        ),
     }
 }
 

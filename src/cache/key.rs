@@ -58,6 +58,15 @@ pub fn cache_key(primary: String) -> CacheKey {
     key
 }
 
+/// The purges of many tiles whose generations a key holds (see [`super::generations`]).
+#[derive(Clone, Copy, Default)]
+pub struct Purged<'a> {
+    /// The key lines of the purged path prefixes the client's path begins with.
+    pub prefixes: &'a str,
+    /// The api endpoint, and its generation (0: never purged).
+    pub endpoint: (&'a str, u64),
+}
+
 /// The primary key text of a request.
 pub fn primary(
     service: &str,
@@ -66,7 +75,7 @@ pub fn primary(
     upstream_path: &str,
     edits: &[HeaderEdit],
     rule: &CacheRule,
-    generation: (&str, u64),
+    purged: Purged<'_>,
 ) -> String {
     // (`memchr`: `split_once` searches a long query byte by byte.)
     let (path, query) = match memchr::memchr(b'?', upstream_path.as_bytes()) {
@@ -108,9 +117,12 @@ pub fn primary(
         key.push_str("\n>");
         key.push_str(line);
     }
+    // The generations of the purged path prefixes the client's path begins with (lines of
+    // their own: `\n^`).
+    key.push_str(purged.prefixes);
     // The api endpoint's purge generation, by its name: endpoints that share a tile's key
     // (one pipeline, `stripPath`) are purged each on its own count.
-    if let (endpoint, g @ 1..) = generation {
+    if let (endpoint, g @ 1..) = purged.endpoint {
         key.push_str("\n#");
         key.push_str(endpoint);
         key.push(':');
@@ -287,7 +299,7 @@ mod tests {
     }
 
     fn key(path: &str, r: &CacheRule) -> String {
-        primary("wms", None, None, path, &[], r, ("", 0))
+        primary("wms", None, None, path, &[], r, Purged::default())
     }
 
     #[test]
@@ -329,12 +341,28 @@ mod tests {
     fn the_service_host_and_added_headers_are_part_of_the_key() {
         let r = rule(None, &[]);
         assert_ne!(
-            primary("wms", None, None, "/a", &[], &r, ("", 0)),
-            primary("wmts", None, None, "/a", &[], &r, ("", 0))
+            primary("wms", None, None, "/a", &[], &r, Purged::default()),
+            primary("wmts", None, None, "/a", &[], &r, Purged::default())
         );
         assert_ne!(
-            primary("wms", Some("a.example"), None, "/a", &[], &r, ("", 0)),
-            primary("wms", Some("b.example"), None, "/a", &[], &r, ("", 0))
+            primary(
+                "wms",
+                Some("a.example"),
+                None,
+                "/a",
+                &[],
+                &r,
+                Purged::default()
+            ),
+            primary(
+                "wms",
+                Some("b.example"),
+                None,
+                "/a",
+                &[],
+                &r,
+                Purged::default()
+            )
         );
         let edit = |n: &'static str, v: &'static str| {
             HeaderEdit::Set(
@@ -342,7 +370,8 @@ mod tests {
                 http::header::HeaderValue::from_static(v),
             )
         };
-        let with = |edits: &[HeaderEdit]| primary("wms", None, None, "/a", edits, &r, ("", 0));
+        let with =
+            |edits: &[HeaderEdit]| primary("wms", None, None, "/a", edits, &r, Purged::default());
         assert_ne!(
             with(&[edit("x-tenant", "a")]),
             with(&[edit("x-tenant", "b")])
@@ -352,11 +381,31 @@ mod tests {
             with(&[edit("eg-consumer-id", "bob")])
         );
         assert_ne!(
-            primary("wms", None, None, "/a", &[], &r, ("", 0)),
-            primary("wms", None, None, "/a", &[], &r, ("a", 1)),
+            primary("wms", None, None, "/a", &[], &r, Purged::default()),
+            primary(
+                "wms",
+                None,
+                None,
+                "/a",
+                &[],
+                &r,
+                Purged {
+                    prefixes: "",
+                    endpoint: ("a", 1)
+                }
+            ),
             "a purged api endpoint starts afresh"
         );
-        let forwarded = |f| primary("wms", None, f, "/a", &[], &r, ("", 0));
+        let under = Purged {
+            prefixes: "\n^/a/:7",
+            endpoint: ("", 0),
+        };
+        assert_ne!(
+            primary("wms", None, None, "/a/1.png", &[], &r, Purged::default()),
+            primary("wms", None, None, "/a/1.png", &[], &r, under),
+            "a purged prefix starts afresh"
+        );
+        let forwarded = |f| primary("wms", None, f, "/a", &[], &r, Purged::default());
         assert_ne!(forwarded(None), forwarded(Some("x-forwarded-host:a")));
         assert_ne!(
             forwarded(Some("x-forwarded-host:a")),
@@ -428,8 +477,8 @@ mod tests {
         let asked = "/w?SERVICE=WMTS&REQUEST=GetTile&LAYER=a&TileMatrix=3";
         let sent = neutral(asked, &listing).expect("left out");
         assert_eq!(
-            primary("w", None, None, asked, &[], &listing, ("", 0)),
-            primary("w", None, None, &sent, &[], &listing, ("", 0))
+            primary("w", None, None, asked, &[], &listing, Purged::default()),
+            primary("w", None, None, &sent, &[], &listing, Purged::default())
         );
         // What is sent makes the same key as what was asked.
         assert_eq!(
@@ -440,7 +489,7 @@ mod tests {
                 "/w?layer=a&TileMatrix=3",
                 &[],
                 &listing,
-                ("", 0)
+                Purged::default()
             ),
             primary(
                 "w",
@@ -449,7 +498,7 @@ mod tests {
                 "/w?layer=a&style=evil&TileMatrix=3",
                 &[],
                 &listing,
-                ("", 0)
+                Purged::default()
             )
         );
     }

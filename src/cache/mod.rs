@@ -13,6 +13,7 @@ pub mod exception;
 pub mod fill;
 pub mod forwarding;
 pub mod freshness;
+pub mod generations;
 pub mod hit;
 pub mod key;
 pub mod outage;
@@ -26,13 +27,11 @@ pub mod store;
 mod vary;
 mod verdict;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{
     CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, WritePermit,
@@ -50,7 +49,7 @@ pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_forwardings, save_forwardings};
 pub use vary::variance;
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified};
-use verdict::{DECLINED, NOT_YET, OTHER_VALIDATOR, PURGED};
+use verdict::{DECLINED, HEAD_ONLY, NOT_YET, OTHER_VALIDATOR, PURGED};
 
 use crate::gateway::Gateway;
 use crate::pipeline::Exchange;
@@ -75,8 +74,9 @@ pub struct TileCache {
     lock: &'static CacheKeyLockImpl,
     predictor: &'static Predictor<16>,
     /// Per api endpoint: purging all of it starts a new generation, part of its keys.
-    generations: ArcSwap<HashMap<String, u64>>,
-    generations_file: Option<PathBuf>,
+    pub endpoints: generations::Generations,
+    /// The same per path prefix (a layer): part of the keys of the URLs under it.
+    pub prefixes: generations::Generations,
     pub options: StoreOptions,
     /// Stale tiles being refreshed, and tiles whose upstream has just failed them.
     pub outages: outage::Outages,
@@ -97,43 +97,30 @@ static CACHE: OnceLock<TileCache> = OnceLock::new();
 /// How long a fill may hold an object's lock before others stop waiting on it.
 const LOCK_AGE: Duration = Duration::from_secs(30);
 
-/// The api endpoints' purge generations the record `file` holds (none when there is no
-/// record yet).
-fn read_generations(file: &PathBuf) -> Result<HashMap<String, u64>, String> {
-    match std::fs::read(file) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Opens the store (and the disk tier's index); called once at start.
 pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     if let Some(c) = CACHE.get() {
         return Ok(c);
     }
-    // The api endpoints' purge generations, read before the disk tier opens: a record that
-    // cannot be read says nothing of the purges its tiles went through, so they go.
-    let generations_file = opts.disk.as_ref().map(|(d, _)| d.join("generations.json"));
-    let generations = match generations_file.as_ref().map(|f| (f, read_generations(f))) {
-        None => HashMap::new(),
-        Some((f, parsed)) => {
-            parsed.unwrap_or_else(|e| {
-                log::warn!(
-                    "tile cache: the purge record {} is damaged ({e}): the disk tier's tiles are removed",
-                    f.display()
-                );
-                if let Some(dir) = f.parent() {
-                    let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
-                }
-                // Recorded afresh: the next start finds a record again (and keeps its tiles).
-                if let Err(e) = records::write_whole(f, b"{}") {
-                    log::warn!("tile cache: cannot rewrite {}: {e}", f.display());
-                }
-                HashMap::new()
-            })
+    // The purges' records, read before the disk tier opens: a record that cannot be read
+    // says nothing of the purges its tiles went through, so they go (with the secret their
+    // files are named by).
+    let record = |name: &str| opts.disk.as_ref().map(|(d, _)| d.join(name));
+    let (endpoints, endpoints_damaged) = generations::Generations::open(record("generations.json"));
+    let (prefixes, prefixes_damaged) = generations::Generations::open(record("prefixes.json"));
+    if endpoints_damaged || prefixes_damaged {
+        if let Some((dir, _)) = &opts.disk {
+            let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
         }
-    };
+        for (g, damaged) in [
+            (&endpoints, endpoints_damaged),
+            (&prefixes, prefixes_damaged),
+        ] {
+            if damaged {
+                g.record_afresh();
+            }
+        }
+    }
     let disk = match &opts.disk {
         Some((dir, budget)) => Some(
             store::disk::DiskTier::open(dir, *budget)
@@ -165,6 +152,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                 || reason == NOT_YET
                 || reason == DECLINED
                 || reason == PURGED
+                || reason == HEAD_ONLY
                 || reason == OTHER_VALIDATOR
                 || reason == exception::SERVICE_EXCEPTION
         }),
@@ -173,8 +161,8 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         store,
         lock,
         predictor,
-        generations: ArcSwap::from_pointee(generations),
-        generations_file,
+        endpoints,
+        prefixes,
         options: opts.clone(),
         outages: outage::Outages::default(),
         sightings: sightings::Sightings::new(store::memory::typical_objects(
@@ -202,52 +190,6 @@ pub fn get() -> Option<&'static TileCache> {
 }
 
 impl TileCache {
-    fn generation(&self, endpoint: &str) -> u64 {
-        self.generations.load().get(endpoint).copied().unwrap_or(0)
-    }
-
-    /// Starts a new generation of an api endpoint's keys: everything cached for it is gone.
-    /// `Err` (with the generation, in effect until a restart) when the disk tier's record of
-    /// it could not be written: a restart would bring the tiles back.
-    pub fn purge_endpoint(&self, endpoint: &str) -> Result<u64, (u64, String)> {
-        // One purge at a time: two at once would each start from the same generations and the
-        // later would bring the earlier's endpoint back.
-        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = (**self.generations.load()).clone();
-        // What the record holds beside: a purge the process before an upgrade made as this
-        // one started.
-        if let Some(Ok(recorded)) = self.generations_file.as_ref().map(read_generations) {
-            for (name, g) in recorded {
-                let mine = next.entry(name).or_insert(0);
-                *mine = (*mine).max(g);
-            }
-        }
-        // Never a generation taken before: one taken by a purge whose record could not be
-        // written is lost at a restart, and taking it again would bring its tiles back. The
-        // clock's microseconds are past any taken before (the count, if the clock went back).
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let g = next.entry(endpoint.to_string()).or_insert(0);
-        *g = g.saturating_add(1).max(now);
-        let generation = *g;
-        let recorded = match &self.generations_file {
-            Some(f) => records::write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
-                .map_err(|e| format!("cannot record the purge in {}: {e}", f.display())),
-            None => Ok(()),
-        };
-        // In effect now either way: the purged tiles are not served again by this process.
-        self.generations.store(Arc::new(next));
-        match recorded {
-            Ok(()) => Ok(generation),
-            Err(e) => {
-                log::warn!("tile cache: {e}: a restart would bring the purged tiles back");
-                Err((generation, e))
-            }
-        }
-    }
-
     /// One line for the log at start.
     pub fn describe(&self) -> String {
         let mut s = format!("tile cache: memory {} MiB", self.options.memory >> 20);
@@ -260,10 +202,6 @@ impl TileCache {
             ));
         }
         s
-    }
-
-    pub fn generations(&self) -> HashMap<String, u64> {
-        (**self.generations.load()).clone()
     }
 
     /// Counts a miss of the tile whose key hashes to `hash`; whether it may be stored this
@@ -306,9 +244,9 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(rule.lock_timeout);
     overrides.max_lock_retries = Some(2);
-    // A HEAD's miss takes no lock: Pingora answers it at the upstream's head and drops its
-    // fill, whose lock was left held (the tile's GETs waited `lockTimeout` each, for the
-    // lock's age). A HEAD is answered from what is stored, never stores.
+    // A HEAD's miss takes no lock: it stores nothing (see [`keep_head`]), and a lock left
+    // held made the tile's GETs wait `lockTimeout` each, for the lock's age. A HEAD is
+    // answered from what is stored.
     let lock = (*method == http::Method::GET).then_some(cache.lock);
     session.cache.enable(
         cache.store,
@@ -319,6 +257,16 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     );
     session.cache.set_max_file_size_bytes(rule.max_object_size);
     neutral_fill(x);
+}
+
+/// A HEAD goes upstream as a HEAD. Pingora's cache phases make it a GET, to store the body;
+/// but a HEAD's answer ends at its head, and whether the body had come by then was a matter of
+/// timing — so a HEAD stores nothing (a revalidation's `304` still updates the tile, see
+/// [`cacheable`]), and asks the upstream for no body.
+pub fn keep_head(session: &Session, upstream: &mut pingora_http::RequestHeader) {
+    if session.req_header().method == http::Method::HEAD && session.cache.enabled() {
+        upstream.set_method(http::Method::HEAD);
+    }
 }
 
 /// Makes the upstream request of a fill neutral: it fetches for every consumer, so its path
@@ -394,8 +342,8 @@ pub(crate) fn primary_of(
     } else {
         client_host
     };
-    let generation = match (get(), &x.endpoint) {
-        (Some(c), Some(ep)) => (&*ep.name, c.generation(&ep.name)),
+    let endpoint = match (get(), &x.endpoint) {
+        (Some(c), Some(ep)) => (&*ep.name, c.endpoints.of(&ep.name)),
         _ => ("", 0),
     };
     // Every header a step before the proxy and the proxy step itself set reaches the upstream:
@@ -408,7 +356,10 @@ pub(crate) fn primary_of(
         &plan.path,
         edits,
         &u.rule,
-        generation,
+        key::Purged {
+            prefixes: &u.prefixes,
+            endpoint,
+        },
     )
 }
 

@@ -1,5 +1,5 @@
-//! Purging: one URL (as a client requests it through the gateway), or everything cached for
-//! an api endpoint (a new generation of its keys).
+//! Purging one URL, as a client requests it through the gateway (everything cached for an api
+//! endpoint or a path prefix takes a new generation of its keys: see [`super::generations`]).
 //!
 //! A URL's key is found the way a request's is: it is routed, and its pipeline's `cache` step,
 //! the steps before it that add upstream headers (`request-transformer`, `headers`) and its

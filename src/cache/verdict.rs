@@ -56,6 +56,11 @@ fn verdict(
     if exception::is_service_exception(resp, || exception::asks_for_map(x)) {
         return RespCacheable::Uncacheable(NoCacheReason::Custom(exception::SERVICE_EXCEPTION));
     }
+    // A HEAD's answer has no body to store (see [`super::keep_head`]); a revalidation's `304`
+    // updates the stored tile all the same.
+    if session.req_header().method == http::Method::HEAD && not_modified.is_none() {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(HEAD_ONLY));
+    }
     // Asked for before or during a purge (or an invalidation of the tile): the answer may be
     // what it was for.
     let purged = |c: &TileCache| {
@@ -169,6 +174,8 @@ pub fn add_upstream_age(
 
 /// Why a response was not stored: its tile has not been missed `minUses` times yet ...
 pub(super) const NOT_YET: &str = "min-uses";
+/// The reason an answer to a HEAD is not stored.
+pub(super) const HEAD_ONLY: &str = "head";
 /// ... or it was new to a full memory tier (see [`TileCache::admits`]) ...
 pub(super) const DECLINED: &str = "declined";
 /// ... or a purge came while it was fetched ...

@@ -11,22 +11,23 @@ pub enum CacheCmd {
     /// What the tile cache holds: objects and bytes per tier, evictions, declined misses, purge
     /// generations.
     Status,
-    /// Purge one URL (as clients request it: `/wmts/1/2/3.png?...`, or an absolute URL), or
-    /// everything cached for an api endpoint.
+    /// Purge one URL (as clients request it: `/wmts/1/2/3.png?...`, or an absolute URL),
+    /// everything cached for an api endpoint, or everything cached for the URLs under a path.
     Purge {
         /// The URL to purge.
-        #[arg(
-            required_unless_present = "api_endpoint",
-            conflicts_with = "api_endpoint"
-        )]
+        #[arg(required_unless_present_any = ["api_endpoint", "prefix"], conflicts_with_all = ["api_endpoint", "prefix"])]
         url: Option<String>,
         /// The Host the URL is requested with, port included, as clients send it (when routes
         /// depend on it, or a route with `changeOrigin: false` keys tiles by it).
-        #[arg(long, conflicts_with = "api_endpoint")]
+        #[arg(long, conflicts_with_all = ["api_endpoint", "prefix"])]
         host: Option<String>,
         /// Purge everything cached for this api endpoint.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "prefix")]
         api_endpoint: Option<String>,
+        /// Purge everything cached for the URLs whose path begins with this one, which ends
+        /// with `/` (a layer: `/wmts/1.0.0/roads/`), whatever their host and query.
+        #[arg(long)]
+        prefix: Option<String>,
     },
 }
 
@@ -43,11 +44,13 @@ pub fn run(c: &AdminClient, cmd: CacheCmd) -> Outcome {
             url,
             host,
             api_endpoint,
+            prefix,
         } => {
-            let body = match (url, api_endpoint) {
-                (_, Some(e)) => json!({ "apiEndpoint": e }),
-                (Some(u), None) => json!({ "url": u, "host": host }),
-                (None, None) => return Err("give a URL or --api-endpoint".into()),
+            let body = match (url, api_endpoint, prefix) {
+                (_, Some(e), _) => json!({ "apiEndpoint": e }),
+                (_, None, Some(p)) => json!({ "prefix": p }),
+                (Some(u), None, None) => json!({ "url": u, "host": host }),
+                (None, None, None) => return Err("give a URL, --api-endpoint or --prefix".into()),
             };
             let answered = c
                 .call("POST", "/tollgate/cache/purge", Some(&body))
@@ -60,6 +63,8 @@ pub fn run(c: &AdminClient, cmd: CacheCmd) -> Outcome {
             }
             if let Some(e) = answer["apiEndpoint"].as_str() {
                 eprintln!("✔ Purged everything cached for api endpoint {e}");
+            } else if let Some(p) = answer["prefix"].as_str() {
+                eprintln!("✔ Purged everything cached under {p}");
             } else if answer["cached"] == json!(false) {
                 // Nothing purged: a script must see it (a mistyped URL purges nothing).
                 return Err(format!(

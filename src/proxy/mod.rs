@@ -398,6 +398,7 @@ impl ProxyHttp for Tollgate {
                 stream.body_awaited();
             }
         }
+        crate::cache::keep_head(session, upstream);
         exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
     }
 

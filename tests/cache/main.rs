@@ -1139,10 +1139,12 @@ fn http_caching_rules_on(fast_path: &str) {
     assert_eq!(cache_status(&open(plain, &[])), "EXPIRED");
 }
 
-/// A HEAD that misses takes no lock: Pingora answers it at the upstream's head and drops its
+/// A HEAD that misses takes no lock: Pingora answers it at the upstream's head and dropped its
 /// fill, whose lock stayed held — the tile's GETs then waited the step's `lockTimeout` each
 /// (and a debug build panicked on the dangling lock). The GET after it fetches at once and
-/// stores the tile; a HEAD then is a hit.
+/// stores the tile; a HEAD then is a hit. A HEAD's miss stores nothing, whatever the timing
+/// (it went upstream as a GET, and its tile was stored when the body came before its answer
+/// ended: most often, for a small tile), and asks the upstream for a head only.
 #[test]
 fn a_head_miss_leaves_no_lock_behind() {
     let up = PyUpstream::start("tiles", 5.0);
@@ -1171,6 +1173,22 @@ fn a_head_miss_leaves_no_lock_behind() {
         true,
     );
     assert_eq!((head.status, cache_status(&head)), (200, "HIT"));
+    for i in 0..5 {
+        let path = format!("/open/small/head-{i}.png");
+        let served = up.served();
+        let head = support::request(
+            gw.port,
+            &format!("HEAD {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+            true,
+        );
+        assert_eq!((head.status, cache_status(&head)), (200, "MISS"));
+        std::thread::sleep(Duration::from_millis(200));
+        let r = get(gw.port, "GET", &path, &[]);
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"), "{path}");
+        assert_eq!(up.served(), served + 2, "{path}");
+        // What the upstream saw (its answer's body says): the GET's own request.
+        assert!(r.text().contains(r#""method": "GET""#), "{}", r.text());
+    }
     assert!(gw.error_lines().is_empty(), "{:?}", gw.error_lines());
 }
 

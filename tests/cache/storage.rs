@@ -92,6 +92,95 @@ fn api_endpoints_that_share_tiles_are_purged_each_on_its_own() {
     );
 }
 
+/// Everything cached under a path prefix (a layer), through the CLI and the Admin API: its
+/// tiles are fetched again whatever their query or consumer, the others stay; a URL under it is
+/// purged one by one as before; recorded beside the disk tier, a restart keeps them purged, and
+/// a damaged record empties the disk tier.
+#[test]
+fn purge_a_path_prefix_and_it_stays_purged_across_a_restart() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (cache_dir, dir_arg) = fresh_cache_dir("prefixes");
+    let (dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
+    let roads = ["/tiles/roads/1/1.png", "/tiles/roads/2/1.png?STYLE=dark"];
+    let (signs, rivers) = ("/tiles/roadsigns/1.png", "/tiles/rivers/1/1.png");
+    let all = [roads[0], roads[1], signs, rivers];
+    for p in all {
+        assert_eq!(cache_status(&tile(&gw, p, 0)), "MISS", "{p}");
+        assert_eq!(cache_status(&tile(&gw, p, 1)), "HIT", "{p}");
+    }
+    let fetched = up.served();
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = support::gateway::run_tollgate(
+        &[
+            "cache",
+            "purge",
+            "--prefix",
+            "/tiles/roads/",
+            "--admin-url",
+            &admin,
+        ],
+        &[],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("Purged everything cached under /tiles/roads/"),
+        "{said}"
+    );
+    for p in roads {
+        assert_eq!(cache_status(&tile(&gw, p, 2)), "MISS", "{p}");
+        assert_eq!(cache_status(&tile(&gw, p, 0)), "HIT", "{p}");
+    }
+    assert_eq!(
+        up.served(),
+        fetched + 2,
+        "each of the layer's tiles fetched again"
+    );
+    assert_eq!(
+        cache_status(&tile(&gw, signs, 2)),
+        "HIT",
+        "a prefix ends at a /"
+    );
+    assert_eq!(cache_status(&tile(&gw, rivers, 2)), "HIT");
+    // A URL under the prefix is found by its purge.
+    let r = purge(&gw, &format!(r#"{{"url": "{}"}}"#, roads[0]));
+    assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
+    assert_eq!(cache_status(&tile(&gw, roads[0], 1)), "MISS");
+    // What is not a prefix, or more than one purge at once.
+    for body in [
+        r#"{"prefix": "/tiles/roads"}"#,
+        r#"{"prefix": "tiles/roads/"}"#,
+        r#"{"prefix": "/tiles/?STYLE=dark/"}"#,
+        r#"{"prefix": 7}"#,
+        r#"{"prefix": "/tiles/", "apiEndpoint": "tiles"}"#,
+    ] {
+        let r = purge(&gw, body);
+        assert_eq!(r.status, 422, "{body}: {}", r.text());
+    }
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+    let generation = state["prefixes"]["/tiles/roads/"].as_u64().unwrap_or(0);
+    assert!(generation > 1_700_000_000_000_000, "{state}");
+    // The rivers layer, through the Admin API; then a restart on the same disk tier: it stays
+    // purged, the others are served from disk.
+    wait_for_disk(&cache_dir, 6);
+    let r = purge(&gw, r#"{"prefix": "/tiles/rivers/"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(support::json_body(&r)["prefix"], "/tiles/rivers/");
+    drop(gw);
+    let gw = restarted(&dir, &dir_arg);
+    assert_eq!(cache_status(&tile(&gw, rivers, 0)), "MISS");
+    assert_eq!(cache_status(&tile(&gw, roads[1], 0)), "HIT");
+    assert_eq!(cache_status(&tile(&gw, signs, 0)), "HIT");
+    // A damaged record: no tile stored before it is served from disk again.
+    drop(gw);
+    std::fs::write(cache_dir.join("prefixes.json"), b"{\"/tiles/").expect("damage");
+    let gw = restarted(&dir, &dir_arg);
+    assert_eq!(cache_status(&tile(&gw, signs, 0)), "MISS");
+    assert!(gw.log_text().contains("is damaged"), "{}", gw.log_text());
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// The objects stored in a disk tier's directory (in its shards, not its `tmp`).
 fn disk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let Ok(shards) = std::fs::read_dir(dir) else {

@@ -1,0 +1,273 @@
+//! Purges of many tiles at once: everything cached for an api endpoint, or for the URLs under
+//! a path prefix (a layer, a style, a zoom level). Each starts a new generation of what it
+//! names, and the generation is part of the keys of its tiles: what was stored before is never
+//! found again (not served, not revalidated), and goes as the tiers' budgets push it out.
+//!
+//! With a disk tier, each kind of purge is recorded beside it (`generations.json`,
+//! `prefixes.json`), written whole and synced: a restart keeps purged tiles purged.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+/// How many path prefixes may be under a purge at once: each is remembered for good (its
+/// tiles' keys hold its generation), and a request's path is looked up at each of their
+/// lengths.
+pub const MAX_PREFIXES: usize = 1024;
+/// How long a purged prefix may be, in bytes.
+pub const MAX_PREFIX_LEN: usize = 512;
+
+/// The generations of one kind of purge (api endpoints, or path prefixes).
+pub struct Generations {
+    table: ArcSwap<Table>,
+    /// Whether the table has any: a request under no purge looks no further.
+    any: AtomicBool,
+    /// The record beside the disk tier.
+    file: Option<PathBuf>,
+    /// One purge at a time: two at once would each start from the same table and the later
+    /// would undo the earlier's.
+    one_at_a_time: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_name: HashMap<String, u64>,
+    /// The names' distinct lengths, shortest first (for prefixes: where a path is cut to look
+    /// them up).
+    lengths: Vec<usize>,
+}
+
+impl Table {
+    fn new(by_name: HashMap<String, u64>) -> Table {
+        let mut lengths: Vec<usize> = by_name.keys().map(String::len).collect();
+        lengths.sort_unstable();
+        lengths.dedup();
+        Table { by_name, lengths }
+    }
+}
+
+/// What a purge did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Advanced {
+    /// A new generation, recorded.
+    Recorded(u64),
+    /// A new generation, in effect until a restart only: its record could not be written (a
+    /// restart would bring the tiles back).
+    Unrecorded(u64, String),
+    /// None: as many prefixes as may be are under a purge already.
+    Full,
+}
+
+/// The generations a record `file` holds (none when there is no record yet).
+fn read(file: &PathBuf) -> Result<HashMap<String, u64>, String> {
+    match std::fs::read(file) {
+        Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+impl Generations {
+    /// The generations recorded in `file` (none without a disk tier). A record that cannot be
+    /// read says nothing of the purges its tiles went through: `damaged` is then true, and
+    /// the caller empties the disk tier before [`Self::record_afresh`].
+    pub fn open(file: Option<PathBuf>) -> (Generations, bool) {
+        let mut damaged = false;
+        let by_name = match file.as_ref().map(|f| (f, read(f))) {
+            None => HashMap::new(),
+            Some((f, parsed)) => parsed.unwrap_or_else(|e| {
+                log::warn!(
+                    "tile cache: the purge record {} is damaged ({e}): the disk tier's tiles are removed",
+                    f.display()
+                );
+                damaged = true;
+                HashMap::new()
+            }),
+        };
+        let generations = Generations {
+            any: AtomicBool::new(!by_name.is_empty()),
+            table: ArcSwap::from_pointee(Table::new(by_name)),
+            file,
+            one_at_a_time: Mutex::new(()),
+        };
+        (generations, damaged)
+    }
+
+    /// Writes an empty record in place of a damaged one: the next start finds a record again
+    /// (and keeps the tiles stored from now on).
+    pub fn record_afresh(&self) {
+        if let Some(f) = &self.file {
+            if let Err(e) = super::records::write_whole(f, b"{}") {
+                log::warn!("tile cache: cannot rewrite {}: {e}", f.display());
+            }
+        }
+    }
+
+    /// The generation of `name` (0: never purged).
+    pub fn of(&self, name: &str) -> u64 {
+        if !self.any.load(Ordering::Relaxed) {
+            return 0;
+        }
+        self.table.load().by_name.get(name).copied().unwrap_or(0)
+    }
+
+    /// Every name's generation.
+    pub fn all(&self) -> HashMap<String, u64> {
+        self.table.load().by_name.clone()
+    }
+
+    /// Appends a key line (`\n^<prefix>:<generation>`) for each purged prefix `path` begins
+    /// with, shortest first (prefixes end with `/`: a path is looked up where it has one).
+    pub fn prefixes_of(&self, path: &str, out: &mut String) {
+        if !self.any.load(Ordering::Relaxed) {
+            return;
+        }
+        let table = self.table.load();
+        for &len in &table.lengths {
+            if len > path.len() {
+                break;
+            }
+            if path.as_bytes()[len - 1] != b'/' {
+                continue;
+            }
+            // (A `/` ends a character: `len` is a boundary.)
+            if let Some(g) = table.by_name.get(&path[..len]) {
+                out.push_str("\n^");
+                out.push_str(&path[..len]);
+                out.push(':');
+                out.push_str(itoa::Buffer::new().format(*g));
+            }
+        }
+    }
+
+    /// Starts a new generation of `name`: everything cached under it is gone. A new name is
+    /// refused once `most` are recorded.
+    pub fn advance(&self, name: &str, most: usize) -> Advanced {
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = self.table.load().by_name.clone();
+        // What the record holds beside: a purge the process before an upgrade made as this
+        // one started.
+        if let Some(Ok(recorded)) = self.file.as_ref().map(read) {
+            for (name, g) in recorded {
+                let mine = next.entry(name).or_insert(0);
+                *mine = (*mine).max(g);
+            }
+        }
+        if !next.contains_key(name) && next.len() >= most {
+            return Advanced::Full;
+        }
+        // Never a generation taken before: one taken by a purge whose record could not be
+        // written is lost at a restart, and taking it again would bring its tiles back. The
+        // clock's microseconds are past any taken before (the count, if the clock went back).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let g = next.entry(name.to_string()).or_insert(0);
+        *g = g.saturating_add(1).max(now);
+        let generation = *g;
+        let recorded = match &self.file {
+            Some(f) => {
+                super::records::write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
+                    .map_err(|e| format!("cannot record the purge in {}: {e}", f.display()))
+            }
+            None => Ok(()),
+        };
+        // In effect now either way: the purged tiles are not served again by this process.
+        self.table.store(Arc::new(Table::new(next)));
+        self.any.store(true, Ordering::Relaxed);
+        match recorded {
+            Ok(()) => Advanced::Recorded(generation),
+            Err(e) => {
+                log::warn!("tile cache: {e}: a restart would bring the purged tiles back");
+                Advanced::Unrecorded(generation, e)
+            }
+        }
+    }
+}
+
+/// Why a path prefix cannot be purged; `None` for one that can: a path (`/...`) of visible
+/// ASCII that ends with `/`, without a query, of at most [`MAX_PREFIX_LEN`] bytes.
+pub fn prefix_error(prefix: &str) -> Option<&'static str> {
+    if !prefix.starts_with('/') || !prefix.ends_with('/') {
+        Some("a prefix is a path that begins and ends with `/` (such as `/wmts/1.0.0/roads/`)")
+    } else if prefix.len() > MAX_PREFIX_LEN {
+        Some("a prefix is at most 512 bytes long")
+    } else if !prefix.bytes().all(|b| b.is_ascii_graphic()) || prefix.contains(['?', '#']) {
+        Some("a prefix holds no query, fragment, space or control character (write others as clients send them, %-escaped)")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(g: &Generations, path: &str) -> String {
+        let mut out = String::new();
+        g.prefixes_of(path, &mut out);
+        out
+    }
+
+    #[test]
+    fn a_path_gets_the_generation_of_each_purged_prefix_it_begins_with() {
+        let (g, damaged) = Generations::open(None);
+        assert!(!damaged);
+        assert_eq!(lines(&g, "/wmts/roads/1/2/3.png"), "");
+        let Advanced::Recorded(outer) = g.advance("/wmts/", 8) else {
+            panic!("not recorded")
+        };
+        let Advanced::Recorded(inner) = g.advance("/wmts/roads/", 8) else {
+            panic!("not recorded")
+        };
+        assert!(inner > outer);
+        assert_eq!(
+            lines(&g, "/wmts/roads/1/2/3.png"),
+            format!("\n^/wmts/:{outer}\n^/wmts/roads/:{inner}")
+        );
+        // A prefix ends at a `/`: `/wmts/roads/` is not one of `/wmts/roadsigns/`.
+        assert_eq!(
+            lines(&g, "/wmts/roadsigns/1.png"),
+            format!("\n^/wmts/:{outer}")
+        );
+        assert_eq!(lines(&g, "/wmts"), "");
+        assert_eq!(lines(&g, "/tms/roads/1.png"), "");
+        assert_eq!(g.of("/wmts/"), outer);
+        // Purged again: a later generation.
+        let Advanced::Recorded(again) = g.advance("/wmts/", 8) else {
+            panic!("not recorded")
+        };
+        assert!(again > inner);
+    }
+
+    #[test]
+    fn no_more_names_than_allowed() {
+        let (g, _) = Generations::open(None);
+        assert!(matches!(g.advance("/a/", 2), Advanced::Recorded(_)));
+        assert!(matches!(g.advance("/b/", 2), Advanced::Recorded(_)));
+        assert_eq!(g.advance("/c/", 2), Advanced::Full);
+        // One already there may be purged again.
+        assert!(matches!(g.advance("/a/", 2), Advanced::Recorded(_)));
+    }
+
+    #[test]
+    fn prefixes_are_paths_ending_with_a_slash() {
+        assert_eq!(prefix_error("/wmts/roads/"), None);
+        assert_eq!(prefix_error("/"), None);
+        assert_eq!(prefix_error("/wmts/la%20yer/"), None);
+        for bad in [
+            "",
+            "wmts/",
+            "/wmts/roads",
+            "/wmts/?x=1/",
+            "/a b/",
+            "/a\u{e9}/",
+        ] {
+            assert!(prefix_error(bad).is_some(), "{bad:?}");
+        }
+        assert!(prefix_error(&format!("/{}/", "a".repeat(600))).is_some());
+    }
+}
