@@ -46,6 +46,10 @@ const NORMAL_EVENTS: &[&str] = &[
     // A stale tile answered for the upstream's service exception (counted in the metrics, as
     // a 5xx it answers for is).
     "Fail to proxy: Upstream service exception",
+    // The disk tier writes tiles' heads with Pingora's serialiser, which compresses them
+    // without a dictionary (none is set: the files' format stays the same from one build to
+    // the next).
+    "no header compression dictionary loaded",
     "H2 handshake error",
     "Downstream handshake error",
 ];

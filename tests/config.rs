@@ -363,15 +363,15 @@ fn a_cache_step_stores_only_statuses_that_answer_the_next_request() {
     for (line, reason) in [
         (
             9,
-            "`statuses`: 304 answers one request only, it cannot be stored",
+            "`statuses`: 304 answers one request only (a range, a condition), it cannot be stored",
         ),
         (
             14,
-            "`statuses`: 103 answers one request only, it cannot be stored",
+            "`statuses`: 103 is an interim answer, it cannot be stored (statuses are 200 to 599)",
         ),
         (
             19,
-            "`statuses`: 206 answers one request only, it cannot be stored",
+            "`statuses`: 206 answers one request only (a range, a condition), it cannot be stored",
         ),
         (24, "`statuses`: 600 is not an HTTP status"),
     ] {

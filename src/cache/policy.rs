@@ -141,11 +141,16 @@ impl Cache {
         for s in &p.statuses {
             match s {
                 200..=599 if ![206, 304].contains(s) => {}
-                100..=199 | 206 | 304 => {
-                    // An interim answer, a part of a body or an answer to a condition: none
-                    // of them answers the next request for the tile.
+                // An interim answer, a part of a body or an answer to a condition: none of
+                // them answers the next request for the tile.
+                100..=199 => {
                     return Err(format!(
-                        "`statuses`: {s} answers one request only, it cannot be stored"
+                        "`statuses`: {s} is an interim answer, it cannot be stored (statuses are 200 to 599)"
+                    ));
+                }
+                206 | 304 => {
+                    return Err(format!(
+                        "`statuses`: {s} answers one request only (a range, a condition), it cannot be stored"
                     ));
                 }
                 _ => return Err(format!("`statuses`: {s} is not an HTTP status")),
