@@ -112,12 +112,14 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
         if let Some(e) = crate::cache::generations::prefix_error(prefix) {
             return text(StatusCode::UNPROCESSABLE_ENTITY, e);
         }
+        // As requests' paths are compared with it (the answer names this form).
+        let prefix = crate::cache::generations::canonical(prefix);
         return generation_purged(
             "prefix",
-            prefix,
+            &prefix,
             cache
                 .prefixes
-                .advance(prefix, crate::cache::generations::MAX_PREFIXES),
+                .advance(&prefix, crate::cache::generations::MAX_PREFIXES),
         );
     }
     let Some(url) = body.get("url").and_then(Value::as_str) else {
@@ -195,7 +197,7 @@ fn generation_purged(
         Advanced::Full => text(
             StatusCode::UNPROCESSABLE_ENTITY,
             &format!(
-                "{} prefixes are purged already, the most there may be: purge one of them, or the api endpoint",
+                "{} prefixes are purged already, the most there may be: purge a shorter prefix that holds some of them (it takes their places), or `/` (everything)",
                 crate::cache::generations::MAX_PREFIXES
             ),
         ),

@@ -6,6 +6,7 @@
 //! With a disk tier, each kind of purge is recorded beside it (`generations.json`,
 //! `prefixes.json`), written whole and synced: a restart keeps purged tiles purged.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +28,9 @@ pub struct Generations {
     any: AtomicBool,
     /// The record beside the disk tier.
     file: Option<PathBuf>,
+    /// Whether the names are path prefixes (compared in their [`canonical`] form; one purged
+    /// takes the place of those it holds).
+    paths: bool,
     /// One purge at a time: two at once would each start from the same table and the later
     /// would undo the earlier's.
     one_at_a_time: Mutex<()>,
@@ -74,7 +78,7 @@ impl Generations {
     /// The generations recorded in `file` (none without a disk tier). A record that cannot be
     /// read says nothing of the purges its tiles went through: `damaged` is then true, and
     /// the caller empties the disk tier before [`Self::record_afresh`].
-    pub fn open(file: Option<PathBuf>) -> (Generations, bool) {
+    pub fn open(file: Option<PathBuf>, paths: bool) -> (Generations, bool) {
         let mut damaged = false;
         let by_name = match file.as_ref().map(|f| (f, read(f))) {
             None => HashMap::new(),
@@ -87,8 +91,21 @@ impl Generations {
                 HashMap::new()
             }),
         };
+        // (A record written by hand, or before prefixes were compared in their canonical
+        // form: each in that form, the latest generation of those that become one.)
+        let by_name = match paths {
+            true => by_name
+                .into_iter()
+                .fold(HashMap::new(), |mut all, (name, g)| {
+                    let mine: &mut u64 = all.entry(canonical(&name).into_owned()).or_default();
+                    *mine = (*mine).max(g);
+                    all
+                }),
+            false => by_name,
+        };
         let generations = Generations {
             any: AtomicBool::new(!by_name.is_empty()),
+            paths,
             table: ArcSwap::from_pointee(Table::new(by_name)),
             file,
             one_at_a_time: Mutex::new(()),
@@ -108,7 +125,7 @@ impl Generations {
 
     /// The generation of `name` (0: never purged).
     pub fn of(&self, name: &str) -> u64 {
-        if !self.any.load(Ordering::Relaxed) {
+        if !self.any.load(Ordering::Acquire) {
             return 0;
         }
         self.table.load().by_name.get(name).copied().unwrap_or(0)
@@ -120,12 +137,14 @@ impl Generations {
     }
 
     /// Appends a key line (`\n^<prefix>:<generation>`) for each purged prefix `path` begins
-    /// with, shortest first (prefixes end with `/`: a path is looked up where it has one).
+    /// with in its [`canonical`] form, shortest first (prefixes end with `/`: a path is looked
+    /// up where it has one).
     pub fn prefixes_of(&self, path: &str, out: &mut String) {
-        if !self.any.load(Ordering::Relaxed) {
+        if !self.any.load(Ordering::Acquire) {
             return;
         }
         let table = self.table.load();
+        let path = canonical(path);
         for &len in &table.lengths {
             if len > path.len() {
                 break;
@@ -156,6 +175,11 @@ impl Generations {
                 *mine = (*mine).max(g);
             }
         }
+        // A prefix takes the place of those it holds: their tiles' keys hold its generation
+        // too, so every one of them is purged with it.
+        if self.paths {
+            next.retain(|held, _| !(held.len() > name.len() && held.starts_with(name)));
+        }
         if !next.contains_key(name) && next.len() >= most {
             return Advanced::Full;
         }
@@ -177,7 +201,7 @@ impl Generations {
         };
         // In effect now either way: the purged tiles are not served again by this process.
         self.table.store(Arc::new(Table::new(next)));
-        self.any.store(true, Ordering::Relaxed);
+        self.any.store(true, Ordering::Release);
         match recorded {
             Ok(()) => Advanced::Recorded(generation),
             Err(e) => {
@@ -186,6 +210,74 @@ impl Generations {
             }
         }
     }
+}
+
+/// A path as prefixes are compared with it: ASCII letters in lowercase, the `%XX` escapes of
+/// unreserved characters decoded (`%72` is `r`), repeated `/` made one, `.` and `..` segments
+/// resolved. The spellings of one path that routing and the proxy step take as one (routing
+/// compares paths without case, the proxy step joins an upstream path's `//`) have one form:
+/// a purged prefix covers them all (a few tiles more than it names at worst, never fewer).
+pub fn canonical(path: &str) -> Cow<'_, str> {
+    let b = path.as_bytes();
+    let plain = !b.iter().any(|c| c.is_ascii_uppercase() || *c == b'%')
+        && memchr::memmem::find(b, b"//").is_none()
+        && memchr::memmem::find(b, b"/.").is_none();
+    if plain {
+        return Cow::Borrowed(path);
+    }
+    // Escapes decoded, letters lowered.
+    let mut flat = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        let decoded = match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(h), Some(l)) => u8::try_from(h * 16 + l)
+                .ok()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')),
+            _ => None,
+        };
+        match decoded {
+            Some(c) => {
+                flat.push(c.to_ascii_lowercase());
+                i += 3;
+            }
+            None => {
+                flat.push(b[i].to_ascii_lowercase());
+                i += 1;
+            }
+        }
+    }
+    // Segments: empty ones and `.` dropped, `..` takes the one before away.
+    let mut kept: Vec<&[u8]> = Vec::new();
+    let segments: Vec<&[u8]> = flat.split(|c| *c == b'/').collect();
+    for seg in &segments {
+        match *seg {
+            b"" | b"." => {}
+            b".." => {
+                kept.pop();
+            }
+            _ => kept.push(seg),
+        }
+    }
+    // A path whose last segment is empty, `.` or `..` names a directory (RFC 3986 §5.2.4).
+    let trailing = matches!(segments.last().copied(), Some(b"" | b"." | b".."));
+    let mut out = Vec::with_capacity(flat.len());
+    for seg in &kept {
+        out.push(b'/');
+        out.extend_from_slice(seg);
+    }
+    if trailing || kept.is_empty() {
+        out.push(b'/');
+    }
+    // Only ASCII bytes were changed or removed, whole: what is left is UTF-8 still.
+    Cow::Owned(
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    )
 }
 
 /// Why a path prefix cannot be purged; `None` for one that can: a path (`/...`) of visible
@@ -214,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_path_gets_the_generation_of_each_purged_prefix_it_begins_with() {
-        let (g, damaged) = Generations::open(None);
+        let (g, damaged) = Generations::open(None, true);
         assert!(!damaged);
         assert_eq!(lines(&g, "/wmts/roads/1/2/3.png"), "");
         let Advanced::Recorded(outer) = g.advance("/wmts/", 8) else {
@@ -244,8 +336,53 @@ mod tests {
     }
 
     #[test]
+    fn spellings_of_one_path_have_one_form() {
+        for (path, form) in [
+            ("/wmts/roads/1.png", "/wmts/roads/1.png"),
+            ("/WMTS/Roads/1.png", "/wmts/roads/1.png"),
+            ("/wmts//roads///1.png", "/wmts/roads/1.png"),
+            ("/wmts/%72oads/%2e/1.png", "/wmts/roads/1.png"),
+            ("/wmts/./roads/x/../1.png", "/wmts/roads/1.png"),
+            ("/wmts/roads/.", "/wmts/roads/"),
+            ("/wmts/roads/x/..", "/wmts/roads/"),
+            ("/../..//", "/"),
+            ("/", "/"),
+            // Escapes of reserved characters stay escapes (their case aside).
+            ("/a%2Fb/%20c", "/a%2fb/%20c"),
+            ("/bad%zz%4", "/bad%zz%4"),
+            ("/caf\u{e9}/%C3%A9", "/caf\u{e9}/%c3%a9"),
+        ] {
+            assert_eq!(canonical(path), form, "{path}");
+        }
+    }
+
+    #[test]
+    fn a_prefix_is_matched_whatever_the_spelling_and_takes_the_place_of_those_it_holds() {
+        let (g, _) = Generations::open(None, true);
+        let Advanced::Recorded(inner) = g.advance(&canonical("/wmts/Roads/"), 8) else {
+            panic!("not recorded")
+        };
+        assert_eq!(
+            lines(&g, "/WMTS//roads/%31.png"),
+            format!("\n^/wmts/roads/:{inner}")
+        );
+        let Advanced::Recorded(outer) = g.advance("/wmts/", 8) else {
+            panic!("not recorded")
+        };
+        assert_eq!(lines(&g, "/wmts/roads/1.png"), format!("\n^/wmts/:{outer}"));
+        assert_eq!(g.all().len(), 1, "{:?}", g.all());
+        // Everything, and the list made empty but for it.
+        assert!(matches!(g.advance("/tms/", 8), Advanced::Recorded(_)));
+        let Advanced::Recorded(all) = g.advance("/", 8) else {
+            panic!("not recorded")
+        };
+        assert_eq!(lines(&g, "/tms/1.png"), format!("\n^/:{all}"));
+        assert_eq!(g.all().len(), 1);
+    }
+
+    #[test]
     fn no_more_names_than_allowed() {
-        let (g, _) = Generations::open(None);
+        let (g, _) = Generations::open(None, true);
         assert!(matches!(g.advance("/a/", 2), Advanced::Recorded(_)));
         assert!(matches!(g.advance("/b/", 2), Advanced::Recorded(_)));
         assert_eq!(g.advance("/c/", 2), Advanced::Full);

@@ -55,9 +55,10 @@ pub enum Lookup {
     General,
 }
 
-/// Looks the request up; a miss is filled on the fast path only when `may_fill` (its upstream
-/// is one the fast path speaks to).
-pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup {
+/// Looks the request up (`path`: its target's, as the client sent it — the fast path leaves
+/// a plain target out of `req`); a miss is filled on the fast path only when `may_fill` (its
+/// upstream is one the fast path speaks to).
+pub async fn lookup(req: &RequestHeader, path: &str, x: &Exchange, may_fill: bool) -> Lookup {
     let (Some(cache), Some(u), Some(_)) = (super::get(), &x.cache, &x.proxy) else {
         return Lookup::General;
     };
@@ -69,7 +70,7 @@ pub async fn lookup(req: &RequestHeader, x: &Exchange, may_fill: bool) -> Lookup
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
     let forwarding = super::forwarding_of(&req.headers);
-    let key = super::key::cache_key(super::primary_of(x, host, forwarding.as_deref()));
+    let key = super::key::cache_key(super::primary_of(x, path, host, forwarding.as_deref()));
     let hash = pingora_cache::key::CacheHashKey::primary_bin(&key);
     match cache.store.find(hash).await {
         Some(object) => match object.meta.fresh_age(crate::clock::wall()) {

@@ -49,7 +49,7 @@ pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_forwardings, save_forwardings};
 pub use vary::variance;
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified};
-use verdict::{DECLINED, HEAD_ONLY, NOT_YET, OTHER_VALIDATOR, PURGED};
+use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
 
 use crate::gateway::Gateway;
 use crate::pipeline::Exchange;
@@ -106,8 +106,10 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     // says nothing of the purges its tiles went through, so they go (with the secret their
     // files are named by).
     let record = |name: &str| opts.disk.as_ref().map(|(d, _)| d.join(name));
-    let (endpoints, endpoints_damaged) = generations::Generations::open(record("generations.json"));
-    let (prefixes, prefixes_damaged) = generations::Generations::open(record("prefixes.json"));
+    let (endpoints, endpoints_damaged) =
+        generations::Generations::open(record("generations.json"), false);
+    let (prefixes, prefixes_damaged) =
+        generations::Generations::open(record("prefixes.json"), true);
     if endpoints_damaged || prefixes_damaged {
         if let Some((dir, _)) = &opts.disk {
             let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
@@ -152,7 +154,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
                 || reason == NOT_YET
                 || reason == DECLINED
                 || reason == PURGED
-                || reason == HEAD_ONLY
+                || reason == HEAD_REQUEST
                 || reason == OTHER_VALIDATOR
                 || reason == exception::SERVICE_EXCEPTION
         }),
@@ -311,6 +313,7 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
     let forwarding = forwarding_of(&req.headers);
     Ok(key::cache_key(primary_of(
         x,
+        req.uri.path(),
         client_host,
         forwarding.as_deref(),
     )))
@@ -327,9 +330,12 @@ pub(crate) fn forwarding_of(headers: &http::HeaderMap) -> Option<String> {
 }
 
 /// The primary key text of a request that went through a `cache` and a `proxy` step, with
-/// its forwarding headers' part (see [`forwarding_of`]).
+/// its forwarding headers' part (see [`forwarding_of`]) and the purges of its api endpoint and
+/// of the prefixes of its path as the client sent it (`client_path`), read now: a purge that
+/// has answered is in the key of every request that looks up after it.
 pub(crate) fn primary_of(
     x: &Exchange,
+    client_path: &str,
     client_host: Option<&str>,
     forwarding: Option<&str>,
 ) -> String {
@@ -342,8 +348,12 @@ pub(crate) fn primary_of(
     } else {
         client_host
     };
+    let mut prefixes = String::new();
     let endpoint = match (get(), &x.endpoint) {
-        (Some(c), Some(ep)) => (&*ep.name, c.endpoints.of(&ep.name)),
+        (Some(c), Some(ep)) => {
+            c.prefixes.prefixes_of(client_path, &mut prefixes);
+            (&*ep.name, c.endpoints.of(&ep.name))
+        }
         _ => ("", 0),
     };
     // Every header a step before the proxy and the proxy step itself set reaches the upstream:
@@ -357,7 +367,7 @@ pub(crate) fn primary_of(
         edits,
         &u.rule,
         key::Purged {
-            prefixes: &u.prefixes,
+            prefixes: &prefixes,
             endpoint,
         },
     )

@@ -117,9 +117,6 @@ pub struct CacheUse {
     /// The lookup found the tile stale, and its upstream forbids serving it stale
     /// (`must-revalidate` and its kin): when it cannot be revalidated, the answer is a 504.
     pub stale_forbidden: bool,
-    /// The key lines of the purged path prefixes the request's path begins with (empty for
-    /// most: see [`super::generations`]).
-    pub prefixes: String,
 }
 
 pub struct Cache {
@@ -190,19 +187,13 @@ impl Cache {
 }
 
 impl Policy for Cache {
-    fn on_request(&self, req: &Request<'_>, x: &mut Exchange) -> Outcome {
-        let cache = super::get();
-        let mut prefixes = String::new();
-        if let Some(c) = cache {
-            c.prefixes.prefixes_of(req.path, &mut prefixes);
-        }
+    fn on_request(&self, _req: &Request<'_>, x: &mut Exchange) -> Outcome {
         x.cache = Some(CacheUse {
             rule: self.rule.clone(),
-            epoch: cache.map(|c| c.store.epoch()).unwrap_or_default(),
+            epoch: super::get().map(|c| c.store.epoch()).unwrap_or_default(),
             stale_held: false,
             expired: false,
             stale_forbidden: false,
-            prefixes,
         });
         Outcome::Continue
     }

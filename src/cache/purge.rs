@@ -112,7 +112,7 @@ fn keys_with(
                     || key_edits
                         .iter()
                         .any(|e| e.name().as_str().starts_with("x-forwarded-"));
-                out.push(super::primary_of(&x, host, *forwarding));
+                out.push(super::primary_of(&x, path, host, *forwarding));
             }
         }
     }

@@ -23,16 +23,17 @@ pub fn cacheable(
     let verdict = verdict(session, resp, x, not_modified);
     // A stale tile's refresh answered with what is not stored and is no failure (a 4xx, an
     // answer that may not be stored; a 5xx and a service exception are failures, see
-    // [`serve_stale`]): the stale copy no longer stands in for the upstream's answers.
-    let failure = |v: &RespCacheable| {
+    // [`serve_stale`]): the stale copy no longer stands in for the upstream's answers. A
+    // HEAD's answer, never stored, changes nothing either.
+    let still_stands = |v: &RespCacheable| {
         resp.status.as_u16() >= 500
-            || matches!(v, RespCacheable::Uncacheable(NoCacheReason::Custom(r)) if *r == exception::SERVICE_EXCEPTION)
+            || matches!(v, RespCacheable::Uncacheable(NoCacheReason::Custom(r)) if *r == exception::SERVICE_EXCEPTION || *r == HEAD_REQUEST)
     };
     if matches!(
         session.cache.phase(),
         CachePhase::Stale | CachePhase::Expired
     ) && !matches!(verdict, RespCacheable::Cacheable(_))
-        && !failure(&verdict)
+        && !still_stands(&verdict)
     {
         if let (Some(cache), Some(key)) = (get(), session.cache.maybe_cache_key()) {
             cache
@@ -59,7 +60,7 @@ fn verdict(
     // A HEAD's answer has no body to store (see [`super::keep_head`]); a revalidation's `304`
     // updates the stored tile all the same.
     if session.req_header().method == http::Method::HEAD && not_modified.is_none() {
-        return RespCacheable::Uncacheable(NoCacheReason::Custom(HEAD_ONLY));
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(HEAD_REQUEST));
     }
     // Asked for before or during a purge (or an invalidation of the tile): the answer may be
     // what it was for.
@@ -174,8 +175,9 @@ pub fn add_upstream_age(
 
 /// Why a response was not stored: its tile has not been missed `minUses` times yet ...
 pub(super) const NOT_YET: &str = "min-uses";
-/// The reason an answer to a HEAD is not stored.
-pub(super) const HEAD_ONLY: &str = "head";
+/// The reason an answer to a HEAD is not stored (not `freshness`'s "head", a head that cannot
+/// be stored).
+pub(super) const HEAD_REQUEST: &str = "head request";
 /// ... or it was new to a full memory tier (see [`TileCache::admits`]) ...
 pub(super) const DECLINED: &str = "declined";
 /// ... or a purge came while it was fetched ...

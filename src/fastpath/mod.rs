@@ -98,7 +98,8 @@ impl FastPath {
         let decision = exchange::decide(&gw, &self.health, &reading.facts(), &mut x).await;
         let looked_up = match decision {
             Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
-                Some(crate::cache::hit::lookup(reading.req(), &x, !http2_upstream(&x)).await)
+                let path = reading.target().path;
+                Some(crate::cache::hit::lookup(reading.req(), path, &x, !http2_upstream(&x)).await)
             }
             _ => None,
         };
