@@ -51,9 +51,10 @@ pub fn is_service_exception(resp: &ResponseHeader, map_request: impl FnOnce() ->
 /// Whether the request the exchange sends upstream asks for a map or a tile (see
 /// [`is_map_target`]).
 pub fn asks_for_map(x: &crate::pipeline::Exchange) -> bool {
-    x.proxy
-        .as_ref()
-        .is_some_and(|p| is_map_target(p.path.as_bytes()))
+    x.cache.as_ref().is_some_and(|u| u.rule.tiles_only)
+        || x.proxy
+            .as_ref()
+            .is_some_and(|p| is_map_target(p.path.as_bytes()))
 }
 
 /// Whether a request target (path and query) asks for a map or a tile: its query's `REQUEST`

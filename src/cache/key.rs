@@ -295,6 +295,7 @@ mod tests {
             max_object_size: 1 << 20,
             lock_timeout: Duration::from_secs(1),
             min_uses: 1,
+            tiles_only: false,
         }
     }
 

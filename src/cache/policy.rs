@@ -50,6 +50,10 @@ pub struct Params {
     /// on its first; 2 leaves a tile asked for once to the upstream alone.
     #[serde(default = "default_min_uses")]
     min_uses: u8,
+    /// Every request through the step asks for a map or a tile (an XYZ server whose paths
+    /// have no extension): an XML answer is a service exception whatever its path.
+    #[serde(default)]
+    tiles_only: bool,
 }
 
 fn default_ttl() -> u64 {
@@ -101,6 +105,9 @@ pub struct CacheRule {
     pub lock_timeout: Duration,
     /// The miss from which on a tile is stored (1: the first).
     pub min_uses: u8,
+    /// Every request through the step asks for a map or a tile (see
+    /// [`super::exception::asks_for_map`]).
+    pub tiles_only: bool,
 }
 
 /// The cache as a request uses it: its step's rule.
@@ -181,6 +188,7 @@ impl Cache {
                 max_object_size: usize::try_from(p.max_object_size).unwrap_or(usize::MAX),
                 lock_timeout: Duration::from_secs_f64(p.lock_timeout),
                 min_uses: p.min_uses,
+                tiles_only: p.tiles_only,
             }),
         })
     }

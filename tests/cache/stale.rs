@@ -642,3 +642,35 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
     }
     assert_eq!(cache_status(&get(gw.port, "GET", &map, &[])), "HIT");
 }
+
+/// An XYZ tile server whose paths have no extension (martin's `/{source}/{z}/{x}/{y}`): with
+/// the step's `tilesOnly`, its XML report is a service exception, not stored; without it, the
+/// path says nothing of a tile and the report is stored as any answer is.
+#[test]
+fn a_step_whose_every_request_asks_for_a_tile_never_stores_a_report() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let report = |gw: &GatewayProcess, path: &str| {
+        get(gw.port, "GET", path, &[("X-Test-Content-Type", "text/xml")])
+    };
+    let cfg = pipeline_config(
+        &up,
+        "xyz: {paths: ['/xyz/*']}",
+        &[
+            "cache: [{action: {tilesOnly: true}}]",
+            "proxy: [{action: {serviceEndpoint: up}}]",
+        ],
+    );
+    let (_dir, gw) = start_config(&cfg, &[]);
+    for _ in 0..2 {
+        let r = report(&gw, "/xyz/roads/3/2/1");
+        assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
+    }
+    assert_eq!(
+        gw.metric("tollgate_upstream_errors_total{kind=\"service_exception\"}"),
+        2.0
+    );
+    drop(gw);
+    let (_dir, gw) = start(&up, "{}", &[]);
+    assert_eq!(cache_status(&report(&gw, "/open/roads/3/2/1")), "MISS");
+    assert_eq!(cache_status(&report(&gw, "/open/roads/3/2/1")), "HIT");
+}
