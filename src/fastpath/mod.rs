@@ -95,10 +95,11 @@ impl FastPath {
         let started = Instant::now();
         crate::proxy::request_started();
         let mut x = Exchange::default();
-        let decision = exchange::decide(&gw, &self.health, &reading.facts(), &mut x).await;
+        let facts = reading.facts();
+        let decision = exchange::decide(&gw, &self.health, &facts, &mut x).await;
         let looked_up = match decision {
             Decision::Proxy if x.cache.is_some() && x.compress.is_none() => {
-                let path = reading.target().path;
+                let path = facts.target.path;
                 Some(crate::cache::hit::lookup(reading.req(), path, &x, !http2_upstream(&x)).await)
             }
             _ => None,
