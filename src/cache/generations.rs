@@ -93,10 +93,15 @@ impl Generations {
         };
         // (A record written by hand, or before prefixes were compared in their canonical
         // form: each in that form, the latest generation of those that become one.)
+        // A name that is no prefix (a record written by hand) is left out, with a warning.
         let by_name = match paths {
             true => by_name
                 .into_iter()
                 .fold(HashMap::new(), |mut all, (name, g)| {
+                    if let Some(e) = prefix_error(&name) {
+                        log::warn!("tile cache: {name:?} in the purge record is left out: {e}");
+                        return all;
+                    }
                     let mine: &mut u64 = all.entry(canonical(&name).into_owned()).or_default();
                     *mine = (*mine).max(g);
                     all
@@ -149,7 +154,7 @@ impl Generations {
             if len > path.len() {
                 break;
             }
-            if path.as_bytes()[len - 1] != b'/' {
+            if len == 0 || path.as_bytes()[len - 1] != b'/' {
                 continue;
             }
             // (A `/` ends a character: `len` is a boundary.)
@@ -378,6 +383,21 @@ mod tests {
         };
         assert_eq!(lines(&g, "/tms/1.png"), format!("\n^/:{all}"));
         assert_eq!(g.all().len(), 1);
+    }
+
+    #[test]
+    fn a_record_of_prefixes_keeps_only_prefixes_in_their_form() {
+        let dir = std::env::temp_dir().join(format!("tollgate-prefixes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("prefixes.json");
+        std::fs::write(&file, br#"{"": 5, "nope": 3, "/a": 4, "/A/": 7, "/a/": 6}"#)
+            .expect("write");
+        let (g, damaged) = Generations::open(Some(file), true);
+        assert!(!damaged);
+        assert_eq!(g.all(), HashMap::from([("/a/".to_string(), 7)]));
+        assert_eq!(lines(&g, ""), "");
+        assert_eq!(lines(&g, "/a/1.png"), "\n^/a/:7");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
