@@ -65,6 +65,25 @@ pub enum Advanced {
     Full,
 }
 
+/// The names of a record as a table holds them: for prefixes, each in its [`canonical`] form
+/// (the latest generation of those that become one: a record written by hand, or before a
+/// change of the form), and a name that is no prefix left out, with a warning.
+fn admitted(by_name: HashMap<String, u64>, paths: bool) -> HashMap<String, u64> {
+    if !paths {
+        return by_name;
+    }
+    let mut all = HashMap::new();
+    for (name, g) in by_name {
+        if let Some(e) = prefix_error(&name) {
+            log::warn!("tile cache: {name:?} in the purge record is left out: {e}");
+            continue;
+        }
+        let mine: &mut u64 = all.entry(canonical(&name).into_owned()).or_default();
+        *mine = (*mine).max(g);
+    }
+    all
+}
+
 /// The generations a record `file` holds (none when there is no record yet).
 fn read(file: &PathBuf) -> Result<HashMap<String, u64>, String> {
     match std::fs::read(file) {
@@ -91,23 +110,7 @@ impl Generations {
                 HashMap::new()
             }),
         };
-        // (A record written by hand, or before prefixes were compared in their canonical
-        // form: each in that form, the latest generation of those that become one.)
-        // A name that is no prefix (a record written by hand) is left out, with a warning.
-        let by_name = match paths {
-            true => by_name
-                .into_iter()
-                .fold(HashMap::new(), |mut all, (name, g)| {
-                    if let Some(e) = prefix_error(&name) {
-                        log::warn!("tile cache: {name:?} in the purge record is left out: {e}");
-                        return all;
-                    }
-                    let mine: &mut u64 = all.entry(canonical(&name).into_owned()).or_default();
-                    *mine = (*mine).max(g);
-                    all
-                }),
-            false => by_name,
-        };
+        let by_name = admitted(by_name, paths);
         let generations = Generations {
             any: AtomicBool::new(!by_name.is_empty()),
             paths,
@@ -141,15 +144,17 @@ impl Generations {
         self.table.load().by_name.clone()
     }
 
-    /// Appends a key line (`\n^<prefix>:<generation>`) for each purged prefix `path` begins
-    /// with in its [`canonical`] form, shortest first (prefixes end with `/`: a path is looked
-    /// up where it has one).
+    /// Appends the key line (`\n^<generation>`) of the purged prefixes `path` begins with in
+    /// its [`canonical`] form, if any: the latest of their generations, which a purge of any of
+    /// them changes, each being past every one taken before (prefixes end with `/`: a path is
+    /// looked up where it has one).
     pub fn prefixes_of(&self, path: &str, out: &mut String) {
         if !self.any.load(Ordering::Acquire) {
             return;
         }
         let table = self.table.load();
         let path = canonical(path);
+        let mut latest = 0;
         for &len in &table.lengths {
             if len > path.len() {
                 break;
@@ -158,12 +163,13 @@ impl Generations {
                 continue;
             }
             // (A `/` ends a character: `len` is a boundary.)
-            if let Some(g) = table.by_name.get(&path[..len]) {
-                out.push_str("\n^");
-                out.push_str(&path[..len]);
-                out.push(':');
-                out.push_str(itoa::Buffer::new().format(*g));
+            if let Some(&g) = table.by_name.get(&path[..len]) {
+                latest = latest.max(g);
             }
+        }
+        if latest > 0 {
+            out.push_str("\n^");
+            out.push_str(itoa::Buffer::new().format(latest));
         }
     }
 
@@ -175,7 +181,7 @@ impl Generations {
         // What the record holds beside: a purge the process before an upgrade made as this
         // one started.
         if let Some(Ok(recorded)) = self.file.as_ref().map(read) {
-            for (name, g) in recorded {
+            for (name, g) in admitted(recorded, self.paths) {
                 let mine = next.entry(name).or_insert(0);
                 *mine = (*mine).max(g);
             }
@@ -194,9 +200,15 @@ impl Generations {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        let g = next.entry(name.to_string()).or_insert(0);
-        *g = g.saturating_add(1).max(now);
-        let generation = *g;
+        // A prefix's is past every prefix's: a path's key holds the latest generation of the
+        // prefixes it begins with (see [`Self::prefixes_of`]), which a purge of any of them
+        // must change.
+        let past = match self.paths {
+            true => next.values().copied().max(),
+            false => next.get(name).copied(),
+        };
+        let generation = past.unwrap_or(0).saturating_add(1).max(now);
+        next.insert(name.to_string(), generation);
         let recorded = match &self.file {
             Some(f) => {
                 super::records::write_whole(f, &serde_json::to_vec(&next).unwrap_or_default())
@@ -245,10 +257,23 @@ pub fn canonical(path: &str) -> Cow<'_, str> {
                 .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')),
             _ => None,
         };
+        let escape = matches!(
+            (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex)
+            ),
+            (Some(_), Some(_))
+        );
         match decoded {
             Some(c) => {
                 flat.push(c.to_ascii_lowercase());
                 i += 3;
+            }
+            // A `%` that begins no escape is written as one, so that the form is its own form
+            // (`%%37%32` would be `%72` once, `r` the next time).
+            None if b[i] == b'%' && !escape => {
+                flat.extend_from_slice(b"%25");
+                i += 1;
             }
             None => {
                 flat.push(b[i].to_ascii_lowercase());
@@ -292,6 +317,13 @@ pub fn prefix_error(prefix: &str) -> Option<&'static str> {
         Some("a prefix is a path that begins and ends with `/` (such as `/wmts/1.0.0/roads/`)")
     } else if prefix.len() > MAX_PREFIX_LEN {
         Some("a prefix is at most 512 bytes long")
+    } else if prefix.split('/').any(|seg| {
+        matches!(
+            seg.to_ascii_lowercase().replace("%2e", ".").as_str(),
+            "." | ".."
+        )
+    }) {
+        Some("a prefix has no `.` or `..` segment")
     } else if !prefix.bytes().all(|b| b.is_ascii_graphic()) || prefix.contains(['?', '#']) {
         Some("a prefix holds no query, fragment, space or control character (write others as clients send them, %-escaped)")
     } else {
@@ -302,6 +334,7 @@ pub fn prefix_error(prefix: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn lines(g: &Generations, path: &str) -> String {
         let mut out = String::new();
@@ -309,35 +342,33 @@ mod tests {
         out
     }
 
+    fn recorded(a: Advanced) -> u64 {
+        match a {
+            Advanced::Recorded(g) => g,
+            other => panic!("not recorded: {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_path_gets_the_generation_of_each_purged_prefix_it_begins_with() {
+    fn a_path_gets_the_latest_generation_of_the_purged_prefixes_it_begins_with() {
         let (g, damaged) = Generations::open(None, true);
         assert!(!damaged);
         assert_eq!(lines(&g, "/wmts/roads/1/2/3.png"), "");
-        let Advanced::Recorded(outer) = g.advance("/wmts/", 8) else {
-            panic!("not recorded")
-        };
-        let Advanced::Recorded(inner) = g.advance("/wmts/roads/", 8) else {
-            panic!("not recorded")
-        };
+        let outer = recorded(g.advance("/wmts/", 8));
+        let inner = recorded(g.advance("/wmts/roads/", 8));
         assert!(inner > outer);
-        assert_eq!(
-            lines(&g, "/wmts/roads/1/2/3.png"),
-            format!("\n^/wmts/:{outer}\n^/wmts/roads/:{inner}")
-        );
+        assert_eq!(lines(&g, "/wmts/roads/1/2/3.png"), format!("\n^{inner}"));
         // A prefix ends at a `/`: `/wmts/roads/` is not one of `/wmts/roadsigns/`.
-        assert_eq!(
-            lines(&g, "/wmts/roadsigns/1.png"),
-            format!("\n^/wmts/:{outer}")
-        );
+        assert_eq!(lines(&g, "/wmts/roadsigns/1.png"), format!("\n^{outer}"));
         assert_eq!(lines(&g, "/wmts"), "");
         assert_eq!(lines(&g, "/tms/roads/1.png"), "");
         assert_eq!(g.of("/wmts/"), outer);
-        // Purged again: a later generation.
-        let Advanced::Recorded(again) = g.advance("/wmts/", 8) else {
-            panic!("not recorded")
-        };
+        // Another prefix's purge is past every generation: a purge of the outer one again
+        // changes the inner one's paths' keys too.
+        recorded(g.advance("/tms/", 8));
+        let again = recorded(g.advance("/wmts/", 8));
         assert!(again > inner);
+        assert_eq!(lines(&g, "/wmts/roads/1/2/3.png"), format!("\n^{again}"));
     }
 
     #[test]
@@ -352,36 +383,45 @@ mod tests {
             ("/wmts/roads/x/..", "/wmts/roads/"),
             ("/../..//", "/"),
             ("/", "/"),
-            // Escapes of reserved characters stay escapes (their case aside).
+            // Escapes of reserved characters stay escapes (their case aside); a `%` that
+            // begins none is one.
             ("/a%2Fb/%20c", "/a%2fb/%20c"),
-            ("/bad%zz%4", "/bad%zz%4"),
+            ("/bad%zz%4", "/bad%25zz%254"),
+            ("/%%37%32oads/", "/%2572oads/"),
             ("/caf\u{e9}/%C3%A9", "/caf\u{e9}/%c3%a9"),
         ] {
             assert_eq!(canonical(path), form, "{path}");
         }
     }
 
+    proptest! {
+        /// The form is its own form (a record's names are put in it again at each start), and
+        /// making it never panics.
+        #[test]
+        fn the_form_of_a_form_is_itself(path in "/[a-zA-Z0-9%./_~-]{0,24}", raw in any::<Vec<u8>>()) {
+            let once = canonical(&path).into_owned();
+            prop_assert_eq!(canonical(&once), once.as_str());
+            let raw = String::from_utf8_lossy(&raw).into_owned();
+            let once = canonical(&raw).into_owned();
+            prop_assert_eq!(canonical(&once), once.as_str());
+            let (g, _) = Generations::open(None, true);
+            recorded(g.advance("/a/", 8));
+            let _ = lines(&g, &raw);
+        }
+    }
+
     #[test]
     fn a_prefix_is_matched_whatever_the_spelling_and_takes_the_place_of_those_it_holds() {
         let (g, _) = Generations::open(None, true);
-        let Advanced::Recorded(inner) = g.advance(&canonical("/wmts/Roads/"), 8) else {
-            panic!("not recorded")
-        };
-        assert_eq!(
-            lines(&g, "/WMTS//roads/%31.png"),
-            format!("\n^/wmts/roads/:{inner}")
-        );
-        let Advanced::Recorded(outer) = g.advance("/wmts/", 8) else {
-            panic!("not recorded")
-        };
-        assert_eq!(lines(&g, "/wmts/roads/1.png"), format!("\n^/wmts/:{outer}"));
+        let inner = recorded(g.advance(&canonical("/wmts/Roads/"), 8));
+        assert_eq!(lines(&g, "/WMTS//roads/%31.png"), format!("\n^{inner}"));
+        let outer = recorded(g.advance("/wmts/", 8));
+        assert_eq!(lines(&g, "/wmts/roads/1.png"), format!("\n^{outer}"));
         assert_eq!(g.all().len(), 1, "{:?}", g.all());
         // Everything, and the list made empty but for it.
-        assert!(matches!(g.advance("/tms/", 8), Advanced::Recorded(_)));
-        let Advanced::Recorded(all) = g.advance("/", 8) else {
-            panic!("not recorded")
-        };
-        assert_eq!(lines(&g, "/tms/1.png"), format!("\n^/:{all}"));
+        recorded(g.advance("/tms/", 8));
+        let all = recorded(g.advance("/", 8));
+        assert_eq!(lines(&g, "/tms/1.png"), format!("\n^{all}"));
         assert_eq!(g.all().len(), 1);
     }
 
@@ -390,24 +430,27 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tollgate-prefixes-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("prefixes.json");
-        std::fs::write(&file, br#"{"": 5, "nope": 3, "/a": 4, "/A/": 7, "/a/": 6}"#)
-            .expect("write");
+        let written = br#"{"": 5, "nope": 3, "/a": 4, "/A/": 7, "/a/": 6, "/b/../": 9}"#;
+        std::fs::write(&file, written).expect("write");
         let (g, damaged) = Generations::open(Some(file), true);
         assert!(!damaged);
         assert_eq!(g.all(), HashMap::from([("/a/".to_string(), 7)]));
         assert_eq!(lines(&g, ""), "");
-        assert_eq!(lines(&g, "/a/1.png"), "\n^/a/:7");
+        assert_eq!(lines(&g, "/a/1.png"), "\n^7");
+        // What another process records is read the same way.
+        let _ = recorded(g.advance("/c/", 8));
+        assert_eq!(g.all().len(), 2, "{:?}", g.all());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn no_more_names_than_allowed() {
         let (g, _) = Generations::open(None, true);
-        assert!(matches!(g.advance("/a/", 2), Advanced::Recorded(_)));
-        assert!(matches!(g.advance("/b/", 2), Advanced::Recorded(_)));
+        recorded(g.advance("/a/", 2));
+        recorded(g.advance("/b/", 2));
         assert_eq!(g.advance("/c/", 2), Advanced::Full);
         // One already there may be purged again.
-        assert!(matches!(g.advance("/a/", 2), Advanced::Recorded(_)));
+        recorded(g.advance("/a/", 2));
     }
 
     #[test]
@@ -415,6 +458,7 @@ mod tests {
         assert_eq!(prefix_error("/wmts/roads/"), None);
         assert_eq!(prefix_error("/"), None);
         assert_eq!(prefix_error("/wmts/la%20yer/"), None);
+        assert_eq!(prefix_error("/wmts/v1.0/"), None);
         for bad in [
             "",
             "wmts/",
@@ -422,6 +466,9 @@ mod tests {
             "/wmts/?x=1/",
             "/a b/",
             "/a\u{e9}/",
+            "/tiles/roads/../",
+            "/a/%2E%2e/",
+            "/a/./",
         ] {
             assert!(prefix_error(bad).is_some(), "{bad:?}");
         }

@@ -117,8 +117,13 @@ pub fn primary(
         key.push_str("\n>");
         key.push_str(line);
     }
-    // The generations of the purged path prefixes the client's path begins with (lines of
-    // their own: `\n^`).
+    // A step whose every request asks for a tile judges answers otherwise (an XML answer is
+    // a service exception, never stored): it keeps tiles of its own.
+    if rule.tiles_only {
+        key.push_str("\n!tiles");
+    }
+    // The latest generation of the purged path prefixes the client's path begins with (a
+    // line of its own: `\n^`).
     key.push_str(purged.prefixes);
     // The api endpoint's purge generation, by its name: endpoints that share a tile's key
     // (one pipeline, `stripPath`) are purged each on its own count.
@@ -398,13 +403,22 @@ mod tests {
             "a purged api endpoint starts afresh"
         );
         let under = Purged {
-            prefixes: "\n^/a/:7",
+            prefixes: "\n^7",
             endpoint: ("", 0),
         };
         assert_ne!(
             primary("wms", None, None, "/a/1.png", &[], &r, Purged::default()),
             primary("wms", None, None, "/a/1.png", &[], &r, under),
             "a purged prefix starts afresh"
+        );
+        let tiles = CacheRule {
+            tiles_only: true,
+            ..rule(None, &[])
+        };
+        assert_ne!(
+            primary("wms", None, None, "/a/1", &[], &r, Purged::default()),
+            primary("wms", None, None, "/a/1", &[], &tiles, Purged::default()),
+            "a step that takes every request for a tile keeps tiles of its own"
         );
         let forwarded = |f| primary("wms", None, f, "/a", &[], &r, Purged::default());
         assert_ne!(forwarded(None), forwarded(Some("x-forwarded-host:a")));
