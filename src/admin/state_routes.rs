@@ -146,6 +146,9 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
     }
     let keys = crate::cache::purge::keys_for(gw, host, path).len();
     let (purged, failed) = crate::cache::purge::purge_url(gw, host, path).await;
+    if keys > 0 {
+        crate::metrics::metrics().cache.purged("url");
+    }
     let shown = crate::access_log::redact(path, &gw.secret_query_params);
     match failed {
         None => {
@@ -178,6 +181,14 @@ fn generation_purged(
     advanced: crate::cache::generations::Advanced,
 ) -> Response<Vec<u8>> {
     use crate::cache::generations::Advanced;
+    if !matches!(advanced, Advanced::Full) {
+        let kind = if what == "prefix" {
+            "prefix"
+        } else {
+            "api_endpoint"
+        };
+        crate::metrics::metrics().cache.purged(kind);
+    }
     match advanced {
         Advanced::Recorded(generation) => {
             log::info!("tile cache: purged {what} `{name}` (generation {generation})");

@@ -1,6 +1,7 @@
 //! The tile cache's families: requests by cache status and api endpoint, bytes served from the
 //! cache, what each tier holds, evictions, misses not admitted to a full memory tier, damaged
-//! disk files and writes the disk was too far behind for, and waits on another request's fill.
+//! disk files and writes the disk was too far behind for, waits on another request's fill,
+//! and purges.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -12,6 +13,9 @@ use super::must;
 pub const CACHE_STATUSES: [&str; 6] = ["HIT", "MISS", "STALE", "EXPIRED", "REVALIDATED", "BYPASS"];
 
 const TIERS: [&str; 2] = ["memory", "disk"];
+
+/// What a purge through the Admin API named, as the `kind` label.
+pub const PURGE_KINDS: [&str; 3] = ["url", "api_endpoint", "prefix"];
 
 pub struct CacheMetrics {
     requests: IntCounterVec,
@@ -31,6 +35,8 @@ pub struct CacheMetrics {
     /// Bodies that found no room in it: with too few free pages, with free pages in pieces.
     shared_refused: [IntCounter; 2],
     pub lock_wait: Histogram,
+    /// Purges through the Admin API, by [`PURGE_KINDS`].
+    purges: [IntCounter; 3],
 }
 
 /// One api endpoint's cache handles, resolved when the config is built.
@@ -162,6 +168,14 @@ impl CacheMetrics {
             .buckets(super::DURATION_BUCKETS.to_vec()),
         ));
         reg(Box::new(lock_wait.clone()));
+        let purges = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_cache_purges_total",
+                "Purges through the Admin API, by what they named: one URL, an api endpoint, a path prefix",
+            ),
+            &["kind"],
+        ));
+        reg(Box::new(purges.clone()));
         CacheMetrics {
             requests,
             served_bytes,
@@ -181,6 +195,14 @@ impl CacheMetrics {
             shared_cuts,
             shared_refused: ["full", "fragmented"].map(|r| shared_refused.with_label_values(&[r])),
             lock_wait,
+            purges: PURGE_KINDS.map(|k| purges.with_label_values(&[k])),
+        }
+    }
+
+    /// Counts a purge through the Admin API of `kind` (one of [`PURGE_KINDS`]).
+    pub fn purged(&self, kind: &str) {
+        if let Some(i) = PURGE_KINDS.iter().position(|k| *k == kind) {
+            self.purges[i].inc();
         }
     }
 

@@ -54,6 +54,12 @@ fn purge_a_url_and_an_api_endpoint() {
     );
     let r = purge(&gw, r#"{"apiEndpoint": "nope"}"#);
     assert_eq!(r.status, 404);
+    // Counted by what they named (the URL no pipeline caches, and the unknown api endpoint,
+    // purged nothing).
+    for (kind, n) in [("url", 2.0), ("api_endpoint", 1.0), ("prefix", 0.0)] {
+        let metric = format!("tollgate_cache_purges_total{{kind=\"{kind}\"}}");
+        assert_eq!(gw.metric(&metric), n, "{metric}");
+    }
     drop(dir);
 }
 
@@ -174,6 +180,10 @@ fn purge_a_path_prefix_and_it_stays_purged_across_a_restart() {
         support::json_body(&r)["prefix"],
         "/tiles/rivers/",
         "as paths are compared"
+    );
+    assert_eq!(
+        gw.metric("tollgate_cache_purges_total{kind=\"prefix\"}"),
+        2.0
     );
     drop(gw);
     let gw = restarted(&dir, &dir_arg);
