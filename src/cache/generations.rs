@@ -186,6 +186,19 @@ impl Generations {
                 *mine = (*mine).max(g);
             }
         }
+        // Never a generation taken before: one taken by a purge whose record could not be
+        // written is lost at a restart, and taking it again would bring its tiles back. The
+        // clock's microseconds are past any taken before (the count, if the clock went back).
+        // A prefix's is past every prefix's (those it is about to take the place of too): a
+        // path's key holds the latest generation of the prefixes it begins with (see
+        // [`Self::prefixes_of`]), which a purge of any of them must change.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let past = match self.paths {
+            true => next.values().copied().max(),
+            false => next.get(name).copied(),
+        };
         // A prefix takes the place of those it holds: their tiles' keys hold its generation
         // too, so every one of them is purged with it.
         if self.paths {
@@ -194,19 +207,6 @@ impl Generations {
         if !next.contains_key(name) && next.len() >= most {
             return Advanced::Full;
         }
-        // Never a generation taken before: one taken by a purge whose record could not be
-        // written is lost at a restart, and taking it again would bring its tiles back. The
-        // clock's microseconds are past any taken before (the count, if the clock went back).
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
-        // A prefix's is past every prefix's: a path's key holds the latest generation of the
-        // prefixes it begins with (see [`Self::prefixes_of`]), which a purge of any of them
-        // must change.
-        let past = match self.paths {
-            true => next.values().copied().max(),
-            false => next.get(name).copied(),
-        };
         let generation = past.unwrap_or(0).saturating_add(1).max(now);
         next.insert(name.to_string(), generation);
         let recorded = match &self.file {
@@ -440,6 +440,24 @@ mod tests {
         // What another process records is read the same way.
         let _ = recorded(g.advance("/c/", 8));
         assert_eq!(g.all().len(), 2, "{:?}", g.all());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_generation_is_past_every_one_recorded_whatever_the_clock() {
+        let dir = std::env::temp_dir().join(format!("tollgate-future-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("prefixes.json");
+        // Generations taken by a clock far ahead of this one.
+        let ahead = u64::MAX / 4;
+        let written = format!(r#"{{"/a/": {ahead}, "/a/b/": {}}}"#, ahead + 5);
+        std::fs::write(&file, written).expect("write");
+        let (g, _) = Generations::open(Some(file), true);
+        assert_eq!(lines(&g, "/a/b/1.png"), format!("\n^{}", ahead + 5));
+        // The outer prefix takes the inner one's place, with a generation past both.
+        let outer = recorded(g.advance("/a/", 8));
+        assert_eq!(outer, ahead + 6);
+        assert_eq!(lines(&g, "/a/b/1.png"), format!("\n^{outer}"));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
