@@ -97,7 +97,7 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
             );
         }
         return generation_purged(
-            "apiEndpoint",
+            ("apiEndpoint", "api_endpoint"),
             endpoint,
             cache.endpoints.advance(endpoint, usize::MAX),
         );
@@ -115,7 +115,7 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
         // As requests' paths are compared with it (the answer names this form).
         let prefix = crate::cache::generations::canonical(prefix);
         return generation_purged(
-            "prefix",
+            ("prefix", "prefix"),
             &prefix,
             cache
                 .prefixes
@@ -173,20 +173,15 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
     }
 }
 
-/// The answer to the purge of an api endpoint or a path prefix (`what`: the field that named
-/// it), a new generation of its keys.
+/// The answer to the purge of an api endpoint or a path prefix, a new generation of its keys
+/// (`what`: the field that named it, and the purge's `kind` in the metrics).
 fn generation_purged(
-    what: &str,
+    (what, kind): (&str, &str),
     name: &str,
     advanced: crate::cache::generations::Advanced,
 ) -> Response<Vec<u8>> {
     use crate::cache::generations::Advanced;
     if !matches!(advanced, Advanced::Full) {
-        let kind = if what == "prefix" {
-            "prefix"
-        } else {
-            "api_endpoint"
-        };
         crate::metrics::metrics().cache.purged(kind);
     }
     match advanced {

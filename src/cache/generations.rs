@@ -245,38 +245,27 @@ pub fn canonical(path: &str) -> Cow<'_, str> {
     // Escapes decoded, letters lowered.
     let mut flat = Vec::with_capacity(b.len());
     let mut i = 0;
+    let hex = |at: usize| b.get(at).and_then(|c| (*c as char).to_digit(16));
     while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        let decoded = match (
-            b[i],
-            b.get(i + 1).copied().and_then(hex),
-            b.get(i + 2).copied().and_then(hex),
-        ) {
-            (b'%', Some(h), Some(l)) => u8::try_from(h * 16 + l)
-                .ok()
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~')),
-            _ => None,
-        };
-        let escape = matches!(
-            (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex)
-            ),
-            (Some(_), Some(_))
-        );
-        match decoded {
-            Some(c) => {
-                flat.push(c.to_ascii_lowercase());
+        match (b[i], hex(i + 1), hex(i + 2)) {
+            // An escape: an unreserved character's is decoded, any other's kept (lowercase).
+            (b'%', Some(h), Some(l)) => {
+                let c = (h * 16 + l) as u8;
+                if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+                    flat.push(c.to_ascii_lowercase());
+                } else {
+                    flat.extend(b[i..i + 3].iter().map(u8::to_ascii_lowercase));
+                }
                 i += 3;
             }
             // A `%` that begins no escape is written as one, so that the form is its own form
             // (`%%37%32` would be `%72` once, `r` the next time).
-            None if b[i] == b'%' && !escape => {
+            (b'%', ..) => {
                 flat.extend_from_slice(b"%25");
                 i += 1;
             }
-            None => {
-                flat.push(b[i].to_ascii_lowercase());
+            (c, ..) => {
+                flat.push(c.to_ascii_lowercase());
                 i += 1;
             }
         }
