@@ -105,7 +105,7 @@ impl Fill {
         resp: &mut ResponseHeader,
         map_request: impl FnOnce() -> bool,
     ) -> pingora_core::Result<()> {
-        self.decide(resp, map_request);
+        self.decide(resp, super::store::content_length(resp), map_request);
         resp.insert_header(super::X_CACHE_STATUS.clone(), "MISS")?;
         super::store::offer_ranges(resp)
     }
@@ -131,13 +131,18 @@ impl Fill {
 
     /// Decides from the upstream's response head whether the response is stored (once). One
     /// that will not be lets the requests waiting on the tile go on at once, not when its body
-    /// has reached this client. `map_request` (asked only for an XML answer): whether the
-    /// request asks for a map or a tile (see [`super::exception`]).
-    pub fn decide(&mut self, resp: &ResponseHeader, map_request: impl FnOnce() -> bool) {
+    /// has reached this client. `length`: its `Content-Length`. `map_request` (asked only for
+    /// an XML answer): whether the request asks for a map or a tile (see [`super::exception`]).
+    pub fn decide(
+        &mut self,
+        resp: &ResponseHeader,
+        length: Option<usize>,
+        map_request: impl FnOnce() -> bool,
+    ) {
         if std::mem::replace(&mut self.decided, true) {
             return;
         }
-        self.judge(resp, map_request);
+        self.judge(resp, length, map_request);
         if self.filling.is_none() {
             self.release();
         }
@@ -153,7 +158,12 @@ impl Fill {
         self.outcome = LockStatus::TransientError;
     }
 
-    fn judge(&mut self, resp: &ResponseHeader, map_request: impl FnOnce() -> bool) {
+    fn judge(
+        &mut self,
+        resp: &ResponseHeader,
+        length: Option<usize>,
+        map_request: impl FnOnce() -> bool,
+    ) {
         if super::exception::is_service_exception(resp, map_request) {
             // Not stored, and the tile not remembered as one not to cache: the upstream's
             // failure, as a 5xx is.
@@ -167,16 +177,16 @@ impl Fill {
         if self.permit.is_none() {
             return;
         }
-        if resp.headers.contains_key(http::header::VARY) {
+        let present = super::freshness::Present::of(&resp.headers);
+        if present.vary {
             // Stored per variant from now on, by Pingora's cache phases: the requests waiting
             // on this fetch go there and one of them fetches and stores its variant.
             mark_varied(self.hash);
             self.outcome = LockStatus::TransientError;
             return;
         }
-        match super::freshness::judge(resp, &self.rule) {
+        match super::freshness::judge_with(resp, &self.rule, &present) {
             Ok(fresh) => {
-                let length = super::store::content_length(resp);
                 if length.is_some_and(|n| n > self.rule.max_object_size) {
                     self.outcome = LockStatus::GiveUp;
                     return;

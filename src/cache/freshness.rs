@@ -53,16 +53,16 @@ const LONGEST: Duration = Duration::from_secs(1 << 31);
 /// up a header that is not there costs as much as one that is, and most tiles have few of
 /// these.
 #[derive(Default)]
-struct Present {
-    set_cookie: bool,
-    vary: bool,
-    cache_control: bool,
-    expires: bool,
-    age: bool,
+pub struct Present {
+    pub set_cookie: bool,
+    pub vary: bool,
+    pub cache_control: bool,
+    pub expires: bool,
+    pub age: bool,
 }
 
 impl Present {
-    fn of(headers: &http::HeaderMap) -> Present {
+    pub fn of(headers: &http::HeaderMap) -> Present {
         use http::header::{AGE, CACHE_CONTROL, EXPIRES, SET_COOKIE, VARY};
         let mut p = Present::default();
         for name in headers.keys() {
@@ -84,11 +84,19 @@ impl Present {
 
 /// Whether one response may be stored, and how long it stays fresh.
 pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCacheReason> {
+    judge_with(resp, rule, &Present::of(&resp.headers))
+}
+
+/// [`judge`], with the headers `resp` has looked for already.
+pub fn judge_with(
+    resp: &ResponseHeader,
+    rule: &CacheRule,
+    present: &Present,
+) -> Result<Freshness, NoCacheReason> {
     let uncacheable = NoCacheReason::Custom;
     if !rule.statuses.contains(&resp.status.as_u16()) {
         return Err(uncacheable("status"));
     }
-    let present = Present::of(&resp.headers);
     if present.set_cookie {
         return Err(uncacheable("set-cookie"));
     }
@@ -130,7 +138,7 @@ pub fn judge(resp: &ResponseHeader, rule: &CacheRule) -> Result<Freshness, NoCac
         Duration::ZERO
     } else {
         let age = || if present.age { age_of(resp) } else { 0 };
-        match lifetime(resp, now, &present) {
+        match lifetime(resp, now, present) {
             // Counted from when the response was made: the age the upstream gave it (a cache
             // before it) has passed of it already (RFC 9111 §4.2.3).
             Some(Lifetime::Made(d)) => d.saturating_sub(Duration::from_secs(age())),

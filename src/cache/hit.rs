@@ -133,16 +133,18 @@ pub fn miss_wire_head(
 
 /// The head a miss not stored (a tile new to a full memory tier, or missed fewer times than
 /// `minUses`) is answered with: the same as [`miss_wire_head`] of the head it would be stored
-/// with, written from the upstream's `resp` at once.
+/// with, written from the upstream's `resp` at once. `content_length`: that of `resp`.
 pub fn unstored_miss_head(
     resp: &ResponseHeader,
+    content_length: Option<usize>,
     body_len: usize,
     edits: &[HeaderEdit],
     keepalive: bool,
     age: Option<u64>,
 ) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(256 + 48 * (resp.headers.len() + edits.len()));
-    let (ranges, names) = super::store::head::write_template(resp, body_len, &mut buf)?;
+    let (ranges, names) =
+        super::store::head::write_template(resp, content_length, body_len, &mut buf)?;
     edits_fit(&Template::new(&buf, ranges, names), edits)?;
     finish_head(&mut buf, ranges, age, b"MISS", edits, keepalive);
     Some(buf)
@@ -306,7 +308,14 @@ mod tests {
             for edits in &edits {
                 for (keepalive, age) in [(true, Some(3)), (false, None)] {
                     let expected = dateless(miss_wire_head(&stored, 20, edits, keepalive, age));
-                    let written = dateless(unstored_miss_head(resp, 20, edits, keepalive, age));
+                    let written = dateless(unstored_miss_head(
+                        resp,
+                        crate::cache::store::content_length(resp),
+                        20,
+                        edits,
+                        keepalive,
+                        age,
+                    ));
                     assert_eq!(written, expected, "{resp:?} {edits:?}");
                     answered += usize::from(written.is_some());
                 }

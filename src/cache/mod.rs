@@ -16,6 +16,7 @@ pub mod freshness;
 pub mod generations;
 pub mod hit;
 pub mod key;
+mod lock;
 pub mod outage;
 mod outcome;
 pub mod policy;
@@ -33,9 +34,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use pingora_cache::key::HashBinary;
-use pingora_cache::lock::{
-    CacheKeyLock, CacheKeyLockImpl, CacheLock, LockStatus, Locked, WritePermit,
-};
+use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::predictor::Predictor;
 use pingora_cache::{CacheKey, CacheOptionOverrides};
 use pingora_core::{Error, ErrorType, Result};
@@ -53,6 +52,7 @@ use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
 
 use crate::gateway::Gateway;
 use crate::pipeline::Exchange;
+use lock::TileLock;
 use store::TileStore;
 
 /// Where the tile store keeps objects.
@@ -144,7 +144,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         store::memory::MemoryTier::new(opts.memory),
         disk,
     )));
-    let lock: &'static TileLock = Box::leak(Box::new(TileLock(CacheLock::new_boxed(LOCK_AGE))));
+    let lock: &'static TileLock = Box::leak(Box::new(TileLock::new(LOCK_AGE)));
     // Do not remember a key as uncacheable for a status the step does not store (an error
     // now is no reason to stop caching the tile later).
     let predictor: &'static Predictor<16> = Box::leak(Box::new(Predictor::new(
@@ -404,28 +404,4 @@ pub async fn invalidate_after(
     let host = req.headers.get(http::header::HOST);
     let host = host.and_then(|h| h.to_str().ok()).or(target.authority);
     purge::invalidate_url(gateway.load_full(), host, target.url).await;
-}
-
-/// The tiles' fetch lock: Pingora's, except that the requests waiting on a fetch the store
-/// declined (a tile new to a full memory tier) compete to fetch it again — the next fetch finds
-/// it missed twice and stores it — where a response that may not be stored lets them all go
-/// upstream at once.
-struct TileLock(Box<CacheLock>);
-
-impl CacheKeyLock for TileLock {
-    fn lock(&self, key: &CacheKey, stale_writer: bool) -> Locked {
-        self.0.lock(key, stale_writer)
-    }
-
-    fn release(&self, key: &CacheKey, permit: WritePermit, reason: LockStatus) {
-        self.0.release(key, permit, reason);
-    }
-
-    fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
-        if reason == DECLINED {
-            LockStatus::TransientError
-        } else {
-            self.0.custom_lock_status(reason)
-        }
-    }
 }

@@ -434,7 +434,9 @@ pub fn reply_header(reply: &Reply, edits: &[HeaderEdit]) -> Result<ResponseHeade
 /// part of the key).
 pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: bool) -> Result<()> {
     // A client never speaks for the gateway about who the consumer is.
-    upstream.remove_header(&EG_CONSUMER_ID);
+    if upstream.headers.contains_key(&EG_CONSUMER_ID) {
+        upstream.remove_header(&EG_CONSUMER_ID);
+    }
     if filling {
         let secret = x
             .cache
@@ -461,11 +463,11 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
             let (before, own) = x
                 .upstream_edits
                 .split_at(plan.edits_before.min(x.upstream_edits.len()));
-            apply_edits(upstream, before)?;
+            apply_upstream_edits(upstream, before, filling)?;
             if let Ok(id) = HeaderValue::from_str(x.request_id.get()) {
                 upstream.insert_header(crate::policies::proxy::REQUEST_ID.clone(), id)?;
             }
-            apply_edits(upstream, own)?;
+            apply_upstream_edits(upstream, own, filling)?;
             // As EG's proxy: `changeOrigin` sets the url's Host after every step's edits; a
             // request left without one (a step removed it) gets the url's, as Node's client
             // gives it. Never a request without Host.
@@ -478,10 +480,23 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
                 None => {}
             }
         }
-        None => apply_edits(upstream, &x.upstream_edits)?,
+        None => apply_upstream_edits(upstream, &x.upstream_edits, filling)?,
     }
-    if filling {
-        upstream.remove_header(&EG_CONSUMER_ID);
+    Ok(())
+}
+
+/// Applies the pipeline's `edits` to the upstream request; for a cache fill (made for every
+/// consumer) without those of `eg-consumer-id`, which names one.
+fn apply_upstream_edits(
+    upstream: &mut RequestHeader,
+    edits: &[HeaderEdit],
+    filling: bool,
+) -> Result<()> {
+    if !filling {
+        return apply_edits(upstream, edits);
+    }
+    for edit in edits.iter().filter(|e| *e.name() != EG_CONSUMER_ID) {
+        apply_edits(upstream, std::slice::from_ref(edit))?;
     }
     Ok(())
 }

@@ -342,13 +342,13 @@ fn whole(fill: &mut Fill, up: &Upstream, x: &Exchange, keepalive: bool) -> Optio
     let resp = up.resp_header()?;
     let edits = &x.response_edits;
     let (len, age) = length_and_age(resp).filter(|(n, _)| *n <= WHOLE_MAX)?;
-    fill.decide(resp, || crate::cache::exception::asks_for_map(x));
+    fill.decide(resp, Some(len), || crate::cache::exception::asks_for_map(x));
     // A fill that stores the answer holds its head; one that does not (below `minUses`, not
     // admitted, judged one not stored: it let its lock go) is answered as the upstream sent
     // it (a head that cannot be written so, with `Vary`, goes through Pingora's session).
     match fill.answer_head() {
         Some(stored) if fill.stores() => miss_wire_head(stored, len, edits, keepalive, age),
-        _ => unstored_miss_head(resp, len, edits, keepalive, age),
+        _ => unstored_miss_head(resp, Some(len), len, edits, keepalive, age),
     }
 }
 

@@ -170,14 +170,14 @@ impl<'a> Template<'a> {
 
 /// Writes the template of a hit's head ([`StoredHead::hit_template`]) for `resp` as it would
 /// be stored (without [`NOT_STORED`]) into `out`, without storing it: what a miss that is not
-/// stored is answered with. Its `ranges` and name bits; `None` (nothing written) when the head
-/// is not sent as it is stored.
+/// stored is answered with. `content_length`: that of `resp`. Its `ranges` and name bits;
+/// `None` (nothing written) when the head is not sent as it is stored.
 pub fn write_template(
     resp: &ResponseHeader,
+    content_length: Option<usize>,
     body_len: usize,
     out: &mut BytesMut,
 ) -> Option<(bool, u64)> {
-    let content_length = super::content_length(resp);
     let varies = resp.headers.contains_key(http::header::VARY);
     if !sent_as_stored(resp.status, content_length, varies, body_len) {
         return None;
