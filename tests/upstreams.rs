@@ -919,3 +919,40 @@ fn an_upstream_urls_query_is_never_shown() {
         "{metrics}"
     );
 }
+
+/// A cache fill retried on another url — the first refused the connection — fetches for
+/// every consumer there too: its path keeps only the parameters that make the key, never the
+/// credential the client sent in its query.
+#[test]
+fn a_fill_retried_on_another_url_sends_no_credential_there() {
+    let alive = PyUpstream::start("alive", 5.0);
+    let dead = format!("http://127.0.0.1:{}", support::free_port());
+    let dir = ConfigDir::new(&config(
+        &[dead, alive.url("")],
+        "{outlierDetection: false, retries: 1}",
+        "",
+        "      - cache: [{action: {ttl: 60}}]\n",
+    ));
+    for fast_path in ["on", "off"] {
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast_path], &[]);
+        for i in 0..4 {
+            let r = get(
+                gw.port,
+                "GET",
+                &format!("/tiles/{fast_path}/{i}.png?apiKey=k1:s1&layer=a"),
+                &[],
+            );
+            assert_eq!(r.status, 200, "fast path {fast_path}: {}", gw.log_text());
+            assert_eq!(r.header("x-cache-status"), Some("MISS"));
+            let saw: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
+            let path = saw["path"].as_str().unwrap_or("");
+            assert!(path.ends_with("?layer=a"), "fast path {fast_path}: {path}");
+        }
+        // Half of the fills were sent to the dead url first.
+        assert!(
+            gw.metric(r#"tollgate_upstream_errors_total{kind="refused"}"#) >= 2.0,
+            "fast path {fast_path}: {}",
+            gw.log_text()
+        );
+    }
+}

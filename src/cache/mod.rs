@@ -278,16 +278,12 @@ pub fn neutral_fill(x: &mut Exchange) {
     let Some(u) = &x.cache else {
         return;
     };
-    let rule = u.rule.clone();
     if let Some(plan) = &mut x.proxy {
-        // A retry on another url makes its path from the recipe: the same parameters there.
-        let (path, url) = key::neutral_both(&plan.path, &plan.path_recipe.url, &rule);
-        if let Some(path) = path {
+        if let Some(path) = key::neutral(&plan.path, &u.rule) {
             plan.path = path;
         }
-        if let Some(url) = url {
-            plan.path_recipe.url = url;
-        }
+        // A retry on another url makes its path from the recipe: the same parameters there.
+        plan.path_recipe.neutral = Some(u.rule.clone());
     }
 }
 

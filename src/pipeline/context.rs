@@ -171,6 +171,11 @@ pub struct PathRecipe {
     pub url: String,
     pub prepend_path: bool,
     pub ignore_path: bool,
+    /// For a cache fill (made for every consumer): the `cache` step whose key's query
+    /// parameters are all the url keeps of its query (see [`crate::cache::key::neutral`]),
+    /// applied when a path is made from it (a retry on another url; the first url's path is
+    /// made neutral as the fill begins).
+    pub neutral: Option<std::sync::Arc<crate::cache::policy::CacheRule>>,
 }
 
 impl PathRecipe {
@@ -182,10 +187,15 @@ impl PathRecipe {
                 "/".into()
             };
         }
+        let neutral = self
+            .neutral
+            .as_ref()
+            .and_then(|rule| crate::cache::key::neutral(&self.url, rule));
+        let url = neutral.as_deref().unwrap_or(&self.url);
         if self.prepend_path {
-            crate::policies::proxy::url_join(base_path, &self.url)
+            crate::policies::proxy::url_join(base_path, url)
         } else {
-            self.url.clone()
+            url.to_string()
         }
     }
 }

@@ -147,6 +147,7 @@ impl Proxy {
             },
             prepend_path: self.prepend_path,
             ignore_path: self.ignore_path,
+            neutral: None,
         }
     }
 }

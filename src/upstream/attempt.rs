@@ -309,6 +309,7 @@ mod tests {
                 url: "/".into(),
                 prepend_path: true,
                 ignore_path: false,
+                neutral: None,
             },
             change_origin: false,
             connect_timeout: None,
