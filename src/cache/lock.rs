@@ -85,7 +85,10 @@ impl CacheKeyLock for TileLock {
             return Locked::Read(stub.read_lock());
         }
         let (permit, stub) = WritePermit::new(self.age, stale_writer, http::Extensions::new());
-        shard.insert(n, stub);
+        let replaced = shard.insert(n, stub);
+        // A lock replaced is let go outside the shard's mutex, as in `release`.
+        drop(shard);
+        drop(replaced);
         Locked::Write(permit)
     }
 
@@ -97,7 +100,12 @@ impl CacheKeyLock for TileLock {
             return;
         }
         let (n, mut shard) = self.shard(key);
-        let stub = shard.remove(&n);
+        // Only this permit's own lock: one past its age may have been replaced between the
+        // look at its status and the shard's mutex (a waiter timed out, a new fetch began).
+        let own = shard
+            .get(&n)
+            .is_some_and(|s| std::ptr::eq(s.extensions(), permit.extensions()));
+        let stub = if own { shard.remove(&n) } else { None };
         drop(shard);
         // Its waiters go on when it is unlocked; the table's handle to it is let go outside
         // the shard's mutex.
@@ -166,27 +174,33 @@ mod tests {
     }
 
     #[test]
-    fn a_lock_past_its_age_is_taken_over() {
+    fn a_lock_past_its_age_is_taken_over_and_its_release_leaves_the_new_one() {
+        use futures_util::FutureExt;
         let lock = TileLock::new(Duration::ZERO);
         let k = key("/a");
         let Locked::Write(old) = lock.lock(&k, false) else {
             panic!("the first request writes");
         };
         let Locked::Read(read) = lock.lock(&k, false) else {
-            panic!("the lock is in the table");
+            panic!("the lock is in the table until a wait finds it past its age");
         };
-        // A waiter finds it past its age (as Pingora's waiting does) and marks it so.
+        // A waiter finds it past its age and marks it so (without waiting).
+        assert!(read.wait().now_or_never().is_some());
         assert_eq!(read.lock_status(), LockStatus::AgeTimeout);
-        let Locked::Read(_) = lock.lock(&k, false) else {
-            panic!("its status is not stored until a wait times out");
-        };
-        drop(read);
-        let mut old = old;
-        old.unlock(LockStatus::AgeTimeout);
         let Locked::Write(new) = lock.lock(&k, false) else {
             panic!("a timed-out lock is replaced");
         };
+        // The old fetch ends late: the new one's lock stays.
+        lock.release(&k, old, LockStatus::Done);
+        let Locked::Read(waiting) = lock.lock(&k, false) else {
+            panic!("the new fetch's lock was taken out by the old one's release");
+        };
         lock.release(&k, new, LockStatus::Done);
+        assert_eq!(waiting.lock_status(), LockStatus::Done);
+        let Locked::Write(next) = lock.lock(&k, false) else {
+            panic!("released: a new fetch writes");
+        };
+        lock.release(&k, next, LockStatus::Done);
     }
 
     #[test]
