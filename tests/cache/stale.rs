@@ -538,6 +538,49 @@ fn a_head_of_a_stale_tile_leaves_its_refresh_to_the_gets() {
     assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "HIT");
 }
 
+/// A HEAD of a tile its upstream failed goes upstream once the failure is a second old; the
+/// upstream's answer to it (never stored) does not end the tile's outage record, as an answer
+/// that is not stored and no failure does: only a GET's refresh says the tile is served fresh
+/// again.
+#[test]
+fn a_heads_answer_leaves_the_tiles_outage_on_record() {
+    let mut up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 1, staleWhileRevalidate: 0, staleIfError: 300}",
+        &[],
+    );
+    let failing = || {
+        support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]))["failingTiles"]
+            .clone()
+    };
+    let t = "/open/outage/head.png";
+    assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "MISS");
+    std::thread::sleep(Duration::from_millis(1500));
+    up.kill();
+    let r = get(gw.port, "GET", t, &[]);
+    assert_eq!((r.status, cache_status(&r)), (200, "STALE"));
+    assert_eq!(failing(), 1);
+    up.restart();
+    // Past the second after the failure: the next request asks the upstream.
+    std::thread::sleep(Duration::from_millis(1200));
+    let head = get(gw.port, "HEAD", t, &[]);
+    assert_eq!(
+        (head.status, cache_status(&head)),
+        (200, "EXPIRED"),
+        "the HEAD asked the upstream\n{}",
+        gw.log_text()
+    );
+    assert_eq!(
+        failing(),
+        1,
+        "the HEAD's answer ended the tile's outage record"
+    );
+    let r = get(gw.port, "GET", t, &[]);
+    assert_eq!((r.status, cache_status(&r)), (200, "EXPIRED"));
+    assert_eq!(cache_status(&get(gw.port, "GET", t, &[])), "HIT");
+}
+
 /// An OGC service exception (a WMS server's XML report of its failure, sent with status 200)
 /// is never stored as the tile, the tile is stored once the upstream draws it, and a stale
 /// copy answers in a later report's place as it does for a 5xx. A map or a tile is asked for by
