@@ -70,15 +70,16 @@ pub async fn lookup(req: &RequestHeader, path: &str, x: &Exchange, may_fill: boo
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
     let forwarding = super::forwarding_of(&req.headers);
-    let key = super::key::cache_key(super::primary_of(x, path, host, forwarding.as_deref()));
-    let hash = pingora_cache::key::CacheHashKey::primary_bin(&key);
+    let primary = super::primary_of(x, path, host, forwarding.as_deref());
+    // Pingora's key is made only for a miss: a hit needs the hash alone.
+    let hash = super::key::digest(primary.as_bytes());
     match cache.store.find(hash).await {
         Some(object) => match object.meta.fresh_age(crate::clock::wall()) {
             Some(age) => Lookup::Fresh(FreshHit { object, age }),
             None => Lookup::General,
         },
         None if may_fill && req.method == http::Method::GET => {
-            super::fill::begin(cache, key, hash, u)
+            super::fill::begin(cache, super::key::keyed(primary, hash), hash, u)
                 .map_or(Lookup::General, |f| Lookup::Fill(Box::new(f)))
         }
         None => Lookup::General,

@@ -53,8 +53,15 @@ pub fn digest(primary: &[u8]) -> HashBinary {
 /// The cache key of a request's primary key text, with its hash made by [`digest`]. (A key
 /// given a variance later is hashed with it by Pingora.)
 pub fn cache_key(primary: String) -> CacheKey {
+    let hash = digest(primary.as_bytes());
+    keyed(primary, hash)
+}
+
+/// The cache key of a request's primary key text whose [`digest`] is `hash` (made already: a
+/// lookup that finds the tile needs only the hash).
+pub fn keyed(primary: String, hash: HashBinary) -> CacheKey {
     let mut key = CacheKey::new(primary, "");
-    key.set_primary_bin_override(digest(key.primary_key()));
+    key.set_primary_bin_override(hash);
     key
 }
 
