@@ -110,18 +110,14 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         generations::Generations::open(record("generations.json"), false);
     let (prefixes, prefixes_damaged) =
         generations::Generations::open(record("prefixes.json"), true);
-    if endpoints_damaged || prefixes_damaged {
-        if let Some((dir, _)) = &opts.disk {
-            let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
-        }
-        for (g, damaged) in [
-            (&endpoints, endpoints_damaged),
-            (&prefixes, prefixes_damaged),
-        ] {
-            if damaged {
-                g.record_afresh();
-            }
-        }
+    if let (true, Some((dir, _))) = (endpoints_damaged || prefixes_damaged, &opts.disk) {
+        let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
+    }
+    if endpoints_damaged {
+        endpoints.record_afresh();
+    }
+    if prefixes_damaged {
+        prefixes.record_afresh();
     }
     let disk = match &opts.disk {
         Some((dir, budget)) => Some(

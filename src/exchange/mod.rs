@@ -339,7 +339,10 @@ pub fn strip_hop_by_hop(head: &mut impl HeaderMapped) {
     }
 }
 
-pub fn apply_edits(target: &mut impl EditableHeaders, edits: &[HeaderEdit]) -> Result<()> {
+pub fn apply_edits<'a>(
+    target: &mut impl EditableHeaders,
+    edits: impl IntoIterator<Item = &'a HeaderEdit>,
+) -> Result<()> {
     for edit in edits {
         match edit {
             HeaderEdit::Set(n, v) => target.set(n.clone(), v.clone())?,
@@ -492,13 +495,12 @@ fn apply_upstream_edits(
     edits: &[HeaderEdit],
     filling: bool,
 ) -> Result<()> {
-    if !filling {
-        return apply_edits(upstream, edits);
-    }
-    for edit in edits.iter().filter(|e| *e.name() != EG_CONSUMER_ID) {
-        apply_edits(upstream, std::slice::from_ref(edit))?;
-    }
-    Ok(())
+    apply_edits(
+        upstream,
+        edits
+            .iter()
+            .filter(|e| !filling || *e.name() != EG_CONSUMER_ID),
+    )
 }
 
 #[cfg(test)]
