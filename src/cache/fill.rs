@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use pingora_cache::key::HashBinary;
-use pingora_cache::lock::{LockStatus, Locked, WritePermit};
+use pingora_cache::lock::LockStatus;
 use pingora_cache::predictor::CacheablePredictor;
 use pingora_cache::{CacheKey, NoCacheReason};
 use pingora_http::ResponseHeader;
@@ -25,7 +25,7 @@ pub struct Fill {
     cache: &'static TileCache,
     key: CacheKey,
     hash: HashBinary,
-    permit: Option<WritePermit>,
+    permit: Option<super::lock::FastPermit>,
     rule: Arc<CacheRule>,
     filling: Option<Filling>,
     /// The store's count of purges when the request's step ran.
@@ -75,10 +75,7 @@ pub fn begin(
     }
     let stored = cache.stores_miss(hash, rule);
     let permit = match stored {
-        true => match cache.lock.lock(&key, false) {
-            Locked::Write(permit) => Some(permit),
-            Locked::Read(_) => return None,
-        },
+        true => Some(cache.lock.take(hash)?),
         false => None,
     };
     Some(Fill {
@@ -250,7 +247,7 @@ impl Fill {
     /// Lets the requests waiting on the tile go on, as `outcome` says.
     fn release(&mut self) {
         if let Some(permit) = self.permit.take() {
-            self.cache.lock.release(&self.key, permit, self.outcome);
+            permit.release(self.outcome);
         }
     }
 }

@@ -71,7 +71,7 @@ pub static X_CACHE_STATUS: http::header::HeaderName =
 /// The process's tile cache.
 pub struct TileCache {
     pub store: &'static TileStore,
-    lock: &'static CacheKeyLockImpl,
+    lock: &'static TileLock,
     predictor: &'static Predictor<16>,
     /// Per api endpoint: purging all of it starts a new generation, part of its keys.
     pub endpoints: generations::Generations,
@@ -245,7 +245,7 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     // A HEAD's miss takes no lock: it stores nothing (see [`keep_head`]), and a lock left
     // held made the tile's GETs wait `lockTimeout` each, for the lock's age. A HEAD is
     // answered from what is stored.
-    let lock = (*method == http::Method::GET).then_some(cache.lock);
+    let lock = (*method == http::Method::GET).then_some(cache.lock as &'static CacheKeyLockImpl);
     session.cache.enable(
         cache.store,
         None,
