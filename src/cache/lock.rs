@@ -383,20 +383,23 @@ mod tests {
     }
 
     #[test]
-    fn a_fast_fill_past_its_age_is_replaced_and_its_release_leaves_the_new_lock() {
-        let lock = table(Duration::from_millis(40));
+    fn a_fast_fills_waiters_wait_for_what_is_left_of_its_age() {
+        let lock = table(Duration::from_millis(400));
         let k = key("/a");
         let old = lock.take(k.combined_bin()).expect("the first fetch");
+        std::thread::sleep(Duration::from_millis(250));
         let Locked::Read(read) = lock.lock(&k, false) else {
-            panic!("a waiter");
+            panic!("a waiter, well within the lock's age");
         };
-        // Its waiters wait for what is left of the lock's age, no longer.
         assert!(read.locked() && !read.expired());
-        std::thread::sleep(Duration::from_millis(60));
+        // Past the fill's age, not the 400 ms a lock made now would have.
+        std::thread::sleep(Duration::from_millis(200));
         assert!(read.expired());
         let Locked::Write(new) = lock.lock(&k, false) else {
             panic!("a fill past its age is replaced");
         };
+        // Its waiters are let go, not left on a lock nobody releases.
+        assert!(!read.locked());
         assert_eq!(read.lock_status(), LockStatus::AgeTimeout);
         // The old fill ends late: the new fetch's lock stays.
         old.release(LockStatus::Done);
@@ -405,6 +408,47 @@ mod tests {
         };
         lock.release(&k, new, LockStatus::Done);
         assert_eq!(waiting.lock_status(), LockStatus::Done);
+    }
+
+    #[test]
+    fn a_fast_fill_replaced_by_another_leaves_it_in_place_when_it_ends() {
+        let lock = table(Duration::from_millis(100));
+        let k = key("/a");
+        let old = lock.take(k.combined_bin()).expect("the first fetch");
+        std::thread::sleep(Duration::from_millis(150));
+        let new = lock
+            .take(k.combined_bin())
+            .expect("a fill past its age is replaced");
+        old.release(LockStatus::Done);
+        assert!(
+            lock.take(k.combined_bin()).is_none(),
+            "the old fill's release took the new fill's lock out"
+        );
+        drop(new);
+        let again = lock.take(k.combined_bin()).expect("released: a new fetch");
+        again.release(LockStatus::Done);
+    }
+
+    #[tokio::test]
+    async fn a_waiter_on_a_fast_fill_goes_on_with_its_outcome() {
+        let lock = table(Duration::from_secs(30));
+        let k = key("/a");
+        let fill = lock.take(k.combined_bin()).expect("the first fetch");
+        let Locked::Read(read) = lock.lock(&k, false) else {
+            panic!("a waiter");
+        };
+        let waiting = tokio::spawn(async move {
+            read.wait().await;
+            read.lock_status()
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "the waiter waits for the fill");
+        fill.release(LockStatus::TransientError);
+        let status = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("the waiter goes on")
+            .expect("the waiter's task");
+        assert_eq!(status, LockStatus::TransientError);
     }
 
     #[test]
