@@ -231,7 +231,10 @@ impl CacheKeyLock for TileLock {
         let mut shard = self.shard(n);
         // Only this permit's own lock: one past its age may have been replaced between the
         // look at its status and the shard's mutex (a waiter timed out, a new fetch began).
-        let own = matches!(shard.get(&n), Some(Held::Pingora(s)) if std::ptr::eq(s.extensions(), permit.extensions()));
+        let own = matches!(
+            shard.get(&n),
+            Some(Held::Pingora(s)) if std::ptr::eq(s.extensions(), permit.extensions())
+        );
         let stub = if own { shard.remove(&n) } else { None };
         drop(shard);
         // Its waiters go on when it is unlocked; the table's handle to it is let go outside
