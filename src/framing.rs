@@ -69,8 +69,14 @@ fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
-        .filter(|c| !c.is_empty())
         .collect();
+    // An empty element (`chunked,`, an empty line) is refused: Pingora's readers take the
+    // literal last element for the coding, so `chunked,` would read as no chunks — a body read
+    // until the connection closes, relayed with a `Transfer-Encoding: chunked` that says
+    // otherwise (a client would read what follows the last chunk as the next answer).
+    if codings.iter().any(|c| c.is_empty()) {
+        return Some("unsupported Transfer-Encoding");
+    }
     match codings.as_slice() {
         [] => None,
         [only] if only.eq_ignore_ascii_case(b"chunked") => None,
@@ -204,6 +210,19 @@ mod tests {
             (
                 &[("transfer-encoding", "chunked, chunked")],
                 "chunked more than once",
+            ),
+            // Pingora's reader would take the empty last element for the coding: no chunks.
+            (
+                &[("transfer-encoding", "chunked,")],
+                "unsupported Transfer-Encoding",
+            ),
+            (
+                &[("transfer-encoding", "chunked"), ("transfer-encoding", "")],
+                "unsupported Transfer-Encoding",
+            ),
+            (
+                &[("transfer-encoding", "")],
+                "unsupported Transfer-Encoding",
             ),
         ] {
             assert_eq!(response_problem(&headers(bad)), Some(why), "{bad:?}");

@@ -268,6 +268,46 @@ fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
     }
 }
 
+/// A body that ends with the connection (to an HTTP/1.0 client, which knows no chunks) and is
+/// let go after the send timeout is reset, on both paths: closed in order, the part the client
+/// had would look like the whole body.
+#[test]
+fn a_close_delimited_body_let_go_after_the_send_timeout_is_reset() {
+    let port = chunky_upstream();
+    let dir = ConfigDir::new(&config(&format!("http://127.0.0.1:{port}")));
+    for fast in ["on", "off"] {
+        let gw =
+            GatewayProcess::start_with(&dir, &["--send-timeout", "1", "--fast-path", fast], &[]);
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        s.set_recv_buffer_size(4096)
+            .expect("a small receive buffer");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
+        s.connect(&addr.into()).expect("connect");
+        let mut s: TcpStream = s.into();
+        s.write_all(b"GET /tiles/big HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .expect("send");
+        // It reads nothing until the gateway has let it go.
+        std::thread::sleep(Duration::from_secs(3));
+        gw.metric_when("tollgate_client_connections", |n| n <= 1.0);
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut got = Vec::new();
+        let ended = s.read_to_end(&mut got);
+        let text = String::from_utf8_lossy(&got[..got.len().min(200)]).into_owned();
+        assert!(
+            text.is_empty() || (text.starts_with("HTTP/1.1 200") && !text.contains("chunked")),
+            "fast path {fast}: {text:?}"
+        );
+        assert_eq!(
+            ended.map_err(|e| e.kind()).err(),
+            Some(std::io::ErrorKind::ConnectionReset),
+            "fast path {fast}: a body cut short ended in order after {} bytes",
+            got.len()
+        );
+    }
+}
+
 #[test]
 fn past_the_connection_cap_new_connections_wait_in_the_backlog() {
     let up = EchoUpstream::start("tiles");

@@ -436,6 +436,18 @@ fn ambiguous_upstreams() -> Vec<(&'static str, u16)> {
                 )
             }),
         ),
+        (
+            // Read by its literal last element (none): until the upstream closes, so what
+            // follows the last chunk would reach the client as the next answer.
+            "an empty coding after chunked",
+            support::upstream::raw(|c| {
+                answer(
+                    c,
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked,\r\n",
+                    b"5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil",
+                )
+            }),
+        ),
     ]
 }
 

@@ -15,12 +15,13 @@ use std::sync::Mutex;
 
 use http::HeaderMap;
 
+use super::policy::CacheRule;
+
 /// The headers, in the order their values are written into a key: the host, scheme, port
 /// and path prefix a proxy in front says clients used, in the forms proxies and upstreams
-/// (GeoServer, MapServer, QGIS Server, Spring) name them. Not the headers that carry the
-/// client's whole target (`X-Original-URI`, `X-Forwarded-Uri`): its query holds credentials,
-/// so every consumer would get a copy of its own.
-const HEADERS: [&str; 22] = [
+/// (GeoServer, MapServer, QGIS Server, Spring) name them, and the client's whole target as
+/// such a proxy passes it on ([`WHOLE_TARGET`]).
+const HEADERS: [&str; 24] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -43,7 +44,76 @@ const HEADERS: [&str; 22] = [
     "x-qgis-wfs-service-url",
     "x-qgis-wcs-service-url",
     "x-qgis-wmts-service-url",
+    "x-original-uri",
+    "x-forwarded-uri",
 ];
+
+/// Of [`HEADERS`], those that carry the client's whole target (`X-Original-URL` and
+/// `X-Rewrite-URL` as IIS's rewriting passes it on, `X-Original-URI` and `X-Forwarded-Uri` as
+/// nginx's and Traefik's): its query holds the consumer's credentials. In the key, and in what
+/// a fill sends upstream, such a value keeps only the query parameters the key keeps (see
+/// [`super::key::neutral`]): no credential is stored, written into the disk tier's record of
+/// these values or sent upstream by a fill (whose answer, a capabilities document listing URLs
+/// made from it, everyone is served), and every consumer shares one copy.
+const WHOLE_TARGET: [&str; 4] = [
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-forwarded-uri",
+];
+
+/// Whether a request header's name may be one of [`HEADERS`]: most requests carry none, and
+/// a look at each name's length and first byte tells.
+fn maybe(name: &str) -> bool {
+    name.len() >= 6 && matches!(name.as_bytes()[0], b'x' | b'f')
+}
+
+/// Whether `name` (lowercase, as a request names it) is `header`, with `_` for `-` too.
+fn same(header: &str, name: &str) -> bool {
+    header.len() == name.len()
+        && header
+            .bytes()
+            .zip(name.bytes())
+            .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
+}
+
+/// A whole-target value (see [`WHOLE_TARGET`]) with only the query parameters the key keeps,
+/// when it has others.
+fn neutral_target(value: &[u8], rule: &CacheRule) -> Option<String> {
+    super::key::neutral(std::str::from_utf8(value).ok()?, rule)
+}
+
+/// Makes the whole-target headers of a fill's upstream request carry only the query
+/// parameters the key keeps (see [`WHOLE_TARGET`]); their other headers' order stays.
+pub fn neutralise(req: &mut pingora_http::RequestHeader, rule: &CacheRule) {
+    if !req.headers.keys().any(|n| maybe(n.as_str())) {
+        return;
+    }
+    let mut changed: Vec<(http::HeaderName, Vec<http::HeaderValue>)> = Vec::new();
+    for name in req.headers.keys() {
+        if !WHOLE_TARGET.iter().any(|h| same(h, name.as_str())) {
+            continue;
+        }
+        let values = req.headers.get_all(name);
+        let neutral = |v: &http::HeaderValue| {
+            let n = neutral_target(v.as_bytes(), rule)?;
+            http::HeaderValue::from_str(&n).ok()
+        };
+        if values.iter().any(|v| neutral(v).is_some()) {
+            let values = values
+                .iter()
+                .map(|v| neutral(v).unwrap_or_else(|| v.clone()));
+            changed.push((name.clone(), values.collect()));
+        }
+    }
+    for (name, values) in changed {
+        req.remove_header(&name);
+        for v in values {
+            // (Infallible: a name and value taken from a header map.)
+            let _ = req.append_header(name.clone(), v);
+        }
+    }
+}
 
 /// The key's part for the forwarding headers a request carries, `None` without any: one
 /// `name:value` line per header line, in [`HEADERS`]' order (a repeated header's lines in
@@ -51,11 +121,7 @@ const HEADERS: [&str; 22] = [
 /// upstream, MapServer's, reads it as `HTTP_X_FORWARDED_HOST`), bytes outside visible ASCII
 /// and `\` written `\xHH`; of `Forwarded` only its `host`, `proto` and `path` parameters (its
 /// `for`, each client's own address, would give every client a copy of its own).
-pub fn of(headers: &HeaderMap) -> Option<String> {
-    // Most requests carry none: a look at each name's length and first byte tells.
-    fn maybe(name: &str) -> bool {
-        name.len() >= 6 && matches!(name.as_bytes()[0], b'x' | b'f')
-    }
+pub fn of(headers: &HeaderMap, rule: &CacheRule) -> Option<String> {
     if !headers.keys().any(|n| maybe(n.as_str())) {
         return None;
     }
@@ -65,13 +131,7 @@ pub fn of(headers: &HeaderMap) -> Option<String> {
         if !maybe(name) {
             continue;
         }
-        let same = |h: &&str| {
-            h.len() == name.len()
-                && h.bytes()
-                    .zip(name.bytes())
-                    .all(|(a, b)| a == b || (a == b'-' && b == b'_'))
-        };
-        let Some(i) = HEADERS.iter().position(same) else {
+        let Some(i) = HEADERS.iter().position(|h| same(h, name)) else {
             continue;
         };
         let value = if i == 0 {
@@ -79,6 +139,11 @@ pub fn of(headers: &HeaderMap) -> Option<String> {
             match forwarded_params(value.as_bytes()) {
                 v if v.is_empty() => continue,
                 v => std::borrow::Cow::Owned(v),
+            }
+        } else if WHOLE_TARGET.contains(&HEADERS[i]) {
+            match neutral_target(value.as_bytes(), rule) {
+                Some(v) => std::borrow::Cow::Owned(v.into_bytes()),
+                None => std::borrow::Cow::Borrowed(value.as_bytes()),
             }
         } else {
             std::borrow::Cow::Borrowed(value.as_bytes())
@@ -285,6 +350,11 @@ pub fn merged(
 mod tests {
     use super::*;
 
+    /// The part of `headers` for a step that keeps every parameter but the credentials.
+    fn of(headers: &HeaderMap) -> Option<String> {
+        super::of(headers, &crate::cache::key::tests::rule(None, &[]))
+    }
+
     fn headers(list: &[(&'static str, &'static [u8])]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (n, v) in list {
@@ -355,6 +425,61 @@ mod tests {
             );
             assert!(of(&h).is_some(), "{name}");
         }
+    }
+
+    /// The client's whole target, as a proxy in front passes it on, is keyed without the
+    /// consumer's credentials (one copy for all; none in the record of parts), and a fill
+    /// sends it so.
+    #[test]
+    fn a_whole_target_counts_and_goes_upstream_without_credentials() {
+        for name in [
+            "x-original-url",
+            "x-rewrite-url",
+            "x-original-uri",
+            "x_forwarded_uri",
+        ] {
+            let part = |target: &'static [u8]| {
+                let mut h = headers(&[("x-forwarded-proto", b"https")]);
+                h.append(
+                    http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                    http::HeaderValue::from_bytes(target).expect("value"),
+                );
+                of(&h).expect("a part")
+            };
+            let ann = part(b"/wmts/1/2/3.png?apiKey=ann-secret&LAYER=a");
+            assert_eq!(
+                ann,
+                part(b"/wmts/1/2/3.png?LAYER=a&jwt=bob.token.x"),
+                "{name}"
+            );
+            assert!(
+                !ann.contains("secret") && ann.contains("LAYER=a"),
+                "{name}: {ann}"
+            );
+            assert_ne!(ann, part(b"/wmts/1/2/3.png?LAYER=b"), "{name}");
+        }
+        let mut req = pingora_http::RequestHeader::build("GET", b"/t", None).expect("request");
+        for (n, v) in [
+            ("Accept", "image/png"),
+            ("X-Original-URI", "/t?apiKey=ann-secret&LAYER=a"),
+            ("X-Forwarded-Host", "maps.example.com"),
+        ] {
+            req.append_header(n, v).expect("header");
+        }
+        neutralise(&mut req, &crate::cache::key::tests::rule(None, &[]));
+        let sent: Vec<(String, String)> = req
+            .headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        assert!(
+            sent.contains(&("x-original-uri".into(), "/t?LAYER=a".into())),
+            "{sent:?}"
+        );
+        assert_eq!(sent.len(), 3, "{sent:?}");
+        let mut wire = Vec::new();
+        req.header_to_h1_wire(&mut wire);
+        assert!(!String::from_utf8_lossy(&wire).contains("secret"));
     }
 
     #[test]

@@ -108,7 +108,15 @@ pub fn judge_with(
             return Err(uncacheable("vary"));
         };
         for field in v.split(',').map(str::trim) {
-            if field == "*" || PERSONAL.iter().any(|p| field.eq_ignore_ascii_case(p)) {
+            // (Nor one varying on a header the route's key-auth or jwt step reads, which a
+            // fill does not send: a variant per consumer, keyed by a credential.)
+            if field == "*"
+                || PERSONAL.iter().any(|p| field.eq_ignore_ascii_case(p))
+                || rule
+                    .secret_headers
+                    .iter()
+                    .any(|h| field.eq_ignore_ascii_case(h.as_str()))
+            {
                 return Err(uncacheable("vary"));
             }
         }
@@ -549,6 +557,14 @@ mod tests {
         assert_eq!(ttl(&resp(200, &[("vary", "*")])), None);
         assert_eq!(ttl(&resp(200, &[("vary", "Accept, Authorization")])), None);
         assert_eq!(ttl(&resp(200, &[("vary", "Accept-Encoding")])), Some(300));
+        // A header the route's key-auth step reads (a fill does not send it).
+        let keyed = CacheRule {
+            secret_headers: vec![http::HeaderName::from_static("x-api-key")],
+            ..rule()
+        };
+        let varies = resp(200, &[("vary", "Accept, X-API-Key")]);
+        assert!(judge(&varies, &keyed).is_err());
+        assert!(judge(&varies, &rule()).is_ok());
     }
 
     #[test]

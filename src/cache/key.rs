@@ -267,11 +267,11 @@ fn param_name(part: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn rule(key_params: Option<&[&str]>, ignore: &[&str]) -> CacheRule {
+    pub(crate) fn rule(key_params: Option<&[&str]>, ignore: &[&str]) -> CacheRule {
         CacheRule {
             ttl: Duration::from_secs(60),
             min_ttl: Duration::ZERO,

@@ -292,9 +292,9 @@ pub fn active(session: &Session) -> bool {
 
 /// The request's cache key.
 pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
-    if x.cache.is_none() || x.proxy.is_none() {
+    let (Some(u), Some(_)) = (&x.cache, &x.proxy) else {
         return Error::e_explain(ErrorType::InternalError, "cache key without a cache step");
-    }
+    };
     // As routing takes it: `Host`, else the target's authority (HTTP/2's `:authority`).
     let req = session.req_header();
     let client_host = req
@@ -302,7 +302,7 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()));
-    let forwarding = forwarding_of(&req.headers);
+    let forwarding = forwarding_of(&req.headers, &u.rule);
     Ok(key::cache_key(primary_of(
         x,
         req.uri.path(),
@@ -313,8 +313,8 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
 
 /// The part of a request's key its forwarding headers make (see [`forwarding`]), noted for
 /// purges.
-pub(crate) fn forwarding_of(headers: &http::HeaderMap) -> Option<String> {
-    let part = forwarding::of(headers)?;
+pub(crate) fn forwarding_of(headers: &http::HeaderMap, rule: &CacheRule) -> Option<String> {
+    let part = forwarding::of(headers, rule)?;
     if let Some(c) = get() {
         c.forwarding.record(&part);
     }

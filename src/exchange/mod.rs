@@ -453,6 +453,10 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
                 upstream.remove_header(name);
             }
         }
+        // Nor the credentials in the client's target a proxy in front passes on.
+        if let Some(u) = &x.cache {
+            crate::cache::forwarding::neutralise(upstream, &u.rule);
+        }
     }
     if let Some(plan) = &x.proxy {
         let uri = plan

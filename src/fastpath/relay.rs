@@ -129,6 +129,11 @@ pub async fn relay(
         s.set_server_keepalive(None);
         return;
     }
+    if close_delimited {
+        // Let go without its end (a client that took nothing for the send timeout), the
+        // connection is reset: closed in order, the part sent would look whole.
+        crate::listener::io::ends_with_close(s.stream());
+    }
     // The body, chunk by chunk as it arrives: written before the next is read.
     loop {
         let chunk = match up.read_body_ref().await {

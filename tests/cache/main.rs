@@ -455,6 +455,46 @@ fn forwarding_headers_a_client_sends_are_part_of_the_key() {
     assert_eq!(fetch(0, &evil).0, "MISS");
 }
 
+/// The client's whole target as a proxy in front passes it on (`X-Original-URI`,
+/// `X-Original-URL`…) holds the consumer's credentials in its query: keyed and sent upstream
+/// without them, every consumer shares one copy and no upstream's document is made from one
+/// consumer's key for everyone.
+#[test]
+fn a_whole_target_a_proxy_passes_on_is_keyed_and_sent_without_credentials() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    let path = "/tiles/whole.xml?echo=headers";
+    for (name, first) in [("X-Original-URI", 0), ("X-Original-URL", 2)] {
+        let mut seen = Vec::new();
+        for consumer in [first, first + 1] {
+            let k = key(consumer);
+            let target = format!("{path}&apiKey=secret-of-{consumer}");
+            let r = get(
+                gw.port,
+                "GET",
+                path,
+                &[("Authorization", k.as_str()), (name, target.as_str())],
+            );
+            assert_eq!(r.status, 200, "{}", r.text());
+            let saw = upstream_saw_headers(&r);
+            let sent = saw[name.to_ascii_lowercase().as_str()]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            seen.push((cache_status(&r).to_string(), sent));
+        }
+        assert_eq!(
+            seen,
+            [
+                ("MISS".to_string(), path.to_string()),
+                ("HIT".to_string(), path.to_string())
+            ],
+            "{name}"
+        );
+    }
+    assert_eq!(up.served(), 2);
+}
+
 /// With `xfwd` the proxy step appends to the client's forwarding headers (its edits are in the
 /// key): a purge of the URL finds the copies the client's own values made too.
 #[test]
