@@ -64,19 +64,17 @@ fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
             }
         }
     }
+    // Empty elements count (`chunked,` or an empty line ends in one, refused below): Pingora's
+    // readers take the literal last element for the coding, so `chunked,` would read as no
+    // chunks — a body read until the connection closes, relayed with a `Transfer-Encoding:
+    // chunked` that says otherwise (a client would read what follows the last chunk as the
+    // next answer).
     let codings: Vec<&[u8]> = headers
         .get_all(TRANSFER_ENCODING)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .collect();
-    // An empty element (`chunked,`, an empty line) is refused: Pingora's readers take the
-    // literal last element for the coding, so `chunked,` would read as no chunks — a body read
-    // until the connection closes, relayed with a `Transfer-Encoding: chunked` that says
-    // otherwise (a client would read what follows the last chunk as the next answer).
-    if codings.iter().any(|c| c.is_empty()) {
-        return Some("unsupported Transfer-Encoding");
-    }
     match codings.as_slice() {
         [] => None,
         [only] if only.eq_ignore_ascii_case(b"chunked") => None,
