@@ -237,6 +237,18 @@ fn hit_head(stored: &ResponseHeader) -> pingora_core::Result<ResponseHeader> {
     Ok(header)
 }
 
+/// `If-None-Match: *` on a `200` the cache answers with (RFC 9110 §13.1.2: any current
+/// representation matches it), which Pingora's filter looks for only beside an `ETag`.
+pub fn any_tag_matches(req: &RequestHeader, resp: &pingora_http::ResponseHeader) -> bool {
+    resp.status == http::StatusCode::OK
+        && matches!(req.method, http::Method::GET | http::Method::HEAD)
+        && req
+            .headers
+            .get_all(IF_NONE_MATCH)
+            .iter()
+            .any(|v| v.as_bytes().trim_ascii() == b"*")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,6 +1,6 @@
 //! A stored tile revalidated by the upstream's `304` (RFC 9111 §4.3.4): the `304`'s header
 //! fields replace the stored ones (Pingora's cache phases carry over only a few of them), and a
-//! `304` whose strong validator is not the stored tile's updates nothing.
+//! `304` whose entity tag is not the stored tile's updates nothing.
 
 use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
 use http::HeaderValue;
@@ -39,17 +39,18 @@ pub fn updated(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
     out
 }
 
-/// Whether a `304` is about the stored tile whose `ETag` is `stored`: unless it names a strong
-/// validator whose tag is not the stored tile's (compared weakly: a server that weakens the
-/// tag of what it compresses may send the strong one on a 304).
+/// Whether a `304` is about the stored tile whose `ETag` is `stored`: unless it names an entity
+/// tag that is not the stored tile's (RFC 9111 §4.3.4: a strong one identifies the body, a weak
+/// one must match the stored tile's; compared weakly, as a server that weakens the tag of what
+/// it compresses may send the strong one on a 304, or the weak one).
 pub fn selects(stored: Option<&HeaderValue>, not_modified: &ResponseHeader) -> bool {
     let tag = |v: &HeaderValue| {
         let b = v.as_bytes();
         b.strip_prefix(b"W/").unwrap_or(b).to_vec()
     };
     match not_modified.headers.get(ETAG) {
-        Some(new) if !new.as_bytes().starts_with(b"W/") => stored.map(tag) == Some(tag(new)),
-        _ => true,
+        Some(new) => stored.map(tag) == Some(tag(new)),
+        None => true,
     }
 }
 
@@ -109,14 +110,19 @@ mod tests {
     }
 
     #[test]
-    fn a_304_with_another_strong_validator_selects_nothing() {
+    fn a_304_with_another_entity_tag_selects_nothing() {
         let v1 = HeaderValue::from_static("\"v1\"");
         assert!(selects(Some(&v1), &head(304, &[("ETag", "\"v1\"")])));
         assert!(!selects(Some(&v1), &head(304, &[("ETag", "\"v2\"")])));
         assert!(!selects(None, &head(304, &[("ETag", "\"v2\"")])));
-        assert!(selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(selects(Some(&v1), &head(304, &[])));
         let weak = HeaderValue::from_static("W/\"v1\"");
         assert!(selects(Some(&weak), &head(304, &[("ETag", "\"v1\"")])));
+        // A weak tag selects only the stored tile it matches.
+        assert!(selects(Some(&v1), &head(304, &[("ETag", "W/\"v1\"")])));
+        assert!(selects(Some(&weak), &head(304, &[("ETag", "W/\"v1\"")])));
+        assert!(!selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
+        assert!(!selects(Some(&weak), &head(304, &[("ETag", "W/\"v2\"")])));
+        assert!(!selects(None, &head(304, &[("ETag", "W/\"v2\"")])));
     }
 }

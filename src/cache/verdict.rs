@@ -114,7 +114,7 @@ fn verdict(
     }
 }
 
-/// A revalidation's `304` that names another strong validator than the stored tile's is about
+/// A revalidation's `304` that names another entity tag than the stored tile's is about
 /// another body (RFC 9111 §4.3.4): its validators are dropped, so the stored tile is answered
 /// once more with its own (not under the `304`'s, which name a body the client does not get),
 /// and the tile is not updated (see [`cacheable`]). True when so: the caller removes the tile

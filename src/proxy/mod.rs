@@ -254,11 +254,10 @@ impl ProxyHttp for Tollgate {
         resp: &ResponseHeader,
         _ctx: &mut RequestCtx,
     ) -> Result<bool> {
+        let req = session.req_header();
         Ok(!crate::cache::filling(session)
-            && pingora_core::protocols::http::conditional_filter::not_modified_filter(
-                session.req_header(),
-                resp,
-            ))
+            && (pingora_core::protocols::http::conditional_filter::not_modified_filter(req, resp)
+                || crate::cache::hit::any_tag_matches(req, resp)))
     }
 
     /// Ranges as Pingora applies them, except where a `compression` step may compress the

@@ -777,7 +777,7 @@ fn a_hits_age_counts_from_the_age_the_upstream_gave_and_a_revalidation_starts_it
     assert_eq!(up.not_modified(), 1);
 }
 
-/// An upstream whose 304 names another strong validator than the stored tile's (its tile
+/// An upstream whose 304 names another entity tag than the stored tile's (its tile
 /// changed, and it answers the conditional request wrongly): the client gets the stored body
 /// with its own ETag, never the old body under the new ETag; the next request fetches the new
 /// tile whole.
@@ -1161,6 +1161,11 @@ fn http_caching_rules_on(fast_path: &str) {
         (304, "HIT")
     );
     assert_eq!(up.served(), before);
+    // `*` matches any stored tile, one without an `ETag` too (RFC 9110 §13.1.2).
+    open("/open/any", &[]);
+    let any = open("/open/any", &[("If-None-Match", "*")]);
+    assert_eq!((any.status, cache_status(&any)), (304, "HIT"));
+    assert_eq!(up.served(), before + 1);
     // Expired: revalidated with the upstream (its 304 keeps the stored body).
     let short = "/open/g?cc=max-age%3D1&header=ETag:%22v2%22";
     let body = open(short, &[]).body;
