@@ -1330,6 +1330,44 @@ fn an_upgrade_whose_certificates_cannot_be_used_leaves_the_old_process_serving()
     );
 }
 
+/// An upgrade to a config that reads but does not compile (a pipeline naming a service
+/// endpoint that is not there) leaves the old process serving: the new one says where the
+/// config is wrong and leaves before it takes the sockets (taken, the old process stops
+/// accepting five seconds later, and nothing listens once the new one has left).
+#[test]
+fn an_upgrade_to_a_config_that_does_not_compile_leaves_the_old_process_serving() {
+    let good = "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  a: {paths: '/a'}\npolicies: [terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{terminate: {action: {statusCode: 200, message: ok}}}]}\n";
+    let dir = ConfigDir::new(good);
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    assert_eq!(get(old.port, "GET", "/a", &[]).status, 200);
+    let broken = "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  a: {paths: '/a'}\npolicies: [proxy]\npipelines:\n  p: {apiEndpoints: [a], policies: [{proxy: {action: {serviceEndpoint: nowhere}}}]}\n";
+    dir.write("gateway.config.yml", broken);
+    let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let left = new.0.try_wait().expect("wait");
+    if left.is_none() {
+        old.signal("QUIT");
+    }
+    let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    assert!(
+        left.is_some_and(|s| s.code() == Some(2)),
+        "the new process still runs a second after its start: {new_log}"
+    );
+    let at = format!("{}:", dir.file("gateway.config.yml"));
+    assert!(
+        new_log.lines().any(|l| l.starts_with(&at) && l.contains("nowhere")),
+        "{new_log}"
+    );
+    // Past the five seconds an old process accepts for after handing its sockets over.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        get(old.port, "GET", "/a", &[]).status,
+        200,
+        "the old process stopped serving"
+    );
+}
+
 /// A config file that is a link to a file kept elsewhere is reloaded when that file is edited
 /// (in place, or saved by rename): the edit changes no entry of the config directory, and went
 /// unnoticed until a SIGHUP.

@@ -162,6 +162,18 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         Some(h) => Some(https_acceptor(h)?),
         None => None,
     };
+    // So is a config that reads but does not compile (a pipeline naming an endpoint that is
+    // not there): found now, not after the handover, when the old process stops accepting
+    // and this one leaves with nothing listening. (A second read of the files, on an
+    // upgrade only: the real compile needs the consumers, opened after the handover.)
+    if opts.upgrade {
+        let compiled = config::load_dirs(&opts.config_dirs)
+            .and_then(|again| Gateway::build(again, &Shared::detached()).map(drop));
+        if let Err(errors) = compiled {
+            eprintln!("{errors}");
+            std::process::exit(2);
+        }
+    }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
     // From here on this process holds the sockets: SIGTERM, SIGQUIT and SIGHUP are taken (one
