@@ -1356,7 +1356,9 @@ fn an_upgrade_to_a_config_that_does_not_compile_leaves_the_old_process_serving()
     );
     let at = format!("{}:", dir.file("gateway.config.yml"));
     assert!(
-        new_log.lines().any(|l| l.starts_with(&at) && l.contains("nowhere")),
+        new_log
+            .lines()
+            .any(|l| l.starts_with(&at) && l.contains("nowhere")),
         "{new_log}"
     );
     // Past the five seconds an old process accepts for after handing its sockets over.

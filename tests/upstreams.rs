@@ -120,6 +120,44 @@ fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
     eprintln!("ejected after {ejected:?}, back after {back:?}");
 }
 
+/// A reload stops the checker of the config before it, although a request that began under
+/// that config still runs (it holds the config's service endpoints until it ends): left
+/// running, a checker whose `healthCheck` the reload took away went on failing the url, and
+/// took it out of rotation with no checker left to bring it back.
+#[test]
+fn a_reload_stops_the_checker_it_replaces_while_an_old_request_runs() {
+    let a = PyUpstream::start("a", 5.0);
+    let failing = "{healthCheck: {path: /status/404/h, interval: 0.3, timeout: 0.5, unhealthyThreshold: 5, healthyThreshold: 1}, outlierDetection: false, retries: 0}";
+    let dir = ConfigDir::new(&config(&[a.url("")], failing, "", ""));
+    let gw = GatewayProcess::start(&dir);
+    let port = gw.port;
+    // A request that runs past the reload (5 s), started while the url is in rotation.
+    let long = std::thread::spawn(move || get(port, "GET", "/tiles/slow/5000/x", &[]).status);
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(
+        dir.path.join("gateway.config.yml"),
+        config(
+            &[a.url("")],
+            "{outlierDetection: false, retries: 0}",
+            "",
+            "",
+        ),
+    )
+    .expect("config");
+    let r = send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Longer than the old checker's five failures take.
+    std::thread::sleep(Duration::from_millis(2500));
+    let healthy = gw.metric(&format!(
+        r#"tollgate_upstream_healthy{{service="maps",url="{}"}}"#,
+        a.url("")
+    ));
+    assert_eq!(healthy, 1.0, "{}", gw.log_text());
+    assert_eq!(get(gw.port, "GET", "/tiles/x", &[]).status, 200);
+    assert_eq!(long.join().expect("the long request"), 200);
+    assert!(!gw.log_text().contains("is unhealthy"), "{}", gw.log_text());
+}
+
 #[test]
 fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
     let a = PyUpstream::start("a", 5.0);

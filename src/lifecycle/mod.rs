@@ -423,9 +423,10 @@ impl Lifecycle {
             Ok((gateway, models, started)) => {
                 let gateway = Arc::new(gateway);
                 crate::upstream::carry_addresses(self.current.load().targets(), gateway.targets());
-                for ep in gateway.service_endpoints.values() {
-                    crate::upstream::health::start(ep, &self.runtime);
-                }
+                crate::upstream::health::start_all(
+                    gateway.service_endpoints.values(),
+                    &self.runtime,
+                );
                 let files = inputs(&started);
                 let start_only = started.start_only;
                 runfile::health_path_changed(&self.dirs, &gateway.healthcheck_path);

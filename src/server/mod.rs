@@ -266,9 +266,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // Every name looked up before the first request (then refreshed in the background).
     crate::upstream::carry_addresses(std::iter::empty(), current.load().targets());
     start_dns_refresh(current.clone());
-    for ep in current.load().service_endpoints.values() {
-        crate::upstream::health::start(ep, background.handle());
-    }
+    crate::upstream::health::start_all(
+        current.load().service_endpoints.values(),
+        background.handle(),
+    );
     crate::metrics::metrics().on_scrape(Box::new({
         let current = current.clone();
         move || crate::upstream::publish_health(&current.load())

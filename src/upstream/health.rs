@@ -2,9 +2,10 @@
 //! `healthCheck` gets `GET <path>` (on the url's host, through Pingora's connector, TLS and
 //! certificate checks as for traffic); a status in `statuses` within `timeout` passes. A url
 //! turns unhealthy after `unhealthyThreshold` failed checks in a row and healthy again after
-//! `healthyThreshold` passed ones; each change is one log line. A checker stops when its
-//! service endpoint is no longer in the running config.
+//! `healthyThreshold` passed ones; each change is one log line. A config's checkers stop
+//! when another config runs (see [`start_all`]), whatever requests of theirs are still going.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use pingora_core::connectors::http::Connector;
@@ -15,9 +16,29 @@ use super::settings::HealthCheck;
 use super::state::Change;
 use super::{ServiceEndpoint, UpstreamTarget};
 
-/// Starts the checker of a service endpoint, if it has a health check; without one (a reload
-/// took it away), a url the checks had left out is back in rotation.
-pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) {
+/// The config whose checkers run, counted: a checker of an earlier one stops at its next
+/// tick. (A request that began under that config holds its endpoints until it ends — a long
+/// download, a WebSocket —; its checker, probing with the old `healthCheck`, would meanwhile
+/// mark urls out that the new config has no checker to bring back, or two checkers would
+/// count into the same urls' states.)
+static RUNNING: AtomicU64 = AtomicU64::new(0);
+
+/// Starts the checkers of a config's service endpoints (at the start, and with every config a
+/// reload brings in), stopping those of the config before.
+pub fn start_all<'a>(
+    endpoints: impl IntoIterator<Item = &'a Arc<ServiceEndpoint>>,
+    runtime: &tokio::runtime::Handle,
+) {
+    let config = RUNNING.fetch_add(1, Ordering::AcqRel) + 1;
+    for endpoint in endpoints {
+        start(endpoint, config, runtime);
+    }
+}
+
+/// Starts the checker of a service endpoint of config number `config`, if it has a health
+/// check; without one (a reload took it away), a url the checks had left out is back in
+/// rotation.
+fn start(endpoint: &Arc<ServiceEndpoint>, config: u64, runtime: &tokio::runtime::Handle) {
     let Some(check) = endpoint.settings.health_check.clone() else {
         for (target, state) in endpoint.targets.iter().zip(&endpoint.states) {
             if state.checks_off() {
@@ -35,8 +56,12 @@ pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) 
         let connector = Connector::new(None);
         let mut tick = tokio::time::interval(check.interval());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let replaced = || RUNNING.load(Ordering::Acquire) != config;
         loop {
             tick.tick().await;
+            if replaced() {
+                return;
+            }
             let Some(ep) = weak.upgrade() else {
                 return;
             };
@@ -48,6 +73,10 @@ pub fn start(endpoint: &Arc<ServiceEndpoint>, runtime: &tokio::runtime::Handle) 
                     probe(&connector, t, &check, ep.settings.http2, verify)
                 });
             let results = futures_util::future::join_all(probes).await;
+            // (A reload while they ran: the new config's checker judges.)
+            if replaced() {
+                return;
+            }
             for ((target, state), result) in ep.targets.iter().zip(&ep.states).zip(results) {
                 let change = state.check_result(
                     result.is_ok(),
@@ -105,6 +134,12 @@ async fn probe(
             .map_err(|e| e.to_string())?;
         session
             .write_request_header(Box::new(req))
+            .await
+            .map_err(|e| format!("cannot send the check: {}", e.etype().as_str()))?;
+        // The request has no body: said so (over HTTP/2 its headers went without the end of
+        // the stream, and an upstream may wait for it before it answers).
+        session
+            .finish_request_body()
             .await
             .map_err(|e| format!("cannot send the check: {}", e.etype().as_str()))?;
         session

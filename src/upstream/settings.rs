@@ -160,12 +160,14 @@ fn default_retry_methods() -> Vec<String> {
     vec!["GET".into(), "HEAD".into()]
 }
 
+/// A number of seconds from a millisecond (a smaller one is no time at all: a check every
+/// 0 s would never wait) to a day.
 fn seconds(v: f64, what: &str) -> Result<Duration, String> {
-    if v.is_finite() && v > 0.0 && v < 86_400.0 {
+    if v.is_finite() && (0.001..86_400.0).contains(&v) {
         Ok(Duration::from_secs_f64(v))
     } else {
         Err(format!(
-            "`{what}` must be a number of seconds between 0 and 86400"
+            "`{what}` must be a number of seconds from 0.001 to below 86400"
         ))
     }
 }
@@ -243,5 +245,22 @@ impl UpstreamSettings {
         self.retry_methods
             .iter()
             .any(|r| r.eq_ignore_ascii_case(m.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::seconds;
+
+    /// A length of time too small to be one (a check every 0 s panicked the checker's
+    /// timer) is refused with the config's other errors, as one too large is.
+    #[test]
+    fn seconds_from_a_millisecond_to_below_a_day() {
+        for fine in [0.001, 0.2, 5.0, 86_399.9] {
+            assert!(seconds(fine, "t").is_ok_and(|d| !d.is_zero()), "{fine}");
+        }
+        for wrong in [1e-10, 0.0009, 0.0, -1.0, 86_400.0, f64::NAN, f64::INFINITY] {
+            assert!(seconds(wrong, "t").is_err(), "{wrong}");
+        }
     }
 }
