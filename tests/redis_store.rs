@@ -901,6 +901,100 @@ fn populate_is_idempotent_and_clean_leaves_nothing() {
     assert!(said.contains("keyId `SHARED` is also"), "{said}");
 }
 
+/// A user or credential deactivated through the Admin API stays deactivated when populate
+/// runs again with the same file (at every start, in Kargo's workflow): before, populate made
+/// it active again, and a revoked key worked again after the next restart. An application
+/// made again for new scopes with the same key stays deactivated too; a new key in the file
+/// is a new grant.
+#[test]
+fn populate_leaves_what_was_deactivated_deactivated() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let config_arg = dir.path.display().to_string();
+    let populate = |file: &str| {
+        dir.write("consumers.config.json", file);
+        let out = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
+        let text = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let file = |scopes: &str, secret: &str| {
+        format!(
+            r#"{{"scopes": ["wms", "wmts"], "users": {{"customer1": {{"app": {{"type": "key-auth", "keyId": "KA", "keySecret": "{secret}", "scopes": {scopes}}}}}, "customer2": {{"other": {{"type": "key-auth", "keyId": "KB", "keySecret": "KS", "scopes": ["wmts"]}}}}}}}}"#
+        )
+    };
+    populate(&file(r#"["wmts"]"#, "KS"));
+    let gw = GatewayProcess::start(&dir);
+    let status_of = |key: &str| {
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", &format!("apiKey {key}"))],
+        )
+        .status
+    };
+    let wait_for = |key: &str, want: u16| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while status_of(key) != want {
+            assert!(Instant::now() < deadline, "{key}: never {want}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for("KA:KS", 200);
+    let r = send_json(
+        gw.admin_port,
+        "PUT",
+        "/credentials/key-auth/KA/status",
+        r#"{"status": false}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("KA:KS", 401);
+    let active = |key: &str| {
+        redis
+            .hgetall(key)
+            .get("isActive")
+            .cloned()
+            .unwrap_or_default()
+    };
+    // The same file: nothing changes, the key stays revoked.
+    let out = populate(&file(r#"["wmts"]"#, "KS"));
+    assert!(
+        out.contains("0 created, 0 removed") && out.contains("1 left deactivated"),
+        "{out}"
+    );
+    assert_eq!(active("EG-key-auth:KA"), "false");
+    // New scopes, the same key: made again, still deactivated.
+    let out = populate(&file(r#"["wms", "wmts"]"#, "KS"));
+    assert!(
+        out.contains("1 created, 1 removed") && out.contains("1 left deactivated"),
+        "{out}"
+    );
+    assert_eq!(active("EG-key-auth:KA"), "false");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status_of("KA:KS"), 401);
+    // A new secret: a new grant, active.
+    populate(&file(r#"["wms", "wmts"]"#, "KS2"));
+    wait_for("KA:KS2", 200);
+    // A user deactivated stays so too.
+    wait_for("KB:KS", 200);
+    let r = send_json(
+        gw.admin_port,
+        "PUT",
+        "/users/customer2/status",
+        r#"{"status": false}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("KB:KS", 401);
+    let out = populate(&file(r#"["wms", "wmts"]"#, "KS2"));
+    // The user and its application (deactivated with it).
+    assert!(out.contains("2 left deactivated"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(status_of("KB:KS"), 401);
+    assert_eq!(status_of("KA:KS2"), 200);
+}
+
 #[test]
 fn gateways_starting_together_populate_without_racing() {
     let redis = RedisServer::start();

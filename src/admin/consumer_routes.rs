@@ -250,7 +250,7 @@ async fn answer_route(
             answer(result, |r| {
                 json(
                     StatusCode::OK,
-                    &serde_json::json!({"created": r.created, "removed": r.removed, "unchanged": r.unchanged}),
+                    &serde_json::json!({"created": r.created, "removed": r.removed, "unchanged": r.unchanged, "deactivated": r.deactivated}),
                 )
             })
         }

@@ -59,14 +59,13 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
     match sent {
         Ok(answer) if answer.ok() => {
             let r = answer.json();
-            eprintln!(
-                "✔ {}: {} created, {} removed, {} unchanged (through {})",
-                path.display(),
-                r["created"],
-                r["removed"],
-                r["unchanged"],
-                client.base
-            );
+            let report = crate::consumers::populate::Report {
+                created: count(&r["created"]),
+                removed: count(&r["removed"]),
+                unchanged: count(&r["unchanged"]),
+                deactivated: count(&r["deactivated"]),
+            };
+            eprintln!("✔ {}: {report} (through {})", path.display(), client.base);
             Ok(())
         }
         Ok(answer) => Err(answer.body),
@@ -114,4 +113,9 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// A count in the gateway's answer (0 when it has none: an older gateway's answer).
+fn count(v: &serde_json::Value) -> usize {
+    v.as_u64().map_or(0, |n| n as usize)
 }

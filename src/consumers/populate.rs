@@ -47,6 +47,9 @@ pub struct Report {
     pub created: usize,
     pub removed: usize,
     pub unchanged: usize,
+    /// Users and applications the file lists that were deactivated (through the Admin API or
+    /// the CLI) and stay so: a run never gives a revoked key back.
+    pub deactivated: usize,
 }
 
 impl std::fmt::Display for Report {
@@ -55,7 +58,11 @@ impl std::fmt::Display for Report {
             f,
             "{} created, {} removed, {} unchanged",
             self.created, self.removed, self.unchanged
-        )
+        )?;
+        if self.deactivated > 0 {
+            write!(f, ", {} left deactivated", self.deactivated)?;
+        }
+        Ok(())
     }
 }
 
@@ -283,26 +290,43 @@ async fn current_credential(
     Ok((!h.is_empty()).then_some((CredentialType::BasicAuth, None, h)))
 }
 
-/// Whether an existing app (hash `app`, credential `cred`) is what the file asks for.
-fn app_matches(
+/// How an existing app (hash `app`, credential `cred`) compares with what the file asks for.
+struct Compared {
+    /// Its scopes, credential type, key and secret (or password) are the file's.
+    same: bool,
+    /// Its key and secret (or password) are the file's: the same grant, whatever else changed.
+    same_key: bool,
+    /// The app or its credential was deactivated.
+    deactivated: bool,
+}
+
+fn compare(
     spec: &AppSpec,
     app: &HashMap<String, String>,
     cred: &Option<(CredentialType, Option<String>, HashMap<String, String>)>,
-) -> bool {
-    if model::app_scopes(app) != spec.scopes
-        || app.get("isActive").map(String::as_str) != Some("true")
-    {
-        return false;
-    }
+) -> Compared {
+    let inactive =
+        |h: &HashMap<String, String>| h.get("isActive").map(String::as_str) != Some("true");
     let Some((t, key_id, h)) = cred else {
-        return false;
+        return Compared {
+            same: false,
+            same_key: false,
+            deactivated: inactive(app),
+        };
     };
-    if *t != spec.kind || h.get("isActive").map(String::as_str) != Some("true") {
-        return false;
+    let same_key = *t == spec.kind && same_key(spec, key_id, h);
+    Compared {
+        same: same_key
+            && model::app_scopes(app) == spec.scopes
+            && model::credential_scopes(h).unwrap_or_default() == spec.scopes,
+        same_key,
+        deactivated: inactive(app) || inactive(h),
     }
-    if model::credential_scopes(h).unwrap_or_default() != spec.scopes {
-        return false;
-    }
+}
+
+/// Whether a credential (its key id and hash `h`) holds the file's key and secret, or its
+/// password.
+fn same_key(spec: &AppSpec, key_id: &Option<String>, h: &HashMap<String, String>) -> bool {
     if spec.kind.is_keyed() {
         let same_id = spec
             .key_id
@@ -376,17 +400,13 @@ async fn plan_and_apply(
     for (username, apps) in &file.users {
         let user_id = match service.find_user(username).await? {
             Some((id, fields)) => {
+                // A user deactivated through the Admin API or the CLI stays so (as Kargo's
+                // populate leaves it): the file says who exists, not who may be let back in.
                 if fields.iter().any(|(k, v)| k == "isActive" && v != "true") {
-                    batch.push(Write::HSet {
-                        key: l.user(&id),
-                        fields: vec![
-                            ("isActive".into(), "true".into()),
-                            ("updatedAt".into(), now.clone()),
-                        ],
-                    });
-                    changed.push(format!("user:{id}"));
+                    report.deactivated += 1;
+                } else {
+                    report.unchanged += 1;
                 }
-                report.unchanged += 1;
                 id
             }
             None => {
@@ -427,19 +447,35 @@ async fn plan_and_apply(
             }
         }
         for spec in apps {
+            // An app deactivated (or its credential) stays so, also when it is made again for
+            // other scopes with the same key: only a new key in the file is a new grant.
+            let mut active = true;
             if let Some((app_id, app)) = current.get(&spec.name) {
                 let cred = current_credential(service, app_id).await?;
-                if app_matches(spec, app, &cred) {
-                    report.unchanged += 1;
+                let c = compare(spec, app, &cred);
+                if c.same {
+                    match c.deactivated {
+                        true => report.deactivated += 1,
+                        false => report.unchanged += 1,
+                    }
                     continue;
                 }
+                active = !(c.deactivated && c.same_key);
                 service
                     .app_removal(app_id, &mut removals, &mut changed)
                     .await?;
                 report.removed += 1;
             }
-            add_app(&l, &user_id, spec, &now, salt, &mut batch, &mut changed)?;
+            let app = NewApp {
+                user_id: &user_id,
+                spec,
+                active,
+            };
+            add_app(&l, app, &now, salt, &mut batch, &mut changed)?;
             report.created += 1;
+            if !active {
+                report.deactivated += 1;
+            }
         }
     }
     removals.append(&mut batch);
@@ -447,10 +483,20 @@ async fn plan_and_apply(
     Ok(report)
 }
 
+/// An app to make: its user, what the file says of it, and whether it is active.
+struct NewApp<'a> {
+    user_id: &'a str,
+    spec: &'a AppSpec,
+    active: bool,
+}
+
 fn add_app(
     l: &super::layout::Layout,
-    user_id: &str,
-    spec: &AppSpec,
+    NewApp {
+        user_id,
+        spec,
+        active,
+    }: NewApp<'_>,
     now: &str,
     salt_rounds: u32,
     batch: &mut Vec<Write>,
@@ -460,7 +506,7 @@ fn add_app(
     batch.push(Write::HSet {
         key: l.app(&app_id),
         fields: vec![
-            ("isActive".into(), "true".into()),
+            ("isActive".into(), active.to_string()),
             ("id".into(), app_id.clone()),
             ("userId".into(), user_id.to_string()),
             ("name".into(), spec.name.clone()),
@@ -485,7 +531,7 @@ fn add_app(
         batch.push(Write::HSet {
             key: l.credential(spec.kind, &key_id),
             fields: vec![
-                ("isActive".into(), "true".into()),
+                ("isActive".into(), active.to_string()),
                 ("createdAt".into(), now.to_string()),
                 ("updatedAt".into(), now.to_string()),
                 ("keyId".into(), key_id.clone()),
@@ -512,7 +558,7 @@ fn add_app(
         batch.push(Write::HSet {
             key: l.credential(spec.kind, &app_id),
             fields: vec![
-                ("isActive".into(), "true".into()),
+                ("isActive".into(), active.to_string()),
                 ("createdAt".into(), now.to_string()),
                 ("updatedAt".into(), now.to_string()),
                 ("scopes".into(), scopes_json),
