@@ -364,7 +364,7 @@ fn an_admin_token_guards_every_route() {
 /// operator's tool (no Origin, Host an address or localhost) is not.
 #[test]
 fn pages_of_other_sites_cannot_drive_the_admin_api() {
-    let (_d, gw) = gateway(&[]);
+    let (dir, gw) = gateway(&[]);
     let body = r#"{"username":"evil"}"#;
     let post = |headers: &str| {
         support::request(
@@ -388,6 +388,17 @@ fn pages_of_other_sites_cannot_drive_the_admin_api() {
     let own = post("Host: 127.0.0.1\r\n");
     assert_eq!(own.status, 200, "{}", own.text());
     assert_eq!(get(gw.admin_port, "GET", "/users/evil", &[]).status, 200);
+    // A config that moves the Admin API off loopback applies at the next start: reloaded, the
+    // listener is where it was, and a rebound page is still refused (the check read the
+    // reloaded config's host, and let it through).
+    dir.write(
+        "gateway.config.yml",
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 0.0.0.0}\napiEndpoints: {}\n",
+    );
+    let r = support::send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rebound = post("Host: evil.example:9876\r\nOrigin: http://evil.example:9876\r\n");
+    assert_eq!(rebound.status, 403, "{}", rebound.text());
 }
 
 #[test]

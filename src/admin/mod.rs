@@ -31,6 +31,10 @@ pub struct AdminApi {
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
     /// The longest a request's body may take to arrive whole (`--request-timeout`).
     pub request_timeout: std::time::Duration,
+    /// The Admin API's listener is on loopback (see [`on_loopback`]): from its address as it
+    /// was bound at the start, which a reload does not move (a reloaded `admin.host` applies
+    /// at the next start, and read from the running config it let DNS rebinding through).
+    pub loopback: bool,
 }
 
 pub fn json(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
@@ -70,12 +74,10 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Whether the Admin API listens on loopback only (its default address).
-fn admin_on_loopback(gateway: &crate::gateway::Gateway) -> bool {
-    gateway
-        .admin
-        .as_ref()
-        .is_none_or(|a| is_loopback(a.host.as_deref().unwrap_or("127.0.0.1")))
+/// Whether an Admin API listener on `host` (the config's `admin.host`; loopback by default)
+/// listens on loopback only.
+pub fn on_loopback(host: Option<&str>) -> bool {
+    is_loopback(host.unwrap_or("127.0.0.1"))
 }
 
 /// Why a request comes from a web page rather than an operator's tool, if it does: a browser
@@ -129,11 +131,7 @@ fn named_elsewhere(host: &str) -> bool {
 /// step reaches it by the admin url's name (`changeOrigin`: `localhost`), a tool by an
 /// address or `localhost`. The route is not behind `--admin-token`: like EG's, it is the
 /// gateway's pipeline's upstream, and its authentication is that pipeline's.
-pub fn storage_refusal(
-    head: &pingora_http::RequestHeader,
-    gateway: &crate::gateway::Gateway,
-) -> Option<&'static str> {
-    let loopback = admin_on_loopback(gateway);
+pub fn storage_refusal(head: &pingora_http::RequestHeader, loopback: bool) -> Option<&'static str> {
     (loopback && named_elsewhere(host_of(head)))
         .then_some("for a host name other than an address or localhost")
 }
@@ -264,8 +262,9 @@ impl AdminApi {
     /// Answers one Admin API request.
     pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
-        let loopback = admin_on_loopback(&self.gateway.load());
-        if let Some(why) = from_elsewhere(session.req_header(), loopback && self.token.is_none()) {
+        if let Some(why) =
+            from_elsewhere(session.req_header(), self.loopback && self.token.is_none())
+        {
             log::warn!("admin API: refused a request {why}");
             return text(StatusCode::FORBIDDEN, &format!("Forbidden: {why}"));
         }

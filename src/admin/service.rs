@@ -103,7 +103,7 @@ impl ProxyHttp for AdminService {
         if let Some(storage) = &gw.storage {
             let head = session.req_header();
             if storage.owns(head.uri.path()) {
-                if let Some(why) = super::storage_refusal(head, &gw) {
+                if let Some(why) = super::storage_refusal(head, self.api.loopback) {
                     log::warn!("storage route: refused a request {why}");
                     let forbidden = format!("Forbidden: {why}");
                     write(

@@ -357,6 +357,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 token: opts.admin_token.clone(),
                 lifecycle: Some(lifecycle.clone()),
                 request_timeout: limits.request_timeout,
+                loopback: crate::admin::on_loopback(a.host.as_deref()),
             },
             gateway: current.clone(),
         };
