@@ -91,7 +91,6 @@ pub struct ConsumerCache {
     /// The hash of [`Self::recently_missed`], seeded at start.
     missed_hasher: std::hash::RandomState,
     verified_passwords: Mutex<passwords::VerifiedPasswords>,
-    runtime: Mutex<Option<tokio::runtime::Handle>>,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
     /// While a full load runs: what refreshes changed meanwhile, carried into what it read
@@ -99,8 +98,11 @@ pub struct ConsumerCache {
     changed_while_loading: Mutex<Option<HashSet<sync::Changed>>>,
     /// The background full loads (resyncs), off the task that follows change messages.
     loads: Mutex<sync::LoadRequests>,
-    /// This cache, for the background lookups it spawns (set by `start`).
-    me: Mutex<std::sync::Weak<ConsumerCache>>,
+    /// Unknown entities to look up, for the task that follows change messages (set by
+    /// `start`): looked up in turn with the changes announced, a lookup never writes what it
+    /// read before a change to the same entity was applied (run on a task of its own, a lookup
+    /// that read a credential before its revocation put it back after it).
+    lookups: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
     pub stats: CacheStats,
     /// How far the running full load is: entries read, of how many.
     pub progress: LoadProgress,
@@ -127,8 +129,7 @@ impl ConsumerCache {
             recently_missed: Mutex::new(HashMap::new()),
             missed_hasher: std::hash::RandomState::new(),
             verified_passwords: Mutex::new(passwords::VerifiedPasswords::default()),
-            runtime: Mutex::new(None),
-            me: Mutex::new(std::sync::Weak::new()),
+            lookups: Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),
             changed_while_loading: Mutex::new(None),
             loads: Mutex::new(sync::LoadRequests::default()),

@@ -368,8 +368,8 @@ impl ConsumerCache {
 
     /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`.
     pub fn start(self: &Arc<Self>, runtime: &tokio::runtime::Handle, resync_every: Duration) {
-        *self.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime.clone());
-        *self.me.lock().unwrap_or_else(|p| p.into_inner()) = Arc::downgrade(self);
+        let (lookup, mut lookups) = tokio::sync::mpsc::unbounded_channel::<String>();
+        *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
         let cache = self.clone();
         runtime.spawn(async move {
             // Until a first load succeeds (the store may be down at start), keep trying.
@@ -399,6 +399,11 @@ impl ConsumerCache {
             tokio::pin!(retry);
             loop {
                 tokio::select! {
+                    Some(entity) = lookups.recv() => {
+                        if let Err(e) = cache.refresh(&entity).await {
+                            log::debug!("consumer cache: lookup of {entity} failed: {e}");
+                        }
+                    }
                     msg = messages.recv() => match msg {
                         Ok(entity) if entity == crate::store::SUBSCRIBED => {
                             owed = true;
@@ -435,8 +440,8 @@ impl ConsumerCache {
 
     /// Looks an unknown entity up in the background, at most once per [`NEGATIVE_TTL`].
     pub(super) fn lookup_later(&self, entity: String) {
-        let Some(rt) = self
-            .runtime
+        let Some(lookups) = self
+            .lookups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
@@ -464,14 +469,8 @@ impl ConsumerCache {
             }
             missed.insert(id, now);
         }
-        let Some(cache) = self.me.lock().unwrap_or_else(|p| p.into_inner()).upgrade() else {
-            return;
-        };
-        rt.spawn(async move {
-            if let Err(e) = cache.refresh(&entity).await {
-                log::debug!("consumer cache: lookup of {entity} failed: {e}");
-            }
-        });
+        // (Gone only with the task, when the process ends.)
+        let _ = lookups.send(entity);
     }
 }
 
