@@ -158,15 +158,17 @@ impl MemoryTier {
     }
 
     /// Stores an object (replacing one under the same key); TinyUFO may decline it or push
-    /// others out.
+    /// others out. One the tier cannot hold takes the one under its key out: a newer version
+    /// of the tile, stored on disk only, is not hidden behind the old one here.
     pub fn put(&self, obj: Arc<Object>) {
-        let Some(w) = self.weight(&obj) else {
+        // An object past the whole budget would push out every other and still not fit.
+        let Some(w) = self
+            .weight(&obj)
+            .filter(|w| usize::from(*w) * UNIT <= self.budget)
+        else {
+            self.remove(&obj.key);
             return;
         };
-        // An object past the whole budget would push out every other and still not fit.
-        if usize::from(w) * UNIT > self.budget {
-            return;
-        }
         let key = obj.key;
         let _turn = self.turn(&key);
         let _one = self.writes.lock().unwrap_or_else(|e| e.into_inner());
@@ -269,6 +271,25 @@ pub(crate) mod tests {
                 tier.stored_bytes.load(Ordering::Relaxed)
             ),
             (1, units * UNIT as u64)
+        );
+    }
+
+    /// A new version of a tile too large for the tier takes the old one out (it hid the new
+    /// one, stored on disk, from every lookup, each of which fetched it again).
+    #[test]
+    fn a_version_too_large_for_the_tier_takes_the_old_one_out() {
+        let tier = MemoryTier::new(64 * 1024);
+        let key = [5u8; 16];
+        tier.put(Arc::new(object(key, 100)));
+        assert!(tier.get(&key).is_some());
+        tier.put(Arc::new(object(key, 128 * 1024)));
+        assert!(tier.get(&key).is_none());
+        assert_eq!(
+            (
+                tier.stored_objects.load(Ordering::Relaxed),
+                tier.stored_bytes.load(Ordering::Relaxed)
+            ),
+            (0, 0)
         );
     }
 
