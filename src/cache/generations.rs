@@ -34,6 +34,8 @@ pub struct Generations {
     /// One purge at a time: two at once would each start from the same table and the later
     /// would undo the earlier's.
     one_at_a_time: Mutex<()>,
+    /// The record's modification time and length when [`Self::follow_record`] last looked.
+    record_seen: Mutex<Option<(std::time::SystemTime, u64)>>,
 }
 
 #[derive(Default)]
@@ -117,6 +119,7 @@ impl Generations {
             table: ArcSwap::from_pointee(Table::new(by_name)),
             file,
             one_at_a_time: Mutex::new(()),
+            record_seen: Mutex::new(None),
         };
         (generations, damaged)
     }
@@ -128,6 +131,48 @@ impl Generations {
             if let Err(e) = super::records::write_whole(f, b"{}") {
                 log::warn!("tile cache: cannot rewrite {}: {e}", f.display());
             }
+        }
+    }
+
+    /// Takes in the purges the record holds that the table has not: those the process before
+    /// a graceful upgrade made after this one had read the record (its keep-alive Admin API
+    /// connections are served until it leaves); else this process went on serving the tiles
+    /// they purged until its own next purge of the kind, or its restart. Looked at every
+    /// second (see [`super::records::keep_records`]), read when it changed.
+    pub fn follow_record(&self) {
+        let Some(f) = &self.file else {
+            return;
+        };
+        let stamp = std::fs::metadata(f)
+            .ok()
+            .and_then(|m| Some((m.modified().ok()?, m.len())));
+        {
+            let mut seen = self.record_seen.lock().unwrap_or_else(|p| p.into_inner());
+            if stamp.is_none() || *seen == stamp {
+                return;
+            }
+            *seen = stamp;
+        }
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+        let Ok(recorded) = read(f) else {
+            return;
+        };
+        let mut next = self.table.load().by_name.clone();
+        let mut taken = 0;
+        for (name, g) in admitted(recorded, self.paths) {
+            let mine = next.entry(name).or_insert(0);
+            if g > *mine {
+                *mine = g;
+                taken += 1;
+            }
+        }
+        if taken > 0 {
+            self.table.store(Arc::new(Table::new(next)));
+            self.any.store(true, Ordering::Release);
+            log::info!(
+                "tile cache: {taken} purge(s) recorded in {} by another process taken in",
+                f.display()
+            );
         }
     }
 
@@ -429,6 +474,33 @@ mod tests {
         // What another process records is read the same way.
         let _ = recorded(g.advance("/c/", 8));
         assert_eq!(g.all().len(), 2, "{:?}", g.all());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Two processes on one record (a graceful upgrade): a purge the old one makes after the
+    /// new one read the record is taken in by the new one when it looks at the record.
+    #[test]
+    fn a_purge_another_process_recorded_is_taken_in() {
+        let dir = std::env::temp_dir().join(format!("tollgate-follow-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        for (name, paths, path) in [
+            ("generations.json", false, "wmts"),
+            ("prefixes.json", true, "/a/"),
+        ] {
+            let file = dir.join(name);
+            let (old, _) = Generations::open(Some(file.clone()), paths);
+            let (new, _) = Generations::open(Some(file), paths);
+            new.follow_record();
+            let purged = recorded(old.advance(path, 8));
+            assert_eq!(new.of(path), 0);
+            new.follow_record();
+            assert_eq!(new.of(path), purged, "{name}");
+            // Its own purges stay the latest.
+            let again = recorded(new.advance(path, 8));
+            assert!(again > purged);
+            new.follow_record();
+            assert_eq!(new.of(path), again);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -45,7 +45,7 @@ pub use outcome::{
     note_miss, refresh_broke, serve_stale, served_from_cache, status,
 };
 pub use policy::{CacheRule, CacheUse};
-pub use records::{keep_forwardings, save_forwardings};
+pub use records::{keep_records, save_forwardings};
 pub use vary::variance;
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified};
 use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};

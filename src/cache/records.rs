@@ -9,6 +9,8 @@ use std::time::Duration;
 pub(super) const FORWARDING_FILE: &str = "forwarding.json";
 /// How often the combinations are written when one came or went.
 const FORWARDING_SAVE: Duration = Duration::from_secs(10);
+/// How often the purge records are looked at for another process's purges.
+const FOLLOW_RECORDS: Duration = Duration::from_secs(1);
 
 /// The combinations a record kept; none when there is no record or it cannot be read (a purge
 /// then misses the disk copies of the combinations no request has sent since).
@@ -55,26 +57,45 @@ pub fn save_forwardings() {
     }
 }
 
-/// Writes the forwarding headers' combinations every [`FORWARDING_SAVE`] when one came or
-/// went, on `background` (the process's exit writes them too: [`save_forwardings`]).
-pub fn keep_forwardings(background: &tokio::runtime::Handle) {
+/// Keeps the records beside the disk tier, on `background`: writes the forwarding headers'
+/// combinations every [`FORWARDING_SAVE`] when one came or went (the process's exit writes
+/// them too: [`save_forwardings`]), and takes in each second the purges another process
+/// recorded (see [`super::generations::Generations::follow_record`]).
+pub fn keep_records(background: &tokio::runtime::Handle) {
     if super::get().is_none_or(|c| c.forwarding_file.is_none()) {
         return;
     }
     background.spawn(async {
-        let mut every = tokio::time::interval(FORWARDING_SAVE);
+        let mut every = tokio::time::interval(FOLLOW_RECORDS);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let saves = (FORWARDING_SAVE.as_secs() / FOLLOW_RECORDS.as_secs()).max(1);
+        for tick in 1u64.. {
             every.tick().await;
-            let _ = tokio::task::spawn_blocking(save_forwardings).await;
+            let save = tick % saves == 0;
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(c) = super::get() {
+                    c.endpoints.follow_record();
+                    c.prefixes.follow_record();
+                }
+                if save {
+                    save_forwardings();
+                }
+            })
+            .await;
         }
     });
 }
 
 /// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,
-/// synced, then renamed into its place.
+/// of this process's own (two processes of a graceful upgrade writing at once through one
+/// such file could rename a mix of both), synced, then renamed into its place.
 pub(super) fn write_whole(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    write_whole_via(path, &path.with_extension("tmp"), bytes)
+    let tmp = path.with_extension(format!("{}.tmp", std::process::id()));
+    let written = write_whole_via(path, &tmp, bytes);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }
 
 /// [`write_whole`] through the file `tmp`.

@@ -245,7 +245,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
-    crate::cache::keep_forwardings(background.handle());
+    crate::cache::keep_records(background.handle());
     let started = crate::lifecycle::Started::of(&loaded, before);
     let gateway = match Gateway::build(loaded, &shared) {
         Ok(g) => g,
