@@ -457,7 +457,16 @@ impl DiskTier {
         let path = self.path(key);
         let removed = tokio::task::spawn_blocking({
             let path = path.clone();
-            move || std::fs::remove_file(path)
+            move || {
+                std::fs::remove_file(&path)?;
+                // The removal survives a power loss once its directory is synced: before, the
+                // file could come back, and be served at the next start, after the purge had
+                // answered. (Only where a file went: most invalidations find none.)
+                match path.parent() {
+                    Some(dir) => std::fs::File::open(dir)?.sync_all(),
+                    None => Ok(()),
+                }
+            }
         })
         .await
         .map_err(std::io::Error::other)?;
