@@ -226,10 +226,10 @@ fn wait_for_disk(dir: &std::path::Path, n: usize) {
     }
 }
 
-/// Makes the api endpoints' purge record impossible to write (its temporary file's name
-/// taken by a directory), or possible again.
-fn block_purge_record(cache_dir: &std::path::Path, blocked: bool) {
-    let in_the_way = cache_dir.join("generations.tmp");
+/// Makes the api endpoints' purge record impossible to write for the gateway process `pid`
+/// (the name of its temporary file taken by a directory), or possible again.
+fn block_purge_record(cache_dir: &std::path::Path, pid: u32, blocked: bool) {
+    let in_the_way = cache_dir.join(format!("generations.{pid}.tmp"));
     match blocked {
         true => std::fs::create_dir_all(in_the_way).expect("in the way"),
         false => std::fs::remove_dir_all(in_the_way).expect("cleared"),
@@ -380,7 +380,8 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     wait_for_disk(&cache_dir, 1);
     // The record's temporary file cannot be made.
-    block_purge_record(&cache_dir, true);
+    let pid = gw.child.id();
+    block_purge_record(&cache_dir, pid, true);
     let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 500, "{}", r.text());
     assert!(r.text().contains("cannot record the purge"), "{}", r.text());
@@ -390,7 +391,7 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
         "purged in this process"
     );
     drop(gw);
-    block_purge_record(&cache_dir, false);
+    block_purge_record(&cache_dir, pid, false);
     // A damaged record: the tile stored before the purge is not served from disk again.
     std::fs::write(cache_dir.join("generations.json"), b"{\"tiles\": ").expect("damage");
     let gw = restarted(&dir, &dir_arg);
@@ -445,13 +446,14 @@ fn a_purge_after_an_unrecorded_one_and_a_restart_takes_a_new_generation() {
     let (dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
     let path = "/tiles/bytes/20000/again.png";
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
-    block_purge_record(&cache_dir, true);
+    let pid = gw.child.id();
+    block_purge_record(&cache_dir, pid, true);
     assert_eq!(purge(&gw, r#"{"apiEndpoint": "tiles"}"#).status, 500);
     // Stored under the unrecorded generation.
     assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
     wait_for_disk(&cache_dir, 2);
     drop(gw);
-    block_purge_record(&cache_dir, false);
+    block_purge_record(&cache_dir, pid, false);
     let gw = restarted(&dir, &dir_arg);
     let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
