@@ -46,6 +46,7 @@ apiEndpoints:
   slow: {{paths: '/slow/*'}}
   nodns: {{paths: '/nodns/*'}}
   raw: {{paths: '/raw/*'}}
+  basic: {{paths: '/basic/*'}}
 serviceEndpoints:
   wms: {{url: '{a}/wms'}}
   root: {{url: '{a_root}'}}
@@ -74,6 +75,7 @@ pipelines:
   slow: {{apiEndpoints: [slow], policies: [{{proxy: {{action: {{serviceEndpoint: root, proxyTimeout: 300}}}}}}]}}
   nodns: {{apiEndpoints: [nodns], policies: [{{proxy: {{action: {{serviceEndpoint: nodns}}}}}}]}}
   raw: {{apiEndpoints: [raw], policies: [{{proxy: {{action: {{serviceEndpoint: root}}}}}}]}}
+  basic: {{apiEndpoints: [basic], policies: [{{proxy: {{action: {{serviceEndpoint: root, auth: 'tiles:s3cr:et', followRedirects: true}}}}}}]}}
 "#,
         a = a.url(""),
         a_root = a.url(""),
@@ -240,6 +242,34 @@ fn request_id_headers_and_method_reach_the_upstream() {
     let e = post.echoed();
     assert_eq!(e.method(), "POST");
     assert_eq!(e.0["body"], "hello");
+}
+
+/// `auth` (Node's, as EG's http-proxy passes it on): the upstream request's `Authorization:
+/// Basic`, unless the client sent an `Authorization` of its own; an http-proxy option tollgate
+/// does not act on is a warning at its place.
+#[test]
+fn auth_sends_basic_credentials_upstream() {
+    let s = setup();
+    let e = get(s.gw.port, "GET", "/basic/x", &[]).echoed();
+    // base64("tiles:s3cr:et")
+    assert_eq!(
+        e.header("authorization").as_deref(),
+        Some("Basic dGlsZXM6czNjcjpldA==")
+    );
+    let e = get(
+        s.gw.port,
+        "GET",
+        "/basic/x",
+        &[("Authorization", "Bearer own")],
+    )
+    .echoed();
+    assert_eq!(e.header("authorization").as_deref(), Some("Bearer own"));
+    let log = s.gw.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("gateway.config.yml:")
+            && l.contains("`followRedirects` is not supported by tollgate and is ignored")),
+        "{log}"
+    );
 }
 
 #[test]

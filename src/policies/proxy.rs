@@ -44,7 +44,25 @@ pub struct Params {
     secure: bool,
     #[serde(default)]
     headers: std::collections::BTreeMap<String, String>,
+    /// `user:password`: the upstream request's `Authorization: Basic`, when the client's
+    /// request has no `Authorization` (Node's `auth`, as EG's http-proxy passes it on).
+    auth: Option<String>,
 }
+
+/// Options of EG's http-proxy that tollgate does not act on: named in a config, each is a
+/// warning at its place (it would otherwise change nothing, silently).
+const NOT_SUPPORTED: [&str; 10] = [
+    "followRedirects",
+    "autoRewrite",
+    "hostRewrite",
+    "protocolRewrite",
+    "cookieDomainRewrite",
+    "cookiePathRewrite",
+    "toProxy",
+    "proxyUrl",
+    "proxyOptions",
+    "target",
+];
 
 fn yes() -> bool {
     true
@@ -63,6 +81,8 @@ pub struct Proxy {
     read_timeout: Option<Duration>,
     total_timeout: Option<Duration>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    /// `Authorization: Basic` from `auth`.
+    basic_auth: Option<HeaderValue>,
 }
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
@@ -115,6 +135,31 @@ impl Proxy {
                 ),
             }
         }
+        for (key, at) in [action, endpoint.proxy_options.as_ref()]
+            .into_iter()
+            .flatten()
+            .flat_map(|n| {
+                NOT_SUPPORTED
+                    .iter()
+                    .filter_map(move |k| Some((*k, n.get(k)?)))
+            })
+        {
+            log::warn!(
+                "{}: policy `proxy`: `{key}` is not supported by tollgate and is ignored",
+                at.pos
+            );
+        }
+        let basic_auth = match p.auth.as_deref().map(basic) {
+            None => None,
+            Some(Some(v)) => Some(v),
+            Some(None) => {
+                errors.push(
+                    super::param_pos(action, "auth", pos),
+                    "policy `proxy`: `auth` is no header value",
+                );
+                return None;
+            }
+        };
         let ms = |v: Option<u64>| v.filter(|t| *t > 0).map(Duration::from_millis);
         let eg_timeout = ms(p.proxy_timeout).or(ms(p.timeout));
         if !p.secure {
@@ -133,6 +178,7 @@ impl Proxy {
             read_timeout: ms(p.read_timeout).or(eg_timeout),
             total_timeout: ms(p.total_timeout),
             headers,
+            basic_auth,
         })
     }
 
@@ -150,6 +196,13 @@ impl Proxy {
             neutral: None,
         }
     }
+}
+
+/// `Authorization: Basic` for `user:password` (as Node encodes `auth`, whatever it holds).
+fn basic(auth: &str) -> Option<HeaderValue> {
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(auth);
+    HeaderValue::from_str(&format!("Basic {encoded}")).ok()
 }
 
 fn merged_params(
@@ -313,6 +366,10 @@ impl Policy for Proxy {
         }
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
+        }
+        if let Some(v) = &self.basic_auth {
+            x.upstream_edits
+                .push(HeaderEdit::Default(http::header::AUTHORIZATION, v.clone()));
         }
         if self.xfwd {
             let ip = req
