@@ -27,6 +27,10 @@ pub struct Shared {
     pub upstreams: Arc<crate::upstream::state::Registry>,
     /// Redis, when configured: rate-limit windows are shared through it.
     pub shared_windows: Option<Arc<dyn crate::store::Store>>,
+    /// What the `proxy` steps to the gateway's own Admin API send its storage route with a
+    /// request they authenticated, when `--admin-token` is set (see
+    /// [`crate::admin::storage_pass`]).
+    pub storage_pass: Option<http::HeaderValue>,
 }
 
 impl Shared {
@@ -42,6 +46,7 @@ impl Shared {
             )),
             upstreams: Arc::default(),
             shared_windows: None,
+            storage_pass: None,
         }
     }
 }
@@ -82,7 +87,9 @@ impl Gateway {
         let service_endpoints = build_service_endpoints(&gw, &shared.upstreams, &mut errors);
         check_declared_policies(&gw, &mut errors);
         let (secret_query_params, secret_headers) = secrets(&gw);
+        let admin_port = gw.admin.as_ref().map(|a| a.port);
         let cx = BuildContext {
+            storage_pass: shared.storage_pass.as_ref().zip(admin_port),
             secret_query_params: &secret_query_params,
             secret_headers: &secret_headers,
             service_endpoints: &service_endpoints,

@@ -191,6 +191,74 @@ fn through_a_gateway_pipeline() {
     assert_eq!(r.status, 200);
 }
 
+/// With `--admin-token`, the route answers the token, or the gateway's own `proxy` step with a
+/// request a step before it authenticated: Kargo's example also proxies every path of the
+/// Host `express-gateway` to the Admin API, authenticating nothing, and through it anyone
+/// who reached the gateway's port read the buckets with the gateway's keys.
+#[test]
+fn with_an_admin_token_only_authenticated_pipelines_reach_the_route() {
+    let s3 = S3Server::start(&["tiles"]);
+    s3.put("tiles", "a/b.png", "image/png", b"not really a png");
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  admin: {host: 'express-gateway'}\n  storage: {host: '*', paths: '/s3/*'}\nserviceEndpoints:\n  admin: {url: 'http://localhost:${ADMIN_PORT}'}\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [key-auth, proxy]\npipelines:\n  admin: {apiEndpoints: [admin], policies: [{proxy: [{action: {serviceEndpoint: admin, changeOrigin: true, stripPath: true}}]}]}\n  storage: {apiEndpoints: [storage], policies: [{key-auth: {}}, {proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
+    );
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    endpointName: /s3\n    providers:\n      local:\n        endpoint: 'http://127.0.0.1:{p}'\n        accessKeyId: {k}\n        secretAccessKey: {s}\n        default: true\n",
+            p = s3.port,
+            k = s3.access_key,
+            s = s3.secret_key
+        ),
+    );
+    dir.write(
+        "consumers.json",
+        r#"{"scopes": [], "users": {"u": {"app": {"type": "key-auth", "keyId": "K", "keySecret": "S"}}}}"#,
+    );
+    let data = dir.path.join("data").display().to_string();
+    let consumers = dir.file("consumers.json");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--data-dir",
+            &data,
+            "--populate",
+            &consumers,
+            "--admin-token",
+            "T0KEN",
+        ],
+        &[],
+    );
+    let object = "/s3/tiles/a/b.png";
+    // Through the authenticating pipeline.
+    let r = get(gw.port, "GET", object, &[("Authorization", "apiKey K:S")]);
+    assert_eq!((r.status, r.text().as_str()), (200, "not really a png"));
+    assert_eq!(get(gw.port, "GET", object, &[]).status, 401);
+    // Through the pipeline that authenticates nothing: refused, a forged pass too.
+    for forged in [None, Some("0123abcd")] {
+        let mut h = vec![("Host", "express-gateway")];
+        if let Some(f) = forged {
+            h.push(("X-Tollgate-Storage-Pass", f));
+        }
+        let r = get(gw.port, "GET", object, &h);
+        assert_eq!(r.status, 401, "{forged:?}: {}", r.text());
+    }
+    // The Admin API's own routes through it, as before: the token is asked for.
+    assert_eq!(
+        get(gw.port, "GET", "/users", &[("Host", "express-gateway")]).status,
+        401
+    );
+    // On the admin port: the token.
+    assert_eq!(get(gw.admin_port, "GET", object, &[]).status, 401);
+    let r = get(
+        gw.admin_port,
+        "GET",
+        object,
+        &[("Authorization", "Bearer T0KEN")],
+    );
+    assert_eq!((r.status, r.text().as_str()), (200, "not really a png"));
+}
+
 #[test]
 fn the_legacy_s3_plugin_settings() {
     let s3 = S3Server::start(&["maps"]);

@@ -74,6 +74,54 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The header the gateway's own `proxy` step sends to its Admin API's storage route with a
+/// request a step before it authenticated (see [`storage_pass`]).
+pub static STORAGE_PASS: http::HeaderName =
+    http::HeaderName::from_static("x-tollgate-storage-pass");
+
+/// With `--admin-token`, what the storage route takes instead of the token from the gateway's
+/// own `proxy` step: a value made from the token (the same in both processes of a graceful
+/// upgrade), not the token itself. Without one the storage route is open to what reaches it,
+/// as EG's is.
+pub fn storage_pass(token: &str) -> http::HeaderValue {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("tollgate storage pass\n{token}").as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    // (Hexadecimal digits: always a header value.)
+    http::HeaderValue::from_str(&hex).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+}
+
+/// Whether a service endpoint's url is this gateway's Admin API (loopback, its port).
+pub fn is_own_admin(target: &crate::upstream::UpstreamTarget, admin_port: u16) -> bool {
+    target.port == admin_port
+        && (target.hostname == "localhost"
+            || target
+                .hostname
+                .trim_matches(['[', ']'])
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()))
+}
+
+/// Whether a request may use the storage route: always without `--admin-token` (as EG's);
+/// with one, when it carries the token, or the pass of the gateway's own `proxy` step for a
+/// request a step before it authenticated ([`storage_pass`]). Kargo's example proxies every
+/// path of the Host `express-gateway` to the Admin API, authenticating nothing: through it,
+/// anyone reaching the gateway's port read the buckets with the gateway's keys, the token
+/// set or not.
+pub fn storage_admitted(head: &pingora_http::RequestHeader, token: Option<&str>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let header = |n: &http::HeaderName| head.headers.get(n).map(http::HeaderValue::as_bytes);
+    let bearer = header(&http::header::AUTHORIZATION).and_then(|v| {
+        v.strip_prefix(b"Bearer ")
+            .or_else(|| v.strip_prefix(b"bearer "))
+    });
+    let pass = storage_pass(token);
+    bearer.is_some_and(|b| bool::from(b.ct_eq(token.as_bytes())))
+        || header(&STORAGE_PASS).is_some_and(|p| bool::from(p.ct_eq(pass.as_bytes())))
+}
+
 /// Whether an Admin API listener on `host` (the config's `admin.host`; loopback by default)
 /// listens on loopback only.
 pub fn on_loopback(host: Option<&str>) -> bool {

@@ -103,6 +103,14 @@ impl ProxyHttp for AdminService {
         if let Some(storage) = &gw.storage {
             let head = session.req_header();
             if storage.owns(head.uri.path()) {
+                if !super::storage_admitted(head, self.api.token.as_deref()) {
+                    write(
+                        session,
+                        super::text(http::StatusCode::UNAUTHORIZED, "Unauthorized"),
+                    )
+                    .await?;
+                    return Ok(true);
+                }
                 if let Some(why) = super::storage_refusal(head, self.api.loopback) {
                     log::warn!("storage route: refused a request {why}");
                     let forbidden = format!("Forbidden: {why}");

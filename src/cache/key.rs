@@ -16,7 +16,7 @@ use crate::pipeline::context::HeaderEdit;
 use super::policy::CacheRule;
 
 /// Headers the gateway adds upstream that say nothing about the tile: they stay out of the key.
-const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id"];
+const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id", "x-tollgate-storage-pass"];
 
 /// The secret the keys' hashes are made with: the disk tier's own (kept with it), else one
 /// drawn at start (see [`use_secret`]).

@@ -83,6 +83,9 @@ pub struct Proxy {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `Authorization: Basic` from `auth`.
     basic_auth: Option<HeaderValue>,
+    /// To the gateway's own Admin API with `--admin-token`: the pass its storage route takes
+    /// with a request a step before authenticated (see [`crate::admin::storage_admitted`]).
+    storage_pass: Option<HeaderValue>,
 }
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
@@ -179,6 +182,15 @@ impl Proxy {
             total_timeout: ms(p.total_timeout),
             headers,
             basic_auth,
+            storage_pass: cx
+                .storage_pass
+                .filter(|(_, port)| {
+                    endpoint
+                        .targets
+                        .iter()
+                        .all(|t| crate::admin::is_own_admin(t, *port))
+                })
+                .map(|(pass, _)| pass.clone()),
         })
     }
 
@@ -366,6 +378,13 @@ impl Policy for Proxy {
         }
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
+        }
+        // (Set whatever the client sent in its place; only with a consumer.)
+        if let (Some(pass), Some(_)) = (&self.storage_pass, &x.consumer) {
+            x.upstream_edits.push(HeaderEdit::Set(
+                crate::admin::STORAGE_PASS.clone(),
+                pass.clone(),
+            ));
         }
         if let Some(v) = &self.basic_auth {
             x.upstream_edits

@@ -242,6 +242,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         consumers: consumers.cache.clone(),
         upstreams: Arc::default(),
         shared_windows: (!loaded_redis_emulated).then(|| consumers.store.clone()),
+        storage_pass: opts.admin_token.as_deref().map(crate::admin::storage_pass),
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
@@ -491,14 +492,11 @@ fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
 /// `express-gateway`) opens it to everyone who reaches the gateway's own port.
 fn warn_proxied_admin(gw: &Gateway, admin_port: u16) {
     for ep in gw.service_endpoints.values() {
-        let local = ep.targets.iter().any(|t| {
-            t.port == admin_port
-                && (t.hostname == "localhost"
-                    || t.hostname
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip.is_loopback()))
-        });
-        if local {
+        if ep
+            .targets
+            .iter()
+            .any(|t| crate::admin::is_own_admin(t, admin_port))
+        {
             log::warn!(
                 "service endpoint `{}` is the Admin API without --admin-token: anyone who reaches the gateway through a pipeline that proxies to it can manage consumers",
                 ep.name
