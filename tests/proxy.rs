@@ -158,6 +158,10 @@ fn ignore_path_and_prepend_path() {
         "/ppfoo?x=1",
         "prependPath false drops the target path"
     );
+    // Joined with nothing all the same, as http-proxy does: repeated slashes go.
+    assert_eq!(upstream_url(&s, "/ppfoo//bar?x=//1"), "/ppfoo/bar?x=//1");
+    // A path that carries a URL keeps its `http://`.
+    assert_eq!(upstream_url(&s, "/wms/http://h//x"), "/wms/http://h/x");
 }
 
 #[test]

@@ -192,11 +192,9 @@ impl PathRecipe {
             .as_ref()
             .and_then(|rule| crate::cache::key::neutral(&self.url, rule));
         let url = neutral.as_deref().unwrap_or(&self.url);
-        if self.prepend_path {
-            crate::policies::proxy::url_join(base_path, url)
-        } else {
-            url.to_string()
-        }
+        // (Without the url's path, joined all the same: http-proxy joins it with nothing.)
+        let base = if self.prepend_path { base_path } else { "" };
+        crate::policies::proxy::url_join(base, url)
     }
 }
 

@@ -275,13 +275,22 @@ fn stripped_url(req: &Request<'_>) -> String {
     }
 }
 
-/// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query.
+/// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query
+/// — and give the first `http:/` and `https:/` of the path their second slash back, as it does
+/// (a path that carries a URL: `/k2/http://h/x`).
 pub fn url_join(base: &str, url: &str) -> String {
     let q = memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len());
     let (url_path, url_query) = url.split_at(q);
     let mut out = String::with_capacity(base.len() + url.len() + 1);
     for part in [base, url_path] {
         push_joined(&mut out, part);
+    }
+    if memchr::memchr(b':', out.as_bytes()).is_some() {
+        for scheme in ["http:/", "https:/"] {
+            if let Some(at) = out.find(scheme) {
+                out.insert(at + scheme.len(), '/');
+            }
+        }
     }
     out.push_str(url_query);
     out
@@ -525,6 +534,10 @@ mod tests {
         );
         assert_eq!(url_join("/wmts", ""), "/wmts");
         assert_eq!(url_join("/a//b/", "//c///d/?q=//x"), "/a/b/c/d/?q=//x");
+        // http-proxy's own: the first `http:/` and `https:/` get their second slash back.
+        assert_eq!(url_join("/", "/k2/http://h//x"), "/k2/http://h/x");
+        assert_eq!(url_join("/p", "/https:/h/http:/g"), "/p/https://h/http://g");
+        assert_eq!(url_join("", "//a//b?x=//y"), "/a/b?x=//y");
     }
 
     /// The join as http-proxy words it: split both on `/`, put one `/` between the pieces.
