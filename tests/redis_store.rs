@@ -634,6 +634,50 @@ fn a_change_made_while_a_gateway_was_not_subscribed_reaches_it_when_it_subscribe
     }
 }
 
+/// A subscription whose Redis stops answering without closing the connection (its host died,
+/// a partition: here, the server frozen) is noticed by its pings and made again, and what
+/// changed meanwhile is read then: it was held for good, and every change after waited for the
+/// periodic resync (a minute away).
+#[test]
+fn a_subscription_that_stops_answering_is_made_again() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    // Revoked behind its back, with no change message (as EG or redis-cli would).
+    let _: i64 = redis::cmd("HSET")
+        .arg("EG-key-auth:kargo-ka-id")
+        .arg("isActive")
+        .arg("false")
+        .query(&mut redis.conn())
+        .expect("HSET");
+    assert_eq!(
+        get(gw.port, "GET", "/wmts/1", &key).status,
+        200,
+        "not heard of yet"
+    );
+    redis.signal("STOP");
+    let frozen = Instant::now();
+    while !gw.log_text().contains("lost; resubscribing") {
+        assert!(
+            frozen.elapsed() < Duration::from_secs(20),
+            "the frozen subscription was not noticed:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    redis.signal("CONT");
+    let revoked_at = Instant::now();
+    while get(gw.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(20),
+            "the change was not read after the subscription was made again:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn known_credentials_keep_working_when_redis_goes_away() {
     let (mut redis, _up, dir) = with_eg_fixture();

@@ -153,7 +153,7 @@ impl EmbeddedStore {
                 }
             }
         }
-        let journal = OpenOptions::new()
+        let mut journal = OpenOptions::new()
             .create(true)
             .append(true)
             .mode(0o600)
@@ -164,10 +164,22 @@ impl EmbeddedStore {
                 private(file, 0o600).map_err(|e| io("cannot restrict the store's files", e))?;
             }
         }
-        // Cut a torn tail so the next entry starts on a line of its own.
-        journal
-            .set_len(good_bytes)
-            .map_err(|e| io("cannot repair the journal", e))?;
+        // Cut a torn tail so the next entry starts on a line of its own. A whole last entry
+        // whose line end was not written (counted above with it) gets it: cut to its length,
+        // the file grew by a NUL, and the next entry ran on in its line — lost at the next
+        // start, or refusing it when more came after.
+        let on_disk = journal
+            .metadata()
+            .map_err(|e| io("cannot read the journal", e))?
+            .len();
+        let repaired = match good_bytes > on_disk {
+            true => journal
+                .set_len(on_disk)
+                .and_then(|()| journal.write_all(b"\n"))
+                .and_then(|()| journal.sync_data()),
+            false => journal.set_len(good_bytes),
+        };
+        repaired.map_err(|e| io("cannot repair the journal", e))?;
         let store = EmbeddedStore {
             dir: Some(dir.to_path_buf()),
             state: Mutex::new(State {

@@ -289,29 +289,73 @@ impl RedisStore {
                     break;
                 }
                 match target_store.client().await {
-                    Ok(client) => match client.get_async_pubsub().await {
-                        Ok(mut pubsub) => {
-                            if pubsub.subscribe(&channel).await.is_ok() {
-                                let _ = tx.send(super::SUBSCRIBED.to_string());
-                                let mut stream = pubsub.on_message();
-                                while let Some(msg) = stream.next().await {
-                                    if let Ok(text) = msg.get_payload::<String>() {
-                                        let _ = tx.send(text);
-                                    }
+                    Ok(client) => {
+                        match tokio::time::timeout(PUBSUB_WAIT, client.get_async_pubsub()).await {
+                            Ok(Ok(pubsub)) => {
+                                let (mut sink, stream) = pubsub.split();
+                                let subscribed =
+                                    tokio::time::timeout(PUBSUB_WAIT, sink.subscribe(&channel))
+                                        .await;
+                                if matches!(subscribed, Ok(Ok(()))) {
+                                    let _ = tx.send(super::SUBSCRIBED.to_string());
+                                    relay_messages(&mut sink, stream, &tx).await;
                                 }
+                                log::warn!(
+                                    "{}: subscription to `{channel}` lost; resubscribing",
+                                    target_store.describe
+                                );
                             }
-                            log::warn!(
-                                "{}: subscription to `{channel}` lost; resubscribing",
+                            Ok(Err(e)) => {
+                                log::warn!("{}: cannot subscribe: {e}", target_store.describe)
+                            }
+                            Err(_) => log::warn!(
+                                "{}: cannot subscribe: no answer within {PUBSUB_WAIT:?}",
                                 target_store.describe
-                            );
+                            ),
                         }
-                        Err(e) => log::warn!("{}: cannot subscribe: {e}", target_store.describe),
-                    },
+                    }
                     Err(e) => log::warn!("{e}"),
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         });
+    }
+}
+
+/// How often the subscription's connection is asked for a sign of life, and how long its
+/// connect, subscription and answers are waited for: a Redis host that died or went out of
+/// reach without closing the connection sent nothing more, and the subscription was held
+/// for good (every change message lost until the process restarted, the periodic resync the
+/// only way changes came).
+const PUBSUB_PING: Duration = Duration::from_secs(5);
+const PUBSUB_WAIT: Duration = Duration::from_secs(5);
+
+/// Relays the subscription's messages into `tx` until its connection ends or stops answering
+/// pings.
+async fn relay_messages(
+    sink: &mut redis::aio::PubSubSink,
+    mut stream: redis::aio::PubSubStream,
+    tx: &broadcast::Sender<String>,
+) {
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + PUBSUB_PING, PUBSUB_PING);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => {
+                    if let Ok(text) = msg.get_payload::<String>() {
+                        let _ = tx.send(text);
+                    }
+                }
+                None => return,
+            },
+            _ = beat.tick() => {
+                let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return;
+                }
+            }
+        }
     }
 }
 
