@@ -78,11 +78,18 @@ pub struct Decided {
 async fn send_reply(session: &mut Session, reply: Reply, edits: &[HeaderEdit]) -> Result<()> {
     let resp = exchange::reply_header(&reply, edits)?;
     let head_only = session.req_header().method == http::Method::HEAD || reply.body.is_empty();
+    // A write that fails is the client's leaving (a reset stream, a closed connection): its
+    // doing, not a failure of the gateway's (logged at debug, as on the fast path; an HTTP/2
+    // stream so left counts as abandoned).
     session
         .write_response_header(Box::new(resp), head_only)
-        .await?;
+        .await
+        .map_err(|e| e.into_down())?;
     if !head_only {
-        session.write_response_body(Some(reply.body), true).await?;
+        session
+            .write_response_body(Some(reply.body), true)
+            .await
+            .map_err(|e| e.into_down())?;
     }
     Ok(())
 }
