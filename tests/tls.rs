@@ -211,17 +211,17 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
         )
     };
     dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    let config = |entries: String| {
+        format!(
+            "https:\n  port: ${{PORT}}\n  tls:\n{entries}apiEndpoints:\n  a: {{paths: '/a'}}\npolicies: [terminate]\npipelines:\n  p: {{apiEndpoints: [a], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n"
+        )
+    };
     dir.write(
         "gateway.config.yml",
-        &format!(
-            "https:\n  port: ${{PORT}}\n  tls:\n{}{}{}apiEndpoints:\n  a: {{paths: '/a'}}\npolicies: [terminate]\npipelines:\n  p: {{apiEndpoints: [a], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n",
-            entry("*.a.test", "a"),
-            entry("b.test", "b"),
-            entry("default", "default"),
-        ),
+        &config(entry("*.a.test", "a") + &entry("b.test", "b") + &entry("default", "default")),
     );
     let gw = GatewayProcess::start(&dir);
-    let served = |sni: Option<&str>| {
+    let served = |port: u16, sni: Option<&str>| {
         let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
         connector.set_verify(SslVerifyMode::NONE);
         connector
@@ -230,7 +230,7 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
         let mut config = connector.build().configure().expect("configure");
         config.set_use_server_name_indication(sni.is_some());
         config.set_verify_hostname(false);
-        let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let tls = config
             .connect(sni.unwrap_or("none"), tcp)
             .expect("handshake");
@@ -252,15 +252,30 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
             .map(|(n, _)| *n)
             .expect("one of the certificates")
     };
-    assert_eq!(served(Some("x.a.test")), "a");
-    assert_eq!(served(Some("TILES.A.TEST")), "a");
-    assert_eq!(served(Some("b.test")), "b");
-    assert_eq!(served(Some("b.test.")), "b", "a fully qualified name");
-    assert_eq!(served(Some("c.test")), "default");
+    assert_eq!(served(gw.port, Some("x.a.test")), "a");
+    assert_eq!(served(gw.port, Some("TILES.A.TEST")), "a");
+    assert_eq!(served(gw.port, Some("b.test")), "b");
     assert_eq!(
-        served(Some("a.test")),
+        served(gw.port, Some("b.test.")),
+        "b",
+        "a fully qualified name"
+    );
+    assert_eq!(served(gw.port, Some("c.test")), "default");
+    assert_eq!(
+        served(gw.port, Some("a.test")),
         "default",
         "`*` is one label at least"
     );
-    assert_eq!(served(None), "default");
+    assert_eq!(served(gw.port, None), "default");
+    // Without `default`: the first certificate answers a name no glob matches, and is looked
+    // for by its name first, as listed (it was left out: a later glob won over it).
+    drop(gw);
+    dir.write(
+        "gateway.config.yml",
+        &config(entry("*.a.test", "a") + &entry("x.a.test", "b")),
+    );
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(served(gw.port, Some("x.a.test")), "a");
+    assert_eq!(served(gw.port, Some("c.test")), "a");
+    assert_eq!(served(gw.port, None), "a");
 }

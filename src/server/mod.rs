@@ -99,10 +99,13 @@ pub(crate) fn https_acceptor(
         .or_else(|| h.certs.first())
         .context("https needs a certificate")?;
     let addr = bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port);
+    // Every certificate but `default` is looked for by name in the config's order: also the
+    // first when it stands in for a missing `default` (left out, a later glob matching the
+    // same name won over it).
     let by_name: Vec<(String, String, String)> = h
         .certs
         .iter()
-        .filter(|c| c.host_glob != "default" && !std::ptr::eq(*c, cert))
+        .filter(|c| c.host_glob != "default")
         .map(|c| (c.host_glob.clone(), c.cert.clone(), c.key.clone()))
         .collect();
     let tls = crate::listener::tls_acceptor_by_name(&cert.cert, &cert.key, &by_name)
