@@ -882,6 +882,18 @@ fn populate_is_idempotent_and_clean_leaves_nothing() {
         .arg("1")
         .query::<()>(&mut redis.conn())
         .expect("set");
+    // So is a value that is not UTF-8 in a consumer's hash (a field another tool added): read
+    // with its bad bytes replaced (it failed the whole load too).
+    redis::cmd("HSET")
+        .arg("EG-key-auth:JUNK")
+        .arg("keyId")
+        .arg("JUNK")
+        .arg("isActive")
+        .arg("true")
+        .arg("keySecret")
+        .arg(b"caf\xe9".as_slice())
+        .query::<()>(&mut redis.conn())
+        .expect("hset");
     let gw = GatewayProcess::start(&dir);
     assert_eq!(
         get(
@@ -929,7 +941,7 @@ fn populate_is_idempotent_and_clean_leaves_nothing() {
     let left: Vec<String> = redis
         .keys()
         .into_iter()
-        .filter(|k| !k.starts_with("rl:") && !k.starts_with("EG-junk:"))
+        .filter(|k| !k.starts_with("rl:") && !k.starts_with("EG-junk:") && k != "EG-key-auth:JUNK")
         .collect();
     assert!(left.is_empty(), "orphans: {left:?}");
     // Two applications with one keyId (of one type) would take it from each other on every

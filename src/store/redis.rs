@@ -359,6 +359,17 @@ async fn relay_messages(
     }
 }
 
+/// A value as text: one that is not UTF-8 (written by another tool) with its bad bytes as
+/// U+FFFD — read as text, it failed the whole read it was part of, and every full load with it.
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// A hash's fields and values as text (see [`text`]).
+fn texts(raw: HashMap<Vec<u8>, Vec<u8>>) -> HashMap<String, String> {
+    raw.into_iter().map(|(k, v)| (text(k), text(v))).collect()
+}
+
 fn key_type_of(s: &str) -> KeyType {
     match s {
         "none" => KeyType::None,
@@ -384,7 +395,8 @@ impl Store for RedisStore {
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
-        self.query(redis::cmd("HGETALL").arg(key)).await
+        let raw: HashMap<Vec<u8>, Vec<u8>> = self.query(redis::cmd("HGETALL").arg(key)).await?;
+        Ok(texts(raw))
     }
 
     async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>> {
@@ -394,8 +406,8 @@ impl Store for RedisStore {
             for k in chunk {
                 pipe.cmd("HGETALL").arg(k);
             }
-            let part: Vec<HashMap<String, String>> = self.query_pipe(&pipe).await?;
-            out.extend(part);
+            let part: Vec<HashMap<Vec<u8>, Vec<u8>>> = self.query_pipe(&pipe).await?;
+            out.extend(part.into_iter().map(texts));
         }
         Ok(out)
     }
@@ -423,11 +435,14 @@ impl Store for RedisStore {
                 inv.arg(*f);
             }
             let mut c = self.conn().await?;
-            let rows: Vec<Option<Vec<Option<String>>>> = match inv.invoke_async(&mut c).await {
+            let rows: Vec<Option<Vec<Option<Vec<u8>>>>> = match inv.invoke_async(&mut c).await {
                 Ok(v) => v,
                 Err(e) => return Err(self.on_error(e).await),
             };
-            out.extend(rows);
+            out.extend(
+                rows.into_iter()
+                    .map(|row| row.map(|fields| fields.into_iter().map(|v| v.map(text)).collect())),
+            );
         }
         Ok(out)
     }
