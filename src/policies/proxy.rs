@@ -276,16 +276,18 @@ fn stripped_url(req: &Request<'_>) -> String {
 }
 
 /// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query
-/// — and give the first `http:/` and `https:/` of the path their second slash back, as it does
-/// (a path that carries a URL: `/k2/http://h/x`).
+/// — and give the first `http:/` and `https:/` of a path whose slashes were collapsed their
+/// second slash back, as it does (a path that carries a URL: `/k2/http://h/x`).
 pub fn url_join(base: &str, url: &str) -> String {
     let q = memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len());
     let (url_path, url_query) = url.split_at(q);
     let mut out = String::with_capacity(base.len() + url.len() + 1);
+    let mut collapsed = false;
     for part in [base, url_path] {
-        push_joined(&mut out, part);
+        collapsed |= push_joined(&mut out, part);
     }
-    if memchr::memchr(b':', out.as_bytes()).is_some() {
+    // (Looked for only where a `//` went: every path pays nothing for it.)
+    if collapsed {
         for scheme in ["http:/", "https:/"] {
             if let Some(at) = out.find(scheme) {
                 out.insert(at + scheme.len(), '/');
@@ -297,12 +299,13 @@ pub fn url_join(base: &str, url: &str) -> String {
 }
 
 /// Appends `part` to a path: a `/` between them when neither has one there, and no `/` twice
-/// in a row.
-fn push_joined(out: &mut String, part: &str) {
+/// in a row. Whether a `/` twice in a row within `part` was made one.
+fn push_joined(out: &mut String, part: &str) -> bool {
     if part.is_empty() {
-        return;
+        return false;
     }
     let mut rest = part;
+    let mut collapsed = false;
     if out.ends_with('/') {
         rest = rest.trim_start_matches('/');
     } else if !out.is_empty() && !rest.starts_with('/') {
@@ -314,9 +317,11 @@ fn push_joined(out: &mut String, part: &str) {
         if bytes[i] == b'/' && bytes[i - 1] == b'/' {
             out.push_str(&rest[from..i]);
             from = i + 1;
+            collapsed = true;
         }
     }
     out.push_str(&rest[from..]);
+    collapsed
 }
 
 impl Policy for Proxy {
@@ -536,7 +541,11 @@ mod tests {
         assert_eq!(url_join("/a//b/", "//c///d/?q=//x"), "/a/b/c/d/?q=//x");
         // http-proxy's own: the first `http:/` and `https:/` get their second slash back.
         assert_eq!(url_join("/", "/k2/http://h//x"), "/k2/http://h/x");
-        assert_eq!(url_join("/p", "/https:/h/http:/g"), "/p/https://h/http://g");
+        assert_eq!(
+            url_join("/p", "/https://h/http://g"),
+            "/p/https://h/http://g"
+        );
+        assert_eq!(url_join("/p/", "/x/https://h"), "/p/x/https://h");
         assert_eq!(url_join("", "//a//b?x=//y"), "/a/b?x=//y");
     }
 
