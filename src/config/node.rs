@@ -509,6 +509,15 @@ fn resolve_plain(text: String) -> Value {
     if let Some(i) = yaml11_int(&text) {
         return Value::Int(i);
     }
+    // Digits after a leading `0` that are no octal number (`0189`, `08080`) are text to EG's
+    // reader: a password or key of digits given in a variable stays what it is.
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(&text);
+    if unsigned.len() > 1
+        && unsigned.starts_with('0')
+        && unsigned.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Value::Str(text);
+    }
     if let Ok(i) = text.parse::<i64>() {
         return Value::Int(i);
     }

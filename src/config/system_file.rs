@@ -101,15 +101,19 @@ impl SystemFile {
                 // coerces it.
                 let rounds = match &n.value {
                     Value::Int(i) => Some(*i),
+                    Value::Float(f) if f.fract() == 0.0 && f.abs() < 1e9 => Some(*f as i64),
                     Value::Str(s) => s.trim().parse::<i64>().ok(),
                     _ => None,
                 };
+                // As EG's bcrypt takes them: 0 for its default (10), 1 to 3 raised to 4. (More
+                // than 31 is refused, where EG's would take 31: a cost of days per password.)
                 match (&n.value, rounds) {
-                    (_, Some(i)) if (4..=31).contains(&i) => sys.crypto.salt_rounds = i as u32,
+                    (_, Some(0)) => sys.crypto.salt_rounds = 10,
+                    (_, Some(i @ 1..=31)) => sys.crypto.salt_rounds = i.max(4) as u32,
                     (Value::Null, _) => {}
                     _ => errors.push(
                         &n.pos,
-                        "`crypto.saltRounds` must be a whole number from 4 to 31",
+                        "`crypto.saltRounds` must be a whole number from 0 to 31",
                     ),
                 }
             }
@@ -247,4 +251,33 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
         }
     }
     def
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `crypto.saltRounds` as EG's bcrypt takes it: 0 its default, 1 to 3 raised to 4, a whole
+    /// number written as a float; past 31 (days per password) or a fraction refused.
+    #[test]
+    fn salt_rounds_as_eg_takes_them() {
+        let read = |v: &str| {
+            let root = super::super::node::parse(
+                &format!("crypto: {{saltRounds: {v}}}\n"),
+                &std::sync::Arc::from("s.yml"),
+            )
+            .expect("parses");
+            let mut errors = ConfigErrors::default();
+            let sys = SystemFile::from_node(&root, &mut errors);
+            (errors.0.is_empty()).then_some(sys.crypto.salt_rounds)
+        };
+        assert_eq!(read("0"), Some(10));
+        assert_eq!(read("1"), Some(4));
+        assert_eq!(read("12"), Some(12));
+        assert_eq!(read("12.0"), Some(12));
+        assert_eq!(read("'5'"), Some(5));
+        assert_eq!(read("32"), None);
+        assert_eq!(read("12.5"), None);
+        assert_eq!(read("-1"), None);
+    }
 }

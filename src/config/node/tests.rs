@@ -37,6 +37,26 @@ fn doc(text: &str) -> Node {
     parse(text, &Arc::from("t.yml")).expect("parses")
 }
 
+/// Digits after a leading zero that are no octal number stay text, as EG's reader has them
+/// (a password of digits from a variable was read as a number, its zeros lost).
+#[test]
+fn digits_after_a_leading_zero_that_are_no_octal_number_are_text() {
+    for (text, want) in [
+        ("0189", Value::Str("0189".into())),
+        ("08080", Value::Str("08080".into())),
+        ("-09", Value::Str("-09".into())),
+        ("0755", Value::Int(493)),
+        ("0", Value::Int(0)),
+        ("10", Value::Int(10)),
+    ] {
+        assert_eq!(
+            format!("{:?}", resolve_plain(text.to_string())),
+            format!("{want:?}"),
+            "{text}"
+        );
+    }
+}
+
 /// Collections nested thousands deep are an error at the first one too deep, read on a
 /// thread with the stack a runtime's worker has (a reload runs there): they overflowed it.
 #[test]
