@@ -456,6 +456,36 @@ fn the_cli_speaks_to_the_admin_api() {
     assert_eq!((key_id.len(), secret.len()), (22, 22));
     let (_, listed, _) = cli(&["credentials", "list", "-c", app_id.trim(), "-q"]);
     assert_eq!(listed.trim(), key_id);
+    // `info -q`: the id alone, never the secret (as EG's).
+    let (code, shown, _) = cli(&["credentials", "info", key_id, "-t", "key-auth", "-q"]);
+    assert_eq!((code, shown.trim()), (Some(0), key_id));
+    // One scope given as a value is a list of one (as EG's CLI makes it).
+    let (code, one, err) = cli(&[
+        "credentials",
+        "create",
+        "-c",
+        "kano",
+        "-t",
+        "key-auth",
+        "-q",
+        "-p",
+        "scopes=wms",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let one_id = one
+        .trim()
+        .split_once(':')
+        .expect("keyId:keySecret")
+        .0
+        .to_string();
+    let (_, info, _) = cli(&["credentials", "info", &one_id, "-t", "key-auth"]);
+    let info: serde_json::Value = serde_json::from_str(&info).expect("JSON");
+    assert_eq!(info["scopes"], serde_json::json!(["wms"]), "{info}");
+    // An unknown filter and `scopes set` without scopes are refused, not taken for others.
+    let (code, _, _) = cli(&["credentials", "list", "-c", app_id.trim(), "-f", "archivd"]);
+    assert_eq!(code, Some(2));
+    let (code, _, _) = cli(&["credentials", "scopes", "set", key_id, "-t", "key-auth"]);
+    assert_eq!(code, Some(2));
     let (code, _, err) = cli(&["credentials", "deactivate", key_id, "-t", "key-auth"]);
     assert_eq!(
         (code, err.trim()),

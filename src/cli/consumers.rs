@@ -148,8 +148,9 @@ pub struct ListCredentials {
     /// Only this consumer's (user or application, by name or id).
     #[arg(short = 'c', long = "consumer")]
     pub consumer: Option<String>,
-    /// `active` (default), `archived` (inactive) or `all`.
-    #[arg(short = 'f', long = "filter", default_value = "active")]
+    /// `active` (default), `archived` (inactive) or `all` (another is refused, as EG's
+    /// `Unrecognised filter type`: it meant `active`).
+    #[arg(short = 'f', long = "filter", default_value = "active", value_parser = ["active", "archived", "all"])]
     pub filter: String,
     #[arg(short, long)]
     pub quiet: bool,
@@ -184,6 +185,8 @@ pub struct CredentialScopes {
     pub id: String,
     #[arg(short = 't', long = "type")]
     pub kind: String,
+    /// At least one, as EG's `<scopes..>` (none set them all away, and reported success).
+    #[arg(required = true)]
     pub scopes: Vec<String>,
 }
 
@@ -504,14 +507,27 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
             if cr.is_null() {
                 return Err(format!("No {} credential {}", o.kind, o.id));
             }
-            println!("{}", pretty(&cr));
+            // `-q`: its id alone, as EG's (the whole credential, its secret too, went out).
+            match o.quiet {
+                true => println!(
+                    "{}",
+                    cr["keyId"].as_str().or(cr["id"].as_str()).unwrap_or(&o.id)
+                ),
+                false => println!("{}", pretty(&cr)),
+            }
             Ok(())
         }
         CredentialsCmd::Create(cc) => {
+            let mut props = props_object(&cc.props)?;
+            // One scope given as `-p scopes=wms` is a list of one, as EG's CLI makes it.
+            if let Some(Value::String(one)) = props.get("scopes") {
+                let list = Value::Array(vec![Value::String(one.clone())]);
+                props.insert("scopes".into(), list);
+            }
             let body = serde_json::json!({
                 "consumerId": cc.consumer,
                 "type": cc.kind,
-                "credential": Value::Object(props_object(&cc.props)?),
+                "credential": Value::Object(props),
             });
             let cr = call(c, "POST", "/credentials", Some(&body))?.json();
             let id = cr["keyId"]

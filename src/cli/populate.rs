@@ -65,7 +65,11 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
                 unchanged: count(&r["unchanged"]),
                 deactivated: count(&r["deactivated"]),
             };
-            eprintln!("✔ {}: {report} (through {})", path.display(), client.base);
+            eprintln!(
+                "✔ {}: {report} (through {})",
+                path.display(),
+                crate::upstream::displayed(&client.base)
+            );
             Ok(())
         }
         Ok(answer) => Err(answer.body),
