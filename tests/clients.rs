@@ -241,6 +241,19 @@ fn chunky_upstream() -> u16 {
     })
 }
 
+/// A client with a small receive buffer that sends `request` to `port` (and reads nothing).
+fn not_reading(port: u16, request: &[u8]) -> TcpStream {
+    let s =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    s.set_recv_buffer_size(4096)
+        .expect("a small receive buffer");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    s.connect(&addr.into()).expect("connect");
+    let mut s: TcpStream = s.into();
+    s.write_all(request).expect("send");
+    s
+}
+
 /// A client that stops reading a response is let go after the send timeout, whatever is left
 /// to write: its connection is closed, not held until it reads again.
 #[test]
@@ -250,15 +263,10 @@ fn a_client_that_stops_reading_is_let_go_after_the_send_timeout() {
     for fast in ["on", "off"] {
         let gw =
             GatewayProcess::start_with(&dir, &["--send-timeout", "1", "--fast-path", fast], &[]);
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        s.set_recv_buffer_size(4096)
-            .expect("a small receive buffer");
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
-        s.connect(&addr.into()).expect("connect");
-        let mut s: TcpStream = s.into();
-        s.write_all(b"GET /tiles/big HTTP/1.1\r\nHost: localhost\r\n\r\n")
-            .expect("send");
+        let s = not_reading(
+            gw.port,
+            b"GET /tiles/big HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        );
         // It reads nothing: once the socket's buffers are full, writes wait.
         std::thread::sleep(Duration::from_secs(3));
         // The one open is the scrape's own.
@@ -278,15 +286,10 @@ fn a_close_delimited_body_let_go_after_the_send_timeout_is_reset() {
     for fast in ["on", "off"] {
         let gw =
             GatewayProcess::start_with(&dir, &["--send-timeout", "1", "--fast-path", fast], &[]);
-        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
-            .expect("socket");
-        s.set_recv_buffer_size(4096)
-            .expect("a small receive buffer");
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", gw.port).parse().unwrap();
-        s.connect(&addr.into()).expect("connect");
-        let mut s: TcpStream = s.into();
-        s.write_all(b"GET /tiles/big HTTP/1.0\r\nHost: localhost\r\n\r\n")
-            .expect("send");
+        let mut s = not_reading(
+            gw.port,
+            b"GET /tiles/big HTTP/1.0\r\nHost: localhost\r\n\r\n",
+        );
         // It reads nothing until the gateway has let it go.
         std::thread::sleep(Duration::from_secs(3));
         gw.metric_when("tollgate_client_connections", |n| n <= 1.0);

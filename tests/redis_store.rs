@@ -800,6 +800,17 @@ fn a_key_auth_credential_without_a_secret_opens_to_nothing() {
     assert_eq!(status("open-key:"), 401);
 }
 
+/// Runs `tollgate populate` on the config in `dir` with `file` as its consumers file; what it
+/// said (it must succeed).
+fn populate_file(dir: &ConfigDir, file: &str) -> String {
+    dir.write("consumers.config.json", file);
+    let config_arg = dir.path.display().to_string();
+    let out = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{text}");
+    text
+}
+
 /// An app that keeps its key while it moves to a user listed before its old one: populate
 /// removes the old app's credential before it writes the key again, not after (which left the
 /// key deleted until a second run).
@@ -808,14 +819,7 @@ fn populate_keeps_a_key_that_moves_to_an_app_listed_before() {
     let redis = RedisServer::start();
     let up = EchoUpstream::start("up");
     let dir = config(&up, &redis);
-    let config_arg = dir.path.display().to_string();
-    let populate = |file: &str| {
-        dir.write("consumers.config.json", file);
-        let out = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{text}");
-        text
-    };
+    let populate = |file: &str| populate_file(&dir, file);
     let app =
         r#"{"mover": {"type": "auth-key", "keyId": "KA", "keySecret": "KS", "scopes": ["wmts"]}}"#;
     populate(&format!(
@@ -967,14 +971,7 @@ fn populate_leaves_what_was_deactivated_deactivated() {
     let redis = RedisServer::start();
     let up = EchoUpstream::start("up");
     let dir = config(&up, &redis);
-    let config_arg = dir.path.display().to_string();
-    let populate = |file: &str| {
-        dir.write("consumers.config.json", file);
-        let out = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{text}");
-        text
-    };
+    let populate = |file: &str| populate_file(&dir, file);
     let file = |scopes: &str, secret: &str| {
         format!(
             r#"{{"scopes": ["wms", "wmts"], "users": {{"customer1": {{"app": {{"type": "key-auth", "keyId": "KA", "keySecret": "{secret}", "scopes": {scopes}}}}}, "customer2": {{"other": {{"type": "key-auth", "keyId": "KB", "keySecret": "KS", "scopes": ["wmts"]}}}}}}}}"#

@@ -19,9 +19,12 @@ use super::policy::CacheRule;
 
 /// The headers, in the order their values are written into a key: the host, scheme, port
 /// and path prefix a proxy in front says clients used, in the forms proxies and upstreams
-/// (GeoServer, MapServer, QGIS Server, Spring) name them, and the client's whole target as
-/// such a proxy passes it on ([`WHOLE_TARGET`]).
-const HEADERS: [&str; 24] = [
+/// (GeoServer, MapServer, QGIS Server, Spring) name them, and IIS's `X-Original-URL` and
+/// `X-Rewrite-URL` (see [`WHOLE_TARGET`]). Not nginx's and Traefik's `X-Original-URI` and
+/// `X-Forwarded-Uri`: sent by a proxy in front with every request, each URL would be a
+/// combination of its own (a purge finds the 256 most sent only, and every request would
+/// count its own).
+const HEADERS: [&str; 22] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -44,14 +47,12 @@ const HEADERS: [&str; 24] = [
     "x-qgis-wfs-service-url",
     "x-qgis-wcs-service-url",
     "x-qgis-wmts-service-url",
-    "x-original-uri",
-    "x-forwarded-uri",
 ];
 
-/// Of [`HEADERS`], those that carry the client's whole target (`X-Original-URL` and
-/// `X-Rewrite-URL` as IIS's rewriting passes it on, `X-Original-URI` and `X-Forwarded-Uri` as
-/// nginx's and Traefik's): its query holds the consumer's credentials. In the key, and in what
-/// a fill sends upstream, such a value keeps only the query parameters the key keeps (see
+/// The headers that carry the client's whole target (`X-Original-URL` and `X-Rewrite-URL` as
+/// IIS's rewriting passes it on, `X-Original-URI` and `X-Forwarded-Uri` as nginx's and
+/// Traefik's): its query holds the consumer's credentials. In what a fill sends upstream, and
+/// in the key for those keyed, such a value keeps only the query parameters the key keeps (see
 /// [`super::key::neutral`]): no credential is stored, written into the disk tier's record of
 /// these values or sent upstream by a fill (whose answer, a capabilities document listing URLs
 /// made from it, everyone is served), and every consumer shares one copy.
@@ -427,17 +428,20 @@ mod tests {
         }
     }
 
-    /// The client's whole target, as a proxy in front passes it on, is keyed without the
-    /// consumer's credentials (one copy for all; none in the record of parts), and a fill
-    /// sends it so.
+    /// The client's whole target, as IIS passes it on, is keyed without the consumer's
+    /// credentials (one copy for all; none in the record of parts), and a fill sends it so;
+    /// nginx's and Traefik's are not keyed (each URL would be a combination of its own).
     #[test]
     fn a_whole_target_counts_and_goes_upstream_without_credentials() {
-        for name in [
-            "x-original-url",
-            "x-rewrite-url",
-            "x-original-uri",
-            "x_forwarded_uri",
-        ] {
+        for name in ["x-original-uri", "x_forwarded_uri"] {
+            let mut h = HeaderMap::new();
+            h.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).expect("name"),
+                http::HeaderValue::from_static("/t?apiKey=ann-secret"),
+            );
+            assert_eq!(of(&h), None, "{name}");
+        }
+        for name in ["x-original-url", "x-rewrite-url", "x_rewrite_url"] {
             let part = |target: &'static [u8]| {
                 let mut h = headers(&[("x-forwarded-proto", b"https")]);
                 h.append(

@@ -456,9 +456,9 @@ fn forwarding_headers_a_client_sends_are_part_of_the_key() {
 }
 
 /// The client's whole target as a proxy in front passes it on (`X-Original-URI`,
-/// `X-Original-URL`…) holds the consumer's credentials in its query: keyed and sent upstream
-/// without them, every consumer shares one copy and no upstream's document is made from one
-/// consumer's key for everyone.
+/// `X-Original-URL`…) holds the consumer's credentials in its query: sent upstream by a fill
+/// (and keyed, IIS's) without them, every consumer shares one copy and no upstream's document
+/// is made from one consumer's key for everyone.
 #[test]
 fn a_whole_target_a_proxy_passes_on_is_keyed_and_sent_without_credentials() {
     let up = PyUpstream::start("tiles", 5.0);
