@@ -29,8 +29,10 @@ pub struct Shared {
     pub shared_windows: Option<Arc<dyn crate::store::Store>>,
     /// What the `proxy` steps to the gateway's own Admin API send its storage route with a
     /// request they authenticated, when `--admin-token` is set (see
-    /// [`crate::admin::storage_pass`]).
-    pub storage_pass: Option<http::HeaderValue>,
+    /// [`crate::admin::storage_pass`]), and the port that Admin API listens on: bound at the
+    /// start (a reloaded `admin.port` applies at the next start; followed, the pass went to
+    /// whatever listened on loopback there).
+    pub storage_pass: Option<(http::HeaderValue, u16)>,
 }
 
 impl Shared {
@@ -87,9 +89,11 @@ impl Gateway {
         let service_endpoints = build_service_endpoints(&gw, &shared.upstreams, &mut errors);
         check_declared_policies(&gw, &mut errors);
         let (secret_query_params, secret_headers) = secrets(&gw);
-        let admin_port = gw.admin.as_ref().map(|a| a.port);
         let cx = BuildContext {
-            storage_pass: shared.storage_pass.as_ref().zip(admin_port),
+            storage_pass: shared
+                .storage_pass
+                .as_ref()
+                .map(|(pass, port)| (pass, *port)),
             secret_query_params: &secret_query_params,
             secret_headers: &secret_headers,
             service_endpoints: &service_endpoints,

@@ -177,8 +177,7 @@ fn named_elsewhere(host: &str) -> bool {
 /// loopback, one for a host name other than an address or `localhost` (DNS rebinding: a web
 /// page reading the buckets through a name pointed at this machine). The gateway's own `/s3`
 /// step reaches it by the admin url's name (`changeOrigin`: `localhost`), a tool by an
-/// address or `localhost`. The route is not behind `--admin-token`: like EG's, it is the
-/// gateway's pipeline's upstream, and its authentication is that pipeline's.
+/// address or `localhost`. (Who may use the route at all: [`storage_admitted`].)
 pub fn storage_refusal(head: &pingora_http::RequestHeader, loopback: bool) -> Option<&'static str> {
     (loopback && named_elsewhere(host_of(head)))
         .then_some("for a host name other than an address or localhost")

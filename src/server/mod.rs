@@ -245,7 +245,11 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         consumers: consumers.cache.clone(),
         upstreams: Arc::default(),
         shared_windows: (!loaded_redis_emulated).then(|| consumers.store.clone()),
-        storage_pass: opts.admin_token.as_deref().map(crate::admin::storage_pass),
+        storage_pass: opts
+            .admin_token
+            .as_deref()
+            .zip(loaded.gateway.admin.as_ref())
+            .map(|(token, admin)| (crate::admin::storage_pass(token), admin.port)),
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
