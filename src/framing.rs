@@ -64,16 +64,26 @@ fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
             }
         }
     }
-    // Empty elements count (`chunked,` or an empty line ends in one, refused below): Pingora's
+    // A last element that is empty (`chunked,`, an empty last line) is refused: Pingora's
     // readers take the literal last element for the coding, so `chunked,` would read as no
     // chunks — a body read until the connection closes, relayed with a `Transfer-Encoding:
     // chunked` that says otherwise (a client would read what follows the last chunk as the
-    // next answer).
-    let codings: Vec<&[u8]> = headers
-        .get_all(TRANSFER_ENCODING)
+    // next answer). Other empty elements are nothing (RFC 9110 §5.6.1).
+    let lines = headers.get_all(TRANSFER_ENCODING);
+    let last_empty = lines.iter().last().is_some_and(|v| {
+        v.as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_none_or(|t| t.trim_ascii().is_empty())
+    });
+    if last_empty {
+        return Some("unsupported Transfer-Encoding");
+    }
+    let codings: Vec<&[u8]> = lines
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
         .collect();
     match codings.as_slice() {
         [] => None,
@@ -224,6 +234,13 @@ mod tests {
             ),
         ] {
             assert_eq!(response_problem(&headers(bad)), Some(why), "{bad:?}");
+        }
+        // An empty element before the last is nothing (RFC 9110 §5.6.1).
+        for fine in [
+            &[("transfer-encoding", ", chunked")][..],
+            &[("transfer-encoding", ""), ("transfer-encoding", "chunked")],
+        ] {
+            assert_eq!(response_problem(&headers(fine)), None, "{fine:?}");
         }
     }
 }

@@ -127,12 +127,14 @@ fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
 #[test]
 fn a_reload_stops_the_checker_it_replaces_while_an_old_request_runs() {
     let a = PyUpstream::start("a", 5.0);
-    let failing = "{healthCheck: {path: /status/404/h, interval: 0.3, timeout: 0.5, unhealthyThreshold: 5, healthyThreshold: 1}, outlierDetection: false, retries: 0}";
+    // Ten failures (3 s) before the url goes out: the reload comes well before, on a busy box
+    // too.
+    let failing = "{healthCheck: {path: /status/404/h, interval: 0.3, timeout: 0.5, unhealthyThreshold: 10, healthyThreshold: 1}, outlierDetection: false, retries: 0}";
     let dir = ConfigDir::new(&config(&[a.url("")], failing, "", ""));
     let gw = GatewayProcess::start(&dir);
     let port = gw.port;
-    // A request that runs past the reload (5 s), started while the url is in rotation.
-    let long = std::thread::spawn(move || get(port, "GET", "/tiles/slow/5000/x", &[]).status);
+    // A request that runs past the reload (7 s), started while the url is in rotation.
+    let long = std::thread::spawn(move || get(port, "GET", "/tiles/slow/7000/x", &[]).status);
     std::thread::sleep(Duration::from_millis(200));
     std::fs::write(
         dir.path.join("gateway.config.yml"),
@@ -146,8 +148,8 @@ fn a_reload_stops_the_checker_it_replaces_while_an_old_request_runs() {
     .expect("config");
     let r = send_json(gw.admin_port, "POST", "/tollgate/reload", "");
     assert_eq!(r.status, 200, "{}", r.text());
-    // Longer than the old checker's five failures take.
-    std::thread::sleep(Duration::from_millis(2500));
+    // Longer than the old checker's ten failures take.
+    std::thread::sleep(Duration::from_millis(4000));
     let healthy = gw.metric(&format!(
         r#"tollgate_upstream_healthy{{service="maps",url="{}"}}"#,
         a.url("")

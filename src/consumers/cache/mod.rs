@@ -102,7 +102,9 @@ pub struct ConsumerCache {
     /// `start`): looked up in turn with the changes announced, a lookup never writes what it
     /// read before a change to the same entity was applied (run on a task of its own, a lookup
     /// that read a credential before its revocation put it back after it).
-    lookups: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// Bounded ([`sync::LOOKUPS_QUEUED`]): a flood of made-up keys, or a store that does not
+    /// answer, leaves the rest for the periodic reload.
+    lookups: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
     pub stats: CacheStats,
     /// How far the running full load is: entries read, of how many.
     pub progress: LoadProgress,

@@ -16,6 +16,10 @@ use crate::consumers::model;
 use crate::pipeline::context::Consumer;
 use crate::store::{KeyType, StoreError, StoreResult};
 
+/// How many lookups of unknown entities may wait for the task that follows change messages
+/// (which runs them in turn with the changes).
+pub(super) const LOOKUPS_QUEUED: usize = 1024;
+
 /// What a refresh changed in the tables: carried over a full load that ran meanwhile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(super) enum Changed {
@@ -368,7 +372,7 @@ impl ConsumerCache {
 
     /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`.
     pub fn start(self: &Arc<Self>, runtime: &tokio::runtime::Handle, resync_every: Duration) {
-        let (lookup, mut lookups) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let (lookup, mut lookups) = tokio::sync::mpsc::channel::<String>(LOOKUPS_QUEUED);
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
         let cache = self.clone();
         runtime.spawn(async move {
@@ -469,8 +473,11 @@ impl ConsumerCache {
             }
             missed.insert(id, now);
         }
-        // (Gone only with the task, when the process ends.)
-        let _ = lookups.send(entity);
+        // Full (a flood, a store not answering): not looked up now; the periodic reload finds
+        // it, or a request after the negative time. (Closed only with the process.)
+        if lookups.try_send(entity).is_err() {
+            log::debug!("consumer cache: too many lookups waiting; one left for later");
+        }
     }
 }
 
