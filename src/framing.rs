@@ -70,7 +70,7 @@ fn problem_text(headers: &HeaderMap) -> Option<&'static str> {
     // chunked` that says otherwise (a client would read what follows the last chunk as the
     // next answer). Other empty elements are nothing (RFC 9110 §5.6.1).
     let lines = headers.get_all(TRANSFER_ENCODING);
-    let last_empty = lines.iter().last().is_some_and(|v| {
+    let last_empty = lines.iter().next_back().is_some_and(|v| {
         v.as_bytes()
             .rsplit(|b| *b == b',')
             .next()
