@@ -481,6 +481,32 @@ fn the_cli_speaks_to_the_admin_api() {
     let (_, info, _) = cli(&["credentials", "info", &one_id, "-t", "key-auth"]);
     let info: serde_json::Value = serde_json::from_str(&info).expect("JSON");
     assert_eq!(info["scopes"], serde_json::json!(["wms"]), "{info}");
+    // `--stdin`: a credential per line, its consumer and type in it (as EG's).
+    let out = support::gateway::run_tollgate_with_input(
+        &["credentials", "create", "--stdin", "-q"],
+        &env,
+        "{\"consumer\": \"kano\", \"type\": \"key-auth\", \"scopes\": [\"wms\"]}\n{\"consumer\": \"kano\", \"type\": \"jwt\"}\n",
+    );
+    let made = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(made.lines().count(), 2, "{made}");
+    let first = made
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(':'))
+        .expect("keyId:keySecret")
+        .0;
+    let (_, info, _) = cli(&["credentials", "info", first, "-t", "key-auth"]);
+    let info: serde_json::Value = serde_json::from_str(&info).expect("JSON");
+    assert_eq!(info["scopes"], serde_json::json!(["wms"]), "{info}");
+    assert!(
+        info.get("consumer").is_none() && info.get("type") == Some(&serde_json::json!("key-auth")),
+        "{info}"
+    );
     // An unknown filter and `scopes set` without scopes are refused, not taken for others.
     let (code, _, _) = cli(&["credentials", "list", "-c", app_id.trim(), "-f", "archivd"]);
     assert_eq!(code, Some(2));

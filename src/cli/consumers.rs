@@ -168,11 +168,13 @@ pub struct OneCredential {
 
 #[derive(Args)]
 pub struct CreateCredential {
-    #[arg(short = 'c', long = "consumer")]
-    pub consumer: String,
-    /// key-auth, jwt, basic-auth or oauth2.
-    #[arg(short = 't', long = "type")]
-    pub kind: String,
+    /// The consumer (with `--stdin`, each credential's `consumer` field stands for it).
+    #[arg(short = 'c', long = "consumer", required_unless_present = "stdin")]
+    pub consumer: Option<String>,
+    /// key-auth, jwt, basic-auth or oauth2 (with `--stdin`, each credential's `type` field
+    /// stands for it).
+    #[arg(short = 't', long = "type", required_unless_present = "stdin")]
+    pub kind: Option<String>,
     #[command(flatten)]
     pub props: Props,
     /// Print only `keyId:keySecret` (or `consumerId:password`).
@@ -517,39 +519,46 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
             }
             Ok(())
         }
-        CredentialsCmd::Create(cc) => {
-            let mut props = props_object(&cc.props)?;
-            // One scope given as `-p scopes=wms` is a list of one, as EG's CLI makes it.
-            if let Some(Value::String(one)) = props.get("scopes") {
-                let list = Value::Array(vec![Value::String(one.clone())]);
-                props.insert("scopes".into(), list);
-            }
-            let body = serde_json::json!({
-                "consumerId": cc.consumer,
-                "type": cc.kind,
-                "credential": Value::Object(props),
-            });
-            let cr = call(c, "POST", "/credentials", Some(&body))?.json();
-            let id = cr["keyId"]
-                .as_str()
-                .or(cr["id"].as_str())
-                .unwrap_or("")
-                .to_string();
-            if cc.quiet {
-                if cr["keyId"].is_string() {
-                    println!("{}:{}", id, cr["keySecret"].as_str().unwrap_or(""));
-                } else {
-                    let secret = cr["password"].as_str().or(cr["secret"].as_str());
-                    match secret {
-                        Some(s) => println!("{id}:{s}"),
-                        None => println!("{id}"),
-                    }
-                }
-            } else {
-                println!("{}", pretty(&cr));
-                eprintln!("✔ Created {id}");
+        CredentialsCmd::Create(cc) if cc.props.stdin => {
+            // As EG's: one credential per line of JSON, its `consumer` and `type` taken out of
+            // it (else `-c` and `-t`), the `-p` properties added to each.
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .map_err(|e| format!("cannot read standard input: {e}"))?;
+            let extra = props_object(&Props {
+                props: cc.props.props.clone(),
+                stdin: false,
+            })?;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let Value::Object(mut props) = serde_json::from_str::<Value>(line)
+                    .map_err(|e| format!("standard input is not JSON: {e}"))?
+                else {
+                    return Err("each line of standard input must hold a JSON object".into());
+                };
+                let mut taken = |field: &str, flag: char, given: &Option<String>| match props
+                    .remove(field)
+                {
+                    Some(Value::String(v)) => Ok(v),
+                    _ => given.clone().ok_or_else(|| {
+                        format!("a credential on standard input without `{field}` (nor -{flag})")
+                    }),
+                };
+                let consumer = taken("consumer", 'c', &cc.consumer)?;
+                let kind = taken("type", 't', &cc.kind)?;
+                props.extend(extra.clone());
+                create_credential(c, &consumer, &kind, props, cc.quiet)?;
             }
             Ok(())
+        }
+        CredentialsCmd::Create(cc) => {
+            let (Some(consumer), Some(kind)) = (&cc.consumer, &cc.kind) else {
+                return Err(
+                    "must include either --stdin or -c with -t (--consumer with --type)".into(),
+                );
+            };
+            let props = props_object(&cc.props)?;
+            create_credential(c, consumer, kind, props, cc.quiet)
         }
         CredentialsCmd::Activate(o) => credential_status(c, &o, true),
         CredentialsCmd::Deactivate(o) => credential_status(c, &o, false),
@@ -592,6 +601,48 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
             Ok(())
         }
     }
+}
+
+/// Creates a credential of `kind` for `consumer` with `props` and prints it (`quiet`: its key
+/// and secret alone).
+fn create_credential(
+    c: &AdminClient,
+    consumer: &str,
+    kind: &str,
+    mut props: Map<String, Value>,
+    quiet: bool,
+) -> Outcome {
+    // One scope given as `-p scopes=wms` is a list of one, as EG's CLI makes it.
+    if let Some(Value::String(one)) = props.get("scopes") {
+        let list = Value::Array(vec![Value::String(one.clone())]);
+        props.insert("scopes".into(), list);
+    }
+    let body = serde_json::json!({
+        "consumerId": consumer,
+        "type": kind,
+        "credential": Value::Object(props),
+    });
+    let cr = call(c, "POST", "/credentials", Some(&body))?.json();
+    let id = cr["keyId"]
+        .as_str()
+        .or(cr["id"].as_str())
+        .unwrap_or("")
+        .to_string();
+    if quiet {
+        if cr["keyId"].is_string() {
+            println!("{}:{}", id, cr["keySecret"].as_str().unwrap_or(""));
+        } else {
+            let secret = cr["password"].as_str().or(cr["secret"].as_str());
+            match secret {
+                Some(s) => println!("{id}:{s}"),
+                None => println!("{id}"),
+            }
+        }
+    } else {
+        println!("{}", pretty(&cr));
+        eprintln!("✔ Created {id}");
+    }
+    Ok(())
 }
 
 fn credential_status(c: &AdminClient, o: &OneCredential, active: bool) -> Outcome {

@@ -95,6 +95,28 @@ pub fn run_tollgate(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.output().expect("run tollgate")
 }
 
+/// [`run_tollgate`] with `input` on its standard input.
+pub fn run_tollgate_with_input(args: &[&str], envs: &[(&str, &str)], input: &str) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(binary());
+    cmd.args(args)
+        .env_remove("EG_CONFIG_DIR")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run tollgate");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("run tollgate")
+}
+
 /// A running `tollgate serve`; killed when dropped.
 pub struct GatewayProcess {
     pub child: Child,
