@@ -463,14 +463,20 @@ fn duplicate_key(entries: &[(Node, Node)]) -> Option<ConfigError> {
     None
 }
 
-/// Resolves `<<: *anchor` (or a list of them): their entries are added where the map does not
-/// already have the key.
+/// Resolves `<<: *anchor` (or a list of them) as EG's reader (js-yaml) does: their entries
+/// come where the `<<` stands, each unless the map has its key already (from before the `<<`
+/// or an earlier source); a key of the map's own after it takes the merged entry's value in
+/// its place. (The order matters: routes are tried in the order their endpoints are listed.)
 fn apply_merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
     if !entries.iter().any(|(k, _)| k.as_str() == Some("<<")) {
         return entries;
     }
-    let mut own = Vec::new();
-    let mut merged = Vec::new();
+    // Each entry, and whether it came from a merge (a later own key replaces it in place).
+    let mut out: Vec<(Node, Node, bool)> = Vec::new();
+    let position = |out: &[(Node, Node, bool)], k: &Node| {
+        let name = k.scalar_text();
+        out.iter().position(|(ok, _, _)| ok.scalar_text() == name)
+    };
     for (k, v) in entries {
         if k.as_str() == Some("<<") {
             let sources: Vec<Node> = match v.value {
@@ -479,20 +485,21 @@ fn apply_merge_keys(entries: Vec<(Node, Node)>) -> Vec<(Node, Node)> {
             };
             for src in sources {
                 if let Value::Map(src_entries) = src.value {
-                    merged.extend(src_entries);
+                    for (sk, sv) in src_entries {
+                        if position(&out, &sk).is_none() {
+                            out.push((sk, sv, true));
+                        }
+                    }
                 }
             }
-        } else {
-            own.push((k, v));
+            continue;
+        }
+        match position(&out, &k) {
+            Some(i) if out[i].2 => out[i] = (k, v, false),
+            _ => out.push((k, v, false)),
         }
     }
-    for (k, v) in merged {
-        let name = k.scalar_text();
-        if !own.iter().any(|(ok, _)| ok.scalar_text() == name) {
-            own.push((k, v));
-        }
-    }
-    own
+    out.into_iter().map(|(k, v, _)| (k, v)).collect()
 }
 
 /// Types a plain (unquoted) scalar as YAML's core schema does.

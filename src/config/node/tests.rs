@@ -147,6 +147,28 @@ fn anchors_and_merge_keys_resolve() {
         used.get("y").map(|n| &n.value),
         Some(Value::Int(3))
     ));
+    // The order EG's reader gives: merged entries where the `<<` stands, a key before it
+    // kept, one after it in the merged entry's place (endpoints are tried in this order).
+    let root = doc(
+        "base: &b {tiles: 1, y: 2, z: 3}\nuse:\n  first: 0\n  z: 9\n  <<: *b\n  special: 4\n  y: 5\n",
+    );
+    let Value::Map(entries) = &root.get("use").expect("use").value else {
+        panic!("a map")
+    };
+    let order: Vec<String> = entries
+        .iter()
+        .map(|(k, v)| format!("{}={:?}", k.scalar_text().unwrap_or_default(), v.value))
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "first=Int(0)",
+            "z=Int(9)",
+            "tiles=Int(1)",
+            "y=Int(5)",
+            "special=Int(4)"
+        ]
+    );
 }
 
 #[test]
