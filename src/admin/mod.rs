@@ -29,6 +29,9 @@ pub struct AdminApi {
     pub token: Option<String>,
     /// The config's lifecycle (status and reload), when serving.
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
+    /// What the storage route takes from the gateway's own `proxy` step in place of the
+    /// token (see [`storage_pass`]), made once from it.
+    pub storage_pass: Option<http::HeaderValue>,
     /// The longest a request's body may take to arrive whole (`--request-timeout`).
     pub request_timeout: std::time::Duration,
     /// The Admin API's listener is on loopback (see [`on_loopback`]): from its address as it
@@ -93,13 +96,22 @@ pub fn storage_pass(token: &str) -> http::HeaderValue {
 
 /// Whether a service endpoint's url is this gateway's Admin API (loopback, its port).
 pub fn is_own_admin(target: &crate::upstream::UpstreamTarget, admin_port: u16) -> bool {
-    target.port == admin_port
-        && (target.hostname == "localhost"
-            || target
-                .hostname
-                .trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback()))
+    target.port == admin_port && is_loopback(&target.hostname)
+}
+
+/// Whether a request carries `token` as its `Authorization: Bearer` (compared in constant
+/// time).
+fn bears(head: &pingora_http::RequestHeader, token: &str) -> bool {
+    let given = head
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .map(http::HeaderValue::as_bytes)
+        .and_then(|v| {
+            v.strip_prefix(b"Bearer ")
+                .or_else(|| v.strip_prefix(b"bearer "))
+        })
+        .unwrap_or(b"");
+    given.ct_eq(token.as_bytes()).into()
 }
 
 /// Whether a request may use the storage route: always without `--admin-token` (as EG's);
@@ -108,18 +120,15 @@ pub fn is_own_admin(target: &crate::upstream::UpstreamTarget, admin_port: u16) -
 /// path of the Host `express-gateway` to the Admin API, authenticating nothing: through it,
 /// anyone reaching the gateway's port read the buckets with the gateway's keys, the token
 /// set or not.
-pub fn storage_admitted(head: &pingora_http::RequestHeader, token: Option<&str>) -> bool {
-    let Some(token) = token else {
+pub fn storage_admitted(head: &pingora_http::RequestHeader, api: &AdminApi) -> bool {
+    let (Some(token), Some(pass)) = (&api.token, &api.storage_pass) else {
         return true;
     };
-    let header = |n: &http::HeaderName| head.headers.get(n).map(http::HeaderValue::as_bytes);
-    let bearer = header(&http::header::AUTHORIZATION).and_then(|v| {
-        v.strip_prefix(b"Bearer ")
-            .or_else(|| v.strip_prefix(b"bearer "))
-    });
-    let pass = storage_pass(token);
-    bearer.is_some_and(|b| bool::from(b.ct_eq(token.as_bytes())))
-        || header(&STORAGE_PASS).is_some_and(|p| bool::from(p.ct_eq(pass.as_bytes())))
+    bears(head, token)
+        || head
+            .headers
+            .get(&STORAGE_PASS)
+            .is_some_and(|p| bool::from(p.as_bytes().ct_eq(pass.as_bytes())))
 }
 
 /// Whether an Admin API listener on `host` (the config's `admin.host`; loopback by default)
@@ -185,20 +194,9 @@ pub fn storage_refusal(head: &pingora_http::RequestHeader, loopback: bool) -> Op
 
 impl AdminApi {
     fn authorized(&self, session: &ServerSession) -> bool {
-        let Some(token) = &self.token else {
-            return true;
-        };
-        let given = session
-            .req_header()
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .unwrap_or("");
-        given.as_bytes().ct_eq(token.as_bytes()).into()
+        self.token
+            .as_deref()
+            .is_none_or(|token| bears(session.req_header(), token))
     }
 
     async fn body(

@@ -103,7 +103,7 @@ impl ProxyHttp for AdminService {
         if let Some(storage) = &gw.storage {
             let head = session.req_header();
             if storage.owns(head.uri.path()) {
-                if !super::storage_admitted(head, self.api.token.as_deref()) {
+                if !super::storage_admitted(head, &self.api) {
                     write(
                         session,
                         super::text(http::StatusCode::UNAUTHORIZED, "Unauthorized"),

@@ -95,15 +95,22 @@ pub fn neutralise(req: &mut pingora_http::RequestHeader, rule: &CacheRule) {
         if !WHOLE_TARGET.iter().any(|h| same(h, name.as_str())) {
             continue;
         }
-        let values = req.headers.get_all(name);
-        let neutral = |v: &http::HeaderValue| {
-            let n = neutral_target(v.as_bytes(), rule)?;
-            http::HeaderValue::from_str(&n).ok()
-        };
-        if values.iter().any(|v| neutral(v).is_some()) {
+        let values: Vec<(&http::HeaderValue, Option<http::HeaderValue>)> = req
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| {
+                let neutral = neutral_target(v.as_bytes(), rule);
+                (
+                    v,
+                    neutral.and_then(|n| http::HeaderValue::from_str(&n).ok()),
+                )
+            })
+            .collect();
+        if values.iter().any(|(_, n)| n.is_some()) {
             let values = values
-                .iter()
-                .map(|v| neutral(v).unwrap_or_else(|| v.clone()));
+                .into_iter()
+                .map(|(v, n)| n.unwrap_or_else(|| v.clone()));
             changed.push((name.clone(), values.collect()));
         }
     }

@@ -152,17 +152,6 @@ impl Proxy {
                 at.pos
             );
         }
-        let basic_auth = match p.auth.as_deref().map(basic) {
-            None => None,
-            Some(Some(v)) => Some(v),
-            Some(None) => {
-                errors.push(
-                    super::param_pos(action, "auth", pos),
-                    "policy `proxy`: `auth` is no header value",
-                );
-                return None;
-            }
-        };
         let ms = |v: Option<u64>| v.filter(|t| *t > 0).map(Duration::from_millis);
         let eg_timeout = ms(p.proxy_timeout).or(ms(p.timeout));
         if !p.secure {
@@ -181,7 +170,8 @@ impl Proxy {
             read_timeout: ms(p.read_timeout).or(eg_timeout),
             total_timeout: ms(p.total_timeout),
             headers,
-            basic_auth,
+            // (Base64: always a header value.)
+            basic_auth: p.auth.as_deref().and_then(basic),
             storage_pass: cx
                 .storage_pass
                 .filter(|(_, port)| {

@@ -364,6 +364,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 consumers: consumers.service.clone(),
                 token: opts.admin_token.clone(),
                 lifecycle: Some(lifecycle.clone()),
+                storage_pass: opts.admin_token.as_deref().map(crate::admin::storage_pass),
                 request_timeout: limits.request_timeout,
                 loopback: crate::admin::on_loopback(a.host.as_deref()),
             },
