@@ -4,13 +4,17 @@
 //! batch: on start the snapshot is loaded and the journal replayed, and a torn last line (a
 //! crash mid-write) is dropped. The journal is folded into a new snapshot (written aside, synced,
 //! then renamed over the old) when it grows. One process at a time owns a data directory.
+//!
+//! The disk's work (a batch's write and sync, a compaction) runs on a blocking thread, never on
+//! the runtime's, and holds only the writers' lock: reads, rate-limit windows and locks go on
+//! beside a sync. A compaction holds the data for reading while it serialises it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write as _};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -33,46 +37,69 @@ enum Value {
     Set(BTreeSet<String>),
 }
 
-struct State {
-    data: BTreeMap<String, Value>,
-    journal: Option<File>,
+/// The journal's side: held by one writer at a time, across its batch's write, sync and apply.
+struct Journal {
+    file: Option<File>,
     /// Where the journal's last whole batch ends ...
-    journal_bytes: u64,
+    bytes: u64,
     /// ... and whether a write that failed may have left part of one past it.
     torn: bool,
     snapshot_bytes: u64,
-    /// Counters and locks are not persisted (EG's rate-limit windows are short-lived).
-    windows: HashMap<String, (u64, Instant)>,
-    locks: HashMap<String, (String, Instant)>,
 }
 
-pub struct EmbeddedStore {
+/// Counters and locks are not persisted (EG's rate-limit windows are short-lived).
+type Windows = HashMap<String, (u64, Instant)>;
+type Locks = HashMap<String, (String, Instant)>;
+
+struct Inner {
     dir: Option<PathBuf>,
-    state: Mutex<State>,
+    data: RwLock<BTreeMap<String, Value>>,
+    journal: Mutex<Journal>,
+    windows: Mutex<Windows>,
+    locks: Mutex<Locks>,
     channels: Mutex<HashMap<String, broadcast::Sender<String>>>,
     /// Held while this process owns the directory; released when it hands the store over.
     lock_file: Mutex<Option<File>>,
     handed_over: std::sync::atomic::AtomicBool,
 }
 
+pub struct EmbeddedStore(Arc<Inner>);
+
+/// A lock, whether or not a thread panicked holding it (every change is whole before it is
+/// made visible).
+fn held<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl EmbeddedStore {
     /// A store that lives only in memory (tests, `check`).
     pub fn in_memory() -> EmbeddedStore {
-        EmbeddedStore {
-            dir: None,
-            state: Mutex::new(State {
-                data: BTreeMap::new(),
-                journal: None,
-                journal_bytes: 0,
+        EmbeddedStore::new(None, BTreeMap::new(), None, 0, 0, None)
+    }
+
+    fn new(
+        dir: Option<PathBuf>,
+        data: BTreeMap<String, Value>,
+        journal: Option<File>,
+        journal_bytes: u64,
+        snapshot_bytes: u64,
+        lock_file: Option<File>,
+    ) -> EmbeddedStore {
+        EmbeddedStore(Arc::new(Inner {
+            dir,
+            data: RwLock::new(data),
+            journal: Mutex::new(Journal {
+                file: journal,
+                bytes: journal_bytes,
                 torn: false,
-                snapshot_bytes: 0,
-                windows: HashMap::new(),
-                locks: HashMap::new(),
+                snapshot_bytes,
             }),
+            windows: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
-            lock_file: Mutex::new(None),
+            lock_file: Mutex::new(lock_file),
             handed_over: std::sync::atomic::AtomicBool::new(false),
-        }
+        }))
     }
 
     /// Opens the store, waiting up to `wait` for another process to let go of it (the process
@@ -180,30 +207,24 @@ impl EmbeddedStore {
             false => journal.set_len(good_bytes),
         };
         repaired.map_err(|e| io("cannot repair the journal", e))?;
-        let store = EmbeddedStore {
-            dir: Some(dir.to_path_buf()),
-            state: Mutex::new(State {
-                data,
-                journal: Some(journal),
-                journal_bytes: good_bytes,
-                torn: false,
-                snapshot_bytes,
-                windows: HashMap::new(),
-                locks: HashMap::new(),
-            }),
-            channels: Mutex::new(HashMap::new()),
-            lock_file: Mutex::new(Some(lock_file)),
-            handed_over: std::sync::atomic::AtomicBool::new(false),
-        };
-        Ok(store)
+        Ok(EmbeddedStore::new(
+            Some(dir.to_path_buf()),
+            data,
+            Some(journal),
+            good_bytes,
+            snapshot_bytes,
+            Some(lock_file),
+        ))
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn data(&self) -> RwLockReadGuard<'_, BTreeMap<String, Value>> {
+        self.0.data.read().unwrap_or_else(|p| p.into_inner())
     }
+}
 
-    /// Folds the journal into a new snapshot.
-    fn compact(&self, st: &mut State) -> StoreResult<()> {
+impl Inner {
+    /// Folds the journal into a new snapshot (`st`: the writers' lock, held).
+    fn compact(&self, st: &mut Journal) -> StoreResult<()> {
         let Some(dir) = &self.dir else { return Ok(()) };
         let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what}: {e}"));
         let tmp = dir.join(format!("{SNAPSHOT}.tmp"));
@@ -217,8 +238,11 @@ impl EmbeddedStore {
                 .open(&tmp)
                 .map_err(|e| io("cannot write the snapshot", e))?;
             let mut out = BufWriter::with_capacity(1 << 20, f);
-            serde_json::to_writer(&mut out, &st.data)
-                .map_err(|e| StoreError::Io(format!("cannot write the snapshot: {e}")))?;
+            {
+                let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+                serde_json::to_writer(&mut out, &*data)
+                    .map_err(|e| StoreError::Io(format!("cannot write the snapshot: {e}")))?;
+            }
             let f = out
                 .into_inner()
                 .map_err(|e| io("cannot write the snapshot", e.into_error()))?;
@@ -246,17 +270,67 @@ impl EmbeddedStore {
             .and_then(|d| d.sync_all())
             .map_err(|e| io("cannot sync the data directory", e))?;
         st.snapshot_bytes = snapshot_bytes;
-        if let Some(j) = &st.journal {
+        if let Some(j) = &st.file {
             j.set_len(0)
                 .map_err(|e| io("cannot truncate the journal", e))?;
             // Empty now, whether or not the sync below goes through.
-            st.journal_bytes = 0;
+            st.bytes = 0;
             st.torn = false;
             j.sync_all().map_err(|e| io("cannot sync the journal", e))?;
         }
-        st.journal_bytes = 0;
+        st.bytes = 0;
         st.torn = false;
         Ok(())
+    }
+
+    /// A batch written to the journal and synced, then applied; compacts when the journal has
+    /// grown. Blocking: run on a thread of its own.
+    fn apply(&self, batch: &[Write]) -> StoreResult<()> {
+        let mut st = held(&self.journal);
+        // Handed over since the caller looked: the journal is the new process's now.
+        if self.dir.is_some() && st.file.is_none() {
+            return Err(StoreError::Unavailable(
+                "the store was handed over to the upgraded process".into(),
+            ));
+        }
+        let (ends, torn) = (st.bytes, st.torn);
+        if let Some(journal) = st.file.as_mut() {
+            let mut line = serde_json::to_vec(batch).map_err(|e| StoreError::Io(e.to_string()))?;
+            line.push(b'\n');
+            // Part of a batch whose write failed (a full disk) is cut before the next is
+            // written: the two would make one line, dropped as a torn tail on the next start
+            // (the next batch lost) or refused as damage before others.
+            let written = (if torn { journal.set_len(ends) } else { Ok(()) })
+                .and_then(|_| journal.write_all(&line))
+                .and_then(|_| journal.sync_data());
+            if let Err(e) = written {
+                let cut = journal.set_len(ends).is_ok();
+                st.torn = !cut;
+                return Err(StoreError::Io(format!("cannot write the journal: {e}")));
+            }
+            st.torn = false;
+            st.bytes += line.len() as u64;
+        }
+        apply_batch(
+            &mut self.data.write().unwrap_or_else(|p| p.into_inner()),
+            batch,
+        );
+        if st.file.is_some() && st.bytes > (1 << 20).max(st.snapshot_bytes) {
+            if let Err(e) = self.compact(&mut st) {
+                log::error!(
+                    "{}: compaction failed (the journal keeps the data): {e}",
+                    describe(self.dir.as_deref())
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn describe(dir: Option<&Path>) -> String {
+    match dir {
+        Some(d) => format!("embedded store in {}", d.display()),
+        None => "in-memory store".into(),
     }
 }
 
@@ -318,10 +392,7 @@ fn apply_batch(data: &mut BTreeMap<String, Value>, batch: &[Write]) {
 #[async_trait]
 impl Store for EmbeddedStore {
     fn describe(&self) -> String {
-        match &self.dir {
-            Some(d) => format!("embedded store in {}", d.display()),
-            None => "in-memory store".into(),
-        }
+        describe(self.0.dir.as_deref())
     }
 
     async fn ping(&self) -> StoreResult<()> {
@@ -329,7 +400,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn key_type(&self, key: &str) -> StoreResult<KeyType> {
-        Ok(match self.state().data.get(key) {
+        Ok(match self.data().get(key) {
             None | Some(Value::Empty) => KeyType::None,
             Some(Value::Hash(_)) => KeyType::Hash,
             Some(Value::Set(_)) => KeyType::Set,
@@ -337,17 +408,17 @@ impl Store for EmbeddedStore {
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
-        Ok(match self.state().data.get(key) {
+        Ok(match self.data().get(key) {
             Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.into(), v.into())).collect(),
             _ => HashMap::new(),
         })
     }
 
     async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>> {
-        let st = self.state();
+        let data = self.data();
         Ok(keys
             .iter()
-            .map(|k| match st.data.get(k) {
+            .map(|k| match data.get(k) {
                 Some(Value::Hash(h)) => h.iter().map(|(k, v)| (k.into(), v.into())).collect(),
                 _ => HashMap::new(),
             })
@@ -359,10 +430,10 @@ impl Store for EmbeddedStore {
         keys: &[String],
         fields: &[&str],
     ) -> StoreResult<Vec<Option<Vec<Option<String>>>>> {
-        let st = self.state();
+        let data = self.data();
         Ok(keys
             .iter()
-            .map(|k| match st.data.get(k) {
+            .map(|k| match data.get(k) {
                 Some(Value::Hash(h)) => {
                     Some(fields.iter().map(|f| h.get(f).map(String::from)).collect())
                 }
@@ -372,10 +443,10 @@ impl Store for EmbeddedStore {
     }
 
     async fn key_types(&self, keys: &[String]) -> StoreResult<Vec<KeyType>> {
-        let st = self.state();
+        let data = self.data();
         Ok(keys
             .iter()
-            .map(|k| match st.data.get(k) {
+            .map(|k| match data.get(k) {
                 None | Some(Value::Empty) => KeyType::None,
                 Some(Value::Hash(_)) => KeyType::Hash,
                 Some(Value::Set(_)) => KeyType::Set,
@@ -384,16 +455,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn smembers(&self, key: &str) -> StoreResult<Vec<String>> {
-        Ok(match self.state().data.get(key) {
+        Ok(match self.data().get(key) {
             Some(Value::Set(s)) => s.iter().cloned().collect(),
             _ => Vec::new(),
         })
     }
 
     async fn keys_with_prefix(&self, prefix: &str) -> StoreResult<Vec<String>> {
-        let st = self.state();
-        Ok(st
-            .data
+        Ok(self
+            .data()
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
@@ -401,16 +471,13 @@ impl Store for EmbeddedStore {
     }
 
     fn hand_over(&self) {
-        self.handed_over
+        let inner = &self.0;
+        inner
+            .handed_over
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut st = self.state();
-        st.journal = None;
-        drop(st);
+        held(&inner.journal).file = None;
         // Closing the lock file releases the directory.
-        self.lock_file
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        held(&inner.lock_file).take();
         log::info!("embedded store handed over to the upgraded process");
     }
 
@@ -418,55 +485,25 @@ impl Store for EmbeddedStore {
         if batch.is_empty() {
             return Ok(());
         }
-        if self.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
+        if self.0.handed_over.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(StoreError::Unavailable(
                 "the store was handed over to the upgraded process".into(),
             ));
         }
-        let mut st = self.state();
-        // Handed over since the look above: the journal is the new process's now.
-        if self.dir.is_some() && st.journal.is_none() {
-            return Err(StoreError::Unavailable(
-                "the store was handed over to the upgraded process".into(),
-            ));
+        if self.0.dir.is_none() {
+            // Nothing to write to disk: applied here.
+            return self.0.apply(batch);
         }
-        let (ends, torn) = (st.journal_bytes, st.torn);
-        if let Some(journal) = st.journal.as_mut() {
-            let mut line = serde_json::to_vec(batch).map_err(|e| StoreError::Io(e.to_string()))?;
-            line.push(b'\n');
-            // Part of a batch whose write failed (a full disk) is cut before the next is
-            // written: the two would make one line, dropped as a torn tail on the next start
-            // (the next batch lost) or refused as damage before others.
-            let written = (if torn { journal.set_len(ends) } else { Ok(()) })
-                .and_then(|_| journal.write_all(&line))
-                .and_then(|_| journal.sync_data());
-            if let Err(e) = written {
-                let cut = journal.set_len(ends).is_ok();
-                st.torn = !cut;
-                return Err(StoreError::Io(format!("cannot write the journal: {e}")));
-            }
-            st.torn = false;
-            st.journal_bytes += line.len() as u64;
-        }
-        apply_batch(&mut st.data, batch);
-        if st.journal.is_some() && st.journal_bytes > (1 << 20).max(st.snapshot_bytes) {
-            if let Err(e) = self.compact(&mut st) {
-                log::error!(
-                    "{}: compaction failed (the journal keeps the data): {e}",
-                    self.describe()
-                );
-            }
-        }
-        Ok(())
+        let (inner, batch) = (self.0.clone(), batch.to_vec());
+        tokio::task::spawn_blocking(move || inner.apply(&batch))
+            .await
+            .map_err(|e| StoreError::Io(format!("the journal's writer failed: {e}")))?
     }
 
     async fn incr_window(&self, key: &str, window: Duration) -> StoreResult<WindowCount> {
-        let mut st = self.state();
+        let mut windows = held(&self.0.windows);
         let now = Instant::now();
-        let entry = st
-            .windows
-            .entry(key.to_string())
-            .or_insert((0, now + window));
+        let entry = windows.entry(key.to_string()).or_insert((0, now + window));
         if entry.1 <= now {
             *entry = (0, now + window);
         }
@@ -475,26 +512,21 @@ impl Store for EmbeddedStore {
             count: entry.0,
             resets_in: entry.1 - now,
         };
-        if st.windows.len() > 100_000 {
-            st.windows.retain(|_, (_, until)| *until > now);
+        if windows.len() > 100_000 {
+            windows.retain(|_, (_, until)| *until > now);
         }
         Ok(hit)
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
-        if let Some(tx) = self
-            .channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(channel)
-        {
+        if let Some(tx) = held(&self.0.channels).get(channel) {
             let _ = tx.send(message.to_string());
         }
         Ok(())
     }
 
     async fn subscribe(&self, channel: &str) -> StoreResult<broadcast::Receiver<String>> {
-        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let mut channels = held(&self.0.channels);
         Ok(channels
             .entry(channel.to_string())
             .or_insert_with(|| broadcast::channel(1024).0)
@@ -502,30 +534,28 @@ impl Store for EmbeddedStore {
     }
 
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {
-        let mut st = self.state();
+        let mut locks = held(&self.0.locks);
         let now = Instant::now();
-        if let Some((_, until)) = st.locks.get(name) {
+        if let Some((_, until)) = locks.get(name) {
             if *until > now {
                 return Ok(None);
             }
         }
         let token = uuid::Uuid::new_v4().to_string();
-        st.locks
-            .insert(name.to_string(), (token.clone(), now + ttl));
+        locks.insert(name.to_string(), (token.clone(), now + ttl));
         Ok(Some(token))
     }
 
     async fn unlock(&self, name: &str, token: &str) -> StoreResult<()> {
-        let mut st = self.state();
-        if st.locks.get(name).is_some_and(|(t, _)| t == token) {
-            st.locks.remove(name);
+        let mut locks = held(&self.0.locks);
+        if locks.get(name).is_some_and(|(t, _)| t == token) {
+            locks.remove(name);
         }
         Ok(())
     }
 
     async fn renew_lock(&self, name: &str, token: &str, ttl: Duration) -> StoreResult<bool> {
-        let mut st = self.state();
-        match st.locks.get_mut(name) {
+        match held(&self.0.locks).get_mut(name) {
             Some((t, until)) if t == token => {
                 *until = Instant::now() + ttl;
                 Ok(true)

@@ -166,7 +166,7 @@ async fn a_write_after_the_hand_over_fails() {
     let s = EmbeddedStore::open(&d).expect("open");
     s.hand_over();
     // As a write that looked before the hand-over and took the state after it.
-    s.handed_over
+    s.0.handed_over
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(s
         .apply(&[hset("EG-user:9", "username", "late")])
@@ -206,4 +206,58 @@ async fn windows_locks_and_messages() {
     let mut rx = s.subscribe("c").await.expect("sub");
     s.publish("c", "hello").await.expect("pub");
     assert_eq!(rx.recv().await.expect("msg"), "hello");
+}
+
+/// The writers' lock held by another thread, as by a batch whose sync takes long, until the
+/// sender is used (or 10 s pass: the test has failed by then). The thread answers whether the
+/// sender released it.
+fn hold_writers(s: &EmbeddedStore) -> (std::sync::mpsc::Sender<()>, std::thread::JoinHandle<bool>) {
+    let (inner, (release, wait), (taken, is_taken)) = (
+        s.0.clone(),
+        std::sync::mpsc::channel(),
+        std::sync::mpsc::channel(),
+    );
+    let holder = std::thread::spawn(move || {
+        let _writing = held(&inner.journal);
+        taken.send(()).expect("test waits");
+        wait.recv_timeout(Duration::from_secs(10)).is_ok()
+    });
+    is_taken.recv().expect("holder runs");
+    (release, holder)
+}
+
+/// A write waiting on the disk holds up neither the runtime it was made on nor reads, rate-limit
+/// windows and locks.
+#[tokio::test]
+async fn a_write_at_the_disk_holds_up_neither_readers_nor_the_runtime() {
+    let d = dir("beside");
+    let s = Arc::new(EmbeddedStore::open(&d).expect("open"));
+    s.apply(&[hset("EG-user:1", "username", "a")])
+        .await
+        .expect("write");
+    let (release, holder) = hold_writers(&s);
+    let writer = tokio::spawn({
+        let s = s.clone();
+        async move { s.apply(&[hset("EG-user:2", "username", "b")]).await }
+    });
+    tokio::task::yield_now().await;
+    let user = s.hgetall("EG-user:1").await.expect("read");
+    assert_eq!(user.get("username").map(String::as_str), Some("a"));
+    let w = Duration::from_secs(60);
+    assert_eq!(s.incr_window("rl:a", w).await.expect("incr").count, 1);
+    assert!(s.try_lock("populate", w).await.expect("lock").is_some());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert!(!writer.is_finished(), "written while the journal was held");
+    release.send(()).expect("holder waits");
+    assert!(
+        holder.join().expect("holder"),
+        "the test went on only after 10 s"
+    );
+    writer.await.expect("writer").expect("write");
+    let user = s.hgetall("EG-user:2").await.expect("read");
+    assert_eq!(user.get("username").map(String::as_str), Some("b"));
+    drop(s);
+    let s = EmbeddedStore::open(&d).expect("reopen");
+    assert_eq!(s.key_type("EG-user:2").await.expect("type"), KeyType::Hash);
+    let _ = std::fs::remove_dir_all(&d);
 }
