@@ -123,15 +123,25 @@ pub fn neutralise(req: &mut pingora_http::RequestHeader, rule: &CacheRule) {
     }
 }
 
+/// The longest key part ([`of`]) a request's forwarding headers may make: a request whose
+/// headers make a longer one is not cached (`BYPASS`). Their combinations are remembered for
+/// purges, in memory and in the disk tier's record, rewritten when one comes: without a bound,
+/// a client sending long values would make each of them megabytes.
+pub const MAX_PART: usize = 2048;
+
+/// A request's forwarding headers make a key part longer than [`MAX_PART`].
+#[derive(Debug)]
+pub struct Unkeyable;
+
 /// The key's part for the forwarding headers a request carries, `None` without any: one
 /// `name:value` line per header line, in [`HEADERS`]' order (a repeated header's lines in
 /// theirs), the name as the request wrote it (`X_Forwarded_Host` is one of them too: a CGI
 /// upstream, MapServer's, reads it as `HTTP_X_FORWARDED_HOST`), bytes outside visible ASCII
 /// and `\` written `\xHH`; of `Forwarded` only its `host`, `proto` and `path` parameters (its
 /// `for`, each client's own address, would give every client a copy of its own).
-pub fn of(headers: &HeaderMap, rule: &CacheRule) -> Option<String> {
+pub fn of(headers: &HeaderMap, rule: &CacheRule) -> Result<Option<String>, Unkeyable> {
     if !headers.keys().any(|n| maybe(n.as_str())) {
-        return None;
+        return Ok(None);
     }
     let mut found: Vec<(usize, &str, std::borrow::Cow<'_, [u8]>)> = Vec::new();
     for (name, value) in headers {
@@ -159,7 +169,7 @@ pub fn of(headers: &HeaderMap, rule: &CacheRule) -> Option<String> {
         found.push((i, name, value));
     }
     if found.is_empty() {
-        return None;
+        return Ok(None);
     }
     // (Stable: a header's lines keep their order.)
     found.sort_by_key(|(i, _, _)| *i);
@@ -177,8 +187,11 @@ pub fn of(headers: &HeaderMap, rule: &CacheRule) -> Option<String> {
                 out.push_str(&format!("\\x{b:02x}"));
             }
         }
+        if out.len() > MAX_PART {
+            return Err(Unkeyable);
+        }
     }
-    Some(out)
+    Ok(Some(out))
 }
 
 /// The request headers a key's part (see [`of`]) was made of, as far as it tells them
@@ -360,7 +373,27 @@ mod tests {
 
     /// The part of `headers` for a step that keeps every parameter but the credentials.
     fn of(headers: &HeaderMap) -> Option<String> {
-        super::of(headers, &crate::cache::key::tests::rule(None, &[]))
+        super::of(headers, &crate::cache::key::tests::rule(None, &[])).expect("keyable")
+    }
+
+    #[test]
+    fn forwarding_values_past_the_bound_make_a_request_unkeyable() {
+        let rule = crate::cache::key::tests::rule(None, &[]);
+        let long = "h".repeat(MAX_PART);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-host",
+            long[..MAX_PART - 20].parse().expect("value"),
+        );
+        assert!(super::of(&h, &rule).expect("short enough").is_some());
+        h.insert("x-forwarded-host", long.parse().expect("value"));
+        assert!(super::of(&h, &rule).is_err());
+        // Many short lines add up.
+        let mut h = HeaderMap::new();
+        for _ in 0..100 {
+            h.append("x-forwarded-proto", "https, https".parse().expect("value"));
+        }
+        assert!(super::of(&h, &rule).is_err());
     }
 
     fn headers(list: &[(&'static str, &'static [u8])]) -> HeaderMap {

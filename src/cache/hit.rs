@@ -69,7 +69,9 @@ pub async fn lookup(req: &RequestHeader, path: &str, x: &Exchange, may_fill: boo
         return Lookup::General;
     }
     let host = req.headers.get(HOST).and_then(|h| h.to_str().ok());
-    let forwarding = super::forwarding_of(&req.headers, &u.rule);
+    let Ok(forwarding) = super::forwarding_of(&req.headers, &u.rule) else {
+        return Lookup::General; // not cached there either
+    };
     let primary = super::primary_of(x, path, host, forwarding.as_deref());
     // Pingora's key is made only for a miss: a hit needs the hash alone.
     let hash = super::key::digest(primary.as_bytes());

@@ -238,6 +238,9 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     if *method != http::Method::GET && *method != http::Method::HEAD {
         return;
     }
+    if forwarding::of(&session.req_header().headers, &u.rule).is_err() {
+        return; // not cached: see [`forwarding::MAX_PART`]
+    }
     let rule = u.rule.clone();
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(rule.lock_timeout);
@@ -302,7 +305,13 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
         .get(http::header::HOST)
         .and_then(|h| h.to_str().ok())
         .or_else(|| req.uri.authority().map(|a| a.as_str()));
-    let forwarding = forwarding_of(&req.headers, &u.rule);
+    let Ok(forwarding) = forwarding_of(&req.headers, &u.rule) else {
+        // (Not reached: [`enable`] turned the cache on only for a request that is keyable.)
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "cache key of an unkeyable request",
+        );
+    };
     Ok(key::cache_key(primary_of(
         x,
         req.uri.path(),
@@ -312,13 +321,16 @@ pub fn key(session: &Session, x: &Exchange) -> Result<CacheKey> {
 }
 
 /// The part of a request's key its forwarding headers make (see [`forwarding`]), noted for
-/// purges.
-pub(crate) fn forwarding_of(headers: &http::HeaderMap, rule: &CacheRule) -> Option<String> {
+/// purges; `Err` for one that is not cached (see [`forwarding::MAX_PART`]).
+pub(crate) fn forwarding_of(
+    headers: &http::HeaderMap,
+    rule: &CacheRule,
+) -> Result<Option<String>, forwarding::Unkeyable> {
     let part = forwarding::of(headers, rule)?;
-    if let Some(c) = get() {
-        c.forwarding.record(&part);
+    if let (Some(c), Some(part)) = (get(), &part) {
+        c.forwarding.record(part);
     }
-    Some(part)
+    Ok(part)
 }
 
 /// The primary key text of a request that went through a `cache` and a `proxy` step, with

@@ -453,6 +453,14 @@ fn forwarding_headers_a_client_sends_are_part_of_the_key() {
     assert_eq!(fetch(8, &proxy("192.0.2.3")).0, "MISS");
     assert_eq!(fetch(9, &[]).0, "MISS");
     assert_eq!(fetch(0, &evil).0, "MISS");
+    assert_eq!(up.served(), 7);
+    // Values too long to remember for purges: not cached, every time to the upstream.
+    let long = "h".repeat(3000);
+    for _ in 0..2 {
+        let (status, host) = fetch(1, &[("X-Forwarded-Host", long.as_str())]);
+        assert_eq!((status.as_str(), host == long), ("BYPASS", true));
+    }
+    assert_eq!(up.served(), 9);
 }
 
 /// The client's whole target as a proxy in front passes it on (`X-Original-URI`,

@@ -18,6 +18,7 @@ use super::layout::Layout;
 use crate::pipeline::context::Consumer;
 use crate::store::Store;
 
+mod missed;
 mod passwords;
 mod sync;
 
@@ -67,10 +68,6 @@ pub enum KeyAuthResult {
     Forbidden,
 }
 
-/// How long an unknown key is not looked up again.
-const NEGATIVE_TTL: Duration = Duration::from_secs(5);
-const MAX_NEGATIVE: usize = 50_000;
-
 /// Counters the metrics layer reads.
 #[derive(Default)]
 pub struct CacheStats {
@@ -84,12 +81,7 @@ pub struct ConsumerCache {
     layout: Layout,
     loaded: AtomicBool,
     last_resync: Mutex<Option<Instant>>,
-    /// Unknown entities looked up lately, by a hash of their name (a key id may be as long as
-    /// a request head: the names themselves would let a flood of long unknown keys hold
-    /// gigabytes here).
-    recently_missed: Mutex<HashMap<u64, Instant>>,
-    /// The hash of [`Self::recently_missed`], seeded at start.
-    missed_hasher: std::hash::RandomState,
+    recently_missed: Mutex<missed::RecentlyMissed>,
     verified_passwords: Mutex<passwords::VerifiedPasswords>,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
@@ -128,8 +120,7 @@ impl ConsumerCache {
             layout,
             loaded: AtomicBool::new(false),
             last_resync: Mutex::new(None),
-            recently_missed: Mutex::new(HashMap::new()),
-            missed_hasher: std::hash::RandomState::new(),
+            recently_missed: Mutex::new(missed::RecentlyMissed::default()),
             verified_passwords: Mutex::new(passwords::VerifiedPasswords::default()),
             lookups: Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use super::{
     scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Table, Tables,
-    MAX_NEGATIVE, NEGATIVE_TTL,
 };
 use crate::consumers::layout::CredentialType;
 use crate::consumers::model;
@@ -442,7 +441,8 @@ impl ConsumerCache {
         });
     }
 
-    /// Looks an unknown entity up in the background, at most once per [`NEGATIVE_TTL`].
+    /// Looks an unknown entity up in the background, at most once per
+    /// [`super::missed::NEGATIVE_TTL`].
     pub(super) fn lookup_later(&self, entity: String) {
         let Some(lookups) = self
             .lookups
@@ -452,26 +452,13 @@ impl ConsumerCache {
         else {
             return;
         };
-        {
-            let mut missed = self
-                .recently_missed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let id = std::hash::BuildHasher::hash_one(&self.missed_hasher, &entity);
-            if missed
-                .get(&id)
-                .is_some_and(|t| now.duration_since(*t) < NEGATIVE_TTL)
-            {
-                return;
-            }
-            if missed.len() >= MAX_NEGATIVE {
-                missed.retain(|_, t| now.duration_since(*t) < NEGATIVE_TTL);
-                if missed.len() >= MAX_NEGATIVE {
-                    return; // a flood: wait for the periodic resync
-                }
-            }
-            missed.insert(id, now);
+        let may = self
+            .recently_missed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .may_look_up(&entity, Instant::now());
+        if !may {
+            return;
         }
         // Full (a flood, a store not answering): not looked up now; the periodic reload finds
         // it, or a request after the negative time. (Closed only with the process.)
