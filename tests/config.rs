@@ -426,6 +426,21 @@ fn unsupported_value_expressions_are_named() {
     );
 }
 
+/// A literal no header can carry (a line break; a character past U+00FF) is refused where it
+/// is written: EG's `setHeader` throws on every request; a Latin-1 letter is written as Node
+/// writes it.
+#[test]
+fn a_literal_no_header_can_carry_is_an_error() {
+    let dir = ConfigDir::new(
+        "http: {port: 1}\napiEndpoints: {a: {}}\npolicies: [request-transformer]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - request-transformer:\n          - action: {headers: {add: {X-A: \"'a\\nb'\", X-B: \"'caf\u{e9}'\", X-C: \"'\u{20ac}'\"}}}\n",
+    );
+    let err = check_errors(&dir);
+    assert!(err.contains("9:43: value of header `X-A`"), "{err}");
+    assert!(err.contains("cannot be a header value"), "{err}");
+    assert!(!err.contains("`X-B`"), "{err}");
+    assert!(err.contains("value of header `X-C`"), "{err}");
+}
+
 /// A JSON config is read as YAML reads it, with positions: a key given twice is an error
 /// where it is (as EG's reader has it), and the errors after it keep their lines.
 #[test]

@@ -210,9 +210,11 @@ fn cors_empty_allowed_headers_as_npm_cors() {
     let step = |name: &str, allowed: &str| {
         format!("  {name}:\n    apiEndpoints: [{name}]\n    policies:\n      - cors: [{{action: {{allowedHeaders: {allowed}}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n")
     };
-    let p = step("blank", "''") + &step("none", "[]");
+    let p = step("blank", "''")
+        + &step("none", "[], methods: []")
+        + &step("cont", "[x-a], preflightContinue: true");
     let (_d, gw) = start(
-        "  blank: {paths: '/blank/*'}\n  none: {paths: '/none/*'}\n",
+        "  blank: {paths: '/blank/*'}\n  none: {paths: '/none/*'}\n  cont: {paths: '/cont/*'}\n",
         "cors, proxy",
         &p,
         &up,
@@ -235,6 +237,10 @@ fn cors_empty_allowed_headers_as_npm_cors() {
         Some("authorization")
     );
     assert_eq!(r.header("vary"), Some("Access-Control-Request-Headers"));
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        Some("GET,HEAD,PUT,PATCH,POST,DELETE")
+    );
     let r = preflight("/none/x");
     assert_eq!(r.status, 204);
     assert_eq!(
@@ -244,6 +250,19 @@ fn cors_empty_allowed_headers_as_npm_cors() {
         r.headers
     );
     assert_eq!(r.header("vary"), None, "{:?}", r.headers);
+    // An empty `methods` is no header either (npm's `cors` sets only a value).
+    assert_eq!(
+        r.header("access-control-allow-methods"),
+        None,
+        "{:?}",
+        r.headers
+    );
+    // `preflightContinue`: the preflight's headers are set and it goes on, to the upstream.
+    let r = preflight("/cont/x");
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.echoed().method(), "OPTIONS");
+    assert_eq!(r.header("access-control-allow-headers"), Some("x-a"));
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 }
 
 #[test]

@@ -26,9 +26,10 @@ apiEndpoints:
   basic: {{paths: '/basic/*', scopes: [wms]}}
   token: {{paths: '/token/*'}}
   limited: {{paths: '/limited/*'}}
+  delayed: {{paths: '/delayed/*'}}
 serviceEndpoints:
   up: {{url: '{up}'}}
-policies: [key-auth, jwt, basic-auth, scopes, proxy, rate-limit]
+policies: [key-auth, jwt, basic-auth, scopes, proxy, rate-limit, response-transformer]
 pipelines:
   keyed:
     apiEndpoints: [wmts, wms]
@@ -50,6 +51,13 @@ pipelines:
     policies:
       - rate-limit: [{{action: {{max: 3, windowMs: 60000, rateLimitBy: 'shared'}}}}]
       - proxy: [{{action: {{serviceEndpoint: up}}}}]
+  delayed:
+    apiEndpoints: [delayed]
+    policies:
+      - response-transformer: [{{action: {{headers: {{add: {{X-User: req.user.id}}}}}}}}]
+      - rate-limit: [{{action: {{max: 100, windowMs: 60000, delayAfter: 1, delayMs: 1, rateLimitBy: 'delayed'}}}}]
+      - key-auth:
+      - proxy: [{{action: {{serviceEndpoint: up}}}}]
 "#,
         up = up.url("")
     ));
@@ -67,6 +75,22 @@ fn with_eg_fixture() -> (RedisServer, EchoUpstream, ConfigDir) {
     let up = EchoUpstream::start("up");
     let dir = config(&up, &redis);
     (redis, up, dir)
+}
+
+/// A request delayed by a `rate-limit` counted in Redis goes on through the pipeline, and a
+/// `response-transformer` before it reads what the later steps made (the consumer), as with
+/// every other request: its values are read once the pipeline has run.
+#[test]
+fn a_delay_counted_in_redis_leaves_the_response_edits_to_the_end() {
+    let (_redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    for delayed in [false, true] {
+        let r = get(gw.port, "GET", "/delayed/1", &key);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(consumer_of(&r), Some(APP2.to_string()));
+        assert_eq!(r.header("x-user"), Some(APP2), "delayed: {delayed}");
+    }
 }
 
 fn consumer_of(r: &support::Response) -> Option<String> {

@@ -260,6 +260,8 @@ pub async fn decide(
                         step = next;
                         continue;
                     }
+                    // A delay (`rate-limit` counted in Redis): the pipeline goes on after it.
+                    wait @ Outcome::Wait(_) => wait,
                     other => {
                         // (The pipeline ends here: the deferred step answered.)
                         x.make_late_edits(&req);

@@ -91,7 +91,8 @@ enum AllowedOrigin {
 
 pub struct Cors {
     origin: Origin,
-    methods: HeaderValue,
+    /// `None` for an empty list: no header, as npm's `cors` (which sets only a non-empty value).
+    methods: Option<HeaderValue>,
     /// `None`: the request's are reflected; `Some(None)`: none are listed.
     allowed_headers: Option<Option<HeaderValue>>,
     exposed_headers: Option<HeaderValue>,
@@ -192,7 +193,7 @@ impl Cors {
         }
         Some(Cors {
             origin,
-            methods: methods?,
+            methods: Some(methods?).filter(|m| !m.is_empty()),
             allowed_headers,
             exposed_headers,
             credentials: p.credentials,
@@ -271,10 +272,12 @@ impl Policy for Cors {
             self.exposed(out);
             return Outcome::Continue;
         }
-        out.push(HeaderEdit::Default(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            self.methods.clone(),
-        ));
+        if let Some(methods) = &self.methods {
+            out.push(HeaderEdit::Default(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                methods.clone(),
+            ));
+        }
         let vary = match (&self.allowed_headers, varies_by_origin) {
             (Some(_), true) => Some("Origin"),
             (Some(_), false) => None,

@@ -21,10 +21,23 @@ impl HeaderExpr {
     pub fn edit(&self, req: &Request<'_>, x: &Exchange) -> Option<HeaderEdit> {
         let value = match &self.fixed {
             Some(v) => v.clone(),
-            None => HeaderValue::from_str(&self.value.eval(req, x)).ok()?,
+            None => node_header_value(&self.value.eval(req, x))?,
         };
         Some(HeaderEdit::Set(self.name.clone(), value))
     }
+}
+
+/// `text` as Node's `setHeader` writes it: each character a byte (Latin-1), refused when one is
+/// past U+00FF or a control character other than tab.
+fn node_header_value(text: &str) -> Option<HeaderValue> {
+    if text.is_ascii() {
+        return HeaderValue::from_str(text).ok();
+    }
+    let bytes = text
+        .chars()
+        .map(|c| u8::try_from(u32::from(c)).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    HeaderValue::from_bytes(&bytes).ok()
 }
 
 /// Compiles `{name: expression}` (with an optional name prefix).
@@ -70,9 +83,22 @@ pub fn compile_map(
         };
         match expr {
             Ok(value) => {
-                let fixed = value
-                    .as_literal()
-                    .and_then(|s| HeaderValue::from_str(&s).ok());
+                let fixed = match value.as_literal() {
+                    None => None,
+                    Some(s) => match node_header_value(&s) {
+                        Some(v) => Some(v),
+                        None => {
+                            // EG's `setHeader` throws on every request; refused here, once.
+                            errors.push(
+                                &v.pos,
+                                format!(
+                                    "value of header `{key}` in `{what}`: {s:?} cannot be a header value (a control character, or one past U+00FF, as Node refuses)"
+                                ),
+                            );
+                            continue;
+                        }
+                    },
+                };
                 out.push(HeaderExpr { name, value, fixed });
             }
             Err(why) => errors.push(
@@ -135,5 +161,21 @@ impl AddRemove {
         out.extend(self.add.iter().filter_map(|h| h.edit(req, x)));
         out.extend(self.remove.iter().cloned().map(HeaderEdit::Remove));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::node_header_value;
+
+    #[test]
+    fn values_are_written_as_node_writes_them() {
+        assert_eq!(node_header_value("Basic").expect("ascii"), "Basic");
+        assert_eq!(
+            node_header_value("caf\u{e9}").expect("latin-1").as_bytes(),
+            b"caf\xe9"
+        );
+        assert!(node_header_value("a\nb").is_none());
+        assert!(node_header_value("\u{20ac}").is_none());
     }
 }

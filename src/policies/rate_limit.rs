@@ -105,7 +105,10 @@ impl RateLimit {
             errors,
         )?;
         let key = match &p.rate_limit_by {
+            // EG keys by the client's address unless `rateLimitBy` is truthy: an empty one (a
+            // variable set to nothing) is no template, not one window for everyone.
             None => None,
+            Some(t) if t.is_empty() => None,
             Some(t) => match Template::parse(t) {
                 Ok(t) => Some(t),
                 Err(why) => {
@@ -146,8 +149,28 @@ impl RateLimit {
                 .map(|ip| ip_text(ip).to_string())
                 .unwrap_or_default(),
         };
-        format!("rl:{raw}")
+        window_key(&raw)
     }
+}
+
+/// The longest `rateLimitBy` value kept as it is in a window's key: a longer one (a header a
+/// client fills) is keyed by its SHA-256, so that the windows of values a client makes up
+/// hold a bounded size each, in memory or in Redis.
+const LONGEST_KEY: usize = 128;
+
+/// A window's key, `rl:<value>` as EG's (so EG and tollgate share a Redis's windows).
+fn window_key(raw: &str) -> String {
+    if raw.len() <= LONGEST_KEY {
+        return format!("rl:{raw}");
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(raw.as_bytes());
+    let mut key = String::with_capacity(3 + 7 + 64);
+    key.push_str("rl:sha256:");
+    for b in digest {
+        key.push_str(&format!("{b:02x}"));
+    }
+    key
 }
 
 impl Settings {
@@ -176,7 +199,10 @@ impl Settings {
         }
         if self.delay_after > 0 && !self.delay.is_zero() && count > self.delay_after {
             let times = u32::try_from(count - self.delay_after).unwrap_or(u32::MAX);
-            return (Outcome::Wait(self.delay.saturating_mul(times)), edits);
+            // Never past the window's end, when the count starts again (EG's grows without
+            // bound: a client that left still held its connection's place for hours).
+            let wait = self.delay.saturating_mul(times).min(resets_in);
+            return (Outcome::Wait(wait), edits);
         }
         (Outcome::Continue, edits)
     }
@@ -210,11 +236,13 @@ impl Settings {
 }
 
 /// Whether `Accept` ranks JSON above HTML as Express's `res.format` (html listed first) ranks
-/// them (the negotiator): by q, then by how specific the range that takes each is (exact, then
-/// `type/*`, then `*/*`), then by the range's place in the header; a tie is HTML's.
+/// them (the negotiator): each type takes the most specific range that matches it (exact, then
+/// `type/*`, then `*/*`; of equals the higher q, then the earlier), and is not acceptable when
+/// that range's q is 0; then the higher q wins, then the more specific range, then the earlier
+/// range; a tie is HTML's.
 fn prefers_json(accept: Option<&str>) -> bool {
     let Some(accept) = accept else { return false };
-    // The best (q, specificity, -place) of the ranges that take `kind/sub`.
+    // (q, specificity, -place) of the range that takes `kind/sub`.
     let rank = |kind: &str, sub: &str| -> Option<(f32, u8, isize)> {
         accept
             .split(',')
@@ -223,7 +251,12 @@ fn prefers_json(accept: Option<&str>) -> bool {
                 let mut it = part.split(';');
                 let media = it.next()?.trim().to_ascii_lowercase();
                 let q = it
-                    .filter_map(|p| p.trim().strip_prefix("q="))
+                    .filter_map(|p| {
+                        let (name, value) = p.split_once('=')?;
+                        name.trim()
+                            .eq_ignore_ascii_case("q")
+                            .then_some(value.trim())
+                    })
                     .find_map(|q| q.parse::<f32>().ok())
                     .unwrap_or(1.0);
                 let (t, st) = media.split_once('/')?;
@@ -233,9 +266,14 @@ fn prefers_json(accept: Option<&str>) -> bool {
                     ("*", "*") => 0,
                     _ => return None,
                 };
-                (q > 0.0).then_some((q, specific, -(place as isize)))
+                Some((q, specific, -(place as isize)))
             })
-            .max_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal))
+            .max_by(|a, b| {
+                (a.1, a.0, a.2)
+                    .partial_cmp(&(b.1, b.0, b.2))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .filter(|(q, _, _)| *q > 0.0)
     };
     match (rank("application", "json"), rank("text", "html")) {
         (Some(json), Some(html)) => json.partial_cmp(&html) == Some(std::cmp::Ordering::Greater),
@@ -306,5 +344,52 @@ mod tests {
         assert!(prefers_json(Some("*/*;q=0.5, application/json;q=0.5")));
         assert!(!prefers_json(Some("application/json;q=0.5, text/html")));
         assert!(!prefers_json(Some("application/json;q=0, */*")));
+        // The most specific range decides a type's q, a refusal (q=0) included.
+        assert!(prefers_json(Some("text/html;q=0, */*")));
+        assert!(prefers_json(Some(
+            "text/html;q=0.1, application/json;q=0.3, */*"
+        )));
+        assert!(prefers_json(Some(
+            "application/json;Q=0.9, text/html;Q=0.5"
+        )));
+    }
+
+    fn built(action: serde_json::Value) -> super::RateLimit {
+        let params = serde_json::from_value(action).expect("params");
+        let pos = crate::config::error::Pos::new(&"gateway.config.yml".into(), 1, 1);
+        let windows = super::Windows::Memory(Default::default());
+        let mut errors = crate::config::error::ConfigErrors::default();
+        super::RateLimit::build(params, None, &pos, windows, &mut errors).expect("valid")
+    }
+
+    /// An empty `rateLimitBy` (a variable set to nothing) keys by the client's address, as EG
+    /// (which reads it only when truthy), not one window for every client.
+    #[test]
+    fn an_empty_rate_limit_by_is_the_client_address() {
+        assert!(built(serde_json::json!({"rateLimitBy": ""})).key.is_none());
+        assert!(built(serde_json::json!({"rateLimitBy": "x"})).key.is_some());
+    }
+
+    /// A delay never outlasts the window, whose end starts the count again.
+    #[test]
+    fn a_delay_ends_with_its_window() {
+        let rl = built(serde_json::json!({"max": 0, "delayAfter": 1, "delayMs": 1000}));
+        let ends = std::time::Duration::from_secs(3);
+        for (count, wait) in [(2, 1), (3, 2), (4, 3), (1000, 3)] {
+            let (outcome, _) = rl.settings.decide(count, ends, false);
+            let crate::pipeline::Outcome::Wait(w) = outcome else {
+                panic!("{count}: not a wait");
+            };
+            assert_eq!(w, std::time::Duration::from_secs(wait), "{count}");
+        }
+    }
+
+    #[test]
+    fn long_values_are_keyed_by_their_digest() {
+        assert_eq!(super::window_key("192.0.2.1"), "rl:192.0.2.1");
+        let long = "k".repeat(40_000);
+        let key = super::window_key(&long);
+        assert!(key.starts_with("rl:sha256:") && key.len() == 74, "{key}");
+        assert_ne!(key, super::window_key(&"k".repeat(40_001)));
     }
 }
