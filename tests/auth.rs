@@ -440,7 +440,7 @@ fn public_key_algorithms_and_key_confusion() {
             200
         );
         // HS256 signed with the public key's text as the secret must not pass.
-        let confused = jwt::hs256(&pair.public_pem, &claims);
+        let confused = jwt::hs256_with_pem(&pair.public_pem, &claims);
         assert_eq!(
             get(
                 gw.port,
@@ -517,15 +517,21 @@ fn password_checks_do_not_hold_up_other_requests() {
         &[],
     );
     let qgis = app_id(&gw, "qgis");
-    // Two clients keep sending wrong passwords (each one a bcrypt check of cost 10).
+    // Two clients keep sending wrong passwords, a new one each time (each one a bcrypt check
+    // of cost 10: a wrong password checked once is remembered).
     let stop = Arc::new(AtomicBool::new(false));
     let checkers: Vec<_> = (0..2)
         .map(|i| {
-            let wrong = format!("Basic {}", base64_encode(&format!("{qgis}:wrong-{i}")));
             let (port, stop) = (gw.port, stop.clone());
+            let qgis = qgis.clone();
             std::thread::spawn(move || {
                 let mut spans = Vec::new();
-                while !stop.load(Ordering::Relaxed) {
+                for n in 0.. {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let wrong =
+                        format!("Basic {}", base64_encode(&format!("{qgis}:wrong-{i}-{n}")));
                     let sent = Instant::now();
                     let r = get(port, "GET", "/wmts/1/2/3.png", &[("Authorization", &wrong)]);
                     assert_eq!(r.status, 401, "a wrong password is refused");
@@ -558,6 +564,39 @@ fn password_checks_do_not_hold_up_other_requests() {
         answered_meanwhile >= 3,
         "only {answered_meanwhile} of 5 health checks were answered during a password check"
     );
+}
+
+/// A password's bcrypt check runs once: what it found, a match or not, is remembered for that
+/// password and the stored hash (a map client with a stale password fired a check per tile).
+#[test]
+fn a_password_is_checked_once_right_or_wrong() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up, JWT_SECRET));
+    dir.write("consumers.config.json", CONSUMERS);
+    let gw = start(&dir);
+    let qgis = app_id(&gw, "qgis");
+    let checks = |result: &str| {
+        gw.metric(&format!(
+            "tollgate_password_checks_total{{result=\"{result}\"}}"
+        ))
+    };
+    let basic = |password: &str| {
+        let auth = format!("Basic {}", base64_encode(&format!("{qgis}:{password}")));
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1/2/3.png",
+            &[("Authorization", &auth)],
+        )
+    };
+    for _ in 0..5 {
+        // passThrough: a wrong password goes on anonymously, and is refused further on.
+        assert_eq!(basic("stale").status, 401);
+        assert_eq!(basic("qgis-pass").status, 200);
+    }
+    assert_eq!((checks("match"), checks("mismatch")), (1.0, 1.0));
+    assert_eq!(basic("another").status, 401);
+    assert_eq!(checks("mismatch"), 2.0);
 }
 
 fn base64_encode(s: &str) -> String {

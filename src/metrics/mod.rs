@@ -109,6 +109,9 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_resync_age: Gauge,
+    /// basic-auth's bcrypt checks: the password matched, or not.
+    pub password_matched: IntCounter,
+    pub password_mismatched: IntCounter,
     pub store_up: IntGauge,
     config_loads_ok: IntCounter,
     config_loads_failed: IntCounter,
@@ -261,6 +264,14 @@ impl Metrics {
             "Seconds since the consumer cache last loaded everything (-1: never)",
         ));
         reg(Box::new(cache_resync_age.clone()));
+        let password_checks = must(IntCounterVec::new(
+            Opts::new(
+                "tollgate_password_checks_total",
+                "basic-auth's bcrypt checks of passwords not checked before, by result",
+            ),
+            &["result"],
+        ));
+        reg(Box::new(password_checks.clone()));
         let store_up = must(IntGauge::new(
             "tollgate_store_up",
             "Whether the consumer store answers (1) or not (0)",
@@ -331,6 +342,8 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_resync_age,
+            password_matched: password_checks.with_label_values(&["match"]),
+            password_mismatched: password_checks.with_label_values(&["mismatch"]),
             store_up,
             config_loads_ok: loads.with_label_values(&["ok"]),
             config_loads_failed: loads.with_label_values(&["failed"]),

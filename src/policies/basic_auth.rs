@@ -11,8 +11,8 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::auth_common::{fail, store_unread, succeed};
-use crate::consumers::cache::{BasicAnswer, ConsumerCache, PasswordCheck};
-use crate::pipeline::context::{Consumer, Finish};
+use crate::consumers::cache::{BasicAnswer, Checked, ConsumerCache, PasswordCheck};
+use crate::pipeline::context::Finish;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
 #[derive(Deserialize)]
@@ -81,17 +81,23 @@ impl Policy for BasicAuth {
                 401,
                 "basic-auth: unknown user, inactive or lacking a scope",
             ),
+            BasicAnswer::Wrong => fail(x, self.pass_through, 401, "basic-auth: wrong password"),
             BasicAnswer::Check(check) => {
                 let cache = self.cache.clone();
                 let pass_through = self.pass_through;
                 Outcome::Defer(Box::pin(async move {
-                    let verified = bcrypt_off_thread(check).await;
-                    Box::new(move |x: &mut Exchange| match verified {
-                        Some((consumer, memo)) => {
-                            cache.remember_password(memo);
-                            succeed(x, consumer)
+                    let checked = bcrypt_off_thread(check).await;
+                    if let Some(checked) = &checked {
+                        cache.remember_password(checked);
+                        let m = crate::metrics::metrics();
+                        match checked {
+                            Checked::Match(..) => m.password_matched.inc(),
+                            Checked::Mismatch(_) => m.password_mismatched.inc(),
                         }
-                        None => fail(x, pass_through, 401, "basic-auth: wrong password"),
+                    }
+                    Box::new(move |x: &mut Exchange| match checked {
+                        Some(Checked::Match(consumer, _)) => succeed(x, consumer),
+                        _ => fail(x, pass_through, 401, "basic-auth: wrong password"),
                     }) as Finish
                 }))
             }
@@ -108,7 +114,8 @@ fn bcrypt_permits() -> &'static Semaphore {
 }
 
 /// Runs the bcrypt check on tokio's blocking pool, so the request threads keep serving.
-async fn bcrypt_off_thread(check: PasswordCheck) -> Option<(Consumer, [u8; 32])> {
+/// `None` when it could not run.
+async fn bcrypt_off_thread(check: PasswordCheck) -> Option<Checked> {
     let permit = bcrypt_permits().acquire().await.ok()?;
     // The permit goes with the check: it is released when the check is done, even if the
     // request waiting for it is dropped meanwhile.
@@ -118,5 +125,4 @@ async fn bcrypt_off_thread(check: PasswordCheck) -> Option<(Consumer, [u8; 32])>
     })
     .await
     .ok()
-    .flatten()
 }

@@ -82,7 +82,9 @@ pub struct ConsumerCache {
     loaded: AtomicBool,
     last_resync: Mutex<Option<Instant>>,
     recently_missed: Mutex<missed::RecentlyMissed>,
-    verified_passwords: Mutex<passwords::VerifiedPasswords>,
+    verified_passwords: Mutex<passwords::PasswordMemos>,
+    /// Passwords that failed their check against the stored hash they were checked with.
+    refused_passwords: Mutex<passwords::PasswordMemos>,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
     /// While a full load runs: what refreshes changed meanwhile, carried into what it read
@@ -121,7 +123,8 @@ impl ConsumerCache {
             loaded: AtomicBool::new(false),
             last_resync: Mutex::new(None),
             recently_missed: Mutex::new(missed::RecentlyMissed::default()),
-            verified_passwords: Mutex::new(passwords::VerifiedPasswords::default()),
+            verified_passwords: Mutex::new(passwords::PasswordMemos::default()),
+            refused_passwords: Mutex::new(passwords::PasswordMemos::default()),
             lookups: Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),
             changed_while_loading: Mutex::new(None),
@@ -289,6 +292,14 @@ impl ConsumerCache {
         {
             return BasicAnswer::Accepted(consumer);
         }
+        if self
+            .refused_passwords
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&memo)
+        {
+            return BasicAnswer::Wrong;
+        }
         BasicAnswer::Check(PasswordCheck {
             consumer,
             hash,
@@ -297,13 +308,16 @@ impl ConsumerCache {
         })
     }
 
-    /// Records a password that [`PasswordCheck::verify`] accepted.
-    pub fn remember_password(&self, memo: [u8; 32]) {
-        let mut verified = self
-            .verified_passwords
+    /// Records what [`PasswordCheck::verify`] found.
+    pub fn remember_password(&self, checked: &Checked) {
+        let (memos, memo) = match checked {
+            Checked::Match(_, memo) => (&self.verified_passwords, memo),
+            Checked::Mismatch(memo) => (&self.refused_passwords, memo),
+        };
+        memos
             .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        verified.insert(memo);
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(*memo);
     }
 }
 
@@ -312,6 +326,8 @@ impl ConsumerCache {
 pub enum BasicAnswer {
     Accepted(Consumer),
     Refused,
+    /// A password that failed its check before, against the same stored hash.
+    Wrong,
     /// The password still needs its bcrypt check.
     Check(PasswordCheck),
 }
@@ -326,12 +342,20 @@ pub struct PasswordCheck {
 }
 
 impl PasswordCheck {
-    /// The consumer and the memo to remember when the password matches.
-    pub fn verify(self) -> Option<(Consumer, [u8; 32])> {
-        bcrypt::verify(&self.password, &self.hash)
-            .unwrap_or(false)
-            .then_some((self.consumer, self.memo))
+    /// Checks the password (a stored hash bcrypt cannot read matches nothing).
+    pub fn verify(self) -> Checked {
+        match bcrypt::verify(&self.password, &self.hash).unwrap_or(false) {
+            true => Checked::Match(self.consumer, self.memo),
+            false => Checked::Mismatch(self.memo),
+        }
     }
+}
+
+/// What a password's check found, with the memo to remember it by
+/// ([`ConsumerCache::remember_password`]).
+pub enum Checked {
+    Match(Consumer, [u8; 32]),
+    Mismatch([u8; 32]),
 }
 
 impl std::fmt::Debug for PasswordCheck {

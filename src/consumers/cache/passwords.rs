@@ -1,5 +1,7 @@
-//! Passwords that passed their bcrypt check, remembered (by a digest of the user, the password
-//! and the stored hash) so the next request with them is not checked again. Two generations:
+//! Passwords that passed their bcrypt check, and those that failed it, remembered (by a digest
+//! of the user, the password and the stored hash: a new password is a new digest) so the next
+//! request with them is not checked again — a map client with a stale password fires a bcrypt
+//! check per tile otherwise. Two generations:
 //! when the newer is full it becomes the older and the older goes, and a password found in the
 //! older moves to the newer — the passwords in use stay remembered however many come and go,
 //! where emptying the whole set when it was full had every consumer checked again at once
@@ -10,21 +12,21 @@ use std::collections::HashSet;
 /// Passwords per generation.
 const GENERATION: usize = 50_000;
 
-pub struct VerifiedPasswords {
+pub struct PasswordMemos {
     newer: HashSet<[u8; 32]>,
     older: HashSet<[u8; 32]>,
     generation: usize,
 }
 
-impl Default for VerifiedPasswords {
+impl Default for PasswordMemos {
     fn default() -> Self {
-        VerifiedPasswords::with_generation(GENERATION)
+        PasswordMemos::with_generation(GENERATION)
     }
 }
 
-impl VerifiedPasswords {
-    fn with_generation(generation: usize) -> VerifiedPasswords {
-        VerifiedPasswords {
+impl PasswordMemos {
+    fn with_generation(generation: usize) -> PasswordMemos {
+        PasswordMemos {
             newer: HashSet::new(),
             older: HashSet::new(),
             generation,
@@ -63,7 +65,7 @@ mod tests {
 
     #[test]
     fn passwords_in_use_stay_remembered_while_many_others_come_and_go() {
-        let mut v = VerifiedPasswords::with_generation(100);
+        let mut v = PasswordMemos::with_generation(100);
         v.insert(memo(0));
         for i in 1..10_000 {
             v.insert(memo(i));
