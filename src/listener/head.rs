@@ -148,7 +148,7 @@ pub(super) async fn read_head(
         if head_complete(&buf, before) {
             return Ok(buf);
         }
-        if never_a_head(&buf) {
+        if never_a_head(&buf, before) {
             return Err(Refused::Reply(ConnClose::Malformed, BAD_REQUEST_400));
         }
         if !first && partial.is_none() {
@@ -319,14 +319,23 @@ pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
 /// plain port, binary), a bare CR (RFC 9112 §2.2), or a first line that ends without an HTTP
 /// version (HTTP/0.9, text that is no HTTP). Such a client, which may wait for an answer
 /// without ever ending a head, is answered `400` at once rather than `408` at the header
-/// timeout. (Looked at only when a read did not complete the head.)
-fn never_a_head(buf: &[u8]) -> bool {
+/// timeout. (Looked at only when a read did not complete the head; `from`: where the bytes of
+/// the last read start — what came before was looked at already, so a head sent a byte at a
+/// time costs each byte once.)
+fn never_a_head(buf: &[u8], from: usize) -> bool {
     let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
-    if buf.first().is_some_and(|b| !token(*b)) {
+    if from == 0 && buf.first().is_some_and(|b| !token(*b)) {
         return true;
     }
-    if memchr::memchr_iter(b'\r', buf).any(|cr| buf.get(cr + 1).is_some_and(|b| *b != b'\n')) {
+    // (A CR that ended the last read is followed by the first byte of this one.)
+    let start = from.saturating_sub(1);
+    let new = &buf[start..];
+    if memchr::memchr_iter(b'\r', new).any(|cr| new.get(cr + 1).is_some_and(|b| *b != b'\n')) {
         return true;
+    }
+    // The first line, once: when this read ended it.
+    if from > 0 && memchr::memchr(b'\n', &buf[..from]).is_some() {
+        return false;
     }
     let Some(line) = crate::wire::request_line(buf) else {
         return false;
@@ -372,7 +381,10 @@ mod tests {
             b"hello there\n",
             b"GET /a HTTP/1.1 \r\n",
         ] {
-            assert!(never_a_head(never), "{}", never.escape_ascii());
+            assert!(never_a_head(never, 0), "{}", never.escape_ascii());
+            // The same, a byte a read: told at the byte that tells it.
+            let told = (1..=never.len()).any(|n| never_a_head(&never[..n], n - 1));
+            assert!(told, "{}", never.escape_ascii());
         }
         for may in [
             &b"GE"[..],
@@ -383,7 +395,9 @@ mod tests {
             b"GET /a b HTTP/1.1\r\nX: y",
             b"PRI * HTTP/2.0\r\n",
         ] {
-            assert!(!never_a_head(may), "{}", may.escape_ascii());
+            assert!(!never_a_head(may, 0), "{}", may.escape_ascii());
+            let told = (1..=may.len()).any(|n| never_a_head(&may[..n], n - 1));
+            assert!(!told, "{}", may.escape_ascii());
         }
     }
 
