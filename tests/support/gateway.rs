@@ -178,8 +178,11 @@ impl GatewayProcess {
             log,
         };
         // A config that opens the admin listener: wait for it as for the gateway's.
-        let admin = std::fs::read_to_string(dir.path.join("gateway.config.yml"))
-            .is_ok_and(|c| c.contains("${ADMIN_PORT}"));
+        let admin = ["gateway.config.yml", "gateway.config.json"]
+            .iter()
+            .any(|f| {
+                std::fs::read_to_string(dir.path.join(f)).is_ok_and(|c| c.contains("${ADMIN_PORT}"))
+            });
         gw.wait_ready(admin);
         gw
     }
@@ -194,24 +197,16 @@ impl GatewayProcess {
                 );
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                // The admin listener starts beside the gateway's (a config that does not name
-                // its port may still open it: give it a moment then).
-                let limit = if admin {
-                    Duration::from_secs(20)
-                } else {
-                    Duration::from_secs(2)
-                };
+                // The admin listener starts beside the gateway's; a config that does not name
+                // `${ADMIN_PORT}` does not listen on it.
                 let admin_wait = Instant::now();
-                while TcpStream::connect(("127.0.0.1", self.admin_port)).is_err() {
+                while admin && TcpStream::connect(("127.0.0.1", self.admin_port)).is_err() {
                     assert!(
-                        !admin || admin_wait.elapsed() < limit,
-                        "the admin API did not listen on {} within {limit:?}:\n{}",
+                        admin_wait.elapsed() < Duration::from_secs(20),
+                        "the admin API did not listen on {} within 20 s:\n{}",
                         self.admin_port,
                         self.log_text()
                     );
-                    if admin_wait.elapsed() >= limit {
-                        break;
-                    }
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 return;
@@ -243,9 +238,11 @@ impl GatewayProcess {
     }
 
     /// The value of one series of the Admin API's `/metrics` (`name{labels}` as exposed, labels
-    /// in their exposition order), or 0 when it is absent.
+    /// in their exposition order), or 0 when it is absent (a label value not met yet). Its
+    /// family must be exposed: a misspelt name would read 0 for ever.
     pub fn metric(&self, series: &str) -> f64 {
         let text = super::get(self.admin_port, "GET", "/metrics", &[]).text();
+        assert_family(&text, series);
         text.lines()
             .find_map(|l| {
                 l.strip_prefix(series)?
@@ -255,6 +252,22 @@ impl GatewayProcess {
                     .ok()
             })
             .unwrap_or(0.0)
+    }
+
+    /// The sum of every series of a family (`tollgate_upstream_errors_total`: every kind).
+    pub fn metric_sum(&self, family: &str) -> f64 {
+        let text = super::get(self.admin_port, "GET", "/metrics", &[]).text();
+        assert_family(&text, family);
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix(family)?;
+                let value = match rest.strip_prefix('{') {
+                    Some(labelled) => labelled.split_once("} ")?.1,
+                    None => rest.strip_prefix(' ')?,
+                };
+                value.trim().parse::<f64>().ok()
+            })
+            .sum()
     }
 
     /// The value of a series once `done` holds for it, or its last value after 5 s: what a
@@ -285,4 +298,22 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Panics unless the exposition `text` declares the family of `series` (a histogram's
+/// `_bucket`, `_count` and `_sum` are its family's).
+fn assert_family(text: &str, series: &str) {
+    let name = series.split('{').next().unwrap_or(series);
+    let declared = |family: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix("# TYPE ")
+                .and_then(|t| t.strip_prefix(family))
+                .is_some_and(|t| t.starts_with(' '))
+        })
+    };
+    let found = declared(name)
+        || ["_bucket", "_count", "_sum"]
+            .iter()
+            .any(|s| name.strip_suffix(s).is_some_and(declared));
+    assert!(found, "no metric family `{name}` is exposed");
 }

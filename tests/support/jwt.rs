@@ -1,6 +1,6 @@
-//! Signing test tokens: HS256 with a secret, RS256 and ES256 with keys made on the fly.
+//! Test tokens, minted by PyJWT (see [`super::pyjwt`]): HS256 with a secret, RS256 and ES256
+//! with keys made on the fly.
 
-use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use openssl::ec::{EcGroup, EcKey};
 use openssl::nid::Nid;
 use openssl::pkey::PKey;
@@ -13,19 +13,33 @@ pub fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// An HS256 token, minted by PyJWT.
 pub fn hs256(secret: &str, claims: &serde_json::Value) -> String {
-    encode(
-        &Header::new(Algorithm::HS256),
-        claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
-    )
-    .expect("sign")
+    minted("HS256", secret, claims)
+}
+
+/// An HS256 token signed with a public key's PEM text as the secret (the RS→HS confusion
+/// attack, which PyJWT refuses to sign: made beside it by the same script).
+pub fn hs256_with_pem(pem: &str, claims: &serde_json::Value) -> String {
+    let mut mint = super::pyjwt::Mint::new("HS256", pem, claims.clone());
+    mint.hmac_with_pem = true;
+    super::pyjwt::mint(&[mint]).remove(0)
+}
+
+fn minted(alg: &'static str, key: &str, claims: &serde_json::Value) -> String {
+    super::pyjwt::mint(&[super::pyjwt::Mint::new(alg, key, claims.clone())]).remove(0)
 }
 
 /// A key pair as (private PEM, public PEM).
 pub struct KeyPair {
     pub private_pem: Vec<u8>,
     pub public_pem: String,
+}
+
+impl KeyPair {
+    fn private_pem_text(&self) -> String {
+        String::from_utf8(self.private_pem.clone()).expect("a PEM is text")
+    }
 }
 
 pub fn rsa_pair() -> KeyPair {
@@ -46,22 +60,14 @@ pub fn ec_pair() -> KeyPair {
     }
 }
 
+/// An RS256 token, minted by PyJWT.
 pub fn rs256(pair: &KeyPair, claims: &serde_json::Value) -> String {
-    encode(
-        &Header::new(Algorithm::RS256),
-        claims,
-        &EncodingKey::from_rsa_pem(&pair.private_pem).expect("key"),
-    )
-    .expect("sign")
+    minted("RS256", &pair.private_pem_text(), claims)
 }
 
+/// An ES256 token, minted by PyJWT.
 pub fn es256(pair: &KeyPair, claims: &serde_json::Value) -> String {
-    encode(
-        &Header::new(Algorithm::ES256),
-        claims,
-        &EncodingKey::from_ec_pem(&pair.private_pem).expect("key"),
-    )
-    .expect("sign")
+    minted("ES256", &pair.private_pem_text(), claims)
 }
 
 /// A token with `alg: none` and no signature.
