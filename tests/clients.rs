@@ -356,6 +356,70 @@ fn past_the_connection_cap_new_connections_wait_in_the_backlog() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// At the cap, connections waiting for their next request close (as nginx's do) and make room
+/// for the ones the backlog holds; one whose first request has not come yet is not closed (its
+/// request may be on its way).
+#[test]
+fn at_the_connection_cap_idle_keepalive_connections_make_room() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--max-connections",
+            "4",
+            "--keepalive-timeout",
+            "600",
+            "--header-timeout",
+            "600",
+        ],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the readiness probes' connections close
+    let fresh = connect(gw.port);
+    let mut idle: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut s = connect(gw.port);
+            s.write_all(b"GET /tiles/a HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .expect("send");
+            assert_eq!(read_response(&mut s, false).status, 200);
+            s
+        })
+        .collect();
+    // A fifth connection: served once the idle ones made room, within the 600 s they may wait.
+    let mut next = connect(gw.port);
+    next.write_all(b"GET /tiles/b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    next.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    let r = read_response(&mut next, false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    // As many close as make the room (counted once closed): the others stay open.
+    let shed = gw.metric_when(
+        r#"tollgate_client_connections_closed_total{reason="shed"}"#,
+        |v| v >= 1.0,
+    );
+    let closed = idle
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(500)))
+                .expect("timeout");
+            matches!(s.read(&mut [0u8; 1]), Ok(0))
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert!(
+        shed >= 1.0 && closed as f64 == shed,
+        "{closed} closed, {shed} counted"
+    );
+    // The connection that has not sent its first request is still served.
+    let mut fresh = fresh;
+    fresh
+        .write_all(b"GET /tiles/c HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    assert_eq!(read_response(&mut fresh, false).status, 200);
+}
+
 #[test]
 fn open_files_limit_is_raised_and_sighup_does_not_stop_the_gateway() {
     let up = EchoUpstream::start("tiles");

@@ -52,6 +52,8 @@ pub(super) struct Admitted {
     pub(super) permit: OwnedSemaphorePermit,
     /// Counts it until its first request is answered.
     pub(super) fresh: Fresh,
+    /// The intake it came through (told when the cap is reached).
+    pub(super) intake: Arc<super::Intake>,
 }
 
 /// Serves one accepted connection until it closes.
@@ -71,6 +73,7 @@ pub async fn serve<A>(
     let Admitted {
         permit: _permit,
         fresh,
+        intake,
     } = admitted;
     let tcp = match TcpStream::from_std(tcp) {
         Ok(t) => t,
@@ -132,6 +135,7 @@ pub async fn serve<A>(
             fast.as_deref(),
             &limits,
             shutdown,
+            intake,
         )
         .await
     };
@@ -217,10 +221,12 @@ where
 
 /// The HTTP/1 request loop of one connection.
 ///
-/// On a shutdown, a connection waiting for its next request closes at once. One whose first
+/// On a shutdown, a connection waiting for its next request closes at once; so does one when the
+/// connection cap is reached (the cap's waiting connections take its place). One whose first
 /// request has not come yet (its client may have sent it just as the shutdown began) still
 /// gets it within the header timeout, and a head that has begun to arrive is read: both are
 /// answered, with `Connection: close`.
+#[allow(clippy::too_many_arguments)]
 async fn http1<A>(
     mut stream: Stream,
     accepted: Instant,
@@ -229,6 +235,7 @@ async fn http1<A>(
     fast: Option<&FastPath>,
     limits: &ClientLimits,
     shutdown: ShutdownWatch,
+    intake: Arc<super::Intake>,
 ) -> ConnClose
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -239,8 +246,22 @@ where
     let mut first = Some(fresh);
     // One wait for the shutdown for the connection's life, not one per request: each would
     // register with the signal, under its lock, and leave it again.
-    let mut signal = shutdown.clone();
-    let mut stopping = std::pin::pin!(async move { shutting_down(&mut signal).await });
+    let mut signal = intake.stop.subscribe();
+    let mut stopping = std::pin::pin!(async move {
+        loop {
+            if signal.borrow_and_update().shutdown {
+                return ConnClose::Shutdown;
+            }
+            if signal.changed().await.is_err() {
+                return ConnClose::Shutdown; // the server is gone
+            }
+            // (A cap reached while a request was served is looked at again at the wait
+            // after it: the room may have been made meanwhile.)
+            if !signal.borrow().shutdown && intake.at_cap() {
+                return ConnClose::Shed;
+            }
+        }
+    });
     // One timer for the waits between requests, for the connection's life: it is set again
     // when it would go off after a wait's end or goes off before it, not for every request
     // (each wait ends later than the one before).

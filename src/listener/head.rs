@@ -51,7 +51,7 @@ pub(super) async fn read_head(
     mut timer: Pin<&mut Sleep>,
     first: bool,
     partial: &mut Option<Fresh>,
-    mut stopping: Pin<&mut impl Future<Output = ()>>,
+    mut stopping: Pin<&mut impl Future<Output = ConnClose>>,
     limits: &ClientLimits,
 ) -> Result<BytesMut, Refused> {
     let silent = if first {
@@ -85,7 +85,7 @@ pub(super) async fn read_head(
                     }
                     timer.as_mut().reset(wait_until);
                 }
-                () = stopping.as_mut(), if !first => return Err(Refused::Close(ConnClose::Shutdown)),
+                why = stopping.as_mut(), if !first => return Err(Refused::Close(why)),
             }
         };
     // A later request's head is timed from its beginning: taken when a read first has to wait
@@ -115,7 +115,7 @@ pub(super) async fn read_head(
             tokio::select! {
                 biased;
                 read = read => read,
-                () = stopping.as_mut() => return Err(Refused::Close(ConnClose::Shutdown)),
+                why = stopping.as_mut() => return Err(Refused::Close(why)),
             }
         } else {
             read.await

@@ -181,6 +181,14 @@ where
         let intake = Arc::new(Intake {
             permits: Arc::new(Semaphore::new(self.limits.max_connections.max(1))),
             workers: workers::Workers::new(self.threads.unwrap_or(1)),
+            stop: tokio::sync::watch::Sender::new(Stop::default()),
+        });
+        tokio::spawn({
+            let (intake, mut shutdown) = (intake.clone(), shutdown.clone());
+            async move {
+                conn::shutting_down(&mut shutdown).await;
+                intake.stop.send_modify(|s| s.shutdown = true);
+            }
         });
         let mut loops = Vec::new();
         for ep in &self.endpoints {
@@ -256,6 +264,24 @@ pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
 struct Intake {
     permits: Arc<Semaphore>,
     workers: workers::Workers,
+    /// What the connections waiting for their next request close for: the shutdown, and the
+    /// cap reached (nginx's close too), which makes room for those the backlog holds. One
+    /// signal, so that such a wait registers with one.
+    stop: tokio::sync::watch::Sender<Stop>,
+}
+
+/// See [`Intake::stop`].
+#[derive(Clone, Copy, Default)]
+struct Stop {
+    shutdown: bool,
+    /// Times the cap was reached.
+    cap_reached: u64,
+}
+
+impl Intake {
+    fn at_cap(&self) -> bool {
+        self.permits.available_permits() == 0
+    }
 }
 
 /// What every connection accepted on one listening socket is served with.
@@ -291,6 +317,7 @@ where
                     at_cap_logged = true;
                 }
                 crate::metrics::metrics().client_cap_waits.inc();
+                intake.stop.send_modify(|s| s.cap_reached += 1);
                 tokio::select! {
                     p = intake.permits.clone().acquire_owned() => match p {
                         Ok(p) => p,
@@ -374,7 +401,11 @@ where
     let (worker, counted) = s.intake.workers.pick();
     // Counted before its task runs: a shutdown's drain does not miss it.
     let fresh = conn::fresh();
-    let admitted = conn::Admitted { permit, fresh };
+    let admitted = conn::Admitted {
+        permit,
+        fresh,
+        intake: s.intake.clone(),
+    };
     worker.spawn(async move {
         let _live = counted.unwrap_or_else(|| served_by.workers.enter());
         conn::serve(tcp, tls, app, fast, limits, shutdown, admitted).await;

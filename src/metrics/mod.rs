@@ -65,10 +65,12 @@ pub enum ConnClose {
     BodyTimeout,
     /// The client abandoned too many of its HTTP/2 streams (a reset flood).
     Abandoned,
+    /// An idle keep-alive connection closed to make room at the connection cap.
+    Shed,
 }
 
 impl ConnClose {
-    pub const ALL: [ConnClose; 9] = [
+    pub const ALL: [ConnClose; 10] = [
         ConnClose::Done,
         ConnClose::HeaderTimeout,
         ConnClose::KeepaliveTimeout,
@@ -78,6 +80,7 @@ impl ConnClose {
         ConnClose::Shutdown,
         ConnClose::BodyTimeout,
         ConnClose::Abandoned,
+        ConnClose::Shed,
     ];
 
     pub fn label(self) -> &'static str {
@@ -91,6 +94,7 @@ impl ConnClose {
             ConnClose::Shutdown => "shutdown",
             ConnClose::BodyTimeout => "body_timeout",
             ConnClose::Abandoned => "abandoned_streams",
+            ConnClose::Shed => "shed",
         }
     }
 }
