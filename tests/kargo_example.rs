@@ -6,21 +6,12 @@
 mod support;
 
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::gateway::{binary, run_tollgate};
 use support::upstream::PyUpstream;
-use support::{get, json_body};
-
-struct Serving(Child);
-
-impl Drop for Serving {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{get, json_body, Reaped};
 
 fn example() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -35,6 +26,13 @@ fn name_of(r: &support::Response) -> String {
 
 #[test]
 fn the_guides_example_runs_unchanged() {
+    // The example's own ports: another process on them would be what the test talks to.
+    for port in [8080, 9876] {
+        assert!(
+            std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
+            "port {port}, which the example listens on, is taken by another process"
+        );
+    }
     let mapproxy = PyUpstream::start("mapproxy", 5.0);
     let k2 = PyUpstream::start("k2", 5.0);
     let data = std::env::temp_dir().join(format!("tollgate-kargo-{}", std::process::id()));
@@ -60,9 +58,15 @@ fn the_guides_example_runs_unchanged() {
         .stderr(log)
         .spawn()
         .expect("start tollgate");
-    let _serving = Serving(child);
+    let mut serving = Reaped(child);
     let start = Instant::now();
     while get_ok(8080, "/healthcheck").is_none() || get_ok(9876, "/scopes").is_none() {
+        if let Ok(Some(status)) = serving.0.try_wait() {
+            panic!(
+                "the example exited with {status}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
         assert!(
             start.elapsed() < Duration::from_secs(20),
             "the example did not start: {}",

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use support::gateway::{binary, run_tollgate};
 use support::load::Load;
 use support::upstream::PyUpstream;
-use support::{get, send_json, ConfigDir, GatewayProcess};
+use support::{get, send_json, ConfigDir, GatewayProcess, Reaped};
 
 fn gateway_yml(path: &str, upstream: &str, extra: &str) -> String {
     format!(
@@ -1027,16 +1027,6 @@ fn start_upgrade(
         .spawn()
         .expect("start the new process");
     Reaped(new)
-}
-
-/// A child process killed when this is dropped.
-struct Reaped(std::process::Child);
-
-impl Drop for Reaped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// A new process slow to start (here its `--populate` hashes 60 passwords, seconds in this

@@ -1136,12 +1136,14 @@ fn redis_through_sentinel() {
             redis.port
         ),
     );
-    let mut sentinel = std::process::Command::new("redis-server")
-        .arg(sdir.file("sentinel.conf"))
-        .arg("--sentinel")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("redis-server --sentinel");
+    let _sentinel = support::Reaped(
+        std::process::Command::new("redis-server")
+            .arg(sdir.file("sentinel.conf"))
+            .arg("--sentinel")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel"),
+    );
     let up = EchoUpstream::start("up");
     let dir = config(&up, &redis);
     dir.write(
@@ -1162,8 +1164,6 @@ fn redis_through_sentinel() {
     );
     assert_eq!(consumer_of(&r), Some(APP2.to_string()));
     assert!(gw.log_text().contains("via sentinels"), "{}", gw.log_text());
-    let _ = sentinel.kill();
-    let _ = sentinel.wait();
 }
 
 /// `serve --populate` with a Redis that is not up yet (started beside the gateway) waits for

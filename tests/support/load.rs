@@ -144,12 +144,20 @@ impl Load {
         self.report.lock().expect("report").outcomes.len()
     }
 
-    pub fn stop(self) -> Report {
+    pub fn stop(mut self) -> Report {
         self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads {
+        for t in std::mem::take(&mut self.threads) {
             let _ = t.join();
         }
         std::mem::take(&mut *self.report.lock().expect("report"))
+    }
+}
+
+/// A load a test dropped without stopping it (it panicked): its clients stop, rather than go
+/// on sending to whatever takes the port next.
+impl Drop for Load {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

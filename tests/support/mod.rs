@@ -16,5 +16,15 @@ pub mod tls;
 pub mod upstream;
 
 pub use client::{get, json_body, request, send_json, send_until_close, Response};
+
+/// A child process killed and reaped when dropped: a test that panics leaves none behind.
+pub struct Reaped(pub std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 pub use echo::EchoUpstream;
 pub use gateway::{free_port, ConfigDir, GatewayProcess};
