@@ -26,7 +26,7 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --user-group --uid 10001 --home-dir /var/lib/tollgate --shell /usr/sbin/nologin tollgate \
- && mkdir -p /var/lib/tollgate/data /var/lib/eg \
+ && mkdir -p /var/lib/tollgate/data /var/lib/tollgate/cache /var/lib/eg \
  && chown -R tollgate:tollgate /var/lib/tollgate
 COPY --from=build /usr/local/bin/tollgate /usr/local/bin/tollgate
 # The shipped config, so the image starts on its own; Kargo mounts its
@@ -34,14 +34,16 @@ COPY --from=build /usr/local/bin/tollgate /usr/local/bin/tollgate
 COPY conf/ /var/lib/eg/
 # EG_CONFIG_DIR: the config directory of every command (serve, check, users, populate, ...).
 # The embedded store (db.redis.emulate: true) keeps its files in TOLLGATE_DATA_DIR: mount a
-# volume there to keep them; with Redis nothing is written.
+# volume there to keep them; with Redis nothing is written. /var/lib/tollgate/cache is the
+# tile cache's disk tier's place (TOLLGATE_CACHE_DIR), writable by the gateway's user.
 ENV EG_CONFIG_DIR=/var/lib/eg \
     TOLLGATE_DATA_DIR=/var/lib/tollgate/data
 WORKDIR /var/lib/eg
 # the user created above (uid 10001)
 # hadolint ignore=DL3066
 USER tollgate
-EXPOSE 8080 9876
+# (The Admin API, 9876, listens on the container's loopback: not exposed.)
+EXPOSE 8080
 # `tollgate healthcheck` calls the gateway's /healthcheck and exits 0 or 1: no curl needed.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=10s --retries=3 CMD ["tollgate", "healthcheck"]
 # SIGTERM (docker stop) drains in-flight requests for up to --grace-period seconds (5).
