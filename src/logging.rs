@@ -52,7 +52,16 @@ const NORMAL_EVENTS: &[&str] = &[
     "no header compression dictionary loaded",
     "H2 handshake error",
     "Downstream handshake error",
+    // A waiter's wait for a fill (counted in `tollgate_cache_lock_wait_seconds`), one line per
+    // tile when an upstream is slow.
+    "Cache lock timeout",
+    "Cache lock retry limit exceeded",
+    "Dangling cache lock",
 ];
+
+/// Pingora messages (by what they hold) that name each tile, written by tollgate once per api
+/// endpoint instead: a stale tile answered for an upstream failure.
+const PER_TILE: &[&str] = &[", serving stale, "];
 
 struct Fold {
     level: Level,
@@ -123,7 +132,9 @@ fn effective_level(record: &Record<'_>) -> Level {
             || std::borrow::Cow::Owned(record.args().to_string()),
             std::borrow::Cow::Borrowed,
         );
-        if NORMAL_EVENTS.iter().any(|p| text.starts_with(p)) {
+        if NORMAL_EVENTS.iter().any(|p| text.starts_with(p))
+            || PER_TILE.iter().any(|p| text.contains(p))
+        {
             return Level::Debug;
         }
     }
@@ -207,7 +218,22 @@ impl Log for Logger {
                 f.last_written = Instant::now();
             } else {
                 if folds.len() >= MAX_FOLDS {
-                    folds.clear();
+                    // The message written longest ago goes, its repeats written first (clearing
+                    // them all wrote every folded message again, and lost their counts).
+                    let oldest = folds
+                        .iter()
+                        .min_by_key(|(_, f)| f.last_written)
+                        .map(|(m, _)| m.clone());
+                    if let Some(f) = oldest.and_then(|m| folds.remove(&m).map(|f| (m, f))) {
+                        let (msg, f) = f;
+                        if f.repeats > 0 {
+                            self.write(
+                                f.level,
+                                &f.target,
+                                format_args!("{msg} (repeated {} more times)", f.repeats),
+                            );
+                        }
+                    }
                 }
                 folds.insert(
                     text,

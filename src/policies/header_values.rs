@@ -40,6 +40,16 @@ fn node_header_value(text: &str) -> Option<HeaderValue> {
     HeaderValue::from_bytes(&bytes).ok()
 }
 
+/// What makes `text` no header value, said without the value (it may be a credential).
+fn refused_char(text: &str) -> String {
+    let (at, c) = text
+        .chars()
+        .enumerate()
+        .find(|(_, c)| matches!(u32::from(*c), 0..=8 | 0x0A..=0x1F | 0x7F | 0x100..))
+        .unwrap_or((0, '?'));
+    format!("its character {} (U+{:04X})", at + 1, u32::from(c))
+}
+
 /// Compiles `{name: expression}` (with an optional name prefix).
 pub fn compile_map(
     node: &Node,
@@ -92,7 +102,8 @@ pub fn compile_map(
                             errors.push(
                                 &v.pos,
                                 format!(
-                                    "value of header `{key}` in `{what}`: {s:?} cannot be a header value (a control character, or one past U+00FF, as Node refuses)"
+                                    "value of header `{key}` in `{what}`: {} cannot be in a header value (Node refuses it)",
+                                    refused_char(&s)
                                 ),
                             );
                             continue;

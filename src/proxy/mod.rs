@@ -295,10 +295,27 @@ impl ProxyHttp for Tollgate {
     fn should_serve_stale(
         &self,
         session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        crate::cache::serve_stale(session, error)
+        let serve = crate::cache::serve_stale(session, error);
+        if let (true, Some(e)) = (serve, error) {
+            // One line per api endpoint and kind of failure (folded while it repeats), where
+            // Pingora's own names each tile.
+            let kind = match e.etype() {
+                ErrorType::HTTPStatus(s) => format!("status {s}"),
+                _ => {
+                    let k = crate::exchange::upstream_error_kind(e);
+                    let kinds = crate::metrics::UPSTREAM_ERROR_KINDS;
+                    kinds.get(k).copied().unwrap_or("other").to_string()
+                }
+            };
+            log::warn!(
+                "upstream failure: api endpoint `{}`: {kind}; answered from a stale tile",
+                ctx.x.endpoint.as_ref().map_or("", |e| &*e.name),
+            );
+        }
+        serve
     }
 
     /// What Pingora writes about a request in its own log lines: no credential in the query.

@@ -226,7 +226,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     match waited {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => {
-            log::error!("consumer cache not loaded yet (retrying in the background): {e}")
+            // (A store that starts after the gateway, as in a compose file, is no failure.)
+            log::warn!("consumer cache not loaded yet (retrying in the background): {e}")
         }
         Ok(Err(e)) => log::error!("consumer cache load failed: {e}"),
         Err(_) => log::warn!(

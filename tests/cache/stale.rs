@@ -74,6 +74,18 @@ fn stale_while_revalidate_and_stale_if_error() {
     // A tile never cached is a 502 when the upstream is down, and says it missed.
     let never = open("/open/never.png");
     assert_eq!((never.status, cache_status(&never)), (502, "MISS"));
+    // The log says so once per api endpoint and kind of failure, not once per tile.
+    for _ in 0..3 {
+        assert_eq!(cache_status(&open(sie)), "STALE");
+    }
+    let log = gw.log_text();
+    let lines = |what: &str| log.lines().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        lines("upstream failure: api endpoint `open`: status 503; answered from a stale tile"),
+        1,
+        "{log}"
+    );
+    assert_eq!(lines("serving stale"), 0, "{log}");
     up.restart();
 }
 
