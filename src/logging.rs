@@ -207,6 +207,8 @@ impl Log for Logger {
         if !self.inner.enabled(&meta) {
             return;
         }
+        // The count of a message let go to make room, written once the table is let go.
+        let mut evicted = None;
         if level <= Level::Warn {
             let text = record.args().to_string();
             let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
@@ -224,16 +226,9 @@ impl Log for Logger {
                         .iter()
                         .min_by_key(|(_, f)| f.last_written)
                         .map(|(m, _)| m.clone());
-                    if let Some(f) = oldest.and_then(|m| folds.remove(&m).map(|f| (m, f))) {
-                        let (msg, f) = f;
-                        if f.repeats > 0 {
-                            self.write(
-                                f.level,
-                                &f.target,
-                                format_args!("{msg} (repeated {} more times)", f.repeats),
-                            );
-                        }
-                    }
+                    evicted = oldest
+                        .and_then(|m| folds.remove(&m).map(|f| (m, f)))
+                        .filter(|(_, f)| f.repeats > 0);
                 }
                 folds.insert(
                     text,
@@ -245,6 +240,13 @@ impl Log for Logger {
                     },
                 );
             }
+        }
+        if let Some((msg, f)) = evicted {
+            self.write(
+                f.level,
+                &f.target,
+                format_args!("{msg} (repeated {} more times)", f.repeats),
+            );
         }
         self.inner.log(
             &Record::builder()

@@ -89,7 +89,7 @@ pub static STORAGE_PASS: http::HeaderName =
 pub fn storage_pass(token: &str) -> http::HeaderValue {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(format!("tollgate storage pass\n{token}").as_bytes());
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = crate::wire::hex(&digest);
     // (Hexadecimal digits: always a header value.)
     http::HeaderValue::from_str(&hex).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
 }

@@ -96,10 +96,7 @@ impl ConfigDirs {
             name,
             path: path.display().to_string(),
             dir: dir.display().to_string(),
-            sha256: sha2::Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect(),
+            sha256: crate::wire::hex(&sha2::Sha256::digest(&bytes)),
         }
     }
 }

@@ -163,10 +163,7 @@ fn named(x: &Exchange) -> (&str, String) {
 fn log_failure(e: &Error, x: &Exchange, status: u16) {
     match e.esource() {
         ErrorSource::Upstream => {
-            let kind = crate::metrics::UPSTREAM_ERROR_KINDS
-                .get(upstream_error_kind(e))
-                .copied()
-                .unwrap_or("other");
+            let kind = upstream_error_label(e);
             let (endpoint, upstream) = named(x);
             log::warn!(
                 "upstream failure: api endpoint `{endpoint}`, upstream {upstream}, {kind}; answered {status}"
@@ -186,6 +183,15 @@ pub fn count_upstream_failure(e: &Error) {
     if e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
         crate::metrics::metrics().upstream_error(upstream_error_kind(e));
     }
+}
+
+/// The name of an upstream error's kind (see [`upstream_error_kind`]), as the metrics and the
+/// log say it.
+pub fn upstream_error_label(e: &Error) -> &'static str {
+    crate::metrics::UPSTREAM_ERROR_KINDS
+        .get(upstream_error_kind(e))
+        .copied()
+        .unwrap_or("other")
 }
 
 /// Which of [`crate::metrics::UPSTREAM_ERROR_KINDS`] an upstream error is.

@@ -7,7 +7,7 @@ mod ended;
 
 pub use ended::{
     account, count_upstream_failure, failure_reply, final_status, refreshed, upstream_error_kind,
-    Ended, Requested,
+    upstream_error_label, Ended, Requested,
 };
 
 use std::net::IpAddr;

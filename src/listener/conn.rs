@@ -255,9 +255,9 @@ where
             if signal.changed().await.is_err() {
                 return ConnClose::Shutdown; // the server is gone
             }
-            // (A cap reached while a request was served is looked at again at the wait
-            // after it: the room may have been made meanwhile.)
-            if !signal.borrow().shutdown && intake.at_cap() {
+            // (Asked while a request was served, it is looked at at the wait after it: the
+            // room may have been made meanwhile.)
+            if !signal.borrow().shutdown && intake.take_shed() {
                 return ConnClose::Shed;
             }
         }

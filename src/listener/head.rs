@@ -65,6 +65,10 @@ pub(super) async fn read_head(
     if begun && head_complete(&carried, 0) {
         return Ok(carried);
     }
+    // What came with the request before is looked at as a read's bytes are (below).
+    if begun && never_a_head(&carried, 0) {
+        return Err(Refused::Reply(ConnClose::Malformed, BAD_REQUEST_400));
+    }
     let mut probe = [0u8; 1];
     if timer.deadline() > wait_until {
         // The wait ends sooner than the timer would go off (the first wait after the header
@@ -333,8 +337,10 @@ fn never_a_head(buf: &[u8], from: usize) -> bool {
     if memchr::memchr_iter(b'\r', new).any(|cr| new.get(cr + 1).is_some_and(|b| *b != b'\n')) {
         return true;
     }
-    // The first line, once: when this read ended it.
-    if from > 0 && memchr::memchr(b'\n', &buf[..from]).is_some() {
+    // The first line, once: when this read ended it (not yet ended, or ended before).
+    if memchr::memchr(b'\n', &buf[from..]).is_none()
+        || from > 0 && memchr::memchr(b'\n', &buf[..from]).is_some()
+    {
         return false;
     }
     let Some(line) = crate::wire::request_line(buf) else {

@@ -182,6 +182,7 @@ where
             permits: Arc::new(Semaphore::new(self.limits.max_connections.max(1))),
             workers: workers::Workers::new(self.threads.unwrap_or(1)),
             stop: tokio::sync::watch::Sender::new(Stop::default()),
+            sheds_wanted: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn({
             let (intake, mut shutdown) = (intake.clone(), shutdown.clone());
@@ -264,23 +265,35 @@ pub fn bind(addr: &str) -> std::io::Result<std::net::TcpListener> {
 struct Intake {
     permits: Arc<Semaphore>,
     workers: workers::Workers,
-    /// What the connections waiting for their next request close for: the shutdown, and the
-    /// cap reached (nginx's close too), which makes room for those the backlog holds. One
-    /// signal, so that such a wait registers with one.
+    /// What the connections waiting for their next request close for: the shutdown, and a
+    /// connection come while the cap is reached, for which one of them makes room (as
+    /// nginx's keep-alive connections do). One signal, so that such a wait registers with one.
     stop: tokio::sync::watch::Sender<Stop>,
+    /// Connections waiting for their next request asked to close, each to make room for one
+    /// that came at the cap: the first woken take them.
+    sheds_wanted: std::sync::atomic::AtomicU64,
 }
 
 /// See [`Intake::stop`].
 #[derive(Clone, Copy, Default)]
 struct Stop {
     shutdown: bool,
-    /// Times the cap was reached.
-    cap_reached: u64,
+    /// Times a connection came at the cap.
+    sheds_asked: u64,
 }
 
 impl Intake {
-    fn at_cap(&self) -> bool {
-        self.permits.available_permits() == 0
+    /// Asks one connection waiting for its next request to close.
+    fn ask_shed(&self) {
+        self.sheds_wanted.fetch_add(1, Ordering::Relaxed);
+        self.stop.send_modify(|s| s.sheds_asked += 1);
+    }
+
+    /// Whether the caller is to close, to make room (one of [`Self::ask_shed`]'s).
+    fn take_shed(&self) -> bool {
+        self.sheds_wanted
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1))
+            .is_ok()
     }
 }
 
@@ -305,10 +318,16 @@ where
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut at_cap_logged = false;
     loop {
-        // Past the cap, stop accepting: the kernel queues new connections meanwhile.
-        let permit = match intake.permits.clone().try_acquire_owned() {
+        let free = intake.permits.clone().try_acquire_owned();
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = conn::shutting_down(&mut shutdown) => break,
+        };
+        let permit = match free {
             Ok(p) => p,
             Err(_) => {
+                // At the cap: this connection is held (the others wait in the kernel's backlog)
+                // while one waiting for its next request makes room for it.
                 if !at_cap_logged {
                     log::warn!(
                         "{addr}: {} client connections open (the cap); new ones wait in the backlog",
@@ -317,19 +336,17 @@ where
                     at_cap_logged = true;
                 }
                 crate::metrics::metrics().client_cap_waits.inc();
-                intake.stop.send_modify(|s| s.cap_reached += 1);
-                tokio::select! {
-                    p = intake.permits.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => return,
-                    },
-                    _ = conn::shutting_down(&mut shutdown) => break,
+                if accepted.is_ok() {
+                    intake.ask_shed();
                 }
+                // (Not given up on a shutdown: connections close then, and it is served.)
+                let Ok(p) = intake.permits.clone().acquire_owned().await else {
+                    return;
+                };
+                // The room came, made by that connection or by another that closed.
+                intake.sheds_wanted.store(0, Ordering::Relaxed);
+                p
             }
-        };
-        let accepted = tokio::select! {
-            r = listener.accept() => r,
-            _ = conn::shutting_down(&mut shutdown) => break,
         };
         match accepted {
             Ok((tcp, _peer)) => {

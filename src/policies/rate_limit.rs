@@ -158,19 +158,17 @@ impl RateLimit {
 /// hold a bounded size each, in memory or in Redis.
 const LONGEST_KEY: usize = 128;
 
-/// A window's key, `rl:<value>` as EG's (so EG and tollgate share a Redis's windows).
+/// A window's key, `rl:<value>` as EG's (so EG and tollgate share a Redis's windows), but for
+/// a long value, or one that looks like a digest's key (no value shares another's window).
 fn window_key(raw: &str) -> String {
-    if raw.len() <= LONGEST_KEY {
+    if raw.len() <= LONGEST_KEY && !raw.starts_with("sha256:") {
         return format!("rl:{raw}");
     }
     use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(raw.as_bytes());
-    let mut key = String::with_capacity(3 + 7 + 64);
-    key.push_str("rl:sha256:");
-    for b in digest {
-        key.push_str(&format!("{b:02x}"));
-    }
-    key
+    format!(
+        "rl:sha256:{}",
+        crate::wire::hex(&Sha256::digest(raw.as_bytes()))
+    )
 }
 
 impl Settings {
@@ -391,5 +389,7 @@ mod tests {
         let key = super::window_key(&long);
         assert!(key.starts_with("rl:sha256:") && key.len() == 74, "{key}");
         assert_ne!(key, super::window_key(&"k".repeat(40_001)));
+        // A value written as a digest's key is hashed too: it shares no long value's window.
+        assert_ne!(super::window_key(&key["rl:".len()..]), key);
     }
 }

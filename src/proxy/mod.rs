@@ -302,18 +302,16 @@ impl ProxyHttp for Tollgate {
         if let (true, Some(e)) = (serve, error) {
             // One line per api endpoint and kind of failure (folded while it repeats), where
             // Pingora's own names each tile.
-            let kind = match e.etype() {
-                ErrorType::HTTPStatus(s) => format!("status {s}"),
-                _ => {
-                    let k = crate::exchange::upstream_error_kind(e);
-                    let kinds = crate::metrics::UPSTREAM_ERROR_KINDS;
-                    kinds.get(k).copied().unwrap_or("other").to_string()
-                }
-            };
-            log::warn!(
-                "upstream failure: api endpoint `{}`: {kind}; answered from a stale tile",
-                ctx.x.endpoint.as_ref().map_or("", |e| &*e.name),
-            );
+            let endpoint = ctx.x.endpoint.as_ref().map_or("", |e| &*e.name);
+            match e.etype() {
+                ErrorType::HTTPStatus(s) => log::warn!(
+                    "upstream failure: api endpoint `{endpoint}`: status {s}; answered from a stale tile"
+                ),
+                _ => log::warn!(
+                    "upstream failure: api endpoint `{endpoint}`: {}; answered from a stale tile",
+                    crate::exchange::upstream_error_label(e)
+                ),
+            }
         }
         serve
     }

@@ -167,10 +167,7 @@ pub fn connect_failed(
 /// failure it is (the request's last failure is, with its answer, when the request ends).
 fn retried(plan: &ProxyPlan, e: &Error) {
     crate::exchange::count_upstream_failure(e);
-    let kind = crate::metrics::UPSTREAM_ERROR_KINDS
-        .get(crate::exchange::upstream_error_kind(e))
-        .copied()
-        .unwrap_or("other");
+    let kind = crate::exchange::upstream_error_label(e);
     log::warn!(
         "upstream failure: service endpoint `{}`, upstream {}, {kind}; tried again",
         plan.endpoint.name,

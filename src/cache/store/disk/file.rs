@@ -21,7 +21,7 @@ pub(super) fn on_disk(len: u64) -> u64 {
 }
 
 pub(super) fn hex(key: &HashBinary) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    crate::wire::hex(key)
 }
 
 /// Whether `s` is two lowercase hex digits (a shard's name).
