@@ -53,6 +53,16 @@ fn healthcheck_says_whether_the_gateway_answers() {
         &[],
     );
     assert!(out.status.success());
+    // A gateway that does not answer (stopped): `--timeout` bounds the wait.
+    gw.signal("STOP");
+    let out = check(&["--timeout", "1"]);
+    gw.signal("CONT");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(gw);
     let out = check(&[]);
     assert_eq!(out.status.code(), Some(1));

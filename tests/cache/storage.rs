@@ -54,9 +54,22 @@ fn purge_a_url_and_an_api_endpoint() {
     );
     let r = purge(&gw, r#"{"apiEndpoint": "nope"}"#);
     assert_eq!(r.status, 404);
+    // And through the CLI.
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 0)), "HIT");
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = support::gateway::run_tollgate(
+        &["cache", "purge", "--api-endpoint", "tiles", "--admin-url", &admin],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "MISS");
     // Counted by what they named (the URL no pipeline caches, and the unknown api endpoint,
     // purged nothing).
-    for (kind, n) in [("url", 2.0), ("api_endpoint", 1.0), ("prefix", 0.0)] {
+    for (kind, n) in [("url", 2.0), ("api_endpoint", 2.0), ("prefix", 0.0)] {
         let metric = format!("tollgate_cache_purges_total{{kind=\"{kind}\"}}");
         assert_eq!(gw.metric(&metric), n, "{metric}");
     }
@@ -976,6 +989,24 @@ fn purged_by_host(up: &PyUpstream, proxy: &str) {
     );
     assert_eq!(cache_status(&at("a.example:8080")), "MISS");
     assert_eq!(cache_status(&at("b.example")), "HIT");
+    // The CLI's `--host`, the same.
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let out = support::gateway::run_tollgate(
+        &[
+            "cache",
+            "purge",
+            path,
+            "--host",
+            "b.example",
+            "--admin-url",
+            &admin,
+        ],
+        &[],
+    );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("1 object"), "{said}");
+    assert_eq!(cache_status(&at("b.example")), "MISS");
+    assert_eq!(cache_status(&at("a.example:8080")), "HIT");
 }
 
 /// A service endpoint whose only url's name does not resolve when the gateway starts (DNS
