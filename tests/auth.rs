@@ -567,7 +567,8 @@ fn password_checks_do_not_hold_up_other_requests() {
 }
 
 /// A password's bcrypt check runs once: what it found, a match or not, is remembered for that
-/// password and the stored hash (a map client with a stale password fired a check per tile).
+/// password and the stored hash (a map client with a stale password fired a check per tile),
+/// and the requests that bring it while it runs wait for it.
 #[test]
 fn a_password_is_checked_once_right_or_wrong() {
     let up = EchoUpstream::start("tiles");
@@ -589,6 +590,17 @@ fn a_password_is_checked_once_right_or_wrong() {
             &[("Authorization", &auth)],
         )
     };
+    // Twenty tiles at once with a password not checked yet (a map view after a restart): one
+    // check, which the others wait for.
+    std::thread::scope(|scope| {
+        let tiles: Vec<_> = (0..20)
+            .map(|_| scope.spawn(|| basic("qgis-pass").status))
+            .collect();
+        for t in tiles {
+            assert_eq!(t.join().expect("client"), 200);
+        }
+    });
+    assert_eq!(checks("match"), 1.0);
     for _ in 0..5 {
         // passThrough: a wrong password goes on anonymously, and is refused further on.
         assert_eq!(basic("stale").status, 401);

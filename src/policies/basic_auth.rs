@@ -11,7 +11,7 @@ use base64::Engine;
 use serde::Deserialize;
 
 use super::auth_common::{fail, store_unread, succeed};
-use crate::consumers::cache::{BasicAnswer, Checked, ConsumerCache, PasswordCheck};
+use crate::consumers::cache::{BasicAnswer, Checked, ConsumerCache, PasswordCheck, Turn};
 use crate::pipeline::context::Finish;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
@@ -86,15 +86,7 @@ impl Policy for BasicAuth {
                 let cache = self.cache.clone();
                 let pass_through = self.pass_through;
                 Outcome::Defer(Box::pin(async move {
-                    let checked = bcrypt_off_thread(check).await;
-                    if let Some(checked) = &checked {
-                        cache.remember_password(checked);
-                        let m = crate::metrics::metrics();
-                        match checked {
-                            Checked::Match(..) => m.password_matched.inc(),
-                            Checked::Mismatch(_) => m.password_mismatched.inc(),
-                        }
-                    }
+                    let checked = checked_once(&cache, check).await;
                     Box::new(move |x: &mut Exchange| match checked {
                         Some(Checked::Match(consumer, _)) => succeed(x, consumer),
                         _ => fail(x, pass_through, 401, "basic-auth: wrong password"),
@@ -103,6 +95,33 @@ impl Policy for BasicAuth {
             }
         }
     }
+}
+
+/// The outcome of `check`'s password: remembered meanwhile, found by the check of another
+/// request that brought it, or checked here for the requests that come with it meanwhile.
+async fn checked_once(cache: &Arc<ConsumerCache>, check: PasswordCheck) -> Option<Checked> {
+    let leader = match cache.password_turn(check.memo()) {
+        Turn::Known(matched) => return Some(check.settled(matched)),
+        Turn::Follow(mut rx) => {
+            let found = rx.wait_for(Option::is_some).await.ok().and_then(|v| *v);
+            if let Some(matched) = found {
+                return Some(check.settled(matched));
+            }
+            None // its leader gave up: checked here
+        }
+        Turn::Lead(leader) => Some(leader),
+    };
+    let checked = bcrypt_off_thread(check).await?;
+    let m = crate::metrics::metrics();
+    match &checked {
+        Checked::Match(..) => m.password_matched.inc(),
+        Checked::Mismatch(_) => m.password_mismatched.inc(),
+    }
+    match leader {
+        Some(leader) => leader.finish(&checked),
+        None => cache.remember_password(&checked),
+    }
+    Some(checked)
 }
 
 /// bcrypt checks running at once: one per core. More would not finish sooner; a burst of wrong

@@ -58,7 +58,14 @@ fn purge_a_url_and_an_api_endpoint() {
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 0)), "HIT");
     let admin = format!("http://127.0.0.1:{}", gw.admin_port);
     let out = support::gateway::run_tollgate(
-        &["cache", "purge", "--api-endpoint", "tiles", "--admin-url", &admin],
+        &[
+            "cache",
+            "purge",
+            "--api-endpoint",
+            "tiles",
+            "--admin-url",
+            &admin,
+        ],
         &[],
     );
     assert!(

@@ -18,6 +18,8 @@ use super::layout::Layout;
 use crate::pipeline::context::Consumer;
 use crate::store::Store;
 
+mod checks;
+pub use checks::Turn;
 mod missed;
 mod passwords;
 mod sync;
@@ -85,6 +87,8 @@ pub struct ConsumerCache {
     verified_passwords: Mutex<passwords::PasswordMemos>,
     /// Passwords that failed their check against the stored hash they were checked with.
     refused_passwords: Mutex<passwords::PasswordMemos>,
+    /// The checks running.
+    checks: checks::InFlight,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
     /// While a full load runs: what refreshes changed meanwhile, carried into what it read
@@ -125,6 +129,7 @@ impl ConsumerCache {
             recently_missed: Mutex::new(missed::RecentlyMissed::default()),
             verified_passwords: Mutex::new(passwords::PasswordMemos::default()),
             refused_passwords: Mutex::new(passwords::PasswordMemos::default()),
+            checks: checks::InFlight::default(),
             lookups: Mutex::new(None),
             load_lock: tokio::sync::Mutex::new(()),
             changed_while_loading: Mutex::new(None),
@@ -308,6 +313,17 @@ impl ConsumerCache {
         })
     }
 
+    /// Whether the password of `memo` is remembered as matching (or as not).
+    fn remembered(&self, memo: &[u8; 32]) -> Option<bool> {
+        let held = |m: &Mutex<passwords::PasswordMemos>| {
+            m.lock().unwrap_or_else(|p| p.into_inner()).contains(memo)
+        };
+        if held(&self.verified_passwords) {
+            return Some(true);
+        }
+        held(&self.refused_passwords).then_some(false)
+    }
+
     /// Records what [`PasswordCheck::verify`] found.
     pub fn remember_password(&self, checked: &Checked) {
         let (memos, memo) = match checked {
@@ -342,6 +358,19 @@ pub struct PasswordCheck {
 }
 
 impl PasswordCheck {
+    /// What the check's outcome is remembered by.
+    pub fn memo(&self) -> [u8; 32] {
+        self.memo
+    }
+
+    /// The outcome another request's check of the same password found.
+    pub fn settled(self, matched: bool) -> Checked {
+        match matched {
+            true => Checked::Match(self.consumer, self.memo),
+            false => Checked::Mismatch(self.memo),
+        }
+    }
+
     /// Checks the password (a stored hash bcrypt cannot read matches nothing).
     pub fn verify(self) -> Checked {
         match bcrypt::verify(&self.password, &self.hash).unwrap_or(false) {
