@@ -6,7 +6,8 @@ use super::error::{ConfigErrors, Pos};
 use super::node::{Node, Value};
 
 /// `db.redis`: where consumers live. `emulate: true` (or no section) selects the embedded store.
-#[derive(Clone, Debug)]
+/// (Its `Debug` shows the password by a fingerprint: a change still shows, the value never.)
+#[derive(Clone)]
 pub struct RedisDef {
     pub emulate: bool,
     pub namespace: String,
@@ -38,7 +39,8 @@ impl Default for RedisDef {
     }
 }
 
-#[derive(Clone, Debug)]
+/// (Its `Debug` shows `cipherKey` by a fingerprint, as [`RedisDef`]'s password.)
+#[derive(Clone)]
 pub struct CryptoDef {
     pub cipher_key: Option<String>,
     pub algorithm: Option<String>,
@@ -52,6 +54,40 @@ impl Default for CryptoDef {
             algorithm: None,
             salt_rounds: 10,
         }
+    }
+}
+
+/// A secret as `Debug` shows it: the start of its SHA-256, which tells two values apart.
+fn fingerprint(secret: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("tollgate config secret\n{secret}").as_bytes());
+    format!("sha256:{}…", &crate::wire::hex(&digest)[..12])
+}
+
+impl std::fmt::Debug for RedisDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisDef")
+            .field("emulate", &self.emulate)
+            .field("namespace", &self.namespace)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &self.password.as_deref().map(fingerprint))
+            .field("db", &self.db)
+            .field("sentinels", &self.sentinels)
+            .field("sentinel_name", &self.sentinel_name)
+            .field("tls", &self.tls)
+            .field("configured", &self.configured)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for CryptoDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoDef")
+            .field("cipher_key", &self.cipher_key.as_deref().map(fingerprint))
+            .field("algorithm", &self.algorithm)
+            .field("salt_rounds", &self.salt_rounds)
+            .finish()
     }
 }
 
@@ -256,6 +292,30 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Debug` (which the reload compares to tell what waits for a restart) tells two
+    /// passwords apart and shows neither.
+    #[test]
+    fn debug_shows_secrets_by_fingerprint() {
+        let with = |pw: &str| {
+            let r = RedisDef {
+                password: Some(pw.into()),
+                ..Default::default()
+            };
+            let c = CryptoDef {
+                cipher_key: Some(pw.into()),
+                ..Default::default()
+            };
+            (format!("{r:?}"), format!("{c:?}"))
+        };
+        let (a, b) = (with("hunter2-secret"), with("hunter3-secret"));
+        assert!(
+            !a.0.contains("hunter2") && !a.1.contains("hunter2"),
+            "{a:?}"
+        );
+        assert_ne!(a.0, b.0);
+        assert_ne!(a.1, b.1);
+    }
 
     /// `crypto.saltRounds` as EG's bcrypt takes it: 0 its default, 1 to 3 raised to 4, a whole
     /// number written as a float; past 31 (days per password) or a fraction refused.
