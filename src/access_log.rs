@@ -129,6 +129,9 @@ impl LogFile {
 }
 
 fn writer(out: &mut Out, rx: Receiver<String>) {
+    // Whether the last write failed: one line when writing stops working, one when it works
+    // again (a full disk, a closed pipe), not one per line.
+    let mut failing = false;
     loop {
         let received = rx.recv_timeout(Duration::from_millis(200));
         if let Out::File(f) = out {
@@ -137,14 +140,26 @@ fn writer(out: &mut Out, rx: Receiver<String>) {
         match received {
             Ok(line) => {
                 let buf = out.buf();
-                let _ = buf.write_all(line.as_bytes());
-                let _ = buf.write_all(b"\n");
+                let mut written = buf
+                    .write_all(line.as_bytes())
+                    .and_then(|()| buf.write_all(b"\n"));
                 // Take what else is queued before flushing.
                 while let Ok(more) = rx.try_recv() {
-                    let _ = buf.write_all(more.as_bytes());
-                    let _ = buf.write_all(b"\n");
+                    written = written
+                        .and(buf.write_all(more.as_bytes()))
+                        .and(buf.write_all(b"\n"));
                 }
-                let _ = buf.flush();
+                match written.and(buf.flush()) {
+                    Err(e) if !failing => {
+                        failing = true;
+                        log::warn!("access log: lines cannot be written: {e}");
+                    }
+                    Ok(()) if failing => {
+                        failing = false;
+                        log::info!("access log: written again");
+                    }
+                    _ => {}
+                }
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(_) => break,
@@ -161,7 +176,13 @@ pub fn enabled() -> bool {
 pub fn write(line: String) {
     if let Some(log) = LOG.get() {
         if let Err(TrySendError::Full(_)) = log.tx.try_send(line) {
-            crate::metrics::metrics().access_log_dropped.inc();
+            let dropped = &crate::metrics::metrics().access_log_dropped;
+            if dropped.get() == 0 {
+                log::warn!(
+                    "access log: its writer falls behind; lines are dropped (counted in tollgate_access_log_dropped_total)"
+                );
+            }
+            dropped.inc();
         }
     }
 }

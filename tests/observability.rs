@@ -380,6 +380,22 @@ fn the_access_log_is_reopened_when_its_file_is_moved_or_removed() {
     );
 }
 
+/// An access log that cannot be written (a full disk: `/dev/full`) says so once, not once per
+/// line, and the requests are answered all the same.
+#[test]
+fn an_access_log_that_cannot_be_written_says_so_once() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start_with(&dir, &["--access-log", "/dev/full"], &[]);
+    let said = "access log: lines cannot be written";
+    for _ in 0..5 {
+        assert_eq!(get(gw.port, "GET", "/wmts/1", &[]).status, 200);
+        wait_for("the failure said", || gw.log_text().contains(said));
+    }
+    let log = gw.log_text();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+}
+
 /// Kargo's `eg` counter counts responses that complete: a client that leaves before its answer
 /// (a map panned away from tiles still loading) is not a `FAILED` request with status `0`, nor
 /// with the status of an interim answer it got (`100 Continue`, an upstream's `103`).
