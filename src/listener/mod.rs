@@ -359,6 +359,11 @@ where
                     Err(e) => log::warn!("{addr}: cannot hand an accepted connection over: {e}"),
                 }
             }
+            // A connection reset before it was taken: nothing to serve, nothing wrong.
+            Err(e) if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+            ) => {}
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE): accept would fail at once again; let
                 // connections close first.
