@@ -81,6 +81,11 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
                 &mut out,
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Up: chunked\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
             ),
+            // Chunks with a trailer after the last one.
+            "/trailers" => w(
+                &mut out,
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\nX-T: v\r\n\r\n",
+            ),
             "/close" => {
                 w(&mut out, b"HTTP/1.1 200 OK\r\nX-Up: close\r\n\r\nhello until close");
                 return;
@@ -412,6 +417,31 @@ fn framed_for_the_clients_version(up: &Scripted, fast: &str) {
             _ => "hello until close",
         };
         assert_eq!(body, expected, "{path}");
+    }
+}
+
+/// An upstream's chunked answer with a trailer ends once for the client: the connection then
+/// serves the next request (the fast path ended it twice, and the client read the second end
+/// as the next answer).
+#[test]
+fn a_chunked_answer_with_a_trailer_ends_once() {
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_d, gw) = gateway(&up, fast);
+        let mut s = connect(gw.port, 10);
+        for _ in 0..2 {
+            s.write_all(b"GET /trailers HTTP/1.1\r\nHost: tiles\r\n\r\n")
+                .expect("send");
+            let r = read_response(&mut s, false);
+            assert_eq!((r.status, r.text().as_str()), (200, "hello"), "{fast}");
+        }
+        s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let raw = String::from_utf8_lossy(&read_to_close(&mut s)).to_string();
+        assert!(
+            raw.starts_with("HTTP/1.1 200 ") && raw.ends_with("\r\n\r\nhello"),
+            "fast path {fast}: {raw:?}"
+        );
     }
 }
 

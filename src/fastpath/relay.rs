@@ -137,6 +137,9 @@ pub async fn relay(
     // The body, chunk by chunk as it arrives: written before the next is read.
     loop {
         let chunk = match up.read_body_ref().await {
+            // (Empty after the last chunk when a trailer follows it: written, an empty chunk
+            // is the body's end, and the session's own end came after it.)
+            Ok(Some([])) => continue,
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(mut e) => {

@@ -360,10 +360,11 @@ where
                 }
             }
             // A connection reset before it was taken: nothing to serve, nothing wrong.
-            Err(e) if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
-            ) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::Interrupted
+                ) => {}
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE): accept would fail at once again; let
                 // connections close first.
