@@ -162,12 +162,16 @@ fn what_can_never_be_a_head_behind_a_request_is_refused_at_once() {
         s.write_all(&sent).expect("send");
         s.set_read_timeout(Some(Duration::from_secs(30)))
             .expect("timeout");
-        assert_eq!(read_response(&mut s, false).status, 200);
-        let mut rest = Vec::new();
-        s.read_to_end(&mut rest)
+        // (Both answers read to the close: the two may come in one read.)
+        let mut all = Vec::new();
+        s.read_to_end(&mut all)
             .expect("answered and closed well before the header timeout");
-        let text = String::from_utf8_lossy(&rest);
-        assert!(text.starts_with("HTTP/1.1 400 "), "{text:?}");
+        let text = String::from_utf8_lossy(&all);
+        let second = text.find("HTTP/1.1 400 ");
+        assert!(
+            text.starts_with("HTTP/1.1 200 ") && second.is_some_and(|at| at > 0),
+            "{text:?}"
+        );
     }
 }
 
