@@ -700,6 +700,18 @@ fn a_subscription_that_stops_answering_is_made_again() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // Its return said once.
+    let again = "subscribed to `EG-tollgate-invalidate` again";
+    let back = Instant::now();
+    while !gw.log_text().contains(again) {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(gw.log_text().matches(again).count(), 1, "{}", gw.log_text());
 }
 
 #[test]

@@ -284,6 +284,8 @@ impl RedisStore {
             channels: self.channels.clone(),
         };
         tokio::spawn(async move {
+            // Whether a subscription was lost (its return is said once).
+            let mut lost = false;
             loop {
                 if tx.receiver_count() == 0 {
                     break;
@@ -297,13 +299,25 @@ impl RedisStore {
                                     tokio::time::timeout(PUBSUB_WAIT, sink.subscribe(&channel))
                                         .await;
                                 if matches!(subscribed, Ok(Ok(()))) {
+                                    if lost {
+                                        log::info!(
+                                            "{}: subscribed to `{channel}` again",
+                                            target_store.describe
+                                        );
+                                    }
                                     let _ = tx.send(super::SUBSCRIBED.to_string());
                                     relay_messages(&mut sink, stream, &tx).await;
+                                    log::warn!(
+                                        "{}: subscription to `{channel}` lost; resubscribing",
+                                        target_store.describe
+                                    );
+                                    lost = true;
+                                } else {
+                                    log::warn!(
+                                        "{}: cannot subscribe to `{channel}`; trying again",
+                                        target_store.describe
+                                    );
                                 }
-                                log::warn!(
-                                    "{}: subscription to `{channel}` lost; resubscribing",
-                                    target_store.describe
-                                );
                             }
                             Ok(Err(e)) => {
                                 log::warn!("{}: cannot subscribe: {e}", target_store.describe)
