@@ -4,6 +4,15 @@
 
 use super::*;
 
+/// `tollgate cache purge ARGS` against `gw`'s Admin API.
+fn cli_purge(gw: &GatewayProcess, args: &[&str]) -> std::process::Output {
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let mut all = vec!["cache", "purge"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--admin-url", &admin]);
+    support::gateway::run_tollgate(&all, &[])
+}
+
 #[test]
 fn purge_a_url_and_an_api_endpoint() {
     let up = PyUpstream::start("tiles", 5.0);
@@ -14,22 +23,20 @@ fn purge_a_url_and_an_api_endpoint() {
     }
     // One URL, through the CLI.
     // `tollgate cache purge URL` against this gateway: whether it succeeded, and what it said.
-    let cli_purge = |url: &str| {
-        let admin = format!("http://127.0.0.1:{}", gw.admin_port);
-        let out =
-            support::gateway::run_tollgate(&["cache", "purge", url, "--admin-url", &admin], &[]);
+    let purge_url = |url: &str| {
+        let out = cli_purge(&gw, &[url]);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (ok, said) = cli_purge("/tiles/p/1.png?apiKey=k9:s9");
+    let (ok, said) = purge_url("/tiles/p/1.png?apiKey=k9:s9");
     assert!(ok, "{said}");
     assert!(said.contains("1 object"), "{said}");
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/1.png", 1)), "MISS");
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "HIT");
     // A URL no pipeline caches: nothing purged, and the CLI says so with its exit status.
-    let (ok, said) = cli_purge("/elsewhere/1.png");
+    let (ok, said) = purge_url("/elsewhere/1.png");
     assert!(!ok, "a purge of nothing succeeded");
     assert!(said.contains("not cached by any pipeline"), "{said}");
     // A URL whose query holds a URL (WMS's SLD), through the Admin API: that tile goes.
@@ -56,18 +63,7 @@ fn purge_a_url_and_an_api_endpoint() {
     assert_eq!(r.status, 404);
     // And through the CLI.
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 0)), "HIT");
-    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
-    let out = support::gateway::run_tollgate(
-        &[
-            "cache",
-            "purge",
-            "--api-endpoint",
-            "tiles",
-            "--admin-url",
-            &admin,
-        ],
-        &[],
-    );
+    let out = cli_purge(&gw, &["--api-endpoint", "tiles"]);
     assert!(
         out.status.success(),
         "{}",
@@ -136,18 +132,7 @@ fn purge_a_path_prefix_and_it_stays_purged_across_a_restart() {
         assert_eq!(cache_status(&tile(&gw, p, 1)), "HIT", "{p}");
     }
     let fetched = up.served();
-    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
-    let out = support::gateway::run_tollgate(
-        &[
-            "cache",
-            "purge",
-            "--prefix",
-            "/tiles/roads/",
-            "--admin-url",
-            &admin,
-        ],
-        &[],
-    );
+    let out = cli_purge(&gw, &["--prefix", "/tiles/roads/"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{said}");
     assert!(
@@ -442,8 +427,7 @@ fn a_url_purge_whose_file_cannot_be_removed_says_so() {
     let file = disk_files(&cache_dir).remove(0);
     std::fs::remove_file(&file).expect("remove");
     std::fs::create_dir(&file).expect("in the way");
-    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
-    let out = support::gateway::run_tollgate(&["cache", "purge", path, "--admin-url", &admin], &[]);
+    let out = cli_purge(&gw, &[path]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(
@@ -997,19 +981,7 @@ fn purged_by_host(up: &PyUpstream, proxy: &str) {
     assert_eq!(cache_status(&at("a.example:8080")), "MISS");
     assert_eq!(cache_status(&at("b.example")), "HIT");
     // The CLI's `--host`, the same.
-    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
-    let out = support::gateway::run_tollgate(
-        &[
-            "cache",
-            "purge",
-            path,
-            "--host",
-            "b.example",
-            "--admin-url",
-            &admin,
-        ],
-        &[],
-    );
+    let out = cli_purge(&gw, &[path, "--host", "b.example"]);
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.contains("1 object"), "{said}");
     assert_eq!(cache_status(&at("b.example")), "MISS");
