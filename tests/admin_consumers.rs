@@ -440,17 +440,21 @@ fn the_cli_speaks_to_the_admin_api() {
         "-p",
         "scopes=[\"wms\"]",
     ]);
-    let (code, key, err) = cli(&[
-        "credentials",
-        "create",
-        "-c",
-        "kano",
-        "-t",
-        "key-auth",
-        "-q",
-        "-p",
-        "scopes=[\"wms\"]",
-    ]);
+    // A key-auth credential of kano's, with `-p` for its scopes: `keyId:keySecret`.
+    let create_key = |scopes: &str| {
+        cli(&[
+            "credentials",
+            "create",
+            "-c",
+            "kano",
+            "-t",
+            "key-auth",
+            "-q",
+            "-p",
+            scopes,
+        ])
+    };
+    let (code, key, err) = create_key("scopes=[\"wms\"]");
     assert_eq!(code, Some(0), "{err}");
     let (key_id, secret) = key.trim().split_once(':').expect("keyId:keySecret");
     assert_eq!((key_id.len(), secret.len()), (22, 22));
@@ -460,17 +464,7 @@ fn the_cli_speaks_to_the_admin_api() {
     let (code, shown, _) = cli(&["credentials", "info", key_id, "-t", "key-auth", "-q"]);
     assert_eq!((code, shown.trim()), (Some(0), key_id));
     // One scope given as a value is a list of one (as EG's CLI makes it).
-    let (code, one, err) = cli(&[
-        "credentials",
-        "create",
-        "-c",
-        "kano",
-        "-t",
-        "key-auth",
-        "-q",
-        "-p",
-        "scopes=wms",
-    ]);
+    let (code, one, err) = create_key("scopes=wms");
     assert_eq!(code, Some(0), "{err}");
     let one_id = one
         .trim()

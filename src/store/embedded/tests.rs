@@ -14,6 +14,26 @@ fn assert_private(paths: &[PathBuf]) {
     }
 }
 
+/// Writes `bytes` at the journal's end in `d`, as a write the store did not finish would.
+fn append_to_journal(d: &Path, bytes: &[u8]) {
+    let mut j = OpenOptions::new()
+        .append(true)
+        .open(d.join(JOURNAL))
+        .expect("journal");
+    j.write_all(bytes).expect("append");
+}
+
+/// The users of the store in `d` after `s` (opened on a repaired journal) wrote `user` and the
+/// store was opened again.
+async fn users_after_a_write(s: EmbeddedStore, d: &Path, user: &str) -> Vec<String> {
+    s.apply(&[hset(user, "username", "x")])
+        .await
+        .expect("write after repair");
+    drop(s);
+    let s = EmbeddedStore::open(d).expect("reopen again");
+    s.keys_with_prefix("EG-user:").await.expect("keys")
+}
+
 fn hset(key: &str, f: &str, v: &str) -> Write {
     Write::HSet {
         key: key.into(),
@@ -40,13 +60,7 @@ async fn survives_a_restart_and_drops_a_torn_tail() {
             .expect("apply");
     }
     // A crash in the middle of writing a third batch.
-    let mut j = OpenOptions::new()
-        .append(true)
-        .open(d.join(JOURNAL))
-        .expect("journal");
-    j.write_all(b"[{\"op\":\"hset\",\"key\":\"EG-user:3\",\"fie")
-        .expect("torn write");
-    drop(j);
+    append_to_journal(&d, b"[{\"op\":\"hset\",\"key\":\"EG-user:3\",\"fie");
     let s = EmbeddedStore::open(&d).expect("reopen");
     assert_eq!(
         s.hgetall("EG-user:1")
@@ -65,13 +79,8 @@ async fn survives_a_restart_and_drops_a_torn_tail() {
         s.hgetall("EG-user:3").await.expect("get").is_empty(),
         "the torn batch is not applied"
     );
-    s.apply(&[hset("EG-user:4", "username", "dee")])
-        .await
-        .expect("write after repair");
-    drop(s);
-    let s = EmbeddedStore::open(&d).expect("reopen again");
     assert_eq!(
-        s.keys_with_prefix("EG-user:").await.expect("keys"),
+        users_after_a_write(s, &d, "EG-user:4").await,
         vec!["EG-user:1", "EG-user:2", "EG-user:4"]
     );
     let _ = std::fs::remove_dir_all(&d);
@@ -89,22 +98,15 @@ async fn a_last_entry_without_its_line_end_is_kept_and_ended() {
             .await
             .expect("apply");
     }
-    let mut j = OpenOptions::new()
-        .append(true)
-        .open(d.join(JOURNAL))
-        .expect("journal");
-    j.write_all(br#"[{"op":"hset","key":"EG-user:2","fields":[["username","bob"]]}]"#)
-        .expect("an entry without its line end");
-    drop(j);
+    // An entry without its line end.
+    append_to_journal(
+        &d,
+        br#"[{"op":"hset","key":"EG-user:2","fields":[["username","bob"]]}]"#,
+    );
     let s = EmbeddedStore::open(&d).expect("reopen");
     assert_eq!(s.hgetall("EG-user:2").await.expect("get").len(), 1);
-    s.apply(&[hset("EG-user:3", "username", "cy")])
-        .await
-        .expect("write after repair");
-    drop(s);
-    let s = EmbeddedStore::open(&d).expect("reopen again");
     assert_eq!(
-        s.keys_with_prefix("EG-user:").await.expect("keys"),
+        users_after_a_write(s, &d, "EG-user:3").await,
         vec!["EG-user:1", "EG-user:2", "EG-user:3"]
     );
     let journal = std::fs::read(d.join(JOURNAL)).expect("journal");
