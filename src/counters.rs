@@ -1,13 +1,25 @@
 //! Fixed-window counters for `rate-limit`, keyed as EG keys them in Redis (`rl:<key>`): the
 //! first hit of a window starts it, later hits count until it expires. Kept in memory here;
 //! every rate-limit step of the process shares them, as EG's steps share Redis keys.
+//!
+//! Windows that ended are swept as new ones come, and at most [`CAP`] are held: past it (a
+//! flood of made-up keys whose windows have not ended), a key with no window is counted in one
+//! that is not kept, and its request let through, as while Redis cannot be reached; one warning
+//! says so, and one info line once a sweep leaves room for half the windows again.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 const SHARDS: usize = 16;
+
+/// The most windows held at once (about 150 bytes each).
+pub const CAP: usize = 1_000_000;
+
+/// A shard sweeps the windows that ended after this many new ones.
+const SWEEP_EVERY: usize = 4096;
 
 /// A window's count and when it ends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -19,6 +31,10 @@ pub struct Hit {
 pub struct Counters {
     hasher: RandomState,
     shards: Vec<Mutex<Shard>>,
+    /// The most windows a shard holds.
+    shard_cap: usize,
+    /// Whether a shard being full was said (and not yet that it has room again).
+    full_said: AtomicBool,
 }
 
 #[derive(Default)]
@@ -29,14 +45,21 @@ struct Shard {
 
 impl Default for Counters {
     fn default() -> Self {
-        Counters {
-            hasher: RandomState::new(),
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-        }
+        Counters::with_cap(CAP)
     }
 }
 
 impl Counters {
+    /// Counters that hold at most `cap` windows.
+    pub fn with_cap(cap: usize) -> Counters {
+        Counters {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            shard_cap: cap.div_ceil(SHARDS),
+            full_said: AtomicBool::new(false),
+        }
+    }
+
     /// Counts one hit on `key` in a window of `window` length.
     pub fn incr(&self, key: &str, window: Duration, now: Instant) -> Hit {
         let shard = &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS];
@@ -55,18 +78,34 @@ impl Counters {
             return *hit;
         }
         shard.inserts_since_sweep += 1;
-        if shard.inserts_since_sweep >= 4096 {
+        if shard.inserts_since_sweep >= SWEEP_EVERY {
             shard.inserts_since_sweep = 0;
             shard.windows.retain(|_, hit| hit.resets_at > now);
             // After a burst of keys (a flood of addresses), the table gives its room back.
-            if shard.windows.capacity() > 2 * shard.windows.len() + 4096 {
+            if shard.windows.capacity() > 2 * shard.windows.len() + SWEEP_EVERY {
                 shard.windows.shrink_to_fit();
+            }
+            if shard.windows.len() < self.shard_cap / 2
+                && self.full_said.load(Ordering::Relaxed)
+                && self.full_said.swap(false, Ordering::Relaxed)
+            {
+                log::info!("rate-limit: windows ended; new keys are counted again");
             }
         }
         let hit = Hit {
             count: 1,
             resets_at: now + window,
         };
+        if shard.windows.len() >= self.shard_cap {
+            drop(shard);
+            if !self.full_said.swap(true, Ordering::Relaxed) {
+                log::warn!(
+                    "rate-limit: {} windows are counting at once, the most held in memory: requests whose key has no window are let through until windows end",
+                    self.shard_cap * SHARDS
+                );
+            }
+            return hit;
+        }
         shard.windows.insert(key.to_string(), hit);
         hit
     }
@@ -117,5 +156,47 @@ mod tests {
             .sum();
         assert!(held <= SHARDS * 4500, "{held} windows held");
         assert!(room(&c) < 200_000, "{} slots kept", room(&c));
+    }
+
+    #[test]
+    fn past_the_cap_new_keys_are_counted_but_not_kept() {
+        let c = Counters::with_cap(SHARDS * 8);
+        let t0 = Instant::now();
+        let w = Duration::from_secs(60);
+        let held = |c: &Counters| -> usize {
+            c.shards
+                .iter()
+                .map(|s| s.lock().unwrap().windows.len())
+                .sum()
+        };
+        for i in 0..SHARDS * 100 {
+            c.incr(&format!("rl:flood-{i}"), w, t0);
+        }
+        assert_eq!(held(&c), SHARDS * 8);
+        // A key with a window goes on counting in it ...
+        let kept = c
+            .shards
+            .iter()
+            .find_map(|s| s.lock().unwrap().windows.keys().next().cloned())
+            .expect("a window");
+        assert_eq!(c.incr(&kept, w, t0).count, 2);
+        // ... one without is let through, every time.
+        for _ in 0..3 {
+            assert_eq!(c.incr("rl:latecomer", w, t0).count, 1);
+        }
+        assert_eq!(held(&c), SHARDS * 8);
+        // Once the windows ended, the shard's next sweep (within its next SWEEP_EVERY new
+        // keys) makes room: the key is kept and counted.
+        let later = t0 + Duration::from_secs(61);
+        let mut counted = 0;
+        for _ in 0..=SWEEP_EVERY {
+            counted = c.incr("rl:latecomer", w, later).count;
+            if counted > 1 {
+                break;
+            }
+        }
+        assert_eq!(counted, 2);
+        assert_eq!(c.incr("rl:latecomer", w, later).count, 3);
+        assert!(held(&c) < SHARDS * 8);
     }
 }

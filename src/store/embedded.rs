@@ -48,14 +48,13 @@ struct Journal {
 }
 
 /// Counters and locks are not persisted (EG's rate-limit windows are short-lived).
-type Windows = HashMap<String, (u64, Instant)>;
 type Locks = HashMap<String, (String, Instant)>;
 
 struct Inner {
     dir: Option<PathBuf>,
     data: RwLock<BTreeMap<String, Value>>,
     journal: Mutex<Journal>,
-    windows: Mutex<Windows>,
+    windows: crate::counters::Counters,
     locks: Mutex<Locks>,
     channels: Mutex<HashMap<String, broadcast::Sender<String>>>,
     /// Held while this process owns the directory; released when it hands the store over.
@@ -94,7 +93,7 @@ impl EmbeddedStore {
                 torn: false,
                 snapshot_bytes,
             }),
-            windows: Mutex::new(HashMap::new()),
+            windows: crate::counters::Counters::default(),
             locks: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             lock_file: Mutex::new(lock_file),
@@ -501,21 +500,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn incr_window(&self, key: &str, window: Duration) -> StoreResult<WindowCount> {
-        let mut windows = held(&self.0.windows);
         let now = Instant::now();
-        let entry = windows.entry(key.to_string()).or_insert((0, now + window));
-        if entry.1 <= now {
-            *entry = (0, now + window);
-        }
-        entry.0 += 1;
-        let hit = WindowCount {
-            count: entry.0,
-            resets_in: entry.1 - now,
-        };
-        if windows.len() > 100_000 {
-            windows.retain(|_, (_, until)| *until > now);
-        }
-        Ok(hit)
+        let hit = self.0.windows.incr(key, window, now);
+        Ok(WindowCount {
+            count: hit.count,
+            resets_in: hit.resets_at.saturating_duration_since(now),
+        })
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
