@@ -1,7 +1,7 @@
 //! Whether an upstream response may be stored, and for how long: HTTP caching as a shared
 //! cache does it (`Cache-Control` s-maxage / max-age, then `Expires` less `Date`, then the
 //! step's default TTL, clamped by the step; freshness information that is invalid or given
-//! twice makes it stale), never `no-store`, `private` (with field names too), `Set-Cookie`,
+//! twice with different values makes it stale), never `no-store`, `private` (with field names too), `Set-Cookie`,
 //! `Vary: *` or a response that varies on credentials; `no-cache` (with field names too) is
 //! stored but revalidated before every use.
 
@@ -235,24 +235,30 @@ fn lifetime(resp: &ResponseHeader, now: SystemTime, present: &Present) -> Option
     if !present.expires {
         return None;
     }
-    let mut expires = resp.headers.get_all(http::header::EXPIRES).iter();
-    let value = expires.next()?;
-    let Some(at) = (expires.next().is_none())
-        .then(|| http_date(value))
-        .flatten()
-    else {
+    let Ok(Some(at)) = one_date(resp, &http::header::EXPIRES) else {
         return Some(Lifetime::Made(Duration::ZERO));
     };
-    let mut dates = resp.headers.get_all(http::header::DATE).iter();
-    let date = match (dates.next(), dates.next()) {
-        (Some(d), None) => http_date(d),
-        _ => None,
-    };
+    let date = one_date(resp, &http::header::DATE).ok().flatten();
     Some(match date {
         // The upstream's own clock on both ends: right however far off it is.
         Some(date) => Lifetime::Made(at.duration_since(date).unwrap_or_default()),
         None => Lifetime::Left(at.duration_since(now).unwrap_or_default()),
     })
+}
+
+/// The time the lines of header `name` give: `Err` when one is not a date or two give
+/// different times (the same time on two lines, as two modules of a server may each write
+/// it, is that time).
+fn one_date(resp: &ResponseHeader, name: &http::HeaderName) -> Result<Option<SystemTime>, ()> {
+    let mut found = None;
+    for v in resp.headers.get_all(name) {
+        let at = http_date(v).ok_or(())?;
+        if found.is_some_and(|f| f != at) {
+            return Err(());
+        }
+        found = Some(at);
+    }
+    Ok(found)
 }
 
 fn http_date(v: &http::HeaderValue) -> Option<SystemTime> {
@@ -490,12 +496,17 @@ mod tests {
         ]);
         assert_eq!(two_lines, Some(0));
         let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(200));
+        let other = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(300));
         for expires in [
             &[("expires", "0")][..],
-            &[("expires", &later), ("expires", &later)],
+            &[("expires", &later), ("expires", &other)],
+            &[("expires", &later), ("expires", "0")],
         ] {
             assert_eq!(lifetime_of(expires), Some(0), "{expires:?}");
         }
+        // The same time on two lines (two modules of a server each writing it) is that time.
+        let t = lifetime_of(&[("expires", &later), ("expires", &later)]).expect("stored");
+        assert!((199..=200).contains(&t), "{t}");
         // An Age too large to count is 2^31 seconds.
         let aged = lifetime_of(&[
             ("cache-control", "max-age=600"),
