@@ -4,12 +4,15 @@
 //! (among others: the client waits for bytes that never come); RFC 9110 §14.1.1 has such a
 //! range unsatisfiable. An empty answer's ranges are not looked at (a server may ignore
 //! `Range`): it goes whole, as Pingora's range filter subtracts one from its end (a `206` of
-//! `bytes 0-18446744073709551615/0`, or, built with overflow checks, a panic).
+//! `bytes 0-18446744073709551615/0`, or, built with overflow checks, a panic). And an
+//! `If-Range` of a weak entity tag is never true (RFC 9110 §13.1.5: the ranges of a body that
+//! only means the same could be spliced from two versions): the answer goes whole, where
+//! Pingora compares the tags byte by byte (as nginx).
 
 use std::ops::Range;
 
 use http::header::{
-    ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE,
+    ACCEPT_RANGES, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, IF_RANGE, RANGE,
     TRANSFER_ENCODING,
 };
 use pingora_http::ResponseHeader;
@@ -20,6 +23,14 @@ const MAX_RANGES: Option<usize> = Some(200);
 
 /// Applies the request's ranges to `resp` (its head, `length` bytes of body).
 pub fn apply(session: &mut Session, resp: &mut ResponseHeader) -> RangeType {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(RANGE)
+        && headers
+            .get(IF_RANGE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"W/"))
+    {
+        session.req_header_mut().remove_header(&RANGE);
+    }
     if !session.req_header().headers.contains_key(RANGE) {
         return pingora_proxy::range_header_filter(session.req_header(), resp, MAX_RANGES);
     }

@@ -194,6 +194,43 @@ fn a_miss_answered_before_its_body_came_is_stored_for_the_next() {
             "{range}"
         );
     }
+    // Under `If-Range`, a range only of the tile its strong tag names: a weak tag is never
+    // a match (RFC 9110 §13.1.5), and the tile goes whole.
+    for (if_range, status, len) in [
+        ("\"v1\"", 206, 2),
+        ("\"v0\"", 200, 40_000),
+        ("W/\"v1\"", 200, 40_000),
+    ] {
+        let r = get(
+            gw.port,
+            "GET",
+            &path,
+            &[("Range", "bytes=0-1"), ("If-Range", if_range)],
+        );
+        assert_eq!(
+            (r.status, cache_status(&r), r.body.len()),
+            (status, "HIT", len),
+            "If-Range: {if_range}"
+        );
+    }
+    let weak = format!("/open/bytes/40/weak?header=ETag:W/{tag}");
+    assert_eq!(cache_status(&get(gw.port, "GET", &weak, &[])), "MISS");
+    let r = get(
+        gw.port,
+        "GET",
+        &weak,
+        &[("Range", "bytes=0-1"), ("If-Range", "W/\"v1\"")],
+    );
+    assert_eq!(
+        (
+            r.status,
+            cache_status(&r),
+            r.header("content-range"),
+            r.body.len()
+        ),
+        (200, "HIT", None, 40),
+        "a weak tag matched byte for byte"
+    );
     // An empty tile goes whole, whatever range is asked (Pingora's range filter subtracted one
     // from its end: a `206` of `bytes 0-18446744073709551615/0`, or a panic).
     let empty = "/open/bytes/0/empty";
