@@ -1,14 +1,14 @@
 //! A stored tile revalidated by the upstream's `304` (RFC 9111 §4.3.4): the `304`'s header
 //! fields replace the stored ones (Pingora's cache phases carry over only a few of them), and a
-//! `304` whose entity tag is not the stored tile's updates nothing.
+//! `304` whose entity tag or `Vary` is not the stored tile's updates nothing.
 
-use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG};
-use http::HeaderValue;
+use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG, VARY};
+use http::{HeaderMap, HeaderValue};
 use pingora_http::ResponseHeader;
 
 /// Fields a `304` never replaces: the connection's own and the stored body's length (RFC
 /// 9111 §3.2), and `Vary` (the stored variants were made by the one they have, as Pingora's
-/// cache phases keep it).
+/// cache phases keep it; a `304` with another selects nothing, see [`selects`]).
 const KEPT: [&str; 9] = crate::wire::concat(
     crate::wire::HOP_BY_HOP,
     ["content-length", "trailer", "vary"],
@@ -39,19 +39,39 @@ pub fn updated(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
     out
 }
 
-/// Whether a `304` is about the stored tile whose `ETag` is `stored`: unless it names an entity
-/// tag that is not the stored tile's (RFC 9111 §4.3.4: a strong one identifies the body, a weak
-/// one must match the stored tile's; compared weakly, as a server that weakens the tag of what
-/// it compresses may send the strong one on a 304, or the weak one).
-pub fn selects(stored: Option<&HeaderValue>, not_modified: &ResponseHeader) -> bool {
+/// Whether a `304` is about the stored tile whose head's fields are `stored`: unless it names
+/// an entity tag that is not the stored tile's (RFC 9111 §4.3.4: a strong one identifies the
+/// body, a weak one must match the stored tile's; compared weakly, as a server that weakens
+/// the tag of what it compresses may send the strong one on a 304, or the weak one), or a
+/// `Vary` that is not the stored tile's (the upstream negotiates the tile by other headers
+/// now: the stored copy is no longer one for every request it would answer; a `304` without
+/// one leaves it as it is).
+pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> bool {
     let tag = |v: &HeaderValue| {
         let b = v.as_bytes();
         b.strip_prefix(b"W/").unwrap_or(b).to_vec()
     };
-    match not_modified.headers.get(ETAG) {
-        Some(new) => stored.map(tag) == Some(tag(new)),
+    let same_tag = match not_modified.headers.get(ETAG) {
+        Some(new) => stored.and_then(|h| h.get(ETAG)).map(tag) == Some(tag(new)),
         None => true,
-    }
+    };
+    let same_vary = !not_modified.headers.contains_key(VARY)
+        || stored.is_some_and(|h| varies_by(h) == varies_by(&not_modified.headers));
+    same_tag && same_vary
+}
+
+/// The header names a head's `Vary` lines name, lowercase, sorted, once each.
+fn varies_by(headers: &HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = headers
+        .get_all(VARY)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|n| String::from_utf8_lossy(n.trim_ascii()).to_ascii_lowercase())
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]
@@ -111,12 +131,16 @@ mod tests {
 
     #[test]
     fn a_304_with_another_entity_tag_selects_nothing() {
-        let v1 = HeaderValue::from_static("\"v1\"");
+        let stored = |tag: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(ETAG, HeaderValue::from_static(tag));
+            h
+        };
+        let (v1, weak) = (stored("\"v1\""), stored("W/\"v1\""));
         assert!(selects(Some(&v1), &head(304, &[("ETag", "\"v1\"")])));
         assert!(!selects(Some(&v1), &head(304, &[("ETag", "\"v2\"")])));
         assert!(!selects(None, &head(304, &[("ETag", "\"v2\"")])));
         assert!(selects(Some(&v1), &head(304, &[])));
-        let weak = HeaderValue::from_static("W/\"v1\"");
         assert!(selects(Some(&weak), &head(304, &[("ETag", "\"v1\"")])));
         // A weak tag selects only the stored tile it matches.
         assert!(selects(Some(&v1), &head(304, &[("ETag", "W/\"v1\"")])));
@@ -124,5 +148,27 @@ mod tests {
         assert!(!selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(Some(&weak), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(None, &head(304, &[("ETag", "W/\"v2\"")])));
+    }
+
+    #[test]
+    fn a_304_with_another_vary_selects_nothing() {
+        let stored = head(200, &[("ETag", "\"v\""), ("Vary", "Accept, X-Style")]);
+        let stored = Some(&stored.headers);
+        let with = |vary: &[&str]| {
+            let mut h: Vec<(&str, &str)> = vec![("ETag", "\"v\"")];
+            h.extend(vary.iter().map(|v| ("Vary", *v)));
+            selects(stored, &head(304, &h))
+        };
+        assert!(with(&[]), "a 304 without Vary leaves the stored one");
+        assert!(with(&["accept,x-style"]));
+        assert!(with(&["X-Style", " Accept "]));
+        assert!(!with(&["Accept"]));
+        assert!(!with(&["Accept, X-Style, Accept-Encoding"]));
+        assert!(!with(&["*"]));
+        let plain = head(200, &[("ETag", "\"v\"")]);
+        assert!(!selects(
+            Some(&plain.headers),
+            &head(304, &[("Vary", "Accept-Encoding")])
+        ));
     }
 }

@@ -91,7 +91,7 @@ fn verdict(
     let resp = match not_modified {
         Some(not_modified) if session.cache.phase() == CachePhase::Stale => {
             let stored = session.cache.maybe_cache_meta().map(|m| m.headers());
-            if !revalidate::selects(stored.and_then(|h| h.get(http::header::ETAG)), not_modified) {
+            if !revalidate::selects(stored, not_modified) {
                 return RespCacheable::Uncacheable(NoCacheReason::Custom(OTHER_VALIDATOR));
             }
             merged = revalidate::updated(resp, not_modified);
@@ -117,19 +117,38 @@ fn verdict(
 /// A revalidation's `304` that names another entity tag than the stored tile's is about
 /// another body (RFC 9111 §4.3.4): its validators are dropped, so the stored tile is answered
 /// once more with its own (not under the `304`'s, which name a body the client does not get),
-/// and the tile is not updated (see [`cacheable`]). True when so: the caller removes the tile
-/// ([`super::forget`]), so the next request fetches the upstream's current one whole.
+/// and the tile is not updated (see [`cacheable`]). So is one with another `Vary` (the
+/// upstream negotiates the tile now: see [`vary_of_304`]). True when so: the caller removes
+/// the tile ([`super::forget`]), so the next request fetches the upstream's current one
+/// whole (and, it varying, stores it per variant from then on).
 pub fn drop_other_validator(session: &Session, resp: &mut ResponseHeader) -> bool {
     if resp.status != http::StatusCode::NOT_MODIFIED || session.cache.phase() != CachePhase::Stale {
         return false;
     }
     let stored = session.cache.maybe_cache_meta().map(|m| m.headers());
-    if revalidate::selects(stored.and_then(|h| h.get(http::header::ETAG)), resp) {
+    if revalidate::selects(stored, resp) {
         return false;
     }
     resp.remove_header(&http::header::ETAG);
     resp.remove_header(&http::header::LAST_MODIFIED);
     true
+}
+
+/// The `Vary` of a revalidation's `304` that selected nothing (see [`drop_other_validator`])
+/// on the answer made from the stored tile: the client, and a cache before it, learn that the
+/// tile varies now.
+pub fn vary_of_304(not_modified: Option<&ResponseHeader>, resp: &mut ResponseHeader) {
+    let Some(vary) = not_modified
+        .map(|r| r.headers.get_all(http::header::VARY))
+        .filter(|v| v.iter().next().is_some())
+    else {
+        return;
+    };
+    resp.remove_header(&http::header::VARY);
+    for v in vary {
+        // A value the 304 held is valid.
+        let _ = resp.append_header(http::header::VARY, v.clone());
+    }
 }
 
 /// The upstream's answer to a request that went through a `cache` step, kept when it is a

@@ -489,6 +489,7 @@ impl ProxyHttp for Tollgate {
             .await;
             if ctx.other_validator {
                 crate::cache::forget(session).await;
+                crate::cache::vary_of_304(ctx.not_modified.as_deref(), upstream_response);
             }
         }
         // HTTP/2 frames a compressed body itself.

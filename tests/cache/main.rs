@@ -871,6 +871,51 @@ fn a_revalidations_304_updates_the_stored_head() {
     assert_eq!(up.not_modified(), 1);
 }
 
+/// A revalidation's 304 with a `Vary` the stored tile did not have (the upstream negotiates
+/// the tile now) updates nothing: that answer carries the 304's `Vary`, the tile is fetched
+/// again, and from then on it is stored per variant.
+#[test]
+fn a_304_that_brings_a_vary_updates_nothing() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let path = "/open/negotiated?cc=max-age%3D1&header=ETag:%22n1%22&later=Vary:Accept-Encoding";
+    let open = |encoding: &str| {
+        let r = get(gw.port, "GET", path, &[("Accept-Encoding", encoding)]);
+        (
+            cache_status(&r).to_string(),
+            r.header("vary").map(str::to_string),
+        )
+    };
+    assert_eq!(open("gzip"), ("MISS".into(), None));
+    assert_eq!(open("br"), ("HIT".into(), None));
+    std::thread::sleep(Duration::from_millis(1600));
+    let served = up.served();
+    assert_eq!(
+        open("gzip"),
+        ("REVALIDATED".into(), Some("Accept-Encoding".into())),
+        "the 304's Vary reaches the client"
+    );
+    assert_eq!(up.not_modified(), 1);
+    // The stored copy was let go: the next request fetches the tile whole, which shows that
+    // it varies (not stored), and the one after stores its variant.
+    assert_eq!(open("br").1.as_deref(), Some("Accept-Encoding"));
+    assert!(up.served() > served, "the tile was not fetched again");
+    let mut last = (String::new(), None);
+    for _ in 0..3 {
+        last = open("br");
+    }
+    assert_eq!(last, ("HIT".into(), Some("Accept-Encoding".into())));
+    assert_ne!(
+        open("identity").0,
+        "HIT",
+        "another variant was answered from br's copy"
+    );
+}
+
 /// A revalidation's 304 updates the tile it revalidated, not another stored since: a HEAD's
 /// slow revalidation (a HEAD takes no lock) overtaken by a GET that brought the tile's new
 /// version leaves the new version whole, its head with its body.
