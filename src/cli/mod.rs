@@ -219,7 +219,7 @@ pub struct ServeArgs {
     pub upgrade_sock: PathBuf,
     /// Client connections open at once per listener service; past it new ones wait in the
     /// backlog (default: 10000, or what the open-files limit holds).
-    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS")]
+    #[arg(long, env = "TOLLGATE_MAX_CONNECTIONS", value_parser = connections)]
     pub max_connections: Option<usize>,
     /// Serve bodiless HTTP/1 GET and HEAD requests on the fast path (`on`), or every request
     /// through Pingora's general proxy (`off`).
@@ -262,6 +262,14 @@ fn seconds(s: &str) -> Result<Duration, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v > 0.0 && v.is_finite() && v < 1e9 => Ok(Duration::from_secs_f64(v)),
         _ => Err(format!("`{s}` is not a positive number of seconds")),
+    }
+}
+
+/// A number of connections: at least one.
+fn connections(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("`{s}` is not a number of connections (1 or more)")),
     }
 }
 

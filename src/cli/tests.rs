@@ -1,4 +1,5 @@
-use super::size;
+use super::{connections, size, Cli};
+use clap::Parser;
 
 #[test]
 fn sizes_take_binary_and_decimal_units_up_to_terabytes() {
@@ -17,4 +18,18 @@ fn sizes_take_binary_and_decimal_units_up_to_terabytes() {
     assert!(size("1P").unwrap_err().contains("unknown size unit `P`"));
     assert!(size("lots").unwrap_err().contains("is not a size"));
     assert!(size("999999999T").unwrap_err().contains("out of range"));
+}
+
+#[test]
+fn a_connection_cap_is_one_or_more() {
+    assert_eq!(connections("1"), Ok(1));
+    assert_eq!(connections(" 500 "), Ok(500));
+    for bad in ["0", "-1", "many", ""] {
+        assert!(connections(bad).unwrap_err().contains("1 or more"), "{bad}");
+    }
+    // Refused where the command line is read (0 was a cap of one connection).
+    let err = Cli::try_parse_from(["tollgate", "serve", "--max-connections", "0"])
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("1 or more"), "{err}");
 }
