@@ -213,6 +213,23 @@ fn a_bad_file_keeps_the_running_config() {
     let out = run_tollgate(&["reload", "--admin-url", &admin], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.config.yml:"));
+    assert_eq!(last_errors().0["refusedOnDisk"], true);
+    // Put back as it runs: nothing to reload, but the status and the log say that the
+    // refused file's errors no longer apply.
+    save(
+        &dir,
+        "gateway.config.yml",
+        &gateway_yml("/one/*", &up.url(""), ""),
+    );
+    wait_for("the running config back on disk", || {
+        last_errors().0["refusedOnDisk"] == false
+    });
+    let log = gw.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" INFO ") && l.contains("back to the config in force")),
+        "{log}"
+    );
     // Fixed: in force again.
     save(
         &dir,
@@ -292,7 +309,13 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
     std::thread::sleep(Duration::from_millis(200));
     let report = load.stop();
     assert!(report.failed(200).is_empty(), "{:?}", report.failed(200));
-    assert!(!gw.log_text().contains("panicked"), "{}", gw.log_text());
+    let log = gw.log_text();
+    assert!(!log.contains("panicked"), "{log}");
+    // The system config refused as gone is not said to be replaced by defaults.
+    assert!(
+        !log.contains("using the embedded store and defaults"),
+        "{log}"
+    );
 }
 
 /// The upstream is named by a host name, as in most configs: each new config starts with the

@@ -553,6 +553,9 @@ fn check(dirs: &ConfigDirs) -> i32 {
     }
     match server::load_gateway(dirs, &Shared::detached()) {
         Ok(gw) => {
+            if dirs.find_config("system.config").is_none() {
+                crate::config::no_system_config(dirs);
+            }
             // The certificates too: `serve` (an upgrade's new process) refuses what it cannot
             // use.
             if let Some(h) = &gw.https {

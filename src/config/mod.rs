@@ -31,6 +31,24 @@ pub struct LoadedConfig {
     pub errors: ConfigErrors,
 }
 
+impl LoadedConfig {
+    /// Says that the config has no system config, when it has none: the embedded store and
+    /// every default are in force.
+    pub fn say_defaults(&self) {
+        if self.system_path.is_none() {
+            no_system_config(&self.dirs);
+        }
+    }
+}
+
+/// The warning that a config stack has no system config.
+pub fn no_system_config(dirs: &ConfigDirs) {
+    log::warn!(
+        "{}: no system.config.yml; using the embedded store and defaults",
+        dirs.display()
+    );
+}
+
 /// The first of `gateway.config.yml`, `.yaml`, `.json` (likewise `system.config.*`) in `dir`.
 pub fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
     ["yml", "yaml", "json"]
@@ -192,13 +210,9 @@ pub fn load_dirs(dirs: &ConfigDirs) -> Result<LoadedConfig, ConfigErrors> {
             SystemFile::from_node(&root, &mut errors)
         }
         Some(Ok(root)) => SystemFile::from_node(&root, &mut errors),
-        _ => {
-            log::warn!(
-                "{}: no system.config.yml; using the embedded store and defaults",
-                dirs.display()
-            );
-            SystemFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut errors)
-        }
+        // (Said where a gateway starts or a config is checked: on a reload, the running
+        // config stays when its system config is gone.)
+        _ => SystemFile::from_node(&Node::null(Pos::file_start(&dir_name)), &mut errors),
     };
     Ok(LoadedConfig {
         dirs: dirs.clone(),

@@ -67,6 +67,9 @@ struct Status {
     reloads: u64,
     failed_reloads: u64,
     last_error: Option<LastError>,
+    /// Whether the config on disk is one the last reload refused (the running config stays
+    /// until it is mended).
+    refused_on_disk: bool,
     restart_required: Vec<String>,
     watching: bool,
 }
@@ -383,7 +386,17 @@ impl Lifecycle {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         if trigger == Trigger::Watch && !self.inputs_changed() {
-            log::debug!("config directories changed, but no config input did");
+            let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if std::mem::take(&mut st.refused_on_disk) {
+                // The refused reload's folded lines are written before the line that ends it.
+                log::logger().flush();
+                log::info!(
+                    "config directories are back to the config in force: the last reload's errors no longer apply"
+                );
+            } else {
+                log::debug!("config directories changed, but no config input did");
+            }
+            drop(st);
             return Outcome {
                 result: "unchanged",
                 errors: Vec::new(),
@@ -409,6 +422,7 @@ impl Lifecycle {
                 m.config_loaded(false);
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.failed_reloads += 1;
+                st.refused_on_disk = true;
                 st.last_error = Some(LastError {
                     at: now_text(),
                     trigger: trigger.as_str(),
@@ -437,9 +451,11 @@ impl Lifecycle {
                 for r in &restart_required {
                     log::warn!("config reloaded, but {r}");
                 }
+                log::logger().flush();
                 log::info!("config reloaded ({})", trigger.as_str());
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.reloads += 1;
+                st.refused_on_disk = false;
                 st.files = files;
                 st.loaded_at = now_text();
                 st.restart_required = restart_required.clone();

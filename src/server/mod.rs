@@ -137,6 +137,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
+    loaded.say_defaults();
     // The listening sockets first (from the old process, when upgrading): what takes long —
     // opening the embedded store (it reads all of it), the consumers' first load, the disk
     // tier's scan — comes after. The old process offers them for a few seconds only; after a
