@@ -220,6 +220,16 @@ fn users_apps_scopes_and_credentials_routes() {
         .text(),
         "No consumer found with id: ghost"
     );
+    // What is missing is named (EG's words first).
+    for (path, body, said) in [
+        ("/credentials", r#"{"type": "key-auth"}"#, "consumerId is required"),
+        ("/credentials", r#"{"consumerId": "viewer"}"#, "type is required"),
+        ("/apps", r#"{"name": "z"}"#, "userId is required"),
+    ] {
+        let r = call(a, "POST", path, body);
+        assert_eq!(r.status, 422, "{body}");
+        assert!(r.text().contains(said), "{body}: {}", r.text());
+    }
     let generated = json(&call(
         a,
         "POST",

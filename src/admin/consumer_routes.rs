@@ -195,9 +195,15 @@ async fn answer_route(
             let empty_map = Map::new();
             let cred = body["credential"].as_object().unwrap_or(&empty_map);
             if consumer.is_empty() {
-                text(StatusCode::UNPROCESSABLE_ENTITY, "invalid username")
+                text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid username: consumerId is required",
+                )
             } else if kind.is_empty() {
-                text(StatusCode::UNPROCESSABLE_ENTITY, "Invalid credentials")
+                text(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "Invalid credentials: type is required",
+                )
             } else {
                 answer(svc.create_credential(consumer, kind, cred).await, |c| {
                     json(StatusCode::OK, &c)

@@ -48,7 +48,7 @@ impl ConsumerService {
             .map(model::js_string)
             .filter(|s| !s.is_empty())
         else {
-            return Err(invalid("invalid username"));
+            return Err(invalid("invalid username: userId is required"));
         };
         let mut props = body.clone();
         props.remove("userId");
