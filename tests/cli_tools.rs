@@ -63,6 +63,11 @@ fn healthcheck_says_whether_the_gateway_answers() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no answer within 1s (--timeout)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(gw);
     let out = check(&[]);
     assert_eq!(out.status.code(), Some(1));

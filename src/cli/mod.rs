@@ -443,6 +443,13 @@ fn healthcheck(a: &HealthcheckArgs) -> i32 {
             );
             1
         }
+        Err(ureq::Error::Timeout(_)) => {
+            eprintln!(
+                "tollgate healthcheck: {url}: no answer within {:?} (--timeout)",
+                a.timeout
+            );
+            1
+        }
         Err(e) => {
             eprintln!("tollgate healthcheck: {url}: {e}");
             1
@@ -481,7 +488,15 @@ fn https_probe(url: &str, timeout: std::time::Duration) -> Result<(u16, String),
         .map_err(|e| e.to_string())?;
     let mut answer = Vec::new();
     // A peer that closes without TLS's close_notify still gave its answer.
-    let _ = tls.read_to_end(&mut answer);
+    if let Err(e) = tls.read_to_end(&mut answer) {
+        let timed_out = matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        );
+        if timed_out && answer.is_empty() {
+            return Err(format!("no answer within {timeout:?} (--timeout)"));
+        }
+    }
     let text = String::from_utf8_lossy(&answer);
     let status = text
         .strip_prefix("HTTP/1.")
