@@ -369,6 +369,8 @@ async fn plan_and_apply(
         .map(|s| (s.clone(), "true".into()))
         .collect();
     report.created += new_scopes.len();
+    // (A scope the store has is counted as unchanged, as it was counted as created.)
+    report.unchanged += file.scopes.len() - new_scopes.len();
     if !new_scopes.is_empty() {
         batch.push(Write::HSet {
             key: l.scopes(),
