@@ -222,8 +222,16 @@ fn users_apps_scopes_and_credentials_routes() {
     );
     // What is missing is named (EG's words first).
     for (path, body, said) in [
-        ("/credentials", r#"{"type": "key-auth"}"#, "consumerId is required"),
-        ("/credentials", r#"{"consumerId": "viewer"}"#, "type is required"),
+        (
+            "/credentials",
+            r#"{"type": "key-auth"}"#,
+            "consumerId is required",
+        ),
+        (
+            "/credentials",
+            r#"{"consumerId": "viewer"}"#,
+            "type is required",
+        ),
         ("/apps", r#"{"name": "z"}"#, "userId is required"),
     ] {
         let r = call(a, "POST", path, body);

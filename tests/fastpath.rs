@@ -418,6 +418,16 @@ fn framed_for_the_clients_version(up: &Scripted, fast: &str) {
         };
         assert_eq!(body, expected, "{path}");
     }
+    // Nor on a head of a chunked answer (a HEAD's), which has no body to frame.
+    let mut s = connect(gw.port, 10);
+    s.write_all(b"HEAD /chunked HTTP/1.0\r\nHost: tiles\r\n\r\n")
+        .expect("send");
+    let raw = String::from_utf8_lossy(&read_to_close(&mut s)).to_ascii_lowercase();
+    assert!(raw.starts_with("http/1.1 200 "), "HEAD: {raw}");
+    assert!(
+        !raw.contains("transfer-encoding"),
+        "HEAD: chunks to HTTP/1.0: {raw}"
+    );
 }
 
 /// An upstream's chunked answer with a trailer ends once for the client: the connection then

@@ -862,7 +862,10 @@ fn populate_keeps_a_key_that_moves_to_an_app_listed_before() {
         r#"{{"scopes": ["wmts"], "users": {{"customer1": {{}}, "customer2": {app}}}}}"#
     ));
     // A scope, two users, an app.
-    assert!(first.contains("4 created, 0 removed, 0 unchanged"), "{first}");
+    assert!(
+        first.contains("4 created, 0 removed, 0 unchanged"),
+        "{first}"
+    );
     let moved =
         format!(r#"{{"scopes": ["wmts"], "users": {{"customer1": {app}, "customer2": {{}}}}}}"#);
     let out = populate(&moved);
@@ -877,7 +880,10 @@ fn populate_keeps_a_key_that_moves_to_an_app_listed_before() {
     );
     // Run again, the scope is counted among what is unchanged, as it was among what was made.
     let again = populate(&moved);
-    assert!(again.contains("0 created, 0 removed, 4 unchanged"), "{again}");
+    assert!(
+        again.contains("0 created, 0 removed, 4 unchanged"),
+        "{again}"
+    );
 }
 
 #[test]

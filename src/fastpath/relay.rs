@@ -304,6 +304,10 @@ fn response_head(
     let bodiless =
         req.method == http::Method::HEAD || matches!(resp.status.as_u16(), 100..=199 | 204 | 304);
     if bodiless || resp.headers.contains_key(CONTENT_LENGTH) {
+        if req.version < http::Version::HTTP_11 {
+            // (A HEAD's or a 304's head of a chunked answer: no chunks named to HTTP/1.0.)
+            resp.remove_header(&TRANSFER_ENCODING);
+        }
         return Ok(false);
     }
     if req.version == http::Version::HTTP_11 {
