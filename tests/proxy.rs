@@ -626,6 +626,23 @@ fn what_is_no_http_is_refused_at_once() {
             assert_eq!(r.status, status, "{method} {}", target.escape_debug());
         }
     }
+    // A HEAD refused so gets the head of the 400 without its text (RFC 9110 §9.3.2): as an
+    // HTTP/0.9 line, with a version in lower case, with `*` for a target.
+    for sent in [
+        &b"HEAD /raw/x\r\n"[..],
+        b"HEAD /raw/x http/1.1\r\nHost: h\r\n\r\n",
+        b"HEAD * HTTP/1.1\r\nHost: h\r\n\r\n",
+    ] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
+        conn.set_read_timeout(Some(Duration::from_secs(8)))
+            .expect("timeout");
+        conn.write_all(sent).expect("send");
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(text.starts_with("HTTP/1.1 400 "), "{}: {text}", sent.escape_ascii());
+        assert!(text.ends_with("\r\n\r\n"), "{}: a body: {text}", sent.escape_ascii());
+    }
     // A head still on its way is waited for.
     assert_eq!(get(s.gw.port, "GET", "/raw/x", &[]).status, 200);
 }

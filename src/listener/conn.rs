@@ -19,8 +19,8 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::{timeout_at, Instant};
 
 use super::head::{
-    fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed, skip_blank_lines,
-    too_many_headers, Refused, NOT_ALLOWED_405, PLAIN_HTTP_400, TOO_LARGE_431,
+    answer_to, fast_reads, malformed, next_request_at, read_head, refuse, refuse_malformed,
+    skip_blank_lines, too_many_headers, Refused, NOT_ALLOWED_405, PLAIN_HTTP_400, TOO_LARGE_431,
 };
 use super::io::ClientIo;
 use super::ClientLimits;
@@ -283,7 +283,10 @@ where
         )
         .await
         .and_then(|h| match too_many_headers(&h) {
-            true => Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431)),
+            true => Err(Refused::Reply(
+                ConnClose::HeadTooLarge,
+                answer_to(&h, TOO_LARGE_431),
+            )),
             false => Ok(h),
         });
         let head = match head {
@@ -304,7 +307,8 @@ where
         // one it refuses with a bare 400 of its own and counts nothing: refused here instead.
         if !fast.is_some_and(|_| fast_reads(&head)) {
             if let Some(e) = malformed(&head).await {
-                return refuse_malformed(stream, &e).await;
+                let head_request = head.starts_with(b"HEAD ");
+                return refuse_malformed(stream, &e, head_request).await;
             }
             // A tunnel is no request a gateway proxies (Pingora's proxy refuses it too, with a
             // bare 405 of its own).
@@ -354,11 +358,14 @@ where
             };
             // Boxed: what serving a request needs lives only while it is served, not in every
             // idle connection's task.
+            let head_request = head.starts_with(b"HEAD ");
             match super::boxed(|| fast.serve(stream, head, &session_limits)).await {
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
                 Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
                 Served::Closed => return Next::Close(ConnClose::Done),
-                Served::Malformed(s, e) => return Next::Close(refuse_malformed(s, &e).await),
+                Served::Malformed(s, e) => {
+                    return Next::Close(refuse_malformed(s, &e, head_request).await)
+                }
                 Served::HandOver(session) => session,
             }
         }

@@ -34,6 +34,15 @@ pub(super) const PLAIN_HTTP_400: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-T
 pub(super) const NOT_ALLOWED_405: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 18\r\nConnection: close\r\n\r\nMethod Not Allowed";
 pub(super) const TOO_LARGE_431: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 31\r\nConnection: close\r\n\r\nRequest Header Fields Too Large";
 
+/// `response`, a fixed one, as the answer to the request whose bytes begin `head`: without its
+/// body to a `HEAD` (RFC 9110 §9.3.2).
+pub(super) fn answer_to(head: &[u8], response: &'static [u8]) -> &'static [u8] {
+    match memchr::memmem::find(response, b"\r\n\r\n") {
+        Some(end) if head.starts_with(b"HEAD ") => &response[..end + 4],
+        _ => response,
+    }
+}
+
 /// Reads one request head. Waits for its first byte until `wait_until` (`timer`, the
 /// connection's, is moved to it when it would go off later), holding no buffer while it waits
 /// where the transport can tell without reading.
@@ -67,7 +76,8 @@ pub(super) async fn read_head(
     }
     // What came with the request before is looked at as a read's bytes are (below).
     if begun && never_a_head(&carried, 0) {
-        return Err(Refused::Reply(ConnClose::Malformed, BAD_REQUEST_400));
+        let answer = answer_to(&carried, BAD_REQUEST_400);
+        return Err(Refused::Reply(ConnClose::Malformed, answer));
     }
     let mut probe = [0u8; 1];
     if timer.deadline() > wait_until {
@@ -126,7 +136,10 @@ pub(super) async fn read_head(
         };
         match read {
             None if before == 0 => return Err(Refused::Close(silent)),
-            None => return Err(Refused::Reply(ConnClose::HeaderTimeout, TIMEOUT_408)),
+            None => {
+                let answer = answer_to(&buf, TIMEOUT_408);
+                return Err(Refused::Reply(ConnClose::HeaderTimeout, answer));
+            }
             Some(Err(e)) => {
                 log::debug!("client connection: read error before a request head: {e}");
                 return Err(Refused::Close(ConnClose::Done));
@@ -153,13 +166,15 @@ pub(super) async fn read_head(
             return Ok(buf);
         }
         if never_a_head(&buf, before) {
-            return Err(Refused::Reply(ConnClose::Malformed, BAD_REQUEST_400));
+            let answer = answer_to(&buf, BAD_REQUEST_400);
+            return Err(Refused::Reply(ConnClose::Malformed, answer));
         }
         if !first && partial.is_none() {
             *partial = Some(fresh());
         }
         if buf.len() > limits.max_head {
-            return Err(Refused::Reply(ConnClose::HeadTooLarge, TOO_LARGE_431));
+            let answer = answer_to(&buf, TOO_LARGE_431);
+            return Err(Refused::Reply(ConnClose::HeadTooLarge, answer));
         }
     }
 }
@@ -204,14 +219,22 @@ pub(super) async fn linger<S: tokio::io::AsyncRead + Unpin + ?Sized>(stream: &mu
 /// Answers a request head Pingora's parser refused (`e`) with a 400 and closes. The log line
 /// says why, never with a part of the head (an error's context made for the head holds it, the
 /// target or the whole head: it may hold a credential; a fixed one does not).
-pub(super) async fn refuse_malformed(stream: Stream, e: &pingora_core::Error) -> ConnClose {
+pub(super) async fn refuse_malformed(
+    stream: Stream,
+    e: &pingora_core::Error,
+    head_request: bool,
+) -> ConnClose {
     let why = match (&e.cause, &e.context) {
         (Some(cause), _) => cause.to_string(),
         (None, Some(context)) if !context.is_owned() => context.to_string(),
         _ => e.etype().as_str().to_string(),
     };
     log::debug!("client connection: a malformed request head ({why}): answered 400");
-    refuse(stream, ConnClose::Malformed, BAD_REQUEST_400).await
+    let answer = match head_request {
+        true => answer_to(b"HEAD ", BAD_REQUEST_400),
+        false => BAD_REQUEST_400,
+    };
+    refuse(stream, ConnClose::Malformed, answer).await
 }
 
 /// Whether the fast path reads `head` itself (a `GET` or `HEAD`; it refuses a malformed one
