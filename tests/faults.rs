@@ -302,6 +302,9 @@ fn request_smuggling_is_refused_or_normalised() {
             "GET foo:bar://h/tiles/a HTTP/1.1\r\nHost: h\r\n\r\n",
         ),
         ("a Host with a space and a slash", "GET /tiles/a HTTP/1.1\r\nHost: a b/c\r\n\r\n"),
+        ("a Host whose port is no number", "GET /tiles/a HTTP/1.1\r\nHost: h:abc\r\n\r\n"),
+        ("a Host with two colons", "GET /tiles/a HTTP/1.1\r\nHost: h:80:81\r\n\r\n"),
+        ("an IPv6 Host not closed", "GET /tiles/a HTTP/1.1\r\nHost: [::1:80\r\n\r\n"),
         (
             "a POST with two spaces after the method",
             "POST  /tiles/a HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi",

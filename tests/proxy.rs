@@ -640,8 +640,16 @@ fn what_is_no_http_is_refused_at_once() {
         let mut answer = Vec::new();
         let _ = conn.read_to_end(&mut answer);
         let text = String::from_utf8_lossy(&answer);
-        assert!(text.starts_with("HTTP/1.1 400 "), "{}: {text}", sent.escape_ascii());
-        assert!(text.ends_with("\r\n\r\n"), "{}: a body: {text}", sent.escape_ascii());
+        assert!(
+            text.starts_with("HTTP/1.1 400 "),
+            "{}: {text}",
+            sent.escape_ascii()
+        );
+        assert!(
+            text.ends_with("\r\n\r\n"),
+            "{}: a body: {text}",
+            sent.escape_ascii()
+        );
     }
     // A head still on its way is waited for.
     assert_eq!(get(s.gw.port, "GET", "/raw/x", &[]).status, 200);

@@ -93,6 +93,28 @@ impl<'a> RequestTarget<'a> {
 
 /// The bytes a Host may hold (RFC 3986's reg-name, an IP literal's brackets and colons, a
 /// port).
+/// Whether the port a Host names, if it names one, is digits (RFC 3986 §3.2.3: it may be
+/// empty); an IPv6 literal's colons are within its brackets.
+fn port_is_number(host: &[u8]) -> bool {
+    // (Byte by byte: a host is a few bytes, less than `memchr`'s set-up.)
+    let find = |c: u8| host.iter().position(|b| *b == c);
+    let after_name = match host.first() {
+        Some(b'[') => match find(b']') {
+            Some(i) => &host[i + 1..],
+            None => return false,
+        },
+        _ => match find(b':') {
+            Some(i) => &host[i..],
+            None => return true,
+        },
+    };
+    match after_name.split_first() {
+        None => true,
+        Some((b':', port)) => port.iter().all(u8::is_ascii_digit),
+        Some(_) => false,
+    }
+}
+
 static HOST_BYTE: [bool; 256] = {
     let mut ok = [false; 256];
     let mut b = 0;
@@ -209,6 +231,11 @@ pub async fn decide(
     // key when it reaches the upstream. Refused, as nginx does.
     if host_line.is_some_and(|h| !h.as_bytes().iter().all(|b| HOST_BYTE[usize::from(*b)])) {
         log::debug!("refused a request: a Host with characters no host has");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
+    // Nor is one whose port is no number (`h:abc`, `a:b:c`; RFC 9112 §3.2: an invalid Host).
+    if host_line.is_some_and(|h| !port_is_number(h.as_bytes())) {
+        log::debug!("refused a request: a Host whose port is no number");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A method in lower case (`delete`): an apiEndpoint's `methods` and a `method` condition
@@ -512,6 +539,26 @@ fn apply_upstream_edits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hosts_port_is_digits() {
+        for ok in [
+            "h",
+            "h.example",
+            "h:8080",
+            "h:",
+            "[::1]",
+            "[::1]:80",
+            "[::1]:",
+        ] {
+            assert!(port_is_number(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "h:abc", "h:80:81", "h:8a", "[::1", "[::1]x", "[::1]:x", "a:b:c",
+        ] {
+            assert!(!port_is_number(bad.as_bytes()), "{bad}");
+        }
+    }
 
     /// Each name's values in order, names sorted.
     fn by_name(pairs: impl Iterator<Item = (String, String)>) -> Vec<(String, Vec<String>)> {
