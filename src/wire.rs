@@ -46,6 +46,22 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
+/// Whether a request's `Connection` names a header the request carries that is not one of the
+/// connection's own ([`HOP_BY_HOP`], `HTTP2-Settings`): one removed before the request goes
+/// upstream, while the gateway would have routed, authorised and keyed the request by it.
+pub fn names_an_end_to_end_header(headers: &HeaderMap) -> bool {
+    connection_tokens(headers).any(|t| {
+        !t.eq_ignore_ascii_case(b"close")
+            && !HOP_BY_HOP
+                .iter()
+                .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+            && !t.eq_ignore_ascii_case(b"http2-settings")
+            && headers
+                .keys()
+                .any(|n| t.eq_ignore_ascii_case(n.as_str().as_bytes()))
+    })
+}
+
 /// Whether a `Connection` header, on any of its lines, says `close` (RFC 9112 §9.6: the
 /// connection closes after this exchange; Pingora's session reads only the first line).
 pub fn asks_close(headers: &HeaderMap) -> bool {

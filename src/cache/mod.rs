@@ -238,6 +238,11 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     if *method != http::Method::GET && *method != http::Method::HEAD {
         return;
     }
+    // A GET with a body: it goes upstream with it, and the key holds no body — the answer
+    // made for it would be stored as everyone's.
+    if has_body(session.req_header()) {
+        return;
+    }
     if forwarding::of(&session.req_header().headers, &u.rule).is_err() {
         return; // not cached: see [`forwarding::MAX_PART`]
     }
@@ -258,6 +263,16 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     );
     session.cache.set_max_file_size_bytes(rule.max_object_size);
     neutral_fill(x);
+}
+
+/// Whether a request head says a body comes with it.
+fn has_body(req: &pingora_http::RequestHeader) -> bool {
+    req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .any(|v| v.to_str().ok().and_then(|n| n.trim().parse::<u64>().ok()) != Some(0))
 }
 
 /// A HEAD goes upstream as a HEAD. Pingora's cache phases make it a GET, to store the body;

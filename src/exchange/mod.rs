@@ -48,6 +48,9 @@ pub struct Facts<'a> {
     /// The head has neither `Content-Length` nor `Transfer-Encoding` (its reader refused any):
     /// its framing needs no check.
     pub bodiless: bool,
+    /// The head's `Connection`, if any, names only `close` or `keep-alive` (its reader refused
+    /// any other): it needs no check.
+    pub plain_connection: bool,
 }
 
 /// A request's target, in the parts the pipelines read.
@@ -231,6 +234,15 @@ pub async fn decide(
     // key when it reaches the upstream. Refused, as nginx does.
     if host_line.is_some_and(|h| !h.as_bytes().iter().all(|b| HOST_BYTE[usize::from(*b)])) {
         log::debug!("refused a request: a Host with characters no host has");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
+    // A `Connection` that names a header the request carries (`Connection: Host`,
+    // `Connection: X-Forwarded-Host`): the header is the connection's own, and goes no
+    // further than the gateway (RFC 9110 §7.6.1), while routing, authentication and a tile's
+    // key would read it — a tile fetched without it would be stored as the answer with it.
+    // Refused, as no client sends one (clients name `close`, `keep-alive`, `Upgrade`, `TE`).
+    if !facts.plain_connection && crate::wire::names_an_end_to_end_header(&head.headers) {
+        log::debug!("refused a request: its Connection names a header it carries");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // Nor is one whose port is no number (`h:abc`, `a:b:c`; RFC 9112 §3.2: an invalid Host).

@@ -121,6 +121,8 @@ impl Reading {
             tls,
             // `read` leaves any head with a body's framing headers to the session.
             bodiless: matches!(self, Reading::Own { .. }),
+            // (`read` leaves any other `Connection` to the session too.)
+            plain_connection: matches!(self, Reading::Own { .. }),
         }
     }
 

@@ -109,6 +109,7 @@ fn facts(session: &Session) -> Facts<'_> {
             .map(|a| a.port()),
         tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         bodiless: false,
+        plain_connection: false,
     }
 }
 

@@ -1374,3 +1374,52 @@ fn a_range_of_an_answer_that_may_be_compressed_gets_the_whole_answer() {
     let r = get(gw.port, "GET", path, &[("Range", "bytes=0-99")]);
     assert_eq!((r.status, r.body.len()), (206, 100), "{:?}", r.headers);
 }
+
+/// A header the client's `Connection` names goes no further than the gateway, while the key
+/// (its host, its forwarding headers, a variant) would be made with it: such a request is
+/// refused, on both paths, and nothing is fetched for it (a tile fetched without the header
+/// was stored as the answer with it, for every client that sends it). A GET with a body is
+/// not cached (`BYPASS`): the body goes upstream, and no key holds it.
+#[test]
+fn what_the_upstream_would_not_get_makes_no_key() {
+    let up = PyUpstream::start("tiles", 5.0);
+    for fast in ["on", "off"] {
+        let (_dir, gw) = start(&up, "{ttl: 60}", &["--fast-path", fast]);
+        let served = up.served();
+        for (named, value) in [
+            ("Host", "tiles.example.com"),
+            ("X-Forwarded-Host", "tiles.example.com"),
+            ("Accept-Language", "de"),
+        ] {
+            let r = support::request(
+                gw.port,
+                &format!(
+                    "GET /open/named.xml HTTP/1.1\r\nHost: tiles.example.com\r\n{named}: {value}\r\nConnection: keep-alive, {named}\r\n\r\n"
+                ),
+                false,
+            );
+            assert_eq!(r.status, 400, "{fast}: Connection: {named}");
+        }
+        assert_eq!(up.served(), served, "{fast}: fetched for a refused request");
+        // The connection's own headers may be named, as clients name them.
+        let r = support::request(
+            gw.port,
+            "GET /open/te.xml HTTP/1.1\r\nHost: h\r\nTE: trailers\r\nConnection: keep-alive, TE\r\n\r\n",
+            false,
+        );
+        assert_eq!(r.status, 200, "{fast}: Connection: TE");
+        let path = format!("/open/{fast}/with-body.png?echo=headers");
+        let r = support::request(
+            gw.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: h\r\nContent-Length: 9\r\n\r\nPOISONED!"),
+            false,
+        );
+        assert_eq!((r.status, cache_status(&r)), (200, "BYPASS"), "{fast}");
+        let next = get(gw.port, "GET", &path, &[]);
+        assert_eq!(
+            cache_status(&next),
+            "MISS",
+            "{fast}: the answer to a GET with a body was stored"
+        );
+    }
+}
