@@ -475,7 +475,8 @@ impl ProxyHttp for Tollgate {
             upstream_response.remove_header(&http::header::CONTENT_LENGTH);
             upstream_response.remove_header(&http::header::TRANSFER_ENCODING);
         }
-        if ctx.x.cache.is_some() {
+        // (An interim answer, `100` or `103`, says nothing of the cache: the final one does.)
+        if ctx.x.cache.is_some() && !upstream_response.status.is_informational() {
             upstream_response.insert_header(
                 crate::cache::X_CACHE_STATUS.clone(),
                 crate::cache::status(session, &ctx.x),

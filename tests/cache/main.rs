@@ -1423,3 +1423,36 @@ fn what_the_upstream_would_not_get_makes_no_key() {
         );
     }
 }
+
+/// An interim answer (`103 Early Hints`) relayed through Pingora's cache phases says nothing
+/// of the cache: the final answer has the `X-Cache-Status`.
+#[test]
+fn an_interim_answer_has_no_cache_status() {
+    use std::io::{Read, Write};
+    let hints = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = hints.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in hints.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nCache-Control: max-age=60\r\nContent-Length: 2\r\n\r\nok",
+            );
+        }
+    });
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  open: {{paths: '/open/*'}}\nserviceEndpoints:\n  up: {{url: 'http://127.0.0.1:{port}'}}\npolicies: [cache, proxy]\npipelines:\n  open:\n    apiEndpoints: [open]\n    policies:\n      - cache:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
+    );
+    let (_dir, gw) = start_config(&yml, &["--fast-path", "off"]);
+    let mut s = support::client::connect(gw.port, 10);
+    s.write_all(b"GET /open/hinted HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).to_ascii_lowercase();
+    let (interim, last) = text.split_once("\r\n\r\n").expect("two heads");
+    assert!(interim.starts_with("http/1.1 103"), "{text}");
+    assert!(!interim.contains("x-cache-status"), "{text}");
+    assert!(last.contains("x-cache-status: miss"), "{text}");
+}
