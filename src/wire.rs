@@ -103,18 +103,41 @@ pub fn end_with_connection(buf: &mut BytesMut, keepalive: bool) {
 /// at an encoded slash (`%2f`, `%5c`) too, and a segment ends at `;` (a path parameter, which
 /// Java servers drop before resolving `..;/`).
 pub fn has_dot_segment(path: &str) -> bool {
+    path_shape(path).dot_segment
+}
+
+/// What a path has that the gateway looks for before routing it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathShape {
+    /// A `.` or `..` segment (see [`has_dot_segment`]).
+    pub dot_segment: bool,
+    /// A `/` twice in a row.
+    pub repeated_slash: bool,
+}
+
+/// The [`PathShape`] of a path.
+pub fn path_shape(path: &str) -> PathShape {
     let p = path.as_bytes();
-    // Most paths have a dot only in their file name, and no `%` or `\`: one pass over their
-    // few bytes (cheaper than a `memchr`'s setup).
+    // Most paths have a dot only in their file name, no `//`, and no `%` or `\`: one pass
+    // over their few bytes (cheaper than a `memchr`'s setup). (`b | 1 == b'/'`: a `.` or a
+    // `/`, 0x2e and 0x2f.)
     let mut prev = 0;
     let suspect = p.iter().any(|&b| {
-        let dot_first = b == b'.' && prev == b'/';
+        let after_slash = b | 1 == b'/' && prev == b'/';
         prev = b;
-        dot_first || b == b'%' || b == b'\\'
+        after_slash || b == b'%' || b == b'\\'
     });
     if !suspect {
-        return false;
+        return PathShape::default();
     }
+    PathShape {
+        dot_segment: dot_segment(p),
+        repeated_slash: p.windows(2).any(|w| w == b"//"),
+    }
+}
+
+/// Whether the bytes of a path have a dot segment (see [`has_dot_segment`]).
+fn dot_segment(p: &[u8]) -> bool {
     // `%` then the two bytes, lowercase, at `i`.
     let escape = |i: usize| {
         (p.get(i) == Some(&b'%') && i + 2 < p.len())
@@ -155,6 +178,22 @@ pub fn has_dot_segment(path: &str) -> bool {
             i += 1;
         }
     }
+}
+
+/// `url` (a path and maybe a query) with the repeated slashes of its path made one, as the
+/// proxy's join makes them one upstream.
+pub fn collapsed_slashes(url: &str) -> String {
+    let end = memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len());
+    let mut out = String::with_capacity(url.len());
+    let mut prev = 0u8;
+    for c in url[..end].chars() {
+        if !(c == '/' && prev == b'/') {
+            out.push(c);
+        }
+        prev = if c == '/' { b'/' } else { 0 };
+    }
+    out.push_str(&url[end..]);
+    out
 }
 
 /// The request line at the start of `head` (blank lines before it skipped), without its line
@@ -229,6 +268,26 @@ pub fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_paths_shape_and_its_slashes_made_one() {
+        for (path, dot, slashes) in [
+            ("/wmts/1/2/3.png", false, false),
+            ("//admin/x", false, true),
+            ("/a/./b", true, false),
+            ("/a//../b", true, true),
+            ("/a%2f..", true, false),
+        ] {
+            let shape = path_shape(path);
+            assert_eq!(
+                (shape.dot_segment, shape.repeated_slash),
+                (dot, slashes),
+                "{path}"
+            );
+        }
+        assert_eq!(collapsed_slashes("///a//b/?q=//x"), "/a/b/?q=//x");
+        assert_eq!(collapsed_slashes("/é//b"), "/é/b");
+    }
 
     #[test]
     fn hex_digits() {

@@ -216,3 +216,24 @@ fn healthcheck_answers_before_pipelines() {
     assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
     assert_eq!(body_of(gw.port, "/other", "h"), "all");
 }
+
+/// Repeated slashes are made one before routing, as the proxy's join makes them one upstream:
+/// `//admin/x` is routed as `/admin/x`, to the endpoint its upstream path belongs to, not to a
+/// catch-all (which proxied it to `/admin/x` unauthorised). A query's `//` stays.
+#[test]
+fn repeated_slashes_route_as_one() {
+    let (_d, gw) = gateway(
+        "  admin: {paths: '/admin/*'}\n  all: {paths: '/*'}\n",
+        &["admin", "all"],
+        "",
+    );
+    for path in [
+        "/admin/x",
+        "//admin/x",
+        "///admin//x",
+        "/admin//x?u=http://h//y",
+    ] {
+        assert_eq!(body_of(gw.port, path, "h"), "admin", "{path}");
+    }
+    assert_eq!(body_of(gw.port, "/other//x", "h"), "all");
+}

@@ -94,19 +94,29 @@ impl<'a> RequestTarget<'a> {
     }
 }
 
-/// The bytes a Host may hold (RFC 3986's reg-name, an IP literal's brackets and colons, a
-/// port).
+/// Whether a Host holds only the bytes a host has ([`HOST_BYTE`]) and its port, if it names
+/// one, is a number. (One pass: the port is looked at only in a Host with a `:` or `[`.)
+fn host_is_valid(host: &[u8]) -> bool {
+    let mut special = false;
+    for &b in host {
+        if !HOST_BYTE[usize::from(b)] {
+            return false;
+        }
+        special |= b == b':' || b == b'[';
+    }
+    !special || port_is_number(host)
+}
+
 /// Whether the port a Host names, if it names one, is digits (RFC 3986 §3.2.3: it may be
 /// empty); an IPv6 literal's colons are within its brackets.
 fn port_is_number(host: &[u8]) -> bool {
     // (Byte by byte: a host is a few bytes, less than `memchr`'s set-up.)
-    let find = |c: u8| host.iter().position(|b| *b == c);
     let after_name = match host.first() {
-        Some(b'[') => match find(b']') {
+        Some(b'[') => match host.iter().position(|b| *b == b']') {
             Some(i) => &host[i + 1..],
             None => return false,
         },
-        _ => match find(b':') {
+        _ => match host.iter().position(|b| *b == b':') {
             Some(i) => &host[i..],
             None => return true,
         },
@@ -118,6 +128,8 @@ fn port_is_number(host: &[u8]) -> bool {
     }
 }
 
+/// The bytes a Host may hold (RFC 3986's reg-name, an IP literal's brackets and colons, a
+/// port).
 static HOST_BYTE: [bool; 256] = {
     let mut ok = [false; 256];
     let mut b = 0;
@@ -231,9 +243,15 @@ pub async fn decide(
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A Host that is no host (`a b/c`): routed by host globs, forwarded, and part of a tile's
-    // key when it reaches the upstream. Refused, as nginx does.
-    if host_line.is_some_and(|h| !h.as_bytes().iter().all(|b| HOST_BYTE[usize::from(*b)])) {
-        log::debug!("refused a request: a Host with characters no host has");
+    // key when it reaches the upstream. Refused, as nginx does; so is one whose port is no
+    // number (`h:abc`, `a:b:c`; RFC 9112 §3.2: an invalid Host).
+    // (The Host line's bytes, else the target's authority: HTTP/2's `:authority`, which
+    // `http`'s parser takes with a port that is no number.)
+    let named_host = host_line
+        .map(|h| h.as_bytes())
+        .or(authority.map(str::as_bytes));
+    if named_host.is_some_and(|h| !host_is_valid(h)) {
+        log::debug!("refused a request: a Host that is no host, or whose port is no number");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A `Connection` that names a header the request carries (`Connection: Host`,
@@ -243,11 +261,6 @@ pub async fn decide(
     // Refused, as no client sends one (clients name `close`, `keep-alive`, `Upgrade`, `TE`).
     if !facts.plain_connection && crate::wire::names_an_end_to_end_header(&head.headers) {
         log::debug!("refused a request: its Connection names a header it carries");
-        return Decision::Refuse(Reply::text(400, "Bad Request"));
-    }
-    // Nor is one whose port is no number (`h:abc`, `a:b:c`; RFC 9112 §3.2: an invalid Host).
-    if host_line.is_some_and(|h| !port_is_number(h.as_bytes())) {
-        log::debug!("refused a request: a Host whose port is no number");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A method in lower case (`delete`): an apiEndpoint's `methods` and a `method` condition
@@ -260,10 +273,25 @@ pub async fn decide(
     // A `.` or `..` segment would be resolved by the upstream to another path than the one
     // routed and authorised here (`/wmts/../k2/x` under the wmts scope): refused, as no map
     // client sends one.
-    if crate::wire::has_dot_segment(path) {
+    let shape = crate::wire::path_shape(path);
+    if shape.dot_segment {
         log::debug!("refused a request: a dot segment in its path");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
+    // Repeated slashes are made one (`//admin/x` is `/admin/x`), as the proxy's join makes
+    // them one upstream: routed as it came, a `//` spelling missed its endpoint (and its
+    // scopes), fell to a catch-all route, and reached the endpoint's path upstream
+    // unauthorised.
+    let collapsed = shape
+        .repeated_slash
+        .then(|| crate::wire::collapsed_slashes(url));
+    let (path, url) = match &collapsed {
+        Some(c) => {
+            let end = memchr::memchr(b'?', c.as_bytes()).unwrap_or(c.len());
+            (&c[..end], c.as_str())
+        }
+        None => (path, url),
+    };
     let (client_ip, server_port, tls) = (facts.client_ip, facts.server_port, facts.tls);
     let mut from = 0;
     while let Some(ri) = gw.router.find(from, host, path, method) {
@@ -564,12 +592,15 @@ mod tests {
             "[::1]:",
         ] {
             assert!(port_is_number(ok.as_bytes()), "{ok}");
+            assert!(host_is_valid(ok.as_bytes()), "{ok}");
         }
         for bad in [
             "h:abc", "h:80:81", "h:8a", "[::1", "[::1]x", "[::1]:x", "a:b:c",
         ] {
             assert!(!port_is_number(bad.as_bytes()), "{bad}");
+            assert!(!host_is_valid(bad.as_bytes()), "{bad}");
         }
+        assert!(!host_is_valid(b"a b/c"));
     }
 
     /// Each name's values in order, names sorted.

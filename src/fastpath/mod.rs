@@ -50,9 +50,9 @@ pub enum Served {
     /// Pingora's proxy serves this request: the session holds its head, unread, and what the
     /// fast path decided for it, if it ran its pipelines.
     HandOver(Box<ServerSession>),
-    /// The request head is malformed (why: the error): the listener refuses it (a 400) and
-    /// closes.
-    Malformed(Stream, Box<pingora_core::Error>),
+    /// The request head is malformed (why: the error, and whether it is a HEAD's): the
+    /// listener refuses it (a 400) and closes.
+    Malformed(Stream, Box<pingora_core::Error>, bool),
 }
 
 /// The fast path of the gateway's listener.
@@ -86,7 +86,10 @@ impl FastPath {
         let reading = match Reading::of(stream, head, limits).await {
             Ok(r) => r,
             // Malformed: Pingora's proxy would answer a bare 400 of its own.
-            Err(Unread(stream, _, Some(refused))) => return Served::Malformed(stream, refused),
+            Err(Unread(stream, head, Some(refused))) => {
+                let head_request = head.starts_with(b"HEAD ");
+                return Served::Malformed(stream, refused, head_request);
+            }
             Err(Unread(stream, head, None)) => {
                 return Served::HandOver(Box::new(hand_over(stream, head, None)))
             }

@@ -358,12 +358,11 @@ where
             };
             // Boxed: what serving a request needs lives only while it is served, not in every
             // idle connection's task.
-            let head_request = head.starts_with(b"HEAD ");
             match super::boxed(|| fast.serve(stream, head, &session_limits)).await {
                 Served::KeepAlive(s) if !*shutdown.borrow() => return Next::KeepAlive(s),
                 Served::KeepAlive(_) => return Next::Close(ConnClose::Shutdown),
                 Served::Closed => return Next::Close(ConnClose::Done),
-                Served::Malformed(s, e) => {
+                Served::Malformed(s, e, head_request) => {
                     return Next::Close(refuse_malformed(s, &e, head_request).await)
                 }
                 Served::HandOver(session) => session,
