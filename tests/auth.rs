@@ -146,11 +146,20 @@ fn kargo_tile_pipeline_end_to_end() {
         gw.port,
         "GET",
         "/wmts/1/2/3.png",
-        &[("Authorization", &bearer(&t)), ("eg-consumer-id", "forged")],
+        &[
+            ("Authorization", &bearer(&t)),
+            ("eg-consumer-id", "forged"),
+            // Read as `eg-consumer-id` by a WSGI or CGI upstream (HTTP_EG_CONSUMER_ID).
+            ("eg_consumer_id", "forged"),
+        ],
     );
     let e = r.echoed();
     assert_eq!(e.url(), "/1/2/3.png");
     assert_eq!(e.header_all("eg-consumer-id"), vec![kano.clone()]);
+    assert!(
+        e.header_all("eg_consumer_id").is_empty(),
+        "a forged id with `_`"
+    );
     // The same token in the query (browser tiles).
     let r = get(gw.port, "GET", &format!("/wms?SERVICE=WMS&jwt={t}"), &[]);
     assert_eq!(r.echoed().header("eg-consumer-id"), Some(kano.clone()));

@@ -505,9 +505,19 @@ pub fn reply_header(reply: &Reply, edits: &[HeaderEdit]) -> Result<ResponseHeade
 /// [`crate::cache::policy::CacheRule::secret_headers`]; a header a step sets is sent, and is
 /// part of the key).
 pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: bool) -> Result<()> {
-    // A client never speaks for the gateway about who the consumer is.
+    // A client never speaks for the gateway about who the consumer is: nor with `_` for `-`
+    // (`eg_consumer_id`), which a WSGI or CGI upstream reads as the same header.
     if upstream.headers.contains_key(&EG_CONSUMER_ID) {
         upstream.remove_header(&EG_CONSUMER_ID);
+    }
+    let posing: smallvec::SmallVec<[HeaderName; 1]> = upstream
+        .headers
+        .keys()
+        .filter(|n| poses_as_consumer_id(n.as_str()))
+        .cloned()
+        .collect();
+    for name in &posing {
+        upstream.remove_header(name);
     }
     if filling {
         let secret = x
@@ -561,6 +571,17 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
     Ok(())
 }
 
+/// Whether a header name is `eg-consumer-id` with a `_` for one of its `-`.
+fn poses_as_consumer_id(name: &str) -> bool {
+    let want = EG_CONSUMER_ID.as_str().as_bytes();
+    name.len() == want.len()
+        && name.contains('_')
+        && name
+            .bytes()
+            .zip(want)
+            .all(|(a, b)| a == *b || (a == b'_' && *b == b'-'))
+}
+
 /// Applies the pipeline's `edits` to the upstream request; for a cache fill (made for every
 /// consumer) without those of `eg-consumer-id`, which names one.
 fn apply_upstream_edits(
@@ -579,6 +600,21 @@ fn apply_upstream_edits(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_consumer_id_with_underscores_is_one() {
+        for name in ["eg_consumer_id", "eg-consumer_id", "eg_consumer-id"] {
+            assert!(poses_as_consumer_id(name), "{name}");
+        }
+        for name in [
+            "eg-consumer-id",
+            "eg_consumer_idx",
+            "x_consumer_id",
+            "eg_request_id",
+        ] {
+            assert!(!poses_as_consumer_id(name), "{name}");
+        }
+    }
 
     #[test]
     fn a_hosts_port_is_digits() {
