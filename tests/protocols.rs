@@ -115,6 +115,38 @@ fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
         "another host's tile was served"
     );
     assert_eq!(up.served(), 2);
+    // A GET with a body (its stream goes on after the head, no Content-Length) is not cached:
+    // the body goes upstream, and no key holds it.
+    let resolve = format!("a.example:{}:127.0.0.1", gw.port);
+    let url = format!("https://a.example:{}/tiles/with-body.png", gw.port);
+    let with_body = [
+        "--http2",
+        "--resolve",
+        &resolve,
+        "-X",
+        "GET",
+        "--data-binary",
+        "POISONED!",
+        "-H",
+        "Content-Length:",
+        "-H",
+        "Content-Type:",
+        "-w",
+        "%{http_version} %header{x-cache-status}\n",
+    ];
+    assert_eq!(curl(&with_body, &[url.clone()]).0, ["2 BYPASS"]);
+    let plain = [
+        "--http2",
+        "--resolve",
+        &resolve,
+        "-w",
+        "%{http_version} %header{x-cache-status}\n",
+    ];
+    assert_eq!(
+        curl(&plain, &[url]).0,
+        ["2 MISS"],
+        "the answer to a GET with a body was stored"
+    );
 }
 
 #[test]

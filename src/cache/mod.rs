@@ -234,13 +234,14 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     let (Some(cache), Some(u)) = (get(), &x.cache) else {
         return;
     };
-    let method = &session.req_header().method;
-    if *method != http::Method::GET && *method != http::Method::HEAD {
+    let method = session.req_header().method.clone();
+    if method != http::Method::GET && method != http::Method::HEAD {
         return;
     }
     // A GET with a body: it goes upstream with it, and the key holds no body — the answer
-    // made for it would be stored as everyone's.
-    if has_body(session.req_header()) {
+    // made for it would be stored as everyone's. (HTTP/2 says so by the stream not ending
+    // with the head.)
+    if !session.as_downstream_mut().is_body_empty() {
         return;
     }
     if forwarding::of(&session.req_header().headers, &u.rule).is_err() {
@@ -253,7 +254,7 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     // A HEAD's miss takes no lock: it stores nothing (see [`keep_head`]), and a lock left
     // held made the tile's GETs wait `lockTimeout` each, for the lock's age. A HEAD is
     // answered from what is stored.
-    let lock = (*method == http::Method::GET).then_some(cache.lock as &'static CacheKeyLockImpl);
+    let lock = (method == http::Method::GET).then_some(cache.lock as &'static CacheKeyLockImpl);
     session.cache.enable(
         cache.store,
         None,
@@ -263,16 +264,6 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     );
     session.cache.set_max_file_size_bytes(rule.max_object_size);
     neutral_fill(x);
-}
-
-/// Whether a request head says a body comes with it.
-fn has_body(req: &pingora_http::RequestHeader) -> bool {
-    req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        || req
-            .headers
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .any(|v| v.to_str().ok().and_then(|n| n.trim().parse::<u64>().ok()) != Some(0))
 }
 
 /// A HEAD goes upstream as a HEAD. Pingora's cache phases make it a GET, to store the body;
