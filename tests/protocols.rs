@@ -134,7 +134,7 @@ fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
         "-w",
         "%{http_version} %header{x-cache-status}\n",
     ];
-    assert_eq!(curl(&with_body, &[url.clone()]).0, ["2 BYPASS"]);
+    assert_eq!(curl(&with_body, std::slice::from_ref(&url)).0, ["2 BYPASS"]);
     let plain = [
         "--http2",
         "--resolve",
