@@ -5,11 +5,12 @@
 //! Windows that ended are swept as new ones come, and at most [`CAP`] are held: past it (a
 //! flood of made-up keys whose windows have not ended), a key with no window is counted in one
 //! that is not kept, and its request let through, as while Redis cannot be reached; one warning
-//! says so, and one info line once a sweep leaves room for half the windows again.
+//! says so when the first of its shards fills, and one info line once sweeps have left every
+//! full shard half empty again.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -33,14 +34,17 @@ pub struct Counters {
     shards: Vec<Mutex<Shard>>,
     /// The most windows a shard holds.
     shard_cap: usize,
-    /// Whether a shard being full was said (and not yet that it has room again).
-    full_said: AtomicBool,
+    /// Shards full (past the cap once, and not yet swept below half of it): the first to
+    /// fill says so, the last to empty says that too.
+    full_shards: AtomicUsize,
 }
 
 #[derive(Default)]
 struct Shard {
     windows: HashMap<String, Hit>,
     inserts_since_sweep: usize,
+    /// Counted in [`Counters::full_shards`].
+    full: bool,
 }
 
 impl Default for Counters {
@@ -56,7 +60,7 @@ impl Counters {
             hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             shard_cap: cap.div_ceil(SHARDS),
-            full_said: AtomicBool::new(false),
+            full_shards: AtomicUsize::new(0),
         }
     }
 
@@ -78,6 +82,7 @@ impl Counters {
             return *hit;
         }
         shard.inserts_since_sweep += 1;
+        let mut emptied = false;
         if shard.inserts_since_sweep >= SWEEP_EVERY {
             shard.inserts_since_sweep = 0;
             shard.windows.retain(|_, hit| hit.resets_at > now);
@@ -85,28 +90,30 @@ impl Counters {
             if shard.windows.capacity() > 2 * shard.windows.len() + SWEEP_EVERY {
                 shard.windows.shrink_to_fit();
             }
-            if shard.windows.len() < self.shard_cap / 2
-                && self.full_said.load(Ordering::Relaxed)
-                && self.full_said.swap(false, Ordering::Relaxed)
-            {
-                log::info!("rate-limit: windows ended; new keys are counted again");
-            }
+            emptied = shard.full && shard.windows.len() < self.shard_cap / 2;
+            shard.full &= !emptied;
         }
         let hit = Hit {
             count: 1,
             resets_at: now + window,
         };
-        if shard.windows.len() >= self.shard_cap {
-            drop(shard);
-            if !self.full_said.swap(true, Ordering::Relaxed) {
-                log::warn!(
-                    "rate-limit: {} windows are counting at once, the most held in memory: requests whose key has no window are let through until windows end",
-                    self.shard_cap * SHARDS
-                );
-            }
-            return hit;
+        let filled = shard.windows.len() >= self.shard_cap;
+        let newly_full = filled && !shard.full;
+        shard.full |= filled;
+        if !filled {
+            shard.windows.insert(key.to_string(), hit);
         }
-        shard.windows.insert(key.to_string(), hit);
+        drop(shard);
+        // (Said outside the shard's lock.)
+        if emptied && self.full_shards.fetch_sub(1, Ordering::Relaxed) == 1 {
+            log::info!("rate-limit: windows ended; new keys are counted again");
+        }
+        if newly_full && self.full_shards.fetch_add(1, Ordering::Relaxed) == 0 {
+            log::warn!(
+                "rate-limit: {} windows are counting at once, the most held in memory: requests whose key has no window are let through until windows end",
+                self.shard_cap * SHARDS
+            );
+        }
         hit
     }
 }
@@ -173,6 +180,8 @@ mod tests {
             c.incr(&format!("rl:flood-{i}"), w, t0);
         }
         assert_eq!(held(&c), SHARDS * 8);
+        // Every shard filled, and is counted so once (one warning).
+        assert_eq!(c.full_shards.load(Ordering::Relaxed), SHARDS);
         // A key with a window goes on counting in it ...
         let kept = c
             .shards
@@ -198,5 +207,7 @@ mod tests {
         assert_eq!(counted, 2);
         assert_eq!(c.incr("rl:latecomer", w, later).count, 3);
         assert!(held(&c) < SHARDS * 8);
+        // The latecomer's shard is no longer full; the others are until they are swept.
+        assert_eq!(c.full_shards.load(Ordering::Relaxed), SHARDS - 1);
     }
 }

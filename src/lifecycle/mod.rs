@@ -386,8 +386,14 @@ impl Lifecycle {
     pub fn reload(&self, trigger: Trigger) -> Outcome {
         let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
         if trigger == Trigger::Watch && !self.inputs_changed() {
-            let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            if std::mem::take(&mut st.refused_on_disk) {
+            let back = std::mem::take(
+                &mut self
+                    .status
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .refused_on_disk,
+            );
+            if back {
                 // The refused reload's folded lines are written before the line that ends it.
                 log::logger().flush();
                 log::info!(
@@ -396,7 +402,6 @@ impl Lifecycle {
             } else {
                 log::debug!("config directories changed, but no config input did");
             }
-            drop(st);
             return Outcome {
                 result: "unchanged",
                 errors: Vec::new(),
