@@ -97,15 +97,21 @@ impl<'a> RequestTarget<'a> {
 /// Whether a Host holds only the bytes a host has ([`HOST_BYTE`]) and its port, if it names
 /// one, is a number. (One pass: the port is looked at only in a Host with a `:` or `[`.)
 fn host_is_valid(host: &[u8]) -> bool {
-    let mut special = false;
+    let mut classes = 0;
     for &b in host {
-        if !HOST_BYTE[usize::from(b)] {
+        let class = HOST_BYTE[usize::from(b)];
+        if class == 0 {
             return false;
         }
-        special |= b == b':' || b == b'[';
+        classes |= class;
     }
-    !special || port_is_number(host)
+    classes & PORT_OR_LITERAL == 0 || port_is_number(host)
 }
+
+/// [`HOST_BYTE`]'s class of a byte that is a host's (`0`: one that is not) ...
+const IN_HOST: u8 = 1;
+/// ... and of `:` and `[`, which begin a port or an IP literal.
+const PORT_OR_LITERAL: u8 = 2;
 
 /// Whether the port a Host names, if it names one, is digits (RFC 3986 §3.2.3: it may be
 /// empty); an IPv6 literal's colons are within its brackets.
@@ -129,13 +135,13 @@ fn port_is_number(host: &[u8]) -> bool {
 }
 
 /// The bytes a Host may hold (RFC 3986's reg-name, an IP literal's brackets and colons, a
-/// port).
-static HOST_BYTE: [bool; 256] = {
-    let mut ok = [false; 256];
+/// port), by class: [`IN_HOST`], with [`PORT_OR_LITERAL`] for `:` and `[`; `0` for others.
+static HOST_BYTE: [u8; 256] = {
+    let mut class = [0; 256];
     let mut b = 0;
     while b < 256 {
         let c = b as u8;
-        ok[b] = c.is_ascii_alphanumeric()
+        let ok = c.is_ascii_alphanumeric()
             || matches!(
                 c,
                 b'-' | b'.'
@@ -157,9 +163,14 @@ static HOST_BYTE: [bool; 256] = {
                     | b']'
                     | b'%'
             );
+        class[b] = match (ok, c) {
+            (false, _) => 0,
+            (true, b':' | b'[') => IN_HOST | PORT_OR_LITERAL,
+            (true, _) => IN_HOST,
+        };
         b += 1;
     }
-    ok
+    class
 };
 
 /// Routes the request and runs pipelines until one responds or proxies.

@@ -265,6 +265,18 @@ fn stripped_url(req: &Request<'_>) -> String {
     }
 }
 
+/// Whether `stripPath` cuts the client's URL within a segment (`/wmts../k2` routed by
+/// `/wmts*`): only then can what it leaves hold a dot segment the client's path, refused with
+/// one before it was routed, does not. A cut where a segment begins leaves whole segments of
+/// that path.
+fn cut_within_a_segment(req: &Request<'_>) -> bool {
+    let url = req.url.as_bytes();
+    match req.strip_at {
+        Some(at) if at > 0 => !(url.get(at - 1) == Some(&b'/') || url.get(at) == Some(&b'/')),
+        _ => false,
+    }
+}
+
 /// http-proxy's `urlJoin`: join with `/`, collapse repeated slashes in the path, keep the query
 /// — and give the first `http:/` and `https:/` of a path whose slashes were collapsed their
 /// second slash back, as it does (a path that carries a URL: `/k2/http://h/x`).
@@ -320,7 +332,7 @@ impl Policy for Proxy {
         // What stripPath leaves may hold a dot segment the client's path did not (`/wms../k2`
         // routed by `/wms*` leaves `/../k2`): the upstream would resolve it to a path neither
         // routed nor authorised here. Refused, as one in the client's path is.
-        if self.strip_path && !self.ignore_path {
+        if self.strip_path && !self.ignore_path && cut_within_a_segment(req) {
             let url = &path_recipe.url;
             let path = &url[..memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len())];
             if crate::wire::has_dot_segment(path) {
