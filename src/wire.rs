@@ -46,20 +46,37 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether a request's `Connection` names a header the request carries that is not one of the
-/// connection's own ([`HOP_BY_HOP`], `HTTP2-Settings`): one removed before the request goes
-/// upstream, while the gateway would have routed, authorised and keyed the request by it.
-pub fn names_an_end_to_end_header(headers: &HeaderMap) -> bool {
+/// Whether a request's `Connection` names a header Pingora's proxy refuses to see named (and
+/// answers `400`): `Host`, `X-Forwarded-For`, `-Host`, `-Proto`, or a pseudo-header. The fast
+/// path refuses the same.
+pub fn nominates_protected(headers: &HeaderMap) -> bool {
     connection_tokens(headers).any(|t| {
-        !t.eq_ignore_ascii_case(b"close")
-            && !HOP_BY_HOP
-                .iter()
-                .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
-            && !t.eq_ignore_ascii_case(b"http2-settings")
-            && headers
-                .keys()
-                .any(|n| t.eq_ignore_ascii_case(n.as_str().as_bytes()))
+        t.starts_with(b":")
+            || [
+                &b"host"[..],
+                b"x-forwarded-for",
+                b"x-forwarded-host",
+                b"x-forwarded-proto",
+            ]
+            .iter()
+            .any(|p| t.eq_ignore_ascii_case(p))
     })
+}
+
+/// The headers a request's `Connection` names that it carries, but the connection's own
+/// ([`HOP_BY_HOP`], `HTTP2-Settings`): they go no further than the gateway (RFC 9110 §7.6.1).
+pub fn named_by_connection(headers: &HeaderMap) -> smallvec::SmallVec<[http::HeaderName; 2]> {
+    connection_tokens(headers)
+        .filter(|t| {
+            !t.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|h| t.eq_ignore_ascii_case(h.as_bytes()))
+                && !t.eq_ignore_ascii_case(b"http2-settings")
+        })
+        .filter_map(|t| http::HeaderName::from_bytes(t).ok())
+        .filter(|n| headers.contains_key(n))
+        .collect()
 }
 
 /// Whether a `Connection` header, on any of its lines, says `close` (RFC 9112 §9.6: the

@@ -48,9 +48,6 @@ pub struct Facts<'a> {
     /// The head has neither `Content-Length` nor `Transfer-Encoding` (its reader refused any):
     /// its framing needs no check.
     pub bodiless: bool,
-    /// The head's `Connection`, if any, names only `close` or `keep-alive` (its reader refused
-    /// any other): it needs no check.
-    pub plain_connection: bool,
 }
 
 /// A request's target, in the parts the pipelines read.
@@ -263,15 +260,6 @@ pub async fn decide(
         .or(authority.map(str::as_bytes));
     if named_host.is_some_and(|h| !host_is_valid(h)) {
         log::debug!("refused a request: a Host that is no host, or whose port is no number");
-        return Decision::Refuse(Reply::text(400, "Bad Request"));
-    }
-    // A `Connection` that names a header the request carries (`Connection: Host`,
-    // `Connection: X-Forwarded-Host`): the header is the connection's own, and goes no
-    // further than the gateway (RFC 9110 §7.6.1), while routing, authentication and a tile's
-    // key would read it — a tile fetched without it would be stored as the answer with it.
-    // Refused, as no client sends one (clients name `close`, `keep-alive`, `Upgrade`, `TE`).
-    if !facts.plain_connection && crate::wire::names_an_end_to_end_header(&head.headers) {
-        log::debug!("refused a request: its Connection names a header it carries");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A method in lower case (`delete`): an apiEndpoint's `methods` and a `method` condition
@@ -508,6 +496,22 @@ pub fn reply_header(reply: &Reply, edits: &[HeaderEdit]) -> Result<ResponseHeade
         resp.append_header(n, v)?;
     }
     Ok(resp)
+}
+
+/// Removes the headers the request's `Connection` names (but the connection's own, which the
+/// upstream request leaves out later): they go no further than the gateway (RFC 9110 §7.6.1),
+/// so routing, authentication and a tile's key must not read them either — left until the
+/// upstream request was made, `Connection: X-Forwarded-Host` had a tile fetched without the
+/// header stored as the answer with it, and `Connection: Host` routed by a Host the upstream
+/// never got. Done as the head is read, on both paths (a head the fast path reads itself has
+/// a `Connection` of `close` or `keep-alive` only).
+pub fn drop_connection_named(head: &mut RequestHeader) {
+    if !head.headers.contains_key(http::header::CONNECTION) {
+        return;
+    }
+    for name in crate::wire::named_by_connection(&head.headers) {
+        head.remove_header(&name);
+    }
 }
 
 /// Turns the client's request head into the upstream's: the plan's path and Host, the

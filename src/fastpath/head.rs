@@ -75,7 +75,17 @@ impl Reading {
             return Err(Unread(stream, head, Some(refused)));
         }
         match session(stream, &head, limits).await {
-            Ok(s) => Ok(Reading::Session { s, head }),
+            Ok(mut s) => {
+                if crate::wire::nominates_protected(&s.req_header().headers) {
+                    let refused = pingora_core::Error::explain(
+                        pingora_core::ErrorType::InvalidHTTPHeader,
+                        "protected header cannot be nominated by the Connection header",
+                    );
+                    return Err(Unread(s.into_inner(), head, Some(refused)));
+                }
+                crate::exchange::drop_connection_named(s.req_header_mut());
+                Ok(Reading::Session { s, head })
+            }
             Err((stream, refused)) => Err(Unread(stream, head, refused)),
         }
     }
@@ -121,8 +131,6 @@ impl Reading {
             tls,
             // `read` leaves any head with a body's framing headers to the session.
             bodiless: matches!(self, Reading::Own { .. }),
-            // (`read` leaves any other `Connection` to the session too.)
-            plain_connection: matches!(self, Reading::Own { .. }),
         }
     }
 

@@ -109,7 +109,6 @@ fn facts(session: &Session) -> Facts<'_> {
             .map(|a| a.port()),
         tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
         bodiless: false,
-        plain_connection: false,
     }
 }
 
@@ -170,6 +169,8 @@ impl ProxyHttp for Tollgate {
         if session.req_header().version < http::Version::HTTP_11 {
             session.set_ignore_info_resp(true);
         }
+        // (A head the fast path decided for was read again here: its named headers too.)
+        exchange::drop_connection_named(session.req_header_mut());
         let decision = match ctx.decided.take() {
             Some(Decided { x, started }) => {
                 ctx.x = x;
