@@ -128,8 +128,9 @@ pub fn has_dot_segment(path: &str) -> bool {
 pub struct PathShape {
     /// A `.` or `..` segment (see [`has_dot_segment`]).
     pub dot_segment: bool,
-    /// A `/` twice in a row.
-    pub repeated_slash: bool,
+    /// A `/` twice in a row, or a `%`: the path may have another form (see
+    /// [`normalised_target`]).
+    pub other_form: bool,
 }
 
 /// The [`PathShape`] of a path.
@@ -149,7 +150,7 @@ pub fn path_shape(path: &str) -> PathShape {
     }
     PathShape {
         dot_segment: dot_segment(p),
-        repeated_slash: p.windows(2).any(|w| w == b"//"),
+        other_form: p.contains(&b'%') || p.windows(2).any(|w| w == b"//"),
     }
 }
 
@@ -197,20 +198,34 @@ fn dot_segment(p: &[u8]) -> bool {
     }
 }
 
-/// `url` (a path and maybe a query) with the repeated slashes of its path made one, as the
-/// proxy's join makes them one upstream.
-pub fn collapsed_slashes(url: &str) -> String {
+/// `url` (a path and maybe a query) in the form it is routed and forwarded in: its path's
+/// escapes of unreserved characters decoded (`%61` is `a`: RFC 3986 §6.2.2.2, the same URI),
+/// its repeated slashes made one, as the proxy's join makes them one upstream; the query as
+/// it came. `None` when that is `url` itself.
+pub fn normalised_target(url: &str) -> Option<String> {
     let end = memchr::memchr(b'?', url.as_bytes()).unwrap_or(url.len());
-    let mut out = String::with_capacity(url.len());
-    let mut prev = 0u8;
-    for c in url[..end].chars() {
-        if !(c == '/' && prev == b'/') {
+    let b = url.as_bytes();
+    let hex = |at: usize| b.get(at).and_then(|c| (*c as char).to_digit(16));
+    let mut out: Vec<u8> = Vec::with_capacity(url.len());
+    let mut i = 0;
+    while i < end {
+        let mut c = b[i];
+        let mut len = 1;
+        if let (b'%', Some(h), Some(l)) = (c, hex(i + 1), hex(i + 2)) {
+            let decoded = (h * 16 + l) as u8;
+            if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+                (c, len) = (decoded, 3);
+            }
+        }
+        if !(c == b'/' && out.last() == Some(&b'/')) {
             out.push(c);
         }
-        prev = if c == '/' { b'/' } else { 0 };
+        i += len;
     }
-    out.push_str(&url[end..]);
-    out
+    out.extend_from_slice(&b[end..]);
+    // (Only ASCII was decoded, and whole characters were copied: still UTF-8.)
+    let out = String::from_utf8(out).ok()?;
+    (out != url).then_some(out)
 }
 
 /// The request line at the start of `head` (blank lines before it skipped), without its line
@@ -293,17 +308,29 @@ mod tests {
             ("//admin/x", false, true),
             ("/a/./b", true, false),
             ("/a//../b", true, true),
-            ("/a%2f..", true, false),
+            ("/a%2f..", true, true),
+            ("/%61dmin", false, true),
         ] {
             let shape = path_shape(path);
             assert_eq!(
-                (shape.dot_segment, shape.repeated_slash),
+                (shape.dot_segment, shape.other_form),
                 (dot, slashes),
                 "{path}"
             );
         }
-        assert_eq!(collapsed_slashes("///a//b/?q=//x"), "/a/b/?q=//x");
-        assert_eq!(collapsed_slashes("/é//b"), "/é/b");
+        let form = |u: &str| normalised_target(u);
+        assert_eq!(form("///a//b/?q=//x").as_deref(), Some("/a/b/?q=//x"));
+        assert_eq!(form("/é//b").as_deref(), Some("/é/b"));
+        assert_eq!(
+            form("/%61dmi%6E/x?q=%61").as_deref(),
+            Some("/admin/x?q=%61")
+        );
+        assert_eq!(
+            form("/a%2Fb%3a%7E%zz%4").as_deref(),
+            Some("/a%2Fb%3a~%zz%4")
+        );
+        assert_eq!(form("/wmts/1/2/3.png?jwt=x"), None);
+        assert_eq!(form("/a%2Fb"), None);
     }
 
     #[test]

@@ -217,9 +217,10 @@ fn healthcheck_answers_before_pipelines() {
     assert_eq!(body_of(gw.port, "/other", "h"), "all");
 }
 
-/// Repeated slashes are made one before routing, as the proxy's join makes them one upstream:
-/// `//admin/x` is routed as `/admin/x`, to the endpoint its upstream path belongs to, not to a
-/// catch-all (which proxied it to `/admin/x` unauthorised). A query's `//` stays.
+/// Repeated slashes are made one before routing, as the proxy's join makes them one upstream,
+/// and escapes of unreserved characters decoded, as an upstream decodes them: `//admin/x` and
+/// `/%61dmin/x` are routed as `/admin/x`, to the endpoint its upstream path belongs to, not to
+/// a catch-all (which proxied them to `/admin/x` unauthorised). A query's `//` stays.
 #[test]
 fn repeated_slashes_route_as_one() {
     let (_d, gw) = gateway(
@@ -232,6 +233,9 @@ fn repeated_slashes_route_as_one() {
         "//admin/x",
         "///admin//x",
         "/admin//x?u=http://h//y",
+        // Escapes of unreserved characters, decoded (an upstream decodes them).
+        "/%61dmin/x",
+        "/admi%6E/x",
     ] {
         assert_eq!(body_of(gw.port, path, "h"), "admin", "{path}");
     }

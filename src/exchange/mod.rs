@@ -278,12 +278,14 @@ pub async fn decide(
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // Repeated slashes are made one (`//admin/x` is `/admin/x`), as the proxy's join makes
-    // them one upstream: routed as it came, a `//` spelling missed its endpoint (and its
+    // them one upstream, and escapes of unreserved characters decoded (`/%61dmin/x`), as an
+    // upstream decodes them: routed as it came, such a spelling missed its endpoint (and its
     // scopes), fell to a catch-all route, and reached the endpoint's path upstream
-    // unauthorised.
+    // unauthorised. Routed and forwarded in that form.
     let collapsed = shape
-        .repeated_slash
-        .then(|| crate::wire::collapsed_slashes(url));
+        .other_form
+        .then(|| crate::wire::normalised_target(url))
+        .flatten();
     let (path, url) = match &collapsed {
         Some(c) => {
             let end = memchr::memchr(b'?', c.as_bytes()).unwrap_or(c.len());
