@@ -965,6 +965,19 @@ fn a_fill_retried_on_another_url_sends_no_credential_there() {
     ));
     for fast_path in ["on", "off"] {
         let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast_path], &[]);
+        // On a failure: the request's own log line (written once it is answered) and what
+        // the live url served.
+        let why = |i: usize| {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            let served = match std::net::TcpStream::connect(("127.0.0.1", alive.port)) {
+                Ok(_) => get(alive.port, "GET", "/__count", &[]).text(),
+                Err(e) => format!("nothing: {e}"),
+            };
+            format!(
+                "fast path {fast_path}, request {i}; the live url served {served}\n{}",
+                gw.log_text()
+            )
+        };
         for i in 0..4 {
             let r = get(
                 gw.port,
@@ -972,7 +985,7 @@ fn a_fill_retried_on_another_url_sends_no_credential_there() {
                 &format!("/tiles/{fast_path}/{i}.png?apiKey=k1:s1&layer=a"),
                 &[],
             );
-            assert_eq!(r.status, 200, "fast path {fast_path}: {}", gw.log_text());
+            assert_eq!(r.status, 200, "{}", why(i));
             assert_eq!(r.header("x-cache-status"), Some("MISS"));
             let saw: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
             let path = saw["path"].as_str().unwrap_or("");
