@@ -116,6 +116,18 @@ fn plain_http_to_the_https_port_is_told_so() {
         text.ends_with("A plain HTTP request was sent to an HTTPS port"),
         "{text}"
     );
+    // A HEAD gets the head alone (RFC 9110 §9.3.2).
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+    conn.write_all(b"HEAD /t/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .expect("send");
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let mut answer = Vec::new();
+    let read = conn.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(read.is_ok(), "{read:?}");
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.ends_with("Connection: close\r\n\r\n"), "{text}");
     let raw = tls_request(
         gw.port,
         "GET /t/secure HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",

@@ -93,11 +93,12 @@ pub async fn serve<A>(
             let deadline = accepted + limits.header_timeout;
             // Plain HTTP sent to the TLS port: answered so (as nginx does), where the failed
             // handshake was a bare close. (A TLS client's first byte is a handshake record's,
-            // 0x16; a request line's is a method's letter.)
-            let mut first = [0u8; 1];
-            if let Ok(Ok(1)) = timeout_at(deadline, io.peek(&mut first)).await {
+            // 0x16; a request line's is a method's letter. A `HEAD` gets the answer's head.)
+            let mut first = [0u8; 5];
+            if let Ok(Ok(n @ 1..)) = timeout_at(deadline, io.peek(&mut first)).await {
                 if first[0].is_ascii_alphabetic() {
-                    let why = refuse(Box::new(io), ConnClose::Malformed, PLAIN_HTTP_400).await;
+                    let answer = answer_to(&first[..n], PLAIN_HTTP_400);
+                    let why = refuse(Box::new(io), ConnClose::Malformed, answer).await;
                     m.client_closed(why);
                     m.client_connections.dec();
                     return;
