@@ -315,7 +315,7 @@ fn syntax_errors_and_missing_files() {
 #[test]
 fn wrong_types_and_bad_values_are_errors_not_panics() {
     let dir = ConfigDir::new(
-        "http: {port: 70000}\napiEndpoints: [1, 2]\nserviceEndpoints:\n  s: {url: 'ftp://x'}\n  t: {url: 'not a url'}\n  u: {url: 'http://tiles:hunter2@127.0.0.1:1/wms?token=t0ps3cret'}\npolicies: proxy\npipelines:\n  p: {apiEndpoints: x, policies: [{terminate: 7}, {log: {action: {message: '${req.nope}'}}}, 3]}\n",
+        "http: {port: 70000}\napiEndpoints: [1, 2]\nserviceEndpoints:\n  s: {url: 'ftp://x'}\n  t: {url: 'not a url'}\n  u: {url: 'http://tiles:hunter2@127.0.0.1:1/wms?token=t0ps3cret'}\n  v: {urls: ['http://127.0.0.1:99999/wms', 'http://[::1]:0/', 'https://h:443/']}\npolicies: proxy\npipelines:\n  p: {apiEndpoints: x, policies: [{terminate: 7}, {log: {action: {message: '${req.nope}'}}}, 3]}\n",
     );
     let err = check_errors(&dir);
     // A URL in an error shows no password and no query.
@@ -329,6 +329,8 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
         "2:15: `apiEndpoints` must be a map, not a list",
         "4:12: serviceEndpoint `s`: `ftp://x`: scheme `ftp` is not supported",
         "5:12: serviceEndpoint `t`: `not a url` is not a valid URL",
+        "7:14: serviceEndpoint `v`: `http://127.0.0.1:99999/wms`: `99999` is not a port number (1-65535)",
+        "7:44: serviceEndpoint `v`: `http://[::1]:0/`: `0` is not a port number (1-65535)",
         "policy `terminate` in pipeline `p` must hold a step or a list of steps",
         "a policy in pipeline `p` must be `- name:` with its steps",
     ] {

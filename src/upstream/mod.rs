@@ -84,7 +84,9 @@ impl UpstreamTarget {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let port = port_of(authority.as_str())
+            .map_err(|p| format!("`{shown}`: `{p}` is not a port number (1-65535)"))?
+            .unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path_and_query().map_or("/", |p| p.as_str());
         let base_path = if base_path.is_empty() { "/" } else { base_path }.to_string();
         let host_header = HeaderValue::from_str(authority.as_str())
@@ -377,5 +379,21 @@ impl ServiceEndpoint {
             &candidates,
             path,
         )
+    }
+}
+
+/// The port an authority names: `None` for none (or an empty one, as URLs have it: the
+/// scheme's); `Err` with the text of one that is not a port number from 1 to 65535 (the `http`
+/// crate reads those as no port at all, and the scheme's would be used).
+fn port_of(authority: &str) -> Result<Option<u16>, &str> {
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    match after_host.rsplit_once(':') {
+        None | Some((_, "")) => Ok(None),
+        Some((_, p)) => match p.parse::<u16>() {
+            Ok(n) if n > 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(Some(n)),
+            _ => Err(p),
+        },
     }
 }
