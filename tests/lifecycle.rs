@@ -268,6 +268,15 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
     assert_eq!(reload().status, 200);
     let nested = format!("{good}x:\n  {}1\n", "- ".repeat(3000));
     let nul = good.replacen("pipelines:", "\u{0}pipelines:", 1);
+    // An https listener applies at the next start, which could not use these: refused now.
+    dir.write("bad.pem", "not a certificate\n");
+    let pem = dir.path.join("bad.pem").display().to_string();
+    let port = support::free_port();
+    let bad_cert = format!(
+        "{good}https: {{port: {port}, tls: {{default: {{key: '{pem}', cert: '{pem}'}}}}}}\n"
+    );
+    let no_cert = format!("{good}https: {{port: {port}, tls: {{}}}}\n");
+    let bad_host = format!("{good}https: {{port: {port}, hostname: 'not a host!', tls: {{}}}}\n");
     for (what, file, content, said) in [
         (
             "nested",
@@ -280,6 +289,24 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
             "gateway.config.yml",
             Some(nul.as_str()),
             "a control character",
+        ),
+        (
+            "a certificate that is not one",
+            "gateway.config.yml",
+            Some(bad_cert.as_str()),
+            "https certificate `default`",
+        ),
+        (
+            "no certificate",
+            "gateway.config.yml",
+            Some(no_cert.as_str()),
+            "`https.tls` needs at least a `default` key and cert",
+        ),
+        (
+            "a listener's host that is none",
+            "gateway.config.yml",
+            Some(bad_host.as_str()),
+            "`https.hostname` must be an IP address or a host name, not `not a host!`",
         ),
         (
             "no system file",

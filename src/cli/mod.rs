@@ -571,20 +571,9 @@ fn check(dirs: &ConfigDirs) -> i32 {
             if dirs.find_config("system.config").is_none() {
                 crate::config::no_system_config(dirs);
             }
-            // The certificates too: `serve` (an upgrade's new process) refuses what it cannot
-            // use.
+            // The certificates together too (each was read with the config, where the file
+            // names it): `serve` (an upgrade's new process) refuses what it cannot use.
             if let Some(h) = &gw.https {
-                // Each certificate where the file names it, then all of them together.
-                let mut failed = false;
-                for c in &h.certs {
-                    if let Err(e) = crate::listener::tls_acceptor_by_name(&c.cert, &c.key, &[]) {
-                        eprintln!("{}: https certificate `{}`: {e:#}", c.pos, c.host_glob);
-                        failed = true;
-                    }
-                }
-                if failed {
-                    return 2;
-                }
                 if let Err(e) = server::https_acceptor(h) {
                     eprintln!("{}: {e:#}", dirs.display());
                     return 2;

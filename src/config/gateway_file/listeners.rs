@@ -47,10 +47,31 @@ pub(super) fn listener(
         Some(p) => port_of(p, what, errors)?,
         None => default_port?,
     };
-    let host = optional_string(node, "hostname", errors)
-        .or_else(|| optional_string(node, "host", errors))
-        .map(|(h, _)| h);
+    let host =
+        optional_string(node, "hostname", errors).or_else(|| optional_string(node, "host", errors));
+    if let Some((h, at)) = &host {
+        if !is_listen_host(h) {
+            errors.push(
+                at,
+                format!("`{what}.hostname` must be an IP address or a host name, not `{h}`"),
+            );
+            return None;
+        }
+    }
+    let host = host.map(|(h, _)| h);
     Some(ListenerDef { host, port })
+}
+
+/// Whether a listener's `hostname` can be listened on: empty (every address), an IPv4 or IPv6
+/// address (with or without brackets), or a host name (letters, digits, `-`, `.`, `_`).
+fn is_listen_host(h: &str) -> bool {
+    let bare = h
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(h);
+    bare.parse::<std::net::IpAddr>().is_ok()
+        || h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
 }
 
 /// Two listeners on one port of one address (the second could not listen): reported at the
@@ -121,12 +142,22 @@ pub(super) fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> 
                 let key_file = optional_string(value, "key", errors);
                 let cert_file = optional_string(value, "cert", errors);
                 match (key_file, cert_file) {
-                    (Some((key, _)), Some((cert, _))) => certs.push(TlsCertDef {
-                        host_glob,
-                        key,
-                        cert,
-                        pos: value.pos.clone(),
-                    }),
+                    (Some((key, _)), Some((cert, _))) => {
+                        // Read now, as the start reads them: `check` and a reload refuse what
+                        // the next start could not use (a reload keeps the listener it has).
+                        if let Err(e) = crate::listener::tls_acceptor_by_name(&cert, &key, &[]) {
+                            errors.push(
+                                &value.pos,
+                                format!("https certificate `{host_glob}`: {e:#}"),
+                            );
+                        }
+                        certs.push(TlsCertDef {
+                            host_glob,
+                            key,
+                            cert,
+                            pos: value.pos.clone(),
+                        })
+                    }
                     _ => errors.push(
                         &value.pos,
                         format!("`https.tls.{host_glob}` needs `key` and `cert` file paths"),
@@ -138,6 +169,15 @@ pub(super) fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> 
             &node.pos,
             "`https` needs a `tls` section with at least a `default` key and cert",
         ),
+    }
+    if let Some(tls) = node
+        .get("tls")
+        .filter(|t| t.as_map().is_some_and(|m| m.is_empty()))
+    {
+        errors.push(
+            &tls.pos,
+            "`https.tls` needs at least a `default` key and cert",
+        );
     }
     Some(HttpsDef { listener, certs })
 }
