@@ -211,6 +211,13 @@ impl UpstreamSettings {
             if !h.path.starts_with('/') {
                 return Err("`healthCheck.path` must start with /".into());
             }
+            // Refused where every check would fail to be sent (and every url be unhealthy).
+            if h.path.parse::<http::uri::PathAndQuery>().is_err() {
+                return Err(format!(
+                    "`healthCheck.path` {:?} is not a URL path (spaces and control characters are written %XX)",
+                    h.path
+                ));
+            }
             seconds(h.interval, "healthCheck.interval")?;
             seconds(h.timeout, "healthCheck.timeout")?;
             if h.healthy_threshold == 0 || h.unhealthy_threshold == 0 {
@@ -250,7 +257,27 @@ impl UpstreamSettings {
 
 #[cfg(test)]
 mod tests {
-    use super::seconds;
+    use super::{seconds, UpstreamSettings};
+
+    /// A health check's path is one a request can carry: where it is not, every check would
+    /// fail and every url be unhealthy.
+    #[test]
+    fn a_health_check_path_must_be_a_url_path() {
+        let with_path = |p: &str| {
+            let check = serde_json::json!({ "path": p });
+            let s = UpstreamSettings {
+                health_check: Some(serde_json::from_value(check).expect("a health check")),
+                ..UpstreamSettings::default()
+            };
+            s.validate(1)
+        };
+        for fine in ["/", "/health", "/h?x=1", "/h%20x"] {
+            assert!(with_path(fine).is_ok(), "{fine}");
+        }
+        for wrong in ["h", "/h x", "/h\r\nX-Injected: 1", "/h\u{0}"] {
+            assert!(with_path(wrong).is_err(), "{wrong:?}");
+        }
+    }
 
     /// A length of time too small to be one (a check every 0 s panicked the checker's
     /// timer) is refused with the config's other errors, as one too large is.
