@@ -643,6 +643,34 @@ fn a_storage_plugin_without_providers_or_with_a_bad_endpoint_is_an_error_with_it
     );
 }
 
+/// The storage route is looked for before the Admin API's own routes: an `endpointName` that
+/// would take one of them (or the metrics path, or every path) is an error at its position.
+#[test]
+fn a_storage_route_that_would_hide_admin_routes_is_an_error() {
+    let dir = ConfigDir::new("http: {port: 8080}\napiEndpoints: {}\n");
+    let file = dir.file("system.config.yml");
+    let system = |name: &str| {
+        format!("plugins:\n  metrics: {{endpointName: /m/x}}\n  storage:\n    endpointName: '{name}'\n    providers: {{aws: {{accessKeyId: a, secretAccessKey: b}}}}\n")
+    };
+    for (name, hidden) in [
+        ("/users", "`/users`"),
+        ("tollgate/x", "`/tollgate`"),
+        ("/", "every route"),
+        ("/m", "`/m/x`"),
+    ] {
+        dir.write("system.config.yml", &system(name));
+        let err = check_errors(&dir);
+        assert!(
+            err.contains(&format!("{file}:4:19:"))
+                && err.contains(&format!("would hide the Admin API's {hidden}")),
+            "{name}: {err}"
+        );
+    }
+    dir.write("system.config.yml", &system("/s3"));
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// A file whose aliases nest (800 bytes that stand for billions of values) is refused at the
 /// alias that goes past the limit; it exhausted the gateway's memory, on a reload too.
 #[test]

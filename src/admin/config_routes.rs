@@ -7,7 +7,7 @@ use super::{empty, json};
 use crate::gateway::Gateway;
 
 /// The config sections the Admin API serves: route name, config key.
-const SECTIONS: &[(&str, &str)] = &[
+pub(super) const SECTIONS: &[(&str, &str)] = &[
     ("api-endpoints", "apiEndpoints"),
     ("service-endpoints", "serviceEndpoints"),
     ("pipelines", "pipelines"),

@@ -77,6 +77,19 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// The first segments of the Admin API's own routes (beside the metrics path).
+pub const ROUTES: &[&str] = &[
+    "users",
+    "apps",
+    "credentials",
+    "scopes",
+    "policies",
+    "api-endpoints",
+    "service-endpoints",
+    "pipelines",
+    "tollgate",
+];
+
 /// The header the gateway's own `proxy` step sends to its Admin API's storage route with a
 /// request a step before it authenticated (see [`storage_pass`]).
 pub static STORAGE_PASS: http::HeaderName =
@@ -369,6 +382,14 @@ impl AdminApi {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The routes a storage `endpointName` may not take include every config section's.
+    #[test]
+    fn the_admin_routes_include_every_config_section() {
+        for (route, _) in config_routes::SECTIONS {
+            assert!(ROUTES.contains(route), "{route}");
+        }
+    }
 
     fn head(headers: &[(&str, &str)]) -> pingora_http::RequestHeader {
         let mut h = pingora_http::RequestHeader::build("POST", b"/users", None).expect("head");

@@ -88,6 +88,33 @@ fn text(n: Option<&Node>, key: &str) -> Option<String> {
 impl Storage {
     /// The storage route a system config asks for (`plugins.storage`, or the legacy `s3`).
     pub fn from_system(system: &SystemFile, errors: &mut ConfigErrors) -> Option<Storage> {
+        let storage = Self::configured(system, errors)?;
+        // Taken before the Admin API's own routes: one that would hide them is refused.
+        let metrics = system.plugin_endpoint("metrics", "/metrics");
+        let first = storage.path.trim_start_matches('/').split('/').next();
+        let hidden = match first {
+            Some("") | None => Some("every route".to_string()),
+            Some(s) if super::ROUTES.contains(&s) => Some(format!("`/{s}`")),
+            _ if storage.owns(&metrics) => Some(format!("`{metrics}`")),
+            _ => None,
+        };
+        if let Some(hidden) = hidden {
+            let plugin = ["storage", "s3"].into_iter().find_map(|p| system.plugin(p));
+            let at = plugin.map(|p| p.get("endpointName").unwrap_or(p));
+            let why = format!(
+                "the storage route's `endpointName` `{}` would hide the Admin API's {hidden}",
+                storage.path
+            );
+            match at {
+                Some(at) => errors.push(&at.pos, why),
+                None => log::error!("{why}"),
+            }
+            return None;
+        }
+        Some(storage)
+    }
+
+    fn configured(system: &SystemFile, errors: &mut ConfigErrors) -> Option<Storage> {
         if let Some(settings) = system.plugin("storage") {
             let path = system.plugin_endpoint("storage", "/s3");
             let mut storage = Storage {
