@@ -312,6 +312,16 @@ impl DiskTier {
         if crate::listener::handed_over() {
             return;
         }
+        // An object past what the budget keeps after an eviction could not stay: writing it
+        // would push out every other object and then itself.
+        let file = on_disk(obj.body.len() as u64 + obj.meta.head.wire_size() as u64);
+        if file as f64 > self.budget() as f64 * LOW_WATER {
+            log::debug!(
+                "tile cache directory {}: an object of {file} bytes is past the disk budget: not written",
+                self.dir.display()
+            );
+            return;
+        }
         let size = obj.body.len() as u64 + obj.meta.head.wire_size() as u64 + WAITING_WRITE;
         let before = self.queued.fetch_add(size, Ordering::Relaxed);
         if before > 0 && before + size > QUEUE_MAX {

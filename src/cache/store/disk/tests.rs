@@ -70,6 +70,38 @@ fn writes_past_the_queue_are_skipped() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An object larger than what the budget keeps after an eviction is not written: it would
+/// push out every other object and then itself.
+#[test]
+fn an_object_past_the_budget_is_not_written_and_pushes_nothing_out() {
+    let dir = std::env::temp_dir().join(format!("tollgate-disk-past-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let tier: &'static DiskTier = Box::leak(Box::new(DiskTier::open(&dir, 64 << 10).unwrap()));
+    let rt = runtime();
+    let object = |k: u8, len: usize| {
+        std::sync::Arc::new(crate::cache::store::memory::tests::object([k; 16], len))
+    };
+    for k in 1..=3 {
+        tier.write(&object(k, 3000), tier.purges.epoch());
+    }
+    rt.block_on(async {
+        tier.put(object(9, 100_000), tier.purges.epoch());
+        tier.put(object(4, 3000), tier.purges.epoch());
+        for _ in 0..500 {
+            if tier.queued.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    });
+    assert!(!tier.contains(&[9; 16]) && !tier.path(&[9; 16]).exists());
+    for k in 1..=4 {
+        assert!(tier.contains(&[k; 16]), "{k}");
+    }
+    assert_eq!(tier.evictions.load(Ordering::Relaxed), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A waiting write counts what it holds besides its bytes: with tiny tiles the bytes alone
 /// let hundreds of thousands of writes wait (each a task and an object), many times the
 /// memory budget.
