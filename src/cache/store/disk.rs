@@ -208,12 +208,17 @@ impl DiskTier {
 
     /// Reads an object; a damaged file is removed and reads as a miss.
     pub async fn get(&'static self, key: HashBinary) -> Option<Object> {
-        if !self.contains(&key) {
-            return None;
-        }
+        // What was written (a file's size in whole blocks; none is written larger than the
+        // budget): a file longer is damaged.
+        let written = self
+            .index
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .map(|e| e.size.min(self.budget()))?;
         let _permit = self.io.acquire().await.ok()?;
         let path = self.path(&key);
-        let read = tokio::task::spawn_blocking(move || read_regular(&path))
+        let read = tokio::task::spawn_blocking(move || read_regular(&path, written))
             .await
             .ok()?;
         match read {

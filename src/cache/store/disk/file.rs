@@ -94,9 +94,11 @@ pub(super) fn decode(key: &HashBinary, bytes: Vec<u8>) -> Option<Object> {
     Some(Object::new(*key, StoredMeta::from_meta(&meta), body))
 }
 
-/// The bytes of the regular file at `path`. Anything else there (a FIFO, whose open would wait
-/// for a writer and hold one of the tier's I/O slots for ever; a directory) cannot be read.
-pub(super) fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+/// The bytes of the regular file at `path`, at most `limit` and one more (a file grown past
+/// what was written — by hand, or damaged — reads as damaged without being read whole into
+/// memory). Anything else there (a FIFO, whose open would wait for a writer and hold one of
+/// the tier's I/O slots for ever; a directory) cannot be read.
+pub(super) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -110,8 +112,9 @@ pub(super) fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
             format!("{} is not a regular file", path.display()),
         ));
     }
-    let mut bytes = Vec::with_capacity((meta.len() as usize).min(16 << 20));
-    f.read_to_end(&mut bytes)?;
+    let limit = limit.saturating_add(1);
+    let mut bytes = Vec::with_capacity(meta.len().min(limit).min(16 << 20) as usize);
+    f.take(limit).read_to_end(&mut bytes)?;
     Ok(bytes)
 }
 

@@ -102,6 +102,28 @@ fn an_object_past_the_budget_is_not_written_and_pushes_nothing_out() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A file grown past what was written (a sparse gigabyte here) reads as damaged — removed, a
+/// miss — and is read no further than what was written and a byte: it held a gigabyte of the
+/// gateway's memory, kept by the allocator.
+#[test]
+fn a_file_grown_past_what_was_written_is_damaged_and_not_read_whole() {
+    let (tier, dir) = leaked_tier("grown");
+    let rt = runtime();
+    let key = [7u8; 16];
+    tier.write(
+        &crate::cache::store::memory::tests::object(key, 3000),
+        tier.purges.epoch(),
+    );
+    let path = tier.path(&key);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(1 << 30).unwrap();
+    assert!(file::read_regular(&path, 4096).unwrap().len() <= 4097);
+    assert!(rt.block_on(tier.get(key)).is_none());
+    assert_eq!(tier.corrupt.load(Ordering::Relaxed), 1);
+    assert!(!tier.contains(&key) && !path.exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A waiting write counts what it holds besides its bytes: with tiny tiles the bytes alone
 /// let hundreds of thousands of writes wait (each a task and an object), many times the
 /// memory budget.
