@@ -643,6 +643,21 @@ fn a_storage_plugin_without_providers_or_with_a_bad_endpoint_is_an_error_with_it
     );
 }
 
+/// A number YAML has and JSON has not (`.nan`, `.inf`, `1e999`) is an error where a number
+/// is asked for: it read as null, which every optional parameter takes as not set.
+#[test]
+fn numbers_that_are_not_finite_are_errors_not_unset() {
+    let dir = ConfigDir::new(
+        "http: {port: 8080}\napiEndpoints: {a: {}}\nserviceEndpoints: {s: {url: 'http://127.0.0.1:1'}}\npolicies: [rate-limit, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - rate-limit: [{action: {max: 1, delayMs: .nan}}]\n      - proxy: [{action: {serviceEndpoint: s, readTimeout: .inf, connectTimeout: 1e999}}]\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    for at in ["9:", "10:"] {
+        assert!(err.contains(&format!("{file}:{at}")), "{at}: {err}");
+    }
+    assert!(err.contains("NaN") && err.contains("inf"), "{err}");
+}
+
 /// The storage route is looked for before the Admin API's own routes: an `endpointName` that
 /// would take one of them (or the metrics path, or every path) is an error at its position.
 #[test]
