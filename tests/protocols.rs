@@ -149,6 +149,33 @@ fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
     );
 }
 
+/// `req.headers.host` reads the host an HTTP/2 request names in `:authority` (curl and
+/// browsers send no `host` line): every HTTP/2 client's rate-limit bucket by host was one, the
+/// empty host's.
+#[test]
+fn http2_requests_have_their_host_in_req_headers_host() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = support::tls::https_gateway(&format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [rate-limit, proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{rate-limit: {{action: {{max: 1, windowMs: 60000, rateLimitBy: 'host-${{req.headers.host}}'}}}}}}, {{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up = up.url("")
+    ));
+    let fetch = |host: &str| {
+        let resolve = format!("{host}:{}:127.0.0.1", gw.port);
+        let url = format!("https://{host}:{}/tiles/x.png", gw.port);
+        let args = [
+            "--http2",
+            "--resolve",
+            &resolve,
+            "-w",
+            "%{http_version} %{http_code}\n",
+        ];
+        curl(&args, &[url]).0
+    };
+    assert_eq!(fetch("a.example"), ["2 200"]);
+    assert_eq!(fetch("a.example"), ["2 429"]);
+    assert_eq!(fetch("b.example"), ["2 200"], "one bucket for every host");
+}
+
 #[test]
 fn a_hundred_tiles_over_one_http2_connection() {
     let up = PyUpstream::start("tiles", 5.0);

@@ -393,6 +393,11 @@ impl Exchange {
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(Cow::Borrowed);
+        // An HTTP/2 request names its host in `:authority`, most without a `host` line: what
+        // Node's HTTP/2 compatibility layer gives EG's `req.headers.host` too.
+        if value.is_none() && name == http::header::HOST {
+            value = req.host.map(Cow::Borrowed);
+        }
         for edit in self.upstream_edits.iter().filter(|e| e.name() == name) {
             let text = |v: &'a HeaderValue| v.to_str().ok().map(Cow::Borrowed);
             match edit {
