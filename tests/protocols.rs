@@ -524,6 +524,43 @@ fn stalled_and_abandoned_http2_streams_end() {
         "reset flood: closed after {batches} batches of 100 streams, the upstream asked {} times",
         up.served() - before
     );
+    // The same flood padded with a cheap stream let finish for each one reset (the gateway's
+    // health check): as many finished as abandoned, but more abandoned than a client may
+    // within 10 s.
+    let mut padded = h2_connection(gw.port, true);
+    let mut closed = false;
+    let mut batches = 0;
+    while !closed && batches < 8 {
+        let first = 400 * batches + 1;
+        let cheap: Vec<u8> = (0..100)
+            .flat_map(|i| h2_headers(first + 2 * i, "GET", "/healthcheck", true))
+            .collect();
+        h2_send(&mut padded, &cheap);
+        let (_, gone) = h2_frames_for(&mut padded, Duration::from_millis(200));
+        let streams: Vec<u32> = (0..100).map(|i| first + 200 + 2 * i).collect();
+        let heads: Vec<u8> = streams
+            .iter()
+            .flat_map(|s| h2_headers(*s, "GET", &format!("/s/slow/1000/{s}"), true))
+            .collect();
+        use std::io::Write;
+        closed = gone || padded.write_all(&heads).is_err();
+        closed = closed || h2_frames_for(&mut padded, Duration::from_millis(300)).1;
+        let resets: Vec<u8> = streams
+            .iter()
+            .flat_map(|s| h2_frame(3, 0, *s, &8u32.to_be_bytes()))
+            .collect();
+        closed = closed || padded.write_all(&resets).is_err();
+        closed = closed || h2_frames_for(&mut padded, Duration::from_millis(500)).1;
+        batches += 1;
+    }
+    assert!(
+        closed,
+        "a connection that reset {} streams among as many finished stays open",
+        100 * batches
+    );
+    assert_eq!(gw.metric_when(flood, |v| v >= 2.0), 2.0);
+    let said = "abandoned more than 400 streams within 10 s";
+    assert!(gw.log_text().contains(said), "{}", gw.log_text());
 }
 
 /// How long until the gateway closes `tls` (reading whatever it sends meanwhile).

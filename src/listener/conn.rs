@@ -182,11 +182,17 @@ where
             _ = &mut served => return ConnClose::Done,
             _ = look.tick() => {
                 let now = crate::clock::coarse_millis();
-                if connection.flooded() {
-                    log::info!(
-                        "closing an HTTP/2 connection whose client abandoned {} more streams than it let finish",
-                        super::h2::MAX_ABANDONED
-                    );
+                if let Some(flood) = connection.flooded(now) {
+                    use super::h2::{Flood, MAX_ABANDONED, MAX_ABANDONED_RECENT, RECENT_MS};
+                    match flood {
+                        Flood::MoreThanFinished => log::info!(
+                            "closing an HTTP/2 connection whose client abandoned {MAX_ABANDONED} more streams than it let finish"
+                        ),
+                        Flood::TooManyRecently => log::info!(
+                            "closing an HTTP/2 connection whose client abandoned more than {MAX_ABANDONED_RECENT} streams within {} s",
+                            RECENT_MS / 1000
+                        ),
+                    }
                     return ConnClose::Abandoned;
                 }
                 if connection.body_stalled(now, limits.body_timeout) {

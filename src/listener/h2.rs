@@ -28,6 +28,14 @@ fn connections() -> &'static Mutex<HashMap<Ends, Arc<Shared>>> {
 /// work, abandons them all.
 pub const MAX_ABANDONED: usize = 200;
 
+/// How many streams a connection's client may abandon within [`RECENT_MS`], however many it
+/// lets finish beside them: a client that pads a reset flood with cheap requests (a health
+/// check after each reset) abandons as many as it finishes, and each abandoned request may
+/// have gone upstream, whose work goes on when the stream is reset.
+pub const MAX_ABANDONED_RECENT: usize = 400;
+/// The time [`MAX_ABANDONED_RECENT`] counts over (ms).
+pub const RECENT_MS: u64 = 10_000;
+
 /// What a connection and its streams share.
 struct Shared {
     open: AtomicUsize,
@@ -37,8 +45,48 @@ struct Shared {
     last_end: AtomicU64,
     abandoned: AtomicUsize,
     finished: AtomicUsize,
+    /// Streams abandoned recently: the current span of [`RECENT_MS`] (its start, coarse ms)
+    /// and the one before it.
+    recent: Mutex<Recent>,
     /// The request bodies being read, each the time of its last piece (0: read whole).
     reading: Mutex<Vec<Arc<AtomicU64>>>,
+}
+
+/// Streams abandoned in two consecutive spans of [`RECENT_MS`].
+#[derive(Default)]
+struct Recent {
+    since: u64,
+    current: usize,
+    before: usize,
+}
+
+impl Recent {
+    /// Moves the spans on to `at` (coarse ms).
+    fn at(&mut self, at: u64) {
+        let passed = at.saturating_sub(self.since);
+        if passed >= 2 * RECENT_MS {
+            (self.before, self.current, self.since) = (0, 0, at);
+        } else if passed >= RECENT_MS {
+            (self.before, self.current) = (self.current, 0);
+            self.since += RECENT_MS;
+        }
+    }
+
+    /// About how many were abandoned in the last [`RECENT_MS`]: the current span's and the
+    /// part of the span before that the last [`RECENT_MS`] still covers.
+    fn count(&mut self, at: u64) -> usize {
+        self.at(at);
+        let into = at.saturating_sub(self.since).min(RECENT_MS);
+        self.current + (self.before as u64 * (RECENT_MS - into) / RECENT_MS) as usize
+    }
+}
+
+/// Why a connection is closed for the streams its client abandoned.
+pub enum Flood {
+    /// More than [`MAX_ABANDONED`] more than it let finish.
+    MoreThanFinished,
+    /// More than [`MAX_ABANDONED_RECENT`] within [`RECENT_MS`].
+    TooManyRecently,
 }
 
 /// An HTTP/2 connection being served: its streams are counted while this lives.
@@ -55,6 +103,7 @@ impl Connection {
             last_end: AtomicU64::new(0),
             abandoned: AtomicUsize::new(0),
             finished: AtomicUsize::new(0),
+            recent: Mutex::new(Recent::default()),
             reading: Mutex::new(Vec::new()),
         });
         let ends = (client, local);
@@ -80,10 +129,16 @@ impl Connection {
         Some(self.shared.last_end.load(Ordering::Relaxed)).filter(|t| *t > 0)
     }
 
-    /// Whether its client abandoned [`MAX_ABANDONED`] more streams than it let finish.
-    pub fn flooded(&self) -> bool {
+    /// Whether its client abandoned [`MAX_ABANDONED`] more streams than it let finish, or more
+    /// than [`MAX_ABANDONED_RECENT`] within [`RECENT_MS`] before `now` (coarse ms).
+    pub fn flooded(&self, now: u64) -> Option<Flood> {
         let finished = self.shared.finished.load(Ordering::Relaxed);
-        self.shared.abandoned.load(Ordering::Relaxed) > finished + MAX_ABANDONED
+        let abandoned = self.shared.abandoned.load(Ordering::Relaxed);
+        if abandoned > finished + MAX_ABANDONED {
+            return Some(Flood::MoreThanFinished);
+        }
+        let mut recent = self.shared.recent.lock().unwrap_or_else(|p| p.into_inner());
+        (recent.count(now) > MAX_ABANDONED_RECENT).then_some(Flood::TooManyRecently)
     }
 
     /// Whether a request body on it has had no piece for `limit` at `now` (coarse ms).
@@ -165,6 +220,10 @@ impl Stream {
     pub fn abandoned(&mut self) {
         if !std::mem::replace(&mut self.abandoned, true) {
             self.shared.abandoned.fetch_add(1, Ordering::Relaxed);
+            let now = crate::clock::coarse_millis();
+            let mut recent = self.shared.recent.lock().unwrap_or_else(|p| p.into_inner());
+            recent.at(now);
+            recent.current += 1;
         }
     }
 }
@@ -189,4 +248,31 @@ pub fn options() -> pingora_core::protocols::http::v2::server::H2Options {
     let mut o = pingora_core::protocols::http::v2::server::default_h2_options();
     o.max_send_buffer_size(64 * 1024);
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Recent, RECENT_MS};
+
+    /// The recent count holds what was abandoned in the last span, fading out the span
+    /// before it as the last one moves past it, and forgets what is older.
+    #[test]
+    fn abandoned_streams_are_counted_over_the_last_span() {
+        let mut r = Recent {
+            since: 1000,
+            ..Recent::default()
+        };
+        let abandon = |r: &mut Recent, at: u64, n: usize| {
+            r.at(at);
+            r.current += n;
+        };
+        abandon(&mut r, 1000, 300);
+        abandon(&mut r, 1000 + RECENT_MS - 1, 100);
+        assert_eq!(r.count(1000 + RECENT_MS - 1), 400);
+        // Half a span on: half of the span before, and this one's.
+        abandon(&mut r, 1000 + RECENT_MS + RECENT_MS / 2, 50);
+        assert_eq!(r.count(1000 + RECENT_MS + RECENT_MS / 2), 200 + 50);
+        assert_eq!(r.count(1000 + 2 * RECENT_MS), 50);
+        assert_eq!(r.count(1000 + 5 * RECENT_MS), 0);
+    }
 }
