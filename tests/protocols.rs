@@ -176,6 +176,55 @@ fn http2_requests_have_their_host_in_req_headers_host() {
     assert_eq!(fetch("b.example"), ["2 200"], "one bucket for every host");
 }
 
+/// An HTTP/2 request as written (tests/fixtures/python/h2_client.py): the status, the body.
+fn h2_request(port: u16, path: &str, headers: &[(&str, &str)]) -> (String, String) {
+    let req = serde_json::json!({ "path": path, "headers": headers });
+    let out = Command::new(python())
+        .arg(fixture("h2_client.py"))
+        .arg(port.to_string())
+        .arg(req.to_string())
+        .output()
+        .expect("the HTTP/2 client (scripts/install-test-servers.sh installs target/py)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, body) = text.split_once('\n').unwrap_or((&text, ""));
+    (status.to_string(), body.to_string())
+}
+
+/// An HTTP/2 request reaches the HTTP/1 upstream as an HTTP/1 one would: its cookies, one
+/// field each in HTTP/2, joined into one (RFC 9113 §8.2.3); more than 256 header lines `431`
+/// as on HTTP/1; and malformed ones refused (RFC 9113 §8.2.1, §8.3.1): a value with spaces at
+/// an end (HTTP/1's parser trims them: a key with a trailing space authenticated there and not
+/// here, and went upstream as it came), a `:path` that is not absolute.
+#[test]
+fn http2_heads_are_settled_as_http1_ones_are_read() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = https_gateway(&up.url(""), "");
+    let (status, body) = h2_request(
+        gw.port,
+        "/tiles/c?echo=headers",
+        &[("cookie", "a=1"), ("cookie", "b=2"), ("x-kept", "v")],
+    );
+    assert_eq!(status, "200", "{body}");
+    let saw: serde_json::Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(saw["headers"]["cookie"], "a=1; b=2", "{body}");
+    assert_eq!(saw["headers"]["x-kept"], "v", "{body}");
+    let many: Vec<(String, String)> = (0..300).map(|i| (format!("x-h{i}"), "1".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+    assert_eq!(h2_request(gw.port, "/tiles/many", &many).0, "431");
+    for (path, headers) in [
+        ("/tiles/padded", &[("x-key", "k ")][..]),
+        ("/tiles/padded", &[("x-key", "\tk")][..]),
+        ("?a=1", &[][..]),
+    ] {
+        assert_eq!(
+            h2_request(gw.port, path, headers).0,
+            "400",
+            "{path} {headers:?}"
+        );
+    }
+    assert_eq!(up.served(), 1);
+}
+
 #[test]
 fn a_hundred_tiles_over_one_http2_connection() {
     let up = PyUpstream::start("tiles", 5.0);

@@ -193,7 +193,8 @@ pub async fn decide(
             .iter()
             .map(|(n, v)| n.as_str().len() + v.len() + 4)
             .sum::<usize>();
-    if head_size > MAX_REQUEST_HEAD {
+    // (HTTP/1 heads are bounded as they are read; HTTP/2 ones in lines only here.)
+    if head_size > MAX_REQUEST_HEAD || head.headers.len() > crate::listener::MAX_HEADER_LINES {
         return Decision::Reply(Reply::text(431, "Request Header Fields Too Large"));
     }
     let framing = if facts.bodiless {
@@ -498,6 +499,40 @@ pub fn reply_header(reply: &Reply, edits: &[HeaderEdit]) -> Result<ResponseHeade
         resp.append_header(n, v)?;
     }
     Ok(resp)
+}
+
+/// Settles an HTTP/2 request's head as an HTTP/1 one would be read, or refuses it as
+/// malformed (RFC 9113 §8.2.1, §8.3.1): a `:path` that is not absolute (`?a=1`; `*` only for
+/// `OPTIONS`), a field value with whitespace at either end (HTTP/1's parser trims it, so a
+/// credential with a trailing space authenticated there but not here). Its `cookie` fields,
+/// which HTTP/2 clients send one per cookie, are joined into one with `; ` for the HTTP/1
+/// upstream (RFC 9113 §8.2.3).
+pub fn settle_http2_head(head: &mut RequestHeader) -> Result<(), Reply> {
+    let path = head.raw_path();
+    let absolute =
+        path.first() == Some(&b'/') || (path == b"*" && head.method == http::Method::OPTIONS);
+    let padded = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+    };
+    if !absolute || head.headers.values().any(padded) {
+        return Err(Reply::text(400, "Bad Request"));
+    }
+    let cookies = head.headers.get_all(http::header::COOKIE);
+    if cookies.iter().nth(1).is_some() {
+        let mut joined = Vec::new();
+        for c in cookies {
+            if !joined.is_empty() {
+                joined.extend_from_slice(b"; ");
+            }
+            joined.extend_from_slice(c.as_bytes());
+        }
+        let joined =
+            HeaderValue::from_bytes(&joined).map_err(|_| Reply::text(400, "Bad Request"))?;
+        head.insert_header(http::header::COOKIE, joined)
+            .map_err(|_| Reply::text(400, "Bad Request"))?;
+    }
+    Ok(())
 }
 
 /// Removes the headers the request's `Connection` names (but the connection's own, which the

@@ -262,7 +262,7 @@ pub(super) async fn malformed(head: &[u8]) -> Option<Box<pingora_core::Error>> {
 
 /// The most header lines Pingora's parser takes: a head with more is refused there with a
 /// bare 400, where a 431 says what is wrong (RFC 6585 §5), as for a head too long.
-const MAX_HEADER_LINES: usize = 256;
+pub const MAX_HEADER_LINES: usize = 256;
 
 /// Whether the first request head in `buf` (complete) has more than [`MAX_HEADER_LINES`]
 /// header lines. A head shorter than that many of the shortest lines (`a:` and a bare `\n`)

@@ -22,6 +22,8 @@ pub mod io;
 mod workers;
 
 pub use conn::awaiting_an_answer;
+/// The most header lines a request head may have.
+pub use head::MAX_HEADER_LINES;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 

@@ -157,6 +157,10 @@ impl ProxyHttp for Tollgate {
                 ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local);
             }
             session.set_write_timeout(Some(self.h2_send_timeout));
+            if let Err(reply) = exchange::settle_http2_head(session.req_header_mut()) {
+                send_reply(session, reply, &[]).await?;
+                return Ok(true);
+            }
         }
         // The client asks to close, or the gateway is leaving (an upgrade took its sockets:
         // Pingora's session minds only a shutdown).
