@@ -248,6 +248,23 @@ fn a_key_that_is_no_section_is_said() {
         said.contains("`extra` is no section") && !said.contains("(`extra`"),
         "{said}"
     );
+    // Within the sections too: a misspelt `scopes` left the endpoint open to every consumer,
+    // a misspelt `condition` ran its step for every request.
+    let dir = ConfigDir::new(
+        "http: {port: 8080}\napiEndpoints:\n  a: {paths: '/a/*', scope: [wms]}\nserviceEndpoints:\n  s: {url: 'http://127.0.0.1:1', proxyOption: {}}\npolicies: [terminate]\npipelines:\n  p:\n    apiEndpoints: [a]\n    polices: []\n    policies:\n      - terminate: [{conditon: {name: never}, action: {statusCode: 200}}]\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let file = dir.file("gateway.config.yml");
+    let said = stderr(&out);
+    for line in [
+        "3:22: `scope` is no field of an apiEndpoint and is ignored (`scopes`?)",
+        "5:34: `proxyOption` is no field of a serviceEndpoint and is ignored (`proxyOptions`?)",
+        "10:5: `polices` is no field of a pipeline and is ignored (`policies`?)",
+        "12:22: `conditon` is no part of a policy step and is ignored (`condition`?)",
+    ] {
+        assert!(said.contains(&format!("{file}:{line}")), "{line}: {said}");
+    }
 }
 
 #[test]

@@ -49,6 +49,19 @@ pub(super) fn endpoint_entry(
         );
         return None;
     }
+    super::ignored_keys(
+        node,
+        &[
+            "host",
+            "hostRegex",
+            "paths",
+            "path",
+            "pathRegex",
+            "methods",
+            "scopes",
+        ],
+        "field of an apiEndpoint",
+    );
     let mut paths = Vec::new();
     for key in ["paths", "path"] {
         if let Some(n) = node.get(key) {
@@ -107,6 +120,11 @@ pub(super) fn service_endpoint(
         );
         return None;
     }
+    super::ignored_keys(
+        value,
+        &["url", "urls", "proxyOptions", "tollgate"],
+        "field of a serviceEndpoint",
+    );
     let url = optional_string(value, "url", errors);
     let urls = value.get("urls").map(|n| string_list(n, "urls", errors));
     let urls = match (url, urls) {
@@ -145,6 +163,11 @@ pub(super) fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> O
         );
         return None;
     }
+    super::ignored_keys(
+        value,
+        &["apiEndpoints", "apiEndpoint", "policies", "policy"],
+        "field of a pipeline",
+    );
     let api_endpoints = match value
         .get("apiEndpoints")
         .or_else(|| value.get("apiEndpoint"))
@@ -239,7 +262,10 @@ pub(super) fn policy_steps(
                 None => (None, None, pos.clone()),
                 Some(n) if n.is_null() => (None, None, n.pos.clone()),
                 Some(n) if n.as_map().is_some() => (
-                    n.get("condition").filter(|c| !c.is_null()).cloned(),
+                    {
+                        super::ignored_keys(n, &["condition", "action"], "part of a policy step");
+                        n.get("condition").filter(|c| !c.is_null()).cloned()
+                    },
                     n.get("action").filter(|a| !a.is_null()).cloned(),
                     n.pos.clone(),
                 ),

@@ -110,19 +110,24 @@ const SECTIONS: [&str; 8] = [
 /// Says where the file has a key that is no section (EG ignores it, and so does tollgate): a
 /// misspelt `piplines` left every route without its pipeline, and nothing said why.
 fn unknown_sections(root: &Node) {
-    for (key, _) in root.as_map().unwrap_or_default() {
+    ignored_keys(root, &SECTIONS, "section of the gateway config");
+}
+
+/// Says where a map has a key that is none of `known` (EG ignores it, and so does tollgate),
+/// with the one it looks like: a misspelt `scope:` left an api endpoint without its scopes (the
+/// `scopes` step then let every consumer through), a `conditon:` ran its step for every
+/// request, and nothing said why. `what` names what the keys are of.
+pub(super) fn ignored_keys(node: &Node, known: &[&str], what: &str) {
+    for (key, _) in node.as_map().unwrap_or_default() {
         let Some(name) = key.as_str() else { continue };
-        if SECTIONS.contains(&name) {
+        if known.contains(&name) {
             continue;
         }
-        let like = SECTIONS
+        let like = known
             .iter()
             .find(|s| one_edit_apart(s, name))
             .map_or(String::new(), |s| format!(" (`{s}`?)"));
-        log::warn!(
-            "{}: `{name}` is no section of the gateway config and is ignored{like}",
-            key.pos
-        );
+        log::warn!("{}: `{name}` is no {what} and is ignored{like}", key.pos);
     }
 }
 
