@@ -353,6 +353,8 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
     ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
     }
+    // The port's own error says why the gateway would listen nowhere: once.
+    assert!(!err.contains("no port"), "{err}");
 }
 
 #[test]

@@ -43,9 +43,25 @@ impl ConfigError {
     pub fn new(pos: &Pos, reason: impl Into<String>) -> ConfigError {
         ConfigError {
             pos: pos.clone(),
-            reason: without_env_values(reason.into()),
+            reason: one_line(without_env_values(reason.into())),
         }
     }
+}
+
+/// `reason` on one line: a control character a value brought into it (a line feed in a
+/// quoted string) written as its escape, so each error stays one `file:line:column: reason`
+/// line and the log's lines stay whole.
+fn one_line(reason: String) -> String {
+    if !reason.chars().any(char::is_control) {
+        return reason;
+    }
+    reason
+        .chars()
+        .map(|c| match c {
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// The values the environment gave config files (`${NAME}`), each in the forms an error may
@@ -123,6 +139,11 @@ impl ConfigErrors {
         self.0.is_empty()
     }
 
+    /// How many were found so far.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
     pub fn extend(&mut self, other: ConfigErrors) {
         self.0.extend(other.0);
     }
@@ -156,6 +177,16 @@ impl std::error::Error for ConfigErrors {}
 
 #[cfg(test)]
 mod tests {
+    /// A reason stays on one line whatever a value brought into it.
+    #[test]
+    fn a_reason_is_one_line() {
+        assert_eq!(super::one_line("plain `x`".into()), "plain `x`");
+        assert_eq!(
+            super::one_line("not a port: a\nb\r\u{1b}".into()),
+            "not a port: a\\nb\\r\\u{1b}"
+        );
+    }
+
     use super::*;
 
     #[test]

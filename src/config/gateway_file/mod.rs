@@ -172,6 +172,7 @@ impl GatewayFile {
                 format!("the gateway config must be a map, not {}", root.kind()),
             );
         }
+        let found_before = errors.len();
         let mut file = GatewayFile {
             http: root
                 .get("http")
@@ -186,7 +187,10 @@ impl GatewayFile {
             pipelines: Vec::new(),
             raw: normalized_json(root),
         };
-        if file.http.is_none() && file.https.is_none() && root.as_map().is_some() {
+        // (Not when a listener's own error said why: a port that is none.)
+        let listeners_said = errors.len() > found_before;
+        if file.http.is_none() && file.https.is_none() && root.as_map().is_some() && !listeners_said
+        {
             // (`serve` would refuse it; `check` and a reload say so, where the file says it.)
             let (at, why) = match root.get("http").or_else(|| root.get("https")) {
                 Some(n) => (
