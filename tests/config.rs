@@ -305,10 +305,11 @@ fn syntax_errors_and_missing_files() {
     );
     let err = check_errors(&dir);
     assert!(err.contains("4:3: pipeline `p` needs `policies`"), "{err}");
-    // A models file `serve` cannot read fails the check too, at its own position.
+    // A models file `serve` cannot read fails the check too, at its own position, beside the
+    // config's own errors.
     dir.write(
         "gateway.config.yml",
-        "http: {port: 8080}\napiEndpoints: {a: {paths: '/a'}}\n",
+        "http: {port: 8080}\napiEndpoints: {a: {paths: '/a', methods: 7}}\n",
     );
     std::fs::create_dir_all(dir.path.join("models")).expect("models");
     dir.write("models/users.json", "{\n  \"type\": \"object\",\n}\n");
@@ -318,7 +319,7 @@ fn syntax_errors_and_missing_files() {
         stderr(&out).contains(&format!(
             "{}:3:1: invalid JSON",
             dir.file("models/users.json")
-        )),
+        )) && stderr(&out).contains("`methods`"),
         "{}",
         stderr(&out)
     );

@@ -561,12 +561,14 @@ fn show_config(dirs: &ConfigDirs) -> i32 {
 }
 
 fn check(dirs: &ConfigDirs) -> i32 {
-    // The models too: `serve` refuses a config whose models it cannot read.
-    if let Err(e) = crate::consumers::models::Models::load(dirs) {
+    // The models too: `serve` refuses a config whose models it cannot read (said with the
+    // config's own errors, not instead of them).
+    let models = crate::consumers::models::Models::load(dirs);
+    if let Err(e) = &models {
         eprintln!("{e}");
-        return 2;
     }
     match server::load_gateway(dirs, &Shared::detached()) {
+        Ok(_) if models.is_err() => 2,
         Ok(gw) => {
             if dirs.find_config("system.config").is_none() {
                 crate::config::no_system_config(dirs);
