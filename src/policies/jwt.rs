@@ -164,6 +164,11 @@ fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String>
         if material.is_empty() {
             return Err("the secret is empty".into());
         }
+        // (A key file left with its line feed alone, a value of spaces: a secret anyone
+        // guesses.)
+        if material.trim().is_empty() {
+            return Err("the secret is only whitespace".into());
+        }
         return Ok((
             DecodingKey::from_secret(material.as_bytes()),
             vec![HS256, HS384, HS512],

@@ -299,3 +299,19 @@ fn eddsa_from_a_key_file() {
     ));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A secret of nothing but whitespace (a key file left with its line feed, a value of
+/// spaces) is refused as an empty one is: anyone would guess it.
+#[test]
+fn a_secret_of_whitespace_is_refused() {
+    for secret in ["", " ", "\n", " \t\r\n"] {
+        let p: Params = serde_json::from_value(serde_json::json!({"secretOrPublicKey": secret}))
+            .expect("params");
+        let built = Jwt::build(
+            p,
+            &crate::config::ConfigDirs::single(Path::new(".")),
+            &crate::gateway::Shared::detached().consumers,
+        );
+        assert!(built.is_err(), "{secret:?}");
+    }
+}
