@@ -430,7 +430,7 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
                 }) = self.stack.pop()
                 {
                     if self.duplicate.is_none() {
-                        self.duplicate = duplicate_key(&entries);
+                        self.duplicate = duplicate_key(&entries).or_else(|| bad_merge(&entries));
                     }
                     // A block map is marked where its first key's `:` is: it is where its
                     // first key begins.
@@ -447,6 +447,26 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
             _ => {}
         }
     }
+}
+
+/// A `<<` whose value is no map, nor a list of maps: EG's reader refuses it (it merges maps
+/// only); dropped, it left out whatever the file meant to bring there.
+fn bad_merge(entries: &[(Node, Node)]) -> Option<ConfigError> {
+    let (_, v) = entries.iter().find(|(k, v)| {
+        k.as_str() == Some("<<")
+            && match &v.value {
+                Value::Map(_) => false,
+                Value::Seq(items) => items.iter().any(|i| !matches!(i.value, Value::Map(_))),
+                _ => true,
+            }
+    })?;
+    Some(ConfigError::new(
+        &v.pos,
+        format!(
+            "`<<` merges maps only (an alias of a map, or a list of them), not {}",
+            v.kind()
+        ),
+    ))
 }
 
 /// A key a map's own entries (not those merged in with `<<`) give twice.

@@ -135,6 +135,25 @@ fn a_key_given_twice_in_one_map_is_an_error_at_the_second() {
     assert!(parse("base: &b {c: 1}\nx:\n  <<: *b\n  c: 2\n", &file).is_ok());
 }
 
+/// `<<` merges maps only, as EG's reader: a scalar, or a list with a scalar in it, is an error
+/// where it stands (it was dropped without a word).
+#[test]
+fn a_merge_of_what_is_no_map_is_an_error() {
+    let file: Arc<str> = Arc::from("g.yml");
+    for (yaml, at) in [
+        ("x:\n  <<: 5\n", "g.yml:2:7:"),
+        ("x:\n  <<: 'a'\n", "g.yml:2:7:"),
+        ("a: &a {c: 1}\nx:\n  <<: [*a, 5]\n", "g.yml:3:7:"),
+    ] {
+        let e = parse(yaml, &file).expect_err(yaml).to_string();
+        assert!(
+            e.starts_with(at) && e.contains("`<<` merges maps only"),
+            "{yaml}: {e}"
+        );
+    }
+    assert!(parse("a: &a {c: 1}\nb: &b {d: 1}\nx:\n  <<: [*a, *b]\n", &file).is_ok());
+}
+
 #[test]
 fn anchors_and_merge_keys_resolve() {
     let root = doc("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n");
