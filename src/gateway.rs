@@ -190,7 +190,7 @@ fn upstream_settings(
     let Some(node) = &def.tollgate else {
         return UpstreamSettings::default();
     };
-    match serde_path_to_error::deserialize::<_, UpstreamSettings>(node.to_json()) {
+    match serde_path_to_error::deserialize::<_, UpstreamSettings>(node.to_param_json()) {
         Ok(s) => match s.validate(def.urls.len()) {
             Ok(()) => s,
             Err(why) => {

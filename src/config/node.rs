@@ -93,24 +93,38 @@ impl Node {
         }
     }
 
-    /// The node as JSON, for handing to serde and to the Admin API.
+    /// The node as JSON, as the Admin API serves it: a number JSON has not (`.nan`, `.inf`,
+    /// `1e999`) is `null`, as EG's `JSON.stringify` writes it.
     pub fn to_json(&self) -> serde_json::Value {
+        self.json(false)
+    }
+
+    /// The node as JSON for reading parameters with serde: a number JSON has not is its text
+    /// as Node writes it (`NaN`, `Infinity`, `-Infinity`), which no numeric parameter takes —
+    /// as `null` it read as not set, and a `readTimeout` of `.inf` was no timeout, silently.
+    pub fn to_param_json(&self) -> serde_json::Value {
+        self.json(true)
+    }
+
+    fn json(&self, params: bool) -> serde_json::Value {
         use serde_json::Value as J;
         match &self.value {
             Value::Null => J::Null,
             Value::Bool(b) => J::Bool(*b),
             Value::Int(i) => J::from(*i),
-            // Not a number JSON has (`.nan`, `.inf`, `1e999`): its text, which no numeric
-            // parameter takes, rather than null, which every optional one takes as unset.
-            Value::Float(f) => {
-                serde_json::Number::from_f64(*f).map_or_else(|| J::String(f.to_string()), J::Number)
-            }
+            Value::Float(f) => match serde_json::Number::from_f64(*f) {
+                Some(n) => J::Number(n),
+                None if !params => J::Null,
+                None if f.is_nan() => J::String("NaN".into()),
+                None if *f > 0.0 => J::String("Infinity".into()),
+                None => J::String("-Infinity".into()),
+            },
             Value::Str(s) => J::String(s.clone()),
-            Value::Seq(items) => J::Array(items.iter().map(Node::to_json).collect()),
+            Value::Seq(items) => J::Array(items.iter().map(|n| n.json(params)).collect()),
             Value::Map(entries) => J::Object(
                 entries
                     .iter()
-                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.json(params)))
                     .collect(),
             ),
         }

@@ -224,7 +224,7 @@ pub fn params<T: DeserializeOwned>(
     pos: &Pos,
     errors: &mut ConfigErrors,
 ) -> Option<T> {
-    let json = action.map_or_else(|| serde_json::json!({}), Node::to_json);
+    let json = action.map_or_else(|| serde_json::json!({}), Node::to_param_json);
     match coerced::<T>(json) {
         Ok(p) => Some(p),
         Err(e) => {

@@ -213,10 +213,10 @@ fn merged_params(
     pos: &Pos,
     errors: &mut ConfigErrors,
 ) -> Option<Params> {
-    let mut json = action.map_or_else(|| serde_json::json!({}), Node::to_json);
+    let mut json = action.map_or_else(|| serde_json::json!({}), Node::to_param_json);
     if let (Some(obj), Some(opts)) = (
         json.as_object_mut(),
-        endpoint.proxy_options.as_ref().map(Node::to_json),
+        endpoint.proxy_options.as_ref().map(Node::to_param_json),
     ) {
         if let Some(extra) = opts.as_object() {
             for (k, v) in extra {

@@ -206,3 +206,19 @@ fn json_documents_parse_too() {
         Some(1)
     );
 }
+
+/// A number JSON has not is `null` where the Admin API serves the config (as EG's
+/// `JSON.stringify` writes it), and its text where parameters are read (no numeric parameter
+/// takes it: as `null` it read as not set).
+#[test]
+fn numbers_json_has_not_are_null_served_and_text_read() {
+    let root = doc("a: .nan\nb: .inf\nc: -.inf\nd: 1e999\ne: 1.5\n");
+    assert_eq!(
+        root.to_json(),
+        serde_json::json!({"a": null, "b": null, "c": null, "d": null, "e": 1.5})
+    );
+    assert_eq!(
+        root.to_param_json(),
+        serde_json::json!({"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": "Infinity", "e": 1.5})
+    );
+}
