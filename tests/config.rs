@@ -678,25 +678,6 @@ fn numbers_that_are_not_finite_are_errors_not_unset() {
     assert!(err.contains("NaN") && err.contains("Infinity"), "{err}");
 }
 
-/// A rate-limit window longer than Node's timers hold (EG's resets on one) is an error: one
-/// of centuries, its counts kept across reloads, outlived its own fix until a restart.
-#[test]
-fn a_rate_limit_window_past_what_node_holds_is_an_error() {
-    let yaml = |w: u64| {
-        format!("http: {{port: 8080}}\napiEndpoints: {{a: {{}}}}\npolicies: [rate-limit, terminate]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - rate-limit: [{{action: {{max: 2, windowMs: {w}}}}}]\n      - terminate: [{{action: {{statusCode: 200}}}}]\n")
-    };
-    let dir = ConfigDir::new(&yaml(9_223_372_036_854_775_807));
-    let err = check_errors(&dir);
-    assert!(
-        err.contains(&format!("{}:8:", dir.file("gateway.config.yml")))
-            && err.contains("`windowMs` must be from 1 to 2147483647"),
-        "{err}"
-    );
-    dir.write("gateway.config.yml", &yaml(2_147_483_647));
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-}
-
 /// The storage route is looked for before the Admin API's own routes: an `endpointName` that
 /// would take one of them (or the metrics path, or every path) is an error at its position.
 #[test]
