@@ -56,6 +56,8 @@ pub struct DiskTier {
     /// The bytes the tier keeps at most: as configured, lower once the file system was found
     /// full below it.
     budget: AtomicU64,
+    /// The budget the tier opened with: no file it writes is larger.
+    largest: u64,
     index: Mutex<HashMap<HashBinary, Entry>>,
     /// The whole store's purges: a write begun before or during one puts nothing back.
     purges: std::sync::Arc<super::Purges>,
@@ -105,6 +107,7 @@ impl DiskTier {
             secret,
             dir: dir.to_path_buf(),
             budget: AtomicU64::new(budget),
+            largest: budget,
             index: Mutex::new(HashMap::new()),
             purges: Default::default(),
             clock: AtomicU64::new(0),
@@ -208,21 +211,18 @@ impl DiskTier {
 
     /// Reads an object; a damaged file is removed and reads as a miss.
     pub async fn get(&'static self, key: HashBinary) -> Option<Object> {
-        // What was written (a file's size in whole blocks; none is written larger than the
-        // budget): a file longer is damaged.
-        let written = self
-            .index
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
-            .map(|e| e.size.min(self.budget()))?;
+        if !self.contains(&key) {
+            return None;
+        }
         let _permit = self.io.acquire().await.ok()?;
         let path = self.path(&key);
-        let read = tokio::task::spawn_blocking(move || read_regular(&path, written))
+        // None is written larger than the budget the tier opened with.
+        let largest = self.largest;
+        let read = tokio::task::spawn_blocking(move || read_regular(&path, largest))
             .await
             .ok()?;
-        match read {
-            Ok(bytes) => match decode(&key, bytes) {
+        match read.map(|bytes| bytes.and_then(|b| decode(&key, b))) {
+            Ok(read) => match read {
                 Some(obj) => {
                     self.touch(&key);
                     Some(obj)

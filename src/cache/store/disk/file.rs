@@ -94,11 +94,13 @@ pub(super) fn decode(key: &HashBinary, bytes: Vec<u8>) -> Option<Object> {
     Some(Object::new(*key, StoredMeta::from_meta(&meta), body))
 }
 
-/// The bytes of the regular file at `path`, at most `limit` and one more (a file grown past
-/// what was written — by hand, or damaged — reads as damaged without being read whole into
-/// memory). Anything else there (a FIFO, whose open would wait for a writer and hold one of
-/// the tier's I/O slots for ever; a directory) cannot be read.
-pub(super) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+/// The bytes of the object file at `path`, or `None` when its head's lengths do not add up
+/// to the file's size, or to more than `largest` (damaged, or grown by hand: read as damaged
+/// without being read into memory — a file grown to a gigabyte was read whole, and the
+/// gateway's memory grew by it and stayed). Anything else there (a FIFO, whose open would
+/// wait for a writer and hold one of the tier's I/O slots for ever; a directory) cannot be
+/// read.
+pub(super) fn read_regular(path: &Path, largest: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
     let f = std::fs::OpenOptions::new()
@@ -112,10 +114,38 @@ pub(super) fn read_regular(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> 
             format!("{} is not a regular file", path.display()),
         ));
     }
-    let limit = limit.saturating_add(1);
-    let mut bytes = Vec::with_capacity(meta.len().min(limit).min(16 << 20) as usize);
-    f.take(limit).read_to_end(&mut bytes)?;
-    Ok(bytes)
+    // Its head first: the rest is read only when the lengths it gives are the file's.
+    // (A file written meanwhile is a new one, renamed into place: this one stays as it was.)
+    let size = meta.len();
+    let mut head = [0u8; HEAD];
+    let mut f = f;
+    match f.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    if size > largest || written_length(&head) != Some(size) {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
+    bytes.extend_from_slice(&head);
+    f.take(size - HEAD as u64).read_to_end(&mut bytes)?;
+    Ok(Some(bytes).filter(|b| b.len() as u64 == size))
+}
+
+/// The length the head of object file `bytes` says the file has.
+fn written_length(bytes: &[u8]) -> Option<u64> {
+    let u32_at = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let body = u64::from_le_bytes(bytes.get(28..36)?.try_into().ok()?);
+    (HEAD as u64)
+        .checked_add(u64::from(u32_at(20)?))?
+        .checked_add(u64::from(u32_at(24)?))?
+        .checked_add(body)
 }
 
 /// The directory's secret, and whether it was made now (none was there, or none whole).
