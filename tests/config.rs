@@ -356,6 +356,14 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
     }
     // The port's own error says why the gateway would listen nowhere: once.
     assert!(!err.contains("no port"), "{err}");
+    // An admin listener's error says nothing of the gateway's: it still listens nowhere.
+    let dir = ConfigDir::new("admin: {port: 99999}\napiEndpoints: {}\n");
+    let err = check_errors(&dir);
+    assert!(
+        err.contains("`admin.port` must be a port number")
+            && err.contains("no `http` or `https` section"),
+        "{err}"
+    );
 }
 
 #[test]

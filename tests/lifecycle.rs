@@ -276,6 +276,7 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
         "{good}https: {{port: {port}, tls: {{default: {{key: '{pem}', cert: '{pem}'}}}}}}\n"
     );
     let no_cert = format!("{good}https: {{port: {port}, tls: {{}}}}\n");
+    let null_cert = format!("{good}https: {{port: {port}, tls: ~}}\n");
     let bad_host = format!("{good}https: {{port: {port}, hostname: 'not a host!', tls: {{}}}}\n");
     for (what, file, content, said) in [
         (
@@ -300,6 +301,12 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
             "no certificate",
             "gateway.config.yml",
             Some(no_cert.as_str()),
+            "`https.tls` needs at least a `default` key and cert",
+        ),
+        (
+            "a null certificate section",
+            "gateway.config.yml",
+            Some(null_cert.as_str()),
             "`https.tls` needs at least a `default` key and cert",
         ),
         (

@@ -170,10 +170,8 @@ pub(super) fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> 
             "`https` needs a `tls` section with at least a `default` key and cert",
         ),
     }
-    if let Some(tls) = node
-        .get("tls")
-        .filter(|t| t.as_map().is_some_and(|m| m.is_empty()))
-    {
+    let empty = |t: &&Node| t.is_null() || t.as_map().is_some_and(|m| m.is_empty());
+    if let Some(tls) = node.get("tls").filter(empty) {
         errors.push(
             &tls.pos,
             "`https.tls` needs at least a `default` key and cert",

@@ -173,11 +173,15 @@ impl GatewayFile {
             );
         }
         let found_before = errors.len();
+        let http = root
+            .get("http")
+            .and_then(|n| listener(n, "http", None, errors));
+        let https = root.get("https").and_then(|n| https(n, errors));
+        // (Not when a listener's own error said why: a port that is none.)
+        let listeners_said = errors.len() > found_before;
         let mut file = GatewayFile {
-            http: root
-                .get("http")
-                .and_then(|n| listener(n, "http", None, errors)),
-            https: root.get("https").and_then(|n| https(n, errors)),
+            http,
+            https,
             admin: root
                 .get("admin")
                 .and_then(|n| listener(n, "admin", Some(DEFAULT_ADMIN_PORT), errors)),
@@ -187,8 +191,6 @@ impl GatewayFile {
             pipelines: Vec::new(),
             raw: normalized_json(root),
         };
-        // (Not when a listener's own error said why: a port that is none.)
-        let listeners_said = errors.len() > found_before;
         if file.http.is_none() && file.https.is_none() && root.as_map().is_some() && !listeners_said
         {
             // (`serve` would refuse it; `check` and a reload say so, where the file says it.)
