@@ -608,7 +608,7 @@ fn stalled_and_abandoned_http2_streams_end() {
         100 * batches
     );
     assert_eq!(gw.metric_when(flood, |v| v >= 2.0), 2.0);
-    let said = "abandoned more than 400 streams within 10 s";
+    let said = "abandoned more than 400 streams gone upstream within 10 s";
     assert!(gw.log_text().contains(said), "{}", gw.log_text());
 }
 

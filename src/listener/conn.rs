@@ -189,7 +189,7 @@ where
                             "closing an HTTP/2 connection whose client abandoned {MAX_ABANDONED} more streams than it let finish"
                         ),
                         Flood::TooManyRecently => log::info!(
-                            "closing an HTTP/2 connection whose client abandoned more than {MAX_ABANDONED_RECENT} streams within {} s",
+                            "closing an HTTP/2 connection whose client abandoned more than {MAX_ABANDONED_RECENT} streams gone upstream within {} s",
                             RECENT_MS / 1000
                         ),
                     }

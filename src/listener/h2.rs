@@ -28,10 +28,10 @@ fn connections() -> &'static Mutex<HashMap<Ends, Arc<Shared>>> {
 /// work, abandons them all.
 pub const MAX_ABANDONED: usize = 200;
 
-/// How many streams a connection's client may abandon within [`RECENT_MS`], however many it
-/// lets finish beside them: a client that pads a reset flood with cheap requests (a health
-/// check after each reset) abandons as many as it finishes, and each abandoned request may
-/// have gone upstream, whose work goes on when the stream is reset.
+/// How many streams whose requests had gone upstream a connection's client may abandon
+/// within [`RECENT_MS`], however many it lets finish beside them: a client that pads a reset
+/// flood with cheap requests (a health check after each reset) abandons as many as it
+/// finishes, and the upstream's work for each goes on when the stream is reset.
 pub const MAX_ABANDONED_RECENT: usize = 400;
 /// The time [`MAX_ABANDONED_RECENT`] counts over (ms).
 pub const RECENT_MS: u64 = 10_000;
@@ -216,10 +216,15 @@ impl Stream {
         }
     }
 
-    /// The client abandoned the stream before its answer was whole.
-    pub fn abandoned(&mut self) {
+    /// The client abandoned the stream before its answer was whole; `asked_upstream`: its
+    /// request had gone upstream, whose work goes on (counted among the recent ones: a
+    /// stream abandoned while a tile came from the cache costs nothing more).
+    pub fn abandoned(&mut self, asked_upstream: bool) {
         if !std::mem::replace(&mut self.abandoned, true) {
             self.shared.abandoned.fetch_add(1, Ordering::Relaxed);
+            if !asked_upstream {
+                return;
+            }
             let now = crate::clock::coarse_millis();
             let mut recent = self.shared.recent.lock().unwrap_or_else(|p| p.into_inner());
             recent.at(now);

@@ -600,7 +600,8 @@ impl ProxyHttp for Tollgate {
         // An HTTP/2 stream its client reset (or left) before its answer was whole.
         if let (Some(stream), Some(e)) = (&mut ctx._h2_stream, e) {
             if e.esource() == &pingora_core::ErrorSource::Downstream {
-                stream.abandoned();
+                let asked_upstream = ctx.x.proxy.as_ref().is_some_and(|p| p.attempts > 0);
+                stream.abandoned(asked_upstream);
             }
         }
         crate::upstream::attempt::end(&mut ctx.x.proxy);
