@@ -169,6 +169,13 @@ fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String>
         if material.trim().is_empty() {
             return Err("the secret is only whitespace".into());
         }
+        // What `'${KEY}'` reads as when KEY is not set (as EG reads it): a secret every
+        // attacker would try first, that signed tokens anyone makes.
+        if material == "null" || material == "undefined" {
+            return Err(format!(
+                "the secret is `{material}` (an environment variable that is not set?)"
+            ));
+        }
         return Ok((
             DecodingKey::from_secret(material.as_bytes()),
             vec![HS256, HS384, HS512],

@@ -301,10 +301,11 @@ fn eddsa_from_a_key_file() {
 }
 
 /// A secret of nothing but whitespace (a key file left with its line feed, a value of
-/// spaces) is refused as an empty one is: anyone would guess it.
+/// spaces), or `null` (what `'${KEY}'` reads as when KEY is not set), is refused as an empty
+/// one is: anyone would guess it.
 #[test]
 fn a_secret_of_whitespace_is_refused() {
-    for secret in ["", " ", "\n", " \t\r\n"] {
+    for secret in ["", " ", "\n", " \t\r\n", "null", "undefined"] {
         let p: Params = serde_json::from_value(serde_json::json!({"secretOrPublicKey": secret}))
             .expect("params");
         let built = Jwt::build(
