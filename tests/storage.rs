@@ -343,6 +343,19 @@ fn a_provider_out_of_reach_is_a_502_that_closes_and_a_stalled_body_a_408() {
     let r = get(gw.admin_port, "GET", "/s3/tiles/a.png", &[]);
     assert_eq!(r.status, 502);
     assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    // Said once per provider and kind of failure, folded while it repeats, as a warning: not
+    // an error line per object.
+    for i in 0..5 {
+        assert_eq!(
+            get(gw.admin_port, "GET", &format!("/s3/tiles/{i}.png"), &[]).status,
+            502
+        );
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let log = gw.log_text();
+    let said = "storage route: provider `gone`: refused; answered 502";
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(!log.contains("ERROR"), "{log}");
     // A provider that takes the connection and answers nothing; the client's body stops.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let silent_port = silent.local_addr().expect("addr").port();

@@ -68,8 +68,29 @@ impl ProxyHttp for AdminService {
         }
     }
 
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, _ctx: &mut AdminCtx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut AdminCtx) {
         crate::listener::io::body_unread(session.as_downstream_mut(), e);
+        let Some(e) = e else { return };
+        if e.esource() == &ErrorSource::Downstream {
+            log::debug!("storage route: the client went away: {e}");
+            return;
+        }
+        let Some((storage, o)) = &ctx.object else {
+            log::warn!("admin API: a request failed: {e}");
+            return;
+        };
+        // One line per provider and kind of failure, folded while it repeats (Pingora's own
+        // line, at error level, named each object).
+        let provider = storage.providers.get(o.provider).map_or("", |p| &*p.name);
+        log::warn!(
+            "storage route: provider `{provider}`: {}; answered 502",
+            crate::exchange::upstream_error_label(e)
+        );
+    }
+
+    /// Written by `logging` instead: one line per provider and kind of failure.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
+        true
     }
 
     /// A storage request's body that trickles is cut at the request timeout, as on the
