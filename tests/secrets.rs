@@ -20,12 +20,13 @@ apiEndpoints:
   token: {{paths: '/token/*'}}
 serviceEndpoints:
   up: {{url: '{up}'}}
-policies: [log, key-auth, basic-auth, jwt, proxy]
+policies: [log, request-transformer, key-auth, basic-auth, jwt, proxy]
 pipelines:
   keyed:
     apiEndpoints: [keyed]
     policies:
-      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} auth=${{req.headers.authorization}}'}}}}]
+      - request-transformer: [{{action: {{headers: {{add: {{x-copied: req.headers.authorization}}}}}}}}]
+      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} auth=${{req.headers.authorization}} copied=${{req.headers[''x-copied'']}}'}}}}]
       - key-auth:
       - proxy: [{{action: {{serviceEndpoint: up}}}}]
   basic:
@@ -161,9 +162,10 @@ fn no_secret_reaches_the_logs() {
     assert!(log.contains("DEBUG"), "the log ran at debug level");
     // The `log` steps ran, and said what they could without the credentials.
     for seen in [
-        "seen GET /keyed/a auth=REDACTED",
-        "seen GET /keyed/a?apiKey=REDACTED auth=",
-        "seen GET /keyed/a?apiKey=REDACTED&x=1 auth=",
+        // (A transformer's copy of a credential is one too.)
+        "seen GET /keyed/a auth=REDACTED copied=REDACTED",
+        "seen GET /keyed/a?apiKey=REDACTED auth= copied=",
+        "seen GET /keyed/a?apiKey=REDACTED&x=1 auth= copied=",
         "seen GET /basic/a auth=REDACTED",
         "seen GET /token/a?jwt=REDACTED auth=",
     ] {

@@ -87,6 +87,14 @@ impl Expr {
                     let params = secrets.map_or(&[][..], |s| &s.params[..]);
                     out.push_str(&crate::access_log::redact(req.url, params));
                 }
+                // A header that carries a credential's value under another name (a
+                // transformer's copy of `Authorization`) is one too.
+                Term::Header(name) if secrets.is_some() => {
+                    if let Some(v) = x.header_now(req, name) {
+                        let carried = secrets.is_some_and(|s| carries_secret(&v, req, s));
+                        out.push_str(if carried { "REDACTED" } else { &v });
+                    }
+                }
                 Term::Header(name) => {
                     if let Some(v) = x.header_now(req, name) {
                         out.push_str(&v);
@@ -126,6 +134,28 @@ pub fn ip_text(ip: std::net::IpAddr) -> std::net::IpAddr {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
         v4 => v4,
     }
+}
+
+/// Whether `value` holds the value of one of the client's credentials `secrets` names (a
+/// secret header's, a secret query parameter's; those of fewer than 4 bytes aside, which would
+/// be found in any text).
+fn carries_secret(value: &str, req: &Request<'_>, secrets: &Secrets) -> bool {
+    let holds = |secret: &[u8]| {
+        secret.len() >= 4 && memchr::memmem::find(value.as_bytes(), secret).is_some()
+    };
+    let in_headers = secrets.headers.iter().any(|name| {
+        req.headers
+            .get_all(name)
+            .iter()
+            .any(|v| holds(v.as_bytes()))
+    });
+    in_headers
+        || req.query.is_some_and(|q| {
+            q.split('&').any(|pair| {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                secrets.params.iter().any(|p| p.eq_ignore_ascii_case(k)) && holds(v.as_bytes())
+            })
+        })
 }
 
 /// What carries credentials in a request: kept out of what is logged.
