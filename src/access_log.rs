@@ -223,7 +223,7 @@ pub fn without_secrets(query: &str, secret_params: &[String]) -> Option<String> 
 
 /// The name of a query pair, when it is one of `secret_params` (compared decoded, as the
 /// policies read it: `%6Awt` is `jwt`).
-fn secret_name<'a>(pair: &'a str, secret_params: &[String]) -> Option<&'a str> {
+pub(crate) fn secret_name<'a>(pair: &'a str, secret_params: &[String]) -> Option<&'a str> {
     let name = pair.split('=').next().unwrap_or("");
     let decoded = crate::cache::key::decoded(name);
     secret_params

@@ -149,11 +149,14 @@ fn carries_secret(value: &str, req: &Request<'_>, secrets: &Secrets) -> bool {
             .iter()
             .any(|v| holds(v.as_bytes()))
     });
+    // A query credential as written and as its escapes decode (`id%3Asecret` is `id:secret`
+    // in a header made of it); its name as the access log matches it (`%61piKey`).
     in_headers
         || req.query.is_some_and(|q| {
             q.split('&').any(|pair| {
-                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                secrets.params.iter().any(|p| p.eq_ignore_ascii_case(k)) && holds(v.as_bytes())
+                let v = pair.split_once('=').map_or("", |(_, v)| v);
+                crate::access_log::secret_name(pair, &secrets.params).is_some()
+                    && (holds(v.as_bytes()) || holds(crate::cache::key::decoded(v).as_bytes()))
             })
         })
 }
@@ -348,6 +351,32 @@ fn parse_term(t: &str) -> Result<Term, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A header that holds a credential's value is redacted in a log line, the credential
+    /// sent in a header or in the query (as written or with its escapes decoded, its name
+    /// too); other headers, and values too short to tell, are not.
+    #[test]
+    fn headers_holding_a_credential_are_redacted_in_log_lines() {
+        use crate::pipeline::context::testing::OwnedRequest;
+        let secrets = Secrets {
+            params: vec!["apiKey".into()],
+            headers: vec![http::header::AUTHORIZATION],
+        };
+        let t = Template::parse("c=${req.headers['x-copy']}").expect("template");
+        let line = |url: &str, headers: &[(&str, &str)]| {
+            let owned = OwnedRequest::get(url, headers, &[]);
+            t.eval_for_log(&owned.req(), &Exchange::default(), &secrets)
+        };
+        let with = |h: &'static str| [("authorization", "apiKey id:secret"), ("x-copy", h)];
+        assert_eq!(line("/a", &with("apiKey id:secret")), "c=REDACTED");
+        assert_eq!(line("/a", &with("plain")), "c=plain");
+        let copy = [("x-copy", "id:secret")];
+        assert_eq!(line("/a?apiKey=id:secret", &copy), "c=REDACTED");
+        assert_eq!(line("/a?apiKey=id%3Asecret", &copy), "c=REDACTED");
+        assert_eq!(line("/a?%61piKey=id%3Asecret", &copy), "c=REDACTED");
+        assert_eq!(line("/a?other=id:secret", &copy), "c=id:secret");
+        assert_eq!(line("/a?apiKey=abc", &[("x-copy", "abcdef")]), "c=abcdef");
+    }
 
     #[test]
     fn literals_and_paths_parse() {
