@@ -321,7 +321,7 @@ fn the_clients_credentials_reach_no_provider_and_no_log() {
     // The failure's line is written once the answer went out.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut log = gw.log_text();
-    while !log.contains("/s3/gone/tiles/a.png?jwt=REDACTED") {
+    while !log.contains("storage route: provider `gone`") {
         assert!(std::time::Instant::now() < deadline, "{log}");
         std::thread::sleep(std::time::Duration::from_millis(20));
         log = gw.log_text();
@@ -353,8 +353,10 @@ fn a_provider_out_of_reach_is_a_502_that_closes_and_a_stalled_body_a_408() {
     }
     std::thread::sleep(std::time::Duration::from_millis(300));
     let log = gw.log_text();
-    let said = "storage route: provider `gone`: refused; answered 502";
-    assert_eq!(log.matches(said).count(), 1, "{log}");
+    let said = "storage route: provider `gone`: ";
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(said)).collect();
+    assert_eq!(lines.len(), 1, "{log}");
+    assert!(lines[0].ends_with("; answered 502"), "{log}");
     assert!(!log.contains("ERROR"), "{log}");
     // A provider that takes the connection and answers nothing; the client's body stops.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

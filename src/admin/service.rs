@@ -71,21 +71,25 @@ impl ProxyHttp for AdminService {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut AdminCtx) {
         crate::listener::io::body_unread(session.as_downstream_mut(), e);
         let Some(e) = e else { return };
+        // The client's doing (it left, its body stalled: answered 408): at debug, as on the
+        // gateway's port.
         if e.esource() == &ErrorSource::Downstream {
-            log::debug!("storage route: the client went away: {e}");
+            log::debug!("admin API: a request ended on the client's side: {e}");
             return;
         }
         let Some((storage, o)) = &ctx.object else {
             log::warn!("admin API: a request failed: {e}");
             return;
         };
-        // One line per provider and kind of failure, folded while it repeats (Pingora's own
-        // line, at error level, named each object).
+        // One line per provider and failure, folded while it repeats (Pingora's own line, at
+        // error level, named each object; the error names no object).
         let provider = storage.providers.get(o.provider).map_or("", |p| &*p.name);
-        log::warn!(
-            "storage route: provider `{provider}`: {}; answered 502",
-            crate::exchange::upstream_error_label(e)
-        );
+        let answered = match session.response_written().map(|r| r.status.as_u16()) {
+            Some(s) if s < 400 => format!("cut short after its {s} head"),
+            Some(s) => format!("answered {s}"),
+            None => "closed".into(),
+        };
+        log::warn!("storage route: provider `{provider}`: {e}; {answered}");
     }
 
     /// Written by `logging` instead: one line per provider and kind of failure.
