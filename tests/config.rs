@@ -686,6 +686,28 @@ fn numbers_that_are_not_finite_are_errors_not_unset() {
     assert!(err.contains("NaN") && err.contains("Infinity"), "{err}");
 }
 
+/// A rate-limit window as long as EG's (its count kept in Redis with an expiry: a 30-day quota
+/// works), up to the largest whole number JavaScript holds; a larger one is an error (it
+/// wrapped to a negative expiry in Redis, which deleted every count: nothing was limited).
+#[test]
+fn rate_limit_windows_are_as_long_as_egs() {
+    let yaml = |w: u64| {
+        format!("http: {{port: 8080}}\napiEndpoints: {{a: {{}}}}\npolicies: [rate-limit, terminate]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - rate-limit: [{{action: {{max: 2, windowMs: {w}}}}}]\n      - terminate: [{{action: {{statusCode: 200}}}}]\n")
+    };
+    let dir = ConfigDir::new(&yaml(9_223_372_036_854_775_807));
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{}:8:", dir.file("gateway.config.yml")))
+            && err.contains("`windowMs` must be from 1 to 9007199254740991"),
+        "{err}"
+    );
+    for fine in [2_592_000_000, 9_007_199_254_740_991] {
+        dir.write("gateway.config.yml", &yaml(fine));
+        let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{fine}: {}", stderr(&out));
+    }
+}
+
 /// The storage route is looked for before the Admin API's own routes: an `endpointName` that
 /// would take one of them (or the metrics path, or every path) is an error at its position.
 #[test]

@@ -17,6 +17,9 @@ use crate::pipeline::expr::{ip_text, Template};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 use crate::store::Store;
 
+/// The longest `windowMs`: 2^53 - 1, the largest whole number JavaScript holds exactly.
+pub const MAX_WINDOW_MS: u64 = (1 << 53) - 1;
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Params {
@@ -89,10 +92,12 @@ impl RateLimit {
         windows: Windows,
         errors: &mut ConfigErrors,
     ) -> Option<RateLimit> {
-        if p.window_ms == 0 {
+        // At most the largest whole number EG's JavaScript holds: a larger one wrapped to a
+        // negative expiry in Redis, which deleted each count as it was made (nothing limited).
+        if p.window_ms == 0 || p.window_ms > MAX_WINDOW_MS {
             errors.push(
                 super::param_pos(action, "windowMs", pos),
-                "policy `rate-limit`: `windowMs` must be more than 0",
+                format!("policy `rate-limit`: `windowMs` must be from 1 to {MAX_WINDOW_MS}"),
             );
             return None;
         }
