@@ -125,8 +125,36 @@ pub fn init() {
     }
 }
 
+/// Pingora's server's own steps of starting and stopping (by how they start), logged at
+/// debug: tollgate says what an operator needs of them (where it listens, what it loaded),
+/// and Pingora's lines that matter are kept (the signal taken, the grace period's start and
+/// end, the exit).
+const SERVER_STEPS: &[&str] = &[
+    "Bootstrap starting",
+    "Bootstrap done",
+    "Server starting",
+    "Starting services in dependency order",
+    "Starting service: ",
+    "Broadcasting graceful shutdown",
+    "Graceful shutdown started!",
+    "Broadcast graceful shutdown complete",
+    "Waiting for runtimes to exit",
+    "Waiting for service runtime",
+    "Service runtime ",
+    "service '",
+];
+
 /// The level a record is really written at: Pingora's normal events go down to debug.
 fn effective_level(record: &Record<'_>) -> Level {
+    if record.level() == Level::Info && record.target().starts_with("pingora_core::server") {
+        let text = record.args().as_str().map_or_else(
+            || std::borrow::Cow::Owned(record.args().to_string()),
+            std::borrow::Cow::Borrowed,
+        );
+        if SERVER_STEPS.iter().any(|p| text.starts_with(p)) {
+            return Level::Debug;
+        }
+    }
     if record.level() <= Level::Warn && record.target().starts_with("pingora") {
         let text = record.args().as_str().map_or_else(
             || std::borrow::Cow::Owned(record.args().to_string()),
@@ -289,5 +317,40 @@ mod tests {
         ] {
             assert!(named_verbose(quiet).is_empty(), "{quiet}");
         }
+    }
+}
+
+#[cfg(test)]
+mod levels {
+    use super::*;
+
+    fn level_of(level: Level, target: &str, text: &str) -> Level {
+        effective_level(
+            &Record::builder()
+                .level(level)
+                .target(target)
+                .args(format_args!("{text}"))
+                .build(),
+        )
+    }
+
+    /// Pingora's server's steps of starting and stopping go to debug; its lines about the
+    /// signal taken and the grace period stay, and so does everything of other targets.
+    #[test]
+    fn pingoras_server_steps_are_debug_and_its_signals_info() {
+        let server = "pingora_core::server";
+        for step in ["Bootstrap starting", "Starting service: tollgate gateway"] {
+            assert_eq!(level_of(Level::Info, server, step), Level::Debug, "{step}");
+        }
+        for kept in [
+            "SIGTERM received, gracefully exiting",
+            "Graceful shutdown: grace period 5s starts",
+        ] {
+            assert_eq!(level_of(Level::Info, server, kept), Level::Info, "{kept}");
+        }
+        assert_eq!(
+            level_of(Level::Info, "tollgate::server", "Bootstrap starting"),
+            Level::Info
+        );
     }
 }
