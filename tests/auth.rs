@@ -420,6 +420,38 @@ fn revocation_and_restart() {
         get(gw.port, "GET", "/wmts/a", &[("Authorization", &auth)]).status,
         401
     );
+    // A credential made switched off (as a provisioning script makes one, to hand out later)
+    // stays off, as in EG, until it is activated: it was stored active.
+    let made = support::send_json(
+        gw.admin_port,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "kalisio", "type": "key-auth", "credential": {"keyId": "later-key", "keySecret": "later-secret", "isActive": false, "scopes": ["k2"]}}"#,
+    );
+    assert!(made.status < 300, "{}", made.text());
+    assert_eq!(
+        support::json_body(&made)["isActive"],
+        false,
+        "{}",
+        made.text()
+    );
+    let later = [("Authorization", "apiKey later-key:later-secret")];
+    assert_eq!(get(gw.port, "GET", "/k2/x", &later).status, 401);
+    let on = support::send_json(
+        gw.admin_port,
+        "PUT",
+        "/credentials/key-auth/later-key/status",
+        r#"{"status": true}"#,
+    );
+    assert_eq!(on.text(), r#"{"status":"Activated"}"#);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while get(gw.port, "GET", "/k2/x", &later).status != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not let in once activated"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 #[test]

@@ -50,8 +50,14 @@ impl ConsumerService {
             }
         }
         let now = model::js_date_now();
+        // Active unless the body says otherwise, as EG takes it (its value written as given:
+        // a credential made switched off stays off until it is activated).
+        let active = match body.get("isActive") {
+            None | Some(Value::Null) => "true".to_string(),
+            Some(v) => model::js_string(v),
+        };
         let mut fields: Fields = vec![
-            ("isActive".into(), "true".into()),
+            ("isActive".into(), active),
             ("createdAt".into(), now.clone()),
             ("updatedAt".into(), now),
         ];
