@@ -350,6 +350,47 @@ fn users_apps_scopes_and_credentials_routes() {
     assert_eq!(call(a, "POST", "/users", "{not json").status, 400);
 }
 
+/// A basic-auth credential made in place of a switched-off one is written over it, as EG
+/// writes it: what it does not set, its scopes among them, it keeps (a password rotated that
+/// way lost the consumer's scopes).
+#[test]
+fn a_password_credential_made_anew_keeps_what_it_does_not_set() {
+    let (_d, gw) = gateway(&[]);
+    let a = gw.admin_port;
+    assert!(call(a, "POST", "/scopes", r#"{"scopes": ["s1"]}"#).status < 300);
+    let user = json(&call(a, "POST", "/users", r#"{"username": "rot"}"#));
+    let id = user["id"].as_str().expect("id").to_string();
+    let first = call(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "rot", "type": "basic-auth", "credential": {"password": "pw1", "scopes": ["s1"]}}"#,
+    );
+    assert!(first.status < 300, "{}", first.text());
+    let off = call(
+        a,
+        "PUT",
+        &format!("/credentials/basic-auth/{id}/status"),
+        r#"{"status": false}"#,
+    );
+    assert_eq!(off.text(), r#"{"status":"Deactivated"}"#);
+    let again = call(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "rot", "type": "basic-auth", "credential": {"password": "pw2"}}"#,
+    );
+    assert!(again.status < 300, "{}", again.text());
+    let read = json(&get(
+        a,
+        "GET",
+        &format!("/credentials/basic-auth/{id}"),
+        &[],
+    ));
+    assert_eq!(read["scopes"], serde_json::json!(["s1"]), "{read}");
+    assert_eq!(read["isActive"], true, "{read}");
+}
+
 #[test]
 fn an_admin_token_guards_every_route() {
     let (_d, gw) = gateway(&["--admin-token", "s3cr3t"]);

@@ -163,9 +163,8 @@ impl ConsumerService {
             }
             fields.push(("autoGeneratePassword".into(), "true".into()));
             fields.push(("passwordKey".into(), field.into()));
-            if !existing.is_empty() {
-                batch.push(Write::Del { key: key.clone() });
-            }
+            // Written over the switched-off one it replaces, as EG writes it: what the new one
+            // does not set (its scopes, when none are given) it keeps.
             let mut shown = Map::new();
             if given.is_none() {
                 shown.insert(field.to_string(), Value::String(plain));
