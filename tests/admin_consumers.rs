@@ -488,6 +488,26 @@ fn the_cli_speaks_to_the_admin_api() {
     );
     let (code, _, err) = cli(&["scopes", "create", "wms", "wmts"]);
     assert_eq!((code, err.as_str()), (Some(0), "✔ Created wms,wmts\n"));
+    // Several names: one that fails is said, and the others are still done (as EG's CLI).
+    for name in ["cli1", "cli2"] {
+        let (code, _, err) = cli(&["users", "create", "-q", "-p", &format!("username={name}")]);
+        assert_eq!(code, Some(0), "{err}");
+    }
+    let (code, _, err) = cli(&["users", "deactivate", "cli1", "nobody", "cli2"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("✔ Deactivated cli1")
+            && err.contains("✔ Deactivated cli2")
+            && err.contains("✖ 1 of 3 failed"),
+        "{err}"
+    );
+    for name in ["cli1", "cli2"] {
+        let (_, out, _) = cli(&["users", "info", name]);
+        let user: serde_json::Value = serde_json::from_str(&out).expect("a user as JSON");
+        assert_eq!(user["isActive"], false, "{name}: {out}");
+    }
+    let (code, _, err) = cli(&["users", "remove", "cli1", "cli2"]);
+    assert_eq!(code, Some(0), "{err}");
     let (_, app_id, _) = cli(&[
         "apps",
         "create",

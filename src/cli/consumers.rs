@@ -296,28 +296,52 @@ pub(crate) fn call(
 
 fn status_each(c: &AdminClient, route: &str, m: &Many, active: bool) -> Outcome {
     let word = if active { "Activated" } else { "Deactivated" };
-    for id in &m.ids {
+    let body = serde_json::json!({ "status": active });
+    each(m.ids.iter(), |id| {
         call(
             c,
             "PUT",
             &format!("/{route}/{}/status", enc(id)),
-            Some(&serde_json::json!({ "status": active })),
+            Some(&body),
         )?;
         if !m.quiet {
             eprintln!("✔ {word} {id}");
         }
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 fn remove_each(c: &AdminClient, route: &str, m: &Many) -> Outcome {
-    for id in &m.ids {
+    each(m.ids.iter(), |id| {
         call(c, "DELETE", &format!("/{route}/{}", enc(id)), None)?;
         if !m.quiet {
             eprintln!("✔ Removed {id}");
         }
+        Ok(())
+    })
+}
+
+/// Does `one` for every name, as EG's CLI does: a name that fails is said (`✖`) and the
+/// others are still done; the outcome fails when one did (one name alone: with its reason).
+fn each<'a>(
+    names: impl ExactSizeIterator<Item = &'a String>,
+    mut one: impl FnMut(&str) -> Outcome,
+) -> Outcome {
+    let all = names.len();
+    if all == 1 {
+        return names.map(|n| one(n)).collect();
     }
-    Ok(())
+    let mut failed = 0;
+    for name in names {
+        if let Err(why) = one(name) {
+            failed += 1;
+            eprintln!("✖ {why}");
+        }
+    }
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of {all} failed")),
+    }
 }
 
 /// Users and applications are listed, shown, created and updated alike; these are the parts.
@@ -591,10 +615,10 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
                     )?;
                 }
                 _ => {
-                    for scope in &s.scopes {
-                        let method = if verb == "add" { "PUT" } else { "DELETE" };
-                        call(c, method, &format!("{base}/{}", enc(scope)), None)?;
-                    }
+                    let method = if verb == "add" { "PUT" } else { "DELETE" };
+                    each(s.scopes.iter(), |scope| {
+                        call(c, method, &format!("{base}/{}", enc(scope)), None).map(drop)
+                    })?;
                 }
             }
             eprintln!("✔ Scopes of {} updated", s.id);
