@@ -329,7 +329,7 @@ fn each<'a>(
 ) -> Outcome {
     let all = names.len();
     if all == 1 {
-        return names.map(|n| one(n)).collect();
+        return names.into_iter().try_for_each(|n| one(n));
     }
     let mut failed = 0;
     for name in names {
