@@ -63,13 +63,27 @@ fn stale_while_revalidate_and_stale_if_error() {
         failing.text()
     );
     up.kill();
-    let down = open(sie);
+    // Asked on a keep-alive connection once the tile's outage is a second old (so the tile's
+    // upstream is asked again, and refuses): the answer says the connection closes, as it
+    // does (it said keep-alive, and the client's next request on it failed).
+    std::thread::sleep(Duration::from_millis(1100));
+    let down = support::request(
+        gw.port,
+        &format!("GET {sie} HTTP/1.1\r\nHost: localhost\r\n\r\n"),
+        false,
+    );
     assert_eq!(
         (down.status, cache_status(&down)),
         (200, "STALE"),
         "{}\n{}",
         down.text(),
         gw.log_text()
+    );
+    assert_eq!(
+        down.header("connection"),
+        Some("close"),
+        "{:?}",
+        down.headers
     );
     // A tile never cached is a 502 when the upstream is down, and says it missed.
     let never = open("/open/never.png");
