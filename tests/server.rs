@@ -77,7 +77,15 @@ fn admin_api_serves_the_config() {
 fn sigterm_drains_in_flight_requests_then_exits() {
     let (up, _dir, mut gw) = with_grace_period("10");
     let port = gw.port;
-    let in_flight = std::thread::spawn(move || get(port, "GET", "/slow/slow/1500", &[]));
+    // On a keep-alive connection: its answer says the connection closes, as it will (it said
+    // keep-alive, and the client's next request on it failed).
+    let in_flight = std::thread::spawn(move || {
+        support::request(
+            port,
+            "GET /slow/slow/1500 HTTP/1.1\r\nHost: h\r\n\r\n",
+            false,
+        )
+    });
     let deadline = Instant::now() + Duration::from_secs(5);
     while up.hits.load(std::sync::atomic::Ordering::SeqCst) == 0 {
         assert!(
@@ -95,6 +103,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         "the in-flight request completes: {}",
         r.text()
     );
+    assert_eq!(r.header("connection"), Some("close"), "{:?}", r.headers);
     let status = exit_within(
         &mut gw,
         Duration::from_secs(9).saturating_sub(sent.elapsed()),

@@ -83,7 +83,6 @@ impl FastPath {
         let upstream_started = Instant::now();
         let asked_at = crate::clock::coarse_millis();
         let filling = fill.is_some();
-        let keepalive = reading.keepalive(limits);
         let how = loop {
             let (client, path) = (reading.req(), reading.target().path);
             let asking = relay::connect_and_ask(&self.connector, client, path, x, filling);
@@ -106,6 +105,8 @@ impl FastPath {
                 Ok(asked) => asked,
                 Err(e) => break relayed(Err(e), fill, upstream_started),
             };
+            // Judged once the upstream answered: a stop that began meanwhile closes.
+            let keepalive = reading.keepalive(limits);
             let Some(head) = head_for(&mut fill, &up, x, keepalive) else {
                 break relayed(Ok((up, key)), fill, upstream_started);
             };

@@ -137,7 +137,9 @@ impl Reading {
     /// Whether the connection stays open after this request.
     pub fn keepalive(&self, limits: &SessionLimits) -> bool {
         match self {
-            Reading::Own { keepalive, .. } => *keepalive && limits.keepalive_secs.is_some(),
+            Reading::Own { keepalive, .. } => {
+                *keepalive && limits.keepalive_secs.is_some() && !crate::listener::leaving()
+            }
             Reading::Session { s, .. } => s.will_keepalive(),
         }
     }

@@ -111,6 +111,10 @@ pub async fn relay(
         fail(s, x, e, end).await;
         return;
     }
+    // (A stop that began while the upstream was asked: the answer says so.)
+    if crate::listener::leaving() {
+        s.set_server_keepalive(None);
+    }
     let close_delimited = match response_head(&mut resp, s.req_header(), &x.response_edits) {
         // The session says `Connection: close` when it is told before the head.
         Ok(true) => {

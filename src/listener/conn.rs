@@ -355,7 +355,7 @@ where
     // Leaving (a shutdown, or an upgrade that took the listening sockets, seconds before the
     // shutdown begins): the answer says `Connection: close`, so the client's next request
     // goes on a new connection (to the new process) instead of racing the close of this one.
-    let draining = *shutdown.borrow() || super::handed_over();
+    let draining = *shutdown.borrow() || super::leaving();
     let keepalive = (!draining).then_some(limits.keepalive_timeout.as_secs().max(1));
     let session = match fast {
         Some(fast) => {

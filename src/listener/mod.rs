@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 /// Set once the listening sockets went to an upgrading process, which shares their queues.
 static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+static STOPPING: AtomicBool = AtomicBool::new(false);
 
 /// How many listening sockets are still being accepted on: the drain on a shutdown waits for
 /// them to take in what their backlog holds.
@@ -48,6 +49,19 @@ pub fn sockets_handed_over() {
 /// answers tell clients to close so that their next requests go to the new one.
 pub(crate) fn handed_over() -> bool {
     HANDED_OVER.load(Ordering::Relaxed)
+}
+
+/// A graceful stop (SIGTERM) began: the answers of the requests in flight say
+/// `Connection: close` (they said keep-alive, then the connection closed under the client's
+/// next request).
+pub fn stopping_now() {
+    STOPPING.store(true, Ordering::Relaxed);
+}
+
+/// Whether this process is leaving (a graceful stop, or its sockets handed to an upgrading
+/// one): an answer written now tells the client to close.
+pub(crate) fn leaving() -> bool {
+    HANDED_OVER.load(Ordering::Relaxed) || STOPPING.load(Ordering::Relaxed)
 }
 
 /// One more in a process-wide count while this lives (an accept loop in [`accepting`], a

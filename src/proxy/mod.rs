@@ -164,8 +164,7 @@ impl ProxyHttp for Tollgate {
         }
         // The client asks to close, or the gateway is leaving (an upgrade took its sockets:
         // Pingora's session minds only a shutdown).
-        if crate::wire::asks_close(&session.req_header().headers) || crate::listener::handed_over()
-        {
+        if crate::wire::asks_close(&session.req_header().headers) || crate::listener::leaving() {
             session.set_keepalive(None);
         }
         // RFC 9110 §15.2: no informational answer to an HTTP/1.0 client, which would take it
@@ -477,6 +476,11 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A stop that began while the upstream was asked: the answer says the connection
+        // closes, as it will.
+        if crate::listener::leaving() {
+            session.set_keepalive(None);
+        }
         // The upstream connection's own headers reach no client (but a protocol switch's).
         if upstream_response.status != http::StatusCode::SWITCHING_PROTOCOLS {
             exchange::strip_hop_by_hop(upstream_response);

@@ -112,7 +112,10 @@ impl ShutdownSignalWatch for Signals {
                         quit_since = None;
                     }
                 }
-                _ = term.recv() => return ShutdownSignal::GracefulTerminate,
+                _ = term.recv() => {
+                    crate::listener::stopping_now();
+                    return ShutdownSignal::GracefulTerminate;
+                }
                 _ = int.recv() => return ShutdownSignal::FastShutdown,
                 _ = hup.recv() => {
                     let lifecycle = self.lifecycle.clone();
