@@ -57,6 +57,9 @@ const NORMAL_EVENTS: &[&str] = &[
     "Cache lock timeout",
     "Cache lock retry limit exceeded",
     "Dangling cache lock",
+    // An upgrading process waiting, a second at a time, for the old one to be sent SIGQUIT
+    // (its giving up after five tries stays an error).
+    "No incoming socket transfer",
 ];
 
 /// Pingora messages (by what they hold) that name each tile, written by tollgate once per api
@@ -352,5 +355,11 @@ mod levels {
             level_of(Level::Info, "tollgate::server", "Bootstrap starting"),
             Level::Info
         );
+        // An upgrade's wait for the sockets, a second at a time, is no error; giving up is.
+        let transfer = "pingora_core::server::transfer_fd";
+        let waiting = "No incoming socket transfer, sleep 1s and try again";
+        assert_eq!(level_of(Level::Error, transfer, waiting), Level::Debug);
+        let gave_up = "Giving up reading socket";
+        assert_eq!(level_of(Level::Error, transfer, gave_up), Level::Error);
     }
 }
