@@ -102,30 +102,26 @@ fn plain_http_to_the_https_port_is_told_so() {
     use std::io::{Read, Write};
     let up = EchoUpstream::start("plain-up");
     let (_dir, gw) = proxying_https_gateway(&up);
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    conn.write_all(b"GET /t/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
-    let mut answer = Vec::new();
-    let read = conn.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "{read:?}");
+    // What a plain request of `method` is answered, read to the close.
+    let plain = |method: &str| {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        let ask = format!("{method} /t/plain HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        conn.write_all(ask.as_bytes()).expect("send");
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .expect("timeout");
+        let mut answer = Vec::new();
+        let read = conn.read_to_end(&mut answer);
+        assert!(read.is_ok(), "{read:?}");
+        String::from_utf8_lossy(&answer).into_owned()
+    };
+    let text = plain("GET");
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(
         text.ends_with("A plain HTTP request was sent to an HTTPS port"),
         "{text}"
     );
     // A HEAD gets the head alone (RFC 9110 §9.3.2).
-    let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
-    conn.write_all(b"HEAD /t/plain HTTP/1.1\r\nHost: localhost\r\n\r\n")
-        .expect("send");
-    conn.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
-    let mut answer = Vec::new();
-    let read = conn.read_to_end(&mut answer);
-    let text = String::from_utf8_lossy(&answer);
-    assert!(read.is_ok(), "{read:?}");
+    let text = plain("HEAD");
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.ends_with("Connection: close\r\n\r\n"), "{text}");
     let raw = tls_request(
