@@ -31,7 +31,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 /// Set once the listening sockets went to an upgrading process, which shares their queues.
 static HANDED_OVER: AtomicBool = AtomicBool::new(false);
-static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Set by the hand-over or by a graceful stop: [`leaving`] is one load on the hot path.
+static LEAVING: AtomicBool = AtomicBool::new(false);
 
 /// How many listening sockets are still being accepted on: the drain on a shutdown waits for
 /// them to take in what their backlog holds.
@@ -43,6 +44,7 @@ pub fn accepting() -> usize {
 /// their backlogs hold is left to it.
 pub fn sockets_handed_over() {
     HANDED_OVER.store(true, Ordering::Relaxed);
+    LEAVING.store(true, Ordering::Relaxed);
 }
 
 /// Whether the listening sockets went to an upgrading process: this one is leaving, its
@@ -55,13 +57,13 @@ pub(crate) fn handed_over() -> bool {
 /// `Connection: close` (they said keep-alive, then the connection closed under the client's
 /// next request).
 pub fn stopping_now() {
-    STOPPING.store(true, Ordering::Relaxed);
+    LEAVING.store(true, Ordering::Relaxed);
 }
 
 /// Whether this process is leaving (a graceful stop, or its sockets handed to an upgrading
 /// one): an answer written now tells the client to close.
 pub(crate) fn leaving() -> bool {
-    HANDED_OVER.load(Ordering::Relaxed) || STOPPING.load(Ordering::Relaxed)
+    LEAVING.load(Ordering::Relaxed)
 }
 
 /// One more in a process-wide count while this lives (an accept loop in [`accepting`], a
