@@ -19,12 +19,12 @@ use super::policy::CacheRule;
 
 /// The headers, in the order their values are written into a key: the host, scheme, port
 /// and path prefix a proxy in front says clients used, in the forms proxies and upstreams
-/// (GeoServer, MapServer, QGIS Server, Spring) name them, and IIS's `X-Original-URL` and
+/// (GeoServer, MapServer, QGIS Server, Spring, MapProxy's and WSGI's `X-Script-Name`) name them, and IIS's `X-Original-URL` and
 /// `X-Rewrite-URL` (see [`WHOLE_TARGET`]). Not nginx's and Traefik's `X-Original-URI` and
 /// `X-Forwarded-Uri`: sent by a proxy in front with every request, each URL would be a
 /// combination of its own (a purge finds the 256 most sent only, and every request would
 /// count its own).
-const HEADERS: [&str; 22] = [
+const HEADERS: [&str; 23] = [
     "forwarded",
     "x-forwarded-host",
     "x-forwarded-proto",
@@ -40,6 +40,7 @@ const HEADERS: [&str; 22] = [
     "front-end-https",
     "x-host",
     "x-original-host",
+    "x-script-name",
     "x-original-url",
     "x-rewrite-url",
     "x-qgis-service-url",
@@ -458,6 +459,8 @@ mod tests {
             "x-qgis-wms-service-url",
             "x-host",
             "front-end-https",
+            "x-script-name",
+            "x_script_name",
         ] {
             let mut h = HeaderMap::new();
             h.insert(

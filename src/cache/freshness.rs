@@ -1,9 +1,9 @@
 //! Whether an upstream response may be stored, and for how long: HTTP caching as a shared
 //! cache does it (`Cache-Control` s-maxage / max-age, then `Expires` less `Date`, then the
 //! step's default TTL, clamped by the step; freshness information that is invalid or given
-//! twice with different values makes it stale), never `no-store`, `private` (with field names too), `Set-Cookie`,
-//! `Vary: *` or a response that varies on credentials; `no-cache` (with field names too) is
-//! stored but revalidated before every use.
+//! twice with different values makes it stale), never `no-store`, `private` (with field
+//! names too), `Set-Cookie` (or `Set-Cookie2`), `Vary: *` or a response that varies on
+//! credentials; `no-cache` (with field names too) is stored but revalidated before every use.
 
 use std::time::{Duration, SystemTime};
 
@@ -74,7 +74,8 @@ impl Present {
                 p.age = true;
             } else if name == VARY {
                 p.vary = true;
-            } else if name == SET_COOKIE {
+            } else if name == SET_COOKIE || name.as_str() == "set-cookie2" {
+                // RFC 2965's `Set-Cookie2` is obsolete, and still a consumer's cookie.
                 p.set_cookie = true;
             }
         }
@@ -565,6 +566,7 @@ mod tests {
         assert_eq!(ttl(&resp(200, &[("cache-control", "no-store")])), None);
         assert_eq!(ttl(&resp(200, &[("cache-control", "private")])), None);
         assert_eq!(ttl(&resp(200, &[("set-cookie", "a=b")])), None);
+        assert_eq!(ttl(&resp(200, &[("set-cookie2", "a=b")])), None);
         assert_eq!(ttl(&resp(200, &[("vary", "*")])), None);
         assert_eq!(ttl(&resp(200, &[("vary", "Accept, Authorization")])), None);
         assert_eq!(ttl(&resp(200, &[("vary", "Accept-Encoding")])), Some(300));

@@ -6,6 +6,7 @@
 //! (and are not sent upstream by a fill either), the rest sorted; OGC (WMS, WMTS, WCS, WFS)
 //! parameter names compare without case.
 
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 use pingora_cache::key::HashBinary;
@@ -165,41 +166,44 @@ pub fn decoded(s: &str) -> std::borrow::Cow<'_, str> {
 
 /// Appends the query's parameters that make the key, sorted, to `out`.
 fn normalised_query(query: &str, rule: &CacheRule, out: &mut String) {
-    // Names are compared decoded; what goes into the key is the raw text (a URI holds no line
-    // break, so no parameter can pose as another part of the key).
-    let pairs = query_parts(query).filter(|p| !p.is_empty()).map(|p| {
-        let n = param_name(p);
-        let v = p.get(n.len() + 1..).unwrap_or("");
-        (decoded(n), n, v)
-    });
+    // Names are compared decoded, as the upstream reads them; what goes into the key is the
+    // raw text of each part, `=` or not (a URI holds no line break, so no parameter can pose
+    // as another part of the key).
     let mut ogc = false;
-    let mut kept: Vec<(std::borrow::Cow<'_, str>, &str)> = Vec::new();
-    for (name, raw, v) in pairs {
+    // (decoded name, raw name, the rest of the part from its `=`)
+    let mut kept: Vec<(Cow<'_, str>, Cow<'_, str>, &str)> = Vec::new();
+    for part in query_parts(query).filter(|p| !p.is_empty()) {
+        let raw = param_name(part);
+        let name = decoded(raw);
         // Only what stays in the key says the request is OGC's: a fill's query (only what
         // stays) then makes the same key as the client's.
         if left_out(&name, rule) {
             continue;
         }
         ogc |= name.eq_ignore_ascii_case("service") || name.eq_ignore_ascii_case("request");
-        kept.push((std::borrow::Cow::Borrowed(raw), v));
+        kept.push((name, Cow::Borrowed(raw), &part[raw.len()..]));
     }
     if ogc {
-        for (name, _) in &mut kept {
-            if name.bytes().any(|b| b.is_ascii_uppercase()) {
-                *name = std::borrow::Cow::Owned(name.to_ascii_lowercase());
+        for (_, raw, _) in &mut kept {
+            if raw.bytes().any(|b| b.is_ascii_uppercase()) {
+                *raw = Cow::Owned(raw.to_ascii_lowercase());
             }
         }
     }
-    // By name, a repeated parameter's values kept in their order (an upstream may read the
-    // first, or each in turn).
-    kept.sort_by(|a, b| a.0.cmp(&b.0));
-    for (i, (n, v)) in kept.iter().enumerate() {
+    // By decoded name (without case for OGC's), a repeated parameter's values kept in their
+    // order however each is spelt (an upstream may read the first, or each in turn: `%61=2&a=1`
+    // and `a=1&%61=2` are two answers).
+    if ogc {
+        kept.sort_by(|a, b| folded(&a.0).cmp(folded(&b.0)));
+    } else {
+        kept.sort_by(|a, b| a.0.cmp(&b.0));
+    }
+    for (i, (_, raw, rest)) in kept.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        out.push_str(n);
-        out.push('=');
-        out.push_str(v);
+        out.push_str(raw);
+        out.push_str(rest);
     }
 }
 
@@ -261,6 +265,11 @@ fn query_parts(query: &str) -> impl Iterator<Item = &str> {
         })
 }
 
+/// A name's bytes without ASCII case.
+fn folded(s: &str) -> impl Iterator<Item = u8> + '_ {
+    s.bytes().map(|c| c.to_ascii_lowercase())
+}
+
 /// A query parameter's name, raw: what comes before its `=`.
 fn param_name(part: &str) -> &str {
     memchr::memchr(b'=', part.as_bytes()).map_or(part, |i| &part[..i])
@@ -316,6 +325,18 @@ pub(crate) mod tests {
         // A repeated parameter's values keep their order: an upstream may read the first.
         assert_ne!(key("/t?l=a&l=b", &r), key("/t?l=b&l=a", &r));
         assert_eq!(key("/t?l=a&x=1&l=b", &r), key("/t?x=1&l=a&l=b", &r));
+        // Order is judged by the name the upstream reads: escaped or not, one parameter.
+        assert_ne!(key("/t?%61=2&a=1", &r), key("/t?a=1&%61=2", &r));
+        assert_ne!(
+            key("/w?SERVICE=WMS&LAYERS=a&%6Cayers=b", &r),
+            key("/w?SERVICE=WMS&%6Cayers=b&LAYERS=a", &r)
+        );
+        assert_eq!(
+            key("/w?SERVICE=WMS&x=1&LAYERS=a&%6Cayers=b", &r),
+            key("/w?service=WMS&LAYERS=a&%6Cayers=b&x=1", &r)
+        );
+        // A name without `=` is sent upstream as it is: it is not the same part as `x=`.
+        assert_ne!(key("/t?x", &r), key("/t?x=", &r));
     }
 
     #[test]
