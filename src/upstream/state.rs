@@ -115,7 +115,8 @@ impl TargetState {
     }
 
     /// Records how a request to it went (connect failure or 5xx = failure); returns true when
-    /// this failure ejects it.
+    /// this failure ejects it. The failures of requests that were in flight when it was
+    /// ejected say nothing new: they neither prolong the ejection nor eject it again.
     pub fn request_result(&self, failed: bool, outlier: Option<&Outlier>) -> bool {
         let Some(o) = outlier else {
             return false;
@@ -127,7 +128,11 @@ impl TargetState {
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= o.consecutive_failures {
             self.consecutive_failures.store(0, Ordering::Relaxed);
-            let until = now_ms() + o.eject().as_millis() as u64;
+            let now = now_ms();
+            if self.ejected_until.load(Ordering::Relaxed) > now {
+                return false;
+            }
+            let until = now + o.eject().as_millis() as u64;
             self.ejected_until.store(until, Ordering::Relaxed);
             return true;
         }
@@ -194,7 +199,13 @@ mod tests {
         assert!(!s.request_result(true, Some(&o)));
         assert!(s.request_result(true, Some(&o)));
         assert!(!s.available());
-        assert!(s.ejected_for().is_some());
+        let left = s.ejected_for().expect("ejected");
+        // The requests in flight when it was ejected fail too: it is not ejected again (one
+        // line in the log per ejection), nor for longer.
+        for _ in 0..6 {
+            assert!(!s.request_result(true, Some(&o)));
+        }
+        assert!(s.ejected_for().expect("still ejected") <= left);
     }
 
     #[test]
