@@ -10,6 +10,7 @@
 //!   which never hold a secret.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,14 @@ const NORMAL_EVENTS: &[&str] = &[
 /// Pingora messages (by what they hold) that name each tile, written by tollgate once per api
 /// endpoint instead: a stale tile answered for an upstream failure.
 const PER_TILE: &[&str] = &[", serving stale, "];
+
+/// Whether a folded message has repeats not yet written: an `info` line (a recovery, a
+/// reload) writes them first, so that the log tells what happened in its order (a count of
+/// failures written after the line that said they ended read as if they went on).
+static UNWRITTEN_REPEATS: AtomicBool = AtomicBool::new(false);
+
+/// The `log` policy's target: its lines, one per request, write no folded counts.
+pub(crate) const POLICY_LOG: &str = "tollgate::policy::log";
 
 struct Fold {
     level: Level,
@@ -191,30 +200,34 @@ impl Logger {
         );
     }
 
-    /// Writes the repeat counts of folded messages; forgets the quiet ones.
+    /// Writes the repeat counts of folded messages (all of them, or those a fold interval
+    /// old); forgets the quiet ones.
     fn flush_folds(&self, all: bool) {
         let mut pending = Vec::new();
         {
             let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             folds.retain(|msg, f| {
-                if f.repeats > 0 && (all || now.duration_since(f.last_written) >= fold_interval()) {
-                    pending.push((f.level, f.target.clone(), msg.clone(), f.repeats));
+                let age = now.duration_since(f.last_written);
+                if f.repeats > 0 && (all || age >= fold_interval()) {
+                    pending.push((f.level, f.target.clone(), msg.clone(), f.repeats, age));
                     f.repeats = 0;
                     f.last_written = now;
                     return true;
                 }
-                now.duration_since(f.last_written) < fold_interval()
+                age < fold_interval()
             });
+            let left = folds.values().any(|f| f.repeats > 0);
+            UNWRITTEN_REPEATS.store(left, Ordering::Relaxed);
         }
-        for (level, target, msg, repeats) in pending {
+        for (level, target, msg, repeats, age) in pending {
             self.write(
                 level,
                 &target,
                 format_args!(
                     "{msg} (repeated {repeats} more time{} in the last {:.1}s)",
                     if repeats == 1 { "" } else { "s" },
-                    fold_interval().as_secs_f64()
+                    age.as_secs_f64()
                 ),
             );
         }
@@ -238,6 +251,12 @@ impl Log for Logger {
         if !self.inner.enabled(&meta) {
             return;
         }
+        if level == Level::Info
+            && UNWRITTEN_REPEATS.load(Ordering::Relaxed)
+            && record.target() != POLICY_LOG
+        {
+            self.flush_folds(true);
+        }
         // The count of a message let go to make room, written once the table is let go.
         let mut evicted = None;
         if level <= Level::Warn {
@@ -246,6 +265,7 @@ impl Log for Logger {
             if let Some(f) = folds.get_mut(&text) {
                 if f.last_written.elapsed() < fold_interval() {
                     f.repeats += 1;
+                    UNWRITTEN_REPEATS.store(true, Ordering::Relaxed);
                     return;
                 }
                 f.last_written = Instant::now();

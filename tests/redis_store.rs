@@ -714,6 +714,40 @@ fn a_subscription_that_stops_answering_is_made_again() {
     assert_eq!(gw.log_text().matches(again).count(), 1, "{}", gw.log_text());
 }
 
+/// While Redis is away the same warning comes each second, folded; when it is back, the
+/// count of those repeats is written before the line that says so, not after it (read in its
+/// order, the log said the failures went on after the recovery).
+#[test]
+fn the_repeats_of_a_failure_are_written_before_its_recovery() {
+    let (mut redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start_with(&dir, &[], &[("TOLLGATE_LOG_FOLD_SECONDS", "120")]);
+    let port = redis.port;
+    redis.stop();
+    // The subscription is tried again each second: one line written, the others folded.
+    std::thread::sleep(Duration::from_millis(3500));
+    let _redis = RedisServer::start_on(port);
+    let again = "subscribed to `EG-tollgate-invalidate` again";
+    let back = Instant::now();
+    while !gw.log_text().contains(again) {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = gw.log_text();
+    let recovery = log.find(again).expect("the recovery line");
+    let counted = log
+        .find("(repeated ")
+        .unwrap_or_else(|| panic!("no count of repeats:\n{log}"));
+    assert!(counted < recovery, "the count after the recovery:\n{log}");
+    assert!(
+        log[..counted].contains("cannot subscribe"),
+        "the repeats counted are the subscription's:\n{log}"
+    );
+}
+
 #[test]
 fn known_credentials_keep_working_when_redis_goes_away() {
     let (mut redis, _up, dir) = with_eg_fixture();

@@ -45,7 +45,7 @@ impl Policy for Log {
             return Outcome::Continue;
         }
         let line = self.message.eval_for_log(req, x, &self.secrets);
-        log::info!(target: "tollgate::policy::log", "{line}");
+        log::info!(target: crate::logging::POLICY_LOG, "{line}");
         Outcome::Continue
     }
 }
