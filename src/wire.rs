@@ -46,9 +46,11 @@ pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
         .filter(|t| !t.is_empty())
 }
 
-/// Whether a request's `Connection` names a header Pingora's proxy refuses to see named (and
-/// answers `400`): `Host`, `X-Forwarded-For`, `-Host`, `-Proto`, or a pseudo-header. The fast
-/// path refuses the same.
+/// Whether a request's `Connection` names a header that cannot go at the gateway (the request
+/// is answered `400`): those Pingora's proxy refuses to see named — `Host`, `X-Forwarded-For`,
+/// `-Host`, `-Proto`, a pseudo-header — and the body's framing, `Content-Length` and
+/// `Transfer-Encoding` (dropped as the head is read, the body was left on the connection and
+/// read as the client's next request: request smuggling). Both paths refuse them.
 pub fn nominates_protected(headers: &HeaderMap) -> bool {
     connection_tokens(headers).any(|t| {
         t.starts_with(b":")
@@ -57,6 +59,8 @@ pub fn nominates_protected(headers: &HeaderMap) -> bool {
                 b"x-forwarded-for",
                 b"x-forwarded-host",
                 b"x-forwarded-proto",
+                b"content-length",
+                b"transfer-encoding",
             ]
             .iter()
             .any(|p| t.eq_ignore_ascii_case(p))

@@ -392,6 +392,42 @@ fn request_smuggling_is_refused_or_normalised() {
     );
 }
 
+/// A `Connection` that names the body's framing is refused: the headers it names are dropped
+/// as the head is read, and without its `Content-Length` or `Transfer-Encoding` the body was
+/// left on the connection and read as the client's next request (request smuggling). Both
+/// paths, a body on a GET too.
+#[test]
+fn a_connection_naming_the_framing_is_refused() {
+    let rec = Recorder::start();
+    let dir = ConfigDir::new(&tiles_config(&format!("http://127.0.0.1:{}", rec.port), ""));
+    let smuggled = "GET /tiles/smuggled HTTP/1.1\r\nHost: h\r\n\r\n";
+    let n = smuggled.len();
+    let requests = [
+        format!("POST /tiles/a HTTP/1.1\r\nHost: h\r\nConnection: Content-Length\r\nContent-Length: {n}\r\n\r\n{smuggled}"),
+        format!("POST /tiles/a HTTP/1.1\r\nHost: h\r\nConnection: keep-alive, content-length\r\nContent-Length: {n}\r\n\r\n{smuggled}"),
+        format!("POST /tiles/a HTTP/1.1\r\nHost: h\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{smuggled}\r\n0\r\n\r\n"),
+        format!("GET /tiles/a HTTP/1.1\r\nHost: h\r\nConnection: Content-Length\r\nContent-Length: {n}\r\n\r\n{smuggled}"),
+    ];
+    for fast in ["on", "off"] {
+        let gw = GatewayProcess::start_with(&dir, &["--fast-path", fast], &[]);
+        for raw in &requests {
+            let before = rec.seen().len();
+            let answer = support::send_until_close(gw.port, raw.as_bytes());
+            assert!(
+                answer.starts_with("HTTP/1.1 400"),
+                "{fast}: {raw:?}: {answer:?}"
+            );
+            assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{fast}: {answer:?}");
+            std::thread::sleep(Duration::from_millis(300));
+            assert_eq!(
+                rec.seen()[before..],
+                [] as [String; 0],
+                "{fast}: {raw:?} reached the upstream"
+            );
+        }
+    }
+}
+
 /// Upstreams whose answers are framed ambiguously, each with what is wrong with it.
 fn ambiguous_upstreams() -> Vec<(&'static str, u16)> {
     fn answer(conn: &mut std::net::TcpStream, head: &[u8], body: &[u8]) {

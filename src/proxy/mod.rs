@@ -172,6 +172,12 @@ impl ProxyHttp for Tollgate {
         if session.req_header().version < http::Version::HTTP_11 {
             session.set_ignore_info_resp(true);
         }
+        if crate::wire::nominates_protected(&session.req_header().headers) {
+            // Its body, if any, is not read: the connection closes after the answer.
+            session.set_keepalive(None);
+            send_reply(session, Reply::text(400, "Bad Request"), &[]).await?;
+            return Ok(true);
+        }
         // (A head the fast path decided for was read again here: its named headers too.)
         exchange::drop_connection_named(session.req_header_mut());
         let decision = match ctx.decided.take() {
