@@ -5,6 +5,8 @@
 //! `{"apiEndpoint": "wmts"}` (everything cached for it) or `{"prefix": "/wmts/roads/"}`
 //! (everything cached for the URLs under a path).
 
+use std::borrow::Cow;
+
 use http::{Method, Response, StatusCode};
 use serde_json::{json, Value};
 
@@ -128,11 +130,9 @@ async fn purge(gw: &Gateway, body: &Value) -> Response<Vec<u8>> {
             "give `url` (a path with its query, as clients request it), `apiEndpoint` or `prefix` (a path ending with `/`)",
         );
     };
-    let Some((url_host, path)) = purge_target(url) else {
-        return text(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "`url` must be a path (/...) or an absolute URL",
-        );
+    let (url_host, path) = match purge_target(url) {
+        Ok(target) => target,
+        Err(why) => return text(StatusCode::UNPROCESSABLE_ENTITY, why),
     };
     // An absolute URL gives its host; a path uses `host`, if given.
     let host = url_host.or_else(|| body.get("host").and_then(Value::as_str));
@@ -210,32 +210,50 @@ fn generation_purged(
     }
 }
 
-/// The host (of an absolute URL) and the path with its query of a URL to purge: a path is taken
-/// as it is (its query may hold URLs: WMS's `SLD=http://…`), an absolute URL is cut at the
-/// end of its authority (`/`, `?`). `None` for anything else.
-fn purge_target(url: &str) -> Option<(Option<&str>, std::borrow::Cow<'_, str>)> {
-    if url.starts_with('/') {
-        return Some((None, url.into()));
-    }
-    let (scheme, rest) = url.split_once("://")?;
-    if scheme.is_empty()
-        || !scheme
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'+')
-    {
-        return None;
-    }
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (host, path) = rest.split_at(end);
-    if host.parse::<http::uri::Authority>().is_err() {
-        return None;
-    }
-    let path = match path.as_bytes().first() {
-        None => "/".into(),
-        Some(b'?') => format!("/{path}").into(),
-        Some(_) => path.into(),
+/// The host (of an absolute URL) and the path with its query of a URL to purge, in the form
+/// requests are routed and keyed in (`%41` is `A`, `//` is `/`: see
+/// [`crate::wire::normalised_target`]): a path is taken as it is (its query may hold URLs:
+/// WMS's `SLD=http://…`), an http(s) URL is cut at the end of its authority (`/`, `?`). Why
+/// not, for anything no request could ask for (another scheme, a port past 65535, a space, a
+/// dot segment, which requests are refused for).
+fn purge_target(url: &str) -> Result<(Option<&str>, Cow<'_, str>), &'static str> {
+    const NOT_A_URL: &str = "`url` must be a path (/...) or an http(s) URL";
+    let (host, path) = if url.starts_with('/') {
+        (None, Cow::Borrowed(url))
+    } else {
+        let (scheme, rest) = url.split_once("://").ok_or(NOT_A_URL)?;
+        if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+            return Err(NOT_A_URL);
+        }
+        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (host, path) = rest.split_at(end);
+        host.parse::<http::uri::Authority>()
+            .map_err(|_| "`url`'s host is no host")?;
+        // (After an IPv6 literal's `]`.)
+        let port = host
+            .rsplit_once(']')
+            .map_or(host, |(_, r)| r)
+            .split_once(':');
+        if port.is_some_and(|(_, p)| !matches!(p.parse::<u16>(), Ok(1..))) {
+            return Err("`url`'s port must be 1-65535");
+        }
+        let path = match path.as_bytes().first() {
+            None => "/".into(),
+            Some(b'?') => format!("/{path}").into(),
+            Some(_) => path.into(),
+        };
+        (Some(host), path)
     };
-    Some((Some(host), path))
+    if path.parse::<http::uri::PathAndQuery>().is_err() || path.contains('#') {
+        return Err("`url` has a character no request target has (a space, a control character, `#`): escape it as clients do");
+    }
+    if crate::wire::has_dot_segment(path.split('?').next().unwrap_or("")) {
+        return Err("`url` has a `.` or `..` segment, which requests are refused for");
+    }
+    Ok(match crate::wire::normalised_target(&path) {
+        Some(normal) => (host, Cow::Owned(normal)),
+        None => (host, path),
+    })
 }
 
 #[cfg(test)]
@@ -243,7 +261,7 @@ mod tests {
     use super::purge_target;
 
     fn target(url: &str) -> Option<(Option<&str>, String)> {
-        purge_target(url).map(|(h, p)| (h, p.into_owned()))
+        purge_target(url).ok().map(|(h, p)| (h, p.into_owned()))
     }
 
     #[test]
@@ -259,7 +277,24 @@ mod tests {
         );
         assert_eq!(target("http://x?y=1"), Some((Some("x"), "/?y=1".into())));
         assert_eq!(target("http://x"), Some((Some("x"), "/".into())));
+        // In the form requests are routed and keyed in.
+        assert_eq!(
+            target("/tiles/dd/%41.png"),
+            Some((None, "/tiles/dd/A.png".into()))
+        );
+        assert_eq!(
+            target("HTTPS://h//tiles//a.png?q=%41"),
+            Some((Some("h"), "/tiles/a.png?q=%41".into()))
+        );
         for bad in [
+            "ftp://h/tiles/x",
+            "http://h:99999/tiles/x",
+            "http://h:0/tiles/x",
+            "http://h:/tiles/x",
+            "/tiles/../k2/x",
+            "/tiles/%2e%2e/k2/x",
+            "/tiles/a b.png",
+            "/tiles/a.png#x",
             "wms?x=http://a/b",
             "",
             "http:///a",

@@ -47,6 +47,20 @@ fn purge_a_url_and_an_api_endpoint() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
     assert_eq!(cache_status(&tile(&gw, sld, 1)), "MISS");
+    // A URL in another spelling of the same target (an escaped letter, `//`): the tile the
+    // requests of either spelling share goes, as a request of it would find it.
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/%41.png", 0)), "MISS");
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/A.png", 0)), "HIT");
+    let r = purge(&gw, r#"{"url": "/tiles//p/%41.png"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
+    assert_eq!(cache_status(&tile(&gw, "/tiles/p/A.png", 1)), "MISS");
+    // What no request could ask for: refused with the reason.
+    for bad in ["/tiles/p/../q/A.png", "ftp://h/tiles/p/A.png", "/tiles/p/A B.png"] {
+        let r = purge(&gw, &format!(r#"{{"url": "{bad}"}}"#));
+        assert_eq!(r.status, 422, "{bad}: {}", r.text());
+        assert!(r.text().starts_with("`url`"), "{bad}: {}", r.text());
+    }
     // Everything of an api endpoint, through the Admin API.
     let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -72,7 +86,7 @@ fn purge_a_url_and_an_api_endpoint() {
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/2.png", 1)), "MISS");
     // Counted by what they named (the URL no pipeline caches, and the unknown api endpoint,
     // purged nothing).
-    for (kind, n) in [("url", 2.0), ("api_endpoint", 2.0), ("prefix", 0.0)] {
+    for (kind, n) in [("url", 3.0), ("api_endpoint", 2.0), ("prefix", 0.0)] {
         let metric = format!("tollgate_cache_purges_total{{kind=\"{kind}\"}}");
         assert_eq!(gw.metric(&metric), n, "{metric}");
     }
