@@ -36,7 +36,7 @@ use crate::exchange::{self, Decision, Ended};
 use crate::gateway::Gateway;
 use crate::health::Health;
 use crate::listener::boxed;
-use crate::listener::io::write_pair;
+use crate::listener::io::{write_pair, Partial};
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 use crate::proxy::Decided;
 use head::{Reading, Unread};
@@ -305,14 +305,23 @@ async fn answer_raw(
     // Only a body that will go out by `sendfile` is marked as sent.
     let by_file = !head_only && answer.hit.is_some() && crate::listener::io::sends_files(&stream);
     let file = answer.hit.filter(|_| by_file).and_then(|hit| hit.file());
-    let error = match file {
+    let written = match file {
         Some(file) => send_raw(&mut stream, answer.head, body, file).await,
-        None => write_raw(&mut stream, answer.head, body).await,
+        // A client that takes nothing for the send timeout fails the write (the connection's
+        // own bound, `ClientIo`'s), one that keeps taking never does.
+        None => write_pair(&mut stream, answer.head, body).await,
     };
-    let sent = if error.is_none() { body.len() } else { 0 };
+    // A write that failed after the head went answered all the same (the client left while
+    // a large tile went out): its status and the body's bytes that went are accounted for.
+    let (error, written) = match written {
+        Ok(()) => (None, answer.head.len() + body.len()),
+        Err(partial) => (Some(write_error(partial.error)), partial.written),
+    };
+    let answered = written >= answer.head.len();
+    let sent = written.saturating_sub(answer.head.len());
     let from_cache = answer.hit.map(|_| sent);
     let ended = Ended {
-        status: if error.is_none() { answer.status } else { 0 },
+        status: if answered { answer.status } else { 0 },
         elapsed: started.elapsed(),
         upstream_time: answer.upstream_time,
         bytes_in: 0,
@@ -324,38 +333,30 @@ async fn answer_raw(
     after_raw(stream, answer.keepalive, error).await
 }
 
-/// Writes a response's head and body on the connection itself; the error that ended it. A
-/// client that takes nothing for the send timeout fails the write (the connection's own
-/// bound, [`crate::listener::io::ClientIo`]), one that keeps taking never does.
-async fn write_raw(stream: &mut Stream, head: &[u8], body: &[u8]) -> Option<Box<Error>> {
-    write_error(write_pair(stream, head, body).await)
-}
-
 /// Writes a response's head and its body from the memory tier's shared memory by `sendfile`,
-/// as [`write_raw`] does with bytes (which it falls back to on a connection that cannot).
+/// as [`write_pair`] does with bytes (which it falls back to on a connection that cannot).
 async fn send_raw(
     stream: &mut Stream,
     head: &[u8],
     body: &[u8],
     file: crate::cache::store::shared::FileRange,
-) -> Option<Box<Error>> {
+) -> Result<(), Partial> {
     let sent =
         crate::listener::io::send_pair_from_file(stream, head, file.fd, file.offset, file.len)
             .await;
     match sent {
-        None => write_raw(stream, head, body).await,
-        Some(result) => write_error(result),
+        None => write_pair(stream, head, body).await,
+        Some(result) => result,
     }
 }
 
 /// The error of a response's write that ended.
-fn write_error(written: std::io::Result<()>) -> Option<Box<Error>> {
-    let e = written.err()?;
+fn write_error(e: std::io::Error) -> Box<Error> {
     let etype = match e.kind() {
         std::io::ErrorKind::TimedOut => ErrorType::WriteTimedout,
         _ => ErrorType::WriteError,
     };
-    Some(Error::because(etype, "writing a response", e).into_down())
+    Error::because(etype, "writing a response", e).into_down()
 }
 
 /// The connection after a response written on it: kept for the next request, or closed.

@@ -194,7 +194,7 @@ impl ClientIo {
         file: RawFd,
         offset: u64,
         len: usize,
-    ) -> io::Result<()> {
+    ) -> Result<(), Partial> {
         let socket = self.tcp.as_raw_fd();
         let mut done = 0;
         while done < head.len() {
@@ -206,20 +206,29 @@ impl ClientIo {
                     let n = unsafe { libc::send(socket, rest.as_ptr().cast(), rest.len(), flags) };
                     usize::try_from(n).map_err(|_| io::Error::last_os_error())
                 })
-                .await?;
+                .await
+                .map_err(|error| Partial {
+                    written: done,
+                    error,
+                })?;
             done += sent;
         }
         let mut at = offset as libc::off_t;
         let end = at + len as libc::off_t;
+        let partial = |at: libc::off_t, error| Partial {
+            written: done + (at - offset as libc::off_t) as usize,
+            error,
+        };
         while at < end {
             let sent = self
                 .writable(|| {
                     let n = unsafe { libc::sendfile(socket, file, &mut at, (end - at) as usize) };
                     usize::try_from(n).map_err(|_| io::Error::last_os_error())
                 })
-                .await?;
+                .await
+                .map_err(|e| partial(at, e))?;
             if sent == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
+                return Err(partial(at, io::ErrorKind::WriteZero.into()));
             }
         }
         Ok(())
@@ -332,7 +341,7 @@ pub async fn send_pair_from_file(
     file: RawFd,
     offset: u64,
     len: usize,
-) -> Option<io::Result<()>> {
+) -> Option<Result<(), Partial>> {
     let io = file_sink(stream)?;
     Some(io.send_with_file(head, file, offset, len).await)
 }
@@ -520,28 +529,39 @@ impl Peek for ClientIo {
     }
 }
 
+/// A response's write that ended before all of it went: how many of its bytes the connection
+/// took (a rest it held, buffered, when its flush failed counted among them, as Pingora's
+/// session counts them), and why it ended.
+#[derive(Debug)]
+pub struct Partial {
+    pub written: usize,
+    pub error: io::Error,
+}
+
 /// Writes a head and a body and flushes them: in one `writev` when the transport takes them so
 /// (see [`ClientIo`]'s vectored write).
 pub async fn write_pair<W: AsyncWrite + Unpin + ?Sized>(
     w: &mut W,
     head: &[u8],
     body: &[u8],
-) -> io::Result<()> {
+) -> Result<(), Partial> {
     use tokio::io::AsyncWriteExt;
     let mut done = 0;
+    let partial = |written, error| Partial { written, error };
     while done < head.len() + body.len() {
         let n = if done < head.len() {
             w.write_vectored(&[io::IoSlice::new(&head[done..]), io::IoSlice::new(body)])
-                .await?
+                .await
         } else {
-            w.write(&body[done - head.len()..]).await?
-        };
+            w.write(&body[done - head.len()..]).await
+        }
+        .map_err(|e| partial(done, e))?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Err(partial(done, io::ErrorKind::WriteZero.into()));
         }
         done += n;
     }
-    w.flush().await
+    w.flush().await.map_err(|e| partial(done, e))
 }
 
 #[cfg(test)]

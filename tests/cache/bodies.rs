@@ -526,3 +526,47 @@ fn send_timeout_is_a_pause(fast_path: &str) {
     );
     assert_eq!(up.served(), 2);
 }
+
+/// A client that leaves while a large stored tile goes out was answered all the same: its
+/// status and the body's bytes that went are counted, Kargo's `eg` counter among them (the
+/// fast path's own writes counted such a hit as never answered), on both paths.
+#[test]
+fn a_client_that_leaves_during_a_large_hit_was_answered() {
+    use std::io::{Read, Write};
+    let up = PyUpstream::start("tiles", 5.0);
+    // Past what the loopback's socket buffers hold on both sides.
+    let size = 16 << 20;
+    let path = format!("/tiles/bytes/{size}?apiKey=k0:s0");
+    for fast in ["on", "off"] {
+        let (_dir, gw) = start(
+            &up,
+            "{ttl: 600, maxObjectSize: 33554432}",
+            &["--fast-path", fast],
+        );
+        for status in ["MISS", "HIT"] {
+            let r = get(gw.port, "GET", &path, &[]);
+            assert_eq!((r.status, cache_status(&r)), (200, status), "{fast}");
+            assert_eq!(r.body.len(), size, "{fast}");
+        }
+        let eg = format!(
+            r#"eg{{api_endpoint="tiles",consumer="{}",status_code="200",type="SUCCESS"}}"#,
+            consumer_id(&gw, 0)
+        );
+        let served = r#"tollgate_cache_served_bytes_total{api_endpoint="tiles"}"#;
+        let (counted, bytes) = (gw.metric(&eg), gw.metric(served));
+        assert_eq!(counted, 2.0, "{fast}");
+        let mut s = support::client::connect(gw.port, 5);
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+            .expect("send");
+        let mut got = vec![0; 200_000];
+        s.read_exact(&mut got).expect("the start of the tile");
+        assert!(got.starts_with(b"HTTP/1.1 200"), "{fast}");
+        drop(s);
+        assert_eq!(gw.metric_when(&eg, |n| n > counted), 3.0, "{fast}");
+        let went = gw.metric(served) - bytes;
+        assert!(
+            went > 100_000.0 && went < size as f64,
+            "{fast}: {went} bytes of the tile counted as served"
+        );
+    }
+}

@@ -56,7 +56,11 @@ fn purge_a_url_and_an_api_endpoint() {
     assert_eq!(support::json_body(&r)["purged"], 1, "{}", r.text());
     assert_eq!(cache_status(&tile(&gw, "/tiles/p/A.png", 1)), "MISS");
     // What no request could ask for: refused with the reason.
-    for bad in ["/tiles/p/../q/A.png", "ftp://h/tiles/p/A.png", "/tiles/p/A B.png"] {
+    for bad in [
+        "/tiles/p/../q/A.png",
+        "ftp://h/tiles/p/A.png",
+        "/tiles/p/A B.png",
+    ] {
         let r = purge(&gw, &format!(r#"{{"url": "{bad}"}}"#));
         assert_eq!(r.status, 422, "{bad}: {}", r.text());
         assert!(r.text().starts_with("`url`"), "{bad}: {}", r.text());
