@@ -134,6 +134,21 @@ impl Generations {
         }
     }
 
+    /// Writes the table as the record again, where the record is gone (the directory was
+    /// removed while running, see [`super::store::disk::DiskTier::made_again`]): the tiles
+    /// written from now on carry the generations, and the next start must know them.
+    pub fn record_again(&self) {
+        let Some(f) = &self.file else { return };
+        let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
+        if f.exists() {
+            return;
+        }
+        let table = serde_json::to_vec(&self.table.load().by_name).unwrap_or_default();
+        if let Err(e) = super::records::write_whole(f, &table) {
+            log::warn!("tile cache: cannot write {} again: {e}", f.display());
+        }
+    }
+
     /// Takes in the purges the record holds that the table has not: those the process before
     /// a graceful upgrade made after this one had read the record (its keep-alive Admin API
     /// connections are served until it leaves); else this process went on serving the tiles

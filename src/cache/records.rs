@@ -74,6 +74,11 @@ pub fn keep_records(background: &tokio::runtime::Handle) {
             let save = tick % saves == 0;
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(c) = super::get() {
+                    if c.store.disk.as_ref().is_some_and(|d| d.made_again()) {
+                        c.endpoints.record_again();
+                        c.prefixes.record_again();
+                        c.forwarding.unsaved();
+                    }
                     c.endpoints.follow_record();
                     c.prefixes.follow_record();
                 }

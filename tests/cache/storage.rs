@@ -331,6 +331,65 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// The disk tier's directory removed while running (by hand, a clean-up script): it is made
+/// again with the secret the keys are hashed with, the tiles gone are no longer counted, and
+/// the tiles written from then on survive a restart (they were all removed at the next start
+/// as stored under another secret).
+#[test]
+fn a_disk_tier_removed_while_running_is_made_again() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (cache_dir, dir_arg) = fresh_cache_dir("disk-removed");
+    let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "10M"];
+    let (dir, gw) = start(&up, "{ttl: 600}", &args);
+    let disk_objects = || {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/cache", &[]));
+        state["disk"]["objects"].as_u64().unwrap_or(u64::MAX)
+    };
+    for i in 0..3 {
+        let r = tile(&gw, &format!("/tiles/bytes/20000/before{i}.png"), 0);
+        assert_eq!(cache_status(&r), "MISS");
+    }
+    wait_for_disk(&cache_dir, 3);
+    // A purge before: its generation is in the keys of the tiles written after, and its
+    // record is written again too.
+    let r = purge(&gw, r#"{"apiEndpoint": "tiles"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    std::fs::remove_dir_all(&cache_dir).expect("remove the directory");
+    let said = "removed while running";
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw.log_text().contains(said) {
+        assert!(Instant::now() < deadline, "{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        cache_dir.join("hash.key").exists(),
+        "the secret written again"
+    );
+    assert!(
+        cache_dir.join("generations.json").exists(),
+        "the purges written again"
+    );
+    assert_eq!(disk_objects(), 0, "the tiles gone are not counted");
+    for i in 0..2 {
+        let r = tile(&gw, &format!("/tiles/bytes/20000/after{i}.png"), 0);
+        assert_eq!(cache_status(&r), "MISS");
+    }
+    wait_for_disk(&cache_dir, 2);
+    assert_eq!(disk_objects(), 2);
+    drop(gw);
+    let gw = restarted(&dir, &dir_arg);
+    for i in 0..2 {
+        let r = tile(&gw, &format!("/tiles/bytes/20000/after{i}.png"), 0);
+        assert_eq!((r.status, cache_status(&r)), (200, "HIT"), "after{i}");
+    }
+    assert!(
+        !gw.log_text().contains("another key hash"),
+        "{}",
+        gw.log_text()
+    );
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// The disk tier lets its least recently used files go: a tile hit again and again from memory
 /// is in use, and outlives the one-off tiles written after it — across a restart too.
 #[test]

@@ -23,7 +23,9 @@ use super::{Object, Seen};
 mod evict;
 mod file;
 
-use file::{decode, encode, hex, is_shard_name, on_disk, read_regular, secret_of, unhex};
+use file::{
+    decode, encode, hex, is_shard_name, on_disk, place_secret, read_regular, secret_of, unhex,
+};
 
 /// Disk operations in flight at most.
 const MAX_IO: usize = 32;
@@ -300,6 +302,42 @@ impl DiskTier {
             self.stored_objects.fetch_sub(1, Ordering::Relaxed);
         }
         removed.is_some()
+    }
+
+    /// Whether the directory lost its secret while running (removed by hand, and the files
+    /// with it): then it is made again — its `tmp` and the secret the keys are hashed with —
+    /// and the files gone are forgotten. Else every tile written from then on was stored
+    /// under no secret, and the next start removed them all as stored under another; the
+    /// gauges counted the files gone. Looked at each second.
+    pub fn made_again(&self) -> bool {
+        match std::fs::symlink_metadata(self.dir.join(SECRET_FILE)) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            _ => return false,
+        }
+        let made = std::fs::create_dir_all(self.dir.join("tmp"))
+            .and_then(|()| place_secret(&self.dir, &self.secret, false));
+        if let Err(e) = made {
+            log::warn!(
+                "tile cache directory {}: its key hash secret is gone and cannot be written \
+                 again: {e}",
+                self.dir.display()
+            );
+            return false;
+        }
+        let known: Vec<HashBinary> = {
+            let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+            index.keys().copied().collect()
+        };
+        let gone = known
+            .iter()
+            .filter(|key| !self.path(key).exists() && self.unindex(key))
+            .count();
+        log::warn!(
+            "tile cache directory {}: removed while running (its key hash secret was gone); \
+             made again, {gone} tile(s) lost with it",
+            self.dir.display()
+        );
+        true
     }
 
     /// The purges the store shares with this tier (see [`super::TileStore::epoch`]).

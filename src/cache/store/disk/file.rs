@@ -148,30 +148,13 @@ fn written_length(bytes: &[u8]) -> Option<u64> {
         .checked_add(body)
 }
 
-/// The directory's secret, and whether it was made now (none was there, or none whole).
-pub(super) fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
+/// Puts `secret` in place as the directory's, whole or not at all: written aside under a name
+/// of this process's own (two gateways starting on a new directory at once each write one),
+/// then linked where there was none, so that when another process's secret got there first
+/// this one is dropped (false) and that one used; `damaged`: the one there is moved away
+/// first.
+pub(super) fn place_secret(dir: &Path, secret: &[u8; 16], damaged: bool) -> std::io::Result<bool> {
     let path = dir.join(SECRET_FILE);
-    let context =
-        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
-    let damaged = match std::fs::read(&path) {
-        Ok(bytes) => {
-            if let Ok(secret) = <[u8; 16]>::try_from(&bytes[..]) {
-                return Ok((secret, false));
-            }
-            log::warn!(
-                "{}: not a key hash secret; a new one is made",
-                path.display()
-            );
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) => return Err(context(e)),
-    };
-    let secret = crate::cache::key::new_secret()?;
-    // Whole or not at all: written aside under a name of this process's own (two gateways
-    // starting on a new directory at once each write one), then put in place — linked where
-    // there was none, so that when another process's secret got there first this one is
-    // dropped and that one used; renamed over a damaged one.
     let aside = dir.join(format!(
         "{SECRET_FILE}.{}.{}",
         std::process::id(),
@@ -184,7 +167,7 @@ pub(super) fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
             .create_new(true)
             .mode(0o600)
             .open(&aside)?;
-        f.write_all(&secret)?;
+        f.write_all(secret)?;
         f.sync_all()?;
         if damaged {
             // Out of the way, then linked as where there was none (a process starting beside
@@ -208,6 +191,30 @@ pub(super) fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
         }
     })();
     let _ = std::fs::remove_file(&aside);
+    placed
+}
+
+/// The directory's secret, and whether it was made now (none was there, or none whole).
+pub(super) fn secret_of(dir: &Path) -> std::io::Result<([u8; 16], bool)> {
+    let path = dir.join(SECRET_FILE);
+    let context =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", path.display()));
+    let damaged = match std::fs::read(&path) {
+        Ok(bytes) => {
+            if let Ok(secret) = <[u8; 16]>::try_from(&bytes[..]) {
+                return Ok((secret, false));
+            }
+            log::warn!(
+                "{}: not a key hash secret; a new one is made",
+                path.display()
+            );
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(context(e)),
+    };
+    let secret = crate::cache::key::new_secret()?;
+    let placed = place_secret(dir, &secret, damaged);
     if placed.map_err(context)? {
         return Ok((secret, true));
     }
