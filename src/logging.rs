@@ -63,6 +63,10 @@ const NORMAL_EVENTS: &[&str] = &[
     "No incoming socket transfer",
 ];
 
+/// Pingora messages (by what they hold) about a normal event: a purge that came while a tile
+/// was fetched (the tile is answered, not stored: see The tile cache's Operations).
+const NORMAL_WITHIN: &[&str] = &["purged while it was fetched"];
+
 /// Pingora messages (by what they hold) that name each tile, written by tollgate once per api
 /// endpoint instead: a stale tile answered for an upstream failure.
 const PER_TILE: &[&str] = &[", serving stale, "];
@@ -173,7 +177,10 @@ fn effective_level(record: &Record<'_>) -> Level {
             std::borrow::Cow::Borrowed,
         );
         if NORMAL_EVENTS.iter().any(|p| text.starts_with(p))
-            || PER_TILE.iter().any(|p| text.contains(p))
+            || NORMAL_WITHIN
+                .iter()
+                .chain(PER_TILE)
+                .any(|p| text.contains(p))
         {
             return Level::Debug;
         }
@@ -381,5 +388,11 @@ mod levels {
         assert_eq!(level_of(Level::Error, transfer, waiting), Level::Debug);
         let gave_up = "Giving up reading socket";
         assert_eq!(level_of(Level::Error, transfer, gave_up), Level::Error);
+        // A purge that came while a tile was fetched: normal, the tile is not stored.
+        let cache = "pingora_proxy::proxy_cache";
+        let raced = "Failed to finish cache miss admission: InternalError context: purged while it was fetched: not stored, GET /t/1.png";
+        assert_eq!(level_of(Level::Warn, cache, raced), Level::Debug);
+        let failed = "Failed to finish cache miss admission: InternalError context: other";
+        assert_eq!(level_of(Level::Warn, cache, failed), Level::Warn);
     }
 }
