@@ -293,6 +293,14 @@ fn header_transforms_both_ways() {
       - response-transformer:
           - action: {headers: {add: {X-Resp: "'yes'"}, remove: [x-upstream]}}
       - proxy: [{action: {serviceEndpoint: up}}]
+  urls:
+    apiEndpoints: [urls]
+    policies:
+      - request-transformer:
+          - action: {headers: {add: {X-Url-Before: req.url, X-Missing: "req.headers['x-none'] + '-' + req.method"}}}
+      - response-transformer:
+          - action: {headers: {add: {X-Url: req.url, X-Path: req.path, X-Orig: req.originalUrl}}}
+      - proxy: [{action: {serviceEndpoint: up, stripPath: true}}]
   kargo:
     apiEndpoints: [kargo]
     policies:
@@ -304,7 +312,7 @@ fn header_transforms_both_ways() {
             action: {statusCode: 401, message: Unauthorized}
 "#;
     let (_d, gw) = start(
-        "  rq: {paths: '/rq/*'}\n  kargo: {paths: '/k/*'}\n",
+        "  rq: {paths: '/rq/*'}\n  urls: {paths: '/urls/*'}\n  kargo: {paths: '/k/*'}\n",
         "request-transformer, response-transformer, headers, terminate, proxy",
         p,
         &up,
@@ -337,6 +345,15 @@ fn header_transforms_both_ways() {
         e.header("eg-request-id"),
         "egContext.requestID is the request id"
     );
+    // EG's proxy rewrites `req.url` (`stripPath`) before the response's headers are made;
+    // a missing value is JavaScript's `undefined`.
+    let r = get(gw.port, "GET", "/urls/x/y?a=1", &[]);
+    let e = r.echoed();
+    assert_eq!(e.header("x-url-before").as_deref(), Some("/urls/x/y?a=1"));
+    assert_eq!(e.header("x-missing").as_deref(), Some("undefined-GET"));
+    assert_eq!(r.header("x-url"), Some("/x/y?a=1"));
+    assert_eq!(r.header("x-path"), Some("/x/y"));
+    assert_eq!(r.header("x-orig"), Some("/urls/x/y?a=1"));
     let r = get(gw.port, "GET", "/k/x", &[]);
     assert_eq!((r.status, r.text().as_str()), (401, "Unauthorized"));
     assert_eq!(

@@ -20,7 +20,11 @@ enum Term {
     Ip,
     Hostname,
     Method,
+    /// EG's `req.url`: the client's, until the proxy step rewrote it (`stripPath`).
     Url,
+    /// `req.originalUrl`: the client's, always.
+    OriginalUrl,
+    /// `req.path`: [`Term::Url`]'s path.
     Path,
     ConsumerId,
     RequestId,
@@ -60,8 +64,10 @@ impl Expr {
             .map(|parts| parts.concat())
     }
 
-    /// Appends the value to `out`; missing values (no such header, anonymous) add nothing,
-    /// as JavaScript's `undefined` would in a header value.
+    /// Appends the value to `out`; a missing value (no such header, no Host, an anonymous
+    /// request's consumer) is `undefined`, as JavaScript's string concatenation and EG's
+    /// header values make it: a rate-limit key EG writes (`rl:k-undefined-GET`) is the same
+    /// key, shared by both on one Redis.
     pub fn eval_into(&self, req: &Request<'_>, x: &Exchange, out: &mut String) {
         self.eval_redacting(req, x, out, None);
     }
@@ -79,40 +85,47 @@ impl Expr {
             match term {
                 Term::Literal(s) => out.push_str(s),
                 Term::Header(name) if secrets.is_some_and(|s| s.headers.contains(name)) => {
-                    if x.header_now(req, name).is_some() {
-                        out.push_str("REDACTED");
-                    }
+                    let shown = x.header_now(req, name).map_or(UNDEFINED, |_| "REDACTED");
+                    out.push_str(shown);
                 }
-                Term::Url if secrets.is_some() => {
+                Term::Url | Term::OriginalUrl if secrets.is_some() => {
                     let params = secrets.map_or(&[][..], |s| &s.params[..]);
-                    out.push_str(&crate::access_log::redact(req.url, params));
+                    let url = if *term == Term::Url {
+                        url_now(req, x)
+                    } else {
+                        req.url
+                    };
+                    out.push_str(&crate::access_log::redact(url, params));
                 }
                 // A header that carries a credential's value under another name (a
                 // transformer's copy of `Authorization`) is one too.
-                Term::Header(name) if secrets.is_some() => {
-                    if let Some(v) = x.header_now(req, name) {
+                Term::Header(name) if secrets.is_some() => match x.header_now(req, name) {
+                    Some(v) => {
                         let carried = secrets.is_some_and(|s| carries_secret(&v, req, s));
                         out.push_str(if carried { "REDACTED" } else { &v });
                     }
-                }
-                Term::Header(name) => {
-                    if let Some(v) = x.header_now(req, name) {
-                        out.push_str(&v);
-                    }
-                }
-                Term::Ip => {
-                    if let Some(ip) = req.client_ip {
+                    None => out.push_str(UNDEFINED),
+                },
+                Term::Header(name) => match x.header_now(req, name) {
+                    Some(v) => out.push_str(&v),
+                    None => out.push_str(UNDEFINED),
+                },
+                Term::Ip => match req.client_ip {
+                    Some(ip) => {
                         let _ = write!(out, "{}", ip_text(ip));
                     }
-                }
-                Term::Hostname => out.push_str(req.hostname().unwrap_or("")),
+                    None => out.push_str(UNDEFINED),
+                },
+                Term::Hostname => out.push_str(req.hostname().unwrap_or(UNDEFINED)),
                 Term::Method => out.push_str(req.method.as_str()),
-                Term::Url => out.push_str(req.url),
-                Term::Path => out.push_str(req.path),
+                Term::Url => out.push_str(url_now(req, x)),
+                Term::OriginalUrl => out.push_str(req.url),
+                Term::Path => match &x.proxy {
+                    Some(p) => out.push_str(p.path_recipe.url.split('?').next().unwrap_or("")),
+                    None => out.push_str(req.path),
+                },
                 Term::ConsumerId => {
-                    if let Some(c) = &x.consumer {
-                        out.push_str(&c.id);
-                    }
+                    out.push_str(x.consumer.as_ref().map_or(UNDEFINED, |c| &c.id));
                 }
                 Term::RequestId => out.push_str(x.request_id.get()),
                 Term::EndpointName => out.push_str(&req.endpoint.name),
@@ -126,6 +139,18 @@ impl Expr {
         s
     }
 }
+
+/// EG's `req.url` now: the client's, or once the proxy step ran (a `response-transformer`'s
+/// values are made after it) the URL it made (`stripPath` rewrites `req.url`), as EG's
+/// response headers read it.
+fn url_now<'a>(req: &Request<'a>, x: &'a Exchange) -> &'a str {
+    x.proxy
+        .as_ref()
+        .map_or(req.url, |p| p.path_recipe.url.as_str())
+}
+
+/// What JavaScript makes of a missing value in a string.
+const UNDEFINED: &str = "undefined";
 
 /// The client IP as Express shows it: IPv4 clients on a dual-stack socket as `::ffff:a.b.c.d`
 /// are shown as plain IPv4 here, which is what operators expect in keys and headers.
@@ -318,7 +343,8 @@ fn parse_term(t: &str) -> Result<Term, String> {
         "req.ip" => Term::Ip,
         "req.hostname" => Term::Hostname,
         "req.method" => Term::Method,
-        "req.url" | "req.originalUrl" => Term::Url,
+        "req.url" => Term::Url,
+        "req.originalUrl" => Term::OriginalUrl,
         "req.path" => Term::Path,
         "req.user.id" | "consumer.id" | "egContext.consumer.id" => Term::ConsumerId,
         "requestID" | "egContext.requestID" | "req.egContext.requestID" => Term::RequestId,
@@ -402,6 +428,25 @@ mod tests {
         assert!(Expr::parse("require('fs')").is_err());
         assert!(Expr::parse("'open").is_err());
         assert!(Expr::parse("'a' +").is_err());
+    }
+
+    /// A value the request does not have is `undefined`, as in EG's JavaScript: the same
+    /// header values, and the same rate-limit keys in a Redis both write.
+    #[test]
+    fn a_missing_value_is_undefined() {
+        use crate::pipeline::context::testing::OwnedRequest;
+        let owned = OwnedRequest::get("/a", &[("x-who", "bob")], &[]);
+        let x = Exchange::default();
+        let eval = |src: &str| Expr::parse(src).expect("expression").eval(&owned.req(), &x);
+        assert_eq!(eval("req.headers.missing"), "undefined");
+        assert_eq!(
+            eval("req.headers['user-agent'] + '-' + req.method"),
+            "undefined-GET"
+        );
+        assert_eq!(eval("req.user.id"), "undefined");
+        assert_eq!(eval("req.headers['x-who']"), "bob");
+        let t = Template::parse("k-${req.headers['x-none']}-${req.method}").expect("template");
+        assert_eq!(t.eval(&owned.req(), &x), "k-undefined-GET");
     }
 
     #[test]
