@@ -16,7 +16,7 @@ use std::process::Command;
 
 use support::pyjwt::{mint, Mint};
 use support::upstream::PyUpstream;
-use support::{ConfigDir, GatewayProcess};
+use support::{free_port, ConfigDir, GatewayProcess};
 
 const SECRET: &str = "kano-browser-signing-secret-0123456789abcdef0123456789";
 
@@ -24,16 +24,16 @@ fn repo(p: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
 }
 
-/// Kargo's tile pipeline; `cached` puts the tile cache before the proxy and lets the cors step
-/// answer only loopback origins, reflected.
-fn config(up: &PyUpstream, cached: bool) -> String {
-    let (cors, cache) = if cached {
+/// Kargo's tile pipeline; with `origins` it puts the tile cache before the proxy and lets
+/// the cors step answer only those origins, reflected.
+fn config(up: &PyUpstream, origins: &[&str]) -> String {
+    let (cors, cache) = if origins.is_empty() {
+        (String::new(), "")
+    } else {
         (
-            r#"[{action: {origin: ['/^http:\/\/127\.0\.0\.[0-9]+:[0-9]+$/']}}]"#,
+            format!("[{{action: {{origin: ['{}']}}}}]", origins.join("', '")),
             "      - cache: [{action: {ttl: 600}}]\n",
         )
-    } else {
-        ("", "")
     };
     format!(
         r#"http: {{port: ${{PORT}}}}
@@ -57,13 +57,13 @@ pipelines:
     )
 }
 
-/// Runs the page, served from `host` (its origin), in a Chromium of its own, opened `visits`
-/// times; its report (the later visits under `revisits`).
+/// Runs the page, served from `host` and `port` (its origin; 0: any port), in a Chromium of
+/// its own, opened `visits` times; its report (the later visits under `revisits`).
 fn load_map(
     gateway: &str,
     token: &str,
     screenshot: &std::path::Path,
-    host: &str,
+    (host, port): (&str, u16),
     visits: u32,
 ) -> serde_json::Value {
     let dir = repo("target/browser");
@@ -80,6 +80,7 @@ fn load_map(
         .arg(dir.join("run.mjs"))
         .args([gateway, token, &screenshot.display().to_string(), host])
         .arg(visits.to_string())
+        .arg(port.to_string())
         .output()
         .expect("node");
     assert!(
@@ -95,7 +96,7 @@ fn load_map(
 #[test]
 fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
     let up = PyUpstream::start("tiles", 5.0);
-    let dir = ConfigDir::new(&config(&up, false));
+    let dir = ConfigDir::new(&config(&up, &[]));
     dir.write(
         "consumers.json",
         r#"{"scopes": ["wmts"], "users": {"kano": {"browser": {"type": "jwt", "keyId": "browser-jwt", "keySecret": "unused", "scopes": ["wmts"]}}}}"#,
@@ -111,7 +112,13 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
     let shots = repo("target/browser");
     std::fs::create_dir_all(&shots).expect("dir");
 
-    let map = load_map(&gateway, &token, &shots.join("map.png"), "127.0.0.1", 1);
+    let map = load_map(
+        &gateway,
+        &token,
+        &shots.join("map.png"),
+        ("127.0.0.1", 0),
+        1,
+    );
     let tiles = map["tiles"].as_array().cloned().unwrap_or_default();
     assert!(tiles.len() >= 4, "a map view asks for tiles: {map}");
     assert!(
@@ -143,7 +150,7 @@ fn a_web_map_loads_its_tiles_through_kargos_pipeline() {
         &gateway,
         "-",
         &shots.join("map-anonymous.png"),
-        "127.0.0.1",
+        ("127.0.0.1", 0),
         1,
     );
     let tiles = anonymous["tiles"].as_array().cloned().unwrap_or_default();
@@ -181,7 +188,10 @@ fn all_tiles(report: &serde_json::Value, status: u64, cache: Option<&str>) -> bo
 #[test]
 fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentication() {
     let up = PyUpstream::start("tiles", 5.0);
-    let dir = ConfigDir::new(&config(&up, true));
+    // The two pages' origins, the only ones the cors step allows.
+    let (one, two) = (("127.0.0.1", free_port()), ("127.0.0.2", free_port()));
+    let origins = [one, two].map(|(h, p)| format!("http://{h}:{p}"));
+    let dir = ConfigDir::new(&config(&up, &[&origins[0], &origins[1]]));
     dir.write(
         "consumers.json",
         r#"{"scopes": ["wmts"], "users": {
@@ -205,7 +215,7 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
         &gateway,
         &minted[0],
         &shots.join("cached-first.png"),
-        "127.0.0.1",
+        one,
         2,
     );
     let paths = tile_paths(&first);
@@ -235,7 +245,7 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
         &gateway,
         &minted[1],
         &shots.join("cached-second.png"),
-        "127.0.0.2",
+        two,
         1,
     );
     assert_ne!(first["origin"], second["origin"]);
@@ -257,13 +267,7 @@ fn the_tile_cache_serves_two_consumers_on_two_origins_one_copy_behind_authentica
     assert_eq!(up.served(), paths.len() as u64, "no tile fetched again");
 
     // Without a token every tile is refused though every one is cached; nothing drawn.
-    let anonymous = load_map(
-        &gateway,
-        "-",
-        &shots.join("cached-anonymous.png"),
-        "127.0.0.2",
-        1,
-    );
+    let anonymous = load_map(&gateway, "-", &shots.join("cached-anonymous.png"), two, 1);
     assert!(all_tiles(&anonymous, 401, None), "{anonymous}");
     assert_eq!(anonymous["loaded"], 0, "{anonymous}");
     assert_eq!(anonymous["painted"], 0.0, "{anonymous}");

@@ -124,7 +124,7 @@ fn cors_default_simple_and_preflight() {
 #[test]
 fn cors_options() {
     let up = EchoUpstream::start("up");
-    let p = "  refl:\n    apiEndpoints: [refl]\n    policies:\n      - cors: [{action: {origin: true, credentials: true, maxAge: 600, exposedHeaders: [a, b]}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n  list:\n    apiEndpoints: [list]\n    policies:\n      - cors: [{action: {origin: ['http://x', 'http://y'], allowedHeaders: [X-Q, X-R], methods: 'GET,POST'}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n";
+    let p = "  refl:\n    apiEndpoints: [refl]\n    policies:\n      - cors: [{action: {origin: true, credentials: true, maxAge: 600, exposedHeaders: [a, b]}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n  list:\n    apiEndpoints: [list]\n    policies:\n      - cors: [{action: {origin: ['http://x', 'http://y', '/[.]example$/'], allowedHeaders: [X-Q, X-R], methods: 'GET,POST'}}]\n      - proxy: [{action: {serviceEndpoint: up}}]\n";
     let (_d, gw) = start(
         "  refl: {paths: '/refl/*'}\n  list: {paths: '/list/*'}\n",
         "cors, proxy",
@@ -161,6 +161,15 @@ fn cors_options() {
     assert_eq!(r.status, 200, "a disallowed origin is still proxied");
     assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(r.header("vary"), Some("Origin"));
+    // A `'/…/'` entry is text to npm's `cors` too (a RegExp cannot be written in a config):
+    // it allows no more origins, and the config's reader says so.
+    let r = get(gw.port, "GET", "/list/x", &[("Origin", "http://a.example")]);
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    assert!(
+        gw.log_text().contains("origin `/[.]example$/` is compared as text"),
+        "{}",
+        gw.log_text()
+    );
     let r = get(gw.port, "OPTIONS", "/list/x", &[("Origin", "http://x")]);
     assert_eq!(r.header("access-control-allow-methods"), Some("GET,POST"));
     assert_eq!(r.header("access-control-allow-headers"), Some("X-Q,X-R"));

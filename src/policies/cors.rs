@@ -5,7 +5,6 @@
 
 use http::header::{self, HeaderValue};
 use http::Method;
-use regex::Regex;
 use serde::Deserialize;
 
 use crate::config::error::ConfigErrors;
@@ -78,15 +77,12 @@ enum Origin {
     Off,
     /// A fixed value (`*` or a configured origin).
     Fixed(HeaderValue),
-    /// Reflect the request's Origin when it is allowed.
-    Reflect(Vec<AllowedOrigin>),
+    /// Reflect the request's Origin when it is one of these, compared as text as npm's
+    /// `cors` compares strings (its regular expressions are RegExp objects, which no YAML or
+    /// JSON config can hold: a `'/…/'` string is text to EG too).
+    Reflect(Vec<String>),
     /// `origin: true`: reflect any Origin.
     ReflectAny,
-}
-
-enum AllowedOrigin {
-    Exact(String),
-    Pattern(Regex),
 }
 
 pub struct Cors {
@@ -135,29 +131,19 @@ impl Cors {
                 Origin::Fixed(header_value(s, "origin", at("origin"), errors)?)
             }
             Some(Some(OriginParam::List(list))) => {
-                let mut allowed = Vec::new();
                 for o in list {
-                    match o.strip_prefix('/').and_then(|r| r.strip_suffix('/')) {
-                        Some(re) if !re.is_empty() => match Regex::new(re) {
-                            Ok(re) => allowed.push(AllowedOrigin::Pattern(re)),
-                            Err(e) => {
-                                if let Some(n) = at("origin") {
-                                    errors.push(
-                                        &n.pos,
-                                        format!(
-                                            "policy `cors`: bad regex in origin `{o}`: {}",
-                                            crate::pipeline::condition::short_reason(
-                                                &e.to_string()
-                                            )
-                                        ),
-                                    );
-                                }
-                            }
-                        },
-                        _ => allowed.push(AllowedOrigin::Exact(o.clone())),
+                    if o.len() > 2 && o.starts_with('/') && o.ends_with('/') {
+                        if let Some(n) = at("origin") {
+                            log::warn!(
+                                "{}: policy `cors`: origin `{o}` is compared as text, as EG \
+                                 compares it (a regular expression cannot be written in a \
+                                 config): no browser sends it",
+                                n.pos
+                            );
+                        }
                     }
                 }
-                Origin::Reflect(allowed)
+                Origin::Reflect(list.clone())
             }
         };
         let methods = p.methods.as_ref().map_or_else(
@@ -218,10 +204,7 @@ impl Cors {
                 let origin = req.headers.get(header::ORIGIN);
                 let allowed = match (&self.origin, origin.and_then(|o| o.to_str().ok())) {
                     (Origin::ReflectAny, Some(_)) => true,
-                    (Origin::Reflect(list), Some(o)) => list.iter().any(|a| match a {
-                        AllowedOrigin::Exact(e) => e == o,
-                        AllowedOrigin::Pattern(re) => re.is_match(o),
-                    }),
+                    (Origin::Reflect(list), Some(o)) => list.iter().any(|a| a == o),
                     _ => false,
                 };
                 if let (true, Some(o)) = (allowed, origin) {
