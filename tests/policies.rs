@@ -166,7 +166,8 @@ fn cors_options() {
     let r = get(gw.port, "GET", "/list/x", &[("Origin", "http://a.example")]);
     assert_eq!(r.header("access-control-allow-origin"), None);
     assert!(
-        gw.log_text().contains("origin `/[.]example$/` is compared as text"),
+        gw.log_text()
+            .contains("origin `/[.]example$/` is compared as text"),
         "{}",
         gw.log_text()
     );
@@ -306,7 +307,7 @@ fn header_transforms_both_ways() {
     apiEndpoints: [urls]
     policies:
       - request-transformer:
-          - action: {headers: {add: {X-Url-Before: req.url, X-Missing: "req.headers['x-none'] + '-' + req.method"}}}
+          - action: {headers: {add: {X-Url-Before: req.url, X-Missing: "req.headers['x-none'] + '-' + req.method", X-Lone: "req.headers['x-none']", X-Who: req.user.id}}}
       - response-transformer:
           - action: {headers: {add: {X-Url: req.url, X-Path: req.path, X-Orig: req.originalUrl}}}
       - proxy: [{action: {serviceEndpoint: up, stripPath: true}}]
@@ -360,6 +361,9 @@ fn header_transforms_both_ways() {
     let e = r.echoed();
     assert_eq!(e.header("x-url-before").as_deref(), Some("/urls/x/y?a=1"));
     assert_eq!(e.header("x-missing").as_deref(), Some("undefined-GET"));
+    // A value that is only a missing one is no header (EG's `setHeader` throws on it).
+    assert_eq!(e.header("x-lone"), None);
+    assert_eq!(e.header("x-who"), None);
     assert_eq!(r.header("x-url"), Some("/x/y?a=1"));
     assert_eq!(r.header("x-path"), Some("/x/y"));
     assert_eq!(r.header("x-orig"), Some("/urls/x/y?a=1"));

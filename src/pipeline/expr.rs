@@ -72,21 +72,38 @@ impl Expr {
         self.eval_redacting(req, x, out, None);
     }
 
+    /// The value as a header's: `None` when it is one value the request does not have (EG's
+    /// `setHeader` throws on `undefined`, a 500; the header is left out here, never sent as
+    /// the word `undefined`, which a client could send itself).
+    pub fn eval_header(&self, req: &Request<'_>, x: &Exchange) -> Option<String> {
+        let mut s = String::new();
+        let missing = self.eval_redacting(req, x, &mut s, None);
+        (!(missing && self.0.len() == 1)).then_some(s)
+    }
+
     /// As [`Self::eval_into`], with the credentials `secrets` names replaced by `REDACTED`
     /// (the URL's secret query parameters, the secret headers' values).
+    /// Whether a value was missing (and written as `undefined`).
     fn eval_redacting(
         &self,
         req: &Request<'_>,
         x: &Exchange,
         out: &mut String,
         secrets: Option<&Secrets>,
-    ) {
+    ) -> bool {
+        let mut missing = false;
+        let mut undefined = |out: &mut String| {
+            missing = true;
+            out.push_str(UNDEFINED);
+        };
         for term in &self.0 {
             match term {
                 Term::Literal(s) => out.push_str(s),
                 Term::Header(name) if secrets.is_some_and(|s| s.headers.contains(name)) => {
-                    let shown = x.header_now(req, name).map_or(UNDEFINED, |_| "REDACTED");
-                    out.push_str(shown);
+                    match x.header_now(req, name) {
+                        Some(_) => out.push_str("REDACTED"),
+                        None => undefined(out),
+                    }
                 }
                 Term::Url | Term::OriginalUrl if secrets.is_some() => {
                     let params = secrets.map_or(&[][..], |s| &s.params[..]);
@@ -104,19 +121,22 @@ impl Expr {
                         let carried = secrets.is_some_and(|s| carries_secret(&v, req, s));
                         out.push_str(if carried { "REDACTED" } else { &v });
                     }
-                    None => out.push_str(UNDEFINED),
+                    None => undefined(out),
                 },
                 Term::Header(name) => match x.header_now(req, name) {
                     Some(v) => out.push_str(&v),
-                    None => out.push_str(UNDEFINED),
+                    None => undefined(out),
                 },
                 Term::Ip => match req.client_ip {
                     Some(ip) => {
                         let _ = write!(out, "{}", ip_text(ip));
                     }
-                    None => out.push_str(UNDEFINED),
+                    None => undefined(out),
                 },
-                Term::Hostname => out.push_str(req.hostname().unwrap_or(UNDEFINED)),
+                Term::Hostname => match req.hostname() {
+                    Some(h) => out.push_str(h),
+                    None => undefined(out),
+                },
                 Term::Method => out.push_str(req.method.as_str()),
                 Term::Url => out.push_str(url_now(req, x)),
                 Term::OriginalUrl => out.push_str(req.url),
@@ -124,13 +144,15 @@ impl Expr {
                     Some(p) => out.push_str(p.path_recipe.url.split('?').next().unwrap_or("")),
                     None => out.push_str(req.path),
                 },
-                Term::ConsumerId => {
-                    out.push_str(x.consumer.as_ref().map_or(UNDEFINED, |c| &c.id));
-                }
+                Term::ConsumerId => match &x.consumer {
+                    Some(c) => out.push_str(&c.id),
+                    None => undefined(out),
+                },
                 Term::RequestId => out.push_str(x.request_id.get()),
                 Term::EndpointName => out.push_str(&req.endpoint.name),
             }
         }
+        missing
     }
 
     pub fn eval(&self, req: &Request<'_>, x: &Exchange) -> String {
@@ -240,7 +262,9 @@ impl Template {
         for part in &self.0 {
             match part {
                 TemplatePart::Text(t) => out.push_str(t),
-                TemplatePart::Expr(e) => e.eval_redacting(req, x, &mut out, secrets),
+                TemplatePart::Expr(e) => {
+                    e.eval_redacting(req, x, &mut out, secrets);
+                }
             }
         }
         out
@@ -445,6 +469,19 @@ mod tests {
         );
         assert_eq!(eval("req.user.id"), "undefined");
         assert_eq!(eval("req.headers['x-who']"), "bob");
+        // As a header's value: a lone missing one is none.
+        let header = |src: &str| {
+            Expr::parse(src)
+                .expect("expression")
+                .eval_header(&owned.req(), &x)
+        };
+        assert_eq!(header("req.headers.missing"), None);
+        assert_eq!(header("req.user.id"), None);
+        assert_eq!(
+            header("req.headers.missing + '!'").as_deref(),
+            Some("undefined!")
+        );
+        assert_eq!(header("req.headers['x-who']").as_deref(), Some("bob"));
         let t = Template::parse("k-${req.headers['x-none']}-${req.method}").expect("template");
         assert_eq!(t.eval(&owned.req(), &x), "k-undefined-GET");
     }

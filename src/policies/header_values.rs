@@ -21,7 +21,7 @@ impl HeaderExpr {
     pub fn edit(&self, req: &Request<'_>, x: &Exchange) -> Option<HeaderEdit> {
         let value = match &self.fixed {
             Some(v) => v.clone(),
-            None => node_header_value(&self.value.eval(req, x))?,
+            None => node_header_value(&self.value.eval_header(req, x)?)?,
         };
         Some(HeaderEdit::Set(self.name.clone(), value))
     }
