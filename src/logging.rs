@@ -71,13 +71,24 @@ const NORMAL_WITHIN: &[&str] = &["purged while it was fetched"];
 /// endpoint instead: a stale tile answered for an upstream failure.
 const PER_TILE: &[&str] = &[", serving stale, "];
 
-/// Whether a folded message has repeats not yet written: an `info` line (a recovery, a
-/// reload) writes them first, so that the log tells what happened in its order (a count of
-/// failures written after the line that said they ended read as if they went on).
+/// Whether a folded message has repeats not yet written: an `info` line (a recovery) writes
+/// those of its own module first, so that the log tells what happened in its order (a count
+/// of failures written after the line that said they ended read as if they went on). Only its
+/// own: an info line a client can cause (one per connection) would write them all each time.
 static UNWRITTEN_REPEATS: AtomicBool = AtomicBool::new(false);
 
 /// The `log` policy's target: its lines, one per request, write no folded counts.
 pub(crate) const POLICY_LOG: &str = "tollgate::policy::log";
+
+/// Which folded messages' counts [`Logger::flush_folds`] writes.
+#[derive(Clone, Copy)]
+enum Flush<'a> {
+    All,
+    /// Those of one target (module).
+    Of(&'a str),
+    /// Those a fold interval old.
+    Due,
+}
 
 struct Fold {
     level: Level,
@@ -136,7 +147,7 @@ pub fn init() {
             .name("tollgate-log".into())
             .spawn(move || loop {
                 std::thread::sleep(fold_interval().max(Duration::from_millis(100)));
-                logger.flush_folds(false);
+                logger.flush_folds(Flush::Due);
             });
     }
 }
@@ -207,16 +218,21 @@ impl Logger {
         );
     }
 
-    /// Writes the repeat counts of folded messages (all of them, or those a fold interval
-    /// old); forgets the quiet ones.
-    fn flush_folds(&self, all: bool) {
+    /// Writes the repeat counts of folded messages (`Flush::All`, those of one target, or
+    /// those a fold interval old); forgets the quiet ones.
+    fn flush_folds(&self, which: Flush<'_>) {
         let mut pending = Vec::new();
         {
             let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             folds.retain(|msg, f| {
                 let age = now.duration_since(f.last_written);
-                if f.repeats > 0 && (all || age >= fold_interval()) {
+                let due = match which {
+                    Flush::All => true,
+                    Flush::Of(target) => f.target == target,
+                    Flush::Due => age >= fold_interval(),
+                };
+                if f.repeats > 0 && due {
                     pending.push((f.level, f.target.clone(), msg.clone(), f.repeats, age));
                     f.repeats = 0;
                     f.last_written = now;
@@ -262,7 +278,7 @@ impl Log for Logger {
             && UNWRITTEN_REPEATS.load(Ordering::Relaxed)
             && record.target() != POLICY_LOG
         {
-            self.flush_folds(true);
+            self.flush_folds(Flush::Of(record.target()));
         }
         // The count of a message let go to make room, written once the table is let go.
         let mut evicted = None;
@@ -319,7 +335,7 @@ impl Log for Logger {
     }
 
     fn flush(&self) {
-        self.flush_folds(true);
+        self.flush_folds(Flush::All);
         self.inner.flush();
     }
 }
