@@ -125,16 +125,30 @@ impl TargetState {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             return false;
         }
+        let now = now_ms();
+        let was = self.ejected_until.load(Ordering::Relaxed);
+        if was > now {
+            return false;
+        }
         let n = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= o.consecutive_failures {
             self.consecutive_failures.store(0, Ordering::Relaxed);
-            let now = now_ms();
-            if self.ejected_until.load(Ordering::Relaxed) > now {
-                return false;
-            }
             let until = now + o.eject().as_millis() as u64;
-            self.ejected_until.store(until, Ordering::Relaxed);
-            return true;
+            // One ejection of those that cross the threshold at once (an ejection that ran
+            // out may be forgotten meanwhile: `available`).
+            let mut was = was;
+            loop {
+                match self.ejected_until.compare_exchange(
+                    was,
+                    until,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                ) {
+                    Ok(_) => return true,
+                    Err(now_there) if now_there > now => return false,
+                    Err(now_there) => was = now_there,
+                }
+            }
         }
         false
     }
@@ -206,6 +220,8 @@ mod tests {
             assert!(!s.request_result(true, Some(&o)));
         }
         assert!(s.ejected_for().expect("still ejected") <= left);
+        // Nor are they counted towards the next one.
+        assert_eq!(s.consecutive_failures.load(Ordering::Relaxed), 0);
     }
 
     #[test]
