@@ -310,27 +310,51 @@ impl DiskTier {
     /// under no secret, and the next start removed them all as stored under another; the
     /// gauges counted the files gone. Looked at each second.
     pub fn made_again(&self) -> bool {
+        // A process that handed its sockets to an upgrading one leaves the directory to it.
+        if crate::listener::handed_over() {
+            return false;
+        }
         match std::fs::symlink_metadata(self.dir.join(SECRET_FILE)) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             _ => return false,
         }
         let made = std::fs::create_dir_all(self.dir.join("tmp"))
             .and_then(|()| place_secret(&self.dir, &self.secret, false));
-        if let Err(e) = made {
-            log::warn!(
-                "tile cache directory {}: its key hash secret is gone and cannot be written \
-                 again: {e}",
-                self.dir.display()
-            );
-            return false;
+        match made {
+            Ok(true) => {}
+            // Another process put its own there first (a gateway started on the directory).
+            Ok(false) => {
+                let theirs = std::fs::read(self.dir.join(SECRET_FILE)).unwrap_or_default();
+                if theirs != self.secret {
+                    log::warn!(
+                        "tile cache directory {}: removed while running, and another process \
+                         made it again with a key hash secret of its own: the tiles this one \
+                         writes are removed at its next start",
+                        self.dir.display()
+                    );
+                }
+            }
+            Err(e) => {
+                log::warn!(
+                    "tile cache directory {}: its key hash secret is gone and cannot be written \
+                     again: {e}",
+                    self.dir.display()
+                );
+                return false;
+            }
         }
         let known: Vec<HashBinary> = {
             let index = self.index.lock().unwrap_or_else(|p| p.into_inner());
             index.keys().copied().collect()
         };
+        // Each looked at while no write can put it in place (a write's rename and index entry
+        // come under the same order).
         let gone = known
             .iter()
-            .filter(|key| !self.path(key).exists() && self.unindex(key))
+            .filter(|key| {
+                let _order = self.purges.order();
+                !self.path(key).exists() && self.unindex(key)
+            })
             .count();
         log::warn!(
             "tile cache directory {}: removed while running (its key hash secret was gone); \
