@@ -211,41 +211,45 @@ fn generation_purged(
 }
 
 /// The host (of an absolute URL) and the path with its query of a URL to purge, in the form
-/// requests are routed and keyed in (`%41` is `A`, `//` is `/`: see
-/// [`crate::wire::normalised_target`]): a path is taken as it is (its query may hold URLs:
-/// WMS's `SLD=http://…`), an http(s) URL is cut at the end of its authority (`/`, `?`). Why
-/// not, for anything no request could ask for (another scheme, a port past 65535, a space, a
-/// dot segment, which requests are refused for).
+/// requests are routed and keyed in: the bytes a request line may not hold escaped as
+/// Pingora's reader escapes them (a space is `%20`), a fragment left out as the request's
+/// URI leaves it, then [`crate::wire::normalised_target`] (`%41` is `A`, `//` is `/`). A path
+/// is taken as it is (its query may hold URLs: WMS's `SLD=http://…`), an http(s) URL is cut at
+/// the end of its authority (`/`, `?`). Why not, for anything no request could ask for
+/// (another scheme, user info, a dot segment, which requests are refused for).
 fn purge_target(url: &str) -> Result<(Option<&str>, Cow<'_, str>), &'static str> {
     const NOT_A_URL: &str = "`url` must be a path (/...) or an http(s) URL";
+    /// The bytes Pingora's request reader escapes in a request line (and, as ever, those
+    /// past ASCII).
+    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+        .add(b' ')
+        .add(b'<')
+        .add(b'>')
+        .add(b'"');
     let (host, path) = if url.starts_with('/') {
-        (None, Cow::Borrowed(url))
+        (None, url)
     } else {
         let (scheme, rest) = url.split_once("://").ok_or(NOT_A_URL)?;
         if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
             return Err(NOT_A_URL);
         }
-        let end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
         let (host, path) = rest.split_at(end);
+        if host.contains('@') {
+            return Err("`url` has user info: give the host as clients send it");
+        }
         host.parse::<http::uri::Authority>()
             .map_err(|_| "`url`'s host is no host")?;
-        // (After an IPv6 literal's `]`.)
-        let port = host
-            .rsplit_once(']')
-            .map_or(host, |(_, r)| r)
-            .split_once(':');
-        if port.is_some_and(|(_, p)| !matches!(p.parse::<u16>(), Ok(1..))) {
-            return Err("`url`'s port must be 1-65535");
-        }
-        let path = match path.as_bytes().first() {
-            None => "/".into(),
-            Some(b'?') => format!("/{path}").into(),
-            Some(_) => path.into(),
-        };
         (Some(host), path)
     };
-    if path.parse::<http::uri::PathAndQuery>().is_err() || path.contains('#') {
-        return Err("`url` has a character no request target has (a space, a control character, `#`): escape it as clients do");
+    let path = path.split('#').next().unwrap_or("");
+    let path: Cow<'_, str> = match path.as_bytes().first() {
+        None => "/".into(),
+        Some(b'?') => format!("/{path}").into(),
+        Some(_) => percent_encoding::utf8_percent_encode(path, ESCAPED).into(),
+    };
+    if path.parse::<http::uri::PathAndQuery>().is_err() {
+        return Err("`url` has a character no request target has");
     }
     if crate::wire::has_dot_segment(path.split('?').next().unwrap_or("")) {
         return Err("`url` has a `.` or `..` segment, which requests are refused for");
@@ -286,15 +290,16 @@ mod tests {
             target("HTTPS://h//tiles//a.png?q=%41"),
             Some((Some("h"), "/tiles/a.png?q=%41".into()))
         );
+        // As a request line's target reaches the gateway: escaped, without its fragment.
+        assert_eq!(
+            target("/tiles/a b<c>.png#top"),
+            Some((None, "/tiles/a%20b%3Cc%3E.png".into()))
+        );
         for bad in [
             "ftp://h/tiles/x",
-            "http://h:99999/tiles/x",
-            "http://h:0/tiles/x",
-            "http://h:/tiles/x",
+            "http://user:pw@h/tiles/x",
             "/tiles/../k2/x",
             "/tiles/%2e%2e/k2/x",
-            "/tiles/a b.png",
-            "/tiles/a.png#x",
             "wms?x=http://a/b",
             "",
             "http:///a",

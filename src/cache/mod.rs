@@ -413,5 +413,8 @@ pub async fn invalidate_after(
     let target = crate::exchange::RequestTarget::of(req);
     let host = req.headers.get(http::header::HOST);
     let host = host.and_then(|h| h.to_str().ok()).or(target.authority);
-    purge::invalidate_url(gateway.load_full(), host, target.url).await;
+    // In the form requests are keyed in (`//t/%41.png` is `/t/A.png`).
+    let url = crate::wire::normalised_target(target.url);
+    let url = url.as_deref().unwrap_or(target.url);
+    purge::invalidate_url(gateway.load_full(), host, url).await;
 }

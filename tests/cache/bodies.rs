@@ -534,13 +534,14 @@ fn send_timeout_is_a_pause(fast_path: &str) {
 fn a_client_that_leaves_during_a_large_hit_was_answered() {
     use std::io::{Read, Write};
     let up = PyUpstream::start("tiles", 5.0);
-    // Past what the loopback's socket buffers hold on both sides.
-    let size = 16 << 20;
+    // Well past what the loopback's socket buffers hold on both sides (4 MiB and 6 MiB at
+    // most by Linux's defaults).
+    let size = 24 << 20;
     let path = format!("/tiles/bytes/{size}?apiKey=k0:s0");
     for fast in ["on", "off"] {
         let (_dir, gw) = start(
             &up,
-            "{ttl: 600, maxObjectSize: 33554432}",
+            "{ttl: 600, maxObjectSize: 67108864}",
             &["--fast-path", fast],
         );
         for status in ["MISS", "HIT"] {
