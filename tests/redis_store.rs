@@ -702,15 +702,7 @@ fn a_subscription_that_stops_answering_is_made_again() {
     }
     // Its return said once.
     let again = "subscribed to `EG-tollgate-invalidate` again";
-    let back = Instant::now();
-    while !gw.log_text().contains(again) {
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "{}",
-            gw.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_line(&gw, again);
     assert_eq!(gw.log_text().matches(again).count(), 1, "{}", gw.log_text());
 }
 
@@ -727,15 +719,7 @@ fn the_repeats_of_a_failure_are_written_before_its_recovery() {
     std::thread::sleep(Duration::from_millis(3500));
     let _redis = RedisServer::start_on(port);
     let again = "subscribed to `EG-tollgate-invalidate` again";
-    let back = Instant::now();
-    while !gw.log_text().contains(again) {
-        assert!(
-            back.elapsed() < Duration::from_secs(10),
-            "{}",
-            gw.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_line(&gw, again);
     let log = gw.log_text();
     let recovery = log.find(again).expect("the recovery line");
     let line = log
@@ -744,6 +728,19 @@ fn the_repeats_of_a_failure_are_written_before_its_recovery() {
         .unwrap_or_else(|| panic!("no count of the subscription's repeats:\n{log}"));
     let counted = log.find(line).expect("the count's line");
     assert!(counted < recovery, "the count after the recovery:\n{log}");
+}
+
+/// Waits (10 s at most) until the gateway's log holds `line`.
+fn wait_for_line(gw: &GatewayProcess, line: &str) {
+    let since = Instant::now();
+    while !gw.log_text().contains(line) {
+        assert!(
+            since.elapsed() < Duration::from_secs(10),
+            "no `{line}`:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
