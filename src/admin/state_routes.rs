@@ -211,21 +211,14 @@ fn generation_purged(
 }
 
 /// The host (of an absolute URL) and the path with its query of a URL to purge, in the form
-/// requests are routed and keyed in: the bytes a request line may not hold escaped as
-/// Pingora's reader escapes them (a space is `%20`), a fragment left out as the request's
+/// requests are routed and keyed in: a space escaped as Pingora's reader escapes it in a
+/// request line (`%20`), a fragment left out as the request's
 /// URI leaves it, then [`crate::wire::normalised_target`] (`%41` is `A`, `//` is `/`). A path
 /// is taken as it is (its query may hold URLs: WMS's `SLD=http://…`), an http(s) URL is cut at
 /// the end of its authority (`/`, `?`). Why not, for anything no request could ask for
 /// (another scheme, user info, a dot segment, which requests are refused for).
 fn purge_target(url: &str) -> Result<(Option<&str>, Cow<'_, str>), &'static str> {
     const NOT_A_URL: &str = "`url` must be a path (/...) or an http(s) URL";
-    /// The bytes Pingora's request reader escapes in a request line (and, as ever, those
-    /// past ASCII).
-    const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
-        .add(b' ')
-        .add(b'<')
-        .add(b'>')
-        .add(b'"');
     let (host, path) = if url.starts_with('/') {
         (None, url)
     } else {
@@ -246,7 +239,10 @@ fn purge_target(url: &str) -> Result<(Option<&str>, Cow<'_, str>), &'static str>
     let path: Cow<'_, str> = match path.as_bytes().first() {
         None => "/".into(),
         Some(b'?') => format!("/{path}").into(),
-        Some(_) => percent_encoding::utf8_percent_encode(path, ESCAPED).into(),
+        // A space is the one byte a request line holds escaped (Pingora's reader escapes it
+        // where the parser refuses it); `"` and UTF-8 reach the key as they came.
+        Some(_) if path.contains(' ') => path.replace(' ', "%20").into(),
+        Some(_) => path.into(),
     };
     if path.parse::<http::uri::PathAndQuery>().is_err() {
         return Err("`url` has a character no request target has");
@@ -292,8 +288,13 @@ mod tests {
         );
         // As a request line's target reaches the gateway: escaped, without its fragment.
         assert_eq!(
-            target("/tiles/a b<c>.png#top"),
-            Some((None, "/tiles/a%20b%3Cc%3E.png".into()))
+            target("/tiles/a b.png#top"),
+            Some((None, "/tiles/a%20b.png".into()))
+        );
+        // `"` and UTF-8 as a request line holds them, unescaped.
+        assert_eq!(
+            target("/tiles/dq\"k\u{e9}.png"),
+            Some((None, "/tiles/dq\"k\u{e9}.png".into()))
         );
         for bad in [
             "ftp://h/tiles/x",
