@@ -307,7 +307,7 @@ fn header_transforms_both_ways() {
     apiEndpoints: [urls]
     policies:
       - request-transformer:
-          - action: {headers: {add: {X-Url-Before: req.url, X-Missing: "req.headers['x-none'] + '-' + req.method", X-Lone: "req.headers['x-none']", X-Who: req.user.id}}}
+          - action: {headers: {add: {X-Url-Before: req.url, X-Missing: "req.headers['x-none'] + '-' + req.method", X-Lone: "req.headers['x-none']", X-Who: req.user.id, X-Both: "req.headers['x-two']", X-Agent: "req.headers['user-agent']"}}}
       - response-transformer:
           - action: {headers: {add: {X-Url: req.url, X-Path: req.path, X-Orig: req.originalUrl}}}
       - proxy: [{action: {serviceEndpoint: up, stripPath: true}}]
@@ -357,8 +357,22 @@ fn header_transforms_both_ways() {
     );
     // EG's proxy rewrites `req.url` (`stripPath`) before the response's headers are made;
     // a missing value is JavaScript's `undefined`.
-    let r = get(gw.port, "GET", "/urls/x/y?a=1", &[]);
+    // A header on two lines is one value, as Node's parser makes it: joined, or the first
+    // line alone for those Node keeps once.
+    let r = get(
+        gw.port,
+        "GET",
+        "/urls/x/y?a=1",
+        &[
+            ("X-Two", "a"),
+            ("X-Two", "b"),
+            ("User-Agent", "u1"),
+            ("User-Agent", "u2"),
+        ],
+    );
     let e = r.echoed();
+    assert_eq!(e.header("x-both").as_deref(), Some("a, b"));
+    assert_eq!(e.header("x-agent").as_deref(), Some("u1"));
     assert_eq!(e.header("x-url-before").as_deref(), Some("/urls/x/y?a=1"));
     assert_eq!(e.header("x-missing").as_deref(), Some("undefined-GET"));
     // A value that is only a missing one is no header (EG's `setHeader` throws on it).

@@ -361,6 +361,29 @@ pub struct Exchange {
     pub refresh: bool,
 }
 
+/// The request headers Node's parser keeps the first line of, dropping the others
+/// (`IncomingMessage`'s `matchKnownFields`): EG's `req.headers` holds one value for them.
+const NODE_KEEPS_FIRST: &[&str] = &[
+    "age",
+    "authorization",
+    "content-length",
+    "content-type",
+    "etag",
+    "expires",
+    "from",
+    "host",
+    "if-modified-since",
+    "if-unmodified-since",
+    "last-modified",
+    "location",
+    "max-forwards",
+    "proxy-authorization",
+    "referer",
+    "retry-after",
+    "server",
+    "user-agent",
+];
+
 impl Exchange {
     /// Makes the late response edits (the pipeline has run): after every other step's.
     #[inline]
@@ -388,11 +411,30 @@ impl Exchange {
         name: &HeaderName,
     ) -> Option<std::borrow::Cow<'a, str>> {
         use std::borrow::Cow;
-        let mut value: Option<Cow<'a, str>> = req
-            .headers
-            .get(name)
+        let mut lines = req.headers.get_all(name).iter().peekable();
+        let mut value: Option<Cow<'a, str>> = lines
+            .next()
             .and_then(|v| v.to_str().ok())
             .map(Cow::Borrowed);
+        // A header sent on several lines is what Node's parser makes of it, as an
+        // expression reads it: one value, the lines joined (`cookie` with `; `, `set-cookie`,
+        // an array in a string, with `,`, others with `, `), or the first line alone for those
+        // it keeps once (`authorization`, `user-agent`…).
+        if let (Some(first), Some(_)) = (&value, lines.peek()) {
+            if !NODE_KEEPS_FIRST.contains(&name.as_str()) {
+                let sep = match name {
+                    n if n == http::header::COOKIE => "; ",
+                    n if n == http::header::SET_COOKIE => ",",
+                    _ => ", ",
+                };
+                let mut joined = first.to_string();
+                for more in lines.filter_map(|v| v.to_str().ok()) {
+                    joined.push_str(sep);
+                    joined.push_str(more);
+                }
+                value = Some(Cow::Owned(joined));
+            }
+        }
         // An HTTP/2 request names its host in `:authority`, most without a `host` line: what
         // Node's HTTP/2 compatibility layer gives EG's `req.headers.host` too.
         if value.is_none() && name == http::header::HOST {
