@@ -361,29 +361,6 @@ pub struct Exchange {
     pub refresh: bool,
 }
 
-/// The request headers Node's parser keeps the first line of, dropping the others
-/// (`IncomingMessage`'s `matchKnownFields`): EG's `req.headers` holds one value for them.
-const NODE_KEEPS_FIRST: &[&str] = &[
-    "age",
-    "authorization",
-    "content-length",
-    "content-type",
-    "etag",
-    "expires",
-    "from",
-    "host",
-    "if-modified-since",
-    "if-unmodified-since",
-    "last-modified",
-    "location",
-    "max-forwards",
-    "proxy-authorization",
-    "referer",
-    "retry-after",
-    "server",
-    "user-agent",
-];
-
 impl Exchange {
     /// Makes the late response edits (the pipeline has run): after every other step's.
     #[inline]
@@ -421,7 +398,7 @@ impl Exchange {
         // an array in a string, with `,`, others with `, `), or the first line alone for those
         // it keeps once (`authorization`, `user-agent`…).
         if let (Some(first), Some(_)) = (&value, lines.peek()) {
-            if !NODE_KEEPS_FIRST.contains(&name.as_str()) {
+            if !crate::wire::node_keeps_first(name) {
                 let sep = match name {
                     n if n == http::header::COOKIE => "; ",
                     n if n == http::header::SET_COOKIE => ",",
