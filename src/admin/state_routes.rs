@@ -212,11 +212,11 @@ fn generation_purged(
 
 /// The host (of an absolute URL) and the path with its query of a URL to purge, in the form
 /// requests are routed and keyed in: a space escaped as Pingora's reader escapes it in a
-/// request line (`%20`), a fragment left out as the request's
-/// URI leaves it, then [`crate::wire::normalised_target`] (`%41` is `A`, `//` is `/`). A path
-/// is taken as it is (its query may hold URLs: WMS's `SLD=http://…`), an http(s) URL is cut at
-/// the end of its authority (`/`, `?`). Why not, for anything no request could ask for
-/// (another scheme, user info, a dot segment, which requests are refused for).
+/// request line (`%20`), a fragment left out as the request's URI leaves it, then
+/// [`crate::wire::normalised_target`] (`%41` is `A`, `//` is `/`). A path is taken as it is
+/// (its query may hold URLs: WMS's `SLD=http://…`), an http(s) URL is cut at the end of its
+/// authority (`/`, `?`). For anything no request could ask for (another scheme, user info, a
+/// dot segment, which requests are refused for), the reason it is refused.
 fn purge_target(url: &str) -> Result<(Option<&str>, Cow<'_, str>), &'static str> {
     const NOT_A_URL: &str = "`url` must be a path (/...) or an http(s) URL";
     let (host, path) = if url.starts_with('/') {
