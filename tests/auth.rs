@@ -172,6 +172,20 @@ fn kargo_tile_pipeline_end_to_end() {
         &[("Authorization", &basic)],
     );
     assert_eq!(r.echoed().header("eg-consumer-id"), Some(qgis.clone()));
+    // Sent twice, the credential goes upstream once, the one authentication read (as EG
+    // forwards what Node's parser keeps: the first line).
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1/2/3.png",
+        &[
+            ("Authorization", &basic),
+            ("Authorization", "Bearer forged"),
+        ],
+    );
+    let e = r.echoed();
+    assert_eq!(e.header("eg-consumer-id"), Some(qgis.clone()));
+    assert_eq!(e.header_all("authorization"), vec![basic.clone()]);
     // Without its padding, as Node (EG) reads base64 too.
     let unpadded = basic.trim_end_matches('=').to_string();
     assert_ne!(unpadded, basic, "the test's credentials must need padding");

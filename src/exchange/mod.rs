@@ -571,6 +571,12 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
     for name in &posing {
         upstream.remove_header(name);
     }
+    // A header sent on several lines that Node's parser keeps once (`authorization`, …) goes
+    // upstream as its first line, as EG forwards it: the upstream never reads a credential
+    // authentication did not. (Most heads repeat no name: two lengths compared.)
+    if upstream.headers.len() != upstream.headers.keys_len() {
+        keep_first_lines(upstream)?;
+    }
     if filling {
         let secret = x
             .cache
@@ -619,6 +625,25 @@ pub fn upstream_request(upstream: &mut RequestHeader, x: &Exchange, filling: boo
             }
         }
         None => apply_upstream_edits(upstream, &x.upstream_edits, filling)?,
+    }
+    Ok(())
+}
+
+/// Leaves only the first line of each header the head repeats that Node keeps once
+/// ([`crate::wire::node_keeps_first`]).
+fn keep_first_lines(head: &mut RequestHeader) -> Result<()> {
+    let repeated: smallvec::SmallVec<[(HeaderName, HeaderValue); 1]> = head
+        .headers
+        .keys()
+        .filter(|n| crate::wire::node_keeps_first(n))
+        .filter_map(|n| {
+            let mut lines = head.headers.get_all(n).iter();
+            let first = lines.next()?.clone();
+            lines.next().map(|_| (n.clone(), first))
+        })
+        .collect();
+    for (name, first) in repeated {
+        head.insert_header(name, first)?;
     }
     Ok(())
 }
