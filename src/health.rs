@@ -1,7 +1,8 @@
 //! Liveness and readiness. `/healthcheck` stays Kargo's plain `200 OK`; `/healthcheck?ready`
 //! answers 503 with a short JSON reason while the consumer cache has never loaded or the
 //! configured store does not answer. A probe pings the store every couple of seconds and keeps
-//! the cache and store gauges current, so neither readiness nor a scrape waits on the store.
+//! the store's gauge current, so neither readiness nor a scrape waits on the store; a scrape
+//! reads the consumer cache's figures as they are.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,7 +45,8 @@ impl Health {
         None
     }
 
-    /// Pings the store and refreshes the gauges now and every [`PROBE_EVERY`].
+    /// Pings the store and sets its gauge now and every [`PROBE_EVERY`]; a scrape reads the
+    /// consumer cache's figures.
     pub fn start_probe(self: &Arc<Self>, runtime: &tokio::runtime::Handle, store: Arc<dyn Store>) {
         let health = self.clone();
         runtime.spawn(async move {
@@ -64,21 +66,25 @@ impl Health {
                     log::info!("consumer store reachable again");
                 }
                 *health.store_error.lock().unwrap_or_else(|p| p.into_inner()) = error;
-                health.refresh_gauges(up);
+                metrics().store_up.set(i64::from(up));
             }
         });
+        // The consumer cache's figures as they are when scraped (scrapes come one at a time,
+        // so the counters are carried forward by one writer).
+        let cache = self.cache.clone();
+        metrics().on_scrape(Box::new(move || publish_cache(&cache)));
     }
+}
 
-    fn refresh_gauges(&self, store_up: bool) {
-        let m = metrics();
-        m.store_up.set(i64::from(store_up));
-        m.cache_credentials.set(self.cache.len() as i64);
-        m.cache_resync_age
-            .set(self.cache.since_resync().map_or(-1.0, |d| d.as_secs_f64()));
-        let hits = self.cache.stats.hits.load(Ordering::Relaxed);
-        let misses = self.cache.stats.misses.load(Ordering::Relaxed);
-        m.cache_hits.inc_by(hits.saturating_sub(m.cache_hits.get()));
-        m.cache_misses
-            .inc_by(misses.saturating_sub(m.cache_misses.get()));
-    }
+/// Copies the consumer cache's size, resync age and lookup counts into the registry.
+fn publish_cache(cache: &ConsumerCache) {
+    let m = metrics();
+    m.cache_credentials.set(cache.len() as i64);
+    m.cache_resync_age
+        .set(cache.since_resync().map_or(-1.0, |d| d.as_secs_f64()));
+    let hits = cache.stats.hits.load(Ordering::Relaxed);
+    let misses = cache.stats.misses.load(Ordering::Relaxed);
+    m.cache_hits.inc_by(hits.saturating_sub(m.cache_hits.get()));
+    m.cache_misses
+        .inc_by(misses.saturating_sub(m.cache_misses.get()));
 }

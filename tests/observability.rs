@@ -182,6 +182,16 @@ fn metric_families_and_metrics_through_a_pipeline() {
     assert!(
         value(&s, "tollgate_consumer_cache_last_resync_age_seconds", &[]).unwrap_or(-1.0) >= 0.0
     );
+    // A credential looked up is counted in the next scrape, not after the store's probe.
+    let misses = |s: &prometheus_parse::Scrape| {
+        value(s, "tollgate_consumer_cache_misses_total", &[]).expect("the misses counter")
+    };
+    let before = misses(&scrape(gw.admin_port));
+    for n in 1..=3 {
+        let r = get(gw.port, "GET", &format!("/wmts/1/2/3.png?key=k{n}:s"), &[]);
+        assert_eq!(r.status, 200, "passThrough");
+        assert_eq!(misses(&scrape(gw.admin_port)), before + f64::from(n));
+    }
     // Scrapes at once each see every url's health (the gauge is rebuilt for each scrape).
     let healthy = |text: &str| {
         text.lines()
