@@ -158,9 +158,19 @@ fn an_upstream_killed_and_back() {
 
 #[test]
 fn sigterm_under_load_answers_every_request_it_read() {
+    sigterm_under_load(&[]);
+}
+
+/// The same through Pingora's session alone (the general path: what the fast path hands over).
+#[test]
+fn sigterm_under_load_on_the_general_path_answers_every_request_it_read() {
+    sigterm_under_load(&["--fast-path", "off"]);
+}
+
+fn sigterm_under_load(args: &[&str]) {
     let up = EchoUpstream::start("tiles");
     let dir = ConfigDir::new(&tiles_config(&up.url(""), ""));
-    let mut gw = GatewayProcess::start_with(&dir, &["--grace-period", "10"], &[]);
+    let mut gw = GatewayProcess::start_with(&dir, &[&["--grace-period", "10"], args].concat(), &[]);
     let slow = "GET /tiles/slow/300 HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     let load = Load::start(gw.port, 8, slow, Duration::ZERO);
     std::thread::sleep(Duration::from_millis(1000));
