@@ -730,6 +730,46 @@ fn the_repeats_of_a_failure_are_written_before_its_recovery() {
     assert!(counted < recovery, "the count after the recovery:\n{log}");
 }
 
+/// With Redis frozen, a rate-limited request waits for Redis's timeout once, not each: the
+/// requests after the first failure go on uncounted at once (each waited 2 s, and a keep-alive
+/// connection's other requests behind it), one of them asking Redis again in the background
+/// each second; counting resumes when Redis answers.
+#[test]
+fn a_frozen_redis_holds_up_one_rate_limited_request_not_every_one() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/limited/x", &[]).status, 200);
+    redis.signal("STOP");
+    // The first finds Redis gone (after its timeout).
+    assert_eq!(get(gw.port, "GET", "/limited/x", &[]).status, 200);
+    let waited: Vec<Duration> = (0..12)
+        .map(|_| {
+            let asked = Instant::now();
+            assert_eq!(get(gw.port, "GET", "/limited/x", &[]).status, 200);
+            std::thread::sleep(Duration::from_millis(200));
+            asked.elapsed()
+        })
+        .collect();
+    redis.signal("CONT");
+    assert!(
+        waited.iter().all(|w| *w < Duration::from_millis(1500)),
+        "requests waited for the frozen Redis: {waited:?}"
+    );
+    // Counted again: the window (3) fills and the next is refused.
+    let back = Instant::now();
+    while get(gw.port, "GET", "/limited/x", &[]).status != 429 {
+        assert!(
+            back.elapsed() < Duration::from_secs(10),
+            "not counted again after Redis came back:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let log = gw.log_text();
+    assert_eq!(log.matches("requests go on uncounted").count(), 1, "{log}");
+    assert_eq!(log.matches("the store answers again").count(), 1, "{log}");
+}
+
 /// Waits (10 s at most) until the gateway's log holds `line`.
 fn wait_for_line(gw: &GatewayProcess, line: &str) {
     let since = Instant::now();

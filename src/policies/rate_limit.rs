@@ -3,6 +3,7 @@
 //! a `statusCode` (429) with `Retry-After` and `message` — as JSON `{"message": ...}` when the
 //! client prefers JSON, else as text. Delaying (`delayAfter`, `delayMs`) is off unless set.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -306,6 +307,22 @@ impl Policy for RateLimit {
                 outcome
             }
             Windows::Shared(store) => {
+                match STORE_ASKED.now() {
+                    Asking::Store => {}
+                    // The store failed a moment ago: the request goes on at once, uncounted,
+                    // rather than wait for the store's timeout too.
+                    Asking::Nobody => return Outcome::Continue,
+                    Asking::Trial => {
+                        let (store, window) = (store.clone(), self.settings.window);
+                        tokio::spawn(async move {
+                            match store.incr_window(&key, window).await {
+                                Ok(_) => STORE_ASKED.answered(),
+                                Err(e) => STORE_ASKED.failed(&e),
+                            }
+                        });
+                        return Outcome::Continue;
+                    }
+                }
                 let store = store.clone();
                 let settings = self.settings.clone();
                 Outcome::Defer(Box::pin(async move {
@@ -313,7 +330,7 @@ impl Policy for RateLimit {
                         Ok(w) => settings.decide(w.count, w.resets_in, wants_json),
                         Err(e) => {
                             // Better to serve tiles unlimited for a moment than to refuse them all.
-                            log::warn!("rate-limit: {e}; letting the request through");
+                            STORE_ASKED.failed(&e);
                             (Outcome::Continue, Vec::new())
                         }
                     };
@@ -323,6 +340,75 @@ impl Policy for RateLimit {
                     }) as Finish
                 }))
             }
+        }
+    }
+}
+
+/// Whether the shared windows' store is asked: not for [`STORE_PAUSE`] after it failed — the
+/// requests meanwhile go on uncounted at once, where each waited for the store's timeout (2 s
+/// a request with Redis frozen, and every request of a keep-alive connection behind it) — then
+/// by one request's count, in the background, until the store answers again.
+struct StoreAsked {
+    /// [`crate::clock::coarse_millis`] until which the store is not asked; 0: asked.
+    paused_until: AtomicU64,
+}
+
+/// How long requests go on uncounted after the store failed before one asks it again.
+const STORE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The most a request that asks a failed store again waits for its answer (the store's own
+/// timeouts, 2 s a command and 3 s a connection, bound it) before another may ask.
+const STORE_TRIAL: Duration = Duration::from_secs(6);
+
+static STORE_ASKED: StoreAsked = StoreAsked {
+    paused_until: AtomicU64::new(0),
+};
+
+/// How a request's window is counted now.
+enum Asking {
+    /// In the store, the request waiting for its count.
+    Store,
+    /// Not: the store failed a moment ago.
+    Nobody,
+    /// In the store in the background (the request goes on): whether the store that failed
+    /// answers again.
+    Trial,
+}
+
+impl StoreAsked {
+    fn now(&self) -> Asking {
+        let until = self.paused_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return Asking::Store;
+        }
+        let now = crate::clock::coarse_millis();
+        if now < until {
+            return Asking::Nobody;
+        }
+        // One request tries the store again; the others go on until it has its answer.
+        let next = now + STORE_TRIAL.as_millis() as u64;
+        match self
+            .paused_until
+            .compare_exchange(until, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => Asking::Trial,
+            Err(_) => Asking::Nobody,
+        }
+    }
+
+    fn answered(&self) {
+        if self.paused_until.swap(0, Ordering::Relaxed) != 0 {
+            log::info!("rate-limit: the store answers again; requests are counted");
+        }
+    }
+
+    fn failed(&self, e: &dyn std::fmt::Display) {
+        let until = crate::clock::coarse_millis() + STORE_PAUSE.as_millis() as u64;
+        if self.paused_until.swap(until, Ordering::Relaxed) == 0 {
+            log::warn!(
+                "rate-limit: {e}; requests go on uncounted until the store answers (asked again every {} s)",
+                STORE_PAUSE.as_secs()
+            );
         }
     }
 }
