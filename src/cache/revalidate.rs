@@ -1,17 +1,18 @@
 //! A stored tile revalidated by the upstream's `304` (RFC 9111 §4.3.4): the `304`'s header
 //! fields replace the stored ones (Pingora's cache phases carry over only a few of them), and a
-//! `304` whose entity tag or `Vary` is not the stored tile's updates nothing.
+//! `304` whose entity tag, `Vary`, `Content-Encoding` or `Content-Type` is not the stored
+//! tile's updates nothing.
 
-use http::header::{HeaderName, AGE, CONTENT_LENGTH, ETAG, VARY};
+use http::header::{HeaderName, AGE, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
 use http::{HeaderMap, HeaderValue};
 use pingora_http::ResponseHeader;
 
-/// Fields a `304` never replaces: the connection's own and the stored body's length (RFC
-/// 9111 §3.2), and `Vary` (the stored variants were made by the one they have, as Pingora's
+/// Fields a `304` never replaces: the connection's own and the stored body's length and range
+/// (RFC 9111 §3.2: a hit sets its own), and `Vary` (the stored variants were made by the one they have, as Pingora's
 /// cache phases keep it; a `304` with another selects nothing, see [`selects`]).
-const KEPT: [&str; 9] = crate::wire::concat(
+const KEPT: [&str; 10] = crate::wire::concat(
     crate::wire::HOP_BY_HOP,
-    ["content-length", "trailer", "vary"],
+    ["content-length", "content-range", "trailer", "vary"],
 );
 
 /// The stored head `stored` with the fields of `not_modified` in place of its own; its `Age`
@@ -57,7 +58,32 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
     };
     let same_vary = !not_modified.headers.contains_key(VARY)
         || stored.is_some_and(|h| varies_by(h) == varies_by(&not_modified.headers));
-    same_tag && same_vary
+    // A body the 304 describes otherwise (RFC 9111 §3.2 warns of a stored `Content-Encoding`
+    // replaced): as a tag of another body, or every later hit would serve the stored bytes
+    // under the new description (a PNG as gzip, or as a service exception's XML).
+    let same_coding = !not_modified.headers.contains_key(CONTENT_ENCODING)
+        || stored.is_some_and(|h| codings(h) == codings(&not_modified.headers));
+    let same_type = match not_modified.headers.get(CONTENT_TYPE) {
+        Some(new) => stored.and_then(|h| h.get(CONTENT_TYPE)).is_some_and(|old| {
+            old.as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(new.as_bytes().trim_ascii())
+        }),
+        None => true,
+    };
+    same_tag && same_vary && same_coding && same_type
+}
+
+/// The content codings a head's `Content-Encoding` lines name, lowercase, in order, but
+/// `identity` (no coding).
+fn codings(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|c| String::from_utf8_lossy(c.trim_ascii()).to_ascii_lowercase())
+        .filter(|c| !c.is_empty() && c != "identity")
+        .collect()
 }
 
 /// The header names a head's `Vary` lines name, lowercase, sorted, once each.
@@ -148,6 +174,34 @@ mod tests {
         assert!(!selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(Some(&weak), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(None, &head(304, &[("ETag", "W/\"v2\"")])));
+    }
+
+    #[test]
+    fn a_304_that_describes_another_body_selects_nothing() {
+        let stored = head(200, &[("ETag", "\"v\""), ("Content-Type", "image/png")]);
+        let stored = Some(&stored.headers);
+        let with = |h: &[(&str, &str)]| selects(stored, &head(304, h));
+        assert!(with(&[("Content-Type", "Image/PNG ")]));
+        assert!(with(&[("Content-Encoding", "identity")]));
+        assert!(!with(&[("Content-Encoding", "gzip")]));
+        assert!(!with(&[("Content-Type", "text/html")]));
+        assert!(!with(&[("Content-Type", "application/vnd.ogc.se_xml")]));
+        let gzip = head(200, &[("Content-Encoding", "GZIP")]);
+        assert!(selects(
+            Some(&gzip.headers),
+            &head(304, &[("Content-Encoding", "gzip")])
+        ));
+        assert!(!selects(
+            Some(&gzip.headers),
+            &head(304, &[("Content-Encoding", "br")])
+        ));
+        assert!(!selects(None, &head(304, &[("Content-Type", "image/png")])));
+        // A range is the hit's own, never the 304's.
+        let out = updated(
+            &head(200, &[("Content-Length", "5")]),
+            &head(304, &[("Content-Range", "bytes 0-1/2")]),
+        );
+        assert!(out.headers.get("content-range").is_none());
     }
 
     #[test]

@@ -871,6 +871,39 @@ fn a_revalidations_304_updates_the_stored_head() {
     assert_eq!(up.not_modified(), 1);
 }
 
+/// A revalidation's 304 that describes another body than the stored tile's (a
+/// `Content-Encoding` it was not stored with) updates nothing: the stored bytes are never
+/// served under the 304's description (a PNG labelled gzip for every later hit), and the next
+/// request fetches the tile whole.
+#[test]
+fn a_304_that_describes_another_body_updates_nothing() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 60, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let path = "/open/recoded?cc=max-age%3D1&header=ETag:%22r1%22&later=Content-Encoding:gzip";
+    let open = || {
+        let r = get(gw.port, "GET", path, &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let coding = r.header("content-encoding").map(str::to_string);
+        (cache_status(&r).to_string(), coding)
+    };
+    assert_eq!(open(), ("MISS".into(), None));
+    assert_eq!(open(), ("HIT".into(), None));
+    std::thread::sleep(Duration::from_millis(1600));
+    let served = up.served();
+    let (status, coding) = open();
+    assert_eq!(
+        coding, None,
+        "the stored body under the 304's coding ({status})"
+    );
+    assert_eq!(up.not_modified(), 1);
+    assert_eq!(open().1.as_deref(), Some("gzip"), "fetched whole again");
+    assert!(up.served() > served, "the tile was not fetched again");
+}
+
 /// A revalidation's 304 with a `Vary` the stored tile did not have (the upstream negotiates
 /// the tile now) updates nothing: that answer carries the 304's `Vary`, the tile is fetched
 /// again, and from then on it is stored per variant.
