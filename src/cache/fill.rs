@@ -175,7 +175,11 @@ impl Fill {
             return;
         }
         let present = super::freshness::Present::of(&resp.headers);
-        if present.vary {
+        // (A content-coded answer that does not say it varies by `Accept-Encoding` does: its
+        // variants are stored with that `Vary` by Pingora's cache phases.)
+        if present.vary
+            || (present.content_encoding && super::vary::coded_without_vary(&resp.headers))
+        {
             // Stored per variant from now on, by Pingora's cache phases: the requests waiting
             // on this fetch go there and one of them fetches and stores its variant.
             mark_varied(self.hash);

@@ -59,11 +59,12 @@ pub struct Present {
     pub cache_control: bool,
     pub expires: bool,
     pub age: bool,
+    pub content_encoding: bool,
 }
 
 impl Present {
     pub fn of(headers: &http::HeaderMap) -> Present {
-        use http::header::{AGE, CACHE_CONTROL, EXPIRES, SET_COOKIE, VARY};
+        use http::header::{AGE, CACHE_CONTROL, CONTENT_ENCODING, EXPIRES, SET_COOKIE, VARY};
         let mut p = Present::default();
         for name in headers.keys() {
             if name == CACHE_CONTROL {
@@ -74,6 +75,8 @@ impl Present {
                 p.age = true;
             } else if name == VARY {
                 p.vary = true;
+            } else if name == CONTENT_ENCODING {
+                p.content_encoding = true;
             } else if name == SET_COOKIE || name.as_str() == "set-cookie2" {
                 // RFC 2965's `Set-Cookie2` is obsolete, and still a consumer's cookie.
                 p.set_cookie = true;

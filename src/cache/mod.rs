@@ -46,7 +46,7 @@ pub use outcome::{
 };
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_records, save_forwardings};
-pub use vary::variance;
+pub use vary::{add_coding_vary, variance};
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified, vary_of_304};
 use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
 

@@ -1,5 +1,5 @@
 //! The variant of a stored response a request wants: the values of the headers the response's
-//! `Vary` names, as the upstream receives them.
+//! `Vary` names, as the upstream receives them; and the `Vary` a content-coded answer lacks.
 
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
@@ -58,4 +58,70 @@ fn sent_value(name: &str, req: &RequestHeader, edits: &[HeaderEdit]) -> Option<V
         }
     }
     value
+}
+
+/// Whether an answer is content-coded (a `Content-Encoding` other than `identity`) without a
+/// `Vary` that names `Accept-Encoding` (or `*`): an upstream that compresses for the clients
+/// that say they take it, and does not say so. Stored as it is, the coded body would be
+/// answered to every client, those that take no coding too.
+pub fn coded_without_vary(headers: &http::HeaderMap) -> bool {
+    let coded = headers
+        .get_all(http::header::CONTENT_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
+    coded
+        && !headers
+            .get_all(http::header::VARY)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"accept-encoding"))
+}
+
+/// An upstream's answer to a request through a `cache` step, content-coded without saying it
+/// varies by `Accept-Encoding` ([`coded_without_vary`]), is given that `Vary` before it is
+/// judged: stored per the codings clients take, and said so to the caches after this one.
+pub fn add_coding_vary(resp: &mut pingora_http::ResponseHeader) {
+    if resp.status != http::StatusCode::NOT_MODIFIED && coded_without_vary(&resp.headers) {
+        let _ = resp.append_header(
+            http::header::VARY,
+            http::HeaderValue::from_static("Accept-Encoding"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::coded_without_vary;
+
+    #[test]
+    fn a_coded_answer_without_a_vary_on_accept_encoding() {
+        let with = |lines: &[(&str, &str)]| {
+            let mut h = http::HeaderMap::new();
+            for (n, v) in lines {
+                h.append(
+                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                    http::HeaderValue::from_str(v).unwrap(),
+                );
+            }
+            coded_without_vary(&h)
+        };
+        assert!(with(&[("Content-Encoding", "gzip")]));
+        assert!(with(&[("Content-Encoding", "identity, br")]));
+        assert!(with(&[("Content-Encoding", "gzip"), ("Vary", "Accept")]));
+        assert!(!with(&[]));
+        assert!(!with(&[("Content-Encoding", "identity")]));
+        assert!(!with(&[
+            ("Content-Encoding", "gzip"),
+            ("Vary", "Origin, accept-encoding")
+        ]));
+        assert!(!with(&[
+            ("Content-Encoding", "gzip"),
+            ("Vary", "Accept"),
+            ("Vary", "Accept-Encoding")
+        ]));
+        assert!(!with(&[("Content-Encoding", "gzip"), ("Vary", "*")]));
+    }
 }

@@ -118,7 +118,8 @@ fn verdict(
 /// another body (RFC 9111 §4.3.4): its validators are dropped, so the stored tile is answered
 /// once more with its own (not under the `304`'s, which name a body the client does not get),
 /// and the tile is not updated (see [`cacheable`]). So is one with another `Vary` (the
-/// upstream negotiates the tile now: see [`vary_of_304`]). True when so: the caller removes
+/// upstream negotiates the tile now: see [`vary_of_304`]), `Content-Encoding` or
+/// `Content-Type` (see [`revalidate::selects`]). True when so: the caller removes
 /// the tile ([`super::forget`]), so the next request fetches the upstream's current one
 /// whole (and, it varying, stores it per variant from then on).
 pub fn drop_other_validator(session: &Session, resp: &mut ResponseHeader) -> bool {

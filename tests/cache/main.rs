@@ -904,6 +904,56 @@ fn a_304_that_describes_another_body_updates_nothing() {
     assert!(up.served() > served, "the tile was not fetched again");
 }
 
+/// An upstream that gzips for the clients that take it without saying its answer varies (no
+/// `Vary: Accept-Encoding`): the tile is stored per the codings clients take, with that `Vary`
+/// added for the caches after this one — the gzip body never answered to a client that takes
+/// no coding (stored as it came, whichever client filled first chose for all).
+#[test]
+fn a_coded_answer_that_does_not_say_it_varies_is_stored_per_coding() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(&up, "{ttl: 600}", &[]);
+    let path = "/open/compressed?cc=max-age%3D600&negotiate=gzip";
+    let open = |coding: Option<&str>| {
+        let headers: Vec<(&str, &str)> =
+            coding.map(|c| ("Accept-Encoding", c)).into_iter().collect();
+        let r = get(gw.port, "GET", path, &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        let vary = r.header("vary").map(str::to_string);
+        (
+            cache_status(&r).to_string(),
+            r.header("content-encoding").map(str::to_string),
+            vary,
+        )
+    };
+    let gzip = Some("gzip");
+    let first = open(gzip);
+    assert_eq!(first.1.as_deref(), Some("gzip"), "{first:?}");
+    let mut last = open(gzip);
+    for _ in 0..2 {
+        last = open(gzip);
+    }
+    assert_eq!(
+        last,
+        (
+            "HIT".into(),
+            Some("gzip".into()),
+            Some("Accept-Encoding".into())
+        )
+    );
+    // (Its identity answer says nothing of a `Vary`, and is stored as it came: any client
+    // takes it.)
+    for round in 0..3 {
+        let plain = open(None);
+        assert_eq!(
+            plain.1, None,
+            "the gzip body to a client that takes none: {plain:?}"
+        );
+        assert_eq!(plain.0 == "HIT", round > 0, "{plain:?}");
+        let coded = open(gzip);
+        assert_eq!(coded.0, "HIT", "{coded:?}");
+    }
+}
+
 /// A revalidation's 304 with a `Vary` the stored tile did not have (the upstream negotiates
 /// the tile now) updates nothing: that answer carries the 304's `Vary`, the tile is fetched
 /// again, and from then on it is stored per variant.
