@@ -1031,6 +1031,77 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     assert!(r.status < 300, "{} {}", r.status, r.text());
 }
 
+/// An upgrade while Redis is down: the new process authenticates with the tables the old one
+/// hands it over (before, it knew no credential until Redis came back: every authenticated
+/// request `503`), and its load from Redis, once Redis is back, replaces them.
+#[test]
+fn an_upgrade_while_redis_is_down_keeps_authenticating() {
+    let mut redis = support::redis::RedisServer::start();
+    redis.load_dump(&support::redis::eg_fixture());
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  wmts: {{paths: '/wmts/*', scopes: [wmts]}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [key-auth, proxy]\npipelines:\n  keyed:\n    apiEndpoints: [wmts]\n    policies:\n      - key-auth:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    ));
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\n",
+            redis.port
+        ),
+    );
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    let wrong = [("Authorization", "apiKey kargo-ka-id:wrong")];
+    assert_eq!(get(old.port, "GET", "/wmts/1", &key).status, 200);
+    let redis_port = redis.port;
+    redis.stop();
+    let new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let mut old = old;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the old process did not leave");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    for _ in 0..5 {
+        let r = get(old.port, "GET", "/wmts/1", &key);
+        assert_eq!(r.status, 200, "{}\nnew: {}", r.text(), new_log());
+        assert_eq!(get(old.port, "GET", "/wmts/1", &wrong).status, 401);
+    }
+    assert!(
+        new_log().contains("credentials taken from the process upgraded"),
+        "{}",
+        new_log()
+    );
+    assert!(
+        !std::path::Path::new(&format!("{sock}.consumers")).exists(),
+        "the offer's socket was left behind"
+    );
+    // Redis back, the credential revoked there: the new process's load from it stands.
+    let redis = support::redis::RedisServer::start_on(redis_port);
+    redis.load_dump(&support::redis::eg_fixture());
+    let _: i64 = redis::cmd("HSET")
+        .arg("EG-key-auth:kargo-ka-id")
+        .arg("isActive")
+        .arg("false")
+        .query(&mut redis.conn())
+        .expect("HSET");
+    let back = Instant::now();
+    while get(old.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            back.elapsed() < Duration::from_secs(15),
+            "the store's load did not replace the tables handed over:\n{}",
+            new_log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(new);
+}
+
 /// Sends `raw` on `s` and reads the answer's head (lowercased) and its body.
 fn exchange(s: &mut std::net::TcpStream, raw: &str) -> String {
     use std::io::{Read, Write};

@@ -206,34 +206,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             .with_context(|| format!("populate from {}", file.display()))?;
         log::info!("populate {}: {report}", file.display());
     }
-    // Wait a while for the first load; if it takes longer it goes on in the background.
-    let first_load = background.spawn({
-        let cache = consumers.cache.clone();
-        async move { cache.load_off_worker().await }
-    });
-    let shown = crate::cli::progress::Progress::start("loading consumers", {
-        let cache = consumers.cache.clone();
-        move || {
-            use std::sync::atomic::Ordering::Relaxed;
-            (
-                cache.progress.done.load(Relaxed) as u64,
-                cache.progress.total.load(Relaxed) as u64,
-            )
-        }
-    });
-    let waited =
-        background.block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, first_load).await });
-    shown.finish();
-    match waited {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => {
-            // (A store that starts after the gateway, as in a compose file, is no failure.)
-            log::warn!("consumer cache not loaded yet (retrying in the background): {e}")
-        }
-        Ok(Err(e)) => log::error!("consumer cache load failed: {e}"),
-        Err(_) => log::warn!(
-            "consumer cache still loading after {FIRST_LOAD_TIMEOUT:?}; serving meanwhile"
-        ),
+    // An upgrade serves with the tables of the process it takes over from (whatever the
+    // store answers now) until its own load from the store, in the background.
+    if !(opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock)) {
+        first_load(&background, &consumers.cache);
     }
     consumers.cache.start(background.handle(), opts.resync);
     let health = Arc::new(Health::new(consumers.cache.clone()));
@@ -425,6 +401,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             lifecycle,
             early: std::sync::Mutex::new(early),
             upgrade_sock: opts.upgrade_sock.clone(),
+            consumers: consumers.cache.clone(),
         }),
     });
     crate::cache::save_forwardings();
@@ -434,6 +411,42 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// How long `--populate` waits for a consumer store it cannot reach (Redis starting beside
 /// the gateway) before the start fails.
 const POPULATE_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits a while for the consumer cache's first load from the store; a longer one goes on in
+/// the background.
+fn first_load(
+    background: &tokio::runtime::Runtime,
+    cache: &Arc<crate::consumers::cache::ConsumerCache>,
+) {
+    let first_load = background.spawn({
+        let cache = cache.clone();
+        async move { cache.load_off_worker().await }
+    });
+    let shown = crate::cli::progress::Progress::start("loading consumers", {
+        let cache = cache.clone();
+        move || {
+            use std::sync::atomic::Ordering::Relaxed;
+            (
+                cache.progress.done.load(Relaxed) as u64,
+                cache.progress.total.load(Relaxed) as u64,
+            )
+        }
+    });
+    let waited =
+        background.block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, first_load).await });
+    shown.finish();
+    match waited {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => {
+            // (A store that starts after the gateway, as in a compose file, is no failure.)
+            log::warn!("consumer cache not loaded yet (retrying in the background): {e}")
+        }
+        Ok(Err(e)) => log::error!("consumer cache load failed: {e}"),
+        Err(_) => log::warn!(
+            "consumer cache still loading after {FIRST_LOAD_TIMEOUT:?}; serving meanwhile"
+        ),
+    }
+}
 
 /// Applies a consumers file, waiting up to [`POPULATE_WAIT`] for a store that cannot be
 /// reached yet (as Kargo's populate under EG waited for Redis); any other failure at once.

@@ -14,6 +14,8 @@ pub(super) struct Signals {
     pub(super) early: std::sync::Mutex<Option<Taken>>,
     /// Where an upgrading process waits for the listening sockets.
     pub(super) upgrade_sock: std::path::PathBuf,
+    /// Offered to the upgrading process with the sockets.
+    pub(super) consumers: Arc<crate::consumers::cache::ConsumerCache>,
 }
 
 /// How long a SIGQUIT waits for an upgrading process to wait for the sockets (one that reads
@@ -61,6 +63,15 @@ impl Taken {
     }
 }
 
+impl Signals {
+    /// The upgrade begins: the consumer cache is offered (before the sockets go, so that the
+    /// new process finds it as soon as it has them).
+    fn upgrade(&self) -> ShutdownSignal {
+        self.consumers.offer_to_upgrade(&self.upgrade_sock);
+        ShutdownSignal::GracefulUpgrade
+    }
+}
+
 #[async_trait::async_trait]
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
@@ -88,7 +99,7 @@ impl ShutdownSignalWatch for Signals {
             tokio::select! {
                 _ = quit.recv() => {
                     if upgrade_offered(sock) {
-                        return ShutdownSignal::GracefulUpgrade;
+                        return self.upgrade();
                     }
                     if quit_since.is_none() {
                         log::info!(
@@ -101,7 +112,7 @@ impl ShutdownSignalWatch for Signals {
                 }
                 () = tokio::time::sleep(Duration::from_millis(50)), if quit_since.is_some() => {
                     if upgrade_offered(sock) {
-                        return ShutdownSignal::GracefulUpgrade;
+                        return self.upgrade();
                     }
                     if quit_since.is_some_and(|t| t.elapsed() >= UPGRADE_WAIT) {
                         log::error!(

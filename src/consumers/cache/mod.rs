@@ -20,6 +20,7 @@ use crate::store::Store;
 
 mod checks;
 pub use checks::Turn;
+mod handover;
 mod missed;
 mod passwords;
 mod sync;
@@ -81,7 +82,11 @@ pub struct ConsumerCache {
     tables: RwLock<Tables>,
     store: Arc<dyn Store>,
     layout: Layout,
+    /// Whether the tables hold what a full load read, from the store or from the process
+    /// upgraded (see [`handover`]).
     loaded: AtomicBool,
+    /// Whether a full load from the store succeeded.
+    from_store: AtomicBool,
     last_resync: Mutex<Option<Instant>>,
     recently_missed: Mutex<missed::RecentlyMissed>,
     verified_passwords: Mutex<passwords::PasswordMemos>,
@@ -125,6 +130,7 @@ impl ConsumerCache {
             store,
             layout,
             loaded: AtomicBool::new(false),
+            from_store: AtomicBool::new(false),
             last_resync: Mutex::new(None),
             recently_missed: Mutex::new(missed::RecentlyMissed::default()),
             verified_passwords: Mutex::new(passwords::PasswordMemos::default()),
@@ -147,9 +153,15 @@ impl ConsumerCache {
         self.tables.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether a full load has succeeded at least once.
+    /// Whether a full load has succeeded at least once (or the process upgraded handed its
+    /// tables over).
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Whether a full load from the store has succeeded at least once.
+    fn loaded_from_store(&self) -> bool {
+        self.from_store.load(Ordering::Relaxed)
     }
 
     /// Time since the last full load, if any.

@@ -61,13 +61,16 @@ impl ConsumerCache {
             let changed = self.changes().take().unwrap_or_default();
             carry(&live, &mut t, &changed);
             *live = t;
+            // (Under the lock: tables handed over by the process upgraded never replace
+            // these.)
+            self.from_store.store(true, Ordering::Relaxed);
+            self.loaded.store(true, Ordering::Relaxed);
         }
         log::info!(
             "consumer cache: {count} credentials loaded from {} in {:.2?}",
             self.store.describe(),
             started.elapsed()
         );
-        self.loaded.store(true, Ordering::Relaxed);
         *self.last_resync.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         self.recently_missed
             .lock()
@@ -376,7 +379,7 @@ impl ConsumerCache {
         let cache = self.clone();
         runtime.spawn(async move {
             // Until a first load succeeds (the store may be down at start), keep trying.
-            while !cache.is_loaded() {
+            while !cache.loaded_from_store() {
                 if let Err(e) = cache.load_off_worker().await {
                     log::warn!("consumer cache: not loaded yet: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
