@@ -1258,6 +1258,21 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
 /// routes answered 404.
 #[test]
 fn a_file_written_with_a_pause_is_loaded_once_closed() {
+    written_with_a_pause(false);
+}
+
+/// A config file written in two steps, closed between them (`cat a > f; sleep 1; cat b >> f`,
+/// a script that writes a section at a time), is loaded once quiet for 2 s, as EG's watcher
+/// (chokidar's `awaitWriteFinish`) waits: the first part was in force for the pause, its
+/// routes 404 and, cut before an endpoint's `scopes`, that endpoint open to every consumer.
+#[test]
+fn a_file_written_in_two_steps_is_loaded_once_whole() {
+    written_with_a_pause(true);
+}
+
+/// Writes the config with a pause of 1.2 s in the middle (the file closed meanwhile when
+/// `closed_between`): the part written first is never in force.
+fn written_with_a_pause(closed_between: bool) {
     let up = PyUpstream::start("a", 5.0);
     let config = |names: &[&str]| {
         let mut yml = String::from(
@@ -1291,11 +1306,20 @@ fn a_file_written_with_a_pause_is_loaded_once_closed() {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .truncate(true)
-                .open(path)
+                .open(&path)
                 .expect("open");
             f.write_all(&new.as_bytes()[..cut]).expect("write");
             f.flush().expect("flush");
-            std::thread::sleep(Duration::from_millis(1200));
+            if closed_between {
+                drop(f);
+                std::thread::sleep(Duration::from_millis(1200));
+                f = std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(path)
+                    .expect("open again");
+            } else {
+                std::thread::sleep(Duration::from_millis(1200));
+            }
             f.write_all(&new.as_bytes()[cut..]).expect("write");
         })
     };

@@ -16,10 +16,12 @@ use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 
 use super::{Lifecycle, Trigger};
 
-/// How long the directories must be quiet before a reload.
-pub const QUIET: Duration = Duration::from_millis(250);
+/// How long the directories must be quiet before a reload: as EG's watcher waits for a file
+/// to stop changing (chokidar's `awaitWriteFinish`, 2 s), so that a file written in two
+/// steps, closed between them, is never in force half written.
+pub const QUIET: Duration = Duration::from_secs(2);
 /// The longest a reload waits for quiet: changes that never stop do not hold it off.
-const QUIET_AT_MOST: Duration = Duration::from_secs(3);
+const QUIET_AT_MOST: Duration = Duration::from_secs(10);
 
 /// Whether EG's switch turns watching off.
 pub fn disabled() -> bool {
