@@ -146,22 +146,28 @@ pub fn judge_with(
     // What is left of the lifetime is clamped by the step. (The stored time stays the fetch's
     // own: Pingora takes it for when the object was admitted, which a `Vary` tile's variants
     // are checked against.)
-    let left = if no_cache {
-        Duration::ZERO
+    // What is left of the lifetime, and how long the response has been stale already when
+    // none is.
+    let (left, stale_by) = if no_cache {
+        (Duration::ZERO, Duration::ZERO)
     } else {
-        let age = || if present.age { age_of(resp) } else { 0 };
-        match lifetime(resp, now, present) {
+        let age = Duration::from_secs(if present.age { age_of(resp) } else { 0 });
+        let (left, stale_by) = match lifetime(resp, now, present) {
             // Counted from when the response was made: the age the upstream gave it (a cache
             // before it) has passed of it already (RFC 9111 §4.2.3).
-            Some(Lifetime::Made(d)) => d.saturating_sub(Duration::from_secs(age())),
-            Some(Lifetime::Left(d)) => d,
-            None => rule.ttl.saturating_sub(Duration::from_secs(age())),
-        }
-        .clamp(rule.min_ttl, rule.max_ttl)
-        .min(LONGEST)
+            Some(Lifetime::Made(d)) => (d.saturating_sub(age), age.saturating_sub(d)),
+            Some(Lifetime::Left(d)) => (d, Duration::ZERO),
+            None => (rule.ttl.saturating_sub(age), age.saturating_sub(rule.ttl)),
+        };
+        let left = left.clamp(rule.min_ttl, rule.max_ttl).min(LONGEST);
+        (left, stale_by.min(LONGEST))
     };
+    // Stale since it became so (at least a second ago): its stale windows count from then, so
+    // that an answer that came decades stale (`Age` from a cache before this one) is not
+    // served for another `staleWhileRevalidate`.
     let fresh_until = if left.is_zero() {
-        now.checked_sub(Duration::from_secs(1)).unwrap_or(now)
+        let since = stale_by.max(Duration::from_secs(1));
+        now.checked_sub(since).unwrap_or(now)
     } else {
         now + left
     };
@@ -347,6 +353,47 @@ mod tests {
             RespCacheable::Cacheable(m) => Some(m.fresh_sec()),
             RespCacheable::Uncacheable(_) => None,
         }
+    }
+
+    #[test]
+    fn an_answer_stale_on_arrival_is_stale_since_its_lifetime_ended() {
+        let now = SystemTime::now();
+        let no_least = CacheRule {
+            min_ttl: Duration::ZERO,
+            ..rule()
+        };
+        let fresh_until = |headers: &[(&str, &str)]| match decide(&resp(200, headers), &no_least) {
+            RespCacheable::Cacheable(m) => m.fresh_until(),
+            RespCacheable::Uncacheable(r) => panic!("{r:?}"),
+        };
+        let stale_for = |headers: &[(&str, &str)]| {
+            now.duration_since(fresh_until(headers))
+                .unwrap_or_default()
+                .as_secs()
+        };
+        // 150 s old with 100 s of life: stale for 50 s.
+        let s = stale_for(&[("cache-control", "max-age=100"), ("age", "150")]);
+        assert!((49..=51).contains(&s), "{s}");
+        // Decades old: its stale windows are long over.
+        let s = stale_for(&[
+            ("cache-control", "max-age=100"),
+            ("age", "99999999999999999999"),
+        ]);
+        assert!(s >= (1 << 31) - 200, "{s}");
+        // The step's default lifetime counts so too; an answer of no age is stale for a
+        // second at most when it has no life.
+        let s = stale_for(&[("age", "400")]);
+        assert!((99..=101).contains(&s), "{s}");
+        let s = stale_for(&[("cache-control", "max-age=0")]);
+        assert!(s <= 2, "{s}");
+        // A step's `minTtl` keeps it fresh all the same.
+        assert_eq!(
+            ttl(&resp(
+                200,
+                &[("cache-control", "max-age=100"), ("age", "150")]
+            )),
+            Some(10)
+        );
     }
 
     #[test]
