@@ -454,6 +454,44 @@ fn at_the_connection_cap_idle_keepalive_connections_make_room() {
     assert_eq!(read_response(&mut fresh, false).status, 200);
 }
 
+/// Room asked for while the connections at the cap were each serving a request (a map view's
+/// burst, opened at once) is made once one of them waits for its next request: before, the
+/// ask went unseen by connections in their first request, and the next client waited until
+/// one closed by itself (the keep-alive timeout).
+#[test]
+fn room_asked_for_during_the_requests_at_the_cap_is_made_after_them() {
+    let up = EchoUpstream::start("tiles");
+    let dir = ConfigDir::new(&config(&up.url("")));
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--max-connections", "4", "--keepalive-timeout", "600"],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the readiness probes' connections close
+    let mut busy: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = connect(gw.port);
+            s.write_all(b"GET /tiles/slow/800 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                .expect("send");
+            s
+        })
+        .collect();
+    // At the cap while all four are served: this one asks for room.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut next = connect(gw.port);
+    next.write_all(b"GET /tiles/b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    for s in &mut busy {
+        assert_eq!(read_response(s, false).status, 200);
+    }
+    next.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let r = read_response(&mut next, false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let shed = r#"tollgate_client_connections_closed_total{reason="shed"}"#;
+    assert_eq!(gw.metric_when(shed, |v| v >= 1.0), 1.0);
+}
+
 #[test]
 fn open_files_limit_is_raised_and_sighup_does_not_stop_the_gateway() {
     let up = EchoUpstream::start("tiles");

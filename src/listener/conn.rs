@@ -259,13 +259,16 @@ where
             if signal.borrow_and_update().shutdown {
                 return ConnClose::Shutdown;
             }
+            // Room asked for while a request was served (this connection's first among them:
+            // its wait begins after it) is looked at as the wait begins, not only when asked
+            // again — the room may have been made meanwhile. Missed, the connections a burst
+            // of clients opened at the cap all stayed, and the next client waited until one
+            // closed by itself.
+            if intake.take_shed() {
+                return ConnClose::Shed;
+            }
             if signal.changed().await.is_err() {
                 return ConnClose::Shutdown; // the server is gone
-            }
-            // (Asked while a request was served, it is looked at at the wait after it: the
-            // room may have been made meanwhile.)
-            if !signal.borrow().shutdown && intake.take_shed() {
-                return ConnClose::Shed;
             }
         }
     });
