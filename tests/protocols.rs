@@ -612,6 +612,44 @@ fn stalled_and_abandoned_http2_streams_end() {
     assert!(gw.log_text().contains(said), "{}", gw.log_text());
 }
 
+/// Each HTTP/2 stream but one takes a place under the connection cap while it is open (each
+/// may hold an upstream connection, a descriptor, as a client connection does): a stream past
+/// the cap is answered `503` at once, and the places come back as streams end. Before, one
+/// connection's hundred streams to an upstream that did not answer held a hundred
+/// descriptors, and a few such connections held them all.
+#[test]
+fn http2_streams_take_places_under_the_connection_cap() {
+    let up = PyUpstream::start("slow", 5.0);
+    let dir = support::tls::https_config(
+        ConfigDir::empty(),
+        &format!("admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  s: {{paths: '/s/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  s: {{apiEndpoints: [s], policies: [{{proxy: {{action: {{serviceEndpoint: up, stripPath: true}}}}}}]}}\n", up.url("")),
+    );
+    let gw = GatewayProcess::start_with(&dir, &["--max-connections", "8"], &[]);
+    std::thread::sleep(Duration::from_millis(300)); // the readiness probes' connections close
+    let answers = |frames: &[Frame]| frames.iter().filter(|f| f.kind == 1).count();
+    let mut c = h2_connection(gw.port, true);
+    let ask = |c: &mut openssl::ssl::SslStream<std::net::TcpStream>, first: u32| {
+        let heads: Vec<u8> = (0..20)
+            .map(|i| first + 2 * i)
+            .flat_map(|s| h2_headers(s, "GET", &format!("/s/slow/2000/{s}"), true))
+            .collect();
+        h2_send(c, &heads);
+    };
+    for round in 0..2 {
+        ask(&mut c, 1 + 40 * round);
+        // Of the eight places the listener holds one for the connection it accepts next, the
+        // connection one, its first stream no more, six others one each: thirteen answered at
+        // once, seven once the upstream answers.
+        let (frames, closed) = h2_frames_for(&mut c, Duration::from_millis(1200));
+        assert!(!closed);
+        assert_eq!(answers(&frames), 13, "round {round}: {frames:?}");
+        let (frames, _) = h2_frames_for(&mut c, Duration::from_millis(2500));
+        assert_eq!(answers(&frames), 7, "round {round}: {frames:?}");
+    }
+    let waits = "tollgate_client_connection_cap_reached_total";
+    assert_eq!(gw.metric_when(waits, |v| v >= 26.0), 26.0);
+}
+
 /// How long until the gateway closes `tls` (reading whatever it sends meanwhile).
 fn closed_after(tls: &mut openssl::ssl::SslStream<std::net::TcpStream>) -> Duration {
     use std::io::Read;

@@ -50,6 +50,8 @@ struct Shared {
     recent: Mutex<Recent>,
     /// The request bodies being read, each the time of its last piece (0: read whole).
     reading: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The listener's connection cap, which each stream but one takes a place of while open.
+    places: Arc<tokio::sync::Semaphore>,
 }
 
 /// Streams abandoned in two consecutive spans of [`RECENT_MS`].
@@ -96,7 +98,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(client: SocketAddr, local: SocketAddr) -> Connection {
+    /// `places`: the listener's connection cap (see [`Stream::begun`]).
+    pub fn new(
+        client: SocketAddr,
+        local: SocketAddr,
+        places: Arc<tokio::sync::Semaphore>,
+    ) -> Connection {
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
             began: AtomicBool::new(false),
@@ -105,6 +112,7 @@ impl Connection {
             finished: AtomicUsize::new(0),
             recent: Mutex::new(Recent::default()),
             reading: Mutex::new(Vec::new()),
+            places,
         });
         let ends = (client, local);
         connections()
@@ -170,24 +178,50 @@ pub struct Stream {
     /// Its request body while it is being read.
     body: Option<Arc<AtomicU64>>,
     abandoned: bool,
+    /// Its place under the connection cap (none for a connection's only stream).
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// A stream begun on an HTTP/2 connection.
+pub enum Begun {
+    Counted(Stream),
+    /// The connection cap has no place for it: each stream may hold an upstream connection
+    /// (a descriptor, as a client connection does), so a hundred streams of one connection
+    /// count as a hundred connections.
+    AtCap,
 }
 
 impl Stream {
     /// The stream of a request that came on the connection between `client` and `local`, if
-    /// that is an HTTP/2 connection being served.
-    pub fn begun(client: SocketAddr, local: SocketAddr) -> Option<Stream> {
+    /// that is an HTTP/2 connection being served. Each stream but one takes a place under the
+    /// connection cap while it is open (the connection holds one): at the cap, none is left
+    /// for it. Before, forty-five connections of a hundred streams each, to an upstream that
+    /// did not answer, held every descriptor: nothing else was served, the Admin API neither.
+    pub fn begun(client: SocketAddr, local: SocketAddr) -> Option<Begun> {
         let shared = connections()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&(client, local))?
             .clone();
-        shared.open.fetch_add(1, Ordering::Relaxed);
+        let others = shared.open.fetch_add(1, Ordering::Relaxed);
+        let place = if others == 0 {
+            None
+        } else {
+            match shared.places.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    shared.open.fetch_sub(1, Ordering::Relaxed);
+                    return Some(Begun::AtCap);
+                }
+            }
+        };
         shared.began.store(true, Ordering::Relaxed);
-        Some(Stream {
+        Some(Begun::Counted(Stream {
             shared,
             body: None,
             abandoned: false,
-        })
+            _place: place,
+        }))
     }
 
     /// Its request body is waited for from now on (the request goes upstream): a pause of

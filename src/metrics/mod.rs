@@ -311,7 +311,7 @@ impl Metrics {
         reg(Box::new(closed.clone()));
         let client_cap_waits = must(IntCounter::new(
             "tollgate_client_connection_cap_reached_total",
-            "Times a listener stopped accepting because its connection cap was reached",
+            "Times a listener stopped accepting because its connection cap was reached, and HTTP/2 streams refused for it",
         ));
         reg(Box::new(client_cap_waits.clone()));
         let cache = cache::CacheMetrics::new(&registry);

@@ -151,12 +151,22 @@ impl ProxyHttp for Tollgate {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if session.is_http2() {
-            let client = session.client_addr().and_then(PeerAddr::as_inet);
-            let local = session.server_addr().and_then(PeerAddr::as_inet);
-            if let (Some(client), Some(local)) = (client, local) {
-                ctx._h2_stream = crate::listener::h2::Stream::begun(*client, *local);
-            }
             session.set_write_timeout(Some(self.h2_send_timeout));
+            let client = session.client_addr().and_then(PeerAddr::as_inet).copied();
+            let local = session.server_addr().and_then(PeerAddr::as_inet).copied();
+            if let (Some(client), Some(local)) = (client, local) {
+                use crate::listener::h2::{Begun, Stream};
+                match Stream::begun(client, local) {
+                    Some(Begun::Counted(s)) => ctx._h2_stream = Some(s),
+                    Some(Begun::AtCap) => {
+                        crate::metrics::metrics().client_cap_waits.inc();
+                        let reply = Reply::text(503, "Service Unavailable");
+                        send_reply(session, reply, &[]).await?;
+                        return Ok(true);
+                    }
+                    None => {}
+                }
+            }
             if let Err(reply) = exchange::settle_http2_head(session.req_header_mut()) {
                 send_reply(session, reply, &[]).await?;
                 return Ok(true);
