@@ -435,6 +435,25 @@ fn a_connection_naming_the_framing_is_refused() {
                 "{fast}: {raw:?} reached the upstream"
             );
         }
+        // More options than any client gives (each looked for among the headers): refused on
+        // both paths, as Pingora's proxy refuses them; as many as it takes, served.
+        let options = |n: usize| {
+            (0..n)
+                .map(|i| format!("x-o{i}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (n, status) in [(10, "400"), (9, "200")] {
+            let raw = format!(
+                "GET /tiles/a HTTP/1.1\r\nHost: h\r\nConnection: close, {}\r\n\r\n",
+                options(n - 1)
+            );
+            let answer = support::send_until_close(gw.port, raw.as_bytes());
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{fast}: {n} options: {answer:?}"
+            );
+        }
     }
 }
 

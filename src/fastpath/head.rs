@@ -76,7 +76,7 @@ impl Reading {
         }
         match session(stream, &head, limits).await {
             Ok(mut s) => {
-                if crate::wire::nominates_protected(&s.req_header().headers) {
+                if crate::wire::connection_refused(&s.req_header().headers) {
                     let refused = pingora_core::Error::explain(
                         pingora_core::ErrorType::InvalidHTTPHeader,
                         "protected header cannot be nominated by the Connection header",

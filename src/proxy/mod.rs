@@ -182,7 +182,7 @@ impl ProxyHttp for Tollgate {
         if session.req_header().version < http::Version::HTTP_11 {
             session.set_ignore_info_resp(true);
         }
-        if crate::wire::nominates_protected(&session.req_header().headers) {
+        if crate::wire::connection_refused(&session.req_header().headers) {
             // Its body, if any, is not read: the connection closes after the answer.
             session.set_keepalive(None);
             send_reply(session, Reply::text(400, "Bad Request"), &[]).await?;
