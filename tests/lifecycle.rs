@@ -18,6 +18,10 @@ use support::load::Load;
 use support::upstream::PyUpstream;
 use support::{get, send_json, ConfigDir, GatewayProcess, Reaped};
 
+/// Longer than the config watcher waits for quiet (2 s) before it reloads: a reload that
+/// was to come has come.
+const PAST_QUIET: Duration = Duration::from_millis(2600);
+
 fn gateway_yml(path: &str, upstream: &str, extra: &str) -> String {
     format!(
         "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '{path}'}}\nserviceEndpoints:\n  up: {{url: '{upstream}'}}\npolicies: [proxy, rate-limit, log]\npipelines:\n  tiles:\n    apiEndpoints: [tiles]\n    policies:\n{extra}      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n"
@@ -80,7 +84,7 @@ fn reload_on_a_change_on_sighup_and_on_demand() {
         "gateway.config.yml",
         &gateway_yml("/two/*", &up.url(""), ""),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(PAST_QUIET);
     assert_eq!(
         get(gw.port, "GET", "/two/x", &[]).status,
         404,
@@ -582,7 +586,7 @@ fn a_relative_config_directory_with_its_certificate_watches_new_folders() {
     assert!(named("ann") < 300);
     // A models folder made now, then a model saved in it: the model is in force.
     std::fs::create_dir_all(rel.join("models")).expect("models");
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(PAST_QUIET);
     save(
         &dir,
         "models/users.json",
@@ -613,7 +617,7 @@ fn a_workspace_inside_the_defaults_directory_leaves_its_new_folders_watched() {
     };
     assert!(named() < 300);
     std::fs::create_dir_all(defaults.path.join("models")).expect("models");
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(PAST_QUIET);
     save(
         &defaults,
         "models/users.json",
@@ -688,7 +692,7 @@ fn layered_directories_a_later_file_wins() {
         "gateway.config.yml",
         &gateway_yml("/shadowed/*", &up.url(""), ""),
     );
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(PAST_QUIET);
     assert_eq!(
         gw.metric(r#"tollgate_config_loads_total{result="ok"}"#),
         1.0
@@ -834,7 +838,7 @@ fn config_directories_replaced_whole_are_still_watched() {
     assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200);
     for (path, probe) in [("/two/*", "/two/x"), ("/three/*", "/three/x")] {
         // Quiet between the copies: no reload is under way from the one before.
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(PAST_QUIET);
         let copy = parent.path.join("conf.new");
         fill(&copy, path);
         std::fs::remove_dir_all(&conf.path).expect("rm -rf");
@@ -875,7 +879,7 @@ fn writes_in_a_data_directory_linked_into_the_config_directory_start_no_check() 
     let settled = Instant::now();
     let mut before = checks();
     loop {
-        std::thread::sleep(Duration::from_millis(600));
+        std::thread::sleep(PAST_QUIET);
         let now = checks();
         if now == before {
             break;
@@ -903,7 +907,7 @@ fn writes_in_a_data_directory_linked_into_the_config_directory_start_no_check() 
         "the store wrote no journal in the volume"
     );
     // Longer than the watcher's quiet wait.
-    std::thread::sleep(Duration::from_millis(800));
+    std::thread::sleep(PAST_QUIET);
     assert_eq!(checks(), before, "{}", gw.log_text());
     // A file beside the config is looked at.
     std::fs::write(dir.path.join("notes.txt"), "x").expect("write");

@@ -57,7 +57,7 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
         None => true,
     };
     let same_vary = !not_modified.headers.contains_key(VARY)
-        || stored.is_some_and(|h| varies_by(h) == varies_by(&not_modified.headers));
+        || stored.is_some_and(|h| varies_by(h) == vary_of_304_for(h, &not_modified.headers));
     // A body the 304 describes otherwise (RFC 9111 §3.2 warns of a stored `Content-Encoding`
     // replaced): as a tag of another body, or every later hit would serve the stored bytes
     // under the new description (a PNG as gzip, or as a service exception's XML).
@@ -72,6 +72,20 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
         None => true,
     };
     same_tag && same_vary && same_coding && same_type
+}
+
+/// The `Vary` of a `304` as it stands for the stored tile whose head's fields are `stored`: a
+/// content-coded tile was stored with `Accept-Encoding` among them where the upstream did not
+/// name it (see [`super::vary::add_coding_vary`]), which the upstream's `304` does not name
+/// either (without it every revalidation of such a tile found another `Vary`: the tile was
+/// dropped and fetched whole each time).
+fn vary_of_304_for(stored: &HeaderMap, not_modified: &HeaderMap) -> Vec<String> {
+    let mut names = varies_by(not_modified);
+    if !codings(stored).is_empty() && !names.iter().any(|n| n == "accept-encoding") {
+        names.push("accept-encoding".into());
+        names.sort_unstable();
+    }
+    names
 }
 
 /// The content codings a head's `Content-Encoding` lines name, lowercase, in order, but
@@ -224,5 +238,22 @@ mod tests {
             Some(&plain.headers),
             &head(304, &[("Vary", "Accept-Encoding")])
         ));
+        // A coded tile stored with the `Accept-Encoding` the gateway added to its `Vary`.
+        let coded = head(
+            200,
+            &[
+                ("ETag", "\"v\""),
+                ("Content-Encoding", "gzip"),
+                ("Vary", "Accept"),
+                ("Vary", "Accept-Encoding"),
+            ],
+        );
+        let coded = Some(&coded.headers);
+        assert!(selects(coded, &head(304, &[("Vary", "Accept")])));
+        assert!(selects(
+            coded,
+            &head(304, &[("Vary", "Accept, Accept-Encoding")])
+        ));
+        assert!(!selects(coded, &head(304, &[("Vary", "Origin")])));
     }
 }
