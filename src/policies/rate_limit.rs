@@ -317,7 +317,7 @@ impl Policy for RateLimit {
                         tokio::spawn(async move {
                             match store.incr_window(&key, window).await {
                                 Ok(_) => STORE_ASKED.answered(),
-                                Err(e) => STORE_ASKED.failed(&e),
+                                Err(e) => STORE_ASKED.failed(&e, true),
                             }
                         });
                         return Outcome::Continue;
@@ -330,7 +330,7 @@ impl Policy for RateLimit {
                         Ok(w) => settings.decide(w.count, w.resets_in, wants_json),
                         Err(e) => {
                             // Better to serve tiles unlimited for a moment than to refuse them all.
-                            STORE_ASKED.failed(&e);
+                            STORE_ASKED.failed(&e, false);
                             (Outcome::Continue, Vec::new())
                         }
                     };
@@ -357,8 +357,8 @@ struct StoreAsked {
 const STORE_PAUSE: Duration = Duration::from_secs(1);
 
 /// The most a request that asks a failed store again waits for its answer (the store's own
-/// timeouts, 2 s a command and 3 s a connection, bound it) before another may ask.
-const STORE_TRIAL: Duration = Duration::from_secs(6);
+/// timeouts bound it: a connection's 3 s and two commands' 2 s each) before another may ask.
+const STORE_TRIAL: Duration = Duration::from_secs(10);
 
 static STORE_ASKED: StoreAsked = StoreAsked {
     paused_until: AtomicU64::new(0),
@@ -402,9 +402,18 @@ impl StoreAsked {
         }
     }
 
-    fn failed(&self, e: &dyn std::fmt::Display) {
+    /// The store failed a request (`trial`: the one that asked it again).
+    fn failed(&self, e: &dyn std::fmt::Display, trial: bool) {
         let until = crate::clock::coarse_millis() + STORE_PAUSE.as_millis() as u64;
-        if self.paused_until.swap(until, Ordering::Relaxed) == 0 {
+        // A trial's failure sets the next; another's never sets it sooner than it is (one
+        // that failed while a trial runs would cut the trial's time short, and another would
+        // begin beside it).
+        let before = if trial {
+            self.paused_until.swap(until, Ordering::Relaxed)
+        } else {
+            self.paused_until.fetch_max(until, Ordering::Relaxed)
+        };
+        if before == 0 {
             log::warn!(
                 "rate-limit: {e}; requests go on uncounted until the store answers (asked again every {} s)",
                 STORE_PAUSE.as_secs()
