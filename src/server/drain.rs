@@ -85,6 +85,7 @@ pub(super) fn exit_when_drained(
                     requests_in_flight() > 0
                         || crate::listener::awaiting_an_answer() > 0
                         || crate::listener::accepting() > 0
+                        || crate::consumers::cache::handing_over()
                 };
                 while busy() && start.elapsed() < grace {
                     tokio::time::sleep(Duration::from_millis(50)).await;

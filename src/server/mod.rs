@@ -200,15 +200,17 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     )?;
     let loaded_redis_emulated = loaded.system.redis.emulate;
     log::info!("consumers: {}", consumers.store.describe());
+    // An upgrade serves with the tables of the process it takes over from (whatever the
+    // store answers now) until its own load from the store, in the background. Taken at once:
+    // that process leaves seconds after the sockets went.
+    let handed = opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock);
     if let Some(file) = &opts.populate {
         let report = background
             .block_on(populate_when_reachable(&consumers.service, file))
             .with_context(|| format!("populate from {}", file.display()))?;
         log::info!("populate {}: {report}", file.display());
     }
-    // An upgrade serves with the tables of the process it takes over from (whatever the
-    // store answers now) until its own load from the store, in the background.
-    if !(opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock)) {
+    if !handed {
         first_load(&background, &consumers.cache);
     }
     consumers.cache.start(background.handle(), opts.resync);

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,6 +108,14 @@ impl ConsumerCache {
     fn serve_offer(&self, listener: UnixListener, path: &Path) {
         let until = Instant::now() + OFFERED_FOR;
         let _ = listener.set_nonblocking(true);
+        let bound = identity(path);
+        // Removed once taken, or when no longer offered — only while it is this offer's: the
+        // path may hold a newer process's offer by then.
+        let withdraw = || {
+            if bound.is_some() && identity(path) == bound {
+                let _ = std::fs::remove_file(path);
+            }
+        };
         while Instant::now() < until {
             let mut conn = match listener.accept() {
                 Ok((conn, _)) => conn,
@@ -126,11 +135,17 @@ impl ConsumerCache {
                 );
                 continue;
             }
+            withdraw();
+            // The process stays until the tables have gone (see [`handing_over`]).
+            HANDING_OVER.store(true, Ordering::Relaxed);
             let _ = conn.set_nonblocking(false);
             let _ = conn.set_write_timeout(Some(READ_WITHIN));
-            let sent = serde_json::to_writer(std::io::BufWriter::new(&mut conn), &self.snapshot())
+            let mut out = std::io::BufWriter::new(&mut conn);
+            let sent = serde_json::to_writer(&mut out, &self.snapshot())
                 .map_err(std::io::Error::from)
-                .and_then(|()| conn.flush());
+                .and_then(|()| out.flush());
+            drop(out);
+            HANDING_OVER.store(false, Ordering::Relaxed);
             match sent {
                 Ok(()) => log::info!(
                     "consumer cache: {} credentials handed to the upgraded process",
@@ -138,9 +153,9 @@ impl ConsumerCache {
                 ),
                 Err(e) => log::warn!("cannot hand the consumer cache to the upgraded process: {e}"),
             }
-            break;
+            return;
         }
-        let _ = std::fs::remove_file(path);
+        withdraw();
     }
 
     fn snapshot(&self) -> Snapshot {
@@ -289,6 +304,21 @@ impl ConsumerCache {
     }
 }
 
+/// Whether this process is writing its tables to the upgraded one: it does not exit before.
+pub fn handing_over() -> bool {
+    HANDING_OVER.load(Ordering::Relaxed)
+}
+
+static HANDING_OVER: AtomicBool = AtomicBool::new(false);
+
+/// What file `path` is (device and inode), if there is one.
+fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
 /// Makes the socket at `path` this user's alone.
 fn restrict(path: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -296,6 +326,14 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 }
 
 /// Whether the process at the other end of `conn` runs as this process's user.
+#[cfg(not(target_os = "linux"))]
+fn same_user(_conn: &UnixStream) -> bool {
+    // (Without a way to ask here, nothing is handed over.)
+    false
+}
+
+/// Whether the process at the other end of `conn` runs as this process's user.
+#[cfg(target_os = "linux")]
 fn same_user(conn: &UnixStream) -> bool {
     use std::os::fd::AsRawFd;
     let mut cred = libc::ucred {

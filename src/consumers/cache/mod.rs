@@ -21,6 +21,7 @@ use crate::store::Store;
 mod checks;
 pub use checks::Turn;
 mod handover;
+pub use handover::handing_over;
 mod missed;
 mod passwords;
 mod sync;
