@@ -124,7 +124,7 @@ pub async fn serve<A>(
     let reason = if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
         // Counted until it closes: its streams are counted as requests in flight only once
         // their heads are read. On a shutdown Pingora sends a GOAWAY.
-        let why = http2(stream, &app, &shutdown, &limits, intake.permits.clone()).await;
+        let why = http2(stream, &app, &shutdown, &limits, intake.clone()).await;
         drop(fresh);
         why
     } else {
@@ -160,7 +160,7 @@ async fn http2<A>(
     app: &Arc<A>,
     shutdown: &ShutdownWatch,
     limits: &ClientLimits,
-    places: Arc<tokio::sync::Semaphore>,
+    intake: Arc<super::Intake>,
 ) -> ConnClose
 where
     A: HttpServerApp + Send + Sync + 'static,
@@ -173,7 +173,7 @@ where
         return ConnClose::Done;
     };
     // Its streams, counted: the idle limit applies while none is open.
-    let connection = super::h2::Connection::new(client, local, places);
+    let connection = super::h2::Connection::new(client, local, intake);
     let opened = crate::clock::coarse_millis();
     let served = app.process_new(stream, shutdown);
     tokio::pin!(served);

@@ -51,7 +51,10 @@ struct Shared {
     /// The request bodies being read, each the time of its last piece (0: read whole).
     reading: Mutex<Vec<Arc<AtomicU64>>>,
     /// The listener's connection cap, which each stream but one takes a place of while open.
-    places: Arc<tokio::sync::Semaphore>,
+    intake: Arc<super::Intake>,
+    /// Whether the connection's own place is free for a stream (one stream at a time holds
+    /// it; the others each take one of the cap's).
+    own_place_free: AtomicBool,
 }
 
 /// Streams abandoned in two consecutive spans of [`RECENT_MS`].
@@ -98,11 +101,12 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// `places`: the listener's connection cap (see [`Stream::begun`]).
-    pub fn new(
+    /// `intake`: the listener's, whose connection cap its streams take places of (see
+    /// [`Stream::begun`]).
+    pub(super) fn new(
         client: SocketAddr,
         local: SocketAddr,
-        places: Arc<tokio::sync::Semaphore>,
+        intake: Arc<super::Intake>,
     ) -> Connection {
         let shared = Arc::new(Shared {
             open: AtomicUsize::new(0),
@@ -112,7 +116,8 @@ impl Connection {
             finished: AtomicUsize::new(0),
             recent: Mutex::new(Recent::default()),
             reading: Mutex::new(Vec::new()),
-            places,
+            intake,
+            own_place_free: AtomicBool::new(true),
         });
         let ends = (client, local);
         connections()
@@ -178,8 +183,15 @@ pub struct Stream {
     /// Its request body while it is being read.
     body: Option<Arc<AtomicU64>>,
     abandoned: bool,
-    /// Its place under the connection cap (none for a connection's only stream).
-    _place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Its place under the connection cap: the connection's own, or one of the cap's.
+    place: Place,
+}
+
+/// Where a stream's place under the connection cap is.
+enum Place {
+    /// The connection's own.
+    Own,
+    Cap(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
 }
 
 /// A stream begun on an HTTP/2 connection.
@@ -203,24 +215,26 @@ impl Stream {
             .unwrap_or_else(|p| p.into_inner())
             .get(&(client, local))?
             .clone();
-        let others = shared.open.fetch_add(1, Ordering::Relaxed);
-        let place = if others == 0 {
-            None
+        let place = if shared.own_place_free.swap(false, Ordering::Relaxed) {
+            Place::Own
         } else {
-            match shared.places.clone().try_acquire_owned() {
-                Ok(p) => Some(p),
+            match shared.intake.permits.clone().try_acquire_owned() {
+                Ok(p) => Place::Cap(p),
                 Err(_) => {
-                    shared.open.fetch_sub(1, Ordering::Relaxed);
+                    // An HTTP/1 connection waiting for its next request makes room for the
+                    // next stream, as for a connection at the cap.
+                    shared.intake.ask_shed();
                     return Some(Begun::AtCap);
                 }
             }
         };
+        shared.open.fetch_add(1, Ordering::Relaxed);
         shared.began.store(true, Ordering::Relaxed);
         Some(Begun::Counted(Stream {
             shared,
             body: None,
             abandoned: false,
-            _place: place,
+            place,
         }))
     }
 
@@ -277,6 +291,9 @@ impl Drop for Stream {
             .last_end
             .store(crate::clock::coarse_millis().max(1), Ordering::Relaxed);
         self.shared.open.fetch_sub(1, Ordering::Relaxed);
+        if matches!(self.place, Place::Own) {
+            self.shared.own_place_free.store(true, Ordering::Relaxed);
+        }
     }
 }
 
