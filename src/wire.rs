@@ -38,8 +38,15 @@ pub const fn concat<const A: usize, const B: usize, const N: usize>(
 /// The names the `Connection` headers of `headers` list, trimmed (empty ones left out).
 #[inline]
 pub fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    list(headers, &http::header::CONNECTION)
+}
+
+/// The members of a list header (`Vary`, `Content-Encoding`, `Connection`…) over all its
+/// lines, trimmed (empty ones left out).
+#[inline]
+pub fn list<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> impl Iterator<Item = &'a [u8]> {
     headers
-        .get_all(http::header::CONNECTION)
+        .get_all(name)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)

@@ -64,11 +64,9 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
     let same_coding = !not_modified.headers.contains_key(CONTENT_ENCODING)
         || stored.is_some_and(|h| codings(h) == codings(&not_modified.headers));
     let same_type = match not_modified.headers.get(CONTENT_TYPE) {
-        Some(new) => stored.and_then(|h| h.get(CONTENT_TYPE)).is_some_and(|old| {
-            old.as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(new.as_bytes().trim_ascii())
-        }),
+        Some(new) => stored
+            .and_then(|h| h.get(CONTENT_TYPE))
+            .is_some_and(|old| media_type(old) == media_type(new)),
         None => true,
     };
     same_tag && same_vary && same_coding && same_type
@@ -88,26 +86,29 @@ fn vary_of_304_for(stored: &HeaderMap, not_modified: &HeaderMap) -> Vec<String> 
     names
 }
 
+/// A `Content-Type` as compared: without whitespace, in lower case (`text/xml;charset=UTF-8`
+/// is `text/xml; charset=utf-8`).
+fn media_type(v: &HeaderValue) -> Vec<u8> {
+    v.as_bytes()
+        .iter()
+        .filter(|b| !b.is_ascii_whitespace())
+        .map(u8::to_ascii_lowercase)
+        .collect()
+}
+
 /// The content codings a head's `Content-Encoding` lines name, lowercase, in order, but
 /// `identity` (no coding).
 fn codings(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|c| String::from_utf8_lossy(c.trim_ascii()).to_ascii_lowercase())
-        .filter(|c| !c.is_empty() && c != "identity")
+    crate::wire::list(headers, &CONTENT_ENCODING)
+        .map(|c| String::from_utf8_lossy(c).to_ascii_lowercase())
+        .filter(|c| c != "identity")
         .collect()
 }
 
 /// The header names a head's `Vary` lines name, lowercase, sorted, once each.
 fn varies_by(headers: &HeaderMap) -> Vec<String> {
-    let mut names: Vec<String> = headers
-        .get_all(VARY)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(|n| String::from_utf8_lossy(n.trim_ascii()).to_ascii_lowercase())
-        .filter(|n| !n.is_empty())
+    let mut names: Vec<String> = crate::wire::list(headers, &VARY)
+        .map(|n| String::from_utf8_lossy(n).to_ascii_lowercase())
         .collect();
     names.sort_unstable();
     names.dedup();
@@ -196,6 +197,11 @@ mod tests {
         let stored = Some(&stored.headers);
         let with = |h: &[(&str, &str)]| selects(stored, &head(304, h));
         assert!(with(&[("Content-Type", "Image/PNG ")]));
+        let xml = head(200, &[("Content-Type", "text/xml;charset=UTF-8")]);
+        assert!(selects(
+            Some(&xml.headers),
+            &head(304, &[("Content-Type", "text/xml; charset=utf-8")])
+        ));
         assert!(with(&[("Content-Encoding", "identity")]));
         assert!(!with(&[("Content-Encoding", "gzip")]));
         assert!(!with(&[("Content-Type", "text/html")]));

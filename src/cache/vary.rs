@@ -65,18 +65,9 @@ fn sent_value(name: &str, req: &RequestHeader, edits: &[HeaderEdit]) -> Option<V
 /// that say they take it, and does not say so. Stored as it is, the coded body would be
 /// answered to every client, those that take no coding too.
 pub fn coded_without_vary(headers: &http::HeaderMap) -> bool {
-    let coded = headers
-        .get_all(http::header::CONTENT_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .map(<[u8]>::trim_ascii)
-        .any(|c| !c.is_empty() && !c.eq_ignore_ascii_case(b"identity"));
-    coded
-        && !headers
-            .get_all(http::header::VARY)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
+    use crate::wire::list;
+    list(headers, &http::header::CONTENT_ENCODING).any(|c| !c.eq_ignore_ascii_case(b"identity"))
+        && !list(headers, &http::header::VARY)
             .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"accept-encoding"))
 }
 
