@@ -388,6 +388,13 @@ mod tests {
         assert!((99..=101).contains(&s), "{s}");
         let s = stale_for(&[("cache-control", "max-age=0")]);
         assert!(s <= 2, "{s}");
+        // Of two `Age` lines, the greater.
+        let s = stale_for(&[
+            ("cache-control", "max-age=60"),
+            ("age", "10"),
+            ("age", "200"),
+        ]);
+        assert!((139..=141).contains(&s), "{s}");
         // A step's `minTtl` keeps it fresh all the same.
         assert_eq!(
             ttl(&resp(

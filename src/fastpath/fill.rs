@@ -363,9 +363,12 @@ pub(super) fn length_and_age(resp: &ResponseHeader) -> Option<(usize, Option<u64
         return None;
     }
     let len = crate::cache::store::content_length(resp)?;
-    let age = match resp.headers.get(AGE) {
-        None => None,
-        Some(v) => Some(v.to_str().ok()?.trim().parse().ok()?),
+    // (Several `Age` lines go through the session, relayed as they came.)
+    let mut ages = resp.headers.get_all(AGE).iter();
+    let age = match (ages.next(), ages.next()) {
+        (None, _) => None,
+        (Some(v), None) => Some(v.to_str().ok()?.trim().parse().ok()?),
+        (Some(_), Some(_)) => return None,
     };
     Some((len, age))
 }

@@ -336,11 +336,13 @@ where
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut at_cap_logged = false;
     loop {
-        let free = intake.permits.clone().try_acquire_owned();
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = conn::shutting_down(&mut shutdown) => break,
         };
+        // Taken once a connection came, not held while none comes: each listener of the
+        // service held one so, and a burst of as many clients as the cap had one left waiting.
+        let free = intake.permits.clone().try_acquire_owned();
         let permit = match free {
             Ok(p) => p,
             Err(_) => {

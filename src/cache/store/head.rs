@@ -130,12 +130,15 @@ const ACCEPT_RANGES_BIT: u64 = name_bit(b"accept-ranges");
 const AGE_BIT: u64 = name_bit(b"age");
 
 /// The `Age` of `resp` in seconds (0 without one, or with one that is not a number: RFC 9111
-/// §5.1 has a cache ignore it).
+/// §5.1 has a cache ignore it); of several lines, the greatest (a tile is never younger than
+/// one of them says: the first kept one of `10` and `20000` fresh).
 pub fn age_of(resp: &ResponseHeader) -> u64 {
     resp.headers
-        .get(http::header::AGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| crate::cache::freshness::parse_delta(v.trim()))
+        .get_all(http::header::AGE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| crate::cache::freshness::parse_delta(v.trim()))
+        .max()
         .unwrap_or(0)
 }
 
