@@ -1088,12 +1088,7 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
     // Redis back, the credential revoked there: the new process's load from it stands.
     let redis = support::redis::RedisServer::start_on(redis_port);
     redis.load_dump(&support::redis::eg_fixture());
-    let _: i64 = redis::cmd("HSET")
-        .arg("EG-key-auth:kargo-ka-id")
-        .arg("isActive")
-        .arg("false")
-        .query(&mut redis.conn())
-        .expect("HSET");
+    redis.hset("EG-key-auth:kargo-ka-id", "isActive", "false");
     let back = Instant::now();
     while get(old.port, "GET", "/wmts/1", &key).status != 401 {
         assert!(

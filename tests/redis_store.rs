@@ -628,13 +628,8 @@ fn a_change_made_while_a_gateway_was_not_subscribed_reaches_it_when_it_subscribe
     // Revoked behind its back, with no change message (as EG or redis-cli would), then its
     // subscription broken: what it missed is read when it subscribes again, well before its
     // resync (a minute away).
+    redis.hset("EG-key-auth:kargo-ka-id", "isActive", "false");
     let mut c = redis.conn();
-    let _: i64 = redis::cmd("HSET")
-        .arg("EG-key-auth:kargo-ka-id")
-        .arg("isActive")
-        .arg("false")
-        .query(&mut c)
-        .expect("HSET");
     assert_eq!(
         get(gw.port, "GET", "/wmts/1", &key).status,
         200,
@@ -669,12 +664,7 @@ fn a_subscription_that_stops_answering_is_made_again() {
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
     assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
     // Revoked behind its back, with no change message (as EG or redis-cli would).
-    let _: i64 = redis::cmd("HSET")
-        .arg("EG-key-auth:kargo-ka-id")
-        .arg("isActive")
-        .arg("false")
-        .query(&mut redis.conn())
-        .expect("HSET");
+    redis.hset("EG-key-auth:kargo-ka-id", "isActive", "false");
     assert_eq!(
         get(gw.port, "GET", "/wmts/1", &key).status,
         200,

@@ -119,6 +119,17 @@ impl RedisServer {
             .expect("TYPE")
     }
 
+    /// Sets one field of a hash, behind the gateways' backs (no change message), as EG or
+    /// redis-cli would.
+    pub fn hset(&self, key: &str, field: &str, value: &str) {
+        let _: i64 = redis::cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .query(&mut self.conn())
+            .expect("HSET");
+    }
+
     pub fn hgetall(&self, key: &str) -> std::collections::HashMap<String, String> {
         redis::cmd("HGETALL")
             .arg(key)
