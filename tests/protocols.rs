@@ -647,6 +647,65 @@ fn http2_streams_take_places_under_the_connection_cap() {
     }
     let waits = "tollgate_client_connection_cap_reached_total";
     assert_eq!(gw.metric_when(waits, |v| v >= 24.0), 24.0);
+    // The places come back; the streams refused left no asks for room behind (each would
+    // close a keep-alive connection later, with no one waiting): HTTP/1 connections keep
+    // theirs between requests.
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut kept: Vec<_> = (0..7).map(|_| tls_http1(gw.port)).collect();
+    for round in 0..2 {
+        for k in &mut kept {
+            let r = tls_exchange(k, "GET /healthcheck HTTP/1.1\r\nHost: localhost\r\n\r\n");
+            assert!(r.starts_with("HTTP/1.1 200"), "round {round}: {r}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// An HTTP/1.1 connection over TLS.
+fn tls_http1(port: u16) -> openssl::ssl::SslStream<std::net::TcpStream> {
+    use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+    let mut connector = SslConnector::builder(SslMethod::tls()).expect("connector");
+    connector.set_verify(SslVerifyMode::NONE);
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    connector
+        .build()
+        .connect("localhost", tcp)
+        .expect("handshake")
+}
+
+/// Sends `raw` on `tls` and reads its answer (head and a body of `Content-Length`), as text;
+/// empty when the connection closed first.
+fn tls_exchange(tls: &mut openssl::ssl::SslStream<std::net::TcpStream>, raw: &str) -> String {
+    use std::io::{Read, Write};
+    if tls.write_all(raw.as_bytes()).is_err() {
+        return String::new();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_string())
+                })
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if got.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        match tls.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => return String::from_utf8_lossy(&got).into_owned(),
+        }
+    }
 }
 
 /// How long until the gateway closes `tls` (reading whatever it sends meanwhile).

@@ -220,12 +220,9 @@ impl Stream {
         } else {
             match shared.intake.permits.clone().try_acquire_owned() {
                 Ok(p) => Place::Cap(p),
-                Err(_) => {
-                    // An HTTP/1 connection waiting for its next request makes room for the
-                    // next stream, as for a connection at the cap.
-                    shared.intake.ask_shed();
-                    return Some(Begun::AtCap);
-                }
+                // (No keep-alive connection is asked to make room: the stream is answered at
+                // once, and a room nobody waits for would close one for nothing.)
+                Err(_) => return Some(Begun::AtCap),
             }
         };
         shared.open.fetch_add(1, Ordering::Relaxed);
