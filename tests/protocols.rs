@@ -662,6 +662,43 @@ fn http2_streams_take_places_under_the_connection_cap() {
     }
 }
 
+/// At the cap, an HTTP/2 connection idle after its streams makes room for a new client, as
+/// an HTTP/1 one waiting for its next request does (before, it held its place for the
+/// keep-alive timeout).
+#[test]
+fn an_idle_http2_connection_makes_room_at_the_cap() {
+    let dir = support::tls::https_config(
+        ConfigDir::empty(),
+        "admin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\n",
+    );
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--max-connections", "1", "--keepalive-timeout", "600"],
+        &[],
+    );
+    std::thread::sleep(Duration::from_millis(300)); // the readiness probes' connections close
+    let mut idle = h2_connection(gw.port, true);
+    h2_send(&mut idle, &h2_headers(1, "GET", "/healthcheck", true));
+    let (frames, _) = h2_frames_for(&mut idle, Duration::from_millis(500));
+    assert!(frames.iter().any(|f| f.kind == 1), "{frames:?}");
+    let asked = Instant::now();
+    let mut next = tls_http1(gw.port);
+    let r = tls_exchange(
+        &mut next,
+        "GET /healthcheck HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    let (_, closed) = h2_frames_for(&mut idle, Duration::from_millis(500));
+    assert!(closed, "the idle HTTP/2 connection was not the one closed");
+    let shed = r#"tollgate_client_connections_closed_total{reason="shed"}"#;
+    assert_eq!(gw.metric_when(shed, |v| v >= 1.0), 1.0);
+}
+
 /// An HTTP/1.1 connection over TLS.
 fn tls_http1(port: u16) -> openssl::ssl::SslStream<std::net::TcpStream> {
     use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};

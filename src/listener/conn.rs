@@ -173,7 +173,7 @@ where
         return ConnClose::Done;
     };
     // Its streams, counted: the idle limit applies while none is open.
-    let connection = super::h2::Connection::new(client, local, intake);
+    let connection = super::h2::Connection::new(client, local, intake.clone());
     let opened = crate::clock::coarse_millis();
     let served = app.process_new(stream, shutdown);
     tokio::pin!(served);
@@ -202,6 +202,13 @@ where
                 }
                 if connection.busy() {
                     continue;
+                }
+                // Idle after a stream (not before its first: it may be on its way), it makes
+                // room for a connection come at the cap, as an HTTP/1 one waiting for its
+                // next request does.
+                if connection.last_end().is_some() && intake.take_shed() {
+                    log::debug!("closing an idle HTTP/2 connection to make room for another");
+                    return ConnClose::Shed;
                 }
                 let (since, limit, why) = match connection.last_end() {
                     None if !connection.began() => {
