@@ -191,7 +191,10 @@ pub struct Stream {
 enum Place {
     /// The connection's own.
     Own,
-    Cap(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit),
+    /// One of the cap's, given back when the stream ends.
+    Cap {
+        _permit: tokio::sync::OwnedSemaphorePermit,
+    },
 }
 
 /// A stream begun on an HTTP/2 connection.
@@ -219,7 +222,7 @@ impl Stream {
             Place::Own
         } else {
             match shared.intake.permits.clone().try_acquire_owned() {
-                Ok(p) => Place::Cap(p),
+                Ok(_permit) => Place::Cap { _permit },
                 // (No keep-alive connection is asked to make room: the stream is answered at
                 // once, and a room nobody waits for would close one for nothing.)
                 Err(_) => return Some(Begun::AtCap),
