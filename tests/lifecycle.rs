@@ -637,6 +637,11 @@ fn layered_directories_a_later_file_wins() {
         "models/users.json",
         r#"{"type": "object", "properties": {"username": {"type": "string"}, "email": {"type": "string"}}, "required": ["username", "email"]}"#,
     );
+    // A Redis password the emulated store never uses: `config show` must not print it.
+    defaults.write(
+        "system.config.yml",
+        "db:\n  redis:\n    emulate: true\n    password: hunter2-not-shown\n",
+    );
     let workspace = ConfigDir::empty();
     workspace.write(
         "gateway.config.yml",
@@ -673,6 +678,10 @@ fn layered_directories_a_later_file_wins() {
     );
     assert!(
         shown.contains(&format!("# models/users.json  from {d}")),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains("hunter2") && shown.contains("    password: \"<redacted>\"\n"),
         "{shown}"
     );
     // Served from the stack: the workspace's routes, the defaults' models.

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod consumers;
 pub mod populate;
 pub mod progress;
+pub mod show;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -343,7 +344,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Cache(c) => finish(cache::run(&c.client.client(), c.command)),
         Command::Reload(c) => finish(reload(&c.client())),
         Command::Config(c) => match c.command {
-            ConfigSub::Show(a) => show_config(&a.dirs()),
+            ConfigSub::Show(a) => show::show_config(&a.dirs()),
         },
         Command::Healthcheck(a) => healthcheck(&a),
         Command::Completions { shell } => {
@@ -530,33 +531,6 @@ fn reload(client: &admin_client::AdminClient) -> consumers::Outcome {
             Ok(())
         }
         None => Err(answer.body),
-    }
-}
-
-fn show_config(dirs: &ConfigDirs) -> i32 {
-    match crate::lifecycle::inputs_of(dirs) {
-        Ok(files) => {
-            println!("# config stack: {}", dirs.display());
-            for f in files {
-                println!("\n# {}  from {}  (sha256 {})", f.name, f.dir, f.sha256);
-                let is_config = [".yml", ".yaml", ".json"]
-                    .iter()
-                    .any(|ext| f.name.ends_with(ext));
-                if !is_config {
-                    println!("# (a key file: its content is not shown)");
-                    continue;
-                }
-                match std::fs::read_to_string(&f.path) {
-                    Ok(text) => print!("{text}"),
-                    Err(e) => println!("# cannot read {}: {e}", f.path),
-                }
-            }
-            0
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            2
-        }
     }
 }
 
