@@ -760,6 +760,32 @@ fn a_frozen_redis_holds_up_one_rate_limited_request_not_every_one() {
     assert_eq!(log.matches("the store answers again").count(), 1, "{log}");
 }
 
+/// A command Redis refuses (an ACL without `INCR`) is logged in Redis's own words, not by its
+/// place in the redis crate's pipeline (`Index 18446744073709551615`, MULTI's place).
+#[test]
+fn a_refused_rate_limit_command_is_logged_in_redis_words() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/limited/x", &[]).status, 200);
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-incr")
+        .query(&mut redis.conn())
+        .expect("ACL SETUSER");
+    assert_eq!(get(gw.port, "GET", "/limited/x", &[]).status, 200);
+    wait_for_line(&gw, "requests go on uncounted");
+    let log = gw.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("requests go on uncounted"))
+        .expect("the warning");
+    assert!(
+        line.contains("no permissions to run the 'incr' command") && !line.contains("Index"),
+        "{line}"
+    );
+}
+
 /// Waits (10 s at most) until the gateway's log holds `line`.
 fn wait_for_line(gw: &GatewayProcess, line: &str) {
     let since = Instant::now();

@@ -57,6 +57,21 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// A Redis error as an operator reads it: the server's errors of a pipeline or a transaction in
+/// their own words, without the redis crate's numbering of the pipeline's commands (`Index 0`,
+/// and MULTI's `Index 18446744073709551615`).
+fn server_words(e: redis::RedisError) -> String {
+    let whole = e.to_string();
+    match e.into_server_errors() {
+        Some(errors) if !errors.is_empty() => errors
+            .iter()
+            .map(|(_, error)| error.to_string())
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => whole,
+    }
+}
+
 fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tls: bool) -> String {
     let scheme = if tls { "rediss" } else { "redis" };
     let auth = password
@@ -256,7 +271,7 @@ impl RedisStore {
         {
             self.conn.lock().await.manager = None;
         }
-        unavailable(format!("{}: {e}", self.describe))
+        unavailable(format!("{}: {}", self.describe, server_words(e)))
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> StoreResult<T> {
