@@ -259,6 +259,56 @@ fn with_an_admin_token_only_authenticated_pipelines_reach_the_route() {
     assert_eq!((r.status, r.text().as_str()), (200, "not really a png"));
 }
 
+/// The storage pass the proxy step adds only for a consumer decides the route's answer: a
+/// request without one (a `passThrough` authentication, a pipeline that authenticates nothing)
+/// never gets the object an authenticated one had stored.
+#[test]
+fn a_cached_object_is_not_served_to_requests_the_route_refuses() {
+    let s3 = S3Server::start(&["tiles"]);
+    s3.put("tiles", "a/b.png", "image/png", b"not really a png");
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  storage: {paths: '/s3/*'}\n  open: {paths: '/open/*'}\nserviceEndpoints:\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [key-auth, cache, proxy]\npipelines:\n  storage: {apiEndpoints: [storage], policies: [{key-auth: [{action: {passThrough: true}}]}, {cache: [{action: {ttl: 300}}]}, {proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n  open: {apiEndpoints: [open], policies: [{cache: [{action: {ttl: 300}}]}, {proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
+    );
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    endpointName: /s3\n    providers:\n      local:\n        endpoint: 'http://127.0.0.1:{p}'\n        accessKeyId: {k}\n        secretAccessKey: {s}\n        default: true\n",
+            p = s3.port,
+            k = s3.access_key,
+            s = s3.secret_key
+        ),
+    );
+    dir.write(
+        "consumers.json",
+        r#"{"scopes": [], "users": {"u": {"app": {"type": "key-auth", "keyId": "K", "keySecret": "S"}}}}"#,
+    );
+    let data = dir.path.join("data").display().to_string();
+    let consumers = dir.file("consumers.json");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[
+            "--data-dir",
+            &data,
+            "--populate",
+            &consumers,
+            "--admin-token",
+            "T0KEN",
+        ],
+        &[],
+    );
+    let (object, open) = ("/s3/tiles/a/b.png", "/open/tiles/a/b.png");
+    assert_eq!(get(gw.port, "GET", object, &[]).status, 401);
+    assert_eq!(get(gw.port, "GET", open, &[]).status, 401);
+    let r = get(gw.port, "GET", object, &[("Authorization", "apiKey K:S")]);
+    assert_eq!((r.status, r.text().as_str()), (200, "not really a png"));
+    let r = get(gw.port, "GET", object, &[("Authorization", "apiKey K:S")]);
+    assert_eq!(r.header("x-cache-status"), Some("HIT"));
+    for path in [object, open] {
+        let r = get(gw.port, "GET", path, &[]);
+        assert_eq!(r.status, 401, "{path}: {:?}", r.header("x-cache-status"));
+    }
+}
+
 #[test]
 fn the_legacy_s3_plugin_settings() {
     let s3 = S3Server::start(&["maps"]);

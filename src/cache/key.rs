@@ -17,7 +17,13 @@ use crate::pipeline::context::HeaderEdit;
 use super::policy::CacheRule;
 
 /// Headers the gateway adds upstream that say nothing about the tile: they stay out of the key.
-const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id", "x-tollgate-storage-pass"];
+const NOT_IN_KEY: &[&str] = &["eg-request-id", "eg-consumer-id"];
+
+/// Headers whose presence decides the upstream's answer but whose value is a secret: the key
+/// holds their names alone. The storage route answers the pass the proxy step adds only for a
+/// consumer, and refuses a request without it: an anonymous request (a `passThrough`
+/// authentication, a pipeline that authenticates nothing) is keyed apart.
+const NAME_IN_KEY: &[&str] = &["x-tollgate-storage-pass"];
 
 /// The secret the keys' hashes are made with: the disk tier's own (kept with it), else one
 /// drawn at start (see [`use_secret`]).
@@ -115,6 +121,9 @@ pub fn primary(
         key.push('\n');
         key.push(op);
         key.push_str(name.as_str());
+        if NAME_IN_KEY.contains(&name.as_str()) {
+            continue;
+        }
         if let Some(v) = value {
             key.push(':');
             key.push_str(&String::from_utf8_lossy(v.as_bytes()));
@@ -393,6 +402,10 @@ pub(crate) mod tests {
             with(&[edit("eg-consumer-id", "ann")]),
             with(&[edit("eg-consumer-id", "bob")])
         );
+        // The storage pass: whether it is sent, not its (secret) value.
+        let pass = with(&[edit("x-tollgate-storage-pass", "s3cr3t")]);
+        assert_ne!(pass, with(&[]));
+        assert!(!pass.contains("s3cr3t"), "{pass}");
         assert_ne!(
             primary("wms", None, None, "/a", &[], &r, Purged::default()),
             primary(
