@@ -27,12 +27,9 @@ pub struct Shared {
     pub upstreams: Arc<crate::upstream::state::Registry>,
     /// Redis, when configured: rate-limit windows are shared through it.
     pub shared_windows: Option<Arc<dyn crate::store::Store>>,
-    /// What the `proxy` steps to the gateway's own Admin API send its storage route with a
-    /// request they authenticated, when `--admin-token` is set (see
-    /// [`crate::admin::storage_pass`]), and the port that Admin API listens on: bound at the
-    /// start (a reloaded `admin.port` applies at the next start; followed, the pass went to
-    /// whatever listened on loopback there).
-    pub storage_pass: Option<(http::HeaderValue, u16)>,
+    /// What the `proxy` steps to the gateway's own Admin API send its storage route, when
+    /// there is an Admin API.
+    pub storage_pass: Option<crate::admin::StoragePass>,
 }
 
 impl Shared {
@@ -90,10 +87,7 @@ impl Gateway {
         check_declared_policies(&gw, &mut errors);
         let (secret_query_params, secret_headers) = secrets(&gw);
         let cx = BuildContext {
-            storage_pass: shared
-                .storage_pass
-                .as_ref()
-                .map(|(pass, port)| (pass, *port)),
+            storage_pass: shared.storage_pass.as_ref(),
             secret_query_params: &secret_query_params,
             secret_headers: &secret_headers,
             service_endpoints: &service_endpoints,

@@ -189,6 +189,19 @@ fn through_a_gateway_pipeline() {
         &[("Host", by_address.as_str())],
     );
     assert_eq!(r.status, 200);
+    // A page of another site read by a browser on this machine: refused on the admin port,
+    // as the Admin API's other routes refuse it; through the gateway's pipeline (which
+    // forwards the page's `Origin`) answered.
+    let page = [
+        ("Origin", "http://pages.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+    ];
+    for headers in [&page[..], &page[..1], &page[1..]] {
+        let r = get(gw.admin_port, "GET", "/s3/tiles/a/b.png", headers);
+        assert_eq!(r.status, 403, "{headers:?}: {}", r.text());
+        let r = get(gw.port, "GET", "/s3/tiles/a/b.png", headers);
+        assert_eq!(r.status, 200, "{headers:?}: {}", r.text());
+    }
 }
 
 /// With `--admin-token`, the route answers the token, or the gateway's own `proxy` step with a

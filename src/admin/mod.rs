@@ -30,8 +30,9 @@ pub struct AdminApi {
     /// The config's lifecycle (status and reload), when serving.
     pub lifecycle: Option<Arc<crate::lifecycle::Lifecycle>>,
     /// What the storage route takes from the gateway's own `proxy` step in place of the
-    /// token (see [`storage_pass`]), made once from it.
-    pub storage_pass: Option<http::HeaderValue>,
+    /// token (see [`storage_pass`]), made once from it (from no token: the gateway's own
+    /// requests are told from a web page's by it).
+    pub storage_pass: http::HeaderValue,
     /// The longest a request's body may take to arrive whole (`--request-timeout`).
     pub request_timeout: std::time::Duration,
     /// The Admin API's listener is on loopback (see [`on_loopback`]): from its address as it
@@ -98,13 +99,31 @@ pub static STORAGE_PASS: http::HeaderName =
 /// With `--admin-token`, what the storage route takes instead of the token from the gateway's
 /// own `proxy` step: a value made from the token (the same in both processes of a graceful
 /// upgrade), not the token itself. Without one the storage route is open to what reaches it,
-/// as EG's is.
-pub fn storage_pass(token: &str) -> http::HeaderValue {
+/// as EG's is, but a web page of another site: the pass, made from no token, tells the
+/// gateway's own requests (which forward the page's `Origin`) from a page's own, which cannot
+/// send a header of its choosing to the Admin API (that needs a preflight, which it refuses).
+pub fn storage_pass(token: Option<&str>) -> http::HeaderValue {
     use sha2::Digest;
+    let token = token.unwrap_or("");
     let digest = sha2::Sha256::digest(format!("tollgate storage pass\n{token}").as_bytes());
     let hex = crate::wire::hex(&digest);
     // (Hexadecimal digits: always a header value.)
     http::HeaderValue::from_str(&hex).unwrap_or_else(|_| http::HeaderValue::from_static("-"))
+}
+
+/// What the gateway's `proxy` steps to its own Admin API send its storage route.
+#[derive(Clone)]
+pub struct StoragePass {
+    /// The pass (see [`storage_pass`]).
+    pub value: http::HeaderValue,
+    /// The port the Admin API was started on: bound at the start (a reloaded `admin.port`
+    /// applies at the next start; followed, the pass went to whatever listened on loopback
+    /// there).
+    pub port: u16,
+    /// With `--admin-token`: sent only with a request a step before authenticated (the route
+    /// refuses one without it); without a token with every request (the route answers what
+    /// reaches it, the pass tells it from a web page's own).
+    pub consumers_only: bool,
 }
 
 /// Whether a service endpoint's url is this gateway's Admin API (loopback, its port).
@@ -134,14 +153,17 @@ fn bears(head: &pingora_http::RequestHeader, token: &str) -> bool {
 /// anyone reaching the gateway's port read the buckets with the gateway's keys, the token
 /// set or not.
 pub fn storage_admitted(head: &pingora_http::RequestHeader, api: &AdminApi) -> bool {
-    let (Some(token), Some(pass)) = (&api.token, &api.storage_pass) else {
+    let Some(token) = &api.token else {
         return true;
     };
-    bears(head, token)
-        || head
-            .headers
-            .get(&STORAGE_PASS)
-            .is_some_and(|p| bool::from(p.as_bytes().ct_eq(pass.as_bytes())))
+    bears(head, token) || carries_pass(head, api)
+}
+
+/// Whether a request carries the storage pass of the gateway's own `proxy` step.
+fn carries_pass(head: &pingora_http::RequestHeader, api: &AdminApi) -> bool {
+    head.headers
+        .get(&STORAGE_PASS)
+        .is_some_and(|p| bool::from(p.as_bytes().ct_eq(api.storage_pass.as_bytes())))
 }
 
 /// Whether an Admin API listener on `host` (the config's `admin.host`; loopback by default)
@@ -200,9 +222,18 @@ fn named_elsewhere(host: &str) -> bool {
 /// page reading the buckets through a name pointed at this machine). The gateway's own `/s3`
 /// step reaches it by the admin url's name (`changeOrigin`: `localhost`), a tool by an
 /// address or `localhost`. (Who may use the route at all: [`storage_admitted`].)
-pub fn storage_refusal(head: &pingora_http::RequestHeader, loopback: bool) -> Option<&'static str> {
-    (loopback && named_elsewhere(host_of(head)))
-        .then_some("for a host name other than an address or localhost")
+///
+/// Without a token, also one from a web page of another site (`Origin`, `Sec-Fetch-Site`), as
+/// the Admin API's other routes refuse it, unless it carries the gateway's own pass: a page
+/// could otherwise read the buckets through a browser on the gateway's machine.
+pub fn storage_refusal(head: &pingora_http::RequestHeader, api: &AdminApi) -> Option<&'static str> {
+    if api.loopback && named_elsewhere(host_of(head)) {
+        return Some("for a host name other than an address or localhost");
+    }
+    if api.token.is_none() && !carries_pass(head, api) {
+        return from_elsewhere(head, false);
+    }
+    None
 }
 
 impl AdminApi {

@@ -136,7 +136,7 @@ impl ProxyHttp for AdminService {
                     .await?;
                     return Ok(true);
                 }
-                if let Some(why) = super::storage_refusal(head, self.api.loopback) {
+                if let Some(why) = super::storage_refusal(head, &self.api) {
                     log::warn!("storage route: refused a request {why}");
                     let forbidden = format!("Forbidden: {why}");
                     write(

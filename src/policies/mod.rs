@@ -45,9 +45,8 @@ pub struct BuildContext<'a> {
     pub secret_query_params: &'a [String],
     /// Request headers that carry credentials (a cache fill sends none of them).
     pub secret_headers: &'a [http::HeaderName],
-    /// With `--admin-token`: the pass a `proxy` step to the Admin API's port sends its storage
-    /// route with a request it authenticated, and that port.
-    pub storage_pass: Option<(&'a http::HeaderValue, u16)>,
+    /// The pass a `proxy` step to the Admin API's port sends its storage route.
+    pub storage_pass: Option<&'a crate::admin::StoragePass>,
 }
 
 /// Policies tollgate provides.

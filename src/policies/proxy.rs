@@ -83,9 +83,10 @@ pub struct Proxy {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `Authorization: Basic` from `auth`.
     basic_auth: Option<HeaderValue>,
-    /// To the gateway's own Admin API with `--admin-token`: the pass its storage route takes
-    /// with a request a step before authenticated (see [`crate::admin::storage_admitted`]).
-    storage_pass: Option<HeaderValue>,
+    /// To the gateway's own Admin API: the pass its storage route takes (see
+    /// [`crate::admin::storage_admitted`]), and whether only with a request a step before
+    /// authenticated (with `--admin-token`).
+    storage_pass: Option<(HeaderValue, bool)>,
 }
 
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("eg-request-id");
@@ -174,13 +175,13 @@ impl Proxy {
             basic_auth: p.auth.as_deref().and_then(basic),
             storage_pass: cx
                 .storage_pass
-                .filter(|(_, port)| {
+                .filter(|pass| {
                     endpoint
                         .targets
                         .iter()
-                        .all(|t| crate::admin::is_own_admin(t, *port))
+                        .all(|t| crate::admin::is_own_admin(t, pass.port))
                 })
-                .map(|(pass, _)| pass.clone()),
+                .map(|pass| (pass.value.clone(), pass.consumers_only)),
         })
     }
 
@@ -395,8 +396,13 @@ impl Policy for Proxy {
         for (n, v) in &self.headers {
             x.upstream_edits.push(HeaderEdit::Set(n.clone(), v.clone()));
         }
-        // (Set whatever the client sent in its place; only with a consumer.)
-        if let (Some(pass), Some(_)) = (&self.storage_pass, &x.consumer) {
+        // (Set whatever the client sent in its place; with `--admin-token` only with a
+        // consumer.)
+        if let Some((pass, _)) = self
+            .storage_pass
+            .as_ref()
+            .filter(|(_, consumers_only)| !consumers_only || x.consumer.is_some())
+        {
             x.upstream_edits.push(HeaderEdit::Set(
                 crate::admin::STORAGE_PASS.clone(),
                 pass.clone(),

@@ -225,11 +225,15 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         consumers: consumers.cache.clone(),
         upstreams: Arc::default(),
         shared_windows: (!loaded_redis_emulated).then(|| consumers.store.clone()),
-        storage_pass: opts
-            .admin_token
-            .as_deref()
-            .zip(loaded.gateway.admin.as_ref())
-            .map(|(token, admin)| (crate::admin::storage_pass(token), admin.port)),
+        storage_pass: loaded
+            .gateway
+            .admin
+            .as_ref()
+            .map(|admin| crate::admin::StoragePass {
+                value: crate::admin::storage_pass(opts.admin_token.as_deref()),
+                port: admin.port,
+                consumers_only: opts.admin_token.is_some(),
+            }),
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
@@ -344,7 +348,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 consumers: consumers.service.clone(),
                 token: opts.admin_token.clone(),
                 lifecycle: Some(lifecycle.clone()),
-                storage_pass: opts.admin_token.as_deref().map(crate::admin::storage_pass),
+                storage_pass: crate::admin::storage_pass(opts.admin_token.as_deref()),
                 request_timeout: limits.request_timeout,
                 loopback: crate::admin::on_loopback(a.host.as_deref()),
             },
