@@ -671,6 +671,34 @@ fn a_storage_plugin_without_providers_or_with_a_bad_endpoint_is_an_error_with_it
     );
 }
 
+/// One storage provider may be the default, by `default: true`: two are an error at the second
+/// (the last one won), and a `default` that is no boolean is one (`'true'` was ignored).
+#[test]
+fn storage_providers_default_is_one_and_a_boolean() {
+    let dir = ConfigDir::new("http: {port: 8080}\napiEndpoints: {}\n");
+    let file = dir.file("system.config.yml");
+    let providers = |a: &str, b: &str| {
+        format!("plugins:\n  storage:\n    providers:\n      a:\n        accessKeyId: k\n        secretAccessKey: s\n        default: {a}\n      b:\n        accessKeyId: k\n        secretAccessKey: s\n        default: {b}\n")
+    };
+    dir.write("system.config.yml", &providers("true", "true"));
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{file}:11:"))
+            && err.contains("storage providers `a` and `b` are both `default: true`"),
+        "{err}"
+    );
+    dir.write("system.config.yml", &providers("false", "'true'"));
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{file}:11:"))
+            && err.contains("storage provider `b`: `default` is true or false"),
+        "{err}"
+    );
+    dir.write("system.config.yml", &providers("false", "true"));
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// A number YAML has and JSON has not (`.nan`, `.inf`, `1e999`) is an error where a number
 /// is asked for: it read as null, which every optional parameter takes as not set.
 #[test]

@@ -159,7 +159,14 @@ impl ProxyHttp for AdminService {
                     Err(refusal) => {
                         let status = http::StatusCode::from_u16(refusal.status)
                             .unwrap_or(http::StatusCode::BAD_REQUEST);
-                        write(session, super::text(status, &refusal.message)).await?;
+                        let mut answer = super::text(status, &refusal.message);
+                        if status == http::StatusCode::METHOD_NOT_ALLOWED {
+                            answer.headers_mut().insert(
+                                http::header::ALLOW,
+                                http::HeaderValue::from_static("GET, HEAD"),
+                            );
+                        }
+                        write(session, answer).await?;
                         return Ok(true);
                     }
                 }

@@ -34,6 +34,15 @@ const FORWARDED: [&str; 5] = [
     "if-unmodified-since",
 ];
 
+/// The route's path from its `endpointName`: `/s3/` is the route `/s3` (its objects at
+/// `/s3/bucket/key`, not `/s3//bucket/key`).
+fn route_path(endpoint: String) -> String {
+    match endpoint.trim_end_matches('/') {
+        "" => endpoint,
+        trimmed => trimmed.to_string(),
+    }
+}
+
 pub struct Provider {
     pub name: String,
     pub target: Arc<UpstreamTarget>,
@@ -116,7 +125,7 @@ impl Storage {
 
     fn configured(system: &SystemFile, errors: &mut ConfigErrors) -> Option<Storage> {
         if let Some(settings) = system.plugin("storage") {
-            let path = system.plugin_endpoint("storage", "/s3");
+            let path = route_path(system.plugin_endpoint("storage", "/s3"));
             let mut storage = Storage {
                 path,
                 providers: Vec::new(),
@@ -147,10 +156,23 @@ impl Storage {
                 let endpoint = endpoint_url(text(Some(v), "endpoint"), &region);
                 match UpstreamTarget::parse(&endpoint) {
                     Ok(t) => {
-                        if v.get("default").is_some_and(|d| {
-                            matches!(d.value, crate::config::node::Value::Bool(true))
-                        }) {
-                            storage.default = Some(storage.providers.len());
+                        use crate::config::node::Value;
+                        match v.get("default").map(|d| (d, &d.value)) {
+                            None | Some((_, Value::Null | Value::Bool(false))) => {}
+                            Some((d, Value::Bool(true))) => match storage.default {
+                                Some(first) => errors.push(
+                                    &d.pos,
+                                    format!(
+                                        "storage providers `{}` and `{name}` are both `default: true`: one may be",
+                                        storage.providers[first].name
+                                    ),
+                                ),
+                                None => storage.default = Some(storage.providers.len()),
+                            },
+                            Some((d, _)) => errors.push(
+                                &d.pos,
+                                format!("storage provider `{name}`: `default` is true or false"),
+                            ),
                         }
                         storage.providers.push(Provider {
                             name,
@@ -181,7 +203,7 @@ impl Storage {
         );
         match UpstreamTarget::parse(&endpoint) {
             Ok(t) => Some(Storage {
-                path: system.plugin_endpoint("s3", "/s3"),
+                path: route_path(system.plugin_endpoint("s3", "/s3")),
                 providers: vec![Provider {
                     name: "s3".into(),
                     target: Arc::new(t),
@@ -202,7 +224,7 @@ impl Storage {
         }
     }
 
-    /// Whether a request path is the storage route's.
+    /// Whether a request path is the storage route's (its own path, or below it).
     pub fn owns(&self, path: &str) -> bool {
         path == self.path
             || path
@@ -289,6 +311,7 @@ impl Storage {
             if name == "range" && client.contains_key(http::header::IF_RANGE) {
                 continue;
             }
+            // (Of several lines, the first: S3 compares one entity tag, not a list.)
             if let Some(v) = client.get(name).and_then(|v| v.to_str().ok()) {
                 headers.push((name.to_string(), v.to_string()));
             }
