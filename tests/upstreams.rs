@@ -204,6 +204,112 @@ fn retries_and_ejection_keep_requests_from_failing_when_an_upstream_dies() {
     );
 }
 
+/// An ejection moves load off a url; it never makes an outage while the url answers: with the
+/// other url gone, requests go to the ejected one (before, every request was a `502` at once
+/// for the rest of the ejection, the ejected url back up and idle), on both paths. A POST
+/// whose connection is refused is retried too: nothing of it went upstream.
+#[test]
+fn an_ejected_url_answers_when_no_other_is_left() {
+    let mut a = PyUpstream::start("a", 5.0);
+    let mut b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url("")],
+        "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 60}, retries: 1}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    b.kill();
+    for _ in 0..6 {
+        let r = get(gw.port, "GET", "/tiles/x", &[]);
+        assert_eq!((r.status, name_of(&r)), (200, "a".to_string()));
+    }
+    let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+    assert_eq!(
+        state["serviceEndpoints"][0]["urls"][1]["available"], false,
+        "{state}"
+    );
+    b.restart();
+    a.kill();
+    for _ in 0..4 {
+        let r = get(gw.port, "GET", "/tiles/x", &[]);
+        assert_eq!(
+            (r.status, name_of(&r)),
+            (200, "b".to_string()),
+            "{}",
+            gw.log_text()
+        );
+        let post = "POST /tiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+        let r = support::request(gw.port, post, false);
+        assert_eq!(
+            (r.status, name_of(&r)),
+            (200, "b".to_string()),
+            "{}",
+            gw.log_text()
+        );
+    }
+}
+
+/// A client cannot take urls out by asking for a path that fails: a `500` (one request's
+/// failure) counts against no url — nine in a row ejected two urls of three, and their load
+/// went to the third — while `502`, `503` and `504` (the url or what is behind it unwell)
+/// do, and `failureStatuses` chooses. A url out of turn shares its turns among the others by
+/// weight (its next url in the rotation took them all: twice its share).
+#[test]
+fn a_clients_failing_path_ejects_no_url_and_a_url_out_shares_its_turns() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let c = PyUpstream::start("c", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url(""), c.url("")],
+        "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 60}, retries: 0}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let available = |gw: &GatewayProcess| {
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+        state["serviceEndpoints"][0]["urls"]
+            .as_array()
+            .expect("urls")
+            .iter()
+            .map(|u| u["available"] == true)
+            .collect::<Vec<_>>()
+    };
+    for _ in 0..9 {
+        assert_eq!(get(gw.port, "GET", "/tiles/status/500/x", &[]).status, 500);
+    }
+    assert_eq!(available(&gw), [true, true, true], "{}", gw.log_text());
+    // 503s: the first two urls to fail twice are ejected, never the last.
+    for _ in 0..6 {
+        assert_eq!(get(gw.port, "GET", "/tiles/status/503/x", &[]).status, 503);
+    }
+    let left = available(&gw);
+    assert_eq!(left.iter().filter(|a| **a).count(), 1, "{left:?}");
+    // With one url out (a fresh gateway, where a 500 counts and ejects at once: the first
+    // url, whose turn the first request is), the others share its turns evenly.
+    drop(gw);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url(""), c.url("")],
+        "{outlierDetection: {consecutiveFailures: 1, ejectSeconds: 60, failureStatuses: [500]}, retries: 0}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/tiles/status/500/x", &[]).status, 500);
+    assert_eq!(available(&gw), [false, true, true], "{}", gw.log_text());
+    let mut served = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let r = get(gw.port, "GET", "/tiles/x", &[]);
+        assert_eq!(r.status, 200);
+        *served.entry(name_of(&r)).or_insert(0) += 1;
+    }
+    assert_eq!(
+        served.into_iter().collect::<Vec<_>>(),
+        [("b".to_string(), 30), ("c".to_string(), 30)]
+    );
+}
+
 /// A url whose WMS answers every tile with an OGC service exception (XML, status 200: its
 /// database away) counts it as a failure, as a 5xx, where `outlierDetection` says
 /// `serviceExceptions`: it is ejected and the other url draws the tiles, on both paths (and for
@@ -326,9 +432,14 @@ fn an_answer_cut_short_before_the_client_got_any_of_it_is_retried_on_another_url
     }
 }
 
+/// A POST whose connection is refused is retried on another url: nothing of it went upstream
+/// (as nginx retries it). One whose exchange broke once sent is not (the upstream may have
+/// acted on it); a GET is.
 #[test]
-fn post_is_not_retried_on_another_url() {
+fn a_post_is_retried_on_another_url_only_when_its_connection_failed() {
     let a = PyUpstream::start("a", 5.0);
+    let post =
+        "POST /tiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
     let dead = format!("http://127.0.0.1:{}", support::free_port());
     let dir = ConfigDir::new(&config(
         &[dead, a.url("")],
@@ -337,14 +448,29 @@ fn post_is_not_retried_on_another_url() {
         "",
     ));
     let gw = GatewayProcess::start(&dir);
-    let post =
-        "POST /tiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi";
+    let statuses: Vec<u16> = (0..6)
+        .map(|_| request(gw.port, post, false).status)
+        .collect();
+    assert_eq!(statuses, [200; 6], "{}", gw.log_text());
+    assert_eq!(a.served(), 6);
+    drop(gw);
+    // An upstream that takes the request and closes without a word.
+    let closes = support::upstream::raw(|conn| {
+        let _ = conn.shutdown(std::net::Shutdown::Both);
+    });
+    let dir = ConfigDir::new(&config(
+        &[format!("http://127.0.0.1:{closes}"), a.url("")],
+        "{outlierDetection: false, retries: 1}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
     let statuses: Vec<u16> = (0..6)
         .map(|_| request(gw.port, post, false).status)
         .collect();
     assert!(
         statuses.contains(&502),
-        "a POST to the dead url fails: {statuses:?}"
+        "a POST the upstream broke off fails: {statuses:?}"
     );
     let gets: Vec<u16> = (0..6)
         .map(|_| get(gw.port, "GET", "/tiles/x", &[]).status)
@@ -355,7 +481,7 @@ fn post_is_not_retried_on_another_url() {
     );
     assert_eq!(
         a.served(),
-        6 + statuses.iter().filter(|s| **s == 200).count() as u64
+        6 + 6 + statuses.iter().filter(|s| **s == 200).count() as u64
     );
 }
 

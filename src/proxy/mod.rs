@@ -362,15 +362,13 @@ impl ProxyHttp for Tollgate {
 
     fn fail_to_connect(
         &self,
-        session: &mut Session,
+        _session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
         match &mut ctx.x.proxy {
-            Some(plan) => {
-                crate::upstream::attempt::connect_failed(plan, &session.req_header().method, e)
-            }
+            Some(plan) => crate::upstream::attempt::connect_failed(plan, e),
             None => e,
         }
     }

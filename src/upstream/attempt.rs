@@ -137,26 +137,27 @@ fn failed(plan: &ProxyPlan) {
 }
 
 /// Whether another attempt may be made for this request: retries left (resends are not
-/// retries), a method that may be retried, and another url to go to.
+/// retries), a method that may be retried, and another url to go to (an ejected one too, when
+/// no other is left: see [`super::ServiceEndpoint::pick`]).
 /// (Not once the total timeout passed: the attempt's own failure is then the last word.)
 fn may_retry(plan: &ProxyPlan, method: &http::Method) -> bool {
-    let s = &plan.endpoint.settings;
-    plan.attempts - plan.resends <= s.retries
+    plan.endpoint.settings.retries_method(method) && may_try_again(plan)
+}
+
+/// [`may_retry`] whatever the method.
+fn may_try_again(plan: &ProxyPlan) -> bool {
+    plan.attempts - plan.resends <= plan.endpoint.settings.retries
         && !overdue(plan)
-        && s.retries_method(method)
-        && plan.endpoint.any_available(plan.tried)
+        && plan.endpoint.any_to_try(plan.tried)
 }
 
 /// After a connection to the upstream failed: marks the error for a retry when one is
-/// allowed.
-pub fn connect_failed(
-    plan: &mut ProxyPlan,
-    method: &http::Method,
-    mut e: Box<Error>,
-) -> Box<Error> {
+/// allowed — whatever the method: nothing of the request went upstream (nginx retries any
+/// request whose connection failed too).
+pub fn connect_failed(plan: &mut ProxyPlan, mut e: Box<Error>) -> Box<Error> {
     failed(plan);
     release(plan);
-    e.set_retry(may_retry(plan, method));
+    e.set_retry(may_try_again(plan));
     if e.retry() {
         retried(plan, &e);
     }
@@ -237,21 +238,23 @@ pub fn broke(
     e
 }
 
-/// The upstream answered: a 5xx counts against the url, and so does an OGC service exception
-/// (`reported`, see [`crate::cache::exception`]) where the endpoint's `outlierDetection` says
-/// `serviceExceptions` (elsewhere it leaves the url's record as it was: neither a failure nor
-/// a sign of health); anything else clears its record.
+/// The upstream answered: a status of `outlierDetection.failureStatuses` (502, 503, 504)
+/// counts against the url, and so does an OGC service exception (`reported`, see
+/// [`crate::cache::exception`]) where it says `serviceExceptions`; another 5xx (a 500 one
+/// request drew), a status past 599 and an exception that does not count leave the url's
+/// record as it was (neither a failure nor a sign of health); anything else clears it.
+/// (Without `outlierDetection`, there is no record.)
 pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
     let ep = &plan.endpoint;
-    let outlier = ep.settings.outlier_detection.as_ref();
-    let counted = outlier.is_some_and(|o| o.service_exceptions);
-    if reported && !counted && status < 500 {
+    let Some(outlier) = ep.settings.outlier_detection.as_ref() else {
         return;
-    }
-    if status >= 500 || reported {
+    };
+    let failure =
+        outlier.failure_statuses.contains(&status) || (reported && outlier.service_exceptions);
+    if failure {
         failed(plan);
-    } else {
-        ep.states[plan.target].request_result(false, ep.settings.outlier_detection.as_ref());
+    } else if status < 500 && !reported {
+        ep.states[plan.target].request_result(false, Some(outlier));
     }
 }
 
@@ -329,25 +332,55 @@ mod tests {
             consecutive_failures: 2,
             eject_seconds: 60.0,
             service_exceptions: counted,
+            failure_statuses: vec![502, 503, 504],
         };
         let p = plan_with(Some(outlier(true)));
-        answered(&p, 500, false);
+        answered(&p, 503, false);
         answered(&p, 200, true);
         assert!(!p.endpoint.states[0].available(), "a 5xx and a report");
         let p = plan_with(Some(outlier(false)));
-        answered(&p, 500, false);
+        answered(&p, 503, false);
         answered(&p, 200, true);
         assert!(p.endpoint.states[0].available(), "a report is no failure");
-        answered(&p, 500, false);
+        answered(&p, 503, false);
         assert!(!p.endpoint.states[0].available(), "nor a sign of health");
         let p = plan_with(Some(outlier(false)));
-        answered(&p, 500, false);
+        answered(&p, 503, false);
         answered(&p, 200, false);
-        answered(&p, 500, false);
+        answered(&p, 503, false);
         assert!(
             p.endpoint.states[0].available(),
             "a good answer clears the count"
         );
+    }
+
+    /// Only the statuses of `failureStatuses` count against a url (502, 503, 504 by default):
+    /// a 500 one request drew, or a status past 599, leaves its record as it was.
+    #[test]
+    fn only_the_failure_statuses_count_against_a_url() {
+        let outlier = |statuses: Vec<u16>| crate::upstream::settings::Outlier {
+            consecutive_failures: 2,
+            eject_seconds: 60.0,
+            service_exceptions: false,
+            failure_statuses: statuses,
+        };
+        let p = plan_with(Some(outlier(vec![502, 503, 504])));
+        for status in [500, 501, 599, 600, 999, 500] {
+            answered(&p, status, false);
+        }
+        assert!(p.endpoint.states[0].available(), "no failure");
+        answered(&p, 504, false);
+        answered(&p, 500, false);
+        assert!(p.endpoint.states[0].available(), "one failure so far");
+        answered(&p, 502, false);
+        assert!(
+            !p.endpoint.states[0].available(),
+            "504 and 502: the 500 between is neither"
+        );
+        let p = plan_with(Some(outlier(vec![500])));
+        answered(&p, 500, false);
+        answered(&p, 500, false);
+        assert!(!p.endpoint.states[0].available(), "a 500 where it counts");
     }
 
     fn broken() -> Box<Error> {
@@ -363,11 +396,11 @@ mod tests {
         begin(&mut p, "/").expect("a resend");
         assert_eq!((p.target, p.attempts, p.resends), (0, 2, 1));
         // url 0 is gone: its refusal still has the retry, on url 1.
-        assert!(connect_failed(&mut p, &get, broken()).retry());
+        assert!(connect_failed(&mut p, broken()).retry());
         begin(&mut p, "/").expect("a retry");
         assert_eq!(p.target, 1);
         // And that was the one retry.
-        assert!(!connect_failed(&mut p, &get, broken()).retry());
+        assert!(!connect_failed(&mut p, broken()).retry());
     }
 
     /// Once the total timeout passed, a failure is not retried, and an attempt that would

@@ -96,9 +96,27 @@ fn choose(
                 return None;
             }
             let start = start();
-            (0..wheel.len())
-                .map(|k| wheel[(start + k) % wheel.len()])
-                .find(|i| available(*i))
+            let turn = wheel[start % wheel.len()];
+            if available(turn) {
+                return Some(turn);
+            }
+            // A url's turn while it is out goes to the others by their weights, one after the
+            // other at each of its turns (its next url in the wheel taking every one of them
+            // carried twice its share with three urls).
+            let weight = |i: usize| candidates[i].as_ref().map_or(0, |c| u64::from(c.weight));
+            let total: u64 = (0..candidates.len()).map(weight).sum();
+            if total == 0 {
+                return None;
+            }
+            let mut at = (start / wheel.len()) as u64 % total;
+            (0..candidates.len()).find(|&i| {
+                let w = weight(i);
+                if at < w {
+                    return true;
+                }
+                at -= w;
+                false
+            })
         }
         Balance::LeastConnections => {
             let start = start();
@@ -170,6 +188,17 @@ mod tests {
             picks.iter().all(|p| matches!(p, Some(0) | Some(2))),
             "{picks:?}"
         );
+        // The turns of the url that is out are spread over the others by weight: three
+        // urls of weights 1, 1, 2 with the first out share its quarter as 1:2.
+        let c = cands(3, &[1, 1, 2]);
+        let w = wheel(&[1, 1, 2]);
+        let next = AtomicUsize::new(0);
+        let mut count = [0; 3];
+        for _ in 0..1200 {
+            let p = pick(Balance::RoundRobin, &w, &next, &view(&c, &[0], &[]), "/");
+            count[p.expect("a url")] += 1;
+        }
+        assert_eq!(count, [0, 400, 800]);
         assert_eq!(
             pick(
                 Balance::RoundRobin,

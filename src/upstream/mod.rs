@@ -16,6 +16,7 @@ use arc_swap::ArcSwapOption;
 use http::header::HeaderValue;
 
 use crate::config::node::Node;
+use state::TargetState;
 
 /// One upstream URL of a service endpoint.
 #[derive(Debug)]
@@ -336,20 +337,43 @@ impl ServiceEndpoint {
     /// Whether a url not in `tried` is available and may be chosen (a weight of 0 or a name
     /// with no address yet leaves it out: see [`Self::pick`]).
     pub fn any_available(&self, tried: u64) -> bool {
+        self.any(tried, TargetState::available)
+    }
+
+    /// Whether a url not in `tried` may be sent a request: an available one, else one that is
+    /// only ejected (see [`Self::pick`]).
+    pub fn any_to_try(&self, tried: u64) -> bool {
+        self.any(tried, TargetState::healthy)
+    }
+
+    fn any(&self, tried: u64, usable: fn(&TargetState) -> bool) -> bool {
         self.states.iter().enumerate().any(|(i, s)| {
             (i >= 64 || tried & (1 << i) == 0)
-                && s.available()
+                && usable(s)
                 && self.settings.weight(i) > 0
                 && self.targets[i].addr().is_some()
         })
     }
 
     /// Chooses an available url for a request to `path`, leaving out those in `tried` (a bit
-    /// per url). `None`: none is available.
+    /// per url); when none is, one that passive health only ejected (as nginx tries its
+    /// failed servers again when none is left, and Envoy's panic mode: an ejection moves load
+    /// off a url, it never makes an outage while the url answers). `None`: none is healthy.
     pub fn pick(&self, path: &str, tried: u64) -> Option<usize> {
         if self.targets.len() == 1 {
+            // (The last url is never ejected.)
             return (tried & 1 == 0 && self.states[0].available()).then_some(0);
         }
+        self.pick_among(path, tried, TargetState::available)
+            .or_else(|| self.pick_among(path, tried, TargetState::healthy))
+    }
+
+    fn pick_among(
+        &self,
+        path: &str,
+        tried: u64,
+        usable: fn(&TargetState) -> bool,
+    ) -> Option<usize> {
         let candidates: Vec<Option<balance::Candidate<'_>>> = self
             .targets
             .iter()
@@ -357,7 +381,7 @@ impl ServiceEndpoint {
             .map(|(i, t)| {
                 let left_out = i < 64 && tried & (1 << i) != 0;
                 // A url whose name has no address yet is not chosen while another has one.
-                let usable = self.states[i].available() && t.addr().is_some();
+                let usable = usable(&self.states[i]) && t.addr().is_some();
                 (!left_out && usable).then(|| balance::Candidate {
                     url: &t.url,
                     weight: self.settings.weight(i),

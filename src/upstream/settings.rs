@@ -9,7 +9,7 @@
 //!       balance: consistent-hash        # round-robin (default), least-connections
 //!       weights: [2, 1]
 //!       healthCheck: {path: /health, interval: 5, timeout: 2}
-//!       outlierDetection: {consecutiveFailures: 3, ejectSeconds: 10, serviceExceptions: false}
+//!       outlierDetection: {consecutiveFailures: 3, ejectSeconds: 10, failureStatuses: [502, 503, 504], serviceExceptions: false}
 //!       retries: 1
 //! ```
 
@@ -56,9 +56,15 @@ pub struct HealthCheck {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Outlier {
-    /// Consecutive connect failures or 5xx answers that eject a url.
+    /// Consecutive failures (connect failures, timeouts, broken answers, the statuses of
+    /// `failure_statuses`) that eject a url.
     #[serde(default = "three")]
     pub consecutive_failures: u32,
+    /// The answers that count as the url's failure: by default a gateway's failures (502,
+    /// 503, 504), which say the url or what is behind it is unwell, not a 500, which one
+    /// request may draw (a client asking for a path that fails could eject every url).
+    #[serde(default = "default_failure_statuses")]
+    pub failure_statuses: Vec<u16>,
     /// Seconds an ejected url is left out.
     #[serde(default = "default_eject")]
     pub eject_seconds: f64,
@@ -74,6 +80,7 @@ impl Default for Outlier {
     fn default() -> Self {
         Outlier {
             consecutive_failures: 3,
+            failure_statuses: default_failure_statuses(),
             eject_seconds: default_eject(),
             service_exceptions: false,
         }
@@ -143,6 +150,9 @@ fn default_interval() -> f64 {
 }
 fn default_check_timeout() -> f64 {
     2.0
+}
+fn default_failure_statuses() -> Vec<u16> {
+    vec![502, 503, 504]
 }
 fn default_eject() -> f64 {
     10.0
@@ -228,6 +238,15 @@ impl UpstreamSettings {
             seconds(o.eject_seconds, "outlierDetection.ejectSeconds")?;
             if o.consecutive_failures == 0 {
                 return Err("`outlierDetection.consecutiveFailures` must be at least 1".into());
+            }
+            if let Some(s) = o
+                .failure_statuses
+                .iter()
+                .find(|s| !(500..=599).contains(*s))
+            {
+                return Err(format!(
+                    "`outlierDetection.failureStatuses`: {s} is not a status from 500 to 599"
+                ));
             }
         }
         if self.retries > 10 {
