@@ -562,6 +562,23 @@ fn balancing_by_weight_by_load_and_by_path() {
         spread[usize::from(first == "b")] += 1;
     }
     assert!(spread[0] >= 8 && spread[1] >= 8, "{spread:?}");
+    // A WMS's tiles differ by their query alone: hashed with it (they all went to one url),
+    // without the credentials (one tile, one url, whoever asks).
+    let mut spread = [0usize; 2];
+    for i in 0..40 {
+        let path = format!("/tiles/wms?SERVICE=WMS&REQUEST=GetMap&BBOX={i},0,{i},1");
+        let first = name_of(&get(gw.port, "GET", &path, &[]));
+        for who in ["jwt=t1", "apiKey=k2", "JWT=t3"] {
+            let theirs = format!("{path}&{who}");
+            assert_eq!(
+                name_of(&get(gw.port, "GET", &theirs, &[])),
+                first,
+                "{theirs}"
+            );
+        }
+        spread[usize::from(first == "b")] += 1;
+    }
+    assert!(spread[0] >= 8 && spread[1] >= 8, "{spread:?}");
     drop(gw);
     // Least connections: while a is busy with slow requests, b takes the rest.
     let dir = ConfigDir::new(&config(&urls, "{balance: least-connections}", "", ""));
