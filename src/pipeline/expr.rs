@@ -184,18 +184,17 @@ pub fn ip_text(ip: std::net::IpAddr) -> std::net::IpAddr {
 }
 
 /// Whether `value` holds the value of one of the client's credentials `secrets` names (a
-/// secret header's, a secret query parameter's; those of fewer than 4 bytes aside, which would
-/// be found in any text).
+/// secret header's, a secret query parameter's, or the secret part of one: see
+/// [`secret_parts`]; those of fewer than 4 bytes aside, which would be found in any text).
 fn carries_secret(value: &str, req: &Request<'_>, secrets: &Secrets) -> bool {
     let holds = |secret: &[u8]| {
         secret.len() >= 4 && memchr::memmem::find(value.as_bytes(), secret).is_some()
     };
-    let in_headers = secrets.headers.iter().any(|name| {
-        req.headers
-            .get_all(name)
-            .iter()
-            .any(|v| holds(v.as_bytes()))
-    });
+    let held = |credential: &[u8]| holds(credential) || secret_parts(credential).any(|p| holds(&p));
+    let in_headers = secrets
+        .headers
+        .iter()
+        .any(|name| req.headers.get_all(name).iter().any(|v| held(v.as_bytes())));
     // A query credential as written and as its escapes decode (`id%3Asecret` is `id:secret`
     // in a header made of it); its name as the access log matches it (`%61piKey`).
     in_headers
@@ -203,9 +202,54 @@ fn carries_secret(value: &str, req: &Request<'_>, secrets: &Secrets) -> bool {
             q.split('&').any(|pair| {
                 let v = pair.split_once('=').map_or("", |(_, v)| v);
                 crate::access_log::secret_name(pair, &secrets.params).is_some()
-                    && (holds(v.as_bytes()) || holds(crate::cache::key::decoded(v).as_bytes()))
+                    && (held(v.as_bytes()) || held(crate::cache::key::decoded(v).as_bytes()))
             })
         })
+}
+
+/// The parts of a credential that are secrets of their own, found in other text without the
+/// rest: the token after an `Authorization` scheme (`Bearer <token>` copied into a `Referer`'s
+/// `?jwt=`), what follows a key's `:` (`apiKey id:secret`), a basic-auth password (decoded),
+/// a JWT's signature (the rest of the token is predictable or public), a cookie's values.
+fn secret_parts(credential: &[u8]) -> impl Iterator<Item = Vec<u8>> {
+    use base64::Engine;
+    let text = String::from_utf8_lossy(credential);
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    let after_scheme = text
+        .trim()
+        .split_once(' ')
+        .map(|(scheme, rest)| (scheme, rest.trim()));
+    let token = after_scheme.map_or(text.trim(), |(_, rest)| rest);
+    parts.push(token.as_bytes().to_vec());
+    if let Some((_, secret)) = token.split_once(':') {
+        parts.push(secret.as_bytes().to_vec());
+    }
+    if let Some(signature) = token
+        .rsplit_once('.')
+        .map(|(_, s)| s)
+        .filter(|_| token.matches('.').count() == 2)
+    {
+        parts.push(signature.as_bytes().to_vec());
+    }
+    if after_scheme.is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("basic")) {
+        let engine = base64::engine::GeneralPurpose::new(
+            &base64::alphabet::STANDARD,
+            base64::engine::GeneralPurposeConfig::new()
+                .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+        );
+        if let Ok(decoded) = engine.decode(token.replace('-', "+").replace('_', "/")) {
+            if let Some(colon) = decoded.iter().position(|b| *b == b':') {
+                parts.push(decoded[colon + 1..].to_vec());
+            }
+            parts.push(decoded);
+        }
+    }
+    for cookie in text.split(';') {
+        if let Some((_, v)) = cookie.split_once('=') {
+            parts.push(v.trim().as_bytes().to_vec());
+        }
+    }
+    parts.into_iter()
 }
 
 /// What carries credentials in a request: kept out of what is logged.
@@ -426,6 +470,44 @@ mod tests {
         assert_eq!(line("/a?%61piKey=id%3Asecret", &copy), "c=REDACTED");
         assert_eq!(line("/a?other=id:secret", &copy), "c=id:secret");
         assert_eq!(line("/a?apiKey=abc", &[("x-copy", "abcdef")]), "c=abcdef");
+        // A part of a credential copied elsewhere: a bearer token in a `Referer`'s `?jwt=`, a
+        // key's secret, a basic-auth password, a JWT without its header, a cookie's value.
+        let jwt = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbg";
+        let bearer = format!("Bearer {jwt}");
+        let referer = format!("https://app.example/map?jwt={jwt}");
+        let headless = jwt.split_once('.').map(|(_, r)| r).unwrap_or_default();
+        for (credential, copy) in [
+            (bearer.as_str(), referer.as_str()),
+            (bearer.as_str(), headless),
+            ("apiKey AKEYID123:AKEYSECRET456", "ua AKEYSECRET456"),
+            ("Basic dXNlcjpodW50ZXIyLXB3", "pw=hunter2-pw"),
+        ] {
+            let h = [("authorization", credential), ("x-copy", copy)];
+            assert_eq!(line("/a", &h), "c=REDACTED", "{credential} in {copy}");
+        }
+        let cookie_secrets = Secrets {
+            params: vec![],
+            headers: vec![http::header::COOKIE],
+        };
+        let owned = OwnedRequest::get(
+            "/a",
+            &[
+                ("cookie", "theme=dark; session=s3ss10nvalue"),
+                ("x-copy", "s3ss10nvalue"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            t.eval_for_log(&owned.req(), &Exchange::default(), &cookie_secrets),
+            "c=REDACTED"
+        );
+        assert_eq!(
+            line(
+                "/a",
+                &[("authorization", "Bearer abc"), ("x-copy", "Bearer xyz")]
+            ),
+            "c=Bearer xyz"
+        );
     }
 
     #[test]
