@@ -106,9 +106,11 @@ struct Logger {
 
 /// The libraries whose debug output dumps raw headers and bodies, credentials included
 /// (Pingora's of the requests and answers it proxies, ureq's of the CLI's Admin API calls, its
-/// token with them): muted below `info` unless `RUST_LOG` names one of them at `debug` or
-/// `trace`.
-const DUMPING: [&str; 2] = ["pingora", "ureq"];
+/// token with them), or feeds itself (notify's traces every file event the config watcher
+/// gets: a log written beside the config directories made an event of each of its lines, 2.5
+/// million lines in 15 s): muted below `info` unless `RUST_LOG` names one of them at `debug`
+/// or `trace`.
+const DUMPING: [&str; 3] = ["pingora", "ureq", "notify"];
 
 /// The libraries of [`DUMPING`] that `rust_log` names at `debug` or `trace` (a directive of
 /// a module of theirs; without a level, every level): lowering one of their modules
@@ -349,6 +351,7 @@ mod tests {
         assert_eq!(named_verbose("debug,pingora_proxy=debug"), ["pingora"]);
         assert_eq!(named_verbose("pingora_core"), ["pingora"]);
         assert_eq!(named_verbose("info,ureq_proto=TRACE"), ["ureq"]);
+        assert_eq!(named_verbose("notify=trace"), ["notify"]);
         assert_eq!(
             named_verbose("pingora=trace,ureq=debug/foo"),
             ["pingora", "ureq"]
@@ -360,6 +363,7 @@ mod tests {
             "trace,pingora_core::server=warn",
             "debug,ureq=info",
             "tollgate=debug",
+            "trace,tollgate=trace",
         ] {
             assert!(named_verbose(quiet).is_empty(), "{quiet}");
         }

@@ -125,6 +125,16 @@ impl Relevance {
     }
 }
 
+/// The files the process's standard output and error are written to, where they are files
+/// (read from `/proc`; none elsewhere, nor for a terminal or a pipe).
+pub fn own_log_files() -> Vec<PathBuf> {
+    ["/proc/self/fd/1", "/proc/self/fd/2"]
+        .iter()
+        .filter_map(|fd| std::fs::canonicalize(fd).ok())
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
+        .collect()
+}
+
 /// Watches every directory of the stack, reloading on changes, on a thread of its own.
 /// `ignore`: directories (and files) whose changes are not config changes.
 pub fn start(lifecycle: Arc<Lifecycle>, ignore: Vec<PathBuf>) {

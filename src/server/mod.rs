@@ -278,6 +278,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     if let Some(crate::access_log::Target::File(f)) = &opts.access_log {
         not_config.push(f.clone());
     }
+    // The gateway's own log, where its standard output or error go to a file (`2>log` in a
+    // config directory: each line written made a change, whose "no config input changed" at
+    // debug made the next).
+    not_config.extend(crate::lifecycle::watch::own_log_files());
     crate::lifecycle::watch::start(lifecycle.clone(), not_config);
 
     let listen: Vec<String> = [
