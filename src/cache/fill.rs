@@ -32,6 +32,8 @@ pub struct Fill {
     seen: super::store::Seen,
     /// How the lock is released when the fill ends before it was stored.
     outcome: LockStatus,
+    /// The `Vary` the answer judged lacks (see [`super::vary::missing_vary`]).
+    lacks_vary: Option<&'static str>,
     /// Whether the response head was judged.
     decided: bool,
     /// Whether the answer judged was an OGC service exception (see [`super::exception`]).
@@ -87,6 +89,7 @@ pub fn begin(
         seen: u.epoch,
         filling: None,
         outcome: LockStatus::TransientError,
+        lacks_vary: None,
         decided: false,
         reported: false,
     })
@@ -103,6 +106,10 @@ impl Fill {
         map_request: impl FnOnce() -> bool,
     ) -> pingora_core::Result<()> {
         self.decide(resp, super::store::content_length(resp), map_request);
+        // Stored per variant from now on: this answer says what it varies by too.
+        if let Some(vary) = self.lacks_vary {
+            resp.append_header(http::header::VARY, vary)?;
+        }
         resp.insert_header(super::X_CACHE_STATUS.clone(), "MISS")?;
         super::store::offer_ranges(resp)
     }
@@ -124,6 +131,12 @@ impl Fill {
     /// is not stored.
     pub fn answer_head(&self) -> Option<&StoredHead> {
         self.filling.as_ref().and_then(Filling::head)
+    }
+
+    /// Whether the answer judged lacks a `Vary` (see [`super::vary::missing_vary`]), which
+    /// [`Self::head`] gives it.
+    pub fn lacks_vary(&self) -> bool {
+        self.lacks_vary.is_some()
     }
 
     /// Decides from the upstream's response head whether the response is stored (once). One
@@ -175,11 +188,15 @@ impl Fill {
             return;
         }
         let present = super::freshness::Present::of(&resp.headers);
-        // (A content-coded answer that does not say it varies by `Accept-Encoding` does: its
-        // variants are stored with that `Vary` by Pingora's cache phases.)
-        if present.vary
-            || (present.content_encoding && super::vary::coded_without_vary(&resp.headers))
-        {
+        // (A content-coded answer that does not say it varies by `Accept-Encoding` does, and
+        // one allowed to one web origin that does not say it varies by `Origin`: its variants
+        // are stored with that `Vary` by Pingora's cache phases, and this answer says so.)
+        self.lacks_vary = (present.content_encoding
+            || present.allow_origin
+            || super::vary::seen_by_origin(self.hash))
+        .then(|| super::vary::missing_vary(&resp.headers, self.hash))
+        .flatten();
+        if present.vary || self.lacks_vary.is_some() {
             // Stored per variant from now on, by Pingora's cache phases: the requests waiting
             // on this fetch go there and one of them fetches and stores its variant.
             mark_varied(self.hash);

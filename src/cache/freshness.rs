@@ -60,6 +60,7 @@ pub struct Present {
     pub expires: bool,
     pub age: bool,
     pub content_encoding: bool,
+    pub allow_origin: bool,
 }
 
 impl Present {
@@ -77,6 +78,8 @@ impl Present {
                 p.vary = true;
             } else if name == CONTENT_ENCODING {
                 p.content_encoding = true;
+            } else if name == http::header::ACCESS_CONTROL_ALLOW_ORIGIN {
+                p.allow_origin = true;
             } else if name == SET_COOKIE || name.as_str() == "set-cookie2" {
                 // RFC 2965's `Set-Cookie2` is obsolete, and still a consumer's cookie.
                 p.set_cookie = true;

@@ -46,7 +46,7 @@ pub use outcome::{
 };
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_records, save_forwardings};
-pub use vary::{add_coding_vary, variance};
+pub use vary::variance;
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified, vary_of_304};
 use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
 
@@ -381,6 +381,15 @@ pub(crate) fn primary_of(
             endpoint,
         },
     )
+}
+
+/// An upstream's answer to a request through a `cache` step is given the `Vary` it lacks (see
+/// [`vary::missing_vary`]).
+pub fn add_missing_vary(session: &Session, resp: &mut pingora_http::ResponseHeader) {
+    use pingora_cache::key::CacheHashKey;
+    if let Some(key) = session.cache.maybe_cache_key() {
+        vary::add_missing_vary(resp, key.primary_bin());
+    }
 }
 
 /// Removes what is stored for the request's key.

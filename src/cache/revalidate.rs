@@ -74,14 +74,27 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
 
 /// The `Vary` of a `304` as it stands for the stored tile whose head's fields are `stored`: a
 /// content-coded tile was stored with `Accept-Encoding` among them where the upstream did not
-/// name it (see [`super::vary::add_coding_vary`]), which the upstream's `304` does not name
+/// name it (see [`super::vary::add_missing_vary`]), which the upstream's `304` does not name
 /// either (without it every revalidation of such a tile found another `Vary`: the tile was
 /// dropped and fetched whole each time).
 fn vary_of_304_for(stored: &HeaderMap, not_modified: &HeaderMap) -> Vec<String> {
     let mut names = varies_by(not_modified);
-    if !codings(stored).is_empty() && !names.iter().any(|n| n == "accept-encoding") {
-        names.push("accept-encoding".into());
-        names.sort_unstable();
+    let mut add = |name: &str| {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.into());
+            names.sort_unstable();
+        }
+    };
+    if !codings(stored).is_empty() {
+        add("accept-encoding");
+    }
+    // The same for an answer allowed to one web origin (`Origin`).
+    if stored
+        .get_all(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != b"*")
+    {
+        add("origin");
     }
     names
 }

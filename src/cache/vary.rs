@@ -1,5 +1,8 @@
 //! The variant of a stored response a request wants: the values of the headers the response's
-//! `Vary` names, as the upstream receives them; and the `Vary` a content-coded answer lacks.
+//! `Vary` names, as the upstream receives them; and the `Vary` a content-coded answer, or one
+//! allowed to one web origin, lacks.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
@@ -71,21 +74,106 @@ pub fn coded_without_vary(headers: &http::HeaderMap) -> bool {
             .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"accept-encoding"))
 }
 
-/// An upstream's answer to a request through a `cache` step, content-coded without saying it
-/// varies by `Accept-Encoding` ([`coded_without_vary`]), is given that `Vary` before it is
-/// judged: stored per the codings clients take, and said so to the caches after this one.
-pub fn add_coding_vary(resp: &mut pingora_http::ResponseHeader) {
-    if resp.status != http::StatusCode::NOT_MODIFIED && coded_without_vary(&resp.headers) {
-        let _ = resp.append_header(
-            http::header::VARY,
-            http::HeaderValue::from_static("Accept-Encoding"),
-        );
+/// Whether an answer is allowed to one web origin (an `Access-Control-Allow-Origin` other
+/// than `*`) without a `Vary` that names `Origin` (or `*`): an upstream that names the origin
+/// of the page that asked (nginx's `add_header … $http_origin`, MapServer's and QGIS Server's
+/// CORS set-ups). Stored as it is, every later page would be served the first one's origin,
+/// which browsers refuse: a blank map on every other site.
+pub fn allowed_origin_without_vary(headers: &http::HeaderMap) -> bool {
+    use crate::wire::list;
+    headers
+        .get_all(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii() != b"*")
+        && !list(headers, &http::header::VARY)
+            .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"origin"))
+}
+
+/// Tiles (by their key's hash) an upstream answered allowed to one web origin without saying
+/// it varies by `Origin`: its answers without `Access-Control-Allow-Origin` (to a request
+/// without `Origin`) vary by it too, and are stored as the variant without one — stored as
+/// they came, they replaced the variants, and every page of another origin was served an
+/// answer its browser refuses. A fixed table of fingerprints, as [`super::fill`]'s.
+static BY_ORIGIN: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
+
+fn by_origin_slot(hash: HashBinary) -> (&'static AtomicU64, u64) {
+    let hash = u128::from_be_bytes(hash);
+    (
+        &BY_ORIGIN[(hash >> 64) as usize % BY_ORIGIN.len()],
+        (hash as u64) | 1,
+    )
+}
+
+/// Whether the upstream of the tile `hash` was seen to answer it allowed to one web origin
+/// without a `Vary` (see [`BY_ORIGIN`]).
+pub fn seen_by_origin(hash: HashBinary) -> bool {
+    let (slot, fingerprint) = by_origin_slot(hash);
+    slot.load(Ordering::Relaxed) == fingerprint
+}
+
+/// The `Vary` an upstream's answer to a request through a `cache` step for the tile `hash`
+/// lacks: `Accept-Encoding` for one content-coded ([`coded_without_vary`]), `Origin` for one
+/// allowed to one web origin ([`allowed_origin_without_vary`]) or for a tile whose upstream
+/// was seen to answer so ([`BY_ORIGIN`]).
+pub fn missing_vary(headers: &http::HeaderMap, hash: HashBinary) -> Option<&'static str> {
+    let (slot, fingerprint) = by_origin_slot(hash);
+    let origin = if allowed_origin_without_vary(headers) {
+        slot.store(fingerprint, Ordering::Relaxed);
+        true
+    } else {
+        slot.load(Ordering::Relaxed) == fingerprint
+            && !crate::wire::list(headers, &http::header::VARY)
+                .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"origin"))
+    };
+    match (coded_without_vary(headers), origin) {
+        (true, true) => Some("Accept-Encoding, Origin"),
+        (true, false) => Some("Accept-Encoding"),
+        (false, true) => Some("Origin"),
+        (false, false) => None,
+    }
+}
+
+/// An upstream's answer to a request through a `cache` step is given the `Vary` it lacks
+/// ([`missing_vary`]) before it is judged: stored per variant (the codings clients take, the
+/// origin of the page that asks), and said so to the caches after this one.
+pub fn add_missing_vary(resp: &mut pingora_http::ResponseHeader, hash: HashBinary) {
+    if resp.status == http::StatusCode::NOT_MODIFIED {
+        return;
+    }
+    if let Some(vary) = missing_vary(&resp.headers, hash) {
+        let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static(vary));
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::coded_without_vary;
+    use super::{allowed_origin_without_vary, coded_without_vary};
+
+    fn headers(lines: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (n, v) in lines {
+            h.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn an_answer_allowed_to_one_origin_without_a_vary_on_origin() {
+        let with = |lines: &[(&str, &str)]| allowed_origin_without_vary(&headers(lines));
+        let acao = "Access-Control-Allow-Origin";
+        assert!(with(&[(acao, "https://a.example")]));
+        assert!(with(&[(acao, "null"), ("Vary", "Accept-Encoding")]));
+        assert!(!with(&[(acao, "*")]));
+        assert!(!with(&[]));
+        assert!(!with(&[
+            (acao, "https://a.example"),
+            ("Vary", "Accept, origin")
+        ]));
+        assert!(!with(&[(acao, "https://a.example"), ("Vary", "*")]));
+    }
 
     #[test]
     fn a_coded_answer_without_a_vary_on_accept_encoding() {

@@ -349,6 +349,8 @@ fn whole(fill: &mut Fill, up: &Upstream, x: &Exchange, keepalive: bool) -> Optio
     // it (a head that cannot be written so, with `Vary`, goes through Pingora's session).
     match fill.answer_head() {
         Some(stored) if fill.stores() => miss_wire_head(stored, len, edits, keepalive, age),
+        // (One that lacks a `Vary`, which it is given, goes through the session.)
+        _ if fill.lacks_vary() => None,
         _ => unstored_miss_head(resp, Some(len), len, edits, keepalive, age),
     }
 }

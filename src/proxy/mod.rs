@@ -470,7 +470,7 @@ impl ProxyHttp for Tollgate {
         }
         crate::fastpath::relay::framed(upstream_response)?;
         if ctx.x.cache.is_some() {
-            crate::cache::add_coding_vary(upstream_response);
+            crate::cache::add_missing_vary(session, upstream_response);
         }
         let reported = crate::cache::exception_as_failure(session, &ctx.x, upstream_response)?;
         if ctx.upstream_time.is_none() {

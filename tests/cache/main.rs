@@ -927,7 +927,11 @@ fn a_coded_answer_that_does_not_say_it_varies_is_stored_per_coding() {
     };
     let gzip = Some("gzip");
     let first = open(gzip);
-    assert_eq!(first.1.as_deref(), Some("gzip"), "{first:?}");
+    assert_eq!(
+        (first.1.as_deref(), first.2.as_deref()),
+        (Some("gzip"), Some("Accept-Encoding")),
+        "the first answer says it varies too: {first:?}"
+    );
     let mut last = open(gzip);
     for _ in 0..2 {
         last = open(gzip);
@@ -952,6 +956,50 @@ fn a_coded_answer_that_does_not_say_it_varies_is_stored_per_coding() {
         let coded = open(gzip);
         assert_eq!(coded.0, "HIT", "{coded:?}");
     }
+}
+
+/// An upstream that allows the origin of the page that asked (its `Origin` answered as
+/// `Access-Control-Allow-Origin`) without saying its answer varies by it: the tile is stored
+/// per origin, with `Vary: Origin` added — every other site's page was served the first one's
+/// origin, which browsers refuse (a blank map). Revalidated, the variant stays.
+#[test]
+fn an_answer_allowed_to_one_origin_is_stored_per_origin() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 600, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let path = "/open/reflected?cc=max-age%3D1&cors=reflect&header=ETag:%22o1%22";
+    let open = |origin: Option<&str>| {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        let r = get(gw.port, "GET", path, &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        (
+            cache_status(&r).to_string(),
+            r.header("access-control-allow-origin").map(str::to_string),
+            r.header("vary").map(str::to_string),
+        )
+    };
+    let (a, b) = (Some("https://a.example"), Some("https://b.example"));
+    let first = open(a);
+    assert_eq!(
+        (first.1.as_deref(), first.2.as_deref()),
+        (a, Some("Origin")),
+        "{first:?}"
+    );
+    for _ in 0..2 {
+        for origin in [a, b, None] {
+            let r = open(origin);
+            assert_eq!(r.1.as_deref(), origin, "{origin:?}: {r:?}");
+        }
+    }
+    assert_eq!(open(b).0, "HIT");
+    // Stale: revalidated with the upstream (its 304 names no `Vary`), the variant kept.
+    std::thread::sleep(Duration::from_millis(1600));
+    let r = open(b);
+    assert_eq!((r.0.as_str(), r.1.as_deref()), ("REVALIDATED", b), "{r:?}");
+    assert_eq!(open(b).0, "HIT");
 }
 
 /// A revalidation's 304 with a `Vary` the stored tile did not have (the upstream negotiates
