@@ -614,9 +614,11 @@ fn stalled_and_abandoned_http2_streams_end() {
 
 /// Each HTTP/2 stream but one takes a place under the connection cap while it is open (each
 /// may hold an upstream connection, a descriptor, as a client connection does): a stream past
-/// the cap is answered `503` at once, and the places come back as streams end. Before, one
-/// connection's hundred streams to an upstream that did not answer held a hundred
-/// descriptors, and a few such connections held them all.
+/// the cap is answered `503` at once (with `Retry-After`), and the places come back as streams
+/// end. Before, one connection's hundred streams to an upstream that did not answer held a
+/// hundred descriptors, and a few such connections held them all. A connection is told it
+/// may open no more streams at once than the cap (a browser told 100 sent 100 and had those
+/// past the cap refused; told the cap, it queues them).
 #[test]
 fn http2_streams_take_places_under_the_connection_cap() {
     let up = PyUpstream::start("slow", 5.0);
@@ -625,28 +627,50 @@ fn http2_streams_take_places_under_the_connection_cap() {
         &format!("admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  s: {{paths: '/s/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [proxy]\npipelines:\n  s: {{apiEndpoints: [s], policies: [{{proxy: {{action: {{serviceEndpoint: up, stripPath: true}}}}}}]}}\n", up.url("")),
     );
     let gw = GatewayProcess::start_with(&dir, &["--max-connections", "8"], &[]);
-    std::thread::sleep(Duration::from_millis(300)); // the readiness probes' connections close
+    // The server's SETTINGS (the first frame it sends): SETTINGS_MAX_CONCURRENT_STREAMS (3).
+    let told = {
+        use std::io::Read;
+        let mut c = h2_connection(gw.port, true);
+        let mut head = [0u8; 9];
+        c.read_exact(&mut head).expect("a frame");
+        assert_eq!(head[3], 4, "SETTINGS first");
+        let mut payload = vec![0u8; usize::from(head[1]) << 8 | usize::from(head[2])];
+        c.read_exact(&mut payload).expect("its settings");
+        payload
+            .chunks(6)
+            .find(|s| s[..2] == [0, 3])
+            .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]))
+    };
+    assert_eq!(told, Some(8));
+    std::thread::sleep(Duration::from_millis(300)); // the probes' connections close
     let answers = |frames: &[Frame]| frames.iter().filter(|f| f.kind == 1).count();
-    let mut c = h2_connection(gw.port, true);
     let ask = |c: &mut openssl::ssl::SslStream<std::net::TcpStream>, first: u32| {
-        let heads: Vec<u8> = (0..20)
+        let heads: Vec<u8> = (0..6)
             .map(|i| first + 2 * i)
             .flat_map(|s| h2_headers(s, "GET", &format!("/s/slow/2000/{s}"), true))
             .collect();
         h2_send(c, &heads);
     };
+    let mut a = h2_connection(gw.port, true);
+    let mut b = h2_connection(gw.port, true);
     for round in 0..2 {
-        ask(&mut c, 1 + 40 * round);
-        // Of the eight places the connection holds one, its first stream no more, seven
-        // others one each: twelve answered at once, eight once the upstream answers.
-        let (frames, closed) = h2_frames_for(&mut c, Duration::from_millis(1200));
+        // Of the eight places each connection holds one, its first stream no more: `a`'s
+        // other five take five, `b`'s the one left, and its four others are refused at once.
+        ask(&mut a, 1 + 20 * round);
+        std::thread::sleep(Duration::from_millis(200));
+        ask(&mut b, 1 + 20 * round);
+        let (frames, closed) = h2_frames_for(&mut b, Duration::from_millis(1200));
         assert!(!closed);
-        assert_eq!(answers(&frames), 12, "round {round}: {frames:?}");
-        let (frames, _) = h2_frames_for(&mut c, Duration::from_millis(2500));
-        assert_eq!(answers(&frames), 8, "round {round}: {frames:?}");
+        assert_eq!(answers(&frames), 4, "round {round}: {frames:?}");
+        let (frames, _) = h2_frames_for(&mut a, Duration::from_millis(2500));
+        assert_eq!(answers(&frames), 6, "round {round}: {frames:?}");
+        let (frames, _) = h2_frames_for(&mut b, Duration::from_millis(500));
+        assert_eq!(answers(&frames), 2, "round {round}: {frames:?}");
     }
     let waits = "tollgate_client_connection_cap_reached_total";
-    assert_eq!(gw.metric_when(waits, |v| v >= 24.0), 24.0);
+    assert_eq!(gw.metric_when(waits, |v| v >= 8.0), 8.0);
+    drop(a);
+    let c = b;
     // The places come back; the streams refused left no asks for room behind (each would
     // close a keep-alive connection later, with no one waiting): HTTP/1 connections keep
     // theirs between requests.

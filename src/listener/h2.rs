@@ -298,17 +298,78 @@ impl Drop for Stream {
 }
 
 /// The HTTP/2 settings the gateway serves with: Pingora's bounded defaults (a decoded header
-/// list of 64 KiB, 100 streams at once), and at most 64 KiB of an answer buffered per stream
-/// for a client that does not read (h2's default, 400 KiB, would hold 40 MB per connection).
-pub fn options() -> pingora_core::protocols::http::v2::server::H2Options {
+/// list of 64 KiB, 100 streams at once — fewer under a smaller `--max-connections`, where
+/// each stream takes a place: a browser told 100 sent 100 and had those past the cap
+/// refused, where told the cap it queues them), and at most 64 KiB of an answer buffered per
+/// stream for a client that does not read (h2's default, 400 KiB, would hold 40 MB per
+/// connection).
+pub fn options(max_connections: usize) -> pingora_core::protocols::http::v2::server::H2Options {
     let mut o = pingora_core::protocols::http::v2::server::default_h2_options();
     o.max_send_buffer_size(64 * 1024);
+    o.max_concurrent_streams(MAX_STREAMS.min(max_connections.max(1) as u32));
     o
 }
+
+/// What an HTTP/2 stream refused at the connection cap is told besides its `503`: to try
+/// again in a second, and, for a web page, that it may read the refusal (which holds nothing
+/// but itself: the pipeline's `cors` step has not run) — a page shown a CORS error instead
+/// cannot tell a busy gateway from a broken one, nor retry.
+pub fn at_cap_edits(
+    head: &pingora_http::RequestHeader,
+) -> Vec<crate::pipeline::context::HeaderEdit> {
+    use crate::pipeline::context::HeaderEdit;
+    let mut edits = vec![HeaderEdit::Set(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    )];
+    if let Some(origin) = head.headers.get(http::header::ORIGIN) {
+        edits.push(HeaderEdit::Set(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            origin.clone(),
+        ));
+        edits.push(HeaderEdit::Set(
+            http::header::VARY,
+            http::HeaderValue::from_static("Origin"),
+        ));
+    }
+    edits
+}
+
+/// Pingora's streams at once per HTTP/2 connection.
+const MAX_STREAMS: u32 = 100;
 
 #[cfg(test)]
 mod tests {
     use super::{Recent, RECENT_MS};
+
+    /// A stream refused at the cap is told to come back in a second, and a page may read that
+    /// (its `Origin` allowed, the answer said to vary by it).
+    #[test]
+    fn a_stream_refused_at_the_cap_is_readable_by_its_page() {
+        use crate::pipeline::context::HeaderEdit;
+        let mut head = pingora_http::RequestHeader::build("GET", b"/t/1.png", None).unwrap();
+        let names = |edits: Vec<HeaderEdit>| -> Vec<(String, String)> {
+            edits
+                .iter()
+                .map(|e| match e {
+                    HeaderEdit::Set(n, v) => (n.to_string(), v.to_str().unwrap().to_string()),
+                    _ => panic!("a set"),
+                })
+                .collect()
+        };
+        assert_eq!(
+            names(super::at_cap_edits(&head)),
+            [("retry-after".to_string(), "1".to_string())]
+        );
+        head.insert_header("Origin", "https://maps.example")
+            .unwrap();
+        let told = names(super::at_cap_edits(&head));
+        assert!(told.contains(&(
+            "access-control-allow-origin".into(),
+            "https://maps.example".into()
+        )));
+        assert!(told.contains(&("vary".into(), "Origin".into())));
+    }
 
     /// The recent count holds what was abandoned in the last span, fading out the span
     /// before it as the last one moves past it, and forgets what is older.

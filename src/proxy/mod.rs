@@ -161,7 +161,8 @@ impl ProxyHttp for Tollgate {
                     Some(Begun::AtCap) => {
                         crate::metrics::metrics().client_cap_waits.inc();
                         let reply = Reply::text(503, "Service Unavailable");
-                        send_reply(session, reply, &[]).await?;
+                        let edits = crate::listener::h2::at_cap_edits(session.req_header());
+                        send_reply(session, reply, &edits).await?;
                         return Ok(true);
                     }
                     None => {}

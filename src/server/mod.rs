@@ -314,7 +314,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     request_timeout: limits.request_timeout,
                 },
             );
-            proxy.h2_options = Some(crate::listener::h2::options());
+            proxy.h2_options = Some(crate::listener::h2::options(limits.max_connections));
             proxy
         },
         limits.clone(),
