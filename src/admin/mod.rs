@@ -357,12 +357,18 @@ impl AdminApi {
             log::warn!("admin API: refused a request {why}");
             return text(StatusCode::FORBIDDEN, &format!("Forbidden: {why}"));
         }
-        if !self.authorized(session) {
-            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
-        }
         let head = session.req_header();
         let method = head.method.clone();
         let path = head.uri.path().to_string();
+        let gw = self.gateway.load_full();
+        let metrics_path = gw.system.plugin_endpoint("metrics", "/metrics");
+        // The metrics are read without the token (Prometheus, and Kargo's route that proxies
+        // to them, which forwards none, answered 401 with a token set): they change nothing
+        // and hold no consumer's data (an upstream url's query is shown as `?…`).
+        let metrics = (method == Method::GET || method == Method::HEAD) && path == metrics_path;
+        if !metrics && !self.authorized(session) {
+            return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
         let query = head.uri.query().map(str::to_string);
         let accept = head
             .headers
@@ -379,9 +385,7 @@ impl AdminApi {
             })
             .collect();
         let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
-        let gw = self.gateway.load_full();
-        let metrics_path = gw.system.plugin_endpoint("metrics", "/metrics");
-        if (method == Method::GET || method == Method::HEAD) && path == metrics_path {
+        if metrics {
             return self.metrics(accept.as_deref());
         }
         if method == Method::GET || method == Method::HEAD {
