@@ -148,7 +148,9 @@ pub fn init() {
         let _ = std::thread::Builder::new()
             .name("tollgate-log".into())
             .spawn(move || loop {
-                std::thread::sleep(fold_interval().max(Duration::from_millis(100)));
+                // A quarter of the interval: a count is written within a quarter of its due
+                // time (sleeping a whole interval, up to two went by).
+                std::thread::sleep((fold_interval() / 4).max(Duration::from_millis(100)));
                 logger.flush_folds(Flush::Due);
             });
     }
@@ -288,12 +290,30 @@ impl Log for Logger {
             let text = record.args().to_string();
             let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(f) = folds.get_mut(&text) {
-                if f.last_written.elapsed() < fold_interval() {
+                let age = f.last_written.elapsed();
+                if age < fold_interval() {
                     f.repeats += 1;
                     UNWRITTEN_REPEATS.store(true, Ordering::Relaxed);
                     return;
                 }
                 f.last_written = Instant::now();
+                // A message that kept coming: written with its count, this one among them
+                // (written plainly, its count was left for when it stopped, and then said the
+                // whole run came in the last interval).
+                let repeats = std::mem::take(&mut f.repeats);
+                if repeats > 0 {
+                    drop(folds);
+                    self.write(
+                        level,
+                        record.target(),
+                        format_args!(
+                            "{text} (repeated {} more times in the last {:.1}s)",
+                            repeats + 1,
+                            age.as_secs_f64()
+                        ),
+                    );
+                    return;
+                }
             } else {
                 if folds.len() >= MAX_FOLDS {
                     // The message written longest ago goes, its repeats written first (clearing

@@ -530,3 +530,37 @@ fn a_fills_client_that_left_is_not_counted_and_a_pipelined_request_keeps_it_answ
         "the one answered request alone: {eg:?}"
     );
 }
+
+/// A warning that keeps coming is written with its count once per fold interval while it
+/// comes (it was written plainly each interval, its count left for when it stopped, which
+/// then said the whole run came in the last interval).
+#[test]
+fn a_repeating_warning_is_written_with_its_count_while_it_repeats() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start_with(&dir, &[], &[("TOLLGATE_LOG_FOLD_SECONDS", "1")]);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(3600) {
+        assert_eq!(get(gw.port, "GET", "/dead/x", &[]).status, 502);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = gw.log_text();
+    let failures: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("upstream failure") && l.contains("`dead`"))
+        .collect();
+    let counted: Vec<&&str> = failures
+        .iter()
+        .filter(|l| l.contains("(repeated "))
+        .collect();
+    assert!(counted.len() >= 2, "{log}");
+    // Each count covers about an interval, not the run.
+    for line in &counted {
+        let secs: f64 = line
+            .rsplit("in the last ")
+            .next()
+            .and_then(|s| s.trim_end_matches("s)").parse().ok())
+            .unwrap_or(f64::MAX);
+        assert!(secs < 2.0, "{line}");
+    }
+}
