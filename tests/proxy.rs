@@ -459,6 +459,16 @@ fn malformed_requests_get_a_4xx_and_the_gateway_keeps_serving() {
     };
     assert_eq!(with_lines(300), 431, "300 header lines");
     assert_eq!(with_lines(200), 200, "200 header lines");
+    // A head past 32 KiB that comes whole in one piece is refused at the listener as one
+    // that comes in pieces (it went on to Pingora's parser, counted as a connection done).
+    let too_large = r#"tollgate_client_connections_closed_total{reason="head_too_large"}"#;
+    let before = s.gw.metric(too_large);
+    let whole = format!(
+        "GET /raw/x HTTP/1.1\r\nHost: h\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    assert_eq!(support::request(s.gw.port, &whole, false).status, 431);
+    assert_eq!(s.gw.metric_when(too_large, |v| v > before), before + 1.0);
     // The same behind another request on its connection (pipelined): answered, then the 431.
     let lines = lines(300);
     let mut conn = std::net::TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");

@@ -163,6 +163,13 @@ pub(super) async fn read_head(
             deadline = Some(Instant::now() + limits.header_timeout);
         }
         if head_complete(&buf, before) {
+            // A head past the limit that came whole in one read is refused as one that came
+            // in pieces is (it went on as a request Pingora's parser refused, and was
+            // counted as one answered).
+            if buf.len() > limits.max_head && head_end(&buf) > limits.max_head {
+                let answer = answer_to(&buf, TOO_LARGE_431);
+                return Err(Refused::Reply(ConnClose::HeadTooLarge, answer));
+            }
             return Ok(buf);
         }
         if never_a_head(&buf, before) {
@@ -376,6 +383,18 @@ fn never_a_head(buf: &[u8], from: usize) -> bool {
     })
 }
 
+/// Where a complete head ends in `buf` (after its blank line).
+fn head_end(buf: &[u8]) -> usize {
+    let lead = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(0);
+    let rest = &buf[lead..];
+    let lf_lf = memchr::memmem::find(rest, b"\n\n").map(|i| i + 2);
+    let lf_crlf = memchr::memmem::find(rest, b"\n\r\n").map(|i| i + 3);
+    lead + lf_lf.into_iter().chain(lf_crlf).min().unwrap_or(rest.len())
+}
+
 fn head_complete(buf: &[u8], from: usize) -> bool {
     let Some(lead) = buf.iter().position(|b| *b != b'\r' && *b != b'\n') else {
         return false;
@@ -397,8 +416,15 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{
-        head_complete, malformed, never_a_head, next_request_at, too_many_headers, MAX_HEADER_LINES,
+        head_complete, head_end, malformed, never_a_head, next_request_at, too_many_headers,
+        MAX_HEADER_LINES,
     };
+
+    #[test]
+    fn where_a_head_ends() {
+        assert_eq!(head_end(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nbody"), 27);
+        assert_eq!(head_end(b"\r\nGET / HTTP/1.1\n\nbody"), 18);
+    }
 
     /// What can never become a head is told from its first bytes; what may is waited for.
     #[test]
