@@ -392,10 +392,7 @@ impl Exchange {
     ) -> Option<std::borrow::Cow<'a, str>> {
         use std::borrow::Cow;
         let mut lines = req.headers.get_all(name).iter().peekable();
-        let mut value: Option<Cow<'a, str>> = lines
-            .next()
-            .and_then(|v| v.to_str().ok())
-            .map(Cow::Borrowed);
+        let mut value: Option<Cow<'a, str>> = lines.next().map(node_text);
         // A header sent on several lines is what Node's parser makes of it, as an
         // expression reads it: one value, the lines joined (`cookie` with `; `, `set-cookie`,
         // an array in a string, with `,`, others with `, `), or the first line alone for those
@@ -408,9 +405,9 @@ impl Exchange {
                     _ => ", ",
                 };
                 let mut joined = first.to_string();
-                for more in lines.filter_map(|v| v.to_str().ok()) {
+                for more in lines.map(node_text) {
                     joined.push_str(sep);
-                    joined.push_str(more);
+                    joined.push_str(&more);
                 }
                 value = Some(Cow::Owned(joined));
             }
@@ -421,22 +418,31 @@ impl Exchange {
             value = req.host.map(Cow::Borrowed);
         }
         for edit in self.upstream_edits.iter().filter(|e| e.name() == name) {
-            let text = |v: &'a HeaderValue| v.to_str().ok().map(Cow::Borrowed);
             match edit {
-                HeaderEdit::Set(_, v) => value = text(v),
-                HeaderEdit::Default(_, v) if value.is_none() => value = text(v),
+                HeaderEdit::Set(_, v) => value = Some(node_text(v)),
+                HeaderEdit::Default(_, v) if value.is_none() => value = Some(node_text(v)),
                 HeaderEdit::Default(..) => {}
                 HeaderEdit::Append(_, v) => {
-                    value = match (value, v.to_str().ok()) {
-                        (Some(old), Some(more)) => Some(Cow::Owned(format!("{old}, {more}"))),
-                        (None, more) => more.map(Cow::Borrowed),
-                        (old, None) => old,
-                    }
+                    value = Some(match value {
+                        Some(old) => Cow::Owned(format!("{old}, {}", node_text(v))),
+                        None => node_text(v),
+                    })
                 }
                 HeaderEdit::Remove(_) => value = None,
             }
         }
         value
+    }
+}
+
+/// A header value as Node's parser gives it to EG: its bytes as Latin-1 text (a byte past
+/// ASCII is the character of that number). Read as UTF-8 text or nothing, a `User-Agent`
+/// with such a byte was `undefined` in a template, and every such client shared one
+/// `rateLimitBy` window.
+fn node_text(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    match v.to_str() {
+        Ok(text) => std::borrow::Cow::Borrowed(text),
+        Err(_) => std::borrow::Cow::Owned(v.as_bytes().iter().map(|b| char::from(*b)).collect()),
     }
 }
 
@@ -492,5 +498,24 @@ pub mod testing {
                 strip_at: None,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::OwnedRequest;
+    use super::*;
+
+    /// A header value past ASCII reads as Node gives it to EG: its bytes as Latin-1 (UTF-8's
+    /// two bytes of `é` as `Ã©`), not as nothing.
+    #[test]
+    fn header_values_past_ascii_read_as_latin_1() {
+        let owned = OwnedRequest::get("/a", &[("user-agent", "carte né")], &[]);
+        let x = Exchange::default();
+        let ua = http::header::USER_AGENT;
+        assert_eq!(
+            x.header_now(&owned.req(), &ua).as_deref(),
+            Some("carte nÃ©")
+        );
     }
 }

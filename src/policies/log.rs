@@ -45,7 +45,14 @@ impl Policy for Log {
             return Outcome::Continue;
         }
         let line = self.message.eval_for_log(req, x, &self.secrets);
-        log::info!(target: crate::logging::POLICY_LOG, "{line}");
+        // (A control character a header's Latin-1 text holds — C1's among them, which some
+        // terminals obey — is written escaped: a line can neither be forged nor steer one.)
+        if line.chars().any(char::is_control) {
+            let escaped: String = line.chars().flat_map(char::escape_default).collect();
+            log::info!(target: crate::logging::POLICY_LOG, "{escaped}");
+        } else {
+            log::info!(target: crate::logging::POLICY_LOG, "{line}");
+        }
         Outcome::Continue
     }
 }
