@@ -699,6 +699,25 @@ fn storage_providers_default_is_one_and_a_boolean() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// `cors`'s `exposedHeaders` is a list, as EG's schema has it: a string is an error at its
+/// place (EG refuses the config; tollgate took it).
+#[test]
+fn cors_exposed_headers_is_a_list() {
+    let yaml = |exposed: &str| {
+        format!("http: {{port: 8080}}\napiEndpoints: {{a: {{}}}}\npolicies: [cors, terminate]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cors: [{{action: {{exposedHeaders: {exposed}}}}}]\n      - terminate: [{{action: {{statusCode: 200}}}}]\n")
+    };
+    let dir = ConfigDir::new(&yaml("'X-Cache-Status,Age'"));
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{}:8:", dir.file("gateway.config.yml")))
+            && err.contains("`exposedHeaders`"),
+        "{err}"
+    );
+    dir.write("gateway.config.yml", &yaml("[X-Cache-Status, Age]"));
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
 /// A number YAML has and JSON has not (`.nan`, `.inf`, `1e999`) is an error where a number
 /// is asked for: it read as null, which every optional parameter takes as not set.
 #[test]

@@ -53,7 +53,8 @@ pub struct Params {
     methods: Option<ListParam>,
     allowed_headers: Option<ListParam>,
     headers: Option<ListParam>,
-    exposed_headers: Option<ListParam>,
+    /// A list, as EG's schema has it (a string is refused there: its config is not loaded).
+    exposed_headers: Option<Vec<String>>,
     #[serde(default)]
     credentials: bool,
     max_age: Option<MaxAgeParam>,
@@ -165,7 +166,7 @@ impl Cors {
         let exposed_headers = p
             .exposed_headers
             .as_ref()
-            .map(ListParam::joined)
+            .map(|l| l.join(","))
             .filter(|h| !h.is_empty())
             .and_then(|h| header_value(&h, "exposedHeaders", at("exposedHeaders"), errors));
         let max_age = match &p.max_age {
