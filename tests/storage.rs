@@ -319,6 +319,22 @@ fn a_cached_object_is_not_served_to_requests_the_route_refuses() {
         let r = get(gw.port, "GET", path, &[]);
         assert_eq!(r.status, 401, "{path}: {:?}", r.header("x-cache-status"));
     }
+    // A purge of the URL finds the object stored for a consumer (its key holds the pass).
+    let body = format!(r#"{{"url": "{object}"}}"#);
+    let purged = support::request(
+        gw.admin_port,
+        &format!("POST /tollgate/cache/purge HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer T0KEN\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+        false,
+    );
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert_eq!(
+        support::json_body(&purged)["purged"],
+        1,
+        "{}",
+        purged.text()
+    );
+    let r = get(gw.port, "GET", object, &[("Authorization", "apiKey K:S")]);
+    assert_eq!(r.header("x-cache-status"), Some("MISS"));
 }
 
 #[test]

@@ -223,14 +223,16 @@ fn named_elsewhere(host: &str) -> bool {
 /// step reaches it by the admin url's name (`changeOrigin`: `localhost`), a tool by an
 /// address or `localhost`. (Who may use the route at all: [`storage_admitted`].)
 ///
-/// Without a token, also one from a web page of another site (`Origin`, `Sec-Fetch-Site`), as
-/// the Admin API's other routes refuse it, unless it carries the gateway's own pass: a page
-/// could otherwise read the buckets through a browser on the gateway's machine.
+/// Without a token on loopback, also one from a web page of another site (`Origin`,
+/// `Sec-Fetch-Site`), as the Admin API's other routes refuse it, unless it carries the
+/// gateway's own pass: a page could otherwise read the buckets through a browser on the
+/// gateway's machine. (On a private network the gateway's steps to the route name it by an
+/// address the pass is not sent to, forwarding their pages' `Origin`: not refused there.)
 pub fn storage_refusal(head: &pingora_http::RequestHeader, api: &AdminApi) -> Option<&'static str> {
     if api.loopback && named_elsewhere(host_of(head)) {
         return Some("for a host name other than an address or localhost");
     }
-    if api.token.is_none() && !carries_pass(head, api) {
+    if api.loopback && api.token.is_none() && !carries_pass(head, api) {
         return from_elsewhere(head, false);
     }
     None
@@ -241,6 +243,13 @@ impl AdminApi {
         self.token
             .as_deref()
             .is_none_or(|token| bears(session.req_header(), token))
+    }
+
+    /// Whether a token is set and the request bears it.
+    fn authorized_by_token(&self, session: &ServerSession) -> bool {
+        self.token
+            .as_deref()
+            .is_some_and(|token| bears(session.req_header(), token))
     }
 
     async fn body(
@@ -368,6 +377,17 @@ impl AdminApi {
         let metrics = (method == Method::GET || method == Method::HEAD) && path == metrics_path;
         if !metrics && !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
+        }
+        // Read without the token, they are refused to a page whose name was pointed at this
+        // loopback listener (DNS rebinding), as every route is without a token.
+        if metrics && self.loopback && !self.authorized_by_token(session) {
+            if named_elsewhere(host_of(session.req_header())) {
+                log::warn!("admin API: refused a request for the metrics by a host name other than an address or localhost");
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden: for a host name other than localhost (set --admin-token and send it to allow any)",
+                );
+            }
         }
         let query = head.uri.query().map(str::to_string);
         let accept = head

@@ -191,11 +191,10 @@ impl Fill {
         // (A content-coded answer that does not say it varies by `Accept-Encoding` does, and
         // one allowed to one web origin that does not say it varies by `Origin`: its variants
         // are stored with that `Vary` by Pingora's cache phases, and this answer says so.)
-        self.lacks_vary = (present.content_encoding
-            || present.allow_origin
-            || super::vary::seen_by_origin(self.hash))
-        .then(|| super::vary::missing_vary(&resp.headers, self.hash))
-        .flatten();
+        // (Nothing is stored for the tile: no variant's `Vary` to keep.)
+        self.lacks_vary = (present.content_encoding || present.allow_origin)
+            .then(|| super::vary::missing_vary(&resp.headers, super::vary::Kept::default()))
+            .flatten();
         if present.vary || self.lacks_vary.is_some() {
             // Stored per variant from now on, by Pingora's cache phases: the requests waiting
             // on this fetch go there and one of them fetches and stores its variant.

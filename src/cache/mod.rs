@@ -36,7 +36,7 @@ use std::time::Duration;
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::CacheKeyLockImpl;
 use pingora_cache::predictor::Predictor;
-use pingora_cache::{CacheKey, CacheOptionOverrides};
+use pingora_cache::{CacheKey, CacheMeta, CacheOptionOverrides};
 use pingora_core::{Error, ErrorType, Result};
 use pingora_proxy::Session;
 
@@ -46,7 +46,6 @@ pub use outcome::{
 };
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_records, save_forwardings};
-pub use vary::variance;
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified, vary_of_304};
 use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
 
@@ -385,11 +384,24 @@ pub(crate) fn primary_of(
 
 /// An upstream's answer to a request through a `cache` step is given the `Vary` it lacks (see
 /// [`vary::missing_vary`]).
-pub fn add_missing_vary(session: &Session, resp: &mut pingora_http::ResponseHeader) {
-    use pingora_cache::key::CacheHashKey;
-    if let Some(key) = session.cache.maybe_cache_key() {
-        vary::add_missing_vary(resp, key.primary_bin());
+pub fn add_missing_vary(x: &Exchange, resp: &mut pingora_http::ResponseHeader) {
+    if let Some(u) = &x.cache {
+        vary::add_missing_vary(resp, u.stored_varies);
     }
+}
+
+/// The variant of the tile a request wants (Pingora's `cache_vary_filter`, given the stored
+/// variant's head `meta`), noting the `Vary` names of the gateway's it holds (see
+/// [`vary::Kept`]).
+pub fn variance(
+    meta: &CacheMeta,
+    req: &pingora_http::RequestHeader,
+    x: &mut Exchange,
+) -> Option<HashBinary> {
+    if let Some(u) = &mut x.cache {
+        u.stored_varies = vary::Kept::of(meta);
+    }
+    vary::variance(meta, req, &x.upstream_edits)
 }
 
 /// Removes what is stored for the request's key.

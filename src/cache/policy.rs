@@ -124,6 +124,10 @@ pub struct CacheUse {
     /// The lookup found the tile stale, and its upstream forbids serving it stale
     /// (`must-revalidate` and its kin): when it cannot be revalidated, the answer is a 504.
     pub stale_forbidden: bool,
+    /// The `Vary` names the gateway gives answers that lack them (see
+    /// [`super::vary::missing_vary`]) that the tile's stored variant named at the lookup: the
+    /// new answer keeps them, or it would take the tile's place for every variant.
+    pub stored_varies: super::vary::Kept,
 }
 
 pub struct Cache {
@@ -202,6 +206,7 @@ impl Policy for Cache {
             stale_held: false,
             expired: false,
             stale_forbidden: false,
+            stored_varies: super::vary::Kept::default(),
         });
         Outcome::Continue
     }

@@ -69,8 +69,14 @@ fn keys_with(
             continue;
         };
         let endpoint = &gw.endpoints[route.endpoint];
-        // Over http and https: with `xfwd` the scheme (and its port) is part of the key.
-        for ((forwarding, headers), tls) in asked.iter().flat_map(|a| [(a, false), (a, true)]) {
+        // Over http and https: with `xfwd` the scheme (and its port) is part of the key; for
+        // an anonymous request and one with a consumer (the storage pass a `proxy` step to the
+        // Admin API adds for one with `--admin-token` is part of the key).
+        let each = asked
+            .iter()
+            .flat_map(|a| [(a, false), (a, true)])
+            .flat_map(|a| [(a, false), (a, true)]);
+        for (((forwarding, headers), tls), consumer) in each {
             let req = Request {
                 method: &http::Method::GET,
                 path,
@@ -86,6 +92,9 @@ fn keys_with(
             };
             let mut x = Exchange {
                 endpoint: Some(endpoint.clone()),
+                consumer: consumer.then(|| {
+                    crate::pipeline::context::Consumer::new(Arc::from("purge"), Arc::from([]))
+                }),
                 ..Exchange::default()
             };
             for step in &gw.pipelines[pi].steps {

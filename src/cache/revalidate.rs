@@ -88,12 +88,10 @@ fn vary_of_304_for(stored: &HeaderMap, not_modified: &HeaderMap) -> Vec<String> 
     if !codings(stored).is_empty() {
         add("accept-encoding");
     }
-    // The same for an answer allowed to one web origin (`Origin`).
-    if stored
-        .get_all(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
-        .iter()
-        .any(|v| v.as_bytes().trim_ascii() != b"*")
-    {
+    // The same for an answer kept per web origin (`Origin`, see
+    // [`super::vary::missing_vary`]): one allowed to one origin, and that tile's answer
+    // allowed to none, which has only the `Vary` to say so.
+    if varies_by(stored).iter().any(|n| n == "origin") {
         add("origin");
     }
     names

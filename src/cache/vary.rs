@@ -2,8 +2,6 @@
 //! `Vary` names, as the upstream receives them; and the `Vary` a content-coded answer, or one
 //! allowed to one web origin, lacks.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use pingora_cache::key::HashBinary;
 use pingora_cache::{CacheMeta, VarianceBuilder};
 use pingora_http::RequestHeader;
@@ -89,43 +87,41 @@ pub fn allowed_origin_without_vary(headers: &http::HeaderMap) -> bool {
             .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"origin"))
 }
 
-/// Tiles (by their key's hash) an upstream answered allowed to one web origin without saying
-/// it varies by `Origin`: its answers without `Access-Control-Allow-Origin` (to a request
-/// without `Origin`) vary by it too, and are stored as the variant without one — stored as
-/// they came, they replaced the variants, and every page of another origin was served an
-/// answer its browser refuses. A fixed table of fingerprints, as [`super::fill`]'s.
-static BY_ORIGIN: [AtomicU64; 1024] = [const { AtomicU64::new(0) }; 1024];
-
-fn by_origin_slot(hash: HashBinary) -> (&'static AtomicU64, u64) {
-    let hash = u128::from_be_bytes(hash);
-    (
-        &BY_ORIGIN[(hash >> 64) as usize % BY_ORIGIN.len()],
-        (hash as u64) | 1,
-    )
+/// Of the `Vary` names the gateway gives answers that lack them, those a stored variant of a
+/// tile names: an answer for the tile without them (one allowed to no origin, to a request
+/// without `Origin`; one not coded) is given them too, and stored as a variant of its own —
+/// stored as it came, it took the tile's place for every variant (every page of another
+/// origin was served an answer its browser refuses).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Kept {
+    pub coding: bool,
+    pub origin: bool,
 }
 
-/// Whether the upstream of the tile `hash` was seen to answer it allowed to one web origin
-/// without a `Vary` (see [`BY_ORIGIN`]).
-pub fn seen_by_origin(hash: HashBinary) -> bool {
-    let (slot, fingerprint) = by_origin_slot(hash);
-    slot.load(Ordering::Relaxed) == fingerprint
+impl Kept {
+    /// The names of these the stored head `meta` says it varies by.
+    pub fn of(meta: &CacheMeta) -> Kept {
+        let mut kept = Kept::default();
+        for name in crate::wire::list(meta.headers(), &http::header::VARY) {
+            kept.coding |= name.eq_ignore_ascii_case(b"accept-encoding");
+            kept.origin |= name.eq_ignore_ascii_case(b"origin");
+        }
+        kept
+    }
 }
 
-/// The `Vary` an upstream's answer to a request through a `cache` step for the tile `hash`
-/// lacks: `Accept-Encoding` for one content-coded ([`coded_without_vary`]), `Origin` for one
-/// allowed to one web origin ([`allowed_origin_without_vary`]) or for a tile whose upstream
-/// was seen to answer so ([`BY_ORIGIN`]).
-pub fn missing_vary(headers: &http::HeaderMap, hash: HashBinary) -> Option<&'static str> {
-    let (slot, fingerprint) = by_origin_slot(hash);
-    let origin = if allowed_origin_without_vary(headers) {
-        slot.store(fingerprint, Ordering::Relaxed);
-        true
-    } else {
-        slot.load(Ordering::Relaxed) == fingerprint
-            && !crate::wire::list(headers, &http::header::VARY)
-                .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"origin"))
+/// The `Vary` an upstream's answer to a request through a `cache` step lacks: `Accept-Encoding`
+/// for one content-coded ([`coded_without_vary`]), `Origin` for one allowed to one web origin
+/// ([`allowed_origin_without_vary`]), and either where the tile's stored variant names it
+/// (`kept`).
+pub fn missing_vary(headers: &http::HeaderMap, kept: Kept) -> Option<&'static str> {
+    let names = |name: &[u8]| {
+        crate::wire::list(headers, &http::header::VARY)
+            .any(|n| n == b"*" || n.eq_ignore_ascii_case(name))
     };
-    match (coded_without_vary(headers), origin) {
+    let coding = coded_without_vary(headers) || (kept.coding && !names(b"accept-encoding"));
+    let origin = allowed_origin_without_vary(headers) || (kept.origin && !names(b"origin"));
+    match (coding, origin) {
         (true, true) => Some("Accept-Encoding, Origin"),
         (true, false) => Some("Accept-Encoding"),
         (false, true) => Some("Origin"),
@@ -136,11 +132,11 @@ pub fn missing_vary(headers: &http::HeaderMap, hash: HashBinary) -> Option<&'sta
 /// An upstream's answer to a request through a `cache` step is given the `Vary` it lacks
 /// ([`missing_vary`]) before it is judged: stored per variant (the codings clients take, the
 /// origin of the page that asks), and said so to the caches after this one.
-pub fn add_missing_vary(resp: &mut pingora_http::ResponseHeader, hash: HashBinary) {
+pub fn add_missing_vary(resp: &mut pingora_http::ResponseHeader, kept: Kept) {
     if resp.status == http::StatusCode::NOT_MODIFIED {
         return;
     }
-    if let Some(vary) = missing_vary(&resp.headers, hash) {
+    if let Some(vary) = missing_vary(&resp.headers, kept) {
         let _ = resp.append_header(http::header::VARY, http::HeaderValue::from_static(vary));
     }
 }

@@ -221,7 +221,7 @@ pub async fn connect_and_ask(
                 Ok(stream) => (stream, false),
                 Err(mut e) => {
                     e.as_up();
-                    let e = attempt::connect_failed(plan, e);
+                    let e = attempt::connect_failed(plan, &method, e);
                     if e.retry() {
                         continue;
                     }

@@ -328,6 +328,10 @@ pub fn at_cap_edits(
             origin.clone(),
         ));
         edits.push(HeaderEdit::Set(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            http::HeaderValue::from_static("Retry-After"),
+        ));
+        edits.push(HeaderEdit::Set(
             http::header::VARY,
             http::HeaderValue::from_static("Origin"),
         ));

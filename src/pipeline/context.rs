@@ -440,9 +440,16 @@ impl Exchange {
 /// with such a byte was `undefined` in a template, and every such client shared one
 /// `rateLimitBy` window.
 fn node_text(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
-    match v.to_str() {
-        Ok(text) => std::borrow::Cow::Borrowed(text),
-        Err(_) => std::borrow::Cow::Owned(v.as_bytes().iter().map(|b| char::from(*b)).collect()),
+    node_text_of(v.as_bytes())
+}
+
+/// Bytes as Latin-1 text (see [`node_text`]).
+pub fn node_text_of(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    if bytes.is_ascii() {
+        // (ASCII is UTF-8.)
+        std::borrow::Cow::Borrowed(std::str::from_utf8(bytes).unwrap_or_default())
+    } else {
+        std::borrow::Cow::Owned(bytes.iter().map(|b| char::from(*b)).collect())
     }
 }
 

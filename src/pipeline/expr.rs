@@ -190,7 +190,16 @@ fn carries_secret(value: &str, req: &Request<'_>, secrets: &Secrets) -> bool {
     let holds = |secret: &[u8]| {
         secret.len() >= 4 && memchr::memmem::find(value.as_bytes(), secret).is_some()
     };
-    let held = |credential: &[u8]| holds(credential) || secret_parts(credential).any(|p| holds(&p));
+    // A part is a secret of 8 bytes or more: a cookie's `true` or `dark`, a password's `2024`,
+    // would take every log value holding those words.
+    let holds_part = |part: &[u8]| part.len() >= 8 && holds(part);
+    // (As sent, and as Latin-1 text, which is how `value` reads a header's bytes past ASCII.)
+    let held = |credential: &[u8]| {
+        let text = crate::pipeline::context::node_text_of(credential);
+        holds(credential)
+            || holds(text.as_bytes())
+            || secret_parts(text.as_bytes()).any(|p| holds_part(&p))
+    };
     let in_headers = secrets
         .headers
         .iter()
@@ -507,6 +516,32 @@ mod tests {
                 &[("authorization", "Bearer abc"), ("x-copy", "Bearer xyz")]
             ),
             "c=Bearer xyz"
+        );
+        // A short part (a cookie's `dark`, a password's `2024`) takes no other value with it.
+        let owned = OwnedRequest::get(
+            "/a",
+            &[
+                ("cookie", "theme=dark; session=s3ss10nvalue"),
+                ("x-copy", "dark mode"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            t.eval_for_log(&owned.req(), &Exchange::default(), &cookie_secrets),
+            "c=dark mode"
+        );
+        // A credential past ASCII, copied: read as Latin-1 both.
+        let owned = OwnedRequest::get(
+            "/a",
+            &[
+                ("cookie", "session=clé-secrète-1"),
+                ("x-copy", "u clé-secrète-1"),
+            ],
+            &[],
+        );
+        assert_eq!(
+            t.eval_for_log(&owned.req(), &Exchange::default(), &cookie_secrets),
+            "c=REDACTED"
         );
     }
 

@@ -48,7 +48,14 @@ impl Policy for Log {
         // (A control character a header's Latin-1 text holds — C1's among them, which some
         // terminals obey — is written escaped: a line can neither be forged nor steer one.)
         if line.chars().any(char::is_control) {
-            let escaped: String = line.chars().flat_map(char::escape_default).collect();
+            let mut escaped = String::with_capacity(line.len() + 8);
+            for c in line.chars() {
+                if c.is_control() {
+                    escaped.extend(c.escape_default());
+                } else {
+                    escaped.push(c);
+                }
+            }
             log::info!(target: crate::logging::POLICY_LOG, "{escaped}");
         } else {
             log::info!(target: crate::logging::POLICY_LOG, "{line}");

@@ -357,9 +357,11 @@ impl Policy for Proxy {
                 None => req.path.to_string(),
             }
         });
-        let picked = self
-            .endpoint
-            .pick(balance_key.as_deref().unwrap_or(req.path), 0);
+        let picked = self.endpoint.pick(
+            balance_key.as_deref().unwrap_or(req.path),
+            0,
+            x.cache.is_none(),
+        );
         if picked.is_none() && x.cache.is_none() {
             log::warn!(
                 "upstream failure: api endpoint `{}`, service endpoint `{}`: no url is available (all unhealthy or ejected); answered 502",

@@ -252,7 +252,7 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        crate::cache::variance(meta, req, &ctx.x.upstream_edits)
+        crate::cache::variance(meta, req, &mut ctx.x)
     }
 
     /// The lookup found nothing to serve or revalidate: whatever an earlier lookup of this
@@ -363,13 +363,15 @@ impl ProxyHttp for Tollgate {
 
     fn fail_to_connect(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         _peer: &HttpPeer,
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
         match &mut ctx.x.proxy {
-            Some(plan) => crate::upstream::attempt::connect_failed(plan, e),
+            Some(plan) => {
+                crate::upstream::attempt::connect_failed(plan, &session.req_header().method, e)
+            }
             None => e,
         }
     }
@@ -470,9 +472,7 @@ impl ProxyHttp for Tollgate {
             ));
         }
         crate::fastpath::relay::framed(upstream_response)?;
-        if ctx.x.cache.is_some() {
-            crate::cache::add_missing_vary(session, upstream_response);
-        }
+        crate::cache::add_missing_vary(&ctx.x, upstream_response);
         let reported = crate::cache::exception_as_failure(session, &ctx.x, upstream_response)?;
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());

@@ -44,7 +44,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
         plan.resends += 1;
     } else if plan.attempts > 0 {
         let key = plan.balance_key.as_deref().unwrap_or(path);
-        let Some(i) = plan.endpoint.pick(key, plan.tried) else {
+        let Some(i) = plan.endpoint.pick(key, plan.tried, true) else {
             return Err(no_route(
                 "no other url of the service endpoint is available",
             ));
@@ -153,12 +153,22 @@ fn may_try_again(plan: &ProxyPlan) -> bool {
 }
 
 /// After a connection to the upstream failed: marks the error for a retry when one is
-/// allowed — whatever the method: nothing of the request went upstream (nginx retries any
-/// request whose connection failed too).
-pub fn connect_failed(plan: &mut ProxyPlan, mut e: Box<Error>) -> Box<Error> {
+/// allowed — for the first attempt whatever the method: nothing of the request went upstream
+/// (nginx retries any request whose connection failed too); a later one's request may have
+/// reached a url before (a resend after a broken pooled connection): its method decides.
+pub fn connect_failed(
+    plan: &mut ProxyPlan,
+    method: &http::Method,
+    mut e: Box<Error>,
+) -> Box<Error> {
     failed(plan);
     release(plan);
-    e.set_retry(may_try_again(plan));
+    let retry = if plan.attempts == 1 {
+        may_try_again(plan)
+    } else {
+        may_retry(plan, method)
+    };
+    e.set_retry(retry);
     if e.retry() {
         retried(plan, &e);
     }
@@ -398,11 +408,11 @@ mod tests {
         begin(&mut p, "/").expect("a resend");
         assert_eq!((p.target, p.attempts, p.resends), (0, 2, 1));
         // url 0 is gone: its refusal still has the retry, on url 1.
-        assert!(connect_failed(&mut p, broken()).retry());
+        assert!(connect_failed(&mut p, &get, broken()).retry());
         begin(&mut p, "/").expect("a retry");
         assert_eq!(p.target, 1);
         // And that was the one retry.
-        assert!(!connect_failed(&mut p, broken()).retry());
+        assert!(!connect_failed(&mut p, &get, broken()).retry());
     }
 
     /// Once the total timeout passed, a failure is not retried, and an attempt that would

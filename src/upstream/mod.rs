@@ -356,16 +356,23 @@ impl ServiceEndpoint {
     }
 
     /// Chooses an available url for a request to `path`, leaving out those in `tried` (a bit
-    /// per url); when none is, one that passive health only ejected (as nginx tries its
-    /// failed servers again when none is left, and Envoy's panic mode: an ejection moves load
-    /// off a url, it never makes an outage while the url answers). `None`: none is healthy.
-    pub fn pick(&self, path: &str, tried: u64) -> Option<usize> {
+    /// per url); when none is and `ejected_too`, one that passive health only ejected (as
+    /// nginx tries its failed servers again when none is left, and Envoy's panic mode: an
+    /// ejection moves load off a url, it never makes an outage while the url answers).
+    /// `None`: none to choose. (A request a `cache` step may answer with a stored tile is
+    /// answered so at once instead, without waiting on an ejected url.)
+    pub fn pick(&self, path: &str, tried: u64, ejected_too: bool) -> Option<usize> {
         if self.targets.len() == 1 {
             // (The last url is never ejected.)
             return (tried & 1 == 0 && self.states[0].available()).then_some(0);
         }
-        self.pick_among(path, tried, TargetState::available)
-            .or_else(|| self.pick_among(path, tried, TargetState::healthy))
+        self.pick_among(path, tried, TargetState::available, tried == 0)
+            .or_else(|| {
+                // (The rotation turned for this request already.)
+                ejected_too
+                    .then(|| self.pick_among(path, tried, TargetState::healthy, false))
+                    .flatten()
+            })
     }
 
     fn pick_among(
@@ -373,6 +380,7 @@ impl ServiceEndpoint {
         path: &str,
         tried: u64,
         usable: fn(&TargetState) -> bool,
+        turn: bool,
     ) -> Option<usize> {
         let candidates: Vec<Option<balance::Candidate<'_>>> = self
             .targets
@@ -391,7 +399,7 @@ impl ServiceEndpoint {
                 })
             })
             .collect();
-        let pick = if tried == 0 {
+        let pick = if turn {
             balance::pick
         } else {
             balance::pick_again

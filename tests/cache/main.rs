@@ -1000,6 +1000,26 @@ fn an_answer_allowed_to_one_origin_is_stored_per_origin() {
     let r = open(b);
     assert_eq!((r.0.as_str(), r.1.as_deref()), ("REVALIDATED", b), "{r:?}");
     assert_eq!(open(b).0, "HIT");
+    // An upstream whose answers (its 304s too) say `Vary: Accept-Encoding`: the variant
+    // without an origin, which only the `Vary` added says is kept per origin, is revalidated
+    // and kept too (its 304's `Vary` compared as the gateway's: it was dropped and fetched
+    // whole at each revalidation).
+    let path = "/open/reflected-vary?cc=max-age%3D1&cors=reflect&header=ETag:%22o2%22&header=Vary:Accept-Encoding";
+    let open = |origin: Option<&str>| {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        let r = get(gw.port, "GET", path, &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        cache_status(&r).to_string()
+    };
+    open(a);
+    open(None);
+    open(None);
+    assert_eq!(open(None), "HIT");
+    std::thread::sleep(Duration::from_millis(1600));
+    let served = up.served();
+    assert_eq!(open(None), "REVALIDATED");
+    assert_eq!(open(None), "HIT");
+    assert_eq!(up.served(), served, "fetched whole again");
 }
 
 /// A revalidation's 304 with a `Vary` the stored tile did not have (the upstream negotiates
