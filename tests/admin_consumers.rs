@@ -430,6 +430,25 @@ fn an_admin_token_guards_every_route_but_the_metrics() {
         401
     );
     assert_eq!(get(gw.admin_port, "GET", "/metrics/x", &[]).status, 401);
+    // Without the token, not to a page whose name was pointed at this loopback listener.
+    let rebound = format!("rebind.example:{}", gw.admin_port);
+    let r = get(
+        gw.admin_port,
+        "GET",
+        "/metrics",
+        &[("Host", rebound.as_str())],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    let r = get(
+        gw.admin_port,
+        "GET",
+        "/metrics",
+        &[
+            ("Host", rebound.as_str()),
+            ("Authorization", "Bearer s3cr3t"),
+        ],
+    );
+    assert_eq!(r.status, 200);
 }
 
 /// A web page may not drive the Admin API: a simple cross-site POST (text/plain, no

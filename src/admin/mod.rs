@@ -380,14 +380,16 @@ impl AdminApi {
         }
         // Read without the token, they are refused to a page whose name was pointed at this
         // loopback listener (DNS rebinding), as every route is without a token.
-        if metrics && self.loopback && !self.authorized_by_token(session) {
-            if named_elsewhere(host_of(session.req_header())) {
-                log::warn!("admin API: refused a request for the metrics by a host name other than an address or localhost");
-                return text(
-                    StatusCode::FORBIDDEN,
-                    "Forbidden: for a host name other than localhost (set --admin-token and send it to allow any)",
-                );
-            }
+        if metrics
+            && self.loopback
+            && !self.authorized_by_token(session)
+            && named_elsewhere(host_of(session.req_header()))
+        {
+            log::warn!("admin API: refused a request for the metrics by a host name other than an address or localhost");
+            return text(
+                StatusCode::FORBIDDEN,
+                "Forbidden: for a host name other than localhost (set --admin-token and send it to allow any)",
+            );
         }
         let query = head.uri.query().map(str::to_string);
         let accept = head
