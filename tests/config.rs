@@ -687,16 +687,21 @@ fn storage_providers_default_is_one_and_a_boolean() {
             && err.contains("storage providers `a` and `b` are both `default: true`"),
         "{err}"
     );
-    dir.write("system.config.yml", &providers("false", "'true'"));
+    dir.write("system.config.yml", &providers("false", "'yes'"));
     let err = check_errors(&dir);
     assert!(
         err.contains(&format!("{file}:11:"))
             && err.contains("storage provider `b`: `default` is true or false"),
         "{err}"
     );
-    dir.write("system.config.yml", &providers("false", "true"));
-    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // `'true'` (a `${VAR}` in quotes) is true, as EG's schema coerces it.
+    for (a, b) in [("false", "true"), ("'false'", "'true'")] {
+        dir.write("system.config.yml", &providers(a, b));
+        let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{b}: {}", stderr(&out));
+    }
+    dir.write("system.config.yml", &providers("'true'", "true"));
+    assert!(check_errors(&dir).contains("both `default: true`"));
 }
 
 /// `cors`'s `exposedHeaders` is a list, as EG's schema has it: a string is an error at its

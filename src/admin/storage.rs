@@ -157,9 +157,20 @@ impl Storage {
                 match UpstreamTarget::parse(&endpoint) {
                     Ok(t) => {
                         use crate::config::node::Value;
-                        match v.get("default").map(|d| (d, &d.value)) {
-                            None | Some((_, Value::Null | Value::Bool(false))) => {}
-                            Some((d, Value::Bool(true))) => match storage.default {
+                        // (`'true'` and `'false'` as booleans, as EG's schema coerces them: a
+                        // `${VAR}` in quotes is a string.)
+                        let flag = |d: &Value| match d {
+                            Value::Null => Some(false),
+                            Value::Bool(b) => Some(*b),
+                            Value::Str(s) if s.eq_ignore_ascii_case("true") => Some(true),
+                            Value::Str(s) if s.eq_ignore_ascii_case("false") || s.is_empty() => {
+                                Some(false)
+                            }
+                            _ => None,
+                        };
+                        match v.get("default").map(|d| (d, flag(&d.value))) {
+                            None | Some((_, Some(false))) => {}
+                            Some((d, Some(true))) => match storage.default {
                                 Some(first) => errors.push(
                                     &d.pos,
                                     format!(
