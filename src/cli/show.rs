@@ -37,90 +37,216 @@ pub fn show_config(dirs: &ConfigDirs) -> i32 {
 
 /// The text with each secret's value replaced, line for line (a line number in an error still
 /// points at the same line). A secret is the scalar value of a key whose name says so
-/// (`password`, `secret…`, `…token`, `cipherKey`; not a `…File`, which names a path) and the
-/// password of a URL's user (`redis://user:pass@host`). A value that only names an environment
-/// variable (`${REDIS_PASSWORD}`) is no secret and is shown.
+/// (`password`, `passphrase`, `secret…`, `…token`, `cipherKey`, `apiKey`, `privateKey`,
+/// `authorization`, a proxy's `auth`; not a `…File` or `…Path`, which names a path) — in a
+/// block mapping, a flow mapping (`{password: x}`) or JSON (`"password":"x"`), the lines of a
+/// block scalar under it (`secretOrPublicKey: |`) too — and the password of a URL's user
+/// (`redis://user:pass@host`). A value that only names an environment variable
+/// (`${REDIS_PASSWORD}`) is no secret and is shown; one with a default (`${P:-x}`) is not.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    // The indentation of a secret's key whose value is on the lines below it.
+    let mut below: Option<usize> = None;
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
-        out.push_str(&redact_url_password(&redact_keyed(body)));
+        let indent = body.len() - body.trim_start().len();
+        if let Some(key_indent) = below {
+            let blank = body.trim().is_empty();
+            if blank || (indent > key_indent && !looks_like_key(body.trim_start())) {
+                if !blank {
+                    out.push_str(&body[..indent]);
+                    out.push_str(REDACTED);
+                }
+                out.push_str(&line[body.len()..]);
+                continue;
+            }
+            below = None;
+        }
+        let (redacted, opens) = redact_keyed(body);
+        if opens {
+            below = Some(indent);
+        }
+        out.push_str(&redact_url_password(&redacted));
         out.push_str(&line[body.len()..]);
     }
     out
 }
 
-/// `key: value`, `- key: value`, `"key": "value",` with a secret's name: the value replaced.
-fn redact_keyed(line: &str) -> String {
-    let Some((key, colon)) = key_of(line) else {
-        return line.to_string();
-    };
-    if !is_secret_name(key) {
-        return line.to_string();
-    }
-    let after = &line[colon + 1..];
-    let value = after.trim();
-    let value = value.strip_suffix(',').map(str::trim_end).unwrap_or(value);
-    let comma = if after.trim_end().ends_with(',') {
-        ","
-    } else {
-        ""
-    };
-    // A mapping or a list below (nothing after the colon), or an environment reference.
-    if value.is_empty()
-        || value.starts_with('{') && !value.ends_with('}')
-        || is_env_reference(value)
-    {
-        return line.to_string();
-    }
-    format!("{}: {REDACTED}{comma}", &line[..colon])
+/// Whether a line (without its indentation) begins a mapping entry or a list item: a nested
+/// mapping under a key, not the lines of its scalar.
+fn looks_like_key(line: &str) -> bool {
+    line.starts_with("- ")
+        || line == "-"
+        || line.starts_with('#')
+        || key_at(line, 0).is_some_and(|(_, _, value_at)| value_at <= line.len())
 }
 
-/// The key of a `key: value` line and the colon's index; None for any other line.
-fn key_of(line: &str) -> Option<(&str, usize)> {
-    let trimmed = line.trim_start();
-    let rest = trimmed.strip_prefix("- ").unwrap_or(trimmed).trim_start();
-    if rest.starts_with('#') {
-        return None;
-    }
-    let start = line.len() - rest.len();
-    let (key, key_len) = match rest.as_bytes().first()? {
+/// The key that begins at `at` in `line` (quoted or not), the index of its colon and where
+/// its value begins: a YAML colon is followed by a space or the line's end, a quoted key's
+/// (JSON's) by anything.
+fn key_at(line: &str, at: usize) -> Option<(&str, usize, usize)> {
+    let rest = &line[at..];
+    let (key, after) = match rest.as_bytes().first()? {
         q @ (b'"' | b'\'') => {
-            let close = rest[1..].find(*q as char)? + 1;
+            let close = rest[1..].find(char::from(*q))? + 1;
             (&rest[1..close], close + 1)
         }
         _ => {
-            let end = rest.find(':')?;
-            (rest[..end].trim_end(), end)
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-'))?;
+            (&rest[..end], end)
         }
     };
-    let colon = start + key_len + rest[key_len..].find(':')?;
-    // `key :` and `key:` but not `key x:` (a colon further on belongs to a value).
-    if !line[start + key_len..colon].trim().is_empty() {
+    if key.is_empty() {
         return None;
     }
-    // A colon that ends the line or is followed by a space: YAML's mapping colon.
-    match line.as_bytes().get(colon + 1) {
-        None | Some(b' ' | b'\t') => Some((key, colon)),
-        _ => None,
+    let spaces = rest[after..].len() - rest[after..].trim_start_matches(' ').len();
+    let colon = after + spaces;
+    if rest.as_bytes().get(colon) != Some(&b':') {
+        return None;
     }
+    let quoted = after > key.len();
+    match rest.as_bytes().get(colon + 1) {
+        None | Some(b' ' | b'\t') => {}
+        Some(_) if quoted => {}
+        Some(_) => return None,
+    }
+    Some((key, at + colon, at + colon + 1))
+}
+
+/// Every secret's value in `line` replaced; and whether a secret's value is on the lines below
+/// (a block scalar, or nothing after the colon).
+fn redact_keyed(line: &str) -> (String, bool) {
+    let bytes = line.as_bytes();
+    let mut out = String::with_capacity(line.len());
+    // Open `{` / `[`: in a flow collection a value ends at `,`, `}` or `]`.
+    let mut depth = 0usize;
+    let mut i = 0;
+    let mut copied = 0;
+    let mut opens = false;
+    while i < bytes.len() {
+        let b = bytes[i];
+        // A key begins a line (after its indentation and `- `), or follows `{` or `,`.
+        let starts_key = line.is_char_boundary(i) && {
+            let before = line[..i].trim_end_matches([' ', '\t']);
+            let before = before.strip_suffix('-').map_or(before, str::trim_end);
+            before.is_empty() || before.ends_with('{') || before.ends_with(',')
+        };
+        if b == b'#' && (i == 0 || bytes[i - 1] == b' ') {
+            break;
+        }
+        if starts_key {
+            if let Some((key, _, value_at)) = key_at(line, i) {
+                let value_start =
+                    value_at + (line[value_at..].len() - line[value_at..].trim_start().len());
+                let end = value_end(line, value_start, depth > 0);
+                let value = line[value_start..end].trim_end();
+                if is_secret_name(key) {
+                    let block = value.is_empty()
+                        || (value.starts_with(['|', '>'])
+                            && value[1..]
+                                .chars()
+                                .all(|c| matches!(c, '-' | '+') || c.is_ascii_digit()));
+                    if block {
+                        opens = depth == 0;
+                    } else if !value.starts_with(['{', '[']) && !is_env_reference(value) {
+                        out.push_str(&line[copied..value_start]);
+                        out.push_str(REDACTED);
+                        copied = value_start + value.len();
+                        i = copied;
+                        continue;
+                    }
+                }
+                i = value_start.max(i + 1);
+                continue;
+            }
+        }
+        match b {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'"' | b'\'' => {
+                // A quoted scalar: skipped whole (its `:` and `#` are text).
+                if let Some(close) = quoted_end(line, i) {
+                    i = close;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out.push_str(&line[copied..]);
+    (out, opens)
+}
+
+/// Where a quoted scalar that opens at `at` ends (after its closing quote).
+fn quoted_end(line: &str, at: usize) -> Option<usize> {
+    let q = line.as_bytes()[at];
+    let mut j = at + 1;
+    let bytes = line.as_bytes();
+    while j < bytes.len() {
+        if bytes[j] == b'\\' && q == b'"' {
+            j += 2;
+            continue;
+        }
+        if bytes[j] == q {
+            // `''` in a single-quoted scalar is a quote.
+            if q == b'\'' && bytes.get(j + 1) == Some(&b'\'') {
+                j += 2;
+                continue;
+            }
+            return Some(j + 1);
+        }
+        j += 1;
+    }
+    None
+}
+
+/// Where a value that begins at `at` ends: after its closing quote; else at a comment, or, in
+/// a flow collection, at `,`, `}` or `]`.
+fn value_end(line: &str, at: usize, in_flow: bool) -> usize {
+    let bytes = line.as_bytes();
+    if matches!(bytes.get(at), Some(b'"' | b'\'')) {
+        return quoted_end(line, at).unwrap_or(line.len());
+    }
+    let mut j = at;
+    while j < bytes.len() {
+        let b = bytes[j];
+        if b == b'#' && j > at && bytes[j - 1] == b' ' {
+            return j;
+        }
+        if in_flow && matches!(b, b',' | b'}' | b']') {
+            return j;
+        }
+        j += 1;
+    }
+    line.len()
 }
 
 fn is_secret_name(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
+    let k = key.to_ascii_lowercase().replace(['_', '-'], "");
     if k.ends_with("file") || k.ends_with("path") {
         return false;
     }
     k.contains("password")
         || k.contains("passwd")
+        || k.contains("passphrase")
         || k.contains("secret")
         || k.ends_with("token")
         || k == "cipherkey"
+        || k == "apikey"
+        || k.contains("privatekey")
+        || k == "authorization"
+        || k == "auth"
 }
 
+/// A value that only names an environment variable, without a default (`${P:-x}` holds one).
 fn is_env_reference(value: &str) -> bool {
     let v = value.trim_matches(|c| c == '"' || c == '\'');
-    v.starts_with("${") && v.ends_with('}') && !v[2..v.len() - 1].contains(['$', '{', '}'])
+    v.starts_with("${")
+        && v.ends_with('}')
+        && v[2..v.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// `scheme://user:password@host`: the password replaced (whatever key the URL is under).
@@ -154,15 +280,23 @@ fn redact_url_password(line: &str) -> String {
 mod tests {
     use super::redact;
 
+    fn hidden(text: &str, secrets: &[&str]) -> String {
+        let shown = redact(text);
+        assert_eq!(shown.lines().count(), text.lines().count(), "{shown}");
+        for secret in secrets {
+            assert!(!shown.contains(secret), "{secret} in\n{shown}");
+        }
+        shown
+    }
+
     #[test]
     fn secrets_values_are_left_out_line_for_line() {
         let yml = "db:\n  redis:\n    host: localhost\n    password: hunter2 # old\n    url: redis://ann:hunter3@r:6379/0\ncrypto:\n  cipherKey: sensitiveKey\nsession:\n  secret: keyboard cat\naccessTokens:\n  timeToExpiry: 7200000\n";
-        let shown = redact(yml);
-        assert_eq!(shown.lines().count(), yml.lines().count());
-        for secret in ["hunter2", "hunter3", "sensitiveKey", "keyboard cat"] {
-            assert!(!shown.contains(secret), "{secret} in {shown}");
-        }
-        assert!(shown.contains("    password: \"<redacted>\"\n"), "{shown}");
+        let shown = hidden(yml, &["hunter2", "hunter3", "sensitiveKey", "keyboard cat"]);
+        assert!(
+            shown.contains("    password: \"<redacted>\" # old\n"),
+            "{shown}"
+        );
         assert!(shown.contains("redis://ann:<redacted>@r:6379/0"), "{shown}");
         assert!(
             shown.contains("accessTokens:\n  timeToExpiry: 7200000\n"),
@@ -174,11 +308,7 @@ mod tests {
     #[test]
     fn policies_secrets_and_json() {
         let yml = "      - jwt:\n          - action:\n              secretOrPublicKey: 's3cr3t'\n              secretOrPublicKeyFile: /etc/keys/pub.pem\n    secretAccessKey: AKIAsecretvalue\n    adminToken: ${ADMIN_TOKEN}\n";
-        let shown = redact(yml);
-        assert!(
-            !shown.contains("s3cr3t") && !shown.contains("AKIAsecretvalue"),
-            "{shown}"
-        );
+        let shown = hidden(yml, &["s3cr3t", "AKIAsecretvalue"]);
         assert!(
             shown.contains("secretOrPublicKeyFile: /etc/keys/pub.pem"),
             "{shown}"
@@ -199,5 +329,54 @@ mod tests {
             "a: b\r\npassword: \"<redacted>\"\r\n"
         );
         assert_eq!(redact("password: c"), "password: \"<redacted>\"");
+    }
+
+    /// Flow mappings, JSON on one line, block scalars, a value on the next line, defaults of
+    /// environment references, and the names of other credentials.
+    #[test]
+    fn secrets_in_every_form_yaml_and_json_write_them() {
+        let shown = hidden(
+            "db: {redis: {emulate: true, password: flowpw}}\ncrypto: {cipherKey: flowcipher, algorithm: aes256}\n",
+            &["flowpw", "flowcipher"],
+        );
+        assert!(
+            shown.contains("emulate: true") && shown.contains("algorithm: aes256"),
+            "{shown}"
+        );
+        let shown = hidden(
+            "{\"db\":{\"redis\":{\"password\":\"jsonpw\",\"port\":6379}},\"k\":{\"keySecret\":\"ks1\"}}\n",
+            &["jsonpw", "ks1"],
+        );
+        assert!(shown.contains("\"port\":6379"), "{shown}");
+        let shown = hidden(
+            "jwt:\n  secretOrPublicKey: |\n    -----BEGIN PUBLIC KEY-----\n    MIIBIjANBgkqhkiG9w0BAQEFAAOC\n    -----END PUBLIC KEY-----\n  algorithms: [RS256]\nredis:\n  password:\n    hunter4\n  host: r\n",
+            &["MIIBIjANBgkqhkiG9w0BAQEFAAOC", "BEGIN PUBLIC", "hunter4"],
+        );
+        assert!(
+            shown.contains("  algorithms: [RS256]\n") && shown.contains("  host: r\n"),
+            "{shown}"
+        );
+        hidden(
+            "redis:\n  password: ${REDIS_PASSWORD:-hunter5}\n  url: redis://u:${P:-hunter6}@h\n",
+            &["hunter5", "hunter6"],
+        );
+        let shown = hidden(
+            "proxy: [{action: {serviceEndpoint: s, auth: 'user:pw7-secret'}}]\nheaders: {Authorization: 'Basic dXNlcjpwdw=='}\nsshPassphrase: pp8\nprivate_key: pk9\napiKey: ak10\n",
+            &["pw7-secret", "dXNlcjpwdw==", "pp8", "pk9", "ak10"],
+        );
+        assert!(shown.contains("serviceEndpoint: s"), "{shown}");
+        // Odd lines pass through.
+        for odd in [
+            "",
+            ":",
+            "é: x",
+            "  - ",
+            "key: \"value # with hash\"",
+            "\"a\\\"b\": 1",
+            "{",
+            "'unclosed: x",
+        ] {
+            assert_eq!(redact(odd), odd);
+        }
     }
 }
