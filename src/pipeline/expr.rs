@@ -76,6 +76,9 @@ impl Expr {
     /// `setHeader` throws on `undefined`, a 500; the header is left out here, never sent as
     /// the word `undefined`, which a client could send itself).
     pub fn eval_header(&self, req: &Request<'_>, x: &Exchange) -> Option<String> {
+        if self.throws(x) {
+            return None;
+        }
         let mut s = String::new();
         let missing = self.eval_redacting(req, x, &mut s, None);
         (!(missing && self.0.len() == 1)).then_some(s)
@@ -91,6 +94,10 @@ impl Expr {
         out: &mut String,
         secrets: Option<&Secrets>,
     ) -> bool {
+        if self.throws(x) {
+            out.push_str(UNDEFINED);
+            return true;
+        }
         let mut missing = false;
         let mut undefined = |out: &mut String| {
             missing = true;
@@ -159,6 +166,14 @@ impl Expr {
         let mut s = String::new();
         self.eval_into(req, x, &mut s);
         s
+    }
+
+    /// Whether EG's evaluation of it throws: `req.user.id` (`consumer.id`…) of a request
+    /// without a consumer reads `id` of `undefined` (a `TypeError`), and EG takes the whole
+    /// value as `undefined` — `ka-${req.user.id}` is the key `rl:undefined` there, for every
+    /// anonymous request of every such template, not `rl:ka-undefined`.
+    fn throws(&self, x: &Exchange) -> bool {
+        x.consumer.is_none() && self.0.iter().any(|t| matches!(t, Term::ConsumerId))
     }
 }
 
@@ -311,6 +326,10 @@ impl Template {
     }
 
     fn eval_redacting(&self, req: &Request<'_>, x: &Exchange, secrets: Option<&Secrets>) -> String {
+        // (One part that throws makes the whole template `undefined`, as EG's JavaScript.)
+        if self.0.iter().any(|p| matches!(p, TemplatePart::Expr(e) if e.throws(x))) {
+            return UNDEFINED.to_string();
+        }
         let mut out = String::new();
         for part in &self.0 {
             match part {
@@ -601,6 +620,11 @@ mod tests {
         assert_eq!(header("req.headers['x-who']").as_deref(), Some("bob"));
         let t = Template::parse("k-${req.headers['x-none']}-${req.method}").expect("template");
         assert_eq!(t.eval(&owned.req(), &x), "k-undefined-GET");
+        // `req.user.id` of an anonymous request throws in EG: the whole value is undefined.
+        assert_eq!(eval("'u-' + req.user.id"), "undefined");
+        assert_eq!(header("req.user.id + '!'"), None);
+        let t = Template::parse("ka-${req.user.id}-${req.method}").expect("template");
+        assert_eq!(t.eval(&owned.req(), &x), "undefined");
     }
 
     #[test]
