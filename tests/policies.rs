@@ -296,7 +296,7 @@ fn header_transforms_both_ways() {
       - request-transformer:
           - action:
               headers:
-                add: {X-Added: "'v'", X-Host-Copy: req.headers.host, X-Num: 42, X-Joined: "'id-' + req.headers['x-client']"}
+                add: {X-Added: "'v'", X-Host-Copy: req.headers.host, X-Num: 42, X-Joined: "'id-' + req.headers['x-client']", X-Ip: req.ip}
                 remove: [X-Drop]
       - headers:
           - action: {headersPrefix: 'eg-', forwardHeaders: {id: 'egContext.requestID', Foo: "'bar'"}}
@@ -348,6 +348,16 @@ fn header_transforms_both_ways() {
     assert_eq!(e.header("x-host-copy").as_deref(), Some("front.test"));
     assert_eq!(e.header("x-num").as_deref(), Some("42"));
     assert_eq!(e.header("x-joined").as_deref(), Some("id-c7"));
+    // `req.ip` as EG shows an IPv4 client: Node listens on `::` (dual-stack) without a
+    // `hostname`, where the machine has IPv6 (rate-limit keys are made of it: one window
+    // for both on one Redis).
+    let dual_stack = std::net::TcpListener::bind("[::]:0").is_ok();
+    let ip = if dual_stack {
+        "::ffff:127.0.0.1"
+    } else {
+        "127.0.0.1"
+    };
+    assert_eq!(e.header("x-ip").as_deref(), Some(ip));
     assert_eq!(e.header("x-drop"), None);
     assert_eq!(e.header("eg-foo").as_deref(), Some("bar"));
     assert_eq!(

@@ -7,8 +7,6 @@
 //! `req.url`, `req.path`, `req.user.id`, `egContext.requestID`, `apiEndpoint.apiEndpointName`)
 //! and `+` concatenation. Anything else is a config error naming the value.
 
-use std::fmt::Write;
-
 use http::header::HeaderName;
 
 use super::context::{Exchange, Request};
@@ -135,9 +133,7 @@ impl Expr {
                     None => undefined(out),
                 },
                 Term::Ip => match req.client_ip {
-                    Some(ip) => {
-                        let _ = write!(out, "{}", ip_text(ip));
-                    }
+                    Some(ip) => out.push_str(&express_ip(ip)),
                     None => undefined(out),
                 },
                 Term::Hostname => match req.hostname() {
@@ -189,8 +185,38 @@ fn url_now<'a>(req: &Request<'a>, x: &'a Exchange) -> &'a str {
 /// What JavaScript makes of a missing value in a string.
 const UNDEFINED: &str = "undefined";
 
-/// The client IP as Express shows it: IPv4 clients on a dual-stack socket as `::ffff:a.b.c.d`
-/// are shown as plain IPv4 here, which is what operators expect in keys and headers.
+/// Whether EG, on this config and machine, sees IPv4 clients as `::ffff:a.b.c.d`: Node listens
+/// on `::` (dual-stack) without a `hostname`, where the machine has IPv6, and with `'::'`.
+/// Set once at the start (a listener's address applies at the next start).
+static IPV4_MAPPED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Shows IPv4 clients in rate-limit keys and `req.ip` as EG does for a listener on `host`
+/// (the config's `http`, else `https`, `hostname`).
+pub fn show_clients_as_eg_listening_on(host: Option<&str>) {
+    let mapped = match host {
+        None => std::net::TcpListener::bind((std::net::Ipv6Addr::UNSPECIFIED, 0)).is_ok(),
+        Some(h) => h
+            .trim_matches(['[', ']'])
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|a| a.is_unspecified()),
+    };
+    IPV4_MAPPED.store(mapped, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The client's address as EG's `req.ip` shows it (see [`show_clients_as_eg_listening_on`]):
+/// a rate-limit key EG writes for the client (`rl:::ffff:127.0.0.1`) is the same key, one
+/// window for both on one Redis.
+pub fn express_ip(ip: std::net::IpAddr) -> String {
+    match ip_text(ip) {
+        std::net::IpAddr::V4(v4) if IPV4_MAPPED.load(std::sync::atomic::Ordering::Relaxed) => {
+            format!("::ffff:{v4}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// The client IP as an IPv4 client's address reads: one on a dual-stack socket
+/// (`::ffff:a.b.c.d`) as plain IPv4 (the `X-Forwarded-For` the proxy step adds).
 pub fn ip_text(ip: std::net::IpAddr) -> std::net::IpAddr {
     match ip {
         std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, std::net::IpAddr::V4),
@@ -327,7 +353,11 @@ impl Template {
 
     fn eval_redacting(&self, req: &Request<'_>, x: &Exchange, secrets: Option<&Secrets>) -> String {
         // (One part that throws makes the whole template `undefined`, as EG's JavaScript.)
-        if self.0.iter().any(|p| matches!(p, TemplatePart::Expr(e) if e.throws(x))) {
+        if self
+            .0
+            .iter()
+            .any(|p| matches!(p, TemplatePart::Expr(e) if e.throws(x)))
+        {
             return UNDEFINED.to_string();
         }
         let mut out = String::new();

@@ -14,7 +14,7 @@ use crate::config::error::{ConfigErrors, Pos};
 use crate::config::node::Node;
 use crate::counters::Counters;
 use crate::pipeline::context::{Finish, HeaderEdit, Reply};
-use crate::pipeline::expr::{ip_text, Template};
+use crate::pipeline::expr::Template;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 use crate::store::Store;
 
@@ -152,7 +152,7 @@ impl RateLimit {
             Some(t) => t.eval(req, x),
             None => req
                 .client_ip
-                .map(|ip| ip_text(ip).to_string())
+                .map(crate::pipeline::expr::express_ip)
                 .unwrap_or_default(),
         };
         window_key(&raw)

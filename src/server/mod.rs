@@ -253,6 +253,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     let http = gateway.http.clone();
     let https = gateway.https.clone();
+    crate::pipeline::expr::show_clients_as_eg_listening_on(
+        http.as_ref()
+            .map(|l| l.host.as_deref())
+            .or_else(|| https.as_ref().map(|l| l.listener.host.as_deref()))
+            .flatten(),
+    );
     let admin = gateway.admin.clone();
     let current = Arc::new(ArcSwap::from_pointee(gateway));
     // Every name looked up before the first request (then refreshed in the background).
