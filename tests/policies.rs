@@ -618,3 +618,37 @@ fn a_delay_set_alone_delays_as_eg() {
         assert!(took("/none") < ms(700), "no delay unless asked");
     }
 }
+
+/// The upstream's own `X-RateLimit-*` headers reach the client as over EG (http-proxy sets
+/// the upstream's after the policy set its own); of two `rate-limit` steps, the later one's
+/// count is said (EG's `setHeader` replaced the earlier's).
+#[test]
+fn the_upstreams_rate_limit_headers_win_and_the_later_step_speaks() {
+    let up = support::upstream::PyUpstream::start("rl", 5.0);
+    let yml = format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  rl: {{paths: '/rl/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [rate-limit, proxy]\npipelines:\n  rl:\n    apiEndpoints: [rl]\n    policies:\n      - rate-limit: [{{action: {{max: 5, windowMs: 60000, rateLimitBy: wide}}}}]\n      - rate-limit: [{{action: {{max: 3, windowMs: 60000, rateLimitBy: narrow}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true}}}}]\n",
+        up.url("")
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    let r = get(gw.port, "GET", "/rl/x", &[]);
+    assert_eq!(
+        (
+            r.header("x-ratelimit-limit"),
+            r.header("x-ratelimit-remaining")
+        ),
+        (Some("3"), Some("2")),
+        "{:?}",
+        r.headers
+    );
+    let r = get(gw.port, "GET", "/rl/x?header=X-RateLimit-Limit:999", &[]);
+    assert_eq!(
+        (
+            r.header("x-ratelimit-limit"),
+            r.header("x-ratelimit-remaining")
+        ),
+        (Some("999"), Some("1")),
+        "{:?}",
+        r.headers
+    );
+}

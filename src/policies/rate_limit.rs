@@ -159,6 +159,17 @@ impl RateLimit {
     }
 }
 
+/// Adds a step's headers to the answer's, in place of an earlier step's of the same names (a
+/// later step's count is the one EG's answer says: its `setHeader` replaced the earlier).
+fn put(x: &mut Exchange, edits: Vec<HeaderEdit>) {
+    if !edits.is_empty() {
+        x.response_edits.retain(|e| {
+            !(matches!(e, HeaderEdit::Default(..)) && edits.iter().any(|n| n.name() == e.name()))
+        });
+        x.response_edits.extend(edits);
+    }
+}
+
 /// The longest `rateLimitBy` value kept as it is in a window's key: a longer one (a header a
 /// client fills) is keyed by its SHA-256, so that the windows of values a client makes up
 /// hold a bounded size each, in memory or in Redis.
@@ -191,12 +202,20 @@ impl Settings {
                 .checked_add(resets_in)
                 .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
                 .map_or(0, |d| d.as_secs() + u64::from(d.subsec_nanos() > 0));
-            edits.push(HeaderEdit::Set(LIMIT.clone(), HeaderValue::from(self.max)));
-            edits.push(HeaderEdit::Set(
+            // The upstream's own wins, as over EG's (http-proxy sets the upstream's headers
+            // after the policy set its own); of two steps', the later (see [`put`]).
+            edits.push(HeaderEdit::Default(
+                LIMIT.clone(),
+                HeaderValue::from(self.max),
+            ));
+            edits.push(HeaderEdit::Default(
                 REMAINING.clone(),
                 HeaderValue::from(self.max.saturating_sub(count)),
             ));
-            edits.push(HeaderEdit::Set(RESET.clone(), HeaderValue::from(reset_at)));
+            edits.push(HeaderEdit::Default(
+                RESET.clone(),
+                HeaderValue::from(reset_at),
+            ));
         }
         if self.max > 0 && count > self.max {
             return (Outcome::Respond(self.too_many(wants_json)), edits);
@@ -293,7 +312,8 @@ impl Policy for RateLimit {
             return Outcome::Continue;
         }
         let key = self.key(req, x);
-        let wants_json = prefers_json(req.header(ACCEPT.as_str()));
+        // (Every `Accept` line, joined as Node's parser joins them.)
+        let wants_json = prefers_json(x.header_now(req, &ACCEPT).as_deref());
         match &self.windows {
             Windows::Memory(counters) => {
                 let now = Instant::now();
@@ -303,7 +323,7 @@ impl Policy for RateLimit {
                     hit.resets_at.saturating_duration_since(now),
                     wants_json,
                 );
-                x.response_edits.extend(edits);
+                put(x, edits);
                 outcome
             }
             Windows::Shared(store) => {
@@ -335,7 +355,7 @@ impl Policy for RateLimit {
                         }
                     };
                     Box::new(move |x: &mut Exchange| {
-                        x.response_edits.extend(edits);
+                        put(x, edits);
                         outcome
                     }) as Finish
                 }))
