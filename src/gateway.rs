@@ -83,9 +83,10 @@ impl Gateway {
             mut errors,
             ..
         } = loaded;
-        let service_endpoints = build_service_endpoints(&gw, &shared.upstreams, &mut errors);
-        check_declared_policies(&gw, &mut errors);
         let (secret_query_params, secret_headers) = secrets(&gw);
+        let service_endpoints =
+            build_service_endpoints(&gw, &shared.upstreams, &secret_query_params, &mut errors);
+        check_declared_policies(&gw, &mut errors);
         let cx = BuildContext {
             storage_pass: shared.storage_pass.as_ref(),
             secret_query_params: &secret_query_params,
@@ -149,6 +150,7 @@ impl Gateway {
 fn build_service_endpoints(
     gw: &GatewayFile,
     registry: &crate::upstream::state::Registry,
+    secret_query_params: &[String],
     errors: &mut ConfigErrors,
 ) -> HashMap<String, Arc<ServiceEndpoint>> {
     let mut out = HashMap::new();
@@ -163,13 +165,16 @@ fn build_service_endpoints(
         let settings = upstream_settings(def, errors);
         out.insert(
             def.name.clone(),
-            Arc::new(ServiceEndpoint::new(
-                &def.name,
-                targets,
-                def.proxy_options.clone(),
-                settings,
-                registry,
-            )),
+            Arc::new(
+                ServiceEndpoint::new(
+                    &def.name,
+                    targets,
+                    def.proxy_options.clone(),
+                    settings,
+                    registry,
+                )
+                .hashing_without(secret_query_params),
+            ),
         );
     }
     out

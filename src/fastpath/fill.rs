@@ -84,8 +84,8 @@ impl FastPath {
         let asked_at = crate::clock::coarse_millis();
         let filling = fill.is_some();
         let how = loop {
-            let (client, path) = (reading.req(), reading.target().path);
-            let asking = relay::connect_and_ask(&self.connector, client, path, x, filling);
+            let (client, url) = (reading.req(), reading.target().url);
+            let asking = relay::connect_and_ask(&self.connector, client, url, x, filling);
             // A client that leaves while the upstream has not answered ends the exchange, as
             // on Pingora's proxy (and nginx's): the upstream's connection goes. A fill goes
             // on, for the requests after it.

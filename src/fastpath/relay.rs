@@ -34,8 +34,9 @@ pub async fn proxy(
 ) {
     let upstream_started = Instant::now();
     let client = s.req_header();
-    let path = client.uri.path();
-    let asked = connect_and_ask(connector, client, path, x, fill.is_some()).await;
+    // (The path and query: `consistent-hash` hashes both.)
+    let url = client.uri.path_and_query().map_or("/", |u| u.as_str());
+    let asked = connect_and_ask(connector, client, url, x, fill.is_some()).await;
     relay(s, asked, x, end, fill, upstream_started).await;
 }
 
@@ -199,7 +200,7 @@ pub async fn relay(
 pub async fn connect_and_ask(
     connector: &TransportConnector,
     client: &RequestHeader,
-    path: &str,
+    url: &str,
     x: &mut Exchange,
     filling: bool,
 ) -> Asked {
@@ -210,7 +211,7 @@ pub async fn connect_and_ask(
         let Some(plan) = x.proxy.as_mut() else {
             return Err(upstream_error(ErrorType::InternalError, "no proxy plan"));
         };
-        let peer = attempt::begin(plan, path)?;
+        let peer = attempt::begin(plan, url)?;
         let key = peer.reuse_hash();
         let pooled = if fresh { None } else { pool::take(key) };
         let (stream, reused) = match pooled {

@@ -128,9 +128,6 @@ pub struct ProxyPlan {
     /// The url of this attempt, and those tried before (a bit each).
     pub target: usize,
     pub tried: u64,
-    /// What `consistent-hash` hashes: the path and its query without credentials (`None`:
-    /// another balance, which reads the path alone, if anything).
-    pub balance_key: Option<String>,
     /// Attempts made so far (the first is 1).
     pub attempts: u32,
     /// Of those, the ones that sent the request again to the same url after a pooled

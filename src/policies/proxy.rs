@@ -83,9 +83,6 @@ pub struct Proxy {
     headers: Vec<(HeaderName, HeaderValue)>,
     /// `Authorization: Basic` from `auth`.
     basic_auth: Option<HeaderValue>,
-    /// With `consistent-hash`: the query parameters that carry credentials, left out of what
-    /// is hashed (one tile goes to one url whoever asks for it).
-    hash_without: Option<Vec<String>>,
     /// To the gateway's own Admin API: the pass its storage route takes (see
     /// [`crate::admin::storage_admitted`]), and whether only with a request a step before
     /// authenticated (with `--admin-token`).
@@ -162,9 +159,6 @@ impl Proxy {
             endpoint.traffic_unverified();
         }
         Some(Proxy {
-            hash_without: (endpoint.settings.balance
-                == crate::upstream::settings::Balance::ConsistentHash)
-                .then(|| cx.secret_query_params.to_vec()),
             service: Arc::from(endpoint.name.as_str()),
             endpoint: endpoint.clone(),
             change_origin: p.change_origin,
@@ -347,21 +341,7 @@ impl Policy for Proxy {
                 return Outcome::Respond(crate::pipeline::context::Reply::text(400, "Bad Request"));
             }
         }
-        // `consistent-hash`: a WMS's or a WMTS's KVP tiles differ by their query alone.
-        let balance_key = self.hash_without.as_ref().map(|secrets| {
-            match req
-                .query
-                .and_then(|q| crate::access_log::without_secrets(q, secrets))
-            {
-                Some(q) => format!("{}?{q}", req.path),
-                None => req.path.to_string(),
-            }
-        });
-        let picked = self.endpoint.pick(
-            balance_key.as_deref().unwrap_or(req.path),
-            0,
-            x.cache.is_none(),
-        );
+        let picked = self.endpoint.pick(req.url, 0, x.cache.is_none());
         if picked.is_none() && x.cache.is_none() {
             log::warn!(
                 "upstream failure: api endpoint `{}`, service endpoint `{}`: no url is available (all unhealthy or ejected); answered 502",
@@ -378,7 +358,6 @@ impl Policy for Proxy {
             endpoint: self.endpoint.clone(),
             target: i,
             tried: 0,
-            balance_key,
             attempts: 0,
             resends: 0,
             resend_next: false,

@@ -358,7 +358,8 @@ impl ProxyHttp for Tollgate {
             return Error::e_explain(ErrorType::InternalError, "no proxy plan for this request");
         };
         ctx.upstream_started.get_or_insert_with(Instant::now);
-        crate::upstream::attempt::begin(plan, session.req_header().uri.path())
+        let url = session.req_header().uri.path_and_query();
+        crate::upstream::attempt::begin(plan, url.map_or("/", |u| u.as_str()))
     }
 
     fn fail_to_connect(

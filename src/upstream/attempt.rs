@@ -43,8 +43,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     if std::mem::take(&mut plan.resend_next) {
         plan.resends += 1;
     } else if plan.attempts > 0 {
-        let key = plan.balance_key.as_deref().unwrap_or(path);
-        let Some(i) = plan.endpoint.pick(key, plan.tried, true) else {
+        let Some(i) = plan.endpoint.pick(path, plan.tried, true) else {
             return Err(no_route(
                 "no other url of the service endpoint is available",
             ));
@@ -305,7 +304,6 @@ mod tests {
             endpoint: Arc::new(endpoint),
             target: 0,
             tried: 0,
-            balance_key: None,
             attempts: 0,
             resends: 0,
             resend_next: false,

@@ -285,6 +285,9 @@ pub struct ServiceEndpoint {
     /// A proxy step sends to this endpoint without verifying certificates (`secure: false`,
     /// its own or the endpoint's `proxyOptions`): its health checks do not verify them either.
     unverified_traffic: std::sync::atomic::AtomicBool,
+    /// With `consistent-hash`: the query parameters that carry credentials, left out of what
+    /// is hashed (one tile goes to one url whoever asks for it).
+    hash_without: Option<Vec<String>>,
 }
 
 impl ServiceEndpoint {
@@ -331,7 +334,17 @@ impl ServiceEndpoint {
             next: AtomicUsize::new(0),
             unverified_traffic: std::sync::atomic::AtomicBool::new(false),
             settings,
+            hash_without: None,
         }
+    }
+
+    /// Hashes (`consistent-hash`) a request's path and query without the parameters of
+    /// `secret_params`.
+    pub fn hashing_without(mut self, secret_params: &[String]) -> ServiceEndpoint {
+        if self.settings.balance == settings::Balance::ConsistentHash {
+            self.hash_without = Some(secret_params.to_vec());
+        }
+        self
     }
 
     /// Whether a url not in `tried` is available and may be chosen (a weight of 0 or a name
@@ -360,12 +373,25 @@ impl ServiceEndpoint {
     /// nginx tries its failed servers again when none is left, and Envoy's panic mode: an
     /// ejection moves load off a url, it never makes an outage while the url answers).
     /// `None`: none to choose. (A request a `cache` step may answer with a stored tile is
-    /// answered so at once instead, without waiting on an ejected url.)
-    pub fn pick(&self, path: &str, tried: u64, ejected_too: bool) -> Option<usize> {
+    /// answered so at once instead, without waiting on an ejected url.) `url`: the request's
+    /// path and query (`consistent-hash` hashes them; a WMS's or a WMTS KVP's tiles differ by
+    /// their query alone), the credentials' parameters left out.
+    pub fn pick(&self, url: &str, tried: u64, ejected_too: bool) -> Option<usize> {
         if self.targets.len() == 1 {
             // (The last url is never ejected.)
             return (tried & 1 == 0 && self.states[0].available()).then_some(0);
         }
+        let keyed;
+        let path = match (&self.hash_without, url.split_once('?')) {
+            (Some(secrets), Some((path, query))) => {
+                keyed = match crate::access_log::without_secrets(query, secrets) {
+                    Some(q) => format!("{path}?{q}"),
+                    None => path.to_string(),
+                };
+                keyed.as_str()
+            }
+            _ => url,
+        };
         self.pick_among(path, tried, TargetState::available, tried == 0)
             .or_else(|| {
                 // (The rotation turned for this request already.)
