@@ -782,3 +782,55 @@ fn concurrent_writes_make_one_of_each_and_ids_stay_apart() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["nextKey"], 0, "{}", r.text());
 }
+
+/// A key is accepted as soon as its creation is answered, and refused as soon as its
+/// revocation is (the gateway's own cache follows each write before it is answered: a key
+/// just created was refused for some milliseconds after its `201`).
+#[test]
+fn a_key_works_as_soon_as_its_creation_is_answered() {
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  k: {paths: '/k/*'}\npolicies: [key-auth, terminate]\npipelines:\n  k:\n    apiEndpoints: [k]\n    policies:\n      - key-auth:\n      - terminate: [{action: {statusCode: 200, message: ok}}]\n",
+    );
+    let data = dir.path.join("data").display().to_string();
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data], &[]);
+    for i in 0..60 {
+        let r = call(
+            gw.admin_port,
+            "POST",
+            "/users",
+            &format!(r#"{{"username": "u{i}"}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = call(
+            gw.admin_port,
+            "POST",
+            "/credentials",
+            &format!(
+                r#"{{"consumerId": "u{i}", "type": "key-auth", "credential": {{"keyId": "K{i}", "keySecret": "S{i}"}}}}"#
+            ),
+        );
+        assert!(r.status < 300, "{}", r.text());
+        let key = format!("apiKey K{i}:S{i}");
+        let r = get(
+            gw.port,
+            "GET",
+            "/k/t.png",
+            &[("Authorization", key.as_str())],
+        );
+        assert_eq!(r.status, 200, "key {i}: {}", r.text());
+        let r = call(
+            gw.admin_port,
+            "PUT",
+            &format!("/credentials/key-auth/K{i}/status"),
+            r#"{"status": false}"#,
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = get(
+            gw.port,
+            "GET",
+            "/k/t.png",
+            &[("Authorization", key.as_str())],
+        );
+        assert_eq!(r.status, 401, "key {i} revoked");
+    }
+}

@@ -72,15 +72,17 @@ fn unprocessable(why: &str) -> Response<Vec<u8>> {
 /// The Admin API's consumer writes take turns: each checks the store (a name or key id taken,
 /// a second basic-auth credential) and then writes, and two at once both found the name free
 /// (20 concurrent creates of one username made 20 users, of one key id two credentials of two
-/// consumers). A write waits [`TURN_WAIT`] at most for its turn, then goes on without it:
-/// writes take milliseconds, and one held up by a store that hangs (or a populate that runs
-/// for minutes) would otherwise hold every other write up behind it — six writers to a hung
-/// Redis were answered after 2, 4 … 12 s instead of all after the store's timeout. Between
-/// processes sharing a Redis the check and the write are still apart, as in EG.
+/// consumers). A write waits [`TURN_WAIT`] at most for its turn, then is answered `503` with
+/// `Retry-After`: writes take milliseconds, and one held up by a store that hangs (or a
+/// populate that runs for minutes) would otherwise hold every other write up behind it — six
+/// writers to a hung Redis were answered after 2, 4 … 12 s instead of all after the store's
+/// timeout. (A write that went on without its turn made duplicates again: ten users of one
+/// name behind a burst of bcrypt-hashed credentials.) Between processes sharing a Redis the
+/// check and the write are still apart, as in EG.
 static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The longest a consumer write waits for its turn.
-const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Answers a consumer route; `None` when the path is not one of them.
 pub async fn route(
@@ -92,7 +94,27 @@ pub async fn route(
 ) -> Option<Response<Vec<u8>>> {
     let _turn = match *method {
         Method::GET | Method::HEAD => None,
-        _ => tokio::time::timeout(TURN_WAIT, WRITES.lock()).await.ok(),
+        _ => match tokio::time::timeout(TURN_WAIT, WRITES.lock()).await {
+            Ok(turn) => Some(turn),
+            // (Only a consumer route's write is turned away: another path is none of these.)
+            Err(_) => {
+                if !matches!(
+                    segments.first(),
+                    Some(&("users" | "apps" | "scopes" | "credentials"))
+                ) {
+                    return answer_route(svc, method, segments, query, body).await;
+                }
+                let mut busy = text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "another consumer write is under way; try again",
+                );
+                busy.headers_mut().insert(
+                    http::header::RETRY_AFTER,
+                    http::HeaderValue::from_static("1"),
+                );
+                return Some(busy);
+            }
+        },
     };
     answer_route(svc, method, segments, query, body).await
 }

@@ -60,12 +60,10 @@ impl ConsumerLayer {
     ) -> ConsumerLayer {
         let layout = Layout::new(namespace);
         let cache = Arc::new(ConsumerCache::new(store.clone(), layout.clone()));
-        let service = Arc::new(ConsumerService::new(
-            store.clone(),
-            layout,
-            models,
-            salt_rounds,
-        ));
+        let service = Arc::new(
+            ConsumerService::new(store.clone(), layout, models, salt_rounds)
+                .following(cache.clone()),
+        );
         ConsumerLayer {
             store,
             service,

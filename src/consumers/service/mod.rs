@@ -68,6 +68,10 @@ pub struct ConsumerService {
     /// Replaced when the config is reloaded.
     models: arc_swap::ArcSwap<Models>,
     salt_rounds: u32,
+    /// This process's consumer cache: a change is in it before its write is answered (it
+    /// followed the store's announcement on a task of its own, and a key just created was
+    /// refused for some milliseconds after its `201`).
+    cache: Option<Arc<crate::consumers::cache::ConsumerCache>>,
 }
 
 fn invalid(msg: impl Into<String>) -> ConsumerError {
@@ -90,7 +94,14 @@ impl ConsumerService {
             layout,
             models: arc_swap::ArcSwap::from_pointee(models),
             salt_rounds,
+            cache: None,
         }
+    }
+
+    /// Keeps `cache` up to date with each write before the write is answered.
+    pub fn following(mut self, cache: Arc<crate::consumers::cache::ConsumerCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Puts new models in force (a config reload).
@@ -119,6 +130,13 @@ impl ConsumerService {
         // change announced that was not made only has its entities read again.
         self.announce(changed, applied.is_ok()).await;
         applied?;
+        if let Some(cache) = &self.cache {
+            for c in changed {
+                if let Err(e) = cache.refresh(c).await {
+                    log::debug!("consumer cache: refresh of {c} after a write failed: {e}");
+                }
+            }
+        }
         Ok(())
     }
 
