@@ -155,6 +155,10 @@ impl EmbeddedStore {
         let mut good_bytes = 0u64;
         if journal_path.exists() {
             let file = File::open(&journal_path).map_err(|e| io("cannot read the journal", e))?;
+            let total = file
+                .metadata()
+                .map_err(|e| io("cannot read the journal", e))?
+                .len();
             let mut lines = BufReader::new(file).split(b'\n').peekable();
             while let Some(line) = lines.next() {
                 let line = line.map_err(|e| io("cannot read the journal", e))?;
@@ -163,6 +167,19 @@ impl EmbeddedStore {
                     Ok(batch) => {
                         apply_batch(&mut data, &batch);
                         good_bytes += line.len() as u64 + 1;
+                    }
+                    // A whole last line (its line end written) that does not read is no
+                    // interrupted write but damage: dropped, it took an acknowledged change
+                    // with it (a revocation undone) and the evidence too.
+                    Err(e)
+                        if is_last
+                            && good_bytes + line.len() as u64 + 1 <= total
+                            && !line.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) =>
+                    {
+                        return Err(StoreError::Corrupt(format!(
+                            "{}: the last entry is damaged, not cut short by an interrupted write: {e}",
+                            journal_path.display()
+                        )))
                     }
                     Err(_) if is_last => {
                         log::warn!(

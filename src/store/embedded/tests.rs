@@ -86,6 +86,32 @@ async fn survives_a_restart_and_drops_a_torn_tail() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A last entry written whole, its line end too, that does not read is damage, not an
+/// interrupted write: the store is refused, the file left as it is (dropped, it took an
+/// acknowledged change with it — a revoked key worked again — and the evidence too).
+#[tokio::test]
+async fn a_whole_last_entry_that_does_not_read_is_damage() {
+    let d = dir("damaged-last");
+    {
+        let s = EmbeddedStore::open(&d).expect("open");
+        s.apply(&[hset("EG-user:1", "username", "ann")])
+            .await
+            .expect("apply");
+    }
+    append_to_journal(
+        &d,
+        b"[{\"op\":\"hset\",\"key\":\"EG-user:2\",\"fi@lds\":[]}]\n",
+    );
+    let before = std::fs::read(d.join(JOURNAL)).expect("journal");
+    let err = EmbeddedStore::open(&d).err().expect("refused");
+    assert!(
+        err.to_string().contains("the last entry is damaged"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.join(JOURNAL)).expect("journal"), before);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// A last entry written whole but for its line end (a crash between the two): kept, and the
 /// entry written after the next start has a line of its own (the repair made the file a NUL
 /// longer, and the next entry ran on in that line: lost at the start after).
