@@ -173,7 +173,7 @@ impl EmbeddedStore {
                     // with it (a revocation undone) and the evidence too.
                     Err(e)
                         if is_last
-                            && good_bytes + line.len() as u64 + 1 <= total
+                            && good_bytes + (line.len() as u64) < total
                             && !line.iter().all(|b| *b == 0 || b.is_ascii_whitespace()) =>
                     {
                         return Err(StoreError::Corrupt(format!(
