@@ -42,6 +42,9 @@ pub struct Unreachable {
     /// The gateway took the request and did not answer in time: it may still be working on
     /// it.
     pub timed_out: bool,
+    /// Nothing of the request reached a gateway: no name, no address, no connection (a
+    /// connection that broke afterwards may have carried it, and the gateway acted on it).
+    pub not_reached: bool,
 }
 
 impl AdminClient {
@@ -108,6 +111,7 @@ impl AdminClient {
                 url: "the address its config gives".into(),
                 reason: why.clone(),
                 timed_out: false,
+                not_reached: true,
             });
         }
         let url = format!("{}{path}", self.base);
@@ -115,6 +119,19 @@ impl AdminClient {
             // Without a password the URL may hold.
             url: crate::upstream::displayed(&self.base),
             timed_out: matches!(e, ureq::Error::Timeout(_)),
+            not_reached: match &e {
+                ureq::Error::HostNotFound | ureq::Error::ConnectionFailed => true,
+                ureq::Error::Timeout(t) => {
+                    matches!(t, ureq::Timeout::Resolve | ureq::Timeout::Connect)
+                }
+                ureq::Error::Io(io) => matches!(
+                    io.kind(),
+                    std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::AddrNotAvailable
+                        | std::io::ErrorKind::NotFound
+                ),
+                _ => false,
+            },
             reason: e.to_string(),
         };
         let auth = self.token.as_ref().map(|t| format!("Bearer {t}"));

@@ -81,6 +81,13 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
              running there; not run again here (see `tollgate users list` for its result)",
             u.url, u.reason
         )),
+        // Taken and broken off (the gateway died under it): the store it worked on is its own,
+        // perhaps not the one this machine's config names; never run here as well.
+        Err(u) if !u.not_reached => Err(format!(
+            "{} took the request and the connection broke ({}): part of it may be done there; \
+             not run here (see `tollgate users list` for its result, and run it again)",
+            u.url, u.reason
+        )),
         Err(_) => {
             // No gateway answers: work on the store directly.
             let loaded = config::load_dirs(&dirs).map_err(|e| e.to_string())?;
