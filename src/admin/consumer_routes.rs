@@ -82,7 +82,7 @@ fn unprocessable(why: &str) -> Response<Vec<u8>> {
 static WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The longest a consumer write waits for its turn.
-const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Answers a consumer route; `None` when the path is not one of them.
 pub async fn route(
