@@ -200,6 +200,51 @@ fn through_a_gateway_pipeline() {
         let r = get(gw.port, "GET", "/s3/tiles/a/b.png", headers);
         assert_eq!(r.status, 200, "{headers:?}: {}", r.text());
     }
+    // Nor can the page send the gateway's pass itself: its preflight is refused.
+    let r = get(
+        gw.admin_port,
+        "OPTIONS",
+        "/s3/tiles/a/b.png",
+        &[
+            ("Origin", "http://pages.example"),
+            ("Access-Control-Request-Method", "GET"),
+            ("Access-Control-Request-Headers", "x-tollgate-storage-pass"),
+        ],
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.header("access-control-allow-origin"), None);
+}
+
+/// The gateway of the config in `dir` with `--admin-token T0KEN`, the storage route at
+/// `endpoint_name` to `s3`, and one consumer of key `K:S`.
+fn with_token_and_a_key(dir: &ConfigDir, s3: &S3Server, endpoint_name: &str) -> GatewayProcess {
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    endpointName: {endpoint_name}\n    providers:\n      local:\n        endpoint: 'http://127.0.0.1:{p}'\n        accessKeyId: {k}\n        secretAccessKey: {s}\n        default: true\n",
+            p = s3.port,
+            k = s3.access_key,
+            s = s3.secret_key
+        ),
+    );
+    dir.write(
+        "consumers.json",
+        r#"{"scopes": [], "users": {"u": {"app": {"type": "key-auth", "keyId": "K", "keySecret": "S"}}}}"#,
+    );
+    let data = dir.path.join("data").display().to_string();
+    let consumers = dir.file("consumers.json");
+    GatewayProcess::start_with(
+        dir,
+        &[
+            "--data-dir",
+            &data,
+            "--populate",
+            &consumers,
+            "--admin-token",
+            "T0KEN",
+        ],
+        &[],
+    )
 }
 
 /// With `--admin-token`, the route answers the token, or the gateway's own `proxy` step with a
@@ -213,33 +258,7 @@ fn with_an_admin_token_only_authenticated_pipelines_reach_the_route() {
     let dir = ConfigDir::new(
         "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  admin: {host: 'express-gateway'}\n  storage: {host: '*', paths: '/s3/*'}\nserviceEndpoints:\n  admin: {url: 'http://localhost:${ADMIN_PORT}'}\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [key-auth, proxy]\npipelines:\n  admin: {apiEndpoints: [admin], policies: [{proxy: [{action: {serviceEndpoint: admin, changeOrigin: true, stripPath: true}}]}]}\n  storage: {apiEndpoints: [storage], policies: [{key-auth: {}}, {proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
     );
-    dir.write(
-        "system.config.yml",
-        &format!(
-            "db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    endpointName: /s3\n    providers:\n      local:\n        endpoint: 'http://127.0.0.1:{p}'\n        accessKeyId: {k}\n        secretAccessKey: {s}\n        default: true\n",
-            p = s3.port,
-            k = s3.access_key,
-            s = s3.secret_key
-        ),
-    );
-    dir.write(
-        "consumers.json",
-        r#"{"scopes": [], "users": {"u": {"app": {"type": "key-auth", "keyId": "K", "keySecret": "S"}}}}"#,
-    );
-    let data = dir.path.join("data").display().to_string();
-    let consumers = dir.file("consumers.json");
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &[
-            "--data-dir",
-            &data,
-            "--populate",
-            &consumers,
-            "--admin-token",
-            "T0KEN",
-        ],
-        &[],
-    );
+    let gw = with_token_and_a_key(&dir, &s3, "/s3");
     let object = "/s3/tiles/a/b.png";
     // Through the authenticating pipeline.
     let r = get(gw.port, "GET", object, &[("Authorization", "apiKey K:S")]);
@@ -280,33 +299,7 @@ fn a_cached_object_is_not_served_to_requests_the_route_refuses() {
     let dir = ConfigDir::new(
         "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  storage: {paths: '/s3/*'}\n  open: {paths: '/open/*'}\nserviceEndpoints:\n  storage: {url: 'http://127.0.0.1:${ADMIN_PORT}/s3'}\npolicies: [key-auth, cache, proxy]\npipelines:\n  storage: {apiEndpoints: [storage], policies: [{key-auth: [{action: {passThrough: true}}]}, {cache: [{action: {ttl: 300}}]}, {proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n  open: {apiEndpoints: [open], policies: [{cache: [{action: {ttl: 300}}]}, {proxy: [{action: {serviceEndpoint: storage, changeOrigin: true, stripPath: true}}]}]}\n",
     );
-    dir.write(
-        "system.config.yml",
-        &format!(
-            "db: {{redis: {{emulate: true}}}}\nplugins:\n  storage:\n    endpointName: /s3/\n    providers:\n      local:\n        endpoint: 'http://127.0.0.1:{p}'\n        accessKeyId: {k}\n        secretAccessKey: {s}\n        default: true\n",
-            p = s3.port,
-            k = s3.access_key,
-            s = s3.secret_key
-        ),
-    );
-    dir.write(
-        "consumers.json",
-        r#"{"scopes": [], "users": {"u": {"app": {"type": "key-auth", "keyId": "K", "keySecret": "S"}}}}"#,
-    );
-    let data = dir.path.join("data").display().to_string();
-    let consumers = dir.file("consumers.json");
-    let gw = GatewayProcess::start_with(
-        &dir,
-        &[
-            "--data-dir",
-            &data,
-            "--populate",
-            &consumers,
-            "--admin-token",
-            "T0KEN",
-        ],
-        &[],
-    );
+    let gw = with_token_and_a_key(&dir, &s3, "/s3/");
     // (`endpointName: /s3/` is the route `/s3`: its objects at `/s3/bucket/key`.)
     let (object, open) = ("/s3/tiles/a/b.png", "/open/tiles/a/b.png");
     assert_eq!(get(gw.port, "GET", object, &[]).status, 401);

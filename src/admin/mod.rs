@@ -373,7 +373,8 @@ impl AdminApi {
         let metrics_path = gw.system.plugin_endpoint("metrics", "/metrics");
         // The metrics are read without the token (Prometheus, and Kargo's route that proxies
         // to them, which forwards none, answered 401 with a token set): they change nothing
-        // and hold no consumer's data (an upstream url's query is shown as `?…`).
+        // and hold no secret (an upstream url's query is shown as `?…`; Kargo's `eg` counter
+        // names consumers by id, as Kargo's public route shows them).
         let metrics = (method == Method::GET || method == Method::HEAD) && path == metrics_path;
         if !metrics && !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
