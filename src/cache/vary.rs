@@ -173,16 +173,7 @@ mod tests {
 
     #[test]
     fn a_coded_answer_without_a_vary_on_accept_encoding() {
-        let with = |lines: &[(&str, &str)]| {
-            let mut h = http::HeaderMap::new();
-            for (n, v) in lines {
-                h.append(
-                    http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
-                    http::HeaderValue::from_str(v).unwrap(),
-                );
-            }
-            coded_without_vary(&h)
-        };
+        let with = |lines: &[(&str, &str)]| coded_without_vary(&headers(lines));
         assert!(with(&[("Content-Encoding", "gzip")]));
         assert!(with(&[("Content-Encoding", "identity, br")]));
         assert!(with(&[("Content-Encoding", "gzip"), ("Vary", "Accept")]));
