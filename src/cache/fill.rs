@@ -19,6 +19,14 @@ use super::store::head::StoredHead;
 use super::store::{Filling, Object, StoredMeta};
 use super::TileCache;
 
+/// The request as the upstream receives it: the client's head and the pipeline's upstream
+/// edits (a varied answer is stored as the variant they ask for, see [`super::vary`]).
+#[derive(Clone, Copy)]
+pub struct Sent<'a> {
+    pub req: &'a pingora_http::RequestHeader,
+    pub edits: &'a [crate::pipeline::context::HeaderEdit],
+}
+
 /// A fetch this request makes for everyone: it holds the tile's lock until the response is
 /// stored or known not to be.
 pub struct Fill {
@@ -103,9 +111,10 @@ impl Fill {
     pub fn head(
         &mut self,
         resp: &mut ResponseHeader,
+        sent: Sent<'_>,
         map_request: impl FnOnce() -> bool,
     ) -> pingora_core::Result<()> {
-        self.decide(resp, super::store::content_length(resp), map_request);
+        self.decide(resp, super::store::content_length(resp), sent, map_request);
         // Stored per variant from now on: this answer says what it varies by too.
         if let Some(vary) = self.lacks_vary {
             resp.append_header(http::header::VARY, vary)?;
@@ -147,12 +156,13 @@ impl Fill {
         &mut self,
         resp: &ResponseHeader,
         length: Option<usize>,
+        sent: Sent<'_>,
         map_request: impl FnOnce() -> bool,
     ) {
         if std::mem::replace(&mut self.decided, true) {
             return;
         }
-        self.judge(resp, length, map_request);
+        self.judge(resp, length, sent, map_request);
         if self.filling.is_none() {
             self.release();
         }
@@ -172,6 +182,7 @@ impl Fill {
         &mut self,
         resp: &ResponseHeader,
         length: Option<usize>,
+        sent: Sent<'_>,
         map_request: impl FnOnce() -> bool,
     ) {
         if super::exception::is_service_exception(resp, map_request) {
@@ -195,12 +206,13 @@ impl Fill {
         self.lacks_vary = (present.content_encoding || present.allow_origin)
             .then(|| super::vary::missing_vary(&resp.headers, super::vary::Kept::default()))
             .flatten();
-        if present.vary || self.lacks_vary.is_some() {
-            // Stored per variant from now on, by Pingora's cache phases: the requests waiting
-            // on this fetch go there and one of them fetches and stores its variant.
+        let varies = present.vary || self.lacks_vary.is_some();
+        if varies {
+            // This answer is stored as the tile's first variant, as Pingora's cache phases
+            // store one (the requests waiting on this fetch find it there, and a request for
+            // another variant fetches and stores its own); the tile's later misses go
+            // through those phases, which look its variants up.
             mark_varied(self.hash);
-            self.outcome = LockStatus::TransientError;
-            return;
         }
         match super::freshness::judge_with(resp, &self.rule, &present) {
             Ok(fresh) => {
@@ -214,8 +226,28 @@ impl Fill {
                     self.outcome = LockStatus::TransientError;
                     return;
                 }
-                let head = StoredHead::of(resp, &super::store::head::NOT_STORED);
-                let meta = StoredMeta::new(fresh, head);
+                let not_stored = &super::store::head::NOT_STORED;
+                let head = match self.lacks_vary {
+                    None => StoredHead::of(resp, not_stored),
+                    // (Stored with the `Vary` the answer is given.)
+                    Some(vary) => {
+                        let mut given = resp.clone();
+                        if given.append_header(http::header::VARY, vary).is_err() {
+                            self.outcome = LockStatus::TransientError;
+                            return;
+                        }
+                        StoredHead::of(&given, not_stored)
+                    }
+                };
+                let variance = varies
+                    .then(|| {
+                        let lines = resp.headers.get_all(http::header::VARY).iter();
+                        let given = self.lacks_vary.map(str::as_bytes);
+                        let lines = lines.map(|v| v.as_bytes()).chain(given);
+                        super::vary::variance_of(lines, sent.req, sent.edits)
+                    })
+                    .flatten();
+                let meta = StoredMeta::new(fresh, head).with_variance(variance);
                 self.filling = Some(self.cache.store.filling(self.hash, meta, self.seen));
             }
             Err(reason) => {

@@ -12,10 +12,24 @@ use crate::pipeline::context::HeaderEdit;
 /// of the headers it names as the upstream receives them — the client's (every line of a
 /// repeated one) with the pipeline's upstream `edits` (`xfwd`'s `X-Forwarded-*` among them).
 pub fn variance(meta: &CacheMeta, req: &RequestHeader, edits: &[HeaderEdit]) -> Option<HashBinary> {
+    let lines = meta.headers().get_all(http::header::VARY);
+    variance_of(lines.iter().map(|v| v.as_bytes()), req, edits)
+}
+
+/// The same for a response whose `Vary` lines are `lines`.
+pub fn variance_of<'a>(
+    lines: impl Iterator<Item = &'a [u8]>,
+    req: &RequestHeader,
+    edits: &[HeaderEdit],
+) -> Option<HashBinary> {
     let mut builder = VarianceBuilder::new();
     let mut any = false;
-    for vary in meta.headers().get_all(http::header::VARY) {
-        for name in vary.to_str().unwrap_or("").split(',').map(str::trim) {
+    for vary in lines {
+        for name in std::str::from_utf8(vary)
+            .unwrap_or("")
+            .split(',')
+            .map(str::trim)
+        {
             if name.is_empty() {
                 continue;
             }

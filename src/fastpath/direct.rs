@@ -49,7 +49,7 @@ impl FastPath {
         started: Instant,
         limits: &SessionLimits,
     ) -> Served {
-        let head_for = |_: &mut Option<Box<Fill>>, up: &Upstream, x: &Exchange, ka| {
+        let head_for = |_: &mut Option<Box<Fill>>, up: &Upstream, _: &_, x: &Exchange, ka| {
             wire_head(up.resp_header()?, &x.response_edits, ka)
         };
         let asking = Asking {

@@ -19,13 +19,13 @@ use pingora_core::protocols::http::v1::client::HttpSession as Upstream;
 use pingora_core::protocols::http::v1::server::HttpSession;
 use pingora_core::protocols::Stream;
 use pingora_core::{Error, ErrorType};
-use pingora_http::ResponseHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use tokio::io::AsyncReadExt;
 
 use super::head::{Reading, Unread};
 use super::relay;
 use super::{hand_over, FastPath, Finish, RawAnswer, Served, SessionLimits};
-use crate::cache::fill::Fill;
+use crate::cache::fill::{Fill, Sent};
 use crate::cache::hit::{miss_wire_head, unstored_miss_head};
 use crate::gateway::Gateway;
 use crate::pipeline::context::Exchange;
@@ -52,8 +52,8 @@ impl FastPath {
         limits: &SessionLimits,
     ) -> Served {
         crate::cache::neutral_fill(x);
-        let head_for = |fill: &mut Option<Box<Fill>>, up: &Upstream, x: &Exchange, ka| {
-            whole(fill.as_mut()?, up, x, ka)
+        let head_for = |fill: &mut Option<Box<Fill>>, up: &Upstream, client: &_, x: &_, ka| {
+            whole(fill.as_mut()?, up, client, x, ka)
         };
         let asked = Asking {
             fill: Some(fill),
@@ -73,7 +73,13 @@ impl FastPath {
         &self,
         reading: Reading,
         asking: Asking,
-        mut head_for: impl FnMut(&mut Option<Box<Fill>>, &Upstream, &Exchange, bool) -> Option<BytesMut>,
+        mut head_for: impl FnMut(
+            &mut Option<Box<Fill>>,
+            &Upstream,
+            &RequestHeader,
+            &Exchange,
+            bool,
+        ) -> Option<BytesMut>,
         gw: &Gateway,
         x: &mut Exchange,
         started: Instant,
@@ -107,7 +113,7 @@ impl FastPath {
             };
             // Judged once the upstream answered: a stop that began meanwhile closes.
             let keepalive = reading.keepalive(limits);
-            let Some(head) = head_for(&mut fill, &up, x, keepalive) else {
+            let Some(head) = head_for(&mut fill, &up, reading.req(), x, keepalive) else {
                 break relayed(Ok((up, key)), fill, upstream_started);
             };
             let status = up.resp_header().map_or(0, |r| r.status.as_u16());
@@ -339,11 +345,23 @@ pub(super) struct Asking {
 /// of known length up to [`WHOLE_MAX`], whose head (as stored, when it is stored) a hit is
 /// answered with as it is, pipeline edits that only add headers to it, an `Age` (if any) that
 /// is a number.
-fn whole(fill: &mut Fill, up: &Upstream, x: &Exchange, keepalive: bool) -> Option<BytesMut> {
+fn whole(
+    fill: &mut Fill,
+    up: &Upstream,
+    client: &RequestHeader,
+    x: &Exchange,
+    keepalive: bool,
+) -> Option<BytesMut> {
     let resp = up.resp_header()?;
     let edits = &x.response_edits;
     let (len, age) = length_and_age(resp).filter(|(n, _)| *n <= WHOLE_MAX)?;
-    fill.decide(resp, Some(len), || crate::cache::exception::asks_for_map(x));
+    let sent = Sent {
+        req: client,
+        edits: &x.upstream_edits,
+    };
+    fill.decide(resp, Some(len), sent, || {
+        crate::cache::exception::asks_for_map(x)
+    });
     // A fill that stores the answer holds its head; one that does not (below `minUses`, not
     // admitted, judged one not stored: it let its lock go) is answered as the upstream sent
     // it (a head that cannot be written so, with `Vary`, goes through Pingora's session).

@@ -101,9 +101,13 @@ pub async fn relay(
     };
     let mut received = 0;
     let mut resp = Box::new(resp.clone());
-    let judged = fill
-        .as_mut()
-        .map(|f| f.head(&mut resp, || crate::cache::exception::asks_for_map(x)));
+    let judged = fill.as_mut().map(|f| {
+        let sent = crate::cache::fill::Sent {
+            req: s.req_header(),
+            edits: &x.upstream_edits,
+        };
+        f.head(&mut resp, sent, || crate::cache::exception::asks_for_map(x))
+    });
     if let Some(plan) = &x.proxy {
         let reported = fill.as_ref().is_some_and(|f| f.reported());
         attempt::answered(plan, resp.status.as_u16(), reported);

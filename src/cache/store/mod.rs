@@ -56,6 +56,12 @@ impl StoredMeta {
         }
     }
 
+    /// The same stored as the variant `variance` of its tile (in the tile's first place, as
+    /// Pingora's cache phases store the first variant they fetch).
+    pub fn with_variance(self, variance: Option<HashBinary>) -> StoredMeta {
+        StoredMeta { variance, ..self }
+    }
+
     pub fn from_meta(m: &CacheMeta) -> StoredMeta {
         StoredMeta {
             fresh_until: m.fresh_until(),
