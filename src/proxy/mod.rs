@@ -322,12 +322,14 @@ impl ProxyHttp for Tollgate {
     ) -> bool {
         let serve = crate::cache::serve_stale(session, error);
         if let (true, Some(e)) = (serve, error) {
-            // Pingora does not use the client's connection again after an upstream failure (a
-            // 5xx answer aside), even one a stale tile answered: the answer says so (it said
-            // keep-alive, and the client's next request on it failed).
-            if !matches!(e.etype(), ErrorType::HTTPStatus(_)) {
-                session.set_keepalive(None);
-            }
+            // Pingora does not use the client's connection again after an upstream failure,
+            // even one a stale tile answered; after a 5xx answer it reads on from the upstream
+            // while the client has its stale tile, and a request the client sends meanwhile
+            // ends the connection (reset, with that request unanswered). The answer says the
+            // connection closes (it said keep-alive, and the client's next request on it
+            // failed). A tile's failure is asked again once a second: its other requests are
+            // answered stale without asking, on connections kept.
+            session.set_keepalive(None);
             // One line per api endpoint and kind of failure (folded while it repeats), where
             // Pingora's own names each tile.
             let endpoint = ctx.x.endpoint.as_ref().map_or("", |e| &*e.name);

@@ -62,6 +62,21 @@ fn stale_while_revalidate_and_stale_if_error() {
         "{}",
         failing.text()
     );
+    // On a keep-alive connection the answer says the connection closes: Pingora reads on
+    // from the upstream's 5xx while the client has its answer, and a next request the client
+    // sent meanwhile reset the connection (nothing told the client so).
+    std::thread::sleep(Duration::from_millis(1100));
+    let failing = support::request(
+        gw.port,
+        &format!("GET {sie} HTTP/1.1\r\nHost: localhost\r\nX-Test-Status: 503\r\n\r\n"),
+        false,
+    );
+    assert_eq!(
+        (cache_status(&failing), failing.header("connection")),
+        ("STALE", Some("close")),
+        "{:?}",
+        failing.headers
+    );
     up.kill();
     // Asked on a keep-alive connection once the tile's outage is a second old (so the tile's
     // upstream is asked again, and refuses): the answer says the connection closes, as it
