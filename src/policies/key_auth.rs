@@ -60,7 +60,23 @@ impl KeyAuth {
     /// The presented key, from the header when it has one, else from the query.
     fn key(&self, req: &Request<'_>) -> Option<String> {
         if !self.p.disable_headers {
-            if let Some(value) = req.headers.get(&self.header).and_then(|v| v.to_str().ok()) {
+            // A header sent on several lines reads as Node (EG) gives it: the first line of one
+            // it keeps the first of (`Authorization`), else the lines joined with `, ` (whose
+            // last word is the key: the last line's).
+            let mut lines = req.headers.get_all(&self.header).iter();
+            let joined: Option<String>;
+            let value = match (lines.next(), lines.next()) {
+                (Some(first), Some(second)) if !crate::wire::node_keeps_first(&self.header) => {
+                    let all = [first, second].into_iter().chain(lines);
+                    joined = all
+                        .map(|v| v.to_str().ok())
+                        .collect::<Option<Vec<_>>>()
+                        .map(|v| v.join(", "));
+                    joined.as_deref()
+                }
+                (first, _) => first.and_then(|v| v.to_str().ok()),
+            };
+            if let Some(value) = value {
                 // As EG's strategy reads it: the last word is the key (the scheme alone is a
                 // key too, which no credential has).
                 let parts: Vec<&str> = value.split(' ').collect();
@@ -168,6 +184,38 @@ mod tests {
             Outcome::Respond(reply) => (Some(reply.status), false),
             _ => (None, x.consumer.is_some()),
         }
+    }
+
+    /// A header sent on several lines is read as Node gives it to EG: a custom one's lines
+    /// joined (the last line's key counts), `Authorization`'s first line.
+    #[test]
+    fn a_header_on_several_lines_is_read_as_eg_reads_it() {
+        let c = cache();
+        let custom = serde_json::json!({"apiKeyHeader": "X-Api-Key", "apiKeyHeaderScheme": "MyScheme", "disableQueryParam": true});
+        let lines = |lines: &[&str]| {
+            let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("x-api-key", *l)).collect();
+            outcome(custom.clone(), &OwnedRequest::get("/x", &headers, &[]), &c)
+        };
+        assert_eq!(lines(&["MyScheme k:s"]), (None, true));
+        assert_eq!(
+            lines(&["MyScheme k:s", "MyScheme bad:bad"]),
+            (Some(401), false)
+        );
+        assert_eq!(lines(&["MyScheme bad:bad", "MyScheme k:s"]), (None, true));
+        assert_eq!(lines(&["MyScheme k:s", ""]), (Some(401), false));
+        let authorization = |lines: &[&str]| {
+            let headers: Vec<(&str, &str)> = lines.iter().map(|l| ("authorization", *l)).collect();
+            let r = OwnedRequest::get("/x", &headers, &[]);
+            outcome(serde_json::json!({}), &r, &c)
+        };
+        assert_eq!(
+            authorization(&["apiKey k:s", "apiKey bad:bad"]),
+            (None, true)
+        );
+        assert_eq!(
+            authorization(&["apiKey bad:bad", "apiKey k:s"]),
+            (Some(401), false)
+        );
     }
 
     #[test]
