@@ -39,7 +39,13 @@ impl BasicAuth {
 /// `(user id, password)` from an `Authorization: Basic ...` header.
 fn credentials(req: &Request<'_>) -> Option<(String, String)> {
     let value = req.header("authorization")?;
-    let (scheme, encoded) = value.trim().split_once(' ')?;
+    // Two words one space apart (passport-http, EG's, takes the second word of those: after
+    // two spaces, an empty one, which it refuses; a word after them is refused here).
+    let mut words = value.trim().split(' ');
+    let (scheme, encoded) = (words.next()?, words.next()?);
+    if words.next().is_some() {
+        return None;
+    }
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
@@ -144,4 +150,27 @@ async fn bcrypt_off_thread(check: PasswordCheck) -> Option<Checked> {
     })
     .await
     .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::credentials;
+    use crate::pipeline::context::testing::OwnedRequest;
+
+    fn read(value: &str) -> Option<(String, String)> {
+        credentials(&OwnedRequest::get("/x", &[("authorization", value)], &[]).req())
+    }
+
+    #[test]
+    fn credentials_are_read_as_passport_http_reads_them() {
+        let alice = Some(("alice".to_string(), "pw".to_string()));
+        // base64("alice:pw")
+        assert_eq!(read("Basic YWxpY2U6cHc="), alice);
+        assert_eq!(read("basic YWxpY2U6cHc"), alice);
+        assert_eq!(read("Basic YWxpY2U6cHc= more"), None);
+        // Two spaces: the second word is empty (EG refuses it).
+        assert_eq!(read("Basic  YWxpY2U6cHc="), None);
+        assert_eq!(read("Basic"), None);
+        assert_eq!(read("Bearer YWxpY2U6cHc="), None);
+    }
 }
