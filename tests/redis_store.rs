@@ -826,6 +826,77 @@ fn known_credentials_keep_working_when_redis_goes_away() {
     );
 }
 
+/// A credential written behind the gateway's back (by EG, or another gateway on the same
+/// Redis), of an app written so too, works on its first request: the request waits for the
+/// lookup of its unknown key (it was refused while the lookup ran in the background, and the
+/// key worked from the next request on). A key no credential has is still refused.
+#[test]
+fn a_credential_written_elsewhere_works_on_its_first_request() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let mut conn = redis.conn();
+    let gw = GatewayProcess::start(&dir);
+    let app = "0a1b2c3d-0000-4000-8000-000000000001";
+    let hset = |key: String, fields: &[(&str, &str)]| {
+        let mut cmd = redis::cmd("HSET");
+        cmd.arg(key);
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        let _: () = cmd.query(&mut redis.conn()).expect("hset");
+    };
+    hset(
+        format!("EG-application:{app}"),
+        &[
+            ("id", app),
+            ("isActive", "true"),
+            ("name", "fresh"),
+            ("userId", "22e88000-4eb8-460a-ac67-acf1042cc865"),
+        ],
+    );
+    for (ty, id, secret) in [
+        ("key-auth", "fresh-ka", "fresh-ka-secret"),
+        ("jwt", "fresh-jwt", "fresh-jwt-secret"),
+    ] {
+        hset(
+            format!("EG-{ty}:{id}"),
+            &[
+                ("id", id),
+                ("keyId", id),
+                ("keySecret", secret),
+                ("consumerId", app),
+                ("isActive", "true"),
+                ("scopes", r#"["wmts"]"#),
+            ],
+        );
+    }
+    let _: () = redis::cmd("PING").query(&mut conn).expect("ping");
+    let keyed = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey fresh-ka:fresh-ka-secret")],
+    );
+    assert_eq!(keyed.status, 200, "{}\n{}", keyed.text(), gw.log_text());
+    assert_eq!(consumer_of(&keyed).as_deref(), Some(app));
+    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "fresh-jwt"}));
+    let bearer = format!("Bearer {token}");
+    let signed = get(gw.port, "GET", "/token/1", &[("Authorization", &bearer)]);
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    assert_eq!(consumer_of(&signed).as_deref(), Some(app));
+    for key in ["apiKey fresh-ka:wrong", "apiKey nobody:nothing"] {
+        let r = get(gw.port, "GET", "/wmts/1", &[("Authorization", key)]);
+        assert_eq!(r.status, 401, "{key}");
+    }
+    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "nobody"}));
+    let r = get(
+        gw.port,
+        "GET",
+        "/token/1",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(r.status, 401);
+}
+
 /// A key-auth credential without a secret opens to nothing: `keyId:` with nothing after the
 /// colon is refused whatever the store holds (a hash written without `keySecret`, or with an
 /// empty one), and populate makes a secret for a credential whose file gives an empty one, as

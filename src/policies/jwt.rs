@@ -447,19 +447,31 @@ impl Policy for Jwt {
         let Some(sub) = v.sub.as_deref() else {
             return fail(x, self.pass_through, 401, "jwt: no sub claim");
         };
-        match self.cache.jwt_subject(sub) {
-            Some(consumer) => succeed(x, consumer),
-            None if !self.cache.is_loaded() => {
+        match self.cache.jwt_subject_or_lookup(sub) {
+            Ok(consumer) => succeed(x, consumer),
+            Err(_) if !self.cache.is_loaded() => {
                 store_unread(x, self.pass_through, "jwt: sub unknown")
             }
-            None => fail(
-                x,
-                self.pass_through,
-                401,
-                "jwt: sub is no active credential",
-            ),
+            // A subject no credential is, is looked up in the store (one another gateway,
+            // or EG, created a moment ago works on its first request).
+            Err(Some(lookup)) => {
+                let (cache, pass_through) = (self.cache.clone(), self.pass_through);
+                let sub = sub.to_string();
+                Outcome::Defer(Box::pin(async move {
+                    lookup.done().await;
+                    Box::new(move |x: &mut Exchange| match cache.jwt_subject(&sub) {
+                        Some(consumer) => succeed(x, consumer),
+                        None => unknown_subject(x, pass_through),
+                    }) as crate::pipeline::context::Finish
+                }))
+            }
+            Err(None) => unknown_subject(x, self.pass_through),
         }
     }
+}
+
+fn unknown_subject(x: &mut Exchange, pass_through: bool) -> Outcome {
+    fail(x, pass_through, 401, "jwt: sub is no active credential")
 }
 
 #[cfg(test)]

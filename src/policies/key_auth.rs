@@ -116,23 +116,39 @@ impl Policy for KeyAuth {
             );
         }
         match self.cache.key_auth(key_id, secret, &req.endpoint.scopes) {
-            KeyAuthResult::Ok(consumer) => succeed(x, consumer),
-            KeyAuthResult::Forbidden => fail(
-                x,
-                self.p.pass_through,
-                403,
-                "key-auth: the key lacks a scope",
-            ),
-            KeyAuthResult::Unauthorized if !self.cache.is_loaded() => {
+            KeyAuthResult::Unknown(_) | KeyAuthResult::Unauthorized if !self.cache.is_loaded() => {
                 store_unread(x, self.p.pass_through, "key-auth: unknown key")
             }
-            KeyAuthResult::Unauthorized => fail(
-                x,
-                self.p.pass_through,
-                401,
-                "key-auth: unknown key, wrong secret or inactive",
-            ),
+            // A key no credential has is looked up in the store (one another gateway, or
+            // EG, created a moment ago works on its first request); answered once it was.
+            KeyAuthResult::Unknown(Some(lookup)) => {
+                let (cache, pass_through) = (self.cache.clone(), self.p.pass_through);
+                let (id, secret) = (key_id.to_string(), secret.to_string());
+                let scopes = req.endpoint.scopes.clone();
+                Outcome::Defer(Box::pin(async move {
+                    lookup.done().await;
+                    Box::new(move |x: &mut Exchange| {
+                        let found = cache.key_auth(&id, &secret, &scopes);
+                        answer(x, found, pass_through)
+                    }) as crate::pipeline::context::Finish
+                }))
+            }
+            found => answer(x, found, self.p.pass_through),
         }
+    }
+}
+
+/// The step's answer for what the consumer cache found for the key.
+fn answer(x: &mut Exchange, found: KeyAuthResult, pass_through: bool) -> Outcome {
+    match found {
+        KeyAuthResult::Ok(consumer) => succeed(x, consumer),
+        KeyAuthResult::Forbidden => fail(x, pass_through, 403, "key-auth: the key lacks a scope"),
+        KeyAuthResult::Unknown(_) | KeyAuthResult::Unauthorized => fail(
+            x,
+            pass_through,
+            401,
+            "key-auth: unknown key, wrong secret or inactive",
+        ),
     }
 }
 

@@ -25,6 +25,7 @@ pub use handover::handing_over;
 mod missed;
 mod passwords;
 mod sync;
+pub use sync::Lookup;
 
 /// A key-auth or jwt credential.
 #[derive(Clone, Debug)]
@@ -68,6 +69,9 @@ struct Tables {
 pub enum KeyAuthResult {
     Ok(Consumer),
     Unauthorized,
+    /// No credential has the key id: being looked up in the store when `Some` (see
+    /// [`Lookup`]).
+    Unknown(Option<Lookup>),
     /// Known and valid, but missing a scope the endpoint requires (EG: 403).
     Forbidden,
 }
@@ -109,6 +113,8 @@ pub struct ConsumerCache {
     /// Bounded ([`sync::LOOKUPS_QUEUED`]): a flood of made-up keys, or a store that does not
     /// answer, leaves the rest for the periodic reload.
     lookups: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
+    /// The lookups queued or running, for the requests that wait on them ([`Lookup`]).
+    pending_lookups: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     pub stats: CacheStats,
     /// How far the running full load is: entries read, of how many.
     pub progress: LoadProgress,
@@ -138,6 +144,7 @@ impl ConsumerCache {
             refused_passwords: Mutex::new(passwords::PasswordMemos::default()),
             checks: checks::InFlight::default(),
             lookups: Mutex::new(None),
+            pending_lookups: Mutex::new(HashMap::new()),
             load_lock: tokio::sync::Mutex::new(()),
             changed_while_loading: Mutex::new(None),
             loads: Mutex::new(sync::LoadRequests::default()),
@@ -224,8 +231,7 @@ impl ConsumerCache {
         let Some(cred) = t.key_auth.get(key_id) else {
             drop(t);
             self.hit(false);
-            self.lookup_later(format!("key-auth:{key_id}"));
-            return KeyAuthResult::Unauthorized;
+            return KeyAuthResult::Unknown(self.lookup_later(format!("key-auth:{key_id}")));
         };
         self.hit(true);
         // A stored credential without a secret (written behind tollgate's back) opens to
@@ -246,18 +252,23 @@ impl ConsumerCache {
     /// jwt with `checkCredentialExistence`: `sub` names an active jwt credential of an active
     /// consumer.
     pub fn jwt_subject(&self, sub: &str) -> Option<Consumer> {
+        self.jwt_subject_or_lookup(sub).ok()
+    }
+
+    /// The same, or, when no credential is `sub`, its lookup in the store when one is made
+    /// (see [`Lookup`]).
+    pub fn jwt_subject_or_lookup(&self, sub: &str) -> Result<Consumer, Option<Lookup>> {
         let t = self.read();
         let Some(cred) = t.jwt.get(sub) else {
             drop(t);
             self.hit(false);
-            self.lookup_later(format!("jwt:{sub}"));
-            return None;
+            return Err(self.lookup_later(format!("jwt:{sub}")));
         };
         self.hit(true);
         if !cred.active {
-            return None;
+            return Err(None);
         }
-        self.resolve(&t, &cred.consumer_id, false)
+        self.resolve(&t, &cred.consumer_id, false).ok_or(None)
     }
 
     /// Whether a jwt credential is still there and active (for cached tokens).

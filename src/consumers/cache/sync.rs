@@ -19,6 +19,23 @@ use crate::store::{KeyType, StoreError, StoreResult};
 /// (which runs them in turn with the changes).
 pub(super) const LOOKUPS_QUEUED: usize = 1024;
 
+/// How long a request whose credential is not known waits for its lookup in the store (a
+/// credential another gateway, or EG, just created works on its first request) before it is
+/// answered as unknown.
+const LOOKUP_WAIT: Duration = Duration::from_secs(1);
+
+/// A lookup of an unknown entity in the store, queued or running.
+#[derive(Debug)]
+pub struct Lookup(tokio::sync::watch::Receiver<bool>);
+
+impl Lookup {
+    /// Until the lookup ended (its entity is in the tables if the store has it), or for
+    /// [`LOOKUP_WAIT`].
+    pub async fn done(mut self) {
+        let _ = tokio::time::timeout(LOOKUP_WAIT, self.0.wait_for(|done| *done)).await;
+    }
+}
+
 /// What a refresh changed in the tables: carried over a full load that ran meanwhile.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(super) enum Changed {
@@ -409,6 +426,7 @@ impl ConsumerCache {
                         if let Err(e) = cache.refresh(&entity).await {
                             log::debug!("consumer cache: lookup of {entity} failed: {e}");
                         }
+                        cache.looked_up(&entity);
                     }
                     msg = messages.recv() => match msg {
                         Ok(entity) if entity == crate::store::SUBSCRIBED => {
@@ -446,27 +464,49 @@ impl ConsumerCache {
 
     /// Looks an unknown entity up in the background, at most once per
     /// [`super::missed::NEGATIVE_TTL`].
-    pub(super) fn lookup_later(&self, entity: String) {
-        let Some(lookups) = self
+    /// The lookup, when one is queued or running, which a request may wait on.
+    pub(super) fn lookup_later(&self, entity: String) -> Option<Lookup> {
+        let lookups = self
             .lookups
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .clone()
-        else {
-            return;
-        };
+            .clone()?;
+        let mut pending = self
+            .pending_lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = pending.get(&entity) {
+            return Some(Lookup(running.subscribe()));
+        }
         let may = self
             .recently_missed
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .may_look_up(&entity, Instant::now());
         if !may {
-            return;
+            return None;
         }
         // Full (a flood, a store not answering): not looked up now; the periodic reload finds
-        // it, or a request after the negative time. (Closed only with the process.)
-        if lookups.try_send(entity).is_err() {
+        // it, or a request after the negative time. (Closed only with the process.) Queued
+        // under the lock of the lookups pending, so that its end is told after it is noted.
+        if lookups.try_send(entity.clone()).is_err() {
             log::debug!("consumer cache: too many lookups waiting; one left for later");
+            return None;
+        }
+        let (done, waiting) = tokio::sync::watch::channel(false);
+        pending.insert(entity, done);
+        Some(Lookup(waiting))
+    }
+
+    /// Tells the requests waiting on the lookup of `entity` that it ended.
+    fn looked_up(&self, entity: &str) {
+        let done = self
+            .pending_lookups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(entity);
+        if let Some(done) = done {
+            done.send_replace(true);
         }
     }
 }
