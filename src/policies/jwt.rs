@@ -188,12 +188,36 @@ fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String>
         return Ok((k, vec![RS256, RS384, RS512, PS256, PS384, PS512]));
     }
     if let Ok(k) = DecodingKey::from_ec_pem(pem) {
+        // (On another curve every token would be refused: ES512's P-521, secp256k1.)
+        if !on_es_curve(&normalized) {
+            return Err("the EC public key is on a curve other than P-256 (ES256) or P-384 (ES384): ES512 (P-521) is not supported".into());
+        }
         return Ok((k, vec![ES256, ES384]));
     }
     if let Ok(k) = DecodingKey::from_ed_pem(pem) {
         return Ok((k, vec![EdDSA]));
     }
     Err("the PEM is not an RSA, EC or Ed25519 public key".into())
+}
+
+/// Whether an EC public key in PEM is on P-256 or P-384 (its named curve's object identifier
+/// in the key's DER).
+fn on_es_curve(pem: &str) -> bool {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) else {
+        return false;
+    };
+    // 1.2.840.10045.3.1.7 and 1.3.132.0.34, as DER writes them.
+    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+    [P256, P384]
+        .iter()
+        .any(|oid| der.windows(oid.len()).any(|w| w == *oid))
 }
 
 impl Jwt {

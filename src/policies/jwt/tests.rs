@@ -316,3 +316,20 @@ fn a_secret_of_whitespace_is_refused() {
         assert!(built.is_err(), "{secret:?}");
     }
 }
+
+/// An EC key on a curve no algorithm here verifies (ES512's P-521) is a config error, not a
+/// key whose every token is refused.
+#[test]
+fn an_ec_key_on_a_curve_without_an_algorithm_is_refused() {
+    const P256: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEwZKMix0JmCmPBNL3fgAoIl1dzbEx\nYdeGlDLeaPxvoPqAk5qqnsuNrMfRGXYg2HZXxPFKYpxGHIbPDROujCD2sA==\n-----END PUBLIC KEY-----";
+    const P384: &str = "-----BEGIN PUBLIC KEY-----\nMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAErGW+t8lyVA/DM9r9C959eMH/DYKB14vc\nD1htHnWo4ncXPwUCvCCKIKp4PFIzfZhKtUOjthjd8wUuaAcBYQcxigjMvnLhR4X9\nxYZCSo9DJSSUERhuQu+9QsZNjEqMbtJ3\n-----END PUBLIC KEY-----";
+    const P521: &str = "-----BEGIN PUBLIC KEY-----\nMIGbMBAGByqGSM49AgEGBSuBBAAjA4GGAAQA4UdQJ44dtkaj+hGKcZNgvWhjsohS\nH9e8a1VOTtABA0Hrn1r4Oc4/YV5NYMMdq4Odtm6KrAQnmnVAlGECC3fzBlcBAVXd\nBhpT2vhhBhnRDWgZsenYuHTRfhXZCyt0zup2ccBR3BF5U2hCiLDrCB5jOEzPMLfO\nDEOcnCRCdD62cHpQR94=\n-----END PUBLIC KEY-----";
+    let family = |pem: &str| decoding_key(pem).map(|(_, algorithms)| algorithms);
+    let es = Ok(vec![Algorithm::ES256, Algorithm::ES384]);
+    assert_eq!(family(P256), es);
+    assert_eq!(family(P384), es);
+    // (As an environment variable carries it.)
+    assert_eq!(family(&P384.replace('\n', "\\n")), es);
+    let refused = family(P521).expect_err("P-521");
+    assert!(refused.contains("ES512"), "{refused}");
+}
