@@ -483,10 +483,12 @@ impl Policy for Jwt {
                 let sub = sub.to_string();
                 Outcome::Defer(Box::pin(async move {
                     lookup.done().await;
-                    Box::new(move |x: &mut Exchange| match cache.jwt_subject(&sub) {
-                        Some(consumer) => succeed(x, consumer),
-                        None => unknown_subject(x, pass_through),
-                    }) as crate::pipeline::context::Finish
+                    Box::new(
+                        move |x: &mut Exchange| match cache.jwt_subject_looked_up(&sub) {
+                            Some(consumer) => succeed(x, consumer),
+                            None => unknown_subject(x, pass_through),
+                        },
+                    ) as crate::pipeline::context::Finish
                 }))
             }
             Err(None) => unknown_subject(x, self.pass_through),

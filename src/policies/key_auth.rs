@@ -128,7 +128,7 @@ impl Policy for KeyAuth {
                 Outcome::Defer(Box::pin(async move {
                     lookup.done().await;
                     Box::new(move |x: &mut Exchange| {
-                        let found = cache.key_auth(&id, &secret, &scopes);
+                        let found = cache.key_auth_looked_up(&id, &secret, &scopes);
                         answer(x, found, pass_through)
                     }) as crate::pipeline::context::Finish
                 }))

@@ -64,6 +64,13 @@ struct Tables {
     usernames: Table<Arc<str>>,
 }
 
+/// Whether a credential is asked for by its request, or again once its lookup ended.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asking {
+    First,
+    AfterLookup,
+}
+
 /// The answer to a key-auth attempt.
 #[derive(Debug)]
 pub enum KeyAuthResult {
@@ -227,13 +234,38 @@ impl ConsumerCache {
         secret: &str,
         endpoint_scopes: &[String],
     ) -> KeyAuthResult {
+        self.key_auth_as(key_id, secret, endpoint_scopes, Asking::First)
+    }
+
+    /// The same once the key's lookup ended: not counted again, not looked up again.
+    pub fn key_auth_looked_up(
+        &self,
+        key_id: &str,
+        secret: &str,
+        endpoint_scopes: &[String],
+    ) -> KeyAuthResult {
+        self.key_auth_as(key_id, secret, endpoint_scopes, Asking::AfterLookup)
+    }
+
+    fn key_auth_as(
+        &self,
+        key_id: &str,
+        secret: &str,
+        endpoint_scopes: &[String],
+        asking: Asking,
+    ) -> KeyAuthResult {
         let t = self.read();
         let Some(cred) = t.key_auth.get(key_id) else {
             drop(t);
+            if asking == Asking::AfterLookup {
+                return KeyAuthResult::Unknown(None);
+            }
             self.hit(false);
             return KeyAuthResult::Unknown(self.lookup_later(format!("key-auth:{key_id}")));
         };
-        self.hit(true);
+        if asking == Asking::First {
+            self.hit(true);
+        }
         // A stored credential without a secret (written behind tollgate's back) opens to
         // nothing.
         let secret_ok: bool = cred.secret.as_bytes().ct_eq(secret.as_bytes()).into();
@@ -252,19 +284,33 @@ impl ConsumerCache {
     /// jwt with `checkCredentialExistence`: `sub` names an active jwt credential of an active
     /// consumer.
     pub fn jwt_subject(&self, sub: &str) -> Option<Consumer> {
-        self.jwt_subject_or_lookup(sub).ok()
+        self.jwt_subject_as(sub, Asking::First).ok()
     }
 
     /// The same, or, when no credential is `sub`, its lookup in the store when one is made
     /// (see [`Lookup`]).
     pub fn jwt_subject_or_lookup(&self, sub: &str) -> Result<Consumer, Option<Lookup>> {
+        self.jwt_subject_as(sub, Asking::First)
+    }
+
+    /// The same once the subject's lookup ended: not counted again, not looked up again.
+    pub fn jwt_subject_looked_up(&self, sub: &str) -> Option<Consumer> {
+        self.jwt_subject_as(sub, Asking::AfterLookup).ok()
+    }
+
+    fn jwt_subject_as(&self, sub: &str, asking: Asking) -> Result<Consumer, Option<Lookup>> {
         let t = self.read();
         let Some(cred) = t.jwt.get(sub) else {
             drop(t);
+            if asking == Asking::AfterLookup {
+                return Err(None);
+            }
             self.hit(false);
             return Err(self.lookup_later(format!("jwt:{sub}")));
         };
-        self.hit(true);
+        if asking == Asking::First {
+            self.hit(true);
+        }
         if !cred.active {
             return Err(None);
         }
