@@ -287,3 +287,73 @@ fn the_certificate_is_chosen_by_the_name_the_client_asks_for() {
     assert_eq!(served(gw.port, Some("c.test")), "a");
     assert_eq!(served(gw.port, None), "a");
 }
+
+/// `tollgate check` on an https section it cannot serve as written: an encrypted key is an
+/// error that says so (OpenSSL's own reader asked for its passphrase on the terminal, and a
+/// gateway with one waited there), a key written inline is not repeated into the error,
+/// client certificates are an error (every client would be let in without one), and what
+/// else EG hands to Node's TLS is a warning at its place.
+#[test]
+fn check_says_what_of_an_https_section_it_cannot_serve() {
+    let cert = SelfSigned::new();
+    // `key`: the default certificate's key line, given the config directory.
+    let https = |key: &dyn Fn(&ConfigDir) -> String, more: &str| {
+        let dir = ConfigDir::empty();
+        dir.write("tls.crt", &cert.cert_pem());
+        dir.write("tls.key", &cert.key_pem());
+        let encrypted = cert
+            .key
+            .private_key_to_pem_pkcs8_passphrase(openssl::symm::Cipher::aes_256_cbc(), b"secret")
+            .expect("encrypted pem");
+        dir.write(
+            "encrypted.key",
+            &String::from_utf8(encrypted).expect("utf8"),
+        );
+        dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+        let yml = format!(
+            "https:\n  port: 1\n{more}  tls:\n    default:\n      cert: '{crt}'\n{key}apiEndpoints:\n  t: {{paths: '/t/*'}}\npolicies: [terminate]\npipelines:\n  t: {{apiEndpoints: [t], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n",
+            crt = dir.file("tls.crt"),
+            key = key(&dir),
+        );
+        dir.write("gateway.config.yml", &yml);
+        let out = support::gateway::run_tollgate(
+            &["check", "--config", &dir.path.display().to_string()],
+            &[],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let file =
+        |name: &'static str| move |dir: &ConfigDir| format!("      key: '{}'\n", dir.file(name));
+    let (code, err) = https(&file("tls.key"), "");
+    assert_eq!(code, Some(0), "{err}");
+    let (code, err) = https(&file("encrypted.key"), "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("is encrypted"), "{err}");
+    let inline = cert.key_pem().replace('\n', "\n        ");
+    let (code, err) = https(
+        &|_: &ConfigDir| format!("      key: |\n        {inline}\n"),
+        "",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        !err.contains("BEGIN"),
+        "the key written inline was repeated: {err}"
+    );
+    let (code, err) = https(
+        &file("tls.key"),
+        "  options: {requestCert: true, rejectUnauthorized: true, minVersion: TLSv1.3}\n",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("requestCert"), "{err}");
+    assert!(err.contains("https.options.minVersion"), "{err}");
+    let with_ca = |dir: &ConfigDir| format!("{}      ca: [ca.crt]\n", file("tls.key")(dir));
+    let (code, err) = https(&with_ca, "");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("`https.tls.default.ca` is not acted on"),
+        "{err}"
+    );
+}

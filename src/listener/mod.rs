@@ -91,7 +91,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use pingora_core::apps::HttpServerApp;
 use pingora_core::server::{ListenFds, ShutdownWatch};
-use pingora_core::tls::ssl::{SslAcceptor, SslFiletype, SslMethod};
+use pingora_core::tls::ssl::{SslAcceptor, SslMethod};
 use tokio::sync::Semaphore;
 
 /// What a client connection may take of the gateway.
@@ -509,13 +509,43 @@ fn tls_builder(
     b.set_alpn_select_callback(|_, offered| {
         select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
     });
+    let (cert_shown, key_shown) = (shown_path(cert), shown_path(key));
     b.set_certificate_chain_file(cert)
-        .with_context(|| format!("cannot use the certificate {cert}"))?;
-    b.set_private_key_file(key, SslFiletype::PEM)
-        .with_context(|| format!("cannot use the key {key}"))?;
-    b.check_private_key()
-        .with_context(|| format!("the key {key} does not match the certificate {cert}"))?;
+        .with_context(|| format!("cannot use the certificate {cert_shown}"))?;
+    let private = private_key(key)?;
+    b.set_private_key(&private)
+        .with_context(|| format!("cannot use the key {key_shown}"))?;
+    b.check_private_key().with_context(|| {
+        format!("the key {key_shown} does not match the certificate {cert_shown}")
+    })?;
     Ok(b)
+}
+
+/// A certificate's or key's path as errors show it: PEM text given where a path goes (a key
+/// written inline) is not repeated into logs and the Admin API.
+fn shown_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path.contains("-----BEGIN") {
+        true => "(PEM text where a file path goes: give the file's path)".into(),
+        false => path.into(),
+    }
+}
+
+/// The private key in the PEM file at `path`, never asking for a passphrase (OpenSSL's own
+/// reader asks on the terminal for an encrypted key, and the gateway, or a reload, waited
+/// there for good).
+fn private_key(
+    path: &str,
+) -> anyhow::Result<pingora_core::tls::pkey::PKey<pingora_core::tls::pkey::Private>> {
+    use pingora_core::tls::pkey::PKey;
+    let shown = shown_path(path);
+    let pem = std::fs::read(path).with_context(|| format!("cannot read the key {shown}"))?;
+    let encrypted = pem.windows(9).any(|w| w == b"ENCRYPTED");
+    PKey::private_key_from_pem_callback(&pem, |_| Ok(0)).map_err(|e| match encrypted {
+        true => anyhow::anyhow!(
+            "the key {shown} is encrypted: give it without a passphrase (`openssl pkey -in KEY -out PLAIN`)"
+        ),
+        false => anyhow::Error::new(e).context(format!("cannot use the key {shown}")),
+    })
 }
 
 /// Raises the soft limit of open descriptors to the hard limit, and returns the limit now in

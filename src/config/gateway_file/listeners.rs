@@ -132,8 +132,57 @@ pub(super) fn address_of(host: &str, port: u16) -> Option<std::net::IpAddr> {
     (host, port).to_socket_addrs().ok()?.next().map(|a| a.ip())
 }
 
+/// What of an `https` section (EG's, which hands `options` and each certificate's other keys
+/// to Node's TLS) tollgate does not act on: client certificates are an error (every client
+/// would be let in, silently), anything else a warning at its place.
+fn https_not_acted_on(node: &Node, errors: &mut ConfigErrors) {
+    let keys = |n: &Node| -> Vec<(String, Node)> {
+        n.as_map()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|(k, v)| Some((k.scalar_text()?, v.clone())))
+            .collect()
+    };
+    let unacted = |at: &Node, what: &str, hint: &str| {
+        log::warn!("{}: `{what}` is not acted on by tollgate{hint}", at.pos);
+    };
+    for (key, value) in keys(node) {
+        match key.as_str() {
+            "port" | "hostname" | "host" | "tls" => {}
+            "options" => {
+                for (option, v) in keys(&value) {
+                    let on = !matches!(v.value, Value::Null | Value::Bool(false));
+                    if option == "requestCert" && on {
+                        errors.push(
+                            &v.pos,
+                            "`https.options.requestCert`: client certificates are not supported: every client would be let in without one (check them in front of the gateway)",
+                        );
+                    } else {
+                        unacted(&v, &format!("https.options.{option}"), "");
+                    }
+                }
+            }
+            other => unacted(&value, &format!("https.{other}"), ""),
+        }
+    }
+    for (host, entry) in node.get("tls").map(keys).unwrap_or_default() {
+        for (key, v) in keys(&entry) {
+            match key.as_str() {
+                "key" | "cert" => {}
+                "ca" => unacted(
+                    &v,
+                    &format!("https.tls.{host}.ca"),
+                    " (the certificate's chain goes in its `cert` file, after it)",
+                ),
+                other => unacted(&v, &format!("https.tls.{host}.{other}"), ""),
+            }
+        }
+    }
+}
+
 pub(super) fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> {
     let listener = listener(node, "https", None, errors)?;
+    https_not_acted_on(node, errors);
     let mut certs = Vec::new();
     match node.get("tls") {
         Some(tls) => {
