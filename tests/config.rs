@@ -369,15 +369,19 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
 #[test]
 fn cache_step_values_out_of_range_are_errors_with_their_position() {
     let dir = ConfigDir::new(
-        "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints: {s: {url: 'http://127.0.0.1:1'}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 0}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  q:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 16, ttl: 5}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
+        "http: {port: 1}\napiEndpoints: {a: {}}\nserviceEndpoints: {s: {url: 'http://127.0.0.1:1'}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 0}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  q:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {minUses: 16, ttl: 5}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n  r:\n    apiEndpoints: [a]\n    policies:\n      - cache: [{action: {maxObjectSize: 209715200}}]\n      - proxy: [{action: {serviceEndpoint: s}}]\n",
     );
     let err = check_errors(&dir);
     let file = dir.file("gateway.config.yml");
-    for line in [9, 14] {
+    for (line, why) in [
+        (9, "`minUses` must be between 1 and 15"),
+        (14, "`minUses` must be between 1 and 15"),
+        // (An object the memory tier cannot weigh was read whole, then not kept.)
+        (19, "`maxObjectSize` must be at most 62914560"),
+    ] {
         assert!(
             err.lines()
-                .any(|l| l.starts_with(&format!("{file}:{line}:"))
-                    && l.contains("`minUses` must be between 1 and 15")),
+                .any(|l| l.starts_with(&format!("{file}:{line}:")) && l.contains(why)),
             "no error at line {line} in:\n{err}"
         );
     }

@@ -71,6 +71,10 @@ fn default_swr() -> u32 {
 fn default_sie() -> u32 {
     24 * 3600
 }
+/// The largest `maxObjectSize`: the memory tier weighs an object in KiB in 16 bits (64 MiB
+/// with its head), and every stored object passes through it.
+const MAX_OBJECT_SIZE: u64 = 60 << 20;
+
 fn default_max_object_size() -> u64 {
     8 * 1024 * 1024
 }
@@ -175,6 +179,12 @@ impl Cache {
         }
         if p.max_object_size == 0 {
             return Err("`maxObjectSize` must be more than 0".into());
+        }
+        if p.max_object_size > MAX_OBJECT_SIZE {
+            // (A larger answer was read whole, then not kept.)
+            return Err(format!(
+                "`maxObjectSize` must be at most {MAX_OBJECT_SIZE} (60 MiB): the memory tier holds no larger object"
+            ));
         }
         let lower = |v: &[String]| v.iter().map(|s| s.to_ascii_lowercase()).collect();
         Ok(Cache {
