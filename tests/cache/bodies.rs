@@ -541,7 +541,7 @@ fn a_client_that_leaves_during_a_large_hit_was_answered() {
     for fast in ["on", "off"] {
         let (_dir, gw) = start(
             &up,
-            "{ttl: 600, maxObjectSize: 67108864}",
+            "{ttl: 600, maxObjectSize: 33554432}",
             &["--fast-path", fast],
         );
         for status in ["MISS", "HIT"] {
