@@ -26,6 +26,20 @@ fn https_upstream_is_verified_unless_secure_is_false() {
     // A self-signed certificate is not trusted when verification is on.
     let r = get(gw.port, "GET", "/verified/x", &[]);
     assert_eq!((r.status, r.text().as_str()), (502, "Bad gateway."));
+    // The log says why, as OpenSSL tells it (every TLS failure was the same line); written
+    // once the exchange ended.
+    let said = |log: &str| {
+        log.lines().any(|l| {
+            l.contains("upstream failure: api endpoint `verified`")
+                && l.contains("tls (")
+                && l.contains("certificate")
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !said(&gw.log_text()) {
+        assert!(std::time::Instant::now() < deadline, "{}", gw.log_text());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Health checks verify an https url's certificate as its traffic does: with `secure: false`

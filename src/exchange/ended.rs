@@ -165,8 +165,15 @@ fn log_failure(e: &Error, x: &Exchange, status: u16) {
         ErrorSource::Upstream => {
             let kind = upstream_error_label(e);
             let (endpoint, upstream) = named(x);
+            // A TLS failure says why (an untrusted issuer, a name or a date the certificate
+            // does not have, a plain HTTP answer), as OpenSSL tells it.
+            let why = match (kind, &e.context, &e.cause) {
+                ("tls", Some(context), _) => format!(" ({context})"),
+                ("tls", None, Some(cause)) => format!(" ({cause})"),
+                _ => String::new(),
+            };
             log::warn!(
-                "upstream failure: api endpoint `{endpoint}`, upstream {upstream}, {kind}; answered {status}"
+                "upstream failure: api endpoint `{endpoint}`, upstream {upstream}, {kind}{why}; answered {status}"
             );
         }
         ErrorSource::Downstream => log::debug!("client went away: {e}"),
