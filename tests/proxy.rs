@@ -664,3 +664,39 @@ fn what_is_no_http_is_refused_at_once() {
     // A head still on its way is waited for.
     assert_eq!(get(s.gw.port, "GET", "/raw/x", &[]).status, 200);
 }
+
+/// A client's `Expect: 100-continue` is answered `100 Continue` once the pipeline let the
+/// request through, and not sent upstream (as EG's Node and nginx answer it: forwarded, the
+/// client waited a second for an upstream that sends none, curl's uploads among them); the
+/// connection stays open for the next request.
+#[test]
+fn expect_continue_is_answered_by_the_gateway() {
+    use std::io::{Read, Write};
+    let s = setup();
+    let mut c = support::client::connect(s.gw.port, 5);
+    let body = "x".repeat(2000);
+    let head = format!(
+        "POST /raw/upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        body.len()
+    );
+    c.write_all(head.as_bytes()).expect("head");
+    c.set_read_timeout(Some(std::time::Duration::from_millis(800)))
+        .expect("timeout");
+    let mut interim = [0u8; 25];
+    c.read_exact(&mut interim)
+        .expect("the 100 Continue, before the body is sent");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(body.as_bytes()).expect("body");
+    let r = support::client::read_response(&mut c, false);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let e = r.echoed();
+    assert_eq!(e.0["body"].as_str().map(str::len), Some(body.len()));
+    assert_eq!(e.header("expect"), None, "the Expect went upstream");
+    assert_ne!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    c.write_all(b"GET /raw/again HTTP/1.1\r\nHost: h\r\n\r\n")
+        .expect("next");
+    let again = support::client::read_response(&mut c, false);
+    assert_eq!(again.echoed().url(), "/raw/again");
+}

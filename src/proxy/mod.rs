@@ -66,6 +66,29 @@ pub struct RequestCtx {
     other_validator: bool,
     /// An HTTP/2 request's stream, counted open on its connection while the request lasts.
     _h2_stream: Option<crate::listener::h2::Stream>,
+    /// The client's `Expect: 100-continue` was answered here (not sent upstream).
+    continued: bool,
+}
+
+/// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once the pipeline
+/// let its request through (as EG's Node and nginx answer it: forwarded, a client waited a
+/// second for an upstream that sends none before it sent its body). Whether it was answered.
+async fn answer_continue(session: &mut Session) -> Result<bool> {
+    let req = session.req_header();
+    let expects = req.version == http::Version::HTTP_11
+        && req
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+    if !expects || session.is_http2() || session.is_body_done() {
+        return Ok(false);
+    }
+    // (An informational answer before the body is read would close the connection after
+    // the final one, as an answer before the body does.)
+    session.set_close_on_response_before_downstream_finish(false);
+    let written = session.write_continue_response().await;
+    session.set_close_on_response_before_downstream_finish(true);
+    written.map(|()| true)
 }
 
 /// A request the fast path ran the pipelines of and hands to Pingora's proxy to finish.
@@ -133,6 +156,7 @@ impl ProxyHttp for Tollgate {
             not_modified: None,
             other_validator: false,
             _h2_stream: None,
+            continued: false,
         }
     }
 
@@ -208,6 +232,7 @@ impl ProxyHttp for Tollgate {
                 if let Some(level) = ctx.x.compress {
                     compression::start(session, level);
                 }
+                ctx.continued = answer_continue(session).await?;
                 Ok(false)
             }
             Decision::Reply(reply) => {
@@ -451,6 +476,9 @@ impl ProxyHttp for Tollgate {
             }
         }
         crate::cache::keep_head(session, upstream);
+        if ctx.continued {
+            upstream.remove_header(&http::header::EXPECT);
+        }
         exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
     }
 
