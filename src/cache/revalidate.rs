@@ -3,7 +3,9 @@
 //! `304` whose entity tag, `Vary`, `Content-Encoding` or `Content-Type` is not the stored
 //! tile's updates nothing.
 
-use http::header::{HeaderName, AGE, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, VARY};
+use http::header::{
+    HeaderName, AGE, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, ETAG, LAST_MODIFIED, VARY,
+};
 use http::{HeaderMap, HeaderValue};
 use pingora_http::ResponseHeader;
 
@@ -41,7 +43,8 @@ pub fn updated(stored: &ResponseHeader, not_modified: &ResponseHeader) -> Respon
 }
 
 /// Whether a `304` is about the stored tile whose head's fields are `stored`: unless it names
-/// an entity tag that is not the stored tile's (RFC 9111 §4.3.4: a strong one identifies the
+/// an entity tag that is not the stored tile's, or, neither having a tag, a `Last-Modified`
+/// that is not the stored tile's (RFC 9111 §4.3.4: a strong one identifies the
 /// body, a weak one must match the stored tile's; compared weakly, as a server that weakens
 /// the tag of what it compresses may send the strong one on a 304, or the weak one), or a
 /// `Vary` that is not the stored tile's (the upstream negotiates the tile by other headers
@@ -63,13 +66,28 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
     // under the new description (a PNG as gzip, or as a service exception's XML).
     let same_coding = !not_modified.headers.contains_key(CONTENT_ENCODING)
         || stored.is_some_and(|h| codings(h) == codings(&not_modified.headers));
+    // Without tags, a `Last-Modified` the stored tile does not have names another body
+    // (RFC 9111 §4.3.4: the stored response to update is the one with that date).
+    let date = |v: &HeaderValue| {
+        let text = v.to_str().map(str::trim).unwrap_or_default();
+        httpdate::parse_http_date(text).map_err(|_| v.as_bytes().to_vec())
+    };
+    let same_date = match (
+        not_modified.headers.get(LAST_MODIFIED),
+        not_modified.headers.contains_key(ETAG) || stored.is_some_and(|h| h.contains_key(ETAG)),
+    ) {
+        (Some(new), false) => stored
+            .and_then(|h| h.get(LAST_MODIFIED))
+            .is_some_and(|old| date(old) == date(new)),
+        _ => true,
+    };
     let same_type = match not_modified.headers.get(CONTENT_TYPE) {
         Some(new) => stored
             .and_then(|h| h.get(CONTENT_TYPE))
             .is_some_and(|old| media_type(old) == media_type(new)),
         None => true,
     };
-    same_tag && same_vary && same_coding && same_type
+    same_tag && same_date && same_vary && same_coding && same_type
 }
 
 /// The `Vary` of a `304` as it stands for the stored tile whose head's fields are `stored`: a
@@ -200,6 +218,27 @@ mod tests {
         assert!(!selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(Some(&weak), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(None, &head(304, &[("ETag", "W/\"v2\"")])));
+    }
+
+    #[test]
+    fn without_tags_a_304_with_another_date_selects_nothing() {
+        let date = "Sun, 06 Dec 2026 10:00:00 GMT";
+        let stored = head(200, &[("Last-Modified", date)]);
+        let stored = Some(&stored.headers);
+        let with = |h: &[(&str, &str)]| selects(stored, &head(304, h));
+        assert!(with(&[("Last-Modified", date)]));
+        // (The same date written otherwise.)
+        assert!(with(&[("Last-Modified", "Sunday, 06-Dec-26 10:00:00 GMT")]));
+        assert!(with(&[]));
+        assert!(!with(&[("Last-Modified", "Sun, 06 Dec 2026 11:00:00 GMT")]));
+        assert!(!selects(None, &head(304, &[("Last-Modified", date)])));
+        // With a tag, the tag decides.
+        let tagged = head(200, &[("ETag", "\"v\""), ("Last-Modified", date)]);
+        let later = [
+            ("ETag", "\"v\""),
+            ("Last-Modified", "Sun, 06 Dec 2026 11:00:00 GMT"),
+        ];
+        assert!(selects(Some(&tagged.headers), &head(304, &later)));
     }
 
     #[test]

@@ -76,10 +76,11 @@ pub struct RequestCtx {
 async fn answer_continue(session: &mut Session) -> Result<bool> {
     let req = session.req_header();
     let expects = req.version == http::Version::HTTP_11
-        && req
-            .headers
-            .get(http::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue"));
+        && req.headers.get(http::header::EXPECT).is_some_and(|v| {
+            v.as_bytes()
+                .trim_ascii()
+                .eq_ignore_ascii_case(b"100-continue")
+        });
     if !expects || session.is_http2() || session.is_body_done() {
         return Ok(false);
     }
