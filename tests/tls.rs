@@ -325,8 +325,7 @@ fn check_says_what_of_an_https_section_it_cannot_serve() {
         );
         dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
         let yml = format!(
-            "https:\n  port: 1\n{more}  tls:\n    default:\n      cert: '{crt}'\n{key}apiEndpoints:\n  t: {{paths: '/t/*'}}\npolicies: [terminate]\npipelines:\n  t: {{apiEndpoints: [t], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n",
-            crt = dir.file("tls.crt"),
+            "https:\n  port: 1\n{more}  tls:\n    default:\n{key}apiEndpoints:\n  t: {{paths: '/t/*'}}\npolicies: [terminate]\npipelines:\n  t: {{apiEndpoints: [t], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n",
             key = key(&dir),
         );
         dir.write("gateway.config.yml", &yml);
@@ -339,8 +338,16 @@ fn check_says_what_of_an_https_section_it_cannot_serve() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let file =
-        |name: &'static str| move |dir: &ConfigDir| format!("      key: '{}'\n", dir.file(name));
+    // The certificate's line and the key's.
+    let file = |name: &'static str| {
+        move |dir: &ConfigDir| {
+            format!(
+                "      cert: '{}'\n      key: '{}'\n",
+                dir.file("tls.crt"),
+                dir.file(name)
+            )
+        }
+    };
     let (code, err) = https(&file("tls.key"), "");
     assert_eq!(code, Some(0), "{err}");
     let (code, err) = https(&file("encrypted.key"), "");
@@ -348,7 +355,10 @@ fn check_says_what_of_an_https_section_it_cannot_serve() {
     assert!(err.contains("is encrypted"), "{err}");
     let inline = cert.key_pem().replace('\n', "\n        ");
     let (code, err) = https(
-        &|_: &ConfigDir| format!("      key: |\n        {inline}\n"),
+        &|dir: &ConfigDir| {
+            let crt = dir.file("tls.crt");
+            format!("      cert: '{crt}'\n      key: |\n        {inline}\n")
+        },
         "",
     );
     assert_eq!(code, Some(2), "{err}");
@@ -356,6 +366,22 @@ fn check_says_what_of_an_https_section_it_cannot_serve() {
         !err.contains("BEGIN"),
         "the key written inline was repeated: {err}"
     );
+    // A certificate written inline too (OpenSSL's error repeated the path it tried).
+    let inline_cert = cert.cert_pem().replace('\n', "\n        ");
+    let (code, err) = https(
+        &|dir: &ConfigDir| {
+            let key = dir.file("tls.key");
+            format!("      cert: |\n        {inline_cert}\n      key: '{key}'\n")
+        },
+        "",
+    );
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        !err.contains("BEGIN"),
+        "the certificate written inline was repeated: {err}"
+    );
+    let (code, err) = https(&file("tls.key"), "  options: {requestCert: 0}\n");
+    assert_eq!(code, Some(0), "as Node reads 0: {err}");
     let (code, err) = https(
         &file("tls.key"),
         "  options: {requestCert: true, rejectUnauthorized: true, minVersion: TLSv1.3}\n",

@@ -510,6 +510,12 @@ fn tls_builder(
         select_next_proto(b"\x02h2\x08http/1.1", offered).ok_or(AlpnError::NOACK)
     });
     let (cert_shown, key_shown) = (shown_path(cert), shown_path(key));
+    // (OpenSSL's own error would repeat the path it could not open.)
+    for (what, path) in [("certificate", cert), ("key", key)] {
+        if path.contains("-----BEGIN") {
+            anyhow::bail!("the {what} is {}", shown_path(path));
+        }
+    }
     b.set_certificate_chain_file(cert)
         .with_context(|| format!("cannot use the certificate {cert_shown}"))?;
     let private = private_key(key)?;

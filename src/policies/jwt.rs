@@ -200,24 +200,22 @@ fn decoding_key(material: &str) -> Result<(DecodingKey, Vec<Algorithm>), String>
     Err("the PEM is not an RSA, EC or Ed25519 public key".into())
 }
 
-/// Whether an EC public key in PEM is on P-256 or P-384 (its named curve's object identifier
-/// in the key's DER).
+/// Whether an EC public key in PEM (or the first certificate's) is on P-256 or P-384, as
+/// OpenSSL reads it; true when it cannot tell (jsonwebtoken has the last word then).
 fn on_es_curve(pem: &str) -> bool {
-    use base64::Engine;
-    let body: String = pem
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with("-----"))
-        .collect();
-    let Ok(der) = base64::engine::general_purpose::STANDARD.decode(body) else {
-        return false;
-    };
-    // 1.2.840.10045.3.1.7 and 1.3.132.0.34, as DER writes them.
-    const P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
-    const P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
-    [P256, P384]
-        .iter()
-        .any(|oid| der.windows(oid.len()).any(|w| w == *oid))
+    use pingora_core::tls::nid::Nid;
+    use pingora_core::tls::pkey::PKey;
+    use pingora_core::tls::x509::X509;
+    let key = PKey::public_key_from_pem(pem.as_bytes())
+        .ok()
+        .or_else(|| X509::from_pem(pem.as_bytes()).ok()?.public_key().ok());
+    let curve = key
+        .and_then(|k| k.ec_key().ok())
+        .and_then(|k| k.group().curve_name());
+    match curve {
+        Some(nid) => nid == Nid::X9_62_PRIME256V1 || nid == Nid::SECP384R1,
+        None => true,
+    }
 }
 
 impl Jwt {

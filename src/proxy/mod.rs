@@ -70,9 +70,10 @@ pub struct RequestCtx {
     continued: bool,
 }
 
-/// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once the pipeline
-/// let its request through (as EG's Node and nginx answer it: forwarded, a client waited a
-/// second for an upstream that sends none before it sent its body). Whether it was answered.
+/// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once its request
+/// goes upstream (as EG's Node and nginx answer it: forwarded, a client waited a second for
+/// an upstream that sends none before it sent its body). Whether it was answered. (An HTTP/2
+/// stream's `100` cannot be sent: Pingora's HTTP/2 session drops informational heads.)
 async fn answer_continue(session: &mut Session) -> Result<bool> {
     let req = session.req_header();
     let expects = req.version == http::Version::HTTP_11
@@ -233,7 +234,6 @@ impl ProxyHttp for Tollgate {
                 if let Some(level) = ctx.x.compress {
                     compression::start(session, level);
                 }
-                ctx.continued = answer_continue(session).await?;
                 Ok(false)
             }
             Decision::Reply(reply) => {
@@ -413,7 +413,9 @@ impl ProxyHttp for Tollgate {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        let started = ctx.upstream_time.is_some() || session.response_written().is_some();
+        // (The gateway's own `100 Continue` is no start of the answer.)
+        let started =
+            ctx.upstream_time.is_some() || exchange::final_status(session.response_written()) != 0;
         match &mut ctx.x.proxy {
             Some(plan) => crate::upstream::attempt::broke(
                 plan,
@@ -477,6 +479,8 @@ impl ProxyHttp for Tollgate {
             }
         }
         crate::cache::keep_head(session, upstream);
+        // (Once the upstream is connected: a hit, or a refusal, sends none.)
+        ctx.continued = ctx.continued || answer_continue(session).await?;
         if ctx.continued {
             upstream.remove_header(&http::header::EXPECT);
         }

@@ -151,7 +151,14 @@ fn https_not_acted_on(node: &Node, errors: &mut ConfigErrors) {
             "port" | "hostname" | "host" | "tls" => {}
             "options" => {
                 for (option, v) in keys(&value) {
-                    let on = !matches!(v.value, Value::Null | Value::Bool(false));
+                    // (As Node reads it: JavaScript's truth.)
+                    let on = match &v.value {
+                        Value::Null | Value::Bool(false) => false,
+                        Value::Int(i) => *i != 0,
+                        Value::Float(f) => *f != 0.0 && !f.is_nan(),
+                        Value::Str(s) => !s.is_empty(),
+                        _ => true,
+                    };
                     if option == "requestCert" && on {
                         errors.push(
                             &v.pos,

@@ -122,6 +122,9 @@ pub struct ConsumerCache {
     lookups: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
     /// The lookups queued or running, for the requests that wait on them ([`Lookup`]).
     pending_lookups: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    /// Whether the task that runs lookups is running them (it starts once the store was read
+    /// and its changes followed): a request waits only for a lookup that will run.
+    looking_up: AtomicBool,
     pub stats: CacheStats,
     /// How far the running full load is: entries read, of how many.
     pub progress: LoadProgress,
@@ -152,6 +155,7 @@ impl ConsumerCache {
             checks: checks::InFlight::default(),
             lookups: Mutex::new(None),
             pending_lookups: Mutex::new(HashMap::new()),
+            looking_up: AtomicBool::new(false),
             load_lock: tokio::sync::Mutex::new(()),
             changed_while_loading: Mutex::new(None),
             loads: Mutex::new(sync::LoadRequests::default()),

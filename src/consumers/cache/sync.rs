@@ -420,6 +420,8 @@ impl ConsumerCache {
             let mut owed = false;
             let retry = tokio::time::sleep(Duration::ZERO);
             tokio::pin!(retry);
+            // Lookups run from here on: a request may wait for its own.
+            cache.looking_up.store(true, Ordering::Relaxed);
             loop {
                 tokio::select! {
                     Some(entity) = lookups.recv() => {
@@ -459,6 +461,14 @@ impl ConsumerCache {
                     _ = ticker.tick() => cache.load_in_background(false),
                 }
             }
+            // No more lookups: the requests waiting on one go on (a lookup that will not run
+            // is waited for by none).
+            cache.looking_up.store(false, Ordering::Relaxed);
+            cache
+                .pending_lookups
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
         });
     }
 
@@ -491,6 +501,11 @@ impl ConsumerCache {
         // under the lock of the lookups pending, so that its end is told after it is noted.
         if lookups.try_send(entity.clone()).is_err() {
             log::debug!("consumer cache: too many lookups waiting; one left for later");
+            return None;
+        }
+        // Queued before the lookups run (the first load, the subscription, are under way):
+        // none waits for it.
+        if !self.looking_up.load(Ordering::Relaxed) {
             return None;
         }
         let (done, waiting) = tokio::sync::watch::channel(false);

@@ -330,6 +330,9 @@ fn an_ec_key_on_a_curve_without_an_algorithm_is_refused() {
     assert_eq!(family(P384), es);
     // (As an environment variable carries it.)
     assert_eq!(family(&P384.replace('\n', "\\n")), es);
+    // A certificate (jsonwebtoken reads its key), after text and before another one.
+    const CHAIN: &str = "subject=CN = x\nissuer=CN = x\n-----BEGIN CERTIFICATE-----\nMIIBbjCCAROgAwIBAgIUU7Wqy2FtHTS/pWYfFCWJmCK4GlkwCgYIKoZIzj0EAwIw\nDDEKMAgGA1UEAwwBeDAeFw0yNjEyMDYxMzM1MTRaFw0zNjEyMDMxMzM1MTRaMAwx\nCjAIBgNVBAMMAXgwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATBkoyLHQmYKY8E\n0vd+ACgiXV3NsTFh14aUMt5o/G+g+oCTmqqey42sx9EZdiDYdlfE8UpinEYchs8N\nE66MIPawo1MwUTAdBgNVHQ4EFgQUKBpBWXX454JalOriOEVyNzkAIuMwHwYDVR0j\nBBgwFoAUKBpBWXX454JalOriOEVyNzkAIuMwDwYDVR0TAQH/BAUwAwEB/zAKBggq\nhkjOPQQDAgNJADBGAiEA31x1QcPiOcV3ZwRmkLZtMhqH4W2J1PNCioJo/afEU/QC\nIQC1M3BG+aIVYlyX9M1M7/RV06adk7jSH8O+Iw1eKBhEQA==\n-----END CERTIFICATE-----\n-----BEGIN CERTIFICATE-----\nMIIBqTCCATCgAwIBAgIUB1Vgcu7p3bBt3CHy9q+qKUOeFfEwCgYIKoZIzj0EAwIw\nDDEKMAgGA1UEAwwBeTAeFw0yNjEyMDYxMzM1MTRaFw0zNjEyMDMxMzM1MTRaMAwx\nCjAIBgNVBAMMAXkwdjAQBgcqhkjOPQIBBgUrgQQAIgNiAASsZb63yXJUD8Mz2v0L\n3n14wf8NgoHXi9wPWG0edajidxc/BQK8IIogqng8UjN9mEq1Q6O2GN3zBS5oBwFh\nBzGKCMy+cuFHhf3FhkJKj0MlJJQRGG5C771Cxk2MSoxu0nejUzBRMB0GA1UdDgQW\nBBRDNLCwyHF8dryi5Fqoui1cPt7V+jAfBgNVHSMEGDAWgBRDNLCwyHF8dryi5Fqo\nui1cPt7V+jAPBgNVHRMBAf8EBTADAQH/MAoGCCqGSM49BAMCA2cAMGQCMCVOUn6i\n3HaPBjyV+Y10dTlMnOg3vTJ+gkYrdnXix8mBh+0epz72Agj6oN+vywpYTgIwYoZ3\n+tQKJBtNgzJDLv67Cdwn+nu/8kjrOydgz3c+eSMCck+ndBCi0d2wsNkFsBGC\n-----END CERTIFICATE-----\n";
+    assert_eq!(family(CHAIN), es);
     let refused = family(P521).expect_err("P-521");
     assert!(refused.contains("ES512"), "{refused}");
 }
