@@ -149,6 +149,51 @@ fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
     );
 }
 
+/// A tile an HTTP/2 client finds stale within `staleWhileRevalidate` is refreshed in the
+/// background, as for an HTTP/1 client: Pingora made the refresh's request from the HTTP/2
+/// head written as `HTTP/2`, which its own reader refused — the upstream was never asked, and
+/// the tile's fetch lock held off every other refresh for 30 s (it stayed STALE).
+#[test]
+fn a_stale_tile_an_http2_client_finds_is_refreshed_in_the_background() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = support::tls::https_gateway(&format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{host: 'a.example', paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{cache: {{action: {{ttl: 60, staleWhileRevalidate: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up, changeOrigin: false}}}}}}]}}\n",
+        up = up.url("")
+    ));
+    let resolve = format!("a.example:{}:127.0.0.1", gw.port);
+    let url = format!(
+        "https://a.example:{}/tiles/refreshed.png?cc=max-age%3D1",
+        gw.port
+    );
+    let fetch = || {
+        let args = [
+            "--http2",
+            "--resolve",
+            &resolve,
+            "-w",
+            "%{http_version} %header{x-cache-status}\n",
+        ];
+        curl(&args, std::slice::from_ref(&url)).0
+    };
+    assert_eq!(fetch(), ["2 MISS"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(fetch(), ["2 STALE"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while up.served() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the stale tile was never refreshed: {}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fetch() != ["2 HIT"] {
+        assert!(Instant::now() < deadline, "the refresh was not stored");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// `req.headers.host` reads the host an HTTP/2 request names in `:authority` (curl and
 /// browsers send no `host` line): every HTTP/2 client's rate-limit bucket by host was one, the
 /// empty host's.

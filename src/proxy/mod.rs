@@ -68,6 +68,32 @@ pub struct RequestCtx {
     _h2_stream: Option<crate::listener::h2::Stream>,
     /// The client's `Expect: 100-continue` was answered here (not sent upstream).
     continued: bool,
+    /// An HTTP/2 request's head says HTTP/1.1 for the background refresh of its stale tile
+    /// (see [`head_for_refresh`]) until its answer is written.
+    h2_head_for_refresh: bool,
+}
+
+/// Pingora makes a stale tile's background refresh from the client's request head written as
+/// HTTP/1: an HTTP/2 head as `HTTP/2`, which its own reader then refuses, and without a `Host`
+/// (HTTP/2 names the host in the target). The refresh of a tile an HTTP/2 client found stale
+/// never ran, and its fetch lock held the tile's other refreshes off for 30 s. The head says
+/// HTTP/1.1 and names its host for the refresh; whether it was changed (it says HTTP/2 again
+/// before the client's answer is written).
+fn head_for_refresh(session: &mut Session) -> bool {
+    let head = session.req_header_mut();
+    if head.version != http::Version::HTTP_2 {
+        return false;
+    }
+    if !head.headers.contains_key(http::header::HOST) {
+        let Some(authority) = head.uri.authority().map(|a| a.as_str().to_string()) else {
+            return false;
+        };
+        if head.insert_header(http::header::HOST, authority).is_err() {
+            return false;
+        }
+    }
+    head.set_version(http::Version::HTTP_11);
+    true
 }
 
 /// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once its request
@@ -159,6 +185,7 @@ impl ProxyHttp for Tollgate {
             other_validator: false,
             _h2_stream: None,
             continued: false,
+            h2_head_for_refresh: false,
         }
     }
 
@@ -347,6 +374,9 @@ impl ProxyHttp for Tollgate {
         error: Option<&Error>,
     ) -> bool {
         let serve = crate::cache::serve_stale(session, error);
+        if serve && error.is_none() && session.is_http2() {
+            ctx.h2_head_for_refresh = head_for_refresh(session);
+        }
         if let (true, Some(e)) = (serve, error) {
             // Pingora does not use the client's connection again after an upstream failure,
             // even one a stale tile answered; after a 5xx answer it reads on from the upstream
@@ -530,6 +560,9 @@ impl ProxyHttp for Tollgate {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if std::mem::take(&mut ctx.h2_head_for_refresh) {
+            session.req_header_mut().set_version(http::Version::HTTP_2);
+        }
         // A stop that began while the upstream was asked: the answer says the connection
         // closes, as it will.
         if crate::listener::leaving() {
