@@ -81,13 +81,18 @@ pub fn selects(stored: Option<&HeaderMap>, not_modified: &ResponseHeader) -> boo
             .is_some_and(|old| date(old) == date(new)),
         _ => true,
     };
+    // A 304 that allows one web origin (nginx's `add_header … $http_origin` answers 304s
+    // too) is about an answer per origin: a tile stored for every origin would take that
+    // origin for all (see [`super::vary::allowed_origin_without_vary`]).
+    let same_audience = !super::vary::allows_one_origin(&not_modified.headers)
+        || stored.is_some_and(|h| varies_by(h).iter().any(|n| n == "origin" || n == "*"));
     let same_type = match not_modified.headers.get(CONTENT_TYPE) {
         Some(new) => stored
             .and_then(|h| h.get(CONTENT_TYPE))
             .is_some_and(|old| media_type(old) == media_type(new)),
         None => true,
     };
-    same_tag && same_date && same_vary && same_coding && same_type
+    same_tag && same_date && same_vary && same_coding && same_audience && same_type
 }
 
 /// The `Vary` of a `304` as it stands for the stored tile whose head's fields are `stored`: a
@@ -218,6 +223,20 @@ mod tests {
         assert!(!selects(Some(&v1), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(Some(&weak), &head(304, &[("ETag", "W/\"v2\"")])));
         assert!(!selects(None, &head(304, &[("ETag", "W/\"v2\"")])));
+    }
+
+    #[test]
+    fn a_304_that_allows_one_origin_selects_only_a_tile_stored_per_origin() {
+        let acao = "Access-Control-Allow-Origin";
+        let shared = head(200, &[("ETag", "\"v\"")]);
+        let per_origin = head(
+            200,
+            &[("ETag", "\"v\""), ("Vary", "Accept-Encoding, Origin")],
+        );
+        let b = [("ETag", "\"v\""), (acao, "https://b.example")];
+        assert!(!selects(Some(&shared.headers), &head(304, &b)));
+        assert!(selects(Some(&per_origin.headers), &head(304, &b)));
+        assert!(selects(Some(&shared.headers), &head(304, &[(acao, "*")])));
     }
 
     #[test]

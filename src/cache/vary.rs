@@ -93,12 +93,17 @@ pub fn coded_without_vary(headers: &http::HeaderMap) -> bool {
 /// which browsers refuse: a blank map on every other site.
 pub fn allowed_origin_without_vary(headers: &http::HeaderMap) -> bool {
     use crate::wire::list;
+    allows_one_origin(headers)
+        && !list(headers, &http::header::VARY)
+            .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"origin"))
+}
+
+/// Whether an answer allows one web origin (an `Access-Control-Allow-Origin` other than `*`).
+pub fn allows_one_origin(headers: &http::HeaderMap) -> bool {
     headers
         .get_all(http::header::ACCESS_CONTROL_ALLOW_ORIGIN)
         .iter()
         .any(|v| v.as_bytes().trim_ascii() != b"*")
-        && !list(headers, &http::header::VARY)
-            .any(|n| n == b"*" || n.eq_ignore_ascii_case(b"origin"))
 }
 
 /// Of the `Vary` names the gateway gives answers that lack them, those a stored variant of a

@@ -1081,6 +1081,41 @@ fn an_answer_allowed_to_one_origin_is_stored_per_origin() {
     assert_eq!(up.served(), served, "fetched whole again");
 }
 
+/// A tile stored for every page (its first answer, to a request without `Origin`, allowed no
+/// origin) revalidated by a page whose origin the upstream's 304 allows: the 304 is about an
+/// answer per origin, so the tile is fetched again and stored per origin — merged into the
+/// shared tile, that origin went to every other page (whose browsers refuse the tile).
+#[test]
+fn a_304_allowing_one_origin_does_not_give_a_shared_tile_its_origin() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = start(
+        &up,
+        "{ttl: 600, staleWhileRevalidate: 0, staleIfError: 0}",
+        &[],
+    );
+    let path = "/open/shared-origin?cc=max-age%3D1&cors=reflect&header=ETag:%22s9%22";
+    let open = |origin: Option<&str>| {
+        let headers: Vec<(&str, &str)> = origin.map(|o| ("Origin", o)).into_iter().collect();
+        let r = get(gw.port, "GET", path, &headers);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.header("access-control-allow-origin").map(str::to_string)
+    };
+    let (a, b) = ("https://a.example", "https://b.example");
+    assert_eq!(open(None), None);
+    std::thread::sleep(Duration::from_millis(1600));
+    open(Some(b));
+    for _ in 0..2 {
+        for origin in [a, b] {
+            let allowed = open(Some(origin));
+            assert!(
+                allowed.is_none() || allowed.as_deref() == Some(origin),
+                "{origin}'s page was allowed {allowed:?}"
+            );
+        }
+    }
+    assert_eq!(open(Some(a)).as_deref(), Some(a));
+}
+
 /// A revalidation's 304 with a `Vary` the stored tile did not have (the upstream negotiates
 /// the tile now) updates nothing: that answer carries the 304's `Vary`, the tile is fetched
 /// again, and from then on it is stored per variant.
