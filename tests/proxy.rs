@@ -699,4 +699,11 @@ fn expect_continue_is_answered_by_the_gateway() {
         .expect("next");
     let again = support::client::read_response(&mut c, false);
     assert_eq!(again.echoed().url(), "/raw/again");
+    // Another expectation, or one of an HTTP/1.0 client, is not sent upstream either.
+    for (version, expect) in [("1.1", "foo"), ("1.0", "100-continue")] {
+        let raw = format!("POST /raw/x HTTP/{version}\r\nHost: h\r\nContent-Length: 2\r\nExpect: {expect}\r\nConnection: close\r\n\r\nok");
+        let r = support::request(s.gw.port, &raw, false);
+        assert_eq!(r.status, 200, "{version} {expect}");
+        assert_eq!(r.echoed().header("expect"), None, "{version} {expect}");
+    }
 }

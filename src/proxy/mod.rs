@@ -509,11 +509,10 @@ impl ProxyHttp for Tollgate {
             }
         }
         crate::cache::keep_head(session, upstream);
-        // (Once the upstream is connected: a hit, or a refusal, sends none.)
+        // (Once the upstream is connected: a hit, or a refusal, sends none.) An `Expect` is
+        // the gateway's to meet, never sent upstream (as nginx leaves it).
         ctx.continued = ctx.continued || answer_continue(session).await?;
-        if ctx.continued {
-            upstream.remove_header(&http::header::EXPECT);
-        }
+        upstream.remove_header(&http::header::EXPECT);
         exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
     }
 
