@@ -86,27 +86,41 @@ fn curl(args: &[&str], urls: &[String]) -> (Vec<String>, Duration) {
     )
 }
 
+/// A gateway whose `https` listener serves the api endpoint `tiles` (`endpoint`: its
+/// definition) through a `cache` step (`cache`: its action) to `up`, with the client's host.
+fn caching_https_gateway(
+    up: &PyUpstream,
+    endpoint: &str,
+    cache: &str,
+) -> (ConfigDir, GatewayProcess) {
+    support::tls::https_gateway(&format!(
+        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {endpoint}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{cache: {{action: {cache}}}}}, {{proxy: {{action: {{serviceEndpoint: up, changeOrigin: false}}}}}}]}}\n",
+        up = up.url("")
+    ))
+}
+
+/// `GET path` over HTTP/2 to `host` (resolved to the gateway): the protocol and the
+/// `X-Cache-Status`.
+fn h2_cache_status(port: u16, host: &str, path: &str) -> Vec<String> {
+    let resolve = format!("{host}:{port}:127.0.0.1");
+    let url = format!("https://{host}:{port}{path}");
+    let args = [
+        "--http2",
+        "--resolve",
+        &resolve,
+        "-w",
+        "%{http_version} %header{x-cache-status}\n",
+    ];
+    curl(&args, &[url]).0
+}
+
 #[test]
 fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
     // The upstream is asked with the client's host (no changeOrigin): HTTP/2 names it in
     // `:authority`, and the cache key takes it from there as routing does.
     let up = PyUpstream::start("tiles", 5.0);
-    let (_dir, gw) = support::tls::https_gateway(&format!(
-        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{cache: {{action: {{ttl: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up, changeOrigin: false}}}}}}]}}\n",
-        up = up.url("")
-    ));
-    let fetch = |host: &str| {
-        let resolve = format!("{host}:{}:127.0.0.1", gw.port);
-        let url = format!("https://{host}:{}/tiles/hosted.png", gw.port);
-        let args = [
-            "--http2",
-            "--resolve",
-            &resolve,
-            "-w",
-            "%{http_version} %header{x-cache-status}\n",
-        ];
-        curl(&args, &[url]).0
-    };
+    let (_dir, gw) = caching_https_gateway(&up, "{paths: '/tiles/*'}", "{ttl: 60}");
+    let fetch = |host: &str| h2_cache_status(gw.port, host, "/tiles/hosted.png");
     assert_eq!(fetch("a.example"), ["2 MISS"]);
     assert_eq!(fetch("a.example"), ["2 HIT"]);
     assert_eq!(
@@ -156,25 +170,12 @@ fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
 #[test]
 fn a_stale_tile_an_http2_client_finds_is_refreshed_in_the_background() {
     let up = PyUpstream::start("tiles", 5.0);
-    let (_dir, gw) = support::tls::https_gateway(&format!(
-        "admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  tiles: {{host: 'a.example', paths: '/tiles/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [cache, proxy]\npipelines:\n  p: {{apiEndpoints: [tiles], policies: [{{cache: {{action: {{ttl: 60, staleWhileRevalidate: 60}}}}}}, {{proxy: {{action: {{serviceEndpoint: up, changeOrigin: false}}}}}}]}}\n",
-        up = up.url("")
-    ));
-    let resolve = format!("a.example:{}:127.0.0.1", gw.port);
-    let url = format!(
-        "https://a.example:{}/tiles/refreshed.png?cc=max-age%3D1",
-        gw.port
+    let (_dir, gw) = caching_https_gateway(
+        &up,
+        "{host: 'a.example', paths: '/tiles/*'}",
+        "{ttl: 60, staleWhileRevalidate: 60}",
     );
-    let fetch = || {
-        let args = [
-            "--http2",
-            "--resolve",
-            &resolve,
-            "-w",
-            "%{http_version} %header{x-cache-status}\n",
-        ];
-        curl(&args, std::slice::from_ref(&url)).0
-    };
+    let fetch = || h2_cache_status(gw.port, "a.example", "/tiles/refreshed.png?cc=max-age%3D1");
     assert_eq!(fetch(), ["2 MISS"]);
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(fetch(), ["2 STALE"]);

@@ -21,7 +21,10 @@ use crate::health::Health;
 use crate::pipeline::context::{Exchange, HeaderEdit, Reply};
 
 mod compression;
+mod downstream;
 mod ranges;
+
+use downstream::{answer_continue, head_for_refresh};
 
 /// A request begins being served: `tollgate_requests_in_flight` counts it (the drain on
 /// SIGTERM waits for it to reach 0).
@@ -66,57 +69,11 @@ pub struct RequestCtx {
     other_validator: bool,
     /// An HTTP/2 request's stream, counted open on its connection while the request lasts.
     _h2_stream: Option<crate::listener::h2::Stream>,
-    /// The client's `Expect: 100-continue` was answered here (not sent upstream).
+    /// The client's `Expect: 100-continue` was answered here.
     continued: bool,
     /// An HTTP/2 request's head says HTTP/1.1 for the background refresh of its stale tile
     /// (see [`head_for_refresh`]) until its answer is written.
     h2_head_for_refresh: bool,
-}
-
-/// Pingora makes a stale tile's background refresh from the client's request head written as
-/// HTTP/1: an HTTP/2 head as `HTTP/2`, which its own reader then refuses, and without a `Host`
-/// (HTTP/2 names the host in the target). The refresh of a tile an HTTP/2 client found stale
-/// never ran, and its fetch lock held the tile's other refreshes off for 30 s. The head says
-/// HTTP/1.1 and names its host for the refresh; whether it was changed (it says HTTP/2 again
-/// before the client's answer is written).
-fn head_for_refresh(session: &mut Session) -> bool {
-    let head = session.req_header_mut();
-    if head.version != http::Version::HTTP_2 {
-        return false;
-    }
-    if !head.headers.contains_key(http::header::HOST) {
-        let Some(authority) = head.uri.authority().map(|a| a.as_str().to_string()) else {
-            return false;
-        };
-        if head.insert_header(http::header::HOST, authority).is_err() {
-            return false;
-        }
-    }
-    head.set_version(http::Version::HTTP_11);
-    true
-}
-
-/// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once its request
-/// goes upstream (as EG's Node and nginx answer it: forwarded, a client waited a second for
-/// an upstream that sends none before it sent its body). Whether it was answered. (An HTTP/2
-/// stream's `100` cannot be sent: Pingora's HTTP/2 session drops informational heads.)
-async fn answer_continue(session: &mut Session) -> Result<bool> {
-    let req = session.req_header();
-    let expects = req.version == http::Version::HTTP_11
-        && req.headers.get(http::header::EXPECT).is_some_and(|v| {
-            v.as_bytes()
-                .trim_ascii()
-                .eq_ignore_ascii_case(b"100-continue")
-        });
-    if !expects || session.is_http2() || session.is_body_done() {
-        return Ok(false);
-    }
-    // (An informational answer before the body is read would close the connection after
-    // the final one, as an answer before the body does.)
-    session.set_close_on_response_before_downstream_finish(false);
-    let written = session.write_continue_response().await;
-    session.set_close_on_response_before_downstream_finish(true);
-    written.map(|()| true)
 }
 
 /// A request the fast path ran the pipelines of and hands to Pingora's proxy to finish.
