@@ -30,9 +30,9 @@ pub(super) fn head_for_refresh(session: &mut Session) -> bool {
 
 /// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once its request
 /// goes upstream (as EG's Node and nginx answer it: forwarded, a client waited a second for
-/// an upstream that sends none before it sent its body). Whether it was answered. (An HTTP/2
+/// an upstream that sends none before it sent its body); once (a retry finds it sent). (An HTTP/2
 /// stream's `100` cannot be sent: Pingora's HTTP/2 session drops informational heads.)
-pub(super) async fn answer_continue(session: &mut Session) -> Result<bool> {
+pub(super) async fn answer_continue(session: &mut Session) -> Result<()> {
     let req = session.req_header();
     let expects = req.version == http::Version::HTTP_11
         && req.headers.get(http::header::EXPECT).is_some_and(|v| {
@@ -40,13 +40,17 @@ pub(super) async fn answer_continue(session: &mut Session) -> Result<bool> {
                 .trim_ascii()
                 .eq_ignore_ascii_case(b"100-continue")
         });
-    if !expects || session.is_http2() || session.is_body_done() {
-        return Ok(false);
+    if !expects
+        || session.is_http2()
+        || session.is_body_done()
+        || session.response_written().is_some()
+    {
+        return Ok(());
     }
     // (An informational answer before the body is read would close the connection after
     // the final one, as an answer before the body does.)
     session.set_close_on_response_before_downstream_finish(false);
     let written = session.write_continue_response().await;
     session.set_close_on_response_before_downstream_finish(true);
-    written.map(|()| true)
+    written
 }

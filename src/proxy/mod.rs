@@ -69,8 +69,6 @@ pub struct RequestCtx {
     other_validator: bool,
     /// An HTTP/2 request's stream, counted open on its connection while the request lasts.
     _h2_stream: Option<crate::listener::h2::Stream>,
-    /// The client's `Expect: 100-continue` was answered here.
-    continued: bool,
     /// An HTTP/2 request's head says HTTP/1.1 for the background refresh of its stale tile
     /// (see [`head_for_refresh`]) until its answer is written.
     h2_head_for_refresh: bool,
@@ -141,7 +139,6 @@ impl ProxyHttp for Tollgate {
             not_modified: None,
             other_validator: false,
             _h2_stream: None,
-            continued: false,
             h2_head_for_refresh: false,
         }
     }
@@ -468,7 +465,7 @@ impl ProxyHttp for Tollgate {
         crate::cache::keep_head(session, upstream);
         // (Once the upstream is connected: a hit, or a refusal, sends none.) An `Expect` is
         // the gateway's to meet, never sent upstream (as nginx leaves it).
-        ctx.continued = ctx.continued || answer_continue(session).await?;
+        answer_continue(session).await?;
         upstream.remove_header(&http::header::EXPECT);
         exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
     }

@@ -15,6 +15,16 @@ fn assert_private(paths: &[PathBuf]) {
 }
 
 /// Writes `bytes` at the journal's end in `d`, as a write the store did not finish would.
+/// A store's directory (`name`) whose journal holds one written user, the store closed.
+async fn journal_of_one_user(name: &str) -> PathBuf {
+    let d = dir(name);
+    let s = EmbeddedStore::open(&d).expect("open");
+    s.apply(&[hset("EG-user:1", "username", "ann")])
+        .await
+        .expect("apply");
+    d
+}
+
 fn append_to_journal(d: &Path, bytes: &[u8]) {
     let mut j = OpenOptions::new()
         .append(true)
@@ -91,13 +101,7 @@ async fn survives_a_restart_and_drops_a_torn_tail() {
 /// acknowledged change with it — a revoked key worked again — and the evidence too).
 #[tokio::test]
 async fn a_whole_last_entry_that_does_not_read_is_damage() {
-    let d = dir("damaged-last");
-    {
-        let s = EmbeddedStore::open(&d).expect("open");
-        s.apply(&[hset("EG-user:1", "username", "ann")])
-            .await
-            .expect("apply");
-    }
+    let d = journal_of_one_user("damaged-last").await;
     append_to_journal(
         &d,
         b"[{\"op\":\"hset\",\"key\":\"EG-user:2\",\"fi@lds\":[]}]\n",
@@ -117,13 +121,7 @@ async fn a_whole_last_entry_that_does_not_read_is_damage() {
 /// longer, and the next entry ran on in that line: lost at the start after).
 #[tokio::test]
 async fn a_last_entry_without_its_line_end_is_kept_and_ended() {
-    let d = dir("unended");
-    {
-        let s = EmbeddedStore::open(&d).expect("open");
-        s.apply(&[hset("EG-user:1", "username", "ann")])
-            .await
-            .expect("apply");
-    }
+    let d = journal_of_one_user("unended").await;
     // An entry without its line end.
     append_to_journal(
         &d,
