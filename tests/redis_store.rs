@@ -452,6 +452,36 @@ fn two_gateways_share_one_redis() {
     );
 }
 
+/// A resync that finds what the consumer cache holds is not written at `info` (one a minute
+/// was most of a quiet gateway's log); the first load is, and so is a resync that finds
+/// another number of credentials.
+#[test]
+fn only_a_resync_that_finds_a_change_is_an_info_line() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start_with(&dir, &["--resync-seconds", "1"], &[]);
+    let loads = || gw.log_text().matches("credentials loaded").count();
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    // Resyncs ran meanwhile (due every second), each finding the same credentials.
+    std::thread::sleep(Duration::from_millis(3500));
+    let age = gw.metric("tollgate_consumer_cache_last_resync_age_seconds");
+    assert!((0.0..2.0).contains(&age), "no resync ran: age {age}");
+    assert_eq!(loads(), 1, "{}", gw.log_text());
+    // A credential removed behind the gateway's back (no change message): the next resync
+    // finds one fewer, and says so.
+    let mut c = redis.conn();
+    let _: i64 = redis::cmd("DEL")
+        .arg("EG-key-auth:kargo-ka-id")
+        .query(&mut c)
+        .expect("DEL");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while loads() < 2 {
+        assert!(Instant::now() < deadline, "no info line: {}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 401);
+}
+
 /// A revocation is followed while a full load runs: with many credentials a load takes
 /// seconds, and resyncs due every second keep one running nearly all the time; the change
 /// message is not held until the load ends, and the load's swap does not bring back what it
@@ -479,7 +509,12 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
         }
         let _: () = pipe.query(&mut c).expect("bulk credentials");
     }
-    let gw = GatewayProcess::start_with(&dir, &["--resync-seconds", "1"], &[]);
+    // (A resync that changes nothing is logged at debug.)
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &["--resync-seconds", "1"],
+        &[("RUST_LOG", "info,tollgate::consumers=debug")],
+    );
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
     assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
     // Resyncs are due every second from the start: one is running by now.

@@ -6,6 +6,7 @@
 #   N=5000 CASES="plain-fast plain-general" benches/load/callgrind.sh
 #   CASES="cache-miss kargo-distinct" benches/load/callgrind.sh   # what a miss adds
 #   BIN=/path/to/other/tollgate benches/load/callgrind.sh   # another build (default target/release)
+#   CALLGRIND_ARGS=--dump-instr=yes CASES=cache-declined benches/load/callgrind.sh  # costs per instruction
 #
 # Each case starts the release build under `valgrind --tool=callgrind` with one worker thread
 # in front of the benchmark's upstream (started with ../shared/bench/peers when it is not
@@ -59,7 +60,7 @@ count() { # CASE PID PORT PATH
 measure() { # CASE CONFIG PATH [serve args]
   local case=$1 conf=$2 path=$3; shift 3
   RUST_LOG=warn TOLLGATE_BENCH_PORT=$PORT TOLLGATE_BENCH_ADMIN_PORT=$((PORT + 1000)) UPSTREAM_PORT=$UPSTREAM_PORT \
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/$case.%p" \
+    valgrind --tool=callgrind --callgrind-out-file="$OUT/$case.%p" ${CALLGRIND_ARGS:-} \
     "$BIN" serve --config "$ROOT/benches/load/$conf" --data-dir "$OUT/$case-data" --threads 1 \
     --populate "$ROOT/benches/load/kargo/consumers.config.json" "$@" >"$OUT/$case.log" 2>&1 &
   count "$case" $! "$PORT" "$path"

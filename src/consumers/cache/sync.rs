@@ -71,19 +71,31 @@ impl ConsumerCache {
         t.key_auth.shrink_to_fit();
         t.jwt.shrink_to_fit();
         let count = t.key_auth.len() + t.jwt.len() + t.basic.len();
+        let noteworthy;
         {
             // Under the tables' lock, which a refresh notes its change under: each change is
             // either carried here or made in the new tables.
             let mut live = self.write();
             let changed = self.changes().take().unwrap_or_default();
             carry(&live, &mut t, &changed);
+            // A resync that found what the tables held (most of them) is not an event an
+            // operator reads the log for: the first load, a changed count or a slow load is.
+            let before = live.key_auth.len() + live.jwt.len() + live.basic.len();
+            noteworthy = !self.from_store.load(Ordering::Relaxed)
+                || before != count
+                || started.elapsed() >= Duration::from_secs(1);
             *live = t;
             // (Under the lock: tables handed over by the process upgraded never replace
             // these.)
             self.from_store.store(true, Ordering::Relaxed);
             self.loaded.store(true, Ordering::Relaxed);
         }
-        log::info!(
+        log::log!(
+            if noteworthy {
+                log::Level::Info
+            } else {
+                log::Level::Debug
+            },
             "consumer cache: {count} credentials loaded from {} in {:.2?}",
             self.store.describe(),
             started.elapsed()
