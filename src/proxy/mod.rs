@@ -196,6 +196,12 @@ impl ProxyHttp for Tollgate {
             send_reply(session, Reply::text(400, "Bad Request"), &[]).await?;
             return Ok(true);
         }
+        if downstream::expectation(session.req_header()) == downstream::Expectation::Unmet {
+            // Its body is not read either.
+            session.set_keepalive(None);
+            send_reply(session, Reply::text(417, "Expectation Failed"), &[]).await?;
+            return Ok(true);
+        }
         // (A head the fast path decided for was read again here: its named headers too.)
         exchange::drop_connection_named(session.req_header_mut());
         let decision = match ctx.decided.take() {
