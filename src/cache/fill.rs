@@ -189,7 +189,8 @@ impl Fill {
             // Not stored, and the tile not remembered as one not to cache: the upstream's
             // failure, as a 5xx is.
             crate::metrics::metrics().upstream_error(crate::metrics::SERVICE_EXCEPTION);
-            self.outcome = LockStatus::GiveUp;
+            // The requests waiting on this fetch take their turns (see `super::lock`).
+            self.outcome = LockStatus::TransientError;
             self.reported = true;
             return;
         }
@@ -249,6 +250,10 @@ impl Fill {
                     .flatten();
                 let meta = StoredMeta::new(fresh, head).with_variance(variance);
                 self.filling = Some(self.cache.store.filling(self.hash, meta, self.seen));
+            }
+            // The upstream failed: the requests waiting on this fetch take their turns.
+            Err(_) if resp.status.is_server_error() => {
+                self.outcome = LockStatus::TransientError;
             }
             Err(reason) => {
                 self.cache.predictor.mark_uncacheable(&self.key, reason);

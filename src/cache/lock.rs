@@ -11,7 +11,9 @@
 //!
 //! Besides, the requests waiting on a fetch the store declined (a tile new to a full memory
 //! tier) compete to fetch it again — the next fetch finds it missed twice and stores it —
-//! where a response that may not be stored lets them all go upstream at once.
+//! and so do those waiting on a fetch the upstream failed (a 5xx, a service exception: one of
+//! them asks next, as with a failed connection), where a response that may not be stored
+//! lets them all go upstream at once.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -23,7 +25,8 @@ use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLock, LockStatus, LockStub, Locked, ReadLock, WritePermit};
 use pingora_cache::CacheKey;
 
-use super::verdict::DECLINED;
+use super::exception::SERVICE_EXCEPTION;
+use super::verdict::{DECLINED, FAILED};
 
 const SHARDS: usize = 16;
 
@@ -244,7 +247,7 @@ impl CacheKeyLock for TileLock {
     }
 
     fn custom_lock_status(&self, reason: &'static str) -> LockStatus {
-        if reason == DECLINED {
+        if reason == DECLINED || reason == FAILED || reason == SERVICE_EXCEPTION {
             LockStatus::TransientError
         } else {
             // As Pingora's: a custom reason not to cache gives up the lock.

@@ -47,7 +47,7 @@ pub use outcome::{
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_records, save_forwardings};
 pub use verdict::{add_upstream_age, cacheable, drop_other_validator, not_modified, vary_of_304};
-use verdict::{DECLINED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
+use verdict::{DECLINED, FAILED, HEAD_REQUEST, NOT_YET, OTHER_VALIDATOR, PURGED};
 
 use crate::gateway::Gateway;
 use crate::pipeline::Exchange;
@@ -95,6 +95,9 @@ static CACHE: OnceLock<TileCache> = OnceLock::new();
 
 /// How long a fill may hold an object's lock before others stop waiting on it.
 const LOCK_AGE: Duration = Duration::from_secs(30);
+/// How many times a request waiting on a tile's fetch looks again after one failed (see
+/// [`enable`]'s use): more than any tile's waiters, the wait itself bounded by `lockTimeout`.
+const LOCK_RETRIES: usize = 10_000;
 
 /// Opens the store (and the disk tier's index); called once at start.
 pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
@@ -148,6 +151,7 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
             reason == "status"
                 || reason == NOT_YET
                 || reason == DECLINED
+                || reason == FAILED
                 || reason == PURGED
                 || reason == HEAD_REQUEST
                 || reason == OTHER_VALIDATOR
@@ -249,7 +253,11 @@ pub fn enable(session: &mut Session, x: &mut Exchange) {
     let rule = u.rule.clone();
     let mut overrides = CacheOptionOverrides::default();
     overrides.wait_timeout = Some(rule.lock_timeout);
-    overrides.max_lock_retries = Some(2);
+    // A waiter whose fetch failed or was declined looks again and waits on the next fetch,
+    // as often as it takes: its waits together end at `lockTimeout` (Pingora counts each
+    // from what the earlier ones took), so the waiters of an upstream that fails every
+    // request take their turns as with nginx's `proxy_cache_lock`, never all at once.
+    overrides.max_lock_retries = Some(LOCK_RETRIES);
     // A HEAD's miss takes no lock: it stores nothing (see [`keep_head`]), and a lock left
     // held made the tile's GETs wait `lockTimeout` each, for the lock's age. A HEAD is
     // answered from what is stored.

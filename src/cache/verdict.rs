@@ -99,6 +99,9 @@ fn verdict(
         }
         _ => resp,
     };
+    if resp.status.is_server_error() && !u.rule.statuses.contains(&resp.status.as_u16()) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(FAILED));
+    }
     let mut verdict = freshness::decide(resp, &u.rule);
     if let RespCacheable::Cacheable(meta) = &mut verdict {
         meta.extensions_mut().insert(store::Begun(u.epoch));
@@ -204,3 +207,7 @@ pub(super) const DECLINED: &str = "declined";
 pub(super) const PURGED: &str = "purged";
 /// ... or a revalidation's 304 named another validator than the stored tile's.
 pub(super) const OTHER_VALIDATOR: &str = "another validator";
+/// ... or the upstream failed: a 5xx the step does not store (a service exception has its
+/// own, [`exception::SERVICE_EXCEPTION`]). The requests waiting on the fetch take their turns
+/// (see [`super::lock`]).
+pub(super) const FAILED: &str = "upstream failed";

@@ -218,6 +218,64 @@ fn one_upstream_request_for_a_hundred_requests_of_ten_consumers() {
     );
 }
 
+/// When the fetch the others wait on fails with a 5xx, they take their turns: the next asks
+/// the upstream in its place (a fill, as the first was), and what it brings is stored for the
+/// rest — as with nginx's `proxy_cache_lock`. Before, they all went upstream at once, as
+/// uncached requests, and none stored what they got: an overloaded upstream's 503 brought it
+/// every waiter's request together. An upstream that fails every request gets them one at a
+/// time.
+#[test]
+fn the_requests_waiting_on_a_fetch_that_failed_take_their_turns() {
+    for fast_path in ["on", "off"] {
+        let up = PyUpstream::start("tiles", 5.0);
+        let (_dir, gw) = start(&up, "{ttl: 60}", &["--fast-path", fast_path]);
+        let port = gw.port;
+        let ask = move |path: &'static str, i: usize| {
+            std::thread::spawn(move || {
+                let r = get(port, "GET", path, &[("Authorization", &key(i))]);
+                (r.status, r.header("x-cache-status").map(str::to_string))
+            })
+        };
+        // The tile's first answer a 503 after 600 ms; those that came meanwhile wait on it.
+        let path = "/tiles/slow/600/once/1/2/3.png?first_status=503";
+        let first = ask(path, 0);
+        std::thread::sleep(Duration::from_millis(200));
+        let waiters: Vec<_> = (1..6).map(|i| ask(path, i)).collect();
+        assert_eq!(first.join().expect("first").0, 503, "fast path {fast_path}");
+        let mut got: Vec<_> = waiters
+            .into_iter()
+            .map(|w| w.join().expect("waiter"))
+            .collect();
+        got.sort();
+        let statuses: Vec<_> = got.iter().map(|(s, c)| (*s, c.as_deref())).collect();
+        assert_eq!(
+            statuses,
+            [
+                (200, Some("HIT")),
+                (200, Some("HIT")),
+                (200, Some("HIT")),
+                (200, Some("HIT")),
+                (200, Some("MISS"))
+            ],
+            "fast path {fast_path}"
+        );
+        assert_eq!(
+            up.served(),
+            2,
+            "fast path {fast_path}: the 503, then one 200"
+        );
+        assert_eq!(up.max_in_flight(), 1, "fast path {fast_path}");
+        // An upstream that fails every request: each waiter's in turn, never two at once.
+        let path = "/tiles/slow/200/status/503/always/1/2/3.png";
+        let all: Vec<_> = (0..5).map(|i| ask(path, i)).collect();
+        for a in all {
+            assert_eq!(a.join().expect("client").0, 503, "fast path {fast_path}");
+        }
+        assert_eq!(up.served(), 2 + 5, "fast path {fast_path}");
+        assert_eq!(up.max_in_flight(), 1, "fast path {fast_path}");
+    }
+}
+
 fn consumer_id(gw: &GatewayProcess, i: usize) -> String {
     let r = get(gw.admin_port, "GET", &format!("/apps/app{i}"), &[]);
     support::json_body(&r)["id"]

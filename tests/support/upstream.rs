@@ -102,6 +102,11 @@ impl PyUpstream {
         self.count("not_modified")
     }
 
+    /// The most requests it was answering at once.
+    pub fn max_in_flight(&self) -> u64 {
+        self.count("max_in_flight")
+    }
+
     fn count(&self, what: &str) -> u64 {
         let r = super::get(self.port, "GET", "/__count", &[]);
         super::json_body(&r)[what].as_u64().unwrap_or(0)
