@@ -291,11 +291,7 @@ pub fn neutral_fill(x: &mut Exchange) {
         return;
     };
     if let Some(plan) = &mut x.proxy {
-        if let Some(path) = key::neutral(&plan.path, &u.rule) {
-            plan.path = path;
-        }
-        // A retry on another url makes its path from the recipe: the same parameters there.
-        plan.path_recipe.neutral = Some(u.rule.clone());
+        plan.make_neutral(u.rule.clone());
     }
 }
 
@@ -376,11 +372,11 @@ pub(crate) fn primary_of(
     // Every header a step before the proxy and the proxy step itself set reaches the upstream:
     // all are in the key (wherever the `cache` step stands among them).
     let edits = &x.upstream_edits[..plan.edits_in_key.min(x.upstream_edits.len())];
-    key::primary(
+    key::primary_at(
         &plan.endpoint.cache_name,
         host,
         forwarding,
-        &plan.path,
+        (&plan.path, plan.query_at),
         edits,
         &u.rule,
         key::Purged {

@@ -110,9 +110,7 @@ fn keys_with(
                 }
             }
             if let (Some(u), Some(plan)) = (&x.cache, &mut x.proxy) {
-                if let Some(p) = super::key::neutral(&plan.path, &u.rule) {
-                    plan.path = p;
-                }
+                plan.make_neutral(u.rule.clone());
                 // The client's host is in the key when it reaches the upstream: as `Host`
                 // (`changeOrigin: false`) or as `xfwd`'s `X-Forwarded-Host` (which comes with
                 // the `X-Forwarded-Proto` it sets whatever the host).

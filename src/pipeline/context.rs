@@ -148,6 +148,9 @@ pub struct ProxyPlan {
     pub host: Option<HeaderValue>,
     /// Path and query sent upstream.
     pub path: String,
+    /// Where the client's query begins in `path` (its `?`), after the url's path and its own
+    /// query if it has one; `path`'s length without one.
+    pub query_at: usize,
     /// How the path is made from a url's own path: the client's URL (after `stripPath`),
     /// `prependPath`, `ignorePath`.
     pub path_recipe: PathRecipe,
@@ -179,22 +182,34 @@ pub struct PathRecipe {
 }
 
 impl PathRecipe {
-    pub fn path_for(&self, base_path: &str) -> String {
+    /// The upstream path for a url whose path (and query) is `base_path`, and where the
+    /// client's query begins in it (see [`ProxyPlan::query_at`]).
+    pub fn path_for(&self, base_path: &str) -> (String, usize) {
         if self.ignore_path {
-            return if self.prepend_path {
+            let path = if self.prepend_path {
                 base_path.to_string()
             } else {
                 "/".into()
             };
+            let at = path.len();
+            return (path, at);
         }
         let neutral = self
             .neutral
             .as_ref()
             .and_then(|rule| crate::cache::key::neutral(&self.url, rule));
-        let url = neutral.as_deref().unwrap_or(&self.url);
+        self.joined(base_path, neutral.as_deref().unwrap_or(&self.url))
+    }
+
+    /// The client's `url` (as it is, or made neutral) joined to the url's path, and where its
+    /// query begins in it (the join ends with it as it is).
+    fn joined(&self, base_path: &str, url: &str) -> (String, usize) {
         // (Without the url's path, joined all the same: http-proxy joins it with nothing.)
         let base = if self.prepend_path { base_path } else { "" };
-        crate::policies::proxy::url_join(base, url)
+        let path = crate::policies::proxy::url_join(base, url);
+        let query = memchr::memchr(b'?', url.as_bytes()).map_or(0, |q| url.len() - q);
+        let at = path.len() - query;
+        (path, at)
     }
 }
 
@@ -229,10 +244,28 @@ impl ProxyPlan {
         }
     }
 
+    /// Makes the path a cache fill's (see [`crate::cache::key::neutral`]): only the client's
+    /// part of the query is cut down to the parameters that make the key — the url's own
+    /// query (a provider's key, a style) reaches the upstream as the url has it, as it does
+    /// without the cache (the url is in the key already: see `ServiceEndpoint::cache_name`).
+    /// Its retries on other urls make their paths so too.
+    pub fn make_neutral(&mut self, rule: std::sync::Arc<crate::cache::policy::CacheRule>) {
+        let recipe = &self.path_recipe;
+        // (Most often nothing is left out: the path stays as it is.)
+        let neutral = (!recipe.ignore_path)
+            .then(|| crate::cache::key::neutral(&recipe.url, &rule))
+            .flatten();
+        if let (Some(url), Some(t)) = (neutral, self.endpoint.targets.get(self.target)) {
+            (self.path, self.query_at) = recipe.joined(&t.base_path, &url);
+        }
+        self.path_recipe.neutral = Some(rule);
+    }
+
     /// The path, Host and scheme of url `i`, which must exist.
     fn aim(&mut self, i: usize) {
         let t = &self.endpoint.targets[i];
-        let path = self.path_recipe.path_for(&t.base_path);
+        let (path, query_at) = self.path_recipe.path_for(&t.base_path);
+        self.query_at = query_at;
         let (tls, host) = (t.tls, self.change_origin.then(|| t.host_header.clone()));
         self.target = i;
         if i < 64 {

@@ -315,6 +315,7 @@ mod tests {
             verify_cert: true,
             host: None,
             path: String::new(),
+            query_at: 0,
             path_recipe: PathRecipe {
                 url: "/".into(),
                 prepend_path: true,

@@ -388,6 +388,76 @@ fn parameters_left_out_of_the_key_do_not_reach_the_upstream_on_a_fill() {
     }
 }
 
+/// The query of the service endpoint's url (a provider's key, a style) reaches the upstream
+/// on a fill as the url has it, as without the cache (EG's); only the client's parameters are
+/// cut down to the key's. A url's `apiKey` was cut out of every fill: a provider taking its
+/// key so refused them all. On both paths, and on a retry on the endpoint's second url.
+#[test]
+fn the_query_of_a_service_endpoints_url_reaches_the_upstream_on_a_fill() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let dead = support::free_port();
+    for fast_path in ["on", "off"] {
+        for urls in [
+            format!("['{}']", up.url("/prov?apiKey=PROVKEY&style=x")),
+            format!(
+                "['http://127.0.0.1:{dead}/prov?apiKey=PROVKEY&style=x', '{}']",
+                up.url("/prov?apiKey=PROVKEY&style=x")
+            ),
+        ] {
+            let yml = format!(
+                r#"http: {{port: ${{PORT}}}}
+admin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}
+apiEndpoints:
+  prov: {{paths: ['/prov/*']}}
+serviceEndpoints:
+  up: {{urls: {urls}}}
+policies: [cache, proxy]
+pipelines:
+  prov:
+    apiEndpoints: [prov]
+    policies:
+      - cache: [{{action: {{ttl: 60, keyParams: [LAYERS]}}}}]
+      - proxy: [{{action: {{serviceEndpoint: up, stripPath: true, strategy: round-robin}}}}]
+"#
+            );
+            let (_dir, gw) = start_config(&yml, &["--fast-path", fast_path]);
+            let a = get(
+                gw.port,
+                "GET",
+                "/prov/t.png?LAYERS=a&apiKey=client&jwt=t&style=evil",
+                &[],
+            );
+            assert_eq!(
+                (a.status, cache_status(&a)),
+                (200, "MISS"),
+                "{fast_path} {urls}"
+            );
+            let saw: serde_json::Value = serde_json::from_slice(&a.body).expect("json");
+            let path = saw["path"].as_str().unwrap_or("");
+            assert!(
+                path.starts_with("/prov?apiKey=PROVKEY&style=x/"),
+                "{fast_path} {urls}: the fill sent {path}"
+            );
+            assert!(path.contains("LAYERS=a"), "{fast_path} {urls}: {path}");
+            for left_out in ["client", "jwt", "evil"] {
+                assert!(
+                    !path.contains(left_out),
+                    "{fast_path} {urls}: the fill sent {path}"
+                );
+            }
+            let b = get(gw.port, "GET", "/prov/t.png?LAYERS=a", &[]);
+            assert_eq!(cache_status(&b), "HIT", "{fast_path} {urls}");
+            // The client's parameters make the key (not cut off by the url's query before
+            // them).
+            let c = get(gw.port, "GET", "/prov/t.png?LAYERS=b", &[]);
+            assert_eq!(cache_status(&c), "MISS", "{fast_path} {urls}");
+            let saw: serde_json::Value = serde_json::from_slice(&c.body).expect("json");
+            let path = saw["path"].as_str().unwrap_or("");
+            assert!(path.ends_with("LAYERS=b"), "{fast_path} {urls}: {path}");
+        }
+    }
+}
+
 /// The request headers the upstream saw, from its JSON answer (asked with `echo=headers`).
 fn upstream_saw_headers(r: &Response) -> serde_json::Map<String, serde_json::Value> {
     let saw: serde_json::Value = serde_json::from_slice(&r.body).expect("json");
