@@ -132,6 +132,39 @@ fn the_cli_asks_the_running_gateway_while_its_config_is_broken() {
     assert!(healthy.status.success(), "https only: {}", text(&healthy));
 }
 
+/// A gateway running on the config directory is asked before the system config's `cli.url`:
+/// the shipped `conf/` names the Admin API's port by `${TOLLGATE_ADMIN_PORT:-9876}`, and a
+/// shell without that variable (a service's `Environment=` sets it for the gateway only) sent
+/// every consumer command and `reload` to a port nothing listens on.
+#[test]
+fn a_running_gateway_is_asked_before_the_cli_url_of_its_config() {
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let nothing = support::free_port();
+    dir.write(
+        "system.config.yml",
+        &format!("db:\n  redis:\n    emulate: true\ncli:\n  url: 'http://127.0.0.1:${{CLI_PORT:-{nothing}}}'\n"),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let d = dir.path.display().to_string();
+    for args in [&["users", "list"][..], &["reload"]] {
+        let mut all = args.to_vec();
+        all.extend(["--config", d.as_str()]);
+        let out = run_tollgate(&all, &[]);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    drop(gw);
+    // With none running, `cli.url` is where the CLI goes.
+    let out = run_tollgate(&["users", "list", "--config", &d], &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains(&format!("127.0.0.1:{nothing}")), "{said}");
+}
+
 #[test]
 fn completions_and_the_man_page() {
     for (shell, marker) in [

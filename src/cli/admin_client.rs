@@ -1,6 +1,6 @@
-//! The CLI's side of the Admin API: where it is (`EG_ADMIN_URL`, else the system config's
-//! `cli.url`, else where the gateway running on the config directories said it answers, else
-//! the gateway config's admin host and port) and plain HTTP calls to it.
+//! The CLI's side of the Admin API: where it is (`EG_ADMIN_URL`, else where the gateway
+//! running on the config directories said it answers, else the system config's `cli.url`,
+//! else the gateway config's admin host and port) and plain HTTP calls to it.
 
 use std::time::Duration;
 
@@ -72,10 +72,13 @@ impl AdminClient {
                 }
             });
         let running = || crate::lifecycle::runfile::find(config_dirs).and_then(|r| r.admin);
+        // The running gateway before `cli.url`: it says where its Admin API is, where
+        // `cli.url` may be read with another environment than the gateway's (the shipped
+        // `conf/` names the port by `${TOLLGATE_ADMIN_PORT:-9876}`).
         let base = explicit
             .map(str::to_string)
-            .or(cli_url)
             .or_else(running)
+            .or(cli_url)
             .or(configured_admin);
         let not_located = match (&base, &loaded) {
             (None, Err(e)) => Some(format!(
