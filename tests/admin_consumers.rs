@@ -613,6 +613,28 @@ fn the_cli_speaks_to_the_admin_api() {
         info.get("consumer").is_none() && info.get("type") == Some(&serde_json::json!("key-auth")),
         "{info}"
     );
+    // A line that fails is said, and the lines after it are still made (as EG's); the
+    // command fails, saying how many did.
+    let out = support::gateway::run_tollgate_with_input(
+        &["credentials", "create", "--stdin", "-q"],
+        &env,
+        "{\"consumer\": \"nobody-here\", \"type\": \"key-auth\"}\nnot json\n{\"consumer\": \"kano\", \"type\": \"key-auth\"}\n",
+    );
+    let (made, said) = (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert_eq!(
+        made.lines().count(),
+        1,
+        "the last line was made: {made} {said}"
+    );
+    assert!(
+        said.contains("line 2 of standard input is not JSON"),
+        "{said}"
+    );
+    assert!(said.contains("2 of 3 failed"), "{said}");
     // An unknown filter and `scopes set` without scopes are refused, not taken for others.
     let (code, _, _) = cli(&["credentials", "list", "-c", app_id.trim(), "-f", "archivd"]);
     assert_eq!(code, Some(2));

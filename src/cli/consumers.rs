@@ -554,26 +554,37 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
                 props: cc.props.props.clone(),
                 stdin: false,
             })?;
-            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            // One that fails is said and the others are still made (as EG's).
+            let lines: Vec<String> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .enumerate()
+                .map(|(i, l)| format!("{}\n{l}", i + 1))
+                .collect();
+            each(lines.iter(), |numbered| {
+                let (n, line) = numbered.split_once('\n').unwrap_or(("", numbered));
                 let Value::Object(mut props) = serde_json::from_str::<Value>(line)
-                    .map_err(|e| format!("standard input is not JSON: {e}"))?
+                    .map_err(|e| format!("line {n} of standard input is not JSON: {e}"))?
                 else {
-                    return Err("each line of standard input must hold a JSON object".into());
+                    return Err(format!(
+                        "line {n} of standard input does not hold a JSON object"
+                    ));
                 };
-                let mut taken = |field: &str, flag: char, given: &Option<String>| match props
+                let mut taken = |field: &str, flag: char, given: &Option<String>| {
+                    match props
                     .remove(field)
                 {
                     Some(Value::String(v)) => Ok(v),
                     _ => given.clone().ok_or_else(|| {
-                        format!("a credential on standard input without `{field}` (nor -{flag})")
+                        format!("line {n} of standard input: a credential without `{field}` (nor -{flag})")
                     }),
+                }
                 };
                 let consumer = taken("consumer", 'c', &cc.consumer)?;
                 let kind = taken("type", 't', &cc.kind)?;
                 props.extend(extra.clone());
-                create_credential(c, &consumer, &kind, props, cc.quiet)?;
-            }
-            Ok(())
+                create_credential(c, &consumer, &kind, props, cc.quiet)
+            })
         }
         CredentialsCmd::Create(cc) => {
             let (Some(consumer), Some(kind)) = (&cc.consumer, &cc.kind) else {
