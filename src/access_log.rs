@@ -187,19 +187,55 @@ pub fn write(line: String) {
     }
 }
 
-/// The path with the values of `secret_params` in its query replaced by `REDACTED`.
+/// The path with the values of `secret_params` in its query replaced by `REDACTED`: those of
+/// a parameter whose name begins with one of them too (`jwt[]`, `apiKey%20`: a client's
+/// near miss carries a real token all the same, refused or not), and of a `;name=value`
+/// parameter of a path segment so named.
 pub fn redact(url: &str, secret_params: &[String]) -> String {
-    let Some((path, query)) = url.split_once('?') else {
-        return url.to_string();
+    let (path, query) = match url.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (url, None),
     };
-    let parts: Vec<String> = query
-        .split('&')
-        .map(|pair| match secret_name(pair, secret_params) {
-            Some(name) => format!("{name}=REDACTED"),
-            None => pair.to_string(),
-        })
-        .collect();
-    format!("{path}?{}", parts.join("&"))
+    let mut out = String::with_capacity(url.len());
+    for (i, piece) in path.split(';').enumerate() {
+        if i > 0 {
+            out.push(';');
+            // The parameter runs to the segment's end.
+            let (param, rest) = piece.split_at(piece.find('/').unwrap_or(piece.len()));
+            push_redacted(&mut out, param, secret_params);
+            out.push_str(rest);
+        } else {
+            out.push_str(piece);
+        }
+    }
+    if let Some(query) = query {
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            push_redacted(&mut out, pair, secret_params);
+        }
+    }
+    out
+}
+
+/// `pair` as it is, or as `name=REDACTED` when its name begins with one of `secret_params`.
+fn push_redacted(out: &mut String, pair: &str, secret_params: &[String]) {
+    let name = pair.split('=').next().unwrap_or("");
+    let decoded = crate::cache::key::decoded(name);
+    let begins = |s: &String| {
+        decoded
+            .as_bytes()
+            .get(..s.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes()))
+    };
+    if secret_params.iter().any(begins) {
+        out.push_str(name);
+        out.push_str("=REDACTED");
+    } else {
+        out.push_str(pair);
+    }
 }
 
 /// A request as a log line names it: its method and target, the query's credentials
@@ -260,6 +296,16 @@ mod tests {
             "/w?%6Awt=REDACTED&api%4Bey=REDACTED"
         );
         assert_eq!(redact("/plain", &secrets), "/plain");
+        // Near misses carry a token all the same.
+        assert_eq!(
+            redact("/w?jwt[]=t&jwt%5B%5D=t&jwt.=t&jwt%00=t&apiKey%20=k&jwts=t&j=1", &secrets),
+            "/w?jwt[]=REDACTED&jwt%5B%5D=REDACTED&jwt.=REDACTED&jwt%00=REDACTED&apiKey%20=REDACTED&jwts=REDACTED&j=1"
+        );
+        assert_eq!(
+            redact("/w;apiKey=k/1;v=2;JWT=t?x=1", &secrets),
+            "/w;apiKey=REDACTED/1;v=2;JWT=REDACTED?x=1"
+        );
+        assert_eq!(redact("/w;x/y?", &secrets), "/w;x/y?");
     }
 
     #[test]

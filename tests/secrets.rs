@@ -142,6 +142,19 @@ fn no_secret_reaches_the_logs() {
         (format!("/token/a?jwt={good_token}"), vec![], 200),
         (format!("/token/a?jwt={bad_token}"), vec![], 401),
         ("/token/a?jwt=garbage.not-a.token-xyz".into(), vec![], 401),
+        // Near misses of the parameters' names carry a real credential all the same.
+        (format!("/token/a?jwt[]={good_token}"), vec![], 401),
+        (format!("/token/a?jwt%00={good_token}"), vec![], 401),
+        (
+            "/keyed/a?apiKey%20=ann-key:key-secret-4711".into(),
+            vec![],
+            401,
+        ),
+        (
+            "/keyed/a;apiKey=ann-key:key-secret-4711".into(),
+            vec![],
+            401,
+        ),
     ];
     for (path, headers, want) in &requests {
         let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
