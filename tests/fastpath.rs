@@ -620,6 +620,47 @@ fn upstream_connections_are_reused_and_a_dropped_one_is_replaced() {
     assert_eq!(gw.metric_sum("tollgate_upstream_errors_total"), 0.0);
 }
 
+/// With several pooled connections, every one dropped by the upstream when reused, a request
+/// broken on one is sent again on a new connection, not on the next pooled one (which broke
+/// too, and the client got a 502: on Pingora's path, every HTTP/2 request's and every PUT's),
+/// on both paths.
+#[test]
+fn a_request_broken_on_a_pooled_connection_is_sent_again_on_a_new_one() {
+    for fast in ["on", "off"] {
+        let up = Scripted::start();
+        let (_d, gw) = gateway(&up, fast);
+        let port = gw.port;
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                thread::spawn(move || {
+                    let mut s = connect(port, 10);
+                    let mut statuses = Vec::new();
+                    for _ in 0..40 {
+                        s.write_all(b"GET /once HTTP/1.1\r\nHost: tiles\r\n\r\n")
+                            .expect("send");
+                        let r = read_response(&mut s, false);
+                        statuses.push((r.status, r.text()));
+                        if r.status != 200 {
+                            s = connect(port, 10);
+                        }
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        for c in clients {
+            for (status, text) in c.join().expect("client") {
+                assert_eq!((status, text.as_str()), (200, "once"), "fast path {fast}");
+            }
+        }
+        assert_eq!(
+            gw.metric_sum("tollgate_upstream_errors_total"),
+            0.0,
+            "fast path {fast}"
+        );
+    }
+}
+
 #[test]
 fn a_client_leaving_mid_body_costs_only_its_own_request() {
     let up = Scripted::start();

@@ -51,8 +51,11 @@ fn body_object(body: &Value) -> Result<&Map<String, Value>, &'static str> {
     body.as_object().ok_or("the body must be a JSON object")
 }
 
-fn status_of(body: &Value) -> bool {
-    body["status"] == Value::Bool(true)
+/// The `status` a status route's body asks for: only a JSON boolean equal to the current one
+/// leaves it as it is (`Active` / `Inactive`); anything but `true` deactivates, again if need
+/// be (`Deactivated`), as EG's strict comparisons have it.
+fn status_of(body: &Value) -> Option<bool> {
+    body["status"].as_bool()
 }
 
 fn scope_list(v: &Value) -> Result<Vec<String>, &'static str> {
@@ -119,6 +122,29 @@ pub async fn route(
     answer_route(svc, method, segments, query, body).await
 }
 
+/// `segments` with the routes' own words in the case they are matched in: EG's Express
+/// matches them without case (`/Users/Ann` is user `Ann`), its parameters as they are.
+fn route_words<'a>(segments: &[&'a str]) -> Vec<&'a str> {
+    let word = |seg: &mut &'a str, words: &[&'static str]| {
+        if let Some(w) = words.iter().find(|w| w.eq_ignore_ascii_case(seg)) {
+            *seg = w;
+        }
+    };
+    let mut out = segments.to_vec();
+    if let Some(first) = out.first_mut() {
+        word(first, &["users", "apps", "scopes", "credentials"]);
+    }
+    let at = match out.first() {
+        Some(&("users" | "apps")) => 2,
+        Some(&"credentials") => 3,
+        _ => return out,
+    };
+    if out.len() > at {
+        word(&mut out[at], &["status", "scopes"]);
+    }
+    out
+}
+
 async fn answer_route(
     svc: &ConsumerService,
     method: &Method,
@@ -127,7 +153,14 @@ async fn answer_route(
     body: &Value,
 ) -> Option<Response<Vec<u8>>> {
     use Method as M;
-    let m = method.clone();
+    let words = route_words(segments);
+    let segments = &words[..];
+    // A HEAD is a GET whose body is not sent (as Express answers it).
+    let m = if *method == M::HEAD {
+        M::GET
+    } else {
+        method.clone()
+    };
     let obj = || body_object(body);
     let r = match (m, segments) {
         (M::GET, ["users"]) => {

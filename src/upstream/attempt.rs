@@ -40,7 +40,8 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     if plan.unavailable {
         return Err(no_route("no url of the service endpoint is available"));
     }
-    if std::mem::take(&mut plan.resend_next) {
+    let resend = std::mem::take(&mut plan.resend_next);
+    if resend {
         plan.resends += 1;
     } else if plan.attempts > 0 {
         let Some(i) = plan.endpoint.pick(path, plan.tried, true) else {
@@ -59,7 +60,9 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     plan.counted = true;
     let sni = plan.endpoint.targets[plan.target].hostname.clone();
     let mut peer = HttpPeer::new(plan.addr, plan.tls, sni);
-    peer.group_key = thread_key();
+    // A resend goes on a new connection: the pooled one broke, and the next pooled one was
+    // opened as long ago (Pingora's pool finds none under a key of the attempt's own).
+    peer.group_key = if resend { fresh_key() } else { thread_key() };
     peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
     let mut read = plan.read_timeout;
     if let Some(deadline) = plan.deadline {
@@ -98,6 +101,15 @@ fn thread_key() -> u64 {
         static KEY: u64 = NEXT.fetch_add(1, Ordering::Relaxed);
     }
     KEY.with(|k| *k)
+}
+
+/// A pool key no connection has: the attempt gets a new one. (Its connection goes back to
+/// the pool under it, unused again, until the pool or the upstream lets it go: resends are
+/// rare.)
+fn fresh_key() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 63);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// Ends the current attempt, if any (its url no longer has this request in flight): when the

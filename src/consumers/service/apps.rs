@@ -136,14 +136,19 @@ impl ConsumerService {
         self.get_app(&id).await
     }
 
-    pub async fn set_app_status(&self, id_or_name: &str, active: bool) -> Result<&'static str> {
+    pub async fn set_app_status(
+        &self,
+        id_or_name: &str,
+        wanted: Option<bool>,
+    ) -> Result<&'static str> {
         let Some((id, fields)) = self.find_app(id_or_name).await? else {
             return Err(ConsumerError::NotFound(format!(
                 "Application not found: {id_or_name}"
             )));
         };
+        let active = wanted == Some(true);
         let current = fields.iter().any(|(k, v)| k == "isActive" && v == "true");
-        if current == active {
+        if wanted == Some(current) {
             // Announced again (a retry of a write that landed unannounced).
             self.announce(&[format!("app:{id}")], true).await;
             return Ok(if active { "Active" } else { "Inactive" });

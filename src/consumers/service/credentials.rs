@@ -290,12 +290,13 @@ impl ConsumerService {
         &self,
         type_name: &str,
         id: &str,
-        active: bool,
+        wanted: Option<bool>,
     ) -> Result<&'static str> {
         let t = CredentialType::parse(type_name)
             .ok_or_else(|| ConsumerError::NotFound(format!("No credential found with id: {id}")))?;
         let cred = self.existing_credential(t, id).await?;
-        if (cred.get("isActive").map(String::as_str) == Some("true")) == active {
+        let active = wanted == Some(true);
+        if wanted == Some(cred.get("isActive").map(String::as_str) == Some("true")) {
             // Announced again: the request may be a retry of one answered 503 whose write
             // landed unannounced.
             self.announce(&[format!("{}:{id}", t.as_str())], true).await;

@@ -135,14 +135,19 @@ impl ConsumerService {
     }
 
     /// Sets a user's status; deactivating deactivates its applications (as EG).
-    pub async fn set_user_status(&self, id_or_name: &str, active: bool) -> Result<&'static str> {
+    pub async fn set_user_status(
+        &self,
+        id_or_name: &str,
+        wanted: Option<bool>,
+    ) -> Result<&'static str> {
         let Some((id, fields)) = self.find_user(id_or_name).await? else {
             return Err(ConsumerError::NotFound(format!(
                 "user not found: {id_or_name}"
             )));
         };
+        let active = wanted == Some(true);
         let current = fields.iter().any(|(k, v)| k == "isActive" && v == "true");
-        if current == active {
+        if wanted == Some(current) {
             // Announced again (a retry of a write that landed unannounced).
             self.announce(&[format!("user:{id}")], true).await;
             return Ok(if active { "Active" } else { "Inactive" });
