@@ -253,6 +253,79 @@ fn credential_answers_are_egs() {
     }
 }
 
+/// The Admin API routes as EG's Express does — a HEAD answered as a GET without its body, the
+/// routes' own words without case, an empty segment matching nothing — and a status route's
+/// answers to bodies that are not the current boolean (EG compares strictly: anything but
+/// `true` deactivates, again if need be): compared with EG 1.16.11 for the same requests.
+#[test]
+fn admin_routing_and_status_answers_are_egs() {
+    let redis = RedisServer::start();
+    let eg = ExpressGateway::start("policies: [proxy]\n", redis.port);
+    let dir =
+        ConfigDir::new("http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\n");
+    let tg = GatewayProcess::start(&dir);
+    let mut answers: Vec<Vec<(u16, serde_json::Value)>> = Vec::new();
+    for admin in [eg.admin_port, tg.admin_port] {
+        let call = |method: &str, path: &str, body: &str| {
+            let r = match method {
+                "GET" => get(admin, "GET", path, &[]),
+                "HEAD" => support::request(
+                    admin,
+                    &format!(
+                        "HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                    ),
+                    true,
+                ),
+                _ => send_json(admin, method, path, body),
+            };
+            let body = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+            // (Only what both name the same way: the user's name, a status, a list's length.)
+            let shown = match (&body["username"], &body["status"], &body["users"]) {
+                (serde_json::Value::String(u), _, _) => serde_json::json!(u),
+                (_, serde_json::Value::String(s), _) => serde_json::json!(s),
+                (_, _, serde_json::Value::Array(a)) => serde_json::json!(a.len()),
+                _ => serde_json::Value::Null,
+            };
+            (r.status, shown)
+        };
+        let mut run = vec![call(
+            "POST",
+            "/users",
+            r#"{"username": "u1", "firstname": "a", "lastname": "b"}"#,
+        )];
+        for (method, path) in [
+            ("GET", "/Users"),
+            ("GET", "/USERS/u1"),
+            ("GET", "/users/u1/"),
+            ("HEAD", "/users"),
+            ("HEAD", "/users/u1"),
+            ("HEAD", "/users/nobody"),
+            ("GET", "//users"),
+            ("GET", "/users//u1"),
+        ] {
+            run.push(call(method, path, ""));
+        }
+        for (path, body) in [
+            ("/users/u1/status", r#"{"status": false}"#),
+            ("/users/u1/status", r#"{"status": false}"#),
+            ("/users/u1/status", r#"{}"#),
+            ("/users/u1/status", r#"{"status": "false"}"#),
+            ("/users/u1/status", r#"{"status": 1}"#),
+            ("/users/u1/Status", r#"{"status": true}"#),
+            ("/users/u1/status", r#"{"status": true}"#),
+            ("/users/u1/status", r#"{"status": "true"}"#),
+        ] {
+            run.push(call("PUT", path, body));
+        }
+        answers.push(run);
+    }
+    let (eg_run, tg_run) = (&answers[0], &answers[1]);
+    assert_eq!(eg_run.len(), tg_run.len());
+    for (i, (e, t)) in eg_run.iter().zip(tg_run).enumerate() {
+        assert_eq!(e, t, "answer {i}: EG {e:?}\ntollgate {t:?}");
+    }
+}
+
 /// `hostMatch` reads its pattern as EG's minimatch does — braces, ranges, classes, a negated
 /// pattern — checked against EG itself: the same pipeline, the same Host headers, the same
 /// answers. (Only `*` and `?` were read: the others never matched, so a rule meant to keep

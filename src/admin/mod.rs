@@ -398,20 +398,17 @@ impl AdminApi {
             .get(http::header::ACCEPT)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        // An empty segment but a trailing one (`//users`, `/users//x`) matches no route, as in
-        // EG's Express.
-        let mut raw: Vec<&str> = path.split('/').skip(1).collect();
-        if raw.last() == Some(&"") {
-            raw.pop();
-        }
-        if raw.contains(&"") {
+        // A path that begins with an empty segment (`//users`) matches no route, as in EG's
+        // Express (which reads one later, `/users//u1`, as `/users/u1`).
+        if path.starts_with("//") {
             return text(
                 StatusCode::NOT_FOUND,
                 &format!("<pre>Cannot {method} {path}</pre>"),
             );
         }
-        let decoded: Vec<String> = raw
-            .into_iter()
+        let decoded: Vec<String> = path
+            .split('/')
+            .filter(|s| !s.is_empty())
             .map(|s| {
                 percent_encoding::percent_decode_str(s)
                     .decode_utf8_lossy()
