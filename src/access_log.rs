@@ -26,6 +26,14 @@ impl Target {
             path => Some(Target::File(PathBuf::from(path))),
         }
     }
+
+    /// As an error names it: the file's path, or standard output.
+    pub fn describe(&self) -> String {
+        match self {
+            Target::Stdout => "on standard output".into(),
+            Target::File(p) => p.display().to_string(),
+        }
+    }
 }
 
 const QUEUE: usize = 65_536;

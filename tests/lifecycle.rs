@@ -1520,6 +1520,60 @@ fn an_upgrade_to_a_config_that_does_not_compile_leaves_the_old_process_serving()
     );
 }
 
+/// An upgrade whose new process could not serve once it had the sockets — a port changed to
+/// one another program listens on, a tile cache directory that is a file — leaves the old
+/// process serving: the new one binds the addresses the old one does not listen on, and
+/// writes in the disk tier's directory, before it takes the sockets. (It took them, then
+/// failed and left; the old process stopped accepting five seconds later: nothing served.)
+#[test]
+fn an_upgrade_that_could_not_serve_leaves_the_old_process_serving() {
+    let yml = |port: &str| {
+        format!("http: {{port: {port}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  a: {{paths: '/a'}}\npolicies: [terminate]\npipelines:\n  p: {{apiEndpoints: [a], policies: [{{terminate: {{action: {{statusCode: 200, message: ok}}}}}}]}}\n")
+    };
+    let taken = std::net::TcpListener::bind("0.0.0.0:0").expect("another program's port");
+    let taken_port = taken.local_addr().expect("addr").port().to_string();
+    let not_a_dir = ConfigDir::empty();
+    not_a_dir.write("cache", "a file");
+    let cache_arg = not_a_dir.path.join("cache").display().to_string();
+    for (case, new_yml, extra) in [
+        ("a port taken", yml(&taken_port), vec![]),
+        (
+            "a cache directory that is a file",
+            yml("${PORT}"),
+            vec!["--cache-dir", cache_arg.as_str()],
+        ),
+    ] {
+        let dir = ConfigDir::new(&yml("${PORT}"));
+        let sock = dir.path.join("upgrade.sock").display().to_string();
+        let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+        assert_eq!(get(old.port, "GET", "/a", &[]).status, 200, "{case}");
+        dir.write("gateway.config.yml", &new_yml);
+        let mut new = start_upgrade(&dir, &old, &sock, &extra, &[]);
+        std::thread::sleep(Duration::from_secs(1));
+        let left = new.0.try_wait().expect("wait");
+        if left.is_none() {
+            old.signal("QUIT");
+        }
+        let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+        assert!(
+            left.is_some_and(|s| !s.success()),
+            "{case}: the new process still runs a second after its start: {new_log}"
+        );
+        assert!(
+            new_log.contains("cannot listen on") || new_log.contains("tile cache directory"),
+            "{case}: {new_log}"
+        );
+        // Past the five seconds an old process accepts for after handing its sockets over.
+        std::thread::sleep(Duration::from_secs(6));
+        assert_eq!(
+            get(old.port, "GET", "/a", &[]).status,
+            200,
+            "{case}: the old process stopped serving"
+        );
+    }
+    drop(taken);
+}
+
 /// A config file that is a link to a file kept elsewhere is reloaded when that file is edited
 /// (in place, or saved by rename): the edit changes no entry of the config directory, and went
 /// unnoticed until a SIGHUP.

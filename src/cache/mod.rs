@@ -99,8 +99,20 @@ const LOCK_AGE: Duration = Duration::from_secs(30);
 /// [`enable`]'s use): more than any tile's waiters, the wait itself bounded by `lockTimeout`.
 const LOCK_RETRIES: usize = 10_000;
 
+/// Whether the disk tier's directory, if there is one, can be used (see
+/// [`store::disk::DiskTier::usable`]).
+pub fn disk_usable(opts: &StoreOptions) -> anyhow::Result<()> {
+    match &opts.disk {
+        Some((dir, _)) => store::disk::DiskTier::usable(dir)
+            .map_err(|e| anyhow::anyhow!("tile cache directory {}: {e}", dir.display())),
+        None => Ok(()),
+    }
+}
+
 /// Opens the store (and the disk tier's index); called once at start.
 pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
+    // (A path that is no directory is said so, not read as damaged records.)
+    disk_usable(opts)?;
     if let Some(c) = CACHE.get() {
         return Ok(c);
     }

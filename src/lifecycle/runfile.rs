@@ -24,6 +24,10 @@ pub struct Running {
     pub health_path: String,
     /// The Admin API's URL.
     pub admin: Option<String>,
+    /// The addresses it listens on (`host:port`, as bound): an upgrading process binds only
+    /// the others itself (empty from a process that did not say).
+    #[serde(default)]
+    pub listening: Vec<String>,
 }
 
 impl Running {
@@ -186,6 +190,7 @@ mod tests {
             gateway: Some("http://127.0.0.1:8080".into()),
             health_path: "/healthcheck".into(),
             admin: Some("http://localhost:9876".into()),
+            listening: vec!["0.0.0.0:8080".into()],
         };
         publish(&dirs, &running);
         let found = find(&dirs).expect("found");

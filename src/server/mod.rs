@@ -177,6 +177,14 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             eprintln!("{errors}");
             std::process::exit(2);
         }
+        let g = &loaded.gateway;
+        let listen = listen_addrs(g.http.as_ref(), g.https.as_ref(), g.admin.as_ref());
+        before_the_sockets(&opts, &listen)?;
+    }
+    // (Before the sockets too: a file that cannot be opened ends the start.)
+    if let Some(target) = &opts.access_log {
+        crate::access_log::start(target.clone())
+            .with_context(|| format!("cannot open the access log {}", target.describe()))?;
     }
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
@@ -216,10 +224,6 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     consumers.cache.start(background.handle(), opts.resync);
     let health = Arc::new(Health::new(consumers.cache.clone()));
     health.start_probe(background.handle(), consumers.store.clone());
-    if let Some(target) = &opts.access_log {
-        crate::access_log::start(target.clone())
-            .with_context(|| format!("cannot open the access log {target:?}"))?;
-    }
     let shared = Shared {
         counters: Arc::new(Counters::default()),
         consumers: consumers.cache.clone(),
@@ -290,19 +294,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     not_config.extend(crate::lifecycle::watch::own_log_files());
     crate::lifecycle::watch::start(lifecycle.clone(), not_config);
 
-    let listen: Vec<String> = [
-        http.as_ref()
-            .map(|l| bind_addr(l.host.as_deref(), "0.0.0.0", l.port)),
-        https
-            .as_ref()
-            .map(|h| bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port)),
-        admin
-            .as_ref()
-            .map(|a| bind_addr(a.host.as_deref(), "127.0.0.1", a.port)),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let listen = listen_addrs(http.as_ref(), https.as_ref(), admin.as_ref());
     if !opts.upgrade {
         check_free(&listen)?;
     }
@@ -402,6 +394,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             admin: admin
                 .as_ref()
                 .map(|a| crate::lifecycle::runfile::local_url("http", a.host.as_deref(), a.port)),
+            listening: listen.clone(),
         },
     );
     exit_when_drained(
@@ -556,6 +549,42 @@ fn warn_open_admin(addr: &str, has_token: bool) {
             "the Admin API listens on {addr}, beyond loopback, without --admin-token: anyone who reaches it can manage consumers"
         );
     }
+}
+
+/// The addresses the gateway's listeners bind: http, https, the Admin API.
+fn listen_addrs(
+    http: Option<&config::gateway_file::ListenerDef>,
+    https: Option<&config::gateway_file::HttpsDef>,
+    admin: Option<&config::gateway_file::ListenerDef>,
+) -> Vec<String> {
+    [
+        http.map(|l| bind_addr(l.host.as_deref(), "0.0.0.0", l.port)),
+        https.map(|h| bind_addr(h.listener.host.as_deref(), "0.0.0.0", h.listener.port)),
+        admin.map(|a| bind_addr(a.host.as_deref(), "127.0.0.1", a.port)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// What an upgrading process could fail at once it has taken the listening sockets — the old
+/// process then stops accepting, and nothing serves — is tried before it takes them: the
+/// addresses the running process does not listen on (a port changed) are bound, and the tile
+/// cache's disk directory is written in. (An old process that did not say where it listens
+/// is taken to listen on every address.)
+fn before_the_sockets(opts: &ServeOptions, listen: &[String]) -> anyhow::Result<()> {
+    let held = crate::lifecycle::runfile::find(&opts.config_dirs)
+        .map(|r| r.listening)
+        .unwrap_or_default();
+    if !held.is_empty() {
+        let new: Vec<String> = listen
+            .iter()
+            .filter(|a| !held.contains(a))
+            .cloned()
+            .collect();
+        check_free(&new)?;
+    }
+    crate::cache::disk_usable(&opts.cache)
 }
 
 /// Fails with the address when a port is taken: Pingora would retry for a while and then panic.

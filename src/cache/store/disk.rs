@@ -83,6 +83,18 @@ pub struct DiskTier {
 
 impl DiskTier {
     /// Opens (creating) the directory and indexes the objects already in it.
+    /// Whether a disk tier can be opened in `dir`: it is (or can be made) a directory this
+    /// process writes files in. Asked by an upgrading process before it takes the listening
+    /// sockets (an unusable directory found after them left nothing serving).
+    pub fn usable(dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        let probe = dir
+            .join("tmp")
+            .join(format!("usable.{}", std::process::id()));
+        std::fs::write(&probe, b"")?;
+        std::fs::remove_file(&probe)
+    }
+
     pub fn open(dir: &Path, budget: u64) -> std::io::Result<DiskTier> {
         std::fs::create_dir_all(dir.join("tmp"))?;
         // Secrets written aside by a start that ended before it put its own in place (one of
