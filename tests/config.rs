@@ -387,6 +387,35 @@ fn cache_step_values_out_of_range_are_errors_with_their_position() {
     }
 }
 
+/// Every problem of one `cache` step at once, each at its value (they came one at a time, as
+/// each was mended, all at the step).
+#[test]
+fn every_problem_of_a_cache_step_is_reported_at_its_value() {
+    let step = "      - cache: [{action: {ttl: 3600, statuses: [206], minUses: 16, lockTimeout: 601, maxObjectSize: 0}}]";
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: 1}}\napiEndpoints: {{a: {{}}}}\nserviceEndpoints: {{s: {{url: 'http://127.0.0.1:1'}}}}\npolicies: [cache, proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n{step}\n      - proxy: [{{action: {{serviceEndpoint: s}}}}]\n"
+    ));
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    for (param, why) in [
+        ("statuses", "`statuses`: 206 answers one request only"),
+        ("minUses", "`minUses` must be between 1 and 15"),
+        (
+            "lockTimeout",
+            "`lockTimeout` must be between 0 and 600 seconds",
+        ),
+        ("maxObjectSize", "`maxObjectSize` must be more than 0"),
+    ] {
+        // (Columns count from 1; the value follows its name and `: `.)
+        let column = step.find(&format!("{param}: ")).expect("in the step") + param.len() + 3;
+        let at = format!("{file}:9:{column}: ");
+        assert!(
+            err.lines().any(|l| l.starts_with(&at) && l.contains(why)),
+            "no `{why}` at {at} in:\n{err}"
+        );
+    }
+}
+
 #[test]
 fn a_cache_step_stores_only_statuses_that_answer_the_next_request() {
     let dir = ConfigDir::new(

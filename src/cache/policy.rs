@@ -139,52 +139,69 @@ pub struct Cache {
 }
 
 impl Cache {
+    /// The step, or every problem of its parameters, each with the parameter it is about.
     pub fn build(
         p: Params,
         secret_params: &[String],
         secret_headers: &[http::HeaderName],
-    ) -> Result<Cache, String> {
+    ) -> Result<Cache, Vec<(&'static str, String)>> {
+        let mut problems: Vec<(&'static str, String)> = Vec::new();
         if p.min_ttl > p.max_ttl {
-            return Err(format!(
-                "`minTtl` ({}) is larger than `maxTtl` ({})",
-                p.min_ttl, p.max_ttl
+            problems.push((
+                "minTtl",
+                format!(
+                    "`minTtl` ({}) is larger than `maxTtl` ({})",
+                    p.min_ttl, p.max_ttl
+                ),
             ));
         }
         for s in &p.statuses {
-            match s {
-                200..=599 if ![206, 304].contains(s) => {}
+            let why = match s {
+                200..=599 if ![206, 304].contains(s) => continue,
                 // An interim answer, a part of a body or an answer to a condition: none of
                 // them answers the next request for the tile.
-                100..=199 => {
-                    return Err(format!(
-                        "`statuses`: {s} is an interim answer, it cannot be stored (statuses are 200 to 599)"
-                    ));
-                }
-                206 | 304 => {
-                    return Err(format!(
-                        "`statuses`: {s} answers one request only (a range, a condition), it cannot be stored"
-                    ));
-                }
-                _ => return Err(format!("`statuses`: {s} is not an HTTP status")),
-            }
+                100..=199 => format!(
+                    "`statuses`: {s} is an interim answer, it cannot be stored (statuses are 200 to 599)"
+                ),
+                206 | 304 => format!(
+                    "`statuses`: {s} answers one request only (a range, a condition), it cannot be stored"
+                ),
+                _ => format!("`statuses`: {s} is not an HTTP status"),
+            };
+            problems.push(("statuses", why));
         }
         if !(p.lock_timeout.is_finite() && p.lock_timeout >= 0.0 && p.lock_timeout <= 600.0) {
-            return Err("`lockTimeout` must be between 0 and 600 seconds".into());
+            problems.push((
+                "lockTimeout",
+                "`lockTimeout` must be between 0 and 600 seconds".into(),
+            ));
         }
         if !(1..=super::sightings::MAX_COUNT).contains(&p.min_uses) {
-            return Err(format!(
-                "`minUses` must be between 1 and {}",
-                super::sightings::MAX_COUNT
+            problems.push((
+                "minUses",
+                format!(
+                    "`minUses` must be between 1 and {}",
+                    super::sightings::MAX_COUNT
+                ),
             ));
         }
         if p.max_object_size == 0 {
-            return Err("`maxObjectSize` must be more than 0".into());
+            problems.push((
+                "maxObjectSize",
+                "`maxObjectSize` must be more than 0".into(),
+            ));
         }
         if p.max_object_size > MAX_OBJECT_SIZE {
             // (A larger answer was read whole, then not kept.)
-            return Err(format!(
-                "`maxObjectSize` must be at most {MAX_OBJECT_SIZE} (60 MiB): the memory tier holds no larger object"
+            problems.push((
+                "maxObjectSize",
+                format!(
+                    "`maxObjectSize` must be at most {MAX_OBJECT_SIZE} (60 MiB): the memory tier holds no larger object"
+                ),
             ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
         }
         let lower = |v: &[String]| v.iter().map(|s| s.to_ascii_lowercase()).collect();
         Ok(Cache {

@@ -169,7 +169,14 @@ pub fn build(
             cx.secret_headers,
         ) {
             Ok(p) => Arc::new(p),
-            Err(why) => return built_error(name, why, pos, errors),
+            // Every one, each at its parameter.
+            Err(problems) => {
+                for (param, why) in problems {
+                    let at = param_pos(action, param, pos);
+                    errors.push(at, format!("policy `{name}`: {why}"));
+                }
+                return None;
+            }
         },
         _ => {
             errors.push(pos, unknown_reason(name));
