@@ -39,6 +39,27 @@ fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) -> Dura
     start.elapsed()
 }
 
+/// A health check's path may carry a provider's key in its query (checks go to the url's host
+/// without the url's own query): the line that says a url is unhealthy shows it as `?…`.
+#[test]
+fn a_failing_health_checks_line_shows_no_query() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    let dir = ConfigDir::new(&config(
+        &[a.url(""), b.url("")],
+        "{healthCheck: {path: '/status/503?token=HC-SECRET-789', interval: 0.2, timeout: 0.5, unhealthyThreshold: 1}}",
+        "",
+        "",
+    ));
+    let gw = GatewayProcess::start(&dir);
+    wait_for("a line", Duration::from_secs(5), || {
+        gw.log_text().contains("is unhealthy")
+    });
+    let log = gw.log_text();
+    assert!(log.contains("/status/503?… answered 503"), "{log}");
+    assert!(!log.contains("HC-SECRET-789"), "{log}");
+}
+
 #[test]
 fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
     let a = PyUpstream::start("a", 5.0);

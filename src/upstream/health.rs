@@ -152,7 +152,11 @@ async fn probe(
         if check.statuses.contains(&status) {
             Ok(())
         } else {
-            Err(format!("{} answered {status}", check.path))
+            // (Its query shown as `?…`: a provider's key goes there too.)
+            Err(format!(
+                "{} answered {status}",
+                super::displayed(&check.path)
+            ))
         }
     };
     match tokio::time::timeout(check.timeout(), exchange).await {
