@@ -61,6 +61,11 @@ const NORMAL_EVENTS: &[&str] = &[
     // An upgrading process waiting, a second at a time, for the old one to be sent SIGQUIT
     // (its giving up after five tries stays an error).
     "No incoming socket transfer",
+    // A request body's write upstream failed (a pooled connection the upstream closed), and
+    // an upstream answer longer than its `Content-Length` (or a client's next request behind
+    // a body): tollgate's own line says what came of it, one per event.
+    "send error, draining read buf",
+    "Peer sent more data than expected",
 ];
 
 /// Pingora messages (by what they hold) about a normal event: a purge that came while a tile
@@ -402,6 +407,23 @@ mod levels {
                 .args(format_args!("{text}"))
                 .build(),
         )
+    }
+
+    /// Pingora's lines of an event tollgate writes its own line about go to debug.
+    #[test]
+    fn pingoras_lines_of_an_upstream_failure_tollgate_writes_are_debug() {
+        for (target, text) in [
+            (
+                "pingora_proxy::proxy_h1",
+                "send error, draining read buf: Upstream WriteError",
+            ),
+            (
+                "pingora_core::protocols::http::v1::body",
+                "Peer sent more data than expected: extra 10 bytes",
+            ),
+        ] {
+            assert_eq!(level_of(Level::Warn, target, text), Level::Debug, "{text}");
+        }
     }
 
     /// Pingora's server's steps of starting and stopping go to debug; its lines about the
