@@ -505,10 +505,11 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
                 })
                 .collect();
             if wanted.is_empty() {
-                return Err(format!(
-                    "Consumer {} has no credentials",
-                    l.consumer.as_deref().unwrap_or("undefined")
-                ));
+                return Err(match l.consumer.as_deref() {
+                    Some(c) => format!("Consumer {c} has no credentials"),
+                    // (EG's says `Consumer undefined`.)
+                    None => "No credentials".into(),
+                });
             }
             for cr in wanted {
                 if l.quiet {
