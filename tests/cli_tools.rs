@@ -191,6 +191,12 @@ fn completions_and_the_man_page() {
         man.contains("populate") && man.contains("reload"),
         "{man:.300}"
     );
+    // Every command's options are on the one page; no other page is referred to.
+    assert!(
+        man.contains(".SH \"TOLLGATE SERVE\"") && man.contains("cache\\-memory"),
+        "{man:.300}"
+    );
+    assert!(!man.contains("tollgate\\-serve(1)"), "{man:.300}");
     // Output into a pipe whose reader stops after a line (`| head -1`): the command ends
     // quietly, without a panic.
     for args in [&["man"][..], &["completions", "bash"]] {

@@ -357,17 +357,53 @@ pub fn run(cli: Cli) -> i32 {
             );
             0
         }
-        Command::Man => {
-            use clap::CommandFactory;
-            match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
-                Ok(()) => 0,
-                Err(e) => {
-                    eprintln!("tollgate: {e}");
-                    1
-                }
+        Command::Man => match man_page(&mut std::io::stdout()) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("tollgate: {e}");
+                1
             }
+        },
+    }
+}
+
+/// The manual page: the command, then each of its commands (theirs too) in a section of its
+/// own — their synopses, descriptions and options on the one page (no page is made for each,
+/// so none is referred to).
+fn man_page(w: &mut dyn std::io::Write) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(w)?;
+    man.render_name_section(w)?;
+    man.render_synopsis_section(w)?;
+    man.render_description_section(w)?;
+    man.render_options_section(w)?;
+    fn commands(cmd: &clap::Command, path: &str, out: &mut Vec<clap::Command>) {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+            let name = format!("{path} {}", sub.get_name());
+            out.push(sub.clone().bin_name(name.clone()));
+            commands(sub, &name, out);
         }
     }
+    let mut all = Vec::new();
+    commands(&cmd, "tollgate", &mut all);
+    for sub in all {
+        let title = sub.get_bin_name().unwrap_or("").to_uppercase();
+        let man = clap_mangen::Man::new(sub.clone());
+        let mut part = Vec::new();
+        man.render_synopsis_section(&mut part)?;
+        man.render_description_section(&mut part)?;
+        if sub.get_arguments().any(|a| !a.is_hide_set()) {
+            man.render_options_section(&mut part)?;
+        }
+        let part = String::from_utf8_lossy(&part)
+            .replace(".SH SYNOPSIS", &format!(".SH \"{title}\"\n.SS Synopsis"))
+            .replace(".SH DESCRIPTION", ".SS Description")
+            .replace(".SH OPTIONS", ".SS Options");
+        w.write_all(part.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Prints a failure as EG's CLI does, and gives the exit code.
