@@ -661,6 +661,32 @@ fn a_request_broken_on_a_pooled_connection_is_sent_again_on_a_new_one() {
     }
 }
 
+/// A 502 for an upstream's failure leaves the client's connection open for its next request
+/// (as EG's and nginx's): during an outage a browser's tiles each opened a connection (over
+/// TLS, a handshake each).
+#[test]
+fn a_502_keeps_the_clients_connection() {
+    let up = Scripted::start();
+    let dead = support::free_port();
+    let yml = format!(
+        "http:\n  port: ${{PORT}}\nadmin:\n  port: ${{ADMIN_PORT}}\n  host: 127.0.0.1\napiEndpoints:\n  dead: {{paths: '/dead/*'}}\n  all: {{paths: '/*'}}\nserviceEndpoints:\n  dead: {{url: 'http://127.0.0.1:{dead}'}}\n  up: {{url: 'http://127.0.0.1:{}'}}\npolicies: [proxy]\npipelines:\n  d: {{apiEndpoints: [dead], policies: [{{proxy: {{action: {{serviceEndpoint: dead}}}}}}]}}\n  p: {{apiEndpoints: [all], policies: [{{proxy: {{action: {{serviceEndpoint: up}}}}}}]}}\n",
+        up.port
+    );
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start(&dir);
+    let mut s = connect(gw.port, 10);
+    for _ in 0..3 {
+        s.write_all(b"GET /dead/1.png HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        let r = read_response(&mut s, false);
+        assert_eq!(r.status, 502, "{}", r.text());
+        assert_ne!(r.header("connection"), Some("close"), "{:?}", r.headers);
+    }
+    s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\n\r\n")
+        .expect("the next request on the same connection");
+    assert_eq!(read_response(&mut s, false).text(), "hello");
+}
+
 #[test]
 fn a_client_leaving_mid_body_costs_only_its_own_request() {
     let up = Scripted::start();

@@ -329,11 +329,16 @@ fn response_head(
     Ok(true)
 }
 
-/// A failure before the response head: answered with the status it calls for.
+/// A failure before the response head: answered with the status it calls for. The client's
+/// connection goes on after the upstream's failure (its request was read whole and the answer
+/// is), as with EG and nginx: during an outage a browser's tiles did not each open a
+/// connection of their own (a TLS handshake each).
 pub async fn fail(s: &mut HttpSession, x: &Exchange, e: Box<Error>, end: &mut Finish) {
     let (_, reply) = exchange::failure_reply(&e);
+    if reply.is_none() || e.esource() != &pingora_core::ErrorSource::Upstream {
+        s.set_server_keepalive(None);
+    }
     end.error = Some(e);
-    s.set_server_keepalive(None);
     if let Some(reply) = reply {
         // Through a cache step, a tile being filled: nothing was stored for it.
         let edits = crate::cache::answer_edits(x, "MISS");
