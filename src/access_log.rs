@@ -228,22 +228,38 @@ pub fn redact(url: &str, secret_params: &[String]) -> String {
     out
 }
 
-/// `pair` as it is, or as `name=REDACTED` when its name begins with one of `secret_params`.
+/// `pair` as it is; `name=REDACTED` when its name is one of `secret_params`; `jwt…=REDACTED`
+/// (the parameter's name as configured) when its name only begins with one — the rest of such
+/// a name may hold the token itself (`apiKey%3D<token>`, `apiKey:<token>`).
 fn push_redacted(out: &mut String, pair: &str, secret_params: &[String]) {
     let name = pair.split('=').next().unwrap_or("");
     let decoded = crate::cache::key::decoded(name);
-    let begins = |s: &String| {
+    let begins = |s: &&String| {
         decoded
             .as_bytes()
             .get(..s.len())
             .is_some_and(|p| p.eq_ignore_ascii_case(s.as_bytes()))
     };
-    if secret_params.iter().any(begins) {
-        out.push_str(name);
-        out.push_str("=REDACTED");
-    } else {
-        out.push_str(pair);
+    match secret_params.iter().find(begins) {
+        Some(s) if s.len() == decoded.len() => {
+            out.push_str(name);
+            out.push_str("=REDACTED");
+        }
+        Some(s) => {
+            out.push_str(s);
+            out.push_str("…=REDACTED");
+        }
+        None => out.push_str(pair),
     }
+}
+
+/// A path with its segments' `;name=value` parameters that carry credentials redacted (see
+/// [`redact`]).
+pub fn redact_path<'a>(path: &'a str, secret_params: &[String]) -> std::borrow::Cow<'a, str> {
+    if !path.contains(';') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    std::borrow::Cow::Owned(redact(path, secret_params))
 }
 
 /// A request as a log line names it: its method and target, the query's credentials
@@ -307,12 +323,18 @@ mod tests {
         // Near misses carry a token all the same.
         assert_eq!(
             redact("/w?jwt[]=t&jwt%5B%5D=t&jwt.=t&jwt%00=t&apiKey%20=k&jwts=t&j=1", &secrets),
-            "/w?jwt[]=REDACTED&jwt%5B%5D=REDACTED&jwt.=REDACTED&jwt%00=REDACTED&apiKey%20=REDACTED&jwts=REDACTED&j=1"
+            "/w?jwt…=REDACTED&jwt…=REDACTED&jwt…=REDACTED&jwt…=REDACTED&apiKey…=REDACTED&jwt…=REDACTED&j=1"
+        );
+        // The token within the name (a `=` encoded twice, a `:` for the `=`).
+        assert_eq!(
+            redact("/w?apiKey%3DK1:S1&apiKey:K2:S2&%6Awt=t", &secrets),
+            "/w?apiKey…=REDACTED&apiKey…=REDACTED&%6Awt=REDACTED"
         );
         assert_eq!(
-            redact("/w;apiKey=k/1;v=2;JWT=t?x=1", &secrets),
-            "/w;apiKey=REDACTED/1;v=2;JWT=REDACTED?x=1"
+            redact("/w;apiKey=k/1;v=2;JWT=t;apiKey%3Dk?x=1", &secrets),
+            "/w;apiKey=REDACTED/1;v=2;JWT=REDACTED;apiKey…=REDACTED?x=1"
         );
+        assert_eq!(redact_path("/w;jwt=t/x", &secrets), "/w;jwt=REDACTED/x");
         assert_eq!(redact("/w;x/y?", &secrets), "/w;x/y?");
     }
 

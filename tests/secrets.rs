@@ -38,7 +38,7 @@ pipelines:
   token:
     apiEndpoints: [token]
     policies:
-      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} auth=${{req.headers.authorization}}'}}}}]
+      - log: [{{action: {{message: 'seen ${{req.method}} ${{req.url}} path=${{req.path}} auth=${{req.headers.authorization}}'}}}}]
       - jwt: [{{action: {{secretOrPublicKey: {JWT_KEY}, checkCredentialExistence: true, passThrough: true}}}}]
       - jwt: [{{condition: {{name: anonymous}}, action: {{secretOrPublicKey: {JWT_KEY}, checkCredentialExistence: true, jwtExtractor: query, jwtExtractorField: jwt}}}}]
       - proxy: [{{action: {{serviceEndpoint: up}}}}]
@@ -145,6 +145,8 @@ fn no_secret_reaches_the_logs() {
         // Near misses of the parameters' names carry a real credential all the same.
         (format!("/token/a?jwt[]={good_token}"), vec![], 401),
         (format!("/token/a?jwt%00={good_token}"), vec![], 401),
+        (format!("/token/a?jwt%3D{good_token}"), vec![], 401),
+        (format!("/token/a;jwt={good_token}/b"), vec![], 401),
         (
             "/keyed/a?apiKey%20=ann-key:key-secret-4711".into(),
             vec![],
@@ -181,7 +183,9 @@ fn no_secret_reaches_the_logs() {
         "seen GET /keyed/a?apiKey=REDACTED auth=undefined copied=undefined",
         "seen GET /keyed/a?apiKey=REDACTED&x=1 auth=undefined copied=undefined",
         "seen GET /basic/a auth=REDACTED",
-        "seen GET /token/a?jwt=REDACTED auth=undefined",
+        "seen GET /token/a?jwt=REDACTED path=/token/a auth=undefined",
+        // (A segment's parameter in `req.path` too.)
+        "seen GET /token/a;jwt=REDACTED/b path=/token/a;jwt=REDACTED/b auth=undefined",
     ] {
         assert!(log.contains(seen), "no `{seen}` in the log:\n{log}");
     }

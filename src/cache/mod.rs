@@ -388,7 +388,7 @@ pub(crate) fn primary_of(
         &plan.endpoint.cache_name,
         host,
         forwarding,
-        (&plan.path, plan.query_at),
+        (&plan.path, plan.query_at()),
         edits,
         &u.rule,
         key::Purged {

@@ -148,9 +148,6 @@ pub struct ProxyPlan {
     pub host: Option<HeaderValue>,
     /// Path and query sent upstream.
     pub path: String,
-    /// Where the client's query begins in `path` (its `?`), after the url's path and its own
-    /// query if it has one; `path`'s length without one.
-    pub query_at: usize,
     /// How the path is made from a url's own path: the client's URL (after `stripPath`),
     /// `prependPath`, `ignorePath`.
     pub path_recipe: PathRecipe,
@@ -182,17 +179,13 @@ pub struct PathRecipe {
 }
 
 impl PathRecipe {
-    /// The upstream path for a url whose path (and query) is `base_path`, and where the
-    /// client's query begins in it (see [`ProxyPlan::query_at`]).
-    pub fn path_for(&self, base_path: &str) -> (String, usize) {
+    pub fn path_for(&self, base_path: &str) -> String {
         if self.ignore_path {
-            let path = if self.prepend_path {
+            return if self.prepend_path {
                 base_path.to_string()
             } else {
                 "/".into()
             };
-            let at = path.len();
-            return (path, at);
         }
         let neutral = self
             .neutral
@@ -201,15 +194,12 @@ impl PathRecipe {
         self.joined(base_path, neutral.as_deref().unwrap_or(&self.url))
     }
 
-    /// The client's `url` (as it is, or made neutral) joined to the url's path, and where its
-    /// query begins in it (the join ends with it as it is).
-    fn joined(&self, base_path: &str, url: &str) -> (String, usize) {
+    /// The client's `url` (as it is, or made neutral) joined to the url's path (the join ends
+    /// with `url`'s query as it is).
+    fn joined(&self, base_path: &str, url: &str) -> String {
         // (Without the url's path, joined all the same: http-proxy joins it with nothing.)
         let base = if self.prepend_path { base_path } else { "" };
-        let path = crate::policies::proxy::url_join(base, url);
-        let query = memchr::memchr(b'?', url.as_bytes()).map_or(0, |q| url.len() - q);
-        let at = path.len() - query;
-        (path, at)
+        crate::policies::proxy::url_join(base, url)
     }
 }
 
@@ -244,6 +234,33 @@ impl ProxyPlan {
         }
     }
 
+    /// Where the client's query begins in `path` (its `?`), after the url's path and the url's
+    /// own query if it has one; `path`'s length without one.
+    pub fn query_at(&self) -> usize {
+        let first = || memchr::memchr(b'?', self.path.as_bytes()).unwrap_or(self.path.len());
+        let recipe = &self.path_recipe;
+        let base_query = self
+            .endpoint
+            .targets
+            .get(self.target)
+            .is_some_and(|t| t.base_path.contains('?'));
+        if !base_query || !recipe.prepend_path {
+            return first();
+        }
+        if recipe.ignore_path {
+            return self.path.len();
+        }
+        // (Rare: a url with a query of its own.) The path ends with the client's query as it
+        // was joined: made neutral, or as it is.
+        let neutral = recipe
+            .neutral
+            .as_ref()
+            .and_then(|rule| crate::cache::key::neutral(&recipe.url, rule));
+        let url = neutral.as_deref().unwrap_or(&recipe.url);
+        let query = memchr::memchr(b'?', url.as_bytes()).map_or(0, |q| url.len() - q);
+        self.path.len().saturating_sub(query)
+    }
+
     /// Makes the path a cache fill's (see [`crate::cache::key::neutral`]): only the client's
     /// part of the query is cut down to the parameters that make the key — the url's own
     /// query (a provider's key, a style) reaches the upstream as the url has it, as it does
@@ -256,7 +273,7 @@ impl ProxyPlan {
             .then(|| crate::cache::key::neutral(&recipe.url, &rule))
             .flatten();
         if let (Some(url), Some(t)) = (neutral, self.endpoint.targets.get(self.target)) {
-            (self.path, self.query_at) = recipe.joined(&t.base_path, &url);
+            self.path = recipe.joined(&t.base_path, &url);
         }
         self.path_recipe.neutral = Some(rule);
     }
@@ -264,8 +281,7 @@ impl ProxyPlan {
     /// The path, Host and scheme of url `i`, which must exist.
     fn aim(&mut self, i: usize) {
         let t = &self.endpoint.targets[i];
-        let (path, query_at) = self.path_recipe.path_for(&t.base_path);
-        self.query_at = query_at;
+        let path = self.path_recipe.path_for(&t.base_path);
         let (tls, host) = (t.tls, self.change_origin.then(|| t.host_header.clone()));
         self.target = i;
         if i < 64 {

@@ -143,10 +143,17 @@ impl Expr {
                 Term::Method => out.push_str(req.method.as_str()),
                 Term::Url => out.push_str(url_now(req, x)),
                 Term::OriginalUrl => out.push_str(req.url),
-                Term::Path => match &x.proxy {
-                    Some(p) => out.push_str(p.path_recipe.url.split('?').next().unwrap_or("")),
-                    None => out.push_str(req.path),
-                },
+                Term::Path => {
+                    let path = match &x.proxy {
+                        Some(p) => p.path_recipe.url.split('?').next().unwrap_or(""),
+                        None => req.path,
+                    };
+                    // A segment's `;jwt=…` too, where `req.url`'s are.
+                    match secrets {
+                        Some(s) => out.push_str(&crate::access_log::redact_path(path, &s.params)),
+                        None => out.push_str(path),
+                    }
+                }
                 Term::ConsumerId => match &x.consumer {
                     Some(c) => out.push_str(&c.id),
                     None => undefined(out),

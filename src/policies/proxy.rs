@@ -369,7 +369,6 @@ impl Policy for Proxy {
             verify_cert: self.verify_cert,
             host: None,
             path: String::new(),
-            query_at: 0,
             path_recipe,
             change_origin: self.change_origin,
             connect_timeout: self.connect_timeout,

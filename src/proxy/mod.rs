@@ -377,7 +377,12 @@ impl ProxyHttp for Tollgate {
         };
         ctx.upstream_started.get_or_insert_with(Instant::now);
         let url = session.req_header().uri.path_and_query();
-        crate::upstream::attempt::begin(plan, url.map_or("/", |u| u.as_str()))
+        let resend = plan.resend_next;
+        let mut peer = crate::upstream::attempt::begin(plan, url.map_or("/", |u| u.as_str()))?;
+        if resend {
+            crate::upstream::attempt::fresh_connection(&mut peer);
+        }
+        Ok(peer)
     }
 
     fn fail_to_connect(

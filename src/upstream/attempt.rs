@@ -40,8 +40,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     if plan.unavailable {
         return Err(no_route("no url of the service endpoint is available"));
     }
-    let resend = std::mem::take(&mut plan.resend_next);
-    if resend {
+    if std::mem::take(&mut plan.resend_next) {
         plan.resends += 1;
     } else if plan.attempts > 0 {
         let Some(i) = plan.endpoint.pick(path, plan.tried, true) else {
@@ -60,9 +59,7 @@ pub fn begin(plan: &mut ProxyPlan, path: &str) -> Result<Box<HttpPeer>> {
     plan.counted = true;
     let sni = plan.endpoint.targets[plan.target].hostname.clone();
     let mut peer = HttpPeer::new(plan.addr, plan.tls, sni);
-    // A resend goes on a new connection: the pooled one broke, and the next pooled one was
-    // opened as long ago (Pingora's pool finds none under a key of the attempt's own).
-    peer.group_key = if resend { fresh_key() } else { thread_key() };
+    peer.group_key = thread_key();
     peer.options.connection_timeout = Some(plan.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT));
     let mut read = plan.read_timeout;
     if let Some(deadline) = plan.deadline {
@@ -103,13 +100,15 @@ fn thread_key() -> u64 {
     KEY.with(|k| *k)
 }
 
-/// A pool key no connection has: the attempt gets a new one. (Its connection goes back to
-/// the pool under it, unused again, until the pool or the upstream lets it go: resends are
-/// rare.)
-fn fresh_key() -> u64 {
+/// Makes Pingora's connector open a new connection for `peer` (a resend: the pooled one broke,
+/// and the next pooled one was opened as long ago): a pool key no connection has. The
+/// connection is closed once its exchange is over (kept under that key, it would never be
+/// used again). (The fast path's own pool takes a new connection for a resend itself.)
+pub fn fresh_connection(peer: &mut HttpPeer) {
     use std::sync::atomic::AtomicU64;
     static NEXT: AtomicU64 = AtomicU64::new(1 << 63);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+    peer.group_key = NEXT.fetch_add(1, Ordering::Relaxed);
+    peer.options.idle_timeout = Some(Duration::ZERO);
 }
 
 /// Ends the current attempt, if any (its url no longer has this request in flight): when the
@@ -327,7 +326,6 @@ mod tests {
             verify_cert: true,
             host: None,
             path: String::new(),
-            query_at: 0,
             path_recipe: PathRecipe {
                 url: "/".into(),
                 prepend_path: true,
