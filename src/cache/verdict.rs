@@ -71,6 +71,10 @@ fn verdict(
     if get().is_some_and(purged) {
         return RespCacheable::Uncacheable(NoCacheReason::Custom(PURGED));
     }
+    // The upstream's failure: no use of the tile (nor counted as one for `minUses`).
+    if resp.status.is_server_error() && !u.rule.statuses.contains(&resp.status.as_u16()) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom(FAILED));
+    }
     // A miss (not a refresh of a stored tile) is counted, and stored only from the step's
     // `minUses`-th miss on and when the store admits it.
     let miss = match (
@@ -99,9 +103,6 @@ fn verdict(
         }
         _ => resp,
     };
-    if resp.status.is_server_error() && !u.rule.statuses.contains(&resp.status.as_u16()) {
-        return RespCacheable::Uncacheable(NoCacheReason::Custom(FAILED));
-    }
     let mut verdict = freshness::decide(resp, &u.rule);
     if let RespCacheable::Cacheable(meta) = &mut verdict {
         meta.extensions_mut().insert(store::Begun(u.epoch));
