@@ -276,6 +276,12 @@ fn admin_routing_and_status_answers_are_egs() {
                     ),
                     true,
                 ),
+                // A POST expecting what no server meets.
+                "EXPECT" => support::request(
+                    admin,
+                    &format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nExpect: foo\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()),
+                    false,
+                ),
                 _ => send_json(admin, method, path, body),
             };
             let body = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
@@ -305,6 +311,12 @@ fn admin_routing_and_status_answers_are_egs() {
         ] {
             run.push(call(method, path, ""));
         }
+        run.push(call(
+            "EXPECT",
+            "/users",
+            r#"{"username": "u2", "firstname": "c", "lastname": "d"}"#,
+        ));
+        run.push(call("GET", "/users/u2", ""));
         for (path, body) in [
             ("/users/u1/status", r#"{"status": false}"#),
             ("/users/u1/status", r#"{"status": false}"#),

@@ -360,6 +360,17 @@ impl AdminApi {
     /// Answers one Admin API request.
     pub async fn handle(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
+        // An expectation it cannot meet: 417 before anything runs, as EG's Node answers (its
+        // body unread, the connection closes).
+        use crate::exchange::expect::{expectation, Expectation};
+        if expectation(session.req_header()) == Expectation::Unmet {
+            let mut r = text(StatusCode::EXPECTATION_FAILED, "Expectation Failed");
+            r.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+            return r;
+        }
         if let Some(why) =
             from_elsewhere(session.req_header(), self.loopback && self.token.is_none())
         {

@@ -4,6 +4,7 @@
 //! (`proxy.rs`) and the fast path (`fastpath/`) both call these.
 
 mod ended;
+pub mod expect;
 
 pub use ended::{
     account, count_upstream_failure, failure_reply, final_status, refreshed, upstream_error_kind,

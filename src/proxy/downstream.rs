@@ -1,9 +1,8 @@
 //! What the gateway does with the client's request head for Pingora's phases: it answers an
-//! `Expect: 100-continue` itself (and another expectation with `417`), and makes an HTTP/2 head one Pingora can write for a stale
+//! `Expect: 100-continue` itself, and makes an HTTP/2 head one Pingora can write for a stale
 //! tile's background refresh.
 
 use pingora_core::Result;
-use pingora_http::RequestHeader;
 use pingora_proxy::Session;
 
 /// Pingora makes a stale tile's background refresh from the client's request head written as
@@ -34,6 +33,7 @@ pub(super) fn head_for_refresh(session: &mut Session) -> bool {
 /// an upstream that sends none before it sent its body); once (a retry finds it sent). (An HTTP/2
 /// stream's `100` cannot be sent: Pingora's HTTP/2 session drops informational heads.)
 pub(super) async fn answer_continue(session: &mut Session) -> Result<()> {
+    use crate::exchange::expect::{expectation, Expectation};
     if expectation(session.req_header()) != Expectation::Continue
         || session.is_http2()
         || session.is_body_done()
@@ -47,79 +47,4 @@ pub(super) async fn answer_continue(session: &mut Session) -> Result<()> {
     let written = session.write_continue_response().await;
     session.set_close_on_response_before_downstream_finish(true);
     written
-}
-
-/// What an HTTP/1.1 client's `Expect` asks, read as EG's Node reads it (`100-continue` as a
-/// word anywhere in it, in any case); an HTTP/1.0 client's is not read.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Expectation {
-    None,
-    Continue,
-    /// Another expectation, which the gateway cannot meet: `417 Expectation Failed` (RFC 9110
-    /// §10.1.1), as EG answers it, before the pipeline runs.
-    Unmet,
-}
-
-pub(super) fn expectation(req: &RequestHeader) -> Expectation {
-    if req.version != http::Version::HTTP_11 {
-        return Expectation::None;
-    }
-    let mut values = req.headers.get_all(http::header::EXPECT).iter().peekable();
-    if values.peek().is_none() {
-        Expectation::None
-    } else if values.any(|v| names_continue(v.as_bytes())) {
-        Expectation::Continue
-    } else {
-        Expectation::Unmet
-    }
-}
-
-/// Whether `value` has `100-continue` with no letter, digit or `_` on either side.
-fn names_continue(value: &[u8]) -> bool {
-    const WORD: &[u8] = b"100-continue";
-    let word = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_';
-    value.windows(WORD.len()).enumerate().any(|(i, w)| {
-        w.eq_ignore_ascii_case(WORD)
-            && (i == 0 || !word(&value[i - 1]))
-            && value.get(i + WORD.len()).is_none_or(|c| !word(c))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(version: http::Version, expect: &[&str]) -> RequestHeader {
-        let mut req = RequestHeader::build("POST", b"/", None).expect("head");
-        req.set_version(version);
-        for v in expect {
-            req.append_header("Expect", *v).expect("header");
-        }
-        req
-    }
-
-    #[test]
-    fn expectations_are_read_as_node_reads_them() {
-        use http::Version;
-        use Expectation::*;
-        for (version, expect, read) in [
-            (Version::HTTP_11, &[][..], None),
-            (Version::HTTP_11, &["100-continue"][..], Continue),
-            (Version::HTTP_11, &[" 100-Continue "][..], Continue),
-            (Version::HTTP_11, &["foo, 100-continue"][..], Continue),
-            (Version::HTTP_11, &["foo", "100-continue"][..], Continue),
-            (Version::HTTP_11, &["foo"][..], Unmet),
-            (Version::HTTP_11, &[""][..], Unmet),
-            (Version::HTTP_11, &["100-continued"][..], Unmet),
-            (Version::HTTP_11, &["x100-continue"][..], Unmet),
-            (Version::HTTP_10, &["foo"][..], None),
-            (Version::HTTP_10, &["100-continue"][..], None),
-        ] {
-            assert_eq!(
-                expectation(&head(version, expect)),
-                read,
-                "{version:?} {expect:?}"
-            );
-        }
-    }
 }

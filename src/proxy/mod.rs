@@ -196,7 +196,8 @@ impl ProxyHttp for Tollgate {
             send_reply(session, Reply::text(400, "Bad Request"), &[]).await?;
             return Ok(true);
         }
-        if downstream::expectation(session.req_header()) == downstream::Expectation::Unmet {
+        use crate::exchange::expect::{expectation, Expectation};
+        if expectation(session.req_header()) == Expectation::Unmet {
             // Its body is not read either.
             session.set_keepalive(None);
             send_reply(session, Reply::text(417, "Expectation Failed"), &[]).await?;
