@@ -618,7 +618,7 @@ fn the_cli_speaks_to_the_admin_api() {
     let out = support::gateway::run_tollgate_with_input(
         &["credentials", "create", "--stdin", "-q"],
         &env,
-        "{\"consumer\": \"nobody-here\", \"type\": \"key-auth\"}\nnot json\n{\"consumer\": \"kano\", \"type\": \"key-auth\"}\n",
+        "{\"consumer\": \"nobody-here\", \"type\": \"key-auth\"}\n\nnot json\n{\"consumer\": \"kano\", \"type\": \"key-auth\"}\n",
     );
     let (made, said) = (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -630,8 +630,13 @@ fn the_cli_speaks_to_the_admin_api() {
         1,
         "the last line was made: {made} {said}"
     );
+    // (Numbered as the input's lines, the blank one too; the Admin API's refusals as well.)
     assert!(
-        said.contains("line 2 of standard input is not JSON"),
+        said.contains("line 3 of standard input is not JSON"),
+        "{said}"
+    );
+    assert!(
+        said.contains("line 1 of standard input: No consumer found"),
         "{said}"
     );
     assert!(said.contains("2 of 3 failed"), "{said}");

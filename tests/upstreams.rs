@@ -58,6 +58,10 @@ fn a_failing_health_checks_line_shows_no_query() {
     let log = gw.log_text();
     assert!(log.contains("/status/503?… answered 503"), "{log}");
     assert!(!log.contains("HC-SECRET-789"), "{log}");
+    // Nor does the Admin API show it.
+    let state = get(gw.admin_port, "GET", "/tollgate/upstreams", &[]).text();
+    assert!(state.contains("/status/503?…"), "{state}");
+    assert!(!state.contains("HC-SECRET-789"), "{state}");
 }
 
 #[test]

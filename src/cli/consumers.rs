@@ -556,10 +556,11 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
                 stdin: false,
             })?;
             // One that fails is said and the others are still made (as EG's).
+            // (Numbered as the input's lines are, blank ones counted.)
             let lines: Vec<String> = text
                 .lines()
-                .filter(|l| !l.trim().is_empty())
                 .enumerate()
+                .filter(|(_, l)| !l.trim().is_empty())
                 .map(|(i, l)| format!("{}\n{l}", i + 1))
                 .collect();
             each(lines.iter(), |numbered| {
@@ -585,6 +586,7 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
                 let kind = taken("type", 't', &cc.kind)?;
                 props.extend(extra.clone());
                 create_credential(c, &consumer, &kind, props, cc.quiet)
+                    .map_err(|why| format!("line {n} of standard input: {why}"))
             })
         }
         CredentialsCmd::Create(cc) => {

@@ -92,8 +92,9 @@ pub enum ConfigSub {
 /// Where the Admin API is, for the commands that use it.
 #[derive(Args)]
 pub struct ClientArgs {
-    /// The config directories, to find the Admin API (system `cli.url`, else admin host and
-    /// port); several are layered as for `serve`.
+    /// The config directories, to find the Admin API (the gateway running on them, else the
+    /// system config's `cli.url`, else the admin host and port); several are layered as for
+    /// `serve`.
     #[arg(
         long,
         global = true,

@@ -257,7 +257,8 @@ pub fn describe(gw: &crate::gateway::Gateway) -> serde_json::Value {
             serde_json::json!({
                 "name": ep.name,
                 "balance": ep.settings.balance,
-                "healthCheck": ep.settings.health_check.as_ref().map(|h| &h.path),
+                // (Its query shown as `?…`, as the urls': a provider's key goes there too.)
+                "healthCheck": ep.settings.health_check.as_ref().map(|h| displayed(&h.path)),
                 "retries": ep.settings.retries,
                 "http2": ep.settings.http2,
                 "urls": urls,
