@@ -258,6 +258,15 @@ fn left_out(name: &str, rule: &CacheRule) -> bool {
 /// when nothing is left out. One pass over the query, which holds a long token most often.
 pub fn neutral(upstream_path: &str, rule: &CacheRule) -> Option<String> {
     let q = memchr::memchr(b'?', upstream_path.as_bytes())?;
+    neutral_at(upstream_path, q, rule)
+}
+
+/// [`neutral`] of a path whose query (the part cut down) begins at `q`, its `?` (what comes
+/// before — a url's own query among it — stays as it is).
+pub fn neutral_at(upstream_path: &str, q: usize, rule: &CacheRule) -> Option<String> {
+    if upstream_path.as_bytes().get(q) != Some(&b'?') {
+        return None;
+    }
     let (path, query) = (&upstream_path[..q], &upstream_path[q + 1..]);
     let mut out: Option<String> = None;
     // Where the part begins, and whether `out` has a part of the query yet.

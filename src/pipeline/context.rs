@@ -267,13 +267,13 @@ impl ProxyPlan {
     /// without the cache (the url is in the key already: see `ServiceEndpoint::cache_name`).
     /// Its retries on other urls make their paths so too.
     pub fn make_neutral(&mut self, rule: std::sync::Arc<crate::cache::policy::CacheRule>) {
-        let recipe = &self.path_recipe;
-        // (Most often nothing is left out: the path stays as it is.)
-        let neutral = (!recipe.ignore_path)
-            .then(|| crate::cache::key::neutral(&recipe.url, &rule))
-            .flatten();
-        if let (Some(url), Some(t)) = (neutral, self.endpoint.targets.get(self.target)) {
-            self.path = recipe.joined(&t.base_path, &url);
+        // The client's query is the path's end, as it was joined: cut down in place (most
+        // often nothing is left out, and the path stays as it is).
+        if self.path_recipe.neutral.is_none() {
+            let at = self.query_at();
+            if let Some(path) = crate::cache::key::neutral_at(&self.path, at, &rule) {
+                self.path = path;
+            }
         }
         self.path_recipe.neutral = Some(rule);
     }
