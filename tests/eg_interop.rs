@@ -174,16 +174,23 @@ fn normalise(v: &serde_json::Value, ids: &[(String, &str)]) -> serde_json::Value
     }
 }
 
-/// The Admin API's credential answers, compared with EG 1.16.11's for the same requests: every
-/// credential type, given and generated secrets, scopes (which EG's jwt model drops), reads
-/// and lists.
-#[test]
-fn credential_answers_are_egs() {
+/// EG 1.16.11 (on a Redis of its own) and tollgate, each with an Admin API and nothing else, to
+/// send the same requests to.
+fn admin_apis() -> (RedisServer, ExpressGateway, ConfigDir, GatewayProcess) {
     let redis = RedisServer::start();
     let eg = ExpressGateway::start("policies: [proxy]\n", redis.port);
     let dir =
         ConfigDir::new("http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\n");
     let tg = GatewayProcess::start(&dir);
+    (redis, eg, dir, tg)
+}
+
+/// The Admin API's credential answers, compared with EG 1.16.11's for the same requests: every
+/// credential type, given and generated secrets, scopes (which EG's jwt model drops), reads
+/// and lists.
+#[test]
+fn credential_answers_are_egs() {
+    let (_redis, eg, _dir, tg) = admin_apis();
     let mut answers: Vec<Vec<(u16, serde_json::Value)>> = Vec::new();
     for admin in [eg.admin_port, tg.admin_port] {
         let call = |method: &str, path: &str, body: &str| {
@@ -259,11 +266,7 @@ fn credential_answers_are_egs() {
 /// `true` deactivates, again if need be): compared with EG 1.16.11 for the same requests.
 #[test]
 fn admin_routing_and_status_answers_are_egs() {
-    let redis = RedisServer::start();
-    let eg = ExpressGateway::start("policies: [proxy]\n", redis.port);
-    let dir =
-        ConfigDir::new("http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\n");
-    let tg = GatewayProcess::start(&dir);
+    let (_redis, eg, _dir, tg) = admin_apis();
     let mut answers: Vec<Vec<(u16, serde_json::Value)>> = Vec::new();
     for admin in [eg.admin_port, tg.admin_port] {
         let call = |method: &str, path: &str, body: &str| {

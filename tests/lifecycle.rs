@@ -1165,6 +1165,25 @@ fn start_upgrade(
     Reaped(new)
 }
 
+/// An upgrade as systemd's reload runs it: the new process started, `SIGQUIT` to the old one
+/// only if the new one still runs a second later. How the new one ended (`None`: it runs) and
+/// its log.
+fn upgrade_as_systemd(
+    dir: &ConfigDir,
+    old: &GatewayProcess,
+    sock: &str,
+    extra: &[&str],
+) -> (Option<std::process::ExitStatus>, String) {
+    let mut new = start_upgrade(dir, old, sock, extra, &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let left = new.0.try_wait().expect("wait");
+    if left.is_none() {
+        old.signal("QUIT");
+    }
+    let log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    (left, log)
+}
+
 /// A new process slow to start (here its `--populate` hashes 60 passwords, seconds in this
 /// build; in production a large consumer store's first load or the disk tier's scan) still
 /// takes the sockets over: it takes them before that work, not after (the old process offers
@@ -1460,13 +1479,7 @@ fn an_upgrade_whose_certificates_cannot_be_used_leaves_the_old_process_serving()
         "{said}"
     );
     // The reload as systemd runs it.
-    let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
-    std::thread::sleep(Duration::from_secs(1));
-    let left = new.0.try_wait().expect("wait");
-    if left.is_none() {
-        old.signal("QUIT");
-    }
-    let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    let (left, new_log) = upgrade_as_systemd(&dir, &old, &sock, &[]);
     assert!(
         left.is_some_and(|s| !s.success()),
         "the new process still runs a second after its start: {new_log}"
@@ -1493,13 +1506,7 @@ fn an_upgrade_to_a_config_that_does_not_compile_leaves_the_old_process_serving()
     assert_eq!(get(old.port, "GET", "/a", &[]).status, 200);
     let broken = "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  a: {paths: '/a'}\npolicies: [proxy]\npipelines:\n  p: {apiEndpoints: [a], policies: [{proxy: {action: {serviceEndpoint: nowhere}}}]}\n";
     dir.write("gateway.config.yml", broken);
-    let mut new = start_upgrade(&dir, &old, &sock, &[], &[]);
-    std::thread::sleep(Duration::from_secs(1));
-    let left = new.0.try_wait().expect("wait");
-    if left.is_none() {
-        old.signal("QUIT");
-    }
-    let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    let (left, new_log) = upgrade_as_systemd(&dir, &old, &sock, &[]);
     assert!(
         left.is_some_and(|s| s.code() == Some(2)),
         "the new process still runs a second after its start: {new_log}"
@@ -1548,13 +1555,7 @@ fn an_upgrade_that_could_not_serve_leaves_the_old_process_serving() {
         let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
         assert_eq!(get(old.port, "GET", "/a", &[]).status, 200, "{case}");
         dir.write("gateway.config.yml", &new_yml);
-        let mut new = start_upgrade(&dir, &old, &sock, &extra, &[]);
-        std::thread::sleep(Duration::from_secs(1));
-        let left = new.0.try_wait().expect("wait");
-        if left.is_none() {
-            old.signal("QUIT");
-        }
-        let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+        let (left, new_log) = upgrade_as_systemd(&dir, &old, &sock, &extra);
         assert!(
             left.is_some_and(|s| !s.success()),
             "{case}: the new process still runs a second after its start: {new_log}"
