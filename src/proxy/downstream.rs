@@ -1,6 +1,7 @@
-//! What the gateway does with the client's request head for Pingora's phases: it answers an
-//! `Expect: 100-continue` itself, and makes an HTTP/2 head one Pingora can write for a stale
-//! tile's background refresh.
+//! What the gateway does with the client's request head for Pingora's phases: what it asks of
+//! the connection, a head answered by itself (400, 417), an `Expect: 100-continue` answered by
+//! the gateway, and an HTTP/2 head made one Pingora can write for a stale tile's background
+//! refresh.
 
 use pingora_core::Result;
 use pingora_proxy::Session;
@@ -26,6 +27,35 @@ pub(super) fn head_for_refresh(session: &mut Session) -> bool {
     }
     head.set_version(http::Version::HTTP_11);
     true
+}
+
+/// What the client's head asks of its connection (to close; no informational answer to an
+/// HTTP/1.0 client), and whether it is answered by its head alone: a `Connection` naming the
+/// framing (400), an expectation the gateway cannot meet (417) — before anything runs, the
+/// body unread, the connection closed after the answer.
+pub(super) async fn answered_by_its_head(session: &mut Session) -> Result<bool> {
+    use crate::exchange::expect::{expectation, Expectation};
+    use crate::pipeline::context::Reply;
+    // The client asks to close, or the gateway is leaving (an upgrade took its sockets:
+    // Pingora's session minds only a shutdown).
+    if crate::wire::asks_close(&session.req_header().headers) || crate::listener::leaving() {
+        session.set_keepalive(None);
+    }
+    // RFC 9110 §15.2: no informational answer to an HTTP/1.0 client, which would take it
+    // for the final one (as on the fast path).
+    if session.req_header().version < http::Version::HTTP_11 {
+        session.set_ignore_info_resp(true);
+    }
+    let refusal = if crate::wire::connection_refused(&session.req_header().headers) {
+        Reply::text(400, "Bad Request")
+    } else if expectation(session.req_header()) == Expectation::Unmet {
+        Reply::text(417, "Expectation Failed")
+    } else {
+        return Ok(false);
+    };
+    session.set_keepalive(None);
+    super::send_reply(session, refusal, &[]).await?;
+    Ok(true)
 }
 
 /// Answers an HTTP/1.1 client's `Expect: 100-continue` with `100 Continue` once its request

@@ -180,27 +180,7 @@ impl ProxyHttp for Tollgate {
                 return Ok(true);
             }
         }
-        // The client asks to close, or the gateway is leaving (an upgrade took its sockets:
-        // Pingora's session minds only a shutdown).
-        if crate::wire::asks_close(&session.req_header().headers) || crate::listener::leaving() {
-            session.set_keepalive(None);
-        }
-        // RFC 9110 §15.2: no informational answer to an HTTP/1.0 client, which would take it
-        // for the final one (as on the fast path).
-        if session.req_header().version < http::Version::HTTP_11 {
-            session.set_ignore_info_resp(true);
-        }
-        if crate::wire::connection_refused(&session.req_header().headers) {
-            // Its body, if any, is not read: the connection closes after the answer.
-            session.set_keepalive(None);
-            send_reply(session, Reply::text(400, "Bad Request"), &[]).await?;
-            return Ok(true);
-        }
-        use crate::exchange::expect::{expectation, Expectation};
-        if expectation(session.req_header()) == Expectation::Unmet {
-            // Its body is not read either.
-            session.set_keepalive(None);
-            send_reply(session, Reply::text(417, "Expectation Failed"), &[]).await?;
+        if downstream::answered_by_its_head(session).await? {
             return Ok(true);
         }
         // (A head the fast path decided for was read again here: its named headers too.)
