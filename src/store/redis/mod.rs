@@ -8,13 +8,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Client};
 use tokio::sync::{broadcast, Mutex};
 
 use super::{KeyType, Store, StoreError, StoreResult, WindowCount, Write};
 use crate::config::system_file::RedisDef;
+use target::{client_for, connect, url_for, Target};
+
+mod pubsub;
+mod target;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A command not answered within this fails: the Admin API says 503 well within 5 s of a hung Redis.
@@ -40,19 +43,6 @@ struct Conn {
 
 type Attempt = Shared<BoxFuture<'static, StoreResult<ConnectionManager>>>;
 
-/// How to find the Redis to talk to.
-#[derive(Clone)]
-enum Target {
-    Url(String),
-    Sentinel {
-        sentinels: Vec<String>,
-        master: String,
-        password: Option<String>,
-        db: i64,
-        tls: bool,
-    },
-}
-
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -70,78 +60,6 @@ fn server_words(e: redis::RedisError) -> String {
             .join("; "),
         _ => whole,
     }
-}
-
-fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tls: bool) -> String {
-    let scheme = if tls { "rediss" } else { "redis" };
-    let auth = password
-        .map(|p| {
-            format!(
-                ":{}@",
-                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .unwrap_or_default();
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    format!("{scheme}://{auth}{host}:{port}/{db}")
-}
-
-/// The client for the Redis `target` names (Sentinel asked for its master).
-async fn client_for(target: &Target) -> StoreResult<Client> {
-    match target {
-        Target::Url(url) => Client::open(url.as_str()).map_err(unavailable),
-        Target::Sentinel {
-            sentinels,
-            master,
-            password,
-            db,
-            tls,
-        } => {
-            let mut sentinel =
-                redis::sentinel::Sentinel::build(sentinels.clone()).map_err(unavailable)?;
-            let found =
-                tokio::time::timeout(CONNECT_TIMEOUT, sentinel.async_master_for(master, None))
-                    .await
-                    .map_err(|_| unavailable("no sentinel answered in time"))?
-                    .map_err(unavailable)?;
-            let addr = found.get_connection_info().addr().to_string();
-            let (host, port) = addr
-                .rsplit_once(':')
-                .ok_or_else(|| unavailable(format!("sentinel gave `{addr}`")))?;
-            let port = port.parse().map_err(unavailable)?;
-            Client::open(
-                url_for(
-                    host.trim_matches(['[', ']']),
-                    port,
-                    password.as_deref(),
-                    *db,
-                    *tls,
-                )
-                .as_str(),
-            )
-            .map_err(unavailable)
-        }
-    }
-}
-
-/// Connects to the Redis `target` names.
-async fn connect(target: &Target, describe: &str) -> StoreResult<ConnectionManager> {
-    let client = client_for(target).await?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT))
-        .set_number_of_retries(1);
-    tokio::time::timeout(
-        CONNECT_TIMEOUT * 2,
-        client.get_connection_manager_with_config(config),
-    )
-    .await
-    .map_err(|_| unavailable(format!("{describe}: connect timed out")))?
-    .map_err(|e| unavailable(format!("{describe}: {e}")))
 }
 
 impl RedisStore {
@@ -287,103 +205,6 @@ impl RedisStore {
         match pipe.query_async(&mut c).await {
             Ok(v) => Ok(v),
             Err(e) => Err(self.on_error(e).await),
-        }
-    }
-
-    /// Relays messages of `channel` into `tx`, reconnecting as needed, until nobody listens.
-    fn spawn_relay(&self, channel: String, tx: broadcast::Sender<String>) {
-        let target_store = RedisStore {
-            target: self.target.clone(),
-            describe: self.describe.clone(),
-            conn: Mutex::default(),
-            channels: self.channels.clone(),
-        };
-        tokio::spawn(async move {
-            // Whether a subscription was lost (its return is said once).
-            let mut lost = false;
-            loop {
-                if tx.receiver_count() == 0 {
-                    break;
-                }
-                match target_store.client().await {
-                    Ok(client) => {
-                        match tokio::time::timeout(PUBSUB_WAIT, client.get_async_pubsub()).await {
-                            Ok(Ok(pubsub)) => {
-                                let (mut sink, stream) = pubsub.split();
-                                let subscribed =
-                                    tokio::time::timeout(PUBSUB_WAIT, sink.subscribe(&channel))
-                                        .await;
-                                if matches!(subscribed, Ok(Ok(()))) {
-                                    if lost {
-                                        log::info!(
-                                            "{}: subscribed to `{channel}` again",
-                                            target_store.describe
-                                        );
-                                    }
-                                    let _ = tx.send(super::SUBSCRIBED.to_string());
-                                    relay_messages(&mut sink, stream, &tx).await;
-                                    log::warn!(
-                                        "{}: subscription to `{channel}` lost; resubscribing",
-                                        target_store.describe
-                                    );
-                                    lost = true;
-                                } else {
-                                    log::warn!(
-                                        "{}: cannot subscribe to `{channel}`; trying again",
-                                        target_store.describe
-                                    );
-                                }
-                            }
-                            Ok(Err(e)) => {
-                                log::warn!("{}: cannot subscribe: {e}", target_store.describe)
-                            }
-                            Err(_) => log::warn!(
-                                "{}: cannot subscribe: no answer within {PUBSUB_WAIT:?}",
-                                target_store.describe
-                            ),
-                        }
-                    }
-                    Err(e) => log::warn!("{e}"),
-                }
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-        });
-    }
-}
-
-/// How often the subscription's connection is asked for a sign of life, and how long its
-/// connect, subscription and answers are waited for: a Redis host that died or went out of
-/// reach without closing the connection sent nothing more, and the subscription was held
-/// for good (every change message lost until the process restarted, the periodic resync the
-/// only way changes came).
-const PUBSUB_PING: Duration = Duration::from_secs(5);
-const PUBSUB_WAIT: Duration = Duration::from_secs(5);
-
-/// Relays the subscription's messages into `tx` until its connection ends or stops answering
-/// pings.
-async fn relay_messages(
-    sink: &mut redis::aio::PubSubSink,
-    mut stream: redis::aio::PubSubStream,
-    tx: &broadcast::Sender<String>,
-) {
-    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + PUBSUB_PING, PUBSUB_PING);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            msg = stream.next() => match msg {
-                Some(msg) => {
-                    if let Ok(text) = msg.get_payload::<String>() {
-                        let _ = tx.send(text);
-                    }
-                }
-                None => return,
-            },
-            _ = beat.tick() => {
-                let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
-                    return;
-                }
-            }
         }
     }
 }

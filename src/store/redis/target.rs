@@ -1,0 +1,93 @@
+//! How to find the Redis to talk to (a URL, or Sentinel asked for its master) and how to
+//! connect to it, within [`CONNECT_TIMEOUT`].
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Client;
+
+use super::{unavailable, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use crate::store::StoreResult;
+
+/// How to find the Redis to talk to.
+#[derive(Clone)]
+pub(super) enum Target {
+    Url(String),
+    Sentinel {
+        sentinels: Vec<String>,
+        master: String,
+        password: Option<String>,
+        db: i64,
+        tls: bool,
+    },
+}
+
+pub(super) fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tls: bool) -> String {
+    let scheme = if tls { "rediss" } else { "redis" };
+    let auth = password
+        .map(|p| {
+            format!(
+                ":{}@",
+                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
+            )
+        })
+        .unwrap_or_default();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    format!("{scheme}://{auth}{host}:{port}/{db}")
+}
+
+/// The client for the Redis `target` names (Sentinel asked for its master).
+pub(super) async fn client_for(target: &Target) -> StoreResult<Client> {
+    match target {
+        Target::Url(url) => Client::open(url.as_str()).map_err(unavailable),
+        Target::Sentinel {
+            sentinels,
+            master,
+            password,
+            db,
+            tls,
+        } => {
+            let mut sentinel =
+                redis::sentinel::Sentinel::build(sentinels.clone()).map_err(unavailable)?;
+            let found =
+                tokio::time::timeout(CONNECT_TIMEOUT, sentinel.async_master_for(master, None))
+                    .await
+                    .map_err(|_| unavailable("no sentinel answered in time"))?
+                    .map_err(unavailable)?;
+            let addr = found.get_connection_info().addr().to_string();
+            let (host, port) = addr
+                .rsplit_once(':')
+                .ok_or_else(|| unavailable(format!("sentinel gave `{addr}`")))?;
+            let port = port.parse().map_err(unavailable)?;
+            Client::open(
+                url_for(
+                    host.trim_matches(['[', ']']),
+                    port,
+                    password.as_deref(),
+                    *db,
+                    *tls,
+                )
+                .as_str(),
+            )
+            .map_err(unavailable)
+        }
+    }
+}
+
+/// Connects to the Redis `target` names.
+pub(super) async fn connect(target: &Target, describe: &str) -> StoreResult<ConnectionManager> {
+    let client = client_for(target).await?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT))
+        .set_number_of_retries(1);
+    tokio::time::timeout(
+        CONNECT_TIMEOUT * 2,
+        client.get_connection_manager_with_config(config),
+    )
+    .await
+    .map_err(|_| unavailable(format!("{describe}: connect timed out")))?
+    .map_err(|e| unavailable(format!("{describe}: {e}")))
+}
