@@ -1044,6 +1044,65 @@ fn a_binary_upgrade_under_load_refuses_nothing() {
     assert!(r.status < 300, "{} {}", r.status, r.text());
 }
 
+/// From an upgrade's hand-over on, the Admin API is the new process's alone: fresh
+/// connections are the new process's (the old one went on accepting them for five seconds,
+/// as it does the gateway's, and Prometheus, scraping the two by turns, saw every counter fall
+/// and rise again: a reset at every turn), and a connection kept to the old one is told to
+/// close (it was answered with the old counters until the old process ended).
+#[test]
+fn after_the_hand_over_the_admin_api_answers_from_the_new_process() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    for _ in 0..20 {
+        assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    }
+    // The bytes of the tiles a process has served: the old one's, never the new one's, which
+    // serves none here.
+    let served = |metrics: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("tollgate_response_body_bytes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let scrape = || get(old.admin_port, "GET", "/metrics", &[("Host", "127.0.0.1")]);
+    let old_served = served(&scrape().text());
+    assert!(old_served > 0.0, "{}", scrape().text());
+    let ask = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", old.admin_port)).expect("connect");
+    kept.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let first = exchange(&mut kept, ask);
+    assert!(!first.contains("connection: close"), "{first}");
+
+    let new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    old.signal("QUIT");
+    wait_for("the hand-over", || {
+        old.log_text().contains("handing the listening sockets")
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let next = exchange(&mut kept, ask);
+    assert!(next.contains("connection: close"), "{next}");
+    // Well within the five seconds the old process accepts on the gateway's port.
+    let until = Instant::now() + Duration::from_secs(3);
+    let mut asked = 0;
+    while Instant::now() < until {
+        let answer = scrape();
+        assert_eq!(answer.status, 200, "{}", answer.text());
+        assert!(
+            served(&answer.text()) < old_served,
+            "scrape {asked} after the hand-over answered by the old process"
+        );
+        asked += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(asked > 20, "{asked}");
+    drop(new);
+}
+
 /// An upgrade while Redis is down: the new process authenticates with the tables the old one
 /// hands it over (before, it knew no credential until Redis came back: every authenticated
 /// request `503`), and its load from Redis, once Redis is back, replaces them.

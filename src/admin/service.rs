@@ -124,6 +124,13 @@ impl ProxyHttp for AdminService {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut AdminCtx) -> Result<bool> {
+        // The process is leaving (an upgrade took its sockets; Pingora's session minds only a
+        // shutdown): the answer says the connection closes, so that a kept connection's next
+        // request — a scraper's, or the gateway's pool proxying Kargo's `/metrics` route —
+        // goes to the new process (it was answered with this one's counters until it ended).
+        if crate::listener::leaving() {
+            session.set_keepalive(None);
+        }
         let gw = self.gateway.load_full();
         if let Some(storage) = &gw.storage {
             let head = session.req_header();

@@ -31,6 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 /// Set once the listening sockets went to an upgrading process, which shares their queues.
 static HANDED_OVER: AtomicBool = AtomicBool::new(false);
+/// [`HANDED_OVER`] for the accept loops that stop at the hand-over (see
+/// [`ListenerService::leaving_at_hand_over`]).
+static HAND_OVER: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
 /// Set by the hand-over or by a graceful stop: [`leaving`] is one load on the hot path.
 static LEAVING: AtomicBool = AtomicBool::new(false);
 
@@ -45,6 +49,7 @@ pub fn accepting() -> usize {
 pub fn sockets_handed_over() {
     HANDED_OVER.store(true, Ordering::Relaxed);
     LEAVING.store(true, Ordering::Relaxed);
+    HAND_OVER.send_replace(true);
 }
 
 /// Whether the listening sockets went to an upgrading process: this one is leaving, its
@@ -155,6 +160,9 @@ pub struct ListenerService<A> {
     limits: Arc<ClientLimits>,
     threads: Option<usize>,
     fast: Option<Arc<crate::fastpath::FastPath>>,
+    /// Whether its accept loops stop at an upgrade's hand-over (see
+    /// [`Self::leaving_at_hand_over`]).
+    leaves_at_hand_over: bool,
 }
 
 impl<A> ListenerService<A> {
@@ -171,7 +179,19 @@ impl<A> ListenerService<A> {
             limits: Arc::new(limits),
             threads,
             fast: None,
+            leaves_at_hand_over: false,
         }
+    }
+
+    /// Stops accepting as soon as an upgrade has handed the listening sockets over (the new
+    /// process takes what comes; what waits in the backlog waits for it), where the gateway's
+    /// ports go on accepting until the shutdown, five seconds later, so that a new process
+    /// slow to start is never waited on. For the Admin API: two processes answering its
+    /// `/metrics` by turns had Prometheus see the counters fall and rise again (a reset
+    /// counted at every turn, `increase()` twice the requests served).
+    pub fn leaving_at_hand_over(mut self) -> Self {
+        self.leaves_at_hand_over = true;
+        self
     }
 
     /// Serves the HTTP/1 requests it can on the fast path, the others on the app.
@@ -225,6 +245,7 @@ where
                 limits: self.limits.clone(),
                 intake: intake.clone(),
                 shutdown: shutdown.clone(),
+                leaves_at_hand_over: self.leaves_at_hand_over,
             };
             let counted = Counted::new(&ACCEPTING);
             loops.push(tokio::spawn(accept_loop(listener, serving, counted)));
@@ -323,6 +344,7 @@ struct Serving<A> {
     limits: Arc<ClientLimits>,
     intake: Arc<Intake>,
     shutdown: ShutdownWatch,
+    leaves_at_hand_over: bool,
 }
 
 async fn accept_loop<A>(listener: tokio::net::TcpListener, serving: Serving<A>, _accepting: Counted)
@@ -335,10 +357,12 @@ where
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut at_cap_logged = false;
+    let mut hand_over = HAND_OVER.subscribe();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = conn::shutting_down(&mut shutdown) => break,
+            _ = hand_over.wait_for(|handed| *handed), if serving.leaves_at_hand_over => break,
         };
         // Taken once a connection came, not held while none comes: each listener of the
         // service held one so, and a burst of as many clients as the cap had one left waiting.

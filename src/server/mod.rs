@@ -364,7 +364,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                 ..limits.clone()
             },
             Some(threads),
-        );
+        )
+        .leaving_at_hand_over();
         service.add(Endpoint {
             addr: addr.clone(),
             tls: None,
