@@ -208,7 +208,7 @@ impl TileCache {
         let mut s = format!("tile cache: memory {} MiB", self.options.memory >> 20);
         if let (Some((dir, budget)), Some(d)) = (&self.options.disk, &self.store.disk) {
             s.push_str(&format!(
-                ", disk {} ({} MiB, {} objects found)",
+                ", disk {} ({} MiB, {} objects in it)",
                 dir.display(),
                 budget >> 20,
                 d.stored_objects.load(std::sync::atomic::Ordering::Relaxed)

@@ -81,6 +81,18 @@ pub struct DiskTier {
     pub corrupt: AtomicU64,
 }
 
+/// Whether a file in the directory's `tmp` is one the tier writes there: an object being
+/// written (`<its key's hash in hex>.<a number>`, see [`DiskTier::write`]) or the probe of
+/// [`DiskTier::usable`] (`usable.<a process id>`).
+fn own_temporary(name: &str) -> bool {
+    let Some((stem, n)) = name.split_once('.') else {
+        return false;
+    };
+    let numbered = !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit());
+    let key = stem.len() == 32 && stem.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+    numbered && (key || stem == "usable")
+}
+
 impl DiskTier {
     /// Opens (creating) the directory and indexes the objects already in it.
     /// Whether a disk tier can be opened in `dir`: it is (or can be made) a directory this
@@ -112,9 +124,12 @@ impl DiskTier {
                 let _ = std::fs::remove_file(e.path());
             }
         }
-        // Leftovers of writes a crash interrupted.
+        // Leftovers of writes a crash interrupted: the tier's own files only (an operator's
+        // in a `tmp` of a directory shared with others were removed too).
         for e in std::fs::read_dir(dir.join("tmp"))?.flatten() {
-            let _ = std::fs::remove_file(e.path());
+            if e.file_name().to_str().is_some_and(own_temporary) {
+                let _ = std::fs::remove_file(e.path());
+            }
         }
         let (secret, made_now) = secret_of(dir)?;
         let tier = DiskTier {
@@ -184,14 +199,16 @@ impl DiskTier {
         if made_now && !found.is_empty() {
             // Named by another secret's hashes (or by a release before the secret): no key
             // names them now.
+            let gone = found.len();
             for (key, _, _) in found.drain(..) {
                 let _ = std::fs::remove_file(tier.path(&key));
             }
             log::info!(
-                "tile cache directory {}: its tiles were stored under another key hash; removed",
+                "tile cache directory {}: {gone} tiles named by a key hash secret no longer there (missing, damaged, or removed for a damaged purge record); removed",
                 dir.display()
             );
         }
+        let found_count = found.len();
         // Oldest first, so the clock orders them as they were used.
         found.sort_by_key(|(_, _, used)| *used);
         {
@@ -202,7 +219,16 @@ impl DiskTier {
                 tier.count_put(size, replaced);
             }
         }
+        let evicted = tier.evictions.load(Ordering::Relaxed);
         tier.evict_if_needed();
+        let evicted = tier.evictions.load(Ordering::Relaxed) - evicted;
+        if evicted > 0 {
+            log::info!(
+                "tile cache directory {}: {found_count} tiles found, the {evicted} least recently used removed to fit its budget ({} MiB)",
+                dir.display(),
+                budget >> 20
+            );
+        }
         Ok(tier)
     }
 
@@ -263,7 +289,10 @@ impl DiskTier {
             // Unreadable for now (out of descriptors, permissions, an I/O error): a miss, the
             // file kept and counted.
             Err(e) => {
-                log::warn!("tile cache: cannot read a tile's file: {e}; read as a miss");
+                log::warn!(
+                    "tile cache: cannot read {}: {e}; read as a miss",
+                    self.path(&key).display()
+                );
                 None
             }
         }

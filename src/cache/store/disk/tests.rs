@@ -473,3 +473,35 @@ fn names_round_trip() {
     assert_eq!(unhex(&hex(&k)), Some(k));
     assert_eq!(unhex("zz"), None);
 }
+
+/// A start removes the writes a crash interrupted from `tmp/`, and nothing else there: an
+/// operator's files in the `tmp` of a directory shared with others went too.
+#[test]
+fn a_start_removes_only_its_own_files_from_tmp() {
+    let dir = std::env::temp_dir().join(format!("tollgate-disk-tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("tmp")).expect("tmp");
+    let tmp = dir.join("tmp");
+    let interrupted = tmp.join(format!("{}.{}", "ab".repeat(16), 12345));
+    let probe = tmp.join("usable.77");
+    let others = [
+        "db-dump.sql",
+        "notes",
+        "usable.x",
+        "0123.5",
+        &format!("{}.1", "AB".repeat(16)),
+        &format!("{}.", "ab".repeat(16)),
+    ];
+    for f in [&interrupted, &probe] {
+        std::fs::write(f, b"part").expect("write");
+    }
+    for f in others {
+        std::fs::write(tmp.join(f), b"keep").expect("write");
+    }
+    DiskTier::open(&dir, 1 << 20).expect("open");
+    assert!(!interrupted.exists() && !probe.exists());
+    for f in others {
+        assert!(tmp.join(f).exists(), "{f} removed");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -7,8 +7,15 @@ use std::collections::BTreeSet;
 
 use super::MAX_PAGES;
 
-/// The longest extent listed.
+/// The longest extent a body takes.
 const MAX: u32 = MAX_PAGES as u32;
+
+/// The list of free extents of `pages`: one per length up to [`MAX`], then one for all those
+/// longer (free extents side by side are joined however long the whole: two of 40 pages
+/// hold a body of 64).
+fn bucket(pages: u32) -> usize {
+    pages.min(MAX + 1) as usize - 1
+}
 
 /// The free pages, and what the pages hold, counted in pages.
 #[derive(Default)]
@@ -16,8 +23,8 @@ pub(super) struct Free {
     /// The first page never handed out (or given back as the file's free end): every page from
     /// it on is free, in no list.
     fresh: u32,
-    /// Free extents by length (index = pages − 1), by first page: those whose pages are still
-    /// in the file (written before, reused first: no page to fault in) ...
+    /// Free extents by length (see [`bucket`]), by first page: those whose pages are still in
+    /// the file (written before, reused first: no page to fault in) ...
     kept: Vec<BTreeSet<u32>>,
     /// ... and those cut out.
     cut: Vec<BTreeSet<u32>>,
@@ -46,8 +53,8 @@ impl Free {
     /// The free pages of a file of `total` pages, keeping at most `idle_max` of them idle.
     pub fn new(idle_max: usize, total: u32) -> Free {
         Free {
-            kept: vec![BTreeSet::new(); MAX_PAGES],
-            cut: vec![BTreeSet::new(); MAX_PAGES],
+            kept: vec![BTreeSet::new(); MAX_PAGES + 1],
+            cut: vec![BTreeSet::new(); MAX_PAGES + 1],
             starts: vec![0; total as usize + 1],
             ends: vec![0; total as usize + 1],
             idle_max,
@@ -62,7 +69,7 @@ impl Free {
         let first = if let Some(first) = self.split(true, pages) {
             self.idle -= pages as usize;
             first
-        } else if let Some(&first) = self.cut[pages as usize - 1].first() {
+        } else if let Some(&first) = self.cut[bucket(pages)].first() {
             self.unlist(first);
             first
         } else if self.fresh + pages <= total {
@@ -126,7 +133,7 @@ impl Free {
 
     fn list(&mut self, first: u32, pages: u32, kept: bool) {
         let lists = if kept { &mut self.kept } else { &mut self.cut };
-        lists[pages as usize - 1].insert(first);
+        lists[bucket(pages)].insert(first);
         self.starts[first as usize] = pages << 1 | u32::from(kept);
         self.ends[(first + pages) as usize] = first + 1;
     }
@@ -142,17 +149,17 @@ impl Free {
         self.starts[first as usize] = 0;
         self.ends[(first + pages) as usize] = 0;
         let lists = if kept { &mut self.kept } else { &mut self.cut };
-        lists[pages as usize - 1].remove(&first);
+        lists[bucket(pages)].remove(&first);
         Some((pages, kept))
     }
 
-    /// The first page of a listed extent of `want` pages, of a kind: the lowest of that length,
-    /// else of the shortest longer one, split (the rest stays listed).
+    /// The first page of a listed extent of `want` pages (at most [`MAX`]), of a kind: the
+    /// lowest of that length, else of the shortest longer one, split (the rest stays listed).
     fn split(&mut self, kept: bool, want: u32) -> Option<u32> {
         let lists = self.lists(kept);
-        let len = (want..=MAX).find(|l| !lists[*l as usize - 1].is_empty())?;
-        let first = *lists[len as usize - 1].first()?;
-        self.unlist(first);
+        let at = (bucket(want)..lists.len()).find(|b| !lists[*b].is_empty())?;
+        let first = *lists[at].first()?;
+        let (len, _) = self.unlist(first)?;
         if len > want {
             self.list(first + want, len - want, kept);
         }
@@ -160,21 +167,20 @@ impl Free {
     }
 
     /// `first..first + pages` joined with the listed extents of its kind right before and
-    /// after it, as far as the whole is no longer than the longest listed (those are taken
-    /// off the lists). Kinds are not mixed: kept pages joined to an extent cut out would have
-    /// to be cut out too, and cut-out ones joined to a kept extent would count as idle.
+    /// after it, however long the whole (those are taken off the lists; before, no longer
+    /// than a body's longest, and bodies of 64 pages found no room in free pages side by side
+    /// that were listed as two extents of 40). Kinds are not mixed: kept pages joined to an
+    /// extent cut out would have to be cut out too, and cut-out ones joined to a kept extent
+    /// would count as idle.
     fn join(&mut self, mut first: u32, mut pages: u32, kept: bool) -> (u32, u32) {
-        let fits = |free: &Free, at: u32, pages: u32| {
-            free.start(at)
-                .is_some_and(|(n, k)| k == kept && pages + n <= MAX)
-        };
+        let fits = |free: &Free, at: u32| free.start(at).is_some_and(|(_, k)| k == kept);
         if let Some(before) = self.ends[first as usize].checked_sub(1) {
-            if fits(self, before, pages) {
+            if fits(self, before) {
                 let (n, _) = self.unlist(before).unwrap_or((0, kept));
                 (first, pages) = (before, pages + n);
             }
         }
-        if fits(self, first + pages, pages) {
+        if fits(self, first + pages) {
             pages += self.unlist(first + pages).map_or(0, |(n, _)| n);
         }
         (first, pages)
@@ -190,15 +196,15 @@ mod tests {
         let mut all: Vec<(u32, u32)> = free
             .lists(kept)
             .iter()
-            .enumerate()
-            .flat_map(|(i, l)| l.iter().map(move |f| (*f, i as u32 + 1)))
+            .flatten()
+            .map(|f| (*f, free.start(*f).expect("listed").0))
             .collect();
         all.sort();
         all
     }
 
     #[test]
-    fn extents_freed_side_by_side_are_joined_by_kind_up_to_the_longest_listed() {
+    fn extents_freed_side_by_side_are_joined_by_kind() {
         let mut free = Free::new(1000, 1000);
         let a: Vec<u32> = (0..6).map(|_| free.take(4, 1000).unwrap()).collect();
         assert_eq!(a, [0, 4, 8, 12, 16, 20]);
@@ -227,13 +233,31 @@ mod tests {
         free.cut(c[1], 3);
         assert_eq!(listed(&free, false), [(0, 9)]);
         assert_eq!(free.take(9, 12), Some(0));
-        // No extent longer than the longest listed is made.
+        // Joined past the longest a body takes: two extents of 40 pages hold one of 64 (and
+        // what is left, one of 16).
+        let total = 2 * 40 + 1;
+        let mut free = Free::new(10_000, total);
+        let b: Vec<u32> = (0..2).map(|_| free.take(40, total).unwrap()).collect();
+        assert!(free.keep(b[0], 40) && free.keep(b[1], 40));
+        assert_eq!(listed(&free, true), [(0, 80)]);
+        assert_eq!(free.take(MAX, total), Some(0));
+        assert_eq!(listed(&free, true), [(MAX, 80 - MAX)]);
+        assert_eq!(free.take(80 - MAX, total), Some(MAX));
+        assert_eq!((free.refused, free.fragmented), (0, 0));
+        // Three kept, then cut out, side by side: one extent each way.
         let mut free = Free::new(10_000, 1000);
-        let b: Vec<u32> = (0..3).map(|_| free.take(MAX - 1, 1000).unwrap()).collect();
-        for f in b {
-            assert!(free.keep(f, MAX - 1));
+        let c: Vec<u32> = (0..4).map(|_| free.take(MAX - 1, 1000).unwrap()).collect();
+        for f in &c[..3] {
+            assert!(free.keep(*f, MAX - 1));
         }
-        assert_eq!(listed(&free, true).len(), 3);
+        assert_eq!(listed(&free, true), [(0, 3 * (MAX - 1))]);
+        let mut free = Free::new(0, 1000);
+        let d: Vec<u32> = (0..4).map(|_| free.take(MAX, 1000).unwrap()).collect();
+        for f in &d[..3] {
+            free.cut(*f, MAX);
+        }
+        assert_eq!(listed(&free, false), [(0, 3 * MAX)]);
+        assert_eq!(free.take(MAX, 4 * MAX), Some(0));
     }
 
     #[test]
