@@ -266,6 +266,15 @@ pub fn broke(
 /// record as it was (neither a failure nor a sign of health); anything else clears it.
 /// (Without `outlierDetection`, there is no record.)
 pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
+    if reported {
+        // Counted in `tollgate_upstream_errors_total` as it was judged; one line, as for
+        // every upstream failure (folded while it repeats).
+        log::warn!(
+            "upstream failure: service endpoint `{}`, upstream {}, service exception (an OGC exception report for a map); relayed, not stored",
+            plan.endpoint.name,
+            plan.upstream_text(),
+        );
+    }
     let ep = &plan.endpoint;
     let Some(outlier) = ep.settings.outlier_detection.as_ref() else {
         return;

@@ -647,6 +647,15 @@ fn service_exceptions_are_not_stored_and_a_stale_tile_answers_for_them() {
         assert_eq!((r.status, cache_status(&r)), (200, "MISS"));
     }
     assert_eq!(up.served(), served + 2, "each report was fetched");
+    // Logged as the upstream failure it is (counted, and the log said nothing).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !gw
+        .log_text()
+        .contains("service exception (an OGC exception report for a map); relayed, not stored")
+    {
+        assert!(Instant::now() < deadline, "{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // WMS 1.1.1's report, whatever was asked for.
     let other = format!("/open/other.png?{windows}");
     for _ in 0..2 {
