@@ -1081,9 +1081,9 @@ fn after_the_hand_over_the_admin_api_answers_from_the_new_process() {
     std::thread::sleep(Duration::from_secs(1));
     old.signal("QUIT");
     wait_for("the hand-over", || {
-        old.log_text().contains("handing the listening sockets")
+        old.log_text()
+            .contains("the upgraded process accepts from now on")
     });
-    std::thread::sleep(Duration::from_millis(200));
     let next = exchange(&mut kept, ask);
     assert!(next.contains("connection: close"), "{next}");
     // Well within the five seconds the old process accepts on the gateway's port.

@@ -31,9 +31,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 static ACCEPTING: AtomicUsize = AtomicUsize::new(0);
 /// Set once the listening sockets went to an upgrading process, which shares their queues.
 static HANDED_OVER: AtomicBool = AtomicBool::new(false);
-/// [`HANDED_OVER`] for the accept loops that stop at the hand-over (see
-/// [`ListenerService::leaving_at_hand_over`]).
-static HAND_OVER: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
+/// Set once the listening sockets have been sent to an upgrading process, for the accept
+/// loops that stop then (see [`ListenerService::leaving_at_hand_over`]).
+static SENT: std::sync::LazyLock<tokio::sync::watch::Sender<bool>> =
     std::sync::LazyLock::new(|| tokio::sync::watch::Sender::new(false));
 /// Set by the hand-over or by a graceful stop: [`leaving`] is one load on the hot path.
 static LEAVING: AtomicBool = AtomicBool::new(false);
@@ -49,7 +49,12 @@ pub fn accepting() -> usize {
 pub fn sockets_handed_over() {
     HANDED_OVER.store(true, Ordering::Relaxed);
     LEAVING.store(true, Ordering::Relaxed);
-    HAND_OVER.send_replace(true);
+}
+
+/// The listening sockets have gone to the upgrading process (Pingora's sending of them is
+/// over): the services that leave at the hand-over stop accepting.
+pub fn sockets_sent() {
+    SENT.send_replace(true);
 }
 
 /// Whether the listening sockets went to an upgrading process: this one is leaving, its
@@ -183,7 +188,7 @@ impl<A> ListenerService<A> {
         }
     }
 
-    /// Stops accepting as soon as an upgrade has handed the listening sockets over (the new
+    /// Stops accepting as soon as an upgrade has sent the listening sockets over (the new
     /// process takes what comes; what waits in the backlog waits for it), where the gateway's
     /// ports go on accepting until the shutdown, five seconds later, so that a new process
     /// slow to start is never waited on. For the Admin API: two processes answering its
@@ -357,12 +362,19 @@ where
         .local_addr()
         .map_or_else(|_| "?".to_string(), |a| a.to_string());
     let mut at_cap_logged = false;
-    let mut hand_over = HAND_OVER.subscribe();
+    let mut sent = SENT.subscribe();
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
             _ = conn::shutting_down(&mut shutdown) => break,
-            _ = hand_over.wait_for(|handed| *handed), if serving.leaves_at_hand_over => break,
+            _ = async { drop(sent.wait_for(|sent| *sent).await) }, if serving.leaves_at_hand_over => {
+                // No longer accepting, the socket kept open until the shutdown: its
+                // descriptor is the one Pingora sent (closed while it was being sent, the
+                // sending failed and no socket went to the new process).
+                log::info!("{addr}: the upgraded process accepts from now on");
+                conn::shutting_down(&mut shutdown).await;
+                break;
+            }
         };
         // Taken once a connection came, not held while none comes: each listener of the
         // service held one so, and a burst of as many clients as the cap had one left waiting.

@@ -60,6 +60,10 @@ pub(super) fn exit_when_drained(
                             crate::listener::sockets_handed_over();
                             store.hand_over();
                         }
+                        // Pingora has sent the sockets (or failed to: it said so).
+                        Ok(ExecutionPhase::GracefulUpgradeCloseTimeout) => {
+                            crate::listener::sockets_sent();
+                        }
                         Ok(ExecutionPhase::ShutdownGracePeriod) => break,
                         Ok(ExecutionPhase::ShutdownRuntimes) => {
                             // Quick shutdown (SIGINT). Pingora's accept loop can keep a

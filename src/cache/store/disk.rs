@@ -82,9 +82,13 @@ pub struct DiskTier {
 }
 
 /// Whether a file in the directory's `tmp` is one the tier writes there: an object being
-/// written (`<its key's hash in hex>.<a number>`, see [`DiskTier::write`]) or the probe of
-/// [`DiskTier::usable`] (`usable.<a process id>`).
+/// written (`<its key's hash in hex>.<a number>`, see [`DiskTier::write`]), the probe of
+/// [`DiskTier::usable`] (`usable.<a process id>`), or the key hash secret as releases of
+/// 2026-12-02 to 12-05 wrote it aside (`hash.key`).
 fn own_temporary(name: &str) -> bool {
+    if name == SECRET_FILE {
+        return true;
+    }
     let Some((stem, n)) = name.split_once('.') else {
         return false;
     };

@@ -484,6 +484,7 @@ fn a_start_removes_only_its_own_files_from_tmp() {
     let tmp = dir.join("tmp");
     let interrupted = tmp.join(format!("{}.{}", "ab".repeat(16), 12345));
     let probe = tmp.join("usable.77");
+    let secret_aside = tmp.join(SECRET_FILE);
     let others = [
         "db-dump.sql",
         "notes",
@@ -492,14 +493,14 @@ fn a_start_removes_only_its_own_files_from_tmp() {
         &format!("{}.1", "AB".repeat(16)),
         &format!("{}.", "ab".repeat(16)),
     ];
-    for f in [&interrupted, &probe] {
+    for f in [&interrupted, &probe, &secret_aside] {
         std::fs::write(f, b"part").expect("write");
     }
     for f in others {
         std::fs::write(tmp.join(f), b"keep").expect("write");
     }
     DiskTier::open(&dir, 1 << 20).expect("open");
-    assert!(!interrupted.exists() && !probe.exists());
+    assert!(!interrupted.exists() && !probe.exists() && !secret_aside.exists());
     for f in others {
         assert!(tmp.join(f).exists(), "{f} removed");
     }
