@@ -19,7 +19,7 @@ apiEndpoints:
   dead: {{paths: '/dead/*'}}
 serviceEndpoints:
   up: {{url: '{up}'}}
-  admin: {{url: 'http://127.0.0.1:${{ADMIN_PORT}}'}}
+  admin: {{url: 'http://127.0.0.1:${{ADMIN_PORT}}/metrics'}}
   dead: {{url: 'http://127.0.0.1:1'}}
 policies: [metrics, jwt, key-auth, proxy]
 pipelines:
@@ -33,7 +33,7 @@ pipelines:
   prometheus:
     apiEndpoints: [prometheus]
     policies:
-      - proxy: [{{action: {{serviceEndpoint: admin}}}}]
+      - proxy: [{{action: {{serviceEndpoint: admin, changeOrigin: true, stripPath: true}}}}]
   dead:
     apiEndpoints: [dead]
     policies:
@@ -222,10 +222,24 @@ fn metric_families_and_metrics_through_a_pipeline() {
         .samples
         .iter()
         .any(|x| x.labels.values().any(|v| v.contains("/wmts/1"))));
-    // Kargo's `prometheus` endpoint: /metrics through a pipeline to the admin port.
+    // Kargo's `prometheus` endpoint as Kargo writes it: /metrics through a pipeline to the
+    // admin port's `/metrics` url with `stripPath`, which asks the Admin API for `/metrics/`
+    // (it was 404: the path had to be equal, where EG's Express takes one trailing slash and
+    // any case).
     let through = get(gw.port, "GET", "/metrics", &[]);
-    assert_eq!(through.status, 200);
+    assert_eq!(through.status, 200, "{}", through.text());
     assert!(through.text().contains("# TYPE eg counter"));
+    for path in ["/metrics/", "/METRICS"] {
+        let r = get(gw.admin_port, "GET", path, &[]);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(r.text().contains("# TYPE eg counter"), "{path}");
+    }
+    assert_eq!(get(gw.admin_port, "GET", "/metrics//", &[]).status, 404);
+    // Kargo's healthcheck plugin, an Express route too.
+    for path in ["/healthcheck/", "/HEALTHCHECK"] {
+        let r = get(gw.port, "GET", path, &[]);
+        assert_eq!((r.status, r.text().as_str()), (200, "OK"), "{path}");
+    }
 }
 
 #[test]

@@ -386,7 +386,8 @@ impl AdminApi {
         // to them, which forwards none, answered 401 with a token set): they change nothing
         // and hold no secret (an upstream url's query is shown as `?…`; Kargo's `eg` counter
         // names consumers by id, as Kargo's public route shows them).
-        let metrics = (method == Method::GET || method == Method::HEAD) && path == metrics_path;
+        let metrics = (method == Method::GET || method == Method::HEAD)
+            && crate::routing::path::is_express_route(&path, &metrics_path);
         if !metrics && !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }
