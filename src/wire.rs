@@ -151,6 +151,8 @@ pub struct PathShape {
     /// A `/` twice in a row, or a `%`: the path may have another form (see
     /// [`normalised_target`]).
     pub other_form: bool,
+    /// A `%` not followed by two hex digits (RFC 3986 §2.1: no URI has one).
+    pub bad_escape: bool,
 }
 
 /// The [`PathShape`] of a path.
@@ -168,9 +170,11 @@ pub fn path_shape(path: &str) -> PathShape {
     if !suspect {
         return PathShape::default();
     }
+    let hex = |i: usize| p.get(i).is_some_and(u8::is_ascii_hexdigit);
     PathShape {
         dot_segment: dot_segment(p),
         other_form: p.contains(&b'%') || p.windows(2).any(|w| w == b"//"),
+        bad_escape: memchr::memchr_iter(b'%', p).any(|i| !(hex(i + 1) && hex(i + 2))),
     }
 }
 

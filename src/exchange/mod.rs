@@ -177,6 +177,54 @@ static HOST_BYTE: [u8; 256] = {
     class
 };
 
+/// The methods Node's HTTP parser (EG's) takes, beyond the common ones (`http.METHODS` of
+/// Node 20); any other it answers `400` before EG sees the request.
+const NODE_EXTENSION_METHODS: [&str; 26] = [
+    "ACL",
+    "BIND",
+    "CHECKOUT",
+    "COPY",
+    "LINK",
+    "LOCK",
+    "M-SEARCH",
+    "MERGE",
+    "MKACTIVITY",
+    "MKCALENDAR",
+    "MKCOL",
+    "MOVE",
+    "NOTIFY",
+    "PROPFIND",
+    "PROPPATCH",
+    "PURGE",
+    "QUERY",
+    "REBIND",
+    "REPORT",
+    "SEARCH",
+    "SOURCE",
+    "SUBSCRIBE",
+    "UNBIND",
+    "UNLINK",
+    "UNLOCK",
+    "UNSUBSCRIBE",
+];
+
+/// Whether Node's HTTP parser takes `method` (in capitals, as it must be).
+fn node_knows(method: &http::Method) -> bool {
+    use http::Method;
+    matches!(
+        *method,
+        Method::GET
+            | Method::HEAD
+            | Method::POST
+            | Method::PUT
+            | Method::DELETE
+            | Method::OPTIONS
+            | Method::PATCH
+            | Method::CONNECT
+            | Method::TRACE
+    ) || NODE_EXTENSION_METHODS.contains(&method.as_str())
+}
+
 /// Routes the request and runs pipelines until one responds or proxies.
 pub async fn decide(
     gw: &Gateway,
@@ -272,9 +320,10 @@ pub async fn decide(
     }
     // A method in lower case (`delete`): an apiEndpoint's `methods` and a `method` condition
     // name methods in capitals, so it would pass by them, while upstreams that read methods
-    // without case act on it. Refused, as EG's parser (Node's) refuses it.
-    if method.as_str().bytes().any(|b| b.is_ascii_lowercase()) {
-        log::debug!("refused a request: a method in lower case");
+    // without case act on it. Refused, as EG's parser (Node's) refuses it, and so is a
+    // method Node's parser does not know (`FOO` reached the upstream).
+    if !node_knows(method) {
+        log::debug!("refused a request: a method EG's parser does not know (or in lower case)");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // A `.` or `..` segment would be resolved by the upstream to another path than the one
@@ -283,6 +332,12 @@ pub async fn decide(
     let shape = crate::wire::path_shape(path);
     if shape.dot_segment {
         log::debug!("refused a request: a dot segment in its path");
+        return Decision::Refuse(Reply::text(400, "Bad Request"));
+    }
+    // A `%` that escapes nothing (`/wmts/%zz`): no URI has it; EG (its `decodeURIComponent`)
+    // and nginx refuse it, where it was routed, authorised and sent upstream as it came.
+    if shape.bad_escape {
+        log::debug!("refused a request: a `%` in its path that escapes nothing");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
     // Repeated slashes are made one (`//admin/x` is `/admin/x`), as the proxy's join makes
