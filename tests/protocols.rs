@@ -167,6 +167,36 @@ fn http2_clients_of_two_hosts_each_get_their_hosts_tile_from_the_cache() {
 /// background, as for an HTTP/1 client: Pingora made the refresh's request from the HTTP/2
 /// head written as `HTTP/2`, which its own reader refused — the upstream was never asked, and
 /// the tile's fetch lock held off every other refresh for 30 s (it stayed STALE).
+/// A conditional request whose miss is not stored (the upstream said `no-store`) gets the
+/// whole tile, `200`, on HTTP/2 and HTTP/1.1 alike: its conditions were not sent upstream. Its
+/// `304` on HTTP/2 went out with the tile's body after it, a stream curl resets as malformed
+/// (RFC 9113 §8.1.1).
+#[test]
+fn a_conditional_request_whose_miss_is_not_stored_gets_the_whole_tile() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (_dir, gw) = caching_https_gateway(&up, "{paths: '/tiles/*'}", "{ttl: 60}");
+    let resolve = format!("a.example:{}:127.0.0.1", gw.port);
+    for (i, version) in ["--http2", "--http1.1"].into_iter().enumerate() {
+        let url = format!(
+            "https://a.example:{}/tiles/bytes/30000/nostore{i}.png?cc=no-store",
+            gw.port
+        );
+        let args = [
+            version,
+            "--resolve",
+            &resolve,
+            "-H",
+            "If-None-Match: \"v1\"",
+            "-H",
+            "X-Test-ETag: \"v1\"",
+            "-w",
+            "%{http_version} %{http_code} %{size_download} %header{x-cache-status}\n",
+        ];
+        let want = format!("{} 200 30000 MISS", if i == 0 { "2" } else { "1.1" });
+        assert_eq!(curl(&args, &[url]).0, [want]);
+    }
+}
+
 #[test]
 fn a_stale_tile_an_http2_client_finds_is_refreshed_in_the_background() {
     let up = PyUpstream::start("tiles", 5.0);

@@ -42,7 +42,7 @@ use pingora_proxy::Session;
 
 pub use outcome::{
     answer_edits, exception_as_failure, failed, filling, hit_filter, lock_wait, note_expired,
-    note_miss, refresh_broke, serve_stale, served_from_cache, status,
+    note_miss, refresh_broke, serve_stale, served_from_cache, served_from_store, status,
 };
 pub use policy::{CacheRule, CacheUse};
 pub use records::{keep_records, save_forwardings};

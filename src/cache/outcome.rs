@@ -69,6 +69,24 @@ pub fn filling(session: &Session) -> bool {
     )
 }
 
+/// Whether the answer on its way to the client is a stored tile's (a hit, a stale tile, one
+/// revalidated): only such an answer is turned into a `304` for a client's conditions. One
+/// from the upstream goes whole — a fill (see [`filling`]), and one the cache let go after
+/// the lookup missed (not stored: `no-store`, `Set-Cookie`, a full memory tier's refusal), for
+/// which the client's conditions were not sent upstream either. That one's `304` on HTTP/2
+/// went out with the tile's body after it (Pingora stops only a stored body at the head), a
+/// stream a client resets as malformed (RFC 9113 §8.1.1).
+pub fn served_from_store(session: &Session) -> bool {
+    matches!(
+        session.cache.phase(),
+        CachePhase::Hit
+            | CachePhase::Stale
+            | CachePhase::StaleUpdating
+            | CachePhase::Revalidated
+            | CachePhase::RevalidatedNoCache(_)
+    )
+}
+
 /// Whether a stale object may be served: while it is refreshed in the background, or when the
 /// upstream failed or answered 5xx (the windows are the object's own). A failure is counted
 /// (the request itself succeeds) and remembered for the tile.

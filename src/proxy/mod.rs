@@ -269,8 +269,8 @@ impl ProxyHttp for Tollgate {
         ))
     }
 
-    /// A client's conditions as Pingora judges them, except on an answer the cache is filling
-    /// from the upstream, which goes whole (see [`crate::cache::filling`]).
+    /// A client's conditions as Pingora judges them, on a stored tile's answer only: one from
+    /// the upstream goes whole (see [`crate::cache::served_from_store`]).
     fn cache_not_modified_filter(
         &self,
         session: &Session,
@@ -278,7 +278,7 @@ impl ProxyHttp for Tollgate {
         _ctx: &mut RequestCtx,
     ) -> Result<bool> {
         let req = session.req_header();
-        Ok(!crate::cache::filling(session)
+        Ok(crate::cache::served_from_store(session)
             && (pingora_core::protocols::http::conditional_filter::not_modified_filter(req, resp)
                 || crate::cache::hit::any_tag_matches(req, resp)))
     }
