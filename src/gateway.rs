@@ -52,6 +52,26 @@ impl Shared {
 
 /// Default path of Kargo's healthcheck plugin.
 pub const HEALTHCHECK_PATH: &str = "/healthcheck";
+/// Default path of Kargo's metrics plugin (on the Admin API).
+pub const METRICS_PATH: &str = "/metrics";
+
+/// A plugin's route (its `endpointName`, else `default`) as Express compiles it; one Express
+/// could not compile is an error at its place.
+fn plugin_route(
+    system: &SystemFile,
+    name: &str,
+    default: &str,
+    errors: &mut ConfigErrors,
+) -> PathMatcher {
+    let path = system.plugin_endpoint(name, default);
+    PathMatcher::express(&path).unwrap_or_else(|why| {
+        if let Some(at) = system.plugin(name).and_then(|p| p.get("endpointName")) {
+            errors.push(&at.pos, format!("`endpointName` `{path}`: {why}"));
+        }
+        // (Not served: the error fails the config.)
+        PathMatcher::any()
+    })
+}
 
 pub struct Gateway {
     pub router: Router,
@@ -64,7 +84,13 @@ pub struct Gateway {
     pub storage: Option<Arc<crate::admin::storage::Storage>>,
     pub pipelines: Vec<Pipeline>,
     pub service_endpoints: HashMap<String, Arc<ServiceEndpoint>>,
-    pub healthcheck_path: String,
+    /// Kargo's healthcheck plugin's route on the gateway's port, and its metrics plugin's on
+    /// the Admin API's (`plugins.<name>.endpointName`), matched as Express matches a plugin's
+    /// route: any case, one trailing slash (Kargo's `prometheus` route proxies `/metrics`
+    /// with `stripPath` to the Admin API's `/metrics` url, which asks for `/metrics/`: it was
+    /// 404 while the path had to be equal).
+    pub healthcheck: PathMatcher,
+    pub metrics: PathMatcher,
     pub http: Option<ListenerDef>,
     pub https: Option<HttpsDef>,
     pub admin: Option<ListenerDef>,
@@ -117,6 +143,8 @@ impl Gateway {
         let storage =
             crate::admin::storage::Storage::from_system(&system, &mut errors).map(Arc::new);
         let router = build_router(&gw, &mut errors);
+        let healthcheck = plugin_route(&system, "healthcheck", HEALTHCHECK_PATH, &mut errors);
+        let metrics = plugin_route(&system, "metrics", METRICS_PATH, &mut errors);
         errors.into_result()?;
         Ok(Gateway {
             router,
@@ -125,7 +153,8 @@ impl Gateway {
             storage,
             pipelines,
             service_endpoints,
-            healthcheck_path: system.plugin_endpoint("healthcheck", HEALTHCHECK_PATH),
+            healthcheck,
+            metrics,
             http: gw.http,
             https: gw.https,
             admin: gw.admin,

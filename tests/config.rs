@@ -704,6 +704,23 @@ fn a_storage_plugin_without_providers_or_with_a_bad_endpoint_is_an_error_with_it
     );
 }
 
+/// A plugin's `endpointName` is a route as Express compiles it: one it could not compile is an
+/// error at its place.
+#[test]
+fn a_plugin_route_that_is_no_pattern_is_an_error_with_its_position() {
+    let dir = ConfigDir::new("http: {port: 8080}\napiEndpoints: {}\n");
+    let file = dir.file("system.config.yml");
+    dir.write(
+        "system.config.yml",
+        "plugins:\n  metrics:\n    endpointName: '/metrics(x'\n",
+    );
+    let err = check_errors(&dir);
+    assert!(
+        err.contains(&format!("{file}:3:")) && err.contains("`endpointName` `/metrics(x`"),
+        "{err}"
+    );
+}
+
 /// One storage provider may be the default, by `default: true`: two are an error at the second
 /// (the last one won), and a `default` that is no boolean is one (`'true'` was ignored).
 #[test]

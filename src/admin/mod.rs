@@ -381,13 +381,12 @@ impl AdminApi {
         let method = head.method.clone();
         let path = head.uri.path().to_string();
         let gw = self.gateway.load_full();
-        let metrics_path = gw.system.plugin_endpoint("metrics", "/metrics");
         // The metrics are read without the token (Prometheus, and Kargo's route that proxies
         // to them, which forwards none, answered 401 with a token set): they change nothing
         // and hold no secret (an upstream url's query is shown as `?…`; Kargo's `eg` counter
         // names consumers by id, as Kargo's public route shows them).
-        let metrics = (method == Method::GET || method == Method::HEAD)
-            && crate::routing::path::is_express_route(&path, &metrics_path);
+        let metrics =
+            (method == Method::GET || method == Method::HEAD) && gw.metrics.matches(&path);
         if !metrics && !self.authorized(session) {
             return text(StatusCode::UNAUTHORIZED, "Unauthorized");
         }

@@ -99,7 +99,7 @@ impl Storage {
     pub fn from_system(system: &SystemFile, errors: &mut ConfigErrors) -> Option<Storage> {
         let storage = Self::configured(system, errors)?;
         // Taken before the Admin API's own routes: one that would hide them is refused.
-        let metrics = system.plugin_endpoint("metrics", "/metrics");
+        let metrics = system.plugin_endpoint("metrics", crate::gateway::METRICS_PATH);
         let first = storage.path.trim_start_matches('/').split('/').next();
         let hidden = match first {
             Some("") | None => Some("every route".to_string()),

@@ -282,7 +282,7 @@ pub async fn decide(
         log::debug!("refused a request: a target that is no path");
         return Decision::Refuse(Reply::text(400, "Bad Request"));
     }
-    if crate::routing::path::is_express_route(path, &gw.healthcheck_path)
+    if gw.healthcheck.matches(path)
         && (*method == http::Method::GET || *method == http::Method::HEAD)
     {
         if query.is_some_and(|q| {

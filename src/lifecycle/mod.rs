@@ -448,7 +448,7 @@ impl Lifecycle {
                 );
                 let files = inputs(&started);
                 let start_only = started.start_only;
-                runfile::health_path_changed(&self.dirs, &gateway.healthcheck_path);
+                runfile::health_path_changed(&self.dirs, &gateway.healthcheck.source);
                 self.current.store(gateway);
                 self.consumers.set_models(models);
                 m.config_loaded(true);

@@ -391,7 +391,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                         )
                     })
                 }),
-            health_path: current.load().healthcheck_path.clone(),
+            health_path: current.load().healthcheck.source.clone(),
             admin: admin
                 .as_ref()
                 .map(|a| crate::lifecycle::runfile::local_url("http", a.host.as_deref(), a.port)),
