@@ -1416,6 +1416,77 @@ fn populate_at_start_waits_for_a_store_not_up_yet() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A `db.redis` setting the config refuses stops `serve --populate` and the CLI's `populate`
+/// before the store is opened: read as its default, the populate made database 0 equal the
+/// file, removing the consumers there, and only then said the config was wrong. A database
+/// number written as a string is one, as ioredis takes it.
+#[test]
+fn a_refused_redis_setting_changes_no_database() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    redis.hset("EG-user:important", "username", "important");
+    let before = redis.keys();
+    dir.write(
+        "consumers.config.json",
+        r#"{"scopes": ["wmts"], "users": {"new": {"app": {"type": "key-auth", "keyId": "NEW", "keySecret": "S", "scopes": ["wmts"]}}}}"#,
+    );
+    let consumers = dir.file("consumers.config.json");
+    let config_arg = dir.path.display().to_string();
+    let data_dir = dir.path.join("data").display().to_string();
+    let system = |db: &str| {
+        format!(
+            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    db: {db}\ncrypto:\n  saltRounds: 4\n",
+            redis.port
+        )
+    };
+    for db in ["-1", "one"] {
+        dir.write("system.config.yml", &system(db));
+        // (Bounded: a start that went on would serve until the deadline, exit 124.)
+        let serve = std::process::Command::new("timeout")
+            .args([
+                "20",
+                support::gateway::binary(),
+                "serve",
+                "--config",
+                &config_arg,
+            ])
+            .args(["--data-dir", &data_dir, "--populate", &consumers])
+            .env("PORT", support::free_port().to_string())
+            .env("ADMIN_PORT", support::free_port().to_string())
+            .env_remove("EG_CONFIG_DIR")
+            .output()
+            .expect("run tollgate serve");
+        let said = String::from_utf8_lossy(&serve.stderr);
+        assert_eq!(serve.status.code(), Some(2), "db: {db}\n{said}");
+        assert!(
+            said.contains("system.config.yml:6:9: `db.redis.db`"),
+            "db: {db}\n{said}"
+        );
+        let cli = support::gateway::run_tollgate(&["populate", "--config", &config_arg], &[]);
+        let said = String::from_utf8_lossy(&cli.stderr);
+        assert!(!cli.status.success(), "db: {db}\n{said}");
+        assert!(said.contains("db.redis.db"), "db: {db}\n{said}");
+        assert_eq!(redis.keys(), before, "db: {db}: the store was changed");
+    }
+    dir.write("system.config.yml", &system("'2'"));
+    populate_file(
+        &dir,
+        &std::fs::read_to_string(&consumers).expect("consumers file"),
+    );
+    let mut db2 = redis.client().get_connection().expect("redis connection");
+    redis::cmd("SELECT")
+        .arg(2)
+        .exec(&mut db2)
+        .expect("select 2");
+    let users: Vec<String> = redis::cmd("KEYS")
+        .arg("EG-user:*")
+        .query(&mut db2)
+        .expect("keys in database 2");
+    assert_eq!(users.len(), 1, "{users:?}");
+    assert_eq!(redis.keys(), before, "database 0 was changed");
+}
+
 /// Concurrent Admin API creates on Redis make one of each, the others `409`: each checked the
 /// store and then wrote, and 20 at once made up to 7 users of one name and one key id for two
 /// consumers (only one of whose secrets worked).

@@ -90,7 +90,9 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
         )),
         Err(_) => {
             // No gateway answers: work on the store directly.
-            let loaded = config::load_dirs(&dirs).map_err(|e| e.to_string())?;
+            let loaded = config::load_dirs(&dirs)
+                .and_then(config::LoadedConfig::store_checked)
+                .map_err(|e| e.to_string())?;
             loaded.say_defaults();
             let data_dir = args
                 .data_dir

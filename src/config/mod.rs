@@ -39,6 +39,28 @@ impl LoadedConfig {
             no_system_config(&self.dirs);
         }
     }
+
+    /// The config, when reading it found nothing wrong: what opens the consumer store (a
+    /// gateway's start, the CLI working on the store) must not act on a setting read as its
+    /// default because the file's value was refused (`db.redis.db: -1` read as database 0).
+    pub fn checked(mut self) -> Result<LoadedConfig, ConfigErrors> {
+        match std::mem::take(&mut self.errors).into_result() {
+            Ok(()) => Ok(self),
+            Err(errors) => Err(errors),
+        }
+    }
+
+    /// As [`LoadedConfig::checked`], for what works on the consumer store alone (the CLI's
+    /// `populate` and `clean` with no gateway running): the system config's errors, where
+    /// the store's settings are (a gateway config's `${PORT}` unset in an operator's shell is
+    /// no reason to refuse).
+    pub fn store_checked(mut self) -> Result<LoadedConfig, ConfigErrors> {
+        let system = self.system_path.as_ref().map(|p| p.display().to_string());
+        self.errors
+            .0
+            .retain(|e| system.as_deref() == Some(&*e.pos.file));
+        self.checked()
+    }
 }
 
 /// The warning that a config stack has no system config.

@@ -265,6 +265,8 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
     if let Some(n) = node.get("db") {
         match &n.value {
             Value::Int(d) if *d >= 0 => def.db = Some(*d),
+            // (As ioredis sends it to `SELECT`: a number written as a string is one.)
+            Value::Str(s) if s.parse::<u32>().is_ok() => def.db = s.parse().ok(),
             Value::Null => {}
             _ => errors.push(&n.pos, "`db.redis.db` must be a database number"),
         }

@@ -130,7 +130,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .inspect_err(|e| log::warn!("cannot take SIGHUP before the server runs: {e}"))
         .ok();
     let before = crate::lifecycle::ReadBefore::of(&opts.config_dirs, &[]);
-    let loaded = match config::load_dirs(&opts.config_dirs) {
+    // Nothing is opened or changed (the consumer store, `--populate`) on a config with an
+    // error: a refused setting is read as its default, another Redis database perhaps.
+    let loaded = match config::load_dirs(&opts.config_dirs).and_then(config::LoadedConfig::checked)
+    {
         Ok(l) => l,
         Err(errors) => {
             eprintln!("{errors}");
@@ -167,16 +170,19 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         None => None,
     };
     // So is a config that reads but does not compile (a pipeline naming an endpoint that is
-    // not there): found now, not after the handover, when the old process stops accepting
-    // and this one leaves with nothing listening. (A second read of the files, on an
-    // upgrade only: the real compile needs the consumers, opened after the handover.)
-    if opts.upgrade {
+    // not there), where acting first would cost: on an upgrade, found before the handover,
+    // not after it, when the old process stops accepting and this one leaves with nothing
+    // listening; with `--populate`, before the consumer store is changed. (A second read of
+    // the files: the real compile needs the consumers, opened later.)
+    if opts.upgrade || opts.populate.is_some() {
         let compiled = config::load_dirs(&opts.config_dirs)
             .and_then(|again| Gateway::build(again, &Shared::detached()).map(drop));
         if let Err(errors) = compiled {
             eprintln!("{errors}");
             std::process::exit(2);
         }
+    }
+    if opts.upgrade {
         let g = &loaded.gateway;
         let listen = listen_addrs(g.http.as_ref(), g.https.as_ref(), g.admin.as_ref());
         before_the_sockets(&opts, &listen)?;
