@@ -1487,6 +1487,109 @@ fn a_refused_redis_setting_changes_no_database() {
     assert_eq!(redis.keys(), before, "database 0 was changed");
 }
 
+/// Consumers in a Redis over TLS (`db.redis.tls`, as ioredis takes Node's options): the
+/// server's certificate checked against `ca` (PEM text), a client certificate and key (files)
+/// given to a server that asks for one. A certificate nothing trusts (the system's roots) is
+/// refused and the log says why; `rejectUnauthorized: false` takes it (and sends no client
+/// certificate: a config asking for both is refused). (The redis crate was built without TLS:
+/// `tls` passed the config check and no consumer ever loaded.)
+#[test]
+fn consumers_live_in_a_redis_over_tls() {
+    let server = support::tls::SelfSigned::new();
+    let client = support::tls::SelfSigned::new();
+    let redis = RedisServer::start_tls(&server.cert_pem(), &server.key_pem(), &client.cert_pem());
+    let tls_port = redis.tls_port.expect("a TLS port");
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    dir.write("client.pem", &client.cert_pem());
+    dir.write("client.key", &client.key_pem());
+    let client_files = format!(
+        "cert: {}\n      key: {}\n",
+        dir.file("client.pem"),
+        dir.file("client.key")
+    );
+    let system = |tls: &str| {
+        format!(
+            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {tls_port}\n    tls:\n{tls}crypto:\n  saltRounds: 4\n"
+        )
+    };
+    let ca = server
+        .cert_pem()
+        .lines()
+        .map(|l| format!("        {l}\n"))
+        .collect::<String>();
+    dir.write(
+        "system.config.yml",
+        &system(&format!("      ca: |\n{ca}      {client_files}")),
+    );
+    populate_file(
+        &dir,
+        r#"{"scopes": ["wmts"], "users": {"tls": {"app": {"type": "key-auth", "keyId": "TLSKEY", "keySecret": "S", "scopes": ["wmts"]}}}}"#,
+    );
+    assert!(redis.keys().contains(&"EG-key-auth:TLSKEY".to_string()));
+    let answers = |gw: &GatewayProcess| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = get(
+                gw.port,
+                "GET",
+                "/wmts/1",
+                &[("Authorization", "apiKey TLSKEY:S")],
+            );
+            if r.status == 200 || Instant::now() > deadline {
+                return r.status;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(answers(&gw), 200, "{}", gw.log_text());
+    drop(gw);
+
+    dir.write(
+        "system.config.yml",
+        &system(&format!("      {client_files}")),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey TLSKEY:S")],
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    let log = gw.log_text();
+    assert!(log.contains("certificate verify failed"), "{log}");
+    drop(gw);
+
+    dir.write(
+        "system.config.yml",
+        &system(&format!(
+            "      rejectUnauthorized: false\n      {client_files}"
+        )),
+    );
+    let config_arg = dir.path.display().to_string();
+    let check = support::gateway::run_tollgate(&["check", "--config", &config_arg], &[]);
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(!check.status.success(), "{said}");
+    assert!(
+        said.contains("system.config.yml:7:7: `db.redis.tls` cannot send"),
+        "{said}"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("tls-auth-clients")
+        .arg("no")
+        .query(&mut redis.conn())
+        .expect("CONFIG SET");
+    dir.write(
+        "system.config.yml",
+        &system("      rejectUnauthorized: false\n"),
+    );
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(answers(&gw), 200, "{}", gw.log_text());
+}
+
 /// Concurrent Admin API creates on Redis make one of each, the others `409`: each checked the
 /// store and then wrote, and 20 at once made up to 7 users of one name and one key id for two
 /// consumers (only one of whose secrets worked).

@@ -17,8 +17,37 @@ pub struct RedisDef {
     pub db: Option<i64>,
     pub sentinels: Vec<(String, u16)>,
     pub sentinel_name: Option<String>,
-    pub tls: bool,
+    /// `tls`: Redis over TLS (`None`: plain TCP).
+    pub tls: Option<RedisTls>,
     pub configured: bool,
+}
+
+/// `db.redis.tls`, as ioredis hands it to Node's TLS: `true` or `{}` checks the server's
+/// certificate against the system's roots; `ca` (PEM text or a file's path, one or a list)
+/// trusts those instead; `cert` and `key` (the same) answer a server that asks for a client
+/// certificate; `rejectUnauthorized: false` checks nothing. (Its `Debug` shows the PEMs by
+/// fingerprints, as [`RedisDef`]'s password.)
+#[derive(Clone)]
+pub struct RedisTls {
+    pub ca: Vec<String>,
+    /// The client's certificate and key.
+    pub client: Option<(String, String)>,
+    pub verify: bool,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ca: Vec<String> = self.ca.iter().map(|c| fingerprint(c)).collect();
+        let client = self
+            .client
+            .as_ref()
+            .map(|(c, k)| (fingerprint(c), fingerprint(k)));
+        f.debug_struct("RedisTls")
+            .field("ca", &ca)
+            .field("client", &client)
+            .field("verify", &self.verify)
+            .finish()
+    }
 }
 
 impl Default for RedisDef {
@@ -33,7 +62,7 @@ impl Default for RedisDef {
             db: None,
             sentinels: Vec::new(),
             sentinel_name: None,
-            tls: false,
+            tls: None,
             configured: false,
         }
     }
@@ -272,7 +301,7 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
         }
     }
     if let Some(n) = node.get("tls") {
-        def.tls = !matches!(n.value, Value::Null | Value::Bool(false));
+        def.tls = redis_tls(n, errors);
     }
     if let Some(list) = node.get("sentinels").and_then(Node::as_seq) {
         for s in list {
@@ -289,6 +318,101 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
         }
     }
     def
+}
+
+/// `db.redis.tls` (see [`RedisTls`]).
+fn redis_tls(n: &Node, errors: &mut ConfigErrors) -> Option<RedisTls> {
+    let mut tls = RedisTls {
+        ca: Vec::new(),
+        client: None,
+        verify: true,
+    };
+    let entries = match &n.value {
+        Value::Null | Value::Bool(false) => return None,
+        Value::Str(s) if s == "false" => return None,
+        Value::Bool(true) => return Some(tls),
+        Value::Str(s) if s == "true" => return Some(tls),
+        Value::Map(entries) => entries,
+        _ => {
+            errors.push(
+                &n.pos,
+                format!(
+                    "`db.redis.tls` must be true, false or a map of TLS options, not {}",
+                    n.kind()
+                ),
+            );
+            return None;
+        }
+    };
+    let (mut cert, mut key) = (None, None);
+    for (k, v) in entries {
+        match k.scalar_text().unwrap_or_default().as_str() {
+            "ca" => match v.as_seq() {
+                Some(list) => tls
+                    .ca
+                    .extend(list.iter().filter_map(|c| pem(c, "ca", errors))),
+                None => tls.ca.extend(pem(v, "ca", errors)),
+            },
+            "cert" => cert = pem(v, "cert", errors),
+            "key" => key = pem(v, "key", errors),
+            "rejectUnauthorized" => match &v.value {
+                Value::Bool(b) => tls.verify = *b,
+                _ => errors.push(
+                    &v.pos,
+                    "`db.redis.tls.rejectUnauthorized` must be true or false",
+                ),
+            },
+            other => log::warn!(
+                "{}: `db.redis.tls.{other}` is not used by tollgate (it reads `ca`, `cert`, `key` and `rejectUnauthorized`)",
+                k.pos
+            ),
+        }
+    }
+    match (cert, key) {
+        // (The redis crate sends no certificate on a connection that checks none.)
+        (Some(_), Some(_)) if !tls.verify => errors.push(
+            &n.pos,
+            "`db.redis.tls` cannot send a client certificate (`cert`, `key`) with `rejectUnauthorized: false`: give the server's `ca` instead",
+        ),
+        (Some(c), Some(k)) => tls.client = Some((c, k)),
+        (None, None) => {}
+        _ => errors.push(
+            &n.pos,
+            "`db.redis.tls` needs both `cert` and `key` for a client certificate",
+        ),
+    }
+    Some(tls)
+}
+
+/// A PEM setting of `db.redis.tls`: the text, or the file it names.
+fn pem(v: &Node, what: &str, errors: &mut ConfigErrors) -> Option<String> {
+    let Some(text) = v.as_str().filter(|t| !t.trim().is_empty()) else {
+        errors.push(
+            &v.pos,
+            format!("`db.redis.tls.{what}` must be PEM text or a file's path"),
+        );
+        return None;
+    };
+    if text.contains("-----BEGIN") {
+        return Some(text.to_string());
+    }
+    match std::fs::read_to_string(text) {
+        Ok(t) if t.contains("-----BEGIN") => Some(t),
+        Ok(_) => {
+            errors.push(
+                &v.pos,
+                format!("`db.redis.tls.{what}`: {text} holds no PEM"),
+            );
+            None
+        }
+        Err(e) => {
+            errors.push(
+                &v.pos,
+                format!("`db.redis.tls.{what}`: cannot read {text}: {e}"),
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@ use super::gateway::free_port;
 
 pub struct RedisServer {
     pub port: u16,
+    /// Its TLS port, when it has one ([`RedisServer::start_tls`]).
+    pub tls_port: Option<u16>,
     child: Child,
     /// Where [`RedisServer::save`] writes, and where a server started on the same port
     /// reads what was saved.
@@ -23,9 +25,45 @@ impl RedisServer {
     /// A new server on a given port (a restart after [`RedisServer::stop`]), with what was
     /// last saved on that port, if anything.
     pub fn start_on(port: u16) -> RedisServer {
+        RedisServer::start_with(port, None, &[])
+    }
+
+    /// A server that also speaks TLS on a port of its own with `cert` and `key` (PEM), and
+    /// asks its clients for a certificate signed by `client_ca` (PEM): the tests look at its
+    /// data on the plain port.
+    pub fn start_tls(cert: &str, key: &str, client_ca: &str) -> RedisServer {
+        let port = free_port();
+        let tls_port = free_port();
+        let dir = RedisServer::dir_for(port);
+        let file = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            std::fs::write(&path, pem).expect("certificate file");
+            path.display().to_string()
+        };
+        let args = [
+            "--tls-port".to_string(),
+            tls_port.to_string(),
+            "--tls-cert-file".into(),
+            file("server.pem", cert),
+            "--tls-key-file".into(),
+            file("server.key", key),
+            "--tls-ca-cert-file".into(),
+            file("clients.pem", client_ca),
+            "--tls-auth-clients".into(),
+            "yes".into(),
+        ];
+        RedisServer::start_with(port, Some(tls_port), &args)
+    }
+
+    fn dir_for(port: u16) -> PathBuf {
         let dir =
             std::env::temp_dir().join(format!("tollgate-test-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("redis directory");
+        dir
+    }
+
+    fn start_with(port: u16, tls_port: Option<u16>, extra: &[String]) -> RedisServer {
+        let dir = RedisServer::dir_for(port);
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -39,11 +77,17 @@ impl RedisServer {
                 "--dir",
                 &dir.display().to_string(),
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (scripts/test.sh installs it)");
-        let server = RedisServer { port, child, dir };
+        let server = RedisServer {
+            port,
+            tls_port,
+            child,
+            dir,
+        };
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(mut c) = server.client().get_connection() {

@@ -70,7 +70,10 @@ impl RedisStore {
             let host = def.host.clone().unwrap_or_else(|| "127.0.0.1".into());
             let port = def.port.unwrap_or(6379);
             (
-                Target::Url(url_for(&host, port, def.password.as_deref(), db, def.tls)),
+                Target::Url {
+                    url: url_for(&host, port, def.password.as_deref(), db, def.tls.as_ref()),
+                    tls: def.tls.clone(),
+                },
                 format!("redis {host}:{port}/{db}"),
             )
         } else {
@@ -81,7 +84,7 @@ impl RedisStore {
             let sentinels: Vec<String> = def
                 .sentinels
                 .iter()
-                .map(|(h, p)| url_for(h, *p, None, 0, false))
+                .map(|(h, p)| url_for(h, *p, None, 0, None))
                 .collect();
             let names: Vec<String> = def
                 .sentinels
@@ -94,7 +97,7 @@ impl RedisStore {
                     master: master.clone(),
                     password: def.password.clone(),
                     db,
-                    tls: def.tls,
+                    tls: def.tls.clone(),
                 },
                 format!("redis master `{master}` via sentinels {}", names.join(", ")),
             )

@@ -5,23 +5,39 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Client;
 
 use super::{unavailable, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
+use crate::config::system_file::RedisTls;
 use crate::store::StoreResult;
 
 /// How to find the Redis to talk to.
 #[derive(Clone)]
 pub(super) enum Target {
-    Url(String),
+    Url {
+        url: String,
+        tls: Option<RedisTls>,
+    },
     Sentinel {
         sentinels: Vec<String>,
         master: String,
         password: Option<String>,
         db: i64,
-        tls: bool,
+        tls: Option<RedisTls>,
     },
 }
 
-pub(super) fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tls: bool) -> String {
-    let scheme = if tls { "rediss" } else { "redis" };
+pub(super) fn url_for(
+    host: &str,
+    port: u16,
+    password: Option<&str>,
+    db: i64,
+    tls: Option<&RedisTls>,
+) -> String {
+    let scheme = if tls.is_some() { "rediss" } else { "redis" };
+    // (The redis crate's word for a server certificate not checked.)
+    let unchecked = if tls.is_some_and(|t| !t.verify) {
+        "#insecure"
+    } else {
+        ""
+    };
     let auth = password
         .map(|p| {
             format!(
@@ -35,13 +51,31 @@ pub(super) fn url_for(host: &str, port: u16, password: Option<&str>, db: i64, tl
     } else {
         host.to_string()
     };
-    format!("{scheme}://{auth}{host}:{port}/{db}")
+    format!("{scheme}://{auth}{host}:{port}/{db}{unchecked}")
+}
+
+/// The client for `url`, with the certificates `tls` gives (the system's roots when it gives
+/// none).
+fn open(url: &str, tls: Option<&RedisTls>) -> StoreResult<Client> {
+    match tls {
+        Some(t) if !t.ca.is_empty() || t.client.is_some() => {
+            let certificates = redis::TlsCertificates {
+                client_tls: t.client.as_ref().map(|(cert, key)| redis::ClientTlsConfig {
+                    client_cert: cert.clone().into_bytes(),
+                    client_key: key.clone().into_bytes(),
+                }),
+                root_cert: (!t.ca.is_empty()).then(|| t.ca.join("\n").into_bytes()),
+            };
+            Client::build_with_tls(url, certificates).map_err(unavailable)
+        }
+        _ => Client::open(url).map_err(unavailable),
+    }
 }
 
 /// The client for the Redis `target` names (Sentinel asked for its master).
 pub(super) async fn client_for(target: &Target) -> StoreResult<Client> {
     match target {
-        Target::Url(url) => Client::open(url.as_str()).map_err(unavailable),
+        Target::Url { url, tls } => open(url, tls.as_ref()),
         Target::Sentinel {
             sentinels,
             master,
@@ -61,17 +95,14 @@ pub(super) async fn client_for(target: &Target) -> StoreResult<Client> {
                 .rsplit_once(':')
                 .ok_or_else(|| unavailable(format!("sentinel gave `{addr}`")))?;
             let port = port.parse().map_err(unavailable)?;
-            Client::open(
-                url_for(
-                    host.trim_matches(['[', ']']),
-                    port,
-                    password.as_deref(),
-                    *db,
-                    *tls,
-                )
-                .as_str(),
-            )
-            .map_err(unavailable)
+            let url = url_for(
+                host.trim_matches(['[', ']']),
+                port,
+                password.as_deref(),
+                *db,
+                tls.as_ref(),
+            );
+            open(&url, tls.as_ref())
         }
     }
 }
