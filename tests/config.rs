@@ -366,6 +366,38 @@ fn wrong_types_and_bad_values_are_errors_not_panics() {
     );
 }
 
+/// An api endpoint or its `scopes` left null (its lines commented out) is an error, as EG's
+/// schema has it: a null endpoint matched every request ahead of the authenticated ones, and
+/// null scopes let every consumer through. On a reload the running config stays.
+#[test]
+fn an_endpoint_or_its_scopes_commented_out_is_an_error() {
+    let good = "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints:\n  legacy:\n    paths: '/old/*'\n  tiles: {paths: '/wms*', scopes: [wms]}\nserviceEndpoints:\n  up: {url: 'http://127.0.0.1:9'}\npolicies: [key-auth, proxy]\npipelines:\n  legacy: {apiEndpoints: [legacy], policies: [{proxy: [{action: {serviceEndpoint: up}}]}]}\n  tiles: {apiEndpoints: [tiles], policies: [{key-auth: }, {proxy: [{action: {serviceEndpoint: up}}]}]}\n";
+    let dir = ConfigDir::new(good);
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(get(gw.port, "GET", "/wms?SERVICE=WMS", &[]).status, 401);
+    for (bad, needle) in [
+        (
+            good.replace("    paths: '/old/*'\n", "    # paths: '/old/*'\n"),
+            "4:3: apiEndpoint `legacy` must be a map (or a list of maps), not null",
+        ),
+        (
+            good.replace("    paths: '/old/*'\n", "    - ~\n"),
+            "5:7: apiEndpoint `legacy` must be a map (or a list of maps), not null",
+        ),
+        (
+            good.replace("scopes: [wms]", "scopes: "),
+            "6:33: `scopes` of apiEndpoint `tiles` must be a scope or a list of them, not null",
+        ),
+    ] {
+        dir.write("gateway.config.yml", &bad);
+        let err = check_errors(&dir);
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+        let r = support::send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+        assert_eq!(r.status, 422, "{}", r.text());
+        assert_eq!(get(gw.port, "GET", "/wms?SERVICE=WMS", &[]).status, 401);
+    }
+}
+
 #[test]
 fn cache_step_values_out_of_range_are_errors_with_their_position() {
     let dir = ConfigDir::new(

@@ -130,11 +130,16 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .inspect_err(|e| log::warn!("cannot take SIGHUP before the server runs: {e}"))
         .ok();
     let before = crate::lifecycle::ReadBefore::of(&opts.config_dirs, &[]);
-    // Nothing is opened or changed (the consumer store, `--populate`) on a config with an
-    // error: a refused setting is read as its default, another Redis database perhaps.
-    let loaded = match config::load_dirs(&opts.config_dirs).and_then(config::LoadedConfig::checked)
-    {
-        Ok(l) => l,
+    let loaded = match config::load_dirs(&opts.config_dirs) {
+        Ok(l) if l.errors.0.is_empty() => l,
+        // Nothing is opened or changed (the consumer store, `--populate`) on a config with
+        // an error: a refused setting is read as its default, another Redis database perhaps.
+        // Compiled all the same, for every problem at once.
+        Ok(l) => {
+            let errors = Gateway::build(l, &Shared::detached()).err();
+            eprintln!("{}", errors.unwrap_or_default());
+            std::process::exit(2);
+        }
         Err(errors) => {
             eprintln!("{errors}");
             std::process::exit(2);

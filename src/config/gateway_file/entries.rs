@@ -10,6 +10,12 @@ pub(super) fn api_endpoint(key: &Node, value: &Node, errors: &mut ConfigErrors) 
     let name = name_of(key, errors);
     let nodes: Vec<&Node> = match &value.value {
         Value::Seq(items) => items.iter().collect(),
+        // (An empty value's place is where the next line begins: said at its key.)
+        Value::Null => {
+            let at = Node::null(key.pos.clone());
+            endpoint_entry(&name, &at, errors);
+            Vec::new()
+        }
         _ => vec![value],
     };
     let entries = nodes
@@ -28,23 +34,19 @@ pub(super) fn endpoint_entry(
     node: &Node,
     errors: &mut ConfigErrors,
 ) -> Option<EndpointDef> {
-    if node.is_null() {
-        return Some(EndpointDef {
-            pos: node.pos.clone(),
-            host: None,
-            host_regex: None,
-            paths: Vec::new(),
-            path_regex: None,
-            methods: None,
-            scopes: Vec::new(),
-        });
-    }
+    // (Null too, as EG refuses it: an endpoint whose fields were all commented out matched
+    // every request, ahead of the endpoints after it and their authentication. `{}` says so.)
     if node.as_map().is_none() {
         errors.push(
             &node.pos,
             format!(
-                "apiEndpoint `{name}` must be a map (or a list of maps), not {}",
-                node.kind()
+                "apiEndpoint `{name}` must be a map (or a list of maps), not {}{}",
+                node.kind(),
+                if node.is_null() {
+                    " (`{}` for one that matches every request)"
+                } else {
+                    ""
+                }
             ),
         );
         return None;
@@ -87,6 +89,14 @@ pub(super) fn endpoint_entry(
     let scopes = node
         .get("scopes")
         .map(|n| {
+            // (As EG refuses it: scopes commented out left the endpoint open to every
+            // consumer.)
+            if n.is_null() {
+                errors.push(
+                    &n.pos,
+                    format!("`scopes` of apiEndpoint `{name}` must be a scope or a list of them, not null (leave the key out for none)"),
+                );
+            }
             string_list(n, "scopes", errors)
                 .into_iter()
                 .map(|(s, _)| s)
