@@ -43,33 +43,128 @@ pub fn show_config(dirs: &ConfigDirs) -> i32 {
 /// block scalar under it (`secretOrPublicKey: |`) too — and the password of a URL's user
 /// (`redis://user:pass@host`). A value that only names an environment variable
 /// (`${REDIS_PASSWORD}`) is no secret and is shown; one with a default (`${P:-x}`) is not.
+/// A secret scalar that goes on over the lines below (plain or quoted) has them shown as
+/// comments, `# <redacted>`, so the text stays YAML.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    // The indentation of a secret's key whose value is on the lines below it.
-    let mut below: Option<usize> = None;
+    // Where a secret's value goes on over the lines below.
+    let mut below: Option<Below> = None;
     for line in text.split_inclusive('\n') {
         let body = line.trim_end_matches(['\n', '\r']);
         let indent = body.len() - body.trim_start().len();
-        if let Some(key_indent) = below {
-            let blank = body.trim().is_empty();
-            if blank || (indent > key_indent && !looks_like_key(body.trim_start())) {
+        let ending = &line[body.len()..];
+        let blank = body.trim().is_empty();
+        match below {
+            Some(Below::Indented { key_indent, scalar })
+                if blank || (indent > key_indent && !looks_like_key(body.trim_start())) =>
+            {
                 if !blank {
                     out.push_str(&body[..indent]);
-                    out.push_str(REDACTED);
+                    out.push_str(if scalar { CONTINUED } else { REDACTED });
                 }
-                out.push_str(&line[body.len()..]);
+                out.push_str(ending);
                 continue;
             }
-            below = None;
+            Some(Below::Quoted(q)) => {
+                out.push_str(&body[..indent]);
+                // (A quoted scalar that never closes: every line after it.)
+                match closing_quote(body, q) {
+                    Some(end) if !body[end..].trim().is_empty() => {
+                        out.push_str(body[end..].trim_start());
+                        below = None;
+                    }
+                    Some(_) => {
+                        out.push_str(CONTINUED);
+                        below = None;
+                    }
+                    None if blank => {}
+                    None => out.push_str(CONTINUED),
+                }
+                out.push_str(ending);
+                continue;
+            }
+            Some(Below::Flow) => {
+                out.push_str(&body[..indent]);
+                match body.find([',', '}', ']']) {
+                    Some(end) => {
+                        out.push_str(&body[end..]);
+                        below = None;
+                    }
+                    None if blank => {}
+                    None => out.push_str(CONTINUED),
+                }
+                out.push_str(ending);
+                continue;
+            }
+            _ => below = None,
         }
-        let (redacted, opens) = redact_keyed(body);
-        if opens {
-            below = Some(indent);
-        }
+        let (redacted, goes_on) = redact_keyed(body);
+        below = goes_on.map(|g| match g {
+            GoesOn::Block => Below::Indented {
+                key_indent: indent,
+                scalar: false,
+            },
+            GoesOn::Plain => Below::Indented {
+                key_indent: indent,
+                scalar: true,
+            },
+            GoesOn::Quoted(q) => Below::Quoted(q),
+            GoesOn::Flow => Below::Flow,
+        });
         out.push_str(&redact_url_password(&redacted));
-        out.push_str(&line[body.len()..]);
+        out.push_str(ending);
     }
     out
+}
+
+/// What a secret's value continued on a line below is shown as.
+const CONTINUED: &str = "# <redacted>";
+
+/// Where a secret's value goes on over the lines below its key's.
+#[derive(Clone, Copy)]
+enum Below {
+    /// The lines more indented than the key's that begin no entry: a block scalar's (each
+    /// shown as a redacted value: they are the scalar's text) or a plain scalar's (shown as
+    /// comments).
+    Indented { key_indent: usize, scalar: bool },
+    /// A quoted scalar's, up to its closing quote.
+    Quoted(u8),
+    /// A plain scalar's in a flow collection, up to its `,`, `}` or `]`.
+    Flow,
+}
+
+/// How a secret's value on a line goes on below it.
+enum GoesOn {
+    /// A block scalar (`|`, `>`) or nothing after the colon.
+    Block,
+    /// A plain scalar, perhaps continued on more indented lines.
+    Plain,
+    /// A quoted scalar not closed on its line.
+    Quoted(u8),
+    /// A plain scalar in a flow collection that the line does not end.
+    Flow,
+}
+
+/// Where a quoted scalar's text, continued from a line above, ends on `line` (after its
+/// closing quote `q`).
+fn closing_quote(line: &str, q: u8) -> Option<usize> {
+    let bytes = line.as_bytes();
+    let mut j = 0;
+    while j < bytes.len() {
+        if bytes[j] == b'\\' && q == b'"' {
+            j += 2;
+            continue;
+        }
+        if bytes[j] == q {
+            if q == b'\'' && bytes.get(j + 1) == Some(&b'\'') {
+                j += 2;
+                continue;
+            }
+            return Some(j + 1);
+        }
+        j += 1;
+    }
+    None
 }
 
 /// Whether a line (without its indentation) begins a mapping entry or a list item: a nested
@@ -113,16 +208,16 @@ fn key_at(line: &str, at: usize) -> Option<(&str, usize, usize)> {
     Some((key, at + colon, at + colon + 1))
 }
 
-/// Every secret's value in `line` replaced; and whether a secret's value is on the lines below
-/// (a block scalar, or nothing after the colon).
-fn redact_keyed(line: &str) -> (String, bool) {
+/// Every secret's value in `line` replaced; and how a secret's value goes on below, when it
+/// may.
+fn redact_keyed(line: &str) -> (String, Option<GoesOn>) {
     let bytes = line.as_bytes();
     let mut out = String::with_capacity(line.len());
     // Open `{` / `[`: in a flow collection a value ends at `,`, `}` or `]`.
     let mut depth = 0usize;
     let mut i = 0;
     let mut copied = 0;
-    let mut opens = false;
+    let mut goes_on = None;
     while i < bytes.len() {
         let b = bytes[i];
         // A key begins a line (after its indentation and `- `), or follows `{` or `,`.
@@ -147,11 +242,20 @@ fn redact_keyed(line: &str) -> (String, bool) {
                                 .chars()
                                 .all(|c| matches!(c, '-' | '+') || c.is_ascii_digit()));
                     if block {
-                        opens = depth == 0;
+                        goes_on = (depth == 0).then_some(GoesOn::Block);
                     } else if !value.starts_with(['{', '[']) && !is_env_reference(value) {
                         out.push_str(&line[copied..value_start]);
                         out.push_str(REDACTED);
                         copied = value_start + value.len();
+                        goes_on = match bytes[value_start] {
+                            q @ (b'"' | b'\'') if quoted_end(line, value_start).is_none() => {
+                                Some(GoesOn::Quoted(q))
+                            }
+                            b'"' | b'\'' => None,
+                            _ if depth > 0 && end == line.len() => Some(GoesOn::Flow),
+                            _ if depth > 0 => None,
+                            _ => Some(GoesOn::Plain),
+                        };
                         i = copied;
                         continue;
                     }
@@ -175,7 +279,7 @@ fn redact_keyed(line: &str) -> (String, bool) {
         i += 1;
     }
     out.push_str(&line[copied..]);
-    (out, opens)
+    (out, goes_on)
 }
 
 /// Where a quoted scalar that opens at `at` ends (after its closing quote).
@@ -365,6 +469,20 @@ mod tests {
             &["pw7-secret", "dXNlcjpwdw==", "pp8", "pk9", "ak10"],
         );
         assert!(shown.contains("serviceEndpoint: s"), "{shown}");
+        // A secret scalar continued on the lines below: plain, quoted, in a flow mapping;
+        // the text stays YAML, line for line.
+        let text = "db:\n  redis:\n    password: plainFirst\n      plainSecond\n    host: h\nsecretOrPublicKey: \"dqFirst\n  dqSecond\\\" dq\"  # note\nprivateKey: 'a\n\n  b-second-line-secret'\nproxy: [{action: {auth: user:pw\n    more-of-it, serviceEndpoint: s}}]\ncrypto: {cipherKey: \"ck1\n  ck2\", algorithm: aes}\n";
+        let shown = hidden(
+            text,
+            &["plain", "dq", "b-second", "pw", "more-of-it", "ck1", "ck2"],
+        );
+        assert_eq!(
+            shown,
+            "db:\n  redis:\n    password: \"<redacted>\"\n      # <redacted>\n    host: h\nsecretOrPublicKey: \"<redacted>\"\n  # note\nprivateKey: \"<redacted>\"\n\n  # <redacted>\nproxy: [{action: {auth: \"<redacted>\"\n    , serviceEndpoint: s}}]\ncrypto: {cipherKey: \"<redacted>\"\n  , algorithm: aes}\n"
+        );
+        let as_yaml = |t: &str| serde_yaml::from_str::<serde_yaml::Value>(t).map(drop);
+        assert!(as_yaml(text).is_ok());
+        assert!(as_yaml(&shown).is_ok(), "{:?}", as_yaml(&shown));
         // Odd lines pass through.
         for odd in [
             "",
