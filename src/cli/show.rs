@@ -96,7 +96,7 @@ pub fn redact(text: &str) -> String {
                 out.push_str(ending);
                 continue;
             }
-            _ => below = None,
+            _ => {}
         }
         let (redacted, goes_on) = redact_keyed(body);
         below = goes_on.map(|g| match g {
