@@ -1676,3 +1676,70 @@ fn a_config_file_linked_from_elsewhere_reloads_when_edited_there() {
         get(gw.port, "GET", "/three/x", &[]).status == 200
     });
 }
+
+/// `--upgrade-sock` is tried before Pingora uses it: a file that is no socket stays where it
+/// is (an upgrading process removed it), a path no socket can be made at is one line and exit
+/// 1 (Pingora panicked); so is an open-files limit too low for the worker threads' runtimes
+/// (Pingora panicked building them, or after the start said it listened).
+#[test]
+fn unusable_upgrade_socket_paths_and_too_few_descriptors_are_refused_at_start() {
+    let dir = ConfigDir::new("http: {port: ${PORT}}\napiEndpoints: {}\n");
+    let precious = dir.path.join("precious.txt");
+    std::fs::write(&precious, "data").expect("write");
+    let precious = precious.display().to_string();
+    let long = format!("{}/{}.sock", dir.path.display(), "x".repeat(110));
+    let config_dir = dir.path.display().to_string();
+    let port = support::free_port().to_string();
+    let serve = |limit: &str, args: &[&str]| {
+        // (Bounded: a start that went on would serve until the deadline.)
+        let out = Command::new("bash")
+            .arg("-c")
+            .arg(format!("ulimit -n {limit} && exec timeout 20 \"$@\""))
+            .arg("serve")
+            .args([binary(), "serve", "--config", &config_dir])
+            .args(args)
+            .env("PORT", &port)
+            .env_remove("EG_CONFIG_DIR")
+            .output()
+            .expect("run tollgate serve");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (limit, args, says) in [
+        (
+            "4096",
+            vec!["-u", "--upgrade-sock", precious.as_str()],
+            "precious.txt: there is something other than a socket there",
+        ),
+        (
+            "4096",
+            vec!["--upgrade-sock", config_dir.as_str()],
+            "there is something other than a socket there",
+        ),
+        (
+            "4096",
+            vec!["-u", "--upgrade-sock", "/nonexistent-tollgate-dir/up.sock"],
+            "its directory /nonexistent-tollgate-dir does not exist",
+        ),
+        (
+            "4096",
+            vec!["--upgrade-sock", long.as_str()],
+            "longer than a socket's path may be",
+        ),
+        (
+            "40",
+            vec!["--threads", "4"],
+            "the open-files limit (40) is too low for 4 worker threads",
+        ),
+    ] {
+        let (code, said) = serve(limit, &args);
+        assert_eq!(code, Some(1), "{args:?}\n{said}");
+        assert!(
+            said.contains(says) && !said.contains("panicked"),
+            "{args:?}\n{said}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&precious).expect("kept"), "data");
+}

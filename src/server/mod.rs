@@ -23,9 +23,11 @@ use crate::proxy::Tollgate;
 
 mod drain;
 mod signals;
+mod start_checks;
 
 use drain::{exit_when_drained, start_dns_refresh};
 use signals::{Signals, Taken};
+use start_checks::{before_the_sockets, check_free};
 
 /// How `tollgate serve` runs.
 pub struct ServeOptions {
@@ -153,6 +155,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    start_checks::room_for_threads(threads)?;
+    start_checks::upgrade_sock_usable(&opts.upgrade_sock)?;
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(opts.grace_period),
@@ -577,35 +581,6 @@ fn listen_addrs(
     .into_iter()
     .flatten()
     .collect()
-}
-
-/// What an upgrading process could fail at once it has taken the listening sockets — the old
-/// process then stops accepting, and nothing serves — is tried before it takes them: the
-/// addresses the running process does not listen on (a port changed) are bound, and the tile
-/// cache's disk directory is written in. (An old process that did not say where it listens
-/// is taken to listen on every address.)
-fn before_the_sockets(opts: &ServeOptions, listen: &[String]) -> anyhow::Result<()> {
-    let held = crate::lifecycle::runfile::find(&opts.config_dirs)
-        .map(|r| r.listening)
-        .unwrap_or_default();
-    if !held.is_empty() {
-        let new: Vec<String> = listen
-            .iter()
-            .filter(|a| !held.contains(a))
-            .cloned()
-            .collect();
-        check_free(&new)?;
-    }
-    crate::cache::disk_usable(&opts.cache)
-}
-
-/// Fails with the address when a port is taken: Pingora would retry for a while and then panic.
-fn check_free(addrs: &[String]) -> anyhow::Result<()> {
-    for addr in addrs {
-        std::net::TcpListener::bind(addr.as_str())
-            .with_context(|| format!("cannot listen on {addr}"))?;
-    }
-    Ok(())
 }
 
 /// `localhost` binds loopback; no host binds every interface.
