@@ -55,6 +55,7 @@ impl Health {
                     Err(_) => (false, "no answer within 2 s".to_string()),
                 };
                 let was_up = health.store_up.swap(up, Ordering::Relaxed);
+                health.cache.set_store_answers(up);
                 if was_up && !up {
                     log::error!("consumer store unreachable: {error}; known credentials are served from memory, Admin API writes answer 503");
                 } else if up && !was_up {

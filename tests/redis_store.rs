@@ -870,6 +870,73 @@ fn a_credential_written_elsewhere_works_on_its_first_request() {
     let (redis, _up, dir) = with_eg_fixture();
     let mut conn = redis.conn();
     let gw = GatewayProcess::start(&dir);
+    let app = write_elsewhere(&redis);
+    let _: () = redis::cmd("PING").query(&mut conn).expect("ping");
+    let keyed = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey fresh-ka:fresh-ka-secret")],
+    );
+    assert_eq!(keyed.status, 200, "{}\n{}", keyed.text(), gw.log_text());
+    assert_eq!(consumer_of(&keyed).as_deref(), Some(app));
+    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "fresh-jwt"}));
+    let bearer = format!("Bearer {token}");
+    let signed = get(gw.port, "GET", "/token/1", &[("Authorization", &bearer)]);
+    assert_eq!(signed.status, 200, "{}", signed.text());
+    assert_eq!(consumer_of(&signed).as_deref(), Some(app));
+    for key in ["apiKey fresh-ka:wrong", "apiKey nobody:nothing"] {
+        let r = get(gw.port, "GET", "/wmts/1", &[("Authorization", key)]);
+        assert_eq!(r.status, 401, "{key}");
+    }
+    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "nobody"}));
+    let r = get(
+        gw.port,
+        "GET",
+        "/token/1",
+        &[("Authorization", &format!("Bearer {token}"))],
+    );
+    assert_eq!(r.status, 401);
+}
+
+/// A credential written behind the gateway's back while Redis hangs (stopped, not gone): its
+/// requests are `503` while the store does not answer — the first after its lookup's wait,
+/// the next at once — not a `401` telling the client its key is wrong (EG holds them until
+/// Redis answers). Once Redis answers again the key works, and a key no credential has is
+/// `401` again.
+#[test]
+fn a_credential_unknown_while_redis_hangs_is_503_not_401() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    write_elsewhere(&redis);
+    let key = ("Authorization", "apiKey fresh-ka:fresh-ka-secret");
+    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "fresh-jwt"}));
+    let bearer = format!("Bearer {token}");
+    redis.signal("STOP");
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| get(gw.port, "GET", "/wmts/1", &[key]).status)
+        .chain([get(gw.port, "GET", "/token/1", &[("Authorization", &bearer)]).status])
+        .collect();
+    redis.signal("CONT");
+    assert_eq!(statuses, [503, 503, 503, 503], "{}", gw.log_text());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while get(gw.port, "GET", "/wmts/1", &[key]).status != 200 {
+        assert!(Instant::now() < deadline, "{}", gw.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = get(
+        gw.port,
+        "GET",
+        "/wmts/1",
+        &[("Authorization", "apiKey nobody:nothing")],
+    );
+    assert_eq!(r.status, 401);
+}
+
+/// Writes an app of Kano's with a key-auth credential (`fresh-ka`) and a jwt one
+/// (`fresh-jwt`) into Redis as EG writes them, behind the gateway's back (no change
+/// message); the app's id.
+fn write_elsewhere(redis: &RedisServer) -> &'static str {
     let app = "0a1b2c3d-0000-4000-8000-000000000001";
     let hset = |key: String, fields: &[(&str, &str)]| {
         let mut cmd = redis::cmd("HSET");
@@ -904,32 +971,7 @@ fn a_credential_written_elsewhere_works_on_its_first_request() {
             ],
         );
     }
-    let _: () = redis::cmd("PING").query(&mut conn).expect("ping");
-    let keyed = get(
-        gw.port,
-        "GET",
-        "/wmts/1",
-        &[("Authorization", "apiKey fresh-ka:fresh-ka-secret")],
-    );
-    assert_eq!(keyed.status, 200, "{}\n{}", keyed.text(), gw.log_text());
-    assert_eq!(consumer_of(&keyed).as_deref(), Some(app));
-    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "fresh-jwt"}));
-    let bearer = format!("Bearer {token}");
-    let signed = get(gw.port, "GET", "/token/1", &[("Authorization", &bearer)]);
-    assert_eq!(signed.status, 200, "{}", signed.text());
-    assert_eq!(consumer_of(&signed).as_deref(), Some(app));
-    for key in ["apiKey fresh-ka:wrong", "apiKey nobody:nothing"] {
-        let r = get(gw.port, "GET", "/wmts/1", &[("Authorization", key)]);
-        assert_eq!(r.status, 401, "{key}");
-    }
-    let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "nobody"}));
-    let r = get(
-        gw.port,
-        "GET",
-        "/token/1",
-        &[("Authorization", &format!("Bearer {token}"))],
-    );
-    assert_eq!(r.status, 401);
+    app
 }
 
 /// A key-auth credential without a secret opens to nothing: `keyId:` with nothing after the

@@ -28,11 +28,22 @@ pub fn succeed(x: &mut Exchange, consumer: Consumer) -> Outcome {
 /// it is — `503`, where a `401` told the client its key was wrong. (With `passThrough`, the
 /// request goes on as anonymous, as for a refusal.)
 pub fn store_unread(x: &mut Exchange, pass_through: bool, why: &'static str) -> Outcome {
+    store_unasked(x, pass_through, why, "has not been read yet")
+}
+
+/// A credential not found while the store does not answer (its lookup failed or did not end,
+/// the health probe's ping went unanswered): one created since the last read may be there —
+/// `503`, as [`store_unread`].
+pub fn store_silent(x: &mut Exchange, pass_through: bool, why: &'static str) -> Outcome {
+    store_unasked(x, pass_through, why, "does not answer")
+}
+
+fn store_unasked(x: &mut Exchange, pass_through: bool, why: &'static str, store: &str) -> Outcome {
     if pass_through {
         return fail(x, true, 401, why);
     }
     log::debug!(
-        "request {}: {why}, and the consumer store has not been read yet: 503",
+        "request {}: {why}, and the consumer store {store}: 503",
         x.request_id.get()
     );
     Outcome::Respond(Reply::text(503, "Service Unavailable"))

@@ -16,7 +16,7 @@ use std::sync::{Arc, RwLock};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 
-use super::auth_common::{fail, query_param, store_unread, succeed};
+use super::auth_common::{fail, query_param, store_silent, store_unread, succeed};
 use crate::consumers::cache::ConsumerCache;
 use crate::pipeline::context::Consumer;
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
@@ -474,16 +474,22 @@ impl Policy for Jwt {
             Err(_) if !self.cache.is_loaded() => {
                 store_unread(x, self.pass_through, "jwt: sub unknown")
             }
+            Err(None) if !self.cache.store_answers() => {
+                store_silent(x, self.pass_through, "jwt: sub unknown")
+            }
             // A subject no credential is, is looked up in the store (one another gateway,
             // or EG, created a moment ago works on its first request).
             Err(Some(lookup)) => {
                 let (cache, pass_through) = (self.cache.clone(), self.pass_through);
                 let sub = sub.to_string();
                 Outcome::Defer(Box::pin(async move {
-                    lookup.done().await;
+                    let ended = lookup.done(&cache).await;
                     Box::new(
                         move |x: &mut Exchange| match cache.jwt_subject_looked_up(&sub) {
                             Some(consumer) => succeed(x, consumer),
+                            None if !ended || !cache.store_answers() => {
+                                store_silent(x, pass_through, "jwt: sub unknown")
+                            }
                             None => unknown_subject(x, pass_through),
                         },
                     ) as crate::pipeline::context::Finish

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use super::auth_common::{fail, query_param, store_unread, succeed};
+use super::auth_common::{fail, query_param, store_silent, store_unread, succeed};
 use crate::consumers::cache::{ConsumerCache, KeyAuthResult};
 use crate::pipeline::{Exchange, Outcome, Policy, Request};
 
@@ -119,6 +119,9 @@ impl Policy for KeyAuth {
             KeyAuthResult::Unknown(_) | KeyAuthResult::Unauthorized if !self.cache.is_loaded() => {
                 store_unread(x, self.p.pass_through, "key-auth: unknown key")
             }
+            KeyAuthResult::Unknown(None) if !self.cache.store_answers() => {
+                store_silent(x, self.p.pass_through, "key-auth: unknown key")
+            }
             // A key no credential has is looked up in the store (one another gateway, or
             // EG, created a moment ago works on its first request); answered once it was.
             KeyAuthResult::Unknown(Some(lookup)) => {
@@ -126,10 +129,14 @@ impl Policy for KeyAuth {
                 let (id, secret) = (key_id.to_string(), secret.to_string());
                 let scopes = req.endpoint.scopes.clone();
                 Outcome::Defer(Box::pin(async move {
-                    lookup.done().await;
+                    let ended = lookup.done(&cache).await;
                     Box::new(move |x: &mut Exchange| {
-                        let found = cache.key_auth_looked_up(&id, &secret, &scopes);
-                        answer(x, found, pass_through)
+                        match cache.key_auth_looked_up(&id, &secret, &scopes) {
+                            KeyAuthResult::Unknown(_) if !ended || !cache.store_answers() => {
+                                store_silent(x, pass_through, "key-auth: unknown key")
+                            }
+                            found => answer(x, found, pass_through),
+                        }
                     }) as crate::pipeline::context::Finish
                 }))
             }

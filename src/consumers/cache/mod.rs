@@ -99,6 +99,9 @@ pub struct ConsumerCache {
     loaded: AtomicBool,
     /// Whether a full load from the store succeeded.
     from_store: AtomicBool,
+    /// Whether the store answered its last question (the health probe's ping, a lookup): a
+    /// credential not known while it does not is not refused for what it is.
+    store_answers: AtomicBool,
     last_resync: Mutex<Option<Instant>>,
     recently_missed: Mutex<missed::RecentlyMissed>,
     verified_passwords: Mutex<passwords::PasswordMemos>,
@@ -148,6 +151,7 @@ impl ConsumerCache {
             layout,
             loaded: AtomicBool::new(false),
             from_store: AtomicBool::new(false),
+            store_answers: AtomicBool::new(true),
             last_resync: Mutex::new(None),
             recently_missed: Mutex::new(missed::RecentlyMissed::default()),
             verified_passwords: Mutex::new(passwords::PasswordMemos::default()),
@@ -176,6 +180,16 @@ impl ConsumerCache {
     /// tables over).
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store answered its last question (see [`Health`](crate::health::Health)'s
+    /// probe and the lookups).
+    pub fn store_answers(&self) -> bool {
+        self.store_answers.load(Ordering::Relaxed)
+    }
+
+    pub fn set_store_answers(&self, answers: bool) {
+        self.store_answers.store(answers, Ordering::Relaxed);
     }
 
     /// Whether a full load from the store has succeeded at least once.

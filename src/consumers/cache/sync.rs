@@ -30,9 +30,16 @@ pub struct Lookup(tokio::sync::watch::Receiver<bool>);
 
 impl Lookup {
     /// Until the lookup ended (its entity is in the tables if the store has it), or for
-    /// [`LOOKUP_WAIT`].
-    pub async fn done(mut self) {
-        let _ = tokio::time::timeout(LOOKUP_WAIT, self.0.wait_for(|done| *done)).await;
+    /// [`LOOKUP_WAIT`]: whether it ended. One that did not is the store not answering (see
+    /// [`ConsumerCache::store_answers`]) until it answers again.
+    pub async fn done(mut self, cache: &ConsumerCache) -> bool {
+        let ended = tokio::time::timeout(LOOKUP_WAIT, self.0.wait_for(|done| *done))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !ended {
+            cache.set_store_answers(false);
+        }
+        ended
     }
 }
 
@@ -437,8 +444,13 @@ impl ConsumerCache {
             loop {
                 tokio::select! {
                     Some(entity) = lookups.recv() => {
-                        if let Err(e) = cache.refresh(&entity).await {
-                            log::debug!("consumer cache: lookup of {entity} failed: {e}");
+                        // (Told before the lookup's end: its requests answer 503, not 401.)
+                        match cache.refresh(&entity).await {
+                            Ok(_) => cache.set_store_answers(true),
+                            Err(e) => {
+                                log::debug!("consumer cache: lookup of {entity} failed: {e}");
+                                cache.set_store_answers(false);
+                            }
                         }
                         cache.looked_up(&entity);
                     }
