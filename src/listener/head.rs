@@ -332,9 +332,13 @@ pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
     if end >= buf.len() {
         return None;
     }
-    let mut headers = [httparse::EMPTY_HEADER; 128];
-    let mut req = httparse::Request::new(&mut headers);
-    if req.parse(&buf[..end]) != Ok(httparse::Status::Complete(end)) {
+    // (As many lines as a head may have: a longer one is refused when it is read.)
+    let mut headers =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
+    let mut req = httparse::Request::new(&mut []);
+    if req.parse_with_uninit_headers(&buf[..end], &mut headers)
+        != Ok(httparse::Status::Complete(end))
+    {
         return None;
     }
     let framed = |name: &str| {
