@@ -933,6 +933,28 @@ fn a_credential_unknown_while_redis_hangs_is_503_not_401() {
     assert_eq!(r.status, 401);
 }
 
+/// A populate refused while Redis hangs (`503`: its lock's `SET` unanswered) leaves no lock
+/// behind once Redis answers: the `SET` done late held the lock for its minute under a token
+/// nobody had, and the next populate waited it out.
+#[test]
+fn a_populate_refused_while_redis_hangs_leaves_no_lock() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    let file = r#"{"scopes": ["wmts"], "users": {"hung": {"app": {"type": "key-auth", "keyId": "HUNG", "keySecret": "S", "scopes": ["wmts"]}}}}"#;
+    redis.signal("STOP");
+    let refused = send_json(gw.admin_port, "POST", "/tollgate/populate", file);
+    redis.signal("CONT");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    let started = Instant::now();
+    let done = send_json(gw.admin_port, "POST", "/tollgate/populate", file);
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the second populate took {:?}",
+        started.elapsed()
+    );
+}
+
 /// Writes an app of Kano's with a key-auth credential (`fresh-ka`) and a jwt one
 /// (`fresh-jwt`) into Redis as EG writes them, behind the gateway's back (no change
 /// message); the app's id.

@@ -425,7 +425,7 @@ impl Store for RedisStore {
 
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {
         let token = uuid::Uuid::new_v4().to_string();
-        let set: Option<String> = self
+        let set: StoreResult<Option<String>> = self
             .query(
                 redis::cmd("SET")
                     .arg(name)
@@ -434,8 +434,23 @@ impl Store for RedisStore {
                     .arg("PX")
                     .arg(ttl.as_millis() as u64),
             )
-            .await?;
-        Ok(set.map(|_| token))
+            .await;
+        if set.is_err() {
+            // Unanswered, it may still be done once the server answers (a server stopped,
+            // not gone): the lock would stand for `ttl` under a token nobody has, and the
+            // next populate waited it out. Released as soon as the server answers.
+            let store = self.with_own_connection();
+            let (name, token) = (name.to_string(), token.clone());
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + ttl;
+                while store.unlock(&name, &token).await.is_err()
+                    && tokio::time::Instant::now() < until
+                {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            });
+        }
+        Ok(set?.map(|_| token))
     }
 
     async fn unlock(&self, name: &str, token: &str) -> StoreResult<()> {

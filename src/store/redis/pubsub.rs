@@ -9,14 +9,19 @@ use tokio::sync::{broadcast, Mutex};
 use super::RedisStore;
 
 impl RedisStore {
-    /// Relays messages of `channel` into `tx`, reconnecting as needed, until nobody listens.
-    pub(super) fn spawn_relay(&self, channel: String, tx: broadcast::Sender<String>) {
-        let target_store = RedisStore {
+    /// The same store on a connection of its own, for a task of its own.
+    pub(super) fn with_own_connection(&self) -> RedisStore {
+        RedisStore {
             target: self.target.clone(),
             describe: self.describe.clone(),
             conn: Mutex::default(),
             channels: self.channels.clone(),
-        };
+        }
+    }
+
+    /// Relays messages of `channel` into `tx`, reconnecting as needed, until nobody listens.
+    pub(super) fn spawn_relay(&self, channel: String, tx: broadcast::Sender<String>) {
+        let target_store = self.with_own_connection();
         tokio::spawn(async move {
             // Whether a subscription was lost (its return is said once).
             let mut lost = false;
