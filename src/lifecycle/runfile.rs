@@ -55,35 +55,52 @@ pub fn local_url(scheme: &str, host: Option<&str>, port: u16) -> String {
 }
 
 /// The file for these config directories.
-fn path(dirs: &ConfigDirs) -> PathBuf {
-    // The directories as given and as they resolve: `serve --config conf` and `healthcheck
-    // --config ./conf` find the same file.
-    let text: String = dirs
-        .dirs()
-        .iter()
-        .map(|d| {
-            std::fs::canonicalize(d)
-                .unwrap_or_else(|_| d.clone())
-                .display()
-                .to_string()
-        })
-        .collect::<Vec<_>>()
-        .join(":");
-    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    std::env::temp_dir().join(format!("tollgate-{hash:016x}.json"))
+/// The files for these config directories: named by the directories as given (made absolute,
+/// links not followed) and by where they resolve. `serve --config conf` and `healthcheck
+/// --config ./conf` find the same file, and so does the CLI on a directory link swapped to
+/// another version since the start (`current` → `v2`), whose resolved name changed.
+fn paths(dirs: &ConfigDirs) -> Vec<PathBuf> {
+    let name = |resolve: bool| -> PathBuf {
+        let text: String = dirs
+            .dirs()
+            .iter()
+            .map(|d| {
+                let named = if resolve {
+                    std::fs::canonicalize(d)
+                } else {
+                    std::path::absolute(d)
+                };
+                named.unwrap_or_else(|_| d.clone()).display().to_string()
+            })
+            .collect::<Vec<_>>()
+            .join(":");
+        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        std::env::temp_dir().join(format!("tollgate-{hash:016x}.json"))
+    };
+    let (named, resolved) = (name(false), name(true));
+    if named == resolved {
+        vec![named]
+    } else {
+        vec![named, resolved]
+    }
 }
 
-/// The file this process published, withdrawn when it exits.
-static PUBLISHED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+/// The files this process published, withdrawn when it exits.
+static PUBLISHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 /// Publishes where this process answers: a file only its user can read or write (it names
 /// the Admin API the CLI sends its token to), made anew and renamed into place.
 pub fn publish(dirs: &ConfigDirs, running: &Running) {
+    for file in paths(dirs) {
+        publish_in(file, running);
+    }
+}
+
+fn publish_in(file: PathBuf, running: &Running) {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let file = path(dirs);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
@@ -98,7 +115,10 @@ pub fn publish(dirs: &ConfigDirs, running: &Running) {
         .and_then(|()| std::fs::rename(&tmp, &file));
     match written {
         Ok(()) => {
-            let _ = PUBLISHED.set(file);
+            let mut published = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
+            if !published.contains(&file) {
+                published.push(file);
+            }
         }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
@@ -112,7 +132,7 @@ pub fn publish(dirs: &ConfigDirs, running: &Running) {
 
 /// Removes what this process published (it is exiting).
 pub fn withdraw() {
-    if let Some(file) = PUBLISHED.get() {
+    for file in PUBLISHED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
         if read_file(file).is_some_and(|r| r.pid == std::process::id()) {
             let _ = std::fs::remove_file(file);
         }
@@ -135,11 +155,18 @@ pub fn health_path_changed(dirs: &ConfigDirs, health_path: &str) {
 /// What the gateway running on these config directories published, if it still runs: a file
 /// of this user's (not one another user put there), naming a tollgate process of this user's.
 pub fn find(dirs: &ConfigDirs) -> Option<Running> {
-    read(dirs).filter(|r| alive(r.pid))
+    paths(dirs)
+        .iter()
+        .filter_map(|f| read_file(f))
+        .find(|r| alive(r.pid))
 }
 
+/// What this process published for these config directories.
 fn read(dirs: &ConfigDirs) -> Option<Running> {
-    read_file(&path(dirs))
+    paths(dirs)
+        .iter()
+        .filter_map(|f| read_file(f))
+        .find(|r| r.pid == std::process::id())
 }
 
 fn read_file(file: &std::path::Path) -> Option<Running> {
@@ -181,6 +208,7 @@ mod tests {
 
     #[test]
     fn published_found_while_the_process_runs_and_not_after() {
+        a_directory_link_swapped_since_the_start_finds_the_gateway();
         let dir =
             std::env::temp_dir().join(format!("tollgate-runfile-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -216,15 +244,46 @@ mod tests {
         publish(&dirs, &running);
         assert!(find(&dirs).is_some());
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path(&dirs), std::fs::Permissions::from_mode(0o644))
-            .expect("chmod");
+        let file = &paths(&dirs)[0];
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         assert!(find(&dirs).is_none(), "a file of mode 644");
         // Withdrawn at exit.
-        std::fs::set_permissions(path(&dirs), std::fs::Permissions::from_mode(0o600))
-            .expect("chmod");
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
         withdraw();
-        assert!(!path(&dirs).exists());
-        let _ = std::fs::remove_file(path(&dirs));
+        assert!(!file.exists());
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// A config directory that is a link swapped to another version after the start (an
+    /// operator's release by `ln -sfn v2 current`) still finds the gateway started on it:
+    /// the file was named only by where the link resolved. (Run by the test above: both
+    /// publish as this process, whose exit withdraws all it published.)
+    fn a_directory_link_swapped_since_the_start_finds_the_gateway() {
+        let root =
+            std::env::temp_dir().join(format!("tollgate-runfile-swap-{}", std::process::id()));
+        for v in ["v1", "v2"] {
+            std::fs::create_dir_all(root.join(v)).expect("dir");
+        }
+        let current = root.join("current");
+        let _ = std::fs::remove_file(&current);
+        std::os::unix::fs::symlink("v1", &current).expect("link");
+        let dirs = ConfigDirs::single(&current);
+        let running = Running {
+            pid: std::process::id(),
+            health_path: "/healthcheck".into(),
+            ..Running::default()
+        };
+        publish(&dirs, &running);
+        let swap = root.join("current.new");
+        std::os::unix::fs::symlink("v2", &swap).expect("link");
+        std::fs::rename(&swap, &current).expect("swap");
+        assert_eq!(find(&dirs).map(|r| r.pid), Some(std::process::id()));
+        // (And by the name it resolved to at the start.)
+        let v1 = ConfigDirs::single(&root.join("v1"));
+        assert_eq!(find(&v1).map(|r| r.pid), Some(std::process::id()));
+        for f in paths(&dirs).iter().chain(&paths(&v1)) {
+            let _ = std::fs::remove_file(f);
+        }
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
