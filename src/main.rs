@@ -60,6 +60,7 @@ unsafe impl GlobalAlloc for Mimalloc {
 
 fn main() {
     tollgate::logging::init();
+    tollgate::cli::unset_empty_variables();
     let cli = tollgate::cli::Cli::parse();
     std::process::exit(tollgate::cli::run(cli));
 }

@@ -418,6 +418,30 @@ fn finish(result: consumers::Outcome) -> i32 {
     }
 }
 
+/// Removes the command line's environment variables that are set to nothing: none is a
+/// value, as EG reads `EG_CONFIG_DIR=` (the command line took it for an empty `--config`, and
+/// `EG_ADMIN_URL=` for an admin URL that is no URL). Run before the threads start.
+pub fn unset_empty_variables() {
+    use clap::CommandFactory;
+    fn named(command: &clap::Command, out: &mut Vec<std::ffi::OsString>) {
+        out.extend(
+            command
+                .get_arguments()
+                .filter_map(|a| a.get_env().map(|e| e.to_os_string())),
+        );
+        for sub in command.get_subcommands() {
+            named(sub, out);
+        }
+    }
+    let mut names = Vec::new();
+    named(&Cli::command(), &mut names);
+    for name in names {
+        if std::env::var_os(&name).is_some_and(|v| v.is_empty()) {
+            std::env::remove_var(&name);
+        }
+    }
+}
+
 /// The URL of the gateway's own health check: where the gateway running on these config
 /// directories said it answers, else from the config.
 fn healthcheck_url(dirs: &ConfigDirs, ready: bool) -> Result<String, String> {
