@@ -599,12 +599,14 @@ fn a_cors_preflight_status_must_be_a_final_one() {
 
 /// Parameters written as strings are taken as the numbers and booleans they spell, and
 /// numbers where text is wanted as their text, as EG's schema check (ajv, `coerceTypes`) does:
-/// a quoted `'${VAR}'` gives a string.
+/// a quoted `'${VAR}'` gives a string. So are `1` and `0` where a boolean is wanted, a whole
+/// number written as a float (`6e4`), and null (an unset `${VAR}`) as `false`, `0` or `''`:
+/// EG starts with them, tollgate refused them.
 #[test]
 fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
     let up = support::EchoUpstream::start("up");
     let dir = ConfigDir::new(&format!(
-        "http: {{port: ${{PORT}}}}\napiEndpoints:\n  t: {{paths: '/t/*'}}\n  p: {{paths: '/p/*'}}\n  r: {{paths: '/r/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [terminate, proxy, cors, rate-limit]\npipelines:\n  t:\n    apiEndpoints: [t]\n    policies:\n      - cors: [{{action: {{origin: 'https://a.example', credentials: 'true', maxAge: '600'}}}}]\n      - terminate: [{{action: {{statusCode: '401', message: 123}}}}]\n  p:\n    apiEndpoints: [p]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: 'true', headers: {{X-Num: 5}}}}}}]\n  r:\n    apiEndpoints: [r]\n    policies:\n      - rate-limit: [{{action: {{max: '1', windowMs: '60000'}}}}]\n      - terminate: [{{action: {{statusCode: 200, message: ok}}}}]\n",
+        "http: {{port: ${{PORT}}}}\napiEndpoints:\n  q: {{paths: '/q/*'}}\n  s: {{paths: '/s/*'}}\n  t: {{paths: '/t/*'}}\n  p: {{paths: '/p/*'}}\n  r: {{paths: '/r/*'}}\nserviceEndpoints:\n  up: {{url: '{up}'}}\npolicies: [terminate, proxy, cors, rate-limit]\npipelines:\n  q:\n    apiEndpoints: [q]\n    policies:\n      - rate-limit: [{{action: {{max: 1.0, windowMs: 6e4, rateLimitBy: q}}}}]\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: 1, changeOrigin: 0, timeout: 3e4}}}}]\n  s:\n    apiEndpoints: [s]\n    policies:\n      - terminate: [{{action: {{statusCode: 200, message: ${{TG_UNSET_MESSAGE}}}}}}]\n  t:\n    apiEndpoints: [t]\n    policies:\n      - cors: [{{action: {{origin: 'https://a.example', credentials: 'true', maxAge: '600'}}}}]\n      - terminate: [{{action: {{statusCode: '401', message: 123}}}}]\n  p:\n    apiEndpoints: [p]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: up, stripPath: 'true', headers: {{X-Num: 5}}}}}}]\n  r:\n    apiEndpoints: [r]\n    policies:\n      - rate-limit: [{{action: {{max: '1', windowMs: '60000'}}}}]\n      - terminate: [{{action: {{statusCode: 200, message: ok}}}}]\n",
         up = up.url("")
     ));
     let gw = GatewayProcess::start(&dir);
@@ -618,6 +620,11 @@ fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
         .map(|_| get(gw.port, "GET", "/r/x", &[]).status)
         .collect();
     assert_eq!(statuses, [200, 429], "max: '1'");
+    let r = get(gw.port, "GET", "/q/x", &[]);
+    assert_eq!(r.echoed().url(), "/x", "stripPath: 1");
+    assert_eq!(get(gw.port, "GET", "/q/x", &[]).status, 429, "max: 1.0");
+    let r = get(gw.port, "GET", "/s/x", &[]);
+    assert_eq!((r.status, r.text().as_str()), (200, ""), "message: null");
 }
 
 #[test]

@@ -274,6 +274,8 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
             Value::Bool(b) => def.emulate = *b,
             Value::Null => {}
             Value::Str(s) if s == "true" || s == "false" => def.emulate = s == "true",
+            // (As EG's schema coerces it.)
+            Value::Int(i @ (0 | 1)) => def.emulate = *i == 1,
             _ => errors.push(&n.pos, "`db.redis.emulate` must be true or false"),
         }
     }

@@ -250,7 +250,10 @@ pub fn params<T: DeserializeOwned>(
 /// Reads a step's parameters as EG's schema check does (ajv with `coerceTypes`): a number or a
 /// boolean written as a string (`statusCode: '401'`, `credentials: 'true'`, what a quoted
 /// `'${VAR}'` gives) is taken as one, and a number or boolean where text is expected as its
-/// text. Anything else that does not fit is the error it was.
+/// text; `1` and `0` where a boolean is expected are `true` and `false`, a boolean where a
+/// number is, `1` and `0`; a whole number written as a float (`6e4`, `60000.0`) is a whole
+/// number; and null (a key left empty, an unset `${VAR}`) is `false`, `0` or `''`. Anything
+/// else that does not fit is the error it was.
 pub fn coerced<T: DeserializeOwned>(
     mut json: serde_json::Value,
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
@@ -286,7 +289,25 @@ fn coerce_at(
         }
     }
     let wants_text = message.contains("expected a string");
+    let wants_bool = message.contains("expected a boolean");
+    // (serde names the numeric types: `u64`, `i32`, `f64`...)
+    let wants_number = ["expected u", "expected i", "expected f"]
+        .iter()
+        .any(|w| message.contains(w));
     let new = match &*v {
+        Value::Null if wants_text => Some(Value::String(String::new())),
+        Value::Null if wants_bool => Some(Value::Bool(false)),
+        Value::Null if wants_number => Some(Value::from(0)),
+        Value::Number(n) if wants_bool => match n.as_f64() {
+            Some(1.0) => Some(Value::Bool(true)),
+            Some(0.0) => Some(Value::Bool(false)),
+            _ => None,
+        },
+        Value::Bool(b) if wants_number => Some(Value::from(u8::from(*b))),
+        Value::Number(n) if wants_number && !n.is_i64() && !n.is_u64() => n
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+            .map(|f| Value::from(f as i64)),
         Value::String(s) if !wants_text => {
             let t = s.trim();
             if message.contains("boolean") {
