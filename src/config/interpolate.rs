@@ -126,7 +126,11 @@ fn parse_reference(s: &str) -> Option<(&str, Option<&str>, usize)> {
         return Some((name, None, name_len + 1));
     }
     if let Some(def_part) = tail.strip_prefix(":-") {
-        let end = def_part.find('}')?;
+        // (On its line, as EG's pattern reads it: a `}` on a later line closes nothing.)
+        let end = def_part.find(['}', '\n', '\r'])?;
+        if def_part.as_bytes()[end] != b'}' {
+            return None;
+        }
         return Some((name, Some(&def_part[..end]), name_len + 2 + end + 1));
     }
     None
@@ -174,6 +178,11 @@ mod tests {
         assert_eq!(interpolate("${} ${-x} $SET", env).0, "${} ${-x} $SET");
         assert_eq!(interpolate("${SET", env).0, "${SET");
         assert_eq!(interpolate("$${SET} ${SET}", env).0, "$${SET} value");
+        // A default ends on its line, as EG's reads it.
+        assert_eq!(
+            interpolate("[\"${NOPE:-first\n  second}\"]", env).0,
+            "[\"${NOPE:-first\n  second}\"]"
+        );
     }
 
     #[test]
