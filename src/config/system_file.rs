@@ -283,6 +283,15 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
         def.namespace = ns;
     }
     def.host = text(node, "host", errors);
+    // (A URL there passed the check, and the store stayed unreachable for good.)
+    if let (Some(h), Some(n)) = (&def.host, node.get("host")) {
+        if h.contains(['/', '@']) || h.trim() != h || h.is_empty() {
+            errors.push(
+                &n.pos,
+                "`db.redis.host` must be a host name or an address, not a URL (`port`, `password`, `db` and `tls` are keys of their own)",
+            );
+        }
+    }
     def.password = text(node, "password", errors);
     def.sentinel_name = text(node, "name", errors);
     if let Some(n) = node.get("port") {
@@ -467,5 +476,57 @@ mod tests {
         assert_eq!(read("32"), None);
         assert_eq!(read("12.5"), None);
         assert_eq!(read("-1"), None);
+    }
+
+    /// `db.redis` as ioredis reads it: a database number as a string; `emulate` as 0 or 1; a
+    /// host that is a URL, a `tls` with a client certificate but no checking, refused.
+    #[test]
+    fn redis_settings_as_eg_takes_them() {
+        let read = |v: &str| {
+            let root = super::super::node::parse(
+                &format!("db: {{redis: {{{v}}}}}\n"),
+                &std::sync::Arc::from("s.yml"),
+            )
+            .expect("parses");
+            let mut errors = ConfigErrors::default();
+            let sys = SystemFile::from_node(&root, &mut errors);
+            (errors.0.is_empty()).then_some(sys.redis)
+        };
+        assert_eq!(read("db: '2'").and_then(|r| r.db), Some(2));
+        assert!(read("db: -1").is_none());
+        assert_eq!(read("emulate: 0").map(|r| r.emulate), Some(false));
+        assert_eq!(read("emulate: 1").map(|r| r.emulate), Some(true));
+        assert!(read("host: 'redis://127.0.0.1:6379'").is_none());
+        assert!(read("host: 'u:p@h'").is_none());
+        assert_eq!(
+            read("host: redis.internal").and_then(|r| r.host).as_deref(),
+            Some("redis.internal")
+        );
+        let tls = |v: &str| {
+            read(&format!("tls: {v}"))
+                .map(|r| r.tls.map(|t| (t.verify, t.ca.len(), t.client.is_some())))
+        };
+        assert_eq!(tls("true"), Some(Some((true, 0, false))));
+        assert_eq!(tls("false"), Some(None));
+        assert_eq!(
+            tls("{rejectUnauthorized: false}"),
+            Some(Some((false, 0, false)))
+        );
+        let pem = "'-----BEGIN CERTIFICATE-----\\nx\\n-----END CERTIFICATE-----'";
+        assert_eq!(
+            tls(&format!("{{ca: [{pem}, {pem}]}}")),
+            Some(Some((true, 2, false)))
+        );
+        assert_eq!(
+            tls(&format!("{{cert: {pem}, key: {pem}}}")),
+            Some(Some((true, 0, true)))
+        );
+        assert!(tls(&format!("{{cert: {pem}}}")).is_none());
+        assert!(tls(&format!(
+            "{{cert: {pem}, key: {pem}, rejectUnauthorized: false}}"
+        ))
+        .is_none());
+        assert!(tls("{ca: /nonexistent/ca.pem}").is_none());
+        assert!(tls("3").is_none());
     }
 }
