@@ -396,4 +396,32 @@ fn check_says_what_of_an_https_section_it_cannot_serve() {
         err.contains("`https.tls.default.ca` is not acted on"),
         "{err}"
     );
+    // A certificate file missing, or holding no certificate: one line, not OpenSSL's stack
+    // (`error:80000002:system library:file_ctrl...`).
+    let missing = |dir: &ConfigDir| {
+        let key = dir.file("tls.key");
+        format!(
+            "      cert: '{}'\n      key: '{key}'\n",
+            dir.file("none.crt")
+        )
+    };
+    let (code, err) = https(&missing, "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("cannot read the certificate")
+            && err.contains("No such file")
+            && !err.contains("error:"),
+        "{err}"
+    );
+    let garbage = |dir: &ConfigDir| {
+        dir.write("garbage.crt", "not a certificate\n");
+        let key = dir.file("tls.key");
+        format!(
+            "      cert: '{}'\n      key: '{key}'\n",
+            dir.file("garbage.crt")
+        )
+    };
+    let (code, err) = https(&garbage, "");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("holds no PEM certificate"), "{err}");
 }

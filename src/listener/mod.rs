@@ -552,6 +552,14 @@ fn tls_builder(
             anyhow::bail!("the {what} is {}", shown_path(path));
         }
     }
+    // Read first: OpenSSL's own error for a file it cannot open is its error stack.
+    let pem =
+        std::fs::read(cert).with_context(|| format!("cannot read the certificate {cert_shown}"))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!(
+            "the certificate {cert_shown} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"
+        );
+    }
     b.set_certificate_chain_file(cert)
         .with_context(|| format!("cannot use the certificate {cert_shown}"))?;
     let private = private_key(key)?;
