@@ -255,3 +255,35 @@ fn progress_shows_on_a_terminal_only() {
     assert!(shown.contains("cleaning 400 user(s)"), "{shown}");
     assert!(shown.contains("✔"), "{shown}");
 }
+
+/// An admin URL that answers with a web page (the gateway's port, a web server): the failure
+/// is one line naming the status, not the page.
+#[test]
+fn an_admin_url_answering_a_web_page_is_said_in_one_line() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let server = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        let _ = conn.read(&mut buf);
+        let page = format!(
+            "<!DOCTYPE html>\n<html>\n{}</html>\n",
+            "<p>Not here</p>\n".repeat(50)
+        );
+        let _ = write!(
+            conn,
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+            page.len()
+        );
+    });
+    let out = run_tollgate(&["users", "list", "--admin-url", &url], &[]);
+    server.join().expect("server");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("404 Not Found with a page of markup") && !said.contains("<p>"),
+        "{said}"
+    );
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+}

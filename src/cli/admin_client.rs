@@ -24,6 +24,27 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// What a failed call says: the Admin API's own words, its status's name when it gave
+    /// none; for a page of markup (another server: `--admin-url` naming the gateway's port or
+    /// a web server) its status and that, not the whole page.
+    pub fn failure(&self) -> String {
+        let text = self.body.trim();
+        let reason = http::StatusCode::from_u16(self.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("error");
+        if text.is_empty() || text == "{}" {
+            reason.to_string()
+        } else if text.starts_with('<') {
+            format!(
+                "{} {reason} with a page of markup: that is no Admin API (see --admin-url, EG_ADMIN_URL)",
+                self.status
+            )
+        } else {
+            text.to_string()
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }

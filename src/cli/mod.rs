@@ -591,7 +591,7 @@ fn reload(client: &admin_client::AdminClient) -> consumers::Outcome {
             eprintln!("✔ {result}");
             Ok(())
         }
-        None => Err(answer.body),
+        None => Err(answer.failure()),
     }
 }
 

@@ -72,7 +72,7 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
             );
             Ok(())
         }
-        Ok(answer) => Err(answer.body),
+        Ok(answer) => Err(answer.failure()),
         // Taken and not answered in time: the gateway may still be at it (a populate of
         // thousands of hashed passwords runs for minutes). Run here as well, it made every
         // user the gateway had not reached yet a second time.

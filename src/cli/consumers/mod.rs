@@ -30,24 +30,11 @@ fn shown(v: &Value, quiet: bool, field: &str) -> String {
     }
 }
 
-fn failure(a: &Answer) -> String {
-    let text = a.body.trim();
-    if text.is_empty() || text == "{}" {
-        http::StatusCode::from_u16(a.status)
-            .ok()
-            .and_then(|s| s.canonical_reason())
-            .unwrap_or("error")
-            .to_string()
-    } else {
-        text.to_string()
-    }
-}
-
 fn check(a: Answer) -> Result<Answer, String> {
     if a.ok() {
         Ok(a)
     } else {
-        Err(failure(&a))
+        Err(a.failure())
     }
 }
 
