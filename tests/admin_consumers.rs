@@ -539,8 +539,17 @@ fn the_cli_speaks_to_the_admin_api() {
         let user: serde_json::Value = serde_json::from_str(&out).expect("a user as JSON");
         assert_eq!(user["isActive"], false, "{name}: {out}");
     }
-    let (code, _, err) = cli(&["users", "remove", "cli1", "cli2"]);
-    assert_eq!(code, Some(0), "{err}");
+    // `-q`: what was done, by name, one a line, as EG's CLI prints it (a script reads it).
+    let (code, out, err) = cli(&["users", "activate", "-q", "cli1", "cli2"]);
+    assert_eq!((code, out.as_str()), (Some(0), "cli1\ncli2\n"), "{err}");
+    let (code, out, err) = cli(&["scopes", "create", "-q", "tms"]);
+    assert_eq!((code, out.as_str()), (Some(0), "tms\n"), "{err}");
+    let (code, out, _) = cli(&["scopes", "info", "tms"]);
+    assert_eq!((code, out.as_str()), (Some(0), "tms\n"));
+    let (code, out, err) = cli(&["scopes", "remove", "-q", "tms"]);
+    assert_eq!((code, out.as_str()), (Some(0), "tms\n"), "{err}");
+    let (code, out, err) = cli(&["users", "remove", "-q", "cli1", "cli2"]);
+    assert_eq!((code, out.as_str()), (Some(0), "cli1\ncli2\n"), "{err}");
     let (_, app_id, _) = cli(&[
         "apps",
         "create",
@@ -650,6 +659,8 @@ fn the_cli_speaks_to_the_admin_api() {
         (code, err.trim()),
         (Some(0), format!("✔ Deactivated {key_id}").as_str())
     );
+    let (code, out, err) = cli(&["credentials", "activate", key_id, "-t", "key-auth", "-q"]);
+    assert_eq!((code, out.trim()), (Some(0), key_id), "{err}");
     let (code, _, err) = cli(&["users", "info", "nobody"]);
     assert_eq!((code, err.trim()), (Some(1), "✖ User not found: nobody"));
     let (code, _, err) = cli(&["users", "remove", "kalisio"]);

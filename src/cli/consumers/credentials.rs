@@ -223,7 +223,10 @@ fn credential_status(c: &AdminClient, o: &OneCredential, active: bool) -> Outcom
         &format!("/credentials/{}/{}/status", enc(&o.kind), enc(&o.id)),
         Some(&serde_json::json!({ "status": active })),
     )?;
-    if !o.quiet {
+    // (`-q`: the id alone, as EG's CLI prints it.)
+    if o.quiet {
+        println!("{}", o.id);
+    } else {
         eprintln!(
             "✔ {} {}",
             if active { "Activated" } else { "Deactivated" },

@@ -113,7 +113,10 @@ fn status_each(c: &AdminClient, route: &str, m: &Many, active: bool) -> Outcome 
             &format!("/{route}/{}/status", enc(id)),
             Some(&body),
         )?;
-        if !m.quiet {
+        // (`-q`: the name alone, as EG's CLI prints it: a script reads what was done.)
+        if m.quiet {
+            println!("{id}");
+        } else {
             eprintln!("✔ {word} {id}");
         }
         Ok(())
@@ -123,7 +126,9 @@ fn status_each(c: &AdminClient, route: &str, m: &Many, active: bool) -> Outcome 
 fn remove_each(c: &AdminClient, route: &str, m: &Many) -> Outcome {
     each(m.ids.iter(), |id| {
         call(c, "DELETE", &format!("/{route}/{}", enc(id)), None)?;
-        if !m.quiet {
+        if m.quiet {
+            println!("{id}");
+        } else {
             eprintln!("✔ Removed {id}");
         }
         Ok(())
@@ -267,8 +272,9 @@ pub fn scopes(c: &AdminClient, cmd: ScopesCmd) -> Outcome {
             Ok(())
         }
         ScopesCmd::Info(o) => {
+            // (The scope's name, as EG's CLI prints it, `-q` or not.)
             let s = call(c, "GET", &format!("/scopes/{}", enc(&o.id)), None)?.json();
-            println!("{}", shown(&s, o.quiet, "scope"));
+            println!("{}", s["scope"].as_str().unwrap_or(&o.id));
             Ok(())
         }
         ScopesCmd::Create(m) => {
@@ -278,7 +284,11 @@ pub fn scopes(c: &AdminClient, cmd: ScopesCmd) -> Outcome {
                 "/scopes",
                 Some(&serde_json::json!({ "scopes": m.ids })),
             )?;
-            if !m.quiet {
+            if m.quiet {
+                for id in &m.ids {
+                    println!("{id}");
+                }
+            } else {
                 eprintln!("✔ Created {}", m.ids.join(","));
             }
             Ok(())
