@@ -129,6 +129,7 @@ impl EmbeddedStore {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(dir.join(LOCK))
             .map_err(|e| io("cannot open the lock file", e))?;
         lock_file.try_lock().map_err(|_| {

@@ -166,7 +166,7 @@ async fn compaction_keeps_everything_and_a_second_process_is_refused() {
     assert_eq!(s.key_type("k:1").await.expect("type"), KeyType::Hash);
     // The store holds credentials' secrets: its directory and files are the gateway's
     // user's alone, whatever the umask.
-    assert_private(&[d.clone(), d.join(JOURNAL), d.join(SNAPSHOT)]);
+    assert_private(&[d.clone(), d.join(JOURNAL), d.join(SNAPSHOT), d.join(LOCK)]);
     let _ = std::fs::remove_dir_all(&d);
 }
 
