@@ -542,6 +542,40 @@ fn a_fills_client_that_left_is_not_counted_and_a_pipelined_request_keeps_it_answ
         eg[0].contains("status_code=\"200\"") && eg[0].ends_with(" 1"),
         "the one answered request alone: {eg:?}"
     );
+    // A client gone before its fill's upstream timed out is no 502 answered: not counted.
+    dir.write(
+        "gateway.config.yml",
+        &yml.replace(
+            "serviceEndpoint: up}",
+            "serviceEndpoint: up, readTimeout: 600}",
+        ),
+    );
+    let reload = support::send_json(gw.admin_port, "POST", "/tollgate/reload", "");
+    assert_eq!(reload.status, 200, "{}", reload.text());
+    {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        write!(s, "GET /tiles/slow/1500/gone HTTP/1.1\r\nHost: h\r\n\r\n").expect("send");
+        std::thread::sleep(Duration::from_millis(100));
+        drop(s);
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let text = get(gw.admin_port, "GET", "/metrics", &[]).text();
+    let eg: Vec<&str> = text.lines().filter(|l| l.starts_with("eg{")).collect();
+    assert_eq!(eg.len(), 1, "no 502 for the client that left: {eg:?}");
+    // The upstream's failure is counted and said still.
+    assert!(
+        text.lines().any(
+            |l| l.starts_with("tollgate_upstream_errors_total{kind=\"read_timeout\"")
+                && l.ends_with(" 1")
+        ),
+        "{text}"
+    );
+    assert!(
+        gw.log_text()
+            .contains("read_timeout; nothing answered: the client had left"),
+        "{}",
+        gw.log_text()
+    );
 }
 
 /// A warning that keeps coming is written with its count once per fold interval while it

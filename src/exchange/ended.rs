@@ -172,8 +172,12 @@ fn log_failure(e: &Error, x: &Exchange, status: u16) {
                 ("tls", None, Some(cause)) => format!(" ({cause})"),
                 _ => String::new(),
             };
+            let answered = match status {
+                0 => "nothing answered: the client had left".to_string(),
+                s => format!("answered {s}"),
+            };
             log::warn!(
-                "upstream failure: api endpoint `{endpoint}`, upstream {upstream}, {kind}{why}; answered {status}"
+                "upstream failure: api endpoint `{endpoint}`, upstream {upstream}, {kind}{why}; {answered}"
             );
         }
         ErrorSource::Downstream => log::debug!("client went away: {e}"),

@@ -104,7 +104,7 @@ impl FastPath {
                 None => Some(asking.await),
             };
             let Some(asked) = asked else {
-                client_left(reading, gw, x, started, None, cache);
+                client_left(reading, gw, x, started, None, cache, Left::Waiting);
                 return Served::Closed;
             };
             let (up, key) = match asked {
@@ -167,7 +167,15 @@ impl FastPath {
                     .is_some_and(crate::listener::io::client_gone_now)
             {
                 give_back(body);
-                client_left(reading, gw, x, started, Some(upstream_time), cache);
+                client_left(
+                    reading,
+                    gw,
+                    x,
+                    started,
+                    Some(upstream_time),
+                    cache,
+                    Left::Waiting,
+                );
                 return Served::Closed;
             }
             let answer = RawAnswer {
@@ -202,6 +210,29 @@ impl FastPath {
         limits: &SessionLimits,
         cache: Option<&'static str>,
     ) -> Served {
+        // A failure before anything went out (no head: a timeout, a refused connection, a
+        // body read whole that broke) to a client that has left is no answer: not counted as
+        // a 502 it never got (a frozen upstream's timeouts were counted so, for clients long
+        // gone).
+        // (The upstream's failure is counted and logged still.)
+        let gone = |r: &Reading| r.stream().is_some_and(crate::listener::io::client_gone_now);
+        let how = match how {
+            InSession::Failed {
+                error,
+                upstream_time,
+            } if gone(&reading) => {
+                let left = Left::Failed(error);
+                client_left(reading, gw, x, started, Some(upstream_time), cache, left);
+                return Served::Closed;
+            }
+            InSession::Relay {
+                asked: Err(error), ..
+            } if gone(&reading) => {
+                client_left(reading, gw, x, started, None, cache, Left::Failed(error));
+                return Served::Closed;
+            }
+            how => how,
+        };
         let (mut s, mut end) = match in_session(reading, x, limits).await {
             Ok(session) => session,
             Err(handed) => return handed,
@@ -258,6 +289,14 @@ fn ask_again(x: &mut Exchange, method: &http::Method, e: Box<Error>) -> Result<(
     }
 }
 
+/// When a client that left was found gone.
+enum Left {
+    /// While it waited.
+    Waiting,
+    /// When the upstream's failure was to be answered: the failure is logged and counted.
+    Failed(Box<Error>),
+}
+
 /// Accounts for a request whose client left before it was answered (before the upstream's
 /// head came, or while the answer was read whole): the client's doing (logged at debug, as on
 /// Pingora's proxy), not a failure; nothing was written (status 0).
@@ -268,12 +307,16 @@ fn client_left(
     started: Instant,
     upstream_time: Option<std::time::Duration>,
     cache: Option<&'static str>,
+    left: Left,
 ) {
-    let e = Error::explain(
-        ErrorType::ConnectionClosed,
-        "the client left before it was answered",
-    )
-    .into_down();
+    let e = match left {
+        Left::Waiting => Error::explain(
+            ErrorType::ConnectionClosed,
+            "the client left before it was answered",
+        )
+        .into_down(),
+        Left::Failed(e) => e,
+    };
     let ended = crate::exchange::Ended {
         status: 0,
         elapsed: started.elapsed(),
