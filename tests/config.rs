@@ -627,6 +627,26 @@ fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
     assert_eq!((r.status, r.text().as_str()), (200, ""), "message: null");
 }
 
+/// Of `gateway.config.json` and `.yaml` side by side, the one EG reads (`.json`: EG reads no
+/// `.yaml`) is read, and the other is named in a warning: an operator editing it would see
+/// nothing change.
+#[test]
+fn of_two_config_files_the_one_eg_reads_is_read_and_the_other_named() {
+    let dir = ConfigDir::empty();
+    dir.write(
+        "gateway.config.json",
+        r#"{"http": {"port": 28001}, "apiEndpoints": {}}"#,
+    );
+    dir.write("gateway.config.yaml", "http: {port: 'not a port'}\n");
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    let said = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("gateway.config.yaml: not read: ") && said.contains("gateway.config.json is"),
+        "{said}"
+    );
+}
+
 #[test]
 fn env_interpolation_json_config_and_eg_config_dir() {
     let up = support::EchoUpstream::start("up");

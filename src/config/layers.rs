@@ -69,8 +69,10 @@ impl ConfigDirs {
     /// by its name, whatever it is — a directory or a dangling link there (a mount gone wrong)
     /// is the config's error when it is read, not a file to do without.
     pub fn find_config(&self, stem: &str) -> Option<PathBuf> {
+        const CONFIG_EXTENSIONS: [&str; 3] = ["yml", "json", "yaml"];
         self.0.iter().rev().find_map(|d| {
-            ["yml", "yaml", "json"]
+            // EG's order (`.yml`, then `.json`; EG reads no `.yaml`, taken last).
+            CONFIG_EXTENSIONS
                 .iter()
                 .map(|ext| d.join(format!("{stem}.{ext}")))
                 .find(|p| p.symlink_metadata().is_ok())

@@ -19,6 +19,24 @@ use system_file::SystemFile;
 
 pub use layers::ConfigDirs;
 
+/// Says that a config file of the same name beside `read` (`gateway.config.json` beside
+/// `gateway.config.yml`) is not read: an operator editing it would see nothing change.
+fn unread_beside(read: &std::path::Path) {
+    let (Some(dir), Some(stem)) = (read.parent(), read.file_stem()) else {
+        return;
+    };
+    for ext in ["yml", "json", "yaml"] {
+        let other = dir.join(format!("{}.{ext}", stem.to_string_lossy()));
+        if other != read && other.symlink_metadata().is_ok() {
+            log::warn!(
+                "{}: not read: {} is (as EG, `.yml` before `.json`, `.yaml` last)",
+                other.display(),
+                read.display()
+            );
+        }
+    }
+}
+
 /// The two files of a config directory stack, read and typed.
 pub struct LoadedConfig {
     pub dirs: ConfigDirs,
@@ -211,6 +229,9 @@ pub fn load_dirs(dirs: &ConfigDirs) -> Result<LoadedConfig, ConfigErrors> {
         return Err(errors);
     };
     let system_path = dirs.find_config("system.config");
+    for found in std::iter::once(&gateway_path).chain(system_path.as_ref()) {
+        unread_beside(found);
+    }
     let gateway_root = read_document(&gateway_path);
     let system_root = system_path.as_deref().map(read_document);
     if let Err(e) = &gateway_root {
