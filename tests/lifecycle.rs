@@ -344,6 +344,25 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
         assert_eq!(get(gw.port, "GET", "/one/x", &[]).status, 200, "{what}");
         std::fs::write(&path, kept).expect("restore");
     }
+    // The config and a model broken at once: both said, as `check` says them (the model's
+    // came only once the config's was mended).
+    let kept: Vec<(&str, Vec<u8>)> = ["gateway.config.yml", "models/users.json"]
+        .into_iter()
+        .map(|f| (f, std::fs::read(dir.path.join(f)).expect("read")))
+        .collect();
+    save(&dir, "gateway.config.yml", &nul);
+    save(&dir, "models/users.json", "{\n  \"type\": \"object\",\n}\n");
+    let r = reload();
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert!(
+        r.text().contains("a control character") && r.text().contains("models/users.json"),
+        "{}",
+        r.text()
+    );
+    for (f, bytes) in kept {
+        std::fs::write(dir.path.join(f), bytes).expect("restore");
+    }
+    assert_eq!(reload().status, 200);
     std::thread::sleep(Duration::from_millis(200));
     let report = load.stop();
     assert!(report.failed(200).is_empty(), "{:?}", report.failed(200));

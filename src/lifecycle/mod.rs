@@ -410,14 +410,22 @@ impl Lifecycle {
         }
         let m = crate::metrics::metrics();
         let before = ReadBefore::of(&self.dirs, &self.files_in_force());
+        let models = Models::load(&self.dirs);
         let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
             self.inputs_kept(&loaded)?;
-            let models =
-                Models::load(&self.dirs).map_err(|e| crate::config::error::ConfigErrors(vec![e]));
             let started = Started::of(&loaded, before);
-            let gateway = Gateway::build(loaded, &self.shared)?;
-            Ok((gateway, models?, started))
+            Ok((Gateway::build(loaded, &self.shared)?, started))
         });
+        // Every problem at once, the models' with the config's (as `check` says them).
+        let built = match (built, models) {
+            (Ok((gateway, started)), Ok(models)) => Ok((gateway, models, started)),
+            (Err(mut errors), Err(e)) => {
+                errors.0.push(e);
+                Err(errors)
+            }
+            (Err(errors), Ok(_)) => Err(errors),
+            (Ok(_), Err(e)) => Err(crate::config::error::ConfigErrors(vec![e])),
+        };
         match built {
             Err(errors) => {
                 let lines: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
