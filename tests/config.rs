@@ -972,6 +972,20 @@ fn pipelines_listed_one_policy_per_item_and_numbers_in_strings() {
         )),
         "{err}"
     );
+    // A step's `action` at the indent of its policy, not under it: said as that, once (it was
+    // also a policy `action` not declared, and `serviceEndpoint` no part of a step).
+    let dir = ConfigDir::new(
+        "http: {port: 28697}\napiEndpoints: {a: {paths: '/a/*'}}\nserviceEndpoints: {b: {url: 'http://127.0.0.1:1'}}\npolicies: [proxy]\npipelines:\n  p:\n    apiEndpoints: [a]\n    policies:\n      - proxy:\n        action:\n          serviceEndpoint: b\n",
+    );
+    let err = check_errors(&dir);
+    let file = dir.file("gateway.config.yml");
+    assert!(
+        err.contains(&format!(
+            "{file}:10:9: pipeline `p`: `action` is at the indent of `proxy`, not under it"
+        )) && !err.contains("not declared")
+            && !err.contains("no part of a policy step"),
+        "{err}"
+    );
     let dir = ConfigDir::new(
         "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints: {a: {paths: '/a/*'}}\npolicies: [terminate]\npipelines:\n  - apiEndpoints: [a]\n    policies:\n      - terminate: [{action: {statusCode: 204}}]\n",
     );

@@ -201,8 +201,29 @@ pub(super) fn pipeline(key: &Node, value: &Node, errors: &mut ConfigErrors) -> O
                 for item in items {
                     // One policy per item, as EG's schema says (`- cors:` and `proxy:` at one
                     // indent are one item holding two).
-                    if let Some([(first, _), (second, _), ..]) = item.as_map() {
+                    if let Some(entries @ [(first, first_value), (second, _), ..]) = item.as_map() {
                         let (a, b) = (name_of(first, errors), name_of(second, errors));
+                        // `- proxy:` with its `action:` at the same indent, not under it: said
+                        // once, as what it is (not as a policy `action` never declared).
+                        let part = |k: &Node| {
+                            matches!(k.scalar_text().as_deref(), Some("action" | "condition"))
+                        };
+                        if first_value.is_null() && part(second) {
+                            errors.push(
+                                &second.pos,
+                                format!(
+                                    "pipeline `{name}`: `{b}` is at the indent of `{a}`, not under it: indent it below `{a}:` (as written the item holds two policies, `{a}` and `{b}`)"
+                                ),
+                            );
+                            let kept = Node {
+                                pos: item.pos.clone(),
+                                value: Value::Map(
+                                    entries.iter().filter(|(k, _)| !part(k)).cloned().collect(),
+                                ),
+                            };
+                            policy_steps(&name, &kept, &mut steps, errors);
+                            continue;
+                        }
                         errors.push(
                             &second.pos,
                             format!(
