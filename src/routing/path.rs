@@ -214,6 +214,28 @@ fn express_to_regex(pattern: &str) -> String {
                 out.push('\\');
                 out.push(c);
             }
+            // A brace is a repetition only as `{n}`, `{n,}` or `{n,m}`; otherwise text, as
+            // JavaScript's patterns (EG's) read it (`/a{x}` was refused as a bad repetition).
+            '{' => {
+                let close = chars[i..].iter().position(|&c| c == '}').map(|p| i + p);
+                let inner: Option<String> = close.map(|e| chars[i + 1..e].iter().collect());
+                let counted = inner.as_deref().is_some_and(|t| {
+                    let (n, m) = t.split_once(',').unwrap_or((t, ""));
+                    !n.is_empty()
+                        && n.bytes().all(|b| b.is_ascii_digit())
+                        && m.bytes().all(|b| b.is_ascii_digit())
+                        && i > 0
+                });
+                match (counted, close) {
+                    (true, Some(e)) => {
+                        out.extend(&chars[i..=e]);
+                        i = e + 1;
+                        continue;
+                    }
+                    _ => out.push_str("\\{"),
+                }
+            }
+            '}' => out.push_str("\\}"),
             _ => out.push(c),
         }
         i += 1;
@@ -235,6 +257,18 @@ mod tests {
         PathMatcher::express(pattern)
             .expect("compiles")
             .matches(path)
+    }
+
+    /// A brace is text unless it is a repetition, as JavaScript reads EG's patterns.
+    #[test]
+    fn braces_are_text_unless_a_repetition() {
+        assert!(m("/a2{x}", "/a2{x}"));
+        assert!(!m("/a2{x}", "/a2x"));
+        assert!(m("/{tile}/:z", "/{tile}/3"));
+        assert!(m("/a}", "/a}"));
+        assert!(m("/ab{2}", "/abb"));
+        assert!(!m("/ab{2}", "/ab"));
+        assert!(m("/ab{1,}c", "/abbbc"));
     }
 
     #[test]
