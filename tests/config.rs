@@ -285,6 +285,14 @@ fn syntax_errors_and_missing_files() {
     let out = run_tollgate(&["check", "-c", &empty.path.display().to_string()], &[]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no gateway.config.yml"));
+    // A file given for the directory is said as that.
+    let out = run_tollgate(&["check", "-c", &dir.file("gateway.config.yml")], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("not a directory: give the config directory"),
+        "{}",
+        stderr(&out)
+    );
     // A key given twice in one map (EG's YAML reader refuses it): at the second.
     dir.write(
         "gateway.config.yml",

@@ -212,7 +212,11 @@ pub fn load_dirs(dirs: &ConfigDirs) -> Result<LoadedConfig, ConfigErrors> {
         if !dir.is_dir() {
             errors.push(
                 &Pos::file_start(&Arc::from(dir.display().to_string())),
-                "the config directory does not exist",
+                if dir.exists() {
+                    "not a directory: give the config directory, not a file in it"
+                } else {
+                    "the config directory does not exist"
+                },
             );
         }
     }
