@@ -1552,9 +1552,9 @@ fn a_refused_redis_setting_changes_no_database() {
 }
 
 /// Consumers in a Redis over TLS (`db.redis.tls`, as ioredis takes Node's options): the
-/// server's certificate checked against `ca` (PEM text), a client certificate and key (files)
-/// given to a server that asks for one. A certificate nothing trusts (the system's roots) is
-/// refused and the log says why; `rejectUnauthorized: false` takes it (and sends no client
+/// server's certificate checked against `ca` (PEM text) or EG's `caFile`, a client
+/// certificate and key (EG's `certFile`, `keyFile`) given to a server that asks for one. A
+/// certificate nothing trusts (the system's roots) is refused and the log says why; `rejectUnauthorized: false` takes it (and sends no client
 /// certificate: a config asking for both is refused). (The redis crate was built without TLS:
 /// `tls` passed the config check and no consumer ever loaded.)
 #[test]
@@ -1567,8 +1567,9 @@ fn consumers_live_in_a_redis_over_tls() {
     let dir = config(&up, &redis);
     dir.write("client.pem", &client.cert_pem());
     dir.write("client.key", &client.key_pem());
+    // (EG's own keys for files, as its db.js reads them for ioredis.)
     let client_files = format!(
-        "cert: {}\n      key: {}\n",
+        "certFile: {}\n      keyFile: {}\n",
         dir.file("client.pem"),
         dir.file("client.key")
     );
@@ -1608,6 +1609,15 @@ fn consumers_live_in_a_redis_over_tls() {
     };
     let gw = GatewayProcess::start(&dir);
     assert_eq!(answers(&gw), 200, "{}", gw.log_text());
+    drop(gw);
+    dir.write("server-ca.pem", &server.cert_pem());
+    let ca_file = format!("      caFile: {}\n", dir.file("server-ca.pem"));
+    dir.write(
+        "system.config.yml",
+        &system(&format!("{ca_file}      {client_files}")),
+    );
+    let gw = GatewayProcess::start(&dir);
+    assert_eq!(answers(&gw), 200, "caFile: {}", gw.log_text());
     drop(gw);
 
     dir.write(

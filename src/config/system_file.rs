@@ -22,10 +22,11 @@ pub struct RedisDef {
     pub configured: bool,
 }
 
-/// `db.redis.tls`, as ioredis hands it to Node's TLS: `true` or `{}` checks the server's
-/// certificate against the system's roots; `ca` (PEM text or a file's path, one or a list)
-/// trusts those instead; `cert` and `key` (the same) answer a server that asks for a client
-/// certificate; `rejectUnauthorized: false` checks nothing. (Its `Debug` shows the PEMs by
+/// `db.redis.tls`, as EG hands it to ioredis and Node's TLS: `true` or `{}` checks the server's
+/// certificate against the system's roots; `ca` (PEM text or a file's path, one or a list;
+/// EG's `caFile`) trusts those instead; `cert` and `key` (the same; EG's `certFile` and
+/// `keyFile`) answer a server that asks for a client certificate; `rejectUnauthorized: false`
+/// checks nothing. (Its `Debug` shows the PEMs by
 /// fingerprints, as [`RedisDef`]'s password.)
 #[derive(Clone)]
 pub struct RedisTls {
@@ -358,14 +359,15 @@ fn redis_tls(n: &Node, errors: &mut ConfigErrors) -> Option<RedisTls> {
     let (mut cert, mut key) = (None, None);
     for (k, v) in entries {
         match k.scalar_text().unwrap_or_default().as_str() {
-            "ca" => match v.as_seq() {
+            // (`caFile`, `certFile`, `keyFile`: EG's own, files it reads for ioredis.)
+            "ca" | "caFile" => match v.as_seq() {
                 Some(list) => tls
                     .ca
                     .extend(list.iter().filter_map(|c| pem(c, "ca", errors))),
                 None => tls.ca.extend(pem(v, "ca", errors)),
             },
-            "cert" => cert = pem(v, "cert", errors),
-            "key" => key = pem(v, "key", errors),
+            "cert" | "certFile" => cert = pem(v, "cert", errors),
+            "key" | "keyFile" => key = pem(v, "key", errors),
             "rejectUnauthorized" => match &v.value {
                 Value::Bool(b) => tls.verify = *b,
                 _ => errors.push(
@@ -374,7 +376,7 @@ fn redis_tls(n: &Node, errors: &mut ConfigErrors) -> Option<RedisTls> {
                 ),
             },
             other => log::warn!(
-                "{}: `db.redis.tls.{other}` is not used by tollgate (it reads `ca`, `cert`, `key` and `rejectUnauthorized`)",
+                "{}: `db.redis.tls.{other}` is not used by tollgate (it reads `ca`, `cert`, `key`, EG's `caFile`, `certFile`, `keyFile`, and `rejectUnauthorized`)",
                 k.pos
             ),
         }
