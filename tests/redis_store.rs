@@ -1554,9 +1554,10 @@ fn a_refused_redis_setting_changes_no_database() {
 /// Consumers in a Redis over TLS (`db.redis.tls`, as ioredis takes Node's options): the
 /// server's certificate checked against `ca` (PEM text) or EG's `caFile`, a client
 /// certificate and key (EG's `certFile`, `keyFile`) given to a server that asks for one. A
-/// certificate nothing trusts (the system's roots) is refused and the log says why; `rejectUnauthorized: false` takes it (and sends no client
-/// certificate: a config asking for both is refused). (The redis crate was built without TLS:
-/// `tls` passed the config check and no consumer ever loaded.)
+/// certificate nothing trusts (the system's roots) is refused and the log says why;
+/// `rejectUnauthorized: false` takes it (and sends no client certificate: a config asking
+/// for both is refused). (The redis crate was built without TLS: `tls` passed the config
+/// check and no consumer ever loaded.)
 #[test]
 fn consumers_live_in_a_redis_over_tls() {
     let server = support::tls::SelfSigned::new();
