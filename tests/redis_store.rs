@@ -955,6 +955,89 @@ fn a_populate_refused_while_redis_hangs_leaves_no_lock() {
     );
 }
 
+/// A burst of unknown keys while Redis answers, slowly (8 ms a lookup, behind a proxy): the
+/// lookups queue past their 1 s wait, and their requests are `401`, not `503` — a queue is no
+/// store that does not answer (the first version took any lookup that outlasted its wait for
+/// one, and answered a flood of bogus keys `503`, as an outage).
+#[test]
+fn a_burst_of_unknown_keys_behind_a_slow_redis_is_401_not_503() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let proxy = DelayProxy::start(redis.port, Duration::from_millis(4));
+    dir.write(
+        "system.config.yml",
+        &format!("db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\ncrypto:\n  saltRounds: 4\n", proxy.port),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let port = gw.port;
+    let statuses: Vec<u16> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..200)
+            .map(|c| {
+                s.spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(3);
+                    let mut seen = Vec::new();
+                    let mut i = 0;
+                    while Instant::now() < until {
+                        let key = format!("apiKey bogus-{c}-{i}:x");
+                        seen.push(get(port, "GET", "/wmts/1", &[("Authorization", &key)]).status);
+                        i += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().expect("client"))
+            .collect()
+    });
+    let slow = statuses.iter().filter(|s| **s == 503).count();
+    assert!(statuses.len() >= 200, "{}", statuses.len());
+    assert_eq!(slow, 0, "{slow} of {} answered 503", statuses.len());
+    assert!(statuses.iter().all(|s| *s == 401), "{statuses:?}");
+}
+
+/// A TCP proxy on loopback that holds each piece it passes on for `delay`, both ways.
+struct DelayProxy {
+    port: u16,
+}
+
+impl DelayProxy {
+    fn start(target: u16, delay: Duration) -> DelayProxy {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    ),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 16384];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            std::thread::sleep(delay);
+                            if to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        DelayProxy { port }
+    }
+}
+
 /// Writes an app of Kano's with a key-auth credential (`fresh-ka`) and a jwt one
 /// (`fresh-jwt`) into Redis as EG writes them, behind the gateway's back (no change
 /// message); the app's id.

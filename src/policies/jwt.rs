@@ -483,11 +483,11 @@ impl Policy for Jwt {
                 let (cache, pass_through) = (self.cache.clone(), self.pass_through);
                 let sub = sub.to_string();
                 Outcome::Defer(Box::pin(async move {
-                    let ended = lookup.done(&cache).await;
+                    let silent = lookup.done(&cache).await;
                     Box::new(
                         move |x: &mut Exchange| match cache.jwt_subject_looked_up(&sub) {
                             Some(consumer) => succeed(x, consumer),
-                            None if !ended || !cache.store_answers() => {
+                            None if silent || !cache.store_answers() => {
                                 store_silent(x, pass_through, "jwt: sub unknown")
                             }
                             None => unknown_subject(x, pass_through),

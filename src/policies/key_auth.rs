@@ -129,10 +129,10 @@ impl Policy for KeyAuth {
                 let (id, secret) = (key_id.to_string(), secret.to_string());
                 let scopes = req.endpoint.scopes.clone();
                 Outcome::Defer(Box::pin(async move {
-                    let ended = lookup.done(&cache).await;
+                    let silent = lookup.done(&cache).await;
                     Box::new(move |x: &mut Exchange| {
                         match cache.key_auth_looked_up(&id, &secret, &scopes) {
-                            KeyAuthResult::Unknown(_) if !ended || !cache.store_answers() => {
+                            KeyAuthResult::Unknown(_) if silent || !cache.store_answers() => {
                                 store_silent(x, pass_through, "key-auth: unknown key")
                             }
                             found => answer(x, found, pass_through),

@@ -102,6 +102,8 @@ pub struct ConsumerCache {
     /// Whether the store answered its last question (the health probe's ping, a lookup): a
     /// credential not known while it does not is not refused for what it is.
     store_answers: AtomicBool,
+    /// When the refresh running now began (coarse milliseconds; 0: none runs).
+    refreshing_since: AtomicU64,
     last_resync: Mutex<Option<Instant>>,
     recently_missed: Mutex<missed::RecentlyMissed>,
     verified_passwords: Mutex<passwords::PasswordMemos>,
@@ -152,6 +154,7 @@ impl ConsumerCache {
             loaded: AtomicBool::new(false),
             from_store: AtomicBool::new(false),
             store_answers: AtomicBool::new(true),
+            refreshing_since: AtomicU64::new(0),
             last_resync: Mutex::new(None),
             recently_missed: Mutex::new(missed::RecentlyMissed::default()),
             verified_passwords: Mutex::new(passwords::PasswordMemos::default()),

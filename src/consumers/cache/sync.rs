@@ -19,6 +19,10 @@ use crate::store::{KeyType, StoreError, StoreResult};
 /// (which runs them in turn with the changes).
 pub(super) const LOOKUPS_QUEUED: usize = 1024;
 
+/// How long a refresh may wait for the store's answer before the store is taken for one that
+/// does not answer (Redis answers in a millisecond or two).
+const STALLED: Duration = Duration::from_millis(500);
+
 /// How long a request whose credential is not known waits for its lookup in the store (a
 /// credential another gateway, or EG, just created works on its first request) before it is
 /// answered as unknown.
@@ -30,16 +34,19 @@ pub struct Lookup(tokio::sync::watch::Receiver<bool>);
 
 impl Lookup {
     /// Until the lookup ended (its entity is in the tables if the store has it), or for
-    /// [`LOOKUP_WAIT`]: whether it ended. One that did not is the store not answering (see
-    /// [`ConsumerCache::store_answers`]) until it answers again.
+    /// [`LOOKUP_WAIT`]: whether the store did not answer — the lookup did not end while the
+    /// store's answer to one before it (or to it) has been awaited for [`STALLED`]. That is the
+    /// store not answering (see [`ConsumerCache::store_answers`]) until it answers again; a
+    /// lookup queued behind many (a burst of unknown keys) with the store answering is not.
     pub async fn done(mut self, cache: &ConsumerCache) -> bool {
         let ended = tokio::time::timeout(LOOKUP_WAIT, self.0.wait_for(|done| *done))
             .await
             .is_ok_and(|r| r.is_ok());
-        if !ended {
+        let silent = !ended && cache.refresh_stalled();
+        if silent {
             cache.set_store_answers(false);
         }
-        ended
+        silent
     }
 }
 
@@ -319,6 +326,22 @@ impl ConsumerCache {
 
     /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
     pub async fn refresh(&self, entity: &str) -> StoreResult<()> {
+        // Noted while it runs (see [`Lookup::done`]).
+        let began = crate::clock::coarse_millis().max(1);
+        self.refreshing_since.store(began, Ordering::Relaxed);
+        let refreshed = self.refresh_entity(entity).await;
+        self.refreshing_since.store(0, Ordering::Relaxed);
+        refreshed
+    }
+
+    /// Whether a refresh has been waiting for the store for [`STALLED`] or longer.
+    fn refresh_stalled(&self) -> bool {
+        let since = self.refreshing_since.load(Ordering::Relaxed);
+        since != 0
+            && crate::clock::coarse_millis().saturating_sub(since) >= STALLED.as_millis() as u64
+    }
+
+    async fn refresh_entity(&self, entity: &str) -> StoreResult<()> {
         let Some((kind, id)) = entity.split_once(':') else {
             return Ok(());
         };
