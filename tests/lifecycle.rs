@@ -1696,10 +1696,10 @@ fn a_config_file_linked_from_elsewhere_reloads_when_edited_there() {
     });
 }
 
-/// `--upgrade-sock` is tried before Pingora uses it: a file that is no socket stays where it
-/// is (an upgrading process removed it), a path no socket can be made at is one line and exit
-/// 1 (Pingora panicked); so is an open-files limit too low for the worker threads' runtimes
-/// (Pingora panicked building them, or after the start said it listened).
+/// `--upgrade-sock` is tried before Pingora uses it: for an upgrading process, a file that is
+/// no socket stays where it is (it was removed), a path no socket can be made at is one line
+/// and exit 1 (Pingora panicked); so is an open-files limit too low for the worker threads'
+/// runtimes (Pingora panicked building them, or after the start said it listened).
 #[test]
 fn unusable_upgrade_socket_paths_and_too_few_descriptors_are_refused_at_start() {
     let dir = ConfigDir::new("http: {port: ${PORT}}\napiEndpoints: {}\n");
@@ -1734,7 +1734,7 @@ fn unusable_upgrade_socket_paths_and_too_few_descriptors_are_refused_at_start() 
         ),
         (
             "4096",
-            vec!["--upgrade-sock", config_dir.as_str()],
+            vec!["-u", "--upgrade-sock", config_dir.as_str()],
             "there is something other than a socket there",
         ),
         (
@@ -1744,7 +1744,7 @@ fn unusable_upgrade_socket_paths_and_too_few_descriptors_are_refused_at_start() 
         ),
         (
             "4096",
-            vec!["--upgrade-sock", long.as_str()],
+            vec!["-u", "--upgrade-sock", long.as_str()],
             "longer than a socket's path may be",
         ),
         (
@@ -1761,4 +1761,23 @@ fn unusable_upgrade_socket_paths_and_too_few_descriptors_are_refused_at_start() 
         );
     }
     assert_eq!(std::fs::read_to_string(&precious).expect("kept"), "data");
+    // Not given, the threads are what the limit holds (the start then ends at its port,
+    // which is taken: no run until the deadline).
+    let taken = std::net::TcpListener::bind(("0.0.0.0", 0)).expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg("ulimit -n 75 && exec timeout 20 \"$@\"")
+        .arg("serve")
+        .args([binary(), "serve", "--config", &config_dir])
+        .env("PORT", &port)
+        .env_remove("EG_CONFIG_DIR")
+        .output()
+        .expect("run tollgate serve");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("the open-files limit (75) holds 1 worker threads")
+            && said.contains("cannot listen"),
+        "{said}"
+    );
 }

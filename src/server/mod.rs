@@ -155,8 +155,8 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    start_checks::room_for_threads(threads)?;
-    start_checks::upgrade_sock_usable(&opts.upgrade_sock)?;
+    let threads = start_checks::room_for_threads(threads, opts.threads.is_some())?;
+    start_checks::upgrade_sock_usable(&opts.upgrade_sock, opts.upgrade)?;
     let conf = ServerConf {
         threads,
         grace_period_seconds: Some(opts.grace_period),

@@ -12,62 +12,89 @@ use super::ServeOptions;
 const FDS_PER_THREAD: u64 = 8;
 const FDS_BASE: u64 = 64;
 
-/// Fails with the open-files limit, raised as far as it goes, when it cannot hold the worker
-/// threads' runtimes and some connections: Pingora panicked building them ("Too many open
-/// files"), or after the start said it was listening.
-pub(super) fn room_for_threads(threads: usize) -> anyhow::Result<()> {
+/// The worker threads the open-files limit, raised as far as it goes, holds with some
+/// connections: Pingora panicked building runtimes it could not ("Too many open files"), or
+/// after the start said it was listening. Threads asked for (`given`) that it cannot hold are
+/// refused; the default (one per core) is lowered to what it holds, with a warning.
+pub(super) fn room_for_threads(threads: usize, given: bool) -> anyhow::Result<usize> {
     let Some(fds) = crate::listener::raise_fd_limit() else {
-        return Ok(());
+        return Ok(threads);
     };
     let needed = FDS_BASE + FDS_PER_THREAD * threads as u64;
-    if fds < needed {
+    if fds >= needed {
+        return Ok(threads);
+    }
+    let held = (fds.saturating_sub(FDS_BASE) / FDS_PER_THREAD) as usize;
+    if given || held == 0 {
         bail!(
             "the open-files limit ({fds}) is too low for {threads} worker threads: they need at least {needed} (raise it with `ulimit -n` or systemd's LimitNOFILE, or lower --threads)"
         );
     }
-    Ok(())
+    log::warn!(
+        "the open-files limit ({fds}) holds {held} worker threads, not one per core ({threads}): {held} run (raise it with `ulimit -n` or systemd's LimitNOFILE)"
+    );
+    Ok(held)
 }
 
 /// The upgrade socket's path as Pingora uses it: a new process (`-u`) removes what is there
 /// and binds a socket, an old one connects to it when it hands over. A path it cannot bind
-/// made it panic, and a file of the operator's there was removed.
-pub(super) fn upgrade_sock_usable(path: &Path) -> anyhow::Result<()> {
+/// made an upgrading process panic, and a file of the operator's there was removed: refused
+/// then; a process that is not upgrading only warns (it makes no socket: a read-only file
+/// system with no upgrades is no reason not to start).
+pub(super) fn upgrade_sock_usable(path: &Path, upgrading: bool) -> anyhow::Result<()> {
+    match unusable(path) {
+        Some(why) if upgrading => Err(anyhow::anyhow!("{why}")),
+        Some(why) => {
+            log::warn!("{why}; an upgrade to a new process (serve -u) would fail");
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
+/// Why no socket can be made at `path` for an upgrade, if it cannot.
+fn unusable(path: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
     // (A socket's path holds 108 bytes with its NUL.)
     if path.as_os_str().len() > 107 {
-        bail!("--upgrade-sock {shown}: longer than a socket's path may be (107 bytes)");
+        return Some(format!(
+            "--upgrade-sock {shown}: longer than a socket's path may be (107 bytes)"
+        ));
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {}
-        Ok(_) => bail!(
-            "--upgrade-sock {shown}: there is something other than a socket there (an upgrade would remove it)"
-        ),
+        Ok(_) => {
+            return Some(format!(
+                "--upgrade-sock {shown}: there is something other than a socket there (an upgrade would remove it)"
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => bail!("--upgrade-sock {shown}: {e}"),
+        Err(e) => return Some(format!("--upgrade-sock {shown}: {e}")),
     }
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     if !dir.is_dir() {
-        bail!(
+        return Some(format!(
             "--upgrade-sock {shown}: its directory {} does not exist",
             dir.display()
-        );
+        ));
     }
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .with_context(|| format!("--upgrade-sock {shown}"))?;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return Some(format!("--upgrade-sock {shown}: a NUL in the path"));
+    };
     // SAFETY: a NUL-terminated path; `access` only reads it.
     if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
-        bail!(
+        return Some(format!(
             "--upgrade-sock {shown}: no socket can be made in {}: {}",
             dir.display(),
             std::io::Error::last_os_error()
-        );
+        ));
     }
-    Ok(())
+    None
 }
 
 /// What an upgrading process could fail at once it has taken the listening sockets — the old
