@@ -628,11 +628,31 @@ fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
         .map(|_| get(gw.port, "GET", "/r/x", &[]).status)
         .collect();
     assert_eq!(statuses, [200, 429], "max: '1'");
-    let r = get(gw.port, "GET", "/q/x", &[]);
+    let r = get(gw.port, "GET", "/q/x", &[("Host", "client.example")]);
     assert_eq!(r.echoed().url(), "/x", "stripPath: 1");
+    assert_eq!(
+        r.echoed().header("host").as_deref(),
+        Some("client.example"),
+        "changeOrigin: 0"
+    );
     assert_eq!(get(gw.port, "GET", "/q/x", &[]).status, 429, "max: 1.0");
     let r = get(gw.port, "GET", "/s/x", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, ""), "message: null");
+    // Said where it happens.
+    assert!(
+        gw.log_text().contains("policy `terminate` `message`: null (a key left empty, or an unset variable) is read as a string"),
+        "{}",
+        gw.log_text()
+    );
+    // Not where EG's schema types nothing: a boolean for a proxy timeout (EG's http-proxy
+    // fails every request with it), null for a header's value.
+    for action in ["proxyTimeout: true", "headers: {X-Foo: }"] {
+        let dir = ConfigDir::new(&format!(
+            "http: {{port: 28698}}\napiEndpoints: {{a: {{paths: '/a/*'}}}}\nserviceEndpoints: {{up: {{url: 'http://127.0.0.1:1'}}}}\npolicies: [proxy]\npipelines:\n  p: {{apiEndpoints: [a], policies: [{{proxy: {{action: {{serviceEndpoint: up, {action}}}}}}}]}}\n"
+        ));
+        let err = check_errors(&dir);
+        assert!(err.contains("policy `proxy`"), "{action}: {err}");
+    }
 }
 
 /// Of `gateway.config.json` and `.yaml` side by side, the one EG reads (`.json`: EG reads no

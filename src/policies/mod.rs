@@ -231,7 +231,7 @@ pub fn params<T: DeserializeOwned>(
     errors: &mut ConfigErrors,
 ) -> Option<T> {
     let json = action.map_or_else(|| serde_json::json!({}), Node::to_param_json);
-    match coerced::<T>(json) {
+    match coerced::<T>(json, policy) {
         Ok(p) => Some(p),
         Err(e) => {
             let at = action.map_or(pos, |a| &a.locate(e.path()).pos);
@@ -250,12 +250,16 @@ pub fn params<T: DeserializeOwned>(
 /// Reads a step's parameters as EG's schema check does (ajv with `coerceTypes`): a number or a
 /// boolean written as a string (`statusCode: '401'`, `credentials: 'true'`, what a quoted
 /// `'${VAR}'` gives) is taken as one, and a number or boolean where text is expected as its
-/// text; `1` and `0` where a boolean is expected are `true` and `false`, a boolean where a
-/// number is, `1` and `0`; a whole number written as a float (`6e4`, `60000.0`) is a whole
-/// number; and null (a key left empty, an unset `${VAR}`) is `false`, `0` or `''`. Anything
-/// else that does not fit is the error it was.
+/// text; `1` and `0` where a boolean is expected are `true` and `false`; a whole number
+/// written as a float (`6e4`, `60000.0`) is a whole number; and null (a key left empty, an
+/// unset `${VAR}`) is `false`, `0` or `''` — with a warning naming the parameter (`secure`
+/// or `checkCredentialExistence` turned off so is silent in EG) — but in `headers`, which
+/// EG's schema does not type (an empty header was sent). Anything else that does not fit is
+/// the error it was (a boolean where a number is: EG's proxy timeouts are untyped, and
+/// `proxyTimeout: true` was a timeout of 1 ms).
 pub fn coerced<T: DeserializeOwned>(
     mut json: serde_json::Value,
+    policy: &str,
 ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
     loop {
         let e = match serde_path_to_error::deserialize::<_, T>(json.clone()) {
@@ -265,6 +269,13 @@ pub fn coerced<T: DeserializeOwned>(
         let message = e.inner().to_string();
         if !message.starts_with("invalid type") || !coerce_at(&mut json, e.path(), &message) {
             return Err(e);
+        }
+        if message.starts_with("invalid type: null") {
+            ::log::warn!(
+                "policy `{policy}` `{}`: null (a key left empty, or an unset variable) is read as {}, as EG reads it",
+                e.path(),
+                message.rsplit("expected ").next().unwrap_or("its type's zero")
+            );
         }
     }
 }
@@ -294,8 +305,11 @@ fn coerce_at(
     let wants_number = ["expected u", "expected i", "expected f"]
         .iter()
         .any(|w| message.contains(w));
+    let in_headers = path
+        .iter()
+        .any(|s| matches!(s, serde_path_to_error::Segment::Map { key } if key == "headers"));
     let new = match &*v {
-        Value::Null if wants_text => Some(Value::String(String::new())),
+        Value::Null if wants_text && !in_headers => Some(Value::String(String::new())),
         Value::Null if wants_bool => Some(Value::Bool(false)),
         Value::Null if wants_number => Some(Value::from(0)),
         Value::Number(n) if wants_bool => match n.as_f64() {
@@ -303,7 +317,6 @@ fn coerce_at(
             Some(0.0) => Some(Value::Bool(false)),
             _ => None,
         },
-        Value::Bool(b) if wants_number => Some(Value::from(u8::from(*b))),
         Value::Number(n) if wants_number && !n.is_i64() && !n.is_u64() => n
             .as_f64()
             .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)

@@ -225,7 +225,7 @@ fn merged_params(
             }
         }
     }
-    match super::coerced::<Params>(json) {
+    match super::coerced::<Params>(json, "proxy") {
         Ok(p) => Some(p),
         Err(e) => {
             // Point at the value in proxyOptions when it came from there, else in the action.
