@@ -55,8 +55,15 @@ pub fn redact(text: &str) -> String {
         let ending = &line[body.len()..];
         let blank = body.trim().is_empty();
         match below {
+            // (A plain scalar's lines below are its own whatever they look like: `- b` too.)
             Some(Below::Indented { key_indent, scalar })
-                if blank || (indent > key_indent && !looks_like_key(body.trim_start())) =>
+                if blank
+                    || (indent > key_indent
+                        && if scalar {
+                            !body.trim_start().starts_with('#')
+                        } else {
+                            !looks_like_key(body.trim_start())
+                        }) =>
             {
                 if !blank {
                     out.push_str(&body[..indent]);
@@ -65,13 +72,16 @@ pub fn redact(text: &str) -> String {
                 out.push_str(ending);
                 continue;
             }
-            Some(Below::Quoted(q)) => {
+            Some(Below::Quoted(q, depth)) => {
                 out.push_str(&body[..indent]);
                 // (A quoted scalar that never closes: every line after it.)
                 match closing_quote(body, q) {
+                    // What follows the value (in a flow mapping, its other entries) is read
+                    // as a line is.
                     Some(end) if !body[end..].trim().is_empty() => {
-                        out.push_str(body[end..].trim_start());
-                        below = None;
+                        let (rest, goes_on) = redact_keyed_at(body[end..].trim_start(), depth);
+                        out.push_str(&redact_url_password(&rest));
+                        below = goes_on.map(|g| g.below(indent));
                     }
                     Some(_) => {
                         out.push_str(CONTINUED);
@@ -83,12 +93,13 @@ pub fn redact(text: &str) -> String {
                 out.push_str(ending);
                 continue;
             }
-            Some(Below::Flow) => {
+            Some(Below::Flow(depth)) => {
                 out.push_str(&body[..indent]);
                 match body.find([',', '}', ']']) {
                     Some(end) => {
-                        out.push_str(&body[end..]);
-                        below = None;
+                        let (rest, goes_on) = redact_keyed_at(&body[end..], depth);
+                        out.push_str(&redact_url_password(&rest));
+                        below = goes_on.map(|g| g.below(indent));
                     }
                     None if blank => {}
                     None => out.push_str(CONTINUED),
@@ -99,18 +110,7 @@ pub fn redact(text: &str) -> String {
             _ => {}
         }
         let (redacted, goes_on) = redact_keyed(body);
-        below = goes_on.map(|g| match g {
-            GoesOn::Block => Below::Indented {
-                key_indent: indent,
-                scalar: false,
-            },
-            GoesOn::Plain => Below::Indented {
-                key_indent: indent,
-                scalar: true,
-            },
-            GoesOn::Quoted(q) => Below::Quoted(q),
-            GoesOn::Flow => Below::Flow,
-        });
+        below = goes_on.map(|g| g.below(indent));
         out.push_str(&redact_url_password(&redacted));
         out.push_str(ending);
     }
@@ -127,10 +127,10 @@ enum Below {
     /// shown as a redacted value: they are the scalar's text) or a plain scalar's (shown as
     /// comments).
     Indented { key_indent: usize, scalar: bool },
-    /// A quoted scalar's, up to its closing quote.
-    Quoted(u8),
-    /// A plain scalar's in a flow collection, up to its `,`, `}` or `]`.
-    Flow,
+    /// A quoted scalar's, up to its closing quote (in flow collections this deep).
+    Quoted(u8, usize),
+    /// A plain scalar's in a flow collection (this deep), up to its `,`, `}` or `]`.
+    Flow(usize),
 }
 
 /// How a secret's value on a line goes on below it.
@@ -139,10 +139,28 @@ enum GoesOn {
     Block,
     /// A plain scalar, perhaps continued on more indented lines.
     Plain,
-    /// A quoted scalar not closed on its line.
-    Quoted(u8),
-    /// A plain scalar in a flow collection that the line does not end.
-    Flow,
+    /// A quoted scalar not closed on its line (in flow collections this deep).
+    Quoted(u8, usize),
+    /// A plain scalar in a flow collection (this deep) that the line does not end.
+    Flow(usize),
+}
+
+impl GoesOn {
+    /// Where the value goes on, below a line indented by `indent`.
+    fn below(self, indent: usize) -> Below {
+        match self {
+            GoesOn::Block => Below::Indented {
+                key_indent: indent,
+                scalar: false,
+            },
+            GoesOn::Plain => Below::Indented {
+                key_indent: indent,
+                scalar: true,
+            },
+            GoesOn::Quoted(q, depth) => Below::Quoted(q, depth),
+            GoesOn::Flow(depth) => Below::Flow(depth),
+        }
+    }
 }
 
 /// Where a quoted scalar's text, continued from a line above, ends on `line` (after its
@@ -211,10 +229,16 @@ fn key_at(line: &str, at: usize) -> Option<(&str, usize, usize)> {
 /// Every secret's value in `line` replaced; and how a secret's value goes on below, when it
 /// may.
 fn redact_keyed(line: &str) -> (String, Option<GoesOn>) {
+    redact_keyed_at(line, 0)
+}
+
+/// [`redact_keyed`] for a line that begins `depth` flow collections deep (the rest of one
+/// whose value went on over lines).
+fn redact_keyed_at(line: &str, depth: usize) -> (String, Option<GoesOn>) {
     let bytes = line.as_bytes();
     let mut out = String::with_capacity(line.len());
     // Open `{` / `[`: in a flow collection a value ends at `,`, `}` or `]`.
-    let mut depth = 0usize;
+    let mut depth = depth;
     let mut i = 0;
     let mut copied = 0;
     let mut goes_on = None;
@@ -249,10 +273,10 @@ fn redact_keyed(line: &str) -> (String, Option<GoesOn>) {
                         copied = value_start + value.len();
                         goes_on = match bytes[value_start] {
                             q @ (b'"' | b'\'') if quoted_end(line, value_start).is_none() => {
-                                Some(GoesOn::Quoted(q))
+                                Some(GoesOn::Quoted(q, depth))
                             }
                             b'"' | b'\'' => None,
-                            _ if depth > 0 && end == line.len() => Some(GoesOn::Flow),
+                            _ if depth > 0 && end == line.len() => Some(GoesOn::Flow(depth)),
                             _ if depth > 0 => None,
                             _ => Some(GoesOn::Plain),
                         };
@@ -483,6 +507,25 @@ mod tests {
         let as_yaml = |t: &str| serde_yaml::from_str::<serde_yaml::Value>(t).map(drop);
         assert!(as_yaml(text).is_ok());
         assert!(as_yaml(&shown).is_ok(), "{:?}", as_yaml(&shown));
+        // A continued plain value's line that looks like a list item is the value's; what
+        // follows a continued value in a flow mapping is read as a line is (its secrets too).
+        let text = "password: firstpart\n      - secondpart\nsession: {secret: \"s1\n  s2\", password: leakme}\nx: {auth: plain1\n    plain2, sessionSecret: leak2, name: shown}\n";
+        let shown = hidden(
+            text,
+            &[
+                "firstpart",
+                "secondpart",
+                "s1",
+                "s2",
+                "leakme",
+                "plain1",
+                "plain2",
+                "leak2",
+            ],
+        );
+        assert!(shown.contains("name: shown}"), "{shown}");
+        assert!(as_yaml(text).is_ok());
+        assert!(as_yaml(&shown).is_ok(), "{shown}\n{:?}", as_yaml(&shown));
         // Odd lines pass through.
         for odd in [
             "",
