@@ -555,7 +555,10 @@ fn tls_builder(
     // Read first: OpenSSL's own error for a file it cannot open is its error stack.
     let pem =
         std::fs::read(cert).with_context(|| format!("cannot read the certificate {cert_shown}"))?;
-    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+    // (`TRUSTED CERTIFICATE` and the old `X509 CERTIFICATE` too, as OpenSSL reads them.)
+    if !pem.windows(16).any(|w| w == b"CERTIFICATE-----")
+        || !pem.windows(11).any(|w| w == b"-----BEGIN ")
+    {
         anyhow::bail!(
             "the certificate {cert_shown} holds no PEM certificate (`-----BEGIN CERTIFICATE-----`)"
         );
