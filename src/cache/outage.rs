@@ -165,7 +165,10 @@ impl Outages {
 }
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
-    now.duration_since(since).unwrap_or_default()
+    // A record from the future: the clock was set back since. Taken as long past — as 0 s,
+    // it stayed recent for as long as the clock went back, and the tile's stale copy was
+    // served that long with no refresh asked.
+    now.duration_since(since).unwrap_or(Duration::MAX)
 }
 
 #[cfg(test)]
@@ -174,6 +177,18 @@ mod tests {
 
     fn at(ms: u64) -> SystemTime {
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000) + Duration::from_millis(ms)
+    }
+
+    /// The clock set back after a refresh began: the record, now in the future, is no
+    /// refresh under way (the stale copy was served, unrefreshed, for as long as the step).
+    #[test]
+    fn a_record_from_before_the_clock_went_back_is_past() {
+        let o = Outages::default();
+        assert_eq!(o.stale(7, at(0), at(600_000), true), Stale::Refresh);
+        // Ten minutes back, a copy stored after the step, stale again.
+        assert_eq!(o.stale(7, at(1_000), at(5_000), true), Stale::Refresh);
+        o.failed(8, at(600_000));
+        assert_eq!(o.failing(at(5_000)), 0);
     }
 
     #[test]
