@@ -218,6 +218,7 @@ fn a_bad_file_keeps_the_running_config() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("gateway.config.yml:"));
     assert_eq!(last_errors().0["refusedOnDisk"], true);
+    assert_eq!(gw.metric("tollgate_config_refused_on_disk"), 1.0);
     // Put back as it runs: nothing to reload, but the status and the log say that the
     // refused file's errors no longer apply.
     save(
@@ -228,6 +229,7 @@ fn a_bad_file_keeps_the_running_config() {
     wait_for("the running config back on disk", || {
         last_errors().0["refusedOnDisk"] == false
     });
+    assert_eq!(gw.metric("tollgate_config_refused_on_disk"), 0.0);
     let log = gw.log_text();
     assert!(
         log.lines()

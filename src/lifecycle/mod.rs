@@ -394,6 +394,7 @@ impl Lifecycle {
                     .refused_on_disk,
             );
             if back {
+                crate::metrics::metrics().refused_on_disk(false);
                 // The refused reload's folded lines are written before the line that ends it.
                 log::logger().flush();
                 log::info!(
@@ -436,6 +437,7 @@ impl Lifecycle {
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.failed_reloads += 1;
                 st.refused_on_disk = true;
+                m.refused_on_disk(true);
                 st.last_error = Some(LastError {
                     at: now_text(),
                     trigger: trigger.as_str(),
@@ -469,6 +471,7 @@ impl Lifecycle {
                 let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
                 st.reloads += 1;
                 st.refused_on_disk = false;
+                m.refused_on_disk(false);
                 st.files = files;
                 st.loaded_at = now_text();
                 st.restart_required = restart_required.clone();

@@ -120,6 +120,8 @@ pub struct Metrics {
     config_loads_ok: IntCounter,
     config_loads_failed: IntCounter,
     config_last_success: Gauge,
+    /// Whether the config on disk is one the last reload refused (see [`Metrics::refused_on_disk`]).
+    config_refused_on_disk: IntGauge,
     pub access_log_dropped: IntCounter,
     /// Client connections open.
     pub client_connections: IntGauge,
@@ -286,6 +288,11 @@ impl Metrics {
             &["result"],
         ));
         reg(Box::new(loads.clone()));
+        let config_refused_on_disk = must(IntGauge::new(
+            "tollgate_config_refused_on_disk",
+            "Whether the config on disk is one the last reload refused (1; a restart would fail on it) or not (0)",
+        ));
+        reg(Box::new(config_refused_on_disk.clone()));
         let config_last_success = must(Gauge::new(
             "tollgate_config_last_reload_success_timestamp_seconds",
             "When the config in force was loaded (Unix time)",
@@ -352,6 +359,7 @@ impl Metrics {
             config_loads_ok: loads.with_label_values(&["ok"]),
             config_loads_failed: loads.with_label_values(&["failed"]),
             config_last_success,
+            config_refused_on_disk,
             access_log_dropped,
             client_connections,
             client_closed: ConnClose::ALL
@@ -398,6 +406,11 @@ impl Metrics {
         if let Some(i) = ConnClose::ALL.iter().position(|r| *r == why) {
             self.client_closed[i].inc();
         }
+    }
+
+    /// The config on disk is one the last reload refused (`true`), or is in force again.
+    pub fn refused_on_disk(&self, refused: bool) {
+        self.config_refused_on_disk.set(i64::from(refused));
     }
 
     pub fn config_loaded(&self, ok: bool) {
