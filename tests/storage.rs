@@ -52,6 +52,43 @@ fn keys_with_encoded_characters_and_empty_segments() {
     }
 }
 
+/// A read with a body is refused, on the admin port and through a pipeline, the body never
+/// reaching the provider (it went, unsigned, framed as chunked: S3 answers that `501`); a
+/// `Content-Length: 0`, as some clients send on a GET, is no body.
+#[test]
+fn a_read_with_a_body_is_refused() {
+    use std::io::{Read, Write};
+    let s3 = S3Server::start(&["tiles"]);
+    s3.put("tiles", "t.png", "image/png", b"tile");
+    let (_dir, gw) = gateway(&s3);
+    for port in [gw.admin_port, gw.port] {
+        for (framing, body) in [
+            ("Content-Length: 9\r\n", "BODYBYTES"),
+            (
+                "Transfer-Encoding: chunked\r\n",
+                "9\r\nBODYBYTES\r\n0\r\n\r\n",
+            ),
+            ("Content-Length: 0\r\n", ""),
+        ] {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+            s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+                .expect("timeout");
+            write!(
+                s,
+                "GET /s3/tiles/t.png HTTP/1.1\r\nHost: 127.0.0.1\r\n{framing}Connection: close\r\n\r\n{body}"
+            )
+            .expect("send");
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            let status = if body.is_empty() { "200" } else { "400" };
+            assert!(
+                answer.starts_with(&format!("HTTP/1.1 {status}")),
+                "{port} {framing}: {answer}"
+            );
+        }
+    }
+}
+
 #[test]
 fn objects_ranges_conditionals_and_errors() {
     let s3 = S3Server::start(&["tiles", "docs"]);

@@ -159,6 +159,17 @@ impl ProxyHttp for AdminService {
                     .query()
                     .and_then(|q| crate::access_log::without_secrets(q, &gw.secret_query_params));
                 match storage.route(&head.method, head.uri.path(), query.as_deref()) {
+                    // A read with a body (unsigned, it reached the provider, framed by
+                    // Pingora as chunked): refused, the body unread.
+                    Ok(_) if carries_body(head) => {
+                        session.set_keepalive(None);
+                        let answer = super::text(
+                            http::StatusCode::BAD_REQUEST,
+                            "Bad Request: a storage read carries no body",
+                        );
+                        write(session, answer).await?;
+                        return Ok(true);
+                    }
                     Ok(object) => {
                         ctx.object = Some((storage.clone(), object));
                         return Ok(false);
@@ -283,4 +294,17 @@ impl ProxyHttp for AdminService {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Whether a request has a body: a `Transfer-Encoding`, or a `Content-Length` other than 0.
+fn carries_body(head: &pingora_http::RequestHeader) -> bool {
+    head.headers.contains_key(http::header::TRANSFER_ENCODING)
+        || head
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_some_and(|v| {
+                v.as_bytes()
+                    .iter()
+                    .any(|b| *b != b'0' && !b.is_ascii_whitespace())
+            })
 }

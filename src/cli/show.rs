@@ -137,8 +137,9 @@ enum Below {
 enum GoesOn {
     /// A block scalar (`|`, `>`) or nothing after the colon.
     Block,
-    /// A plain scalar, perhaps continued on more indented lines.
-    Plain,
+    /// A plain scalar, perhaps continued on lines indented past its key (at this column: a
+    /// list item's key stands after its `- `, and the item's next keys at its column).
+    Plain(usize),
     /// A quoted scalar not closed on its line (in flow collections this deep).
     Quoted(u8, usize),
     /// A plain scalar in a flow collection (this deep) that the line does not end.
@@ -153,8 +154,8 @@ impl GoesOn {
                 key_indent: indent,
                 scalar: false,
             },
-            GoesOn::Plain => Below::Indented {
-                key_indent: indent,
+            GoesOn::Plain(key_column) => Below::Indented {
+                key_indent: key_column.max(indent),
                 scalar: true,
             },
             GoesOn::Quoted(q, depth) => Below::Quoted(q, depth),
@@ -278,7 +279,7 @@ fn redact_keyed_at(line: &str, depth: usize) -> (String, Option<GoesOn>) {
                             b'"' | b'\'' => None,
                             _ if depth > 0 && end == line.len() => Some(GoesOn::Flow(depth)),
                             _ if depth > 0 => None,
-                            _ => Some(GoesOn::Plain),
+                            _ => Some(GoesOn::Plain(line[..i].chars().count())),
                         };
                         i = copied;
                         continue;
@@ -524,6 +525,16 @@ mod tests {
             ],
         );
         assert!(shown.contains("name: shown}"), "{shown}");
+        // A list item's keys after its secret are its own, not the secret's lines.
+        let text = "extras:\n  - apiKey: k123\n    url: http://example.org\n    timeout: 5\n  - password: p1\n     p2\n    host: h\n";
+        let shown = hidden(text, &["k123", "p1", "p2"]);
+        assert!(
+            shown.contains("    url: http://example.org\n    timeout: 5\n")
+                && shown.contains("    host: h\n"),
+            "{shown}"
+        );
+        assert!(as_yaml(text).is_ok());
+        assert!(as_yaml(&shown).is_ok(), "{shown}\n{:?}", as_yaml(&shown));
         assert!(as_yaml(text).is_ok());
         assert!(as_yaml(&shown).is_ok(), "{shown}\n{:?}", as_yaml(&shown));
         // Odd lines pass through.

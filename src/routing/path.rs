@@ -236,6 +236,14 @@ fn express_to_regex(pattern: &str) -> String {
                 }
             }
             '}' => out.push_str("\\}"),
+            // An escape stands with what it escapes (`\{` is a brace, as written).
+            '\\' => {
+                out.push(c);
+                if let Some(next) = chars.get(i + 1) {
+                    out.push(*next);
+                    i += 1;
+                }
+            }
             _ => out.push(c),
         }
         i += 1;
@@ -269,6 +277,10 @@ mod tests {
         assert!(m("/ab{2}", "/abb"));
         assert!(!m("/ab{2}", "/ab"));
         assert!(m("/ab{1,}c", "/abbbc"));
+        // Escaped, as written: a brace (it was a backslash and a bare brace).
+        assert!(m("/a\\{x\\}", "/a{x}"));
+        assert!(m("/q\\{2\\}", "/q{2}"));
+        assert!(m("/tiles/\\{z\\}/:x", "/tiles/{z}/3"));
     }
 
     #[test]
