@@ -640,7 +640,7 @@ fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
     assert_eq!((r.status, r.text().as_str()), (200, ""), "message: null");
     // Said where it happens.
     assert!(
-        gw.log_text().contains("policy `terminate` `message`: null (a key left empty, or an unset variable) is read as a string"),
+        gw.log_text().contains("policy `terminate` `message`: null (a key left empty, or an unset variable) is read as ''"),
         "{}",
         gw.log_text()
     );
@@ -653,6 +653,12 @@ fn quoted_numbers_and_booleans_are_taken_as_eg_takes_them() {
         let err = check_errors(&dir);
         assert!(err.contains("policy `proxy`"), "{action}: {err}");
     }
+    // Where EG's schema types a number, a boolean is one (`max: true` is 1).
+    let dir = ConfigDir::new(
+        "http: {port: 28699}\napiEndpoints: {a: {paths: '/a/*'}}\npolicies: [rate-limit, terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{rate-limit: {action: {max: true}}}, {terminate: {action: {statusCode: 200}}}]}\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 /// Of `gateway.config.json` and `.yaml` side by side, the one EG reads (`.json`: EG reads no

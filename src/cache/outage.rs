@@ -165,10 +165,15 @@ impl Outages {
 }
 
 fn elapsed(since: SystemTime, now: SystemTime) -> Duration {
-    // A record from the future: the clock was set back since. Taken as long past — as 0 s,
+    // A record from the future: the clock was set back since (taken as long past — as 0 s,
     // it stayed recent for as long as the clock went back, and the tile's stale copy was
-    // served that long with no refresh asked.
-    now.duration_since(since).unwrap_or(Duration::MAX)
+    // served that long with no refresh asked), or another thread wrote it just after this
+    // request read the clock (0 s: it is that recent).
+    match now.duration_since(since) {
+        Ok(d) => d,
+        Err(e) if e.duration() < Duration::from_secs(1) => Duration::ZERO,
+        Err(_) => Duration::MAX,
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +194,9 @@ mod tests {
         assert_eq!(o.stale(7, at(1_000), at(5_000), true), Stale::Refresh);
         o.failed(8, at(600_000));
         assert_eq!(o.failing(at(5_000)), 0);
+        // A record written just after this request read the clock is that recent.
+        assert_eq!(o.stale(9, at(0), at(10_000), true), Stale::Refresh);
+        assert_eq!(o.stale(9, at(0), at(9_990), true), Stale::Serve);
     }
 
     #[test]

@@ -356,18 +356,23 @@ fn redis_tls(n: &Node, errors: &mut ConfigErrors) -> Option<RedisTls> {
             return None;
         }
     };
-    let (mut cert, mut key) = (None, None);
+    // (`caFile`, `certFile`, `keyFile`: EG's own, files it reads for ioredis, in place of
+    // `ca`, `cert`, `key` when given.)
+    let (mut ca, mut ca_file) = (None::<Vec<String>>, None::<Vec<String>>);
+    let (mut cert, mut cert_file, mut key, mut key_file) = (None, None, None, None);
     for (k, v) in entries {
-        match k.scalar_text().unwrap_or_default().as_str() {
-            // (`caFile`, `certFile`, `keyFile`: EG's own, files it reads for ioredis.)
-            "ca" | "caFile" => match v.as_seq() {
-                Some(list) => tls
-                    .ca
-                    .extend(list.iter().filter_map(|c| pem(c, "ca", errors))),
-                None => tls.ca.extend(pem(v, "ca", errors)),
-            },
-            "cert" | "certFile" => cert = pem(v, "cert", errors),
-            "key" | "keyFile" => key = pem(v, "key", errors),
+        let name = k.scalar_text().unwrap_or_default();
+        let pems = |errors: &mut ConfigErrors| match v.as_seq() {
+            Some(list) => list.iter().filter_map(|c| pem(c, &name, errors)).collect(),
+            None => pem(v, &name, errors).into_iter().collect(),
+        };
+        match name.as_str() {
+            "ca" => ca = Some(pems(errors)),
+            "caFile" => ca_file = Some(pems(errors)),
+            "cert" => cert = pem(v, &name, errors),
+            "certFile" => cert_file = pem(v, &name, errors),
+            "key" => key = pem(v, &name, errors),
+            "keyFile" => key_file = pem(v, &name, errors),
             "rejectUnauthorized" => match &v.value {
                 Value::Bool(b) => tls.verify = *b,
                 _ => errors.push(
@@ -381,6 +386,8 @@ fn redis_tls(n: &Node, errors: &mut ConfigErrors) -> Option<RedisTls> {
             ),
         }
     }
+    tls.ca = ca_file.or(ca).unwrap_or_default();
+    let (cert, key) = (cert_file.or(cert), key_file.or(key));
     match (cert, key) {
         // (The redis crate sends no certificate on a connection that checks none.)
         (Some(_), Some(_)) if !tls.verify => errors.push(
@@ -529,6 +536,12 @@ mod tests {
         ))
         .is_none());
         assert!(tls("{ca: /nonexistent/ca.pem}").is_none());
+        // EG's `*File` keys stand in place of the others, as EG's db.js puts them.
+        assert_eq!(
+            tls(&format!("{{ca: [{pem}, {pem}], caFile: {pem}}}")),
+            Some(Some((true, 1, false)))
+        );
+        assert!(tls("{caFile: /nonexistent/ca.pem}").is_none());
         assert!(tls("3").is_none());
     }
 }

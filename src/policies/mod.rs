@@ -255,8 +255,9 @@ pub fn params<T: DeserializeOwned>(
 /// unset `${VAR}`) is `false`, `0` or `''` — with a warning naming the parameter (`secure`
 /// or `checkCredentialExistence` turned off so is silent in EG) — but in `headers`, which
 /// EG's schema does not type (an empty header was sent). Anything else that does not fit is
-/// the error it was (a boolean where a number is: EG's proxy timeouts are untyped, and
-/// `proxyTimeout: true` was a timeout of 1 ms).
+/// the error it was; so is a boolean where the proxy step asks for a number (`1`, `0` elsewhere,
+/// as EG's schema coerces it): the proxy's timeouts are http-proxy's, untyped by EG's schema,
+/// and `proxyTimeout: true` was a timeout of 1 ms.
 pub fn coerced<T: DeserializeOwned>(
     mut json: serde_json::Value,
     policy: &str,
@@ -267,14 +268,23 @@ pub fn coerced<T: DeserializeOwned>(
             Err(e) => e,
         };
         let message = e.inner().to_string();
-        if !message.starts_with("invalid type") || !coerce_at(&mut json, e.path(), &message) {
+        let untyped = policy == "proxy";
+        if !message.starts_with("invalid type")
+            || !coerce_at(&mut json, e.path(), &message, untyped)
+        {
             return Err(e);
         }
         if message.starts_with("invalid type: null") {
+            let zero = if message.contains("expected a boolean") {
+                "false"
+            } else if message.contains("expected a string") {
+                "''"
+            } else {
+                "0"
+            };
             ::log::warn!(
-                "policy `{policy}` `{}`: null (a key left empty, or an unset variable) is read as {}, as EG reads it",
-                e.path(),
-                message.rsplit("expected ").next().unwrap_or("its type's zero")
+                "policy `{policy}` `{}`: null (a key left empty, or an unset variable) is read as {zero}, as EG reads it",
+                e.path()
             );
         }
     }
@@ -285,6 +295,7 @@ fn coerce_at(
     json: &mut serde_json::Value,
     path: &serde_path_to_error::Path,
     message: &str,
+    untyped: bool,
 ) -> bool {
     use serde_json::Value;
     let mut v = json;
@@ -312,6 +323,9 @@ fn coerce_at(
         Value::Null if wants_text && !in_headers => Some(Value::String(String::new())),
         Value::Null if wants_bool => Some(Value::Bool(false)),
         Value::Null if wants_number => Some(Value::from(0)),
+        // (Not the proxy's: its timeouts are http-proxy's, which EG's schema does not type;
+        // `proxyTimeout: true` was a timeout of 1 ms.)
+        Value::Bool(b) if wants_number && !untyped => Some(Value::from(u8::from(*b))),
         Value::Number(n) if wants_bool => match n.as_f64() {
             Some(1.0) => Some(Value::Bool(true)),
             Some(0.0) => Some(Value::Bool(false)),

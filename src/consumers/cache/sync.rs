@@ -326,7 +326,13 @@ impl ConsumerCache {
 
     /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
     pub async fn refresh(&self, entity: &str) -> StoreResult<()> {
-        // Noted while it runs (see [`Lookup::done`]).
+        self.refresh_entity(entity).await
+    }
+
+    /// [`ConsumerCache::refresh`] by the task that runs the lookups in turn, noted while it
+    /// runs (see [`Lookup::done`]): the lookups wait on it (refreshes elsewhere, an Admin API
+    /// write's, one inside another, are no queue's head).
+    async fn refresh_in_turn(&self, entity: &str) -> StoreResult<()> {
         let began = crate::clock::coarse_millis().max(1);
         self.refreshing_since.store(began, Ordering::Relaxed);
         let refreshed = self.refresh_entity(entity).await;
@@ -468,7 +474,7 @@ impl ConsumerCache {
                 tokio::select! {
                     Some(entity) = lookups.recv() => {
                         // (Told before the lookup's end: its requests answer 503, not 401.)
-                        match cache.refresh(&entity).await {
+                        match cache.refresh_in_turn(&entity).await {
                             Ok(_) => cache.set_store_answers(true),
                             Err(e) => {
                                 log::debug!("consumer cache: lookup of {entity} failed: {e}");
@@ -485,7 +491,7 @@ impl ConsumerCache {
                         // A change not followed (the store did not answer) is read with
                         // everything else: a revocation waits no resync period.
                         Ok(entity) => {
-                            if let Err(e) = cache.refresh(&entity).await {
+                            if let Err(e) = cache.refresh_in_turn(&entity).await {
                                 log::warn!(
                                     "consumer cache: cannot refresh {entity}: {e}; reading everything again"
                                 );
