@@ -167,14 +167,21 @@ impl GoesOn {
 /// Where a quoted scalar's text, continued from a line above, ends on `line` (after its
 /// closing quote `q`).
 fn closing_quote(line: &str, q: u8) -> Option<usize> {
+    closing_quote_from(line, q, 0)
+}
+
+/// Where the text of a scalar quoted by `q` that goes on at `from` ends (after its closing
+/// quote).
+fn closing_quote_from(line: &str, q: u8, from: usize) -> Option<usize> {
     let bytes = line.as_bytes();
-    let mut j = 0;
+    let mut j = from;
     while j < bytes.len() {
         if bytes[j] == b'\\' && q == b'"' {
             j += 2;
             continue;
         }
         if bytes[j] == q {
+            // `''` in a single-quoted scalar is a quote.
             if q == b'\'' && bytes.get(j + 1) == Some(&b'\'') {
                 j += 2;
                 continue;
@@ -309,25 +316,7 @@ fn redact_keyed_at(line: &str, depth: usize) -> (String, Option<GoesOn>) {
 
 /// Where a quoted scalar that opens at `at` ends (after its closing quote).
 fn quoted_end(line: &str, at: usize) -> Option<usize> {
-    let q = line.as_bytes()[at];
-    let mut j = at + 1;
-    let bytes = line.as_bytes();
-    while j < bytes.len() {
-        if bytes[j] == b'\\' && q == b'"' {
-            j += 2;
-            continue;
-        }
-        if bytes[j] == q {
-            // `''` in a single-quoted scalar is a quote.
-            if q == b'\'' && bytes.get(j + 1) == Some(&b'\'') {
-                j += 2;
-                continue;
-            }
-            return Some(j + 1);
-        }
-        j += 1;
-    }
-    None
+    closing_quote_from(line, line.as_bytes()[at], at + 1)
 }
 
 /// Where a value that begins at `at` ends: after its closing quote; else at a comment, or, in

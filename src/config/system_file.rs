@@ -463,19 +463,20 @@ mod tests {
         assert_ne!(a.1, b.1);
     }
 
+    /// The system config `text`, when it reads without an error.
+    fn read_system(text: &str) -> Option<SystemFile> {
+        let root = super::super::node::parse(text, &std::sync::Arc::from("s.yml")).expect("parses");
+        let mut errors = ConfigErrors::default();
+        let sys = SystemFile::from_node(&root, &mut errors);
+        errors.0.is_empty().then_some(sys)
+    }
+
     /// `crypto.saltRounds` as EG's bcrypt takes it: 0 its default, 1 to 3 raised to 4, a whole
     /// number written as a float; past 31 (days per password) or a fraction refused.
     #[test]
     fn salt_rounds_as_eg_takes_them() {
         let read = |v: &str| {
-            let root = super::super::node::parse(
-                &format!("crypto: {{saltRounds: {v}}}\n"),
-                &std::sync::Arc::from("s.yml"),
-            )
-            .expect("parses");
-            let mut errors = ConfigErrors::default();
-            let sys = SystemFile::from_node(&root, &mut errors);
-            (errors.0.is_empty()).then_some(sys.crypto.salt_rounds)
+            read_system(&format!("crypto: {{saltRounds: {v}}}\n")).map(|s| s.crypto.salt_rounds)
         };
         assert_eq!(read("0"), Some(10));
         assert_eq!(read("1"), Some(4));
@@ -491,16 +492,7 @@ mod tests {
     /// host that is a URL, a `tls` with a client certificate but no checking, refused.
     #[test]
     fn redis_settings_as_eg_takes_them() {
-        let read = |v: &str| {
-            let root = super::super::node::parse(
-                &format!("db: {{redis: {{{v}}}}}\n"),
-                &std::sync::Arc::from("s.yml"),
-            )
-            .expect("parses");
-            let mut errors = ConfigErrors::default();
-            let sys = SystemFile::from_node(&root, &mut errors);
-            (errors.0.is_empty()).then_some(sys.redis)
-        };
+        let read = |v: &str| read_system(&format!("db: {{redis: {{{v}}}}}\n")).map(|s| s.redis);
         assert_eq!(read("db: '2'").and_then(|r| r.db), Some(2));
         assert!(read("db: -1").is_none());
         assert_eq!(read("emulate: 0").map(|r| r.emulate), Some(false));
