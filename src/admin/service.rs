@@ -23,7 +23,6 @@ pub struct AdminService {
 
 pub struct AdminCtx {
     object: Option<(Arc<Storage>, ObjectRequest)>,
-    started: std::time::Instant,
 }
 
 /// Writes a whole response (HEAD gets the headers only).
@@ -62,10 +61,7 @@ impl ProxyHttp for AdminService {
     type CTX = AdminCtx;
 
     fn new_ctx(&self) -> AdminCtx {
-        AdminCtx {
-            object: None,
-            started: std::time::Instant::now(),
-        }
+        AdminCtx { object: None }
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut AdminCtx) {
@@ -95,26 +91,6 @@ impl ProxyHttp for AdminService {
     /// Written by `logging` instead: one line per provider and kind of failure.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, _error: &Error) -> bool {
         true
-    }
-
-    /// A storage request's body that trickles is cut at the request timeout, as on the
-    /// gateway's port (the Admin API's own routes read theirs within it too).
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut AdminCtx,
-    ) -> Result<()> {
-        if !end_of_stream && ctx.started.elapsed() > self.api.request_timeout {
-            let mut e = pingora_core::Error::explain(
-                pingora_core::ErrorType::ReadTimedout,
-                "the request's body took longer than the request timeout",
-            );
-            e.as_down();
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// The request as Pingora's own log lines name it (a failure to reach a storage
