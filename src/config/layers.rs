@@ -21,6 +21,10 @@ pub struct Source {
     pub sha256: String,
 }
 
+/// A config file's extensions in EG's order (`.yml`, then `.json`; EG reads no `.yaml`,
+/// taken last).
+pub const CONFIG_EXTENSIONS: [&str; 3] = ["yml", "json", "yaml"];
+
 impl ConfigDirs {
     /// A stack; an empty list means the shipped `conf/`.
     pub fn new(dirs: Vec<PathBuf>) -> ConfigDirs {
@@ -69,9 +73,7 @@ impl ConfigDirs {
     /// by its name, whatever it is — a directory or a dangling link there (a mount gone wrong)
     /// is the config's error when it is read, not a file to do without.
     pub fn find_config(&self, stem: &str) -> Option<PathBuf> {
-        const CONFIG_EXTENSIONS: [&str; 3] = ["yml", "json", "yaml"];
         self.0.iter().rev().find_map(|d| {
-            // EG's order (`.yml`, then `.json`; EG reads no `.yaml`, taken last).
             CONFIG_EXTENSIONS
                 .iter()
                 .map(|ext| d.join(format!("{stem}.{ext}")))

@@ -25,7 +25,7 @@ fn unread_beside(read: &std::path::Path) {
     let (Some(dir), Some(stem)) = (read.parent(), read.file_stem()) else {
         return;
     };
-    for ext in ["yml", "json", "yaml"] {
+    for ext in layers::CONFIG_EXTENSIONS {
         let other = dir.join(format!("{}.{ext}", stem.to_string_lossy()));
         if other != read && other.symlink_metadata().is_ok() {
             log::warn!(

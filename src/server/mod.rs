@@ -155,7 +155,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let threads = opts
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let threads = start_checks::room_for_threads(threads, opts.threads.is_some())?;
+    // (Raised once, to its hard limit: the threads' runtimes and the connections share it.)
+    let fds = crate::listener::raise_fd_limit();
+    let threads = start_checks::room_for_threads(threads, opts.threads.is_some(), fds)?;
     start_checks::upgrade_sock_usable(&opts.upgrade_sock, opts.upgrade)?;
     let conf = ServerConf {
         threads,
@@ -314,7 +316,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         check_free(&listen)?;
     }
 
-    let limits = fit_to_fd_limit(opts.client_limits.clone(), opts.max_connections_given);
+    let limits = fit_to_fd_limit(opts.client_limits.clone(), opts.max_connections_given, fds);
     let mut gateway_service = ListenerService::new(
         "tollgate gateway",
         {
@@ -514,8 +516,8 @@ fn unreachable_store(e: &anyhow::Error) -> bool {
 /// leaves room for an upstream connection per client connection; a cap given on the command
 /// line only needs a descriptor per client connection (idle clients, as map users between two
 /// views, hold none upstream).
-fn fit_to_fd_limit(mut limits: ClientLimits, given: bool) -> ClientLimits {
-    let Some(fds) = crate::listener::raise_fd_limit() else {
+fn fit_to_fd_limit(mut limits: ClientLimits, given: bool, fds: Option<u64>) -> ClientLimits {
+    let Some(fds) = fds else {
         return limits;
     };
     let usable = fds.saturating_sub(RESERVED_FDS);

@@ -16,8 +16,12 @@ const FDS_BASE: u64 = 64;
 /// connections: Pingora panicked building runtimes it could not ("Too many open files"), or
 /// after the start said it was listening. Threads asked for (`given`) that it cannot hold are
 /// refused; the default (one per core) is lowered to what it holds, with a warning.
-pub(super) fn room_for_threads(threads: usize, given: bool) -> anyhow::Result<usize> {
-    let Some(fds) = crate::listener::raise_fd_limit() else {
+pub(super) fn room_for_threads(
+    threads: usize,
+    given: bool,
+    fds: Option<u64>,
+) -> anyhow::Result<usize> {
+    let Some(fds) = fds else {
         return Ok(threads);
     };
     let needed = FDS_BASE + FDS_PER_THREAD * threads as u64;

@@ -324,18 +324,13 @@ impl ConsumerCache {
         Ok(())
     }
 
-    /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
-    pub async fn refresh(&self, entity: &str) -> StoreResult<()> {
-        self.refresh_entity(entity).await
-    }
-
     /// [`ConsumerCache::refresh`] by the task that runs the lookups in turn, noted while it
     /// runs (see [`Lookup::done`]): the lookups wait on it (refreshes elsewhere, an Admin API
     /// write's, one inside another, are no queue's head).
     async fn refresh_in_turn(&self, entity: &str) -> StoreResult<()> {
         let began = crate::clock::coarse_millis().max(1);
         self.refreshing_since.store(began, Ordering::Relaxed);
-        let refreshed = self.refresh_entity(entity).await;
+        let refreshed = self.refresh(entity).await;
         self.refreshing_since.store(0, Ordering::Relaxed);
         refreshed
     }
@@ -347,7 +342,8 @@ impl ConsumerCache {
             && crate::clock::coarse_millis().saturating_sub(since) >= STALLED.as_millis() as u64
     }
 
-    async fn refresh_entity(&self, entity: &str) -> StoreResult<()> {
+    /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
+    pub async fn refresh(&self, entity: &str) -> StoreResult<()> {
         let Some((kind, id)) = entity.split_once(':') else {
             return Ok(());
         };
