@@ -420,6 +420,7 @@ fn hand_over_decided(s: HttpSession, head: BytesMut, decided: Decided) -> Served
 
 /// A fresh session for Pingora's proxy that will read `head` as its request.
 fn hand_over(stream: Stream, head: BytesMut, decided: Option<Decided>) -> ServerSession {
+    crate::listener::io::hold_after_request(&stream, &head);
     let mut session = ServerSession::new_http1(stream);
     session.set_pipelined_prefix(head);
     if let Some(d) = decided {

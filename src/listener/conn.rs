@@ -387,6 +387,7 @@ where
             }
         }
         None => {
+            super::io::hold_after_request(&stream, &head);
             let mut session = Box::new(ServerSession::new_http1(stream));
             session.set_pipelined_prefix(head);
             session
@@ -414,7 +415,11 @@ where
     // one), where the send timeout is a pause; the connection's own writes keep that
     // (`ClientIo`), whoever writes.
     match app.process_new_http(*session, shutdown).await {
-        Some(reused) if !*shutdown.borrow() => Next::KeepAlive(reused.consume().0),
+        Some(reused) if !*shutdown.borrow() => {
+            let stream = reused.consume().0;
+            super::io::release(&stream);
+            Next::KeepAlive(stream)
+        }
         Some(_) => Next::Close(ConnClose::Shutdown),
         None => Next::Close(ConnClose::Done),
     }

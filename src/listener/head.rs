@@ -310,15 +310,12 @@ pub(super) fn skip_blank_lines(buf: &mut BytesMut) {
     }
 }
 
-/// Where the first request head in `buf` ends, when more bytes follow it that can only be the
-/// next request's: the head parses whole and announces no body (no `Content-Length`, no
-/// `Transfer-Encoding`), no protocol switch (`Upgrade`) and no tunnel (`CONNECT`). Otherwise
-/// `None`, and the bytes stay together (a body, or what Pingora's session makes of them).
+/// Where the first request in `buf` ends, when more bytes follow it that can only be the next
+/// request's: its head parses whole and announces no protocol switch (`Upgrade`), no tunnel
+/// (`CONNECT`) and no body or one of a single `Content-Length` (no `Transfer-Encoding`), all of
+/// which `buf` holds. Otherwise `None`, and the bytes stay together (the rest of a body, or
+/// what Pingora's session makes of them).
 pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
-    use memchr::memmem::Finder;
-    use std::sync::LazyLock;
-    static CRLF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\r\n\r\n"));
-    static LF: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\n\n"));
     let lead = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
     let head = &buf[lead..];
     // The first empty line: a `\r\n` one, or, in a last head whose lines end in a bare `\n`
@@ -332,21 +329,60 @@ pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
     if end >= buf.len() {
         return None;
     }
+    let next = end.checked_add(announced_body(&buf[..end])?)?;
+    (next < buf.len()).then_some(next)
+}
+
+/// How many bytes of its body a request whose first bytes are `buf` (its head, and what came
+/// of the body with it) still has to send, when its head says so: `0` for one without a body,
+/// the rest of a single `Content-Length`. `None` for a head that is not whole, or one whose end
+/// is not told by its length (see [`next_request_at`]).
+pub(super) fn body_still_to_come(buf: &[u8]) -> Option<usize> {
+    let lead = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
+    let head = &buf[lead..];
+    let end = match CRLF.find(head) {
+        Some(i) => lead + i + 4,
+        None => lead + LF.find(head)? + 2,
+    };
+    let body = announced_body(&buf[..end])?;
+    Some(body.saturating_sub(buf.len() - end))
+}
+
+static CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+static LF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
+
+/// The length of the body the request head `head` (all of it, and nothing more) announces: `0`
+/// without one. `None` for a head that does not parse whole, a tunnel, a protocol switch, a
+/// `Transfer-Encoding`, or a `Content-Length` that is not one line of digits.
+fn announced_body(head: &[u8]) -> Option<usize> {
     // (As many lines as a head may have: a longer one is refused when it is read.)
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
     let mut req = httparse::Request::new(&mut []);
-    if req.parse_with_uninit_headers(&buf[..end], &mut headers)
-        != Ok(httparse::Status::Complete(end))
+    if req.parse_with_uninit_headers(head, &mut headers)
+        != Ok(httparse::Status::Complete(head.len()))
+        || req.method == Some("CONNECT")
     {
         return None;
     }
-    let framed = |name: &str| {
-        ["content-length", "transfer-encoding", "upgrade"]
-            .iter()
-            .any(|f| name.eq_ignore_ascii_case(f))
-    };
-    (req.method != Some("CONNECT") && !req.headers.iter().any(|h| framed(h.name))).then_some(end)
+    let mut length = None;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("transfer-encoding")
+            || h.name.eq_ignore_ascii_case("upgrade")
+        {
+            return None;
+        }
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let digits = h.value.trim_ascii();
+            if length.is_some() || digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            length = Some(std::str::from_utf8(digits).ok()?.parse::<usize>().ok()?);
+        }
+    }
+    Some(length.unwrap_or(0))
 }
 
 /// Whether `buf` holds the end of a request head: an empty line after something else (bare
@@ -420,8 +456,8 @@ fn head_complete(buf: &[u8], from: usize) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{
-        head_complete, head_end, malformed, never_a_head, next_request_at, too_many_headers,
-        MAX_HEADER_LINES,
+        body_still_to_come, head_complete, head_end, malformed, never_a_head, next_request_at,
+        too_many_headers, MAX_HEADER_LINES,
     };
 
     #[test]
@@ -504,15 +540,63 @@ mod tests {
         );
         let bare_then = format!("{get}{bare}");
         assert_eq!(next_request_at(bare_then.as_bytes()), Some(get.len()));
-        // What follows a head that announces a body, a switch or a tunnel is not a request.
+        // A body of known length is the request's, what follows it the next request's.
+        let post = "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let post_then = format!("{post}GET /b");
+        assert_eq!(next_request_at(post_then.as_bytes()), Some(post.len()));
+        let cut = format!("{post}GET /b");
+        assert_eq!(
+            next_request_at(&cut.as_bytes()[..post.len() - 1]),
+            None,
+            "a body not whole"
+        );
+        assert_eq!(next_request_at(post.as_bytes()), None, "a body alone");
+        // What follows a head that announces a chunked body, two lengths, a length that is not
+        // digits, a switch or a tunnel is not a request.
         for head in [
-            "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
+            "POST /a HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhelloGET",
+            "POST /a HTTP/1.1\r\nContent-Length: +5\r\n\r\nhelloGET",
+            "POST /a HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\nhelloGET",
+            "POST /a HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET",
             "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x01\x00",
             "CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n\x16\x03",
             "GET /a HTTP/1.1\r\nBad Header\r\n\r\nGET /b HTTP/1.1\r\n\r\n",
         ] {
             assert_eq!(next_request_at(head.as_bytes()), None, "{head:?}");
+        }
+    }
+
+    #[test]
+    fn tells_how_much_of_a_body_is_still_to_come() {
+        let get = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(body_still_to_come(get.as_bytes()), Some(0));
+        assert_eq!(
+            body_still_to_come(b"\r\nGET /a HTTP/1.1\nHost: a\n\n"),
+            Some(0)
+        );
+        let post = "POST /a HTTP/1.1\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(body_still_to_come(post.as_bytes()), Some(10));
+        assert_eq!(
+            body_still_to_come(format!("{post}hello").as_bytes()),
+            Some(5)
+        );
+        assert_eq!(
+            body_still_to_come(format!("{post}hello12345").as_bytes()),
+            Some(0)
+        );
+        assert_eq!(
+            body_still_to_come(b"POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
+            Some(0)
+        );
+        for head in [
+            "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n",
+            "POST /a HTTP/1.1\r\nContent-Length: 1,1\r\n\r\n",
+            "GET /a HTTP/1.1\r\nHost: a\r\n",
+        ] {
+            assert_eq!(body_still_to_come(head.as_bytes()), None, "{head:?}");
         }
     }
 

@@ -7,7 +7,8 @@
 //! released when the response is flushed, so a keep-alive connection waiting for its next
 //! request holds no buffer at all. A large write (a tile's body) is not copied into the
 //! buffer: it goes out with the buffered head in one `writev`. Reads go straight to the
-//! socket: the sessions read into buffers of their own.
+//! socket: the sessions read into buffers of their own (a session of Pingora's proxy no
+//! further than its request's body: [`hold`]).
 
 use std::future::Future;
 use std::io;
@@ -28,9 +29,11 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 
 mod deadline;
+mod hold;
 mod watch;
 
 pub use deadline::{by_deadline, ByDeadline};
+pub use hold::{hold_after_request, release};
 pub use watch::{client_gone, client_gone_now, request_begun};
 
 /// Bytes buffered before a write reaches the socket: holds a whole tile and its head.
@@ -57,6 +60,8 @@ pub struct ClientIo {
     /// How the response being written ends ([`CLOSE_DELIMITED`], [`CUT`], [`SHUT_DOWN`]):
     /// one byte, set through a shared reference ([`ends_with_close`], [`cut_short`]).
     ending: std::sync::atomic::AtomicU8,
+    /// How far Pingora's session serving a request may read ([`hold`]).
+    hold: hold::Hold,
 }
 
 /// The response ends with the connection (an HTTP/1.0 client's, without length or chunks).
@@ -90,6 +95,7 @@ impl ClientIo {
             send_timeout: SEND_TIMEOUT,
             stalled: None,
             ending: std::sync::atomic::AtomicU8::new(0),
+            hold: hold::Hold::free(),
         }
     }
 
@@ -352,7 +358,11 @@ impl AsyncRead for ClientIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tcp).poll_read(cx, buf)
+        let this = &mut *self;
+        match this.hold.left() {
+            None => Pin::new(&mut this.tcp).poll_read(cx, buf),
+            Some(left) => hold::poll_read_held(&mut this.tcp, &mut this.hold, left, cx, buf),
+        }
     }
 }
 
