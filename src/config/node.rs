@@ -10,6 +10,8 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 use super::error::{ConfigError, Pos};
 use super::interpolate::Places;
 
+mod tags;
+
 /// A value with the position it was written at.
 #[derive(Clone, Debug)]
 pub struct Node {
@@ -184,6 +186,7 @@ pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node
         aliased: 0,
         too_many_aliased: None,
         too_deep: None,
+        unknown_tag: None,
     };
     let mut parser = Parser::new_from_str(text);
     // Every document, so that a second one is seen (and refused). Event by event (the parser's
@@ -210,6 +213,7 @@ pub fn parse_placed(text: &str, file: &Arc<str>, places: &Places) -> Result<Node
         .or(builder.too_many_aliased)
         .or(builder.duplicate)
         .or(builder.second_document)
+        .or(builder.unknown_tag)
     {
         return Err(e);
     }
@@ -250,6 +254,8 @@ struct TreeBuilder<'a> {
     too_many_aliased: Option<ConfigError>,
     /// The collection past [`DEPTH_MAX`]; the events after it are not built into the tree.
     too_deep: Option<ConfigError>,
+    /// The first tag Express Gateway's YAML reader does not know (it refuses the file).
+    unknown_tag: Option<ConfigError>,
 }
 
 /// The deepest a file's collections may nest: far more than any config's (Kargo's nest about
@@ -357,6 +363,14 @@ impl MarkedEventReceiver for TreeBuilder<'_> {
             return;
         }
         let pos = self.pos(mark);
+        if let Event::Scalar(_, _, _, Some(tag))
+        | Event::SequenceStart(_, Some(tag))
+        | Event::MappingStart(_, Some(tag)) = &ev
+        {
+            if self.unknown_tag.is_none() {
+                self.unknown_tag = tags::unknown(tag, &pos);
+            }
+        }
         if matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..))
             && self.stack.len() >= DEPTH_MAX
         {

@@ -222,3 +222,39 @@ fn numbers_json_has_not_are_null_served_and_text_read() {
         serde_json::json!({"a": "NaN", "b": "Infinity", "c": "-Infinity", "d": "Infinity", "e": 1.5})
     );
 }
+
+/// A tag EG's reader does not know is an error where it stands, as there (it was read as if
+/// it were not written); the core types' tags and the non-specific `!` are taken.
+#[test]
+fn a_tag_eg_does_not_know_is_an_error() {
+    let file: Arc<str> = Arc::from("g.yml");
+    for (yaml, said) in [
+        ("a: !foo bar\n", "g.yml:1:9: unknown YAML tag `!foo`"),
+        (
+            "a:\n  b: !Ref {x: 1}\n",
+            "g.yml:2:11: unknown YAML tag `!Ref`",
+        ),
+        (
+            "a: !!python/name:x y\n",
+            "g.yml:1:20: unknown YAML tag `!!python/name:x`",
+        ),
+        (
+            "a: !<tag:example.com,2000:x> [1]\n",
+            "g.yml:1:30: unknown YAML tag `!<tag:example.com,2000:x>`",
+        ),
+    ] {
+        let e = parse(yaml, &file).expect_err(yaml).to_string();
+        assert!(e.starts_with(said), "{yaml}: {e}");
+    }
+    for yaml in [
+        "a: !!str 12\n",
+        "a: !!int 12\n",
+        "a: ! 12\n",
+        "a: !<tag:yaml.org,2002:str> 12\n",
+        "a: !!seq [1]\n",
+        "a: !!map {x: 1}\n",
+        "a: !!set {x}\n",
+    ] {
+        assert!(parse(yaml, &file).is_ok(), "{yaml}");
+    }
+}
