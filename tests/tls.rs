@@ -4,6 +4,7 @@
 mod support;
 
 use support::echo::Echoed;
+use support::gateway::run_tollgate;
 use support::tls::{https_gateway, tls_request, SelfSigned, TlsEchoUpstream};
 use support::upstream::PyUpstream;
 use support::{get, ConfigDir, EchoUpstream, GatewayProcess};
@@ -424,4 +425,60 @@ fn check_says_what_of_an_https_section_it_cannot_serve() {
     let (code, err) = https(&garbage, "");
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("holds no PEM certificate"), "{err}");
+}
+
+/// The CLI reaches an Admin API behind TLS (an https `--admin-url`, `cli.url`): verified
+/// against the system's trust store, or the one `SSL_CERT_FILE` names; a certificate not
+/// trusted is one line, and nothing is done. (It could not: the client had no TLS.)
+#[test]
+fn the_cli_reaches_an_admin_api_behind_tls() {
+    // The https listener proxies to the Admin API, as a TLS proxy in front of it would.
+    let (dir, gw) = https_gateway(
+        "admin:\n  port: ${ADMIN_PORT}\n  host: 127.0.0.1\napiEndpoints:\n  admin: {paths: ['/users', '/users/*']}\nserviceEndpoints:\n  admin: {url: 'http://127.0.0.1:${ADMIN_PORT}'}\npolicies: [proxy]\npipelines:\n  admin: {apiEndpoints: [admin], policies: [{proxy: {action: {serviceEndpoint: admin}}}]}\n",
+    );
+    let url = format!("https://localhost:{}", gw.port);
+    let ca = dir.file("tls.crt");
+    let create = [
+        "users",
+        "create",
+        "-p",
+        "username=ann",
+        "-p",
+        "firstname=Ann",
+        "-p",
+        "lastname=Lee",
+        "--admin-url",
+        &url,
+    ];
+    // Not trusted: the self-signed certificate is in no trust store of the system's.
+    let out = run_tollgate(&create, &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("certificate"), "{said}");
+    assert_eq!(said.trim().lines().count(), 1, "{said}");
+    let listed = run_tollgate(
+        &["users", "list", "--admin-url", &url],
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    assert!(
+        !String::from_utf8_lossy(&listed.stdout).contains("ann"),
+        "nothing was done"
+    );
+    // Trusted through `SSL_CERT_FILE`.
+    let out = run_tollgate(&create, &[("SSL_CERT_FILE", &ca)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = run_tollgate(
+        &["users", "list", "--admin-url", &url],
+        &[("SSL_CERT_FILE", &ca)],
+    );
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("ann"));
 }

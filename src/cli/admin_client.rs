@@ -109,7 +109,15 @@ impl AdminClient {
             _ => None,
         };
         let base = base.unwrap_or_else(|| "http://localhost:9876".into());
+        // An https admin URL (the Admin API behind a TLS proxy) is verified against the
+        // system's trust store, as OpenSSL finds it (`SSL_CERT_FILE` / `SSL_CERT_DIR` name
+        // another).
+        let tls = ureq::tls::TlsConfig::builder()
+            .provider(ureq::tls::TlsProvider::NativeTls)
+            .root_certs(ureq::tls::RootCerts::PlatformVerifier)
+            .build();
         let agent: ureq::Agent = ureq::Agent::config_builder()
+            .tls_config(tls)
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(120)))
             .timeout_connect(Some(Duration::from_secs(5)))
