@@ -334,6 +334,7 @@ where
                 return refuse(stream, ConnClose::Done, NOT_ALLOWED_405).await;
             }
         }
+        super::io::next_request_read(&stream, !carried.is_empty());
         match one_request(stream, head, app, fast, limits, &shutdown).await {
             Next::KeepAlive(s) => stream = s,
             Next::Close(why) => return why,

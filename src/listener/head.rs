@@ -361,14 +361,34 @@ fn announced_body(head: &[u8]) -> Option<usize> {
     let mut headers =
         [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_LINES];
     let mut req = httparse::Request::new(&mut []);
-    if req.parse_with_uninit_headers(head, &mut headers)
-        != Ok(httparse::Status::Complete(head.len()))
-        || req.method == Some("CONNECT")
-    {
-        return None;
+    match req.parse_with_uninit_headers(head, &mut headers) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {
+            (req.method != Some("CONNECT")).then_some(())?;
+            length_of(req.headers)
+        }
+        Ok(_) => None,
+        // A request line Pingora's session escapes (a space or a quote in the target) and then
+        // reads: its header lines, read alone, frame its body there.
+        Err(_) => {
+            let line_end = memchr::memchr(b'\n', head)? + 1;
+            if head.starts_with(b"CONNECT ") {
+                return None;
+            }
+            let mut headers = vec![httparse::EMPTY_HEADER; MAX_HEADER_LINES];
+            match httparse::parse_headers(&head[line_end..], &mut headers) {
+                Ok(httparse::Status::Complete((n, lines))) if line_end + n == head.len() => {
+                    length_of(lines)
+                }
+                _ => None,
+            }
+        }
     }
+}
+
+/// The body's length header lines announce (see [`announced_body`]).
+fn length_of(lines: &[httparse::Header<'_>]) -> Option<usize> {
     let mut length = None;
-    for h in req.headers.iter() {
+    for h in lines {
         if h.name.eq_ignore_ascii_case("transfer-encoding")
             || h.name.eq_ignore_ascii_case("upgrade")
         {
@@ -589,6 +609,12 @@ mod tests {
             body_still_to_come(b"POST /a HTTP/1.1\r\nContent-Length: 0\r\n\r\n"),
             Some(0)
         );
+        // A request line Pingora's session escapes (a space in the target) and reads.
+        assert_eq!(
+            body_still_to_come(b"POST /a b HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
+            Some(2)
+        );
+        assert_eq!(body_still_to_come(b"CONNECT a b HTTP/1.1\r\n\r\n"), None);
         for head in [
             "POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",

@@ -33,7 +33,7 @@ mod hold;
 mod watch;
 
 pub use deadline::{by_deadline, ByDeadline};
-pub use hold::{hold_after_request, release};
+pub use hold::{hold_after_request, next_request_read, release};
 pub use watch::{client_gone, client_gone_now, request_begun};
 
 /// Bytes buffered before a write reaches the socket: holds a whole tile and its head.
@@ -62,6 +62,9 @@ pub struct ClientIo {
     ending: std::sync::atomic::AtomicU8,
     /// How far Pingora's session serving a request may read ([`hold`]).
     hold: hold::Hold,
+    /// The client sent its next request before this one's answer, and the listener read
+    /// (part of) it: a close that follows it is not the client leaving this one ([`hold`]).
+    next_read: std::sync::atomic::AtomicBool,
 }
 
 /// The response ends with the connection (an HTTP/1.0 client's, without length or chunks).
@@ -96,6 +99,7 @@ impl ClientIo {
             stalled: None,
             ending: std::sync::atomic::AtomicU8::new(0),
             hold: hold::Hold::free(),
+            next_read: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -361,7 +365,10 @@ impl AsyncRead for ClientIo {
         let this = &mut *self;
         match this.hold.left() {
             None => Pin::new(&mut this.tcp).poll_read(cx, buf),
-            Some(left) => hold::poll_read_held(&mut this.tcp, &mut this.hold, left, cx, buf),
+            Some(left) => {
+                let next_read = *this.next_read.get_mut();
+                hold::poll_read_held(&mut this.tcp, &mut this.hold, left, next_read, cx, buf)
+            }
         }
     }
 }

@@ -53,6 +53,16 @@ pub fn hold_after_request(stream: &Stream, head: &[u8]) {
     }
 }
 
+/// Says whether the client's next request is read already (HTTP/1.1 pipelining: it came with
+/// or after the request about to be served, before its answer): its close that follows is then
+/// no sign it left — it waits for both answers — neither to Pingora's session ([`Hold`]) nor
+/// to the fast path ([`super::client_gone`]).
+pub fn next_request_read(stream: &Stream, read: bool) {
+    if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
+        io.next_read.store(read, Ordering::Relaxed);
+    }
+}
+
 /// Lets the connection be read as before: its session is done.
 pub fn release(stream: &Stream) {
     if let Some(io) = stream.as_any().downcast_ref::<ClientIo>() {
@@ -60,25 +70,23 @@ pub fn release(stream: &Stream) {
     }
 }
 
-/// A read of a held connection that may still read `left` bytes (see [`Hold`]).
+/// A read of a held connection that may still read `left` bytes (see [`Hold`]);
+/// `next_read`: the client's next request is read already ([`next_request_read`]).
 pub(super) fn poll_read_held(
     tcp: &mut TcpStream,
     hold: &mut Hold,
     left: usize,
+    next_read: bool,
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
     if left == 0 {
-        // At the body's end: the client's close or a failure is the read's, anything it sent
-        // is left where it is. (A client that has sent more is still there: the read pends,
-        // and wakes no one for bytes that are no news.)
-        let mut probe = [std::mem::MaybeUninit::uninit(); 1];
-        let mut probe = ReadBuf::uninit(&mut probe);
-        return match ready!(tcp.poll_peek(cx, &mut probe)) {
-            Ok(0) => Poll::Ready(Ok(())),
-            Ok(_) => Poll::Pending,
-            Err(e) => Poll::Ready(Err(e)),
-        };
+        // A client whose next request came is still there, whatever follows it: the read
+        // pends, and wakes no one.
+        if next_read {
+            return Poll::Pending;
+        }
+        return poll_body_end(tcp, cx);
     }
     let mut part = buf.take(left);
     ready!(Pin::new(tcp).poll_read(cx, &mut part))?;
@@ -88,4 +96,36 @@ pub(super) fn poll_read_held(
     buf.advance(n);
     *hold.0.get_mut() = left - n;
     Poll::Ready(Ok(()))
+}
+
+/// A read at the body's end (Pingora's session's, or the fast path's watch of a client waiting
+/// for its answer: [`super::client_gone`]): the client's close or a failure is the read's, the blank lines a
+/// client may send between requests are taken (RFC 9112 §2.2), anything else it sent is left
+/// where it is, for the listener: the client is still there, and the read pends (waking no one
+/// for bytes that are no news).
+pub(super) fn poll_body_end(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    loop {
+        let mut seen = [std::mem::MaybeUninit::uninit(); 64];
+        let mut seen = ReadBuf::uninit(&mut seen);
+        ready!(tcp.poll_peek(cx, &mut seen))?;
+        let seen = seen.filled();
+        let blank = seen
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if seen.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        if blank == 0 {
+            return Poll::Pending;
+        }
+        // The blank lines go; what follows them is looked at again.
+        let mut taken = [0u8; 64];
+        if let Err(e) = tcp.try_read(&mut taken[..blank]) {
+            return match e.kind() {
+                io::ErrorKind::WouldBlock => Poll::Pending,
+                _ => Poll::Ready(Err(e)),
+            };
+        }
+    }
 }

@@ -24,12 +24,12 @@ pub async fn client_gone(stream: &Stream) {
     let Some(io) = stream.as_any().downcast_ref::<ClientIo>() else {
         return std::future::pending().await;
     };
-    if io.read_ready().await.is_ok() {
-        let mut probe = [0; 1];
-        if matches!(io.tcp.peek(&mut probe).await, Ok(n) if n > 0) {
-            std::future::pending::<()>().await;
-        }
+    // A client whose next request came waits for this answer too, whatever follows.
+    if io.next_read.load(std::sync::atomic::Ordering::Relaxed) {
+        return std::future::pending().await;
     }
+    // (Blank lines between requests are taken, and are no sign of anything.)
+    let _ = std::future::poll_fn(|cx| super::hold::poll_body_end(&io.tcp, cx)).await;
 }
 
 /// Whether the client has closed its connection (or it failed), as far as can be told without
@@ -41,6 +41,9 @@ pub fn client_gone_now(stream: &Stream) -> bool {
     let Some(io) = stream.as_any().downcast_ref::<ClientIo>() else {
         return false;
     };
+    if io.next_read.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     match futures_util::FutureExt::now_or_never(io.tcp.ready(tokio::io::Interest::READABLE)) {
         Some(Ok(ready)) if ready.is_read_closed() => {}
         Some(Ok(_)) | None => return false,
