@@ -899,6 +899,70 @@ fn a_credential_written_elsewhere_works_on_its_first_request() {
     assert_eq!(r.status, 401);
 }
 
+/// What another program writes (EG's Admin API, redis-cli, redis-commander) — a credential
+/// deactivated, its scopes changed, removed — reaches the gateway at once where Redis tells of
+/// the keys written (`notify-keyspace-events`), as a tollgate write's change message does; it
+/// waited for the next full read (`--resync-seconds`, a minute), a revoked key let through
+/// meanwhile. Where Redis does not tell of them, the start says so, and what to set.
+#[test]
+fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let set = |key: &str, field: &str, value: &str| {
+        let _: () = redis::cmd("HSET")
+            .arg(key)
+            .arg(field)
+            .arg(value)
+            .query(&mut redis.conn())
+            .expect("hset");
+    };
+    let config = |flags: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(flags)
+            .query(&mut redis.conn())
+            .expect("config set");
+    };
+    config("");
+    let gw = GatewayProcess::start(&dir);
+    wait_for_line(&gw, "keyspace notifications are off");
+    drop(gw);
+    config("KA");
+    let gw = GatewayProcess::start(&dir);
+    wait_for_line(&gw, "following the consumers other programs write");
+    write_elsewhere(&redis);
+    let key = [("Authorization", "apiKey fresh-ka:fresh-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    // Within a moment, not a resync period, each write is followed.
+    let becomes = |path: &str, status: u16| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        loop {
+            let got = get(gw.port, "GET", path, &key).status;
+            if got == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path}: {got}, not {status}\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    set("EG-key-auth:fresh-ka", "scopes", r#"["wms"]"#);
+    becomes("/wmts/1", 403);
+    becomes("/wms/1", 200);
+    set("EG-key-auth:fresh-ka", "isActive", "false");
+    becomes("/wms/1", 401);
+    set("EG-key-auth:fresh-ka", "isActive", "true");
+    becomes("/wms/1", 200);
+    let _: () = redis::cmd("DEL")
+        .arg("EG-key-auth:fresh-ka")
+        .query(&mut redis.conn())
+        .expect("del");
+    becomes("/wms/1", 401);
+}
+
 /// A credential written behind the gateway's back while Redis hangs (stopped, not gone): its
 /// requests are `503` while the store does not answer — the first after its lookup's wait,
 /// the next at once — not a `401` telling the client its key is wrong (EG holds them until

@@ -104,6 +104,25 @@ impl Layout {
     pub fn credential_prefix(&self, t: CredentialType) -> String {
         format!("{}-{}:", self.ns, t.as_str())
     }
+    /// The prefix of every key of the namespace's consumers.
+    pub fn prefix(&self) -> String {
+        format!("{}-", self.ns)
+    }
+    /// What a key of the namespace holds, as the change messages name it (`user:<id>`,
+    /// `app:<id>`, `username:<name>`, `key-auth:<keyId>`...); `None` for another key.
+    pub fn entity_of(&self, key: &str) -> Option<String> {
+        let (kind, id) = key
+            .strip_prefix(&self.ns)?
+            .strip_prefix('-')?
+            .split_once(':')?;
+        let kind = match kind {
+            "user" => "user",
+            "application" => "app",
+            "username" => "username",
+            other => CredentialType::parse(other)?.as_str(),
+        };
+        Some(format!("{kind}:{id}"))
+    }
     /// Where every tollgate write announces what it changed.
     pub fn invalidation_channel(&self) -> String {
         format!("{}-tollgate-invalidate", self.ns)
@@ -111,5 +130,31 @@ impl Layout {
     /// The lock populate takes.
     pub fn populate_lock(&self) -> String {
         format!("{}-tollgate-populate-lock", self.ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Layout;
+
+    #[test]
+    fn a_key_names_what_it_holds_as_the_change_messages_do() {
+        let l = Layout::new("EG");
+        for (key, entity) in [
+            ("EG-user:u1", Some("user:u1")),
+            ("EG-application:a1", Some("app:a1")),
+            ("EG-username:ann", Some("username:ann")),
+            ("EG-key-auth:k1", Some("key-auth:k1")),
+            ("EG-jwt:j:1", Some("jwt:j:1")),
+            ("EG-basic-auth:u1", Some("basic-auth:u1")),
+            ("EG-scope", None),
+            ("EG-scope-credentials:wms", None),
+            ("EG-user-applications:u1", None),
+            ("EG-tollgate-populate-lock", None),
+            ("EGX-user:u1", None),
+            ("rl:shared", None),
+        ] {
+            assert_eq!(l.entity_of(key).as_deref(), entity, "{key}");
+        }
     }
 }

@@ -114,6 +114,15 @@ pub trait Store: Send + Sync {
     /// the network sends [`SUBSCRIBED`] each time its subscription is (re)established.
     async fn subscribe(&self, channel: &str) -> StoreResult<broadcast::Receiver<String>>;
 
+    /// The keys starting with `prefix` that anyone writes — another program on a store shared
+    /// over the network (EG's Admin API, redis-cli) — as the store tells them, [`SUBSCRIBED`]
+    /// each time it begins to tell them again; `None` where no one else writes (the embedded
+    /// store).
+    async fn follow_keys(&self, prefix: &str) -> StoreResult<Option<broadcast::Receiver<String>>> {
+        let _ = prefix;
+        Ok(None)
+    }
+
     /// Takes a named lock for at most `ttl`; `None` when someone else holds it.
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>>;
 

@@ -456,6 +456,14 @@ impl ConsumerCache {
                     }
                 }
             };
+            // What other programs write (EG's Admin API, redis-cli), where the store tells it.
+            let mut keys = match cache.store.follow_keys(&cache.layout.prefix()).await {
+                Ok(keys) => keys,
+                Err(e) => {
+                    log::warn!("consumer cache: cannot follow other programs' writes: {e}");
+                    None
+                }
+            };
             // The first full load happened before serving; the next one is due after a period.
             let mut ticker =
                 tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
@@ -479,29 +487,25 @@ impl ConsumerCache {
                         }
                         cache.looked_up(&entity);
                     }
-                    msg = messages.recv() => match msg {
-                        Ok(entity) if entity == crate::store::SUBSCRIBED => {
+                    msg = messages.recv() => match cache.follow(msg, Some).await {
+                        Some(true) => {
                             owed = true;
                             retry.as_mut().reset(tokio::time::Instant::now());
                         }
-                        // A change not followed (the store did not answer) is read with
-                        // everything else: a revocation waits no resync period.
-                        Ok(entity) => {
-                            if let Err(e) = cache.refresh_in_turn(&entity).await {
-                                log::warn!(
-                                    "consumer cache: cannot refresh {entity}: {e}; reading everything again"
-                                );
+                        Some(false) => {}
+                        None => break,
+                    },
+                    key = next_key(&mut keys) => {
+                        let entity = |key: String| cache.layout.entity_of(&key);
+                        match cache.follow(key, entity).await {
+                            Some(true) => {
                                 owed = true;
                                 retry.as_mut().reset(tokio::time::Instant::now());
                             }
+                            Some(false) => {}
+                            None => keys = None,
                         }
-                        // Messages were dropped (a (re)subscription's among them, maybe).
-                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                            owed = true;
-                            retry.as_mut().reset(tokio::time::Instant::now());
-                        }
-                        Err(_) => break,
-                    },
+                    }
                     () = &mut retry, if owed => {
                         // Begun from now, after what was missed.
                         owed = false;
@@ -645,5 +649,46 @@ fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
                 CredentialType::Oauth2 => {}
             },
         }
+    }
+}
+
+impl ConsumerCache {
+    /// Follows what a change message (or a key written, `entity` its entity) says: `Some(true)`
+    /// when everything is to be read again — a (re)subscription, messages dropped, a change
+    /// not followed (the store did not answer: a revocation waits no resync period) —; `None`
+    /// when no more will come.
+    async fn follow(
+        &self,
+        heard: Result<String, tokio::sync::broadcast::error::RecvError>,
+        entity: impl FnOnce(String) -> Option<String>,
+    ) -> Option<bool> {
+        match heard {
+            Ok(heard) if heard == crate::store::SUBSCRIBED => Some(true),
+            Ok(heard) => {
+                let Some(entity) = entity(heard) else {
+                    return Some(false);
+                };
+                let failed = self.refresh_in_turn(&entity).await.err();
+                if let Some(e) = &failed {
+                    log::warn!(
+                        "consumer cache: cannot refresh {entity}: {e}; reading everything again"
+                    );
+                }
+                Some(failed.is_some())
+            }
+            // Messages were dropped (a (re)subscription's among them, maybe).
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(true),
+            Err(_) => None,
+        }
+    }
+}
+
+/// The next key written, of a store that tells them; pends for good for one that does not.
+async fn next_key(
+    keys: &mut Option<tokio::sync::broadcast::Receiver<String>>,
+) -> Result<String, tokio::sync::broadcast::error::RecvError> {
+    match keys {
+        Some(keys) => keys.recv().await,
+        None => std::future::pending().await,
     }
 }

@@ -418,9 +418,19 @@ impl Store for RedisStore {
             }
         };
         if let Some(tx) = new {
-            self.spawn_relay(channel.to_string(), tx);
+            self.spawn_relay(pubsub::Follow::Channel(channel.to_string()), tx);
         }
         Ok(rx)
+    }
+
+    async fn follow_keys(&self, prefix: &str) -> StoreResult<Option<broadcast::Receiver<String>>> {
+        self.say_keyspace_notifications().await;
+        let (tx, rx) = broadcast::channel(4096);
+        // Every database's: the one this store uses is the target's (an event of another's is
+        // one refresh too many, no harm).
+        let pattern = format!("__keyspace@*__:{prefix}*");
+        self.spawn_relay(pubsub::Follow::Keys(pattern), tx);
+        Ok(Some(rx))
     }
 
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {

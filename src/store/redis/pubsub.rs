@@ -19,9 +19,34 @@ impl RedisStore {
         }
     }
 
-    /// Relays messages of `channel` into `tx`, reconnecting as needed, until nobody listens.
-    pub(super) fn spawn_relay(&self, channel: String, tx: broadcast::Sender<String>) {
+    /// Says once whether the server tells of the keys written (`notify-keyspace-events`): where
+    /// it does not, what other programs write reaches the consumer cache at its next full read.
+    pub(super) async fn say_keyspace_notifications(&self) {
+        let asked: super::StoreResult<Vec<String>> = self
+            .query(
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("notify-keyspace-events"),
+            )
+            .await;
+        match asked.ok().and_then(|v| v.get(1).cloned()) {
+            Some(flags) if tells_of_keys(&flags) => log::info!(
+                "{}: following the consumers other programs write (keyspace notifications `{flags}`)",
+                self.describe
+            ),
+            Some(flags) => log::info!(
+                "{}: keyspace notifications are off (notify-keyspace-events `{flags}`): what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `CONFIG SET notify-keyspace-events KA` follows it at once",
+                self.describe
+            ),
+            // (A server that refuses CONFIG, as managed ones may: it is not said.)
+            None => log::debug!("{}: cannot read notify-keyspace-events", self.describe),
+        }
+    }
+
+    /// Relays messages of `follow` into `tx`, reconnecting as needed, until nobody listens.
+    pub(super) fn spawn_relay(&self, follow: Follow, tx: broadcast::Sender<String>) {
         let target_store = self.with_own_connection();
+        let channel = follow.name().to_string();
         tokio::spawn(async move {
             // Whether a subscription was lost (its return is said once).
             let mut lost = false;
@@ -34,9 +59,13 @@ impl RedisStore {
                         match tokio::time::timeout(PUBSUB_WAIT, client.get_async_pubsub()).await {
                             Ok(Ok(pubsub)) => {
                                 let (mut sink, stream) = pubsub.split();
-                                let subscribed =
-                                    tokio::time::timeout(PUBSUB_WAIT, sink.subscribe(&channel))
-                                        .await;
+                                let subscribe = async {
+                                    match &follow {
+                                        Follow::Channel(c) => sink.subscribe(c).await,
+                                        Follow::Keys(p) => sink.psubscribe(p).await,
+                                    }
+                                };
+                                let subscribed = tokio::time::timeout(PUBSUB_WAIT, subscribe).await;
                                 if matches!(subscribed, Ok(Ok(()))) {
                                     if lost {
                                         log::info!(
@@ -75,6 +104,30 @@ impl RedisStore {
     }
 }
 
+/// What a subscription follows.
+pub(super) enum Follow {
+    /// The messages published on a channel.
+    Channel(String),
+    /// The names of the keys written, of the keyspace notifications whose channels match a
+    /// pattern (`__keyspace@<db>__:<key>`).
+    Keys(String),
+}
+
+impl Follow {
+    fn name(&self) -> &str {
+        match self {
+            Follow::Channel(name) | Follow::Keys(name) => name,
+        }
+    }
+}
+
+/// Whether `notify-keyspace-events` flags tell of the writes to consumers' hashes and sets and
+/// of their removal (`K` with `A`, or with `h`, `s` and `g`).
+fn tells_of_keys(flags: &str) -> bool {
+    flags.contains('K')
+        && (flags.contains('A') || ['h', 's', 'g'].iter().all(|c| flags.contains(*c)))
+}
+
 /// How often the subscription's connection is asked for a sign of life, and how long its
 /// connect, subscription and answers are waited for: a Redis host that died or went out of
 /// reach without closing the connection sent nothing more, and the subscription was held
@@ -96,7 +149,13 @@ async fn relay_messages(
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(msg) => {
-                    if let Ok(text) = msg.get_payload::<String>() {
+                    // A key written: its name, after the notification's `__keyspace@<db>__:`.
+                    if msg.from_pattern() {
+                        let channel = msg.get_channel_name();
+                        if let Some((_, key)) = channel.split_once("__:") {
+                            let _ = tx.send(key.to_string());
+                        }
+                    } else if let Ok(text) = msg.get_payload::<String>() {
                         let _ = tx.send(text);
                     }
                 }
@@ -108,6 +167,25 @@ async fn relay_messages(
                     return;
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flags_that_tell_of_consumers_written() {
+        for (flags, tells) in [
+            ("", false),
+            ("KA", true),
+            ("AK", true),
+            ("EA", false),
+            ("Khsg", true),
+            ("Kgsh$x", true),
+            ("Kh", false),
+            ("KEA", true),
+        ] {
+            assert_eq!(super::tells_of_keys(flags), tells, "{flags}");
         }
     }
 }
