@@ -99,10 +99,10 @@ pub(super) fn poll_read_held(
 }
 
 /// A read at the body's end (Pingora's session's, or the fast path's watch of a client waiting
-/// for its answer: [`super::client_gone`]): the client's close or a failure is the read's, the blank lines a
-/// client may send between requests are taken (RFC 9112 §2.2), anything else it sent is left
-/// where it is, for the listener: the client is still there, and the read pends (waking no one
-/// for bytes that are no news).
+/// for its answer: [`super::client_gone`]): the client's close or a failure is the read's, the
+/// blank lines a client may send between requests are taken (RFC 9112 §2.2), anything else it
+/// sent is left where it is, for the listener: the client is still there, and the read pends
+/// (waking no one for bytes that are no news).
 pub(super) fn poll_body_end(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
     loop {
         let mut seen = [std::mem::MaybeUninit::uninit(); 64];
