@@ -55,6 +55,21 @@ pub fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
     )
 }
 
+/// A message as text, never read as markup (the storage route's refusals: they name what the
+/// client sent, and the route is reached from the gateway's origin, through a pipeline).
+pub fn plain(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    let mut r = respond(
+        status,
+        Some("text/plain; charset=utf-8"),
+        body.as_bytes().to_vec(),
+    );
+    r.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
 pub fn empty(status: StatusCode) -> Response<Vec<u8>> {
     respond(status, None, Vec::new())
 }

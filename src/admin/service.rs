@@ -114,7 +114,7 @@ impl ProxyHttp for AdminService {
                 if !super::storage_admitted(head, &self.api) {
                     write(
                         session,
-                        super::text(http::StatusCode::UNAUTHORIZED, "Unauthorized"),
+                        super::plain(http::StatusCode::UNAUTHORIZED, "Unauthorized"),
                     )
                     .await?;
                     return Ok(true);
@@ -124,7 +124,7 @@ impl ProxyHttp for AdminService {
                     let forbidden = format!("Forbidden: {why}");
                     write(
                         session,
-                        super::text(http::StatusCode::FORBIDDEN, &forbidden),
+                        super::plain(http::StatusCode::FORBIDDEN, &forbidden),
                     )
                     .await?;
                     return Ok(true);
@@ -139,7 +139,7 @@ impl ProxyHttp for AdminService {
                     // Pingora as chunked): refused, the body unread.
                     Ok(_) if carries_body(head) => {
                         session.set_keepalive(None);
-                        let answer = super::text(
+                        let answer = super::plain(
                             http::StatusCode::BAD_REQUEST,
                             "Bad Request: a storage read carries no body",
                         );
@@ -153,7 +153,7 @@ impl ProxyHttp for AdminService {
                     Err(refusal) => {
                         let status = http::StatusCode::from_u16(refusal.status)
                             .unwrap_or(http::StatusCode::BAD_REQUEST);
-                        let mut answer = super::text(status, &refusal.message);
+                        let mut answer = super::plain(status, &refusal.message);
                         if status == http::StatusCode::METHOD_NOT_ALLOWED {
                             answer.headers_mut().insert(
                                 http::header::ALLOW,
