@@ -925,7 +925,7 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
     };
     config("");
     let gw = GatewayProcess::start(&dir);
-    wait_for_line(&gw, "keyspace notifications are off");
+    wait_for_line(&gw, "keyspace notifications do not tell of the consumers written");
     drop(gw);
     config("KA");
     let gw = GatewayProcess::start(&dir);
@@ -961,6 +961,27 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
         .query(&mut redis.conn())
         .expect("del");
     becomes("/wms/1", 401);
+}
+
+/// A server whose ACL does not let the gateway follow the keys written (Redis 7's
+/// `resetchannels` for a user granted the change messages' channel only): said once, not tried
+/// (and warned of) every second; the change messages are still followed.
+#[test]
+fn keys_the_server_does_not_let_be_followed_are_said_once() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let _: () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("resetchannels")
+        .arg("&EG-tollgate-invalidate")
+        .query(&mut redis.conn())
+        .expect("acl");
+    let gw = GatewayProcess::start(&dir);
+    wait_for_line(&gw, "cannot follow the keys other programs write");
+    std::thread::sleep(Duration::from_millis(2500));
+    let log = gw.log_text();
+    assert_eq!(log.matches("cannot follow the keys").count(), 1, "{log}");
+    assert!(!log.contains("cannot subscribe"), "{log}");
 }
 
 /// A credential written behind the gateway's back while Redis hangs (stopped, not gone): its

@@ -1,11 +1,13 @@
-//! YAML tags as Express Gateway's reader (js-yaml's default schema) takes them: those of YAML's
-//! core types, and no other (a file with `!Ref` or `!!python/object` is refused there).
+//! YAML tags as Express Gateway's reader (js-yaml 3's `load`, its full schema) takes them:
+//! those of YAML's core types and js-yaml's own `!!js/…` ones, and no other (a file with `!Ref`
+//! or `!!python/object` is refused there). A `!!js/…` value is read as the text it is written
+//! with.
 
 use super::Pos;
 use crate::config::error::ConfigError;
 
-/// The tags of YAML's core types Express Gateway's reader (js-yaml's default schema) knows.
-const KNOWN_TAGS: [&str; 12] = [
+/// The tags Express Gateway's reader knows: YAML's core types', and js-yaml's own.
+const KNOWN_TAGS: [&str; 15] = [
     "str",
     "int",
     "float",
@@ -18,6 +20,9 @@ const KNOWN_TAGS: [&str; 12] = [
     "omap",
     "pairs",
     "set",
+    "js/regexp",
+    "js/undefined",
+    "js/function",
 ];
 
 /// Whether `tag` is one of [`KNOWN_TAGS`] (`!!str`, `!<tag:yaml.org,2002:str>`) or the

@@ -254,6 +254,7 @@ fn a_tag_eg_does_not_know_is_an_error() {
         "a: !!seq [1]\n",
         "a: !!map {x: 1}\n",
         "a: !!set {x}\n",
+        "a: !!js/regexp /x/\n",
     ] {
         assert!(parse(yaml, &file).is_ok(), "{yaml}");
     }

@@ -19,6 +19,7 @@ use crate::pipeline::context::Consumer;
 use crate::store::Store;
 
 mod checks;
+mod follow;
 pub use checks::Turn;
 mod handover;
 pub use handover::handing_over;

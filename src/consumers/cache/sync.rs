@@ -141,7 +141,7 @@ impl ConsumerCache {
     /// The load runs on a thread of its own: sorting and converting what it read takes tens of
     /// milliseconds between two reads, and on the runtime's worker each step of a refresh (and
     /// the upstreams' health checks) would wait behind them.
-    fn load_in_background(self: &Arc<Self>, retry: bool) {
+    pub(super) fn load_in_background(self: &Arc<Self>, retry: bool) {
         {
             let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
             loads.wanted = Some(loads.wanted.unwrap_or(false) || retry);
@@ -327,7 +327,7 @@ impl ConsumerCache {
     /// [`ConsumerCache::refresh`] by the task that runs the lookups in turn, noted while it
     /// runs (see [`Lookup::done`]): the lookups wait on it (refreshes elsewhere, an Admin API
     /// write's, one inside another, are no queue's head).
-    async fn refresh_in_turn(&self, entity: &str) -> StoreResult<()> {
+    pub(super) async fn refresh_in_turn(&self, entity: &str) -> StoreResult<()> {
         let began = crate::clock::coarse_millis().max(1);
         self.refreshing_since.store(began, Ordering::Relaxed);
         let refreshed = self.refresh(entity).await;
@@ -433,98 +433,6 @@ impl ConsumerCache {
         Ok(())
     }
 
-    /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`.
-    pub fn start(self: &Arc<Self>, runtime: &tokio::runtime::Handle, resync_every: Duration) {
-        let (lookup, mut lookups) = tokio::sync::mpsc::channel::<String>(LOOKUPS_QUEUED);
-        *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
-        let cache = self.clone();
-        runtime.spawn(async move {
-            // Until a first load succeeds (the store may be down at start), keep trying.
-            while !cache.loaded_from_store() {
-                if let Err(e) = cache.load_off_worker().await {
-                    log::warn!("consumer cache: not loaded yet: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-            let channel = cache.layout.invalidation_channel();
-            let mut messages = loop {
-                match cache.store.subscribe(&channel).await {
-                    Ok(rx) => break rx,
-                    Err(e) => {
-                        log::warn!("consumer cache: cannot follow changes yet: {e}");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            };
-            // What other programs write (EG's Admin API, redis-cli), where the store tells it.
-            let mut keys = match cache.store.follow_keys(&cache.layout.prefix()).await {
-                Ok(keys) => keys,
-                Err(e) => {
-                    log::warn!("consumer cache: cannot follow other programs' writes: {e}");
-                    None
-                }
-            };
-            // The first full load happened before serving; the next one is due after a period.
-            let mut ticker =
-                tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
-            // A full read owed since a (re)subscription or lost messages, tried again each
-            // second until done: what changed meanwhile was not heard of.
-            let mut owed = false;
-            let retry = tokio::time::sleep(Duration::ZERO);
-            tokio::pin!(retry);
-            // Lookups run from here on: a request may wait for its own.
-            cache.looking_up.store(true, Ordering::Relaxed);
-            loop {
-                tokio::select! {
-                    Some(entity) = lookups.recv() => {
-                        // (Told before the lookup's end: its requests answer 503, not 401.)
-                        match cache.refresh_in_turn(&entity).await {
-                            Ok(_) => cache.set_store_answers(true),
-                            Err(e) => {
-                                log::debug!("consumer cache: lookup of {entity} failed: {e}");
-                                cache.set_store_answers(false);
-                            }
-                        }
-                        cache.looked_up(&entity);
-                    }
-                    msg = messages.recv() => match cache.follow(msg, Some).await {
-                        Some(true) => {
-                            owed = true;
-                            retry.as_mut().reset(tokio::time::Instant::now());
-                        }
-                        Some(false) => {}
-                        None => break,
-                    },
-                    key = next_key(&mut keys) => {
-                        let entity = |key: String| cache.layout.entity_of(&key);
-                        match cache.follow(key, entity).await {
-                            Some(true) => {
-                                owed = true;
-                                retry.as_mut().reset(tokio::time::Instant::now());
-                            }
-                            Some(false) => {}
-                            None => keys = None,
-                        }
-                    }
-                    () = &mut retry, if owed => {
-                        // Begun from now, after what was missed.
-                        owed = false;
-                        cache.load_in_background(true);
-                    }
-                    _ = ticker.tick() => cache.load_in_background(false),
-                }
-            }
-            // No more lookups: the requests waiting on one go on (a lookup that will not run
-            // is waited for by none).
-            cache.looking_up.store(false, Ordering::Relaxed);
-            cache
-                .pending_lookups
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clear();
-        });
-    }
-
     /// Looks an unknown entity up in the background, at most once per
     /// [`super::missed::NEGATIVE_TTL`].
     /// The lookup, when one is queued or running, which a request may wait on.
@@ -567,7 +475,7 @@ impl ConsumerCache {
     }
 
     /// Tells the requests waiting on the lookup of `entity` that it ended.
-    fn looked_up(&self, entity: &str) {
+    pub(super) fn looked_up(&self, entity: &str) {
         let done = self
             .pending_lookups
             .lock()
@@ -649,46 +557,5 @@ fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
                 CredentialType::Oauth2 => {}
             },
         }
-    }
-}
-
-impl ConsumerCache {
-    /// Follows what a change message (or a key written, `entity` its entity) says: `Some(true)`
-    /// when everything is to be read again — a (re)subscription, messages dropped, a change
-    /// not followed (the store did not answer: a revocation waits no resync period) —; `None`
-    /// when no more will come.
-    async fn follow(
-        &self,
-        heard: Result<String, tokio::sync::broadcast::error::RecvError>,
-        entity: impl FnOnce(String) -> Option<String>,
-    ) -> Option<bool> {
-        match heard {
-            Ok(heard) if heard == crate::store::SUBSCRIBED => Some(true),
-            Ok(heard) => {
-                let Some(entity) = entity(heard) else {
-                    return Some(false);
-                };
-                let failed = self.refresh_in_turn(&entity).await.err();
-                if let Some(e) = &failed {
-                    log::warn!(
-                        "consumer cache: cannot refresh {entity}: {e}; reading everything again"
-                    );
-                }
-                Some(failed.is_some())
-            }
-            // Messages were dropped (a (re)subscription's among them, maybe).
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(true),
-            Err(_) => None,
-        }
-    }
-}
-
-/// The next key written, of a store that tells them; pends for good for one that does not.
-async fn next_key(
-    keys: &mut Option<tokio::sync::broadcast::Receiver<String>>,
-) -> Result<String, tokio::sync::broadcast::error::RecvError> {
-    match keys {
-        Some(keys) => keys.recv().await,
-        None => std::future::pending().await,
     }
 }

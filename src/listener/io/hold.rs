@@ -121,11 +121,11 @@ pub(super) fn poll_body_end(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::R
         }
         // The blank lines go; what follows them is looked at again.
         let mut taken = [0u8; 64];
-        if let Err(e) = tcp.try_read(&mut taken[..blank]) {
-            return match e.kind() {
-                io::ErrorKind::WouldBlock => Poll::Pending,
-                _ => Poll::Ready(Err(e)),
-            };
+        match tcp.try_read(&mut taken[..blank]) {
+            // (Looked at again: the peek waits for the socket, its waker set.)
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(_) => {}
         }
     }
 }

@@ -49,16 +49,29 @@ pub fn client_gone_now(stream: &Stream) -> bool {
         Some(Ok(_)) | None => return false,
         Some(Err(_)) => return true,
     }
-    let mut probe = 0u8;
-    // SAFETY: one byte into `probe`, which lives through the call.
-    let n = unsafe {
-        libc::recv(
-            io.tcp.as_raw_fd(),
-            std::ptr::addr_of_mut!(probe).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    // 0: nothing left and the side closed; below 0: reset.
-    n <= 0
+    let mut seen = [0u8; 64];
+    loop {
+        // SAFETY: at most `seen.len()` bytes into `seen`, which lives through the call.
+        let n = unsafe {
+            libc::recv(
+                io.tcp.as_raw_fd(),
+                seen.as_mut_ptr().cast(),
+                seen.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        // 0: nothing left and the side closed; below 0: reset.
+        let Ok(n @ 1..) = usize::try_from(n) else {
+            return true;
+        };
+        // Blank lines between requests are no sign the client is there: taken, and looked
+        // past (as [`client_gone`] does).
+        let blank = seen[..n]
+            .iter()
+            .take_while(|b| matches!(b, b'\r' | b'\n'))
+            .count();
+        if blank == 0 || io.tcp.try_read(&mut seen[..blank]).is_err() {
+            return false;
+        }
+    }
 }

@@ -35,7 +35,7 @@ impl RedisStore {
                 self.describe
             ),
             Some(flags) => log::info!(
-                "{}: keyspace notifications are off (notify-keyspace-events `{flags}`): what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `CONFIG SET notify-keyspace-events KA` follows it at once",
+                "{}: keyspace notifications do not tell of the consumers written (notify-keyspace-events `{flags}`): what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `CONFIG SET notify-keyspace-events KA` follows it at once",
                 self.describe
             ),
             // (A server that refuses CONFIG, as managed ones may: it is not said.)
@@ -81,6 +81,17 @@ impl RedisStore {
                                     );
                                     lost = true;
                                 } else {
+                                    // Refused by the server (a user its ACL does not let follow
+                                    // the keys: NOPERM): said once, not tried every second.
+                                    if let (Follow::Keys(_), Ok(Err(e))) = (&follow, &subscribed) {
+                                        if e.code().is_some() {
+                                            log::info!(
+                                                "{}: cannot follow the keys other programs write ({e}): what they write reaches the consumer cache at its next full read (--resync-seconds)",
+                                                target_store.describe
+                                            );
+                                            return;
+                                        }
+                                    }
                                     log::warn!(
                                         "{}: cannot subscribe to `{channel}`; trying again",
                                         target_store.describe
