@@ -925,7 +925,10 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
     };
     config("");
     let gw = GatewayProcess::start(&dir);
-    wait_for_line(&gw, "keyspace notifications do not tell of the consumers written");
+    wait_for_line(
+        &gw,
+        "keyspace notifications do not tell of the consumers written",
+    );
     drop(gw);
     config("KA");
     let gw = GatewayProcess::start(&dir);

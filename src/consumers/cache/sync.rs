@@ -352,13 +352,22 @@ impl ConsumerCache {
                 let h = self.store.hgetall(&self.layout.user(id)).await?;
                 let mut t = self.write();
                 self.note(Changed::User(id.into()));
-                t.usernames.retain(|_, v| &**v != id);
                 if h.is_empty() {
+                    t.usernames.retain(|_, v| &**v != id);
                     t.users.remove(id);
                 } else {
                     let (entry, username) = user_entry(id, &h);
-                    if let Some(u) = username {
-                        t.usernames.insert(u.into(), entry.consumer.id.clone());
+                    // A name that names this user already stays as it is (most writes to a
+                    // user change something else): the names are looked through, each of them,
+                    // only for a new one (a rename).
+                    let named = username
+                        .as_deref()
+                        .is_some_and(|u| t.usernames.get(u).is_some_and(|v| &**v == id));
+                    if !named {
+                        t.usernames.retain(|_, v| &**v != id);
+                        if let Some(u) = username {
+                            t.usernames.insert(u.into(), entry.consumer.id.clone());
+                        }
                     }
                     t.users.insert(id.into(), entry);
                 }

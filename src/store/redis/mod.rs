@@ -424,12 +424,8 @@ impl Store for RedisStore {
     }
 
     async fn follow_keys(&self, prefix: &str) -> StoreResult<Option<broadcast::Receiver<String>>> {
-        self.say_keyspace_notifications().await;
         let (tx, rx) = broadcast::channel(4096);
-        // Every database's: the one this store uses is the target's (an event of another's is
-        // one refresh too many, no harm).
-        let pattern = format!("__keyspace@*__:{prefix}*");
-        self.spawn_relay(pubsub::Follow::Keys(pattern), tx);
+        self.spawn_relay(pubsub::Follow::Keys(pubsub::keyspace_pattern(prefix)), tx);
         Ok(Some(rx))
     }
 

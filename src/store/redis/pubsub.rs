@@ -35,7 +35,7 @@ impl RedisStore {
                 self.describe
             ),
             Some(flags) => log::info!(
-                "{}: keyspace notifications do not tell of the consumers written (notify-keyspace-events `{flags}`): what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `CONFIG SET notify-keyspace-events KA` follows it at once",
+                "{}: keyspace notifications do not tell of the consumers written (notify-keyspace-events `{flags}`): what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `notify-keyspace-events KA` in redis.conf (or `CONFIG SET`, then `CONFIG REWRITE` to keep it past a restart) follows it at once",
                 self.describe
             ),
             // (A server that refuses CONFIG, as managed ones may: it is not said.)
@@ -67,6 +67,11 @@ impl RedisStore {
                                 };
                                 let subscribed = tokio::time::timeout(PUBSUB_WAIT, subscribe).await;
                                 if matches!(subscribed, Ok(Ok(()))) {
+                                    // Looked at again at each subscription: a server restarted
+                                    // may tell otherwise.
+                                    if let Follow::Keys(_) = follow {
+                                        target_store.say_keyspace_notifications().await;
+                                    }
                                     if lost {
                                         log::info!(
                                             "{}: subscribed to `{channel}` again",
@@ -132,11 +137,27 @@ impl Follow {
     }
 }
 
+/// The pattern of the keyspace notifications of the keys starting with `prefix`: every
+/// database's (the one the store uses is the target's; an event of another's is one refresh
+/// too many, no harm), the prefix as written (`*`, `?`, `[`, `]` and `\` in a namespace are the
+/// pattern's otherwise).
+pub(super) fn keyspace_pattern(prefix: &str) -> String {
+    let mut pattern = String::from("__keyspace@*__:");
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('*');
+    pattern
+}
+
 /// Whether `notify-keyspace-events` flags tell of the writes to consumers' hashes and sets and
-/// of their removal (`K` with `A`, or with `h`, `s` and `g`).
+/// of their removal, expiry and eviction (`K` with `A`, or with `h`, `s`, `g`, `x` and `e`).
 fn tells_of_keys(flags: &str) -> bool {
     flags.contains('K')
-        && (flags.contains('A') || ['h', 's', 'g'].iter().all(|c| flags.contains(*c)))
+        && (flags.contains('A') || ['h', 's', 'g', 'x', 'e'].iter().all(|c| flags.contains(*c)))
 }
 
 /// How often the subscription's connection is asked for a sign of life, and how long its
@@ -185,14 +206,24 @@ async fn relay_messages(
 #[cfg(test)]
 mod tests {
     #[test]
+    fn a_namespace_is_matched_as_written() {
+        assert_eq!(super::keyspace_pattern("EG-"), "__keyspace@*__:EG-*");
+        assert_eq!(
+            super::keyspace_pattern("T[1]*?\\-"),
+            "__keyspace@*__:T\\[1\\]\\*\\?\\\\-*"
+        );
+    }
+
+    #[test]
     fn flags_that_tell_of_consumers_written() {
         for (flags, tells) in [
             ("", false),
             ("KA", true),
             ("AK", true),
             ("EA", false),
-            ("Khsg", true),
-            ("Kgsh$x", true),
+            ("Khsg", false),
+            ("Khsgxe", true),
+            ("Kgsh$xe", true),
             ("Kh", false),
             ("KEA", true),
         ] {
