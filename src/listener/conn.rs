@@ -286,6 +286,8 @@ where
     let mut timer = std::pin::pin!(tokio::time::sleep_until(wait_until));
     // What a client sent of its next request with the one before (HTTP/1.1 pipelining).
     let mut carried = BytesMut::new();
+    // Whether the connection was told a next request came (told again only when that changes).
+    let mut next_told = false;
     loop {
         // A later request whose head comes in more than one read is counted from its second.
         let mut partial = None;
@@ -334,7 +336,11 @@ where
                 return refuse(stream, ConnClose::Done, NOT_ALLOWED_405).await;
             }
         }
-        super::io::next_request_read(&stream, !carried.is_empty());
+        let next = !carried.is_empty();
+        if next != next_told {
+            super::io::next_request_read(&stream, next);
+            next_told = next;
+        }
         match one_request(stream, head, app, fast, limits, &shutdown).await {
             Next::KeepAlive(s) => stream = s,
             Next::Close(why) => return why,
