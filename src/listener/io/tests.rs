@@ -135,3 +135,61 @@ async fn vectored_writes_arrive_whole_and_in_order() {
     assert_eq!(got.len(), expected.len());
     assert!(got == expected, "bytes out of order");
 }
+
+/// A connection held for a request reads its body's rest and no further: what follows is
+/// left for the listener (read once released); at the body's end the client's close is seen
+/// past blank lines, and a client whose next request came is not taken as gone.
+#[tokio::test]
+async fn a_held_connection_reads_its_body_and_no_further() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pair = || async {
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (tcp, _) = listener.accept().await.unwrap();
+        let stream: Stream = Box::new(ClientIo::new(tcp));
+        (client, stream)
+    };
+    // The body's rest, then nothing more until released.
+    let (mut client, mut stream) = pair().await;
+    hold_after_request(&stream, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nab");
+    client.write_all(b"cdeGET /next").await.unwrap();
+    let mut body = Vec::new();
+    while body.len() < 3 {
+        let mut buf = [0u8; 64];
+        let n = stream.read(&mut buf).await.unwrap();
+        body.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(body, b"cde");
+    assert!(pends(&mut stream).await, "the next request is left unread");
+    release(&stream);
+    let mut next = [0u8; 9];
+    stream.read_exact(&mut next).await.unwrap();
+    assert_eq!(&next, b"GET /next");
+    // At the body's end: blank lines looked past, then the client's close read as the end.
+    let (mut client, mut stream) = pair().await;
+    hold_after_request(&stream, b"GET / HTTP/1.1\r\n\r\n");
+    client.write_all(b"\r\n\r\n").await.unwrap();
+    assert!(pends(&mut stream).await);
+    drop(client);
+    let mut byte = [0u8; 1];
+    assert_eq!(
+        stream.read(&mut byte).await.unwrap(),
+        0,
+        "the client's close"
+    );
+    // A client whose next request came: its close is not the end.
+    let (client, mut stream) = pair().await;
+    hold_after_request(&stream, b"GET / HTTP/1.1\r\n\r\n");
+    next_request_read(&stream, true);
+    drop(client);
+    assert!(pends(&mut stream).await);
+}
+
+/// Whether a read of `stream` pends for a while.
+async fn pends(stream: &mut Stream) -> bool {
+    let mut byte = [0u8; 1];
+    let read = stream.read(&mut byte);
+    tokio::time::timeout(std::time::Duration::from_millis(100), read)
+        .await
+        .is_err()
+}

@@ -27,6 +27,8 @@ const PIPELINE_CHUNK: usize = 1000;
 
 pub struct RedisStore {
     target: Target,
+    /// The database the store uses (its keyspace notifications are that database's).
+    db: i64,
     describe: String,
     conn: Mutex<Conn>,
     channels: Arc<std::sync::Mutex<HashMap<String, broadcast::Sender<String>>>>,
@@ -104,6 +106,7 @@ impl RedisStore {
         };
         RedisStore {
             target,
+            db,
             describe,
             conn: Mutex::default(),
             channels: Arc::new(std::sync::Mutex::new(HashMap::new())),
@@ -425,7 +428,8 @@ impl Store for RedisStore {
 
     async fn follow_keys(&self, prefix: &str) -> StoreResult<Option<broadcast::Receiver<String>>> {
         let (tx, rx) = broadcast::channel(4096);
-        self.spawn_relay(pubsub::Follow::Keys(pubsub::keyspace_pattern(prefix)), tx);
+        let pattern = pubsub::keyspace_pattern(self.db, prefix);
+        self.spawn_relay(pubsub::Follow::Keys(pattern), tx);
         Ok(Some(rx))
     }
 

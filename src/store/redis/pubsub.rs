@@ -13,6 +13,7 @@ impl RedisStore {
     pub(super) fn with_own_connection(&self) -> RedisStore {
         RedisStore {
             target: self.target.clone(),
+            db: self.db,
             describe: self.describe.clone(),
             conn: Mutex::default(),
             channels: self.channels.clone(),
@@ -137,12 +138,11 @@ impl Follow {
     }
 }
 
-/// The pattern of the keyspace notifications of the keys starting with `prefix`: every
-/// database's (the one the store uses is the target's; an event of another's is one refresh
-/// too many, no harm), the prefix as written (`*`, `?`, `[`, `]` and `\` in a namespace are the
-/// pattern's otherwise).
-pub(super) fn keyspace_pattern(prefix: &str) -> String {
-    let mut pattern = String::from("__keyspace@*__:");
+/// The pattern of the keyspace notifications of the keys starting with `prefix` in database
+/// `db` (another database's writes, another program's, are no work of the gateway's), the
+/// prefix as written (`*`, `?`, `[`, `]` and `\` in a namespace are the pattern's otherwise).
+pub(super) fn keyspace_pattern(db: i64, prefix: &str) -> String {
+    let mut pattern = format!("__keyspace@{db}__:");
     for c in prefix.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\') {
             pattern.push('\\');
@@ -207,10 +207,10 @@ async fn relay_messages(
 mod tests {
     #[test]
     fn a_namespace_is_matched_as_written() {
-        assert_eq!(super::keyspace_pattern("EG-"), "__keyspace@*__:EG-*");
+        assert_eq!(super::keyspace_pattern(0, "EG-"), "__keyspace@0__:EG-*");
         assert_eq!(
-            super::keyspace_pattern("T[1]*?\\-"),
-            "__keyspace@*__:T\\[1\\]\\*\\?\\\\-*"
+            super::keyspace_pattern(2, "T[1]*?\\-"),
+            "__keyspace@2__:T\\[1\\]\\*\\?\\\\-*"
         );
     }
 
