@@ -1186,6 +1186,29 @@ fn requests_pipelined_behind_one_on_pingoras_path_are_answered_after_it() {
     }
 }
 
+/// A head whose lines end in a bare `\n` is split from a request behind it in the same write
+/// on both paths (it was split only as the last of a batch: Pingora's session answered it and
+/// closed the connection).
+#[test]
+fn a_bare_lf_head_is_split_from_the_request_behind_it() {
+    let up = Scripted::start();
+    for fast in ["on", "off"] {
+        let (_dir, gw) = gateway(&up, fast);
+        let mut s = connect(gw.port, 10);
+        s.write_all(b"GET /cl HTTP/1.1\nHost: tiles\n\nGET /text HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        let answers = read_answers(&mut s, &["GET", "GET"]);
+        assert_eq!(answers[0], (200, b"hello".to_vec()), "fast path {fast}");
+        assert_eq!(answers[1].0, 200, "fast path {fast}");
+        s.write_all(b"GET /cl HTTP/1.1\r\nHost: tiles\r\n\r\n")
+            .expect("send");
+        assert_eq!(
+            read_answers(&mut s, &["GET"]),
+            vec![(200, b"hello".to_vec())]
+        );
+    }
+}
+
 /// A request line Pingora's session escapes (a space in the target) grows as it is read: what
 /// the client sent after the head — here the start of its next request — is neither dropped
 /// nor taken for a request of its own (the tail `T /cl` as a request with method `T`).

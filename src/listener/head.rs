@@ -316,7 +316,7 @@ pub(super) fn skip_blank_lines(buf: &mut BytesMut) {
 /// which `buf` holds. Otherwise `None`, and the bytes stay together (the rest of a body, or
 /// what Pingora's session makes of them).
 pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
-    let end = first_head_end(buf)?;
+    let end = head_end(buf);
     if end >= buf.len() {
         return None;
     }
@@ -329,29 +329,11 @@ pub(super) fn next_request_at(buf: &[u8]) -> Option<usize> {
 /// the rest of a single `Content-Length`. `None` for a head that is not whole, or one whose end
 /// is not told by its length (see [`next_request_at`]).
 pub(super) fn body_still_to_come(buf: &[u8]) -> Option<usize> {
-    let end = first_head_end(buf)?;
+    // (A head not whole yet does not parse whole.)
+    let end = head_end(buf);
     let body = announced_body(&buf[..end])?;
     Some(body.saturating_sub(buf.len() - end))
 }
-
-/// Where the first head in `buf` ends (blank lines before it skipped): at its first empty line,
-/// a `\r\n` one, or, in a head whose lines end in a bare `\n` (as the parser allows) and after
-/// which no `\r\n` one comes, a `\n` one. (A bare-`\n` head with a `\r\n` head behind it
-/// is found to end where that one ends, which its parse then refuses: the two are left whole —
-/// finding its end would cost every request a second search.)
-fn first_head_end(buf: &[u8]) -> Option<usize> {
-    let lead = buf.iter().position(|b| *b != b'\r' && *b != b'\n')?;
-    let head = &buf[lead..];
-    match CRLF.find(head) {
-        Some(i) => Some(lead + i + 4),
-        None => Some(lead + LF.find(head)? + 2),
-    }
-}
-
-static CRLF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
-static LF: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\n\n"));
 
 /// The length of the body the request head `head` (all of it, and nothing more) announces: `0`
 /// without one. `None` for a head that does not parse whole, a tunnel, a protocol switch, a
@@ -443,16 +425,23 @@ fn never_a_head(buf: &[u8], from: usize) -> bool {
     })
 }
 
-/// Where a complete head ends in `buf` (after its blank line).
+/// Where the first head in `buf` ends (after its first empty line, blank lines before it
+/// skipped); `buf.len()` when none ends in it.
 fn head_end(buf: &[u8]) -> usize {
     let lead = buf
         .iter()
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(0);
     let rest = &buf[lead..];
-    let lf_lf = memchr::memmem::find(rest, b"\n\n").map(|i| i + 2);
-    let lf_crlf = memchr::memmem::find(rest, b"\n\r\n").map(|i| i + 3);
-    lead + lf_lf.into_iter().chain(lf_crlf).min().unwrap_or(rest.len())
+    // Line by line, up to the first empty one (a search for each kind of ending went through
+    // the whole of a pipelined batch, for each request in it, when one kind was not there).
+    memchr::memchr_iter(b'\n', rest)
+        .find_map(|i| match rest.get(i + 1..) {
+            Some([b'\n', ..]) => Some(i + 2),
+            Some([b'\r', b'\n', ..]) => Some(i + 3),
+            _ => None,
+        })
+        .map_or(buf.len(), |end| lead + end)
 }
 
 fn head_complete(buf: &[u8], from: usize) -> bool {

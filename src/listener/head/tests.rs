@@ -83,6 +83,9 @@ fn splits_a_bodiless_head_from_the_next_request_only() {
     );
     let bare_then = format!("{get}{bare}");
     assert_eq!(next_request_at(bare_then.as_bytes()), Some(get.len()));
+    // A bare-LF head before a CRLF one is split from it too (it was left whole).
+    let then_crlf = format!("{bare}{get}");
+    assert_eq!(next_request_at(then_crlf.as_bytes()), Some(bare.len()));
     // A body of known length is the request's, what follows it the next request's.
     let post = "POST /a HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
     let post_then = format!("{post}GET /b");
