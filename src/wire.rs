@@ -252,14 +252,19 @@ pub fn normalised_target(url: &str) -> Option<String> {
     (out != url).then_some(out)
 }
 
+/// How many bytes of blank lines `bytes` begins with (`\r` and `\n`: what a client may send
+/// before a request, RFC 9112 §2.2).
+pub fn blank_lines(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .take_while(|b| matches!(b, b'\r' | b'\n'))
+        .count()
+}
+
 /// The request line at the start of `head` (blank lines before it skipped), without its line
 /// end; `None` while no line end has come.
 pub fn request_line(head: &[u8]) -> Option<&[u8]> {
-    let lead = head
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
-    let head = &head[lead..];
+    let head = &head[blank_lines(head)..];
     let line = &head[..memchr::memchr(b'\n', head)?];
     Some(line.strip_suffix(b"\r").unwrap_or(line))
 }

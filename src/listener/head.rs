@@ -278,10 +278,7 @@ pub(super) fn too_many_headers(buf: &[u8]) -> bool {
     if buf.len() <= MAX_HEADER_LINES * 3 {
         return false;
     }
-    let lead = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    let lead = crate::wire::blank_lines(buf);
     let head = &buf[lead..];
     let mut lines = 0;
     for at in memchr::memchr_iter(b'\n', head) {
@@ -301,10 +298,7 @@ pub(super) fn too_many_headers(buf: &[u8]) -> bool {
 /// Drops the empty lines a client may send before a request line (after the request before
 /// it, most often): RFC 9112 §2.2 says to ignore them, not to take them for a head begun.
 pub(super) fn skip_blank_lines(buf: &mut BytesMut) {
-    let blank = buf
-        .iter()
-        .take_while(|b| matches!(b, b'\r' | b'\n'))
-        .count();
+    let blank = crate::wire::blank_lines(buf);
     if blank > 0 {
         let _ = buf.split_to(blank);
     }

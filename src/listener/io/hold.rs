@@ -109,10 +109,7 @@ pub(super) fn poll_body_end(tcp: &TcpStream, cx: &mut Context<'_>) -> Poll<io::R
         let mut seen = ReadBuf::uninit(&mut seen);
         ready!(tcp.poll_peek(cx, &mut seen))?;
         let seen = seen.filled();
-        let blank = seen
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .count();
+        let blank = crate::wire::blank_lines(seen);
         if seen.is_empty() {
             return Poll::Ready(Ok(()));
         }

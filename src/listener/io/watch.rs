@@ -66,10 +66,7 @@ pub fn client_gone_now(stream: &Stream) -> bool {
         };
         // Blank lines between requests are no sign the client is there: taken, and looked
         // past (as [`client_gone`] does).
-        let blank = seen[..n]
-            .iter()
-            .take_while(|b| matches!(b, b'\r' | b'\n'))
-            .count();
+        let blank = crate::wire::blank_lines(&seen[..n]);
         if blank == 0 || io.tcp.try_read(&mut seen[..blank]).is_err() {
             return false;
         }
