@@ -822,6 +822,21 @@ fn a_refused_rate_limit_command_is_logged_in_redis_words() {
 }
 
 /// Waits (10 s at most) until the gateway's log holds `line`.
+const RESYNC_AGE: &str = "tollgate_consumer_cache_last_resync_age_seconds";
+
+/// Waits until the full loads of the start (the first, and the one after the subscriptions)
+/// are over, so that what the test writes next reaches the gateway only as the test has it:
+/// the seconds since the last.
+fn start_loads_over(gw: &GatewayProcess) -> f64 {
+    let age = gw.metric_when(RESYNC_AGE, |a| a >= 0.5);
+    assert!(
+        age >= 0.5,
+        "a full load keeps running: {age}\n{}",
+        gw.log_text()
+    );
+    age
+}
+
 fn wait_for_line(gw: &GatewayProcess, line: &str) {
     let since = Instant::now();
     while !gw.log_text().contains(line) {
@@ -870,6 +885,7 @@ fn a_credential_written_elsewhere_works_on_its_first_request() {
     let (redis, _up, dir) = with_eg_fixture();
     let mut conn = redis.conn();
     let gw = GatewayProcess::start(&dir);
+    start_loads_over(&gw);
     let app = write_elsewhere(&redis);
     let _: () = redis::cmd("PING").query(&mut conn).expect("ping");
     let keyed = get(
@@ -966,6 +982,112 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
     becomes("/wms/1", 401);
 }
 
+/// The start reads the store twice, not once per subscription: the first load, before
+/// serving, and one after the subscriptions to the change messages and to the keys written
+/// (what was written between the first load and them was heard of by neither). With a million
+/// credentials each read is seconds of a core.
+#[test]
+fn the_start_reads_everything_again_once_for_both_subscriptions() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("KA")
+        .query(&mut redis.conn())
+        .expect("config set");
+    let gw = GatewayProcess::start_with(
+        &dir,
+        &[],
+        &[("RUST_LOG", "info,tollgate::consumers::cache=debug")],
+    );
+    wait_for_line(&gw, "following the consumers other programs write");
+    std::thread::sleep(Duration::from_secs(1));
+    let loads = gw.log_text().matches("credentials loaded from").count();
+    assert_eq!(loads, 2, "{}", gw.log_text());
+}
+
+/// A bulk write by another program (an import through EG's Admin API, a script): thousands of
+/// keys at once, read by the consumer cache a batch at a time, are each followed — the
+/// credentials revoked refused, the new ones let in — without the cache falling behind Redis'
+/// notifications and reading everything again (which, with many consumers, took the gateway's
+/// CPU for seconds each time, again and again in a longer storm).
+#[test]
+fn a_bulk_write_by_another_program_is_followed_key_by_key() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("KA")
+        .query(&mut redis.conn())
+        .expect("config set");
+    let app = write_elsewhere(&redis);
+    const BULK: usize = 4_000;
+    let credentials = |name: &str, active: bool| {
+        let mut pipe = redis::pipe();
+        for i in 0..BULK {
+            pipe.cmd("HSET")
+                .arg(format!("EG-key-auth:{name}-{i}"))
+                .arg("keyId")
+                .arg(format!("{name}-{i}"))
+                .arg("keySecret")
+                .arg(format!("{name}-secret-{i}"))
+                .arg("consumerId")
+                .arg(app)
+                .arg("isActive")
+                .arg(active.to_string())
+                .arg("scopes")
+                .arg(r#"["wmts"]"#)
+                .ignore();
+        }
+        pipe
+    };
+    let _: () = credentials("old", true)
+        .query(&mut redis.conn())
+        .expect("credentials");
+    let gw = GatewayProcess::start(&dir);
+    wait_for_line(&gw, "following the consumers other programs write");
+    let status = |name: &str, i: usize| {
+        let auth = format!("apiKey {name}-{i}:{name}-secret-{i}");
+        get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", auth.as_str())],
+        )
+        .status
+    };
+    let samples = [0, BULK / 2, BULK - 1];
+    for i in samples {
+        assert_eq!(status("old", i), 200, "old-{i} before");
+    }
+    let before = start_loads_over(&gw);
+    // Every old credential revoked and as many new ones, in one write.
+    let mut bulk = credentials("old", false);
+    for cmd in credentials("new", true).cmd_iter() {
+        bulk.add_command(cmd.clone()).ignore();
+    }
+    let _: () = bulk.query(&mut redis.conn()).expect("bulk write");
+    let written = Instant::now();
+    for (name, want) in [("old", 401), ("new", 200)] {
+        for i in samples {
+            while status(name, i) != want {
+                assert!(
+                    written.elapsed() < Duration::from_secs(10),
+                    "{name}-{i} is not followed\n{}",
+                    gw.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    let after = gw.metric(RESYNC_AGE);
+    assert!(
+        after >= before,
+        "the cache read everything again ({before} s since a full load before the bulk write, {after} s after)\n{}",
+        gw.log_text()
+    );
+}
+
 /// A server whose ACL does not let the gateway follow the keys written (Redis 7's
 /// `resetchannels` for a user granted the change messages' channel only): said once, not tried
 /// (and warned of) every second; the change messages are still followed.
@@ -996,6 +1118,7 @@ fn keys_the_server_does_not_let_be_followed_are_said_once() {
 fn a_credential_unknown_while_redis_hangs_is_503_not_401() {
     let (redis, _up, dir) = with_eg_fixture();
     let gw = GatewayProcess::start(&dir);
+    start_loads_over(&gw);
     write_elsewhere(&redis);
     let key = ("Authorization", "apiKey fresh-ka:fresh-ka-secret");
     let token = jwt::hs256(POLICY_SECRET, &serde_json::json!({"sub": "fresh-jwt"}));

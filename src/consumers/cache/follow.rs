@@ -2,10 +2,14 @@
 //! write (where the store tells of them), the lookups of keys the cache does not know, and the
 //! full reads — in one task, in turn.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+
+use super::refresh::BATCH;
 use super::sync::LOOKUPS_QUEUED;
 use super::ConsumerCache;
 
@@ -54,30 +58,48 @@ impl ConsumerCache {
             loop {
                 tokio::select! {
                     Some(entity) = lookups.recv() => {
-                        // (Told before the lookup's end: its requests answer 503, not 401.)
-                        match cache.refresh_in_turn(&entity).await {
+                        // With the lookups queued behind it, in one refresh.
+                        let mut entities = vec![entity];
+                        while entities.len() < BATCH {
+                            match lookups.try_recv() {
+                                Ok(entity) => entities.push(entity),
+                                Err(_) => break,
+                            }
+                        }
+                        // (Told before the lookups' end: their requests answer 503, not 401.)
+                        match cache.refresh_in_turn(&entities).await {
                             Ok(_) => cache.set_store_answers(true),
                             Err(e) => {
-                                log::debug!("consumer cache: lookup of {entity} failed: {e}");
+                                log::debug!(
+                                    "consumer cache: lookup of {} failed: {e}",
+                                    named(&entities)
+                                );
                                 cache.set_store_answers(false);
                             }
                         }
-                        cache.looked_up(&entity);
-                    }
-                    msg = messages.recv() => match cache.follow(msg, Some).await {
-                        Some(true) => {
-                            owed = true;
-                            retry.as_mut().reset(tokio::time::Instant::now());
+                        for entity in &entities {
+                            cache.looked_up(entity);
                         }
-                        Some(false) => {}
-                        None => break,
-                    },
+                    }
+                    msg = messages.recv() => {
+                        let heard = Heard::drain(msg, &mut messages, Some);
+                        match cache.follow(heard).await {
+                            Some(true) => {
+                                owe(&mut owed, retry.as_mut());
+                            }
+                            Some(false) => {}
+                            None => break,
+                        }
+                    }
                     key = next_key(&mut keys) => {
                         let entity = |key: String| cache.layout.entity_of(&key);
-                        match cache.follow(key, entity).await {
+                        let heard = match keys.as_mut() {
+                            Some(rx) => Heard::drain(key, rx, entity),
+                            None => continue,
+                        };
+                        match cache.follow(heard).await {
                             Some(true) => {
-                                owed = true;
-                                retry.as_mut().reset(tokio::time::Instant::now());
+                                owe(&mut owed, retry.as_mut());
                             }
                             Some(false) => {}
                             None => keys = None,
@@ -102,40 +124,103 @@ impl ConsumerCache {
         });
     }
 
-    /// Follows what a change message (or a key written, `entity` its entity) says: `Some(true)`
-    /// when everything is to be read again — a (re)subscription, messages dropped, a change
-    /// not followed (the store did not answer: a revocation waits no resync period) —; `None`
-    /// when no more will come.
-    async fn follow(
-        &self,
-        heard: Result<String, tokio::sync::broadcast::error::RecvError>,
-        entity: impl FnOnce(String) -> Option<String>,
-    ) -> Option<bool> {
-        match heard {
-            Ok(heard) if heard == crate::store::SUBSCRIBED => Some(true),
-            Ok(heard) => {
-                let Some(entity) = entity(heard) else {
-                    return Some(false);
-                };
-                let failed = self.refresh_in_turn(&entity).await.err();
-                if let Some(e) = &failed {
-                    log::warn!(
-                        "consumer cache: cannot refresh {entity}: {e}; reading everything again"
-                    );
-                }
-                Some(failed.is_some())
+    /// Follows what was heard at once: `Some(true)` when everything is to be read again — a
+    /// (re)subscription, messages dropped, a change not followed (the store did not answer: a
+    /// revocation waits no resync period) —; `None` when no more will come.
+    async fn follow(&self, heard: Heard) -> Option<bool> {
+        let mut everything = heard.everything;
+        if !heard.entities.is_empty() {
+            if let Err(e) = self.refresh_in_turn(&heard.entities).await {
+                log::warn!(
+                    "consumer cache: cannot refresh {}: {e}; reading everything again",
+                    named(&heard.entities)
+                );
+                everything = true;
             }
-            // Messages were dropped (a (re)subscription's among them, maybe).
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Some(true),
-            Err(_) => None,
         }
+        (!heard.closed).then_some(everything)
+    }
+}
+
+/// The change messages (or keys written) heard at once: the first, and those already queued
+/// behind it (up to [`BATCH`]), refreshed together.
+struct Heard {
+    /// The entities they name, each once.
+    entities: Vec<String>,
+    /// Whether everything is to be read again: a (re)subscription, messages dropped.
+    everything: bool,
+    /// Whether no more will come.
+    closed: bool,
+}
+
+impl Heard {
+    /// `first` and what `rx` holds behind it; `entity`: the entity a message names, if any.
+    fn drain(
+        first: Result<String, RecvError>,
+        rx: &mut tokio::sync::broadcast::Receiver<String>,
+        entity: impl Fn(String) -> Option<String>,
+    ) -> Heard {
+        let mut heard = Heard {
+            entities: Vec::new(),
+            everything: false,
+            closed: false,
+        };
+        let mut seen = HashSet::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Ok(m) if m == crate::store::SUBSCRIBED => heard.everything = true,
+                Ok(m) => {
+                    if let Some(e) = entity(m) {
+                        if seen.insert(e.clone()) {
+                            heard.entities.push(e);
+                        }
+                    }
+                }
+                // Messages were dropped (a (re)subscription's among them, maybe).
+                Err(RecvError::Lagged(_)) => heard.everything = true,
+                Err(RecvError::Closed) => {
+                    heard.closed = true;
+                    break;
+                }
+            }
+            if heard.entities.len() < BATCH {
+                next = match rx.try_recv() {
+                    Ok(m) => Some(Ok(m)),
+                    Err(TryRecvError::Lagged(n)) => Some(Err(RecvError::Lagged(n))),
+                    Err(TryRecvError::Closed) => Some(Err(RecvError::Closed)),
+                    Err(TryRecvError::Empty) => None,
+                };
+            }
+        }
+        heard
+    }
+}
+
+/// How long a full read owed waits for what else owes one: the subscriptions of the start (to
+/// the change messages and to the keys written) are one read, not one each.
+const SETTLE: Duration = Duration::from_millis(100);
+
+/// Owes a full read, begun [`SETTLE`] from the first reason for it.
+fn owe(owed: &mut bool, retry: std::pin::Pin<&mut tokio::time::Sleep>) {
+    if !std::mem::replace(owed, true) {
+        retry.reset(tokio::time::Instant::now() + SETTLE);
+    }
+}
+
+/// The entities of a refresh, for the log: the one, or how many and the first.
+fn named(entities: &[String]) -> String {
+    match entities {
+        [one] => one.clone(),
+        [first, ..] => format!("{} entities ({first}, ...)", entities.len()),
+        [] => "nothing".into(),
     }
 }
 
 /// The next key written, of a store that tells them; pends for good for one that does not.
 async fn next_key(
     keys: &mut Option<tokio::sync::broadcast::Receiver<String>>,
-) -> Result<String, tokio::sync::broadcast::error::RecvError> {
+) -> Result<String, RecvError> {
     match keys {
         Some(keys) => keys.recv().await,
         None => std::future::pending().await,

@@ -25,6 +25,7 @@ mod handover;
 pub use handover::handing_over;
 mod missed;
 mod passwords;
+mod refresh;
 mod sync;
 pub use sync::Lookup;
 

@@ -1,27 +1,20 @@
-//! Keeping the cache in step with the store: the full load (at start and every resync), the
-//! refresh of one entity an invalidation message names, and the background lookup of a key
-//! the cache does not know.
+//! Keeping the cache in step with the store: the full load (at start and every resync), and
+//! the background lookup of a key the cache does not know (run with the refreshes, see
+//! `refresh.rs`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{
-    scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Table, Tables,
-};
+use super::refresh::{app_entry, keyed_credential, password_credential, user_entry};
+use super::{ConsumerCache, Table, Tables};
 use crate::consumers::layout::CredentialType;
-use crate::consumers::model;
-use crate::pipeline::context::Consumer;
-use crate::store::{KeyType, StoreError, StoreResult};
+use crate::store::{StoreError, StoreResult};
 
 /// How many lookups of unknown entities may wait for the task that follows change messages
 /// (which runs them in turn with the changes).
 pub(super) const LOOKUPS_QUEUED: usize = 1024;
-
-/// How long a refresh may wait for the store's answer before the store is taken for one that
-/// does not answer (Redis answers in a millisecond or two).
-const STALLED: Duration = Duration::from_millis(500);
 
 /// How long a request whose credential is not known waits for its lookup in the store (a
 /// credential another gateway, or EG, just created works on its first request) before it is
@@ -35,7 +28,8 @@ pub struct Lookup(tokio::sync::watch::Receiver<bool>);
 impl Lookup {
     /// Until the lookup ended (its entity is in the tables if the store has it), or for
     /// [`LOOKUP_WAIT`]: whether the store did not answer — the lookup did not end while the
-    /// store's answer to one before it (or to it) has been awaited for [`STALLED`]. That is the
+    /// store's answer to one before it (or to it) has been awaited for
+    /// [`super::refresh::STALLED`]. That is the
     /// store not answering (see [`ConsumerCache::store_answers`]) until it answers again; a
     /// lookup queued behind many (a burst of unknown keys) with the store answering is not.
     pub async fn done(mut self, cache: &ConsumerCache) -> bool {
@@ -129,7 +123,7 @@ impl ConsumerCache {
     }
 
     /// Notes a refresh's change for a full load that runs (call it holding the tables' lock).
-    fn note(&self, changed: Changed) {
+    pub(super) fn note(&self, changed: Changed) {
         if let Some(set) = self.changes().as_mut() {
             set.insert(changed);
         }
@@ -324,124 +318,6 @@ impl ConsumerCache {
         Ok(())
     }
 
-    /// [`ConsumerCache::refresh`] by the task that runs the lookups in turn, noted while it
-    /// runs (see [`Lookup::done`]): the lookups wait on it (refreshes elsewhere, an Admin API
-    /// write's, one inside another, are no queue's head).
-    pub(super) async fn refresh_in_turn(&self, entity: &str) -> StoreResult<()> {
-        let began = crate::clock::coarse_millis().max(1);
-        self.refreshing_since.store(began, Ordering::Relaxed);
-        let refreshed = self.refresh(entity).await;
-        self.refreshing_since.store(0, Ordering::Relaxed);
-        refreshed
-    }
-
-    /// Whether a refresh has been waiting for the store for [`STALLED`] or longer.
-    fn refresh_stalled(&self) -> bool {
-        let since = self.refreshing_since.load(Ordering::Relaxed);
-        since != 0
-            && crate::clock::coarse_millis().saturating_sub(since) >= STALLED.as_millis() as u64
-    }
-
-    /// Re-reads one entity named by an invalidation message (`key-auth:<keyId>`, `user:<id>`, ...).
-    pub async fn refresh(&self, entity: &str) -> StoreResult<()> {
-        let Some((kind, id)) = entity.split_once(':') else {
-            return Ok(());
-        };
-        match kind {
-            "user" => {
-                let h = self.store.hgetall(&self.layout.user(id)).await?;
-                let mut t = self.write();
-                self.note(Changed::User(id.into()));
-                if h.is_empty() {
-                    t.usernames.retain(|_, v| &**v != id);
-                    t.users.remove(id);
-                } else {
-                    let (entry, username) = user_entry(id, &h);
-                    // A name that names this user already stays as it is (most writes to a
-                    // user change something else): the names are looked through, each of them,
-                    // only for a new one (a rename).
-                    let named = username
-                        .as_deref()
-                        .is_some_and(|u| t.usernames.get(u).is_some_and(|v| &**v == id));
-                    if !named {
-                        t.usernames.retain(|_, v| &**v != id);
-                        if let Some(u) = username {
-                            t.usernames.insert(u.into(), entry.consumer.id.clone());
-                        }
-                    }
-                    t.users.insert(id.into(), entry);
-                }
-            }
-            "app" => {
-                let h = self.store.hgetall(&self.layout.app(id)).await?;
-                let mut t = self.write();
-                self.note(Changed::App(id.into()));
-                if h.is_empty() {
-                    t.apps.remove(id);
-                } else {
-                    t.apps.insert(id.into(), app_entry(id, &h));
-                }
-            }
-            "username" => {
-                let ids = self.store.smembers(&self.layout.username(id)).await?;
-                if let Some(uid) = ids.first() {
-                    return Box::pin(self.refresh(&format!("user:{uid}"))).await;
-                }
-            }
-            other => {
-                let Some(ty) = CredentialType::parse(other) else {
-                    return Ok(());
-                };
-                let key = self.layout.credential(ty, id);
-                let h = if self.store.key_type(&key).await? == KeyType::Hash {
-                    self.store.hgetall(&key).await?
-                } else {
-                    HashMap::new()
-                };
-                // A credential of a consumer the cache does not know yet (its own message may
-                // come next): load the consumer first, so the credential works at once.
-                let owner = if ty.is_keyed() {
-                    h.get("consumerId").cloned()
-                } else {
-                    (!h.is_empty()).then(|| id.to_string())
-                };
-                if let Some(owner) = owner {
-                    let known = {
-                        let t = self.read();
-                        t.apps.contains_key(owner.as_str()) || t.users.contains_key(owner.as_str())
-                    };
-                    if !known {
-                        Box::pin(self.refresh(&format!("app:{owner}"))).await?;
-                        Box::pin(self.refresh(&format!("user:{owner}"))).await?;
-                    }
-                }
-                let mut t = self.write();
-                self.note(Changed::Credential(ty, id.into()));
-                match ty {
-                    CredentialType::KeyAuth | CredentialType::Jwt => {
-                        let table = if ty == CredentialType::KeyAuth {
-                            &mut t.key_auth
-                        } else {
-                            &mut t.jwt
-                        };
-                        match keyed_credential(&h) {
-                            Some(c) => table.insert(id.into(), c),
-                            None => table.remove(id),
-                        };
-                    }
-                    CredentialType::BasicAuth => {
-                        match password_credential(&h, ty) {
-                            Some(c) => t.basic.insert(id.into(), c),
-                            None => t.basic.remove(id),
-                        };
-                    }
-                    CredentialType::Oauth2 => {}
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Looks an unknown entity up in the background, at most once per
     /// [`super::missed::NEGATIVE_TTL`].
     /// The lookup, when one is queued or running, which a request may wait on.
@@ -505,41 +381,6 @@ fn on_own_thread<T: Send + 'static>(
     tokio::task::spawn_blocking(move || runtime.block_on(work))
 }
 
-fn user_entry(id: &str, h: &HashMap<String, String>) -> (ConsumerEntry, Option<String>) {
-    let entry = ConsumerEntry {
-        active: h.get("isActive").map(String::as_str) == Some("true"),
-        consumer: Consumer::new(Arc::from(id), Arc::from(model::app_scopes(h))),
-    };
-    (entry, h.get("username").cloned())
-}
-
-fn app_entry(id: &str, h: &HashMap<String, String>) -> ConsumerEntry {
-    ConsumerEntry {
-        active: h.get("isActive").map(String::as_str) == Some("true"),
-        consumer: Consumer::new(Arc::from(id), Arc::from(model::app_scopes(h))),
-    }
-}
-
-fn keyed_credential(h: &HashMap<String, String>) -> Option<KeyedCredential> {
-    Some(KeyedCredential {
-        secret: h.get("keySecret").cloned().unwrap_or_default().into(),
-        consumer_id: Arc::from(h.get("consumerId")?.as_str()),
-        active: h.get("isActive").map(String::as_str) == Some("true"),
-        scopes: scopes_arc(model::credential_scopes(h)),
-    })
-}
-
-fn password_credential(
-    h: &HashMap<String, String>,
-    ty: CredentialType,
-) -> Option<PasswordCredential> {
-    Some(PasswordCredential {
-        hash: h.get(ty.password_field())?.clone().into(),
-        active: h.get("isActive").map(String::as_str) == Some("true"),
-        scopes: scopes_arc(model::credential_scopes(h)),
-    })
-}
-
 /// Makes what a full load read (`new`) hold what refreshes changed while it read, as the
 /// live tables (`old`) hold it.
 fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
@@ -549,15 +390,25 @@ fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
             None => new.remove(id),
         };
     }
+    // The names of the users changed, as the live tables have them: one pass over the names
+    // however many users changed (a pass for each was a write storm's users times every name,
+    // under the tables' lock).
+    let users: HashSet<&str> = changed
+        .iter()
+        .filter_map(|c| match c {
+            Changed::User(id) => Some(&**id),
+            _ => None,
+        })
+        .collect();
+    if !users.is_empty() {
+        new.usernames.retain(|_, v| !users.contains(&**v));
+        for (name, v) in old.usernames.iter().filter(|(_, v)| users.contains(&***v)) {
+            new.usernames.insert(name.clone(), v.clone());
+        }
+    }
     for c in changed {
         match c {
-            Changed::User(id) => {
-                entry(&old.users, &mut new.users, id);
-                new.usernames.retain(|_, v| **v != **id);
-                for (name, v) in old.usernames.iter().filter(|(_, v)| ***v == **id) {
-                    new.usernames.insert(name.clone(), v.clone());
-                }
-            }
+            Changed::User(id) => entry(&old.users, &mut new.users, id),
             Changed::App(id) => entry(&old.apps, &mut new.apps, id),
             Changed::Credential(ty, id) => match ty {
                 CredentialType::KeyAuth => entry(&old.key_auth, &mut new.key_auth, id),

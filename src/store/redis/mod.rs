@@ -24,6 +24,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const SCAN_COUNT: usize = 10_000;
 const PIPELINE_CHUNK: usize = 1000;
+/// How many keys written by other programs may wait for the consumer cache.
+const KEYS_QUEUED: usize = 16_384;
 
 pub struct RedisStore {
     target: Target,
@@ -427,7 +429,10 @@ impl Store for RedisStore {
     }
 
     async fn follow_keys(&self, prefix: &str) -> StoreResult<Option<broadcast::Receiver<String>>> {
-        let (tx, rx) = broadcast::channel(4096);
+        // Room for a bulk write's burst (an import: each credential two or three keys) while
+        // the consumer cache reads what it names, a batch at a time; beyond, it reads
+        // everything again.
+        let (tx, rx) = broadcast::channel(KEYS_QUEUED);
         let pattern = pubsub::keyspace_pattern(self.db, prefix);
         self.spawn_relay(pubsub::Follow::Keys(pattern), tx);
         Ok(Some(rx))
