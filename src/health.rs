@@ -82,4 +82,7 @@ fn publish_cache(cache: &ConsumerCache) {
     m.cache_hits.inc_by(hits.saturating_sub(m.cache_hits.get()));
     m.cache_misses
         .inc_by(misses.saturating_sub(m.cache_misses.get()));
+    let loads = cache.stats.full_loads.load(Ordering::Relaxed);
+    m.cache_full_loads
+        .inc_by(loads.saturating_sub(m.cache_full_loads.get()));
 }

@@ -113,6 +113,7 @@ pub struct Metrics {
     pub cache_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_resync_age: Gauge,
+    pub cache_full_loads: IntCounter,
     /// basic-auth's bcrypt checks: the password matched, or not.
     pub password_matched: IntCounter,
     pub password_mismatched: IntCounter,
@@ -270,6 +271,11 @@ impl Metrics {
             "Seconds since the consumer cache last loaded everything (-1: never)",
         ));
         reg(Box::new(cache_resync_age.clone()));
+        let cache_full_loads = must(IntCounter::new(
+            "tollgate_consumer_cache_full_loads_total",
+            "Full loads of the consumer cache from the store (the start's, the periodic resyncs, those after a subscription or lost messages)",
+        ));
+        reg(Box::new(cache_full_loads.clone()));
         let password_checks = must(IntCounterVec::new(
             Opts::new(
                 "tollgate_password_checks_total",
@@ -353,6 +359,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             cache_resync_age,
+            cache_full_loads,
             password_matched: password_checks.with_label_values(&["match"]),
             password_mismatched: password_checks.with_label_values(&["mismatch"]),
             store_up,

@@ -83,26 +83,25 @@ impl ConsumerCache {
                     }
                     msg = messages.recv() => {
                         let heard = Heard::drain(msg, &mut messages, Some);
-                        match cache.follow(heard).await {
-                            Some(true) => {
-                                owe(&mut owed, retry.as_mut());
-                            }
-                            Some(false) => {}
-                            None => break,
+                        let closed = heard.closed;
+                        if cache.follow(heard).await {
+                            owe(&mut owed, retry.as_mut());
+                        }
+                        if closed {
+                            break;
                         }
                     }
                     key = next_key(&mut keys) => {
                         let entity = |key: String| cache.layout.entity_of(&key);
-                        let heard = match keys.as_mut() {
-                            Some(rx) => Heard::drain(key, rx, entity),
-                            None => continue,
-                        };
-                        match cache.follow(heard).await {
-                            Some(true) => {
-                                owe(&mut owed, retry.as_mut());
-                            }
-                            Some(false) => {}
-                            None => keys = None,
+                        // (Some: a key was heard of.)
+                        let Some(rx) = keys.as_mut() else { continue };
+                        let heard = Heard::drain(key, rx, entity);
+                        let closed = heard.closed;
+                        if cache.follow(heard).await {
+                            owe(&mut owed, retry.as_mut());
+                        }
+                        if closed {
+                            keys = None;
                         }
                     }
                     () = &mut retry, if owed => {
@@ -124,10 +123,10 @@ impl ConsumerCache {
         });
     }
 
-    /// Follows what was heard at once: `Some(true)` when everything is to be read again — a
+    /// Follows what was heard at once: whether everything is to be read again — a
     /// (re)subscription, messages dropped, a change not followed (the store did not answer: a
-    /// revocation waits no resync period) —; `None` when no more will come.
-    async fn follow(&self, heard: Heard) -> Option<bool> {
+    /// revocation waits no resync period).
+    async fn follow(&self, heard: Heard) -> bool {
         let mut everything = heard.everything;
         if !heard.entities.is_empty() {
             if let Err(e) = self.refresh_in_turn(&heard.entities).await {
@@ -138,7 +137,7 @@ impl ConsumerCache {
                 everything = true;
             }
         }
-        (!heard.closed).then_some(everything)
+        everything
     }
 }
 

@@ -90,6 +90,8 @@ pub enum KeyAuthResult {
 pub struct CacheStats {
     pub hits: AtomicU64,
     pub misses: AtomicU64,
+    /// Full loads from the store that succeeded.
+    pub full_loads: AtomicU64,
 }
 
 pub struct ConsumerCache {

@@ -14,7 +14,7 @@ use super::{scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordC
 use crate::consumers::layout::CredentialType;
 use crate::consumers::model;
 use crate::pipeline::context::Consumer;
-use crate::store::{KeyType, StoreResult};
+use crate::store::StoreResult;
 
 /// How long a refresh may wait for the store's answer before the store is taken for one that
 /// does not answer (Redis answers in a millisecond or two).
@@ -23,12 +23,33 @@ pub(super) const STALLED: Duration = Duration::from_millis(500);
 /// The most entities read in one refresh: what more came at once waits for the next.
 pub(super) const BATCH: usize = 512;
 
-/// What the store holds for the entities of one refresh (an empty hash: nothing).
+/// The fields of each kind the tables hold, as the full load reads them.
+pub(super) const USER_FIELDS: &[&str] = &["isActive", "username", "scopes"];
+pub(super) const APP_FIELDS: &[&str] = &["isActive", "scopes"];
+pub(super) const KEYED_FIELDS: &[&str] = &["keySecret", "consumerId", "isActive", "scopes"];
+pub(super) const BASIC_FIELDS: &[&str] = &["password", "isActive", "scopes"];
+/// (An oauth2 credential is not held: read for its consumer only.)
+const OAUTH2_FIELDS: &[&str] = &["secret", "isActive", "scopes"];
+
+/// A hash's fields, as read (`None`: the key holds no hash).
+type Row = Option<HashMap<String, String>>;
+
+/// What one refresh puts in the tables, made before their lock is taken (`None`: gone).
 #[derive(Default)]
-struct Read {
-    users: Vec<(String, HashMap<String, String>)>,
-    apps: Vec<(String, HashMap<String, String>)>,
-    credentials: Vec<(CredentialType, String, HashMap<String, String>)>,
+struct Entries {
+    apps: Vec<(String, Option<ConsumerEntry>)>,
+    /// With the name each has.
+    users: Vec<(String, Option<Named>)>,
+    credentials: Vec<(CredentialType, String, Credential)>,
+}
+
+/// A user's entry and its name.
+type Named = (ConsumerEntry, Option<String>);
+
+enum Credential {
+    Keyed(Option<KeyedCredential>),
+    Password(Option<PasswordCredential>),
+    NotHeld,
 }
 
 impl ConsumerCache {
@@ -41,6 +62,17 @@ impl ConsumerCache {
         let refreshed = self.refresh_many(entities).await;
         self.refreshing_since.store(0, Ordering::Relaxed);
         refreshed
+    }
+
+    /// A refresh in turn asks the store again: its wait is timed from now (a batch is a few
+    /// round trips; the store not answering is one of them waiting).
+    fn asking(&self) {
+        let now = crate::clock::coarse_millis().max(1);
+        let _ = self
+            .refreshing_since
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |since| {
+                (since != 0).then_some(now)
+            });
     }
 
     /// Whether a refresh has been waiting for the store for [`STALLED`] or longer.
@@ -59,10 +91,13 @@ impl ConsumerCache {
     /// Re-reads the entities named (`key-auth:<keyId>`, `user:<id>`, `username:<name>`,
     /// `app:<id>`; others are no entity of the cache's) and puts what the store holds for them
     /// in the tables at once: a credential's consumer the cache does not know yet (its own
-    /// message may come next) is read with it, so the credential works at once.
+    /// message may come next) is read with it, so the credential works at once. Three round
+    /// trips at most, however many: the names' users, the credentials (each key's type
+    /// checked where it is read: a key that holds no hash is none), their consumers.
     pub async fn refresh_many(&self, entities: &[String]) -> StoreResult<()> {
         let mut users = Vec::new();
         let mut apps = Vec::new();
+        let mut names = Vec::new();
         let mut credentials = Vec::new();
         let mut seen = HashSet::new();
         for entity in entities {
@@ -75,11 +110,7 @@ impl ConsumerCache {
             match kind {
                 "user" => users.push(id.to_string()),
                 "app" => apps.push(id.to_string()),
-                // (A name's user: one round trip each, a name is rarely written.)
-                "username" => {
-                    let ids = self.store.smembers(&self.layout.username(id)).await?;
-                    users.extend(ids.into_iter().take(1));
-                }
+                "username" => names.push(self.layout.username(id)),
                 other => {
                     if let Some(ty) = CredentialType::parse(other) {
                         credentials.push((ty, id.to_string()));
@@ -87,19 +118,25 @@ impl ConsumerCache {
                 }
             }
         }
-        let mut read = Read {
-            credentials: self.read_credentials(credentials).await?,
-            ..Read::default()
-        };
+        if !names.is_empty() {
+            // A name's user (the first of its set), all asked at once.
+            self.asking();
+            let members = futures_util::future::try_join_all(
+                names.iter().map(|name| self.store.smembers(name)),
+            )
+            .await?;
+            users.extend(members.into_iter().filter_map(|m| m.into_iter().next()));
+        }
+        let credentials = self.read_credentials(credentials).await?;
         // The consumers of the credentials read that the tables do not know yet.
         {
             let t = self.read();
             let mut owners = HashSet::new();
-            for (ty, id, h) in &read.credentials {
-                let owner = if ty.is_keyed() {
-                    h.get("consumerId").map(String::as_str)
-                } else {
-                    (!h.is_empty()).then_some(id.as_str())
+            for (ty, id, row) in &credentials {
+                let owner = match (ty.is_keyed(), row) {
+                    (true, Some(h)) => h.get("consumerId").map(String::as_str),
+                    (false, Some(_)) => Some(id.as_str()),
+                    (_, None) => None,
                 };
                 if let Some(owner) = owner {
                     let known = t.apps.contains_key(owner) || t.users.contains_key(owner);
@@ -114,94 +151,138 @@ impl ConsumerCache {
         dedup(&mut apps);
         let user_keys: Vec<String> = users.iter().map(|id| self.layout.user(id)).collect();
         let app_keys: Vec<String> = apps.iter().map(|id| self.layout.app(id)).collect();
-        read.users = users
-            .into_iter()
-            .zip(self.hashes(&user_keys).await?)
-            .collect();
-        read.apps = apps
-            .into_iter()
-            .zip(self.hashes(&app_keys).await?)
-            .collect();
-        self.put(read);
+        self.asking();
+        let (user_rows, app_rows) = futures_util::future::try_join(
+            self.rows(&user_keys, USER_FIELDS),
+            self.rows(&app_keys, APP_FIELDS),
+        )
+        .await?;
+        let entries = Entries {
+            apps: apps
+                .into_iter()
+                .zip(app_rows)
+                .map(|(id, row)| {
+                    let entry = row.map(|h| app_entry(&id, &h));
+                    (id, entry)
+                })
+                .collect(),
+            users: users
+                .into_iter()
+                .zip(user_rows)
+                .map(|(id, row)| {
+                    let entry = row.map(|h| user_entry(&id, &h));
+                    (id, entry)
+                })
+                .collect(),
+            credentials: credentials
+                .into_iter()
+                .map(|(ty, id, row)| {
+                    let held = match ty {
+                        CredentialType::KeyAuth | CredentialType::Jwt => {
+                            Credential::Keyed(row.as_ref().and_then(keyed_credential))
+                        }
+                        CredentialType::BasicAuth => Credential::Password(
+                            row.as_ref().and_then(|h| password_credential(h, ty)),
+                        ),
+                        CredentialType::Oauth2 => Credential::NotHeld,
+                    };
+                    (ty, id, held)
+                })
+                .collect(),
+        };
+        self.put(entries);
         Ok(())
     }
 
-    /// What the store holds for `credentials` (nothing for a key that is no hash).
+    /// What the store holds for `credentials`, the fields of each kind at once.
     async fn read_credentials(
         &self,
         credentials: Vec<(CredentialType, String)>,
-    ) -> StoreResult<Vec<(CredentialType, String, HashMap<String, String>)>> {
+    ) -> StoreResult<Vec<(CredentialType, String, Row)>> {
         if credentials.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<String> = credentials
+        let fields = |ty: CredentialType| match ty {
+            CredentialType::KeyAuth | CredentialType::Jwt => KEYED_FIELDS,
+            CredentialType::BasicAuth => BASIC_FIELDS,
+            CredentialType::Oauth2 => OAUTH2_FIELDS,
+        };
+        let kinds = [KEYED_FIELDS, BASIC_FIELDS, OAUTH2_FIELDS];
+        let keys: Vec<Vec<String>> = kinds
             .iter()
-            .map(|(ty, id)| self.layout.credential(*ty, id))
+            .map(|kind| {
+                credentials
+                    .iter()
+                    .filter(|(ty, _)| std::ptr::eq(fields(*ty), *kind))
+                    .map(|(ty, id)| self.layout.credential(*ty, id))
+                    .collect()
+            })
             .collect();
-        let types = self.store.key_types(&keys).await?;
-        let hash_keys: Vec<String> = keys
-            .into_iter()
-            .zip(&types)
-            .filter(|(_, t)| **t == KeyType::Hash)
-            .map(|(k, _)| k)
-            .collect();
-        let mut hashes = self.hashes(&hash_keys).await?.into_iter();
+        self.asking();
+        let rows = futures_util::future::try_join_all(
+            kinds
+                .iter()
+                .zip(&keys)
+                .map(|(kind, keys)| self.rows(keys, kind)),
+        )
+        .await?;
+        let mut rows: Vec<_> = rows.into_iter().map(Vec::into_iter).collect();
         Ok(credentials
             .into_iter()
-            .zip(types)
-            .map(|((ty, id), t)| {
-                let h = if t == KeyType::Hash {
-                    hashes.next().unwrap_or_default()
-                } else {
-                    HashMap::new()
-                };
-                (ty, id, h)
+            .map(|(ty, id)| {
+                let kind = kinds
+                    .iter()
+                    .position(|k| std::ptr::eq(fields(ty), *k))
+                    .unwrap_or_default();
+                let row = rows[kind].next().flatten();
+                (ty, id, row)
             })
             .collect())
     }
 
-    /// The hashes at `keys`, none asked of the store for none.
-    async fn hashes(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>> {
+    /// The `fields` of each hash among `keys` (none asked of the store for no key).
+    async fn rows(&self, keys: &[String], fields: &[&str]) -> StoreResult<Vec<Row>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        self.store.hgetall_many(keys).await
+        let rows = self.store.hash_fields_many(keys, fields).await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| row.map(|values| fields_of(fields, values)))
+            .collect())
     }
 
     /// Puts what was read in the tables, each change noted for a full load that runs.
-    fn put(&self, read: Read) {
+    fn put(&self, entries: Entries) {
         let mut t = self.write();
-        for (id, h) in read.apps {
+        for (id, entry) in entries.apps {
             self.note(Changed::App(id.as_str().into()));
-            if h.is_empty() {
-                t.apps.remove(id.as_str());
-            } else {
-                let entry = app_entry(&id, &h);
-                t.apps.insert(id.into(), entry);
-            }
+            match entry {
+                Some(entry) => t.apps.insert(id.into(), entry),
+                None => t.apps.remove(id.as_str()),
+            };
         }
         // A name that names its user already stays as it is (most writes to a user change
         // something else); the names are looked through once, for the users gone or renamed.
         let mut unnamed: HashSet<&str> = HashSet::new();
         let mut named = Vec::new();
-        for (id, h) in &read.users {
+        for (id, entry) in &entries.users {
             self.note(Changed::User(id.as_str().into()));
-            if h.is_empty() {
+            let Some((entry, username)) = entry else {
                 unnamed.insert(id);
                 t.users.remove(id.as_str());
                 continue;
-            }
-            let (entry, username) = user_entry(id, h);
+            };
             let kept = username
                 .as_deref()
                 .is_some_and(|u| t.usernames.get(u).is_some_and(|v| **v == **id));
             if !kept {
                 unnamed.insert(id);
                 if let Some(u) = username {
-                    named.push((u, entry.consumer.id.clone()));
+                    named.push((u.as_str(), entry.consumer.id.clone()));
                 }
             }
-            t.users.insert(id.as_str().into(), entry);
+            t.users.insert(id.as_str().into(), entry.clone());
         }
         if !unnamed.is_empty() {
             t.usernames.retain(|_, v| !unnamed.contains(&**v));
@@ -209,31 +290,40 @@ impl ConsumerCache {
         for (name, id) in named {
             t.usernames.insert(name.into(), id);
         }
-        for (ty, id, h) in read.credentials {
+        for (ty, id, held) in entries.credentials {
             self.note(Changed::Credential(ty, id.as_str().into()));
             let id = id.as_str();
-            match ty {
-                CredentialType::KeyAuth | CredentialType::Jwt => {
+            match held {
+                Credential::Keyed(c) => {
                     let table = if ty == CredentialType::KeyAuth {
                         &mut t.key_auth
                     } else {
                         &mut t.jwt
                     };
-                    match keyed_credential(&h) {
+                    match c {
                         Some(c) => table.insert(id.into(), c),
                         None => table.remove(id),
                     };
                 }
-                CredentialType::BasicAuth => {
-                    match password_credential(&h, ty) {
+                Credential::Password(c) => {
+                    match c {
                         Some(c) => t.basic.insert(id.into(), c),
                         None => t.basic.remove(id),
                     };
                 }
-                CredentialType::Oauth2 => {}
+                Credential::NotHeld => {}
             }
         }
     }
+}
+
+/// A hash's `fields` as read (`values`, in their order), those it has.
+pub(super) fn fields_of(fields: &[&str], values: Vec<Option<String>>) -> HashMap<String, String> {
+    fields
+        .iter()
+        .zip(values)
+        .filter_map(|(f, v)| v.map(|v| (f.to_string(), v)))
+        .collect()
 }
 
 /// Leaves the first of each id, in order.
@@ -276,3 +366,6 @@ pub(super) fn password_credential(
         scopes: scopes_arc(model::credential_scopes(h)),
     })
 }
+
+#[cfg(test)]
+mod tests;

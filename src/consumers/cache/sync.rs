@@ -7,7 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::refresh::{app_entry, keyed_credential, password_credential, user_entry};
+use super::refresh::{
+    app_entry, fields_of, keyed_credential, password_credential, user_entry, APP_FIELDS,
+    BASIC_FIELDS, KEYED_FIELDS, USER_FIELDS,
+};
 use super::{ConsumerCache, Table, Tables};
 use crate::consumers::layout::CredentialType;
 use crate::store::{StoreError, StoreResult};
@@ -97,6 +100,7 @@ impl ConsumerCache {
             // these.)
             self.from_store.store(true, Ordering::Relaxed);
             self.loaded.store(true, Ordering::Relaxed);
+            self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
         }
         log::log!(
             if noteworthy {
@@ -218,7 +222,7 @@ impl ConsumerCache {
             self.progress.done.store(0, Relaxed);
             self.progress.total.store(n, Relaxed);
         }
-        self.each_hash(&users, &["isActive", "username", "scopes"], |key, h| {
+        self.each_hash(&users, USER_FIELDS, |key, h| {
             let id = &key[user_prefix.len()..];
             let (entry, username) = user_entry(id, &h);
             if let Some(u) = username {
@@ -227,7 +231,7 @@ impl ConsumerCache {
             t.users.insert(id.into(), entry);
         })
         .await?;
-        self.each_hash(&apps, &["isActive", "scopes"], |key, h| {
+        self.each_hash(&apps, APP_FIELDS, |key, h| {
             let id = &key[app_prefix.len()..];
             t.apps.insert(id.into(), app_entry(id, &h));
         })
@@ -239,40 +243,36 @@ impl ConsumerCache {
             (CredentialType::Jwt, jwt),
         ] {
             let prefix = self.layout.credential_prefix(ty);
-            self.each_hash(
-                &keys,
-                &["keySecret", "consumerId", "isActive", "scopes"],
-                |key, h| {
-                    if let Some(mut c) = keyed_credential(&h) {
-                        let owner = t
-                            .apps
-                            .get(&*c.consumer_id)
-                            .or_else(|| t.users.get(&*c.consumer_id));
-                        if let Some(owner) = owner {
-                            c.consumer_id = owner.consumer.id.clone();
-                        }
-                        if let Some(scopes) = c.scopes.take() {
-                            let shared = match interned_scopes.get(&*scopes) {
-                                Some(s) => s.clone(),
-                                None => {
-                                    interned_scopes.insert(scopes.clone());
-                                    scopes
-                                }
-                            };
-                            c.scopes = Some(shared);
-                        }
-                        let table = if ty == CredentialType::KeyAuth {
-                            &mut t.key_auth
-                        } else {
-                            &mut t.jwt
-                        };
-                        table.insert(key[prefix.len()..].into(), c);
+            self.each_hash(&keys, KEYED_FIELDS, |key, h| {
+                if let Some(mut c) = keyed_credential(&h) {
+                    let owner = t
+                        .apps
+                        .get(&*c.consumer_id)
+                        .or_else(|| t.users.get(&*c.consumer_id));
+                    if let Some(owner) = owner {
+                        c.consumer_id = owner.consumer.id.clone();
                     }
-                },
-            )
+                    if let Some(scopes) = c.scopes.take() {
+                        let shared = match interned_scopes.get(&*scopes) {
+                            Some(s) => s.clone(),
+                            None => {
+                                interned_scopes.insert(scopes.clone());
+                                scopes
+                            }
+                        };
+                        c.scopes = Some(shared);
+                    }
+                    let table = if ty == CredentialType::KeyAuth {
+                        &mut t.key_auth
+                    } else {
+                        &mut t.jwt
+                    };
+                    table.insert(key[prefix.len()..].into(), c);
+                }
+            })
             .await?;
         }
-        self.each_hash(&basic, &["password", "isActive", "scopes"], |key, h| {
+        self.each_hash(&basic, BASIC_FIELDS, |key, h| {
             if let Some(c) = password_credential(&h, CredentialType::BasicAuth) {
                 t.basic.insert(key[basic_prefix.len()..].into(), c);
             }
@@ -303,12 +303,7 @@ impl ConsumerCache {
                 .zip(results.into_iter().flatten())
             {
                 let Some(row) = row else { continue };
-                let h: HashMap<String, String> = fields
-                    .iter()
-                    .zip(row)
-                    .filter_map(|(f, v)| v.map(|v| (f.to_string(), v)))
-                    .collect();
-                f(key, h);
+                f(key, fields_of(fields, row));
             }
             let n: usize = group.iter().map(|c| c.len()).sum();
             self.progress

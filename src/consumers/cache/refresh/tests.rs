@@ -1,0 +1,147 @@
+//! A refresh of many entities at once against the embedded store: what each kind leaves in
+//! the tables, as one refresh each would.
+
+use std::sync::Arc;
+
+use crate::consumers::cache::ConsumerCache;
+use crate::consumers::layout::Layout;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, Write};
+
+fn hset(key: &str, fields: &[(&str, &str)]) -> Write {
+    Write::HSet {
+        key: key.into(),
+        fields: fields
+            .iter()
+            .map(|(f, v)| (f.to_string(), v.to_string()))
+            .collect(),
+    }
+}
+
+fn user(id: &str, name: &str) -> Vec<Write> {
+    vec![
+        hset(
+            &format!("EG-user:{id}"),
+            &[("id", id), ("username", name), ("isActive", "true")],
+        ),
+        Write::SAdd {
+            key: format!("EG-username:{name}"),
+            members: vec![id.into()],
+        },
+    ]
+}
+
+fn key_auth(key_id: &str, owner: &str) -> Write {
+    hset(
+        &format!("EG-key-auth:{key_id}"),
+        &[
+            ("keyId", key_id),
+            ("keySecret", "s"),
+            ("consumerId", owner),
+            ("isActive", "true"),
+            ("scopes", r#"["wmts"]"#),
+        ],
+    )
+}
+
+async fn loaded(writes: Vec<Write>) -> (Arc<EmbeddedStore>, ConsumerCache) {
+    let store = Arc::new(EmbeddedStore::in_memory());
+    store.apply(&writes).await.expect("seed");
+    let cache = ConsumerCache::new(store.clone(), Layout::new("EG"));
+    cache.load().await.expect("load");
+    (store, cache)
+}
+
+fn named(cache: &ConsumerCache, name: &str) -> Option<String> {
+    cache.read().usernames.get(name).map(|id| id.to_string())
+}
+
+#[tokio::test]
+async fn users_renamed_removed_and_untouched_in_one_refresh() {
+    let seed = [user("u1", "a"), user("u2", "b"), user("u3", "c")].concat();
+    let (store, cache) = loaded(seed).await;
+    let mut writes = user("u1", "x");
+    writes.push(Write::Del {
+        key: "EG-user:u2".into(),
+    });
+    store.apply(&writes).await.expect("writes");
+    let batch = ["user:u1", "user:u2", "user:u3", "user:u1"].map(String::from);
+    cache.refresh_many(&batch).await.expect("refresh");
+    assert_eq!(named(&cache, "x").as_deref(), Some("u1"));
+    assert_eq!(named(&cache, "a"), None, "the old name");
+    assert_eq!(named(&cache, "b"), None, "the removed user's");
+    assert_eq!(named(&cache, "c").as_deref(), Some("u3"));
+    let t = cache.read();
+    assert!(t.users.contains_key("u1") && t.users.contains_key("u3"));
+    assert!(!t.users.contains_key("u2"));
+}
+
+#[tokio::test]
+async fn two_users_swapping_names_in_one_refresh() {
+    let (store, cache) = loaded([user("u1", "a"), user("u2", "b")].concat()).await;
+    store
+        .apply(&[user("u1", "b"), user("u2", "a")].concat())
+        .await
+        .expect("swap");
+    let batch = ["user:u2", "user:u1"].map(String::from);
+    cache.refresh_many(&batch).await.expect("refresh");
+    assert_eq!(named(&cache, "a").as_deref(), Some("u2"));
+    assert_eq!(named(&cache, "b").as_deref(), Some("u1"));
+}
+
+#[tokio::test]
+async fn a_credential_comes_with_its_unknown_consumer_and_a_name_with_its_user() {
+    let (store, cache) = loaded(user("u1", "a")).await;
+    let mut writes = vec![
+        key_auth("k-new", "app-new"),
+        hset(
+            "EG-application:app-new",
+            &[("id", "app-new"), ("isActive", "true")],
+        ),
+    ];
+    writes.extend(user("u9", "late"));
+    store.apply(&writes).await.expect("writes");
+    let batch = [
+        "key-auth:k-new",
+        "username:late",
+        "no-colon",
+        "nothing:here",
+    ]
+    .map(String::from);
+    cache.refresh_many(&batch).await.expect("refresh");
+    let t = cache.read();
+    assert!(t.key_auth.contains_key("k-new"));
+    assert!(t.apps.contains_key("app-new"), "the credential's consumer");
+    assert!(t.users.contains_key("u9"), "the name's user");
+    drop(t);
+    assert_eq!(named(&cache, "late").as_deref(), Some("u9"));
+}
+
+#[tokio::test]
+async fn a_credential_gone_or_no_hash_is_removed_with_the_others_read() {
+    let mut seed = user("u1", "a");
+    seed.extend(["k1", "k2", "k3"].map(|k| key_auth(k, "u1")));
+    let (store, cache) = loaded(seed).await;
+    store
+        .apply(&[
+            Write::Del {
+                key: "EG-key-auth:k1".into(),
+            },
+            Write::Del {
+                key: "EG-key-auth:k2".into(),
+            },
+            Write::SAdd {
+                key: "EG-key-auth:k2".into(),
+                members: vec!["not a hash".into()],
+            },
+            hset("EG-key-auth:k3", &[("isActive", "false")]),
+        ])
+        .await
+        .expect("writes");
+    let batch = ["key-auth:k1", "key-auth:k2", "key-auth:k3"].map(String::from);
+    cache.refresh_many(&batch).await.expect("refresh");
+    let t = cache.read();
+    assert!(!t.key_auth.contains_key("k1"));
+    assert!(!t.key_auth.contains_key("k2"));
+    assert!(t.key_auth.get("k3").is_some_and(|c| !c.active));
+}
