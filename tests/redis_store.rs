@@ -981,6 +981,63 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
     becomes("/wms/1", 401);
 }
 
+/// Keys of another type where consumers' keys are (another program's string or set at a
+/// name's, a user's or a credential's key) are no consumer: a revocation written with them is
+/// followed, and nothing is read again in full (the refresh of the batch they came in failed
+/// with `WRONGTYPE`, "the store is unavailable", and everything was read again each time).
+#[test]
+fn keys_of_another_type_among_the_consumers_are_no_failure() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("notify-keyspace-events")
+        .arg("KA")
+        .query(&mut redis.conn())
+        .expect("config set");
+    write_elsewhere(&redis);
+    let gw = GatewayProcess::start(&dir);
+    wait_for_line(&gw, "following the consumers other programs write");
+    let before = start_loads_over(&gw);
+    let key = [("Authorization", "apiKey fresh-ka:fresh-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    let _: () = redis::pipe()
+        .cmd("SET")
+        .arg("EG-username:junk")
+        .arg("x")
+        .ignore()
+        .cmd("SET")
+        .arg("EG-user:junk")
+        .arg("x")
+        .ignore()
+        .cmd("SADD")
+        .arg("EG-key-auth:junk")
+        .arg("x")
+        .ignore()
+        .cmd("HSET")
+        .arg("EG-key-auth:fresh-ka")
+        .arg("isActive")
+        .arg("false")
+        .ignore()
+        .query(&mut redis.conn())
+        .expect("writes");
+    let written = Instant::now();
+    while get(gw.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            written.elapsed() < Duration::from_secs(5),
+            "the revocation is not followed\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(gw.metric(FULL_LOADS), before, "{}", gw.log_text());
+    assert!(
+        !gw.log_text().contains("cannot refresh"),
+        "{}",
+        gw.log_text()
+    );
+}
+
 /// The start reads the store twice, not once per subscription: the first load, before
 /// serving, and one after the subscriptions to the change messages and to the keys written
 /// (what was written between the first load and them was heard of by neither). With a million

@@ -14,7 +14,7 @@ use super::{scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordC
 use crate::consumers::layout::CredentialType;
 use crate::consumers::model;
 use crate::pipeline::context::Consumer;
-use crate::store::StoreResult;
+use crate::store::{KeyType, StoreResult};
 
 /// How long a refresh may wait for the store's answer before the store is taken for one that
 /// does not answer (Redis answers in a millisecond or two).
@@ -91,9 +91,10 @@ impl ConsumerCache {
     /// Re-reads the entities named (`key-auth:<keyId>`, `user:<id>`, `username:<name>`,
     /// `app:<id>`; others are no entity of the cache's) and puts what the store holds for them
     /// in the tables at once: a credential's consumer the cache does not know yet (its own
-    /// message may come next) is read with it, so the credential works at once. Three round
-    /// trips at most, however many: the names' users, the credentials (each key's type
-    /// checked where it is read: a key that holds no hash is none), their consumers.
+    /// message may come next) is read with it, so the credential works at once. Four round
+    /// trips at most, however many: the names' types and their users, the credentials (each
+    /// key's type checked where it is read: a key that holds no hash is none), their
+    /// consumers.
     pub async fn refresh_many(&self, entities: &[String]) -> StoreResult<()> {
         let mut users = Vec::new();
         let mut apps = Vec::new();
@@ -119,12 +120,16 @@ impl ConsumerCache {
             }
         }
         if !names.is_empty() {
-            // A name's user (the first of its set), all asked at once.
+            // A name's user (the first of its set), all asked at once; a key of the names'
+            // that holds no set (another program's) names none.
             self.asking();
-            let members = futures_util::future::try_join_all(
-                names.iter().map(|name| self.store.smembers(name)),
-            )
-            .await?;
+            let types = self.store.key_types(&names).await?;
+            let sets = names
+                .iter()
+                .zip(types)
+                .filter(|(_, t)| *t == KeyType::Set)
+                .map(|(name, _)| self.store.smembers(name));
+            let members = futures_util::future::try_join_all(sets).await?;
             users.extend(members.into_iter().filter_map(|m| m.into_iter().next()));
         }
         let credentials = self.read_credentials(credentials).await?;
