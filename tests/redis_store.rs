@@ -981,6 +981,58 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
     becomes("/wms/1", 401);
 }
 
+/// `notify-keyspace-events` changed while the gateway runs (`CONFIG SET`): turned off, a
+/// WARN line says that other programs' writes now wait for the next full read (it was not
+/// seen); turned on again, what was written meanwhile is read at once (it waited for the
+/// periodic resync, a revoked key let through for up to a minute).
+#[test]
+fn notifications_turned_off_and_on_while_running_are_said_and_caught_up() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let config = |flags: &str| {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("notify-keyspace-events")
+            .arg(flags)
+            .query(&mut redis.conn())
+            .expect("config set");
+    };
+    config("KA");
+    write_elsewhere(&redis);
+    let gw = GatewayProcess::start(&dir);
+    wait_for_line(&gw, "following the consumers other programs write");
+    start_loads_over(&gw);
+    let key = [("Authorization", "apiKey fresh-ka:fresh-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    config("");
+    wait_for_line(
+        &gw,
+        "keyspace notifications no longer tell of the consumers written",
+    );
+    assert!(
+        gw.log_text().contains(" WARN ") && gw.error_lines().is_empty(),
+        "{}",
+        gw.log_text()
+    );
+    redis.hset("EG-key-auth:fresh-ka", "isActive", "false");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        get(gw.port, "GET", "/wmts/1", &key).status,
+        200,
+        "not told of"
+    );
+    config("KA");
+    wait_for_line(&gw, "following the consumers other programs write again");
+    let told = Instant::now();
+    while get(gw.port, "GET", "/wmts/1", &key).status != 401 {
+        assert!(
+            told.elapsed() < Duration::from_secs(3),
+            "what was written meanwhile is not read\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Keys of another type where consumers' keys are (another program's string or set at a
 /// name's, a user's or a credential's key) are no consumer: a revocation written with them is
 /// followed, and nothing is read again in full (the refresh of the batch they came in failed

@@ -20,9 +20,9 @@ impl RedisStore {
         }
     }
 
-    /// Says once whether the server tells of the keys written (`notify-keyspace-events`): where
-    /// it does not, what other programs write reaches the consumer cache at its next full read.
-    pub(super) async fn say_keyspace_notifications(&self) {
+    /// The server's `notify-keyspace-events` (`None`: it does not say, as managed servers that
+    /// refuse CONFIG may not).
+    async fn keyspace_flags(&self) -> Option<String> {
         let asked: super::StoreResult<Vec<String>> = self
             .query(
                 redis::cmd("CONFIG")
@@ -30,18 +30,57 @@ impl RedisStore {
                     .arg("notify-keyspace-events"),
             )
             .await;
-        match asked.ok().and_then(|v| v.get(1).cloned()) {
-            Some(flags) if tells_of_keys(&flags) => log::info!(
+        asked.ok().and_then(|v| v.get(1).cloned())
+    }
+
+    /// Says whether the server tells of the keys written (`notify-keyspace-events`): where it
+    /// does not, what other programs write reaches the consumer cache at its next full read.
+    /// Whether it tells (`None`: not known).
+    pub(super) async fn say_keyspace_notifications(&self) -> Option<bool> {
+        let flags = self.keyspace_flags().await;
+        match &flags {
+            Some(flags) if tells_of_keys(flags) => log::info!(
                 "{}: following the consumers other programs write (keyspace notifications `{flags}`)",
                 self.describe
             ),
             Some(flags) => log::info!(
-                "{}: keyspace notifications do not tell of the consumers written (notify-keyspace-events `{flags}`): what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `notify-keyspace-events KA` in redis.conf (or `CONFIG SET`, then `CONFIG REWRITE` to keep it past a restart) follows it at once",
+                "{}: keyspace notifications do not tell of the consumers written (notify-keyspace-events `{flags}`): {NOT_TOLD}",
                 self.describe
             ),
             // (A server that refuses CONFIG, as managed ones may: it is not said.)
             None => log::debug!("{}: cannot read notify-keyspace-events", self.describe),
         }
+        flags.map(|f| tells_of_keys(&f))
+    }
+
+    /// Looks at `notify-keyspace-events` again while the keys are followed (a `CONFIG SET`
+    /// while the gateway runs), and says a change: `told`, whether it told until now; what it
+    /// tells now. Turned on again, the subscriber reads everything again (`tx` is given the
+    /// mark of a new subscription): what was written meanwhile was not told.
+    async fn keyspace_notifications_again(
+        &self,
+        told: Option<bool>,
+        tx: &broadcast::Sender<String>,
+    ) -> Option<bool> {
+        let Some(flags) = self.keyspace_flags().await else {
+            return told;
+        };
+        let tells = tells_of_keys(&flags);
+        match (told, tells) {
+            (Some(true), false) => log::warn!(
+                "{}: keyspace notifications no longer tell of the consumers written (notify-keyspace-events `{flags}`, changed while the gateway runs): {NOT_TOLD}",
+                self.describe
+            ),
+            (Some(false), true) => {
+                log::info!(
+                    "{}: following the consumers other programs write again (keyspace notifications `{flags}`); reading what was written meanwhile",
+                    self.describe
+                );
+                let _ = tx.send(crate::store::SUBSCRIBED.to_string());
+            }
+            _ => {}
+        }
+        Some(tells)
     }
 
     /// Relays messages of `follow` into `tx`, reconnecting as needed, until nobody listens.
@@ -70,9 +109,12 @@ impl RedisStore {
                                 if matches!(subscribed, Ok(Ok(()))) {
                                     // Looked at again at each subscription: a server restarted
                                     // may tell otherwise.
-                                    if let Follow::Keys(_) = follow {
-                                        target_store.say_keyspace_notifications().await;
-                                    }
+                                    let told = match follow {
+                                        Follow::Keys(_) => {
+                                            target_store.say_keyspace_notifications().await
+                                        }
+                                        Follow::Channel(_) => None,
+                                    };
                                     if lost {
                                         log::info!(
                                             "{}: subscribed to `{channel}` again",
@@ -80,7 +122,9 @@ impl RedisStore {
                                         );
                                     }
                                     let _ = tx.send(crate::store::SUBSCRIBED.to_string());
-                                    relay_messages(&mut sink, stream, &tx).await;
+                                    let keys = matches!(follow, Follow::Keys(_))
+                                        .then_some((&target_store, told));
+                                    relay_messages(&mut sink, stream, &tx, keys).await;
                                     log::warn!(
                                         "{}: subscription to `{channel}` lost; resubscribing",
                                         target_store.describe
@@ -155,6 +199,9 @@ pub(super) fn keyspace_pattern(db: i64, prefix: &str) -> String {
 
 /// Whether `notify-keyspace-events` flags tell of the writes to consumers' hashes and sets and
 /// of their removal, expiry and eviction (`K` with `A`, or with `h`, `s`, `g`, `x` and `e`).
+/// What it means that the keys written are not told of, and what to do.
+const NOT_TOLD: &str = "what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `notify-keyspace-events KA` in redis.conf (or `CONFIG SET`, then `CONFIG REWRITE` to keep it past a restart) follows it at once";
+
 fn tells_of_keys(flags: &str) -> bool {
     flags.contains('K')
         && (flags.contains('A') || ['h', 's', 'g', 'x', 'e'].iter().all(|c| flags.contains(*c)))
@@ -169,11 +216,13 @@ const PUBSUB_PING: Duration = Duration::from_secs(5);
 const PUBSUB_WAIT: Duration = Duration::from_secs(5);
 
 /// Relays the subscription's messages into `tx` until its connection ends or stops answering
-/// pings.
+/// pings. `keys`: for a subscription to the keys written, the store, whose
+/// `notify-keyspace-events` is looked at again with each ping, and whether it told of them.
 async fn relay_messages(
     sink: &mut redis::aio::PubSubSink,
     mut stream: redis::aio::PubSubStream,
     tx: &broadcast::Sender<String>,
+    mut keys: Option<(&RedisStore, Option<bool>)>,
 ) {
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + PUBSUB_PING, PUBSUB_PING);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,6 +246,12 @@ async fn relay_messages(
                 let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
                 if !matches!(pong, Ok(Ok(_))) {
                     return;
+                }
+                if let Some((store, told)) = keys.as_mut() {
+                    let again = store.keyspace_notifications_again(*told, tx);
+                    if let Ok(tells) = tokio::time::timeout(PUBSUB_WAIT, again).await {
+                        *told = tells;
+                    }
                 }
             }
         }
