@@ -287,11 +287,15 @@ impl ConsumerCache {
                 let entry = ConsumerEntry {
                     active: e.active,
                     consumer,
+                    username: None,
                 };
                 table.insert(e.id.into(), entry);
             }
         }
         for (name, id) in s.usernames {
+            if let Some(user) = t.users.get_mut(id.as_str()) {
+                user.username = Some(name.as_str().into());
+            }
             t.usernames.insert(name.into(), Arc::from(id));
         }
         let mut live = self.write();
@@ -394,6 +398,7 @@ mod tests {
                 ConsumerEntry {
                     active: true,
                     consumer: Consumer::new(Arc::from("app"), scopes),
+                    username: None,
                 },
             );
             t.usernames.insert("kano".into(), Arc::from("user"));

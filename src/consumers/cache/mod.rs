@@ -50,6 +50,8 @@ struct PasswordCredential {
 struct ConsumerEntry {
     active: bool,
     consumer: Consumer,
+    /// A user's name, as its hash has it (a name another user leaves is found here).
+    username: Option<Box<str>>,
 }
 
 /// A table of the store's records by id. Its keys come from the store, not from requests (a

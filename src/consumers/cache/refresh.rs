@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::sync::Changed;
-use super::{scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential};
+use super::{
+    scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Tables,
+};
 use crate::consumers::layout::CredentialType;
 use crate::consumers::model;
 use crate::pipeline::context::Consumer;
@@ -289,11 +291,35 @@ impl ConsumerCache {
             }
             t.users.insert(id.as_str().into(), entry.clone());
         }
+        // The names the users left, given to another user who has one (two users of one name
+        // for a while, in a store written by hand: it stayed unknown until the next full read).
+        let mut left: HashSet<Box<str>> = HashSet::new();
         if !unnamed.is_empty() {
-            t.usernames.retain(|_, v| !unnamed.contains(&**v));
+            t.usernames.retain(|name, v| {
+                let keep = !unnamed.contains(&**v);
+                if !keep {
+                    left.insert(name.clone());
+                }
+                keep
+            });
         }
         for (name, id) in named {
+            left.remove(name);
             t.usernames.insert(name.into(), id);
+        }
+        if !left.is_empty() {
+            let Tables {
+                users, usernames, ..
+            } = &mut *t;
+            for entry in users.values() {
+                if let Some(name) = entry.username.as_deref().filter(|n| left.contains(*n)) {
+                    left.remove(name);
+                    usernames.insert(name.into(), entry.consumer.id.clone());
+                    if left.is_empty() {
+                        break;
+                    }
+                }
+            }
         }
         for (ty, id, held) in entries.credentials {
             self.note(Changed::Credential(ty, id.as_str().into()));
@@ -338,17 +364,20 @@ fn dedup(ids: &mut Vec<String>) {
 }
 
 pub(super) fn user_entry(id: &str, h: &HashMap<String, String>) -> (ConsumerEntry, Option<String>) {
+    let username = h.get("username").cloned();
     let entry = ConsumerEntry {
         active: h.get("isActive").map(String::as_str) == Some("true"),
         consumer: Consumer::new(Arc::from(id), Arc::from(model::app_scopes(h))),
+        username: username.as_deref().map(Box::from),
     };
-    (entry, h.get("username").cloned())
+    (entry, username)
 }
 
 pub(super) fn app_entry(id: &str, h: &HashMap<String, String>) -> ConsumerEntry {
     ConsumerEntry {
         active: h.get("isActive").map(String::as_str) == Some("true"),
         consumer: Consumer::new(Arc::from(id), Arc::from(model::app_scopes(h))),
+        username: None,
     }
 }
 

@@ -145,3 +145,35 @@ async fn a_credential_gone_or_no_hash_is_removed_with_the_others_read() {
     assert!(!t.key_auth.contains_key("k2"));
     assert!(t.key_auth.get("k3").is_some_and(|c| !c.active));
 }
+
+#[tokio::test]
+async fn a_name_two_users_had_for_a_while_stays_with_the_one_that_keeps_it() {
+    let seed = [
+        user("u-a", "alice"),
+        user("u-b", "bob"),
+        user("u-c", "carol"),
+    ]
+    .concat();
+    let (store, cache) = loaded(seed).await;
+    // Another program names two more users `bob` for a while (EG's Admin API would not).
+    for id in ["u-a", "u-c"] {
+        store.apply(&user(id, "bob")).await.expect("rename");
+        cache
+            .refresh_many(&[format!("user:{id}")])
+            .await
+            .expect("refresh");
+    }
+    // One gives the name back, the other is removed: it is the one that kept it's again.
+    store.apply(&user("u-a", "alice")).await.expect("rename");
+    cache.refresh("user:u-a").await.expect("refresh");
+    assert_ne!(named(&cache, "bob").as_deref(), Some("u-a"));
+    store
+        .apply(&[Write::Del {
+            key: "EG-user:u-c".into(),
+        }])
+        .await
+        .expect("remove");
+    cache.refresh("user:u-c").await.expect("refresh");
+    assert_eq!(named(&cache, "bob").as_deref(), Some("u-b"));
+    assert_eq!(named(&cache, "alice").as_deref(), Some("u-a"));
+}
