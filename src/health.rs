@@ -48,12 +48,20 @@ impl Health {
             let mut ticker = tokio::time::interval(PROBE_EVERY);
             loop {
                 ticker.tick().await;
-                let result = tokio::time::timeout(Duration::from_secs(2), store.ping()).await;
-                let (up, error) = match result {
-                    Ok(Ok(())) => (true, String::new()),
-                    Ok(Err(e)) => (false, e.to_string()),
-                    Err(_) => (false, "no answer within 2 s".to_string()),
+                let ping = || async {
+                    match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+                        Ok(Ok(())) => (true, String::new()),
+                        Ok(Err(e)) => (false, e.to_string()),
+                        Err(_) => (false, "no answer within 2 s".to_string()),
+                    }
                 };
+                let (mut up, mut error) = ping().await;
+                if !up && health.store_up.load(Ordering::Relaxed) {
+                    // Asked again at once, on a new connection: a connection the server closed
+                    // (it restarted between two probes) fails the first command sent on it, and
+                    // the store was called unreachable once it answered again.
+                    (up, error) = ping().await;
+                }
                 let was_up = health.store_up.swap(up, Ordering::Relaxed);
                 health.cache.set_store_answers(up);
                 if was_up && !up {

@@ -984,6 +984,35 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
     becomes("/wms/1", 401);
 }
 
+/// The gateway's connections to Redis closed by the server (as a restart between two of the
+/// store's probes closes them): the probe's first ping on a closed connection fails, and the
+/// store is asked again at once before it is called unreachable (an ERROR line said so while
+/// Redis answered, and readiness failed for two seconds).
+#[test]
+fn connections_the_server_closed_are_no_unreachable_store() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+    // (The probe has pinged on its connection.)
+    std::thread::sleep(Duration::from_millis(2500));
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .query(&mut redis.conn())
+        .expect("CLIENT KILL");
+    assert!(killed >= 1, "the gateway's connection");
+    std::thread::sleep(Duration::from_millis(4500));
+    assert!(
+        !gw.log_text().contains("consumer store unreachable"),
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(gw.metric("tollgate_store_up"), 1.0);
+    assert_eq!(get(gw.port, "GET", "/healthcheck?ready", &[]).status, 200);
+}
+
 /// `notify-keyspace-events` changed while the gateway runs (`CONFIG SET`): turned off, a
 /// WARN line says that other programs' writes now wait for the next full read (it was not
 /// seen); turned on again, what was written meanwhile is read at once (it waited for the
