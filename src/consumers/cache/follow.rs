@@ -225,3 +225,61 @@ async fn next_key(
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::broadcast;
+
+    use super::{Heard, BATCH};
+
+    fn entity(m: String) -> Option<String> {
+        m.strip_prefix("EG-").map(String::from)
+    }
+
+    #[test]
+    fn what_is_queued_is_heard_at_once_each_entity_once() {
+        let (tx, mut rx) = broadcast::channel(BATCH * 2);
+        for m in [
+            "EG-a",
+            "EG-b",
+            "other",
+            "EG-a",
+            crate::store::SUBSCRIBED,
+            "EG-c",
+        ] {
+            tx.send(m.to_string()).expect("send");
+        }
+        let first = rx.try_recv().map_err(|_| super::RecvError::Closed);
+        let heard = Heard::drain(first, &mut rx, entity);
+        assert_eq!(heard.entities, ["a", "b", "c"]);
+        assert!(heard.everything, "a subscription's mark");
+        assert!(!heard.closed);
+        // No more than a batch at once: the rest stays queued.
+        for i in 0..BATCH + 3 {
+            tx.send(format!("EG-{i}")).expect("send");
+        }
+        let first = rx.try_recv().map_err(|_| super::RecvError::Closed);
+        let heard = Heard::drain(first, &mut rx, entity);
+        assert_eq!(heard.entities.len(), BATCH);
+        assert!(!heard.everything);
+        assert_eq!(rx.len(), 3);
+    }
+
+    #[test]
+    fn messages_dropped_or_the_end_are_heard_with_the_rest() {
+        let (tx, mut rx) = broadcast::channel(2);
+        for m in ["EG-a", "EG-b", "EG-c", "EG-d"] {
+            tx.send(m.to_string()).expect("send");
+        }
+        // The oldest were dropped: everything is read again, and what is left is refreshed.
+        let first = Err(super::RecvError::Lagged(2));
+        let heard = Heard::drain(first, &mut rx, entity);
+        assert!(heard.everything);
+        drop(tx);
+        assert_eq!(heard.entities, ["c", "d"]);
+        assert!(!heard.closed);
+        let first = rx.try_recv().map_err(|_| super::RecvError::Closed);
+        let heard = Heard::drain(first, &mut rx, entity);
+        assert!(heard.closed, "the sender is gone");
+    }
+}
