@@ -28,8 +28,8 @@ ADMIN=$((PORT + 1000))
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
   --notify-keyspace-events KA --dir "$OUT" >"$OUT/redis.log" 2>&1 &
 REDIS=$!
-PID=
-trap 'kill $PID $REDIS 2>/dev/null || true; bench_cleanup' EXIT
+PID= WRITER=
+trap 'kill $WRITER $PID $REDIS 2>/dev/null || true; bench_cleanup' EXIT
 for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 # RESP for redis-cli --pipe: the users, their names and jwt credentials; the bursts.
@@ -60,16 +60,24 @@ printf 'db:\n  redis:\n    host: 127.0.0.1\n    port: %s\n    namespace: EG\n' "
 
 RUST_LOG=info TOLLGATE_BENCH_PORT=$PORT TOLLGATE_BENCH_ADMIN_PORT=$ADMIN UPSTREAM_PORT=$UPSTREAM_PORT \
   "${BIN:-$ROOT/target/release/tollgate}" serve --config "$OUT/conf" --data-dir "$OUT/data" \
-  --populate "$ROOT/benches/load/kargo/consumers.config.json" >"$OUT/tollgate.log" 2>&1 &
+  --populate "$ROOT/benches/load/kargo/consumers.config.json" --resync-seconds 3600 \
+  >"$OUT/tollgate.log" 2>&1 &
 PID=$!
-for _ in $(seq 300); do curl -fs -o /dev/null "http://127.0.0.1:$PORT/wmts/1/2/3.png?jwt=$TOKEN" && break; sleep 0.2; done
-loads() { curl -fs "http://127.0.0.1:$ADMIN/metrics" | awk '$1 == "tollgate_consumer_cache_full_loads_total" {print $2}'; }
-# The start's loads over.
+started=0
+for _ in $(seq 300); do
+  curl -fs -o /dev/null "http://127.0.0.1:$PORT/wmts/1/2/3.png?jwt=$TOKEN" && { started=1; break; }
+  sleep 0.2
+done
+((started)) || { say "the gateway did not answer (see $OUT/tollgate.log)"; exit 1; }
+# Full loads so far ("" from a build without the count).
+loads() { curl -s "http://127.0.0.1:$ADMIN/metrics" | awk '$1 == "tollgate_consumer_cache_full_loads_total" {print $2}' || true; }
+# The start's loads over (a build without the count: a while).
 for _ in $(seq 100); do [[ "$(loads)" -ge 2 ]] && break; sleep 0.2; done
 sleep 2
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-{
-  python3 - "$REDIS_PORT" "$RATE" "$TICK" "$USERS" <<'PY' &
+HZ=$(getconf CLK_TCK)
+ms() { awk '{print $14 + $15}' "/proc/$1/stat" | awk -v hz="$HZ" '{print int($1 * 1000 / hz)}'; }
+since() { [[ -n "$1" && -n "$2" ]] && echo $(($2 - $1)) || echo "?"; }
+python3 - "$REDIS_PORT" "$RATE" "$TICK" "$USERS" >/dev/null 2>&1 <<'PY' &
 import random, socket, sys, time
 port, rate, tick, users = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 s = socket.create_connection(("127.0.0.1", port))
@@ -85,25 +93,28 @@ while True:
                       for _ in range(per)).encode())
     got = b""
     while got.count(b"\r\n") < per:
-        got += s.recv(65536)
+        more = s.recv(65536)
+        if not more:
+            sys.exit(0)
+        got += more
     t += tick
     if t > time.time():
         time.sleep(t - time.time())
 PY
-  WRITER=$!
-  sleep 1
-  g0=$(ticks "$PID"); r0=$(ticks "$REDIS"); l0=$(loads)
-  sleep 5
-  g1=$(ticks "$PID"); r1=$(ticks "$REDIS"); l1=$(loads)
-  kill "$WRITER"
-  echo "$RATE writes/s (${TICK} s a pipeline): tollgate $(((g1 - g0) * 2)) ms/s, redis $(((r1 - r0) * 2)) ms/s, full loads $((l1 - l0))"
-  sleep 1
-  for n in $BURSTS; do
-    g0=$(ticks "$PID"); l0=$(loads)
-    redis-cli -p "$REDIS_PORT" --pipe <"$OUT/burst$n.resp" >/dev/null
-    sleep 3
-    g1=$(ticks "$PID"); l1=$(loads)
-    echo "a burst of $n writes: tollgate $(((g1 - g0) * 10)) ms, full loads $((l1 - l0))"
-  done
-} | tee "$OUT/summary.txt"
+WRITER=$!
+sleep 1
+g0=$(ms "$PID"); r0=$(ms "$REDIS"); l0=$(loads)
+sleep 5
+g1=$(ms "$PID"); r1=$(ms "$REDIS"); l1=$(loads)
+kill "$WRITER"
+WRITER=
+echo "$RATE writes/s (${TICK} s a pipeline): tollgate $(((g1 - g0) / 5)) ms/s, redis $(((r1 - r0) / 5)) ms/s, full loads $(since "$l0" "$l1")" | tee "$OUT/summary.txt"
+sleep 1
+for n in $BURSTS; do
+  g0=$(ms "$PID"); l0=$(loads)
+  redis-cli -p "$REDIS_PORT" --pipe <"$OUT/burst$n.resp" >/dev/null
+  sleep 3
+  g1=$(ms "$PID"); l1=$(loads)
+  echo "a burst of $n writes: tollgate $((g1 - g0)) ms, full loads $(since "$l0" "$l1")" | tee -a "$OUT/summary.txt"
+done
 say "results: $OUT"

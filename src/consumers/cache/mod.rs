@@ -66,6 +66,9 @@ struct Tables {
     apps: Table<ConsumerEntry>,
     users: Table<ConsumerEntry>,
     usernames: Table<Arc<str>>,
+    /// Names more than one user has had (in a store written by hand): when its holder leaves
+    /// one, the users are looked through for another.
+    shared_names: HashSet<Box<str>>,
 }
 
 /// Whether a credential is asked for by its request, or again once its lookup ended.

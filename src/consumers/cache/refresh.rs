@@ -209,39 +209,30 @@ impl ConsumerCache {
         if credentials.is_empty() {
             return Ok(Vec::new());
         }
-        let fields = |ty: CredentialType| match ty {
-            CredentialType::KeyAuth | CredentialType::Jwt => KEYED_FIELDS,
-            CredentialType::BasicAuth => BASIC_FIELDS,
-            CredentialType::Oauth2 => OAUTH2_FIELDS,
-        };
+        // The kinds of credentials by the fields read of them.
         let kinds = [KEYED_FIELDS, BASIC_FIELDS, OAUTH2_FIELDS];
-        let keys: Vec<Vec<String>> = kinds
-            .iter()
-            .map(|kind| {
-                credentials
-                    .iter()
-                    .filter(|(ty, _)| std::ptr::eq(fields(*ty), *kind))
-                    .map(|(ty, id)| self.layout.credential(*ty, id))
-                    .collect()
-            })
-            .collect();
+        let kind = |ty: CredentialType| match ty {
+            CredentialType::KeyAuth | CredentialType::Jwt => 0,
+            CredentialType::BasicAuth => 1,
+            CredentialType::Oauth2 => 2,
+        };
+        let mut keys: [Vec<String>; 3] = Default::default();
+        for (ty, id) in &credentials {
+            keys[kind(*ty)].push(self.layout.credential(*ty, id));
+        }
         self.asking();
         let rows = futures_util::future::try_join_all(
             kinds
                 .iter()
                 .zip(&keys)
-                .map(|(kind, keys)| self.rows(keys, kind)),
+                .map(|(fields, keys)| self.rows(keys, fields)),
         )
         .await?;
         let mut rows: Vec<_> = rows.into_iter().map(Vec::into_iter).collect();
         Ok(credentials
             .into_iter()
             .map(|(ty, id)| {
-                let kind = kinds
-                    .iter()
-                    .position(|k| std::ptr::eq(fields(ty), *k))
-                    .unwrap_or_default();
-                let row = rows[kind].next().flatten();
+                let row = rows[kind(ty)].next().flatten();
                 (ty, id, row)
             })
             .collect())
@@ -269,56 +260,64 @@ impl ConsumerCache {
                 None => t.apps.remove(id.as_str()),
             };
         }
-        // A name that names its user already stays as it is (most writes to a user change
-        // something else); the names are looked through once, for the users gone or renamed.
-        let mut unnamed: HashSet<&str> = HashSet::new();
+        // The names users leave (renamed, removed) are known by their entries: no pass over
+        // every name (it was one per refresh of a renamed or removed user, under the lock).
+        let mut left: Vec<Box<str>> = Vec::new();
         let mut named = Vec::new();
-        for (id, entry) in &entries.users {
+        for (id, entry) in entries.users {
             self.note(Changed::User(id.as_str().into()));
+            let new_name = entry.as_ref().and_then(|(_, u)| u.as_deref());
+            let held = t.users.get(id.as_str()).and_then(|e| e.username.clone());
+            if let Some(old) = held.filter(|old| Some(&**old) != new_name) {
+                if t.usernames.get(&*old).is_some_and(|v| **v == *id) {
+                    t.usernames.remove(&*old);
+                    left.push(old);
+                }
+            }
             let Some((entry, username)) = entry else {
-                unnamed.insert(id);
                 t.users.remove(id.as_str());
                 continue;
             };
-            let kept = username
-                .as_deref()
-                .is_some_and(|u| t.usernames.get(u).is_some_and(|v| **v == **id));
-            if !kept {
-                unnamed.insert(id);
-                if let Some(u) = username {
-                    named.push((u.as_str(), entry.consumer.id.clone()));
+            if let Some(u) = username {
+                if t.usernames.get(u.as_str()).is_none_or(|v| **v != *id) {
+                    named.push((u, entry.consumer.id.clone()));
                 }
             }
-            t.users.insert(id.as_str().into(), entry.clone());
-        }
-        // The names the users left, given to another user who has one (two users of one name
-        // for a while, in a store written by hand: it stayed unknown until the next full read).
-        let mut left: HashSet<Box<str>> = HashSet::new();
-        if !unnamed.is_empty() {
-            t.usernames.retain(|name, v| {
-                let keep = !unnamed.contains(&**v);
-                if !keep {
-                    left.insert(name.clone());
-                }
-                keep
-            });
+            t.users.insert(id.into(), entry);
         }
         for (name, id) in named {
-            left.remove(name);
-            t.usernames.insert(name.into(), id);
+            left.retain(|l| **l != *name);
+            if let Some(other) = t.usernames.insert(name.as_str().into(), id.clone()) {
+                if other != id {
+                    t.shared_names.insert(name.into());
+                }
+            }
         }
+        // A name left that another user has too (two users of one name for a while, in a
+        // store written by hand: it was nobody's until the next full read) is given to one of
+        // them, found among the users (only for a name known to be shared).
+        let mut left: HashSet<Box<str>> = left
+            .into_iter()
+            .filter(|n| t.shared_names.contains(n))
+            .collect();
         if !left.is_empty() {
             let Tables {
                 users, usernames, ..
             } = &mut *t;
+            let mut given = Vec::new();
             for entry in users.values() {
                 if let Some(name) = entry.username.as_deref().filter(|n| left.contains(*n)) {
                     left.remove(name);
                     usernames.insert(name.into(), entry.consumer.id.clone());
+                    given.push(entry.consumer.id.clone());
                     if left.is_empty() {
                         break;
                     }
                 }
+            }
+            // (A full load that runs keeps the names so given, as those of the users refreshed.)
+            for id in given {
+                self.note(Changed::User(Box::from(&*id)));
             }
         }
         for (ty, id, held) in entries.credentials {

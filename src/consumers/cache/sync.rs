@@ -226,7 +226,14 @@ impl ConsumerCache {
             let id = &key[user_prefix.len()..];
             let (entry, username) = user_entry(id, &h);
             if let Some(u) = username {
-                t.usernames.insert(u.into(), entry.consumer.id.clone());
+                if let Some(other) = t
+                    .usernames
+                    .insert(u.as_str().into(), entry.consumer.id.clone())
+                {
+                    if other != entry.consumer.id {
+                        t.shared_names.insert(u.into());
+                    }
+                }
             }
             t.users.insert(id.into(), entry);
         })
@@ -395,6 +402,8 @@ fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
             _ => None,
         })
         .collect();
+    // (Names shared while it read stay known as such.)
+    new.shared_names.extend(old.shared_names.iter().cloned());
     if !users.is_empty() {
         new.usernames.retain(|_, v| !users.contains(&**v));
         for (name, v) in old.usernames.iter().filter(|(_, v)| users.contains(&***v)) {

@@ -177,3 +177,24 @@ async fn a_name_two_users_had_for_a_while_stays_with_the_one_that_keeps_it() {
     assert_eq!(named(&cache, "bob").as_deref(), Some("u-b"));
     assert_eq!(named(&cache, "alice").as_deref(), Some("u-a"));
 }
+
+#[tokio::test]
+async fn credentials_of_every_kind_in_one_refresh() {
+    let (store, cache) = loaded(user("u1", "a")).await;
+    let mut writes = vec![
+        key_auth("k5", "u1"),
+        hset(
+            "EG-basic-auth:u1",
+            &[("password", "$2b$04$hash"), ("isActive", "true")],
+        ),
+        hset("EG-oauth2:u-o", &[("secret", "s"), ("isActive", "true")]),
+    ];
+    writes.extend(user("u-o", "oauth"));
+    store.apply(&writes).await.expect("writes");
+    let batch = ["oauth2:u-o", "basic-auth:u1", "key-auth:k5"].map(String::from);
+    cache.refresh_many(&batch).await.expect("refresh");
+    let t = cache.read();
+    assert!(t.key_auth.get("k5").is_some_and(|c| c.active));
+    assert!(t.basic.get("u1").is_some_and(|c| &*c.hash == "$2b$04$hash"));
+    assert!(t.users.contains_key("u-o"), "the oauth2 credential's consumer");
+}
