@@ -174,12 +174,23 @@ impl ConsumerCache {
                     }
                 }
             };
+            let mut tries = 0;
             while let Err(e) = self.load().await {
                 if !retry {
                     log::warn!("consumer cache: resync failed (serving what is cached): {e}");
                     break;
                 }
-                log::warn!("consumer cache: cannot read the changes it missed (trying again): {e}");
+                // (The first try after a subscription made again may find the store's other
+                // connection still down: said from the second on.)
+                tries += 1;
+                log::log!(
+                    if tries > 1 {
+                        log::Level::Warn
+                    } else {
+                        log::Level::Debug
+                    },
+                    "consumer cache: cannot read the changes it missed (trying again): {e}"
+                );
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }

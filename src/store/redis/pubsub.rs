@@ -90,6 +90,9 @@ impl RedisStore {
         tokio::spawn(async move {
             // Whether a subscription was lost (its return is said once).
             let mut lost = false;
+            // Whether the server told of the keys written, as last known (kept across
+            // subscriptions: a server restarted without the setting is said as turned off).
+            let mut told: Option<bool> = None;
             loop {
                 if tx.receiver_count() == 0 {
                     break;
@@ -109,12 +112,16 @@ impl RedisStore {
                                 if matches!(subscribed, Ok(Ok(()))) {
                                     // Looked at again at each subscription: a server restarted
                                     // may tell otherwise.
-                                    let told = match follow {
-                                        Follow::Keys(_) => {
-                                            target_store.say_keyspace_notifications().await
-                                        }
-                                        Follow::Channel(_) => None,
-                                    };
+                                    if let Follow::Keys(_) = follow {
+                                        told = match told {
+                                            None => target_store.say_keyspace_notifications().await,
+                                            Some(_) => {
+                                                target_store
+                                                    .keyspace_notifications_again(told, &tx)
+                                                    .await
+                                            }
+                                        };
+                                    }
                                     if lost {
                                         log::info!(
                                             "{}: subscribed to `{channel}` again",
@@ -123,7 +130,7 @@ impl RedisStore {
                                     }
                                     let _ = tx.send(crate::store::SUBSCRIBED.to_string());
                                     let keys = matches!(follow, Follow::Keys(_))
-                                        .then_some((&target_store, told));
+                                        .then_some((&target_store, &mut told));
                                     relay_messages(&mut sink, stream, &tx, keys).await;
                                     log::warn!(
                                         "{}: subscription to `{channel}` lost; resubscribing",
@@ -222,7 +229,7 @@ async fn relay_messages(
     sink: &mut redis::aio::PubSubSink,
     mut stream: redis::aio::PubSubStream,
     tx: &broadcast::Sender<String>,
-    mut keys: Option<(&RedisStore, Option<bool>)>,
+    mut keys: Option<(&RedisStore, &mut Option<bool>)>,
 ) {
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + PUBSUB_PING, PUBSUB_PING);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -232,8 +239,11 @@ async fn relay_messages(
                 Some(msg) => {
                     // A key written: its name, after the notification's `__keyspace@<db>__:`.
                     if msg.from_pattern() {
+                        // (Not a key read that found nothing, `keymiss` where the server tells
+                        // of those: the refresh reads the key again, which told of another.)
+                        let event = msg.get_payload_bytes();
                         let channel = msg.get_channel_name();
-                        if let Some((_, key)) = channel.split_once("__:") {
+                        if let (Some((_, key)), false) = (channel.split_once("__:"), event == b"keymiss") {
                             let _ = tx.send(key.to_string());
                         }
                     } else if let Ok(text) = msg.get_payload::<String>() {
@@ -248,9 +258,9 @@ async fn relay_messages(
                     return;
                 }
                 if let Some((store, told)) = keys.as_mut() {
-                    let again = store.keyspace_notifications_again(*told, tx);
+                    let again = store.keyspace_notifications_again(**told, tx);
                     if let Ok(tells) = tokio::time::timeout(PUBSUB_WAIT, again).await {
-                        *told = tells;
+                        **told = tells;
                     }
                 }
             }

@@ -196,5 +196,8 @@ async fn credentials_of_every_kind_in_one_refresh() {
     let t = cache.read();
     assert!(t.key_auth.get("k5").is_some_and(|c| c.active));
     assert!(t.basic.get("u1").is_some_and(|c| &*c.hash == "$2b$04$hash"));
-    assert!(t.users.contains_key("u-o"), "the oauth2 credential's consumer");
+    assert!(
+        t.users.contains_key("u-o"),
+        "the oauth2 credential's consumer"
+    );
 }
