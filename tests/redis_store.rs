@@ -2219,6 +2219,41 @@ fn keys_are_unavailable_not_refused_until_the_store_was_read() {
     }
 }
 
+/// `db.redis.username`, an ACL user (Redis 6 and later; ioredis' option, which EG hands on):
+/// the gateway logs in as that user (the option was not read: the password went to the
+/// default user, and a Redis whose default user has another one refused every connection).
+#[test]
+fn an_acl_user_is_who_the_gateway_logs_in_as() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let mut c = redis.conn();
+    for rules in [
+        &["gateway", "on", ">gateway-pw", "~*", "&*", "+@all"][..],
+        &["default", "resetpass", ">default-pw"][..],
+    ] {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(rules)
+            .query(&mut c)
+            .expect("acl");
+    }
+    dir.write(
+        "system.config.yml",
+        &format!("db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    username: gateway\n    password: gateway-pw\n    namespace: EG\ncrypto:\n  saltRounds: 4\n", redis.port),
+    );
+    let gw = GatewayProcess::start(&dir);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    let since = Instant::now();
+    while get(gw.port, "GET", "/wmts/1", &key).status != 200 {
+        assert!(
+            since.elapsed() < Duration::from_secs(5),
+            "{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!gw.log_text().contains("WRONGPASS"), "{}", gw.log_text());
+}
+
 /// The store's named locks on a real Redis: renewed and released only by the token that holds
 /// them (a populate's lock, renewed while it runs, is never another's to let go).
 #[test]

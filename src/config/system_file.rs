@@ -13,6 +13,8 @@ pub struct RedisDef {
     pub namespace: String,
     pub host: Option<String>,
     pub port: Option<u16>,
+    /// An ACL user (Redis 6 and later; ioredis' `username`), with `password`.
+    pub username: Option<String>,
     pub password: Option<String>,
     pub db: Option<i64>,
     pub sentinels: Vec<(String, u16)>,
@@ -59,6 +61,7 @@ impl Default for RedisDef {
             namespace: "EG".into(),
             host: None,
             port: None,
+            username: None,
             password: None,
             db: None,
             sentinels: Vec::new(),
@@ -101,6 +104,7 @@ impl std::fmt::Debug for RedisDef {
             .field("namespace", &self.namespace)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("username", &self.username)
             .field("password", &self.password.as_deref().map(fingerprint))
             .field("db", &self.db)
             .field("sentinels", &self.sentinels)
@@ -293,6 +297,7 @@ fn redis_def(node: &Node, errors: &mut ConfigErrors) -> RedisDef {
             );
         }
     }
+    def.username = text(node, "username", errors);
     def.password = text(node, "password", errors);
     def.sentinel_name = text(node, "name", errors);
     if let Some(n) = node.get("port") {

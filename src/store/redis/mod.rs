@@ -75,7 +75,13 @@ impl RedisStore {
             let port = def.port.unwrap_or(6379);
             (
                 Target::Url {
-                    url: url_for(&host, port, def.password.as_deref(), db, def.tls.as_ref()),
+                    url: url_for(
+                        &host,
+                        port,
+                        (def.username.as_deref(), def.password.as_deref()),
+                        db,
+                        def.tls.as_ref(),
+                    ),
                     tls: def.tls.clone(),
                 },
                 format!("redis {host}:{port}/{db}"),
@@ -88,7 +94,7 @@ impl RedisStore {
             let sentinels: Vec<String> = def
                 .sentinels
                 .iter()
-                .map(|(h, p)| url_for(h, *p, None, 0, None))
+                .map(|(h, p)| url_for(h, *p, (None, None), 0, None))
                 .collect();
             let names: Vec<String> = def
                 .sentinels
@@ -99,6 +105,7 @@ impl RedisStore {
                 Target::Sentinel {
                     sentinels,
                     master: master.clone(),
+                    username: def.username.clone(),
                     password: def.password.clone(),
                     db,
                     tls: def.tls.clone(),

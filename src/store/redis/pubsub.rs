@@ -68,7 +68,7 @@ impl RedisStore {
         let tells = tells_of_keys(&flags);
         match (told, tells) {
             (Some(true), false) => log::warn!(
-                "{}: keyspace notifications no longer tell of the consumers written (notify-keyspace-events `{flags}`, changed while the gateway runs): {NOT_TOLD}",
+                "{}: keyspace notifications no longer tell of the consumers written (notify-keyspace-events `{flags}`): {NOT_TOLD}",
                 self.describe
             ),
             (Some(false), true) => {
@@ -204,11 +204,11 @@ pub(super) fn keyspace_pattern(db: i64, prefix: &str) -> String {
     pattern
 }
 
-/// Whether `notify-keyspace-events` flags tell of the writes to consumers' hashes and sets and
-/// of their removal, expiry and eviction (`K` with `A`, or with `h`, `s`, `g`, `x` and `e`).
 /// What it means that the keys written are not told of, and what to do.
 const NOT_TOLD: &str = "what other programs write (EG's Admin API, redis-cli) reaches the consumer cache at its next full read (--resync-seconds); `notify-keyspace-events KA` in redis.conf (or `CONFIG SET`, then `CONFIG REWRITE` to keep it past a restart) follows it at once";
 
+/// Whether `notify-keyspace-events` flags tell of the writes to consumers' hashes and sets and
+/// of their removal, expiry and eviction (`K` with `A`, or with `h`, `s`, `g`, `x` and `e`).
 fn tells_of_keys(flags: &str) -> bool {
     flags.contains('K')
         && (flags.contains('A') || ['h', 's', 'g', 'x', 'e'].iter().all(|c| flags.contains(*c)))
@@ -242,9 +242,11 @@ async fn relay_messages(
                         // (Not a key read that found nothing, `keymiss` where the server tells
                         // of those: the refresh reads the key again, which told of another.)
                         let event = msg.get_payload_bytes();
-                        let channel = msg.get_channel_name();
-                        if let (Some((_, key)), false) = (channel.split_once("__:"), event == b"keymiss") {
-                            let _ = tx.send(key.to_string());
+                        match msg.get_channel_name().split_once("__:") {
+                            Some((_, key)) if event != b"keymiss" => {
+                                let _ = tx.send(key.to_string());
+                            }
+                            _ => {}
                         }
                     } else if let Ok(text) = msg.get_payload::<String>() {
                         let _ = tx.send(text);

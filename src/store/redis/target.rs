@@ -18,6 +18,7 @@ pub(super) enum Target {
     Sentinel {
         sentinels: Vec<String>,
         master: String,
+        username: Option<String>,
         password: Option<String>,
         db: i64,
         tls: Option<RedisTls>,
@@ -27,7 +28,7 @@ pub(super) enum Target {
 pub(super) fn url_for(
     host: &str,
     port: u16,
-    password: Option<&str>,
+    (username, password): (Option<&str>, Option<&str>),
     db: i64,
     tls: Option<&RedisTls>,
 ) -> String {
@@ -38,14 +39,18 @@ pub(super) fn url_for(
     } else {
         ""
     };
-    let auth = password
-        .map(|p| {
-            format!(
-                ":{}@",
-                percent_encoding::utf8_percent_encode(p, percent_encoding::NON_ALPHANUMERIC)
-            )
-        })
-        .unwrap_or_default();
+    let encode = |t| percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC);
+    let auth = match (username, password) {
+        (None, None) => String::new(),
+        (user, password) => format!(
+            "{}:{}@",
+            user.map(encode).map(|u| u.to_string()).unwrap_or_default(),
+            password
+                .map(encode)
+                .map(|p| p.to_string())
+                .unwrap_or_default()
+        ),
+    };
     let host = if host.contains(':') {
         format!("[{host}]")
     } else {
@@ -79,6 +84,7 @@ pub(super) async fn client_for(target: &Target) -> StoreResult<Client> {
         Target::Sentinel {
             sentinels,
             master,
+            username,
             password,
             db,
             tls,
@@ -98,7 +104,7 @@ pub(super) async fn client_for(target: &Target) -> StoreResult<Client> {
             let url = url_for(
                 host.trim_matches(['[', ']']),
                 port,
-                password.as_deref(),
+                (username.as_deref(), password.as_deref()),
                 *db,
                 tls.as_ref(),
             );
