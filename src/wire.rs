@@ -53,6 +53,11 @@ pub fn list<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> impl Iterato
         .filter(|t| !t.is_empty())
 }
 
+/// Whether header `name`'s list has `token` (without case) or `*`.
+pub fn lists(headers: &HeaderMap, name: &http::HeaderName, token: &[u8]) -> bool {
+    list(headers, name).any(|t| t == b"*" || t.eq_ignore_ascii_case(token))
+}
+
 /// The most options a request's `Connection` may give (clients send one or two): as many as
 /// Pingora's proxy takes (it refuses ten or more), so that both paths answer alike.
 pub const MAX_CONNECTION_OPTIONS: usize = 9;

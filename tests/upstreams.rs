@@ -849,6 +849,57 @@ fn cors_adds_origin_to_the_answers_vary() {
             r.headers
         );
     }
+    // An answer that varies by `Origin` already, or by everything (`*`), is left as it is
+    // (it said `Vary: Origin, Origin`): uncached, and through a cache step its miss and hit.
+    let cached = ConfigDir::new(&config(
+        &[a.url("")],
+        "{}",
+        "",
+        "      - cors: [{action: {origin: ['http://x.example', 'http://y.example']}}]\n      - cache: [{action: {ttl: 60}}]\n",
+    )
+    .replace("policies: [cache, proxy, compression]", "policies: [cache, proxy, cors]"));
+    let cached = GatewayProcess::start(&cached);
+    let plain = ConfigDir::new(
+        &config(
+            &[a.url("")],
+            "{}",
+            "",
+            "      - cors: [{action: {origin: ['http://x.example', 'http://y.example']}}]\n",
+        )
+        .replace(
+            "policies: [cache, proxy, compression]",
+            "policies: [proxy, cors]",
+        ),
+    );
+    let plain = GatewayProcess::start(&plain);
+    for (gateway, cache) in [(&gw, false), (&plain, false), (&cached, true)] {
+        for (path, want) in [
+            ("/tiles/png/2.png?header=Vary:Origin", vec!["origin"]),
+            ("/tiles/png/3.png?header=Vary:%2A", vec!["*"]),
+            (
+                "/tiles/png/4.png?header=Vary:Accept,%20origin",
+                vec!["accept", "origin"],
+            ),
+            ("/tiles/unique/5000/t?header=Vary:Origin", vec!["origin"]),
+        ] {
+            // `Vary: *` is never stored.
+            let rounds = match (cache, want == ["*"]) {
+                (false, _) => ["", ""],
+                (true, false) => ["MISS", "HIT"],
+                (true, true) => ["MISS", "MISS"],
+            };
+            for round in rounds {
+                let r = get(gateway.port, "GET", path, &[origin]);
+                assert_eq!(r.status, 200, "{path} {round}");
+                assert_eq!(
+                    r.header("x-cache-status").unwrap_or_default(),
+                    round,
+                    "{path}"
+                );
+                assert_eq!(vary(&r), want, "{path} {round}: {:?}", r.headers);
+            }
+        }
+    }
 }
 
 /// An upstream on a thread of the test: each connection's first request is answered; a PUT

@@ -13,6 +13,8 @@ pub trait EditableHeaders {
     fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
     fn add(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
     fn remove(&mut self, name: &HeaderName);
+    /// Whether header `name`'s list has `token` (without case) or `*`.
+    fn lists(&self, name: &HeaderName, token: &[u8]) -> bool;
 }
 
 macro_rules! editable {
@@ -34,6 +36,9 @@ macro_rules! editable {
             }
             fn remove(&mut self, name: &HeaderName) {
                 self.remove_header(name);
+            }
+            fn lists(&self, name: &HeaderName, token: &[u8]) -> bool {
+                crate::wire::lists(&self.headers, name, token)
             }
         }
     };
@@ -76,7 +81,11 @@ pub fn apply_edits<'a>(
                     target.set(n.clone(), v.clone())?;
                 }
             }
-            HeaderEdit::Append(n, v) => target.add(n.clone(), v.clone())?,
+            HeaderEdit::Append(n, v) => {
+                if !target.lists(n, v.as_bytes()) {
+                    target.add(n.clone(), v.clone())?;
+                }
+            }
             HeaderEdit::Remove(n) => target.remove(n),
         }
     }
@@ -117,6 +126,14 @@ impl EditableHeaders for ReplyLines {
     }
     fn remove(&mut self, name: &HeaderName) {
         self.0.retain(|(n, _)| n != name);
+    }
+    fn lists(&self, name: &HeaderName, token: &[u8]) -> bool {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == name)
+            .flat_map(|(_, v)| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .any(|t| t == b"*" || t.eq_ignore_ascii_case(token))
     }
 }
 

@@ -102,9 +102,15 @@ pub fn wire_head(resp: &ResponseHeader, edits: &[HeaderEdit], keepalive: bool) -
         |n: &HeaderName| resp.headers.contains_key(n) && !named(n.as_str().as_bytes());
     for edit in edits {
         match edit {
-            HeaderEdit::Set(n, v) | HeaderEdit::Append(n, v) => {
+            HeaderEdit::Set(n, v) => {
                 wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
             }
+            HeaderEdit::Append(n, v)
+                if named(n.as_str().as_bytes()) || !wire::lists(&resp.headers, n, v.as_bytes()) =>
+            {
+                wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
+            }
+            HeaderEdit::Append(..) => {}
             HeaderEdit::Default(n, v) if !upstream_has(n) => {
                 wire::header_line(&mut buf, n.as_str().as_bytes(), v.as_bytes())
             }

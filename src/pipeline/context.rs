@@ -80,7 +80,8 @@ pub enum HeaderEdit {
     /// Set only when absent (a value the upstream sends wins, as in EG where policies set
     /// response headers before the proxy copies the upstream's over them).
     Default(HeaderName, HeaderValue),
-    /// Add another value.
+    /// Add a token to the header's list (`Origin` to a `Vary`) unless the list has it already,
+    /// or `*`: a token twice says nothing more.
     Append(HeaderName, HeaderValue),
     Remove(HeaderName),
 }
