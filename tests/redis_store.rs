@@ -255,6 +255,68 @@ fn a_redis_written_by_eg_works_unchanged() {
     assert_eq!(listed["credentials"][0]["keyId"], "kargo-ka-id");
 }
 
+/// A script that lists users and apps page by page and removes what each page shows removes
+/// them all (a page began at an offset into a list made again for each page: 8 of 40 users
+/// were never shown, and another program's additions were shown twice).
+#[test]
+fn a_listing_pages_through_removals_as_egs_does() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let a = gw.admin_port;
+    for i in 0..40 {
+        let r = post_json(a, "/users", &format!(r#"{{"username": "pg{i:02}"}}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = post_json(
+            a,
+            "/apps",
+            &format!(r#"{{"userId": "pg{i:02}", "name": "app{i:02}"}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    for (route, key, what) in [("apps", "apps", "name"), ("users", "users", "username")] {
+        let mut start = 0;
+        let (mut pages, mut removed) = (0, std::collections::BTreeSet::new());
+        loop {
+            let page = json_of(&get(
+                a,
+                "GET",
+                &format!("/{route}?start={start}&count=7"),
+                &[],
+            ));
+            pages += 1;
+            for item in page[key].as_array().expect("a list") {
+                let id = item["id"].as_str().expect("id");
+                let r = send_json(a, "DELETE", &format!("/{route}/{id}"), "");
+                assert_eq!(r.status, 204, "{}", r.text());
+                removed.insert(item[what].as_str().expect("name").to_string());
+            }
+            // Another program adds one while the listing runs: it may or may not be shown.
+            if pages == 2 {
+                let r = post_json(a, "/users", &format!(r#"{{"username": "late-{route}"}}"#));
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+            start = page["nextKey"].as_u64().expect("nextKey");
+            if start == 0 {
+                break;
+            }
+        }
+        removed.retain(|n| !n.starts_with("late-"));
+        assert_eq!(removed.len(), 40, "{route}: {removed:?}");
+        // `SCAN`'s `COUNT` is a hint: pages of about 7.
+        assert!(pages >= 3, "{route}: {pages} pages of 7");
+    }
+    let users = json_of(&get(a, "GET", "/users", &[]));
+    let left: Vec<_> = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["username"].clone())
+        .collect();
+    assert!(left.len() <= 2, "{left:?}");
+}
+
 #[test]
 fn what_tollgate_writes_has_egs_layout() {
     let redis = RedisServer::start();

@@ -34,16 +34,16 @@ fn status_answer(r: Result<&'static str, ConsumerError>) -> Response<Vec<u8>> {
 }
 
 /// `?start=&count=` of list routes (count defaults to 100, as EG's).
-fn paging(query: Option<&str>) -> (usize, usize) {
+fn paging(query: Option<&str>) -> (u64, usize) {
     let get = |name: &str| {
         query?.split('&').find_map(|kv| {
             let (k, v) = kv.split_once('=')?;
-            (k == name).then(|| v.parse::<usize>().ok()).flatten()
+            (k == name).then(|| v.parse::<u64>().ok()).flatten()
         })
     };
     (
         get("start").unwrap_or(0),
-        get("count").unwrap_or(100).clamp(1, 10_000),
+        get("count").unwrap_or(100).clamp(1, 10_000) as usize,
     )
 }
 

@@ -406,6 +406,16 @@ fn apply_batch(data: &mut BTreeMap<String, Value>, batch: &[Write]) {
     }
 }
 
+/// A key's place in a listing's pages: 1 to 2^52 - 1 (a JSON number any client reads exactly;
+/// 0 is the first page's cursor), from the key alone (FNV-1a), the same in every process and
+/// version.
+fn scan_place(key: &str) -> u64 {
+    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    hash % ((1 << 52) - 1) + 1
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     fn describe(&self) -> String {
@@ -485,6 +495,32 @@ impl Store for EmbeddedStore {
             .take_while(|(k, _)| k.starts_with(prefix))
             .map(|(k, _)| k.clone())
             .collect())
+    }
+
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, u64)> {
+        // Keys in the order of their places, a number of each key's own; the cursor is the
+        // place to go on from, so a key's turn does not move when others come or go.
+        let mut found: Vec<(u64, String)> = self
+            .data()
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| (scan_place(k), k.clone()))
+            .filter(|(place, _)| *place >= cursor)
+            .collect();
+        found.sort_unstable();
+        // Keys of one place go on one page.
+        let mut end = found.len().min(count.max(1));
+        while end < found.len() && found[end].0 == found[end - 1].0 {
+            end += 1;
+        }
+        let next = found.get(end).map_or(0, |(place, _)| *place);
+        found.truncate(end);
+        Ok((found.into_iter().map(|(_, k)| k).collect(), next))
     }
 
     fn hand_over(&self) {

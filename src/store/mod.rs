@@ -102,6 +102,17 @@ pub trait Store: Send + Sync {
     /// Every key starting with `prefix`.
     async fn keys_with_prefix(&self, prefix: &str) -> StoreResult<Vec<String>>;
 
+    /// A page of the keys starting with `prefix`: about `count` of them from `cursor` (0: the
+    /// first page), and the cursor of the next page (0: none). As Redis' `SCAN`, which EG's
+    /// listings page with: a key there from the first page to the last is listed, whatever is
+    /// added or removed meanwhile (so a script may remove what each page shows).
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        cursor: u64,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, u64)>;
+
     /// Applies every write or none.
     async fn apply(&self, batch: &[Write]) -> StoreResult<()>;
 

@@ -79,6 +79,7 @@ fn props_object(p: &Props) -> Result<Map<String, Value>, String> {
 /// Lists every page of `/users` or `/apps`.
 fn list_all(c: &AdminClient, route: &str, key: &str) -> Result<Vec<Value>, String> {
     let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut start = 0;
     loop {
         let a = check(
@@ -86,7 +87,13 @@ fn list_all(c: &AdminClient, route: &str, key: &str) -> Result<Vec<Value>, Strin
                 .map_err(|e| e.to_string())?,
         )?;
         let page = a.json();
-        out.extend(page[key].as_array().cloned().unwrap_or_default());
+        // A page may repeat an object an earlier one listed (Redis' `SCAN` does, when its
+        // table grows between two pages).
+        for v in page[key].as_array().cloned().unwrap_or_default() {
+            if seen.insert(v["id"].to_string()) {
+                out.push(v);
+            }
+        }
         match page["nextKey"].as_u64() {
             Some(n) if n > 0 => start = n,
             _ => return Ok(out),

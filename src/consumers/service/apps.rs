@@ -242,11 +242,8 @@ impl ConsumerService {
         Ok(())
     }
 
-    pub async fn list_apps(&self, start: usize, count: usize) -> Result<(Vec<Value>, usize)> {
-        let keys = self
-            .store
-            .keys_with_prefix(&self.layout.app_prefix())
-            .await?;
-        self.page(&keys, start, count, model::APP_ORDER).await
+    pub async fn list_apps(&self, cursor: u64, count: usize) -> Result<(Vec<Value>, u64)> {
+        let prefix = self.layout.app_prefix();
+        self.page(&prefix, cursor, count, model::APP_ORDER).await
     }
 }

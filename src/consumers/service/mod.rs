@@ -165,24 +165,22 @@ impl ConsumerService {
         self.commit(&[Write::HSet { key, fields }], changed).await
     }
 
-    /// One page of a listing: the objects at `keys[start..start + count]`, and where the next
-    /// page starts (0: none).
+    /// One page of a listing of the objects under `prefix`, from `cursor` (0: the first), and
+    /// the next page's cursor (0: none), as [`Store::scan_prefix`] pages.
     async fn page(
         &self,
-        keys: &[String],
-        start: usize,
+        prefix: &str,
+        cursor: u64,
         count: usize,
         order: &[&str],
-    ) -> Result<(Vec<Value>, usize)> {
-        let end = start.saturating_add(count.max(1)).min(keys.len());
-        let slice = keys.get(start..end).unwrap_or(&[]);
-        let hashes = self.store.hgetall_many(slice).await?;
+    ) -> Result<(Vec<Value>, u64)> {
+        let (keys, next) = self.store.scan_prefix(prefix, cursor, count).await?;
+        let hashes = self.store.hgetall_many(&keys).await?;
         let items = hashes
             .into_iter()
             .filter(|h| !h.is_empty())
             .map(|h| model::object_json(&to_fields(h, order)))
             .collect();
-        let next = if end < keys.len() { end } else { 0 };
         Ok((items, next))
     }
 

@@ -208,11 +208,8 @@ impl ConsumerService {
         self.commit(&batch, &changed).await
     }
 
-    pub async fn list_users(&self, start: usize, count: usize) -> Result<(Vec<Value>, usize)> {
-        let keys = self
-            .store
-            .keys_with_prefix(&self.layout.user_prefix())
-            .await?;
-        self.page(&keys, start, count, model::USER_ORDER).await
+    pub async fn list_users(&self, cursor: u64, count: usize) -> Result<(Vec<Value>, u64)> {
+        let prefix = self.layout.user_prefix();
+        self.page(&prefix, cursor, count, model::USER_ORDER).await
     }
 }

@@ -287,3 +287,43 @@ async fn a_write_at_the_disk_holds_up_neither_readers_nor_the_runtime() {
     assert_eq!(s.key_type("EG-user:2").await.expect("type"), KeyType::Hash);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A listing's pages from `scan_prefix` show every key there from the first page to the last
+/// once, while what each page shows is removed and new keys come; keys of another prefix never.
+#[tokio::test]
+async fn scan_pages_hold_through_removals_and_additions() {
+    let s = EmbeddedStore::in_memory();
+    let writes: Vec<Write> = (0..300)
+        .map(|i| hset(&format!("EG-user:{i}"), "username", "x"))
+        .chain([hset("EG-userx", "a", "b"), hset("EG-app:1", "a", "b")])
+        .collect();
+    s.apply(&writes).await.expect("apply");
+    let (mut cursor, mut seen, mut pages) = (0, Vec::new(), 0);
+    loop {
+        let (keys, next) = s.scan_prefix("EG-user:", cursor, 13).await.expect("page");
+        pages += 1;
+        assert!((13..=15).contains(&keys.len()) || next == 0, "{keys:?}");
+        let removals: Vec<Write> = keys.iter().map(|k| Write::Del { key: k.clone() }).collect();
+        let added = hset(&format!("EG-user:new{pages}"), "username", "x");
+        s.apply(&[removals, vec![added]].concat())
+            .await
+            .expect("write");
+        seen.extend(keys);
+        if next == 0 {
+            break;
+        }
+        assert!(next > cursor, "{next} after {cursor}");
+        cursor = next;
+    }
+    let old: Vec<&String> = seen.iter().filter(|k| !k.contains("new")).collect();
+    let mut unique = old.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!((old.len(), unique.len()), (300, 300), "{pages} pages");
+    assert!(seen.iter().all(|k| k.starts_with("EG-user:")));
+    // A cursor past every key's place is an empty last page.
+    assert_eq!(
+        s.scan_prefix("EG-user:", u64::MAX, 10).await.expect("page"),
+        (vec![], 0)
+    );
+}

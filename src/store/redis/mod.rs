@@ -359,6 +359,39 @@ impl Store for RedisStore {
         Ok(keys)
     }
 
+    async fn scan_prefix(
+        &self,
+        prefix: &str,
+        mut cursor: u64,
+        count: usize,
+    ) -> StoreResult<(Vec<String>, u64)> {
+        let pattern = format!("{}*", redis_glob_escape(prefix));
+        let mut keys: Vec<String> = Vec::new();
+        // `SCAN` may answer a page without a match while keys remain (EG ends its listing
+        // there): pages are asked for until one has `count` keys or the scan ends.
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(count.max(1)),
+                )
+                .await?;
+            for k in batch.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+            cursor = next;
+            if cursor == 0 || keys.len() >= count {
+                return Ok((keys, cursor));
+            }
+        }
+    }
+
     async fn apply(&self, batch: &[Write]) -> StoreResult<()> {
         if batch.is_empty() {
             return Ok(());
