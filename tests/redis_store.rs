@@ -317,6 +317,59 @@ fn a_listing_pages_through_removals_as_egs_does() {
     assert!(left.len() <= 2, "{left:?}");
 }
 
+/// A consumer's set of key ids that names a key of another type (EG leaves its own user's id
+/// there after a failed write: the member's credential key is the set itself) is one bad
+/// member, not a store that does not answer: its consumer's credentials and every listing
+/// were `503 the store is unavailable … WRONGTYPE`.
+#[test]
+fn a_key_of_another_type_in_a_listing_is_passed_over() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let a = gw.admin_port;
+    let user = json_of(&post_json(a, "/users", r#"{"username": "ann"}"#));
+    let uid = user["id"].as_str().expect("id").to_string();
+    let cred = json_of(&post_json(
+        a,
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "key-auth", "credential": {"keyId": "k1", "keySecret": "s1"}}"#,
+    ));
+    assert_eq!(cred["keyId"], "k1");
+    let _: () = redis::cmd("SADD")
+        .arg(format!("EG-key-auth:{uid}"))
+        .arg(&uid)
+        .query(&mut redis.conn())
+        .expect("sadd");
+    redis.hset("EG-user:zzz", "username", "zzz");
+    let _: () = redis::cmd("SET")
+        .arg("EG-user:other")
+        .arg("a string")
+        .query(&mut redis.conn())
+        .expect("set");
+    for path in [format!("/credentials/{uid}"), "/credentials".to_string()] {
+        let r = get(a, "GET", &path, &[]);
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        let creds = json_of(&r)["credentials"].clone();
+        let ids: Vec<_> = creds
+            .as_array()
+            .expect("credentials")
+            .iter()
+            .map(|c| c["keyId"].clone())
+            .collect();
+        assert_eq!(ids, vec![serde_json::json!("k1")], "{path}: {creds}");
+    }
+    let users = json_of(&get(a, "GET", "/users", &[]));
+    let mut names: Vec<_> = users["users"]
+        .as_array()
+        .expect("users")
+        .iter()
+        .map(|u| u["username"].as_str().unwrap_or_default().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ann", "zzz"], "{users}");
+}
+
 #[test]
 fn what_tollgate_writes_has_egs_layout() {
     let redis = RedisServer::start();

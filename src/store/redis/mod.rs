@@ -260,8 +260,11 @@ impl Store for RedisStore {
     }
 
     async fn hgetall(&self, key: &str) -> StoreResult<HashMap<String, String>> {
-        let raw: HashMap<Vec<u8>, Vec<u8>> = self.query(redis::cmd("HGETALL").arg(key)).await?;
-        Ok(texts(raw))
+        Ok(self
+            .hgetall_many(&[key.to_string()])
+            .await?
+            .pop()
+            .unwrap_or_default())
     }
 
     async fn hgetall_many(&self, keys: &[String]) -> StoreResult<Vec<HashMap<String, String>>> {
@@ -271,8 +274,19 @@ impl Store for RedisStore {
             for k in chunk {
                 pipe.cmd("HGETALL").arg(k);
             }
-            let part: Vec<HashMap<Vec<u8>, Vec<u8>>> = self.query_pipe(&pipe).await?;
-            out.extend(part.into_iter().map(texts));
+            pipe.ignore_errors();
+            let part: Vec<redis::RedisResult<HashMap<Vec<u8>, Vec<u8>>>> =
+                self.query_pipe(&pipe).await?;
+            for hash in part {
+                out.push(match hash {
+                    Ok(raw) => texts(raw),
+                    // A key of another type (another program's string or set where a
+                    // consumer's hash would be; a credential's id that names a set) holds no
+                    // object, as a missing key: one such key failed every listing it was in.
+                    Err(e) if e.code() == Some("WRONGTYPE") => HashMap::new(),
+                    Err(e) => return Err(self.on_error(e).await),
+                });
+            }
         }
         Ok(out)
     }
