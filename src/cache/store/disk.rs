@@ -592,16 +592,13 @@ impl DiskTier {
         })
         .await
         .map_err(std::io::Error::other)?;
+        // (On a read-only file system `unlink` fails so whether the file is there or not; in
+        // a directory the process may not search, `stat` fails too, and the file is there.)
+        let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
         match removed {
-            // (On a read-only file system `unlink` fails so whether the file is there or not.)
-            Err(e)
-                if e.kind() != std::io::ErrorKind::NotFound && path.symlink_metadata().is_ok() =>
-            {
-                Err(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot remove {}: {e}", path.display()),
-                ))
-            }
+            Err(e) if !gone(&e) && !path.symlink_metadata().is_err_and(|m| gone(&m)) => Err(
+                std::io::Error::new(e.kind(), format!("cannot remove {}: {e}", path.display())),
+            ),
             _ => Ok(known),
         }
     }
