@@ -86,22 +86,26 @@ fn admitted(by_name: HashMap<String, u64>, paths: bool) -> HashMap<String, u64> 
     all
 }
 
-/// The generations a record `file` holds (none when there is no record yet).
-fn read(file: &PathBuf) -> Result<HashMap<String, u64>, String> {
+/// The generations a record `file` holds (none when there is no record yet, unless one is
+/// `expected`: the directory holds tiles, and its record was removed).
+fn read(file: &PathBuf, expected: bool) -> Result<HashMap<String, u64>, String> {
     match std::fs::read(file) {
         Ok(b) => serde_json::from_slice(&b).map_err(|e| e.to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !expected => Ok(HashMap::new()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err("missing".into()),
         Err(e) => Err(e.to_string()),
     }
 }
 
 impl Generations {
     /// The generations recorded in `file` (none without a disk tier). A record that cannot be
-    /// read says nothing of the purges its tiles went through: `damaged` is then true, and
-    /// the caller empties the disk tier before [`Self::record_afresh`].
-    pub fn open(file: Option<PathBuf>, paths: bool) -> (Generations, bool) {
+    /// read, or is `expected` (the disk tier holds tiles) and missing, says nothing of the
+    /// purges its tiles went through: `damaged` is then true, and the caller empties the disk
+    /// tier before [`Self::record_afresh`]. (A missing one was read as no purge at all: the
+    /// tiles purged before came back.)
+    pub fn open(file: Option<PathBuf>, paths: bool, expected: bool) -> (Generations, bool) {
         let mut damaged = false;
-        let by_name = match file.as_ref().map(|f| (f, read(f))) {
+        let by_name = match file.as_ref().map(|f| (f, read(f, expected))) {
             None => HashMap::new(),
             Some((f, parsed)) => parsed.unwrap_or_else(|e| {
                 log::warn!(
@@ -122,6 +126,16 @@ impl Generations {
             record_seen: Mutex::new(None),
         };
         (generations, damaged)
+    }
+
+    /// Writes an empty record where there is none (a new directory's first start), so that a
+    /// later start that finds none knows it was removed.
+    pub fn record_if_missing(&self) {
+        if self.file.as_ref().is_some_and(|f| {
+            matches!(std::fs::symlink_metadata(f), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        }) {
+            self.record_afresh();
+        }
     }
 
     /// Writes an empty record in place of a damaged one: the next start finds a record again
@@ -169,7 +183,7 @@ impl Generations {
             *seen = stamp;
         }
         let _one = self.one_at_a_time.lock().unwrap_or_else(|p| p.into_inner());
-        let Ok(recorded) = read(f) else {
+        let Ok(recorded) = read(f, false) else {
             return;
         };
         let mut next = self.table.load().by_name.clone();
@@ -240,7 +254,7 @@ impl Generations {
         let mut next = self.table.load().by_name.clone();
         // What the record holds beside: a purge the process before an upgrade made as this
         // one started.
-        if let Some(Ok(recorded)) = self.file.as_ref().map(read) {
+        if let Some(Ok(recorded)) = self.file.as_ref().map(|f| read(f, false)) {
             for (name, g) in admitted(recorded, self.paths) {
                 let mine = next.entry(name).or_insert(0);
                 *mine = (*mine).max(g);
@@ -400,7 +414,7 @@ mod tests {
 
     #[test]
     fn a_path_gets_the_latest_generation_of_the_purged_prefixes_it_begins_with() {
-        let (g, damaged) = Generations::open(None, true);
+        let (g, damaged) = Generations::open(None, true, false);
         assert!(!damaged);
         assert_eq!(lines(&g, "/wmts/roads/1/2/3.png"), "");
         let outer = recorded(g.advance("/wmts/", 8));
@@ -453,7 +467,7 @@ mod tests {
             let raw = String::from_utf8_lossy(&raw).into_owned();
             let once = canonical(&raw).into_owned();
             prop_assert_eq!(canonical(&once), once.as_str());
-            let (g, _) = Generations::open(None, true);
+            let (g, _) = Generations::open(None, true, false);
             recorded(g.advance("/a/", 8));
             let _ = lines(&g, &raw);
         }
@@ -461,7 +475,7 @@ mod tests {
 
     #[test]
     fn a_prefix_is_matched_whatever_the_spelling_and_takes_the_place_of_those_it_holds() {
-        let (g, _) = Generations::open(None, true);
+        let (g, _) = Generations::open(None, true, false);
         let inner = recorded(g.advance(&canonical("/wmts/Roads/"), 8));
         assert_eq!(lines(&g, "/WMTS//roads/%31.png"), format!("\n^{inner}"));
         let outer = recorded(g.advance("/wmts/", 8));
@@ -481,7 +495,7 @@ mod tests {
         let file = dir.join("prefixes.json");
         let written = br#"{"": 5, "nope": 3, "/a": 4, "/A/": 7, "/a/": 6, "/b/../": 9}"#;
         std::fs::write(&file, written).expect("write");
-        let (g, damaged) = Generations::open(Some(file), true);
+        let (g, damaged) = Generations::open(Some(file), true, false);
         assert!(!damaged);
         assert_eq!(g.all(), HashMap::from([("/a/".to_string(), 7)]));
         assert_eq!(lines(&g, ""), "");
@@ -503,8 +517,8 @@ mod tests {
             ("prefixes.json", true, "/a/"),
         ] {
             let file = dir.join(name);
-            let (old, _) = Generations::open(Some(file.clone()), paths);
-            let (new, _) = Generations::open(Some(file), paths);
+            let (old, _) = Generations::open(Some(file.clone()), paths, false);
+            let (new, _) = Generations::open(Some(file), paths, false);
             new.follow_record();
             let purged = recorded(old.advance(path, 8));
             assert_eq!(new.of(path), 0);
@@ -528,7 +542,7 @@ mod tests {
         let ahead = u64::MAX / 4;
         let written = format!(r#"{{"/a/": {ahead}, "/a/b/": {}}}"#, ahead + 5);
         std::fs::write(&file, written).expect("write");
-        let (g, _) = Generations::open(Some(file), true);
+        let (g, _) = Generations::open(Some(file), true, false);
         assert_eq!(lines(&g, "/a/b/1.png"), format!("\n^{}", ahead + 5));
         // The outer prefix takes the inner one's place, with a generation past both.
         let outer = recorded(g.advance("/a/", 8));
@@ -539,7 +553,7 @@ mod tests {
 
     #[test]
     fn no_more_names_than_allowed() {
-        let (g, _) = Generations::open(None, true);
+        let (g, _) = Generations::open(None, true, false);
         recorded(g.advance("/a/", 2));
         recorded(g.advance("/b/", 2));
         assert_eq!(g.advance("/c/", 2), Advanced::Full);

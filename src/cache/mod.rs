@@ -120,10 +120,15 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     // says nothing of the purges its tiles went through, so they go (with the secret their
     // files are named by).
     let record = |name: &str| opts.disk.as_ref().map(|(d, _)| d.join(name));
+    // A directory with a secret has held tiles: its records were written at its first start.
+    let tiles_there = opts.disk.as_ref().is_some_and(|(d, _)| {
+        !matches!(std::fs::symlink_metadata(d.join(store::disk::SECRET_FILE)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    });
     let (endpoints, endpoints_damaged) =
-        generations::Generations::open(record("generations.json"), false);
+        generations::Generations::open(record("generations.json"), false, tiles_there);
     let (prefixes, prefixes_damaged) =
-        generations::Generations::open(record("prefixes.json"), true);
+        generations::Generations::open(record("prefixes.json"), true, tiles_there);
     if let (true, Some((dir, _))) = (endpoints_damaged || prefixes_damaged, &opts.disk) {
         let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
     }
@@ -140,6 +145,9 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         ),
         None => None,
     };
+    // A new directory's records, before any tile is stored in it.
+    endpoints.record_if_missing();
+    prefixes.record_if_missing();
     // Keys are hashed with the disk tier's secret (its files are named by them), else with
     // one drawn now, before any request is served.
     let secret = match &disk {

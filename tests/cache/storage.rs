@@ -517,6 +517,53 @@ fn a_url_purge_whose_file_cannot_be_removed_says_so() {
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// A purge record removed while the gateway was stopped says nothing of the purges the disk
+/// tier's tiles went through: the tiles go, as for a damaged one. A missing record was read
+/// as no purge at all, and the copies purged before were hits again. A new directory's first
+/// start writes both records, so a later start that finds none knows they were removed.
+#[test]
+fn a_removed_purge_record_empties_the_disk_tier() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (cache_dir, dir_arg) = fresh_cache_dir("record-removed");
+    let (dir, mut gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
+    for record in ["generations.json", "prefixes.json"] {
+        assert!(
+            cache_dir.join(record).is_file(),
+            "{record} at the first start"
+        );
+    }
+    let paths = ["/tiles/bytes/20000/r1.png", "/tiles/bytes/20000/r2.png"];
+    for (record, purge_body) in [
+        ("prefixes.json", r#"{"prefix": "/tiles/bytes/"}"#),
+        ("generations.json", r#"{"apiEndpoint": "tiles"}"#),
+    ] {
+        for p in paths {
+            tile(&gw, p, 0);
+            assert_eq!(cache_status(&tile(&gw, p, 0)), "HIT", "{p}");
+        }
+        let r = purge(&gw, purge_body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        // One of them stored again after the purge, the other's copy from before it.
+        assert_eq!(cache_status(&tile(&gw, paths[0], 0)), "MISS");
+        wait_for_disk(&cache_dir, 3);
+        drop(gw);
+        std::fs::remove_file(cache_dir.join(record)).expect("remove the record");
+        gw = restarted(&dir, &dir_arg);
+        for p in paths {
+            assert_eq!(cache_status(&tile(&gw, p, 0)), "MISS", "{record}: {p}");
+        }
+        assert!(
+            gw.log_text()
+                .contains(&format!("{record} is damaged (missing)")),
+            "{}",
+            gw.log_text()
+        );
+        assert!(cache_dir.join(record).is_file(), "{record} written again");
+    }
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// An api endpoint's purge whose record could not be written is in effect until a restart;
 /// the next purge after the restart does not take its generation again (which would bring
 /// back the tiles stored under it).
