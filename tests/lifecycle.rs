@@ -113,6 +113,53 @@ fn reload_on_a_change_on_sighup_and_on_demand() {
     );
 }
 
+/// The file that says where the gateway answers (in the temporary directory) goes with the
+/// process however it ends: SIGINT, SIGTERM, and SIGTERM whose grace period runs out with a
+/// request still in flight. It stayed after the first and the last, naming a pid that may
+/// later be another process's.
+#[test]
+fn the_run_file_goes_with_the_process_however_it_ends() {
+    let up = PyUpstream::start("a", 5.0);
+    for (sig, slow) in [("INT", false), ("TERM", false), ("TERM", true)] {
+        let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
+        let tmp = dir.path.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp");
+        let tmp_arg = tmp.display().to_string();
+        let mut gw =
+            GatewayProcess::start_with(&dir, &["--grace-period", "1"], &[("TMPDIR", &tmp_arg)]);
+        let files = || {
+            std::fs::read_dir(&tmp)
+                .expect("tmp")
+                .flatten()
+                .filter(|f| f.file_name().to_string_lossy().starts_with("tollgate-"))
+                .count()
+        };
+        assert_eq!(files(), 1, "{sig}: published");
+        let port = gw.port;
+        let request = slow.then(|| {
+            std::thread::spawn(move || get(port, "GET", "/one/x", &[("X-Test-Delay", "3000")]))
+        });
+        if slow {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        gw.signal(sig);
+        let start = Instant::now();
+        while gw.child.try_wait().expect("wait").is_none() {
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "{sig}: still running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            files(),
+            0,
+            "{sig} (a request in flight: {slow}): left behind"
+        );
+        drop(request);
+    }
+}
+
 /// Steady writes in the config directory that are not config (the access log kept there) do
 /// not hold a real change off.
 #[test]

@@ -431,7 +431,10 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             consumers: consumers.cache.clone(),
         }),
     });
+    // (Pingora's run ends here when its runtimes stopped first: SIGINT, or a grace period
+    // that ran out before the drain thread saw no request in flight.)
     crate::cache::save_forwardings();
+    crate::lifecycle::runfile::withdraw();
     std::process::exit(0)
 }
 
