@@ -65,8 +65,8 @@ pub enum Command {
 pub struct HealthcheckArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// The URL to ask (default: the config's http listener on 127.0.0.1 and the healthcheck
-    /// plugin's path).
+    /// The URL to ask (default: where the gateway running on the config directory said it
+    /// listens, else the config's http listener on 127.0.0.1; the healthcheck plugin's path).
     #[arg(long)]
     pub url: Option<String>,
     /// Ask for readiness (the consumer store answers, the consumer cache has loaded).

@@ -543,12 +543,12 @@ impl DiskTier {
         let was = self.budget.fetch_min(lowered, Ordering::Relaxed);
         if lowered < was {
             log::warn!(
-                "tile cache directory {}: the file system is full ({e}) with {} MiB of tiles \
-                 stored; the tier keeps {} MiB from now on (was {} MiB)",
+                "tile cache directory {}: the file system is full ({e}) with {} of tiles \
+                 stored; the tier keeps {} from now on (was {})",
                 self.dir.display(),
-                stored >> 20,
-                lowered >> 20,
-                was >> 20
+                size_text(stored),
+                size_text(lowered),
+                size_text(was)
             );
             self.evict_if_needed();
         }
@@ -634,6 +634,16 @@ impl DiskTier {
                 let _ = std::fs::remove_file(self.path(&key));
             }
         }
+    }
+}
+
+/// A size for a log line: MiB, KiB below one (a budget lowered on a small file system read
+/// `0 MiB`).
+fn size_text(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes.div_ceil(1 << 10))
     }
 }
 

@@ -515,3 +515,10 @@ fn a_start_removes_only_its_own_files_from_tmp() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sizes_in_log_lines_below_a_mebibyte_are_kibibytes() {
+    assert_eq!(size_text(432 << 10), "432 KiB");
+    assert_eq!(size_text(1), "1 KiB");
+    assert_eq!(size_text(64 << 20), "64 MiB");
+}
