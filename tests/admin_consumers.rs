@@ -706,6 +706,98 @@ fn an_app_without_a_name_under_a_model_that_does_not_require_one_is_refused() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Bodies as EG 1.16.11 reads them (each compared with it, on one Redis): its models' formats
+/// on creation (`email`, `uri`: stored whatever they were), a byte order mark before the JSON
+/// (refused), a body past 100 kB (a user of megabytes stored), a credential that is no
+/// object (a key-auth one made of a list), `null` (stored as `null`, not nothing).
+#[test]
+fn bodies_are_read_as_egs_are() {
+    let dir = ConfigDir::new(
+        "http: {port: ${PORT}}\nadmin: {port: ${ADMIN_PORT}, host: 127.0.0.1}\napiEndpoints: {}\n",
+    );
+    std::fs::create_dir_all(dir.path.join("models")).expect("models");
+    // EG's own models, as its package ships them.
+    dir.write(
+        "models/users.json",
+        r#"{"type": "object", "properties": {"firstname": {"type": "string"}, "lastname": {"type": "string"}, "username": {"type": "string"}, "email": {"type": "string", "format": "email"}, "redirectUri": {"type": "string", "format": "uri"}}, "required": ["username", "firstname", "lastname"]}"#,
+    );
+    dir.write(
+        "models/applications.json",
+        r#"{"type": "object", "properties": {"name": {"type": "string"}, "redirectUri": {"type": "string", "format": "uri"}}, "required": ["name"]}"#,
+    );
+    let data = dir.path.join("data").display().to_string();
+    let gw = GatewayProcess::start_with(&dir, &["--data-dir", &data], &[]);
+    let a = gw.admin_port;
+    let user =
+        |extra: &str| format!(r#"{{"username": "ann", "firstname": "A", "lastname": "L"{extra}}}"#);
+    for (extra, why) in [
+        (
+            r#", "email": "notanemail""#,
+            r#"data.email should match format "email""#,
+        ),
+        (
+            r#", "redirectUri": "not a uri""#,
+            r#"data.redirectUri should match format "uri""#,
+        ),
+    ] {
+        let r = call(a, "POST", "/users", &user(extra));
+        assert_eq!((r.status, r.text()), (422, why.to_string()));
+    }
+    let r = call(
+        a,
+        "POST",
+        "/users",
+        &format!(
+            "\u{feff}{}",
+            user(
+                r#", "email": "ann@example.com", "redirectUri": "https://x.example/cb", "note": null"#
+            )
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ann = json(&get(a, "GET", "/users/ann", &[]));
+    assert_eq!(
+        (&ann["email"], &ann["note"]),
+        (
+            &serde_json::json!("ann@example.com"),
+            &serde_json::json!("")
+        )
+    );
+    // On an update the formats are not checked (nor are they by EG).
+    let r = call(a, "PUT", "/users/ann", r#"{"email": "still not one"}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = call(
+        a,
+        "POST",
+        "/apps",
+        r#"{"userId": "ann", "name": "v", "redirectUri": "nope"}"#,
+    );
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (422, r#"data.redirectUri should match format "uri""#)
+    );
+    let big = user(&format!(r#", "note": "{}""#, "x".repeat(100 * 1024)));
+    let r = call(a, "POST", "/users", &big.replace("ann", "bob"));
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (413, "request entity too large")
+    );
+    let r = call(
+        a,
+        "POST",
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "key-auth", "credential": [1]}"#,
+    );
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (422, "data.credential should be object")
+    );
+    assert_eq!(
+        json(&get(a, "GET", "/credentials/ann", &[]))["credentials"],
+        serde_json::json!([])
+    );
+}
+
 /// A request body that trickles in — a byte within every body timeout — is cut at the request
 /// timeout with a `408` and the connection closed, as on the gateway's port (it held an Admin
 /// API connection, of the 256 there are, for as long as the client went on).

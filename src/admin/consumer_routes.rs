@@ -249,7 +249,10 @@ async fn answer_route(
             let kind = body["type"].as_str().unwrap_or("");
             let empty_map = Map::new();
             let cred = body["credential"].as_object().unwrap_or(&empty_map);
-            if consumer.is_empty() {
+            if !(body["credential"].is_object() || body["credential"].is_null()) {
+                // (EG's `500 data should be object`: a list made a key-auth credential here.)
+                unprocessable("data.credential should be object")
+            } else if consumer.is_empty() {
                 text(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "invalid username: consumerId is required",

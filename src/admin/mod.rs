@@ -22,6 +22,9 @@ use crate::gateway::Gateway;
 
 /// Largest request body the Admin API reads (a consumers file for populate included).
 const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The longest body EG's consumer routes take (body-parser's `100kb`): a user of megabytes was
+/// stored, and shown in every page of the listing after.
+const MAX_CONSUMER_BODY: usize = 100 * 1024;
 
 pub struct AdminApi {
     pub gateway: Arc<ArcSwap<Gateway>>,
@@ -270,7 +273,7 @@ impl AdminApi {
     async fn body(
         session: &mut ServerSession,
         deadline: tokio::time::Instant,
-    ) -> Result<serde_json::Value, Response<Vec<u8>>> {
+    ) -> Result<(serde_json::Value, usize), Response<Vec<u8>>> {
         let mut buf = Vec::new();
         // A body not read whole leaves the connection unusable: its answer closes it.
         let closing = |status, message: &str| {
@@ -309,10 +312,13 @@ impl AdminApi {
                 }
             }
         }
-        if buf.iter().all(u8::is_ascii_whitespace) {
-            return Ok(serde_json::Value::Object(Default::default()));
+        // A byte order mark before the JSON, as EG's body-parser takes it.
+        let json = buf.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&buf);
+        if json.iter().all(u8::is_ascii_whitespace) {
+            return Ok((serde_json::Value::Object(Default::default()), buf.len()));
         }
-        serde_json::from_slice(&buf)
+        serde_json::from_slice(json)
+            .map(|v| (v, buf.len()))
             .map_err(|e| text(StatusCode::BAD_REQUEST, &format!("invalid JSON body: {e}")))
     }
 
@@ -450,7 +456,7 @@ impl AdminApi {
                 return r;
             }
         }
-        let body = match Self::body(session, deadline).await {
+        let (body, length) = match Self::body(session, deadline).await {
             Ok(b) => b,
             Err(r) => return r,
         };
@@ -459,6 +465,9 @@ impl AdminApi {
         }
         if let Some(r) = self.lifecycle_route(&method, &segments).await {
             return r;
+        }
+        if length > MAX_CONSUMER_BODY {
+            return text(StatusCode::PAYLOAD_TOO_LARGE, "request entity too large");
         }
         if let Some(r) =
             consumer_routes::route(&self.consumers, &method, &segments, query.as_deref(), &body)

@@ -67,10 +67,11 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// A JSON value as EG's Redis client writes it into a hash field (`String(value)`).
+/// A JSON value as EG's Redis client writes it into a hash field (`String(value)`; `null` as
+/// nothing, as ioredis writes it).
 pub fn js_string(v: &Value) -> String {
     match v {
-        Value::Null => "null".into(),
+        Value::Null => String::new(),
         Value::Bool(b) => b.to_string(),
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.clone(),

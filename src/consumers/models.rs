@@ -1,7 +1,9 @@
 //! Which properties users and applications take: EG's `models/users.json` and
 //! `models/applications.json` when the config directory has them, else Kargo's variant (users
 //! need only `username`; applications take `name`, `redirectUri` and `scopes`). A small JSON
-//! Schema subset is checked: `required`, property `type`, and `additionalProperties: false`.
+//! Schema subset is checked: `required`, property `type`, `additionalProperties: false`, and
+//! on creation the `email` and `uri` formats (EG's own models name them) as ajv 6 checks them
+//! by default (its `fast` forms).
 
 use std::path::Path;
 
@@ -74,6 +76,16 @@ impl Model {
                 let t = def["type"].as_str().unwrap_or("valid");
                 return Err(format!("data.{k} should be {t}"));
             }
+            if let (true, Some(f)) = (creating, def["format"].as_str()) {
+                let text = match v {
+                    Value::String(s) => Some(s.clone()),
+                    Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+                    _ => None,
+                };
+                if text.is_some_and(|t| !format_holds(f, &t)) {
+                    return Err(format!("data.{k} should match format \"{f}\""));
+                }
+            }
             if let (Some(items), Some(list)) = (def["items"]["type"].as_str(), v.as_array()) {
                 if items == "string" && !list.iter().all(Value::is_string) {
                     return Err(format!("data.{k} should be an array of strings"));
@@ -81,6 +93,26 @@ impl Model {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether `text` has format `f`: `email` and `uri` as ajv 6's `fast` mode has them; other
+/// formats are not checked.
+fn format_holds(f: &str, text: &str) -> bool {
+    use std::sync::LazyLock;
+    static EMAIL: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(
+            r"(?i)^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$",
+        )
+        .expect("the email format")
+    });
+    static URI: LazyLock<regex::Regex> = LazyLock::new(|| {
+        regex::Regex::new(r"(?i)^(?:[a-z][a-z0-9+\-.]*:)(?:/?/)?[^\s]*$").expect("the uri format")
+    });
+    match f {
+        "email" => EMAIL.is_match(text),
+        "uri" => URI.is_match(text),
+        _ => true,
     }
 }
 
