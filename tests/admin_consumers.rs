@@ -706,6 +706,95 @@ fn an_app_without_a_name_under_a_model_that_does_not_require_one_is_refused() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// An object as text, its keys in order.
+fn sorted(v: &serde_json::Value) -> String {
+    let map: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(v.clone()).expect("an object");
+    format!("{map:?}")
+}
+
+/// Every credential listed at once (`GET /credentials`, read for many consumers in a few round
+/// trips) is each consumer's own, as its own listing has them.
+#[test]
+fn the_listing_of_every_credential_is_each_consumers_own() {
+    let (_d, gw) = gateway(&[]);
+    let a = gw.admin_port;
+    let mut expected = Vec::new();
+    for u in 0..6 {
+        let r = call(a, "POST", "/users", &format!(r#"{{"username": "u{u}"}}"#));
+        assert_eq!(r.status, 200, "{}", r.text());
+        let r = call(
+            a,
+            "POST",
+            "/apps",
+            &format!(r#"{{"userId": "u{u}", "name": "a{u}"}}"#),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+        for (consumer, kind, credential) in [
+            (
+                format!("u{u}"),
+                "basic-auth",
+                r#"{"password": "pw"}"#.to_string(),
+            ),
+            (
+                format!("a{u}"),
+                "key-auth",
+                format!(r#"{{"keyId": "k{u}", "keySecret": "s"}}"#),
+            ),
+            (
+                format!("a{u}"),
+                "key-auth",
+                format!(r#"{{"keyId": "k{u}b", "keySecret": "s"}}"#),
+            ),
+            (
+                format!("u{u}"),
+                "jwt",
+                format!(r#"{{"keyId": "j{u}", "keySecret": "s"}}"#),
+            ),
+        ]
+        .into_iter()
+        .skip(u % 3)
+        {
+            let body = format!(
+                r#"{{"consumerId": "{consumer}", "type": "{kind}", "credential": {credential}}}"#
+            );
+            let r = call(a, "POST", "/credentials", &body);
+            assert_eq!(r.status, 200, "{}", r.text());
+            expected.push(consumer);
+        }
+    }
+    let mut by_consumer = Vec::new();
+    for u in 0..6 {
+        for name in [format!("u{u}"), format!("a{u}")] {
+            let kind = if name.starts_with('u') {
+                "users"
+            } else {
+                "apps"
+            };
+            let owner = json(&get(a, "GET", &format!("/{kind}/{name}"), &[]));
+            let id = owner["id"].as_str().expect("id").to_string();
+            for c in json(&get(a, "GET", &format!("/credentials/{name}"), &[]))["credentials"]
+                .as_array()
+                .expect("credentials")
+            {
+                let mut c = c.clone();
+                c["consumerId"] = serde_json::json!(id);
+                by_consumer.push(sorted(&c));
+            }
+        }
+    }
+    let mut all: Vec<String> = json(&get(a, "GET", "/credentials", &[]))["credentials"]
+        .as_array()
+        .expect("credentials")
+        .iter()
+        .map(sorted)
+        .collect();
+    all.sort();
+    by_consumer.sort();
+    assert_eq!(all.len(), expected.len());
+    assert_eq!(all, by_consumer);
+}
+
 /// Bodies as EG 1.16.11 reads them (each compared with it, on one Redis): its models' formats
 /// on creation (`email`, `uri`: stored whatever they were), a byte order mark before the JSON
 /// (refused), a body past 100 kB (a user of megabytes stored), a credential that is no

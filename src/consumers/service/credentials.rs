@@ -10,6 +10,9 @@ use super::{
 };
 use crate::store::{KeyType, Write};
 
+/// Consumers whose credentials a listing of all of them reads at once.
+const LISTED_AT_ONCE: usize = 512;
+
 impl ConsumerService {
     /// Resolves a consumer as EG does: username, user id, app id, app name.
     pub async fn find_consumer(&self, id_or_name: &str) -> Result<Option<ConsumerRef>> {
@@ -229,22 +232,54 @@ impl ConsumerService {
     }
 
     async fn credentials_of(&self, consumer_id: &str) -> Result<Vec<Value>> {
-        let mut out = Vec::new();
+        let mut all = self.credentials_of_many(&[consumer_id.to_string()]).await?;
+        Ok(all.pop().unwrap_or_default())
+    }
+
+    /// The credentials of each of `consumers` (basic-auth, key-auth, jwt, oauth2), read for
+    /// all of them at once: a few round trips per kind, not a few per consumer (the listing
+    /// of every credential took one after the other for each consumer).
+    async fn credentials_of_many(&self, consumers: &[String]) -> Result<Vec<Vec<Value>>> {
+        let mut out = vec![Vec::new(); consumers.len()];
         for t in CredentialType::ALL {
+            let keys: Vec<String> = consumers
+                .iter()
+                .map(|c| self.layout.credential(t, c))
+                .collect();
+            let types = self.store.key_types(&keys).await?;
             if t.is_keyed() {
-                let set = self.layout.credential(t, consumer_id);
-                if self.store.key_type(&set).await? != KeyType::Set {
-                    continue;
-                }
-                let ids = self.store.smembers(&set).await?;
-                let keys: Vec<String> = ids.iter().map(|k| self.layout.credential(t, k)).collect();
-                for (k, h) in ids.iter().zip(self.store.hgetall_many(&keys).await?) {
-                    if h.get("consumerId").map(String::as_str) == Some(consumer_id) {
-                        out.push(model::credential_json(t, k, &h));
+                // The consumer's set of key ids, then each key's hash.
+                let sets: Vec<usize> = (0..consumers.len())
+                    .filter(|i| types[*i] == KeyType::Set)
+                    .collect();
+                let members = futures_util::future::try_join_all(
+                    sets.iter().map(|i| self.store.smembers(&keys[*i])),
+                )
+                .await?;
+                let owned: Vec<(usize, String)> = sets
+                    .iter()
+                    .zip(members)
+                    .flat_map(|(i, ids)| ids.into_iter().map(move |k| (*i, k)))
+                    .collect();
+                let hash_keys: Vec<String> = owned
+                    .iter()
+                    .map(|(_, k)| self.layout.credential(t, k))
+                    .collect();
+                let hashes = self.store.hgetall_many(&hash_keys).await?;
+                for ((i, k), h) in owned.iter().zip(hashes) {
+                    if h.get("consumerId") == Some(&consumers[*i]) {
+                        out[*i].push(model::credential_json(t, k, &h));
                     }
                 }
-            } else if let Some(v) = self.get_credential(t.as_str(), consumer_id).await? {
-                out.push(v);
+            } else {
+                let held: Vec<usize> = (0..consumers.len())
+                    .filter(|i| types[*i] == KeyType::Hash)
+                    .collect();
+                let hash_keys: Vec<String> = held.iter().map(|i| keys[*i].clone()).collect();
+                let hashes = self.store.hgetall_many(&hash_keys).await?;
+                for (i, h) in held.iter().zip(hashes) {
+                    out[*i].push(model::credential_json(t, &consumers[*i], &h));
+                }
             }
         }
         Ok(out)
@@ -259,14 +294,16 @@ impl ConsumerService {
             }
         }
         let mut out = Vec::new();
-        for c in consumers {
-            for cred in self.credentials_of(&c).await? {
-                let mut obj = Map::new();
-                obj.insert("consumerId".into(), Value::String(c.clone()));
-                if let Value::Object(fields) = cred {
-                    obj.extend(fields);
+        for chunk in consumers.chunks(LISTED_AT_ONCE) {
+            for (c, creds) in chunk.iter().zip(self.credentials_of_many(chunk).await?) {
+                for cred in creds {
+                    let mut obj = Map::new();
+                    obj.insert("consumerId".into(), Value::String(c.clone()));
+                    if let Value::Object(fields) = cred {
+                        obj.extend(fields);
+                    }
+                    out.push(Value::Object(obj));
                 }
-                out.push(Value::Object(obj));
             }
         }
         Ok(out)
