@@ -381,6 +381,7 @@ impl Store for RedisStore {
     ) -> StoreResult<(Vec<String>, u64)> {
         let pattern = format!("{}*", redis_glob_escape(prefix));
         let mut keys: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         // `SCAN` may answer a page without a match while keys remain (EG ends its listing
         // there): pages are asked for until one has `count` keys or the scan ends.
         loop {
@@ -395,7 +396,7 @@ impl Store for RedisStore {
                 )
                 .await?;
             for k in batch.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
-                if !keys.contains(&k) {
+                if seen.insert(k.clone()) {
                     keys.push(k);
                 }
             }
