@@ -505,22 +505,33 @@ impl Store for EmbeddedStore {
     ) -> StoreResult<(Vec<String>, u64)> {
         // Keys in the order of their places, a number of each key's own; the cursor is the
         // place to go on from, so a key's turn does not move when others come or go.
-        let mut found: Vec<(u64, String)> = self
-            .data()
+        let data = self.data();
+        let mut found: Vec<(u64, &str)> = data
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, _)| (scan_place(k), k.clone()))
+            .map(|(k, _)| (scan_place(k), k.as_str()))
             .filter(|(place, _)| *place >= cursor)
             .collect();
-        found.sort_unstable();
-        // Keys of one place go on one page.
-        let mut end = found.len().min(count.max(1));
-        while end < found.len() && found[end].0 == found[end - 1].0 {
-            end += 1;
+        let count = count.max(1);
+        if found.len() > count {
+            // The page's keys first (in no order), then in order: not a sort of them all.
+            found.select_nth_unstable(count - 1);
+            found[..count].sort_unstable();
+            // Keys of one place go on one page.
+            let last = found[count - 1].0;
+            let (page, rest) = found.split_at_mut(count);
+            let mut page = page.to_vec();
+            page.extend(rest.iter().filter(|(place, _)| *place == last));
+            let next = rest
+                .iter()
+                .map(|(place, _)| *place)
+                .filter(|place| *place > last)
+                .min()
+                .unwrap_or(0);
+            return Ok((page.into_iter().map(|(_, k)| k.to_string()).collect(), next));
         }
-        let next = found.get(end).map_or(0, |(place, _)| *place);
-        found.truncate(end);
-        Ok((found.into_iter().map(|(_, k)| k).collect(), next))
+        found.sort_unstable();
+        Ok((found.into_iter().map(|(_, k)| k.to_string()).collect(), 0))
     }
 
     fn hand_over(&self) {
