@@ -234,6 +234,36 @@ fn sigint_stops_at_once() {
     );
 }
 
+/// A memory tier larger than the machine's memory is said at start (it started without a
+/// word, and would have been killed for want of memory as it filled); the gateway serves.
+#[test]
+fn a_memory_tier_past_the_machines_memory_is_said() {
+    let total_kib: u64 = std::fs::read_to_string("/proc/meminfo")
+        .expect("meminfo")
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("MemTotal");
+    let up = EchoUpstream::start("up");
+    let dir = ConfigDir::new(&config(&up));
+    let too_much = format!("{}MiB", (total_kib >> 10) * 2);
+    let gw = GatewayProcess::start_with(&dir, &["--cache-memory", &too_much], &[]);
+    assert_eq!(get(gw.port, "GET", "/slow/x", &[]).status, 200);
+    assert!(
+        gw.log_text()
+            .contains("is more than the memory this process may use"),
+        "{}",
+        gw.log_text()
+    );
+    let dir = ConfigDir::new(&config(&up));
+    let gw = GatewayProcess::start_with(&dir, &["--cache-memory", "64MiB"], &[]);
+    assert!(
+        !gw.log_text().contains("more than the memory"),
+        "{}",
+        gw.log_text()
+    );
+}
+
 #[test]
 fn no_listener_section_is_an_error_on_serve() {
     let dir = ConfigDir::new("apiEndpoints: {}\n");

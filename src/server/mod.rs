@@ -258,6 +258,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     };
     let tiles = crate::cache::init(&opts.cache)?;
     log::info!("{}", tiles.describe());
+    start_checks::cache_memory_fits(opts.cache.memory as u64, start_checks::memory_limit());
     crate::cache::keep_records(background.handle());
     let started = crate::lifecycle::Started::of(&loaded, before);
     let gateway = match Gateway::build(loaded, &shared) {

@@ -40,6 +40,47 @@ pub(super) fn room_for_threads(
     Ok(held)
 }
 
+/// The memory this process may use: the machine's (`MemTotal`), or its control group's limit
+/// where that is lower (a container's); `None` when neither can be read.
+pub(super) fn memory_limit() -> Option<u64> {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| kib << 10)
+    });
+    // cgroup v2 (`max`: no limit), then v1.
+    let group = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok());
+    match (total, group) {
+        (Some(t), Some(g)) => Some(t.min(g)),
+        (t, g) => t.or(g),
+    }
+}
+
+/// A memory tier larger than the memory the process may use (`limit`) is said at start: it
+/// fills as tiles come, and the process is killed for want of memory once it passes it (an
+/// operator's `--cache-memory 1T` started without a word).
+pub(super) fn cache_memory_fits(memory: u64, limit: Option<u64>) -> bool {
+    match limit {
+        Some(limit) if memory > limit => {
+            log::warn!(
+                "--cache-memory ({} MiB) is more than the memory this process may use ({} MiB, \
+                 the machine's or its control group's): as the tile cache fills, the process \
+                 may be killed for want of memory",
+                memory >> 20,
+                limit >> 20
+            );
+            false
+        }
+        _ => true,
+    }
+}
+
 /// The upgrade socket's path as Pingora uses it: a new process (`-u`) removes what is there
 /// and binds a socket, an old one connects to it when it hands over. A path it cannot bind
 /// made an upgrading process panic, and a file of the operator's there was removed: refused
