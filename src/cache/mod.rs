@@ -109,6 +109,9 @@ pub fn disk_usable(opts: &StoreOptions) -> anyhow::Result<()> {
     }
 }
 
+/// Beside a disk tier: says both purge records were written (see [`init`]).
+pub(crate) const RECORDS_KEPT: &str = "records.kept";
+
 /// Opens the store (and the disk tier's index); called once at start.
 pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     // (A path that is no directory is said so, not read as damaged records.)
@@ -120,15 +123,17 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     // says nothing of the purges its tiles went through, so they go (with the secret their
     // files are named by).
     let record = |name: &str| opts.disk.as_ref().map(|(d, _)| d.join(name));
-    // A directory with a secret has held tiles: its records were written at its first start.
-    let tiles_there = opts.disk.as_ref().is_some_and(|(d, _)| {
-        !matches!(std::fs::symlink_metadata(d.join(store::disk::SECRET_FILE)),
+    // Where the marker is, both records were written (by this version, at the directory's
+    // first start): one missing was removed. A directory of an earlier version, which wrote
+    // each only at its first purge, has none, and its tiles stay.
+    let expected = opts.disk.as_ref().is_some_and(|(d, _)| {
+        !matches!(std::fs::symlink_metadata(d.join(RECORDS_KEPT)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound)
     });
     let (endpoints, endpoints_damaged) =
-        generations::Generations::open(record("generations.json"), false, tiles_there);
+        generations::Generations::open(record("generations.json"), false, expected);
     let (prefixes, prefixes_damaged) =
-        generations::Generations::open(record("prefixes.json"), true, tiles_there);
+        generations::Generations::open(record("prefixes.json"), true, expected);
     if let (true, Some((dir, _))) = (endpoints_damaged || prefixes_damaged, &opts.disk) {
         let _ = std::fs::remove_file(dir.join(store::disk::SECRET_FILE));
     }
@@ -138,6 +143,13 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
     if prefixes_damaged {
         prefixes.record_afresh();
     }
+    // Both records, then the marker, before the secret and any tile: a process starting on
+    // the directory at once finds the marker only with the records beside it.
+    endpoints.record_if_missing();
+    prefixes.record_if_missing();
+    if let (false, Some((dir, _))) = (expected, &opts.disk) {
+        records::mark_kept(dir);
+    }
     let disk = match &opts.disk {
         Some((dir, budget)) => Some(
             store::disk::DiskTier::open(dir, *budget)
@@ -145,9 +157,6 @@ pub fn init(opts: &StoreOptions) -> anyhow::Result<&'static TileCache> {
         ),
         None => None,
     };
-    // A new directory's records, before any tile is stored in it.
-    endpoints.record_if_missing();
-    prefixes.record_if_missing();
     // Keys are hashed with the disk tier's secret (its files are named by them), else with
     // one drawn now, before any request is served.
     let secret = match &disk {

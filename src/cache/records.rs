@@ -77,6 +77,9 @@ pub fn keep_records(background: &tokio::runtime::Handle) {
                     if c.store.disk.as_ref().is_some_and(|d| d.made_again()) {
                         c.endpoints.record_again();
                         c.prefixes.record_again();
+                        if let Some((dir, _)) = &c.options.disk {
+                            mark_kept(dir);
+                        }
                         c.forwarding.unsaved();
                     }
                     c.endpoints.follow_record();
@@ -89,6 +92,14 @@ pub fn keep_records(background: &tokio::runtime::Handle) {
             .await;
         }
     });
+}
+
+/// Writes the marker that says both purge records are kept in `dir` (after them).
+pub(super) fn mark_kept(dir: &std::path::Path) {
+    let marker = dir.join(super::RECORDS_KEPT);
+    if let Err(e) = write_whole(&marker, b"generations.json prefixes.json\n") {
+        log::warn!("tile cache: cannot write {}: {e}", marker.display());
+    }
 }
 
 /// Writes a file whole or not at all (a crash midway leaves the one before): a file beside it,

@@ -526,7 +526,7 @@ fn a_removed_purge_record_empties_the_disk_tier() {
     let up = PyUpstream::start("tiles", 5.0);
     let (cache_dir, dir_arg) = fresh_cache_dir("record-removed");
     let (dir, mut gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
-    for record in ["generations.json", "prefixes.json"] {
+    for record in ["generations.json", "prefixes.json", "records.kept"] {
         assert!(
             cache_dir.join(record).is_file(),
             "{record} at the first start"
@@ -559,6 +559,20 @@ fn a_removed_purge_record_empties_the_disk_tier() {
             gw.log_text()
         );
         assert!(cache_dir.join(record).is_file(), "{record} written again");
+    }
+    // A directory of an earlier version (which wrote each record at its first purge only, and
+    // no marker) keeps its tiles: an upgrade emptied it.
+    let path = "/tiles/bytes/20000/r3.png";
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "MISS");
+    wait_for_disk(&cache_dir, 2);
+    drop(gw);
+    for file in ["generations.json", "prefixes.json", "records.kept"] {
+        std::fs::remove_file(cache_dir.join(file)).expect("remove");
+    }
+    let gw = restarted(&dir, &dir_arg);
+    assert_eq!(cache_status(&tile(&gw, path, 0)), "HIT");
+    for file in ["generations.json", "prefixes.json", "records.kept"] {
+        assert!(cache_dir.join(file).is_file(), "{file} written");
     }
     drop(gw);
     let _ = std::fs::remove_dir_all(&cache_dir);
