@@ -798,7 +798,8 @@ fn the_listing_of_every_credential_is_each_consumers_own() {
 /// Bodies as EG 1.16.11 reads them (each compared with it, on one Redis): its models' formats
 /// on creation (`email`, `uri`: stored whatever they were), a byte order mark before the JSON
 /// (refused), a body past 100 kB (a user of megabytes stored), a credential that is no
-/// object (a key-auth one made of a list), `null` (stored as `null`, not nothing).
+/// object (a key-auth one made of a list), `null` (stored as `null`, not nothing; refused for a
+/// property of text).
 #[test]
 fn bodies_are_read_as_egs_are() {
     let dir = ConfigDir::new(
@@ -823,6 +824,19 @@ fn bodies_are_read_as_egs_are() {
         (
             r#", "email": "notanemail""#,
             r#"data.email should match format "email""#,
+        ),
+        // Letters that fold to ASCII ones (U+017F, U+212A) are no ASCII letters to ajv either.
+        (
+            r#", "email": "\u017f@x.io""#,
+            r#"data.email should match format "email""#,
+        ),
+        (
+            r#", "email": "\u212a@x.io""#,
+            r#"data.email should match format "email""#,
+        ),
+        (
+            r#", "redirectUri": "\u017fx:/y""#,
+            r#"data.redirectUri should match format "uri""#,
         ),
         (
             r#", "redirectUri": "not a uri""#,
@@ -855,6 +869,29 @@ fn bodies_are_read_as_egs_are() {
     // On an update the formats are not checked (nor are they by EG).
     let r = call(a, "PUT", "/users/ann", r#"{"email": "still not one"}"#);
     assert_eq!(r.status, 200, "{}", r.text());
+    // `null` for a property of text is a value given, stored as nothing, as EG's validator
+    // (coercing types) has it: it was refused (required, or not text).
+    let r = call(a, "PUT", "/users/ann", r#"{"email": null}"#);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&get(a, "GET", "/users/ann", &[]))["email"], "");
+    let r = call(
+        a,
+        "POST",
+        "/users",
+        r#"{"username": "cy", "firstname": null, "lastname": "L"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&get(a, "GET", "/users/cy", &[]))["firstname"], "");
+    // But a user and an app have a name (EG made an app named nothing).
+    for (path, body) in [
+        (
+            "/users",
+            r#"{"username": null, "firstname": "F", "lastname": "L"}"#,
+        ),
+        ("/apps", r#"{"userId": "ann", "name": null}"#),
+    ] {
+        assert_eq!(call(a, "POST", path, body).status, 422, "{path}");
+    }
     let r = call(
         a,
         "POST",

@@ -51,8 +51,9 @@ impl Model {
     /// Checks `body` (new object when `creating`); the first problem, as EG reports it.
     pub fn validate(&self, body: &Map<String, Value>, creating: bool) -> Result<(), String> {
         if creating {
+            // `null` is a value given (ajv's `required`), stored as nothing (see `type`).
             for r in &self.required {
-                if body.get(r).is_none_or(Value::is_null) {
+                if body.get(r).is_none() {
                     return Err(format!("data should have required property '{r}'"));
                 }
             }
@@ -65,7 +66,8 @@ impl Model {
                 continue;
             };
             let ok = match def["type"].as_str() {
-                Some("string") => v.is_string() || v.is_number() || v.is_boolean(),
+                // ajv's `coerceTypes` (EG's): a number, a boolean or `null` is the text of it.
+                Some("string") => v.is_string() || v.is_number() || v.is_boolean() || v.is_null(),
                 Some("array") => v.is_array(),
                 Some("boolean") => v.is_boolean(),
                 Some("number") | Some("integer") => v.is_number(),
@@ -96,18 +98,19 @@ impl Model {
     }
 }
 
-/// Whether `text` has format `f`: `email` and `uri` as ajv 6's `fast` mode has them; other
+/// Whether `text` has format `f`: `email` and `uri` as ajv 6's `fast` mode has them (its
+/// letters ASCII ones: JavaScript's case folding without `u` takes no `ſ` for an `s`); other
 /// formats are not checked.
 fn format_holds(f: &str, text: &str) -> bool {
     use std::sync::LazyLock;
     static EMAIL: LazyLock<regex::Regex> = LazyLock::new(|| {
         regex::Regex::new(
-            r"(?i)^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$",
+            r"(?i-u)^[a-z0-9.!#$%&'*+/=?^_`{|}~-]+@[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$",
         )
         .expect("the email format")
     });
     static URI: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(r"(?i)^(?:[a-z][a-z0-9+\-.]*:)(?:/?/)?[^\s]*$").expect("the uri format")
+        regex::Regex::new(r"^(?i-u:[a-z][a-z0-9+\-.]*:)(?:/?/)?[^\s]*$").expect("the uri format")
     });
     match f {
         "email" => EMAIL.is_match(text),

@@ -90,7 +90,11 @@ fn list_all(c: &AdminClient, route: &str, key: &str) -> Result<Vec<Value>, Strin
         // A page may repeat an object an earlier one listed (Redis' `SCAN` does, when its
         // table grows between two pages).
         for v in page[key].as_array().cloned().unwrap_or_default() {
-            if seen.insert(v["id"].to_string()) {
+            // (One without an id, written by hand, by the whole of it.)
+            let id = v["id"]
+                .as_str()
+                .map_or_else(|| v.to_string(), |id| format!("\"{id}"));
+            if seen.insert(id) {
                 out.push(v);
             }
         }

@@ -63,7 +63,11 @@ impl ConsumerService {
             ));
         };
         // An apps model may leave `name` out of `required`: an app has one all the same.
-        let Some(name) = props.get("name").map(model::js_string) else {
+        let Some(name) = props
+            .get("name")
+            .map(model::js_string)
+            .filter(|n| !n.is_empty())
+        else {
             return Err(invalid("name is required"));
         };
         for other in self.store.smembers(&self.layout.app_name(&name)).await? {
