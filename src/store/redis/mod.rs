@@ -23,7 +23,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A command not answered within this fails: the Admin API says 503 well within 5 s of a hung Redis.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
 const SCAN_COUNT: usize = 10_000;
-/// A listing page's `SCAN`s after its first look at this many keys each, at least.
+/// A listing page's `SCAN`s look at up to this many keys each (or the page's count).
 const SCAN_STEP: usize = 1_000;
 /// The most keys a listing page's `SCAN`s look at.
 const SCAN_PAGE_MOST: usize = 100_000;
@@ -387,17 +387,12 @@ impl Store for RedisStore {
         let mut keys: Vec<String> = Vec::new();
         let mut seen = std::collections::HashSet::new();
         // `SCAN` may answer a page without a match while keys remain (EG ends its listing
-        // there): it is asked again until it gave `count` keys or the scan ends — after the
-        // first, for at least [`SCAN_STEP`] keys a time, and for at most [`SCAN_PAGE_MOST`] keys
+        // there): it is asked again until it gave `count` keys or the scan ends — for twice as
+        // many keys each time, up to [`SCAN_STEP`], and for at most [`SCAN_PAGE_MOST`] keys
         // looked at in all (a page of one, in a Redis of 250,000 other keys, took as many
         // round trips and 4.5 s; such a page may now be empty, its cursor not 0).
-        let mut looked = 0;
+        let (mut looked, mut step) = (0, count.max(1));
         loop {
-            let step = if looked == 0 {
-                count.max(1)
-            } else {
-                count.max(SCAN_STEP)
-            };
             looked += step;
             let (next, batch): (u64, Vec<Vec<u8>>) = self
                 .query(
@@ -418,6 +413,7 @@ impl Store for RedisStore {
             if cursor == 0 || keys.len() >= count || looked >= SCAN_PAGE_MOST {
                 return Ok((keys, cursor));
             }
+            step = (step * 2).min(count.max(SCAN_STEP));
         }
     }
 
