@@ -386,6 +386,49 @@ fn a_page_among_many_other_keys_looks_at_a_bounded_number() {
     }
 }
 
+/// The CLI reads an answer of more than 10 MiB whole (the list of some 32,000 credentials was
+/// read as none: `✖ No credentials`, its reader stopped at 10 MiB and its failure was taken
+/// for an empty answer).
+#[test]
+fn the_cli_reads_a_long_answer_whole() {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    let a = gw.admin_port;
+    let user = json_of(&post_json(a, "/users", r#"{"username": "ann"}"#));
+    let uid = user["id"].as_str().expect("id").to_string();
+    // Twelve credentials of a megabyte each (their scopes' text), written by another program.
+    let _: () = redis::cmd("EVAL")
+        .arg(
+            "local big = '[\"' .. string.rep('s', 1000000) .. '\"]' \
+             for i = 1, 12 do \
+               redis.call('HSET', 'EG-key-auth:big' .. i, 'keyId', 'big' .. i, 'keySecret', 'x', \
+                 'consumerId', ARGV[1], 'isActive', 'true', 'scopes', big) \
+               redis.call('SADD', 'EG-key-auth:' .. ARGV[1], 'big' .. i) \
+             end",
+        )
+        .arg(0)
+        .arg(&uid)
+        .query(&mut redis.conn())
+        .expect("credentials");
+    let admin = format!("http://127.0.0.1:{a}");
+    let out =
+        support::gateway::run_tollgate(&["credentials", "list", "-q"], &[("EG_ADMIN_URL", &admin)]);
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        listed.lines().count(),
+        12,
+        "{}",
+        &listed[..listed.len().min(300)]
+    );
+}
+
 /// A consumer's set of key ids that names a key of another type (EG leaves its own user's id
 /// there after a failed write: the member's credential key is the set itself) is one bad
 /// member, not a store that does not answer: its consumer's credentials and every listing

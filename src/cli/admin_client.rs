@@ -199,7 +199,19 @@ impl AdminClient {
         };
         let mut resp = result.map_err(unreachable)?;
         let status = resp.status().as_u16();
-        let body = resp.body_mut().read_to_string().unwrap_or_default();
+        // Read whole, however long (ureq stops at 10 MiB: the list of 32,000 credentials was
+        // read as none), and a body that cannot be read is a failure, not an empty answer.
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(u64::MAX)
+            .read_to_string()
+            .map_err(|e| Unreachable {
+                reason: format!("the answer could not be read: {e}"),
+                not_reached: false,
+                timed_out: matches!(e, ureq::Error::Timeout(_)),
+                url: crate::upstream::displayed(&self.base),
+            })?;
         Ok(Answer { status, body })
     }
 }
