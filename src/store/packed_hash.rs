@@ -35,10 +35,6 @@ impl PackedHash {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
-    }
-
     /// The fields and their values, sorted by field.
     pub fn iter(&self) -> Iter<'_> {
         Iter { rest: &self.bytes }
@@ -46,26 +42,6 @@ impl PackedHash {
 
     pub fn get(&self, field: &str) -> Option<&str> {
         self.iter().find(|(f, _)| *f == field).map(|(_, v)| v)
-    }
-
-    /// HSET: sets each field to its value.
-    pub fn set<'a>(&mut self, fields: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let mut merged: BTreeMap<&str, &str> = self.iter().collect();
-        for (field, value) in fields {
-            merged.insert(field, value);
-        }
-        let packed = PackedHash::from_pairs(merged);
-        *self = packed;
-    }
-
-    /// HDEL: removes the fields.
-    pub fn remove<'a>(&mut self, fields: impl IntoIterator<Item = &'a str>) {
-        let mut kept: BTreeMap<&str, &str> = self.iter().collect();
-        for f in fields {
-            kept.remove(f);
-        }
-        let packed = PackedHash::from_pairs(kept);
-        *self = packed;
     }
 }
 
@@ -179,20 +155,6 @@ mod tests {
         let h = PackedHash::from_pairs([("key", long.as_str()), ("", "")]);
         assert_eq!(h.get("key"), Some(long.as_str()));
         assert_eq!(h.get(""), Some(""));
-    }
-
-    #[test]
-    fn set_and_remove_edit_in_place() {
-        let mut h = PackedHash::from_pairs([("a", "1"), ("b", "2")]);
-        h.set([("b", "x"), ("c", "3")]);
-        assert_eq!(
-            h.iter().collect::<Vec<_>>(),
-            [("a", "1"), ("b", "x"), ("c", "3")]
-        );
-        h.remove(["a", "c", "missing"]);
-        assert_eq!(h.iter().collect::<Vec<_>>(), [("b", "x")]);
-        h.remove(["b"]);
-        assert!(h.is_empty());
     }
 
     #[test]

@@ -327,3 +327,47 @@ async fn scan_pages_hold_through_removals_and_additions() {
         (vec![], 0)
     );
 }
+
+/// A batch's writes, the hash writes of one key applied together, leave what the same writes
+/// one at a time leave: hash writes around a key's removal, its sets' writes, a hash over a
+/// set, the last field removed.
+#[test]
+fn a_batch_leaves_what_its_writes_one_at_a_time_leave() {
+    let keys = ["a", "b", "c"];
+    let mut x: u32 = 7;
+    let mut next = |n: u32| {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x % n
+    };
+    for _ in 0..300 {
+        let batch: Vec<Write> = (0..12)
+            .map(|_| {
+                let key = keys[next(3) as usize].to_string();
+                let field = format!("f{}", next(3));
+                match next(5) {
+                    0 | 1 => Write::HSet {
+                        key,
+                        fields: vec![(field, format!("v{}", next(9)))],
+                    },
+                    2 => Write::HDel {
+                        key,
+                        fields: vec![field],
+                    },
+                    3 => Write::SAdd {
+                        key,
+                        members: vec![field],
+                    },
+                    _ => Write::Del { key },
+                }
+            })
+            .collect();
+        let (mut whole, mut one_by_one) = (BTreeMap::new(), BTreeMap::new());
+        apply_batch(&mut whole, &batch);
+        for w in &batch {
+            apply_batch(&mut one_by_one, std::slice::from_ref(w));
+        }
+        assert_eq!(format!("{whole:?}"), format!("{one_by_one:?}"), "{batch:?}");
+    }
+}
