@@ -706,6 +706,46 @@ fn an_app_without_a_name_under_a_model_that_does_not_require_one_is_refused() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// `populate --data-dir` while a gateway runs works through it only if the directory is its
+/// store's (another directory's store was left alone and the gateway's was made the file's).
+#[test]
+fn populate_with_another_data_dir_than_the_running_gateways_is_refused() {
+    let (dir, gw) = gateway(&[]);
+    dir.write(
+        "consumers.config.json",
+        r#"{"scopes": ["wms"], "users": {"kim": {"viewer": {"type": "key-auth", "keyId": "K1", "keySecret": "S1", "scopes": ["wms"]}}}}"#,
+    );
+    let config = dir.path.display().to_string();
+    let own = dir.path.join("data").display().to_string();
+    let other = dir.path.join("elsewhere").display().to_string();
+    let admin = format!("http://127.0.0.1:{}", gw.admin_port);
+    let env = [("EG_ADMIN_URL", admin.as_str())];
+    let out = run_tollgate(
+        &["populate", "--config", &config, "--data-dir", &other],
+        &env,
+    );
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("this gateway's consumers are in the embedded store in")
+            && said.contains("leave --data-dir out"),
+        "{said}"
+    );
+    assert_eq!(get(gw.admin_port, "GET", "/users/kim", &[]).status, 404);
+    assert!(!dir.path.join("elsewhere").exists());
+    for args in [vec!["--data-dir", own.as_str()], vec![]] {
+        let mut all = vec!["populate", "--config", &config];
+        all.extend(args);
+        let out = run_tollgate(&all, &env);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(get(gw.admin_port, "GET", "/users/kim", &[]).status, 200);
+}
+
 /// An object as text, its keys in order.
 fn sorted(v: &serde_json::Value) -> String {
     let map: std::collections::BTreeMap<String, serde_json::Value> =

@@ -47,6 +47,18 @@ fn paging(query: Option<&str>) -> (u64, usize) {
     )
 }
 
+/// A query parameter's value, decoded.
+fn query_value(query: Option<&str>, name: &str) -> Option<String> {
+    query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == name).then(|| {
+            percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+    })
+}
+
 fn body_object(body: &Value) -> Result<&Map<String, Value>, &'static str> {
     body.as_object().ok_or("the body must be a JSON object")
 }
@@ -302,6 +314,28 @@ async fn answer_route(
         },
 
         (M::POST, ["tollgate", action @ ("populate" | "clean")]) => {
+            // The CLI given `--data-dir` says which store it means: another than this
+            // gateway's is refused (it was worked on in that one's place, silently).
+            if let Some(meant) = query_value(query, "dataDir") {
+                let store = svc.store();
+                let same = |a: &std::path::Path, b: &std::path::Path| {
+                    std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
+                };
+                if !store
+                    .embedded_dir()
+                    .is_some_and(|d| same(d, std::path::Path::new(&meant)))
+                {
+                    return Some(text(
+                        StatusCode::CONFLICT,
+                        &format!(
+                            "this gateway's consumers are in the {}, not the embedded store in \
+                             {meant}: leave --data-dir out to {action} its store, or stop it to \
+                             {action} the one in {meant}",
+                            store.describe()
+                        ),
+                    ));
+                }
+            }
             let file = match ConsumersFile::parse(&body.to_string()) {
                 Ok(f) => f,
                 Err(why) => return Some(text(StatusCode::UNPROCESSABLE_ENTITY, &why)),

@@ -43,6 +43,20 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
     } else {
         "/tollgate/clean"
     };
+    // A store named: a running gateway works on it only if it is its own.
+    let route = match &args.data_dir {
+        Some(d) => {
+            let d = std::path::absolute(d).unwrap_or_else(|_| d.clone());
+            let d = percent_encoding::utf8_percent_encode(
+                &d.display().to_string(),
+                percent_encoding::NON_ALPHANUMERIC,
+            )
+            .to_string();
+            format!("{route}?dataDir={d}")
+        }
+        None => route.to_string(),
+    };
+    let route = route.as_str();
     let client = args.client.client();
     let verb = if action == Action::Populate {
         "populating"

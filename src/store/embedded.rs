@@ -480,6 +480,10 @@ fn scan_place(key: &str) -> u64 {
 
 #[async_trait]
 impl Store for EmbeddedStore {
+    fn embedded_dir(&self) -> Option<&Path> {
+        self.0.dir.as_deref()
+    }
+
     fn describe(&self) -> String {
         describe(self.0.dir.as_deref())
     }

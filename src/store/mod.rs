@@ -72,6 +72,11 @@ pub trait Store: Send + Sync {
     /// A short name for logs and errors (`embedded /var/lib/...`, `redis 127.0.0.1:6379`).
     fn describe(&self) -> String;
 
+    /// The embedded store's directory (`None`: another store, or one in memory).
+    fn embedded_dir(&self) -> Option<&std::path::Path> {
+        None
+    }
+
     /// Lets another process take the store over (a binary upgrade): from now on this process
     /// only reads it. Nothing to do for a shared store.
     fn hand_over(&self) {}
