@@ -69,6 +69,15 @@ pipelines:
 }
 
 /// A Redis holding EG's fixture, an upstream, and a config directory using both.
+/// A Redis, an upstream and a gateway on both.
+fn gateway_on_redis() -> (RedisServer, EchoUpstream, ConfigDir, GatewayProcess) {
+    let redis = RedisServer::start();
+    let up = EchoUpstream::start("up");
+    let dir = config(&up, &redis);
+    let gw = GatewayProcess::start(&dir);
+    (redis, up, dir, gw)
+}
+
 fn with_eg_fixture() -> (RedisServer, EchoUpstream, ConfigDir) {
     let redis = RedisServer::start();
     redis.load_dump(&eg_fixture());
@@ -260,10 +269,7 @@ fn a_redis_written_by_eg_works_unchanged() {
 /// were never shown, and another program's additions were shown twice).
 #[test]
 fn a_listing_pages_through_removals_as_egs_does() {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
-    let gw = GatewayProcess::start(&dir);
+    let (_redis, _up, _dir, gw) = gateway_on_redis();
     let a = gw.admin_port;
     for i in 0..40 {
         let r = post_json(a, "/users", &format!(r#"{{"username": "pg{i:02}"}}"#));
@@ -323,10 +329,7 @@ fn a_listing_pages_through_removals_as_egs_does() {
 /// by hand without an id apart (it took them for one).
 #[test]
 fn a_page_among_many_other_keys_looks_at_a_bounded_number() {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
-    let gw = GatewayProcess::start(&dir);
+    let (redis, _up, _dir, gw) = gateway_on_redis();
     let a = gw.admin_port;
     let mut c = redis.conn();
     let _: () = redis::cmd("EVAL")
@@ -391,10 +394,7 @@ fn a_page_among_many_other_keys_looks_at_a_bounded_number() {
 /// for an empty answer).
 #[test]
 fn the_cli_reads_a_long_answer_whole() {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
-    let gw = GatewayProcess::start(&dir);
+    let (redis, _up, _dir, gw) = gateway_on_redis();
     let a = gw.admin_port;
     let user = json_of(&post_json(a, "/users", r#"{"username": "ann"}"#));
     let uid = user["id"].as_str().expect("id").to_string();
@@ -435,10 +435,7 @@ fn the_cli_reads_a_long_answer_whole() {
 /// were `503 the store is unavailable … WRONGTYPE`.
 #[test]
 fn a_key_of_another_type_in_a_listing_is_passed_over() {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
-    let gw = GatewayProcess::start(&dir);
+    let (redis, _up, _dir, gw) = gateway_on_redis();
     let a = gw.admin_port;
     let user = json_of(&post_json(a, "/users", r#"{"username": "ann"}"#));
     let uid = user["id"].as_str().expect("id").to_string();
@@ -484,10 +481,7 @@ fn a_key_of_another_type_in_a_listing_is_passed_over() {
 
 #[test]
 fn what_tollgate_writes_has_egs_layout() {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
-    let gw = GatewayProcess::start(&dir);
+    let (redis, _up, _dir, gw) = gateway_on_redis();
     let a = gw.admin_port;
     assert_eq!(
         post_json(a, "/scopes", r#"{"scopes": ["wms", "wmts"]}"#).status,
@@ -2368,10 +2362,7 @@ fn consumers_live_in_a_redis_over_tls() {
 /// consumers (only one of whose secrets worked).
 #[test]
 fn concurrent_admin_creates_make_one_of_each() {
-    let redis = RedisServer::start();
-    let up = EchoUpstream::start("up");
-    let dir = config(&up, &redis);
-    let gw = GatewayProcess::start(&dir);
+    let (_redis, _up, _dir, gw) = gateway_on_redis();
     let a = gw.admin_port;
     let at_once = |make: &(dyn Fn(usize) -> (String, String) + Sync)| -> Vec<u16> {
         std::thread::scope(|s| {

@@ -219,6 +219,25 @@ impl RedisStore {
         }
     }
 
+    /// One `SCAN` from `cursor` for keys matching `pattern`: the next cursor and the keys, as
+    /// bytes (one that is not UTF-8, written by another tool, is for the caller to pass over).
+    async fn scan(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        count: usize,
+    ) -> StoreResult<(u64, Vec<Vec<u8>>)> {
+        self.query(
+            redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(count),
+        )
+        .await
+    }
+
     async fn query_pipe<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> StoreResult<T> {
         let mut c = self.conn().await?;
         match pipe.query_async(&mut c).await {
@@ -356,16 +375,7 @@ impl Store for RedisStore {
         loop {
             // Keys as bytes: one that is not UTF-8 (written by another tool) is none of the
             // gateway's and is passed over, not a failure of the whole scan.
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(SCAN_COUNT),
-                )
-                .await?;
+            let (next, batch) = self.scan(cursor, &pattern, SCAN_COUNT).await?;
             keys.extend(batch.into_iter().filter_map(|k| String::from_utf8(k).ok()));
             if next == 0 {
                 break;
@@ -394,16 +404,7 @@ impl Store for RedisStore {
         let (mut looked, mut step) = (0, count.max(1));
         loop {
             looked += step;
-            let (next, batch): (u64, Vec<Vec<u8>>) = self
-                .query(
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(step),
-                )
-                .await?;
+            let (next, batch) = self.scan(cursor, &pattern, step).await?;
             for k in batch.into_iter().filter_map(|k| String::from_utf8(k).ok()) {
                 if seen.insert(k.clone()) {
                     keys.push(k);
