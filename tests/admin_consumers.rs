@@ -744,6 +744,53 @@ fn populate_with_another_data_dir_than_the_running_gateways_is_refused() {
         );
     }
     assert_eq!(get(gw.admin_port, "GET", "/users/kim", &[]).status, 200);
+    // A directory from `TOLLGATE_DATA_DIR` (a container sets it for the gateway and the CLI
+    // alike, whatever store the gateway uses) names no store: the gateway's is worked on. A
+    // file past 100 kB goes through too (the consumer routes' limit is not populate's).
+    let users: Vec<String> = (0..1500)
+        .map(|i| format!(r#""u{i}": {{"app{i}": {{"type": "key-auth", "keyId": "K{i}x", "keySecret": "S", "scopes": ["wms"]}}}}"#))
+        .collect();
+    let big = format!(
+        r#"{{"scopes": ["wms"], "users": {{{}}}}}"#,
+        users.join(", ")
+    );
+    assert!(big.len() > 100 * 1024);
+    dir.write("big.json", &big);
+    let file = dir.file("big.json");
+    let env = [
+        ("EG_ADMIN_URL", admin.as_str()),
+        ("TOLLGATE_DATA_DIR", other.as_str()),
+    ];
+    let out = run_tollgate(&["populate", "--config", &config, &file], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get(gw.admin_port, "GET", "/users/u1499", &[]).status, 200);
+}
+
+/// A listing whose answer is not one (another server, an answer cut short) is a failure, not
+/// an empty list: `You have no users`, exit 0.
+#[test]
+fn a_listing_answer_that_is_no_listing_fails() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 15\r\n\r\n<html>hi</html>");
+        }
+    });
+    let url = format!("http://127.0.0.1:{port}");
+    for args in [["users", "list"], ["credentials", "list"]] {
+        let out = run_tollgate(&args, &[("EG_ADMIN_URL", url.as_str())]);
+        let said = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?}: {said}");
+        assert!(said.contains("is not a listing"), "{args:?}: {said}");
+    }
 }
 
 /// An object as text, its keys in order.
@@ -877,6 +924,16 @@ fn bodies_are_read_as_egs_are() {
         (
             r#", "redirectUri": "\u017fx:/y""#,
             r#"data.redirectUri should match format "uri""#,
+        ),
+        // JavaScript's white space: U+FEFF is one.
+        (
+            r#", "redirectUri": "http://a\ufeffb""#,
+            r#"data.redirectUri should match format "uri""#,
+        ),
+        // `null` is the nothing ajv coerces it to, which no format takes.
+        (
+            r#", "email": null"#,
+            r#"data.email should match format "email""#,
         ),
         (
             r#", "redirectUri": "not a uri""#,

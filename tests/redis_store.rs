@@ -450,6 +450,12 @@ fn a_key_of_another_type_in_a_listing_is_passed_over() {
         .arg(&uid)
         .query(&mut redis.conn())
         .expect("sadd");
+    // A member that is not UTF-8 (another tool's), beside the real one.
+    let _: () = redis::cmd("SADD")
+        .arg(format!("EG-key-auth:{uid}"))
+        .arg(&[0xffu8, 0xfe][..])
+        .query(&mut redis.conn())
+        .expect("sadd");
     redis.hset("EG-user:zzz", "username", "zzz");
     let _: () = redis::cmd("SET")
         .arg("EG-user:other")

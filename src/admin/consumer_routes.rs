@@ -318,20 +318,22 @@ async fn answer_route(
             // gateway's is refused (it was worked on in that one's place, silently).
             if let Some(meant) = query_value(query, "dataDir") {
                 let store = svc.store();
-                let same = |a: &std::path::Path, b: &std::path::Path| {
-                    std::fs::canonicalize(a).ok() == std::fs::canonicalize(b).ok()
-                };
-                if !store
+                // (Two directories that are not there are not one.)
+                let own = store
                     .embedded_dir()
-                    .is_some_and(|d| same(d, std::path::Path::new(&meant)))
-                {
+                    .and_then(|d| std::fs::canonicalize(d).ok());
+                let named = std::fs::canonicalize(&meant).ok();
+                if own.is_none() || own != named {
+                    let theirs = match &own {
+                        Some(d) => format!("embedded store in {}", d.display()),
+                        None => store.describe(),
+                    };
                     return Some(text(
                         StatusCode::CONFLICT,
                         &format!(
-                            "this gateway's consumers are in the {}, not the embedded store in \
-                             {meant}: leave --data-dir out to {action} its store, or stop it to \
-                             {action} the one in {meant}",
-                            store.describe()
+                            "this gateway's consumers are in the {theirs}, not the embedded store \
+                             in {meant}: leave --data-dir out to {action} its store, or stop it to \
+                             {action} the one in {meant}"
                         ),
                     ));
                 }

@@ -466,7 +466,7 @@ impl AdminApi {
         if let Some(r) = self.lifecycle_route(&method, &segments).await {
             return r;
         }
-        if length > MAX_CONSUMER_BODY {
+        if length > MAX_CONSUMER_BODY && segments.first() != Some(&"tollgate") {
             return text(StatusCode::PAYLOAD_TOO_LARGE, "request entity too large");
         }
         if let Some(r) =

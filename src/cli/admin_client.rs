@@ -49,6 +49,21 @@ impl Answer {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
 
+    /// The list under `key` of a listing's answer; an answer that is no such JSON is a
+    /// failure (it was read as an empty list: `You have no users`, exit 0).
+    pub fn listing(&self, key: &str) -> Result<Vec<Value>, String> {
+        match self.json().get(key) {
+            Some(Value::Array(items)) => Ok(items.clone()),
+            Some(Value::Null) => Ok(Vec::new()),
+            _ => {
+                let start: String = self.body.chars().take(80).collect();
+                Err(format!(
+                    "the Admin API's answer is not a listing of {key}: {start:?}"
+                ))
+            }
+        }
+    }
+
     pub fn ok(&self) -> bool {
         (200..300).contains(&self.status)
     }
@@ -56,7 +71,7 @@ impl Answer {
 
 /// Why the Admin API could not be asked.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot reach the Admin API at {url}: {reason} (is `tollgate serve` running? set EG_ADMIN_URL to point elsewhere)")]
+#[error("{}", self.said())]
 pub struct Unreachable {
     pub url: String,
     pub reason: String,
@@ -66,6 +81,21 @@ pub struct Unreachable {
     /// Nothing of the request reached a gateway: no name, no address, no connection (a
     /// connection that broke afterwards may have carried it, and the gateway acted on it).
     pub not_reached: bool,
+}
+
+impl Unreachable {
+    fn said(&self) -> String {
+        let (url, reason) = (&self.url, &self.reason);
+        if self.not_reached {
+            format!(
+                "cannot reach the Admin API at {url}: {reason} (is `tollgate serve` running? \
+                 set EG_ADMIN_URL to point elsewhere)"
+            )
+        } else {
+            // It took the request: its answer did not come whole.
+            format!("the Admin API at {url} took the request: {reason}")
+        }
+    }
 }
 
 impl AdminClient {

@@ -43,8 +43,15 @@ pub fn run(args: &PopulateArgs, action: Action) -> Result<(), String> {
     } else {
         "/tollgate/clean"
     };
-    // A store named: a running gateway works on it only if it is its own.
-    let route = match &args.data_dir {
+    // A store named on the command line: a running gateway works on it only if it is its own.
+    // (Not one from `TOLLGATE_DATA_DIR`, which a container or a unit sets for the gateway and
+    // the CLI alike, whatever store the gateway uses: a Redis-backed one refused them all.)
+    let from_env = std::env::var_os("TOLLGATE_DATA_DIR").map(std::path::PathBuf::from);
+    let named = args
+        .data_dir
+        .as_ref()
+        .filter(|d| Some(*d) != from_env.as_ref());
+    let route = match named {
         Some(d) => {
             let d = std::path::absolute(d).unwrap_or_else(|_| d.clone());
             let d = percent_encoding::utf8_percent_encode(

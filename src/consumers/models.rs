@@ -79,9 +79,11 @@ impl Model {
                 return Err(format!("data.{k} should be {t}"));
             }
             if let (true, Some(f)) = (creating, def["format"].as_str()) {
+                // (`null` as the nothing ajv coerces it to, which no format takes.)
                 let text = match v {
                     Value::String(s) => Some(s.clone()),
                     Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+                    Value::Null => Some(String::new()),
                     _ => None,
                 };
                 if text.is_some_and(|t| !format_holds(f, &t)) {
@@ -110,7 +112,11 @@ fn format_holds(f: &str, text: &str) -> bool {
         .expect("the email format")
     });
     static URI: LazyLock<regex::Regex> = LazyLock::new(|| {
-        regex::Regex::new(r"^(?i-u:[a-z][a-z0-9+\-.]*:)(?:/?/)?[^\s]*$").expect("the uri format")
+        // JavaScript's `\s`: U+FEFF is one, U+0085 is not.
+        regex::Regex::new(
+            r"^(?i-u:[a-z][a-z0-9+\-.]*:)(?:/?/)?[^\t\n\x0B\x0C\r \x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}\x{FEFF}]*$",
+        )
+        .expect("the uri format")
     });
     match f {
         "email" => EMAIL.is_match(text),

@@ -49,16 +49,42 @@ pub(super) fn memory_limit() -> Option<u64> {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
             .map(|kib| kib << 10)
     });
-    // cgroup v2 (`max`: no limit), then v1.
-    let group = [
-        "/sys/fs/cgroup/memory.max",
-        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-    ]
-    .iter()
-    .find_map(|f| std::fs::read_to_string(f).ok()?.trim().parse::<u64>().ok());
+    let group = std::fs::read_to_string("/proc/self/cgroup")
+        .ok()
+        .and_then(|c| group_limit(&c, std::path::Path::new("/sys/fs/cgroup")));
     match (total, group) {
         (Some(t), Some(g)) => Some(t.min(g)),
         (t, g) => t.or(g),
+    }
+}
+
+/// The lowest memory limit of the process's control group and those above it, `cgroup` being
+/// `/proc/self/cgroup` and `root` where the groups are mounted: v2's `memory.max` (`max`: none),
+/// else v1's `memory.limit_in_bytes` (a systemd unit's `MemoryMax=`, a container's limit).
+fn group_limit(cgroup: &str, root: &Path) -> Option<u64> {
+    let (base, file, path) = cgroup.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.is_empty() {
+            Some((root.to_path_buf(), "memory.max", path))
+        } else if controllers.split(',').any(|c| c == "memory") {
+            Some((root.join("memory"), "memory.limit_in_bytes", path))
+        } else {
+            None
+        }
+    })?;
+    let mut dir = base.join(path.trim_start_matches('/'));
+    let mut lowest: Option<u64> = None;
+    loop {
+        if let Some(limit) = std::fs::read_to_string(dir.join(file))
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            lowest = Some(lowest.map_or(limit, |l| l.min(limit)));
+        }
+        if dir == base || !dir.pop() || !dir.starts_with(&base) {
+            return lowest;
+        }
     }
 }
 
@@ -169,4 +195,34 @@ pub(super) fn check_free(addrs: &[String]) -> anyhow::Result<()> {
             .with_context(|| format!("cannot listen on {addr}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The process's own group's limit is read, and those of the groups above it (a systemd
+    /// unit's `MemoryMax=` sits on a parent): the lowest wins; `max` is none.
+    #[test]
+    fn the_lowest_limit_of_the_process_group_and_its_parents() {
+        let root = std::env::temp_dir().join(format!("tollgate-cgroup-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let write = |rel: &str, v: &str| {
+            let f = root.join(rel);
+            std::fs::create_dir_all(f.parent().unwrap()).unwrap();
+            std::fs::write(f, v).unwrap();
+        };
+        write("memory.max", "100");
+        write("svc/memory.max", "5000\n");
+        write("svc/inner/memory.max", "max\n");
+        assert_eq!(group_limit("0::/svc/inner\n", &root), Some(100));
+        std::fs::remove_file(root.join("memory.max")).unwrap();
+        assert_eq!(group_limit("0::/svc/inner\n", &root), Some(5000));
+        assert_eq!(group_limit("0::/elsewhere\n", &root), None);
+        // v1: the memory controller's own hierarchy.
+        write("memory/box/memory.limit_in_bytes", "700");
+        let v1 = "9:name=systemd:/\n5:cpu,memory:/box\n0::/\n";
+        assert_eq!(group_limit(v1, &root), Some(700));
+        let _ = std::fs::remove_dir_all(&root);
+    }
 }

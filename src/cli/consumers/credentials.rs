@@ -25,10 +25,7 @@ pub fn credentials(c: &AdminClient, cmd: CredentialsCmd) -> Outcome {
                     l.consumer.as_deref().unwrap_or("")
                 ));
             }
-            let creds = check(answer)?.json()["credentials"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
+            let creds = check(answer)?.listing("credentials")?;
             let wanted: Vec<&Value> = creds
                 .iter()
                 .filter(|cr| match l.filter.as_str() {

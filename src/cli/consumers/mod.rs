@@ -86,10 +86,11 @@ fn list_all(c: &AdminClient, route: &str, key: &str) -> Result<Vec<Value>, Strin
             c.call("GET", &format!("/{route}?start={start}&count=1000"), None)
                 .map_err(|e| e.to_string())?,
         )?;
+        let items = a.listing(key)?;
         let page = a.json();
         // A page may repeat an object an earlier one listed (Redis' `SCAN` does, when its
         // table grows between two pages).
-        for v in page[key].as_array().cloned().unwrap_or_default() {
+        for v in items {
             // (One without an id, written by hand, by the whole of it.)
             let id = v["id"]
                 .as_str()

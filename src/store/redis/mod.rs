@@ -363,7 +363,13 @@ impl Store for RedisStore {
     }
 
     async fn smembers(&self, key: &str) -> StoreResult<Vec<String>> {
-        let mut members: Vec<String> = self.query(redis::cmd("SMEMBERS").arg(key)).await?;
+        // A member that is not UTF-8 (written by another tool) names none of the gateway's
+        // objects and is passed over: it failed every read of its set (`503`, Redis up).
+        let raw: Vec<Vec<u8>> = self.query(redis::cmd("SMEMBERS").arg(key)).await?;
+        let mut members: Vec<String> = raw
+            .into_iter()
+            .filter_map(|m| String::from_utf8(m).ok())
+            .collect();
         members.sort();
         Ok(members)
     }
