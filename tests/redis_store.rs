@@ -617,6 +617,63 @@ fn what_tollgate_writes_has_egs_layout() {
     assert!(redis.hgetall("EG-scope-credentials:wms").is_empty());
 }
 
+/// A write of many consumers at once (a populate of 1,500) is announced in one message that
+/// has every other gateway read everything again, not one message each (50,000 were sent one
+/// round trip after another, and their flood closed the other gateways' subscriptions at
+/// Redis' pubsub output limit); the other gateway has the new keys within seconds.
+#[test]
+fn a_write_of_many_consumers_is_announced_in_one_message() {
+    let (redis, _up, dir) = with_eg_fixture();
+    let a = GatewayProcess::start(&dir);
+    let b = GatewayProcess::start(&dir);
+    let loads = start_loads_over(&b);
+    // The fixture's key, which the file does not list: removed by the populate.
+    let old = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    assert_eq!(get(b.port, "GET", "/wmts/1", &old).status, 200);
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query(&mut redis.conn())
+        .expect("resetstat");
+    let users: Vec<String> = (0..1500)
+        .map(|i| format!(r#""m{i}": {{"app{i}": {{"type": "key-auth", "keyId": "M{i}", "keySecret": "S", "scopes": ["wmts"]}}}}"#))
+        .collect();
+    let file = format!(
+        r#"{{"scopes": ["wms", "wmts", "k2"], "users": {{{}}}}}"#,
+        users.join(", ")
+    );
+    let r = send_json(a.admin_port, "POST", "/tollgate/populate", &file);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let key = [("Authorization", "apiKey M1499:S")];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while get(b.port, "GET", "/wmts/1", &key).status != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "the populate did not reach the other gateway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // (A new key is looked up when first seen; a removed one only the message tells of.)
+    while get(b.port, "GET", "/wmts/1", &old).status != 401 {
+        assert!(
+            Instant::now() < deadline,
+            "the removal did not reach the other gateway"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.metric(FULL_LOADS) > loads);
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut redis.conn())
+        .expect("info");
+    let publishes: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_publish:calls="))
+        .and_then(|l| l.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(publishes < 50, "{publishes} messages");
+}
+
 #[test]
 fn two_gateways_share_one_redis() {
     let (redis, _up, dir) = with_eg_fixture();

@@ -67,6 +67,10 @@ pub struct WindowCount {
 /// before it, or while it was lost, was not seen (a subscriber reads everything again).
 pub const SUBSCRIBED: &str = "";
 
+/// The change message that says more changed than is told one by one: every subscriber reads
+/// everything again.
+pub const EVERYTHING_CHANGED: &str = "*";
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// A short name for logs and errors (`embedded /var/lib/...`, `redis 127.0.0.1:6379`).

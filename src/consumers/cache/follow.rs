@@ -168,7 +168,9 @@ impl Heard {
         let mut next = Some(first);
         while let Some(message) = next.take() {
             match message {
-                Ok(m) if m == crate::store::SUBSCRIBED => heard.everything = true,
+                Ok(m) if m == crate::store::SUBSCRIBED || m == crate::store::EVERYTHING_CHANGED => {
+                    heard.everything = true
+                }
                 Ok(m) => {
                     if let Some(e) = entity(m) {
                         if seen.insert(e.clone()) {

@@ -82,6 +82,9 @@ fn to_fields(map: HashMap<String, String>, order: &[&str]) -> Fields {
     model::ordered(map, order)
 }
 
+/// The most changed entities a write announces one by one (see [`ConsumerService::announce`]).
+const ANNOUNCED_ONE_BY_ONE: usize = 1_000;
+
 impl ConsumerService {
     pub fn new(
         store: Arc<dyn Store>,
@@ -144,6 +147,15 @@ impl ConsumerService {
     /// logged as a warning).
     pub(crate) async fn announce(&self, changed: &[String], say: bool) {
         let channel = self.layout.invalidation_channel();
+        // Past this many, one message that says everything changed: a populate of 50,000
+        // consumers sent a message each, one round trip after another, and their flood closed
+        // every gateway's subscription at Redis' pubsub output limit.
+        let everything = [crate::store::EVERYTHING_CHANGED.to_string()];
+        let changed = if changed.len() > ANNOUNCED_ONE_BY_ONE {
+            &everything[..]
+        } else {
+            changed
+        };
         for c in changed {
             if let Err(e) = self.store.publish(&channel, c).await {
                 if say {
