@@ -53,6 +53,14 @@ pub fn list<'a>(headers: &'a HeaderMap, name: &http::HeaderName) -> impl Iterato
         .filter(|t| !t.is_empty())
 }
 
+/// FNV-1a of `bytes`: a hash the same in every process and version (names of files, places
+/// of keys).
+pub fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// Whether header `name`'s list has `token` (without case) or `*`.
 pub fn lists(headers: &HeaderMap, name: &http::HeaderName, token: &[u8]) -> bool {
     list(headers, name).any(|t| t == b"*" || t.eq_ignore_ascii_case(token))

@@ -35,12 +35,7 @@ fn status_answer(r: Result<&'static str, ConsumerError>) -> Response<Vec<u8>> {
 
 /// `?start=&count=` of list routes (count defaults to 100, as EG's).
 fn paging(query: Option<&str>) -> (u64, usize) {
-    let get = |name: &str| {
-        query?.split('&').find_map(|kv| {
-            let (k, v) = kv.split_once('=')?;
-            (k == name).then(|| v.parse::<u64>().ok()).flatten()
-        })
-    };
+    let get = |name: &str| query_value(query, name)?.parse::<u64>().ok();
     (
         get("start").unwrap_or(0),
         get("count").unwrap_or(100).clamp(1, 10_000) as usize,

@@ -74,9 +74,7 @@ fn paths(dirs: &ConfigDirs) -> Vec<PathBuf> {
             })
             .collect::<Vec<_>>()
             .join(":");
-        let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
+        let hash = crate::wire::fnv1a(text.as_bytes());
         std::env::temp_dir().join(format!("tollgate-{hash:016x}.json"))
     };
     let (named, resolved) = (name(false), name(true));

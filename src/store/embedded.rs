@@ -472,10 +472,7 @@ fn apply_one(data: &mut BTreeMap<String, Value>, w: &Write) {
 /// 0 is the first page's cursor), from the key alone (FNV-1a), the same in every process and
 /// version.
 fn scan_place(key: &str) -> u64 {
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
-    hash % ((1 << 52) - 1) + 1
+    crate::wire::fnv1a(key.as_bytes()) % ((1 << 52) - 1) + 1
 }
 
 #[async_trait]
