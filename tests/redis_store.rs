@@ -485,6 +485,73 @@ fn a_key_of_another_type_in_a_listing_is_passed_over() {
     assert_eq!(names, ["ann", "zzz"], "{users}");
 }
 
+/// Deleting a scope takes it from every credential that holds it — one written by hand into
+/// Redis without the scope's index too — and the gateway refuses it at once; keys of other
+/// types under the credentials' prefixes are passed over.
+#[test]
+fn deleting_a_scope_takes_it_from_every_credential_holding_it() {
+    let (redis, _up, _dir, gw) = gateway_on_redis();
+    let a = gw.admin_port;
+    assert!(post_json(a, "/scopes", r#"{"scopes": ["wms", "wmts"]}"#).status < 300);
+    let user = json_of(&post_json(a, "/users", r#"{"username": "ann"}"#));
+    let uid = user["id"].as_str().expect("id").to_string();
+    let made = post_json(
+        a,
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "key-auth", "credential": {"keyId": "k1", "keySecret": "s1", "scopes": ["wms", "wmts"]}}"#,
+    );
+    assert_eq!(made.status, 200, "{}", made.text());
+    let made = post_json(
+        a,
+        "/credentials",
+        r#"{"consumerId": "ann", "type": "basic-auth", "credential": {"password": "pw", "scopes": ["wms"]}}"#,
+    );
+    assert_eq!(made.status, 200, "{}", made.text());
+    for (field, value) in [
+        ("keyId", "hand"),
+        ("keySecret", "hs"),
+        ("id", "hand"),
+        ("consumerId", uid.as_str()),
+        ("isActive", "true"),
+        ("scopes", r#"["wmts","wms"]"#),
+    ] {
+        redis.hset("EG-key-auth:hand", field, value);
+    }
+    let _: () = redis::cmd("SET")
+        .arg("EG-jwt:odd")
+        .arg("a string")
+        .query(&mut redis.conn())
+        .expect("set");
+    let tile = |path: &str, key: &str| {
+        get(
+            gw.port,
+            "GET",
+            path,
+            &[("Authorization", &format!("apiKey {key}"))],
+        )
+        .status
+    };
+    assert_eq!(tile("/wms/1", "k1:s1"), 200);
+    assert_eq!(tile("/wms/1", "hand:hs"), 200);
+
+    let r = send_json(a, "DELETE", "/scopes/wms", "");
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(tile("/wms/1", "k1:s1"), 403);
+    assert_eq!(tile("/wms/1", "hand:hs"), 403);
+    assert_eq!(tile("/wmts/1", "hand:hs"), 200);
+    for key in ["EG-key-auth:k1", "EG-key-auth:hand"] {
+        assert_eq!(redis.hgetall(key)["scopes"], r#"["wmts"]"#, "{key}");
+    }
+    assert_eq!(
+        redis.hgetall(&format!("EG-basic-auth:{uid}"))["scopes"],
+        "[]"
+    );
+    assert_eq!(redis.key_type("EG-jwt:odd"), "string");
+    assert_eq!(redis.key_type(&format!("EG-key-auth:{uid}")), "set");
+    let scopes = json_of(&get(a, "GET", "/scopes", &[]));
+    assert_eq!(scopes["scopes"], serde_json::json!(["wmts"]));
+}
+
 #[test]
 fn what_tollgate_writes_has_egs_layout() {
     let (redis, _up, _dir, gw) = gateway_on_redis();

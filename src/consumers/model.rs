@@ -199,9 +199,13 @@ pub fn credential_json(t: CredentialType, id: &str, stored: &HashMap<String, Str
 
 /// Credential scopes as stored (JSON text), read back; `None` for `null` or absent.
 pub fn credential_scopes(stored: &HashMap<String, String>) -> Option<Vec<String>> {
-    stored
-        .get("scopes")
-        .and_then(|s| serde_json::from_str::<Option<Vec<String>>>(s).ok())
+    stored.get("scopes").and_then(|s| scopes_text(s))
+}
+
+/// A credential's `scopes` field as stored (a JSON list).
+pub fn scopes_text(stored: &str) -> Option<Vec<String>> {
+    serde_json::from_str::<Option<Vec<String>>>(stored)
+        .ok()
         .flatten()
 }
 

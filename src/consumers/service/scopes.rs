@@ -2,7 +2,7 @@
 
 use super::model;
 use super::{ConsumerError, ConsumerService, CredentialType, Result};
-use crate::store::{KeyType, Write};
+use crate::store::Write;
 
 impl ConsumerService {
     pub async fn scopes(&self) -> Result<Vec<String>> {
@@ -41,38 +41,40 @@ impl ConsumerService {
                 key: self.layout.scope_credentials(scope),
             },
         ];
-        let mut changed = Vec::new();
-        for t in [
+        // One pass over the namespace's keys (a SCAN per credential type walked all of Redis
+        // four times), sorted into the types; of each key only its `scopes`, read where its type
+        // is checked (a key of a consumer's keyIds is a set: no credential).
+        let types = [
             CredentialType::KeyAuth,
             CredentialType::Jwt,
             CredentialType::BasicAuth,
             CredentialType::Oauth2,
-        ] {
-            let keys = self
-                .store
-                .keys_with_prefix(&self.layout.credential_prefix(t))
-                .await?;
-            let types = self.store.key_types(&keys).await?;
-            let hashes: Vec<String> = keys
-                .into_iter()
-                .zip(types)
-                .filter(|(_, ty)| *ty == KeyType::Hash)
-                .map(|(k, _)| k)
-                .collect();
-            for (key, cred) in hashes.iter().zip(self.store.hgetall_many(&hashes).await?) {
-                if let Some(mut scopes) = model::credential_scopes(&cred) {
-                    if scopes.iter().any(|s| s == scope) {
-                        scopes.retain(|s| s != scope);
-                        batch.push(Write::HSet {
-                            key: key.clone(),
-                            fields: vec![(
-                                "scopes".into(),
-                                serde_json::to_string(&scopes).unwrap_or_default(),
-                            )],
-                        });
-                        let id = &key[self.layout.credential_prefix(t).len()..];
-                        changed.push(format!("{}:{id}", t.as_str()));
-                    }
+        ];
+        let prefixes = types.map(|t| self.layout.credential_prefix(t));
+        let mut keys: [Vec<String>; 4] = Default::default();
+        for k in self.store.keys_with_prefix(&self.layout.prefix()).await? {
+            if let Some(i) = prefixes.iter().position(|p| k.starts_with(p.as_str())) {
+                keys[i].push(k);
+            }
+        }
+        let mut changed = Vec::new();
+        for ((t, prefix), keys) in types.iter().zip(&prefixes).zip(&keys) {
+            let rows = self.store.hash_fields_many(keys, &["scopes"]).await?;
+            for (key, row) in keys.iter().zip(rows) {
+                let stored = row.and_then(|mut r| r.pop().flatten());
+                let Some(mut scopes) = stored.as_deref().and_then(model::scopes_text) else {
+                    continue;
+                };
+                if scopes.iter().any(|s| s == scope) {
+                    scopes.retain(|s| s != scope);
+                    batch.push(Write::HSet {
+                        key: key.clone(),
+                        fields: vec![(
+                            "scopes".into(),
+                            serde_json::to_string(&scopes).unwrap_or_default(),
+                        )],
+                    });
+                    changed.push(format!("{}:{}", t.as_str(), &key[prefix.len()..]));
                 }
             }
         }
