@@ -40,6 +40,8 @@ const QUEUE_MAX: u64 = 64 << 20;
 const WAITING_WRITE: u64 = 2048;
 /// How often a full file system may lower the budget (see [`DiskTier::write_failed`]).
 const LOWER_EVERY_MS: u64 = 5_000;
+/// How often a lowered budget is checked against the room the file system has again.
+const RAISE_EVERY_MS: u64 = 30_000;
 /// When over budget, evict down to this share of it.
 const LOW_WATER: f64 = 0.9;
 /// The secret the keys' hashes are made with (see `cache::key::digest`), readable by the
@@ -73,6 +75,8 @@ pub struct DiskTier {
     pub failed: AtomicU64,
     /// When the budget was last lowered for a full file system (coarse ms; 0: never).
     lowered_at: AtomicU64,
+    /// When a lowered budget was last checked against the file system's room (coarse ms).
+    room_checked_at: AtomicU64,
     /// Objects written so far (what a use from memory is told by, see [`DiskTier::used`]).
     writes: AtomicU64,
     pub stored_bytes: AtomicU64,
@@ -149,6 +153,7 @@ impl DiskTier {
             skipped: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             lowered_at: AtomicU64::new(0),
+            room_checked_at: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
             stored_objects: AtomicU64::new(0),
@@ -502,7 +507,10 @@ impl DiskTier {
             Ok(Some(()))
         })();
         match written {
-            Ok(Some(())) => self.evict_if_needed(),
+            Ok(Some(())) => {
+                self.raise_if_room();
+                self.evict_if_needed()
+            }
             Ok(None) => {}
             Err(e) => {
                 let _ = std::fs::remove_file(&tmp);
@@ -551,6 +559,49 @@ impl DiskTier {
                 size_text(was)
             );
             self.evict_if_needed();
+        }
+    }
+
+    /// A budget lowered for a full file system comes back up, to at most the configured one,
+    /// once the file system has room again: what the tier holds and nine tenths of what is
+    /// free, when that is a tenth above the lowered budget (what the lowering's own eviction
+    /// frees is less: the budget does not go up and down on its own). Looked at every
+    /// [`RAISE_EVERY_MS`] at most, after a write (blocking: one `statvfs`).
+    fn raise_if_room(&self) {
+        let budget = self.budget();
+        if budget >= self.largest {
+            return;
+        }
+        let now = crate::clock::coarse_millis().max(1);
+        let last = self
+            .room_checked_at
+            .load(Ordering::Relaxed)
+            .max(self.lowered_at.load(Ordering::Relaxed));
+        if now.saturating_sub(last) < RAISE_EVERY_MS {
+            return;
+        }
+        self.room_checked_at.store(now, Ordering::Relaxed);
+        let Some(free) = free_bytes(&self.dir) else {
+            return;
+        };
+        let stored = self.stored_bytes.load(Ordering::Relaxed);
+        let room = stored.saturating_add(free / 10 * 9).min(self.largest);
+        if room <= budget.saturating_add(budget / 10) {
+            return;
+        }
+        if self
+            .budget
+            .compare_exchange(budget, room, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            log::info!(
+                "tile cache directory {}: the file system has room again ({} free); the tier \
+                 keeps {} from now on (was {})",
+                self.dir.display(),
+                size_text(free),
+                size_text(room),
+                size_text(budget)
+            );
         }
     }
 
@@ -635,6 +686,23 @@ impl DiskTier {
             }
         }
     }
+}
+
+/// The bytes the file system holding `dir` has free for this process (`statvfs`'s
+/// available blocks).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `st` a buffer of the type `statvfs`
+    // fills; it is read only when the call succeeded.
+    let st = unsafe {
+        if libc::statvfs(path.as_ptr(), st.as_mut_ptr()) != 0 {
+            return None;
+        }
+        st.assume_init()
+    };
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// A size for a log line: MiB, KiB below one (a budget lowered on a small file system read

@@ -377,6 +377,46 @@ fn a_full_file_system_brings_the_budget_down() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A budget lowered for a full file system comes back up to the configured one once the file
+/// system has room again — not at once (the lowering's own eviction frees room), but at the
+/// first write a while after.
+#[test]
+fn a_lowered_budget_comes_back_up_when_the_file_system_has_room() {
+    let dir = std::env::temp_dir().join(format!("tollgate-disk-room-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let configured = 1 << 20;
+    let tier = DiskTier::open(&dir, configured).unwrap();
+    let write = |k: u8| {
+        tier.write(
+            &crate::cache::store::memory::tests::object([k; 16], 3000),
+            tier.purges.epoch(),
+        )
+    };
+    for k in 0..10u8 {
+        write(k);
+    }
+    tier.write_failed(&std::io::Error::from_raw_os_error(libc::ENOSPC));
+    let lowered = tier.budget();
+    assert_eq!(lowered, 10 * 4096 * 9 / 10);
+    write(10);
+    assert_eq!(tier.budget(), lowered, "not right after the lowering");
+    assert!(
+        free_bytes(&dir).unwrap() > 2 * configured,
+        "this test needs 2 MiB free"
+    );
+    let a_while_ago = crate::clock::coarse_millis() - RAISE_EVERY_MS - 1;
+    tier.lowered_at.store(a_while_ago, Ordering::Relaxed);
+    write(11);
+    assert_eq!(
+        tier.budget(),
+        configured,
+        "raised, to the configured budget at most"
+    );
+    write(12);
+    assert_eq!(tier.budget(), configured);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Only the tier's shards are read at start: what else the directory holds (a
 /// filesystem's `lost+found`, an operator's notes) is neither indexed nor a reason to
 /// fail.
