@@ -1237,6 +1237,108 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
     drop(new);
 }
 
+/// An upgrade with `--populate` while Redis is down serves at once with the credentials taken
+/// over, and applies the file once Redis answers, in the background (the new process had the
+/// sockets and waited for Redis before serving: 60 s of nothing, then it left and nothing
+/// served).
+#[test]
+fn an_upgrade_with_populate_while_redis_is_down_serves_and_applies_the_file_later() {
+    let mut redis = support::redis::RedisServer::start();
+    redis.load_dump(&support::redis::eg_fixture());
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  wmts: {{paths: '/wmts/*', scopes: [wmts]}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [key-auth, proxy]\npipelines:\n  keyed:\n    apiEndpoints: [wmts]\n    policies:\n      - key-auth:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+        up.url("")
+    ));
+    dir.write(
+        "system.config.yml",
+        &format!(
+            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\n",
+            redis.port
+        ),
+    );
+    dir.write(
+        "consumers.json",
+        r#"{"scopes": ["wmts"], "users": {"filed": {"viewer": {"type": "key-auth", "keyId": "filed-key", "keySecret": "filed-secret", "scopes": ["wmts"]}}}}"#,
+    );
+    let file = dir.file("consumers.json");
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let kept = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    let filed = [("Authorization", "apiKey filed-key:filed-secret")];
+    assert_eq!(get(old.port, "GET", "/wmts/1", &kept).status, 200);
+    let redis_port = redis.port;
+    redis.stop();
+    let mut new = start_upgrade(&dir, &old, &sock, &["--populate", &file], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    assert!(new.0.try_wait().expect("wait").is_none(), "{}", new_log());
+    old.signal("QUIT");
+    let mut old = old;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the old process did not leave");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Served by the new process, Redis still down.
+    let r = get(old.port, "GET", "/wmts/1", &kept);
+    assert_eq!(r.status, 200, "{}\nnew: {}", r.text(), new_log());
+    assert!(new_log().contains("cannot be reached"), "{}", new_log());
+    // Redis back: the file is applied (its key works; the users it does not list are gone).
+    let redis = support::redis::RedisServer::start_on(redis_port);
+    redis.load_dump(&support::redis::eg_fixture());
+    let back = Instant::now();
+    while get(old.port, "GET", "/wmts/1", &filed).status != 200 {
+        assert!(
+            back.elapsed() < Duration::from_secs(20),
+            "the file was not applied once Redis answered:\n{}",
+            new_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(new_log().contains("populate"), "{}", new_log());
+    assert!(new.0.try_wait().expect("wait").is_none(), "{}", new_log());
+}
+
+/// An upgrade whose `--populate` file is missing or is no consumers file leaves the old
+/// process serving: the new one reads the file before it takes the sockets, and leaves with
+/// the file's error (it read the file after taking them, and left with nothing serving).
+#[test]
+fn an_upgrade_whose_consumers_file_is_wrong_leaves_the_old_process_serving() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    dir.write("broken.json", "{ not json");
+    dir.write(
+        "unknown-scope.json",
+        r#"{"scopes": [], "users": {"u": {"a": {"type": "key-auth", "scopes": ["nowhere"]}}}}"#,
+    );
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    for (file, says) in [
+        (
+            dir.path.join("missing.json").display().to_string(),
+            "cannot read",
+        ),
+        (dir.file("broken.json"), "broken.json"),
+        (dir.file("unknown-scope.json"), "nowhere"),
+    ] {
+        let (left, new_log) = upgrade_as_systemd(&dir, &old, &sock, &["--populate", &file]);
+        assert!(
+            left.is_some_and(|s| s.code() == Some(2)),
+            "{file}: the new process still runs a second after its start: {new_log}"
+        );
+        assert!(new_log.contains(says), "{file}: {new_log}");
+    }
+    // Past the five seconds an old process accepts for after handing its sockets over.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(
+        get(old.port, "GET", "/tiles/x", &[]).status,
+        200,
+        "the old process stopped serving"
+    );
+}
+
 /// Sends `raw` on `s` and reads the answer's head (lowercased) and its body.
 fn exchange(s: &mut std::net::TcpStream, raw: &str) -> String {
     use std::io::{Read, Write};

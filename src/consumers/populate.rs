@@ -154,12 +154,11 @@ impl ConsumersFile {
     }
 }
 
-pub async fn populate_file(service: &ConsumerService, path: &Path) -> anyhow::Result<Report> {
+/// Reads and checks a consumers file (nothing is applied).
+pub fn read_file(path: &Path) -> anyhow::Result<ConsumersFile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-    let file =
-        ConsumersFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    Ok(populate(service, &file).await?)
+    ConsumersFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
 /// Runs `f` while holding the populate lock.

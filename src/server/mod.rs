@@ -193,6 +193,18 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     }
+    // The consumers file too: one missing or wrong, found after the sockets were taken from
+    // an upgraded process, left nothing serving.
+    let populate_file = match &opts.populate {
+        Some(path) => match populate::read_file(path) {
+            Ok(file) => Some((path, file)),
+            Err(e) => {
+                eprintln!("tollgate: populate from {}: {e:#}", path.display());
+                std::process::exit(2);
+            }
+        },
+        None => None,
+    };
     if opts.upgrade {
         let g = &loaded.gateway;
         let listen = listen_addrs(g.http.as_ref(), g.https.as_ref(), g.admin.as_ref());
@@ -229,11 +241,36 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // store answers now) until its own load from the store, in the background. Taken at once:
     // that process leaves seconds after the sockets went.
     let handed = opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock);
-    if let Some(file) = &opts.populate {
-        let report = background
-            .block_on(populate_when_reachable(&consumers.service, file))
-            .with_context(|| format!("populate from {}", file.display()))?;
-        log::info!("populate {}: {report}", file.display());
+    match populate_file {
+        // An upgrade holds the sockets now and the old process stops accepting: a populate
+        // that failed here, or waited for a Redis that is down, left nothing serving. A
+        // failure is an `error` line (the store's consumers stay in force, as in the process
+        // taken over from, which applied its file at its own start), and a store out of reach
+        // has the file applied once it answers, while this process serves.
+        Some((path, file)) if opts.upgrade => {
+            let service = consumers.service.clone();
+            let first = background.block_on(populate::populate(&service, &file));
+            match first.map_err(anyhow::Error::from) {
+                Ok(report) => log::info!("populate {}: {report}", path.display()),
+                Err(e) if unreachable_store(&e) => {
+                    let path = path.clone();
+                    background.spawn(async move {
+                        match populate_when_reachable(&service, &file, Some(e)).await {
+                            Ok(report) => log::info!("populate {}: {report}", path.display()),
+                            Err(e) => say_populate_failed(&path, &e),
+                        }
+                    });
+                }
+                Err(e) => say_populate_failed(path, &e),
+            }
+        }
+        Some((path, file)) => {
+            let report = background
+                .block_on(populate_when_reachable(&consumers.service, &file, None))
+                .with_context(|| format!("populate from {}", path.display()))?;
+            log::info!("populate {}: {report}", path.display());
+        }
+        None => {}
     }
     if !handed {
         first_load(&background, &consumers.cache);
@@ -483,12 +520,20 @@ fn first_load(
 /// reached yet (as Kargo's populate under EG waited for Redis); any other failure at once.
 async fn populate_when_reachable(
     service: &crate::consumers::service::ConsumerService,
-    file: &std::path::Path,
+    file: &populate::ConsumersFile,
+    failed_first: Option<anyhow::Error>,
 ) -> anyhow::Result<populate::Report> {
     let started = Instant::now();
     let mut said = false;
+    let mut first = failed_first.map(Err);
     loop {
-        match populate::populate_file(service, file).await {
+        let attempt = match first.take() {
+            Some(failed) => failed,
+            None => populate::populate(service, file)
+                .await
+                .map_err(anyhow::Error::from),
+        };
+        match attempt {
             Err(e) if started.elapsed() < POPULATE_WAIT && unreachable_store(&e) => {
                 if !said {
                     log::warn!("populate: the consumer store cannot be reached yet ({e:#}); trying again for up to {} s", POPULATE_WAIT.as_secs());
@@ -499,6 +544,14 @@ async fn populate_when_reachable(
             done => return done,
         }
     }
+}
+
+/// An upgrading process's `--populate` that failed (it serves on).
+fn say_populate_failed(path: &std::path::Path, e: &anyhow::Error) {
+    log::error!(
+        "populate from {}: {e:#}; the consumers the store holds stay in force",
+        path.display()
+    );
 }
 
 /// Whether an error is the consumer store out of reach.
