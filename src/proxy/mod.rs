@@ -459,7 +459,15 @@ impl ProxyHttp for Tollgate {
         // the gateway's to meet, never sent upstream (as nginx leaves it).
         answer_continue(session).await?;
         upstream.remove_header(&http::header::EXPECT);
-        exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))
+        exchange::upstream_request(upstream, &ctx.x, crate::cache::active(session))?;
+        // An HTTP/1 upstream connection that carried a request body is not used again: an
+        // upstream that answers without reading the body (as servers that ignore a GET's body
+        // do) reads it as its next request, and the next request sent on the connection — a
+        // cache fill, for every consumer — got the answer to the one the body held.
+        if upstream.version == http::Version::HTTP_11 && !session.is_body_empty() {
+            upstream.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -488,7 +496,7 @@ impl ProxyHttp for Tollgate {
         if ctx.upstream_time.is_none() {
             ctx.upstream_time = ctx.upstream_started.map(|t| t.elapsed());
         }
-        if let Some(plan) = &ctx.x.proxy {
+        if let Some(plan) = &mut ctx.x.proxy {
             let status = upstream_response.status.as_u16();
             crate::upstream::attempt::answered(plan, status, reported);
         }

@@ -1836,6 +1836,42 @@ fn what_the_upstream_would_not_get_makes_no_key() {
     }
 }
 
+/// A request with a body leaves its upstream connection unpooled: an upstream that answers
+/// without reading the body (as servers that ignore a GET's body do) reads it as its next
+/// request, and the next request sent on that connection — a fill, for every consumer — got
+/// the answer to the one the body held (a consumer's GET whose body was a request for
+/// another tile had that tile stored as the next one filled).
+#[test]
+fn a_body_the_upstream_leaves_unread_answers_no_later_request() {
+    let up = PyUpstream::start("tiles", 5.0);
+    // (Fills on Pingora's path, where the request with the body went: the fast path's
+    // connections are its own.)
+    let (_dir, gw) = start(&up, "{}", &["--fast-path", "off"]);
+    for (round, method) in ["GET", "POST", "GET"].iter().enumerate() {
+        let smuggled =
+            format!("GET /open/unread/smuggled-{round}.png HTTP/1.1\r\nHost: h\r\nX-Ignore: ");
+        let r = support::request(
+            gw.port,
+            &format!(
+                "{method} /open/unread/carrier-{round}.png HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{smuggled}",
+                smuggled.len()
+            ),
+            false,
+        );
+        assert_eq!(r.status, 200, "{method}: {}", r.text());
+        let victim = format!("/open/unread/victim-{round}.png");
+        for _ in 0..2 {
+            let r = get(gw.port, "GET", &victim, &[]);
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert!(
+                r.text().contains(&format!("victim-{round}")) && !r.text().contains("smuggled"),
+                "{method}: {victim} was answered with {}",
+                r.text()
+            );
+        }
+    }
+}
+
 /// An interim answer (`103 Early Hints`) relayed through Pingora's cache phases says nothing
 /// of the cache: the final answer has the `X-Cache-Status`.
 #[test]
