@@ -49,7 +49,7 @@ fn a_failing_health_checks_line_shows_no_query() {
         &[a.url(""), b.url("")],
         "{healthCheck: {path: '/status/503?token=HC-SECRET-789', interval: 0.2, timeout: 0.5, unhealthyThreshold: 1}}",
         "",
-        "",
+        "      - cache:\n",
     ));
     let gw = GatewayProcess::start(&dir);
     wait_for("a line", Duration::from_secs(5), || {
@@ -58,6 +58,26 @@ fn a_failing_health_checks_line_shows_no_query() {
     let log = gw.log_text();
     assert!(log.contains("/status/503?… answered 503"), "{log}");
     assert!(!log.contains("HC-SECRET-789"), "{log}");
+    // Both urls out: the lines say no url is left (not that the others take the requests),
+    // and a request's failure names none of them (none was asked; a `cache` step's request
+    // goes on to its fill, where a stored tile may answer).
+    wait_for("both out", Duration::from_secs(5), || {
+        gw.log_text().matches("is unhealthy").count() == 2
+    });
+    let r = get(gw.port, "GET", "/tiles/x", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    // (Its line is written once the answer went.)
+    wait_for("the failure's line", Duration::from_secs(5), || {
+        gw.log_text().contains("; answered 502")
+    });
+    let log = gw.log_text();
+    assert!(!log.contains("requests go to the others"), "{log}");
+    assert!(log.contains("no url of it is available now"), "{log}");
+    let failure = log
+        .lines()
+        .find(|l| l.contains("upstream failure"))
+        .unwrap_or_else(|| panic!("no failure line: {log}"));
+    assert!(failure.contains("upstream (none available)"), "{failure}");
     // Nor does the Admin API show it.
     let state = get(gw.admin_port, "GET", "/tollgate/upstreams", &[]).text();
     assert!(state.contains("/status/503?…"), "{state}");
@@ -333,6 +353,56 @@ fn a_clients_failing_path_ejects_no_url_and_a_url_out_shares_its_turns() {
         served.into_iter().collect::<Vec<_>>(),
         [("b".to_string(), 30), ("c".to_string(), 30)]
     );
+}
+
+/// A url that cuts its answers short after their heads went out (a large tile streamed to the
+/// client as it comes) counts each against its passive health, on both paths, and is ejected
+/// after `consecutiveFailures` of them: each head cleared the failure of the body before it,
+/// and such a url kept its share of the requests, every one of them broken.
+#[test]
+fn a_url_that_breaks_its_answers_bodies_is_ejected() {
+    let a = PyUpstream::start("a", 5.0);
+    let b = PyUpstream::start("b", 5.0);
+    const LEN: usize = 600_000;
+    for args in [&[][..], &["--fast-path", "off"][..]] {
+        let dir = ConfigDir::new(&config(
+            &[
+                a.url(&format!("/bytes/{LEN}")),
+                b.url(&format!("/truncate/{LEN}")),
+            ],
+            "{outlierDetection: {consecutiveFailures: 2, ejectSeconds: 60}, retries: 0}",
+            "",
+            "",
+        ));
+        let gw = GatewayProcess::start_with(&dir, args, &[]);
+        let mut cut = 0;
+        for i in 0..12 {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+            s.set_read_timeout(Some(Duration::from_secs(10)))
+                .expect("timeout");
+            s.write_all(
+                format!("GET /tiles/{i} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .expect("send");
+            // (A body cut short ends in a reset: what came before it is what was read.)
+            let mut got = Vec::new();
+            let _ = s.read_to_end(&mut got);
+            let body = got
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .map_or(0, |at| got.len() - at - 4);
+            if body != LEN {
+                cut += 1;
+            }
+        }
+        assert_eq!(cut, 2, "{args:?}: {}", gw.log_text());
+        let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
+        let urls = &state["serviceEndpoints"][0]["urls"];
+        assert_eq!(urls[1]["available"], false, "{args:?}: {state}");
+        assert!(gw.log_text().contains("ejected"), "{args:?}");
+    }
 }
 
 /// A url whose WMS answers every tile with an OGC service exception (XML, status 200: its
@@ -995,11 +1065,11 @@ fn a_request_whose_body_was_cut_is_not_sent_again() {
         "",
         "",
     ));
-    // One worker thread: both requests meet the same pool.
-    let gw = GatewayProcess::start_with(&dir, &["--threads", "1"], &[]);
-    // A small PUT leaves the upstream connection in the (worker thread's) pool.
-    let small =
-        "PUT /tiles/x HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+    // One worker thread: both requests meet the same pool (Pingora's, where the PUT goes).
+    let gw = GatewayProcess::start_with(&dir, &["--threads", "1", "--fast-path", "off"], &[]);
+    // A GET leaves the upstream connection in the (worker thread's) pool (one that carried a
+    // body is not pooled).
+    let small = "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
     assert_eq!(request(gw.port, small, false).status, 200);
     // (The connection goes back to the pool once the answer is relayed.)
     std::thread::sleep(Duration::from_millis(300));
@@ -1022,13 +1092,9 @@ fn a_request_whose_body_was_cut_is_not_sent_again() {
         support::client::read_response(&mut s, false)
     };
     let answered = answered.lock().expect("answered").clone();
-    assert_eq!(
-        answered[..2],
-        [5, usize::MAX],
-        "the pooled connection was cut"
-    );
+    assert_eq!(answered[..1], [usize::MAX], "the pooled connection was cut");
     assert!(
-        answered[2..].iter().all(|n| *n == 1_000_000),
+        answered[1..].iter().all(|n| *n == 1_000_000),
         "the upstream answered a truncated body: {answered:?}"
     );
     assert_ne!(r.status, 200, "{}", r.text());

@@ -80,7 +80,7 @@ pub fn account(gw: &Gateway, req: &Requested<'_>, x: &Exchange, end: &Ended<'_>)
             "bytes_out": end.bytes_out,
             "consumer": consumer.unwrap_or("anonymous"),
             "api_endpoint": endpoint.map(|ep| &*ep.name),
-            "upstream": x.proxy.as_ref().map(|p| p.upstream_text()),
+            "upstream": x.proxy.as_ref().filter(|p| !p.none_available()).map(|p| p.upstream_text()),
             "cache": end.cache.map(|c| c.0),
             "request_id": x.request_id.get(),
         });

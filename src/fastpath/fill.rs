@@ -144,7 +144,7 @@ impl FastPath {
                     }
                 }
             };
-            if let Some(plan) = &x.proxy {
+            if let Some(plan) = &mut x.proxy {
                 let reported = fill.as_ref().is_some_and(|f| f.reported());
                 attempt::answered(plan, status, reported);
             }

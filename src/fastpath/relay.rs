@@ -108,7 +108,7 @@ pub async fn relay(
         };
         f.head(&mut resp, sent, || crate::cache::exception::asks_for_map(x))
     });
-    if let Some(plan) = &x.proxy {
+    if let Some(plan) = &mut x.proxy {
         let reported = fill.as_ref().is_some_and(|f| f.reported());
         attempt::answered(plan, resp.status.as_u16(), reported);
     }
@@ -153,6 +153,7 @@ pub async fn relay(
             Ok(None) => break,
             Err(mut e) => {
                 e.as_up();
+                attempt::body_broke(&mut x.proxy);
                 s.set_server_keepalive(None);
                 end.error = Some(e);
                 if close_delimited {

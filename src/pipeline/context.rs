@@ -138,6 +138,9 @@ pub struct ProxyPlan {
     pub resend_next: bool,
     /// Whether this attempt is counted in its url's requests in flight.
     pub counted: bool,
+    /// The url answered with a status that clears its failures: cleared when the attempt
+    /// ends, unless the answer's body broke first (see [`crate::upstream::attempt::answered`]).
+    pub clears_at_end: bool,
     /// No url was available when the request was planned (the tile cache may still answer).
     pub unavailable: bool,
     /// Of those: the url chosen has no address (its name did not resolve).
@@ -226,9 +229,19 @@ impl ProxyPlan {
         self.unavailable = true;
     }
 
+    /// Whether no url was available for the request: none was asked (see
+    /// [`Self::upstream_text`]).
+    pub fn none_available(&self) -> bool {
+        self.unavailable && !self.unresolved
+    }
+
     /// The upstream as logs name it: the address of this attempt, or the url of a plan whose
-    /// url has no address.
+    /// url has no address; `(none available)` when no url was (the url the plan was pointed at
+    /// was named, as if tried).
     pub fn upstream_text(&self) -> String {
+        if self.none_available() {
+            return "(none available)".to_string();
+        }
         match self.endpoint.targets.get(self.target) {
             Some(t) if self.unresolved => t.shown.clone(),
             _ => self.addr.to_string(),

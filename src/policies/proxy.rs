@@ -362,6 +362,7 @@ impl Policy for Proxy {
             resends: 0,
             resend_next: false,
             counted: false,
+            clears_at_end: false,
             unavailable: picked.is_none(),
             unresolved: false,
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),

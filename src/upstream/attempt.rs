@@ -119,8 +119,13 @@ pub fn end(plan: &mut Option<ProxyPlan>) {
     }
 }
 
-/// Ends the attempt: its url no longer has this request in flight.
+/// Ends the attempt: its url no longer has this request in flight; an answer whose status
+/// clears the url's failures clears them now (its body came whole, or the client left).
 fn release(plan: &mut ProxyPlan) {
+    if std::mem::take(&mut plan.clears_at_end) {
+        let ep = &plan.endpoint;
+        ep.states[plan.target].request_result(false, ep.settings.outlier_detection.as_ref());
+    }
     if std::mem::take(&mut plan.counted) {
         plan.endpoint.states[plan.target]
             .in_flight
@@ -171,6 +176,7 @@ pub fn connect_failed(
     method: &http::Method,
     mut e: Box<Error>,
 ) -> Box<Error> {
+    plan.clears_at_end = false;
     failed(plan);
     release(plan);
     let retry = if plan.attempts == 1 {
@@ -216,6 +222,8 @@ fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
 /// request's body went upstream and is no longer held whole (Pingora keeps the first 64 KiB
 /// for a retry): the request cannot be sent again, whatever its method. A failure on the
 /// client's side (Pingora passes those here too) ends the exchange with no blame and no retry.
+/// An answer the upstream broke after its head went on (`response_started`: its body cut
+/// short, too slow) is the url's failure and is not retried: the client has part of it.
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
@@ -224,10 +232,17 @@ pub fn broke(
     body_lost: bool,
     mut e: Box<Error>,
 ) -> Box<Error> {
+    let clients_failure = matches!(e.esource(), ErrorSource::Downstream);
+    if !clients_failure {
+        plan.clears_at_end = false;
+    }
+    if response_started && !clients_failure {
+        failed(plan);
+    }
     release(plan);
     // The client's own failure (it left, its body stopped coming or broke its framing): the
     // url is not to blame, and there is no one to send the request again for.
-    if response_started || matches!(e.esource(), ErrorSource::Downstream) {
+    if response_started || clients_failure {
         e.set_retry(false);
         return e;
     }
@@ -263,9 +278,11 @@ pub fn broke(
 /// counts against the url, and so does an OGC service exception (`reported`, see
 /// [`crate::cache::exception`]) where it says `serviceExceptions`; another 5xx (a 500 one
 /// request drew), a status past 599 and an exception that does not count leave the url's
-/// record as it was (neither a failure nor a sign of health); anything else clears it.
-/// (Without `outlierDetection`, there is no record.)
-pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
+/// record as it was (neither a failure nor a sign of health); anything else clears it once
+/// the attempt ends, unless the body broke first ([`broke`], [`body_broke`]): an upstream
+/// that cuts every answer short was never ejected, each head clearing the failure of the
+/// body before. (Without `outlierDetection`, there is no record.)
+pub fn answered(plan: &mut ProxyPlan, status: u16, reported: bool) {
     if reported {
         // Counted in `tollgate_upstream_errors_total` as it was judged; one line, as for
         // every upstream failure (folded while it repeats).
@@ -284,7 +301,17 @@ pub fn answered(plan: &ProxyPlan, status: u16, reported: bool) {
     if failure {
         failed(plan);
     } else if status < 500 && !reported {
-        ep.states[plan.target].request_result(false, Some(outlier));
+        plan.clears_at_end = true;
+    }
+}
+
+/// The upstream broke its answer's body after the head was relayed (the fast path's): the
+/// url's failure; the attempt ends.
+pub fn body_broke(plan: &mut Option<ProxyPlan>) {
+    if let Some(plan) = plan {
+        plan.clears_at_end = false;
+        failed(plan);
+        release(plan);
     }
 }
 
@@ -328,6 +355,7 @@ mod tests {
             resends: 0,
             resend_next: false,
             counted: false,
+            clears_at_end: false,
             unavailable: false,
             unresolved: false,
             addr: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
@@ -364,20 +392,20 @@ mod tests {
             service_exceptions: counted,
             failure_statuses: vec![502, 503, 504],
         };
-        let p = plan_with(Some(outlier(true)));
-        answered(&p, 503, false);
-        answered(&p, 200, true);
+        let mut p = plan_with(Some(outlier(true)));
+        answer(&mut p, 503, false);
+        answer(&mut p, 200, true);
         assert!(!p.endpoint.states[0].available(), "a 5xx and a report");
-        let p = plan_with(Some(outlier(false)));
-        answered(&p, 503, false);
-        answered(&p, 200, true);
+        let mut p = plan_with(Some(outlier(false)));
+        answer(&mut p, 503, false);
+        answer(&mut p, 200, true);
         assert!(p.endpoint.states[0].available(), "a report is no failure");
-        answered(&p, 503, false);
+        answer(&mut p, 503, false);
         assert!(!p.endpoint.states[0].available(), "nor a sign of health");
-        let p = plan_with(Some(outlier(false)));
-        answered(&p, 503, false);
-        answered(&p, 200, false);
-        answered(&p, 503, false);
+        let mut p = plan_with(Some(outlier(false)));
+        answer(&mut p, 503, false);
+        answer(&mut p, 200, false);
+        answer(&mut p, 503, false);
         assert!(
             p.endpoint.states[0].available(),
             "a good answer clears the count"
@@ -394,23 +422,73 @@ mod tests {
             service_exceptions: false,
             failure_statuses: statuses,
         };
-        let p = plan_with(Some(outlier(vec![502, 503, 504])));
+        let mut p = plan_with(Some(outlier(vec![502, 503, 504])));
         for status in [500, 501, 599, 600, 999, 500] {
-            answered(&p, status, false);
+            answer(&mut p, status, false);
         }
         assert!(p.endpoint.states[0].available(), "no failure");
-        answered(&p, 504, false);
-        answered(&p, 500, false);
+        answer(&mut p, 504, false);
+        answer(&mut p, 500, false);
         assert!(p.endpoint.states[0].available(), "one failure so far");
-        answered(&p, 502, false);
+        answer(&mut p, 502, false);
         assert!(
             !p.endpoint.states[0].available(),
             "504 and 502: the 500 between is neither"
         );
-        let p = plan_with(Some(outlier(vec![500])));
-        answered(&p, 500, false);
-        answered(&p, 500, false);
+        let mut p = plan_with(Some(outlier(vec![500])));
+        answer(&mut p, 500, false);
+        answer(&mut p, 500, false);
         assert!(!p.endpoint.states[0].available(), "a 500 where it counts");
+    }
+
+    /// An answer with `status`, its exchange then over.
+    fn answer(p: &mut ProxyPlan, status: u16, reported: bool) {
+        answered(p, status, reported);
+        release(p);
+    }
+
+    /// An upstream that breaks every answer's body after its head is ejected like one that
+    /// fails outright: the head does not clear the failure of the body before it (each did,
+    /// and such a url was never ejected). A client that leaves is no failure of the url.
+    #[test]
+    fn answers_whose_bodies_break_count_against_their_url() {
+        let outlier = crate::upstream::settings::Outlier {
+            consecutive_failures: 2,
+            eject_seconds: 60.0,
+            service_exceptions: false,
+            failure_statuses: vec![502, 503, 504],
+        };
+        let get = http::Method::GET;
+        let cut = || {
+            Error::create(
+                ErrorType::ConnectionClosed,
+                ErrorSource::Upstream,
+                None,
+                None,
+            )
+        };
+        let left = || Error::create(ErrorType::WriteError, ErrorSource::Downstream, None, None);
+        let mut p = plan_with(Some(outlier.clone()));
+        answered(&mut p, 200, false);
+        assert!(!broke(&mut p, &get, true, false, false, cut()).retry());
+        answered(&mut p, 200, false);
+        let mut fast = Some(p);
+        body_broke(&mut fast);
+        let p = fast.expect("plan");
+        assert!(!p.endpoint.states[0].available(), "two bodies cut short");
+        let mut p = plan_with(Some(outlier.clone()));
+        for _ in 0..3 {
+            answered(&mut p, 200, false);
+            assert!(!broke(&mut p, &get, true, false, false, left()).retry());
+        }
+        answer(&mut p, 503, false);
+        answered(&mut p, 200, false);
+        broke(&mut p, &get, true, false, false, left());
+        answer(&mut p, 503, false);
+        assert!(
+            p.endpoint.states[0].available(),
+            "an answer the client left clears the failure before it"
+        );
     }
 
     fn broken() -> Box<Error> {

@@ -77,17 +77,32 @@ fn start(endpoint: &Arc<ServiceEndpoint>, config: u64, runtime: &tokio::runtime:
             if replaced() {
                 return;
             }
-            for ((target, state), result) in ep.targets.iter().zip(&ep.states).zip(results) {
-                let change = state.check_result(
-                    result.is_ok(),
-                    check.healthy_threshold,
-                    check.unhealthy_threshold,
-                );
+            let changes: Vec<_> = ep
+                .states
+                .iter()
+                .zip(results)
+                .map(|(state, result)| {
+                    let change = state.check_result(
+                        result.is_ok(),
+                        check.healthy_threshold,
+                        check.unhealthy_threshold,
+                    );
+                    (change, result)
+                })
+                .collect();
+            for (i, (change, result)) in changes.into_iter().enumerate() {
+                let target = &ep.targets[i];
                 match (change, result) {
                     (Change::BecameUnhealthy, Err(why)) => log::warn!(
-                        "upstream {} of service endpoint `{}` is unhealthy: {why}; requests go to the others",
+                        "upstream {} of service endpoint `{}` is unhealthy: {why}; {}",
                         target.shown,
-                        ep.name
+                        ep.name,
+                        // (Judged once the round's results are all in.)
+                        if i < 64 && !ep.any_available(1 << i) {
+                            "no url of it is available now: its requests are answered 502 (or from the tile cache)"
+                        } else {
+                            "requests go to the others"
+                        }
                     ),
                     (Change::BecameHealthy, _) => log::info!(
                         "upstream {} of service endpoint `{}` is healthy again",
