@@ -596,6 +596,53 @@ fn an_answer_sent_before_the_body_was_read_reaches_a_client_still_sending_it() {
     }
 }
 
+/// A chunked body whose framing breaks while the client still sends it (a chunk size that is
+/// no number, a chunk extension past its limit) is answered `400` and the rest read and
+/// discarded before the close, as for an answer made before the body was read: the body was
+/// done for the parser, the connection closed with bytes unread, and the client's writes
+/// failed before it read the 400.
+#[test]
+fn a_body_whose_framing_broke_is_read_on_before_the_close() {
+    use std::io::{Read, Write};
+    // An upstream that reads what it is sent and never answers: the answer is the gateway's
+    // 400 for the body.
+    let reader = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = reader.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for conn in reader.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    let dir = ConfigDir::new(&format!(
+        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  up: {{paths: '/up/*'}}\nserviceEndpoints:\n  reader: {{url: 'http://127.0.0.1:{port}'}}\npolicies: [proxy]\npipelines:\n  up: {{apiEndpoints: [up], policies: [{{proxy: {{action: {{serviceEndpoint: reader}}}}}}]}}\n"
+    ));
+    let gw = GatewayProcess::start(&dir);
+    let long_extension = format!("5;{}", "x".repeat(300 * 1024));
+    for start in ["zz\r\n", long_extension.as_str()] {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect");
+        conn.write_all(b"POST /up/x HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .expect("head");
+        let mut body = start.as_bytes().to_vec();
+        body.extend(std::iter::repeat_n(b'y', 300 * 1024));
+        for (i, piece) in body.chunks(16 * 1024).enumerate() {
+            conn.write_all(piece).unwrap_or_else(|e| {
+                panic!("{}: the body's write failed at piece {i}: {e}", &start[..2])
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        conn.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut answer = Vec::new();
+        let read = conn.read_to_end(&mut answer);
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "{}: reset: {read:?} {text}", &start[..2]);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+}
+
 /// What can never become an HTTP/1 head — an HTTP/0.9 request line, a TLS handshake on the
 /// plain port, bare CR line ends — is answered `400` at once; it waited out the header
 /// timeout (10 s) for a blank line that never comes, then got a `408`.

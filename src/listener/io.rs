@@ -315,7 +315,18 @@ pub fn body_unread(
         || session
             .response_written()
             .is_some_and(|r| r.status == http::StatusCode::REQUEST_TIMEOUT);
-    if timed_out || session.is_body_done() {
+    // A body whose framing broke (a chunk size that is no number, a chunk extension or a
+    // trailer past its limit: answered 400) is done for Pingora's reader, and the client may
+    // still be sending it: it lingers too (closed at once, the client's writes failed before
+    // it read the 400).
+    let framing = e.is_some_and(|e| {
+        e.esource() == &pingora_core::ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                pingora_core::ErrorType::Custom(_) | pingora_core::ErrorType::InvalidHTTPHeader
+            )
+    });
+    if timed_out || (session.is_body_done() && !framing) {
         return;
     }
     if let Some(stream) = session.stream() {
