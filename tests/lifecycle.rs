@@ -1171,12 +1171,10 @@ fn after_the_hand_over_the_admin_api_answers_from_the_new_process() {
     drop(new);
 }
 
-/// An upgrade while Redis is down: the new process authenticates with the tables the old one
-/// hands it over (before, it knew no credential until Redis came back: every authenticated
-/// request `503`), and its load from Redis, once Redis is back, replaces them.
-#[test]
-fn an_upgrade_while_redis_is_down_keeps_authenticating() {
-    let mut redis = support::redis::RedisServer::start();
+/// A Redis holding EG's fixture, an upstream, and a config of one key-auth route to it on
+/// that Redis.
+fn keyed_on_redis() -> (support::redis::RedisServer, PyUpstream, ConfigDir) {
+    let redis = support::redis::RedisServer::start();
     redis.load_dump(&support::redis::eg_fixture());
     let up = PyUpstream::start("a", 5.0);
     let dir = ConfigDir::new(&format!(
@@ -1190,6 +1188,15 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
             redis.port
         ),
     );
+    (redis, up, dir)
+}
+
+/// An upgrade while Redis is down: the new process authenticates with the tables the old one
+/// hands it over (before, it knew no credential until Redis came back: every authenticated
+/// request `503`), and its load from Redis, once Redis is back, replaces them.
+#[test]
+fn an_upgrade_while_redis_is_down_keeps_authenticating() {
+    let (mut redis, _up, dir) = keyed_on_redis();
     let sock = dir.path.join("upgrade.sock").display().to_string();
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
@@ -1243,20 +1250,7 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
 /// served).
 #[test]
 fn an_upgrade_with_populate_while_redis_is_down_serves_and_applies_the_file_later() {
-    let mut redis = support::redis::RedisServer::start();
-    redis.load_dump(&support::redis::eg_fixture());
-    let up = PyUpstream::start("a", 5.0);
-    let dir = ConfigDir::new(&format!(
-        "http: {{port: ${{PORT}}}}\nadmin: {{port: ${{ADMIN_PORT}}, host: 127.0.0.1}}\napiEndpoints:\n  wmts: {{paths: '/wmts/*', scopes: [wmts]}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [key-auth, proxy]\npipelines:\n  keyed:\n    apiEndpoints: [wmts]\n    policies:\n      - key-auth:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
-        up.url("")
-    ));
-    dir.write(
-        "system.config.yml",
-        &format!(
-            "db:\n  redis:\n    emulate: false\n    host: 127.0.0.1\n    port: {}\n    namespace: EG\n",
-            redis.port
-        ),
-    );
+    let (mut redis, _up, dir) = keyed_on_redis();
     dir.write(
         "consumers.json",
         r#"{"scopes": ["wmts"], "users": {"filed": {"viewer": {"type": "key-auth", "keyId": "filed-key", "keySecret": "filed-secret", "scopes": ["wmts"]}}}}"#,
