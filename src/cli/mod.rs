@@ -196,13 +196,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TOLLGATE_REQUEST_TIMEOUT", default_value = "300", value_parser = seconds)]
     pub request_timeout: Duration,
     /// The tile cache's memory budget (bytes; `k`, `M`, `G`, `T` suffixes, `KiB`... too).
-    #[arg(long, env = "TOLLGATE_CACHE_MEMORY", default_value = "256MiB", value_parser = size)]
+    #[arg(long, env = "TOLLGATE_CACHE_MEMORY", default_value = "256MiB", value_parser = cache_budget)]
     pub cache_memory: u64,
     /// A directory for the tile cache's disk tier (none: memory only).
     #[arg(long, env = "TOLLGATE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// The disk tier's budget.
-    #[arg(long, env = "TOLLGATE_CACHE_DISK_SIZE", default_value = "1GiB", value_parser = size)]
+    #[arg(long, env = "TOLLGATE_CACHE_DISK_SIZE", default_value = "1GiB", value_parser = cache_budget)]
     pub cache_disk_size: u64,
     /// Reach the upstream named HOST:PORT at ADDR:PORT (repeatable, or comma-separated in the
     /// variable), keeping HOST as Host header and TLS name — as curl's --connect-to.
@@ -257,6 +257,19 @@ pub fn size(s: &str) -> Result<u64, String> {
         return Err(format!("`{s}` is out of range"));
     }
     Ok(bytes as u64)
+}
+
+/// A tile cache tier's budget: a [`size`] above 0 (a tier of none stores nothing: every
+/// tile the cache stores passes through the memory tier, to the disk tier too, and every
+/// request was a miss without a word).
+pub fn cache_budget(s: &str) -> Result<u64, String> {
+    match size(s)? {
+        0 => Err(format!(
+            "`{s}`: a tier of 0 bytes stores no tile (remove the pipelines' `cache` steps to \
+             turn the cache off, leave out --cache-dir for no disk tier)"
+        )),
+        bytes => Ok(bytes),
+    }
 }
 
 /// A positive number of seconds (fractions allowed).

@@ -1,4 +1,4 @@
-use super::{connections, size, Cli};
+use super::{cache_budget, connections, size, Cli};
 use clap::Parser;
 
 #[test]
@@ -32,4 +32,16 @@ fn a_connection_cap_is_one_or_more() {
         .err()
         .expect("refused");
     assert!(err.to_string().contains("1 or more"), "{err}");
+}
+
+/// A tier's budget of 0 is refused: it stored nothing, every request a miss, silently.
+#[test]
+fn a_cache_budget_of_nothing_is_refused() {
+    for s in ["0", "0k", "0.0GiB"] {
+        let e = cache_budget(s).expect_err(s);
+        assert!(e.contains("stores no tile"), "{s}: {e}");
+    }
+    assert_eq!(cache_budget("100k"), Ok(100 << 10));
+    assert_eq!(cache_budget("256MiB"), Ok(256 << 20));
+    assert!(cache_budget("lots").is_err());
 }
