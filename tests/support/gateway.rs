@@ -297,6 +297,7 @@ impl Drop for GatewayProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        super::forget_run_files(self.child.id());
     }
 }
 

@@ -24,6 +24,27 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        forget_run_files(self.0.id());
+    }
+}
+
+/// Removes the run files (`tollgate-*.json` in the temporary directory) that name `pid`: a
+/// gateway killed by a test cannot withdraw its own, and each test's config directory names
+/// another (thousands were left in `/tmp`).
+pub fn forget_run_files(pid: u32) {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    let starts = format!("{{\"pid\":{pid},");
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tollgate-")
+            && name.ends_with(".json")
+            && std::fs::read_to_string(e.path()).is_ok_and(|t| t.starts_with(&starts))
+        {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 pub use echo::EchoUpstream;
