@@ -417,6 +417,12 @@ fn the_legacy_s3_plugin_settings() {
     let r = get(gw.admin_port, "GET", "/s3/maps/world.tif", &[]);
     assert_eq!((r.status, r.text().as_str()), (200, "TIFF bytes"));
     assert_eq!(r.header("content-type"), Some("image/tiff"));
+    // Kargo's route is `/s3/:bucket/*`: no provider in the path, nor in what it says.
+    let r = get(gw.admin_port, "GET", "/s3/maps/", &[]);
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (400, "expected /s3/bucket/key")
+    );
 }
 
 /// The client's credentials in the query (Kargo's `?jwt=`) are the gateway's, not the

@@ -67,6 +67,9 @@ pub struct Storage {
     pub path: String,
     pub providers: Vec<Provider>,
     default: Option<usize>,
+    /// Whether a path's first segment may name a provider: not for Kargo's legacy `s3`
+    /// plugin, whose route is `/s3/:bucket/*` (its refusals spoke of providers).
+    named: bool,
 }
 
 /// Where one storage request goes.
@@ -135,6 +138,7 @@ impl Storage {
                 path,
                 providers: Vec::new(),
                 default: None,
+                named: true,
             };
             let Some(entries) = settings.get("providers").and_then(Node::as_map) else {
                 errors.push(
@@ -228,6 +232,7 @@ impl Storage {
                     secret_key,
                 }],
                 default: Some(0),
+                named: false,
             }),
             Err(why) => {
                 // Where the file wrote it; an endpoint from the environment has no place.
@@ -265,7 +270,11 @@ impl Storage {
         let mut segments = rest.splitn(2, '/');
         let first = segments.next().unwrap_or("");
         let after = segments.next().unwrap_or("");
-        let (provider, bucket_and_key) = match self.providers.iter().position(|p| p.name == first) {
+        let by_name = match self.named {
+            true => self.providers.iter().position(|p| p.name == first),
+            false => None,
+        };
+        let (provider, bucket_and_key) = match by_name {
             Some(i) => (i, after),
             None => match self.default {
                 Some(d) => (d, rest),
@@ -285,7 +294,10 @@ impl Storage {
         if bucket.is_empty() || key.is_empty() {
             return Err(Refusal {
                 status: 400,
-                message: format!("expected {}/[provider/]bucket/key", self.path),
+                message: match self.named {
+                    true => format!("expected {}/[provider/]bucket/key", self.path),
+                    false => format!("expected {}/bucket/key", self.path),
+                },
             });
         }
         // Sent as S3 signs it: a client may leave characters such as `(` unencoded, which S3
@@ -445,7 +457,25 @@ mod tests {
                 },
             ],
             default: Some(0),
+            named: true,
         }
+    }
+
+    /// Kargo's legacy `s3` plugin: `/s3/:bucket/*`, its one provider named by no path.
+    #[test]
+    fn the_legacy_route_takes_every_first_segment_for_a_bucket() {
+        let mut s = storage();
+        s.providers.truncate(1);
+        s.providers[0].name = "s3".into();
+        s.named = false;
+        let get = http::Method::GET;
+        let r = s.route(&get, "/s3/s3/a.png", None).expect("routes");
+        assert_eq!((r.provider, r.path_and_query.as_str()), (0, "/s3/a.png"));
+        let e = s.route(&get, "/s3/tiles/", None).expect_err("no key");
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (400, "expected /s3/bucket/key")
+        );
     }
 
     #[test]
