@@ -1407,30 +1407,31 @@ fn upgrade_as_systemd(
     (left, log)
 }
 
-/// A new process slow to start (here its `--populate` hashes 60 passwords, seconds in this
-/// build; in production a large consumer store's first load or the disk tier's scan) still
-/// takes the sockets over: it takes them before that work, not after (the old process offers
-/// them for a few seconds only: after a slower start both processes were gone).
+/// A new process slow to start (here the disk tier's scan of 250,000 files, seconds in this
+/// build, each removed: no secret names them; in production also a large consumer store's
+/// first load) still takes the sockets over: it takes them before that work, not after (the
+/// old process offers them for a few seconds only: after a slower start both processes were
+/// gone).
 #[test]
 fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
     let up = PyUpstream::start("a", 5.0);
     let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
-    let apps: serde_json::Map<String, serde_json::Value> = (0..60)
-        .map(|i| {
-            (
-                format!("app{i}"),
-                serde_json::json!({"type": "basic-auth", "password": "pw"}),
-            )
-        })
-        .collect();
-    dir.write(
-        "slow.json",
-        &serde_json::json!({"scopes": [], "users": {"slow": apps}}).to_string(),
-    );
+    let cache = dir.path.join("cache");
+    for shard in 0..256 {
+        std::fs::create_dir_all(cache.join(format!("{shard:02x}"))).expect("shard");
+    }
+    for i in 0..250_000u128 {
+        let name = format!(
+            "{:032x}",
+            i.wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+        );
+        std::fs::File::create(cache.join(&name[..2]).join(format!("{name}.obj")))
+            .expect("a tile file");
+    }
     let sock = dir.path.join("upgrade.sock").display().to_string();
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
     assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
-    let slow = dir.file("slow.json");
+    let cache_arg = cache.display().to_string();
     // What the new process tells systemd, in order.
     let notify_path = dir.path.join("notify.sock");
     let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
@@ -1455,7 +1456,7 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
         &dir,
         &old,
         &sock,
-        &["--populate", &slow],
+        &["--cache-dir", &cache_arg],
         &[("NOTIFY_SOCKET", notify_env.as_str())],
     );
     std::thread::sleep(Duration::from_millis(500));
@@ -1490,7 +1491,11 @@ fn a_binary_upgrade_to_a_process_slow_to_start_keeps_the_gateway() {
         assert!(Instant::now() < deadline, "not served again: {}", new_log());
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert!(new_log().contains("populate"), "{}", new_log());
+    assert!(
+        new_log().contains("250000 tiles named by a key hash secret no longer there"),
+        "{}",
+        new_log()
+    );
     // The main process from the moment it held the sockets, ready once it served.
     let pid = new.0.id();
     assert_eq!(

@@ -164,6 +164,7 @@ pub async fn relay(
             }
         };
         if let Err(e) = overdue(x) {
+            attempt::body_overdue(&mut x.proxy);
             s.set_server_keepalive(None);
             end.error = Some(e);
             if close_delimited {

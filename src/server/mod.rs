@@ -243,30 +243,27 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     let handed = opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock);
     match populate_file {
         // An upgrade holds the sockets now and the old process stops accepting: a populate
-        // that failed here, or waited for a Redis that is down, left nothing serving. A
-        // failure is an `error` line (the store's consumers stay in force, as in the process
-        // taken over from, which applied its file at its own start), and a store out of reach
-        // has the file applied once it answers, while this process serves.
+        // that failed here, waited for a Redis that is down or for another run's lock, or
+        // hashed thousands of passwords, left nothing serving meanwhile (or at all). It runs
+        // in the background once this process serves (its changes reach the consumer cache as
+        // they are made, the store's consumers in force until then, as in the process taken
+        // over from, which applied its file at its own start); a failure is an `error` line.
         Some((path, file)) if opts.upgrade => {
             let service = consumers.service.clone();
-            let first = background.block_on(populate::populate(&service, &file));
-            match first.map_err(anyhow::Error::from) {
-                Ok(report) => log::info!("populate {}: {report}", path.display()),
-                Err(e) if unreachable_store(&e) => {
-                    let path = path.clone();
-                    background.spawn(async move {
-                        match populate_when_reachable(&service, &file, Some(e)).await {
-                            Ok(report) => log::info!("populate {}: {report}", path.display()),
-                            Err(e) => say_populate_failed(&path, &e),
-                        }
-                    });
+            let path = path.clone();
+            background.spawn(async move {
+                match populate_when_reachable(&service, &file).await {
+                    Ok(report) => log::info!("populate {}: {report}", path.display()),
+                    Err(e) => log::error!(
+                        "populate from {}: {e:#}; the consumers the store holds stay in force",
+                        path.display()
+                    ),
                 }
-                Err(e) => say_populate_failed(path, &e),
-            }
+            });
         }
         Some((path, file)) => {
             let report = background
-                .block_on(populate_when_reachable(&consumers.service, &file, None))
+                .block_on(populate_when_reachable(&consumers.service, &file))
                 .with_context(|| format!("populate from {}", path.display()))?;
             log::info!("populate {}: {report}", path.display());
         }
@@ -521,19 +518,14 @@ fn first_load(
 async fn populate_when_reachable(
     service: &crate::consumers::service::ConsumerService,
     file: &populate::ConsumersFile,
-    failed_first: Option<anyhow::Error>,
 ) -> anyhow::Result<populate::Report> {
     let started = Instant::now();
     let mut said = false;
-    let mut first = failed_first.map(Err);
     loop {
-        let attempt = match first.take() {
-            Some(failed) => failed,
-            None => populate::populate(service, file)
-                .await
-                .map_err(anyhow::Error::from),
-        };
-        match attempt {
+        match populate::populate(service, file)
+            .await
+            .map_err(anyhow::Error::from)
+        {
             Err(e) if started.elapsed() < POPULATE_WAIT && unreachable_store(&e) => {
                 if !said {
                     log::warn!("populate: the consumer store cannot be reached yet ({e:#}); trying again for up to {} s", POPULATE_WAIT.as_secs());
@@ -544,14 +536,6 @@ async fn populate_when_reachable(
             done => return done,
         }
     }
-}
-
-/// An upgrading process's `--populate` that failed (it serves on).
-fn say_populate_failed(path: &std::path::Path, e: &anyhow::Error) {
-    log::error!(
-        "populate from {}: {e:#}; the consumers the store holds stay in force",
-        path.display()
-    );
 }
 
 /// Whether an error is the consumer store out of reach.

@@ -223,7 +223,10 @@ fn may_resend(plan: &ProxyPlan, method: &http::Method) -> bool {
 /// for a retry): the request cannot be sent again, whatever its method. A failure on the
 /// client's side (Pingora passes those here too) ends the exchange with no blame and no retry.
 /// An answer the upstream broke after its head went on (`response_started`: its body cut
-/// short, too slow) is the url's failure and is not retried: the client has part of it.
+/// short, a read that timed out) is the url's failure and is not retried: the client has part
+/// of it. The total timeout passing meanwhile is neither the url's failure nor a sign of its
+/// health: the body is relayed as the client reads it, and a client that reads slowly makes it
+/// late (two slow readers per url ejected every url but the last).
 pub fn broke(
     plan: &mut ProxyPlan,
     method: &http::Method,
@@ -236,7 +239,10 @@ pub fn broke(
     if !clients_failure {
         plan.clears_at_end = false;
     }
-    if response_started && !clients_failure {
+    // (Only the upstream's own failures: not one of the gateway's while it relays the answer,
+    // and not once the attempt was over, its body in whole.)
+    let upstreams = matches!(e.esource(), ErrorSource::Upstream);
+    if response_started && upstreams && !overdue(plan) && plan.counted {
         failed(plan);
     }
     release(plan);
@@ -283,6 +289,11 @@ pub fn broke(
 /// that cuts every answer short was never ejected, each head clearing the failure of the
 /// body before. (Without `outlierDetection`, there is no record.)
 pub fn answered(plan: &mut ProxyPlan, status: u16, reported: bool) {
+    // An interim answer (`100`, `103`) is no verdict: the final one follows. (A `101` is final.)
+    if (100..200).contains(&status) && status != 101 {
+        return;
+    }
+    plan.clears_at_end = false;
     if reported {
         // Counted in `tollgate_upstream_errors_total` as it was judged; one line, as for
         // every upstream failure (folded while it repeats).
@@ -311,6 +322,15 @@ pub fn body_broke(plan: &mut Option<ProxyPlan>) {
     if let Some(plan) = plan {
         plan.clears_at_end = false;
         failed(plan);
+        release(plan);
+    }
+}
+
+/// The total timeout passed while the body was relayed: neither the url's failure nor a sign
+/// of its health (the client's reading paces the relay, see [`broke`]); the attempt ends.
+pub fn body_overdue(plan: &mut Option<ProxyPlan>) {
+    if let Some(plan) = plan {
+        plan.clears_at_end = false;
         release(plan);
     }
 }
@@ -488,6 +508,49 @@ mod tests {
         assert!(
             p.endpoint.states[0].available(),
             "an answer the client left clears the failure before it"
+        );
+    }
+
+    /// An interim answer (`103 Early Hints`) is no verdict on the url: the final answer's is
+    /// (a 103 before a 503 cleared the 503's failure). The total timeout passing while a body
+    /// is relayed is none either: the client's reading paces it.
+    #[test]
+    fn interim_answers_and_a_late_relay_say_nothing_of_the_url() {
+        let outlier = crate::upstream::settings::Outlier {
+            consecutive_failures: 2,
+            eject_seconds: 60.0,
+            service_exceptions: false,
+            failure_statuses: vec![502, 503, 504],
+        };
+        let mut p = plan_with(Some(outlier.clone()));
+        for _ in 0..2 {
+            answered(&mut p, 103, false);
+            answer(&mut p, 503, false);
+        }
+        assert!(
+            !p.endpoint.states[0].available(),
+            "two 503s after early hints"
+        );
+        let get = http::Method::GET;
+        let late = || Error::create(ErrorType::ReadTimedout, ErrorSource::Upstream, None, None);
+        let mut p = plan_with(Some(outlier.clone()));
+        p.deadline = Some(Instant::now());
+        for _ in 0..3 {
+            p.counted = true;
+            answered(&mut p, 200, false);
+            assert!(!broke(&mut p, &get, true, false, false, late()).retry());
+        }
+        assert!(p.endpoint.states[0].available(), "three slow readers");
+        answer(&mut p, 503, false);
+        p.counted = true;
+        answered(&mut p, 200, false);
+        let mut fast = Some(p);
+        body_overdue(&mut fast);
+        let mut p = fast.expect("plan");
+        answer(&mut p, 503, false);
+        assert!(
+            !p.endpoint.states[0].available(),
+            "a late relay between two 503s clears neither"
         );
     }
 

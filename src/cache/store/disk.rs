@@ -581,6 +581,8 @@ impl DiskTier {
             return;
         }
         self.room_checked_at.store(now, Ordering::Relaxed);
+        // (A file system out of inodes is full too, whatever bytes it has free: the budget
+        // went up and down every 30 s.)
         let Some(free) = free_bytes(&self.dir) else {
             return;
         };
@@ -689,7 +691,8 @@ impl DiskTier {
 }
 
 /// The bytes the file system holding `dir` has free for this process (`statvfs`'s
-/// available blocks).
+/// available blocks); 0 while fewer than a hundredth of its inodes are free (where it counts
+/// them).
 fn free_bytes(dir: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
@@ -702,6 +705,10 @@ fn free_bytes(dir: &Path) -> Option<u64> {
         }
         st.assume_init()
     };
+    let (inodes, free_inodes) = (st.f_files as u64, st.f_favail as u64);
+    if inodes > 0 && free_inodes < inodes / 100 + 1 {
+        return Some(0);
+    }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
