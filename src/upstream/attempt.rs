@@ -407,10 +407,8 @@ mod tests {
     #[test]
     fn service_exceptions_count_against_a_url_only_where_the_endpoint_says_so() {
         let outlier = |counted| crate::upstream::settings::Outlier {
-            consecutive_failures: 2,
-            eject_seconds: 60.0,
             service_exceptions: counted,
-            failure_statuses: vec![502, 503, 504],
+            ..two_failures(vec![502, 503, 504])
         };
         let mut p = plan_with(Some(outlier(true)));
         answer(&mut p, 503, false);
@@ -436,12 +434,7 @@ mod tests {
     /// a 500 one request drew, or a status past 599, leaves its record as it was.
     #[test]
     fn only_the_failure_statuses_count_against_a_url() {
-        let outlier = |statuses: Vec<u16>| crate::upstream::settings::Outlier {
-            consecutive_failures: 2,
-            eject_seconds: 60.0,
-            service_exceptions: false,
-            failure_statuses: statuses,
-        };
+        let outlier = two_failures;
         let mut p = plan_with(Some(outlier(vec![502, 503, 504])));
         for status in [500, 501, 599, 600, 999, 500] {
             answer(&mut p, status, false);
@@ -461,6 +454,16 @@ mod tests {
         assert!(!p.endpoint.states[0].available(), "a 500 where it counts");
     }
 
+    /// Passive health that ejects after two failures in a row, of `statuses` among them.
+    fn two_failures(statuses: Vec<u16>) -> crate::upstream::settings::Outlier {
+        crate::upstream::settings::Outlier {
+            consecutive_failures: 2,
+            eject_seconds: 60.0,
+            service_exceptions: false,
+            failure_statuses: statuses,
+        }
+    }
+
     /// An answer with `status`, its exchange then over.
     fn answer(p: &mut ProxyPlan, status: u16, reported: bool) {
         answered(p, status, reported);
@@ -472,12 +475,7 @@ mod tests {
     /// and such a url was never ejected). A client that leaves is no failure of the url.
     #[test]
     fn answers_whose_bodies_break_count_against_their_url() {
-        let outlier = crate::upstream::settings::Outlier {
-            consecutive_failures: 2,
-            eject_seconds: 60.0,
-            service_exceptions: false,
-            failure_statuses: vec![502, 503, 504],
-        };
+        let outlier = two_failures(vec![502, 503, 504]);
         let get = http::Method::GET;
         let cut = || {
             Error::create(
@@ -516,12 +514,7 @@ mod tests {
     /// is relayed is none either: the client's reading paces it.
     #[test]
     fn interim_answers_and_a_late_relay_say_nothing_of_the_url() {
-        let outlier = crate::upstream::settings::Outlier {
-            consecutive_failures: 2,
-            eject_seconds: 60.0,
-            service_exceptions: false,
-            failure_statuses: vec![502, 503, 504],
-        };
+        let outlier = two_failures(vec![502, 503, 504]);
         let mut p = plan_with(Some(outlier.clone()));
         for _ in 0..2 {
             answered(&mut p, 103, false);
