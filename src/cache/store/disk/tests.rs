@@ -1,3 +1,4 @@
+use super::room::{free_bytes, size_text, RAISE_EVERY_MS};
 use super::*;
 
 /// A tier in a fresh directory of its own (`name` tells the tests apart), for the test's
