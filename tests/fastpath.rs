@@ -130,6 +130,15 @@ fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
                 &mut out,
                 b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: keep-alive, X-Up-Hop\r\nX-Up-Hop: secret\r\nKeep-Alive: timeout=30\r\nX-Up: hop\r\n\r\nok",
             ),
+            // The body's framing named by `Connection`: it is the answer's all the same.
+            "/hop-length" => w(
+                &mut out,
+                b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 5\r\n\r\nhello",
+            ),
+            "/hop-chunked" => w(
+                &mut out,
+                b"HTTP/1.1 200 OK\r\nConnection: Transfer-Encoding\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+            ),
             "/tile" => w(
                 &mut out,
                 b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nCache-Control: max-age=300\r\nETag: \"t1\"\r\nContent-Length: 5\r\n\r\ntile!",
@@ -517,6 +526,33 @@ fn hop_by_hop_headers_stay_on_their_connection_with(fast: &str) {
         r.headers
     );
     assert_eq!(r.header("connection"), Some("keep-alive"));
+    // An answer whose `Connection` names its framing keeps it, and the connection serves on:
+    // the next request, sent with it, is answered.
+    for path in ["/hop-length", "/hop-chunked"] {
+        let mut pending = Vec::new();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: tiles\r\n\r\nGET /hop HTTP/1.1\r\nHost: tiles\r\n\r\n")
+                .as_bytes(),
+        )
+        .expect("send");
+        let r = read_next_response(&mut s, &mut pending, false);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "hello"),
+            "fast path {fast}: {path}"
+        );
+        assert!(
+            r.header("content-length").is_some() || r.header("transfer-encoding").is_some(),
+            "fast path {fast}: {path} lost its framing: {:?}",
+            r.headers
+        );
+        let r = read_next_response(&mut s, &mut pending, false);
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "ok"),
+            "fast path {fast}: the request after {path}"
+        );
+    }
 }
 
 /// An answer read whole is written with a head made from the upstream's: its reason, its

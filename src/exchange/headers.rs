@@ -55,7 +55,11 @@ pub trait HeaderMapped: EditableHeaders {
     fn headers(&self) -> &http::HeaderMap;
 }
 
-/// Removes the connection's own headers, and those its `Connection` header names.
+/// Removes the connection's own headers, and those its `Connection` header names but the
+/// body's framing: an upstream's `Connection: Content-Length` took the answer's length away,
+/// and the client got a body that ended only when its connection closed, under a head saying
+/// `keep-alive` (a request it had sent behind it was lost). (A request naming them is refused,
+/// see [`crate::wire::connection_refused`].)
 pub fn strip_hop_by_hop(head: &mut impl HeaderMapped) {
     let headers = head.headers();
     if !HOP_BY_HOP.iter().any(|h| headers.contains_key(h)) {
@@ -63,6 +67,7 @@ pub fn strip_hop_by_hop(head: &mut impl HeaderMapped) {
     }
     let named: Vec<HeaderName> = crate::wire::connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t).ok())
+        .filter(|n| *n != http::header::CONTENT_LENGTH && *n != http::header::TRANSFER_ENCODING)
         .collect();
     for h in HOP_BY_HOP.iter().chain(named.iter()) {
         head.remove(h);
