@@ -1171,6 +1171,60 @@ fn after_the_hand_over_the_admin_api_answers_from_the_new_process() {
     drop(new);
 }
 
+/// An upgrade to a config whose listeners moved (the gateway's and the Admin API's ports)
+/// closes the sockets it was handed for the old addresses: they were kept open and never
+/// served (connections taken and left hanging), and an upgrade back to those addresses found
+/// them in use.
+#[test]
+fn an_upgrade_that_moves_the_listeners_closes_the_old_sockets() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    let (port, admin_port) = (support::free_port(), support::free_port());
+    let moved = gateway_yml("/tiles/*", &up.url(""), "")
+        .replace("${PORT}", &port.to_string())
+        .replace("${ADMIN_PORT}", &admin_port.to_string());
+    save(&dir, "gateway.config.yml", &moved);
+    std::thread::sleep(PAST_QUIET);
+    let new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    std::thread::sleep(Duration::from_secs(1));
+    old.signal("QUIT");
+    let mut old = old;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the old process did not leave");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    assert_eq!(
+        get(port, "GET", "/tiles/x", &[]).status,
+        200,
+        "{}",
+        new_log()
+    );
+    assert_eq!(
+        get(admin_port, "GET", "/metrics", &[("Host", "127.0.0.1")]).status,
+        200
+    );
+    // The old addresses are free: no socket of the new process listens there.
+    for (what, at) in [("gateway", old.port), ("Admin API", old.admin_port)] {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("socket");
+        // (Despite the connections the old process closed, in TIME_WAIT.)
+        s.set_reuse_address(true).expect("SO_REUSEADDR");
+        let addr: std::net::SocketAddr = format!("0.0.0.0:{at}").parse().expect("address");
+        let bound = s.bind(&addr.into()).and_then(|()| s.listen(1));
+        assert!(
+            bound.is_ok(),
+            "the old {what} port {at} is still held: {bound:?}\nnew: {}",
+            new_log()
+        );
+    }
+    drop(new);
+}
+
 /// A Redis holding EG's fixture, an upstream, and a config of one key-auth route to it on
 /// that Redis.
 fn keyed_on_redis() -> (support::redis::RedisServer, PyUpstream, ConfigDir) {

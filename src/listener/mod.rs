@@ -267,6 +267,14 @@ where
     fn threads(&self) -> Option<usize> {
         self.threads
     }
+
+    /// Every address this service listens on (the keys of [`listen`]'s descriptor table):
+    /// Pingora closes the sockets an upgrade handed over that no service of the new process
+    /// listens on. Before, a listener the new config moved or dropped stayed open, connections
+    /// to it were taken and never served, and an upgrade back to its address found it in use.
+    fn listen_addresses(&self) -> Option<Vec<String>> {
+        Some(self.endpoints.iter().map(|e| e.addr.clone()).collect())
+    }
 }
 
 /// The listening socket for `addr`: the one an upgrading predecessor handed over, else a new
