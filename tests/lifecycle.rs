@@ -1222,6 +1222,11 @@ fn an_upgrade_that_moves_the_listeners_closes_the_old_sockets() {
             new_log()
         );
     }
+    assert!(
+        new_log().contains("Closed 2 inherited listening socket(s) not claimed"),
+        "{}",
+        new_log()
+    );
     drop(new);
 }
 
