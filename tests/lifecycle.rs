@@ -543,6 +543,22 @@ fn restart_only_changes_are_said_and_wait_for_the_next_start() {
     );
     assert!(std::net::TcpStream::connect(("127.0.0.1", other)).is_err());
     assert!(gw.log_text().contains("applies at the next start"));
+    // Of `crypto`, only `saltRounds` is used: a new `cipherKey` changes nothing.
+    let system = "db:\n  redis:\n    emulate: true\n";
+    let reload_with = |crypto: &str| {
+        save(
+            &dir,
+            "system.config.yml",
+            &format!("{system}crypto: {crypto}\n"),
+        );
+        let r = support::json_body(&send_json(gw.admin_port, "POST", "/tollgate/reload", ""));
+        assert_eq!(r["result"], "reloaded", "{r}");
+        r["restartRequired"].to_string()
+    };
+    let said = reload_with("{cipherKey: another}");
+    assert!(!said.contains("crypto"), "{said}");
+    let said = reload_with("{cipherKey: another, saltRounds: 12}");
+    assert!(said.contains("crypto.saltRounds changed"), "{said}");
 }
 
 /// The rest of an https gateway's config: the Admin API and one pipeline to `up`.

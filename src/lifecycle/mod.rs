@@ -111,7 +111,13 @@ impl StartOnly {
                 "the consumer store (db.redis)",
                 format!("{:?}", loaded.system.redis),
             ),
-            ("crypto.saltRounds", format!("{:?}", loaded.system.crypto)),
+            // (The one `crypto` setting tollgate uses: `cipherKey` and `algorithm` cipher EG's
+            // oauth2 secrets, which tollgate has not; a change of them was said to be one of
+            // `saltRounds`.)
+            (
+                "crypto.saltRounds",
+                loaded.system.crypto.salt_rounds.to_string(),
+            ),
         ])
     }
 
