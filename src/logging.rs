@@ -265,12 +265,36 @@ impl Logger {
     }
 }
 
+thread_local! {
+    /// The warnings [`capture_warnings`] collects on this thread while it runs.
+    static CAPTURED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f`, and gives with its result tollgate's warnings logged on this thread meanwhile
+/// (written to the log as ever): a reload's answer says what the config's reading warned of
+/// (a field that is ignored, a pipeline naming an api endpoint that is not there), which
+/// before only the log said. (Warnings are collected as they are logged: not at all under
+/// `RUST_LOG=error`.)
+pub fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
+    let outer = CAPTURED.with(|c| c.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let captured = CAPTURED.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+    (out, captured.unwrap_or_default())
+}
+
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata<'_>) -> bool {
         self.inner.enabled(metadata) && !self.muted(metadata.target(), metadata.level())
     }
 
     fn log(&self, record: &Record<'_>) {
+        if record.level() == Level::Warn && record.target().starts_with("tollgate") {
+            CAPTURED.with(|c| {
+                if let Some(w) = c.borrow_mut().as_mut() {
+                    w.push(record.args().to_string());
+                }
+            });
+        }
         let level = effective_level(record);
         if self.muted(record.target(), level) {
             return;

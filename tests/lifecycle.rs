@@ -94,17 +94,20 @@ fn reload_on_a_change_on_sighup_and_on_demand() {
     wait_for("SIGHUP reload", || {
         get(gw.port, "GET", "/two/x", &[]).status == 200
     });
+    // (With a field mistyped: the answer says what the log says of it.)
     save(
         &dir,
         "gateway.config.yml",
-        &gateway_yml("/three/*", &up.url(""), ""),
+        &gateway_yml("/three/*", &up.url(""), "")
+            .replace("{paths: '/three/*'}", "{paths: '/three/*', scope: [wms]}"),
     );
     let admin = format!("http://127.0.0.1:{}", gw.admin_port);
     let out = run_tollgate(&["reload", "--admin-url", &admin], &[]);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        said.contains("warning: ") && said.contains("`scope` is no field of an apiEndpoint"),
+        "{said}"
     );
     assert_eq!(get(gw.port, "GET", "/three/x", &[]).status, 200);
     assert!(

@@ -446,6 +446,9 @@ fn reload(client: &admin_client::AdminClient) -> consumers::Outcome {
         .call("POST", "/tollgate/reload", None)
         .map_err(|e| e.to_string())?;
     let v = answer.json();
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", w.as_str().unwrap_or(""));
+    }
     match v["result"].as_str() {
         Some("failed") => {
             for e in v["errors"].as_array().into_iter().flatten() {

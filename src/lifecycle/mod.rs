@@ -55,6 +55,8 @@ pub struct Outcome {
     /// `reloaded`, `unchanged` or `failed`.
     pub result: &'static str,
     pub errors: Vec<String>,
+    /// What reading the config warned of (as logged): fields ignored, names not found.
+    pub warnings: Vec<String>,
     pub restart_required: Vec<String>,
 }
 
@@ -412,16 +414,20 @@ impl Lifecycle {
             return Outcome {
                 result: "unchanged",
                 errors: Vec::new(),
+                warnings: Vec::new(),
                 restart_required: self.restart_required(),
             };
         }
         let m = crate::metrics::metrics();
         let before = ReadBefore::of(&self.dirs, &self.files_in_force());
-        let models = Models::load(&self.dirs);
-        let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
-            self.inputs_kept(&loaded)?;
-            let started = Started::of(&loaded, before);
-            Ok((Gateway::build(loaded, &self.shared)?, started))
+        let ((models, built), warnings) = crate::logging::capture_warnings(|| {
+            let models = Models::load(&self.dirs);
+            let built = crate::config::load_dirs(&self.dirs).and_then(|loaded| {
+                self.inputs_kept(&loaded)?;
+                let started = Started::of(&loaded, before);
+                Ok((Gateway::build(loaded, &self.shared)?, started))
+            });
+            (models, built)
         });
         // Every problem at once, the models' with the config's (as `check` says them).
         let built = match (built, models) {
@@ -452,6 +458,7 @@ impl Lifecycle {
                 Outcome {
                     result: "failed",
                     errors: lines,
+                    warnings,
                     restart_required: st.restart_required.clone(),
                 }
             }
@@ -484,6 +491,7 @@ impl Lifecycle {
                 Outcome {
                     result: "reloaded",
                     errors: Vec::new(),
+                    warnings,
                     restart_required,
                 }
             }
