@@ -190,6 +190,17 @@ fn effective_level(record: &Record<'_>) -> Level {
             return Level::Debug;
         }
     }
+    // The watcher's own note that a watched directory went (removed and made again: the
+    // config watcher watches the new one, see `lifecycle::watch`).
+    if record.level() == Level::Warn
+        && record.target().starts_with("notify")
+        && record
+            .args()
+            .to_string()
+            .starts_with("Unable to remove the path from the watches")
+    {
+        return Level::Debug;
+    }
     if record.level() <= Level::Warn && record.target().starts_with("pingora") {
         let text = record.args().as_str().map_or_else(
             || std::borrow::Cow::Owned(record.args().to_string()),
@@ -444,6 +455,16 @@ mod levels {
         let text = "Peer sent more data than expected: extra 10 bytes";
         let target = "pingora_core::protocols::http::v1::body";
         assert_eq!(level_of(Level::Warn, target, text), Level::Warn);
+    }
+
+    /// The watcher's note that a watched directory went is debug (the config directory
+    /// removed and made again is watched anew); its other warnings stay.
+    #[test]
+    fn a_watched_directory_gone_is_debug() {
+        let text = "Unable to remove the path from the watches: Error { kind: WatchNotFound }";
+        assert_eq!(level_of(Level::Warn, "notify::inotify", text), Level::Debug);
+        let text = "inotify watch limit reached";
+        assert_eq!(level_of(Level::Warn, "notify::inotify", text), Level::Warn);
     }
 
     /// Pingora's server's steps of starting and stopping go to debug; its lines about the
