@@ -1,7 +1,7 @@
 //! The tile cache's families: requests by cache status and api endpoint, bytes served from the
-//! cache, what each tier holds, evictions, misses not admitted to a full memory tier, damaged
-//! disk files and writes the disk was too far behind for, waits on another request's fill,
-//! and purges.
+//! cache, what each tier holds, evictions, misses not admitted to a full memory tier or not
+//! stored for the memory the fills under way held, damaged disk files and writes the disk was
+//! too far behind for, waits on another request's fill, and purges.
 
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -26,6 +26,8 @@ pub struct CacheMetrics {
     budget: Vec<IntGauge>,
     evictions: Vec<IntCounter>,
     declined: IntCounter,
+    /// Fills not stored: the fills under way held the most ordinary memory they may.
+    fills_over: IntCounter,
     damaged: IntCounter,
     disk_skipped: IntCounter,
     disk_failed: IntCounter,
@@ -124,6 +126,11 @@ impl CacheMetrics {
             "Misses not stored because the memory tier was full and the tile not asked for before",
         ));
         reg(Box::new(declined.clone()));
+        let fills_over = must(IntCounter::new(
+            "tollgate_cache_fills_over_memory_total",
+            "Misses not stored because the fills under way held the most ordinary memory they may",
+        ));
+        reg(Box::new(fills_over.clone()));
         let damaged = must(IntCounter::new(
             "tollgate_cache_disk_damaged_total",
             "Damaged or partial disk cache files found (read as misses and removed)",
@@ -188,6 +195,7 @@ impl CacheMetrics {
                 .map(|t| evictions.with_label_values(&[t]))
                 .collect(),
             declined,
+            fills_over,
             damaged,
             disk_skipped,
             disk_failed,
@@ -246,6 +254,8 @@ impl CacheMetrics {
         }
         self.declined
             .inc_by(c.declined().saturating_sub(self.declined.get()));
+        self.fills_over
+            .inc_by(c.store.fills_over().saturating_sub(self.fills_over.get()));
         let damaged = c.store.damaged();
         self.damaged
             .inc_by(damaged.saturating_sub(self.damaged.get()));

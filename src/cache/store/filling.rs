@@ -25,6 +25,11 @@ pub struct Filling {
     /// Shared memory had no room for the declared length (or does not keep a body of it): not
     /// asked again when the body is stored (a refusal is counted once).
     pub(super) room_refused: bool,
+    /// The bytes of the body in ordinary memory counted in [`TileStore::filling_bytes`].
+    pub(super) held: usize,
+    /// The fills under way held the most they may: this one collects nothing more and is not
+    /// stored.
+    pub(super) over: bool,
 }
 
 /// A body being collected: in the memory tier's shared memory when its declared length is one
@@ -39,6 +44,14 @@ impl FillBody {
         match self {
             FillBody::Heap(b) => b.len(),
             FillBody::Shared(w) => w.len(),
+        }
+    }
+
+    /// The bytes held in ordinary memory.
+    fn on_heap(&self) -> usize {
+        match self {
+            FillBody::Heap(b) => b.len(),
+            FillBody::Shared(_) => 0,
         }
     }
 
@@ -64,12 +77,46 @@ impl FillBody {
 }
 
 impl Filling {
+    /// Adds `data` to the body. The bodies of the fills under way held in ordinary memory
+    /// (those the shared memory has no place for) are [`TileStore::filling_max`] bytes at
+    /// most together: a fill that would go past it lets its body go and is not stored (its
+    /// client gets the whole answer all the same). Before, each client that read slowly held
+    /// its fill's body so far: a hundred of them, each asking for a different 8 MB tile, grew
+    /// the gateway by 300 MB past a 64 MiB budget.
     pub fn append(&mut self, data: &[u8]) {
+        if self.over {
+            return;
+        }
         self.body.reserve(data.len());
         match &mut self.body {
             FillBody::Shared(w) => w.write_past_caches(data),
             FillBody::Heap(b) => b.extend_from_slice(data),
         }
+        let more = self.body.on_heap().saturating_sub(self.held);
+        if more == 0 {
+            return;
+        }
+        use std::sync::atomic::Ordering::Relaxed;
+        let total = self.store.filling_bytes.fetch_add(more, Relaxed) + more;
+        self.held += more;
+        if total > self.store.filling_max {
+            self.over = true;
+            self.let_go();
+            self.body = FillBody::Heap(BytesMut::new());
+            self.store.fills_over.fetch_add(1, Relaxed);
+            log::debug!(
+                "tile cache: a fill not stored: the fills under way hold {} bytes",
+                self.store.filling_max
+            );
+        }
+    }
+
+    /// Takes the body's bytes out of [`TileStore::filling_bytes`].
+    fn let_go(&mut self) {
+        let held = std::mem::take(&mut self.held);
+        self.store
+            .filling_bytes
+            .fetch_sub(held, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The body collected so far, in bytes.
@@ -87,6 +134,14 @@ impl Filling {
         let Some(meta) = self.meta.take() else {
             return Error::e_explain(ErrorType::InternalError, "fill finished twice");
         };
+        // (Counted no longer: stored, the body is the memory tier's; else dropped.)
+        self.let_go();
+        if self.over {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "the fills under way held the most memory they may: not stored",
+            );
+        }
         let declared = meta.head.content_length();
         let size = self.body.len();
         if declared.is_some_and(|d| d != size) && meta.head.status() != 304 {
@@ -127,6 +182,12 @@ impl Filling {
             d.put(obj.clone(), self.seen);
         }
         Ok(obj)
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        self.let_go();
     }
 }
 

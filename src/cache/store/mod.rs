@@ -169,7 +169,19 @@ pub struct TileStore {
     /// Purges (shared with the disk tier): what a fetch, a disk read or a revalidation begun
     /// before or during a purge would store is not stored.
     purges: Arc<Purges>,
+    /// Bytes the fills under way hold in ordinary memory (bodies the shared memory has no
+    /// place for), and the most they may ([`FILLING_MAX_SHARE`] of the memory tier's budget,
+    /// at least [`FILLING_MAX_LEAST`]): see [`Filling::append`].
+    pub(super) filling_bytes: std::sync::atomic::AtomicUsize,
+    pub(super) filling_max: usize,
+    /// Fills not stored because the fills under way held [`Self::filling_max`].
+    pub(super) fills_over: std::sync::atomic::AtomicU64,
 }
+
+/// The share of the memory tier's budget the fills under way may hold besides it (a quarter).
+const FILLING_MAX_SHARE: usize = 4;
+/// The least the fills under way may hold: the largest `maxObjectSize` (60 MiB) fits.
+const FILLING_MAX_LEAST: usize = 64 << 20;
 
 /// The store's count of purges when a request's fetch began ([`TileStore::epoch`]), put in
 /// the metadata of its answer for the storage calls Pingora makes with it.
@@ -352,9 +364,12 @@ impl TileStore {
             .as_ref()
             .map_or_else(Default::default, DiskTier::purges);
         TileStore {
+            filling_max: (memory.budget() / FILLING_MAX_SHARE).max(FILLING_MAX_LEAST),
             memory,
             disk,
             purges,
+            filling_bytes: Default::default(),
+            fills_over: Default::default(),
         }
     }
 
@@ -392,6 +407,12 @@ impl TileStore {
         }
         true
     }
+    /// Fills not stored so far because the fills under way held the most ordinary memory
+    /// they may.
+    pub fn fills_over(&self) -> u64 {
+        self.fills_over.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Memory, then disk (zeros when there is no disk tier).
     pub fn tiers(&self) -> [TierState; 2] {
         use std::sync::atomic::Ordering::Relaxed;
@@ -458,6 +479,8 @@ impl TileStore {
             body,
             seen,
             room_refused,
+            held: 0,
+            over: false,
         }
     }
 

@@ -109,7 +109,7 @@ fn a_body_past_its_place_in_shared_memory_moves_whole() {
     for piece in data.chunks(5000) {
         filling.append(piece);
     }
-    match filling.body {
+    match &filling.body {
         FillBody::Heap(b) => assert!(b[..] == data[..]),
         FillBody::Shared(_) => panic!("30000 bytes in an 8 KiB place"),
     }
@@ -132,4 +132,44 @@ fn a_content_length_is_digits_only_within_usize() {
     }
     let none = pingora_http::ResponseHeader::build(200, None).unwrap();
     assert_eq!(content_length(&none), None);
+}
+
+/// The fills under way hold at most `filling_max` bytes in ordinary memory together: the fill
+/// that would go past it collects nothing more and is not stored, and is counted; the others
+/// are stored; what each held is given back when it is stored or dropped.
+#[test]
+fn fills_under_way_hold_at_most_their_share_of_ordinary_memory() {
+    let mut store = TileStore::new(memory::MemoryTier::new(1 << 20), None);
+    store.filling_max = 250_000;
+    let store: &'static TileStore = Box::leak(Box::new(store));
+    // Bodies of unknown length (chunked): collected on the heap.
+    let resp = pingora_http::ResponseHeader::build(200, None).unwrap();
+    let chunk = vec![b't'; 10_000];
+    let mut fills: Vec<Filling> = (0..3u8)
+        .map(|i| store.filling([i; 16], meta(&resp), store.epoch()))
+        .collect();
+    // 100,000 bytes each, one after the other: the third goes past 250,000.
+    for f in &mut fills {
+        for _ in 0..10 {
+            f.append(&chunk);
+        }
+    }
+    let used = store
+        .filling_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(used <= 250_000, "{used} bytes held");
+    let stored: Vec<bool> = fills.iter_mut().map(|f| f.store().is_ok()).collect();
+    assert_eq!(stored, [true, true, false]);
+    assert_eq!(store.fills_over(), 1);
+    drop(fills);
+    let used = store
+        .filling_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(used, 0);
+    // With room again, a fill is stored.
+    let mut f = store.filling([9; 16], meta(&resp), store.epoch());
+    for _ in 0..10 {
+        f.append(&chunk);
+    }
+    assert!(f.store().is_ok());
 }
