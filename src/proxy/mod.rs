@@ -53,6 +53,21 @@ pub struct Tollgate {
     /// bounds each pause only, and a body trickling a byte a minute would hold its
     /// connection and its upstream's for ever.
     pub request_timeout: Duration,
+    /// How long a read of a request's body may wait (the connection's `--body-timeout`).
+    pub body_timeout: Duration,
+}
+
+impl Tollgate {
+    /// The next read of the request's body waits the body timeout, or what is left of the
+    /// request timeout when that is less: the request timeout was looked at only as a piece
+    /// came, and a body trickling a byte every few seconds got its `408` up to a body timeout
+    /// late.
+    fn bound_body_read(&self, session: &mut Session, ctx: &RequestCtx) {
+        let left = self.request_timeout.saturating_sub(ctx.started.elapsed());
+        session.set_read_timeout(Some(
+            self.body_timeout.min(left).max(Duration::from_millis(1)),
+        ));
+    }
 }
 
 /// Per-request state across Pingora's phases.
@@ -157,6 +172,7 @@ impl ProxyHttp for Tollgate {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        self.bound_body_read(session, ctx);
         if session.is_http2() {
             session.set_write_timeout(Some(self.h2_send_timeout));
             let client = session.client_addr().and_then(PeerAddr::as_inet).copied();
@@ -438,6 +454,7 @@ impl ProxyHttp for Tollgate {
             e.as_down();
             return Err(e);
         }
+        self.bound_body_read(session, ctx);
         Ok(())
     }
 

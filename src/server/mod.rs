@@ -362,6 +362,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
                     health: health.clone(),
                     h2_send_timeout: limits.send_timeout,
                     request_timeout: limits.request_timeout,
+                    body_timeout: limits.body_timeout,
                 },
             );
             proxy.h2_options = Some(crate::listener::h2::options(limits.max_connections));
