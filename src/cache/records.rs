@@ -74,12 +74,28 @@ pub fn keep_records(background: &tokio::runtime::Handle) {
             let save = tick % saves == 0;
             let _ = tokio::task::spawn_blocking(move || {
                 if let Some(c) = super::get() {
-                    if c.store.disk.as_ref().is_some_and(|d| d.made_again()) {
-                        c.endpoints.record_again();
-                        c.prefixes.record_again();
-                        if let Some((dir, _)) = &c.options.disk {
+                    let remade = c.store.disk.as_ref().is_some_and(|d| d.made_again());
+                    if let Some((dir, _)) = &c.options.disk {
+                        // The purge records themselves removed while running (the directory
+                        // emptied by hand: its secret, made again at once, escaped the removal,
+                        // the records written after it did not), written again from what this
+                        // process knows: the next start took the tier's tiles for ones of
+                        // unknown purges, or, without the marker, for an earlier version's.
+                        let gone = records_gone(dir);
+                        if gone && !remade {
+                            log::warn!(
+                                "tile cache directory {}: its purge records were removed while \
+                                 running; written again",
+                                dir.display()
+                            );
+                        }
+                        if remade || gone {
+                            c.endpoints.record_again();
+                            c.prefixes.record_again();
                             mark_kept(dir);
                         }
+                    }
+                    if remade {
                         c.forwarding.unsaved();
                     }
                     c.endpoints.follow_record();
@@ -92,6 +108,16 @@ pub fn keep_records(background: &tokio::runtime::Handle) {
             .await;
         }
     });
+}
+
+/// Whether a purge record or the marker that says both are kept is missing from `dir`.
+fn records_gone(dir: &std::path::Path) -> bool {
+    ["generations.json", "prefixes.json", super::RECORDS_KEPT]
+        .iter()
+        .any(|f| {
+            matches!(std::fs::symlink_metadata(dir.join(f)),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+        })
 }
 
 /// Writes the marker that says both purge records are kept in `dir` (after them).

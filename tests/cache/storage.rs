@@ -579,6 +579,53 @@ fn a_removed_purge_record_empties_the_disk_tier() {
     let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
+/// The purge records removed while the gateway runs (a directory emptied by hand: its secret,
+/// made again at once, escaped the removal, the records did not) are written again from what
+/// the process knows, and the next start keeps the tiles and the purge: before, they stayed
+/// gone, and the next start took the tiles for ones of purges it could not know.
+#[test]
+fn purge_records_removed_while_running_are_written_again() {
+    let up = PyUpstream::start("tiles", 5.0);
+    let (cache_dir, dir_arg) = fresh_cache_dir("records-removed-running");
+    let (dir, gw) = start(&up, "{ttl: 600}", &["--cache-dir", &dir_arg]);
+    let (purged, kept) = ("/tiles/bytes/20000/p.png", "/tiles/bytes/20000/k.png");
+    assert_eq!(cache_status(&tile(&gw, purged, 0)), "MISS");
+    assert_eq!(purge(&gw, r#"{"apiEndpoint": "tiles"}"#).status, 200);
+    assert_eq!(cache_status(&tile(&gw, kept, 0)), "MISS");
+    wait_for_disk(&cache_dir, 2);
+    let records = ["generations.json", "prefixes.json", "records.kept"];
+    for record in records {
+        std::fs::remove_file(cache_dir.join(record)).expect("remove the record");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !records.iter().all(|r| cache_dir.join(r).is_file()) {
+        assert!(
+            Instant::now() < deadline,
+            "records not written again:\n{}",
+            gw.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        gw.log_text()
+            .contains("purge records were removed while running"),
+        "{}",
+        gw.log_text()
+    );
+    drop(gw);
+    let gw = restarted(&dir, &dir_arg);
+    // The tile stored after the purge is kept; the purge holds.
+    assert_eq!(
+        cache_status(&tile(&gw, kept, 0)),
+        "HIT",
+        "{}",
+        gw.log_text()
+    );
+    assert_eq!(cache_status(&tile(&gw, purged, 0)), "MISS");
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&cache_dir);
+}
+
 /// An api endpoint's purge whose record could not be written is in effect until a restart;
 /// the next purge after the restart does not take its generation again (which would bring
 /// back the tiles stored under it).
