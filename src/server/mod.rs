@@ -351,7 +351,12 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         check_free(&listen)?;
     }
 
-    let limits = fit_to_fd_limit(opts.client_limits.clone(), opts.max_connections_given, fds);
+    let limits = fit_to_fd_limit(
+        opts.client_limits.clone(),
+        opts.max_connections_given,
+        fds,
+        admin.is_some(),
+    );
     let mut gateway_service = ListenerService::new(
         "tollgate gateway",
         {
@@ -478,11 +483,23 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
 /// leaves room for an upstream connection per client connection; a cap given on the command
 /// line only needs a descriptor per client connection (idle clients, as map users between two
 /// views, hold none upstream).
-fn fit_to_fd_limit(mut limits: ClientLimits, given: bool, fds: Option<u64>) -> ClientLimits {
+fn fit_to_fd_limit(
+    mut limits: ClientLimits,
+    given: bool,
+    fds: Option<u64>,
+    admin: bool,
+) -> ClientLimits {
     let Some(fds) = fds else {
         return limits;
     };
-    let usable = fds.saturating_sub(RESERVED_FDS);
+    // The Admin API's connections are its own, beside the cap: their descriptors were not
+    // counted (a probe held its 256 under a limit of 1024 and the gateway's port ran out).
+    let admin_fds = if admin {
+        ADMIN_MAX_CONNECTIONS as u64
+    } else {
+        0
+    };
+    let usable = fds.saturating_sub(RESERVED_FDS + admin_fds);
     let fit = (if given { usable } else { usable / 2 }).max(16) as usize;
     if limits.max_connections > fit {
         if given {
@@ -558,5 +575,28 @@ fn bind_addr(host: Option<&str>, default: &str, port: u16) -> String {
         format!("[{host}]:{port}")
     } else {
         format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The cap keeps two descriptors per client connection (one for its upstream) within the
+    /// open-files limit, after the spare ones and, where the Admin API listens, its own
+    /// connections; a cap given keeps one.
+    #[test]
+    fn the_connection_cap_leaves_the_admin_apis_descriptors_out() {
+        let cap = |given: bool, asked: usize, admin: bool| {
+            let limits = ClientLimits {
+                max_connections: asked,
+                ..ClientLimits::default()
+            };
+            fit_to_fd_limit(limits, given, Some(1024), admin).max_connections
+        };
+        assert_eq!(cap(false, 10_000, true), (1024 - 256 - 256) / 2);
+        assert_eq!(cap(false, 10_000, false), (1024 - 256) / 2);
+        assert_eq!(cap(true, 10_000, true), 1024 - 256 - 256);
+        assert_eq!(cap(true, 100, true), 100);
     }
 }
