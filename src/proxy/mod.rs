@@ -61,12 +61,15 @@ impl Tollgate {
     /// The next read of the request's body waits the body timeout, or what is left of the
     /// request timeout when that is less: the request timeout was looked at only as a piece
     /// came, and a body trickling a byte every few seconds got its `408` up to a body timeout
-    /// late.
+    /// late. (An upgrade's frames are no body: the request timeout does not bound them.)
     fn bound_body_read(&self, session: &mut Session, ctx: &RequestCtx) {
-        let left = self.request_timeout.saturating_sub(ctx.started.elapsed());
-        session.set_read_timeout(Some(
-            self.body_timeout.min(left).max(Duration::from_millis(1)),
-        ));
+        let wait = if session.is_upgrade_req() || session.was_upgraded() {
+            self.body_timeout
+        } else {
+            let left = self.request_timeout.saturating_sub(ctx.started.elapsed());
+            self.body_timeout.min(left).max(Duration::from_millis(1))
+        };
+        session.set_read_timeout(Some(wait));
     }
 }
 

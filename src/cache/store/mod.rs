@@ -407,6 +407,7 @@ impl TileStore {
         }
         true
     }
+
     /// Fills not stored so far because the fills under way held the most ordinary memory
     /// they may.
     pub fn fills_over(&self) -> u64 {
