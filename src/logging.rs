@@ -68,8 +68,14 @@ const NORMAL_EVENTS: &[&str] = &[
 ];
 
 /// Pingora messages (by what they hold) about a normal event: a purge that came while a tile
-/// was fetched (the tile is answered, not stored: see The tile cache's Operations).
-const NORMAL_WITHIN: &[&str] = &["purged while it was fetched"];
+/// was fetched (the tile is answered, not stored: see The tile cache's Operations), a fill not
+/// stored for the memory the fills under way held (counted in
+/// `tollgate_cache_fills_over_memory_total`; a warning per tile flooded the log in just the
+/// overload the bound is for).
+const NORMAL_WITHIN: &[&str] = &[
+    "purged while it was fetched",
+    "the fills under way held the most memory they may",
+];
 
 /// Pingora messages (by what they hold) that name each tile, written by tollgate once per api
 /// endpoint instead: a stale tile answered for an upstream failure.
@@ -287,9 +293,19 @@ thread_local! {
 /// before only the log said. (Warnings are collected as they are logged: not at all under
 /// `RUST_LOG=error`.)
 pub fn capture_warnings<T>(f: impl FnOnce() -> T) -> (T, Vec<String>) {
-    let outer = CAPTURED.with(|c| c.borrow_mut().replace(Vec::new()));
+    /// Puts back what was collected before, however `f` ends (a panic too: the thread, one of
+    /// the blocking pool's, would collect every later warning without end).
+    struct Restore(Option<Vec<String>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            let _ = CAPTURED.try_with(|c| *c.borrow_mut() = outer);
+        }
+    }
+    let restore = Restore(CAPTURED.with(|c| c.borrow_mut().replace(Vec::new())));
     let out = f();
-    let captured = CAPTURED.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer));
+    let captured = CAPTURED.with(|c| c.borrow_mut().take());
+    drop(restore);
     (out, captured.unwrap_or_default())
 }
 
@@ -299,10 +315,19 @@ impl Log for Logger {
     }
 
     fn log(&self, record: &Record<'_>) {
-        if record.level() == Level::Warn && record.target().starts_with("tollgate") {
-            CAPTURED.with(|c| {
-                if let Some(w) = c.borrow_mut().as_mut() {
-                    w.push(record.args().to_string());
+        if record.level() == Level::Warn
+            && record.target().starts_with("tollgate")
+            && CAPTURED
+                .try_with(|c| c.try_borrow().is_ok_and(|c| c.is_some()))
+                .unwrap_or(false)
+        {
+            // (Formatted before the borrow: a value whose formatting logs would find it held.)
+            let text = record.args().to_string();
+            let _ = CAPTURED.try_with(|c| {
+                if let Ok(mut c) = c.try_borrow_mut() {
+                    if let Some(w) = c.as_mut() {
+                        w.push(text);
+                    }
                 }
             });
         }
@@ -405,6 +430,22 @@ impl Log for Logger {
 mod tests {
     use super::*;
 
+    /// A capture ends with its closure, however that ends (a reload that panics left its
+    /// thread collecting every later warning), and a capture within another gives the outer
+    /// one back.
+    #[test]
+    fn a_capture_of_warnings_ends_with_its_closure() {
+        let collecting = || CAPTURED.with(|c| c.borrow().is_some());
+        let panicked = std::panic::catch_unwind(|| capture_warnings(|| panic!("a reload")));
+        assert!(panicked.is_err());
+        assert!(!collecting());
+        // Within the outer capture: the inner one ends, and the outer one is collecting again.
+        let ((inner_empty, outer_again), _) =
+            capture_warnings(|| (capture_warnings(|| ()).1.is_empty(), collecting()));
+        assert!(inner_empty && outer_again);
+        assert!(!collecting());
+    }
+
     #[test]
     fn dumping_libraries_are_verbose_only_when_named_at_debug_or_trace() {
         assert_eq!(named_verbose("debug,pingora_proxy=debug"), ["pingora"]);
@@ -455,6 +496,16 @@ mod levels {
         let text = "Peer sent more data than expected: extra 10 bytes";
         let target = "pingora_core::protocols::http::v1::body";
         assert_eq!(level_of(Level::Warn, target, text), Level::Warn);
+    }
+
+    /// Pingora's line of a fill the memory bound kept from being stored is debug: counted.
+    #[test]
+    fn a_fill_over_the_memory_bound_is_debug() {
+        let text = "Failed to finish cache miss admission: InternalError context: the fills under way held the most memory they may: not stored";
+        assert_eq!(
+            level_of(Level::Warn, "pingora_proxy::proxy_cache", text),
+            Level::Debug
+        );
     }
 
     /// The watcher's note that a watched directory went is debug (the config directory
