@@ -273,6 +273,13 @@ impl Fill {
             return;
         }
         f.append(data);
+        // Not to be stored (the fills under way hold the most memory they may): the requests
+        // waiting on the tile go on now, not once this fill's client has read it all.
+        if f.is_over() {
+            self.filling = None;
+            self.outcome = LockStatus::TransientError;
+            self.release();
+        }
     }
 
     fn give_up_too_large(&mut self) {

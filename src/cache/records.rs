@@ -81,18 +81,20 @@ pub fn keep_records(background: &tokio::runtime::Handle) {
                         // the records written after it did not), written again from what this
                         // process knows: the next start took the tier's tiles for ones of
                         // unknown purges, or, without the marker, for an earlier version's.
-                        let gone = records_gone(dir);
-                        if gone && !remade {
+                        // (A process that handed its sockets over leaves the directory to the
+                        // new one, as `made_again` does.)
+                        let gone = !crate::listener::handed_over() && records_gone(dir);
+                        if remade || gone {
+                            c.endpoints.record_again();
+                            c.prefixes.record_again();
+                            mark_kept(dir);
+                        }
+                        if gone && !remade && !records_gone(dir) {
                             log::warn!(
                                 "tile cache directory {}: its purge records were removed while \
                                  running; written again",
                                 dir.display()
                             );
-                        }
-                        if remade || gone {
-                            c.endpoints.record_again();
-                            c.prefixes.record_again();
-                            mark_kept(dir);
                         }
                     }
                     if remade {

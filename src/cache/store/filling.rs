@@ -119,6 +119,12 @@ impl Filling {
             .fetch_sub(held, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether the fills under way held the most they may as this one went on: it is not
+    /// stored.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
     /// The body collected so far, in bytes.
     pub fn size(&self) -> usize {
         self.body.len()
