@@ -244,10 +244,10 @@ fn purge_target(url: &str) -> Result<(Option<&str>, Cow<'_, str>), &'static str>
         Some(_) if path.contains(' ') => path.replace(' ', "%20").into(),
         Some(_) => path.into(),
     };
-    // (The URI parser takes 65,534 bytes at most: a longer `url` was said to have a character
-    // no request target has.)
-    if path.len() >= usize::from(u16::MAX) {
-        return Err("`url` is longer than any request's target may be (64 KiB)");
+    // (No request's head is longer, and the URI parser takes 65,534 bytes at most: a longer
+    // `url` was said to have a character no request target has.)
+    if path.len() > crate::listener::MAX_REQUEST_HEAD {
+        return Err("`url` is longer than any request's head may be (32 KiB)");
     }
     if path.parse::<http::uri::PathAndQuery>().is_err() {
         return Err("`url` has a character no request target has");
@@ -319,7 +319,7 @@ mod tests {
         let long = format!("/{}", "a".repeat(100_000));
         assert_eq!(
             purge_target(&long).err(),
-            Some("`url` is longer than any request's target may be (64 KiB)")
+            Some("`url` is longer than any request's head may be (32 KiB)")
         );
     }
 }

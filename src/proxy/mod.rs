@@ -487,6 +487,8 @@ impl ProxyHttp for Tollgate {
         if upstream.version == http::Version::HTTP_11 && !session.is_body_empty() {
             upstream.insert_header(http::header::CONNECTION, "close")?;
         }
+        // The body's first read comes after the upstream's connect: it waits what is left then.
+        self.bound_body_read(session, ctx);
         Ok(())
     }
 
