@@ -1211,11 +1211,7 @@ fn an_upgrade_that_moves_the_listeners_closes_the_old_sockets() {
     std::thread::sleep(Duration::from_secs(1));
     old.signal("QUIT");
     let mut old = old;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while old.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the old process did not leave");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_gone(&mut old);
     let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
     assert_eq!(
         get(port, "GET", "/tiles/x", &[]).status,
@@ -1286,11 +1282,7 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
     std::thread::sleep(Duration::from_millis(500));
     old.signal("QUIT");
     let mut old = old;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while old.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the old process did not leave");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_gone(&mut old);
     let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
     for _ in 0..5 {
         let r = get(old.port, "GET", "/wmts/1", &key);
@@ -1347,11 +1339,7 @@ fn an_upgrade_with_populate_while_redis_is_down_serves_and_applies_the_file_late
     assert!(new.0.try_wait().expect("wait").is_none(), "{}", new_log());
     old.signal("QUIT");
     let mut old = old;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while old.child.try_wait().expect("wait").is_none() {
-        assert!(Instant::now() < deadline, "the old process did not leave");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until_gone(&mut old);
     // Served by the new process, Redis still down.
     let r = get(old.port, "GET", "/wmts/1", &kept);
     assert_eq!(r.status, 200, "{}\nnew: {}", r.text(), new_log());
@@ -1437,6 +1425,15 @@ fn exchange(s: &mut std::net::TcpStream, raw: &str) -> String {
         got.extend_from_slice(&buf[..n]);
     }
     head
+}
+
+/// Waits (20 s at most) for the process an upgrade took over from to end.
+fn wait_until_gone(old: &mut GatewayProcess) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while old.child.try_wait().expect("wait").is_none() {
+        assert!(Instant::now() < deadline, "the old process did not leave");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Starts the new process of a binary upgrade of `old` (same config and ports, `extra`
