@@ -1314,6 +1314,56 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
     drop(new);
 }
 
+/// A revocation just after an upgrade is followed at once. The new process serves with the
+/// credentials handed over while it reads the store, seconds with many credentials; it
+/// subscribed to the change messages only after that read, and a message published during it
+/// was lost until a second read (the one owed to the subscription) ended: twice the read's time.
+#[test]
+fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
+    let (redis, _up, dir) = keyed_on_redis();
+    // 200,000 credentials more: a read takes seconds.
+    redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    // (A read past the start's 10 s wait on a busy machine: 503 until it ends.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(old.port, "GET", "/wmts/1", &key).status != 200 {
+        assert!(Instant::now() < deadline, "{}", old.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    std::thread::sleep(Duration::from_millis(500));
+    old.signal("QUIT");
+    let mut old = old;
+    wait_until_gone(&mut old);
+    assert!(
+        new_log().contains("credentials taken from the process upgraded"),
+        "{}",
+        new_log()
+    );
+    // Revoked while the new process's read of the store runs, some credentials after the
+    // read passed them (on a machine fast enough to end the read before, the test cannot
+    // tell, and passes): each followed at once.
+    let mut revoked = 0;
+    support::redis::revoke_and_see_it_followed(
+        &redis,
+        old.port,
+        "kargo-ka-id",
+        "kargo-ka-secret",
+        new_log,
+    );
+    while old.metric("tollgate_consumer_cache_full_loads_total") < 1.0 {
+        let id = format!("bulk-{}-{revoked}", revoked * 7 % 200);
+        support::redis::revoke_and_see_it_followed(&redis, old.port, &id, "s", new_log);
+        revoked += 1;
+        assert!(revoked < 1000, "the read did not end:\n{}", new_log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(new);
+}
+
 /// An upgrade with `--populate` while Redis is down serves at once with the credentials taken
 /// over, and applies the file once Redis answers, in the background (the new process had the
 /// sockets and waited for Redis before serving: 60 s of nothing, then it left and nothing

@@ -841,25 +841,7 @@ fn only_a_resync_that_finds_a_change_is_an_info_line() {
 fn a_revocation_is_followed_while_a_long_resync_runs() {
     let (redis, _up, dir) = with_eg_fixture();
     // 200,000 credentials more: a load takes seconds.
-    let mut c = redis.conn();
-    for chunk in 0..200 {
-        let mut pipe = redis::pipe();
-        for i in 0..1000 {
-            let id = format!("bulk-{chunk}-{i}");
-            pipe.cmd("HSET")
-                .arg(format!("EG-key-auth:{id}"))
-                .arg("keyId")
-                .arg(&id)
-                .arg("keySecret")
-                .arg("s")
-                .arg("consumerId")
-                .arg(APP2)
-                .arg("isActive")
-                .arg("true")
-                .ignore();
-        }
-        let _: () = pipe.query(&mut c).expect("bulk credentials");
-    }
+    redis.add_bulk_key_auth(200, APP2);
     // (A resync that changes nothing is logged at debug.)
     let gw = GatewayProcess::start_with(
         &dir,
@@ -872,47 +854,15 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
     std::thread::sleep(Duration::from_millis(1500));
     // Revoked as a tollgate writing to the same Redis does it: the change, then its message;
     // followed at once (within a second), not after the resync.
-    let revoke = |c: &mut redis::Connection, id: &str, secret: &str| {
-        let _: i64 = redis::cmd("HSET")
-            .arg(format!("EG-key-auth:{id}"))
-            .arg("isActive")
-            .arg("false")
-            .query(c)
-            .expect("HSET");
-        let _: i64 = redis::cmd("PUBLISH")
-            .arg("EG-tollgate-invalidate")
-            .arg(format!("key-auth:{id}"))
-            .query(c)
-            .expect("PUBLISH");
-        let published = Instant::now();
-        let auth = format!("apiKey {id}:{secret}");
-        while get(
-            gw.port,
-            "GET",
-            "/wmts/1",
-            &[("Authorization", auth.as_str())],
-        )
-        .status
-            != 401
-        {
-            // A message held until the running load ends would wait anywhere up to a
-            // whole load: half the longest load seen (a second at least) tells it from a
-            // busy machine's slow round trip.
-            let log = gw.log_text();
-            let bound = longest_load(&log).div_f64(2.0).max(Duration::from_secs(1));
-            assert!(
-                published.elapsed() < bound,
-                "the revocation of {id} waited for the resync ({bound:?}):\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+    let revoke = |id: &str, secret: &str| {
+        support::redis::revoke_and_see_it_followed(&redis, gw.port, id, secret, || gw.log_text());
         format!("{id}:{secret}")
     };
-    let mut revoked = vec![revoke(&mut c, "kargo-ka-id", "kargo-ka-secret")];
+    let mut revoked = vec![revoke("kargo-ka-id", "kargo-ka-secret")];
     // More revocations through a whole load, some after it read the credential: each is
     // followed at once, and none is undone by the load's swap.
     for i in 0..25 {
-        revoked.push(revoke(&mut c, &format!("bulk-{}-{i}", i * 7), "s"));
+        revoked.push(revoke(&format!("bulk-{}-{i}", i * 7), "s"));
         std::thread::sleep(Duration::from_millis(150));
     }
     let loads = || gw.log_text().matches("credentials loaded").count();
@@ -935,28 +885,6 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(all_refused());
-}
-
-/// The longest of the credential loads the log reports (`… credentials loaded from … in
-/// 1.23s`).
-fn longest_load(log: &str) -> Duration {
-    log.lines()
-        .filter(|l| l.contains("credentials loaded"))
-        .filter_map(|l| {
-            let took = l.rsplit(" in ").next()?.trim();
-            let (number, unit) = took.split_at(took.find(|c: char| c.is_alphabetic() || c == 'µ')?);
-            let n: f64 = number.parse().ok()?;
-            let secs = match unit {
-                "s" => n,
-                "ms" => n / 1e3,
-                "µs" => n / 1e6,
-                "ns" => n / 1e9,
-                _ => return None,
-            };
-            Some(Duration::from_secs_f64(secs))
-        })
-        .max()
-        .unwrap_or_default()
 }
 
 /// A change message whose refresh fails (Redis paused past the command timeout just after

@@ -174,6 +174,47 @@ impl RedisServer {
             .expect("HSET");
     }
 
+    /// Adds `thousands` × 1,000 key-auth credentials of `consumer` (`bulk-<t>-<i>`, secret `s`):
+    /// enough that a full load takes seconds.
+    pub fn add_bulk_key_auth(&self, thousands: usize, consumer: &str) {
+        let mut c = self.conn();
+        for chunk in 0..thousands {
+            let mut pipe = redis::pipe();
+            for i in 0..1000 {
+                let id = format!("bulk-{chunk}-{i}");
+                pipe.cmd("HSET")
+                    .arg(format!("EG-key-auth:{id}"))
+                    .arg("keyId")
+                    .arg(&id)
+                    .arg("keySecret")
+                    .arg("s")
+                    .arg("consumerId")
+                    .arg(consumer)
+                    .arg("isActive")
+                    .arg("true")
+                    .ignore();
+            }
+            let _: () = pipe.query(&mut c).expect("bulk credentials");
+        }
+    }
+
+    /// Revokes a key-auth credential as a tollgate writing to this Redis does it: the change,
+    /// then its message.
+    pub fn revoke_key_auth(&self, id: &str) {
+        let mut c = self.conn();
+        let _: i64 = redis::cmd("HSET")
+            .arg(format!("EG-key-auth:{id}"))
+            .arg("isActive")
+            .arg("false")
+            .query(&mut c)
+            .expect("HSET");
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg("EG-tollgate-invalidate")
+            .arg(format!("key-auth:{id}"))
+            .query(&mut c)
+            .expect("PUBLISH");
+    }
+
     pub fn hgetall(&self, key: &str) -> std::collections::HashMap<String, String> {
         redis::cmd("HGETALL")
             .arg(key)
@@ -221,4 +262,54 @@ impl Drop for RedisServer {
 pub fn eg_fixture() -> serde_json::Value {
     let text = include_str!("../fixtures/eg-1.16.11/eg-redis-dump.json");
     serde_json::from_str(text).expect("fixture JSON")
+}
+
+/// Revokes the key-auth credential `id` (see [`RedisServer::revoke_key_auth`]) and waits until
+/// the gateway on `port` refuses it, for no longer than a message is followed in: a message
+/// held (or lost) until a full read of the store ends waits anywhere up to a whole read, and
+/// half the longest read in `log` (a second at least) tells it from a busy machine's slow
+/// round trip.
+pub fn revoke_and_see_it_followed(
+    redis: &RedisServer,
+    port: u16,
+    id: &str,
+    secret: &str,
+    log: impl Fn() -> String,
+) {
+    redis.revoke_key_auth(id);
+    let published = std::time::Instant::now();
+    let auth = format!("apiKey {id}:{secret}");
+    while super::get(port, "GET", "/wmts/1", &[("Authorization", auth.as_str())]).status != 401 {
+        let log = log();
+        let bound = longest_consumer_load(&log)
+            .div_f64(2.0)
+            .max(std::time::Duration::from_secs(1));
+        assert!(
+            published.elapsed() < bound,
+            "the revocation of {id} waited for a read of the store ({bound:?}):\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The longest of the credential loads the log reports (`… credentials loaded from … in
+/// 1.23s`).
+pub fn longest_consumer_load(log: &str) -> Duration {
+    log.lines()
+        .filter(|l| l.contains("credentials loaded"))
+        .filter_map(|l| {
+            let took = l.rsplit(" in ").next()?.trim();
+            let (number, unit) = took.split_at(took.find(|c: char| c.is_alphabetic() || c == 'µ')?);
+            let n: f64 = number.parse().ok()?;
+            let secs = match unit {
+                "s" => n,
+                "ms" => n / 1e3,
+                "µs" => n / 1e6,
+                "ns" => n / 1e9,
+                _ => return None,
+            };
+            Some(Duration::from_secs_f64(secs))
+        })
+        .max()
+        .unwrap_or_default()
 }

@@ -20,13 +20,10 @@ impl ConsumerCache {
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
         let cache = self.clone();
         runtime.spawn(async move {
-            // Until a first load succeeds (the store may be down at start), keep trying.
-            while !cache.loaded_from_store() {
-                if let Err(e) = cache.load_off_worker().await {
-                    log::warn!("consumer cache: not loaded yet: {e}");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
+            // Subscribed first, whether the store was read or not: a load of many credentials
+            // takes seconds (the first one may still run, past the start's wait; an upgraded
+            // process serves with the tables handed over), and what changes meanwhile is
+            // followed at once, not lost until a read after it.
             let channel = cache.layout.invalidation_channel();
             let mut messages = loop {
                 match cache.store.subscribe(&channel).await {
@@ -53,6 +50,12 @@ impl ConsumerCache {
             let mut owed = false;
             let retry = tokio::time::sleep(Duration::ZERO);
             tokio::pin!(retry);
+            // Not read from the store yet (down at start, its first load still running or
+            // failed, the tables handed over): a read is owed, tried each second until done.
+            // The subscriptions' marks ask for it too: one read.
+            if !cache.loaded_from_store() {
+                owe(&mut owed, retry.as_mut());
+            }
             // Lookups run from here on: a request may wait for its own.
             cache.looking_up.store(true, Ordering::Relaxed);
             loop {

@@ -164,6 +164,9 @@ impl ConsumerCache {
     /// Runs the full loads asked for until none is wanted.
     async fn run_loads(&self) {
         loop {
+            // After the load running, if any (the start's first one): what is asked for
+            // until then is one load, begun after every ask.
+            drop(self.load_lock.lock().await);
             let retry = {
                 let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
                 match loads.wanted.take() {
@@ -183,14 +186,19 @@ impl ConsumerCache {
                 // (The first try after a subscription made again may find the store's other
                 // connection still down: said from the second on.)
                 tries += 1;
-                log::log!(
-                    if tries > 1 {
-                        log::Level::Warn
-                    } else {
-                        log::Level::Debug
-                    },
-                    "consumer cache: cannot read the changes it missed (trying again): {e}"
-                );
+                let level = if tries > 1 {
+                    log::Level::Warn
+                } else {
+                    log::Level::Debug
+                };
+                if self.loaded_from_store() {
+                    log::log!(
+                        level,
+                        "consumer cache: cannot read the changes it missed (trying again): {e}"
+                    );
+                } else {
+                    log::log!(level, "consumer cache: not loaded yet (trying again): {e}");
+                }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
