@@ -151,7 +151,9 @@ fn the_guides_example_runs_unchanged() {
     let admin = get(8080, "GET", "/users", &[("Host", "express-gateway")]);
     assert_eq!(admin.status, 200);
     assert_eq!(json_body(&admin)["users"].as_array().map(Vec::len), Some(2));
+    drop(serving);
     let _ = std::fs::remove_dir_all(&data);
+    let _ = std::fs::remove_file(&log_path);
 }
 
 fn get_ok(port: u16, path: &str) -> Option<()> {

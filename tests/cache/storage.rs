@@ -220,7 +220,6 @@ fn purge_a_path_prefix_and_it_stays_purged_across_a_restart() {
     assert_eq!(cache_status(&tile(&gw, signs, 0)), "MISS");
     assert!(gw.log_text().contains("is damaged"), "{}", gw.log_text());
     drop(gw);
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// The objects stored in a disk tier's directory (in its shards, not its `tmp`).
@@ -266,12 +265,35 @@ fn restarted(dir: &ConfigDir, dir_arg: &str) -> GatewayProcess {
 }
 
 /// An empty directory for a disk tier (`name` tells the tests apart), and its path as an
-/// argument.
-fn fresh_cache_dir(name: &str) -> (std::path::PathBuf, String) {
+/// argument. Removed when dropped: after the gateway started after it (a gateway still running
+/// writes its purge records again into a directory removed under it).
+fn fresh_cache_dir(name: &str) -> (CacheDir, String) {
     let dir = std::env::temp_dir().join(format!("tollgate-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let arg = dir.display().to_string();
-    (dir, arg)
+    (CacheDir(dir), arg)
+}
+
+/// A disk tier's directory, removed when dropped.
+struct CacheDir(std::path::PathBuf);
+
+impl std::ops::Deref for CacheDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for CacheDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for CacheDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 #[test]
@@ -328,7 +350,6 @@ fn the_disk_tier_survives_a_restart_and_a_damaged_file_is_a_miss() {
         (200, "MISS", 30000)
     );
     assert!(gw.metric("tollgate_cache_disk_damaged_total") >= 1.0);
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// The disk tier's directory removed while running (by hand, a clean-up script): it is made
@@ -387,7 +408,6 @@ fn a_disk_tier_removed_while_running_is_made_again() {
         "{}",
         gw.log_text()
     );
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// The disk tier lets its least recently used files go: a tile hit again and again from memory
@@ -395,7 +415,7 @@ fn a_disk_tier_removed_while_running_is_made_again() {
 #[test]
 fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
     let up = PyUpstream::start("tiles", 5.0);
-    let (cache_dir, dir_arg) = fresh_cache_dir("disk-lru");
+    let (_cache_dir, dir_arg) = fresh_cache_dir("disk-lru");
     // Room on disk for about four 20 kB tiles; the memory tier holds them all.
     let args = ["--cache-dir", dir_arg.as_str(), "--cache-disk-size", "100k"];
     let (dir, gw) = start(&up, "{ttl: 600}", &args);
@@ -447,7 +467,6 @@ fn a_tile_hit_from_memory_stays_on_disk_while_one_off_tiles_push_others_out() {
         "HIT",
         "the hot tile went from disk"
     );
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// An api endpoint's purge is recorded beside the disk tier: one that cannot be written is
@@ -485,7 +504,6 @@ fn a_purge_that_cannot_be_recorded_says_so_and_a_damaged_record_empties_the_disk
     let gw = restarted(&dir, &dir_arg);
     assert_eq!(cache_status(&tile(&gw, path, 0)), "HIT");
     assert!(!gw.log_text().contains("is damaged"), "{}", gw.log_text());
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// A URL's purge whose tile file cannot be removed says so (500, and the CLI's exit status)
@@ -514,7 +532,6 @@ fn a_url_purge_whose_file_cannot_be_removed_says_so() {
     let r = purge(&gw, &format!(r#"{{"url": "{path}"}}"#));
     assert_eq!(r.status, 500, "{}", r.text());
     assert_eq!(cache_status(&tile(&gw, path, 1)), "MISS");
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// A purge record removed while the gateway was stopped says nothing of the purges the disk
@@ -576,7 +593,6 @@ fn a_removed_purge_record_empties_the_disk_tier() {
         assert!(cache_dir.join(file).is_file(), "{file} written");
     }
     drop(gw);
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// The purge records removed while the gateway runs (a directory emptied by hand: its secret,
@@ -623,7 +639,6 @@ fn purge_records_removed_while_running_are_written_again() {
     );
     assert_eq!(cache_status(&tile(&gw, purged, 0)), "MISS");
     drop(gw);
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// An api endpoint's purge whose record could not be written is in effect until a restart;
@@ -653,7 +668,6 @@ fn a_purge_after_an_unrecorded_one_and_a_restart_takes_a_new_generation() {
         "a tile stored before this purge"
     );
     drop(gw);
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// Tile bodies in the memory tier live in shared memory and hits are sent from it by
@@ -1124,7 +1138,6 @@ fn a_tile_being_fetched_when_its_url_is_written_is_not_stored() {
             "fast path {fast_path}: after a restart"
         );
         drop(gw);
-        let _ = std::fs::remove_dir_all(&cache_dir);
     }
 }
 
@@ -1236,7 +1249,6 @@ fn stored_tiles_answer_while_the_upstreams_name_does_not_resolve() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
 
 /// A URL whose tile varies (`Vary`): its purge removes every variant, not only the object
@@ -1314,5 +1326,4 @@ fn a_purge_after_a_restart_finds_the_disk_copies_of_forwarding_headers_sent_befo
         );
     }
     drop(gw);
-    let _ = std::fs::remove_dir_all(&cache_dir);
 }
