@@ -42,7 +42,7 @@ impl ConsumerCache {
                     None
                 }
             };
-            // The first full load happened before serving; the next one is due after a period.
+            // The first full load (before serving, or owed below) is followed by one each period.
             let mut ticker =
                 tokio::time::interval_at(tokio::time::Instant::now() + resync_every, resync_every);
             // A full read owed since a (re)subscription or lost messages, tried again each

@@ -136,8 +136,8 @@ pub struct ConsumerCache {
     lookups: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
     /// The lookups queued or running, for the requests that wait on them ([`Lookup`]).
     pending_lookups: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
-    /// Whether the task that runs lookups is running them (it starts once the store was read
-    /// and its changes followed): a request waits only for a lookup that will run.
+    /// Whether the task that runs lookups is running them (from its subscriptions on, the
+    /// store read or not): a request waits only for a lookup that will run.
     looking_up: AtomicBool,
     pub stats: CacheStats,
     /// How far the running full load is: entries read, of how many.

@@ -197,7 +197,10 @@ impl ConsumerCache {
                         "consumer cache: cannot read the changes it missed (trying again): {e}"
                     );
                 } else {
-                    log::log!(level, "consumer cache: not loaded yet (trying again): {e}");
+                    log::log!(
+                        level,
+                        "consumer cache: not read from the store yet (trying again): {e}"
+                    );
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -370,8 +373,8 @@ impl ConsumerCache {
             log::debug!("consumer cache: too many lookups waiting; one left for later");
             return None;
         }
-        // Queued before the lookups run (the first load, the subscription, are under way):
-        // none waits for it.
+        // Queued before the lookups run (the task that runs them is not subscribed yet): none
+        // waits for it.
         if !self.looking_up.load(Ordering::Relaxed) {
             return None;
         }
