@@ -274,7 +274,7 @@ fn fresh_cache_dir(name: &str) -> (CacheDir, String) {
     (CacheDir(dir), arg)
 }
 
-/// A disk tier's directory, removed when dropped.
+/// A disk tier's directory, removed when dropped (kept for a look when its test failed).
 struct CacheDir(std::path::PathBuf);
 
 impl std::ops::Deref for CacheDir {
@@ -292,7 +292,9 @@ impl AsRef<std::path::Path> for CacheDir {
 
 impl Drop for CacheDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
