@@ -389,9 +389,67 @@ fn redact_url_password(line: &str) -> String {
             _ => out.push_str(authority),
         }
         rest = &after[authority_end..];
+        let url_end = url_end(rest);
+        out.push_str(&redact_query(&rest[..url_end]));
+        rest = &rest[url_end..];
     }
     out.push_str(rest);
     out
+}
+
+/// Where a URL's path and query that `rest` begins with end: where the scalar (or a flow
+/// collection's entry) does; an environment reference (`${KEY}`) is part of it.
+fn url_end(rest: &str) -> usize {
+    let bytes = rest.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'$' if bytes.get(i + 1) == Some(&b'{') => match rest[i..].find('}') {
+                Some(close) => i += close,
+                None => return rest.len(),
+            },
+            b' ' | b'\t' | b'"' | b'\'' | b',' | b'}' | b']' => return i,
+            _ => {}
+        }
+        i += 1;
+    }
+    rest.len()
+}
+
+/// A URL's path and query with the value of each query parameter that carries a credential
+/// replaced: one whose name says so as a key's would (`apiKey`, `token`, `secret`…), a `jwt`,
+/// a `key` and a signature (`sig`, `signature`, `X-Amz-Signature`, `X-Amz-Credential`).
+fn redact_query(path_and_query: &str) -> String {
+    let Some((path, query)) = path_and_query.split_once('?') else {
+        return path_and_query.to_string();
+    };
+    let (query, fragment) = match query.find('#') {
+        Some(at) => query.split_at(at),
+        None => (query, ""),
+    };
+    let mut out = String::with_capacity(path_and_query.len());
+    out.push_str(path);
+    out.push('?');
+    for (i, param) in query.split('&').enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        match param.split_once('=') {
+            Some((name, value)) if is_secret_param(name) && !is_env_reference(value) => {
+                out.push_str(name);
+                out.push_str("=<redacted>");
+            }
+            _ => out.push_str(param),
+        }
+    }
+    out.push_str(fragment);
+    out
+}
+
+fn is_secret_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase().replace(['_', '-'], "");
+    let n = n.strip_prefix("xamz").unwrap_or(&n);
+    is_secret_name(n) || matches!(n, "jwt" | "key" | "sig" | "signature" | "credential")
 }
 
 #[cfg(test)]
@@ -421,6 +479,27 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("    host: localhost\n"), "{shown}");
+    }
+
+    /// A credential in a URL's query (an upstream reached with a key in its URL, a presigned
+    /// object store URL) is left out; the other parameters are shown.
+    #[test]
+    fn credentials_in_a_urls_query_are_left_out() {
+        let yml = "serviceEndpoints:\n  wms:\n    url: https://maps.example/wms?apiKey=qk1&LAYERS=a\n  k2: {url: 'http://k2:8080/api?token=qk2&jwt=qk3#top', changeOrigin: true}\n  s3:\n    url: \"https://b.s3/x?X-Amz-Credential=qk4&X-Amz-Signature=qk5&X-Amz-Expires=60\"\n  env:\n    url: http://e/?key=${E2E_KEY}&sig=qk6\n";
+        let shown = hidden(yml, &["qk1", "qk2", "qk3", "qk4", "qk5", "qk6"]);
+        for kept in [
+            "url: https://maps.example/wms?apiKey=<redacted>&LAYERS=a\n",
+            "'http://k2:8080/api?token=<redacted>&jwt=<redacted>#top', changeOrigin: true}",
+            "X-Amz-Credential=<redacted>&X-Amz-Signature=<redacted>&X-Amz-Expires=60\"",
+            "http://e/?key=${E2E_KEY}&sig=<redacted>\n",
+        ] {
+            assert!(shown.contains(kept), "{kept} not in\n{shown}");
+        }
+        assert_eq!(
+            redact("url: http://h/p?x=1&y\n"),
+            "url: http://h/p?x=1&y\n",
+            "a query without credentials is shown as it is"
+        );
     }
 
     #[test]
