@@ -191,17 +191,12 @@ impl ConsumerCache {
                 } else {
                     log::Level::Debug
                 };
-                if self.loaded_from_store() {
-                    log::log!(
-                        level,
-                        "consumer cache: cannot read the changes it missed (trying again): {e}"
-                    );
+                let what = if self.loaded_from_store() {
+                    "cannot read the changes it missed"
                 } else {
-                    log::log!(
-                        level,
-                        "consumer cache: not read from the store yet (trying again): {e}"
-                    );
-                }
+                    "not read from the store yet"
+                };
+                log::log!(level, "consumer cache: {what} (trying again): {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
