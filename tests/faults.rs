@@ -818,3 +818,80 @@ fn a_body_that_ends_with_the_connection_is_reset_when_cut_short() {
         );
     }
 }
+
+/// Idle upstream connections hold descriptors the connection cap does not count. When the
+/// process runs out of descriptors — here its limit lowered under it, to what the idle
+/// connections to five upstreams and the next burst's client connections take — those idle
+/// connections are closed and every request of the burst (whose upstream connections need
+/// descriptors the limit no longer has) is served.
+#[test]
+fn idle_upstream_connections_give_way_when_descriptors_run_out() {
+    const FILLED: usize = 5;
+    const AT_ONCE: usize = 40;
+    let ups: Vec<PyUpstream> = (0..=FILLED)
+        .map(|i| PyUpstream::start(&format!("u{i}"), 120.0))
+        .collect();
+    let mut yml = String::from("http: {port: ${PORT}}\napiEndpoints:\n");
+    for i in 0..ups.len() {
+        yml.push_str(&format!("  e{i}: {{paths: '/u{i}/*'}}\n"));
+    }
+    yml.push_str("serviceEndpoints:\n");
+    for (i, up) in ups.iter().enumerate() {
+        yml.push_str(&format!("  s{i}: {{url: '{}'}}\n", up.url("")));
+    }
+    yml.push_str("policies: [proxy]\npipelines:\n");
+    for i in 0..ups.len() {
+        yml.push_str(&format!(
+            "  p{i}:\n    apiEndpoints: [e{i}]\n    policies:\n      - proxy: [{{action: {{serviceEndpoint: s{i}}}}}]\n"
+        ));
+    }
+    let dir = ConfigDir::new(&yml);
+    let gw = GatewayProcess::start_with(&dir, &["--threads", "1", "--max-connections", "200"], &[]);
+    // AT_ONCE requests to upstream `i` at once, each answered after 300 ms: as many upstream
+    // connections, idle in the pool after.
+    let burst = |i: usize| -> Vec<u16> {
+        let port = gw.port;
+        let asks: Vec<_> = (0..AT_ONCE)
+            .map(|_| {
+                std::thread::spawn(move || get(port, "GET", &format!("/u{i}/slow/300"), &[]).status)
+            })
+            .collect();
+        asks.into_iter().map(|t| t.join().unwrap_or(0)).collect()
+    };
+    for i in 0..FILLED {
+        let statuses = burst(i);
+        assert!(statuses.iter().all(|s| *s == 200), "u{i}: {statuses:?}");
+    }
+    let pid = gw.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the gateway's descriptors")
+        .count();
+    assert!(
+        open >= FILLED * AT_ONCE,
+        "the idle upstream connections are open: {open} descriptors"
+    );
+    // Room for the burst's client connections and a few more, not for their upstream ones.
+    let limit = (open + AT_ONCE + 10) as libc::rlim_t;
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    let new = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    let set = unsafe { libc::prlimit(pid as libc::pid_t, libc::RLIMIT_NOFILE, &new, &mut old) };
+    assert_eq!(set, 0, "{}", std::io::Error::last_os_error());
+    let statuses = burst(FILLED);
+    let log = std::fs::read_to_string(&gw.log).expect("log");
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{} of {AT_ONCE} failed under a limit of {limit}: {statuses:?}\n{log}",
+        statuses.iter().filter(|s| **s != 200).count()
+    );
+    assert!(
+        log.contains("out of file descriptors: the idle upstream connections are closed"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -17,7 +17,7 @@
 mod direct;
 mod fill;
 mod head;
-mod pool;
+pub(crate) mod pool;
 pub(crate) mod relay;
 
 use std::sync::Arc;

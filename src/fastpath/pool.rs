@@ -7,9 +7,15 @@
 //! something unasked for, and it is dropped) and closed after [`MAX_IDLE`]: by the next use of
 //! its upstream, else by a sweep of the thread's pool every [`SWEEP_EVERY`] (an upstream a
 //! reload removed, or one a thread no longer serves, keeps none open).
+//!
+//! Idle connections hold descriptors the connection cap does not count. When the process runs
+//! out of them (a connect or an accept fails with `EMFILE` or `ENFILE`), every thread's idle
+//! connections are closed, as HAProxy closes its idle server connections when descriptors run
+//! low ([`out_of_descriptors`]).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
@@ -30,11 +36,54 @@ type Idle = Vec<(Stream, Instant)>;
 thread_local! {
     static POOL: RefCell<HashMap<u64, Idle>> = RefCell::new(HashMap::new());
     /// Whether this thread's sweep runs.
-    static SWEEPING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    static SWEEPING: Cell<bool> = const { Cell::new(false) };
+    /// The last of [`DRAINS`] this thread's pool was emptied for.
+    static DRAINED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times the process ran out of descriptors: a thread whose pool was last emptied for
+/// an earlier one empties it at its next use of it, or when its sweep is woken ([`WAKE`]).
+static DRAINS: AtomicU64 = AtomicU64::new(0);
+/// Wakes every thread's sweep when the process ran out of descriptors.
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// The process ran out of file descriptors: this thread's idle connections are closed now,
+/// every other thread's as it next uses its pool or its sweep wakes (at once, when it is
+/// waiting for work). How many were closed on this thread.
+pub fn out_of_descriptors() -> usize {
+    DRAINS.fetch_add(1, Ordering::Relaxed);
+    WAKE.notify_waiters();
+    let closed = drain_if_asked();
+    log::warn!(
+        "out of file descriptors: the idle upstream connections are closed ({closed} on this thread)"
+    );
+    closed
+}
+
+/// Empties this thread's pool when the process ran out of descriptors since it was last
+/// emptied; how many connections it closed.
+fn drain_if_asked() -> usize {
+    let asked = DRAINS.load(Ordering::Relaxed);
+    if DRAINED.get() == asked {
+        return 0;
+    }
+    DRAINED.set(asked);
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        let closed = pool.values().map(Vec::len).sum();
+        pool.clear();
+        closed
+    })
+}
+
+/// Whether `e` is the process's (or the system's) shortage of file descriptors.
+pub fn is_out_of_descriptors(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 /// An open idle connection to the upstream `key` names, the most recently used first.
 pub fn take(key: u64) -> Option<Stream> {
+    drain_if_asked();
     loop {
         let (mut stream, since) = POOL.with(|p| p.borrow_mut().get_mut(&key)?.pop())?;
         // Idle times are seconds long: the kernel's last tick is near enough.
@@ -47,12 +96,19 @@ pub fn take(key: u64) -> Option<Stream> {
 
 /// Keeps a connection whose exchange ended cleanly for the next request to `key`.
 pub fn put(key: u64, stream: Stream) {
+    drain_if_asked();
     if !SWEEPING.replace(true) {
         // The thread's runtime is its own (one thread): the sweep runs here, where the pool is.
         tokio::spawn(async {
             loop {
-                tokio::time::sleep(SWEEP_EVERY).await;
-                sweep(crate::clock::soon());
+                tokio::select! {
+                    () = tokio::time::sleep(SWEEP_EVERY) => {
+                        sweep(crate::clock::soon());
+                    }
+                    () = WAKE.notified() => {
+                        drain_if_asked();
+                    }
+                }
             }
         });
     }

@@ -431,8 +431,11 @@ where
                 ) => {}
             Err(e) => {
                 // Out of descriptors (EMFILE, ENFILE): accept would fail at once again; let
-                // connections close first.
+                // connections close first, the idle upstream ones at once.
                 log::warn!("{addr}: accept failed: {e}");
+                if crate::fastpath::pool::is_out_of_descriptors(&e) {
+                    crate::fastpath::pool::out_of_descriptors();
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

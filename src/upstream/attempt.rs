@@ -177,6 +177,19 @@ pub fn connect_failed(
     mut e: Box<Error>,
 ) -> Box<Error> {
     plan.clears_at_end = false;
+    // The gateway's own shortage of descriptors, not the url's failure: once its idle
+    // upstream connections are closed, the connect is made again to the same url.
+    // (Once per request, as a resend is; when none were closed on this thread, the url's
+    // failure as before: the other threads' close as they wake.)
+    if out_of_descriptors(&e)
+        && crate::fastpath::pool::out_of_descriptors() > 0
+        && plan.resends == 0
+    {
+        release(plan);
+        plan.resend_next = true;
+        e.set_retry(true);
+        return e;
+    }
     failed(plan);
     release(plan);
     let retry = if plan.attempts == 1 {
@@ -189,6 +202,14 @@ pub fn connect_failed(
         retried(plan, &e);
     }
     e
+}
+
+/// Whether a failed connect failed for want of a file descriptor (the process's or the
+/// system's).
+fn out_of_descriptors(e: &Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(crate::fastpath::pool::is_out_of_descriptors)
 }
 
 /// A url's failure that another url is asked after: counted and logged as the upstream
