@@ -397,8 +397,10 @@ fn redact_url_password(line: &str) -> String {
     out
 }
 
-/// Where a URL's path and query that `rest` begins with end: where the scalar (or a flow
-/// collection's entry) does; an environment reference (`${KEY}`) is part of it.
+/// Where a URL's path and query that `rest` begins with end: at a space or a quote; at a
+/// flow collection's `,`, `}` or `]` when a space or the line's end follows it (a query's
+/// own commas, `LAYERS=a,b` or `BBOX=1,2,3,4`, are followed by more of it); an environment
+/// reference (`${KEY}`) is part of it.
 fn url_end(rest: &str) -> usize {
     let bytes = rest.as_bytes();
     let mut i = 0;
@@ -408,7 +410,15 @@ fn url_end(rest: &str) -> usize {
                 Some(close) => i += close,
                 None => return rest.len(),
             },
-            b' ' | b'\t' | b'"' | b'\'' | b',' | b'}' | b']' => return i,
+            b' ' | b'\t' | b'\r' | b'"' | b'\'' => return i,
+            b',' | b'}' | b']'
+                if matches!(
+                    bytes.get(i + 1),
+                    None | Some(b' ' | b'\t' | b'\r' | b'\n' | b',' | b'}' | b']')
+                ) =>
+            {
+                return i
+            }
             _ => {}
         }
         i += 1;
@@ -448,8 +458,15 @@ fn redact_query(path_and_query: &str) -> String {
 
 fn is_secret_param(name: &str) -> bool {
     let n = name.to_ascii_lowercase().replace(['_', '-'], "");
-    let n = n.strip_prefix("xamz").unwrap_or(&n);
-    is_secret_name(n) || matches!(n, "jwt" | "key" | "sig" | "signature" | "credential")
+    let n = ["xamz", "xgoog"]
+        .iter()
+        .find_map(|p| n.strip_prefix(p))
+        .unwrap_or(&n);
+    is_secret_name(n)
+        || matches!(
+            n,
+            "jwt" | "key" | "sig" | "signature" | "credential" | "accesskey" | "pass" | "pwd"
+        )
 }
 
 #[cfg(test)]
@@ -485,10 +502,14 @@ mod tests {
     /// object store URL) is left out; the other parameters are shown.
     #[test]
     fn credentials_in_a_urls_query_are_left_out() {
-        let yml = "serviceEndpoints:\n  wms:\n    url: https://maps.example/wms?apiKey=qk1&LAYERS=a\n  k2: {url: 'http://k2:8080/api?token=qk2&jwt=qk3#top', changeOrigin: true}\n  s3:\n    url: \"https://b.s3/x?X-Amz-Credential=qk4&X-Amz-Signature=qk5&X-Amz-Expires=60\"\n  env:\n    url: http://e/?key=${E2E_KEY}&sig=qk6\n";
-        let shown = hidden(yml, &["qk1", "qk2", "qk3", "qk4", "qk5", "qk6"]);
+        let yml = "serviceEndpoints:\n  wms:\n    url: https://maps.example/wms?LAYERS=a,b&BBOX=1,2,3,4&apiKey=qk1&LAYERS=a\n  q: {url: \"http://q/?X-Goog-Signature=qk7&pwd=qk8\", x: 1}\n  k2: {url: 'http://k2:8080/api?token=qk2&jwt=qk3#top', changeOrigin: true}\n  s3:\n    url: \"https://b.s3/x?X-Amz-Credential=qk4&X-Amz-Signature=qk5&X-Amz-Expires=60\"\n  env:\n    url: http://e/?key=${E2E_KEY}&sig=qk6\n";
+        let shown = hidden(
+            yml,
+            &["qk1", "qk2", "qk3", "qk4", "qk5", "qk6", "qk7", "qk8"],
+        );
         for kept in [
-            "url: https://maps.example/wms?apiKey=<redacted>&LAYERS=a\n",
+            "url: https://maps.example/wms?LAYERS=a,b&BBOX=1,2,3,4&apiKey=<redacted>&LAYERS=a\n",
+            "\"http://q/?X-Goog-Signature=<redacted>&pwd=<redacted>\", x: 1}",
             "'http://k2:8080/api?token=<redacted>&jwt=<redacted>#top', changeOrigin: true}",
             "X-Amz-Credential=<redacted>&X-Amz-Signature=<redacted>&X-Amz-Expires=60\"",
             "http://e/?key=${E2E_KEY}&sig=<redacted>\n",

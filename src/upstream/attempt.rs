@@ -177,17 +177,15 @@ pub fn connect_failed(
     mut e: Box<Error>,
 ) -> Box<Error> {
     plan.clears_at_end = false;
-    // The gateway's own shortage of descriptors, not the url's failure: once its idle
-    // upstream connections are closed, the connect is made again to the same url.
-    // (Once per request, as a resend is; when none were closed on this thread, the url's
-    // failure as before: the other threads' close as they wake.)
-    if out_of_descriptors(&e)
-        && crate::fastpath::pool::out_of_descriptors() > 0
-        && plan.resends == 0
-    {
+    // The gateway's own shortage of descriptors, never the url's failure: the idle upstream
+    // connections are closed and the connect is made again to the same url, once per request
+    // (as a resend is: the two share it). Not on another url, which needs a descriptor too.
+    if out_of_descriptors(&e) {
+        crate::fastpath::pool::out_of_descriptors();
         release(plan);
-        plan.resend_next = true;
-        e.set_retry(true);
+        let again = plan.resends == 0;
+        plan.resend_next = again;
+        e.set_retry(again);
         return e;
     }
     failed(plan);
@@ -586,6 +584,37 @@ mod tests {
         assert_eq!(p.target, 1);
         // And that was the one retry.
         assert!(!connect_failed(&mut p, &get, broken()).retry());
+    }
+
+    /// A connect that failed for want of a descriptor is the gateway's shortage: made again
+    /// once, to the same url, without blame (an ejection after two failures in a row does not
+    /// come) and without taking the retry; a second shortage is not retried on another url.
+    #[test]
+    fn a_connect_out_of_descriptors_is_made_again_to_the_same_url_without_blame() {
+        let get = http::Method::GET;
+        let mut p = plan_with(Some(two_failures(vec![502])));
+        let emfile = || {
+            Error::because(
+                ErrorType::ConnectError,
+                "connecting",
+                std::io::Error::from_raw_os_error(libc::EMFILE),
+            )
+        };
+        assert!(connect_failed(&mut p, &get, emfile()).retry());
+        assert_eq!(
+            p.endpoint.states[0].in_flight.load(Ordering::Relaxed),
+            0,
+            "released"
+        );
+        begin(&mut p, "/").expect("made again");
+        assert_eq!((p.target, p.attempts, p.resends), (0, 2, 1));
+        assert!(!connect_failed(&mut p, &get, emfile()).retry(), "once");
+        assert!(p.endpoint.states[0].available(), "no failure counted");
+        // Any other connect failure is the url's, retried on the other url.
+        let mut p = plan_with(Some(two_failures(vec![502])));
+        assert!(connect_failed(&mut p, &get, broken()).retry());
+        begin(&mut p, "/").expect("a retry");
+        assert_eq!((p.target, p.resends), (1, 0));
     }
 
     /// Once the total timeout passed, a failure is not retried, and an attempt that would
