@@ -59,19 +59,13 @@ pub fn out_of_descriptors() {
 }
 
 /// Empties this thread's pool when the process ran out of descriptors since it was last
-/// emptied; how many connections it closed.
-fn drain_if_asked() -> usize {
+/// emptied.
+fn drain_if_asked() {
     let asked = DRAINS.load(Ordering::Relaxed);
-    if DRAINED.get() >= asked {
-        return 0;
+    if DRAINED.get() < asked {
+        DRAINED.set(asked);
+        POOL.with(|p| p.borrow_mut().clear());
     }
-    DRAINED.set(asked);
-    POOL.with(|p| {
-        let mut pool = p.borrow_mut();
-        let closed = pool.values().map(Vec::len).sum();
-        pool.clear();
-        closed
-    })
 }
 
 /// Whether `e` is the process's (or the system's) shortage of file descriptors.
