@@ -892,6 +892,70 @@ fn a_revocation_is_followed_while_a_long_resync_runs() {
     assert!(all_refused());
 }
 
+/// A credential revoked while a start's first read of the store runs is refused as soon as
+/// the gateway serves: the subscriptions are made before that read, and its swap keeps what
+/// they changed. (They were made after it: a revocation published while it ran, after it
+/// passed the credential, was followed only when the read after the subscriptions ended.)
+#[test]
+fn a_revocation_during_the_first_read_at_a_start_is_followed_at_once() {
+    let (redis, _up, dir) = with_eg_fixture();
+    // 200,000 credentials more: a read takes seconds.
+    redis.add_bulk_key_auth(200, APP2);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    // (Set once the first read ended.)
+    let serving = std::sync::atomic::AtomicBool::new(false);
+    let (gw, revoked) = std::thread::scope(|s| {
+        // Revocations from the start until the first read ended, one each 100 ms, as a
+        // tollgate writing to the same Redis makes them: the change, then its message.
+        let revoker = s.spawn(|| {
+            let mut revoked = Vec::new();
+            while !serving.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("bulk-{}-{}", revoked.len() * 7 % 200, revoked.len());
+                redis.revoke_key_auth(&id);
+                revoked.push(id);
+                assert!(revoked.len() < 1000, "the first read did not end");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            revoked
+        });
+        let gw = GatewayProcess::start(&dir);
+        // (A first read past the start's 10 s wait on a busy machine: the gateway serves
+        // meanwhile, unknown keys looked up one by one.)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while gw.metric(FULL_LOADS) < 1.0 {
+            assert!(Instant::now() < deadline, "{}", gw.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(get(gw.port, "GET", "/wmts/1", &key).status, 200);
+        (gw, revoker.join().expect("the revocations"))
+    });
+    assert!(revoked.len() >= 3, "{} revocations", revoked.len());
+    // Each refused within half the read (at least a second), not after another read.
+    let read = support::redis::longest_consumer_load(&gw.log_text());
+    let bound = read.div_f64(2.0).max(Duration::from_secs(1));
+    let checked = Instant::now();
+    for id in &revoked {
+        let auth = format!("apiKey {id}:s");
+        while get(
+            gw.port,
+            "GET",
+            "/wmts/1",
+            &[("Authorization", auth.as_str())],
+        )
+        .status
+            != 401
+        {
+            assert!(
+                checked.elapsed() < bound,
+                "{id}, revoked during the first read ({read:?}), still works:\n{}",
+                gw.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// A change message whose refresh fails (Redis paused past the command timeout just after
 /// the message) is not dropped: everything is read again as soon as Redis answers, and the
 /// revocation is followed then, not at the next periodic resync a minute later.
@@ -1459,8 +1523,9 @@ fn keys_of_another_type_among_the_consumers_are_no_failure() {
 
 /// The start reads the store twice, not once per subscription: the first load, before
 /// serving, and one after the subscriptions to the change messages and to the keys written
-/// (what was written between the first load and them was heard of by neither). With a million
-/// credentials each read is seconds of a core.
+/// are made (on a connection of their own, beside the first load: what was written before they
+/// were made was heard of by neither). With a million credentials each read is seconds of a
+/// core.
 #[test]
 fn the_start_reads_everything_again_once_for_both_subscriptions() {
     let (redis, _up, dir) = with_eg_fixture();

@@ -21,7 +21,15 @@ pub(super) fn first_load(
 ) {
     let first_load = background.spawn({
         let cache = cache.clone();
-        async move { cache.load_off_worker().await }
+        async move {
+            let loaded = cache.load_off_worker().await;
+            // Not read (the store down or failing): read each second until it is, in the
+            // background (before or after the start stopped waiting).
+            if loaded.is_err() {
+                cache.load_in_background(true);
+            }
+            loaded
+        }
     });
     let shown = crate::cli::progress::Progress::start("loading consumers", {
         let cache = cache.clone();

@@ -269,10 +269,14 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         }
         None => {}
     }
+    // Subscribed before the first read of the store: what changes while it runs (seconds with
+    // many credentials) is followed at once, not lost until a read after it.
+    consumers
+        .cache
+        .start(background.handle(), opts.resync, !handed);
     if !handed {
         first_load(&background, &consumers.cache);
     }
-    consumers.cache.start(background.handle(), opts.resync);
     let health = Arc::new(Health::new(consumers.cache.clone()));
     health.start_probe(background.handle(), consumers.store.clone());
     let shared = Shared {

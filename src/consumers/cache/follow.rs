@@ -15,15 +15,22 @@ use super::ConsumerCache;
 
 impl ConsumerCache {
     /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`.
-    pub fn start(self: &Arc<Self>, runtime: &tokio::runtime::Handle, resync_every: Duration) {
+    /// `first_read_follows`: the start's first read of the store begins now (it asks for its
+    /// own retry if it fails); else a cache not read from the store owes a read.
+    pub fn start(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        resync_every: Duration,
+        first_read_follows: bool,
+    ) {
         let (lookup, mut lookups) = tokio::sync::mpsc::channel::<String>(LOOKUPS_QUEUED);
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
         let cache = self.clone();
         runtime.spawn(async move {
-            // Subscribed first, whether the store was read or not: a load of many credentials
-            // takes seconds (the first one may still run, past the start's wait; an upgraded
-            // process serves with the tables handed over), and what changes meanwhile is
-            // followed at once, not lost until a read after it.
+            // Subscribed first, before the store is read: a load of many credentials takes
+            // seconds (the start's first one; an upgraded process serves with the tables
+            // handed over, its read still to come), and what changes meanwhile is followed at
+            // once (and kept by the read's swap), not lost until a read after it.
             let channel = cache.layout.invalidation_channel();
             let mut messages = loop {
                 match cache.store.subscribe(&channel).await {
@@ -50,10 +57,10 @@ impl ConsumerCache {
             let mut owed = false;
             let retry = tokio::time::sleep(Duration::ZERO);
             tokio::pin!(retry);
-            // Not read from the store yet (down at start, its first load still running or
-            // failed, the tables handed over): a read is owed, tried each second until done.
-            // The subscriptions' marks ask for it too: one read.
-            if !cache.loaded_from_store() {
+            // Not read from the store yet, and no first read begun (the tables handed over by
+            // an upgrade): a read is owed, tried each second until done. The subscriptions'
+            // marks ask for it too: one read.
+            if !cache.loaded_from_store() && !first_read_follows {
                 owe(&mut owed, retry.as_mut());
             }
             // Lookups run from here on: a request may wait for its own.

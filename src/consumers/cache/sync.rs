@@ -143,7 +143,7 @@ impl ConsumerCache {
     /// The load runs on a thread of its own: sorting and converting what it read takes tens of
     /// milliseconds between two reads, and on the runtime's worker each step of a refresh (and
     /// the upstreams' health checks) would wait behind them.
-    pub(super) fn load_in_background(self: &Arc<Self>, retry: bool) {
+    pub fn load_in_background(self: &Arc<Self>, retry: bool) {
         {
             let mut loads = self.loads.lock().unwrap_or_else(|p| p.into_inner());
             loads.wanted = Some(loads.wanted.unwrap_or(false) || retry);
