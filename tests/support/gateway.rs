@@ -298,8 +298,24 @@ impl Drop for GatewayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         super::forget_run_files(self.child.id());
+        // A failing test's gateway log goes with its directory: its end is kept in the
+        // test's output, where a failure in CI can be read.
+        if std::thread::panicking() {
+            let text = self.log_text();
+            let lines: Vec<&str> = text.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!(
+                "--- the last {} lines of the gateway's log (port {}) ---\n{}",
+                tail.len(),
+                self.port,
+                tail.join("\n")
+            );
+        }
     }
 }
+
+/// Lines of a gateway's log shown when its test fails.
+const LOG_TAIL: usize = 80;
 
 /// Panics unless the exposition `text` declares the family of `series` (a histogram's
 /// `_bucket`, `_count` and `_sum` are its family's).

@@ -18,6 +18,7 @@ use super::layout::Layout;
 use crate::pipeline::context::Consumer;
 use crate::store::Store;
 
+mod carry;
 mod checks;
 mod follow;
 pub use checks::Turn;
@@ -124,7 +125,7 @@ pub struct ConsumerCache {
     load_lock: tokio::sync::Mutex<()>,
     /// While a full load runs: what refreshes changed meanwhile, carried into what it read
     /// when it swaps its tables in (it may have read them before they changed).
-    changed_while_loading: Mutex<Option<HashSet<sync::Changed>>>,
+    changed_while_loading: Mutex<Option<carry::Changes>>,
     /// The background full loads (resyncs), off the task that follows change messages.
     loads: Mutex<sync::LoadRequests>,
     /// Unknown entities to look up, for the task that follows change messages (set by

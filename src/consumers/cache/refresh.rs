@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::sync::Changed;
+use super::carry::Changed;
 use super::{
     scopes_arc, ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Tables,
 };

@@ -7,11 +7,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::carry::{Changed, Changes};
 use super::refresh::{
     app_entry, fields_of, keyed_credential, password_credential, user_entry, APP_FIELDS,
     BASIC_FIELDS, KEYED_FIELDS, USER_FIELDS,
 };
-use super::{ConsumerCache, Table, Tables};
+use super::{ConsumerCache, Tables};
 use crate::consumers::layout::CredentialType;
 use crate::store::{StoreError, StoreResult};
 
@@ -47,14 +48,6 @@ impl Lookup {
     }
 }
 
-/// What a refresh changed in the tables: carried over a full load that ran meanwhile.
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-pub(super) enum Changed {
-    User(Box<str>),
-    App(Box<str>),
-    Credential(CredentialType, Box<str>),
-}
-
 /// Full loads asked for: whether one runs, and whether another is wanted after it (`Some`;
 /// `true`: tried again each second until it succeeds).
 #[derive(Default)]
@@ -70,7 +63,7 @@ impl ConsumerCache {
     pub async fn load(&self) -> StoreResult<()> {
         let _one_at_a_time = self.load_lock.lock().await;
         let started = Instant::now();
-        *self.changes() = Some(HashSet::new());
+        *self.changes() = Some(Changes::default());
         let read = self.read_everything().await;
         let mut t = match read {
             Ok(t) => t,
@@ -89,7 +82,7 @@ impl ConsumerCache {
             // either carried here or made in the new tables.
             let mut live = self.write();
             let changed = self.changes().take().unwrap_or_default();
-            carry(&live, &mut t, &changed);
+            changed.carry(&live, &mut t);
             // A resync that found what the tables held (most of them) is not an event an
             // operator reads the log for: the first load, a changed count or a slow load is.
             let before = live.key_auth.len() + live.jwt.len() + live.basic.len();
@@ -124,7 +117,7 @@ impl ConsumerCache {
         Ok(())
     }
 
-    fn changes(&self) -> std::sync::MutexGuard<'_, Option<HashSet<Changed>>> {
+    fn changes(&self) -> std::sync::MutexGuard<'_, Option<Changes>> {
         self.changed_while_loading
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -132,8 +125,8 @@ impl ConsumerCache {
 
     /// Notes a refresh's change for a full load that runs (call it holding the tables' lock).
     pub(super) fn note(&self, changed: Changed) {
-        if let Some(set) = self.changes().as_mut() {
-            set.insert(changed);
+        if let Some(changes) = self.changes().as_mut() {
+            changes.note(changed);
         }
     }
 
@@ -402,45 +395,4 @@ fn on_own_thread<T: Send + 'static>(
 ) -> tokio::task::JoinHandle<T> {
     let runtime = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || runtime.block_on(work))
-}
-
-/// Makes what a full load read (`new`) hold what refreshes changed while it read, as the
-/// live tables (`old`) hold it.
-fn carry(old: &Tables, new: &mut Tables, changed: &HashSet<Changed>) {
-    fn entry<V: Clone>(old: &Table<V>, new: &mut Table<V>, id: &str) {
-        match old.get(id) {
-            Some(v) => new.insert(id.into(), v.clone()),
-            None => new.remove(id),
-        };
-    }
-    // The names of the users changed, as the live tables have them: one pass over the names
-    // however many users changed (a pass for each was a write storm's users times every name,
-    // under the tables' lock).
-    let users: HashSet<&str> = changed
-        .iter()
-        .filter_map(|c| match c {
-            Changed::User(id) => Some(&**id),
-            _ => None,
-        })
-        .collect();
-    // (Names shared while it read stay known as such.)
-    new.shared_names.extend(old.shared_names.iter().cloned());
-    if !users.is_empty() {
-        new.usernames.retain(|_, v| !users.contains(&**v));
-        for (name, v) in old.usernames.iter().filter(|(_, v)| users.contains(&***v)) {
-            new.usernames.insert(name.clone(), v.clone());
-        }
-    }
-    for c in changed {
-        match c {
-            Changed::User(id) => entry(&old.users, &mut new.users, id),
-            Changed::App(id) => entry(&old.apps, &mut new.apps, id),
-            Changed::Credential(ty, id) => match ty {
-                CredentialType::KeyAuth => entry(&old.key_auth, &mut new.key_auth, id),
-                CredentialType::Jwt => entry(&old.jwt, &mut new.jwt, id),
-                CredentialType::BasicAuth => entry(&old.basic, &mut new.basic, id),
-                CredentialType::Oauth2 => {}
-            },
-        }
-    }
 }
