@@ -1398,6 +1398,139 @@ fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
     drop(new);
 }
 
+/// A revocation published while an upgrade takes over is followed by the new process at once.
+/// It took the old process's tables and then subscribed to the change messages: what was
+/// published between the two (here, a store slow to answer the new process's connections:
+/// 400 ms) worked on the new process until its first read of the store ended, seconds with
+/// many credentials. Now it subscribes before it takes the tables.
+#[test]
+fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
+    let (redis, _up, dir) = keyed_on_redis();
+    // 200,000 credentials more: the new process's read takes seconds.
+    redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(old.port, "GET", "/wmts/1", &key).status != 200 {
+        assert!(Instant::now() < deadline, "{}", old.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The new process on ports of its own (what answers there is it alone), its store behind
+    // a relay that holds each new connection 400 ms.
+    let (port, admin_port) = (support::free_port(), support::free_port());
+    let yml = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
+    let moved = yml
+        .replace("${PORT}", &port.to_string())
+        .replace("${ADMIN_PORT}", &admin_port.to_string());
+    save(&dir, "gateway.config.yml", &moved);
+    let relay = slow_relay(redis.port, Duration::from_millis(400));
+    let system = std::fs::read_to_string(dir.path.join("system.config.yml")).expect("system");
+    let relayed = system.replace(&format!("port: {}", redis.port), &format!("port: {relay}"));
+    assert_ne!(relayed, system);
+    save(&dir, "system.config.yml", &relayed);
+    std::thread::sleep(PAST_QUIET);
+    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    // Revocations every 30 ms from before the upgrade until the new process serves.
+    let serving = std::sync::atomic::AtomicBool::new(false);
+    let revoked = std::thread::scope(|s| {
+        let revoker = s.spawn(|| {
+            let mut revoked = Vec::new();
+            while !serving.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("bulk-{}-{}", revoked.len() * 7 % 200, revoked.len());
+                redis.revoke_key_auth(&id);
+                revoked.push(id);
+                std::thread::sleep(Duration::from_millis(30));
+            }
+            revoked
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        let new = start_upgrade(&dir, &old, &sock, &[], &[]);
+        std::thread::sleep(Duration::from_millis(500));
+        old.signal("QUIT");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+            || get(port, "GET", "/wmts/1", &key).status != 200
+        {
+            assert!(Instant::now() < deadline, "the new process:\n{}", new_log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        (revoker.join().expect("revocations"), new)
+    });
+    let (revoked, new) = revoked;
+    assert!(
+        new_log().contains("credentials taken from the process upgraded"),
+        "{}",
+        new_log()
+    );
+    // Each refused by the new process within a second, long before its read of the store
+    // ends.
+    for id in &revoked {
+        let auth = format!("apiKey {id}:s");
+        let deadline = Instant::now() + Duration::from_secs(1);
+        while get(port, "GET", "/wmts/1", &[("Authorization", auth.as_str())]).status != 401 {
+            assert!(
+                Instant::now() < deadline,
+                "{id} (of {} revoked during the upgrade) still works on the new process:\n{}",
+                revoked.len(),
+                new_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    let reads = get(admin_port, "GET", "/metrics", &[("Host", "127.0.0.1")])
+        .text()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("tollgate_consumer_cache_full_loads_total ")?
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    assert_eq!(
+        reads,
+        0.0,
+        "the new process's read ended before the checks: they tell nothing\n{}",
+        new_log()
+    );
+    drop(new);
+}
+
+/// A TCP relay to the port `to` on loopback that holds each connection for `delay` before it
+/// connects it: a store slow to answer a new connection. Its port.
+fn slow_relay(to: u16, delay: Duration) -> u16 {
+    use std::net::{Shutdown, TcpListener, TcpStream};
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+    let port = listener.local_addr().expect("relay address").port();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
+                    return;
+                };
+                let (Ok(mut from_client), Ok(mut to_server)) =
+                    (client.try_clone(), server.try_clone())
+                else {
+                    return;
+                };
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let _ = to_server.shutdown(Shutdown::Write);
+                });
+                let (mut to_client, mut from_server) = (client, server);
+                let _ = std::io::copy(&mut from_server, &mut to_client);
+                let _ = to_client.shutdown(Shutdown::Both);
+                let _ = up.join();
+            });
+        }
+    });
+    port
+}
+
 /// An upgrade with `--populate` while Redis is down serves at once with the credentials taken
 /// over, and applies the file once Redis answers, in the background (the new process had the
 /// sockets and waited for Redis before serving: 60 s of nothing, then it left and nothing

@@ -13,6 +13,35 @@ const FIRST_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// the gateway) before the start fails.
 const POPULATE_WAIT: Duration = Duration::from_secs(60);
 
+/// How long an upgrade's new process waits for its subscriptions to the store's changes
+/// before it takes the tables of the process it upgrades (the old process keeps accepting
+/// meanwhile).
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// How long after its subscriptions an upgrade's new process waits before it takes the
+/// tables: what was published just before them is in the tables then (the old process
+/// follows a change message within milliseconds), what comes after them it hears itself.
+const HEARD_BY_THE_OLD: Duration = Duration::from_millis(50);
+
+/// Before an upgrade's new process takes the consumer tables of the process it upgrades: its
+/// own subscriptions to the store's changes made, so that no change falls between the two
+/// (before, a revocation published after the tables went and before the new process had
+/// subscribed worked until the new process's first read of the store ended, seconds with many
+/// credentials). A store that does not answer is not waited for past [`SUBSCRIBE_WAIT`].
+pub(super) fn subscribed_before_handover(
+    background: &tokio::runtime::Runtime,
+    following: &mut crate::consumers::cache::Following,
+) {
+    let subscribed = background.block_on(following.subscribed(SUBSCRIBE_WAIT));
+    if subscribed {
+        std::thread::sleep(HEARD_BY_THE_OLD);
+    } else {
+        log::debug!(
+            "consumer cache: not subscribed to the store's changes within {SUBSCRIBE_WAIT:?}; taking the tables handed over meanwhile"
+        );
+    }
+}
+
 /// Waits a while for the consumer cache's first load from the store; a longer one goes on in
 /// the background.
 pub(super) fn first_load(

@@ -21,7 +21,7 @@ use crate::gateway::{Gateway, Shared};
 use crate::health::Health;
 use crate::listener::{ClientLimits, Endpoint, ListenerService};
 use crate::proxy::Tollgate;
-use consumers_start::{first_load, populate_when_reachable};
+use consumers_start::{first_load, populate_when_reachable, subscribed_before_handover};
 
 mod consumers_start;
 mod drain;
@@ -239,7 +239,14 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     log::info!("consumers: {}", consumers.store.describe());
     // An upgrade serves with the tables of the process it takes over from (whatever the
     // store answers now) until its own load from the store, in the background. Taken at once:
-    // that process leaves seconds after the sockets went.
+    // that process leaves seconds after the sockets went. Subscribed to the store's changes
+    // before: what changes after the tables were taken is heard (followed once they are in).
+    let mut following = opts
+        .upgrade
+        .then(|| consumers.cache.start(background.handle(), opts.resync));
+    if let Some(f) = following.as_mut() {
+        subscribed_before_handover(&background, f);
+    }
     let handed = opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock);
     match populate_file {
         // An upgrade holds the sockets now and the old process stops accepting: a populate
@@ -271,9 +278,9 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     }
     // Subscribed before the first read of the store: what changes while it runs (seconds with
     // many credentials) is followed at once, not lost until a read after it.
-    consumers
-        .cache
-        .start(background.handle(), opts.resync, !handed);
+    following
+        .unwrap_or_else(|| consumers.cache.start(background.handle(), opts.resync))
+        .go(!handed);
     if !handed {
         first_load(&background, &consumers.cache);
     }

@@ -13,18 +13,42 @@ use super::refresh::BATCH;
 use super::sync::LOOKUPS_QUEUED;
 use super::ConsumerCache;
 
+/// The task that follows the store, started: it subscribes at once, and follows what it
+/// hears from [`Following::go`] on (what comes before waits in the subscriptions' queues).
+pub struct Following {
+    subscribed: tokio::sync::watch::Receiver<bool>,
+    go: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl Following {
+    /// Waits until the store's subscriptions are made (its marks queued), for `within` at
+    /// most: whether they are.
+    pub async fn subscribed(&mut self, within: Duration) -> bool {
+        tokio::time::timeout(within, self.subscribed.wait_for(|s| *s))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Begins following. `first_read_follows`: the start's first read of the store begins
+    /// now (it asks for its own retry if it fails); else a cache not read from the store
+    /// owes a read.
+    pub fn go(self, first_read_follows: bool) {
+        let _ = self.go.send(first_read_follows);
+    }
+}
+
 impl ConsumerCache {
-    /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`.
-    /// `first_read_follows`: the start's first read of the store begins now (it asks for its
-    /// own retry if it fails); else a cache not read from the store owes a read.
+    /// Follows invalidation messages and resyncs every `resync_every`, on `runtime`, from
+    /// [`Following::go`] on.
     pub fn start(
         self: &Arc<Self>,
         runtime: &tokio::runtime::Handle,
         resync_every: Duration,
-        first_read_follows: bool,
-    ) {
+    ) -> Following {
         let (lookup, mut lookups) = tokio::sync::mpsc::channel::<String>(LOOKUPS_QUEUED);
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
+        let (subscribed, told) = tokio::sync::watch::channel(false);
+        let (go, mut begin) = tokio::sync::oneshot::channel();
         let cache = self.clone();
         runtime.spawn(async move {
             // Subscribed first, before the store is read: a load of many credentials takes
@@ -48,6 +72,32 @@ impl ConsumerCache {
                     log::warn!("consumer cache: cannot follow other programs' writes: {e}");
                     None
                 }
+            };
+            // Told once both subscriptions are made: the store's mark of each is queued (a
+            // store over the network subscribes after the calls return; the embedded store
+            // has no marks, its messages are its own process's).
+            // (Not waited for once told to go: a store that does not answer makes none.)
+            let made = |rx: &tokio::sync::broadcast::Receiver<String>| !rx.is_empty();
+            let mut told_to_go = None;
+            while cache.store.embedded_dir().is_none()
+                && !(made(&messages) && keys.as_ref().is_none_or(made))
+            {
+                match begin.try_recv() {
+                    Ok(first_read_follows) => told_to_go = Some(first_read_follows),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                        told_to_go = Some(true)
+                    }
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                        continue;
+                    }
+                }
+                break;
+            }
+            let _ = subscribed.send(true);
+            let first_read_follows = match told_to_go {
+                Some(told) => told,
+                None => begin.await.unwrap_or(true),
             };
             // The first full load (before serving, or owed below) is followed by one each period.
             let mut ticker =
@@ -131,6 +181,10 @@ impl ConsumerCache {
                 .unwrap_or_else(|p| p.into_inner())
                 .clear();
         });
+        Following {
+            subscribed: told,
+            go,
+        }
     }
 
     /// Follows what was heard at once: whether everything is to be read again — a

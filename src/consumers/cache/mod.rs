@@ -22,6 +22,7 @@ mod carry;
 mod checks;
 mod follow;
 pub use checks::Turn;
+pub use follow::Following;
 mod handover;
 pub use handover::handing_over;
 mod missed;
