@@ -276,16 +276,15 @@ fn a_bad_file_keeps_the_running_config() {
         "gateway.config.yml",
         &gateway_yml("/one/*", &up.url(""), ""),
     );
+    // (The status first, then the metric and the line.)
     wait_for("the running config back on disk", || {
         last_errors().0["refusedOnDisk"] == false
+            && gw.metric("tollgate_config_refused_on_disk") == 0.0
+            && gw
+                .log_text()
+                .lines()
+                .any(|l| l.contains(" INFO ") && l.contains("back to the config in force"))
     });
-    assert_eq!(gw.metric("tollgate_config_refused_on_disk"), 0.0);
-    let log = gw.log_text();
-    assert!(
-        log.lines()
-            .any(|l| l.contains(" INFO ") && l.contains("back to the config in force")),
-        "{log}"
-    );
     // Fixed: in force again.
     save(
         &dir,

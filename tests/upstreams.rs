@@ -115,7 +115,10 @@ fn active_health_checks_skip_a_dead_url_and_bring_it_back() {
     let state = support::json_body(&get(gw.admin_port, "GET", "/tollgate/upstreams", &[]));
     let urls = &state["serviceEndpoints"][0]["urls"];
     assert_eq!(urls[1]["healthy"], false, "{state}");
-    assert!(gw.log_text().contains("is unhealthy"), "{}", gw.log_text());
+    // (Said once every url's state is set.)
+    wait_for("said unhealthy", Duration::from_secs(3), || {
+        gw.log_text().contains("is unhealthy")
+    });
     b.restart();
     let back = wait_for("b healthy again", Duration::from_secs(3), || {
         healthy(&b.url("")) == 1.0
