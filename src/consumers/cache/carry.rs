@@ -2,7 +2,7 @@
 //! it swaps its tables in (it may have read an entity before it changed).
 
 use std::collections::HashSet;
-use std::hash::{BuildHasher, Hash};
+use std::hash::BuildHasher;
 
 use super::{Table, Tables};
 use crate::consumers::layout::CredentialType;
@@ -15,42 +15,74 @@ pub(super) enum Changed {
     Credential(CredentialType, Box<str>),
 }
 
-/// Bytes of credential ids kept whole while a full load reads. A lookup of an unknown key
-/// (up to a header's 32 KiB) is a refresh, and a flood of them during a long read (lookups
-/// run up to 10,000 a second) would otherwise keep every key sent: past this, a credential
-/// changed is kept as a hash of its id (8 bytes) and found at the swap by a pass over the
-/// credentials.
+/// What kind of entity a change is of, for its hash.
+#[derive(Clone, Copy, Hash)]
+enum Kind {
+    User,
+    App,
+    Credential(CredentialType),
+}
+
+impl Changed {
+    fn kind_and_id(&self) -> (Kind, &str) {
+        match self {
+            Changed::User(id) => (Kind::User, id),
+            Changed::App(id) => (Kind::App, id),
+            Changed::Credential(ty, id) => (Kind::Credential(*ty), id),
+        }
+    }
+}
+
+/// Bytes of ids kept whole while a full load reads. A lookup of an unknown key (up to a
+/// header's 32 KiB; a basic-auth user's, its user and application) is a refresh that finds
+/// nothing, and a flood of them during a long read (lookups run up to 10,000 a second) would
+/// otherwise keep every id sent: past this, an entity a refresh found gone is kept as a hash
+/// of its id, and looked for among what the read found (see [`Changes::seal`]). One a refresh
+/// found in the store is kept whole always (the store's own entities, not made-up ones).
 const WHOLE_BYTES: usize = 8 << 20;
 
 /// What refreshes changed while a full load reads.
 #[derive(Default)]
 pub(super) struct Changes {
     whole: HashSet<Changed>,
-    /// Bytes of the credential ids in `whole`.
+    /// Bytes of the ids in `whole`.
     bytes: usize,
-    /// Credentials changed past [`WHOLE_BYTES`], by [`Changes::hash`] of their type and id.
-    hashed: HashSet<u64>,
-    keys: std::hash::RandomState,
+    /// Entities found gone past [`WHOLE_BYTES`], by the hash of their kind and id.
+    gone: HashSet<u64, foldhash::fast::RandomState>,
+    keys: foldhash::fast::RandomState,
+    /// Whether [`Changes::seal`] ran: every change is kept whole from then on.
+    sealed: bool,
 }
 
 impl Changes {
-    pub(super) fn note(&mut self, changed: Changed) {
-        if let Changed::Credential(ty, id) = &changed {
-            if self.bytes + id.len() > WHOLE_BYTES {
-                if !self.whole.contains(&changed) {
-                    self.hashed.insert(self.hash(*ty, id));
-                }
-                return;
-            }
-            if !self.whole.contains(&changed) {
-                self.bytes += id.len();
-            }
+    /// Notes a change; `found`: the refresh found the entity in the store.
+    pub(super) fn note(&mut self, changed: Changed, found: bool) {
+        if self.whole.contains(&changed) {
+            return;
         }
+        let len = changed.kind_and_id().1.len();
+        if !found && !self.sealed && self.bytes + len > WHOLE_BYTES {
+            self.gone.insert(self.keys.hash_one(changed.kind_and_id()));
+            return;
+        }
+        self.bytes += len;
         self.whole.insert(changed);
     }
 
-    fn hash(&self, ty: CredentialType, id: &str) -> u64 {
-        self.keys.hash_one((ty, id))
+    /// Marks the changes noted so far as sealed (kept whole from now on), and hands over
+    /// the hashes of those that were not, to be found with [`Hashed::found_in`] without the
+    /// tables' lock.
+    pub(super) fn seal(&mut self) -> Hashed {
+        self.sealed = true;
+        Hashed {
+            gone: std::mem::take(&mut self.gone),
+            keys: self.keys.clone(),
+        }
+    }
+
+    /// Adds the entities [`Hashed::found_in`] found.
+    pub(super) fn add_found(&mut self, found: Vec<Changed>) {
+        self.whole.extend(found);
     }
 
     /// Makes what a full load read (`new`) hold what refreshes changed while it read, as the
@@ -87,26 +119,54 @@ impl Changes {
                 },
             }
         }
-        if !self.hashed.is_empty() {
-            let hashed = |ty| move |id: &str| self.hashed.contains(&self.hash(ty, id));
-            entries(
-                &old.key_auth,
-                &mut new.key_auth,
-                hashed(CredentialType::KeyAuth),
-            );
-            entries(&old.jwt, &mut new.jwt, hashed(CredentialType::Jwt));
-            entries(
-                &old.basic,
-                &mut new.basic,
-                hashed(CredentialType::BasicAuth),
-            );
-        }
     }
 
     /// How many changes are kept, whole and hashed.
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
-        (self.whole.len(), self.hashed.len())
+        (self.whole.len(), self.gone.len())
+    }
+}
+
+/// The hashes of entities found gone, sealed ([`Changes::seal`]).
+pub(super) struct Hashed {
+    gone: HashSet<u64, foldhash::fast::RandomState>,
+    keys: foldhash::fast::RandomState,
+}
+
+impl Hashed {
+    /// The entities of `read` (what a full load read, not yet the live tables: no lock) that
+    /// the hashes name. Gone when a refresh found them, they are gone from the live tables
+    /// unless changed since (then noted whole): what the read found of them is removed. A
+    /// hash that names another entity makes it as the live tables have it, as a change would.
+    pub(super) fn found_in(&self, read: &Tables) -> Vec<Changed> {
+        let mut found = Vec::new();
+        if self.gone.is_empty() {
+            return found;
+        }
+        let mut look = |kind: Kind, ids: &mut dyn Iterator<Item = &Box<str>>| {
+            for id in ids {
+                if self.gone.contains(&self.keys.hash_one((kind, &**id))) {
+                    found.push(match kind {
+                        Kind::User => Changed::User(id.clone()),
+                        Kind::App => Changed::App(id.clone()),
+                        Kind::Credential(ty) => Changed::Credential(ty, id.clone()),
+                    });
+                }
+            }
+        };
+        look(Kind::User, &mut read.users.keys());
+        look(Kind::App, &mut read.apps.keys());
+        look(
+            Kind::Credential(CredentialType::KeyAuth),
+            &mut read.key_auth.keys(),
+        );
+        look(Kind::Credential(CredentialType::Jwt), &mut read.jwt.keys());
+        look(
+            Kind::Credential(CredentialType::BasicAuth),
+            &mut read.basic.keys(),
+        );
+        found
     }
 }
 
@@ -116,20 +176,6 @@ fn entry<V: Clone>(old: &Table<V>, new: &mut Table<V>, id: &str) {
         Some(v) => new.insert(id.into(), v.clone()),
         None => new.remove(id),
     };
-}
-
-/// [`entry`] for every id of `old` or `new` that `changed` says (a hash may name an id that
-/// did not change: its entry is made as the live tables have it, as recent as the read's).
-fn entries<V: Clone>(old: &Table<V>, new: &mut Table<V>, changed: impl Fn(&str) -> bool) {
-    let ids: Vec<Box<str>> = old
-        .keys()
-        .chain(new.keys())
-        .filter(|id| changed(id))
-        .cloned()
-        .collect();
-    for id in ids {
-        entry(old, new, &id);
-    }
 }
 
 #[cfg(test)]
@@ -146,34 +192,35 @@ mod tests {
         }
     }
 
-    /// Past the budget, changes are kept as hashes, and carried all the same: a credential
-    /// revoked while the read passed it, one created after the read passed its place, and a
-    /// made-up key looked up, each as the live tables have it; the others as the read found
-    /// them.
+    fn key_auth(id: &str) -> Changed {
+        Changed::Credential(CredentialType::KeyAuth, id.into())
+    }
+
+    /// Past the budget, entities found gone are kept as hashes, looked for among what the
+    /// read found, and carried all the same: a credential and a user removed while the read
+    /// passed them, each as the live tables have them; a made-up key costs 8 bytes. Entities
+    /// found in the store, and every change once sealed, are kept whole.
     #[test]
-    fn changes_past_the_budget_are_hashed_and_carried_all_the_same() {
+    fn entities_gone_past_the_budget_are_hashed_and_carried_all_the_same() {
         let mut changes = Changes::default();
         // A flood of made-up keys of 32 KiB fills the budget ...
         let long = |i: usize| format!("{i:0>32768}");
         for i in 0..(WHOLE_BYTES / 32768 + 50) {
-            changes.note(Changed::Credential(CredentialType::KeyAuth, long(i).into()));
+            changes.note(key_auth(&long(i)), false);
         }
         // ... and the same again is not counted twice.
-        changes.note(Changed::Credential(CredentialType::KeyAuth, long(0).into()));
-        let (whole, hashed) = changes.counts();
-        assert_eq!(whole, WHOLE_BYTES / 32768);
-        assert_eq!(hashed, 50);
-        // Changes past it are hashed, whatever their size.
-        for id in ["revoked", "created", "made-up"] {
-            changes.note(Changed::Credential(CredentialType::KeyAuth, id.into()));
-        }
-        changes.note(Changed::Credential(
-            CredentialType::Jwt,
-            "jwt-revoked".into(),
-        ));
-        // A user's change is always kept whole.
-        changes.note(Changed::User("u1".into()));
-        assert_eq!(changes.counts(), (WHOLE_BYTES / 32768 + 1, 54));
+        changes.note(key_auth(&long(0)), false);
+        let full = WHOLE_BYTES / 32768;
+        assert_eq!(changes.counts(), (full, 50));
+        // Past it, what was found gone is hashed, whatever its size; what was found, whole.
+        changes.note(key_auth("revoked"), false);
+        changes.note(
+            Changed::Credential(CredentialType::Jwt, "jwt-gone".into()),
+            false,
+        );
+        changes.note(Changed::User("u-gone".into()), false);
+        changes.note(key_auth("created"), true);
+        assert_eq!(changes.counts(), (full + 1, 53));
 
         let mut old = Tables::default();
         old.key_auth.insert("created".into(), keyed("c"));
@@ -182,28 +229,44 @@ mod tests {
         new.key_auth.insert("revoked".into(), keyed("r"));
         new.key_auth.insert("kept".into(), keyed("read"));
         new.key_auth.insert("other".into(), keyed("o"));
-        new.jwt.insert("jwt-revoked".into(), keyed("j"));
+        new.jwt.insert("jwt-gone".into(), keyed("j"));
+        let gone_user = super::super::ConsumerEntry {
+            active: true,
+            consumer: crate::pipeline::context::Consumer::new("u-gone".into(), Vec::new().into()),
+            username: Some("gone".into()),
+        };
+        new.users.insert("u-gone".into(), gone_user);
+        new.usernames.insert("gone".into(), "u-gone".into());
+
+        let hashed = changes.seal();
+        // Sealed: a change noted now is kept whole, found or not.
+        changes.note(key_auth("late"), false);
+        assert_eq!(changes.counts(), (full + 2, 0));
+        let found = hashed.found_in(&new);
+        assert_eq!(found.len(), 3, "{found:?}");
+        changes.add_found(found);
         changes.carry(&old, &mut new);
 
         let mut ids: Vec<&str> = new.key_auth.keys().map(|k| &**k).collect();
         ids.sort_unstable();
         assert_eq!(ids, ["created", "kept", "other"]);
         assert!(new.jwt.is_empty());
+        assert!(new.users.is_empty());
+        assert!(new.usernames.is_empty(), "the user's name goes with it");
         // Not changed: as the read found it.
         assert_eq!(&*new.key_auth["kept"].secret, "read");
         assert_eq!(&*new.key_auth["created"].secret, "c");
     }
 
-    /// Within the budget, nothing is hashed (no pass over the credentials at the swap).
+    /// Within the budget, nothing is hashed (nothing to look for at the swap).
     #[test]
     fn a_few_changes_are_kept_whole() {
         let mut changes = Changes::default();
         for i in 0..1000 {
-            changes.note(Changed::Credential(
-                CredentialType::KeyAuth,
-                format!("k{i}").into(),
-            ));
+            changes.note(key_auth(&format!("k{i}")), i % 2 == 0);
         }
         assert_eq!(changes.counts(), (1000, 0));
+        let hashed = changes.seal();
+        assert!(hashed.found_in(&Tables::default()).is_empty());
     }
 }

@@ -76,8 +76,10 @@ impl ConsumerCache {
             // Told once both subscriptions are made: the store's mark of each is queued (a
             // store over the network subscribes after the calls return; the embedded store
             // has no marks, its messages are its own process's).
-            // (Not waited for once told to go: a store that does not answer makes none.)
-            let made = |rx: &tokio::sync::broadcast::Receiver<String>| !rx.is_empty();
+            // (Not waited for once told to go: a store that does not answer makes none. One
+            // refused, its relay ended, makes none either.)
+            let made =
+                |rx: &tokio::sync::broadcast::Receiver<String>| !rx.is_empty() || rx.is_closed();
             let mut told_to_go = None;
             while cache.store.embedded_dir().is_none()
                 && !(made(&messages) && keys.as_ref().is_none_or(made))

@@ -124,6 +124,8 @@ pub struct ConsumerCache {
     checks: checks::InFlight,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
+    /// Refreshes run one at a time (see [`Self::refresh_many`]).
+    refresh_turn: tokio::sync::Mutex<()>,
     /// While a full load runs: what refreshes changed meanwhile, carried into what it read
     /// when it swaps its tables in (it may have read them before they changed).
     changed_while_loading: Mutex<Option<carry::Changes>>,
@@ -175,6 +177,7 @@ impl ConsumerCache {
             pending_lookups: Mutex::new(HashMap::new()),
             looking_up: AtomicBool::new(false),
             load_lock: tokio::sync::Mutex::new(()),
+            refresh_turn: tokio::sync::Mutex::new(()),
             changed_while_loading: Mutex::new(None),
             loads: Mutex::new(sync::LoadRequests::default()),
             stats: CacheStats::default(),

@@ -59,9 +59,11 @@ impl ConsumerCache {
     /// it runs (see [`super::Lookup::done`]): the lookups wait on it (refreshes elsewhere, an
     /// Admin API write's, are no queue's head).
     pub(super) async fn refresh_in_turn(&self, entities: &[String]) -> StoreResult<()> {
+        // (Timed from its turn: an Admin API write's refresh before it is no store stalling.)
+        let _turn = self.refresh_turn.lock().await;
         let began = crate::clock::coarse_millis().max(1);
         self.refreshing_since.store(began, Ordering::Relaxed);
-        let refreshed = self.refresh_many(entities).await;
+        let refreshed = self.refresh_turn_taken(entities).await;
         self.refreshing_since.store(0, Ordering::Relaxed);
         refreshed
     }
@@ -97,7 +99,18 @@ impl ConsumerCache {
     /// trips at most, however many: the names' types and their users, the credentials (each
     /// key's type checked where it is read: a key that holds no hash is none), their
     /// consumers.
+    ///
+    /// One refresh at a time, from its first read to its last write in the tables: of two
+    /// refreshes of one entity (an Admin API write's, and the change message of another
+    /// gateway's write just after), the one that read first wrote last, and an entity
+    /// revoked in the store worked again until its next change or the next full read.
     pub async fn refresh_many(&self, entities: &[String]) -> StoreResult<()> {
+        let _turn = self.refresh_turn.lock().await;
+        self.refresh_turn_taken(entities).await
+    }
+
+    /// [`Self::refresh_many`], the turn taken.
+    async fn refresh_turn_taken(&self, entities: &[String]) -> StoreResult<()> {
         let mut users = Vec::new();
         let mut apps = Vec::new();
         let mut names = Vec::new();
@@ -254,7 +267,7 @@ impl ConsumerCache {
     fn put(&self, entries: Entries) {
         let mut t = self.write();
         for (id, entry) in entries.apps {
-            self.note(Changed::App(id.as_str().into()));
+            self.note(Changed::App(id.as_str().into()), entry.is_some());
             match entry {
                 Some(entry) => t.apps.insert(id.into(), entry),
                 None => t.apps.remove(id.as_str()),
@@ -265,7 +278,7 @@ impl ConsumerCache {
         let mut left: Vec<Box<str>> = Vec::new();
         let mut named = Vec::new();
         for (id, entry) in entries.users {
-            self.note(Changed::User(id.as_str().into()));
+            self.note(Changed::User(id.as_str().into()), entry.is_some());
             let new_name = entry.as_ref().and_then(|(_, u)| u.as_deref());
             let held = t.users.get(id.as_str()).and_then(|e| e.username.clone());
             if let Some(old) = held.filter(|old| Some(&**old) != new_name) {
@@ -317,11 +330,15 @@ impl ConsumerCache {
             }
             // (A full load that runs keeps the names so given, as those of the users refreshed.)
             for id in given {
-                self.note(Changed::User(Box::from(&*id)));
+                self.note(Changed::User(Box::from(&*id)), true);
             }
         }
         for (ty, id, held) in entries.credentials {
-            self.note(Changed::Credential(ty, id.as_str().into()));
+            let found = matches!(
+                held,
+                Credential::Keyed(Some(_)) | Credential::Password(Some(_))
+            );
+            self.note(Changed::Credential(ty, id.as_str().into()), found);
             let id = id.as_str();
             match held {
                 Credential::Keyed(c) => {

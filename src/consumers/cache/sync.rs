@@ -74,6 +74,14 @@ impl ConsumerCache {
         };
         t.key_auth.shrink_to_fit();
         t.jwt.shrink_to_fit();
+        // Before the tables' lock: the changes kept as hashes (a flood of made-up keys while
+        // it read) looked for in what it read, a pass over it; kept whole from now on.
+        let hashed = self.changes().as_mut().map(Changes::seal);
+        if let Some(found) = hashed.map(|h| h.found_in(&t)) {
+            if let Some(changes) = self.changes().as_mut() {
+                changes.add_found(found);
+            }
+        }
         let count = t.key_auth.len() + t.jwt.len() + t.basic.len();
         let noteworthy;
         let replaced;
@@ -123,10 +131,11 @@ impl ConsumerCache {
             .unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Notes a refresh's change for a full load that runs (call it holding the tables' lock).
-    pub(super) fn note(&self, changed: Changed) {
+    /// Notes a refresh's change for a full load that runs (call it holding the tables' lock);
+    /// `found`: the refresh found the entity in the store.
+    pub(super) fn note(&self, changed: Changed, found: bool) {
         if let Some(changes) = self.changes().as_mut() {
-            changes.note(changed);
+            changes.note(changed, found);
         }
     }
 

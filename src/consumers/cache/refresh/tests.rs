@@ -201,3 +201,33 @@ async fn credentials_of_every_kind_in_one_refresh() {
         "the oauth2 credential's consumer"
     );
 }
+
+/// Two writers of one credential, each refreshing the cache after its write (an Admin API
+/// write's refresh, and the change message of another's write just after): the cache ends
+/// as the store does, whatever the interleaving. Two refreshes at once, the one that read
+/// first could write last, and a credential revoked in the store worked again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refreshes_of_one_credential_leave_it_as_the_store_has_it() {
+    let mut writes = user("u1", "one");
+    writes.push(key_auth("K", "u1"));
+    let (store, cache) = loaded(writes).await;
+    let cache = Arc::new(cache);
+    for round in 0..10_000 {
+        let writer = |active: &'static str| {
+            let (store, cache) = (store.clone(), cache.clone());
+            tokio::spawn(async move {
+                let write = hset("EG-key-auth:K", &[("isActive", active)]);
+                store.apply(&[write]).await.expect("write");
+                // (With its consumer: a round trip more between the read and the write.)
+                let batch = ["key-auth:K".to_string(), "user:u1".to_string()];
+                cache.refresh_many(&batch).await.expect("refresh");
+            })
+        };
+        let (on, off) = (writer("true"), writer("false"));
+        on.await.expect("on");
+        off.await.expect("off");
+        let stored = store.hgetall("EG-key-auth:K").await.expect("read")["isActive"] == "true";
+        let cached = cache.read().key_auth.get("K").map(|c| c.active);
+        assert_eq!(cached, Some(stored), "round {round}");
+    }
+}
