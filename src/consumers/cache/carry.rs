@@ -50,8 +50,9 @@ pub(super) struct Changes {
     /// Entities found gone past [`WHOLE_BYTES`], by the hash of their kind and id.
     gone: HashSet<u64, foldhash::fast::RandomState>,
     keys: foldhash::fast::RandomState,
-    /// Whether [`Changes::seal`] ran: every change is kept whole from then on.
-    sealed: bool,
+    /// Once [`Changes::seal`] ran, the longest id the read found: every change is kept whole
+    /// from then on, but one found gone with a longer id, which the read cannot hold.
+    sealed: Option<usize>,
 }
 
 impl Changes {
@@ -61,19 +62,25 @@ impl Changes {
             return;
         }
         let len = changed.kind_and_id().1.len();
-        if !found && !self.sealed && self.bytes + len > WHOLE_BYTES {
-            self.gone.insert(self.keys.hash_one(changed.kind_and_id()));
-            return;
+        if !found {
+            match self.sealed {
+                Some(longest) if len > longest => return,
+                None if self.bytes + len > WHOLE_BYTES => {
+                    self.gone.insert(self.keys.hash_one(changed.kind_and_id()));
+                    return;
+                }
+                _ => {}
+            }
         }
         self.bytes += len;
         self.whole.insert(changed);
     }
 
-    /// Marks the changes noted so far as sealed (kept whole from now on), and hands over
-    /// the hashes of those that were not, to be found with [`Hashed::found_in`] without the
-    /// tables' lock.
-    pub(super) fn seal(&mut self) -> Hashed {
-        self.sealed = true;
+    /// Seals the changes noted so far, those of the read `read`: changes are kept whole from
+    /// now on (but those [`Changes::note`] can leave out), and the hashes of those that were
+    /// not are handed over, to be found with [`Hashed::found_in`] without the tables' lock.
+    pub(super) fn seal(&mut self, read: &Tables) -> Hashed {
+        self.sealed = Some(longest_id(read));
         Hashed {
             gone: std::mem::take(&mut self.gone),
             keys: self.keys.clone(),
@@ -170,6 +177,22 @@ impl Hashed {
     }
 }
 
+/// The longest id `t` holds (a name's user's too).
+fn longest_id(t: &Tables) -> usize {
+    let longest = |ids: &mut dyn Iterator<Item = &str>| ids.map(str::len).max().unwrap_or(0);
+    [
+        longest(&mut t.users.keys().map(|k| &**k)),
+        longest(&mut t.apps.keys().map(|k| &**k)),
+        longest(&mut t.key_auth.keys().map(|k| &**k)),
+        longest(&mut t.jwt.keys().map(|k| &**k)),
+        longest(&mut t.basic.keys().map(|k| &**k)),
+        longest(&mut t.usernames.values().map(|v| &**v)),
+    ]
+    .into_iter()
+    .max()
+    .unwrap_or(0)
+}
+
 /// `id`'s entry in `new` made as it is in `old`.
 fn entry<V: Clone>(old: &Table<V>, new: &mut Table<V>, id: &str) {
     match old.get(id) {
@@ -238,10 +261,13 @@ mod tests {
         new.users.insert("u-gone".into(), gone_user);
         new.usernames.insert("gone".into(), "u-gone".into());
 
-        let hashed = changes.seal();
-        // Sealed: a change noted now is kept whole, found or not.
+        let hashed = changes.seal(&new);
+        // Sealed: a change noted now is kept whole, found or not, but one found gone whose id
+        // is longer than any the read found (it cannot be in it).
         changes.note(key_auth("late"), false);
-        assert_eq!(changes.counts(), (full + 2, 0));
+        changes.note(key_auth(&long(1_000_000)), false);
+        changes.note(key_auth(&long(1_000_001)), true);
+        assert_eq!(changes.counts(), (full + 3, 0));
         let found = hashed.found_in(&new);
         assert_eq!(found.len(), 3, "{found:?}");
         changes.add_found(found);
@@ -266,7 +292,7 @@ mod tests {
             changes.note(key_auth(&format!("k{i}")), i % 2 == 0);
         }
         assert_eq!(changes.counts(), (1000, 0));
-        let hashed = changes.seal();
+        let hashed = changes.seal(&Tables::default());
         assert!(hashed.found_in(&Tables::default()).is_empty());
     }
 }

@@ -129,7 +129,7 @@ impl ConsumerCache {
                             }
                         }
                         // (Told before the lookups' end: their requests answer 503, not 401.)
-                        match cache.refresh_in_turn(&entities).await {
+                        match cache.refresh_many(&entities).await {
                             Ok(_) => cache.set_store_answers(true),
                             Err(e) => {
                                 log::debug!(
@@ -195,7 +195,7 @@ impl ConsumerCache {
     async fn follow(&self, heard: Heard) -> bool {
         let mut everything = heard.everything;
         if !heard.entities.is_empty() {
-            if let Err(e) = self.refresh_in_turn(&heard.entities).await {
+            if let Err(e) = self.refresh_many(&heard.entities).await {
                 log::warn!(
                     "consumer cache: cannot refresh {}: {e}; reading everything again",
                     named(&heard.entities)

@@ -55,19 +55,6 @@ enum Credential {
 }
 
 impl ConsumerCache {
-    /// [`ConsumerCache::refresh_many`] by the task that runs the lookups in turn, noted while
-    /// it runs (see [`super::Lookup::done`]): the lookups wait on it (refreshes elsewhere, an
-    /// Admin API write's, are no queue's head).
-    pub(super) async fn refresh_in_turn(&self, entities: &[String]) -> StoreResult<()> {
-        // (Timed from its turn: an Admin API write's refresh before it is no store stalling.)
-        let _turn = self.refresh_turn.lock().await;
-        let began = crate::clock::coarse_millis().max(1);
-        self.refreshing_since.store(began, Ordering::Relaxed);
-        let refreshed = self.refresh_turn_taken(entities).await;
-        self.refreshing_since.store(0, Ordering::Relaxed);
-        refreshed
-    }
-
     /// A refresh in turn asks the store again: its wait is timed from now (a batch is a few
     /// round trips; the store not answering is one of them waiting).
     fn asking(&self) {
@@ -104,8 +91,15 @@ impl ConsumerCache {
     /// refreshes of one entity (an Admin API write's, and the change message of another
     /// gateway's write just after), the one that read first wrote last, and an entity
     /// revoked in the store worked again until its next change or the next full read.
+    ///
+    /// Timed while it runs, from its turn (a refresh before it is no store stalling): the
+    /// lookups wait on it, whoever's it is (see [`super::Lookup::done`]).
     pub async fn refresh_many(&self, entities: &[String]) -> StoreResult<()> {
         let _turn = self.refresh_turn.lock().await;
+        let began = crate::clock::coarse_millis().max(1);
+        self.refreshing_since.store(began, Ordering::Relaxed);
+        // (No longer timed however it ends: an Admin API request's may be dropped.)
+        let _timed = Timed(&self.refreshing_since);
         self.refresh_turn_taken(entities).await
     }
 
@@ -361,6 +355,15 @@ impl ConsumerCache {
                 Credential::NotHeld => {}
             }
         }
+    }
+}
+
+/// Ends the timing of the refresh running when dropped.
+struct Timed<'a>(&'a std::sync::atomic::AtomicU64);
+
+impl Drop for Timed<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 

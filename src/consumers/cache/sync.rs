@@ -76,7 +76,7 @@ impl ConsumerCache {
         t.jwt.shrink_to_fit();
         // Before the tables' lock: the changes kept as hashes (a flood of made-up keys while
         // it read) looked for in what it read, a pass over it; kept whole from now on.
-        let hashed = self.changes().as_mut().map(Changes::seal);
+        let hashed = self.changes().as_mut().map(|c| c.seal(&t));
         if let Some(found) = hashed.map(|h| h.found_in(&t)) {
             if let Some(changes) = self.changes().as_mut() {
                 changes.add_found(found);
