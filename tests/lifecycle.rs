@@ -1319,64 +1319,26 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
 /// was lost until a second read (the one owed to the subscription) ended: twice the read's time.
 #[test]
 fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
-    let (redis, _up, dir) = keyed_on_redis();
-    // 200,000 credentials more: a read takes seconds.
-    redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
-    let sock = dir.path.join("upgrade.sock").display().to_string();
-    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
-    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
-    // (A read past the start's 10 s wait on a busy machine: 503 until it ends.)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(old.port, "GET", "/wmts/1", &key).status != 200 {
-        assert!(Instant::now() < deadline, "{}", old.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // The new process on ports of its own: what answers there is it alone, from the moment
-    // it serves (the old one keeps accepting on its ports for a few seconds).
-    let (port, admin_port) = (support::free_port(), support::free_port());
-    let yml = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
-    let moved = yml
-        .replace("${PORT}", &port.to_string())
-        .replace("${ADMIN_PORT}", &admin_port.to_string());
-    save(&dir, "gateway.config.yml", &moved);
+    let b = bulk_upgrade();
+    let BulkUpgrade {
+        redis,
+        old,
+        port,
+        admin_port,
+        ..
+    } = &b;
+    let port = *port;
     std::thread::sleep(PAST_QUIET);
-    let new = start_upgrade(&dir, &old, &sock, &[], &[]);
-    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
-    std::thread::sleep(Duration::from_millis(500));
-    old.signal("QUIT");
-    // (Once it installed the tables handed over: seconds for 200,000 credentials in a debug
-    // build on a busy machine.)
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-        || get(port, "GET", "/wmts/1", &key).status != 200
-    {
-        assert!(Instant::now() < deadline, "the new process:\n{}", new_log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(
-        new_log().contains("credentials taken from the process upgraded"),
-        "{}",
-        new_log()
-    );
-    let reads = || {
-        get(admin_port, "GET", "/metrics", &[("Host", "127.0.0.1")])
-            .text()
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("tollgate_consumer_cache_full_loads_total ")?
-                    .trim()
-                    .parse::<f64>()
-                    .ok()
-            })
-            .unwrap_or(0.0)
-    };
+    let new = b.upgrade();
+    let new_log = || b.new_log();
+    let reads = || full_loads(*admin_port);
     // Revoked while the new process's read of the store runs, some credentials after the
     // read passed them: each followed at once (within half the old process's read of the
     // same store), and none brought back by the read's swap.
     let logs = || format!("{}\nnew:\n{}", old.log_text(), new_log());
     let mut revoked = vec![("kargo-ka-id".to_string(), "kargo-ka-secret")];
     support::redis::revoke_and_see_it_followed(
-        &redis,
+        redis,
         port,
         "kargo-ka-id",
         "kargo-ka-secret",
@@ -1384,7 +1346,7 @@ fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
     );
     while reads() < 1.0 {
         let id = format!("bulk-{}-{}", revoked.len() * 7 % 200, revoked.len());
-        support::redis::revoke_and_see_it_followed(&redis, port, &id, "s", logs);
+        support::redis::revoke_and_see_it_followed(redis, port, &id, "s", logs);
         revoked.push((id, "s"));
         assert!(revoked.len() < 1000, "the read did not end:\n{}", new_log());
         std::thread::sleep(Duration::from_millis(100));
@@ -1404,32 +1366,23 @@ fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
 /// many credentials. Now it subscribes before it takes the tables.
 #[test]
 fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
-    let (redis, _up, dir) = keyed_on_redis();
-    // 200,000 credentials more: the new process's read takes seconds.
-    redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
-    let sock = dir.path.join("upgrade.sock").display().to_string();
-    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
-    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while get(old.port, "GET", "/wmts/1", &key).status != 200 {
-        assert!(Instant::now() < deadline, "{}", old.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // The new process on ports of its own (what answers there is it alone), its store behind
-    // a relay that holds each new connection 400 ms.
-    let (port, admin_port) = (support::free_port(), support::free_port());
-    let yml = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
-    let moved = yml
-        .replace("${PORT}", &port.to_string())
-        .replace("${ADMIN_PORT}", &admin_port.to_string());
-    save(&dir, "gateway.config.yml", &moved);
+    let b = bulk_upgrade();
+    let BulkUpgrade {
+        redis,
+        dir,
+        port,
+        admin_port,
+        ..
+    } = &b;
+    let port = *port;
+    // The new process's store behind a relay that holds each new connection 400 ms.
     let relay = slow_relay(redis.port, Duration::from_millis(400));
     let system = std::fs::read_to_string(dir.path.join("system.config.yml")).expect("system");
     let relayed = system.replace(&format!("port: {}", redis.port), &format!("port: {relay}"));
     assert_ne!(relayed, system);
-    save(&dir, "system.config.yml", &relayed);
+    save(dir, "system.config.yml", &relayed);
     std::thread::sleep(PAST_QUIET);
-    let new_log = || std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    let new_log = || b.new_log();
     // Revocations every 30 ms from before the upgrade until the new process serves.
     let serving = std::sync::atomic::AtomicBool::new(false);
     let revoked = std::thread::scope(|s| {
@@ -1444,25 +1397,11 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
             revoked
         });
         std::thread::sleep(Duration::from_millis(300));
-        let new = start_upgrade(&dir, &old, &sock, &[], &[]);
-        std::thread::sleep(Duration::from_millis(500));
-        old.signal("QUIT");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
-            || get(port, "GET", "/wmts/1", &key).status != 200
-        {
-            assert!(Instant::now() < deadline, "the new process:\n{}", new_log());
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let new = b.upgrade();
         serving.store(true, std::sync::atomic::Ordering::Relaxed);
         (revoker.join().expect("revocations"), new)
     });
     let (revoked, new) = revoked;
-    assert!(
-        new_log().contains("credentials taken from the process upgraded"),
-        "{}",
-        new_log()
-    );
     // Each refused by the new process within a second, long before its read of the store
     // ends.
     for id in &revoked {
@@ -1478,7 +1417,95 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
-    let reads = get(admin_port, "GET", "/metrics", &[("Host", "127.0.0.1")])
+    assert_eq!(
+        full_loads(*admin_port),
+        0.0,
+        "the new process's read ended before the checks: they tell nothing\n{}",
+        new_log()
+    );
+    drop(new);
+}
+
+/// Redis with 200,000 credentials more than Kargo's (a read of it takes seconds), a gateway
+/// serving from it with an upgrade socket, and its config moved to ports of their own for the
+/// new process of an upgrade: what answers there is the new process alone, from the moment it
+/// serves (the old one keeps accepting on its ports for a few seconds).
+struct BulkUpgrade {
+    redis: support::redis::RedisServer,
+    _up: PyUpstream,
+    dir: ConfigDir,
+    sock: String,
+    old: GatewayProcess,
+    port: u16,
+    admin_port: u16,
+}
+
+impl BulkUpgrade {
+    /// Upgrades to a new process, then stops the old one, once the new one serves (it
+    /// installed the tables handed over: seconds for 200,000 credentials in a debug build on a
+    /// busy machine).
+    fn upgrade(&self) -> Reaped {
+        let new = start_upgrade(&self.dir, &self.old, &self.sock, &[], &[]);
+        std::thread::sleep(Duration::from_millis(500));
+        self.old.signal("QUIT");
+        let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+            || get(self.port, "GET", "/wmts/1", &key).status != 200
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the new process:\n{}",
+                self.new_log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(
+            self.new_log()
+                .contains("credentials taken from the process upgraded"),
+            "{}",
+            self.new_log()
+        );
+        new
+    }
+
+    fn new_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path.join("new.log")).unwrap_or_default()
+    }
+}
+
+fn bulk_upgrade() -> BulkUpgrade {
+    let (redis, up, dir) = keyed_on_redis();
+    redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
+    // (A read past the start's 10 s wait on a busy machine: 503 until it ends.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while get(old.port, "GET", "/wmts/1", &key).status != 200 {
+        assert!(Instant::now() < deadline, "{}", old.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (port, admin_port) = (support::free_port(), support::free_port());
+    let yml = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
+    let moved = yml
+        .replace("${PORT}", &port.to_string())
+        .replace("${ADMIN_PORT}", &admin_port.to_string());
+    save(&dir, "gateway.config.yml", &moved);
+    BulkUpgrade {
+        redis,
+        _up: up,
+        dir,
+        sock,
+        old,
+        port,
+        admin_port,
+    }
+}
+
+/// The full reads of the store the gateway whose Admin API is on `admin_port` made.
+fn full_loads(admin_port: u16) -> f64 {
+    get(admin_port, "GET", "/metrics", &[("Host", "127.0.0.1")])
         .text()
         .lines()
         .find_map(|l| {
@@ -1487,14 +1514,7 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
                 .parse::<f64>()
                 .ok()
         })
-        .unwrap_or(0.0);
-    assert_eq!(
-        reads,
-        0.0,
-        "the new process's read ended before the checks: they tell nothing\n{}",
-        new_log()
-    );
-    drop(new);
+        .unwrap_or(0.0)
 }
 
 /// A TCP relay to the port `to` on loopback that holds each connection for `delay` before it
