@@ -1337,13 +1337,7 @@ fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
     // same store), and none brought back by the read's swap.
     let logs = || format!("{}\nnew:\n{}", old.log_text(), new_log());
     let mut revoked = vec![("kargo-ka-id".to_string(), "kargo-ka-secret")];
-    support::redis::revoke_and_see_it_followed(
-        redis,
-        port,
-        "kargo-ka-id",
-        "kargo-ka-secret",
-        logs,
-    );
+    support::redis::revoke_and_see_it_followed(redis, port, "kargo-ka-id", "kargo-ka-secret", logs);
     while reads() < 1.0 {
         let id = format!("bulk-{}-{}", revoked.len() * 7 % 200, revoked.len());
         support::redis::revoke_and_see_it_followed(redis, port, &id, "s", logs);

@@ -76,11 +76,12 @@ impl Changes {
         self.whole.insert(changed);
     }
 
-    /// Seals the changes noted so far, those of the read `read`: changes are kept whole from
-    /// now on (but those [`Changes::note`] can leave out), and the hashes of those that were
-    /// not are handed over, to be found with [`Hashed::found_in`] without the tables' lock.
-    pub(super) fn seal(&mut self, read: &Tables) -> Hashed {
-        self.sealed = Some(longest_id(read));
+    /// Seals the changes noted so far, those of a read whose longest id is `longest` (see
+    /// [`longest_id`]): changes are kept whole from now on (but those [`Changes::note`] can
+    /// leave out), and the hashes of those that were not are handed over, to be found with
+    /// [`Hashed::found_in`] without the tables' lock.
+    pub(super) fn seal(&mut self, longest: usize) -> Hashed {
+        self.sealed = Some(longest);
         Hashed {
             gone: std::mem::take(&mut self.gone),
             keys: self.keys.clone(),
@@ -178,7 +179,7 @@ impl Hashed {
 }
 
 /// The longest id `t` holds (a name's user's too).
-fn longest_id(t: &Tables) -> usize {
+pub(super) fn longest_id(t: &Tables) -> usize {
     let longest = |ids: &mut dyn Iterator<Item = &str>| ids.map(str::len).max().unwrap_or(0);
     [
         longest(&mut t.users.keys().map(|k| &**k)),
@@ -261,7 +262,7 @@ mod tests {
         new.users.insert("u-gone".into(), gone_user);
         new.usernames.insert("gone".into(), "u-gone".into());
 
-        let hashed = changes.seal(&new);
+        let hashed = changes.seal(longest_id(&new));
         // Sealed: a change noted now is kept whole, found or not, but one found gone whose id
         // is longer than any the read found (it cannot be in it).
         changes.note(key_auth("late"), false);
@@ -292,7 +293,7 @@ mod tests {
             changes.note(key_auth(&format!("k{i}")), i % 2 == 0);
         }
         assert_eq!(changes.counts(), (1000, 0));
-        let hashed = changes.seal(&Tables::default());
+        let hashed = changes.seal(0);
         assert!(hashed.found_in(&Tables::default()).is_empty());
     }
 }

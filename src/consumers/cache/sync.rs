@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::carry::{Changed, Changes};
+use super::carry::{longest_id, Changed, Changes};
 use super::refresh::{
     app_entry, fields_of, keyed_credential, password_credential, user_entry, APP_FIELDS,
     BASIC_FIELDS, KEYED_FIELDS, USER_FIELDS,
@@ -76,7 +76,9 @@ impl ConsumerCache {
         t.jwt.shrink_to_fit();
         // Before the tables' lock: the changes kept as hashes (a flood of made-up keys while
         // it read) looked for in what it read, a pass over it; kept whole from now on.
-        let hashed = self.changes().as_mut().map(|c| c.seal(&t));
+        // (Its longest id found first: a refresh waits for the changes' lock with the tables'.)
+        let longest = longest_id(&t);
+        let hashed = self.changes().as_mut().map(|c| c.seal(longest));
         if let Some(found) = hashed.map(|h| h.found_in(&t)) {
             if let Some(changes) = self.changes().as_mut() {
                 changes.add_found(found);
