@@ -11,6 +11,8 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::gateway::{binary, run_tollgate};
@@ -1319,7 +1321,7 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
 /// was lost until a second read (the one owed to the subscription) ended: twice the read's time.
 #[test]
 fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
-    let b = bulk_upgrade();
+    let b = bulk_upgrade(None);
     let BulkUpgrade {
         redis,
         old,
@@ -1357,10 +1359,15 @@ fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
 /// It took the old process's tables and then subscribed to the change messages: what was
 /// published between the two (here, a store slow to answer the new process's connections:
 /// 400 ms) worked on the new process until its first read of the store ended, seconds with
-/// many credentials. Now it subscribes before it takes the tables.
+/// many credentials. Now it subscribes before it takes the tables. And the old process
+/// follows what it was told of before it hands them over: here its store is 150 ms away (it
+/// follows a revocation about 300 ms after it was published: the message's way, then its read
+/// of the credential), and those published in the 300 ms before the new process had
+/// subscribed were in neither.
 #[test]
 fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
-    let b = bulk_upgrade();
+    let old_lag = Arc::new(AtomicU64::new(0));
+    let b = bulk_upgrade(Some(&old_lag));
     let BulkUpgrade {
         redis,
         dir,
@@ -1370,19 +1377,20 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
     } = &b;
     let port = *port;
     // The new process's store behind a relay that holds each new connection 400 ms.
-    let relay = slow_relay(redis.port, Duration::from_millis(400));
+    let relay = relay(redis.port, Duration::from_millis(400), Arc::default());
     let system = std::fs::read_to_string(dir.path.join("system.config.yml")).expect("system");
     let relayed = system.replace(&format!("port: {}", redis.port), &format!("port: {relay}"));
     assert_ne!(relayed, system);
     save(dir, "system.config.yml", &relayed);
     std::thread::sleep(PAST_QUIET);
+    old_lag.store(150, Ordering::Relaxed);
     let new_log = || b.new_log();
     // Revocations every 30 ms from before the upgrade until the new process serves.
     let serving = std::sync::atomic::AtomicBool::new(false);
     let revoked = std::thread::scope(|s| {
         let revoker = s.spawn(|| {
             let mut revoked = Vec::new();
-            while !serving.load(std::sync::atomic::Ordering::Relaxed) {
+            while !serving.load(Ordering::Relaxed) {
                 let id = format!("bulk-{}-{}", revoked.len() * 7 % 200, revoked.len());
                 redis.revoke_key_auth(&id);
                 revoked.push(id);
@@ -1392,7 +1400,7 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
         });
         std::thread::sleep(Duration::from_millis(300));
         let new = b.upgrade();
-        serving.store(true, std::sync::atomic::Ordering::Relaxed);
+        serving.store(true, Ordering::Relaxed);
         (revoker.join().expect("revocations"), new)
     });
     let (revoked, new) = revoked;
@@ -1468,11 +1476,21 @@ impl BulkUpgrade {
     }
 }
 
-fn bulk_upgrade() -> BulkUpgrade {
+/// `old_lag`: the old process reaches its store through a [`relay`] with this lag (the new
+/// one reaches it directly).
+fn bulk_upgrade(old_lag: Option<&Arc<AtomicU64>>) -> BulkUpgrade {
     let (redis, up, dir) = keyed_on_redis();
     redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
     let sock = dir.path.join("upgrade.sock").display().to_string();
+    let system = std::fs::read_to_string(dir.path.join("system.config.yml")).expect("system");
+    if let Some(lag) = old_lag {
+        let relay = relay(redis.port, Duration::ZERO, lag.clone());
+        let relayed = system.replace(&format!("port: {}", redis.port), &format!("port: {relay}"));
+        assert_ne!(relayed, system);
+        save(&dir, "system.config.yml", &relayed);
+    }
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    save(&dir, "system.config.yml", &system);
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
     // (A read past the start's 10 s wait on a busy machine: 503 until it ends.)
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1511,22 +1529,25 @@ fn full_loads(admin_port: u16) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// A TCP relay to the port `to` on loopback that holds each connection for `delay` before it
-/// connects it: a store slow to answer a new connection. Its port.
-fn slow_relay(to: u16, delay: Duration) -> u16 {
+/// A TCP relay to the port `to` on loopback that holds each connection for `hold` before it
+/// connects it (a store slow to answer a new connection), and passes on what the server sends
+/// `lag` milliseconds after it came (a store far away; changed while it runs). Its port.
+fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>) -> u16 {
+    use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
     let port = listener.local_addr().expect("relay address").port();
     std::thread::spawn(move || {
         for client in listener.incoming() {
             let Ok(client) = client else { continue };
+            let lag = lag.clone();
             std::thread::spawn(move || {
-                std::thread::sleep(delay);
+                std::thread::sleep(hold);
                 let Ok(server) = TcpStream::connect(("127.0.0.1", to)) else {
                     return;
                 };
-                let (Ok(mut from_client), Ok(mut to_server)) =
-                    (client.try_clone(), server.try_clone())
+                let (Ok(mut from_client), Ok(mut to_server), Ok(mut from_server)) =
+                    (client.try_clone(), server.try_clone(), server.try_clone())
                 else {
                     return;
                 };
@@ -1534,9 +1555,26 @@ fn slow_relay(to: u16, delay: Duration) -> u16 {
                     let _ = std::io::copy(&mut from_client, &mut to_server);
                     let _ = to_server.shutdown(Shutdown::Write);
                 });
-                let (mut to_client, mut from_server) = (client, server);
-                let _ = std::io::copy(&mut from_server, &mut to_client);
+                // What the server sent, with when it came, given on by this thread when due.
+                let (came, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>)>();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_server.read(&mut buf) {
+                        if came.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut to_client = client;
+                for (at, bytes) in due {
+                    let when = at + Duration::from_millis(lag.load(Ordering::Relaxed));
+                    std::thread::sleep(when.saturating_duration_since(Instant::now()));
+                    if to_client.write_all(&bytes).is_err() {
+                        break;
+                    }
+                }
                 let _ = to_client.shutdown(Shutdown::Both);
+                let _ = server.shutdown(Shutdown::Both);
                 let _ = up.join();
             });
         }

@@ -18,24 +18,19 @@ const POPULATE_WAIT: Duration = Duration::from_secs(60);
 /// meanwhile).
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
 
-/// How long after its subscriptions an upgrade's new process waits before it takes the
-/// tables: what was published just before them is in the tables then (the old process
-/// follows a change message within milliseconds), what comes after them it hears itself.
-const HEARD_BY_THE_OLD: Duration = Duration::from_millis(50);
-
 /// Before an upgrade's new process takes the consumer tables of the process it upgrades: its
 /// own subscriptions to the store's changes made, so that no change falls between the two
 /// (before, a revocation published after the tables went and before the new process had
 /// subscribed worked until the new process's first read of the store ended, seconds with many
-/// credentials). A store that does not answer is not waited for past [`SUBSCRIBE_WAIT`].
+/// credentials). What was published before them the old process follows before it hands its
+/// tables over (see `consumers::cache::handover`). A store that does not answer is not
+/// waited for past [`SUBSCRIBE_WAIT`].
 pub(super) fn subscribed_before_handover(
     background: &tokio::runtime::Runtime,
     following: &mut crate::consumers::cache::Following,
 ) {
     let subscribed = background.block_on(following.subscribed(SUBSCRIBE_WAIT));
-    if subscribed {
-        std::thread::sleep(HEARD_BY_THE_OLD);
-    } else {
+    if !subscribed {
         log::debug!(
             "consumer cache: not subscribed to the store's changes within {SUBSCRIBE_WAIT:?}; taking the tables handed over meanwhile"
         );

@@ -546,6 +546,13 @@ impl Store for EmbeddedStore {
             .subscribe())
     }
 
+    fn ask_caught_up(&self) {
+        // (What is published here is in the subscribers' channels as it is published.)
+        for tx in held(&self.0.channels).values() {
+            let _ = tx.send(super::CAUGHT_UP.to_string());
+        }
+    }
+
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {
         let mut locks = held(&self.0.locks);
         let now = Instant::now();

@@ -71,6 +71,10 @@ pub const SUBSCRIBED: &str = "";
 /// everything again.
 pub const EVERYTHING_CHANGED: &str = "*";
 
+/// The message a subscription gives when asked with [`Store::ask_caught_up`], once it has
+/// given everything the store sent it before the question (not a message anyone publishes).
+pub const CAUGHT_UP: &str = "\u{1}caught-up";
+
 #[async_trait]
 pub trait Store: Send + Sync {
     /// A short name for logs and errors (`embedded /var/lib/...`, `redis 127.0.0.1:6379`).
@@ -142,6 +146,12 @@ pub trait Store: Send + Sync {
         let _ = prefix;
         Ok(None)
     }
+
+    /// Asks each subscription ([`Self::subscribe`], [`Self::follow_keys`]) to give
+    /// [`CAUGHT_UP`] once it has given what the store sent it before this question: what was
+    /// published before it is then among the messages received (a subscription being made
+    /// again gives [`SUBSCRIBED`] instead, and the mark maybe later).
+    fn ask_caught_up(&self);
 
     /// Takes a named lock for at most `ttl`; `None` when someone else holds it.
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>>;

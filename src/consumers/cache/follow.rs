@@ -47,6 +47,8 @@ impl ConsumerCache {
     ) -> Following {
         let (lookup, mut lookups) = tokio::sync::mpsc::channel::<String>(LOOKUPS_QUEUED);
         *self.lookups.lock().unwrap_or_else(|p| p.into_inner()) = Some(lookup);
+        let (catch_up, mut catching_up) = tokio::sync::mpsc::channel(4);
+        *self.catch_up.lock().unwrap_or_else(|p| p.into_inner()) = Some(catch_up);
         let (subscribed, told) = tokio::sync::watch::channel(false);
         let (go, mut begin) = tokio::sync::oneshot::channel();
         let cache = self.clone();
@@ -117,6 +119,7 @@ impl ConsumerCache {
             }
             // Lookups run from here on: a request may wait for its own.
             cache.looking_up.store(true, Ordering::Relaxed);
+            let mut catching = CatchingUp::default();
             loop {
                 tokio::select! {
                     Some(entity) = lookups.recv() => {
@@ -143,11 +146,18 @@ impl ConsumerCache {
                             cache.looked_up(entity);
                         }
                     }
+                    Some(answer) = catching_up.recv() => {
+                        catching.asked(answer, keys.is_some());
+                        cache.store.ask_caught_up();
+                    }
                     msg = messages.recv() => {
                         let heard = Heard::drain(msg, &mut messages, Some);
-                        let closed = heard.closed;
+                        let (closed, caught_up) = (heard.closed, heard.caught_up);
                         if cache.follow(heard).await {
                             owe(&mut owed, retry.as_mut());
+                        }
+                        if caught_up {
+                            catching.messages_followed();
                         }
                         if closed {
                             break;
@@ -158,9 +168,12 @@ impl ConsumerCache {
                         // (Some: a key was heard of.)
                         let Some(rx) = keys.as_mut() else { continue };
                         let heard = Heard::drain(key, rx, entity);
-                        let closed = heard.closed;
+                        let (closed, caught_up) = (heard.closed, heard.caught_up);
                         if cache.follow(heard).await {
                             owe(&mut owed, retry.as_mut());
+                        }
+                        if caught_up || closed {
+                            catching.keys_followed();
                         }
                         if closed {
                             keys = None;
@@ -189,6 +202,22 @@ impl ConsumerCache {
         }
     }
 
+    /// Whether what the store told of before this call has been followed (the change
+    /// messages and the keys written it had sent, each refreshed), waited for `within` at
+    /// most; blocks, for a thread of its own. What an upgrade's process hands over is then
+    /// what the store held when the new process had subscribed (see
+    /// [`crate::store::Store::ask_caught_up`]).
+    pub fn caught_up_blocking(&self, within: Duration) -> bool {
+        let (answer, answered) = std::sync::mpsc::sync_channel(1);
+        let asked = self
+            .catch_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|ask| ask.try_send(answer).is_ok());
+        asked && answered.recv_timeout(within).is_ok()
+    }
+
     /// Follows what was heard at once: whether everything is to be read again — a
     /// (re)subscription, messages dropped, a change not followed (the store did not answer: a
     /// revocation waits no resync period).
@@ -207,6 +236,45 @@ impl ConsumerCache {
     }
 }
 
+/// The questions of [`ConsumerCache::caught_up_blocking`] waiting for the subscriptions'
+/// marks ([`crate::store::CAUGHT_UP`]): answered once each subscription gave its mark and
+/// what came before it was followed.
+#[derive(Default)]
+struct CatchingUp {
+    answers: Vec<std::sync::mpsc::SyncSender<()>>,
+    messages: bool,
+    keys: bool,
+}
+
+impl CatchingUp {
+    /// A question (the marks asked for again: of the change messages, and of the keys written
+    /// when they are followed).
+    fn asked(&mut self, answer: std::sync::mpsc::SyncSender<()>, keys_followed: bool) {
+        self.answers.push(answer);
+        self.messages = true;
+        self.keys = keys_followed;
+    }
+
+    fn messages_followed(&mut self) {
+        self.messages = false;
+        self.answer();
+    }
+
+    /// (Also when the keys written are no longer told: nothing more to wait for there.)
+    fn keys_followed(&mut self) {
+        self.keys = false;
+        self.answer();
+    }
+
+    fn answer(&mut self) {
+        if !self.messages && !self.keys {
+            for answer in self.answers.drain(..) {
+                let _ = answer.try_send(());
+            }
+        }
+    }
+}
+
 /// The change messages (or keys written) heard at once: the first, and those already queued
 /// behind it (up to [`BATCH`]), refreshed together.
 struct Heard {
@@ -216,6 +284,9 @@ struct Heard {
     everything: bool,
     /// Whether no more will come.
     closed: bool,
+    /// Whether the subscription's mark [`crate::store::CAUGHT_UP`] came with them: what it
+    /// gave before is among them, or was followed before them.
+    caught_up: bool,
 }
 
 impl Heard {
@@ -229,6 +300,7 @@ impl Heard {
             entities: Vec::new(),
             everything: false,
             closed: false,
+            caught_up: false,
         };
         let mut seen = HashSet::new();
         let mut next = Some(first);
@@ -237,6 +309,7 @@ impl Heard {
                 Ok(m) if m == crate::store::SUBSCRIBED || m == crate::store::EVERYTHING_CHANGED => {
                     heard.everything = true
                 }
+                Ok(m) if m == crate::store::CAUGHT_UP => heard.caught_up = true,
                 Ok(m) => {
                     if let Some(e) = entity(m) {
                         if seen.insert(e.clone()) {
@@ -313,6 +386,7 @@ mod tests {
             "other",
             "EG-a",
             crate::store::SUBSCRIBED,
+            crate::store::CAUGHT_UP,
             "EG-c",
         ] {
             tx.send(m.to_string()).expect("send");
@@ -321,6 +395,7 @@ mod tests {
         let heard = Heard::drain(first, &mut rx, entity);
         assert_eq!(heard.entities, ["a", "b", "c"]);
         assert!(heard.everything, "a subscription's mark");
+        assert!(heard.caught_up, "the mark of a catch-up");
         assert!(!heard.closed);
         // No more than a batch at once: the rest stays queued.
         for i in 0..BATCH + 3 {
@@ -329,7 +404,7 @@ mod tests {
         let first = rx.try_recv().map_err(|_| super::RecvError::Closed);
         let heard = Heard::drain(first, &mut rx, entity);
         assert_eq!(heard.entities.len(), BATCH);
-        assert!(!heard.everything);
+        assert!(!heard.everything && !heard.caught_up);
         assert_eq!(rx.len(), 3);
     }
 

@@ -5,8 +5,10 @@
 //!
 //! The old process offers its tables on a unix socket beside the upgrade socket
 //! ([`offer_path`]) as it hands the listening sockets over; the new process reads them once
-//! it holds those sockets, then loads from its store as it always does (the store's answer
-//! replaces them). Both ends take only a peer of their own user: the tables hold the
+//! it holds those sockets and has subscribed to the store's changes, then loads from its
+//! store as it always does (the store's answer replaces them). Asked, the old process first
+//! follows what its store told of until then ([`ConsumerCache::caught_up_blocking`]): a
+//! change is in the tables, or among what the new process hears. Both ends take only a peer of their own user: the tables hold the
 //! credentials' secrets.
 
 use std::collections::HashSet;
@@ -31,6 +33,10 @@ pub fn offer_path(upgrade_sock: &Path) -> PathBuf {
 
 /// How long the tables are offered (the new process asks as soon as it has the sockets).
 const OFFERED_FOR: Duration = Duration::from_secs(60);
+
+/// How long the tables wait for the changes the store told of before the new process asked
+/// to be followed.
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(2);
 
 /// How long the new process looks for the offer, and then waits for the tables.
 const LOOK_FOR: Duration = Duration::from_millis(500);
@@ -138,6 +144,15 @@ impl ConsumerCache {
             withdraw();
             // The process stays until the tables have gone (see [`handing_over`]).
             HANDING_OVER.store(true, Ordering::Relaxed);
+            // What the store told of before the new process asked is in the tables: it asks
+            // once its own subscriptions are made, so that a change is followed by one process
+            // or the other (one published between the two was lost until the new process's
+            // first read of the store ended).
+            if !self.caught_up_blocking(CATCH_UP_WITHIN) {
+                log::warn!(
+                    "consumer cache: the store's last changes not followed within {CATCH_UP_WITHIN:?}; handing the tables over as they are (the new process's read of the store replaces them)"
+                );
+            }
             let _ = conn.set_nonblocking(false);
             let _ = conn.set_write_timeout(Some(READ_WITHIN));
             let mut out = std::io::BufWriter::new(&mut conn);

@@ -138,6 +138,9 @@ pub struct ConsumerCache {
     /// Bounded ([`sync::LOOKUPS_QUEUED`]): a flood of made-up keys, or a store that does not
     /// answer, leaves the rest for the periodic reload.
     lookups: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
+    /// The questions of [`Self::caught_up_blocking`], for the task that follows the store
+    /// (set by `start`): each answered once what the store told of before it is followed.
+    catch_up: Mutex<Option<tokio::sync::mpsc::Sender<std::sync::mpsc::SyncSender<()>>>>,
     /// The lookups queued or running, for the requests that wait on them ([`Lookup`]).
     pending_lookups: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     /// Whether the task that runs lookups is running them (from its subscriptions on, the
@@ -174,6 +177,7 @@ impl ConsumerCache {
             refused_passwords: Mutex::new(passwords::PasswordMemos::default()),
             checks: checks::InFlight::default(),
             lookups: Mutex::new(None),
+            catch_up: Mutex::new(None),
             pending_lookups: Mutex::new(HashMap::new()),
             looking_up: AtomicBool::new(false),
             load_lock: tokio::sync::Mutex::new(()),

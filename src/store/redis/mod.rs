@@ -38,6 +38,8 @@ pub struct RedisStore {
     describe: String,
     conn: Mutex<Conn>,
     channels: Arc<std::sync::Mutex<HashMap<String, broadcast::Sender<String>>>>,
+    /// Each [`Store::ask_caught_up`], for every subscription's relay.
+    caught_up: broadcast::Sender<()>,
 }
 
 /// The connection, and the attempt to make one under way: one attempt at a time, every caller
@@ -123,6 +125,7 @@ impl RedisStore {
             describe,
             conn: Mutex::default(),
             channels: Arc::new(std::sync::Mutex::new(HashMap::new())),
+            caught_up: broadcast::channel(16).0,
         }
     }
 
@@ -508,6 +511,10 @@ impl Store for RedisStore {
         let pattern = pubsub::keyspace_pattern(self.db, prefix);
         self.spawn_relay(pubsub::Follow::Keys(pattern), tx);
         Ok(Some(rx))
+    }
+
+    fn ask_caught_up(&self) {
+        let _ = self.caught_up.send(());
     }
 
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {

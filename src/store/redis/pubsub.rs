@@ -17,6 +17,7 @@ impl RedisStore {
             describe: self.describe.clone(),
             conn: Mutex::default(),
             channels: self.channels.clone(),
+            caught_up: self.caught_up.clone(),
         }
     }
 
@@ -87,6 +88,7 @@ impl RedisStore {
     pub(super) fn spawn_relay(&self, follow: Follow, tx: broadcast::Sender<String>) {
         let target_store = self.with_own_connection();
         let channel = follow.name().to_string();
+        let mut asked = self.caught_up.subscribe();
         tokio::spawn(async move {
             // Whether a subscription was lost (its return is said once).
             let mut lost = false;
@@ -131,7 +133,7 @@ impl RedisStore {
                                     let _ = tx.send(crate::store::SUBSCRIBED.to_string());
                                     let keys = matches!(follow, Follow::Keys(_))
                                         .then_some((&target_store, &mut told));
-                                    relay_messages(&mut sink, stream, &tx, keys).await;
+                                    relay_messages(&mut sink, stream, &tx, &mut asked, keys).await;
                                     log::warn!(
                                         "{}: subscription to `{channel}` lost; resubscribing",
                                         target_store.describe
@@ -166,7 +168,18 @@ impl RedisStore {
                     }
                     Err(e) => log::warn!("{e}"),
                 }
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                // Not subscribed: nothing the store sent is still to come (once subscribed
+                // again, the mark of the subscription asks for everything to be read).
+                let retry = tokio::time::sleep(Duration::from_secs(1));
+                tokio::pin!(retry);
+                loop {
+                    tokio::select! {
+                        () = &mut retry => break,
+                        Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = asked.recv() => {
+                            let _ = tx.send(crate::store::CAUGHT_UP.to_string());
+                        }
+                    }
+                }
             }
         });
     }
@@ -223,36 +236,41 @@ const PUBSUB_PING: Duration = Duration::from_secs(5);
 const PUBSUB_WAIT: Duration = Duration::from_secs(5);
 
 /// Relays the subscription's messages into `tx` until its connection ends or stops answering
-/// pings. `keys`: for a subscription to the keys written, the store, whose
-/// `notify-keyspace-events` is looked at again with each ping, and whether it told of them.
+/// pings. `asked`: the questions of [`crate::store::Store::ask_caught_up`], each answered by a
+/// ping on the subscription's connection (the server answers it after every message it sent
+/// before), the messages received before its answer, then [`crate::store::CAUGHT_UP`]. `keys`:
+/// for a subscription to the keys written, the store, whose `notify-keyspace-events` is looked
+/// at again with each ping, and whether it told of them.
 async fn relay_messages(
     sink: &mut redis::aio::PubSubSink,
     mut stream: redis::aio::PubSubStream,
     tx: &broadcast::Sender<String>,
+    asked: &mut broadcast::Receiver<()>,
     mut keys: Option<(&RedisStore, &mut Option<bool>)>,
 ) {
+    use futures_util::FutureExt;
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + PUBSUB_PING, PUBSUB_PING);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(msg) => {
-                    // A key written: its name, after the notification's `__keyspace@<db>__:`.
-                    if msg.from_pattern() {
-                        // (Not a key read that found nothing, `keymiss` where the server tells
-                        // of those: the refresh reads the key again, which told of another.)
-                        let event = msg.get_payload_bytes();
-                        match msg.get_channel_name().split_once("__:") {
-                            Some((_, key)) if event != b"keymiss" => {
-                                let _ = tx.send(key.to_string());
-                            }
-                            _ => {}
-                        }
-                    } else if let Ok(text) = msg.get_payload::<String>() {
-                        let _ = tx.send(text);
+                Some(msg) => relay(msg, tx),
+                None => return,
+            },
+            Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = asked.recv() => {
+                let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
+                if !matches!(pong, Ok(Ok(_))) {
+                    return;
+                }
+                // (The connection's reader queued the messages before the answer before it
+                // gave the answer.)
+                while let Some(next) = stream.next().now_or_never() {
+                    match next {
+                        Some(msg) => relay(msg, tx),
+                        None => return,
                     }
                 }
-                None => return,
+                let _ = tx.send(crate::store::CAUGHT_UP.to_string());
             },
             _ = beat.tick() => {
                 let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
@@ -267,6 +285,24 @@ async fn relay_messages(
                 }
             }
         }
+    }
+}
+
+/// Relays one message of a subscription into `tx`.
+fn relay(msg: redis::Msg, tx: &broadcast::Sender<String>) {
+    // A key written: its name, after the notification's `__keyspace@<db>__:`.
+    if msg.from_pattern() {
+        // (Not a key read that found nothing, `keymiss` where the server tells of those: the
+        // refresh reads the key again, which told of another.)
+        let event = msg.get_payload_bytes();
+        match msg.get_channel_name().split_once("__:") {
+            Some((_, key)) if event != b"keymiss" => {
+                let _ = tx.send(key.to_string());
+            }
+            _ => {}
+        }
+    } else if let Ok(text) = msg.get_payload::<String>() {
+        let _ = tx.send(text);
     }
 }
 

@@ -2,6 +2,7 @@
 //! the tables, as one refresh each would.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::consumers::cache::ConsumerCache;
 use crate::consumers::layout::Layout;
@@ -229,5 +230,41 @@ async fn refreshes_of_one_credential_leave_it_as_the_store_has_it() {
         let stored = store.hgetall("EG-key-auth:K").await.expect("read")["isActive"] == "true";
         let cached = cache.read().key_auth.get("K").map(|c| c.active);
         assert_eq!(cached, Some(stored), "round {round}");
+    }
+}
+
+/// Asked whether it has caught up (as an upgrade's old process asks before it hands its
+/// tables over), the cache answers once what the store told of before the question is in its
+/// tables: each round, a credential written and announced, never refreshed by its writer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_told_before_a_catch_up_is_in_the_tables_when_it_answers() {
+    let mut writes = user("u1", "one");
+    writes.push(key_auth("K", "u1"));
+    let (store, cache) = loaded(writes).await;
+    let cache = Arc::new(cache);
+    cache
+        .start(
+            &tokio::runtime::Handle::current(),
+            Duration::from_secs(3600),
+        )
+        .go(true);
+    let channel = Layout::new("EG").invalidation_channel();
+    let caught_up = |cache: &Arc<ConsumerCache>| {
+        let asking = cache.clone();
+        tokio::task::spawn_blocking(move || asking.caught_up_blocking(Duration::from_secs(5)))
+    };
+    // (Answered once it follows: subscribed.)
+    assert!(caught_up(&cache).await.expect("asked"), "no answer");
+    for round in 0..1_000 {
+        let active = if round % 2 == 0 { "false" } else { "true" };
+        let write = hset("EG-key-auth:K", &[("isActive", active)]);
+        store.apply(&[write]).await.expect("write");
+        store
+            .publish(&channel, "key-auth:K")
+            .await
+            .expect("publish");
+        assert!(caught_up(&cache).await.expect("asked"), "round {round}: no answer");
+        let cached = cache.read().key_auth.get("K").map(|c| c.active);
+        assert_eq!(cached, Some(active == "true"), "round {round}");
     }
 }
