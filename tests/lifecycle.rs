@@ -1492,9 +1492,12 @@ fn bulk_upgrade(old_lag: Option<&Arc<AtomicU64>>) -> BulkUpgrade {
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
     save(&dir, "system.config.yml", &system);
     let key = [("Authorization", "apiKey kargo-ka-id:kargo-ka-secret")];
-    // (A read past the start's 10 s wait on a busy machine: 503 until it ends.)
+    // (A read past the start's 10 s wait on a busy machine: the credential is looked up
+    // meanwhile, and the tables are offered to an upgrade once the read ended.)
     let deadline = Instant::now() + Duration::from_secs(60);
-    while get(old.port, "GET", "/wmts/1", &key).status != 200 {
+    while get(old.port, "GET", "/wmts/1", &key).status != 200
+        || !old.log_text().contains("credentials loaded")
+    {
         assert!(Instant::now() < deadline, "{}", old.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }

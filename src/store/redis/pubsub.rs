@@ -259,18 +259,23 @@ async fn relay_messages(
             },
             Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = asked.recv() => {
                 let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
-                    return;
-                }
                 // (The connection's reader queued the messages before the answer before it
-                // gave the answer.)
+                // gave the answer. Without an answer the subscription is made again: nothing
+                // more of what it was sent is to come.)
+                let mut ended = !matches!(pong, Ok(Ok(_)));
                 while let Some(next) = stream.next().now_or_never() {
                     match next {
                         Some(msg) => relay(msg, tx),
-                        None => return,
+                        None => {
+                            ended = true;
+                            break;
+                        }
                     }
                 }
                 let _ = tx.send(crate::store::CAUGHT_UP.to_string());
+                if ended {
+                    return;
+                }
             },
             _ = beat.tick() => {
                 let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;

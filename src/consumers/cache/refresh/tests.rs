@@ -263,7 +263,10 @@ async fn what_was_told_before_a_catch_up_is_in_the_tables_when_it_answers() {
             .publish(&channel, "key-auth:K")
             .await
             .expect("publish");
-        assert!(caught_up(&cache).await.expect("asked"), "round {round}: no answer");
+        assert!(
+            caught_up(&cache).await.expect("asked"),
+            "round {round}: no answer"
+        );
         let cached = cache.read().key_auth.get("K").map(|c| c.active);
         assert_eq!(cached, Some(active == "true"), "round {round}");
     }
