@@ -1321,7 +1321,7 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
 /// was lost until a second read (the one owed to the subscription) ended: twice the read's time.
 #[test]
 fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
-    let b = bulk_upgrade(None);
+    let b = bulk_upgrade(None, "");
     let BulkUpgrade {
         redis,
         old,
@@ -1360,14 +1360,15 @@ fn a_revocation_during_the_first_read_after_an_upgrade_is_followed_at_once() {
 /// published between the two (here, a store slow to answer the new process's connections:
 /// 400 ms) worked on the new process until its first read of the store ended, seconds with
 /// many credentials. Now it subscribes before it takes the tables. And the old process
-/// follows what it was told of before it hands them over: here its store is 150 ms away (it
-/// follows a revocation about 300 ms after it was published: the message's way, then its read
-/// of the credential), and those published in the 300 ms before the new process had
-/// subscribed were in neither.
+/// follows what it was told of before it hands them over: here the store's messages reach it
+/// 600 ms late, and those published in the 600 ms before the new process had subscribed were
+/// in neither (with the old process's reads on time, a lag shorter than the time from the
+/// new process's subscriptions to the tables, a few hundred ms, would tell nothing). (The store tells of the keys written too, and half the
+/// revocations come that way alone: the old process catches up on both subscriptions.)
 #[test]
 fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
     let old_lag = Arc::new(AtomicU64::new(0));
-    let b = bulk_upgrade(Some(&old_lag));
+    let b = bulk_upgrade(Some(&old_lag), "KA");
     let BulkUpgrade {
         redis,
         dir,
@@ -1383,16 +1384,22 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
     assert_ne!(relayed, system);
     save(dir, "system.config.yml", &relayed);
     std::thread::sleep(PAST_QUIET);
-    old_lag.store(150, Ordering::Relaxed);
+    old_lag.store(600, Ordering::Relaxed);
     let new_log = || b.new_log();
-    // Revocations every 30 ms from before the upgrade until the new process serves.
+    // Revocations every 30 ms from before the upgrade until the new process serves: every
+    // other one as tollgate makes them (the change, then its message), the others as another
+    // program does (the change alone, told by the keyspace notifications).
     let serving = std::sync::atomic::AtomicBool::new(false);
     let revoked = std::thread::scope(|s| {
         let revoker = s.spawn(|| {
             let mut revoked = Vec::new();
             while !serving.load(Ordering::Relaxed) {
                 let id = format!("bulk-{}-{}", revoked.len() * 7 % 200, revoked.len());
-                redis.revoke_key_auth(&id);
+                if revoked.len() % 2 == 0 {
+                    redis.revoke_key_auth(&id);
+                } else {
+                    redis.hset(&format!("EG-key-auth:{id}"), "isActive", "false");
+                }
                 revoked.push(id);
                 std::thread::sleep(Duration::from_millis(30));
             }
@@ -1424,6 +1431,14 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
         0.0,
         "the new process's read ended before the checks: they tell nothing\n{}",
         new_log()
+    );
+    // The old process followed all it was told of, in time.
+    let old_log = b.old.log_text();
+    assert!(
+        old_log.contains("credentials handed to the upgraded process")
+            && !old_log.contains("not followed within")
+            && !old_log.contains("may miss"),
+        "{old_log}"
     );
     drop(new);
 }
@@ -1477,10 +1492,11 @@ impl BulkUpgrade {
 }
 
 /// `old_lag`: the old process reaches its store through a [`relay`] with this lag (the new
-/// one reaches it directly).
-fn bulk_upgrade(old_lag: Option<&Arc<AtomicU64>>) -> BulkUpgrade {
+/// one reaches it directly); `keyspace`: the store's `notify-keyspace-events`.
+fn bulk_upgrade(old_lag: Option<&Arc<AtomicU64>>, keyspace: &str) -> BulkUpgrade {
     let (redis, up, dir) = keyed_on_redis();
     redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
+    redis.notify_keyspace(keyspace);
     let sock = dir.path.join("upgrade.sock").display().to_string();
     let system = std::fs::read_to_string(dir.path.join("system.config.yml")).expect("system");
     if let Some(lag) = old_lag {
@@ -1534,7 +1550,8 @@ fn full_loads(admin_port: u16) -> f64 {
 
 /// A TCP relay to the port `to` on loopback that holds each connection for `hold` before it
 /// connects it (a store slow to answer a new connection), and passes on what the server sends
-/// `lag` milliseconds after it came (a store far away; changed while it runs). Its port.
+/// on a subscription's connection `lag` milliseconds after it came (the store's messages late;
+/// changed while it runs; its answers to reads are not). Its port.
 fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>) -> u16 {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
@@ -1554,8 +1571,19 @@ fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>) -> u16 {
                 else {
                     return;
                 };
+                // (A connection that subscribes: `SUBSCRIBE` or `PSUBSCRIBE` sent on it.)
+                let subscribes = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let subscriber = subscribes.clone();
                 let up = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut from_client, &mut to_server);
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = from_client.read(&mut buf) {
+                        if buf[..n].windows(9).any(|w| w == b"SUBSCRIBE") {
+                            subscriber.store(true, Ordering::Relaxed);
+                        }
+                        if to_server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = to_server.shutdown(Shutdown::Write);
                 });
                 // What the server sent, with when it came, given on by this thread when due.
@@ -1570,7 +1598,11 @@ fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>) -> u16 {
                 });
                 let mut to_client = client;
                 for (at, bytes) in due {
-                    let when = at + Duration::from_millis(lag.load(Ordering::Relaxed));
+                    let lag = match subscribes.load(Ordering::Relaxed) {
+                        true => lag.load(Ordering::Relaxed),
+                        false => 0,
+                    };
+                    let when = at + Duration::from_millis(lag);
                     std::thread::sleep(when.saturating_duration_since(Instant::now()));
                     if to_client.write_all(&bytes).is_err() {
                         break;

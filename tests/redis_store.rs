@@ -1176,16 +1176,6 @@ fn a_refused_rate_limit_command_is_logged_in_redis_words() {
     );
 }
 
-/// Sets the server's `notify-keyspace-events`.
-fn notify_keyspace(redis: &RedisServer, flags: &str) {
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("notify-keyspace-events")
-        .arg(flags)
-        .query(&mut redis.conn())
-        .expect("config set");
-}
-
 const FULL_LOADS: &str = "tollgate_consumer_cache_full_loads_total";
 
 /// Waits until the full loads of the start (the first, and the one after the subscriptions)
@@ -1295,7 +1285,7 @@ fn what_another_program_writes_is_followed_at_once_where_redis_tells_of_it() {
             .query(&mut redis.conn())
             .expect("hset");
     };
-    let config = |flags: &str| notify_keyspace(&redis, flags);
+    let config = |flags: &str| redis.notify_keyspace(flags);
     config("");
     let gw = GatewayProcess::start(&dir);
     wait_for_line(
@@ -1375,7 +1365,7 @@ fn connections_the_server_closed_are_no_unreachable_store() {
 #[test]
 fn notifications_turned_off_and_on_while_running_are_said_and_caught_up() {
     let (redis, _up, dir) = with_eg_fixture();
-    let config = |flags: &str| notify_keyspace(&redis, flags);
+    let config = |flags: &str| redis.notify_keyspace(flags);
     config("KA");
     write_elsewhere(&redis);
     let gw = GatewayProcess::start(&dir);
@@ -1420,7 +1410,7 @@ fn notifications_turned_off_and_on_while_running_are_said_and_caught_up() {
 #[test]
 fn a_redis_restarted_without_notifications_is_said() {
     let (mut redis, _up, dir) = with_eg_fixture();
-    notify_keyspace(&redis, "KA");
+    redis.notify_keyspace("KA");
     let gw = GatewayProcess::start(&dir);
     wait_for_line(&gw, "following the consumers other programs write");
     let port = redis.port;
@@ -1446,7 +1436,7 @@ fn a_redis_restarted_without_notifications_is_said() {
 #[test]
 fn keys_read_and_not_found_are_no_writes() {
     let (redis, _up, dir) = with_eg_fixture();
-    notify_keyspace(&redis, "KAm");
+    redis.notify_keyspace("KAm");
     let gw = GatewayProcess::start(&dir);
     wait_for_line(&gw, "following the consumers other programs write");
     start_loads_over(&gw);
@@ -1483,7 +1473,7 @@ fn keys_read_and_not_found_are_no_writes() {
 #[test]
 fn keys_of_another_type_among_the_consumers_are_no_failure() {
     let (redis, _up, dir) = with_eg_fixture();
-    notify_keyspace(&redis, "KA");
+    redis.notify_keyspace("KA");
     write_elsewhere(&redis);
     let gw = GatewayProcess::start(&dir);
     wait_for_line(&gw, "following the consumers other programs write");
@@ -1536,7 +1526,7 @@ fn keys_of_another_type_among_the_consumers_are_no_failure() {
 #[test]
 fn the_start_reads_everything_again_once_for_both_subscriptions() {
     let (redis, _up, dir) = with_eg_fixture();
-    notify_keyspace(&redis, "KA");
+    redis.notify_keyspace("KA");
     let gw = GatewayProcess::start(&dir);
     wait_for_line(&gw, "following the consumers other programs write");
     std::thread::sleep(Duration::from_secs(1));
@@ -1551,7 +1541,7 @@ fn the_start_reads_everything_again_once_for_both_subscriptions() {
 #[test]
 fn a_bulk_write_by_another_program_is_followed_key_by_key() {
     let (redis, _up, dir) = with_eg_fixture();
-    notify_keyspace(&redis, "KA");
+    redis.notify_keyspace("KA");
     let app = write_elsewhere(&redis);
     const BULK: usize = 4_000;
     let credentials = |name: &str, active: bool| {

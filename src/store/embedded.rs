@@ -546,10 +546,10 @@ impl Store for EmbeddedStore {
             .subscribe())
     }
 
-    fn ask_caught_up(&self) {
+    fn ask_caught_up(&self, question: u64) {
         // (What is published here is in the subscribers' channels as it is published.)
         for tx in held(&self.0.channels).values() {
-            let _ = tx.send(super::CAUGHT_UP.to_string());
+            let _ = tx.send(super::Mark::message(question, true));
         }
     }
 

@@ -71,9 +71,40 @@ pub const SUBSCRIBED: &str = "";
 /// everything again.
 pub const EVERYTHING_CHANGED: &str = "*";
 
-/// The message a subscription gives when asked with [`Store::ask_caught_up`], once it has
-/// given everything the store sent it before the question (not a message anyone publishes).
-pub const CAUGHT_UP: &str = "\u{1}caught-up";
+/// The answer of a subscription to [`Store::ask_caught_up`], given as a message (none anyone
+/// publishes): [`Mark::CAUGHT_UP`] and the question's number once it has given everything the
+/// store sent it before the question; [`Mark::DOWN`] and the number while it is not
+/// subscribed (what is published meanwhile it does not receive; once subscribed again it
+/// gives [`SUBSCRIBED`]).
+pub struct Mark {
+    /// The question answered.
+    pub question: u64,
+    /// Whether the subscription was made all along.
+    pub whole: bool,
+}
+
+impl Mark {
+    const CAUGHT_UP: &'static str = "\u{1}caught-up:";
+    const DOWN: &'static str = "\u{1}down:";
+
+    /// The message of a subscription's answer to `question`.
+    pub fn message(question: u64, whole: bool) -> String {
+        let kind = if whole { Self::CAUGHT_UP } else { Self::DOWN };
+        format!("{kind}{question}")
+    }
+
+    /// The answer a message is, if it is one.
+    pub fn of(message: &str) -> Option<Mark> {
+        let (whole, question) = match message.strip_prefix(Self::CAUGHT_UP) {
+            Some(n) => (true, n),
+            None => (false, message.strip_prefix(Self::DOWN)?),
+        };
+        Some(Mark {
+            question: question.parse().ok()?,
+            whole,
+        })
+    }
+}
 
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -147,11 +178,11 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
-    /// Asks each subscription ([`Self::subscribe`], [`Self::follow_keys`]) to give
-    /// [`CAUGHT_UP`] once it has given what the store sent it before this question: what was
-    /// published before it is then among the messages received (a subscription being made
-    /// again gives [`SUBSCRIBED`] instead, and the mark maybe later).
-    fn ask_caught_up(&self);
+    /// Asks each subscription ([`Self::subscribe`], [`Self::follow_keys`]) for its [`Mark`]
+    /// of `question` once it has given what the store sent it before: what was published
+    /// before the question is then among the messages received, where the mark says the
+    /// subscription was made all along.
+    fn ask_caught_up(&self, question: u64);
 
     /// Takes a named lock for at most `ttl`; `None` when someone else holds it.
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>>;

@@ -12,6 +12,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use super::refresh::BATCH;
 use super::sync::LOOKUPS_QUEUED;
 use super::ConsumerCache;
+use crate::store::Mark;
 
 /// The task that follows the store, started: it subscribes at once, and follows what it
 /// hears from [`Following::go`] on (what comes before waits in the subscriptions' queues).
@@ -147,17 +148,18 @@ impl ConsumerCache {
                         }
                     }
                     Some(answer) = catching_up.recv() => {
-                        catching.asked(answer, keys.is_some());
-                        cache.store.ask_caught_up();
+                        let question = catching.asked(answer, keys.is_some());
+                        cache.store.ask_caught_up(question);
                     }
                     msg = messages.recv() => {
-                        let heard = Heard::drain(msg, &mut messages, Some);
-                        let (closed, caught_up) = (heard.closed, heard.caught_up);
+                        let mut heard = Heard::drain(msg, &mut messages, Some);
+                        let (closed, mark) = (heard.closed, heard.mark.take());
                         if cache.follow(heard).await {
                             owe(&mut owed, retry.as_mut());
+                            catching.missed();
                         }
-                        if caught_up {
-                            catching.messages_followed();
+                        if let Some(mark) = mark {
+                            catching.marked(Subscription::Messages, mark, owed);
                         }
                         if closed {
                             break;
@@ -167,16 +169,18 @@ impl ConsumerCache {
                         let entity = |key: String| cache.layout.entity_of(&key);
                         // (Some: a key was heard of.)
                         let Some(rx) = keys.as_mut() else { continue };
-                        let heard = Heard::drain(key, rx, entity);
-                        let (closed, caught_up) = (heard.closed, heard.caught_up);
+                        let mut heard = Heard::drain(key, rx, entity);
+                        let (closed, mark) = (heard.closed, heard.mark.take());
                         if cache.follow(heard).await {
                             owe(&mut owed, retry.as_mut());
+                            catching.missed();
                         }
-                        if caught_up || closed {
-                            catching.keys_followed();
+                        if let Some(mark) = mark {
+                            catching.marked(Subscription::Keys, mark, owed);
                         }
                         if closed {
                             keys = None;
+                            catching.keys_closed(owed);
                         }
                     }
                     () = &mut retry, if owed => {
@@ -202,12 +206,14 @@ impl ConsumerCache {
         }
     }
 
-    /// Whether what the store told of before this call has been followed (the change
-    /// messages and the keys written it had sent, each refreshed), waited for `within` at
-    /// most; blocks, for a thread of its own. What an upgrade's process hands over is then
-    /// what the store held when the new process had subscribed (see
-    /// [`crate::store::Store::ask_caught_up`]).
-    pub fn caught_up_blocking(&self, within: Duration) -> bool {
+    /// Waits, `within` at most, until what the store told of before this call has been
+    /// followed (the change messages and the keys written it had sent, each refreshed);
+    /// blocks, for a thread of its own. What an upgrade's process hands over is then what the
+    /// store held when the new process had subscribed (see
+    /// [`crate::store::Store::ask_caught_up`]). `None`: not within; `Some(false)`: followed, but
+    /// not all of it could be (a subscription down meanwhile, a refresh the store did not
+    /// answer, messages dropped: a full read is owed, the tables may miss a change).
+    pub fn caught_up_blocking(&self, within: Duration) -> Option<bool> {
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         let asked = self
             .catch_up
@@ -215,7 +221,7 @@ impl ConsumerCache {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_some_and(|ask| ask.try_send(answer).is_ok());
-        asked && answered.recv_timeout(within).is_ok()
+        asked.then(|| answered.recv_timeout(within).ok()).flatten()
     }
 
     /// Follows what was heard at once: whether everything is to be read again — a
@@ -236,40 +242,74 @@ impl ConsumerCache {
     }
 }
 
-/// The questions of [`ConsumerCache::caught_up_blocking`] waiting for the subscriptions'
-/// marks ([`crate::store::CAUGHT_UP`]): answered once each subscription gave its mark and
-/// what came before it was followed.
+/// The questions of [`ConsumerCache::caught_up_blocking`], numbered, waiting for the
+/// subscriptions' marks of the last ([`Mark`]): answered once each subscription gave its mark
+/// and what came before it was followed.
 #[derive(Default)]
 struct CatchingUp {
-    answers: Vec<std::sync::mpsc::SyncSender<()>>,
-    messages: bool,
-    keys: bool,
+    answers: Vec<std::sync::mpsc::SyncSender<bool>>,
+    /// The last question asked.
+    question: u64,
+    /// The last question each subscription marked (the keys written: `None` when they are
+    /// not followed).
+    messages: u64,
+    keys: Option<u64>,
+    /// Whether nothing was missed since the questions waiting were asked.
+    whole: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Subscription {
+    Messages,
+    Keys,
 }
 
 impl CatchingUp {
-    /// A question (the marks asked for again: of the change messages, and of the keys written
-    /// when they are followed).
-    fn asked(&mut self, answer: std::sync::mpsc::SyncSender<()>, keys_followed: bool) {
+    /// A question: its number, to ask the subscriptions' marks of (the change messages', and
+    /// the keys written's when they are followed).
+    fn asked(&mut self, answer: std::sync::mpsc::SyncSender<bool>, keys_followed: bool) -> u64 {
+        if self.answers.is_empty() {
+            self.whole = true;
+        }
         self.answers.push(answer);
-        self.messages = true;
-        self.keys = keys_followed;
+        self.question += 1;
+        if !keys_followed {
+            self.keys = None;
+        } else if self.keys.is_none() {
+            self.keys = Some(0);
+        }
+        self.question
     }
 
-    fn messages_followed(&mut self) {
-        self.messages = false;
-        self.answer();
+    /// Something was missed (a full read is owed): the tables may miss a change.
+    fn missed(&mut self) {
+        self.whole = false;
     }
 
-    /// (Also when the keys written are no longer told: nothing more to wait for there.)
-    fn keys_followed(&mut self) {
-        self.keys = false;
-        self.answer();
+    /// A subscription's mark, what came before it followed; `owed`: a full read is owed.
+    fn marked(&mut self, by: Subscription, mark: Mark, owed: bool) {
+        if mark.question < self.question {
+            return;
+        }
+        self.whole &= mark.whole;
+        match by {
+            Subscription::Messages => self.messages = mark.question,
+            Subscription::Keys => self.keys = self.keys.map(|_| mark.question),
+        }
+        self.answer(owed);
     }
 
-    fn answer(&mut self) {
-        if !self.messages && !self.keys {
+    /// The keys written are no longer told: no mark is waited for there.
+    fn keys_closed(&mut self, owed: bool) {
+        self.keys = None;
+        self.answer(owed);
+    }
+
+    fn answer(&mut self, owed: bool) {
+        let marked = |at: u64| at >= self.question;
+        if marked(self.messages) && self.keys.is_none_or(marked) {
             for answer in self.answers.drain(..) {
-                let _ = answer.try_send(());
+                let _ = answer.try_send(self.whole && !owed);
             }
         }
     }
@@ -284,9 +324,9 @@ struct Heard {
     everything: bool,
     /// Whether no more will come.
     closed: bool,
-    /// Whether the subscription's mark [`crate::store::CAUGHT_UP`] came with them: what it
-    /// gave before is among them, or was followed before them.
-    caught_up: bool,
+    /// The subscription's mark of a catch-up's question ([`Mark`]), when it came with them:
+    /// what it gave before is among them, or was followed before them.
+    mark: Option<Mark>,
 }
 
 impl Heard {
@@ -300,7 +340,7 @@ impl Heard {
             entities: Vec::new(),
             everything: false,
             closed: false,
-            caught_up: false,
+            mark: None,
         };
         let mut seen = HashSet::new();
         let mut next = Some(first);
@@ -309,14 +349,16 @@ impl Heard {
                 Ok(m) if m == crate::store::SUBSCRIBED || m == crate::store::EVERYTHING_CHANGED => {
                     heard.everything = true
                 }
-                Ok(m) if m == crate::store::CAUGHT_UP => heard.caught_up = true,
-                Ok(m) => {
-                    if let Some(e) = entity(m) {
-                        if seen.insert(e.clone()) {
-                            heard.entities.push(e);
+                Ok(m) => match Mark::of(&m) {
+                    Some(mark) => heard.mark = Some(mark),
+                    None => {
+                        if let Some(e) = entity(m) {
+                            if seen.insert(e.clone()) {
+                                heard.entities.push(e);
+                            }
                         }
                     }
-                }
+                },
                 // Messages were dropped (a (re)subscription's among them, maybe).
                 Err(RecvError::Lagged(_)) => heard.everything = true,
                 Err(RecvError::Closed) => {
@@ -386,7 +428,7 @@ mod tests {
             "other",
             "EG-a",
             crate::store::SUBSCRIBED,
-            crate::store::CAUGHT_UP,
+            &crate::store::Mark::message(3, true),
             "EG-c",
         ] {
             tx.send(m.to_string()).expect("send");
@@ -395,7 +437,10 @@ mod tests {
         let heard = Heard::drain(first, &mut rx, entity);
         assert_eq!(heard.entities, ["a", "b", "c"]);
         assert!(heard.everything, "a subscription's mark");
-        assert!(heard.caught_up, "the mark of a catch-up");
+        assert!(
+            heard.mark.is_some_and(|m| m.question == 3 && m.whole),
+            "the mark of a catch-up"
+        );
         assert!(!heard.closed);
         // No more than a batch at once: the rest stays queued.
         for i in 0..BATCH + 3 {
@@ -404,8 +449,57 @@ mod tests {
         let first = rx.try_recv().map_err(|_| super::RecvError::Closed);
         let heard = Heard::drain(first, &mut rx, entity);
         assert_eq!(heard.entities.len(), BATCH);
-        assert!(!heard.everything && !heard.caught_up);
+        assert!(!heard.everything && heard.mark.is_none());
         assert_eq!(rx.len(), 3);
+    }
+
+    /// A question is answered once both subscriptions marked it (a mark of an earlier
+    /// question answers none), and says whether anything was missed meanwhile.
+    #[test]
+    fn a_catch_up_is_answered_by_the_marks_of_its_own_question() {
+        use super::{CatchingUp, Subscription};
+        use crate::store::Mark;
+        let mark = |question, whole| Mark { question, whole };
+        let mut catching = CatchingUp::default();
+        let (first, first_answer) = std::sync::mpsc::sync_channel(1);
+        assert_eq!(catching.asked(first, true), 1);
+        let (second, second_answer) = std::sync::mpsc::sync_channel(1);
+        assert_eq!(catching.asked(second, true), 2);
+        catching.marked(Subscription::Messages, mark(1, true), false);
+        catching.marked(Subscription::Keys, mark(1, true), false);
+        assert!(
+            first_answer.try_recv().is_err(),
+            "answered by the first's marks"
+        );
+        catching.marked(Subscription::Messages, mark(2, true), false);
+        assert!(
+            first_answer.try_recv().is_err(),
+            "the keys' mark is waited for"
+        );
+        catching.marked(Subscription::Keys, mark(2, true), false);
+        assert_eq!(first_answer.try_recv(), Ok(true));
+        assert_eq!(second_answer.try_recv(), Ok(true));
+        // A subscription down, something missed, a full read owed: answered, as not whole.
+        for (down, missed, owed) in [
+            (true, false, false),
+            (false, true, false),
+            (false, false, true),
+        ] {
+            let (tx, answer) = std::sync::mpsc::sync_channel(1);
+            let question = catching.asked(tx, true);
+            if missed {
+                catching.missed();
+            }
+            catching.marked(Subscription::Keys, mark(question, !down), owed);
+            catching.marked(Subscription::Messages, mark(question, true), owed);
+            assert_eq!(answer.try_recv(), Ok(false), "{down} {missed} {owed}");
+        }
+        // The keys no longer told: the messages' mark alone answers.
+        let (tx, answer) = std::sync::mpsc::sync_channel(1);
+        let question = catching.asked(tx, true);
+        catching.keys_closed(false);
+        catching.marked(Subscription::Messages, mark(question, true), false);
+        assert_eq!(answer.try_recv(), Ok(true));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! it holds those sockets and has subscribed to the store's changes, then loads from its
 //! store as it always does (the store's answer replaces them). Asked, the old process first
 //! follows what its store told of until then ([`ConsumerCache::caught_up_blocking`]): a
-//! change is in the tables, or among what the new process hears. Both ends take only a peer of their own user: the tables hold the
+//! change is in the tables, or among what the new process hears — unless one of the
+//! subscriptions was down, or changes were missed (a WARN line says it; the new process's
+//! read of the store brings them), or the new process's subscriptions were not made in time. Both ends take only a peer of their own user: the tables hold the
 //! credentials' secrets.
 
 use std::collections::HashSet;
@@ -148,10 +150,14 @@ impl ConsumerCache {
             // once its own subscriptions are made, so that a change is followed by one process
             // or the other (one published between the two was lost until the new process's
             // first read of the store ended).
-            if !self.caught_up_blocking(CATCH_UP_WITHIN) {
-                log::warn!(
+            match self.caught_up_blocking(CATCH_UP_WITHIN) {
+                Some(true) => {}
+                Some(false) => log::warn!(
+                    "consumer cache: the tables handed over may miss the store's last changes (a subscription was down, a refresh failed or changes came faster than they were followed); the new process's read of the store replaces them"
+                ),
+                None => log::warn!(
                     "consumer cache: the store's last changes not followed within {CATCH_UP_WITHIN:?}; handing the tables over as they are (the new process's read of the store replaces them)"
-                );
+                ),
             }
             let _ = conn.set_nonblocking(false);
             let _ = conn.set_write_timeout(Some(READ_WITHIN));

@@ -140,7 +140,7 @@ pub struct ConsumerCache {
     lookups: Mutex<Option<tokio::sync::mpsc::Sender<String>>>,
     /// The questions of [`Self::caught_up_blocking`], for the task that follows the store
     /// (set by `start`): each answered once what the store told of before it is followed.
-    catch_up: Mutex<Option<tokio::sync::mpsc::Sender<std::sync::mpsc::SyncSender<()>>>>,
+    catch_up: Mutex<Option<tokio::sync::mpsc::Sender<std::sync::mpsc::SyncSender<bool>>>>,
     /// The lookups queued or running, for the requests that wait on them ([`Lookup`]).
     pending_lookups: Mutex<HashMap<String, tokio::sync::watch::Sender<bool>>>,
     /// Whether the task that runs lookups is running them (from its subscriptions on, the

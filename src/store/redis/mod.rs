@@ -38,8 +38,8 @@ pub struct RedisStore {
     describe: String,
     conn: Mutex<Conn>,
     channels: Arc<std::sync::Mutex<HashMap<String, broadcast::Sender<String>>>>,
-    /// Each [`Store::ask_caught_up`], for every subscription's relay.
-    caught_up: broadcast::Sender<()>,
+    /// The questions of [`Store::ask_caught_up`], for every subscription's relay.
+    caught_up: broadcast::Sender<u64>,
 }
 
 /// The connection, and the attempt to make one under way: one attempt at a time, every caller
@@ -513,8 +513,8 @@ impl Store for RedisStore {
         Ok(Some(rx))
     }
 
-    fn ask_caught_up(&self) {
-        let _ = self.caught_up.send(());
+    fn ask_caught_up(&self, question: u64) {
+        let _ = self.caught_up.send(question);
     }
 
     async fn try_lock(&self, name: &str, ttl: Duration) -> StoreResult<Option<String>> {

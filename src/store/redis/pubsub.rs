@@ -7,6 +7,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, Mutex};
 
 use super::RedisStore;
+use crate::store::Mark;
 
 impl RedisStore {
     /// The same store on a connection of its own, for a task of its own.
@@ -168,15 +169,14 @@ impl RedisStore {
                     }
                     Err(e) => log::warn!("{e}"),
                 }
-                // Not subscribed: nothing the store sent is still to come (once subscribed
-                // again, the mark of the subscription asks for everything to be read).
+                // Not subscribed: answered at once, as down.
                 let retry = tokio::time::sleep(Duration::from_secs(1));
                 tokio::pin!(retry);
                 loop {
                     tokio::select! {
                         () = &mut retry => break,
-                        Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = asked.recv() => {
-                            let _ = tx.send(crate::store::CAUGHT_UP.to_string());
+                        Ok(question) = asked.recv() => {
+                            let _ = tx.send(Mark::message(question, false));
                         }
                     }
                 }
@@ -238,14 +238,15 @@ const PUBSUB_WAIT: Duration = Duration::from_secs(5);
 /// Relays the subscription's messages into `tx` until its connection ends or stops answering
 /// pings. `asked`: the questions of [`crate::store::Store::ask_caught_up`], each answered by a
 /// ping on the subscription's connection (the server answers it after every message it sent
-/// before), the messages received before its answer, then [`crate::store::CAUGHT_UP`]. `keys`:
-/// for a subscription to the keys written, the store, whose `notify-keyspace-events` is looked
-/// at again with each ping, and whether it told of them.
+/// before), the messages received before its answer, then the question's [`Mark`] (as down
+/// when the ping is not answered: the subscription is made again). `keys`: for a
+/// subscription to the keys written, the store, whose `notify-keyspace-events` is looked at
+/// again with each ping, and whether it told of them.
 async fn relay_messages(
     sink: &mut redis::aio::PubSubSink,
     mut stream: redis::aio::PubSubStream,
     tx: &broadcast::Sender<String>,
-    asked: &mut broadcast::Receiver<()>,
+    asked: &mut broadcast::Receiver<u64>,
     mut keys: Option<(&RedisStore, &mut Option<bool>)>,
 ) {
     use futures_util::FutureExt;
@@ -257,23 +258,24 @@ async fn relay_messages(
                 Some(msg) => relay(msg, tx),
                 None => return,
             },
-            Ok(()) | Err(broadcast::error::RecvError::Lagged(_)) = asked.recv() => {
+            Ok(question) = asked.recv() => {
                 let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
-                // (The connection's reader queued the messages before the answer before it
-                // gave the answer. Without an answer the subscription is made again: nothing
-                // more of what it was sent is to come.)
-                let mut ended = !matches!(pong, Ok(Ok(_)));
-                while let Some(next) = stream.next().now_or_never() {
-                    match next {
-                        Some(msg) => relay(msg, tx),
-                        None => {
-                            ended = true;
-                            break;
+                let answered = matches!(pong, Ok(Ok(_)));
+                // The connection's reader queued the messages before the answer before it gave
+                // the answer: all of them taken now, however many (not the runtime's budget of
+                // polls a task makes at once, which would leave the rest for after the mark).
+                let ended = tokio::task::coop::unconstrained(async {
+                    while let Some(next) = stream.next().now_or_never() {
+                        match next {
+                            Some(msg) => relay(msg, tx),
+                            None => return true,
                         }
                     }
-                }
-                let _ = tx.send(crate::store::CAUGHT_UP.to_string());
-                if ended {
+                    false
+                })
+                .await;
+                let _ = tx.send(Mark::message(question, answered && !ended));
+                if !answered || ended {
                     return;
                 }
             },
