@@ -2644,3 +2644,70 @@ fn a_lock_is_renewed_and_released_only_by_its_holder() {
         );
     });
 }
+
+/// A subscription asked whether it caught up, on a real Redis, gives its mark after every
+/// message published before the question, however many are queued: bursts of 3,000 (the
+/// relay takes them past the runtime's budget of polls per task, which would leave all but
+/// the first 128 after the mark), for the change messages and the keys written alike.
+#[test]
+fn a_catch_up_mark_comes_after_every_message_published_before_it() {
+    use tollgate::store::{Mark, Store};
+    let redis = RedisServer::start();
+    redis.notify_keyspace("KA");
+    let def = tollgate::config::system_file::RedisDef {
+        emulate: false,
+        host: Some("127.0.0.1".into()),
+        port: Some(redis.port),
+        configured: true,
+        ..Default::default()
+    };
+    let store = tollgate::store::redis::RedisStore::new(&def);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let mut messages = store.subscribe("C").await.expect("subscribe");
+        let mut keys = store
+            .follow_keys("EG-")
+            .await
+            .expect("follow")
+            .expect("told");
+        for rx in [&mut messages, &mut keys] {
+            let made = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+            assert_eq!(
+                made.expect("in time").expect("mark"),
+                tollgate::store::SUBSCRIBED
+            );
+        }
+        for question in 1..=3u64 {
+            // (Pipelined: published at once, most of them queued behind the ping's answer.)
+            let mut burst = redis::pipe();
+            for i in 0..3_000 {
+                burst.cmd("PUBLISH").arg("C").arg(format!("m{i}")).ignore();
+                burst
+                    .cmd("SET")
+                    .arg(format!("EG-k{i}"))
+                    .arg(question)
+                    .ignore();
+            }
+            let () = burst.query(&mut redis.conn()).expect("burst");
+            store.ask_caught_up(question);
+            for (name, rx) in [("messages", &mut messages), ("keys", &mut keys)] {
+                let mut before = 0;
+                loop {
+                    let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+                    let m = next.expect("in time").expect("received");
+                    match Mark::of(&m) {
+                        Some(mark) => {
+                            assert_eq!((mark.question, mark.whole), (question, true), "{name}");
+                            break;
+                        }
+                        None => before += 1,
+                    }
+                }
+                assert_eq!(before, 3_000, "{name}: what came before the mark");
+            }
+        }
+    });
+}
