@@ -2597,12 +2597,8 @@ fn an_acl_user_is_who_the_gateway_logs_in_as() {
     assert!(!gw.log_text().contains("WRONGPASS"), "{}", gw.log_text());
 }
 
-/// The store's named locks on a real Redis: renewed and released only by the token that holds
-/// them (a populate's lock, renewed while it runs, is never another's to let go).
-#[test]
-fn a_lock_is_renewed_and_released_only_by_its_holder() {
-    use tollgate::store::Store;
-    let redis = RedisServer::start();
+/// The library's store on `redis`, and a runtime to use it on.
+fn store_of(redis: &RedisServer) -> (tollgate::store::redis::RedisStore, tokio::runtime::Runtime) {
     let def = tollgate::config::system_file::RedisDef {
         emulate: false,
         host: Some("127.0.0.1".into()),
@@ -2610,11 +2606,20 @@ fn a_lock_is_renewed_and_released_only_by_its_holder() {
         configured: true,
         ..Default::default()
     };
-    let store = tollgate::store::redis::RedisStore::new(&def);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
+    (tollgate::store::redis::RedisStore::new(&def), rt)
+}
+
+/// The store's named locks on a real Redis: renewed and released only by the token that holds
+/// them (a populate's lock, renewed while it runs, is never another's to let go).
+#[test]
+fn a_lock_is_renewed_and_released_only_by_its_holder() {
+    use tollgate::store::Store;
+    let redis = RedisServer::start();
+    let (store, rt) = store_of(&redis);
     rt.block_on(async {
         let short = Duration::from_millis(400);
         let token = store
@@ -2654,18 +2659,7 @@ fn a_catch_up_mark_comes_after_every_message_published_before_it() {
     use tollgate::store::{Mark, Store};
     let redis = RedisServer::start();
     redis.notify_keyspace("KA");
-    let def = tollgate::config::system_file::RedisDef {
-        emulate: false,
-        host: Some("127.0.0.1".into()),
-        port: Some(redis.port),
-        configured: true,
-        ..Default::default()
-    };
-    let store = tollgate::store::redis::RedisStore::new(&def);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let (store, rt) = store_of(&redis);
     rt.block_on(async {
         let mut messages = store.subscribe("C").await.expect("subscribe");
         let mut keys = store
