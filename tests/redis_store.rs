@@ -2656,7 +2656,7 @@ fn a_lock_is_renewed_and_released_only_by_its_holder() {
 /// the first 128 after the mark), for the change messages and the keys written alike.
 #[test]
 fn a_catch_up_mark_comes_after_every_message_published_before_it() {
-    use tollgate::store::{Mark, Store};
+    use tollgate::store::{CaughtUp, Store};
     let redis = RedisServer::start();
     redis.notify_keyspace("KA");
     let (store, rt) = store_of(&redis);
@@ -2692,7 +2692,7 @@ fn a_catch_up_mark_comes_after_every_message_published_before_it() {
                 loop {
                     let next = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
                     let m = next.expect("in time").expect("received");
-                    match Mark::of(&m) {
+                    match CaughtUp::of(&m) {
                         Some(mark) => {
                             assert_eq!((mark.question, mark.whole), (question, true), "{name}");
                             break;

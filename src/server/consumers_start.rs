@@ -31,8 +31,8 @@ pub(super) fn subscribed_before_handover(
 ) {
     let subscribed = background.block_on(following.subscribed(SUBSCRIBE_WAIT));
     if !subscribed {
-        log::debug!(
-            "consumer cache: not subscribed to the store's changes within {SUBSCRIBE_WAIT:?}; taking the tables handed over meanwhile"
+        log::warn!(
+            "consumer cache: not subscribed to the store's changes within {SUBSCRIBE_WAIT:?}; taking the tables handed over (a change they miss comes with the read of the store once subscribed)"
         );
     }
 }

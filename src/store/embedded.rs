@@ -549,7 +549,7 @@ impl Store for EmbeddedStore {
     fn ask_caught_up(&self, question: u64) {
         // (What is published here is in the subscribers' channels as it is published.)
         for tx in held(&self.0.channels).values() {
-            let _ = tx.send(super::Mark::message(question, true));
+            let _ = tx.send(super::CaughtUp::message(question, true));
         }
     }
 

@@ -71,19 +71,19 @@ pub const SUBSCRIBED: &str = "";
 /// everything again.
 pub const EVERYTHING_CHANGED: &str = "*";
 
-/// The answer of a subscription to [`Store::ask_caught_up`], given as a message (none anyone
-/// publishes): [`Mark::CAUGHT_UP`] and the question's number once it has given everything the
-/// store sent it before the question; [`Mark::DOWN`] and the number while it is not
-/// subscribed (what is published meanwhile it does not receive; once subscribed again it
-/// gives [`SUBSCRIBED`]).
-pub struct Mark {
+/// The answer of a subscription to [`Store::ask_caught_up`], given among its messages (as
+/// none anyone publishes): once it has given everything the store sent it before the
+/// question, whole; at once, not whole, while it is not subscribed (what is published
+/// meanwhile it does not receive; once subscribed again it gives [`SUBSCRIBED`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaughtUp {
     /// The question answered.
     pub question: u64,
     /// Whether the subscription was made all along.
     pub whole: bool,
 }
 
-impl Mark {
+impl CaughtUp {
     const CAUGHT_UP: &'static str = "\u{1}caught-up:";
     const DOWN: &'static str = "\u{1}down:";
 
@@ -94,12 +94,12 @@ impl Mark {
     }
 
     /// The answer a message is, if it is one.
-    pub fn of(message: &str) -> Option<Mark> {
+    pub fn of(message: &str) -> Option<CaughtUp> {
         let (whole, question) = match message.strip_prefix(Self::CAUGHT_UP) {
             Some(n) => (true, n),
             None => (false, message.strip_prefix(Self::DOWN)?),
         };
-        Some(Mark {
+        Some(CaughtUp {
             question: question.parse().ok()?,
             whole,
         })
@@ -178,10 +178,10 @@ pub trait Store: Send + Sync {
         Ok(None)
     }
 
-    /// Asks each subscription ([`Self::subscribe`], [`Self::follow_keys`]) for its [`Mark`]
-    /// of `question` once it has given what the store sent it before: what was published
-    /// before the question is then among the messages received, where the mark says the
-    /// subscription was made all along.
+    /// Asks each subscription ([`Self::subscribe`], [`Self::follow_keys`]) for its answer to
+    /// `question` ([`CaughtUp`]), given once it has given what the store sent it before: what
+    /// was published before the question is then among the messages received, where the
+    /// answer says the subscription was made all along.
     fn ask_caught_up(&self, question: u64);
 
     /// Takes a named lock for at most `ttl`; `None` when someone else holds it.

@@ -198,8 +198,6 @@ impl RedisServer {
         }
     }
 
-    /// Revokes a key-auth credential as a tollgate writing to this Redis does it: the change,
-    /// then its message.
     /// Sets the server's `notify-keyspace-events`.
     pub fn notify_keyspace(&self, flags: &str) {
         let _: () = redis::cmd("CONFIG")
@@ -210,6 +208,8 @@ impl RedisServer {
             .expect("config set");
     }
 
+    /// Revokes a key-auth credential as a tollgate writing to this Redis does it: the change,
+    /// then its message.
     pub fn revoke_key_auth(&self, id: &str) {
         let mut c = self.conn();
         let _: i64 = redis::cmd("HSET")

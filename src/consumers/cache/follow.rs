@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 use super::refresh::BATCH;
 use super::sync::LOOKUPS_QUEUED;
 use super::ConsumerCache;
-use crate::store::Mark;
+use crate::store::CaughtUp;
 
 /// The task that follows the store, started: it subscribes at once, and follows what it
 /// hears from [`Following::go`] on (what comes before waits in the subscriptions' queues).
@@ -153,13 +153,14 @@ impl ConsumerCache {
                     }
                     msg = messages.recv() => {
                         let mut heard = Heard::drain(msg, &mut messages, Some);
-                        let (closed, mark) = (heard.closed, heard.mark.take());
+                        let (closed, caught_up) = (heard.closed, heard.caught_up.take());
                         if cache.follow(heard).await {
                             owe(&mut owed, retry.as_mut());
-                            catching.missed();
+                            catching.missed(cache.loads_begun());
                         }
-                        if let Some(mark) = mark {
-                            catching.marked(Subscription::Messages, mark, owed);
+                        if let Some(caught_up) = caught_up {
+                            let read = |n| cache.loaded_since(n);
+                            catching.heard_answer(Subscription::Messages, caught_up, read);
                         }
                         if closed {
                             break;
@@ -170,17 +171,18 @@ impl ConsumerCache {
                         // (Some: a key was heard of.)
                         let Some(rx) = keys.as_mut() else { continue };
                         let mut heard = Heard::drain(key, rx, entity);
-                        let (closed, mark) = (heard.closed, heard.mark.take());
+                        let (closed, caught_up) = (heard.closed, heard.caught_up.take());
                         if cache.follow(heard).await {
                             owe(&mut owed, retry.as_mut());
-                            catching.missed();
+                            catching.missed(cache.loads_begun());
                         }
-                        if let Some(mark) = mark {
-                            catching.marked(Subscription::Keys, mark, owed);
+                        let read = |n| cache.loaded_since(n);
+                        if let Some(caught_up) = caught_up {
+                            catching.heard_answer(Subscription::Keys, caught_up, read);
                         }
                         if closed {
                             keys = None;
-                            catching.keys_closed(owed);
+                            catching.keys_closed(read);
                         }
                     }
                     () = &mut retry, if owed => {
@@ -210,10 +212,8 @@ impl ConsumerCache {
     /// followed (the change messages and the keys written it had sent, each refreshed);
     /// blocks, for a thread of its own. What an upgrade's process hands over is then what the
     /// store held when the new process had subscribed (see
-    /// [`crate::store::Store::ask_caught_up`]). `None`: not within; `Some(false)`: followed, but
-    /// not all of it could be (a subscription down meanwhile, a refresh the store did not
-    /// answer, messages dropped: a full read is owed, the tables may miss a change).
-    pub fn caught_up_blocking(&self, within: Duration) -> Option<bool> {
+    /// [`crate::store::Store::ask_caught_up`]).
+    pub fn caught_up_blocking(&self, within: Duration) -> CatchUp {
         let (answer, answered) = std::sync::mpsc::sync_channel(1);
         let asked = self
             .catch_up
@@ -221,7 +221,14 @@ impl ConsumerCache {
             .unwrap_or_else(|p| p.into_inner())
             .as_ref()
             .is_some_and(|ask| ask.try_send(answer).is_ok());
-        asked.then(|| answered.recv_timeout(within).ok()).flatten()
+        if !asked {
+            return CatchUp::NotAsked;
+        }
+        match answered.recv_timeout(within) {
+            Ok(true) => CatchUp::Whole,
+            Ok(false) => CatchUp::MayMiss,
+            Err(_) => CatchUp::NotWithin,
+        }
     }
 
     /// Follows what was heard at once: whether everything is to be read again — a
@@ -242,20 +249,40 @@ impl ConsumerCache {
     }
 }
 
+/// What [`ConsumerCache::caught_up_blocking`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// Everything the store told of before the question is in the tables.
+    Whole,
+    /// Followed, but the tables may miss a change: a subscription was down, a refresh the
+    /// store did not answer, changes dropped for coming faster than they were followed (a full
+    /// read is owed, or runs).
+    MayMiss,
+    /// No answer within the time given.
+    NotWithin,
+    /// Nothing follows the store (its task not started, or ended), or it has questions
+    /// enough waiting.
+    NotAsked,
+}
+
 /// The questions of [`ConsumerCache::caught_up_blocking`], numbered, waiting for the
-/// subscriptions' marks of the last ([`Mark`]): answered once each subscription gave its mark
-/// and what came before it was followed.
+/// subscriptions' answers to the last ([`CaughtUp`]): answered once each subscription gave
+/// its answer and what came before it was followed.
 #[derive(Default)]
 struct CatchingUp {
     answers: Vec<std::sync::mpsc::SyncSender<bool>>,
     /// The last question asked.
     question: u64,
-    /// The last question each subscription marked (the keys written: `None` when they are
+    /// The last question each subscription answered (the keys written: `None` when they are
     /// not followed).
     messages: u64,
     keys: Option<u64>,
-    /// Whether nothing was missed since the questions waiting were asked.
+    /// Whether the subscriptions were made all along, as their answers to the questions
+    /// waiting say.
     whole: bool,
+    /// The full loads begun when a change was last missed: the tables miss it until a load
+    /// begun after has ended.
+    missed_at: Option<u64>,
 }
 
 #[derive(Clone, Copy)]
@@ -265,7 +292,7 @@ enum Subscription {
 }
 
 impl CatchingUp {
-    /// A question: its number, to ask the subscriptions' marks of (the change messages', and
+    /// A question: its number, to ask the subscriptions' answers to (the change messages', and
     /// the keys written's when they are followed).
     fn asked(&mut self, answer: std::sync::mpsc::SyncSender<bool>, keys_followed: bool) -> u64 {
         if self.answers.is_empty() {
@@ -281,35 +308,42 @@ impl CatchingUp {
         self.question
     }
 
-    /// Something was missed (a full read is owed): the tables may miss a change.
-    fn missed(&mut self) {
-        self.whole = false;
+    /// A change was missed (a full read is owed), `loads_begun` full loads begun so far:
+    /// the questions waiting are answered at once (the tables may miss it, whatever comes;
+    /// the subscriptions' answers may be among what was dropped).
+    fn missed(&mut self, loads_begun: u64) {
+        self.missed_at = Some(loads_begun);
+        for answer in self.answers.drain(..) {
+            let _ = answer.try_send(false);
+        }
     }
 
-    /// A subscription's mark, what came before it followed; `owed`: a full read is owed.
-    fn marked(&mut self, by: Subscription, mark: Mark, owed: bool) {
-        if mark.question < self.question {
+    /// A subscription's answer, what came before it followed; `read(n)`: whether a full load
+    /// begun after the `n`th has ended.
+    fn heard_answer(&mut self, by: Subscription, caught_up: CaughtUp, read: impl Fn(u64) -> bool) {
+        if caught_up.question < self.question {
             return;
         }
-        self.whole &= mark.whole;
+        self.whole &= caught_up.whole;
         match by {
-            Subscription::Messages => self.messages = mark.question,
-            Subscription::Keys => self.keys = self.keys.map(|_| mark.question),
+            Subscription::Messages => self.messages = caught_up.question,
+            Subscription::Keys => self.keys = self.keys.map(|_| caught_up.question),
         }
-        self.answer(owed);
+        self.answer(read);
     }
 
-    /// The keys written are no longer told: no mark is waited for there.
-    fn keys_closed(&mut self, owed: bool) {
+    /// The keys written are no longer told: no answer is waited for there.
+    fn keys_closed(&mut self, read: impl Fn(u64) -> bool) {
         self.keys = None;
-        self.answer(owed);
+        self.answer(read);
     }
 
-    fn answer(&mut self, owed: bool) {
-        let marked = |at: u64| at >= self.question;
-        if marked(self.messages) && self.keys.is_none_or(marked) {
+    fn answer(&mut self, read: impl Fn(u64) -> bool) {
+        let answered = |at: u64| at >= self.question;
+        if answered(self.messages) && self.keys.is_none_or(answered) {
+            let whole = self.whole && self.missed_at.is_none_or(read);
             for answer in self.answers.drain(..) {
-                let _ = answer.try_send(self.whole && !owed);
+                let _ = answer.try_send(whole);
             }
         }
     }
@@ -324,9 +358,9 @@ struct Heard {
     everything: bool,
     /// Whether no more will come.
     closed: bool,
-    /// The subscription's mark of a catch-up's question ([`Mark`]), when it came with them:
-    /// what it gave before is among them, or was followed before them.
-    mark: Option<Mark>,
+    /// The subscription's answer to a catch-up's question ([`CaughtUp`]), when it came with
+    /// them: what it gave before is among them, or was followed before them.
+    caught_up: Option<CaughtUp>,
 }
 
 impl Heard {
@@ -340,7 +374,7 @@ impl Heard {
             entities: Vec::new(),
             everything: false,
             closed: false,
-            mark: None,
+            caught_up: None,
         };
         let mut seen = HashSet::new();
         let mut next = Some(first);
@@ -349,8 +383,8 @@ impl Heard {
                 Ok(m) if m == crate::store::SUBSCRIBED || m == crate::store::EVERYTHING_CHANGED => {
                     heard.everything = true
                 }
-                Ok(m) => match Mark::of(&m) {
-                    Some(mark) => heard.mark = Some(mark),
+                Ok(m) => match CaughtUp::of(&m) {
+                    Some(caught_up) => heard.caught_up = Some(caught_up),
                     None => {
                         if let Some(e) = entity(m) {
                             if seen.insert(e.clone()) {
@@ -428,7 +462,7 @@ mod tests {
             "other",
             "EG-a",
             crate::store::SUBSCRIBED,
-            &crate::store::Mark::message(3, true),
+            &crate::store::CaughtUp::message(3, true),
             "EG-c",
         ] {
             tx.send(m.to_string()).expect("send");
@@ -437,10 +471,11 @@ mod tests {
         let heard = Heard::drain(first, &mut rx, entity);
         assert_eq!(heard.entities, ["a", "b", "c"]);
         assert!(heard.everything, "a subscription's mark");
-        assert!(
-            heard.mark.is_some_and(|m| m.question == 3 && m.whole),
-            "the mark of a catch-up"
-        );
+        let caught_up = crate::store::CaughtUp {
+            question: 3,
+            whole: true,
+        };
+        assert_eq!(heard.caught_up, Some(caught_up), "a catch-up's answer");
         assert!(!heard.closed);
         // No more than a batch at once: the rest stays queued.
         for i in 0..BATCH + 3 {
@@ -449,56 +484,63 @@ mod tests {
         let first = rx.try_recv().map_err(|_| super::RecvError::Closed);
         let heard = Heard::drain(first, &mut rx, entity);
         assert_eq!(heard.entities.len(), BATCH);
-        assert!(!heard.everything && heard.mark.is_none());
+        assert!(!heard.everything && heard.caught_up.is_none());
         assert_eq!(rx.len(), 3);
     }
 
-    /// A question is answered once both subscriptions marked it (a mark of an earlier
-    /// question answers none), and says whether anything was missed meanwhile.
+    /// A question is answered once both subscriptions answered it (an answer to an earlier
+    /// question answers none), and says whether anything may be missing.
     #[test]
-    fn a_catch_up_is_answered_by_the_marks_of_its_own_question() {
+    fn a_catch_up_is_answered_by_the_answers_to_its_own_question() {
         use super::{CatchingUp, Subscription};
-        use crate::store::Mark;
-        let mark = |question, whole| Mark { question, whole };
+        use crate::store::CaughtUp;
+        let said = |question, whole| CaughtUp { question, whole };
+        // (No full load ended since a change was missed.)
+        let unread = |_| false;
         let mut catching = CatchingUp::default();
         let (first, first_answer) = std::sync::mpsc::sync_channel(1);
         assert_eq!(catching.asked(first, true), 1);
         let (second, second_answer) = std::sync::mpsc::sync_channel(1);
         assert_eq!(catching.asked(second, true), 2);
-        catching.marked(Subscription::Messages, mark(1, true), false);
-        catching.marked(Subscription::Keys, mark(1, true), false);
+        catching.heard_answer(Subscription::Messages, said(1, true), unread);
+        catching.heard_answer(Subscription::Keys, said(1, true), unread);
         assert!(
             first_answer.try_recv().is_err(),
-            "answered by the first's marks"
+            "answered by the first's answers"
         );
-        catching.marked(Subscription::Messages, mark(2, true), false);
+        catching.heard_answer(Subscription::Messages, said(2, true), unread);
         assert!(
             first_answer.try_recv().is_err(),
-            "the keys' mark is waited for"
+            "the keys' answer is waited for"
         );
-        catching.marked(Subscription::Keys, mark(2, true), false);
+        catching.heard_answer(Subscription::Keys, said(2, true), unread);
         assert_eq!(first_answer.try_recv(), Ok(true));
         assert_eq!(second_answer.try_recv(), Ok(true));
-        // A subscription down, something missed, a full read owed: answered, as not whole.
-        for (down, missed, owed) in [
-            (true, false, false),
-            (false, true, false),
-            (false, false, true),
-        ] {
-            let (tx, answer) = std::sync::mpsc::sync_channel(1);
-            let question = catching.asked(tx, true);
-            if missed {
-                catching.missed();
-            }
-            catching.marked(Subscription::Keys, mark(question, !down), owed);
-            catching.marked(Subscription::Messages, mark(question, true), owed);
-            assert_eq!(answer.try_recv(), Ok(false), "{down} {missed} {owed}");
-        }
-        // The keys no longer told: the messages' mark alone answers.
+        // A subscription down: not whole.
         let (tx, answer) = std::sync::mpsc::sync_channel(1);
         let question = catching.asked(tx, true);
-        catching.keys_closed(false);
-        catching.marked(Subscription::Messages, mark(question, true), false);
+        catching.heard_answer(Subscription::Keys, said(question, false), unread);
+        catching.heard_answer(Subscription::Messages, said(question, true), unread);
+        assert_eq!(answer.try_recv(), Ok(false));
+        // A change missed while a question waits: answered at once, not whole.
+        let (tx, answer) = std::sync::mpsc::sync_channel(1);
+        catching.asked(tx, true);
+        catching.missed(7);
+        assert_eq!(answer.try_recv(), Ok(false));
+        // Missed before the question: not whole until a full load begun after it ended.
+        for (read, whole) in [(false, false), (true, true)] {
+            let (tx, answer) = std::sync::mpsc::sync_channel(1);
+            let question = catching.asked(tx, true);
+            let loaded = |n| n == 7 && read;
+            catching.heard_answer(Subscription::Keys, said(question, true), loaded);
+            catching.heard_answer(Subscription::Messages, said(question, true), loaded);
+            assert_eq!(answer.try_recv(), Ok(whole), "read since: {read}");
+        }
+        // The keys no longer told: the messages' answer alone answers.
+        let (tx, answer) = std::sync::mpsc::sync_channel(1);
+        let question = catching.asked(tx, true);
+        catching.keys_closed(|_| true);
+        catching.heard_answer(Subscription::Messages, said(question, true), |_| true);
         assert_eq!(answer.try_recv(), Ok(true));
     }
 

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use super::follow::CatchUp;
 use super::{ConsumerCache, ConsumerEntry, KeyedCredential, PasswordCredential, Table, Tables};
 use crate::pipeline::context::Consumer;
 
@@ -38,7 +39,7 @@ const OFFERED_FOR: Duration = Duration::from_secs(60);
 
 /// How long the tables wait for the changes the store told of before the new process asked
 /// to be followed.
-const CATCH_UP_WITHIN: Duration = Duration::from_secs(2);
+const CATCH_UP_WITHIN: Duration = Duration::from_secs(3);
 
 /// How long the new process looks for the offer, and then waits for the tables.
 const LOOK_FOR: Duration = Duration::from_millis(500);
@@ -151,12 +152,15 @@ impl ConsumerCache {
             // or the other (one published between the two was lost until the new process's
             // first read of the store ended).
             match self.caught_up_blocking(CATCH_UP_WITHIN) {
-                Some(true) => {}
-                Some(false) => log::warn!(
-                    "consumer cache: the tables handed over may miss the store's last changes (a subscription was down, a refresh failed or changes came faster than they were followed); the new process's read of the store replaces them"
+                CatchUp::Whole => {}
+                CatchUp::MayMiss => log::warn!(
+                    "consumer cache: the tables handed over may miss the store's last changes (a subscription was down, a refresh failed or changes came faster than they were followed); the new process's read of the store brings them"
                 ),
-                None => log::warn!(
-                    "consumer cache: the store's last changes not followed within {CATCH_UP_WITHIN:?}; handing the tables over as they are (the new process's read of the store replaces them)"
+                CatchUp::NotWithin => log::warn!(
+                    "consumer cache: the store's last changes not followed within {CATCH_UP_WITHIN:?}; the tables go as they are (the new process's read of the store brings what they miss)"
+                ),
+                CatchUp::NotAsked => log::warn!(
+                    "consumer cache: the store's changes are not followed; the tables go as they are (the new process's read of the store brings what they miss)"
                 ),
             }
             let _ = conn.set_nonblocking(false);

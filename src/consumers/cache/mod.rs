@@ -124,6 +124,10 @@ pub struct ConsumerCache {
     checks: checks::InFlight,
     /// Full loads run one at a time.
     load_lock: tokio::sync::Mutex<()>,
+    /// The full loads begun, and the number of the last that swapped its tables in (a change
+    /// missed is in the tables once a load begun after it did).
+    loads_begun: AtomicU64,
+    last_load_done: AtomicU64,
     /// Refreshes run one at a time (see [`Self::refresh_many`]).
     refresh_turn: tokio::sync::Mutex<()>,
     /// While a full load runs: what refreshes changed meanwhile, carried into what it read
@@ -178,6 +182,8 @@ impl ConsumerCache {
             checks: checks::InFlight::default(),
             lookups: Mutex::new(None),
             catch_up: Mutex::new(None),
+            loads_begun: AtomicU64::new(0),
+            last_load_done: AtomicU64::new(0),
             pending_lookups: Mutex::new(HashMap::new()),
             looking_up: AtomicBool::new(false),
             load_lock: tokio::sync::Mutex::new(()),

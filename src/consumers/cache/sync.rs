@@ -62,6 +62,7 @@ impl ConsumerCache {
     /// messages refreshed while it read is kept as they left it.
     pub async fn load(&self) -> StoreResult<()> {
         let _one_at_a_time = self.load_lock.lock().await;
+        let number = self.loads_begun.fetch_add(1, Ordering::Relaxed) + 1;
         let started = Instant::now();
         *self.changes() = Some(Changes::default());
         let read = self.read_everything().await;
@@ -105,6 +106,7 @@ impl ConsumerCache {
             self.from_store.store(true, Ordering::Relaxed);
             self.loaded.store(true, Ordering::Relaxed);
             self.stats.full_loads.fetch_add(1, Ordering::Relaxed);
+            self.last_load_done.fetch_max(number, Ordering::Relaxed);
         }
         // The tables replaced are freed here, not under the lock every authentication takes:
         // a million credentials are as many allocations to free.
@@ -125,6 +127,17 @@ impl ConsumerCache {
             .unwrap_or_else(|p| p.into_inner())
             .clear();
         Ok(())
+    }
+
+    /// The full loads begun so far: a change missed now is in the tables once a load with a
+    /// later number ended ([`Self::loaded_since`]).
+    pub(super) fn loads_begun(&self) -> u64 {
+        self.loads_begun.load(Ordering::Relaxed)
+    }
+
+    /// Whether a full load begun after the `begun`th swapped its tables in.
+    pub(super) fn loaded_since(&self, begun: u64) -> bool {
+        self.last_load_done.load(Ordering::Relaxed) > begun
     }
 
     fn changes(&self) -> std::sync::MutexGuard<'_, Option<Changes>> {

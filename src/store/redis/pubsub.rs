@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use tokio::sync::{broadcast, Mutex};
 
 use super::RedisStore;
-use crate::store::Mark;
+use crate::store::CaughtUp;
 
 impl RedisStore {
     /// The same store on a connection of its own, for a task of its own.
@@ -100,88 +100,123 @@ impl RedisStore {
                 if tx.receiver_count() == 0 {
                     break;
                 }
-                match target_store.client().await {
-                    Ok(client) => {
-                        match tokio::time::timeout(PUBSUB_WAIT, client.get_async_pubsub()).await {
-                            Ok(Ok(pubsub)) => {
-                                let (mut sink, stream) = pubsub.split();
-                                let subscribe = async {
-                                    match &follow {
-                                        Follow::Channel(c) => sink.subscribe(c).await,
-                                        Follow::Keys(p) => sink.psubscribe(p).await,
+                let attempt = target_store.subscribe_to(&follow, &channel);
+                match answering_down(attempt, &mut asked, &tx).await {
+                    Attempt::Subscribed(mut sink, stream) => {
+                        // Looked at again at each subscription: a server restarted may tell
+                        // otherwise.
+                        if let Follow::Keys(_) = follow {
+                            let looked = async {
+                                match told {
+                                    None => target_store.say_keyspace_notifications().await,
+                                    Some(_) => {
+                                        target_store.keyspace_notifications_again(told, &tx).await
                                     }
-                                };
-                                let subscribed = tokio::time::timeout(PUBSUB_WAIT, subscribe).await;
-                                if matches!(subscribed, Ok(Ok(()))) {
-                                    // Looked at again at each subscription: a server restarted
-                                    // may tell otherwise.
-                                    if let Follow::Keys(_) = follow {
-                                        told = match told {
-                                            None => target_store.say_keyspace_notifications().await,
-                                            Some(_) => {
-                                                target_store
-                                                    .keyspace_notifications_again(told, &tx)
-                                                    .await
-                                            }
-                                        };
-                                    }
-                                    if lost {
-                                        log::info!(
-                                            "{}: subscribed to `{channel}` again",
-                                            target_store.describe
-                                        );
-                                    }
-                                    let _ = tx.send(crate::store::SUBSCRIBED.to_string());
-                                    let keys = matches!(follow, Follow::Keys(_))
-                                        .then_some((&target_store, &mut told));
-                                    relay_messages(&mut sink, stream, &tx, &mut asked, keys).await;
-                                    log::warn!(
-                                        "{}: subscription to `{channel}` lost; resubscribing",
-                                        target_store.describe
-                                    );
-                                    lost = true;
-                                } else {
-                                    // Refused by the server (a user its ACL does not let follow
-                                    // the keys: NOPERM): said once, not tried every second.
-                                    if let (Follow::Keys(_), Ok(Err(e))) = (&follow, &subscribed) {
-                                        if e.code().is_some() {
-                                            log::info!(
-                                                "{}: cannot follow the keys other programs write ({e}): what they write reaches the consumer cache at its next full read (--resync-seconds)",
-                                                target_store.describe
-                                            );
-                                            return;
-                                        }
-                                    }
-                                    log::warn!(
-                                        "{}: cannot subscribe to `{channel}`; trying again",
-                                        target_store.describe
-                                    );
                                 }
-                            }
-                            Ok(Err(e)) => {
-                                log::warn!("{}: cannot subscribe: {e}", target_store.describe)
-                            }
-                            Err(_) => log::warn!(
-                                "{}: cannot subscribe: no answer within {PUBSUB_WAIT:?}",
+                            };
+                            told = answering_down(looked, &mut asked, &tx).await;
+                        }
+                        if lost {
+                            log::info!(
+                                "{}: subscribed to `{channel}` again",
                                 target_store.describe
-                            ),
+                            );
                         }
+                        let _ = tx.send(crate::store::SUBSCRIBED.to_string());
+                        let keys =
+                            matches!(follow, Follow::Keys(_)).then_some((&target_store, &mut told));
+                        relay_messages(&mut sink, stream, &tx, &mut asked, keys).await;
+                        log::warn!(
+                            "{}: subscription to `{channel}` lost; resubscribing",
+                            target_store.describe
+                        );
+                        lost = true;
                     }
-                    Err(e) => log::warn!("{e}"),
+                    Attempt::Refused => return,
+                    Attempt::Failed => {}
                 }
-                // Not subscribed: answered at once, as down.
-                let retry = tokio::time::sleep(Duration::from_secs(1));
-                tokio::pin!(retry);
-                loop {
-                    tokio::select! {
-                        () = &mut retry => break,
-                        Ok(question) = asked.recv() => {
-                            let _ = tx.send(Mark::message(question, false));
-                        }
-                    }
-                }
+                answering_down(tokio::time::sleep(Duration::from_secs(1)), &mut asked, &tx).await;
             }
         });
+    }
+
+    /// One attempt at subscribing to `follow` (`channel`, its name), on a connection of its
+    /// own; a failure said.
+    async fn subscribe_to(&self, follow: &Follow, channel: &str) -> Attempt {
+        let client = match self.client().await {
+            Ok(client) => client,
+            Err(e) => {
+                log::warn!("{e}");
+                return Attempt::Failed;
+            }
+        };
+        let pubsub = match tokio::time::timeout(PUBSUB_WAIT, client.get_async_pubsub()).await {
+            Ok(Ok(pubsub)) => pubsub,
+            Ok(Err(e)) => {
+                log::warn!("{}: cannot subscribe: {e}", self.describe);
+                return Attempt::Failed;
+            }
+            Err(_) => {
+                log::warn!(
+                    "{}: cannot subscribe: no answer within {PUBSUB_WAIT:?}",
+                    self.describe
+                );
+                return Attempt::Failed;
+            }
+        };
+        let (mut sink, stream) = pubsub.split();
+        let subscribe = async {
+            match follow {
+                Follow::Channel(c) => sink.subscribe(c).await,
+                Follow::Keys(p) => sink.psubscribe(p).await,
+            }
+        };
+        match tokio::time::timeout(PUBSUB_WAIT, subscribe).await {
+            Ok(Ok(())) => Attempt::Subscribed(sink, stream),
+            // Refused by the server (a user its ACL does not let follow the keys: NOPERM):
+            // said once, not tried every second.
+            Ok(Err(e)) if matches!(follow, Follow::Keys(_)) && e.code().is_some() => {
+                log::info!(
+                    "{}: cannot follow the keys other programs write ({e}): what they write reaches the consumer cache at its next full read (--resync-seconds)",
+                    self.describe
+                );
+                Attempt::Refused
+            }
+            _ => {
+                log::warn!(
+                    "{}: cannot subscribe to `{channel}`; trying again",
+                    self.describe
+                );
+                Attempt::Failed
+            }
+        }
+    }
+}
+
+/// What an attempt at subscribing came to.
+enum Attempt {
+    Subscribed(redis::aio::PubSubSink, redis::aio::PubSubStream),
+    /// Refused by the server for good.
+    Refused,
+    /// Tried again in a second.
+    Failed,
+}
+
+/// Runs `work` (a subscription not made, or made and not relayed yet) answering the catch-up
+/// questions meanwhile as down: nothing the store sends is received.
+async fn answering_down<T>(
+    work: impl std::future::Future<Output = T>,
+    asked: &mut broadcast::Receiver<u64>,
+    tx: &broadcast::Sender<String>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            Ok(question) = asked.recv() => {
+                let _ = tx.send(CaughtUp::message(question, false));
+            }
+        }
     }
 }
 
@@ -238,7 +273,7 @@ const PUBSUB_WAIT: Duration = Duration::from_secs(5);
 /// Relays the subscription's messages into `tx` until its connection ends or stops answering
 /// pings. `asked`: the questions of [`crate::store::Store::ask_caught_up`], each answered by a
 /// ping on the subscription's connection (the server answers it after every message it sent
-/// before), the messages received before its answer, then the question's [`Mark`] (as down
+/// before), the messages received before its answer, then the question's [`CaughtUp`] (as down
 /// when the ping is not answered: the subscription is made again). `keys`: for a
 /// subscription to the keys written, the store, whose `notify-keyspace-events` is looked at
 /// again with each ping, and whether it told of them.
@@ -259,8 +294,7 @@ async fn relay_messages(
                 None => return,
             },
             Ok(question) = asked.recv() => {
-                let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
-                let answered = matches!(pong, Ok(Ok(_)));
+                let answered = answers_ping(sink).await;
                 // The connection's reader queued the messages before the answer before it gave
                 // the answer: all of them taken now, however many (not the runtime's budget of
                 // polls a task makes at once, which would leave the rest for after the mark).
@@ -274,14 +308,13 @@ async fn relay_messages(
                     false
                 })
                 .await;
-                let _ = tx.send(Mark::message(question, answered && !ended));
+                let _ = tx.send(CaughtUp::message(question, answered && !ended));
                 if !answered || ended {
                     return;
                 }
             },
             _ = beat.tick() => {
-                let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
-                if !matches!(pong, Ok(Ok(_))) {
+                if !answers_ping(sink).await {
                     return;
                 }
                 if let Some((store, told)) = keys.as_mut() {
@@ -293,6 +326,12 @@ async fn relay_messages(
             }
         }
     }
+}
+
+/// Whether the subscription's connection answers a ping within [`PUBSUB_WAIT`].
+async fn answers_ping(sink: &mut redis::aio::PubSubSink) -> bool {
+    let pong = tokio::time::timeout(PUBSUB_WAIT, sink.ping::<redis::Value>()).await;
+    matches!(pong, Ok(Ok(_)))
 }
 
 /// Relays one message of a subscription into `tx`.

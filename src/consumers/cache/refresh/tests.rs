@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::consumers::cache::follow::CatchUp;
 use crate::consumers::cache::ConsumerCache;
 use crate::consumers::layout::Layout;
 use crate::store::embedded::EmbeddedStore;
@@ -254,7 +255,7 @@ async fn what_was_told_before_a_catch_up_is_in_the_tables_when_it_answers() {
         tokio::task::spawn_blocking(move || asking.caught_up_blocking(Duration::from_secs(5)))
     };
     // (Answered once it follows: subscribed.)
-    assert_eq!(caught_up(&cache).await.expect("asked"), Some(true));
+    assert_eq!(caught_up(&cache).await.expect("asked"), CatchUp::Whole);
     for round in 0..1_000 {
         let active = if round % 2 == 0 { "false" } else { "true" };
         let write = hset("EG-key-auth:K", &[("isActive", active)]);
@@ -264,7 +265,7 @@ async fn what_was_told_before_a_catch_up_is_in_the_tables_when_it_answers() {
             .await
             .expect("publish");
         let answer = caught_up(&cache).await.expect("asked");
-        assert_eq!(answer, Some(true), "round {round}");
+        assert_eq!(answer, CatchUp::Whole, "round {round}");
         let cached = cache.read().key_auth.get("K").map(|c| c.active);
         assert_eq!(cached, Some(active == "true"), "round {round}");
     }
