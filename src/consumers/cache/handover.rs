@@ -8,10 +8,10 @@
 //! it holds those sockets and has subscribed to the store's changes, then loads from its
 //! store as it always does (the store's answer replaces them). Asked, the old process first
 //! follows what its store told of until then ([`ConsumerCache::caught_up_blocking`]): a
-//! change is in the tables, or among what the new process hears — unless one of the
-//! subscriptions was down, or changes were missed (a WARN line says it; the new process's
-//! read of the store brings them), or the new process's subscriptions were not made in time. Both ends take only a peer of their own user: the tables hold the
-//! credentials' secrets.
+//! change is in the tables, or among what the new process hears — unless a WARN line of
+//! either says otherwise (a subscription down, changes missed, subscriptions not made in
+//! time), and the new process's read of the store brings what the tables miss. Both ends
+//! take only a peer of their own user: the tables hold the credentials' secrets.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
@@ -154,7 +154,7 @@ impl ConsumerCache {
             match self.caught_up_blocking(CATCH_UP_WITHIN) {
                 CatchUp::Whole => {}
                 CatchUp::MayMiss => log::warn!(
-                    "consumer cache: the tables handed over may miss the store's last changes (a subscription was down, a refresh failed or changes came faster than they were followed); the new process's read of the store brings them"
+                    "consumer cache: the tables handed over may miss the store's last changes (a subscription was down, a refresh failed, changes came faster than they were followed, or the full read owed since has not ended); the new process's read of the store brings them"
                 ),
                 CatchUp::NotWithin => log::warn!(
                     "consumer cache: the store's last changes not followed within {CATCH_UP_WITHIN:?}; the tables go as they are (the new process's read of the store brings what they miss)"
