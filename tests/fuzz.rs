@@ -154,10 +154,11 @@ fn load(gateway_text: &str, system_text: &str) {
     };
     let sys_root = node::parse_placed(&sys_text, &sys_name, &sys_places)
         .unwrap_or_else(|_| node::Node::null(tollgate::config::error::Pos::file_start(&sys_name)));
-    let gateway = GatewayFile::from_node(&gw_root, &mut errors);
+    let dirs = tollgate::config::ConfigDirs::single(&std::env::temp_dir());
+    let gateway = GatewayFile::from_node(&gw_root, &dirs, &mut errors);
     let system = SystemFile::from_node(&sys_root, &mut errors);
     let loaded = LoadedConfig {
-        dirs: tollgate::config::ConfigDirs::single(&std::env::temp_dir()),
+        dirs,
         gateway_path: "gateway.config.yml".into(),
         system_path: None,
         gateway,

@@ -102,6 +102,33 @@ fn https_listener_serves_with_the_default_certificate() {
     assert_eq!(e.header("x-forwarded-port").as_deref(), Some("443"));
 }
 
+/// A relative certificate and key path names the files in the config directory (as a jwt
+/// step's key file), whatever the gateway's working directory: before, they were read from
+/// the working directory only, and a config directory that held its certificate beside it
+/// started only from inside it.
+#[test]
+fn relative_certificate_paths_are_read_from_the_config_directory() {
+    let dir = ConfigDir::empty();
+    let cert = SelfSigned::new();
+    dir.write("tls.crt", &cert.cert_pem());
+    dir.write("tls.key", &cert.key_pem());
+    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    dir.write(
+        "gateway.config.yml",
+        "https:\n  port: ${PORT}\n  tls:\n    default: {key: tls.key, cert: tls.crt}\napiEndpoints:\n  a: {paths: '/a'}\npolicies: [terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{terminate: {action: {statusCode: 200, message: ok}}}]}\n",
+    );
+    assert!(
+        !std::path::Path::new("tls.key").exists(),
+        "the tests' working directory has no tls.key"
+    );
+    let gw = GatewayProcess::start(&dir);
+    let raw = tls_request(
+        gw.port,
+        "GET /a HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+    );
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+}
+
 /// An https gateway proxying `/t/*` to `up`.
 fn proxying_https_gateway(up: &EchoUpstream) -> (ConfigDir, GatewayProcess) {
     https_gateway(&format!(

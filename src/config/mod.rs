@@ -247,7 +247,7 @@ pub fn load_dirs(dirs: &ConfigDirs) -> Result<LoadedConfig, ConfigErrors> {
     let (Ok(gateway_root), None | Some(Ok(_))) = (gateway_root, &system_root) else {
         return Err(errors.into_result().err().unwrap_or_default());
     };
-    let gateway = GatewayFile::from_node(&gateway_root, &mut errors);
+    let gateway = GatewayFile::from_node(&gateway_root, dirs, &mut errors);
     let system = match system_root {
         Some(Ok(root)) if root.is_null() => {
             errors.push(

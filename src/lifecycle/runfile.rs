@@ -88,6 +88,12 @@ fn paths(dirs: &ConfigDirs) -> Vec<PathBuf> {
 /// The files this process published, withdrawn when it exits.
 static PUBLISHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
+/// What the files this process published said before it, where they named another gateway
+/// that ran (a second gateway on the same config directories, or the process this one
+/// upgrades): put back at this process's exit if that gateway still runs, so the CLI finds it
+/// (an upgrade that gave up, a second gateway stopped).
+static BEFORE: std::sync::Mutex<Vec<(PathBuf, Running)>> = std::sync::Mutex::new(Vec::new());
+
 /// Publishes where this process answers: a file only its user can read or write (it names
 /// the Admin API the CLI sends its token to), made anew and renamed into place.
 pub fn publish(dirs: &ConfigDirs, running: &Running) {
@@ -97,6 +103,24 @@ pub fn publish(dirs: &ConfigDirs, running: &Running) {
 }
 
 fn publish_in(file: PathBuf, running: &Running) {
+    if running.pid == std::process::id() {
+        let mut before = BEFORE.lock().unwrap_or_else(|p| p.into_inner());
+        if !before.iter().any(|(f, _)| f == &file) {
+            if let Some(other) = read_file(&file).filter(|r| r.pid != running.pid && alive(r.pid)) {
+                before.push((file.clone(), other));
+            }
+        }
+    }
+    if write_file(&file, running) {
+        let mut published = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
+        if !published.contains(&file) {
+            published.push(file);
+        }
+    }
+}
+
+/// Writes `running` into `file`, made anew and renamed into place; said when it cannot be.
+fn write_file(file: &std::path::Path, running: &Running) -> bool {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let nanos = std::time::SystemTime::now()
@@ -110,29 +134,35 @@ fn publish_in(file: PathBuf, running: &Running) {
         .mode(0o600)
         .open(&tmp)
         .and_then(|mut f| f.write_all(text.as_bytes()))
-        .and_then(|()| std::fs::rename(&tmp, &file));
+        .and_then(|()| std::fs::rename(&tmp, file));
     match written {
-        Ok(()) => {
-            let mut published = PUBLISHED.lock().unwrap_or_else(|p| p.into_inner());
-            if !published.contains(&file) {
-                published.push(file);
-            }
-        }
+        Ok(()) => true,
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             log::warn!(
                 "cannot say where this gateway answers in {} (the CLI reads its config instead): {e}",
                 file.display()
             );
+            false
         }
     }
 }
 
-/// Removes what this process published (it is exiting).
+/// Removes what this process published (it is exiting), or puts back what a file said before
+/// it where that gateway still runs.
 pub fn withdraw() {
-    for file in PUBLISHED.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-        if read_file(file).is_some_and(|r| r.pid == std::process::id()) {
-            let _ = std::fs::remove_file(file);
+    let before = std::mem::take(&mut *BEFORE.lock().unwrap_or_else(|p| p.into_inner()));
+    for file in std::mem::take(&mut *PUBLISHED.lock().unwrap_or_else(|p| p.into_inner())) {
+        if !read_file(&file).is_some_and(|r| r.pid == std::process::id()) {
+            continue;
+        }
+        match before.iter().find(|(f, r)| f == &file && alive(r.pid)) {
+            Some((_, other)) => {
+                write_file(&file, other);
+            }
+            None => {
+                let _ = std::fs::remove_file(&file);
+            }
         }
     }
 }
@@ -207,6 +237,7 @@ mod tests {
     #[test]
     fn published_found_while_the_process_runs_and_not_after() {
         a_directory_link_swapped_since_the_start_finds_the_gateway();
+        a_gateway_that_exits_gives_the_file_back_to_the_one_before();
         let dir =
             std::env::temp_dir().join(format!("tollgate-runfile-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
@@ -250,6 +281,53 @@ mod tests {
         withdraw();
         assert!(!file.exists());
         let _ = std::fs::remove_dir(&dir);
+    }
+
+    /// A second gateway on the same config directories (or an upgrade that gave up) exits
+    /// while the first still runs: the file names the first again, and the CLI finds it. Once
+    /// the first is gone too, the file goes. (Run by the test above.)
+    fn a_gateway_that_exits_gives_the_file_back_to_the_one_before() {
+        let root =
+            std::env::temp_dir().join(format!("tollgate-runfile-before-{}", std::process::id()));
+        std::fs::create_dir_all(&root).expect("dir");
+        // Another gateway: a process of this user's whose name starts with `tollgate`.
+        let sleeper = root.join("tollgate-first");
+        let sleep = ["/bin/sleep", "/usr/bin/sleep"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("sleep");
+        std::fs::copy(sleep, &sleeper).expect("copy sleep");
+        let mut first = std::process::Command::new(&sleeper)
+            .arg("60")
+            .spawn()
+            .expect("start the first gateway");
+        let dirs = ConfigDirs::single(&root);
+        let file = paths(&dirs)[0].clone();
+        let theirs = Running {
+            pid: first.id(),
+            admin: Some("http://127.0.0.1:1111".into()),
+            ..Running::default()
+        };
+        assert!(write_file(&file, &theirs));
+        assert_eq!(find(&dirs).map(|r| r.pid), Some(first.id()));
+        let ours = Running {
+            pid: std::process::id(),
+            admin: Some("http://127.0.0.1:2222".into()),
+            ..Running::default()
+        };
+        publish(&dirs, &ours);
+        assert_eq!(find(&dirs).map(|r| r.pid), Some(std::process::id()));
+        withdraw();
+        let found = find(&dirs).expect("the first gateway found again");
+        assert_eq!(found.pid, first.id());
+        assert_eq!(found.admin.as_deref(), Some("http://127.0.0.1:1111"));
+        // The first gone, this process's file goes at its exit.
+        publish(&dirs, &ours);
+        first.kill().expect("stop the first gateway");
+        first.wait().expect("reaped");
+        withdraw();
+        assert!(!file.exists(), "the file of gateways gone");
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     /// A config directory that is a link swapped to another version after the start (an

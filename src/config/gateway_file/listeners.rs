@@ -4,8 +4,11 @@
 use super::{
     map_entries, name_of, optional_string, GatewayFile, HttpsDef, ListenerDef, TlsCertDef,
 };
+use std::path::Path;
+
 use crate::config::error::ConfigErrors;
 use crate::config::node::{Node, Value};
+use crate::config::ConfigDirs;
 
 pub(super) fn port_of(node: &Node, what: &str, errors: &mut ConfigErrors) -> Option<u16> {
     let parsed = match &node.value {
@@ -187,7 +190,10 @@ fn https_not_acted_on(node: &Node, errors: &mut ConfigErrors) {
     }
 }
 
-pub(super) fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> {
+/// The `https` listener. A relative `key` or `cert` path is the file of that name in the
+/// last config directory that has one (as a jwt step's `secretOrPublicKeyFile`), else the path
+/// as given, from the working directory (where EG reads it).
+pub(super) fn https(node: &Node, dirs: &ConfigDirs, errors: &mut ConfigErrors) -> Option<HttpsDef> {
     let listener = listener(node, "https", None, errors)?;
     https_not_acted_on(node, errors);
     let mut certs = Vec::new();
@@ -197,8 +203,12 @@ pub(super) fn https(node: &Node, errors: &mut ConfigErrors) -> Option<HttpsDef> 
                 let host_glob = name_of(key, errors);
                 let key_file = optional_string(value, "key", errors);
                 let cert_file = optional_string(value, "cert", errors);
-                match (key_file, cert_file) {
-                    (Some((key, _)), Some((cert, _))) => {
+                let in_dirs = |(path, _): (String, _)| match dirs.resolve(Path::new(&path)) {
+                    Some(found) => found.display().to_string(),
+                    None => path,
+                };
+                match (key_file.map(in_dirs), cert_file.map(in_dirs)) {
+                    (Some(key), Some(cert)) => {
                         // Read now, as the start reads them: `check` and a reload refuse what
                         // the next start could not use (a reload keeps the listener it has).
                         if let Err(e) = crate::listener::tls_acceptor_by_name(&cert, &key, &[]) {

@@ -3,6 +3,7 @@
 
 use super::error::{ConfigErrors, Pos};
 use super::node::{Node, Value};
+use super::ConfigDirs;
 
 mod entries;
 mod listeners;
@@ -158,7 +159,9 @@ fn one_edit_apart(a: &str, b: &str) -> bool {
 }
 
 impl GatewayFile {
-    pub fn from_node(root: &Node, errors: &mut ConfigErrors) -> GatewayFile {
+    /// The gateway file `root` of the config directories `dirs` (relative certificate and key
+    /// paths are looked for in them).
+    pub fn from_node(root: &Node, dirs: &ConfigDirs, errors: &mut ConfigErrors) -> GatewayFile {
         if root.is_null() {
             // Nothing in the file (a save caught half-way, truncated before it is written):
             // EG refuses it too (`data should be object`).
@@ -176,7 +179,7 @@ impl GatewayFile {
         let http = root
             .get("http")
             .and_then(|n| listener(n, "http", None, errors));
-        let https = root.get("https").and_then(|n| https(n, errors));
+        let https = root.get("https").and_then(|n| https(n, dirs, errors));
         // (Not when a listener's own error said why: a port that is none.)
         let listeners_said = errors.len() > found_before;
         let mut file = GatewayFile {
