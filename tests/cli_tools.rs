@@ -100,6 +100,13 @@ fn the_cli_asks_the_running_gateway_while_its_config_is_broken() {
     let healthy = run_tollgate(&["healthcheck", "--config", &d], &[]);
     assert!(healthy.status.success(), "{}", text(&healthy));
     let good = std::fs::read_to_string(dir.path.join("gateway.config.yml")).expect("config");
+    // A config that loads with a warning: said once, by the gateway's answer (the CLI's own
+    // reading of the config said it a second time).
+    dir.write("gateway.config.yml", &format!("{good}\nextra: 1\n"));
+    let reload = run_tollgate(&["reload", "--config", &d], &[]);
+    let said = text(&reload);
+    assert!(reload.status.success(), "{said}");
+    assert_eq!(said.matches("`extra` is no section").count(), 1, "{said}");
     dir.write("gateway.config.yml", &format!("{good}\n  bad: [\n"));
     let healthy = run_tollgate(&["healthcheck", "--config", &d], &[]);
     assert!(

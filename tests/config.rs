@@ -248,6 +248,27 @@ fn a_key_that_is_no_section_is_said() {
         said.contains("`extra` is no section") && !said.contains("(`extra`"),
         "{said}"
     );
+    // The system config's too: a misspelt `plugin:` left Kargo's metrics and storage plugins
+    // unconfigured, silently.
+    dir.write(
+        "system.config.yml",
+        "db: {redis: {emulate: true}}\ncrypto: {saltRounds: 10}\nsession: {}\ncli: {url: 'http://localhost:9876'}\nplugin:\n  metrics: {}\n",
+    );
+    let out = run_tollgate(&["check", "-c", &dir.path.display().to_string()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let said = stderr(&out);
+    let system = dir.file("system.config.yml");
+    assert!(
+        said.contains(&format!(
+            "{system}:5:1: `plugin` is no section of the system config and is ignored (`plugins`?)"
+        )),
+        "{said}"
+    );
+    assert_eq!(
+        said.matches("is no section of the system config").count(),
+        1,
+        "{said}"
+    );
     // Within the sections too: a misspelt `scopes` left the endpoint open to every consumer,
     // a misspelt `condition` ran its step for every request.
     let dir = ConfigDir::new(

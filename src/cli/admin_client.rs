@@ -105,39 +105,34 @@ impl AdminClient {
         explicit: Option<&str>,
         token: Option<String>,
     ) -> AdminClient {
-        let loaded = config::load_dirs(config_dirs);
-        let cli_url = loaded
-            .as_ref()
-            .ok()
-            .and_then(|l| l.system.cli_url.clone())
-            .filter(|u| !u.is_empty());
-        let configured_admin = loaded
-            .as_ref()
-            .ok()
-            .and_then(|l| l.gateway.admin.as_ref())
-            .map(|a| {
+        let running = || crate::lifecycle::runfile::find(config_dirs).and_then(|r| r.admin);
+        // The running gateway before `cli.url`: it says where its Admin API is, where
+        // `cli.url` may be read with another environment than the gateway's (the shipped
+        // `conf/` names the port by `${TOLLGATE_ADMIN_PORT:-9876}`). The config is read only
+        // when neither says: a running gateway's own answer says what its config warns of
+        // (`reload`), the CLI's reading of it said each warning a second time.
+        let mut not_located = None;
+        let base = explicit.map(str::to_string).or_else(running).or_else(|| {
+            let loaded = match config::load_dirs(config_dirs) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    not_located = Some(format!(
+                        "the config in {} does not load, and no gateway runs on it: {e}",
+                        config_dirs.display()
+                    ));
+                    return None;
+                }
+            };
+            let cli_url = loaded.system.cli_url.filter(|u| !u.is_empty());
+            let configured_admin = loaded.gateway.admin.as_ref().map(|a| {
                 // `localhost` for every address, as EG's CLI does.
                 match a.host.as_deref() {
                     None | Some("") | Some("0.0.0.0") => format!("http://localhost:{}", a.port),
                     host => crate::lifecycle::runfile::local_url("http", host, a.port),
                 }
             });
-        let running = || crate::lifecycle::runfile::find(config_dirs).and_then(|r| r.admin);
-        // The running gateway before `cli.url`: it says where its Admin API is, where
-        // `cli.url` may be read with another environment than the gateway's (the shipped
-        // `conf/` names the port by `${TOLLGATE_ADMIN_PORT:-9876}`).
-        let base = explicit
-            .map(str::to_string)
-            .or_else(running)
-            .or(cli_url)
-            .or(configured_admin);
-        let not_located = match (&base, &loaded) {
-            (None, Err(e)) => Some(format!(
-                "the config in {} does not load, and no gateway runs on it: {e}",
-                config_dirs.display()
-            )),
-            _ => None,
-        };
+            cli_url.or(configured_admin)
+        });
         let base = base.unwrap_or_else(|| "http://localhost:9876".into());
         // An https admin URL (the Admin API behind a TLS proxy) is verified against the
         // system's trust store, as OpenSSL finds it (`SSL_CERT_FILE` / `SSL_CERT_DIR` name

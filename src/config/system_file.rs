@@ -144,6 +144,20 @@ pub struct SystemFile {
 /// The plugins Kargo ships; all are built into tollgate.
 pub const KNOWN_PLUGINS: &[&str] = &["healthcheck", "metrics", "scopes", "storage", "s3"];
 
+/// The sections of EG's system config (its schema's and `cli`, which EG's CLI reads): a key
+/// that is none of them is said where it is, as in the gateway config (EG ignores it, and so
+/// does tollgate).
+const SECTIONS: [&str; 8] = [
+    "db",
+    "crypto",
+    "session",
+    "accessTokens",
+    "refreshTokens",
+    "authorizationCodes",
+    "plugins",
+    "cli",
+];
+
 impl SystemFile {
     pub fn from_node(root: &Node, errors: &mut ConfigErrors) -> SystemFile {
         let mut sys = SystemFile::default();
@@ -157,6 +171,7 @@ impl SystemFile {
             );
             return sys;
         }
+        super::gateway_file::ignored_keys(root, &SECTIONS, "section of the system config");
         if let Some(redis) = root.get("db").and_then(|db| db.get("redis")) {
             sys.redis = redis_def(redis, errors);
         } else {

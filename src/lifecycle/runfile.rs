@@ -153,7 +153,7 @@ fn write_file(file: &std::path::Path, running: &Running) -> bool {
 pub fn withdraw() {
     let before = std::mem::take(&mut *BEFORE.lock().unwrap_or_else(|p| p.into_inner()));
     for file in std::mem::take(&mut *PUBLISHED.lock().unwrap_or_else(|p| p.into_inner())) {
-        if !read_file(&file).is_some_and(|r| r.pid == std::process::id()) {
+        if read_file(&file).is_none_or(|r| r.pid != std::process::id()) {
             continue;
         }
         match before.iter().find(|(f, r)| f == &file && alive(r.pid)) {
