@@ -108,11 +108,8 @@ fn https_listener_serves_with_the_default_certificate() {
 /// started only from inside it.
 #[test]
 fn relative_certificate_paths_are_read_from_the_config_directory() {
-    let dir = ConfigDir::empty();
-    let cert = SelfSigned::new();
-    dir.write("tls.crt", &cert.cert_pem());
-    dir.write("tls.key", &cert.key_pem());
-    dir.write("system.config.yml", "db: {redis: {emulate: true}}\n");
+    // (Its certificate and key as `tls.crt` and `tls.key`, named here by relative paths.)
+    let dir = support::tls::https_config(ConfigDir::empty(), "");
     dir.write(
         "gateway.config.yml",
         "https:\n  port: ${PORT}\n  tls:\n    default: {key: tls.key, cert: tls.crt}\napiEndpoints:\n  a: {paths: '/a'}\npolicies: [terminate]\npipelines:\n  p: {apiEndpoints: [a], policies: [{terminate: {action: {statusCode: 200, message: ok}}}]}\n",
