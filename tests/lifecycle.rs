@@ -1315,6 +1315,82 @@ fn an_upgrade_while_redis_is_down_keeps_authenticating() {
     drop(new);
 }
 
+/// An upgrade from a process whose first read of the store has not ended (a store that does
+/// not answer; in production a large one on a slow link): it has no tables to hand over, and
+/// the new process serves at once, looking credentials up as the old one did. Before, the new
+/// process waited 10 s for its own read while the old one stopped accepting 5 s after the
+/// sockets went: clients waited in the backlog with no process accepting.
+#[test]
+fn an_upgrade_from_a_process_still_reading_the_store_leaves_no_gap() {
+    let (redis, up, dir) = keyed_on_redis();
+    dir.write(
+        "gateway.config.yml",
+        &format!(
+            "http: {{port: ${{PORT}}}}\napiEndpoints:\n  open: {{paths: '/open/*'}}\n  wmts: {{paths: '/wmts/*'}}\nserviceEndpoints:\n  up: {{url: '{}'}}\npolicies: [key-auth, proxy]\npipelines:\n  open:\n    apiEndpoints: [open]\n    policies: [{{proxy: [{{action: {{serviceEndpoint: up}}}}]}}]\n  keyed:\n    apiEndpoints: [wmts]\n    policies:\n      - key-auth:\n      - proxy: [{{action: {{serviceEndpoint: up}}}}]\n",
+            up.url("")
+        ),
+    );
+    // Many credentials, and the store's connection a full read goes on answers each command
+    // 1.5 s late (within the store's timeout): a read takes most of a minute.
+    redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
+    through_relay(
+        &dir,
+        redis.port,
+        Duration::ZERO,
+        Arc::new(AtomicU64::new(1_500)),
+        b"SCAN",
+    );
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !old.log_text().contains("serving meanwhile") {
+        assert!(Instant::now() < deadline, "{}", old.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let load = Load::start(
+        old.port,
+        2,
+        "GET /open/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(5),
+    );
+    let new = start_upgrade(&dir, &old, &sock, &[], &[]);
+    wait_for("the new process waits", || {
+        std::path::Path::new(&sock).exists()
+    });
+    old.signal("QUIT");
+    let mut old = old;
+    wait_until_gone(&mut old);
+    std::thread::sleep(Duration::from_millis(300));
+    let report = load.stop();
+    let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
+    assert!(report.count() > 50, "{}", report.count());
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}\n{new_log}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    let slowest = report
+        .outcomes
+        .iter()
+        .map(|o| o.took)
+        .max()
+        .unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a request waited {slowest:?} with no process accepting:\n{new_log}"
+    );
+    assert!(
+        old.log_text()
+            .contains("no tables for the upgrading process")
+            && new_log.contains("offered no tables"),
+        "old:\n{}\nnew:\n{new_log}",
+        old.log_text()
+    );
+    drop(new);
+}
+
 /// A revocation just after an upgrade is followed at once. The new process serves with the
 /// credentials handed over while it reads the store, seconds with many credentials; it
 /// subscribed to the change messages only after that read, and a message published during it
@@ -1384,7 +1460,13 @@ fn a_revocation_while_an_upgrade_takes_over_is_followed_at_once() {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The new process's store behind a relay that holds each new connection 400 ms.
-    through_relay(dir, redis.port, Duration::from_millis(400), Arc::default());
+    through_relay(
+        dir,
+        redis.port,
+        Duration::from_millis(400),
+        Arc::default(),
+        b"SUBSCRIBE",
+    );
     std::thread::sleep(PAST_QUIET);
     old_lag.store(OLD_LAG_MS, Ordering::Relaxed);
     let new_log = || b.new_log();
@@ -1507,7 +1589,8 @@ fn bulk_upgrade(old_lag: Option<&Arc<AtomicU64>>, keyspace: &str) -> BulkUpgrade
     redis.add_bulk_key_auth(200, "7107c894-3da0-4369-b5ac-913d8700cc6c");
     redis.notify_keyspace(keyspace);
     let sock = dir.path.join("upgrade.sock").display().to_string();
-    let system = old_lag.map(|lag| through_relay(&dir, redis.port, Duration::ZERO, lag.clone()));
+    let system = old_lag
+        .map(|lag| through_relay(&dir, redis.port, Duration::ZERO, lag.clone(), b"SUBSCRIBE"));
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
     if let Some(system) = system {
         save(&dir, "system.config.yml", &system);
@@ -1555,8 +1638,14 @@ fn full_loads(admin_port: u16) -> f64 {
 
 /// Points the store of the config in `dir` at a new [`relay`] to Redis on `redis_port`; the
 /// system file as it was.
-fn through_relay(dir: &ConfigDir, redis_port: u16, hold: Duration, lag: Arc<AtomicU64>) -> String {
-    let relay_port = relay(redis_port, hold, lag);
+fn through_relay(
+    dir: &ConfigDir,
+    redis_port: u16,
+    hold: Duration,
+    lag: Arc<AtomicU64>,
+    lags: &'static [u8],
+) -> String {
+    let relay_port = relay(redis_port, hold, lag, lags);
     let system = std::fs::read_to_string(dir.path.join("system.config.yml")).expect("system");
     let relayed = system.replace(
         &format!("port: {redis_port}"),
@@ -1569,9 +1658,10 @@ fn through_relay(dir: &ConfigDir, redis_port: u16, hold: Duration, lag: Arc<Atom
 
 /// A TCP relay to the port `to` on loopback that holds each connection for `hold` before it
 /// connects it (a store slow to answer a new connection), and passes on what the server sends
-/// on a subscription's connection `lag` milliseconds after it came (the store's messages late;
-/// changed while it runs; its answers to reads are not). Its port.
-fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>) -> u16 {
+/// on a connection the command `lags` was sent on `lag` milliseconds after it came (with
+/// `SUBSCRIBE`, the store's messages late, its answers to reads not; `lag` changed while it
+/// runs). Its port.
+fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>, lags: &'static [u8]) -> u16 {
     use std::io::{Read, Write};
     use std::net::{Shutdown, TcpListener, TcpStream};
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
@@ -1590,13 +1680,14 @@ fn relay(to: u16, hold: Duration, lag: Arc<AtomicU64>) -> u16 {
                 else {
                     return;
                 };
-                // (A connection that subscribes: `SUBSCRIBE` or `PSUBSCRIBE` sent on it.)
+                // (A connection that `lags` was sent on: `SUBSCRIBE` for one that subscribes, or
+                // `PSUBSCRIBE`; `SCAN` for the one a full read of the store goes on.)
                 let subscribes = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 let subscriber = subscribes.clone();
                 let up = std::thread::spawn(move || {
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n @ 1..) = from_client.read(&mut buf) {
-                        if buf[..n].windows(9).any(|w| w == b"SUBSCRIBE") {
+                        if buf[..n].windows(lags.len()).any(|w| w == lags) {
                             subscriber.store(true, Ordering::Relaxed);
                         }
                         if to_server.write_all(&buf[..n]).is_err() {
@@ -2061,6 +2152,89 @@ fn a_sigquit_before_the_upgrading_process_waits_for_it() {
         "{}",
         new_log()
     );
+    assert!(report.count() > 50, "{}", report.count());
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// Two upgrades at once: a second upgrading process started while the first still waits for
+/// the sockets is refused in one line (before, it put its own socket at the path; the first,
+/// handed the sockets, removed the path when done, taking the second's file with it; the
+/// SIGQUIT for the second upgrade then sent the sockets to a name that led nowhere, the
+/// process ended all the same, and nothing served). The first goes on; an upgrade after it
+/// works.
+#[test]
+fn a_second_upgrade_while_the_first_waits_is_refused() {
+    let up = PyUpstream::start("a", 5.0);
+    let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
+    let sock = dir.path.join("upgrade.sock").display().to_string();
+    let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
+    let load = Load::start(
+        old.port,
+        2,
+        "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+        Duration::from_millis(5),
+    );
+    let mut first = start_upgrade(&dir, &old, &sock, &[], &[]);
+    wait_for("the first upgrading process waits", || {
+        std::path::Path::new(&sock).exists()
+    });
+    let second = Command::new(binary())
+        .args(["serve", "--config", &dir.path.display().to_string()])
+        .args(["--upgrade", "--upgrade-sock", &sock])
+        .env("PORT", old.port.to_string())
+        .env("ADMIN_PORT", old.admin_port.to_string())
+        .env_remove("EG_CONFIG_DIR")
+        .output()
+        .expect("the second upgrading process");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("another upgrading process waits") && said.lines().count() == 1,
+        "{said}"
+    );
+    assert!(
+        std::path::Path::new(&sock).exists(),
+        "the first's socket was taken away"
+    );
+    old.signal("QUIT");
+    let mut old = old;
+    wait_until_gone(&mut old);
+    assert!(
+        first.0.try_wait().expect("wait").is_none(),
+        "the first upgrade ended"
+    );
+    assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    // And the next upgrade, from the first: handed over whole.
+    let first_pid = first.0.id();
+    let next = start_upgrade(&dir, &old, &sock, &[], &[]);
+    wait_for("the next upgrading process waits", || {
+        std::path::Path::new(&sock).exists()
+    });
+    // SAFETY: a signal to a child of this test.
+    unsafe {
+        libc::kill(first_pid as libc::pid_t, libc::SIGQUIT);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while first.0.try_wait().expect("wait").is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the first upgraded process did not leave"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut next = next;
+    assert!(
+        next.0.try_wait().expect("wait").is_none(),
+        "the next upgrade ended"
+    );
+    assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
+    let report = load.stop();
     assert!(report.count() > 50, "{}", report.count());
     let failed = report.failed(200);
     assert!(

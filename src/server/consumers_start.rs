@@ -38,11 +38,22 @@ pub(super) fn subscribed_before_handover(
 }
 
 /// Waits a while for the consumer cache's first load from the store; a longer one goes on in
-/// the background.
+/// the background. `upgrade`: the new process of an upgrade, handed no tables, waits not at
+/// all — it holds the sockets, and the old process stops accepting 5 s after it sent them
+/// (waiting 10 s left clients in the sockets' backlog with no process accepting); it serves
+/// meanwhile, as the old process did, each credential looked up in the store until the read
+/// ends.
 pub(super) fn first_load(
     background: &tokio::runtime::Runtime,
     cache: &Arc<crate::consumers::cache::ConsumerCache>,
+    upgrade: bool,
 ) {
+    if upgrade {
+        let _in_runtime = background.enter();
+        cache.load_in_background(true);
+        return;
+    }
+    let wait = FIRST_LOAD_TIMEOUT;
     let first_load = background.spawn({
         let cache = cache.clone();
         async move {
@@ -65,8 +76,7 @@ pub(super) fn first_load(
             )
         }
     });
-    let waited =
-        background.block_on(async { tokio::time::timeout(FIRST_LOAD_TIMEOUT, first_load).await });
+    let waited = background.block_on(async { tokio::time::timeout(wait, first_load).await });
     shown.finish();
     match waited {
         Ok(Ok(Ok(()))) => {}
@@ -76,7 +86,7 @@ pub(super) fn first_load(
         }
         Ok(Err(e)) => log::error!("consumer cache load failed: {e}"),
         Err(_) => log::warn!(
-            "consumer cache still loading after {FIRST_LOAD_TIMEOUT:?}; serving meanwhile"
+            "consumer cache still loading after {wait:?}; serving meanwhile (each credential looked up in the store until the load ends)"
         ),
     }
 }

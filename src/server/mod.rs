@@ -27,6 +27,7 @@ mod consumers_start;
 mod drain;
 mod signals;
 mod start_checks;
+mod upgrade_sock;
 
 use drain::{exit_when_drained, start_dns_refresh};
 use signals::{Signals, Taken};
@@ -241,13 +242,20 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
     // store answers now) until its own load from the store, in the background. Taken at once:
     // that process leaves seconds after the sockets went. Subscribed to the store's changes
     // before: what changes after the tables were taken is heard (followed once they are in).
-    let mut following = opts
-        .upgrade
-        .then(|| consumers.cache.start(background.handle(), opts.resync));
+    // (None offered — the old process's own first read had not ended — nothing is waited
+    // for: the old process stops accepting 5 s after the sockets went.)
+    let offered = opts.upgrade
+        && crate::consumers::cache::ConsumerCache::offered_by_upgraded(&opts.upgrade_sock);
+    if opts.upgrade && !offered {
+        log::warn!(
+            "consumer cache: the process upgraded offered no tables (its first read of the store had not ended, or it offers none): serving at once, each credential looked up in the store until this process's read of it ends"
+        );
+    }
+    let mut following = offered.then(|| consumers.cache.start(background.handle(), opts.resync));
     if let Some(f) = following.as_mut() {
         subscribed_before_handover(&background, f);
     }
-    let handed = opts.upgrade && consumers.cache.take_from_upgraded(&opts.upgrade_sock);
+    let handed = offered && consumers.cache.take_from_upgraded(&opts.upgrade_sock);
     match populate_file {
         // An upgrade holds the sockets now and the old process stops accepting: a populate
         // that failed here, waited for a Redis that is down or for another run's lock, or
@@ -282,7 +290,7 @@ pub fn serve(opts: ServeOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| consumers.cache.start(background.handle(), opts.resync))
         .go(!handed);
     if !handed {
-        first_load(&background, &consumers.cache);
+        first_load(&background, &consumers.cache, opts.upgrade);
     }
     let health = Arc::new(Health::new(consumers.cache.clone()));
     health.start_probe(background.handle(), consumers.store.clone());

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use pingora_core::server::{ShutdownSignal, ShutdownSignalWatch};
 
+use super::upgrade_sock::{at_path, AtPath};
+
 /// Pingora's signals (SIGTERM drains, SIGINT stops, SIGQUIT hands the sockets to an upgrading
 /// process) and SIGHUP, which reloads the config.
 pub(super) struct Signals {
@@ -22,23 +24,24 @@ pub(super) struct Signals {
 /// a large config first, or is started a moment after the signal) before it is dropped.
 const UPGRADE_WAIT: Duration = Duration::from_secs(60);
 
-/// Whether a process listens on the unix socket `path` (`/proc/net/unix`: its bound name, and
-/// the flag of a listening socket), without connecting to it: the upgrading process takes the
-/// first connection as the one the sockets come on. Without `/proc`, whether the socket file
-/// is there (the upgrading process removes it when it is done, or gives up).
-fn upgrade_offered(path: &std::path::Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    const ACCEPTING: u32 = 0x10000;
-    let Ok(table) = std::fs::read_to_string("/proc/net/unix") else {
-        return std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket());
-    };
-    let name = path.as_os_str().to_string_lossy();
-    table.lines().skip(1).any(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        fields.len() >= 8
-            && fields[7..].join(" ") == name
-            && u32::from_str_radix(fields[3], 16).is_ok_and(|f| f & ACCEPTING != 0)
-    })
+/// Whether an upgrading process of this process's user waits for the sockets at `path` (see
+/// [`at_path`]). A file of another user's there is said once per SIGQUIT, and not sent to: in
+/// a directory every user may write in (`/tmp`), anyone could put a socket there first and be
+/// handed the gateway's listening sockets — its clients, their credentials with them.
+fn upgrade_offered(path: &std::path::Path, said: &mut bool) -> bool {
+    match at_path(path) {
+        AtPath::Waiting => true,
+        AtPath::OtherUser(uid) => {
+            if !std::mem::replace(said, true) {
+                log::error!(
+                    "SIGQUIT: the socket at {} is another user's (uid {uid}), not this gateway's: the listening sockets are not handed to it (give --upgrade-sock a directory only the gateway's user writes in)",
+                    path.display()
+                );
+            }
+            false
+        }
+        _ => false,
+    }
 }
 
 /// The signals the server acts on besides SIGINT, each a stream from the moment it was made.
@@ -94,11 +97,13 @@ impl ShutdownSignalWatch for Signals {
         // to one that waits for them (handed to none, Pingora's server ends this process all
         // the same, and nothing is left serving).
         let mut quit_since: Option<Instant> = None;
+        let mut said = false;
         let sock = self.upgrade_sock.as_path();
         loop {
             tokio::select! {
                 _ = quit.recv() => {
-                    if upgrade_offered(sock) {
+                    said = false;
+                    if upgrade_offered(sock, &mut said) {
                         return self.upgrade();
                     }
                     if quit_since.is_none() {
@@ -111,7 +116,7 @@ impl ShutdownSignalWatch for Signals {
                     quit_since = Some(Instant::now());
                 }
                 () = tokio::time::sleep(Duration::from_millis(50)), if quit_since.is_some() => {
-                    if upgrade_offered(sock) {
+                    if upgrade_offered(sock, &mut said) {
                         return self.upgrade();
                     }
                     if quit_since.is_some_and(|t| t.elapsed() >= UPGRADE_WAIT) {

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context};
 
+use super::upgrade_sock::AtPath;
 use super::ServeOptions;
 
 /// Descriptors each worker thread takes (its runtimes' for the gateway and the Admin API:
@@ -113,6 +114,16 @@ pub(super) fn cache_memory_fits(memory: u64, limit: Option<u64>) -> bool {
 /// then; a process that is not upgrading only warns (it makes no socket: a read-only file
 /// system with no upgrades is no reason not to start).
 pub(super) fn upgrade_sock_usable(path: &Path, upgrading: bool) -> anyhow::Result<()> {
+    // Another upgrading process waits there (the running gateway has not sent it the sockets
+    // yet, or it has them and has not read them yet): this one would take the path from
+    // under it, and the first, done, would remove this one's socket file — the old process
+    // then sent the sockets nowhere and ended, and nothing served. One upgrade at a time.
+    if upgrading && super::upgrade_sock::at_path(path) == AtPath::Waiting {
+        anyhow::bail!(
+            "--upgrade-sock {}: another upgrading process waits for the listening sockets there: one upgrade at a time (start this one once that one serves, or has given up)",
+            path.display()
+        );
+    }
     match unusable(path) {
         Some(why) if upgrading => Err(anyhow::anyhow!("{why}")),
         Some(why) => {
@@ -126,7 +137,6 @@ pub(super) fn upgrade_sock_usable(path: &Path, upgrading: bool) -> anyhow::Resul
 /// Why no socket can be made at `path` for an upgrade, if it cannot.
 fn unusable(path: &Path) -> Option<String> {
     use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::FileTypeExt;
     let shown = path.display();
     // (A socket's path holds 108 bytes with its NUL.)
     if path.as_os_str().len() > 107 {
@@ -134,15 +144,21 @@ fn unusable(path: &Path) -> Option<String> {
             "--upgrade-sock {shown}: longer than a socket's path may be (107 bytes)"
         ));
     }
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => {}
-        Ok(_) => {
+    match super::upgrade_sock::at_path(path) {
+        AtPath::Nothing | AtPath::Left => {}
+        // (For an upgrade: refused by the caller.)
+        AtPath::Waiting => {}
+        AtPath::NotSocket => {
             return Some(format!(
                 "--upgrade-sock {shown}: there is something other than a socket there (an upgrade would remove it)"
             ))
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Some(format!("--upgrade-sock {shown}: {e}")),
+        AtPath::OtherUser(uid) => {
+            return Some(format!(
+                "--upgrade-sock {shown}: the file there is another user's (uid {uid}): this process cannot put its socket in its place, and the running gateway does not hand its sockets to it (give a directory only the gateway's user writes in)"
+            ))
+        }
+        AtPath::Unreadable(e) => return Some(format!("--upgrade-sock {shown}: {e}")),
     }
     let dir = path
         .parent()

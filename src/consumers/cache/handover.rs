@@ -34,6 +34,15 @@ pub fn offer_path(upgrade_sock: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Whether the process being upgraded offers its tables: it makes the offer's socket before
+/// it sends the listening sockets, so a new process that has them finds it there or not at all
+/// (the old process had no tables: its first read of the store had not ended; or it is a
+/// version that offers none).
+fn offered(upgrade_sock: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(offer_path(upgrade_sock)).is_ok_and(|m| m.file_type().is_socket())
+}
+
 /// How long the tables are offered (the new process asks as soon as it has the sockets).
 const OFFERED_FOR: Duration = Duration::from_secs(60);
 
@@ -85,6 +94,9 @@ impl ConsumerCache {
     /// from the store succeeded (or tables came from a process before this one).
     pub fn offer_to_upgrade(self: &Arc<Self>, upgrade_sock: &Path) {
         if !self.is_loaded() {
+            log::warn!(
+                "consumer cache: its first read of the store has not ended: no tables for the upgrading process, which reads the store itself (and looks each credential up until then)"
+            );
             return;
         }
         let path = offer_path(upgrade_sock);
@@ -230,6 +242,11 @@ impl ConsumerCache {
         }
     }
 
+    /// Whether the process being upgraded offers its tables (see [`offered`]).
+    pub fn offered_by_upgraded(upgrade_sock: &Path) -> bool {
+        offered(upgrade_sock)
+    }
+
     /// Takes the tables the process being upgraded offers (at [`offer_path`]), when it offers
     /// them: the cache serves with them until its first load from the store. Whether it took
     /// them.
@@ -241,7 +258,13 @@ impl ConsumerCache {
                 Ok(c) => break c,
                 // Not offered (the old process had no tables, or is a version that offers
                 // none): the store is asked, as at any start.
-                Err(_) if since.elapsed() >= LOOK_FOR => return false,
+                Err(e) if since.elapsed() >= LOOK_FOR => {
+                    log::warn!(
+                        "consumer cache: cannot reach the tables the process upgraded offers at {}: {e}; reading the store",
+                        path.display()
+                    );
+                    return false;
+                }
                 Err(_) => std::thread::sleep(Duration::from_millis(20)),
             }
         };
