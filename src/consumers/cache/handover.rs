@@ -80,12 +80,6 @@ struct Entry {
 
 #[derive(Serialize, Deserialize)]
 struct Snapshot {
-    /// The store the tables were read from (see [`ConsumerCache::source`]): a new process on
-    /// another store (`db.redis` changed with the upgrade) reads its own instead of serving
-    /// the old store's credentials until its read ends. (`None` from a process that did not
-    /// say.)
-    #[serde(default)]
-    source: Option<String>,
     key_auth: Vec<Keyed>,
     jwt: Vec<Keyed>,
     basic: Vec<Password>,
@@ -201,15 +195,6 @@ impl ConsumerCache {
         withdraw();
     }
 
-    /// The store and namespace the tables are read from.
-    fn source(&self) -> String {
-        format!(
-            "{} (namespace {})",
-            self.store.describe(),
-            self.layout.namespace()
-        )
-    }
-
     fn snapshot(&self) -> Snapshot {
         let t = self.read();
         let keyed = |table: &Table<KeyedCredential>| {
@@ -235,7 +220,6 @@ impl ConsumerCache {
                 .collect()
         };
         Snapshot {
-            source: Some(self.source()),
             key_auth: keyed(&t.key_auth),
             jwt: keyed(&t.jwt),
             basic: t
@@ -298,19 +282,6 @@ impl ConsumerCache {
             .map_err(|e| e.to_string())
             .and_then(|_| serde_json::from_slice::<Snapshot>(&text).map_err(|e| e.to_string()));
         match read {
-            Ok(snapshot)
-                if snapshot
-                    .source
-                    .as_ref()
-                    .is_some_and(|s| *s != self.source()) =>
-            {
-                log::warn!(
-                    "consumer cache: the process upgraded read its tables from {}, this one reads {}: not taken (reading the store, each credential looked up until the read ends)",
-                    snapshot.source.unwrap_or_default(),
-                    self.source()
-                );
-                false
-            }
             Ok(snapshot) => {
                 self.install(snapshot);
                 log::info!(
@@ -441,43 +412,6 @@ fn same_user(conn: &UnixStream) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tables_read_from_another_store_are_not_taken() {
-        let dir = std::env::temp_dir().join(format!("tollgate-handover-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let sock = dir.join("upgrade.sock");
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(crate::store::embedded::EmbeddedStore::in_memory());
-        let cache = |ns: &str| {
-            Arc::new(ConsumerCache::new(
-                store.clone(),
-                crate::consumers::layout::Layout::new(ns),
-            ))
-        };
-        let from = cache("EG");
-        from.write()
-            .usernames
-            .insert("kano".into(), Arc::from("user"));
-        from.loaded
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        // Another namespace (as another Redis would be): not taken.
-        from.offer_to_upgrade(&sock);
-        let other = cache("other");
-        assert!(!other.take_from_upgraded(&sock));
-        assert!(!other.is_loaded() && other.read().usernames.is_empty());
-        // The same store: taken.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while offered(&sock) {
-            assert!(Instant::now() < deadline, "the first offer stayed");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        from.offer_to_upgrade(&sock);
-        let same = cache("EG");
-        assert!(same.take_from_upgraded(&sock));
-        assert_eq!(&*same.read().usernames["kano"], "user");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
 
     #[test]
     fn the_tables_go_over_whole() {
