@@ -173,12 +173,7 @@ fn a_change_is_applied_while_the_access_log_in_the_directory_grows() {
     let dir = ConfigDir::new(&gateway_yml("/one/*", &up.url(""), ""));
     let log = dir.path.join("access.log").display().to_string();
     let gw = GatewayProcess::start_with(&dir, &["--access-log", &log], &[]);
-    let load = Load::start(
-        gw.port,
-        2,
-        "GET /one/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        Duration::from_millis(5),
-    );
+    let load = closing_load(gw.port, "/one/x");
     std::thread::sleep(Duration::from_millis(500));
     save(
         &dir,
@@ -309,12 +304,7 @@ fn reloads_that_would_break_the_gateway_are_refused_under_load() {
     let good = gateway_yml("/one/*", &up.url(""), "");
     let dir = ConfigDir::new(&good);
     let gw = GatewayProcess::start_with(&dir, &[], &[("EG_DISABLE_CONFIG_WATCH", "true")]);
-    let load = Load::start(
-        gw.port,
-        2,
-        "GET /one/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        Duration::from_millis(5),
-    );
+    let load = closing_load(gw.port, "/one/x");
     let reload = || send_json(gw.admin_port, "POST", "/tollgate/reload", "{}");
     // A users model in force.
     std::fs::create_dir_all(dir.path.join("models")).expect("models");
@@ -1347,12 +1337,7 @@ fn an_upgrade_from_a_process_still_reading_the_store_leaves_no_gap() {
         assert!(Instant::now() < deadline, "{}", old.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    let load = Load::start(
-        old.port,
-        2,
-        "GET /open/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        Duration::from_millis(5),
-    );
+    let load = closing_load(old.port, "/open/x");
     let new = start_upgrade(&dir, &old, &sock, &[], &[]);
     wait_for("the new process waits", || {
         std::path::Path::new(&sock).exists()
@@ -1363,14 +1348,7 @@ fn an_upgrade_from_a_process_still_reading_the_store_leaves_no_gap() {
     std::thread::sleep(Duration::from_millis(300));
     let report = load.stop();
     let new_log = std::fs::read_to_string(dir.path.join("new.log")).unwrap_or_default();
-    assert!(report.count() > 50, "{}", report.count());
-    let failed = report.failed(200);
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}\n{new_log}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    none_failed(&report, &new_log);
     let slowest = report
         .outcomes
         .iter()
@@ -1850,6 +1828,30 @@ fn wait_until_gone(old: &mut GatewayProcess) {
     }
 }
 
+/// Two clients asking for `path` on `port`, each request on a connection of its own, 5 ms
+/// apart.
+fn closing_load(port: u16, path: &str) -> Load {
+    Load::start(
+        port,
+        2,
+        &format!("GET {path} HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"),
+        Duration::from_millis(5),
+    )
+}
+
+/// Asserts that a load ran (more than 50 requests) and that each of its requests was answered
+/// 200; `context` follows a failure's message.
+fn none_failed(report: &support::load::Report, context: &str) {
+    assert!(report.count() > 50, "{}", report.count());
+    let failed = report.failed(200);
+    assert!(
+        failed.is_empty(),
+        "{} failed: {:?}\n{context}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 /// Starts the new process of a binary upgrade of `old` (same config and ports, `extra`
 /// arguments), its log in `new.log`; stopped however the test ends: it holds the gateway's
 /// ports.
@@ -2103,12 +2105,7 @@ fn a_sigquit_before_the_upgrading_process_waits_for_it() {
     let dir = ConfigDir::new(&yml);
     let sock = dir.path.join("upgrade.sock").display().to_string();
     let mut old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
-    let load = Load::start(
-        old.port,
-        2,
-        "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        Duration::from_millis(5),
-    );
+    let load = closing_load(old.port, "/tiles/x");
     std::thread::sleep(Duration::from_millis(300));
     old.signal("QUIT");
     std::thread::sleep(Duration::from_millis(1500));
@@ -2152,14 +2149,7 @@ fn a_sigquit_before_the_upgrading_process_waits_for_it() {
         "{}",
         new_log()
     );
-    assert!(report.count() > 50, "{}", report.count());
-    let failed = report.failed(200);
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    none_failed(&report, "");
 }
 
 /// Two upgrades at once: a second upgrading process started while the first still waits for
@@ -2174,12 +2164,7 @@ fn a_second_upgrade_while_the_first_waits_is_refused() {
     let dir = ConfigDir::new(&gateway_yml("/tiles/*", &up.url(""), ""));
     let sock = dir.path.join("upgrade.sock").display().to_string();
     let old = GatewayProcess::start_with(&dir, &["--upgrade-sock", &sock], &[]);
-    let load = Load::start(
-        old.port,
-        2,
-        "GET /tiles/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
-        Duration::from_millis(5),
-    );
+    let load = closing_load(old.port, "/tiles/x");
     let mut first = start_upgrade(&dir, &old, &sock, &[], &[]);
     wait_for("the first upgrading process waits", || {
         std::path::Path::new(&sock).exists()
@@ -2235,14 +2220,7 @@ fn a_second_upgrade_while_the_first_waits_is_refused() {
     );
     assert_eq!(get(old.port, "GET", "/tiles/x", &[]).status, 200);
     let report = load.stop();
-    assert!(report.count() > 50, "{}", report.count());
-    let failed = report.failed(200);
-    assert!(
-        failed.is_empty(),
-        "{} failed: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
+    none_failed(&report, "");
 }
 
 /// An upgrade to a process that cannot use its certificates leaves the old process serving:
