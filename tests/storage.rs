@@ -158,6 +158,13 @@ fn objects_ranges_conditionals_and_errors() {
     let r = get(a, "GET", "/s3/forged/tiles/12/2048/1361.png", &[]);
     assert_eq!(r.status, 403, "a wrong secret: {}", r.text());
     assert!(r.text().contains("SignatureDoesNotMatch"), "{}", r.text());
+    // Said in the gateway's log: the gateway's credentials are refused.
+    assert!(
+        gw.log_text()
+            .contains("storage route: provider `forged` answered 403"),
+        "{}",
+        gw.log_text()
+    );
     // Bad paths are answered at once.
     let r = get(a, "GET", "/s3/tiles", &[]);
     assert_eq!(

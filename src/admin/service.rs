@@ -230,8 +230,24 @@ impl ProxyHttp for AdminService {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut AdminCtx,
+        ctx: &mut AdminCtx,
     ) -> Result<()> {
+        // The provider refusing the gateway's own credentials (a rotated key, a clock that
+        // drifted, a bucket policy) or failing: passed to the client as it is, and said here
+        // (folded while it repeats), or an operator learned of it from the clients.
+        if let Some((storage, o)) = &ctx.object {
+            let status = upstream_response.status.as_u16();
+            if status == 403 || status >= 500 {
+                let provider = storage.providers.get(o.provider).map_or("", |p| &*p.name);
+                let why = match status {
+                    403 => "it refuses the gateway's credentials or their access to the object (its clock, a key, a bucket policy: the code is in its answer)",
+                    _ => "it failed",
+                };
+                log::warn!(
+                    "storage route: provider `{provider}` answered {status}: {why}; passed to the client"
+                );
+            }
+        }
         crate::fastpath::relay::framed(upstream_response)
     }
 

@@ -320,10 +320,20 @@ impl Storage {
                 path_and_query.push_str(&kept);
             }
         }
-        Ok(ObjectRequest {
+        let object = ObjectRequest {
             provider,
             path_and_query,
-        })
+        };
+        // The path as it goes (encoded, the endpoint's own path before it) must be a request
+        // target the provider's request can carry: a key that only fits encoded past it was
+        // a 502 that blamed the provider.
+        if self.upstream_path(&object).len() > MAX_TARGET {
+            return Err(Refusal {
+                status: 414,
+                message: "URI Too Long: the object's path, encoded as S3 signs it, is longer than a request target may be".into(),
+            });
+        }
+        Ok(object)
     }
 
     /// The headers the provider gets: the forwarded conditionals, Host, and SigV4's.
@@ -419,6 +429,9 @@ impl Storage {
     }
 }
 
+/// The longest request target the provider's request carries (`http::Uri`'s bound).
+const MAX_TARGET: usize = 65_534;
+
 /// Appends `path` (segments separated by `/`, each percent-encoded or not) in S3's canonical
 /// form: each segment decoded, then encoded as AWS's `UriEncode` does (every byte but
 /// `A-Za-z0-9-_.~` as `%XX`). A `%` that starts no escape is a `%` of the key; `+` is a `+`.
@@ -476,6 +489,20 @@ mod tests {
             (e.status, e.message.as_str()),
             (400, "expected /s3/bucket/key")
         );
+    }
+
+    #[test]
+    fn a_key_too_long_once_encoded_is_a_414() {
+        let s = storage();
+        let get = http::Method::GET;
+        // 22,000 bytes as sent, 66,000 encoded (`!` is `%21` to S3).
+        let long = format!("/s3/tiles/{}", "!".repeat(22_000));
+        assert_eq!(
+            s.route(&get, &long, None).map_err(|e| e.status).err(),
+            Some(414)
+        );
+        let fits = format!("/s3/tiles/{}", "!".repeat(21_000));
+        assert!(s.route(&get, &fits, None).is_ok());
     }
 
     #[test]
