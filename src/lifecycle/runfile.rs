@@ -304,7 +304,10 @@ mod tests {
         // (Its name is the test thread's until its exec has gone through.)
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !alive(first.id()) {
-            assert!(std::time::Instant::now() < deadline, "the first gateway runs");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first gateway runs"
+            );
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let dirs = ConfigDirs::single(&root);
